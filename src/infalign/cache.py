@@ -1,0 +1,172 @@
+"""Content-addressed, atomic, corruption-checked artefact cache.
+
+Every artefact (toy models, calibration tables, optimal-transform tables) is keyed by a hash of
+*everything that determines it* (``content_key``), never by run name, so every job of a sweep
+reuses it. Files are written to a temporary name in the same directory and ``os.replace``-d into
+place (atomic on POSIX), so a crash never leaves a partial file under the final name. Tensor
+payloads carry a SHA-256 of their bytes; a file whose checksum does not match is reported as
+corrupt, deleted and rebuilt -- never silently used. A per-key lock file serialises concurrent
+builders (two jobs of a joblib sweep), so the second one waits and then reads the first's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def content_key(*parts: Any, length: int = 16) -> str:
+    """SHA-256 (hex, truncated) of a canonical JSON encoding of ``parts`` (dicts sorted by key)."""
+    blob = json.dumps(parts, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _json_default(obj: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, DictConfig | ListConfig):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
+        pass
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return hashlib.sha256(obj.detach().cpu().numpy().tobytes()).hexdigest()
+    raise TypeError(f"cannot hash {type(obj).__name__} into a cache key")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it into place atomically."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            if tmp_path.is_dir():
+                shutil.rmtree(tmp_path, ignore_errors=True)
+            else:
+                tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory beside ``final``; on success move it into place.
+
+    An existing ``final`` is replaced (removed first); a crash leaves only a hidden temp dir.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+class CorruptCacheError(RuntimeError):
+    """A cache file exists but its checksum or structure is wrong."""
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """Atomically write ``tensors`` plus ``meta`` with a checksum of the tensor bytes."""
+    payload = {"tensors": tensors, "meta": meta or {}, "sha256": _digest(tensors)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a file written by :func:`save_tensors`; raise :class:`CorruptCacheError` if damaged."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        tensors, meta, digest = payload["tensors"], payload["meta"], payload["sha256"]
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated pickle, wrong structure, ...
+        raise CorruptCacheError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    if _digest(tensors) != digest:
+        raise CorruptCacheError(f"{path}: checksum mismatch")
+    return tensors, meta
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock (``fcntl.flock``) held for the duration of the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def cached(
+    path: str | os.PathLike,
+    build: Callable[[], T],
+    save: Callable[[T, Path], None],
+    load: Callable[[Path], T],
+) -> tuple[T, bool]:
+    """Return ``(artefact, hit)``: load ``path`` if valid, else build, save atomically, return.
+
+    A corrupt file is logged, deleted and rebuilt. Builders of the same key are serialised by a
+    lock so concurrent jobs build once.
+    """
+    path = Path(path)
+    with file_lock(path.with_name(path.name + ".lock")):
+        if path.exists():
+            try:
+                return load(path), True
+            except CorruptCacheError as exc:
+                log.warning("corrupt cache entry, rebuilding: %s", exc)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        value = build()
+        save(value, path)
+        return value, False
