@@ -1,0 +1,526 @@
+"""The 1-D calibrated-space theory engine (method.md §4-5).
+
+For a transform Phi and strength beta, the KL-RL solution ``pi ∝ pi_ref exp(Phi(C)/beta)`` puts
+on the calibrated reward ``u ~ Uniform[0,1]`` (under pi_ref) the density
+
+    f(u) = exp(Phi(u)/beta) / Z,        Z = ∫_0^1 exp(Phi(v)/beta) dv,        F(u) = ∫_0^u f,
+
+and everything that matters follows from f alone, for every prompt, model and reward model:
+
+    KL(pi || pi_ref)           = E_f[Phi(u)]/beta - log Z
+    standard win rate          = ∫_0^1 (1 - F(u)) du
+    inference-time win rate    W_T = ∫_0^1 (1 - G(F(u))) g(u) du      (G: procedure's CDF map,
+                                                                        g = G'; see procedures.py)
+
+Numerics. All integrals are taken in ``z = logit(u)`` on a uniform grid (``du = u (1-u) dz``),
+which resolves mass piled within 1e-40 of either end (t = ±50, beta = 1e-3). Densities are
+handled as log-densities and normalised with log-sum-exp, so ``exp(e^{tu}/beta)`` never
+overflows. Full-line integrals use the trapezoid rule, which is spectrally accurate for these
+smooth, doubly-exponentially decaying integrands; running integrals (F, 1 - F, the optimal
+transform) use a 4th-order cubic-interpolation rule, and F and 1 - F are accumulated from
+opposite ends so each is accurate where it is small. Win rates are evaluated in the survival
+form ``∫ (1 - G) g`` (no ``1 - x`` cancellation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import logsumexp
+
+from infalign.errors import ConfigError, require
+from infalign.procedures import Procedure, Sample, make_procedure
+from infalign.transforms import Tabulated, Transform
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Uniform grid in z = logit(u) on [-z_max, z_max] (u from sigmoid(-z_max) to 1 - that)."""
+
+    z_max: float = 100.0
+    step: float = 0.05
+
+    @property
+    def z(self) -> np.ndarray:
+        return _grid_arrays(self.z_max, self.step)[0]
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """(z, u, s, log_u, log_s, log_jacobian, trapezoid weights)."""
+        return _grid_arrays(self.z_max, self.step)
+
+
+@lru_cache(maxsize=8)
+def _grid_arrays(z_max: float, step: float) -> tuple[np.ndarray, ...]:
+    n = int(round(2 * z_max / step)) + 1
+    z = np.linspace(-z_max, z_max, n)
+    log_u, log_s = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)
+    u, s = np.exp(log_u), np.exp(log_s)
+    w = np.full(n, step)
+    w[[0, -1]] = step / 2
+    arrays = (z, u, s, log_u, log_s, log_u + log_s, w)
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+DEFAULT_GRID = Grid()
+
+
+def phi_table(transform: Transform, grid: Grid = DEFAULT_GRID) -> np.ndarray:
+    """Phi(u) - c on the grid nodes (``[G]``), via ``transform.centered(u, 1 - u)``."""
+    _, u, s, *_ = grid.arrays
+    phi = np.asarray(transform.centered(u, s), dtype=np.float64)
+    if phi.shape != u.shape or np.isnan(phi).any() or np.isposinf(phi).any():
+        raise ValueError(f"transform {transform.label} gave NaN/+inf or a wrong shape on [0, 1]")
+    return phi
+
+
+def _running_integral(values: np.ndarray, step: float) -> np.ndarray:
+    """Per-cell integrals ``[..., G-1]`` of a smooth integrand sampled on the grid (4th order)."""
+    cells = 0.5 * step * (values[..., :-1] + values[..., 1:])
+    if values.shape[-1] >= 4:
+        v = values
+        cells[..., 1:-1] = step / 24 * (-v[..., :-3] + 13 * v[..., 1:-2] + 13 * v[..., 2:-1] - v[..., 3:])
+    return cells
+
+
+def _cumulate(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(from-the-left, from-the-right) running sums of cells, as arrays on the grid nodes."""
+    zero = np.zeros((*cells.shape[:-1], 1))
+    left = np.concatenate([zero, np.cumsum(cells, axis=-1)], axis=-1)
+    right = np.concatenate([np.cumsum(cells[..., ::-1], axis=-1)[..., ::-1], zero], axis=-1)
+    return left, right
+
+
+@dataclass
+class Tilted:
+    """The tilted policies ``f ∝ exp(phi/beta)`` for a batch of rows (phi ``[B, G]``, beta ``[B]``)."""
+
+    phi: np.ndarray
+    beta: np.ndarray
+    grid: Grid
+    log_z: np.ndarray = field(init=False)
+    kl: np.ndarray = field(init=False)
+    density_z: np.ndarray = field(init=False)  # f(u) * du/dz on the grid; integrates to 1 in z
+    cdf: np.ndarray = field(init=False)
+    sf: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        _, _, _, _, _, log_jac, w = self.grid.arrays
+        self.beta = np.asarray(self.beta, np.float64)
+        g = self.phi / self.beta[:, None]  # log f + log Z
+        log_w = g + log_jac + np.log(w)
+        self.log_z = logsumexp(log_w, axis=-1)  # log ∫ exp(phi/beta) du
+        p = np.exp(log_w - self.log_z[:, None])  # normalised quadrature weights
+        self.kl = np.maximum(np.sum(np.where(p > 0, p * g, 0.0), axis=-1) - self.log_z, 0.0)
+        self.density_z = np.exp(g + log_jac - self.log_z[:, None])
+        left, right = _cumulate(_running_integral(self.density_z, self.grid.step))
+        total = left[:, -1:]
+        self.cdf, self.sf = np.clip(left / total, 0, 1), np.clip(right / total, 0, 1)
+        self._p, self._g = p, g
+
+    def g_variance(self) -> np.ndarray:
+        """Var_f(Phi/beta) = d KL / d log(1/beta)."""
+        p, g = self._p, np.where(self._p > 0, self._g, 0.0)
+        mean = np.sum(p * g, axis=-1, keepdims=True)
+        return np.sum(p * (g - mean) ** 2, axis=-1)
+
+    def win_rate(self, procedure: Procedure) -> np.ndarray:
+        """W_T(pi > pi_ref) = ∫ (1 - G(F(u))) g(u) du for each row."""
+        _, _, _, log_u, log_s, log_jac, w = self.grid.arrays
+        _, served_sf = procedure.served_cdf(self.cdf, self.sf)
+        ref_density_z = np.exp(procedure.reference_log_density(log_u, log_s) + log_jac)
+        return np.clip(np.sum(w * served_sf * ref_density_z, axis=-1), 0.0, 1.0)
+
+    def standard_win_rate(self) -> np.ndarray:
+        return self.win_rate(Sample())
+
+
+def tilt(phi: np.ndarray, beta: float | Sequence[float] | np.ndarray, grid: Grid = DEFAULT_GRID) -> Tilted:
+    """Tilted policies for phi ``[G]`` or ``[B, G]`` and beta scalar or ``[B]`` (broadcast)."""
+    beta = np.atleast_1d(np.asarray(beta, np.float64))
+    if not np.all(np.isfinite(beta)) or np.any(beta <= 0):
+        bad = beta[~(np.isfinite(beta) & (beta > 0))][0]
+        raise ConfigError("beta", float(bad), "beta > 0 (finite)")
+    phi = np.atleast_2d(phi)
+    rows = max(len(beta), phi.shape[0])
+    return Tilted(np.broadcast_to(phi, (rows, phi.shape[-1])), np.broadcast_to(beta, (rows,)).copy(), grid)
+
+
+@dataclass
+class Point:
+    """Theory predictions for one (transform, beta, procedure)."""
+
+    transform: str
+    beta: float
+    kl: float
+    standard_win_rate: float
+    win_rate: float
+    procedure: str
+
+
+def evaluate(
+    transform: Transform, beta: float | Sequence[float], procedure: Procedure, grid: Grid = DEFAULT_GRID
+) -> list[Point]:
+    """KL, standard and inference-time win rates of the tilted policy at each beta."""
+    tilted = tilt(phi_table(transform, grid), beta, grid)
+    std, win = tilted.standard_win_rate(), tilted.win_rate(procedure)
+    return [
+        Point(transform.label, float(b), float(k), float(s), float(w), procedure.label)
+        for b, k, s, w in zip(tilted.beta, tilted.kl, std, win)
+    ]
+
+
+def density(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
+    """f(u) = exp(Phi(u)/beta) / Z at arbitrary points ``u`` in [0, 1]."""
+    require(beta > 0, "beta", beta, "beta > 0")
+    log_z = tilt(phi_table(transform, grid), beta, grid).log_z[0]
+    u = np.asarray(u, np.float64)
+    return np.exp(transform.centered(u, 1.0 - u) / beta - log_z)
+
+
+def cdf(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
+    """F(u) at arbitrary points (interpolated in z from the grid's 4th-order running integral)."""
+    tilted = tilt(phi_table(transform, grid), beta, grid)
+    u = np.asarray(u, np.float64)
+    with np.errstate(divide="ignore"):
+        z = np.log(u) - np.log1p(-u)
+    return np.interp(z, grid.z, tilted.cdf[0], left=0.0, right=1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hitting a KL budget: beta by safeguarded Newton in log(1/beta), vectorised over rows.
+# ----------------------------------------------------------------------------------------------
+
+
+def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """(KL, dKL/dlog lam) of ``f ∝ exp(lam * phi)`` per row; the slope is Var_f(lam * phi).
+
+    The light-weight part of :class:`Tilted` used inside root finding (no running integrals).
+    """
+    _, _, _, _, _, log_jac, w = grid.arrays
+    g = phi * lam[:, None]
+    log_w = g + (log_jac + np.log(w))
+    top = log_w.max(axis=-1, keepdims=True)
+    e = np.exp(log_w - top)
+    total = e.sum(axis=-1, keepdims=True)
+    p = e / total
+    g = np.where(p > 0, g, 0.0)
+    mean = np.sum(p * g, axis=-1)
+    kl = mean - (top[:, 0] + np.log(total[:, 0]))
+    var = np.sum(p * (g - mean[:, None]) ** 2, axis=-1)
+    return np.maximum(kl, 0.0), var
+
+
+def phi_range(phi: np.ndarray) -> np.ndarray:
+    """max - min of each row of phi over the grid (finite values): the natural scale of beta."""
+    finite = np.where(np.isfinite(phi), phi, np.nan)
+    return np.nanmax(finite, axis=-1) - np.nanmin(finite, axis=-1)
+
+
+BETA_SEARCH = (1e-6, 1e6)  # beta is searched in [1e-6, 1e6] x (range of Phi over [0, 1])
+
+
+def beta_for_kl(
+    phi: np.ndarray,
+    kl_budgets: np.ndarray,
+    grid: Grid = DEFAULT_GRID,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
+    """beta ``[B]`` with KL(tilt(phi_b, beta_b)) = budget_b, and a reachability mask ``[B]``.
+
+    ``phi`` is ``[G]`` or ``[B, G]``. KL increases with x = log(range(Phi)/beta) with slope
+    ``Var_f(Phi/beta)``; Newton steps in x start from a coarse-grid interpolation and fall back
+    to bisection when they leave the bracket. Rows whose budget lies outside the KL reachable
+    for beta in ``BETA_SEARCH`` x range get NaN and ``reachable = False``.
+    """
+    budgets = np.atleast_1d(np.asarray(kl_budgets, np.float64))
+    rows = np.arange(len(budgets))
+    phi = np.broadcast_to(np.atleast_2d(phi), (len(budgets), grid.z.shape[0]))
+    scale = phi_range(phi)
+    if np.any(~(scale > 0)):
+        raise ConfigError("transform", "constant", "a transform that is not constant on [0, 1]")
+    xs = np.linspace(-math.log(BETA_SEARCH[1]), -math.log(BETA_SEARCH[0]), 13)
+    coarse = np.stack([_kl_and_slope(phi, math.exp(x) / scale, grid)[0] for x in xs], axis=1)
+    reachable = (coarse[:, 0] <= budgets) & (coarse[:, -1] >= budgets)
+    idx = np.clip((coarse < budgets[:, None]).sum(axis=1), 1, len(xs) - 1)
+    lo, hi = xs[idx - 1], xs[idx]
+    klo, khi = coarse[rows, idx - 1], coarse[rows, idx]
+    x = lo + (hi - lo) * np.clip((budgets - klo) / np.maximum(khi - klo, 1e-300), 0, 1)
+    active = reachable.copy()
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        kl, slope = _kl_and_slope(phi[active], np.exp(x[active]) / scale[active], grid)
+        err = kl - budgets[active]
+        done = np.abs(err) <= tol * np.maximum(1.0, budgets[active])
+        xa, la, ha = x[active], lo[active], hi[active]
+        la, ha = np.where(err < 0, xa, la), np.where(err > 0, xa, ha)
+        step = xa - err / np.maximum(slope, 1e-300)
+        xa = np.where(done, xa, np.where((step > la) & (step < ha), step, 0.5 * (la + ha)))
+        x[active], lo[active], hi[active] = xa, la, ha
+        active[np.flatnonzero(active)[done]] = False
+    beta = np.where(reachable, scale * np.exp(-x), np.nan)
+    return beta, reachable
+
+
+@dataclass
+class Frontier:
+    """Win rates of one transform family at a list of KL budgets."""
+
+    transform: str
+    procedure: str
+    kl_budget: np.ndarray
+    beta: np.ndarray
+    kl: np.ndarray
+    standard_win_rate: np.ndarray
+    win_rate: np.ndarray
+    reachable: np.ndarray
+    reason: list[str]
+
+    def rows(self) -> list[dict]:
+        keys = ("kl_budget", "beta", "kl", "standard_win_rate", "win_rate", "reachable")
+        return [
+            {"transform": self.transform, "procedure": self.procedure, **{k: getattr(self, k)[i].item() for k in keys},
+             "reason": self.reason[i]}
+            for i in range(len(self.kl_budget))
+        ]
+
+
+def _check_budgets(kl_budgets: Sequence[float]) -> np.ndarray:
+    budgets = np.atleast_1d(np.asarray(kl_budgets, np.float64))
+    require(budgets.size > 0, "kl_budgets", list(budgets), "a non-empty list of KL budgets > 0")
+    bad = budgets[~(np.isfinite(budgets) & (budgets > 0))]
+    require(bad.size == 0, "kl_budgets", bad.tolist(), "every KL budget finite and > 0 (nats)")
+    return budgets
+
+
+def _frontier_from_phi(
+    name: str, phi: np.ndarray, procedure: Procedure, budgets: np.ndarray, grid: Grid
+) -> Frontier:
+    beta, reachable = beta_for_kl(phi, budgets, grid)
+    nan = np.full(len(budgets), np.nan)
+    kl, std, win = nan.copy(), nan.copy(), nan.copy()
+    if reachable.any():
+        phi_rows = np.broadcast_to(np.atleast_2d(phi), (len(budgets), grid.z.shape[0]))[reachable]
+        tilted = tilt(phi_rows, beta[reachable], grid)
+        kl[reachable], std[reachable], win[reachable] = tilted.kl, tilted.standard_win_rate(), tilted.win_rate(procedure)
+    phi1 = np.atleast_2d(phi)[:1]
+    beta_lo, beta_hi = phi_range(phi1)[0] * np.array(BETA_SEARCH)
+    kl_max = tilt(phi1, beta_lo, grid).kl[0]
+    reason = [
+        "" if ok else (f"KL budget {b:g} exceeds this transform's KL {kl_max:.3g} at beta={beta_lo:.3g}"
+                       " (the transform caps the reachable KL)"
+                       if b > kl_max else f"KL budget {b:g} is below the KL at beta={beta_hi:.3g}")
+        for ok, b in zip(reachable, budgets)
+    ]
+    return Frontier(name, procedure.label, budgets, beta, kl, std, win, reachable, reason)
+
+
+def frontier(
+    transform: Transform, procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID
+) -> Frontier:
+    """Win rate of the tilted policy ``pi ∝ pi_ref exp(Phi/beta)`` at each KL budget."""
+    return _frontier_from_phi(transform.label, phi_table(transform, grid), procedure, _check_budgets(kl_budgets), grid)
+
+
+# ----------------------------------------------------------------------------------------------
+# Best exponent t for the exp transform.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BestT:
+    """Best t (and the win rate it reaches) per KL budget; ``table`` holds the whole t scan."""
+
+    kl_budget: np.ndarray
+    t: np.ndarray
+    beta: np.ndarray
+    win_rate: np.ndarray
+    ts: np.ndarray
+    table: np.ndarray  # [len(ts), len(budgets)] win rates (NaN where unreachable)
+
+
+def default_t_grid(procedure: Procedure, num: int = 40) -> np.ndarray:
+    """Log-spaced |t| in [0.25, 64]; positive for BoN/sampling, negative for WoN."""
+    mags = np.geomspace(0.25, 64.0, num)
+    return -mags if procedure.name == "won" else mags
+
+
+def best_t(
+    procedure: Procedure,
+    kl_budgets: Sequence[float],
+    ts: Sequence[float] | None = None,
+    normalized: bool = False,
+    grid: Grid = DEFAULT_GRID,
+) -> BestT:
+    """Scan exp(t) transforms over ``ts`` at each KL budget and return the best t per budget.
+
+    The whole (t, budget) scan is solved as one vectorised batch.
+    """
+    from infalign.transforms import Exp
+
+    budgets = _check_budgets(kl_budgets)
+    ts = default_t_grid(procedure) if ts is None else np.asarray(ts, np.float64)
+    phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
+    nt, nb = len(ts), len(budgets)
+    phi_rows = np.repeat(phis, nb, axis=0)
+    budget_rows = np.tile(budgets, nt)
+    beta, ok = beta_for_kl(phi_rows, budget_rows, grid)
+    win = np.full(nt * nb, np.nan)
+    if ok.any():
+        win[ok] = tilt(phi_rows[ok], beta[ok], grid).win_rate(procedure)
+    table, betas = win.reshape(nt, nb), beta.reshape(nt, nb)
+    any_ok = np.isfinite(table).any(axis=0)
+    best = np.where(any_ok, np.nanargmax(np.where(np.isfinite(table), table, -np.inf), axis=0), 0)
+    cols = np.arange(nb)
+    return BestT(
+        budgets,
+        np.where(any_ok, ts[best], np.nan),
+        np.where(any_ok, betas[best, cols], np.nan),
+        np.where(any_ok, table[best, cols], np.nan),
+        ts,
+        table,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The optimal transform (method.md §5): damped fixed-point iteration, vectorised over betas.
+# ----------------------------------------------------------------------------------------------
+
+
+def _optimal_phi(
+    procedure: Procedure,
+    beta: np.ndarray,
+    grid: Grid,
+    damping: float = 0.3,
+    tol: float = 1e-10,
+    max_iter: int = 3000,
+    phi0: np.ndarray | None = None,
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """Solve ``Phi = ∫_0^u G'(F_Phi(v)) g(v) dv`` for each beta (rows); return (phi, iters, tv).
+
+    Phi is stored as Phi(u) - Phi(1) (accumulated from the top, exact near u = 1). Each step moves
+    log f a fraction d toward the new one, i.e. Phi <- (1-d) Phi + d Phi_new. The fraction starts
+    at ``damping`` and adapts per row: halved whenever the step-to-step change grows (the
+    undamped map oscillates for small beta), raised by 20% (up to 1) while it shrinks.
+    Convergence: total-variation distance between f and f_new below ``tol``.
+    """
+    _, _, s, log_u, log_s, log_jac, w = grid.arrays
+    beta = np.atleast_1d(np.asarray(beta, np.float64))
+    phi = np.array(np.broadcast_to(-s if phi0 is None else phi0, (len(beta), len(s))))
+    log_ref = procedure.reference_log_density(log_u, log_s) + log_jac
+    d = np.full(len(beta), damping)
+    tv, previous = np.full(len(beta), np.inf), np.full(len(beta), np.inf)
+    active = np.arange(len(beta))  # rows still iterating
+    for it in range(1, max_iter + 1):
+        b, ph = beta[active], phi[active]
+        tilted = Tilted(ph, b, grid)
+        integrand = np.exp(procedure.log_map_derivative(tilted.cdf, tilted.sf) + log_ref)
+        new_phi = -_cumulate(_running_integral(integrand, grid.step))[1]
+        tv[active] = np.sum(w * np.abs(Tilted(new_phi, b, grid).density_z - tilted.density_z), axis=-1)
+        done = tv[active] < tol
+        phi[active[done]] = new_phi[done]
+        d[active] = np.where(tv[active] > previous[active], 0.5 * d[active], np.minimum(1.2 * d[active], 1.0))
+        previous[active] = tv[active]
+        keep = active[~done]
+        phi[keep] += d[keep, None] * (new_phi[~done] - ph[~done])
+        active = keep
+        if active.size == 0:
+            return phi, it, tv
+    return phi, max_iter, tv
+
+
+@lru_cache(maxsize=64)
+def _optimal_cached(name: str, n: int, beta: float, grid: Grid) -> tuple[np.ndarray, int, np.ndarray]:
+    return _optimal_phi(make_procedure(name, n), np.array([beta]), grid)
+
+
+def optimal_transform(
+    procedure: Procedure | str = "bon", n: int | None = None, beta: float = 0.1, grid: Grid = DEFAULT_GRID
+) -> Tabulated:
+    """The optimal transform Phi* for ``procedure`` (N) at ``beta``, tabulated on the z-grid.
+
+    BoN: ``Phi*(u) = N^2 ∫_0^u F*(v)^(N-1) v^(N-1) dv``; WoN: ``N^2 ∫_0^u (1-F*)^(N-1)(1-v)^(N-1)``;
+    sampling: the identity. Cached per (procedure, N, beta, grid) for the process.
+    """
+    if isinstance(procedure, str):
+        procedure = make_procedure(procedure, n if n is not None else 1)
+    require(isinstance(beta, int | float) and math.isfinite(beta) and beta > 0, "beta", beta, "beta > 0 (finite)")
+    phi, iters, tv = _optimal_cached(procedure.name, procedure.n, float(beta), grid)
+    if tv[0] > 1e-8:
+        raise RuntimeError(f"optimal transform did not converge ({procedure.label}, beta={beta}): TV {tv[0]:.2e}")
+    table = Tabulated(grid.z, phi[0], name=f"optimal({procedure.label})")
+    table.iterations, table.beta, table.procedure = iters, float(beta), procedure.label
+    return table
+
+
+OPTIMAL_BETAS = (1e2, 1e-4, 1e-13)  # coarse beta grid of the optimal frontier; extended to the last
+
+
+def optimal_frontier(
+    procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID, tol: float = 1e-8
+) -> Frontier:
+    """Win rate of the optimal transform at each KL budget (each budget has its own beta and Phi*).
+
+    The optimal policy's KL increases with 1/beta: solve the fixed point on a coarse log-beta
+    grid (one batch), interpolate log beta at each budget, then take secant steps in log beta
+    with warm-started batched solves until every KL is within ``tol`` (relative) of its budget.
+    """
+    budgets = _check_budgets(kl_budgets)
+    log_betas = np.linspace(math.log(OPTIMAL_BETAS[0]), math.log(OPTIMAL_BETAS[1]), 19)
+    coarse_phi, _, _ = _optimal_phi(procedure, np.exp(log_betas), grid)
+    coarse_kl = Tilted(coarse_phi, np.exp(log_betas), grid).kl
+    while coarse_kl[-1] < budgets.max() and log_betas[-1] > math.log(OPTIMAL_BETAS[2]):
+        more = log_betas[-1] + (log_betas[1] - log_betas[0]) * np.arange(1, 7)  # 3 more decades
+        more_phi, _, _ = _optimal_phi(procedure, np.exp(more), grid, phi0=coarse_phi[-1])
+        log_betas, coarse_phi = np.concatenate([log_betas, more]), np.concatenate([coarse_phi, more_phi])
+        coarse_kl = np.concatenate([coarse_kl, Tilted(more_phi, np.exp(more), grid).kl])
+    reachable = (budgets >= coarse_kl[0]) & (budgets <= coarse_kl[-1])
+    ok = np.flatnonzero(reachable)
+    lb = np.interp(budgets[ok], coarse_kl, log_betas)
+    phi = coarse_phi[np.abs(log_betas[None, :] - lb[:, None]).argmin(axis=1)]
+    coarse_slope = np.gradient(coarse_kl, log_betas)
+    prev_lb, prev_kl = np.full_like(lb, np.nan), np.full_like(lb, np.nan)
+    todo = np.arange(len(ok))  # budgets whose KL is not yet within tol
+    for _ in range(30):
+        if todo.size == 0:
+            break
+        phi[todo], _, _ = _optimal_phi(procedure, np.exp(lb[todo]), grid, phi0=phi[todo])
+        kl = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
+        err = kl - budgets[ok][todo]
+        # secant slope where the last step was informative, else the coarse curve's slope
+        dlb = lb[todo] - prev_lb[todo]
+        secant = (kl - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-7, dlb, np.nan)
+        slope = np.where(secant < 0, secant, np.interp(lb[todo], log_betas[::-1], coarse_slope[::-1]))
+        prev_lb[todo], prev_kl[todo] = lb[todo], kl
+        step = -err / np.minimum(slope, -1e-12)
+        lb[todo] = np.clip(lb[todo] + step, log_betas[-1] - 1, log_betas[0] + 1)
+        todo = todo[np.abs(err) > tol * np.maximum(1.0, budgets[ok][todo])]
+    lb_final = prev_lb
+    beta, kl, std, win = (np.full(len(budgets), np.nan) for _ in range(4))
+    if ok.size:
+        tilted = Tilted(phi, np.exp(lb_final), grid)
+        beta[ok], kl[ok] = np.exp(lb_final), tilted.kl
+        std[ok], win[ok] = tilted.standard_win_rate(), tilted.win_rate(procedure)
+    reason = ["" if r else f"KL budget {b:g} outside [{coarse_kl[0]:.3g}, {coarse_kl[-1]:.3g}] reached by the "
+              f"optimal transform for beta in [{math.exp(log_betas[-1]):.2g}, {OPTIMAL_BETAS[0]:g}]"
+              for r, b in zip(reachable, budgets)]
+    return Frontier(f"optimal({procedure.label})", procedure.label, budgets, beta, kl, std, win, reachable, reason)
+
+
+def bon_policy_point(n: int) -> Point:
+    """The best-of-N policy itself: density N u^(N-1) = log transform at beta = 1/(N-1).
+
+    Closed forms: KL = log N - (N-1)/N, standard win rate N/(N+1).
+    """
+    require(isinstance(n, int) and n >= 2, "procedure.n", n, "N >= 2 for the best-of-N policy point")
+    from infalign.transforms import Log
+
+    return evaluate(Log(floor=0.0), 1.0 / (n - 1), make_procedure("bon", n))[0]
