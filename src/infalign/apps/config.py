@@ -1,0 +1,52 @@
+"""Where the Hydra config tree lives, and loading single entries of a config group by name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from infalign.errors import ConfigError
+
+
+def config_dir() -> str:
+    """The ``conf/`` tree: ``$INFALIGN_CONFIG_DIR``, else the source checkout's top-level ``conf``."""
+    env = os.environ.get("INFALIGN_CONFIG_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[3] / "conf")
+    for c in candidates:
+        if (c / "analyze.yaml").exists():
+            return str(c)
+    raise FileNotFoundError(
+        f"infalign config tree not found (looked in {[str(c) for c in candidates]}); "
+        "set INFALIGN_CONFIG_DIR to the repository's conf/ directory"
+    )
+
+
+CONFIG_DIR = config_dir()
+
+
+def group_entries(group: str) -> list[str]:
+    """Names of the entries of config group ``group`` (its YAML files)."""
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+def load_group_entry(group: str, name: str, root: DictConfig | None = None, **overrides: Any) -> DictConfig:
+    """``conf/<group>/<name>.yaml`` merged with ``overrides``, resolvable against ``root``."""
+    path = Path(CONFIG_DIR) / group / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(group, name, f"one of {group_entries(group)} (files in conf/{group}/)")
+    entry = OmegaConf.merge(OmegaConf.load(path), overrides)
+    if root is None:
+        return entry
+    merged = OmegaConf.create(OmegaConf.to_container(root, resolve=False))
+    OmegaConf.set_struct(merged, False)
+    merged[group] = entry
+    return merged[group]
+
+
+def instantiate_entry(group: str, name: str, root: DictConfig | None = None, **overrides: Any) -> Any:
+    return instantiate(load_group_entry(group, name, root, **overrides))

@@ -1,0 +1,252 @@
+"""Batched sampling with a KV cache, and teacher-forced log-probs, for any HF causal LM.
+
+Two functions serve every caller (RL rollouts, calibration, evaluation):
+
+- :func:`sample` draws ``num_samples`` responses per prompt with its own decoding loop (no
+  ``model.generate``): one prefill over the left-padded prompts, then one single-token step per
+  new token, reusing ``past_key_values``. Rows are prompt-major (``row = p * num_samples + j``).
+- :func:`sequence_logprobs` recomputes ``log pi(y_t | x, y_<t)`` for given responses in one forward
+  pass (policy with grad, reference without).
+
+Both feed the model the same inputs -- attention mask over ``[prompt | response]`` and position
+ids ``cumsum(mask) - 1`` (clamped at 0 on the left padding) -- so a left-padded prompt sees the
+same positions as the prompt alone, and the log-probs of the two functions agree to float error.
+
+Log-probs are always the model's own, at temperature 1: ``log_softmax(logits)``, never
+``log_softmax(logits / T)``. They are what ``KL(pi || pi_ref)`` and the policy gradient need.
+They equal the log-probs of the *sampling* distribution only when ``temperature == 1`` and
+``top_k is None``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Rollout", "sample", "sequence_logprobs", "position_ids"]
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled responses; rows are prompt-major (``row = p * num_samples + j``).
+
+    ``prompt_ids``/``prompt_mask`` are ``[B*n, Lp]`` and left-padded; ``response_ids`` is
+    ``[B*n, Lr]``, right-padded with the pad id after the eos token; ``response_mask`` is 1 on real
+    response tokens *including* the eos token. ``logprobs`` are the model's log-probs at
+    temperature 1 of each sampled token (0 where the mask is 0). ``Lr <= max_new_tokens``: decoding
+    stops as soon as every row has emitted eos.
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    responses: list[str]
+    prompt_index: torch.Tensor
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        """Number of real response tokens per row (eos included) ``[B*n]``."""
+        return self.response_mask.sum(-1)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``cumsum(mask) - 1`` clamped at 0: position 0 is the first real token of each row."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+
+
+def _keep_last(model: torch.nn.Module, keep: int) -> dict:
+    """``logits_to_keep=keep`` if the model supports it (skips the vocab projection elsewhere)."""
+    return (
+        {"logits_to_keep": keep}
+        if "logits_to_keep" in inspect.signature(model.forward).parameters
+        else {}
+    )
+
+
+def _forward(model, input_ids, attention_mask, pos, past, use_cache, keep_kw):
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=pos,
+        past_key_values=past,
+        use_cache=use_cache,
+        **keep_kw,
+    )
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+    """Draw one token per row from ``softmax(top_k(logits) / T)``; ``T == 0`` is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _special_id(tokenizer, name: str) -> int | None:
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    return int(value) if value is not None else None
+
+
+def sample(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    num_samples: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample ``num_samples`` responses for each prompt, batched, and return them with log-probs.
+
+    Token ``t`` of row ``i`` is drawn from ``softmax(top_k(logits_t) / temperature)``
+    (``temperature=0``: greedy); ``logprobs[i, t] = log_softmax(logits_t)[y_t]`` at temperature 1
+    (see the module docstring). Decoding stops at ``max_new_tokens`` or when every row has emitted
+    ``tokenizer.eos_token_id`` (no early stop if the tokenizer has no eos). Padding uses
+    ``tokenizer.pad_token_id``, falling back to eos, then 0.
+
+    ``use_cache=False`` recomputes the whole prefix each step (slow; kept as the reference the
+    cached path is tested against). With the same ``generator`` state both paths draw the same
+    tokens. Dropout is off while sampling (the model is put in eval mode, then restored), so the
+    log-probs match :func:`sequence_logprobs` on the model in eval mode. The returned tensors are
+    ordinary tensors (not inference tensors), safe to use in a later autograd computation.
+    """
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError(f"num_samples={num_samples}, max_new_tokens={max_new_tokens}: need >= 1")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1 or None")
+    device = next(model.parameters()).device
+    eos = _special_id(tokenizer, "eos")
+    pad = _special_id(tokenizer, "pad")
+    pad = pad if pad is not None else (eos if eos is not None else 0)
+
+    # Tokenise once, left-pad, then repeat each prompt num_samples times (prompt-major rows).
+    enc = tokenizer(list(prompts))["input_ids"]
+    if any(len(ids) == 0 for ids in enc):
+        raise ValueError("every prompt must tokenise to at least one token (got an empty prompt)")
+    width = max(len(ids) for ids in enc)
+    prompt_ids = torch.full((len(enc), width), pad, dtype=torch.long)
+    prompt_mask = torch.zeros((len(enc), width), dtype=torch.long)
+    for row, ids in enumerate(enc):
+        prompt_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        prompt_mask[row, width - len(ids) :] = 1
+    prompt_ids = prompt_ids.to(device).repeat_interleave(num_samples, 0)
+    prompt_mask = prompt_mask.to(device).repeat_interleave(num_samples, 0)
+    prompt_index = torch.arange(len(enc), device=device).repeat_interleave(num_samples)
+
+    was_training = model.training
+    model.eval()
+    try:
+        tokens, logprobs, response_mask = _decode(
+            model,
+            prompt_ids,
+            prompt_mask,
+            max_new_tokens,
+            temperature,
+            top_k,
+            use_cache,
+            generator,
+            eos,
+            pad,
+        )
+    finally:
+        model.train(was_training)
+    lengths = response_mask.sum(-1).tolist()
+    responses = tokenizer.batch_decode(
+        [ids[:n] for ids, n in zip(tokens.tolist(), lengths)], skip_special_tokens=True
+    )
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=tokens.clone(),  # clone: leave inference mode, usable under autograd
+        response_mask=response_mask.clone(),
+        logprobs=logprobs.clone(),
+        responses=responses,
+        prompt_index=prompt_index,
+    )
+
+
+@torch.inference_mode()
+def _decode(
+    model,
+    prompt_ids,
+    prompt_mask,
+    max_new_tokens,
+    temperature,
+    top_k,
+    use_cache,
+    generator,
+    eos,
+    pad,
+):
+    """The decoding loop: returns ``tokens, logprobs, response_mask``, each ``[rows, Lr]``."""
+    rows, width = prompt_ids.shape
+    device = prompt_ids.device
+    # Preallocate the whole sequence's attention mask and positions, the tokens, their log-probs.
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, max_new_tokens)], dim=1)
+    pos = position_ids(mask)
+    tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
+    logprobs = torch.zeros((rows, max_new_tokens), dtype=torch.float32, device=device)
+    response_mask = torch.zeros((rows, max_new_tokens), dtype=torch.long, device=device)
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    keep_kw = _keep_last(model, 1)
+
+    past, steps = None, 0
+    for t in range(max_new_tokens):
+        # Next-token logits: prefill, one cached single-token step, or a full recompute.
+        end = width + t
+        if use_cache and t > 0:
+            new, new_pos = tokens[:, t - 1 : t], pos[:, end - 1 : end]
+            out = _forward(model, new, mask[:, :end], new_pos, past, True, keep_kw)
+        else:
+            ids = torch.cat([prompt_ids, tokens[:, :t]], dim=1)
+            out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw)
+        past = out.past_key_values if use_cache else None
+        logits = out.logits[:, -1, :].float()
+
+        # Draw; record the T=1 log-prob. Rows that already emitted eos get pad and mask 0.
+        tok = torch.where(alive, _pick(logits, temperature, top_k, generator), pad)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+        tokens[:, t] = tok
+        logprobs[:, t] = torch.where(alive, logp, 0.0)
+        response_mask[:, t] = alive
+        steps = t + 1
+        if eos is not None:
+            alive &= tok != eos
+            if not alive.any():
+                break
+    return tokens[:, :steps], logprobs[:, :steps], response_mask[:, :steps]
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Teacher-forced ``log pi(y_t | x, y_<t)`` of each response token ``[B, Lr]`` (0 where masked).
+
+    One forward pass over ``[prompt | response]`` with position ids ``cumsum(mask) - 1``; the
+    logits at positions ``Lp-1 .. Lp+Lr-2`` score the response tokens. Gradients flow if the caller
+    has them enabled (policy) and not under ``torch.no_grad()`` (reference). The model's train/eval
+    mode is left to the caller (dropout changes the log-probs).
+    """
+    length = response_ids.shape[1]
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    mask = torch.cat([prompt_mask, response_mask], dim=1)
+    keep_kw = _keep_last(model, length + 1)
+    logits = _forward(model, ids, mask, position_ids(mask), None, False, keep_kw).logits
+    logits = logits[:, -(length + 1) : -1, :].float()
+    logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    return torch.where(response_mask.bool(), logp, 0.0)

@@ -1,0 +1,185 @@
+"""Batched sampling with KV cache vs. teacher forcing, on a tiny random GPT-2 (no downloads)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from infalign.generation import Rollout, sample, sequence_logprobs
+
+PAD, EOS = 0, 1
+PROMPTS = ["w1 w2 w3 w4 w5", "w6", "w7 w8 w9"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {"<pad>": PAD, "<eos>": EOS, "<unk>": 2, **{f"w{i}": i + 3 for i in range(45)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def tiny_gpt2(vocab_size: int, seed: int = 0, eos_bias: float | None = None) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    model = GPT2LMHeadModel(config)
+    if eos_bias is not None:  # an untied head with a bias towards eos: rows end at different steps
+        head = torch.nn.Linear(config.n_embd, vocab_size, bias=True)
+        with torch.no_grad():
+            head.weight.copy_(model.transformer.wte.weight)
+            head.bias.zero_()
+            head.bias[EOS] = eos_bias
+        model.lm_head = head
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_gpt2(len(tokenizer))
+
+
+def draw(model, tokenizer, seed=0, **kw) -> Rollout:
+    kw = {"num_samples": 4, "max_new_tokens": 10, **kw}
+    return sample(
+        model,
+        tokenizer,
+        kw.pop("prompts", PROMPTS),
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    )
+
+
+def test_shapes_and_prompt_major_order(model, tokenizer):
+    r = draw(model, tokenizer)
+    rows = len(PROMPTS) * 4
+    assert r.prompt_ids.shape[0] == r.response_ids.shape[0] == rows
+    assert r.logprobs.shape == r.response_ids.shape == r.response_mask.shape
+    assert r.prompt_index.tolist() == [p for p in range(len(PROMPTS)) for _ in range(4)]
+    assert len(r.responses) == rows
+    # Left padding: the real tokens of the short prompt "w6" sit at the right edge.
+    row = 4  # first sample of prompt 1
+    assert r.prompt_mask[row].tolist() == [0, 0, 0, 0, 1]
+    assert r.prompt_ids[row, -1].item() == tokenizer.convert_tokens_to_ids("w6")
+    assert not r.logprobs.is_inference()  # usable in later autograd computations
+
+
+def test_cached_logprobs_equal_teacher_forced(model, tokenizer):
+    r = draw(model, tokenizer)
+    tf = sequence_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+    torch.testing.assert_close(tf.detach(), r.logprobs, atol=1e-5, rtol=0)
+
+
+def test_cache_and_no_cache_agree(model, tokenizer):
+    a = draw(model, tokenizer, use_cache=True)
+    b = draw(model, tokenizer, use_cache=False)
+    assert torch.equal(a.response_ids, b.response_ids)
+    assert torch.equal(a.response_mask, b.response_mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+
+
+def test_deterministic_given_generator(model, tokenizer):
+    a, b = draw(model, tokenizer, seed=3), draw(model, tokenizer, seed=3)
+    c = draw(model, tokenizer, seed=4)
+    assert torch.equal(a.response_ids, b.response_ids) and a.responses == b.responses
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_left_padding_matches_unpadded_prompt(model, tokenizer):
+    # Teacher forcing: a fixed response scored after "w6" alone and after "w6" padded in a batch.
+    short = [p for p in PROMPTS if len(p.split()) == 1]
+    alone = draw(model, tokenizer, prompts=short, num_samples=1)
+    batch = draw(model, tokenizer, prompts=PROMPTS, num_samples=1)
+    row = PROMPTS.index(short[0])
+    assert batch.prompt_ids.shape[1] > alone.prompt_ids.shape[1]  # it really was padded
+    padded_ids, padded_mask = batch.prompt_ids[row : row + 1], batch.prompt_mask[row : row + 1]
+    lp_padded = sequence_logprobs(
+        model, padded_ids, padded_mask, alone.response_ids, alone.response_mask
+    )
+    torch.testing.assert_close(lp_padded.detach(), alone.logprobs, atol=1e-5, rtol=0)
+    # Sampling: greedy decoding of each prompt is the same inside a padded batch and alone.
+    greedy_batch = draw(model, tokenizer, num_samples=1, temperature=0.0)
+    for p, prompt in enumerate(PROMPTS):
+        single = draw(model, tokenizer, prompts=[prompt], num_samples=1, temperature=0.0)
+        n = single.response_ids.shape[1]
+        assert torch.equal(greedy_batch.response_ids[p, :n], single.response_ids[0])
+        torch.testing.assert_close(
+            greedy_batch.logprobs[p, :n], single.logprobs[0], atol=1e-5, rtol=0
+        )
+
+
+def test_eos_handling(tokenizer):
+    model = tiny_gpt2(len(tokenizer), eos_bias=2.5)
+    for use_cache in (True, False):
+        r = draw(model, tokenizer, num_samples=16, max_new_tokens=12, use_cache=use_cache)
+        ids, mask = r.response_ids, r.response_mask.bool()
+        is_eos = ids == EOS
+        assert is_eos.any(1).float().mean() > 0.5  # the bias makes most rows stop early
+        # The mask is 1 up to and including the first eos, 0 afterwards; pad and log-prob 0 there.
+        first = torch.where(is_eos.any(1), is_eos.float().argmax(1), ids.shape[1] - 1)
+        expected = torch.arange(ids.shape[1])[None, :] <= first[:, None]
+        assert torch.equal(mask, expected)
+        assert (ids[~mask] == PAD).all() and (r.logprobs[~mask] == 0).all()
+        assert (r.logprobs[mask] < 0).all()
+        assert r.response_lengths.tolist() == (first + 1).tolist()
+        assert all("<eos>" not in s for s in r.responses)
+        tf = sequence_logprobs(model, r.prompt_ids, r.prompt_mask, ids, r.response_mask)
+        torch.testing.assert_close(tf.detach(), r.logprobs, atol=1e-5, rtol=0)
+
+
+def test_stops_when_every_row_has_ended(tokenizer):
+    model = tiny_gpt2(len(tokenizer), eos_bias=50.0)  # eos is (almost surely) the first token
+    r = draw(model, tokenizer, max_new_tokens=10)
+    assert r.response_ids.shape[1] == 1 and (r.response_ids == EOS).all()
+    assert r.responses == [""] * len(r.responses)
+
+
+def test_restores_training_mode_and_logprobs_have_grad(model, tokenizer):
+    model.train()
+    try:
+        r = draw(model, tokenizer, num_samples=2)
+        assert model.training
+        model.eval()
+        lp = sequence_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+        lp.sum().backward()
+        assert model.transformer.wte.weight.grad is not None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
+def test_temperature_and_top_k(model, tokenizer):
+    greedy = draw(model, tokenizer, temperature=0.0)
+    per_prompt = greedy.response_ids.view(len(PROMPTS), 4, -1)
+    assert (per_prompt == per_prompt[:, :1]).all()  # greedy: all samples of a prompt agree
+    top1 = draw(model, tokenizer, top_k=1)
+    assert torch.equal(top1.response_ids, greedy.response_ids)
+    # Log-probs stay those of the model at T=1, whatever the sampling temperature.
+    hot = draw(model, tokenizer, temperature=2.0)
+    tf = sequence_logprobs(
+        model, hot.prompt_ids, hot.prompt_mask, hot.response_ids, hot.response_mask
+    )
+    torch.testing.assert_close(tf.detach(), hot.logprobs, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_samples": 0}, {"max_new_tokens": 0}, {"temperature": -1.0}, {"top_k": 0}]
+)
+def test_rejects_bad_arguments(model, tokenizer, kwargs):
+    with pytest.raises(ValueError):
+        draw(model, tokenizer, **kwargs)

@@ -1,0 +1,136 @@
+"""RL maths: KL estimators, RLOO advantages and loss, PPO clipped surrogate."""
+
+import math
+
+import pytest
+import torch
+
+from infalign.errors import ConfigError
+from infalign.rl import kl_penalty, ppo_loss, rloo_advantages, rloo_loss, shaped_reward
+
+
+# ---------------------------------------------------------------- KL estimators
+def test_kl_k1_k3_hand_computation():
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-2.0, -1.0, -7.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    # k1: (-1 + 2) + (-2 + 1) = 0.  k3 with log r = ref - logp = -1, +1:
+    #   (e^-1 - 1 + 1) + (e^1 - 1 - 1) = e^-1 + e - 2
+    torch.testing.assert_close(kl_penalty(logp, ref, mask, "k1"), torch.tensor([0.0]))
+    expected_k3 = torch.tensor([math.exp(-1) + math.e - 2])
+    torch.testing.assert_close(kl_penalty(logp, ref, mask, "k3"), expected_k3)
+
+
+def test_k3_is_non_negative():
+    g = torch.Generator().manual_seed(0)
+    logp, ref = -torch.rand(64, 9, generator=g) * 5, -torch.rand(64, 9, generator=g) * 5
+    per_seq = kl_penalty(logp, ref, torch.ones(64, 9), "k3")
+    assert (per_seq >= 0).all()
+    assert (kl_penalty(logp, ref, torch.ones(64, 9), "k1") < 0).any()  # k1 need not be
+
+
+def test_k3_is_unbiased_for_categorical_kl():
+    # p, q on 5 outcomes; 400k draws from p. The mean of k3 has standard error ~ sd/sqrt(n);
+    # we require agreement within 4 standard errors (and the SE itself is below 1e-3).
+    p = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05])
+    q = torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2])
+    true_kl = (p * (p / q).log()).sum()
+    y = torch.multinomial(p, 400_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    logp, logq = p.log()[y][:, None], q.log()[y][:, None]
+    ones = torch.ones_like(logp)
+    for est in ("k1", "k3"):
+        samples = kl_penalty(logp, logq, ones, est).double()
+        se = samples.std() / math.sqrt(len(samples))
+        assert se < 1e-3
+        assert abs(samples.mean() - true_kl) < 4 * se, est
+
+
+def test_kl_unknown_estimator_names_the_key():
+    x = torch.zeros(1, 1)
+    with pytest.raises(ValueError, match=r"algo\.kl_estimator.*k1.*k3"):
+        kl_penalty(x, x, x, "k2")
+
+
+def test_shaped_reward_detaches_kl():
+    kl = torch.tensor([1.0, 2.0], requires_grad=True)
+    r = shaped_reward(torch.tensor([0.5, 0.25]), kl, beta=0.1)
+    torch.testing.assert_close(r, torch.tensor([0.4, 0.05]))
+    assert not r.requires_grad
+
+
+# ---------------------------------------------------------------- RLOO
+def test_rloo_advantages_hand_computation():
+    rewards = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    expected = torch.tensor(
+        [1 - (2 + 6) / 2, 2 - (1 + 6) / 2, 6 - (1 + 2) / 2, 0 - 1.5, 0 - 1.5, 3 - 0.0]
+    )
+    torch.testing.assert_close(rloo_advantages(rewards, 3), expected)
+    torch.testing.assert_close(rloo_advantages(rewards.reshape(-1), 3), expected)
+
+
+def test_rloo_advantages_sum_to_zero_per_group():
+    rewards = torch.randn(7 * 5, generator=torch.Generator().manual_seed(0))
+    adv = rloo_advantages(rewards, 5).view(7, 5)
+    torch.testing.assert_close(adv.sum(1), torch.zeros(7), atol=1e-6, rtol=0)
+
+
+def test_rloo_advantages_rejects_bad_group():
+    with pytest.raises(ConfigError, match="algo.group_size"):
+        rloo_advantages(torch.zeros(4), 1)
+    with pytest.raises(ValueError):
+        rloo_advantages(torch.zeros(5), 2)
+
+
+def test_rloo_loss_gradient_is_reinforce():
+    # One-token "responses" from a categorical policy softmax(theta): grad log pi(y) = e_y - pi,
+    # so the gradient of the loss is -(1/B) sum_i A_i (e_{y_i} - pi).
+    theta = torch.tensor([0.3, -1.0, 0.5, 0.0], requires_grad=True)
+    y = torch.tensor([0, 2, 2, 1, 3, 0])
+    rewards = torch.tensor([1.0, 0.0, 2.0, -1.0, 0.5, 0.25])
+    adv = rloo_advantages(rewards, 3)
+    logprobs = torch.log_softmax(theta, 0)[y][:, None]
+    mask = torch.ones_like(logprobs)
+    rloo_loss(logprobs, mask, adv).backward()
+    pi = torch.softmax(theta.detach(), 0)
+    analytic = -(adv[:, None] * (torch.nn.functional.one_hot(y, 4) - pi)).mean(0)
+    torch.testing.assert_close(theta.grad, analytic)
+
+
+def test_rloo_loss_ignores_masked_tokens():
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, -4.0]], requires_grad=True)
+    loss = rloo_loss(logprobs, torch.tensor([[1, 1], [1, 0]]), torch.tensor([1.0, -2.0]))
+    torch.testing.assert_close(loss, -(1.0 * -3.0 + -2.0 * -0.5) / 2 * torch.ones(()))
+    loss.backward()
+    assert logprobs.grad[1, 1] == 0
+
+
+# ---------------------------------------------------------------- PPO
+def test_ppo_loss_unclipped_is_minus_advantage_times_ratio():
+    old = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+    new = old + torch.tensor([[0.05, -0.05, 0.0], [0.1, 0.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv = torch.tensor([2.0, -1.0])
+    loss, stats = ppo_loss(new, old, adv, mask, clip_eps=0.2)
+    ratio = torch.exp(new - old)
+    expected = (-(adv[:, None] * ratio) * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected)
+    assert stats["clip_frac"] == 0
+    expected_kl = ((ratio - 1 - (new - old)) * mask).sum() / mask.sum()
+    torch.testing.assert_close(stats["approx_kl"], expected_kl)
+
+
+def test_ppo_loss_clips_in_the_pessimistic_direction():
+    old = torch.zeros(4, 1)
+    log_ratio = torch.log(torch.tensor([[1.5], [1.5], [0.5], [0.5]]))
+    new = (old + log_ratio).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, stats = ppo_loss(new, old, adv, torch.ones(4, 1), clip_eps=0.2)
+    # A>0, rho=1.5: clipped to 1.2 (no gradient). A<0, rho=1.5: unclipped -(-1)(1.5).
+    # A>0, rho=0.5: unclipped -0.5.              A<0, rho=0.5: clipped to 0.8 -> 0.8.
+    per_token = torch.tensor([-1.2, 1.5, -0.5, 0.8])
+    torch.testing.assert_close(loss, per_token.mean())
+    torch.testing.assert_close(stats["clip_frac"], torch.tensor(0.5))
+    loss.backward()
+    grad = new.grad.squeeze(1)
+    assert grad[0] == 0 and grad[3] == 0  # clipped terms carry no gradient
+    torch.testing.assert_close(grad[[1, 2]], torch.tensor([1.5, -0.5]) / 4)  # d(-A rho)/dlog rho
