@@ -85,7 +85,8 @@ class CalibrationTable:
         if rewards.dim() != 2 or rewards.shape[1] < 1:
             raise ConfigError("calibration.K", tuple(rewards.shape), "reference rewards shaped [P, K>=1]")
         check_finite("reference rewards", rewards)
-        return cls(torch.sort(rewards.float(), dim=1).values, smoothing)
+        rewards = rewards if rewards.is_floating_point() else rewards.float()  # keep float64 exact
+        return cls(torch.sort(rewards, dim=1).values, smoothing)
 
     @property
     def num_prompts(self) -> int:

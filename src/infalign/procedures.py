@@ -194,11 +194,12 @@ def pool_win_rates(
 ) -> torch.Tensor:
     """``[len(ns), P]`` inference-time win rates of procedure ``name`` for every N in ``ns``.
 
-    Default ``ns`` = 1..min(M, M'), all from the same pools (method.md §7).
+    Default ``ns`` = 1..min(M, M') ([1] for sampling), all from the same pools (method.md §7).
     """
     m_pol, m_ref = policy_scores.shape[-1], reference_scores.shape[-1]
-    ns = list(range(1, min(m_pol, m_ref) + 1)) if ns is None else list(ns)
-    procs = [make_procedure(name if n > 1 or name != "sample" else "sample", n) for n in ns]
+    if ns is None:
+        ns = [1] if name == "sample" else list(range(1, min(m_pol, m_ref) + 1))
+    procs = [make_procedure(name, int(n)) for n in ns]
     for p in procs:
         p._check_pool(m_pol, m_ref)
     wx = torch.stack([p.selection_weights(m_pol) for p in procs])

@@ -1,0 +1,219 @@
+"""``infalign-train``: InfAlign-CTRL end to end (world -> calibrate -> train -> evaluate -> record).
+
+    infalign-train                                   # experiment=toy_bon: exp(t=4), best-of-4
+    infalign-train experiment=toy_won                # worst-of-4, exp with t < 0
+    infalign-train transform=identity algo.beta=0.1 algo=ppo
+    infalign-train -m transform=identity,log,raw     # a multirun sweep
+
+Returns the objective ``eval/<objective.judge>/<objective.metric>`` (for Optuna sweeps).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from infalign.apps.config import CONFIG_DIR
+from infalign.calibration import CalibrationTable
+from infalign.errors import ConfigError, require
+from infalign.modules.ctrl import CTRLModule, RLConfig
+from infalign.pipeline import record
+from infalign.pipeline.evaluate import evaluate_policy
+from infalign.pipeline.pools import reference_pool
+from infalign.pipeline.world import load_world
+from infalign.procedures import Procedure
+from infalign.transforms import Transform, as_transform
+
+log = logging.getLogger(__name__)
+# Our train "dataloader" only counts steps (prompts and seeds are functions of the step), so a
+# mid-epoch resume is exact; and the checkpoint is meant to hold the post-update state.
+warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+
+
+def instantiate_checked(node: DictConfig):
+    """``hydra.utils.instantiate`` that surfaces our ConfigError instead of Hydra's wrapper."""
+    try:
+        return instantiate(node)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise
+
+
+def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
+    """Everything that can be checked without compute; raises ConfigError naming the key."""
+    procedure: Procedure = instantiate_checked(cfg.procedure)
+    transform = as_transform(instantiate_checked(cfg.transform))
+    rl = RLConfig(**OmegaConf.to_container(cfg.algo, resolve=True))
+    require(int(cfg.calibration.K) >= 1, "calibration.K", cfg.calibration.K, "K >= 1 reference samples per prompt")
+    require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
+    bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
+    require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
+            f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
+    require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
+            cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
+    require(cfg.ckpt_path is None or cfg.ckpt_path == "last" or Path(cfg.ckpt_path).is_file(), "ckpt_path",
+            cfg.ckpt_path, "null, 'last' (this run dir's checkpoints/last.ckpt) or an existing checkpoint file")
+    return procedure, transform, rl
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    """Device settings shared by every stage (fit and predict)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    t = cfg.trainer
+    kw = {"accelerator": t.accelerator, "devices": t.devices, "precision": t.precision, "strategy": t.strategy,
+          "num_nodes": t.get("num_nodes", 1), "enable_model_summary": False}
+    if t.progress_bar == "rich":
+        kw["callbacks"] = [RichProgressBar(leave=True)]
+    kw["enable_progress_bar"] = t.progress_bar != "none"
+    return kw
+
+
+def make_logger(cfg: DictConfig, out_dir: Path, name: str, tags: list[str]):
+    if cfg.logger is None or cfg.logger.get("kind", "none") == "none":
+        return None
+    if cfg.logger.kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(out_dir), name="csv", version="")
+    if cfg.logger.kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(
+            project=cfg.logger.project, name=name, group=cfg.logger.group, job_type=cfg.logger.job_type,
+            tags=tags, save_dir=str(out_dir), offline=bool(cfg.logger.offline),
+            config=OmegaConf.to_container(cfg, resolve=True), entity=cfg.logger.get("entity"),
+        )
+    raise ConfigError("logger.kind", cfg.logger.kind, "one of ['wandb', 'csv', 'none']")
+
+
+def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
+    if cfg.ckpt_path == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    return cfg.ckpt_path
+
+
+def run(cfg: DictConfig) -> dict:
+    """All stages; returns metrics. The logger is finished (marked failed on error) in every case."""
+    procedure, transform, rl = validate(cfg)
+    out_dir = Path(cfg.paths.run_dir)
+    cache_dir = Path(cfg.paths.cache_dir)
+    name = record.run_name(procedure, transform, rl.beta, rl.name)
+    tags = [procedure.label, transform.kind, rl.name, f"beta={rl.beta:g}", cfg.data.source]
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    logger = make_logger(cfg, out_dir, name, tags)
+    kw = trainer_kwargs(cfg)
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        world = load_world(cfg, cache_dir)
+        timings["world_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        table, calib_hit = None, None
+        if transform.calibrated:
+            scores, calib_hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K),
+                                               {"reward": world.reward}, cfg.calibration, kw, int(cfg.seed),
+                                               cache_dir, tag="calibration")
+            table = CalibrationTable.from_rewards(scores["reward"], bool(cfg.calibration.smoothing))
+        timings["calibration_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
+                            world.train_prompts, rl, seed=int(cfg.seed))
+        fit_trainer = L.Trainer(
+            **{k: v for k, v in kw.items() if k != "callbacks"},
+            callbacks=[*kw.get("callbacks", []), checkpoint_callback(cfg, out_dir)],
+            max_steps=rl.steps * rl.optimizer_steps_per_batch, logger=logger if logger is not None else False,
+            log_every_n_steps=int(cfg.log_every_n_steps),
+            deterministic=bool(cfg.deterministic),
+        )
+        fit_trainer.fit(module, DataLoader(range(rl.steps), batch_size=None), ckpt_path=resolve_ckpt(cfg, out_dir))
+        timings["train_s"] = time.perf_counter() - t0
+        if cfg.save_policy:
+            world.policy.save_pretrained(out_dir / "policy")
+            world.tokenizer.save_pretrained(out_dir / "policy")
+
+        t0 = time.perf_counter()
+        ev = evaluate_policy(world, cfg, procedure, transform, rl.beta, kw, cache_dir)
+        timings["eval_s"] = time.perf_counter() - t0
+        th = ev["theory"]
+        kl = ev["judges"]["reward_model"]["kl"]["mean"]
+        metrics = {
+            "run_name": name, "status": "finished", "procedure": procedure.label, "transform": transform.label,
+            "algo": rl.name, "beta": rl.beta, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
+            "kl_ratio": (kl / th["kl"]) if th and th["kl"] > 0 else None,
+            "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
+                                          "eval_reference_hit": ev["reference_pool_cache_hit"]},
+            "world": {k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        paths = record.write_files(out_dir, metrics, procedure)
+        record.print_summary(metrics, procedure)
+        if logger is not None:
+            log_to_logger(logger, metrics, paths)
+        finish_logger(logger, 0)
+        return metrics
+    except BaseException:
+        finish_logger(logger, 1)
+        raise
+
+
+def checkpoint_callback(cfg: DictConfig, out_dir: Path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                           every_n_train_steps=int(cfg.checkpoint_every))
+
+
+def log_to_logger(logger, metrics: dict, paths: dict) -> None:
+    summary = record.flat_summary(metrics)
+    logger.log_metrics(summary)
+    if type(logger).__name__ == "WandbLogger":
+        logger.experiment.summary.update(summary)
+        samples = metrics["eval"]["samples"]
+        if samples:
+            logger.log_table(key="eval/samples", columns=["prompt", "response"], data=[list(s) for s in samples])
+        logger.log_image(key="eval/win_rates", images=[str(paths["plot"])])
+
+
+def finish_logger(logger, exit_code: int) -> None:
+    if logger is not None and type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+    elif logger is not None:
+        logger.finalize("success" if exit_code == 0 else "failed")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    metrics = run(cfg)
+    return objective(cfg, metrics)
+
+
+def objective(cfg: DictConfig, metrics: dict) -> float:
+    """``eval/<objective.judge>/<objective.metric>`` (``standard_win_rate`` for procedure=sample)."""
+    cols = metrics["eval"]["judges"][cfg.objective.judge]
+    metric = cfg.objective.metric if cfg.objective.metric in cols else "standard_win_rate"
+    return float(cols[metric]["mean"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Models: Hugging Face builders/loaders and reward scorers (no Lightning, no Hydra)."""
+
+from infalign.models.builders import (
+    TOY_SIZES,
+    build_toy_lm,
+    build_toy_reward_model,
+    encode_prompt_response,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    resolve_dtype,
+)
+from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_finite
+
+__all__ = [
+    "TOY_SIZES",
+    "GoldScorer",
+    "RewardScorer",
+    "Scorer",
+    "build_toy_lm",
+    "build_toy_reward_model",
+    "check_finite",
+    "encode_prompt_response",
+    "load_causal_lm",
+    "load_reward_model",
+    "load_tokenizer",
+    "resolve_dtype",
+]

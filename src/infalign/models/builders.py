@@ -1,0 +1,262 @@
+"""Turn a name or a local path into a Hugging Face model/tokenizer, and text into model inputs.
+
+- ``build_toy_lm`` / ``build_toy_reward_model``: fresh GPT-2 models sized for the toy world.
+- ``load_causal_lm`` / ``load_reward_model`` / ``load_tokenizer``: ``from_pretrained`` by hub name
+  or local directory, with errors that name the config key and the path, and a check that the
+  checkpoint is of the right kind (a sequence-classification checkpoint silently loads as a
+  causal LM otherwise: GPT-2 ties ``lm_head`` to the embeddings).
+- ``encode_prompt_response``: the one way prompt/response text becomes token ids (pre-training,
+  reward-model training and reward scoring all use it, so they see identical inputs).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from infalign.errors import ConfigError, require
+
+__all__ = [
+    "TOY_SIZES",
+    "build_toy_lm",
+    "build_toy_reward_model",
+    "encode_prompt_response",
+    "load_causal_lm",
+    "load_reward_model",
+    "load_tokenizer",
+    "resolve_dtype",
+]
+
+# n_embd, n_layer, n_head -> ~0.1M / ~0.6M / ~2.2M parameters with the default toy vocabulary.
+TOY_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"n_embd": 64, "n_layer": 2, "n_head": 2},
+    "small": {"n_embd": 128, "n_layer": 3, "n_head": 4},
+    "medium": {"n_embd": 192, "n_layer": 5, "n_head": 6},
+}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _toy_config(tokenizer, size: str, key: str, n_positions: int = 64, **extra):
+    from transformers import GPT2Config
+
+    if size not in TOY_SIZES:
+        raise ConfigError(key, size, f"one of {sorted(TOY_SIZES)}")
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # No dropout: the toy models are tiny and see fresh data; dropout only slows learning.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        summary_first_dropout=0.0,
+        **TOY_SIZES[size],
+        **extra,
+    )
+
+
+def build_toy_lm(tokenizer, size: str = "small", n_positions: int = 64):
+    """A randomly initialised ``GPT2LMHeadModel`` for ``tokenizer``'s vocabulary."""
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel(_toy_config(tokenizer, size, "toy.reference.size", n_positions))
+
+
+def build_toy_reward_model(tokenizer, size: str = "small", n_positions: int = 64):
+    """A randomly initialised ``GPT2ForSequenceClassification`` with one output (the score)."""
+    from transformers import GPT2ForSequenceClassification
+
+    config = _toy_config(tokenizer, size, "toy.reward.size", n_positions, num_labels=1)
+    return GPT2ForSequenceClassification(config)
+
+
+def resolve_dtype(dtype: str | torch.dtype, key: str = "dtype") -> torch.dtype:
+    """``'float32' | 'bfloat16' | 'float16'`` (or a ``torch.dtype``) -> ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ConfigError(key, dtype, f"one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _looks_local(name_or_path: str) -> bool:
+    """A path, as opposed to a hub id ``name`` or ``org/name``."""
+    p = str(name_or_path)
+    return (
+        Path(p).expanduser().exists()
+        or p.startswith(("/", "./", "../", "~", "."))
+        or p.count("/") > 1
+        or os.sep != "/"
+        and os.sep in p
+    )
+
+
+def _resolve(name_or_path: str | os.PathLike, key: str) -> str:
+    """Expand a local path and fail clearly when it is missing; pass hub ids through."""
+    name = str(name_or_path)
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{key}: local path does not exist: {path}")
+        if path.is_dir() and not (path / "config.json").exists():
+            raise ValueError(f"{key}: {path} is not a saved model directory (no config.json)")
+        return str(path)
+    return name
+
+
+def _load_config(name: str, key: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name)
+    except OSError as exc:
+        raise OSError(
+            f"{key}={name!r}: not a local directory and could not be loaded from the Hugging Face "
+            f"hub (offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}): {exc}"
+        ) from exc
+
+
+def _check_kind(config, name: str, key: str, suffixes: tuple[str, ...], wanted: str) -> None:
+    archs = list(getattr(config, "architectures", None) or [])
+    if archs and not any(a.endswith(suffixes) for a in archs):
+        raise ValueError(
+            f"{key}={name!r} is a {', '.join(archs)} checkpoint, not a {wanted} "
+            f"(expected an architecture ending in {' or '.join(suffixes)})"
+        )
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    key: str = "policy.name_or_path",
+):
+    """``AutoModelForCausalLM.from_pretrained`` by hub id or local directory.
+
+    Raises ``FileNotFoundError`` (naming ``key`` and the path) for a missing local path and
+    ``ValueError`` for a checkpoint that is not a causal LM (e.g. a reward model).
+    """
+    from transformers import AutoModelForCausalLM
+
+    name = _resolve(name_or_path, key)
+    config = _load_config(name, key)
+    _check_kind(config, name, key, ("ForCausalLM", "LMHeadModel"), "causal language model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, "dtype"))
+    except ValueError as exc:  # unrecognised configuration class for this auto class
+        raise ValueError(f"{key}={name!r} cannot be loaded as a causal LM: {exc}") from exc
+    return model.to(device)
+
+
+def load_reward_model(
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    tokenizer=None,
+    key: str = "reward.name_or_path",
+):
+    """``AutoModelForSequenceClassification.from_pretrained`` with one output (the score).
+
+    A missing ``config.pad_token_id`` is taken from ``tokenizer`` (else eos) so batched scoring
+    finds each row's last real token. Errors as in :func:`load_causal_lm`; a checkpoint with
+    more than one label is rejected.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    name = _resolve(name_or_path, key)
+    config = _load_config(name, key)
+    _check_kind(
+        config, name, key, ("ForSequenceClassification",), "sequence-classification reward model"
+    )
+    if config.num_labels != 1:
+        raise ValueError(
+            f"{key}={name!r} has num_labels={config.num_labels}; a reward model needs 1"
+        )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name, dtype=resolve_dtype(dtype, "dtype")
+        )
+    except ValueError as exc:
+        raise ValueError(f"{key}={name!r} cannot be loaded as a reward model: {exc}") from exc
+    if model.config.pad_token_id is None:
+        pad = getattr(tokenizer, "pad_token_id", None)
+        model.config.pad_token_id = pad if pad is not None else model.config.eos_token_id
+    return model.to(device)
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike,
+    padding_side: str = "left",
+    key: str = "policy.name_or_path",
+):
+    """``AutoTokenizer.from_pretrained``; ``padding_side`` 'left' (generation) or 'right'
+    (scoring); ``pad_token`` falls back to ``eos_token``."""
+    from transformers import AutoTokenizer
+
+    require(padding_side in ("left", "right"), "padding_side", padding_side, "'left' or 'right'")
+    name = str(name_or_path)
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"{key}: local path does not exist: {Path(name).expanduser()}")
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            str(Path(name).expanduser()) if _looks_local(name) else name
+        )
+    except OSError as exc:
+        raise OSError(f"{key}={name!r}: cannot load a tokenizer from it: {exc}") from exc
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"{key}={name!r}: tokenizer has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def encode_prompt_response(
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    append_eos: bool = True,
+    max_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``[prompt | response | eos]`` token ids.
+
+    Prompt and response are tokenised separately (as a sampler produces them: prompt ids, then
+    generated ids) and concatenated; ``eos`` is appended when ``append_eos`` and the tokenizer has
+    one. Over ``max_length`` the prompt is cut from the left (its end matters most), then the
+    response from the right. Returns ``input_ids``, ``attention_mask`` and ``response_mask``
+    (1 on response tokens including the eos), each ``[B, L]`` long.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if not prompts:
+        raise ValueError("encode_prompt_response: empty batch")
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id if append_eos else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows = []
+    for p, r in zip(p_ids, r_ids):
+        r = list(r) + ([eos] if eos is not None else [])
+        if max_length is not None and len(p) + len(r) > max_length:
+            keep_p = max(max_length - len(r), min(len(p), 1))
+            p = p[len(p) - keep_p :] if keep_p else []
+            r = r[: max_length - len(p)]
+        rows.append((p, r))
+    width = max(len(p) + len(r) for p, r in rows)
+    input_ids = torch.full((len(rows), width), pad if pad is not None else 0, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    response_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, r) in enumerate(rows):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        response_mask[i, len(p) : n] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_mask": response_mask,
+    }

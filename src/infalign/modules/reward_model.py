@@ -1,0 +1,103 @@
+"""Bradley-Terry reward-model training on preference pairs ``(prompt, chosen, rejected)``.
+
+Generic: the toy world's gold-labelled pairs and real HH / TL;DR comparisons go through the same
+collator and module. Loss ``-log sigmoid(r(x, chosen) - r(x, rejected))``, mean over pairs.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchmetrics.classification import BinaryAccuracy
+
+from infalign.models.builders import encode_prompt_response
+from infalign.modules.pretrain import TextPairs, adamw_with_warmup
+
+__all__ = [
+    "PreferenceCollator",
+    "RewardModelModule",
+    "bradley_terry_loss",
+    "make_preference_dataloader",
+]
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """``mean_i -log sigmoid(chosen_i - rejected_i)`` (computed as ``softplus(rejected - chosen)``)."""
+    return F.softplus(rejected - chosen).mean()
+
+
+class PreferenceCollator:
+    """``[(prompt, chosen, rejected), ...]`` -> one right-padded batch of ``2B`` rows: the first
+    ``B`` are ``prompt + chosen``, the last ``B`` ``prompt + rejected`` (one forward pass)."""
+
+    def __init__(self, tokenizer, max_length: int | None = None):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
+        prompts, chosen, rejected = (list(c) for c in zip(*batch))
+        enc = encode_prompt_response(
+            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def make_preference_dataloader(
+    tokenizer,
+    prompts: list[str],
+    chosen: list[str],
+    rejected: list[str],
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int = 0,
+    max_length: int | None = None,
+) -> DataLoader:
+    """A ``DataLoader`` of :class:`PreferenceCollator` batches (``batch_size`` pairs each)."""
+    return DataLoader(
+        TextPairs(prompts, chosen, rejected),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        collate_fn=PreferenceCollator(tokenizer, max_length),
+    )
+
+
+class RewardModelModule(L.LightningModule):
+    """Train a one-output sequence-classification model with :func:`bradley_terry_loss`.
+
+    Logs ``train/loss``, ``train/accuracy``, ``val/loss`` and ``val/accuracy`` (fraction of
+    pairs with ``r(chosen) > r(rejected)``).
+    """
+
+    def __init__(self, model, lr: float = 1e-3, warmup: int = 20, weight_decay: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+        self.train_acc = BinaryAccuracy()
+        self.val_acc = BinaryAccuracy()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores ``[rows]``: the model's single logit per sequence."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+
+    def _step(self, batch, stage: str, acc: BinaryAccuracy) -> torch.Tensor:
+        scores = self(batch["input_ids"], batch["attention_mask"])
+        chosen, rejected = scores.chunk(2)
+        loss = bradley_terry_loss(chosen, rejected)
+        margin = (chosen - rejected).detach()
+        acc((margin > 0).long(), torch.ones_like(margin, dtype=torch.long))
+        n = chosen.shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n)
+        self.log(f"{stage}/accuracy", acc, prog_bar=stage == "val", batch_size=n)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val", self.val_acc)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup)

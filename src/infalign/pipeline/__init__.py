@@ -1,0 +1,1 @@
+"""Stages of ``infalign-train``: world -> calibrate -> train -> evaluate -> record."""

@@ -1,0 +1,51 @@
+"""Sample pools: reference pools are cached by content; policy pools are drawn fresh.
+
+A reference pool -- n samples per prompt from pi_ref, scored by each judge -- is what calibration
+needs (sorted reward-model scores of K samples per training prompt) and what evaluation compares
+against (M samples per held-out prompt). It depends only on the reference model, the judges, the
+prompts, n, the generation settings and the seed, so it is stored under a hash of exactly those
+and shared by every run and sweep job (atomic write, checksum, rebuilt if corrupt).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from infalign.cache import cached, content_key, load_tensors, save_tensors
+from infalign.modules.rollout import RolloutModule, gather, prompt_loader
+
+log = logging.getLogger(__name__)
+
+POOL_VERSION = "pool-v1"
+
+
+def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer_kwargs, seed, reference=None,
+              keep_responses: int = 0) -> dict:
+    """Sample n responses per prompt with ``model`` and score them (``Trainer.predict``)."""
+    module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature),
+                           seed, reference=reference, keep_responses=keep_responses)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, **trainer_kwargs)
+    outputs = trainer.predict(module, prompt_loader(prompts, int(gen_cfg.batch_size)))
+    return gather(outputs)
+
+
+def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, trainer_kwargs, seed: int,
+                   cache_dir: str | Path, tag: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """``({judge: [P, n] scores}, cache_hit)`` for reference samples on ``prompts``."""
+    key = content_key(
+        POOL_VERSION, world.reference_fingerprint,
+        {name: (world.reward_fingerprint if name == "reward" else name) for name in judges},
+        prompts, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature), int(gen_cfg.batch_size), seed,
+    )
+    path = Path(cache_dir) / "pools" / f"{tag}-{key}.pt"
+
+    def build() -> dict[str, torch.Tensor]:
+        log.info("drawing reference pool %s: %d prompts x %d samples", tag, len(prompts), n)
+        pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer_kwargs, seed)
+        return pool["scores"]
+
+    return cached(path, build, lambda v, p: save_tensors(p, v, {"tag": tag}), lambda p: load_tensors(p)[0])

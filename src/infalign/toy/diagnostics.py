@@ -1,0 +1,82 @@
+"""Does the built toy world show the paper's phenomena? Quality spread and best-of-N gains.
+
+Samples ``M`` responses per held-out prompt from the reference LM and reports:
+
+- spread of the quality ``q`` within a prompt (mean over prompts of the per-prompt std) and
+  across prompts (std of per-prompt means); the same for the gold reward, whose across-prompt
+  spread (from the per-prompt offsets) dwarfs the within-prompt one -- raw rewards are
+  miscalibrated;
+- best-of-``n`` vs a single sample, judged by gold, with the best chosen by gold and by the
+  learned reward model: exact averages over every ``n``-subset of the pool (the ``k``-th
+  lowest-scored sample is the best of a random ``n``-subset with probability
+  ``C(k-1, n-1) / C(M, n)``), against every other sample of the pool (ties count one half);
+- the reward model's pairwise accuracy against the gold ordering over all within-prompt pairs.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import torch
+
+from infalign.generation import sample
+from infalign.toy.build import ToyArtifacts
+
+__all__ = ["best_of_n_win_rate", "reference_diagnostics"]
+
+
+def best_of_n_win_rate(select: torch.Tensor, judge: torch.Tensor, n: int) -> torch.Tensor:
+    """Per prompt, ``P(judge(best-of-n by select) > judge(other sample))`` + ties/2.
+
+    ``select`` and ``judge`` are ``[P, M]``; the best of a uniformly random ``n``-subset (by
+    ``select``, assumed tie-free) is compared with each of the other ``M - 1`` samples.
+    """
+    P, M = select.shape
+    if not 1 <= n <= M:
+        raise ValueError(f"n={n} must be in [1, {M}]")
+    order = select.argsort(dim=1)
+    weights = torch.tensor(
+        [comb(k - 1, n - 1) / comb(M, n) for k in range(1, M + 1)], dtype=torch.float64
+    )
+    j = judge.double().gather(1, order)  # judge values sorted by select
+    gt = (j[:, :, None] > j[:, None, :]).double()
+    eq = (j[:, :, None] == j[:, None, :]).double()
+    wins = (gt + 0.5 * eq).sum(-1) - 0.5  # remove self-comparison (a tie with itself)
+    return (wins / (M - 1) * weights).sum(-1)
+
+
+@torch.no_grad()
+def reference_diagnostics(
+    art: ToyArtifacts,
+    n_prompts: int = 200,
+    n_samples: int = 16,
+    n: int = 4,
+    split: str = "test",
+    seed: int = 0,
+    max_new_tokens: int = 24,
+) -> dict[str, float]:
+    """The figures of the module docstring for ``n_prompts`` prompts of ``split``."""
+    world, tok = art.world, art.load_tokenizer("left")
+    ref, scorer = art.load_reference(), art.load_reward_scorer()
+    prompts = world.prompts(split, n_prompts)
+    roll = sample(
+        ref, tok, prompts, n_samples, max_new_tokens, generator=torch.Generator().manual_seed(seed)
+    )
+    xs = [p for p in prompts for _ in range(n_samples)]
+    q = world.quality(xs, roll.responses).view(n_prompts, n_samples)
+    gold = world.gold_reward(xs, roll.responses).view(n_prompts, n_samples)
+    rm = scorer.score(xs, roll.responses).view(n_prompts, n_samples)
+    d = (rm[:, :, None] - rm[:, None, :]).sign() * (gold[:, :, None] - gold[:, None, :]).sign()
+    untied = (gold[:, :, None] != gold[:, None, :]) & (rm[:, :, None] != rm[:, None, :])
+    return {
+        "q_mean": float(q.mean()),
+        "q_std_within_prompt": float(q.std(1).mean()),
+        "q_std_across_prompts": float(q.mean(1).std()),
+        "gold_std_within_prompt": float(gold.std(1).mean()),
+        "gold_std_across_prompts": float(gold.mean(1).std()),
+        "mean_response_words": sum(len(r.split()) for r in roll.responses) / len(roll.responses),
+        f"bo{n}_by_gold_vs_single_gold_winrate": float(best_of_n_win_rate(gold, gold, n).mean()),
+        f"bo{n}_by_rm_vs_single_gold_winrate": float(best_of_n_win_rate(rm, gold, n).mean()),
+        f"wo{n}_by_rm_vs_single_gold_winrate": float(best_of_n_win_rate(-rm, gold, n).mean()),
+        "rm_pairwise_gold_accuracy": float((d[untied] > 0).double().mean()),
+    }

@@ -1,0 +1,47 @@
+"""Tiny settings so a whole infalign-train run takes seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from infalign.apps.config import CONFIG_DIR
+
+TINY_WORLD = [
+    "data.toy.reference.size=tiny",
+    "data.toy.reference.n_prompts=150",
+    "data.toy.reference.per_prompt=2",
+    "data.toy.reference.val_prompts=10",
+    "data.toy.reference.max_steps=15",
+    "data.toy.reference.batch_size=32",
+    "data.toy.reward.n_prompts=60",
+    "data.toy.reward.val_prompts=10",
+    "data.toy.reward.max_steps=8",
+    "data.toy.progress_bar=false",
+]
+TINY_RUN = [
+    "data.train_prompts=6",
+    "data.eval_prompts=5",
+    "calibration.K=4",
+    "algo.steps=2",
+    "algo.prompts_per_step=2",
+    "algo.group_size=2",
+    "eval.samples=4",
+    "eval.ns=[1,2,4]",
+    "eval.bootstrap=50",
+    "logger=none",
+    "trainer.progress_bar=none",
+    "save_policy=false",
+    "checkpoint_every=1",
+    "threads=null",
+]
+
+
+def compose_train(cache_dir: Path, run_dir: Path, *overrides: str):
+    """The train config as the CLI would compose it, with tiny settings and explicit paths."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[*TINY_WORLD, *TINY_RUN, f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", *overrides],
+        )

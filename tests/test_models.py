@@ -1,0 +1,154 @@
+"""Model builders, loaders (by path, errors), text encoding and reward scorers."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest
+import torch
+
+from infalign.errors import ConfigError
+from infalign.models import (
+    GoldScorer,
+    RewardScorer,
+    Scorer,
+    build_toy_lm,
+    build_toy_reward_model,
+    encode_prompt_response,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+)
+from infalign.toy import ToyWorld
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToyWorld(seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok(world):
+    return world.tokenizer()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tok):
+    """A tiny LM and a tiny reward model saved with their tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    lm, rm = build_toy_lm(tok, "tiny"), build_toy_reward_model(tok, "tiny")
+    for name, model in (("lm", lm), ("rm", rm)):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root, lm, rm
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_toy_sizes(tok):
+    sizes = {s: _n_params(build_toy_lm(tok, s)) for s in ("tiny", "small", "medium")}
+    assert 0.1e6 <= sizes["tiny"] <= 0.3e6
+    assert 0.5e6 <= sizes["small"] <= 1.0e6
+    assert 2e6 <= sizes["medium"] <= 4e6
+    rm = build_toy_reward_model(tok, "tiny")
+    assert rm.config.num_labels == 1 and rm.config.pad_token_id == tok.pad_token_id
+    with pytest.raises(ConfigError, match=r"toy\.reference\.size='huge'.*tiny"):
+        build_toy_lm(tok, "huge")
+
+
+def test_encode_prompt_response(tok):
+    enc = encode_prompt_response(tok, ["a1 a2 ->", "a3 ->"], ["b1 b2", "b3 b4 b5"])
+    ids, am, rm = enc["input_ids"], enc["attention_mask"], enc["response_mask"]
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    assert ids.shape == (2, 6)
+    assert tok.convert_ids_to_tokens(ids[0].tolist()) == ["a1", "a2", "->", "b1", "b2", "<eos>"]
+    assert ids[1].tolist()[-1] == eos and ids[1, 0] == tok.convert_tokens_to_ids("a3")
+    assert am.tolist() == [[1] * 6, [1] * 6] and rm.tolist() == [
+        [0, 0, 0, 1, 1, 1],
+        [0, 0, 1, 1, 1, 1],
+    ]
+    enc = encode_prompt_response(tok, ["a1 ->"], ["b1"], append_eos=False)
+    assert enc["input_ids"].tolist() == [tok.convert_tokens_to_ids(["a1", "->", "b1"])]
+    # Right padding; over max_length the prompt loses its *first* tokens.
+    enc = encode_prompt_response(tok, ["a1 a2 a3 ->", "a1 ->"], ["b1", ""], max_length=4)
+    assert tok.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == ["a3", "->", "b1", "<eos>"]
+    assert enc["input_ids"][1].tolist()[-1] == pad and enc["attention_mask"][1].tolist() == [
+        1,
+        1,
+        1,
+        0,
+    ]
+
+
+def test_load_by_path_round_trip(saved, tok):
+    root, lm, rm = saved
+    ids = tok(["a1 a2 -> b1 b2"], return_tensors="pt")["input_ids"]
+    lm2 = load_causal_lm(root / "lm")
+    torch.testing.assert_close(lm2(ids).logits, lm(ids).logits)
+    rm2 = load_reward_model(str(root / "rm"))
+    torch.testing.assert_close(rm2(ids).logits, rm(ids).logits)
+    t_left, t_right = load_tokenizer(root / "lm"), load_tokenizer(root / "rm", padding_side="right")
+    assert (t_left.padding_side, t_right.padding_side) == ("left", "right")
+    assert t_left("a1 b1")["input_ids"] == tok("a1 b1")["input_ids"]
+    with pytest.raises(ConfigError, match="padding_side"):
+        load_tokenizer(root / "lm", padding_side="middle")
+
+
+def test_missing_path_and_wrong_kind_errors(saved, tmp_path):
+    root, _, _ = saved
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=r"policy\.name_or_path.*nope"):
+        load_causal_lm(missing)
+    with pytest.raises(FileNotFoundError, match=r"reward\.name_or_path.*nope"):
+        load_reward_model(str(missing))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_tokenizer(missing)
+    with pytest.raises(
+        ValueError, match=r"policy\.name_or_path.*GPT2ForSequenceClassification.*not a causal"
+    ):
+        load_causal_lm(root / "rm")
+    with pytest.raises(
+        ValueError, match=r"reward\.name_or_path.*GPT2LMHeadModel.*not a sequence-classification"
+    ):
+        load_reward_model(root / "lm")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        load_causal_lm(tmp_path / "empty")
+
+
+def test_tokenizer_without_pad_falls_back_to_eos(tmp_path, tok):
+    from transformers import PreTrainedTokenizerFast
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<eos>")
+    bare.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert loaded.pad_token == "<eos>" and loaded.pad_token_id == tok.eos_token_id
+
+
+def test_reward_scorer_batches_and_padding_do_not_change_scores(saved, world):
+    root, _, _ = saved
+    scorer = RewardScorer(
+        load_reward_model(root / "rm"), load_tokenizer(root / "rm", "right"), batch_size=1
+    )
+    assert isinstance(scorer, Scorer) and isinstance(GoldScorer(world), Scorer)
+    xs, ys = world.reference_corpus(5, 2, seed=0)
+    one = scorer.score(xs, ys)
+    scorer.batch_size = 64
+    many = scorer.score(xs, ys)
+    assert one.dtype == torch.float32 and one.shape == (10,) and not one.requires_grad
+    torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)
+    assert one.std() > 0  # a random model still gives different responses different scores
+    torch.testing.assert_close(GoldScorer(world).score(xs, ys), world.gold_reward(xs, ys))
+
+
+def test_reward_scorer_nan_raises(tok, world):
+    rm = build_toy_reward_model(tok, "tiny")
+    with torch.no_grad():
+        rm.score.weight.fill_(float("nan"))
+    xs, ys = world.reference_corpus(2, 1, seed=0)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        RewardScorer(rm, tok).score(xs, ys)

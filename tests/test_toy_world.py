@@ -1,0 +1,290 @@
+"""The toy world: formulas, splits, tokenizer, behaviour diversity, BT labels, cached build."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import json
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from infalign.errors import ConfigError
+from infalign.toy import (
+    SEP,
+    ToyWorld,
+    build_toy_world,
+    make_preference_pairs,
+    resolve_toy_config,
+)
+from infalign.toy import build as toy_build
+from infalign.toy.diagnostics import best_of_n_win_rate
+
+# A toy world small enough to build in a few seconds (tiny models, a handful of steps).
+TINY = {
+    "reference": {
+        "size": "tiny",
+        "n_prompts": 48,
+        "per_prompt": 2,
+        "val_prompts": 8,
+        "max_steps": 4,
+        "batch_size": 16,
+    },
+    "reward": {"n_prompts": 24, "val_prompts": 16, "max_steps": 4, "batch_size": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToyWorld(seed=0)
+
+
+def _liked_and_not(world, prompt):
+    liked = sorted(world.params(prompt).liked)
+    other = [s for s in range(world.n_symbols) if s not in liked]
+    return [f"b{s}" for s in liked], [f"b{s}" for s in other]
+
+
+# ------------------------------------------------------------------ formulas
+def test_quality_matches_hand_computation(world):
+    x = world.prompts("train", 1)[0]
+    (l1, l2, *_), (o1, o2, o3, *_) = _liked_and_not(world, x)
+    # 8 words: liked l1 l1 l2 l1 (4 hits), repeats (l1,l1) and (o3,o3) -> 2 of 7 adjacent pairs.
+    y = " ".join([l1, l1, o1, l2, o2, o3, o3, l1])
+    expected_q = 4 / 8 - 0.5 * 2 / 7
+    # Short answers are divided by n_min = 6: two liked words give 2/6, not 1.
+    short = f"{l1} {l2}"
+    # Words that are not symbols never count as liked; the empty response has q = 0.
+    junk = f"a0 {SEP} {l1} <eos> {o1} {o2}"
+    q = world.quality([x] * 4, [y, short, junk, ""])
+    assert q.dtype == torch.float32
+    torch.testing.assert_close(q, torch.tensor([expected_q, 2 / 6, 1 / 6, 0.0]))
+
+
+def test_gold_reward_is_scale_times_quality_plus_offset(world):
+    xs = world.prompts("train", 3)
+    ys = [" ".join(_liked_and_not(world, x)[0][:2] * 4) for x in xs]
+    p = [world.params(x) for x in xs]
+    gold = world.gold_reward(xs, ys)
+    q = world.quality(xs, ys)
+    expected = torch.tensor([pp.scale * qq + pp.offset for pp, qq in zip(p, q.tolist())])
+    torch.testing.assert_close(gold, expected)
+    # Empty response: q = 0, so the reward is exactly the prompt's offset b_x.
+    torch.testing.assert_close(
+        world.gold_reward(xs, [""] * 3), torch.tensor([pp.offset for pp in p])
+    )
+    # Deterministic and independent of batch composition / whitespace.
+    again = world.gold_reward([xs[1], "  " + xs[0].replace(" ", "   ")], [ys[1], ys[0]])
+    torch.testing.assert_close(again, gold[[1, 0]])
+
+
+def test_liked_set_is_union_over_attributes(world):
+    x = world.prompts("val", 1)[0]
+    attrs = x.split()[:-1]
+    union = frozenset().union(*(world.params(f"{a} {SEP}").liked for a in attrs))
+    assert world.params(x).liked == union
+    assert 0 < len(union) < world.n_symbols
+
+
+def test_scale_and_offset_vary_strongly_across_prompts(world):
+    ps = [world.params(x) for x in world.prompts("train", 600)]
+    log_a = np.log([p.scale for p in ps])
+    b = np.array([p.offset for p in ps])
+    prop = np.array([p.propensity for p in ps])
+    assert 0.8 < log_a.std() < 1.2  # scale = 6 exp(N(0, 1))
+    assert 2.5 < b.std() < 3.5  # offset ~ N(0, 3)
+    assert prop.std() > 0.08 and 0.05 < prop.min() and prop.max() < 0.95
+    assert abs(np.corrcoef(log_a, b)[0, 1]) < 0.15
+
+
+def test_gold_reward_rejects_foreign_prompts(world):
+    with pytest.raises(ValueError, match="must end with"):
+        world.gold_reward(["hello world"], ["b1"])
+    with pytest.raises(ValueError, match="unknown attribute"):
+        world.gold_reward([f"a0 zz {SEP}"], ["b1"])
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        world.gold_reward(["a0 ->", "a1 ->"], ["b1"])
+
+
+# ------------------------------------------------------------------ prompts / splits
+def test_splits_disjoint_deterministic_prefix_consistent(world):
+    tr, va, te = (world.prompts(s, 300) for s in ("train", "val", "test"))
+    assert len(set(tr)) == len(set(va)) == len(set(te)) == 300
+    assert not (set(tr) & set(va)) and not (set(tr) & set(te)) and not (set(va) & set(te))
+    assert ToyWorld(seed=0).prompts("val", 300) == va
+    assert world.prompts("val", 50) == va[:50]
+    assert ToyWorld(seed=1).prompts("val", 50) != va[:50]
+    for x in tr[:50]:
+        words = x.split()
+        assert words[-1] == SEP and 4 <= len(words) - 1 <= 6 and len(set(words)) == len(words)
+    with pytest.raises(ConfigError, match="split"):
+        world.prompts("dev", 3)
+
+
+def test_tokenizer_round_trip(world, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = world.tokenizer()
+    text = "a3 a11 a0 -> b4 b4 b17"
+    ids = tok(text)["input_ids"]
+    assert len(ids) == 7 and tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+    assert tok("a3 zz")["input_ids"][-1] == tok.unk_token_id
+    assert len({tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id}) == 4
+    tok.save_pretrained(tmp_path)
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok2(text)["input_ids"] == ids
+    assert (tok2.pad_token, tok2.eos_token) == ("<pad>", "<eos>")
+    assert tok2.decode(ids + [tok.eos_token_id, tok.pad_token_id], skip_special_tokens=True) == text
+
+
+# ------------------------------------------------------------------ behaviour distribution
+def test_reference_corpus_deterministic_and_well_formed(world):
+    xs, ys = world.reference_corpus(20, 3, seed=5)
+    assert len(xs) == len(ys) == 60 and xs[:3] == [xs[0]] * 3
+    assert world.reference_corpus(20, 3, seed=5) == (xs, ys)
+    assert world.reference_corpus(20, 3, seed=6)[1] != ys
+    symbols = set(world.symbol_words)
+    for y in ys:
+        assert 6 <= len(y.split()) <= 16 and set(y.split()) <= symbols
+
+
+def test_behaviour_samples_are_diverse_so_best_of_n_helps(world):
+    P, M = 200, 16
+    xs, ys = world.reference_corpus(P, M, seed=0)
+    q = world.quality(xs, ys).view(P, M)
+    gold = world.gold_reward(xs, ys).view(P, M)
+    assert q.std(1).mean() > 0.15  # wide quality spread within a prompt
+    assert gold.mean(1).std() > 2 * gold.std(1).mean()  # raw rewards miscalibrated across prompts
+    assert best_of_n_win_rate(gold, gold, 4).mean() > 0.75
+    assert best_of_n_win_rate(gold, gold, 1).mean() == pytest.approx(0.5)
+    # Prompts with a higher propensity get more liked symbols.
+    prop = torch.tensor([world.params(x).propensity for x in xs[::M]])
+    assert torch.corrcoef(torch.stack([prop, q.mean(1)]))[0, 1] > 0.3
+
+
+def test_best_of_n_win_rate_exact_on_small_pool():
+    # Pool of 3 with select == judge: best of 2 is the max of a random pair.
+    g = torch.tensor([[0.0, 1.0, 2.0]])
+    # Subsets {0,1}->1, {0,2}->2, {1,2}->2; wins vs the other two samples: 1 -> 1/2, 2 -> 1.
+    assert best_of_n_win_rate(g, g, 2).item() == pytest.approx((0.5 + 1 + 1) / 3)
+    assert best_of_n_win_rate(-g, g, 2).item() == pytest.approx((0 + 0 + 0.5) / 3)
+
+
+def test_preference_labels_follow_bradley_terry(world):
+    x = world.prompts("train", 1)[0]
+    liked, other = _liked_and_not(world, x)
+    a, b = " ".join(liked[:1] * 1 + other[:5]), " ".join(other[:6])
+    n = 4000
+    pairs = make_preference_pairs(world, [x] * n, [a] * n, [b] * n, seed=0)
+    ra, rb = world.gold_reward([x, x], [a, b])
+    p = torch.sigmoid(ra - rb).item()
+    frac = sum(c == a for c in pairs.chosen) / n
+    assert abs(frac - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
+    assert all({c, r} == {a, b} for c, r in zip(pairs.chosen, pairs.rejected))
+    margin = world.gold_reward([x] * n, pairs.chosen) - world.gold_reward([x] * n, pairs.rejected)
+    torch.testing.assert_close(pairs.gold_margin, margin)
+    again = make_preference_pairs(world, [x] * n, [a] * n, [b] * n, seed=0)
+    assert again.chosen == pairs.chosen
+
+
+# ------------------------------------------------------------------ build_toy_world (cached)
+def test_resolve_config_rejects_unknown_and_inconsistent_keys():
+    c, runtime = resolve_toy_config({"reference": {"lr": "1e-3"}, "progress_bar": True})
+    assert c["reference"]["lr"] == 1e-3 and runtime["progress_bar"] is True
+    assert c["reward"]["size"] == c["reference"]["size"]
+    with pytest.raises(ConfigError, match=r"toy\.reference\.stepz"):
+        resolve_toy_config({"reference": {"stepz": 3}})
+    with pytest.raises(ConfigError, match=r"toy\.reward\.size"):
+        resolve_toy_config({"reward": {"size": "medium"}})
+    with pytest.raises(ConfigError, match=r"toy\.world\.n_symbols"):
+        resolve_toy_config({"world": {"n_symbols": "many"}})
+
+
+def test_build_toy_world_miss_hit_and_rebuild_after_corruption(tmp_path, monkeypatch):
+    from infalign.models import GoldScorer
+
+    art = build_toy_world(TINY, tmp_path)
+    assert art.built and art.reference_dir.is_dir() and art.reward_dir.is_dir()
+    assert 0.0 <= art.stats["reward_val_accuracy"] <= 1.0 and art.stats["reference_val_loss"] > 0
+    manifest = json.loads((art.root / "manifest.json").read_text())
+    assert manifest["key"] == art.key and "reference/model.safetensors" in manifest["files"]
+
+    # Usable by path: sample from the reference, score with the reward model.
+    from infalign.generation import sample
+
+    roll = sample(
+        art.load_reference(), art.load_tokenizer("left"), art.world.prompts("test", 3), 2, 8
+    )
+    prompts = [p for p in art.world.prompts("test", 3) for _ in range(2)]
+    scores = art.load_reward_scorer().score(prompts, roll.responses)
+    assert scores.shape == (6,) and torch.isfinite(scores).all()
+    assert GoldScorer(art.world).score(prompts, roll.responses).shape == (6,)
+
+    # Second call: a cache hit that builds nothing.
+    def boom(*args, **kwargs):
+        raise AssertionError("cache hit expected, but the toy world was rebuilt")
+
+    monkeypatch.setattr(toy_build, "_build", boom)
+    hit = build_toy_world(TINY, tmp_path)
+    assert not hit.built and hit.root == art.root and hit.stats == art.stats
+    monkeypatch.undo()
+
+    # Runtime-only options do not change the key; a changed hyperparameter does.
+    assert build_toy_world({**TINY, "progress_bar": False}, tmp_path).key == art.key
+    assert resolve_toy_config({"seed": 1})[0] != resolve_toy_config({})[0]
+
+    # Corrupt manifest -> detected and rebuilt.
+    (art.root / "manifest.json").write_text("{not json")
+    rebuilt = build_toy_world(TINY, tmp_path)
+    assert rebuilt.built and json.loads((art.root / "manifest.json").read_text())["key"] == art.key
+
+    # A damaged weight file (checksum mismatch) -> rebuilt as well.
+    weights = art.root / "reward" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    assert build_toy_world(TINY, tmp_path).built
+    assert not list(tmp_path.glob(".toy-*.tmp"))  # no temp dirs left behind
+
+
+def test_concurrent_builders_build_once(tmp_path, monkeypatch):
+    calls = []
+    real_build = toy_build._build
+
+    def slow_build(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.5)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(toy_build, "_build", slow_build)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(build_toy_world(TINY, tmp_path)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 2
+    assert sorted(r.built for r in results) == [False, True]
+
+
+@pytest.mark.slow
+def test_default_toy_world_shows_the_phenomena(tmp_path):
+    """Cold build at default settings (~1 min on 2 cores): the reference is diverse, the reward
+    model is clearly better than chance, and best-of-4 by the reward model beats one sample."""
+    from infalign.toy.diagnostics import reference_diagnostics
+
+    art = build_toy_world({}, tmp_path)
+    assert art.stats["reward_val_gold_accuracy"] > 0.62
+    d = reference_diagnostics(art, n_prompts=100, n_samples=16)
+    assert d["q_std_within_prompt"] > 0.12
+    assert d["gold_std_across_prompts"] > 2 * d["gold_std_within_prompt"]
+    assert d["bo4_by_gold_vs_single_gold_winrate"] > 0.75
+    assert d["bo4_by_rm_vs_single_gold_winrate"] > 0.6
+    assert d["wo4_by_rm_vs_single_gold_winrate"] < 0.4
