@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo analyze test test-fast bench lint clean-cache
+.PHONY: setup demo train analyze test test-fast bench lint clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-demo: setup          ## the default job
-	$(VENV)/bin/infalign-analyze
+demo: setup          ## the default job: infalign-train (toy world, best-of-4, exp transform)
+	$(VENV)/bin/infalign-train $(ARGS)
 
 analyze: setup       ## calibrated-space theory: win rate vs KL, best t, optimal frontier
 	$(VENV)/bin/infalign-analyze $(ARGS)

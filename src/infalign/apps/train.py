@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from infalign.apps.config import CONFIG_DIR
+from infalign.cache import atomic_write_json
 from infalign.calibration import CalibrationTable
 from infalign.errors import ConfigError, require
 from infalign.modules.ctrl import CTRLModule, RLConfig
@@ -92,11 +93,23 @@ def make_logger(cfg: DictConfig, out_dir: Path, name: str, tags: list[str]):
         from lightning.pytorch.loggers import WandbLogger
 
         return WandbLogger(
-            project=cfg.logger.project, name=name, group=cfg.logger.group, job_type=cfg.logger.job_type,
+            project=cfg.logger.project, name=name, group=wandb_group(cfg), job_type=cfg.logger.job_type,
             tags=tags, save_dir=str(out_dir), offline=bool(cfg.logger.offline),
             config=OmegaConf.to_container(cfg, resolve=True), entity=cfg.logger.get("entity"),
         )
     raise ConfigError("logger.kind", cfg.logger.kind, "one of ['wandb', 'csv', 'none']")
+
+
+def wandb_group(cfg: DictConfig) -> str:
+    """``logger.group`` if set (sweep configs set ``sweep_name``), else one group per multirun
+    (``multirun-<sweep dir name>``), else ``single``."""
+    if cfg.logger.get("group"):
+        return str(cfg.logger.group)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        return f"multirun-{Path(HydraConfig.get().sweep.dir).name}"
+    return "single"
 
 
 def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -117,6 +130,8 @@ def run(cfg: DictConfig) -> dict:
         torch.set_num_threads(int(cfg.threads))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     logger = make_logger(cfg, out_dir, name, tags)
+    if logger is not None and type(logger).__name__ == "WandbLogger":
+        _ = logger.experiment  # start the run now, so a job that fails in any stage shows up (as failed)
     kw = trainer_kwargs(cfg)
     timings: dict[str, float] = {}
     try:
@@ -169,7 +184,11 @@ def run(cfg: DictConfig) -> dict:
             log_to_logger(logger, metrics, paths)
         finish_logger(logger, 0)
         return metrics
-    except BaseException:
+    except BaseException as exc:
+        # a failed job leaves a record a sweep report can list (and is marked failed in W&B)
+        failed = {"run_name": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                  "timings": timings, "config": OmegaConf.to_container(cfg, resolve=True)}
+        atomic_write_json(out_dir / "metrics.json", failed)
         finish_logger(logger, 1)
         raise
 
@@ -204,15 +223,30 @@ def finish_logger(logger, exit_code: int) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    metrics = run(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        metrics = run(cfg)
+    except Exception:
+        # In a sweep one failed job must not cancel the rest: it is recorded (metrics.json with
+        # status=failed, W&B run marked failed) and returns NaN. A single run fails loudly.
+        if HydraConfig.get().mode.name != "MULTIRUN" or not cfg.continue_on_failure:
+            raise
+        log.exception("job failed; continuing the sweep (continue_on_failure=true)")
+        return float("nan")
     return objective(cfg, metrics)
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float:
-    """``eval/<objective.judge>/<objective.metric>`` (``standard_win_rate`` for procedure=sample)."""
+    """``eval/<objective.judge>/<objective.metric>`` (``standard_win_rate`` for procedure=sample),
+    minus ``objective.kl_penalty * max(0, KL - objective.kl_budget)`` when a budget is set."""
     cols = metrics["eval"]["judges"][cfg.objective.judge]
     metric = cfg.objective.metric if cfg.objective.metric in cols else "standard_win_rate"
-    return float(cols[metric]["mean"])
+    value = float(cols[metric]["mean"])
+    budget = cfg.objective.get("kl_budget")
+    if budget is not None:  # over-budget runs lose kl_penalty per nat of excess KL
+        value -= float(cfg.objective.kl_penalty) * max(0.0, cols["kl"]["mean"] - float(budget))
+    return value
 
 
 if __name__ == "__main__":

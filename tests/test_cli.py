@@ -1,0 +1,72 @@
+"""The console scripts as a user runs them (subprocesses): train with W&B offline, analyze multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_helpers import TINY_RUN, TINY_WORLD
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_train_cli_writes_files_and_an_offline_wandb_run(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [o for o in TINY_WORLD + TINY_RUN if not o.startswith("logger=")]
+    proc = run_cli(str(BIN / "infalign-train"), *overrides, "logger=wandb", f"paths.cache_dir={tmp_path / 'cache'}",
+                   f"hydra.run.dir={run_dir}")
+    assert "trained policy vs reference" in proc.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run_name"] == "bon4-exp-t4-b20"
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    run_files = {p.name for p in offline[0].rglob("*")}
+    assert any(name.endswith(".wandb") for name in run_files)  # the run's event log, ready for `wandb sync`
+    assert "wandb-summary.json" in run_files or any(n.endswith(".wandb") for n in run_files)
+
+
+def test_analyze_cli_multirun_over_n(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(str(BIN / "infalign-analyze"), "-m", "procedure.n=2,4", "kl.num=5", "optimal=false",
+                   "best_t.num=8", "best_t.budgets=[0.5]", f"hydra.sweep.dir={sweep}", "plot=false")
+    assert "bon2 win rate" in proc.stdout and "bon4 win rate" in proc.stdout
+    for job, n in (("0", 2), ("1", 4)):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["procedure"] == f"bon{n}"
+        assert (sweep / job / "curves.csv").read_text().count("\n") == 1 + 5 * 6  # header + 6 families x 5
+
+
+@pytest.mark.slow
+def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in TINY_WORLD + TINY_RUN if not o.startswith("logger=")]
+    # job 1 fails at run time (a missing model path passes validation, fails when loaded)
+    run_cli(str(BIN / "infalign-train"), "-m", "transform=identity,exp_normalized",
+            "policy.name_or_path=null,/nonexistent/model", *overrides, "logger=wandb",
+            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}")
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 4
+    group = f"multirun-{sweep.name}".encode()
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        failed = metrics["config"]["policy"]["name_or_path"] is not None
+        assert metrics["status"] == ("failed" if failed else "finished")
+        if failed:
+            assert "policy.name_or_path" in metrics["error"]
+        (run,) = (job / "wandb").glob("offline-run-*")  # exactly one W&B run per job
+        assert group in next(run.glob("run-*.wandb")).read_bytes()  # all in the sweep's group
+        exit_line = f"got exitcode: {1 if failed else 0}"
+        assert exit_line in (run / "logs" / "debug.log").read_text()  # failed runs marked failed

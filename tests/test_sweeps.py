@@ -1,0 +1,113 @@
+"""Sweep configs compose and expand to the expected jobs; W&B grouping; concurrent cache builders."""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+
+from infalign.apps.config import CONFIG_DIR
+from infalign.cache import cached, load_tensors, save_tensors
+
+EXPECTED = {  # sweep -> (number of jobs, swept keys)
+    "bon_transforms": (6 * 3 * 3, ["transform", "algo.beta", "procedure.n"]),
+    "won_transforms": (6 * 3 * 3, ["transform", "algo.beta", "procedure.n"]),
+    "beta_frontier": (7, ["algo.beta"]),
+}
+
+
+def compose_sweep(name: str, *overrides: str):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=[f"+sweeps={name}", *overrides], return_hydra_config=True)
+
+
+def expand(cfg) -> list[list[str]]:
+    """The job override lists Hydra's basic sweeper would launch for this config."""
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    parsed = OverridesParser.create().parse_overrides(params)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_grid_sweeps_expand_to_distinct_jobs(name):
+    cfg = compose_sweep(name)
+    assert cfg.sweep_name == name and cfg.hydra.mode.name == "MULTIRUN"
+    jobs = expand(cfg)
+    count, keys = EXPECTED[name]
+    assert len(jobs) == count
+    as_dicts = [dict(o.split("=", 1) for o in job) for job in jobs]
+    combos = {tuple(d[k] for k in keys) for d in as_dicts}
+    assert len(combos) == count  # no (family, t) duplicates: every job trains something different
+    for d in as_dicts[:: max(1, count // 6)]:  # each job's config composes and instantiates
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            job_cfg = compose("train", overrides=[f"+sweeps={name}", *[f"{k}={v}" for k, v in d.items()]])
+        transform = instantiate(job_cfg.transform)
+        assert job_cfg.procedure.name in ("bon", "won")
+        if d.get("transform", "").startswith("expn"):
+            assert transform.normalized and (transform.t < 0) == (job_cfg.procedure.name == "won")
+
+
+def test_optuna_sweep_composes_with_its_search_space():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose_sweep("optuna_t")
+    sw = cfg.hydra.sweeper
+    assert sw._target_.endswith("OptunaSweeper") and sw.direction == "maximize"
+    assert set(sw.params) == {"transform.t", "algo.beta"} and cfg.objective.kl_budget == 0.5
+
+
+def test_objective_penalises_kl_over_budget():
+    from infalign.apps.train import objective
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["objective.kl_budget=0.5", "objective.kl_penalty=2.0"])
+    metrics = {"eval": {"judges": {"reward_model": {"bon4_win_rate": {"mean": 0.8}, "kl": {"mean": 0.75}}}}}
+    assert objective(cfg, metrics) == pytest.approx(0.8 - 2.0 * 0.25)
+    metrics["eval"]["judges"]["reward_model"]["kl"]["mean"] = 0.3
+    assert objective(cfg, metrics) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("launcher, target", [("local_parallel", "JoblibLauncher"), ("slurm", "SlurmLauncher")])
+def test_launcher_entries_compose(launcher, target):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=4"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    if launcher == "slurm":  # one task per device: Lightning owns the ranks
+        assert cfg.hydra.launcher.tasks_per_node == 4 == cfg.hydra.launcher.gpus_per_node
+
+
+def _build_in_process(path: str, counter_dir: str, barrier) -> list[float]:
+    def build():
+        (__import__("pathlib").Path(counter_dir) / f"built-{mp.current_process().pid}").touch()
+        __import__("time").sleep(0.5)  # a slow build: the other process must wait, not build too
+        return {"x": torch.arange(5.0)}
+
+    barrier.wait()
+    value, _ = cached(path, build, lambda v, p: save_tensors(p, v), lambda p: load_tensors(p)[0])
+    return value["x"].tolist()
+
+
+def test_two_processes_build_a_cache_entry_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(2)
+    path = str(tmp_path / "entry.pt")
+    with ctx.Pool(2) as pool:
+        results = pool.starmap(_build_in_process, [(path, str(tmp_path), barrier)] * 2)
+    assert results == [[0.0, 1.0, 2.0, 3.0, 4.0]] * 2
+    assert len(list(tmp_path.glob("built-*"))) == 1  # built once, read by the other
+    assert not list(tmp_path.glob(".entry.pt.*"))  # no temp files left behind
+
+
+def test_sweep_jobs_cover_families_times_betas():
+    cfg = compose_sweep("bon_transforms")
+    families = cfg.hydra.sweeper.params.transform.split(",")
+    betas = cfg.hydra.sweeper.params["algo.beta"].split(",")
+    jobs = {tuple(sorted(job)) for job in expand(cfg)}
+    for fam, beta in itertools.product(families, betas):
+        assert any(f"transform={fam}" in job and f"algo.beta={beta}" in job for job in jobs)
