@@ -29,7 +29,11 @@ test: setup          ## the whole suite (what CI runs)
 test-fast: setup     ## skip the slow end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
-bench: setup         ## speed figures (printed, not asserted)
+$(VENV)/.bench-stamp: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev,sweep,bench]"
+	touch $@
+
+bench: $(VENV)/.bench-stamp   ## speed figures incl. ours vs TRL's RLOOTrainer (printed, not asserted)
 	$(PY) -m infalign.bench $(ARGS)
 
 lint: setup

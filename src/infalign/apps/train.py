@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from infalign import distributed
 from infalign.apps.config import CONFIG_DIR
 from infalign.cache import atomic_write_json
 from infalign.calibration import CalibrationTable
@@ -64,6 +65,11 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
+    multi = int(cfg.trainer.devices) != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1
+    require(not multi or distributed.launched_externally(), "trainer.devices", cfg.trainer.devices,
+            "1, or several processes started by torchrun / SLURM (one per device)",
+            "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
+            "hydra.run.dir=outputs/train/my_run, or hydra/launcher=slurm")
     require(cfg.ckpt_path is None or cfg.ckpt_path == "last" or Path(cfg.ckpt_path).is_file(), "ckpt_path",
             cfg.ckpt_path, "null, 'last' (this run dir's checkpoints/last.ckpt) or an existing checkpoint file")
     return procedure, transform, rl
@@ -136,8 +142,9 @@ def run(cfg: DictConfig) -> dict:
     timings: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        world = load_world(cfg, cache_dir)
+        world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
         timings["world_s"] = time.perf_counter() - t0
+        distributed.init_from_env()  # from here on every stage sees the same ranks
 
         t0 = time.perf_counter()
         table, calib_hit = None, None
@@ -160,7 +167,7 @@ def run(cfg: DictConfig) -> dict:
         )
         fit_trainer.fit(module, DataLoader(range(rl.steps), batch_size=None), ckpt_path=resolve_ckpt(cfg, out_dir))
         timings["train_s"] = time.perf_counter() - t0
-        if cfg.save_policy:
+        if cfg.save_policy and distributed.rank() == 0:
             world.policy.save_pretrained(out_dir / "policy")
             world.tokenizer.save_pretrained(out_dir / "policy")
 
@@ -178,6 +185,8 @@ def run(cfg: DictConfig) -> dict:
             "world": {k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
+        if distributed.rank() != 0:  # every rank holds the gathered metrics; rank 0 records them
+            return metrics
         paths = record.write_files(out_dir, metrics, procedure)
         record.print_summary(metrics, procedure)
         if logger is not None:

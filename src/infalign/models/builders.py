@@ -54,6 +54,8 @@ def _toy_config(tokenizer, size: str, key: str, n_positions: int = 64, **extra):
         embd_pdrop=0.0,
         attn_pdrop=0.0,
         summary_first_dropout=0.0,
+        # the same tanh-GELU as GPT-2's default gelu_new, as one fused op (~10% faster RL steps)
+        activation_function="gelu_pytorch_tanh",
         **TOY_SIZES[size],
         **extra,
     )

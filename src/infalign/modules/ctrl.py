@@ -145,9 +145,17 @@ class CTRLModule(L.LightningModule):
         return self.global_step // self.rl.optimizer_steps_per_batch
 
     def step_prompts(self, step: int) -> torch.Tensor:
-        """Indices of this step's prompts: a fixed function of (seed, step), so resumes replay."""
+        """This rank's prompts for ``step``: a fixed function of (seed, step), so resumes replay.
+
+        One permutation is drawn for all ranks and each rank takes its own slice of P, so a
+        distributed step covers P x world_size distinct prompts (cycling if the set is smaller).
+        """
         g = step_generator(self.seed, step, 1)
-        return torch.randperm(len(self.prompts), generator=g)[: self.rl.prompts_per_step]
+        world, rank = (self.trainer.world_size if self._trainer else 1), self.global_rank
+        p = self.rl.prompts_per_step
+        perm = torch.randperm(len(self.prompts), generator=g)
+        perm = perm.repeat(-(-p * world // len(perm)))  # enough for every rank
+        return perm[rank * p : (rank + 1) * p]
 
     @torch.no_grad()
     def rollout(self, step: int) -> dict:
@@ -162,7 +170,7 @@ class CTRLModule(L.LightningModule):
             g,
             rl.max_new_tokens,
             rl.temperature,
-            generator=step_generator(self.seed, step, 2, device=self.device),
+            generator=step_generator(self.seed, step, 2, self.global_rank, device=self.device),
         )
         flat_idx = idx.repeat_interleave(g)
         reward = self.reward.score([p for p in prompts for _ in range(g)], roll.responses).to(

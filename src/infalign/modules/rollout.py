@@ -12,30 +12,40 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from infalign.distributed import all_gather_objects
 from infalign.generation import sample, sequence_logprobs
 from infalign.models.reward import Scorer
 
 
-class _Prompts(Dataset):
-    def __init__(self, prompts: list[str]) -> None:
-        self.prompts = prompts
+class _PromptBatches(Dataset):
+    """Item i is the i-th whole batch ``{"index": [b], "prompt": [b]}`` of this rank's share."""
+
+    def __init__(self, prompts: list[str], batches: list[list[int]]) -> None:
+        self.prompts, self.batches = prompts, batches
 
     def __len__(self) -> int:
-        return len(self.prompts)
+        return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[int, str]:
-        return i, self.prompts[i]
-
-
-def _collate(batch: list[tuple[int, str]]) -> dict:
-    return {"index": torch.tensor([i for i, _ in batch]), "prompt": [p for _, p in batch]}
+    def __getitem__(self, i: int) -> dict:
+        idx = self.batches[i]
+        return {"index": torch.tensor(idx, dtype=torch.long), "prompt": [self.prompts[j] for j in idx]}
 
 
-def prompt_loader(prompts: list[str], batch_size: int) -> DataLoader:
-    """A deterministic (unshuffled) loader of ``{"index": [b], "prompt": [b]}`` batches."""
+def prompt_loader(prompts: list[str], batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Deterministic ``{"index": [b], "prompt": [b]}`` batches; rank r gets batches r, r+W, ...
+
+    Whole batches are sharded (not single prompts), so each batch -- and its random stream --
+    is the same whatever the number of ranks; uneven splits just give some ranks one batch less.
+    """
     if not prompts:
         raise ValueError("no prompts: the prompt set is empty (check data.* sizes / files)")
-    return DataLoader(_Prompts(prompts), batch_size=batch_size, shuffle=False, collate_fn=_collate)
+    batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+    share = batches[rank::world_size] or [[]]  # an empty batch: Lightning needs >= 1 per rank
+    return DataLoader(_PromptBatches(prompts, share), batch_size=None, collate_fn=_whole_batch)
+
+
+def _whole_batch(batch: dict) -> dict:
+    return batch
 
 
 def step_generator(seed: int, *step: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -59,8 +69,11 @@ class RolloutModule(L.LightningModule):
         seed: int = 0,
         reference=None,
         keep_responses: int = 0,
+        prompts: list[str] | None = None,
+        batch_size: int = 64,
     ) -> None:
         super().__init__()
+        self.prompts, self.batch_size = prompts, batch_size
         self.policy = policy
         self._reference = [reference]  # not a registered submodule: frozen, never checkpointed
         self.tokenizer, self.scorers = tokenizer, scorers
@@ -71,9 +84,23 @@ class RolloutModule(L.LightningModule):
         )
         self.seed, self.keep_responses = seed, keep_responses
 
+    def predict_dataloader(self) -> DataLoader:
+        """Built here, after the strategy knows this process's rank and the world size."""
+        return prompt_loader(self.prompts, self.batch_size, self.global_rank, self.trainer.world_size)
+
+    def on_predict_start(self) -> None:
+        for scorer in self.scorers.values():  # learned scorers follow the module to its device
+            model = getattr(scorer, "model", None)
+            if model is not None:
+                model.to(self.device)
+        if self._reference[0] is not None:
+            self._reference[0].to(self.device)
+
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         prompts, n = batch["prompt"], self.num_samples
+        if not prompts:  # this rank's share of an uneven split is empty
+            return None
         gen = step_generator(self.seed, int(batch["index"][0]), device=self.device)
         roll = sample(
             self.policy,
@@ -109,8 +136,15 @@ class RolloutModule(L.LightningModule):
 
 
 def gather(outputs: list[dict]) -> dict:
-    """Concatenate predict outputs in prompt order: scores ``{name: [P, n]}``, log_ratio ``[P, n]``."""
+    """Every rank's predict outputs, in prompt order: scores ``{name: [P, n]}``, log_ratio ``[P, n]``.
+
+    In a distributed run the per-rank lists are exchanged first (CPU tensors), so every rank ends
+    with the full pool; each prompt index occurs exactly once.
+    """
+    outputs = [o for rank_outputs in all_gather_objects(_to_cpu(outputs)) for o in rank_outputs if o is not None]
     index = torch.cat([o["index"] for o in outputs])
+    if len(torch.unique(index)) != len(index):
+        raise RuntimeError("a prompt was sampled on more than one rank")
     order = torch.argsort(index)
     names = outputs[0]["scores"].keys()
     out = {
@@ -125,3 +159,14 @@ def gather(outputs: list[dict]) -> dict:
         else None
     )
     return out
+
+
+def _to_cpu(outputs: list[dict]) -> list[dict]:
+    def cpu(x):
+        if isinstance(x, torch.Tensor):
+            return x.cpu()
+        if isinstance(x, dict):
+            return {k: cpu(v) for k, v in x.items()}
+        return x
+
+    return [cpu(o) for o in outputs]

@@ -15,8 +15,16 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from infalign.cache import cached, content_key, load_tensors, save_tensors
-from infalign.modules.rollout import RolloutModule, gather, prompt_loader
+from infalign import distributed
+from infalign.cache import (
+    CorruptCacheError,
+    cached,
+    content_key,
+    file_lock,
+    load_tensors,
+    save_tensors,
+)
+from infalign.modules.rollout import RolloutModule, gather
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +34,12 @@ POOL_VERSION = "pool-v1"
 def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer_kwargs, seed, reference=None,
               keep_responses: int = 0) -> dict:
     """Sample n responses per prompt with ``model`` and score them (``Trainer.predict``)."""
+    distributed.init_from_env()
     module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature),
-                           seed, reference=reference, keep_responses=keep_responses)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, **trainer_kwargs)
-    outputs = trainer.predict(module, prompt_loader(prompts, int(gen_cfg.batch_size)))
+                           seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
+                           batch_size=int(gen_cfg.batch_size))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False, **trainer_kwargs)
+    outputs = trainer.predict(module)
     return gather(outputs)
 
 
@@ -48,4 +58,29 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
         pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer_kwargs, seed)
         return pool["scores"]
 
-    return cached(path, build, lambda v, p: save_tensors(p, v, {"tag": tag}), lambda p: load_tensors(p)[0])
+    distributed.init_from_env()
+
+    def save(value: dict[str, torch.Tensor], p: Path) -> None:
+        save_tensors(p, value, {"tag": tag})
+
+    if not distributed.is_distributed():
+        return cached(path, build, save, lambda p: load_tensors(p)[0])
+    # All ranks must take part in a build (sampling is sharded), so rank 0 decides hit or miss
+    # for everyone; on a miss every rank draws its share, all gather it, rank 0 writes the file.
+    hit = distributed.broadcast_object(_valid(path) if distributed.rank() == 0 else None)
+    if hit:
+        return load_tensors(path)[0], True
+    value = build()
+    if distributed.rank() == 0:
+        with file_lock(path.with_name(path.name + ".lock")):
+            save(value, path)
+    distributed.barrier()
+    return value, False
+
+
+def _valid(path: Path) -> bool:
+    try:
+        load_tensors(path)
+        return True
+    except (FileNotFoundError, CorruptCacheError):
+        return False

@@ -1,0 +1,86 @@
+"""``infalign-report``: one report for a whole ``infalign-train -m`` sweep.
+
+    infalign-report MULTIRUN_DIR [--out DIR] [--judge reward_model|gold|all] [--wandb | --no-wandb]
+
+    infalign-report outputs/multirun/train/2026-11-22_08-21-00            # -> <dir>/report/
+    infalign-report outputs/multirun/train/<date> --judge gold --no-wandb
+    infalign-report outputs/multirun/train/<date> --out reports/sweep1 --wandb
+
+``MULTIRUN_DIR`` is a sweep dir (every dir below it that has a ``.hydra/`` is a job; a single
+run dir works too). Jobs are ``finished``, ``failed`` (``metrics.json`` with ``status: failed``,
+or an unreadable one; reason = the error's last line) or ``missing`` (no ``metrics.json``:
+running, killed or crashed; reason = the exception line of the traceback in ``train.log``).
+Broken job dirs are reported, never fatal.
+
+Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
+
+* ``runs.csv`` -- one row per job: status, run name, procedure, transform family and ``t``, beta,
+  algo, per judge KL / standard win rate / inference-time win rate at the run's procedure N
+  (mean, low, high of the 95 % bootstrap CI), theory at beta and at the measured KL, kl_ratio,
+  timings, cache flags, error, overrides;
+* ``runs.md`` -- the same as a readable markdown table (CIs as ``mean [low, high]``);
+* ``inference_win_rate_vs_kl.png`` and ``standard_win_rate_vs_kl.png`` -- win rate vs KL, one
+  subplot per judge: a colour per transform family (per ``t`` for exp families), CI error bars
+  on both axes, lines through each family sorted by KL, the calibrated-space theory curve of the
+  family dashed in the same colour (none for ``raw``);
+* ``summary.json`` -- counts, failed/missing jobs with reasons, best run per judge, every series'
+  points and theory curve, W&B run (written last).
+
+``--judge``: which judges get columns and subplots (default ``all``: those in the metrics).
+``--wandb`` (default: on if any job logged to W&B, ``logger=wandb``): log the table and plots to a
+run named ``report`` (``job_type=report``) in the jobs' group, offline if the jobs were (or if
+``WANDB_MODE=offline``), under ``--out``. Exit status 0 when the report is written (even if jobs
+failed), 2 when ``MULTIRUN_DIR`` does not exist or holds no job dirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from infalign import report as rep
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="infalign-report", description="Tabulate and plot an infalign-train multirun (sweep) dir.",
+        epilog="Writes runs.csv, runs.md, summary.json, inference_win_rate_vs_kl.png, standard_win_rate_vs_kl.png.")
+    p.add_argument("multirun_dir", type=Path, help="the sweep dir (hydra.sweep.dir) or any dir above job dirs")
+    p.add_argument("--out", type=Path, default=None, help="output dir (default: MULTIRUN_DIR/report)")
+    p.add_argument("--judge", choices=["reward_model", "gold", "all"], default="all",
+                   help="judge(s) to tabulate and plot (default: all found)")
+    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                   help="log to a W&B 'report' run in the sweep's group (default: on if the jobs used W&B)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    root: Path = args.multirun_dir
+    if not root.is_dir():
+        print(f"infalign-report: {root} is not a directory", file=sys.stderr)
+        return 2
+    out_dir = args.out if args.out is not None else root / "report"
+    if not rep.find_job_dirs(root, skip=[out_dir]):
+        print(f"infalign-report: no job dirs (dirs containing .hydra/) under {root}", file=sys.stderr)
+        return 2
+    report = rep.build_report(root, out_dir, args.judge)
+    settings = rep.wandb_settings(report.jobs, root)
+    use_wandb = args.wandb if args.wandb is not None else settings is not None
+    wandb_info = None
+    if use_wandb:
+        settings = settings or {"project": "infalign", "entity": None, "group": f"multirun-{root.resolve().name}",
+                                "offline": True}
+        wandb_info = rep.log_to_wandb(report, settings)
+    report.summary["wandb"] = wandb_info
+    rep.write_summary(report)
+    rep.print_tables(report, wandb_info=wandb_info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

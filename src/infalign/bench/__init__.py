@@ -1,0 +1,20 @@
+"""Speed benchmarks: ``python -m infalign.bench [--quick] [--only theory|calibration|rl|trl] [--repeats N]``.
+
+Sections (each printed as a rich table and written to ``outputs/bench/bench.json``):
+
+- ``theory``: the calibrated-space theory engine against the issue's targets (frontier of 4
+  transforms x 50 KL budgets < 2 s, one optimal-transform solve < 1 s, a 40-point best-t
+  search < 1 s) plus the full optimal frontier;
+- ``calibration``: responses/s of drawing a reference pool through ``draw_pool``
+  (``RolloutModule`` + ``Trainer.predict``), the calibration stage's code path;
+- ``rl``: samples/s and tokens/s of one InfAlign-CTRL RL step (sample, score, calibrate,
+  transform, KL-shape, RLOO update) for the toy ``small`` and ``medium`` sizes;
+- ``trl``: the same RL step against TRL's ``RLOOTrainer`` on the same model, prompts and reward
+  (skipped, with a hint, when TRL is not installed: ``pip install -e .[bench]``).
+
+Models are randomly initialised from the toy builders: the figures measure throughput only.
+"""
+
+from infalign.bench.cli import main, run
+
+__all__ = ["main", "run"]

@@ -1,0 +1,116 @@
+"""Rich tables of the benchmark figures (the JSON holds the same numbers and more)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def theory_table(res: dict) -> Table:
+    table = Table(title="theory engine (best of repeats; targets from the issue)", title_justify="left")
+    for col in ("benchmark", "best", "median", "target", "status"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    order = ("frontier", "optimal_transform", "best_t", "optimal_frontier")
+    for r in sorted(res.values(), key=lambda r: next((i for i, k in enumerate(order) if res.get(k) is r), 99)):
+        status = "-" if r["ok"] is None else ("[green]ok[/]" if r["ok"] else "[red]MISS[/]")
+        table.add_row(r["label"], _s(r["best_s"]), _s(r["median_s"]),
+                      "-" if r["target_s"] is None else f"< {_s(r['target_s'])}", status)
+    return table
+
+
+def calibration_table(res: dict) -> Table:
+    table = Table(title="calibration: reference-pool drawing (draw_pool = RolloutModule + Trainer.predict)",
+                  title_justify="left", caption=res["note"], caption_justify="left")
+    for col in ("setting", "LM / RM params", "responses/s", "tokens/s", "best", "median", "mean len"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    table.add_row(f"{res['label']} ({res['size']})", f"{res['lm_params'] / 1e6:.2f}M / {res['reward_params'] / 1e6:.2f}M",
+                  _n(res["responses_per_s"]), _n(res["tokens_per_s"]), _s(res["best_s"]), _s(res["median_s"]),
+                  f"{res['mean_length']:.1f}")
+    return table
+
+
+def rl_table(res: dict) -> Table:
+    st = res["settings"]
+    title = (f"RL step (CTRLModule, RLOO): P={st['P']} x G={st['G']}, max_new_tokens={st['max_new_tokens']}, "
+             f"beta={st['beta']}, {st['transform']}, best of {st['timed_steps']} steps after {st['warmup_steps']} "
+             "warm-up")
+    caption = res["note"] + "; phase columns: the step's parts timed one by one on one batch (best of repeats)"
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    cols = ("size", "params", "samples/s", "tokens/s", "mean len", "step best", "step median", "sample", "score",
+            "calib+Phi", "ref lp", "update")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "size" else "right")
+    for size, r in res["sizes"].items():
+        ph = r["phases_s"]
+        table.add_row(size, f"{r['policy_params'] / 1e6:.2f}M", _n(r["samples_per_s"]), _n(r["tokens_per_s"]),
+                      f"{r['mean_length']:.1f}", _s(r["best_s"]), _s(r["median_s"]), _s(ph["sample"]), _s(ph["score"]),
+                      _s(ph["calibrate+transform"]), _s(ph["reference_logprobs"]), _s(ph["update"]))
+    return table
+
+
+def trl_table(res: dict) -> Table:
+    st = res["settings"]
+    title = (f"ours vs TRL {res['versions']['trl']} RLOOTrainer: toy {st['size']} GPT-2 ({st['policy_params'] / 1e6:.2f}M), "
+             f"P={st['P']} x G={st['G']}, max_new_tokens={st['max_new_tokens']}, beta={st['beta']}, "
+             f"best of {st.get('rounds', 1)} x {st['timed_steps']} steps (interleaved runs, "
+             f"{st['warmup_steps']} warm-up step each)")
+    table = Table(title=title, title_justify="left")
+    for col in ("implementation", "samples/s", "tokens/s", "step best", "step median", "mean len", "dtype"):
+        table.add_column(col, justify="left" if col == "implementation" else "right")
+    for name, key in (("infalign CTRLModule (Lightning)", "ours"), ("TRL RLOOTrainer (HF Trainer)", "trl")):
+        r = res[key]
+        table.add_row(name, _n(r["samples_per_s"]), _n(r["tokens_per_s"]), _s(r["best_s"]), _s(r["median_s"]),
+                      f"{r['mean_length']:.1f}", r["dtype"])
+    table.add_row("[bold]ratio ours/TRL[/]", f"[bold]{res['ratio_samples_per_s']:.2f}x[/]",
+                  f"[bold]{res['ratio_tokens_per_s']:.2f}x[/]", "", f"{res['ratio_samples_per_s_median']:.2f}x", "", "")
+    return table
+
+
+def print_report(results: dict, console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped / captured: rich would wrap at 80 columns
+            console = Console(width=150)
+    meta = results.get("meta", {})
+    console.print(f"[bold]infalign bench[/]  torch {meta.get('torch')}  transformers {meta.get('transformers')}  "
+                  f"threads {meta.get('threads')}  repeats {meta.get('repeats')}"
+                  f"{'  [yellow](quick)[/]' if meta.get('quick') else ''}")
+    if "theory" in results:
+        console.print(theory_table(results["theory"]))
+    if "calibration" in results:
+        console.print(calibration_table(results["calibration"]))
+    if "rl" in results:
+        console.print(rl_table(results["rl"]))
+    if "trl" in results:
+        res = results["trl"]
+        if res.get("status") != "ok":
+            console.print(f"[yellow]trl: skipped[/] -- {escape(str(res.get('reason')))}")
+        else:
+            console.print(trl_table(res))
+            gen = res.get("generation_only")
+            if gen:
+                console.print(f"Sampling alone ({gen['rows']} rows): ours {_s(gen['ours_s'])} vs HF generate "
+                              f"{_s(gen['hf_generate_s'])} (HF/ours {gen['ratio']:.2f}x).")
+            console.print("Same on both sides: " + ", ".join([
+                "same weights (TRL loads our save_pretrained copy)", "same tokenizer and prompt set",
+                f"P x G = {res['settings']['P']} x {res['settings']['G']} per step",
+                f"max {res['settings']['max_new_tokens']} new tokens, no minimum",
+                "1 optimizer step per batch (AdamW torch, lr 1e-4, clip 1)",
+                f"beta={res['settings']['beta']} k1 KL in the reward", f"reward {res['settings']['reward']}",
+                "float32, CPU, no W&B, no eval"]) + ".", markup=False)
+            console.print("Remaining differences:")
+            for d in res["differences"]:
+                console.print(f"  - {escape(d)}")
+    if "output" in meta:
+        console.print(f"figures written to {meta['output']}")

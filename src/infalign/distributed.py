@@ -1,0 +1,74 @@
+"""Tiny helpers over ``torch.distributed`` that are no-ops in a single process.
+
+Sampling stages (calibration, evaluation) shard *whole batches* of prompts across ranks and
+gather the per-prompt results, so a distributed run draws exactly what a single process draws
+(each batch's random stream is seeded by the batch, not by the rank) -- every prompt once, no
+duplicates or losses at uneven splits.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def launched_externally() -> bool:
+    """True when a launcher started one process per rank (torchrun, SLURM srun/submitit)."""
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
+
+
+def init_from_env() -> None:
+    """Join the process group described by the launcher's env vars, before any stage runs.
+
+    Every stage (calibration, RL, evaluation) then sees the same ranks; Lightning reuses an
+    initialised group. No-op in a single process or when already initialised.
+    """
+    if not launched_externally() or (dist.is_available() and dist.is_initialized()):
+        return
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env:  # srun: translate SLURM's names
+        env.setdefault("RANK", env["SLURM_PROCID"])
+        env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
+        env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend)

@@ -1,0 +1,93 @@
+"""``python -m infalign.bench --quick``: the theory and RL sections run and write sane JSON (no timing asserts)."""
+
+import json
+import math
+
+import pytest
+
+from infalign.bench.cli import parse_args, run
+
+THEORY_KEYS = {"frontier", "optimal_transform", "best_t", "optimal_frontier"}
+STEP_KEYS = {"best_s", "median_s", "samples_per_s", "tokens_per_s", "rows_per_step", "mean_length"}
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    returned = run(["--quick", "--only", "theory,rl", "--out", str(out)])
+    return returned, json.loads(out.read_text())
+
+
+def test_quick_bench_writes_theory_and_rl_only(quick_results):
+    returned, written = quick_results
+    assert set(written) == {"meta", "theory", "rl"}
+    assert written["meta"]["quick"] is True and written["meta"]["threads"] >= 1
+    assert set(written["meta"]["sections"]) == {"theory", "rl"}
+    assert returned["theory"].keys() == written["theory"].keys()
+
+
+def test_theory_section_figures(quick_results):
+    theory = quick_results[1]["theory"]
+    assert set(theory) == THEORY_KEYS
+    for name, fig in theory.items():
+        assert _positive(fig["best_s"]) and _positive(fig["median_s"]), name
+        assert fig["best_s"] <= fig["median_s"]
+        assert fig["label"]
+        assert (fig["ok"] is None) == (fig["target_s"] is None)
+    assert theory["frontier"]["target_s"] == 2.0
+    assert theory["optimal_transform"]["target_s"] == 1.0 and theory["optimal_transform"]["iterations"] > 0
+    assert theory["best_t"]["target_s"] == 1.0 and _positive(theory["best_t"]["best_t"])
+    assert theory["frontier"]["reachable_points"] > 0
+
+
+def test_rl_section_figures(quick_results):
+    rl = quick_results[1]["rl"]
+    assert rl["settings"]["G"] >= 2 and rl["settings"]["transform"] == "exp(4)"
+    assert set(rl["sizes"]) == {"tiny"}
+    fig = rl["sizes"]["tiny"]
+    assert STEP_KEYS <= set(fig)
+    for key in STEP_KEYS:
+        assert _positive(fig[key]), key
+    assert fig["rows_per_step"] == rl["settings"]["P"] * rl["settings"]["G"]
+    assert fig["mean_length"] <= rl["settings"]["max_new_tokens"]
+    assert 0 < fig["rollout_share"] < 1
+    assert set(fig["phases_s"]) == {"sample", "score", "calibrate+transform", "reference_logprobs", "update"}
+    assert all(_positive(v) for v in fig["phases_s"].values())
+
+
+def test_only_merges_into_existing_file(tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps({"calibration": {"kept": True}, "meta": {"sections": {"calibration": {}}}}))
+    run(["--quick", "--only", "theory", "--repeats", "1", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written["calibration"] == {"kept": True}
+    assert set(written["meta"]["sections"]) == {"calibration", "theory"}
+
+
+def test_cli_arguments():
+    args = parse_args(["--only", "rl", "--only", "trl,theory"])
+    assert args.sections == ["theory", "rl", "trl"] and args.repeats == 5 and not args.quick
+    assert parse_args(["--quick"]).repeats == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "bogus"])
+    with pytest.raises(SystemExit):
+        parse_args(["--repeats", "0"])
+
+
+def test_trl_section_skips_with_install_hint_when_trl_is_missing(monkeypatch):
+    from rich.console import Console
+
+    from infalign.bench import bench_trl
+    from infalign.bench.report import print_report
+
+    monkeypatch.setattr(bench_trl, "trl_version", lambda: None)
+    res = bench_trl.run(1, quick=True)
+    assert res["status"] == "skipped" and "pip install -e .[bench]" in res["reason"]
+    console = Console(record=True, width=200)
+    print_report({"meta": {}, "trl": res}, console)
+    text = console.export_text()
+    assert "trl: skipped" in text and "pip install -e .[bench]" in text

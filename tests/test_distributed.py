@@ -1,0 +1,77 @@
+"""Sampling stages sharded over two gloo processes gather exactly the single-process result."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from infalign.evaluation import pool_report
+from infalign.pipeline.pools import draw_pool, reference_pool
+from pool_fixtures import GEN, judges, tiny_models
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_prompts", [7, 1])  # 4 batches of 2, the last short; 1 batch: rank 1 empty
+def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(HERE / "distributed_pool_job.py"), str(out), str(tmp_path / "ddp_cache"), str(n_prompts)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ddp = torch.load(out, weights_only=False)
+    assert ddp["ranks"] == [0, 1]  # really two processes
+
+    world, prompts = tiny_models(n_prompts)
+    kw = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+    single_calib, _ = reference_pool(world, prompts, 4, judges(), GEN, kw, 0, tmp_path / "cache", tag="calibration")
+    single = draw_pool(world.reference, world.tokenizer, prompts, 4, judges(), GEN, kw, 7, reference=world.reference)
+
+    assert torch.equal(ddp["index"], torch.arange(n_prompts))  # every prompt once, in order
+    assert torch.equal(ddp["calibration"]["reward"], single_calib["reward"])  # the gathered table
+    assert torch.equal(ddp["pool"]["reward"], single["scores"]["reward"])
+    assert torch.allclose(ddp["log_ratio"], single["log_ratio"], atol=1e-5)
+    a = pool_report(ddp["pool"]["reward"], ddp["calibration"]["reward"], "bon", [1, 2, 4], ddp["log_ratio"])
+    b = pool_report(single["scores"]["reward"], single_calib["reward"], "bon", [1, 2, 4], single["log_ratio"])
+    for key in a:
+        assert a[key]["mean"] == pytest.approx(b[key]["mean"], abs=1e-6)
+    assert (tmp_path / "ddp_cache" / "pools").is_dir() and len(list((tmp_path / "ddp_cache" / "pools").glob("*.pt"))) == 1
+
+
+@pytest.mark.slow
+def test_train_app_under_torchrun_two_cpu_ranks(tmp_path):
+    """The whole pipeline on two gloo ranks (trainer=ddp_cpu): calibration, DDP RL, gathered eval."""
+    from pipeline_helpers import TINY_RUN, TINY_WORLD
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           str(Path(sys.executable).parent / "infalign-train"), "trainer=ddp_cpu", *TINY_WORLD, *TINY_RUN,
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished"
+    assert metrics["eval"]["judges"]["reward_model"]["kl"]["n_prompts"] == 5  # every eval prompt, once
+    assert metrics["config"]["trainer"]["strategy"] == "ddp"
+
+
+def test_multi_device_without_a_launcher_is_a_config_error(tmp_path, monkeypatch):
+    from infalign.apps import train as train_app
+    from infalign.errors import ConfigError
+    from pipeline_helpers import compose_train
+
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="trainer.devices"):
+        train_app.run(compose_train(tmp_path, tmp_path, "trainer=ddp_cpu"))

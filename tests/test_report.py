@@ -1,0 +1,341 @@
+"""``infalign-report``: collecting a multirun dir (finished / failed / missing / broken jobs),
+runs.csv / runs.md / summary.json contents, the theory overlay, the PNGs, W&B offline, and a
+real tiny sweep end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infalign import theory
+from infalign.apps.report import main
+from infalign.procedures import BestOfN
+from infalign.report import log_error, transform_family
+from infalign.transforms import Exp, Identity
+from pipeline_helpers import TINY_RUN, TINY_WORLD
+
+IDENTITY = {"_target_": "infalign.transforms.Identity"}
+RAW = {"_target_": "infalign.transforms.Raw"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def exp_cfg(t: float, normalized: bool = False) -> dict:
+    return {"_target_": "infalign.transforms.Exp", "t": t, "normalized": normalized}
+
+
+def ci(mean: float, half: float) -> dict:
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n_prompts": 5}
+
+
+def fake_metrics(tcfg: dict, label: str, beta: float, kl: float, std: float, win: float, *,
+                 procedure: tuple[str, int] = ("bon", 4), logger: dict | None = None) -> dict:
+    """A metrics.json as ``infalign-train`` writes it (finished run). Gold = reward model - 0.03."""
+    name, n = procedure
+    plabel = f"{name}{n}"
+    judges = {}
+    for judge, off in (("reward_model", 0.0), ("gold", -0.03)):
+        judges[judge] = {"kl": ci(kl, 0.02), "standard_win_rate": ci(std + off, 0.1),
+                         f"{name}1_win_rate": ci(std + off, 0.1), f"{name}2_win_rate": ci((std + win) / 2 + off, 0.1),
+                         f"{plabel}_win_rate": ci(win + off, 0.15)}
+    calibrated = tcfg["_target_"] != RAW["_target_"]
+    th = {"beta": beta, "kl": 2 * kl, "standard_win_rate": 0.7, f"{plabel}_win_rate": 0.8,
+          "at_measured_kl": {"kl": kl, "reachable": True, "standard_win_rate": 0.66, f"{plabel}_win_rate": 0.77}}
+    family = label.split("(")[0]
+    return {
+        "run_name": f"{plabel}-{family}-b{beta:g}", "status": "finished", "procedure": plabel, "transform": label,
+        "algo": "rloo", "beta": beta, "steps": 10, "seed": 0,
+        "eval": {"judges": judges, "ns": [1, 2, n], "theory": th if calibrated else None,
+                 "reference_pool_cache_hit": True, "samples": [["prompt", "response"]]},
+        "kl_ratio": 0.5 if calibrated else None,
+        "timings": {"world_s": 1.5, "calibration_s": 0.25, "train_s": 12.0, "eval_s": 3.0},
+        "cache": {"toy_built": False, "calibration_hit": calibrated, "eval_reference_hit": True},
+        "config": {"transform": tcfg, "seed": 0, "algo": {"name": "rloo", "beta": beta, "steps": 10},
+                   "procedure": {"_target_": "infalign.procedures.make_procedure", "name": name, "n": n},
+                   "logger": logger or {"kind": "none"}},
+    }
+
+
+def write_job(root: Path, job: str, overrides: list[str], metrics: dict | str | None = None,
+              log: str | None = None) -> Path:
+    d = root / job
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if isinstance(metrics, dict):
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    elif isinstance(metrics, str):
+        (d / "metrics.json").write_text(metrics)
+    if log is not None:
+        (d / "train.log").write_text(log)
+    return d
+
+
+TRACEBACK_LOG = """[2026-01-01 00:00:00,000][infalign.pipeline.pools][INFO] - drawing reference pool eval
+[2026-01-01 00:00:01,000][infalign.apps.train][ERROR] - job failed; continuing the sweep
+Traceback (most recent call last):
+  File "/work/main/src/infalign/apps/train.py", line 229, in main
+    metrics = run(cfg)
+  File "/work/main/src/infalign/modules/ctrl.py", line 12, in training_step
+    raise ValueError("boom at step 3")
+ValueError: boom at step 3
+"""
+
+
+def make_sweep(root: Path, logger: dict | None = None) -> Path:
+    common = ["eval.samples=4"]
+    write_job(root, "0", ["transform=identity", "algo.beta=0.3", *common],
+              fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70, logger=logger))
+    write_job(root, "1", ["transform=identity", "algo.beta=0.1", *common],
+              fake_metrics(IDENTITY, "identity", 0.1, kl=0.80, std=0.72, win=0.83, logger=logger))
+    write_job(root, "2", ["transform=exp", "transform.t=2", "algo.beta=0.5", *common],
+              fake_metrics(exp_cfg(2.0), "exp(t=2)", 0.5, kl=0.40, std=0.64, win=0.76, logger=logger))
+    write_job(root, "3", ["transform=raw", "algo.beta=1.0", *common],
+              fake_metrics(RAW, "raw", 1.0, kl=1.20, std=0.60, win=0.65, logger=logger))
+    failed = {"run_name": "bon4-exp-t4-b0.2", "status": "failed", "timings": {"world_s": 1.0},
+              "error": "RuntimeError: reward model diverged\nFloatingPointError: loss is nan at step 7",
+              "config": fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.2, 0, 0, 0)["config"]}
+    write_job(root, "4", ["transform=exp", "transform.t=4", "algo.beta=0.2", *common], failed, log="ignored\n")
+    write_job(root, "5", ["transform=exp", "transform.t=8", "algo.beta=0.2", *common], None, log=TRACEBACK_LOG)
+    write_job(root, "6", ["transform=identity", "algo.beta=3", *common], '{"run_name": "bon4-ident')  # half-written
+    (root / "7" / ".hydra").mkdir(parents=True)  # launched, nothing written yet
+    return root
+
+
+def run_main(*args: str) -> tuple[int, str]:
+    buf = io.StringIO()
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "250"  # rich tables unwrapped, so assertions see whole cells
+    try:
+        with contextlib.redirect_stdout(buf):
+            rc = main([*args])
+    finally:
+        os.environ.pop("COLUMNS") if old is None else os.environ.__setitem__("COLUMNS", old)
+    return rc, buf.getvalue()
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = make_sweep(tmp_path_factory.mktemp("multirun"))
+    rc, out = run_main(str(root))
+    assert rc == 0, out
+    return root, root / "report", out
+
+
+def test_runs_csv_rows_values_and_statuses(sweep):
+    root, out, _ = sweep
+    rows = read_csv(out / "runs.csv")
+    assert [r["job"] for r in rows] == [str(i) for i in range(8)]
+    by = {r["job"]: r for r in rows}
+    assert [by[j]["status"] for j in "01234567"] == ["finished"] * 4 + ["failed", "missing", "failed", "missing"]
+
+    r0 = by["0"]
+    assert (r0["family"], r0["t"], r0["transform"], r0["procedure"]) == ("identity", "", "identity", "bon4")
+    assert float(r0["beta"]) == 0.3 and r0["algo"] == "rloo" and r0["inference_metric"] == "bon4_win_rate"
+    assert float(r0["reward_model_kl"]) == 0.25
+    assert float(r0["reward_model_kl_low"]) == pytest.approx(0.23) and float(r0["reward_model_kl_high"]) == pytest.approx(0.27)
+    assert float(r0["reward_model_standard_win_rate"]) == 0.62
+    assert float(r0["reward_model_inference_win_rate"]) == 0.70
+    assert float(r0["reward_model_inference_win_rate_low"]) == pytest.approx(0.55)
+    assert float(r0["gold_inference_win_rate"]) == pytest.approx(0.67)
+    assert float(r0["gold_standard_win_rate_high"]) == pytest.approx(0.69)
+    assert float(r0["theory_inference_win_rate_at_measured_kl"]) == 0.77 and float(r0["kl_ratio"]) == 0.5
+    assert float(r0["train_s"]) == 12.0 and r0["calibration_hit"] == "True" and r0["toy_built"] == "False"
+    assert r0["overrides"] == "transform=identity algo.beta=0.3 eval.samples=4" and r0["error"] == ""
+
+    assert (by["2"]["family"], float(by["2"]["t"]), by["2"]["transform"]) == ("exp", 2.0, "exp(t=2)")
+    assert float(by["2"]["reward_model_kl"]) == 0.40 and float(by["2"]["reward_model_inference_win_rate"]) == 0.76
+    assert by["3"]["family"] == "raw" and by["3"]["kl_ratio"] == "" and by["3"]["theory_kl_at_beta"] == ""
+
+    # failed: the error's last line; family/t/beta from the config it recorded
+    assert by["4"]["error"] == "FloatingPointError: loss is nan at step 7"
+    assert (by["4"]["family"], float(by["4"]["t"]), float(by["4"]["beta"])) == ("exp", 4.0, 0.2)
+    assert by["4"]["reward_model_kl"] == ""
+    # missing: the exception line of train.log's traceback
+    assert by["5"]["error"] == "train.log: ValueError: boom at step 3"
+    assert by["5"]["overrides"].startswith("transform=exp transform.t=8")
+    assert by["6"]["error"].startswith("unreadable metrics.json (JSONDecodeError")
+    assert by["7"]["error"].startswith("no metrics.json") and by["7"]["overrides"] == ""
+
+
+def test_summary_lists_problems_and_theory_matches_the_engine(sweep):
+    _, out, _ = sweep
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"finished": 4, "failed": 2, "missing": 2, "total": 8}
+    assert summary["judges"] == ["reward_model", "gold"]
+    problems = {p["job"]: p for p in summary["problems"]}
+    assert set(problems) == {"4", "5", "6", "7"}
+    assert problems["5"]["status"] == "missing" and "ValueError: boom at step 3" in problems["5"]["reason"]
+    assert problems["5"]["overrides"] == ["transform=exp", "transform.t=8", "algo.beta=0.2", "eval.samples=4"]
+    assert problems["4"]["reason"] == "FloatingPointError: loss is nan at step 7"
+    assert summary["best_inference_win_rate"]["reward_model"]["job"] == "1"
+    assert summary["wandb"] is None and not (out / "wandb").exists()  # jobs used logger=none
+
+    series = {s["label"]: s for s in summary["series"]}
+    assert set(series) == {"identity", "exp(t=2)", "raw"}
+    assert series["identity"]["jobs"] == ["0", "1"]
+    assert [p["kl"] for p in series["identity"]["points"]["reward_model"]] == [0.25, 0.80]
+    assert series["raw"]["theory"] == {"reward_model": None, "gold": None} and "raw" in series["raw"]["theory_note"]
+
+    curve = series["identity"]["theory"]["reward_model"]
+    kl = np.array(curve["kl"])
+    assert len(kl) >= 20 and kl.min() <= 0.23 + 1e-12 and kl.max() >= 0.82 - 1e-12  # spans the measured KLs + CIs
+    assert np.any(np.isclose(kl, 0.25)) and np.any(np.isclose(kl, 0.80))
+    engine = theory.frontier(Identity(), BestOfN(4), kl)
+    np.testing.assert_allclose(curve["win_rate"], engine.win_rate, rtol=1e-9)
+    np.testing.assert_allclose(curve["standard_win_rate"], engine.standard_win_rate, rtol=1e-9)
+    i = int(np.argmin(abs(kl - 0.25)))
+    assert curve["win_rate"][i] == pytest.approx(theory.frontier(Identity(), BestOfN(4), [0.25]).win_rate[0], rel=1e-9)
+    assert 0.5 < curve["win_rate"][0] < curve["win_rate"][-1] < 1  # increasing in KL
+
+    exp_curve = series["exp(t=2)"]["theory"]["gold"]
+    np.testing.assert_allclose(exp_curve["win_rate"], theory.frontier(Exp(2.0), BestOfN(4), exp_curve["kl"]).win_rate,
+                               rtol=1e-9)
+    # at the same KL, exp(t=2) beats identity under best-of-4 (the point of InfAlign)
+    assert np.interp(0.4, exp_curve["kl"], exp_curve["win_rate"]) > np.interp(0.4, kl, curve["win_rate"])
+
+
+def test_plots_are_side_by_side_pngs(sweep):
+    import matplotlib.image as mpimg
+
+    _, out, _ = sweep
+    for name in ("inference_win_rate_vs_kl.png", "standard_win_rate_vs_kl.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        assert path.stat().st_size > 20_000
+        img = mpimg.imread(path)
+        assert img.shape[1] > 1.8 * img.shape[0]  # two judges side by side
+        rgb = img[..., :3]
+        assert rgb.std() > 0.05  # not blank
+        # the series are drawn: identity in tab:blue, exp(t=2) in a red shade, raw in gray
+        tab_blue = np.array([31, 119, 180]) / 255
+        assert (np.abs(rgb - tab_blue).max(axis=-1) < 0.06).sum() > 300
+        assert ((rgb[..., 0] > 0.6) & (rgb[..., 1] < 0.35) & (rgb[..., 2] < 0.35)).sum() > 100
+    assert not list(out.glob(".*.tmp"))  # atomic writes left no temp files
+
+
+def test_markdown_has_a_row_per_job_and_stdout_lists_problems(sweep):
+    _, out, stdout = sweep
+    md = (out / "runs.md").read_text()
+    lines = md.splitlines()
+    for job in "01234567":
+        assert sum(ln.startswith(f"| {job} |") for ln in lines) == 1
+    row0 = next(ln for ln in lines if ln.startswith("| 0 |"))
+    assert "| finished |" in row0 and "0.250 [0.230, 0.270]" in row0 and "0.700 [0.550, 0.850]" in row0
+    assert "FloatingPointError: loss is nan at step 7" in next(ln for ln in lines if ln.startswith("| 4 |"))
+    assert "4 finished, 2 failed, 2 missing (8 jobs)" in md
+    assert "failed and missing jobs" in stdout and "ValueError: boom at step 3" in stdout
+    assert "transform=exp transform.t=8 algo.beta=0.2 │" in stdout  # the missing job's swept overrides
+    assert "eval.samples=4" not in stdout  # common to all jobs: not repeated in the table
+    assert "reward_model: finished runs" in stdout and "gold: finished runs" in stdout
+    assert str(out / "runs.csv") in stdout.replace("\n", "")
+
+
+def test_judge_option_and_out_dir(tmp_path):
+    root = make_sweep(tmp_path / "multirun")
+    rc, _ = run_main(str(root), "--judge", "gold", "--out", str(tmp_path / "rep"), "--no-wandb")
+    assert rc == 0 and not (root / "report").exists()
+    rows = read_csv(tmp_path / "rep" / "runs.csv")
+    assert "gold_kl" in rows[0] and "reward_model_kl" not in rows[0]
+    assert float(rows[1]["gold_inference_win_rate"]) == pytest.approx(0.80)
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(tmp_path / "rep" / "inference_win_rate_vs_kl.png")
+    assert img.shape[1] < 1.8 * img.shape[0]  # one subplot
+    assert run_main(str(tmp_path / "nope"))[0] == 2
+    (tmp_path / "empty").mkdir()
+    assert run_main(str(tmp_path / "empty"))[0] == 2
+
+
+def test_transform_family_parsing():
+    assert transform_family(IDENTITY) == ("identity", None)
+    assert transform_family(RAW) == ("raw", None)
+    assert transform_family(exp_cfg(8.0)) == ("exp", 8.0)
+    assert transform_family(exp_cfg(-4.0, normalized=True)) == ("expn", -4.0)
+    assert transform_family({"_target_": "infalign.transforms.Log", "floor": 1e-6}) == ("log", None)
+    assert transform_family({"_target_": "infalign.transforms.Custom", "fn": "numpy.sqrt", "name": "sqrt"}) == ("sqrt", None)
+    assert transform_family({"_target_": "infalign.theory.optimal_transform", "procedure": "bon", "n": 4,
+                             "beta": 0.1}) == ("optimal", None)
+    assert transform_family(None, "expn(t=-2)") == ("expn", -2.0)
+    assert transform_family(None, "identity") == ("identity", None)
+
+
+def test_log_error_takes_the_last_traceback(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(TRACEBACK_LOG + "\nDuring handling of the above exception, another exception occurred:\n\n"
+                   "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+                   "KeyError: 'eval'\n[2026][x][INFO] - after\n")
+    assert log_error(log) == "KeyError: 'eval'"
+    log.write_text("[2026][x][INFO] - fine\n")
+    assert log_error(log) == ""
+    assert log_error(tmp_path / "absent.log") == ""
+
+
+def test_wandb_offline_report_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    logger = {"kind": "wandb", "project": "infalign", "entity": None, "group": "sweep-a", "job_type": "train",
+              "offline": True}
+    root = tmp_path / "multirun"
+    write_job(root, "0", ["transform=identity"], fake_metrics(IDENTITY, "identity", 0.3, 0.25, 0.62, 0.70, logger=logger))
+    write_job(root, "1", ["transform=exp"], fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.3, 0.5, 0.66, 0.8, logger=logger))
+    rc, stdout = run_main(str(root))  # W&B on by default: the jobs used logger=wandb
+    assert rc == 0
+    runs = list((root / "report" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert not (tmp_path / "wandb_dir").exists() or not list((tmp_path / "wandb_dir").rglob("offline-run-*"))
+    files = {p.relative_to(runs[0]).as_posix() for p in runs[0].rglob("*") if p.is_file()}
+    assert any(f.endswith(".wandb") for f in files)
+    assert any("media/table/runs" in f for f in files)  # the runs table
+    assert sum("media/images/plots" in f and f.endswith(".png") for f in files) == 2  # both plots
+    table = json.loads(next(runs[0].rglob("runs_*.table.json")).read_text())
+    assert table["columns"][:3] == ["job", "status", "run_name"] and len(table["data"]) == 2
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["wandb"]["group"] == "sweep-a" and summary["wandb"]["mode"] == "offline"
+    assert Path(summary["wandb"]["run_dir"]) == runs[0]
+
+
+@pytest.mark.slow
+def test_real_tiny_sweep_end_to_end(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    sweep_dir = tmp_path / "sweep"
+    train = subprocess.run(
+        [str(bin_dir / "infalign-train"), "-m", "transform=identity,exp", "algo.beta=0.3", *TINY_WORLD, *TINY_RUN,
+         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    rep = subprocess.run([str(bin_dir / "infalign-report"), str(sweep_dir)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    rows = read_csv(sweep_dir / "report" / "runs.csv")
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "finished"), ("1", "finished")]
+    for r in rows:
+        m = json.loads((sweep_dir / r["job"] / "metrics.json").read_text())
+        assert r["run_name"] == m["run_name"] and r["transform"] == m["transform"]
+        assert float(r["beta"]) == m["beta"] and r["procedure"] == m["procedure"] == "bon4"
+        for judge in ("reward_model", "gold"):
+            cols = m["eval"]["judges"][judge]
+            assert float(r[f"{judge}_kl"]) == cols["kl"]["mean"]
+            assert float(r[f"{judge}_kl_low"]) == cols["kl"]["low"]
+            assert float(r[f"{judge}_standard_win_rate"]) == cols["standard_win_rate"]["mean"]
+            assert float(r[f"{judge}_inference_win_rate"]) == cols["bon4_win_rate"]["mean"]
+            assert float(r[f"{judge}_inference_win_rate_high"]) == cols["bon4_win_rate"]["high"]
+    assert [r["family"] for r in rows] == ["identity", "exp"] and float(rows[1]["t"]) == 4.0
+    summary = json.loads((sweep_dir / "report" / "summary.json").read_text())
+    assert summary["counts"]["finished"] == 2 and summary["wandb"] is None
+    for png in ("inference_win_rate_vs_kl.png", "standard_win_rate_vs_kl.png"):
+        assert (sweep_dir / "report" / png).read_bytes()[:8] == PNG_MAGIC
+    assert "finished runs" in rep.stdout
