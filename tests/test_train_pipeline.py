@@ -111,3 +111,27 @@ def test_pool_report_on_constructed_pools():
     # one prompt, policy {1, 3} vs reference {2}: standard 1/2; best-of-2 always 3 > 2 -> 1
     r = pool_report(torch.tensor([[1.0, 3.0]]), torch.tensor([[2.0, 2.0]]), "bon", [2], None, num_resamples=5)
     assert r["standard_win_rate"]["mean"] == 0.5 and r["bon2_win_rate"]["mean"] == 1.0
+
+
+@pytest.mark.parametrize("overrides", [["algo=bon_sft", "algo.steps=2"], ["algo=ipo", "algo.steps=2"],
+                                       ["experiment=toy_bon_distill", "procedure.n=3"]],
+                         ids=["bon_sft", "ipo", "bon_distill_rl"])
+def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
+    metrics = run(cache_dir, tmp_path, *overrides)
+    assert metrics["status"] == "finished"
+    th = metrics["eval"]["theory"]
+    if overrides[0] == "algo=ipo":
+        assert th is None
+    else:  # both target the best-of-N policy: KL = log N - (N-1)/N
+        n = metrics["config"]["procedure"]["n"]
+        assert th["kl"] == pytest.approx(__import__("math").log(n) - (n - 1) / n, abs=1e-6)
+    if overrides[0].startswith("experiment"):
+        assert metrics["beta"] == pytest.approx(0.5)
+
+
+def test_ipo_loss_hand_computation():
+    from infalign.modules.ipo import ipo_loss
+
+    # h = (2 - 1) - (0.5 - 1) = 1.5; tau = 0.25 -> target 2; loss = (1.5 - 2)^2 = 0.25
+    t = torch.tensor
+    assert ipo_loss(t([2.0]), t([1.0]), t([0.5]), t([1.0]), 0.25).item() == pytest.approx(0.25)

@@ -29,6 +29,18 @@ def config_dir() -> str:
 CONFIG_DIR = config_dir()
 
 
+def _bon_beta(n) -> float:
+    """beta = 1/(N-1): the log transform's KL-RL solution is then the best-of-N policy."""
+    n = int(n)
+    if n < 2:
+        raise ConfigError("procedure.n", n, "N >= 2 for ${bon_beta:N} (beta = 1/(N-1))")
+    return 1.0 / (n - 1)
+
+
+if not OmegaConf.has_resolver("bon_beta"):
+    OmegaConf.register_new_resolver("bon_beta", _bon_beta)
+
+
 def group_entries(group: str) -> list[str]:
     """Names of the entries of config group ``group`` (its YAML files)."""
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))

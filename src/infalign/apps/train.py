@@ -30,11 +30,12 @@ from infalign.calibration import CalibrationTable
 from infalign.errors import ConfigError, require
 from infalign.modules.ctrl import CTRLModule, RLConfig
 from infalign.pipeline import record
+from infalign.pipeline.baselines import OFFLINE_ALGOS, fit_offline
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.pools import reference_pool
 from infalign.pipeline.world import load_world
 from infalign.procedures import Procedure
-from infalign.transforms import Transform, as_transform
+from infalign.transforms import Log, Raw, Transform, as_transform
 
 log = logging.getLogger(__name__)
 # Our train "dataloader" only counts steps (prompts and seeds are functions of the step), so a
@@ -148,7 +149,8 @@ def run(cfg: DictConfig) -> dict:
 
         t0 = time.perf_counter()
         table, calib_hit = None, None
-        if transform.calibrated:
+        offline = rl.name in OFFLINE_ALGOS
+        if transform.calibrated and not offline:
             scores, calib_hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K),
                                                {"reward": world.reward}, cfg.calibration, kw, int(cfg.seed),
                                                cache_dir, tag="calibration")
@@ -156,23 +158,32 @@ def run(cfg: DictConfig) -> dict:
         timings["calibration_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
-                            world.train_prompts, rl, seed=int(cfg.seed))
-        fit_trainer = L.Trainer(
+        fit_kwargs = {
             **{k: v for k, v in kw.items() if k != "callbacks"},
-            callbacks=[*kw.get("callbacks", []), checkpoint_callback(cfg, out_dir)],
-            max_steps=rl.steps * rl.optimizer_steps_per_batch, logger=logger if logger is not None else False,
-            log_every_n_steps=int(cfg.log_every_n_steps),
-            deterministic=bool(cfg.deterministic),
-        )
-        fit_trainer.fit(module, DataLoader(range(rl.steps), batch_size=None), ckpt_path=resolve_ckpt(cfg, out_dir))
+            "callbacks": [*kw.get("callbacks", []), checkpoint_callback(cfg, out_dir)],
+            "logger": logger if logger is not None else False,
+            "log_every_n_steps": int(cfg.log_every_n_steps), "deterministic": bool(cfg.deterministic),
+        }
+        if offline:
+            fit_offline(rl.name, world, rl, rl.n_samples, cfg.calibration, kw, fit_kwargs, int(cfg.seed))
+        else:
+            module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
+                                world.train_prompts, rl, seed=int(cfg.seed))
+            L.Trainer(max_steps=rl.steps * rl.optimizer_steps_per_batch, **fit_kwargs).fit(
+                module, DataLoader(range(rl.steps), batch_size=None), ckpt_path=resolve_ckpt(cfg, out_dir))
         timings["train_s"] = time.perf_counter() - t0
         if cfg.save_policy and distributed.rank() == 0:
             world.policy.save_pretrained(out_dir / "policy")
             world.tokenizer.save_pretrained(out_dir / "policy")
 
         t0 = time.perf_counter()
-        ev = evaluate_policy(world, cfg, procedure, transform, rl.beta, kw, cache_dir)
+        # theory beside the run: bon_sft targets the best-of-N policy (log at beta = 1/(N-1))
+        theory_transform, theory_beta = transform, rl.beta
+        if rl.name == "bon_sft":
+            theory_transform, theory_beta = Log(floor=0.0), 1.0 / (rl.n_samples - 1)
+        elif rl.name == "ipo":
+            theory_transform = Raw()  # no calibrated-space prediction
+        ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
         timings["eval_s"] = time.perf_counter() - t0
         th = ev["theory"]
         kl = ev["judges"]["reward_model"]["kl"]["mean"]

@@ -33,7 +33,7 @@ from infalign.modules.rollout import step_generator
 from infalign.rl.objectives import kl_penalty, ppo_loss, rloo_advantages, rloo_loss, shaped_reward
 from infalign.transforms import Transform
 
-ALGOS = ("rloo", "ppo")
+ALGOS = ("rloo", "ppo", "bon_sft", "ipo")  # the last two: offline baselines (pipeline/baselines.py)
 
 
 @dataclass
@@ -54,6 +54,7 @@ class RLConfig:
     minibatches: int = 2
     clip_eps: float = 0.2
     weight_decay: float = 0.0
+    n_samples: int = 4  # bon_sft / ipo: N reference samples per prompt for (best, worst)-of-N
 
     def __post_init__(self) -> None:
         require(self.name in ALGOS, "algo.name", self.name, f"one of {list(ALGOS)}")
@@ -84,6 +85,7 @@ class RLConfig:
             f"a divisor of prompts_per_step * group_size = {rows}",
         )
         require(0 < self.clip_eps < 1, "algo.clip_eps", self.clip_eps, "0 < clip_eps < 1")
+        require(self.n_samples >= 2, "algo.n_samples", self.n_samples, ">= 2 (best and worst of N)")
 
     @property
     def optimizer_steps_per_batch(self) -> int:

@@ -56,7 +56,8 @@ def step_generator(seed: int, *step: int, device: str | torch.device = "cpu") ->
 
 
 class RolloutModule(L.LightningModule):
-    """predict_step -> ``{"index": [b], "scores": {name: [b, n]}, "log_ratio": [b, n] | None}``."""
+    """predict_step -> ``{"index": [b], "scores": {name: [b, n]}, "log_ratio": [b, n] | None,
+    "responses": [b][n] texts if keep_responses}``."""
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class RolloutModule(L.LightningModule):
         temperature: float = 1.0,
         seed: int = 0,
         reference=None,
-        keep_responses: int = 0,
+        keep_responses: bool = False,
         prompts: list[str] | None = None,
         batch_size: int = 64,
     ) -> None:
@@ -125,7 +126,7 @@ class RolloutModule(L.LightningModule):
             log_ratio = (
                 ((roll.logprobs - ref_lp) * roll.response_mask).sum(-1).view(len(prompts), n).cpu()
             )
-        keep = roll.responses[: self.keep_responses * n] if self.keep_responses else []
+        keep = [roll.responses[i * n : (i + 1) * n] for i in range(len(prompts))] if self.keep_responses else []
         return {
             "index": batch["index"],
             "scores": scores,
@@ -151,7 +152,7 @@ def gather(outputs: list[dict]) -> dict:
         "index": index[order],
         "scores": {k: torch.cat([o["scores"][k] for o in outputs])[order] for k in names},
         "lengths": torch.cat([o["lengths"] for o in outputs])[order],
-        "responses": [r for o in outputs for r in o["responses"]],
+        "responses": [flat[i] for i in order.tolist()] if (flat := _flat_responses(outputs)) else [],
     }
     out["log_ratio"] = (
         torch.cat([o["log_ratio"] for o in outputs])[order]
@@ -159,6 +160,10 @@ def gather(outputs: list[dict]) -> dict:
         else None
     )
     return out
+
+
+def _flat_responses(outputs: list[dict]) -> list[list[str]]:
+    return [per_prompt for o in outputs for per_prompt in o["responses"]]
 
 
 def _to_cpu(outputs: list[dict]) -> list[dict]:

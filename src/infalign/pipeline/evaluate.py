@@ -22,7 +22,7 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
     ref_scores, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
                                          int(cfg.seed) + 101, cache_dir, tag="eval")
     pol = draw_pool(world.policy, world.tokenizer, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
-                    int(cfg.seed) + 202, reference=world.reference, keep_responses=int(ev.keep_responses))
+                    int(cfg.seed) + 202, reference=world.reference, keep_responses=int(ev.keep_responses) > 0)
     ns = sorted({int(n) for n in ev.ns} | {procedure.n})
     report = {
         judge: pool_report(pol["scores"][judge], ref_scores[judge], procedure.name, ns, pol["log_ratio"],
@@ -30,7 +30,7 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
         for judge in judges
     }
     out = {"judges": report, "ns": ns, "reference_pool_cache_hit": ref_hit,
-           "samples": list(zip(world.eval_prompts, pol["responses"][:: int(ev.samples)]))[: int(ev.keep_responses)],
+           "samples": [[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
            "theory": theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"])}
     return out
 

@@ -32,7 +32,7 @@ POOL_VERSION = "pool-v1"
 
 
 def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer_kwargs, seed, reference=None,
-              keep_responses: int = 0) -> dict:
+              keep_responses: bool = False) -> dict:
     """Sample n responses per prompt with ``model`` and score them (``Trainer.predict``)."""
     distributed.init_from_env()
     module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature),
