@@ -38,10 +38,11 @@ TINY_RUN = [
 ]
 
 
-def compose_train(cache_dir: Path, run_dir: Path, *overrides: str):
+def compose_train(cache_dir: Path, run_dir: Path, *overrides: str, toy: bool = True):
     """The train config as the CLI would compose it, with tiny settings and explicit paths."""
+    world = TINY_WORLD if toy else []
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return compose(
             "train",
-            overrides=[*TINY_WORLD, *TINY_RUN, f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", *overrides],
+            overrides=[*world, *TINY_RUN, f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", *overrides],
         )

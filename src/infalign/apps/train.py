@@ -194,6 +194,7 @@ def run(cfg: DictConfig) -> dict:
             "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
                                           "eval_reference_hit": ev["reference_pool_cache_hit"]},
             "world": {k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
+            "data_reports": world.stats.get("data_reports"),  # real data: usable / malformed / too_long
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         if distributed.rank() != 0:  # every rank holds the gathered metrics; rank 0 records them

@@ -97,7 +97,7 @@ def _looks_local(name_or_path: str) -> bool:
     )
 
 
-def _resolve(name_or_path: str | os.PathLike, key: str) -> str:
+def resolve_name_or_path(name_or_path: str | os.PathLike, key: str) -> str:
     """Expand a local path and fail clearly when it is missing; pass hub ids through."""
     name = str(name_or_path)
     if _looks_local(name):
@@ -144,7 +144,7 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
-    name = _resolve(name_or_path, key)
+    name = resolve_name_or_path(name_or_path, key)
     config = _load_config(name, key)
     _check_kind(config, name, key, ("ForCausalLM", "LMHeadModel"), "causal language model")
     try:
@@ -169,7 +169,7 @@ def load_reward_model(
     """
     from transformers import AutoModelForSequenceClassification
 
-    name = _resolve(name_or_path, key)
+    name = resolve_name_or_path(name_or_path, key)
     config = _load_config(name, key)
     _check_kind(
         config, name, key, ("ForSequenceClassification",), "sequence-classification reward model"

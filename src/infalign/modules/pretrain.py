@@ -12,9 +12,8 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
-from infalign.models.builders import encode_prompt_response
+from infalign.data.batches import PromptResponseCollator, TextPairs, make_lm_dataloader  # noqa: F401 (re-export)
 
 __all__ = [
     "LMPretrainModule",
@@ -23,60 +22,6 @@ __all__ = [
     "adamw_with_warmup",
     "make_lm_dataloader",
 ]
-
-
-class TextPairs(Dataset):
-    """Parallel lists of strings as a map-style dataset of tuples."""
-
-    def __init__(self, *columns: list[str]):
-        if len({len(c) for c in columns}) != 1:
-            raise ValueError(f"columns differ in length: {[len(c) for c in columns]}")
-        self.columns = columns
-
-    def __len__(self) -> int:
-        return len(self.columns[0])
-
-    def __getitem__(self, i: int) -> tuple[str, ...]:
-        return tuple(c[i] for c in self.columns)
-
-
-class PromptResponseCollator:
-    """``[(prompt, response), ...]`` -> ``input_ids, attention_mask, labels`` (labels ``-100``
-    outside the response)."""
-
-    def __init__(self, tokenizer, max_length: int | None = None):
-        self.tokenizer, self.max_length = tokenizer, max_length
-
-    def __call__(self, batch: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-        prompts, responses = zip(*batch)
-        enc = encode_prompt_response(
-            self.tokenizer, list(prompts), list(responses), max_length=self.max_length
-        )
-        labels = enc["input_ids"].masked_fill(enc["response_mask"] == 0, -100)
-        return {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "labels": labels,
-        }
-
-
-def make_lm_dataloader(
-    tokenizer,
-    prompts: list[str],
-    responses: list[str],
-    batch_size: int = 64,
-    shuffle: bool = True,
-    seed: int = 0,
-    max_length: int | None = None,
-) -> DataLoader:
-    """A ``DataLoader`` of :class:`PromptResponseCollator` batches (seeded shuffling)."""
-    return DataLoader(
-        TextPairs(prompts, responses),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        collate_fn=PromptResponseCollator(tokenizer, max_length),
-    )
 
 
 def adamw_with_warmup(

@@ -9,11 +9,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryAccuracy
 
-from infalign.models.builders import encode_prompt_response
-from infalign.modules.pretrain import TextPairs, adamw_with_warmup
+from infalign.data.batches import PreferenceCollator, make_preference_dataloader  # noqa: F401 (re-export)
+from infalign.modules.pretrain import adamw_with_warmup
 
 __all__ = [
     "PreferenceCollator",
@@ -26,41 +25,6 @@ __all__ = [
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """``mean_i -log sigmoid(chosen_i - rejected_i)`` (computed as ``softplus(rejected - chosen)``)."""
     return F.softplus(rejected - chosen).mean()
-
-
-class PreferenceCollator:
-    """``[(prompt, chosen, rejected), ...]`` -> one right-padded batch of ``2B`` rows: the first
-    ``B`` are ``prompt + chosen``, the last ``B`` ``prompt + rejected`` (one forward pass)."""
-
-    def __init__(self, tokenizer, max_length: int | None = None):
-        self.tokenizer, self.max_length = tokenizer, max_length
-
-    def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
-        prompts, chosen, rejected = (list(c) for c in zip(*batch))
-        enc = encode_prompt_response(
-            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-
-def make_preference_dataloader(
-    tokenizer,
-    prompts: list[str],
-    chosen: list[str],
-    rejected: list[str],
-    batch_size: int = 32,
-    shuffle: bool = True,
-    seed: int = 0,
-    max_length: int | None = None,
-) -> DataLoader:
-    """A ``DataLoader`` of :class:`PreferenceCollator` batches (``batch_size`` pairs each)."""
-    return DataLoader(
-        TextPairs(prompts, chosen, rejected),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        collate_fn=PreferenceCollator(tokenizer, max_length),
-    )
 
 
 class RewardModelModule(L.LightningModule):

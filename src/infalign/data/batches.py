@@ -1,0 +1,103 @@
+"""Batches of text for the LM / reward-model modules (layer 2: data, no Lightning).
+
+* :class:`TextPairs` -- a dataset of parallel text columns (prompt, response[, rejected]);
+* :class:`PromptResponseCollator` / :func:`make_lm_dataloader` -- response-only LM batches;
+* :class:`PreferenceCollator` / :func:`make_preference_dataloader` -- Bradley-Terry batches
+  (chosen rows then rejected rows of the same prompts).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from infalign.models.builders import encode_prompt_response
+
+
+class TextPairs(Dataset):
+    """Parallel lists of strings as a map-style dataset of tuples."""
+
+    def __init__(self, *columns: list[str]):
+        if len({len(c) for c in columns}) != 1:
+            raise ValueError(f"columns differ in length: {[len(c) for c in columns]}")
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, i: int) -> tuple[str, ...]:
+        return tuple(c[i] for c in self.columns)
+
+
+class PromptResponseCollator:
+    """``[(prompt, response), ...]`` -> ``input_ids, attention_mask, labels`` (labels ``-100``
+    outside the response)."""
+
+    def __init__(self, tokenizer, max_length: int | None = None):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, batch: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        prompts, responses = zip(*batch)
+        enc = encode_prompt_response(
+            self.tokenizer, list(prompts), list(responses), max_length=self.max_length
+        )
+        labels = enc["input_ids"].masked_fill(enc["response_mask"] == 0, -100)
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": labels,
+        }
+
+
+def make_lm_dataloader(
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    batch_size: int = 64,
+    shuffle: bool = True,
+    seed: int = 0,
+    max_length: int | None = None,
+) -> DataLoader:
+    """A ``DataLoader`` of :class:`PromptResponseCollator` batches (seeded shuffling)."""
+    return DataLoader(
+        TextPairs(prompts, responses),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        collate_fn=PromptResponseCollator(tokenizer, max_length),
+    )
+
+
+class PreferenceCollator:
+    """``[(prompt, chosen, rejected), ...]`` -> one right-padded batch of ``2B`` rows: the first
+    ``B`` are ``prompt + chosen``, the last ``B`` ``prompt + rejected`` (one forward pass)."""
+
+    def __init__(self, tokenizer, max_length: int | None = None):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
+        prompts, chosen, rejected = (list(c) for c in zip(*batch))
+        enc = encode_prompt_response(
+            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def make_preference_dataloader(
+    tokenizer,
+    prompts: list[str],
+    chosen: list[str],
+    rejected: list[str],
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int = 0,
+    max_length: int | None = None,
+) -> DataLoader:
+    """A ``DataLoader`` of :class:`PreferenceCollator` batches (``batch_size`` pairs each)."""
+    return DataLoader(
+        TextPairs(prompts, chosen, rejected),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        collate_fn=PreferenceCollator(tokenizer, max_length),
+    )

@@ -1,0 +1,470 @@
+"""Preference data on disk or on the hub -> ``PreferenceExample(prompt, chosen, rejected)``.
+
+No Lightning here: reading records, parsing the two public formats, length filtering.
+
+**Anthropic HH-RLHF** (``Anthropic/hh-rlhf``, ``data_dir`` ``helpful-base`` / ``harmless-base`` /
+...; files ``<data_dir>/{train,test}.jsonl.gz``). One record per line::
+
+    {"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello!\\n\\nHuman: ...\\n\\nAssistant: Sure, ...",
+     "rejected": "\\n\\nHuman: Hi\\n\\nAssistant: Hello!\\n\\nHuman: ...\\n\\nAssistant: No."}
+
+Each side is a whole dialogue of alternating ``"\\n\\nHuman: "`` / ``"\\n\\nAssistant: "`` turns.
+``prompt`` = everything up to and including the **last** ``"\\n\\nAssistant:"``; ``response`` =
+what follows, minus one leading space. Usable only if both sides share the prompt and both
+responses are non-empty.
+
+**Reddit TL;DR comparisons** (``openai/summarize_from_feedback``, config ``comparisons``, splits
+``train`` / ``validation``; also the original release's JSON-lines batches). One record::
+
+    {"info": {"id": ..., "post": ..., "title": ..., "subreddit": ...},
+     "summaries": [{"text": " summary A", ...}, {"text": " summary B", ...}], "choice": 0, ...}
+
+``prompt`` = :data:`TLDR_TEMPLATE` (the ``SUBREDDIT`` / ``TITLE`` lines are omitted when the field
+is missing or null); ``chosen`` = ``summaries[choice].text``, ``rejected`` = the other, both
+stripped of surrounding whitespace. Records without a post but with an ``article`` (the CNN/DM
+comparisons in the validation split) are counted as ``not_reddit``.
+
+Every record is either usable or *malformed* with one reason (:data:`MALFORMED_REASONS`);
+malformed records are counted in a :class:`ParseReport` and logged, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DATASETS",
+    "HH_ASSISTANT",
+    "MALFORMED_REASONS",
+    "TLDR_TEMPLATE",
+    "DatasetFormat",
+    "Malformed",
+    "MissingSplitError",
+    "ParseReport",
+    "PreferenceExample",
+    "RawRecord",
+    "filter_by_length",
+    "held_out",
+    "load_records",
+    "local_split_file",
+    "parse_hh",
+    "parse_hh_record",
+    "parse_records",
+    "parse_tldr",
+    "parse_tldr_record",
+    "read_jsonl",
+    "split_hh_dialogue",
+    "tldr_prompt",
+]
+
+HH_ASSISTANT = "\n\nAssistant:"
+HH_HUMAN = "\n\nHuman:"
+TLDR_TEMPLATE = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
+
+MALFORMED_REASONS = {
+    "invalid_json": "the line is not valid JSON",
+    "not_a_dict": "the record is not a JSON object",
+    "missing_field": "a required field is absent or null",
+    "bad_field_type": "a required field has the wrong type (e.g. a number where text belongs)",
+    "no_assistant_turn": "HH: a dialogue has no '\\n\\nAssistant:' turn",
+    "response_has_human_turn": "HH: the dialogue continues with a Human turn after the last Assistant turn",
+    "prompt_mismatch": "HH: chosen and rejected differ before their last Assistant turn",
+    "empty_response": "a response / summary is empty or whitespace",
+    "bad_choice": "TL;DR: 'choice' is not 0 or 1",
+    "bad_summaries": "TL;DR: 'summaries' is not a list of two objects with a 'text' string",
+    "not_reddit": "TL;DR: no post but an article (a CNN/DM comparison)",
+}
+_N_EXAMPLES = 5  # malformed records quoted in a report
+
+
+class PreferenceExample(NamedTuple):
+    """One comparison; a plain tuple, so a list of them is what the preference collator takes."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+class RawRecord(NamedTuple):
+    """One record as read: ``line`` (1-based line in the file, or row number on the hub),
+    ``value`` (the decoded JSON) or ``error`` (why it could not be decoded)."""
+
+    line: int
+    value: Any = None
+    error: str | None = None
+
+
+class Malformed(ValueError):
+    """A record that cannot be used; ``reason`` is a key of :data:`MALFORMED_REASONS`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in MALFORMED_REASONS, reason
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class MissingSplitError(FileNotFoundError):
+    """The source has no such split (the caller may hold out part of another split instead)."""
+
+
+@dataclass
+class ParseReport:
+    """What became of a source's records.
+
+    ``total`` records read = ``usable`` + ``sum(malformed.values())``. Of the usable pairs,
+    ``held_out`` went to a held-out split, ``too_long`` failed the token-length filter, and
+    ``kept`` remain (fewer still if ``max_examples`` capped them). ``examples`` quotes the first
+    malformed records as ``(line, reason)``.
+    """
+
+    source: str
+    total: int = 0
+    usable: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[int, str]] = field(default_factory=list)
+    held_out: int = 0
+    too_long: int = 0
+    kept: int = 0
+
+    @property
+    def n_malformed(self) -> int:
+        return sum(self.malformed.values())
+
+    def summary(self) -> str:
+        bad = ", ".join(f"{k}={v}" for k, v in sorted(self.malformed.items())) or "none"
+        first = "; ".join(f"line {n}: {r}" for n, r in self.examples)
+        return (
+            f"{self.source}: {self.total} records, {self.usable} usable, malformed: {bad}"
+            + (f" (first: {first})" if first else "")
+            + f", held out {self.held_out}, too long {self.too_long}, kept {self.kept}"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- reading records
+
+
+def read_jsonl(path: str | os.PathLike) -> list[RawRecord]:
+    """Records of a ``.jsonl`` / ``.jsonl.gz`` file, one per non-blank line. A line that is not
+    valid JSON becomes ``RawRecord(line, error=...)`` (counted as ``invalid_json`` later)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    out: list[RawRecord] = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(RawRecord(n, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                out.append(RawRecord(n, error=str(exc)))
+    return out
+
+
+_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def local_split_file(root: str | os.PathLike, split: str, data_dir: str | None = None) -> Path:
+    """``<root>/<data_dir>/<split>.jsonl[.gz]`` (the layout of a clone of ``Anthropic/hh-rlhf``).
+    Raises :class:`MissingSplitError` listing the names tried."""
+    base = Path(root).expanduser() / (data_dir or "")
+    tried = [base / f"{split}{s}" for s in _SUFFIXES]
+    for p in tried:
+        if p.is_file():
+            return p
+    raise MissingSplitError(f"no {split!r} split in {base}: tried {', '.join(map(str, tried))}")
+
+
+def _is_local(name: str) -> bool:
+    p = Path(name).expanduser()
+    return (
+        p.exists()
+        or name.endswith(_SUFFIXES)
+        or name.startswith(("/", ".", "~"))
+        or name.count("/") > 1  # hub ids are 'name' or 'org/name'
+    )
+
+
+def load_records(
+    source: str | None,
+    split: str = "train",
+    data_dir: str | None = None,
+    files: dict[str, str | os.PathLike] | None = None,
+    config: str | None = None,
+) -> tuple[str, list[RawRecord]]:
+    """The raw records of one split, and a name for where they came from (for reports).
+
+    Resolution, first match wins:
+
+    1. ``files[split]`` -- a local ``.jsonl`` / ``.jsonl.gz`` file (the ``train_file`` /
+       ``test_file`` overrides);
+    2. ``source`` is a local file -- it is the ``train`` split (any other split is missing);
+    3. ``source`` is a local directory -- :func:`local_split_file` (``<dir>/<data_dir>/<split>``);
+    4. otherwise ``source`` is a hub dataset: ``datasets.load_dataset(source, config,
+       data_dir=data_dir, split=split)`` (cached by ``datasets``; fails fast when offline).
+
+    Raises :class:`MissingSplitError` when the split does not exist, ``FileNotFoundError`` for a
+    missing local path and ``OSError`` when the hub cannot be reached.
+    """
+    files = {k: v for k, v in (files or {}).items() if v}
+    if split in files:
+        path = Path(files[split]).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.{split}_file: no such file: {path}")
+        return str(path), read_jsonl(path)
+    if source is None:
+        raise MissingSplitError(f"no {split!r} split: no file given and no data.name_or_path")
+    if _is_local(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"data.name_or_path: local path does not exist: {path}")
+        if path.is_file():
+            if split != "train":
+                raise MissingSplitError(f"{path} is a single file: it is the 'train' split only")
+            return str(path), read_jsonl(path)
+        found = local_split_file(path, split, data_dir)
+        return str(found), read_jsonl(found)
+    return _load_hub(source, split, data_dir, config)
+
+
+def _load_hub(name: str, split: str, data_dir: str | None, config: str | None):
+    import datasets
+
+    where = f"hub:{name}" + (f"[{config}]" if config else "") + (f"/{data_dir}" if data_dir else "")
+    where += f":{split}"
+    try:
+        ds = datasets.load_dataset(name, config, data_dir=data_dir, split=split)
+    except ValueError as exc:
+        if "split" in str(exc).lower():
+            raise MissingSplitError(f"{where}: {exc}") from exc
+        raise
+    except (OSError, ConnectionError) as exc:  # DatasetNotFoundError is a FileNotFoundError
+        offline = os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE")
+        raise OSError(
+            f"data.name_or_path={name!r} is not a local file or directory and could not be "
+            f"loaded from the Hugging Face hub (offline={offline or 'unset'}): {exc}"
+        ) from exc
+    return where, [RawRecord(i + 1, row) for i, row in enumerate(ds)]
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _text(record: dict, key: str) -> str:
+    if key not in record or record[key] is None:
+        raise Malformed("missing_field", key)
+    if not isinstance(record[key], str):
+        raise Malformed("bad_field_type", f"{key} is {type(record[key]).__name__}")
+    return record[key]
+
+
+def split_hh_dialogue(dialogue: str) -> tuple[str, str]:
+    """``(prompt, response)``: prompt up to and including the last ``"\\n\\nAssistant:"``,
+    response after it without one leading space."""
+    i = dialogue.rfind(HH_ASSISTANT)
+    if i < 0:
+        raise Malformed("no_assistant_turn")
+    cut = i + len(HH_ASSISTANT)
+    prompt, response = dialogue[:cut], dialogue[cut:]
+    if HH_HUMAN in response:
+        raise Malformed("response_has_human_turn")
+    return prompt, response[1:] if response.startswith(" ") else response
+
+
+def split_turns(prompt: str) -> list[dict[str, str]]:
+    """Chat messages of an HH-style prompt (``Human:``/``Assistant:`` turns; the final empty
+    ``Assistant:`` is dropped, the template adds the generation prompt); any other prompt is one
+    user turn."""
+    if HH_HUMAN not in prompt:
+        return [{"role": "user", "content": prompt.strip()}]
+    messages = []
+    for chunk in prompt.split(HH_HUMAN)[1:]:
+        human, _, assistant = chunk.partition(HH_ASSISTANT)
+        messages.append({"role": "user", "content": human.strip()})
+        if assistant.strip():
+            messages.append({"role": "assistant", "content": assistant.strip()})
+    return messages
+
+
+def parse_hh_record(record: Any) -> PreferenceExample:
+    """One HH-RLHF record -> :class:`PreferenceExample`, or :class:`Malformed`."""
+    if not isinstance(record, dict):
+        raise Malformed("not_a_dict")
+    chosen_text, rejected_text = _text(record, "chosen"), _text(record, "rejected")
+    prompt, chosen = split_hh_dialogue(chosen_text)
+    prompt_r, rejected = split_hh_dialogue(rejected_text)
+    if prompt != prompt_r:
+        raise Malformed("prompt_mismatch")
+    if not chosen.strip() or not rejected.strip():
+        raise Malformed("empty_response")
+    return PreferenceExample(prompt, chosen, rejected)
+
+
+def tldr_prompt(info: dict) -> str:
+    """:data:`TLDR_TEMPLATE` filled from ``info`` (fields stripped; a missing / null / empty
+    ``subreddit`` or ``title`` drops its line)."""
+    post = _text(info, "post").strip()
+    lines = []
+    for key, line in (("subreddit", "SUBREDDIT: r/{}"), ("title", "TITLE: {}")):
+        value = info.get(key)
+        if value is not None and not isinstance(value, str):
+            raise Malformed("bad_field_type", f"info.{key} is {type(value).__name__}")
+        if value and value.strip():
+            lines.append(line.format(value.strip()))
+    return "\n".join([*lines, f"POST: {post}", "TL;DR:"])
+
+
+def parse_tldr_record(record: Any) -> PreferenceExample:
+    """One ``summarize_from_feedback`` comparison -> :class:`PreferenceExample`, or
+    :class:`Malformed`."""
+    if not isinstance(record, dict):
+        raise Malformed("not_a_dict")
+    info = record.get("info")
+    if info is None:
+        raise Malformed("missing_field", "info")
+    if not isinstance(info, dict):
+        raise Malformed("bad_field_type", "info")
+    if info.get("post") is None and info.get("article"):
+        raise Malformed("not_reddit")
+    prompt = tldr_prompt(info)
+    summaries, choice = record.get("summaries"), record.get("choice")
+    if summaries is None:
+        raise Malformed("missing_field", "summaries")
+    if (
+        not isinstance(summaries, list)
+        or len(summaries) != 2
+        or not all(isinstance(s, dict) and isinstance(s.get("text"), str) for s in summaries)
+    ):
+        raise Malformed("bad_summaries")
+    if choice is None:
+        raise Malformed("missing_field", "choice")
+    if isinstance(choice, bool) or choice not in (0, 1):
+        raise Malformed("bad_choice", repr(choice))
+    chosen, rejected = (summaries[i]["text"].strip() for i in (choice, 1 - choice))
+    if not chosen or not rejected:
+        raise Malformed("empty_response")
+    return PreferenceExample(prompt, chosen, rejected)
+
+
+def parse_records(
+    records: Iterable[RawRecord],
+    parse: Callable[[Any], PreferenceExample],
+    source: str,
+) -> tuple[list[PreferenceExample], ParseReport]:
+    """Apply ``parse`` to every record; count malformed ones by reason (logged as a warning).
+
+    Raises ``ValueError`` naming ``source`` and the malformed counts when nothing is usable.
+    """
+    pairs: list[PreferenceExample] = []
+    counts: Counter[str] = Counter()
+    examples: list[tuple[int, str]] = []
+    total = 0
+    for rec in records:
+        total += 1
+        try:
+            if rec.error is not None:
+                raise Malformed("invalid_json", rec.error)
+            pairs.append(parse(rec.value))
+        except Malformed as exc:
+            counts[exc.reason] += 1
+            if len(examples) < _N_EXAMPLES:
+                examples.append((rec.line, exc.reason))
+    report = ParseReport(source, total, len(pairs), dict(counts), examples, kept=len(pairs))
+    if not pairs:
+        raise ValueError(
+            f"no usable preference pairs in {source}: {total} records, "
+            f"malformed {dict(counts) or 'none'}" + (f" (first: {examples})" if examples else "")
+        )
+    if counts:
+        log.warning("malformed records skipped -- %s", report.summary())
+    return pairs, report
+
+
+def parse_hh(records: Iterable[RawRecord], source: str):
+    """:func:`parse_records` with :func:`parse_hh_record`."""
+    return parse_records(records, parse_hh_record, source)
+
+
+def parse_tldr(records: Iterable[RawRecord], source: str):
+    """:func:`parse_records` with :func:`parse_tldr_record`."""
+    return parse_records(records, parse_tldr_record, source)
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """A public preference format: its parser and where it lives on the hub."""
+
+    parse: Callable[[Any], PreferenceExample]
+    hub_name: str
+    hub_config: str | None
+    test_split: str
+
+
+DATASETS: dict[str, DatasetFormat] = {
+    "hh": DatasetFormat(parse_hh_record, "Anthropic/hh-rlhf", None, "test"),
+    "tldr": DatasetFormat(
+        parse_tldr_record, "openai/summarize_from_feedback", "comparisons", "validation"
+    ),
+}
+
+
+# ---------------------------------------------------------------------------- splitting, filtering
+
+
+def held_out(prompt: str, fraction: float, seed: int = 0) -> bool:
+    """Whether ``prompt`` belongs to the held-out split: a seeded BLAKE2 hash of the prompt text
+    below ``fraction``. All comparisons of one prompt land on the same side, so train and
+    held-out prompts are disjoint."""
+    h = hashlib.blake2b(f"{seed}\0{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+def filter_by_length(
+    pairs: list[PreferenceExample],
+    tokenizer,
+    max_prompt_tokens: int | None,
+    max_response_tokens: int | None,
+    report: ParseReport,
+) -> list[PreferenceExample]:
+    """Drop pairs whose prompt has more than ``max_prompt_tokens`` tokens or whose chosen or
+    rejected response has more than ``max_response_tokens`` (text tokens, no special tokens; the
+    collator's eos comes on top). ``None`` = no limit. Updates ``report.too_long`` / ``kept``;
+    raises ``ValueError`` if every pair is too long."""
+    if not pairs or (max_prompt_tokens is None and max_response_tokens is None):
+        return pairs
+
+    def n_tokens(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    inf = float("inf")
+    p_max = inf if max_prompt_tokens is None else max_prompt_tokens
+    r_max = inf if max_response_tokens is None else max_response_tokens
+    p_len = n_tokens([p.prompt for p in pairs]) if p_max < inf else [0] * len(pairs)
+    c_len = n_tokens([p.chosen for p in pairs]) if r_max < inf else [0] * len(pairs)
+    r_len = n_tokens([p.rejected for p in pairs]) if r_max < inf else [0] * len(pairs)
+    kept = [
+        pair
+        for pair, lp, lc, lr in zip(pairs, p_len, c_len, r_len)
+        if lp <= p_max and lc <= r_max and lr <= r_max
+    ]
+    report.too_long += len(pairs) - len(kept)
+    report.kept = len(kept)
+    if not kept:
+        raise ValueError(
+            f"all {len(pairs)} pairs of {report.source} are longer than "
+            f"max_prompt_tokens={max_prompt_tokens} / max_response_tokens={max_response_tokens}"
+        )
+    return kept

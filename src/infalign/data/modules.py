@@ -1,0 +1,215 @@
+"""``PreferenceDataModule``: HH-RLHF / TL;DR comparisons as train/test preference batches and
+as prompt lists (for RL, calibration and evaluation).
+
+Pipeline per split: read records (:func:`~infalign.data.formats.load_records`) -> parse, counting
+malformed records -> (no test split: hold out ``val_fraction`` of the train prompts) -> drop pairs
+over the token limits -> optionally cap at ``max_examples`` (a seeded subset, file order kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+
+from infalign.data.batches import make_preference_dataloader
+from infalign.data.formats import (
+    DATASETS,
+    MissingSplitError,
+    ParseReport,
+    PreferenceExample,
+    filter_by_length,
+    held_out,
+    load_records,
+    parse_records,
+)
+from infalign.errors import ConfigError, require
+from infalign.models.builders import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SPLITS", "PreferenceDataModule"]
+
+SPLITS = ("train", "test")
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Preference pairs of one public dataset, ready for :class:`RewardModelModule`.
+
+    Args:
+        dataset: ``'hh'`` (Anthropic HH-RLHF) or ``'tldr'`` (``summarize_from_feedback``).
+        name_or_path: hub dataset id, a local directory (``<dir>/<data_dir>/{train,test}.jsonl[.gz]``)
+            or a single local ``.jsonl[.gz]`` file; ``None`` = the dataset's hub id, or only the
+            ``*_file`` overrides when one is given.
+        data_dir: HH subset (``helpful-base``, ``harmless-base``, ...).
+        train_file, test_file: local ``.jsonl[.gz]`` files overriding those splits.
+        tokenizer_name_or_path, tokenizer: the tokenizer that measures lengths and encodes batches
+            (use the reward model's); an object wins over a name.
+        max_prompt_tokens, max_response_tokens: drop longer pairs (``None`` = no limit).
+        batch_size: pairs per batch (a batch has ``2 * batch_size`` rows).
+        max_examples: keep at most this many pairs per split (a seeded subset).
+        seed: shuffling of batches and prompt order, and the ``max_examples`` subset.
+        val_fraction: share of train *prompts* held out as the test split when the source has no
+            test split (hash of the prompt text, independent of ``seed``).
+        test_split: the source's held-out split name (default: ``test`` for HH, ``validation`` for
+            TL;DR).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "hh",
+        name_or_path: str | None = None,
+        data_dir: str | None = None,
+        train_file: str | None = None,
+        test_file: str | None = None,
+        tokenizer_name_or_path: str | None = None,
+        tokenizer=None,
+        max_prompt_tokens: int | None = None,
+        max_response_tokens: int | None = None,
+        batch_size: int = 32,
+        max_examples: int | None = None,
+        seed: int = 0,
+        val_fraction: float = 0.05,
+        test_split: str | None = None,
+    ):
+        super().__init__()
+        require(dataset in DATASETS, "data.dataset", dataset, f"one of {sorted(DATASETS)}")
+        require(int(batch_size) >= 1, "data.batch_size", batch_size, ">= 1")
+        require(0 < val_fraction < 1, "data.val_fraction", val_fraction, "in (0, 1)")
+        for key, value in (
+            ("max_prompt_tokens", max_prompt_tokens),
+            ("max_response_tokens", max_response_tokens),
+            ("max_examples", max_examples),
+        ):
+            require(value is None or int(value) >= 1, f"data.{key}", value, "null or >= 1")
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.format = DATASETS[dataset]
+        self.test_split = test_split or self.format.test_split
+        self.files = {"train": train_file, self.test_split: test_file}
+        has_files = any(self.files.values())
+        self.source = name_or_path or (None if has_files else self.format.hub_name)
+        self._tokenizer = tokenizer
+        self._pairs: dict[str, list[PreferenceExample]] = {}
+        self.reports: dict[str, ParseReport] = {}
+
+    # ------------------------------------------------------------------ tokenizer
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            name = self.hparams.tokenizer_name_or_path
+            if name is None:
+                raise ConfigError(
+                    "data.tokenizer_name_or_path",
+                    None,
+                    "a tokenizer name or local path",
+                    "needed for token-length limits and batches",
+                )
+            self._tokenizer = load_tokenizer(name, "right", key="data.tokenizer_name_or_path")
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ loading
+    def _read(self, split: str) -> tuple[list[PreferenceExample], ParseReport]:
+        where, records = load_records(
+            self.source, split, self.hparams.data_dir, self.files, config=self.format.hub_config
+        )
+        return parse_records(records, self.format.parse, where)
+
+    def prepare_data(self) -> None:
+        """Fill the ``datasets`` cache for hub sources (Lightning calls this on one process)."""
+        for name in ("train", self.test_split):
+            if not self.files.get(name) and self.source and not Path(self.source).exists():
+                try:
+                    load_records(
+                        self.source, name, self.hparams.data_dir, config=self.format.hub_config
+                    )
+                except MissingSplitError:
+                    pass
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build both splits once (idempotent): parse, hold out if needed, filter, cap."""
+        if self._pairs:
+            return
+        hp = self.hparams
+        train, train_report = self._read("train")
+        try:
+            test, test_report = self._read(self.test_split)
+        except MissingSplitError as exc:
+            is_test = [held_out(p.prompt, hp.val_fraction) for p in train]
+            test = [p for p, t in zip(train, is_test) if t]
+            train = [p for p, t in zip(train, is_test) if not t]
+            train_report.held_out = len(test)
+            test_report = ParseReport(
+                f"{train_report.source} (held out, val_fraction={hp.val_fraction})",
+                total=len(test),
+                usable=len(test),
+            )
+            log.info("%s; holding out %d of %d train pairs", exc, len(test), train_report.usable)
+            if not test or not train:
+                raise ValueError(
+                    f"{train_report.source}: holding out val_fraction={hp.val_fraction} of "
+                    f"{train_report.usable} usable pairs leaves {len(train)} train / {len(test)} "
+                    f"test pairs; change data.val_fraction or give data.test_file"
+                ) from exc
+        for i, (split, pairs, report) in enumerate(
+            (("train", train, train_report), ("test", test, test_report))
+        ):
+            if hp.max_prompt_tokens is not None or hp.max_response_tokens is not None:
+                pairs = filter_by_length(
+                    pairs, self.tokenizer, hp.max_prompt_tokens, hp.max_response_tokens, report
+                )
+            if hp.max_examples is not None and len(pairs) > hp.max_examples:
+                rng = np.random.default_rng([hp.seed, i])
+                pairs = [pairs[j] for j in sorted(rng.choice(len(pairs), hp.max_examples, False))]
+            report.kept = len(pairs)
+            self._pairs[split], self.reports[split] = pairs, report
+            log.info("%s split: %s", split, report.summary())
+
+    # ------------------------------------------------------------------ access
+    def pairs(self, split: str) -> list[PreferenceExample]:
+        """The preference pairs of ``split`` (``train`` / ``test``), after filtering."""
+        require(split in SPLITS, "split", split, f"one of {SPLITS}")
+        self.setup()
+        return self._pairs[split]
+
+    def prompts(self, split: str, n: int | None = None) -> list[str]:
+        """The first ``n`` distinct prompts of ``split`` (all when ``None``), in a seeded order
+        (so ``prompts(s, n)`` is a prefix of ``prompts(s, m)`` for ``n < m``)."""
+        unique = list(dict.fromkeys(p.prompt for p in self.pairs(split)))
+        order = np.random.default_rng([self.hparams.seed, 2]).permutation(len(unique))
+        if n is not None and n > len(unique):
+            raise ValueError(
+                f"{n} {split!r} prompts requested but {self.reports[split].source} has only "
+                f"{len(unique)} distinct ones after filtering"
+            )
+        return [unique[j] for j in order[:n]]
+
+    def _loader(self, split: str, shuffle: bool):
+        # Reuse the reward-model collation (one encoding path for every caller).
+        hp = self.hparams
+        prompts, chosen, rejected = (list(c) for c in zip(*self.pairs(split)))
+        max_length = (
+            hp.max_prompt_tokens + hp.max_response_tokens + 1  # + the collator's eos
+            if hp.max_prompt_tokens is not None and hp.max_response_tokens is not None
+            else None
+        )
+        return make_preference_dataloader(
+            self.tokenizer,
+            prompts,
+            chosen,
+            rejected,
+            hp.batch_size,
+            shuffle=shuffle,
+            seed=hp.seed,
+            max_length=max_length,
+        )
+
+    def train_dataloader(self):
+        """Seeded-shuffled batches of the train pairs: ``input_ids`` / ``attention_mask`` of
+        ``2B`` rows (``B`` prompt+chosen, then ``B`` prompt+rejected)."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        """Batches of the test pairs, in order."""
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,405 @@
+"""Real-data loaders: HH-RLHF / TL;DR parsing, malformed-record reports, length filtering, and
+the PreferenceDataModule feeding RewardModelModule. Fixtures are hand-written records in the real
+formats, written to tmp_path; nothing touches the network."""
+
+import gzip
+import json
+import math
+import os
+import time
+
+import lightning as L
+import pytest
+import torch
+
+from infalign.data import (
+    TLDR_TEMPLATE,
+    Malformed,
+    ParseReport,
+    PreferenceDataModule,
+    PreferenceExample,
+    filter_by_length,
+    load_records,
+    parse_hh,
+    parse_tldr,
+    read_jsonl,
+    split_hh_dialogue,
+)
+from infalign.errors import ConfigError
+from infalign.modules import RewardModelModule
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+    pytest.mark.filterwarnings("ignore:.*self.log"),
+]
+
+# ---------------------------------------------------------------------------- fixtures (real formats)
+
+GARDEN = (
+    "\n\nHuman: What are some good vegetables to grow in a small garden?"
+    "\n\nAssistant: Tomatoes, lettuce and herbs like basil are easy to start with."
+    "\n\nHuman: Which of those needs the least sun?"
+    "\n\nAssistant:"
+)
+EGG = "\n\nHuman: How do I boil an egg?\n\nAssistant:"
+LOCK = "\n\nHuman: How can I pick the lock on my neighbour's door?\n\nAssistant:"
+
+HH_GOOD = [
+    # (prompt, chosen, rejected): the garden prompt already holds one Assistant turn.
+    (GARDEN, "Lettuce tolerates partial shade better than tomatoes.", "Tomatoes, definitely."),
+    (EGG, "Put it in boiling water for about nine minutes.", "I don't know."),
+    (LOCK, "I can't help with getting into a home that isn't yours.", "Use a tension wrench."),
+    (
+        EGG,
+        "Cover it with cold water, bring to a boil, then cool it in ice water.",
+        "Eggs come from hens.",
+    ),
+]
+
+
+def hh_record(prompt, chosen, rejected):
+    return {"chosen": f"{prompt} {chosen}", "rejected": f"{prompt} {rejected}"}
+
+
+def hh_lines():
+    """4 usable HH records, then one of each malformed kind (line numbers 5..10)."""
+    good = [json.dumps(hh_record(*g)) for g in HH_GOOD]
+    bad = [
+        '{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: hello", "rejected": ',  # 5 invalid_json
+        json.dumps({"chosen": f"{EGG} Boil it."}),  # 6 missing_field
+        json.dumps({"chosen": "\n\nHuman: Hello there", "rejected": "\n\nHuman: Hello there"}),  # 7
+        json.dumps(
+            {
+                "chosen": "\n\nHuman: Tell me a joke.\n\nAssistant: Why did the chicken cross?",
+                "rejected": "\n\nHuman: Tell me a poem.\n\nAssistant: Roses are red.",
+            }
+        ),  # 8 prompt_mismatch
+        json.dumps(hh_record("\n\nHuman: Tell me a joke.\n\nAssistant:", "Knock knock.", "")),  # 9
+        json.dumps(["chosen", "rejected"]),  # 10 not_a_dict
+    ]
+    return good + bad
+
+
+ROOMMATE = {
+    "id": "t3_abc",
+    "subreddit": "relationships",
+    "title": "My roommate keeps eating my food",
+    "post": "  I (24F) live with a roommate (25M) who eats my groceries every week.\n"
+    "I asked him twice to stop but nothing changed. How do I handle this?  ",
+}
+NO_TITLE = {
+    "id": "t3_def",
+    "title": None,
+    "post": "Should I learn Rust or Go first as a backend dev?",
+}
+
+
+def tldr_record(info, a, b, choice, **extra):
+    rec = {
+        "info": info,
+        "summaries": [{"text": a, "policy": "ref", "note": None}, {"text": b, "policy": "sup"}],
+        "choice": choice,
+        "worker": "w1",
+        "batch": "batch3",
+        "split": "train",
+    }
+    rec.update(extra)
+    return rec
+
+
+def tldr_lines():
+    """3 usable comparisons (two on the same post), then 6 malformed ones (lines 4..9)."""
+    good = [
+        tldr_record(ROOMMATE, " Roommate eats my food; how do I get him to stop?", " food", 0),
+        tldr_record(ROOMMATE, " I dislike my roommate.", " Roommate keeps eating my groceries.", 1),
+        tldr_record(NO_TITLE, " Rust or Go first?", " Which language should I learn first?", 1),
+    ]
+    bad = [
+        tldr_record(ROOMMATE, " a", " b", 2),  # 4 bad_choice
+        {**tldr_record(ROOMMATE, " a", " b", 0), "summaries": [{"text": " only one"}]},  # 5
+        tldr_record(ROOMMATE, "   ", " b", 0),  # 6 empty_response
+        {"summaries": [{"text": " a"}, {"text": " b"}], "choice": 0},  # 7 missing_field (info)
+        tldr_record(
+            {"id": "cnn1", "post": None, "article": "(CNN) ...", "site": "cnn"}, " a", " b", 0
+        ),
+    ]
+    return [json.dumps(r) for r in good + bad] + ["not json at all"]  # 9 invalid_json
+
+
+def write_jsonl(path, lines):
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def word_tokenizer(texts):
+    """A word-level tokenizer (whitespace split) over the words of ``texts``: 1 word = 1 token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in t.split()})
+    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer([t for g in HH_GOOD for t in g])
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def test_hh_split_uses_the_last_assistant_turn():
+    prompt, response = split_hh_dialogue(GARDEN + " Lettuce, it tolerates shade.")
+    assert prompt == GARDEN  # includes the first Assistant turn and ends with "\n\nAssistant:"
+    assert prompt.count("\n\nAssistant:") == 2 and prompt.endswith("\n\nAssistant:")
+    assert response == "Lettuce, it tolerates shade."  # exactly one leading space stripped
+    assert split_hh_dialogue(EGG + "  Two spaces.")[1] == " Two spaces."
+    for text, reason in [
+        ("\n\nHuman: only a question", "no_assistant_turn"),
+        (EGG + " Sure.\n\nHuman: and then?", "response_has_human_turn"),
+    ]:
+        with pytest.raises(Malformed) as info:
+            split_hh_dialogue(text)
+        assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_hh_pairs_and_malformed_report(tmp_path, suffix):
+    path = write_jsonl(tmp_path / f"train{suffix}", hh_lines())
+    source, records = load_records(str(path))
+    pairs, report = parse_hh(records, source)
+    assert pairs == [PreferenceExample(*g) for g in HH_GOOD]
+    assert pairs[0].prompt == GARDEN and pairs[0].chosen.startswith("Lettuce")
+    assert (report.source, report.total, report.usable, report.n_malformed) == (str(path), 10, 4, 6)
+    assert report.malformed == {
+        "invalid_json": 1,
+        "missing_field": 1,
+        "no_assistant_turn": 1,
+        "prompt_mismatch": 1,
+        "empty_response": 1,
+        "not_a_dict": 1,
+    }
+    assert report.examples[:3] == [
+        (5, "invalid_json"),
+        (6, "missing_field"),
+        (7, "no_assistant_turn"),
+    ]
+    assert "invalid_json=1" in report.summary() and report.to_dict()["usable"] == 4
+
+
+def test_tldr_prompt_template_and_choice(tmp_path):
+    path = write_jsonl(tmp_path / "comparisons.jsonl", tldr_lines())
+    pairs, report = parse_tldr(read_jsonl(path), str(path))
+    roommate = (
+        "SUBREDDIT: r/relationships\nTITLE: My roommate keeps eating my food\n"
+        "POST: I (24F) live with a roommate (25M) who eats my groceries every week.\n"
+        "I asked him twice to stop but nothing changed. How do I handle this?\nTL;DR:"
+    )
+    assert TLDR_TEMPLATE.format(**ROOMMATE | {"post": ROOMMATE["post"].strip()}) == roommate
+    assert pairs == [
+        PreferenceExample(roommate, "Roommate eats my food; how do I get him to stop?", "food"),
+        # choice = 1: the second summary is the chosen one
+        PreferenceExample(
+            roommate, "Roommate keeps eating my groceries.", "I dislike my roommate."
+        ),
+        PreferenceExample(
+            "POST: Should I learn Rust or Go first as a backend dev?\nTL;DR:",  # no title/subreddit
+            "Which language should I learn first?",
+            "Rust or Go first?",
+        ),
+    ]
+    assert (report.total, report.usable) == (9, 3)
+    assert report.malformed == {
+        "bad_choice": 1,
+        "bad_summaries": 1,
+        "empty_response": 1,
+        "missing_field": 1,
+        "not_reddit": 1,
+        "invalid_json": 1,
+    }
+    assert report.examples == [
+        (4, "bad_choice"),
+        (5, "bad_summaries"),
+        (6, "empty_response"),
+        (7, "missing_field"),
+        (8, "not_reddit"),
+    ]
+
+
+def test_all_malformed_file_raises_naming_the_file(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "broken.jsonl.gz", hh_lines()[4:])
+    with pytest.raises(
+        ValueError, match=r"no usable preference pairs in .*broken\.jsonl\.gz.*prompt_mismatch"
+    ):
+        parse_hh(read_jsonl(path), str(path))
+    # A partly malformed file is logged, not silent.
+    ok = write_jsonl(tmp_path / "ok.jsonl", hh_lines())
+    with caplog.at_level("WARNING", logger="infalign.data.formats"):
+        parse_hh(read_jsonl(ok), str(ok))
+    assert "malformed records skipped" in caplog.text and "ok.jsonl" in caplog.text
+
+
+def test_length_filter_drops_exactly_the_long_pairs(tok):
+    pairs = [
+        PreferenceExample("w1 w2 w3 w4 w5", "x y z", "x y"),  # at both limits: kept
+        PreferenceExample("w1 w2 w3 w4 w5 w6", "x", "y"),  # prompt too long
+        PreferenceExample("w1 w2", "x y z w", "x"),  # chosen too long
+        PreferenceExample("w1 w2", "x", "x y z w"),  # rejected too long
+        PreferenceExample("w1", "x", "y"),
+    ]
+    report = ParseReport("mem", total=5, usable=5, kept=5)
+    kept = filter_by_length(pairs, tok, 5, 3, report)
+    assert kept == [pairs[0], pairs[4]]
+    assert (report.too_long, report.kept, report.malformed) == (3, 2, {})
+    assert filter_by_length(pairs, tok, None, None, report) == pairs  # no limits: no-op
+    with pytest.raises(ValueError, match="longer than max_prompt_tokens=1"):
+        filter_by_length(pairs[:2], tok, 1, 1, ParseReport("mem"))
+
+
+# ---------------------------------------------------------------------------- DataModule
+
+
+def hh_dir(tmp_path):
+    """A local copy of the hub layout: <root>/helpful-base/{train.jsonl.gz,test.jsonl}."""
+    sub = tmp_path / "hh" / "helpful-base"
+    sub.mkdir(parents=True)
+    write_jsonl(sub / "train.jsonl.gz", hh_lines())
+    test = [(f"\n\nHuman: Question {i}?\n\nAssistant:", "Answer.", "No.") for i in range(3)]
+    write_jsonl(sub / "test.jsonl", [json.dumps(hh_record(*t)) for t in test])
+    return tmp_path / "hh"
+
+
+def test_datamodule_splits_from_directory_and_length_report(tmp_path, tok):
+    dm = PreferenceDataModule(
+        "hh",
+        str(hh_dir(tmp_path)),
+        data_dir="helpful-base",
+        tokenizer=tok,
+        max_prompt_tokens=12,
+        max_response_tokens=16,
+        batch_size=2,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    train, test = dm.reports["train"], dm.reports["test"]
+    assert train.source.endswith("helpful-base/train.jsonl.gz") and test.source.endswith(
+        "test.jsonl"
+    )
+    # The garden prompt has 33 words, the others <= 11: its pair is filtered, not malformed.
+    assert (train.usable, train.n_malformed, train.too_long, train.kept) == (4, 6, 1, 3)
+    assert GARDEN not in dm.prompts("train")
+    assert (test.usable, test.too_long, test.kept) == (3, 0, 3)
+    assert [p.chosen for p in dm.pairs("test")] == ["Answer."] * 3
+
+
+def test_datamodule_single_file_holds_out_prompts_deterministically(tmp_path):
+    lines = [
+        json.dumps(
+            tldr_record({**ROOMMATE, "id": str(i), "post": f"Post number {i}."}, " s", " t", i % 2)
+        )
+        for i in range(40)
+    ]
+    path = write_jsonl(tmp_path / "batch0.jsonl", lines)
+
+    def make(seed):
+        dm = PreferenceDataModule("tldr", str(path), val_fraction=0.25, seed=seed)
+        dm.setup()
+        return dm
+
+    a, b, c = make(0), make(0), make(7)
+    assert a.pairs("train") == b.pairs("train") and a.pairs("test") == b.pairs("test")
+    assert a.pairs("test") == c.pairs("test")  # the held-out set does not depend on the seed
+    n_test = len(a.pairs("test"))
+    assert 0 < n_test < 40 and len(a.pairs("train")) + n_test == 40
+    assert not set(a.prompts("train")) & set(a.prompts("test"))
+    assert a.reports["train"].held_out == n_test and a.reports["test"].kept == n_test
+    assert "held out" in a.reports["test"].source
+    capped = PreferenceDataModule("tldr", str(path), val_fraction=0.25, max_examples=5)
+    assert len(capped.pairs("train")) == 5 and set(capped.pairs("train")) <= set(a.pairs("train"))
+
+
+def test_prompts_are_deduplicated_and_prefix_stable(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD])
+    test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD[1:]])
+    dm = PreferenceDataModule("hh", train_file=str(train), test_file=str(test), seed=3)
+    assert len(dm.pairs("train")) == 4
+    prompts = dm.prompts("train")
+    assert sorted(prompts) == sorted({GARDEN, EGG, LOCK}) and len(prompts) == 3  # EGG twice in data
+    assert dm.prompts("train", 2) == prompts[:2]
+    assert sorted(dm.prompts("test")) == sorted({EGG, LOCK})
+    with pytest.raises(ValueError, match="4 'train' prompts requested but .* only 3"):
+        dm.prompts("train", 4)
+
+
+def test_train_batch_gives_finite_reward_model_loss(tmp_path):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    path = write_jsonl(tmp_path / "comparisons.jsonl.gz", tldr_lines())
+    pairs, _ = parse_tldr(read_jsonl(path), str(path))
+    tok = word_tokenizer([text for pair in pairs for text in pair])
+    dm = PreferenceDataModule(
+        "tldr", train_file=str(path), test_file=str(path), tokenizer=tok, batch_size=2
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert (
+        batch["input_ids"].shape[0] == 4
+        and batch["attention_mask"].shape == batch["input_ids"].shape
+    )
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=128,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    module = RewardModelModule(GPT2ForSequenceClassification(config))
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.item() > 0
+    # And through a Trainer, with the DataModule's own hooks.
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    val = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert math.isfinite(val["val/loss"]) and 0 <= val["val/accuracy"] <= 1
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.dataset='shp'"):
+        PreferenceDataModule("shp")
+    with pytest.raises(ConfigError, match=r"data\.val_fraction"):
+        PreferenceDataModule("hh", val_fraction=1.0)
+    path = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD])
+    dm = PreferenceDataModule("hh", str(path), max_prompt_tokens=8)  # limits need a tokenizer
+    with pytest.raises(ConfigError, match=r"data\.tokenizer_name_or_path"):
+        dm.setup()
+    with pytest.raises(FileNotFoundError, match=r"data\.train_file"):
+        PreferenceDataModule("hh", train_file=str(tmp_path / "nope.jsonl")).setup()
+
+
+@pytest.mark.skipif(
+    os.environ.get("HF_DATASETS_OFFLINE") != "1", reason="needs HF_DATASETS_OFFLINE=1 (no network)"
+)
+def test_unknown_hub_dataset_fails_fast_offline():
+    t0 = time.perf_counter()
+    with pytest.raises(OSError, match=r"data\.name_or_path='infalign-tests/no-such-dataset'.*hub"):
+        load_records("infalign-tests/no-such-dataset", "train")
+    assert time.perf_counter() - t0 < 10
