@@ -70,3 +70,12 @@ def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tm
         assert group in next(run.glob("run-*.wandb")).read_bytes()  # all in the sweep's group
         exit_line = f"got exitcode: {1 if failed else 0}"
         assert exit_line in (run / "logs" / "debug.log").read_text()  # failed runs marked failed
+
+    # the report lists the failed jobs (with their reason) next to the finished ones
+    proc = run_cli(str(BIN / "infalign-report"), str(sweep), "--no-wandb")
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    rows = (sweep / "report" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4
+    assert sum(",failed," in r for r in rows) == 2 and sum(",finished," in r for r in rows) == 2
+    assert "policy.name_or_path" in json.dumps(summary)
+    assert (sweep / "report" / "inference_win_rate_vs_kl.png").stat().st_size > 10_000

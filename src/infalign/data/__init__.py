@@ -1,53 +1,9 @@
 """Real preference data (Anthropic HH-RLHF, Reddit TL;DR comparisons): parsers with malformed-record
-reports (:mod:`infalign.data.formats`) and a LightningDataModule (:mod:`infalign.data.modules`)."""
+reports (:mod:`infalign.data.formats`), text batching (:mod:`infalign.data.batches`) and a
+LightningDataModule (:mod:`infalign.data.modules`)."""
 
-from infalign.data.formats import (
-    DATASETS,
-    MALFORMED_REASONS,
-    TLDR_TEMPLATE,
-    DatasetFormat,
-    Malformed,
-    MissingSplitError,
-    ParseReport,
-    PreferenceExample,
-    RawRecord,
-    filter_by_length,
-    held_out,
-    load_records,
-    local_split_file,
-    parse_hh,
-    parse_hh_record,
-    parse_records,
-    parse_tldr,
-    parse_tldr_record,
-    read_jsonl,
-    split_hh_dialogue,
-    tldr_prompt,
-)
+from infalign.data import formats
+from infalign.data.formats import *  # noqa: F403 -- the parsers' public names (formats.__all__)
 from infalign.data.modules import SPLITS, PreferenceDataModule
 
-__all__ = [
-    "DATASETS",
-    "MALFORMED_REASONS",
-    "SPLITS",
-    "TLDR_TEMPLATE",
-    "DatasetFormat",
-    "Malformed",
-    "MissingSplitError",
-    "ParseReport",
-    "PreferenceDataModule",
-    "PreferenceExample",
-    "RawRecord",
-    "filter_by_length",
-    "held_out",
-    "load_records",
-    "local_split_file",
-    "parse_hh",
-    "parse_hh_record",
-    "parse_records",
-    "parse_tldr",
-    "parse_tldr_record",
-    "read_jsonl",
-    "split_hh_dialogue",
-    "tldr_prompt",
-]
+__all__ = [*formats.__all__, "SPLITS", "PreferenceDataModule"]

@@ -134,8 +134,11 @@ class CTRLModule(L.LightningModule):
     def reward(self) -> Scorer:
         return self._frozen["reward"]
 
-    def on_fit_start(self) -> None:
+    def on_fit_start(self) -> None:  # the frozen models follow the policy to its device
         self.reference.to(self.device)
+        reward_model = getattr(self.reward, "model", None)
+        if reward_model is not None:
+            reward_model.to(self.device)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(
