@@ -73,6 +73,7 @@ def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tm
 
     # the report lists the failed jobs (with their reason) next to the finished ones
     proc = run_cli(str(BIN / "infalign-report"), str(sweep), "--no-wandb")
+    assert "failed" in proc.stdout
     summary = json.loads((sweep / "report" / "summary.json").read_text())
     rows = (sweep / "report" / "runs.csv").read_text().splitlines()
     assert len(rows) == 1 + 4
