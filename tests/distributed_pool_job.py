@@ -20,3 +20,4 @@ gathered = distributed.all_gather_objects(distributed.rank())
 if distributed.rank() == 0:
     torch.save({"calibration": calib, "hit": hit, "pool": pool["scores"], "log_ratio": pool["log_ratio"],
                 "index": pool["index"], "ranks": gathered}, out)
+distributed.shutdown()

@@ -72,3 +72,11 @@ def init_from_env() -> None:
     if backend == "nccl":
         torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend=backend)
+
+
+def shutdown() -> None:
+    """Wait for every rank, then leave the process group (a rank that exits while its peers still
+    talk to it aborts with "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

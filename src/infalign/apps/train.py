@@ -21,18 +21,16 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from infalign import distributed
 from infalign.apps.config import CONFIG_DIR
 from infalign.cache import atomic_write_json
-from infalign.calibration import CalibrationTable
 from infalign.errors import ConfigError, require
-from infalign.modules.ctrl import CTRLModule, RLConfig
+from infalign.modules.ctrl import RLConfig
 from infalign.pipeline import record
-from infalign.pipeline.baselines import OFFLINE_ALGOS, fit_offline
+from infalign.pipeline.baselines import OFFLINE_ALGOS
 from infalign.pipeline.evaluate import evaluate_policy
-from infalign.pipeline.pools import reference_pool
+from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.world import load_world
 from infalign.procedures import Procedure
 from infalign.transforms import Log, Raw, Transform, as_transform
@@ -149,12 +147,8 @@ def run(cfg: DictConfig) -> dict:
 
         t0 = time.perf_counter()
         table, calib_hit = None, None
-        offline = rl.name in OFFLINE_ALGOS
-        if transform.calibrated and not offline:
-            scores, calib_hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K),
-                                               {"reward": world.reward}, cfg.calibration, kw, int(cfg.seed),
-                                               cache_dir, tag="calibration")
-            table = CalibrationTable.from_rewards(scores["reward"], bool(cfg.calibration.smoothing))
+        if transform.calibrated and rl.name not in OFFLINE_ALGOS:
+            table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
         timings["calibration_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -164,13 +158,7 @@ def run(cfg: DictConfig) -> dict:
             "logger": logger if logger is not None else False,
             "log_every_n_steps": int(cfg.log_every_n_steps), "deterministic": bool(cfg.deterministic),
         }
-        if offline:
-            fit_offline(rl.name, world, rl, rl.n_samples, cfg.calibration, kw, fit_kwargs, int(cfg.seed))
-        else:
-            module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
-                                world.train_prompts, rl, seed=int(cfg.seed))
-            L.Trainer(max_steps=rl.steps * rl.optimizer_steps_per_batch, **fit_kwargs).fit(
-                module, DataLoader(range(rl.steps), batch_size=None), ckpt_path=resolve_ckpt(cfg, out_dir))
+        fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, resolve_ckpt(cfg, out_dir))
         timings["train_s"] = time.perf_counter() - t0
         if cfg.save_policy and distributed.rank() == 0:
             world.policy.save_pretrained(out_dir / "policy")
@@ -248,6 +236,7 @@ def main(cfg: DictConfig) -> float:
 
     try:
         metrics = run(cfg)
+        distributed.shutdown()
     except Exception:
         # In a sweep one failed job must not cancel the rest: it is recorded (metrics.json with
         # status=failed, W&B run marked failed) and returns NaN. A single run fails loudly.

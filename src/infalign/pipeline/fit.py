@@ -1,0 +1,35 @@
+"""Stages 1-2 of ``infalign-train``: the calibration table, then fitting the policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from infalign.calibration import CalibrationTable
+from infalign.modules.ctrl import CTRLModule, RLConfig
+from infalign.pipeline.baselines import OFFLINE_ALGOS, fit_offline
+from infalign.pipeline.pools import reference_pool
+from infalign.transforms import Transform
+
+
+def calibration_table(world, cfg: DictConfig, trainer_kwargs: dict, cache_dir: Path) -> tuple[CalibrationTable, bool]:
+    """Sorted reward-model scores of K reference samples per training prompt (cached by content)."""
+    scores, hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K), {"reward": world.reward},
+                                 cfg.calibration, trainer_kwargs, int(cfg.seed), cache_dir, tag="calibration")
+    return CalibrationTable.from_rewards(scores["reward"], bool(cfg.calibration.smoothing)), hit
+
+
+def fit_policy(world, cfg: DictConfig, rl: RLConfig, transform: Transform, table: CalibrationTable | None,
+               fit_kwargs: dict, calibration_kwargs: dict, ckpt_path: str | None) -> None:
+    """CTRL (RLOO / PPO on Phi(C_hat), resumable) or an offline baseline (``bon_sft``, ``ipo``)."""
+    if rl.name in OFFLINE_ALGOS:
+        fit_offline(rl.name, world, rl, rl.n_samples, cfg.calibration, calibration_kwargs, fit_kwargs, int(cfg.seed))
+        return
+    module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
+                        world.train_prompts, rl, seed=int(cfg.seed))
+    # the "dataloader" only counts steps: prompts and seeds are functions of the step
+    L.Trainer(max_steps=rl.steps * rl.optimizer_steps_per_batch, **fit_kwargs).fit(
+        module, DataLoader(range(rl.steps), batch_size=None), ckpt_path=ckpt_path)
