@@ -1,10 +1,5 @@
 """Model builders, loaders (by path, errors), text encoding and reward scorers."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
 import pytest
 import torch
 

@@ -1,10 +1,5 @@
 """Lightning modules: response-only LM pre-training and Bradley-Terry reward-model training."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
 import math
 
 import lightning as L

@@ -1,10 +1,5 @@
 """The toy world: formulas, splits, tokenizer, behaviour diversity, BT labels, cached build."""
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
 import json
 import math
 import threading
