@@ -483,7 +483,8 @@ def series_colors(series: Sequence[Series]) -> dict[tuple, Any]:
 
 
 def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, path: Path) -> None:
-    """Win rate vs KL, one subplot per judge: points with 95 % CIs on both axes, a line through
+    """Win rate vs KL, one subplot per judge (and, for inference-time win rates of a sweep over
+    several procedures/N, one row per procedure): points with 95 % CIs on both axes, a line through
     each series sorted by KL, and the series' theory curve dashed in the same colour.
 
     ``which``: ``inference`` (each run's procedure at its N) or ``standard``."""
@@ -502,39 +503,44 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
     ylabel = ("standard win rate" if which == "standard"
               else f"{procs[0]} win rate" if len(procs) == 1 else "inference-time win rate (run's procedure, N)")
     judges = list(judges) or ["reward_model"]
-    fig, axes = plt.subplots(1, len(judges), figsize=(6.4 * len(judges), 4.8), squeeze=False, sharey=True)
+    panels = procs if which == "inference" and len(procs) > 1 else [None]  # one row per procedure/N
+    fig, axes = plt.subplots(len(panels), len(judges), figsize=(6.4 * len(judges), 4.8 * len(panels)),
+                             squeeze=False, sharey=True)
     any_theory = False
-    for ax, judge in zip(axes[0], judges):
-        for s in series:
-            pts = sorted((r for r in s.rows if r[f"{judge}_kl"] is not None and r[f"{judge}_{col}"] is not None),
-                         key=lambda r: r[f"{judge}_kl"])
-            color = colors[s.key]
-            if pts:
-                x = np.array([r[f"{judge}_kl"] for r in pts])
-                y = np.array([r[f"{judge}_{col}"] for r in pts])
-                xerr = _err(pts, f"{judge}_kl", x)
-                yerr = _err(pts, f"{judge}_{col}", y)
-                ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker=markers[str(s.algo)], ms=6, lw=1.4,
-                            capsize=3, elinewidth=0.9, label=s.label)
-            curve = s.theory.get(judge)
-            if curve and curve["kl"]:
-                ax.plot(curve["kl"], curve[th_key], ls="--", lw=1.3, color=color, alpha=0.9)
-                any_theory = True
-        ax.axhline(0.5, color="gray", lw=0.8, ls=":")
-        ax.set_xlabel("KL(pi || pi_ref) [nats]")
-        ax.set_ylabel(f"{ylabel} vs reference")
-        ax.set_title(f"judge: {judge}")
-        ax.grid(alpha=0.3)
-        if not series:
-            ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if any_theory:
-        handles.append(Line2D([], [], color="gray", ls="--"))
-        labels.append("theory (calibrated space)")
-    if handles:
-        axes[0][-1].legend(handles, labels, fontsize=8, loc="best")
+    for row, proc in zip(axes, panels):
+        for ax, judge in zip(row, judges):
+            for s in series:
+                if proc is not None and s.procedure != proc:
+                    continue
+                pts = sorted((r for r in s.rows if r[f"{judge}_kl"] is not None and r[f"{judge}_{col}"] is not None),
+                             key=lambda r: r[f"{judge}_kl"])
+                color = colors[s.key]
+                if pts:
+                    x = np.array([r[f"{judge}_kl"] for r in pts])
+                    y = np.array([r[f"{judge}_{col}"] for r in pts])
+                    xerr = _err(pts, f"{judge}_kl", x)
+                    yerr = _err(pts, f"{judge}_{col}", y)
+                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker=markers[str(s.algo)], ms=6,
+                                lw=1.4, capsize=3, elinewidth=0.9, label=s.label)
+                curve = s.theory.get(judge)
+                if curve and curve["kl"]:
+                    ax.plot(curve["kl"], curve[th_key], ls="--", lw=1.3, color=color, alpha=0.9)
+                    any_theory = True
+            ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+            ax.set_xlabel("KL(pi || pi_ref) [nats]")
+            ax.set_ylabel(f"{proc + ' win rate' if proc else ylabel} vs reference")
+            ax.set_title(f"judge: {judge}" + (f" -- {proc}" if proc else ""))
+            ax.grid(alpha=0.3)
+            if not series:
+                ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+        handles, labels = row[0].get_legend_handles_labels()
+        if any_theory:
+            handles.append(Line2D([], [], color="gray", ls="--"))
+            labels.append("theory (calibrated space)")
+        if handles:
+            row[-1].legend(handles, labels, fontsize=8, loc="best")
     fig.suptitle(f"{ylabel} vs KL: trained policies (95% CI) and theory", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
