@@ -33,7 +33,12 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
         ax.set_title(title + " vs KL (calibrated-space theory)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Tight layout, write the PNG atomically, close the figure."""
+    fig.tight_layout(rect=(0, 0, 1, 0.97) if fig.get_suptitle() else None)  # room for a suptitle
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

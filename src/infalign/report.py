@@ -22,7 +22,6 @@ No Hydra app here: ``infalign-report`` (:mod:`infalign.apps.report`) is the comm
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -36,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from infalign.cache import atomic_path, atomic_write_json, atomic_write_text
+from infalign.cache import atomic_write_csv, atomic_write_json, atomic_write_text
 
 JUDGES = ("reward_model", "gold")
 STATUSES = ("finished", "failed", "missing")
@@ -488,11 +487,10 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
     each series sorted by KL, and the series' theory curve dashed in the same colour.
 
     ``which``: ``inference`` (each run's procedure at its N) or ``standard``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+
+    from infalign.plotting import save_png
 
     col = "inference_win_rate" if which == "inference" else "standard_win_rate"
     th_key = "win_rate" if which == "inference" else "standard_win_rate"
@@ -540,10 +538,7 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
         if handles:
             row[-1].legend(handles, labels, fontsize=8, loc="best")
     fig.suptitle(f"{ylabel} vs KL: trained policies (95% CI) and theory", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _err(rows: list[dict], key: str, mean: np.ndarray) -> np.ndarray:
@@ -580,7 +575,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "all") -> Report:
     series = build_series(jobs, judges)
     paths = {"csv": out_dir / "runs.csv", "md": out_dir / "runs.md", "summary": out_dir / "summary.json",
              **{f"plot_{k}": out_dir / v for k, v in PLOTS.items()}}
-    write_csv(paths["csv"], rows, columns(judges))
+    atomic_write_csv(paths["csv"], rows, columns(judges))
     atomic_write_text(paths["md"], markdown(rows, judges, jobs, root))
     for which in PLOTS:
         plot_series(series, judges, which, paths[f"plot_{which}"])
@@ -590,13 +585,6 @@ def build_report(root: Path, out_dir: Path, judge: str = "all") -> Report:
 
 def write_summary(report: Report) -> None:
     atomic_write_json(report.paths["summary"], report.summary)
-
-
-def write_csv(path: Path, rows: list[dict], cols: list[str]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows])
 
 
 def fmt_ci(mean: Any, low: Any, high: Any, digits: int = 3) -> str:

@@ -316,7 +316,7 @@ def _frontier_from_phi(
         kl[reachable], std[reachable], win[reachable] = tilted.kl, tilted.standard_win_rate(), tilted.win_rate(procedure)
     phi1 = np.atleast_2d(phi)[:1]
     beta_lo, beta_hi = phi_range(phi1)[0] * np.array(BETA_SEARCH)
-    kl_max = tilt(phi1, beta_lo, grid).kl[0]
+    kl_max = tilt(phi1, beta_lo, grid).kl[0] if not reachable.all() else np.inf  # only for the reasons
     reason = [
         "" if ok else (f"KL budget {b:g} exceeds this transform's KL {kl_max:.3g} at beta={beta_lo:.3g}"
                        " (the transform caps the reachable KL)"

@@ -8,7 +8,6 @@ the best t per budget, and the best-of-N policy's own point; writes ``curves.csv
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from pathlib import Path
@@ -16,11 +15,11 @@ from pathlib import Path
 import hydra
 import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from infalign import theory
-from infalign.apps.config import CONFIG_DIR, instantiate_entry
-from infalign.cache import atomic_path, atomic_write_json
+from infalign.apps.config import CONFIG_DIR, instantiate_entry, load_group_entry
+from infalign.cache import atomic_write_csv, atomic_write_json
 from infalign.errors import ConfigError, require
 from infalign.procedures import Procedure
 
@@ -55,9 +54,7 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
         if name in ("optimal", "raw"):
             hint = "set optimal=true instead" if name == "optimal" else "raw has no calibrated-space theory"
             raise ConfigError("transforms", name, "calibrated transform families (identity, log, exp, ...)", hint)
-        entry_is_exp = OmegaConf.load(Path(CONFIG_DIR) / "transform" / f"{name}.yaml").get("t") is not None \
-            if (Path(CONFIG_DIR) / "transform" / f"{name}.yaml").exists() else False
-        if entry_is_exp:
+        if load_group_entry("transform", name).get("t") is not None:  # an exp family: one line per t
             out += [instantiate_entry("transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
         else:
             out.append(instantiate_entry("transform", name, cfg))
@@ -88,13 +85,13 @@ def analyze(cfg: DictConfig, out_dir: Path) -> dict:
                      if bon_point else None)
 
     rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
-    _write_csv(out_dir / "curves.csv", rows)
+    atomic_write_csv(out_dir / "curves.csv", rows)
     best_rows = [
         {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be, "win_rate": w,
          "optimal_win_rate": optimal_at.get(float(b), math.nan)}
         for b, t, be, w in zip(best.kl_budget, best.t, best.beta, best.win_rate)
     ]
-    _write_csv(out_dir / "best_t.csv", best_rows)
+    atomic_write_csv(out_dir / "best_t.csv", best_rows)
     metrics = {
         "procedure": procedure.label,
         "transforms": [f.transform for f in frontiers],
@@ -117,13 +114,6 @@ def _log_exact():
     from infalign.transforms import Log
 
     return Log(floor=0.0)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _print_table(procedure: Procedure, frontiers: list, best_rows: list[dict]) -> None:

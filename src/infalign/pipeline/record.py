@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
-from infalign.cache import atomic_path, atomic_write_json
+from infalign.cache import atomic_write_csv, atomic_write_json
 
 
 def run_name(procedure, transform, beta: float, algo: str = "rloo") -> str:
@@ -32,21 +31,16 @@ def write_files(out_dir: Path, metrics: dict, procedure) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out_dir / "metrics.json", "csv": out_dir / "eval_metrics.csv", "plot": out_dir / "win_rates.png"}
     atomic_write_json(paths["metrics"], metrics)
-    rows = eval_rows(metrics)
-    with atomic_path(paths["csv"]) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    atomic_write_csv(paths["csv"], eval_rows(metrics))
     plot_win_rates(metrics, procedure, paths["plot"])
     return paths
 
 
 def plot_win_rates(metrics: dict, procedure, path: Path) -> None:
     """Win rate vs N (with 95% CIs) per judge, and the theory's prediction beside them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from infalign.plotting import save_png
 
     ev = metrics["eval"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -73,10 +67,7 @@ def plot_win_rates(metrics: dict, procedure, path: Path) -> None:
     ax.set_title(metrics.get("run_name", ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def print_summary(metrics: dict, procedure) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from infalign.cache import sha256_file
 from infalign.errors import require
 from infalign.models.builders import (
     load_causal_lm,
@@ -47,9 +48,7 @@ def fingerprint_dir(path: str | Path) -> str:
     root = Path(path)
     for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
         h.update(str(p.relative_to(root)).encode())
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(sha256_file(p).encode())
     return h.hexdigest()[:16]
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import inspect
 import json
 import logging
@@ -36,7 +35,14 @@ from typing import Any
 import lightning as L
 import torch
 
-from infalign.cache import CorruptCacheError, atomic_dir, atomic_write_json, cached, content_key
+from infalign.cache import (
+    CorruptCacheError,
+    atomic_dir,
+    atomic_write_json,
+    cached,
+    content_key,
+    sha256_file,
+)
 from infalign.errors import ConfigError, require
 from infalign.generation import sample
 from infalign.models.builders import (
@@ -364,14 +370,6 @@ def _gold_agreement(reward, tokenizer, pairs: PreferencePairs) -> dict[str, floa
 
 
 # ---------------------------------------------------------------------------------- cache
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 _SUBDIRS = ("tokenizer", "reference", "reward")
 
 
@@ -394,7 +392,7 @@ def _save(built: _Built, path: Path, key: str, c: dict) -> None:
         for name, model in (("reference", built.reference), ("reward", built.reward)):
             model.save_pretrained(tmp / name)
             built.tokenizer.save_pretrained(tmp / name)
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {
             "key": key,
             "code_version": CODE_VERSION,
@@ -422,7 +420,7 @@ def _read_manifest(path: Path, key: str, verify: bool = True) -> dict:
     if verify:
         for rel, digest in files.items():
             p = path / rel
-            if not p.is_file() or _sha256(p) != digest:
+            if not p.is_file() or sha256_file(p) != digest:
                 raise CorruptCacheError(f"{path}: {rel} missing or checksum mismatch")
     return manifest
 
