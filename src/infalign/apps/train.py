@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import hydra
@@ -110,10 +112,20 @@ def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
                 f"'last' needs {last}",
                 "no checkpoint to resume in this run dir: set hydra.run.dir to the interrupted run's dir, "
                 "or pass ckpt_path=last_or_new to start fresh when there is none")
-        return str(last) if last.is_file() else None
+        return check_checkpoint(last) if last.is_file() else None
     require(Path(cfg.ckpt_path).is_file(), "ckpt_path", cfg.ckpt_path,
             "null, 'last' / 'last_or_new' (this run dir's checkpoints/last.ckpt) or an existing checkpoint file")
-    return str(cfg.ckpt_path)
+    return check_checkpoint(Path(cfg.ckpt_path))
+
+
+def check_checkpoint(path: Path) -> str:
+    """``path`` if it is a complete ``torch.save`` archive (a zip: its central directory is the last
+    thing written, so a truncated file fails), else a ConfigError instead of an unpickling error
+    deep inside ``fit``."""
+    require(zipfile.is_zipfile(path), "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
+            "the file is truncated or corrupt (killed while it was written?): delete it to start over, "
+            "or set ckpt_path to an earlier checkpoint")
+    return str(path)
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
@@ -143,9 +155,7 @@ def wandb_run_id(out_dir: Path) -> str:
     path = out_dir / "wandb" / "run_id"
     if path.exists():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
     atomic_write_text(path, run_id + "\n")
     return run_id
 
