@@ -246,9 +246,10 @@ def run(cfg: DictConfig) -> dict:
         timings["eval_s"] = time.perf_counter() - t0
         th = ev["theory"]
         kl = ev["judges"]["reward_model"]["kl"]["mean"]
+        info = record.method_info(cfg, rl.name, transform, procedure)
         metrics = {
             "run_name": name, "status": "finished", "procedure": procedure.label, "transform": transform.label,
-            "algo": rl.name, "beta": rl.beta, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
+            "method": info.pop("method"), "method_info": info, "algo": rl.name, "beta": rl.beta, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
             "kl_ratio": (kl / th["kl"]) if th and th["kl"] > 0 else None,
             "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
                                           "eval_reference_hit": ev["reference_pool_cache_hit"]},
