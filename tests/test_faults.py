@@ -202,6 +202,21 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
     assert metrics["status"] == "interrupted" and "KeyboardInterrupt" in metrics["error"]
 
 
+def test_each_stage_logs_its_start_with_what_to_expect_and_its_end(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(train_app, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
+    monkeypatch.setattr(train_app, "fit_policy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    caplog.set_level("INFO", logger=train_app.__name__)
+    with pytest.raises(RuntimeError, match="boom"):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")]
+    assert lines[0].startswith("stage world: started (toy world:") and "first use builds it" in lines[0]
+    assert re.fullmatch(r"stage world: done in \d+\.\ds", lines[1])
+    assert lines[2].startswith("stage calibration: started (6 prompts x K=4")
+    assert lines[4] == "stage train: started (2 rloo steps)" and len(lines) == 5  # failed: no "done"
+    timings = json.loads((tmp_path / "metrics.json").read_text())["timings"]
+    assert set(timings) == {"world_s", "calibration_s"}
+
+
 def test_progress_bar_has_no_negative_epoch_total(tmp_path):
     cfg = compose_train(tmp_path, tmp_path, "trainer.progress_bar=rich")
     (bar,) = train_app.trainer_kwargs(cfg)["callbacks"]

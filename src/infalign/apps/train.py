@@ -13,6 +13,7 @@ Returns the objective ``eval/<objective.judge>/<objective.metric>`` (for Optuna 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ import sys
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -211,39 +213,37 @@ def run(cfg: DictConfig) -> dict:
             _ = logger.experiment  # start the run now, so a job that fails in any stage shows up (as failed)
         kw = trainer_kwargs(cfg)
 
-        t0 = time.perf_counter()
-        world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
-        timings["world_s"] = time.perf_counter() - t0
+        with stage("world", timings, expected_world(cfg)):
+            world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
         distributed.init_from_env()  # from here on every stage sees the same ranks
 
-        t0 = time.perf_counter()
         table, calib_hit = None, None
-        if transform.calibrated and rl.name not in OFFLINE_ALGOS:
-            table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
-        timings["calibration_s"] = time.perf_counter() - t0
+        with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
+                   "samples (instant when cached)"):
+            if transform.calibrated and rl.name not in OFFLINE_ALGOS:
+                table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
 
-        t0 = time.perf_counter()
         fit_kwargs = {
             **{k: v for k, v in kw.items() if k != "callbacks"},
             "callbacks": [*kw.get("callbacks", []), checkpoint_callback(cfg, out_dir)],
             "logger": logger if logger is not None else False,
             "log_every_n_steps": int(cfg.log_every_n_steps), "deterministic": bool(cfg.deterministic),
         }
-        fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, resolve_ckpt(cfg, out_dir))
-        timings["train_s"] = time.perf_counter() - t0
+        with stage("train", timings, f"{rl.steps} {rl.name} steps"):
+            fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, resolve_ckpt(cfg, out_dir))
         if cfg.save_policy and distributed.rank() == 0:
             world.policy.save_pretrained(out_dir / "policy")
             world.tokenizer.save_pretrained(out_dir / "policy")
 
-        t0 = time.perf_counter()
         # theory beside the run: bon_sft targets the best-of-N policy (log at beta = 1/(N-1))
         theory_transform, theory_beta = transform, rl.beta
         if rl.name == "bon_sft":
             theory_transform, theory_beta = Log(floor=0.0), 1.0 / (rl.n_samples - 1)
         elif rl.name == "ipo":
             theory_transform = Raw()  # no calibrated-space prediction
-        ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
-        timings["eval_s"] = time.perf_counter() - t0
+        with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
+                   "policy and reference (reference instant when cached)"):
+            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
         th = ev["theory"]
         kl = ev["judges"]["reward_model"]["kl"]["mean"]
         info = record.method_info(cfg, rl.name, transform, procedure)
@@ -270,6 +270,26 @@ def run(cfg: DictConfig) -> dict:
         atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
         finish_logger(logger, 1)
         raise
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict[str, float], expected: str) -> Iterator[None]:
+    """Log a stage's start (with what to expect) and end, and record its wall time as
+    ``timings[<name>_s]`` -- so ``train.log`` and non-TTY output show progress through a long
+    first-use build."""
+    log.info("stage %s: started (%s)", name, expected)
+    t0 = time.perf_counter()
+    yield
+    timings[f"{name}_s"] = time.perf_counter() - t0
+    log.info("stage %s: done in %.1fs", name, timings[f"{name}_s"])
+
+
+def expected_world(cfg: DictConfig) -> str:
+    """What loading the world costs: the toy world is built once per cache (minutes), then loaded."""
+    if cfg.data.source == "toy":
+        return ("toy world: loaded from the cache in seconds; the first use builds it -- about 1-3 min "
+                "on 2 CPU cores at the default size")
+    return "loading the policy, reference and reward models and the data"
 
 
 def interrupted(exc: BaseException) -> bool:
