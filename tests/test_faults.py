@@ -69,11 +69,23 @@ def hydra_run_dir(*overrides: str) -> str:
 
 
 def test_run_dirs_of_the_same_second_differ(monkeypatch):
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
     dirs = {hydra_run_dir() for _ in range(5)}  # well within one second
     assert len(dirs) == 5
     assert all(re.search(r"/train/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$", d) for d in dirs)
+
+
+def test_run_suffix_is_shared_by_the_ranks_of_one_torchrun(monkeypatch):
+    for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert run_suffix() == run_suffix() == "port29500"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-abc")
+    assert run_suffix() == "job-abc"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # torchrun's default without --rdzv-id
+    assert run_suffix() == "port29500"
 
 
 def test_run_suffix_is_the_slurm_job_id(monkeypatch):
@@ -298,6 +310,7 @@ def test_reference_pool_files_record_their_key(tmp_path):
     gen = OmegaConf.create({"max_new_tokens": 4, "temperature": 1.0, "batch_size": 2})
     kw = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
     scorer = SimpleNamespace(score=lambda p, r: torch.tensor([float(len(x)) for x in r]))
+    world.reward = scorer  # the reward model: keyed by its fingerprint
 
     def pool(seed):
         return pools.reference_pool(world, prompts, 2, {"reward": scorer}, gen, kw, seed, tmp_path, tag="t")

@@ -43,9 +43,10 @@ if not OmegaConf.has_resolver("bon_beta"):
 
 def run_suffix() -> str:
     """What makes a run dir unique beside its timestamp (``conf/hydra/default.yaml``): the SLURM
-    job id (``<job>_<array task>`` in an array), else torchrun's rendezvous id (shared by its
-    ranks), else 6 random hex digits. Registered with ``use_cache``, so it is drawn once per config
-    (Hydra copies the cache to every job of a multirun)."""
+    job id (``<job>_<array task>`` in an array), else torchrun's rendezvous id, else its master
+    port (ranks of one launch share these; two launches cannot share a port), else 6 random hex
+    digits. Registered with ``use_cache``, so it is drawn once per config (Hydra copies the cache
+    to every job of a multirun)."""
     import secrets
 
     slurm = os.environ.get("SLURM_JOB_ID")
@@ -55,6 +56,8 @@ def run_suffix() -> str:
     elastic = os.environ.get("TORCHELASTIC_RUN_ID")
     if elastic and elastic != "none":
         return elastic[:12]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("MASTER_PORT"):
+        return f"port{os.environ['MASTER_PORT']}"
     return secrets.token_hex(3)
 
 

@@ -154,11 +154,14 @@ class StepsProgressBar(RichProgressBar):
 def wandb_run_id(out_dir: Path) -> str:
     """The W&B run id of this run dir (``<run dir>/wandb/run_id``), created on first use, so a
     resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     path = out_dir / "wandb" / "run_id"
     if path.exists():
         return path.read_text().strip()
     run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
-    atomic_write_text(path, run_id + "\n")
+    if rank_zero_only.rank == 0:  # the only rank whose WandbLogger starts a run
+        atomic_write_text(path, run_id + "\n")
     return run_id
 
 
