@@ -407,15 +407,20 @@ def test_kill_9_during_training_then_resume_gives_the_same_metrics(tmp_path, war
     args = [*TINY, "algo.steps=6", f"paths.cache_dir={warm_cache}"]
     code, _, err = finished(train_cli(*args, f"hydra.run.dir={tmp_path / 'straight'}"))
     assert code == 0, err[-3000:]
-    ckpt_dir = tmp_path / "killed" / "checkpoints"
-    proc = train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}")
+    killed = tmp_path / "killed"
+    ckpt_dir = killed / "checkpoints"
+    proc = train_cli(*args, "logger=wandb", f"hydra.run.dir={killed}")
     kill_when(proc, lambda: (ckpt_dir / "last.ckpt").exists())  # after step 1 of 6, mid-training
-    assert not (tmp_path / "killed" / "metrics.json").exists()
+    assert not (killed / "metrics.json").exists()
     step = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"]
     assert 1 <= step < 6
-    code, _, err = finished(train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}", "ckpt_path=last"))
+    code, _, err = finished(train_cli(*args, "logger=wandb", f"hydra.run.dir={killed}", "ckpt_path=last"))
     assert code == 0, err[-3000:]
-    assert judges(tmp_path / "killed") == judges(tmp_path / "straight")
+    assert judges(killed) == judges(tmp_path / "straight")
+    # one W&B run: the resumed process reopened the killed one's id (offline-run-<time>-<id>)
+    run_id = (killed / "wandb" / "run_id").read_text().strip()
+    runs = list((killed / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
 
 
 @pytest.mark.slow
