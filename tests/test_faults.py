@@ -194,6 +194,14 @@ def test_config_error_is_one_block_with_exit_code_2(tmp_path, verbose):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
 
+def test_config_error_raised_in_a_resolver_is_one_block_too(tmp_path):
+    args = ["experiment=toy_bon_distill", "procedure.n=1", *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    code, out, err = finished(train_cli(*args))
+    assert code == 2 and "Traceback" not in err, err
+    assert "key:     procedure.n" in err and "${bon_beta:N}" in err
+
+
 # ---------------------------------------------------------------- defect 10: Ctrl-C
 
 

@@ -356,16 +356,29 @@ def hydra_main(cfg: DictConfig) -> float:
         # jobs and exits non-zero (apps/hydra_callbacks.py). A single run fails loudly.
         if HydraConfig.get().mode.name == "MULTIRUN" and cfg.continue_on_failure:
             log.error("job failed; continuing the sweep (continue_on_failure=true): %s: %s",
-                      type(exc).__name__, exc, exc_info=not isinstance(exc, ConfigError))
+                      type(exc).__name__, exc, exc_info=config_error_in(exc) is None)
             return float("nan")
-        if isinstance(exc, ConfigError):
-            exit_on_config_error(exc)
+        config_error = config_error_in(exc)
+        if config_error is not None:
+            exit_on_config_error(config_error)
         raise
     return objective(cfg, metrics)
 
 
 def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def config_error_in(exc: BaseException) -> ConfigError | None:
+    """``exc`` if it is a ConfigError, else the one it wraps (e.g. raised by a resolver such as
+    ``${bon_beta:N}`` and re-raised by OmegaConf as an InterpolationResolutionError), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, ConfigError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def config_error_block(exc: ConfigError) -> str:
@@ -379,9 +392,10 @@ def config_error_block(exc: ConfigError) -> str:
 
 
 def exit_on_config_error(exc: ConfigError) -> None:
-    """Print :func:`config_error_block` and exit with code 2; re-raise when full errors are asked for."""
+    """Print :func:`config_error_block` and exit with code 2 (with full errors asked for, return:
+    the caller re-raises the original exception and Hydra prints the whole traceback)."""
     if full_errors():
-        raise exc
+        return
     print(config_error_block(exc), file=sys.stderr)
     raise SystemExit(2)
 
