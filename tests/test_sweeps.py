@@ -26,6 +26,7 @@ PAPER = {  # paper sweep -> (methods, KL points, seeds)
     "paper_bon": (7, 5, 3),
     "paper_won": (4, 5, 3),
     "paper_hacking": (3, 5, 3),
+    "paper_control": (2, 5, 3),
 }
 
 
