@@ -26,14 +26,17 @@ drawn in resample ``b``; rows sum to ``P``) is shared by every run, so the resam
 ``K*_br = (C k_r)_b / P`` and ``W*_br = (C w_r)_b / P`` -- one matrix product for all runs and all
 resamples. Every curve is rebuilt from its resampled points and re-evaluated on the (fixed) grid,
 vectorised over ``b``. Because a resample moves a curve's end points, a grid KL can fall just outside
-a resampled curve's range; there the resample takes the curve's nearest end value (a boundary effect
-of the order of the KL's own CI times the curve's slope; the point estimate never extrapolates).
+a resampled curve's range (by about the KL's own CI); there the resampled curve is continued along
+its end segment, which is exact for locally linear curves (holding the end value instead would bias
+every resample with a moved end towards it). Only resamples do this: the point estimates, and so the
+grid, never leave a curve's measured range.
 Percentile intervals: the ``(1-level)/2`` and ``(1+level)/2`` quantiles over ``b``. Sharing ``C``
 makes per-prompt difficulty cancel in gains; ``paired=False`` draws an independent ``C`` per method
 (for comparison only: it ignores that the methods were judged on the same prompts).
 
-**Significance.** A gain is significant when its CI excludes 0 and, for a method with >= 2 seeds,
-``|g_m(k)| > seed_spread(k)``.
+**Significance.** A gain is significant when its CI excludes 0 (by more than :data:`ZERO_TOL`, the
+float rounding of a mean of win rates, so methods with identical data never differ) and, for a
+method with >= 2 seeds, ``|g_m(k)| > seed_spread(k)``.
 
 Used by :mod:`infalign.report` (per procedure, N and judge); see ``infalign-report``.
 """
@@ -51,6 +54,7 @@ __all__ = ["Run", "MatchedKL", "Gain", "matched_kl", "interpolate", "count_matri
            "DEFAULT_BASELINES"]
 
 DEFAULT_BASELINES = ("raw", "identity")
+ZERO_TOL = 1e-9  # |gain| below this is float rounding (means of O(1) values over <= 1e6 prompts)
 
 
 @dataclass
@@ -134,14 +138,15 @@ def _merge_ties(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ux, np.bincount(inv, weights=y) / np.bincount(inv)
 
 
-def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, extrapolate: bool = False) -> np.ndarray:
+def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: bool = False) -> np.ndarray:
     """Piecewise-linear interpolation of points ``(x_r, y_r)`` at ``grid``, batched over leading axes.
 
     ``x``, ``y``: ``[..., R]`` (any order; sorted here along the last axis); ``grid``: ``[K]``.
     Returns ``[..., K]``: ``y_i + (g - x_i) (y_{i+1} - y_i) / (x_{i+1} - x_i)`` on the segment
-    ``x_i <= g <= x_{i+1}``. Outside ``[min x, max x]``: NaN, or with ``extrapolate=True`` the
-    nearest end value (used inside bootstrap resamples only; never a linear extension). Equal
-    ``x`` in a row: the later one in sort order is used (merge ties first, :func:`_merge_ties`).
+    ``x_i <= g <= x_{i+1}``. Outside ``[min x, max x]``: NaN, or with ``continue_ends=True`` the
+    first / last segment's line (bootstrap resamples only, see the module docstring; a single point
+    gives its constant). Equal ``x`` in a row: the later one in sort order is used (merge ties
+    first, :func:`_merge_ties`).
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
@@ -151,7 +156,7 @@ def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, extrapolate: boo
     r = xs.shape[-1]
     if r == 1:
         out = np.broadcast_to(ys, (*ys.shape[:-1], grid.size)).copy()
-        if not extrapolate:
+        if not continue_ends:
             out[..., grid != xs[..., 0:1]] = np.nan
         return out
     seg = np.clip((xs[..., :, None] <= grid).sum(-2) - 1, 0, r - 2)  # [..., K] left end of each segment
@@ -160,8 +165,8 @@ def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, extrapolate: boo
     width = x1 - x0
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(width > 0, (grid - x0) / np.where(width > 0, width, 1.0), 0.5)
-    out = y0 + np.clip(frac, 0.0, 1.0) * (y1 - y0)
-    if not extrapolate:
+    out = y0 + frac * (y1 - y0)  # frac < 0 / > 1 only before the first / after the last point
+    if not continue_ends:
         out = np.where((grid >= xs[..., :1]) & (grid <= xs[..., -1:]), out, np.nan)
     return out
 
@@ -196,8 +201,9 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
                num_resamples: int = 2000, level: float = 0.95, seed: int = 0, paired: bool = True) -> MatchedKL:
     """Compare the methods of ``runs`` at common KLs (see the module docstring for every formula).
 
-    ``baselines``: methods to compute gains against (default :data:`DEFAULT_BASELINES`, those
-    present). A (method, seed) with fewer than two distinct KLs has no curve and is left out, with a
+    ``baselines``: methods to compute gains against, in order (default :data:`DEFAULT_BASELINES`,
+    those present); a baseline gets a gain over the baselines before it only (identity - raw,
+    not also raw - identity). A (method, seed) with fewer than two distinct KLs has no curve and is left out, with a
     note. Raises ValueError only for bad arguments; an empty comparison is a result.
     """
     if num_kl < 1:
@@ -258,7 +264,7 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     boot: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [B, K]
     for (m, s), idx in curves.items():
         point[m][s] = interpolate(*_merge_ties(kbar[idx], wbar[idx]), grid)
-        boot[m][s] = interpolate(kb[:, idx], wb[:, idx], grid, extrapolate=True)
+        boot[m][s] = interpolate(kb[:, idx], wb[:, idx], grid, continue_ends=True)
     alpha = (1.0 - level) / 2.0
     for m in methods:
         mean_b = np.mean(list(boot[m].values()), 0)
@@ -270,9 +276,9 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     missing = [b for b in (baselines or ()) if b not in methods]
     if missing:
         result.note = f"baseline(s) without a curve on this panel: {', '.join(missing)}"
-    for b in bases:
+    for j, b in enumerate(bases):
         for m in methods:
-            if m != b:
+            if m != b and m not in bases[:j]:  # identity vs raw, not also raw vs identity
                 result.gains.append(_gain(m, b, point, boot, alpha))
     return result
 
@@ -287,7 +293,7 @@ def _gain(m: str, b: str, point: dict, boot: dict, alpha: float) -> Gain:
     per_seed = np.array([point[m][s] - (point[b][s] if same_seeds else base_mean) for s in point[m]])
     n_seeds = per_seed.shape[0]
     spread = per_seed.std(0, ddof=1) if n_seeds >= 2 else np.full(gain.shape, np.nan)
-    significant = (low > 0) | (high < 0)
+    significant = (low > ZERO_TOL) | (high < -ZERO_TOL)
     if n_seeds >= 2:
         significant &= np.abs(gain) > spread
     return Gain(m, b, gain, low, high, n_seeds, spread, significant)
