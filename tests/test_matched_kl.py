@@ -206,3 +206,23 @@ def test_count_matrix_rows_sum_to_p_and_bad_arguments_raise():
     with pytest.raises(ValueError, match="num_kl"):
         matched_kl([], num_kl=0)
     assert matched_kl([]).note == "no runs with per-prompt statistics"
+
+
+def test_paired_ci_has_nominal_coverage_monte_carlo():
+    """200 fresh worlds (prompt difficulty std 0.2, per-run prompt noise std 0.1, per-prompt KL
+    jitter 30 %, P = 100), true gain 0.03 at every KL: the 95 % paired CI covers it in 95 % of
+    worlds up to Monte Carlo error (binomial sd sqrt(.95 * .05 / 200) = 0.015; accepted: 0.89-0.99,
+    4 sd). Measured when written: 0.975, 0.95, 0.93 at the three common KLs."""
+    rng = np.random.default_rng(5)
+    n, hits = 100, []
+    for rep in range(200):
+        d = rng.normal(0, 0.2, n)
+        runs = []
+        for method, off, kls in (("identity", 0.0, [0.1, 0.5, 1.0]), ("exp", 0.03, [0.15, 0.6, 1.1])):
+            for k in kls:
+                kp = k * (1 + rng.normal(0, 0.3, n))
+                runs.append(Run(method, 0, kp, 0.5 + 0.2 * kp + off + d + rng.normal(0, 0.1, n)))
+        g = matched_kl(runs, num_kl=3, num_resamples=500, seed=rep).gains[0]
+        hits.append((g.low <= 0.03) & (0.03 <= g.high))
+    coverage = np.mean(hits, 0)
+    assert np.all((coverage >= 0.89) & (coverage <= 0.99)), coverage

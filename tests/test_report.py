@@ -497,3 +497,27 @@ def test_baseline_option_and_bad_options(tmp_path, capsys):
     assert all(float(r["gain"]) == pytest.approx(-GAIN_BON4, abs=1e-9) for r in rows if r["method"] == "identity")
     rc, _ = run_main(str(root), "--no-wandb", "--num-kl", "0")
     assert rc == 2 and "num_kl=0 is not allowed: an integer >= 1" in capsys.readouterr().err
+
+
+def test_method_fallback_for_records_without_a_method_field(tmp_path):
+    """Old records have no ``method``: the transform label, ``+algo`` when not rloo, and the
+    algorithm alone for ipo / bon_sft -- which never use the (default exp(t=4)) transform their
+    config still carries, so they must not be grouped, coloured or given theory as exp(t=4)."""
+    root = tmp_path / "multirun"
+    write_job(root, "0", ["transform=exp"], fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.3, 0.5, 0.66, 0.8))
+    ipo = fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.3, 0.4, 0.6, 0.7)
+    ipo["algo"], ipo["config"]["algo"]["name"] = "ipo", "ipo"
+    write_job(root, "1", ["algo=ipo"], ipo)
+    ppo = fake_metrics(IDENTITY, "identity", 0.3, 0.4, 0.6, 0.7)
+    ppo["algo"] = "ppo"
+    write_job(root, "2", ["algo=ppo"], ppo)
+    new = fake_metrics(IDENTITY, "identity", 0.3, 0.4, 0.6, 0.7)
+    new["method"] = "ipo(N=4)"  # the recorded field wins
+    write_job(root, "3", ["algo=ipo"], new)
+    rc, out = run_main(str(root), "--no-wandb")
+    assert rc == 0, out
+    assert [r["method"] for r in read_csv(root / "report" / "runs.csv")] == ["exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"]
+    series = {s["label"]: s for s in json.loads((root / "report" / "summary.json").read_text())["series"]}
+    assert set(series) == {"exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"}
+    assert series["ipo"]["theory"] == {"reward_model": None, "gold": None} and "ipo" in series["ipo"]["theory_note"]
+    assert series["exp(t=4)"]["theory"]["reward_model"] is not None
