@@ -457,8 +457,14 @@ def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
     # expn at KL 0.2: 0.55 + 0.04 + 0.06; its CI is the prompt difficulty's: +-1.96 * 0.1 / sqrt(40) = +-0.031
     assert mean == 0.650 and high - low == pytest.approx(2 * 1.96 * 0.1 / np.sqrt(N_PROMPTS), rel=0.2)
     flat = " ".join(stdout.split())
-    assert "bon4 (reward_model): at KL 0.62, expn(t=4) beats identity by +6.0 [+6.0, +6.0] points (significant)" in flat
-    assert "standard (gold): at KL" in flat and "not significant" in flat
+    bon4 = flat.split("bon4 (reward_model): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon4 (gold)")[0]
+    assert "expn(t=4) beats identity: +6.0 [+6.0, +6.0] points (significant at 6/6 KLs)" in bon4
+    assert "identity beats raw: +1.0 [+1.0, +1.0] points" in bon4
+    std = flat.split("standard (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon2")[0]
+    assert "identity does not differ significantly from raw: +0.0 [+0.0, +0.0] points (significant at 0/6 KLs)" in std
+    lines = json.loads((out / "summary.json").read_text())["matched_kl"]["lines"]
+    assert ("bon4 (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62, identity beats raw: +1.0 [+1.0, +1.0] points "
+            "(significant at 6/6 KLs)") in lines
     img = mpimg.imread(out / "gain_vs_kl.png")
     assert 0.8 < img.shape[0] / img.shape[1] < 1.2 and img[..., :3].std() > 0.05  # 3 panel rows x 2 judges
     summary = json.loads((out / "summary.json").read_text())

@@ -681,30 +681,38 @@ def matched_kl_rows(panels: Sequence[Panel]) -> list[dict]:
 
 
 def _pct(x: float, digits: int = 1) -> str:
-    return f"{100 * x:+.{digits}f}"
+    """``x`` in signed points (x100); no ``-0.0``."""
+    v = round(100 * float(x), digits)
+    return f"{v + 0.0 if v != 0 else 0.0:+.{digits}f}"
 
 
-def gain_sentence(p: Panel, g: Gain) -> str:
-    """E.g. ``bon4 (reward_model): at KL 0.30, expn(t=4) beats identity by +2.1 [0.8, 3.4] points
-    (significant); significant at 4/6 common KLs in [0.10, 0.60]`` -- at the middle common KL."""
-    i = len(p.result.grid) // 2
-    verb = "beats" if g.gain[i] > 0 else "trails" if g.gain[i] < 0 else "ties"
-    sig = "significant" if g.significant[i] else "not significant"
-    if g.n_seeds >= 2:
-        sig += f"; {g.n_seeds} seeds, spread {100 * g.seed_spread[i]:.1f}"
+def gain_clause(p: Panel, g: Gain, i: int) -> str:
+    """E.g. ``expn(t=4) beats identity by +2.1 [+0.8, +3.4] points (significant at 4/6 KLs)`` at
+    grid KL ``i``: "beats" / "trails" only when significant there, else "does not differ
+    significantly from"."""
+    verb = ("does not differ significantly from" if not g.significant[i]
+            else "beats" if g.gain[i] > 0 else "trails")
+    seeds = f", {g.n_seeds} seeds, spread {100 * g.seed_spread[i]:.1f}" if g.n_seeds >= 2 else ""
+    return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points"
+            f"{seeds} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
+
+
+def panel_heading(p: Panel) -> str:
+    """E.g. ``bon4 (reward_model): 6 common KLs in [0.10, 0.60]; at KL 0.35`` (the middle one)."""
     grid = p.result.grid
-    return (f"{p.title}: at KL {grid[i]:.2f}, {g.method} {verb} {g.baseline} by {_pct(g.gain[i])} "
-            f"[{_pct(g.low[i])}, {_pct(g.high[i])}] points ({sig}); significant at "
-            f"{int(g.significant.sum())}/{len(grid)} common KLs in [{grid[0]:.2f}, {grid[-1]:.2f}]")
+    return (f"{p.title}: {len(grid)} common KLs in [{grid[0]:.2f}, {grid[-1]:.2f}]; "
+            f"at KL {grid[len(grid) // 2]:.2f}")
 
 
 def matched_kl_summary(panels: Sequence[Panel]) -> list[str]:
-    """One :func:`gain_sentence` per panel and gain; one line per panel without a comparison."""
+    """One sentence per panel and gain, at the panel's middle common KL (``bon4 (reward_model):
+    ... at KL 0.35, expn(t=4) beats identity: +2.1 [+0.8, +3.4] points ...``); one line per
+    panel without a comparison."""
     lines = []
     for p in panels:
         if not p.result.common:
             lines.append(f"{p.title}: {p.result.note}")
-        lines += [gain_sentence(p, g) for g in p.result.gains]
+        lines += [f"{panel_heading(p)}, {gain_clause(p, g, len(p.result.grid) // 2)}" for g in p.result.gains]
     return lines
 
 
@@ -1041,10 +1049,18 @@ def print_matched_kl(report: Report, console) -> None:
     """The matched-KL summary lines and the median distance from theory per method."""
     from rich.markup import escape
 
-    mk = report.summary.get("matched_kl") or {}
     console.print("[bold]matched KL[/] (gain over baseline in points, paired 95% CI; matched_kl.md has every KL)")
-    for line in [*mk.get("lines", []), *mk.get("notes", [])] or ["no finished runs"]:
+    for p in report.panels:
+        if not p.result.common:
+            console.print(f"  {escape(p.title)}: {escape(p.result.note)}")
+            continue
+        console.print(f"  {escape(panel_heading(p))}:")
+        for g in p.result.gains:
+            console.print(f"    {escape(gain_clause(p, g, len(p.result.grid) // 2))}")
+    for line in (report.summary.get("matched_kl") or {}).get("notes", []):
         console.print(f"  {escape(line)}")
+    if not report.panels:
+        console.print("  no finished runs with per-prompt statistics")
     gap = report.summary.get("theory_gap") or {}
     if gap:
         console.print("[bold]distance from theory[/] (reward model, median |measured - theory at measured KL|; "
