@@ -527,3 +527,30 @@ def test_method_fallback_for_records_without_a_method_field(tmp_path):
     assert set(series) == {"exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"}
     assert series["ipo"]["theory"] == {"reward_model": None, "gold": None} and "ipo" in series["ipo"]["theory_note"]
     assert series["exp(t=4)"]["theory"]["reward_model"] is not None
+
+
+def test_panels_a_run_joins_once_each():
+    """N is an evaluation axis: a run joins the panel of every N of eval.ns (N = 1 and plain
+    sampling are the one standard panel, joined once), only its trained N when its method depends
+    on N; judges without per-prompt lists are skipped."""
+    from infalign.report import Job, panel_runs
+
+    def job(name, family, ns, depends_on_n=False):
+        pp = {"prompt_ids": ["a", "b"], "reward_model": {"kl": [0.1, 0.2], "standard_win_rate": [0.5, 0.6],
+                                                         **{f"{family}{n}_win_rate": [0.6, 0.7] for n in ns}}}
+        metrics = {"status": "finished", "method": name, "seed": 0,
+                   "method_info": {"algo": "rloo", "transform": name, "depends_on_n": depends_on_n, "trained_n": 4},
+                   "eval": {"procedure": family, "ns": ns, "per_prompt": pp, "judges": {}}}
+        return Job(job=name, path=Path(name), status="finished", metrics=metrics)
+
+    jobs = [job("identity", "bon", [1, 2, 4]), job("sampled", "sample", [1, 2, 4]),
+            job("optimal(N=4)", "bon", [1, 2, 4], depends_on_n=True), job("worst", "won", [4])]
+    panels, notes = panel_runs(jobs, ["reward_model", "gold"])
+    members = {k: [r.method for r in v] for k, v in panels.items()}
+    assert members == {("sample", 1, "reward_model"): ["identity", "sampled"],
+                       ("bon", 2, "reward_model"): ["identity"],
+                       ("bon", 4, "reward_model"): ["identity", "optimal(N=4)"],
+                       ("won", 4, "reward_model"): ["worst"]}
+    run = panels[("bon", 4, "reward_model")][1]
+    assert run.metric.tolist() == [0.6, 0.7] and run.kl.tolist() == [0.1, 0.2] and run.prompt_ids == ("a", "b")
+    assert notes == []

@@ -617,17 +617,26 @@ def panel_ns(job: Job) -> list[int]:
     return sorted({int(n) for n in ns})
 
 
-def panel_of(family: str, n: int) -> tuple[str, str]:
-    """(panel name, per-prompt metric key) of N under ``family``: N = 1 and sampling compare the
-    standard win rate."""
-    if family == "sample" or n == 1:
-        return "standard", "standard_win_rate"
-    return f"{family}{n}", f"{family}{n}_win_rate"
+def panel_of(family: str, n: int) -> tuple[str, int]:
+    """The panel (family, N) that N under ``family`` is compared on: N = 1 and plain sampling are
+    both the standard win rate, panel ("sample", 1)."""
+    return ("sample", 1) if family == "sample" or n == 1 else (family, int(n))
+
+
+def panel_name(family: str, n: int) -> str:
+    """``standard`` for ("sample", 1), else e.g. ``bon4``."""
+    return "standard" if family == "sample" else f"{family}{n}"
+
+
+def panel_metric(family: str, n: int) -> str:
+    """The per-prompt key a panel compares: ``standard_win_rate`` or e.g. ``bon4_win_rate``."""
+    return "standard_win_rate" if family == "sample" else f"{family}{n}_win_rate"
 
 
 def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, list[Run]], list[str]]:
-    """Per (panel name, family, N, judge) the :class:`Run` of every finished job with per-prompt
-    statistics (``eval.per_prompt``); notes for the finished jobs left out and why."""
+    """Per panel (family, N, judge; :func:`panel_of`) the :class:`Run` of every finished job with
+    per-prompt statistics (``eval.per_prompt``), once per panel; notes for the finished jobs left
+    out and why."""
     panels: dict[tuple, list[Run]] = {}
     notes = []
     for job in jobs:
@@ -641,15 +650,14 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
             continue
         family = eval_family(job) or "sample"
         seed = (job.metrics.get("seed") if job.metrics.get("seed") is not None else job.config.get("seed"))
-        for n in panel_ns(job):
-            name, key = panel_of(family, n)
+        for fam, n in dict.fromkeys(panel_of(family, n) for n in panel_ns(job)):
+            key = panel_metric(fam, n)
             for judge in judges:
                 cols = pp.get(judge) if isinstance(pp.get(judge), dict) else {}
                 if "kl" not in cols or key not in cols:
                     continue
                 run = Run(method, seed if seed is not None else 0, cols["kl"], cols[key], pp["prompt_ids"], job.job)
-                panels.setdefault((name, family if name != "standard" else "sample", 1 if name == "standard" else n,
-                                   judge), []).append(run)
+                panels.setdefault((fam, n, judge), []).append(run)
     return panels, notes
 
 
@@ -660,10 +668,10 @@ def compare_panels(jobs: Sequence[Job], judges: Sequence[str], baselines: Sequen
     runs, notes = panel_runs(jobs, judges)
     order = {j: i for i, j in enumerate(judges)}
     out = []
-    for key in sorted(runs, key=lambda k: (k[0] != "standard", k[1], k[2], order.get(k[3], 99))):
-        name, family, n, judge = key
+    for key in sorted(runs, key=lambda k: (k[0] != "sample", k[0], k[1], order.get(k[2], 99))):
+        family, n, judge = key
         res = matched_kl(runs[key], baselines, num_kl=num_kl, num_resamples=num_resamples, seed=seed)
-        out.append(Panel(name, family, n, judge, panel_of(family, n)[1], res))
+        out.append(Panel(panel_name(family, n), family, n, judge, panel_metric(family, n), res))
     return out, notes
 
 
