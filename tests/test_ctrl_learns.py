@@ -9,9 +9,9 @@ loss sign, advantages from the unshaped reward or a mis-wired KL each break one 
 """
 
 import pytest
-from pipeline_helpers import compose_train
 
 from infalign.apps import train as train_app
+from pipeline_helpers import compose_train
 
 LEARN = ["data.train_prompts=32", "data.eval_prompts=48", "calibration.K=16", "eval.samples=8",
          "eval.ns=[1,2,4]", "eval.bootstrap=200", "policy_cache=false", "algo.steps=80",
