@@ -115,7 +115,8 @@ def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
         require(last.is_file() or cfg.ckpt_path == "last_or_new", "ckpt_path", cfg.ckpt_path,
                 f"'last' needs {last}",
                 "no checkpoint to resume in this run dir: set hydra.run.dir to the interrupted run's dir, "
-                "or pass ckpt_path=last_or_new to start fresh when there is none")
+                "or pass ckpt_path=last_or_new to start fresh when there is none (a run whose policy came "
+                "from the policy cache trained nothing and has no checkpoint; policy_cache=false trains)")
         return check_checkpoint(last) if last.is_file() else None
     require(Path(cfg.ckpt_path).is_file(), "ckpt_path", cfg.ckpt_path,
             "null, 'last' / 'last_or_new' (this run dir's checkpoints/last.ckpt) or an existing checkpoint file")
