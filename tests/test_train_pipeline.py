@@ -63,7 +63,8 @@ def test_same_seed_same_metrics(cache_dir, tmp_path):
 
 def test_resume_continues_the_same_run(cache_dir, tmp_path):
     straight = run(cache_dir, tmp_path / "straight", "algo.steps=4", "save_policy=true")
-    run(cache_dir, tmp_path / "resumed", "algo.steps=2")  # "interrupted" after 2 steps
+    # "interrupted" after 2 steps (trained, not loaded from the policy cache: a cached policy has no checkpoint)
+    run(cache_dir, tmp_path / "resumed", "algo.steps=2", "policy_cache=false")
     resumed = run(cache_dir, tmp_path / "resumed", "algo.steps=4", "ckpt_path=last", "save_policy=true")
     ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
@@ -73,7 +74,8 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
 def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
     run(cache_dir, tmp_path / "first", "transform=identity")
     second = run(cache_dir, tmp_path / "second", "transform=identity", "algo.beta=0.3")
-    assert second["cache"] == {"toy_built": False, "calibration_hit": True, "eval_reference_hit": True}
+    assert second["cache"] == {"toy_built": False, "calibration_hit": True, "eval_reference_hit": True,
+                               "policy_hit": False}  # another beta: another policy
 
 
 @pytest.mark.parametrize(

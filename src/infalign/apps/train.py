@@ -41,6 +41,8 @@ from infalign.pipeline import record
 from infalign.pipeline.baselines import OFFLINE_ALGOS
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
+from infalign.pipeline.kl_target import beta_for_target
+from infalign.pipeline.policy_cache import policy_key, train_or_load
 from infalign.pipeline.world import load_world
 from infalign.procedures import Procedure
 from infalign.transforms import Log, Raw, Transform, as_transform
@@ -113,7 +115,8 @@ def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
         require(last.is_file() or cfg.ckpt_path == "last_or_new", "ckpt_path", cfg.ckpt_path,
                 f"'last' needs {last}",
                 "no checkpoint to resume in this run dir: set hydra.run.dir to the interrupted run's dir, "
-                "or pass ckpt_path=last_or_new to start fresh when there is none")
+                "or pass ckpt_path=last_or_new to start fresh when there is none (a run whose policy came "
+                "from the policy cache trained nothing and has no checkpoint; policy_cache=false trains)")
         return check_checkpoint(last) if last.is_file() else None
     require(Path(cfg.ckpt_path).is_file(), "ckpt_path", cfg.ckpt_path,
             "null, 'last' / 'last_or_new' (this run dir's checkpoints/last.ckpt) or an existing checkpoint file")
@@ -206,7 +209,7 @@ def run(cfg: DictConfig) -> dict:
     timings: dict[str, float] = {}
     try:
         procedure, transform, rl = validate(cfg)
-        name = record.run_name(procedure, transform, rl.beta, rl.name)
+        name = record.run_name(procedure, transform, rl.beta, rl.name, rl.kl_target)
         tags = [procedure.label, transform.kind, rl.name, f"beta={rl.beta:g}", cfg.data.source]
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
@@ -223,8 +226,13 @@ def run(cfg: DictConfig) -> dict:
         table, calib_hit = None, None
         with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
                    "samples (instant when cached)"):
-            if transform.calibrated and rl.name not in OFFLINE_ALGOS:
+            if (transform.calibrated or rl.kl_target is not None) and rl.name not in OFFLINE_ALGOS:
                 table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
+            if rl.kl_target is not None and rl.name not in OFFLINE_ALGOS:
+                require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
+                        rl.kl_target, "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+                rl.beta = beta_for_target(rl.kl_target, transform, procedure, table)
+                log.info("algo.kl_target=%g -> beta=%.4g", rl.kl_target, rl.beta)
 
         fit_kwargs = {
             **{k: v for k, v in kw.items() if k != "callbacks"},
@@ -232,8 +240,18 @@ def run(cfg: DictConfig) -> dict:
             "logger": logger if logger is not None else False,
             "log_every_n_steps": int(cfg.log_every_n_steps), "deterministic": bool(cfg.deterministic),
         }
-        with stage("train", timings, f"{rl.steps} {rl.name} steps"):
-            fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, resolve_ckpt(cfg, out_dir))
+        ckpt = resolve_ckpt(cfg, out_dir)
+
+        def train() -> None:
+            fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, ckpt)
+
+        policy_hit = None
+        with stage("train", timings, f"{rl.steps} {rl.name} steps (instant when the policy is cached)"):
+            if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
+                policy_hit = train_or_load(world.policy, policy_key(cfg, world, rl.beta), cache_dir, train,
+                                           str(out_dir))
+            else:
+                train()
         if cfg.save_policy and distributed.rank() == 0:
             world.policy.save_pretrained(out_dir / "policy")
             world.tokenizer.save_pretrained(out_dir / "policy")
@@ -252,10 +270,11 @@ def run(cfg: DictConfig) -> dict:
         info = record.method_info(cfg, rl.name, transform, procedure)
         metrics = {
             "run_name": name, "status": "finished", "procedure": procedure.label, "transform": transform.label,
-            "method": info.pop("method"), "method_info": info, "algo": rl.name, "beta": rl.beta, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
+            "method": info.pop("method"), "method_info": info, "algo": rl.name, "beta": rl.beta,
+            "kl_target": rl.kl_target, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
             "kl_ratio": (kl / th["kl"]) if th and th["kl"] > 0 else None,
             "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
-                                          "eval_reference_hit": ev["reference_pool_cache_hit"]},
+                                          "policy_hit": policy_hit, "eval_reference_hit": ev["reference_pool_cache_hit"]},
             "world": {k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             "data_reports": world.stats.get("data_reports"),  # real data: usable / malformed / too_long
             "config": OmegaConf.to_container(cfg, resolve=True),

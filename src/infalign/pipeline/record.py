@@ -8,14 +8,16 @@ from pathlib import Path
 from infalign.cache import atomic_write_csv, atomic_write_json
 
 
-def run_name(procedure, transform, beta: float, algo: str = "rloo") -> str:
-    """Dashboard-friendly run name, e.g. ``bon4-exp-t8-b0.05`` (``-ppo`` appended for PPO)."""
+def run_name(procedure, transform, beta: float, algo: str = "rloo", kl_target: float | None = None) -> str:
+    """Dashboard-friendly run name, e.g. ``bon4-exp-t8-b0.05`` (``-ppo`` appended for PPO;
+    ``-kl0.4`` instead of ``-b<beta>`` when beta comes from ``algo.kl_target``)."""
     label = transform.label
     m = re.fullmatch(r"exp(n?)\(t=(.+)\)", label)
     if m:
         label = f"exp{m.group(1)}-t{m.group(2)}"
     label = re.sub(r"[^A-Za-z0-9.+-]+", "", label.split("(")[0]) if not m else label
-    return f"{procedure.label}-{label}-b{beta:g}" + ("" if algo == "rloo" else f"-{algo}")
+    knob = f"kl{kl_target:g}" if kl_target is not None else f"b{beta:g}"
+    return f"{procedure.label}-{label}-{knob}" + ("" if algo == "rloo" else f"-{algo}")
 
 
 def method_info(cfg, algo: str, transform, procedure) -> dict:
@@ -26,7 +28,8 @@ def method_info(cfg, algo: str, transform, procedure) -> dict:
     ``"<label>+<algo>"`` for other RL algorithms, and the baseline's own name with its N for the
     offline baselines (``"bon_sft(N=4)"``, ``"ipo(N=4)"``), which never use the transform.
     ``depends_on_n``: whether the trained policy depends on ``procedure.n`` (offline baselines,
-    and any transform entry that interpolates ``${procedure...}``, e.g. ``optimal``); a policy that
+    and any transform or algo setting that interpolates ``procedure``, e.g. ``optimal`` or
+    ``algo.beta=${bon_beta:${procedure.n}}``); a policy that
     does not is trained once and evaluated at every N (docs/method.md, "N is an evaluation axis").
     """
     from omegaconf import OmegaConf
@@ -36,10 +39,10 @@ def method_info(cfg, algo: str, transform, procedure) -> dict:
     if algo in OFFLINE_ALGOS:
         n = int(cfg.algo.n_samples)
         return {"method": f"{algo}(N={n})", "algo": algo, "transform": None, "depends_on_n": True, "trained_n": n}
-    raw = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["transform"]), resolve=False)
+    raw = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["transform", "algo"]), resolve=False)
     label = transform.label + ("" if algo == "rloo" else f"+{algo}")
     return {"method": label, "algo": algo, "transform": transform.label,
-            "depends_on_n": "${procedure." in raw, "trained_n": procedure.n}
+            "depends_on_n": "procedure." in raw, "trained_n": procedure.n}
 
 
 def eval_rows(metrics: dict) -> list[dict]:
@@ -127,6 +130,19 @@ def print_summary(metrics: dict, procedure) -> None:
                 row.append(f"{m[procedure.label + '_win_rate']:.3f}")
             table.add_row(*row)
     Console().print(table)
+    mis = ev.get("miscalibration")
+    if mis:
+        Console().print(miscalibration_line(mis))
+
+
+def miscalibration_line(mis: dict) -> str:
+    """One line on how miscalibrated the reward model is across the held-out prompts."""
+    line = (f"reward model across {mis['n_prompts']} prompts: per-prompt score spread CV "
+            f"{mis['reward_model']['std_cv']:.2f}")
+    if "gold" in mis:
+        line += (f" (gold {mis['gold']['std_cv']:.2f}; corr of log spreads {mis['log_std_corr']:.2f}; "
+                 f"within-prompt pairwise accuracy {mis['pairwise_accuracy']:.3f})")
+    return line
 
 
 def flat_summary(metrics: dict) -> dict[str, float]:
@@ -141,6 +157,11 @@ def flat_summary(metrics: dict) -> dict[str, float]:
     for k, v in th.items():
         if isinstance(v, int | float):
             out[f"theory/{k}"] = float(v)
+    for judge, stats in (metrics["eval"].get("miscalibration") or {}).items():
+        if isinstance(stats, dict):
+            out |= {f"world/{judge}/{k}": float(v) for k, v in stats.items()}
+        elif isinstance(stats, float):
+            out[f"world/{judge}"] = stats
     if "kl_ratio" in metrics and metrics["kl_ratio"] is not None:
         out["eval/kl_ratio_to_theory"] = metrics["kl_ratio"]
     return out
