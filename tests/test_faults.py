@@ -197,7 +197,7 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(train_app, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
     monkeypatch.setattr(train_app, "fit_policy", lightning_style_interrupt)
     with pytest.raises(SystemExit):
-        train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw"))
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw", "policy_cache=false"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and "KeyboardInterrupt" in metrics["error"]
 
@@ -207,7 +207,7 @@ def test_each_stage_logs_its_start_with_what_to_expect_and_its_end(tmp_path, mon
     monkeypatch.setattr(train_app, "fit_policy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     caplog.set_level("INFO", logger=train_app.__name__)
     with pytest.raises(RuntimeError, match="boom"):
-        train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw"))
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw", "policy_cache=false"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")]
     assert lines[0].startswith("stage world: started (toy world:") and "first use builds it" in lines[0]
     assert re.fullmatch(r"stage world: done in \d+\.\ds", lines[1])
