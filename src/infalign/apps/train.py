@@ -246,7 +246,7 @@ def run(cfg: DictConfig) -> dict:
             fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, ckpt)
 
         policy_hit = None
-        with stage("train", timings, f"{rl.steps} {rl.name} steps (instant when the policy is cached)"):
+        with stage("train", timings, f"{rl.steps} {rl.name} steps"):
             if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
                 policy_hit = train_or_load(world.policy, policy_key(cfg, world, rl.beta), cache_dir, train,
                                            str(out_dir))

@@ -50,7 +50,8 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     key = content_key(
         POOL_VERSION, world.reference_fingerprint,
         # the reward model by its content (whatever the judge is called), other judges by name
-        {name: (world.reward_fingerprint if scorer is world.reward else name) for name, scorer in judges.items()},
+        {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None) else name)
+         for name, scorer in judges.items()},
         prompts, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature), int(gen_cfg.batch_size), seed,
     )
     path = Path(cache_dir) / "pools" / f"{tag}-{key}.pt"
