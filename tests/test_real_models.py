@@ -168,7 +168,6 @@ def test_encoding_uses_the_tokenizers_special_tokens(assets):
 def test_bert_reward_model_reads_its_cls_token(assets):
     """Scoring equals the model on ``tokenizer(prompt + ' ' + response)`` (special tokens added the
     tokenizer's way: the pooled position 0 is [CLS])."""
-
     tok = load_tokenizer(assets / "rm", "right")
     model = load_reward_model(assets / "rm", tokenizer=tok).eval()
     prompts, responses = ["tell me about cats please", "more on tea ?"], ["cats are great", "no"]
@@ -342,3 +341,13 @@ def test_prompt_length_limit_applies_after_the_chat_template(assets):
     assert kept(19, None) == 9 and kept(26, render) == 9  # every fixture prompt has the same length
     with pytest.raises(ValueError, match="after the chat template"):
         kept(25, render)
+
+
+def test_chat_template_bos_is_not_doubled(assets):
+    """A template that writes ``{{ bos_token }}`` (Llama-3 style) + a tokenizer that adds BOS on
+    encoding would give two BOS tokens; the rendered prompt drops the template's."""
+    tok = load_tokenizer(assets / "lm", "left")
+    tok.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
+    (shown,) = world_mod.apply_chat_template(tok, ["\n\nHuman: more on tea ?\n\nAssistant:"])
+    ids = tok(shown)["input_ids"]  # what generation.sample feeds the policy
+    assert tok.convert_ids_to_tokens(ids) == ["<s>", "<|user|>", "more", "on", "tea", "?", "<|end|>", "<|assistant|>"]

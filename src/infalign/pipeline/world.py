@@ -29,6 +29,7 @@ from infalign.models.builders import (
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
+    special_tokens_around,
 )
 from infalign.models.reward import GoldScorer, RewardScorer, Scorer, reward_input_format
 
@@ -301,9 +302,17 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
 
 def apply_chat_template(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[str]:
     """Render HH-style dialogues (or plain prompts, as one user turn) with the tokenizer's template,
-    after a ``system`` message when ``system_prompt`` is set (``None``: the template's default)."""
+    after a ``system`` message when ``system_prompt`` is set (``None``: the template's default).
+
+    Templates that write the BOS text (Llama-3's ``<|begin_of_text|>``) lose it here when the
+    tokenizer adds BOS itself on encoding (as the sampler's ``tokenizer(prompts)`` does), so the
+    policy sees one BOS, not two."""
     from infalign.data.formats import split_turns
 
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [tokenizer.apply_chat_template(system + split_turns(p), tokenize=False, add_generation_prompt=True)
-            for p in prompts]
+    rendered = [tokenizer.apply_chat_template(system + split_turns(p), tokenize=False, add_generation_prompt=True)
+                for p in prompts]
+    bos = tokenizer.bos_token
+    if bos and special_tokens_around(tokenizer)[0] == [tokenizer.bos_token_id]:
+        rendered = [r[len(bos):] if r.startswith(bos) else r for r in rendered]
+    return rendered
