@@ -250,6 +250,12 @@ def test_missing_train_file_is_named_before_any_compute(assets, tmp_path, no_com
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+def test_missing_local_dataset_dir_is_named_before_any_compute(assets, tmp_path, no_compute):
+    cfg = cfg_for(assets, tmp_path, "data.test_file=null", f"data.name_or_path={tmp_path / 'hh-clone'}")
+    with pytest.raises(FileNotFoundError, match=r"file not found: .*hh-clone \(data\.name_or_path\)"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
 def test_policy_without_chat_template_names_the_key_before_reward_training(assets, tmp_path, no_compute):
     cfg = cfg_for(assets, tmp_path, f"policy.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true")
     with pytest.raises(ConfigError, match=r"policy\.chat_template=True.*no chat_template"):

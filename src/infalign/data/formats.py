@@ -59,6 +59,7 @@ __all__ = [
     "check_data_file",
     "filter_by_length",
     "held_out",
+    "is_local",
     "load_records",
     "local_split_file",
     "parse_hh",
@@ -233,7 +234,8 @@ def local_split_file(root: str | os.PathLike, split: str, data_dir: str | None =
     raise MissingSplitError(f"no {split!r} split in {base}: tried {', '.join(map(str, tried))}")
 
 
-def _is_local(name: str) -> bool:
+def is_local(name: str) -> bool:
+    """Whether a ``data.name_or_path`` is a local path (else a hub dataset id)."""
     p = Path(name).expanduser()
     return (
         p.exists()
@@ -274,7 +276,7 @@ def load_records(
         return str(path), read_jsonl(path, key)
     if source is None:
         raise MissingSplitError(f"no {split!r} split: no file given and no data.name_or_path")
-    if _is_local(source):
+    if is_local(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"data.name_or_path: local path does not exist: {path}")

@@ -90,7 +90,7 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     with a tokenizer that has none -- each reported under its own key. The toy world checks only
     the optional ``policy`` / ``reward`` overrides (its own models are built).
     """
-    from infalign.data.formats import check_data_file
+    from infalign.data.formats import check_data_file, is_local
 
     data = cfg.data
     require(data.source in DATA_SOURCES, "data.source", data.source, f"one of {list(DATA_SOURCES)}")
@@ -106,6 +106,9 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
         for key in ("train_file", "test_file"):
             if data.get(key):
                 check_data_file(data[key], f"data.{key}")
+        source = data.get("name_or_path")
+        if source and is_local(source) and not Path(source).expanduser().exists():
+            raise FileNotFoundError(f"file not found: {Path(source).expanduser()} (data.name_or_path)")
     checked = CheckedModels(None, None)
     if cfg.policy.name_or_path is not None:
         checked.policy_path, _ = check_causal_lm(cfg.policy.name_or_path, "policy.name_or_path")
