@@ -91,10 +91,50 @@ def test_scale_and_offset_vary_strongly_across_prompts(world):
     log_a = np.log([p.scale for p in ps])
     b = np.array([p.offset for p in ps])
     prop = np.array([p.propensity for p in ps])
-    assert 0.8 < log_a.std() < 1.2  # scale = 6 exp(N(0, 1))
+    assert 0.5 < log_a.std() < 1.2  # log a_x = log 6 + s_x, s_x a normalised sum of N(0, 1) weights
     assert 2.5 < b.std() < 3.5  # offset ~ N(0, 3)
     assert prop.std() > 0.08 and 0.05 < prop.min() and prop.max() < 0.95
     assert abs(np.corrcoef(log_a, b)[0, 1]) < 0.15
+
+
+def test_scale_is_a_function_of_the_attributes_by_hand():
+    """log a_x - log reward_scale = scale_sigma * sum_a v_a / sqrt(|x|): learnable from the prompt."""
+    w = ToyWorld(seed=3, scale_sigma=0.5)
+    v = np.random.default_rng([3, 4]).standard_normal(w.n_attributes)
+    for x in w.prompts("train", 20):
+        attrs = [int(a[1:]) for a in x.split()[:-1]]
+        expected = w.reward_scale * math.exp(0.5 * v[attrs].sum() / math.sqrt(len(attrs)))
+        assert w.params(x).scale == pytest.approx(expected, rel=1e-12)
+        shuffled = " ".join(reversed(x.split()[:-1])) + f" {SEP}"  # same attributes, other order
+        assert w.params(shuffled).scale == pytest.approx(expected, rel=1e-12)
+    noisy = ToyWorld(seed=3, scale_sigma=0.5, scale_noise_sigma=1.0)
+    x = w.prompts("train", 1)[0]
+    shuffled = " ".join(reversed(x.split()[:-1])) + f" {SEP}"
+    assert noisy.params(x).scale != pytest.approx(noisy.params(shuffled).scale)  # hash part: per text
+
+
+def test_control_world_is_calibrated():
+    w = ToyWorld(seed=0, scale_sigma=0.0, scale_noise_sigma=0.0, offset_sigma=0.0)
+    assert {w.params(x).scale for x in w.prompts("train", 50)} == {w.reward_scale}
+    assert {w.params(x).offset for x in w.prompts("train", 50)} == {0.0}
+    with pytest.raises(ConfigError, match="toy.world.spurious_weight"):
+        ToyWorld(spurious_weight=-1.0)
+
+
+def test_labels_follow_the_biased_labelers_not_gold():
+    """Labelers add a_x * spurious_weight * min(n, n_max)/n_max; gold does not."""
+    w = ToyWorld(seed=0, spurious_weight=0.5)
+    x = w.prompts("train", 1)[0]
+    liked, other = _liked_and_not(w, x)
+    short, long_ = " ".join(other[:6]), " ".join((other[:6] * 3)[:16])  # both q = 0 (no liked, no repeat)
+    assert w.gold_reward([x, x], [short, long_]).unique().numel() == 1
+    n = 4000
+    pairs = make_preference_pairs(w, [x] * n, [long_] * n, [short] * n, seed=0)
+    p = torch.sigmoid(torch.tensor(w.params(x).scale * 0.5 * (16 - 6) / 16)).item()
+    frac = sum(c == long_ for c in pairs.chosen) / n
+    assert abs(frac - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
+    unbiased = make_preference_pairs(ToyWorld(seed=0, spurious_weight=0.0), [x] * n, [long_] * n, [short] * n)
+    assert abs(sum(c == long_ for c in unbiased.chosen) / n - 0.5) < 4 * math.sqrt(0.25 / n)
 
 
 def test_gold_reward_rejects_foreign_prompts(world):

@@ -19,6 +19,43 @@ from infalign.estimators import bootstrap_ci
 from infalign.procedures import pool_win_rates
 
 
+def pool_columns(
+    policy_scores: torch.Tensor,
+    reference_scores: torch.Tensor,
+    procedure: str,
+    ns: list[int],
+    log_ratio: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-prompt statistics ``{"standard_win_rate": [P], f"{procedure}{N}_win_rate": [P], ..., "kl": [P]}``.
+
+    These are what the bootstrap resamples, and what a matched-KL comparison pairs across runs
+    evaluated on the same prompts (float64).
+    """
+    columns: dict[str, torch.Tensor] = {
+        "standard_win_rate": pool_win_rates("sample", policy_scores, reference_scores, [1])[0].double()
+    }
+    if procedure != "sample":
+        rates = pool_win_rates(procedure, policy_scores, reference_scores, ns)
+        columns.update({f"{procedure}{n}_win_rate": rates[i].double() for i, n in enumerate(ns)})
+    if log_ratio is not None:
+        columns["kl"] = log_ratio.double().mean(dim=1)
+    return columns
+
+
+def summarize_columns(
+    columns: dict[str, torch.Tensor], num_resamples: int = 1000, level: float = 0.95, seed: int = 0
+) -> dict:
+    """``{name: {"mean", "low", "high", "n_prompts"}}``: mean over prompts with a percentile
+    bootstrap CI; all columns share the same resamples."""
+    names = list(columns)
+    values = torch.stack([columns[k].double().cpu() for k in names], dim=1).numpy()  # [P, C]
+    est, low, high = bootstrap_ci(values, num_resamples=num_resamples, level=level, seed=seed)
+    return {
+        k: {"mean": float(est[i]), "low": float(low[i]), "high": float(high[i]), "n_prompts": values.shape[0]}
+        for i, k in enumerate(names)
+    }
+
+
 def pool_report(
     policy_scores: torch.Tensor,
     reference_scores: torch.Tensor,
@@ -30,18 +67,5 @@ def pool_report(
     seed: int = 0,
 ) -> dict:
     """``{"standard_win_rate": ci, f"{procedure}{N}_win_rate": ci, ..., "kl": ci}`` (ci: mean/low/high)."""
-    columns: dict[str, torch.Tensor] = {
-        "standard_win_rate": pool_win_rates("sample", policy_scores, reference_scores, [1])[0]
-    }
-    if procedure != "sample":
-        rates = pool_win_rates(procedure, policy_scores, reference_scores, ns)
-        columns.update({f"{procedure}{n}_win_rate": rates[i] for i, n in enumerate(ns)})
-    if log_ratio is not None:
-        columns["kl"] = log_ratio.double().mean(dim=1)
-    names = list(columns)
-    values = torch.stack([columns[k] for k in names], dim=1).numpy()  # [P, C]
-    est, low, high = bootstrap_ci(values, num_resamples=num_resamples, level=level, seed=seed)
-    return {
-        k: {"mean": float(est[i]), "low": float(low[i]), "high": float(high[i]), "n_prompts": values.shape[0]}
-        for i, k in enumerate(names)
-    }
+    columns = pool_columns(policy_scores, reference_scores, procedure, ns, log_ratio)
+    return summarize_columns(columns, num_resamples, level, seed)

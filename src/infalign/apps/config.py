@@ -37,8 +37,18 @@ def _bon_beta(n) -> float:
     return 1.0 / (n - 1)
 
 
+def _at(values, index) -> Any:
+    """``${at:[a,b,c],i}`` = the i-th value: one sweep index selects each method's own knob value."""
+    values = list(values)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(values):
+        raise ConfigError("kl_point", index, f"an integer in [0, {len(values) - 1}] (index into {values})")
+    return values[index]
+
+
 if not OmegaConf.has_resolver("bon_beta"):
     OmegaConf.register_new_resolver("bon_beta", _bon_beta)
+if not OmegaConf.has_resolver("at"):
+    OmegaConf.register_new_resolver("at", _at)
 
 
 def group_entries(group: str) -> list[str]:

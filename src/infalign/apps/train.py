@@ -31,6 +31,8 @@ from infalign.pipeline import record
 from infalign.pipeline.baselines import OFFLINE_ALGOS
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
+from infalign.pipeline.kl_target import beta_for_target
+from infalign.pipeline.policy_cache import policy_key, train_or_load
 from infalign.pipeline.world import load_world
 from infalign.procedures import Procedure
 from infalign.transforms import Log, Raw, Transform, as_transform
@@ -129,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
     procedure, transform, rl = validate(cfg)
     out_dir = Path(cfg.paths.run_dir)
     cache_dir = Path(cfg.paths.cache_dir)
-    name = record.run_name(procedure, transform, rl.beta, rl.name)
+    name = record.run_name(procedure, transform, rl.beta, rl.name, rl.kl_target)
     tags = [procedure.label, transform.kind, rl.name, f"beta={rl.beta:g}", cfg.data.source]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -147,8 +149,13 @@ def run(cfg: DictConfig) -> dict:
 
         t0 = time.perf_counter()
         table, calib_hit = None, None
-        if transform.calibrated and rl.name not in OFFLINE_ALGOS:
+        if (transform.calibrated or rl.kl_target is not None) and rl.name not in OFFLINE_ALGOS:
             table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
+        if rl.kl_target is not None and rl.name not in OFFLINE_ALGOS:
+            require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target", rl.kl_target,
+                    "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+            rl.beta = beta_for_target(rl.kl_target, transform, procedure, table)
+            log.info("algo.kl_target=%g -> beta=%.4g", rl.kl_target, rl.beta)
         timings["calibration_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -158,7 +165,16 @@ def run(cfg: DictConfig) -> dict:
             "logger": logger if logger is not None else False,
             "log_every_n_steps": int(cfg.log_every_n_steps), "deterministic": bool(cfg.deterministic),
         }
-        fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, resolve_ckpt(cfg, out_dir))
+        ckpt = resolve_ckpt(cfg, out_dir)
+
+        def train() -> None:
+            fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, ckpt)
+
+        policy_hit = None
+        if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
+            policy_hit = train_or_load(world.policy, policy_key(cfg, world, rl.beta), cache_dir, train, str(out_dir))
+        else:
+            train()
         timings["train_s"] = time.perf_counter() - t0
         if cfg.save_policy and distributed.rank() == 0:
             world.policy.save_pretrained(out_dir / "policy")
@@ -175,11 +191,12 @@ def run(cfg: DictConfig) -> dict:
         timings["eval_s"] = time.perf_counter() - t0
         th = ev["theory"]
         kl = ev["judges"]["reward_model"]["kl"]["mean"]
+        info = record.method_info(cfg, rl.name, transform, procedure)
         metrics = {
             "run_name": name, "status": "finished", "procedure": procedure.label, "transform": transform.label,
-            "algo": rl.name, "beta": rl.beta, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
+            "method": info.pop("method"), "method_info": info, "algo": rl.name, "beta": rl.beta, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
             "kl_ratio": (kl / th["kl"]) if th and th["kl"] > 0 else None,
-            "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
+            "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit, "policy_hit": policy_hit,
                                           "eval_reference_hit": ev["reference_pool_cache_hit"]},
             "world": {k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             "data_reports": world.stats.get("data_reports"),  # real data: usable / malformed / too_long

@@ -55,10 +55,15 @@ class RLConfig:
     clip_eps: float = 0.2
     weight_decay: float = 0.0
     n_samples: int = 4  # bon_sft / ipo: N reference samples per prompt for (best, worst)-of-N
+    kl_target: float | None = None  # set: beta from the theory for this KL (pipeline/kl_target.py)
 
     def __post_init__(self) -> None:
         require(self.name in ALGOS, "algo.name", self.name, f"one of {list(ALGOS)}")
         require(self.beta > 0, "algo.beta", self.beta, "beta > 0")
+        require(self.kl_target is None or self.kl_target > 0, "algo.kl_target", self.kl_target,
+                "null or a KL budget > 0 nats")
+        require(self.kl_target is None or self.name in ("rloo", "ppo"), "algo.kl_target", self.kl_target,
+                f"null for algo={self.name} (its own knob sets the KL: beta for ipo, steps for bon_sft)")
         require(self.lr > 0, "algo.lr", self.lr, "lr > 0")
         require(
             self.group_size >= 2,

@@ -2,18 +2,29 @@
 
 Pools of M samples per held-out prompt from the policy (fresh) and the reference (cached), judged
 by the reward model and (toy world) the gold reward; standard and inference-time win rates for
-every N in ``eval.ns`` (exact U-statistics), KL, bootstrap CIs; and the calibrated-space theory's
-prediction for the same transform: at the training beta (the ideal tilted policy the run aims
-at) and at the KL the run actually reached (what an ideal policy of that family achieves there).
+every N in ``eval.ns`` (exact U-statistics), KL, bootstrap CIs; the per-prompt values behind them
+(so runs on the same prompts can be compared pairwise, docs/method.md "matched KL"); how
+miscalibrated the reward model is across prompts (from the reference pool); and the
+calibrated-space theory's prediction for the same transform at every N: at the training beta (the
+ideal tilted policy the run aims at) and at the KL the run actually reached (what an ideal policy
+of that family achieves there).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 
 from infalign import theory
-from infalign.evaluation import pool_report
+from infalign.evaluation import pool_columns, summarize_columns
+from infalign.miscalibration import miscalibration_summary
 from infalign.pipeline.pools import draw_pool, reference_pool
+
+
+def prompt_ids(prompts: list[str]) -> list[str]:
+    """A short content id per prompt (first 12 hex digits of its SHA-1): pairs runs prompt by prompt."""
+    return [hashlib.sha1(p.encode()).hexdigest()[:12] for p in prompts]
 
 
 def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwargs, cache_dir) -> dict:
@@ -24,27 +35,37 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
     pol = draw_pool(world.policy, world.tokenizer, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
                     int(cfg.seed) + 202, reference=world.reference, keep_responses=int(ev.keep_responses) > 0)
     ns = sorted({int(n) for n in ev.ns} | {procedure.n})
-    report = {
-        judge: pool_report(pol["scores"][judge], ref_scores[judge], procedure.name, ns, pol["log_ratio"],
-                           int(ev.bootstrap), seed=int(cfg.seed))
-        for judge in judges
-    }
-    out = {"judges": report, "ns": ns, "reference_pool_cache_hit": ref_hit,
-           "samples": [[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
-           "theory": theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"])}
-    return out
+    columns = {judge: pool_columns(pol["scores"][judge], ref_scores[judge], procedure.name, ns, pol["log_ratio"])
+               for judge in judges}
+    report = {judge: summarize_columns(cols, int(ev.bootstrap), seed=int(cfg.seed)) for judge, cols in columns.items()}
+    per_prompt = {"prompt_ids": prompt_ids(world.eval_prompts)}
+    per_prompt |= {judge: {k: [round(float(v), 10) for v in col] for k, col in cols.items()}
+                   for judge, cols in columns.items()}
+    return {"judges": report, "ns": ns, "procedure": procedure.name, "reference_pool_cache_hit": ref_hit,
+            "per_prompt": per_prompt,
+            "miscalibration": miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
+            "samples": [[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
+            "theory": theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns)}
 
 
-def theory_prediction(transform, procedure, beta: float, measured_kl: float) -> dict | None:
-    """Theory at the training beta, and at the measured KL (None for the uncalibrated ``raw``)."""
+def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:
+    """Theory at the training beta, and at the measured KL, for the run's N and every N in ``ns``
+    (keys ``f"{procedure.name}{N}_win_rate"``); None for transforms without a calibrated-space
+    theory (``raw``)."""
     if not transform.calibrated:
         return None
-    at_beta = theory.evaluate(transform, beta, procedure)[0]
-    pred = {"beta": beta, "kl": at_beta.kl, "standard_win_rate": at_beta.standard_win_rate,
-            f"{procedure.label}_win_rate": at_beta.win_rate}
+    procs = {procedure.n: procedure}
+    if procedure.name != "sample":
+        procs |= {int(n): dataclasses.replace(procedure, n=int(n)) for n in (ns or [])}
+    points = {n: theory.evaluate(transform, beta, p)[0] for n, p in procs.items()}
+    first = points[procedure.n]
+    pred = {"beta": beta, "kl": first.kl, "standard_win_rate": first.standard_win_rate}
+    pred |= {f"{p.label}_win_rate": points[n].win_rate for n, p in procs.items()}
     if measured_kl > 0 and math.isfinite(measured_kl):
-        f = theory.frontier(transform, procedure, [measured_kl])
-        pred["at_measured_kl"] = {"kl": measured_kl, "reachable": bool(f.reachable[0]),
-                                  "standard_win_rate": float(f.standard_win_rate[0]),
-                                  f"{procedure.label}_win_rate": float(f.win_rate[0])}
+        at = {"kl": measured_kl}
+        for n, p in procs.items():
+            f = theory.frontier(transform, p, [measured_kl])
+            at |= {"reachable": bool(f.reachable[0]), "standard_win_rate": float(f.standard_win_rate[0]),
+                   f"{p.label}_win_rate": float(f.win_rate[0])}
+        pred["at_measured_kl"] = at
     return pred

@@ -48,7 +48,8 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     """``({judge: [P, n] scores}, cache_hit)`` for reference samples on ``prompts``."""
     key = content_key(
         POOL_VERSION, world.reference_fingerprint,
-        {name: (world.reward_fingerprint if name == "reward" else name) for name in judges},
+        # the reward model by its content (whatever the judge is called), other judges by name
+        {name: (world.reward_fingerprint if scorer is world.reward else name) for name, scorer in judges.items()},
         prompts, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature), int(gen_cfg.batch_size), seed,
     )
     path = Path(cache_dir) / "pools" / f"{tag}-{key}.pt"

@@ -8,14 +8,41 @@ from pathlib import Path
 from infalign.cache import atomic_write_csv, atomic_write_json
 
 
-def run_name(procedure, transform, beta: float, algo: str = "rloo") -> str:
-    """Dashboard-friendly run name, e.g. ``bon4-exp-t8-b0.05`` (``-ppo`` appended for PPO)."""
+def run_name(procedure, transform, beta: float, algo: str = "rloo", kl_target: float | None = None) -> str:
+    """Dashboard-friendly run name, e.g. ``bon4-exp-t8-b0.05`` (``-ppo`` appended for PPO;
+    ``-kl0.4`` instead of ``-b<beta>`` when beta comes from ``algo.kl_target``)."""
     label = transform.label
     m = re.fullmatch(r"exp(n?)\(t=(.+)\)", label)
     if m:
         label = f"exp{m.group(1)}-t{m.group(2)}"
     label = re.sub(r"[^A-Za-z0-9.+-]+", "", label.split("(")[0]) if not m else label
-    return f"{procedure.label}-{label}-b{beta:g}" + ("" if algo == "rloo" else f"-{algo}")
+    knob = f"kl{kl_target:g}" if kl_target is not None else f"b{beta:g}"
+    return f"{procedure.label}-{label}-{knob}" + ("" if algo == "rloo" else f"-{algo}")
+
+
+def method_info(cfg, algo: str, transform, procedure) -> dict:
+    """What was trained, as the report groups it: ``{"method", "algo", "transform", "depends_on_n",
+    "trained_n"}``.
+
+    ``method`` is the transform's label for RLOO (``"expn(t=4)"``, ``"identity"``, ``"raw"``),
+    ``"<label>+<algo>"`` for other RL algorithms, and the baseline's own name with its N for the
+    offline baselines (``"bon_sft(N=4)"``, ``"ipo(N=4)"``), which never use the transform.
+    ``depends_on_n``: whether the trained policy depends on ``procedure.n`` (offline baselines,
+    and any transform or algo setting that interpolates ``procedure``, e.g. ``optimal`` or
+    ``algo.beta=${bon_beta:${procedure.n}}``); a policy that
+    does not is trained once and evaluated at every N (docs/method.md, "N is an evaluation axis").
+    """
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.baselines import OFFLINE_ALGOS
+
+    if algo in OFFLINE_ALGOS:
+        n = int(cfg.algo.n_samples)
+        return {"method": f"{algo}(N={n})", "algo": algo, "transform": None, "depends_on_n": True, "trained_n": n}
+    raw = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["transform", "algo"]), resolve=False)
+    label = transform.label + ("" if algo == "rloo" else f"+{algo}")
+    return {"method": label, "algo": algo, "transform": transform.label,
+            "depends_on_n": "procedure." in raw, "trained_n": procedure.n}
 
 
 def eval_rows(metrics: dict) -> list[dict]:

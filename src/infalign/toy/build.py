@@ -60,7 +60,7 @@ from infalign.toy.world import PreferencePairs, ToyWorld, make_preference_pairs
 log = logging.getLogger(__name__)
 
 # Bump whenever a change to the world, the models or the training code changes the artefact.
-CODE_VERSION = "toy-v2"  # v2: fused tanh-GELU
+CODE_VERSION = "toy-v3"  # v2: fused tanh-GELU; v3: learnable per-prompt scale, labeler bias
 
 _WORLD_DEFAULTS = {
     name: list(p.default) if isinstance(p.default, tuple) else p.default

@@ -25,13 +25,26 @@ length, 6 by default)::
 penalises immediate repeats). ``q = 0`` for an empty response; any word that is not a symbol
 counts as a token that is not liked.
 
-Gold reward, deliberately miscalibrated across prompts::
+Gold reward, miscalibrated across prompts in a way a reward model can learn::
 
-    r*(x, y) = a_x * q(x, y) + b_x,   a_x = reward_scale * exp(scale_sigma * z1),  b_x = offset_sigma * z2
+    r*(x, y) = a_x * q(x, y) + b_x
+    a_x = reward_scale * exp(scale_sigma * s_x + scale_noise_sigma * z1),  b_x = offset_sigma * z2
+    s_x = sum_{a in x} v_a / sqrt(|x|),   v_a ~ N(0, 1) per attribute (drawn once from ``seed``)
 
-with ``(z1, z2) ~ N(0, I)`` drawn from a seeded BLAKE2 hash of the (whitespace-normalised) prompt
-text -- per-prompt scale and offset that no model can predict from the prompt, so raw rewards
-are only comparable within a prompt (exactly the situation calibration fixes).
+The *learnable* part of the scale, ``s_x``, is a function of the prompt's attributes, so the
+Bradley-Terry reward model (trained on labels whose noise depends on ``a_x``) carries it: its
+scores spread widely on some prompts and narrowly on others, and RL on raw scores over-tilts the
+former (the situation calibration fixes; docs/method.md, "toy world"). ``(z1, z2) ~ N(0, I)``
+come from a seeded BLAKE2 hash of the prompt text: no model can predict them. Preference labels
+never see offsets (they depend on reward differences within a prompt), so ``b_x`` only makes raw
+gold values incomparable across prompts. Judges compare responses *within* a prompt, so win rates
+are scale-free. ``scale_sigma = scale_noise_sigma = offset_sigma = 0`` is the calibrated control.
+
+Labeler bias (reward-model error RL can exploit): preference labels are drawn from
+``r_label(x, y) = r*(x, y) + a_x * spurious_weight * f(y)`` with ``f(y) = min(n, n_max) / n_max``
+(``n_max`` = the longest behaviour length): labelers like long answers, the gold reward does not
+(``q`` is a per-token rate). A reward model learns the bias; a policy that lengthens its answers
+wins under the reward model and not under gold. ``spurious_weight = 0`` is its control.
 
 Behaviour distribution (what the reference LM is pre-trained to imitate): for each response draw
 a length ``n ~ U{6..16}`` and a response-level propensity ``rho ~ Beta(k p_x, k (1 - p_x))``
@@ -127,7 +140,9 @@ class ToyWorld:
         repeat_penalty: float = 0.5,
         reward_scale: float = 6.0,
         scale_sigma: float = 1.0,
+        scale_noise_sigma: float = 0.0,
         offset_sigma: float = 3.0,
+        spurious_weight: float = 0.1,
         propensity_mean: float = -0.3,
         propensity_sigma: float = 1.0,
         propensity_concentration: float = 3.0,
@@ -155,6 +170,9 @@ class ToyWorld:
             "1 <= value < n_symbols",
         )
         require(reward_scale > 0, "toy.world.reward_scale", reward_scale, "> 0")
+        for key, value in (("scale_sigma", scale_sigma), ("scale_noise_sigma", scale_noise_sigma),
+                           ("offset_sigma", offset_sigma), ("spurious_weight", spurious_weight)):
+            require(value >= 0, f"toy.world.{key}", value, ">= 0 (0 switches the effect off)")
         require(
             propensity_concentration > 0,
             "toy.world.propensity_concentration",
@@ -168,7 +186,9 @@ class ToyWorld:
         self.liked_per_attribute = int(liked_per_attribute)
         self.repeat_penalty = float(repeat_penalty)
         self.reward_scale, self.scale_sigma = float(reward_scale), float(scale_sigma)
+        self.scale_noise_sigma = float(scale_noise_sigma)
         self.offset_sigma = float(offset_sigma)
+        self.spurious_weight = float(spurious_weight)
         self.propensity_mean, self.propensity_sigma = (
             float(propensity_mean),
             float(propensity_sigma),
@@ -182,6 +202,8 @@ class ToyWorld:
             for _ in range(n_attributes)
         ]
         self._weights = rng.normal(0.0, self.propensity_sigma, size=n_attributes)
+        # drawn from a separate stream so that adding the knob left likes/propensities unchanged
+        self._scale_weights = np.random.default_rng([self.seed, 4]).standard_normal(n_attributes)
         self.attribute_words = [f"a{i}" for i in range(n_attributes)]
         self.symbol_words = [f"b{i}" for i in range(n_symbols)]
         self._attr_index = {w: i for i, w in enumerate(self.attribute_words)}
@@ -271,13 +293,14 @@ class ToyWorld:
             raise ValueError(f"toy-world prompt has no attributes: {prompt!r}")
         liked = frozenset().union(*(self._likes[a] for a in attrs))
         z1, z2 = np.random.default_rng(_hash_u64("reward", self.seed, prompt)).standard_normal(2)
-        logit = self.propensity_mean + float(self._weights[list(attrs)].sum()) / math.sqrt(
-            len(attrs)
-        )
+        root = math.sqrt(len(attrs))
+        logit = self.propensity_mean + float(self._weights[list(attrs)].sum()) / root
+        s_x = float(self._scale_weights[list(attrs)].sum()) / root
         return PromptParams(
             attributes=attrs,
             liked=liked,
-            scale=self.reward_scale * math.exp(self.scale_sigma * float(z1)),
+            scale=self.reward_scale
+            * math.exp(self.scale_sigma * s_x + self.scale_noise_sigma * float(z1)),
             offset=self.offset_sigma * float(z2),
             propensity=1.0 / (1.0 + math.exp(-logit)),
         )
@@ -301,11 +324,25 @@ class ToyWorld:
 
     def gold_reward(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """``r*(x, y) = a_x * q(x, y) + b_x``, float32 ``[B]`` (deterministic)."""
+        return self._scaled(prompts, self.quality(prompts, responses).double()).float()
+
+    def spurious_feature(self, responses: list[str]) -> torch.Tensor:
+        """``f(y) = min(n, n_max) / n_max`` (the length labelers over-rate), float64 ``[B]``."""
+        n_max = self.response_len[1]
+        return torch.tensor([min(len(y.split()), n_max) / n_max for y in responses], dtype=torch.float64)
+
+    def label_reward(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """``r_label = a_x * (q + spurious_weight * f(y)) + b_x``: what preference labels follow."""
         q = self.quality(prompts, responses).double()
+        if self.spurious_weight:
+            q = q + self.spurious_weight * self.spurious_feature(responses)
+        return self._scaled(prompts, q).float()
+
+    def _scaled(self, prompts: list[str], q: torch.Tensor) -> torch.Tensor:
         ab = torch.tensor(
             [(p.scale, p.offset) for p in map(self.params, prompts)], dtype=torch.float64
         ).reshape(-1, 2)
-        return (ab[:, 0] * q + ab[:, 1]).float()
+        return ab[:, 0] * q + ab[:, 1]
 
     # ------------------------------------------------------------------ behaviour distribution
     def behaviour_responses(self, prompt: str, n: int, rng: np.random.Generator) -> list[str]:
@@ -355,13 +392,16 @@ def make_preference_pairs(
     responses_b: list[str],
     seed: int = 0,
 ) -> PreferencePairs:
-    """Bradley-Terry labels from the gold reward: ``a`` is chosen with probability
-    ``sigmoid(r*(x, a) - r*(x, b))``, so the label noise depends on the per-prompt scale ``a_x``."""
+    """Bradley-Terry labels from the labelers' reward: ``a`` is chosen with probability
+    ``sigmoid(r_label(x, a) - r_label(x, b))``, so the label noise depends on the per-prompt
+    scale ``a_x``; ``gold_margin`` is the gold reward's margin (labels may disagree with it)."""
     _check_lengths(prompts, responses_a)
     _check_lengths(prompts, responses_b)
     ra = world.gold_reward(prompts, responses_a)
     rb = world.gold_reward(prompts, responses_b)
-    p_a = torch.sigmoid(ra - rb).numpy()
+    la = world.label_reward(prompts, responses_a)
+    lb = world.label_reward(prompts, responses_b)
+    p_a = torch.sigmoid(la - lb).numpy()
     a_wins = np.random.default_rng([world.seed, 3, seed]).random(len(prompts)) < p_a
     chosen = [a if w else b for a, b, w in zip(responses_a, responses_b, a_wins)]
     rejected = [b if w else a for a, b, w in zip(responses_a, responses_b, a_wins)]

@@ -1,0 +1,116 @@
+"""``infalign-calibration``: how miscalibrated is the reward model across prompts? (paper Fig. 3)
+
+    infalign-calibration                                  # the default toy world
+    infalign-calibration data.toy.world.scale_sigma=0     # the calibrated control world
+    infalign-calibration experiment=hh_helpful_bon ...    # any world infalign-train accepts
+
+Draws (or reuses from the cache: it is the same pool ``infalign-train``'s evaluation uses) M
+reference samples for each held-out prompt, scores them with the reward model (and the gold
+reward, toy world), and writes into the run dir (``outputs/calibration/<date>``):
+
+* ``calibration.png`` -- reward-model score against within-prompt rank for 10 prompts (lines of
+  different slopes and heights = scores that mean different things on different prompts), the same
+  for gold, and per-prompt spread of reward-model vs gold scores over all prompts;
+* ``calibration.json`` -- the summary of ``infalign.miscalibration`` (per-prompt spread CV,
+  mean-spread ratio, log-spread correlation with gold, within-prompt pairwise accuracy);
+* ``calibration_prompts.csv`` -- one row per prompt: mean and std of each judge's scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from infalign.apps.config import CONFIG_DIR
+from infalign.apps.train import trainer_kwargs
+from infalign.cache import atomic_write_csv, atomic_write_json
+from infalign.miscalibration import miscalibration_summary
+from infalign.pipeline.pools import reference_pool
+from infalign.pipeline.world import load_world
+
+log = logging.getLogger(__name__)
+SHOWN_PROMPTS = 10
+
+
+def diagnose(cfg: DictConfig) -> dict:
+    """Reference pool on the held-out prompts -> summary, per-prompt rows, plot (module docstring)."""
+    out_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    world = load_world(cfg, cache_dir)
+    judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
+    scores, hit = reference_pool(world, world.eval_prompts, int(cfg.eval.samples), judges, cfg.eval,
+                                 trainer_kwargs(cfg), int(cfg.seed) + 101, cache_dir, tag="eval")
+    summary = miscalibration_summary(scores["reward_model"], scores.get("gold"))
+    summary["reference_pool_cache_hit"] = hit
+    rows = [{"prompt": p, **{f"{j}_{s}": float(getattr(v[i].double(), s)()) for j, v in scores.items()
+                             for s in ("mean", "std")}} for i, p in enumerate(world.eval_prompts)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "calibration.json", summary)
+    atomic_write_csv(out_dir / "calibration_prompts.csv", rows)
+    plot(scores, out_dir / "calibration.png", summary)
+    print_summary(summary)
+    return summary
+
+
+def plot(scores: dict[str, torch.Tensor], path: Path, summary: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    from infalign.plotting import save_png
+
+    judges = list(scores)
+    fig, axes = plt.subplots(1, len(judges) + (1 if "gold" in scores else 0), figsize=(5 * (len(judges) + 1), 4))
+    axes = list(axes) if hasattr(axes, "__len__") else [axes]
+    m = scores["reward_model"].shape[1]
+    rank = (torch.arange(m, dtype=torch.float64) + 0.5) / m
+    shown = torch.linspace(0, scores["reward_model"].shape[0] - 1, SHOWN_PROMPTS).round().long().unique()
+    for ax, judge in zip(axes, judges):
+        for i in shown.tolist():
+            ax.plot(rank, scores[judge][i].double().sort().values, marker=".", lw=1)
+        ax.set_xlabel("within-prompt rank of the reference sample (quantile)")
+        ax.set_ylabel(f"{judge} score")
+        cv = summary[judge]["std_cv"]
+        ax.set_title(f"{judge}: {len(shown)} prompts (spread CV across prompts {cv:.2f})", fontsize=9)
+        ax.grid(alpha=0.3)
+    if "gold" in scores:
+        ax = axes[-1]
+        ax.scatter(scores["gold"].double().std(1), scores["reward_model"].double().std(1), s=8, alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("gold: per-prompt std of reference rewards")
+        ax.set_ylabel("reward model: per-prompt std")
+        ax.set_title(f"does the reward model carry gold's miscalibration? corr(log) = "
+                     f"{summary['log_std_corr']:.2f}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    save_png(fig, path)
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"miscalibration across {summary['n_prompts']} held-out prompts "
+                        f"({summary['n_samples']} reference samples each)")
+    for col in ("judge", "per-prompt spread CV", "mean spread / within spread"):
+        table.add_column(col, justify="right")
+    for judge in ("reward_model", "gold"):
+        if judge in summary:
+            s = summary[judge]
+            table.add_row(judge, f"{s['std_cv']:.3f}", f"{s['mean_spread_ratio']:.3f}")
+    Console().print(table)
+    if "log_std_corr" in summary:
+        print(f"corr(log per-prompt std: reward model, gold) = {summary['log_std_corr']:.3f}; "
+              f"within-prompt pairwise accuracy of the reward model vs gold = {summary['pairwise_accuracy']:.3f}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    diagnose(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""How miscalibrated a reward is across prompts, from a reference pool (docs/method.md, "toy world").
+
+A reward model is *calibrated across prompts* when its scores of reference samples have the same
+distribution for every prompt. Raw-reward RL then tilts every prompt alike; when the per-prompt
+spread varies, RL on raw scores over-tilts the prompts with a wide spread and under-tilts the rest
+(the mismatch the calibrated reward removes). From the scores of ``M`` reference samples for each
+of ``P`` prompts (``[P, M]``):
+
+* ``std_cv``: coefficient of variation across prompts of the per-prompt standard deviation
+  ``s_p = std_j r_pj`` (unbiased, ``M - 1``): ``std(s) / mean(s)`` (0 when calibrated);
+* ``mean_spread_ratio``: spread of the per-prompt means relative to the typical within-prompt
+  spread, ``std_p(mean_j r_pj) / mean_p(s_p)`` (per-prompt offsets);
+* ``log_std_corr`` (with a gold reward): Pearson correlation across prompts of ``log s_p`` of the
+  reward model and of the gold reward -- does the reward model *carry* the gold miscalibration?
+* ``pairwise_accuracy``: fraction of within-prompt pairs, untied under both, that the reward model
+  orders as the gold reward does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["miscalibration_summary", "spread_stats"]
+
+
+def spread_stats(scores: torch.Tensor) -> dict[str, float]:
+    """``std_cv`` and ``mean_spread_ratio`` of one judge's ``[P, M]`` scores (module docstring)."""
+    s = scores.double()
+    std = s.std(dim=1)
+    return {
+        "std_cv": float(std.std() / std.mean()),
+        "mean_spread_ratio": float(s.mean(dim=1).std() / std.mean()),
+        "mean_within_prompt_std": float(std.mean()),
+    }
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+def miscalibration_summary(reward_model: torch.Tensor, gold: torch.Tensor | None = None) -> dict:
+    """``{"reward_model": spread_stats, "gold": spread_stats, "log_std_corr", "pairwise_accuracy"}``
+    (the last three only with a gold reward); needs ``M >= 2`` samples per prompt."""
+    if reward_model.shape[-1] < 2:
+        raise ValueError(f"need >= 2 samples per prompt, got {reward_model.shape[-1]}")
+    out: dict = {"n_prompts": int(reward_model.shape[0]), "n_samples": int(reward_model.shape[1]),
+                 "reward_model": spread_stats(reward_model)}
+    if gold is None:
+        return out
+    out["gold"] = spread_stats(gold)
+    rm_std, gold_std = reward_model.double().std(1), gold.double().std(1)
+    ok = (rm_std > 0) & (gold_std > 0)
+    out["log_std_corr"] = _pearson(rm_std[ok].log(), gold_std[ok].log()) if int(ok.sum()) >= 3 else float("nan")
+    drm = (reward_model[:, :, None] - reward_model[:, None, :]).sign()
+    dg = (gold[:, :, None] - gold[:, None, :]).sign()
+    untied = (drm != 0) & (dg != 0)
+    out["pairwise_accuracy"] = float((drm[untied] == dg[untied]).double().mean()) if bool(untied.any()) else float("nan")
+    return out

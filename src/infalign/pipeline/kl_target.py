@@ -1,0 +1,48 @@
+"""``algo.kl_target``: choose beta for a KL budget before training (docs/method.md, "KL targets").
+
+Comparing methods at matched KL needs each method's runs to span the same KL range, but beta
+means different things for different reward ranges. With ``algo.kl_target=k`` the run's beta is
+the one whose *ideal* tilted policy has KL k:
+
+* calibrated transforms: exact, from the calibrated-space theory (``theory.frontier``);
+* ``raw`` (no calibrated-space theory): a small-tilt match to calibrated identity. For a small
+  tilt ``KL ~ Var(R) / (2 beta^2)`` per prompt; the reference's calibrated reward is Uniform with
+  variance 1/12, so matching the mean KL over prompts gives
+  ``beta_raw = beta_identity(k) * sqrt(12 * mean_p Var_p(r))``, with ``Var_p(r)`` the variance of
+  the reward-model scores of prompt p's K reference samples (the calibration table).
+
+Trained policies fall short of their ideal KL by different amounts, so the report interpolates
+every method's measured curve; ``kl_target`` only spreads the runs over a common range.
+"""
+
+from __future__ import annotations
+
+import math
+
+from infalign import theory
+from infalign.calibration import CalibrationTable
+from infalign.errors import ConfigError, require
+from infalign.procedures import Procedure
+from infalign.transforms import Identity, Transform
+
+
+def beta_for_target(kl_target: float, transform: Transform, procedure: Procedure,
+                    table: CalibrationTable | None) -> float:
+    """beta whose ideal policy has KL ``kl_target`` (module docstring)."""
+    require(kl_target > 0, "algo.kl_target", kl_target, "a KL budget > 0 nats (or null to use algo.beta)")
+    if transform.calibrated:
+        return _theory_beta(transform, procedure, kl_target)
+    if table is None:
+        raise ConfigError("algo.kl_target", kl_target, "a calibration table to scale beta for raw rewards")
+    var = table.sorted_rewards.double().var(dim=1).mean().item()
+    require(var > 0, "algo.kl_target", kl_target, "reward scores that vary within a prompt",
+            "the reward model gives every reference sample of every prompt the same score")
+    return _theory_beta(Identity(), procedure, kl_target) * math.sqrt(12.0 * var)
+
+
+def _theory_beta(transform: Transform, procedure: Procedure, kl: float) -> float:
+    f = theory.frontier(transform, procedure, [kl])
+    if not bool(f.reachable[0]) or not math.isfinite(float(f.beta[0])):
+        raise ConfigError("algo.kl_target", kl, f"a KL the transform {transform.label} can reach",
+                          f"theory: {f.reason[0]}")
+    return float(f.beta[0])

@@ -1,0 +1,86 @@
+"""Trained policies cached by content: no policy is trained twice (docs/method.md §8).
+
+A sweep often asks for the same trained policy more than once: the same (method, KL knob, seed)
+in two experiments that differ only in how they evaluate (N, eval pool size, procedure). The
+trained weights depend only on
+
+* the world (reference and reward-model fingerprints, the training prompts, ``data``),
+* everything in the config that training reads (``algo`` with the effective beta, ``transform``,
+  ``calibration``, ``policy``, ``reward``, ``trainer`` minus its progress bar, ``seed``,
+  ``deterministic``), resolved -- so an interpolation such as ``${procedure.n}`` counts exactly
+  when a method uses it,
+* the training code (a digest of the source files listed in :data:`TRAINING_CODE`),
+
+and are stored under ``cache_dir/policies/<hash of all that>.pt`` (atomic, checksummed, one
+builder per key). Evaluation, logging, paths and the procedure's own settings are not part of the
+key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from infalign.cache import cached, content_key, load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
+
+POLICY_CACHE_VERSION = "policy-v1"
+# Source files whose change can change a trained policy (relative to the package root).
+TRAINING_CODE = (
+    "modules/ctrl.py", "modules/rollout.py", "modules/ipo.py", "rl/objectives.py", "generation.py",
+    "calibration.py", "transforms.py", "pipeline/fit.py", "pipeline/baselines.py", "pipeline/kl_target.py",
+    "models/reward.py", "models/builders.py", "data/batches.py",
+)
+# Top-level config keys that never change the trained weights.
+NOT_TRAINING = frozenset({
+    "eval", "logger", "paths", "procedure", "objective", "sweep_name", "ckpt_path", "save_policy",
+    "checkpoint_every", "log_every_n_steps", "threads", "continue_on_failure", "kl_grid", "kl_point",
+    "policy_cache", "hydra",
+})
+
+
+def code_digest() -> str:
+    """SHA-256 (16 hex digits) over the training code's source files."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in TRAINING_CODE:
+        path = root / rel
+        h.update(rel.encode())
+        h.update(path.read_bytes() if path.exists() else b"<missing>")
+    return h.hexdigest()[:16]
+
+
+def policy_key(cfg: DictConfig, world, beta: float) -> str:
+    """The content key of the policy this config trains on ``world`` (module docstring)."""
+    training = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
+                for k in cfg if k not in NOT_TRAINING}
+    training.get("trainer", {}).pop("progress_bar", None)
+    training["algo"]["beta"] = float(beta)  # the effective beta (algo.kl_target may have set it)
+    return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
+                       world.train_prompts, training)
+
+
+def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], None], origin: str) -> bool:
+    """Load ``policy``'s weights from the cache entry ``key``, or call ``train()`` and store them.
+
+    Returns the cache hit flag. ``origin`` (the run dir that trained it) is recorded in the entry.
+    """
+    path = Path(cache_dir) / "policies" / f"{key}.pt"
+
+    def build():
+        train()
+        return {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+
+    def save(state, p: Path) -> None:
+        save_tensors(p, state, {"key": key, "trained_in": origin})
+
+    state, hit = cached(path, build, save, lambda p: load_tensors(p)[0])
+    if hit:
+        policy.load_state_dict(state)
+        log.info("trained policy cache hit: %s", path)
+    return hit

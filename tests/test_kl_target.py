@@ -1,0 +1,47 @@
+"""algo.kl_target: beta chosen from the theory so that the ideal policy has the requested KL."""
+
+import math
+
+import pytest
+import torch
+
+from infalign import theory
+from infalign.calibration import CalibrationTable
+from infalign.errors import ConfigError
+from infalign.modules.ctrl import RLConfig
+from infalign.pipeline.kl_target import beta_for_target
+from infalign.procedures import BestOfN
+from infalign.transforms import Exp, Identity, Raw
+
+
+@pytest.mark.parametrize("transform", [Identity(), Exp(t=4.0, normalized=True)], ids=["identity", "expn4"])
+@pytest.mark.parametrize("kl", [0.05, 0.4, 1.5])
+def test_calibrated_beta_hits_the_target_kl(transform, kl):
+    beta = beta_for_target(kl, transform, BestOfN(n=4), None)
+    assert theory.evaluate(transform, beta, BestOfN(n=4))[0].kl == pytest.approx(kl, rel=1e-6)
+
+
+def test_raw_beta_is_identity_beta_times_score_spread_by_hand():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 2.0, 4.0, 6.0]])  # variances 5/3 and 20/3 (n-1)
+    table = CalibrationTable.from_rewards(scores)
+    beta_id = beta_for_target(0.3, Identity(), BestOfN(n=4), None)
+    expected = beta_id * math.sqrt(12 * (5 / 3 + 20 / 3) / 2)
+    assert beta_for_target(0.3, Raw(), BestOfN(n=4), table) == pytest.approx(expected, rel=1e-9)
+    # raw scores spread like the calibrated reward itself (variance 1/12) get identity's beta
+    k = 20000
+    u = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+    uniform = CalibrationTable.from_rewards(torch.stack([u, u]).float())
+    assert beta_for_target(0.3, Raw(), BestOfN(n=4), uniform) == pytest.approx(beta_id, rel=1e-3)
+
+
+def test_bad_targets_name_the_key():
+    with pytest.raises(ConfigError, match="algo.kl_target"):
+        beta_for_target(0.0, Identity(), BestOfN(n=4), None)
+    with pytest.raises(ConfigError, match="algo.kl_target"):
+        beta_for_target(0.3, Raw(), BestOfN(n=4), None)  # raw needs the table
+    with pytest.raises(ConfigError, match="algo.kl_target"):
+        beta_for_target(0.3, Raw(), BestOfN(n=4), CalibrationTable.from_rewards(torch.ones(2, 4)))
+    with pytest.raises(ConfigError, match="algo.kl_target"):
+        RLConfig(name="ipo", kl_target=0.3)
+    with pytest.raises(ConfigError, match="algo.kl_target"):
+        RLConfig(kl_target=-1.0)

@@ -1,0 +1,40 @@
+"""Miscalibration statistics against hand computations and constructed worlds."""
+
+import math
+
+import pytest
+import torch
+
+from infalign.miscalibration import miscalibration_summary, spread_stats
+
+
+def test_spread_stats_by_hand():
+    # prompt 0: [0, 2] -> mean 1, std sqrt(2); prompt 1: [0, 4] -> mean 2, std 2*sqrt(2)
+    s = spread_stats(torch.tensor([[0.0, 2.0], [0.0, 4.0]]))
+    # stds [sqrt2, 2 sqrt2]: their std (n-1) is 1, their mean 1.5 sqrt2; means [1, 2] have std 1/sqrt2
+    assert s["std_cv"] == pytest.approx(1 / (1.5 * math.sqrt(2)), abs=1e-12)
+    assert s["mean_spread_ratio"] == pytest.approx(1 / 3, abs=1e-12)
+    assert s["mean_within_prompt_std"] == pytest.approx(1.5 * math.sqrt(2), abs=1e-12)
+
+
+def test_calibrated_world_has_zero_cv_and_a_scaled_one_carries_gold():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(50, 16, generator=g, dtype=torch.float64)
+    same = base / base.std(1, keepdim=True)  # every prompt exactly unit spread
+    assert spread_stats(same)["std_cv"] == pytest.approx(0.0, abs=1e-12)
+    scale = torch.exp(torch.randn(50, 1, generator=g, dtype=torch.float64))
+    gold = scale * same + 3.0 * torch.randn(50, 1, generator=g, dtype=torch.float64)
+    carried = miscalibration_summary(2.0 * scale * same, gold)  # rm = gold up to offset and global scale
+    assert carried["log_std_corr"] == pytest.approx(1.0, abs=1e-12)
+    assert carried["pairwise_accuracy"] == 1.0
+    assert carried["reward_model"]["std_cv"] == pytest.approx(carried["gold"]["std_cv"], abs=1e-12)
+    flat = miscalibration_summary(same, gold)  # an rm blind to the scale: cv 0, orders still right
+    assert flat["reward_model"]["std_cv"] == pytest.approx(0.0, abs=1e-12)
+    assert flat["pairwise_accuracy"] == 1.0
+    reversed_ = miscalibration_summary(-gold, gold)
+    assert reversed_["pairwise_accuracy"] == 0.0
+
+
+def test_needs_two_samples():
+    with pytest.raises(ValueError, match=">= 2 samples"):
+        miscalibration_summary(torch.zeros(3, 1))

@@ -1,0 +1,49 @@
+"""Trained policies cached by content: a second identical training is a load, never a retrain."""
+
+import pytest
+from pipeline_helpers import compose_train
+
+from infalign.apps import train as train_app
+from infalign.pipeline import policy_cache
+from infalign.pipeline.policy_cache import policy_key
+
+
+class _World:
+    reference_fingerprint, reward_fingerprint, train_prompts = "ref", "rm", ["a0 ->"]
+
+
+def test_key_ignores_evaluation_and_reads_training(tmp_path):
+    base = compose_train(tmp_path, tmp_path)
+    key = policy_key(base, _World(), 0.1)
+    for same in (["eval.samples=8", "eval.ns=[1,2]"], ["procedure=won"], ["logger=csv"], ["kl_point=0"]):
+        assert policy_key(compose_train(tmp_path, tmp_path, *same), _World(), 0.1) == key, same
+    for other in (["algo.lr=0.001"], ["seed=3"], ["transform=identity"], ["calibration.K=8"]):
+        assert policy_key(compose_train(tmp_path, tmp_path, *other), _World(), 0.1) != key, other
+    assert policy_key(base, _World(), 0.2) != key  # the effective beta
+    # a transform that reads procedure.n (optimal) depends on N through its resolved config
+    opt = [policy_key(compose_train(tmp_path, tmp_path, "transform=optimal", f"procedure.n={n}"), _World(), 0.1)
+           for n in (2, 4)]
+    assert opt[0] != opt[1]
+
+
+def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
+    cfg = compose_train(tmp_path, tmp_path)
+    key = policy_key(cfg, _World(), 0.1)
+    monkeypatch.setattr(policy_cache, "TRAINING_CODE", (*policy_cache.TRAINING_CODE[:-1], "theory.py"))
+    assert policy_key(cfg, _World(), 0.1) != key
+
+
+@pytest.mark.slow
+def test_second_training_is_a_load_with_identical_results(tmp_path):
+    cache = tmp_path / "cache"
+    first = train_app.run(compose_train(cache, tmp_path / "a", "transform=identity"))
+    assert first["cache"]["policy_hit"] is False
+    # same training, other evaluation: the policy is loaded, and equals a fresh training's policy
+    second = train_app.run(compose_train(cache, tmp_path / "b", "transform=identity", "eval.ns=[1,2]"))
+    fresh = train_app.run(compose_train(cache, tmp_path / "c", "transform=identity", "eval.ns=[1,2]",
+                                        "policy_cache=false"))
+    assert second["cache"]["policy_hit"] is True and fresh["cache"]["policy_hit"] is None
+    assert second["eval"]["judges"] == fresh["eval"]["judges"]
+    assert second["timings"]["train_s"] < first["timings"]["train_s"]
+    third = train_app.run(compose_train(cache, tmp_path / "d", "transform=identity", "algo.lr=0.001"))
+    assert third["cache"]["policy_hit"] is False
