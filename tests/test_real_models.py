@@ -274,6 +274,15 @@ def test_bad_model_names_fail_under_their_key_before_any_compute(assets, tmp_pat
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+def test_prompt_budget_must_fit_the_policy_positions(assets, tmp_path, no_compute):
+    """The tiny Llama has 512 positions: 500 prompt + 20 new tokens cannot fit."""
+    cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=500", "algo.max_new_tokens=20")
+    with pytest.raises(ConfigError, match=r"data\.max_prompt_tokens=500.*at most 492.*512 positions"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+    cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=492", "algo.max_new_tokens=20")
+    world_mod.check_world_config(cfg)  # exactly fits
+
+
 def test_toy_world_checks_a_policy_override_before_building(tmp_path, no_compute):
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", f"policy.name_or_path={tmp_path / 'missing'}")
     with pytest.raises(FileNotFoundError, match=r"policy\.name_or_path.*missing"):

@@ -111,7 +111,9 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
             raise FileNotFoundError(f"file not found: {Path(source).expanduser()} (data.name_or_path)")
     checked = CheckedModels(None, None)
     if cfg.policy.name_or_path is not None:
-        checked.policy_path, _ = check_causal_lm(cfg.policy.name_or_path, "policy.name_or_path")
+        checked.policy_path, config = check_causal_lm(cfg.policy.name_or_path, "policy.name_or_path")
+        if not toy:
+            check_sequence_budget(cfg, config)
         checked.policy_tokenizer = load_tokenizer(checked.policy_path, "left", key="policy.name_or_path")
         if cfg.policy.get("chat_template") and not getattr(checked.policy_tokenizer, "chat_template", None):
             raise ConfigError("policy.chat_template", True, "false, or a policy tokenizer with a chat template",
@@ -121,6 +123,21 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
                                                     from_causal_lm=_train_reward(cfg))
         checked.reward_tokenizer = load_tokenizer(checked.reward_path, "right", key="reward.name_or_path")
     return checked
+
+
+def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
+    """``data.max_prompt_tokens + max_new_tokens`` (RL and evaluation) must fit the policy's
+    positions (``max_position_embeddings`` / ``n_positions``, when the config has one); prompts
+    are filtered to ``data.max_prompt_tokens`` after the chat template, so no longer sequence
+    reaches generation."""
+    limit = getattr(policy_config, "max_position_embeddings", None) or getattr(policy_config, "n_positions", None)
+    max_prompt = cfg.data.get("max_prompt_tokens")
+    if not limit or max_prompt is None:
+        return
+    new = max(int(cfg.algo.get("max_new_tokens", 0)), int(cfg.get("eval", {}).get("max_new_tokens", 0) or 0))
+    require(int(max_prompt) + new <= int(limit), "data.max_prompt_tokens", max_prompt,
+            f"at most {int(limit) - new}: with max_new_tokens={new} the policy's {limit} positions must hold "
+            f"prompt + response")
 
 
 def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> World:
