@@ -366,3 +366,27 @@ def test_chat_template_bos_is_not_doubled(assets):
     (shown,) = world_mod.apply_chat_template(tok, ["\n\nHuman: more on tea ?\n\nAssistant:"])
     ids = tok(shown)["input_ids"]  # what generation.sample feeds the policy
     assert tok.convert_ids_to_tokens(ids) == ["<s>", "<|user|>", "more", "on", "tea", "?", "<|end|>", "<|assistant|>"]
+
+
+def test_sampling_stops_at_every_generation_config_eos(assets):
+    """Llama-3-style ``generation_config.eos_token_id`` lists: decoding stops at any of them. With a
+    zeroed LM head the next token is uniform over the vocabulary, so within 150 steps most of the
+    32 rows draw ``<|end|>`` (p ~ 1 - (1 - 1/V)^150 each); every row must end right there."""
+    from infalign.generation import sample, stop_token_ids
+    from infalign.models import load_causal_lm
+
+    tok = load_tokenizer(assets / "lm_plain", "left")
+    lm = load_causal_lm(assets / "lm_plain")
+    end = tok.convert_tokens_to_ids("<|end|>")
+    lm.generation_config.eos_token_id = [tok.eos_token_id, end]
+    assert stop_token_ids(lm, tok) == sorted({tok.eos_token_id, end})
+    with torch.no_grad():
+        lm.lm_head.weight.zero_()
+    roll = sample(lm, tok, ["tell me about cats please"], num_samples=32, max_new_tokens=150,
+                  generator=torch.Generator().manual_seed(0))
+    stopped = 0
+    for ids, n in zip(roll.response_ids.tolist(), roll.response_lengths.tolist()):
+        body = ids[:n]
+        assert end not in body[:-1] and tok.eos_token_id not in body[:-1]
+        stopped += body[-1] == end
+    assert stopped >= 10
