@@ -202,6 +202,17 @@ def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path
     assert again.stats["reward_val_accuracy"] == stats["reward_val_accuracy"]
 
 
+def test_reward_model_from_a_causal_lm_keeps_its_transformer_and_adds_a_scalar_head(assets):
+    from infalign.models import load_causal_lm
+
+    lm = load_causal_lm(assets / "lm_plain")
+    rm = load_reward_model(assets / "lm_plain", from_causal_lm=True, key="reward.name_or_path")
+    assert type(rm).__name__ == "LlamaForSequenceClassification" and rm.config.num_labels == 1
+    assert rm.score.out_features == 1 and rm.config.pad_token_id == 0
+    for (name, a), b in zip(lm.model.state_dict().items(), rm.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+
+
 def test_causal_lm_as_reward_without_training_is_rejected_naming_the_switch(assets, tmp_path):
     cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}")
     with pytest.raises(ValueError, match=r"reward\.name_or_path.*LlamaForCausalLM.*reward\.train\.enabled=true"):
