@@ -16,9 +16,9 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 600, code: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([*args], capture_output=True, text=True, env=ENV, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -54,9 +54,10 @@ def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tm
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY_WORLD + TINY_RUN if not o.startswith("logger=")]
     # job 1 fails at run time (a missing model path passes validation, fails when loaded)
-    run_cli(str(BIN / "infalign-train"), "-m", "transform=identity,exp_normalized",
-            "policy.name_or_path=null,/nonexistent/model", *overrides, "logger=wandb",
-            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}")
+    proc = run_cli(str(BIN / "infalign-train"), "-m", "transform=identity,exp_normalized",
+                   "policy.name_or_path=null,/nonexistent/model", *overrides, "logger=wandb",
+                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", code=1)
+    assert "2 of 4 jobs failed: 1: failed:" in proc.stderr  # the sweep goes on, then says so and exits 1
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 4
     group = f"multirun-{sweep.name}".encode()

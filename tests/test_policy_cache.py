@@ -1,11 +1,11 @@
 """Trained policies cached by content: a second identical training is a load, never a retrain."""
 
 import pytest
-from pipeline_helpers import compose_train
 
 from infalign.apps import train as train_app
 from infalign.pipeline import policy_cache
 from infalign.pipeline.policy_cache import policy_key
+from pipeline_helpers import compose_train
 
 
 class _World:

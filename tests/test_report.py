@@ -299,7 +299,8 @@ def test_wandb_offline_report_run(tmp_path, monkeypatch):
     files = {p.relative_to(runs[0]).as_posix() for p in runs[0].rglob("*") if p.is_file()}
     assert any(f.endswith(".wandb") for f in files)
     assert any("media/table/runs" in f for f in files)  # the runs table
-    assert sum("media/images/plots" in f and f.endswith(".png") for f in files) == 2  # both plots
+    assert sum("media/images/plots" in f and f.endswith(".png") for f in files) == 3  # win rates x2, gain vs KL
+    assert any("media/table/matched_kl" in f for f in files) and any("media/table/theory_gap" in f for f in files)
     table = json.loads(next(runs[0].rglob("runs_*.table.json")).read_text())
     assert table["columns"][:3] == ["job", "status", "run_name"] and len(table["data"]) == 2
     summary = json.loads((root / "report" / "summary.json").read_text())
@@ -339,3 +340,217 @@ def test_real_tiny_sweep_end_to_end(tmp_path):
     for png in ("inference_win_rate_vs_kl.png", "standard_win_rate_vs_kl.png"):
         assert (sweep_dir / "report" / png).read_bytes()[:8] == PNG_MAGIC
     assert "finished runs" in rep.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Matched KL end to end: records with eval.per_prompt (and one old record without)
+# ----------------------------------------------------------------------------------------------
+
+N_PROMPTS = 40
+PROMPT_IDS = [f"prompt-{i}" for i in range(N_PROMPTS)]
+GAIN_BON4 = 0.06  # expn(t=4) over identity on bon4, at every KL, under both judges
+
+
+def per_prompt_metrics(method: str, info: dict, kl: float, beta: float, gain: dict[str, float], *,
+                       ids=None, seed: int = 0) -> dict:
+    """A finished run's metrics.json with ``eval.per_prompt`` (bon family, ns 1, 2, 4): per prompt
+    ``k_p = kl (1 + z_p)`` and win rates ``0.55 + 0.2 k_p + gain[col] + d_p`` with zero-mean
+    ``z``, ``d`` shared by every run (the same prompts), so each method's curve is the line
+    ``0.55 + 0.2 KL + gain[col]``. Means, and CIs of +-0.05, are the per-prompt lists' means."""
+    rng = np.random.default_rng(7)
+    z, d = rng.normal(0, 0.1, N_PROMPTS), rng.normal(0, 0.1, N_PROMPTS)
+    z, d = z - z.mean(), d - d.mean()
+    kp = kl * (1 + z)
+    judges, per_prompt = {}, {"prompt_ids": list(ids or PROMPT_IDS)}
+    for judge in ("reward_model", "gold"):
+        cols = {"kl": kp}
+        for col in ("standard_win_rate", "bon1_win_rate", "bon2_win_rate", "bon4_win_rate"):
+            cols[col] = 0.55 + 0.2 * kp + gain.get(col, 0.0) + d
+        per_prompt[judge] = {k: v.tolist() for k, v in cols.items()}
+        judges[judge] = {k: {"mean": float(v.mean()), "low": float(v.mean()) - 0.05, "high": float(v.mean()) + 0.05,
+                             "n_prompts": N_PROMPTS} for k, v in cols.items()}
+    tcfg = {"identity": IDENTITY, "raw": RAW}.get(method, exp_cfg(4.0, normalized=True))
+    theory_at = {"kl": kl, "reachable": True, "standard_win_rate": 0.60, "bon2_win_rate": 0.65, "bon4_win_rate": 0.70}
+    return {
+        "run_name": f"bon4-{method}-b{beta:g}", "status": "finished", "procedure": "bon4",
+        "transform": info["transform"] or "exp(t=4)", "algo": info["algo"], "beta": beta, "steps": 10, "seed": seed,
+        "method": method, "method_info": info,
+        "eval": {"procedure": "bon", "ns": [1, 2, 4], "judges": judges, "per_prompt": per_prompt,
+                 "theory": None if method == "raw" else {"beta": beta, "kl": 2 * kl, "standard_win_rate": 0.7,
+                                                         "bon4_win_rate": 0.8, "at_measured_kl": theory_at}},
+        "config": {"transform": tcfg, "seed": seed, "algo": {"name": info["algo"], "beta": beta, "steps": 10},
+                   "procedure": {"_target_": "infalign.procedures.make_procedure", "name": "bon", "n": 4},
+                   "logger": {"kind": "none"}},
+    }
+
+
+def make_matched_sweep(root: Path) -> Path:
+    def info(transform, depends_on_n=False, trained_n=4, algo="rloo"):
+        return {"algo": algo, "transform": transform, "depends_on_n": depends_on_n, "trained_n": trained_n}
+
+    job = 0
+    specs = [("raw", info("raw"), [0.10, 0.40, 0.90], {"bon4_win_rate": -0.01}),
+             ("identity", info("identity"), [0.15, 0.50, 1.00], {}),
+             ("expn(t=4)", info("expn(t=4)"), [0.20, 0.60, 1.10], {"bon4_win_rate": GAIN_BON4}),
+             ("optimal(N=2)", info("optimal(N=2)", True, 2), [0.10, 1.20], {"bon2_win_rate": 0.03})]
+    for method, inf, kls, gain in specs:
+        for kl in kls:
+            beta = round(0.1 / kl, 3)
+            write_job(root, str(job), [f"method={method}", f"algo.beta={beta}"],
+                      per_prompt_metrics(method, inf, kl, beta, gain))
+            job += 1
+    old = fake_metrics(IDENTITY, "identity", 0.3, kl=0.3, std=0.6, win=0.7)  # recorded before per_prompt
+    write_job(root, str(job), ["transform=identity", "algo.beta=0.3"], old)
+    other = per_prompt_metrics("identity", info("identity"), 0.3, 0.33, {}, ids=[f"q{i}" for i in range(N_PROMPTS)])
+    write_job(root, str(job + 1), ["transform=identity", "algo.beta=0.33"], other)  # another world's prompts
+    return root
+
+
+@pytest.fixture(scope="module")
+def matched_sweep(tmp_path_factory):
+    root = make_matched_sweep(tmp_path_factory.mktemp("matched"))
+    rc, out = run_main(str(root), "--no-wandb")
+    assert rc == 0, out
+    return root, root / "report", out
+
+
+def test_matched_kl_csv_recovers_the_known_gains(matched_sweep):
+    _, out, _ = matched_sweep
+    rows = read_csv(out / "matched_kl.csv")
+    panels = {(r["panel"], r["judge"]) for r in rows}
+    assert panels == {(p, j) for p in ("standard", "bon2", "bon4") for j in ("reward_model", "gold")}
+    bon4 = [r for r in rows if r["panel"] == "bon4" and r["judge"] == "reward_model"]
+    kls = sorted({float(r["kl"]) for r in bon4})
+    # common KLs: the intersection of raw [0.1, 0.9], identity [0.15, 1.0], expn [0.2, 1.1]
+    np.testing.assert_allclose(kls, np.linspace(0.2, 0.9, 6))
+    assert {r["method"] for r in bon4} == {"raw", "identity", "expn(t=4)"}  # optimal(N=2) trained for N=2 only
+    gains = [r for r in bon4 if r["method"] == "expn(t=4)" and r["baseline"] == "identity"]
+    assert len(gains) == 6
+    for r in gains:  # noiseless lines with shared prompt difficulty: the paired CI collapses on the gain
+        assert float(r["gain"]) == pytest.approx(GAIN_BON4, abs=1e-9)
+        assert float(r["gain_low"]) == pytest.approx(GAIN_BON4, abs=1e-9) and r["significant"] == "True"
+        assert float(r["win_rate"]) == pytest.approx(0.55 + 0.2 * float(r["kl"]) + GAIN_BON4, abs=1e-9)
+        assert r["n_seeds"] == "1" and r["n_runs"] == "3" and r["n_prompts"] == str(N_PROMPTS)
+    ident_raw = [r for r in bon4 if r["method"] == "identity" and r["baseline"] == "raw"]
+    assert all(float(r["gain"]) == pytest.approx(0.01, abs=1e-9) for r in ident_raw)
+    assert not [r for r in bon4 if r["method"] == "raw" and r["baseline"] == "identity"]
+    bon2 = [r for r in rows if r["panel"] == "bon2" and r["judge"] == "gold" and r["baseline"] == "identity"]
+    assert {r["method"] for r in bon2} == {"expn(t=4)", "optimal(N=2)"}  # raw - identity: not computed
+    assert all(float(r["gain"]) == pytest.approx(0.03, abs=1e-9) for r in bon2 if r["method"] == "optimal(N=2)")
+    std = [r for r in rows if r["panel"] == "standard" and r["baseline"]]
+    assert std and all(float(r["gain"]) == pytest.approx(0.0, abs=1e-9) and r["significant"] == "False" for r in std)
+
+
+def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
+    import matplotlib.image as mpimg
+
+    root, out, stdout = matched_sweep
+    md = (out / "matched_kl.md").read_text()
+    assert "## bon4 (reward_model): `bon4_win_rate`, 40 prompts" in md
+    assert "job 11 (identity): no per-prompt statistics" in md  # the old record: shown, not compared
+    assert "excluded job 12: identity: prompt_ids differ from the panel's 40 prompts" in md
+    row = next(ln for ln in md.split("## bon4 (reward_model)")[1].splitlines() if ln.startswith("| 0.2 |"))
+    cells = [c.strip() for c in row.strip("| ").split(" | ")]
+    assert md.count("| KL | expn(t=4) (n=3, seeds=1) | identity (n=3, seeds=1) | raw (n=3, seeds=1) |") == 4  # standard, bon4 x 2 judges
+    assert cells[4:] == ["+7.0 [+7.0, +7.0] *", "+1.0 [+1.0, +1.0] *", "+6.0 [+6.0, +6.0] *"]
+    mean, low, high = (float(x) for x in cells[1].replace("[", "").replace("]", "").replace(",", "").split())
+    # expn at KL 0.2: 0.55 + 0.04 + 0.06; its CI is the prompt difficulty's: +-1.96 * 0.1 / sqrt(40) = +-0.031
+    assert mean == 0.650 and high - low == pytest.approx(2 * 1.96 * 0.1 / np.sqrt(N_PROMPTS), rel=0.2)
+    flat = " ".join(stdout.split())
+    bon4 = flat.split("bon4 (reward_model): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon4 (gold)")[0]
+    assert "expn(t=4) beats identity: +6.0 [+6.0, +6.0] points (significant at 6/6 KLs)" in bon4
+    assert "identity beats raw: +1.0 [+1.0, +1.0] points" in bon4
+    std = flat.split("standard (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon2")[0]
+    assert "identity does not differ significantly from raw: +0.0 [+0.0, +0.0] points (significant at 0/6 KLs)" in std
+    lines = json.loads((out / "summary.json").read_text())["matched_kl"]["lines"]
+    assert ("bon4 (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62, identity beats raw: +1.0 [+1.0, +1.0] points "
+            "(significant at 6/6 KLs)") in lines
+    img = mpimg.imread(out / "gain_vs_kl.png")
+    assert 0.8 < img.shape[0] / img.shape[1] < 1.2 and img[..., :3].std() > 0.05  # 3 panel rows x 2 judges
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["matched_kl"]["lines"] and summary["matched_kl"]["notes"][0].startswith("job 11")
+    assert {s["label"] for s in summary["series"]} == {"raw", "identity", "expn(t=4)", "optimal(N=2)"}
+    runs = {r["job"]: r for r in read_csv(out / "runs.csv")}
+    assert runs["3"]["method"] == "identity" and runs["11"]["method"] == "identity"
+
+
+def test_theory_gap_table_and_median_per_method(matched_sweep):
+    _, out, stdout = matched_sweep
+    rows = read_csv(out / "theory_gap.csv")
+    assert not [r for r in rows if r["method"] == "raw"]  # no calibrated-space theory for raw
+    r = next(r for r in rows if r["job"] == "3" and r["metric"] == "bon4_win_rate")  # identity at KL 0.15
+    measured = 0.55 + 0.2 * 0.15  # the line at the run's mean KL (d and z are zero-mean)
+    assert float(r["measured"]) == pytest.approx(measured, abs=1e-9)
+    assert float(r["gap"]) == pytest.approx(measured - 0.70, abs=1e-9)
+    assert float(r["kl_ratio"]) == pytest.approx(0.5) and float(r["kl_theory_at_beta"]) == pytest.approx(0.3)
+    assert {x["metric"] for x in rows if x["job"] == "3"} == {"standard_win_rate", "bon2_win_rate", "bon4_win_rate"}
+    gap = json.loads((out / "summary.json").read_text())["theory_gap"]
+    # identity's bon4 |gaps|: KL 0.15, 0.5, 1.0 -> |0.58 - 0.70|, |0.65 - 0.70|, |0.75 - 0.70|; the other
+    # prompts' run at 0.3 -> |0.61 - 0.70|; the old record (fake_metrics) |0.70 - 0.77|: median 0.07
+    assert gap["identity"]["median_abs_gap"]["bon4_win_rate"] == pytest.approx(0.07, abs=1e-9)
+    assert gap["identity"]["runs"] == 5
+    assert gap["identity"]["median_kl_ratio"] == pytest.approx(0.5)
+    assert "distance from theory" in stdout
+
+
+def test_baseline_option_and_bad_options(tmp_path, capsys):
+    root = make_matched_sweep(tmp_path / "multirun")
+    rc, stdout = run_main(str(root), "--no-wandb", "--baseline", "expn(t=4)", "--num-kl", "3", "--bootstrap", "200")
+    assert rc == 0, stdout
+    rows = [r for r in read_csv(root / "report" / "matched_kl.csv") if r["panel"] == "bon4" and r["baseline"]]
+    assert {(r["method"], r["baseline"]) for r in rows} == {("identity", "expn(t=4)"), ("raw", "expn(t=4)")}
+    assert len({r["kl"] for r in rows}) == 3
+    assert all(float(r["gain"]) == pytest.approx(-GAIN_BON4, abs=1e-9) for r in rows if r["method"] == "identity")
+    rc, _ = run_main(str(root), "--no-wandb", "--num-kl", "0")
+    assert rc == 2 and "num_kl=0 is not allowed: an integer >= 1" in capsys.readouterr().err
+
+
+def test_method_fallback_for_records_without_a_method_field(tmp_path):
+    """Old records have no ``method``: the transform label, ``+algo`` when not rloo, and the
+    algorithm alone for ipo / bon_sft -- which never use the (default exp(t=4)) transform their
+    config still carries, so they must not be grouped, coloured or given theory as exp(t=4)."""
+    root = tmp_path / "multirun"
+    write_job(root, "0", ["transform=exp"], fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.3, 0.5, 0.66, 0.8))
+    ipo = fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.3, 0.4, 0.6, 0.7)
+    ipo["algo"], ipo["config"]["algo"]["name"] = "ipo", "ipo"
+    write_job(root, "1", ["algo=ipo"], ipo)
+    ppo = fake_metrics(IDENTITY, "identity", 0.3, 0.4, 0.6, 0.7)
+    ppo["algo"] = "ppo"
+    write_job(root, "2", ["algo=ppo"], ppo)
+    new = fake_metrics(IDENTITY, "identity", 0.3, 0.4, 0.6, 0.7)
+    new["method"] = "ipo(N=4)"  # the recorded field wins
+    write_job(root, "3", ["algo=ipo"], new)
+    rc, out = run_main(str(root), "--no-wandb")
+    assert rc == 0, out
+    assert [r["method"] for r in read_csv(root / "report" / "runs.csv")] == ["exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"]
+    series = {s["label"]: s for s in json.loads((root / "report" / "summary.json").read_text())["series"]}
+    assert set(series) == {"exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"}
+    assert series["ipo"]["theory"] == {"reward_model": None, "gold": None} and "ipo" in series["ipo"]["theory_note"]
+    assert series["exp(t=4)"]["theory"]["reward_model"] is not None
+
+
+def test_panels_a_run_joins_once_each():
+    """N is an evaluation axis: a run joins the panel of every N of eval.ns (N = 1 and plain
+    sampling are the one standard panel, joined once), only its trained N when its method depends
+    on N; judges without per-prompt lists are skipped."""
+    from infalign.report import Job, panel_runs
+
+    def job(name, family, ns, depends_on_n=False):
+        pp = {"prompt_ids": ["a", "b"], "reward_model": {"kl": [0.1, 0.2], "standard_win_rate": [0.5, 0.6],
+                                                         **{f"{family}{n}_win_rate": [0.6, 0.7] for n in ns}}}
+        metrics = {"status": "finished", "method": name, "seed": 0,
+                   "method_info": {"algo": "rloo", "transform": name, "depends_on_n": depends_on_n, "trained_n": 4},
+                   "eval": {"procedure": family, "ns": ns, "per_prompt": pp, "judges": {}}}
+        return Job(job=name, path=Path(name), status="finished", metrics=metrics)
+
+    jobs = [job("identity", "bon", [1, 2, 4]), job("sampled", "sample", [1, 2, 4]),
+            job("optimal(N=4)", "bon", [1, 2, 4], depends_on_n=True), job("worst", "won", [4])]
+    panels, notes = panel_runs(jobs, ["reward_model", "gold"])
+    members = {k: [r.method for r in v] for k, v in panels.items()}
+    assert members == {("sample", 1, "reward_model"): ["identity", "sampled"],
+                       ("bon", 2, "reward_model"): ["identity"],
+                       ("bon", 4, "reward_model"): ["identity", "optimal(N=4)"],
+                       ("won", 4, "reward_model"): ["worst"]}
+    run = panels[("bon", 4, "reward_model")][1]
+    assert run.metric.tolist() == [0.6, 0.7] and run.kl.tolist() == [0.1, 0.2] and run.prompt_ids == ("a", "b")
+    assert notes == []

@@ -16,9 +16,17 @@ from infalign.apps.config import CONFIG_DIR
 from infalign.cache import cached, load_tensors, save_tensors
 
 EXPECTED = {  # sweep -> (number of jobs, swept keys)
-    "bon_transforms": (6 * 3 * 3, ["transform", "algo.beta", "procedure.n"]),
-    "won_transforms": (6 * 3 * 3, ["transform", "algo.beta", "procedure.n"]),
+    # N is an evaluation axis (eval.ns), not a training axis: 6 x 3 jobs, not 6 x 3 x 3
+    "bon_transforms": (6 * 3, ["transform", "algo.beta"]),
+    "won_transforms": (6 * 3, ["transform", "algo.beta"]),
     "beta_frontier": (7, ["algo.beta"]),
+}
+PAPER = {  # paper sweep -> (methods, KL points, seeds)
+    "paper_standard": (4, 5, 3),
+    "paper_bon": (7, 5, 3),
+    "paper_won": (4, 5, 3),
+    "paper_hacking": (3, 5, 3),
+    "paper_control": (2, 5, 3),
 }
 
 
@@ -51,6 +59,33 @@ def test_grid_sweeps_expand_to_distinct_jobs(name):
         assert job_cfg.procedure.name in ("bon", "won")
         if d.get("transform", "").startswith("expn"):
             assert transform.normalized and (transform.t < 0) == (job_cfg.procedure.name == "won")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
+    from infalign.pipeline.record import method_info
+    from infalign.procedures import Procedure
+    from infalign.transforms import as_transform
+
+    cfg = compose_sweep(name)
+    assert cfg.sweep_name == name and cfg.hydra.mode.name == "MULTIRUN"
+    jobs = [dict(o.split("=", 1) for o in job) for job in expand(cfg)]
+    methods, points, seeds = PAPER[name]
+    assert len(jobs) == methods * points * seeds
+    assert len({(j["method"], j["kl_point"], j["seed"]) for j in jobs}) == len(jobs)
+    for method in sorted({j["method"] for j in jobs}):
+        knobs = []
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            job = compose("train", overrides=[f"+sweeps={name}", f"method={method}"])
+        for point in range(points):
+            job.kl_point = point  # the method's knob is an interpolation of kl_point
+            algo = job.algo
+            knobs.append(algo.kl_target if algo.kl_target is not None else
+                         (algo.steps if algo.name == "bon_sft" else 1.0 / algo.beta))
+            procedure: Procedure = instantiate(job.procedure)
+            info = method_info(job, algo.name, as_transform(instantiate(job.transform)), procedure)
+            assert info["depends_on_n"] == (algo.name in ("bon_sft", "ipo")), (method, info)
+        assert knobs == sorted(knobs) and len(set(knobs)) == points, (method, knobs)  # KL grows with kl_point
 
 
 def test_optuna_sweep_composes_with_its_search_space():

@@ -63,7 +63,8 @@ def test_same_seed_same_metrics(cache_dir, tmp_path):
 
 def test_resume_continues_the_same_run(cache_dir, tmp_path):
     straight = run(cache_dir, tmp_path / "straight", "algo.steps=4", "save_policy=true")
-    run(cache_dir, tmp_path / "resumed", "algo.steps=2")  # "interrupted" after 2 steps
+    # "interrupted" after 2 steps (trained, not loaded from the policy cache: a cached policy has no checkpoint)
+    run(cache_dir, tmp_path / "resumed", "algo.steps=2", "policy_cache=false")
     resumed = run(cache_dir, tmp_path / "resumed", "algo.steps=4", "ckpt_path=last", "save_policy=true")
     ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4

@@ -51,6 +51,20 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot hash {type(obj).__name__} into a cache key")
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path) -> None:
+    """Give a ``mkstemp`` / ``mkdtemp`` result (0600 / 0700) the mode ``open`` / ``mkdir`` would:
+    ``0666 & ~umask`` for files, ``0777 & ~umask`` for directories."""
+    base = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it into place atomically."""
@@ -59,6 +73,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _default_mode(tmp_path)
     try:
         yield tmp_path
         os.replace(tmp_path, final)
@@ -79,6 +94,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    _default_mode(tmp)
     try:
         yield tmp
         if final.exists():
@@ -130,24 +146,30 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
-    """Atomically write ``tensors`` plus ``meta`` with a checksum of the tensor bytes."""
-    payload = {"tensors": tensors, "meta": meta or {}, "sha256": _digest(tensors)}
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict | None = None,
+                 key: str | None = None) -> None:
+    """Atomically write ``tensors`` plus ``meta`` with a checksum of the tensor bytes and the cache
+    ``key`` they belong to (checked by :func:`load_tensors`)."""
+    payload = {"tensors": tensors, "meta": meta or {}, "sha256": _digest(tensors), "key": key}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a file written by :func:`save_tensors`; raise :class:`CorruptCacheError` if damaged."""
+def load_tensors(path: str | os.PathLike, key: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a file written by :func:`save_tensors`; raise :class:`CorruptCacheError` if damaged or,
+    when ``key`` is given, if the file was stored under another key (a file copied to the wrong name)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         tensors, meta, digest = payload["tensors"], payload["meta"], payload["sha256"]
+        stored_key = payload.get("key")
     except FileNotFoundError:
         raise
     except Exception as exc:  # truncated pickle, wrong structure, ...
         raise CorruptCacheError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
     if _digest(tensors) != digest:
         raise CorruptCacheError(f"{path}: checksum mismatch")
+    if key is not None and stored_key != key:
+        raise CorruptCacheError(f"{path}: stored under key {stored_key!r}, expected {key!r}")
     return tensors, meta
 
 
@@ -172,10 +194,17 @@ def cached(
 ) -> tuple[T, bool]:
     """Return ``(artefact, hit)``: load ``path`` if valid, else build, save atomically, return.
 
-    A corrupt file is logged, deleted and rebuilt. Builders of the same key are serialised by a
-    lock so concurrent jobs build once.
+    A complete entry is read without a lock (entries only ever appear by an atomic rename, so a
+    reader sees all of one or nothing; a read-only cache works). On a miss, builders of the same
+    key are serialised by a lock so concurrent jobs build once; a corrupt file is logged, deleted
+    and rebuilt.
     """
     path = Path(path)
+    if path.exists():
+        try:
+            return load(path), True
+        except CorruptCacheError:
+            pass  # re-checked (and reported) under the lock: another builder may be replacing it
     with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():
             try:

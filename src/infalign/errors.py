@@ -7,7 +7,7 @@ class ConfigError(ValueError):
     """A configuration value is out of range. The message names the key and the allowed values."""
 
     def __init__(self, key: str, value: object, allowed: str, hint: str = "") -> None:
-        self.key, self.value, self.allowed = key, value, allowed
+        self.key, self.value, self.allowed, self.hint = key, value, allowed, hint
         msg = f"{key}={value!r} is not allowed: {allowed}"
         super().__init__(msg + (f" ({hint})" if hint else ""))
 

@@ -8,14 +8,19 @@ has ended, ``metrics.json``. This module turns such a tree into
   is unreadable / incomplete; the reason is the error's last line) or ``missing`` (no
   ``metrics.json``: still running, killed or crashed before writing; the reason is taken from
   the traceback at the end of ``train.log``). Nothing a broken job dir contains makes it raise;
-* one table row per job (:func:`job_row`): transform family and ``t`` (from ``config.transform``'s
-  ``_target_`` and parameters), beta, KL and the standard and inference-time (the run's own
-  procedure and N) win rates with their 95 % CIs under each judge, timings and cache flags;
-* the win-rate-vs-KL series per transform family (one per ``t`` for exp families) with the
-  calibrated-space theory curve of each calibrated family (:func:`build_series`), plotted side by
-  side per judge (:func:`plot_series`);
-* ``runs.csv``, ``runs.md``, ``summary.json`` and two PNGs, all written atomically
-  (:func:`write_report`); W&B logging of the same (:func:`log_to_wandb`); rich tables.
+* one table row per job (:func:`job_row`): its method (:func:`method_of`, the one field methods are
+  grouped by), transform family and ``t``, beta, KL and the standard and inference-time (the
+  run's own procedure and N) win rates with their 95 % CIs under each judge, timings, cache flags;
+* the win-rate-vs-KL series per method with the calibrated-space theory curve of each calibrated
+  method (:func:`build_series`), plotted side by side per judge (:func:`plot_series`);
+* the matched-KL comparison (:func:`compare_panels`, math in :mod:`infalign.matched_kl`): per
+  panel (procedure family, N, judge; a run joins the panel of every N in ``eval.ns`` unless its
+  method depends on N) each method's win rate and its gain over the baselines at common KLs,
+  with paired bootstrap CIs over the shared held-out prompts (``eval.per_prompt``);
+* per run, the distance from the calibrated-space theory (:func:`theory_gap_rows`);
+* ``runs.csv``, ``runs.md``, ``matched_kl.csv``, ``matched_kl.md``, ``theory_gap.csv``,
+  ``summary.json`` and three PNGs, all written atomically (:func:`build_report`); W&B logging of
+  the same (:func:`log_to_wandb`); rich tables and the matched-KL summary lines.
 
 No Hydra app here: ``infalign-report`` (:mod:`infalign.apps.report`) is the command line.
 """
@@ -36,12 +41,15 @@ from typing import Any
 import numpy as np
 
 from infalign.cache import atomic_write_csv, atomic_write_json, atomic_write_text
+from infalign.errors import require
+from infalign.matched_kl import Gain, MatchedKL, Run, matched_kl
 
 JUDGES = ("reward_model", "gold")
 STATUSES = ("finished", "failed", "missing")
 PLOTS = {"inference": "inference_win_rate_vs_kl.png", "standard": "standard_win_rate_vs_kl.png"}
 THEORY_POINTS = 40  # KL grid size of each theory curve (plus the measured KLs themselves)
 MIN_THEORY_KL = 1e-3  # the theory grid starts here when measured KLs are ~0 or negative
+NO_TRANSFORM_ALGOS = ("bon_sft", "ipo")  # baselines that ignore config.transform
 _SKIP_DIRS = {"wandb", "checkpoints", "policy", "csv", "__pycache__"}
 
 
@@ -218,6 +226,24 @@ def transform_family(tcfg: Any, label: str | None = None) -> tuple[str, float | 
     return "unknown", None
 
 
+def method_of(job: Job) -> str:
+    """The run's method, the one field the report groups methods by: ``metrics["method"]`` (e.g.
+    ``expn(t=4)``, ``identity+ppo``, ``ipo(N=4)``); for records written before it existed, the
+    transform label (``+<algo>`` when the algorithm is not rloo), or the algorithm's name alone for
+    ``bon_sft`` / ``ipo`` (which use no transform)."""
+    m = job.metrics or {}
+    if m.get("method"):
+        return str(m["method"])
+    cfg = job.config or {}
+    algo_cfg = cfg.get("algo") if isinstance(cfg.get("algo"), dict) else {}
+    algo = str(m.get("algo") or algo_cfg.get("name") or "rloo")
+    if algo in ("bon_sft", "ipo"):
+        return algo
+    family, t = transform_family(cfg.get("transform"), m.get("transform"))
+    label = m.get("transform") or (f"{family}(t={t:g})" if t is not None else family)
+    return str(label) if algo == "rloo" else f"{label}+{algo}"
+
+
 def procedure_of(job: Job) -> tuple[str | None, int | None]:
     """(name, N) from ``config.procedure``, else parsed from the metrics' label (``bon4``)."""
     p = job.config.get("procedure") if isinstance(job.config, dict) else None
@@ -257,7 +283,7 @@ def _ci(cols: Any, key: str | None) -> tuple[float | None, float | None, float |
 
 def columns(judges: Sequence[str]) -> list[str]:
     """The columns of ``runs.csv`` (judge-dependent ones for each judge in ``judges``)."""
-    cols = ["job", "status", "run_name", "procedure", "inference_metric", "transform", "family", "t", "beta",
+    cols = ["job", "status", "run_name", "method", "procedure", "inference_metric", "transform", "family", "t", "beta",
             "algo", "seed", "steps"]
     for j in judges:
         for m in ("kl", "standard_win_rate", "inference_win_rate"):
@@ -279,7 +305,7 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
     algo_cfg = cfg.get("algo") if isinstance(cfg.get("algo"), dict) else {}
     transform_label = m.get("transform") or (f"{family}(t={t:g})" if t is not None else family)
     row: dict[str, Any] = {
-        "job": job.job, "status": job.status, "run_name": m.get("run_name"),
+        "job": job.job, "status": job.status, "run_name": m.get("run_name"), "method": method_of(job),
         "procedure": m.get("procedure") or (f"{name}{n}" if name else None), "inference_metric": metric,
         "transform": transform_label, "family": family, "t": t,
         "beta": _float(m.get("beta", algo_cfg.get("beta"))), "algo": m.get("algo") or algo_cfg.get("name"),
@@ -342,7 +368,7 @@ def swept_overrides(jobs: Sequence[Job]) -> dict[str, list[str]]:
 
 @dataclass
 class Series:
-    """Finished runs of one transform family (one t) under one procedure and algorithm."""
+    """Finished runs of one method (:func:`method_of`) under one procedure."""
 
     key: tuple
     family: str
@@ -357,25 +383,23 @@ class Series:
 
 
 def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int = THEORY_POINTS) -> list[Series]:
-    """Group finished jobs by (procedure, family, t, algo) and compute each calibrated family's
-    theory curve per judge over the KL range that judge measured."""
+    """Group finished jobs by (procedure, method) and compute each calibrated method's theory curve
+    per judge over the KL range that judge measured."""
     finished = [j for j in jobs if j.status == "finished"]
     groups: dict[tuple, list[Job]] = {}
     for job in finished:
         row = job_row(job, judges)
-        groups.setdefault((row["procedure"], row["family"], row["t"], row["algo"]), []).append(job)
+        groups.setdefault((row["procedure"], row["method"]), []).append(job)
     procs = {k[0] for k in groups}
-    algos = {k[3] for k in groups}
     out = []
-    for key in sorted(groups, key=lambda k: (str(k[0]), k[1], k[2] if k[2] is not None else -math.inf, str(k[3]))):
-        proc, fam, t, algo = key
-        label = f"{fam}(t={t:g})" if t is not None else fam
-        if len(procs) > 1:
-            label = f"{proc} {label}"
-        if len(algos) > 1:
-            label = f"{label} [{algo}]"
+    for key in sorted(groups, key=lambda k: (str(k[0]), k[1])):
+        proc, method = key
         members = groups[key]
-        out.append(Series(key, fam, t, proc, algo, label, members, [job_row(j, judges) for j in members]))
+        rows = [job_row(j, judges) for j in members]
+        label = f"{proc} {method}" if len(procs) > 1 else method
+        algo = rows[0]["algo"]
+        family = algo if algo in NO_TRANSFORM_ALGOS else rows[0]["family"]
+        out.append(Series(key, family, rows[0]["t"], proc, algo, label, members, rows))
     for s in out:  # theory over each judge's whole measured KL range, so families compare across it
         span = {j: [(r[f"{j}_kl"], r[f"{j}_kl_low"], r[f"{j}_kl_high"]) for x in out for r in x.rows] for j in judges}
         s.theory, s.theory_note = theory_curves(s, judges, theory_points, span)
@@ -396,6 +420,8 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
     tcfg = (job.config or {}).get("transform")
     if s.family == "raw":
         return {j: None for j in judges}, "raw: no calibrated-space theory"
+    if s.algo in NO_TRANSFORM_ALGOS:
+        return {j: None for j in judges}, f"{s.algo}: trains without a transform, no calibrated-space theory"
     if name is None or not isinstance(tcfg, dict):
         return {j: None for j in judges}, "no procedure/transform config"
     try:
@@ -548,6 +574,289 @@ def _err(rows: list[dict], key: str, mean: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+# Matched KL (per procedure family, N and judge) and the distance from theory
+# ----------------------------------------------------------------------------------------------
+
+MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
+                      "win_rate_low", "win_rate_high", "gain", "gain_low", "gain_high", "significant", "n_seeds",
+                      "seed_spread", "n_runs", "n_prompts", "note"]
+
+
+@dataclass
+class Panel:
+    """One matched-KL comparison: a procedure family at one N (``standard`` for N = 1 or plain
+    sampling), under one judge."""
+
+    name: str  # "standard" | e.g. "bon4"
+    family: str  # bon | won | sample (the family of the runs' N columns)
+    n: int
+    judge: str
+    metric: str  # the per-prompt key, e.g. "bon4_win_rate"
+    result: MatchedKL
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.judge})"
+
+
+def eval_family(job: Job) -> str | None:
+    """``eval.procedure`` (bon | won | sample), else the family of the run's procedure."""
+    ev = (job.metrics or {}).get("eval")
+    fam = ev.get("procedure") if isinstance(ev, dict) else None
+    return str(fam) if fam else procedure_of(job)[0]
+
+
+def panel_ns(job: Job) -> list[int]:
+    """The Ns a run is compared at: every N of ``eval.ns`` (one sample pool evaluates them all),
+    only ``method_info.trained_n`` when the method depends on N (e.g. a transform optimal for N)."""
+    m = job.metrics or {}
+    info = m.get("method_info") if isinstance(m.get("method_info"), dict) else {}
+    if info.get("depends_on_n") and info.get("trained_n") is not None:
+        return [int(info["trained_n"])]
+    ns = (m.get("eval") or {}).get("ns") or [procedure_of(job)[1] or 1]
+    return sorted({int(n) for n in ns})
+
+
+def panel_of(family: str, n: int) -> tuple[str, int]:
+    """The panel (family, N) that N under ``family`` is compared on: N = 1 and plain sampling are
+    both the standard win rate, panel ("sample", 1)."""
+    return ("sample", 1) if family == "sample" or n == 1 else (family, int(n))
+
+
+def panel_name(family: str, n: int) -> str:
+    """``standard`` for ("sample", 1), else e.g. ``bon4``."""
+    return "standard" if family == "sample" else f"{family}{n}"
+
+
+def panel_metric(family: str, n: int) -> str:
+    """The per-prompt key a panel compares: ``standard_win_rate`` or e.g. ``bon4_win_rate``."""
+    return "standard_win_rate" if family == "sample" else f"{family}{n}_win_rate"
+
+
+def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, list[Run]], list[str]]:
+    """Per panel (family, N, judge; :func:`panel_of`) the :class:`Run` of every finished job with
+    per-prompt statistics (``eval.per_prompt``), once per panel; notes for the finished jobs left
+    out and why."""
+    panels: dict[tuple, list[Run]] = {}
+    notes = []
+    for job in jobs:
+        if job.status != "finished":
+            continue
+        method = method_of(job)
+        pp = (job.metrics.get("eval") or {}).get("per_prompt")
+        if not isinstance(pp, dict) or not pp.get("prompt_ids"):
+            notes.append(f"job {job.job} ({method}): no per-prompt statistics in metrics.json (recorded before "
+                         "eval.per_prompt existed): shown in runs.csv, left out of the matched-KL comparison")
+            continue
+        family = eval_family(job) or "sample"
+        seed = (job.metrics.get("seed") if job.metrics.get("seed") is not None else job.config.get("seed"))
+        for fam, n in dict.fromkeys(panel_of(family, n) for n in panel_ns(job)):
+            key = panel_metric(fam, n)
+            for judge in judges:
+                cols = pp.get(judge) if isinstance(pp.get(judge), dict) else {}
+                if "kl" not in cols or key not in cols:
+                    continue
+                run = Run(method, seed if seed is not None else 0, cols["kl"], cols[key], pp["prompt_ids"], job.job)
+                panels.setdefault((fam, n, judge), []).append(run)
+    return panels, notes
+
+
+def compare_panels(jobs: Sequence[Job], judges: Sequence[str], baselines: Sequence[str] | None = None,
+                   num_kl: int = 6, num_resamples: int = 2000, seed: int = 0) -> tuple[list[Panel], list[str]]:
+    """:func:`infalign.matched_kl.matched_kl` on every panel (standard first, then by family, N;
+    judges in report order); plus the notes of :func:`panel_runs`."""
+    runs, notes = panel_runs(jobs, judges)
+    order = {j: i for i, j in enumerate(judges)}
+    out = []
+    for key in sorted(runs, key=lambda k: (k[0] != "sample", k[0], k[1], order.get(k[2], 99))):
+        family, n, judge = key
+        res = matched_kl(runs[key], baselines, num_kl=num_kl, num_resamples=num_resamples, seed=seed)
+        out.append(Panel(panel_name(family, n), family, n, judge, panel_metric(family, n), res))
+    return out, notes
+
+
+def matched_kl_rows(panels: Sequence[Panel]) -> list[dict]:
+    """``matched_kl.csv``: one row per panel x KL x method (``baseline`` empty: the method's win
+    rate) and per panel x KL x method x baseline (with the gain); a panel without a common KL gets
+    one row carrying its note."""
+    rows = []
+    for p in panels:
+        head = {"panel": p.name, "family": p.family, "n": p.n, "judge": p.judge, "metric": p.metric,
+                "n_prompts": p.result.n_prompts, "note": p.result.note or None}
+        body = p.result.rows()
+        rows += [{**head, **r} for r in body] if body else [head]
+    return rows
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    """``x`` in signed points (x100); no ``-0.0``."""
+    v = round(100 * float(x), digits)
+    return f"{v + 0.0 if v != 0 else 0.0:+.{digits}f}"
+
+
+def gain_clause(p: Panel, g: Gain, i: int) -> str:
+    """E.g. ``expn(t=4) beats identity by +2.1 [+0.8, +3.4] points (significant at 4/6 KLs)`` at
+    grid KL ``i``: "beats" / "trails" only when significant there, else "does not differ
+    significantly from"."""
+    verb = ("does not differ significantly from" if not g.significant[i]
+            else "beats" if g.gain[i] > 0 else "trails")
+    seeds = f", {g.n_seeds} seeds, spread {100 * g.seed_spread[i]:.1f}" if g.n_seeds >= 2 else ""
+    return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points"
+            f"{seeds} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
+
+
+def panel_heading(p: Panel) -> str:
+    """E.g. ``bon4 (reward_model): 6 common KLs in [0.10, 0.60]; at KL 0.35`` (the middle one)."""
+    grid = p.result.grid
+    return (f"{p.title}: {len(grid)} common KLs in [{grid[0]:.2f}, {grid[-1]:.2f}]; "
+            f"at KL {grid[len(grid) // 2]:.2f}")
+
+
+def matched_kl_summary(panels: Sequence[Panel]) -> list[str]:
+    """One sentence per panel and gain, at the panel's middle common KL (``bon4 (reward_model):
+    ... at KL 0.35, expn(t=4) beats identity: +2.1 [+0.8, +3.4] points ...``); one line per
+    panel without a comparison."""
+    lines = []
+    for p in panels:
+        if not p.result.common:
+            lines.append(f"{p.title}: {p.result.note}")
+        lines += [f"{panel_heading(p)}, {gain_clause(p, g, len(p.result.grid) // 2)}" for g in p.result.gains]
+    return lines
+
+
+def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: float = 0.95) -> str:
+    """``matched_kl.md``: per panel a table, rows = common KLs, columns = each method's win rate
+    [CI] then each gain over a baseline [paired CI] in points, ``*`` = significant."""
+    out = io.StringIO()
+    out.write("# Methods at matched KL\n\n")
+    out.write(f"Win rates and gains at KLs covered by every compared method (piecewise-linear in KL through each "
+              f"method's runs, no extrapolation); {100 * level:.0f}% percentile CIs from a paired bootstrap over the "
+              "shared held-out prompts. Gains in points (x100); `*` = significant: CI excludes 0 and, with >= 2 "
+              "seeds, |gain| > seed spread.\n\n")
+    for line in notes:
+        out.write(f"- {line}\n")
+    for p in panels:
+        r = p.result
+        out.write(f"\n## {p.title}: `{p.metric}`, {r.n_prompts} prompts\n\n")
+        if r.note:
+            out.write(f"{r.note}\n\n")
+        for label, reason in r.excluded:
+            out.write(f"- excluded job {label}: {reason}\n")
+        if not r.common:
+            continue
+        if r.excluded:
+            out.write("\n")
+        methods = list(r.win_rate)
+        head = ["KL", *(f"{m} (n={r.n_runs[m]}, seeds={r.n_seeds[m]})" for m in methods),
+                *(f"{g.method} - {g.baseline}" for g in r.gains)]
+        out.write("| " + " | ".join(_md_cell(h) for h in head) + " |\n")
+        out.write("|" + "|".join("---" for _ in head) + "|\n")
+        for i, k in enumerate(r.grid):
+            cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
+            cells += [f"{_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}]{' *' if g.significant[i] else ''}"
+                      for g in r.gains]
+            out.write("| " + " | ".join(_md_cell(c) for c in cells) + " |\n")
+    return out.getvalue()
+
+
+def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> None:
+    """Gain over each baseline vs KL with its paired 95 % CI band and a zero line: one row of
+    subplots per panel name (standard, bon2, bon4, ...), one column per judge; filled markers
+    where significant."""
+    import matplotlib.pyplot as plt
+
+    from infalign.plotting import save_png
+
+    names = list(dict.fromkeys(p.name for p in panels)) or ["(none)"]
+    judges = list(judges) or ["reward_model"]
+    by = {(p.name, p.judge): p for p in panels}
+    fig, axes = plt.subplots(len(names), len(judges), figsize=(6.4 * len(judges), 4.2 * len(names)), squeeze=False)
+    pairs = list(dict.fromkeys((g.method, g.baseline) for p in panels for g in p.result.gains))
+    colors = {pair: plt.get_cmap("tab10")(i % 10) for i, pair in enumerate(pairs)}
+    for row, name in zip(axes, names):
+        for ax, judge in zip(row, judges):
+            p = by.get((name, judge))
+            ax.axhline(0.0, color="gray", lw=0.9)
+            ax.set_title(f"{name} win rate, judge: {judge}")
+            ax.set_xlabel("KL(pi || pi_ref) [nats]")
+            ax.set_ylabel("gain over baseline [points]")
+            ax.grid(alpha=0.3)
+            if p is None or not p.result.common:
+                msg = "no runs with per-prompt statistics" if p is None else p.result.note
+                ax.text(0.5, 0.5, "\n".join(_wrap(msg, 60)), ha="center", va="center", transform=ax.transAxes,
+                        fontsize=8)
+                continue
+            k = p.result.grid
+            for g in p.result.gains:
+                c = colors[(g.method, g.baseline)]
+                ax.fill_between(k, 100 * g.low, 100 * g.high, color=c, alpha=0.2, lw=0)
+                ax.plot(k, 100 * g.gain, color=c, lw=1.6, label=f"{g.method} - {g.baseline}")
+                ax.scatter(k, 100 * g.gain, color=c, s=22, zorder=3,
+                           facecolors=[c if s else "white" for s in g.significant])
+            lo, hi = ax.get_ylim()
+            if hi - lo < 2.0:  # at least +-1 point, so float-rounding-sized gains do not fill the axis
+                mid = (hi + lo) / 2
+                ax.set_ylim(mid - 1.0, mid + 1.0)
+            if p.result.gains:
+                ax.legend(fontsize=8, loc="best")
+    fig.suptitle("gain at matched KL, paired 95% CI over prompts (filled marker: significant)", fontsize=11)
+    save_png(fig, path)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(str(text), width) or [""]
+
+
+THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "kl_measured", "kl_theory_at_beta", "kl_ratio",
+                      "reachable", "metric", "measured", "theory_at_measured_kl", "gap"]
+
+
+def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[dict]:
+    """``theory_gap.csv``: per finished run with a calibrated-space prediction and per win-rate
+    column the theory gives at the measured KL (standard and each N it has):
+    ``kl_ratio = KL_measured / KL_theory(beta)`` and ``gap = W_measured - W_theory(KL_measured)``.
+    The theory predicts the reward model's own win rates, so ``judge`` is the reward model."""
+    rows = []
+    for job in jobs:
+        if job.status != "finished":
+            continue
+        m = job.metrics or {}
+        ev = m.get("eval") if isinstance(m.get("eval"), dict) else {}
+        th = ev.get("theory") if isinstance(ev.get("theory"), dict) else None
+        cols = (ev.get("judges") or {}).get(judge) or {}
+        at = th.get("at_measured_kl") if th and isinstance(th.get("at_measured_kl"), dict) else None
+        if not at:
+            continue
+        kl = _ci(cols, "kl")[0]
+        kl_th = _float(th.get("kl"))
+        head = {"job": job.job, "method": method_of(job), "procedure": m.get("procedure"), "beta": _float(m.get("beta")),
+                "seed": m.get("seed"), "kl_measured": kl, "kl_theory_at_beta": kl_th,
+                "kl_ratio": kl / kl_th if kl is not None and kl_th else None, "reachable": at.get("reachable")}
+        for key in sorted(k for k in at if k.endswith("_win_rate")):
+            measured, theory_wr = _ci(cols, key)[0], _float(at.get(key))
+            if measured is None or theory_wr is None:
+                continue
+            rows.append({**head, "metric": key, "measured": measured, "theory_at_measured_kl": theory_wr,
+                         "gap": measured - theory_wr})
+    return rows
+
+
+def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per method: per metric the median ``|gap|`` over its runs, and the median KL ratio."""
+    out: dict[str, dict] = {}
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        by_metric = {k: float(np.median([abs(r["gap"]) for r in mine if r["metric"] == k]))
+                     for k in sorted({r["metric"] for r in mine})}
+        ratios = {r["job"]: r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
+        out[method] = {"median_abs_gap": by_metric, "median_kl_ratio": float(np.median(list(ratios.values())))
+                       if ratios else None, "runs": len({r["job"] for r in mine})}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------
 
@@ -562,25 +871,50 @@ class Report:
     series: list[Series]
     summary: dict
     paths: dict[str, Path]
+    panels: list[Panel] = field(default_factory=list)
+    matched_rows: list[dict] = field(default_factory=list)
+    gap_rows: list[dict] = field(default_factory=list)
 
 
-def build_report(root: Path, out_dir: Path, judge: str = "all") -> Report:
-    """Collect, tabulate and plot (no W&B, no printing); write runs.csv, runs.md and the PNGs.
+def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Sequence[str] | None = None,
+                 num_kl: int = 6, num_resamples: int = 2000) -> Report:
+    """Collect, tabulate and plot (no W&B, no printing); write runs.csv, runs.md, the PNGs, the
+    matched-KL comparison (matched_kl.csv/.md, gain_vs_kl.png) and theory_gap.csv.
 
+    ``baselines``: methods gains are computed against (default raw and identity, those present);
+    ``num_kl``: common KLs per panel; ``num_resamples``: paired bootstrap resamples.
     ``summary.json`` is written by :func:`write_summary` (after W&B, so it can record the run)."""
+    require(num_kl >= 1, "num_kl", num_kl, "an integer >= 1")
+    require(num_resamples >= 100, "num_resamples", num_resamples, "an integer >= 100 (percentile CIs)")
+    require(judge == "all" or judge in JUDGES, "judge", judge, f"one of {', '.join(JUDGES)} or all")
     root, out_dir = Path(root), Path(out_dir)
     jobs = collect(root, skip=[out_dir])
     judges = (present_judges(jobs) or list(JUDGES)) if judge == "all" else [judge]
     rows = [job_row(j, judges) for j in jobs]
     series = build_series(jobs, judges)
     paths = {"csv": out_dir / "runs.csv", "md": out_dir / "runs.md", "summary": out_dir / "summary.json",
-             **{f"plot_{k}": out_dir / v for k, v in PLOTS.items()}}
+             **{f"plot_{k}": out_dir / v for k, v in PLOTS.items()},
+             "matched_kl_csv": out_dir / "matched_kl.csv", "matched_kl_md": out_dir / "matched_kl.md",
+             "plot_gain": out_dir / "gain_vs_kl.png", "theory_gap_csv": out_dir / "theory_gap.csv"}
     atomic_write_csv(paths["csv"], rows, columns(judges))
     atomic_write_text(paths["md"], markdown(rows, judges, jobs, root))
     for which in PLOTS:
         plot_series(series, judges, which, paths[f"plot_{which}"])
+    panels, notes = compare_panels(jobs, judges, baselines, num_kl, num_resamples)
+    matched = matched_kl_rows(panels)
+    atomic_write_csv(paths["matched_kl_csv"], matched, MATCHED_KL_COLUMNS)
+    atomic_write_text(paths["matched_kl_md"], matched_kl_markdown(panels, notes))
+    plot_gains(panels, judges, paths["plot_gain"])
+    gaps = theory_gap_rows(jobs)
+    atomic_write_csv(paths["theory_gap_csv"], gaps, THEORY_GAP_COLUMNS)
     summary = make_summary(root, out_dir, judges, jobs, rows, series, paths)
-    return Report(root, out_dir, judges, jobs, rows, series, summary, paths)
+    summary["matched_kl"] = {"notes": notes, "lines": matched_kl_summary(panels),
+                             "panels": [{"panel": p.name, "judge": p.judge, "metric": p.metric,
+                                         "common": p.result.common, "kl": p.result.grid.tolist(),
+                                         "note": p.result.note, "excluded": p.result.excluded,
+                                         "ranges": p.result.ranges} for p in panels]}
+    summary["theory_gap"] = median_theory_gap(gaps)
+    return Report(root, out_dir, judges, jobs, rows, series, summary, paths, panels, matched, gaps)
 
 
 def write_summary(report: Report) -> None:
@@ -609,14 +943,14 @@ def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root:
     out = io.StringIO()
     out.write(f"# Sweep report: `{root}`\n\n")
     out.write(", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + f" ({len(rows)} jobs)\n\n")
-    head = ["job", "status", "run", "procedure", "family", "t", "beta", "algo"]
+    head = ["job", "status", "run", "method", "procedure", "beta", "seed"]
     for j in judges:
         head += [f"KL ({j})", f"standard win ({j})", f"inference win ({j})"]
     head += ["kl_ratio", "train_s", "error"]
     out.write("| " + " | ".join(head) + " |\n")
     out.write("|" + "|".join("---" for _ in head) + "|\n")
     for r in rows:
-        cells = [r["job"], r["status"], r["run_name"], r["procedure"], r["family"], r["t"], r["beta"], r["algo"]]
+        cells = [r["job"], r["status"], r["run_name"], r["method"], r["procedure"], r["beta"], r["seed"]]
         for j in judges:
             cells += [fmt_ci(*(r[f"{j}_{m}{s}"] for s in ("", "_low", "_high")))
                       for m in ("kl", "standard_win_rate", "inference_win_rate")]
@@ -682,7 +1016,7 @@ def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
 
 
 def log_to_wandb(report: Report, settings: dict) -> dict:
-    """Log runs table + plots to a ``report`` run (job_type=report) in the sweep's group; finish it.
+    """Log the runs, matched-KL and theory-gap tables + plots to a ``report`` run (job_type=report) in the sweep's group; finish it.
 
     Offline when the jobs were offline or ``WANDB_MODE`` says so. Returns what was done."""
     import wandb
@@ -698,8 +1032,13 @@ def log_to_wandb(report: Report, settings: dict) -> dict:
     try:
         cols = columns(report.judges)
         table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in report.rows], allow_mixed_types=True)
-        run.log({"runs": table, **{f"plots/{Path(p).stem}": wandb.Image(str(report.paths[f"plot_{k}"]))
-                                   for k, p in PLOTS.items()}})
+        matched = wandb.Table(columns=MATCHED_KL_COLUMNS, allow_mixed_types=True,
+                              data=[[r.get(c) for c in MATCHED_KL_COLUMNS] for r in report.matched_rows])
+        gaps = wandb.Table(columns=THEORY_GAP_COLUMNS, allow_mixed_types=True,
+                           data=[[r.get(c) for c in THEORY_GAP_COLUMNS] for r in report.gap_rows])
+        run.log({"runs": table, "matched_kl": matched, "theory_gap": gaps,
+                 "plots/gain_vs_kl": wandb.Image(str(report.paths["plot_gain"])),
+                 **{f"plots/{Path(p).stem}": wandb.Image(str(report.paths[f"plot_{k}"])) for k, p in PLOTS.items()}})
         run.summary.update({f"jobs/{k}": v for k, v in report.summary["counts"].items()})
         run_dir = str(Path(run.dir).parent) if getattr(run, "dir", None) else None
         run.finish()
@@ -712,6 +1051,32 @@ def log_to_wandb(report: Report, settings: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Printing
 # ----------------------------------------------------------------------------------------------
+
+
+def print_matched_kl(report: Report, console) -> None:
+    """The matched-KL summary lines and the median distance from theory per method."""
+    from rich.markup import escape
+
+    console.print("[bold]matched KL[/] (gain over baseline in points, paired 95% CI; matched_kl.md has every KL)")
+    for p in report.panels:
+        if not p.result.common:
+            console.print(f"  {escape(p.title)}: {escape(p.result.note)}")
+            continue
+        console.print(f"  {escape(panel_heading(p))}:")
+        for g in p.result.gains:
+            console.print(f"    {escape(gain_clause(p, g, len(p.result.grid) // 2))}")
+    for line in (report.summary.get("matched_kl") or {}).get("notes", []):
+        console.print(f"  {escape(line)}")
+    if not report.panels:
+        console.print("  no finished runs with per-prompt statistics")
+    gap = report.summary.get("theory_gap") or {}
+    if gap:
+        console.print("[bold]distance from theory[/] (reward model, median |measured - theory at measured KL|; "
+                      "median KL measured/theory at beta)")
+        for method, g in gap.items():
+            cells = ", ".join(f"{k.removesuffix('_win_rate')} {v:.3f}" for k, v in g["median_abs_gap"].items())
+            ratio = "–" if g["median_kl_ratio"] is None else f"{g['median_kl_ratio']:.2f}"
+            console.print(f"  {escape(method)} ({g['runs']} runs): {escape(cells)}; KL ratio {ratio}")
 
 
 def print_tables(report: Report, console=None, wandb_info: dict | None = None) -> None:
@@ -737,24 +1102,24 @@ def print_tables(report: Report, console=None, wandb_info: dict | None = None) -
         console.print(t)
     finished = [r for r in report.rows if r["status"] == "finished"]
     for j in report.judges if finished else []:
-        finished.sort(key=lambda r, j=j: (r["family"], r["t"] if r["t"] is not None else -math.inf,
-                                          r[f"{j}_kl"] if r[f"{j}_kl"] is not None else math.inf))
-        constant = {c: {r[c] for r in finished} for c in ("procedure", "algo")}
-        shown = [c for c in ("procedure", "algo") if len(constant[c]) > 1]
-        fixed = ", ".join(f"{next(iter(v))}" for c, v in constant.items() if len(v) == 1 and next(iter(v)))
-        t = Table(title=f"{j}: finished runs ({fixed}; 95% CI; by family, KL)")
-        for c in ("job", *shown, "family", "t", "beta"):
-            t.add_column(c, justify="right" if c in ("t", "beta") else "left", no_wrap=c == "family")
+        finished.sort(key=lambda r, j=j: (str(r["method"]), r[f"{j}_kl"] if r[f"{j}_kl"] is not None else math.inf))
+        constant = {c: {r[c] for r in finished} for c in ("procedure", "seed")}
+        shown = [c for c in ("procedure", "seed") if len(constant[c]) > 1]
+        fixed = ", ".join(f"{next(iter(v))}" for c, v in constant.items() if len(v) == 1 and next(iter(v)) is not None)
+        t = Table(title=f"{j}: finished runs ({fixed}; 95% CI; by method, KL)")
+        for c in ("job", *shown, "method", "beta"):
+            t.add_column(c, justify="right" if c == "beta" else "left", no_wrap=c == "method")
         procs = constant["procedure"]
         for c in ("KL", "standard win", f"{next(iter(procs))} win" if len(procs) == 1 else "inference win"):
             t.add_column(c, justify="right", no_wrap=True)
         for r in finished:
-            cells = [r["job"], *(r[c] or "" for c in shown), r["family"], "" if r["t"] is None else f"{r['t']:g}",
+            cells = [r["job"], *("" if r[c] is None else r[c] for c in shown), r["method"],
                      "" if r["beta"] is None else f"{r['beta']:g}"]
             cells += [fmt_ci(*(r[f"{j}_{m}{s}"] for s in ("", "_low", "_high"))).replace(" [", "\n[", 1).replace(", ", ",")
                       for m in ("kl", "standard_win_rate", "inference_win_rate")]
             t.add_row(*[escape(str(c)) for c in cells])
         console.print(t)
+    print_matched_kl(report, console)
     console.print("[bold]wrote[/]")
     for p in report.paths.values():
         console.print(f"  {escape(str(p))}")

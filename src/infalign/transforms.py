@@ -175,7 +175,29 @@ class Custom(Transform):
         return self.name
 
     def __call__(self, u):
-        return self.fn(u)
+        """``fn(u)`` on ``u``'s device: a one-argument NumPy ufunc runs as its ``torch`` namesake
+        (``numpy.sqrt`` -> ``torch.sqrt``, on any device, ``meta`` included); any other callable
+        gets the tensor and, if it cannot take it (NumPy code on a CUDA tensor), a host copy,
+        with the result moved back to ``u``'s device and dtype."""
+        if not isinstance(u, torch.Tensor):
+            return self.fn(u)
+        native = _torch_namesake(self.fn)
+        if native is not None:
+            return native(u)
+        try:
+            out = self.fn(u)
+        except (TypeError, RuntimeError):  # e.g. "can't convert cuda:0 device type tensor to numpy"
+            out = self.fn(u.detach().cpu().numpy())
+        if isinstance(out, torch.Tensor) and out.device == u.device:
+            return out
+        return torch.as_tensor(np.asarray(out), dtype=u.dtype, device=u.device)
+
+
+def _torch_namesake(fn: Callable) -> Callable | None:
+    """``torch.<name>`` for a one-argument NumPy ufunc ``numpy.<name>`` (None if there is none)."""
+    if isinstance(fn, np.ufunc) and fn.nin == 1:
+        return getattr(torch, fn.__name__, None)
+    return None
 
 
 @register_transform("raw")

@@ -51,6 +51,27 @@ if not OmegaConf.has_resolver("at"):
     OmegaConf.register_new_resolver("at", _at)
 
 
+def run_suffix() -> str:
+    """What makes a run dir unique beside its timestamp (``conf/hydra/default.yaml``): the SLURM
+    job id (``<job>_<array task>`` in an array), else torchrun's rendezvous id (shared by its
+    ranks), else 6 random hex digits. Registered with ``use_cache``, so it is drawn once per config
+    (Hydra copies the cache to every job of a multirun)."""
+    import secrets
+
+    slurm = os.environ.get("SLURM_JOB_ID")
+    if slurm:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"{slurm}_{task}" if task else slurm
+    elastic = os.environ.get("TORCHELASTIC_RUN_ID")
+    if elastic and elastic != "none":
+        return elastic[:12]
+    return secrets.token_hex(3)
+
+
+if not OmegaConf.has_resolver("run_suffix"):
+    OmegaConf.register_new_resolver("run_suffix", run_suffix, use_cache=True)
+
+
 def group_entries(group: str) -> list[str]:
     """Names of the entries of config group ``group`` (its YAML files)."""
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))

@@ -1,6 +1,7 @@
 """``infalign-report``: one report for a whole ``infalign-train -m`` sweep.
 
     infalign-report MULTIRUN_DIR [--out DIR] [--judge reward_model|gold|all] [--wandb | --no-wandb]
+                    [--baseline METHOD ...] [--num-kl K] [--bootstrap B]
 
     infalign-report outputs/multirun/train/2026-11-22_08-21-00            # -> <dir>/report/
     infalign-report outputs/multirun/train/<date> --judge gold --no-wandb
@@ -23,6 +24,17 @@ Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
   subplot per judge: a colour per transform family (per ``t`` for exp families), CI error bars
   on both axes, lines through each family sorted by KL, the calibrated-space theory curve of the
   family dashed in the same colour (none for ``raw``);
+* ``matched_kl.csv`` / ``matched_kl.md`` / ``gain_vs_kl.png`` -- methods compared at matched KL
+  (:mod:`infalign.matched_kl`), per panel = (procedure family, N, judge): each method's win rate
+  on ``--num-kl`` KLs covered by every method's runs (piecewise-linear in KL, no extrapolation)
+  and its gain over each ``--baseline`` (default raw and identity) with a paired bootstrap CI over
+  the shared held-out prompts (``--bootstrap`` resamples), significant when the CI excludes 0 and
+  the gain exceeds the spread over seeds. A run joins the panel of every N of ``eval.ns`` (one
+  sample pool evaluates them all), only its trained N when its method depends on N. Runs without
+  ``eval.per_prompt`` (older records) stay in runs.csv and are listed as left out;
+* ``theory_gap.csv`` -- per calibrated run and win-rate column: KL measured / theory at beta and
+  win rate measured - theory at the measured KL (reward model); the median per method is printed
+  and in ``summary.json``;
 * ``summary.json`` -- counts, failed/missing jobs with reasons, best run per judge, every series'
   points and theory curve, W&B run (written last).
 
@@ -30,7 +42,9 @@ Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
 ``--wandb`` (default: on if any job logged to W&B, ``logger=wandb``): log the table and plots to a
 run named ``report`` (``job_type=report``) in the jobs' group, offline if the jobs were (or if
 ``WANDB_MODE=offline``), under ``--out``. Exit status 0 when the report is written (even if jobs
-failed), 2 when ``MULTIRUN_DIR`` does not exist or holds no job dirs.
+failed), 2 when ``MULTIRUN_DIR`` does not exist or holds no job dirs, or an option is out of range
+(``--num-kl`` >= 1, ``--bootstrap`` >= 100). The printed summary ends with one matched-KL line per
+panel and gain (at the middle common KL) and the median distance from theory per method.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ import sys
 from pathlib import Path
 
 from infalign import report as rep
+from infalign.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +63,18 @@ log = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="infalign-report", description="Tabulate and plot an infalign-train multirun (sweep) dir.",
-        epilog="Writes runs.csv, runs.md, summary.json, inference_win_rate_vs_kl.png, standard_win_rate_vs_kl.png.")
+        epilog="Writes runs.csv, runs.md, matched_kl.csv, matched_kl.md, theory_gap.csv, summary.json, "
+               "inference_win_rate_vs_kl.png, standard_win_rate_vs_kl.png, gain_vs_kl.png.")
     p.add_argument("multirun_dir", type=Path, help="the sweep dir (hydra.sweep.dir) or any dir above job dirs")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: MULTIRUN_DIR/report)")
     p.add_argument("--judge", choices=["reward_model", "gold", "all"], default="all",
                    help="judge(s) to tabulate and plot (default: all found)")
     p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                    help="log to a W&B 'report' run in the sweep's group (default: on if the jobs used W&B)")
+    p.add_argument("--baseline", action="append", default=None, metavar="METHOD",
+                   help="method to compute matched-KL gains against, repeatable (default: raw and identity)")
+    p.add_argument("--num-kl", type=int, default=6, help="common KLs per matched-KL panel (default 6)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
     return p.parse_args(argv)
 
 
@@ -68,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     if not rep.find_job_dirs(root, skip=[out_dir]):
         print(f"infalign-report: no job dirs (dirs containing .hydra/) under {root}", file=sys.stderr)
         return 2
-    report = rep.build_report(root, out_dir, args.judge)
+    try:
+        report = rep.build_report(root, out_dir, args.judge, args.baseline, args.num_kl, args.bootstrap)
+    except ConfigError as exc:
+        print(f"infalign-report: {exc}", file=sys.stderr)
+        return 2
     settings = rep.wandb_settings(report.jobs, root)
     use_wandb = args.wandb if args.wandb is not None else settings is not None
     wandb_info = None

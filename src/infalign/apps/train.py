@@ -4,15 +4,24 @@
     infalign-train experiment=toy_won                # worst-of-4, exp with t < 0
     infalign-train transform=identity algo.beta=0.1 algo=ppo
     infalign-train -m transform=identity,log,raw     # a multirun sweep
+    infalign-train hydra.run.dir=outputs/train/my_run ckpt_path=last   # resume an interrupted run
+    infalign-train ... -v                            # full tracebacks (as HYDRA_FULL_ERROR=1)
 
+A ConfigError ends the run with one block (key, value, allowed values, hint) and exit code 2.
 Returns the objective ``eval/<objective.judge>/<objective.metric>`` (for Optuna sweeps).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import secrets
+import sys
 import time
 import warnings
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -20,11 +29,12 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from infalign import distributed
 from infalign.apps.config import CONFIG_DIR
-from infalign.cache import atomic_write_json
+from infalign.cache import atomic_write_json, atomic_write_text
 from infalign.errors import ConfigError, require
 from infalign.modules.ctrl import RLConfig
 from infalign.pipeline import record
@@ -71,22 +81,88 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
             "1, or several processes started by torchrun / SLURM (one per device)",
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
             "hydra.run.dir=outputs/train/my_run, or hydra/launcher=slurm")
-    require(cfg.ckpt_path is None or cfg.ckpt_path == "last" or Path(cfg.ckpt_path).is_file(), "ckpt_path",
-            cfg.ckpt_path, "null, 'last' (this run dir's checkpoints/last.ckpt) or an existing checkpoint file")
+    if cfg.logger is not None and cfg.logger.get("kind") == "wandb":
+        require(cfg.logger.mode in WANDB_MODES, "logger.mode", cfg.logger.mode, f"one of {list(WANDB_MODES)}",
+                "it follows the WANDB_MODE environment variable")
+    resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, rl
+
+
+RESUME = ("last", "last_or_new")  # ckpt_path values that continue the run in this run dir
+WANDB_MODES = ("online", "offline", "disabled")
+RUN_ARTEFACTS = ("metrics.json", "checkpoints")  # what makes a run dir another run's
+
+
+def check_run_dir(cfg: DictConfig, out_dir: Path) -> None:
+    """A run writes only into a fresh dir, or into its own to resume it: a dir that already holds a
+    run's ``metrics.json`` or ``checkpoints/`` is refused unless ``ckpt_path`` is ``last`` /
+    ``last_or_new`` (so a reused ``hydra.run.dir`` never overwrites another run's results)."""
+    taken = [name for name in RUN_ARTEFACTS if (out_dir / name).exists()]
+    require(not taken or cfg.ckpt_path in RESUME, "hydra.run.dir", str(out_dir),
+            "a directory without another run's results (metrics.json, checkpoints/)",
+            f"it holds {taken}; resume that run with ckpt_path=last, or leave hydra.run.dir unset "
+            "for a new unique dir")
+
+
+def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
+    """The checkpoint ``fit`` starts from: ``null`` -> none; ``last`` -> ``<run dir>/checkpoints/
+    last.ckpt``, which must exist; ``last_or_new`` -> it if it exists, else none (a sweep that
+    resumes the jobs that got far enough); anything else -> that file, which must exist."""
+    if cfg.ckpt_path is None:
+        return None
+    if cfg.ckpt_path in RESUME:
+        last = out_dir / "checkpoints" / "last.ckpt"
+        require(last.is_file() or cfg.ckpt_path == "last_or_new", "ckpt_path", cfg.ckpt_path,
+                f"'last' needs {last}",
+                "no checkpoint to resume in this run dir: set hydra.run.dir to the interrupted run's dir, "
+                "or pass ckpt_path=last_or_new to start fresh when there is none (a run whose policy came "
+                "from the policy cache trained nothing and has no checkpoint; policy_cache=false trains)")
+        return check_checkpoint(last) if last.is_file() else None
+    require(Path(cfg.ckpt_path).is_file(), "ckpt_path", cfg.ckpt_path,
+            "null, 'last' / 'last_or_new' (this run dir's checkpoints/last.ckpt) or an existing checkpoint file")
+    return check_checkpoint(Path(cfg.ckpt_path))
+
+
+def check_checkpoint(path: Path) -> str:
+    """``path`` if it is a complete ``torch.save`` archive (a zip: its central directory is the last
+    thing written, so a truncated file fails), else a ConfigError instead of an unpickling error
+    deep inside ``fit``."""
+    require(zipfile.is_zipfile(path), "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
+            "the file is truncated or corrupt (killed while it was written?): delete it to start over, "
+            "or set ckpt_path to an earlier checkpoint")
+    return str(path)
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
     """Device settings shared by every stage (fit and predict)."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
     t = cfg.trainer
     kw = {"accelerator": t.accelerator, "devices": t.devices, "precision": t.precision, "strategy": t.strategy,
           "num_nodes": t.get("num_nodes", 1), "enable_model_summary": False}
     if t.progress_bar == "rich":
-        kw["callbacks"] = [RichProgressBar(leave=True)]
+        kw["callbacks"] = [StepsProgressBar(leave=True)]
     kw["enable_progress_bar"] = t.progress_bar != "none"
     return kw
+
+
+class StepsProgressBar(RichProgressBar):
+    """Rich bar that shows ``Epoch k/E`` only when training is bounded by epochs (``max_epochs`` >= 1);
+    our runs are bounded by ``max_steps`` (Lightning then sets ``max_epochs=-1``, which the stock bar
+    shows as ``Epoch 0/-2``)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_epochs = self.trainer.max_epochs
+        return f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs and max_epochs > 0 else "")
+
+
+def wandb_run_id(out_dir: Path) -> str:
+    """The W&B run id of this run dir (``<run dir>/wandb/run_id``), created on first use, so a
+    resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one."""
+    path = out_dir / "wandb" / "run_id"
+    if path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
+    atomic_write_text(path, run_id + "\n")
+    return run_id
 
 
 def make_logger(cfg: DictConfig, out_dir: Path, name: str, tags: list[str]):
@@ -101,8 +177,8 @@ def make_logger(cfg: DictConfig, out_dir: Path, name: str, tags: list[str]):
 
         return WandbLogger(
             project=cfg.logger.project, name=name, group=wandb_group(cfg), job_type=cfg.logger.job_type,
-            tags=tags, save_dir=str(out_dir), offline=bool(cfg.logger.offline),
-            config=OmegaConf.to_container(cfg, resolve=True), entity=cfg.logger.get("entity"),
+            tags=tags, save_dir=str(out_dir), mode=str(cfg.logger.mode), id=wandb_run_id(out_dir),
+            resume="allow", config=OmegaConf.to_container(cfg, resolve=True), entity=cfg.logger.get("entity"),
         )
     raise ConfigError("logger.kind", cfg.logger.kind, "one of ['wandb', 'csv', 'none']")
 
@@ -119,46 +195,42 @@ def wandb_group(cfg: DictConfig) -> str:
     return "single"
 
 
-def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
-    if cfg.ckpt_path == "last":
-        last = out_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    return cfg.ckpt_path
-
-
 def run(cfg: DictConfig) -> dict:
-    """All stages; returns metrics. The logger is finished (marked failed on error) in every case."""
-    procedure, transform, rl = validate(cfg)
+    """All stages; returns metrics. Any failure -- an invalid config included -- leaves a
+    ``metrics.json`` with ``status: failed`` (``interrupted`` for Ctrl-C) and its error, and the
+    logger is finished (marked failed) in every case."""
     out_dir = Path(cfg.paths.run_dir)
+    check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
     cache_dir = Path(cfg.paths.cache_dir)
-    name = record.run_name(procedure, transform, rl.beta, rl.name, rl.kl_target)
-    tags = [procedure.label, transform.kind, rl.name, f"beta={rl.beta:g}", cfg.data.source]
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    logger = make_logger(cfg, out_dir, name, tags)
-    if logger is not None and type(logger).__name__ == "WandbLogger":
-        _ = logger.experiment  # start the run now, so a job that fails in any stage shows up (as failed)
-    kw = trainer_kwargs(cfg)
+    name, logger = None, None
     timings: dict[str, float] = {}
     try:
-        t0 = time.perf_counter()
-        world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
-        timings["world_s"] = time.perf_counter() - t0
+        procedure, transform, rl = validate(cfg)
+        name = record.run_name(procedure, transform, rl.beta, rl.name, rl.kl_target)
+        tags = [procedure.label, transform.kind, rl.name, f"beta={rl.beta:g}", cfg.data.source]
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        logger = make_logger(cfg, out_dir, name, tags)
+        if logger is not None and type(logger).__name__ == "WandbLogger":
+            _ = logger.experiment  # start the run now, so a job that fails in any stage shows up (as failed)
+        kw = trainer_kwargs(cfg)
+
+        with stage("world", timings, expected_world(cfg)):
+            world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
         distributed.init_from_env()  # from here on every stage sees the same ranks
 
-        t0 = time.perf_counter()
         table, calib_hit = None, None
-        if (transform.calibrated or rl.kl_target is not None) and rl.name not in OFFLINE_ALGOS:
-            table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
-        if rl.kl_target is not None and rl.name not in OFFLINE_ALGOS:
-            require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target", rl.kl_target,
-                    "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
-            rl.beta = beta_for_target(rl.kl_target, transform, procedure, table)
-            log.info("algo.kl_target=%g -> beta=%.4g", rl.kl_target, rl.beta)
-        timings["calibration_s"] = time.perf_counter() - t0
+        with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
+                   "samples (instant when cached)"):
+            if (transform.calibrated or rl.kl_target is not None) and rl.name not in OFFLINE_ALGOS:
+                table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
+            if rl.kl_target is not None and rl.name not in OFFLINE_ALGOS:
+                require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
+                        rl.kl_target, "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+                rl.beta = beta_for_target(rl.kl_target, transform, procedure, table)
+                log.info("algo.kl_target=%g -> beta=%.4g", rl.kl_target, rl.beta)
 
-        t0 = time.perf_counter()
         fit_kwargs = {
             **{k: v for k, v in kw.items() if k != "callbacks"},
             "callbacks": [*kw.get("callbacks", []), checkpoint_callback(cfg, out_dir)],
@@ -171,33 +243,35 @@ def run(cfg: DictConfig) -> dict:
             fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, ckpt)
 
         policy_hit = None
-        if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
-            policy_hit = train_or_load(world.policy, policy_key(cfg, world, rl.beta), cache_dir, train, str(out_dir))
-        else:
-            train()
-        timings["train_s"] = time.perf_counter() - t0
+        with stage("train", timings, f"{rl.steps} {rl.name} steps"):
+            if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
+                policy_hit = train_or_load(world.policy, policy_key(cfg, world, rl.beta), cache_dir, train,
+                                           str(out_dir))
+            else:
+                train()
         if cfg.save_policy and distributed.rank() == 0:
             world.policy.save_pretrained(out_dir / "policy")
             world.tokenizer.save_pretrained(out_dir / "policy")
 
-        t0 = time.perf_counter()
         # theory beside the run: bon_sft targets the best-of-N policy (log at beta = 1/(N-1))
         theory_transform, theory_beta = transform, rl.beta
         if rl.name == "bon_sft":
             theory_transform, theory_beta = Log(floor=0.0), 1.0 / (rl.n_samples - 1)
         elif rl.name == "ipo":
             theory_transform = Raw()  # no calibrated-space prediction
-        ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
-        timings["eval_s"] = time.perf_counter() - t0
+        with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
+                   "policy and reference (reference instant when cached)"):
+            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
         th = ev["theory"]
         kl = ev["judges"]["reward_model"]["kl"]["mean"]
         info = record.method_info(cfg, rl.name, transform, procedure)
         metrics = {
             "run_name": name, "status": "finished", "procedure": procedure.label, "transform": transform.label,
-            "method": info.pop("method"), "method_info": info, "algo": rl.name, "beta": rl.beta, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
+            "method": info.pop("method"), "method_info": info, "algo": rl.name, "beta": rl.beta,
+            "kl_target": rl.kl_target, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
             "kl_ratio": (kl / th["kl"]) if th and th["kl"] > 0 else None,
-            "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit, "policy_hit": policy_hit,
-                                          "eval_reference_hit": ev["reference_pool_cache_hit"]},
+            "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
+                                          "policy_hit": policy_hit, "eval_reference_hit": ev["reference_pool_cache_hit"]},
             "world": {k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             "data_reports": world.stats.get("data_reports"),  # real data: usable / malformed / too_long
             "config": OmegaConf.to_container(cfg, resolve=True),
@@ -212,11 +286,49 @@ def run(cfg: DictConfig) -> dict:
         return metrics
     except BaseException as exc:
         # a failed job leaves a record a sweep report can list (and is marked failed in W&B)
-        failed = {"run_name": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                  "timings": timings, "config": OmegaConf.to_container(cfg, resolve=True)}
-        atomic_write_json(out_dir / "metrics.json", failed)
+        atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
         finish_logger(logger, 1)
         raise
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict[str, float], expected: str) -> Iterator[None]:
+    """Log a stage's start (with what to expect) and end, and record its wall time as
+    ``timings[<name>_s]`` -- so ``train.log`` and non-TTY output show progress through a long
+    first-use build."""
+    log.info("stage %s: started (%s)", name, expected)
+    t0 = time.perf_counter()
+    yield
+    timings[f"{name}_s"] = time.perf_counter() - t0
+    log.info("stage %s: done in %.1fs", name, timings[f"{name}_s"])
+
+
+def expected_world(cfg: DictConfig) -> str:
+    """What loading the world costs: the toy world is built once per cache (minutes), then loaded."""
+    if cfg.data.source == "toy":
+        return ("toy world: loaded from the cache in seconds; the first use builds it -- about 1-3 min "
+                "on 2 CPU cores at the default size")
+    return "loading the policy, reference and reward models and the data"
+
+
+def interrupted(exc: BaseException) -> bool:
+    """Ctrl-C: a ``KeyboardInterrupt``, or the ``SystemExit(1)`` Lightning raises after handling one."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
+
+
+def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timings: dict) -> dict:
+    """``metrics.json`` of a run that did not finish: ``status`` (``failed`` / ``interrupted``), the
+    error, the stage timings so far and the config (unresolvable values left as written)."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # the error may be in resolving the config itself
+        config = OmegaConf.to_container(cfg, resolve=False)
+    if interrupted(exc):
+        status, error = "interrupted", "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
+    else:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    return {"run_name": name, "status": status, "error": error, "timings": timings, "config": config}
 
 
 def checkpoint_callback(cfg: DictConfig, out_dir: Path):
@@ -248,20 +360,54 @@ def finish_logger(logger, exit_code: int) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
     try:
         metrics = run(cfg)
         distributed.shutdown()
-    except Exception:
+    except Exception as exc:
         # In a sweep one failed job must not cancel the rest: it is recorded (metrics.json with
-        # status=failed, W&B run marked failed) and returns NaN. A single run fails loudly.
-        if HydraConfig.get().mode.name != "MULTIRUN" or not cfg.continue_on_failure:
-            raise
-        log.exception("job failed; continuing the sweep (continue_on_failure=true)")
-        return float("nan")
+        # status=failed, W&B run marked failed) and returns NaN; the sweep's end lists the failed
+        # jobs and exits non-zero (apps/hydra_callbacks.py). A single run fails loudly.
+        if HydraConfig.get().mode.name == "MULTIRUN" and cfg.continue_on_failure:
+            log.error("job failed; continuing the sweep (continue_on_failure=true): %s: %s",
+                      type(exc).__name__, exc, exc_info=not isinstance(exc, ConfigError))
+            return float("nan")
+        if isinstance(exc, ConfigError):
+            exit_on_config_error(exc)
+        raise
     return objective(cfg, metrics)
+
+
+def full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def config_error_block(exc: ConfigError) -> str:
+    """The one block a ConfigError prints instead of a traceback."""
+    lines = ["infalign-train: configuration error", f"  key:     {exc.key}", f"  value:   {exc.value!r}",
+             f"  allowed: {exc.allowed}"]
+    if exc.hint:
+        lines.append(f"  hint:    {exc.hint}")
+    lines.append("(full traceback: HYDRA_FULL_ERROR=1 or -v)")
+    return "\n".join(lines)
+
+
+def exit_on_config_error(exc: ConfigError) -> None:
+    """Print :func:`config_error_block` and exit with code 2; re-raise when full errors are asked for."""
+    if full_errors():
+        raise exc
+    print(config_error_block(exc), file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main() -> None:
+    """``infalign-train``: Hydra's command line, plus ``-v`` (full tracebacks, as ``HYDRA_FULL_ERROR=1``)."""
+    if "-v" in sys.argv[1:]:
+        sys.argv.remove("-v")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    hydra_main()
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float:

@@ -63,7 +63,7 @@ def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=
     pred |= {f"{p.label}_win_rate": points[n].win_rate for n, p in procs.items()}
     if measured_kl > 0 and math.isfinite(measured_kl):
         at = {"kl": measured_kl}
-        for n, p in procs.items():
+        for p in procs.values():
             f = theory.frontier(transform, p, [measured_kl])
             at |= {"reachable": bool(f.reachable[0]), "standard_win_rate": float(f.standard_win_rate[0]),
                    f"{p.label}_win_rate": float(f.win_rate[0])}

@@ -4,7 +4,8 @@ A reference pool -- n samples per prompt from pi_ref, scored by each judge -- is
 needs (sorted reward-model scores of K samples per training prompt) and what evaluation compares
 against (M samples per held-out prompt). It depends only on the reference model, the judges, the
 prompts, n, the generation settings and the seed, so it is stored under a hash of exactly those
-and shared by every run and sweep job (atomic write, checksum, rebuilt if corrupt).
+and shared by every run and sweep job (atomic write, checksum and key inside the file, rebuilt if
+corrupt or stored under another key).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     key = content_key(
         POOL_VERSION, world.reference_fingerprint,
         # the reward model by its content (whatever the judge is called), other judges by name
-        {name: (world.reward_fingerprint if scorer is world.reward else name) for name, scorer in judges.items()},
+        {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None) else name)
+         for name, scorer in judges.items()},
         prompts, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature), int(gen_cfg.batch_size), seed,
     )
     path = Path(cache_dir) / "pools" / f"{tag}-{key}.pt"
@@ -62,15 +64,15 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     distributed.init_from_env()
 
     def save(value: dict[str, torch.Tensor], p: Path) -> None:
-        save_tensors(p, value, {"tag": tag})
+        save_tensors(p, value, {"tag": tag}, key=key)
 
     if not distributed.is_distributed():
-        return cached(path, build, save, lambda p: load_tensors(p)[0])
+        return cached(path, build, save, lambda p: load_tensors(p, key)[0])
     # All ranks must take part in a build (sampling is sharded), so rank 0 decides hit or miss
     # for everyone; on a miss every rank draws its share, all gather it, rank 0 writes the file.
-    hit = distributed.broadcast_object(_valid(path) if distributed.rank() == 0 else None)
+    hit = distributed.broadcast_object(_valid(path, key) if distributed.rank() == 0 else None)
     if hit:
-        return load_tensors(path)[0], True
+        return load_tensors(path, key)[0], True
     value = build()
     if distributed.rank() == 0:
         with file_lock(path.with_name(path.name + ".lock")):
@@ -79,9 +81,9 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     return value, False
 
 
-def _valid(path: Path) -> bool:
+def _valid(path: Path, key: str) -> bool:
     try:
-        load_tensors(path)
+        load_tensors(path, key)
         return True
     except (FileNotFoundError, CorruptCacheError):
         return False

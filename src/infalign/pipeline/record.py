@@ -130,6 +130,19 @@ def print_summary(metrics: dict, procedure) -> None:
                 row.append(f"{m[procedure.label + '_win_rate']:.3f}")
             table.add_row(*row)
     Console().print(table)
+    mis = ev.get("miscalibration")
+    if mis:
+        Console().print(miscalibration_line(mis))
+
+
+def miscalibration_line(mis: dict) -> str:
+    """One line on how miscalibrated the reward model is across the held-out prompts."""
+    line = (f"reward model across {mis['n_prompts']} prompts: per-prompt score spread CV "
+            f"{mis['reward_model']['std_cv']:.2f}")
+    if "gold" in mis:
+        line += (f" (gold {mis['gold']['std_cv']:.2f}; corr of log spreads {mis['log_std_corr']:.2f}; "
+                 f"within-prompt pairwise accuracy {mis['pairwise_accuracy']:.3f})")
+    return line
 
 
 def flat_summary(metrics: dict) -> dict[str, float]:
@@ -144,6 +157,11 @@ def flat_summary(metrics: dict) -> dict[str, float]:
     for k, v in th.items():
         if isinstance(v, int | float):
             out[f"theory/{k}"] = float(v)
+    for judge, stats in (metrics["eval"].get("miscalibration") or {}).items():
+        if isinstance(stats, dict):
+            out |= {f"world/{judge}/{k}": float(v) for k, v in stats.items()}
+        elif isinstance(stats, float):
+            out[f"world/{judge}"] = stats
     if "kl_ratio" in metrics and metrics["kl_ratio"] is not None:
         out["eval/kl_ratio_to_theory"] = metrics["kl_ratio"]
     return out

@@ -1,0 +1,299 @@
+"""Methods compared at matched KL, with paired bootstrap CIs over shared prompts (pure numpy).
+
+Every run ``r`` (one trained policy: a method, a seed, a beta) is evaluated on the same ``P``
+held-out prompts and records, per prompt ``p``, its KL ``k_rp`` and a win rate ``w_rp`` (standard
+or inference-time at some N). Its point on the win-rate-vs-KL plane is the pair of prompt means
+
+    K_r = (1/P) sum_p k_rp,        W_r = (1/P) sum_p w_rp.
+
+**Curves.** Per method ``m`` and seed ``s`` the curve ``f_ms(k)`` is the piecewise-linear
+interpolant through the points ``(K_r, W_r)`` of its runs sorted by ``K_r`` (runs at the same ``K``
+are averaged). Piecewise-linear interpolation is monotone-preserving (monotone data give a monotone
+curve, it never overshoots the data) and is exact on linear data. It is defined only on
+``[min_r K_r, max_r K_r]``: a curve is never extrapolated. A method's curve is the mean over its
+seeds, ``f_m(k) = mean_s f_ms(k)``.
+
+**Common KL grid.** ``num_kl`` equally spaced KLs spanning ``[max_c lo_c, min_c hi_c]``, the
+intersection of the ranges of every compared curve ``c = (m, s)``. An empty intersection is a result
+(``MatchedKL.common`` is False, ``note`` says why), not an error.
+
+**Gains.** Against a baseline ``b``: ``g_m(k) = f_m(k) - f_b(k)``. Per seed ``s`` of ``m``:
+``g_ms(k) = f_ms(k) - f_bs(k)`` when ``b`` has the same seeds (paired by seed), else
+``f_ms(k) - f_b(k)``; ``seed_spread(k) = std_s g_ms(k)`` (ddof 1; NaN below 2 seeds).
+
+**Paired bootstrap.** One ``[B, P]`` count matrix ``C`` (row ``b`` counts how often each prompt is
+drawn in resample ``b``; rows sum to ``P``) is shared by every run, so the resampled points are
+``K*_br = (C k_r)_b / P`` and ``W*_br = (C w_r)_b / P`` -- one matrix product for all runs and all
+resamples. Every curve is rebuilt from its resampled points and re-evaluated on the (fixed) grid,
+vectorised over ``b``. Because a resample moves a curve's end points, a grid KL can fall just outside
+a resampled curve's range (by about the KL's own CI); there the resampled curve is continued along
+its end segment, which is exact for locally linear curves (holding the end value instead would bias
+every resample with a moved end towards it). Only resamples do this: the point estimates, and so the
+grid, never leave a curve's measured range.
+Percentile intervals: the ``(1-level)/2`` and ``(1+level)/2`` quantiles over ``b``. Sharing ``C``
+makes per-prompt difficulty cancel in gains; ``paired=False`` draws an independent ``C`` per method
+(for comparison only: it ignores that the methods were judged on the same prompts).
+
+**Significance.** A gain is significant when its CI excludes 0 (by more than :data:`ZERO_TOL`, the
+float rounding of a mean of win rates, so methods with identical data never differ) and, for a
+method with >= 2 seeds, ``|g_m(k)| > seed_spread(k)``.
+
+Used by :mod:`infalign.report` (per procedure, N and judge); see ``infalign-report``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Run", "MatchedKL", "Gain", "matched_kl", "interpolate", "count_matrix", "common_range",
+           "DEFAULT_BASELINES"]
+
+DEFAULT_BASELINES = ("raw", "identity")
+ZERO_TOL = 1e-9  # |gain| below this is float rounding (means of O(1) values over <= 1e6 prompts)
+
+
+@dataclass
+class Run:
+    """One run's per-prompt KL and metric over ``prompt_ids`` (``[P]`` each)."""
+
+    method: str
+    seed: int | str
+    kl: np.ndarray
+    metric: np.ndarray
+    prompt_ids: tuple[str, ...] | None = None
+    label: str = ""  # e.g. the job dir, for notes
+
+    def __post_init__(self) -> None:
+        self.kl = np.asarray(self.kl, np.float64)
+        self.metric = np.asarray(self.metric, np.float64)
+        if self.prompt_ids is not None:
+            self.prompt_ids = tuple(str(p) for p in self.prompt_ids)
+
+
+@dataclass
+class Gain:
+    """``method - baseline`` at each grid KL: estimate, percentile CI, seed spread, significance."""
+
+    method: str
+    baseline: str
+    gain: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n_seeds: int
+    seed_spread: np.ndarray  # NaN when n_seeds < 2
+    significant: np.ndarray  # bool
+
+
+@dataclass
+class MatchedKL:
+    """The comparison on one panel (one metric, one judge)."""
+
+    grid: np.ndarray  # [K] common KLs (empty when there is none)
+    common: bool
+    ranges: dict[str, tuple[float, float]]  # method -> KL range covered by all its seeds' curves
+    win_rate: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)  # mean, low, high
+    n_seeds: dict[str, int] = field(default_factory=dict)
+    n_runs: dict[str, int] = field(default_factory=dict)
+    gains: list[Gain] = field(default_factory=list)
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (run label, reason)
+    note: str = ""
+    n_prompts: int = 0
+
+    def rows(self) -> list[dict]:
+        """One dict per KL x method (``baseline`` None: its win rate) and per KL x method x baseline."""
+        out = []
+        gains = {(g.method, g.baseline): g for g in self.gains}
+        for i, k in enumerate(self.grid):
+            for m, (mean, low, high) in self.win_rate.items():
+                base = {"kl": float(k), "method": m, "win_rate": float(mean[i]), "win_rate_low": float(low[i]),
+                        "win_rate_high": float(high[i]), "n_seeds": self.n_seeds[m], "n_runs": self.n_runs[m]}
+                out.append({**base, "baseline": None})
+                for (gm, b), g in gains.items():
+                    if gm == m:
+                        out.append({**base, "baseline": b, "gain": float(g.gain[i]), "gain_low": float(g.low[i]),
+                                    "gain_high": float(g.high[i]), "seed_spread": _nan_none(g.seed_spread[i]),
+                                    "significant": bool(g.significant[i])})
+        return out
+
+
+def _nan_none(x: float) -> float | None:
+    return None if not math.isfinite(float(x)) else float(x)
+
+
+def count_matrix(num_prompts: int, num_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """``[B, P]`` counts of each prompt in each bootstrap resample (rows sum to ``P``)."""
+    index = rng.integers(0, num_prompts, size=(num_resamples, num_prompts))
+    offsets = (index + num_prompts * np.arange(num_resamples)[:, None]).ravel()
+    return np.bincount(offsets, minlength=num_resamples * num_prompts).reshape(num_resamples, num_prompts)
+
+
+def _merge_ties(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by ``x``; average ``y`` over equal ``x`` (1-D)."""
+    ux, inv = np.unique(x, return_inverse=True)
+    return ux, np.bincount(inv, weights=y) / np.bincount(inv)
+
+
+def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: bool = False) -> np.ndarray:
+    """Piecewise-linear interpolation of points ``(x_r, y_r)`` at ``grid``, batched over leading axes.
+
+    ``x``, ``y``: ``[..., R]`` (any order; sorted here along the last axis); ``grid``: ``[K]``.
+    Returns ``[..., K]``: ``y_i + (g - x_i) (y_{i+1} - y_i) / (x_{i+1} - x_i)`` on the segment
+    ``x_i <= g <= x_{i+1}``. Outside ``[min x, max x]``: NaN, or with ``continue_ends=True`` the
+    first / last segment's line (bootstrap resamples only, see the module docstring; a single point
+    gives its constant). Equal ``x`` in a row: the later one in sort order is used (merge ties
+    first, :func:`_merge_ties`).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    grid = np.asarray(grid, np.float64)
+    order = np.argsort(x, axis=-1, kind="stable")
+    xs, ys = np.take_along_axis(x, order, -1), np.take_along_axis(y, order, -1)
+    r = xs.shape[-1]
+    if r == 1:
+        out = np.broadcast_to(ys, (*ys.shape[:-1], grid.size)).copy()
+        if not continue_ends:
+            out[..., grid != xs[..., 0:1]] = np.nan
+        return out
+    seg = np.clip((xs[..., :, None] <= grid).sum(-2) - 1, 0, r - 2)  # [..., K] left end of each segment
+    x0, x1 = np.take_along_axis(xs, seg, -1), np.take_along_axis(xs, seg + 1, -1)
+    y0, y1 = np.take_along_axis(ys, seg, -1), np.take_along_axis(ys, seg + 1, -1)
+    width = x1 - x0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(width > 0, (grid - x0) / np.where(width > 0, width, 1.0), 0.5)
+    out = y0 + frac * (y1 - y0)  # frac < 0 / > 1 only before the first / after the last point
+    if not continue_ends:
+        out = np.where((grid >= xs[..., :1]) & (grid <= xs[..., -1:]), out, np.nan)
+    return out
+
+
+def common_range(ranges: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """``[max lo, min hi]`` of the given ranges, or None when it is empty."""
+    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    return (lo, hi) if lo <= hi else None
+
+
+def _check_prompts(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[str, str]], int]:
+    """Keep the runs on the panel's prompts (the most common ``prompt_ids``; any with equal ``P``
+    when no run has ids); the others are excluded with a reason."""
+    ids = Counter(r.prompt_ids for r in runs if r.prompt_ids is not None)
+    panel_ids = ids.most_common(1)[0][0] if ids else None
+    num = len(panel_ids) if panel_ids is not None else Counter(r.kl.size for r in runs).most_common(1)[0][0]
+    kept, excluded = [], []
+    for r in runs:
+        if r.kl.shape != (num,) or r.metric.shape != (num,):
+            excluded.append((r.label, f"{r.method}: {r.kl.size} KL / {r.metric.size} metric values, "
+                                      f"the panel has {num} prompts"))
+        elif panel_ids is not None and r.prompt_ids != panel_ids:
+            excluded.append((r.label, f"{r.method}: prompt_ids differ from the panel's {num} prompts"))
+        elif not (np.all(np.isfinite(r.kl)) and np.all(np.isfinite(r.metric))):
+            excluded.append((r.label, f"{r.method}: non-finite per-prompt values"))
+        else:
+            kept.append(r)
+    return kept, excluded, num
+
+
+def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_kl: int = 6,
+               num_resamples: int = 2000, level: float = 0.95, seed: int = 0, paired: bool = True) -> MatchedKL:
+    """Compare the methods of ``runs`` at common KLs (see the module docstring for every formula).
+
+    ``baselines``: methods to compute gains against, in order (default :data:`DEFAULT_BASELINES`,
+    those present); a baseline gets a gain over the baselines before it only (identity - raw,
+    not also raw - identity). A (method, seed) with fewer than two distinct KLs has no curve and is left out, with a
+    note. Raises ValueError only for bad arguments; an empty comparison is a result.
+    """
+    if num_kl < 1:
+        raise ValueError(f"num_kl={num_kl} must be >= 1")
+    if num_resamples < 1:
+        raise ValueError(f"num_resamples={num_resamples} must be >= 1")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level} must lie in (0, 1)")
+    empty = MatchedKL(np.zeros(0), False, {})
+    if not runs:
+        empty.note = "no runs with per-prompt statistics"
+        return empty
+    kept, excluded, num_prompts = _check_prompts(runs)
+    empty.excluded, empty.n_prompts = excluded, num_prompts
+    curves: dict[tuple[str, int | str], list[int]] = {}  # (method, seed) -> indices into kept
+    for i, r in enumerate(kept):
+        curves.setdefault((r.method, r.seed), []).append(i)
+    kl_mat = np.stack([r.kl for r in kept], 1) if kept else np.zeros((num_prompts, 0))  # [P, R]
+    w_mat = np.stack([r.metric for r in kept], 1) if kept else np.zeros((num_prompts, 0))
+    kbar, wbar = kl_mat.mean(0), w_mat.mean(0)
+    for key, idx in list(curves.items()):
+        if np.unique(kbar[idx]).size < 2:
+            excluded += [(kept[i].label, f"{key[0]} seed {key[1]}: fewer than 2 runs with distinct KL, no curve")
+                         for i in idx]
+            del curves[key]
+    methods = sorted({m for m, _ in curves})
+    if not methods:
+        empty.note = "no method has a curve (>= 2 runs at distinct KLs of one seed)"
+        return empty
+    ranges = {m: common_range([(kbar[i].min(), kbar[i].max()) for (mm, _), i in curves.items() if mm == m])
+              for m in methods}
+    result = MatchedKL(np.zeros(0), False, {m: r for m, r in ranges.items() if r is not None},
+                       excluded=excluded, n_prompts=num_prompts)
+    if len(methods) < 2:
+        result.note = f"only one method ({methods[0]}): nothing to compare"
+        return result
+    span = None if any(r is None for r in ranges.values()) else common_range(list(ranges.values()))
+    if span is None:
+        result.note = "no common KL: " + ", ".join(
+            f"{m} [{r[0]:.3g}, {r[1]:.3g}]" if r else f"{m} (its seeds' KL ranges do not overlap)"
+            for m, r in ranges.items())
+        return result
+    grid = np.linspace(span[0], span[1], num_kl) if span[1] > span[0] else np.array([span[0]])
+    result.grid, result.common = grid, True
+
+    rng = np.random.default_rng(seed)
+    if paired:
+        counts = count_matrix(num_prompts, num_resamples, rng)
+        kb, wb = counts @ kl_mat / num_prompts, counts @ w_mat / num_prompts  # [B, R]
+    else:  # an independent resample of the prompts per method
+        kb, wb = np.empty((num_resamples, len(kept))), np.empty((num_resamples, len(kept)))
+        for m in methods:
+            cols = [i for (mm, _), idx in curves.items() if mm == m for i in idx]
+            counts = count_matrix(num_prompts, num_resamples, rng)
+            kb[:, cols], wb[:, cols] = counts @ kl_mat[:, cols] / num_prompts, counts @ w_mat[:, cols] / num_prompts
+
+    point: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [K]
+    boot: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [B, K]
+    for (m, s), idx in curves.items():
+        point[m][s] = interpolate(*_merge_ties(kbar[idx], wbar[idx]), grid)
+        boot[m][s] = interpolate(kb[:, idx], wb[:, idx], grid, continue_ends=True)
+    alpha = (1.0 - level) / 2.0
+    for m in methods:
+        mean_b = np.mean(list(boot[m].values()), 0)
+        low, high = np.quantile(mean_b, [alpha, 1 - alpha], axis=0)
+        result.win_rate[m] = (np.mean(list(point[m].values()), 0), low, high)
+        result.n_seeds[m] = len(point[m])
+        result.n_runs[m] = sum(len(i) for (mm, _), i in curves.items() if mm == m)
+    bases = [b for b in (DEFAULT_BASELINES if baselines is None else baselines) if b in methods]
+    missing = [b for b in (baselines or ()) if b not in methods]
+    if missing:
+        result.note = f"baseline(s) without a curve on this panel: {', '.join(missing)}"
+    for j, b in enumerate(bases):
+        for m in methods:
+            if m != b and m not in bases[:j]:  # identity vs raw, not also raw vs identity
+                result.gains.append(_gain(m, b, point, boot, alpha))
+    return result
+
+
+def _gain(m: str, b: str, point: dict, boot: dict, alpha: float) -> Gain:
+    """``f_m - f_b`` with its percentile CI, per-seed gains' spread and significance."""
+    gain = np.mean(list(point[m].values()), 0) - np.mean(list(point[b].values()), 0)
+    gain_b = np.mean(list(boot[m].values()), 0) - np.mean(list(boot[b].values()), 0)
+    low, high = np.quantile(gain_b, [alpha, 1 - alpha], axis=0)
+    same_seeds = set(point[m]) == set(point[b])
+    base_mean = np.mean(list(point[b].values()), 0)
+    per_seed = np.array([point[m][s] - (point[b][s] if same_seeds else base_mean) for s in point[m]])
+    n_seeds = per_seed.shape[0]
+    spread = per_seed.std(0, ddof=1) if n_seeds >= 2 else np.full(gain.shape, np.nan)
+    significant = (low > ZERO_TOL) | (high < -ZERO_TOL)
+    if n_seeds >= 2:
+        significant &= np.abs(gain) > spread
+    return Gain(m, b, gain, low, high, n_seeds, spread, significant)

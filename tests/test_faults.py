@@ -1,0 +1,458 @@
+"""Fault injection: nothing lost, nothing silent.
+
+Run dirs are unique and never overwritten, resume needs a checkpoint, every failed job (an invalid
+config included) is recorded, a sweep with failures exits non-zero, config errors are one block
+with exit code 2, Ctrl-C is recorded as interrupted, caches record and check their key, complete
+cache entries are read without locks, files get umask modes, W&B follows WANDB_MODE and a resumed
+run keeps its W&B id, Custom transforms run on the tensor's device. The slow tests run the console
+script as a user would and kill it (SIGKILL) mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from infalign import cache
+from infalign.apps import train as train_app
+from infalign.apps.config import CONFIG_DIR, run_suffix
+from infalign.apps.hydra_callbacks import FailedJobs
+from infalign.errors import ConfigError
+from infalign.transforms import Custom
+from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_train
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TINY = [*TINY_WORLD, *TINY_RUN]
+
+
+def no_compute(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("compute started")
+
+    monkeypatch.setattr(train_app, "load_world", boom)
+
+
+def train_cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "infalign-train"), *args], env={**ENV, **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def finished(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+# ---------------------------------------------------------------- defect 1: run dirs
+
+
+def hydra_run_dir(*overrides: str) -> str:
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    OmegaConf.set_readonly(cfg.hydra, False)
+    cfg.hydra.job.name = "train"
+    return str(cfg.hydra.run.dir)
+
+
+def test_run_dirs_of_the_same_second_differ(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    dirs = {hydra_run_dir() for _ in range(5)}  # well within one second
+    assert len(dirs) == 5
+    assert all(re.search(r"/train/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}$", d) for d in dirs)
+
+
+def test_run_suffix_is_the_slurm_job_id(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    assert run_suffix() == "4242" and hydra_run_dir().endswith("_4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert run_suffix() == "4242_7"
+
+
+def test_a_run_refuses_another_runs_dir(tmp_path, monkeypatch):
+    no_compute(monkeypatch)
+    record = {"status": "finished", "run_name": "the other run"}
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"hydra\.run\.dir.*ckpt_path=last"):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == record  # untouched
+
+
+# ---------------------------------------------------------------- defect 3: resume needs a checkpoint
+
+
+def test_ckpt_path_last_without_a_checkpoint_is_an_error(tmp_path, monkeypatch):
+    no_compute(monkeypatch)
+    with pytest.raises(ConfigError, match=r"ckpt_path=.last.*last_or_new"):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path / "run", "ckpt_path=last"))
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "ckpt_path=last_or_new")
+    assert train_app.resolve_ckpt(cfg, tmp_path / "run") is None  # explicitly: start fresh
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 1}, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert train_app.resolve_ckpt(cfg, tmp_path / "run") == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_checkpoint_is_a_clear_error_before_compute(tmp_path, monkeypatch, damage):
+    no_compute(monkeypatch)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir()
+    torch.save({"state_dict": {"w": torch.randn(256, 256)}, "global_step": 2}, ckpt)
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(b"not a checkpoint" * 10 if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"ckpt_path.*(corrupt|truncated)"):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "ckpt_path=last"))
+
+
+# ---------------------------------------------------------------- defect 5: failed jobs are recorded
+
+
+def test_invalid_config_is_recorded_as_failed(tmp_path, monkeypatch):
+    no_compute(monkeypatch)
+    with pytest.raises(ConfigError):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "algo.beta=0"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "algo.beta" in metrics["error"]
+    assert metrics["config"]["algo"]["beta"] == 0
+
+
+def fake_job(sweep: Path, num: int, metrics: dict | None) -> None:
+    (sweep / str(num) / ".hydra").mkdir(parents=True)
+    if metrics is not None:
+        (sweep / str(num) / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_multirun_end_lists_failed_jobs_and_exits_non_zero(tmp_path):
+    fake_job(tmp_path, 0, {"status": "finished"})
+    fake_job(tmp_path, 1, {"status": "failed", "error": "ConfigError: algo.beta=0 is not allowed"})
+    fake_job(tmp_path, 2, None)  # killed before it recorded anything
+    fake_job(tmp_path, 10, {"status": "interrupted", "error": "KeyboardInterrupt"})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    with pytest.raises(SystemExit) as exit_info:
+        FailedJobs().on_multirun_end(config=config)
+    message = str(exit_info.value.code)
+    assert message.startswith("3 of 4 jobs failed: 1: failed: ConfigError: algo.beta=0")
+    assert "2: no metrics.json" in message and "10: interrupted" in message
+    (tmp_path / "3").mkdir()  # not a job dir (no .hydra/): ignored
+    for job in ("1", "2", "10"):
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"status": "finished"}))
+    FailedJobs().on_multirun_end(config=config)  # all finished: no exit
+
+
+def test_sweep_of_invalid_jobs_exits_non_zero_and_records_them(tmp_path):
+    sweep = tmp_path / "sweep"
+    code, out, err = finished(train_cli("-m", "algo.beta=0,-1", *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
+                                        f"hydra.sweep.dir={sweep}"))
+    assert code == 1, err[-2000:]
+    assert "2 of 2 jobs failed: 0: failed: ConfigError: algo.beta=0" in err
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "failed" and "algo.beta" in metrics["error"]
+
+
+# ---------------------------------------------------------------- defect 6: one block, exit code 2
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_config_error_is_one_block_with_exit_code_2(tmp_path, verbose):
+    args = ["algo.beta=0", *TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    code, out, err = finished(train_cli(*args, *(["-v"] if verbose else [])))
+    assert "key:     algo.beta" in err or verbose
+    if verbose:  # the full traceback, as with HYDRA_FULL_ERROR=1
+        assert code == 1 and "Traceback" in err and "ConfigError" in err
+    else:
+        assert code == 2, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 8, err
+        assert re.search(r"value: +0\b", err) and "allowed:" in err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+
+
+# ---------------------------------------------------------------- defect 10: Ctrl-C
+
+
+def lightning_style_interrupt(*a, **k):
+    """What Lightning does on Ctrl-C inside ``fit``: handle the KeyboardInterrupt, then ``exit(1)``."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        sys.exit(1)
+
+
+def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_app, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
+    monkeypatch.setattr(train_app, "fit_policy", lightning_style_interrupt)
+    with pytest.raises(SystemExit):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw", "policy_cache=false"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and "KeyboardInterrupt" in metrics["error"]
+
+
+def test_each_stage_logs_its_start_with_what_to_expect_and_its_end(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(train_app, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
+    monkeypatch.setattr(train_app, "fit_policy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    caplog.set_level("INFO", logger=train_app.__name__)
+    with pytest.raises(RuntimeError, match="boom"):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw", "policy_cache=false"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stage ")]
+    assert lines[0].startswith("stage world: started (toy world:") and "first use builds it" in lines[0]
+    assert re.fullmatch(r"stage world: done in \d+\.\ds", lines[1])
+    assert lines[2].startswith("stage calibration: started (6 prompts x K=4")
+    assert lines[4] == "stage train: started (2 rloo steps)" and len(lines) == 5  # failed: no "done"
+    timings = json.loads((tmp_path / "metrics.json").read_text())["timings"]
+    assert set(timings) == {"world_s", "calibration_s"}
+
+
+def test_progress_bar_has_no_negative_epoch_total(tmp_path):
+    cfg = compose_train(tmp_path, tmp_path, "trainer.progress_bar=rich")
+    (bar,) = train_app.trainer_kwargs(cfg)["callbacks"]
+    bar._trainer = SimpleNamespace(max_epochs=-1)  # what Trainer(max_steps=...) sets
+    assert bar._get_train_description(0).strip() == "Epoch 0"
+    bar._trainer = SimpleNamespace(max_epochs=3)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"
+
+
+# ---------------------------------------------------------------- defects 4, 7: W&B
+
+
+def wandb_init_kwargs(tmp_path, run_dir: Path) -> dict:
+    cfg = compose_train(tmp_path / "cache", run_dir, "logger=wandb")
+    return train_app.make_logger(cfg, run_dir, "name", [])._wandb_init
+
+
+@pytest.mark.parametrize("env, mode", [("online", "online"), ("offline", "offline"), ("disabled", "disabled"),
+                                       (None, "offline")])
+def test_wandb_mode_follows_the_environment(tmp_path, monkeypatch, env, mode):
+    if env is None:
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+    else:
+        monkeypatch.setenv("WANDB_MODE", env)
+    assert wandb_init_kwargs(tmp_path, tmp_path / "run")["mode"] == mode
+
+
+def test_wandb_mode_is_validated(tmp_path, monkeypatch):
+    no_compute(monkeypatch)
+    with pytest.raises(ConfigError, match=r"logger\.mode"):
+        train_app.run(compose_train(tmp_path / "cache", tmp_path, "logger=wandb", "logger.mode=onlin"))
+
+
+def test_resumed_run_keeps_its_wandb_run_id(tmp_path):
+    first = wandb_init_kwargs(tmp_path, tmp_path / "run")
+    again = wandb_init_kwargs(tmp_path, tmp_path / "run")
+    other = wandb_init_kwargs(tmp_path, tmp_path / "other")
+    assert first["id"] and first["id"] == again["id"] != other["id"]
+    assert first["resume"] == "allow"
+    assert (tmp_path / "run" / "wandb" / "run_id").read_text().strip() == first["id"]
+
+
+# ---------------------------------------------------------------- defects 8, 9: cache files
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_and_dirs_respect_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        cache.atomic_write_text(tmp_path / "a.txt", "x")
+        cache.save_tensors(tmp_path / "t.pt", {"x": torch.zeros(2)})
+        with cache.atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "t.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_cache_file_under_the_wrong_key_is_not_used(tmp_path):
+    cache.save_tensors(tmp_path / "a.pt", {"x": torch.ones(3)}, key="aaaa")
+    assert cache.load_tensors(tmp_path / "a.pt", "aaaa")[0]["x"].sum() == 3
+    (tmp_path / "b.pt").write_bytes((tmp_path / "a.pt").read_bytes())  # copied to another key's name
+    with pytest.raises(cache.CorruptCacheError, match="stored under key 'aaaa', expected 'bbbb'"):
+        cache.load_tensors(tmp_path / "b.pt", "bbbb")
+    value, hit = cache.cached(tmp_path / "b.pt", lambda: {"x": torch.zeros(3)},
+                              lambda v, p: cache.save_tensors(p, v, key="bbbb"),
+                              lambda p: cache.load_tensors(p, "bbbb")[0])
+    assert not hit and value["x"].sum() == 0  # rebuilt, never silently used
+    assert cache.load_tensors(tmp_path / "b.pt", "bbbb")[0]["x"].sum() == 0
+
+
+def test_reference_pool_files_record_their_key(tmp_path):
+    from infalign.pipeline import pools
+    from test_pools import make_world
+
+    world, prompts = make_world(tmp_path)
+    gen = OmegaConf.create({"max_new_tokens": 4, "temperature": 1.0, "batch_size": 2})
+    kw = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+    scorer = SimpleNamespace(score=lambda p, r: torch.tensor([float(len(x)) for x in r]))
+
+    def pool(seed):
+        return pools.reference_pool(world, prompts, 2, {"reward": scorer}, gen, kw, seed, tmp_path, tag="t")
+
+    pool(0)
+    (a,) = (tmp_path / "pools").glob("t-*.pt")
+    pool(1)
+    (b,) = set((tmp_path / "pools").glob("t-*.pt")) - {a}
+    b.write_bytes(a.read_bytes())  # seed 0's pool placed under seed 1's key
+    _, hit = pool(1)
+    assert not hit  # detected and rebuilt
+
+
+def test_complete_cache_entry_is_read_without_a_lock(tmp_path, monkeypatch):
+    path = tmp_path / "entry.pt"
+    cache.save_tensors(path, {"x": torch.arange(3.0)}, key="k")
+
+    def no_lock(p):
+        raise PermissionError(f"read-only cache: cannot create {p}")
+
+    monkeypatch.setattr(cache, "file_lock", no_lock)
+    value, hit = cache.cached(path, lambda: pytest.fail("rebuilt"), lambda v, p: pytest.fail("written"),
+                              lambda p: cache.load_tensors(p, "k")[0])
+    assert hit and value["x"].tolist() == [0.0, 1.0, 2.0]
+    assert not (tmp_path / "entry.pt.lock").exists()
+
+
+# ---------------------------------------------------------------- defect 12: device-agnostic transforms
+
+
+@pytest.mark.parametrize("fn", [np.sqrt, "numpy.sqrt", np.log1p])
+def test_custom_numpy_transform_runs_on_the_tensors_device(fn):
+    t = Custom(fn=fn)
+    u = torch.tensor([0.04, 0.25, 0.81], dtype=torch.float32)
+    out = t(u)
+    ref = torch.from_numpy(t.fn(u.numpy().astype(np.float64))).float()
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, rtol=1e-6)  # float32 rounding
+    meta = t(torch.empty(5, device="meta"))  # no host copy possible: must stay on the device
+    assert meta.device.type == "meta" and meta.shape == (5,)
+
+
+def test_custom_numpy_only_callable_gets_a_host_copy():
+    t = Custom(fn=lambda a: np.asarray(a, dtype=np.float64) ** 2)  # not a ufunc
+    out = t(torch.tensor([0.5, 0.25]))
+    assert isinstance(out, torch.Tensor) and out.tolist() == [0.25, 0.0625]
+
+
+# ---------------------------------------------------------------- slow: the console script under faults
+
+
+@pytest.fixture(scope="module")
+def warm_cache(tmp_path_factory):
+    """A cache with the tiny toy world and its pools (one run), shared by the slow tests."""
+    root = tmp_path_factory.mktemp("faults")
+    code, _, err = finished(train_cli(*TINY, f"paths.cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'warm'}"))
+    assert code == 0, err[-3000:]
+    return root / "cache"
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_distinct_dirs_and_both_finish(tmp_path):
+    env = {"INFALIGN_ROOT": str(tmp_path)}  # default run dirs under tmp_path/outputs/train/
+    procs = [train_cli(*TINY, env=env) for _ in range(2)]  # same second; both build the world (locked)
+    for proc in procs:
+        code, _, err = finished(proc)
+        assert code == 0, err[-3000:]
+    runs = sorted((tmp_path / "outputs" / "train").iterdir())
+    assert len(runs) == 2
+    stamps = {r.name.rsplit("_", 1)[0] for r in runs}
+    for run in runs:
+        assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+    assert len(stamps) <= 2  # (usually one: the suffix is what keeps them apart)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "fault point never reached"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def judges(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished"
+    return metrics["eval"]["judges"]
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_then_resume_gives_the_same_metrics(tmp_path, warm_cache):
+    args = [*TINY, "algo.steps=6", f"paths.cache_dir={warm_cache}"]
+    code, _, err = finished(train_cli(*args, f"hydra.run.dir={tmp_path / 'straight'}"))
+    assert code == 0, err[-3000:]
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    proc = train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}")
+    kill_when(proc, lambda: (ckpt_dir / "last.ckpt").exists())  # after step 1 of 6, mid-training
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    step = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"]
+    assert 1 <= step < 6
+    code, _, err = finished(train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}", "ckpt_path=last"))
+    assert code == 0, err[-3000:]
+    assert judges(tmp_path / "killed") == judges(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_kill_9_during_calibration_then_rerun_gives_the_same_metrics(tmp_path, warm_cache):
+    # K=6: a calibration pool the warm cache does not hold, so this run has to draw it
+    args = [*TINY, "calibration.K=6", f"paths.cache_dir={warm_cache}"]
+    log_file = tmp_path / "killed" / "train.log"
+    proc = train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}")
+    kill_when(proc, lambda: log_file.exists() and "drawing reference pool calibration" in log_file.read_text())
+    assert not (tmp_path / "killed" / "checkpoints").exists()
+    code, _, err = finished(train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}", "ckpt_path=last_or_new"))
+    assert code == 0, err[-3000:]
+    code, _, err = finished(train_cli(*args, f"hydra.run.dir={tmp_path / 'straight'}"))
+    assert code == 0, err[-3000:]
+    assert judges(tmp_path / "killed") == judges(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_read_only_complete_cache_run_succeeds(tmp_path, warm_cache, monkeypatch):
+    before = {p: p.stat().st_mtime_ns for p in warm_cache.rglob("*")}
+
+    def read_only(p):  # root ignores file modes, so a read-only mount is simulated at the lock
+        raise PermissionError(f"read-only cache: cannot create {p}")
+
+    monkeypatch.setattr(cache, "file_lock", read_only)
+    metrics = train_app.run(compose_train(warm_cache, tmp_path / "run"))
+    assert metrics["status"] == "finished"
+    assert metrics["cache"] == {"toy_built": False, "calibration_hit": True, "eval_reference_hit": True}
+    assert {p: p.stat().st_mtime_ns for p in warm_cache.rglob("*")} == before  # nothing written
+
+
+@pytest.mark.slow
+def test_sweep_with_an_invalid_and_a_crashing_job(tmp_path, warm_cache):
+    sweep = tmp_path / "sweep"
+    # (beta, policy): (0.2, toy) finishes; (0, *) invalid; (0.2, /nonexistent) fails when loaded
+    code, out, err = finished(train_cli("-m", "algo.beta=0.2,0", "policy.name_or_path=null,/nonexistent/model",
+                                        *TINY, f"paths.cache_dir={warm_cache}", f"hydra.sweep.dir={sweep}"))
+    assert code == 1, err[-3000:]
+    assert "3 of 4 jobs failed" in err
+    statuses = {}
+    for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
+        metrics = json.loads((job / "metrics.json").read_text())
+        cfg = metrics["config"]
+        statuses[(cfg["algo"]["beta"], cfg["policy"]["name_or_path"])] = metrics["status"]
+        if metrics["status"] == "failed":
+            assert ("algo.beta" if cfg["algo"]["beta"] == 0 else "policy.name_or_path") in metrics["error"]
+    assert statuses == {(0.2, None): "finished", (0, None): "failed", (0.2, "/nonexistent/model"): "failed",
+                        (0, "/nonexistent/model"): "failed"}
+    proc = subprocess.run([str(BIN / "infalign-report"), str(sweep), "--no-wandb"], capture_output=True,
+                          text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (sweep / "report" / "runs.csv").read_text().splitlines()
+    assert sum(",failed," in r for r in rows) == 3 and sum(",finished," in r for r in rows) == 1
