@@ -283,6 +283,8 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     batch_size = int(cfg.data.get("batch_size", 16))
     key = content_key("reward-bt-v2", _fingerprint(init_path), fmt, train, val, hp, batch_size)
     path = Path(cache_dir) / f"reward-{key}"
+    log.info("stage reward_model: Bradley-Terry training, %d steps on %d pairs, validated on %d "
+             "(instant when cached: %s)", int(hp["steps"]), len(train), len(val), path)
 
     def loader(pairs, shuffle: bool):
         prompts, chosen, rejected = (list(c) for c in zip(*pairs))
