@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Rollout", "sample", "sequence_logprobs", "position_ids"]
+__all__ = ["Rollout", "sample", "sequence_logprobs", "position_ids", "stop_token_ids"]
 
 
 @dataclass
@@ -94,6 +94,15 @@ def _special_id(tokenizer, name: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Ids that end a response: ``tokenizer.eos_token_id`` and every id in the model's
+    ``generation_config.eos_token_id`` (an int or, Llama-3 / Qwen style, a list)."""
+    ids = [_special_id(tokenizer, "eos")]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list | tuple) else [configured]
+    return sorted({int(i) for i in ids if i is not None})
+
+
 def sample(
     model: torch.nn.Module,
     tokenizer,
@@ -110,7 +119,8 @@ def sample(
     Token ``t`` of row ``i`` is drawn from ``softmax(top_k(logits_t) / temperature)``
     (``temperature=0``: greedy); ``logprobs[i, t] = log_softmax(logits_t)[y_t]`` at temperature 1
     (see the module docstring). Decoding stops at ``max_new_tokens`` or when every row has emitted
-    ``tokenizer.eos_token_id`` (no early stop if the tokenizer has no eos). Padding uses
+    a stop token (:func:`stop_token_ids`: the tokenizer's eos and every id of the model's
+    ``generation_config.eos_token_id``; no early stop if there is none). Padding uses
     ``tokenizer.pad_token_id``, falling back to eos, then 0.
 
     ``use_cache=False`` recomputes the whole prefix each step (slow; kept as the reference the
@@ -127,6 +137,7 @@ def sample(
         raise ValueError(f"top_k={top_k} must be >= 1 or None")
     device = next(model.parameters()).device
     eos = _special_id(tokenizer, "eos")
+    stops = stop_token_ids(model, tokenizer)
     pad = _special_id(tokenizer, "pad")
     pad = pad if pad is not None else (eos if eos is not None else 0)
 
@@ -156,7 +167,7 @@ def sample(
             top_k,
             use_cache,
             generator,
-            eos,
+            stops,
             pad,
         )
     finally:
@@ -186,7 +197,7 @@ def _decode(
     top_k,
     use_cache,
     generator,
-    eos,
+    stops,
     pad,
 ):
     """The decoding loop: returns ``tokens, logprobs, response_mask``, each ``[rows, Lr]``."""
@@ -221,8 +232,8 @@ def _decode(
         logprobs[:, t] = torch.where(alive, logp, 0.0)
         response_mask[:, t] = alive
         steps = t + 1
-        if eos is not None:
-            alive &= tok != eos
+        if stops:
+            alive &= ~torch.isin(tok, torch.tensor(stops, device=device))
             if not alive.any():
                 break
     return tokens[:, :steps], logprobs[:, :steps], response_mask[:, :steps]

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from infalign.models.builders import encode_prompt_response
+from infalign.models.reward import reward_model_inputs
 
 
 class TextPairs(Dataset):
@@ -70,14 +71,16 @@ def make_lm_dataloader(
 
 class PreferenceCollator:
     """``[(prompt, chosen, rejected), ...]`` -> one right-padded batch of ``2B`` rows: the first
-    ``B`` are ``prompt + chosen``, the last ``B`` ``prompt + rejected`` (one forward pass)."""
+    ``B`` are ``prompt + chosen``, the last ``B`` ``prompt + rejected`` (one forward pass), encoded
+    by :func:`~infalign.models.reward.reward_model_inputs` -- exactly what the scorer feeds the
+    trained model."""
 
     def __init__(self, tokenizer, max_length: int | None = None):
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = (list(c) for c in zip(*batch))
-        enc = encode_prompt_response(
+        enc = reward_model_inputs(
             self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

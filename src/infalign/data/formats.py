@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASETS",
+    "DataFileError",
     "HH_ASSISTANT",
     "MALFORMED_REASONS",
     "TLDR_TEMPLATE",
@@ -54,8 +56,10 @@ __all__ = [
     "ParseReport",
     "PreferenceExample",
     "RawRecord",
+    "check_data_file",
     "filter_by_length",
     "held_out",
+    "is_local",
     "load_records",
     "local_split_file",
     "parse_hh",
@@ -157,21 +161,63 @@ class ParseReport:
 # ---------------------------------------------------------------------------- reading records
 
 
-def read_jsonl(path: str | os.PathLike) -> list[RawRecord]:
+LFS_POINTER = b"version https://git-lfs"
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as JSON lines (a Git LFS pointer, a truncated or corrupt
+    ``.gz``, not UTF-8); the message names the file and the config key."""
+
+
+def _describe(path: Path, key: str | None) -> str:
+    return f"{path}" + (f" ({key})" if key else "")
+
+
+def read_jsonl(path: str | os.PathLike, key: str | None = None) -> list[RawRecord]:
     """Records of a ``.jsonl`` / ``.jsonl.gz`` file, one per non-blank line. A line that is not
-    valid JSON becomes ``RawRecord(line, error=...)`` (counted as ``invalid_json`` later)."""
-    path = Path(path)
+    valid JSON becomes ``RawRecord(line, error=...)`` (counted as ``invalid_json`` later).
+
+    Raises ``FileNotFoundError`` ("file not found: <path> (<key>)") and :class:`DataFileError` for
+    a Git LFS pointer (a clone without ``git lfs pull``), a truncated / corrupt gzip file or a
+    file that is not UTF-8 -- each naming the file and ``key``.
+    """
+    path = check_data_file(path, key)
+    where = _describe(path, key)
     opener = gzip.open if path.suffix == ".gz" else open
     out: list[RawRecord] = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                out.append(RawRecord(n, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                out.append(RawRecord(n, error=str(exc)))
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            for n, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(RawRecord(n, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    out.append(RawRecord(n, error=str(exc)))
+    except EOFError as exc:
+        raise DataFileError(
+            f"{where} is truncated (the gzip stream ends early after {len(out)} records): "
+            f"download it again"
+        ) from exc
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise DataFileError(f"{where} is not a valid gzip file ({exc}): download it again") from exc
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{where} is not UTF-8 text ({exc})") from exc
     return out
+
+
+def check_data_file(path: str | os.PathLike, key: str | None = None) -> Path:
+    """Cheap checks before any compute: ``path`` exists and is not a Git LFS pointer."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {_describe(path, key)}")
+    with open(path, "rb") as fh:
+        if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+            raise DataFileError(
+                f"{_describe(path, key)} is a Git LFS pointer, not the data: fetch the real file "
+                f"(git lfs pull, or download it from the dataset page)"
+            )
+    return path
 
 
 _SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -188,7 +234,8 @@ def local_split_file(root: str | os.PathLike, split: str, data_dir: str | None =
     raise MissingSplitError(f"no {split!r} split in {base}: tried {', '.join(map(str, tried))}")
 
 
-def _is_local(name: str) -> bool:
+def is_local(name: str) -> bool:
+    """Whether a ``data.name_or_path`` is a local path (else a hub dataset id)."""
     p = Path(name).expanduser()
     return (
         p.exists()
@@ -204,6 +251,7 @@ def load_records(
     data_dir: str | None = None,
     files: dict[str, str | os.PathLike] | None = None,
     config: str | None = None,
+    keys: dict[str, str] | None = None,
 ) -> tuple[str, list[RawRecord]]:
     """The raw records of one split, and a name for where they came from (for reports).
 
@@ -216,27 +264,28 @@ def load_records(
     4. otherwise ``source`` is a hub dataset: ``datasets.load_dataset(source, config,
        data_dir=data_dir, split=split)`` (cached by ``datasets``; fails fast when offline).
 
-    Raises :class:`MissingSplitError` when the split does not exist, ``FileNotFoundError`` for a
-    missing local path and ``OSError`` when the hub cannot be reached.
+    ``keys[split]`` names the config key of ``files[split]`` in messages (default
+    ``data.<split>_file``). Raises :class:`MissingSplitError` when the split does not exist,
+    ``FileNotFoundError`` for a missing local path, :class:`DataFileError` for an unreadable file
+    and ``OSError`` when the hub cannot be reached.
     """
     files = {k: v for k, v in (files or {}).items() if v}
     if split in files:
+        key = (keys or {}).get(split, f"data.{split}_file")
         path = Path(files[split]).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data.{split}_file: no such file: {path}")
-        return str(path), read_jsonl(path)
+        return str(path), read_jsonl(path, key)
     if source is None:
         raise MissingSplitError(f"no {split!r} split: no file given and no data.name_or_path")
-    if _is_local(source):
+    if is_local(source):
         path = Path(source).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"data.name_or_path: local path does not exist: {path}")
         if path.is_file():
             if split != "train":
                 raise MissingSplitError(f"{path} is a single file: it is the 'train' split only")
-            return str(path), read_jsonl(path)
+            return str(path), read_jsonl(path, "data.name_or_path")
         found = local_split_file(path, split, data_dir)
-        return str(found), read_jsonl(found)
+        return str(found), read_jsonl(found, "data.name_or_path")
     return _load_hub(source, split, data_dir, config)
 
 
@@ -438,21 +487,27 @@ def filter_by_length(
     max_prompt_tokens: int | None,
     max_response_tokens: int | None,
     report: ParseReport,
+    render_prompt: Callable[[list[str]], list[str]] | None = None,
 ) -> list[PreferenceExample]:
     """Drop pairs whose prompt has more than ``max_prompt_tokens`` tokens or whose chosen or
-    rejected response has more than ``max_response_tokens`` (text tokens, no special tokens; the
-    collator's eos comes on top). ``None`` = no limit. Updates ``report.too_long`` / ``kept``;
-    raises ``ValueError`` if every pair is too long."""
+    rejected response has more than ``max_response_tokens``. ``None`` = no limit.
+
+    The prompt is measured as the policy will be fed it: ``render_prompt(prompts)`` (e.g. the chat
+    template; identity when ``None``) tokenised *with* the tokenizer's special tokens (BOS, ...).
+    Responses are text tokens without special tokens (the collator's eos comes on top). Updates
+    ``report.too_long`` / ``kept``; raises ``ValueError`` if every pair is too long."""
     if not pairs or (max_prompt_tokens is None and max_response_tokens is None):
         return pairs
 
-    def n_tokens(texts: list[str]) -> list[int]:
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    def n_tokens(texts: list[str], special: bool = False) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
     inf = float("inf")
     p_max = inf if max_prompt_tokens is None else max_prompt_tokens
     r_max = inf if max_response_tokens is None else max_response_tokens
-    p_len = n_tokens([p.prompt for p in pairs]) if p_max < inf else [0] * len(pairs)
+    prompts = [p.prompt for p in pairs]
+    rendered = render_prompt(prompts) if render_prompt is not None else prompts
+    p_len = n_tokens(rendered, special=True) if p_max < inf else [0] * len(pairs)
     c_len = n_tokens([p.chosen for p in pairs]) if r_max < inf else [0] * len(pairs)
     r_len = n_tokens([p.rejected for p in pairs]) if r_max < inf else [0] * len(pairs)
     kept = [
@@ -466,5 +521,6 @@ def filter_by_length(
         raise ValueError(
             f"all {len(pairs)} pairs of {report.source} are longer than "
             f"max_prompt_tokens={max_prompt_tokens} / max_response_tokens={max_response_tokens}"
+            + (" (prompts measured after the chat template)" if render_prompt else "")
         )
     return kept

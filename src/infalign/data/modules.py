@@ -2,13 +2,16 @@
 as prompt lists (for RL, calibration and evaluation).
 
 Pipeline per split: read records (:func:`~infalign.data.formats.load_records`) -> parse, counting
-malformed records -> (no test split: hold out ``val_fraction`` of the train prompts) -> drop pairs
-over the token limits -> optionally cap at ``max_examples`` (a seeded subset, file order kept).
+malformed records -> (no test split, or a local ``train_file`` without ``test_file``: hold out
+``val_fraction`` of the train prompts) -> drop pairs over the token limits (prompts measured after
+``render_prompt``, e.g. the policy's chat template) -> optionally cap at ``max_examples`` (a seeded
+subset, file order kept).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -55,6 +58,11 @@ class PreferenceDataModule(L.LightningDataModule):
             test split (hash of the prompt text, independent of ``seed``).
         test_split: the source's held-out split name (default: ``test`` for HH, ``validation`` for
             TL;DR).
+        render_prompt: how the policy will see a batch of prompts (e.g. the chat template); the
+            prompt-length limit applies to the rendered prompts. ``None`` = the text as is.
+
+    A ``train_file`` without ``test_file`` never sends the test split to ``name_or_path``: the
+    test split is held out of the train file (``val_fraction``), with a warning saying so.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class PreferenceDataModule(L.LightningDataModule):
         seed: int = 0,
         val_fraction: float = 0.05,
         test_split: str | None = None,
+        render_prompt: Callable[[list[str]], list[str]] | None = None,
     ):
         super().__init__()
         require(dataset in DATASETS, "data.dataset", dataset, f"one of {sorted(DATASETS)}")
@@ -84,12 +93,16 @@ class PreferenceDataModule(L.LightningDataModule):
             ("max_examples", max_examples),
         ):
             require(value is None or int(value) >= 1, f"data.{key}", value, "null or >= 1")
-        self.save_hyperparameters(ignore=["tokenizer"])
+        self.save_hyperparameters(ignore=["tokenizer", "render_prompt"])
         self.format = DATASETS[dataset]
         self.test_split = test_split or self.format.test_split
         self.files = {"train": train_file, self.test_split: test_file}
+        self.file_keys = {"train": "data.train_file", self.test_split: "data.test_file"}
         has_files = any(self.files.values())
         self.source = name_or_path or (None if has_files else self.format.hub_name)
+        # a local train file alone: its held-out part is the test split (never the hub's test data)
+        self.hold_out_of_train_file = bool(train_file) and not test_file
+        self.render_prompt = render_prompt
         self._tokenizer = tokenizer
         self._pairs: dict[str, list[PreferenceExample]] = {}
         self.reports: dict[str, ParseReport] = {}
@@ -111,14 +124,26 @@ class PreferenceDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loading
     def _read(self, split: str) -> tuple[list[PreferenceExample], ParseReport]:
+        if split == self.test_split and self.hold_out_of_train_file:
+            raise MissingSplitError(
+                f"data.test_file is not set: holding out data.val_fraction="
+                f"{self.hparams.val_fraction} of the prompts of data.train_file as the test split"
+            )
         where, records = load_records(
-            self.source, split, self.hparams.data_dir, self.files, config=self.format.hub_config
+            self.source,
+            split,
+            self.hparams.data_dir,
+            self.files,
+            config=self.format.hub_config,
+            keys=self.file_keys,
         )
         return parse_records(records, self.format.parse, where)
 
     def prepare_data(self) -> None:
         """Fill the ``datasets`` cache for hub sources (Lightning calls this on one process)."""
         for name in ("train", self.test_split):
+            if name == self.test_split and self.hold_out_of_train_file:
+                continue
             if not self.files.get(name) and self.source and not Path(self.source).exists():
                 try:
                     load_records(
@@ -132,32 +157,23 @@ class PreferenceDataModule(L.LightningDataModule):
         if self._pairs:
             return
         hp = self.hparams
+        self._warn_if_same_file()
         train, train_report = self._read("train")
         try:
             test, test_report = self._read(self.test_split)
         except MissingSplitError as exc:
-            is_test = [held_out(p.prompt, hp.val_fraction) for p in train]
-            test = [p for p, t in zip(train, is_test) if t]
-            train = [p for p, t in zip(train, is_test) if not t]
-            train_report.held_out = len(test)
-            test_report = ParseReport(
-                f"{train_report.source} (held out, val_fraction={hp.val_fraction})",
-                total=len(test),
-                usable=len(test),
-            )
-            log.info("%s; holding out %d of %d train pairs", exc, len(test), train_report.usable)
-            if not test or not train:
-                raise ValueError(
-                    f"{train_report.source}: holding out val_fraction={hp.val_fraction} of "
-                    f"{train_report.usable} usable pairs leaves {len(train)} train / {len(test)} "
-                    f"test pairs; change data.val_fraction or give data.test_file"
-                ) from exc
+            train, test, test_report = self._hold_out(train, train_report, exc)
         for i, (split, pairs, report) in enumerate(
             (("train", train, train_report), ("test", test, test_report))
         ):
             if hp.max_prompt_tokens is not None or hp.max_response_tokens is not None:
                 pairs = filter_by_length(
-                    pairs, self.tokenizer, hp.max_prompt_tokens, hp.max_response_tokens, report
+                    pairs,
+                    self.tokenizer,
+                    hp.max_prompt_tokens,
+                    hp.max_response_tokens,
+                    report,
+                    self.render_prompt,
                 )
             if hp.max_examples is not None and len(pairs) > hp.max_examples:
                 rng = np.random.default_rng([hp.seed, i])
@@ -165,6 +181,37 @@ class PreferenceDataModule(L.LightningDataModule):
             report.kept = len(pairs)
             self._pairs[split], self.reports[split] = pairs, report
             log.info("%s split: %s", split, report.summary())
+
+    def _warn_if_same_file(self) -> None:
+        train, test = (self.files.get(s) for s in ("train", self.test_split))
+        if train and test and Path(train).expanduser().resolve() == Path(test).expanduser().resolve():
+            log.warning(
+                "data.train_file and data.test_file are the same file (%s): evaluation prompts "
+                "are training prompts and held-out results will be optimistic",
+                train,
+            )
+
+    def _hold_out(self, train: list[PreferenceExample], train_report: ParseReport, why: Exception):
+        """``(train, test, test_report)``: the prompts with :func:`held_out` below
+        ``val_fraction`` become the test split."""
+        fraction = self.hparams.val_fraction
+        is_test = [held_out(p.prompt, fraction) for p in train]
+        test = [p for p, t in zip(train, is_test) if t]
+        train = [p for p, t in zip(train, is_test) if not t]
+        train_report.held_out = len(test)
+        test_report = ParseReport(
+            f"{train_report.source} (held out, val_fraction={fraction})",
+            total=len(test),
+            usable=len(test),
+        )
+        log.warning("%s: %d of %d train pairs held out", why, len(test), train_report.usable)
+        if not test or not train:
+            raise ValueError(
+                f"{train_report.source}: holding out data.val_fraction={fraction} of "
+                f"{train_report.usable} usable pairs leaves {len(train)} train / {len(test)} "
+                f"test pairs; change data.val_fraction or give data.test_file"
+            ) from why
+        return train, test, test_report
 
     # ------------------------------------------------------------------ access
     def pairs(self, split: str) -> list[PreferenceExample]:

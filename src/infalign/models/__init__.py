@@ -9,10 +9,20 @@ from infalign.models.builders import (
     load_reward_model,
     load_tokenizer,
     resolve_dtype,
+    special_tokens_around,
 )
-from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_finite
+from infalign.models.reward import (
+    REWARD_INPUT_VERSION,
+    GoldScorer,
+    RewardScorer,
+    Scorer,
+    check_finite,
+    reward_input_format,
+    reward_model_inputs,
+)
 
 __all__ = [
+    "REWARD_INPUT_VERSION",
     "TOY_SIZES",
     "GoldScorer",
     "RewardScorer",
@@ -25,4 +35,7 @@ __all__ = [
     "load_reward_model",
     "load_tokenizer",
     "resolve_dtype",
+    "reward_input_format",
+    "reward_model_inputs",
+    "special_tokens_around",
 ]

@@ -22,11 +22,14 @@ __all__ = [
     "TOY_SIZES",
     "build_toy_lm",
     "build_toy_reward_model",
+    "check_causal_lm",
+    "check_reward_model",
     "encode_prompt_response",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
     "resolve_dtype",
+    "special_tokens_around",
 ]
 
 # n_embd, n_layer, n_head -> ~0.1M / ~0.6M / ~2.2M parameters with the default toy vocabulary.
@@ -131,6 +134,49 @@ def _check_kind(config, name: str, key: str, suffixes: tuple[str, ...], wanted: 
         )
 
 
+_CAUSAL = ("ForCausalLM", "LMHeadModel")
+_CLASSIFIER = ("ForSequenceClassification",)
+
+
+def _is_causal(config) -> bool:
+    return any(a.endswith(_CAUSAL) for a in getattr(config, "architectures", None) or [])
+
+
+def check_causal_lm(name_or_path: str | os.PathLike, key: str = "policy.name_or_path"):
+    """``(name, config)`` of a causal-LM checkpoint, reading only its ``config.json`` (cheap: run
+    before any compute). Errors name ``key``: missing local path, hub name not found, wrong kind."""
+    name = resolve_name_or_path(name_or_path, key)
+    config = _load_config(name, key)
+    _check_kind(config, name, key, _CAUSAL, "causal language model")
+    return name, config
+
+
+def check_reward_model(
+    name_or_path: str | os.PathLike, key: str = "reward.name_or_path", from_causal_lm: bool = False
+):
+    """``(name, config)`` of a one-output sequence-classification checkpoint -- or, with
+    ``from_causal_lm``, of a causal LM that will get a new scalar head. Reads only
+    ``config.json``; errors as in :func:`check_causal_lm`."""
+    name = resolve_name_or_path(name_or_path, key)
+    config = _load_config(name, key)
+    if from_causal_lm:
+        _check_kind(config, name, key, _CLASSIFIER + _CAUSAL, "reward model or causal LM")
+    else:
+        _check_kind(
+            config,
+            name,
+            key,
+            _CLASSIFIER,
+            "sequence-classification reward model (a causal LM is accepted with "
+            "reward.train.enabled=true, which trains a new scalar head on it)",
+        )
+    if not _is_causal(config) and config.num_labels != 1:
+        raise ValueError(
+            f"{key}={name!r} has num_labels={config.num_labels}; a reward model needs 1"
+        )
+    return name, config
+
+
 def load_causal_lm(
     name_or_path: str | os.PathLike,
     dtype: str | torch.dtype = "float32",
@@ -144,9 +190,7 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
-    name = resolve_name_or_path(name_or_path, key)
-    config = _load_config(name, key)
-    _check_kind(config, name, key, ("ForCausalLM", "LMHeadModel"), "causal language model")
+    name, _ = check_causal_lm(name_or_path, key)
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, "dtype"))
     except ValueError as exc:  # unrecognised configuration class for this auto class
@@ -160,27 +204,25 @@ def load_reward_model(
     device: str | torch.device = "cpu",
     tokenizer=None,
     key: str = "reward.name_or_path",
+    from_causal_lm: bool = False,
 ):
     """``AutoModelForSequenceClassification.from_pretrained`` with one output (the score).
 
+    ``from_causal_lm``: a causal-LM checkpoint (an SFT model) is accepted too; its transformer is
+    loaded under a *new* linear scalar head (randomly initialised, as TRL's ``RewardTrainer``
+    does), ready for Bradley-Terry training. Otherwise a causal LM is rejected.
+
     A missing ``config.pad_token_id`` is taken from ``tokenizer`` (else eos) so batched scoring
-    finds each row's last real token. Errors as in :func:`load_causal_lm`; a checkpoint with
-    more than one label is rejected.
+    finds each row's last real token. Errors as in :func:`load_causal_lm`; a classification
+    checkpoint with more than one label is rejected.
     """
     from transformers import AutoModelForSequenceClassification
 
-    name = resolve_name_or_path(name_or_path, key)
-    config = _load_config(name, key)
-    _check_kind(
-        config, name, key, ("ForSequenceClassification",), "sequence-classification reward model"
-    )
-    if config.num_labels != 1:
-        raise ValueError(
-            f"{key}={name!r} has num_labels={config.num_labels}; a reward model needs 1"
-        )
+    name, config = check_reward_model(name_or_path, key, from_causal_lm)
+    new_head = _is_causal(config)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            name, dtype=resolve_dtype(dtype, "dtype")
+            name, dtype=resolve_dtype(dtype, "dtype"), **({"num_labels": 1} if new_head else {})
         )
     except ValueError as exc:
         raise ValueError(f"{key}={name!r} cannot be loaded as a reward model: {exc}") from exc
@@ -188,6 +230,18 @@ def load_reward_model(
         pad = getattr(tokenizer, "pad_token_id", None)
         model.config.pad_token_id = pad if pad is not None else model.config.eos_token_id
     return model.to(device)
+
+
+# Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spm.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def load_tokenizer(
@@ -201,13 +255,19 @@ def load_tokenizer(
 
     require(padding_side in ("left", "right"), "padding_side", padding_side, "'left' or 'right'")
     name = str(name_or_path)
-    if _looks_local(name) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"{key}: local path does not exist: {Path(name).expanduser()}")
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{key}: local path does not exist: {path}")
+        if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{key}={name!r}: the directory has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                f"save it next to the model with tokenizer.save_pretrained({str(path)!r})"
+            )
+        name = str(path)
     try:
-        tok = AutoTokenizer.from_pretrained(
-            str(Path(name).expanduser()) if _looks_local(name) else name
-        )
-    except OSError as exc:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, KeyError) as exc:
         raise OSError(f"{key}={name!r}: cannot load a tokenizer from it: {exc}") from exc
     if tok.pad_token is None:
         if tok.eos_token is None:
@@ -217,35 +277,55 @@ def load_tokenizer(
     return tok
 
 
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer adds around one text with ``add_special_tokens=True``:
+    ``([CLS], [SEP])`` for BERT/DeBERTa-style, ``([BOS], [])`` for Llama-style, ``([], [])`` for
+    GPT-2-style tokenizers (found by encoding a probe with and without special tokens)."""
+    probe = "a"
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return list(full[:i]), list(full[i + len(bare) :])
+    raise ValueError(f"{type(tokenizer).__name__}: cannot locate the text among its special tokens")
+
+
 def encode_prompt_response(
     tokenizer,
     prompts: list[str],
     responses: list[str],
     append_eos: bool = True,
     max_length: int | None = None,
+    special_tokens: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ``[prompt | response | eos]`` token ids.
+    """Right-padded ``[prefix | prompt | response | end]`` token ids.
 
     Prompt and response are tokenised separately (as a sampler produces them: prompt ids, then
-    generated ids) and concatenated; ``eos`` is appended when ``append_eos`` and the tokenizer has
-    one. Over ``max_length`` the prompt is cut from the left (its end matters most), then the
-    response from the right. Returns ``input_ids``, ``attention_mask`` and ``response_mask``
-    (1 on response tokens including the eos), each ``[B, L]`` long.
+    generated ids) and concatenated. ``prefix`` / ``suffix`` are the tokenizer's own special tokens
+    (:func:`special_tokens_around`; none when ``special_tokens`` is false): ``[CLS] ... [SEP]`` for an
+    encoder, ``<s> ...`` for a Llama-style tokenizer, nothing for GPT-2. ``end`` is the suffix when
+    the tokenizer has one, else ``eos`` when ``append_eos`` (and the tokenizer has one). Over
+    ``max_length`` (special tokens included) the prompt is cut from the left (its end matters
+    most), then the response from the right. Returns ``input_ids``, ``attention_mask`` and
+    ``response_mask`` (1 on response tokens including the end tokens), each ``[B, L]`` long.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("encode_prompt_response: empty batch")
+    prefix, suffix = special_tokens_around(tokenizer) if special_tokens else ([], [])
+    eos = tokenizer.eos_token_id if append_eos else None
+    end = suffix or ([eos] if eos is not None else [])
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id if append_eos else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = []
     for p, r in zip(p_ids, r_ids):
-        r = list(r) + ([eos] if eos is not None else [])
+        p, r = prefix + list(p), list(r) + end
         if max_length is not None and len(p) + len(r) > max_length:
-            keep_p = max(max_length - len(r), min(len(p), 1))
-            p = p[len(p) - keep_p :] if keep_p else []
+            text = p[len(prefix) :]  # the prefix (CLS / BOS) is kept, the text is cut
+            keep_p = max(max_length - len(r) - len(prefix), min(len(text), 1))
+            p = prefix + (text[len(text) - keep_p :] if keep_p else [])
             r = r[: max_length - len(p)]
         rows.append((p, r))
     width = max(len(p) + len(r) for p, r in rows)

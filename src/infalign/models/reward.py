@@ -7,13 +7,25 @@ sequence-classification model (:class:`RewardScorer`) or the toy world's program
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from infalign.models.builders import encode_prompt_response
+from infalign.models.builders import encode_prompt_response, special_tokens_around
 
-__all__ = ["GoldScorer", "RewardScorer", "Scorer", "check_finite"]
+__all__ = [
+    "REWARD_INPUT_VERSION",
+    "GoldScorer",
+    "RewardScorer",
+    "Scorer",
+    "check_finite",
+    "reward_input_format",
+    "reward_model_inputs",
+]
+
+# Bump when reward_model_inputs changes: it is part of every trained reward model's cache key.
+REWARD_INPUT_VERSION = "rm-input-v2"
 
 
 @runtime_checkable
@@ -35,30 +47,85 @@ def check_finite(scores: torch.Tensor, what: str) -> torch.Tensor:
     return scores
 
 
+def reward_model_inputs(
+    tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """How a reward model sees ``(prompt, response)`` -- the one encoding used by Bradley-Terry
+    training (:class:`~infalign.data.batches.PreferenceCollator`) and by every scoring call
+    (:class:`RewardScorer`: calibration, RL, evaluation).
+
+    ``prompt`` is the *dataset's* prompt text (e.g. HH's ``"\n\nHuman: ...\n\nAssistant:"``), never
+    the policy's chat-templated rendering; the row is ``[prefix] prompt response [end]`` with the
+    reward tokenizer's own special tokens (``[CLS] ... [SEP]`` for an encoder, ``<s> ... </s>`` for
+    a Llama-style model; see :func:`~infalign.models.builders.encode_prompt_response`).
+    """
+    return encode_prompt_response(
+        tokenizer, prompts, responses, append_eos=True, max_length=max_length, special_tokens=True
+    )
+
+
+def reward_input_format(tokenizer, max_length: int | None = None) -> str:
+    """A short description of :func:`reward_model_inputs` for ``tokenizer``, recorded in the trained
+    reward model's cache key and in ``metrics.json``; e.g.
+    ``'rm-input-v2:[CLS]{prompt}{response}[SEP];max_length=512'``."""
+    prefix, suffix = special_tokens_around(tokenizer)
+    eos = tokenizer.eos_token_id
+    end = suffix or ([eos] if eos is not None else [])
+
+    def show(ids: list[int]) -> str:
+        return "".join(tokenizer.convert_ids_to_tokens(ids))
+
+    text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{{response}}{show(end)}"
+    return text + (f";max_length={max_length}" if max_length else "")
+
+
 class RewardScorer:
     """Score with a sequence-classification model whose single logit is the reward.
 
-    Inputs are built by :func:`~infalign.models.builders.encode_prompt_response` (right-padded,
-    eos appended), the same encoding the reward model was trained on. Runs in eval mode under
+    Inputs are built by :func:`reward_model_inputs`, the encoding the reward model is trained on.
+    ``dataset_prompts`` maps the prompts callers pass (the policy's rendering, e.g. chat-templated)
+    back to the dataset prompt text the reward model reads; with a mapping, an unknown prompt is an
+    error (it would be scored in a format the reward model never saw). Runs in eval mode under
     ``no_grad`` on the model's device, ``batch_size`` rows at a time; returns CPU float32.
     (The model is switched to eval mode on every call; its parameters are left untouched.)
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, max_length: int | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        dataset_prompts: Mapping[str, str] | None = None,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
+        self.dataset_prompts = dataset_prompts
+        self.input_format = reward_input_format(tokenizer, max_length)
+
+    def _dataset_prompts(self, prompts: list[str]) -> list[str]:
+        if self.dataset_prompts is None:
+            return list(prompts)
+        missing = [p for p in prompts if p not in self.dataset_prompts]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} prompts are not among the world's prompts, so their dataset text "
+                f"(what the reward model reads) is unknown; first: {missing[0][:200]!r}"
+            )
+        return [self.dataset_prompts[p] for p in prompts]
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        prompts = self._dataset_prompts(prompts)
         self.model.eval()
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            enc = encode_prompt_response(
+            enc = reward_model_inputs(
                 self.tokenizer,
                 prompts[i : i + self.batch_size],
                 responses[i : i + self.batch_size],

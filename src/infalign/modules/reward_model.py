@@ -56,6 +56,11 @@ class RewardModelModule(L.LightningModule):
         self.log(f"{stage}/accuracy", acc, prog_bar=stage == "val", batch_size=n)
         return loss
 
+    def on_fit_start(self) -> None:
+        # ``from_pretrained`` returns models in eval mode and Lightning keeps submodule modes:
+        # without this, dropout stays off during training.
+        self.model.train()
+
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train", self.train_acc)
 

@@ -4,6 +4,12 @@ Everything downstream sees one :class:`World`: a trainable policy, the frozen re
 tokenizer, the reward scorer (``r``, what RL optimises), optionally a gold scorer (toy world
 only), train/eval prompts, and content fingerprints of the reference and reward model used as
 cache keys (never run names).
+
+Real data, in order: :func:`check_world_config` (every path, name, tokenizer and the chat template,
+reading only small files) -> preference data (length limits on the prompts as the policy sees them)
+-> optional Bradley-Terry reward-model training (its own stage, timed and validated) -> models.
+The reward model always reads the *dataset* prompt (:func:`~infalign.models.reward.reward_model_inputs`);
+``world.stats["reward_input_format"]`` records how.
 """
 
 from __future__ import annotations
@@ -15,15 +21,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.cache import sha256_file
-from infalign.errors import require
+from infalign.cache import content_key, sha256_file
+from infalign.errors import ConfigError, require
 from infalign.models.builders import (
+    check_causal_lm,
+    check_reward_model,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
-    resolve_name_or_path,
+    special_tokens_around,
 )
-from infalign.models.reward import GoldScorer, RewardScorer, Scorer
+from infalign.models.reward import GoldScorer, RewardScorer, Scorer, reward_input_format
 
 log = logging.getLogger(__name__)
 
@@ -59,50 +67,125 @@ def _fingerprint(name_or_path: str) -> str:
 DATA_SOURCES = ("toy", "hh", "tldr")
 
 
-def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> World:
-    """The toy world (built and cached by content), or real preference data with models by name/path."""
+@dataclass
+class CheckedModels:
+    """What :func:`check_world_config` resolved (paths) and loaded (tokenizers only)."""
+
+    policy_path: str | None
+    reward_path: str | None
+    policy_tokenizer: object = None
+    reward_tokenizer: object = None
+
+
+def _train_reward(cfg: DictConfig) -> bool:
+    return bool(cfg.reward.get("train") and cfg.reward.train.get("enabled"))
+
+
+def check_world_config(cfg: DictConfig) -> CheckedModels:
+    """Check every path and name of ``data`` / ``policy`` / ``reward`` before any compute.
+
+    Reads only ``config.json`` files, tokenizers and the first bytes of data files: a missing
+    file ("file not found: <path> (data.train_file)"), a Git LFS pointer, a mistyped hub name, a
+    model directory without tokenizer, a checkpoint of the wrong kind, or ``policy.chat_template``
+    with a tokenizer that has none -- each reported under its own key. The toy world checks only
+    the optional ``policy`` / ``reward`` overrides (its own models are built).
+    """
+    from infalign.data.formats import check_data_file, is_local
+
     data = cfg.data
     require(data.source in DATA_SOURCES, "data.source", data.source, f"one of {list(DATA_SOURCES)}")
     require(int(data.train_prompts) >= 1, "data.train_prompts", data.train_prompts, ">= 1")
     require(int(data.eval_prompts) >= 1, "data.eval_prompts", data.eval_prompts, ">= 1")
+    toy = data.source == "toy"
+    require(not (toy and _train_reward(cfg)), "reward.train.enabled", True,
+            "false for the toy world (its reward model is built)")
+    if not toy:
+        for key in ("policy", "reward"):
+            require(cfg[key].name_or_path is not None, f"{key}.name_or_path", None,
+                    "a hub name or local path (only the toy world provides its own models)")
+        for key in ("train_file", "test_file"):
+            if data.get(key):
+                check_data_file(data[key], f"data.{key}")
+        source = data.get("name_or_path")
+        if source and is_local(source) and not Path(source).expanduser().exists():
+            raise FileNotFoundError(f"file not found: {Path(source).expanduser()} (data.name_or_path)")
+    checked = CheckedModels(None, None)
+    if cfg.policy.name_or_path is not None:
+        checked.policy_path, config = check_causal_lm(cfg.policy.name_or_path, "policy.name_or_path")
+        if not toy:
+            check_sequence_budget(cfg, config)
+        checked.policy_tokenizer = load_tokenizer(checked.policy_path, "left", key="policy.name_or_path")
+        if cfg.policy.get("chat_template") and not getattr(checked.policy_tokenizer, "chat_template", None):
+            raise ConfigError("policy.chat_template", True, "false, or a policy tokenizer with a chat template",
+                              f"the tokenizer of {checked.policy_path} has no chat_template")
+    if cfg.reward.name_or_path is not None:
+        checked.reward_path, _ = check_reward_model(cfg.reward.name_or_path, "reward.name_or_path",
+                                                    from_causal_lm=_train_reward(cfg))
+        checked.reward_tokenizer = load_tokenizer(checked.reward_path, "right", key="reward.name_or_path")
+    return checked
+
+
+def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
+    """``data.max_prompt_tokens + max_new_tokens`` (RL and evaluation) must fit the policy's
+    positions (``max_position_embeddings`` / ``n_positions``, when the config has one); prompts
+    are filtered to ``data.max_prompt_tokens`` after the chat template, so no longer sequence
+    reaches generation."""
+    limit = getattr(policy_config, "max_position_embeddings", None) or getattr(policy_config, "n_positions", None)
+    max_prompt = cfg.data.get("max_prompt_tokens")
+    if not limit or max_prompt is None:
+        return
+    new = max(int(cfg.algo.get("max_new_tokens", 0)), int(cfg.get("eval", {}).get("max_new_tokens", 0) or 0))
+    require(int(max_prompt) + new <= int(limit), "data.max_prompt_tokens", max_prompt,
+            f"at most {int(limit) - new}: with max_new_tokens={new} the policy's {limit} positions must hold "
+            f"prompt + response")
+
+
+def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> World:
+    """The toy world (built and cached by content), or real preference data with models by name/path.
+
+    ``world.stats`` holds ``reward_input_format`` and, for real data, ``data_reports``; after
+    reward-model training also ``reward_trained``, ``reward_train_s``, ``reward_val_accuracy`` and
+    ``reward_val_loss``.
+    """
+    checked = check_world_config(cfg)  # before any compute
+    data = cfg.data
     if data.source == "toy":
         from infalign.toy import build_toy_world
 
         artifacts = build_toy_world(OmegaConf.to_container(data.toy, resolve=True), cache_dir)
         world = artifacts.world
         stats = {"toy_key": artifacts.key, "toy_built": artifacts.built, **artifacts.stats}
-        policy_path = cfg.policy.name_or_path or str(artifacts.reference_dir)
-        reward_path = cfg.reward.name_or_path or str(artifacts.reward_dir)
-        train_prompts = world.prompts("train", int(data.train_prompts))
-        eval_prompts = world.prompts("test", int(data.eval_prompts))
+        policy_path = checked.policy_path or str(artifacts.reference_dir)
+        reward_path = checked.reward_path or str(artifacts.reward_dir)
+        train_raw = world.prompts("train", int(data.train_prompts))
+        eval_raw = world.prompts("test", int(data.eval_prompts))
         gold = GoldScorer(world)
-        dm = None
+        tokenizer = checked.policy_tokenizer or load_tokenizer(policy_path, "left", key="policy.name_or_path")
+        reward_tok = checked.reward_tokenizer or load_tokenizer(reward_path, "right", key="reward.name_or_path")
     else:
-        for key in ("policy", "reward"):
-            require(cfg[key].name_or_path is not None, f"{key}.name_or_path", None,
-                    "a hub name or local path (only the toy world provides its own models)")
-        policy_path = resolve_name_or_path(cfg.policy.name_or_path, "policy.name_or_path")  # fail before data
-        reward_path = resolve_name_or_path(cfg.reward.name_or_path, "reward.name_or_path")
-        dm = preference_data(data, policy_path)
-        train_prompts = dm.prompts("train", int(data.train_prompts))
-        eval_prompts = dm.prompts("test", int(data.eval_prompts))
+        policy_path, reward_path = checked.policy_path, checked.reward_path
+        tokenizer, reward_tok = checked.policy_tokenizer, checked.reward_tokenizer
+        dm = preference_data(data, tokenizer, policy_view(cfg.policy, tokenizer))
+        train_raw = dm.prompts("train", int(data.train_prompts))
+        eval_raw = dm.prompts("test", int(data.eval_prompts))
         stats = {"data_reports": {k: r.to_dict() for k, r in dm.reports.items()}}
         gold = None
-    if cfg.reward.get("train") and cfg.reward.train.enabled:
-        require(dm is not None, "reward.train.enabled", True, "false for the toy world (its reward model is built)")
-        reward_path, stats["reward_trained"] = train_reward_model(cfg.reward, data, reward_path, cache_dir)
+        if _train_reward(cfg):
+            reward_path, rm_stats = train_reward_model(cfg, dm, reward_path, reward_tok, cache_dir)
+            stats.update(rm_stats)
 
     dtype = cfg.policy.get("dtype", "float32")
-    tokenizer = load_tokenizer(policy_path, padding_side="left", key="policy.name_or_path")
     policy = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path")
     reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path")
-    reward_tok = load_tokenizer(reward_path, padding_side="right", key="reward.name_or_path")
     reward_model = load_reward_model(reward_path, dtype=cfg.reward.get("dtype", dtype), device=device,
                                      tokenizer=reward_tok, key="reward.name_or_path")
+    render = policy_view(cfg.policy, tokenizer)
+    train_prompts, eval_prompts = render(train_raw), render(eval_raw)
     reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
-                          max_length=cfg.reward.get("max_length"))
-    if cfg.policy.get("chat_template"):
-        train_prompts, eval_prompts = (apply_chat_template(tokenizer, p) for p in (train_prompts, eval_prompts))
+                          max_length=cfg.reward.get("max_length"),
+                          dataset_prompts=dataset_prompt_map(train_prompts + eval_prompts, train_raw + eval_raw)
+                          if cfg.policy.get("chat_template") else None)
+    stats["reward_input_format"] = reward.input_format
     return World(
         policy=policy,
         reference=reference,
@@ -112,70 +195,146 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         train_prompts=train_prompts,
         eval_prompts=eval_prompts,
         reference_fingerprint=_fingerprint(policy_path),
-        reward_fingerprint=_fingerprint(reward_path),
+        # what a cached reward score depends on: the weights and how the model reads its input
+        reward_fingerprint=content_key(_fingerprint(reward_path), reward.input_format),
         stats=stats,
     )
 
 
-def preference_data(data: DictConfig, tokenizer_path: str):
-    """The HH / TL;DR :class:`~infalign.data.PreferenceDataModule` (set up) for ``data``."""
+def dataset_prompt_map(policy_prompts: list[str], raw_prompts: list[str]) -> dict[str, str]:
+    """``{prompt as the policy sees it: dataset prompt}``; two dataset prompts that render to the
+    same text (chat templates strip whitespace) keep the first and are logged."""
+    out: dict[str, str] = {}
+    for shown, raw in zip(policy_prompts, raw_prompts):
+        if out.setdefault(shown, raw) != raw:
+            log.warning("two dataset prompts render to the same policy prompt; scoring with the first")
+    return out
+
+
+def policy_view(policy: DictConfig, tokenizer):
+    """``prompts -> prompts as the policy is fed them``: the chat template when
+    ``policy.chat_template`` (with ``policy.system_prompt`` if set), else the text as is."""
+    if not policy.get("chat_template"):
+        return list
+    system = policy.get("system_prompt")
+    return lambda prompts: apply_chat_template(tokenizer, prompts, system)
+
+
+def preference_data(data: DictConfig, tokenizer, render_prompt=None):
+    """The HH / TL;DR :class:`~infalign.data.PreferenceDataModule` (set up) for ``data``; lengths
+    are measured with the policy ``tokenizer`` on the prompts as ``render_prompt`` shows them."""
     from infalign.data import PreferenceDataModule
 
     dm = PreferenceDataModule(
         dataset=data.source, name_or_path=data.get("name_or_path"), data_dir=data.get("data_dir"),
-        train_file=data.get("train_file"), test_file=data.get("test_file"), tokenizer_name_or_path=tokenizer_path,
+        train_file=data.get("train_file"), test_file=data.get("test_file"), tokenizer=tokenizer,
         max_prompt_tokens=data.get("max_prompt_tokens"), max_response_tokens=data.get("max_response_tokens"),
         batch_size=int(data.get("batch_size", 16)), max_examples=data.get("max_examples"),
         seed=int(data.get("seed", 0)), val_fraction=float(data.get("val_fraction", 0.05)),
+        render_prompt=render_prompt,
     )
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
-def train_reward_model(reward: DictConfig, data: DictConfig, init_path: str, cache_dir: str | Path) -> tuple[str, bool]:
-    """Bradley-Terry training of ``init_path`` on the data's preference pairs; cached by content.
+REWARD_TRAINING_FILE = "reward_training.json"
 
-    Returns (path of the trained ``save_pretrained`` dir, whether it was trained now).
+
+def reward_trainer_kwargs(cfg: DictConfig) -> dict:
+    """``L.Trainer`` settings for reward-model training: the run's ``trainer.*`` (accelerator,
+    precision, progress bar) on one device; ``reward.train.accelerator`` overrides the accelerator."""
+    t, hp = cfg.trainer, cfg.reward.train
+    return {
+        "accelerator": hp.get("accelerator") or t.get("accelerator", "auto"),
+        "precision": t.get("precision", "32-true"),
+        "enable_progress_bar": t.get("progress_bar", "tqdm") != "none",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+    }
+
+
+def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir: str | Path) -> tuple[str, dict]:
+    """Bradley-Terry training of ``init_path`` (a reward model, or a causal LM that gets a new scalar
+    head) on the train pairs, validated on the test pairs; cached by content (init weights, input
+    format, pairs, ``reward.train``, ``data.batch_size``).
+
+    Returns the trained ``save_pretrained`` dir and stats: ``reward_trained`` (now, not a cache
+    hit), ``reward_train_s``, ``reward_val_loss``, ``reward_val_accuracy`` (fraction of held-out
+    pairs with ``r(chosen) > r(rejected)``).
     """
+    import json
+    import time
+
     import lightning as L
 
-    from infalign.cache import atomic_dir, cached, content_key
+    from infalign.cache import atomic_dir, cached
+    from infalign.data.batches import make_preference_dataloader
     from infalign.modules.reward_model import RewardModelModule
 
-    hp = OmegaConf.to_container(reward.train, resolve=True)
-    dm = preference_data(data, init_path)
-    pairs = [tuple(p) for p in dm.pairs("train")]
-    key = content_key("reward-bt-v1", _fingerprint(init_path), pairs, hp)
+    t0 = time.perf_counter()
+    hp = OmegaConf.to_container(cfg.reward.train, resolve=True)
+    hp.pop("accelerator", None)  # runtime only
+    max_length = cfg.reward.get("max_length")
+    fmt = reward_input_format(tokenizer, max_length)
+    train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
+    batch_size = int(cfg.data.get("batch_size", 16))
+    key = content_key("reward-bt-v2", _fingerprint(init_path), fmt, train, val, hp, batch_size)
     path = Path(cache_dir) / f"reward-{key}"
+    log.info("stage reward_model: Bradley-Terry training, %d steps on %d pairs, validated on %d "
+             "(instant when cached: %s)", int(hp["steps"]), len(train), len(val), path)
 
-    def build() -> Path:
-        tok = load_tokenizer(init_path, padding_side="right", key="reward.name_or_path")
-        model = load_reward_model(init_path, tokenizer=tok, key="reward.name_or_path")
-        module = RewardModelModule(model, lr=float(hp["lr"]), warmup=int(hp.get("warmup", 0)))
-        trainer = L.Trainer(max_steps=int(hp["steps"]), logger=False, enable_checkpointing=False,
-                            accelerator=hp.get("accelerator", "auto"), devices=1, enable_model_summary=False)
-        trainer.fit(module, datamodule=dm)
-        return model, tok
+    def loader(pairs, shuffle: bool):
+        prompts, chosen, rejected = (list(c) for c in zip(*pairs))
+        return make_preference_dataloader(tokenizer, prompts, chosen, rejected, batch_size, shuffle=shuffle,
+                                          seed=int(cfg.data.get("seed", 0)), max_length=max_length)
+
+    def build():
+        model = load_reward_model(init_path, tokenizer=tokenizer, key="reward.name_or_path", from_causal_lm=True)
+        module = RewardModelModule(model, lr=float(hp["lr"]), warmup=int(hp.get("warmup", 0)),
+                                   weight_decay=float(hp.get("weight_decay", 0.0)))
+        trainer = L.Trainer(max_steps=int(hp["steps"]), num_sanity_val_steps=0, **reward_trainer_kwargs(cfg))
+        trainer.fit(module, loader(train, True))
+        result = trainer.validate(module, loader(val, False), verbose=False)[0]
+        metrics = {"val_loss": float(result["val/loss"]), "val_accuracy": float(result["val/accuracy"]),
+                   "steps": int(hp["steps"]), "train_pairs": len(train), "val_pairs": len(val), "input_format": fmt}
+        log.info("reward model trained: %s", metrics)
+        return model, metrics
 
     def save(value, p: Path) -> None:
         with atomic_dir(p) as tmp:
             value[0].save_pretrained(tmp)
-            value[1].save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (Path(tmp) / REWARD_TRAINING_FILE).write_text(json.dumps(value[1], indent=2))
 
-    def load(p: Path) -> Path:
-        if not (p / "config.json").exists():
-            from infalign.cache import CorruptCacheError
+    def load(p: Path):
+        from infalign.cache import CorruptCacheError
 
-            raise CorruptCacheError(f"{p}: no config.json")
-        return p
+        if not (p / "config.json").exists() or not (p / REWARD_TRAINING_FILE).exists():
+            raise CorruptCacheError(f"{p}: no config.json or {REWARD_TRAINING_FILE}")
+        return None, json.loads((p / REWARD_TRAINING_FILE).read_text())
 
-    _, hit = cached(path, build, save, load)
-    return str(path), not hit
+    (_, metrics), hit = cached(path, build, save, load)
+    stats = {"reward_trained": not hit, "reward_train_s": time.perf_counter() - t0,
+             "reward_val_loss": metrics["val_loss"], "reward_val_accuracy": metrics["val_accuracy"]}
+    return str(path), stats
 
 
-def apply_chat_template(tokenizer, prompts: list[str]) -> list[str]:
-    """Render HH-style dialogues (or plain prompts, as one user turn) with the tokenizer's template."""
+def apply_chat_template(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[str]:
+    """Render HH-style dialogues (or plain prompts, as one user turn) with the tokenizer's template,
+    after a ``system`` message when ``system_prompt`` is set (``None``: the template's default).
+
+    Templates that write the BOS text (Llama-3's ``<|begin_of_text|>``) lose it here when the
+    tokenizer adds BOS itself on encoding (as the sampler's ``tokenizer(prompts)`` does), so the
+    policy sees one BOS, not two."""
     from infalign.data.formats import split_turns
 
-    return [tokenizer.apply_chat_template(split_turns(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    rendered = [tokenizer.apply_chat_template(system + split_turns(p), tokenize=False, add_generation_prompt=True)
+                for p in prompts]
+    bos = tokenizer.bos_token
+    if bos and special_tokens_around(tokenizer)[0] == [tokenizer.bos_token_id]:
+        rendered = [r[len(bos):] if r.startswith(bos) else r for r in rendered]
+    return rendered

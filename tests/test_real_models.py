@@ -1,0 +1,403 @@
+"""Real-format models on real-format text (no network): a Llama-style causal LM whose tokenizer adds
+BOS (with and without a chat template) and a BERT-style sequence-classification reward model whose
+tokenizer wraps text in [CLS] ... [SEP], all tiny and saved with ``save_pretrained`` by the test; HH
+JSON-lines fixtures. Covers: one reward-model input format for training and scoring, special
+tokens, reward models from a causal LM, checks before any compute, data-file messages, length
+limits after the chat template, and reward-model training reports."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from infalign.errors import ConfigError
+from infalign.models import RewardScorer, encode_prompt_response, load_reward_model, load_tokenizer
+from infalign.pipeline import world as world_mod
+from pipeline_helpers import compose_train
+from test_data import write_jsonl
+from test_real_data_experiments import TOPICS, hh_line
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+    pytest.mark.filterwarnings("ignore:.*self.log"),
+]
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def _vocab_words() -> list[str]:
+    texts = [json.loads(hh_line(i))["chosen"] for i in range(len(TOPICS))]
+    texts += ["<|user|> <|assistant|> <|system|> <|end|> be brief no a"]
+    return sorted({w for t in texts for w in t.split()})
+
+
+def _word_tokenizer(style: str):
+    """A whitespace word-level tokenizer: ``llama`` (prepends <s>, eos </s>) or ``bert``
+    ([CLS] text [SEP], no eos)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"] if style == "llama" else ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {w: i for i, w in enumerate([*specials, *_vocab_words()])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if style == "llama":
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 2)])
+        return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                       bos_token="<s>", eos_token="</s>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """``lm`` (Llama-style, chat template), ``lm_plain`` (same weights, no template), ``rm`` (BERT
+    reward model), ``lm_no_tok`` (weights only) and HH train/test files."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    root = tmp_path_factory.mktemp("realfmt")
+    llama, bert = _word_tokenizer("llama"), _word_tokenizer("bert")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(llama), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=2, eos_token_id=3, pad_token_id=0))
+    rm = BertForSequenceClassification(BertConfig(
+        vocab_size=len(bert), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=512, num_labels=1, pad_token_id=0, initializer_range=1.0))
+    lm.save_pretrained(root / "lm_plain")
+    llama.save_pretrained(root / "lm_plain")
+    lm.save_pretrained(root / "lm_no_tok")
+    llama.chat_template = CHAT_TEMPLATE
+    lm.save_pretrained(root / "lm")
+    llama.save_pretrained(root / "lm")
+    rm.save_pretrained(root / "rm")
+    bert.save_pretrained(root / "rm")
+    lines = [hh_line(i) for i in range(len(TOPICS))]
+    write_jsonl(root / "train.jsonl", lines[:9])
+    write_jsonl(root / "test.jsonl", lines[9:])
+    return root
+
+
+def cfg_for(root, tmp_path, *extra):
+    return compose_train(
+        tmp_path / "cache", tmp_path / "run", "experiment=hh_harmless_won", "trainer=cpu", "policy.dtype=float32",
+        "reward.dtype=float32", "policy.chat_template=true", f"policy.name_or_path={root / 'lm'}",
+        f"reward.name_or_path={root / 'rm'}", f"data.train_file={root / 'train.jsonl'}",
+        f"data.test_file={root / 'test.jsonl'}", "data.train_prompts=4", "data.eval_prompts=3",
+        "reward.max_length=64", "+reward.train.accelerator=cpu", *extra, toy=False)
+
+
+# ---------------------------------------------------------------------------- defect 1: one input format
+
+
+def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
+    """The Bradley-Terry training path (PreferenceCollator -> RewardModelModule) and the scoring
+    path (world.reward.score on the policy's chat-templated prompt) give the same score."""
+    from infalign.data.batches import PreferenceCollator
+    from infalign.modules import RewardModelModule
+
+    world = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
+    shown = world.train_prompts[0]
+    assert shown.startswith("<|user|>") and shown.endswith("<|assistant|>")  # the policy sees the template
+    raw = next(p for p in (json.loads(hh_line(i))["chosen"] for i in range(9)) if p.startswith(
+        world.reward.dataset_prompts[shown]))
+    prompt = world.reward.dataset_prompts[shown]
+    assert prompt.endswith("\n\nAssistant:") and raw.startswith(prompt)
+    chosen, rejected = raw[len(prompt):].strip(), "no"
+    rm_tok = load_tokenizer(assets / "rm", "right", key="reward.name_or_path")
+    batch = PreferenceCollator(rm_tok, max_length=64)([(prompt, chosen, rejected)])
+    module = RewardModelModule(world.reward.model).eval()
+    with torch.no_grad():
+        trained_view = module(batch["input_ids"], batch["attention_mask"])
+    scored = world.reward.score([shown, shown], [chosen, rejected])
+    # identical token rows, same model in eval mode: equal up to float summation order
+    torch.testing.assert_close(scored, trained_view, atol=1e-6, rtol=1e-6)
+    # and the test can fail: the templated text is a different input for this model
+    templated = encode_prompt_response(rm_tok, [shown], [chosen])
+    with torch.no_grad():
+        wrong = world.reward.model(input_ids=templated["input_ids"],
+                                   attention_mask=templated["attention_mask"]).logits[0, 0]
+    assert abs(float(wrong) - float(scored[0])) > 1e-2
+    assert world.stats["reward_input_format"] == "rm-input-v2:[CLS]{prompt}{response}[SEP];max_length=64"
+    with pytest.raises(KeyError, match="not among the world's prompts"):
+        world.reward.score(["an unseen prompt"], ["x"])
+
+
+def test_reward_input_format_is_part_of_the_reward_cache_keys(assets, tmp_path):
+    """A different input format (here: max_length) gives a different reward fingerprint, so cached
+    reward scores (pools) are never reused across formats."""
+    a = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
+    b = world_mod.load_world(cfg_for(assets, tmp_path, "reward.max_length=32"), tmp_path / "cache")
+    assert a.reward_fingerprint != b.reward_fingerprint
+    assert a.reference_fingerprint == b.reference_fingerprint
+
+
+# ---------------------------------------------------------------------------- defect 3: special tokens
+
+
+def test_encoding_uses_the_tokenizers_special_tokens(assets):
+    bert = load_tokenizer(assets / "rm", "right")
+    llama = load_tokenizer(assets / "lm", "right")
+    enc = encode_prompt_response(bert, ["tell me about cats"], ["cats are nice"])
+    assert bert.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == [
+        "[CLS]", "tell", "me", "about", "cats", "cats", "are", "nice", "[SEP]"]
+    assert enc["response_mask"][0].tolist() == [0] * 5 + [1] * 4
+    enc = encode_prompt_response(llama, ["tell me"], ["cats"])
+    assert llama.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == ["<s>", "tell", "me", "cats", "</s>"]
+    # over max_length the prompt text is cut from the left, CLS / BOS stay first
+    enc = encode_prompt_response(bert, ["tell me about cats"], ["nice"], max_length=5)
+    assert bert.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == ["[CLS]", "about", "cats", "nice", "[SEP]"]
+
+
+def test_bert_reward_model_reads_its_cls_token(assets):
+    """Scoring equals the model on ``tokenizer(prompt + ' ' + response)`` (special tokens added the
+    tokenizer's way: the pooled position 0 is [CLS])."""
+    tok = load_tokenizer(assets / "rm", "right")
+    model = load_reward_model(assets / "rm", tokenizer=tok).eval()
+    prompts, responses = ["tell me about cats please", "more on tea ?"], ["cats are great", "no"]
+    got = RewardScorer(model, tok).score(prompts, responses)
+    with torch.no_grad():
+        want = torch.stack([model(**tok(f"{p} {r}", return_tensors="pt")).logits[0, 0]
+                            for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------- defects 2 + 6: RM training
+
+
+def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path):
+    cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true",
+                  "reward.train.steps=3", "reward.train.warmup=0", "reward.train.lr=1e-2",
+                  "trainer.progress_bar=none")
+    world = world_mod.load_world(cfg, tmp_path / "cache")
+    stats = world.stats
+    assert stats["reward_trained"] is True and stats["reward_train_s"] > 0
+    assert type(world.reward.model).__name__ == "LlamaForSequenceClassification"
+    assert stats["reward_input_format"] == "rm-input-v2:<s>{prompt}{response}</s>;max_length=64"
+    # the reported validation metrics are those of the trained model on the held-out pairs
+    dm = world_mod.preference_data(cfg.data, load_tokenizer(assets / "lm", "left"))
+    prompts, chosen, rejected = (list(c) for c in zip(*dm.pairs("test")))
+    scorer = RewardScorer(world.reward.model, world.reward.tokenizer, max_length=64)
+    margin = scorer.score(prompts, chosen) - scorer.score(prompts, rejected)
+    assert stats["reward_val_accuracy"] == pytest.approx(float((margin > 0).float().mean()), abs=1e-6)
+    assert stats["reward_val_loss"] == pytest.approx(float(torch.nn.functional.softplus(-margin).mean()), rel=1e-4)
+    again = world_mod.load_world(cfg, tmp_path / "cache")  # cache hit reports the same validation
+    assert again.stats["reward_trained"] is False
+    assert again.stats["reward_val_accuracy"] == stats["reward_val_accuracy"]
+
+
+def test_reward_model_from_a_causal_lm_keeps_its_transformer_and_adds_a_scalar_head(assets):
+    from infalign.models import load_causal_lm
+
+    lm = load_causal_lm(assets / "lm_plain")
+    rm = load_reward_model(assets / "lm_plain", from_causal_lm=True, key="reward.name_or_path")
+    assert type(rm).__name__ == "LlamaForSequenceClassification" and rm.config.num_labels == 1
+    assert rm.score.out_features == 1 and rm.config.pad_token_id == 0
+    for (name, a), b in zip(lm.model.state_dict().items(), rm.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+
+
+def test_causal_lm_as_reward_without_training_is_rejected_naming_the_switch(assets, tmp_path):
+    cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}")
+    with pytest.raises(ValueError, match=r"reward\.name_or_path.*LlamaForCausalLM.*reward\.train\.enabled=true"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
+def test_reward_model_trains_in_train_mode(assets):
+    """``from_pretrained`` models are in eval mode; training must switch dropout on."""
+    import lightning as L
+
+    from infalign.data.batches import make_preference_dataloader
+    from infalign.modules import RewardModelModule
+
+    tok = load_tokenizer(assets / "rm", "right")
+    model = load_reward_model(assets / "rm", tokenizer=tok)
+    assert not model.training
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module.model.training and pl_module.model.bert.encoder.training)
+
+    loader = make_preference_dataloader(tok, ["tell me"] * 2, ["cats are nice"] * 2, ["no"] * 2, batch_size=2)
+    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, accelerator="cpu", callbacks=[Probe()]).fit(RewardModelModule(model), loader)
+    assert seen == [True]
+
+
+# ---------------------------------------------------------------------------- defect 4: early checks
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Any data loading, reward training or toy build fails the test: the check must come first."""
+    def boom(*a, **k):
+        raise AssertionError("compute started before the config was checked")
+
+    for name in ("preference_data", "train_reward_model"):
+        monkeypatch.setattr(world_mod, name, boom)
+    monkeypatch.setattr("infalign.toy.build_toy_world", boom)
+
+
+def test_missing_train_file_is_named_before_any_compute(assets, tmp_path, no_compute):
+    cfg = cfg_for(assets, tmp_path, f"data.train_file={tmp_path / 'nope.jsonl'}")
+    with pytest.raises(FileNotFoundError, match=rf"file not found: {tmp_path / 'nope.jsonl'} \(data\.train_file\)"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
+def test_missing_local_dataset_dir_is_named_before_any_compute(assets, tmp_path, no_compute):
+    cfg = cfg_for(assets, tmp_path, "data.test_file=null", f"data.name_or_path={tmp_path / 'hh-clone'}")
+    with pytest.raises(FileNotFoundError, match=r"file not found: .*hh-clone \(data\.name_or_path\)"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
+def test_policy_without_chat_template_names_the_key_before_reward_training(assets, tmp_path, no_compute):
+    cfg = cfg_for(assets, tmp_path, f"policy.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true")
+    with pytest.raises(ConfigError, match=r"policy\.chat_template=True.*no chat_template"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("policy.name_or_path=nonexistent-org/tiny-lmm", r"policy\.name_or_path='nonexistent-org/tiny-lmm'"),
+    ("reward.name_or_path=nonexistent-org/tiny-rm", r"reward\.name_or_path='nonexistent-org/tiny-rm'"),
+    ("policy.name_or_path={root}/lm_no_tok", r"policy\.name_or_path=.*lm_no_tok.*no tokenizer"),
+    ("policy.name_or_path={root}/rm", r"policy\.name_or_path=.*BertForSequenceClassification.*not a causal"),
+])
+def test_bad_model_names_fail_under_their_key_before_any_compute(assets, tmp_path, no_compute, override, match):
+    cfg = cfg_for(assets, tmp_path, override.format(root=assets), "reward.train.enabled=true")
+    with pytest.raises((OSError, ValueError), match=match):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
+def test_prompt_budget_must_fit_the_policy_positions(assets, tmp_path, no_compute):
+    """The tiny Llama has 512 positions: 500 prompt + 20 new tokens cannot fit."""
+    cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=500", "algo.max_new_tokens=20")
+    with pytest.raises(ConfigError, match=r"data\.max_prompt_tokens=500.*at most 492.*512 positions"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+    cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=492", "algo.max_new_tokens=20")
+    world_mod.check_world_config(cfg)  # exactly fits
+
+
+def test_toy_world_checks_a_policy_override_before_building(tmp_path, no_compute):
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", f"policy.name_or_path={tmp_path / 'missing'}")
+    with pytest.raises(FileNotFoundError, match=r"policy\.name_or_path.*missing"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
+# ---------------------------------------------------------------------------- data files
+
+
+def test_train_file_alone_holds_out_its_own_test_split(assets, tmp_path, caplog):
+    """data.name_or_path is the hub id (from conf/data/hh_harmless.yaml) but is never asked for
+    the test split (offline it would raise)."""
+    from infalign.data import PreferenceDataModule
+
+    caplog.set_level(logging.WARNING)
+    dm = PreferenceDataModule("hh", "Anthropic/hh-rlhf", train_file=str(assets / "train.jsonl"), val_fraction=0.3)
+    dm.prepare_data()
+    dm.setup()
+    n_test = len(dm.pairs("test"))
+    assert 0 < n_test < 9 and len(dm.pairs("train")) + n_test == 9
+    assert "held out" in dm.reports["test"].source
+    assert "data.test_file is not set: holding out data.val_fraction=0.3" in caplog.text
+
+
+def test_same_train_and_test_file_warns(assets, caplog):
+    from infalign.data import PreferenceDataModule
+
+    caplog.set_level(logging.WARNING)
+    path = str(assets / "train.jsonl")
+    PreferenceDataModule("hh", train_file=path, test_file=path).setup()
+    assert "data.train_file and data.test_file are the same file" in caplog.text
+
+
+def test_truncated_gzip_and_lfs_pointer_name_the_file_and_key(assets, tmp_path):
+    from infalign.data import DataFileError, load_records
+
+    blob = gzip.compress((assets / "train.jsonl").read_bytes())
+    (tmp_path / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataFileError, match=r"cut\.jsonl\.gz \(data\.train_file\) is truncated"):
+        load_records(None, "train", files={"train": tmp_path / "cut.jsonl.gz"})
+    (tmp_path / "lfs.jsonl.gz").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    with pytest.raises(DataFileError, match=r"lfs\.jsonl\.gz \(data\.test_file\) is a Git LFS pointer"):
+        load_records(None, "test", files={"test": tmp_path / "lfs.jsonl.gz"}, keys={"test": "data.test_file"})
+
+
+# ---------------------------------------------------------------------------- defect 7 + system prompt
+
+
+def test_prompt_length_limit_applies_after_the_chat_template(assets):
+    """Hand count: an HH prompt of these fixtures is ``Human: tell me about cats please Assistant:
+    sure , cats are nice Human: more on cats ? Assistant:`` = 18 words -> 19 tokens with <s>. The
+    template drops the 4 role words and adds <|user|> .. <|end|> <|assistant|> .. <|end|> <|user|> ..
+    <|end|> <|assistant|> (7 tokens) -> 22, and the system prompt <|system|> be brief <|end|> 4 more
+    -> 26."""
+    from infalign.data import PreferenceDataModule
+
+    tok = load_tokenizer(assets / "lm", "left")
+    render = world_mod.policy_view(OmegaConf.create(
+        {"chat_template": True, "system_prompt": "be brief"}), tok)
+    prompt = json.loads(hh_line(0))["chosen"].rsplit("Assistant:", 1)[0] + "Assistant:"
+    assert len(tok(prompt)["input_ids"]) == 19 and len(tok(render([prompt])[0])["input_ids"]) == 26
+
+    def kept(limit, render_prompt):
+        dm = PreferenceDataModule("hh", train_file=str(assets / "train.jsonl"),
+                                  test_file=str(assets / "test.jsonl"), tokenizer=tok,
+                                  max_prompt_tokens=limit, render_prompt=render_prompt)
+        dm.setup()
+        return dm.reports["train"].kept
+
+    assert kept(19, None) == 9 and kept(26, render) == 9  # every fixture prompt has the same length
+    with pytest.raises(ValueError, match="after the chat template"):
+        kept(25, render)
+
+
+def test_chat_template_bos_is_not_doubled(assets):
+    """A template that writes ``{{ bos_token }}`` (Llama-3 style) + a tokenizer that adds BOS on
+    encoding would give two BOS tokens; the rendered prompt drops the template's."""
+    tok = load_tokenizer(assets / "lm", "left")
+    tok.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
+    (shown,) = world_mod.apply_chat_template(tok, ["\n\nHuman: more on tea ?\n\nAssistant:"])
+    ids = tok(shown)["input_ids"]  # what generation.sample feeds the policy
+    assert tok.convert_ids_to_tokens(ids) == ["<s>", "<|user|>", "more", "on", "tea", "?", "<|end|>", "<|assistant|>"]
+
+
+def test_sampling_stops_at_every_generation_config_eos(assets):
+    """Llama-3-style ``generation_config.eos_token_id`` lists: decoding stops at any of them. With a
+    zeroed LM head the next token is uniform over the vocabulary, so within 150 steps most of the
+    32 rows draw ``<|end|>`` (p ~ 1 - (1 - 1/V)^150 each); every row must end right there."""
+    from infalign.generation import sample, stop_token_ids
+    from infalign.models import load_causal_lm
+
+    tok = load_tokenizer(assets / "lm_plain", "left")
+    lm = load_causal_lm(assets / "lm_plain")
+    end = tok.convert_tokens_to_ids("<|end|>")
+    lm.generation_config.eos_token_id = [tok.eos_token_id, end]
+    assert stop_token_ids(lm, tok) == sorted({tok.eos_token_id, end})
+    with torch.no_grad():
+        lm.lm_head.weight.zero_()
+    roll = sample(lm, tok, ["tell me about cats please"], num_samples=32, max_new_tokens=150,
+                  generator=torch.Generator().manual_seed(0))
+    stopped = 0
+    for ids, n in zip(roll.response_ids.tolist(), roll.response_lengths.tolist()):
+        body = ids[:n]
+        assert end not in body[:-1] and tok.eos_token_id not in body[:-1]
+        stopped += body[-1] == end
+    assert stopped >= 10
