@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from pipeline_helpers import compose_train
 
 from infalign.apps.calibration import diagnose
 from infalign.miscalibration import miscalibration_summary
+from pipeline_helpers import compose_train
 
 
 @pytest.mark.slow

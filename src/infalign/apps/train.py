@@ -43,7 +43,7 @@ from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
-from infalign.pipeline.world import load_world
+from infalign.pipeline.world import check_world_config, load_world
 from infalign.procedures import Procedure
 from infalign.transforms import Log, Raw, Transform, as_transform
 
@@ -85,6 +85,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
         require(cfg.logger.mode in WANDB_MODES, "logger.mode", cfg.logger.mode, f"one of {list(WANDB_MODES)}",
                 "it follows the WANDB_MODE environment variable")
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
+    check_world_config(cfg)  # every model/data path and name, before the logger or any compute
     return procedure, transform, rl
 
 
@@ -221,6 +222,8 @@ def run(cfg: DictConfig) -> dict:
 
         with stage("world", timings, expected_world(cfg)):
             world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
+        if "reward_train_s" in world.stats:  # reward-model training is its own stage inside the world's
+            timings["reward_train_s"] = world.stats["reward_train_s"]
         distributed.init_from_env()  # from here on every stage sees the same ranks
 
         table, calib_hit = None, None

@@ -162,6 +162,9 @@ def flat_summary(metrics: dict) -> dict[str, float]:
             out |= {f"world/{judge}/{k}": float(v) for k, v in stats.items()}
         elif isinstance(stats, float):
             out[f"world/{judge}"] = stats
+    for k in ("reward_val_accuracy", "reward_val_loss", "reward_val_gold_accuracy"):
+        if k in (metrics.get("world") or {}):
+            out[f"reward_model/{k.removeprefix('reward_')}"] = float(metrics["world"][k])
     if "kl_ratio" in metrics and metrics["kl_ratio"] is not None:
         out["eval/kl_ratio_to_theory"] = metrics["kl_ratio"]
     return out
