@@ -34,7 +34,7 @@ from scipy.special import logsumexp
 
 from infalign.errors import ConfigError, require
 from infalign.procedures import Procedure, Sample, make_procedure
-from infalign.transforms import Tabulated, Transform
+from infalign.transforms import Exp, Tabulated, Transform
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,20 @@ DEFAULT_GRID = Grid()
 
 
 def phi_table(transform: Transform, grid: Grid = DEFAULT_GRID) -> np.ndarray:
-    """Phi(u) - c on the grid nodes (``[G]``), via ``transform.centered(u, 1 - u)``."""
+    """Phi(u) - c on the grid nodes (``[G]``), via ``transform.centered(u, 1 - u)``.
+
+    For exp with t < 0, ``centered`` is referenced to Phi(0) (exact near u = 0); but as beta -> 0
+    the tilted mass sits near u = 1, where ``Phi(u) - Phi(1)`` would then be a difference of
+    O(1) numbers, an absolute error ~1e-16/beta in log f. There the table is taken as
+    ``Phi(u) - Phi(1) = -scale * e^t * expm1(-t (1 - u))`` (exact near u = 1, O(1e-16) absolute
+    elsewhere, i.e. never worse).
+    """
     _, u, s, *_ = grid.arrays
-    phi = np.asarray(transform.centered(u, s), dtype=np.float64)
+    if isinstance(transform, Exp) and transform.t < 0:
+        scale = 1.0 / abs(math.expm1(transform.t)) if transform.normalized else 1.0
+        phi = -scale * math.exp(transform.t) * np.expm1(-transform.t * s)
+    else:
+        phi = np.asarray(transform.centered(u, s), dtype=np.float64)
     if phi.shape != u.shape or np.isnan(phi).any() or np.isposinf(phi).any():
         raise ValueError(f"transform {transform.label} gave NaN/+inf or a wrong shape on [0, 1]")
     return phi
@@ -97,6 +108,39 @@ def _cumulate(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return left, right
 
 
+def _tilt_stats(phi: np.ndarray, beta: np.ndarray, grid: Grid) -> tuple[np.ndarray, ...]:
+    """(log Z', quadrature weights p, log f, KL) of ``f ∝ exp(phi/beta)`` per row, without cancellation.
+
+    ``g = (phi - max phi)/beta`` is formed before dividing by beta, so log f = g - log Z' stays
+    O(log(1/width)) however large |Phi/beta| is (log Z' is log Z shifted by max(phi)/beta).
+    When Phi/beta is small (large beta: KL ~ Var(Phi/beta)/2) the log-sum-exp form would lose
+    the KL to rounding; there ``g`` is centred on its reference mean m and
+    ``log Z' = m + log1p(E_ref[expm1(g - m)])``, ``KL = E_f[g - m] - log1p(...)``, each O(KL).
+    """
+    _, _, _, _, _, log_jac, w = grid.arrays
+    finite = np.isfinite(phi)
+    top = np.max(np.where(finite, phi, -np.inf), axis=-1, keepdims=True)
+    g = (phi - top) / beta[:, None]  # <= 0, -inf where phi = -inf
+    ref_w = np.exp(log_jac) * w
+    ref_w = ref_w / ref_w.sum()
+    log_wq = log_jac + np.log(w)
+    log_z = logsumexp(g + log_wq, axis=-1)
+    p = np.exp(g + log_wq - log_z[:, None])
+    p /= p.sum(axis=-1, keepdims=True)  # renormalised: log_z's rounding would scale with |Phi/beta|
+    log_f = g - log_z[:, None]
+    kl = np.sum(np.where(p > 0, p * np.where(p > 0, log_f, 0.0), 0.0), axis=-1)
+    mean = np.sum(ref_w * np.where(finite, g, 0.0), axis=-1, keepdims=True)
+    small = np.all(finite, axis=-1) & (np.max(np.abs(g - mean), axis=-1) < 1.0)
+    if small.any():  # large beta: KL = E_f[g - m] - log E_ref[e^(g - m)] written with expm1 / log1p
+        d = (g - mean)[small]
+        em1 = np.expm1(d)
+        mean_em1 = np.sum(ref_w * em1, axis=-1)
+        log_norm = np.log1p(mean_em1)
+        e_f = np.sum(ref_w * (1.0 + em1) * d, axis=-1) / (1.0 + mean_em1)
+        kl[small] = e_f - log_norm
+    return log_z, p, log_f, np.maximum(kl, 0.0)
+
+
 @dataclass
 class Tilted:
     """The tilted policies ``f ∝ exp(phi/beta)`` for a batch of rows (phi ``[B, G]``, beta ``[B]``)."""
@@ -111,20 +155,14 @@ class Tilted:
     sf: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        _, _, _, _, _, log_jac, w = self.grid.arrays
         self.beta = np.asarray(self.beta, np.float64)
-        g = self.phi / self.beta[:, None]  # log f + log Z
-        log_w = g + log_jac + np.log(w)
-        self.log_z = logsumexp(log_w, axis=-1)  # log ∫ exp(phi/beta) du
-        p = np.exp(log_w - self.log_z[:, None])  # quadrature weights of f ...
-        p /= p.sum(axis=-1, keepdims=True)  # ... renormalised: log_z's rounding would scale with |Phi/beta|
-        log_f = g - self.log_z[:, None]  # O(log(1/width)) where the mass is, never ~Phi/beta
-        self.kl = np.maximum(np.sum(np.where(p > 0, p * log_f, 0.0), axis=-1), 0.0)
-        self.density_z = np.exp(g + log_jac - self.log_z[:, None])
+        self.log_z, p, log_f, self.kl = _tilt_stats(self.phi, self.beta, self.grid)
+        _, _, _, _, _, log_jac, _ = self.grid.arrays
+        self.density_z = np.exp(log_f + log_jac)
         left, right = _cumulate(_running_integral(self.density_z, self.grid.step))
         total = left[:, -1:]
         self.cdf, self.sf = np.clip(left / total, 0, 1), np.clip(right / total, 0, 1)
-        self._p, self._g = p, g
+        self._p, self._g = p, log_f
 
     def g_variance(self) -> np.ndarray:
         """Var_f(Phi/beta) = d KL / d log(1/beta)."""
@@ -206,18 +244,10 @@ def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndar
 
     The light-weight part of :class:`Tilted` used inside root finding (no running integrals).
     """
-    _, _, _, _, _, log_jac, w = grid.arrays
-    g = phi * lam[:, None]
-    log_w = g + (log_jac + np.log(w))
-    top = log_w.max(axis=-1, keepdims=True)
-    e = np.exp(log_w - top)
-    total = e.sum(axis=-1, keepdims=True)
-    p = e / total
-    g = np.where(p > 0, g, 0.0)
-    mean = np.sum(p * g, axis=-1)
-    kl = mean - (top[:, 0] + np.log(total[:, 0]))
-    var = np.sum(p * (g - mean[:, None]) ** 2, axis=-1)
-    return np.maximum(kl, 0.0), var
+    _, p, log_f, kl = _tilt_stats(phi, 1.0 / np.asarray(lam, np.float64), grid)
+    log_f = np.where(p > 0, log_f, 0.0)
+    mean = np.sum(p * log_f, axis=-1, keepdims=True)
+    return kl, np.sum(p * (log_f - mean) ** 2, axis=-1)
 
 
 def phi_range(phi: np.ndarray) -> np.ndarray:
@@ -226,22 +256,46 @@ def phi_range(phi: np.ndarray) -> np.ndarray:
     return np.nanmax(finite, axis=-1) - np.nanmin(finite, axis=-1)
 
 
-BETA_SEARCH = (1e-6, 1e6)  # beta is searched in [1e-6, 1e6] x (range of Phi over [0, 1])
+RESOLUTION_TOL = 1e-6  # |KL(step) - KL(2 step)| / max(1, KL) above this: the grid does not resolve f
+EDGE_MASS = 1e-10  # quadrature mass on an end node of the z-grid above this: f reaches past the grid
+X_LIMIT = 690.0  # |log(range(Phi)/beta)| searched: beta from ~1e-300 to ~1e300 times range(Phi)
 
 
-def beta_for_kl(
-    phi: np.ndarray,
-    kl_budgets: np.ndarray,
-    grid: Grid = DEFAULT_GRID,
-    tol: float = 1e-10,
-    max_iter: int = 100,
+def resolved(phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
+    """``[B]`` bool: is ``f ∝ exp(phi/beta)`` resolved by ``grid``?
+
+    Two checks: the trapezoid KL on every other node agrees with the full grid (the rule is
+    spectrally accurate once f spans several nodes, so the difference bounds the error), and
+    no quadrature mass sits on the first or last node (mass beyond ``z_max`` is not represented).
+    """
+    phi = np.atleast_2d(phi)
+    beta = np.broadcast_to(np.atleast_1d(np.asarray(beta, np.float64)), (phi.shape[0],))
+    _, p, _, kl = _tilt_stats(phi, beta, grid)
+    ok = (p[:, 0] < EDGE_MASS) & (p[:, -1] < EDGE_MASS)
+    if (len(grid.z) - 1) % 2 == 0:
+        coarse = Grid(grid.z_max, 2 * grid.step)
+        kl2 = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, coarse)[3]
+        ok &= np.abs(kl - kl2) <= RESOLUTION_TOL * np.maximum(1.0, kl)
+    return ok
+
+
+# Why a KL budget has no beta (beta_search's status codes).
+REACHED, BEYOND_GRID, BELOW_FLOAT, IMPRECISE = 0, 1, 2, 3
+KL_RTOL_REPORTED = 1e-6  # a beta whose KL misses the budget by more (relative) is not returned
+
+
+def beta_search(
+    phi: np.ndarray, kl_budgets: np.ndarray, grid: Grid = DEFAULT_GRID, tol: float = 1e-10, max_iter: int = 100
 ) -> tuple[np.ndarray, np.ndarray]:
-    """beta ``[B]`` with KL(tilt(phi_b, beta_b)) = budget_b, and a reachability mask ``[B]``.
+    """beta ``[B]`` with KL(tilt(phi_b, beta_b)) = budget_b, and a status ``[B]`` (REACHED, ...).
 
-    ``phi`` is ``[G]`` or ``[B, G]``. KL increases with x = log(range(Phi)/beta) with slope
-    ``Var_f(Phi/beta)``; Newton steps in x start from a coarse-grid interpolation and fall back
-    to bisection when they leave the bracket. Rows whose budget lies outside the KL reachable
-    for beta in ``BETA_SEARCH`` x range get NaN and ``reachable = False``.
+    KL increases with x = log(range(Phi)/beta) (slope ``Var_f(Phi/beta)`` >= 0), from 0 at
+    beta -> inf to +inf at beta -> 0 for every non-constant bounded Phi (f concentrates on the
+    maximiser). So the bracket is widened until it holds the budget -- there is no fixed range --
+    and then safeguarded Newton steps in x (bisection when they leave the bracket) hit it. The
+    only limits are numerical: the z-grid must resolve the tilted policy (:func:`resolved`),
+    else status BEYOND_GRID; and beta must stay inside float64 (``|x| <= X_LIMIT``), else
+    BELOW_FLOAT (a budget under ~1e-300 nats) or BEYOND_GRID.
     """
     budgets = np.atleast_1d(np.asarray(kl_budgets, np.float64))
     rows = np.arange(len(budgets))
@@ -249,12 +303,34 @@ def beta_for_kl(
     scale = phi_range(phi)
     if np.any(~(scale > 0)):
         raise ConfigError("transform", "constant", "a transform that is not constant on [0, 1]")
-    xs = np.linspace(-math.log(BETA_SEARCH[1]), -math.log(BETA_SEARCH[0]), 13)
-    coarse = np.stack([_kl_and_slope(phi, math.exp(x) / scale, grid)[0] for x in xs], axis=1)
-    reachable = (coarse[:, 0] <= budgets) & (coarse[:, -1] >= budgets)
+
+    def kl_at(r: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return _kl_and_slope(phi[r], np.exp(x) / scale[r], grid)[0]
+
+    xs = np.arange(-8.0, 41.0, 4.0)  # beta from e^8 to e^-40 times range(Phi), then widened
+    coarse = np.stack([kl_at(rows, np.full(len(rows), x)) for x in xs], axis=1)
     idx = np.clip((coarse < budgets[:, None]).sum(axis=1), 1, len(xs) - 1)
-    lo, hi = xs[idx - 1], xs[idx]
-    klo, khi = coarse[rows, idx - 1], coarse[rows, idx]
+    lo, hi = xs[idx - 1].copy(), xs[idx].copy()
+    klo, khi = coarse[rows, idx - 1].copy(), coarse[rows, idx].copy()
+    width = np.full(len(rows), 8.0)
+    while True:  # widen upwards (smaller beta) while the budget is above the bracket
+        up = np.flatnonzero((khi < budgets) & (hi < X_LIMIT))
+        if up.size == 0:
+            break
+        lo[up], klo[up] = hi[up], khi[up]
+        hi[up] = np.minimum(hi[up] + width[up], X_LIMIT)
+        width[up] *= 2
+        khi[up] = kl_at(up, hi[up])
+    width[:] = 8.0
+    while True:  # and downwards (larger beta) while it is below
+        down = np.flatnonzero((klo > budgets) & (lo > -X_LIMIT))
+        if down.size == 0:
+            break
+        hi[down], khi[down] = lo[down], klo[down]
+        lo[down] = np.maximum(lo[down] - width[down], -X_LIMIT)
+        width[down] *= 2
+        klo[down] = kl_at(down, lo[down])
+    reachable = (klo <= budgets) & (khi >= budgets)
     x = lo + (hi - lo) * np.clip((budgets - klo) / np.maximum(khi - klo, 1e-300), 0, 1)
     active = reachable.copy()
     for _ in range(max_iter):
@@ -262,15 +338,63 @@ def beta_for_kl(
             break
         kl, slope = _kl_and_slope(phi[active], np.exp(x[active]) / scale[active], grid)
         err = kl - budgets[active]
-        done = np.abs(err) <= tol * np.maximum(1.0, budgets[active])
+        done = np.abs(err) <= tol * budgets[active]
         xa, la, ha = x[active], lo[active], hi[active]
         la, ha = np.where(err < 0, xa, la), np.where(err > 0, xa, ha)
         step = xa - err / np.maximum(slope, 1e-300)
         xa = np.where(done, xa, np.where((step > la) & (step < ha), step, 0.5 * (la + ha)))
         x[active], lo[active], hi[active] = xa, la, ha
         active[np.flatnonzero(active)[done]] = False
-    beta = np.where(reachable, scale * np.exp(-x), np.nan)
-    return beta, reachable
+    beta = scale * np.exp(-x)
+    status = np.where(reachable, REACHED, np.where(klo > budgets, BELOW_FLOAT, BEYOND_GRID))
+    if active.any():  # Newton stalled on rounding noise (budgets below ~1e-16 nats)
+        miss = np.abs(_kl_and_slope(phi, np.exp(x) / scale, grid)[0] - budgets) > KL_RTOL_REPORTED * budgets
+        status[active & miss] = IMPRECISE
+    if reachable.any():
+        ok = np.flatnonzero(reachable)
+        status[ok[~resolved(phi[ok], beta[ok], grid)]] = BEYOND_GRID
+    return np.where(status == REACHED, beta, np.nan), status
+
+
+def beta_for_kl(
+    phi: np.ndarray, kl_budgets: np.ndarray, grid: Grid = DEFAULT_GRID, tol: float = 1e-10, max_iter: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """beta ``[B]`` hitting each KL budget and a reachability mask ``[B]`` (see :func:`beta_search`)."""
+    beta, status = beta_search(phi, kl_budgets, grid, tol, max_iter)
+    return beta, status == REACHED
+
+
+def grid_kl_cap(phi: np.ndarray, grid: Grid = DEFAULT_GRID) -> float:
+    """The largest KL of ``f ∝ exp(phi/beta)`` that ``grid`` resolves (bisection in log beta)."""
+    phi = np.atleast_2d(phi)[:1]
+    scale = phi_range(phi)[0]
+    lo, hi = -8.0, X_LIMIT  # resolved at lo (f close to the reference)
+    if resolved(phi, np.array([scale * math.exp(-hi)]), grid)[0]:
+        lo = hi
+    for _ in range(40):
+        if hi - lo < 1e-3:
+            break
+        mid = 0.5 * (lo + hi)
+        if resolved(phi, np.array([scale * math.exp(-mid)]), grid)[0]:
+            lo = mid
+        else:
+            hi = mid
+    return float(_kl_and_slope(phi, np.array([math.exp(lo) / scale]), grid)[0][0])
+
+
+def unreachable_reasons(status: np.ndarray, budgets: np.ndarray, phi: np.ndarray, grid: Grid) -> list[str]:
+    """The true reason each KL budget has no beta (empty where it has one)."""
+    cap = grid_kl_cap(phi, grid) if np.any(status == BEYOND_GRID) else math.nan
+    return [
+        "" if st == REACHED else
+        f"KL budget {b:g} is below what float64 resolves (beta would exceed 1e300 x range(Phi))"
+        if st == BELOW_FLOAT else
+        f"KL budget {b:g} is below the float64 precision of the KL (rounding of Phi/beta)"
+        if st == IMPRECISE else
+        f"KL budget {b:g} needs a tilted policy narrower than the z-grid resolves (resolved up to KL "
+        f"~{cap:.4g}; use a theory.Grid with a larger z_max or a smaller step)"
+        for st, b in zip(status, budgets)
+    ]
 
 
 @dataclass
@@ -286,9 +410,19 @@ class Frontier:
     win_rate: np.ndarray
     reachable: np.ndarray
     reason: list[str]
+    converged: np.ndarray | None = None  # False where an iterative solve (optimal transform) did not converge
+
+    def __post_init__(self) -> None:
+        if self.converged is None:
+            self.converged = np.ones(len(self.kl_budget), bool)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Points whose numbers are right: reachable and converged (the only ones to plot)."""
+        return np.asarray(self.reachable, bool) & np.asarray(self.converged, bool)
 
     def rows(self) -> list[dict]:
-        keys = ("kl_budget", "beta", "kl", "standard_win_rate", "win_rate", "reachable")
+        keys = ("kl_budget", "beta", "kl", "standard_win_rate", "win_rate", "reachable", "converged")
         return [
             {"transform": self.transform, "procedure": self.procedure, **{k: getattr(self, k)[i].item() for k in keys},
              "reason": self.reason[i]}
@@ -307,22 +441,15 @@ def _check_budgets(kl_budgets: Sequence[float]) -> np.ndarray:
 def _frontier_from_phi(
     name: str, phi: np.ndarray, procedure: Procedure, budgets: np.ndarray, grid: Grid
 ) -> Frontier:
-    beta, reachable = beta_for_kl(phi, budgets, grid)
+    beta, status = beta_search(phi, budgets, grid)
+    reachable = status == REACHED
     nan = np.full(len(budgets), np.nan)
     kl, std, win = nan.copy(), nan.copy(), nan.copy()
     if reachable.any():
         phi_rows = np.broadcast_to(np.atleast_2d(phi), (len(budgets), grid.z.shape[0]))[reachable]
         tilted = tilt(phi_rows, beta[reachable], grid)
         kl[reachable], std[reachable], win[reachable] = tilted.kl, tilted.standard_win_rate(), tilted.win_rate(procedure)
-    phi1 = np.atleast_2d(phi)[:1]
-    beta_lo, beta_hi = phi_range(phi1)[0] * np.array(BETA_SEARCH)
-    kl_max = tilt(phi1, beta_lo, grid).kl[0] if not reachable.all() else np.inf  # only for the reasons
-    reason = [
-        "" if ok else (f"KL budget {b:g} exceeds this transform's KL {kl_max:.3g} at beta={beta_lo:.3g}"
-                       " (the transform caps the reachable KL)"
-                       if b > kl_max else f"KL budget {b:g} is below the KL at beta={beta_hi:.3g}")
-        for ok, b in zip(reachable, budgets)
-    ]
+    reason = unreachable_reasons(status, budgets, np.atleast_2d(phi)[:1], grid)
     return Frontier(name, procedure.label, budgets, beta, kl, std, win, reachable, reason)
 
 
@@ -367,8 +494,6 @@ def best_t(
 
     The whole (t, budget) scan is solved as one vectorised batch.
     """
-    from infalign.transforms import Exp
-
     budgets = _check_budgets(kl_budgets)
     ts = default_t_grid(procedure) if ts is None else np.asarray(ts, np.float64)
     phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
