@@ -111,34 +111,46 @@ def _cumulate(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _tilt_stats(phi: np.ndarray, beta: np.ndarray, grid: Grid) -> tuple[np.ndarray, ...]:
     """(log Z', quadrature weights p, log f, KL) of ``f ∝ exp(phi/beta)`` per row, without cancellation.
 
-    ``g = (phi - max phi)/beta`` is formed before dividing by beta, so log f = g - log Z' stays
-    O(log(1/width)) however large |Phi/beta| is (log Z' is log Z shifted by max(phi)/beta).
-    When Phi/beta is small (large beta: KL ~ Var(Phi/beta)/2) the log-sum-exp form would lose
+    ``g = (phi - max phi)/beta <= 0`` is formed before dividing by beta, so log f = g - log Z'
+    stays O(log(1/width)) however large |Phi/beta| is (log Z' is log Z shifted by max(phi)/beta;
+    exp(g + log(quadrature weight)) >= e^-(z_max + ...) at the maximum, so the plain sum cannot
+    underflow). When range(Phi)/beta < 1 (large beta: KL ~ Var(Phi/beta)/2) the sum would lose
     the KL to rounding; there ``g`` is centred on its reference mean m and
-    ``log Z' = m + log1p(E_ref[expm1(g - m)])``, ``KL = E_f[g - m] - log1p(...)``, each O(KL).
+    ``KL = E_f[g - m] - log1p(E_ref[expm1(g - m)])``, each term O(KL).
     """
     _, _, _, _, _, log_jac, w = grid.arrays
-    finite = np.isfinite(phi)
-    top = np.max(np.where(finite, phi, -np.inf), axis=-1, keepdims=True)
+    log_wq, ref_w = _quadrature_logs(grid.z_max, grid.step)
+    finite = bool(np.isfinite(phi).all())
+    top = np.max(phi, axis=-1, keepdims=True) if finite else np.max(np.where(np.isfinite(phi), phi, -np.inf),
+                                                                    axis=-1, keepdims=True)
     g = (phi - top) / beta[:, None]  # <= 0, -inf where phi = -inf
-    ref_w = np.exp(log_jac) * w
-    ref_w = ref_w / ref_w.sum()
-    log_wq = log_jac + np.log(w)
-    log_z = logsumexp(g + log_wq, axis=-1)
-    p = np.exp(g + log_wq - log_z[:, None])
-    p /= p.sum(axis=-1, keepdims=True)  # renormalised: log_z's rounding would scale with |Phi/beta|
+    e = np.exp(g + log_wq)
+    total = e.sum(axis=-1)
+    log_z = np.log(total)
+    p = e / total[:, None]
     log_f = g - log_z[:, None]
-    kl = np.sum(np.where(p > 0, p * np.where(p > 0, log_f, 0.0), 0.0), axis=-1)
-    mean = np.sum(ref_w * np.where(finite, g, 0.0), axis=-1, keepdims=True)
-    small = np.all(finite, axis=-1) & (np.max(np.abs(g - mean), axis=-1) < 1.0)
-    if small.any():  # large beta: KL = E_f[g - m] - log E_ref[e^(g - m)] written with expm1 / log1p
-        d = (g - mean)[small]
-        em1 = np.expm1(d)
-        mean_em1 = np.sum(ref_w * em1, axis=-1)
-        log_norm = np.log1p(mean_em1)
-        e_f = np.sum(ref_w * (1.0 + em1) * d, axis=-1) / (1.0 + mean_em1)
-        kl[small] = e_f - log_norm
+    kl = np.einsum("bg,bg->b", p, log_f) if finite else np.sum(np.where(p > 0, p * np.where(p > 0, log_f, 0.0), 0.0),
+                                                                  axis=-1)
+    if finite:
+        small = np.flatnonzero((top[:, 0] - phi.min(axis=-1)) < beta)
+        if small.size:  # large beta: expm1 / log1p forms
+            gs = g[small]
+            d = gs - (gs @ ref_w)[:, None]
+            em1 = np.expm1(d)
+            mean_em1 = em1 @ ref_w
+            kl[small] = ((1.0 + em1) * d) @ ref_w / (1.0 + mean_em1) - np.log1p(mean_em1)
     return log_z, p, log_f, np.maximum(kl, 0.0)
+
+
+@lru_cache(maxsize=8)
+def _quadrature_logs(z_max: float, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log of the u-measure quadrature weights on the z-grid, the same weights normalised)."""
+    _, _, _, _, _, log_jac, w = _grid_arrays(z_max, step)
+    log_wq = log_jac + np.log(w)
+    ref_w = np.exp(log_wq)
+    ref_w /= ref_w.sum()
+    log_wq.setflags(write=False), ref_w.setflags(write=False)
+    return log_wq, ref_w
 
 
 @dataclass
@@ -163,6 +175,14 @@ class Tilted:
         total = left[:, -1:]
         self.cdf, self.sf = np.clip(left / total, 0, 1), np.clip(right / total, 0, 1)
         self._p, self._g = p, log_f
+
+    def subset(self, rows: np.ndarray) -> Tilted:
+        """The rows ``rows`` (index or mask) as a Tilted, without recomputation."""
+        out = object.__new__(Tilted)
+        for k in ("phi", "beta", "log_z", "kl", "density_z", "cdf", "sf", "_p", "_g"):
+            setattr(out, k, getattr(self, k)[rows])
+        out.grid = self.grid
+        return out
 
     def g_variance(self) -> np.ndarray:
         """Var_f(Phi/beta) = d KL / d log(1/beta)."""
@@ -475,12 +495,39 @@ class BestT:
     win_rate: np.ndarray
     ts: np.ndarray
     table: np.ndarray  # [len(ts), len(budgets)] win rates (NaN where unreachable)
+    at_edge: np.ndarray | None = None  # True where the best t is the smallest or largest |t| scanned
+
+    def __post_init__(self) -> None:
+        if self.at_edge is None:
+            self.at_edge = np.zeros(len(self.kl_budget), bool)
+
+
+T_SCAN_LIMITS = (1.0 / 64, 512.0)  # how far best_t extends its default |t| scan past [0.25, 64]
 
 
 def default_t_grid(procedure: Procedure, num: int = 40) -> np.ndarray:
     """Log-spaced |t| in [0.25, 64]; positive for BoN/sampling, negative for WoN."""
+    require(isinstance(num, int | np.integer) and num >= 2, "best_t.num", num, "an integer >= 2 (points of the t scan)")
     mags = np.geomspace(0.25, 64.0, num)
     return -mags if procedure.name == "won" else mags
+
+
+def _t_scan(procedure: Procedure, budgets: np.ndarray, ts: np.ndarray, normalized: bool, grid: Grid):
+    """Win rates and betas ``[len(ts), len(budgets)]`` of exp(t) at each KL budget (one batch)."""
+    phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
+    nt, nb = len(ts), len(budgets)
+    phi_rows = np.repeat(phis, nb, axis=0)
+    beta, ok = beta_for_kl(phi_rows, np.tile(budgets, nt), grid)
+    win = np.full(nt * nb, np.nan)
+    if ok.any():
+        win[ok] = tilt(phi_rows[ok], beta[ok], grid).win_rate(procedure)
+    return win.reshape(nt, nb), beta.reshape(nt, nb)
+
+
+def _argmax_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the best t per budget, whether any t reaches it)."""
+    any_ok = np.isfinite(table).any(axis=0)
+    return np.where(any_ok, np.nanargmax(np.where(np.isfinite(table), table, -np.inf), axis=0), 0), any_ok
 
 
 def best_t(
@@ -489,25 +536,42 @@ def best_t(
     ts: Sequence[float] | None = None,
     normalized: bool = False,
     grid: Grid = DEFAULT_GRID,
+    extend: bool | None = None,
 ) -> BestT:
     """Scan exp(t) transforms over ``ts`` at each KL budget and return the best t per budget.
 
-    The whole (t, budget) scan is solved as one vectorised batch.
+    The whole (t, budget) scan is solved as one vectorised batch. With ``extend`` (default: when
+    ``ts`` is the default grid) a best t at either end of the scan extends it geometrically
+    (same ratio) until the best t is interior or |t| reaches ``T_SCAN_LIMITS``; ``at_edge``
+    flags budgets whose best t is still the smallest or largest |t| scanned (the optimum may lie
+    beyond: never silent).
     """
     budgets = _check_budgets(kl_budgets)
+    extend = ts is None if extend is None else extend
     ts = default_t_grid(procedure) if ts is None else np.asarray(ts, np.float64)
-    phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
-    nt, nb = len(ts), len(budgets)
-    phi_rows = np.repeat(phis, nb, axis=0)
-    budget_rows = np.tile(budgets, nt)
-    beta, ok = beta_for_kl(phi_rows, budget_rows, grid)
-    win = np.full(nt * nb, np.nan)
-    if ok.any():
-        win[ok] = tilt(phi_rows[ok], beta[ok], grid).win_rate(procedure)
-    table, betas = win.reshape(nt, nb), beta.reshape(nt, nb)
-    any_ok = np.isfinite(table).any(axis=0)
-    best = np.where(any_ok, np.nanargmax(np.where(np.isfinite(table), table, -np.inf), axis=0), 0)
-    cols = np.arange(nb)
+    require(ts.ndim == 1 and ts.size > 0 and np.all(np.isfinite(ts)) and np.all(ts != 0), "t", ts.tolist(),
+            "a non-empty list of nonzero exponents")
+    table, betas = _t_scan(procedure, budgets, ts, normalized, grid)
+    while extend and len(ts) > 1:
+        order = np.argsort(np.abs(ts))
+        best, any_ok = _argmax_rows(table)
+        lo_edge, hi_edge = any_ok & (best == order[0]), any_ok & (best == order[-1])
+        mags = np.abs(ts[order])
+        ratio = mags[-1] / mags[-2] if mags[-2] > 0 else 2.0
+        new = []
+        if hi_edge.any() and mags[-1] < T_SCAN_LIMITS[1]:
+            new += [np.copysign(min(mags[-1] * ratio**k, T_SCAN_LIMITS[1]), ts[order[-1]]) for k in (1, 2, 3)]
+        if lo_edge.any() and mags[0] > T_SCAN_LIMITS[0]:
+            new += [np.copysign(max(mags[0] / ratio**k, T_SCAN_LIMITS[0]), ts[order[0]]) for k in (1, 2, 3)]
+        new = np.setdiff1d(np.unique(new), ts)
+        if new.size == 0:
+            break
+        more, more_beta = _t_scan(procedure, budgets, new, normalized, grid)
+        ts, table, betas = np.concatenate([ts, new]), np.concatenate([table, more]), np.concatenate([betas, more_beta])
+    order = np.argsort(np.abs(ts), kind="stable")
+    best, any_ok = _argmax_rows(table)
+    at_edge = any_ok & ((best == order[0]) | (best == order[-1])) if len(ts) > 1 else np.zeros(len(budgets), bool)
+    cols = np.arange(len(budgets))
     return BestT(
         budgets,
         np.where(any_ok, ts[best], np.nan),
@@ -515,6 +579,7 @@ def best_t(
         np.where(any_ok, table[best, cols], np.nan),
         ts,
         table,
+        at_edge,
     )
 
 
@@ -523,43 +588,102 @@ def best_t(
 # ----------------------------------------------------------------------------------------------
 
 
+def _log_map_slope(procedure: Procedure, f: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """d log G'(F) / dF = G''/G' by a one-sided difference (step 1e-6 min(F, S), relative 1e-6)."""
+    d = 1e-6 * np.minimum(f, s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = procedure.log_map_derivative(f + d, s - d) - procedure.log_map_derivative(f, s)
+        out = np.where(d > 0, diff / np.where(d > 0, d, 1.0), 0.0)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _fixed_point_map(procedure: Procedure, phi: np.ndarray, beta: np.ndarray, grid: Grid):
+    """(tilted policy of phi, T(phi), d(integrand)/dF): one application of the optimality map
+    ``T(phi)(u) = ∫_0^u G'(F_phi(v)) g(v) dv`` (stored as T(phi)(u) - T(phi)(1))."""
+    _, _, _, log_u, log_s, log_jac, _ = grid.arrays
+    tilted = Tilted(phi, beta, grid)
+    integrand = np.exp(procedure.log_map_derivative(tilted.cdf, tilted.sf)
+                       + procedure.reference_log_density(log_u, log_s) + log_jac)
+    new_phi = -_cumulate(_running_integral(integrand, grid.step))[1]
+    return tilted, new_phi, integrand * _log_map_slope(procedure, tilted.cdf, tilted.sf)
+
+
+def _newton_step(residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, grid: Grid) -> np.ndarray:
+    """Newton step delta for ``R(phi) = T(phi) - phi = 0``, one row at a time.
+
+    Linearised with trapezoid cells (the map itself uses 4th-order cells, so this is a
+    quasi-Newton step converging linearly at rate ~step^2): with e = f du/dz, L = running
+    integral of e, F = L / L_end,
+
+        dL_{i+1} - dL_i = h/2 (e_i delta_i + e_{i+1} delta_{i+1}) / beta,        dL_0 = 0,
+        (delta_i - R_i) - (delta_{i+1} - R_{i+1}) = -h/2 (q_i dF_i + q_{i+1} dF_{i+1}),  delta_end = R_end,
+
+    with dF = dL - F dL_end and q = G''(F) g du/dz. Unknowns interleaved (delta_i, dL_i) give a
+    banded system of half-bandwidth 2; the one non-local unknown dL_end is eliminated by
+    solving for two right-hand sides.
+    """
+    from scipy.linalg import solve_banded
+
+    h, (rows, n) = grid.step, residual.shape
+    e, q, f, res = tilted.density_z / tilted.beta[:, None], dintegrand, tilted.cdf, residual
+    i = np.arange(n - 1)
+    ab, rhs = np.zeros((rows, 5, 2 * n)), np.zeros((rows, 2 * n, 2))
+    ab[:, 1, 1] = 1.0  # row 0: dL_0 = 0
+    row_l, row_p = 2 * i + 2, 2 * i + 1
+    for col, v in ((2 * i + 3, 1.0), (2 * i + 1, -1.0), (2 * i, -h / 2 * e[:, :-1]), (2 * i + 2, -h / 2 * e[:, 1:])):
+        ab[:, 2 + row_l - col, col] += v
+    for col, v in ((2 * i, 1.0), (2 * i + 2, -1.0), (2 * i + 1, h / 2 * q[:, :-1]), (2 * i + 3, h / 2 * q[:, 1:])):
+        ab[:, 2 + row_p - col, col] += v
+    rhs[:, row_p, 0] = res[:, :-1] - res[:, 1:]
+    rhs[:, row_p, 1] = h / 2 * (q[:, :-1] * f[:, :-1] + q[:, 1:] * f[:, 1:])  # coefficient of dL_end
+    ab[:, 3, 2 * n - 2] = 1.0  # last row: delta_end = R_end
+    rhs[:, 2 * n - 1, 0] = res[:, -1]
+    # the rows' systems are decoupled: stacked block-diagonally they form one banded system
+    sol = solve_banded((2, 2), ab.transpose(1, 0, 2).reshape(5, rows * 2 * n), rhs.reshape(rows * 2 * n, 2),
+                       check_finite=False).reshape(rows, 2 * n, 2)
+    d_end = sol[:, -1, 0] / (1.0 - sol[:, -1, 1])
+    return (sol[:, :, 0] + d_end[:, None] * sol[:, :, 1])[:, 0::2]
+
+
+MAX_LOG_DENSITY_STEP = 2.0  # Newton steps are shortened so log f moves by at most this much
+
+
 def _optimal_phi(
     procedure: Procedure,
     beta: np.ndarray,
     grid: Grid,
-    damping: float = 0.3,
     tol: float = 1e-10,
-    max_iter: int = 3000,
+    max_iter: int = 80,
     phi0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Solve ``Phi = ∫_0^u G'(F_Phi(v)) g(v) dv`` for each beta (rows); return (phi, iters, tv).
 
-    Phi is stored as Phi(u) - Phi(1) (accumulated from the top, exact near u = 1). Each step moves
-    log f a fraction d toward the new one, i.e. Phi <- (1-d) Phi + d Phi_new. The fraction starts
-    at ``damping`` and adapts per row: halved whenever the step-to-step change grows (the
-    undamped map oscillates for small beta), raised by 20% (up to 1) while it shrinks.
-    Convergence: total-variation distance between f and f_new below ``tol``.
+    Phi is stored as Phi(u) - Phi(1) (accumulated from the top, exact near u = 1). The plain
+    (damped) iteration stalls for small beta, where the map's Jacobian grows like 1/beta; this
+    takes Newton steps (:func:`_newton_step`), each shortened so that log f = Phi/beta moves by
+    at most ``MAX_LOG_DENSITY_STEP``. Start from ``phi0`` (warm start) or the identity.
+    Convergence: total-variation distance between f and f_new = f_T(Phi) below ``tol``; rows
+    that do not get there return their TV (callers report them as not converged).
     """
-    _, _, s, log_u, log_s, log_jac, w = grid.arrays
+    _, _, s, *_ = grid.arrays
+    w = grid.arrays[6]
     beta = np.atleast_1d(np.asarray(beta, np.float64))
-    phi = np.array(np.broadcast_to(-s if phi0 is None else phi0, (len(beta), len(s))))
-    log_ref = procedure.reference_log_density(log_u, log_s) + log_jac
-    d = np.full(len(beta), damping)
-    tv, previous = np.full(len(beta), np.inf), np.full(len(beta), np.inf)
-    active = np.arange(len(beta))  # rows still iterating
+    phi = np.array(np.broadcast_to(-s if phi0 is None else phi0, (len(beta), len(s))), dtype=np.float64)
+    tv = np.full(len(beta), np.inf)
+    active = np.arange(len(beta))
     for it in range(1, max_iter + 1):
-        b, ph = beta[active], phi[active]
-        tilted = Tilted(ph, b, grid)
-        integrand = np.exp(procedure.log_map_derivative(tilted.cdf, tilted.sf) + log_ref)
-        new_phi = -_cumulate(_running_integral(integrand, grid.step))[1]
+        b = beta[active]
+        tilted, new_phi, dintegrand = _fixed_point_map(procedure, phi[active], b, grid)
         tv[active] = np.sum(w * np.abs(Tilted(new_phi, b, grid).density_z - tilted.density_z), axis=-1)
         done = tv[active] < tol
         phi[active[done]] = new_phi[done]
-        d[active] = np.where(tv[active] > previous[active], 0.5 * d[active], np.minimum(1.2 * d[active], 1.0))
-        previous[active] = tv[active]
-        keep = active[~done]
-        phi[keep] += d[keep, None] * (new_phi[~done] - ph[~done])
-        active = keep
+        keep = ~done
+        if keep.any():
+            step = _newton_step(new_phi[keep] - phi[active[keep]], tilted.subset(keep), dintegrand[keep], grid)
+            move = np.max(np.abs(step - step[:, -1:]), axis=-1) / b[keep]
+            shrink = np.minimum(1.0, MAX_LOG_DENSITY_STEP / np.maximum(move, 1e-300))
+            phi[active[keep]] += shrink[:, None] * step
+        active = active[keep]
         if active.size == 0:
             return phi, it, tv
     return phi, max_iter, tv
@@ -567,7 +691,15 @@ def _optimal_phi(
 
 @lru_cache(maxsize=64)
 def _optimal_cached(name: str, n: int, beta: float, grid: Grid) -> tuple[np.ndarray, int, np.ndarray]:
-    return _optimal_phi(make_procedure(name, n), np.array([beta]), grid)
+    """Continuation from beta = 10 N (near the identity start) down to ``beta`` in half decades,
+    each Newton solve warm-started from the last (a cold Newton start far from Phi* can stall)."""
+    procedure = make_procedure(name, n)
+    lbs = np.arange(math.log(10.0 * n), math.log(beta), -LADDER_STEP)
+    phi, total = None, 0
+    for lb in [*lbs, math.log(beta)]:
+        phi, iters, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phi)
+        total += iters
+    return phi, total, tv
 
 
 def optimal_transform(
@@ -589,58 +721,91 @@ def optimal_transform(
     return table
 
 
-OPTIMAL_BETAS = (1e2, 1e-4, 1e-13)  # coarse beta grid of the optimal frontier; extended to the last
+OPTIMAL_TV_TOL = 1e-8  # fixed-point TV above this: the optimal point is reported as not converged
+LADDER_STEP = math.log(10.0) / 2  # the optimal frontier's coarse beta ladder: half a decade per step
+
+
+def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid):
+    """Optimal solutions on a log-beta ladder spanning KL from below ``kl_lo`` to above ``kl_hi``.
+
+    Starts at beta = 10 N (KL ~ 1e-4: Phi* has range <= N) and walks down half a decade at a
+    time, each solve warm-started from the previous one, until the KL passes ``kl_hi``, the
+    z-grid stops resolving the policy, or a solve fails; walks up first if ``kl_lo`` is smaller.
+    Returns (log betas, KLs, phis, ok) sorted by decreasing beta.
+    """
+    lbs, kls, phis = [], [], []
+    lb = math.log(10.0 * max(procedure.n, 1))
+    phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid)
+    lbs.append(lb), kls.append(Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.append(phi[0])
+    while kls[0] > kl_lo and lbs[0] < 690:  # upwards: smaller KL
+        lb = lbs[0] + 2 * LADDER_STEP
+        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phis[0])
+        lbs.insert(0, lb), kls.insert(0, Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.insert(0, phi[0])
+    while kls[-1] < kl_hi and lbs[-1] > -690:  # downwards: larger KL
+        lb = lbs[-1] - LADDER_STEP
+        beta = np.array([math.exp(lb)])
+        phi, _, tv = _optimal_phi(procedure, beta, grid, phi0=phis[-1])
+        if tv[0] > OPTIMAL_TV_TOL or not resolved(phi, beta, grid)[0]:
+            break
+        lbs.append(lb), kls.append(Tilted(phi, beta, grid).kl[0]), phis.append(phi[0])
+    return np.array(lbs), np.array(kls), np.stack(phis)
 
 
 def optimal_frontier(
-    procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID, tol: float = 1e-8
+    procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID, tol: float = 1e-9
 ) -> Frontier:
     """Win rate of the optimal transform at each KL budget (each budget has its own beta and Phi*).
 
-    The optimal policy's KL increases with 1/beta: solve the fixed point on a coarse log-beta
-    grid (one batch), interpolate log beta at each budget, then take secant steps in log beta
-    with warm-started batched solves until every KL is within ``tol`` (relative) of its budget.
+    The optimal policy's KL increases with 1/beta. A ladder of warm-started Newton solves
+    (:func:`_optimal_ladder`) brackets the budgets; each budget then starts from the nearest
+    ladder solution at the interpolated log beta and takes secant steps in log beta (batched
+    Newton solves) until its KL is within ``tol`` (relative) of the budget. A point is
+    ``converged`` only if the fixed point's TV is below ``OPTIMAL_TV_TOL`` and its KL within
+    1e-6 (relative) of the budget; budgets past the largest KL the z-grid resolves are unreachable.
     """
     budgets = _check_budgets(kl_budgets)
-    log_betas = np.linspace(math.log(OPTIMAL_BETAS[0]), math.log(OPTIMAL_BETAS[1]), 19)
-    coarse_phi, _, _ = _optimal_phi(procedure, np.exp(log_betas), grid)
-    coarse_kl = Tilted(coarse_phi, np.exp(log_betas), grid).kl
-    while coarse_kl[-1] < budgets.max() and log_betas[-1] > math.log(OPTIMAL_BETAS[2]):
-        more = log_betas[-1] + (log_betas[1] - log_betas[0]) * np.arange(1, 7)  # 3 more decades
-        more_phi, _, _ = _optimal_phi(procedure, np.exp(more), grid, phi0=coarse_phi[-1])
-        log_betas, coarse_phi = np.concatenate([log_betas, more]), np.concatenate([coarse_phi, more_phi])
-        coarse_kl = np.concatenate([coarse_kl, Tilted(more_phi, np.exp(more), grid).kl])
-    reachable = (budgets >= coarse_kl[0]) & (budgets <= coarse_kl[-1])
+    lbs, kls, phis = _optimal_ladder(procedure, float(budgets.min()), float(budgets.max()), grid)
+    reachable = (budgets >= kls[0]) & (budgets <= kls[-1])
     ok = np.flatnonzero(reachable)
-    lb = np.interp(budgets[ok], coarse_kl, log_betas)
-    phi = coarse_phi[np.abs(log_betas[None, :] - lb[:, None]).argmin(axis=1)]
-    coarse_slope = np.gradient(coarse_kl, log_betas)
-    prev_lb, prev_kl = np.full_like(lb, np.nan), np.full_like(lb, np.nan)
-    todo = np.arange(len(ok))  # budgets whose KL is not yet within tol
-    for _ in range(30):
-        if todo.size == 0:
-            break
-        phi[todo], _, _ = _optimal_phi(procedure, np.exp(lb[todo]), grid, phi0=phi[todo])
-        kl = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
-        err = kl - budgets[ok][todo]
-        # secant slope where the last step was informative, else the coarse curve's slope
-        dlb = lb[todo] - prev_lb[todo]
-        secant = (kl - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-7, dlb, np.nan)
-        slope = np.where(secant < 0, secant, np.interp(lb[todo], log_betas[::-1], coarse_slope[::-1]))
-        prev_lb[todo], prev_kl[todo] = lb[todo], kl
-        step = -err / np.minimum(slope, -1e-12)
-        lb[todo] = np.clip(lb[todo] + step, log_betas[-1] - 1, log_betas[0] + 1)
-        todo = todo[np.abs(err) > tol * np.maximum(1.0, budgets[ok][todo])]
-    lb_final = prev_lb
-    beta, kl, std, win = (np.full(len(budgets), np.nan) for _ in range(4))
+    nb = len(budgets)
+    beta, kl, std, win = (np.full(nb, np.nan) for _ in range(4))
+    converged = np.zeros(nb, bool)
     if ok.size:
-        tilted = Tilted(phi, np.exp(lb_final), grid)
-        beta[ok], kl[ok] = np.exp(lb_final), tilted.kl
+        target = budgets[ok]
+        lb = np.interp(target, kls, lbs)  # kls increasing along the ladder
+        phi = phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)].copy()
+        slope_ladder = np.gradient(kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)
+        prev_lb, prev_kl = np.full(len(ok), np.nan), np.full(len(ok), np.nan)
+        tv, cur_kl = np.full(len(ok), np.inf), np.full(len(ok), np.nan)
+        todo = np.arange(len(ok))
+        for _ in range(30):  # secant steps in log beta, each a warm-started batched solve
+            if todo.size == 0:
+                break
+            phi[todo], _, tv[todo] = _optimal_phi(procedure, np.exp(lb[todo]), grid, phi0=phi[todo])
+            cur_kl[todo] = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
+            err = cur_kl[todo] - target[todo]
+            dlb = lb[todo] - prev_lb[todo]
+            secant = (cur_kl[todo] - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-12, dlb, np.nan)
+            slope = np.where(secant < 0, secant, np.interp(lb[todo], lbs[::-1], slope_ladder[::-1]))
+            prev_lb[todo], prev_kl[todo] = lb[todo], cur_kl[todo]
+            unfinished = (np.abs(err) > tol * target[todo]) & (tv[todo] < OPTIMAL_TV_TOL)
+            step = np.clip(-err / np.minimum(slope, -1e-12), -LADDER_STEP, LADDER_STEP)
+            lb[todo] = np.where(unfinished, lb[todo] + step, lb[todo])
+            todo = todo[unfinished]
+        lb = prev_lb
+        tilted = Tilted(phi, np.exp(lb), grid)
+        beta[ok], kl[ok] = np.exp(lb), tilted.kl
         std[ok], win[ok] = tilted.standard_win_rate(), tilted.win_rate(procedure)
-    reason = ["" if r else f"KL budget {b:g} outside [{coarse_kl[0]:.3g}, {coarse_kl[-1]:.3g}] reached by the "
-              f"optimal transform for beta in [{math.exp(log_betas[-1]):.2g}, {OPTIMAL_BETAS[0]:g}]"
+        converged[ok] = (tv < OPTIMAL_TV_TOL) & (np.abs(tilted.kl - target) <= 1e-6 * target)
+    cap = kls[-1]
+    reason = ["" if r else
+              f"KL budget {b:g} is below the optimal transform's KL {kls[0]:.3g} at beta={math.exp(lbs[0]):.3g}"
+              if b < kls[0] else
+              f"KL budget {b:g} is past the largest KL ({cap:.4g}) at which the optimal fixed point converged "
+              "and the z-grid resolves it"
               for r, b in zip(reachable, budgets)]
-    return Frontier(f"optimal({procedure.label})", procedure.label, budgets, beta, kl, std, win, reachable, reason)
+    return Frontier(f"optimal({procedure.label})", procedure.label, budgets, beta, kl, std, win, reachable, reason,
+                    converged)
 
 
 def bon_policy_point(n: int) -> Point:
