@@ -679,7 +679,10 @@ def _optimal_phi(
         phi[active[done]] = new_phi[done]
         keep = ~done
         if keep.any():
-            step = _newton_step(new_phi[keep] - phi[active[keep]], tilted.subset(keep), dintegrand[keep], grid)
+            try:
+                step = _newton_step(new_phi[keep] - phi[active[keep]], tilted.subset(keep), dintegrand[keep], grid)
+            except np.linalg.LinAlgError:  # a singular linearisation: stop, report these rows unconverged
+                return phi, it, tv
             move = np.max(np.abs(step - step[:, -1:]), axis=-1) / b[keep]
             shrink = np.minimum(1.0, MAX_LOG_DENSITY_STEP / np.maximum(move, 1e-300))
             phi[active[keep]] += shrink[:, None] * step
