@@ -737,3 +737,44 @@ def test_optimal_transform_is_cached_and_reusable_in_frontier():
     assert fr.beta[0] == pytest.approx(0.2, rel=1e-6) and fr.win_rate[0] == pytest.approx(
         pt.win_rate, abs=1e-9
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions of the issue: reachability and best t for worst-of-N
+# --------------------------------------------------------------------------------------------
+
+
+def test_readme_won_exponents_reach_every_budget():
+    """README: `infalign-analyze procedure=won procedure.n=8 t=[-1,-4,-16] kl.stop=2` marked exp(t=-16)
+    unreachable (the fixed beta range, not the transform). Every budget is reached, KL to 1e-8."""
+    budgets = np.linspace(0.02, 2.0, 8)
+    for t in (-1.0, -4.0, -16.0):
+        fr = theory.frontier(Exp(t), WorstOfN(8), budgets)
+        assert fr.reachable.all(), fr.reason
+        np.testing.assert_allclose(fr.kl, budgets, rtol=1e-8)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_best_t_for_won_is_monotone_in_budget_and_n(n):
+    """method.md §5: the best |t| grows with the KL budget and with N; for WoN t < 0, so best t is
+    non-increasing in the budget (budgets where the win rate is not yet within 1e-6 of 1: beyond,
+    every t ties and the argmax is rounding)."""
+    budgets = [0.05, 0.3, 1.0, 2.0]
+    ts = -np.geomspace(0.25, 64, 24)
+    bt = theory.best_t(WorstOfN(n), budgets, ts=ts, extend=True)
+    live = bt.win_rate < 1 - 1e-6
+    t = bt.t[live]
+    assert np.all(np.diff(t) <= 0), (n, bt.t)
+    if n > 2:
+        smaller = theory.best_t(WorstOfN(n // 2), budgets, ts=ts, extend=True)
+        both = live & (smaller.win_rate < 1 - 1e-6)
+        assert np.all(bt.t[both] <= smaller.t[both]), (bt.t, smaller.t)
+
+
+def test_best_t_flags_a_scan_edge_instead_of_sitting_on_it():
+    """Regression: with the default scan |t| <= 64, bon4 at KL 4 returned t = 64 silently (the
+    optimum lies beyond). The scan now extends (ratio of the grid) and flags what stays on an edge."""
+    bt = theory.best_t(BestOfN(4), [1.0, 4.0])
+    assert bt.t[1] > 64 and not bt.at_edge[1]
+    fixed = theory.best_t(BestOfN(4), [4.0], ts=[2.0, 8.0, 32.0, 64.0])  # a user grid: not extended
+    assert fixed.t[0] == 64.0 and fixed.at_edge[0]
