@@ -255,10 +255,14 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
             by = _logit(np.array(bon_point[1])) if scale == "logodds" else bon_point[1]
             ax.plot(bon_point[0], by, marker="*", ms=14, color="crimson", ls="none", label="best-of-N policy", zorder=6)
         if scale == "logodds":
-            ticks = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999])
+            ticks = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, *(1 - 10.0 ** -np.arange(3, 13))])
+            labels = [f"{t:g}" if t <= 0.99 else f"1-1e-{k}" if k > 4 else f"{t:.{k}f}"
+                      for t, k in zip(ticks, [0] * 8 + list(range(3, 13)))]
             lo, hi = ax.get_ylim()
             keep = (_logit(ticks) >= lo) & (_logit(ticks) <= hi)
-            ax.set_yticks(_logit(ticks[keep]), [f"{t:g}" for t in ticks[keep]])
+            if keep.sum() > 10:  # thin out: at most ~10 labelled ticks
+                keep &= np.isin(np.arange(len(ticks)), np.flatnonzero(keep)[:: int(math.ceil(keep.sum() / 10))])
+            ax.set_yticks(_logit(ticks[keep]), [lab for lab, k in zip(labels, keep) if k])
         ax.set_xlabel("KL(pi || pi_ref) achieved [nats]")
         ax.set_ylabel(title + (" (log-odds axis)" if scale == "logodds" else ""))
         ax.set_title(title + " vs KL (calibrated-space theory)")
