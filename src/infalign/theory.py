@@ -19,7 +19,11 @@ overflows. Full-line integrals use the trapezoid rule, which is spectrally accur
 smooth, doubly-exponentially decaying integrands; running integrals (F, 1 - F, the optimal
 transform) use a 4th-order cubic-interpolation rule, and F and 1 - F are accumulated from
 opposite ends so each is accurate where it is small. Win rates are evaluated in the survival
-form ``∫ (1 - G) g`` (no ``1 - x`` cancellation).
+form ``∫ (1 - G) g`` (no ``1 - x`` cancellation). Log-densities are formed as
+``(Phi - max Phi)/beta`` (no cancellation of O(Phi/beta) terms at tiny beta), and KL at large
+beta in expm1/log1p form. A result is returned only where the grid resolves the tilted policy
+(:func:`resolved`: half-grid agreement, no mass on the end nodes); elsewhere the caller gets
+"unreachable" with that reason, never a silently wrong number.
 """
 
 from __future__ import annotations
@@ -584,7 +588,7 @@ def best_t(
 
 
 # ----------------------------------------------------------------------------------------------
-# The optimal transform (method.md §5): damped fixed-point iteration, vectorised over betas.
+# The optimal transform (method.md §5): Newton iteration on the fixed point, vectorised over betas.
 # ----------------------------------------------------------------------------------------------
 
 
