@@ -335,7 +335,7 @@ def beta_search(
     def kl_at(r: np.ndarray, x: np.ndarray) -> np.ndarray:
         return _kl_and_slope(phi[r], np.exp(x) / scale[r], grid)[0]
 
-    xs = np.arange(-8.0, 41.0, 4.0)  # beta from e^8 to e^-40 times range(Phi), then widened
+    xs = np.arange(-8.0, 41.0, 8.0)  # beta from e^8 to e^-40 times range(Phi), then widened
     coarse = np.stack([kl_at(rows, np.full(len(rows), x)) for x in xs], axis=1)
     idx = np.clip((coarse < budgets[:, None]).sum(axis=1), 1, len(xs) - 1)
     lo, hi = xs[idx - 1].copy(), xs[idx].copy()
