@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -300,9 +301,13 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
     for f in frontiers:
         table.add_row(f.transform, *[_cell(f, i) for i in picks])
     console.print(table)
-    reasons = sorted({r for f in frontiers for i, r in enumerate(f.reason) if r and i in picks})
-    for r in reasons:
-        console.print(f"  unreach.: {r}", highlight=False)
+    for f in frontiers:  # one line per transform and reason, listing its budgets
+        grouped: dict[str, list[str]] = {}
+        for b, r in zip(f.kl_budget, f.reason):
+            if r:
+                grouped.setdefault(re.sub(r"^KL budget \S+ ", "", r), []).append(f"{b:.3g}")
+        for why, bs in grouped.items():
+            console.print(f"  unreach. {f.transform} at KL {', '.join(bs)}: {why}", highlight=False)
     if any(not f.converged[i] for f in frontiers for i in picks if f.reachable[i]):
         console.print("  no conv.: the optimal fixed point did not converge there (see curves.csv)", highlight=False)
     bt = Table(title=f"best exp t for {procedure.label}")
