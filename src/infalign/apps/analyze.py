@@ -189,11 +189,11 @@ def analyze(cfg: DictConfig, out_dir: Path) -> dict:
         "not_converged": [r for r in rows if r["reachable"] and not r["converged"]],
         "bon_policy": None if bon_point is None else {"kl": bon_point.kl, "win_rate": bon_point_win},
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
     if cfg.plot:
         metrics["plot_scale"] = plot_frontiers(
             frontiers, out_dir / "frontier.png", procedure.label,
             None if bon_point is None else (bon_point.kl, bon_point_win), cfg.get("plot_scale", "auto"))
+    atomic_write_json(out_dir / "metrics.json", metrics)
     _print_tables(procedure, frontiers, best_rows)
     return metrics
 
