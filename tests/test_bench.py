@@ -7,7 +7,7 @@ import pytest
 
 from infalign.bench.cli import parse_args, run
 
-THEORY_KEYS = {"frontier", "optimal_transform", "best_t", "optimal_frontier"}
+THEORY_KEYS = {"frontier", "optimal_transform", "best_t", "optimal_frontier", "analyze_end_to_end"}
 STEP_KEYS = {"best_s", "median_s", "samples_per_s", "tokens_per_s", "rows_per_step", "mean_length"}
 
 

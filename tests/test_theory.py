@@ -83,15 +83,17 @@ def exp_cdf(t: float, beta: float, u: np.ndarray) -> np.ndarray:
 def exp_kl_mpmath(t: float, beta: float, dps: int = 30) -> float:
     """KL of f ∝ exp(sign(t) e^{tu}/beta) by mpmath quadrature with breakpoints at the mass.
 
-    t > 0: in s = 1 - u with g(s) = e^t expm1(-t s)/beta, mass at s ~ beta/(t e^t);
-    t < 0: in u with g(u) = -e^{tu}/beta, the density rises from ~0 to its plateau around
+    t > 0 (and t < 0 once beta < e^t, where the mass reaches u = 1): in s = 1 - u with
+    g(s) = ±e^t expm1(-t s)/beta, mass at s ~ beta/(|t| e^t);
+    t < 0 otherwise: in u with g(u) = -e^{tu}/beta, the density rises from ~0 to its plateau around
     u0 = log(1/beta)/|t| over a width ~1/|t|.
     """
     mp.mp.dps = dps
     t_, b_ = mp.mpf(t), mp.mpf(beta)
-    if t > 0:
-        g = lambda x: mp.e**t_ * mp.expm1(-t_ * x) / b_  # noqa: E731
-        scale = b_ / (t_ * mp.e**t_)
+    if t > 0 or math.log(1 / beta) > abs(t):  # mass near u = 1: work in s = 1 - u, Phi(1-s) - Phi(1)
+        sign = 1 if t > 0 else -1
+        g = lambda x: sign * mp.e**t_ * mp.expm1(-t_ * x) / b_  # noqa: E731
+        scale = b_ / (abs(t_) * mp.e**t_)
         pts = sorted({mp.mpf(0), mp.mpf(1), *[min(mp.mpf(1), scale * 10**k) for k in range(-2, 6)]})
     else:
         g = lambda x: -mp.exp(t_ * x) / b_  # noqa: E731
@@ -434,17 +436,63 @@ def test_frontier_large_budget_is_reachable():
     np.testing.assert_allclose(fr.kl, [5.0, 10.0], rtol=1e-8)
 
 
-def test_frontier_unreachable_budget_has_reason():
-    fr = theory.frontier(Exp(-20.0), WorstOfN(4), [0.5, 5.0])
+def test_very_negative_t_reaches_large_kl_budgets():
+    """Regression: the beta search used to stop at 1e-6 x range(Phi), so exp(t=-20) was labelled
+    'the transform caps the reachable KL' at 5 nats. Any non-constant bounded Phi reaches every KL as
+    beta -> 0; the returned beta is checked by independent 40-digit quadrature (1e-8)."""
+    fr = theory.frontier(Exp(-20.0), WorstOfN(4), [0.5, 5.0, 12.0])
+    assert fr.reachable.all() and all(r == "" for r in fr.reason), fr.reason
+    for b, beta in zip([0.5, 5.0, 12.0], fr.beta):
+        assert exp_kl_mpmath(-20.0, float(beta), dps=40) == pytest.approx(b, rel=1e-8)
+
+    assert np.all(np.diff(fr.win_rate) > 0)
+
+
+def test_negative_t_keeps_its_digits_at_tiny_beta():
+    """Regression: for t < 0 Phi was tabulated as Phi(u) - Phi(0), so near u = 1 (where the mass is
+    as beta -> 0) Phi(u) - Phi(1) lost all digits: KL off by 1.1e-7 relative at 12 nats (beta ~1e-13),
+    by ~1e-3 at beta ~1e-17. Reference: 50-digit quadrature in s = 1 - u."""
+    for beta in (1e-13, 1e-17):
+        kl = theory.evaluate(Exp(-20.0), beta, WorstOfN(4))[0].kl
+        assert kl == pytest.approx(exp_kl_mpmath(-20.0, beta, dps=50), rel=1e-10)
+
+
+
+def test_unreachable_budget_reason_is_the_grid_not_the_transform():
+    """Past ~100 nats the tilted mass lies within e^-100 of u = 1, beyond the default z-grid: the
+    budget is unreachable *on this grid*, the reason says so, and a wider grid reaches it."""
+    fr = theory.frontier(Identity(), Sample(), [0.5, 150.0])
     assert list(fr.reachable) == [True, False]
-    assert fr.reason[0] == "" and "caps the reachable KL" in fr.reason[1] and "5" in fr.reason[1]
+    assert fr.reason[0] == "" and "z-grid" in fr.reason[1] and "150" in fr.reason[1]
+    assert "caps" not in fr.reason[1]
     assert np.isnan(fr.beta[1]) and np.isnan(fr.win_rate[1]) and np.isfinite(fr.win_rate[0])
     rows = fr.rows()
     assert rows[1]["reachable"] is False and rows[1]["reason"] == fr.reason[1]
-    assert rows[0]["kl"] == pytest.approx(0.5, abs=1e-8)
-    # a budget below what the largest searched beta gives is also flagged, with its own reason
-    low = theory.frontier(Identity(), Sample(), [1e-25])
-    assert not low.reachable[0] and "below" in low.reason[0]
+    wide = theory.frontier(Identity(), Sample(), [150.0], grid=theory.Grid(z_max=200.0, step=0.05))
+    assert wide.reachable[0]
+    # identity closed form KL = lam E[u] - log((e^lam - 1)/lam), lam = 1/beta, is log(lam) - 1 up to
+    # O(e^-lam) terms (lam ~ e^151 here)
+    assert math.log(1 / float(wide.beta[0])) - 1 == pytest.approx(150.0, rel=1e-10)
+
+
+def test_tiny_budgets_are_reached_precisely():
+    """Regression: KL at large beta was a difference of two O(Phi/beta) numbers, so budgets below
+    ~1e-12 were 'below the KL at the largest beta'; the expm1/log1p form keeps them exact."""
+    budgets = [1e-20, 1e-12, 1e-6]
+    fr = theory.frontier(Identity(), Sample(), budgets)
+    assert fr.reachable.all(), fr.reason
+    # identity at large beta: KL = Var_uniform(u)/(2 beta^2) (1 + O(1/beta^2)) = 1/(24 beta^2)
+    # (the O(1/beta^2) correction is 1e-6 relative at 1e-6 nats). At 1e-20 nats Phi/beta ~ 5e-11 and its
+    # float64 rounding (~1e-26 per node) is ~1e-6 of the KL, so 1e-5 there.
+    for b, beta, rtol in zip(budgets, fr.beta, (1e-5, 1e-6, 2e-6)):
+        assert 1 / (24 * beta**2) == pytest.approx(b, rel=rtol)
+    # before the fix: 1e-20 was 'below the KL at beta=1e6 x range', and the search stopped at
+    # |KL - budget| < 1e-10 absolute, i.e. 1e-12 was hit only to 1e-4 relative
+    for b, kl, rtol in zip(budgets, fr.kl, (1e-6, 1e-8, 1e-8)):
+        assert kl == pytest.approx(b, rel=rtol)
+    # at 1e-30 nats the KL is rounding noise: said so, not returned
+    low = theory.frontier(Identity(), Sample(), [1e-30])
+    assert not low.reachable[0] and "precision" in low.reason[0]
 
 
 @pytest.mark.parametrize("bad", [[0.0], [-1.0], [0.5, -0.1], [float("nan")], [float("inf")], []])
@@ -524,7 +572,9 @@ def test_best_t_is_argmax_of_its_table(name, n):
     p = make_procedure(name, n)
     bt = theory.best_t(p, BUDGETS_T)
     assert bt.table.shape == (len(bt.ts), len(BUDGETS_T))
-    np.testing.assert_array_equal(bt.ts, theory.default_t_grid(p))
+    # the default scan, extended past its ends only where the best t sat on one (never silently)
+    np.testing.assert_array_equal(bt.ts[:40], theory.default_t_grid(p))
+    assert np.all(np.abs(bt.ts[40:]) > 64) and not bt.at_edge.any()
     for j in range(len(BUDGETS_T)):
         col = bt.table[:, j]
         assert bt.win_rate[j] == np.nanmax(col)
@@ -559,7 +609,7 @@ def test_best_t_is_negative_for_won_when_both_signs_are_offered():
 
 
 def test_best_t_unreachable_everywhere_gives_nan():
-    bt = theory.best_t(WorstOfN(4), [0.5, 5.0], ts=[-20.0])
+    bt = theory.best_t(WorstOfN(4), [0.5, 150.0], ts=[-20.0])
     assert (
         np.isfinite(bt.t[0])
         and np.isnan(bt.t[1])
@@ -687,3 +737,44 @@ def test_optimal_transform_is_cached_and_reusable_in_frontier():
     assert fr.beta[0] == pytest.approx(0.2, rel=1e-6) and fr.win_rate[0] == pytest.approx(
         pt.win_rate, abs=1e-9
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions of the issue: reachability and best t for worst-of-N
+# --------------------------------------------------------------------------------------------
+
+
+def test_readme_won_exponents_reach_every_budget():
+    """README: `infalign-analyze procedure=won procedure.n=8 t=[-1,-4,-16] kl.stop=2` marked exp(t=-16)
+    unreachable (the fixed beta range, not the transform). Every budget is reached, KL to 1e-8."""
+    budgets = np.linspace(0.02, 2.0, 8)
+    for t in (-1.0, -4.0, -16.0):
+        fr = theory.frontier(Exp(t), WorstOfN(8), budgets)
+        assert fr.reachable.all(), fr.reason
+        np.testing.assert_allclose(fr.kl, budgets, rtol=1e-8)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8])
+def test_best_t_for_won_is_monotone_in_budget_and_n(n):
+    """method.md §5: the best |t| grows with the KL budget and with N; for WoN t < 0, so best t is
+    non-increasing in the budget (budgets where the win rate is not yet within 1e-6 of 1: beyond,
+    every t ties and the argmax is rounding)."""
+    budgets = [0.05, 0.3, 1.0, 2.0]
+    ts = -np.geomspace(0.25, 64, 24)
+    bt = theory.best_t(WorstOfN(n), budgets, ts=ts, extend=True)
+    live = bt.win_rate < 1 - 1e-6
+    t = bt.t[live]
+    assert np.all(np.diff(t) <= 0), (n, bt.t)
+    if n > 2:
+        smaller = theory.best_t(WorstOfN(n // 2), budgets, ts=ts, extend=True)
+        both = live & (smaller.win_rate < 1 - 1e-6)
+        assert np.all(bt.t[both] <= smaller.t[both]), (bt.t, smaller.t)
+
+
+def test_best_t_flags_a_scan_edge_instead_of_sitting_on_it():
+    """Regression: with the default scan |t| <= 64, bon4 at KL 4 returned t = 64 silently (the
+    optimum lies beyond). The scan now extends (ratio of the grid) and flags what stays on an edge."""
+    bt = theory.best_t(BestOfN(4), [1.0, 4.0])
+    assert bt.t[1] > 64 and not bt.at_edge[1]
+    fixed = theory.best_t(BestOfN(4), [4.0], ts=[2.0, 8.0, 32.0, 64.0])  # a user grid: not extended
+    assert fixed.t[0] == 64.0 and fixed.at_edge[0]

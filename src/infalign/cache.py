@@ -19,12 +19,14 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,7 +48,8 @@ def _json_default(obj: Any) -> Any:
         pass
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # not imported: obj is no tensor (infalign-analyze runs without torch)
+    if torch is not None and isinstance(obj, torch.Tensor):
         return hashlib.sha256(obj.detach().cpu().numpy().tobytes()).hexdigest()
     raise TypeError(f"cannot hash {type(obj).__name__} into a cache key")
 
@@ -142,7 +145,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.view(sys.modules["torch"].uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -152,6 +155,8 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     ``key`` they belong to (checked by :func:`load_tensors`)."""
     payload = {"tensors": tensors, "meta": meta or {}, "sha256": _digest(tensors), "key": key}
     with atomic_path(path) as tmp:
+        import torch
+
         torch.save(payload, tmp)
 
 
@@ -159,6 +164,8 @@ def load_tensors(path: str | os.PathLike, key: str | None = None) -> tuple[dict[
     """Load a file written by :func:`save_tensors`; raise :class:`CorruptCacheError` if damaged or,
     when ``key`` is given, if the file was stored under another key (a file copied to the wrong name)."""
     try:
+        import torch
+
         payload = torch.load(path, map_location="cpu", weights_only=True)
         tensors, meta, digest = payload["tensors"], payload["meta"], payload["sha256"]
         stored_key = payload.get("key")

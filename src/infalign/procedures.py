@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
 from infalign.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _log_cdf(f: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -87,6 +89,8 @@ class Procedure:
 
 def _log_binom(n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """log C(n, k) elementwise (float64); -inf where k < 0 or k > n."""
+    import torch  # local: the calibrated-space theory (infalign-analyze) never needs torch
+
     valid = (k >= 0) & (k <= n)
     n, k = n.double(), k.double()
     out = torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma((n - k).clamp(min=0) + 1)
@@ -111,6 +115,8 @@ class Sample(Procedure):
         return np.zeros(np.broadcast(f, s).shape)
 
     def selection_weights(self, m: int) -> torch.Tensor:
+        import torch
+
         return torch.full((m,), 1.0 / m, dtype=torch.float64)
 
 
@@ -128,6 +134,8 @@ class BestOfN(Procedure):
         return math.log(self.n) + (self.n - 1) * _log_cdf(f, s) if self.n > 1 else np.zeros(np.shape(f))
 
     def selection_weights(self, m: int) -> torch.Tensor:
+        import torch
+
         k = torch.arange(1, m + 1)
         return torch.exp(_log_binom(k - 1, torch.tensor(self.n - 1)) - _log_binom(torch.tensor(m), torch.tensor(self.n)))
 
@@ -146,6 +154,8 @@ class WorstOfN(Procedure):
         return math.log(self.n) + (self.n - 1) * _log_cdf(s, f) if self.n > 1 else np.zeros(np.shape(f))
 
     def selection_weights(self, m: int) -> torch.Tensor:
+        import torch
+
         return torch.flip(BestOfN(self.n).selection_weights(m), dims=[0])
 
 
@@ -171,6 +181,8 @@ def served_win_rate(
     selection weights (one row per procedure/N). The inner sum over l is a tie-aware CDF read by
     two binary searches, so the cost is O(R * P * M) rather than O(R * P * M * M').
     """
+    import torch
+
     if policy_scores.dim() != 2 or reference_scores.dim() != 2 or policy_scores.shape[0] != reference_scores.shape[0]:
         raise ValueError(
             f"pools must be [P, M] and [P, M'] with the same P; got {tuple(policy_scores.shape)}, "
@@ -196,6 +208,8 @@ def pool_win_rates(
 
     Default ``ns`` = 1..min(M, M') ([1] for sampling), all from the same pools (method.md §7).
     """
+    import torch
+
     m_pol, m_ref = policy_scores.shape[-1], reference_scores.shape[-1]
     if ns is None:
         ns = [1] if name == "sample" else list(range(1, min(m_pol, m_ref) + 1))

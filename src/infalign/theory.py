@@ -19,7 +19,11 @@ overflows. Full-line integrals use the trapezoid rule, which is spectrally accur
 smooth, doubly-exponentially decaying integrands; running integrals (F, 1 - F, the optimal
 transform) use a 4th-order cubic-interpolation rule, and F and 1 - F are accumulated from
 opposite ends so each is accurate where it is small. Win rates are evaluated in the survival
-form ``∫ (1 - G) g`` (no ``1 - x`` cancellation).
+form ``∫ (1 - G) g`` (no ``1 - x`` cancellation). Log-densities are formed as
+``(Phi - max Phi)/beta`` (no cancellation of O(Phi/beta) terms at tiny beta), and KL at large
+beta in expm1/log1p form. A result is returned only where the grid resolves the tilted policy
+(:func:`resolved`: half-grid agreement, no mass on the end nodes); elsewhere the caller gets
+"unreachable" with that reason, never a silently wrong number.
 """
 
 from __future__ import annotations
@@ -30,11 +34,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import logsumexp
 
 from infalign.errors import ConfigError, require
 from infalign.procedures import Procedure, Sample, make_procedure
-from infalign.transforms import Tabulated, Transform
+from infalign.transforms import Exp, Tabulated, Transform
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,20 @@ DEFAULT_GRID = Grid()
 
 
 def phi_table(transform: Transform, grid: Grid = DEFAULT_GRID) -> np.ndarray:
-    """Phi(u) - c on the grid nodes (``[G]``), via ``transform.centered(u, 1 - u)``."""
+    """Phi(u) - c on the grid nodes (``[G]``), via ``transform.centered(u, 1 - u)``.
+
+    For exp with t < 0, ``centered`` is referenced to Phi(0) (exact near u = 0); but as beta -> 0
+    the tilted mass sits near u = 1, where ``Phi(u) - Phi(1)`` would then be a difference of
+    O(1) numbers, an absolute error ~1e-16/beta in log f. There the table is taken as
+    ``Phi(u) - Phi(1) = -scale * e^t * expm1(-t (1 - u))`` (exact near u = 1, O(1e-16) absolute
+    elsewhere, i.e. never worse).
+    """
     _, u, s, *_ = grid.arrays
-    phi = np.asarray(transform.centered(u, s), dtype=np.float64)
+    if isinstance(transform, Exp) and transform.t < 0:
+        scale = 1.0 / abs(math.expm1(transform.t)) if transform.normalized else 1.0
+        phi = -scale * math.exp(transform.t) * np.expm1(-transform.t * s)
+    else:
+        phi = np.asarray(transform.centered(u, s), dtype=np.float64)
     if phi.shape != u.shape or np.isnan(phi).any() or np.isposinf(phi).any():
         raise ValueError(f"transform {transform.label} gave NaN/+inf or a wrong shape on [0, 1]")
     return phi
@@ -97,6 +111,56 @@ def _cumulate(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return left, right
 
 
+def _tilt_stats(phi: np.ndarray, beta: np.ndarray, grid: Grid) -> tuple[np.ndarray, ...]:
+    """(log Z', quadrature weights p, log f, KL) of ``f ∝ exp(phi/beta)`` per row, without cancellation.
+
+    ``g = (phi - max phi)/beta <= 0`` is formed before dividing by beta, so log f = g - log Z'
+    stays O(log(1/width)) however large |Phi/beta| is (log Z' is log Z shifted by max(phi)/beta;
+    exp(g + log(quadrature weight)) >= e^-(z_max + ...) at the maximum, so the plain sum cannot
+    underflow). When range(Phi)/beta < 1 (large beta: KL ~ Var(Phi/beta)/2) the sum would lose
+    the KL to rounding; there ``g`` is centred on its reference mean m and
+    ``KL = E_f[g - m] - log1p(E_ref[expm1(g - m)])``, each term O(KL).
+    """
+    _, _, _, _, _, log_jac, w = grid.arrays
+    log_wq, ref_w = _quadrature_logs(grid.z_max, grid.step)
+    finite = bool(np.isfinite(phi).all())
+    top = np.max(phi, axis=-1, keepdims=True) if finite else np.max(np.where(np.isfinite(phi), phi, -np.inf),
+                                                                    axis=-1, keepdims=True)
+    g = (phi - top) / beta[:, None]  # <= 0, -inf where phi = -inf
+    e = np.exp(g + log_wq)
+    total = e.sum(axis=-1)
+    log_z = np.log(total)
+    p = e / total[:, None]
+    log_f = g - log_z[:, None]
+    kl = np.einsum("bg,bg->b", p, log_f) if finite else np.sum(np.where(p > 0, p * np.where(p > 0, log_f, 0.0), 0.0),
+                                                                  axis=-1)
+    if finite:
+        small = np.flatnonzero((top[:, 0] - phi.min(axis=-1)) < beta)
+        if small.size:  # large beta: expm1 / log1p forms
+            gs = g[small]
+            d = gs - (gs @ ref_w)[:, None]
+            em1 = np.expm1(d)
+            mean_em1 = em1 @ ref_w
+            kl[small] = ((1.0 + em1) * d) @ ref_w / (1.0 + mean_em1) - np.log1p(mean_em1)
+    return log_z, p, log_f, np.maximum(kl, 0.0)
+
+
+@lru_cache(maxsize=8)
+def _quadrature_logs(z_max: float, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log of the u-measure quadrature weights on the z-grid, the same weights normalised)."""
+    _, _, _, _, _, log_jac, w = _grid_arrays(z_max, step)
+    log_wq = log_jac + np.log(w)
+    ref_w = np.exp(log_wq)
+    ref_w /= ref_w.sum()
+    log_wq.setflags(write=False), ref_w.setflags(write=False)
+    return log_wq, ref_w
+
+
+def _density_z(phi: np.ndarray, beta: np.ndarray, grid: Grid) -> np.ndarray:
+    """f(u) du/dz on the grid nodes per row (the density part of :class:`Tilted`, no running integrals)."""
+    return np.exp(_tilt_stats(phi, beta, grid)[2] + grid.arrays[5])
+
+
 @dataclass
 class Tilted:
     """The tilted policies ``f ∝ exp(phi/beta)`` for a batch of rows (phi ``[B, G]``, beta ``[B]``)."""
@@ -111,20 +175,21 @@ class Tilted:
     sf: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        _, _, _, _, _, log_jac, w = self.grid.arrays
         self.beta = np.asarray(self.beta, np.float64)
-        g = self.phi / self.beta[:, None]  # log f + log Z
-        log_w = g + log_jac + np.log(w)
-        self.log_z = logsumexp(log_w, axis=-1)  # log ∫ exp(phi/beta) du
-        p = np.exp(log_w - self.log_z[:, None])  # quadrature weights of f ...
-        p /= p.sum(axis=-1, keepdims=True)  # ... renormalised: log_z's rounding would scale with |Phi/beta|
-        log_f = g - self.log_z[:, None]  # O(log(1/width)) where the mass is, never ~Phi/beta
-        self.kl = np.maximum(np.sum(np.where(p > 0, p * log_f, 0.0), axis=-1), 0.0)
-        self.density_z = np.exp(g + log_jac - self.log_z[:, None])
+        self.log_z, p, log_f, self.kl = _tilt_stats(self.phi, self.beta, self.grid)
+        self.density_z = np.exp(log_f + self.grid.arrays[5])
         left, right = _cumulate(_running_integral(self.density_z, self.grid.step))
         total = left[:, -1:]
         self.cdf, self.sf = np.clip(left / total, 0, 1), np.clip(right / total, 0, 1)
-        self._p, self._g = p, g
+        self._p, self._g = p, log_f
+
+    def subset(self, rows: np.ndarray) -> Tilted:
+        """The rows ``rows`` (index or mask) as a Tilted, without recomputation."""
+        out = object.__new__(Tilted)
+        for k in ("phi", "beta", "log_z", "kl", "density_z", "cdf", "sf", "_p", "_g"):
+            setattr(out, k, getattr(self, k)[rows])
+        out.grid = self.grid
+        return out
 
     def g_variance(self) -> np.ndarray:
         """Var_f(Phi/beta) = d KL / d log(1/beta)."""
@@ -206,18 +271,10 @@ def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndar
 
     The light-weight part of :class:`Tilted` used inside root finding (no running integrals).
     """
-    _, _, _, _, _, log_jac, w = grid.arrays
-    g = phi * lam[:, None]
-    log_w = g + (log_jac + np.log(w))
-    top = log_w.max(axis=-1, keepdims=True)
-    e = np.exp(log_w - top)
-    total = e.sum(axis=-1, keepdims=True)
-    p = e / total
-    g = np.where(p > 0, g, 0.0)
-    mean = np.sum(p * g, axis=-1)
-    kl = mean - (top[:, 0] + np.log(total[:, 0]))
-    var = np.sum(p * (g - mean[:, None]) ** 2, axis=-1)
-    return np.maximum(kl, 0.0), var
+    _, p, log_f, kl = _tilt_stats(phi, 1.0 / np.asarray(lam, np.float64), grid)
+    log_f = np.where(p > 0, log_f, 0.0)
+    mean = np.sum(p * log_f, axis=-1, keepdims=True)
+    return kl, np.sum(p * (log_f - mean) ** 2, axis=-1)
 
 
 def phi_range(phi: np.ndarray) -> np.ndarray:
@@ -226,22 +283,47 @@ def phi_range(phi: np.ndarray) -> np.ndarray:
     return np.nanmax(finite, axis=-1) - np.nanmin(finite, axis=-1)
 
 
-BETA_SEARCH = (1e-6, 1e6)  # beta is searched in [1e-6, 1e6] x (range of Phi over [0, 1])
+RESOLUTION_TOL = 1e-4  # |KL(step) - KL(2 step)| / max(1, KL) above this: the grid does not resolve f
+# (halving the step cuts the error >= 4x where f is resolved, so the full-grid KL is then within ~3e-5)
+EDGE_MASS = 1e-10  # quadrature mass on an end node of the z-grid above this: f reaches past the grid
+X_LIMIT = 690.0  # |log(range(Phi)/beta)| searched: beta from ~1e-300 to ~1e300 times range(Phi)
 
 
-def beta_for_kl(
-    phi: np.ndarray,
-    kl_budgets: np.ndarray,
-    grid: Grid = DEFAULT_GRID,
-    tol: float = 1e-10,
-    max_iter: int = 100,
+def resolved(phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
+    """``[B]`` bool: is ``f ∝ exp(phi/beta)`` resolved by ``grid``?
+
+    Two checks: the trapezoid KL on every other node agrees with the full grid (the rule is
+    spectrally accurate once f spans several nodes, so the difference bounds the error), and
+    no quadrature mass sits on the first or last node (mass beyond ``z_max`` is not represented).
+    """
+    phi = np.atleast_2d(phi)
+    beta = np.broadcast_to(np.atleast_1d(np.asarray(beta, np.float64)), (phi.shape[0],))
+    _, p, _, kl = _tilt_stats(phi, beta, grid)
+    ok = (p[:, 0] < EDGE_MASS) & (p[:, -1] < EDGE_MASS)
+    if (len(grid.z) - 1) % 2 == 0:
+        coarse = Grid(grid.z_max, 2 * grid.step)
+        kl2 = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, coarse)[3]
+        ok &= np.abs(kl - kl2) <= RESOLUTION_TOL * np.maximum(1.0, kl)
+    return ok
+
+
+# Why a KL budget has no beta (beta_search's status codes).
+REACHED, BEYOND_GRID, BELOW_FLOAT, IMPRECISE = 0, 1, 2, 3
+KL_RTOL_REPORTED = 1e-6  # a beta whose KL misses the budget by more (relative) is not returned
+
+
+def beta_search(
+    phi: np.ndarray, kl_budgets: np.ndarray, grid: Grid = DEFAULT_GRID, tol: float = 1e-10, max_iter: int = 100
 ) -> tuple[np.ndarray, np.ndarray]:
-    """beta ``[B]`` with KL(tilt(phi_b, beta_b)) = budget_b, and a reachability mask ``[B]``.
+    """beta ``[B]`` with KL(tilt(phi_b, beta_b)) = budget_b, and a status ``[B]`` (REACHED, ...).
 
-    ``phi`` is ``[G]`` or ``[B, G]``. KL increases with x = log(range(Phi)/beta) with slope
-    ``Var_f(Phi/beta)``; Newton steps in x start from a coarse-grid interpolation and fall back
-    to bisection when they leave the bracket. Rows whose budget lies outside the KL reachable
-    for beta in ``BETA_SEARCH`` x range get NaN and ``reachable = False``.
+    KL increases with x = log(range(Phi)/beta) (slope ``Var_f(Phi/beta)`` >= 0), from 0 at
+    beta -> inf to +inf at beta -> 0 for every non-constant bounded Phi (f concentrates on the
+    maximiser). So the bracket is widened until it holds the budget -- there is no fixed range --
+    and then safeguarded Newton steps in x (bisection when they leave the bracket) hit it. The
+    only limits are numerical: the z-grid must resolve the tilted policy (:func:`resolved`),
+    else status BEYOND_GRID; and beta must stay inside float64 (``|x| <= X_LIMIT``), else
+    BELOW_FLOAT (a budget under ~1e-300 nats) or BEYOND_GRID.
     """
     budgets = np.atleast_1d(np.asarray(kl_budgets, np.float64))
     rows = np.arange(len(budgets))
@@ -249,12 +331,34 @@ def beta_for_kl(
     scale = phi_range(phi)
     if np.any(~(scale > 0)):
         raise ConfigError("transform", "constant", "a transform that is not constant on [0, 1]")
-    xs = np.linspace(-math.log(BETA_SEARCH[1]), -math.log(BETA_SEARCH[0]), 13)
-    coarse = np.stack([_kl_and_slope(phi, math.exp(x) / scale, grid)[0] for x in xs], axis=1)
-    reachable = (coarse[:, 0] <= budgets) & (coarse[:, -1] >= budgets)
+
+    def kl_at(r: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return _kl_and_slope(phi[r], np.exp(x) / scale[r], grid)[0]
+
+    xs = np.arange(-8.0, 41.0, 8.0)  # beta from e^8 to e^-40 times range(Phi), then widened
+    coarse = np.stack([kl_at(rows, np.full(len(rows), x)) for x in xs], axis=1)
     idx = np.clip((coarse < budgets[:, None]).sum(axis=1), 1, len(xs) - 1)
-    lo, hi = xs[idx - 1], xs[idx]
-    klo, khi = coarse[rows, idx - 1], coarse[rows, idx]
+    lo, hi = xs[idx - 1].copy(), xs[idx].copy()
+    klo, khi = coarse[rows, idx - 1].copy(), coarse[rows, idx].copy()
+    width = np.full(len(rows), 8.0)
+    while True:  # widen upwards (smaller beta) while the budget is above the bracket
+        up = np.flatnonzero((khi < budgets) & (hi < X_LIMIT))
+        if up.size == 0:
+            break
+        lo[up], klo[up] = hi[up], khi[up]
+        hi[up] = np.minimum(hi[up] + width[up], X_LIMIT)
+        width[up] *= 2
+        khi[up] = kl_at(up, hi[up])
+    width[:] = 8.0
+    while True:  # and downwards (larger beta) while it is below
+        down = np.flatnonzero((klo > budgets) & (lo > -X_LIMIT))
+        if down.size == 0:
+            break
+        hi[down], khi[down] = lo[down], klo[down]
+        lo[down] = np.maximum(lo[down] - width[down], -X_LIMIT)
+        width[down] *= 2
+        klo[down] = kl_at(down, lo[down])
+    reachable = (klo <= budgets) & (khi >= budgets)
     x = lo + (hi - lo) * np.clip((budgets - klo) / np.maximum(khi - klo, 1e-300), 0, 1)
     active = reachable.copy()
     for _ in range(max_iter):
@@ -262,15 +366,63 @@ def beta_for_kl(
             break
         kl, slope = _kl_and_slope(phi[active], np.exp(x[active]) / scale[active], grid)
         err = kl - budgets[active]
-        done = np.abs(err) <= tol * np.maximum(1.0, budgets[active])
+        done = np.abs(err) <= tol * budgets[active]
         xa, la, ha = x[active], lo[active], hi[active]
         la, ha = np.where(err < 0, xa, la), np.where(err > 0, xa, ha)
         step = xa - err / np.maximum(slope, 1e-300)
         xa = np.where(done, xa, np.where((step > la) & (step < ha), step, 0.5 * (la + ha)))
         x[active], lo[active], hi[active] = xa, la, ha
         active[np.flatnonzero(active)[done]] = False
-    beta = np.where(reachable, scale * np.exp(-x), np.nan)
-    return beta, reachable
+    beta = scale * np.exp(-x)
+    status = np.where(reachable, REACHED, np.where(klo > budgets, BELOW_FLOAT, BEYOND_GRID))
+    if active.any():  # Newton stalled on rounding noise (budgets below ~1e-16 nats)
+        miss = np.abs(_kl_and_slope(phi, np.exp(x) / scale, grid)[0] - budgets) > KL_RTOL_REPORTED * budgets
+        status[active & miss] = IMPRECISE
+    if reachable.any():
+        ok = np.flatnonzero(reachable)
+        status[ok[~resolved(phi[ok], beta[ok], grid)]] = BEYOND_GRID
+    return np.where(status == REACHED, beta, np.nan), status
+
+
+def beta_for_kl(
+    phi: np.ndarray, kl_budgets: np.ndarray, grid: Grid = DEFAULT_GRID, tol: float = 1e-10, max_iter: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """beta ``[B]`` hitting each KL budget and a reachability mask ``[B]`` (see :func:`beta_search`)."""
+    beta, status = beta_search(phi, kl_budgets, grid, tol, max_iter)
+    return beta, status == REACHED
+
+
+def grid_kl_cap(phi: np.ndarray, grid: Grid = DEFAULT_GRID) -> float:
+    """The largest KL of ``f ∝ exp(phi/beta)`` that ``grid`` resolves (bisection in log beta)."""
+    phi = np.atleast_2d(phi)[:1]
+    scale = phi_range(phi)[0]
+    lo, hi = -8.0, X_LIMIT  # resolved at lo (f close to the reference)
+    if resolved(phi, np.array([scale * math.exp(-hi)]), grid)[0]:
+        lo = hi
+    for _ in range(40):
+        if hi - lo < 1e-3:
+            break
+        mid = 0.5 * (lo + hi)
+        if resolved(phi, np.array([scale * math.exp(-mid)]), grid)[0]:
+            lo = mid
+        else:
+            hi = mid
+    return float(_kl_and_slope(phi, np.array([math.exp(lo) / scale]), grid)[0][0])
+
+
+def unreachable_reasons(status: np.ndarray, budgets: np.ndarray, phi: np.ndarray, grid: Grid) -> list[str]:
+    """The true reason each KL budget has no beta (empty where it has one)."""
+    cap = grid_kl_cap(phi, grid) if np.any(status == BEYOND_GRID) else math.nan
+    return [
+        "" if st == REACHED else
+        f"KL budget {b:g} is below what float64 resolves (beta would exceed 1e300 x range(Phi))"
+        if st == BELOW_FLOAT else
+        f"KL budget {b:g} is below the float64 precision of the KL (rounding of Phi/beta)"
+        if st == IMPRECISE else
+        f"KL budget {b:g} needs a tilted policy narrower than the z-grid resolves (resolved up to KL "
+        f"~{cap:.4g}; use a theory.Grid with a larger z_max or a smaller step)"
+        for st, b in zip(status, budgets)
+    ]
 
 
 @dataclass
@@ -286,9 +438,19 @@ class Frontier:
     win_rate: np.ndarray
     reachable: np.ndarray
     reason: list[str]
+    converged: np.ndarray | None = None  # False where an iterative solve (optimal transform) did not converge
+
+    def __post_init__(self) -> None:
+        if self.converged is None:
+            self.converged = np.ones(len(self.kl_budget), bool)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Points whose numbers are right: reachable and converged (the only ones to plot)."""
+        return np.asarray(self.reachable, bool) & np.asarray(self.converged, bool)
 
     def rows(self) -> list[dict]:
-        keys = ("kl_budget", "beta", "kl", "standard_win_rate", "win_rate", "reachable")
+        keys = ("kl_budget", "beta", "kl", "standard_win_rate", "win_rate", "reachable", "converged")
         return [
             {"transform": self.transform, "procedure": self.procedure, **{k: getattr(self, k)[i].item() for k in keys},
              "reason": self.reason[i]}
@@ -307,22 +469,15 @@ def _check_budgets(kl_budgets: Sequence[float]) -> np.ndarray:
 def _frontier_from_phi(
     name: str, phi: np.ndarray, procedure: Procedure, budgets: np.ndarray, grid: Grid
 ) -> Frontier:
-    beta, reachable = beta_for_kl(phi, budgets, grid)
+    beta, status = beta_search(phi, budgets, grid)
+    reachable = status == REACHED
     nan = np.full(len(budgets), np.nan)
     kl, std, win = nan.copy(), nan.copy(), nan.copy()
     if reachable.any():
         phi_rows = np.broadcast_to(np.atleast_2d(phi), (len(budgets), grid.z.shape[0]))[reachable]
         tilted = tilt(phi_rows, beta[reachable], grid)
         kl[reachable], std[reachable], win[reachable] = tilted.kl, tilted.standard_win_rate(), tilted.win_rate(procedure)
-    phi1 = np.atleast_2d(phi)[:1]
-    beta_lo, beta_hi = phi_range(phi1)[0] * np.array(BETA_SEARCH)
-    kl_max = tilt(phi1, beta_lo, grid).kl[0] if not reachable.all() else np.inf  # only for the reasons
-    reason = [
-        "" if ok else (f"KL budget {b:g} exceeds this transform's KL {kl_max:.3g} at beta={beta_lo:.3g}"
-                       " (the transform caps the reachable KL)"
-                       if b > kl_max else f"KL budget {b:g} is below the KL at beta={beta_hi:.3g}")
-        for ok, b in zip(reachable, budgets)
-    ]
+    reason = unreachable_reasons(status, budgets, np.atleast_2d(phi)[:1], grid)
     return Frontier(name, procedure.label, budgets, beta, kl, std, win, reachable, reason)
 
 
@@ -348,12 +503,39 @@ class BestT:
     win_rate: np.ndarray
     ts: np.ndarray
     table: np.ndarray  # [len(ts), len(budgets)] win rates (NaN where unreachable)
+    at_edge: np.ndarray | None = None  # True where the best t is the smallest or largest |t| scanned
+
+    def __post_init__(self) -> None:
+        if self.at_edge is None:
+            self.at_edge = np.zeros(len(self.kl_budget), bool)
+
+
+T_SCAN_LIMITS = (1.0 / 64, 512.0)  # how far best_t extends its default |t| scan past [0.25, 64]
 
 
 def default_t_grid(procedure: Procedure, num: int = 40) -> np.ndarray:
     """Log-spaced |t| in [0.25, 64]; positive for BoN/sampling, negative for WoN."""
+    require(isinstance(num, int | np.integer) and num >= 2, "best_t.num", num, "an integer >= 2 (points of the t scan)")
     mags = np.geomspace(0.25, 64.0, num)
     return -mags if procedure.name == "won" else mags
+
+
+def _t_scan(procedure: Procedure, budgets: np.ndarray, ts: np.ndarray, normalized: bool, grid: Grid):
+    """Win rates and betas ``[len(ts), len(budgets)]`` of exp(t) at each KL budget (one batch)."""
+    phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
+    nt, nb = len(ts), len(budgets)
+    phi_rows = np.repeat(phis, nb, axis=0)
+    beta, ok = beta_for_kl(phi_rows, np.tile(budgets, nt), grid)
+    win = np.full(nt * nb, np.nan)
+    if ok.any():
+        win[ok] = tilt(phi_rows[ok], beta[ok], grid).win_rate(procedure)
+    return win.reshape(nt, nb), beta.reshape(nt, nb)
+
+
+def _argmax_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of the best t per budget, whether any t reaches it)."""
+    any_ok = np.isfinite(table).any(axis=0)
+    return np.where(any_ok, np.nanargmax(np.where(np.isfinite(table), table, -np.inf), axis=0), 0), any_ok
 
 
 def best_t(
@@ -362,27 +544,42 @@ def best_t(
     ts: Sequence[float] | None = None,
     normalized: bool = False,
     grid: Grid = DEFAULT_GRID,
+    extend: bool | None = None,
 ) -> BestT:
     """Scan exp(t) transforms over ``ts`` at each KL budget and return the best t per budget.
 
-    The whole (t, budget) scan is solved as one vectorised batch.
+    The whole (t, budget) scan is solved as one vectorised batch. With ``extend`` (default: when
+    ``ts`` is the default grid) a best t at either end of the scan extends it geometrically
+    (same ratio) until the best t is interior or |t| reaches ``T_SCAN_LIMITS``; ``at_edge``
+    flags budgets whose best t is still the smallest or largest |t| scanned (the optimum may lie
+    beyond: never silent).
     """
-    from infalign.transforms import Exp
-
     budgets = _check_budgets(kl_budgets)
+    extend = ts is None if extend is None else extend
     ts = default_t_grid(procedure) if ts is None else np.asarray(ts, np.float64)
-    phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
-    nt, nb = len(ts), len(budgets)
-    phi_rows = np.repeat(phis, nb, axis=0)
-    budget_rows = np.tile(budgets, nt)
-    beta, ok = beta_for_kl(phi_rows, budget_rows, grid)
-    win = np.full(nt * nb, np.nan)
-    if ok.any():
-        win[ok] = tilt(phi_rows[ok], beta[ok], grid).win_rate(procedure)
-    table, betas = win.reshape(nt, nb), beta.reshape(nt, nb)
-    any_ok = np.isfinite(table).any(axis=0)
-    best = np.where(any_ok, np.nanargmax(np.where(np.isfinite(table), table, -np.inf), axis=0), 0)
-    cols = np.arange(nb)
+    require(ts.ndim == 1 and ts.size > 0 and np.all(np.isfinite(ts)) and np.all(ts != 0), "t", ts.tolist(),
+            "a non-empty list of nonzero exponents")
+    table, betas = _t_scan(procedure, budgets, ts, normalized, grid)
+    while extend and len(ts) > 1:
+        order = np.argsort(np.abs(ts))
+        best, any_ok = _argmax_rows(table)
+        lo_edge, hi_edge = any_ok & (best == order[0]), any_ok & (best == order[-1])
+        mags = np.abs(ts[order])
+        ratio = mags[-1] / mags[-2] if mags[-2] > 0 else 2.0
+        new = []
+        if hi_edge.any() and mags[-1] < T_SCAN_LIMITS[1]:
+            new += [np.copysign(min(mags[-1] * ratio**k, T_SCAN_LIMITS[1]), ts[order[-1]]) for k in (1, 2, 3)]
+        if lo_edge.any() and mags[0] > T_SCAN_LIMITS[0]:
+            new += [np.copysign(max(mags[0] / ratio**k, T_SCAN_LIMITS[0]), ts[order[0]]) for k in (1, 2, 3)]
+        new = np.setdiff1d(np.unique(new), ts)
+        if new.size == 0:
+            break
+        more, more_beta = _t_scan(procedure, budgets, new, normalized, grid)
+        ts, table, betas = np.concatenate([ts, new]), np.concatenate([table, more]), np.concatenate([betas, more_beta])
+    order = np.argsort(np.abs(ts), kind="stable")
+    best, any_ok = _argmax_rows(table)
+    at_edge = any_ok & ((best == order[0]) | (best == order[-1])) if len(ts) > 1 else np.zeros(len(budgets), bool)
+    cols = np.arange(len(budgets))
     return BestT(
         budgets,
         np.where(any_ok, ts[best], np.nan),
@@ -390,51 +587,115 @@ def best_t(
         np.where(any_ok, table[best, cols], np.nan),
         ts,
         table,
+        at_edge,
     )
 
 
 # ----------------------------------------------------------------------------------------------
-# The optimal transform (method.md §5): damped fixed-point iteration, vectorised over betas.
+# The optimal transform (method.md §5): Newton iteration on the fixed point, vectorised over betas.
 # ----------------------------------------------------------------------------------------------
+
+
+def _log_map_slope(procedure: Procedure, f: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """d log G'(F) / dF = G''/G' by a one-sided difference (step 1e-6 min(F, S), relative 1e-6)."""
+    d = 1e-6 * np.minimum(f, s)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = procedure.log_map_derivative(f + d, s - d) - procedure.log_map_derivative(f, s)
+        out = np.where(d > 0, diff / np.where(d > 0, d, 1.0), 0.0)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _fixed_point_map(procedure: Procedure, phi: np.ndarray, beta: np.ndarray, grid: Grid):
+    """(tilted policy of phi, T(phi), d(integrand)/dF): one application of the optimality map
+    ``T(phi)(u) = ∫_0^u G'(F_phi(v)) g(v) dv`` (stored as T(phi)(u) - T(phi)(1))."""
+    _, _, _, log_u, log_s, log_jac, _ = grid.arrays
+    tilted = Tilted(phi, beta, grid)
+    integrand = np.exp(procedure.log_map_derivative(tilted.cdf, tilted.sf)
+                       + procedure.reference_log_density(log_u, log_s) + log_jac)
+    new_phi = -_cumulate(_running_integral(integrand, grid.step))[1]
+    return tilted, new_phi, integrand * _log_map_slope(procedure, tilted.cdf, tilted.sf)
+
+
+def _newton_step(residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, grid: Grid) -> np.ndarray:
+    """Newton step delta for ``R(phi) = T(phi) - phi = 0``, one row at a time.
+
+    Linearised with trapezoid cells (the map itself uses 4th-order cells, so this is a
+    quasi-Newton step converging linearly at rate ~step^2): with e = f du/dz, L = running
+    integral of e, F = L / L_end,
+
+        dL_{i+1} - dL_i = h/2 (e_i delta_i + e_{i+1} delta_{i+1}) / beta,        dL_0 = 0,
+        (delta_i - R_i) - (delta_{i+1} - R_{i+1}) = -h/2 (q_i dF_i + q_{i+1} dF_{i+1}),  delta_end = R_end,
+
+    with dF = dL - F dL_end and q = G''(F) g du/dz. Unknowns interleaved (delta_i, dL_i) give a
+    banded system of half-bandwidth 2; the one non-local unknown dL_end is eliminated by
+    solving for two right-hand sides.
+    """
+    from scipy.linalg import solve_banded
+
+    h, (rows, n) = grid.step, residual.shape
+    e, q, f, res = tilted.density_z / tilted.beta[:, None], dintegrand, tilted.cdf, residual
+    i = np.arange(n - 1)
+    ab, rhs = np.zeros((rows, 5, 2 * n)), np.zeros((rows, 2 * n, 2))
+    ab[:, 1, 1] = 1.0  # row 0: dL_0 = 0
+    row_l, row_p = 2 * i + 2, 2 * i + 1
+    for col, v in ((2 * i + 3, 1.0), (2 * i + 1, -1.0), (2 * i, -h / 2 * e[:, :-1]), (2 * i + 2, -h / 2 * e[:, 1:])):
+        ab[:, 2 + row_l - col, col] += v
+    for col, v in ((2 * i, 1.0), (2 * i + 2, -1.0), (2 * i + 1, h / 2 * q[:, :-1]), (2 * i + 3, h / 2 * q[:, 1:])):
+        ab[:, 2 + row_p - col, col] += v
+    rhs[:, row_p, 0] = res[:, :-1] - res[:, 1:]
+    rhs[:, row_p, 1] = h / 2 * (q[:, :-1] * f[:, :-1] + q[:, 1:] * f[:, 1:])  # coefficient of dL_end
+    ab[:, 3, 2 * n - 2] = 1.0  # last row: delta_end = R_end
+    rhs[:, 2 * n - 1, 0] = res[:, -1]
+    # the rows' systems are decoupled: stacked block-diagonally they form one banded system
+    sol = solve_banded((2, 2), ab.transpose(1, 0, 2).reshape(5, rows * 2 * n), rhs.reshape(rows * 2 * n, 2),
+                       check_finite=False).reshape(rows, 2 * n, 2)
+    d_end = sol[:, -1, 0] / (1.0 - sol[:, -1, 1])
+    return (sol[:, :, 0] + d_end[:, None] * sol[:, :, 1])[:, 0::2]
+
+
+MAX_LOG_DENSITY_STEP = 2.0  # Newton steps are shortened so log f moves by at most this much
 
 
 def _optimal_phi(
     procedure: Procedure,
     beta: np.ndarray,
     grid: Grid,
-    damping: float = 0.3,
-    tol: float = 1e-10,
-    max_iter: int = 3000,
+    tol: float | np.ndarray = 1e-10,
+    max_iter: int = 80,
     phi0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Solve ``Phi = ∫_0^u G'(F_Phi(v)) g(v) dv`` for each beta (rows); return (phi, iters, tv).
 
-    Phi is stored as Phi(u) - Phi(1) (accumulated from the top, exact near u = 1). Each step moves
-    log f a fraction d toward the new one, i.e. Phi <- (1-d) Phi + d Phi_new. The fraction starts
-    at ``damping`` and adapts per row: halved whenever the step-to-step change grows (the
-    undamped map oscillates for small beta), raised by 20% (up to 1) while it shrinks.
-    Convergence: total-variation distance between f and f_new below ``tol``.
+    Phi is stored as Phi(u) - Phi(1) (accumulated from the top, exact near u = 1). The plain
+    (damped) iteration stalls for small beta, where the map's Jacobian grows like 1/beta; this
+    takes Newton steps (:func:`_newton_step`), each shortened so that log f = Phi/beta moves by
+    at most ``MAX_LOG_DENSITY_STEP``. Start from ``phi0`` (warm start) or the identity.
+    Convergence: total-variation distance between f and f_new = f_T(Phi) below ``tol``; rows
+    that do not get there return their TV (callers report them as not converged).
     """
-    _, _, s, log_u, log_s, log_jac, w = grid.arrays
+    _, _, s, *_ = grid.arrays
+    w = grid.arrays[6]
     beta = np.atleast_1d(np.asarray(beta, np.float64))
-    phi = np.array(np.broadcast_to(-s if phi0 is None else phi0, (len(beta), len(s))))
-    log_ref = procedure.reference_log_density(log_u, log_s) + log_jac
-    d = np.full(len(beta), damping)
-    tv, previous = np.full(len(beta), np.inf), np.full(len(beta), np.inf)
-    active = np.arange(len(beta))  # rows still iterating
+    tol = np.broadcast_to(np.asarray(tol, np.float64), beta.shape)
+    phi = np.array(np.broadcast_to(-s if phi0 is None else phi0, (len(beta), len(s))), dtype=np.float64)
+    tv = np.full(len(beta), np.inf)
+    active = np.arange(len(beta))
     for it in range(1, max_iter + 1):
-        b, ph = beta[active], phi[active]
-        tilted = Tilted(ph, b, grid)
-        integrand = np.exp(procedure.log_map_derivative(tilted.cdf, tilted.sf) + log_ref)
-        new_phi = -_cumulate(_running_integral(integrand, grid.step))[1]
-        tv[active] = np.sum(w * np.abs(Tilted(new_phi, b, grid).density_z - tilted.density_z), axis=-1)
-        done = tv[active] < tol
+        b = beta[active]
+        tilted, new_phi, dintegrand = _fixed_point_map(procedure, phi[active], b, grid)
+        tv[active] = np.sum(w * np.abs(_density_z(new_phi, b, grid) - tilted.density_z), axis=-1)
+        done = tv[active] < tol[active]
         phi[active[done]] = new_phi[done]
-        d[active] = np.where(tv[active] > previous[active], 0.5 * d[active], np.minimum(1.2 * d[active], 1.0))
-        previous[active] = tv[active]
-        keep = active[~done]
-        phi[keep] += d[keep, None] * (new_phi[~done] - ph[~done])
-        active = keep
+        keep = ~done
+        if keep.any():
+            try:
+                step = _newton_step(new_phi[keep] - phi[active[keep]], tilted.subset(keep), dintegrand[keep], grid)
+            except np.linalg.LinAlgError:  # a singular linearisation: stop, report these rows unconverged
+                return phi, it, tv
+            move = np.max(np.abs(step - step[:, -1:]), axis=-1) / b[keep]
+            shrink = np.minimum(1.0, MAX_LOG_DENSITY_STEP / np.maximum(move, 1e-300))
+            phi[active[keep]] += shrink[:, None] * step
+        active = active[keep]
         if active.size == 0:
             return phi, it, tv
     return phi, max_iter, tv
@@ -442,7 +703,15 @@ def _optimal_phi(
 
 @lru_cache(maxsize=64)
 def _optimal_cached(name: str, n: int, beta: float, grid: Grid) -> tuple[np.ndarray, int, np.ndarray]:
-    return _optimal_phi(make_procedure(name, n), np.array([beta]), grid)
+    """Continuation from beta = 10 N (near the identity start) down to ``beta`` in half decades,
+    each Newton solve warm-started from the last (a cold Newton start far from Phi* can stall)."""
+    procedure = make_procedure(name, n)
+    lbs = np.arange(math.log(10.0 * n), math.log(beta), -LADDER_STEP)
+    phi, total = None, 0
+    for lb in [*lbs, math.log(beta)]:
+        phi, iters, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phi)
+        total += iters
+    return phi, total, tv
 
 
 def optimal_transform(
@@ -464,58 +733,95 @@ def optimal_transform(
     return table
 
 
-OPTIMAL_BETAS = (1e2, 1e-4, 1e-13)  # coarse beta grid of the optimal frontier; extended to the last
+OPTIMAL_TV_TOL = 1e-8  # fixed-point TV above this: the optimal point is reported as not converged
+LADDER_STEP = math.log(10.0) / 2  # the optimal frontier's coarse beta ladder: half a decade per step
+
+
+def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid):
+    """Optimal solutions on a log-beta ladder spanning KL from below ``kl_lo`` to above ``kl_hi``.
+
+    Starts at beta = 10 N (KL ~ 1e-4: Phi* has range <= N) and walks down half a decade at a
+    time, each solve warm-started from the previous one, until the KL passes ``kl_hi``, the
+    z-grid stops resolving the policy, or a solve fails; walks up first if ``kl_lo`` is smaller.
+    Returns (log betas, KLs, phis, ok) sorted by decreasing beta.
+    """
+    lbs, kls, phis = [], [], []
+    lb = math.log(10.0 * max(procedure.n, 1))
+    phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid)
+    lbs.append(lb), kls.append(Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.append(phi[0])
+    while kls[0] > kl_lo and lbs[0] < 690:  # upwards: smaller KL
+        lb = lbs[0] + 2 * LADDER_STEP
+        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phis[0])
+        lbs.insert(0, lb), kls.insert(0, Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.insert(0, phi[0])
+    while kls[-1] < kl_hi and lbs[-1] > -690:  # downwards: larger KL
+        lb = lbs[-1] - LADDER_STEP
+        beta = np.array([math.exp(lb)])
+        phi, _, tv = _optimal_phi(procedure, beta, grid, phi0=phis[-1])
+        if tv[0] > OPTIMAL_TV_TOL or not resolved(phi, beta, grid)[0]:
+            break
+        lbs.append(lb), kls.append(Tilted(phi, beta, grid).kl[0]), phis.append(phi[0])
+    return np.array(lbs), np.array(kls), np.stack(phis)
 
 
 def optimal_frontier(
-    procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID, tol: float = 1e-8
+    procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID, tol: float = 1e-9
 ) -> Frontier:
     """Win rate of the optimal transform at each KL budget (each budget has its own beta and Phi*).
 
-    The optimal policy's KL increases with 1/beta: solve the fixed point on a coarse log-beta
-    grid (one batch), interpolate log beta at each budget, then take secant steps in log beta
-    with warm-started batched solves until every KL is within ``tol`` (relative) of its budget.
+    The optimal policy's KL increases with 1/beta. A ladder of warm-started Newton solves
+    (:func:`_optimal_ladder`) brackets the budgets; each budget then starts from the nearest
+    ladder solution at the interpolated log beta and takes secant steps in log beta (batched
+    Newton solves) until its KL is within ``tol`` (relative) of the budget. A point is
+    ``converged`` only if the fixed point's TV is below ``OPTIMAL_TV_TOL`` and its KL within
+    1e-6 (relative) of the budget; budgets past the largest KL the z-grid resolves are unreachable.
     """
     budgets = _check_budgets(kl_budgets)
-    log_betas = np.linspace(math.log(OPTIMAL_BETAS[0]), math.log(OPTIMAL_BETAS[1]), 19)
-    coarse_phi, _, _ = _optimal_phi(procedure, np.exp(log_betas), grid)
-    coarse_kl = Tilted(coarse_phi, np.exp(log_betas), grid).kl
-    while coarse_kl[-1] < budgets.max() and log_betas[-1] > math.log(OPTIMAL_BETAS[2]):
-        more = log_betas[-1] + (log_betas[1] - log_betas[0]) * np.arange(1, 7)  # 3 more decades
-        more_phi, _, _ = _optimal_phi(procedure, np.exp(more), grid, phi0=coarse_phi[-1])
-        log_betas, coarse_phi = np.concatenate([log_betas, more]), np.concatenate([coarse_phi, more_phi])
-        coarse_kl = np.concatenate([coarse_kl, Tilted(more_phi, np.exp(more), grid).kl])
-    reachable = (budgets >= coarse_kl[0]) & (budgets <= coarse_kl[-1])
+    lbs, kls, phis = _optimal_ladder(procedure, float(budgets.min()), float(budgets.max()), grid)
+    reachable = (budgets >= kls[0]) & (budgets <= kls[-1])
     ok = np.flatnonzero(reachable)
-    lb = np.interp(budgets[ok], coarse_kl, log_betas)
-    phi = coarse_phi[np.abs(log_betas[None, :] - lb[:, None]).argmin(axis=1)]
-    coarse_slope = np.gradient(coarse_kl, log_betas)
-    prev_lb, prev_kl = np.full_like(lb, np.nan), np.full_like(lb, np.nan)
-    todo = np.arange(len(ok))  # budgets whose KL is not yet within tol
-    for _ in range(30):
-        if todo.size == 0:
-            break
-        phi[todo], _, _ = _optimal_phi(procedure, np.exp(lb[todo]), grid, phi0=phi[todo])
-        kl = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
-        err = kl - budgets[ok][todo]
-        # secant slope where the last step was informative, else the coarse curve's slope
-        dlb = lb[todo] - prev_lb[todo]
-        secant = (kl - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-7, dlb, np.nan)
-        slope = np.where(secant < 0, secant, np.interp(lb[todo], log_betas[::-1], coarse_slope[::-1]))
-        prev_lb[todo], prev_kl[todo] = lb[todo], kl
-        step = -err / np.minimum(slope, -1e-12)
-        lb[todo] = np.clip(lb[todo] + step, log_betas[-1] - 1, log_betas[0] + 1)
-        todo = todo[np.abs(err) > tol * np.maximum(1.0, budgets[ok][todo])]
-    lb_final = prev_lb
-    beta, kl, std, win = (np.full(len(budgets), np.nan) for _ in range(4))
+    nb = len(budgets)
+    beta, kl, std, win = (np.full(nb, np.nan) for _ in range(4))
+    converged = np.zeros(nb, bool)
     if ok.size:
-        tilted = Tilted(phi, np.exp(lb_final), grid)
-        beta[ok], kl[ok] = np.exp(lb_final), tilted.kl
+        target = budgets[ok]
+        lb = np.interp(target, kls, lbs)  # kls increasing along the ladder
+        phi = phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)].copy()
+        slope_ladder = np.gradient(kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)
+        prev_lb, prev_kl = np.full(len(ok), np.nan), np.full(len(ok), np.nan)
+        tv, cur_kl = np.full(len(ok), np.inf), np.full(len(ok), np.nan)
+        todo = np.arange(len(ok))
+        loose = np.ones(len(ok), bool)  # inexact Newton: TV 1e-7 while the KL is far from its budget
+        for _ in range(30):  # secant steps in log beta, each a warm-started batched solve
+            if todo.size == 0:
+                break
+            tols = np.where(loose[todo], 1e-7, 1e-10)
+            phi[todo], _, tv[todo] = _optimal_phi(procedure, np.exp(lb[todo]), grid, tol=tols, phi0=phi[todo])
+            cur_kl[todo] = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
+            err = cur_kl[todo] - target[todo]
+            dlb = lb[todo] - prev_lb[todo]
+            secant = (cur_kl[todo] - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-12, dlb, np.nan)
+            slope = np.where(secant < 0, secant, np.interp(lb[todo], lbs[::-1], slope_ladder[::-1]))
+            prev_lb[todo], prev_kl[todo] = lb[todo], cur_kl[todo]
+            off = np.abs(err) > tol * target[todo]
+            unfinished = (off | loose[todo]) & (tv[todo] < 1e-6)  # rows whose solve failed stop here
+            step = np.clip(-err / np.minimum(slope, -1e-12), -LADDER_STEP, LADDER_STEP)
+            lb[todo] = np.where(off, lb[todo] + step, lb[todo])
+            loose[todo] &= np.abs(err) > 1e-4 * target[todo]
+            todo = todo[unfinished]
+        lb = prev_lb
+        tilted = Tilted(phi, np.exp(lb), grid)
+        beta[ok], kl[ok] = np.exp(lb), tilted.kl
         std[ok], win[ok] = tilted.standard_win_rate(), tilted.win_rate(procedure)
-    reason = ["" if r else f"KL budget {b:g} outside [{coarse_kl[0]:.3g}, {coarse_kl[-1]:.3g}] reached by the "
-              f"optimal transform for beta in [{math.exp(log_betas[-1]):.2g}, {OPTIMAL_BETAS[0]:g}]"
+        converged[ok] = (tv < OPTIMAL_TV_TOL) & (np.abs(tilted.kl - target) <= 1e-6 * target)
+    cap = kls[-1]
+    reason = ["" if r else
+              f"KL budget {b:g} is below the optimal transform's KL {kls[0]:.3g} at beta={math.exp(lbs[0]):.3g}"
+              if b < kls[0] else
+              f"KL budget {b:g} is past the largest KL ({cap:.4g}) at which the optimal fixed point converged "
+              "and the z-grid resolves it"
               for r, b in zip(reachable, budgets)]
-    return Frontier(f"optimal({procedure.label})", procedure.label, budgets, beta, kl, std, win, reachable, reason)
+    return Frontier(f"optimal({procedure.label})", procedure.label, budgets, beta, kl, std, win, reachable, reason,
+                    converged)
 
 
 def bon_policy_point(n: int) -> Point:

@@ -26,11 +26,11 @@ with ``fn: some.module.function`` (any callable ``[0,1] -> R``), or a subclass r
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from infalign.errors import ConfigError, require
 
@@ -50,8 +50,15 @@ def register_transform(name: str) -> Callable[[type[Transform]], type[Transform]
     return deco
 
 
+def _is_tensor(x: Array) -> bool:
+    """``isinstance(x, torch.Tensor)`` without importing torch (if it is not loaded, x is no tensor):
+    the calibrated-space theory (infalign-analyze) runs without torch's ~2.5 s import."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _lib(x: Array):
-    return torch if isinstance(x, torch.Tensor) else np
+    return sys.modules["torch"] if _is_tensor(x) else np
 
 
 class Transform:
@@ -236,7 +243,9 @@ class Tabulated(Transform):
         return np.interp(z, self.z, self.phi)
 
     def __call__(self, u):
-        if isinstance(u, torch.Tensor):
+        if _is_tensor(u):
+            import torch
+
             uu = u.detach().double().cpu().numpy()
             return torch.as_tensor(self.centered(uu, 1.0 - uu), dtype=u.dtype, device=u.device)
         u = np.asarray(u, np.float64)

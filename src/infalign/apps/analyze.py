@@ -4,16 +4,25 @@ For the chosen procedure and N it computes, at every KL budget, the inference-ti
 win rates of each transform family (several t at once for exp), the optimal transform's frontier,
 the best t per budget, and the best-of-N policy's own point; writes ``curves.csv``,
 ``best_t.csv``, ``metrics.json`` and ``frontier.png`` into the run dir and prints a table.
+
+A number it prints is right or says why not: points a transform cannot reach, or where the
+optimal fixed point did not converge, are marked (``reachable``/``converged``/``reason`` in
+``curves.csv``, ``unreach.``/``no conv.`` in the table, crosses on the plot), and a best t on the
+edge of its scan is flagged ``at_scan_edge``. Bad inputs fail in one line (key, value, allowed
+values, hint) with exit code 2 and no traceback.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
@@ -25,61 +34,140 @@ from infalign.procedures import Procedure
 
 log = logging.getLogger(__name__)
 
+PLOT_SCALES = ("auto", "linear", "logodds")
+
+
+def _number(key: str, value, allowed: str, kind=float):
+    """``kind(value)`` or a ConfigError naming ``key`` (``t=abc`` must not be a traceback)."""
+    if isinstance(value, bool):
+        raise ConfigError(key, value, allowed)
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, value, allowed) from None
+    if kind is int and out != value and not (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+        raise ConfigError(key, value, allowed)
+    return out
+
+
+def _numbers(key: str, value, allowed: str) -> list[float]:
+    items = list(value) if isinstance(value, ListConfig | list | tuple) else [value]
+    return [_number(key, v, allowed) for v in items]
+
 
 def kl_budgets(cfg: DictConfig) -> np.ndarray:
     """The KL grid from ``kl.list`` or ``kl.start/stop/num`` (validated)."""
+    allowed = "KL budgets in nats: finite numbers > 0"
     if cfg.kl.get("list") is not None:
-        return theory._check_budgets(list(cfg.kl.list))
-    require(int(cfg.kl.num) >= 1, "kl.num", cfg.kl.num, "an integer >= 1")
-    require(0 < cfg.kl.start <= cfg.kl.stop, "kl.start", cfg.kl.start, f"0 < kl.start <= kl.stop ({cfg.kl.stop})")
-    return np.linspace(float(cfg.kl.start), float(cfg.kl.stop), int(cfg.kl.num))
+        values = _numbers("kl.list", cfg.kl.list, allowed)
+        try:
+            return theory._check_budgets(values)
+        except ConfigError as exc:
+            raise ConfigError("kl.list", exc.value, exc.allowed) from None
+    num = _number("kl.num", cfg.kl.num, "an integer >= 1", int)
+    require(num >= 1, "kl.num", cfg.kl.num, "an integer >= 1")
+    start = _number("kl.start", cfg.kl.start, allowed)
+    stop = _number("kl.stop", cfg.kl.stop, allowed)
+    require(math.isfinite(start) and start > 0, "kl.start", cfg.kl.start, allowed)
+    require(math.isfinite(stop) and stop >= start, "kl.stop", cfg.kl.stop, f"a finite KL >= kl.start ({start:g})")
+    return np.linspace(start, stop, num)
 
 
 def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
-    """The t values for exp-family transforms (``auto``: 2, 4, 8, 16, negated for worst-of-N)."""
-    if cfg.t == "auto":
+    """The t values for exp-family transforms (``auto``: 2, 4, 8, 16, negated for worst-of-N).
+
+    A t whose sign works against the procedure (t > 0 with worst-of-N rewards the top of the
+    reference distribution and lowers the WoN win rate; t < 0 with best-of-N) is accepted with a
+    warning: it is a legitimate comparison, rarely the intent.
+    """
+    allowed = "'auto' or a nonzero number / non-empty list of them (t > 0 for bon, t < 0 for won)"
+    if isinstance(cfg.t, str) and cfg.t == "auto":
         sign = -1.0 if procedure.name == "won" else 1.0
         return [sign * t for t in (2.0, 4.0, 8.0, 16.0)]
-    ts = list(cfg.t) if isinstance(cfg.t, ListConfig | list) else [cfg.t]
-    require(len(ts) > 0, "t", ts, "a non-empty list of nonzero exponents or 'auto'")
-    return [float(t) for t in ts]
+    ts = _numbers("t", cfg.t, allowed)
+    require(len(ts) > 0, "t", ts, allowed)
+    for t in ts:
+        require(math.isfinite(t) and t != 0 and abs(t) <= 700, "t", t, allowed,
+                "t = 0 is the identity transform: add identity to transforms")
+        if (procedure.name == "won" and t > 0) or (procedure.name == "bon" and t < 0):
+            log.warning("t=%g with %s: exp(t%s0) %s, which lowers the %s win rate; the usual choice is t %s 0",
+                        t, procedure.label, ">" if t > 0 else "<",
+                        "rewards the top of the reference distribution" if t > 0 else "punishes its bottom",
+                        procedure.label, "<" if t > 0 else ">")
+    return ts
 
 
 def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
     """Instantiate every requested transform up front, so bad values fail before any compute."""
-    names = list(cfg.transforms)
+    names = list(cfg.transforms) if isinstance(cfg.transforms, ListConfig | list) else [cfg.transforms]
     require(len(names) > 0, "transforms", names, "a non-empty list of conf/transform/ entries")
     out = []
     for name in names:
         if name in ("optimal", "raw"):
             hint = "set optimal=true instead" if name == "optimal" else "raw has no calibrated-space theory"
             raise ConfigError("transforms", name, "calibrated transform families (identity, log, exp, ...)", hint)
-        if load_group_entry("transform", name).get("t") is not None:  # an exp family: one line per t
-            out += [instantiate_entry("transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
+        try:
+            entry = load_group_entry("transform", str(name))
+        except ConfigError as exc:  # the user's key is `transforms`, not the config group
+            raise ConfigError("transforms", name, exc.allowed, "add a YAML file to conf/transform/ for a new one") from None
+        if entry.get("t") is not None:  # an exp family: one line per t
+            out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
         else:
-            out.append(instantiate_entry("transform", name, cfg))
+            out.append(_instantiate(instantiate_entry, "transform", name, cfg))
     return out
+
+
+def _instantiate(make, *args, **kwargs):
+    """``make(*args, **kwargs)`` (a Hydra instantiation), surfacing our ConfigError instead of Hydra's wrapper."""
+    try:
+        return make(*args, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise
+
+
+def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, int]:
+    """Everything that can be checked before compute: (procedure, transforms, budgets, best-t budgets, t-scan size)."""
+    procedure: Procedure = _instantiate(instantiate, cfg.procedure)
+    transforms = build_transforms(cfg, procedure)
+    budgets = kl_budgets(cfg)
+    values = _numbers("best_t.budgets", cfg.best_t.budgets, "a non-empty list of KL budgets > 0 (nats)")
+    try:
+        bt_budgets = theory._check_budgets(values)
+    except ConfigError as exc:
+        raise ConfigError("best_t.budgets", exc.value, exc.allowed) from None
+    num = _number("best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)", int)
+    require(num >= 2, "best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)")
+    for key in ("optimal", "plot"):
+        require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
+    require(cfg.get("plot_scale", "auto") in PLOT_SCALES, "plot_scale", cfg.get("plot_scale"), f"one of {list(PLOT_SCALES)}")
+    return procedure, transforms, budgets, bt_budgets, num
+
+
+def _optimal_frontier(procedure: Procedure, budgets: np.ndarray, bt_budgets: np.ndarray):
+    """The optimal frontier at the plotted budgets, and its win rate at the best-t budgets (one solve)."""
+    both = np.unique(np.concatenate([budgets, bt_budgets]))
+    opt = theory.optimal_frontier(procedure, both)
+    at = {float(b): (w if ok else math.nan) for b, w, ok in zip(both, opt.win_rate, opt.valid)}
+    keep = np.isin(both, budgets)
+    plotted = theory.Frontier(
+        opt.transform, opt.procedure, opt.kl_budget[keep], opt.beta[keep], opt.kl[keep],
+        opt.standard_win_rate[keep], opt.win_rate[keep], opt.reachable[keep],
+        [r for r, k in zip(opt.reason, keep) if k], opt.converged[keep])
+    return plotted, at
 
 
 def analyze(cfg: DictConfig, out_dir: Path) -> dict:
     """Compute everything; write CSVs, plot and metrics into ``out_dir``; return the metrics."""
-    procedure: Procedure = instantiate(cfg.procedure)
-    transforms = build_transforms(cfg, procedure)
-    budgets = kl_budgets(cfg)
+    procedure, transforms, budgets, bt_budgets, num = validate(cfg)
 
     frontiers = [theory.frontier(tr, procedure, budgets) for tr in transforms]
-    bt_budgets = theory._check_budgets(list(cfg.best_t.budgets))
     optimal_at: dict[float, float] = {}
-    if cfg.optimal:  # one solve for the plotted budgets and the best-t budgets together
-        both = np.unique(np.concatenate([budgets, bt_budgets]))
-        opt = theory.optimal_frontier(procedure, both)
-        optimal_at = dict(zip(both.tolist(), opt.win_rate.tolist()))
-        keep = np.isin(both, budgets)
-        frontiers.append(theory.Frontier(
-            opt.transform, opt.procedure, opt.kl_budget[keep], opt.beta[keep], opt.kl[keep],
-            opt.standard_win_rate[keep], opt.win_rate[keep], opt.reachable[keep],
-            [r for r, k in zip(opt.reason, keep) if k]))
-    best = theory.best_t(procedure, bt_budgets, theory.default_t_grid(procedure, int(cfg.best_t.num)))
+    if cfg.optimal:
+        opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
+        frontiers.append(opt)
+    best = theory.best_t(procedure, bt_budgets, theory.default_t_grid(procedure, num), extend=True)
     bon_point = theory.bon_policy_point(procedure.n) if procedure.n >= 2 else None
     bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
                      if bon_point else None)
@@ -88,8 +176,8 @@ def analyze(cfg: DictConfig, out_dir: Path) -> dict:
     atomic_write_csv(out_dir / "curves.csv", rows)
     best_rows = [
         {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be, "win_rate": w,
-         "optimal_win_rate": optimal_at.get(float(b), math.nan)}
-        for b, t, be, w in zip(best.kl_budget, best.t, best.beta, best.win_rate)
+         "at_scan_edge": bool(edge), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
+        for b, t, be, w, edge in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge)
     ]
     atomic_write_csv(out_dir / "best_t.csv", best_rows)
     metrics = {
@@ -98,16 +186,93 @@ def analyze(cfg: DictConfig, out_dir: Path) -> dict:
         "kl_budgets": budgets.tolist(),
         "best_t": best_rows,
         "unreachable": [r for r in rows if not r["reachable"]],
+        "not_converged": [r for r in rows if r["reachable"] and not r["converged"]],
         "bon_policy": None if bon_point is None else {"kl": bon_point.kl, "win_rate": bon_point_win},
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
     if cfg.plot:
-        from infalign.plotting import plot_frontiers
-
-        plot_frontiers(frontiers, out_dir / "frontier.png", procedure.label,
-                       None if bon_point is None else (bon_point.kl, bon_point_win))
-    _print_table(procedure, frontiers, best_rows)
+        metrics["plot_scale"] = plot_frontiers(
+            frontiers, out_dir / "frontier.png", procedure.label,
+            None if bon_point is None else (bon_point.kl, bon_point_win), cfg.get("plot_scale", "auto"))
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    _print_tables(procedure, frontiers, best_rows)
     return metrics
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+def _separation(frontiers: list, key: str, scale: str) -> float:
+    """Median over KL budgets of the spread between curves, as a fraction of the y axis span."""
+    ys = np.array([np.where(f.valid, getattr(f, key), np.nan) for f in frontiers])
+    ys = _logit(np.clip(ys, 1e-12, 1 - 1e-12)) if scale == "logodds" else ys
+    span = np.nanmax(ys) - np.nanmin(ys) if np.isfinite(ys).any() else 0.0
+    spread = np.nanmax(ys, axis=0) - np.nanmin(ys, axis=0) if np.isfinite(ys).any() else np.zeros(1)
+    return float(np.nanmedian(spread) / span) if span > 0 else 0.0
+
+
+def choose_scale(frontiers: list, requested: str = "auto") -> str:
+    """``linear`` or ``logodds`` y axis: the requested one, or (``auto``) the one whose curves
+    are further apart (win rates crowd against 1 on a linear axis, where 0.93 vs 0.95 matters)."""
+    if requested != "auto":
+        return requested
+    return max(("linear", "logodds"), key=lambda sc: _separation(frontiers, "win_rate", sc))
+
+
+def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple[float, float] | None = None,
+                   scale: str = "auto") -> str:
+    """Two panels, inference-time and standard win rate vs the KL *achieved*, one line per transform.
+
+    The optimal frontier is black dashed, identity a thick dotted line drawn on top (it is often
+    under the others); points a transform cannot reach or where the optimal solve did not
+    converge are crosses at their KL budget on the bottom edge, never part of a line. ``scale``:
+    ``linear``, ``logodds`` (y = log(w / (1 - w)), ticks labelled in win rate) or ``auto``.
+    Returns the scale used.
+    """
+    import matplotlib.pyplot as plt
+
+    from infalign.plotting import save_png
+
+    scale = choose_scale(frontiers, scale)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
+    for ax, key, title in ((axes[0], "win_rate", f"{procedure} win rate"),
+                           (axes[1], "standard_win_rate", "standard win rate")):
+        for f in frontiers:
+            ok = f.valid
+            if f.transform.startswith("optimal"):
+                style = dict(color="black", ls="--", lw=2, zorder=3)
+            elif f.transform == "identity":
+                style = dict(color="dimgray", ls=":", lw=3, zorder=4)
+            else:
+                style = dict(lw=1.5, zorder=2)
+            y = getattr(f, key)[ok]
+            (line,) = ax.plot(f.kl[ok], _logit(y) if scale == "logodds" else y, label=f.transform, **style)
+            bad = ~ok
+            if bad.any():
+                ax.plot(f.kl_budget[bad], np.zeros(bad.sum()), ls="none", marker="x", ms=7, color=line.get_color(),
+                        transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+        if bon_point is not None and key == "win_rate":
+            by = _logit(np.array(bon_point[1])) if scale == "logodds" else bon_point[1]
+            ax.plot(bon_point[0], by, marker="*", ms=14, color="crimson", ls="none", label="best-of-N policy", zorder=6)
+        if scale == "logodds":
+            ticks = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, *(1 - 10.0 ** -np.arange(3, 13))])
+            labels = [f"{t:g}" if t <= 0.99 else f"1-1e-{k}" if k > 4 else f"{t:.{k}f}"
+                      for t, k in zip(ticks, [0] * 8 + list(range(3, 13)))]
+            lo, hi = ax.get_ylim()
+            keep = (_logit(ticks) >= lo) & (_logit(ticks) <= hi)
+            if keep.sum() > 10:  # thin out: at most ~10 labelled ticks
+                keep &= np.isin(np.arange(len(ticks)), np.flatnonzero(keep)[:: int(math.ceil(keep.sum() / 10))])
+            ax.set_yticks(_logit(ticks[keep]), [lab for lab, k in zip(labels, keep) if k])
+        ax.set_xlabel("KL(pi || pi_ref) achieved [nats]")
+        ax.set_ylabel(title + (" (log-odds axis)" if scale == "logodds" else ""))
+        ax.set_title(title + " vs KL (calibrated-space theory)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if any((~f.valid).any() for f in frontiers):
+        fig.suptitle("x on the bottom edge: KL budget unreachable or not converged (reason in curves.csv)", fontsize=9)
+    save_png(fig, path)
+    return scale
 
 
 def _log_exact():
@@ -116,7 +281,13 @@ def _log_exact():
     return Log(floor=0.0)
 
 
-def _print_table(procedure: Procedure, frontiers: list, best_rows: list[dict]) -> None:
+def _cell(f: theory.Frontier, i: int) -> str:
+    if not f.reachable[i]:
+        return "unreach."
+    return f"{f.win_rate[i]:.4f}" if f.converged[i] else "no conv."
+
+
+def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -128,20 +299,38 @@ def _print_table(procedure: Procedure, frontiers: list, best_rows: list[dict]) -
     for i in picks:
         table.add_column(f"KL={budgets[i]:.3g}", justify="right")
     for f in frontiers:
-        table.add_row(f.transform, *[f"{f.win_rate[i]:.4f}" if f.reachable[i] else "unreach." for i in picks])
+        table.add_row(f.transform, *[_cell(f, i) for i in picks])
     console.print(table)
+    for f in frontiers:  # one line per transform and reason, listing its budgets
+        grouped: dict[str, list[str]] = {}
+        for b, r in zip(f.kl_budget, f.reason):
+            if r:
+                grouped.setdefault(re.sub(r"^KL budget \S+ ", "", r), []).append(f"{b:.3g}")
+        for why, bs in grouped.items():
+            console.print(f"  unreach. {f.transform} at KL {', '.join(bs)}: {why}", highlight=False)
+    if any(not f.converged[i] for f in frontiers for i in picks if f.reachable[i]):
+        console.print("  no conv.: the optimal fixed point did not converge there (see curves.csv)", highlight=False)
     bt = Table(title=f"best exp t for {procedure.label}")
     for col in ("KL budget", "best t", "beta", "win rate", "optimal"):
         bt.add_column(col, justify="right")
     for r in best_rows:
-        bt.add_row(*(f"{r[k]:.4g}" for k in ("kl_budget", "best_t", "beta", "win_rate", "optimal_win_rate")))
+        t = f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
+        bt.add_row(f"{r['kl_budget']:.4g}", t, *(f"{r[k]:.4g}" for k in ("beta", "win_rate", "optimal_win_rate")))
     console.print(bt)
+
+
+def _fail(exc: ConfigError) -> None:
+    print(f"infalign-analyze: error: {exc}", file=sys.stderr)
+    sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
 def main(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.run_dir)
-    metrics = analyze(cfg, out_dir)
+    try:
+        metrics = analyze(cfg, out_dir)
+    except ConfigError as exc:
+        _fail(exc)
     log.info("wrote %s", out_dir)
     return metrics
 

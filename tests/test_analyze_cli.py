@@ -1,0 +1,114 @@
+"""`infalign-analyze` as a user runs it: bad inputs fail in one line (key, value, allowed values)
+with a non-zero exit and no traceback; what it writes marks every point it cannot vouch for."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from infalign.apps import analyze as app
+from infalign.apps.config import CONFIG_DIR
+from infalign.errors import ConfigError
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+FAST = ["kl.num=4", "optimal=false", "best_t.num=4", "best_t.budgets=[0.5]", "plot=false"]
+
+
+def analyze(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "infalign-analyze"), *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="analyze", overrides=list(overrides))
+
+
+BAD = [
+    (["t=abc"], "t='abc'"),
+    (["t=0"], "t=0"),
+    (["t=[]"], "t="),
+    (["best_t.num=0"], "best_t.num=0"),
+    (["best_t.num=abc"], "best_t.num='abc'"),
+    (["best_t.budgets=[-1]"], "best_t.budgets="),
+    (["transforms=[nosuch]"], "transforms='nosuch'"),
+    (["transforms=[raw]"], "transforms='raw'"),
+    (["kl.num=0"], "kl.num=0"),
+    (["kl.start=abc"], "kl.start='abc'"),
+    (["kl.start=3", "kl.stop=1"], "kl.stop=1"),
+    (["kl.list=[0.5,abc]"], "kl.list='abc'"),
+    (["procedure.n=0"], "procedure.n=0"),
+    (["plot_scale=loglog"], "plot_scale='loglog'"),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_names_key_value_and_allowed(overrides, key):
+    """In process (fast): validation raises one ConfigError naming the user's key and value."""
+    with pytest.raises(ConfigError) as info:
+        app.validate(config(*FAST, *overrides))
+    assert key in str(info.value) and "is not allowed" in str(info.value)
+
+
+@pytest.mark.parametrize("overrides,key", [BAD[0], BAD[3], BAD[6]], ids=["t=abc", "best_t.num=0", "transforms=nosuch"])
+def test_bad_input_is_one_line_without_traceback(tmp_path, overrides, key):
+    """As a user runs it: the message only, on stderr, exit code 2 (was: a full traceback)."""
+    proc = analyze(tmp_path, *FAST, *overrides)
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("infalign-analyze: error: "), proc.stderr
+    assert key in lines[0] and "is not allowed" in lines[0], lines[0]
+
+
+def test_positive_t_with_worst_of_n_warns(caplog):
+    cfg = config(*FAST, "procedure=won", "t=[2,-4]")
+    with caplog.at_level("WARNING", logger="infalign.apps.analyze"):
+        app.validate(cfg)
+    out = caplog.text
+    assert "t=2 with won4" in out and "lowers the won4 win rate" in out
+    assert "t=-4 with" not in out
+
+
+def test_readme_won_example_marks_nothing_unreachable(tmp_path):
+    """README: `infalign-analyze procedure=won procedure.n=8 t=[-1,-4,-16] kl.stop=2`. exp(t=-16) used
+    to be 'unreachable' (the beta search range, not the transform); best t must be monotone in the
+    budget (more negative with more KL, method.md §5) and never silently on the scan edge."""
+    proc = analyze(tmp_path, "procedure=won", "procedure.n=8", "t=[-1,-4,-16]", "kl.stop=2", "kl.num=8",
+                   "best_t.num=12", "plot=false")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "run" / "curves.csv").open()))
+    assert {r["transform"] for r in rows} >= {"exp(t=-16)", "optimal(won8)", "identity"}
+    assert all(r["reachable"] == "True" and r["converged"] == "True" for r in rows), [
+        r for r in rows if r["reachable"] != "True"]
+    assert "unreach." not in proc.stdout
+    best = list(csv.DictReader((tmp_path / "run" / "best_t.csv").open()))
+    ts = [float(r["best_t"]) for r in best]
+    assert all(a >= b for a, b in zip(ts, ts[1:])), ts
+    # the scan is extended past |t| = 64 where the best t sat on it; at KL = 4 the WoN8 win rate is
+    # 1 - O(1e-9) and the best t runs to the scan limit 512: flagged, not silent
+    assert all((r["at_scan_edge"] == "True") == (abs(float(r["best_t"])) == 512) for r in best), best
+    assert [r["at_scan_edge"] for r in best[:4]] == ["False"] * 4
+    assert all(float(r["win_rate"]) <= float(r["optimal_win_rate"]) + 1e-4 for r in best)
+
+
+@pytest.mark.slow
+def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
+    proc = analyze(tmp_path, "kl.num=6", "best_t.num=8")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "curves.csv").open()))
+    assert {"reachable", "converged", "reason", "kl", "kl_budget"} <= set(rows[0])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["plot_scale"] in ("linear", "logodds") and (run / "frontier.png").stat().st_size > 10_000
+    assert metrics["unreachable"] == [] and metrics["not_converged"] == []
