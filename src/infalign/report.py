@@ -450,7 +450,7 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
             curves[j] = None
             s.theory_note = f"theory failed: {type(exc).__name__}: {last_line(str(exc))}"
             continue
-        ok = np.asarray(f.reachable, bool)
+        ok = np.asarray(f.valid, bool)  # reachable and converged
         curves[j] = {"transform": f.transform, "procedure": procedure.label, "kl": f.kl_budget[ok].tolist(),
                      "beta": f.beta[ok].tolist(), "standard_win_rate": f.standard_win_rate[ok].tolist(),
                      "win_rate": f.win_rate[ok].tolist(), "unreachable_kl": f.kl_budget[~ok].tolist()}

@@ -65,7 +65,7 @@ def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=
         at = {"kl": measured_kl}
         for p in procs.values():
             f = theory.frontier(transform, p, [measured_kl])
-            at |= {"reachable": bool(f.reachable[0]), "standard_win_rate": float(f.standard_win_rate[0]),
+            at |= {"reachable": bool(f.valid[0]), "standard_win_rate": float(f.standard_win_rate[0]),
                    f"{p.label}_win_rate": float(f.win_rate[0])}
         pred["at_measured_kl"] = at
     return pred

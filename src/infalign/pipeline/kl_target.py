@@ -42,7 +42,7 @@ def beta_for_target(kl_target: float, transform: Transform, procedure: Procedure
 
 def _theory_beta(transform: Transform, procedure: Procedure, kl: float) -> float:
     f = theory.frontier(transform, procedure, [kl])
-    if not bool(f.reachable[0]) or not math.isfinite(float(f.beta[0])):
+    if not bool(f.valid[0]) or not math.isfinite(float(f.beta[0])):
         raise ConfigError("algo.kl_target", kl, f"a KL the transform {transform.label} can reach",
                           f"theory: {f.reason[0]}")
     return float(f.beta[0])
