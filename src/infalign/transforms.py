@@ -186,8 +186,10 @@ class Custom(Transform):
         (``numpy.sqrt`` -> ``torch.sqrt``, on any device, ``meta`` included); any other callable
         gets the tensor and, if it cannot take it (NumPy code on a CUDA tensor), a host copy,
         with the result moved back to ``u``'s device and dtype."""
-        if not isinstance(u, torch.Tensor):
+        if not _is_tensor(u):
             return self.fn(u)
+        import torch  # loaded already: u is a tensor
+
         native = _torch_namesake(self.fn)
         if native is not None:
             return native(u)
@@ -203,7 +205,7 @@ class Custom(Transform):
 def _torch_namesake(fn: Callable) -> Callable | None:
     """``torch.<name>`` for a one-argument NumPy ufunc ``numpy.<name>`` (None if there is none)."""
     if isinstance(fn, np.ufunc) and fn.nin == 1:
-        return getattr(torch, fn.__name__, None)
+        return getattr(sys.modules["torch"], fn.__name__, None)
     return None
 
 
