@@ -47,3 +47,27 @@ def test_second_training_is_a_load_with_identical_results(tmp_path):
     assert second["timings"]["train_s"] < first["timings"]["train_s"]
     third = train_app.run(compose_train(cache, tmp_path / "d", "transform=identity", "algo.lr=0.001"))
     assert third["cache"]["policy_hit"] is False
+
+
+def test_entries_load_by_key_and_a_misplaced_file_is_retrained(tmp_path):
+    import shutil
+
+    import torch
+
+    from infalign.pipeline.policy_cache import train_or_load
+
+    policy, calls = torch.nn.Linear(2, 1), []
+
+    def train(value):
+        def go():
+            calls.append(value)
+            torch.nn.init.constant_(policy.weight, value)
+        return go
+
+    assert train_or_load(policy, "aaaa", tmp_path, train(1.0), "run-a") is False
+    torch.nn.init.zeros_(policy.weight)
+    assert train_or_load(policy, "aaaa", tmp_path, train(9.0), "run-b") is True  # loaded, not retrained
+    assert calls == [1.0] and torch.all(policy.weight == 1.0)
+    shutil.copy(tmp_path / "policies" / "aaaa.pt", tmp_path / "policies" / "bbbb.pt")  # wrong name
+    assert train_or_load(policy, "bbbb", tmp_path, train(2.0), "run-c") is False
+    assert calls == [1.0, 2.0] and torch.all(policy.weight == 2.0)

@@ -1000,6 +1000,13 @@ def make_summary(root: Path, out_dir: Path, judges: Sequence[str], jobs: Sequenc
 # ----------------------------------------------------------------------------------------------
 
 
+def _offline(logger_cfg: dict) -> bool:
+    """A job logged offline: ``logger.mode`` (``${oc.env:WANDB_MODE,offline}``), or the older ``offline`` flag."""
+    if "mode" in logger_cfg:
+        return logger_cfg["mode"] != "online"
+    return bool(logger_cfg.get("offline", True))
+
+
 def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
     """project/entity/group/offline of the sweep's W&B runs (None if no job logged to W&B).
 
@@ -1012,7 +1019,7 @@ def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
     lg = wb[0].config["logger"]
     return {"project": lg.get("project") or "infalign", "entity": lg.get("entity"),
             "group": groups.most_common(1)[0][0],
-            "offline": any(bool(j.config["logger"].get("offline", True)) for j in wb)}
+            "offline": any(_offline(j.config["logger"]) for j in wb)}
 
 
 def log_to_wandb(report: Report, settings: dict) -> dict:

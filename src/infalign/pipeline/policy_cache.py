@@ -77,9 +77,10 @@ def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], N
         return {k: v.detach().cpu() for k, v in policy.state_dict().items()}
 
     def save(state, p: Path) -> None:
-        save_tensors(p, state, {"key": key, "trained_in": origin})
+        save_tensors(p, state, {"trained_in": origin}, key=key)
 
-    state, hit = cached(path, build, save, lambda p: load_tensors(p)[0])
+    # the key stored in the file is checked on load: a file under the wrong name is retrained
+    state, hit = cached(path, build, save, lambda p: load_tensors(p, key)[0])
     if hit:
         policy.load_state_dict(state)
         log.info("trained policy cache hit: %s", path)
