@@ -83,7 +83,7 @@ def test_positive_t_with_worst_of_n_warns(caplog):
 def test_readme_won_example_marks_nothing_unreachable(tmp_path):
     """README: `infalign-analyze procedure=won procedure.n=8 t=[-1,-4,-16] kl.stop=2`. exp(t=-16) used
     to be 'unreachable' (the beta search range, not the transform); best t must be monotone in the
-    budget (more negative with more KL, method.md §5) and never silently on the scan edge."""
+    budget (more negative with more KL, docs/method.md §5) and never silently on the scan edge."""
     proc = analyze(tmp_path, "procedure=won", "procedure.n=8", "t=[-1,-4,-16]", "kl.stop=2", "kl.num=8",
                    "best_t.num=12", "plot=false")
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""Tests for inference-time procedures and the pool win-rate estimator (method.md §1, §4, §7).
+"""Tests for inference-time procedures and the pool win-rate estimator (docs/method.md §1, §4, §7).
 
 The pool estimator is checked three ways: exact brute-force enumeration of all N-subsets on small
 pools with ties, direct Monte-Carlo re-drawing of N-subsets on large pools, and the closed-form

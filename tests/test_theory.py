@@ -1,6 +1,6 @@
-"""Tests for the 1-D calibrated-space theory engine (method.md §4-5; src/infalign/theory.py).
+"""Tests for the 1-D calibrated-space theory engine (docs/method.md §4-5; src/infalign/theory.py).
 
-Reference values come from sources independent of the engine: the closed forms of method.md §4,
+Reference values come from sources independent of the engine: the closed forms of docs/method.md §4,
 closed-form CDFs of the exp transform (exponential integrals E1 / Ei), scipy / mpmath quadrature,
 and Monte-Carlo simulation of best-of-N / worst-of-N against Uniform reference draws.
 """
@@ -21,7 +21,7 @@ from infalign.errors import ConfigError
 from infalign.procedures import BestOfN, Sample, WorstOfN, make_procedure
 from infalign.transforms import Custom, Exp, Identity, Log, Tabulated
 
-CLOSED = 1e-6  # the issue's tolerance for every closed form of method.md §4
+CLOSED = 1e-6  # the tolerance for every closed form of docs/method.md §4
 BETAS = np.geomspace(1e-3, 10, 13)
 
 
@@ -43,7 +43,7 @@ def _restore_mpmath_precision():
 
 
 def identity_kl_and_mean(beta: float) -> tuple[float, float]:
-    """method.md §4: lam = 1/beta, E[u] = 1/(1 - e^-lam) - 1/lam, KL = lam E[u] - log((e^lam - 1)/lam)."""
+    """docs/method.md §4: lam = 1/beta, E[u] = 1/(1 - e^-lam) - 1/lam, KL = lam E[u] - log((e^lam - 1)/lam)."""
     lam = 1.0 / beta
     mean = 1.0 / (-math.expm1(-lam)) - 1.0 / lam
     # log((e^lam - 1)/lam) written without overflow for lam = 1000
@@ -122,7 +122,7 @@ def win_rates_by_quad(cdf, n: int) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------
-# Closed forms (method.md §4), all to 1e-6
+# Closed forms (docs/method.md §4), all to 1e-6
 # --------------------------------------------------------------------------------------------
 
 
@@ -388,7 +388,7 @@ def test_frontier_hits_kl_budget(transform):
     for procedure in (BestOfN(4), WorstOfN(4), Sample()):
         fr = theory.frontier(transform, procedure, budgets)
         assert fr.reachable.all(), fr.reason
-        # beta_for_kl stops at 1e-10 relative; 1e-8 is the issue's tolerance
+        # beta_for_kl stops at 1e-10 relative; 1e-8 is the stated tolerance
         np.testing.assert_allclose(fr.kl, budgets, rtol=0, atol=1e-8)
         # recompute KL at the returned beta from scratch
         again = theory.evaluate(transform, list(fr.beta), procedure)
@@ -719,7 +719,7 @@ def test_optimal_phi_is_a_fixed_point(case, beta):
     # 16x smaller at h = 0.025); relative to the range of Phi*
     simpson = cumulative_simpson(integrand, dx=grid.step, initial=0.0)
     assert np.ptp((simpson - table.phi)[mass]) < 2e-6 * np.ptp(table.phi)
-    # (c) the explicit forms of method.md §5: BoN N^2 ∫ F^{N-1} v^{N-1}, WoN N^2 ∫ (1-F)^{N-1} (1-v)^{N-1}
+    # (c) the explicit forms of docs/method.md §5: BoN N^2 ∫ F^{N-1} v^{N-1}, WoN N^2 ∫ (1-F)^{N-1} (1-v)^{N-1}
     n = case[1]
     explicit = (
         n * n * (F ** (n - 1) * u ** (n - 1) if case[0] == "bon" else S ** (n - 1) * s ** (n - 1))
@@ -740,7 +740,7 @@ def test_optimal_transform_is_cached_and_reusable_in_frontier():
 
 
 # --------------------------------------------------------------------------------------------
-# Regressions of the issue: reachability and best t for worst-of-N
+# Regressions: reachability and best t for worst-of-N
 # --------------------------------------------------------------------------------------------
 
 
@@ -756,7 +756,7 @@ def test_readme_won_exponents_reach_every_budget():
 
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_best_t_for_won_is_monotone_in_budget_and_n(n):
-    """method.md §5: the best |t| grows with the KL budget and with N; for WoN t < 0, so best t is
+    """docs/method.md §5: the best |t| grows with the KL budget and with N; for WoN t < 0, so best t is
     non-increasing in the budget (budgets where the win rate is not yet within 1e-6 of 1: beyond,
     every t ties and the argmax is rounding)."""
     budgets = [0.05, 0.3, 1.0, 2.0]

@@ -1,4 +1,4 @@
-"""Properties of the optimal frontier on the issue's grid (src/infalign/theory.py).
+"""Properties of the optimal frontier on the grid N in {2..64}, KL up to and beyond log N - (N-1)/N (src/infalign/theory.py).
 
 BoN and WoN, N in {2, 4, 8, 16, 32, 64}, KL budgets up to log N - (N-1)/N (the best-of-N
 policy's own KL) and beyond. At every point the engine reports as valid (reachable and
@@ -69,7 +69,7 @@ def test_optimal_frontier_properties_full_grid(name, n):
 
 
 def test_bon16_optimal_is_not_below_exp_at_large_kl():
-    """Regression (issue: `infalign-analyze procedure.n=16`): the damped fixed point did not
+    """Regression (`infalign-analyze procedure.n=16`): the damped fixed point did not
     converge at small beta and the 'optimal' curve read ~0.51 at KL 4 where exp(t=16) is > 0.9."""
     procedure = make_procedure("bon", 16)
     opt = theory.optimal_frontier(procedure, [2.0, 4.0])

@@ -1,4 +1,4 @@
-"""Tests for the reward transforms Phi: [0,1] -> R (method.md §5; src/infalign/transforms.py)."""
+"""Tests for the reward transforms Phi: [0,1] -> R (docs/method.md §5; src/infalign/transforms.py)."""
 
 from __future__ import annotations
 

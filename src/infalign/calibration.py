@@ -1,4 +1,4 @@
-"""Calibrated reward: the mid-quantile of a response's reward among reference samples (method.md §2).
+"""Calibrated reward: the mid-quantile of a response's reward among reference samples (docs/method.md §2).
 
     C_hat(x, y) = (1/K) * sum_i ( 1{r(x, z_i) < r(x, y)} + 0.5 * 1{r(x, z_i) = r(x, y)} )
 

@@ -23,7 +23,7 @@ def kl_per_prompt(
     prompt_index: torch.Tensor,
     num_prompts: int,
 ) -> torch.Tensor:
-    """Monte Carlo ``KL(pi(.|x) || pi_ref(.|x))`` per prompt ``[P]`` (method.md section 7).
+    """Monte Carlo ``KL(pi(.|x) || pi_ref(.|x))`` per prompt ``[P]`` (docs/method.md section 7).
 
     ``KL_hat(x_p) = mean_{i : prompt_index[i] = p} sum_t mask[i,t] * (log pi(y_it) - log pi_ref(y_it))``
     with the responses ``y_i ~ pi(.|x_p)``. Unbiased for the sequence-level KL; a single sample can

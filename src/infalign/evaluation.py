@@ -1,4 +1,4 @@
-"""Evaluation statistics from sample pools (method.md §7): win rates for every N, KL, with CIs.
+"""Evaluation statistics from sample pools (docs/method.md §7): win rates for every N, KL, with CIs.
 
 Per held-out prompt x with M policy and M' reference samples scored by a judge (the reward model or
 the gold reward):

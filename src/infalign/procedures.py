@@ -1,4 +1,4 @@
-"""Inference-time procedures T: sampling, best-of-N, worst-of-N (method.md §1, §4, §7).
+"""Inference-time procedures T: sampling, best-of-N, worst-of-N (docs/method.md §1, §4, §7).
 
 Each procedure is described by one fact, the *served CDF map*: if a policy's calibrated reward u
 has CDF F, the served response's reward has CDF ``G(F)``:
@@ -8,7 +8,7 @@ has CDF F, the served response's reward has CDF ``G(F)``:
 From it follow, for a reference whose u is Uniform[0, 1] (CDF ``G(u)``, density ``g(u) = G'(u)``):
 
 * the inference-time win rate in calibrated space, ``W_T = 1 - ∫_0^1 G(F(u)) g(u) du``;
-* the reward derivative that defines the optimal transform (method.md §3, §5):
+* the reward derivative that defines the optimal transform (docs/method.md §3, §5):
   ``Phi*(u) = ∫_0^u G'(F(v)) g(v) dv`` -- for BoN ``N^2 ∫ F^(N-1) v^(N-1)``, for WoN
   ``N^2 ∫ (1-F)^(N-1) (1-v)^(N-1)``, for sampling ``u`` (identity);
 * the selection weights on a pool: the served response of a random N-subset of M sorted
@@ -206,7 +206,7 @@ def pool_win_rates(
 ) -> torch.Tensor:
     """``[len(ns), P]`` inference-time win rates of procedure ``name`` for every N in ``ns``.
 
-    Default ``ns`` = 1..min(M, M') ([1] for sampling), all from the same pools (method.md §7).
+    Default ``ns`` = 1..min(M, M') ([1] for sampling), all from the same pools (docs/method.md §7).
     """
     import torch
 

@@ -1,4 +1,4 @@
-"""The 1-D calibrated-space theory engine (method.md §4-5).
+"""The 1-D calibrated-space theory engine (docs/method.md §4-5).
 
 For a transform Phi and strength beta, the KL-RL solution ``pi ∝ pi_ref exp(Phi(C)/beta)`` puts
 on the calibrated reward ``u ~ Uniform[0,1]`` (under pi_ref) the density
@@ -592,7 +592,7 @@ def best_t(
 
 
 # ----------------------------------------------------------------------------------------------
-# The optimal transform (method.md §5): Newton iteration on the fixed point, vectorised over betas.
+# The optimal transform (docs/method.md §5): Newton iteration on the fixed point, vectorised over betas.
 # ----------------------------------------------------------------------------------------------
 
 

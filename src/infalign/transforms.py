@@ -1,4 +1,4 @@
-"""Reward transforms Phi: [0, 1] -> R applied to the calibrated reward (method.md §5).
+"""Reward transforms Phi: [0, 1] -> R applied to the calibrated reward (docs/method.md §5).
 
 =========  ====================================  ==============================================
 name       Phi(u)                                use
@@ -7,7 +7,7 @@ identity   u                                     optimal for standard win rate
 log        log(max(u, floor))                    = best-of-N distillation at beta = 1/(N-1)
 exp        sign(t) * exp(t * u), t != 0          t > 0 for BoN, t < 0 for WoN (paper's choice)
 exp (norm) (exp(t u) - 1) / (exp(t) - 1)          same policy family, beta rescaled; in [0, 1]
-optimal    fixed point of method.md §5            upper bound for a procedure, N and beta
+optimal    fixed point of docs/method.md §5            upper bound for a procedure, N and beta
 raw        the reward model's score, uncalibrated the standard-RLHF baseline (training only)
 =========  ====================================  ==============================================
 

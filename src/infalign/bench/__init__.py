@@ -2,7 +2,7 @@
 
 Sections (each printed as a rich table and written to ``outputs/bench/bench.json``):
 
-- ``theory``: the calibrated-space theory engine against the issue's targets (frontier of 4
+- ``theory``: the calibrated-space theory engine against its time targets (frontier of 4
   transforms x 50 KL budgets < 2 s, one optimal-transform solve < 1 s, a 40-point best-t
   search < 1 s) plus the full optimal frontier;
 - ``calibration``: responses/s of drawing a reference pool through ``draw_pool``

@@ -18,7 +18,7 @@ def _n(x: float) -> str:
 
 
 def theory_table(res: dict) -> Table:
-    table = Table(title="theory engine (best of repeats; targets from the issue)", title_justify="left")
+    table = Table(title="theory engine (best of repeats; targets in the bench's docstring)", title_justify="left")
     for col in ("benchmark", "best", "median", "target", "status"):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     order = ("frontier", "optimal_transform", "best_t", "optimal_frontier")

@@ -1,4 +1,4 @@
-"""InfAlign-CTRL (method.md §6): KL-regularised RL on the transformed calibrated reward.
+"""InfAlign-CTRL (docs/method.md §6): KL-regularised RL on the transformed calibrated reward.
 
 One RL step, for P prompts x G samples each:
 

@@ -3,7 +3,7 @@
 * ``bon_sft`` -- best-of-N distillation by SFT: for every training prompt draw N reference samples,
   keep the one the reward model ranks highest, fine-tune the policy on it (response-only NLL).
   Its target is the best-of-N policy itself, i.e. the KL-RL solution with Phi = log u at
-  beta = 1/(N-1) (method.md §4) -- which is what the theory column reports for it.
+  beta = 1/(N-1) (docs/method.md §4) -- which is what the theory column reports for it.
 * ``ipo`` -- IPO on (best, worst)-of-N pairs (the BoNBoN recipe), tau = ``algo.beta``.
 
 (The RL form of best-of-N distillation is an experiment entry: ``transform=log`` with

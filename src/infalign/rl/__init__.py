@@ -1,4 +1,4 @@
-"""KL-regularised RL maths for InfAlign-CTRL (method.md section 6): pure, vectorised functions."""
+"""KL-regularised RL maths for InfAlign-CTRL (docs/method.md section 6): pure, vectorised functions."""
 
 from infalign.rl.objectives import (
     kl_penalty,
