@@ -43,7 +43,7 @@ from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
-from infalign.pipeline.world import check_world_config, load_world
+from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
 from infalign.procedures import Procedure
 from infalign.transforms import Log, Raw, Transform, as_transform
 
@@ -85,7 +85,6 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
         require(cfg.logger.mode in WANDB_MODES, "logger.mode", cfg.logger.mode, f"one of {list(WANDB_MODES)}",
                 "it follows the WANDB_MODE environment variable")
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
-    check_world_config(cfg)  # every model/data path and name, before the logger or any compute
     return procedure, transform, rl
 
 
