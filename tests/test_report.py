@@ -531,8 +531,8 @@ def test_method_fallback_for_records_without_a_method_field(tmp_path):
 
 def test_panels_a_run_joins_once_each():
     """N is an evaluation axis: a run joins the panel of every N of eval.ns (N = 1 and plain
-    sampling are the one standard panel, joined once), only its trained N when its method depends
-    on N; judges without per-prompt lists are skipped."""
+    sampling are the one standard panel, joined once), only its trained N (and the standard panel)
+    when its method depends on N; judges without per-prompt lists are skipped."""
     from infalign.report import Job, panel_runs
 
     def job(name, family, ns, depends_on_n=False):
@@ -547,7 +547,7 @@ def test_panels_a_run_joins_once_each():
             job("optimal(N=4)", "bon", [1, 2, 4], depends_on_n=True), job("worst", "won", [4])]
     panels, notes = panel_runs(jobs, ["reward_model", "gold"])
     members = {k: [r.method for r in v] for k, v in panels.items()}
-    assert members == {("sample", 1, "reward_model"): ["identity", "sampled"],
+    assert members == {("sample", 1, "reward_model"): ["identity", "sampled", "optimal(N=4)"],
                        ("bon", 2, "reward_model"): ["identity"],
                        ("bon", 4, "reward_model"): ["identity", "optimal(N=4)"],
                        ("won", 4, "reward_model"): ["worst"]}

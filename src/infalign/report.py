@@ -607,14 +607,16 @@ def eval_family(job: Job) -> str | None:
 
 
 def panel_ns(job: Job) -> list[int]:
-    """The Ns a run is compared at: every N of ``eval.ns`` (one sample pool evaluates them all),
-    only ``method_info.trained_n`` when the method depends on N (e.g. a transform optimal for N)."""
+    """The Ns a run is compared at: every N of ``eval.ns`` (one sample pool evaluates them all);
+    when the method depends on N (e.g. a transform optimal for N, a baseline trained on best-of-N
+    pairs) only ``method_info.trained_n`` -- and N = 1, the standard win rate, which every policy
+    has whatever it was trained for (the paper's standard-win-rate comparison includes them)."""
     m = job.metrics or {}
     info = m.get("method_info") if isinstance(m.get("method_info"), dict) else {}
+    ns = {int(n) for n in ((m.get("eval") or {}).get("ns") or [procedure_of(job)[1] or 1])}
     if info.get("depends_on_n") and info.get("trained_n") is not None:
-        return [int(info["trained_n"])]
-    ns = (m.get("eval") or {}).get("ns") or [procedure_of(job)[1] or 1]
-    return sorted({int(n) for n in ns})
+        return sorted({int(info["trained_n"])} | ({1} & ns))
+    return sorted(ns)
 
 
 def panel_of(family: str, n: int) -> tuple[str, int]:
