@@ -224,6 +224,8 @@ def test_preference_labels_follow_bradley_terry(world):
     assert all({c, r} == {a, b} for c, r in zip(pairs.chosen, pairs.rejected))
     margin = world.gold_reward([x] * n, pairs.chosen) - world.gold_reward([x] * n, pairs.rejected)
     torch.testing.assert_close(pairs.gold_margin, margin)
+    label = world.label_reward([x] * n, pairs.chosen) - world.label_reward([x] * n, pairs.rejected)
+    torch.testing.assert_close(pairs.label_margin, label)
     again = make_preference_pairs(world, [x] * n, [a] * n, [b] * n, seed=0)
     assert again.chosen == pairs.chosen
 

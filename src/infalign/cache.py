@@ -1,6 +1,6 @@
 """Content-addressed, atomic, corruption-checked artefact cache.
 
-Every artefact (toy models, calibration tables, optimal-transform tables) is keyed by a hash of
+Every artefact (toy models, reference pools and calibration tables, trained policies) is keyed by a hash of
 *everything that determines it* (``content_key``), never by run name, so every job of a sweep
 reuses it. Files are written to a temporary name in the same directory and ``os.replace``-d into
 place (atomic on POSIX), so a crash never leaves a partial file under the final name. Tensor

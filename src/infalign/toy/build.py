@@ -6,7 +6,8 @@
 2. reference LM: a fresh GPT-2 pre-trained with :class:`LMPretrainModule` on the behaviour
    corpus (``reference.n_prompts`` train prompts x ``reference.per_prompt`` responses);
 3. reward model: two responses per prompt sampled from *the pre-trained reference LM itself*,
-   labelled by Bradley-Terry draws from the gold reward (:func:`make_preference_pairs`), and a
+   labelled by Bradley-Terry draws from the labelers' reward (the gold reward plus the labelers'
+   length bias, :func:`make_preference_pairs`), and a
    GPT-2 classifier (initialised from the reference LM's transformer, as in RLHF, unless
    ``reward.init=scratch``) trained with :class:`RewardModelModule`; held-out pairs come from
    the val prompts.
@@ -300,7 +301,7 @@ def _build(c: dict, world: ToyWorld, runtime: dict) -> _Built:
         stats["reference_val_loss"] = float(val[0]["val/loss"])
         stats["reference_seconds"] = time.perf_counter() - t0
 
-        # (c) reward model: BT pairs sampled from the reference LM itself, gold-labelled.
+        # (c) reward model: BT pairs sampled from the reference LM itself, labelled by the labelers.
         t1 = time.perf_counter()
         reference.eval()
         tx = world.prompts("train", rm_c["n_prompts"])
@@ -357,7 +358,7 @@ def _pair_loader(tokenizer, pairs: PreferencePairs, batch_size: int, shuffle: bo
 
 def _gold_agreement(reward, tokenizer, pairs: PreferencePairs) -> dict[str, float]:
     """Held-out reward-model accuracy against the *gold* ordering (gold ties dropped), and the
-    Bayes ceiling of accuracy against the sampled BT labels, ``mean sigmoid(|gold margin|)``."""
+    Bayes ceiling of accuracy against the sampled BT labels, ``mean sigmoid(|label margin|)``."""
     scorer = RewardScorer(reward, tokenizer, batch_size=256)
     margin = scorer.score(pairs.prompts, pairs.chosen) - scorer.score(pairs.prompts, pairs.rejected)
     gold = pairs.gold_margin
@@ -365,7 +366,7 @@ def _gold_agreement(reward, tokenizer, pairs: PreferencePairs) -> dict[str, floa
     agree = (torch.sign(margin) == torch.sign(gold))[untied].float()
     return {
         "reward_val_gold_accuracy": float(agree.mean()) if untied.any() else float("nan"),
-        "reward_val_bt_ceiling": float(torch.sigmoid(gold.abs()).mean()),
+        "reward_val_bt_ceiling": float(torch.sigmoid(pairs.label_margin.abs()).mean()),
     }
 
 

@@ -105,6 +105,7 @@ class PreferencePairs:
     chosen: list[str]
     rejected: list[str]
     gold_margin: torch.Tensor | None = None
+    label_margin: torch.Tensor | None = None  # r_label(x, chosen) - r_label(x, rejected) (toy world)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -406,7 +407,8 @@ def make_preference_pairs(
     chosen = [a if w else b for a, b, w in zip(responses_a, responses_b, a_wins)]
     rejected = [b if w else a for a, b, w in zip(responses_a, responses_b, a_wins)]
     sign = torch.from_numpy(np.where(a_wins, 1.0, -1.0)).float()
-    return PreferencePairs(list(prompts), chosen, rejected, gold_margin=sign * (ra - rb))
+    return PreferencePairs(list(prompts), chosen, rejected, gold_margin=sign * (ra - rb),
+                           label_margin=sign * (la - lb))
 
 
 def _check_lengths(prompts: list[str], responses: list[str]) -> None:
