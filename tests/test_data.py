@@ -28,11 +28,6 @@ from infalign.data import (
 from infalign.errors import ConfigError
 from infalign.modules import RewardModelModule
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:.*self.log"),
-]
-
 # ---------------------------------------------------------------------------- fixtures (real formats)
 
 GARDEN = (

@@ -22,11 +22,6 @@ from pipeline_helpers import compose_train
 from test_data import write_jsonl
 from test_real_data_experiments import TOPICS, hh_line
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:.*self.log"),
-]
-
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
