@@ -451,7 +451,11 @@ def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
     assert "excluded job 12: identity: prompt_ids differ from the panel's 40 prompts" in md
     row = next(ln for ln in md.split("## bon4 (reward_model)")[1].splitlines() if ln.startswith("| 0.2 |"))
     cells = [c.strip() for c in row.strip("| ").split(" | ")]
-    assert md.count("| KL | expn(t=4) (n=3, seeds=1) | identity (n=3, seeds=1) | raw (n=3, seeds=1) |") == 4  # standard, bon4 x 2 judges
+    assert md.count("| KL | expn(t=4) (n=3, seeds=1) | identity (n=3, seeds=1) | raw (n=3, seeds=1) |") == 2  # bon4 x 2 judges
+    # a policy trained for N = 2 has a standard win rate too: it joins the standard panels
+    standard = md.split("## standard (reward_model)")[1].split("## ")[0]
+    header = next(ln for ln in standard.splitlines() if ln.startswith("| KL |"))
+    assert "optimal(N=2)" in header and "optimal(N=2)" not in md.split("## bon4 (reward_model)")[1]
     assert cells[4:] == ["+7.0 [+7.0, +7.0] *", "+1.0 [+1.0, +1.0] *", "+6.0 [+6.0, +6.0] *"]
     mean, low, high = (float(x) for x in cells[1].replace("[", "").replace("]", "").replace(",", "").split())
     # expn at KL 0.2: 0.55 + 0.04 + 0.06; its CI is the prompt difficulty's: +-1.96 * 0.1 / sqrt(40) = +-0.031
