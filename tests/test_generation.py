@@ -183,3 +183,15 @@ def test_temperature_and_top_k(model, tokenizer):
 def test_rejects_bad_arguments(model, tokenizer, kwargs):
     with pytest.raises(ValueError):
         draw(model, tokenizer, **kwargs)
+
+
+def test_no_deprecated_kv_cache_argument(model, tokenizer):
+    """The sampler uses the model's supported KV-cache keyword: no deprecation warning is emitted
+    (transformers 5 renamed ``past_key_values`` to ``cache``), with and without the cache."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning, the FutureWarning on past_key_values included
+        r = draw(model, tokenizer, use_cache=True)
+        draw(model, tokenizer, use_cache=False)
+        sequence_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)

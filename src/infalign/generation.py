@@ -4,7 +4,7 @@ Two functions serve every caller (RL rollouts, calibration, evaluation):
 
 - :func:`sample` draws ``num_samples`` responses per prompt with its own decoding loop (no
   ``model.generate``): one prefill over the left-padded prompts, then one single-token step per
-  new token, reusing ``past_key_values``. Rows are prompt-major (``row = p * num_samples + j``).
+  new token, reusing the KV cache (``cache``; ``past_key_values`` before transformers 5). Rows are prompt-major (``row = p * num_samples + j``).
 - :func:`sequence_logprobs` recomputes ``log pi(y_t | x, y_<t)`` for given responses in one forward
   pass (policy with grad, reference without).
 
@@ -67,13 +67,19 @@ def _keep_last(model: torch.nn.Module, keep: int) -> dict:
     )
 
 
-def _forward(model, input_ids, attention_mask, pos, past, use_cache, keep_kw):
+def _cache_arg(model: torch.nn.Module) -> str:
+    """The KV-cache keyword of ``model.forward``: ``cache`` (transformers >= 5.x; the old name is
+    deprecated there) or ``past_key_values`` (older releases)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(model, input_ids, attention_mask, pos, past, use_cache, keep_kw, cache_arg="past_key_values"):
     return model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=pos,
-        past_key_values=past,
         use_cache=use_cache,
+        **{cache_arg: past},
         **keep_kw,
     )
 
@@ -211,6 +217,7 @@ def _decode(
     response_mask = torch.zeros((rows, max_new_tokens), dtype=torch.long, device=device)
     alive = torch.ones(rows, dtype=torch.bool, device=device)
     keep_kw = _keep_last(model, 1)
+    cache_arg = _cache_arg(model)
 
     past, steps = None, 0
     for t in range(max_new_tokens):
@@ -218,11 +225,11 @@ def _decode(
         end = width + t
         if use_cache and t > 0:
             new, new_pos = tokens[:, t - 1 : t], pos[:, end - 1 : end]
-            out = _forward(model, new, mask[:, :end], new_pos, past, True, keep_kw)
+            out = _forward(model, new, mask[:, :end], new_pos, past, True, keep_kw, cache_arg)
         else:
             ids = torch.cat([prompt_ids, tokens[:, :t]], dim=1)
-            out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw)
-        past = out.past_key_values if use_cache else None
+            out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw, cache_arg)
+        past = getattr(out, cache_arg) if use_cache else None
         logits = out.logits[:, -1, :].float()
 
         # Draw; record the T=1 log-prob. Rows that already emitted eos get pad and mask 0.
@@ -257,7 +264,7 @@ def sequence_logprobs(
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     keep_kw = _keep_last(model, length + 1)
-    logits = _forward(model, ids, mask, position_ids(mask), None, False, keep_kw).logits
+    logits = _forward(model, ids, mask, position_ids(mask), None, False, keep_kw, _cache_arg(model)).logits
     logits = logits[:, -(length + 1) : -1, :].float()
     logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
     return torch.where(response_mask.bool(), logp, 0.0)
