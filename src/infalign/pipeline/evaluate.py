@@ -51,21 +51,22 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
 def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:
     """Theory at the training beta, and at the measured KL, for the run's N and every N in ``ns``
     (keys ``f"{procedure.name}{N}_win_rate"``); None for transforms without a calibrated-space
-    theory (``raw``)."""
+    theory (``raw``). One tilted policy per beta serves every N: only the served CDF map differs."""
     if not transform.calibrated:
         return None
     procs = {procedure.n: procedure}
     if procedure.name != "sample":
         procs |= {int(n): dataclasses.replace(procedure, n=int(n)) for n in (ns or [])}
-    points = {n: theory.evaluate(transform, beta, p)[0] for n, p in procs.items()}
-    first = points[procedure.n]
-    pred = {"beta": beta, "kl": first.kl, "standard_win_rate": first.standard_win_rate}
-    pred |= {f"{p.label}_win_rate": points[n].win_rate for n, p in procs.items()}
+    phi = theory.phi_table(transform)
+    at_beta = theory.tilt(phi, beta)
+    pred = {"beta": beta, "kl": float(at_beta.kl[0]), "standard_win_rate": float(at_beta.standard_win_rate()[0])}
+    pred |= {f"{p.label}_win_rate": float(at_beta.win_rate(p)[0]) for p in procs.values()}
     if measured_kl > 0 and math.isfinite(measured_kl):
-        at = {"kl": measured_kl}
-        for p in procs.values():
-            f = theory.frontier(transform, p, [measured_kl])
-            at |= {"reachable": bool(f.valid[0]), "standard_win_rate": float(f.standard_win_rate[0]),
-                   f"{p.label}_win_rate": float(f.win_rate[0])}
-        pred["at_measured_kl"] = at
+        f = theory.frontier(transform, procedure, [measured_kl])  # its beta does not depend on N
+        reached = theory.tilt(phi, f.beta[0]) if f.reachable[0] else None
+        pred["at_measured_kl"] = {
+            "kl": measured_kl, "reachable": bool(f.valid[0]), "standard_win_rate": float(f.standard_win_rate[0]),
+            **{f"{p.label}_win_rate": float(reached.win_rate(p)[0]) if reached is not None else math.nan
+               for p in procs.values()},
+        }
     return pred
