@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["miscalibration_summary", "spread_stats"]
+__all__ = ["miscalibration_summary", "pairwise_accuracy", "spread_stats"]
 
 
 def spread_stats(scores: torch.Tensor) -> dict[str, float]:
@@ -52,8 +52,14 @@ def miscalibration_summary(reward_model: torch.Tensor, gold: torch.Tensor | None
     rm_std, gold_std = reward_model.double().std(1), gold.double().std(1)
     ok = (rm_std > 0) & (gold_std > 0)
     out["log_std_corr"] = _pearson(rm_std[ok].log(), gold_std[ok].log()) if int(ok.sum()) >= 3 else float("nan")
-    drm = (reward_model[:, :, None] - reward_model[:, None, :]).sign()
-    dg = (gold[:, :, None] - gold[:, None, :]).sign()
-    untied = (drm != 0) & (dg != 0)
-    out["pairwise_accuracy"] = float((drm[untied] == dg[untied]).double().mean()) if bool(untied.any()) else float("nan")
+    out["pairwise_accuracy"] = pairwise_accuracy(reward_model, gold)
     return out
+
+
+def pairwise_accuracy(scores: torch.Tensor, gold: torch.Tensor) -> float:
+    """Share of within-prompt pairs of ``[P, M]`` samples, untied under both, that ``scores`` orders
+    as ``gold`` does (NaN when every pair is tied)."""
+    ds = (scores[:, :, None] - scores[:, None, :]).sign()
+    dg = (gold[:, :, None] - gold[:, None, :]).sign()
+    untied = (ds != 0) & (dg != 0)
+    return float((ds[untied] == dg[untied]).double().mean()) if bool(untied.any()) else float("nan")

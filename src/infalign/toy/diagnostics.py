@@ -20,6 +20,7 @@ from math import comb
 import torch
 
 from infalign.generation import sample
+from infalign.miscalibration import pairwise_accuracy
 from infalign.toy.build import ToyArtifacts
 
 __all__ = ["best_of_n_win_rate", "reference_diagnostics"]
@@ -66,8 +67,6 @@ def reference_diagnostics(
     q = world.quality(xs, roll.responses).view(n_prompts, n_samples)
     gold = world.gold_reward(xs, roll.responses).view(n_prompts, n_samples)
     rm = scorer.score(xs, roll.responses).view(n_prompts, n_samples)
-    d = (rm[:, :, None] - rm[:, None, :]).sign() * (gold[:, :, None] - gold[:, None, :]).sign()
-    untied = (gold[:, :, None] != gold[:, None, :]) & (rm[:, :, None] != rm[:, None, :])
     return {
         "q_mean": float(q.mean()),
         "q_std_within_prompt": float(q.std(1).mean()),
@@ -78,5 +77,5 @@ def reference_diagnostics(
         f"bo{n}_by_gold_vs_single_gold_winrate": float(best_of_n_win_rate(gold, gold, n).mean()),
         f"bo{n}_by_rm_vs_single_gold_winrate": float(best_of_n_win_rate(rm, gold, n).mean()),
         f"wo{n}_by_rm_vs_single_gold_winrate": float(best_of_n_win_rate(-rm, gold, n).mean()),
-        "rm_pairwise_gold_accuracy": float((d[untied] > 0).double().mean()),
+        "rm_pairwise_gold_accuracy": pairwise_accuracy(rm, gold),
     }
