@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from infalign import distributed
+from infalign.infra import distributed
 from infalign.pipeline.pools import draw_pool, reference_pool
 from pool_fixtures import GEN, judges, tiny_models
 

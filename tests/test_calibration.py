@@ -1,4 +1,4 @@
-"""Tests for the calibrated reward C_hat (docs/method.md §2; src/infalign/calibration.py).
+"""Tests for the calibrated reward C_hat (docs/method.md §2; src/infalign/math/calibration.py).
 
 C_hat(x, y) = (1/K) sum_i (1{r(z_i) < r(y)} + 0.5 * 1{r(z_i) = r(y)}) and the smoothed variant
 (count_less + 0.5 * count_equal + 0.5) / (K + 1). All hand-computed values below are exact
@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy import stats
 
-from infalign.calibration import CalibrationTable, calibrate
 from infalign.errors import ConfigError
+from infalign.math.calibration import CalibrationTable, calibrate
 
 EXACT = 1e-12  # hand-computed fractions; only float64 round-off separates them from the code
 

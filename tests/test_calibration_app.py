@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from infalign.apps.calibration import diagnose
-from infalign.miscalibration import miscalibration_summary
+from infalign.math.miscalibration import miscalibration_summary
 from pipeline_helpers import compose_train
 
 

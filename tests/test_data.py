@@ -26,7 +26,7 @@ from infalign.data import (
     split_hh_dialogue,
 )
 from infalign.errors import ConfigError
-from infalign.modules import RewardModelModule
+from infalign.training import RewardModelModule
 
 # ---------------------------------------------------------------------------- fixtures (real formats)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from infalign.evaluation import pool_report
+from infalign.math.pool_stats import pool_report
 from infalign.pipeline.pools import draw_pool, reference_pool
 from pool_fixtures import GEN, judges, tiny_models
 

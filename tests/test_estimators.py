@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from infalign.estimators import MeanCI, bootstrap_ci, kl_per_prompt, mean_and_ci
+from infalign.math.estimators import MeanCI, bootstrap_ci, kl_per_prompt, mean_and_ci
 
 
 def test_kl_per_prompt_hand_computation():

@@ -26,12 +26,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from infalign import cache
 from infalign.apps import train as train_app
 from infalign.apps.config import CONFIG_DIR, run_suffix
 from infalign.apps.hydra_callbacks import FailedJobs
 from infalign.errors import ConfigError
-from infalign.transforms import Custom
+from infalign.infra import cache
+from infalign.math.transforms import Custom
 from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_train
 
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from infalign.generation import Rollout, sample, sequence_logprobs
+from infalign.models.generation import Rollout, sample, sequence_logprobs
 
 PAD, EOS = 0, 1
 PROMPTS = ["w1 w2 w3 w4 w5", "w6", "w7 w8 w9"]

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from infalign import theory
-from infalign.calibration import CalibrationTable
 from infalign.errors import ConfigError
-from infalign.modules.ctrl import RLConfig
+from infalign.math import theory
+from infalign.math.calibration import CalibrationTable
+from infalign.math.procedures import BestOfN
+from infalign.math.transforms import Exp, Identity, Raw
 from infalign.pipeline.kl_target import beta_for_target
-from infalign.procedures import BestOfN
-from infalign.transforms import Exp, Identity, Raw
+from infalign.training.ctrl import RLConfig
 
 
 @pytest.mark.parametrize("transform", [Identity(), Exp(t=4.0, normalized=True)], ids=["identity", "expn4"])

@@ -1,11 +1,11 @@
-"""Matched-KL comparison (infalign.matched_kl) on synthetic runs with known answers."""
+"""Matched-KL comparison (infalign.math.matched_kl) on synthetic runs with known answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from infalign.matched_kl import Run, count_matrix, interpolate, matched_kl
+from infalign.math.matched_kl import Run, count_matrix, interpolate, matched_kl
 
 P = 400
 IDS = tuple(f"p{i}" for i in range(P))

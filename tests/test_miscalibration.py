@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from infalign.miscalibration import miscalibration_summary, spread_stats
+from infalign.math.miscalibration import miscalibration_summary, spread_stats
 
 
 def test_spread_stats_by_hand():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from infalign.models import build_toy_lm, build_toy_reward_model
-from infalign.modules import (
+from infalign.toy import ToyWorld
+from infalign.training import (
     LMPretrainModule,
     PreferenceCollator,
     PromptResponseCollator,
@@ -16,7 +17,6 @@ from infalign.modules import (
     make_lm_dataloader,
     make_preference_dataloader,
 )
-from infalign.toy import ToyWorld
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,23 @@ def test_key_ignores_evaluation_and_reads_training(tmp_path):
 def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, tmp_path)
     key = policy_key(cfg, _World(), 0.1)
-    monkeypatch.setattr(policy_cache, "TRAINING_CODE", (*policy_cache.TRAINING_CODE[:-1], "theory.py"))
+    monkeypatch.setattr(policy_cache, "TRAINING_CODE", (*policy_cache.TRAINING_CODE[:-1], "infalign.math.theory"))
     assert policy_key(cfg, _World(), 0.1) != key
+
+
+def test_code_digest_ignores_comments_and_docstrings_not_code():
+    src = 'def f(x):\n    """Doc."""\n    return x + 1\n'
+    same = '# a comment\ndef f(x):\n    """Other doc,\n    two lines."""\n\n    return x + 1  # why\n'
+    changed = 'def f(x):\n    """Doc."""\n    return x - 1\n'
+    fp = policy_cache._code_fingerprint
+    assert fp(src) == fp(same)
+    assert fp(src) != fp(changed)
+
+
+def test_a_missing_training_module_is_an_error(monkeypatch):
+    monkeypatch.setattr(policy_cache, "TRAINING_CODE", ("infalign.no_such_module",))
+    with pytest.raises(ModuleNotFoundError, match="TRAINING_CODE"):
+        policy_cache.code_digest()
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 from omegaconf import OmegaConf
 
-from infalign.cache import load_tensors
+from infalign.infra.cache import load_tensors
 from infalign.pipeline import pools
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from infalign.errors import ConfigError
-from infalign.procedures import (
+from infalign.math.procedures import (
     BestOfN,
     Sample,
     WorstOfN,

@@ -105,7 +105,7 @@ def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
     """The Bradley-Terry training path (PreferenceCollator -> RewardModelModule) and the scoring
     path (world.reward.score on the policy's chat-templated prompt) give the same score."""
     from infalign.data.batches import PreferenceCollator
-    from infalign.modules import RewardModelModule
+    from infalign.training import RewardModelModule
 
     world = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
     shown = world.train_prompts[0]
@@ -219,7 +219,7 @@ def test_reward_model_trains_in_train_mode(assets):
     import lightning as L
 
     from infalign.data.batches import make_preference_dataloader
-    from infalign.modules import RewardModelModule
+    from infalign.training import RewardModelModule
 
     tok = load_tokenizer(assets / "rm", "right")
     model = load_reward_model(assets / "rm", tokenizer=tok)
@@ -378,8 +378,8 @@ def test_sampling_stops_at_every_generation_config_eos(assets):
     """Llama-3-style ``generation_config.eos_token_id`` lists: decoding stops at any of them. With a
     zeroed LM head the next token is uniform over the vocabulary, so within 150 steps most of the
     32 rows draw ``<|end|>`` (p ~ 1 - (1 - 1/V)^150 each); every row must end right there."""
-    from infalign.generation import sample, stop_token_ids
     from infalign.models import load_causal_lm
+    from infalign.models.generation import sample, stop_token_ids
 
     tok = load_tokenizer(assets / "lm_plain", "left")
     lm = load_causal_lm(assets / "lm_plain")

@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infalign import theory
 from infalign.apps.report import main
-from infalign.procedures import BestOfN
+from infalign.math import theory
+from infalign.math.procedures import BestOfN
+from infalign.math.transforms import Exp, Identity
 from infalign.report import log_error, transform_family
-from infalign.transforms import Exp, Identity
 from pipeline_helpers import TINY_RUN, TINY_WORLD
 
-IDENTITY = {"_target_": "infalign.transforms.Identity"}
-RAW = {"_target_": "infalign.transforms.Raw"}
+IDENTITY = {"_target_": "infalign.math.transforms.Identity"}
+RAW = {"_target_": "infalign.math.transforms.Raw"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def exp_cfg(t: float, normalized: bool = False) -> dict:
-    return {"_target_": "infalign.transforms.Exp", "t": t, "normalized": normalized}
+    return {"_target_": "infalign.math.transforms.Exp", "t": t, "normalized": normalized}
 
 
 def ci(mean: float, half: float) -> dict:
@@ -59,7 +59,7 @@ def fake_metrics(tcfg: dict, label: str, beta: float, kl: float, std: float, win
         "timings": {"world_s": 1.5, "calibration_s": 0.25, "train_s": 12.0, "eval_s": 3.0},
         "cache": {"toy_built": False, "calibration_hit": calibrated, "eval_reference_hit": True},
         "config": {"transform": tcfg, "seed": 0, "algo": {"name": "rloo", "beta": beta, "steps": 10},
-                   "procedure": {"_target_": "infalign.procedures.make_procedure", "name": name, "n": n},
+                   "procedure": {"_target_": "infalign.math.procedures.make_procedure", "name": name, "n": n},
                    "logger": logger or {"kind": "none"}},
     }
 
@@ -264,9 +264,9 @@ def test_transform_family_parsing():
     assert transform_family(RAW) == ("raw", None)
     assert transform_family(exp_cfg(8.0)) == ("exp", 8.0)
     assert transform_family(exp_cfg(-4.0, normalized=True)) == ("expn", -4.0)
-    assert transform_family({"_target_": "infalign.transforms.Log", "floor": 1e-6}) == ("log", None)
-    assert transform_family({"_target_": "infalign.transforms.Custom", "fn": "numpy.sqrt", "name": "sqrt"}) == ("sqrt", None)
-    assert transform_family({"_target_": "infalign.theory.optimal_transform", "procedure": "bon", "n": 4,
+    assert transform_family({"_target_": "infalign.math.transforms.Log", "floor": 1e-6}) == ("log", None)
+    assert transform_family({"_target_": "infalign.math.transforms.Custom", "fn": "numpy.sqrt", "name": "sqrt"}) == ("sqrt", None)
+    assert transform_family({"_target_": "infalign.math.theory.optimal_transform", "procedure": "bon", "n": 4,
                              "beta": 0.1}) == ("optimal", None)
     assert transform_family(None, "expn(t=-2)") == ("expn", -2.0)
     assert transform_family(None, "identity") == ("identity", None)
@@ -379,7 +379,7 @@ def per_prompt_metrics(method: str, info: dict, kl: float, beta: float, gain: di
                  "theory": None if method == "raw" else {"beta": beta, "kl": 2 * kl, "standard_win_rate": 0.7,
                                                          "bon4_win_rate": 0.8, "at_measured_kl": theory_at}},
         "config": {"transform": tcfg, "seed": seed, "algo": {"name": info["algo"], "beta": beta, "steps": 10},
-                   "procedure": {"_target_": "infalign.procedures.make_procedure", "name": "bon", "n": 4},
+                   "procedure": {"_target_": "infalign.math.procedures.make_procedure", "name": "bon", "n": 4},
                    "logger": {"kind": "none"}},
     }
 

@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
 from infalign.apps.config import CONFIG_DIR
-from infalign.cache import cached, load_tensors, save_tensors
+from infalign.infra.cache import cached, load_tensors, save_tensors
 
 EXPECTED = {  # sweep -> (number of jobs, swept keys)
     # N is an evaluation axis (eval.ns), not a training axis: 6 x 3 jobs, not 6 x 3 x 3
@@ -63,9 +63,9 @@ def test_grid_sweeps_expand_to_distinct_jobs(name):
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
+    from infalign.math.procedures import Procedure
+    from infalign.math.transforms import as_transform
     from infalign.pipeline.record import method_info
-    from infalign.procedures import Procedure
-    from infalign.transforms import as_transform
 
     cfg = compose_sweep(name)
     assert cfg.sweep_name == name and cfg.hydra.mode.name == "MULTIRUN"

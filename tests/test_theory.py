@@ -1,4 +1,4 @@
-"""Tests for the 1-D calibrated-space theory engine (docs/method.md §4-5; src/infalign/theory.py).
+"""Tests for the 1-D calibrated-space theory engine (docs/method.md §4-5; src/infalign/math/theory.py).
 
 Reference values come from sources independent of the engine: the closed forms of docs/method.md §4,
 closed-form CDFs of the exp transform (exponential integrals E1 / Ei), scipy / mpmath quadrature,
@@ -16,10 +16,10 @@ import pytest
 from scipy import integrate, special
 from scipy.integrate import cumulative_simpson
 
-from infalign import theory
 from infalign.errors import ConfigError
-from infalign.procedures import BestOfN, Sample, WorstOfN, make_procedure
-from infalign.transforms import Custom, Exp, Identity, Log, Tabulated
+from infalign.math import theory
+from infalign.math.procedures import BestOfN, Sample, WorstOfN, make_procedure
+from infalign.math.transforms import Custom, Exp, Identity, Log, Tabulated
 
 CLOSED = 1e-6  # the tolerance for every closed form of docs/method.md §4
 BETAS = np.geomspace(1e-3, 10, 13)

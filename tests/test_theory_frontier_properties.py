@@ -1,4 +1,4 @@
-"""Properties of the optimal frontier on the grid N in {2..64}, KL up to and beyond log N - (N-1)/N (src/infalign/theory.py).
+"""Properties of the optimal frontier on the grid N in {2..64}, KL up to and beyond log N - (N-1)/N (src/infalign/math/theory.py).
 
 BoN and WoN, N in {2, 4, 8, 16, 32, 64}, KL budgets up to log N - (N-1)/N (the best-of-N
 policy's own KL) and beyond. At every point the engine reports as valid (reachable and
@@ -18,9 +18,9 @@ import math
 import numpy as np
 import pytest
 
-from infalign import theory
-from infalign.procedures import make_procedure
-from infalign.transforms import Exp, Identity
+from infalign.math import theory
+from infalign.math.procedures import make_procedure
+from infalign.math.transforms import Exp, Identity
 
 KL_TOL = 1e-3
 DOMINANCE_TOL = 1e-4

@@ -253,7 +253,7 @@ def test_build_toy_world_miss_hit_and_rebuild_after_corruption(tmp_path, monkeyp
     assert manifest["key"] == art.key and "reference/model.safetensors" in manifest["files"]
 
     # Usable by path: sample from the reference, score with the reward model.
-    from infalign.generation import sample
+    from infalign.models.generation import sample
 
     roll = sample(
         art.load_reference(), art.load_tokenizer("left"), art.world.prompts("test", 3), 2, 8

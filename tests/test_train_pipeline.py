@@ -9,7 +9,7 @@ import torch
 
 from infalign.apps import train as train_app
 from infalign.errors import ConfigError
-from infalign.evaluation import pool_report
+from infalign.math.pool_stats import pool_report
 from pipeline_helpers import compose_train
 
 
@@ -132,7 +132,7 @@ def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
 
 
 def test_ipo_loss_hand_computation():
-    from infalign.modules.ipo import ipo_loss
+    from infalign.training.ipo import ipo_loss
 
     # h = (2 - 1) - (0.5 - 1) = 1.5; tau = 0.25 -> target 2; loss = (1.5 - 2)^2 = 0.25
     t = torch.tensor

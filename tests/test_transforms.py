@@ -1,4 +1,4 @@
-"""Tests for the reward transforms Phi: [0,1] -> R (docs/method.md §5; src/infalign/transforms.py)."""
+"""Tests for the reward transforms Phi: [0,1] -> R (docs/method.md §5; src/infalign/math/transforms.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from infalign import theory
 from infalign.errors import ConfigError
-from infalign.procedures import BestOfN, Sample
-from infalign.transforms import (
+from infalign.math import theory
+from infalign.math.procedures import BestOfN, Sample
+from infalign.math.transforms import (
     TRANSFORMS,
     Custom,
     Exp,
@@ -291,7 +291,7 @@ def test_hydra_config_entry_is_a_new_transform():
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(
-        {"_target_": "infalign.transforms.Custom", "fn": "numpy.sqrt", "name": "sqrt"}
+        {"_target_": "infalign.math.transforms.Custom", "fn": "numpy.sqrt", "name": "sqrt"}
     )
     tr = instantiate(cfg)
     assert isinstance(tr, Custom) and tr.label == "sqrt"

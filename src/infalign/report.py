@@ -13,7 +13,7 @@ has ended, ``metrics.json``. This module turns such a tree into
   run's own procedure and N) win rates with their 95 % CIs under each judge, timings, cache flags;
 * the win-rate-vs-KL series per method with the calibrated-space theory curve of each calibrated
   method (:func:`build_series`), plotted side by side per judge (:func:`plot_series`);
-* the matched-KL comparison (:func:`compare_panels`, math in :mod:`infalign.matched_kl`): per
+* the matched-KL comparison (:func:`compare_panels`, math in :mod:`infalign.math.matched_kl`): per
   panel (procedure family, N, judge; a run joins the panel of every N in ``eval.ns`` unless its
   method depends on N) each method's win rate and its gain over the baselines at common KLs,
   with paired bootstrap CIs over the shared held-out prompts (``eval.per_prompt``);
@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from infalign.cache import atomic_write_csv, atomic_write_json, atomic_write_text
 from infalign.errors import require
-from infalign.matched_kl import Gain, MatchedKL, Run, matched_kl
+from infalign.infra.cache import atomic_write_csv, atomic_write_json, atomic_write_text
+from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 
 JUDGES = ("reward_model", "gold")
 STATUSES = ("finished", "failed", "missing")
@@ -214,7 +214,7 @@ def transform_family(tcfg: Any, label: str | None = None) -> tuple[str, float | 
             return str(fam), t
         if name == "optimal_transform":
             return "optimal", t
-        from infalign.transforms import TRANSFORMS
+        from infalign.math.transforms import TRANSFORMS
 
         by_class = {cls.__name__: kind for kind, cls in TRANSFORMS.items()}
         return by_class.get(name, name.lower()), t
@@ -411,9 +411,9 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
     """Calibrated-space theory (``theory.frontier``) of the series' transform at KLs spanning
     each judge's measured range (``span[judge]``: (mean, low, high) KLs of every run in the plot;
     default the series' own) plus the series' measured KLs; ``optimal`` uses the optimal frontier."""
-    from infalign import theory
-    from infalign.procedures import make_procedure
-    from infalign.transforms import as_transform
+    from infalign.math import theory
+    from infalign.math.procedures import make_procedure
+    from infalign.math.transforms import as_transform
 
     job = s.jobs[0]
     name, n = procedure_of(job)
@@ -516,7 +516,7 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from infalign.plotting import save_png
+    from infalign.infra.plotting import save_png
 
     col = "inference_win_rate" if which == "inference" else "standard_win_rate"
     th_key = "win_rate" if which == "inference" else "standard_win_rate"
@@ -665,7 +665,7 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
 
 def compare_panels(jobs: Sequence[Job], judges: Sequence[str], baselines: Sequence[str] | None = None,
                    num_kl: int = 6, num_resamples: int = 2000, seed: int = 0) -> tuple[list[Panel], list[str]]:
-    """:func:`infalign.matched_kl.matched_kl` on every panel (standard first, then by family, N;
+    """:func:`infalign.math.matched_kl.matched_kl` on every panel (standard first, then by family, N;
     judges in report order); plus the notes of :func:`panel_runs`."""
     runs, notes = panel_runs(jobs, judges)
     order = {j: i for i, j in enumerate(judges)}
@@ -767,7 +767,7 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
     where significant."""
     import matplotlib.pyplot as plt
 
-    from infalign.plotting import save_png
+    from infalign.infra.plotting import save_png
 
     names = list(dict.fromkeys(p.name for p in panels)) or ["(none)"]
     judges = list(judges) or ["reward_model"]

@@ -26,11 +26,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from infalign import theory
 from infalign.apps.config import CONFIG_DIR, instantiate_entry, load_group_entry
-from infalign.cache import atomic_write_csv, atomic_write_json
 from infalign.errors import ConfigError, require
-from infalign.procedures import Procedure
+from infalign.infra.cache import atomic_write_csv, atomic_write_json
+from infalign.math import theory
+from infalign.math.procedures import Procedure
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
     """
     import matplotlib.pyplot as plt
 
-    from infalign.plotting import save_png
+    from infalign.infra.plotting import save_png
 
     scale = choose_scale(frontiers, scale)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
@@ -276,7 +276,7 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
 
 
 def _log_exact():
-    from infalign.transforms import Log
+    from infalign.math.transforms import Log
 
     return Log(floor=0.0)
 

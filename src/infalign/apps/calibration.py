@@ -11,7 +11,7 @@ reward, toy world), and writes into the run dir (``outputs/calibration/<date>``)
 * ``calibration.png`` -- reward-model score against within-prompt rank for 10 prompts (lines of
   different slopes and heights = scores that mean different things on different prompts), the same
   for gold, and per-prompt spread of reward-model vs gold scores over all prompts;
-* ``calibration.json`` -- the summary of ``infalign.miscalibration`` (per-prompt spread CV,
+* ``calibration.json`` -- the summary of ``infalign.math.miscalibration`` (per-prompt spread CV,
   mean-spread ratio, log-spread correlation with gold, within-prompt pairwise accuracy);
 * ``calibration_prompts.csv`` -- one row per prompt: mean and std of each judge's scores.
 """
@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 
 from infalign.apps.config import CONFIG_DIR
 from infalign.apps.train import trainer_kwargs
-from infalign.cache import atomic_write_csv, atomic_write_json
-from infalign.miscalibration import miscalibration_summary
+from infalign.infra.cache import atomic_write_csv, atomic_write_json
+from infalign.math.miscalibration import miscalibration_summary
 from infalign.pipeline.pools import reference_pool
 from infalign.pipeline.world import load_world
 
@@ -60,7 +60,7 @@ def diagnose(cfg: DictConfig) -> dict:
 def plot(scores: dict[str, torch.Tensor], path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
 
-    from infalign.plotting import save_png
+    from infalign.infra.plotting import save_png
 
     judges = list(scores)
     fig, axes = plt.subplots(1, len(judges) + (1 if "gold" in scores else 0), figsize=(5 * (len(judges) + 1), 4))

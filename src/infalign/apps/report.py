@@ -25,7 +25,7 @@ Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
   on both axes, lines through each family sorted by KL, the calibrated-space theory curve of the
   family dashed in the same colour (none for ``raw``);
 * ``matched_kl.csv`` / ``matched_kl.md`` / ``gain_vs_kl.png`` -- methods compared at matched KL
-  (:mod:`infalign.matched_kl`), per panel = (procedure family, N, judge): each method's win rate
+  (:mod:`infalign.math.matched_kl`), per panel = (procedure family, N, judge): each method's win rate
   on ``--num-kl`` KLs covered by every method's runs (piecewise-linear in KL, no extrapolation)
   and its gain over each ``--baseline`` (default raw and identity) with a paired bootstrap CI over
   the shared held-out prompts (``--bootstrap`` resamples), significant when the CI excludes 0 and

@@ -32,11 +32,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from infalign import distributed
 from infalign.apps.config import CONFIG_DIR
-from infalign.cache import atomic_write_json, atomic_write_text
 from infalign.errors import ConfigError, require
-from infalign.modules.ctrl import RLConfig
+from infalign.infra import distributed
+from infalign.infra.cache import atomic_write_json, atomic_write_text
+from infalign.math.procedures import Procedure
+from infalign.math.transforms import Log, Raw, Transform, as_transform
 from infalign.pipeline import record
 from infalign.pipeline.baselines import OFFLINE_ALGOS
 from infalign.pipeline.evaluate import evaluate_policy
@@ -44,8 +45,7 @@ from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
-from infalign.procedures import Procedure
-from infalign.transforms import Log, Raw, Transform, as_transform
+from infalign.training.ctrl import RLConfig
 
 log = logging.getLogger(__name__)
 # Our train "dataloader" only counts steps (prompts and seeds are functions of the step), so a

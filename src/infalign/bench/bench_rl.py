@@ -26,7 +26,7 @@ class RLBench:
     steps: int = 5  # timed steps
 
     def config(self):
-        from infalign.modules.ctrl import RLConfig
+        from infalign.training.ctrl import RLConfig
 
         return RLConfig(name="rloo", beta=self.beta, lr=self.lr, group_size=self.group,
                         prompts_per_step=self.prompts, steps=self.warmup + self.steps,
@@ -56,8 +56,8 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
     import torch
     from torch.utils.data import DataLoader
 
-    from infalign.modules.ctrl import CTRLModule
-    from infalign.transforms import Exp
+    from infalign.math.transforms import Exp
+    from infalign.training.ctrl import CTRLModule
 
     class TimedCTRL(CTRLModule):
         def rollout(self, step: int) -> dict:
@@ -104,10 +104,10 @@ def phase_breakdown(setup: ToySetup, bench: RLBench, repeats: int, seed: int = 0
     """Best-of-``repeats`` seconds of each phase of one RL step, run one by one on the same batch."""
     import torch
 
-    from infalign.generation import sample, sequence_logprobs
-    from infalign.modules.rollout import step_generator
-    from infalign.rl.objectives import kl_penalty, rloo_advantages, rloo_loss, shaped_reward
-    from infalign.transforms import Exp
+    from infalign.math.rl_objectives import kl_penalty, rloo_advantages, rloo_loss, shaped_reward
+    from infalign.math.transforms import Exp
+    from infalign.models.generation import sample, sequence_logprobs
+    from infalign.training.rollout import step_generator
 
     policy = setup.fresh_policy().train()
     opt = torch.optim.AdamW(policy.parameters(), lr=bench.lr, weight_decay=0.0)

@@ -14,14 +14,14 @@ TRANSFORMS = ("identity", "log", "exp(4)", "exp(16)")
 
 
 def _transforms():
-    from infalign.transforms import Exp, Identity, Log
+    from infalign.math.transforms import Exp, Identity, Log
 
     return [Identity(), Log(), Exp(4.0), Exp(16.0)]
 
 
 def run(repeats: int, quick: bool = False) -> dict:
-    from infalign import theory
-    from infalign.procedures import make_procedure
+    from infalign.math import theory
+    from infalign.math.procedures import make_procedure
 
     proc = make_procedure("bon", 4)
     n_budgets = 10 if quick else 50

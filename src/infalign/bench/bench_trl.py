@@ -29,7 +29,7 @@ DIFFERENCES = [
     "TRL runs one extra no-grad policy forward per step (old log-probs for its clipped ratio); ours reuses "
     "the sampler's log-probs",
     "TRL samples with HF model.generate (DynamicCache, logits processors, stopping criteria); ours with its own "
-    "KV-cache loop (infalign.generation.sample)",
+    "KV-cache loop (infalign.models.generation.sample)",
     "TRL's loss is the PPO-clip surrogate at ratio 1 (same gradient as our REINFORCE/RLOO loss) and it also "
     "computes per-token entropies and gathers metrics (.item() syncs) inside the step",
     "trainer overhead differs: HF Trainer + accelerate (TRL) vs Lightning manual optimisation (ours, incl. its "
@@ -59,7 +59,7 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
     from transformers import PrinterCallback, ProgressCallback, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
-    from infalign.transforms import Exp
+    from infalign.math.transforms import Exp
 
     index = {p: i for i, p in enumerate(setup.prompts)}
     transform = Exp(bench.t)
@@ -129,7 +129,7 @@ def generation_only(setup, bench: RLBench, repeats: int, seed: int = 0) -> dict:
     from transformers import GenerationConfig
 
     from infalign.bench.common import time_calls
-    from infalign.generation import sample
+    from infalign.models.generation import sample
 
     model, tok = setup.reference, setup.tokenizer
     prompts = setup.prompts[: bench.prompts]

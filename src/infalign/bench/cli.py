@@ -65,7 +65,7 @@ def run(argv: list[str] | None = None, console=None) -> dict:
     setup_environment(args.threads)
     from infalign.bench import bench_calibration, bench_rl, bench_theory, bench_trl
     from infalign.bench.report import print_report
-    from infalign.cache import atomic_write_json
+    from infalign.infra.cache import atomic_write_json
 
     runners = {"theory": bench_theory.run, "calibration": bench_calibration.run, "rl": bench_rl.run,
                "trl": bench_trl.run}

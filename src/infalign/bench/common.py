@@ -128,7 +128,7 @@ def toy_setup(size: str, n_prompts: int, k: int = 32, reward_size: str = "small"
     import numpy as np
     import torch
 
-    from infalign.calibration import CalibrationTable
+    from infalign.math.calibration import CalibrationTable
     from infalign.models import build_toy_lm, build_toy_reward_model
     from infalign.models.reward import RewardScorer
     from infalign.toy import ToyWorld

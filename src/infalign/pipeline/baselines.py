@@ -16,9 +16,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from infalign.modules.ipo import IPOModule
-from infalign.modules.pretrain import LMPretrainModule, TextPairs, make_lm_dataloader
 from infalign.pipeline.pools import draw_pool
+from infalign.training.ipo import IPOModule
+from infalign.training.pretrain import LMPretrainModule, TextPairs, make_lm_dataloader
 
 OFFLINE_ALGOS = ("bon_sft", "ipo")
 

@@ -16,9 +16,9 @@ import dataclasses
 import hashlib
 import math
 
-from infalign import theory
-from infalign.evaluation import pool_columns, summarize_columns
-from infalign.miscalibration import miscalibration_summary
+from infalign.math import theory
+from infalign.math.miscalibration import miscalibration_summary
+from infalign.math.pool_stats import pool_columns, summarize_columns
 from infalign.pipeline.pools import draw_pool, reference_pool
 
 

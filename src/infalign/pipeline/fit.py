@@ -8,11 +8,11 @@ import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from infalign.calibration import CalibrationTable
-from infalign.modules.ctrl import CTRLModule, RLConfig
+from infalign.math.calibration import CalibrationTable
+from infalign.math.transforms import Transform
 from infalign.pipeline.baselines import OFFLINE_ALGOS, fit_offline
 from infalign.pipeline.pools import reference_pool
-from infalign.transforms import Transform
+from infalign.training.ctrl import CTRLModule, RLConfig
 
 
 def calibration_table(world, cfg: DictConfig, trainer_kwargs: dict, cache_dir: Path) -> tuple[CalibrationTable, bool]:

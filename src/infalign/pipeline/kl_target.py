@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 
-from infalign import theory
-from infalign.calibration import CalibrationTable
 from infalign.errors import ConfigError, require
-from infalign.procedures import Procedure
-from infalign.transforms import Identity, Transform
+from infalign.math import theory
+from infalign.math.calibration import CalibrationTable
+from infalign.math.procedures import Procedure
+from infalign.math.transforms import Identity, Transform
 
 
 def beta_for_target(kl_target: float, transform: Transform, procedure: Procedure,

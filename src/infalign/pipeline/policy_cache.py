@@ -9,7 +9,7 @@ trained weights depend only on
   ``calibration``, ``policy``, ``reward``, ``trainer`` minus its progress bar, ``seed``,
   ``deterministic``), resolved -- so an interpolation such as ``${procedure.n}`` counts exactly
   when a method uses it,
-* the training code (a digest of the source files listed in :data:`TRAINING_CODE`),
+* the training code (a digest of the syntax of the modules listed in :data:`TRAINING_CODE`),
 
 and are stored under ``cache_dir/policies/<hash of all that>.pt`` (atomic, checksummed, one
 builder per key). Evaluation, logging, paths and the procedure's own settings are not part of the
@@ -18,23 +18,28 @@ key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.cache import cached, content_key, load_tensors, save_tensors
+from infalign.infra.cache import cached, content_key, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
 
 POLICY_CACHE_VERSION = "policy-v1"
-# Source files whose change can change a trained policy (relative to the package root).
+# Modules whose code can change a trained policy. Their digest is taken over the parsed syntax tree
+# without docstrings, so comment and docstring edits (and line moves) keep cached policies valid.
 TRAINING_CODE = (
-    "modules/ctrl.py", "modules/rollout.py", "modules/ipo.py", "rl/objectives.py", "generation.py",
-    "calibration.py", "transforms.py", "pipeline/fit.py", "pipeline/baselines.py", "pipeline/kl_target.py",
-    "models/reward.py", "models/builders.py", "data/batches.py",
+    "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.ipo",
+    "infalign.math.rl_objectives", "infalign.models.generation", "infalign.math.calibration",
+    "infalign.math.transforms", "infalign.pipeline.fit", "infalign.pipeline.baselines",
+    "infalign.pipeline.kl_target", "infalign.models.reward", "infalign.models.builders",
+    "infalign.data.batches",
 )
 # Top-level config keys that never change the trained weights.
 NOT_TRAINING = frozenset({
@@ -44,14 +49,29 @@ NOT_TRAINING = frozenset({
 })
 
 
+def _code_fingerprint(source: str) -> bytes:
+    """The syntax tree of ``source`` without docstrings (comments and positions never enter ast.dump)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
 def code_digest() -> str:
-    """SHA-256 (16 hex digits) over the training code's source files."""
-    root = Path(__file__).resolve().parents[1]
+    """SHA-256 (16 hex digits) over the training modules' code (:data:`TRAINING_CODE`).
+
+    A module that cannot be found is an error (a renamed module must be renamed here too).
+    """
     h = hashlib.sha256()
-    for rel in TRAINING_CODE:
-        path = root / rel
-        h.update(rel.encode())
-        h.update(path.read_bytes() if path.exists() else b"<missing>")
+    for name in TRAINING_CODE:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"policy cache: training module {name!r} not found (update TRAINING_CODE)")
+        h.update(_code_fingerprint(Path(spec.origin).read_text()))
     return h.hexdigest()[:16]
 
 

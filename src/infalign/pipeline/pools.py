@@ -16,8 +16,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from infalign import distributed
-from infalign.cache import (
+from infalign.infra import distributed
+from infalign.infra.cache import (
     CorruptCacheError,
     cached,
     content_key,
@@ -25,7 +25,7 @@ from infalign.cache import (
     load_tensors,
     save_tensors,
 )
-from infalign.modules.rollout import RolloutModule, gather
+from infalign.training.rollout import RolloutModule, gather
 
 log = logging.getLogger(__name__)
 

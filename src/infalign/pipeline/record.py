@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from infalign.cache import atomic_write_csv, atomic_write_json
+from infalign.infra.cache import atomic_write_csv, atomic_write_json
 
 
 def run_name(procedure, transform, beta: float, algo: str = "rloo", kl_target: float | None = None) -> str:
@@ -67,7 +67,7 @@ def plot_win_rates(metrics: dict, procedure, path: Path) -> None:
     """Win rate vs N (with 95% CIs) per judge, and the theory's prediction beside them."""
     import matplotlib.pyplot as plt
 
-    from infalign.plotting import save_png
+    from infalign.infra.plotting import save_png
 
     ev = metrics["eval"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.cache import content_key, sha256_file
 from infalign.errors import ConfigError, require
+from infalign.infra.cache import content_key, sha256_file
 from infalign.models.builders import (
     check_causal_lm,
     check_reward_model,
@@ -270,9 +270,9 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
 
     import lightning as L
 
-    from infalign.cache import atomic_dir, cached
     from infalign.data.batches import make_preference_dataloader
-    from infalign.modules.reward_model import RewardModelModule
+    from infalign.infra.cache import atomic_dir, cached
+    from infalign.training.reward_model import RewardModelModule
 
     t0 = time.perf_counter()
     hp = OmegaConf.to_container(cfg.reward.train, resolve=True)
@@ -310,7 +310,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
             (Path(tmp) / REWARD_TRAINING_FILE).write_text(json.dumps(value[1], indent=2))
 
     def load(p: Path):
-        from infalign.cache import CorruptCacheError
+        from infalign.infra.cache import CorruptCacheError
 
         if not (p / "config.json").exists() or not (p / REWARD_TRAINING_FILE).exists():
             raise CorruptCacheError(f"{p}: no config.json or {REWARD_TRAINING_FILE}")

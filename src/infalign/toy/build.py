@@ -36,7 +36,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from infalign.cache import (
+from infalign.errors import ConfigError, require
+from infalign.infra.cache import (
     CorruptCacheError,
     atomic_dir,
     atomic_write_json,
@@ -44,8 +45,6 @@ from infalign.cache import (
     content_key,
     sha256_file,
 )
-from infalign.errors import ConfigError, require
-from infalign.generation import sample
 from infalign.models.builders import (
     build_toy_lm,
     build_toy_reward_model,
@@ -53,10 +52,11 @@ from infalign.models.builders import (
     load_reward_model,
     load_tokenizer,
 )
+from infalign.models.generation import sample
 from infalign.models.reward import RewardScorer
-from infalign.modules.pretrain import LMPretrainModule, make_lm_dataloader
-from infalign.modules.reward_model import RewardModelModule, make_preference_dataloader
 from infalign.toy.world import PreferencePairs, ToyWorld, make_preference_pairs
+from infalign.training.pretrain import LMPretrainModule, make_lm_dataloader
+from infalign.training.reward_model import RewardModelModule, make_preference_dataloader
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from math import comb
 
 import torch
 
-from infalign.generation import sample
-from infalign.miscalibration import pairwise_accuracy
+from infalign.math.miscalibration import pairwise_accuracy
+from infalign.models.generation import sample
 from infalign.toy.build import ToyArtifacts
 
 __all__ = ["best_of_n_win_rate", "reference_diagnostics"]

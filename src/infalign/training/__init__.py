@@ -1,13 +1,13 @@
 """Lightning modules: toy reference pre-training and Bradley-Terry reward-model training."""
 
-from infalign.modules.pretrain import (
+from infalign.training.pretrain import (
     LMPretrainModule,
     PromptResponseCollator,
     TextPairs,
     adamw_with_warmup,
     make_lm_dataloader,
 )
-from infalign.modules.reward_model import (
+from infalign.training.reward_model import (
     PreferenceCollator,
     RewardModelModule,
     bradley_terry_loss,

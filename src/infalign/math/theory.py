@@ -36,8 +36,8 @@ from functools import lru_cache
 import numpy as np
 
 from infalign.errors import ConfigError, require
-from infalign.procedures import Procedure, Sample, make_procedure
-from infalign.transforms import Exp, Tabulated, Transform
+from infalign.math.procedures import Procedure, Sample, make_procedure
+from infalign.math.transforms import Exp, Tabulated, Transform
 
 
 @dataclass(frozen=True)
@@ -830,6 +830,6 @@ def bon_policy_point(n: int) -> Point:
     Closed forms: KL = log N - (N-1)/N, standard win rate N/(N+1).
     """
     require(isinstance(n, int) and n >= 2, "procedure.n", n, "N >= 2 for the best-of-N policy point")
-    from infalign.transforms import Log
+    from infalign.math.transforms import Log
 
     return evaluate(Log(floor=0.0), 1.0 / (n - 1), make_procedure("bon", n))[0]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy
 
 from infalign.data.batches import PreferenceCollator, make_preference_dataloader  # noqa: F401 (re-export)
-from infalign.modules.pretrain import adamw_with_warmup
+from infalign.training.pretrain import adamw_with_warmup
 
 __all__ = [
     "PreferenceCollator",

@@ -12,8 +12,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from infalign.distributed import all_gather_objects
-from infalign.generation import sample, sequence_logprobs
+from infalign.infra.distributed import all_gather_objects
+from infalign.models.generation import sample, sequence_logprobs
 from infalign.models.reward import Scorer
 
 

@@ -18,7 +18,7 @@ A transform is any callable ``u -> Phi(u)`` on tensors or arrays. The theory eng
 tilted policy, so the constant is free. Arbitrary callables get the default ``centered``
 (``Phi(u)``), which is exact wherever ``u`` is representable.
 
-New transforms need no code change: a Hydra config entry ``_target_: infalign.transforms.Custom``
+New transforms need no code change: a Hydra config entry ``_target_: infalign.math.transforms.Custom``
 with ``fn: some.module.function`` (any callable ``[0,1] -> R``), or a subclass registered with
 :func:`register_transform`.
 """
@@ -159,7 +159,7 @@ class Custom(Transform):
 
     Example config entry (``conf/transform/sqrt.yaml``)::
 
-        _target_: infalign.transforms.Custom
+        _target_: infalign.math.transforms.Custom
         fn: numpy.sqrt
         name: sqrt
     """
@@ -229,7 +229,7 @@ class Raw(Transform):
 class Tabulated(Transform):
     """Phi given on a grid in z = logit(u), linearly interpolated (clamped at the grid ends).
 
-    The optimal transform (``infalign.theory.optimal_transform``) returns one of these.
+    The optimal transform (``infalign.math.theory.optimal_transform``) returns one of these.
     """
 
     def __init__(self, z: np.ndarray, phi: np.ndarray, name: str = "table") -> None:
@@ -257,7 +257,7 @@ class Tabulated(Transform):
 def make_transform(name: str, **kwargs: Any) -> Transform:
     """Transform by registry name, e.g. ``make_transform("exp", t=8)``."""
     if name == "optimal":
-        from infalign.theory import optimal_transform
+        from infalign.math.theory import optimal_transform
 
         return optimal_transform(**kwargs)
     if name not in TRANSFORMS:

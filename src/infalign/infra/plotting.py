@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from infalign.cache import atomic_path  # noqa: E402
+from infalign.infra.cache import atomic_path  # noqa: E402
 
 
 def save_png(fig, path: Path) -> None:

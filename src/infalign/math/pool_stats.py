@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from infalign.estimators import bootstrap_ci
-from infalign.procedures import pool_win_rates
+from infalign.math.estimators import bootstrap_ci
+from infalign.math.procedures import pool_win_rates
 
 
 def pool_columns(

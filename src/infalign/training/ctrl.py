@@ -25,13 +25,19 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 
-from infalign.calibration import CalibrationTable
 from infalign.errors import ConfigError, require
-from infalign.generation import sample, sequence_logprobs
+from infalign.math.calibration import CalibrationTable
+from infalign.math.rl_objectives import (
+    kl_penalty,
+    ppo_loss,
+    rloo_advantages,
+    rloo_loss,
+    shaped_reward,
+)
+from infalign.math.transforms import Transform
+from infalign.models.generation import sample, sequence_logprobs
 from infalign.models.reward import Scorer
-from infalign.modules.rollout import step_generator
-from infalign.rl.objectives import kl_penalty, ppo_loss, rloo_advantages, rloo_loss, shaped_reward
-from infalign.transforms import Transform
+from infalign.training.rollout import step_generator
 
 ALGOS = ("rloo", "ppo", "bon_sft", "ipo")  # the last two: offline baselines (pipeline/baselines.py)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from infalign.generation import sequence_logprobs
+from infalign.models.generation import sequence_logprobs
 
 
 def ipo_loss(policy_w, ref_w, policy_l, ref_l, tau: float) -> torch.Tensor:

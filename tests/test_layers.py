@@ -1,0 +1,80 @@
+"""The layers of docs/architecture.md §1, checked: lower layers never import higher ones, and the
+math package runs without Hydra, Lightning or W&B."""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import infalign
+import infalign.math
+
+PACKAGE = Path(infalign.__file__).parent
+# layer of each top-level part of the package (docs/architecture.md §1)
+LAYER = {"errors": 0, "math": 1, "infra": 1, "models": 2, "data": 2, "toy": 2, "training": 3,
+         "pipeline": 4, "report": 4, "apps": 5, "bench": 5}
+# imports that go up a layer on purpose (docs/architecture.md §1, "known exceptions")
+ALLOWED_UP = {("toy", "training")}
+FRAMEWORKS = ("hydra", "omegaconf", "lightning", "pytorch_lightning", "wandb", "transformers", "datasets")
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "__init__"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every infalign module ``path`` imports, at top level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "infalign":
+                found |= {f"infalign.{a.name}" for a in node.names}
+            elif node.module.startswith("infalign."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("infalign.")}
+    return found
+
+
+def _sources():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        part = rel.parts[0].removesuffix(".py")
+        if part in LAYER:
+            yield part, path
+
+
+def test_every_part_of_the_package_has_a_layer():
+    parts = {p.name.removesuffix(".py") for p in PACKAGE.iterdir()
+             if not p.name.startswith("__") and (p.suffix == ".py" or p.is_dir() and p.name != "__pycache__")}
+    assert parts <= set(LAYER), f"new top-level module(s) {sorted(parts - set(LAYER))}: give them a layer"
+
+
+@pytest.mark.parametrize("part,path", list(_sources()), ids=lambda v: str(v).split("infalign/")[-1])
+def test_no_import_goes_up_a_layer(part, path):
+    for module in _imports(path):
+        target = _part(module)
+        if target in LAYER and (part, target) not in ALLOWED_UP:
+            assert LAYER[target] <= LAYER[part], f"{path.name} ({part}, layer {LAYER[part]}) imports {module} " \
+                                                 f"(layer {LAYER[target]})"
+
+
+def test_math_package_imports_no_framework_in_a_clean_interpreter():
+    modules = [f"infalign.math.{m.name}" for m in pkgutil.iter_modules(infalign.math.__path__)]
+    assert len(modules) >= 8
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
+            + f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FRAMEWORKS!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"the math package pulled in {out.strip()}"
+
+
+def test_the_layer_check_sees_a_violation(tmp_path):
+    """The import scanner finds function-level imports too (a check that cannot fail is no check)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from infalign.apps.train import run\n    import infalign.pipeline.fit\n")
+    assert _imports(bad) == {"infalign.apps.train", "infalign.pipeline.fit"}
