@@ -165,7 +165,8 @@ def test_pairing_cancels_shared_prompt_noise():
 def test_seed_spread_rule():
     """Three seeds with per-seed gains 0.02, 0.10, -0.03 (CI excludes 0: the data are noiseless):
     gain 0.03 < seed spread std(ddof=1) = sqrt(0.0086 / 2) = 0.0656 -> not significant; seeds at
-    0.05, 0.06, 0.07 have spread 0.01 < 0.06 -> significant."""
+    0.05, 0.06, 0.07 have spread 0.01, seed interval 0.06 +- 4.3027 * 0.01 / sqrt(3) =
+    [0.0352, 0.0848] -> significant."""
     z, d = world()
     base = linear_runs("identity", [0.1, 0.5, 1.0], 0.0, z, d)
     noisy = [r for s, off in enumerate([0.02, 0.10, -0.03])
@@ -181,6 +182,8 @@ def test_seed_spread_rule():
     assert np.all(g.low > 0) and not np.any(g.significant)
     t = by["expn(t=4)"]
     np.testing.assert_allclose(t.seed_spread, 0.01, atol=1e-12)
+    np.testing.assert_allclose(t.seed_low, 0.06 - 4.302653 * 0.01 / np.sqrt(3), atol=1e-7)
+    np.testing.assert_allclose(t.seed_high, 0.06 + 4.302653 * 0.01 / np.sqrt(3), atol=1e-7)
     assert np.all(t.significant)
     rows = [r for r in res.rows() if r["method"] == "exp(t=4)" and r["baseline"] == "identity"]
     assert len(rows) == len(res.grid) and rows[0]["n_seeds"] == 3 and rows[0]["significant"] is False
@@ -226,3 +229,17 @@ def test_paired_ci_has_nominal_coverage_monte_carlo():
         hits.append((g.low <= 0.03) & (0.03 <= g.high))
     coverage = np.mean(hits, 0)
     assert np.all((coverage >= 0.89) & (coverage <= 0.99)), coverage
+
+
+def test_gain_above_the_seed_spread_but_inside_the_seed_interval_is_not_significant():
+    """Per-seed gains 0.01, 0.02, 0.03 (noiseless data, so the prompt CI excludes 0): mean 0.02 >
+    spread 0.01, but the t interval 0.02 +- 4.3027 * 0.01 / sqrt(3) = [-0.0048, 0.0448] contains 0:
+    three seeds this far apart do not show a gain."""
+    z, d = world()
+    base = [r for s in range(3) for r in linear_runs("identity", [0.1, 0.5, 1.0], 0.0, z, d, seed=s)]
+    other = [r for s, off in enumerate([0.01, 0.02, 0.03])
+             for r in linear_runs("expn(t=4)", [0.1, 0.5, 1.0], off, z, d, seed=s)]
+    g = matched_kl(base + other, baselines=["identity"]).gains[0]
+    assert np.all(g.low > 0) and np.all(np.abs(g.gain) > g.seed_spread)
+    np.testing.assert_allclose(g.seed_low, 0.02 - 4.302653 * 0.01 / np.sqrt(3), atol=1e-7)
+    assert not np.any(g.significant)

@@ -34,9 +34,15 @@ Percentile intervals: the ``(1-level)/2`` and ``(1+level)/2`` quantiles over ``b
 makes per-prompt difficulty cancel in gains; ``paired=False`` draws an independent ``C`` per method
 (for comparison only: it ignores that the methods were judged on the same prompts).
 
-**Significance.** A gain is significant when its CI excludes 0 (by more than :data:`ZERO_TOL`, the
-float rounding of a mean of win rates, so methods with identical data never differ) and, for a
-method with >= 2 seeds, ``|g_m(k)| > seed_spread(k)``.
+**Seeds.** The prompt bootstrap holds the trained policies fixed; training noise shows across
+seeds. With ``S >= 2`` seeds the gain also gets a seed interval, the Student-t interval of the mean
+of the per-seed gains: ``g_m(k) +- t_{(1+level)/2, S-1} seed_spread(k) / sqrt(S)`` (with 3 seeds
+``t = 4.30``: a gain needs about 2.5 seed spreads to clear it).
+
+**Significance.** A gain is significant when its prompt-bootstrap CI excludes 0 (by more than
+:data:`ZERO_TOL`, the float rounding of a mean of win rates, so methods with identical data never
+differ) and, for a method with >= 2 seeds, its seed interval excludes 0 too (which implies
+``|g_m(k)| > seed_spread(k)``: gains smaller than the seed spread are never significant).
 
 Used by :mod:`infalign.report` (per procedure, N and judge); see ``infalign-report``.
 """
@@ -87,6 +93,8 @@ class Gain:
     n_seeds: int
     seed_spread: np.ndarray  # NaN when n_seeds < 2
     significant: np.ndarray  # bool
+    seed_low: np.ndarray | None = None  # seed interval (module docstring); NaN when n_seeds < 2
+    seed_high: np.ndarray | None = None
 
 
 @dataclass
@@ -117,6 +125,7 @@ class MatchedKL:
                     if gm == m:
                         out.append({**base, "baseline": b, "gain": float(g.gain[i]), "gain_low": float(g.low[i]),
                                     "gain_high": float(g.high[i]), "seed_spread": _nan_none(g.seed_spread[i]),
+                                    "seed_low": _nan_none(g.seed_low[i]), "seed_high": _nan_none(g.seed_high[i]),
                                     "significant": bool(g.significant[i])})
         return out
 
@@ -283,8 +292,22 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     return result
 
 
+def seed_interval(per_seed: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t interval of the mean over the first axis of ``per_seed`` ``[S, K]``:
+    ``mean +- t_{1-alpha, S-1} std(ddof=1) / sqrt(S)``; NaN for ``S < 2``."""
+    n = per_seed.shape[0]
+    if n < 2:
+        nan = np.full(per_seed.shape[1:], np.nan)
+        return nan, nan.copy()
+    from scipy.stats import t as student_t
+
+    half = student_t.ppf(1.0 - alpha, n - 1) * per_seed.std(0, ddof=1) / math.sqrt(n)
+    mean = per_seed.mean(0)
+    return mean - half, mean + half
+
+
 def _gain(m: str, b: str, point: dict, boot: dict, alpha: float) -> Gain:
-    """``f_m - f_b`` with its percentile CI, per-seed gains' spread and significance."""
+    """``f_m - f_b`` with its percentile CI, per-seed gains' spread and seed interval, significance."""
     gain = np.mean(list(point[m].values()), 0) - np.mean(list(point[b].values()), 0)
     gain_b = np.mean(list(boot[m].values()), 0) - np.mean(list(boot[b].values()), 0)
     low, high = np.quantile(gain_b, [alpha, 1 - alpha], axis=0)
@@ -293,7 +316,8 @@ def _gain(m: str, b: str, point: dict, boot: dict, alpha: float) -> Gain:
     per_seed = np.array([point[m][s] - (point[b][s] if same_seeds else base_mean) for s in point[m]])
     n_seeds = per_seed.shape[0]
     spread = per_seed.std(0, ddof=1) if n_seeds >= 2 else np.full(gain.shape, np.nan)
+    seed_low, seed_high = seed_interval(per_seed, alpha)
     significant = (low > ZERO_TOL) | (high < -ZERO_TOL)
     if n_seeds >= 2:
-        significant &= np.abs(gain) > spread
-    return Gain(m, b, gain, low, high, n_seeds, spread, significant)
+        significant &= (seed_low > ZERO_TOL) | (seed_high < -ZERO_TOL)
+    return Gain(m, b, gain, low, high, n_seeds, spread, significant, seed_low, seed_high)
