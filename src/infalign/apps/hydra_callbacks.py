@@ -4,17 +4,24 @@
 is recorded (``metrics.json`` with ``status: failed`` and its error) and the sweep goes on; at the
 end the sweep prints ``k of n jobs failed: ...`` and exits with code 1, so a shell script, CI or
 SLURM dependency sees the failure instead of a silent 0.
+
+:class:`SweepTime` makes a sweep's cost visible: at the end it prints and writes
+``sweep_time.json`` (wall time from the multirun's start, the jobs' own stage times summed from
+their ``metrics.json`` ``timings``, policy-cache hits), which ``infalign-report`` shows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from infalign.infra.cache import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +67,44 @@ class FailedJobs(Callback):
         message = f"{len(failures)} of {n} jobs failed: {listing} (sweep dir {sweep_dir})"
         log.error(message)
         raise SystemExit(message)  # printed on stderr, exit code 1
+
+
+def sweep_time_summary(sweep_dir: Path, wall_s: float) -> dict:
+    """``{"wall_s", "jobs", "finished", "policy_cache_hits", "stage_s": {stage: summed seconds}}``
+    over the job dirs of ``sweep_dir`` (jobs without a readable ``metrics.json`` count as jobs only)."""
+    jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
+    stages: dict[str, float] = {}
+    finished = hits = 0
+    for job in jobs:
+        try:
+            metrics = json.loads((job / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        finished += metrics.get("status", "finished") == "finished"
+        hits += bool((metrics.get("cache") or {}).get("policy_hit"))
+        for key, value in (metrics.get("timings") or {}).items():
+            stage = key.removesuffix("_s")
+            stages[stage] = stages.get(stage, 0.0) + float(value)
+    return {"wall_s": round(wall_s, 1), "jobs": len(jobs), "finished": finished, "policy_cache_hits": hits,
+            "stage_s": {k: round(v, 1) for k, v in sorted(stages.items())}}
+
+
+class SweepTime(Callback):
+    """At the end of a multirun: ``sweep: n jobs in m min wall (...)`` and ``sweep_time.json``."""
+
+    def __init__(self) -> None:
+        self.start = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.start = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        summary = sweep_time_summary(sweep_dir, time.time() - self.start)
+        atomic_write_json(sweep_dir / "sweep_time.json", summary)
+        stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in summary["stage_s"].items())
+        log.info("sweep: %d jobs (%d finished, %d trained policies loaded from the cache) in %.1f min wall; "
+                 "job stage minutes summed: %s", summary["jobs"], summary["finished"],
+                 summary["policy_cache_hits"], summary["wall_s"] / 60, stages)

@@ -1,0 +1,43 @@
+"""The sweep-time summary a multirun prints and writes (apps/hydra_callbacks.SweepTime)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from infalign.apps.config import CONFIG_DIR
+from infalign.apps.hydra_callbacks import SweepTime, sweep_time_summary
+
+
+def job(sweep: Path, num: int, metrics: dict | None) -> None:
+    (sweep / str(num) / ".hydra").mkdir(parents=True)
+    if metrics is not None:
+        (sweep / str(num) / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_summary_sums_stage_times_and_counts_cache_hits(tmp_path):
+    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 40.0, "eval_s": 10.0}, "cache": {"policy_hit": False}})
+    job(tmp_path, 1, {"status": "finished", "timings": {"train_s": 0.5, "eval_s": 12.0}, "cache": {"policy_hit": True}})
+    job(tmp_path, 2, {"status": "failed", "timings": {"world_s": 2.0}})
+    job(tmp_path, 3, None)  # killed: counted as a job, nothing else
+    (tmp_path / "notajob").mkdir()
+    s = sweep_time_summary(tmp_path, wall_s=123.44)
+    assert s == {"wall_s": 123.4, "jobs": 4, "finished": 2, "policy_cache_hits": 1,
+                 "stage_s": {"eval": 22.0, "train": 40.5, "world": 2.0}}
+
+
+def test_callback_writes_sweep_time_json(tmp_path):
+    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 3.0}})
+    cb = SweepTime()
+    cb.on_multirun_start(config=None)
+    cb.on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    written = json.loads((tmp_path / "sweep_time.json").read_text())
+    assert written["jobs"] == 1 and written["stage_s"] == {"train": 3.0} and written["wall_s"] >= 0
+
+
+def test_sweep_time_ends_before_failed_jobs_can_exit():
+    """Hydra runs end hooks in reverse order of the config: sweep_time must come after failed_jobs."""
+    callbacks = list(OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml").callbacks)
+    assert callbacks.index("sweep_time") > callbacks.index("failed_jobs")
