@@ -22,11 +22,11 @@ EXPECTED = {  # sweep -> (number of jobs, swept keys)
     "beta_frontier": (7, ["algo.beta"]),
 }
 PAPER = {  # paper sweep -> (methods, KL points, seeds)
-    "paper_standard": (4, 5, 3),
+    "paper_standard": (5, 5, 3),
     "paper_bon": (7, 5, 3),
     "paper_won": (4, 5, 3),
     "paper_hacking": (3, 5, 3),
-    "paper_control": (2, 5, 3),
+    "paper_control": (3, 5, 3),
 }
 
 

@@ -36,6 +36,7 @@ from infalign.apps.config import CONFIG_DIR
 from infalign.errors import ConfigError, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json, atomic_write_text
+from infalign.math.calibration import SCOPES
 from infalign.math.procedures import Procedure
 from infalign.math.transforms import Log, Raw, Transform, as_transform
 from infalign.pipeline import record
@@ -70,6 +71,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
     transform = as_transform(instantiate_checked(cfg.transform))
     rl = RLConfig(**OmegaConf.to_container(cfg.algo, resolve=True))
     require(int(cfg.calibration.K) >= 1, "calibration.K", cfg.calibration.K, "K >= 1 reference samples per prompt")
+    scope = cfg.calibration.get("scope", "prompt")
+    require(scope in SCOPES, "calibration.scope", scope, " | ".join(SCOPES))
+    require(scope == "prompt" or transform.calibrated, "calibration.scope", scope,
+            f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
     require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),

@@ -8,6 +8,17 @@ prompts: sorted reference ``[P, K]`` and queries ``[P, M]`` give ``[P, M]`` in o
 
 The smoothed variant ``(count_less + 0.5 * count_equal + 0.5) / (K + 1)`` keeps C in
 ``[0.5/(K+1), 1 - 0.5/(K+1)]``, away from 0 and 1, which a log transform needs.
+
+**Pooled calibration** (``calibration.scope: pooled``, the control of docs/method.md §2) ranks a
+response among the reference rewards of *all* ``P`` training prompts instead of its own prompt's:
+
+    C_pool(x, y) = (1/(P K)) * sum_{x'} sum_i ( 1{r(x', z_i) < r(x, y)} + 0.5 * 1{r(x', z_i) = r(x, y)} ).
+
+It is one fixed monotone map of the raw reward (the pooled reference CDF), the same for every
+prompt, so it changes the reward's *shape* like calibration does but keeps the reward model's
+miscalibration across prompts. Where every prompt has the same reward distribution it equals
+``C_hat`` (up to the sampling noise of the K samples); ``C_hat - C_pool`` isolates what per-prompt
+calibration does.
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from infalign.errors import ConfigError
+
+SCOPES = ("prompt", "pooled")  # calibration.scope
 
 
 def check_finite(name: str, values: torch.Tensor) -> None:
@@ -76,21 +89,27 @@ class CalibrationTable:
     the row of its prompt in the table) to C_hat -- one gather plus two binary searches.
     """
 
-    sorted_rewards: torch.Tensor
+    sorted_rewards: torch.Tensor  # [P, K], or [1, P*K] when pooled
     smoothing: bool = False
+    pooled_prompts: int | None = None  # P when pooled (module docstring), else None
 
     @classmethod
-    def from_rewards(cls, rewards: torch.Tensor, smoothing: bool = False) -> CalibrationTable:
-        """Build from unsorted reference rewards ``[P, K]`` (checked for NaN/inf)."""
+    def from_rewards(cls, rewards: torch.Tensor, smoothing: bool = False, scope: str = "prompt") -> CalibrationTable:
+        """Build from unsorted reference rewards ``[P, K]`` (checked for NaN/inf); ``scope``:
+        ``"prompt"`` (C_hat, each prompt against its own K) or ``"pooled"`` (C_pool)."""
+        if scope not in SCOPES:
+            raise ConfigError("calibration.scope", scope, " | ".join(SCOPES))
         if rewards.dim() != 2 or rewards.shape[1] < 1:
             raise ConfigError("calibration.K", tuple(rewards.shape), "reference rewards shaped [P, K>=1]")
         check_finite("reference rewards", rewards)
         rewards = rewards if rewards.is_floating_point() else rewards.float()  # keep float64 exact
+        if scope == "pooled":
+            return cls(torch.sort(rewards.reshape(1, -1), dim=1).values, smoothing, rewards.shape[0])
         return cls(torch.sort(rewards, dim=1).values, smoothing)
 
     @property
     def num_prompts(self) -> int:
-        return self.sorted_rewards.shape[0]
+        return self.pooled_prompts or self.sorted_rewards.shape[0]
 
     @property
     def k(self) -> int:
@@ -104,5 +123,7 @@ class CalibrationTable:
             )
         if len(prompt_index) and (prompt_index.min() < 0 or prompt_index.max() >= self.num_prompts):
             raise IndexError(f"prompt_index out of range [0, {self.num_prompts})")
+        if self.pooled_prompts is not None:
+            return calibrate(self.sorted_rewards.to(rewards.device), rewards[None], self.smoothing)[0]
         ref = self.sorted_rewards.to(rewards.device)[prompt_index]
         return calibrate(ref, rewards[:, None], self.smoothing)[:, 0]

@@ -16,10 +16,13 @@ from infalign.training.ctrl import CTRLModule, RLConfig
 
 
 def calibration_table(world, cfg: DictConfig, trainer_kwargs: dict, cache_dir: Path) -> tuple[CalibrationTable, bool]:
-    """Sorted reward-model scores of K reference samples per training prompt (cached by content)."""
+    """Sorted reward-model scores of K reference samples per training prompt (cached by content),
+    per prompt or pooled over prompts (``calibration.scope``, docs/method.md §2)."""
     scores, hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K), {"reward": world.reward},
                                  cfg.calibration, trainer_kwargs, int(cfg.seed), cache_dir, tag="calibration")
-    return CalibrationTable.from_rewards(scores["reward"], bool(cfg.calibration.smoothing)), hit
+    table = CalibrationTable.from_rewards(scores["reward"], bool(cfg.calibration.smoothing),
+                                          str(cfg.calibration.get("scope", "prompt")))
+    return table, hit
 
 
 def fit_policy(world, cfg: DictConfig, rl: RLConfig, transform: Transform, table: CalibrationTable | None,

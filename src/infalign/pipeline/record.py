@@ -24,7 +24,8 @@ def method_info(cfg, algo: str, transform, procedure) -> dict:
     """What was trained, as the report groups it: ``{"method", "algo", "transform", "depends_on_n",
     "trained_n"}``.
 
-    ``method`` is the transform's label for RLOO (``"expn(t=4)"``, ``"identity"``, ``"raw"``),
+    ``method`` is the transform's label for RLOO (``"expn(t=4)"``, ``"identity"``, ``"raw"``;
+    ``"identity[pooled]"`` with ``calibration.scope=pooled``),
     ``"<label>+<algo>"`` for other RL algorithms, and the baseline's own name with its N for the
     offline baselines (``"bon_sft(N=4)"``, ``"ipo(N=4)"``), which never use the transform.
     ``depends_on_n``: whether the trained policy depends on ``procedure.n`` (offline baselines,
@@ -41,6 +42,8 @@ def method_info(cfg, algo: str, transform, procedure) -> dict:
         return {"method": f"{algo}(N={n})", "algo": algo, "transform": None, "depends_on_n": True, "trained_n": n}
     raw = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["transform", "algo"]), resolve=False)
     label = transform.label + ("" if algo == "rloo" else f"+{algo}")
+    if cfg.calibration.get("scope", "prompt") == "pooled":  # ranked among all prompts' samples
+        label += "[pooled]"
     return {"method": label, "algo": algo, "transform": transform.label,
             "depends_on_n": "procedure." in raw, "trained_n": procedure.n}
 
