@@ -4,9 +4,15 @@ import math
 
 import pytest
 import torch
-from infalign.math.rl_objectives import kl_penalty, ppo_loss, rloo_advantages, rloo_loss, shaped_reward
 
 from infalign.errors import ConfigError
+from infalign.math.rl_objectives import (
+    kl_penalty,
+    ppo_loss,
+    rloo_advantages,
+    rloo_loss,
+    shaped_reward,
+)
 
 
 # ---------------------------------------------------------------- KL estimators

@@ -191,12 +191,6 @@ class Tilted:
         out.grid = self.grid
         return out
 
-    def g_variance(self) -> np.ndarray:
-        """Var_f(Phi/beta) = d KL / d log(1/beta)."""
-        p, g = self._p, np.where(self._p > 0, self._g, 0.0)
-        mean = np.sum(p * g, axis=-1, keepdims=True)
-        return np.sum(p * (g - mean) ** 2, axis=-1)
-
     def win_rate(self, procedure: Procedure) -> np.ndarray:
         """W_T(pi > pi_ref) = ∫ (1 - G(F(u))) g(u) du for each row."""
         _, _, _, log_u, log_s, log_jac, w = self.grid.arrays
