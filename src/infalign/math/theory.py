@@ -511,7 +511,7 @@ def default_t_grid(procedure: Procedure, num: int = 40) -> np.ndarray:
     """Log-spaced |t| in [0.25, 64]; positive for BoN/sampling, negative for WoN."""
     require(isinstance(num, int | np.integer) and num >= 2, "best_t.num", num, "an integer >= 2 (points of the t scan)")
     mags = np.geomspace(0.25, 64.0, num)
-    return -mags if procedure.name == "won" else mags
+    return -mags if procedure.sign < 0 else mags
 
 
 def _t_scan(procedure: Procedure, budgets: np.ndarray, ts: np.ndarray, normalized: bool, grid: Grid):

@@ -12,13 +12,13 @@ of that family achieves there).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 
 from infalign.math import theory
 from infalign.math.miscalibration import miscalibration_summary
 from infalign.math.pool_stats import pool_columns, summarize_columns
+from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.pools import draw_pool, reference_pool
 
 
@@ -50,23 +50,21 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
 
 def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:
     """Theory at the training beta, and at the measured KL, for the run's N and every N in ``ns``
-    (keys ``f"{procedure.name}{N}_win_rate"``); None for transforms without a calibrated-space
+    (keys :attr:`Procedure.win_rate_key` at each N); None for transforms without a calibrated-space
     theory (``raw``). One tilted policy per beta serves every N: only the served CDF map differs."""
     if not transform.calibrated:
         return None
-    procs = {procedure.n: procedure}
-    if procedure.name != "sample":
-        procs |= {int(n): dataclasses.replace(procedure, n=int(n)) for n in (ns or [])}
+    procs = list(dict.fromkeys([procedure, *(procedure.at(n) for n in ns or [])]))
     phi = theory.phi_table(transform)
     at_beta = theory.tilt(phi, beta)
-    pred = {"beta": beta, "kl": float(at_beta.kl[0]), "standard_win_rate": float(at_beta.standard_win_rate()[0])}
-    pred |= {f"{p.label}_win_rate": float(at_beta.win_rate(p)[0]) for p in procs.values()}
+    pred = {"beta": beta, "kl": float(at_beta.kl[0]), STANDARD_WIN_RATE: float(at_beta.standard_win_rate()[0])}
+    pred |= {p.win_rate_key: float(at_beta.win_rate(p)[0]) for p in procs}
     if measured_kl > 0 and math.isfinite(measured_kl):
         f = theory.frontier(transform, procedure, [measured_kl])  # its beta does not depend on N
         reached = theory.tilt(phi, f.beta[0]) if f.reachable[0] else None
         pred["at_measured_kl"] = {
-            "kl": measured_kl, "reachable": bool(f.valid[0]), "standard_win_rate": float(f.standard_win_rate[0]),
-            **{f"{p.label}_win_rate": float(reached.win_rate(p)[0]) if reached is not None else math.nan
-               for p in procs.values()},
+            "kl": measured_kl, "reachable": bool(f.valid[0]), STANDARD_WIN_RATE: float(f.standard_win_rate[0]),
+            **{p.win_rate_key: float(reached.win_rate(p)[0]) if reached is not None else math.nan
+               for p in procs},
         }
     return pred

@@ -74,14 +74,14 @@ def plot_win_rates(metrics: dict, procedure, path: Path) -> None:
     for judge, cols in ev["judges"].items():
         xs, ys, lo, hi = [], [], [], []
         for n in ev["ns"]:
-            key = "standard_win_rate" if n == 1 or procedure.name == "sample" else f"{procedure.name}{n}_win_rate"
+            key = procedure.metric_key(n)
             if key in cols:
                 c = cols[key]
                 xs.append(n), ys.append(c["mean"]), lo.append(c["mean"] - c["low"]), hi.append(c["high"] - c["mean"])
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"trained policy ({judge})")
     th = ev.get("theory")
     if th:
-        key = f"{procedure.label}_win_rate"
+        key = procedure.win_rate_key
         ax.plot([1, procedure.n], [th["standard_win_rate"], th[key]], "k*--", ms=10, label=f"theory at beta={th['beta']:g}")
         if "at_measured_kl" in th:
             m = th["at_measured_kl"]
@@ -103,7 +103,7 @@ def print_summary(metrics: dict, procedure) -> None:
     from rich.table import Table
 
     ev = metrics["eval"]
-    key = f"{procedure.name}{procedure.n}_win_rate" if procedure.name != "sample" else None
+    key = procedure.win_rate_key if procedure.uses_n else None
     table = Table(title=f"{metrics.get('run_name', '')}: trained policy vs reference ({ev['judges'][next(iter(ev['judges']))]['standard_win_rate']['n_prompts']} held-out prompts, 95% CI)")
     for col in ("judge", "KL (nats)", "standard win rate", f"{procedure.label} win rate" if key else ""):
         if col:
@@ -121,13 +121,13 @@ def print_summary(metrics: dict, procedure) -> None:
     if th:
         row = [f"theory (beta={th['beta']:g})", f"{th['kl']:.3f}", f"{th['standard_win_rate']:.3f}"]
         if key:
-            row.append(f"{th[procedure.label + '_win_rate']:.3f}")
+            row.append(f"{th[key]:.3f}")
         table.add_row(*row)
         if "at_measured_kl" in th:
             m = th["at_measured_kl"]
             row = ["theory (measured KL)", f"{m['kl']:.3f}", f"{m['standard_win_rate']:.3f}"]
             if key:
-                row.append(f"{m[procedure.label + '_win_rate']:.3f}")
+                row.append(f"{m[key]:.3f}")
             table.add_row(*row)
     Console().print(table)
     mis = ev.get("miscalibration")
