@@ -20,6 +20,7 @@ from infalign.math.miscalibration import miscalibration_summary
 from infalign.math.pool_stats import pool_columns, summarize_columns
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.pools import draw_pool, reference_pool
+from infalign.pipeline.run_record import CI, Evaluation
 
 
 def prompt_ids(prompts: list[str]) -> list[str]:
@@ -27,7 +28,8 @@ def prompt_ids(prompts: list[str]) -> list[str]:
     return [hashlib.sha1(p.encode()).hexdigest()[:12] for p in prompts]
 
 
-def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwargs, cache_dir) -> dict:
+def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwargs, cache_dir) -> Evaluation:
+    """The run record's ``eval`` (module docstring; layout in :class:`~infalign.pipeline.run_record.Evaluation`)."""
     ev = cfg.eval
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
     ref_scores, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
@@ -41,11 +43,12 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
     per_prompt = {"prompt_ids": prompt_ids(world.eval_prompts)}
     per_prompt |= {judge: {k: [round(float(v), 10) for v in col] for k, col in cols.items()}
                    for judge, cols in columns.items()}
-    return {"judges": report, "ns": ns, "procedure": procedure.name, "reference_pool_cache_hit": ref_hit,
-            "per_prompt": per_prompt,
-            "miscalibration": miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
-            "samples": [[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
-            "theory": theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns)}
+    return Evaluation(
+        judges={judge: {k: CI.from_json(c) for k, c in cols.items()} for judge, cols in report.items()},
+        ns=ns, procedure=procedure.name, reference_pool_cache_hit=ref_hit, per_prompt=per_prompt,
+        miscalibration=miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
+        samples=[[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
+        theory=theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns))
 
 
 def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:
