@@ -177,7 +177,8 @@ class BestOfN(Procedure):
         import torch
 
         k = torch.arange(1, m + 1)
-        return torch.exp(_log_binom(k - 1, torch.tensor(self.n - 1)) - _log_binom(torch.tensor(m), torch.tensor(self.n)))
+        log_total = _log_binom(torch.tensor(m), torch.tensor(self.n))
+        return torch.exp(_log_binom(k - 1, torch.tensor(self.n - 1)) - log_total)
 
 
 @dataclass(frozen=True)

@@ -470,7 +470,8 @@ def _frontier_from_phi(
     if reachable.any():
         phi_rows = np.broadcast_to(np.atleast_2d(phi), (len(budgets), grid.z.shape[0]))[reachable]
         tilted = tilt(phi_rows, beta[reachable], grid)
-        kl[reachable], std[reachable], win[reachable] = tilted.kl, tilted.standard_win_rate(), tilted.win_rate(procedure)
+        kl[reachable], std[reachable] = tilted.kl, tilted.standard_win_rate()
+        win[reachable] = tilted.win_rate(procedure)
     reason = unreachable_reasons(status, budgets, np.atleast_2d(phi)[:1], grid)
     return Frontier(name, procedure.label, budgets, beta, kl, std, win, reachable, reason)
 
