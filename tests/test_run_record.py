@@ -29,7 +29,9 @@ def finished_json() -> dict:
                  "miscalibration": {"n_prompts": 8, "reward_model": {"std_cv": 0.3}, "log_std_corr": 0.5},
                  "samples": [["p", "r"]],
                  "theory": {"beta": 0.3, "kl": 0.4, "standard_win_rate": 0.65, "bon4_win_rate": 0.75,
-                            "at_measured_kl": {"kl": 0.3, "reachable": True}}},
+                            "bon1_win_rate": 0.65,
+                            "at_measured_kl": {"kl": 0.3, "reachable": True, "standard_win_rate": 0.62,
+                                               "bon4_win_rate": 0.72, "bon1_win_rate": 0.62}}},
         "kl_ratio": 0.75, "timings": {"train_s": 2.0}, "cache": {"policy_hit": False},
         "world": {"reward_val_accuracy": 0.9}, "data_reports": None, "config": {"seed": 1},
     }
@@ -85,8 +87,8 @@ def test_wandb_summary_keys_derive_from_the_record():
     judge_keys = {f"eval/{j}/{c}{s}" for j in ("reward_model", "gold")
                   for c in ("kl", "standard_win_rate", "bon1_win_rate", "bon4_win_rate") for s in ("", "_low", "_high")}
     assert set(summary) == judge_keys | {
-        "theory/beta", "theory/kl", "theory/standard_win_rate", "theory/bon4_win_rate",
-        "world/n_prompts", "world/reward_model/std_cv", "world/log_std_corr",
+        "theory/beta", "theory/kl", "theory/standard_win_rate", "theory/bon4_win_rate", "theory/bon1_win_rate",
+        "world/reward_model/std_cv", "world/log_std_corr",  # counts (n_prompts) are not summary numbers
         "reward_model/val_accuracy", "eval/kl_ratio_to_theory"}
     assert summary["eval/gold/bon4_win_rate_high"] == pytest.approx(0.8) and summary["theory/kl"] == 0.4
     assert RunRecord(status="failed").wandb_summary() == {}
