@@ -13,7 +13,8 @@ from pool_fixtures import GEN, judges, tiny_models
 
 out, cache_dir, n_prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])
 world, prompts = tiny_models(n_prompts)
-kw = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "enable_progress_bar": False, "enable_model_summary": False}
+kw = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "enable_progress_bar": False,
+      "enable_model_summary": False}
 calib, hit = reference_pool(world, prompts, 4, judges(), GEN, kw, 0, cache_dir, tag="calibration")
 pool = draw_pool(world.reference, world.tokenizer, prompts, 4, judges(), GEN, kw, 7, reference=world.reference)
 gathered = distributed.all_gather_objects(distributed.rank())

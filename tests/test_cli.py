@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infalign.pipeline.run_record import RunRecord
 from pipeline_helpers import TINY_RUN, TINY_WORLD
 
 BIN = Path(sys.executable).parent
@@ -33,9 +34,12 @@ def test_train_cli_writes_files_and_an_offline_wandb_run(tmp_path):
     assert metrics["run_name"] == "bon4-exp-t4-b20"
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    run_files = {p.name for p in offline[0].rglob("*")}
-    assert any(name.endswith(".wandb") for name in run_files)  # the run's event log, ready for `wandb sync`
-    assert "wandb-summary.json" in run_files or any(n.endswith(".wandb") for n in run_files)
+    (event_log,) = offline[0].glob("run-*.wandb")  # the run's event log, ready for `wandb sync`
+    logged = event_log.read_bytes()
+    summary = RunRecord.from_json(metrics).wandb_summary()  # the W&B summary derives from the run record
+    assert "eval/reward_model/bon4_win_rate" in summary and "theory/bon4_win_rate" in summary
+    missing = [key for key in summary if key.encode() not in logged]
+    assert not missing, f"summary keys not in the W&B run: {missing}"
 
 
 def test_analyze_cli_multirun_over_n(tmp_path):

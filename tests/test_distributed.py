@@ -43,7 +43,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
     b = pool_report(single["scores"]["reward"], single_calib["reward"], "bon", [1, 2, 4], single["log_ratio"])
     for key in a:
         assert a[key]["mean"] == pytest.approx(b[key]["mean"], abs=1e-6)
-    assert (tmp_path / "ddp_cache" / "pools").is_dir() and len(list((tmp_path / "ddp_cache" / "pools").glob("*.pt"))) == 1
+    pools = tmp_path / "ddp_cache" / "pools"
+    assert pools.is_dir() and len(list(pools.glob("*.pt"))) == 1
 
 
 @pytest.mark.slow

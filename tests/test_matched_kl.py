@@ -66,7 +66,8 @@ def test_better_method_recovered_within_ci_and_significant():
     np.testing.assert_allclose([res.grid[0], res.grid[-1]], [0.15, 1.2])  # the intersection of the three ranges
     by = {(g.method, g.baseline): g for g in res.gains}
     assert set(by) == {("expn(t=4)", "raw"), ("expn(t=4)", "identity"), ("identity", "raw")}
-    for (m, b), true in {("expn(t=4)", "identity"): 0.05, ("expn(t=4)", "raw"): 0.07, ("identity", "raw"): 0.02}.items():
+    truth = {("expn(t=4)", "identity"): 0.05, ("expn(t=4)", "raw"): 0.07, ("identity", "raw"): 0.02}
+    for (m, b), true in truth.items():
         g = by[(m, b)]
         # eps has std 0.05/sqrt(400) = 0.0025 per run mean: the estimate is within 0.01 (4 sd) of the truth
         np.testing.assert_allclose(g.gain, true, atol=0.01)

@@ -308,3 +308,38 @@ def test_pool_win_rates_sample_with_default_ns():
     assert rates[0, 0].item() == pytest.approx(
         brute_force_pool_win_rate("sample", 1, [0, 1, 2], [1, 1, 3]), abs=EXACT
     )
+
+
+# ------------------------------------------------------------------ a procedure owns its names
+def test_procedure_names_keys_and_reduction():
+    assert BestOfN(4).win_rate_key == "bon4_win_rate" == BestOfN(4).metric_key()
+    assert BestOfN(4).metric_key(1) == "standard_win_rate"  # best of one sample is one sample
+    assert WorstOfN(4).metric_key(8) == "won8_win_rate" and WorstOfN(4).at(8) == WorstOfN(8)
+    assert Sample().at(4) == Sample() and Sample().metric_key(4) == "standard_win_rate"
+    assert BestOfN(1).is_standard and WorstOfN(1).reduced() == Sample() and not BestOfN(2).is_standard
+    assert BestOfN(2).reduced() == BestOfN(2) and Sample().reduced() == Sample()
+
+
+@pytest.mark.parametrize("name", ["sample", "bon", "won"])
+def test_sign_is_the_end_of_the_samples_the_procedure_serves(name):
+    """sign = +1: the served reward is stochastically larger than one sample's (G(F) < F), -1:
+    smaller, 0: the same -- so 'exp with t * sign > 0' is the tilt that helps the procedure."""
+    p = make_procedure(name, 1 if name == "sample" else 4)
+    f = np.linspace(0.05, 0.95, 19)
+    g, _ = p.served_cdf(f, 1 - f)
+    assert np.all(np.sign(f - g) == p.sign)
+
+
+@pytest.mark.parametrize("name,n", [("sample", 1), ("bon", 4), ("won", 3)])
+def test_pool_columns_are_named_by_the_procedure(name, n):
+    """Every N of eval.ns has its win rate under metric_key(N) -- the key the report reads."""
+    from infalign.math.pool_stats import pool_columns
+
+    g = torch.Generator().manual_seed(0)
+    pol, ref = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    ns = [1, 2, 4] if make_procedure(name, n).uses_n else [1]
+    cols = pool_columns(pol, ref, name, ns)
+    for m in ns:
+        key = make_procedure(name, n).metric_key(m)
+        expected = pool_win_rates(name, pol, ref, [m])[0] if m > 1 else pool_win_rates("sample", pol, ref, [1])[0]
+        torch.testing.assert_close(cols[key], expected.double(), rtol=0, atol=EXACT)

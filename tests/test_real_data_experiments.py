@@ -19,7 +19,8 @@ TOPICS = ["cats", "tea", "rain", "maps", "bread", "chess", "boats", "music", "st
 
 def hh_line(i: int) -> str:
     t = TOPICS[i % len(TOPICS)]
-    prompt = f"\n\nHuman: tell me about {t} please\n\nAssistant: sure , {t} are nice\n\nHuman: more on {t} ?\n\nAssistant:"
+    prompt = (f"\n\nHuman: tell me about {t} please\n\nAssistant: sure , {t} are nice"
+              f"\n\nHuman: more on {t} ?\n\nAssistant:")
     return json.dumps({"chosen": prompt + f" {t} are great and fun", "rejected": prompt + " no"})
 
 
@@ -29,7 +30,8 @@ def tldr_line(i: int) -> str:
     return json.dumps({"info": info, "summaries": [{"text": f" {t} went bad"}, {"text": " meh"}], "choice": 0})
 
 
-MALFORMED = ['{"chosen": "no assistant here", "rejected": "x"}', "{not json", '{"info": {}, "summaries": [], "choice": 2}']
+MALFORMED = ['{"chosen": "no assistant here", "rejected": "x"}', "{not json",
+             '{"info": {}, "summaries": [], "choice": 2}']
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def assets(tmp_path_factory):
                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     for kind, cls in (("lm", GPT2LMHeadModel), ("rm", GPT2ForSequenceClassification)):
-        model = cls(cfg) if kind == "lm" else cls(GPT2Config(**{**cfg.to_dict(), "num_labels": 1, "id2label": {0: "reward"}}))
+        rm_cfg = GPT2Config(**{**cfg.to_dict(), "num_labels": 1, "id2label": {0: "reward"}})
+        model = cls(cfg) if kind == "lm" else cls(rm_cfg)
         model.save_pretrained(root / kind)
         tok.save_pretrained(root / kind)
     return root, files
@@ -68,10 +71,12 @@ def overrides(root, files, experiment: str, data: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("experiment, data", [("hh_helpful_bon", "hh"), ("hh_harmless_won", "hh"), ("tldr_bon", "tldr")])
+@pytest.mark.parametrize("experiment, data",
+                         [("hh_helpful_bon", "hh"), ("hh_harmless_won", "hh"), ("tldr_bon", "tldr")])
 def test_paper_experiment_runs_on_cpu_with_tiny_models(assets, tmp_path, experiment, data):
     root, files = assets
-    metrics = train_app.run(compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, experiment, data), toy=False))
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, experiment, data), toy=False)
+    metrics = train_app.run(cfg)
     assert metrics["status"] == "finished"
     assert set(metrics["eval"]["judges"]) == {"reward_model"}  # no gold reward on real data
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -83,7 +88,8 @@ def test_malformed_records_are_counted_and_reported(assets, tmp_path):
     from infalign.pipeline.world import load_world
 
     root, files = assets
-    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, "hh_helpful_bon", "hh"), toy=False)
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, "hh_helpful_bon", "hh"),
+                        toy=False)
     world = load_world(cfg, tmp_path / "cache")
     report = world.stats["data_reports"]["train"]
     assert report["usable"] == 8 and report["total"] == 11
@@ -96,8 +102,10 @@ def test_reward_model_training_on_pairs_is_cached(assets, tmp_path):
     from infalign.pipeline.world import load_world
 
     root, files = assets
-    extra = ["reward.train.enabled=true", "reward.train.steps=2", "reward.train.warmup=0", "+reward.train.accelerator=cpu"]
-    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, "hh_helpful_bon", "hh"), *extra, toy=False)
+    extra = ["reward.train.enabled=true", "reward.train.steps=2", "reward.train.warmup=0",
+             "+reward.train.accelerator=cpu"]
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, "hh_helpful_bon", "hh"),
+                        *extra, toy=False)
     first = load_world(cfg, tmp_path / "cache")
     second = load_world(cfg, tmp_path / "cache")
     assert first.stats["reward_trained"] is True and second.stats["reward_trained"] is False
@@ -113,7 +121,8 @@ def test_bad_real_data_settings_fail_clearly(assets, tmp_path, override, key):
     from infalign.pipeline.world import load_world
 
     root, files = assets
-    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, "hh_helpful_bon", "hh"), override, toy=False)
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, "hh_helpful_bon", "hh"),
+                        override, toy=False)
     with pytest.raises((ConfigError, FileNotFoundError), match=key.replace(".", r"\.")):
         load_world(cfg, tmp_path / "cache")
 

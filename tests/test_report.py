@@ -145,7 +145,8 @@ def test_runs_csv_rows_values_and_statuses(sweep):
     assert (r0["family"], r0["t"], r0["transform"], r0["procedure"]) == ("identity", "", "identity", "bon4")
     assert float(r0["beta"]) == 0.3 and r0["algo"] == "rloo" and r0["inference_metric"] == "bon4_win_rate"
     assert float(r0["reward_model_kl"]) == 0.25
-    assert float(r0["reward_model_kl_low"]) == pytest.approx(0.23) and float(r0["reward_model_kl_high"]) == pytest.approx(0.27)
+    assert float(r0["reward_model_kl_low"]) == pytest.approx(0.23)
+    assert float(r0["reward_model_kl_high"]) == pytest.approx(0.27)
     assert float(r0["reward_model_standard_win_rate"]) == 0.62
     assert float(r0["reward_model_inference_win_rate"]) == 0.70
     assert float(r0["reward_model_inference_win_rate_low"]) == pytest.approx(0.55)
@@ -265,11 +266,13 @@ def test_transform_family_parsing():
     assert transform_family(exp_cfg(8.0)) == ("exp", 8.0)
     assert transform_family(exp_cfg(-4.0, normalized=True)) == ("expn", -4.0)
     assert transform_family({"_target_": "infalign.math.transforms.Log", "floor": 1e-6}) == ("log", None)
-    assert transform_family({"_target_": "infalign.math.transforms.Custom", "fn": "numpy.sqrt", "name": "sqrt"}) == ("sqrt", None)
+    custom = {"_target_": "infalign.math.transforms.Custom", "fn": "numpy.sqrt", "name": "sqrt"}
+    assert transform_family(custom) == ("sqrt", None)
     assert transform_family({"_target_": "infalign.math.theory.optimal_transform", "procedure": "bon", "n": 4,
                              "beta": 0.1}) == ("optimal", None)
-    assert transform_family(None, "expn(t=-2)") == ("expn", -2.0)
-    assert transform_family(None, "identity") == ("identity", None)
+    # without a config node the record's label is the family as is: labels are never parsed back
+    assert transform_family(None, "expn(t=-2)") == ("expn(t=-2)", None)
+    assert transform_family(None, "identity") == ("identity", None) and transform_family(None) == ("unknown", None)
 
 
 def test_log_error_takes_the_last_traceback(tmp_path):
@@ -289,7 +292,8 @@ def test_wandb_offline_report_run(tmp_path, monkeypatch):
     logger = {"kind": "wandb", "project": "infalign", "entity": None, "group": "sweep-a", "job_type": "train",
               "offline": True}
     root = tmp_path / "multirun"
-    write_job(root, "0", ["transform=identity"], fake_metrics(IDENTITY, "identity", 0.3, 0.25, 0.62, 0.70, logger=logger))
+    write_job(root, "0", ["transform=identity"],
+              fake_metrics(IDENTITY, "identity", 0.3, 0.25, 0.62, 0.70, logger=logger))
     write_job(root, "1", ["transform=exp"], fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.3, 0.5, 0.66, 0.8, logger=logger))
     rc, stdout = run_main(str(root))  # W&B on by default: the jobs used logger=wandb
     assert rc == 0
@@ -451,7 +455,8 @@ def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
     assert "excluded job 12: identity: prompt_ids differ from the panel's 40 prompts" in md
     row = next(ln for ln in md.split("## bon4 (reward_model)")[1].splitlines() if ln.startswith("| 0.2 |"))
     cells = [c.strip() for c in row.strip("| ").split(" | ")]
-    assert md.count("| KL | expn(t=4) (n=3, seeds=1) | identity (n=3, seeds=1) | raw (n=3, seeds=1) |") == 2  # bon4 x 2 judges
+    head = "| KL | expn(t=4) (n=3, seeds=1) | identity (n=3, seeds=1) | raw (n=3, seeds=1) |"
+    assert md.count(head) == 2  # bon4 x 2 judges
     # a policy trained for N = 2 has a standard win rate too: it joins the standard panels
     standard = md.split("## standard (reward_model)")[1].split("## ")[0]
     header = next(ln for ln in standard.splitlines() if ln.startswith("| KL |"))
@@ -526,7 +531,8 @@ def test_method_fallback_for_records_without_a_method_field(tmp_path):
     write_job(root, "3", ["algo=ipo"], new)
     rc, out = run_main(str(root), "--no-wandb")
     assert rc == 0, out
-    assert [r["method"] for r in read_csv(root / "report" / "runs.csv")] == ["exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"]
+    methods = [r["method"] for r in read_csv(root / "report" / "runs.csv")]
+    assert methods == ["exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"]
     series = {s["label"]: s for s in json.loads((root / "report" / "summary.json").read_text())["series"]}
     assert set(series) == {"exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"}
     assert series["ipo"]["theory"] == {"reward_model": None, "gold": None} and "ipo" in series["ipo"]["theory_note"]
@@ -537,6 +543,8 @@ def test_panels_a_run_joins_once_each():
     """N is an evaluation axis: a run joins the panel of every N of eval.ns (N = 1 and plain
     sampling are the one standard panel, joined once), only its trained N (and the standard panel)
     when its method depends on N; judges without per-prompt lists are skipped."""
+    from infalign.math.procedures import Sample, WorstOfN
+    from infalign.pipeline.run_record import RunRecord
     from infalign.report import Job, panel_runs
 
     def job(name, family, ns, depends_on_n=False):
@@ -545,16 +553,16 @@ def test_panels_a_run_joins_once_each():
         metrics = {"status": "finished", "method": name, "seed": 0,
                    "method_info": {"algo": "rloo", "transform": name, "depends_on_n": depends_on_n, "trained_n": 4},
                    "eval": {"procedure": family, "ns": ns, "per_prompt": pp, "judges": {}}}
-        return Job(job=name, path=Path(name), status="finished", metrics=metrics)
+        return Job(job=name, path=Path(name), status="finished", record=RunRecord.from_json(metrics))
 
     jobs = [job("identity", "bon", [1, 2, 4]), job("sampled", "sample", [1, 2, 4]),
             job("optimal(N=4)", "bon", [1, 2, 4], depends_on_n=True), job("worst", "won", [4])]
     panels, notes = panel_runs(jobs, ["reward_model", "gold"])
     members = {k: [r.method for r in v] for k, v in panels.items()}
-    assert members == {("sample", 1, "reward_model"): ["identity", "sampled", "optimal(N=4)"],
-                       ("bon", 2, "reward_model"): ["identity"],
-                       ("bon", 4, "reward_model"): ["identity", "optimal(N=4)"],
-                       ("won", 4, "reward_model"): ["worst"]}
-    run = panels[("bon", 4, "reward_model")][1]
+    assert members == {(Sample(), "reward_model"): ["identity", "sampled", "optimal(N=4)"],
+                       (BestOfN(2), "reward_model"): ["identity"],
+                       (BestOfN(4), "reward_model"): ["identity", "optimal(N=4)"],
+                       (WorstOfN(4), "reward_model"): ["worst"]}
+    run = panels[(BestOfN(4), "reward_model")][1]
     assert run.metric.tolist() == [0.6, 0.7] and run.kl.tolist() == [0.1, 0.2] and run.prompt_ids == ("a", "b")
     assert notes == []

@@ -8,12 +8,11 @@ import multiprocessing as mp
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 
 from infalign.apps.config import CONFIG_DIR
 from infalign.infra.cache import cached, load_tensors, save_tensors
+from sweep_helpers import compose_sweep, expand
 
 EXPECTED = {  # sweep -> (number of jobs, swept keys)
     # N is an evaluation axis (eval.ns), not a training axis: 6 x 3 jobs, not 6 x 3 x 3
@@ -28,18 +27,6 @@ PAPER = {  # paper sweep -> (methods, KL points, seeds)
     "paper_hacking": (3, 5, 3),
     "paper_control": (3, 5, 3),
 }
-
-
-def compose_sweep(name: str, *overrides: str):
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=[f"+sweeps={name}", *overrides], return_hydra_config=True)
-
-
-def expand(cfg) -> list[list[str]]:
-    """The job override lists Hydra's basic sweeper would launch for this config."""
-    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
-    parsed = OverridesParser.create().parse_overrides(params)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

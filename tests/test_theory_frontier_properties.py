@@ -1,4 +1,5 @@
-"""Properties of the optimal frontier on the grid N in {2..64}, KL up to and beyond log N - (N-1)/N (src/infalign/math/theory.py).
+"""Properties of the optimal frontier on the grid N in {2..64}, KL up to and beyond log N - (N-1)/N
+(src/infalign/math/theory.py).
 
 BoN and WoN, N in {2, 4, 8, 16, 32, 64}, KL budgets up to log N - (N-1)/N (the best-of-N
 policy's own KL) and beyond. At every point the engine reports as valid (reachable and

@@ -231,6 +231,26 @@ def test_preference_labels_follow_bradley_terry(world):
 
 
 # ------------------------------------------------------------------ build_toy_world (cached)
+def test_toy_defaults_are_defined_once_and_reach_the_config_tree():
+    """conf/data/toy.yaml writes no toy default itself: data.toy comes from infalign.toy.defaults,
+    so a default changed there is what the CLI composes and what the cache key covers."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from infalign.apps.config import CONFIG_DIR
+    from infalign.toy.defaults import DEFAULTS, RUNTIME_DEFAULTS
+
+    written = OmegaConf.load(f"{CONFIG_DIR}/data/toy.yaml").toy
+    assert set(written) <= set(RUNTIME_DEFAULTS), f"toy defaults written in the YAML: {sorted(written)}"
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["data.toy.reference.size=tiny", "data.toy.world.offset_sigma=0"])
+    node = OmegaConf.to_container(cfg.data.toy, resolve=True)
+    assert node["reference"] == {**DEFAULTS["reference"], "size": "tiny"}
+    assert node["reward"] == DEFAULTS["reward"] and node["seed"] == DEFAULTS["seed"]
+    assert resolve_toy_config(node)[0] == resolve_toy_config(
+        {"reference": {"size": "tiny"}, "world": {"offset_sigma": 0.0}})[0]
+
+
 def test_resolve_config_rejects_unknown_and_inconsistent_keys():
     c, runtime = resolve_toy_config({"reference": {"lr": "1e-3"}, "progress_bar": True})
     assert c["reference"]["lr"] == 1e-3 and runtime["progress_bar"] is True

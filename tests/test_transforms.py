@@ -23,7 +23,6 @@ from infalign.math.transforms import (
     Tabulated,
     Transform,
     as_transform,
-    make_transform,
     register_transform,
 )
 
@@ -87,8 +86,7 @@ def test_exp_values(t):
 def test_exp_labels_and_registry():
     assert Exp(8).label == "exp(t=8)" and Exp(-2.5, normalized=True).label == "expn(t=-2.5)"
     assert {"identity", "log", "exp", "custom", "raw", "table"} <= set(TRANSFORMS)
-    assert isinstance(make_transform("exp", t=3.0), Exp) and make_transform("exp", t=3.0).t == 3.0
-    assert isinstance(make_transform("identity"), Identity)
+    assert TRANSFORMS["exp"] is Exp and TRANSFORMS["identity"] is Identity and Exp(3.0).kind == "exp"
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,20 +201,6 @@ def test_exp_t_zero_message_points_to_identity():
         Exp(0.0)
 
 
-def test_make_transform_unknown_name_lists_allowed():
-    with pytest.raises(ConfigError) as info:
-        make_transform("nope")
-    msg = str(info.value)
-    assert "'nope'" in msg and info.value.key == "transform"
-    for name in ("identity", "log", "exp", "optimal", "custom", "raw"):
-        assert name in msg
-
-
-def test_make_transform_optimal_returns_table():
-    table = make_transform("optimal", procedure="bon", n=2, beta=0.5)
-    assert isinstance(table, Tabulated) and table.label == "optimal(bon2)"
-
-
 def test_raw_is_uncalibrated_and_rejected_by_theory():
     assert Raw.calibrated is False and Identity.calibrated is True
     x = torch.tensor([-3.0, 7.0])
@@ -226,7 +210,7 @@ def test_raw_is_uncalibrated_and_rejected_by_theory():
     with pytest.raises(ConfigError, match="raw"):
         theory.frontier(Raw(), BestOfN(4), [0.5])
     with pytest.raises(ConfigError, match="raw"):
-        make_transform("raw").centered(U, 1 - U)
+        Raw().centered(U, 1 - U)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,8 +263,8 @@ def test_register_transform_adds_to_registry():
             def __call__(self, u):
                 return u**3
 
-        assert make_transform("_test_cube").kind == "_test_cube"
-        assert make_transform("_test_cube")(np.array([2.0]))[0] == 8.0
+        assert TRANSFORMS["_test_cube"] is Cube and Cube().kind == "_test_cube"
+        assert Cube()(np.array([2.0]))[0] == 8.0
     finally:
         TRANSFORMS.pop("_test_cube", None)
 

@@ -82,14 +82,14 @@ def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
     """
     allowed = "'auto' or a nonzero number / non-empty list of them (t > 0 for bon, t < 0 for won)"
     if isinstance(cfg.t, str) and cfg.t == "auto":
-        sign = -1.0 if procedure.name == "won" else 1.0
+        sign = -1.0 if procedure.sign < 0 else 1.0
         return [sign * t for t in (2.0, 4.0, 8.0, 16.0)]
     ts = _numbers("t", cfg.t, allowed)
     require(len(ts) > 0, "t", ts, allowed)
     for t in ts:
         require(math.isfinite(t) and t != 0 and abs(t) <= 700, "t", t, allowed,
                 "t = 0 is the identity transform: add identity to transforms")
-        if (procedure.name == "won" and t > 0) or (procedure.name == "bon" and t < 0):
+        if t * procedure.sign < 0:
             log.warning("t=%g with %s: exp(t%s0) %s, which lowers the %s win rate; the usual choice is t %s 0",
                         t, procedure.label, ">" if t > 0 else "<",
                         "rewards the top of the reference distribution" if t > 0 else "punishes its bottom",

@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from infalign.errors import ConfigError
+from infalign.toy.defaults import hydra_node as toy_defaults_node
 
 
 def config_dir() -> str:
@@ -27,6 +29,8 @@ def config_dir() -> str:
 
 
 CONFIG_DIR = config_dir()
+# conf/data/toy.yaml's `toy` node comes from here: the toy world's defaults are defined once, in code
+ConfigStore.instance().store(group="toy", name="defaults", node=toy_defaults_node())
 
 
 def _bon_beta(n) -> float:

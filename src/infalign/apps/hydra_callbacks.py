@@ -47,7 +47,8 @@ def job_failure(job_dir: Path) -> str | None:
 def sweep_failures(sweep_dir: Path) -> tuple[int, dict[str, str]]:
     """``(n jobs, {job dir name: reason})`` over the job dirs of a sweep (those Hydra started:
     they hold ``.hydra/``)."""
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (len(p.name), p.name))  # 2 before 10
+    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()),
+                  key=lambda p: (len(p.name), p.name))  # 2 before 10
     failures = {p.name: reason for p in jobs if (reason := job_failure(p)) is not None}
     return len(jobs), failures
 

@@ -45,6 +45,7 @@ from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
+from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
 from infalign.training.ctrl import RLConfig
 
@@ -272,26 +273,27 @@ def run(cfg: DictConfig) -> dict:
         with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
                    "policy and reference (reference instant when cached)"):
             ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
-        th = ev["theory"]
-        kl = ev["judges"]["reward_model"]["kl"]["mean"]
+        th = ev.theory
+        kl = ev.judges["reward_model"]["kl"].mean
         info = record.method_info(cfg, rl.name, transform, procedure)
-        metrics = {
-            "run_name": name, "status": "finished", "procedure": procedure.label, "transform": transform.label,
-            "method": info.pop("method"), "method_info": info, "algo": rl.name, "beta": rl.beta,
-            "kl_target": rl.kl_target, "steps": rl.steps, "seed": int(cfg.seed), "eval": ev,
-            "kl_ratio": (kl / th["kl"]) if th and th["kl"] > 0 else None,
-            "timings": timings, "cache": {"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
-                                          "policy_hit": policy_hit, "eval_reference_hit": ev["reference_pool_cache_hit"]},
-            "world": {k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
-            "data_reports": world.stats.get("data_reports"),  # real data: usable / malformed / too_long
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
+        rec = RunRecord(
+            run_name=name, procedure=procedure.label, transform=transform.label,
+            method=info.pop("method"), method_info=info, algo=rl.name, beta=rl.beta,
+            kl_target=rl.kl_target, steps=rl.steps, seed=int(cfg.seed), eval=ev,
+            kl_ratio=(kl / th["kl"]) if th and th["kl"] > 0 else None,
+            timings=timings, cache={"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
+                                    "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit},
+            world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
+            data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        metrics = rec.to_json()
         if distributed.rank() != 0:  # every rank holds the gathered metrics; rank 0 records them
             return metrics
-        paths = record.write_files(out_dir, metrics, procedure)
-        record.print_summary(metrics, procedure)
+        paths = record.write_files(out_dir, rec, procedure)
+        record.print_summary(rec, procedure)
         if logger is not None:
-            log_to_logger(logger, metrics, paths)
+            log_to_logger(logger, rec, paths)
         finish_logger(logger, 0)
         return metrics
     except BaseException as exc:
@@ -338,7 +340,7 @@ def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timing
         status, error = "interrupted", "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
     else:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-    return {"run_name": name, "status": status, "error": error, "timings": timings, "config": config}
+    return RunRecord(run_name=name, status=status, error=error, timings=timings, config=config).to_json()
 
 
 def checkpoint_callback(cfg: DictConfig, out_dir: Path):
@@ -348,12 +350,12 @@ def checkpoint_callback(cfg: DictConfig, out_dir: Path):
                            every_n_train_steps=int(cfg.checkpoint_every))
 
 
-def log_to_logger(logger, metrics: dict, paths: dict) -> None:
-    summary = record.flat_summary(metrics)
+def log_to_logger(logger, rec: RunRecord, paths: dict) -> None:
+    summary = rec.wandb_summary()
     logger.log_metrics(summary)
     if type(logger).__name__ == "WandbLogger":
         logger.experiment.summary.update(summary)
-        samples = metrics["eval"]["samples"]
+        samples = rec.eval.samples
         if samples:
             logger.log_table(key="eval/samples", columns=["prompt", "response"], data=[list(s) for s in samples])
         logger.log_image(key="eval/win_rates", images=[str(paths["plot"])])

@@ -1,4 +1,5 @@
-"""Section ``theory``: the calibrated-space theory engine against its time targets (default analyze <= 3 s, optimal frontier N=64 x 50 KLs <= 5 s).
+"""Section ``theory``: the calibrated-space theory engine against its time targets (default analyze
+<= 3 s, optimal frontier N=64 x 50 KLs <= 5 s).
 
 Targets (medians of the repeats, printed not asserted): default ``infalign-analyze`` end to end
 <= 3 s, optimal frontier for N = 64 at 50 KL points <= 5 s, on 2 shared cores.

@@ -143,7 +143,8 @@ def generation_only(setup, bench: RLBench, repeats: int, seed: int = 0) -> dict:
     torch.manual_seed(seed)
 
     def ours() -> None:
-        sample(model, tok, prompts, bench.group, bench.max_new_tokens, 1.0, generator=torch.Generator().manual_seed(seed))
+        sample(model, tok, prompts, bench.group, bench.max_new_tokens, 1.0,
+               generator=torch.Generator().manual_seed(seed))
 
     def hf() -> None:
         with torch.no_grad():

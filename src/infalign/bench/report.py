@@ -34,7 +34,8 @@ def calibration_table(res: dict) -> Table:
                   title_justify="left", caption=res["note"], caption_justify="left")
     for col in ("setting", "LM / RM params", "responses/s", "tokens/s", "best", "median", "mean len"):
         table.add_column(col, justify="left" if col == "setting" else "right")
-    table.add_row(f"{res['label']} ({res['size']})", f"{res['lm_params'] / 1e6:.2f}M / {res['reward_params'] / 1e6:.2f}M",
+    table.add_row(f"{res['label']} ({res['size']})",
+                  f"{res['lm_params'] / 1e6:.2f}M / {res['reward_params'] / 1e6:.2f}M",
                   _n(res["responses_per_s"]), _n(res["tokens_per_s"]), _s(res["best_s"]), _s(res["median_s"]),
                   f"{res['mean_length']:.1f}")
     return table
@@ -61,7 +62,8 @@ def rl_table(res: dict) -> Table:
 
 def trl_table(res: dict) -> Table:
     st = res["settings"]
-    title = (f"ours vs TRL {res['versions']['trl']} RLOOTrainer: toy {st['size']} GPT-2 ({st['policy_params'] / 1e6:.2f}M), "
+    title = (f"ours vs TRL {res['versions']['trl']} RLOOTrainer: toy {st['size']} GPT-2 "
+             f"({st['policy_params'] / 1e6:.2f}M), "
              f"P={st['P']} x G={st['G']}, max_new_tokens={st['max_new_tokens']}, beta={st['beta']}, "
              f"best of {st.get('rounds', 1)} x {st['timed_steps']} steps (interleaved runs, "
              f"{st['warmup_steps']} warm-up step each)")

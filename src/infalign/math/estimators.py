@@ -1,4 +1,4 @@
-"""Evaluation statistics: per-prompt KL from log-probs, percentile-bootstrap CIs over prompts.
+"""Evaluation statistics: percentile-bootstrap CIs over prompts (docs/method.md §7).
 
 Prompts are the unit of replication: every statistic is first reduced to one value per prompt
 (``[P]``, or ``[P, ...]`` for many columns at once, e.g. win rates for every N), and the bootstrap
@@ -8,34 +8,11 @@ resamples prompts with replacement.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["kl_per_prompt", "bootstrap_ci", "mean_and_ci", "MeanCI"]
-
-
-def kl_per_prompt(
-    policy_logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    response_mask: torch.Tensor,
-    prompt_index: torch.Tensor,
-    num_prompts: int,
-) -> torch.Tensor:
-    """Monte Carlo ``KL(pi(.|x) || pi_ref(.|x))`` per prompt ``[P]`` (docs/method.md section 7).
-
-    ``KL_hat(x_p) = mean_{i : prompt_index[i] = p} sum_t mask[i,t] * (log pi(y_it) - log pi_ref(y_it))``
-    with the responses ``y_i ~ pi(.|x_p)``. Unbiased for the sequence-level KL; a single sample can
-    be negative. Prompts without any sample get NaN.
-    """
-    per_seq = torch.where(response_mask.bool(), policy_logprobs - ref_logprobs, 0.0).sum(-1)
-    per_seq = per_seq.double()
-    index = prompt_index.long()
-    sums = torch.zeros(num_prompts, dtype=per_seq.dtype, device=per_seq.device)
-    sums.index_add_(0, index, per_seq)
-    counts = torch.bincount(index, minlength=num_prompts).to(per_seq.dtype)
-    return (sums / counts).to(policy_logprobs.dtype)
+__all__ = ["bootstrap_ci"]
 
 
 def _as_numpy(values) -> np.ndarray:
@@ -86,26 +63,3 @@ def bootstrap_ci(
     if np.ndim(estimate) == 0:
         return float(estimate), float(low), float(high)
     return np.asarray(estimate), low, high
-
-
-@dataclass
-class MeanCI:
-    """A mean over ``n`` prompts with its percentile-bootstrap interval ``[low, high]``."""
-
-    mean: float | np.ndarray
-    low: float | np.ndarray
-    high: float | np.ndarray
-    n: int
-
-    def as_dict(self) -> dict:
-        """Plain dict (arrays become lists), ready for ``metrics.json``."""
-        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in asdict(self).items()}
-
-
-def mean_and_ci(
-    per_prompt_values, num_resamples: int = 1000, level: float = 0.95, seed: int = 0
-) -> MeanCI:
-    """Mean over prompts with its percentile-bootstrap CI (see :func:`bootstrap_ci`)."""
-    values = _as_numpy(per_prompt_values)
-    mean, low, high = bootstrap_ci(values, num_resamples, level, seed)
-    return MeanCI(mean=mean, low=low, high=high, n=int(values.shape[0]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from infalign.math.estimators import bootstrap_ci
-from infalign.math.procedures import pool_win_rates
+from infalign.math.procedures import STANDARD_WIN_RATE, Sample, make_procedure, pool_win_rates
 
 
 def pool_columns(
@@ -31,12 +31,13 @@ def pool_columns(
     These are what the bootstrap resamples, and what a matched-KL comparison pairs across runs
     evaluated on the same prompts (float64).
     """
+    family = make_procedure(procedure)
     columns: dict[str, torch.Tensor] = {
-        "standard_win_rate": pool_win_rates("sample", policy_scores, reference_scores, [1])[0].double()
+        STANDARD_WIN_RATE: pool_win_rates(Sample.name, policy_scores, reference_scores, [1])[0].double()
     }
-    if procedure != "sample":
+    if family.uses_n:
         rates = pool_win_rates(procedure, policy_scores, reference_scores, ns)
-        columns.update({f"{procedure}{n}_win_rate": rates[i].double() for i, n in enumerate(ns)})
+        columns.update({family.at(n).win_rate_key: rates[i].double() for i, n in enumerate(ns)})
     if log_ratio is not None:
         columns["kl"] = log_ratio.double().mean(dim=1)
     return columns

@@ -21,6 +21,7 @@ with logs, so a policy whose mass is piled against 0 or 1 keeps full precision.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -39,12 +40,23 @@ def _log_cdf(f: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.where(f < 0.5, np.log(f), np.log1p(-s))
 
 
+STANDARD_WIN_RATE = "standard_win_rate"  # the win rate of one sample vs one reference sample
+
+
 @dataclass(frozen=True)
 class Procedure:
-    """Base class: subclasses define the served CDF map and the pool selection weights."""
+    """Base class: subclasses define the served CDF map and the pool selection weights.
+
+    A procedure also owns its names: ``label`` (``bon4``), the evaluation column of its win rate
+    (:attr:`win_rate_key`, ``bon4_win_rate``) and which column holds the win rate at any N
+    (:meth:`metric_key`); ``sign`` says which end of N samples it serves, ``uses_n`` whether N
+    matters at all. Nothing else spells these out from the procedure's name.
+    """
 
     n: int = 1
     name: ClassVar[str] = "procedure"
+    sign: ClassVar[int] = 0  # +1 serves the top of N samples (exp with t > 0 helps), -1 the bottom
+    uses_n: ClassVar[bool] = True  # False: the served response is one sample whatever N
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int | np.integer) or isinstance(self.n, bool) or self.n < 1:
@@ -53,6 +65,32 @@ class Procedure:
     @property
     def label(self) -> str:
         return f"{self.name}{self.n}"
+
+    def at(self, n: int) -> Procedure:
+        """The same procedure at ``n`` (sampling ignores N)."""
+        return dataclasses.replace(self, n=int(n)) if self.uses_n else self
+
+    @property
+    def is_standard(self) -> bool:
+        """Serving is plain sampling (G(F) = F, docs/method.md (4.5)): ``sample``, or N = 1."""
+        return not self.uses_n or self.n == 1
+
+    def reduced(self) -> Procedure:
+        """The simplest procedure serving the same response: plain sampling when :attr:`is_standard`."""
+        return Sample() if self.is_standard else self
+
+    @property
+    def win_rate_key(self) -> str:
+        """The key of this procedure's win rate in evaluation columns and theory predictions
+        (``bon4_win_rate``; the pool estimator writes one per N of a family that uses N,
+        ``bon1_win_rate`` included, docs/method.md §7)."""
+        return f"{self.label}_win_rate"
+
+    def metric_key(self, n: int | None = None) -> str:
+        """The column that holds the win rate at ``n`` (default ``self.n``): ``standard_win_rate``
+        when serving is plain sampling there, else :attr:`win_rate_key` at ``n``."""
+        p = self if n is None else self.at(n)
+        return STANDARD_WIN_RATE if p.is_standard else p.win_rate_key
 
     # --- calibrated space (numpy, float64) -------------------------------------------------
     def served_cdf(self, f: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +140,7 @@ class Sample(Procedure):
     """Plain sampling (T = identity). ``n`` is ignored by the maps and must be 1."""
 
     name: ClassVar[str] = "sample"
+    uses_n: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,6 +164,7 @@ class BestOfN(Procedure):
     """Best-of-N: serve the highest-reward of N i.i.d. samples. G(F) = F^N."""
 
     name: ClassVar[str] = "bon"
+    sign: ClassVar[int] = 1
 
     def served_cdf(self, f, s):
         log_g = self.n * _log_cdf(f, s)
@@ -137,7 +177,8 @@ class BestOfN(Procedure):
         import torch
 
         k = torch.arange(1, m + 1)
-        return torch.exp(_log_binom(k - 1, torch.tensor(self.n - 1)) - _log_binom(torch.tensor(m), torch.tensor(self.n)))
+        log_total = _log_binom(torch.tensor(m), torch.tensor(self.n))
+        return torch.exp(_log_binom(k - 1, torch.tensor(self.n - 1)) - log_total)
 
 
 @dataclass(frozen=True)
@@ -145,6 +186,7 @@ class WorstOfN(Procedure):
     """Worst-of-N (best-of-N jailbreaking): serve the lowest of N. G(F) = 1 - (1 - F)^N."""
 
     name: ClassVar[str] = "won"
+    sign: ClassVar[int] = -1
 
     def served_cdf(self, f, s):
         log_survival = self.n * _log_cdf(s, f)
@@ -212,7 +254,7 @@ def pool_win_rates(
 
     m_pol, m_ref = policy_scores.shape[-1], reference_scores.shape[-1]
     if ns is None:
-        ns = [1] if name == "sample" else list(range(1, min(m_pol, m_ref) + 1))
+        ns = list(range(1, min(m_pol, m_ref) + 1)) if make_procedure(name).uses_n else [1]
     procs = [make_procedure(name, int(n)) for n in ns]
     for p in procs:
         p._check_pool(m_pol, m_ref)

@@ -191,12 +191,6 @@ class Tilted:
         out.grid = self.grid
         return out
 
-    def g_variance(self) -> np.ndarray:
-        """Var_f(Phi/beta) = d KL / d log(1/beta)."""
-        p, g = self._p, np.where(self._p > 0, self._g, 0.0)
-        mean = np.sum(p * g, axis=-1, keepdims=True)
-        return np.sum(p * (g - mean) ** 2, axis=-1)
-
     def win_rate(self, procedure: Procedure) -> np.ndarray:
         """W_T(pi > pi_ref) = ∫ (1 - G(F(u))) g(u) du for each row."""
         _, _, _, log_u, log_s, log_jac, w = self.grid.arrays
@@ -476,7 +470,8 @@ def _frontier_from_phi(
     if reachable.any():
         phi_rows = np.broadcast_to(np.atleast_2d(phi), (len(budgets), grid.z.shape[0]))[reachable]
         tilted = tilt(phi_rows, beta[reachable], grid)
-        kl[reachable], std[reachable], win[reachable] = tilted.kl, tilted.standard_win_rate(), tilted.win_rate(procedure)
+        kl[reachable], std[reachable] = tilted.kl, tilted.standard_win_rate()
+        win[reachable] = tilted.win_rate(procedure)
     reason = unreachable_reasons(status, budgets, np.atleast_2d(phi)[:1], grid)
     return Frontier(name, procedure.label, budgets, beta, kl, std, win, reachable, reason)
 
@@ -517,7 +512,7 @@ def default_t_grid(procedure: Procedure, num: int = 40) -> np.ndarray:
     """Log-spaced |t| in [0.25, 64]; positive for BoN/sampling, negative for WoN."""
     require(isinstance(num, int | np.integer) and num >= 2, "best_t.num", num, "an integer >= 2 (points of the t scan)")
     mags = np.geomspace(0.25, 64.0, num)
-    return -mags if procedure.name == "won" else mags
+    return -mags if procedure.sign < 0 else mags
 
 
 def _t_scan(procedure: Procedure, budgets: np.ndarray, ts: np.ndarray, normalized: bool, grid: Grid):

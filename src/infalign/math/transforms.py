@@ -254,17 +254,6 @@ class Tabulated(Transform):
         return self.centered(u, 1.0 - u)
 
 
-def make_transform(name: str, **kwargs: Any) -> Transform:
-    """Transform by registry name, e.g. ``make_transform("exp", t=8)``."""
-    if name == "optimal":
-        from infalign.math.theory import optimal_transform
-
-        return optimal_transform(**kwargs)
-    if name not in TRANSFORMS:
-        raise ConfigError("transform", name, f"one of {sorted([*TRANSFORMS, 'optimal'])}")
-    return TRANSFORMS[name](**kwargs)
-
-
 def as_transform(obj: Any) -> Transform:
     """Wrap a bare callable (e.g. a Hydra ``_partial_`` function) into a :class:`Transform`."""
     if isinstance(obj, Transform):

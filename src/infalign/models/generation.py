@@ -4,7 +4,8 @@ Two functions serve every caller (RL rollouts, calibration, evaluation):
 
 - :func:`sample` draws ``num_samples`` responses per prompt with its own decoding loop (no
   ``model.generate``): one prefill over the left-padded prompts, then one single-token step per
-  new token, reusing the KV cache (``cache``; ``past_key_values`` before transformers 5). Rows are prompt-major (``row = p * num_samples + j``).
+  new token, reusing the KV cache (``cache``; ``past_key_values`` before transformers 5). Rows are
+  prompt-major (``row = p * num_samples + j``).
 - :func:`sequence_logprobs` recomputes ``log pi(y_t | x, y_<t)`` for given responses in one forward
   pass (policy with grad, reference without).
 

@@ -12,14 +12,15 @@ of that family achieves there).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 
 from infalign.math import theory
 from infalign.math.miscalibration import miscalibration_summary
 from infalign.math.pool_stats import pool_columns, summarize_columns
+from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.pools import draw_pool, reference_pool
+from infalign.pipeline.run_record import CI, Evaluation
 
 
 def prompt_ids(prompts: list[str]) -> list[str]:
@@ -27,7 +28,8 @@ def prompt_ids(prompts: list[str]) -> list[str]:
     return [hashlib.sha1(p.encode()).hexdigest()[:12] for p in prompts]
 
 
-def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwargs, cache_dir) -> dict:
+def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwargs, cache_dir) -> Evaluation:
+    """The run record's ``eval`` (module docstring; layout in :class:`~infalign.pipeline.run_record.Evaluation`)."""
     ev = cfg.eval
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
     ref_scores, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
@@ -41,32 +43,31 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
     per_prompt = {"prompt_ids": prompt_ids(world.eval_prompts)}
     per_prompt |= {judge: {k: [round(float(v), 10) for v in col] for k, col in cols.items()}
                    for judge, cols in columns.items()}
-    return {"judges": report, "ns": ns, "procedure": procedure.name, "reference_pool_cache_hit": ref_hit,
-            "per_prompt": per_prompt,
-            "miscalibration": miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
-            "samples": [[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
-            "theory": theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns)}
+    return Evaluation(
+        judges={judge: {k: CI.from_json(c) for k, c in cols.items()} for judge, cols in report.items()},
+        ns=ns, procedure=procedure.name, reference_pool_cache_hit=ref_hit, per_prompt=per_prompt,
+        miscalibration=miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
+        samples=[[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
+        theory=theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns))
 
 
 def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:
     """Theory at the training beta, and at the measured KL, for the run's N and every N in ``ns``
-    (keys ``f"{procedure.name}{N}_win_rate"``); None for transforms without a calibrated-space
+    (keys :attr:`Procedure.win_rate_key` at each N); None for transforms without a calibrated-space
     theory (``raw``). One tilted policy per beta serves every N: only the served CDF map differs."""
     if not transform.calibrated:
         return None
-    procs = {procedure.n: procedure}
-    if procedure.name != "sample":
-        procs |= {int(n): dataclasses.replace(procedure, n=int(n)) for n in (ns or [])}
+    procs = list(dict.fromkeys([procedure, *(procedure.at(n) for n in ns or [])]))
     phi = theory.phi_table(transform)
     at_beta = theory.tilt(phi, beta)
-    pred = {"beta": beta, "kl": float(at_beta.kl[0]), "standard_win_rate": float(at_beta.standard_win_rate()[0])}
-    pred |= {f"{p.label}_win_rate": float(at_beta.win_rate(p)[0]) for p in procs.values()}
+    pred = {"beta": beta, "kl": float(at_beta.kl[0]), STANDARD_WIN_RATE: float(at_beta.standard_win_rate()[0])}
+    pred |= {p.win_rate_key: float(at_beta.win_rate(p)[0]) for p in procs}
     if measured_kl > 0 and math.isfinite(measured_kl):
         f = theory.frontier(transform, procedure, [measured_kl])  # its beta does not depend on N
         reached = theory.tilt(phi, f.beta[0]) if f.reachable[0] else None
         pred["at_measured_kl"] = {
-            "kl": measured_kl, "reachable": bool(f.valid[0]), "standard_win_rate": float(f.standard_win_rate[0]),
-            **{f"{p.label}_win_rate": float(reached.win_rate(p)[0]) if reached is not None else math.nan
-               for p in procs.values()},
+            "kl": measured_kl, "reachable": bool(f.valid[0]), STANDARD_WIN_RATE: float(f.standard_win_rate[0]),
+            **{p.win_rate_key: float(reached.win_rate(p)[0]) if reached is not None else math.nan
+               for p in procs},
         }
     return pred

@@ -1,4 +1,7 @@
-"""Stage 4: plain files in the run dir (``metrics.json``, CSV, PNG), the printed table, W&B."""
+"""Stage 4: the run record's files in the run dir (``metrics.json``, CSV, PNG) and the printed table.
+
+The record itself, and the W&B summary derived from it, are :mod:`infalign.pipeline.run_record`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import re
 from pathlib import Path
 
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
+from infalign.math.procedures import STANDARD_WIN_RATE
+from infalign.pipeline.run_record import CI, RunRecord
 
 
 def run_name(procedure, transform, beta: float, algo: str = "rloo", kl_target: float | None = None) -> str:
@@ -48,44 +53,43 @@ def method_info(cfg, algo: str, transform, procedure) -> dict:
             "depends_on_n": "procedure." in raw, "trained_n": procedure.n}
 
 
-def eval_rows(metrics: dict) -> list[dict]:
-    rows = []
-    for judge, cols in metrics["eval"]["judges"].items():
-        for name, ci in cols.items():
-            rows.append({"judge": judge, "metric": name, **ci})
-    return rows
+def eval_rows(rec: RunRecord) -> list[dict]:
+    """``eval_metrics.csv``: one row per judge and column, ``{judge, metric, mean, low, high, n_prompts}``."""
+    return [{"judge": judge, "metric": name, **ci.to_json()}
+            for judge, cols in rec.eval.judges.items() for name, ci in cols.items()]
 
 
-def write_files(out_dir: Path, metrics: dict, procedure) -> dict[str, Path]:
-    """metrics.json, eval_metrics.csv and win_rates.png; returns their paths."""
+def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
+    """metrics.json (:meth:`RunRecord.to_json`), eval_metrics.csv and win_rates.png; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"metrics": out_dir / "metrics.json", "csv": out_dir / "eval_metrics.csv", "plot": out_dir / "win_rates.png"}
-    atomic_write_json(paths["metrics"], metrics)
-    atomic_write_csv(paths["csv"], eval_rows(metrics))
-    plot_win_rates(metrics, procedure, paths["plot"])
+    paths = {"metrics": out_dir / "metrics.json", "csv": out_dir / "eval_metrics.csv",
+             "plot": out_dir / "win_rates.png"}
+    atomic_write_json(paths["metrics"], rec.to_json())
+    atomic_write_csv(paths["csv"], eval_rows(rec))
+    plot_win_rates(rec, procedure, paths["plot"])
     return paths
 
 
-def plot_win_rates(metrics: dict, procedure, path: Path) -> None:
+def plot_win_rates(rec: RunRecord, procedure, path: Path) -> None:
     """Win rate vs N (with 95% CIs) per judge, and the theory's prediction beside them."""
     import matplotlib.pyplot as plt
 
     from infalign.infra.plotting import save_png
 
-    ev = metrics["eval"]
+    ev = rec.eval
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for judge, cols in ev["judges"].items():
+    for judge, cols in ev.judges.items():
         xs, ys, lo, hi = [], [], [], []
-        for n in ev["ns"]:
-            key = "standard_win_rate" if n == 1 or procedure.name == "sample" else f"{procedure.name}{n}_win_rate"
-            if key in cols:
-                c = cols[key]
-                xs.append(n), ys.append(c["mean"]), lo.append(c["mean"] - c["low"]), hi.append(c["high"] - c["mean"])
+        for n in ev.ns:
+            c = cols.get(procedure.metric_key(n))
+            if c is not None:
+                xs.append(n), ys.append(c.mean), lo.append(c.mean - c.low), hi.append(c.high - c.mean)
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"trained policy ({judge})")
-    th = ev.get("theory")
+    th = ev.theory
     if th:
-        key = f"{procedure.label}_win_rate"
-        ax.plot([1, procedure.n], [th["standard_win_rate"], th[key]], "k*--", ms=10, label=f"theory at beta={th['beta']:g}")
+        key = procedure.win_rate_key
+        ax.plot([1, procedure.n], [th[STANDARD_WIN_RATE], th[key]], "k*--", ms=10,
+                label=f"theory at beta={th['beta']:g}")
         if "at_measured_kl" in th:
             m = th["at_measured_kl"]
             ax.plot([1, procedure.n], [m["standard_win_rate"], m[key]], "s:", color="gray", ms=7,
@@ -94,46 +98,47 @@ def plot_win_rates(metrics: dict, procedure, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel(f"N ({procedure.name}; N=1 is the standard win rate)")
     ax.set_ylabel("win rate vs reference")
-    ax.set_title(metrics.get("run_name", ""))
+    ax.set_title(rec.run_name or "")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_png(fig, path)
 
 
-def print_summary(metrics: dict, procedure) -> None:
+def print_summary(rec: RunRecord, procedure) -> None:
     """The closing table: KL, standard and N win rates (reward model and gold) with CIs, theory."""
     from rich.console import Console
     from rich.table import Table
 
-    ev = metrics["eval"]
-    key = f"{procedure.name}{procedure.n}_win_rate" if procedure.name != "sample" else None
-    table = Table(title=f"{metrics.get('run_name', '')}: trained policy vs reference ({ev['judges'][next(iter(ev['judges']))]['standard_win_rate']['n_prompts']} held-out prompts, 95% CI)")
+    ev = rec.eval
+    key = procedure.win_rate_key if procedure.uses_n else None
+    n_prompts = next(iter(ev.judges.values()))[STANDARD_WIN_RATE].n_prompts
+    table = Table(title=f"{rec.run_name or ''}: trained policy vs reference ({n_prompts} held-out prompts, 95% CI)")
     for col in ("judge", "KL (nats)", "standard win rate", f"{procedure.label} win rate" if key else ""):
         if col:
             table.add_column(col, justify="right")
 
-    def fmt(c):
-        return f"{c['mean']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+    def fmt(c: CI) -> str:
+        return f"{c.mean:.3f} [{c.low:.3f}, {c.high:.3f}]"
 
-    for judge, cols in ev["judges"].items():
-        row = [judge, fmt(cols["kl"]), fmt(cols["standard_win_rate"])]
+    for judge, cols in ev.judges.items():
+        row = [judge, fmt(cols["kl"]), fmt(cols[STANDARD_WIN_RATE])]
         if key:
             row.append(fmt(cols[key]))
         table.add_row(*row)
-    th = ev.get("theory")
+    th = ev.theory
     if th:
         row = [f"theory (beta={th['beta']:g})", f"{th['kl']:.3f}", f"{th['standard_win_rate']:.3f}"]
         if key:
-            row.append(f"{th[procedure.label + '_win_rate']:.3f}")
+            row.append(f"{th[key]:.3f}")
         table.add_row(*row)
         if "at_measured_kl" in th:
             m = th["at_measured_kl"]
             row = ["theory (measured KL)", f"{m['kl']:.3f}", f"{m['standard_win_rate']:.3f}"]
             if key:
-                row.append(f"{m[procedure.label + '_win_rate']:.3f}")
+                row.append(f"{m[key]:.3f}")
             table.add_row(*row)
     Console().print(table)
-    mis = ev.get("miscalibration")
+    mis = ev.miscalibration
     if mis:
         Console().print(miscalibration_line(mis))
 
@@ -146,28 +151,3 @@ def miscalibration_line(mis: dict) -> str:
         line += (f" (gold {mis['gold']['std_cv']:.2f}; corr of log spreads {mis['log_std_corr']:.2f}; "
                  f"within-prompt pairwise accuracy {mis['pairwise_accuracy']:.3f})")
     return line
-
-
-def flat_summary(metrics: dict) -> dict[str, float]:
-    """``eval/<judge>/<metric>`` (+ ``_low``/``_high``) and ``theory/*``: the W&B run summary."""
-    out: dict[str, float] = {}
-    for judge, cols in metrics["eval"]["judges"].items():
-        for name, ci in cols.items():
-            out[f"eval/{judge}/{name}"] = ci["mean"]
-            out[f"eval/{judge}/{name}_low"] = ci["low"]
-            out[f"eval/{judge}/{name}_high"] = ci["high"]
-    th = metrics["eval"].get("theory") or {}
-    for k, v in th.items():
-        if isinstance(v, int | float):
-            out[f"theory/{k}"] = float(v)
-    for judge, stats in (metrics["eval"].get("miscalibration") or {}).items():
-        if isinstance(stats, dict):
-            out |= {f"world/{judge}/{k}": float(v) for k, v in stats.items()}
-        elif isinstance(stats, float):
-            out[f"world/{judge}"] = stats
-    for k in ("reward_val_accuracy", "reward_val_loss", "reward_val_gold_accuracy"):
-        if k in (metrics.get("world") or {}):
-            out[f"reward_model/{k.removeprefix('reward_')}"] = float(metrics["world"][k])
-    if "kl_ratio" in metrics and metrics["kl_ratio"] is not None:
-        out["eval/kl_ratio_to_theory"] = metrics["kl_ratio"]
-    return out

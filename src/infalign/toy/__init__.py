@@ -1,18 +1,15 @@
 """The embedded toy world: synthetic language, gold reward, and its cached reference/reward models.
 
-``ToyWorld`` (text in, text out) lives in :mod:`infalign.toy.world`; ``build_toy_world`` trains
-and caches the reference LM and reward model (:mod:`infalign.toy.build`).
+``ToyWorld`` (text in, text out) lives in :mod:`infalign.toy.world`, the build settings and their
+defaults in :mod:`infalign.toy.defaults`; ``build_toy_world`` trains and caches the reference LM
+and reward model (:mod:`infalign.toy.build`, imported on first use: it needs Lightning and
+transformers, which reading the defaults does not).
 """
 
-from infalign.toy.build import (
-    CODE_VERSION,
-    DEFAULTS,
-    ToyArtifacts,
-    build_toy_world,
-    resolve_toy_config,
-    sample_pairs,
-    toy_world_from_config,
-)
+from importlib import import_module
+from typing import Any
+
+from infalign.toy.defaults import DEFAULTS
 from infalign.toy.world import (
     SEP,
     SPLITS,
@@ -21,6 +18,8 @@ from infalign.toy.world import (
     ToyWorld,
     make_preference_pairs,
 )
+
+_FROM_BUILD = ("CODE_VERSION", "ToyArtifacts", "build_toy_world", "resolve_toy_config", "sample_pairs")
 
 __all__ = [
     "CODE_VERSION",
@@ -35,5 +34,11 @@ __all__ = [
     "make_preference_pairs",
     "resolve_toy_config",
     "sample_pairs",
-    "toy_world_from_config",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The build module's names, imported when first asked for (PEP 562)."""
+    if name in _FROM_BUILD:
+        return getattr(import_module("infalign.toy.build"), name)
+    raise AttributeError(f"module 'infalign.toy' has no attribute {name!r}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import json
 import logging
 import time
@@ -54,6 +53,7 @@ from infalign.models.builders import (
 )
 from infalign.models.generation import sample
 from infalign.models.reward import RewardScorer
+from infalign.toy.defaults import DEFAULTS, RUNTIME_DEFAULTS
 from infalign.toy.world import PreferencePairs, ToyWorld, make_preference_pairs
 from infalign.training.pretrain import LMPretrainModule, make_lm_dataloader
 from infalign.training.reward_model import RewardModelModule, make_preference_dataloader
@@ -62,41 +62,6 @@ log = logging.getLogger(__name__)
 
 # Bump whenever a change to the world, the models or the training code changes the artefact.
 CODE_VERSION = "toy-v3"  # v2: fused tanh-GELU; v3: learnable per-prompt scale, labeler bias
-
-_WORLD_DEFAULTS = {
-    name: list(p.default) if isinstance(p.default, tuple) else p.default
-    for name, p in inspect.signature(ToyWorld).parameters.items()
-    if name != "seed"
-}
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "world": _WORLD_DEFAULTS,
-    "reference": {
-        "size": "small",
-        "n_prompts": 4000,  # train prompts of the behaviour corpus
-        "per_prompt": 4,  # behaviour responses per prompt
-        "val_prompts": 200,  # val prompts (x 2 responses) for the reported val loss
-        "max_steps": 400,
-        "batch_size": 64,
-        "lr": 3e-3,
-        "warmup": 40,
-        "weight_decay": 0.0,
-    },
-    "reward": {
-        "init": "reference",  # 'reference': start from the reference LM's transformer; 'scratch'
-        "size": None,  # None = the reference's size (required when init=reference)
-        "n_prompts": 3000,  # train prompts, one sampled pair each
-        "val_prompts": 400,  # val prompts, one sampled pair each
-        "max_new_tokens": 20,
-        "max_steps": 250,
-        "batch_size": 32,  # pairs per step
-        "lr": 1e-3,
-        "warmup": 20,
-        "weight_decay": 0.0,
-    },
-}
-# Options that change how the build runs, never what it produces (kept out of the cache key).
-RUNTIME_DEFAULTS: dict[str, Any] = {"progress_bar": False, "num_threads": None}
 
 
 @dataclass
@@ -183,7 +148,7 @@ def _coerce(default: Any, value: Any, key: str) -> Any:
 
 
 def resolve_toy_config(cfg: Mapping | None = None) -> tuple[dict, dict]:
-    """``(config, runtime)``: ``cfg`` merged over :data:`DEFAULTS` and validated.
+    """``(config, runtime)``: ``cfg`` merged over :data:`infalign.toy.defaults.DEFAULTS` and validated.
 
     ``config`` determines the artefact (it is hashed into the cache key); ``runtime`` holds
     :data:`RUNTIME_DEFAULTS` options (progress bar, threads). Unknown keys raise ``ConfigError``
@@ -221,12 +186,6 @@ def resolve_toy_config(cfg: Mapping | None = None) -> tuple[dict, dict]:
         f">= {need} (longest behaviour response + eos)",
     )
     return c, runtime
-
-
-def toy_world_from_config(cfg: Mapping | None = None) -> ToyWorld:
-    """The :class:`ToyWorld` a toy config describes (no models built)."""
-    c, _ = resolve_toy_config(cfg)
-    return ToyWorld(seed=c["seed"], **c["world"])
 
 
 # ---------------------------------------------------------------------------------- build

@@ -32,12 +32,14 @@ class IPOModule(L.LightningModule):
         self._reference[0].to(self.device)
 
     def _sums(self, model, batch, side: str) -> torch.Tensor:
-        lp = sequence_logprobs(model, batch["prompt_ids"], batch["prompt_mask"], batch[f"{side}_ids"], batch[f"{side}_mask"])
+        lp = sequence_logprobs(model, batch["prompt_ids"], batch["prompt_mask"], batch[f"{side}_ids"],
+                               batch[f"{side}_mask"])
         return (lp * batch[f"{side}_mask"]).sum(-1)
 
     def training_step(self, batch, batch_idx):
         with torch.no_grad():
-            ref_w, ref_l = self._sums(self._reference[0], batch, "chosen"), self._sums(self._reference[0], batch, "rejected")
+            reference = self._reference[0]
+            ref_w, ref_l = self._sums(reference, batch, "chosen"), self._sums(reference, batch, "rejected")
         pol_w, pol_l = self._sums(self.policy, batch, "chosen"), self._sums(self.policy, batch, "rejected")
         loss = ipo_loss(pol_w, ref_w, pol_l, ref_l, self.tau)
         n = batch["prompt_ids"].shape[0]

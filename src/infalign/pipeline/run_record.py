@@ -1,0 +1,207 @@
+"""The run record: what one ``infalign-train`` run leaves in ``metrics.json``, defined once.
+
+``infalign-train`` builds a :class:`RunRecord` and writes :meth:`RunRecord.to_json`;
+``infalign-report`` reads every job's file back with :meth:`RunRecord.from_json`; the W&B run
+summary is :meth:`RunRecord.wandb_summary`. No other code spells out the file's layout.
+
+Layout (docs/architecture.md §2, "metrics.json"): ``version`` (:data:`SCHEMA_VERSION`), what ran
+(``run_name``, ``status``, ``procedure`` label, ``transform`` label, ``method``, ``method_info``,
+``algo``, ``beta``, ``kl_target``, ``steps``, ``seed``), ``eval`` (:class:`Evaluation`: per judge
+and column a :class:`CI`; ``eval.per_prompt`` holds the per-prompt values behind them,
+docs/method.md §7 and §10), ``kl_ratio``, ``timings``, ``cache``, ``world``, ``data_reports`` and
+the resolved ``config``. A run that did not finish (``status`` ``failed`` / ``interrupted``)
+records only ``run_name``, ``status``, ``error``, ``timings`` and ``config``.
+
+Versions: 0 = records written before this schema existed (no ``version`` key; the same fields,
+some absent in the oldest ones, e.g. ``method``, ``kl_target``, ``eval.per_prompt``) -- they load,
+missing fields as ``None``. 1 = this layout. A newer version, or a file that is not a record,
+raises :class:`RecordError` with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = 1
+FINISHED = "finished"
+
+
+class RecordError(ValueError):
+    """A ``metrics.json`` that is not a run record this version of infalign can read."""
+
+
+def _number(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class CI:
+    """A mean over held-out prompts with its 95 % percentile-bootstrap interval (docs/method.md §7)."""
+
+    mean: float
+    low: float
+    high: float
+    n_prompts: int | None = None
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n_prompts": self.n_prompts}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "ci") -> CI:
+        data = _mapping(data, where)
+        missing = [k for k in ("mean", "low", "high") if k not in data]
+        if missing:
+            raise RecordError(f"{where}: missing {missing}")
+        n = data.get("n_prompts")
+        return cls(*(_number(data[k], f"{where}.{k}") for k in ("mean", "low", "high")),
+                   n_prompts=int(n) if isinstance(n, int | float) and not isinstance(n, bool) else None)
+
+
+@dataclass
+class Evaluation:
+    """``eval``: held-out evaluation of the trained policy against the reference (pipeline/evaluate.py).
+
+    ``judges[judge][column]`` for the columns ``kl``, ``standard_win_rate`` and the procedure's
+    win rate at every N (:meth:`infalign.math.procedures.Procedure.win_rate_key`); ``procedure``
+    is the procedure's family name; ``per_prompt`` = ``{"prompt_ids": [...], judge: {column:
+    [values]}}``; ``theory`` = the calibrated-space prediction (``beta``, ``kl``, win-rate keys,
+    ``at_measured_kl``) or ``None``.
+    """
+
+    judges: dict[str, dict[str, CI]]
+    ns: list[int] = field(default_factory=list)
+    procedure: str | None = None
+    reference_pool_cache_hit: bool | None = None
+    per_prompt: dict | None = None
+    miscalibration: dict | None = None
+    samples: list = field(default_factory=list)
+    theory: dict | None = None
+
+    def ci(self, judge: str, column: str | None) -> CI | None:
+        """The judge's column (``None`` when absent)."""
+        return self.judges.get(judge, {}).get(column) if column else None
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["judges"] = {j: {k: c.to_json() for k, c in cols.items()} for j, cols in self.judges.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> Evaluation:
+        data = _mapping(data, "eval")
+        judges = {
+            str(j): {str(k): CI.from_json(c, f"eval.judges.{j}.{k}")
+                     for k, c in _mapping(cols, f"eval.judges.{j}").items()}
+            for j, cols in _mapping(data.get("judges") or {}, "eval.judges").items()
+        }
+        known = {f.name for f in dataclasses.fields(cls)} - {"judges"}
+        rest = {k: v for k, v in data.items() if k in known and v is not None}
+        rest["ns"] = [int(n) for n in rest.get("ns") or []]
+        return cls(judges=judges, **rest)
+
+
+@dataclass
+class RunRecord:
+    """One run's ``metrics.json`` (module docstring). Field order = the file's key order."""
+
+    run_name: str | None = None
+    status: str = FINISHED  # finished | failed | interrupted
+    error: str | None = None  # runs that did not finish: the exception, "Type: message"
+    procedure: str | None = None  # label, e.g. "bon4"
+    transform: str | None = None  # label, e.g. "expn(t=4)"
+    method: str | None = None  # docs/method.md §8, e.g. "expn(t=4)", "identity+ppo", "ipo(N=4)"
+    method_info: dict | None = None  # {algo, transform, depends_on_n, trained_n}
+    algo: str | None = None
+    beta: float | None = None  # after algo.kl_target
+    kl_target: float | None = None
+    steps: int | None = None
+    seed: int | None = None
+    eval: Evaluation | None = None
+    kl_ratio: float | None = None  # measured KL / theory KL at the training beta
+    timings: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+    world: dict = field(default_factory=dict)
+    data_reports: dict | None = None
+    config: dict = field(default_factory=dict)
+    version: int = SCHEMA_VERSION
+
+    UNFINISHED_FIELDS: ClassVar[tuple[str, ...]] = ("version", "run_name", "status", "error", "timings", "config")
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    def to_json(self) -> dict:
+        """The ``metrics.json`` object: every field of a finished run but ``error``; only
+        :data:`UNFINISHED_FIELDS` of one that did not finish."""
+        keep = ((lambda name: name != "error") if self.finished
+                else (lambda name: name in self.UNFINISHED_FIELDS))
+        out = {"version": self.version}
+        for f in dataclasses.fields(self):
+            if f.name != "version" and keep(f.name):
+                value = getattr(self, f.name)
+                out[f.name] = value.to_json() if isinstance(value, Evaluation) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunRecord:
+        """A record from a parsed ``metrics.json`` (versions 0 and 1; module docstring)."""
+        data = _mapping(data, "metrics.json")
+        version = data.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= SCHEMA_VERSION:
+            raise RecordError(f"version={version!r}: this infalign reads run records of versions 0 to "
+                              f"{SCHEMA_VERSION} (written by a newer infalign? upgrade to read it)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown and version > 0:  # version 0 predates the schema: extra keys are history, not errors
+            raise RecordError(f"unknown field(s) {unknown} in a version-{version} record")
+        values = {k: v for k, v in data.items() if k in names and v is not None}
+        values["status"] = str(values.get("status") or FINISHED)
+        values["version"] = version
+        if "eval" in values:
+            values["eval"] = Evaluation.from_json(values["eval"])
+        for key in ("beta", "kl_target", "kl_ratio"):
+            if key in values:
+                values[key] = _number(values[key], key)
+        return cls(**values)
+
+    def wandb_summary(self) -> dict[str, float]:
+        """The W&B run summary: ``eval/<judge>/<column>`` (+ ``_low`` / ``_high``), ``theory/<key>``
+        for the prediction's numbers, ``world/<judge>/<stat>`` (miscalibration, docs/method.md §11),
+        ``reward_model/val_*`` (a Bradley-Terry-trained reward model) and
+        ``eval/kl_ratio_to_theory``."""
+        out: dict[str, float] = {}
+        ev = self.eval
+        if ev is None:
+            return out
+        for judge, cols in ev.judges.items():
+            for name, ci in cols.items():
+                out[f"eval/{judge}/{name}"] = ci.mean
+                out[f"eval/{judge}/{name}_low"] = ci.low
+                out[f"eval/{judge}/{name}_high"] = ci.high
+        for k, v in (ev.theory or {}).items():
+            if isinstance(v, int | float):
+                out[f"theory/{k}"] = float(v)
+        for judge, stats in (ev.miscalibration or {}).items():
+            if isinstance(stats, dict):
+                out |= {f"world/{judge}/{k}": float(v) for k, v in stats.items()}
+            elif isinstance(stats, float):
+                out[f"world/{judge}"] = stats
+        for k in ("reward_val_accuracy", "reward_val_loss", "reward_val_gold_accuracy"):
+            if k in self.world:
+                out[f"reward_model/{k.removeprefix('reward_')}"] = float(self.world[k])
+        if self.kl_ratio is not None:
+            out["eval/kl_ratio_to_theory"] = self.kl_ratio
+        return out

@@ -1,0 +1,179 @@
+"""Collecting the jobs of a multirun dir: one :class:`Job` per job dir, never raising on a broken one.
+
+A multirun dir holds one job dir per job (``<sweep dir>/<job num>/``), each with ``.hydra/``
+(``config.yaml``, ``overrides.yaml``; written before the job runs), ``train.log`` and, once the job
+has ended, ``metrics.json`` (a :class:`~infalign.pipeline.run_record.RunRecord`). A job is
+
+* ``finished``: its record says so and has evaluation results;
+* ``failed``: the record says so (reason: the error's last line), or it is unreadable (not JSON,
+  not a record, a newer schema version) or incomplete;
+* ``missing``: no ``metrics.json`` (still running, killed, or crashed before writing it; reason:
+  the exception line of the last traceback in ``train.log``), or a status the report does not
+  know (``interrupted``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infalign.pipeline.run_record import RunRecord
+
+JUDGES = ("reward_model", "gold")
+STATUSES = ("finished", "failed", "missing")
+_SKIP_DIRS = {"wandb", "checkpoints", "policy", "csv", "__pycache__"}
+
+
+@dataclass
+class Job:
+    """One job dir of a multirun and what could be read from it."""
+
+    job: str  # path relative to the multirun dir, e.g. "3"
+    path: Path
+    status: str  # finished | failed | missing
+    reason: str = ""  # why failed / missing: the error's last line
+    overrides: list[str] = field(default_factory=list)
+    record: RunRecord | None = None  # metrics.json (None when missing or unreadable)
+    config: dict = field(default_factory=dict)  # resolved config: the record's, else .hydra/config.yaml's
+
+
+def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """Every dir under ``root`` (``root`` included) that has a ``.hydra/`` child, in natural order."""
+    root = Path(root)
+    skip_resolved = {Path(s).resolve() for s in skip}
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        if (here / ".hydra").is_dir():
+            found.append(here)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
+                       and (here / d).resolve() not in skip_resolved]
+    return sorted(found, key=lambda p: natural_key(_rel(p, root)))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key under which "2" < "10" (job numbers), component by component."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"[/\\]", text))
+
+
+def _rel(path: Path, root: Path) -> str:
+    rel = path.relative_to(root).as_posix()
+    return rel if rel != "." else path.name
+
+
+def collect(root: Path, skip: Sequence[Path] = ()) -> list[Job]:
+    """A :class:`Job` for every job dir under ``root``; never raises on a broken job dir."""
+    return [load_job(path, root) for path in find_job_dirs(root, skip)]
+
+
+def load_job(path: Path, root: Path) -> Job:
+    job = Job(job=_rel(path, root), path=path, status="missing", overrides=read_overrides(path))
+    metrics_path = path / "metrics.json"
+    if metrics_path.exists():
+        try:
+            record = RunRecord.from_json(json.loads(metrics_path.read_text()))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:  # RecordError is a ValueError
+            job.status = "failed"
+            job.reason = f"unreadable metrics.json ({type(exc).__name__}: {last_line(str(exc))})"
+        else:
+            job.record, job.status = record, record.status
+            if record.finished:
+                if record.eval is None or not record.eval.judges:
+                    job.status, job.reason = "failed", "incomplete metrics.json (no eval.judges)"
+            elif record.status == "failed":
+                job.reason = (last_line(record.error or "") or log_error(path / "train.log")
+                              or "failed (no error recorded)")
+            else:  # e.g. interrupted: no result to show
+                job.status, job.reason = "missing", f"metrics.json has status={record.status!r}"
+    else:
+        job.reason = (log_error(path / "train.log")
+                      or "no metrics.json (still running, killed, or crashed before writing it)")
+        if (path / "train.log").exists() and job.reason and not job.reason.startswith("no metrics"):
+            job.reason = f"train.log: {job.reason}"
+    config = job.record.config if job.record is not None else None
+    job.config = config if config else read_hydra_config(path)
+    return job
+
+
+def read_overrides(path: Path) -> list[str]:
+    """``.hydra/overrides.yaml`` as a list of strings ([] if absent or unreadable)."""
+    try:
+        from omegaconf import OmegaConf
+
+        data = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))
+        return [str(o) for o in data] if isinstance(data, list) else []
+    except Exception:  # noqa: BLE001 - a broken job dir must not stop the report
+        return []
+
+
+def read_hydra_config(path: Path) -> dict:
+    """The parts of ``.hydra/config.yaml`` the report uses, resolved node by node (best effort).
+
+    The file is the composed config before the job ran; some nodes interpolate Hydra's runtime
+    (``paths.run_dir``), so each top-level node is resolved on its own and dropped if it fails.
+    """
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(path / ".hydra" / "config.yaml")
+    except Exception:  # noqa: BLE001
+        return {}
+    out: dict = {}
+    for key in ("transform", "procedure", "algo", "logger", "seed"):
+        try:
+            node = cfg[key]
+            out[key] = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        except Exception:  # noqa: BLE001
+            continue
+    return out
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def log_error(log_path: Path, max_bytes: int = 200_000) -> str:
+    """The exception line of the last traceback in a log (else its last ERROR line, else '')."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = text.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if starts:
+        for ln in lines[starts[-1] + 1:]:
+            if ln.strip() and not ln[:1].isspace():
+                return ln.strip()
+    errors = [ln.strip() for ln in lines if "[ERROR]" in ln or "Error:" in ln]
+    return errors[-1] if errors else ""
+
+
+def present_judges(jobs: Iterable[Job]) -> list[str]:
+    """Judges found in the finished jobs' records, reward_model and gold first."""
+    seen: list[str] = []
+    for job in jobs:
+        if job.status != "finished":
+            continue
+        for j in job.record.eval.judges:
+            if j not in seen:
+                seen.append(j)
+    return sorted(seen, key=lambda j: (JUDGES.index(j) if j in JUDGES else len(JUDGES), j))
+
+
+def swept_overrides(jobs: Sequence[Job]) -> dict[str, list[str]]:
+    """Per job, the overrides not shared by every job that has any (the swept ones); all of them
+    when fewer than two jobs have overrides."""
+    known = [set(j.overrides) for j in jobs if j.overrides]
+    if len(known) <= 1:
+        return {j.job: list(j.overrides) for j in jobs}
+    common = set.intersection(*known)
+    return {j.job: [o for o in j.overrides if o not in common] for j in jobs}

@@ -1,0 +1,214 @@
+"""Methods at matched KL (docs/method.md §10), per panel = (procedure at one N, judge).
+
+A run joins the panel of every N of ``eval.ns`` (one sample pool evaluates them all; N = 1 and
+plain sampling are the one ``standard`` panel, :meth:`~infalign.math.procedures.Procedure.reduced`),
+only its trained N (and the standard panel) when its method depends on N. Each panel compares the
+runs' per-prompt values (``eval.per_prompt``) with :func:`infalign.math.matched_kl.matched_kl`;
+this module builds the panels and writes ``matched_kl.csv`` / ``matched_kl.md`` and the summary
+sentences.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from infalign.errors import ConfigError
+from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
+from infalign.math.procedures import Procedure, make_procedure
+from infalign.report.collect import Job
+from infalign.report.naming import method_of, procedure_of
+from infalign.report.tables import fmt_ci, md_cell
+
+MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
+                      "win_rate_low", "win_rate_high", "gain", "gain_low", "gain_high", "significant", "n_seeds",
+                      "seed_spread", "n_runs", "n_prompts", "note"]
+
+
+@dataclass
+class Panel:
+    """One matched-KL comparison: a procedure at one N (plain sampling for the standard win rate),
+    under one judge."""
+
+    procedure: Procedure
+    judge: str
+    result: MatchedKL
+
+    @property
+    def name(self) -> str:
+        """``standard`` or the procedure's label, e.g. ``bon4``."""
+        return "standard" if self.procedure.is_standard else self.procedure.label
+
+    @property
+    def family(self) -> str:
+        return self.procedure.name
+
+    @property
+    def n(self) -> int:
+        return self.procedure.n
+
+    @property
+    def metric(self) -> str:
+        """The per-prompt key compared: ``standard_win_rate`` or e.g. ``bon4_win_rate``."""
+        return self.procedure.metric_key()
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.judge})"
+
+
+def panel_ns(job: Job) -> list[int]:
+    """The Ns a run is compared at: every N of ``eval.ns`` (one sample pool evaluates them all);
+    when the method depends on N (e.g. a transform optimal for N, a baseline trained on best-of-N
+    pairs) only ``method_info.trained_n`` -- and N = 1, the standard win rate, which every policy
+    has whatever it was trained for (the paper's standard-win-rate comparison includes them)."""
+    rec = job.record
+    info = rec.method_info if isinstance(rec.method_info, dict) else {}
+    own = procedure_of(job)
+    ns = set(rec.eval.ns or [own.n if own is not None else 1])
+    if info.get("depends_on_n") and info.get("trained_n") is not None:
+        return sorted({int(info["trained_n"])} | ({1} & ns))
+    return sorted(ns)
+
+
+def panel_procedures(job: Job) -> list[Procedure]:
+    """The procedures (one per panel, no repeats) a finished run is compared under: its family
+    (``eval.procedure``, else ``config.procedure``) at each N of :func:`panel_ns`, reduced to
+    plain sampling where N = 1. Raises ConfigError for a family infalign does not know."""
+    own = procedure_of(job)
+    family = make_procedure(job.record.eval.procedure or (own.name if own is not None else "sample"))
+    return list(dict.fromkeys(family.at(n).reduced() for n in panel_ns(job)))
+
+
+def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, list[Run]], list[str]]:
+    """Per panel ``(procedure, judge)`` the :class:`Run` of every finished job with per-prompt
+    statistics (``eval.per_prompt``), once per panel; notes for the finished jobs left out and why."""
+    panels: dict[tuple, list[Run]] = {}
+    notes = []
+    for job in jobs:
+        if job.status != "finished":
+            continue
+        method = method_of(job)
+        pp = job.record.eval.per_prompt
+        if not isinstance(pp, dict) or not pp.get("prompt_ids"):
+            notes.append(f"job {job.job} ({method}): no per-prompt statistics in metrics.json (recorded before "
+                         "eval.per_prompt existed): shown in runs.csv, left out of the matched-KL comparison")
+            continue
+        try:
+            procedures = panel_procedures(job)
+        except ConfigError as exc:
+            notes.append(f"job {job.job} ({method}): {exc}: left out of the matched-KL comparison")
+            continue
+        seed = job.record.seed if job.record.seed is not None else job.config.get("seed")
+        for procedure in procedures:
+            key = procedure.metric_key()
+            for judge in judges:
+                cols = pp.get(judge) if isinstance(pp.get(judge), dict) else {}
+                if "kl" not in cols or key not in cols:
+                    continue
+                run = Run(method, seed if seed is not None else 0, cols["kl"], cols[key], pp["prompt_ids"], job.job)
+                panels.setdefault((procedure, judge), []).append(run)
+    return panels, notes
+
+
+def compare_panels(jobs: Sequence[Job], judges: Sequence[str], baselines: Sequence[str] | None = None,
+                   num_kl: int = 6, num_resamples: int = 2000, seed: int = 0) -> tuple[list[Panel], list[str]]:
+    """:func:`infalign.math.matched_kl.matched_kl` on every panel (standard first, then by family, N;
+    judges in report order); plus the notes of :func:`panel_runs`."""
+    runs, notes = panel_runs(jobs, judges)
+    order = {j: i for i, j in enumerate(judges)}
+
+    def sort_key(key: tuple) -> tuple:
+        procedure, judge = key
+        return not procedure.is_standard, procedure.name, procedure.n, order.get(judge, 99)
+
+    out = []
+    for procedure, judge in sorted(runs, key=sort_key):
+        res = matched_kl(runs[(procedure, judge)], baselines, num_kl=num_kl, num_resamples=num_resamples, seed=seed)
+        out.append(Panel(procedure, judge, res))
+    return out, notes
+
+
+def matched_kl_rows(panels: Sequence[Panel]) -> list[dict]:
+    """``matched_kl.csv``: one row per panel x KL x method (``baseline`` empty: the method's win
+    rate) and per panel x KL x method x baseline (with the gain); a panel without a common KL gets
+    one row carrying its note."""
+    rows = []
+    for p in panels:
+        head = {"panel": p.name, "family": p.family, "n": p.n, "judge": p.judge, "metric": p.metric,
+                "n_prompts": p.result.n_prompts, "note": p.result.note or None}
+        body = p.result.rows()
+        rows += [{**head, **r} for r in body] if body else [head]
+    return rows
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    """``x`` in signed points (x100); no ``-0.0``."""
+    v = round(100 * float(x), digits)
+    return f"{v + 0.0 if v != 0 else 0.0:+.{digits}f}"
+
+
+def gain_clause(p: Panel, g: Gain, i: int) -> str:
+    """E.g. ``expn(t=4) beats identity by +2.1 [+0.8, +3.4] points (significant at 4/6 KLs)`` at
+    grid KL ``i``: "beats" / "trails" only when significant there, else "does not differ
+    significantly from"."""
+    verb = ("does not differ significantly from" if not g.significant[i]
+            else "beats" if g.gain[i] > 0 else "trails")
+    seeds = f", {g.n_seeds} seeds, spread {100 * g.seed_spread[i]:.1f}" if g.n_seeds >= 2 else ""
+    return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points"
+            f"{seeds} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
+
+
+def panel_heading(p: Panel) -> str:
+    """E.g. ``bon4 (reward_model): 6 common KLs in [0.10, 0.60]; at KL 0.35`` (the middle one)."""
+    grid = p.result.grid
+    return (f"{p.title}: {len(grid)} common KLs in [{grid[0]:.2f}, {grid[-1]:.2f}]; "
+            f"at KL {grid[len(grid) // 2]:.2f}")
+
+
+def matched_kl_summary(panels: Sequence[Panel]) -> list[str]:
+    """One sentence per panel and gain, at the panel's middle common KL (``bon4 (reward_model):
+    ... at KL 0.35, expn(t=4) beats identity: +2.1 [+0.8, +3.4] points ...``); one line per
+    panel without a comparison."""
+    lines = []
+    for p in panels:
+        if not p.result.common:
+            lines.append(f"{p.title}: {p.result.note}")
+        lines += [f"{panel_heading(p)}, {gain_clause(p, g, len(p.result.grid) // 2)}" for g in p.result.gains]
+    return lines
+
+
+def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: float = 0.95) -> str:
+    """``matched_kl.md``: per panel a table, rows = common KLs, columns = each method's win rate
+    [CI] then each gain over a baseline [paired CI] in points, ``*`` = significant."""
+    out = io.StringIO()
+    out.write("# Methods at matched KL\n\n")
+    out.write(f"Win rates and gains at KLs covered by every compared method (piecewise-linear in KL through each "
+              f"method's runs, no extrapolation); {100 * level:.0f}% percentile CIs from a paired bootstrap over the "
+              "shared held-out prompts. Gains in points (x100); `*` = significant: CI excludes 0 and, with >= 2 "
+              "seeds, |gain| > seed spread.\n\n")
+    for line in notes:
+        out.write(f"- {line}\n")
+    for p in panels:
+        r = p.result
+        out.write(f"\n## {p.title}: `{p.metric}`, {r.n_prompts} prompts\n\n")
+        if r.note:
+            out.write(f"{r.note}\n\n")
+        for label, reason in r.excluded:
+            out.write(f"- excluded job {label}: {reason}\n")
+        if not r.common:
+            continue
+        if r.excluded:
+            out.write("\n")
+        methods = list(r.win_rate)
+        head = ["KL", *(f"{m} (n={r.n_runs[m]}, seeds={r.n_seeds[m]})" for m in methods),
+                *(f"{g.method} - {g.baseline}" for g in r.gains)]
+        out.write("| " + " | ".join(md_cell(h) for h in head) + " |\n")
+        out.write("|" + "|".join("---" for _ in head) + "|\n")
+        for i, k in enumerate(r.grid):
+            cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
+            cells += [f"{_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}]{' *' if g.significant[i] else ''}"
+                      for g in r.gains]
+            out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
+    return out.getvalue()

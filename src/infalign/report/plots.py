@@ -1,0 +1,166 @@
+"""The report's PNGs: win rate vs KL per method with CIs and theory curves
+(``inference_win_rate_vs_kl.png``, ``standard_win_rate_vs_kl.png``), and the matched-KL gains
+(``gain_vs_kl.png``, docs/method.md §10)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infalign.report.matched import Panel
+from infalign.report.series import Series
+
+PLOTS = {"inference": "inference_win_rate_vs_kl.png", "standard": "standard_win_rate_vs_kl.png"}
+
+_FAMILY_COLORS = {"identity": "tab:blue", "raw": "dimgray", "log": "tab:green", "optimal": "black",
+                  "sqrt": "tab:brown"}
+_T_CMAPS = {"exp": "Reds", "expn": "Purples"}
+_OTHER_CMAPS = ["Oranges", "Greens", "Blues", "Greys"]
+_MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def series_colors(series: Sequence[Series]) -> dict[tuple, Any]:
+    """A colour per series: fixed colours for families without t; for t families (exp, expn), a
+    shade of the family's colormap per t (darker = larger |t|)."""
+    import matplotlib
+
+    colors: dict[tuple, Any] = {}
+    fallback = iter(["tab:cyan", "tab:olive", "tab:pink", "tab:brown", "gold", "teal"] * 10)
+    family_ts: dict[str, list[float]] = {}
+    for s in series:
+        if s.t is not None:
+            family_ts.setdefault(s.family, [])
+            if s.t not in family_ts[s.family]:
+                family_ts[s.family].append(s.t)
+    extra = iter(_OTHER_CMAPS * 10)
+    cmaps = {fam: matplotlib.colormaps[_T_CMAPS.get(fam) or next(extra)] for fam in family_ts}
+    plain: dict[str, Any] = {}
+    for s in series:
+        if s.t is None:
+            if s.family not in plain:
+                plain[s.family] = _FAMILY_COLORS.get(s.family) or next(fallback)
+            colors[s.key] = plain[s.family]
+        else:
+            ts = sorted(family_ts[s.family], key=abs)
+            shade = 0.85 if len(ts) == 1 else 0.45 + 0.5 * ts.index(s.t) / (len(ts) - 1)
+            colors[s.key] = cmaps[s.family](shade)
+    return colors
+
+
+def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, path: Path) -> None:
+    """Win rate vs KL, one subplot per judge (and, for inference-time win rates of a sweep over
+    several procedures/N, one row per procedure): points with 95 % CIs on both axes, a line through
+    each series sorted by KL, and the series' theory curve dashed in the same colour.
+
+    ``which``: ``inference`` (each run's procedure at its N) or ``standard``."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from infalign.infra.plotting import save_png
+
+    col = "inference_win_rate" if which == "inference" else "standard_win_rate"
+    th_key = "win_rate" if which == "inference" else "standard_win_rate"
+    procs = sorted({s.procedure for s in series if s.procedure})
+    algos = sorted({str(s.algo) for s in series})
+    markers = {a: _MARKERS[i % len(_MARKERS)] for i, a in enumerate(algos)}
+    colors = series_colors(series)
+    ylabel = ("standard win rate" if which == "standard"
+              else f"{procs[0]} win rate" if len(procs) == 1 else "inference-time win rate (run's procedure, N)")
+    judges = list(judges) or ["reward_model"]
+    panels = procs if which == "inference" and len(procs) > 1 else [None]  # one row per procedure/N
+    fig, axes = plt.subplots(len(panels), len(judges), figsize=(6.4 * len(judges), 4.8 * len(panels)),
+                             squeeze=False, sharey=True)
+    any_theory = False
+    for row, proc in zip(axes, panels):
+        for ax, judge in zip(row, judges):
+            for s in series:
+                if proc is not None and s.procedure != proc:
+                    continue
+                pts = sorted((r for r in s.rows if r[f"{judge}_kl"] is not None and r[f"{judge}_{col}"] is not None),
+                             key=lambda r: r[f"{judge}_kl"])
+                color = colors[s.key]
+                if pts:
+                    x = np.array([r[f"{judge}_kl"] for r in pts])
+                    y = np.array([r[f"{judge}_{col}"] for r in pts])
+                    xerr = _err(pts, f"{judge}_kl", x)
+                    yerr = _err(pts, f"{judge}_{col}", y)
+                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker=markers[str(s.algo)], ms=6,
+                                lw=1.4, capsize=3, elinewidth=0.9, label=s.label)
+                curve = s.theory.get(judge)
+                if curve and curve["kl"]:
+                    ax.plot(curve["kl"], curve[th_key], ls="--", lw=1.3, color=color, alpha=0.9)
+                    any_theory = True
+            ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+            ax.set_xlabel("KL(pi || pi_ref) [nats]")
+            ax.set_ylabel(f"{proc + ' win rate' if proc else ylabel} vs reference")
+            ax.set_title(f"judge: {judge}" + (f" -- {proc}" if proc else ""))
+            ax.grid(alpha=0.3)
+            if not series:
+                ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
+        handles, labels = row[0].get_legend_handles_labels()
+        if any_theory:
+            handles.append(Line2D([], [], color="gray", ls="--"))
+            labels.append("theory (calibrated space)")
+        if handles:
+            row[-1].legend(handles, labels, fontsize=8, loc="best")
+    fig.suptitle(f"{ylabel} vs KL: trained policies (95% CI) and theory", fontsize=11)
+    save_png(fig, path)
+
+
+def _err(rows: list[dict], key: str, mean: np.ndarray) -> np.ndarray:
+    low = np.array([r[f"{key}_low"] if r[f"{key}_low"] is not None else m for r, m in zip(rows, mean)])
+    high = np.array([r[f"{key}_high"] if r[f"{key}_high"] is not None else m for r, m in zip(rows, mean)])
+    return np.vstack([np.maximum(mean - low, 0.0), np.maximum(high - mean, 0.0)])
+
+
+def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> None:
+    """Gain over each baseline vs KL with its paired 95 % CI band and a zero line: one row of
+    subplots per panel name (standard, bon2, bon4, ...), one column per judge; filled markers
+    where significant."""
+    import matplotlib.pyplot as plt
+
+    from infalign.infra.plotting import save_png
+
+    names = list(dict.fromkeys(p.name for p in panels)) or ["(none)"]
+    judges = list(judges) or ["reward_model"]
+    by = {(p.name, p.judge): p for p in panels}
+    fig, axes = plt.subplots(len(names), len(judges), figsize=(6.4 * len(judges), 4.2 * len(names)), squeeze=False)
+    pairs = list(dict.fromkeys((g.method, g.baseline) for p in panels for g in p.result.gains))
+    colors = {pair: plt.get_cmap("tab10")(i % 10) for i, pair in enumerate(pairs)}
+    for row, name in zip(axes, names):
+        for ax, judge in zip(row, judges):
+            p = by.get((name, judge))
+            ax.axhline(0.0, color="gray", lw=0.9)
+            ax.set_title(f"{name} win rate, judge: {judge}")
+            ax.set_xlabel("KL(pi || pi_ref) [nats]")
+            ax.set_ylabel("gain over baseline [points]")
+            ax.grid(alpha=0.3)
+            if p is None or not p.result.common:
+                msg = "no runs with per-prompt statistics" if p is None else p.result.note
+                ax.text(0.5, 0.5, "\n".join(_wrap(msg, 60)), ha="center", va="center", transform=ax.transAxes,
+                        fontsize=8)
+                continue
+            k = p.result.grid
+            for g in p.result.gains:
+                c = colors[(g.method, g.baseline)]
+                ax.fill_between(k, 100 * g.low, 100 * g.high, color=c, alpha=0.2, lw=0)
+                ax.plot(k, 100 * g.gain, color=c, lw=1.6, label=f"{g.method} - {g.baseline}")
+                ax.scatter(k, 100 * g.gain, color=c, s=22, zorder=3,
+                           facecolors=[c if s else "white" for s in g.significant])
+            lo, hi = ax.get_ylim()
+            if hi - lo < 2.0:  # at least +-1 point, so float-rounding-sized gains do not fill the axis
+                mid = (hi + lo) / 2
+                ax.set_ylim(mid - 1.0, mid + 1.0)
+            if p.result.gains:
+                ax.legend(fontsize=8, loc="best")
+    fig.suptitle("gain at matched KL, paired 95% CI over prompts (filled marker: significant)", fontsize=11)
+    save_png(fig, path)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(str(text), width) or [""]

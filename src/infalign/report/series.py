@@ -1,0 +1,120 @@
+"""Win-rate-vs-KL series: the finished runs of one method under one procedure, with the
+calibrated-space theory curve of the method's transform (docs/method.md §4-§5) over the KL range
+the sweep measured."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from infalign.report.collect import Job, last_line
+from infalign.report.naming import procedure_of, uses_transform
+from infalign.report.tables import job_row
+
+THEORY_POINTS = 40  # KL grid size of each theory curve (plus the measured KLs themselves)
+MIN_THEORY_KL = 1e-3  # the theory grid starts here when measured KLs are ~0 or negative
+
+
+@dataclass
+class Series:
+    """Finished runs of one method (:func:`~infalign.report.naming.method_of`) under one procedure."""
+
+    key: tuple
+    family: str  # transform family, or the algorithm for runs trained without a transform
+    t: float | None
+    procedure: str | None
+    algo: str | None
+    label: str
+    jobs: list[Job]
+    rows: list[dict]
+    theory: dict[str, dict | None] = field(default_factory=dict)  # judge -> curve
+    theory_note: str = ""
+    uses_transform: bool = True
+
+
+def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int = THEORY_POINTS) -> list[Series]:
+    """Group finished jobs by (procedure, method) and compute each calibrated method's theory curve
+    per judge over the KL range that judge measured."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.status == "finished":
+            row = job_row(job, judges)
+            groups.setdefault((row["procedure"], row["method"]), []).append(job)
+    procs = {k[0] for k in groups}
+    out = []
+    for key in sorted(groups, key=lambda k: (str(k[0]), k[1])):
+        proc, method = key
+        members = groups[key]
+        rows = [job_row(j, judges) for j in members]
+        label = f"{proc} {method}" if len(procs) > 1 else method
+        algo, trained_on_transform = rows[0]["algo"], uses_transform(members[0])
+        family = rows[0]["family"] if trained_on_transform else algo
+        out.append(Series(key, family, rows[0]["t"], proc, algo, label, members, rows,
+                          uses_transform=trained_on_transform))
+    for s in out:  # theory over each judge's whole measured KL range, so families compare across it
+        span = {j: [(r[f"{j}_kl"], r[f"{j}_kl_low"], r[f"{j}_kl_high"]) for x in out for r in x.rows] for j in judges}
+        s.theory, s.theory_note = theory_curves(s, judges, theory_points, span)
+    return out
+
+
+def theory_curves(s: Series, judges: Sequence[str], num: int,
+                  span: dict[str, list[tuple]] | None = None) -> tuple[dict[str, dict | None], str]:
+    """Calibrated-space theory (``theory.frontier``) of the series' transform at KLs spanning
+    each judge's measured range (``span[judge]``: (mean, low, high) KLs of every run in the plot;
+    default the series' own) plus the series' measured KLs; ``optimal`` uses the optimal frontier."""
+    from infalign.math import theory
+    from infalign.math.transforms import as_transform
+
+    job = s.jobs[0]
+    procedure = procedure_of(job)
+    tcfg = (job.config or {}).get("transform")
+    if s.family == "raw":
+        return {j: None for j in judges}, "raw: no calibrated-space theory"
+    if not s.uses_transform:
+        return {j: None for j in judges}, f"{s.algo}: trains without a transform, no calibrated-space theory"
+    if procedure is None or not isinstance(tcfg, dict):
+        return {j: None for j in judges}, "no procedure/transform config"
+    try:
+        transform = None
+        if s.family != "optimal":
+            from hydra.utils import instantiate
+
+            transform = as_transform(instantiate(tcfg))
+            if not transform.calibrated:
+                return {j: None for j in judges}, f"{s.family}: not calibrated, no theory"
+    except Exception as exc:  # noqa: BLE001 - an odd transform must not stop the report
+        return {j: None for j in judges}, f"theory skipped: {type(exc).__name__}: {last_line(str(exc))}"
+    curves: dict[str, dict | None] = {}
+    for j in judges:
+        own = [(r[f"{j}_kl"], r[f"{j}_kl_low"], r[f"{j}_kl_high"]) for r in s.rows if r[f"{j}_kl"] is not None]
+        if not own:
+            curves[j] = None
+            continue
+        grid = theory_grid([k for k in (span or {}).get(j, own) if k[0] is not None] or own, num,
+                           extra=[k[0] for k in own])
+        try:
+            f = (theory.optimal_frontier(procedure, grid) if transform is None
+                 else theory.frontier(transform, procedure, grid))
+        except Exception as exc:  # noqa: BLE001
+            curves[j] = None
+            s.theory_note = f"theory failed: {type(exc).__name__}: {last_line(str(exc))}"
+            continue
+        ok = np.asarray(f.valid, bool)  # reachable and converged
+        curves[j] = {"transform": f.transform, "procedure": procedure.label, "kl": f.kl_budget[ok].tolist(),
+                     "beta": f.beta[ok].tolist(), "standard_win_rate": f.standard_win_rate[ok].tolist(),
+                     "win_rate": f.win_rate[ok].tolist(), "unreachable_kl": f.kl_budget[~ok].tolist()}
+    return curves, ""
+
+
+def theory_grid(kls: Sequence[tuple], num: int = THEORY_POINTS, extra: Sequence[float] = ()) -> np.ndarray:
+    """KL budgets spanning the measured (mean, low, high) KLs, clipped to >= MIN_THEORY_KL, with
+    the measured means (and ``extra``) included; log-spaced when the range covers over a decade."""
+    vals = [v for triple in kls for v in triple if v is not None and math.isfinite(v)]
+    means = [m for m in [*(k[0] for k in kls), *extra] if m is not None and m > MIN_THEORY_KL]
+    lo = max(min(vals), MIN_THEORY_KL)
+    hi = max(max(vals), lo * 1.5)
+    grid = np.geomspace(lo, hi, num) if hi / lo > 10 else np.linspace(lo, hi, num)
+    return np.unique(np.concatenate([grid, np.asarray(means, np.float64)]))

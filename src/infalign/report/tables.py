@@ -1,0 +1,168 @@
+"""``runs.csv`` / ``runs.md`` / ``summary.json``: one row per job, and the sweep's summary.
+
+A row holds the job's status, method, procedure, transform family and ``t``, beta, algorithm,
+per judge the KL and the standard and inference-time win rates (the run's own procedure at its N,
+:meth:`~infalign.math.procedures.Procedure.metric_key`) with their 95 % CIs, the theory at beta
+and at the measured KL, ``kl_ratio``, timings, cache flags, the error and the overrides.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infalign.math.procedures import STANDARD_WIN_RATE
+from infalign.report.collect import STATUSES, Job
+from infalign.report.naming import (
+    algo_of,
+    method_of,
+    number,
+    procedure_of,
+    transform_family,
+    transform_label,
+)
+
+# (column suffix, value) pairs of a CI in a row
+_CI_PARTS = (("", "mean"), ("_low", "low"), ("_high", "high"))
+RATES = ("kl", "standard_win_rate", "inference_win_rate")  # the judge-dependent columns of a row
+
+
+def columns(judges: Sequence[str]) -> list[str]:
+    """The columns of ``runs.csv`` (judge-dependent ones for each judge in ``judges``)."""
+    cols = ["job", "status", "run_name", "method", "procedure", "inference_metric", "transform", "family",
+            "t", "beta", "algo", "seed", "steps"]
+    for j in judges:
+        for m in RATES:
+            cols += [f"{j}_{m}{suffix}" for suffix, _ in _CI_PARTS]
+        cols.append(f"{j}_n_prompts")
+    cols += ["theory_kl_at_beta", "theory_inference_win_rate_at_measured_kl", "kl_ratio",
+             "world_s", "calibration_s", "train_s", "eval_s", "toy_built", "calibration_hit", "eval_reference_hit",
+             "error", "overrides", "path"]
+    return cols
+
+
+def job_row(job: Job, judges: Sequence[str]) -> dict:
+    """One ``runs.csv`` row (None where a value is unknown)."""
+    rec, cfg = job.record, job.config or {}
+    procedure = procedure_of(job)
+    metric = procedure.metric_key() if procedure is not None else None
+    family, t = transform_family(cfg.get("transform"), rec.transform if rec else None)
+    algo_cfg = cfg.get("algo") if isinstance(cfg.get("algo"), dict) else {}
+
+    def recorded(name: str, fallback: Any) -> Any:
+        value = getattr(rec, name) if rec is not None else None
+        return value if value is not None else fallback
+
+    row: dict[str, Any] = {
+        "job": job.job, "status": job.status, "run_name": rec.run_name if rec else None, "method": method_of(job),
+        "procedure": (rec.procedure if rec else None) or (procedure.label if procedure else None),
+        "inference_metric": metric, "transform": transform_label(job), "family": family, "t": t,
+        "beta": number(recorded("beta", algo_cfg.get("beta"))), "algo": algo_of(job),
+        "seed": recorded("seed", cfg.get("seed")), "steps": recorded("steps", algo_cfg.get("steps")),
+    }
+    ev = rec.eval if rec is not None else None
+    for j in judges:
+        n_prompts = None
+        for short, key in (("kl", "kl"), ("standard_win_rate", STANDARD_WIN_RATE), ("inference_win_rate", metric)):
+            ci = ev.ci(j, key) if ev is not None else None
+            for suffix, part in _CI_PARTS:
+                row[f"{j}_{short}{suffix}"] = number(getattr(ci, part)) if ci is not None else None
+            n_prompts = n_prompts if n_prompts is not None else (ci.n_prompts if ci is not None else None)
+        row[f"{j}_n_prompts"] = n_prompts
+    th = (ev.theory if ev is not None else None) or {}
+    at = th.get("at_measured_kl") if isinstance(th.get("at_measured_kl"), dict) else {}
+    row["theory_kl_at_beta"] = number(th.get("kl"))
+    row["theory_inference_win_rate_at_measured_kl"] = number(at.get(procedure.win_rate_key)) if procedure else None
+    row["kl_ratio"] = number(rec.kl_ratio) if rec else None
+    timings = rec.timings if rec is not None else {}
+    for k in ("world_s", "calibration_s", "train_s", "eval_s"):
+        row[k] = number(timings.get(k))
+    cache = rec.cache if rec is not None else {}
+    for k in ("toy_built", "calibration_hit", "eval_reference_hit"):
+        row[k] = cache.get(k)
+    row["error"] = job.reason or None
+    row["overrides"] = " ".join(job.overrides)
+    row["path"] = str(job.path)
+    return row
+
+
+def fmt_ci(mean: Any, low: Any, high: Any, digits: int = 3) -> str:
+    if mean is None:
+        return "–"
+    if low is None or high is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def row_ci(row: dict, judge: str, rate: str) -> str:
+    """A row's CI of ``rate`` under ``judge`` as ``mean [low, high]``."""
+    return fmt_ci(*(row[f"{judge}_{rate}{suffix}"] for suffix, _ in _CI_PARTS))
+
+
+def md_cell(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root: Path) -> str:
+    """runs.md: counts, one table row per job (CIs as ``mean [low, high]``), failed/missing list."""
+    counts = Counter(r["status"] for r in rows)
+    out = io.StringIO()
+    out.write(f"# Sweep report: `{root}`\n\n")
+    out.write(", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + f" ({len(rows)} jobs)\n\n")
+    head = ["job", "status", "run", "method", "procedure", "beta", "seed"]
+    for j in judges:
+        head += [f"KL ({j})", f"standard win ({j})", f"inference win ({j})"]
+    head += ["kl_ratio", "train_s", "error"]
+    out.write("| " + " | ".join(head) + " |\n")
+    out.write("|" + "|".join("---" for _ in head) + "|\n")
+    for r in rows:
+        cells = [r["job"], r["status"], r["run_name"], r["method"], r["procedure"], r["beta"], r["seed"]]
+        for j in judges:
+            cells += [row_ci(r, j, m) for m in RATES]
+        cells += [r["kl_ratio"], r["train_s"], r["error"]]
+        out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
+    bad = [j for j in jobs if j.status != "finished"]
+    if bad:
+        out.write("\n## Failed and missing jobs\n\n")
+        for j in bad:
+            out.write(f"- **{j.job}** ({j.status}): {j.reason}  \n  overrides: `{' '.join(j.overrides)}`\n")
+    return out.getvalue()
+
+
+def make_summary(root: Path, out_dir: Path, judges: Sequence[str], jobs: Sequence[Job], rows: list[dict],
+                 series: Sequence, paths: dict[str, Path]) -> dict:
+    """``summary.json`` (before the matched-KL and theory-gap parts and the W&B run are added):
+    counts, failed/missing jobs, the best run per judge, every series' points and theory curve."""
+    counts = Counter(j.status for j in jobs)
+    finished = [r for r in rows if r["status"] == "finished"]
+    best = {}
+    for j in judges:
+        cands = [r for r in finished if r[f"{j}_inference_win_rate"] is not None]
+        if cands:
+            b = max(cands, key=lambda r: r[f"{j}_inference_win_rate"])
+            best[j] = {"job": b["job"], "run_name": b["run_name"], "inference_win_rate": b[f"{j}_inference_win_rate"],
+                       "kl": b[f"{j}_kl"]}
+    point_keys = [f"{m}{suffix}" for m in RATES for suffix, _ in _CI_PARTS]
+    return {
+        "multirun_dir": str(root), "out_dir": str(out_dir), "judges": list(judges),
+        "counts": {s: counts.get(s, 0) for s in STATUSES} | {"total": len(jobs)},
+        "problems": [{"job": j.job, "status": j.status, "reason": j.reason, "overrides": j.overrides,
+                      "path": str(j.path)} for j in jobs if j.status != "finished"],
+        "best_inference_win_rate": best,
+        "series": [
+            {"label": s.label, "family": s.family, "t": s.t, "procedure": s.procedure, "algo": s.algo,
+             "jobs": [j.job for j in s.jobs], "theory_note": s.theory_note,
+             "points": {j: [{"job": r["job"], "beta": r["beta"], **{k: r[f"{j}_{k}"] for k in point_keys}}
+                            for r in s.rows] for j in judges},
+             "theory": s.theory}
+            for s in series
+        ],
+        "files": {k: str(v) for k, v in paths.items()},
+    }

@@ -1,0 +1,72 @@
+"""The report's W&B run: the runs, matched-KL and theory-gap tables and the PNGs, logged to a run
+named ``report`` (``job_type=report``) in the sweep's group, offline when the jobs were."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from infalign.report.build import Report
+from infalign.report.collect import Job
+from infalign.report.matched import MATCHED_KL_COLUMNS
+from infalign.report.plots import PLOTS
+from infalign.report.tables import columns
+from infalign.report.theory_gap import THEORY_GAP_COLUMNS
+
+
+def _offline(logger_cfg: dict) -> bool:
+    """A job logged offline: ``logger.mode`` (``${oc.env:WANDB_MODE,offline}``), or the older ``offline`` flag."""
+    if "mode" in logger_cfg:
+        return logger_cfg["mode"] != "online"
+    return bool(logger_cfg.get("offline", True))
+
+
+def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
+    """project/entity/group/offline of the sweep's W&B runs (None if no job logged to W&B).
+
+    ``group`` is the jobs' ``logger.group``, else what ``infalign-train`` used for a multirun
+    (``multirun-<sweep dir name>``, the sweep dir being the job dir's parent)."""
+    wb = [j for j in jobs if isinstance(j.config.get("logger"), dict) and j.config["logger"].get("kind") == "wandb"]
+    if not wb:
+        return None
+    groups = Counter(str(j.config["logger"].get("group") or f"multirun-{j.path.parent.name}") for j in wb)
+    lg = wb[0].config["logger"]
+    return {"project": lg.get("project") or "infalign", "entity": lg.get("entity"),
+            "group": groups.most_common(1)[0][0],
+            "offline": any(_offline(j.config["logger"]) for j in wb)}
+
+
+def log_to_wandb(report: Report, settings: dict) -> dict:
+    """Log the runs, matched-KL and theory-gap tables + plots to a ``report`` run
+    (``job_type=report``) in the sweep's group; finish it.
+
+    Offline when the jobs were offline or ``WANDB_MODE`` says so. Returns what was done."""
+    import wandb
+
+    env_mode = os.environ.get("WANDB_MODE", "").lower()
+    mode = ("disabled" if env_mode == "disabled" else
+            "offline" if settings.get("offline") or env_mode in ("offline", "dryrun") else "online")
+    report.out_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=settings["project"], entity=settings.get("entity"), group=settings["group"],
+                     job_type="report", name="report", dir=str(report.out_dir), mode=mode, reinit="create_new",
+                     config={"multirun_dir": str(report.root), "judges": report.judges},
+                     settings=wandb.Settings(console="off"))
+    try:
+        cols = columns(report.judges)
+        table = wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in report.rows], allow_mixed_types=True)
+        matched = wandb.Table(columns=MATCHED_KL_COLUMNS, allow_mixed_types=True,
+                              data=[[r.get(c) for c in MATCHED_KL_COLUMNS] for r in report.matched_rows])
+        gaps = wandb.Table(columns=THEORY_GAP_COLUMNS, allow_mixed_types=True,
+                           data=[[r.get(c) for c in THEORY_GAP_COLUMNS] for r in report.gap_rows])
+        run.log({"runs": table, "matched_kl": matched, "theory_gap": gaps,
+                 "plots/gain_vs_kl": wandb.Image(str(report.paths["plot_gain"])),
+                 **{f"plots/{Path(p).stem}": wandb.Image(str(report.paths[f"plot_{k}"])) for k, p in PLOTS.items()}})
+        run.summary.update({f"jobs/{k}": v for k, v in report.summary["counts"].items()})
+        run_dir = str(Path(run.dir).parent) if getattr(run, "dir", None) else None
+        run.finish()
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    return {"mode": mode, "project": settings["project"], "group": settings["group"], "run_dir": run_dir}

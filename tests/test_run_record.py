@@ -1,0 +1,110 @@
+"""The run record (pipeline/run_record.py): one schema for what infalign-train writes and what
+infalign-report reads, versioned; the W&B summary derives from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infalign.math.procedures import BestOfN
+from infalign.pipeline.run_record import CI, SCHEMA_VERSION, Evaluation, RecordError, RunRecord
+
+
+def _ci(mean: float) -> dict:
+    return {"mean": mean, "low": mean - 0.1, "high": mean + 0.1, "n_prompts": 8}
+
+
+def finished_json() -> dict:
+    """A finished record as metrics.json holds it (what train.run writes)."""
+    judges = {j: {"kl": _ci(0.3), "standard_win_rate": _ci(0.6), "bon1_win_rate": _ci(0.6),
+                  "bon4_win_rate": _ci(0.7)} for j in ("reward_model", "gold")}
+    return {
+        "version": SCHEMA_VERSION, "run_name": "bon4-identity-b0.3", "status": "finished", "procedure": "bon4",
+        "transform": "identity", "method": "identity",
+        "method_info": {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4},
+        "algo": "rloo", "beta": 0.3, "kl_target": None, "steps": 10, "seed": 1,
+        "eval": {"judges": judges, "ns": [1, 4], "procedure": "bon", "reference_pool_cache_hit": True,
+                 "per_prompt": {"prompt_ids": ["a"], "reward_model": {"kl": [0.3]}},
+                 "miscalibration": {"n_prompts": 8, "reward_model": {"std_cv": 0.3}, "log_std_corr": 0.5},
+                 "samples": [["p", "r"]],
+                 "theory": {"beta": 0.3, "kl": 0.4, "standard_win_rate": 0.65, "bon4_win_rate": 0.75,
+                            "bon1_win_rate": 0.65,
+                            "at_measured_kl": {"kl": 0.3, "reachable": True, "standard_win_rate": 0.62,
+                                               "bon4_win_rate": 0.72, "bon1_win_rate": 0.62}}},
+        "kl_ratio": 0.75, "timings": {"train_s": 2.0}, "cache": {"policy_hit": False},
+        "world": {"reward_val_accuracy": 0.9}, "data_reports": None, "config": {"seed": 1},
+    }
+
+
+def test_finished_record_round_trips_exactly():
+    data = finished_json()
+    rec = RunRecord.from_json(json.loads(json.dumps(data)))
+    assert rec.finished and rec.version == SCHEMA_VERSION and isinstance(rec.eval, Evaluation)
+    assert rec.eval.ci("gold", "bon4_win_rate") == CI(0.7, 0.7 - 0.1, 0.7 + 0.1, 8)
+    assert rec.eval.ci("gold", BestOfN(4).metric_key(1)).mean == 0.6 and rec.eval.ci("gold", "nope") is None
+    assert rec.to_json() == data  # every field, nothing added: writer and reader are one definition
+
+
+def test_unfinished_record_has_only_what_is_known():
+    rec = RunRecord(run_name="x", status="failed", error="ValueError: boom", timings={"world_s": 1.0},
+                    config={"seed": 0}, beta=0.3)
+    assert rec.to_json() == {"version": SCHEMA_VERSION, "run_name": "x", "status": "failed",
+                             "error": "ValueError: boom", "timings": {"world_s": 1.0}, "config": {"seed": 0}}
+    assert "error" not in RunRecord(run_name="y").to_json()
+
+
+def test_version_0_records_load_with_missing_fields_as_none():
+    """Records written before the schema: no version, some fields absent (method, kl_target,
+    eval.per_prompt), sometimes keys this schema does not have."""
+    data = finished_json()
+    for key in ("version", "method", "method_info", "kl_target"):
+        data.pop(key)
+    data["eval"].pop("per_prompt")
+    data["retired_field"] = 1
+    rec = RunRecord.from_json(data)
+    assert rec.version == 0 and rec.method is None and rec.kl_target is None and rec.eval.per_prompt is None
+    assert rec.eval.ci("reward_model", "kl").mean == 0.3 and RunRecord.from_json({}).status == "finished"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({**finished_json(), "version": SCHEMA_VERSION + 1},
+     rf"version={SCHEMA_VERSION + 1}.*versions 0 to {SCHEMA_VERSION}"),
+    ({**finished_json(), "version": "1"}, r"version='1'"),
+    ({**finished_json(), "retired_field": 1}, r"unknown field\(s\) \['retired_field'\]"),
+    ([1, 2], r"metrics.json: expected a JSON object, got list"),
+    ({"eval": {"judges": {"gold": {"kl": {"mean": 0.1}}}}}, r"eval\.judges\.gold\.kl: missing \['low', 'high'\]"),
+    ({"eval": {"judges": {"gold": {"kl": {"mean": "x", "low": 0, "high": 1}}}}}, r"eval\.judges\.gold\.kl\.mean"),
+    ({"beta": "0.3"}, r"beta: expected a number"),
+])
+def test_records_this_version_cannot_read_fail_with_the_reason(data, message):
+    with pytest.raises(RecordError, match=message):
+        RunRecord.from_json(data)
+
+
+def test_wandb_summary_keys_derive_from_the_record():
+    summary = RunRecord.from_json(finished_json()).wandb_summary()
+    judge_keys = {f"eval/{j}/{c}{s}" for j in ("reward_model", "gold")
+                  for c in ("kl", "standard_win_rate", "bon1_win_rate", "bon4_win_rate") for s in ("", "_low", "_high")}
+    assert set(summary) == judge_keys | {
+        "theory/beta", "theory/kl", "theory/standard_win_rate", "theory/bon4_win_rate", "theory/bon1_win_rate",
+        "world/reward_model/std_cv", "world/log_std_corr",  # counts (n_prompts) are not summary numbers
+        "reward_model/val_accuracy", "eval/kl_ratio_to_theory"}
+    assert summary["eval/gold/bon4_win_rate_high"] == pytest.approx(0.8) and summary["theory/kl"] == 0.4
+    assert RunRecord(status="failed").wandb_summary() == {}
+
+
+def test_the_pipeline_writes_what_the_report_reads(tmp_path):
+    """record.write_files (infalign-train's stage 4) and report.collect.load_job (infalign-report)
+    agree on the file: the job is finished and carries the same record."""
+    from infalign.pipeline.record import write_files
+    from infalign.report.collect import load_job
+
+    rec = RunRecord.from_json(finished_json())
+    job_dir = tmp_path / "0"
+    (job_dir / ".hydra").mkdir(parents=True)
+    paths = write_files(job_dir, rec, BestOfN(4))
+    assert paths["metrics"].exists() and paths["plot"].exists()
+    job = load_job(job_dir, tmp_path)
+    assert job.status == "finished" and job.record == rec and job.config == {"seed": 1}
+    assert (job_dir / "eval_metrics.csv").read_text().count("\n") == 1 + 2 * 4  # header + judges x columns
