@@ -18,8 +18,10 @@ def job(sweep: Path, num: int, metrics: dict | None) -> None:
 
 
 def test_summary_sums_stage_times_and_counts_cache_hits(tmp_path):
-    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 40.0, "eval_s": 10.0}, "cache": {"policy_hit": False}})
-    job(tmp_path, 1, {"status": "finished", "timings": {"train_s": 0.5, "eval_s": 12.0}, "cache": {"policy_hit": True}})
+    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 40.0, "eval_s": 10.0},
+                      "cache": {"policy_hit": False}})
+    job(tmp_path, 1, {"status": "finished", "timings": {"train_s": 0.5, "eval_s": 12.0},
+                      "cache": {"policy_hit": True}})
     job(tmp_path, 2, {"status": "failed", "timings": {"world_s": 2.0}})
     job(tmp_path, 3, None)  # killed: counted as a job, nothing else
     (tmp_path / "notajob").mkdir()

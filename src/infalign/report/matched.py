@@ -23,7 +23,7 @@ from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
                       "win_rate_low", "win_rate_high", "gain", "gain_low", "gain_high", "significant", "n_seeds",
-                      "seed_spread", "n_runs", "n_prompts", "note"]
+                      "seed_spread", "seed_low", "seed_high", "n_runs", "n_prompts", "note"]
 
 
 @dataclass
@@ -150,12 +150,13 @@ def _pct(x: float, digits: int = 1) -> str:
 
 
 def gain_clause(p: Panel, g: Gain, i: int) -> str:
-    """E.g. ``expn(t=4) beats identity by +2.1 [+0.8, +3.4] points (significant at 4/6 KLs)`` at
-    grid KL ``i``: "beats" / "trails" only when significant there, else "does not differ
+    """E.g. ``expn(t=4) beats identity: +2.1 [+0.8, +3.4] points, 3 seeds [+1.2, +3.0]
+    (significant at 4/6 KLs)`` at grid KL ``i`` (prompt-bootstrap CI, then the seed interval of
+    docs/method.md §10): "beats" / "trails" only when significant there, else "does not differ
     significantly from"."""
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
-    seeds = f", {g.n_seeds} seeds, spread {100 * g.seed_spread[i]:.1f}" if g.n_seeds >= 2 else ""
+    seeds = (f", {g.n_seeds} seeds [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}]" if g.n_seeds >= 2 else "")
     return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points"
             f"{seeds} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
 
@@ -186,8 +187,9 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
     out.write("# Methods at matched KL\n\n")
     out.write(f"Win rates and gains at KLs covered by every compared method (piecewise-linear in KL through each "
               f"method's runs, no extrapolation); {100 * level:.0f}% percentile CIs from a paired bootstrap over the "
-              "shared held-out prompts. Gains in points (x100); `*` = significant: CI excludes 0 and, with >= 2 "
-              "seeds, |gain| > seed spread.\n\n")
+              "shared held-out prompts; with >= 2 seeds, each gain's seed interval follows (Student-t over the "
+              "per-seed gains: training noise, which the prompt bootstrap does not see). Gains in points (x100); "
+              "`*` = significant: the CI and the seed interval both exclude 0.\n\n")
     for line in notes:
         out.write(f"- {line}\n")
     for p in panels:
@@ -208,7 +210,8 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
         out.write("|" + "|".join("---" for _ in head) + "|\n")
         for i, k in enumerate(r.grid):
             cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
-            cells += [f"{_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}]{' *' if g.significant[i] else ''}"
-                      for g in r.gains]
+            cells += [f"{_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}]"
+                      + (f" seeds [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}]" if g.n_seeds >= 2 else "")
+                      + (" *" if g.significant[i] else "") for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     return out.getvalue()
