@@ -74,17 +74,16 @@ def plot_win_rates(rec: RunRecord, procedure, path: Path) -> None:
     """Win rate vs N (with 95% CIs) per judge, and the theory's prediction beside them."""
     import matplotlib.pyplot as plt
 
-    from infalign.infra.plotting import save_png
+    from infalign.infra.plotting import error_bar_lengths, save_png
 
     ev = rec.eval
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for judge, cols in ev.judges.items():
-        xs, ys, lo, hi = [], [], [], []
-        for n in ev.ns:
-            c = cols.get(procedure.metric_key(n))
-            if c is not None:
-                xs.append(n), ys.append(c.mean), lo.append(c.mean - c.low), hi.append(c.high - c.mean)
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"trained policy ({judge})")
+        found = [(n, c) for n in ev.ns if (c := cols.get(procedure.metric_key(n))) is not None]
+        xs = [n for n, _ in found]
+        ys = [c.mean for _, c in found]
+        yerr = error_bar_lengths(ys, [c.low for _, c in found], [c.high for _, c in found])
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"trained policy ({judge})")
     th = ev.theory
     if th:
         key = procedure.win_rate_key

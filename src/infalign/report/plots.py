@@ -113,7 +113,9 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
 def _err(rows: list[dict], key: str, mean: np.ndarray) -> np.ndarray:
     low = np.array([r[f"{key}_low"] if r[f"{key}_low"] is not None else m for r, m in zip(rows, mean)])
     high = np.array([r[f"{key}_high"] if r[f"{key}_high"] is not None else m for r, m in zip(rows, mean)])
-    return np.vstack([np.maximum(mean - low, 0.0), np.maximum(high - mean, 0.0)])
+    from infalign.infra.plotting import error_bar_lengths
+
+    return error_bar_lengths(mean, low, high)
 
 
 def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> None:

@@ -1,0 +1,33 @@
+"""Plot helpers (infra/plotting.py) on the inputs that broke a finished run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from infalign.infra.plotting import error_bar_lengths
+
+
+def test_error_bars_never_negative_when_the_mean_lies_outside_its_interval():
+    # a win rate of 1 whose bootstrap bounds differ from the mean by float rounding (seen in a
+    # paper_hacking run at KL 4: mean 1 - 2.9e-15, high 1 - 4.0e-15), and a skewed percentile CI
+    mean = [0.9999999999999971, 0.70, 0.5]
+    low = [0.9999999999999951, 0.72, 0.4]
+    high = [0.999999999999996, 0.80, 0.6]
+    err = error_bar_lengths(mean, low, high)
+    assert err.shape == (2, 3) and (err >= 0).all()
+    np.testing.assert_allclose(err[:, 2], [0.1, 0.1])
+    np.testing.assert_allclose(err[:, 1], [0.0, 0.10])
+
+
+def test_the_run_plot_draws_a_win_rate_of_one(tmp_path):
+    """pipeline/record.plot_win_rates with the numbers that failed the run writes its PNG."""
+    from infalign.math.procedures import BestOfN
+    from infalign.pipeline.record import plot_win_rates
+    from infalign.pipeline.run_record import RunRecord
+    from test_run_record import finished_json
+
+    data = finished_json()
+    data["eval"]["judges"]["reward_model"]["bon4_win_rate"] = {
+        "mean": 0.9999999999999971, "low": 0.9999999999999951, "high": 0.999999999999996, "n_prompts": 8}
+    plot_win_rates(RunRecord.from_json(data), BestOfN(4), tmp_path / "win.png")
+    assert (tmp_path / "win.png").stat().st_size > 0
