@@ -168,14 +168,16 @@ def test_online_algorithm_reaches_the_tilted_policy_and_logs_the_exact_kl(name, 
     start = tp.mean_kl(world.policy, _target(beta))
     fit_policy(world, OmegaConf.create({"seed": 0}), algo, Identity(), tp.calibration_table(),
                FIT | {"callbacks": [recorder]}, {}, None)
-    assert start > 0.35
-    assert tp.mean_kl(world.policy, _target(beta)) < 0.01  # measured <= 1.4e-4
-    target_kl = sum(tp.kl(_target(beta)(x), tp.response_probs(tp.reference(), x)) for x in tp.PROMPTS) / 2
-    assert recorder.exact[-1] == pytest.approx(target_kl, abs=0.02)
+    # the logged KL is the policy's KL at each rollout, in expectation (k1 over 64 samples)
     assert len(recorder.logged) == steps  # one rollout per step, ppo's epochs x minibatches included
     diff = torch.tensor(recorder.logged, dtype=torch.float64) - torch.tensor(recorder.exact, dtype=torch.float64)
     se = float(diff.std() / len(diff) ** 0.5)
     assert se < 0.02 and abs(float(diff.mean())) < 4 * se, (float(diff.mean()), se)
+    # the policy reaches the tilted target
+    assert start > 0.35
+    assert tp.mean_kl(world.policy, _target(beta)) < 0.01  # measured <= 1.4e-4
+    target_kl = sum(tp.kl(_target(beta)(x), tp.response_probs(tp.reference(), x)) for x in tp.PROMPTS) / 2
+    assert recorder.exact[-1] == pytest.approx(target_kl, abs=0.02)
 
 
 def _offline(name: str, **settings):
