@@ -11,7 +11,7 @@ from infalign.math.calibration import CalibrationTable
 from infalign.math.procedures import BestOfN
 from infalign.math.transforms import Exp, Identity, Raw
 from infalign.pipeline.kl_target import beta_for_target
-from infalign.training.ctrl import RLConfig
+from infalign.training.algorithms import make_algorithm
 
 
 @pytest.mark.parametrize("transform", [Identity(), Exp(t=4.0, normalized=True)], ids=["identity", "expn4"])
@@ -41,7 +41,7 @@ def test_bad_targets_name_the_key():
         beta_for_target(0.3, Raw(), BestOfN(n=4), None)  # raw needs the table
     with pytest.raises(ConfigError, match="algo.kl_target"):
         beta_for_target(0.3, Raw(), BestOfN(n=4), CalibrationTable.from_rewards(torch.ones(2, 4)))
+    with pytest.raises(ConfigError, match=r"algo\.kl_target.*moves its KL with algo\.beta \(tau"):
+        make_algorithm({"name": "ipo", "kl_target": 0.3})
     with pytest.raises(ConfigError, match="algo.kl_target"):
-        RLConfig(name="ipo", kl_target=0.3)
-    with pytest.raises(ConfigError, match="algo.kl_target"):
-        RLConfig(kl_target=-1.0)
+        make_algorithm({"name": "rloo", "kl_target": -1.0})

@@ -33,6 +33,26 @@ def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
     assert policy_key(cfg, _World(), 0.1) != key
 
 
+def test_key_covers_every_registered_algorithms_code(tmp_path, monkeypatch):
+    """Adding an algorithm needs no line in TRAINING_CODE: the module of every registered class is
+    in the digest (here a stand-in class whose module is another file)."""
+    from infalign.training.algorithms import base
+
+    cfg = compose_train(tmp_path, tmp_path)
+    key = policy_key(cfg, _World(), 0.1)
+    stand_in = type("StandIn", (), {"__module__": "infalign.math.theory"})
+    monkeypatch.setitem(base.ALGORITHMS, "stand_in", stand_in)
+    assert policy_key(cfg, _World(), 0.1) != key
+
+
+def test_key_of_an_algorithm_without_beta(tmp_path):
+    """bon_sft has no beta (``Algorithm.beta`` is None): the key is its config as composed."""
+    cfg = compose_train(tmp_path, tmp_path, "algo=bon_sft")
+    key = policy_key(cfg, _World(), None)
+    assert key == policy_key(cfg, _World(), None)
+    assert key != policy_key(compose_train(tmp_path, tmp_path, "algo=bon_sft", "algo.steps=7"), _World(), None)
+
+
 def test_code_digest_ignores_comments_and_docstrings_not_code():
     src = 'def f(x):\n    """Doc."""\n    return x + 1\n'
     same = '# a comment\ndef f(x):\n    """Other doc,\n    two lines."""\n\n    return x + 1  # why\n'

@@ -64,6 +64,6 @@ def test_pooled_runs_are_their_own_method(tmp_path):
     cfg = compose_train(tmp_path, tmp_path, "method=identity_pooled")
     procedure, transform, rl = train_app.validate(cfg)
     assert cfg.calibration.scope == "pooled" and isinstance(transform, Identity)
-    assert method_info(cfg, rl.name, transform, procedure)["method"] == "identity[pooled]"
+    assert method_info(cfg, rl, transform, procedure)["method"] == "identity[pooled]"
     plain = compose_train(tmp_path, tmp_path, "method=identity")
-    assert method_info(plain, rl.name, transform, procedure)["method"] == "identity"
+    assert method_info(plain, rl, transform, procedure)["method"] == "identity"

@@ -1,4 +1,4 @@
-"""RL maths: KL estimators, RLOO advantages and loss, PPO clipped surrogate."""
+"""RL maths: KL estimators, RLOO advantages and loss, PPO clipped surrogate, IPO loss."""
 
 import math
 
@@ -7,6 +7,7 @@ import torch
 
 from infalign.errors import ConfigError
 from infalign.math.rl_objectives import (
+    ipo_loss,
     kl_penalty,
     ppo_loss,
     rloo_advantages,
@@ -17,14 +18,20 @@ from infalign.math.rl_objectives import (
 
 # ---------------------------------------------------------------- KL estimators
 def test_kl_k1_k3_hand_computation():
-    logp = torch.tensor([[-1.0, -2.0, -0.5]])
-    ref = torch.tensor([[-2.0, -1.0, -7.0]])
-    mask = torch.tensor([[1, 1, 0]])
-    # k1: (-1 + 2) + (-2 + 1) = 0.  k3 with log r = ref - logp = -1, +1:
-    #   (e^-1 - 1 + 1) + (e^1 - 1 - 1) = e^-1 + e - 2
-    torch.testing.assert_close(kl_penalty(logp, ref, mask, "k1"), torch.tensor([0.0]))
-    expected_k3 = torch.tensor([math.exp(-1) + math.e - 2])
+    # Asymmetric on purpose: k1 != 0 and the log-ratios differ in size, so swapping the arguments
+    # (log q - log p) or flipping a sign changes both estimates; masked tokens hold large values.
+    logp = torch.tensor([[-1.0, -2.5, -0.5], [-0.2, -3.0, -1.0]])
+    ref = torch.tensor([[-2.0, -1.0, -7.0], [-0.7, -0.1, -4.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # k1 = sum (log p - log q): row 0: (-1 + 2) + (-2.5 + 1) = -0.5; row 1: -0.2 + 0.7 = 0.5.
+    torch.testing.assert_close(kl_penalty(logp, ref, mask, "k1"), torch.tensor([-0.5, 0.5]))
+    # k3 = sum (r - 1) - log r, log r = log q - log p: row 0: log r = -1, +1.5 -> e^-1 + (e^1.5 - 2.5);
+    # row 1: log r = -0.5 -> e^-0.5 - 1 + 0.5.
+    expected_k3 = torch.tensor([math.exp(-1) + math.exp(1.5) - 2.5, math.exp(-0.5) - 0.5])
     torch.testing.assert_close(kl_penalty(logp, ref, mask, "k3"), expected_k3)
+    # swapped arguments give other values (the check above would catch a swap inside kl_penalty)
+    assert not torch.allclose(kl_penalty(ref, logp, mask, "k1"), torch.tensor([-0.5, 0.5]))
+    assert not torch.allclose(kl_penalty(ref, logp, mask, "k3"), expected_k3)
 
 
 def test_k3_is_non_negative():
@@ -140,3 +147,12 @@ def test_ppo_loss_clips_in_the_pessimistic_direction():
     grad = new.grad.squeeze(1)
     assert grad[0] == 0 and grad[3] == 0  # clipped terms carry no gradient
     torch.testing.assert_close(grad[[1, 2]], torch.tensor([1.5, -0.5]) / 4)  # d(-A rho)/dlog rho
+
+
+# ---------------------------------------------------------------- IPO
+def test_ipo_loss_hand_computation():
+    # pair 0: h = (2 - 1) - (0.5 - 1) = 1.5; pair 1: h = (0 - 1) - (1 - 0) = -2; tau = 0.25 -> target 2
+    # loss = ((1.5 - 2)^2 + (-2 - 2)^2) / 2 = (0.25 + 16) / 2
+    t = torch.tensor
+    loss = ipo_loss(t([2.0, 0.0]), t([1.0, 1.0]), t([0.5, 1.0]), t([1.0, 0.0]), 0.25)
+    assert loss.item() == pytest.approx(8.125)

@@ -50,9 +50,12 @@ def test_grid_sweeps_expand_to_distinct_jobs(name):
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
+    from omegaconf import OmegaConf
+
     from infalign.math.procedures import Procedure
     from infalign.math.transforms import as_transform
     from infalign.pipeline.record import method_info
+    from infalign.training.algorithms import make_algorithm
 
     cfg = compose_sweep(name)
     assert cfg.sweep_name == name and cfg.hydra.mode.name == "MULTIRUN"
@@ -67,10 +70,11 @@ def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
         for point in range(points):
             job.kl_point = point  # the method's knob is an interpolation of kl_point
             algo = job.algo
-            knobs.append(algo.kl_target if algo.kl_target is not None else
+            knobs.append(algo.get("kl_target") if algo.get("kl_target") is not None else
                          (algo.steps if algo.name == "bon_sft" else 1.0 / algo.beta))
             procedure: Procedure = instantiate(job.procedure)
-            info = method_info(job, algo.name, as_transform(instantiate(job.transform)), procedure)
+            trained = make_algorithm(OmegaConf.to_container(algo, resolve=True))
+            info = method_info(job, trained, as_transform(instantiate(job.transform)), procedure)
             assert info["depends_on_n"] == (algo.name in ("bon_sft", "ipo")), (method, info)
         assert knobs == sorted(knobs) and len(set(knobs)) == points, (method, knobs)  # KL grows with kl_point
 

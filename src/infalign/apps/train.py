@@ -38,16 +38,15 @@ from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json, atomic_write_text
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import Procedure
-from infalign.math.transforms import Log, Raw, Transform, as_transform
+from infalign.math.transforms import Raw, Transform, as_transform
 from infalign.pipeline import record
-from infalign.pipeline.baselines import OFFLINE_ALGOS
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
-from infalign.training.ctrl import RLConfig
+from infalign.training.algorithms import Algorithm, make_algorithm
 
 log = logging.getLogger(__name__)
 # Our train "dataloader" only counts steps (prompts and seeds are functions of the step), so a
@@ -66,11 +65,11 @@ def instantiate_checked(node: DictConfig):
         raise
 
 
-def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
+def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     """Everything that can be checked without compute; raises ConfigError naming the key."""
     procedure: Procedure = instantiate_checked(cfg.procedure)
     transform = as_transform(instantiate_checked(cfg.transform))
-    rl = RLConfig(**OmegaConf.to_container(cfg.algo, resolve=True))
+    algo = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True))
     require(int(cfg.calibration.K) >= 1, "calibration.K", cfg.calibration.K, "K >= 1 reference samples per prompt")
     scope = cfg.calibration.get("scope", "prompt")
     require(scope in SCOPES, "calibration.scope", scope, " | ".join(SCOPES))
@@ -91,7 +90,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, RLConfig]:
         require(cfg.logger.mode in WANDB_MODES, "logger.mode", cfg.logger.mode, f"one of {list(WANDB_MODES)}",
                 "it follows the WANDB_MODE environment variable")
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
-    return procedure, transform, rl
+    return procedure, transform, algo
 
 
 RESUME = ("last", "last_or_new")  # ckpt_path values that continue the run in this run dir
@@ -214,9 +213,10 @@ def run(cfg: DictConfig) -> dict:
     name, logger = None, None
     timings: dict[str, float] = {}
     try:
-        procedure, transform, rl = validate(cfg)
-        name = record.run_name(procedure, transform, rl.beta, rl.name, rl.kl_target)
-        tags = [procedure.label, transform.kind, rl.name, f"beta={rl.beta:g}", cfg.data.source]
+        procedure, transform, algo = validate(cfg)
+        name = record.run_name(procedure, transform, algo)
+        tags = [procedure.label, transform.kind, algo.name, *([f"beta={algo.beta:g}"] if algo.beta is not None else []),
+                cfg.data.source]
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -234,13 +234,13 @@ def run(cfg: DictConfig) -> dict:
         table, calib_hit = None, None
         with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
                    "samples (instant when cached)"):
-            if (transform.calibrated or rl.kl_target is not None) and rl.name not in OFFLINE_ALGOS:
+            if algo.needs_calibration(transform):
                 table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
-            if rl.kl_target is not None and rl.name not in OFFLINE_ALGOS:
+            if algo.kl_target is not None:
                 require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
-                        rl.kl_target, "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
-                rl.beta = beta_for_target(rl.kl_target, transform, procedure, table)
-                log.info("algo.kl_target=%g -> beta=%.4g", rl.kl_target, rl.beta)
+                        algo.kl_target, "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+                algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
+                log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
 
         fit_kwargs = {
             **{k: v for k, v in kw.items() if k != "callbacks"},
@@ -251,12 +251,12 @@ def run(cfg: DictConfig) -> dict:
         ckpt = resolve_ckpt(cfg, out_dir)
 
         def train() -> None:
-            fit_policy(world, cfg, rl, transform, table, fit_kwargs, kw, ckpt)
+            fit_policy(world, cfg, algo, transform, table, fit_kwargs, kw, ckpt)
 
         policy_hit = None
-        with stage("train", timings, f"{rl.steps} {rl.name} steps"):
+        with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
             if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
-                policy_hit = train_or_load(world.policy, policy_key(cfg, world, rl.beta), cache_dir, train,
+                policy_hit = train_or_load(world.policy, policy_key(cfg, world, algo.beta), cache_dir, train,
                                            str(out_dir))
             else:
                 train()
@@ -264,22 +264,18 @@ def run(cfg: DictConfig) -> dict:
             world.policy.save_pretrained(out_dir / "policy")
             world.tokenizer.save_pretrained(out_dir / "policy")
 
-        # theory beside the run: bon_sft targets the best-of-N policy (log at beta = 1/(N-1))
-        theory_transform, theory_beta = transform, rl.beta
-        if rl.name == "bon_sft":
-            theory_transform, theory_beta = Log(floor=0.0), 1.0 / (rl.n_samples - 1)
-        elif rl.name == "ipo":
-            theory_transform = Raw()  # no calibrated-space prediction
+        # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none)
+        theory_transform, theory_beta = algo.theory_target(transform) or (Raw(), 0.0)
         with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
                    "policy and reference (reference instant when cached)"):
             ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
         th = ev.theory
         kl = ev.judges["reward_model"]["kl"].mean
-        info = record.method_info(cfg, rl.name, transform, procedure)
+        info = record.method_info(cfg, algo, transform, procedure)
         rec = RunRecord(
             run_name=name, procedure=procedure.label, transform=transform.label,
-            method=info.pop("method"), method_info=info, algo=rl.name, beta=rl.beta,
-            kl_target=rl.kl_target, steps=rl.steps, seed=int(cfg.seed), eval=ev,
+            method=info.pop("method"), method_info=info, algo=algo.name, beta=algo.beta,
+            kl_target=algo.kl_target, steps=algo.cfg.steps, seed=int(cfg.seed), eval=ev,
             kl_ratio=(kl / th["kl"]) if th and th["kl"] > 0 else None,
             timings=timings, cache={"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
                                     "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit},

@@ -26,11 +26,11 @@ class RLBench:
     steps: int = 5  # timed steps
 
     def config(self):
-        from infalign.training.ctrl import RLConfig
+        from infalign.training.algorithms import make_algorithm
 
-        return RLConfig(name="rloo", beta=self.beta, lr=self.lr, group_size=self.group,
-                        prompts_per_step=self.prompts, steps=self.warmup + self.steps,
-                        max_new_tokens=self.max_new_tokens, kl_estimator="k1", grad_clip=1.0)
+        return make_algorithm({"name": "rloo", "beta": self.beta, "lr": self.lr, "group_size": self.group,
+                               "prompts_per_step": self.prompts, "steps": self.warmup + self.steps,
+                               "max_new_tokens": self.max_new_tokens, "kl_estimator": "k1", "grad_clip": 1.0})
 
 
 def step_stats(times: list[float], rows: list[int], tokens: list[float]) -> dict:
@@ -77,13 +77,14 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.records.append({"step_s": time.perf_counter() - self.t0, **pl_module.last})
 
-    rl = bench.config()
+    algo = bench.config()
     module = TimedCTRL(setup.fresh_policy(), setup.reference, setup.tokenizer, setup.scorer, Exp(bench.t),
-                       setup.table, setup.prompts, rl, seed=seed)
+                       setup.table, setup.prompts, algo, seed=seed)
     timer = StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=rl.steps, logger=False, enable_checkpointing=False,
+    steps = algo.cfg.steps
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
-    trainer.fit(module, DataLoader(range(rl.steps), batch_size=None))
+    trainer.fit(module, DataLoader(range(steps), batch_size=None))
     return timer.records[bench.warmup:]
 
 

@@ -3,7 +3,8 @@
 * :class:`TextPairs` -- a dataset of parallel text columns (prompt, response[, rejected]);
 * :class:`PromptResponseCollator` / :func:`make_lm_dataloader` -- response-only LM batches;
 * :class:`PreferenceCollator` / :func:`make_preference_dataloader` -- Bradley-Terry batches
-  (chosen rows then rejected rows of the same prompts).
+  (chosen rows then rejected rows of the same prompts);
+* :class:`PolicyPairCollator` -- (prompt, chosen, rejected) as the policy reads them (IPO).
 """
 
 from __future__ import annotations
@@ -104,3 +105,30 @@ def make_preference_dataloader(
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
         collate_fn=PreferenceCollator(tokenizer, max_length),
     )
+
+
+class PolicyPairCollator:
+    """``[(prompt, chosen, rejected), ...]`` -> left-padded ``prompt_ids``/``prompt_mask`` and
+    right-padded ``chosen_ids``/``chosen_mask``, ``rejected_ids``/``rejected_mask`` (eos appended),
+    the layout :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tok = tokenizer
+
+    def _responses(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [r + [self.tok.eos_token_id] for r in self.tok(texts, add_special_tokens=False)["input_ids"]]
+        width = max(len(r) for r in ids)
+        out = torch.full((len(ids), width), self.tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, r in enumerate(ids):
+            out[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        return out, mask
+
+    def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
+        prompts, chosen, rejected = zip(*batch)
+        self.tok.padding_side = "left"
+        enc = self.tok(list(prompts), add_special_tokens=False, padding=True, return_tensors="pt")
+        c_ids, c_mask = self._responses(list(chosen))
+        r_ids, r_mask = self._responses(list(rejected))
+        return {"prompt_ids": enc["input_ids"], "prompt_mask": enc["attention_mask"], "chosen_ids": c_ids,
+                "chosen_mask": c_mask, "rejected_ids": r_ids, "rejected_mask": r_mask}

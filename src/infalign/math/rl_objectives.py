@@ -4,10 +4,11 @@ Shapes: ``logprobs``, ``ref_logprobs``, ``old_logprobs``, ``mask`` are ``[B, L]`
 ``mask`` 1 on real tokens incl. eos); rewards, KLs and advantages are per sequence ``[B]``.
 Policy ``p = pi``, reference ``q = pi_ref``; the task reward is ``Phi(C_hat(x, y))``.
 
-Two solvers share these pieces:
+Two solvers share these pieces (docs/method.md §6):
 - RLOO: ``R_i = Phi(C_i) - beta * KL_i`` (:func:`shaped_reward`), leave-one-out advantages within
   each prompt's group (:func:`rloo_advantages`), REINFORCE loss (:func:`rloo_loss`).
 - PPO: the clipped surrogate (:func:`ppo_loss`) on the same sequence-level advantages.
+The offline IPO baseline's loss is :func:`ipo_loss` (method.md (6.7)).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from infalign.errors import ConfigError, require
 
-__all__ = ["kl_penalty", "shaped_reward", "rloo_advantages", "rloo_loss", "ppo_loss"]
+__all__ = ["kl_penalty", "shaped_reward", "rloo_advantages", "rloo_loss", "ppo_loss", "ipo_loss"]
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -105,3 +106,13 @@ def ppo_loss(
             "approx_kl": _masked_mean(torch.expm1(log_rho) - log_rho, mask),
         }
     return loss, stats
+
+
+def ipo_loss(policy_w, ref_w, policy_l, ref_l, tau: float) -> torch.Tensor:
+    """IPO (Azar et al., 2023; method.md (6.7)) from per-sequence log-prob sums ``[B]``:
+
+    ``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]``, loss = mean of
+    ``(h - 1/(2 tau))^2`` over the pairs.
+    """
+    h = (policy_w - ref_w) - (policy_l - ref_l)
+    return ((h - 1.0 / (2.0 * tau)) ** 2).mean()

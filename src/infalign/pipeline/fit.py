@@ -10,9 +10,10 @@ from torch.utils.data import DataLoader
 
 from infalign.math.calibration import CalibrationTable
 from infalign.math.transforms import Transform
-from infalign.pipeline.baselines import OFFLINE_ALGOS, fit_offline
+from infalign.pipeline.baselines import fit_offline
 from infalign.pipeline.pools import reference_pool
-from infalign.training.ctrl import CTRLModule, RLConfig
+from infalign.training.algorithms import Algorithm
+from infalign.training.ctrl import CTRLModule
 
 
 def calibration_table(world, cfg: DictConfig, trainer_kwargs: dict, cache_dir: Path) -> tuple[CalibrationTable, bool]:
@@ -25,14 +26,16 @@ def calibration_table(world, cfg: DictConfig, trainer_kwargs: dict, cache_dir: P
     return table, hit
 
 
-def fit_policy(world, cfg: DictConfig, rl: RLConfig, transform: Transform, table: CalibrationTable | None,
+def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, table: CalibrationTable | None,
                fit_kwargs: dict, calibration_kwargs: dict, ckpt_path: str | None) -> None:
-    """CTRL (RLOO / PPO on Phi(C_hat), resumable) or an offline baseline (``bon_sft``, ``ipo``)."""
-    if rl.name in OFFLINE_ALGOS:
-        fit_offline(rl.name, world, rl, rl.n_samples, cfg.calibration, calibration_kwargs, fit_kwargs, int(cfg.seed))
+    """CTRL with an online algorithm (RLOO / PPO on Phi(C_hat), resumable), or an offline baseline
+    (``bon_sft``, ``ipo``) on reference samples drawn with the ``calibration`` generation settings."""
+    if not algo.online:
+        fit_offline(algo, world, cfg.calibration, calibration_kwargs, fit_kwargs, int(cfg.seed))
         return
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
-                        world.train_prompts, rl, seed=int(cfg.seed))
+                        world.train_prompts, algo, seed=int(cfg.seed))
+    steps = algo.cfg.steps
     # the "dataloader" only counts steps: prompts and seeds are functions of the step
-    L.Trainer(max_steps=rl.steps * rl.optimizer_steps_per_batch, **fit_kwargs).fit(
-        module, DataLoader(range(rl.steps), batch_size=None), ckpt_path=ckpt_path)
+    L.Trainer(max_steps=steps * algo.optimizer_steps_per_batch, **fit_kwargs).fit(
+        module, DataLoader(range(steps), batch_size=None), ckpt_path=ckpt_path)

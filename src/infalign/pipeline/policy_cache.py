@@ -35,7 +35,8 @@ POLICY_CACHE_VERSION = "policy-v1"
 # Modules whose code can change a trained policy. Their digest is taken over the parsed syntax tree
 # without docstrings, so comment and docstring edits (and line moves) keep cached policies valid.
 TRAINING_CODE = (
-    "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.ipo",
+    "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.pretrain",
+    "infalign.training.algorithms.base",
     "infalign.math.rl_objectives", "infalign.models.generation", "infalign.math.calibration",
     "infalign.math.transforms", "infalign.pipeline.fit", "infalign.pipeline.baselines",
     "infalign.pipeline.kl_target", "infalign.models.reward", "infalign.models.builders",
@@ -62,12 +63,15 @@ def _code_fingerprint(source: str) -> bytes:
 
 
 def code_digest() -> str:
-    """SHA-256 (16 hex digits) over the training modules' code (:data:`TRAINING_CODE`).
+    """SHA-256 (16 hex digits) over the training modules' code (:data:`TRAINING_CODE`, and the
+    module of every registered algorithm).
 
     A module that cannot be found is an error (a renamed module must be renamed here too).
     """
+    from infalign.training.algorithms import ALGORITHMS
+
     h = hashlib.sha256()
-    for name in TRAINING_CODE:
+    for name in TRAINING_CODE + tuple(sorted({cls.__module__ for cls in ALGORITHMS.values()})):
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(f"policy cache: training module {name!r} not found (update TRAINING_CODE)")
@@ -75,12 +79,13 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def policy_key(cfg: DictConfig, world, beta: float) -> str:
+def policy_key(cfg: DictConfig, world, beta: float | None) -> str:
     """The content key of the policy this config trains on ``world`` (module docstring)."""
     training = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
                 for k in cfg if k not in NOT_TRAINING}
     training.get("trainer", {}).pop("progress_bar", None)
-    training["algo"]["beta"] = float(beta)  # the effective beta (algo.kl_target may have set it)
+    if beta is not None:  # the effective beta (algo.kl_target may have set it)
+        training["algo"]["beta"] = float(beta)
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
                        world.train_prompts, training)
 

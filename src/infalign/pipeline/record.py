@@ -13,44 +13,40 @@ from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.run_record import CI, RunRecord
 
 
-def run_name(procedure, transform, beta: float, algo: str = "rloo", kl_target: float | None = None) -> str:
-    """Dashboard-friendly run name, e.g. ``bon4-exp-t8-b0.05`` (``-ppo`` appended for PPO;
-    ``-kl0.4`` instead of ``-b<beta>`` when beta comes from ``algo.kl_target``)."""
+def run_name(procedure, transform, algo) -> str:
+    """Dashboard-friendly run name: the procedure, then the algorithm's part (``Algorithm.run_label``),
+    e.g. ``bon4-exp-t8-b0.05`` (RLOO), ``bon4-identity-kl0.4-ppo`` (beta from ``algo.kl_target``),
+    ``bon4-bon_sft-n4-s60``."""
     label = transform.label
     m = re.fullmatch(r"exp(n?)\(t=(.+)\)", label)
     if m:
         label = f"exp{m.group(1)}-t{m.group(2)}"
     label = re.sub(r"[^A-Za-z0-9.+-]+", "", label.split("(")[0]) if not m else label
-    knob = f"kl{kl_target:g}" if kl_target is not None else f"b{beta:g}"
-    return f"{procedure.label}-{label}-{knob}" + ("" if algo == "rloo" else f"-{algo}")
+    return f"{procedure.label}-{algo.run_label(label)}"
 
 
-def method_info(cfg, algo: str, transform, procedure) -> dict:
+def method_info(cfg, algo, transform, procedure) -> dict:
     """What was trained, as the report groups it: ``{"method", "algo", "transform", "depends_on_n",
     "trained_n"}``.
 
-    ``method`` is the transform's label for RLOO (``"expn(t=4)"``, ``"identity"``, ``"raw"``;
-    ``"identity[pooled]"`` with ``calibration.scope=pooled``),
-    ``"<label>+<algo>"`` for other RL algorithms, and the baseline's own name with its N for the
-    offline baselines (``"bon_sft(N=4)"``, ``"ipo(N=4)"``), which never use the transform.
-    ``depends_on_n``: whether the trained policy depends on ``procedure.n`` (offline baselines,
-    and any transform or algo setting that interpolates ``procedure``, e.g. ``optimal`` or
-    ``algo.beta=${bon_beta:${procedure.n}}``); a policy that
-    does not is trained once and evaluated at every N (docs/method.md, "N is an evaluation axis").
+    ``method`` is the algorithm's label (``Algorithm.method_label``): the transform's label for RLOO
+    (``"expn(t=4)"``, ``"identity"``, ``"raw"``; ``"identity[pooled]"`` with
+    ``calibration.scope=pooled``), ``"<label>+<algo>"`` for other RL algorithms, and the baseline's own name with its N for the offline baselines (``"bon_sft(N=4)"``,
+    ``"ipo(N=4)"``), which never use the transform. ``depends_on_n``: whether the trained policy
+    depends on ``procedure.n`` (offline baselines, trained on N samples per prompt, and any
+    transform or algo setting that interpolates ``procedure``, e.g. ``optimal`` or
+    ``algo.beta=${bon_beta:${procedure.n}}``); a policy that does not is trained once and evaluated
+    at every N (docs/method.md §8).
     """
     from omegaconf import OmegaConf
 
-    from infalign.pipeline.baselines import OFFLINE_ALGOS
-
-    if algo in OFFLINE_ALGOS:
-        n = int(cfg.algo.n_samples)
-        return {"method": f"{algo}(N={n})", "algo": algo, "transform": None, "depends_on_n": True, "trained_n": n}
-    raw = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["transform", "algo"]), resolve=False)
-    label = transform.label + ("" if algo == "rloo" else f"+{algo}")
+    info = {"method": algo.method_label(transform), "algo": algo.name}
+    if algo.trained_n is not None:
+        return info | {"transform": None, "depends_on_n": True, "trained_n": algo.trained_n}
     if cfg.calibration.get("scope", "prompt") == "pooled":  # ranked among all prompts' samples
-        label += "[pooled]"
-    return {"method": label, "algo": algo, "transform": transform.label,
-            "depends_on_n": "procedure." in raw, "trained_n": procedure.n}
+        info["method"] += "[pooled]"
+    raw = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["transform", "algo"]), resolve=False)
+    return info | {"transform": transform.label, "depends_on_n": "procedure." in raw, "trained_n": procedure.n}
 
 
 def eval_rows(rec: RunRecord) -> list[dict]:

@@ -1,0 +1,199 @@
+"""Algorithms as registered classes (docs/architecture.md §6, "An algorithm"; formulas in
+docs/method.md §6).
+
+An algorithm is a class with
+
+* ``name`` -- what ``algo.name`` selects (the registry key, and the ``conf/algo/<name>.yaml`` entry);
+* ``Config`` -- a dataclass of its own settings (the keys of its YAML entry), range-checked in
+  ``__post_init__``; every algorithm shares :class:`AlgoConfig`;
+* what it trains on: *online* algorithms (:class:`OnlineAlgorithm`) run the CTRL step on their own
+  samples of ``Phi(C_hat)`` (``training/ctrl.py``); *offline* ones (:class:`OfflineAlgorithm`) fit
+  (best, worst)-of-N reference samples (``pipeline/baselines.py``);
+* what the theory predicts for it: :meth:`Algorithm.theory_target`, the ``(Phi, beta)`` whose
+  tilted policy ``pi_ref * exp(Phi(C) / beta)`` (method.md (1.2)) it aims at, or None.
+
+:func:`make_algorithm` builds one from the ``algo`` config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from infalign.errors import ConfigError, require
+from infalign.math.transforms import Transform
+
+log = logging.getLogger(__name__)
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make ``cls`` selectable as ``algo.name = cls.name``."""
+    if cls.name in ALGORITHMS:
+        raise ValueError(f"algorithm {cls.name!r} is registered twice ({ALGORITHMS[cls.name].__name__}, {cls.__name__})")
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class AlgoConfig:
+    """Settings every algorithm has.
+
+    ``max_new_tokens`` and ``temperature`` also set how every pool of the run is sampled (the
+    ``calibration`` and ``eval`` groups interpolate them). ``temperature`` must be 1: log-probs are
+    the model's own at T = 1 (``models/generation.py``), so at any other T the KL and the policy
+    gradient would refer to another distribution than the one sampled (method.md §6).
+    """
+
+    name: str
+    lr: float = 1e-4
+    steps: int = 100
+    prompts_per_step: int = 16
+    weight_decay: float = 0.0
+    max_new_tokens: int = 20
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "algo.lr", self.lr, "lr > 0")
+        require(self.steps >= 1, "algo.steps", self.steps, ">= 1")
+        require(self.prompts_per_step >= 1, "algo.prompts_per_step", self.prompts_per_step, ">= 1")
+        require(self.weight_decay >= 0, "algo.weight_decay", self.weight_decay, ">= 0")
+        require(self.max_new_tokens >= 1, "algo.max_new_tokens", self.max_new_tokens, ">= 1")
+        require(self.temperature == 1.0, "algo.temperature", self.temperature, "1.0",
+                "log-probs are taken at temperature 1, so with samples from pi_T the KL and the policy "
+                "gradient would be off-policy (neither KL(pi_T || ref) nor KL(pi || ref)); docs/method.md §6")
+
+
+class Algorithm:
+    """Base of every algorithm: its config, and what the app and the record ask of it."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[AlgoConfig]]
+    online: ClassVar[bool]
+    kl_knob: ClassVar[str]  # the setting that moves the trained policy's KL (for messages)
+
+    def __init__(self, cfg: AlgoConfig) -> None:
+        self.cfg = cfg
+
+    @property
+    def beta(self) -> float | None:
+        """The KL strength the run reports (``metrics.json: beta``), None if the algorithm has none."""
+        return getattr(self.cfg, "beta", None)
+
+    @property
+    def kl_target(self) -> float | None:
+        """``algo.kl_target`` (method.md §9) if the algorithm takes one."""
+        return getattr(self.cfg, "kl_target", None)
+
+    def theory_target(self, transform: Transform) -> tuple[Transform, float] | None:
+        """``(Phi, beta)`` of the tilted policy ``pi_ref * exp(Phi(C)/beta)`` this algorithm aims
+        at (method.md (1.2)), or None when the calibrated-space theory predicts nothing for it."""
+        raise NotImplementedError
+
+    def method_label(self, transform: Transform) -> str:
+        """The run's ``method`` (method.md §8), e.g. ``expn(t=4)``, ``identity+ppo``, ``ipo(N=4)``."""
+        raise NotImplementedError
+
+    def run_label(self, transform_label: str) -> str:
+        """The part of the run name after the procedure, e.g. ``exp-t4-b20``, ``bon_sft-n4-s60``."""
+        raise NotImplementedError
+
+    @property
+    def trained_n(self) -> int | None:
+        """The N the training data depend on (offline: N reference samples per prompt), else None."""
+        return None
+
+    def needs_calibration(self, transform: Transform) -> bool:
+        """Whether the run needs the calibration table (stage 1)."""
+        return False
+
+
+class OnlineAlgorithm(Algorithm):
+    """KL-regularised RL on the algorithm's own samples of ``Phi(C_hat)`` (``CTRLModule``, method.md §6).
+
+    Subclasses define the advantages of a rollout and the loss of one minibatch, and how many
+    optimizer steps one rollout feeds (``epochs`` x ``minibatches``).
+    """
+
+    online = True
+    kl_knob = "algo.beta or algo.kl_target"
+    named_by_transform: ClassVar[bool] = False  # the default solver: method/run named by the transform alone
+    epochs: int = 1
+    minibatches: int = 1
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        return self.epochs * self.minibatches
+
+    def theory_target(self, transform: Transform) -> tuple[Transform, float] | None:
+        """The KL-RL solution for its own reward: ``(Phi, beta)`` (method.md (1.2))."""
+        return transform, self.cfg.beta
+
+    def method_label(self, transform: Transform) -> str:
+        """``<transform label>+<name>`` (just the transform label for the default solver)."""
+        return transform.label + ("" if self.named_by_transform else f"+{self.name}")
+
+    def run_label(self, transform_label: str) -> str:
+        """``<transform>-b<beta>`` or ``<transform>-kl<kl_target>``, then ``-<name>`` (not for the default)."""
+        knob = f"kl{self.kl_target:g}" if self.kl_target is not None else f"b{self.cfg.beta:g}"
+        return f"{transform_label}-{knob}" + ("" if self.named_by_transform else f"-{self.name}")
+
+    def needs_calibration(self, transform: Transform) -> bool:
+        """Calibrated transforms need the table; so does ``kl_target`` (``raw`` scales beta by it)."""
+        return transform.calibrated or self.kl_target is not None
+
+    def advantages(self, task_reward, kl):
+        """``(objective, advantages)`` per sequence ``[B]`` from the task reward and the KL estimate."""
+        raise NotImplementedError
+
+    def loss(self, logprobs, rollout_logprobs, advantages, mask):
+        """``(loss, stats)`` of one minibatch: ``logprobs`` with grad, ``rollout_logprobs`` as sampled."""
+        raise NotImplementedError
+
+
+class OfflineAlgorithm(Algorithm):
+    """Fits the policy on the reward model's (best, worst) of ``n_samples`` reference samples per
+    training prompt (``pipeline/baselines.py``); no transform, no calibration table."""
+
+    online = False
+
+    @property
+    def trained_n(self) -> int:
+        return self.cfg.n_samples
+
+    def method_label(self, transform: Transform) -> str:
+        return f"{self.name}(N={self.cfg.n_samples})"
+
+    def fit_module(self, policy, reference, tokenizer, prompts: list[str], best: list[str], worst: list[str],
+                   seed: int):
+        """``(LightningModule, DataLoader)`` that fit ``policy`` on the (best, worst) responses."""
+        raise NotImplementedError
+
+
+def make_algorithm(settings: Mapping) -> Algorithm:
+    """The algorithm ``settings["name"]`` with its config built from ``settings`` (the ``algo`` group).
+
+    A key no registered algorithm has is a ConfigError (a typo). A setting of *another* algorithm is
+    ignored with a warning: experiments set RL hyper-parameters (``algo.beta``, ``algo.group_size``)
+    that a method entry's offline algorithm does not have -- except a ``kl_target``, which the run
+    could not honour and is an error.
+    """
+    name = settings.get("name")
+    require(name in ALGORITHMS, "algo.name", name, f"one of {sorted(ALGORITHMS)}")
+    cls = ALGORITHMS[name]
+    own = [f.name for f in dataclasses.fields(cls.Config)]
+    owners = {key: sorted(n for n, c in ALGORITHMS.items() if key in {f.name for f in dataclasses.fields(c.Config)})
+              for key in settings if key not in own}
+    for key, algos in owners.items():
+        value = settings[key]
+        if not algos or (key == "kl_target" and value is not None):
+            hint = (f"algo={name} moves its KL with {cls.kl_knob}" if algos else
+                    f"no algorithm has this setting (registered: {sorted(ALGORITHMS)})")
+            raise ConfigError(f"algo.{key}", value, f"a setting of algo={name}: {own}", hint)
+    if owners:
+        log.warning("algo=%s ignores %s (settings of other algorithms)", name,
+                    ", ".join(f"{k}={settings[k]!r} ({'|'.join(a)})" for k, a in owners.items()))
+    return cls(cls.Config(**{k: v for k, v in settings.items() if k in own}))

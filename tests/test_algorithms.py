@@ -1,0 +1,237 @@
+"""Algorithms as registered classes (training/algorithms/), and each one trained through the real
+module on an exactly solvable problem (tests/tiny_policy.py: two prompts, 9 responses each).
+
+What the exact tests assert, per algorithm (docs/method.md §6):
+
+* rloo, ppo -- training through ``fit_policy`` / ``CTRLModule`` moves the policy to the tilted
+  policy ``softmax(log pi_ref + Phi(C_hat)/beta)`` (method.md (1.2)), and the logged ``train/kl``
+  is an unbiased estimate of the policy's exact KL at each rollout;
+* bon_sft -- SFT on the best of N reference samples moves the policy to its data's best-of-N
+  distribution, which is the exact best-of-N policy up to sampling noise;
+* ipo -- the policy reaches the exact minimiser of the IPO loss on its pairs (a least-squares
+  problem in the log-ratios).
+
+Tolerances (measured on this machine): the online runs end at mean KL(pi || target) 1e-5 to
+1.4e-4 (seeds 0-2) from 0.39 at the start, and the asserted bound is 0.01; with k3 folded into the
+reward (one of the deliberate breaks) the same run ends at ~1.0. The logged-vs-exact KL difference
+is averaged over the steps and compared with 4 standard errors of its per-step values. The
+offline bounds are stated beside each assertion (sampling noise of 200 draws per prompt, and the
+responses the data never contain, whose probability SFT only drives towards 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import tiny_policy as tp
+from infalign.apps.config import CONFIG_DIR
+from infalign.errors import ConfigError
+from infalign.math.transforms import Exp, Identity, Log
+from infalign.pipeline.baselines import best_and_worst_of_n
+from infalign.pipeline.fit import fit_policy
+from infalign.training.algorithms import (
+    ALGORITHMS,
+    AlgoConfig,
+    OnlineAlgorithm,
+    make_algorithm,
+    register_algorithm,
+)
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+              pytest.mark.filterwarnings("ignore:.*`isinstance\\(treespec, LeafSpec\\)`")]
+
+PREDICT = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+FIT = PREDICT | {"logger": False, "enable_checkpointing": False}
+
+
+# ---------------------------------------------------------------- the registry
+def _conf_entry(name: str):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["~experiment", f"algo={name}", "procedure.n=4"])
+    return OmegaConf.to_container(cfg.algo, resolve=True)
+
+
+@pytest.mark.parametrize("name", ["rloo", "ppo", "bon_sft", "ipo"])
+def test_each_yaml_entry_holds_exactly_its_algorithms_settings(name):
+    entry = _conf_entry(name)
+    assert set(entry) == {f.name for f in dataclasses.fields(ALGORITHMS[name].Config)}
+    algo = make_algorithm(entry)
+    assert type(algo) is ALGORITHMS[name] and algo.name == name
+
+
+def test_registry_names_and_errors_name_the_key(caplog):
+    assert sorted(ALGORITHMS) == ["bon_sft", "ipo", "ppo", "rloo"]
+    with pytest.raises(ConfigError, match=r"algo\.name='nosuch'.*\['bon_sft', 'ipo', 'ppo', 'rloo'\]"):
+        make_algorithm({"name": "nosuch"})
+    with pytest.raises(ConfigError, match=r"algo\.grup_size.*a setting of algo=rloo.*no algorithm has"):
+        make_algorithm({"name": "rloo", "grup_size": 4})
+    # an experiment's RL settings under an offline method: ignored, with a warning naming them
+    with caplog.at_level(logging.WARNING):
+        algo = make_algorithm({"name": "bon_sft", "beta": 20.0, "group_size": 2})
+    assert not hasattr(algo.cfg, "beta") and algo.beta is None
+    assert "algo=bon_sft ignores beta=20.0 (ipo|ppo|rloo), group_size=2 (ppo|rloo)" in caplog.text
+    with pytest.raises(ConfigError, match=r"algo\.kl_target=0\.3.*algo=bon_sft moves its KL with algo\.steps"):
+        make_algorithm({"name": "bon_sft", "kl_target": 0.3})
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"name": "rloo", "kl_estimator": "k3"}, "algo.kl_estimator"),
+    ({"name": "ppo", "kl_estimator": "k3"}, "algo.kl_estimator"),
+    ({"name": "rloo", "temperature": 0.7}, "algo.temperature"),
+    ({"name": "ipo", "temperature": 1.3}, "algo.temperature"),
+    ({"name": "rloo", "beta": 0.0}, "algo.beta"),
+    ({"name": "rloo", "group_size": 1}, "algo.group_size"),
+    ({"name": "rloo", "lr": -1.0}, "algo.lr"),
+    ({"name": "ppo", "minibatches": 3, "prompts_per_step": 2, "group_size": 2}, "algo.minibatches"),
+    ({"name": "ppo", "clip_eps": 1.0}, "algo.clip_eps"),
+    ({"name": "ipo", "beta": -0.1}, "algo.beta"),
+    ({"name": "bon_sft", "n_samples": 1}, "algo.n_samples"),
+])
+def test_range_checks_name_the_key(settings, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        make_algorithm(settings)
+
+
+def test_k3_and_temperature_refusals_say_why():
+    with pytest.raises(ConfigError, match=r"allowed: one of \['k1'\].*its gradient is not the KL gradient"):
+        make_algorithm({"name": "rloo", "kl_estimator": "k3"})
+    with pytest.raises(ConfigError, match=r"allowed: 1\.0.*off-policy"):
+        make_algorithm({"name": "ppo", "temperature": 0.7})
+
+
+def test_theory_targets_and_labels():
+    exp = Exp(t=4.0, normalized=True)
+    rloo, ppo = make_algorithm({"name": "rloo", "beta": 0.3}), make_algorithm({"name": "ppo", "beta": 0.2})
+    assert rloo.theory_target(exp) == (exp, 0.3) and ppo.theory_target(exp) == (exp, 0.2)
+    transform, beta = make_algorithm({"name": "bon_sft", "n_samples": 5}).theory_target(exp)
+    assert isinstance(transform, Log) and beta == 0.25  # the best-of-5 policy: log at 1/(N-1)
+    assert make_algorithm({"name": "ipo"}).theory_target(exp) is None
+    assert [a.method_label(exp) for a in (rloo, ppo)] == ["expn(t=4)", "expn(t=4)+ppo"]
+    assert make_algorithm({"name": "ipo", "n_samples": 8}).method_label(exp) == "ipo(N=8)"
+    assert rloo.run_label("expn-t4") == "expn-t4-b0.3"
+    assert make_algorithm({"name": "ppo", "kl_target": 0.4}).run_label("identity") == "identity-kl0.4-ppo"
+    assert make_algorithm({"name": "bon_sft", "steps": 16}).run_label("exp-t4") == "bon_sft-n4-s16"
+    assert [a.needs_calibration(Identity()) for a in (rloo, make_algorithm({"name": "ipo"}))] == [True, False]
+
+
+def test_an_algorithm_is_one_registered_class(monkeypatch):
+    monkeypatch.setattr("infalign.training.algorithms.base.ALGORITHMS", dict(ALGORITHMS))
+
+    @dataclasses.dataclass
+    class SignConfig(AlgoConfig):
+        name: str = "sign"
+        beta: float = 1.0
+
+    @register_algorithm
+    class Sign(OnlineAlgorithm):
+        name, Config = "sign", SignConfig
+
+    from infalign.training.algorithms import base
+
+    assert type(make_algorithm({"name": "sign", "beta": 2.0})) is Sign and "sign" in base.ALGORITHMS
+    with pytest.raises(ValueError, match="registered twice"):
+        register_algorithm(Sign)
+
+
+# ---------------------------------------------------------------- exact problems
+class KLRecorder(L.Callback):
+    """Per rollout: the policy's exact mean KL from the reference (before the step) and the logged KL."""
+
+    def __init__(self) -> None:
+        self.exact: list[float] = []
+        self.logged: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.exact.append(tp.mean_kl(pl_module.policy, lambda x: tp.response_probs(tp.reference(), x)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.logged.append(float(trainer.callback_metrics["train/kl"]))
+
+
+def _target(beta: float):
+    return lambda x: tp.tilted(x, tp.calibrated(x), beta)  # Phi = identity on C_hat
+
+
+@pytest.mark.parametrize("name, steps", [("rloo", 80), ("ppo", 40)])
+def test_online_algorithm_reaches_the_tilted_policy_and_logs_the_exact_kl(name, steps):
+    beta = 0.3  # the target has KL 0.36 from the reference; the reference is 0.39 from the target
+    algo = make_algorithm({"name": name, "beta": beta, "lr": 0.05, "steps": steps, "group_size": 8,
+                           "prompts_per_step": 8, "max_new_tokens": 4, "grad_clip": 0.0})
+    world, recorder = tp.world(), KLRecorder()
+    start = tp.mean_kl(world.policy, _target(beta))
+    fit_policy(world, OmegaConf.create({"seed": 0}), algo, Identity(), tp.calibration_table(),
+               FIT | {"callbacks": [recorder]}, {}, None)
+    # the logged KL is the policy's KL at each rollout, in expectation (k1 over 64 samples)
+    assert len(recorder.logged) == steps  # one rollout per step, ppo's epochs x minibatches included
+    diff = torch.tensor(recorder.logged, dtype=torch.float64) - torch.tensor(recorder.exact, dtype=torch.float64)
+    se = float(diff.std() / len(diff) ** 0.5)
+    assert se < 0.02 and abs(float(diff.mean())) < 4 * se, (float(diff.mean()), se)
+    # the policy reaches the tilted target
+    assert start > 0.35
+    assert tp.mean_kl(world.policy, _target(beta)) < 0.01  # measured <= 1.4e-4
+    target_kl = sum(tp.kl(_target(beta)(x), tp.response_probs(tp.reference(), x)) for x in tp.PROMPTS) / 2
+    assert recorder.exact[-1] == pytest.approx(target_kl, abs=0.02)
+
+
+def _offline(name: str, **settings):
+    prompts = tp.PROMPTS * 200
+    algo = make_algorithm({"name": name, "n_samples": 4, "steps": 150, "prompts_per_step": 64, "lr": 0.05,
+                           "max_new_tokens": 4, **settings})
+    gen = OmegaConf.create({"max_new_tokens": 4, "temperature": 1.0, "batch_size": 100})
+    world = tp.world(prompts)
+    best, worst = best_and_worst_of_n(world, prompts, 4, gen, PREDICT, seed=0)  # the data fit_offline draws
+    start = {x: tp.response_probs(world.policy, x) for x in tp.PROMPTS}
+    fit_policy(world, OmegaConf.create({"seed": 0, "calibration": gen}), algo, Identity(), None, FIT, PREDICT, None)
+    return world, prompts, best, worst, start
+
+
+def _counts(prompts, responses, prompt):
+    c = torch.zeros(3, 3, dtype=torch.float64)
+    for x, y in zip(prompts, responses):
+        if x == prompt:
+            a, b = y.split()
+            c[tp.FIRST[x].index(a), tp.SECOND.index(b)] += 1
+    return c
+
+
+def test_bon_sft_reaches_the_best_of_n_policy():
+    world, prompts, best, _, start = _offline("bon_sft")
+    for x in tp.PROMPTS:
+        data = _counts(prompts, best, x)
+        data /= data.sum()  # the SFT loss's exact minimiser: the data's distribution
+        exact = tp.best_of_n(x, 4)
+        trained = tp.response_probs(world.policy, x)
+        assert tp.kl(exact, start[x]) > 0.5  # the reference is far from the best-of-4 policy
+        # measured 0.024-0.051: responses absent from the data keep ~0.005 each after 150 steps
+        assert float((trained - data).abs().sum()) < 0.1, x
+        # 200 best-of-4 draws per prompt: E KL(data || exact) ~ (9-1)/(2*200) = 0.02; measured
+        # KL(exact || trained) 0.023-0.039
+        assert tp.kl(data, exact) < 0.06 and tp.kl(exact, trained) < 0.1, x
+
+
+def test_ipo_reaches_the_least_squares_solution_of_its_pairs():
+    tau = 0.2
+    world, prompts, best, worst, start = _offline("ipo", beta=tau)
+    for x in tp.PROMPTS:
+        # loss = mean (d(w) - d(l) - 1/(2 tau))^2 in the log-ratios d = log pi/pi_ref (the normaliser
+        # cancels): least squares over the 9 d's (the pairs connect all 9; d is fixed up to a constant)
+        rows = [(tp.FIRST[x].index(w.split()[0]) * 3 + tp.SECOND.index(w.split()[1]),
+                 tp.FIRST[x].index(lo.split()[0]) * 3 + tp.SECOND.index(lo.split()[1]))
+                for p, w, lo in zip(prompts, best, worst) if p == x and w != lo]  # w == lo: h = 0, no gradient
+        design = torch.zeros(len(rows), 9, dtype=torch.float64)
+        for i, (w, lo) in enumerate(rows):
+            design[i, w], design[i, lo] = 1.0, -1.0
+        assert torch.linalg.matrix_rank(design) == 8  # connected: a unique solution up to the constant
+        d = torch.linalg.lstsq(design, torch.full((len(rows), 1), 1 / (2 * tau), dtype=torch.float64)).solution
+        ref = tp.response_probs(tp.reference(), x).flatten()
+        solution = (ref * d.flatten().exp() / (ref * d.flatten().exp()).sum()).view(3, 3)
+        trained = tp.response_probs(world.policy, x)
+        assert tp.kl(solution, start[x]) > 0.4  # measured 0.43-0.46
+        assert tp.kl(solution, trained) < 0.01, x  # measured 1e-3 to 3.2e-3
