@@ -238,7 +238,8 @@ def run(cfg: DictConfig) -> dict:
                 table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
             if algo.kl_target is not None:
                 require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
-                        algo.kl_target, "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+                        algo.kl_target,
+                        "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
                 algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
                 log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
 

@@ -31,8 +31,9 @@ def method_info(cfg, algo, transform, procedure) -> dict:
 
     ``method`` is the algorithm's label (``Algorithm.method_label``): the transform's label for RLOO
     (``"expn(t=4)"``, ``"identity"``, ``"raw"``; ``"identity[pooled]"`` with
-    ``calibration.scope=pooled``), ``"<label>+<algo>"`` for other RL algorithms, and the baseline's own name with its N for the offline baselines (``"bon_sft(N=4)"``,
-    ``"ipo(N=4)"``), which never use the transform. ``depends_on_n``: whether the trained policy
+    ``calibration.scope=pooled``), ``"<label>+<algo>"`` for other RL algorithms, and the baseline's
+    own name with its N for the offline baselines (``"bon_sft(N=4)"``, ``"ipo(N=4)"``), which never
+    use the transform. ``depends_on_n``: whether the trained policy
     depends on ``procedure.n`` (offline baselines, trained on N samples per prompt, and any
     transform or algo setting that interpolates ``procedure``, e.g. ``optimal`` or
     ``algo.beta=${bon_beta:${procedure.n}}``); a policy that does not is trained once and evaluated

@@ -33,7 +33,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {}
 def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
     """Class decorator: make ``cls`` selectable as ``algo.name = cls.name``."""
     if cls.name in ALGORITHMS:
-        raise ValueError(f"algorithm {cls.name!r} is registered twice ({ALGORITHMS[cls.name].__name__}, {cls.__name__})")
+        raise ValueError(f"algorithm {cls.name!r} is registered twice "
+                         f"({ALGORITHMS[cls.name].__name__}, {cls.__name__})")
     ALGORITHMS[cls.name] = cls
     return cls
 
