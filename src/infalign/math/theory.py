@@ -722,13 +722,16 @@ def _optimal_phi(
     tol: float | np.ndarray = 1e-10,
     max_iter: int = 80,
     phi0: np.ndarray | None = None,
+    fallback: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Solve ``Phi = ∫_0^u G'(F_Phi(v)) g(v) dv`` for each beta (rows); return (phi, iters, tv).
 
     Phi is stored as Phi(u) - Phi(1) (accumulated from the top, exact near u = 1). The plain
     (damped) iteration stalls for small beta, where the map's Jacobian grows like 1/beta; this
     takes Newton steps (:func:`_newton_step`), each shortened so that log f = Phi/beta moves by
-    at most ``MAX_LOG_DENSITY_STEP``. Start from ``phi0`` (warm start) or the identity.
+    at most ``MAX_LOG_DENSITY_STEP``. Start from ``phi0`` (warm start) or the identity; a row
+    whose first step from ``phi0`` has to be shortened (``phi0`` is far from the fixed point
+    somewhere, if only where f is negligible) restarts from its row of ``fallback`` instead.
     Convergence: total-variation distance between f and f_new = f_T(Phi) below ``tol``; rows
     that do not get there return their TV (callers report them as not converged).
     """
@@ -754,6 +757,9 @@ def _optimal_phi(
             move = np.max(np.abs(step - step[:, -1:]), axis=-1) / b[keep]
             shrink = np.minimum(1.0, MAX_LOG_DENSITY_STEP / np.maximum(move, 1e-300))
             phi[active[keep]] += shrink[:, None] * step
+            if it == 1 and fallback is not None:
+                far = active[keep][shrink < 1.0]
+                phi[far] = fallback[far]
         active = active[keep]
         if active.size == 0:
             return phi, it, tv
@@ -800,7 +806,8 @@ def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid
     """Optimal solutions on a log-beta ladder spanning KL from below ``kl_lo`` to above ``kl_hi``.
 
     Starts at beta = 10 N (KL ~ 1e-4: Phi* has range <= N) and walks down half a decade at a
-    time, each solve warm-started from the previous one, until the KL passes ``kl_hi``, the
+    time, each solve warm-started from the previous one's log density (its Phi scaled by the ratio
+    of betas; its Phi itself where that start is far off), until the KL passes ``kl_hi``, the
     z-grid stops resolving the policy, or a solve fails; walks up first if ``kl_lo`` is smaller.
     Returns (log betas, KLs, phis, ok) sorted by decreasing beta.
     """
@@ -810,16 +817,33 @@ def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid
     lbs.append(lb), kls.append(Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.append(phi[0])
     while kls[0] > kl_lo and lbs[0] < 690:  # upwards: smaller KL
         lb = lbs[0] + 2 * LADDER_STEP
-        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phis[0])
+        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phis[0] * math.exp(lb - lbs[0]),
+                                  fallback=phis[0][None])
         lbs.insert(0, lb), kls.insert(0, Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.insert(0, phi[0])
     while kls[-1] < kl_hi and lbs[-1] > -690:  # downwards: larger KL
         lb = lbs[-1] - LADDER_STEP
         beta = np.array([math.exp(lb)])
-        phi, _, tv = _optimal_phi(procedure, beta, grid, phi0=phis[-1])
+        phi, _, tv = _optimal_phi(procedure, beta, grid, phi0=phis[-1] * math.exp(lb - lbs[-1]),
+                                  fallback=phis[-1][None])
         if tv[0] > OPTIMAL_TV_TOL or not resolved(phi, beta, grid)[0]:
             break
         lbs.append(lb), kls.append(Tilted(phi, beta, grid).kl[0]), phis.append(phi[0])
     return np.array(lbs), np.array(kls), np.stack(phis)
+
+
+def _ladder_start(lbs: np.ndarray, phis: np.ndarray, lb: np.ndarray) -> np.ndarray:
+    """Warm starts ``[len(lb), G]`` at log betas ``lb`` from the ladder (``lbs`` decreasing): the
+    log densities Phi/beta of the two neighbouring rungs, interpolated linearly in log beta,
+
+        Phi_0 = beta ((1 - w) Phi_k / beta_k + w Phi_{k+1} / beta_{k+1}),   w = (lb - lb_k) / (lb_{k+1} - lb_k).
+
+    Closer to Phi*(beta) in TV than either rung, since the policy, not Phi, varies slowly with beta."""
+    if len(lbs) == 1:
+        return phis[0] * np.exp(lb - lbs[0])[:, None]
+    k = np.clip(np.searchsorted(-lbs, -lb, side="right") - 1, 0, len(lbs) - 2)
+    w = np.clip((lb - lbs[k]) / (lbs[k + 1] - lbs[k]), 0.0, 1.0)[:, None]
+    beta = np.exp(lbs)[:, None]
+    return np.exp(lb)[:, None] * ((1.0 - w) * phis[k] / beta[k] + w * phis[k + 1] / beta[k + 1])
 
 
 def optimal_frontier(
@@ -828,9 +852,11 @@ def optimal_frontier(
     """Win rate of the optimal transform at each KL budget (each budget has its own beta and Phi*).
 
     The optimal policy's KL increases with 1/beta. A ladder of warm-started Newton solves
-    (:func:`_optimal_ladder`) brackets the budgets; each budget then starts from the nearest
-    ladder solution at the interpolated log beta and takes secant steps in log beta (batched
-    Newton solves) until its KL is within ``tol`` (relative) of the budget. A point is
+    (:func:`_optimal_ladder`) brackets the budgets; each budget then starts at the log beta
+    where log KL, interpolated along the ladder, meets it (log KL is near-linear in log beta),
+    from the ladder's log densities interpolated there (:func:`_ladder_start`), and takes secant
+    steps on log KL in log beta (batched Newton solves, each starting from the previous step's
+    log density) until its KL is within ``tol`` (relative) of the budget. A point is
     ``converged`` only if the fixed point's TV is below ``OPTIMAL_TV_TOL`` and its KL within
     1e-6 (relative) of the budget; budgets past the largest KL the z-grid resolves are unreachable.
     """
@@ -843,10 +869,11 @@ def optimal_frontier(
     converged = np.zeros(nb, bool)
     if ok.size:
         target = budgets[ok]
-        lb = np.interp(target, kls, lbs)  # kls increasing along the ladder
-        phi = phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)].copy()
-        slope_ladder = np.gradient(kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)
-        prev_lb, prev_kl = np.full(len(ok), np.nan), np.full(len(ok), np.nan)
+        log_kls = np.log(np.maximum(kls, 1e-300))  # KL ~ a power of beta: log KL is near-linear in log beta
+        lb = np.interp(np.log(target), log_kls, lbs)  # kls increasing along the ladder
+        phi, fallback = _ladder_start(lbs, phis, lb), phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)]
+        slope_ladder = np.gradient(log_kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)  # d log KL / d log beta
+        prev_lb, prev_kl = np.full(len(ok), np.nan), np.full(len(ok), np.nan)  # prev_kl: log KL
         tv, cur_kl = np.full(len(ok), np.inf), np.full(len(ok), np.nan)
         todo = np.arange(len(ok))
         loose = np.ones(len(ok), bool)  # inexact Newton: TV 1e-7 while the KL is far from its budget
@@ -854,18 +881,23 @@ def optimal_frontier(
             if todo.size == 0:
                 break
             tols = np.where(loose[todo], 1e-7, 1e-10)
-            phi[todo], _, tv[todo] = _optimal_phi(procedure, np.exp(lb[todo]), grid, tol=tols, phi0=phi[todo])
+            moved = todo[np.isfinite(prev_lb[todo])]  # start from the last solution's log density
+            fallback[moved] = phi[moved]
+            phi[moved] *= np.exp(lb[moved] - prev_lb[moved])[:, None]
+            phi[todo], _, tv[todo] = _optimal_phi(procedure, np.exp(lb[todo]), grid, tol=tols, phi0=phi[todo],
+                                                  fallback=fallback[todo])
             cur_kl[todo] = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
-            err = cur_kl[todo] - target[todo]
+            log_kl = np.log(np.maximum(cur_kl[todo], 1e-300))
+            err = log_kl - np.log(target[todo])
             dlb = lb[todo] - prev_lb[todo]
-            secant = (cur_kl[todo] - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-12, dlb, np.nan)
+            secant = (log_kl - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-12, dlb, np.nan)
             slope = np.where(secant < 0, secant, np.interp(lb[todo], lbs[::-1], slope_ladder[::-1]))
-            prev_lb[todo], prev_kl[todo] = lb[todo], cur_kl[todo]
-            off = np.abs(err) > tol * target[todo]
+            prev_lb[todo], prev_kl[todo] = lb[todo], log_kl
+            off = np.abs(cur_kl[todo] - target[todo]) > tol * target[todo]
             unfinished = (off | loose[todo]) & (tv[todo] < 1e-6)  # rows whose solve failed stop here
             step = np.clip(-err / np.minimum(slope, -1e-12), -LADDER_STEP, LADDER_STEP)
             lb[todo] = np.where(off, lb[todo] + step, lb[todo])
-            loose[todo] &= np.abs(err) > 1e-4 * target[todo]
+            loose[todo] &= np.abs(cur_kl[todo] - target[todo]) > 1e-4 * target[todo]
             todo = todo[unfinished]
         lb = prev_lb
         tilted = Tilted(phi, np.exp(lb), grid)
