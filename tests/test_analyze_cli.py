@@ -112,3 +112,43 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["plot_scale"] in ("linear", "logodds") and (run / "frontier.png").stat().st_size > 10_000
     assert metrics["unreachable"] == [] and metrics["not_converged"] == []
+
+
+PLOT_WITHOUT_PYPLOT = """
+import sys
+from pathlib import Path
+import numpy as np
+from infalign.apps.analyze import plot_frontiers
+from infalign.math.theory import Frontier
+k = np.array([0.1, 0.5, 1.0])
+f = Frontier("identity", "bon4", k, k, k, k / 2 + 0.4, k / 3 + 0.5, np.ones(3, bool), ["", "", ""])
+plot_frontiers([f], Path(sys.argv[1]), "bon4", (0.6, 0.7))
+assert Path(sys.argv[1]).stat().st_size > 10_000
+print("pyplot imported" if "matplotlib.pyplot" in sys.modules else "no pyplot")
+"""
+
+
+def test_frontier_plot_is_drawn_without_pyplot(tmp_path):
+    """frontier.png is drawn on a bare Figure (infra.plotting.figure): the app never imports
+    matplotlib.pyplot, about a third of matplotlib's import time."""
+    proc = subprocess.run([sys.executable, "-c", PLOT_WITHOUT_PYPLOT, str(tmp_path / "f.png")],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "no pyplot"
+
+
+def test_save_png_draws_the_figure_once(tmp_path, monkeypatch):
+    """save_png lays the figure out once (tight_layout) and draws it once: the placeholder layout
+    engine tight_layout leaves would make savefig draw the whole figure a second time."""
+    from matplotlib.figure import Figure
+
+    from infalign.infra.plotting import figure, save_png
+
+    draws = []
+    real = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda self, renderer: (draws.append(1), real(self, renderer))[1])
+    fig = figure(figsize=(4, 3))
+    fig.subplots().plot([0, 1], [0, 1])
+    fig.suptitle("x")
+    save_png(fig, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000 and len(draws) == 1

@@ -32,6 +32,7 @@ from infalign.apps.hydra_callbacks import FailedJobs
 from infalign.errors import ConfigError
 from infalign.infra import cache
 from infalign.math.transforms import Custom
+from infalign.pipeline.trainer import trainer_kwargs
 from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_train
 
 BIN = Path(sys.executable).parent
@@ -239,7 +240,7 @@ def test_each_stage_logs_its_start_with_what_to_expect_and_its_end(tmp_path, mon
 
 def test_progress_bar_has_no_negative_epoch_total(tmp_path):
     cfg = compose_train(tmp_path, tmp_path, "trainer.progress_bar=rich")
-    (bar,) = train_app.trainer_kwargs(cfg)["callbacks"]
+    (bar,) = trainer_kwargs(cfg)["callbacks"]
     bar._trainer = SimpleNamespace(max_epochs=-1)  # what Trainer(max_steps=...) sets
     assert bar._get_train_description(0).strip() == "Epoch 0"
     bar._trainer = SimpleNamespace(max_epochs=3)

@@ -78,3 +78,14 @@ def test_the_layer_check_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from infalign.apps.train import run\n    import infalign.pipeline.fit\n")
     assert _imports(bad) == {"infalign.apps.train", "infalign.pipeline.fit"}
+
+
+ENTRY_POINTS = ("train", "analyze", "report", "calibration")
+
+
+@pytest.mark.parametrize("app", ENTRY_POINTS)
+def test_entry_points_do_not_import_each_other(app):
+    """What two apps share (e.g. the trainer settings of infalign-train and infalign-calibration,
+    pipeline/trainer.py) lives in a lower layer: an app imports no other entry point."""
+    others = {f"infalign.apps.{name}" for name in ENTRY_POINTS if name != app}
+    assert not _imports(PACKAGE / "apps" / f"{app}.py") & others

@@ -230,12 +230,11 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
     ``linear``, ``logodds`` (y = log(w / (1 - w)), ticks labelled in win rate) or ``auto``.
     Returns the scale used.
     """
-    import matplotlib.pyplot as plt
-
-    from infalign.infra.plotting import save_png
+    from infalign.infra.plotting import figure, save_png
 
     scale = choose_scale(frontiers, scale)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
+    fig = figure(figsize=(12, 4.8))
+    axes = fig.subplots(1, 2, sharex=True)
     for ax, key, title in ((axes[0], "win_rate", f"{procedure} win rate"),
                            (axes[1], "standard_win_rate", "standard win rate")):
         for f in frontiers:

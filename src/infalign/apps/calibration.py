@@ -26,10 +26,10 @@ import torch
 from omegaconf import DictConfig
 
 from infalign.apps.config import CONFIG_DIR
-from infalign.apps.train import trainer_kwargs
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math.miscalibration import miscalibration_summary
 from infalign.pipeline.pools import reference_pool
+from infalign.pipeline.trainer import trainer_kwargs
 from infalign.pipeline.world import load_world
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,6 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from infalign.apps.config import CONFIG_DIR
@@ -45,6 +44,7 @@ from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
 from infalign.pipeline.run_record import RunRecord
+from infalign.pipeline.trainer import trainer_kwargs
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
 from infalign.training.algorithms import Algorithm, make_algorithm
 
@@ -136,27 +136,6 @@ def check_checkpoint(path: Path) -> str:
             "the file is truncated or corrupt (killed while it was written?): delete it to start over, "
             "or set ckpt_path to an earlier checkpoint")
     return str(path)
-
-
-def trainer_kwargs(cfg: DictConfig) -> dict:
-    """Device settings shared by every stage (fit and predict)."""
-    t = cfg.trainer
-    kw = {"accelerator": t.accelerator, "devices": t.devices, "precision": t.precision, "strategy": t.strategy,
-          "num_nodes": t.get("num_nodes", 1), "enable_model_summary": False}
-    if t.progress_bar == "rich":
-        kw["callbacks"] = [StepsProgressBar(leave=True)]
-    kw["enable_progress_bar"] = t.progress_bar != "none"
-    return kw
-
-
-class StepsProgressBar(RichProgressBar):
-    """Rich bar that shows ``Epoch k/E`` only when training is bounded by epochs (``max_epochs`` >= 1);
-    our runs are bounded by ``max_steps`` (Lightning then sets ``max_epochs=-1``, which the stock bar
-    shows as ``Epoch 0/-2``)."""
-
-    def _get_train_description(self, current_epoch: int) -> str:
-        max_epochs = self.trainer.max_epochs
-        return f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs and max_epochs > 0 else "")
 
 
 def wandb_run_id(out_dir: Path) -> str:

@@ -95,20 +95,35 @@ def phi_table(transform: Transform, grid: Grid = DEFAULT_GRID) -> np.ndarray:
 
 
 def _running_integral(values: np.ndarray, step: float) -> np.ndarray:
-    """Per-cell integrals ``[..., G-1]`` of a smooth integrand sampled on the grid (4th order)."""
-    cells = 0.5 * step * (values[..., :-1] + values[..., 1:])
-    if values.shape[-1] >= 4:
-        v = values
-        cells[..., 1:-1] = step / 24 * (-v[..., :-3] + 13 * v[..., 1:-2] + 13 * v[..., 2:-1] - v[..., 3:])
+    """Per-cell integrals ``[..., G-1]`` of a smooth integrand sampled on the grid (4th order:
+    ``h/24 (-v[i-1] + 13 v[i] + 13 v[i+1] - v[i+2])``; the two end cells by the trapezoid rule)."""
+    v = values
+    if v.shape[-1] < 4:
+        return 0.5 * step * (v[..., :-1] + v[..., 1:])
+    cells = np.empty((*v.shape[:-1], v.shape[-1] - 1))
+    inner = cells[..., 1:-1]
+    np.negative(v[..., :-3], out=inner)
+    inner += 13 * v[..., 1:-2]
+    inner += 13 * v[..., 2:-1]
+    inner -= v[..., 3:]
+    inner *= step / 24
+    cells[..., 0] = 0.5 * step * (v[..., 0] + v[..., 1])
+    cells[..., -1] = 0.5 * step * (v[..., -2] + v[..., -1])
     return cells
+
+
+def _cumulate_right(cells: np.ndarray) -> np.ndarray:
+    """Running sums of cells from the right, on the grid nodes (0 at the last node)."""
+    right = np.zeros((*cells.shape[:-1], cells.shape[-1] + 1))
+    np.cumsum(cells[..., ::-1], axis=-1, out=right[..., -2::-1])
+    return right
 
 
 def _cumulate(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(from-the-left, from-the-right) running sums of cells, as arrays on the grid nodes."""
-    zero = np.zeros((*cells.shape[:-1], 1))
-    left = np.concatenate([zero, np.cumsum(cells, axis=-1)], axis=-1)
-    right = np.concatenate([np.cumsum(cells[..., ::-1], axis=-1)[..., ::-1], zero], axis=-1)
-    return left, right
+    left = np.zeros((*cells.shape[:-1], cells.shape[-1] + 1))
+    np.cumsum(cells, axis=-1, out=left[..., 1:])
+    return left, _cumulate_right(cells)
 
 
 def _tilt_stats(phi: np.ndarray, beta: np.ndarray, grid: Grid) -> tuple[np.ndarray, ...]:
@@ -121,16 +136,17 @@ def _tilt_stats(phi: np.ndarray, beta: np.ndarray, grid: Grid) -> tuple[np.ndarr
     the KL to rounding; there ``g`` is centred on its reference mean m and
     ``KL = E_f[g - m] - log1p(E_ref[expm1(g - m)])``, each term O(KL).
     """
-    _, _, _, _, _, log_jac, w = grid.arrays
     log_wq, ref_w = _quadrature_logs(grid.z_max, grid.step)
     finite = bool(np.isfinite(phi).all())
     top = np.max(phi, axis=-1, keepdims=True) if finite else np.max(np.where(np.isfinite(phi), phi, -np.inf),
                                                                     axis=-1, keepdims=True)
-    g = (phi - top) / beta[:, None]  # <= 0, -inf where phi = -inf
-    e = np.exp(g + log_wq)
-    total = e.sum(axis=-1)
+    g = phi - top
+    g /= beta[:, None]  # <= 0, -inf where phi = -inf
+    p = g + log_wq
+    np.exp(p, out=p)
+    total = p.sum(axis=-1)
     log_z = np.log(total)
-    p = e / total[:, None]
+    p /= total[:, None]
     log_f = g - log_z[:, None]
     kl = np.einsum("bg,bg->b", p, log_f) if finite else np.sum(np.where(p > 0, p * np.where(p > 0, log_f, 0.0), 0.0),
                                                                   axis=-1)
@@ -177,10 +193,13 @@ class Tilted:
     def __post_init__(self) -> None:
         self.beta = np.asarray(self.beta, np.float64)
         self.log_z, p, log_f, self.kl = _tilt_stats(self.phi, self.beta, self.grid)
-        self.density_z = np.exp(log_f + self.grid.arrays[5])
+        self.density_z = log_f + self.grid.arrays[5]
+        np.exp(self.density_z, out=self.density_z)
         left, right = _cumulate(_running_integral(self.density_z, self.grid.step))
-        total = left[:, -1:]
-        self.cdf, self.sf = np.clip(left / total, 0, 1), np.clip(right / total, 0, 1)
+        total = left[:, -1:].copy()  # a copy: left is divided in place
+        left /= total
+        right /= total
+        self.cdf, self.sf = np.clip(left, 0, 1, out=left), np.clip(right, 0, 1, out=right)
         self._p, self._g = p, log_f
 
     def subset(self, rows: np.ndarray) -> Tilted:
@@ -193,9 +212,9 @@ class Tilted:
 
     def win_rate(self, procedure: Procedure) -> np.ndarray:
         """W_T(pi > pi_ref) = ∫ (1 - G(F(u))) g(u) du for each row."""
-        _, _, _, log_u, log_s, log_jac, w = self.grid.arrays
+        _, _, _, _, _, log_jac, w = self.grid.arrays
         _, served_sf = procedure.served_cdf(self.cdf, self.sf)
-        ref_density_z = np.exp(procedure.reference_log_density(log_u, log_s) + log_jac)
+        ref_density_z = np.exp(_reference_log_density(procedure, self.grid) + log_jac)
         return np.clip(np.sum(w * served_sf * ref_density_z, axis=-1), 0.0, 1.0)
 
     def standard_win_rate(self) -> np.ndarray:
@@ -266,9 +285,12 @@ def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndar
     The light-weight part of :class:`Tilted` used inside root finding (no running integrals).
     """
     _, p, log_f, kl = _tilt_stats(phi, 1.0 / np.asarray(lam, np.float64), grid)
-    log_f = np.where(p > 0, log_f, 0.0)
+    np.copyto(log_f, 0.0, where=~(p > 0))
     mean = np.sum(p * log_f, axis=-1, keepdims=True)
-    return kl, np.sum(p * (log_f - mean) ** 2, axis=-1)
+    log_f -= mean
+    np.square(log_f, out=log_f)
+    log_f *= p
+    return kl, log_f.sum(axis=-1)
 
 
 def phi_range(phi: np.ndarray) -> np.ndarray:
@@ -307,9 +329,17 @@ KL_RTOL_REPORTED = 1e-6  # a beta whose KL misses the budget by more (relative) 
 
 
 def beta_search(
-    phi: np.ndarray, kl_budgets: np.ndarray, grid: Grid = DEFAULT_GRID, tol: float = 1e-10, max_iter: int = 100
+    phi: np.ndarray,
+    kl_budgets: np.ndarray,
+    grid: Grid = DEFAULT_GRID,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """beta ``[B]`` with KL(tilt(phi_b, beta_b)) = budget_b, and a status ``[B]`` (REACHED, ...).
+
+    ``phi`` is ``[G]`` or ``[P, G]``; budget b uses row ``rows[b]`` (default: row b, or row 0 when
+    phi has one row). Budgets that share a row share its bracketing scan (computed once per row).
 
     KL increases with x = log(range(Phi)/beta) (slope ``Var_f(Phi/beta)`` >= 0), from 0 at
     beta -> inf to +inf at beta -> 0 for every non-constant bounded Phi (f concentrates on the
@@ -320,21 +350,28 @@ def beta_search(
     BELOW_FLOAT (a budget under ~1e-300 nats) or BEYOND_GRID.
     """
     budgets = np.atleast_1d(np.asarray(kl_budgets, np.float64))
-    rows = np.arange(len(budgets))
-    phi = np.broadcast_to(np.atleast_2d(phi), (len(budgets), grid.z.shape[0]))
-    scale = phi_range(phi)
-    if np.any(~(scale > 0)):
+    phis = np.atleast_2d(phi)
+    if rows is None:
+        rows = np.zeros(len(budgets), int) if phis.shape[0] == 1 else np.arange(phis.shape[0])
+    rows = np.asarray(rows)
+    if rows.shape != budgets.shape:
+        raise ValueError(f"{len(budgets)} KL budgets but {phis.shape[0]} rows of phi (and rows={rows.shape})")
+    phi_scale = phi_range(phis)
+    if np.any(~(phi_scale > 0)):
         raise ConfigError("transform", "constant", "a transform that is not constant on [0, 1]")
+    scale = phi_scale[rows]
 
     def kl_at(r: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return _kl_and_slope(phi[r], np.exp(x) / scale[r], grid)[0]
+        return _tilt_stats(phis[rows[r]], 1.0 / (np.exp(x) / scale[r]), grid)[3]
 
     xs = np.arange(-8.0, 41.0, 8.0)  # beta from e^8 to e^-40 times range(Phi), then widened
-    coarse = np.stack([kl_at(rows, np.full(len(rows), x)) for x in xs], axis=1)
+    coarse = np.stack([_tilt_stats(phis, 1.0 / (np.exp(np.full(len(phis), x)) / phi_scale), grid)[3] for x in xs],
+                      axis=1)[rows]  # once per row of phi
     idx = np.clip((coarse < budgets[:, None]).sum(axis=1), 1, len(xs) - 1)
+    rows_b = np.arange(len(budgets))
     lo, hi = xs[idx - 1].copy(), xs[idx].copy()
-    klo, khi = coarse[rows, idx - 1].copy(), coarse[rows, idx].copy()
-    width = np.full(len(rows), 8.0)
+    klo, khi = coarse[rows_b, idx - 1].copy(), coarse[rows_b, idx].copy()
+    width = np.full(len(budgets), 8.0)
     while True:  # widen upwards (smaller beta) while the budget is above the bracket
         up = np.flatnonzero((khi < budgets) & (hi < X_LIMIT))
         if up.size == 0:
@@ -358,7 +395,7 @@ def beta_search(
     for _ in range(max_iter):
         if not active.any():
             break
-        kl, slope = _kl_and_slope(phi[active], np.exp(x[active]) / scale[active], grid)
+        kl, slope = _kl_and_slope(phis[rows[active]], np.exp(x[active]) / scale[active], grid)
         err = kl - budgets[active]
         done = np.abs(err) <= tol * budgets[active]
         xa, la, ha = x[active], lo[active], hi[active]
@@ -370,11 +407,11 @@ def beta_search(
     beta = scale * np.exp(-x)
     status = np.where(reachable, REACHED, np.where(klo > budgets, BELOW_FLOAT, BEYOND_GRID))
     if active.any():  # Newton stalled on rounding noise (budgets below ~1e-16 nats)
-        miss = np.abs(_kl_and_slope(phi, np.exp(x) / scale, grid)[0] - budgets) > KL_RTOL_REPORTED * budgets
+        miss = np.abs(kl_at(rows_b, x) - budgets) > KL_RTOL_REPORTED * budgets
         status[active & miss] = IMPRECISE
     if reachable.any():
         ok = np.flatnonzero(reachable)
-        status[ok[~resolved(phi[ok], beta[ok], grid)]] = BEYOND_GRID
+        status[ok[~resolved(phis[rows[ok]], beta[ok], grid)]] = BEYOND_GRID
     return np.where(status == REACHED, beta, np.nan), status
 
 
@@ -519,11 +556,12 @@ def _t_scan(procedure: Procedure, budgets: np.ndarray, ts: np.ndarray, normalize
     """Win rates and betas ``[len(ts), len(budgets)]`` of exp(t) at each KL budget (one batch)."""
     phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
     nt, nb = len(ts), len(budgets)
-    phi_rows = np.repeat(phis, nb, axis=0)
-    beta, ok = beta_for_kl(phi_rows, np.tile(budgets, nt), grid)
+    rows = np.repeat(np.arange(nt), nb)
+    beta, status = beta_search(phis, np.tile(budgets, nt), grid, rows=rows)
+    ok = status == REACHED
     win = np.full(nt * nb, np.nan)
     if ok.any():
-        win[ok] = tilt(phi_rows[ok], beta[ok], grid).win_rate(procedure)
+        win[ok] = tilt(phis[rows[ok]], beta[ok], grid).win_rate(procedure)
     return win.reshape(nt, nb), beta.reshape(nt, nb)
 
 
@@ -591,24 +629,36 @@ def best_t(
 # ----------------------------------------------------------------------------------------------
 
 
-def _log_map_slope(procedure: Procedure, f: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """d log G'(F) / dF = G''/G' by a one-sided difference (step 1e-6 min(F, S), relative 1e-6)."""
+def _log_map_slope(procedure: Procedure, f: np.ndarray, s: np.ndarray, log_map: np.ndarray) -> np.ndarray:
+    """d log G'(F) / dF = G''/G' by a one-sided difference (step 1e-6 min(F, S), relative 1e-6);
+    ``log_map`` = log G'(F) at (f, s)."""
     d = 1e-6 * np.minimum(f, s)
     with np.errstate(invalid="ignore", divide="ignore"):
-        diff = procedure.log_map_derivative(f + d, s - d) - procedure.log_map_derivative(f, s)
+        diff = procedure.log_map_derivative(f + d, s - d) - log_map
         out = np.where(d > 0, diff / np.where(d > 0, d, 1.0), 0.0)
     return np.where(np.isfinite(out), out, 0.0)
+
+
+@lru_cache(maxsize=32)
+def _reference_log_density(procedure: Procedure, grid: Grid) -> np.ndarray:
+    """log g(u) on the grid nodes: the served reference reward's density (read-only)."""
+    out = procedure.reference_log_density(grid.arrays[3], grid.arrays[4])
+    out.setflags(write=False)
+    return out
 
 
 def _fixed_point_map(procedure: Procedure, phi: np.ndarray, beta: np.ndarray, grid: Grid):
     """(tilted policy of phi, T(phi), d(integrand)/dF): one application of the optimality map
     ``T(phi)(u) = ∫_0^u G'(F_phi(v)) g(v) dv`` (stored as T(phi)(u) - T(phi)(1))."""
-    _, _, _, log_u, log_s, log_jac, _ = grid.arrays
     tilted = Tilted(phi, beta, grid)
-    integrand = np.exp(procedure.log_map_derivative(tilted.cdf, tilted.sf)
-                       + procedure.reference_log_density(log_u, log_s) + log_jac)
-    new_phi = -_cumulate(_running_integral(integrand, grid.step))[1]
-    return tilted, new_phi, integrand * _log_map_slope(procedure, tilted.cdf, tilted.sf)
+    log_map = procedure.log_map_derivative(tilted.cdf, tilted.sf)
+    integrand = log_map + _reference_log_density(procedure, grid)
+    integrand += grid.arrays[5]  # du/dz
+    np.exp(integrand, out=integrand)
+    new_phi = _cumulate_right(_running_integral(integrand, grid.step))
+    np.negative(new_phi, out=new_phi)
+    integrand *= _log_map_slope(procedure, tilted.cdf, tilted.sf, log_map)
+    return tilted, new_phi, integrand
 
 
 def _newton_step(residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, grid: Grid) -> np.ndarray:
@@ -625,27 +675,36 @@ def _newton_step(residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, g
     banded system of half-bandwidth 2; the one non-local unknown dL_end is eliminated by
     solving for two right-hand sides.
     """
-    from scipy.linalg import solve_banded
+    from scipy.linalg import lapack
 
     h, (rows, n) = grid.step, residual.shape
     e, q, f, res = tilted.density_z / tilted.beta[:, None], dintegrand, tilted.cdf, residual
-    i = np.arange(n - 1)
-    ab, rhs = np.zeros((rows, 5, 2 * n)), np.zeros((rows, 2 * n, 2))
-    ab[:, 1, 1] = 1.0  # row 0: dL_0 = 0
-    row_l, row_p = 2 * i + 2, 2 * i + 1
-    for col, v in ((2 * i + 3, 1.0), (2 * i + 1, -1.0), (2 * i, -h / 2 * e[:, :-1]), (2 * i + 2, -h / 2 * e[:, 1:])):
-        ab[:, 2 + row_l - col, col] += v
-    for col, v in ((2 * i, 1.0), (2 * i + 2, -1.0), (2 * i + 1, h / 2 * q[:, :-1]), (2 * i + 3, h / 2 * q[:, 1:])):
-        ab[:, 2 + row_p - col, col] += v
-    rhs[:, row_p, 0] = res[:, :-1] - res[:, 1:]
-    rhs[:, row_p, 1] = h / 2 * (q[:, :-1] * f[:, :-1] + q[:, 1:] * f[:, 1:])  # coefficient of dL_end
-    ab[:, 3, 2 * n - 2] = 1.0  # last row: delta_end = R_end
-    rhs[:, 2 * n - 1, 0] = res[:, -1]
+    # LAPACK band storage (gbsv, kl = ku = 2): matrix entry (r, c) at band[c, 4 + r - c]; rows 0-1 of
+    # each column are gbsv's room for fill-in. band is [rows, 2n, 7] so that, flattened over the
+    # (decoupled) rows, its transpose is the Fortran-ordered [7, rows * 2n] array gbsv works in.
+    band = np.zeros((rows, 2 * n, 7))
+    band[:, 1::2, 3] = 1.0  # dL_0 = 0 (row 0); + dL_{i+1} in the L-rows 2i + 2
+    band[:, 1:-1:2, 5] = -1.0  # - dL_i in the L-rows
+    band[:, 0:-2:2, 6] = -h / 2 * e[:, :-1]  # - h/2 e_i delta_i
+    band[:, 2::2, 4] = -h / 2 * e[:, 1:]  # - h/2 e_{i+1} delta_{i+1}
+    band[:, 0::2, 5] = 1.0  # + delta_i in the P-rows 2i + 1; last row (2n - 1): delta_end = R_end
+    band[:, 2::2, 3] = -1.0  # - delta_{i+1}
+    band[:, 1:-1:2, 4] = h / 2 * q[:, :-1]  # + h/2 q_i dL_i
+    band[:, 3::2, 2] = h / 2 * q[:, 1:]  # + h/2 q_{i+1} dL_{i+1}
+    rhs = np.zeros((2, rows, 2 * n))
+    rhs[0, :, 1:-1:2] = res[:, :-1] - res[:, 1:]
+    rhs[1, :, 1:-1:2] = h / 2 * (q[:, :-1] * f[:, :-1] + q[:, 1:] * f[:, 1:])  # coefficient of dL_end
+    rhs[0, :, -1] = res[:, -1]
     # the rows' systems are decoupled: stacked block-diagonally they form one banded system
-    sol = solve_banded((2, 2), ab.transpose(1, 0, 2).reshape(5, rows * 2 * n), rhs.reshape(rows * 2 * n, 2),
-                       check_finite=False).reshape(rows, 2 * n, 2)
-    d_end = sol[:, -1, 0] / (1.0 - sol[:, -1, 1])
-    return (sol[:, :, 0] + d_end[:, None] * sol[:, :, 1])[:, 0::2]
+    _, _, x, info = lapack.dgbsv(2, 2, band.reshape(rows * 2 * n, 7).T, rhs.reshape(2, rows * 2 * n).T,
+                                 overwrite_ab=1, overwrite_b=1)
+    if info > 0:
+        raise np.linalg.LinAlgError("singular matrix")
+    if info < 0:
+        raise ValueError(f"illegal value in argument {-info} of gbsv")
+    sol = x.T.reshape(2, rows, 2 * n)
+    d_end = sol[0, :, -1] / (1.0 - sol[1, :, -1])
+    return (sol[0] + d_end[:, None] * sol[1])[:, 0::2]
 
 
 MAX_LOG_DENSITY_STEP = 2.0  # Newton steps are shortened so log f moves by at most this much
@@ -658,13 +717,16 @@ def _optimal_phi(
     tol: float | np.ndarray = 1e-10,
     max_iter: int = 80,
     phi0: np.ndarray | None = None,
+    fallback: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Solve ``Phi = ∫_0^u G'(F_Phi(v)) g(v) dv`` for each beta (rows); return (phi, iters, tv).
 
     Phi is stored as Phi(u) - Phi(1) (accumulated from the top, exact near u = 1). The plain
     (damped) iteration stalls for small beta, where the map's Jacobian grows like 1/beta; this
     takes Newton steps (:func:`_newton_step`), each shortened so that log f = Phi/beta moves by
-    at most ``MAX_LOG_DENSITY_STEP``. Start from ``phi0`` (warm start) or the identity.
+    at most ``MAX_LOG_DENSITY_STEP``. Start from ``phi0`` (warm start) or the identity; a row
+    whose first step from ``phi0`` has to be shortened (``phi0`` is far from the fixed point
+    somewhere, if only where f is negligible) restarts from its row of ``fallback`` instead.
     Convergence: total-variation distance between f and f_new = f_T(Phi) below ``tol``; rows
     that do not get there return their TV (callers report them as not converged).
     """
@@ -690,6 +752,9 @@ def _optimal_phi(
             move = np.max(np.abs(step - step[:, -1:]), axis=-1) / b[keep]
             shrink = np.minimum(1.0, MAX_LOG_DENSITY_STEP / np.maximum(move, 1e-300))
             phi[active[keep]] += shrink[:, None] * step
+            if it == 1 and fallback is not None:
+                far = active[keep][shrink < 1.0]
+                phi[far] = fallback[far]
         active = active[keep]
         if active.size == 0:
             return phi, it, tv
@@ -736,7 +801,8 @@ def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid
     """Optimal solutions on a log-beta ladder spanning KL from below ``kl_lo`` to above ``kl_hi``.
 
     Starts at beta = 10 N (KL ~ 1e-4: Phi* has range <= N) and walks down half a decade at a
-    time, each solve warm-started from the previous one, until the KL passes ``kl_hi``, the
+    time, each solve warm-started from the previous one's log density (its Phi scaled by the ratio
+    of betas; its Phi itself where that start is far off), until the KL passes ``kl_hi``, the
     z-grid stops resolving the policy, or a solve fails; walks up first if ``kl_lo`` is smaller.
     Returns (log betas, KLs, phis, ok) sorted by decreasing beta.
     """
@@ -746,16 +812,33 @@ def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid
     lbs.append(lb), kls.append(Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.append(phi[0])
     while kls[0] > kl_lo and lbs[0] < 690:  # upwards: smaller KL
         lb = lbs[0] + 2 * LADDER_STEP
-        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phis[0])
+        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phis[0] * math.exp(lb - lbs[0]),
+                                  fallback=phis[0][None])
         lbs.insert(0, lb), kls.insert(0, Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.insert(0, phi[0])
     while kls[-1] < kl_hi and lbs[-1] > -690:  # downwards: larger KL
         lb = lbs[-1] - LADDER_STEP
         beta = np.array([math.exp(lb)])
-        phi, _, tv = _optimal_phi(procedure, beta, grid, phi0=phis[-1])
+        phi, _, tv = _optimal_phi(procedure, beta, grid, phi0=phis[-1] * math.exp(lb - lbs[-1]),
+                                  fallback=phis[-1][None])
         if tv[0] > OPTIMAL_TV_TOL or not resolved(phi, beta, grid)[0]:
             break
         lbs.append(lb), kls.append(Tilted(phi, beta, grid).kl[0]), phis.append(phi[0])
     return np.array(lbs), np.array(kls), np.stack(phis)
+
+
+def _ladder_start(lbs: np.ndarray, phis: np.ndarray, lb: np.ndarray) -> np.ndarray:
+    """Warm starts ``[len(lb), G]`` at log betas ``lb`` from the ladder (``lbs`` decreasing): the
+    log densities Phi/beta of the two neighbouring rungs, interpolated linearly in log beta,
+
+        Phi_0 = beta ((1 - w) Phi_k / beta_k + w Phi_{k+1} / beta_{k+1}),   w = (lb - lb_k) / (lb_{k+1} - lb_k).
+
+    Closer to Phi*(beta) in TV than either rung, since the policy, not Phi, varies slowly with beta."""
+    if len(lbs) == 1:
+        return phis[0] * np.exp(lb - lbs[0])[:, None]
+    k = np.clip(np.searchsorted(-lbs, -lb, side="right") - 1, 0, len(lbs) - 2)
+    w = np.clip((lb - lbs[k]) / (lbs[k + 1] - lbs[k]), 0.0, 1.0)[:, None]
+    beta = np.exp(lbs)[:, None]
+    return np.exp(lb)[:, None] * ((1.0 - w) * phis[k] / beta[k] + w * phis[k + 1] / beta[k + 1])
 
 
 def optimal_frontier(
@@ -764,9 +847,11 @@ def optimal_frontier(
     """Win rate of the optimal transform at each KL budget (each budget has its own beta and Phi*).
 
     The optimal policy's KL increases with 1/beta. A ladder of warm-started Newton solves
-    (:func:`_optimal_ladder`) brackets the budgets; each budget then starts from the nearest
-    ladder solution at the interpolated log beta and takes secant steps in log beta (batched
-    Newton solves) until its KL is within ``tol`` (relative) of the budget. A point is
+    (:func:`_optimal_ladder`) brackets the budgets; each budget then starts at the log beta
+    where log KL, interpolated along the ladder, meets it (log KL is near-linear in log beta),
+    from the ladder's log densities interpolated there (:func:`_ladder_start`), and takes secant
+    steps on log KL in log beta (batched Newton solves, each starting from the previous step's
+    log density) until its KL is within ``tol`` (relative) of the budget. A point is
     ``converged`` only if the fixed point's TV is below ``OPTIMAL_TV_TOL`` and its KL within
     1e-6 (relative) of the budget; budgets past the largest KL the z-grid resolves are unreachable.
     """
@@ -779,10 +864,11 @@ def optimal_frontier(
     converged = np.zeros(nb, bool)
     if ok.size:
         target = budgets[ok]
-        lb = np.interp(target, kls, lbs)  # kls increasing along the ladder
-        phi = phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)].copy()
-        slope_ladder = np.gradient(kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)
-        prev_lb, prev_kl = np.full(len(ok), np.nan), np.full(len(ok), np.nan)
+        log_kls = np.log(np.maximum(kls, 1e-300))  # KL ~ a power of beta: log KL is near-linear in log beta
+        lb = np.interp(np.log(target), log_kls, lbs)  # kls increasing along the ladder
+        phi, fallback = _ladder_start(lbs, phis, lb), phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)]
+        slope_ladder = np.gradient(log_kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)  # d log KL / d log beta
+        prev_lb, prev_kl = np.full(len(ok), np.nan), np.full(len(ok), np.nan)  # prev_kl: log KL
         tv, cur_kl = np.full(len(ok), np.inf), np.full(len(ok), np.nan)
         todo = np.arange(len(ok))
         loose = np.ones(len(ok), bool)  # inexact Newton: TV 1e-7 while the KL is far from its budget
@@ -790,18 +876,23 @@ def optimal_frontier(
             if todo.size == 0:
                 break
             tols = np.where(loose[todo], 1e-7, 1e-10)
-            phi[todo], _, tv[todo] = _optimal_phi(procedure, np.exp(lb[todo]), grid, tol=tols, phi0=phi[todo])
+            moved = todo[np.isfinite(prev_lb[todo])]  # start from the last solution's log density
+            fallback[moved] = phi[moved]
+            phi[moved] *= np.exp(lb[moved] - prev_lb[moved])[:, None]
+            phi[todo], _, tv[todo] = _optimal_phi(procedure, np.exp(lb[todo]), grid, tol=tols, phi0=phi[todo],
+                                                  fallback=fallback[todo])
             cur_kl[todo] = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
-            err = cur_kl[todo] - target[todo]
+            log_kl = np.log(np.maximum(cur_kl[todo], 1e-300))
+            err = log_kl - np.log(target[todo])
             dlb = lb[todo] - prev_lb[todo]
-            secant = (cur_kl[todo] - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-12, dlb, np.nan)
+            secant = (log_kl - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-12, dlb, np.nan)
             slope = np.where(secant < 0, secant, np.interp(lb[todo], lbs[::-1], slope_ladder[::-1]))
-            prev_lb[todo], prev_kl[todo] = lb[todo], cur_kl[todo]
-            off = np.abs(err) > tol * target[todo]
+            prev_lb[todo], prev_kl[todo] = lb[todo], log_kl
+            off = np.abs(cur_kl[todo] - target[todo]) > tol * target[todo]
             unfinished = (off | loose[todo]) & (tv[todo] < 1e-6)  # rows whose solve failed stop here
             step = np.clip(-err / np.minimum(slope, -1e-12), -LADDER_STEP, LADDER_STEP)
             lb[todo] = np.where(off, lb[todo] + step, lb[todo])
-            loose[todo] &= np.abs(err) > 1e-4 * target[todo]
+            loose[todo] &= np.abs(cur_kl[todo] - target[todo]) > 1e-4 * target[todo]
             todo = todo[unfinished]
         lb = prev_lb
         tilted = Tilted(phi, np.exp(lb), grid)
