@@ -46,3 +46,23 @@ def compose_train(cache_dir: Path, run_dir: Path, *overrides: str, toy: bool = T
             "train",
             overrides=[*world, *TINY_RUN, f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", *overrides],
         )
+
+
+def build_tiny_world(cache_dir: Path) -> Path:
+    """Build (or find) the toy world of :data:`TINY_WORLD` in ``cache_dir``; its directory."""
+    from omegaconf import OmegaConf
+
+    from infalign.toy import build_toy_world
+
+    toy = compose_train(cache_dir, cache_dir).data.toy
+    return build_toy_world(OmegaConf.to_container(toy, resolve=True), cache_dir).root
+
+
+def seeded_cache(cache_dir: Path, world_dir: Path) -> Path:
+    """``cache_dir`` holding a copy of the built toy world ``world_dir`` (and nothing else), so a run
+    with :data:`TINY_WORLD` loads it instead of building it again (the build dominates a tiny run)."""
+    import shutil
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(world_dir, cache_dir / world_dir.name)
+    return cache_dir

@@ -10,12 +10,12 @@ import torch
 from infalign.apps import train as train_app
 from infalign.errors import ConfigError
 from infalign.math.pool_stats import pool_report
-from pipeline_helpers import compose_train
+from pipeline_helpers import compose_train, seeded_cache
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache_dir(tmp_path_factory, tiny_world):
+    return seeded_cache(tmp_path_factory.mktemp("pipeline") / "cache", tiny_world)
 
 
 def run(cache_dir, run_dir, *overrides):

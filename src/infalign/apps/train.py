@@ -26,13 +26,12 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.apps.config import CONFIG_DIR
+from infalign.apps.config import CONFIG_DIR, apply_threads
 from infalign.errors import ConfigError, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json, atomic_write_text
@@ -211,8 +210,7 @@ def run(cfg: DictConfig) -> dict:
         procedure, transform, rl = validate(cfg)
         name = record.run_name(procedure, transform, rl.beta, rl.name, rl.kl_target)
         tags = [procedure.label, transform.kind, rl.name, f"beta={rl.beta:g}", cfg.data.source]
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
+        apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         logger = make_logger(cfg, out_dir, name, tags)
         if logger is not None and type(logger).__name__ == "WandbLogger":
