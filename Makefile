@@ -9,8 +9,8 @@ export WANDB_MODE ?= offline
 
 .PHONY: setup demo train analyze test test-fast bench lint clean-cache
 
-# Installer: uv (pip-installed beside the venv; parallel downloads and unpacking, ~4x faster than
-# pip here), else pip. uv gets pip's find-links (pip.conf / PIP_FIND_LINKS: e.g. a local CPU torch
+# Installer: uv (pip-installed into $(VENV)/uv; resolves, downloads and unpacks in parallel), else
+# pip. uv gets pip's find-links (pip.conf / PIP_FIND_LINKS: e.g. a local CPU torch
 # wheel), so both install the same torch.
 UV         := $(VENV)/uv/bin/uv
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.find-links 2>/dev/null))
