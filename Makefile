@@ -9,10 +9,24 @@ export WANDB_MODE ?= offline
 
 .PHONY: setup demo train analyze test test-fast bench lint clean-cache
 
+# Installer: uv (pip-installed into $(VENV)/uv; resolves, downloads and unpacks in parallel), else
+# pip. uv gets pip's find-links (pip.conf / PIP_FIND_LINKS: e.g. a local CPU torch
+# wheel), so both install the same torch.
+UV         := $(VENV)/uv/bin/uv
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.find-links 2>/dev/null))
+PIP_FLAGS  := -q --disable-pip-version-check
+SETUP_PKGS  = "$(TORCH)" -e ".[dev,sweep]"
+BENCH_PKGS  = "$(TORCH)" -e ".[dev,sweep,bench]"
+# install PACKAGES...: into the venv, with uv if it can be had, else with pip
+install = if test -x $(UV) || python3 -m pip install $(PIP_FLAGS) --target $(VENV)/uv uv; then \
+	    $(UV) pip install -q --python $(PY) $(foreach l,$(FIND_LINKS),--find-links $(l)) pip $(1); \
+	  else \
+	    $(PY) -m ensurepip -q && $(PY) -m pip install $(PIP_FLAGS) $(1); \
+	  fi
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,sweep]"
+	test -x $(PY) || python3 -m venv --without-pip $(VENV)
+	$(call install,$(SETUP_PKGS))
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -30,7 +44,7 @@ test-fast: setup     ## skip the slow end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
 $(VENV)/.bench-stamp: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)" -e ".[dev,sweep,bench]"
+	$(call install,$(BENCH_PKGS))
 	touch $@
 
 bench: $(VENV)/.bench-stamp   ## speed figures incl. ours vs TRL's RLOOTrainer (printed, not asserted)

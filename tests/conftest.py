@@ -1,6 +1,10 @@
-"""Test-wide environment: never touch the network, never log to a W&B account."""
+"""Test-wide environment: never touch the network, never log to a W&B account, and never
+oversubscribe the cores (pytest-xdist workers share them; infra/threads.py)."""
 
 import os
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -8,3 +12,28 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from infalign.infra.threads import JOBS_ENV, set_threads  # noqa: E402  (after the variables above)
+
+os.environ.setdefault(JOBS_ENV, os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+set_threads("auto", "tests")  # usable cores // xdist workers, or OMP_NUM_THREADS if set
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The toy world of ``pipeline_helpers.TINY_WORLD``, built once per session (shared by the
+    pytest-xdist workers through the cache's own lock) and copied by :func:`tiny_cache`."""
+    from pipeline_helpers import build_tiny_world
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return build_tiny_world(shared / "tiny-world-cache")
+
+
+@pytest.fixture
+def tiny_cache(tmp_path, tiny_world) -> Path:
+    """``tmp_path / "cache"`` with the tiny toy world already in it: what a run with ``TINY_WORLD``
+    would build is loaded instead (pools and policies are still this test's own)."""
+    from pipeline_helpers import seeded_cache
+
+    return seeded_cache(tmp_path / "cache", tiny_world)

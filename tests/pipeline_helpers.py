@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -38,11 +40,40 @@ TINY_RUN = [
 ]
 
 
-def compose_train(cache_dir: Path, run_dir: Path, *overrides: str, toy: bool = True):
-    """The train config as the CLI would compose it, with tiny settings and explicit paths."""
-    world = TINY_WORLD if toy else []
+@functools.cache
+def _compose(overrides: tuple[str, ...]):
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[*world, *TINY_RUN, f"paths.cache_dir={cache_dir}", f"paths.run_dir={run_dir}", *overrides],
-        )
+        return compose("train", overrides=list(overrides))
+
+
+def compose_train(cache_dir: Path, run_dir: Path, *overrides: str, toy: bool = True):
+    """The train config as the CLI would compose it, with tiny settings and explicit paths.
+
+    Composed once per set of overrides (Hydra's defaults tree costs about as much CPU as a tiny
+    run's training) and deep-copied, with the paths set on the copy (an override of a path wins)."""
+    world = TINY_WORLD if toy else []
+    cfg = copy.deepcopy(_compose((*world, *TINY_RUN, *overrides)))
+    for key, value in (("cache_dir", cache_dir), ("run_dir", run_dir)):
+        if not any(o.startswith(f"paths.{key}=") for o in overrides):
+            cfg.paths[key] = str(value)
+    return cfg
+
+
+def build_tiny_world(cache_dir: Path) -> Path:
+    """Build (or find) the toy world of :data:`TINY_WORLD` in ``cache_dir``; its directory."""
+    from omegaconf import OmegaConf
+
+    from infalign.toy import build_toy_world
+
+    toy = compose_train(cache_dir, cache_dir).data.toy
+    return build_toy_world(OmegaConf.to_container(toy, resolve=True), cache_dir).root
+
+
+def seeded_cache(cache_dir: Path, world_dir: Path) -> Path:
+    """``cache_dir`` holding a copy of the built toy world ``world_dir`` (and nothing else), so a run
+    with :data:`TINY_WORLD` loads it instead of building it again (the build dominates a tiny run)."""
+    import shutil
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(world_dir, cache_dir / world_dir.name)
+    return cache_dir

@@ -11,8 +11,8 @@ from pipeline_helpers import compose_train
 
 
 @pytest.mark.slow
-def test_writes_plot_summary_and_per_prompt_rows(tmp_path):
-    cfg = compose_train(tmp_path / "cache", tmp_path / "run")
+def test_writes_plot_summary_and_per_prompt_rows(tmp_path, tiny_cache):
+    cfg = compose_train(tiny_cache, tmp_path / "run")
     summary = diagnose(cfg)
     written = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert written == summary  # JSON round trip of floats is exact

@@ -24,10 +24,10 @@ def run_cli(*args: str, timeout: int = 600, code: int = 0) -> subprocess.Complet
 
 
 @pytest.mark.slow
-def test_train_cli_writes_files_and_an_offline_wandb_run(tmp_path):
+def test_train_cli_writes_files_and_an_offline_wandb_run(tmp_path, tiny_cache):
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY_WORLD + TINY_RUN if not o.startswith("logger=")]
-    proc = run_cli(str(BIN / "infalign-train"), *overrides, "logger=wandb", f"paths.cache_dir={tmp_path / 'cache'}",
+    proc = run_cli(str(BIN / "infalign-train"), *overrides, "logger=wandb", f"paths.cache_dir={tiny_cache}",
                    f"hydra.run.dir={run_dir}")
     assert "trained policy vs reference" in proc.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -54,13 +54,13 @@ def test_analyze_cli_multirun_over_n(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tmp_path):
+def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tmp_path, tiny_cache):
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY_WORLD + TINY_RUN if not o.startswith("logger=")]
     # job 1 fails at run time (a missing model path passes validation, fails when loaded)
     proc = run_cli(str(BIN / "infalign-train"), "-m", "transform=identity,exp_normalized",
                    "policy.name_or_path=null,/nonexistent/model", *overrides, "logger=wandb",
-                   f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", code=1)
+                   f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={sweep}", code=1)
     assert "2 of 4 jobs failed: 1: failed:" in proc.stderr  # the sweep goes on, then says so and exits 1
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 4

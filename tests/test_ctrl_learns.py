@@ -19,8 +19,8 @@ LEARN = ["data.train_prompts=32", "data.eval_prompts=48", "calibration.K=16", "e
 
 
 @pytest.mark.slow
-def test_rloo_on_identity_reaches_the_theory(tmp_path):
-    m = train_app.run(compose_train(tmp_path / "cache", tmp_path / "run", *LEARN, "transform=identity",
+def test_rloo_on_identity_reaches_the_theory(tmp_path, tiny_cache):
+    m = train_app.run(compose_train(tiny_cache, tmp_path / "run", *LEARN, "transform=identity",
                                     "algo.beta=0.25"))
     rm, theory = m["eval"]["judges"]["reward_model"], m["eval"]["theory"]
     assert rm["standard_win_rate"]["low"] > 0.5, rm["standard_win_rate"]

@@ -48,7 +48,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
 
 
 @pytest.mark.slow
-def test_train_app_under_torchrun_two_cpu_ranks(tmp_path):
+def test_train_app_under_torchrun_two_cpu_ranks(tmp_path, tiny_cache):
     """The whole pipeline on two gloo ranks (trainer=ddp_cpu): calibration, DDP RL, gathered eval."""
     from pipeline_helpers import TINY_RUN, TINY_WORLD
 
@@ -56,7 +56,7 @@ def test_train_app_under_torchrun_two_cpu_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
            str(Path(sys.executable).parent / "infalign-train"), "trainer=ddp_cpu", *TINY_WORLD, *TINY_RUN,
-           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+           f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json

@@ -33,7 +33,7 @@ from infalign.errors import ConfigError
 from infalign.infra import cache
 from infalign.math.transforms import Custom
 from infalign.pipeline.trainer import trainer_kwargs
-from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_train
+from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_train, seeded_cache
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
@@ -371,18 +371,19 @@ def test_custom_numpy_only_callable_gets_a_host_copy():
 
 
 @pytest.fixture(scope="module")
-def warm_cache(tmp_path_factory):
+def warm_cache(tmp_path_factory, tiny_world):
     """A cache with the tiny toy world and its pools (one run), shared by the slow tests."""
     root = tmp_path_factory.mktemp("faults")
-    code, _, err = finished(train_cli(*TINY, f"paths.cache_dir={root / 'cache'}", f"hydra.run.dir={root / 'warm'}"))
-    assert code == 0, err[-3000:]
+    metrics = train_app.run(compose_train(seeded_cache(root / "cache", tiny_world), root / "warm"))
+    assert metrics["status"] == "finished"
     return root / "cache"
 
 
 @pytest.mark.slow
-def test_two_runs_started_together_get_distinct_dirs_and_both_finish(tmp_path):
+def test_two_runs_started_together_get_distinct_dirs_and_both_finish(tmp_path, tiny_world):
     env = {"INFALIGN_ROOT": str(tmp_path)}  # default run dirs under tmp_path/outputs/train/
-    procs = [train_cli(*TINY, env=env) for _ in range(2)]  # same second; both build the world (locked)
+    seeded_cache(tmp_path / "outputs" / "cache", tiny_world)  # (building it is test_toy_world's)
+    procs = [train_cli(*TINY, env=env) for _ in range(2)]  # same second
     for proc in procs:
         code, _, err = finished(proc)
         assert code == 0, err[-3000:]

@@ -69,8 +69,8 @@ def test_a_missing_training_module_is_an_error(monkeypatch):
 
 
 @pytest.mark.slow
-def test_second_training_is_a_load_with_identical_results(tmp_path):
-    cache = tmp_path / "cache"
+def test_second_training_is_a_load_with_identical_results(tmp_path, tiny_cache):
+    cache = tiny_cache
     first = train_app.run(compose_train(cache, tmp_path / "a", "transform=identity"))
     assert first["cache"]["policy_hit"] is False
     # same training, other evaluation: the policy is loaded, and equals a fresh training's policy

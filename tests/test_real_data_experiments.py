@@ -73,6 +73,7 @@ def overrides(root, files, experiment: str, data: str) -> list[str]:
 
 @pytest.mark.parametrize("experiment, data",
                          [("hh_helpful_bon", "hh"), ("hh_harmless_won", "hh"), ("tldr_bon", "tldr")])
+@pytest.mark.slow
 def test_paper_experiment_runs_on_cpu_with_tiny_models(assets, tmp_path, experiment, data):
     root, files = assets
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, experiment, data), toy=False)

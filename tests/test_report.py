@@ -313,13 +313,13 @@ def test_wandb_offline_report_run(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_real_tiny_sweep_end_to_end(tmp_path):
+def test_real_tiny_sweep_end_to_end(tmp_path, tiny_cache):
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     sweep_dir = tmp_path / "sweep"
     train = subprocess.run(
         [str(bin_dir / "infalign-train"), "-m", "transform=identity,exp", "algo.beta=0.3", *TINY_WORLD, *TINY_RUN,
-         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep_dir}"],
+         f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={sweep_dir}"],
         capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     rep = subprocess.run([str(bin_dir / "infalign-report"), str(sweep_dir)], capture_output=True, text=True, env=env,

@@ -10,12 +10,12 @@ import torch
 from infalign.apps import train as train_app
 from infalign.errors import ConfigError
 from infalign.math.pool_stats import pool_report
-from pipeline_helpers import compose_train
+from pipeline_helpers import compose_train, seeded_cache
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+def cache_dir(tmp_path_factory, tiny_world):
+    return seeded_cache(tmp_path_factory.mktemp("pipeline") / "cache", tiny_world)
 
 
 def run(cache_dir, run_dir, *overrides):
@@ -37,6 +37,7 @@ def run(cache_dir, run_dir, *overrides):
     ],
     ids=lambda o: "-".join(x.split("=")[1] for x in o[:2]),
 )
+@pytest.mark.slow
 def test_smoke_every_transform_and_algo(cache_dir, tmp_path, overrides):
     metrics = run(cache_dir, tmp_path, *overrides)
     assert metrics["status"] == "finished"
@@ -53,6 +54,7 @@ def test_smoke_every_transform_and_algo(cache_dir, tmp_path, overrides):
     assert (written["cache"]["calibration_hit"] is None) == is_raw  # raw skips calibration
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(cache_dir, tmp_path):
     a = run(cache_dir, tmp_path / "a", "transform=exp")
     b = run(cache_dir, tmp_path / "b", "transform=exp")
@@ -61,6 +63,7 @@ def test_same_seed_same_metrics(cache_dir, tmp_path):
     assert c["eval"]["judges"] != a["eval"]["judges"]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(cache_dir, tmp_path):
     straight = run(cache_dir, tmp_path / "straight", "algo.steps=4", "save_policy=true")
     # "interrupted" after 2 steps (trained, not loaded from the policy cache: a cached policy has no checkpoint)
@@ -71,6 +74,7 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     assert resumed["eval"]["judges"] == straight["eval"]["judges"]
 
 
+@pytest.mark.slow
 def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
     run(cache_dir, tmp_path / "first", "transform=identity")
     second = run(cache_dir, tmp_path / "second", "transform=identity", "algo.beta=0.3")
@@ -119,6 +123,7 @@ def test_pool_report_on_constructed_pools():
 @pytest.mark.parametrize("overrides", [["algo=bon_sft", "algo.steps=2"], ["algo=ipo", "algo.steps=2"],
                                        ["experiment=toy_bon_distill", "procedure.n=3"]],
                          ids=["bon_sft", "ipo", "bon_distill_rl"])
+@pytest.mark.slow
 def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
     metrics = run(cache_dir, tmp_path, *overrides)
     assert metrics["status"] == "finished"

@@ -26,7 +26,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
-from infalign.apps.config import CONFIG_DIR, instantiate_entry, load_group_entry
+from infalign.apps.config import CONFIG_DIR, apply_threads, instantiate_entry, load_group_entry
 from infalign.errors import ConfigError, require
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
@@ -327,6 +327,7 @@ def _fail(exc: ConfigError) -> None:
 def main(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.run_dir)
     try:
+        apply_threads(cfg.get("threads"))  # numpy's BLAS pool; auto = usable cores // concurrent jobs
         metrics = analyze(cfg, out_dir)
     except ConfigError as exc:
         _fail(exc)

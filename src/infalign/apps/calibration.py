@@ -25,7 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from infalign.apps.config import CONFIG_DIR
+from infalign.apps.config import CONFIG_DIR, apply_threads
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math.miscalibration import miscalibration_summary
 from infalign.pipeline.pools import reference_pool
@@ -39,8 +39,7 @@ SHOWN_PROMPTS = 10
 def diagnose(cfg: DictConfig) -> dict:
     """Reference pool on the held-out prompts -> summary, per-prompt rows, plot (module docstring)."""
     out_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    apply_threads(cfg.threads)
     world = load_world(cfg, cache_dir)
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
     scores, hit = reference_pool(world, world.eval_prompts, int(cfg.eval.samples), judges, cfg.eval,

@@ -79,6 +79,28 @@ if not OmegaConf.has_resolver("run_suffix"):
     OmegaConf.register_new_resolver("run_suffix", run_suffix, use_cache=True)
 
 
+def launcher_jobs() -> int | None:
+    """``hydra.launcher.n_jobs`` when this process is a job of a multirun under the joblib launcher
+    (``hydra/launcher=local_parallel``), else ``None``: the jobs that share this machine's cores."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode is None or hc.mode.name != "MULTIRUN" or "joblib" not in str(hc.launcher.get("_target_", "")).lower():
+        return None
+    return hc.launcher.get("n_jobs")
+
+
+def apply_threads(value, key: str = "threads") -> int | None:
+    """``threads: auto | null | N`` for an app's process (``infra/threads.py``: auto = usable cores //
+    concurrent jobs), after exporting the joblib launcher's ``n_jobs`` as the concurrent jobs."""
+    from infalign.infra import threads
+
+    threads.declare_jobs(launcher_jobs())
+    return threads.set_threads(value, key)
+
+
 def group_entries(group: str) -> list[str]:
     """Names of the entries of config group ``group`` (its YAML files)."""
     return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.apps.config import CONFIG_DIR
+from infalign.apps.config import CONFIG_DIR, apply_threads
 from infalign.errors import ConfigError, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json, atomic_write_text
@@ -196,8 +195,7 @@ def run(cfg: DictConfig) -> dict:
         name = record.run_name(procedure, transform, algo)
         tags = [procedure.label, transform.kind, algo.name, *([f"beta={algo.beta:g}"] if algo.beta is not None else []),
                 cfg.data.source]
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
+        apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         logger = make_logger(cfg, out_dir, name, tags)
         if logger is not None and type(logger).__name__ == "WandbLogger":

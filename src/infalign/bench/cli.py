@@ -21,6 +21,18 @@ def _sections(value: str) -> list[str]:
     return names
 
 
+def _threads(value: str) -> str | int:
+    """``auto`` or an integer >= 1 (infra/threads.py checks it)."""
+    from infalign.errors import ConfigError
+    from infalign.infra.threads import resolve_threads
+
+    try:
+        resolve_threads(value, "--threads")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m infalign.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
@@ -32,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default 5, 1 with --quick")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON output (default $INFALIGN_ROOT/outputs/bench/bench.json)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--threads", type=_threads, default="auto",
+                        help="CPU threads: auto (usable cores // concurrent jobs, the default) or N")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:

@@ -16,8 +16,9 @@ QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_
                  "accelerate", "trl", "datasets", "httpx")
 
 
-def setup_environment(threads: int = 2) -> None:
-    """Offline, no W&B, fixed thread count, quiet libraries. Call before importing transformers."""
+def setup_environment(threads: int | str = "auto") -> None:
+    """Offline, no W&B, thread count (``auto`` = usable cores // concurrent jobs, infra/threads.py),
+    quiet libraries. Call before importing transformers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -28,10 +29,11 @@ def setup_environment(threads: int = 2) -> None:
     os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import lightning  # noqa: F401  (its import sets its loggers to INFO: import first, then quieten)
-    import torch
     from transformers.utils import logging as hf_logging
 
-    torch.set_num_threads(threads)
+    from infalign.infra.threads import set_threads
+
+    set_threads(threads, "--threads")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     for name in QUIET_LOGGERS:

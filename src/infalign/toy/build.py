@@ -44,6 +44,7 @@ from infalign.infra.cache import (
     content_key,
     sha256_file,
 )
+from infalign.infra.threads import resolve_threads
 from infalign.models.builders import (
     build_toy_lm,
     build_toy_reward_model,
@@ -156,6 +157,7 @@ def resolve_toy_config(cfg: Mapping | None = None) -> tuple[dict, dict]:
     """
     user = _plain(cfg or {})
     runtime = {k: user.pop(k, v) for k, v in RUNTIME_DEFAULTS.items()}
+    runtime["num_threads"] = resolve_threads(runtime["num_threads"], "toy.num_threads")
     c = _merge(DEFAULTS, user, "toy.")
     ref, rm = c["reference"], c["reward"]
     for sec, name in ((ref, "reference"), (rm, "reward")):
@@ -191,7 +193,8 @@ def resolve_toy_config(cfg: Mapping | None = None) -> tuple[dict, dict]:
 # ---------------------------------------------------------------------------------- build
 @contextlib.contextmanager
 def _quiet_training(num_threads: int | None):
-    """Silence Lightning's banner and data-loader hints; optionally pin the thread count."""
+    """Silence Lightning's banner and data-loader hints; pin torch's thread count to
+    ``num_threads`` (resolved from ``toy.num_threads``: auto, null or N) if set."""
     names = ["lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"]
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
@@ -200,7 +203,7 @@ def _quiet_training(num_threads: int | None):
         for lg in loggers:
             lg.setLevel(logging.WARNING)
         if num_threads:
-            torch.set_num_threads(int(num_threads))
+            torch.set_num_threads(num_threads)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")

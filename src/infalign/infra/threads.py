@@ -1,0 +1,107 @@
+"""How many CPU threads a process uses: ``threads: auto`` and the checks around an explicit count.
+
+The rule (``threads: auto``, the default of every entry point)::
+
+    threads = OMP_NUM_THREADS                              if set (the user's per-process limit)
+            = max(1, usable_cores // concurrent_jobs)      else
+
+- ``usable_cores`` = ``len(os.sched_getaffinity(0))``: the CPUs this process may run on (a
+  ``taskset``, a cgroup cpuset or a SLURM allocation), not every CPU of the machine;
+- ``concurrent_jobs`` = the processes that share those cores = ``INFALIGN_CONCURRENT_JOBS`` (the
+  joblib launcher's ``hydra.launcher.n_jobs``, exported by :func:`declare_jobs` when a multirun job
+  starts; the test suite sets it to pytest-xdist's worker count) x ``LOCAL_WORLD_SIZE`` (ranks per
+  node, set by ``torchrun``). Each factor is 1 when unset.
+
+``OMP_NUM_THREADS`` wins because it is how a user (or joblib's loky workers) already says "this
+many per process", e.g. on a machine that other jobs share: there a count that fits the idle
+machine is far slower than 1 (OpenMP threads spin-wait for descheduled siblings).
+
+An explicit integer wins over the rule; ``null`` keeps the library default. When
+``threads x concurrent_jobs > usable_cores`` the cores are oversubscribed (every process then runs
+slower than with fewer threads), which is logged once per process.
+
+The count goes to torch (``torch.set_num_threads``) and, through ``threadpoolctl``, to the BLAS and
+OpenMP pools numpy/scipy use (the theory engine, bootstrap CIs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from infalign.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+JOBS_ENV = "INFALIGN_CONCURRENT_JOBS"
+ALLOWED = "auto, null (library default) or an integer >= 1"
+_warned: set[tuple[int, int, int]] = set()
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask); ``os.cpu_count()`` where there is none."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _count(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return max(1, int(environ.get(name, "") or 1))
+    except ValueError:
+        return 1
+
+
+def concurrent_jobs(environ: Mapping[str, str] | None = None) -> int:
+    """Processes sharing the cores: ``INFALIGN_CONCURRENT_JOBS x LOCAL_WORLD_SIZE`` (each >= 1)."""
+    env = os.environ if environ is None else environ
+    return _count(env, JOBS_ENV) * _count(env, "LOCAL_WORLD_SIZE")
+
+
+def declare_jobs(n_jobs: int | None) -> None:
+    """Export a launcher's ``n_jobs`` (joblib semantics: ``-1`` = all cores, ``-2`` = all but one)
+    as ``INFALIGN_CONCURRENT_JOBS``, for this process and the processes it starts."""
+    if n_jobs is None:
+        return
+    n = int(n_jobs)
+    jobs = n if n > 0 else usable_cores() + 1 + n
+    os.environ[JOBS_ENV] = str(max(1, jobs))
+
+
+def resolve_threads(value, key: str = "threads") -> int | None:
+    """``value`` (``auto`` | ``None`` | integer >= 1) -> the thread count, or ``None`` to keep the
+    library default. ``auto`` applies the rule of the module docstring; an explicit count that,
+    times the concurrent jobs, exceeds the usable cores is logged once (oversubscription)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+        return None
+    cores, jobs = usable_cores(), concurrent_jobs()
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        omp = os.environ.get("OMP_NUM_THREADS")
+        threads = _count(os.environ, "OMP_NUM_THREADS") if omp else max(1, cores // jobs)
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        threads = value
+    elif isinstance(value, str) and value.strip().isdigit() and int(value) >= 1:
+        threads = int(value)
+    else:
+        raise ConfigError(key, value, ALLOWED)
+    if threads * jobs > cores and (threads, jobs, cores) not in _warned:
+        _warned.add((threads, jobs, cores))
+        log.warning("%s=%s: %d thread(s) x %d concurrent job(s) > %d usable core(s); the processes "
+                    "will slow each other down (threads=auto fits them)", key, value, threads, jobs, cores)
+    return threads
+
+
+def set_threads(value, key: str = "threads") -> int | None:
+    """Resolve ``value`` (:func:`resolve_threads`) and apply it to torch and the BLAS/OpenMP pools.
+    Returns the count set, or ``None`` when the library defaults were kept."""
+    threads = resolve_threads(value, key)
+    if threads is None:
+        return None
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
+    return threads

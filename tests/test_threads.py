@@ -1,0 +1,142 @@
+"""``threads: auto`` (infra/threads.py): usable cores // concurrent jobs, at least 1; an explicit
+count wins; oversubscription is logged once; the apps read the joblib launcher's n_jobs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from infalign.apps.config import CONFIG_DIR, launcher_jobs
+from infalign.errors import ConfigError
+from infalign.infra import threads
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine with ``cores`` usable CPUs and no launcher/DDP variables; fresh warn-once state."""
+    monkeypatch.delenv(threads.JOBS_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_warned", set())
+
+    def set_cores(n: int) -> None:
+        monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
+
+    set_cores(8)
+    return set_cores
+
+
+@pytest.mark.parametrize(("cores", "jobs", "ranks", "expected"), [
+    (8, None, None, 8),   # alone on the machine: every usable core
+    (8, "2", None, 4),    # joblib launcher, 2 jobs
+    (8, None, "4", 2),    # torchrun, 4 ranks per node
+    (8, "2", "2", 2),     # both share the cores
+    (6, "4", None, 1),    # floor(6/4) = 1
+    (2, "5", None, 1),    # more jobs than cores: still at least 1
+    (1, None, None, 1),
+])
+def test_auto_is_usable_cores_over_concurrent_jobs(machine, monkeypatch, cores, jobs, ranks, expected):
+    machine(cores)
+    if jobs:
+        monkeypatch.setenv(threads.JOBS_ENV, jobs)
+    if ranks:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    assert threads.resolve_threads("auto") == expected
+
+
+def test_omp_num_threads_is_the_users_limit(machine, monkeypatch):
+    """OMP_NUM_THREADS (a user's or loky's per-process limit) wins over the division."""
+    machine(8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.resolve_threads("auto") == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.resolve_threads("auto") == 3
+    assert threads.resolve_threads(2) == 2  # an explicit count still wins
+
+
+def test_affinity_not_cpu_count(machine, monkeypatch):
+    """A process pinned to 3 CPUs of a 64-CPU machine gets 3, not 64."""
+    machine(3)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
+    assert threads.usable_cores() == 3 and threads.resolve_threads("auto") == 3
+
+
+def test_falls_back_to_cpu_count_without_affinity(machine, monkeypatch):
+    monkeypatch.delattr(threads.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 5)
+    assert threads.usable_cores() == 5
+
+
+def test_explicit_count_wins_and_null_keeps_the_default(machine, monkeypatch):
+    monkeypatch.setenv(threads.JOBS_ENV, "4")
+    assert threads.resolve_threads(3) == 3
+    assert threads.resolve_threads("3") == 3
+    assert threads.resolve_threads(None) is None and threads.resolve_threads("null") is None
+
+
+@pytest.mark.parametrize("bad", ["abc", 0, -2, "0", 1.5, True, "", [2]])
+def test_bad_value_names_the_key_and_the_allowed_values(machine, bad):
+    with pytest.raises(ConfigError) as err:
+        threads.resolve_threads(bad, "data.toy.num_threads")
+    assert err.value.key == "data.toy.num_threads" and "auto" in err.value.allowed
+
+
+def test_oversubscription_is_logged_once(machine, monkeypatch, caplog):
+    machine(4)
+    monkeypatch.setenv(threads.JOBS_ENV, "2")
+    with caplog.at_level(logging.WARNING, logger=threads.__name__):
+        assert threads.resolve_threads(2) == 2      # 2 x 2 = 4 cores: fits, silent
+        assert not caplog.records
+        for _ in range(3):
+            assert threads.resolve_threads(4) == 4  # 4 x 2 > 4: warned, once
+    assert len(caplog.records) == 1
+    assert "4 thread(s) x 2 concurrent job(s) > 4 usable core(s)" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(("n_jobs", "expected"), [(3, "3"), (-1, "8"), (-2, "7"), (-20, "1")])
+def test_declare_jobs_follows_joblib_semantics(machine, n_jobs, expected):
+    threads.declare_jobs(n_jobs)
+    assert threads.os.environ[threads.JOBS_ENV] == expected
+
+
+def test_declare_nothing_without_a_launcher(machine):
+    threads.declare_jobs(None)
+    assert threads.JOBS_ENV not in threads.os.environ
+
+
+def test_set_threads_applies_to_torch(machine, monkeypatch):
+    machine(4)
+    monkeypatch.setenv(threads.JOBS_ENV, "4")
+    before = torch.get_num_threads()
+    try:
+        assert threads.set_threads("auto") == 1 and torch.get_num_threads() == 1
+        assert threads.set_threads(None) is None and torch.get_num_threads() == 1  # left alone
+    finally:
+        threads.set_threads(before)
+
+
+def _hydra(mode: RunMode, *overrides: str):
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("analyze", overrides=list(overrides), return_hydra_config=True)
+    cfg.hydra.mode = mode
+    return cfg
+
+
+@pytest.mark.parametrize(("mode", "overrides", "expected"), [
+    (RunMode.MULTIRUN, ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=3"], 3),
+    (RunMode.RUN, ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=3"], None),  # no -m: one job
+    (RunMode.MULTIRUN, [], None),                                                        # basic launcher: sequential
+])
+def test_launcher_jobs_reads_the_joblib_launcher(mode, overrides, expected):
+    hc = HydraConfig.instance()
+    saved = hc.cfg
+    try:
+        hc.set_config(_hydra(mode, *overrides))
+        assert launcher_jobs() == expected
+    finally:
+        hc.cfg = saved
