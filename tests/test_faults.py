@@ -167,6 +167,7 @@ def test_multirun_end_lists_failed_jobs_and_exits_non_zero(tmp_path):
     FailedJobs().on_multirun_end(config=config)  # all finished: no exit
 
 
+@pytest.mark.slow  # the console script: a process start (imports) of ~10 s
 def test_sweep_of_invalid_jobs_exits_non_zero_and_records_them(tmp_path):
     sweep = tmp_path / "sweep"
     code, out, err = finished(train_cli("-m", "algo.beta=0,-1", *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
@@ -181,6 +182,7 @@ def test_sweep_of_invalid_jobs_exits_non_zero_and_records_them(tmp_path):
 # ---------------------------------------------------------------- defect 6: one block, exit code 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [False, True])
 def test_config_error_is_one_block_with_exit_code_2(tmp_path, verbose):
     args = ["algo.beta=0", *TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
@@ -195,6 +197,7 @@ def test_config_error_is_one_block_with_exit_code_2(tmp_path, verbose):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_config_error_raised_in_a_resolver_is_one_block_too(tmp_path):
     args = ["experiment=toy_bon_distill", "procedure.n=1", *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
             f"hydra.run.dir={tmp_path / 'run'}"]
