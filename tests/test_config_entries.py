@@ -37,11 +37,13 @@ def compose_train(tmp_path: Path, *overrides: str):
 
 
 def check_validates(cfg, tmp_path):
-    """apps/train.validate: procedure, transform and RLConfig instantiated, every range checked."""
+    """apps/train.validate: procedure, transform and algorithm instantiated, every range checked."""
     from infalign.apps.train import validate
+    from infalign.training.algorithms import Algorithm
 
-    procedure, transform, rl = validate(cfg)
-    assert isinstance(procedure, Procedure) and isinstance(transform, Transform) and rl.steps >= 1
+    procedure, transform, algo = validate(cfg)
+    assert isinstance(procedure, Procedure) and isinstance(transform, Transform) and isinstance(algo, Algorithm)
+    assert algo.cfg.steps >= 1
 
 
 def check_transform(cfg, tmp_path):
@@ -58,10 +60,10 @@ def check_procedure(cfg, tmp_path):
 
 
 def check_algo(cfg, tmp_path):
-    from infalign.training.ctrl import RLConfig
+    from infalign.training.algorithms import make_algorithm
 
-    rl = RLConfig(**OmegaConf.to_container(cfg.algo, resolve=True))
-    assert rl.name == cfg.algo.name
+    algo = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True))
+    assert algo.name == cfg.algo.name
 
 
 def check_data(cfg, tmp_path):
