@@ -8,7 +8,7 @@ Two solvers share these pieces (docs/method.md §6):
 - RLOO: ``R_i = Phi(C_i) - beta * KL_i`` (:func:`shaped_reward`), leave-one-out advantages within
   each prompt's group (:func:`rloo_advantages`), REINFORCE loss (:func:`rloo_loss`).
 - PPO: the clipped surrogate (:func:`ppo_loss`) on the same sequence-level advantages.
-The offline IPO baseline's loss is :func:`ipo_loss` (method.md (6.7)).
+The offline IPO baseline's loss is :func:`ipo_loss` (docs/method.md (6.7)).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def ppo_loss(
 
 
 def ipo_loss(policy_w, ref_w, policy_l, ref_l, tau: float) -> torch.Tensor:
-    """IPO (Azar et al., 2023; method.md (6.7)) from per-sequence log-prob sums ``[B]``:
+    """IPO (Azar et al., 2023; docs/method.md (6.7)) from per-sequence log-prob sums ``[B]``:
 
     ``h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]``, loss = mean of
     ``(h - 1/(2 tau))^2`` over the pairs.

@@ -10,7 +10,7 @@ An algorithm is a class with
   samples of ``Phi(C_hat)`` (``training/ctrl.py``); *offline* ones (:class:`OfflineAlgorithm`) fit
   (best, worst)-of-N reference samples (``pipeline/baselines.py``);
 * what the theory predicts for it: :meth:`Algorithm.theory_target`, the ``(Phi, beta)`` whose
-  tilted policy ``pi_ref * exp(Phi(C) / beta)`` (method.md (1.2)) it aims at, or None.
+  tilted policy ``pi_ref * exp(Phi(C) / beta)`` (docs/method.md (1.2)) it aims at, or None.
 
 :func:`make_algorithm` builds one from the ``algo`` config.
 """
@@ -46,7 +46,7 @@ class AlgoConfig:
     ``max_new_tokens`` and ``temperature`` also set how every pool of the run is sampled (the
     ``calibration`` and ``eval`` groups interpolate them). ``temperature`` must be 1: log-probs are
     the model's own at T = 1 (``models/generation.py``), so at any other T the KL and the policy
-    gradient would refer to another distribution than the one sampled (method.md §6).
+    gradient would refer to another distribution than the one sampled (docs/method.md §6).
     """
 
     name: str
@@ -86,16 +86,16 @@ class Algorithm:
 
     @property
     def kl_target(self) -> float | None:
-        """``algo.kl_target`` (method.md §9) if the algorithm takes one."""
+        """``algo.kl_target`` (docs/method.md §9) if the algorithm takes one."""
         return getattr(self.cfg, "kl_target", None)
 
     def theory_target(self, transform: Transform) -> tuple[Transform, float] | None:
         """``(Phi, beta)`` of the tilted policy ``pi_ref * exp(Phi(C)/beta)`` this algorithm aims
-        at (method.md (1.2)), or None when the calibrated-space theory predicts nothing for it."""
+        at (docs/method.md (1.2)), or None when the calibrated-space theory predicts nothing for it."""
         raise NotImplementedError
 
     def method_label(self, transform: Transform) -> str:
-        """The run's ``method`` (method.md §8), e.g. ``expn(t=4)``, ``identity+ppo``, ``ipo(N=4)``."""
+        """The run's ``method`` (docs/method.md §8), e.g. ``expn(t=4)``, ``identity+ppo``, ``ipo(N=4)``."""
         raise NotImplementedError
 
     def run_label(self, transform_label: str) -> str:
@@ -113,7 +113,7 @@ class Algorithm:
 
 
 class OnlineAlgorithm(Algorithm):
-    """KL-regularised RL on the algorithm's own samples of ``Phi(C_hat)`` (``CTRLModule``, method.md §6).
+    """KL-regularised RL on the algorithm's own samples of ``Phi(C_hat)`` (``CTRLModule``, docs/method.md §6).
 
     Subclasses define the advantages of a rollout and the loss of one minibatch, and how many
     optimizer steps one rollout feeds (``epochs`` x ``minibatches``).
@@ -130,7 +130,7 @@ class OnlineAlgorithm(Algorithm):
         return self.epochs * self.minibatches
 
     def theory_target(self, transform: Transform) -> tuple[Transform, float] | None:
-        """The KL-RL solution for its own reward: ``(Phi, beta)`` (method.md (1.2))."""
+        """The KL-RL solution for its own reward: ``(Phi, beta)`` (docs/method.md (1.2))."""
         return transform, self.cfg.beta
 
     def method_label(self, transform: Transform) -> str:

@@ -4,7 +4,7 @@ For every training prompt, N reference samples are drawn once and the reward mod
 (``pipeline/baselines.py``); the policy is fine-tuned on it with the response-only NLL
 ``-(1/|R|) sum_{t in R} log pi(y_t | x, y_<t)`` for ``algo.steps`` steps. Its population target is
 the best-of-N policy, which is the KL-RL solution for ``Phi = log u`` at ``beta = 1/(N-1)``
-(method.md §4-§5): that is its theory target. Its KL knob is the number of SFT steps.
+(docs/method.md §4-§5): that is its theory target. Its KL knob is the number of SFT steps.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Per rollout of P prompts x G samples, with ``R_i = Phi(C_hat_i)`` and the k1 est
     L    = -(1/B) sum_i sg(A_i) sum_t m_it log pi(y_it)            (6.5), one optimizer step.
 
 For ``y ~ pi`` the expected gradient of (6.5) is the gradient of ``E_pi[R] - beta KL(pi || pi_ref)``
-(method.md §6), so RLOO converges to the tilted policy ``pi_ref * exp(Phi / beta)`` (1.2). That
+(docs/method.md §6), so RLOO converges to the tilted policy ``pi_ref * exp(Phi / beta)`` (1.2). That
 holds for k1 only: the k3 estimator has an unbiased *value*, but folded into the detached reward its
 gradient is not the KL gradient, so ``kl_estimator`` allows ``k1`` alone.
 """
