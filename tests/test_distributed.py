@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,14 @@ from infalign.math.pool_stats import pool_report
 from infalign.pipeline.pools import draw_pool, reference_pool
 from pool_fixtures import GEN, judges, tiny_models
 
+
+def free_port() -> int:
+    """A TCP port free on localhost now: two test runs at once (CI and a developer's) must not both
+    ask torchrun for the same fixed port (EADDRINUSE)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 HERE = Path(__file__).parent
 
 
@@ -23,7 +32,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(HERE / "distributed_pool_job.py"), str(out), str(tmp_path / "ddp_cache"), str(n_prompts)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -54,7 +63,7 @@ def test_train_app_under_torchrun_two_cpu_ranks(tmp_path, tiny_cache):
 
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            str(Path(sys.executable).parent / "infalign-train"), "trainer=ddp_cpu", *TINY_WORLD, *TINY_RUN,
            f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
