@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from infalign.models.generation import Rollout, sample, sequence_logprobs
+from infalign.models.generation import Rollout, response_stats, sample, sampling_probs, sequence_logprobs
 
 PAD, EOS = 0, 1
 PROMPTS = ["w1 w2 w3 w4 w5", "w6", "w7 w8 w9"]
@@ -177,8 +177,115 @@ def test_temperature_and_top_k(model, tokenizer):
     torch.testing.assert_close(tf.detach(), hot.logprobs, atol=1e-5, rtol=0)
 
 
+def test_sampling_probs_top_p_is_the_hand_computed_nucleus():
+    """Fixed probabilities (0.5, 0.3, 0.15, 0.05), in a shuffled vocabulary order: the nucleus keeps
+    a token while the mass before it is < top_p, then renormalises."""
+    p = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    logits = p.log()
+    full = sampling_probs(logits, 1.0)
+    torch.testing.assert_close(full, p, atol=1e-7, rtol=0)
+    # top_p=0.7: masses before 0.5, 0.3, 0.15 are 0, 0.5, 0.8 -> keep {0.5, 0.3}
+    torch.testing.assert_close(sampling_probs(logits, 1.0, top_p=0.7), torch.tensor([[0, 0.625, 0, 0.375]]),
+                               atol=1e-7, rtol=0)
+    # top_p=0.85 -> keep {0.5, 0.3, 0.15}, renormalised by 0.95
+    torch.testing.assert_close(sampling_probs(logits, 1.0, top_p=0.85),
+                               torch.tensor([[0.15, 0.5, 0, 0.3]]) / 0.95, atol=1e-7, rtol=0)
+    # a tiny top_p keeps the argmax alone; top_p=1 keeps everything
+    torch.testing.assert_close(sampling_probs(logits, 1.0, top_p=1e-6), torch.tensor([[0.0, 1, 0, 0]]))
+    torch.testing.assert_close(sampling_probs(logits, 1.0, top_p=1.0), p, atol=1e-7, rtol=0)
+    # temperature first: T=0.5 squares the odds -> (0.25, 0.09, 0.0225, 0.0025) / 0.365; the nucleus
+    # at 0.9 is {0.5, 0.3} (mass before 0.15 is 0.34 / 0.365 = 0.93 >= 0.9)
+    torch.testing.assert_close(sampling_probs(logits, 0.5, top_p=0.9),
+                               torch.tensor([[0, 0.25, 0, 0.09]]) / 0.34, atol=1e-6, rtol=0)
+    # top-k then top-p: k=3 drops 0.05 -> (0.15, 0.5, 0.3)/0.95; mass before 0.15 is 0.8/0.95 = 0.842,
+    # so top_p=0.8 drops it and top_p=0.85 keeps it
+    torch.testing.assert_close(sampling_probs(logits, 1.0, top_k=3, top_p=0.8),
+                               torch.tensor([[0, 0.625, 0, 0.375]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sampling_probs(logits, 1.0, top_k=3, top_p=0.85),
+                               torch.tensor([[0.15, 0.5, 0, 0.3]]) / 0.95, atol=1e-6, rtol=0)
+
+
+def test_top_p_draws_follow_the_nucleus(model, tokenizer):
+    """Through the sampler: a tiny nucleus is greedy; top_p < 1 never draws outside the nucleus of the
+    model's own step distribution, while top_p=1 does (same generator)."""
+    greedy = draw(model, tokenizer, temperature=0.0)
+    assert torch.equal(draw(model, tokenizer, top_p=1e-6).response_ids, greedy.response_ids)
+    r = draw(model, tokenizer, num_samples=16, top_p=0.5)
+    full = draw(model, tokenizer, num_samples=16)
+    lp = sequence_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask).detach()
+    torch.testing.assert_close(lp, r.logprobs, atol=1e-5, rtol=0)  # log-probs: the model's, untruncated
+
+    def outside_nucleus(roll):
+        ids = torch.cat([roll.prompt_ids, roll.response_ids], 1)
+        mask = torch.cat([roll.prompt_mask, roll.response_mask], 1)
+        from infalign.models.generation import position_ids
+
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+        width = roll.prompt_ids.shape[1]
+        steps = logits[:, width - 1 : -1].reshape(-1, logits.shape[-1])
+        kept = sampling_probs(steps, 1.0, top_p=0.5) > 0
+        drawn = kept.gather(-1, roll.response_ids.reshape(-1, 1)).view_as(roll.response_ids)
+        return int((~drawn & roll.response_mask.bool()).sum())
+
+    assert outside_nucleus(r) == 0
+    assert outside_nucleus(full) > 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt2_eos", "llama"])
+def test_shared_prefill_draws_what_repeated_prompts_draw(tokenizer, arch):
+    """One prefill per distinct prompt (its KV cache repeated G times) vs G copies prefilled: same
+    generator state -> the same tokens and masks; log-probs equal to float error (the prefill's
+    batch size differs)."""
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(1)
+        m = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=EOS,
+            eos_token_id=EOS, pad_token_id=PAD)).eval()
+    else:
+        m = tiny_gpt2(len(tokenizer), eos_bias=2.5 if arch == "gpt2_eos" else None)
+    for seed in range(5):
+        shared = draw(m, tokenizer, seed=seed, num_samples=4, max_new_tokens=12)
+        repeated = draw(m, tokenizer, seed=seed, num_samples=4, max_new_tokens=12, share_prefill=False)
+        assert torch.equal(shared.response_ids, repeated.response_ids)
+        assert torch.equal(shared.response_mask, repeated.response_mask)
+        assert torch.equal(shared.prompt_ids, repeated.prompt_ids)
+        assert torch.equal(shared.ended, repeated.ended)
+        torch.testing.assert_close(shared.logprobs, repeated.logprobs, atol=1e-5, rtol=0)
+        assert shared.responses == repeated.responses
+
+
+def test_ended_marks_responses_that_emitted_a_stop_token(tokenizer):
+    """``ended`` is True exactly where the response's last real token is eos; rows cut at
+    max_new_tokens without it are False (the missing-eos rows); response_stats averages both."""
+    m = tiny_gpt2(len(tokenizer), eos_bias=1.5)
+    r = draw(m, tokenizer, num_samples=16, max_new_tokens=6)
+    last = r.response_ids.gather(1, (r.response_lengths - 1)[:, None]).squeeze(1)
+    assert torch.equal(r.ended, last == EOS)
+    assert r.ended.any() and not r.ended.all()  # both kinds present
+    assert (r.response_lengths[~r.ended] == r.response_ids.shape[1]).all()
+    stats = response_stats(r.response_lengths, r.ended)
+    assert stats["eos_rate"] == pytest.approx(r.ended.float().mean().item())
+    assert stats["response_len_mean"] == pytest.approx(r.response_mask.sum().item() / len(r.responses))
+
+
+def test_long_prompts_are_cut_from_the_left_to_fit_the_positions(model, tokenizer):
+    """The tiny GPT-2 has 64 positions: with 61 new tokens a prompt keeps its last 3 tokens."""
+    r = draw(model, tokenizer, num_samples=2, max_new_tokens=61)
+    assert r.truncated_prompts == 1  # only "w1 w2 w3 w4 w5" is longer than 3 tokens
+    assert r.prompt_ids.shape[1] == 3
+    assert tokenizer.convert_ids_to_tokens(r.prompt_ids[0].tolist()) == ["w3", "w4", "w5"]
+    assert draw(model, tokenizer, num_samples=2, max_new_tokens=59).truncated_prompts == 0
+    with pytest.raises(ValueError, match="no room"):
+        draw(model, tokenizer, num_samples=1, max_new_tokens=64)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [{"num_samples": 0}, {"max_new_tokens": 0}, {"temperature": -1.0}, {"top_k": 0}]
+    "kwargs", [{"num_samples": 0}, {"max_new_tokens": 0}, {"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0},
+               {"top_p": 1.5}]
 )
 def test_rejects_bad_arguments(model, tokenizer, kwargs):
     with pytest.raises(ValueError):

@@ -396,3 +396,18 @@ def test_sampling_stops_at_every_generation_config_eos(assets):
         assert end not in body[:-1] and tok.eos_token_id not in body[:-1]
         stopped += body[-1] == end
     assert stopped >= 10
+
+
+def test_generation_cuts_long_prompts_from_the_left_keeping_bos(assets):
+    """The tiny Llama has 512 positions: with 508 new tokens a prompt keeps 4 tokens, BOS first and
+    then the end of the conversation; the count is reported."""
+    from infalign.models import load_causal_lm
+    from infalign.models.generation import sample
+
+    tok = load_tokenizer(assets / "lm_plain", "left")
+    lm = load_causal_lm(assets / "lm_plain")
+    roll = sample(lm, tok, ["tell me about cats please", "more on tea"], num_samples=1, max_new_tokens=508,
+                  generator=torch.Generator().manual_seed(0))
+    assert roll.truncated_prompts == 1
+    assert tok.convert_ids_to_tokens(roll.prompt_ids[0].tolist()) == ["<s>", "about", "cats", "please"]
+    assert tok.convert_ids_to_tokens(roll.prompt_ids[1].tolist()) == ["<s>", "more", "on", "tea"]

@@ -3,9 +3,10 @@
 Two functions serve every caller (RL rollouts, calibration, evaluation):
 
 - :func:`sample` draws ``num_samples`` responses per prompt with its own decoding loop (no
-  ``model.generate``): one prefill over the left-padded prompts, then one single-token step per
-  new token, reusing the KV cache (``cache``; ``past_key_values`` before transformers 5). Rows are
-  prompt-major (``row = p * num_samples + j``).
+  ``model.generate``): one prefill over the left-padded *distinct* prompts, whose KV cache is then
+  repeated ``num_samples`` times, then one single-token step per new token, reusing the KV cache
+  (``cache``; ``past_key_values`` before transformers 5). Rows are prompt-major
+  (``row = p * num_samples + j``).
 - :func:`sequence_logprobs` recomputes ``log pi(y_t | x, y_<t)`` for given responses in one forward
   pass (policy with grad, reference without).
 
@@ -15,8 +16,9 @@ same positions as the prompt alone, and the log-probs of the two functions agree
 
 Log-probs are always the model's own, at temperature 1: ``log_softmax(logits)``, never
 ``log_softmax(logits / T)``. They are what ``KL(pi || pi_ref)`` and the policy gradient need.
-They equal the log-probs of the *sampling* distribution only when ``temperature == 1`` and
-``top_k is None``.
+They equal the log-probs of the *sampling* distribution only when ``temperature == 1``,
+``top_k is None`` and ``top_p == 1`` (:func:`sampling_probs`); RL therefore refuses any other
+setting (``training/algorithms/base.py``, docs/method.md §6), evaluation may use them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Rollout", "sample", "sequence_logprobs", "position_ids", "stop_token_ids"]
+from infalign.models.builders import special_tokens_around
+
+__all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "position_ids", "stop_token_ids",
+           "prompt_token_limit", "response_stats"]
 
 
 @dataclass
@@ -37,7 +42,9 @@ class Rollout:
     ``[B*n, Lr]``, right-padded with the pad id after the eos token; ``response_mask`` is 1 on real
     response tokens *including* the eos token. ``logprobs`` are the model's log-probs at
     temperature 1 of each sampled token (0 where the mask is 0). ``Lr <= max_new_tokens``: decoding
-    stops as soon as every row has emitted eos.
+    stops as soon as every row has emitted eos. ``ended`` ``[B*n]`` is True where the response
+    ended with a stop token, False where it hit ``max_new_tokens`` without one (truncated).
+    ``truncated_prompts`` counts the distinct prompts cut to :func:`prompt_token_limit`.
     """
 
     prompt_ids: torch.Tensor
@@ -47,11 +54,21 @@ class Rollout:
     logprobs: torch.Tensor
     responses: list[str]
     prompt_index: torch.Tensor
+    ended: torch.Tensor
+    truncated_prompts: int = 0
 
     @property
     def response_lengths(self) -> torch.Tensor:
         """Number of real response tokens per row (eos included) ``[B*n]``."""
         return self.response_mask.sum(-1)
+
+
+def response_stats(lengths: torch.Tensor, ended: torch.Tensor) -> dict[str, float]:
+    """``{"response_len_mean": mean tokens per response (the stop token included),
+    "eos_rate": share of responses that ended with a stop token}`` over every element (rows of a
+    rollout, or ``[P, n]`` of a pool). Truncated responses (no stop token within
+    ``max_new_tokens``) are the ``1 - eos_rate``."""
+    return {"response_len_mean": float(lengths.float().mean()), "eos_rate": float(ended.float().mean())}
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -85,15 +102,58 @@ def _forward(model, input_ids, attention_mask, pos, past, use_cache, keep_kw, ca
     )
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
-    """Draw one token per row from ``softmax(top_k(logits) / T)``; ``T == 0`` is greedy."""
-    if temperature == 0:
-        return logits.argmax(-1)
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """The distribution a token is drawn from, ``[rows, V]``, for ``temperature > 0``:
+
+        q = softmax(z / T)  restricted to the kept set K, renormalised,
+
+    where ``z`` are the ``logits`` and K is the intersection of the ``top_k`` largest logits (all when
+    None; ties at the k-th value are kept) and the nucleus: with the tokens sorted by ``softmax(z /
+    T)`` in decreasing order (after the ``top_k`` cut), a token is kept while the mass of the tokens
+    *before* it is ``< top_p`` -- the smallest prefix whose mass reaches ``top_p``, never empty
+    (Holtzman et al. 2020; the order temperature -> top-k -> top-p of transformers' samplers).
+    ``top_k=None, top_p=1`` is ``softmax(z / T)`` itself.
+    """
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # mass before the token
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float, generator) -> torch.Tensor:
+    """Draw one token per row from :func:`sampling_probs`; ``T == 0`` is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prompt_token_limit(model, max_new_tokens: int) -> int | None:
+    """The longest prompt (in tokens) that leaves room for ``max_new_tokens`` in the model's
+    positions (``max_position_embeddings`` / ``n_positions`` of its config), None when the config
+    names no limit. :func:`sample` cuts longer prompts to it."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) - int(max_new_tokens) if limit else None
+
+
+def _truncate_left(ids: list[int], limit: int, head: list[int]) -> list[int]:
+    """``ids`` cut to ``limit`` tokens from the left (the end of a conversation is kept), keeping the
+    tokenizer's leading special tokens ``head`` (BOS / CLS) first when ``ids`` starts with them."""
+    if len(ids) <= limit:
+        return ids
+    keep = head if head and ids[: len(head)] == head else []
+    if limit <= len(keep):
+        raise ValueError(f"prompt token limit {limit} leaves no room after the special tokens {keep}")
+    return keep + ids[len(ids) - (limit - len(keep)) :]
 
 
 def _special_id(tokenizer, name: str) -> int | None:
@@ -120,21 +180,33 @@ def sample(
     top_k: int | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    top_p: float = 1.0,
+    share_prefill: bool = True,
 ) -> Rollout:
     """Sample ``num_samples`` responses for each prompt, batched, and return them with log-probs.
 
-    Token ``t`` of row ``i`` is drawn from ``softmax(top_k(logits_t) / temperature)``
-    (``temperature=0``: greedy); ``logprobs[i, t] = log_softmax(logits_t)[y_t]`` at temperature 1
-    (see the module docstring). Decoding stops at ``max_new_tokens`` or when every row has emitted
-    a stop token (:func:`stop_token_ids`: the tokenizer's eos and every id of the model's
+    Token ``t`` of row ``i`` is drawn from :func:`sampling_probs` (``softmax(logits_t /
+    temperature)`` cut to ``top_k`` and to the ``top_p`` nucleus; ``temperature=0``: greedy);
+    ``logprobs[i, t] = log_softmax(logits_t)[y_t]`` at temperature 1, untruncated (see the module
+    docstring). Decoding stops at ``max_new_tokens`` or when every row has emitted a stop token
+    (:func:`stop_token_ids`: the tokenizer's eos and every id of the model's
     ``generation_config.eos_token_id``; no early stop if there is none). Padding uses
     ``tokenizer.pad_token_id``, falling back to eos, then 0.
 
-    ``use_cache=False`` recomputes the whole prefix each step (slow; kept as the reference the
-    cached path is tested against). With the same ``generator`` state both paths draw the same
-    tokens. Dropout is off while sampling (the model is put in eval mode, then restored), so the
-    log-probs match :func:`sequence_logprobs` on the model in eval mode. The returned tensors are
-    ordinary tensors (not inference tensors), safe to use in a later autograd computation.
+    Prompts longer than :func:`prompt_token_limit` (the model's positions minus ``max_new_tokens``)
+    are cut from the left, the tokenizer's leading special token (BOS) kept; ``truncated_prompts``
+    counts them.
+
+    ``share_prefill`` (with the cache): each distinct prompt is prefilled once and its KV cache and
+    next-token logits are repeated ``num_samples`` times, instead of prefilling ``num_samples``
+    copies. The draws consume the generator exactly as the unshared path does (one draw over all
+    rows per step), so both give the same tokens, and log-probs equal to float error (the prefill
+    runs on a batch of another size). ``use_cache=False`` recomputes the whole prefix each step
+    (slow; kept as the reference the cached path is tested against). With the same ``generator``
+    state all paths draw the same tokens. Dropout is off while sampling (the model is put in eval
+    mode, then restored), so the log-probs match :func:`sequence_logprobs` on the model in eval
+    mode. The returned tensors are ordinary tensors (not inference tensors), safe to use in a later
+    autograd computation.
     """
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError(f"num_samples={num_samples}, max_new_tokens={max_new_tokens}: need >= 1")
@@ -142,37 +214,44 @@ def sample(
         raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k={top_k} must be >= 1 or None")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] (1: no nucleus cut)")
     device = next(model.parameters()).device
     eos = _special_id(tokenizer, "eos")
     stops = stop_token_ids(model, tokenizer)
     pad = _special_id(tokenizer, "pad")
     pad = pad if pad is not None else (eos if eos is not None else 0)
 
-    # Tokenise once, left-pad, then repeat each prompt num_samples times (prompt-major rows).
+    # Tokenise once (cut to the model's limit) and left-pad; rows are repeated inside _decode.
     enc = tokenizer(list(prompts))["input_ids"]
     if any(len(ids) == 0 for ids in enc):
         raise ValueError("every prompt must tokenise to at least one token (got an empty prompt)")
+    limit = prompt_token_limit(model, max_new_tokens)
+    truncated = 0
+    if limit is not None and any(len(ids) > limit for ids in enc):
+        head = special_tokens_around(tokenizer)[0]
+        truncated = sum(len(ids) > limit for ids in enc)
+        enc = [_truncate_left(ids, limit, head) for ids in enc]
     width = max(len(ids) for ids in enc)
     prompt_ids = torch.full((len(enc), width), pad, dtype=torch.long)
     prompt_mask = torch.zeros((len(enc), width), dtype=torch.long)
     for row, ids in enumerate(enc):
         prompt_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
         prompt_mask[row, width - len(ids) :] = 1
-    prompt_ids = prompt_ids.to(device).repeat_interleave(num_samples, 0)
-    prompt_mask = prompt_mask.to(device).repeat_interleave(num_samples, 0)
-    prompt_index = torch.arange(len(enc), device=device).repeat_interleave(num_samples)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
 
     was_training = model.training
     model.eval()
     try:
-        tokens, logprobs, response_mask = _decode(
+        tokens, logprobs, response_mask, ended = _decode(
             model,
             prompt_ids,
             prompt_mask,
+            num_samples,
             max_new_tokens,
-            temperature,
-            top_k,
+            (temperature, top_k, top_p),
             use_cache,
+            share_prefill,
             generator,
             stops,
             pad,
@@ -184,14 +263,27 @@ def sample(
         [ids[:n] for ids, n in zip(tokens.tolist(), lengths)], skip_special_tokens=True
     )
     return Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
+        prompt_ids=prompt_ids.repeat_interleave(num_samples, 0),
+        prompt_mask=prompt_mask.repeat_interleave(num_samples, 0),
         response_ids=tokens.clone(),  # clone: leave inference mode, usable under autograd
         response_mask=response_mask.clone(),
         logprobs=logprobs.clone(),
         responses=responses,
-        prompt_index=prompt_index,
+        prompt_index=torch.arange(len(enc), device=device).repeat_interleave(num_samples),
+        ended=ended.clone(),
+        truncated_prompts=truncated,
     )
+
+
+def _repeat_cache(past, repeats: int):
+    """The KV cache of ``B`` rows as that of ``B * repeats`` prompt-major rows (each row ``repeats``
+    times in a row): ``Cache.batch_repeat_interleave``, or each tensor of a legacy tuple cache."""
+    if repeats == 1:
+        return past
+    if hasattr(past, "batch_repeat_interleave"):
+        past.batch_repeat_interleave(repeats)
+        return past
+    return tuple(tuple(t.repeat_interleave(repeats, 0) for t in layer) for layer in past)
 
 
 @torch.inference_mode()
@@ -199,17 +291,24 @@ def _decode(
     model,
     prompt_ids,
     prompt_mask,
+    num_samples,
     max_new_tokens,
-    temperature,
-    top_k,
+    sampling,
     use_cache,
+    share_prefill,
     generator,
     stops,
     pad,
 ):
-    """The decoding loop: returns ``tokens, logprobs, response_mask``, each ``[rows, Lr]``."""
-    rows, width = prompt_ids.shape
+    """The decoding loop over ``[P, W]`` distinct prompts, ``num_samples`` rows each: returns
+    ``tokens, logprobs, response_mask`` ``[P*n, Lr]`` and ``ended`` ``[P*n]``."""
+    temperature, top_k, top_p = sampling
+    distinct, width = prompt_ids.shape
+    rows = distinct * num_samples
     device = prompt_ids.device
+    unique_ids, unique_mask = prompt_ids, prompt_mask
+    prompt_ids = prompt_ids.repeat_interleave(num_samples, 0)
+    prompt_mask = prompt_mask.repeat_interleave(num_samples, 0)
     # Preallocate the whole sequence's attention mask and positions, the tokens, their log-probs.
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(rows, max_new_tokens)], dim=1)
     pos = position_ids(mask)
@@ -222,19 +321,25 @@ def _decode(
 
     past, steps = None, 0
     for t in range(max_new_tokens):
-        # Next-token logits: prefill, one cached single-token step, or a full recompute.
+        # Next-token logits: prefill (once per distinct prompt), one cached single-token step, or a
+        # full recompute.
         end = width + t
         if use_cache and t > 0:
             new, new_pos = tokens[:, t - 1 : t], pos[:, end - 1 : end]
             out = _forward(model, new, mask[:, :end], new_pos, past, True, keep_kw, cache_arg)
+        elif use_cache and share_prefill:
+            out = _forward(model, unique_ids, unique_mask, position_ids(unique_mask), None, True, keep_kw, cache_arg)
         else:
             ids = torch.cat([prompt_ids, tokens[:, :t]], dim=1)
             out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw, cache_arg)
-        past = getattr(out, cache_arg) if use_cache else None
         logits = out.logits[:, -1, :].float()
+        past = getattr(out, cache_arg) if use_cache else None
+        if logits.shape[0] != rows:  # the shared prefill: one row per distinct prompt
+            logits = logits.repeat_interleave(num_samples, 0)
+            past = _repeat_cache(past, num_samples)
 
         # Draw; record the T=1 log-prob. Rows that already emitted eos get pad and mask 0.
-        tok = torch.where(alive, _pick(logits, temperature, top_k, generator), pad)
+        tok = torch.where(alive, _pick(logits, temperature, top_k, top_p, generator), pad)
         logp = torch.log_softmax(logits, dim=-1).gather(-1, tok[:, None]).squeeze(-1)
         tokens[:, t] = tok
         logprobs[:, t] = torch.where(alive, logp, 0.0)
@@ -244,7 +349,7 @@ def _decode(
             alive &= ~torch.isin(tok, torch.tensor(stops, device=device))
             if not alive.any():
                 break
-    return tokens[:, :steps], logprobs[:, :steps], response_mask[:, :steps]
+    return tokens[:, :steps], logprobs[:, :steps], response_mask[:, :steps], ~alive
 
 
 def sequence_logprobs(
