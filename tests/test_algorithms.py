@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 import tiny_policy as tp
 from infalign.apps.config import CONFIG_DIR
 from infalign.errors import ConfigError
+from infalign.math.calibration import CalibrationTable
 from infalign.math.transforms import Exp, Identity, Log
 from infalign.pipeline.baselines import best_and_worst_of_n
 from infalign.pipeline.fit import fit_policy
@@ -86,6 +87,10 @@ def test_registry_names_and_errors_name_the_key(caplog):
     ({"name": "ppo", "kl_estimator": "k3"}, "algo.kl_estimator"),
     ({"name": "rloo", "temperature": 0.7}, "algo.temperature"),
     ({"name": "ipo", "temperature": 1.3}, "algo.temperature"),
+    ({"name": "rloo", "top_k": 50}, "algo.top_k"),
+    ({"name": "rloo", "top_k": 0}, "algo.top_k"),
+    ({"name": "ppo", "top_p": 0.9}, "algo.top_p"),
+    ({"name": "bon_sft", "top_p": 0.0}, "algo.top_p"),
     ({"name": "rloo", "beta": 0.0}, "algo.beta"),
     ({"name": "rloo", "group_size": 1}, "algo.group_size"),
     ({"name": "rloo", "lr": -1.0}, "algo.lr"),
@@ -104,6 +109,10 @@ def test_k3_and_temperature_refusals_say_why():
         make_algorithm({"name": "rloo", "kl_estimator": "k3"})
     with pytest.raises(ConfigError, match=r"allowed: 1\.0.*off-policy"):
         make_algorithm({"name": "ppo", "temperature": 0.7})
+    with pytest.raises(ConfigError, match=r"algo\.top_p=0\.9.*off-policy.*set eval\.top_k / eval\.top_p"):
+        make_algorithm({"name": "rloo", "top_p": 0.9})
+    with pytest.raises(ConfigError, match=r"algo\.top_k=40.*off-policy"):
+        make_algorithm({"name": "rloo", "top_k": 40})
 
 
 def test_theory_targets_and_labels():
@@ -235,3 +244,48 @@ def test_ipo_reaches_the_least_squares_solution_of_its_pairs():
         trained = tp.response_probs(world.policy, x)
         assert tp.kl(solution, start[x]) > 0.4  # measured 0.43-0.46
         assert tp.kl(solution, trained) < 0.01, x  # measured 1e-3 to 3.2e-3
+
+
+# ---------------------------------------------------------------- missing-EOS penalty
+class LengthScorer:
+    """``r(x, y)`` = number of words of ``y`` (distinct values, so the penalty is visible on each row)."""
+
+    def score(self, prompts, responses):
+        return torch.tensor([float(len(y.split())) for y in responses])
+
+
+@pytest.mark.parametrize("transform", ["raw", "identity"])
+def test_missing_eos_penalty_lowers_exactly_the_responses_cut_without_eos(transform):
+    """docs/method.md (6.1b): with eos after ``b`` at probability < 1 (the bigram may also continue
+    with ``b1``), some responses end within max_new_tokens=3 and some are cut; the task reward of the
+    cut ones, and only those, drops by the penalty, before the advantages."""
+    from infalign.math.transforms import Raw
+    from infalign.training.ctrl import CTRLModule
+
+    def rollout(penalty):
+        policy, reference = tp.TabularLM(), tp.reference()
+        for model in (policy, reference):
+            for b in tp.SECOND:
+                model.mask[tp.ID[b], tp.ID["b1"]] = 0.0  # b -> eos or b1
+        algo = make_algorithm({"name": "rloo", "group_size": 8, "prompts_per_step": 2, "max_new_tokens": 3,
+                               "missing_eos_penalty": penalty})
+        phi = Raw() if transform == "raw" else Identity()
+        table = CalibrationTable.from_rewards(torch.tensor([[1.0, 2.0, 3.0, 4.0]] * 2))
+        module = CTRLModule(policy, reference, tp.tokenizer(), LengthScorer(), phi, table, tp.PROMPTS, algo)
+        return module.rollout(0)
+
+    base, penalised = rollout(None), rollout(0.75)
+    roll = penalised["roll"]
+    assert torch.equal(roll.response_ids, base["roll"].response_ids)  # same draws
+    last = roll.response_ids.gather(1, (roll.response_lengths - 1)[:, None]).squeeze(1)
+    assert torch.equal(roll.ended, last == tp.ID["<eos>"]) and roll.ended.any() and not roll.ended.all()
+    torch.testing.assert_close(penalised["task"], base["task"] - 0.75 * (~roll.ended).float(), atol=0, rtol=0)
+    torch.testing.assert_close(penalised["advantages"],
+                               make_algorithm({"name": "rloo", "group_size": 8}).advantages(
+                                   penalised["task"], penalised["kl"])[1])
+
+
+def test_missing_eos_penalty_must_be_null_or_non_negative():
+    with pytest.raises(ConfigError, match=r"algo\.missing_eos_penalty=-1\.0.*subtracted"):
+        make_algorithm({"name": "ppo", "missing_eos_penalty": -1.0})
+    assert make_algorithm({"name": "ppo", "missing_eos_penalty": 1.0}).missing_eos_penalty == 1.0

@@ -45,11 +45,15 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
     single = draw_pool(world.reference, world.tokenizer, prompts, 4, judges(), GEN, kw, 7, reference=world.reference)
 
     assert torch.equal(ddp["index"], torch.arange(n_prompts))  # every prompt once, in order
-    assert torch.equal(ddp["calibration"]["reward"], single_calib["reward"])  # the gathered table
+    assert torch.equal(ddp["calibration"]["scores"]["reward"], single_calib["scores"]["reward"])  # the gathered table
+    assert torch.equal(ddp["calibration"]["lengths"], single_calib["lengths"])
+    assert torch.equal(ddp["calibration"]["ended"], single_calib["ended"])
     assert torch.equal(ddp["pool"]["reward"], single["scores"]["reward"])
     assert torch.allclose(ddp["log_ratio"], single["log_ratio"], atol=1e-5)
-    a = pool_report(ddp["pool"]["reward"], ddp["calibration"]["reward"], "bon", [1, 2, 4], ddp["log_ratio"])
-    b = pool_report(single["scores"]["reward"], single_calib["reward"], "bon", [1, 2, 4], single["log_ratio"])
+    a = pool_report(ddp["pool"]["reward"], ddp["calibration"]["scores"]["reward"], "bon", [1, 2, 4],
+                    ddp["log_ratio"])
+    b = pool_report(single["scores"]["reward"], single_calib["scores"]["reward"], "bon", [1, 2, 4],
+                    single["log_ratio"])
     for key in a:
         assert a[key]["mean"] == pytest.approx(b[key]["mean"], abs=1e-6)
     pools = tmp_path / "ddp_cache" / "pools"

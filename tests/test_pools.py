@@ -43,17 +43,20 @@ def test_reference_pool_miss_hit_corrupt(tmp_path):
         return pools.reference_pool(world, prompts, 4, {"reward": scorer}, gen, kw, 0, tmp_path, tag="calibration")
 
     first, hit = pool()
-    assert not hit and scorer.calls == 2 and first["reward"].shape == (3, 4)
+    assert not hit and scorer.calls == 2 and first["scores"]["reward"].shape == (3, 4)
+    assert first["lengths"].shape == first["ended"].shape == (3, 4) and (first["lengths"] >= 1).all()
     second, hit = pool()
     assert hit and scorer.calls == 2  # nothing sampled or scored again
-    assert torch.equal(first["reward"], second["reward"])
+    for k in ("lengths", "ended"):  # the response statistics come back from the cache too
+        assert torch.equal(first[k], second[k])
+    assert torch.equal(first["scores"]["reward"], second["scores"]["reward"])
 
     (path,) = (tmp_path / "pools").glob("calibration-*.pt")
     tensors, _ = load_tensors(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a torn write
     rebuilt, hit = pool()
     assert not hit and scorer.calls == 4  # detected, rebuilt, never silently used
-    assert torch.equal(rebuilt["reward"], tensors["reward"])  # same seed -> same pool
+    assert torch.equal(rebuilt["scores"]["reward"], tensors["score/reward"])  # same seed -> same pool
 
     # a different reference model (fingerprint) is a different cache entry
     world.reference_fingerprint = "ref-b"

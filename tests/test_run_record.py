@@ -4,6 +4,7 @@ infalign-report reads, versioned; the W&B summary derives from it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,8 @@ def finished_json() -> dict:
                  "per_prompt": {"prompt_ids": ["a"], "reward_model": {"kl": [0.3]}},
                  "miscalibration": {"n_prompts": 8, "reward_model": {"std_cv": 0.3}, "log_std_corr": 0.5},
                  "samples": [["p", "r"]],
+                 "responses": {"policy": {"response_len_mean": 9.5, "eos_rate": 0.75},
+                               "reference": {"response_len_mean": 7.25, "eos_rate": 1.0}},
                  "theory": {"beta": 0.3, "kl": 0.4, "standard_win_rate": 0.65, "bon4_win_rate": 0.75,
                             "bon1_win_rate": 0.65,
                             "at_measured_kl": {"kl": 0.3, "reachable": True, "standard_win_rate": 0.62,
@@ -67,6 +70,34 @@ def test_version_0_records_load_with_missing_fields_as_none():
     assert rec.eval.ci("reward_model", "kl").mean == 0.3 and RunRecord.from_json({}).status == "finished"
 
 
+def test_version_1_records_load_without_response_statistics():
+    """Version 1 predates ``eval.responses``: it loads as None, and the report's columns are empty."""
+    from infalign.report.collect import Job
+    from infalign.report.tables import job_row
+
+    data = finished_json()
+    data["version"] = 1
+    data["eval"].pop("responses")
+    rec = RunRecord.from_json(data)
+    assert rec.version == 1 and rec.eval.responses is None
+    assert not any(k.startswith("eval/policy") for k in rec.wandb_summary())
+    row = job_row(Job(job="0", path=Path("0"), status="finished", record=rec, config={}), ["reward_model"])
+    assert row["policy_eos_rate"] is None and row["reference_response_len_mean"] is None
+
+
+def test_response_statistics_reach_the_summary_and_the_report_row():
+    from infalign.report.collect import Job
+    from infalign.report.tables import columns, job_row
+
+    rec = RunRecord.from_json(finished_json())
+    summary = rec.wandb_summary()
+    assert summary["eval/policy/response_len_mean"] == 9.5 and summary["eval/reference/eos_rate"] == 1.0
+    row = job_row(Job(job="0", path=Path("0"), status="finished", record=rec, config={}), ["reward_model"])
+    assert (row["policy_response_len_mean"], row["policy_eos_rate"]) == (9.5, 0.75)
+    assert (row["reference_response_len_mean"], row["reference_eos_rate"]) == (7.25, 1.0)
+    assert set(row) == set(columns(["reward_model"]))
+
+
 @pytest.mark.parametrize("data, message", [
     ({**finished_json(), "version": SCHEMA_VERSION + 1},
      rf"version={SCHEMA_VERSION + 1}.*versions 0 to {SCHEMA_VERSION}"),
@@ -89,7 +120,8 @@ def test_wandb_summary_keys_derive_from_the_record():
     assert set(summary) == judge_keys | {
         "theory/beta", "theory/kl", "theory/standard_win_rate", "theory/bon4_win_rate", "theory/bon1_win_rate",
         "world/reward_model/std_cv", "world/log_std_corr",  # counts (n_prompts) are not summary numbers
-        "reward_model/val_accuracy", "eval/kl_ratio_to_theory"}
+        "reward_model/val_accuracy", "eval/kl_ratio_to_theory",
+        *(f"eval/{pool}/{stat}" for pool in ("policy", "reference") for stat in ("response_len_mean", "eos_rate"))}
     assert summary["eval/gold/bon4_win_rate_high"] == pytest.approx(0.8) and summary["theory/kl"] == 0.4
     assert RunRecord(status="failed").wandb_summary() == {}
 

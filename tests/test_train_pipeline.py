@@ -95,6 +95,12 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
         ("eval.ns=[1,64]", "eval.ns"),
         ("ckpt_path=/nonexistent.ckpt", "ckpt_path"),
         ("algo=ppo", "algo.minibatches"),  # with algo.minibatches=3 below
+        ("algo.top_p=0.9", "algo.top_p"),  # nucleus sampling in training: off-policy log-probs
+        ("algo.top_k=20", "algo.top_k"),
+        ("algo.missing_eos_penalty=-1", "algo.missing_eos_penalty"),
+        ("eval.top_p=0", "eval.top_p"),
+        ("eval.top_p=1.5", "eval.top_p"),
+        ("eval.top_k=0", "eval.top_k"),
     ],
 )
 def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, override, key):
@@ -105,6 +111,30 @@ def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, overr
     extra = ["algo.minibatches=3"] if key == "algo.minibatches" else []
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cache_dir, tmp_path, override, *extra)
+
+
+@pytest.mark.slow
+def test_response_statistics_are_logged_and_recorded(cache_dir, tmp_path):
+    """Per training step: train/response_len_mean and train/eos_rate (CSV logger); in metrics.json:
+    eval.responses of the policy and reference pools, consistent with max_new_tokens. Evaluation
+    may sample with a nucleus (its reference pool is then another cache entry); the missing-EOS
+    penalty is accepted by the RL run."""
+    import csv
+
+    default = run(cache_dir, tmp_path / "default", "algo.max_new_tokens=6")
+    metrics = run(cache_dir, tmp_path / "nucleus", "algo.max_new_tokens=6", "eval.top_p=0.5", "logger=csv",
+                  "algo.missing_eos_penalty=0.5", "log_every_n_steps=1")
+    for m in (default, metrics):
+        for pool in ("policy", "reference"):
+            stats = m["eval"]["responses"][pool]
+            assert 1 <= stats["response_len_mean"] <= 6 and 0 <= stats["eos_rate"] <= 1
+    assert metrics["eval"]["reference_pool_cache_hit"] is False  # top_p is part of the pool's key
+    assert metrics["eval"]["responses"]["reference"] != default["eval"]["responses"]["reference"]
+    rows = list(csv.DictReader((tmp_path / "nucleus" / "csv" / "metrics.csv").open()))
+    logged = [r for r in rows if r.get("train/eos_rate")]
+    assert len(logged) == 2  # algo.steps=2, one row per step
+    for r in logged:
+        assert 1 <= float(r["train/response_len_mean"]) <= 6 and 0 <= float(r["train/eos_rate"]) <= 1
 
 
 def test_pool_report_on_constructed_pools():

@@ -42,8 +42,9 @@ def diagnose(cfg: DictConfig) -> dict:
     apply_threads(cfg.threads)
     world = load_world(cfg, cache_dir)
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
-    scores, hit = reference_pool(world, world.eval_prompts, int(cfg.eval.samples), judges, cfg.eval,
-                                 trainer_kwargs(cfg), int(cfg.seed) + 101, cache_dir, tag="eval")
+    pool, hit = reference_pool(world, world.eval_prompts, int(cfg.eval.samples), judges, cfg.eval,
+                               trainer_kwargs(cfg), int(cfg.seed) + 101, cache_dir, tag="eval")
+    scores = pool["scores"]
     summary = miscalibration_summary(scores["reward_model"], scores.get("gold"))
     summary["reference_pool_cache_hit"] = hit
     rows = [{"prompt": p, **{f"{j}_{s}": float(getattr(v[i].double(), s)()) for j, v in scores.items()

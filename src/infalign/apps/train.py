@@ -42,6 +42,7 @@ from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
+from infalign.pipeline.pools import sampling_settings
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.trainer import trainer_kwargs
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
@@ -78,6 +79,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
+    sampling_settings(cfg.eval, "eval")  # eval.temperature / top_k / top_p ranges
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
     multi = int(cfg.trainer.devices) != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1

@@ -17,7 +17,8 @@ import torch
 
 from infalign.errors import ConfigError, require
 
-__all__ = ["kl_penalty", "shaped_reward", "rloo_advantages", "rloo_loss", "ppo_loss", "ipo_loss"]
+__all__ = ["kl_penalty", "missing_eos_penalized", "shaped_reward", "rloo_advantages", "rloo_loss", "ppo_loss",
+           "ipo_loss"]
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -45,6 +46,15 @@ def kl_penalty(
     log_ratio = logprobs - ref_logprobs  # log p - log q
     per_token = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
     return _masked_sum(per_token, mask)
+
+
+def missing_eos_penalized(task_reward: torch.Tensor, ended: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """docs/method.md (6.1b): ``R_i - p * 1{y_i has no stop token}`` -- the task reward of a response
+    cut at ``max_new_tokens`` lowered by ``p = algo.missing_eos_penalty`` (TRL's setting, a value
+    >= 0 that is subtracted); ``penalty=None`` leaves the reward unchanged."""
+    if penalty is None:
+        return task_reward
+    return task_reward - penalty * (~ended.to(task_reward.device, torch.bool)).to(task_reward.dtype)
 
 
 def shaped_reward(task_reward: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:

@@ -277,8 +277,9 @@ def sample(
 
 def _repeat_cache(past, repeats: int):
     """The KV cache of ``B`` rows as that of ``B * repeats`` prompt-major rows (each row ``repeats``
-    times in a row): ``Cache.batch_repeat_interleave``, or each tensor of a legacy tuple cache."""
-    if repeats == 1:
+    times in a row): ``Cache.batch_repeat_interleave``, or each tensor of a legacy tuple cache (a
+    model that returns no cache -- e.g. a bigram table -- keeps None)."""
+    if repeats == 1 or past is None:
         return past
     if hasattr(past, "batch_repeat_interleave"):
         past.batch_repeat_interleave(repeats)

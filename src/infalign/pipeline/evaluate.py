@@ -7,7 +7,8 @@ every N in ``eval.ns`` (exact U-statistics), KL, bootstrap CIs; the per-prompt v
 miscalibrated the reward model is across prompts (from the reference pool); and the
 calibrated-space theory's prediction for the same transform at every N: at the training beta (the
 ideal tilted policy the run aims at) and at the KL the run actually reached (what an ideal policy
-of that family achieves there).
+of that family achieves there); and the response lengths and EOS rates of both pools (length is
+the first sign of reward hacking).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from infalign.math import theory
 from infalign.math.miscalibration import miscalibration_summary
 from infalign.math.pool_stats import pool_columns, summarize_columns
 from infalign.math.procedures import STANDARD_WIN_RATE
+from infalign.models.generation import response_stats
 from infalign.pipeline.pools import draw_pool, reference_pool
 from infalign.pipeline.run_record import CI, Evaluation
 
@@ -32,8 +34,9 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
     """The run record's ``eval`` (module docstring; layout in :class:`~infalign.pipeline.run_record.Evaluation`)."""
     ev = cfg.eval
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
-    ref_scores, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
-                                         int(cfg.seed) + 101, cache_dir, tag="eval")
+    ref, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
+                                  int(cfg.seed) + 101, cache_dir, tag="eval")
+    ref_scores = ref["scores"]
     pol = draw_pool(world.policy, world.tokenizer, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
                     int(cfg.seed) + 202, reference=world.reference, keep_responses=int(ev.keep_responses) > 0)
     ns = sorted({int(n) for n in ev.ns} | {procedure.n})
@@ -48,6 +51,8 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwarg
         ns=ns, procedure=procedure.name, reference_pool_cache_hit=ref_hit, per_prompt=per_prompt,
         miscalibration=miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
         samples=[[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
+        responses={"policy": response_stats(pol["lengths"], pol["ended"]),
+                   "reference": response_stats(ref["lengths"], ref["ended"])},
         theory=theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns))
 
 

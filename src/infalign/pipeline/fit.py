@@ -19,9 +19,9 @@ from infalign.training.ctrl import CTRLModule
 def calibration_table(world, cfg: DictConfig, trainer_kwargs: dict, cache_dir: Path) -> tuple[CalibrationTable, bool]:
     """Sorted reward-model scores of K reference samples per training prompt (cached by content),
     per prompt or pooled over prompts (``calibration.scope``, docs/method.md §2)."""
-    scores, hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K), {"reward": world.reward},
-                                 cfg.calibration, trainer_kwargs, int(cfg.seed), cache_dir, tag="calibration")
-    table = CalibrationTable.from_rewards(scores["reward"], bool(cfg.calibration.smoothing),
+    pool, hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K), {"reward": world.reward},
+                               cfg.calibration, trainer_kwargs, int(cfg.seed), cache_dir, tag="calibration")
+    table = CalibrationTable.from_rewards(pool["scores"]["reward"], bool(cfg.calibration.smoothing),
                                           str(cfg.calibration.get("scope", "prompt")))
     return table, hit
 

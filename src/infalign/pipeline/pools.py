@@ -5,7 +5,12 @@ needs (sorted reward-model scores of K samples per training prompt) and what eva
 against (M samples per held-out prompt). It depends only on the reference model, the judges, the
 prompts, n, the generation settings and the seed, so it is stored under a hash of exactly those
 and shared by every run and sweep job (atomic write, checksum and key inside the file, rebuilt if
-corrupt or stored under another key).
+corrupt or stored under another key). Beside the scores it keeps each sample's length and whether it
+ended with a stop token (the run record's response statistics).
+
+Generation settings come from a config group (``calibration`` or ``eval``): ``max_new_tokens``,
+``temperature``, ``batch_size``, and optionally ``top_k`` / ``top_p`` (:func:`sampling_settings`;
+only ``eval`` has them).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from infalign.errors import require
 from infalign.infra import distributed
 from infalign.infra.cache import (
     CorruptCacheError,
@@ -29,37 +35,52 @@ from infalign.training.rollout import RolloutModule, gather
 
 log = logging.getLogger(__name__)
 
-POOL_VERSION = "pool-v1"
+POOL_VERSION = "pool-v2"  # v2: lengths and stop flags stored beside the scores; top_k / top_p in the key
+
+
+def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, float]:
+    """``(temperature, top_k, top_p)`` of a generation config group, range-checked (ConfigError
+    naming ``<group>.<key>``); a group without ``top_k`` / ``top_p`` samples untruncated."""
+    temperature, top_k, top_p = float(gen_cfg.temperature), gen_cfg.get("top_k"), float(gen_cfg.get("top_p", 1.0))
+    require(temperature >= 0, f"{group}.temperature", temperature, ">= 0 (0: greedy)")
+    require(top_k is None or int(top_k) >= 1, f"{group}.top_k", top_k, "null or >= 1")
+    require(0 < top_p <= 1, f"{group}.top_p", top_p, "0 < top_p <= 1 (1: no nucleus cut)")
+    return temperature, None if top_k is None else int(top_k), top_p
 
 
 def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer_kwargs, seed, reference=None,
               keep_responses: bool = False) -> dict:
-    """Sample n responses per prompt with ``model`` and score them (``Trainer.predict``)."""
+    """Sample n responses per prompt with ``model`` and score them (``Trainer.predict``); the
+    layout of :func:`infalign.training.rollout.gather`."""
     distributed.init_from_env()
-    module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature),
+    temperature, top_k, top_p = sampling_settings(gen_cfg)
+    module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), temperature,
                            seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
-                           batch_size=int(gen_cfg.batch_size))
+                           batch_size=int(gen_cfg.batch_size), top_k=top_k, top_p=top_p)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False, **trainer_kwargs)
     outputs = trainer.predict(module)
     return gather(outputs)
 
 
 def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, trainer_kwargs, seed: int,
-                   cache_dir: str | Path, tag: str) -> tuple[dict[str, torch.Tensor], bool]:
-    """``({judge: [P, n] scores}, cache_hit)`` for reference samples on ``prompts``."""
+                   cache_dir: str | Path, tag: str) -> tuple[dict, bool]:
+    """``(pool, cache_hit)`` for reference samples on ``prompts``: ``pool["scores"]`` =
+    ``{judge: [P, n]}``, ``pool["lengths"]`` / ``pool["ended"]`` ``[P, n]`` (response tokens incl.
+    the stop token; whether it ended with one)."""
+    temperature, top_k, top_p = sampling_settings(gen_cfg)
     key = content_key(
         POOL_VERSION, world.reference_fingerprint,
         # the reward model by its content (whatever the judge is called), other judges by name
         {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None) else name)
          for name, scorer in judges.items()},
-        prompts, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature), int(gen_cfg.batch_size), seed,
+        prompts, n, int(gen_cfg.max_new_tokens), temperature, top_k, top_p, int(gen_cfg.batch_size), seed,
     )
     path = Path(cache_dir) / "pools" / f"{tag}-{key}.pt"
 
     def build() -> dict[str, torch.Tensor]:
         log.info("drawing reference pool %s: %d prompts x %d samples", tag, len(prompts), n)
         pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer_kwargs, seed)
-        return pool["scores"]
+        return _flatten(pool)
 
     distributed.init_from_env()
 
@@ -67,18 +88,32 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
         save_tensors(p, value, {"tag": tag}, key=key)
 
     if not distributed.is_distributed():
-        return cached(path, build, save, lambda p: load_tensors(p, key)[0])
+        value, hit = cached(path, build, save, lambda p: load_tensors(p, key)[0])
+        return _unflatten(value), hit
     # All ranks must take part in a build (sampling is sharded), so rank 0 decides hit or miss
     # for everyone; on a miss every rank draws its share, all gather it, rank 0 writes the file.
     hit = distributed.broadcast_object(_valid(path, key) if distributed.rank() == 0 else None)
     if hit:
-        return load_tensors(path, key)[0], True
+        return _unflatten(load_tensors(path, key)[0]), True
     value = build()
     if distributed.rank() == 0:
         with file_lock(path.with_name(path.name + ".lock")):
             save(value, path)
     distributed.barrier()
-    return value, False
+    return _unflatten(value), False
+
+
+SCORE_PREFIX = "score/"  # stored tensor names: score/<judge>, lengths, ended
+
+
+def _flatten(pool: dict) -> dict[str, torch.Tensor]:
+    return {**{SCORE_PREFIX + k: v for k, v in pool["scores"].items()}, "lengths": pool["lengths"],
+            "ended": pool["ended"]}
+
+
+def _unflatten(tensors: dict[str, torch.Tensor]) -> dict:
+    return {"scores": {k.removeprefix(SCORE_PREFIX): v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)},
+            "lengths": tensors["lengths"], "ended": tensors["ended"]}
 
 
 def _valid(path: Path, key: str) -> bool:

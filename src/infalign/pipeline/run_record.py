@@ -14,8 +14,10 @@ records only ``run_name``, ``status``, ``error``, ``timings`` and ``config``.
 
 Versions: 0 = records written before this schema existed (no ``version`` key; the same fields,
 some absent in the oldest ones, e.g. ``method``, ``kl_target``, ``eval.per_prompt``) -- they load,
-missing fields as ``None``. 1 = this layout. A newer version, or a file that is not a record,
-raises :class:`RecordError` with the reason.
+missing fields as ``None``. 1 = this layout without ``eval.responses``. 2 = this layout (adds
+``eval.responses``: response length and EOS rate of the policy and reference pools); version-1
+records load with it ``None``. A newer version, or a file that is not a record, raises
+:class:`RecordError` with the reason.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FINISHED = "finished"
 
 
@@ -77,7 +79,9 @@ class Evaluation:
     win rate at every N (:meth:`infalign.math.procedures.Procedure.win_rate_key`); ``procedure``
     is the procedure's family name; ``per_prompt`` = ``{"prompt_ids": [...], judge: {column:
     [values]}}``; ``theory`` = the calibrated-space prediction (``beta``, ``kl``, win-rate keys,
-    ``at_measured_kl``) or ``None``.
+    ``at_measured_kl``) or ``None``; ``responses`` = ``{"policy" | "reference": {"response_len_mean",
+    "eos_rate"}}`` over each pool's samples (tokens per response incl. the stop token; share that
+    emitted one before ``eval.max_new_tokens``), ``None`` in records before version 2.
     """
 
     judges: dict[str, dict[str, CI]]
@@ -88,6 +92,7 @@ class Evaluation:
     miscalibration: dict | None = None
     samples: list = field(default_factory=list)
     theory: dict | None = None
+    responses: dict | None = None
 
     def ci(self, judge: str, column: str | None) -> CI | None:
         """The judge's column (``None`` when absent)."""
@@ -179,7 +184,8 @@ class RunRecord:
 
     def wandb_summary(self) -> dict[str, float]:
         """The W&B run summary: ``eval/<judge>/<column>`` (+ ``_low`` / ``_high``), ``theory/<key>``
-        for the prediction's numbers, ``world/<judge>/<stat>`` (miscalibration, docs/method.md §11),
+        for the prediction's numbers, ``eval/<policy|reference>/<response_len_mean|eos_rate>``,
+        ``world/<judge>/<stat>`` (miscalibration, docs/method.md §11),
         ``reward_model/val_*`` (a Bradley-Terry-trained reward model) and
         ``eval/kl_ratio_to_theory``."""
         out: dict[str, float] = {}
@@ -191,6 +197,8 @@ class RunRecord:
                 out[f"eval/{judge}/{name}"] = ci.mean
                 out[f"eval/{judge}/{name}_low"] = ci.low
                 out[f"eval/{judge}/{name}_high"] = ci.high
+        for pool, stats in (ev.responses or {}).items():
+            out |= {f"eval/{pool}/{k}": float(v) for k, v in stats.items()}
         for k, v in (ev.theory or {}).items():
             if isinstance(v, int | float):
                 out[f"theory/{k}"] = float(v)

@@ -3,7 +3,9 @@
 A row holds the job's status, method, procedure, transform family and ``t``, beta, algorithm,
 per judge the KL and the standard and inference-time win rates (the run's own procedure at its N,
 :meth:`~infalign.math.procedures.Procedure.metric_key`) with their 95 % CIs, the theory at beta
-and at the measured KL, ``kl_ratio``, timings, cache flags, the error and the overrides.
+and at the measured KL, ``kl_ratio``, the mean response length and EOS rate of the evaluated policy
+and of the reference (``eval.responses``; empty for records before version 2), timings, cache flags,
+the error and the overrides.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from infalign.report.naming import (
 # (column suffix, value) pairs of a CI in a row
 _CI_PARTS = (("", "mean"), ("_low", "low"), ("_high", "high"))
 RATES = ("kl", "standard_win_rate", "inference_win_rate")  # the judge-dependent columns of a row
+# eval.responses of the record -> columns <pool>_<stat>
+RESPONSE_STATS = tuple((pool, stat) for pool in ("policy", "reference") for stat in ("response_len_mean", "eos_rate"))
 
 
 def columns(judges: Sequence[str]) -> list[str]:
@@ -39,6 +43,7 @@ def columns(judges: Sequence[str]) -> list[str]:
             cols += [f"{j}_{m}{suffix}" for suffix, _ in _CI_PARTS]
         cols.append(f"{j}_n_prompts")
     cols += ["theory_kl_at_beta", "theory_inference_win_rate_at_measured_kl", "kl_ratio",
+             *(f"{pool}_{stat}" for pool, stat in RESPONSE_STATS),
              "world_s", "calibration_s", "train_s", "eval_s", "toy_built", "calibration_hit", "eval_reference_hit",
              "error", "overrides", "path"]
     return cols
@@ -77,6 +82,9 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
     row["theory_kl_at_beta"] = number(th.get("kl"))
     row["theory_inference_win_rate_at_measured_kl"] = number(at.get(procedure.win_rate_key)) if procedure else None
     row["kl_ratio"] = number(rec.kl_ratio) if rec else None
+    responses = (ev.responses if ev is not None else None) or {}
+    for pool, stat in RESPONSE_STATS:
+        row[f"{pool}_{stat}"] = number((responses.get(pool) or {}).get(stat))
     timings = rec.timings if rec is not None else {}
     for k in ("world_s", "calibration_s", "train_s", "eval_s"):
         row[k] = number(timings.get(k))

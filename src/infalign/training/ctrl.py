@@ -7,6 +7,7 @@ One RL step, for P prompts x G samples each:
   2. score:     r = r(x, y) with the frozen reward model;
   3. calibrate: u = C_hat(x, y) against the stored sorted reference rewards of x;
   4. transform: R = Phi(u)              (``raw``: R = r, no calibration -- the RLHF baseline);
+                minus ``algo.missing_eos_penalty`` for responses cut without eos (docs/method.md (6.1b));
   5. KL:        KL_hat per sequence (k1: sum_t log pi - log pi_ref; the KL that is optimised *and*
                 the KL that is logged);
   6. optimise:  the algorithm (``training/algorithms/``, an ``OnlineAlgorithm``) turns (R, KL_hat)
@@ -27,9 +28,9 @@ import torch
 
 from infalign.errors import ConfigError
 from infalign.math.calibration import CalibrationTable
-from infalign.math.rl_objectives import kl_penalty
+from infalign.math.rl_objectives import kl_penalty, missing_eos_penalized
 from infalign.math.transforms import Transform
-from infalign.models.generation import sample, sequence_logprobs
+from infalign.models.generation import response_stats, sample, sequence_logprobs
 from infalign.models.reward import Scorer
 from infalign.training.algorithms import OnlineAlgorithm
 from infalign.training.rollout import step_generator
@@ -129,6 +130,7 @@ class CTRLModule(L.LightningModule):
             task = self.transform(calibrated).float()
         else:
             calibrated, task = None, reward
+        task = missing_eos_penalized(task, roll.ended, self.algo.missing_eos_penalty)
         ref_lp = sequence_logprobs(
             self.reference, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask
         )
@@ -182,7 +184,7 @@ class CTRLModule(L.LightningModule):
             "train/kl": out["kl"].mean(),
             "train/objective": out["objective"].mean(),
             "train/loss": loss.detach(),
-            "train/response_length": tokens / rows,
+            **{f"train/{k}": v for k, v in response_stats(roll.response_lengths, roll.ended).items()},
             "perf/samples_per_s": rows / elapsed,
             "perf/tokens_per_s": tokens / elapsed,
             **stats,

@@ -58,7 +58,8 @@ def step_generator(seed: int, *step: int, device: str | torch.device = "cpu") ->
 
 class RolloutModule(L.LightningModule):
     """predict_step -> ``{"index": [b], "scores": {name: [b, n]}, "log_ratio": [b, n] | None,
-    "responses": [b][n] texts if keep_responses}``."""
+    "responses": [b][n] texts if keep_responses, "lengths": [b, n], "ended": [b, n]}`` (response
+    tokens incl. the stop token; whether it ended with one, see ``generation.Rollout``)."""
 
     def __init__(
         self,
@@ -73,6 +74,8 @@ class RolloutModule(L.LightningModule):
         keep_responses: bool = False,
         prompts: list[str] | None = None,
         batch_size: int = 64,
+        top_k: int | None = None,
+        top_p: float = 1.0,
     ) -> None:
         super().__init__()
         self.prompts, self.batch_size = prompts, batch_size
@@ -85,6 +88,7 @@ class RolloutModule(L.LightningModule):
             temperature,
         )
         self.seed, self.keep_responses = seed, keep_responses
+        self.top_k, self.top_p = top_k, top_p
 
     def predict_dataloader(self) -> DataLoader:
         """Built here, after the strategy knows this process's rank and the world size."""
@@ -111,7 +115,9 @@ class RolloutModule(L.LightningModule):
             n,
             self.max_new_tokens,
             self.temperature,
+            self.top_k,
             generator=gen,
+            top_p=self.top_p,
         )
         flat_prompts = [p for p in prompts for _ in range(n)]
         scores = {
@@ -133,11 +139,13 @@ class RolloutModule(L.LightningModule):
             "log_ratio": log_ratio,
             "responses": keep,
             "lengths": roll.response_mask.sum(-1).view(len(prompts), n).cpu(),
+            "ended": roll.ended.view(len(prompts), n).cpu(),
         }
 
 
 def gather(outputs: list[dict]) -> dict:
-    """Every rank's predict outputs, in prompt order: scores ``{name: [P, n]}``, log_ratio ``[P, n]``.
+    """Every rank's predict outputs, in prompt order: scores ``{name: [P, n]}``, log_ratio ``[P, n]``,
+    lengths and ended ``[P, n]``, responses.
 
     In a distributed run the per-rank lists are exchanged first (CPU tensors), so every rank ends
     with the full pool; each prompt index occurs exactly once.
@@ -152,6 +160,7 @@ def gather(outputs: list[dict]) -> dict:
         "index": index[order],
         "scores": {k: torch.cat([o["scores"][k] for o in outputs])[order] for k in names},
         "lengths": torch.cat([o["lengths"] for o in outputs])[order],
+        "ended": torch.cat([o["ended"] for o in outputs])[order],
         "responses": [flat[i] for i in order.tolist()] if (flat := _flat_responses(outputs)) else [],
     }
     out["log_ratio"] = (

@@ -44,9 +44,11 @@ class AlgoConfig:
     """Settings every algorithm has.
 
     ``max_new_tokens`` and ``temperature`` also set how every pool of the run is sampled (the
-    ``calibration`` and ``eval`` groups interpolate them). ``temperature`` must be 1: log-probs are
-    the model's own at T = 1 (``models/generation.py``), so at any other T the KL and the policy
-    gradient would refer to another distribution than the one sampled (docs/method.md §6).
+    ``calibration`` and ``eval`` groups interpolate them; ``eval`` also ``top_k`` and ``top_p``).
+    ``temperature`` must be 1, ``top_k`` null and ``top_p`` 1: log-probs are the model's own at T = 1,
+    untruncated (``models/generation.py``), so with any other sampler the KL and the policy gradient
+    would refer to another distribution than the one sampled (docs/method.md §6). Evaluation may
+    sample otherwise (``eval.temperature`` / ``eval.top_k`` / ``eval.top_p``).
     """
 
     name: str
@@ -56,6 +58,8 @@ class AlgoConfig:
     weight_decay: float = 0.0
     max_new_tokens: int = 20
     temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
 
     def __post_init__(self) -> None:
         require(self.lr > 0, "algo.lr", self.lr, "lr > 0")
@@ -66,6 +70,15 @@ class AlgoConfig:
         require(self.temperature == 1.0, "algo.temperature", self.temperature, "1.0",
                 "log-probs are taken at temperature 1, so with samples from pi_T the KL and the policy "
                 "gradient would be off-policy (neither KL(pi_T || ref) nor KL(pi || ref)); docs/method.md §6")
+        require(self.top_k is None or self.top_k >= 1, "algo.top_k", self.top_k, "null or >= 1")
+        require(0 < self.top_p <= 1, "algo.top_p", self.top_p, "0 < top_p <= 1")
+        off_policy = ("log-probs are the untruncated model's, so with samples from a top-k / nucleus cut the KL and "
+                      "the policy gradient would be off-policy (docs/method.md §6); to evaluate with it, set "
+                      "eval.top_k / eval.top_p instead")
+        require(self.top_k is None, "algo.top_k", self.top_k, "null (training samples the full distribution)",
+                off_policy)
+        require(self.top_p == 1.0, "algo.top_p", self.top_p, "1.0 (training samples the full distribution)",
+                off_policy)
 
 
 class Algorithm:
@@ -145,6 +158,11 @@ class OnlineAlgorithm(Algorithm):
     def needs_calibration(self, transform: Transform) -> bool:
         """Calibrated transforms need the table; so does ``kl_target`` (``raw`` scales beta by it)."""
         return transform.calibrated or self.kl_target is not None
+
+    @property
+    def missing_eos_penalty(self) -> float | None:
+        """``algo.missing_eos_penalty`` (docs/method.md (6.1b)) if the algorithm has one."""
+        return getattr(self.cfg, "missing_eos_penalty", None)
 
     def advantages(self, task_reward, kl):
         """``(objective, advantages)`` per sequence ``[B]`` from the task reward and the KL estimate."""

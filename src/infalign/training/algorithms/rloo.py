@@ -32,6 +32,7 @@ class RLOOConfig(AlgoConfig):
     kl_estimator: str = "k1"
     grad_clip: float = 1.0  # gradient-norm clip (0: none)
     kl_target: float | None = None  # set: beta from the theory for this KL (pipeline/kl_target.py)
+    missing_eos_penalty: float | None = None  # set: subtracted from R_i of responses without eos (method.md (6.1b))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +47,9 @@ class RLOOConfig(AlgoConfig):
                 "is not the KL gradient: training would converge to another policy than "
                 "pi_ref * exp(Phi/beta) (docs/method.md §6)")
         require(self.grad_clip >= 0, "algo.grad_clip", self.grad_clip, ">= 0 (0: no clipping)")
+        require(self.missing_eos_penalty is None or self.missing_eos_penalty >= 0, "algo.missing_eos_penalty",
+                self.missing_eos_penalty, "null or a penalty >= 0",
+                "it is subtracted from the task reward of responses cut at max_new_tokens (as in TRL)")
 
 
 @register_algorithm
