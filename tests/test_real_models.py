@@ -411,3 +411,17 @@ def test_generation_cuts_long_prompts_from_the_left_keeping_bos(assets):
     assert roll.truncated_prompts == 1
     assert tok.convert_ids_to_tokens(roll.prompt_ids[0].tolist()) == ["<s>", "about", "cats", "please"]
     assert tok.convert_ids_to_tokens(roll.prompt_ids[1].tolist()) == ["<s>", "more", "on", "tea"]
+
+
+def test_prompts_over_the_policy_positions_are_counted_and_reported(assets, tmp_path, caplog):
+    """Without data.max_prompt_tokens nothing drops long prompts: with 500 new tokens the tiny
+    Llama's 512 positions leave 12 for a prompt, and every templated fixture prompt (22 tokens, see
+    test_prompt_length_limit_applies_after_the_chat_template) is cut at generation -- counted per split
+    and warned about. With the default limits none is."""
+    caplog.set_level(logging.WARNING)
+    cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=null", "algo.max_new_tokens=500")
+    world = world_mod.load_world(cfg, tmp_path / "cache")
+    assert world.stats["prompts_truncated_train"] == 4 and world.stats["prompts_truncated_eval"] == 3
+    assert "prompts longer than 12 tokens" in caplog.text and "4 train, 3 eval" in caplog.text
+    world = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
+    assert world.stats["prompts_truncated_train"] == world.stats["prompts_truncated_eval"] == 0

@@ -140,3 +140,12 @@ def test_the_pipeline_writes_what_the_report_reads(tmp_path):
     job = load_job(job_dir, tmp_path)
     assert job.status == "finished" and job.record == rec and job.config == {"seed": 1}
     assert (job_dir / "eval_metrics.csv").read_text().count("\n") == 1 + 2 * 4  # header + judges x columns
+
+
+def test_the_printed_summary_shows_the_response_statistics(capsys):
+    from infalign.pipeline.record import print_summary
+
+    print_summary(RunRecord.from_json(finished_json()), BestOfN(4))
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    assert ("responses: policy mean length 9.5 tokens, EOS rate 0.75; reference mean length 7.2 tokens, "
+            "EOS rate 1.00") in out

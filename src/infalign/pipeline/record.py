@@ -101,7 +101,8 @@ def plot_win_rates(rec: RunRecord, procedure, path: Path) -> None:
 
 
 def print_summary(rec: RunRecord, procedure) -> None:
-    """The closing table: KL, standard and N win rates (reward model and gold) with CIs, theory."""
+    """The closing table: KL, standard and N win rates (reward model and gold) with CIs, theory; then
+    the response statistics and the reward model's miscalibration, one line each."""
     from rich.console import Console
     from rich.table import Table
 
@@ -134,9 +135,17 @@ def print_summary(rec: RunRecord, procedure) -> None:
                 row.append(f"{m[key]:.3f}")
             table.add_row(*row)
     Console().print(table)
+    if ev.responses:
+        Console().print(responses_line(ev.responses))
     mis = ev.miscalibration
     if mis:
         Console().print(miscalibration_line(mis))
+
+
+def responses_line(responses: dict) -> str:
+    """One line: mean response length (tokens, stop token included) and EOS rate per evaluation pool."""
+    return "responses: " + "; ".join(f"{pool} mean length {r['response_len_mean']:.1f} tokens, EOS rate "
+                                     f"{r['eos_rate']:.2f}" for pool, r in responses.items())
 
 
 def miscalibration_line(mis: dict) -> str:

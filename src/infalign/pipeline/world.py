@@ -31,6 +31,7 @@ from infalign.models.builders import (
     load_tokenizer,
     special_tokens_around,
 )
+from infalign.models.generation import prompt_token_limit
 from infalign.models.reward import GoldScorer, RewardScorer, Scorer, reward_input_format
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,10 @@ def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
 def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> World:
     """The toy world (built and cached by content), or real preference data with models by name/path.
 
-    ``world.stats`` holds ``reward_input_format`` and, for real data, ``data_reports``; after
-    reward-model training also ``reward_trained``, ``reward_train_s``, ``reward_val_accuracy`` and
-    ``reward_val_loss``.
+    ``world.stats`` holds ``reward_input_format``, ``prompts_truncated_train`` /
+    ``prompts_truncated_eval`` (:func:`count_truncated_prompts`) and, for real data,
+    ``data_reports``; after reward-model training also ``reward_trained``, ``reward_train_s``,
+    ``reward_val_accuracy`` and ``reward_val_loss``.
     """
     checked = check_world_config(cfg)  # before any compute
     data = cfg.data
@@ -186,6 +188,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                           dataset_prompts=dataset_prompt_map(train_prompts + eval_prompts, train_raw + eval_raw)
                           if cfg.policy.get("chat_template") else None)
     stats["reward_input_format"] = reward.input_format
+    stats |= count_truncated_prompts(cfg, policy, tokenizer, {"train": train_prompts, "eval": eval_prompts})
     return World(
         policy=policy,
         reference=reference,
@@ -199,6 +202,24 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         reward_fingerprint=content_key(_fingerprint(reward_path), reward.input_format),
         stats=stats,
     )
+
+
+def count_truncated_prompts(cfg: DictConfig, policy, tokenizer, prompts: dict[str, list[str]]) -> dict[str, int]:
+    """``{"prompts_truncated_<split>": n}``: how many prompts (as the policy is fed them) are longer
+    than :func:`~infalign.models.generation.prompt_token_limit` at the largest ``max_new_tokens`` of
+    the run (``algo``, ``calibration``, ``eval``) -- generation keeps their last tokens, BOS first.
+    With ``data.max_prompt_tokens`` set (real data) the budget check makes these 0; otherwise any
+    is logged as a warning."""
+    new = max(int(cfg[group].get("max_new_tokens") or 0) for group in ("algo", "calibration", "eval") if group in cfg)
+    limit = prompt_token_limit(policy, new)
+    counts = {f"prompts_truncated_{split}": 0 if limit is None else
+              sum(len(ids) > limit for ids in tokenizer(list(texts))["input_ids"]) if texts else 0
+              for split, texts in prompts.items()}
+    if any(counts.values()):
+        log.warning("prompts longer than %d tokens (the policy's positions minus max_new_tokens=%d): %s; generation "
+                    "cuts them from the left (BOS kept). Set data.max_prompt_tokens to drop them instead",
+                    limit, new, ", ".join(f"{n} {k.removeprefix('prompts_truncated_')}" for k, n in counts.items()))
+    return counts
 
 
 def dataset_prompt_map(policy_prompts: list[str], raw_prompts: list[str]) -> dict[str, str]:
