@@ -3,7 +3,7 @@
 Two functions serve every caller (RL rollouts, calibration, evaluation):
 
 - :func:`sample` draws ``num_samples`` responses per prompt with its own decoding loop (no
-  ``model.generate``): one prefill over the left-padded *distinct* prompts, whose KV cache is then
+  ``model.generate``): one prefill over the left-padded prompts (each once), whose KV cache is then
   repeated ``num_samples`` times, then one single-token step per new token, reusing the KV cache
   (``cache``; ``past_key_values`` before transformers 5). Rows are prompt-major
   (``row = p * num_samples + j``).
@@ -44,7 +44,7 @@ class Rollout:
     temperature 1 of each sampled token (0 where the mask is 0). ``Lr <= max_new_tokens``: decoding
     stops as soon as every row has emitted eos. ``ended`` ``[B*n]`` is True where the response
     ended with a stop token, False where it hit ``max_new_tokens`` without one (truncated).
-    ``truncated_prompts`` counts the distinct prompts cut to :func:`prompt_token_limit`.
+    ``truncated_prompts`` counts the prompts (of ``prompts``) cut to :func:`prompt_token_limit`.
     """
 
     prompt_ids: torch.Tensor
@@ -197,7 +197,7 @@ def sample(
     are cut from the left, the tokenizer's leading special token (BOS) kept; ``truncated_prompts``
     counts them.
 
-    ``share_prefill`` (with the cache): each distinct prompt is prefilled once and its KV cache and
+    ``share_prefill`` (with the cache): each prompt of ``prompts`` is prefilled once and its KV cache and
     next-token logits are repeated ``num_samples`` times, instead of prefilling ``num_samples``
     copies. The draws consume the generator exactly as the unshared path does (one draw over all
     rows per step), so both give the same tokens, and log-probs equal to float error (the prefill
@@ -301,7 +301,7 @@ def _decode(
     stops,
     pad,
 ):
-    """The decoding loop over ``[P, W]`` distinct prompts, ``num_samples`` rows each: returns
+    """The decoding loop over ``[P, W]`` prompts, ``num_samples`` rows each: returns
     ``tokens, logprobs, response_mask`` ``[P*n, Lr]`` and ``ended`` ``[P*n]``."""
     temperature, top_k, top_p = sampling
     distinct, width = prompt_ids.shape
@@ -322,8 +322,8 @@ def _decode(
 
     past, steps = None, 0
     for t in range(max_new_tokens):
-        # Next-token logits: prefill (once per distinct prompt), one cached single-token step, or a
-        # full recompute.
+        # Next-token logits: prefill (once per prompt), one cached single-token step, or a full
+        # recompute.
         end = width + t
         if use_cache and t > 0:
             new, new_pos = tokens[:, t - 1 : t], pos[:, end - 1 : end]
@@ -335,7 +335,7 @@ def _decode(
             out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw, cache_arg)
         logits = out.logits[:, -1, :].float()
         past = getattr(out, cache_arg) if use_cache else None
-        if logits.shape[0] != rows:  # the shared prefill: one row per distinct prompt
+        if logits.shape[0] != rows:  # the shared prefill: one row per prompt
             logits = logits.repeat_interleave(num_samples, 0)
             past = _repeat_cache(past, num_samples)
 
