@@ -7,6 +7,7 @@ import torch
 
 from infalign.apps.calibration import diagnose
 from infalign.math.miscalibration import miscalibration_summary
+from infalign.pipeline.pools import SCORE_PREFIX
 from pipeline_helpers import compose_train
 
 
@@ -23,7 +24,7 @@ def test_writes_plot_summary_and_per_prompt_rows(tmp_path, tiny_cache):
     pools = list((tmp_path / "cache" / "pools").glob("eval-*.pt"))
     assert len(pools) == 1
     scores = torch.load(pools[0], weights_only=True)["tensors"]
-    again = miscalibration_summary(scores["reward_model"], scores["gold"])
+    again = miscalibration_summary(scores[SCORE_PREFIX + "reward_model"], scores[SCORE_PREFIX + "gold"])
     assert again["reward_model"] == pytest.approx(summary["reward_model"])
     assert again["log_std_corr"] == pytest.approx(summary["log_std_corr"], nan_ok=True)
     assert diagnose(cfg)["reference_pool_cache_hit"] is True
