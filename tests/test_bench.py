@@ -110,3 +110,15 @@ def test_trl_section_breaks_down_both_sides(tmp_path):
     for side in ("ours", "trl"):
         assert all(_positive(fig[side]["phases_s"][p]) for p in ("generation", "reward", "reference", "backward"))
         assert 0 < fig[side]["mfu"]["step"] < 1
+
+
+@pytest.mark.slow
+def test_build_section_reports_stages_and_quality(tmp_path):
+    res = run(["--quick", "--only", "build", "--out", str(tmp_path / "bench.json")])["build"]
+    st = res["stages"]
+    assert all(_positive(st[s]["best_s"]) for s in st)
+    parts = st["reference_seconds"]["best_s"] + st["sampling_seconds"]["best_s"] + st["reward_seconds"]["best_s"]
+    assert parts <= st["build_seconds"]["best_s"] + 1e-9  # one build: the stages are parts of the whole
+    q = res["quality"]
+    assert _positive(q["reference_val_loss"]) and 0 <= q["reward_val_gold_accuracy"] <= 1
+    assert res["target_s"] is None and res["ok"] is None  # --quick: a tiny world, no target

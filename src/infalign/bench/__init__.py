@@ -1,4 +1,4 @@
-"""Speed benchmarks: ``python -m infalign.bench [--quick] [--only theory|calibration|rl|trl] [--repeats N]``.
+"""Speed benchmarks: ``python -m infalign.bench [--quick] [--only theory|calibration|rl|trl|build] [--repeats N]``.
 
 Sections (each printed as a rich table and written to ``outputs/bench/bench.json``):
 
@@ -10,7 +10,10 @@ Sections (each printed as a rich table and written to ``outputs/bench/bench.json
 - ``rl``: samples/s and tokens/s of one InfAlign-CTRL RL step (sample, score, calibrate,
   transform, KL-shape, RLOO update) for the toy ``small`` and ``medium`` sizes;
 - ``trl``: the same RL step against TRL's ``RLOOTrainer`` on the same model, prompts and reward
-  (skipped, with a hint, when TRL is not installed: ``pip install -e .[bench]``).
+  (skipped, with a hint, when TRL is not installed: ``pip install -e .[bench]``), on both toy
+  sizes, with a per-phase time breakdown and MFU for both sides;
+- ``build``: the toy world built from scratch (stage seconds, target < 40 s) and its quality
+  (reference val loss, reward-model accuracy vs labels and gold).
 
 Models are randomly initialised from the toy builders: the figures measure throughput only.
 """
