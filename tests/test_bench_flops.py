@@ -60,3 +60,27 @@ def test_phase_clock_times_calls_and_restores_patches():
     assert clock.take(0.5) == {"overhead": 0.5}  # the clock restarted
     assert median_phases([{"phases": {"generation": 1.0}}, {"phases": {"generation": 3.0, "backward": 2.0}},
                           {"phases": {"generation": 2.0}}]) == {"generation": 2.0, "backward": 0.0}
+
+
+def test_decoder_cost_matches_the_published_parameter_counts():
+    from infalign.bench.flops import ESTIMATE_MODELS
+
+    # Qwen2.5-0.5B: 0.49B parameters, 1.5B: 1.54B (model cards; norms and biases, <0.1 %, not counted)
+    c = ESTIMATE_MODELS["Qwen2.5-0.5B-Instruct"]
+    assert c.body + c.head == pytest.approx(494e6, rel=5e-3)
+    c = ESTIMATE_MODELS["Qwen2.5-1.5B-Instruct"]
+    assert c.body + c.head == pytest.approx(1.544e9, rel=5e-3)
+
+
+def test_step_estimate_is_bound_where_it_should_be():
+    from infalign.bench.flops import ModelCost, estimate_step
+
+    cost, reward = ModelCost(body=10**9, head=0, n_layer=1, d_model=1), ModelCost(0, 0, 1, 1)
+    # 1 row, 1 prompt of 1 token, 3 new tokens: two decode steps, each reading 2 GB at 1 TB/s = 2 ms + 1 ms overhead
+    est = estimate_step(cost, reward, rows=1, prompts=1, prompt_len=1, response_len=3, peak=1e18, bandwidth=1e12,
+                        mfu=1.0, step_overhead_s=1e-3)
+    assert est["generation"] == pytest.approx(2 * (2e-3 + 1e-3), rel=1e-6)
+    # compute-bound: forward over 4 tokens = 8e9 FLOP (+ attention 4*16) at 1e12 FLOP/s; backward 2x more
+    est = estimate_step(cost, reward, 1, 1, 1, 3, peak=1e12, bandwidth=1e30, mfu=1.0, step_overhead_s=0.0)
+    assert est["reference"] == pytest.approx((8e9 + 64) / 1e12)
+    assert est["policy_forward+backward"] == pytest.approx(3 * est["reference"])

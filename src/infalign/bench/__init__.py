@@ -1,4 +1,4 @@
-"""Speed benchmarks: ``python -m infalign.bench [--quick] [--only theory|calibration|rl|trl|build] [--repeats N]``.
+"""Speed benchmarks: ``python -m infalign.bench [--quick] [--only theory|calibration|rl|trl|build|scale] [--repeats N]``.
 
 Sections (each printed as a rich table and written to ``outputs/bench/bench.json``):
 
@@ -13,7 +13,9 @@ Sections (each printed as a rich table and written to ``outputs/bench/bench.json
   (skipped, with a hint, when TRL is not installed: ``pip install -e .[bench]``), on both toy
   sizes, with a per-phase time breakdown and MFU for both sides;
 - ``build``: the toy world built from scratch (stage seconds, target < 40 s) and its quality
-  (reference val loss, reward-model accuracy vs labels and gold).
+  (reference val loss, reward-model accuracy vs labels and gold);
+- ``scale``: computed (not measured) RL-step times of the HH experiment with Qwen2.5-0.5B/1.5B on
+  one H100/H200, from FLOPs and memory bandwidth (every assumption printed).
 
 Models are randomly initialised from the toy builders: the figures measure throughput only.
 """

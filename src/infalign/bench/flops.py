@@ -101,3 +101,53 @@ def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best
+
+
+# ----------------------------------------------------------------------------------------------
+# Estimates for models and GPUs we cannot run here (the README's scale note)
+# ----------------------------------------------------------------------------------------------
+
+
+def decoder_cost(n_layer: int, d_model: int, d_ff: int, vocab: int, kv_dim: int | None = None,
+                 gated: bool = True) -> ModelCost:
+    """:class:`ModelCost` of a Llama/Qwen-style decoder from its config: per layer q and o projections
+    ``d^2`` each, k and v ``d x kv_dim`` each (grouped-query attention), an MLP of ``3 d d_ff`` weights
+    (gated) or ``2 d d_ff``; the head ``vocab x d``."""
+    kv_dim = d_model if kv_dim is None else kv_dim
+    per_layer = 2 * d_model ** 2 + 2 * d_model * kv_dim + (3 if gated else 2) * d_model * d_ff
+    return ModelCost(n_layer * per_layer, vocab * d_model, n_layer, d_model)
+
+
+# Public configs (config.json of each hub model): layers, hidden, MLP, vocabulary, k/v width.
+ESTIMATE_MODELS = {
+    "Qwen2.5-0.5B-Instruct": decoder_cost(24, 896, 4864, 151936, kv_dim=128),
+    "Qwen2.5-1.5B-Instruct": decoder_cost(28, 1536, 8960, 151936, kv_dim=256),
+}
+ESTIMATE_REWARD = ("deberta-v3-large reward model", decoder_cost(24, 1024, 4096, 2, gated=False))
+# Dense bf16 tensor-core peak (FLOP/s) and HBM bandwidth (B/s), from the vendor's data sheets.
+ESTIMATE_GPUS = {"H100 SXM": (989e12, 3.35e12), "H200 SXM": (989e12, 4.8e12)}
+
+
+def estimate_step(policy: ModelCost, reward: ModelCost, rows: int, prompts: int, prompt_len: int,
+                  response_len: int, peak: float, bandwidth: float, mfu: float = 0.4,
+                  step_overhead_s: float = 0.015, bytes_per_weight: int = 2) -> dict[str, float]:
+    """Seconds of one RL step on a GPU, from FLOPs where compute-bound and from bandwidth where not.
+
+    Teacher-forced phases (reward, reference, policy forward + backward) are compute-bound:
+    ``F / (mfu * peak)``. Decoding is bound by reading every weight once per token step:
+    ``max(F_step / (mfu * peak), W * bytes / bandwidth) + step_overhead_s`` per step, where
+    ``step_overhead_s`` is the per-step kernel-launch / Python cost of eager decoding (about
+    10-20 ms for a 24-28 layer model in eager PyTorch; CUDA graphs or vLLM remove most of it).
+    The prefill runs once per prompt (shared across its samples)."""
+    weights = (policy.body + policy.head) * bytes_per_weight
+    prefill = policy.forward(prompts * prompt_len, prompts, prompts * prompt_len ** 2) / (mfu * peak)
+    decode = 0.0
+    for t in range(1, response_len):
+        flops = policy.forward(rows, rows, rows * (prompt_len + t))
+        decode += max(flops / (mfu * peak), weights / bandwidth) + step_overhead_s
+    forward = teacher_forced_flops(policy, rows, prompt_len, response_len)
+    out = {"generation": prefill + decode,
+           "reward": scoring_flops(reward, rows, prompt_len + response_len) / (mfu * peak),
+           "reference": forward / (mfu * peak), "policy_forward+backward": 3 * forward / (mfu * peak)}
+    out["step"] = sum(out.values())
+    return out

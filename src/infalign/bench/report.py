@@ -126,6 +126,25 @@ def build_table(res: dict) -> Table:
     return table
 
 
+def scale_table(res: dict) -> Table:
+    sh, a = res["shape"], res["assumed"]
+    title = (f"computed, not measured: one hh_harmless_won RL step ({sh['prompts']} prompts x "
+             f"{sh['rows'] // sh['prompts']} samples, prompt {sh['prompt_len']} + {sh['response_len']} new tokens, "
+             f"{res['reward_model']}) on one GPU")
+    caption = (f"assumed: MFU {a['mfu']:.0%} on the compute-bound phases, bf16 weights, decoding bound by reading "
+               f"the weights once per token step plus {a['step_overhead_s'] * 1e3:.0f} ms launch overhead per step "
+               "(eager PyTorch); bench/flops.py estimate_step")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for col in ("model", "GPU", "generation", "reward", "reference", "policy fwd+bwd", "step",
+                f"{res['steps']} steps"):
+        table.add_column(col, justify="left" if col in ("model", "GPU") else "right")
+    for r in res["rows"]:
+        ph = r["phases_s"]
+        table.add_row(r["model"], r["gpu"], _s(ph["generation"]), _s(ph["reward"]), _s(ph["reference"]),
+                      _s(ph["policy_forward+backward"]), _s(ph["step"]), f"{r['train_minutes']:.0f} min")
+    return table
+
+
 def print_report(results: dict, console: Console | None = None) -> None:
     if console is None:
         console = Console()
@@ -172,5 +191,7 @@ def print_report(results: dict, console: Console | None = None) -> None:
                 console.print(f"  - {escape(d)}")
     if "build" in results:
         console.print(build_table(results["build"]))
+    if "scale" in results:
+        console.print(scale_table(results["scale"]))
     if "output" in meta:
         console.print(f"figures written to {meta['output']}")
