@@ -117,3 +117,28 @@ def test_a_whole_run_logs_to_a_logger_added_as_a_config_file(tmp_path, tiny_cach
     assert summary and summary[-1] == RunRecord.from_json(metrics).wandb_summary()
     assert calls[-1] == ["finalize", "success"]
     assert isinstance(train_app.instantiate_logger(cfg.logger), Logger)
+
+
+@pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run")])
+def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatch, overrides, name):
+    """``name: ${run_name}`` / ``tags: ${tags}`` / ``group: ${run_group:...}`` of conf/logger/wandb.yaml
+    resolve, when the app instantiates the logger, to the run's name (set, or generated once the
+    config is valid), the user's tags then the generated ones, and ``single`` outside a sweep."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps import train as train_app
+
+    seen = []
+
+    def capture(node):
+        seen.append(OmegaConf.to_container(node, resolve=True))
+        raise RuntimeError("stop before compute")
+
+    monkeypatch.setattr(train_app, "instantiate_logger", capture)
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "logger=wandb", "tags=[mine]", *overrides)
+    with pytest.raises(RuntimeError, match="stop before compute"):
+        train_app.run(cfg)
+    (logger_cfg,) = seen
+    assert logger_cfg["name"] == name and logger_cfg["group"] == "single"
+    assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["run_name"] == name
