@@ -47,6 +47,12 @@ def test_fit_gets_every_callback_and_predict_all_but_the_checkpoint(tmp_path):
     assert predict.progress_bar_callback is fit.progress_bar_callback  # one bar for every stage of the run
 
 
+def test_no_checkpoint_callback_means_no_checkpoints(tmp_path):
+    """``callbacks.model_checkpoint=null`` switches checkpointing off (not Lightning's default callback)."""
+    _, trainers = trainers_of(tmp_path, "callbacks.model_checkpoint=null")
+    assert trainers.fit(max_steps=1).checkpoint_callback is None
+
+
 @pytest.mark.parametrize("style, bar", [("rich", StepsProgressBar), ("tqdm", TQDMProgressBar), ("none", None)])
 def test_progress_bar_style(tmp_path, style, bar):
     _, trainers = trainers_of(tmp_path, f"trainer.progress_bar={style}")

@@ -34,13 +34,16 @@ class StageTrainers:
 
 
 def stage_trainers(make: TrainerFactory, callbacks: list[Callback], logger=None, **fit_kwargs) -> StageTrainers:
-    """``make`` (the instantiated ``cfg.trainer``) with the callbacks each kind of stage gets; the
-    bar is on exactly when ``callbacks`` hold one (``trainer.progress_bar=none`` instantiates none).
-    ``fit`` also gets ``logger`` (``None``: no logger) and ``fit_kwargs``."""
+    """``make`` (the instantiated ``cfg.trainer``) with the callbacks each kind of stage gets. The bar
+    is on exactly when ``callbacks`` hold one (``trainer.progress_bar=none`` instantiates none), and
+    fit checkpoints exactly when they hold a checkpoint callback (``callbacks.model_checkpoint=null``:
+    none, rather than Lightning's default one). ``fit`` also gets ``logger`` (``None``: no logger)
+    and ``fit_kwargs``."""
     bar = any(isinstance(c, ProgressBar) for c in callbacks)
     sampling = [c for c in callbacks if not isinstance(c, Checkpoint)]
     return StageTrainers(
         predict=functools.partial(make, callbacks=sampling, enable_progress_bar=bar),
         fit=functools.partial(make, callbacks=list(callbacks), enable_progress_bar=bar,
+                              enable_checkpointing=len(sampling) < len(callbacks),
                               logger=logger if logger is not None else False, **fit_kwargs),
     )
