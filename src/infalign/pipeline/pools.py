@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from infalign.infra import distributed
@@ -25,6 +24,7 @@ from infalign.infra.cache import (
     load_tensors,
     save_tensors,
 )
+from infalign.pipeline.trainer import TrainerFactory
 from infalign.training.rollout import RolloutModule, gather
 
 log = logging.getLogger(__name__)
@@ -32,19 +32,19 @@ log = logging.getLogger(__name__)
 POOL_VERSION = "pool-v1"
 
 
-def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer_kwargs, seed, reference=None,
+def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFactory, seed, reference=None,
               keep_responses: bool = False) -> dict:
-    """Sample n responses per prompt with ``model`` and score them (``Trainer.predict``)."""
+    """Sample n responses per prompt with ``model`` and score them (``trainer(...).predict``, no logger,
+    no checkpointing; ``trainer`` is the run's ``predict`` factory, ``pipeline/trainer.py``)."""
     distributed.init_from_env()
     module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), float(gen_cfg.temperature),
                            seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
                            batch_size=int(gen_cfg.batch_size))
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False, **trainer_kwargs)
-    outputs = trainer.predict(module)
+    outputs = trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False).predict(module)
     return gather(outputs)
 
 
-def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, trainer_kwargs, seed: int,
+def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, trainer: TrainerFactory, seed: int,
                    cache_dir: str | Path, tag: str) -> tuple[dict[str, torch.Tensor], bool]:
     """``({judge: [P, n] scores}, cache_hit)`` for reference samples on ``prompts``."""
     key = content_key(
@@ -58,7 +58,7 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
 
     def build() -> dict[str, torch.Tensor]:
         log.info("drawing reference pool %s: %d prompts x %d samples", tag, len(prompts), n)
-        pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer_kwargs, seed)
+        pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer, seed)
         return pool["scores"]
 
     distributed.init_from_env()
