@@ -1,6 +1,7 @@
-"""Speed benchmarks: ``python -m infalign.bench [--quick] [--only theory|calibration|rl|trl|build|scale] [--repeats N]``.
+"""Speed benchmarks: ``python -m infalign.bench [--quick] [--only SECTION[,SECTION]] [--repeats N]``.
 
-Sections (each printed as a rich table and written to ``outputs/bench/bench.json``):
+Sections (theory, calibration, rl, trl, build, scale; each printed as a rich table and written
+to ``outputs/bench/bench.json``):
 
 - ``theory``: the calibrated-space theory engine against its time targets (frontier of 4
   transforms x 50 KL budgets < 2 s, one optimal-transform solve < 1 s, a 40-point best-t
