@@ -39,7 +39,7 @@ from infalign.errors import ConfigError, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.math.calibration import SCOPES
-from infalign.math.procedures import Procedure
+from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
 from infalign.math.transforms import Raw, Transform, as_transform
 from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
@@ -79,8 +79,23 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "1, or several processes started by torchrun / SLURM (one per device)",
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
             "hydra.run.dir=outputs/train/my_run, or hydra/launcher=slurm")
+    objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo
+
+
+def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:
+    """The evaluation column ``objective`` reads: ``objective.metric``, or when it is null the
+    procedure's own win rate at ``procedure.n`` (:meth:`Procedure.metric_key`: ``bon4_win_rate``,
+    ``standard_win_rate`` when serving is plain sampling). A name the evaluation does not write is a
+    ConfigError (it used to fall back to the standard win rate silently)."""
+    metric = cfg.objective.get("metric")
+    if metric is None:
+        return procedure.metric_key()
+    columns = {STANDARD_WIN_RATE} | {procedure.at(int(n)).win_rate_key for n in cfg.eval.ns if procedure.uses_n}
+    require(metric in columns, "objective.metric", metric, f"null (the procedure's own) or one of {sorted(columns)}",
+            "the evaluation writes a win rate for every N in eval.ns")
+    return str(metric)
 
 
 RESUME = ("last", "last_or_new")  # ckpt_path values that continue the run in this run dir
@@ -337,11 +352,10 @@ def main() -> None:
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float:
-    """``eval/<objective.judge>/<objective.metric>`` (``standard_win_rate`` for procedure=sample),
-    minus ``objective.kl_penalty * max(0, KL - objective.kl_budget)`` when a budget is set."""
+    """``eval/<objective.judge>/<metric>`` (:func:`objective_metric`), minus
+    ``objective.kl_penalty * max(0, KL - objective.kl_budget)`` when a budget is set."""
     cols = metrics["eval"]["judges"][cfg.objective.judge]
-    metric = cfg.objective.metric if cfg.objective.metric in cols else "standard_win_rate"
-    value = float(cols[metric]["mean"])
+    value = float(cols[objective_metric(cfg, instantiate_checked(cfg.procedure))]["mean"])
     budget = cfg.objective.get("kl_budget")
     if budget is not None:  # over-budget runs lose kl_penalty per nat of excess KL
         value -= float(cfg.objective.kl_penalty) * max(0.0, cols["kl"]["mean"] - float(budget))
