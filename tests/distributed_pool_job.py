@@ -3,8 +3,10 @@ across two gloo ranks; rank 0 saves what every rank gathered (test_distributed.p
 
 from __future__ import annotations
 
+import functools
 import sys
 
+import lightning as L
 import torch
 
 from infalign.infra import distributed
@@ -13,8 +15,8 @@ from pool_fixtures import GEN, judges, tiny_models
 
 out, cache_dir, n_prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])
 world, prompts = tiny_models(n_prompts)
-kw = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "enable_progress_bar": False,
-      "enable_model_summary": False}
+kw = functools.partial(L.Trainer, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
+                       enable_model_summary=False)
 calib, hit = reference_pool(world, prompts, 4, judges(), GEN, kw, 0, cache_dir, tag="calibration")
 pool = draw_pool(world.reference, world.tokenizer, prompts, 4, judges(), GEN, kw, 7, reference=world.reference)
 gathered = distributed.all_gather_objects(distributed.rank())

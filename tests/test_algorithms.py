@@ -22,6 +22,7 @@ responses the data never contain, whose probability SFT only drives towards 0).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import lightning as L
@@ -37,6 +38,7 @@ from infalign.math.calibration import CalibrationTable
 from infalign.math.transforms import Exp, Identity, Log
 from infalign.pipeline.baselines import best_and_worst_of_n
 from infalign.pipeline.fit import fit_policy
+from infalign.pipeline.trainer import StageTrainers
 from infalign.training.algorithms import (
     ALGORITHMS,
     AlgoConfig,
@@ -48,8 +50,9 @@ from infalign.training.algorithms import (
 pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers"),
               pytest.mark.filterwarnings("ignore:.*`isinstance\\(treespec, LeafSpec\\)`")]
 
-PREDICT = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
-FIT = PREDICT | {"logger": False, "enable_checkpointing": False}
+PREDICT = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                            enable_model_summary=False)
+TRAINERS = StageTrainers(predict=PREDICT, fit=functools.partial(PREDICT, logger=False, enable_checkpointing=False))
 
 
 # ---------------------------------------------------------------- the registry
@@ -176,7 +179,7 @@ def test_online_algorithm_reaches_the_tilted_policy_and_logs_the_exact_kl(name, 
     world, recorder = tp.world(), KLRecorder()
     start = tp.mean_kl(world.policy, _target(beta))
     fit_policy(world, OmegaConf.create({"seed": 0}), algo, Identity(), tp.calibration_table(),
-               FIT | {"callbacks": [recorder]}, {}, None)
+               StageTrainers(predict=PREDICT, fit=functools.partial(TRAINERS.fit, callbacks=[recorder])), None)
     # the logged KL is the policy's KL at each rollout, in expectation (k1 over 64 samples)
     assert len(recorder.logged) == steps  # one rollout per step, ppo's epochs x minibatches included
     diff = torch.tensor(recorder.logged, dtype=torch.float64) - torch.tensor(recorder.exact, dtype=torch.float64)
@@ -197,7 +200,7 @@ def _offline(name: str, **settings):
     world = tp.world(prompts)
     best, worst = best_and_worst_of_n(world, prompts, 4, gen, PREDICT, seed=0)  # the data fit_offline draws
     start = {x: tp.response_probs(world.policy, x) for x in tp.PROMPTS}
-    fit_policy(world, OmegaConf.create({"seed": 0, "calibration": gen}), algo, Identity(), None, FIT, PREDICT, None)
+    fit_policy(world, OmegaConf.create({"seed": 0, "calibration": gen}), algo, Identity(), None, TRAINERS, None)
     return world, prompts, best, worst, start
 
 

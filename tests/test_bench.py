@@ -55,8 +55,13 @@ def test_rl_section_figures(quick_results):
     assert fig["rows_per_step"] == rl["settings"]["P"] * rl["settings"]["G"]
     assert fig["mean_length"] <= rl["settings"]["max_new_tokens"]
     assert 0 < fig["rollout_share"] < 1
-    assert set(fig["phases_s"]) == {"sample", "score", "calibrate+transform", "reference_logprobs", "update"}
-    assert all(_positive(v) for v in fig["phases_s"].values())
+    ours = {"generation", "reward", "calibrate+Phi", "reference", "policy_forward", "backward", "optimizer"}
+    assert set(fig["phases_s"]) == ours | {"overhead"}  # measured inside the steps; no TRL-only phase
+    assert all(_positive(fig["phases_s"][p]) for p in ours)
+    assert sum(fig["phases_s"].values()) <= fig["median_s"] * 1.5  # medians of parts vs median of the whole
+    assert set(fig["mfu"]) == {"generation", "reward", "reference", "policy_forward", "backward", "step"}
+    assert all(0 < m < 1 for m in fig["mfu"].values())  # a model-FLOP rate above the matmul peak is a miscount
+    assert _positive(fig["flops_per_step"]) and _positive(rl["matmul_peak_flops"])
 
 
 def test_only_merges_into_existing_file(tmp_path):
@@ -91,3 +96,29 @@ def test_trl_section_skips_with_install_hint_when_trl_is_missing(monkeypatch):
     print_report({"meta": {}, "trl": res}, console)
     text = console.export_text()
     assert "trl: skipped" in text and "pip install -e .[bench]" in text
+
+
+@pytest.mark.slow
+def test_trl_section_breaks_down_both_sides(tmp_path):
+    pytest.importorskip("trl")
+    res = run(["--quick", "--only", "trl", "--out", str(tmp_path / "bench.json")])["trl"]
+    assert res["status"] == "ok" and set(res["sizes"]) == {"tiny"}
+    fig = res["sizes"]["tiny"]
+    assert _positive(fig["ratio_samples_per_s"])
+    assert "old_logprobs" in fig["trl"]["phases_s"] and "old_logprobs" not in fig["ours"]["phases_s"]
+    assert "calibrate+Phi" in fig["ours"]["phases_s"]  # TRL runs calibration inside its reward function
+    for side in ("ours", "trl"):
+        assert all(_positive(fig[side]["phases_s"][p]) for p in ("generation", "reward", "reference", "backward"))
+        assert 0 < fig[side]["mfu"]["step"] < 1
+
+
+@pytest.mark.slow
+def test_build_section_reports_stages_and_quality(tmp_path):
+    res = run(["--quick", "--only", "build", "--out", str(tmp_path / "bench.json")])["build"]
+    st = res["stages"]
+    assert all(_positive(st[s]["best_s"]) for s in st)
+    parts = st["reference_seconds"]["best_s"] + st["sampling_seconds"]["best_s"] + st["reward_seconds"]["best_s"]
+    assert parts <= st["build_seconds"]["best_s"] + 1e-9  # one build: the stages are parts of the whole
+    q = res["quality"]
+    assert _positive(q["reference_val_loss"]) and 0 <= q["reward_val_gold_accuracy"] <= 1
+    assert res["target_s"] is None and res["ok"] is None  # --quick: a tiny world, no target

@@ -1,6 +1,6 @@
 """Every config entry composes and instantiates -- parametrised over the YAML files themselves, so
-a new entry (experiment, method, transform, procedure, algo, data, policy, reward, trainer, logger,
-calibration, paths, sweep) is tested without touching this file."""
+a new entry (experiment, method, transform, procedure, algo, data, policy, reward, trainer, callbacks,
+logger, calibration, paths, sweep) is tested without touching this file."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from sweep_helpers import compose_sweep, expand, sweep_axes
 
 SWEEPS_DIR = Path(CONFIG_DIR).parent / "sweeps"
 GROUPS = ("experiment", "method", "transform", "procedure", "algo", "data", "policy", "reward", "trainer",
-          "logger", "calibration", "paths")
+          "callbacks", "logger", "calibration", "paths")
 # mandatory values (???) an entry leaves to the user
 REQUIRED = {("policy", "hf"): ["policy.name_or_path=org/model"], ("reward", "hf"): ["reward.name_or_path=org/rm"]}
 
@@ -92,31 +92,63 @@ def check_model(group):
 
 
 def check_trainer(cfg, tmp_path):
-    """The Lightning accelerator and strategy exist; a CPU trainer is built for real."""
+    """The entry instantiates to a Trainer factory whose accelerator and strategy exist; a CPU
+    trainer is built for real, for both kinds of stage (pipeline/trainer.py)."""
     import lightning as L
     from lightning.pytorch.accelerators import AcceleratorRegistry
     from lightning.pytorch.strategies import StrategyRegistry
 
-    from infalign.apps.train import trainer_kwargs
+    from infalign.apps.config import instantiate_callbacks, instantiate_trainer
+    from infalign.pipeline.trainer import stage_trainers
 
-    kw = trainer_kwargs(cfg)
-    assert kw["accelerator"] in {*AcceleratorRegistry.available_accelerators(), "gpu", "auto"}
-    assert kw["strategy"] in {*StrategyRegistry.available_strategies(), "auto"}
-    if kw["accelerator"] == "cpu" and kw["devices"] == 1:
-        L.Trainer(**kw, logger=False, max_steps=1)
+    make = instantiate_trainer(cfg.trainer)
+    assert issubclass(make.func, L.Trainer) and "progress_bar" not in make.keywords
+    assert make.keywords["accelerator"] in {*AcceleratorRegistry.available_accelerators(), "gpu", "auto"}
+    assert make.keywords["strategy"] in {*StrategyRegistry.available_strategies(), "auto"}
+    if make.keywords["accelerator"] == "cpu" and make.keywords["devices"] == 1:
+        trainers = stage_trainers(make, instantiate_callbacks(cfg.callbacks))
+        trainers.predict(logger=False, enable_checkpointing=False)
+        trainers.fit(max_steps=1)
+
+
+def check_callbacks(cfg, tmp_path):
+    """Every entry instantiates to Lightning callbacks; the checkpoint callback (if any) writes into
+    the run dir."""
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from infalign.apps.config import instantiate_callbacks
+
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    assert callbacks and all(isinstance(c, Callback) for c in callbacks)
+    for c in callbacks:
+        if isinstance(c, ModelCheckpoint):
+            assert Path(c.dirpath) == (tmp_path / "run" / "checkpoints").resolve()
 
 
 def check_logger(cfg, tmp_path):
-    from infalign.apps.train import make_logger
+    """The entry instantiates to a Lightning logger (``none``: no logger) that logs the run's summary
+    and finalizes offline, writing under the run dir."""
+    from lightning.pytorch.loggers import Logger
 
-    logger = make_logger(cfg, tmp_path, "entry-test", ["test"])
-    assert (logger is None) == (cfg.logger.kind == "none")
+    from infalign.apps.config import instantiate_logger
+    from infalign.pipeline import loggers
+
+    logger = instantiate_logger(cfg.logger)
+    if cfg.logger is None:
+        assert logger is None
+        return
+    assert isinstance(logger, Logger)
+    loggers.start(logger, {"seed": 0})
+    logger.log_metrics({"eval/reward_model/kl": 0.1})
+    loggers.close(logger, 0)
+    assert any((tmp_path / "run").iterdir())
 
 
 CHECKS = {"experiment": check_validates, "method": check_validates, "calibration": check_validates,
           "paths": check_validates, "transform": check_transform, "procedure": check_procedure,
           "algo": check_algo, "data": check_data, "policy": check_model("policy"),
-          "reward": check_model("reward"), "trainer": check_trainer, "logger": check_logger}
+          "reward": check_model("reward"), "trainer": check_trainer, "callbacks": check_callbacks,
+          "logger": check_logger}
 
 
 def test_every_group_has_entries_and_a_check():

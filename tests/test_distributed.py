@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -40,7 +42,8 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
     assert ddp["ranks"] == [0, 1]  # really two processes
 
     world, prompts = tiny_models(n_prompts)
-    kw = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                               enable_model_summary=False)
     single_calib, _ = reference_pool(world, prompts, 4, judges(), GEN, kw, 0, tmp_path / "cache", tag="calibration")
     single = draw_pool(world.reference, world.tokenizer, prompts, 4, judges(), GEN, kw, 7, reference=world.reference)
 

@@ -10,6 +10,7 @@ script as a user would and kill it (SIGKILL) mid-run.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -27,12 +29,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from infalign.apps import train as train_app
-from infalign.apps.config import CONFIG_DIR, run_suffix
+from infalign.apps.config import CONFIG_DIR, instantiate_callbacks, instantiate_logger, run_suffix
 from infalign.apps.hydra_callbacks import FailedJobs
 from infalign.errors import ConfigError
 from infalign.infra import cache
 from infalign.math.transforms import Custom
-from infalign.pipeline.trainer import trainer_kwargs
 from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_train, seeded_cache
 
 BIN = Path(sys.executable).parent
@@ -242,8 +243,8 @@ def test_each_stage_logs_its_start_with_what_to_expect_and_its_end(tmp_path, mon
 
 
 def test_progress_bar_has_no_negative_epoch_total(tmp_path):
-    cfg = compose_train(tmp_path, tmp_path, "trainer.progress_bar=rich")
-    (bar,) = trainer_kwargs(cfg)["callbacks"]
+    cfg = compose_train(tmp_path, tmp_path, "trainer.progress_bar=rich", "callbacks.model_checkpoint=null")
+    (bar,) = instantiate_callbacks(cfg.callbacks)
     bar._trainer = SimpleNamespace(max_epochs=-1)  # what Trainer(max_steps=...) sets
     assert bar._get_train_description(0).strip() == "Epoch 0"
     bar._trainer = SimpleNamespace(max_epochs=3)
@@ -255,7 +256,7 @@ def test_progress_bar_has_no_negative_epoch_total(tmp_path):
 
 def wandb_init_kwargs(tmp_path, run_dir: Path) -> dict:
     cfg = compose_train(tmp_path / "cache", run_dir, "logger=wandb")
-    return train_app.make_logger(cfg, run_dir, "name", [])._wandb_init
+    return instantiate_logger(cfg.logger)._wandb_init
 
 
 @pytest.mark.parametrize("env, mode", [("online", "online"), ("offline", "offline"), ("disabled", "disabled"),
@@ -320,7 +321,8 @@ def test_reference_pool_files_record_their_key(tmp_path):
 
     world, prompts = make_world(tmp_path)
     gen = OmegaConf.create({"max_new_tokens": 4, "temperature": 1.0, "batch_size": 2})
-    kw = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                               enable_model_summary=False)
     scorer = SimpleNamespace(score=lambda p, r: torch.tensor([float(len(x)) for x in r]))
     world.reward = scorer  # the reward model: keyed by its fingerprint
 

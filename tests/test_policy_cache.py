@@ -106,3 +106,43 @@ def test_entries_load_by_key_and_a_misplaced_file_is_retrained(tmp_path):
     shutil.copy(tmp_path / "policies" / "aaaa.pt", tmp_path / "policies" / "bbbb.pt")  # wrong name
     assert train_or_load(policy, "bbbb", tmp_path, train(2.0), "run-c") is False
     assert calls == [1.0, 2.0] and torch.all(policy.weight == 2.0)
+
+
+def _default(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from infalign.apps.config import CONFIG_DIR
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=["paths.run_dir=/nonexistent/run", *overrides])
+
+
+def test_default_config_key_inputs_are_pinned():
+    """What the default config contributes to the key, pinned (the hash itself also covers the code
+    digest, which any edit of a training module changes): the same top-level keys and the same five
+    trainer settings as before the trainer / callbacks / logger groups were instantiated by Hydra --
+    so cached policies stay valid across that refactor and any key added to those groups."""
+    settings = policy_cache.training_settings(_default(), 0.2)
+    assert sorted(settings) == ["algo", "calibration", "data", "deterministic", "policy", "reward", "seed",
+                                "trainer", "transform"]
+    assert settings["trainer"] == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+                                   "precision": "32-true"}
+    assert settings["algo"]["beta"] == 0.2 and settings["seed"] == 0 and settings["deterministic"] is False
+
+
+@pytest.mark.parametrize("overrides", [
+    ["+trainer.benchmark=false", "trainer.enable_model_summary=true", "trainer.progress_bar=none"],
+    ["callbacks.model_checkpoint.save_top_k=1", "save_optimizer=false", "checkpoint_every=3"],
+    ["callbacks.progress_bar=null", "callbacks.model_checkpoint=null"],
+    ["run_name=mine", "tags=[a,b]", "logger=csv", "trainer._target_=lightning.pytorch.Trainer"],
+])
+def test_trainer_callbacks_and_logger_keys_that_cannot_change_weights_keep_the_key(overrides):
+    assert policy_cache.training_settings(_default(*overrides), 0.2) == policy_cache.training_settings(_default(), 0.2)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.precision=bf16-mixed"], ["trainer.devices=2"], ["trainer.strategy=ddp"],
+    ["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging", "+callbacks.swa.swa_lrs=0.01"],
+])
+def test_trainer_settings_and_callbacks_that_can_change_weights_change_the_key(overrides):
+    assert policy_cache.training_settings(_default(*overrides), 0.2) != policy_cache.training_settings(_default(), 0.2)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
+import lightning as L
 import torch
 from omegaconf import OmegaConf
 
@@ -37,7 +39,8 @@ def test_reference_pool_miss_hit_corrupt(tmp_path):
     world, prompts = make_world(tmp_path)
     scorer = CountingScorer()
     gen = OmegaConf.create({"max_new_tokens": 8, "temperature": 1.0, "batch_size": 2})
-    kw = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                               enable_model_summary=False)
 
     def pool():
         return pools.reference_pool(world, prompts, 4, {"reward": scorer}, gen, kw, 0, tmp_path, tag="calibration")

@@ -566,3 +566,29 @@ def test_panels_a_run_joins_once_each():
     run = panels[(BestOfN(4), "reward_model")][1]
     assert run.metric.tolist() == [0.6, 0.7] and run.kl.tolist() == [0.1, 0.2] and run.prompt_ids == ("a", "b")
     assert notes == []
+
+
+WANDB_NEW = {"_target_": "infalign.pipeline.loggers.RunWandbLogger", "project": "p", "entity": None,
+             "group": "sweep-a", "mode": "offline"}
+
+
+@pytest.mark.parametrize("logger, expected", [
+    (WANDB_NEW, {"project": "p", "entity": None, "group": "sweep-a", "offline": True}),
+    # sweep dirs written before the logger group was instantiated by Hydra: `kind: wandb`, `offline`
+    ({"kind": "wandb", "project": "p", "entity": None, "group": "sweep-a", "offline": True},
+     {"project": "p", "entity": None, "group": "sweep-a", "offline": True}),
+    ({"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "p", "group": None, "mode": "online"},
+     {"project": "p", "entity": None, "group": "multirun-multirun", "offline": False}),
+    ({"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": "x"}, None),
+    ({"kind": "csv"}, None),
+    (None, None),  # logger=none
+])
+def test_wandb_jobs_are_recognised_in_new_and_old_sweep_dirs(tmp_path, logger, expected):
+    from infalign.report.collect import collect
+    from infalign.report.wandb_run import wandb_settings
+
+    root = tmp_path / "multirun"
+    metrics = fake_metrics(IDENTITY, "identity", 0.3, 0.25, 0.62, 0.70)
+    metrics["config"]["logger"] = logger
+    write_job(root, "0", ["transform=identity"], metrics)
+    assert wandb_settings(collect(root), root) == expected

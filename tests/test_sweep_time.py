@@ -1,4 +1,5 @@
-"""The sweep-time summary a multirun prints and writes (apps/hydra_callbacks.SweepTime)."""
+"""apps/hydra_callbacks.py: the sweep-time summary a multirun prints and writes (SweepTime), and how a
+job's metrics.json is read (as a RunRecord) to tell finished from failed jobs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from infalign.apps.config import CONFIG_DIR
-from infalign.apps.hydra_callbacks import SweepTime, sweep_time_summary
+from infalign.apps.hydra_callbacks import SweepTime, job_failure, sweep_time_summary
 
 
 def job(sweep: Path, num: int, metrics: dict | None) -> None:
@@ -43,3 +44,18 @@ def test_sweep_time_ends_before_failed_jobs_can_exit():
     """Hydra runs end hooks in reverse order of the config: sweep_time must come after failed_jobs."""
     callbacks = list(OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml").callbacks)
     assert callbacks.index("sweep_time") > callbacks.index("failed_jobs")
+
+
+def test_job_metrics_are_read_as_run_records(tmp_path):
+    """Through RunRecord.from_json: a record of a newer schema, or a file that is not a record, is
+    unreadable (never counted finished); older records and infalign-analyze's metrics (no version,
+    no status) are finished; a failed record gives its status and the error's last line."""
+    job(tmp_path, 0, {"version": 99, "status": "finished"})
+    job(tmp_path, 1, ["not", "a", "record"])
+    job(tmp_path, 2, {"procedure": "bon4", "kl_budgets": [0.1], "best_t": []})  # infalign-analyze
+    job(tmp_path, 3, {"version": 1, "status": "failed", "error": "Traceback...\nValueError: boom"})
+    assert job_failure(tmp_path / "0") == "unreadable metrics.json (RecordError)"
+    assert job_failure(tmp_path / "1") == "unreadable metrics.json (RecordError)"
+    assert job_failure(tmp_path / "2") is None
+    assert job_failure(tmp_path / "3") == "failed: ValueError: boom"
+    assert sweep_time_summary(tmp_path, wall_s=1.0)["finished"] == 1  # the analyze job only

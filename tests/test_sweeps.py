@@ -137,3 +137,31 @@ def test_sweep_jobs_cover_families_times_betas():
     jobs = {tuple(sorted(job)) for job in expand(cfg)}
     for fam, beta in itertools.product(families, betas):
         assert any(f"transform={fam}" in job and f"algo.beta={beta}" in job for job in jobs)
+
+
+@pytest.mark.parametrize(("overrides", "metric"), [
+    ([], "bon4_win_rate"),
+    (["procedure.n=1"], "standard_win_rate"),
+    (["procedure=sample"], "standard_win_rate"),
+    (["procedure=won"], "won4_win_rate"),
+    (["objective.metric=bon8_win_rate"], "bon8_win_rate"),
+])
+def test_objective_reads_the_procedures_own_column_by_default(overrides, metric):
+    from infalign.apps.train import objective
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    cols = {k: {"mean": i / 10} for i, k in enumerate(
+        ["bon4_win_rate", "bon8_win_rate", "won4_win_rate", "standard_win_rate", "kl"])}
+    assert objective(cfg, {"eval": {"judges": {"reward_model": cols}}}) == cols[metric]["mean"]
+
+
+def test_unknown_objective_metric_fails_before_compute():
+    from infalign.apps.train import validate
+    from infalign.errors import ConfigError
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["objective.metric=bon16_win_rate", "logger=none"])
+    with pytest.raises(ConfigError) as err:  # eval.ns = [1, 2, 4, 8]: no best-of-16 column
+        validate(cfg)
+    assert err.value.key == "objective.metric" and "bon8_win_rate" in str(err.value.allowed)

@@ -25,11 +25,11 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from infalign.apps.config import CONFIG_DIR, apply_threads
+from infalign.apps.config import CONFIG_DIR, apply_threads, instantiate_callbacks, instantiate_trainer
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math.miscalibration import miscalibration_summary
 from infalign.pipeline.pools import reference_pool
-from infalign.pipeline.trainer import trainer_kwargs
+from infalign.pipeline.trainer import stage_trainers
 from infalign.pipeline.world import load_world
 
 log = logging.getLogger(__name__)
@@ -40,10 +40,11 @@ def diagnose(cfg: DictConfig) -> dict:
     """Reference pool on the held-out prompts -> summary, per-prompt rows, plot (module docstring)."""
     out_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
     apply_threads(cfg.threads)
+    predict = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks"))).predict
     world = load_world(cfg, cache_dir)
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
     pool, hit = reference_pool(world, world.eval_prompts, int(cfg.eval.samples), judges, cfg.eval,
-                               trainer_kwargs(cfg), int(cfg.seed) + 101, cache_dir, tag="eval")
+                               predict, int(cfg.seed) + 101, cache_dir, tag="eval")
     scores = pool["scores"]
     summary = miscalibration_summary(scores["reward_model"], scores.get("gold"))
     summary["reference_pool_cache_hit"] = hit

@@ -1,4 +1,5 @@
-"""Where the Hydra config tree lives, and loading single entries of a config group by name."""
+"""Where the Hydra config tree lives, the resolvers the config uses, instantiating the Lightning
+groups (``trainer``, ``callbacks``, ``logger``), and loading single entries of a config group by name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -77,6 +79,76 @@ def run_suffix() -> str:
 
 if not OmegaConf.has_resolver("run_suffix"):
     OmegaConf.register_new_resolver("run_suffix", run_suffix, use_cache=True)
+
+
+def run_group(sweep_name: str | None) -> str:
+    """``${run_group:${sweep_name}}``, the group of a run's logger (W&B): ``sweep_name`` if set (the
+    sweeps set it), else one group per multirun (``multirun-<sweep dir name>``), else ``single``."""
+    if sweep_name:
+        return str(sweep_name)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        return f"multirun-{Path(HydraConfig.get().sweep.dir).name}"
+    return "single"
+
+
+if not OmegaConf.has_resolver("run_group"):
+    OmegaConf.register_new_resolver("run_group", run_group)
+if not OmegaConf.has_resolver("not"):  # ${not:${save_optimizer}} (conf/callbacks/default.yaml)
+    OmegaConf.register_new_resolver("not", lambda value: not value)
+
+
+def instantiate_checked(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that surfaces our ConfigError instead of Hydra's wrapper."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise
+
+
+def instantiate_trainer(trainer_cfg: DictConfig, extra_keys: tuple[str, ...] = ("progress_bar",)):
+    """``conf/trainer/`` as a trainer factory: ``instantiate(cfg.trainer, _partial_=True)`` without
+    infalign's own keys (``extra_keys``: ``progress_bar``, read by ``conf/callbacks/``), i.e.
+    ``functools.partial(<_target_>, accelerator=..., devices=..., ...)`` that each stage calls with
+    its own arguments (``pipeline/trainer.py``)."""
+    node = OmegaConf.to_container(trainer_cfg, resolve=True)
+    for key in extra_keys:
+        node.pop(key, None)
+    return instantiate_checked(node, _partial_=True)
+
+
+def _require_target(node: Any, key: str) -> None:
+    if not (isinstance(node, DictConfig) and "_target_" in node):
+        raise ConfigError(key, node if not isinstance(node, DictConfig) else OmegaConf.to_container(node),
+                          "a node with a _target_ (a class to instantiate), or null",
+                          f"see the entries in conf/{key.split('.')[0]}/")
+
+
+def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list:
+    """``conf/callbacks/``: every named entry instantiated, in order (plain containers as arguments);
+    an entry set to null (switched off) or instantiated to None (``progress_bar`` with
+    ``trainer.progress_bar=none``) is left out. An entry without ``_target_`` is a ConfigError."""
+    callbacks = []
+    for name, node in (callbacks_cfg or {}).items():
+        if node is None:
+            continue
+        _require_target(node, f"callbacks.{name}")
+        callback = instantiate_checked(node, _convert_="all")
+        if callback is not None:
+            callbacks.append(callback)
+    return callbacks
+
+
+def instantiate_logger(logger_cfg: DictConfig | None):
+    """``conf/logger/``: the Lightning logger its ``_target_`` names (plain containers as arguments),
+    or None (``logger=none`` sets ``logger: null``)."""
+    if logger_cfg is None:
+        return None
+    _require_target(logger_cfg, "logger")
+    return instantiate_checked(logger_cfg, _convert_="all")
 
 
 def launcher_jobs() -> int | None:

@@ -22,26 +22,32 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from infalign.infra.cache import atomic_write_json
+from infalign.pipeline.run_record import RunRecord
 
 log = logging.getLogger(__name__)
 
 
+def read_record(path: Path) -> RunRecord:
+    """``metrics.json`` as a :class:`RunRecord` (``RecordError`` / ``OSError`` / ``ValueError`` when
+    it cannot be read). A file without ``version`` (an older record, or ``infalign-analyze``'s
+    metrics) reads as version 0; without ``status`` it counts as finished."""
+    return RunRecord.from_json(json.loads(path.read_text()))
+
+
 def job_failure(job_dir: Path) -> str | None:
     """Why the job in ``job_dir`` did not finish (``None`` if it did): its recorded status and error,
-    or a missing / unreadable ``metrics.json`` (a job killed before it could record anything).
-    A ``metrics.json`` without a ``status`` (``infalign-analyze``) counts as finished."""
+    or a missing / unreadable ``metrics.json`` (a job killed before it could record anything)."""
     path = job_dir / "metrics.json"
     if not path.exists():
         return "no metrics.json (killed?)"
     try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        record = read_record(path)
+    except (OSError, ValueError) as exc:  # RecordError is a ValueError
         return f"unreadable metrics.json ({type(exc).__name__})"
-    status = metrics.get("status", "finished")
-    if status == "finished":
+    if record.finished:
         return None
-    error = str(metrics.get("error") or "").strip().splitlines()
-    return f"{status}: {error[-1]}" if error else str(status)
+    error = str(record.error or "").strip().splitlines()
+    return f"{record.status}: {error[-1]}" if error else record.status
 
 
 def sweep_failures(sweep_dir: Path) -> tuple[int, dict[str, str]]:
@@ -78,12 +84,12 @@ def sweep_time_summary(sweep_dir: Path, wall_s: float) -> dict:
     finished = hits = 0
     for job in jobs:
         try:
-            metrics = json.loads((job / "metrics.json").read_text())
+            record = read_record(job / "metrics.json")
         except (OSError, ValueError):
             continue
-        finished += metrics.get("status", "finished") == "finished"
-        hits += bool((metrics.get("cache") or {}).get("policy_hit"))
-        for key, value in (metrics.get("timings") or {}).items():
+        finished += record.finished
+        hits += bool(record.cache.get("policy_hit"))
+        for key, value in record.timings.items():
             stage = key.removesuffix("_s")
             stages[stage] = stages.get(stage, 0.0) + float(value)
     return {"wall_s": round(wall_s, 1), "jobs": len(jobs), "finished": finished, "policy_cache_hits": hits,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import sys
 import time
 import warnings
@@ -26,25 +25,30 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infalign.apps.config import CONFIG_DIR, apply_threads
+from infalign.apps.config import (
+    CONFIG_DIR,
+    apply_threads,
+    instantiate_callbacks,
+    instantiate_checked,
+    instantiate_logger,
+    instantiate_trainer,
+)
 from infalign.errors import ConfigError, require
 from infalign.infra import distributed
-from infalign.infra.cache import atomic_write_json, atomic_write_text
+from infalign.infra.cache import atomic_write_json
 from infalign.math.calibration import SCOPES
-from infalign.math.procedures import Procedure
+from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
 from infalign.math.transforms import Raw, Transform, as_transform
-from infalign.pipeline import record
+from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import policy_key, train_or_load
 from infalign.pipeline.pools import sampling_settings
 from infalign.pipeline.run_record import RunRecord
-from infalign.pipeline.trainer import trainer_kwargs
+from infalign.pipeline.trainer import stage_trainers
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
 from infalign.training.algorithms import Algorithm, make_algorithm
 
@@ -53,16 +57,6 @@ log = logging.getLogger(__name__)
 # mid-epoch resume is exact; and the checkpoint is meant to hold the post-update state.
 warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
 warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-
-
-def instantiate_checked(node: DictConfig):
-    """``hydra.utils.instantiate`` that surfaces our ConfigError instead of Hydra's wrapper."""
-    try:
-        return instantiate(node)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, ConfigError):
-            raise exc.__cause__ from None
-        raise
 
 
 def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
@@ -87,15 +81,26 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "1, or several processes started by torchrun / SLURM (one per device)",
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
             "hydra.run.dir=outputs/train/my_run, or hydra/launcher=slurm")
-    if cfg.logger is not None and cfg.logger.get("kind") == "wandb":
-        require(cfg.logger.mode in WANDB_MODES, "logger.mode", cfg.logger.mode, f"one of {list(WANDB_MODES)}",
-                "it follows the WANDB_MODE environment variable")
+    objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo
 
 
+def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:
+    """The evaluation column ``objective`` reads: ``objective.metric``, or when it is null the
+    procedure's own win rate at ``procedure.n`` (:meth:`Procedure.metric_key`: ``bon4_win_rate``,
+    ``standard_win_rate`` when serving is plain sampling). A name the evaluation does not write is a
+    ConfigError (it used to fall back to the standard win rate silently)."""
+    metric = cfg.objective.get("metric")
+    if metric is None:
+        return procedure.metric_key()
+    columns = {STANDARD_WIN_RATE} | {procedure.at(int(n)).win_rate_key for n in cfg.eval.ns if procedure.uses_n}
+    require(metric in columns, "objective.metric", metric, f"null (the procedure's own) or one of {sorted(columns)}",
+            "the evaluation writes a win rate for every N in eval.ns")
+    return str(metric)
+
+
 RESUME = ("last", "last_or_new")  # ckpt_path values that continue the run in this run dir
-WANDB_MODES = ("online", "offline", "disabled")
 RUN_ARTEFACTS = ("metrics.json", "checkpoints")  # what makes a run dir another run's
 
 
@@ -139,48 +144,17 @@ def check_checkpoint(path: Path) -> str:
     return str(path)
 
 
-def wandb_run_id(out_dir: Path) -> str:
-    """The W&B run id of this run dir (``<run dir>/wandb/run_id``), created on first use, so a
-    resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    path = out_dir / "wandb" / "run_id"
-    if path.exists():
-        return path.read_text().strip()
-    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
-    if rank_zero_only.rank == 0:  # the only rank whose WandbLogger starts a run
-        atomic_write_text(path, run_id + "\n")
-    return run_id
-
-
-def make_logger(cfg: DictConfig, out_dir: Path, name: str, tags: list[str]):
-    if cfg.logger is None or cfg.logger.get("kind", "none") == "none":
-        return None
-    if cfg.logger.kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(out_dir), name="csv", version="")
-    if cfg.logger.kind == "wandb":
-        from lightning.pytorch.loggers import WandbLogger
-
-        return WandbLogger(
-            project=cfg.logger.project, name=name, group=wandb_group(cfg), job_type=cfg.logger.job_type,
-            tags=tags, save_dir=str(out_dir), mode=str(cfg.logger.mode), id=wandb_run_id(out_dir),
-            resume="allow", config=OmegaConf.to_container(cfg, resolve=True), entity=cfg.logger.get("entity"),
-        )
-    raise ConfigError("logger.kind", cfg.logger.kind, "one of ['wandb', 'csv', 'none']")
-
-
-def wandb_group(cfg: DictConfig) -> str:
-    """``logger.group`` if set (sweep configs set ``sweep_name``), else one group per multirun
-    (``multirun-<sweep dir name>``), else ``single``."""
-    if cfg.logger.get("group"):
-        return str(cfg.logger.group)
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
-        return f"multirun-{Path(HydraConfig.get().sweep.dir).name}"
-    return "single"
+def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:
+    """The run's name -- ``run_name`` if set, else :func:`record.run_name` (e.g. ``bon4-exp-t4-b20``)
+    -- and its tags -- ``tags`` then procedure, transform, algo, ``beta=<b>`` and data source -- written
+    into ``cfg.run_name`` / ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
+    name = cfg.get("run_name") or record.run_name(procedure, transform, algo)
+    beta = [f"beta={algo.beta:g}"] if algo.beta is not None else []
+    generated = [procedure.label, transform.kind, algo.name, *beta, cfg.data.source]
+    with open_dict(cfg):
+        cfg.run_name = name
+        cfg.tags = list(dict.fromkeys([*(cfg.get("tags") or []), *generated]))
+    return name
 
 
 def run(cfg: DictConfig) -> dict:
@@ -194,15 +168,16 @@ def run(cfg: DictConfig) -> dict:
     timings: dict[str, float] = {}
     try:
         procedure, transform, algo = validate(cfg)
-        name = record.run_name(procedure, transform, algo)
-        tags = [procedure.label, transform.kind, algo.name, *([f"beta={algo.beta:g}"] if algo.beta is not None else []),
-                cfg.data.source]
+        name = name_run(cfg, procedure, transform, algo)
         apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        logger = make_logger(cfg, out_dir, name, tags)
-        if logger is not None and type(logger).__name__ == "WandbLogger":
-            _ = logger.experiment  # start the run now, so a job that fails in any stage shows up (as failed)
-        kw = trainer_kwargs(cfg)
+        # conf/logger, conf/trainer, conf/callbacks, instantiated (a bad value fails here, before compute)
+        logger = instantiate_logger(cfg.logger)
+        trainers = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks")),
+                                  logger, log_every_n_steps=int(cfg.log_every_n_steps),
+                                  deterministic=bool(cfg.deterministic))
+        if logger is not None:  # the run exists from now on, so a job that fails in any stage shows up (failed)
+            loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
 
         with stage("world", timings, expected_world(cfg)):
             world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
@@ -214,7 +189,7 @@ def run(cfg: DictConfig) -> dict:
         with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
                    "samples (instant when cached)"):
             if algo.needs_calibration(transform):
-                table, calib_hit = calibration_table(world, cfg, kw, cache_dir)
+                table, calib_hit = calibration_table(world, cfg, trainers.predict, cache_dir)
             if algo.kl_target is not None:
                 require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
                         algo.kl_target,
@@ -222,16 +197,10 @@ def run(cfg: DictConfig) -> dict:
                 algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
                 log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
 
-        fit_kwargs = {
-            **{k: v for k, v in kw.items() if k != "callbacks"},
-            "callbacks": [*kw.get("callbacks", []), checkpoint_callback(cfg, out_dir)],
-            "logger": logger if logger is not None else False,
-            "log_every_n_steps": int(cfg.log_every_n_steps), "deterministic": bool(cfg.deterministic),
-        }
         ckpt = resolve_ckpt(cfg, out_dir)
 
         def train() -> None:
-            fit_policy(world, cfg, algo, transform, table, fit_kwargs, kw, ckpt)
+            fit_policy(world, cfg, algo, transform, table, trainers, ckpt)
 
         policy_hit = None
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
@@ -248,7 +217,7 @@ def run(cfg: DictConfig) -> dict:
         theory_transform, theory_beta = algo.theory_target(transform) or (Raw(), 0.0)
         with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
                    "policy and reference (reference instant when cached)"):
-            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, kw, cache_dir)
+            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir)
         th = ev.theory
         kl = ev.judges["reward_model"]["kl"].mean
         info = record.method_info(cfg, algo, transform, procedure)
@@ -269,13 +238,13 @@ def run(cfg: DictConfig) -> dict:
         paths = record.write_files(out_dir, rec, procedure)
         record.print_summary(rec, procedure)
         if logger is not None:
-            log_to_logger(logger, rec, paths)
-        finish_logger(logger, 0)
+            loggers.log_record(logger, rec, paths)
+        loggers.close(logger, 0)
         return metrics
     except BaseException as exc:
         # a failed job leaves a record a sweep report can list (and is marked failed in W&B)
         atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
-        finish_logger(logger, 1)
+        loggers.close(logger, 1)
         raise
 
 
@@ -317,34 +286,6 @@ def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timing
     else:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
     return RunRecord(run_name=name, status=status, error=error, timings=timings, config=config).to_json()
-
-
-def checkpoint_callback(cfg: DictConfig, out_dir: Path):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    return ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                           every_n_train_steps=int(cfg.checkpoint_every))
-
-
-def log_to_logger(logger, rec: RunRecord, paths: dict) -> None:
-    summary = rec.wandb_summary()
-    logger.log_metrics(summary)
-    if type(logger).__name__ == "WandbLogger":
-        logger.experiment.summary.update(summary)
-        samples = rec.eval.samples
-        if samples:
-            logger.log_table(key="eval/samples", columns=["prompt", "response"], data=[list(s) for s in samples])
-        logger.log_image(key="eval/win_rates", images=[str(paths["plot"])])
-
-
-def finish_logger(logger, exit_code: int) -> None:
-    if logger is not None and type(logger).__name__ == "WandbLogger":
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=exit_code)
-    elif logger is not None:
-        logger.finalize("success" if exit_code == 0 else "failed")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -413,11 +354,10 @@ def main() -> None:
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float:
-    """``eval/<objective.judge>/<objective.metric>`` (``standard_win_rate`` for procedure=sample),
-    minus ``objective.kl_penalty * max(0, KL - objective.kl_budget)`` when a budget is set."""
+    """``eval/<objective.judge>/<metric>`` (:func:`objective_metric`), minus
+    ``objective.kl_penalty * max(0, KL - objective.kl_budget)`` when a budget is set."""
     cols = metrics["eval"]["judges"][cfg.objective.judge]
-    metric = cfg.objective.metric if cfg.objective.metric in cols else "standard_win_rate"
-    value = float(cols[metric]["mean"])
+    value = float(cols[objective_metric(cfg, instantiate_checked(cfg.procedure))]["mean"])
     budget = cfg.objective.get("kl_budget")
     if budget is not None:  # over-budget runs lose kl_penalty per nat of excess KL
         value -= float(cfg.objective.kl_penalty) * max(0.0, cols["kl"]["mean"] - float(budget))

@@ -6,12 +6,15 @@ Goes through :func:`infalign.pipeline.pools.draw_pool` -- ``RolloutModule`` + ``
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 from infalign.bench.common import num_params, rate, time_calls, toy_setup
 
 
 def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
+    import lightning as L
+
     from infalign.pipeline.pools import draw_pool
 
     size = "tiny" if quick else "small"
@@ -19,13 +22,13 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     batch_size = 64  # conf/calibration/default.yaml: prompts per sampling batch
     setup = toy_setup(size, n_prompts, reward_size=size, seed=seed, calibration=False)
     gen_cfg = SimpleNamespace(max_new_tokens=max_new, temperature=1.0, batch_size=batch_size)
-    trainer_kwargs = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-                      "enable_model_summary": False}
+    trainer = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                                enable_model_summary=False)
     pools: list[dict] = []
 
     def draw() -> None:
         pools.append(draw_pool(setup.reference, setup.tokenizer, setup.prompts, k, {"reward": setup.scorer},
-                               gen_cfg, trainer_kwargs, seed))
+                               gen_cfg, trainer, seed))
 
     draw()  # warm-up (first-call allocations, lazy imports)
     timing = time_calls(draw, repeats)

@@ -3,7 +3,8 @@
 The step runs exactly as in training: ``CTRLModule.training_step`` under ``L.Trainer.fit``
 (sample with the KV cache, score, calibrate, exp transform, k1 KL shaping, one RLOO update with
 grad clipping). A callback times ``on_train_batch_start -> on_train_batch_end``; the first
-``warmup`` steps are dropped. A separate micro-benchmark splits one step into its phases.
+``warmup`` steps are dropped. Inside the same steps each phase is timed (``bench/phases.py``) and
+its model FLOPs counted (``bench/flops.py``), so the breakdown and the MFU describe real steps.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from infalign.bench.common import Timing, ToySetup, num_params, rate, time_calls, toy_setup
+from infalign.bench.common import Timing, ToySetup, num_params, rate, toy_setup
+from infalign.bench.flops import matmul_peak, model_cost, sampling_flops, scoring_flops, teacher_forced_flops
+from infalign.bench.phases import PhaseClock, median_phases, patched, timed
 
 
 @dataclass
@@ -50,125 +53,160 @@ def step_stats(times: list[float], rows: list[int], tokens: list[float]) -> dict
 
 
 def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
-    """Per-step records (``step_s``, ``rows``, ``tokens``, ...) of ``bench.steps`` RL steps of CTRLModule
-    under a Lightning Trainer, after ``bench.warmup`` untimed steps; the policy starts from the initial weights."""
+    """Per-step records of ``bench.steps`` RL steps of CTRLModule under a Lightning Trainer, after
+    ``bench.warmup`` untimed steps; the policy starts from the initial weights. Each record has
+    ``step_s``, ``rows``, ``tokens``, the step's ``phases`` (seconds, timed inside the real step,
+    ``bench/phases.py``) and their model ``flops`` (``bench/flops.py``)."""
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
 
+    import infalign.training.ctrl as ctrl
     from infalign.math.transforms import Exp
-    from infalign.training.ctrl import CTRLModule
 
-    class TimedCTRL(CTRLModule):
+    clock = PhaseClock()
+
+    class TimedScorer:
+        """The reward scorer, timed; remembers its last input width (for its FLOPs)."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.model, self.width = inner, getattr(inner, "model", None), 0
+
+        def score(self, prompts: list[str], responses: list[str]):
+            out = timed(self.inner.score, clock, "reward")(prompts, responses)
+            self.width = reward_width(setup, prompts, responses)
+            return out
+
+    class TimedOptimizer:
+        """The LightningOptimizer with its ``step`` timed as ``optimizer``."""
+
+        def __init__(self, opt) -> None:
+            self._opt = opt
+
+        def step(self, *args, **kwargs):
+            return timed(self._opt.step, clock, "optimizer")(*args, **kwargs)
+
+        def __getattr__(self, name: str):
+            return getattr(self._opt, name)
+
+    class TimedCTRL(ctrl.CTRLModule):
         def rollout(self, step: int) -> dict:
+            before = sum(clock.acc.values())
             t0 = time.perf_counter()
             out = super().rollout(step)
-            self.last = {"rollout_s": time.perf_counter() - t0, "rows": int(out["roll"].response_mask.shape[0]),
-                         "tokens": float(out["roll"].response_mask.sum()), "threads": torch.get_num_threads()}
+            rollout_s = time.perf_counter() - t0
+            clock.add("calibrate+Phi", rollout_s - (sum(clock.acc.values()) - before))
+            roll = out["roll"]
+            rows, prompt_len = roll.prompt_ids.shape
+            self.last = {"rollout_s": rollout_s, "rows": int(rows), "tokens": float(roll.response_mask.sum()),
+                         "threads": torch.get_num_threads(),
+                         "flops": step_flops(setup, int(rows), int(prompt_len), int(roll.response_ids.shape[1]),
+                                             scorer.width)}
             return out
+
+        def manual_backward(self, loss, *args, **kwargs) -> None:
+            timed(super().manual_backward, clock, "backward")(loss, *args, **kwargs)
+
+        def clip_gradients(self, *args, **kwargs) -> None:
+            timed(super().clip_gradients, clock, "optimizer")(*args, **kwargs)
+
+        def optimizers(self, *args, **kwargs):
+            return TimedOptimizer(super().optimizers(*args, **kwargs))
 
     class StepTimer(L.Callback):
         def __init__(self) -> None:
             self.records: list[dict] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            clock.take(0.0)
             self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.records.append({"step_s": time.perf_counter() - self.t0, **pl_module.last})
+            step_s = time.perf_counter() - self.t0
+            self.records.append({"step_s": step_s, **pl_module.last, "phases": clock.take(step_s)})
+
+    def which_logprobs(*args, **kwargs) -> str:
+        return "policy_forward" if torch.is_grad_enabled() else "reference"
 
     algo = bench.config()
-    module = TimedCTRL(setup.fresh_policy(), setup.reference, setup.tokenizer, setup.scorer, Exp(bench.t),
+    scorer = TimedScorer(setup.scorer)
+    module = TimedCTRL(setup.fresh_policy(), setup.reference, setup.tokenizer, scorer, Exp(bench.t),
                        setup.table, setup.prompts, algo, seed=seed)
     timer = StepTimer()
     steps = algo.cfg.steps
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
-    trainer.fit(module, DataLoader(range(steps), batch_size=None))
+    with patched(ctrl, "sample", timed(ctrl.sample, clock, "generation")), \
+            patched(ctrl, "sequence_logprobs", timed(ctrl.sequence_logprobs, clock, which_logprobs)):
+        trainer.fit(module, DataLoader(range(steps), batch_size=None))
     return timer.records[bench.warmup:]
 
 
-def summarize(records: list[dict]) -> dict:
+def reward_width(setup: ToySetup, prompts: list[str], responses: list[str]) -> int:
+    """Padded width of the reward model's inputs for these pairs (``models/reward.py``'s encoding)."""
+    from infalign.models.reward import reward_model_inputs
+
+    return int(reward_model_inputs(setup.tokenizer, list(prompts), list(responses))["input_ids"].shape[1])
+
+
+def step_flops(setup: ToySetup, rows: int, prompt_len: int, response_len: int, reward_width: int,
+               prefill_rows: int | None = None) -> dict[str, float]:
+    """Model FLOPs (``bench/flops.py``) of each phase of one RL step with these shapes: sampling
+    ``response_len`` tokens for ``rows`` rows (prefill over ``prefill_rows``, default ``rows``), scoring
+    inputs of width ``reward_width``, the reference and policy log-prob forwards, and the backward
+    (2x the policy forward). ``old_logprobs`` is TRL's extra no-grad policy forward."""
+    policy, reward = model_cost(setup.reference), model_cost(setup.reward_model)
+    forward = teacher_forced_flops(policy, rows, prompt_len, response_len)
+    return {"generation": sampling_flops(policy, rows, prompt_len, response_len, prefill_rows),
+            "reward": scoring_flops(reward, rows, reward_width), "reference": forward, "old_logprobs": forward,
+            "policy_forward": forward, "backward": 2 * forward}
+
+
+def summarize(records: list[dict], peak: float | None = None) -> dict:
+    """Step statistics; the median seconds of each phase over steps; and with ``peak`` (FLOP/s,
+    :func:`~infalign.bench.flops.matmul_peak`) each phase's MFU = its summed model FLOPs over the
+    timed steps / its summed seconds / peak, and the step's (all phases' FLOPs / all steps' time)."""
     out = step_stats([r["step_s"] for r in records], [r["rows"] for r in records], [r["tokens"] for r in records])
     if all("rollout_s" in r for r in records):
         out["rollout_share"] = sum(r["rollout_s"] for r in records) / sum(r["step_s"] for r in records)
     out["threads"] = records[-1]["threads"]
+    if not all("phases" in r for r in records):
+        return out
+    out["phases_s"] = median_phases(records)
+    if peak and all("flops" in r for r in records):
+        done = {p for r in records for p in r["phases"]}  # phases this implementation runs
+        flops = {p: sum(r["flops"].get(p, 0.0) for r in records) for p in records[0]["flops"] if p in done}
+        secs = {p: sum(r["phases"].get(p, 0.0) for r in records) for p in flops}
+        out["mfu"] = {p: flops[p] / secs[p] / peak for p in flops if secs[p] > 0}
+        out["mfu"]["step"] = sum(flops.values()) / sum(r["step_s"] for r in records) / peak
+        out["flops_per_step"] = sum(flops.values()) / len(records)
     return out
 
 
-def run_ours(setup: ToySetup, bench: RLBench, seed: int = 0) -> dict:
-    """Step statistics of :func:`ours_records`."""
-    return summarize(ours_records(setup, bench, seed))
-
-
-def phase_breakdown(setup: ToySetup, bench: RLBench, repeats: int, seed: int = 0) -> dict:
-    """Best-of-``repeats`` seconds of each phase of one RL step, run one by one on the same batch."""
-    import torch
-
-    from infalign.math.rl_objectives import kl_penalty, rloo_advantages, rloo_loss, shaped_reward
-    from infalign.math.transforms import Exp
-    from infalign.models.generation import sample, sequence_logprobs
-    from infalign.training.rollout import step_generator
-
-    policy = setup.fresh_policy().train()
-    opt = torch.optim.AdamW(policy.parameters(), lr=bench.lr, weight_decay=0.0)
-    prompts = setup.prompts[: bench.prompts]
-    idx = torch.arange(len(prompts)).repeat_interleave(bench.group)
-    flat = [p for p in prompts for _ in range(bench.group)]
-    state: dict = {}
-
-    def do_sample() -> None:
-        with torch.no_grad():
-            state["roll"] = sample(policy, setup.tokenizer, prompts, bench.group, bench.max_new_tokens, 1.0,
-                                   generator=step_generator(seed, 0, 2))
-
-    def do_score() -> None:
-        state["reward"] = setup.scorer.score(flat, state["roll"].responses)
-
-    def do_calibrate() -> None:
-        state["task"] = Exp(bench.t)(setup.table.calibrate(idx, state["reward"])).float()
-
-    def do_reference() -> None:
-        roll = state["roll"]
-        with torch.no_grad():
-            state["ref"] = sequence_logprobs(setup.reference, roll.prompt_ids, roll.prompt_mask, roll.response_ids,
-                                             roll.response_mask)
-
-    def do_update() -> None:
-        roll = state["roll"]
-        kl = kl_penalty(roll.logprobs, state["ref"], roll.response_mask, "k1")
-        adv = rloo_advantages(shaped_reward(state["task"], kl, bench.beta), bench.group)
-        lp = sequence_logprobs(policy, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
-        loss = rloo_loss(lp, roll.response_mask, adv)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-
-    phases = {"sample": do_sample, "score": do_score, "calibrate+transform": do_calibrate,
-              "reference_logprobs": do_reference, "update": do_update}
-    for fn in phases.values():  # warm-up, and fills ``state`` in order
-        fn()
-    return {name: time_calls(fn, repeats).best for name, fn in phases.items()}
+def run_ours(setup: ToySetup, bench: RLBench, seed: int = 0, peak: float | None = None) -> dict:
+    """Step statistics, phases and MFU of :func:`ours_records`."""
+    return summarize(ours_records(setup, bench, seed), peak)
 
 
 def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     sizes = ("tiny",) if quick else ("small", "medium")
     bench = RLBench(prompts=4, group=2, max_new_tokens=8, warmup=1, steps=max(1, min(repeats, 2))) if quick \
         else RLBench(steps=max(2, repeats))
+    peak = matmul_peak(512 if quick else 1024, 2 if quick else 5)
     out: dict = {"settings": {"P": bench.prompts, "G": bench.group, "max_new_tokens": bench.max_new_tokens,
                               "beta": bench.beta, "transform": f"exp({bench.t:g})", "algo": "rloo",
                               "kl_estimator": "k1", "warmup_steps": bench.warmup, "timed_steps": bench.steps,
                               "prompt_set": 4 * bench.prompts},
-                 "sizes": {}}
+                 "matmul_peak_flops": peak, "sizes": {}}
     reward_size = "tiny" if quick else "small"
     for size in sizes:
         setup = toy_setup(size, 4 * bench.prompts, reward_size=reward_size, seed=seed)
-        res = run_ours(setup, bench, seed)
+        res = run_ours(setup, bench, seed, peak)
         res["policy_params"] = num_params(setup.reference)
         res["reward_params"] = num_params(setup.reward_model)
-        res["phases_s"] = phase_breakdown(setup, bench, max(1, min(repeats, 3)), seed)
         out["sizes"][size] = res
     out["note"] = ("randomly initialised toy models (builders, ToyWorld tokenizer); calibration table from random "
-                   "reference rewards; timed on_train_batch_start->end under L.Trainer, warm-up step dropped")
+                   "reference rewards; timed on_train_batch_start->end under L.Trainer, warm-up step dropped; "
+                   "phases: median seconds over the timed steps, measured inside them; MFU: model FLOPs "
+                   "(bench/flops.py) / time / measured float32 matmul peak")
     return out

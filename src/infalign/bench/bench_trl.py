@@ -20,8 +20,10 @@ import time
 import warnings
 from pathlib import Path
 
-from infalign.bench.bench_rl import RLBench, ours_records, summarize
+from infalign.bench.bench_rl import RLBench, ours_records, reward_width, step_flops, summarize
 from infalign.bench.common import num_params, toy_setup
+from infalign.bench.flops import matmul_peak
+from infalign.bench.phases import PhaseClock, patched, timed
 
 SKIP_HINT = "TRL is not installed: `pip install -e .[bench]` (the optional `bench` extra) to run this section"
 
@@ -63,7 +65,8 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
 
     index = {p: i for i, p in enumerate(setup.prompts)}
     transform = Exp(bench.t)
-    counts = {"rows": 0, "tokens": 0.0, "threads": 0}
+    counts: dict = {"rows": 0, "tokens": 0.0, "threads": 0, "shape": (0, 0, 0, 0)}
+    clock = PhaseClock()
 
     def infalign_reward(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
         reward = setup.scorer.score(list(prompts), list(completions))
@@ -71,18 +74,33 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
         counts["rows"] += len(completions)
         counts["threads"] = torch.get_num_threads()  # checks the HF Trainer kept our thread count
         counts["tokens"] += float(sum(len(c) for c in completion_ids))
+        counts["batch"] = (list(prompts), list(completions), max(len(c) for c in completion_ids))
         return transform(u).float().tolist()
 
     class StepTimer(TrainerCallback):
+        """Times each optimizer step, and the optimizer step itself (between the two hooks around it)."""
+
         def __init__(self) -> None:
             self.records: list[dict] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
             counts.update(rows=0, tokens=0.0)
+            clock.take(0.0)
             self.t0 = time.perf_counter()
 
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self.t_opt = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            clock.add("optimizer", time.perf_counter() - self.t_opt)
+
         def on_step_end(self, args, state, control, **kwargs):
-            self.records.append({"step_s": time.perf_counter() - self.t0, **counts})
+            step_s = time.perf_counter() - self.t0
+            prompts, completions, response_len = counts.pop("batch")
+            prompt_len = max(len(ids) for ids in setup.tokenizer(prompts)["input_ids"])
+            flops = step_flops(setup, len(completions), prompt_len, response_len,
+                               reward_width(setup, prompts, completions))
+            self.records.append({"step_s": step_s, **counts, "phases": clock.take(step_s), "flops": flops})
 
     timer = StepTimer()
     fields = RLOOConfig.__dataclass_fields__  # transformers >= 5 renamed gradient_ -> activation_checkpointing
@@ -118,7 +136,21 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
                 trainer.remove_callback(cb)
             dtype = next(trainer.model.parameters()).dtype
             checkpointing = bool(getattr(trainer.args, next(iter(no_checkpointing))))
-            trainer.train()
+
+            def which_logprobs(model, *args, **kwargs) -> str:
+                if model is trainer.ref_model:
+                    return "reference"
+                return "policy_forward" if torch.is_grad_enabled() else "old_logprobs"
+
+            # TRL's reward phase is its reward function: our scorer + calibration + Phi (ours splits the two)
+            with patched(trainer, "_generate", timed(trainer._generate, clock, "generation")), \
+                    patched(trainer, "_calculate_rewards", timed(trainer._calculate_rewards, clock, "reward")), \
+                    patched(trainer, "_get_per_token_logps_and_entropies",
+                            timed(trainer._get_per_token_logps_and_entropies, clock, which_logprobs)), \
+                    patched(trainer.accelerator, "backward", timed(trainer.accelerator.backward, clock, "backward")), \
+                    patched(trainer.accelerator, "clip_grad_norm_",
+                            timed(trainer.accelerator.clip_grad_norm_, clock, "optimizer")):
+                trainer.train()
     return timer.records[bench.warmup:], {"dtype": str(dtype).replace("torch.", ""),
                                          "activation_checkpointing": checkpointing}
 
@@ -167,10 +199,26 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     import torch
     import transformers
 
-    size = "tiny" if quick else "small"
+    sizes = ("tiny",) if quick else ("small", "medium")
     bench = RLBench(prompts=4, group=2, max_new_tokens=8, warmup=1, steps=max(1, min(repeats, 2))) if quick \
         else RLBench(steps=max(2, repeats))
     rounds = 1 if quick else 2
+    peak = matmul_peak(512 if quick else 1024, 2 if quick else 5)
+    out: dict = {"status": "ok",
+                 "versions": {"trl": version, "transformers": transformers.__version__, "torch": torch.__version__},
+                 "settings": {"P": bench.prompts, "G": bench.group, "max_new_tokens": bench.max_new_tokens,
+                              "min_new_tokens": None, "beta": bench.beta,
+                              "reward": f"RewardScorer -> C_hat -> exp({bench.t:g})", "optimizer_steps_per_batch": 1,
+                              "warmup_steps": bench.warmup, "timed_steps": bench.steps, "rounds": rounds,
+                              "prompt_set": 4 * bench.prompts},
+                 "matmul_peak_flops": peak, "sizes": {}, "differences": DIFFERENCES}
+    for size in sizes:
+        out["sizes"][size] = compare(size, bench, rounds, peak, repeats, seed)
+    return out
+
+
+def compare(size: str, bench: RLBench, rounds: int, peak: float, repeats: int, seed: int) -> dict:
+    """Ours vs TRL on one toy size (policy and reward model of that size): ``rounds`` interleaved runs each."""
     setup = toy_setup(size, 4 * bench.prompts, reward_size=size, seed=seed)
     trl_recs: list[dict] = []
     our_recs: list[dict] = []
@@ -178,23 +226,15 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
         recs, checked = trl_records(setup, bench, seed)
         trl_recs += recs
         our_recs += ours_records(setup, bench, seed)
-    trl_res = {**summarize(trl_recs), **checked}
-    ours = {**summarize(our_recs), "dtype": str(next(setup.reference.parameters()).dtype).replace("torch.", ""),
+    trl_res = {**summarize(trl_recs, peak), **checked}
+    ours = {**summarize(our_recs, peak), "dtype": str(next(setup.reference.parameters()).dtype).replace("torch.", ""),
             "activation_checkpointing": False}
     return {
-        "status": "ok",
-        "versions": {"trl": version, "transformers": transformers.__version__, "torch": torch.__version__},
-        "settings": {"size": size, "policy_params": num_params(setup.reference),
-                     "reward_params": num_params(setup.reward_model), "P": bench.prompts, "G": bench.group,
-                     "max_new_tokens": bench.max_new_tokens, "min_new_tokens": None, "beta": bench.beta,
-                     "reward": f"RewardScorer -> C_hat -> exp({bench.t:g})", "optimizer_steps_per_batch": 1,
-                     "warmup_steps": bench.warmup, "timed_steps": bench.steps, "rounds": rounds,
-                     "prompt_set": len(setup.prompts)},
+        "policy_params": num_params(setup.reference), "reward_params": num_params(setup.reward_model),
         "ours": ours,
         "trl": trl_res,
         "ratio_samples_per_s": ours["samples_per_s"] / trl_res["samples_per_s"],
         "ratio_tokens_per_s": ours["tokens_per_s"] / trl_res["tokens_per_s"],
         "ratio_samples_per_s_median": trl_res["median_s"] / ours["median_s"],
         "generation_only": generation_only(setup, bench, max(1, min(repeats, 5)), seed),
-        "differences": DIFFERENCES,
     }

@@ -41,41 +41,107 @@ def calibration_table(res: dict) -> Table:
     return table
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
 def rl_table(res: dict) -> Table:
     st = res["settings"]
     title = (f"RL step (CTRLModule, RLOO): P={st['P']} x G={st['G']}, max_new_tokens={st['max_new_tokens']}, "
              f"beta={st['beta']}, {st['transform']}, best of {st['timed_steps']} steps after {st['warmup_steps']} "
              "warm-up")
-    caption = res["note"] + "; phase columns: the step's parts timed one by one on one batch (best of repeats)"
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    cols = ("size", "params", "samples/s", "tokens/s", "mean len", "step best", "step median", "sample", "score",
-            "calib+Phi", "ref lp", "update")
+    table = Table(title=title, title_justify="left", caption=res["note"], caption_justify="left")
+    cols = ("size", "params", "samples/s", "tokens/s", "mean len", "step best", "step median", "GFLOP/step", "MFU")
     for col in cols:
         table.add_column(col, justify="left" if col == "size" else "right")
     for size, r in res["sizes"].items():
-        ph = r["phases_s"]
         table.add_row(size, f"{r['policy_params'] / 1e6:.2f}M", _n(r["samples_per_s"]), _n(r["tokens_per_s"]),
-                      f"{r['mean_length']:.1f}", _s(r["best_s"]), _s(r["median_s"]), _s(ph["sample"]), _s(ph["score"]),
-                      _s(ph["calibrate+transform"]), _s(ph["reference_logprobs"]), _s(ph["update"]))
+                      f"{r['mean_length']:.1f}", _s(r["best_s"]), _s(r["median_s"]),
+                      f"{r.get('flops_per_step', 0) / 1e9:.2f}", _pct(r.get("mfu", {}).get("step")))
+    return table
+
+
+def breakdown_table(title: str, columns: dict[str, dict], peak: float | None) -> Table:
+    """Median seconds and MFU of each phase (``bench/phases.py``), one column pair per implementation/size."""
+    from infalign.bench.phases import PHASES
+
+    caption = ("median seconds per step of each phase, timed inside the real steps; MFU = the phase's model FLOPs "
+               "(bench/flops.py) / its time / the measured float32 matmul peak"
+               + (f" ({peak / 1e9:.1f} GFLOP/s)" if peak else "") + "; '-': the implementation has no such phase")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    table.add_column("phase")
+    for name in columns:
+        table.add_column(name, justify="right")
+        table.add_column("MFU", justify="right")
+    for phase in [*PHASES, "step"]:
+        cells = []
+        for r in columns.values():
+            secs = r["median_s"] if phase == "step" else r.get("phases_s", {}).get(phase)
+            cells += [_s(secs), _pct(r.get("mfu", {}).get(phase)) if secs is not None else "-"]
+        if any(c != "-" for c in cells):
+            table.add_row(phase, *cells)
     return table
 
 
 def trl_table(res: dict) -> Table:
     st = res["settings"]
-    title = (f"ours vs TRL {res['versions']['trl']} RLOOTrainer: toy {st['size']} GPT-2 "
-             f"({st['policy_params'] / 1e6:.2f}M), "
+    title = (f"ours vs TRL {res['versions']['trl']} RLOOTrainer: toy GPT-2 policy and reward model of each size, "
              f"P={st['P']} x G={st['G']}, max_new_tokens={st['max_new_tokens']}, beta={st['beta']}, "
              f"best of {st.get('rounds', 1)} x {st['timed_steps']} steps (interleaved runs, "
              f"{st['warmup_steps']} warm-up step each)")
     table = Table(title=title, title_justify="left")
-    for col in ("implementation", "samples/s", "tokens/s", "step best", "step median", "mean len", "dtype"):
-        table.add_column(col, justify="left" if col == "implementation" else "right")
-    for name, key in (("infalign CTRLModule (Lightning)", "ours"), ("TRL RLOOTrainer (HF Trainer)", "trl")):
-        r = res[key]
-        table.add_row(name, _n(r["samples_per_s"]), _n(r["tokens_per_s"]), _s(r["best_s"]), _s(r["median_s"]),
-                      f"{r['mean_length']:.1f}", r["dtype"])
-    table.add_row("[bold]ratio ours/TRL[/]", f"[bold]{res['ratio_samples_per_s']:.2f}x[/]",
-                  f"[bold]{res['ratio_tokens_per_s']:.2f}x[/]", "", f"{res['ratio_samples_per_s_median']:.2f}x", "", "")
+    for col in ("size", "implementation", "samples/s", "tokens/s", "step best", "step median", "mean len", "MFU",
+                "dtype"):
+        table.add_column(col, justify="left" if col in ("size", "implementation") else "right")
+    for size, r_size in res["sizes"].items():
+        for name, key in (("infalign CTRLModule (Lightning)", "ours"), ("TRL RLOOTrainer (HF Trainer)", "trl")):
+            r = r_size[key]
+            table.add_row(f"{size} ({r_size['policy_params'] / 1e6:.2f}M)" if key == "ours" else "", name,
+                          _n(r["samples_per_s"]), _n(r["tokens_per_s"]), _s(r["best_s"]), _s(r["median_s"]),
+                          f"{r['mean_length']:.1f}", _pct(r.get("mfu", {}).get("step")), r["dtype"])
+        table.add_row("", "[bold]ratio ours/TRL[/]", f"[bold]{r_size['ratio_samples_per_s']:.2f}x[/]",
+                      f"[bold]{r_size['ratio_tokens_per_s']:.2f}x[/]", "",
+                      f"{r_size['ratio_samples_per_s_median']:.2f}x", "", "", "")
+    return table
+
+
+def build_table(res: dict) -> Table:
+    st, q = res["stages"], res["quality"]
+    table = Table(title=f"{res['label']}: {res['builds']} build(s) into fresh caches", title_justify="left",
+                  caption="quality must stay within noise when the build gets faster: reference val loss (nats/token), "
+                          "reward-model held-out accuracy vs its BT labels / vs gold (BT ceiling = Bayes accuracy)",
+                  caption_justify="left")
+    for col in ("stage", "best", "median", "target", "status"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    names = {"reference_seconds": "reference pre-training", "sampling_seconds": "pair sampling",
+             "reward_seconds": "reward-model training", "build_seconds": "whole build"}
+    for key, name in names.items():
+        last = key == "build_seconds"
+        status = "-" if not last or res["ok"] is None else ("[green]ok[/]" if res["ok"] else "[red]MISS[/]")
+        table.add_row(name, _s(st[key]["best_s"]), _s(st[key]["median_s"]),
+                      f"< {_s(res['target_s'])}" if last and res["target_s"] else "-", status)
+    table.add_row("quality", f"ref val loss {q['reference_val_loss']:.3f}",
+                  f"RM acc {q['reward_val_accuracy']:.3f} / gold {q['reward_val_gold_accuracy']:.3f}",
+                  f"ceiling {q['reward_val_bt_ceiling']:.3f}", "")
+    return table
+
+
+def scale_table(res: dict) -> Table:
+    sh, a = res["shape"], res["assumed"]
+    title = (f"computed, not measured: one hh_harmless_won RL step ({sh['prompts']} prompts x "
+             f"{sh['rows'] // sh['prompts']} samples, prompt {sh['prompt_len']} + {sh['response_len']} new tokens, "
+             f"{res['reward_model']}) on one GPU")
+    caption = (f"assumed: MFU {a['mfu']:.0%} on the compute-bound phases, bf16 weights, decoding bound by reading "
+               f"the weights once per token step plus {a['step_overhead_s'] * 1e3:.0f} ms launch overhead per step "
+               "(eager PyTorch); bench/flops.py estimate_step")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for col in ("model", "GPU", "generation", "reward", "reference", "policy fwd+bwd", "step",
+                f"{res['steps']} steps"):
+        table.add_column(col, justify="left" if col in ("model", "GPU") else "right")
+    for r in res["rows"]:
+        ph = r["phases_s"]
+        table.add_row(r["model"], r["gpu"], _s(ph["generation"]), _s(ph["reward"]), _s(ph["reference"]),
+                      _s(ph["policy_forward+backward"]), _s(ph["step"]), f"{r['train_minutes']:.0f} min")
     return table
 
 
@@ -93,17 +159,26 @@ def print_report(results: dict, console: Console | None = None) -> None:
     if "calibration" in results:
         console.print(calibration_table(results["calibration"]))
     if "rl" in results:
-        console.print(rl_table(results["rl"]))
+        res = results["rl"]
+        console.print(rl_table(res))
+        if all("phases_s" in r for r in res["sizes"].values()):
+            console.print(breakdown_table("where an RL step's time goes (ours)", res["sizes"],
+                                          res.get("matmul_peak_flops")))
     if "trl" in results:
         res = results["trl"]
         if res.get("status") != "ok":
             console.print(f"[yellow]trl: skipped[/] -- {escape(str(res.get('reason')))}")
         else:
             console.print(trl_table(res))
-            gen = res.get("generation_only")
-            if gen:
-                console.print(f"Sampling alone ({gen['rows']} rows): ours {_s(gen['ours_s'])} vs HF generate "
-                              f"{_s(gen['hf_generate_s'])} (HF/ours {gen['ratio']:.2f}x).")
+            columns = {f"{who} {size}": r[key] for size, r in res["sizes"].items()
+                       for who, key in (("ours", "ours"), ("TRL", "trl"))}
+            console.print(breakdown_table("where the step's time goes: ours vs TRL", columns,
+                                          res.get("matmul_peak_flops")))
+            for size, r in res["sizes"].items():
+                gen = r.get("generation_only")
+                if gen:
+                    console.print(f"Sampling alone ({size}, {gen['rows']} rows): ours {_s(gen['ours_s'])} vs HF "
+                                  f"generate {_s(gen['hf_generate_s'])} (HF/ours {gen['ratio']:.2f}x).")
             console.print("Same on both sides: " + ", ".join([
                 "same weights (TRL loads our save_pretrained copy)", "same tokenizer and prompt set",
                 f"P x G = {res['settings']['P']} x {res['settings']['G']} per step",
@@ -114,5 +189,9 @@ def print_report(results: dict, console: Console | None = None) -> None:
             console.print("Remaining differences:")
             for d in res["differences"]:
                 console.print(f"  - {escape(d)}")
+    if "build" in results:
+        console.print(build_table(results["build"]))
+    if "scale" in results:
+        console.print(scale_table(results["scale"]))
     if "output" in meta:
         console.print(f"figures written to {meta['output']}")

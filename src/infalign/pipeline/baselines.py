@@ -12,27 +12,28 @@ Lightning module and loader that fit it.
 
 from __future__ import annotations
 
-import lightning as L
-
 from infalign.pipeline.pools import draw_pool
+from infalign.pipeline.trainer import StageTrainers, TrainerFactory
 from infalign.training.algorithms import OfflineAlgorithm
 
 
-def best_and_worst_of_n(world, prompts: list[str], n: int, gen_cfg, trainer_kwargs, seed: int):
-    """Per prompt, the reward model's best and worst of ``n`` reference samples (texts)."""
+def best_and_worst_of_n(world, prompts: list[str], n: int, gen_cfg, trainer: TrainerFactory, seed: int):
+    """Per prompt, the reward model's best and worst of ``n`` reference samples (texts), drawn with
+    ``trainer`` (a ``predict`` factory)."""
     pool = draw_pool(world.reference, world.tokenizer, prompts, n, {"reward": world.reward}, gen_cfg,
-                     trainer_kwargs, seed, keep_responses=True)
+                     trainer, seed, keep_responses=True)
     scores, texts = pool["scores"]["reward"], pool["responses"]
     best, worst = scores.argmax(dim=1).tolist(), scores.argmin(dim=1).tolist()
     return [t[i] for t, i in zip(texts, best)], [t[i] for t, i in zip(texts, worst)]
 
 
-def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainer_kwargs, fit_kwargs: dict, seed: int) -> dict:
-    """Draw ``algo.cfg.n_samples`` reference samples per training prompt, keep the reward model's
-    (best, worst), and fit the algorithm's module on them for ``algo.cfg.steps`` steps."""
+def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers, seed: int) -> dict:
+    """Draw ``algo.cfg.n_samples`` reference samples per training prompt (``trainers.predict``), keep
+    the reward model's (best, worst), and fit the algorithm's module on them for ``algo.cfg.steps``
+    steps (``trainers.fit``)."""
     prompts, n = world.train_prompts, algo.cfg.n_samples
-    best, worst = best_and_worst_of_n(world, prompts, n, gen_cfg, trainer_kwargs, seed)
+    best, worst = best_and_worst_of_n(world, prompts, n, gen_cfg, trainers.predict, seed)
     module, loader = algo.fit_module(world.policy, world.reference, world.tokenizer, prompts, best, worst, seed)
     world.policy.train()
-    L.Trainer(max_steps=algo.cfg.steps, **fit_kwargs).fit(module, loader)
+    trainers.fit(max_steps=algo.cfg.steps).fit(module, loader)
     return {"offline_pairs": len(prompts), "offline_n": n}

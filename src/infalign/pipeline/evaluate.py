@@ -23,6 +23,7 @@ from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.models.generation import response_stats
 from infalign.pipeline.pools import draw_pool, reference_pool
 from infalign.pipeline.run_record import CI, Evaluation
+from infalign.pipeline.trainer import TrainerFactory
 
 
 def prompt_ids(prompts: list[str]) -> list[str]:
@@ -30,14 +31,15 @@ def prompt_ids(prompts: list[str]) -> list[str]:
     return [hashlib.sha1(p.encode()).hexdigest()[:12] for p in prompts]
 
 
-def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer_kwargs, cache_dir) -> Evaluation:
-    """The run record's ``eval`` (module docstring; layout in :class:`~infalign.pipeline.run_record.Evaluation`)."""
+def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: TrainerFactory, cache_dir) -> Evaluation:
+    """The run record's ``eval`` (module docstring; layout in :class:`~infalign.pipeline.run_record.Evaluation`);
+    both pools are drawn with ``trainer`` (the run's ``predict`` factory, ``pipeline/trainer.py``)."""
     ev = cfg.eval
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
-    ref, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
+    ref, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer,
                                   int(cfg.seed) + 101, cache_dir, tag="eval")
     ref_scores = ref["scores"]
-    pol = draw_pool(world.policy, world.tokenizer, world.eval_prompts, int(ev.samples), judges, ev, trainer_kwargs,
+    pol = draw_pool(world.policy, world.tokenizer, world.eval_prompts, int(ev.samples), judges, ev, trainer,
                     int(cfg.seed) + 202, reference=world.reference, keep_responses=int(ev.keep_responses) > 0)
     ns = sorted({int(n) for n in ev.ns} | {procedure.n})
     columns = {judge: pool_columns(pol["scores"][judge], ref_scores[judge], procedure.name, ns, pol["log_ratio"])

@@ -6,9 +6,9 @@ trained weights depend only on
 
 * the world (reference and reward-model fingerprints, the training prompts, ``data``),
 * everything in the config that training reads (``algo`` with the effective beta, ``transform``,
-  ``calibration``, ``policy``, ``reward``, ``trainer`` minus its progress bar, ``seed``,
-  ``deterministic``), resolved -- so an interpolation such as ``${procedure.n}`` counts exactly
-  when a method uses it,
+  ``calibration``, ``policy``, ``reward``, ``data``, ``seed``, ``deterministic``; of ``trainer``
+  only :data:`TRAINER_KEYS`; of ``callbacks`` every entry but :data:`NOT_TRAINING_CALLBACKS`),
+  resolved -- so an interpolation such as ``${procedure.n}`` counts exactly when a method uses it,
 * the training code (a digest of the syntax of the modules listed in :data:`TRAINING_CODE`),
 
 and are stored under ``cache_dir/policies/<hash of all that>.pt`` (atomic, checksummed, one
@@ -42,12 +42,20 @@ TRAINING_CODE = (
     "infalign.pipeline.kl_target", "infalign.models.reward", "infalign.models.builders",
     "infalign.data.batches",
 )
-# Top-level config keys that never change the trained weights.
+# Top-level config keys that never change the trained weights (``trainer`` and ``callbacks`` are
+# keyed by the parts that can: TRAINER_KEYS, and the callbacks not in NOT_TRAINING_CALLBACKS).
 NOT_TRAINING = frozenset({
     "eval", "logger", "paths", "procedure", "objective", "sweep_name", "ckpt_path", "save_policy",
     "checkpoint_every", "log_every_n_steps", "threads", "continue_on_failure", "kl_grid", "kl_point",
-    "policy_cache", "hydra",
+    "policy_cache", "hydra", "run_name", "tags", "save_optimizer", "trainer", "callbacks",
 })
+# The L.Trainer settings that can change a trained policy. Other trainer keys (the `_target_`, the
+# progress bar, the model summary, ...) are left out, so adding one keeps every cached policy; a
+# trainer setting that does change training (e.g. gradient_clip_val for an offline baseline) must
+# be added here, or run with policy_cache=false.
+TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+# conf/callbacks/ entries that never change the weights; any other callback enters the key.
+NOT_TRAINING_CALLBACKS = frozenset({"model_checkpoint", "progress_bar"})
 
 
 def _code_fingerprint(source: str) -> bytes:
@@ -79,15 +87,30 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def training_settings(cfg: DictConfig, beta: float | None) -> dict:
+    """The part of the config a trained policy depends on (module docstring), resolved: every
+    top-level key but :data:`NOT_TRAINING`, ``trainer`` reduced to :data:`TRAINER_KEYS`, the
+    callbacks not in :data:`NOT_TRAINING_CALLBACKS` (only when there are some), and ``algo.beta``
+    set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+    training = {k: plain(cfg[k]) for k in cfg if k not in NOT_TRAINING}
+    if cfg.get("trainer") is not None:
+        training["trainer"] = {k: plain(cfg.trainer[k]) for k in TRAINER_KEYS if k in cfg.trainer}
+    callbacks = {name: plain(node) for name, node in (cfg.get("callbacks") or {}).items()
+                 if name not in NOT_TRAINING_CALLBACKS and node is not None}
+    if callbacks:
+        training["callbacks"] = callbacks
+    if beta is not None:
+        training["algo"]["beta"] = float(beta)
+    return training
+
+
 def policy_key(cfg: DictConfig, world, beta: float | None) -> str:
     """The content key of the policy this config trains on ``world`` (module docstring)."""
-    training = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k]
-                for k in cfg if k not in NOT_TRAINING}
-    training.get("trainer", {}).pop("progress_bar", None)
-    if beta is not None:  # the effective beta (algo.kl_target may have set it)
-        training["algo"]["beta"] = float(beta)
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
-                       world.train_prompts, training)
+                       world.train_prompts, training_settings(cfg, beta))
 
 
 def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], None], origin: str) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from infalign.errors import require
@@ -31,6 +30,7 @@ from infalign.infra.cache import (
     load_tensors,
     save_tensors,
 )
+from infalign.pipeline.trainer import TrainerFactory
 from infalign.training.rollout import RolloutModule, gather
 
 log = logging.getLogger(__name__)
@@ -48,21 +48,21 @@ def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, 
     return temperature, None if top_k is None else int(top_k), top_p
 
 
-def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer_kwargs, seed, reference=None,
+def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFactory, seed, reference=None,
               keep_responses: bool = False) -> dict:
-    """Sample n responses per prompt with ``model`` and score them (``Trainer.predict``); the
-    layout of :func:`infalign.training.rollout.gather`."""
+    """Sample n responses per prompt with ``model`` and score them (``trainer(...).predict``, no logger,
+    no checkpointing; ``trainer`` is the run's ``predict`` factory, ``pipeline/trainer.py``); the layout
+    of :func:`infalign.training.rollout.gather`."""
     distributed.init_from_env()
     temperature, top_k, top_p = sampling_settings(gen_cfg)
     module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), temperature,
                            seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
                            batch_size=int(gen_cfg.batch_size), top_k=top_k, top_p=top_p)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False, **trainer_kwargs)
-    outputs = trainer.predict(module)
+    outputs = trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False).predict(module)
     return gather(outputs)
 
 
-def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, trainer_kwargs, seed: int,
+def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, trainer: TrainerFactory, seed: int,
                    cache_dir: str | Path, tag: str) -> tuple[dict, bool]:
     """``(pool, cache_hit)`` for reference samples on ``prompts``: ``pool["scores"]`` =
     ``{judge: [P, n]}``, ``pool["lengths"]`` / ``pool["ended"]`` ``[P, n]`` (response tokens incl.
@@ -79,7 +79,7 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
 
     def build() -> dict[str, torch.Tensor]:
         log.info("drawing reference pool %s: %d prompts x %d samples", tag, len(prompts), n)
-        pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer_kwargs, seed)
+        pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer, seed)
         return _flatten(pool)
 
     distributed.init_from_env()

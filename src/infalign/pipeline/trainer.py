@@ -1,26 +1,49 @@
-"""``L.Trainer`` settings every stage shares, from the ``trainer`` config group (``conf/trainer/``).
+"""The ``L.Trainer`` of every stage, from the ``trainer`` and ``callbacks`` config groups.
 
-``infalign-train`` and ``infalign-calibration`` both build their trainers from here (fit, and the
-sampling stages that run as ``Trainer.predict``).
+The app instantiates ``conf/trainer/`` as a factory -- ``hydra.utils.instantiate(cfg.trainer,
+_partial_=True)``: its ``_target_`` (``lightning.Trainer``) with the settings every stage shares
+(accelerator, devices, num_nodes, strategy, precision, ...) -- and ``conf/callbacks/`` as a list
+(``apps/config.py``). :func:`stage_trainers` turns the two into the trainers a run builds:
+
+* ``predict`` -- the sampling stages run as ``Trainer.predict`` (calibration and evaluation pools,
+  the offline baselines' reference samples): every callback but the checkpoint callback;
+* ``fit`` -- training: every callback, the run's logger and the fit-only arguments.
+
+Each stage calls its factory with its own arguments (``max_steps``, ``logger=False``, ...).
+``infalign-train`` and ``infalign-calibration`` both build their trainers here.
 """
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from infalign.training.progress import StepsProgressBar
+import lightning as L
+from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar
 
-PROGRESS_BARS = ("rich", "tqdm", "none")
+TrainerFactory = Callable[..., L.Trainer]
 
 
-def trainer_kwargs(cfg: DictConfig) -> dict:
-    """Device settings shared by every stage (fit and predict): ``trainer.accelerator``, ``devices``,
-    ``precision``, ``strategy``, ``num_nodes``; ``trainer.progress_bar`` (one of :data:`PROGRESS_BARS`)
-    picks the bar (``rich``: :class:`StepsProgressBar`)."""
-    t = cfg.trainer
-    kw = {"accelerator": t.accelerator, "devices": t.devices, "precision": t.precision, "strategy": t.strategy,
-          "num_nodes": t.get("num_nodes", 1), "enable_model_summary": False}
-    if t.progress_bar == "rich":
-        kw["callbacks"] = [StepsProgressBar(leave=True)]
-    kw["enable_progress_bar"] = t.progress_bar != "none"
-    return kw
+@dataclass(frozen=True)
+class StageTrainers:
+    """The trainer factories of one run (module docstring)."""
+
+    predict: TrainerFactory
+    fit: TrainerFactory
+
+
+def stage_trainers(make: TrainerFactory, callbacks: list[Callback], logger=None, **fit_kwargs) -> StageTrainers:
+    """``make`` (the instantiated ``cfg.trainer``) with the callbacks each kind of stage gets. The bar
+    is on exactly when ``callbacks`` hold one (``trainer.progress_bar=none`` instantiates none), and
+    fit checkpoints exactly when they hold a checkpoint callback (``callbacks.model_checkpoint=null``:
+    none, rather than Lightning's default one). ``fit`` also gets ``logger`` (``None``: no logger)
+    and ``fit_kwargs``."""
+    bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    sampling = [c for c in callbacks if not isinstance(c, Checkpoint)]
+    return StageTrainers(
+        predict=functools.partial(make, callbacks=sampling, enable_progress_bar=bar),
+        fit=functools.partial(make, callbacks=list(callbacks), enable_progress_bar=bar,
+                              enable_checkpointing=len(sampling) < len(callbacks),
+                              logger=logger if logger is not None else False, **fit_kwargs),
+    )

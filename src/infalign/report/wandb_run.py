@@ -23,12 +23,21 @@ def _offline(logger_cfg: dict) -> bool:
     return bool(logger_cfg.get("offline", True))
 
 
+def logged_to_wandb(logger_cfg) -> bool:
+    """Whether a job's recorded ``logger`` config is a W&B logger: its ``_target_`` is a class named
+    ``...WandbLogger`` (Lightning's or infalign's ``RunWandbLogger``), or -- sweep dirs written
+    before the logger group was instantiated by Hydra -- ``kind: wandb``."""
+    if not isinstance(logger_cfg, dict):
+        return False
+    return str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or logger_cfg.get("kind") == "wandb"
+
+
 def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
     """project/entity/group/offline of the sweep's W&B runs (None if no job logged to W&B).
 
     ``group`` is the jobs' ``logger.group``, else what ``infalign-train`` used for a multirun
     (``multirun-<sweep dir name>``, the sweep dir being the job dir's parent)."""
-    wb = [j for j in jobs if isinstance(j.config.get("logger"), dict) and j.config["logger"].get("kind") == "wandb"]
+    wb = [j for j in jobs if logged_to_wandb(j.config.get("logger"))]
     if not wb:
         return None
     groups = Counter(str(j.config["logger"].get("group") or f"multirun-{j.path.parent.name}") for j in wb)

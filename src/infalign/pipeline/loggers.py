@@ -1,0 +1,101 @@
+"""What a run sends to its logger besides Lightning's training curves (stage 4, and failures).
+
+Any Lightning logger is one file in ``conf/logger/`` (a ``_target_`` and its arguments; the app
+instantiates it, docs/architecture.md §6). Through the generic ``Logger`` interface every logger
+gets: the resolved config (``log_hyperparams``, when the run starts), the training metrics
+(Lightning), the finished run's flat summary :meth:`RunRecord.wandb_summary` (``log_metrics``) and
+``finalize("success" | "failed")``. A logger that also implements :class:`RunLogger` gets the whole
+record with the run's files, and closes its run itself: :class:`RunWandbLogger` (the W&B summary,
+the samples table, the win-rate plot, ``finish(exit_code)``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from infalign.errors import require
+from infalign.infra.cache import atomic_write_text
+from infalign.pipeline.run_record import RunRecord
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@runtime_checkable
+class RunLogger(Protocol):
+    """A logger with run-level extras (module docstring)."""
+
+    def log_record(self, record: RunRecord, files: dict[str, Path]) -> None:
+        """Log what ``log_metrics(record.wandb_summary())`` does not carry (tables, images, ...)."""
+
+    def finish(self, exit_code: int) -> None:
+        """Close the run: 0 finished, 1 failed."""
+
+
+def start(logger: Logger, config: dict) -> None:
+    """Start the logger's run now -- so a run that fails in any later stage shows up (as failed) --
+    and log the resolved config."""
+    _ = logger.experiment
+    logger.log_hyperparams(config)
+
+
+def log_record(logger: Logger, record: RunRecord, files: dict[str, Path]) -> None:
+    """The finished run's summary through ``log_metrics``; a :class:`RunLogger` gets the rest."""
+    logger.log_metrics(record.wandb_summary())
+    if isinstance(logger, RunLogger):
+        logger.log_record(record, files)
+
+
+def close(logger: Logger | None, exit_code: int) -> None:
+    """``finalize("success")`` (``exit_code`` 0) or ``finalize("failed")``; a :class:`RunLogger`
+    then finishes its run with ``exit_code``."""
+    if logger is None:
+        return
+    logger.finalize("success" if exit_code == 0 else "failed")
+    if isinstance(logger, RunLogger):
+        logger.finish(exit_code)
+
+
+def stored_run_id(run_dir: Path) -> str:
+    """The W&B run id of ``run_dir`` (``<run dir>/wandb/run_id``), created on first use, so a
+    resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one."""
+    path = run_dir / "wandb" / "run_id"
+    if path.exists():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
+    if rank_zero_only.rank == 0:  # the only rank whose WandbLogger starts a run
+        atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
+class RunWandbLogger(WandbLogger):
+    """Lightning's ``WandbLogger`` for one infalign run (``conf/logger/wandb.yaml``).
+
+    ``mode`` is one of :data:`WANDB_MODES` (a ConfigError naming ``logger.mode`` otherwise: it
+    follows the WANDB_MODE environment variable); ``id=None`` takes the run dir's stored id
+    (:func:`stored_run_id`, ``save_dir`` being the run dir), so with ``resume="allow"`` a resumed
+    run continues its W&B run. Every other argument goes to ``WandbLogger`` / ``wandb.init``."""
+
+    def __init__(self, *, save_dir: str = ".", id: str | None = None, mode: str = "offline", **kwargs) -> None:
+        require(mode in WANDB_MODES, "logger.mode", mode, f"one of {list(WANDB_MODES)}",
+                "it follows the WANDB_MODE environment variable")
+        super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
+
+    def log_record(self, record: RunRecord, files: dict[str, Path]) -> None:
+        """The summary also as the W&B run summary, the sample responses as a table, the win-rate plot."""
+        self.experiment.summary.update(record.wandb_summary())
+        samples = record.eval.samples if record.eval is not None else None
+        if samples:
+            self.log_table(key="eval/samples", columns=["prompt", "response"], data=[list(s) for s in samples])
+        if files.get("plot") is not None:
+            self.log_image(key="eval/win_rates", images=[str(files["plot"])])
+
+    def finish(self, exit_code: int) -> None:
+        """``wandb`` run finished with ``exit_code`` (1 shows it as failed); a no-op on ranks > 0
+        and when the run never started."""
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=exit_code)

@@ -1,0 +1,86 @@
+"""The bench's FLOP counts (bench/flops.py, formula (F.1)) against hand computations, and its phase clock."""
+
+import time
+
+import pytest
+
+from infalign.bench.flops import ModelCost, model_cost, sampling_flops, scoring_flops, teacher_forced_flops
+from infalign.bench.phases import PhaseClock, median_phases, patched, timed
+
+
+def _gpt2(n_layer=2, d=16, vocab=50, classifier=False):
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab, n_positions=32, n_embd=d, n_layer=n_layer, n_head=2, num_labels=1)
+    return (GPT2ForSequenceClassification if classifier else GPT2LMHeadModel)(cfg)
+
+
+def test_model_cost_counts_gpt2_projections():
+    # per layer c_attn 3d^2 + attn c_proj d^2 + c_fc 4d^2 + mlp c_proj 4d^2 = 12 d^2; head vocab x d (tied to wte)
+    cost = model_cost(_gpt2(n_layer=2, d=16, vocab=50))
+    assert cost == ModelCost(body=2 * 12 * 16 ** 2, head=50 * 16, n_layer=2, d_model=16)
+    assert model_cost(_gpt2(classifier=True)).head == 1 * 16  # the score head: labels x d
+
+
+def test_forward_flops_hand_computed():
+    cost = ModelCost(body=100, head=10, n_layer=3, d_model=4)
+    assert cost.forward(body_tokens=5, head_tokens=2, attn_pairs=7) == 2 * 100 * 5 + 2 * 10 * 2 + 4 * 3 * 4 * 7
+
+
+def test_phase_flops_hand_computed():
+    cost = ModelCost(body=100, head=10, n_layer=1, d_model=2)
+
+    def fwd(body, head, attn):
+        return 200 * body + 20 * head + 8 * attn
+
+    # 2 rows, prompt width 3, 3 new tokens: prefill (6 tokens, 2 head positions, 2*3*3 pairs), then steps t=1,2
+    assert sampling_flops(cost, 2, 3, 3) == fwd(6, 2, 18) + fwd(2, 2, 2 * 4) + fwd(2, 2, 2 * 5)
+    assert sampling_flops(cost, 2, 3, 3, prefill_rows=1) == fwd(3, 1, 9) + fwd(2, 2, 8) + fwd(2, 2, 10)
+    # teacher forcing over width 3 + 2, head on the last 2 + 1 positions
+    assert teacher_forced_flops(cost, 2, 3, 2) == fwd(10, 6, 2 * 25)
+    assert scoring_flops(cost, 2, 4) == fwd(8, 8, 32)
+
+
+def test_phase_clock_times_calls_and_restores_patches():
+    clock = PhaseClock()
+
+    class Box:
+        def work(self, phase):
+            time.sleep(0.01)
+            return phase
+
+    box = Box()
+    original = box.work
+    with patched(box, "work", timed(box.work, clock, lambda phase: phase)):
+        assert box.work("a") == "a" and box.work("b") == "b" and box.work("a") == "a"
+    assert box.work == original  # restored
+    phases = clock.take(step_s=1.0)
+    assert phases["a"] >= 0.02 and phases["b"] >= 0.01
+    assert phases["overhead"] == pytest.approx(1.0 - phases["a"] - phases["b"])
+    assert clock.take(0.5) == {"overhead": 0.5}  # the clock restarted
+    assert median_phases([{"phases": {"generation": 1.0}}, {"phases": {"generation": 3.0, "backward": 2.0}},
+                          {"phases": {"generation": 2.0}}]) == {"generation": 2.0, "backward": 0.0}
+
+
+def test_decoder_cost_matches_the_published_parameter_counts():
+    from infalign.bench.flops import ESTIMATE_MODELS
+
+    # Qwen2.5-0.5B: 0.49B parameters, 1.5B: 1.54B (model cards; norms and biases, <0.1 %, not counted)
+    c = ESTIMATE_MODELS["Qwen2.5-0.5B-Instruct"]
+    assert c.body + c.head == pytest.approx(494e6, rel=5e-3)
+    c = ESTIMATE_MODELS["Qwen2.5-1.5B-Instruct"]
+    assert c.body + c.head == pytest.approx(1.544e9, rel=5e-3)
+
+
+def test_step_estimate_is_bound_where_it_should_be():
+    from infalign.bench.flops import ModelCost, estimate_step
+
+    cost, reward = ModelCost(body=10**9, head=0, n_layer=1, d_model=1), ModelCost(0, 0, 1, 1)
+    # 1 row, 1 prompt of 1 token, 3 new tokens: two decode steps, each reading 2 GB at 1 TB/s = 2 ms + 1 ms overhead
+    est = estimate_step(cost, reward, rows=1, prompts=1, prompt_len=1, response_len=3, peak=1e18, bandwidth=1e12,
+                        mfu=1.0, step_overhead_s=1e-3)
+    assert est["generation"] == pytest.approx(2 * (2e-3 + 1e-3), rel=1e-6)
+    # compute-bound: forward over 4 tokens = 8e9 FLOP (+ attention 4*16) at 1e12 FLOP/s; backward 2x more
+    est = estimate_step(cost, reward, 1, 1, 1, 3, peak=1e12, bandwidth=1e30, mfu=1.0, step_overhead_s=0.0)
+    assert est["reference"] == pytest.approx((8e9 + 64) / 1e12)
+    assert est["policy_forward+backward"] == pytest.approx(3 * est["reference"])

@@ -1,0 +1,144 @@
+"""pipeline/loggers.py: what every Lightning logger gets from a run, and the W&B logger's extras.
+
+A logger is a config file only: ``tests/extra_conf/logger/recording.yaml`` adds a logger infalign has
+no code for (``recording_logger.RecordingLogger``, standing in for TensorBoard, MLflow, ...) and a
+whole ``infalign-train`` run logs to it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.loggers import Logger
+
+from infalign.apps.config import instantiate_logger
+from infalign.errors import ConfigError
+from infalign.pipeline import loggers
+from infalign.pipeline.run_record import CI, Evaluation, RunRecord
+from pipeline_helpers import compose_train
+from recording_logger import RecordingLogger
+
+EXTRA_CONF = f"hydra.searchpath=[file://{Path(__file__).parent / 'extra_conf'}]"
+
+
+def a_record() -> RunRecord:
+    ev = Evaluation(judges={"reward_model": {"kl": CI(0.1, 0.05, 0.2, 5), "bon4_win_rate": CI(0.6, 0.5, 0.7, 5)}},
+                    ns=[4], procedure="bon", samples=[["a0 ->", "b1 b2"], ["a1 ->", "b3"]])
+    return RunRecord(run_name="bon4-x", procedure="bon4", eval=ev)
+
+
+class Extras(RecordingLogger):
+    """A logger with run-level extras (implements loggers.RunLogger)."""
+
+    def log_record(self, record, files) -> None:
+        self.calls.append(("log_record", record.run_name, sorted(files)))
+
+    def finish(self, exit_code: int) -> None:
+        self.calls.append(("finish", exit_code))
+
+
+def test_every_logger_gets_config_summary_and_finalize_through_the_generic_interface(tmp_path):
+    logger = RecordingLogger(str(tmp_path))
+    assert not isinstance(logger, loggers.RunLogger)
+    loggers.start(logger, {"seed": 0})
+    loggers.log_record(logger, a_record(), {"plot": tmp_path / "win_rates.png"})
+    loggers.close(logger, 0)
+    assert logger.calls == [("experiment",), ("log_hyperparams", {"seed": 0}),
+                            ("log_metrics", a_record().wandb_summary(), None), ("finalize", "success")]
+    failed = RecordingLogger(str(tmp_path))
+    loggers.close(failed, 1)
+    assert failed.calls == [("finalize", "failed")]
+    loggers.close(None, 1)  # no logger (logger=none): nothing to do
+
+
+def test_a_run_logger_also_gets_the_record_and_finishes_its_run(tmp_path):
+    logger = Extras(str(tmp_path))
+    assert isinstance(logger, loggers.RunLogger)
+    loggers.log_record(logger, a_record(), {"plot": tmp_path / "p.png"})
+    loggers.close(logger, 1)
+    assert [c[0] for c in logger.calls] == ["log_metrics", "log_record", "finalize", "finish"]
+    assert logger.calls[1] == ("log_record", "bon4-x", ["plot"]) and logger.calls[3] == ("finish", 1)
+
+
+def test_a_new_logger_is_a_config_file(tmp_path):
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "logger=recording", EXTRA_CONF)
+    logger = instantiate_logger(cfg.logger)
+    assert isinstance(logger, RecordingLogger) and logger.save_dir_ == tmp_path / "run"
+
+
+def test_wandb_logger_validates_mode_and_keeps_the_run_id_of_the_run_dir(tmp_path):
+    with pytest.raises(ConfigError, match=r"logger\.mode"):
+        loggers.RunWandbLogger(save_dir=str(tmp_path), mode="onlin")
+    first = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline")
+    again = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline")
+    explicit = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline", id="abc12345")
+    assert first._wandb_init["id"] == again._wandb_init["id"] == (tmp_path / "wandb" / "run_id").read_text().strip()
+    assert explicit._wandb_init["id"] == "abc12345"
+
+
+@pytest.mark.slow
+def test_wandb_logger_logs_summary_samples_plot_and_marks_a_failed_run(tmp_path):
+    """An offline W&B run (a wandb service process: a few seconds)."""
+    import matplotlib.pyplot as plt
+
+    plot = tmp_path / "win_rates.png"
+    plt.figure()
+    plt.savefig(plot)
+    plt.close("all")
+    logger = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline", project="infalign", name="bon4-x")
+    loggers.start(logger, {"seed": 0})
+    loggers.log_record(logger, a_record(), {"plot": plot})
+    loggers.close(logger, 1)
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+    assert any("media/table/eval/samples" in f for f in files), files
+    assert any("media/images/eval/win_rates" in f for f in files), files
+    assert b"eval/reward_model/bon4_win_rate" in next(run.glob("run-*.wandb")).read_bytes()
+    assert "got exitcode: 1" in (run / "logs" / "debug.log").read_text()  # shown as failed
+
+
+@pytest.mark.slow
+def test_a_whole_run_logs_to_a_logger_added_as_a_config_file(tmp_path, tiny_cache):
+    """``logger=recording`` (a file, no infalign code): the run's config, Lightning's training
+    metrics, the summary and finalize("success") all reach it."""
+    from infalign.apps import train as train_app
+
+    cfg = compose_train(tiny_cache, tmp_path / "run", "logger=recording", EXTRA_CONF, "policy_cache=false",
+                        "log_every_n_steps=1")
+    metrics = train_app.run(cfg)
+    calls = json.loads((tmp_path / "run" / "recording.json").read_text())
+    kinds = [c[0] for c in calls]
+    assert kinds[:2] == ["experiment", "log_hyperparams"]  # started before any stage
+    assert calls[1][1]["run_name"] == metrics["run_name"] == "bon4-exp-t4-b20"  # the resolved config
+    assert any(c[0] == "log_metrics" and any(k.startswith("train/") for k in c[1]) for c in calls)  # Lightning's
+    summary = [c[1] for c in calls if c[0] == "log_metrics" and c[2] is None]
+    assert summary and summary[-1] == RunRecord.from_json(metrics).wandb_summary()
+    assert calls[-1] == ["finalize", "success"]
+    assert isinstance(train_app.instantiate_logger(cfg.logger), Logger)
+
+
+@pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run")])
+def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatch, overrides, name):
+    """``name: ${run_name}`` / ``tags: ${tags}`` / ``group: ${run_group:...}`` of conf/logger/wandb.yaml
+    resolve, when the app instantiates the logger, to the run's name (set, or generated once the
+    config is valid), the user's tags then the generated ones, and ``single`` outside a sweep."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps import train as train_app
+
+    seen = []
+
+    def capture(node):
+        seen.append(OmegaConf.to_container(node, resolve=True))
+        raise RuntimeError("stop before compute")
+
+    monkeypatch.setattr(train_app, "instantiate_logger", capture)
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "logger=wandb", "tags=[mine]", *overrides)
+    with pytest.raises(RuntimeError, match="stop before compute"):
+        train_app.run(cfg)
+    (logger_cfg,) = seen
+    assert logger_cfg["name"] == name and logger_cfg["group"] == "single"
+    assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["run_name"] == name

@@ -1,0 +1,104 @@
+"""pipeline/trainer.py and the trainer / callbacks groups: every stage's ``L.Trainer`` is the
+instantiated ``conf/trainer/`` entry with ``conf/callbacks/``; what a checkpoint holds."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from omegaconf import OmegaConf
+
+import tiny_policy as tp
+from infalign.apps.config import instantiate_callbacks, instantiate_trainer
+from infalign.errors import ConfigError
+from infalign.math.transforms import Identity
+from infalign.pipeline.fit import fit_policy
+from infalign.pipeline.trainer import stage_trainers
+from infalign.training.algorithms import make_algorithm
+from infalign.training.progress import StepsProgressBar
+from pipeline_helpers import compose_train
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+              pytest.mark.filterwarnings("ignore:.*`isinstance\\(treespec, LeafSpec\\)`")]
+
+
+class MyTrainer(L.Trainer):
+    """A Trainer subclass named by ``trainer._target_``."""
+
+
+def trainers_of(tmp_path, *overrides, logger=None):
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides)
+    return cfg, stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.callbacks), logger,
+                               log_every_n_steps=1)
+
+
+def test_fit_gets_every_callback_and_predict_all_but_the_checkpoint(tmp_path):
+    cfg, trainers = trainers_of(tmp_path, "trainer.progress_bar=rich", "checkpoint_every=3")
+    fit = trainers.fit(max_steps=2)
+    (ckpt,) = [c for c in fit.callbacks if isinstance(c, ModelCheckpoint)]
+    assert ckpt.dirpath == str((tmp_path / "run" / "checkpoints").resolve())
+    assert ckpt._every_n_train_steps == 3 and ckpt.save_last and ckpt.save_top_k == 0
+    assert isinstance(fit.progress_bar_callback, StepsProgressBar) and fit.max_steps == 2 and fit.logger is None
+    predict = trainers.predict(logger=False, enable_checkpointing=False)  # what pools.draw_pool asks for
+    assert not any(isinstance(c, ModelCheckpoint) for c in predict.callbacks)
+    assert predict.progress_bar_callback is fit.progress_bar_callback  # one bar for every stage of the run
+
+
+def test_no_checkpoint_callback_means_no_checkpoints(tmp_path):
+    """``callbacks.model_checkpoint=null`` switches checkpointing off (not Lightning's default callback)."""
+    _, trainers = trainers_of(tmp_path, "callbacks.model_checkpoint=null")
+    assert trainers.fit(max_steps=1).checkpoint_callback is None
+
+
+@pytest.mark.parametrize("style, bar", [("rich", StepsProgressBar), ("tqdm", TQDMProgressBar), ("none", None)])
+def test_progress_bar_style(tmp_path, style, bar):
+    _, trainers = trainers_of(tmp_path, f"trainer.progress_bar={style}")
+    for trainer in (trainers.fit(), trainers.predict(logger=False, enable_checkpointing=False)):
+        assert type(trainer.progress_bar_callback) is bar if bar else trainer.progress_bar_callback is None
+        assert sum(isinstance(c, ProgressBar) for c in trainer.callbacks) == (bar is not None)
+
+
+def test_bad_progress_bar_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer\.progress_bar"):
+        trainers_of(tmp_path, "trainer.progress_bar=fancy")
+
+
+def test_callback_without_target_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"callbacks\.mine"):
+        trainers_of(tmp_path, "+callbacks.mine.every=3")
+
+
+def test_trainer_class_and_every_setting_come_from_the_config(tmp_path):
+    """``_target_`` is instantiated (a subclass is used), any L.Trainer argument added to the entry
+    reaches every stage, and a stage's own arguments win."""
+    _, trainers = trainers_of(tmp_path, "trainer._target_=test_trainer.MyTrainer", "+trainer.limit_predict_batches=3",
+                              "trainer.progress_bar=none", "callbacks.model_checkpoint=null")
+    fit, predict = trainers.fit(max_steps=4), trainers.predict(limit_predict_batches=1)
+    assert isinstance(fit, MyTrainer) and isinstance(predict, MyTrainer)
+    assert fit.limit_predict_batches == 3 and predict.limit_predict_batches == 1 and fit.max_steps == 4
+
+
+@pytest.mark.parametrize("save_optimizer", [True, False])
+def test_checkpoint_holds_the_policy_only_and_the_optimizer_unless_switched_off(tmp_path, save_optimizer):
+    """README, "What a checkpoint holds": the policy's weights (never the frozen reference or reward
+    model), the optimizer state unless save_optimizer=false, the loops' progress."""
+    _, trainers = trainers_of(tmp_path, "trainer.progress_bar=none", "checkpoint_every=1",
+                              f"save_optimizer={str(save_optimizer).lower()}")
+    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.05, "steps": 2, "group_size": 2,
+                           "prompts_per_step": 2, "max_new_tokens": 4, "grad_clip": 0.0})
+    world = tp.world()
+    fit_policy(world, OmegaConf.create({"seed": 0}), algo, Identity(), tp.calibration_table(), trainers, None)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert set(ckpt["state_dict"]) == {f"policy.{k}" for k in world.policy.state_dict()}
+    assert ("optimizer_states" in ckpt) == save_optimizer
+    assert ckpt["global_step"] == 2
+
+
+def test_predict_factory_is_what_the_pools_call(tmp_path):
+    """A plain ``functools.partial(L.Trainer, ...)`` is a valid factory too (benchmarks, tests)."""
+    make = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_model_summary=False)
+    trainers = stage_trainers(make, [])
+    assert trainers.predict().progress_bar_callback is None  # no bar callback -> bar off
