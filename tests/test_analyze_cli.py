@@ -114,6 +114,27 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
     assert metrics["unreachable"] == [] and metrics["not_converged"] == []
 
 
+RUN_WITHOUT_TORCH = """
+import atexit, sys
+HEAVY = ("torch", "lightning", "pytorch_lightning", "transformers", "wandb")
+atexit.register(lambda: print("heavy:", sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))))
+sys.argv = ["infalign-analyze", *sys.argv[1:]]
+from infalign.apps.analyze import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_run_loads_no_torch(tmp_path):
+    """The whole run (threads, theory, optimal frontier, plot) is numpy-only: ``threads: auto`` sets
+    the BLAS pools without importing torch (infra/threads.py, ``torch=False``)."""
+    proc = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TORCH, "kl.num=3", "best_t.num=4", "best_t.budgets=[0.5]",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "heavy: []", proc.stdout[-500:]
+    assert (tmp_path / "run" / "frontier.png").exists()
+
+
 PLOT_WITHOUT_PYPLOT = """
 import sys
 from pathlib import Path

@@ -327,7 +327,8 @@ def _fail(exc: ConfigError) -> None:
 def main(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.run_dir)
     try:
-        apply_threads(cfg.get("threads"))  # numpy's BLAS pool; auto = usable cores // concurrent jobs
+        # numpy's BLAS pool (auto = usable cores // concurrent jobs); the theory needs no torch
+        apply_threads(cfg.get("threads"), torch=False)
         metrics = analyze(cfg, out_dir)
     except ConfigError as exc:
         _fail(exc)
