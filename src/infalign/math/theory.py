@@ -279,18 +279,21 @@ def cdf(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAULT_G
 # ----------------------------------------------------------------------------------------------
 
 
-def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """(KL, dKL/dlog lam) of ``f ∝ exp(lam * phi)`` per row; the slope is Var_f(lam * phi).
+def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(KL, dKL/dlog lam, end-node mass) of ``f ∝ exp(lam * phi)`` per row; the slope is
+    Var_f(lam * phi), the end-node mass max(p_first, p_last) of the quadrature weights (what
+    :func:`resolved` checks).
 
     The light-weight part of :class:`Tilted` used inside root finding (no running integrals).
     """
     _, p, log_f, kl = _tilt_stats(phi, 1.0 / np.asarray(lam, np.float64), grid)
+    edge = np.maximum(p[:, 0], p[:, -1])
     np.copyto(log_f, 0.0, where=~(p > 0))
     mean = np.sum(p * log_f, axis=-1, keepdims=True)
     log_f -= mean
     np.square(log_f, out=log_f)
     log_f *= p
-    return kl, log_f.sum(axis=-1)
+    return kl, log_f.sum(axis=-1), edge
 
 
 def phi_range(phi: np.ndarray) -> np.ndarray:
@@ -302,20 +305,28 @@ def phi_range(phi: np.ndarray) -> np.ndarray:
 RESOLUTION_TOL = 1e-4  # |KL(step) - KL(2 step)| / max(1, KL) above this: the grid does not resolve f
 # (halving the step cuts the error >= 4x where f is resolved, so the full-grid KL is then within ~3e-5)
 EDGE_MASS = 1e-10  # quadrature mass on an end node of the z-grid above this: f reaches past the grid
+SCAN_STEP = 4.0  # spacing in x of beta_search's first scan (KL and slope at each point: the Newton start)
 X_LIMIT = 690.0  # |log(range(Phi)/beta)| searched: beta from ~1e-300 to ~1e300 times range(Phi)
 
 
-def resolved(phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
+def resolved(
+    phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID, kl: np.ndarray | None = None,
+    edge: np.ndarray | None = None
+) -> np.ndarray:
     """``[B]`` bool: is ``f ∝ exp(phi/beta)`` resolved by ``grid``?
 
     Two checks: the trapezoid KL on every other node agrees with the full grid (the rule is
     spectrally accurate once f spans several nodes, so the difference bounds the error), and
     no quadrature mass sits on the first or last node (mass beyond ``z_max`` is not represented).
+    ``kl`` and ``edge`` (the full grid's KL and end-node mass, :func:`_kl_and_slope`), when the
+    caller has them, save recomputing them.
     """
     phi = np.atleast_2d(phi)
     beta = np.broadcast_to(np.atleast_1d(np.asarray(beta, np.float64)), (phi.shape[0],))
-    _, p, _, kl = _tilt_stats(phi, beta, grid)
-    ok = (p[:, 0] < EDGE_MASS) & (p[:, -1] < EDGE_MASS)
+    if kl is None or edge is None:
+        _, p, _, kl = _tilt_stats(phi, beta, grid)
+        edge = np.maximum(p[:, 0], p[:, -1])
+    ok = edge < EDGE_MASS
     if (len(grid.z) - 1) % 2 == 0:
         coarse = Grid(grid.z_max, 2 * grid.step)
         kl2 = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, coarse)[3]
@@ -326,6 +337,30 @@ def resolved(phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID) -> np
 # Why a KL budget has no beta (beta_search's status codes).
 REACHED, BEYOND_GRID, BELOW_FLOAT, IMPRECISE = 0, 1, 2, 3
 KL_RTOL_REPORTED = 1e-6  # a beta whose KL misses the budget by more (relative) is not returned
+
+
+def _log_expm1(kl: np.ndarray) -> np.ndarray:
+    """``h(KL) = log(e^KL - 1) = KL + log(1 - e^-KL)``: ~log KL for small KL, ~KL for large. The KL
+    of a tilt is near-linear in h along x = log(range(Phi)/beta) at both ends (KL ~ e^(2x) at large
+    beta, KL ~ x at small beta), which makes h the variable to interpolate and take Newton steps in;
+    dh/dKL = 1 / (1 - e^-KL)."""
+    with np.errstate(divide="ignore"):
+        return kl + np.log(-np.expm1(-kl))
+
+
+def _scan_start(lo, hi, klo, khi, slo, shi, budgets) -> np.ndarray:
+    """Newton's start in a bracket ``[lo, hi]`` of x: where h = :func:`_log_expm1` (KL), interpolated
+    by a cubic Hermite in x as a function of h (ends' slopes dx/dh = (1 - e^-KL) / (dKL/dx)), meets
+    the budget's h; the h chord where a slope is unknown (``NaN``) or the cubic leaves the bracket."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        y0, y1, yb = _log_expm1(klo), _log_expm1(khi), _log_expm1(budgets)
+        dy = y1 - y0
+        t = np.clip(np.where(np.isfinite((yb - y0) / dy), (yb - y0) / dy, 0.5), 0, 1)
+        chord = lo + (hi - lo) * t
+        m0, m1 = -np.expm1(-klo) / slo * dy, -np.expm1(-khi) / shi * dy  # dx/dt at the ends
+        t2, t3 = t * t, t * t * t
+        cubic = (2 * t3 - 3 * t2 + 1) * lo + (t3 - 2 * t2 + t) * m0 + (-2 * t3 + 3 * t2) * hi + (t3 - t2) * m1
+    return np.where(np.isfinite(cubic) & (cubic >= lo) & (cubic <= hi), cubic, chord)
 
 
 def beta_search(
@@ -344,7 +379,7 @@ def beta_search(
     KL increases with x = log(range(Phi)/beta) (slope ``Var_f(Phi/beta)`` >= 0), from 0 at
     beta -> inf to +inf at beta -> 0 for every non-constant bounded Phi (f concentrates on the
     maximiser). So the bracket is widened until it holds the budget -- there is no fixed range --
-    and then safeguarded Newton steps in x (bisection when they leave the bracket) hit it. The
+    and then safeguarded Newton steps on h(KL) = log(e^KL - 1) in x (bisection when they leave the bracket) hit it. The
     only limits are numerical: the z-grid must resolve the tilted policy (:func:`resolved`),
     else status BEYOND_GRID; and beta must stay inside float64 (``|x| <= X_LIMIT``), else
     BELOW_FLOAT (a budget under ~1e-300 nats) or BEYOND_GRID.
@@ -364,13 +399,14 @@ def beta_search(
     def kl_at(r: np.ndarray, x: np.ndarray) -> np.ndarray:
         return _tilt_stats(phis[rows[r]], 1.0 / (np.exp(x) / scale[r]), grid)[3]
 
-    xs = np.arange(-8.0, 41.0, 8.0)  # beta from e^8 to e^-40 times range(Phi), then widened
-    coarse = np.stack([_tilt_stats(phis, 1.0 / (np.exp(np.full(len(phis), x)) / phi_scale), grid)[3] for x in xs],
-                      axis=1)[rows]  # once per row of phi
+    xs = np.arange(-8.0, 41.0, SCAN_STEP)  # beta from e^8 to e^-40 times range(Phi), then widened
+    scan = [_kl_and_slope(phis, np.exp(np.full(len(phis), x)) / phi_scale, grid)[:2] for x in xs]  # once per row
+    coarse, coarse_slope = (np.stack(v, axis=1)[rows] for v in zip(*scan))
     idx = np.clip((coarse < budgets[:, None]).sum(axis=1), 1, len(xs) - 1)
     rows_b = np.arange(len(budgets))
     lo, hi = xs[idx - 1].copy(), xs[idx].copy()
     klo, khi = coarse[rows_b, idx - 1].copy(), coarse[rows_b, idx].copy()
+    slo, shi = coarse_slope[rows_b, idx - 1].copy(), coarse_slope[rows_b, idx].copy()
     width = np.full(len(budgets), 8.0)
     while True:  # widen upwards (smaller beta) while the budget is above the bracket
         up = np.flatnonzero((khi < budgets) & (hi < X_LIMIT))
@@ -380,6 +416,7 @@ def beta_search(
         hi[up] = np.minimum(hi[up] + width[up], X_LIMIT)
         width[up] *= 2
         khi[up] = kl_at(up, hi[up])
+        slo[up] = shi[up] = np.nan
     width[:] = 8.0
     while True:  # and downwards (larger beta) while it is below
         down = np.flatnonzero((klo > budgets) & (lo > -X_LIMIT))
@@ -389,29 +426,40 @@ def beta_search(
         lo[down] = np.maximum(lo[down] - width[down], -X_LIMIT)
         width[down] *= 2
         klo[down] = kl_at(down, lo[down])
+        slo[down] = shi[down] = np.nan
     reachable = (klo <= budgets) & (khi >= budgets)
-    x = lo + (hi - lo) * np.clip((budgets - klo) / np.maximum(khi - klo, 1e-300), 0, 1)
+    x = _scan_start(lo, hi, klo, khi, slo, shi, budgets)
     active = reachable.copy()
+    final_kl, final_edge = np.full(len(budgets), np.nan), np.full(len(budgets), np.nan)  # at x where done
+    best_x, best_err = x.copy(), np.full(len(budgets), np.inf)  # the closest x seen, for a stalled row
     for _ in range(max_iter):
         if not active.any():
             break
-        kl, slope = _kl_and_slope(phis[rows[active]], np.exp(x[active]) / scale[active], grid)
+        kl, slope, edge = _kl_and_slope(phis[rows[active]], np.exp(x[active]) / scale[active], grid)
         err = kl - budgets[active]
         done = np.abs(err) <= tol * budgets[active]
+        at = np.flatnonzero(active)
+        final_kl[at[done]], final_edge[at[done]] = kl[done], edge[done]
+        closer = np.abs(err) < best_err[at]
+        best_x[at[closer]], best_err[at[closer]] = x[at[closer]], np.abs(err[closer])
         xa, la, ha = x[active], lo[active], hi[active]
         la, ha = np.where(err < 0, xa, la), np.where(err > 0, xa, ha)
-        step = xa - err / np.maximum(slope, 1e-300)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # KL = 0: NaN step, bisect
+            step = xa - (_log_expm1(kl) - _log_expm1(budgets[active])) * -np.expm1(-kl) / np.maximum(slope, 1e-300)
         xa = np.where(done, xa, np.where((step > la) & (step < ha), step, 0.5 * (la + ha)))
         x[active], lo[active], hi[active] = xa, la, ha
         active[np.flatnonzero(active)[done]] = False
-    beta = scale * np.exp(-x)
+    x = np.where(active, best_x, x)  # Newton stalled on rounding noise (budgets below ~1e-16 nats): the
+    beta = scale * np.exp(-x)        # closest point it saw, reported only if within KL_RTOL_REPORTED
     status = np.where(reachable, REACHED, np.where(klo > budgets, BELOW_FLOAT, BEYOND_GRID))
-    if active.any():  # Newton stalled on rounding noise (budgets below ~1e-16 nats)
+    if active.any():
         miss = np.abs(kl_at(rows_b, x) - budgets) > KL_RTOL_REPORTED * budgets
         status[active & miss] = IMPRECISE
     if reachable.any():
         ok = np.flatnonzero(reachable)
-        status[ok[~resolved(phis[rows[ok]], beta[ok], grid)]] = BEYOND_GRID
+        have = np.isfinite(final_kl[ok]).all()  # every Newton row ended on a converged evaluation
+        status[ok[~resolved(phis[rows[ok]], beta[ok], grid, final_kl[ok] if have else None,
+                            final_edge[ok] if have else None)]] = BEYOND_GRID
     return np.where(status == REACHED, beta, np.nan), status
 
 
