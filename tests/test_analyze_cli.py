@@ -48,6 +48,7 @@ BAD = [
     (["kl.list=[0.5,abc]"], "kl.list='abc'"),
     (["procedure.n=0"], "procedure.n=0"),
     (["plot_scale=loglog"], "plot_scale='loglog'"),
+    (["parallel=sometimes"], "parallel='sometimes'"),
 ]
 
 
@@ -112,6 +113,22 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["plot_scale"] in ("linear", "logodds") and (run / "frontier.png").stat().st_size > 10_000
     assert metrics["unreachable"] == [] and metrics["not_converged"] == []
+
+
+@pytest.mark.slow
+def test_parallel_run_writes_what_the_serial_run_writes(tmp_path):
+    """parallel=true (best-t scan and plot in a helper process, infra/background.py) changes where
+    the work runs, not what is written: every file byte for byte as with parallel=false."""
+    outs = {}
+    for parallel in ("true", "false"):
+        out = tmp_path / parallel
+        out.mkdir()
+        metrics = app.analyze(config("kl.num=4", "best_t.num=6", "best_t.budgets=[0.25,4.0]", f"parallel={parallel}"),
+                              out)
+        outs[parallel] = {name: (out / name).read_bytes() for name in
+                          ("curves.csv", "best_t.csv", "metrics.json", "frontier.png")}
+        assert metrics["plot_scale"] in ("linear", "logodds")
+    assert outs["true"] == outs["false"]
 
 
 RUN_WITHOUT_TORCH = """

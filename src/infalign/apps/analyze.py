@@ -28,6 +28,7 @@ from omegaconf import DictConfig, ListConfig
 
 from infalign.apps.config import CONFIG_DIR, apply_threads, instantiate_entry, load_group_entry
 from infalign.errors import ConfigError, require
+from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
 from infalign.math.procedures import Procedure
@@ -139,7 +140,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, 
         raise ConfigError("best_t.budgets", exc.value, exc.allowed) from None
     num = _number("best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)", int)
     require(num >= 2, "best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)")
-    for key in ("optimal", "plot"):
+    for key in ("optimal", "plot", "parallel"):
         require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     require(cfg.get("plot_scale", "auto") in PLOT_SCALES, "plot_scale", cfg.get("plot_scale"), f"one of {list(PLOT_SCALES)}")
     return procedure, transforms, budgets, bt_budgets, num
@@ -158,43 +159,57 @@ def _optimal_frontier(procedure: Procedure, budgets: np.ndarray, bt_budgets: np.
     return plotted, at
 
 
+# what the helper process imports while this one computes (matplotlib: ~0.7 s of a run's start-up)
+PLOT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")
+
+
 def analyze(cfg: DictConfig, out_dir: Path) -> dict:
-    """Compute everything; write CSVs, plot and metrics into ``out_dir``; return the metrics."""
+    """Compute everything; write CSVs, plot and metrics into ``out_dir``; return the metrics.
+
+    With ``parallel`` (default) a helper process (infra/background.py) runs the best-t scan and
+    then the plot, and imports matplotlib first, while this one computes the frontiers and the
+    optimal frontier; the numbers and files are those of the serial run (``parallel=false``).
+    ``metrics.json`` is written last.
+    """
     procedure, transforms, budgets, bt_budgets, num = validate(cfg)
+    with Background(PLOT_MODULES if cfg.plot else (), enabled=cfg.get("parallel", True)) as helper:
+        best_job = helper.submit(theory.best_t, procedure, bt_budgets, theory.default_t_grid(procedure, num),
+                                 extend=True)
+        frontiers = [theory.frontier(tr, procedure, budgets) for tr in transforms]
+        optimal_at: dict[float, float] = {}
+        if cfg.optimal:
+            opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
+            frontiers.append(opt)
+        bon_point = theory.bon_policy_point(procedure.n) if procedure.n >= 2 else None
+        bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
+                         if bon_point else None)
+        best = best_job.result()
 
-    frontiers = [theory.frontier(tr, procedure, budgets) for tr in transforms]
-    optimal_at: dict[float, float] = {}
-    if cfg.optimal:
-        opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
-        frontiers.append(opt)
-    best = theory.best_t(procedure, bt_budgets, theory.default_t_grid(procedure, num), extend=True)
-    bon_point = theory.bon_policy_point(procedure.n) if procedure.n >= 2 else None
-    bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
-                     if bon_point else None)
-
-    rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
-    atomic_write_csv(out_dir / "curves.csv", rows)
-    best_rows = [
-        {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be, "win_rate": w,
-         "at_scan_edge": bool(edge), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
-        for b, t, be, w, edge in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge)
-    ]
-    atomic_write_csv(out_dir / "best_t.csv", best_rows)
-    metrics = {
-        "procedure": procedure.label,
-        "transforms": [f.transform for f in frontiers],
-        "kl_budgets": budgets.tolist(),
-        "best_t": best_rows,
-        "unreachable": [r for r in rows if not r["reachable"]],
-        "not_converged": [r for r in rows if r["reachable"] and not r["converged"]],
-        "bon_policy": None if bon_point is None else {"kl": bon_point.kl, "win_rate": bon_point_win},
-    }
-    if cfg.plot:
-        metrics["plot_scale"] = plot_frontiers(
-            frontiers, out_dir / "frontier.png", procedure.label,
-            None if bon_point is None else (bon_point.kl, bon_point_win), cfg.get("plot_scale", "auto"))
+        rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
+        atomic_write_csv(out_dir / "curves.csv", rows)
+        best_rows = [
+            {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be, "win_rate": w,
+             "at_scan_edge": bool(edge), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
+            for b, t, be, w, edge in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge)
+        ]
+        atomic_write_csv(out_dir / "best_t.csv", best_rows)
+        metrics = {
+            "procedure": procedure.label,
+            "transforms": [f.transform for f in frontiers],
+            "kl_budgets": budgets.tolist(),
+            "best_t": best_rows,
+            "unreachable": [r for r in rows if not r["reachable"]],
+            "not_converged": [r for r in rows if r["reachable"] and not r["converged"]],
+            "bon_policy": None if bon_point is None else {"kl": bon_point.kl, "win_rate": bon_point_win},
+        }
+        if cfg.plot:
+            plot_job = helper.submit(plot_frontiers, frontiers, out_dir / "frontier.png", procedure.label,
+                                     None if bon_point is None else (bon_point.kl, bon_point_win),
+                                     cfg.get("plot_scale", "auto"))
+        _print_tables(procedure, frontiers, best_rows)  # while the helper draws
+        if cfg.plot:
+            metrics["plot_scale"] = plot_job.result()
     atomic_write_json(out_dir / "metrics.json", metrics)
-    _print_tables(procedure, frontiers, best_rows)
     return metrics
 
 
