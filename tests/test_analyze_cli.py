@@ -131,6 +131,20 @@ def test_parallel_run_writes_what_the_serial_run_writes(tmp_path):
     assert outs["true"] == outs["false"]
 
 
+@pytest.mark.slow
+def test_helper_process_works_when_the_app_is_main_and_under_the_joblib_launcher(tmp_path):
+    """``python -m infalign.apps.analyze`` makes the app ``__main__``, and a joblib worker cannot find
+    ``__main__.plot_frontiers``: the helper process is handed functions by their import path
+    (apps/analyze_plot.py). Was: PicklingError, no frontier.png, exit 1."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "infalign.apps.analyze", "-m", "hydra/launcher=local_parallel",
+                           "procedure.n=2,4", *FAST[:-1], f"hydra.sweep.dir={sweep}"],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in ("0", "1"):
+        assert (sweep / job / "frontier.png").stat().st_size > 10_000 and (sweep / job / "metrics.json").exists()
+
+
 RUN_WITHOUT_TORCH = """
 import atexit, sys
 HEAVY = ("torch", "lightning", "pytorch_lightning", "transformers", "wandb")
@@ -156,7 +170,7 @@ PLOT_WITHOUT_PYPLOT = """
 import sys
 from pathlib import Path
 import numpy as np
-from infalign.apps.analyze import plot_frontiers
+from infalign.apps.analyze_plot import plot_frontiers
 from infalign.math.theory import Frontier
 k = np.array([0.1, 0.5, 1.0])
 f = Frontier("identity", "bon4", k, k, k, k / 2 + 0.4, k / 3 + 0.5, np.ones(3, bool), ["", "", ""])
