@@ -901,7 +901,10 @@ def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid
 
     def solve(lb: float, near: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tan = np.full((1, len(grid.z)), np.nan)
-        start = None if near is None else phis[near] * math.exp(lb - lbs[near])
+        start = None
+        if near is not None:  # the neighbour moved along its tangent (first order), else its log density
+            d = lb - lbs[near]
+            start = math.exp(d) * (phis[near] + d * tans[near] if np.isfinite(tans[near]).all() else phis[near])
         phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=start,
                                   fallback=None if near is None else phis[near][None], tangent=tan)
         return phi, tv, tan
