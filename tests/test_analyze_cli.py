@@ -119,16 +119,19 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
 def test_parallel_run_writes_what_the_serial_run_writes(tmp_path):
     """parallel=true (best-t scan and plot in a helper process, infra/background.py) changes where
     the work runs, not what is written: every file byte for byte as with parallel=false."""
+    from infalign.infra.background import Background
+
     outs = {}
-    for parallel in ("true", "false"):
-        out = tmp_path / parallel
-        out.mkdir()
-        metrics = app.analyze(config("kl.num=4", "best_t.num=6", "best_t.budgets=[0.25,4.0]", f"parallel={parallel}"),
-                              out)
-        outs[parallel] = {name: (out / name).read_bytes() for name in
-                          ("curves.csv", "best_t.csv", "metrics.json", "frontier.png")}
-        assert metrics["plot_scale"] in ("linear", "logodds")
-    assert outs["true"] == outs["false"]
+    with Background(app.PLOT_MODULES) as early:  # as main() starts it, before the config exists
+        for run, parallel, helper in (("own", "true", None), ("early", "true", early), ("serial", "false", None)):
+            out = tmp_path / run
+            out.mkdir()
+            cfg = config("kl.num=4", "best_t.num=6", "best_t.budgets=[0.25,4.0]", f"parallel={parallel}")
+            metrics = app.analyze(cfg, out, helper)
+            outs[run] = {name: (out / name).read_bytes() for name in
+                         ("curves.csv", "best_t.csv", "metrics.json", "frontier.png")}
+            assert metrics["plot_scale"] in ("linear", "logodds")
+    assert outs["own"] == outs["serial"] and outs["early"] == outs["serial"]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -161,26 +162,35 @@ def _optimal_frontier(procedure: Procedure, budgets: np.ndarray, bt_budgets: np.
 PLOT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg", "infalign.apps.analyze_plot")
 
 
-def analyze(cfg: DictConfig, out_dir: Path) -> dict:
+def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) -> dict:
     """Compute everything; write CSVs, plot and metrics into ``out_dir``; return the metrics.
 
-    With ``parallel`` (default) a helper process (infra/background.py) runs the best-t scan and
-    then the plot, and imports matplotlib first, while this one computes the frontiers and the
-    optimal frontier; the numbers and files are those of the serial run (``parallel=false``).
-    ``metrics.json`` is written last.
+    (Whatever goes to the helper is a function of an importable module, never of this one: run as
+    ``python -m``, this module is ``__main__``, which a launcher's worker cannot import.)
+
+    With ``parallel`` (default) a helper process (infra/background.py; ``helper``, else one started
+    here) imports matplotlib, runs the best-t scan and the transform frontiers, then draws the
+    plot, while this process solves the optimal frontier (the longest job) and prints the tables;
+    the numbers and files are those of the serial run (``parallel=false``). ``metrics.json`` is
+    written last.
     """
     procedure, transforms, budgets, bt_budgets, num = validate(cfg)
-    with Background(PLOT_MODULES if cfg.plot else (), enabled=cfg.get("parallel", True)) as helper:
+    parallel = cfg.get("parallel", True)
+    own = helper is None or not parallel
+    with Background(PLOT_MODULES if cfg.plot else (), enabled=parallel) if own else nullcontext(helper) as helper:
+        if not own:  # started before the config existed: give it this run's thread counts first
+            helper.submit(apply_threads, cfg.get("threads"), torch=False)
         best_job = helper.submit(theory.best_t, procedure, bt_budgets, theory.default_t_grid(procedure, num),
                                  extend=True)
-        frontiers = [theory.frontier(tr, procedure, budgets) for tr in transforms]
+        frontier_job = helper.submit(theory.frontiers, transforms, procedure, budgets)
         optimal_at: dict[float, float] = {}
+        opt = None
         if cfg.optimal:
             opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
-            frontiers.append(opt)
         bon_point = theory.bon_policy_point(procedure.n) if procedure.n >= 2 else None
         bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
                          if bon_point else None)
+        frontiers = frontier_job.result() + ([opt] if opt is not None else [])
         best = best_job.result()
 
         rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
@@ -261,16 +271,28 @@ def _fail(exc: ConfigError) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
-def main(cfg: DictConfig) -> dict:
+def _app(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.run_dir)
     try:
         # numpy's BLAS pool (auto = usable cores // concurrent jobs); the theory needs no torch
         apply_threads(cfg.get("threads"), torch=False)
-        metrics = analyze(cfg, out_dir)
+        metrics = analyze(cfg, out_dir, Background.shared)
     except ConfigError as exc:
         _fail(exc)
     log.info("wrote %s", out_dir)
     return metrics
+
+
+def main() -> None:
+    """``infalign-analyze``: start the helper process first, so that its matplotlib import overlaps
+    Hydra's composition of the config, then run the Hydra app (every job of a multirun in this
+    process shares the helper)."""
+    with Background(PLOT_MODULES) as helper:
+        Background.shared = helper  # (a class attribute: a launcher pickles _app, never the helper)
+        try:
+            _app()
+        finally:
+            Background.shared = None
 
 
 if __name__ == "__main__":

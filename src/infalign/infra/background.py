@@ -18,7 +18,7 @@ import importlib
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+from typing import Any, ClassVar
 
 
 def _preload(modules: tuple[str, ...]) -> None:
@@ -27,7 +27,14 @@ def _preload(modules: tuple[str, ...]) -> None:
 
 
 class Background:
-    """A one-process pool whose worker imports ``preload`` first (see the module docstring)."""
+    """A one-process pool whose worker imports ``preload`` first (see the module docstring).
+
+    ``Background.shared``: one started ahead of the work that will use it (``infalign-analyze``'s
+    ``main()`` starts it before Hydra composes the config), for the code that runs later in this
+    process; ``None`` elsewhere (e.g. in a launcher's worker process).
+    """
+
+    shared: ClassVar[Background | None] = None
 
     def __init__(self, preload: Sequence[str] = (), enabled: bool = True) -> None:
         self._pool: ProcessPoolExecutor | None = None

@@ -577,6 +577,13 @@ def frontier(
     return _frontier_from_phi(transform.label, phi_table(transform, grid), procedure, _check_budgets(kl_budgets), grid)
 
 
+def frontiers(
+    transforms: Sequence[Transform], procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID
+) -> list[Frontier]:
+    """:func:`frontier` of each transform (one call: what a helper process is handed, by reference)."""
+    return [frontier(tr, procedure, kl_budgets, grid) for tr in transforms]
+
+
 # ----------------------------------------------------------------------------------------------
 # Best exponent t for the exp transform.
 # ----------------------------------------------------------------------------------------------
