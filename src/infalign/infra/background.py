@@ -44,6 +44,7 @@ class Background:
             try:
                 self._pool = ProcessPoolExecutor(1, mp_context=context, initializer=_preload,
                                                  initargs=(tuple(preload),))
+                self._pool.submit(int)  # start the worker (and its preloads) now, not at the first real call
             except (OSError, NotImplementedError):  # no processes here (sandbox, some platforms): serial
                 self._pool = None
 
