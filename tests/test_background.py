@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import time
 
 import pytest
 
@@ -52,3 +53,16 @@ def test_an_exception_reaches_the_caller_with_its_fields(enabled):
 def test_config_error_pickles_by_its_fields():
     err = pickle.loads(pickle.dumps(ConfigError("t", "abc", "a number", "hint")))
     assert (err.key, err.value, err.allowed, err.hint) == ("t", "abc", "a number", "hint")
+
+
+def test_the_worker_starts_and_preloads_at_creation(tmp_path, monkeypatch):
+    """The preloads run as soon as the helper exists (analyze's main() creates it before Hydra
+    composes the config, to overlap matplotlib's import with that), not at the first submit."""
+    marker = tmp_path / "imported"
+    (tmp_path / "marks_import.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the forked worker inherits sys.path
+    with Background(["marks_import"]):
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the helper had not imported its preloads without a submitted call"
