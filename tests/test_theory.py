@@ -816,6 +816,27 @@ def test_optimal_tangent_is_the_log_beta_derivative(case):
     assert slope[0] < 0 and slope[0] == pytest.approx((math.log(kls[1]) - math.log(kls[-1])) / (2 * eps), rel=2e-3)
 
 
+@pytest.mark.parametrize("case", [("bon", 4), ("won", 8), ("bon", 64)], ids=lambda c: f"{c[0]}{c[1]}")
+def test_newton_step_on_the_window_between_the_tails_is_the_full_step(case, monkeypatch):
+    """theory._newton_step solves its banded system only where h/2 e or h/2 |q| exceed NEWTON_TAIL
+    and extends the solution analytically over the tails: the step (and the tangent solved beside
+    it) equal the full-grid solve to rounding, and the window is much shorter than the grid."""
+    p, grid = make_procedure(*case), theory.DEFAULT_GRID
+    beta = np.array([0.05, 0.5])
+    phi = np.stack([theory.optimal_transform(p, beta=float(b)).phi * 1.02 for b in beta])  # off the fixed point
+    tilted, new_phi, dint = theory._fixed_point_map(p, phi, beta, grid)
+    args = (new_phi - phi, tilted, dint, grid, -phi[None])
+    step, tan = theory._newton_step(*args)
+    e = tilted.density_z / beta[:, None]
+    big = ((grid.step / 2 * e > theory.NEWTON_TAIL) | (grid.step / 2 * np.abs(dint) > theory.NEWTON_TAIL)).any(axis=0)
+    assert big.sum() < 0.8 * len(grid.z)
+    monkeypatch.setattr(theory, "NEWTON_TAIL", -1.0)  # every node in the window: the full system
+    full_step, full_tan = theory._newton_step(*args)
+    for a, b in ((step, full_step), (tan[0], full_tan[0])):
+        scale = np.abs(b).max(axis=1, keepdims=True)
+        assert np.abs(a - b).max() <= 1e-12 * scale.max(), np.abs(a - b).max()  # measured <= 3e-15
+
+
 def test_ladder_start_with_tangents_is_the_cubic_hermite():
     """With the rungs' tangents, theory._ladder_start interpolates P = Phi/beta by the cubic Hermite in
     log beta: a P that is cubic in log beta is reproduced exactly between rungs."""

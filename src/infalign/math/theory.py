@@ -742,11 +742,38 @@ def _newton_step(
     with dF = dL - F dL_end and q = G''(F) g du/dz. Unknowns interleaved (delta_i, dL_i) give a
     banded system of half-bandwidth 2; the one non-local unknown dL_end is eliminated by
     solving for two right-hand sides.
+
+    Where h/2 e and h/2 |q| are below ``NEWTON_TAIL`` on every row (the z-grid's tails, often more
+    than half of it) the equations decouple: dL stays 0 on the left and delta - R stays 0 on the
+    right, so the system is solved on the window between the tails (its first node's dL = 0, its
+    last node's delta = R, as at the grid's ends) and extended by delta - R constant to the left,
+    delta = R to the right. The terms dropped are below 1e-18 against entries of 1: the step is
+    the same to rounding.
     """
+    h, n = grid.step, residual.shape[1]
+    e, q = tilted.density_z / tilted.beta[:, None], dintegrand
+    rights = [residual] if extra is None else [residual, *extra]  # residual-like right-hand sides
+    big = np.flatnonzero(((h / 2 * e > NEWTON_TAIL) | (h / 2 * np.abs(q) > NEWTON_TAIL)).any(axis=0))
+    lo, hi = (max(int(big[0]) - 1, 0), min(int(big[-1]) + 1, n - 1)) if big.size else (0, n - 1)
+    win = slice(lo, hi + 1)
+    inside = _newton_banded(e[:, win], q[:, win], tilted.cdf[:, win], [r[:, win] for r in rights], h)
+    out = []
+    for r, x in zip(rights, inside):
+        full = r.copy()  # right of the window: delta = R
+        full[:, win] = x
+        full[:, :lo] += (x[:, :1] - r[:, lo:lo + 1])  # left of it: delta - R = its value at the window's start
+        out.append(full)
+    return out[0], (np.stack(out[1:]) if extra is not None else None)
+
+
+NEWTON_TAIL = 1e-18  # h/2 e and h/2 |q| below this on every row: the Newton system decouples there
+
+
+def _newton_banded(e: np.ndarray, q: np.ndarray, f: np.ndarray, rights: list[np.ndarray], h: float) -> list[np.ndarray]:
+    """The banded solve of :func:`_newton_step` on ``[rows, n]`` nodes, one solution per right-hand side."""
     from scipy.linalg import lapack
 
-    h, (rows, n) = grid.step, residual.shape
-    e, q, f, res = tilted.density_z / tilted.beta[:, None], dintegrand, tilted.cdf, residual
+    rows, n = e.shape
     # LAPACK band storage (gbsv, kl = ku = 2): matrix entry (r, c) at band[c, 4 + r - c]; rows 0-1 of
     # each column are gbsv's room for fill-in. band is [rows, 2n, 7] so that, flattened over the
     # (decoupled) rows, its transpose is the Fortran-ordered [7, rows * 2n] array gbsv works in.
@@ -759,7 +786,6 @@ def _newton_step(
     band[:, 2::2, 3] = -1.0  # - delta_{i+1}
     band[:, 1:-1:2, 4] = h / 2 * q[:, :-1]  # + h/2 q_i dL_i
     band[:, 3::2, 2] = h / 2 * q[:, 1:]  # + h/2 q_{i+1} dL_{i+1}
-    rights = [res] if extra is None else [res, *extra]  # residual-like right-hand sides
     rhs = np.zeros((len(rights) + 1, rows, 2 * n))
     rhs[-1, :, 1:-1:2] = h / 2 * (q[:, :-1] * f[:, :-1] + q[:, 1:] * f[:, 1:])  # coefficient of dL_end
     for j, r in enumerate(rights):
@@ -774,8 +800,7 @@ def _newton_step(
         raise ValueError(f"illegal value in argument {-info} of gbsv")
     sol = x.T.reshape(len(rhs), rows, 2 * n)
     d_end = sol[:-1, :, -1] / (1.0 - sol[-1, :, -1])  # dL_end of each right-hand side
-    out = (sol[:-1] + d_end[:, :, None] * sol[-1])[:, :, 0::2]
-    return out[0], (out[1:] if extra is not None else None)
+    return list((sol[:-1] + d_end[:, :, None] * sol[-1])[:, :, 0::2])
 
 
 MAX_LOG_DENSITY_STEP = 2.0  # Newton steps are shortened so log f moves by at most this much
