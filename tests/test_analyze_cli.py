@@ -48,6 +48,7 @@ BAD = [
     (["kl.list=[0.5,abc]"], "kl.list='abc'"),
     (["procedure.n=0"], "procedure.n=0"),
     (["plot_scale=loglog"], "plot_scale='loglog'"),
+    (["parallel=sometimes"], "parallel='sometimes'"),
 ]
 
 
@@ -114,11 +115,65 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
     assert metrics["unreachable"] == [] and metrics["not_converged"] == []
 
 
+@pytest.mark.slow
+def test_parallel_run_writes_what_the_serial_run_writes(tmp_path):
+    """parallel=true (best-t scan and plot in a helper process, infra/background.py) changes where
+    the work runs, not what is written: every file byte for byte as with parallel=false."""
+    from infalign.infra.background import Background
+
+    outs = {}
+    with Background(app.PLOT_MODULES) as early:  # as main() starts it, before the config exists
+        for run, parallel, helper in (("own", "true", None), ("early", "true", early), ("serial", "false", None)):
+            out = tmp_path / run
+            out.mkdir()
+            cfg = config("kl.num=4", "best_t.num=6", "best_t.budgets=[0.25,4.0]", f"parallel={parallel}")
+            metrics = app.analyze(cfg, out, helper)
+            outs[run] = {name: (out / name).read_bytes() for name in
+                         ("curves.csv", "best_t.csv", "metrics.json", "frontier.png")}
+            assert metrics["plot_scale"] in ("linear", "logodds")
+    assert outs["own"] == outs["serial"] and outs["early"] == outs["serial"]
+
+
+@pytest.mark.slow
+def test_helper_process_works_when_the_app_is_main_and_under_the_joblib_launcher(tmp_path):
+    """``python -m infalign.apps.analyze`` makes the app ``__main__``, and a joblib worker cannot find
+    ``__main__.plot_frontiers``: the helper process is handed functions by their import path
+    (apps/analyze_plot.py). Was: PicklingError, no frontier.png, exit 1."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, "-m", "infalign.apps.analyze", "-m", "hydra/launcher=local_parallel",
+                           "procedure.n=2,4", *FAST[:-1], f"hydra.sweep.dir={sweep}"],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job in ("0", "1"):
+        assert (sweep / job / "frontier.png").stat().st_size > 10_000 and (sweep / job / "metrics.json").exists()
+
+
+RUN_WITHOUT_TORCH = """
+import atexit, sys
+HEAVY = ("torch", "lightning", "pytorch_lightning", "transformers", "wandb")
+atexit.register(lambda: print("heavy:", sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))))
+sys.argv = ["infalign-analyze", *sys.argv[1:]]
+from infalign.apps.analyze import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_run_loads_no_torch(tmp_path):
+    """The whole run (threads, theory, optimal frontier, plot) is numpy-only: ``threads: auto`` sets
+    the BLAS pools without importing torch (infra/threads.py, ``torch=False``)."""
+    proc = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TORCH, "kl.num=3", "best_t.num=4", "best_t.budgets=[0.5]",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "heavy: []", proc.stdout[-500:]
+    assert (tmp_path / "run" / "frontier.png").exists()
+
+
 PLOT_WITHOUT_PYPLOT = """
 import sys
 from pathlib import Path
 import numpy as np
-from infalign.apps.analyze import plot_frontiers
+from infalign.apps.analyze_plot import plot_frontiers
 from infalign.math.theory import Frontier
 k = np.array([0.1, 0.5, 1.0])
 f = Frontier("identity", "bon4", k, k, k, k / 2 + 0.4, k / 3 + 0.5, np.ones(3, bool), ["", "", ""])

@@ -73,6 +73,18 @@ def test_math_package_imports_no_framework_in_a_clean_interpreter():
     assert out.strip() == "[]", f"the math package pulled in {out.strip()}"
 
 
+HEAVY = ("torch", "lightning", "pytorch_lightning", "transformers", "wandb")
+
+
+def test_analyze_app_imports_no_torch_in_a_clean_interpreter():
+    """``infalign-analyze`` is numpy-only theory: its import chain (apps/config.py -> toy/defaults.py
+    -> toy/world.py) must not load torch (~2 s of its start-up) or any other ML framework."""
+    code = (f"import sys\nimport infalign.apps.analyze\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"infalign.apps.analyze pulled in {out.strip()}"
+
+
 def test_the_layer_check_sees_a_violation(tmp_path):
     """The import scanner finds function-level imports too (a check that cannot fail is no check)."""
     bad = tmp_path / "bad.py"

@@ -793,6 +793,69 @@ def test_ladder_start_interpolates_log_densities_in_log_beta():
     np.testing.assert_allclose(start[2], math.exp(-1.0) * g1, rtol=1e-14)
 
 
+@pytest.mark.parametrize("case", [("bon", 4), ("won", 8)], ids=lambda c: f"{c[0]}{c[1]}")
+def test_optimal_tangent_is_the_log_beta_derivative(case):
+    """The tangent w of theory._optimal_phi ((I - J) w = -Phi, from the Newton step's factorisation)
+    is d(Phi*/beta)/dlog beta times beta, and _tangent_log_kl_slope turns it into d log KL / dlog beta:
+    both checked against central differences of converged solutions at beta e^(+-eps). They drive the
+    optimal frontier's first-order warm starts and its Newton steps in log beta."""
+    p, beta, eps = make_procedure(*case), 0.05, 1e-3
+    grid = theory.DEFAULT_GRID
+    phis = {k: theory.optimal_transform(p, beta=beta * math.exp(k * eps)).phi for k in (-1, 0, 1)}
+    tan = np.full((1, len(grid.z)), np.nan)
+    start = phis[0] * 1.01  # off the fixed point: the solve takes Newton steps and fills the tangent
+    phi, _, tv = theory._optimal_phi(p, np.array([beta]), grid, phi0=start[None], tangent=tan)
+    assert tv[0] < 1e-10 and np.isfinite(tan).all()
+    _, q, _, _ = theory._tilt_stats(phi, np.array([beta]), grid)
+    mass = q[0] > 1e-8 * q[0].max()
+    dp = (phis[1] / (beta * math.exp(eps)) - phis[-1] / (beta * math.exp(-eps))) / (2 * eps)  # d(Phi/beta)/dlog beta
+    d = (dp - tan[0] / beta)[mass]
+    assert np.ptp(d) < 2e-3 * np.ptp(dp[mass])  # up to a constant (Phi is defined up to one)
+    kl, slope = theory._tangent_log_kl_slope(phi, tan, np.array([beta]), grid)
+    kls = {k: theory.Tilted(phis[k][None], np.array([beta * math.exp(k * eps)]), grid).kl[0] for k in (-1, 1)}
+    assert slope[0] < 0 and slope[0] == pytest.approx((math.log(kls[1]) - math.log(kls[-1])) / (2 * eps), rel=2e-3)
+
+
+@pytest.mark.parametrize("case", [("bon", 4), ("won", 8), ("bon", 64)], ids=lambda c: f"{c[0]}{c[1]}")
+def test_newton_step_on_the_window_between_the_tails_is_the_full_step(case, monkeypatch):
+    """theory._newton_step solves its banded system only where h/2 e or h/2 |q| exceed NEWTON_TAIL
+    and extends the solution analytically over the tails: the step (and the tangent solved beside
+    it) equal the full-grid solve to rounding, and the window is much shorter than the grid."""
+    p, grid = make_procedure(*case), theory.DEFAULT_GRID
+    beta = np.array([0.05, 0.5])
+    phi = np.stack([theory.optimal_transform(p, beta=float(b)).phi * 1.02 for b in beta])  # off the fixed point
+    tilted, new_phi, dint = theory._fixed_point_map(p, phi, beta, grid)
+    args = (new_phi - phi, tilted, dint, grid, -phi[None])
+    step, tan = theory._newton_step(*args)
+    e = tilted.density_z / beta[:, None]
+    big = ((grid.step / 2 * e > theory.NEWTON_TAIL) | (grid.step / 2 * np.abs(dint) > theory.NEWTON_TAIL)).any(axis=0)
+    assert big.sum() < 0.8 * len(grid.z)
+    monkeypatch.setattr(theory, "NEWTON_TAIL", -1.0)  # every node in the window: the full system
+    full_step, full_tan = theory._newton_step(*args)
+    for a, b in ((step, full_step), (tan[0], full_tan[0])):
+        scale = np.abs(b).max(axis=1, keepdims=True)
+        assert np.abs(a - b).max() <= 1e-12 * scale.max(), np.abs(a - b).max()  # measured <= 3e-15
+
+
+def test_ladder_start_with_tangents_is_the_cubic_hermite():
+    """With the rungs' tangents, theory._ladder_start interpolates P = Phi/beta by the cubic Hermite in
+    log beta: a P that is cubic in log beta is reproduced exactly between rungs."""
+    g = np.linspace(-1.0, 0.0, 5)
+    lbs = np.array([1.0, 0.0, -1.0])
+
+    def p_of(lb):  # a log density cubic in lb, and its derivative
+        return (1 + 0.3 * lb - 0.2 * lb**2 + 0.1 * lb**3) * g + lb * g**2, (0.3 - 0.4 * lb + 0.3 * lb**2) * g + g**2
+
+    phis = np.stack([math.exp(lb) * p_of(lb)[0] for lb in lbs])
+    tangents = np.stack([math.exp(lb) * p_of(lb)[1] for lb in lbs])  # w = beta dP/dlog beta
+    lb = np.array([0.7, -0.4])
+    start = theory._ladder_start(lbs, phis, lb, tangents)
+    for i, x in enumerate(lb):
+        np.testing.assert_allclose(start[i], math.exp(x) * p_of(x)[0], rtol=1e-12, atol=1e-14)
+    linear = theory._ladder_start(lbs, phis, lb)
+    assert np.abs(linear[0] - math.exp(0.7) * p_of(0.7)[0]).max() > 1e-3  # the linear start is not exact
+
+
 @pytest.mark.parametrize("n", [4, 8])
 def test_optimal_frontier_won_converges_where_a_scaled_start_is_far_off(n):
     """Worst-of-N at large KL: a warm start with the previous solution's log density is far from

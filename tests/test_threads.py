@@ -4,6 +4,7 @@ count wins; oversubscription is logged once; the apps read the joblib launcher's
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -118,6 +119,17 @@ def test_set_threads_applies_to_torch(machine, monkeypatch):
         assert threads.set_threads(None) is None and torch.get_num_threads() == 1  # left alone
     finally:
         threads.set_threads(before)
+
+
+def test_set_threads_without_torch_never_imports_it(machine, monkeypatch):
+    """``torch=False`` (infalign-analyze: numpy only) sets the BLAS/OpenMP pools without importing
+    torch (``import torch`` fails here, as it would cost ~2 s of the app's start-up)."""
+    machine(4)
+    monkeypatch.setenv(threads.JOBS_ENV, "4")
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now raises ImportError
+    assert threads.set_threads("auto", torch=False) == 1
+    with pytest.raises(ImportError):
+        threads.set_threads("auto")
 
 
 def _hydra(mode: RunMode, *overrides: str):

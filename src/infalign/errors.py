@@ -11,6 +11,9 @@ class ConfigError(ValueError):
         msg = f"{key}={value!r} is not allowed: {allowed}"
         super().__init__(msg + (f" ({hint})" if hint else ""))
 
+    def __reduce__(self):  # pickled by its fields (it crosses process boundaries: infra/background.py)
+        return type(self), (self.key, self.value, self.allowed, self.hint)
+
 
 def require(ok: bool, key: str, value: object, allowed: str, hint: str = "") -> None:
     """Raise :class:`ConfigError` unless ``ok``."""

@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -26,16 +27,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
+from infalign.apps.analyze_plot import PLOT_SCALES, plot_frontiers
 from infalign.apps.config import CONFIG_DIR, apply_threads, instantiate_entry, load_group_entry
 from infalign.errors import ConfigError, require
+from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
 from infalign.math.procedures import Procedure
 
 log = logging.getLogger(__name__)
-
-PLOT_SCALES = ("auto", "linear", "logodds")
-
 
 def _number(key: str, value, allowed: str, kind=float):
     """``kind(value)`` or a ConfigError naming ``key`` (``t=abc`` must not be a traceback)."""
@@ -139,7 +139,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, 
         raise ConfigError("best_t.budgets", exc.value, exc.allowed) from None
     num = _number("best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)", int)
     require(num >= 2, "best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)")
-    for key in ("optimal", "plot"):
+    for key in ("optimal", "plot", "parallel"):
         require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     require(cfg.get("plot_scale", "auto") in PLOT_SCALES, "plot_scale", cfg.get("plot_scale"), f"one of {list(PLOT_SCALES)}")
     return procedure, transforms, budgets, bt_budgets, num
@@ -158,120 +158,67 @@ def _optimal_frontier(procedure: Procedure, budgets: np.ndarray, bt_budgets: np.
     return plotted, at
 
 
-def analyze(cfg: DictConfig, out_dir: Path) -> dict:
-    """Compute everything; write CSVs, plot and metrics into ``out_dir``; return the metrics."""
-    procedure, transforms, budgets, bt_budgets, num = validate(cfg)
-
-    frontiers = [theory.frontier(tr, procedure, budgets) for tr in transforms]
-    optimal_at: dict[float, float] = {}
-    if cfg.optimal:
-        opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
-        frontiers.append(opt)
-    best = theory.best_t(procedure, bt_budgets, theory.default_t_grid(procedure, num), extend=True)
-    bon_point = theory.bon_policy_point(procedure.n) if procedure.n >= 2 else None
-    bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
-                     if bon_point else None)
-
-    rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
-    atomic_write_csv(out_dir / "curves.csv", rows)
-    best_rows = [
-        {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be, "win_rate": w,
-         "at_scan_edge": bool(edge), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
-        for b, t, be, w, edge in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge)
-    ]
-    atomic_write_csv(out_dir / "best_t.csv", best_rows)
-    metrics = {
-        "procedure": procedure.label,
-        "transforms": [f.transform for f in frontiers],
-        "kl_budgets": budgets.tolist(),
-        "best_t": best_rows,
-        "unreachable": [r for r in rows if not r["reachable"]],
-        "not_converged": [r for r in rows if r["reachable"] and not r["converged"]],
-        "bon_policy": None if bon_point is None else {"kl": bon_point.kl, "win_rate": bon_point_win},
-    }
-    if cfg.plot:
-        metrics["plot_scale"] = plot_frontiers(
-            frontiers, out_dir / "frontier.png", procedure.label,
-            None if bon_point is None else (bon_point.kl, bon_point_win), cfg.get("plot_scale", "auto"))
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    _print_tables(procedure, frontiers, best_rows)
-    return metrics
+# what the helper process imports while this one computes (matplotlib: ~0.7 s of a run's start-up)
+PLOT_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg", "infalign.apps.analyze_plot")
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(p) - np.log1p(-p)
+def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) -> dict:
+    """Compute everything; write CSVs, plot and metrics into ``out_dir``; return the metrics.
 
+    (Whatever goes to the helper is a function of an importable module, never of this one: run as
+    ``python -m``, this module is ``__main__``, which a launcher's worker cannot import.)
 
-def _separation(frontiers: list, key: str, scale: str) -> float:
-    """Median over KL budgets of the spread between curves, as a fraction of the y axis span."""
-    ys = np.array([np.where(f.valid, getattr(f, key), np.nan) for f in frontiers])
-    ys = _logit(np.clip(ys, 1e-12, 1 - 1e-12)) if scale == "logodds" else ys
-    span = np.nanmax(ys) - np.nanmin(ys) if np.isfinite(ys).any() else 0.0
-    spread = np.nanmax(ys, axis=0) - np.nanmin(ys, axis=0) if np.isfinite(ys).any() else np.zeros(1)
-    return float(np.nanmedian(spread) / span) if span > 0 else 0.0
-
-
-def choose_scale(frontiers: list, requested: str = "auto") -> str:
-    """``linear`` or ``logodds`` y axis: the requested one, or (``auto``) the one whose curves
-    are further apart (win rates crowd against 1 on a linear axis, where 0.93 vs 0.95 matters)."""
-    if requested != "auto":
-        return requested
-    return max(("linear", "logodds"), key=lambda sc: _separation(frontiers, "win_rate", sc))
-
-
-def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple[float, float] | None = None,
-                   scale: str = "auto") -> str:
-    """Two panels, inference-time and standard win rate vs the KL *achieved*, one line per transform.
-
-    The optimal frontier is black dashed, identity a thick dotted line drawn on top (it is often
-    under the others); points a transform cannot reach or where the optimal solve did not
-    converge are crosses at their KL budget on the bottom edge, never part of a line. ``scale``:
-    ``linear``, ``logodds`` (y = log(w / (1 - w)), ticks labelled in win rate) or ``auto``.
-    Returns the scale used.
+    With ``parallel`` (default) a helper process (infra/background.py; ``helper``, else one started
+    here) imports matplotlib, runs the best-t scan and the transform frontiers, then draws the
+    plot, while this process solves the optimal frontier (the longest job) and prints the tables;
+    the numbers and files are those of the serial run (``parallel=false``). ``metrics.json`` is
+    written last.
     """
-    from infalign.infra.plotting import figure, save_png
+    procedure, transforms, budgets, bt_budgets, num = validate(cfg)
+    parallel = cfg.get("parallel", True)
+    own = helper is None or not parallel
+    with Background(PLOT_MODULES if cfg.plot else (), enabled=parallel) if own else nullcontext(helper) as helper:
+        if not own:  # started before the config existed: give it this run's thread counts first
+            helper.submit(apply_threads, cfg.get("threads"), torch=False)
+        best_job = helper.submit(theory.best_t, procedure, bt_budgets, theory.default_t_grid(procedure, num),
+                                 extend=True)
+        frontier_job = helper.submit(theory.frontiers, transforms, procedure, budgets)
+        optimal_at: dict[float, float] = {}
+        opt = None
+        if cfg.optimal:
+            opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
+        bon_point = theory.bon_policy_point(procedure.n) if procedure.n >= 2 else None
+        bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
+                         if bon_point else None)
+        frontiers = frontier_job.result() + ([opt] if opt is not None else [])
+        best = best_job.result()
 
-    scale = choose_scale(frontiers, scale)
-    fig = figure(figsize=(12, 4.8))
-    axes = fig.subplots(1, 2, sharex=True)
-    for ax, key, title in ((axes[0], "win_rate", f"{procedure} win rate"),
-                           (axes[1], "standard_win_rate", "standard win rate")):
-        for f in frontiers:
-            ok = f.valid
-            if f.transform.startswith("optimal"):
-                style = dict(color="black", ls="--", lw=2, zorder=3)
-            elif f.transform == "identity":
-                style = dict(color="dimgray", ls=":", lw=3, zorder=4)
-            else:
-                style = dict(lw=1.5, zorder=2)
-            y = getattr(f, key)[ok]
-            (line,) = ax.plot(f.kl[ok], _logit(y) if scale == "logodds" else y, label=f.transform, **style)
-            bad = ~ok
-            if bad.any():
-                ax.plot(f.kl_budget[bad], np.zeros(bad.sum()), ls="none", marker="x", ms=7, color=line.get_color(),
-                        transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
-        if bon_point is not None and key == "win_rate":
-            by = _logit(np.array(bon_point[1])) if scale == "logodds" else bon_point[1]
-            ax.plot(bon_point[0], by, marker="*", ms=14, color="crimson", ls="none", label="best-of-N policy", zorder=6)
-        if scale == "logodds":
-            ticks = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, *(1 - 10.0 ** -np.arange(3, 13))])
-            labels = [f"{t:g}" if t <= 0.99 else f"1-1e-{k}" if k > 4 else f"{t:.{k}f}"
-                      for t, k in zip(ticks, [0] * 8 + list(range(3, 13)))]
-            lo, hi = ax.get_ylim()
-            keep = (_logit(ticks) >= lo) & (_logit(ticks) <= hi)
-            if keep.sum() > 10:  # thin out: at most ~10 labelled ticks
-                keep &= np.isin(np.arange(len(ticks)), np.flatnonzero(keep)[:: int(math.ceil(keep.sum() / 10))])
-            ax.set_yticks(_logit(ticks[keep]), [lab for lab, k in zip(labels, keep) if k])
-        ax.set_xlabel("KL(pi || pi_ref) achieved [nats]")
-        ax.set_ylabel(title + (" (log-odds axis)" if scale == "logodds" else ""))
-        ax.set_title(title + " vs KL (calibrated-space theory)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    if any((~f.valid).any() for f in frontiers):
-        fig.suptitle("x on the bottom edge: KL budget unreachable or not converged (reason in curves.csv)", fontsize=9)
-    save_png(fig, path)
-    return scale
+        rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
+        atomic_write_csv(out_dir / "curves.csv", rows)
+        best_rows = [
+            {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be, "win_rate": w,
+             "at_scan_edge": bool(edge), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
+            for b, t, be, w, edge in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge)
+        ]
+        atomic_write_csv(out_dir / "best_t.csv", best_rows)
+        metrics = {
+            "procedure": procedure.label,
+            "transforms": [f.transform for f in frontiers],
+            "kl_budgets": budgets.tolist(),
+            "best_t": best_rows,
+            "unreachable": [r for r in rows if not r["reachable"]],
+            "not_converged": [r for r in rows if r["reachable"] and not r["converged"]],
+            "bon_policy": None if bon_point is None else {"kl": bon_point.kl, "win_rate": bon_point_win},
+        }
+        if cfg.plot:
+            plot_job = helper.submit(plot_frontiers, frontiers, out_dir / "frontier.png", procedure.label,
+                                     None if bon_point is None else (bon_point.kl, bon_point_win),
+                                     cfg.get("plot_scale", "auto"))
+        _print_tables(procedure, frontiers, best_rows)  # while the helper draws
+        if cfg.plot:
+            metrics["plot_scale"] = plot_job.result()
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    return metrics
 
 
 def _log_exact():
@@ -324,15 +271,28 @@ def _fail(exc: ConfigError) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
-def main(cfg: DictConfig) -> dict:
+def _app(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.run_dir)
     try:
-        apply_threads(cfg.get("threads"))  # numpy's BLAS pool; auto = usable cores // concurrent jobs
-        metrics = analyze(cfg, out_dir)
+        # numpy's BLAS pool (auto = usable cores // concurrent jobs); the theory needs no torch
+        apply_threads(cfg.get("threads"), torch=False)
+        metrics = analyze(cfg, out_dir, Background.shared)
     except ConfigError as exc:
         _fail(exc)
     log.info("wrote %s", out_dir)
     return metrics
+
+
+def main() -> None:
+    """``infalign-analyze``: start the helper process first, so that its matplotlib import overlaps
+    Hydra's composition of the config, then run the Hydra app (every job of a multirun in this
+    process shares the helper)."""
+    with Background(PLOT_MODULES) as helper:
+        Background.shared = helper  # (a class attribute: a launcher pickles _app, never the helper)
+        try:
+            _app()
+        finally:
+            Background.shared = None
 
 
 if __name__ == "__main__":

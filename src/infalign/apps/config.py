@@ -164,13 +164,14 @@ def launcher_jobs() -> int | None:
     return hc.launcher.get("n_jobs")
 
 
-def apply_threads(value, key: str = "threads") -> int | None:
+def apply_threads(value, key: str = "threads", torch: bool = True) -> int | None:
     """``threads: auto | null | N`` for an app's process (``infra/threads.py``: auto = usable cores //
-    concurrent jobs), after exporting the joblib launcher's ``n_jobs`` as the concurrent jobs."""
+    concurrent jobs), after exporting the joblib launcher's ``n_jobs`` as the concurrent jobs;
+    ``torch=False``: leave torch alone (not even imported)."""
     from infalign.infra import threads
 
     threads.declare_jobs(launcher_jobs())
-    return threads.set_threads(value, key)
+    return threads.set_threads(value, key, torch=torch)
 
 
 def group_entries(group: str) -> list[str]:

@@ -93,15 +93,18 @@ def resolve_threads(value, key: str = "threads") -> int | None:
     return threads
 
 
-def set_threads(value, key: str = "threads") -> int | None:
-    """Resolve ``value`` (:func:`resolve_threads`) and apply it to torch and the BLAS/OpenMP pools.
-    Returns the count set, or ``None`` when the library defaults were kept."""
+def set_threads(value, key: str = "threads", torch: bool = True) -> int | None:
+    """Resolve ``value`` (:func:`resolve_threads`) and apply it to torch (unless ``torch=False``: a
+    numpy-only process such as ``infalign-analyze``, which must not pay torch's import) and the
+    BLAS/OpenMP pools. Returns the count set, or ``None`` when the library defaults were kept."""
     threads = resolve_threads(value, key)
     if threads is None:
         return None
-    import torch
     from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(threads)
+    if torch:
+        import torch as torch_module
+
+        torch_module.set_num_threads(threads)
     threadpool_limits(limits=threads)
     return threads

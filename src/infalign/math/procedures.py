@@ -35,9 +35,15 @@ if TYPE_CHECKING:
 
 
 def _log_cdf(f: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """log F, accurate for F near 0 (from F) and near 1 (as log1p(-S))."""
+    """log F, accurate for F near 0 (from F) and near 1 (as log1p(-S)); each element takes one
+    logarithm (ufunc ``where=``: the optimal transform's fixed point calls this on [rows, G] arrays)."""
+    f, s = np.asarray(f, np.float64), np.asarray(s, np.float64)
+    low = f < 0.5
+    out = np.empty(np.broadcast_shapes(f.shape, s.shape))
     with np.errstate(divide="ignore"):
-        return np.where(f < 0.5, np.log(f), np.log1p(-s))
+        np.log(f, out=out, where=low)
+        np.log1p(-s, out=out, where=~low)
+    return out
 
 
 STANDARD_WIN_RATE = "standard_win_rate"  # the win rate of one sample vs one reference sample

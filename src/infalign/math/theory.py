@@ -279,18 +279,21 @@ def cdf(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAULT_G
 # ----------------------------------------------------------------------------------------------
 
 
-def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    """(KL, dKL/dlog lam) of ``f ∝ exp(lam * phi)`` per row; the slope is Var_f(lam * phi).
+def _kl_and_slope(phi: np.ndarray, lam: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(KL, dKL/dlog lam, end-node mass) of ``f ∝ exp(lam * phi)`` per row; the slope is
+    Var_f(lam * phi), the end-node mass max(p_first, p_last) of the quadrature weights (what
+    :func:`resolved` checks).
 
     The light-weight part of :class:`Tilted` used inside root finding (no running integrals).
     """
     _, p, log_f, kl = _tilt_stats(phi, 1.0 / np.asarray(lam, np.float64), grid)
+    edge = np.maximum(p[:, 0], p[:, -1])
     np.copyto(log_f, 0.0, where=~(p > 0))
     mean = np.sum(p * log_f, axis=-1, keepdims=True)
     log_f -= mean
     np.square(log_f, out=log_f)
     log_f *= p
-    return kl, log_f.sum(axis=-1)
+    return kl, log_f.sum(axis=-1), edge
 
 
 def phi_range(phi: np.ndarray) -> np.ndarray:
@@ -302,20 +305,28 @@ def phi_range(phi: np.ndarray) -> np.ndarray:
 RESOLUTION_TOL = 1e-4  # |KL(step) - KL(2 step)| / max(1, KL) above this: the grid does not resolve f
 # (halving the step cuts the error >= 4x where f is resolved, so the full-grid KL is then within ~3e-5)
 EDGE_MASS = 1e-10  # quadrature mass on an end node of the z-grid above this: f reaches past the grid
+SCAN_STEP = 4.0  # spacing in x of beta_search's first scan (KL and slope at each point: the Newton start)
 X_LIMIT = 690.0  # |log(range(Phi)/beta)| searched: beta from ~1e-300 to ~1e300 times range(Phi)
 
 
-def resolved(phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
+def resolved(
+    phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID, kl: np.ndarray | None = None,
+    edge: np.ndarray | None = None
+) -> np.ndarray:
     """``[B]`` bool: is ``f ∝ exp(phi/beta)`` resolved by ``grid``?
 
     Two checks: the trapezoid KL on every other node agrees with the full grid (the rule is
     spectrally accurate once f spans several nodes, so the difference bounds the error), and
     no quadrature mass sits on the first or last node (mass beyond ``z_max`` is not represented).
+    ``kl`` and ``edge`` (the full grid's KL and end-node mass, :func:`_kl_and_slope`), when the
+    caller has them, save recomputing them.
     """
     phi = np.atleast_2d(phi)
     beta = np.broadcast_to(np.atleast_1d(np.asarray(beta, np.float64)), (phi.shape[0],))
-    _, p, _, kl = _tilt_stats(phi, beta, grid)
-    ok = (p[:, 0] < EDGE_MASS) & (p[:, -1] < EDGE_MASS)
+    if kl is None or edge is None:
+        _, p, _, kl = _tilt_stats(phi, beta, grid)
+        edge = np.maximum(p[:, 0], p[:, -1])
+    ok = edge < EDGE_MASS
     if (len(grid.z) - 1) % 2 == 0:
         coarse = Grid(grid.z_max, 2 * grid.step)
         kl2 = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, coarse)[3]
@@ -326,6 +337,39 @@ def resolved(phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID) -> np
 # Why a KL budget has no beta (beta_search's status codes).
 REACHED, BEYOND_GRID, BELOW_FLOAT, IMPRECISE = 0, 1, 2, 3
 KL_RTOL_REPORTED = 1e-6  # a beta whose KL misses the budget by more (relative) is not returned
+
+
+def _log_expm1(kl: np.ndarray) -> np.ndarray:
+    """``h(KL) = log(e^KL - 1) = KL + log(1 - e^-KL)``: ~log KL for small KL, ~KL for large. The KL
+    of a tilt is near-linear in h along x = log(range(Phi)/beta) at both ends (KL ~ e^(2x) at large
+    beta, KL ~ x at small beta), which makes h the variable to interpolate and take Newton steps in;
+    dh/dKL = 1 / (1 - e^-KL)."""
+    with np.errstate(divide="ignore"):
+        return kl + np.log(-np.expm1(-kl))
+
+
+def _hermite_inverse(x0, x1, y0, y1, dxdy0, dxdy1, y) -> np.ndarray:
+    """x where y(x), monotone between (x0, y0) and (x1, y1), meets ``y``: the cubic Hermite of x as a
+    function of y with end slopes ``dxdy0``, ``dxdy1``; the chord where a slope is not finite or the
+    cubic leaves [x0, x1]. Elementwise."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        dy = y1 - y0
+        t = np.clip(np.where(np.isfinite((y - y0) / dy), (y - y0) / dy, 0.5), 0, 1)
+        chord = x0 + (x1 - x0) * t
+        t2, t3 = t * t, t * t * t
+        cubic = ((2 * t3 - 3 * t2 + 1) * x0 + (t3 - 2 * t2 + t) * dxdy0 * dy + (-2 * t3 + 3 * t2) * x1
+                 + (t3 - t2) * dxdy1 * dy)
+    inside = (cubic >= np.minimum(x0, x1)) & (cubic <= np.maximum(x0, x1))
+    return np.where(np.isfinite(cubic) & inside, cubic, chord)
+
+
+def _scan_start(lo, hi, klo, khi, slo, shi, budgets) -> np.ndarray:
+    """Newton's start in a bracket ``[lo, hi]`` of x: where h = :func:`_log_expm1` (KL), interpolated
+    by a cubic Hermite in x as a function of h (:func:`_hermite_inverse`; ends' slopes
+    dx/dh = (1 - e^-KL) / (dKL/dx), ``NaN`` where unknown), meets the budget's h."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _hermite_inverse(lo, hi, _log_expm1(klo), _log_expm1(khi), -np.expm1(-klo) / slo,
+                                -np.expm1(-khi) / shi, _log_expm1(budgets))
 
 
 def beta_search(
@@ -344,7 +388,7 @@ def beta_search(
     KL increases with x = log(range(Phi)/beta) (slope ``Var_f(Phi/beta)`` >= 0), from 0 at
     beta -> inf to +inf at beta -> 0 for every non-constant bounded Phi (f concentrates on the
     maximiser). So the bracket is widened until it holds the budget -- there is no fixed range --
-    and then safeguarded Newton steps in x (bisection when they leave the bracket) hit it. The
+    and then safeguarded Newton steps on h(KL) = log(e^KL - 1) in x (bisection when they leave the bracket) hit it. The
     only limits are numerical: the z-grid must resolve the tilted policy (:func:`resolved`),
     else status BEYOND_GRID; and beta must stay inside float64 (``|x| <= X_LIMIT``), else
     BELOW_FLOAT (a budget under ~1e-300 nats) or BEYOND_GRID.
@@ -364,13 +408,14 @@ def beta_search(
     def kl_at(r: np.ndarray, x: np.ndarray) -> np.ndarray:
         return _tilt_stats(phis[rows[r]], 1.0 / (np.exp(x) / scale[r]), grid)[3]
 
-    xs = np.arange(-8.0, 41.0, 8.0)  # beta from e^8 to e^-40 times range(Phi), then widened
-    coarse = np.stack([_tilt_stats(phis, 1.0 / (np.exp(np.full(len(phis), x)) / phi_scale), grid)[3] for x in xs],
-                      axis=1)[rows]  # once per row of phi
+    xs = np.arange(-8.0, 41.0, SCAN_STEP)  # beta from e^8 to e^-40 times range(Phi), then widened
+    scan = [_kl_and_slope(phis, np.exp(np.full(len(phis), x)) / phi_scale, grid)[:2] for x in xs]  # once per row
+    coarse, coarse_slope = (np.stack(v, axis=1)[rows] for v in zip(*scan))
     idx = np.clip((coarse < budgets[:, None]).sum(axis=1), 1, len(xs) - 1)
     rows_b = np.arange(len(budgets))
     lo, hi = xs[idx - 1].copy(), xs[idx].copy()
     klo, khi = coarse[rows_b, idx - 1].copy(), coarse[rows_b, idx].copy()
+    slo, shi = coarse_slope[rows_b, idx - 1].copy(), coarse_slope[rows_b, idx].copy()
     width = np.full(len(budgets), 8.0)
     while True:  # widen upwards (smaller beta) while the budget is above the bracket
         up = np.flatnonzero((khi < budgets) & (hi < X_LIMIT))
@@ -380,6 +425,7 @@ def beta_search(
         hi[up] = np.minimum(hi[up] + width[up], X_LIMIT)
         width[up] *= 2
         khi[up] = kl_at(up, hi[up])
+        slo[up] = shi[up] = np.nan
     width[:] = 8.0
     while True:  # and downwards (larger beta) while it is below
         down = np.flatnonzero((klo > budgets) & (lo > -X_LIMIT))
@@ -389,29 +435,40 @@ def beta_search(
         lo[down] = np.maximum(lo[down] - width[down], -X_LIMIT)
         width[down] *= 2
         klo[down] = kl_at(down, lo[down])
+        slo[down] = shi[down] = np.nan
     reachable = (klo <= budgets) & (khi >= budgets)
-    x = lo + (hi - lo) * np.clip((budgets - klo) / np.maximum(khi - klo, 1e-300), 0, 1)
+    x = _scan_start(lo, hi, klo, khi, slo, shi, budgets)
     active = reachable.copy()
+    final_kl, final_edge = np.full(len(budgets), np.nan), np.full(len(budgets), np.nan)  # at x where done
+    best_x, best_err = x.copy(), np.full(len(budgets), np.inf)  # the closest x seen, for a stalled row
     for _ in range(max_iter):
         if not active.any():
             break
-        kl, slope = _kl_and_slope(phis[rows[active]], np.exp(x[active]) / scale[active], grid)
+        kl, slope, edge = _kl_and_slope(phis[rows[active]], np.exp(x[active]) / scale[active], grid)
         err = kl - budgets[active]
         done = np.abs(err) <= tol * budgets[active]
+        at = np.flatnonzero(active)
+        final_kl[at[done]], final_edge[at[done]] = kl[done], edge[done]
+        closer = np.abs(err) < best_err[at]
+        best_x[at[closer]], best_err[at[closer]] = x[at[closer]], np.abs(err[closer])
         xa, la, ha = x[active], lo[active], hi[active]
         la, ha = np.where(err < 0, xa, la), np.where(err > 0, xa, ha)
-        step = xa - err / np.maximum(slope, 1e-300)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # KL = 0: NaN step, bisect
+            step = xa - (_log_expm1(kl) - _log_expm1(budgets[active])) * -np.expm1(-kl) / np.maximum(slope, 1e-300)
         xa = np.where(done, xa, np.where((step > la) & (step < ha), step, 0.5 * (la + ha)))
         x[active], lo[active], hi[active] = xa, la, ha
         active[np.flatnonzero(active)[done]] = False
-    beta = scale * np.exp(-x)
+    x = np.where(active, best_x, x)  # Newton stalled on rounding noise (budgets below ~1e-16 nats): the
+    beta = scale * np.exp(-x)        # closest point it saw, reported only if within KL_RTOL_REPORTED
     status = np.where(reachable, REACHED, np.where(klo > budgets, BELOW_FLOAT, BEYOND_GRID))
-    if active.any():  # Newton stalled on rounding noise (budgets below ~1e-16 nats)
+    if active.any():
         miss = np.abs(kl_at(rows_b, x) - budgets) > KL_RTOL_REPORTED * budgets
         status[active & miss] = IMPRECISE
     if reachable.any():
         ok = np.flatnonzero(reachable)
-        status[ok[~resolved(phis[rows[ok]], beta[ok], grid)]] = BEYOND_GRID
+        have = np.isfinite(final_kl[ok]).all()  # every Newton row ended on a converged evaluation
+        status[ok[~resolved(phis[rows[ok]], beta[ok], grid, final_kl[ok] if have else None,
+                            final_edge[ok] if have else None)]] = BEYOND_GRID
     return np.where(status == REACHED, beta, np.nan), status
 
 
@@ -518,6 +575,13 @@ def frontier(
 ) -> Frontier:
     """Win rate of the tilted policy ``pi ∝ pi_ref exp(Phi/beta)`` at each KL budget."""
     return _frontier_from_phi(transform.label, phi_table(transform, grid), procedure, _check_budgets(kl_budgets), grid)
+
+
+def frontiers(
+    transforms: Sequence[Transform], procedure: Procedure, kl_budgets: Sequence[float], grid: Grid = DEFAULT_GRID
+) -> list[Frontier]:
+    """:func:`frontier` of each transform (one call: what a helper process is handed, by reference)."""
+    return [frontier(tr, procedure, kl_budgets, grid) for tr in transforms]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -661,8 +725,12 @@ def _fixed_point_map(procedure: Procedure, phi: np.ndarray, beta: np.ndarray, gr
     return tilted, new_phi, integrand
 
 
-def _newton_step(residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, grid: Grid) -> np.ndarray:
-    """Newton step delta for ``R(phi) = T(phi) - phi = 0``, one row at a time.
+def _newton_step(
+    residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, grid: Grid, extra: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Newton step delta for ``R(phi) = T(phi) - phi = 0``, one row at a time; with ``extra``
+    (``[k, rows, G]``) also the solutions of ``(I - J) x = extra_j`` (J the same linearised dT/dphi)
+    from the same factorisation. Returns (delta, those solutions or None).
 
     Linearised with trapezoid cells (the map itself uses 4th-order cells, so this is a
     quasi-Newton step converging linearly at rate ~step^2): with e = f du/dz, L = running
@@ -674,11 +742,38 @@ def _newton_step(residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, g
     with dF = dL - F dL_end and q = G''(F) g du/dz. Unknowns interleaved (delta_i, dL_i) give a
     banded system of half-bandwidth 2; the one non-local unknown dL_end is eliminated by
     solving for two right-hand sides.
+
+    Where h/2 e and h/2 |q| are below ``NEWTON_TAIL`` on every row (the z-grid's tails, often more
+    than half of it) the equations decouple: dL stays 0 on the left and delta - R stays 0 on the
+    right, so the system is solved on the window between the tails (its first node's dL = 0, its
+    last node's delta = R, as at the grid's ends) and extended by delta - R constant to the left,
+    delta = R to the right. The terms dropped are below 1e-18 against entries of 1: the step is
+    the same to rounding.
     """
+    h, n = grid.step, residual.shape[1]
+    e, q = tilted.density_z / tilted.beta[:, None], dintegrand
+    rights = [residual] if extra is None else [residual, *extra]  # residual-like right-hand sides
+    big = np.flatnonzero(((h / 2 * e > NEWTON_TAIL) | (h / 2 * np.abs(q) > NEWTON_TAIL)).any(axis=0))
+    lo, hi = (max(int(big[0]) - 1, 0), min(int(big[-1]) + 1, n - 1)) if big.size else (0, n - 1)
+    win = slice(lo, hi + 1)
+    inside = _newton_banded(e[:, win], q[:, win], tilted.cdf[:, win], [r[:, win] for r in rights], h)
+    out = []
+    for r, x in zip(rights, inside):
+        full = r.copy()  # right of the window: delta = R
+        full[:, win] = x
+        full[:, :lo] += (x[:, :1] - r[:, lo:lo + 1])  # left of it: delta - R = its value at the window's start
+        out.append(full)
+    return out[0], (np.stack(out[1:]) if extra is not None else None)
+
+
+NEWTON_TAIL = 1e-18  # h/2 e and h/2 |q| below this on every row: the Newton system decouples there
+
+
+def _newton_banded(e: np.ndarray, q: np.ndarray, f: np.ndarray, rights: list[np.ndarray], h: float) -> list[np.ndarray]:
+    """The banded solve of :func:`_newton_step` on ``[rows, n]`` nodes, one solution per right-hand side."""
     from scipy.linalg import lapack
 
-    h, (rows, n) = grid.step, residual.shape
-    e, q, f, res = tilted.density_z / tilted.beta[:, None], dintegrand, tilted.cdf, residual
+    rows, n = e.shape
     # LAPACK band storage (gbsv, kl = ku = 2): matrix entry (r, c) at band[c, 4 + r - c]; rows 0-1 of
     # each column are gbsv's room for fill-in. band is [rows, 2n, 7] so that, flattened over the
     # (decoupled) rows, its transpose is the Fortran-ordered [7, rows * 2n] array gbsv works in.
@@ -691,20 +786,21 @@ def _newton_step(residual: np.ndarray, tilted: Tilted, dintegrand: np.ndarray, g
     band[:, 2::2, 3] = -1.0  # - delta_{i+1}
     band[:, 1:-1:2, 4] = h / 2 * q[:, :-1]  # + h/2 q_i dL_i
     band[:, 3::2, 2] = h / 2 * q[:, 1:]  # + h/2 q_{i+1} dL_{i+1}
-    rhs = np.zeros((2, rows, 2 * n))
-    rhs[0, :, 1:-1:2] = res[:, :-1] - res[:, 1:]
-    rhs[1, :, 1:-1:2] = h / 2 * (q[:, :-1] * f[:, :-1] + q[:, 1:] * f[:, 1:])  # coefficient of dL_end
-    rhs[0, :, -1] = res[:, -1]
+    rhs = np.zeros((len(rights) + 1, rows, 2 * n))
+    rhs[-1, :, 1:-1:2] = h / 2 * (q[:, :-1] * f[:, :-1] + q[:, 1:] * f[:, 1:])  # coefficient of dL_end
+    for j, r in enumerate(rights):
+        rhs[j, :, 1:-1:2] = r[:, :-1] - r[:, 1:]
+        rhs[j, :, -1] = r[:, -1]
     # the rows' systems are decoupled: stacked block-diagonally they form one banded system
-    _, _, x, info = lapack.dgbsv(2, 2, band.reshape(rows * 2 * n, 7).T, rhs.reshape(2, rows * 2 * n).T,
+    _, _, x, info = lapack.dgbsv(2, 2, band.reshape(rows * 2 * n, 7).T, rhs.reshape(len(rhs), rows * 2 * n).T,
                                  overwrite_ab=1, overwrite_b=1)
     if info > 0:
         raise np.linalg.LinAlgError("singular matrix")
     if info < 0:
         raise ValueError(f"illegal value in argument {-info} of gbsv")
-    sol = x.T.reshape(2, rows, 2 * n)
-    d_end = sol[0, :, -1] / (1.0 - sol[1, :, -1])
-    return (sol[0] + d_end[:, None] * sol[1])[:, 0::2]
+    sol = x.T.reshape(len(rhs), rows, 2 * n)
+    d_end = sol[:-1, :, -1] / (1.0 - sol[-1, :, -1])  # dL_end of each right-hand side
+    return list((sol[:-1] + d_end[:, :, None] * sol[-1])[:, :, 0::2])
 
 
 MAX_LOG_DENSITY_STEP = 2.0  # Newton steps are shortened so log f moves by at most this much
@@ -718,6 +814,7 @@ def _optimal_phi(
     max_iter: int = 80,
     phi0: np.ndarray | None = None,
     fallback: np.ndarray | None = None,
+    tangent: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """Solve ``Phi = ∫_0^u G'(F_Phi(v)) g(v) dv`` for each beta (rows); return (phi, iters, tv).
 
@@ -729,6 +826,12 @@ def _optimal_phi(
     somewhere, if only where f is negligible) restarts from its row of ``fallback`` instead.
     Convergence: total-variation distance between f and f_new = f_T(Phi) below ``tol``; rows
     that do not get there return their TV (callers report them as not converged).
+
+    ``tangent`` (``[rows, G]``, filled in place for every row that takes a Newton step): w with
+    ``(I - J) w = -phi`` at the row's last stepped iterate, from the step's own factorisation.
+    Differentiating Phi = T(Phi) (T depends on Phi/beta only) in log beta gives
+    ``dPhi*/dlog beta = Phi* + w``, i.e. ``d(Phi*/beta)/dlog beta = w / beta``: the optimal
+    frontier's first-order predictor and exact KL slope (:func:`_tangent_kl_slope`).
     """
     _, _, s, *_ = grid.arrays
     w = grid.arrays[6]
@@ -745,10 +848,14 @@ def _optimal_phi(
         phi[active[done]] = new_phi[done]
         keep = ~done
         if keep.any():
+            rows = active[keep]
             try:
-                step = _newton_step(new_phi[keep] - phi[active[keep]], tilted.subset(keep), dintegrand[keep], grid)
+                step, tan = _newton_step(new_phi[keep] - phi[rows], tilted.subset(keep), dintegrand[keep], grid,
+                                         None if tangent is None else -phi[rows][None])
             except np.linalg.LinAlgError:  # a singular linearisation: stop, report these rows unconverged
                 return phi, it, tv
+            if tangent is not None:
+                tangent[rows] = tan[0]
             move = np.max(np.abs(step - step[:, -1:]), axis=-1) / b[keep]
             shrink = np.minimum(1.0, MAX_LOG_DENSITY_STEP / np.maximum(move, 1e-300))
             phi[active[keep]] += shrink[:, None] * step
@@ -797,6 +904,21 @@ OPTIMAL_TV_TOL = 1e-8  # fixed-point TV above this: the optimal point is reporte
 LADDER_STEP = math.log(10.0) / 2  # the optimal frontier's coarse beta ladder: half a decade per step
 
 
+def _tangent_log_kl_slope(phi: np.ndarray, tangent: np.ndarray, beta: np.ndarray, grid: Grid):
+    """(KL, d log KL / d log beta) of optimal solutions ``phi`` at ``beta`` with their tangents w
+    (:func:`_optimal_phi`): with P = Phi*/beta, d log f = dP - E_f[dP] and E_f[d log f] = 0, so
+
+        dKL/dlog beta = E_f[log f  d log f / dlog beta] = Cov_f(P, w / beta) = Cov_f(Phi*, w) / beta^2
+
+    (NaN where a row has no tangent)."""
+    _, p, _, kl = _tilt_stats(phi, beta, grid)
+    with np.errstate(invalid="ignore"):
+        dphi = phi - np.einsum("bg,bg->b", p, phi)[:, None]
+        dw = tangent - np.einsum("bg,bg->b", p, tangent)[:, None]
+        cov = np.einsum("bg,bg->b", p * dphi, dw)
+        return kl, cov / beta**2 / np.maximum(kl, 1e-300)
+
+
 def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid):
     """Optimal solutions on a log-beta ladder spanning KL from below ``kl_lo`` to above ``kl_hi``.
 
@@ -804,41 +926,67 @@ def _optimal_ladder(procedure: Procedure, kl_lo: float, kl_hi: float, grid: Grid
     time, each solve warm-started from the previous one's log density (its Phi scaled by the ratio
     of betas; its Phi itself where that start is far off), until the KL passes ``kl_hi``, the
     z-grid stops resolving the policy, or a solve fails; walks up first if ``kl_lo`` is smaller.
-    Returns (log betas, KLs, phis, ok) sorted by decreasing beta.
+    Returns (log betas, KLs, phis, tangents) sorted by decreasing beta (tangents: w of
+    :func:`_optimal_phi`, NaN for a rung that took no Newton step).
     """
-    lbs, kls, phis = [], [], []
+    lbs, phis, tans = [], [], []
+
+    def solve(lb: float, near: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        tan = np.full((1, len(grid.z)), np.nan)
+        start = None
+        if near is not None:  # the neighbour moved along its tangent (first order), else its log density
+            d = lb - lbs[near]
+            start = math.exp(d) * (phis[near] + d * tans[near] if np.isfinite(tans[near]).all() else phis[near])
+        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=start,
+                                  fallback=None if near is None else phis[near][None], tangent=tan)
+        return phi, tv, tan
+
     lb = math.log(10.0 * max(procedure.n, 1))
-    phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid)
-    lbs.append(lb), kls.append(Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.append(phi[0])
-    while kls[0] > kl_lo and lbs[0] < 690:  # upwards: smaller KL
+    phi, tv, tan = solve(lb, None)
+    lbs.append(lb), phis.append(phi[0]), tans.append(tan[0])
+    kl_first = kl_last = Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]
+    while kl_first > kl_lo and lbs[0] < 690:  # upwards: smaller KL
         lb = lbs[0] + 2 * LADDER_STEP
-        phi, _, tv = _optimal_phi(procedure, np.array([math.exp(lb)]), grid, phi0=phis[0] * math.exp(lb - lbs[0]),
-                                  fallback=phis[0][None])
-        lbs.insert(0, lb), kls.insert(0, Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]), phis.insert(0, phi[0])
-    while kls[-1] < kl_hi and lbs[-1] > -690:  # downwards: larger KL
+        phi, tv, tan = solve(lb, 0)
+        lbs.insert(0, lb), phis.insert(0, phi[0]), tans.insert(0, tan[0])
+        kl_first = Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]
+    while kl_last < kl_hi and lbs[-1] > -690:  # downwards: larger KL
         lb = lbs[-1] - LADDER_STEP
-        beta = np.array([math.exp(lb)])
-        phi, _, tv = _optimal_phi(procedure, beta, grid, phi0=phis[-1] * math.exp(lb - lbs[-1]),
-                                  fallback=phis[-1][None])
-        if tv[0] > OPTIMAL_TV_TOL or not resolved(phi, beta, grid)[0]:
+        phi, tv, tan = solve(lb, -1)
+        if tv[0] > OPTIMAL_TV_TOL or not resolved(phi, np.array([math.exp(lb)]), grid)[0]:
             break
-        lbs.append(lb), kls.append(Tilted(phi, beta, grid).kl[0]), phis.append(phi[0])
-    return np.array(lbs), np.array(kls), np.stack(phis)
+        lbs.append(lb), phis.append(phi[0]), tans.append(tan[0])
+        kl_last = Tilted(phi, np.array([math.exp(lb)]), grid).kl[0]
+    lbs, phis, tans = np.array(lbs), np.stack(phis), np.stack(tans)
+    kls = Tilted(phis, np.exp(lbs), grid).kl
+    return lbs, kls, phis, tans
 
 
-def _ladder_start(lbs: np.ndarray, phis: np.ndarray, lb: np.ndarray) -> np.ndarray:
+def _ladder_start(lbs: np.ndarray, phis: np.ndarray, lb: np.ndarray, tangents: np.ndarray | None = None) -> np.ndarray:
     """Warm starts ``[len(lb), G]`` at log betas ``lb`` from the ladder (``lbs`` decreasing): the
-    log densities Phi/beta of the two neighbouring rungs, interpolated linearly in log beta,
+    log densities P = Phi/beta of the two neighbouring rungs, interpolated linearly in log beta,
 
-        Phi_0 = beta ((1 - w) Phi_k / beta_k + w Phi_{k+1} / beta_{k+1}),   w = (lb - lb_k) / (lb_{k+1} - lb_k).
+        Phi_0 = beta ((1 - w) Phi_k / beta_k + w Phi_{k+1} / beta_{k+1}),   w = (lb - lb_k) / (lb_{k+1} - lb_k),
 
-    Closer to Phi*(beta) in TV than either rung, since the policy, not Phi, varies slowly with beta."""
+    or, with the rungs' ``tangents`` (w_k of :func:`_optimal_phi`: dP/dlog beta = w_k / beta_k), by
+    the cubic Hermite in log beta through (P_k, w_k / beta_k) and (P_{k+1}, w_{k+1} / beta_{k+1})
+    where both tangents are finite. Closer to Phi*(beta) in TV than either rung, since the policy,
+    not Phi, varies slowly with beta."""
     if len(lbs) == 1:
         return phis[0] * np.exp(lb - lbs[0])[:, None]
     k = np.clip(np.searchsorted(-lbs, -lb, side="right") - 1, 0, len(lbs) - 2)
     w = np.clip((lb - lbs[k]) / (lbs[k + 1] - lbs[k]), 0.0, 1.0)[:, None]
     beta = np.exp(lbs)[:, None]
-    return np.exp(lb)[:, None] * ((1.0 - w) * phis[k] / beta[k] + w * phis[k + 1] / beta[k + 1])
+    p0, p1 = phis[k] / beta[k], phis[k + 1] / beta[k + 1]
+    out = (1.0 - w) * p0 + w * p1
+    if tangents is not None:
+        span = (lbs[k + 1] - lbs[k])[:, None]
+        d0, d1 = tangents[k] / beta[k] * span, tangents[k + 1] / beta[k + 1] * span  # dP/dw at the rungs
+        both = np.isfinite(d0).all(axis=1) & np.isfinite(d1).all(axis=1)
+        w2, w3 = w * w, w * w * w
+        cubic = (2 * w3 - 3 * w2 + 1) * p0 + (w3 - 2 * w2 + w) * d0 + (-2 * w3 + 3 * w2) * p1 + (w3 - w2) * d1
+        out[both] = cubic[both]
+    return np.exp(lb)[:, None] * out
 
 
 def optimal_frontier(
@@ -847,16 +995,18 @@ def optimal_frontier(
     """Win rate of the optimal transform at each KL budget (each budget has its own beta and Phi*).
 
     The optimal policy's KL increases with 1/beta. A ladder of warm-started Newton solves
-    (:func:`_optimal_ladder`) brackets the budgets; each budget then starts at the log beta
-    where log KL, interpolated along the ladder, meets it (log KL is near-linear in log beta),
-    from the ladder's log densities interpolated there (:func:`_ladder_start`), and takes secant
-    steps on log KL in log beta (batched Newton solves, each starting from the previous step's
-    log density) until its KL is within ``tol`` (relative) of the budget. A point is
+    (:func:`_optimal_ladder`, each with its tangent d(Phi*/beta)/dlog beta) brackets the budgets;
+    each budget then starts at the log beta where log KL, a cubic Hermite in log beta between
+    the two rungs around it (their slopes from the tangents, :func:`_tangent_log_kl_slope`),
+    meets it, from the rungs' log densities interpolated there (:func:`_ladder_start`), and takes
+    Newton steps on log KL in log beta (slope from the tangent; secant or the ladder's where a
+    row has none), each a batched Newton solve started from the previous solution moved along
+    its tangent, until its KL is within ``tol`` (relative) of the budget. A point is
     ``converged`` only if the fixed point's TV is below ``OPTIMAL_TV_TOL`` and its KL within
     1e-6 (relative) of the budget; budgets past the largest KL the z-grid resolves are unreachable.
     """
     budgets = _check_budgets(kl_budgets)
-    lbs, kls, phis = _optimal_ladder(procedure, float(budgets.min()), float(budgets.max()), grid)
+    lbs, kls, phis, tans = _optimal_ladder(procedure, float(budgets.min()), float(budgets.max()), grid)
     reachable = (budgets >= kls[0]) & (budgets <= kls[-1])
     ok = np.flatnonzero(reachable)
     nb = len(budgets)
@@ -865,28 +1015,40 @@ def optimal_frontier(
     if ok.size:
         target = budgets[ok]
         log_kls = np.log(np.maximum(kls, 1e-300))  # KL ~ a power of beta: log KL is near-linear in log beta
+        exact = _tangent_log_kl_slope(phis, tans, np.exp(lbs), grid)[1]  # d log KL / d log beta at the rungs
+        slope_ladder = np.gradient(log_kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)
+        slope_ladder = np.where(exact < 0, exact, slope_ladder)
         lb = np.interp(np.log(target), log_kls, lbs)  # kls increasing along the ladder
-        phi, fallback = _ladder_start(lbs, phis, lb), phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)]
-        slope_ladder = np.gradient(log_kls, lbs) if len(lbs) > 1 else np.full(1, -1.0)  # d log KL / d log beta
+        if len(lbs) > 1:  # the cubic through the two rungs around each budget, with their slopes
+            k = np.clip(np.searchsorted(log_kls, np.log(target)) - 1, 0, len(lbs) - 2)
+            lb = _hermite_inverse(lbs[k], lbs[k + 1], log_kls[k], log_kls[k + 1], 1 / slope_ladder[k],
+                                  1 / slope_ladder[k + 1], np.log(target))
+        phi, fallback = _ladder_start(lbs, phis, lb, tans), phis[np.abs(lbs[None, :] - lb[:, None]).argmin(axis=1)]
         prev_lb, prev_kl = np.full(len(ok), np.nan), np.full(len(ok), np.nan)  # prev_kl: log KL
         tv, cur_kl = np.full(len(ok), np.inf), np.full(len(ok), np.nan)
+        tangent = np.full(phi.shape, np.nan)  # w of each row (_optimal_phi), from its latest Newton step
         todo = np.arange(len(ok))
         loose = np.ones(len(ok), bool)  # inexact Newton: TV 1e-7 while the KL is far from its budget
-        for _ in range(30):  # secant steps in log beta, each a warm-started batched solve
+        for _ in range(30):  # Newton (or secant) steps in log beta, each a warm-started batched solve
             if todo.size == 0:
                 break
             tols = np.where(loose[todo], 1e-7, 1e-10)
-            moved = todo[np.isfinite(prev_lb[todo])]  # start from the last solution's log density
+            moved = todo[np.isfinite(prev_lb[todo])]  # start from the last solution, moved along its tangent
             fallback[moved] = phi[moved]
-            phi[moved] *= np.exp(lb[moved] - prev_lb[moved])[:, None]
+            d = (lb[moved] - prev_lb[moved])[:, None]
+            w = tangent[moved]
+            phi[moved] = np.exp(d) * np.where(np.isfinite(w).all(axis=1, keepdims=True), phi[moved] + d * w, phi[moved])
+            tan = tangent[todo]
             phi[todo], _, tv[todo] = _optimal_phi(procedure, np.exp(lb[todo]), grid, tol=tols, phi0=phi[todo],
-                                                  fallback=fallback[todo])
-            cur_kl[todo] = Tilted(phi[todo], np.exp(lb[todo]), grid).kl
+                                                  fallback=fallback[todo], tangent=tan)
+            tangent[todo] = tan
+            cur_kl[todo], exact = _tangent_log_kl_slope(phi[todo], tan, np.exp(lb[todo]), grid)
             log_kl = np.log(np.maximum(cur_kl[todo], 1e-300))
             err = log_kl - np.log(target[todo])
             dlb = lb[todo] - prev_lb[todo]
             secant = (log_kl - prev_kl[todo]) / np.where(np.abs(dlb) > 1e-12, dlb, np.nan)
-            slope = np.where(secant < 0, secant, np.interp(lb[todo], lbs[::-1], slope_ladder[::-1]))
+            slope = np.where(exact < 0, exact,
+                             np.where(secant < 0, secant, np.interp(lb[todo], lbs[::-1], slope_ladder[::-1])))
             prev_lb[todo], prev_kl[todo] = lb[todo], log_kl
             off = np.abs(cur_kl[todo] - target[todo]) > tol * target[todo]
             unfinished = (off | loose[todo]) & (tv[todo] < 1e-6)  # rows whose solve failed stop here

@@ -60,11 +60,14 @@ import hashlib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from infalign.errors import require
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading the toy defaults (every app's
+    import torch  # config, infalign.toy.defaults) must not load it
 
 SEP = "->"
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -309,6 +312,8 @@ class ToyWorld:
     # ------------------------------------------------------------------ quality and gold reward
     def quality(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """``q(x, y)`` of the module docstring, float32 ``[B]``."""
+        import torch
+
         _check_lengths(prompts, responses)
         n_min = self.response_len[0]
         out = np.zeros(len(prompts), dtype=np.float64)
@@ -329,6 +334,8 @@ class ToyWorld:
 
     def spurious_feature(self, responses: list[str]) -> torch.Tensor:
         """``f(y) = min(n, n_max) / n_max`` (the length labelers over-rate), float64 ``[B]``."""
+        import torch
+
         n_max = self.response_len[1]
         return torch.tensor([min(len(y.split()), n_max) / n_max for y in responses], dtype=torch.float64)
 
@@ -340,6 +347,8 @@ class ToyWorld:
         return self._scaled(prompts, q).float()
 
     def _scaled(self, prompts: list[str], q: torch.Tensor) -> torch.Tensor:
+        import torch
+
         ab = torch.tensor(
             [(p.scale, p.offset) for p in map(self.params, prompts)], dtype=torch.float64
         ).reshape(-1, 2)
@@ -396,6 +405,8 @@ def make_preference_pairs(
     """Bradley-Terry labels from the labelers' reward: ``a`` is chosen with probability
     ``sigmoid(r_label(x, a) - r_label(x, b))``, so the label noise depends on the per-prompt
     scale ``a_x``; ``gold_margin`` is the gold reward's margin (labels may disagree with it)."""
+    import torch
+
     _check_lengths(prompts, responses_a)
     _check_lengths(prompts, responses_b)
     ra = world.gold_reward(prompts, responses_a)

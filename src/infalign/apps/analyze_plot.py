@@ -1,0 +1,88 @@
+"""``infalign-analyze``'s plot, ``frontier.png``: in a module of its own so the helper process
+(infra/background.py) finds ``plot_frontiers`` by its import path even when ``infalign.apps.analyze``
+runs as ``__main__`` (``python -m``, a joblib launcher's worker)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+PLOT_SCALES = ("auto", "linear", "logodds")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+def _separation(frontiers: list, key: str, scale: str) -> float:
+    """Median over KL budgets of the spread between curves, as a fraction of the y axis span."""
+    ys = np.array([np.where(f.valid, getattr(f, key), np.nan) for f in frontiers])
+    ys = _logit(np.clip(ys, 1e-12, 1 - 1e-12)) if scale == "logodds" else ys
+    span = np.nanmax(ys) - np.nanmin(ys) if np.isfinite(ys).any() else 0.0
+    spread = np.nanmax(ys, axis=0) - np.nanmin(ys, axis=0) if np.isfinite(ys).any() else np.zeros(1)
+    return float(np.nanmedian(spread) / span) if span > 0 else 0.0
+
+
+def choose_scale(frontiers: list, requested: str = "auto") -> str:
+    """``linear`` or ``logodds`` y axis: the requested one, or (``auto``) the one whose curves
+    are further apart (win rates crowd against 1 on a linear axis, where 0.93 vs 0.95 matters)."""
+    if requested != "auto":
+        return requested
+    return max(("linear", "logodds"), key=lambda sc: _separation(frontiers, "win_rate", sc))
+
+
+def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple[float, float] | None = None,
+                   scale: str = "auto") -> str:
+    """Two panels, inference-time and standard win rate vs the KL *achieved*, one line per transform.
+
+    The optimal frontier is black dashed, identity a thick dotted line drawn on top (it is often
+    under the others); points a transform cannot reach or where the optimal solve did not
+    converge are crosses at their KL budget on the bottom edge, never part of a line. ``scale``:
+    ``linear``, ``logodds`` (y = log(w / (1 - w)), ticks labelled in win rate) or ``auto``.
+    Returns the scale used.
+    """
+    from infalign.infra.plotting import figure, save_png
+
+    scale = choose_scale(frontiers, scale)
+    fig = figure(figsize=(12, 4.8))
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, key, title in ((axes[0], "win_rate", f"{procedure} win rate"),
+                           (axes[1], "standard_win_rate", "standard win rate")):
+        for f in frontiers:
+            ok = f.valid
+            if f.transform.startswith("optimal"):
+                style = dict(color="black", ls="--", lw=2, zorder=3)
+            elif f.transform == "identity":
+                style = dict(color="dimgray", ls=":", lw=3, zorder=4)
+            else:
+                style = dict(lw=1.5, zorder=2)
+            y = getattr(f, key)[ok]
+            (line,) = ax.plot(f.kl[ok], _logit(y) if scale == "logodds" else y, label=f.transform, **style)
+            bad = ~ok
+            if bad.any():
+                ax.plot(f.kl_budget[bad], np.zeros(bad.sum()), ls="none", marker="x", ms=7, color=line.get_color(),
+                        transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+        if bon_point is not None and key == "win_rate":
+            by = _logit(np.array(bon_point[1])) if scale == "logodds" else bon_point[1]
+            ax.plot(bon_point[0], by, marker="*", ms=14, color="crimson", ls="none", label="best-of-N policy", zorder=6)
+        if scale == "logodds":
+            ticks = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, *(1 - 10.0 ** -np.arange(3, 13))])
+            labels = [f"{t:g}" if t <= 0.99 else f"1-1e-{k}" if k > 4 else f"{t:.{k}f}"
+                      for t, k in zip(ticks, [0] * 8 + list(range(3, 13)))]
+            lo, hi = ax.get_ylim()
+            keep = (_logit(ticks) >= lo) & (_logit(ticks) <= hi)
+            if keep.sum() > 10:  # thin out: at most ~10 labelled ticks
+                keep &= np.isin(np.arange(len(ticks)), np.flatnonzero(keep)[:: int(math.ceil(keep.sum() / 10))])
+            ax.set_yticks(_logit(ticks[keep]), [lab for lab, k in zip(labels, keep) if k])
+        ax.set_xlabel("KL(pi || pi_ref) achieved [nats]")
+        ax.set_ylabel(title + (" (log-odds axis)" if scale == "logodds" else ""))
+        ax.set_title(title + " vs KL (calibrated-space theory)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if any((~f.valid).any() for f in frontiers):
+        fig.suptitle("x on the bottom edge: KL budget unreachable or not converged (reason in curves.csv)", fontsize=9)
+    save_png(fig, path)
+    return scale
