@@ -101,7 +101,7 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
             self.last = {"rollout_s": rollout_s, "rows": int(rows), "tokens": float(roll.response_mask.sum()),
                          "threads": torch.get_num_threads(),
                          "flops": step_flops(setup, int(rows), int(prompt_len), int(roll.response_ids.shape[1]),
-                                             scorer.width)}
+                                             scorer.width, prefill_rows=int(rows) // bench.group)}
             return out
 
         def manual_backward(self, loss, *args, **kwargs) -> None:
@@ -152,7 +152,8 @@ def reward_width(setup: ToySetup, prompts: list[str], responses: list[str]) -> i
 def step_flops(setup: ToySetup, rows: int, prompt_len: int, response_len: int, reward_width: int,
                prefill_rows: int | None = None) -> dict[str, float]:
     """Model FLOPs (``bench/flops.py``) of each phase of one RL step with these shapes: sampling
-    ``response_len`` tokens for ``rows`` rows (prefill over ``prefill_rows``, default ``rows``), scoring
+    ``response_len`` tokens for ``rows`` rows (prefill over ``prefill_rows``: the distinct prompts, the
+    work the model needs, also for an implementation that prefills every sample's copy), scoring
     inputs of width ``reward_width``, the reference and policy log-prob forwards, and the backward
     (2x the policy forward). ``old_logprobs`` is TRL's extra no-grad policy forward."""
     policy, reward = model_cost(setup.reference), model_cost(setup.reward_model)

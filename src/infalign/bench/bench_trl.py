@@ -99,7 +99,7 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
             prompts, completions, response_len = counts.pop("batch")
             prompt_len = max(len(ids) for ids in setup.tokenizer(prompts)["input_ids"])
             flops = step_flops(setup, len(completions), prompt_len, response_len,
-                               reward_width(setup, prompts, completions))
+                               reward_width(setup, prompts, completions), prefill_rows=len(set(prompts)))
             self.records.append({"step_s": step_s, **counts, "phases": clock.take(step_s), "flops": flops})
 
     timer = StepTimer()
