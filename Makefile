@@ -37,11 +37,16 @@ demo: setup          ## the default job: infalign-train (toy world, best-of-4, e
 analyze: setup       ## calibrated-space theory: win rate vs KL, best t, optimal frontier
 	$(VENV)/bin/infalign-analyze $(ARGS)
 
+# pytest-xdist: one worker per usable core (tests/conftest.py gives each worker its share of the
+# threads); loadgroup keeps tests marked xdist_group (e.g. a module-scoped fixture's users) on one worker.
+# `make test PYTEST_ARGS=` runs in one process.
+PYTEST_ARGS ?= -n auto --dist loadgroup
+
 test: setup          ## the whole suite (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup     ## skip the slow end-to-end runs
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 $(VENV)/.bench-stamp: $(STAMP)
 	$(call install,$(BENCH_PKGS))
