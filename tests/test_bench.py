@@ -27,6 +27,7 @@ def quick_results(tmp_path_factory):
     return returned, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
 def test_quick_bench_writes_theory_and_rl_only(quick_results):
     returned, written = quick_results
     assert set(written) == {"meta", "theory", "rl", "calibration"}  # calibration: not run, kept from before
@@ -36,6 +37,7 @@ def test_quick_bench_writes_theory_and_rl_only(quick_results):
     assert returned["theory"].keys() == written["theory"].keys()
 
 
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
 def test_theory_section_figures(quick_results):
     theory = quick_results[1]["theory"]
     assert set(theory) == THEORY_KEYS
@@ -50,6 +52,7 @@ def test_theory_section_figures(quick_results):
     assert theory["frontier"]["reachable_points"] > 0
 
 
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
 def test_rl_section_figures(quick_results):
     rl = quick_results[1]["rl"]
     assert rl["settings"]["G"] >= 2 and rl["settings"]["transform"] == "exp(4)"
@@ -65,6 +68,7 @@ def test_rl_section_figures(quick_results):
     assert all(_positive(v) for v in fig["phases_s"].values())
 
 
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
 def test_only_merges_into_existing_file(quick_results):
     returned, written = quick_results
     assert written["calibration"] == returned["calibration"] == EARLIER["calibration"]
