@@ -138,3 +138,12 @@ def test_sweep_jobs_cover_families_times_betas():
     jobs = {tuple(sorted(job)) for job in expand(cfg)}
     for fam, beta in itertools.product(families, betas):
         assert any(f"transform={fam}" in job and f"algo.beta={beta}" in job for job in jobs)
+
+
+def test_composed_configs_are_independent_copies():
+    """pipeline_helpers.compose_config composes once per process: each caller still gets its own copy."""
+    first = compose_config("train", "seed=5")
+    first.seed, first.algo.beta = 6, 123.0
+    again = compose_config("train", "seed=5")
+    assert again.seed == 5 and again.algo.beta != 123.0
+    assert compose_config("train", "seed=7").seed == 7  # another override set, another compose
