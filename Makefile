@@ -37,11 +37,16 @@ demo: setup          ## the default job: infalign-train (toy world, best-of-4, e
 analyze: setup       ## calibrated-space theory: win rate vs KL, best t, optimal frontier
 	$(VENV)/bin/infalign-analyze $(ARGS)
 
+# pytest-xdist: one worker per core (tests/conftest.py gives each worker its share of the threads);
+# loadscope sends a module's tests to one worker, so a module-scoped fixture is built once.
+# `make test PYTEST_ARGS=` runs in one process.
+PYTEST_ARGS ?= -n auto --dist loadscope
+
 test: setup          ## the whole suite (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup     ## skip the slow end-to-end runs
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 $(VENV)/.bench-stamp: $(STAMP)
 	$(call install,$(BENCH_PKGS))

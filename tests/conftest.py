@@ -37,3 +37,14 @@ def tiny_cache(tmp_path, tiny_world) -> Path:
     from pipeline_helpers import seeded_cache
 
     return seeded_cache(tmp_path / "cache", tiny_world)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (``make test``): one worker per usable core (``infra/threads.usable_cores``: the
+    affinity mask of a taskset, cgroup cpuset or SLURM allocation), not xdist's count of the
+    machine's physical cores. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still wins (``None``: xdist reads it)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    from infalign.infra.threads import usable_cores
+
+    return usable_cores()

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import itertools
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from infalign.apps.config import CONFIG_DIR
+from pipeline_helpers import compose_config
 
 
 def compose_sweep(name: str, *overrides: str):
-    """``train`` with ``+sweeps=<name>`` and the Hydra config (``hydra.mode``, the sweeper)."""
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=[f"+sweeps={name}", *overrides], return_hydra_config=True)
+    """``train`` with ``+sweeps=<name>`` and the Hydra config (``hydra.mode``, the sweeper); a copy
+    of the one compose per process (``pipeline_helpers.compose_config``)."""
+    return compose_config("train", f"+sweeps={name}", *overrides, hydra=True)
 
 
 def sweep_axes(cfg) -> dict[str, list[str]]:

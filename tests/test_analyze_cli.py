@@ -60,6 +60,7 @@ def test_bad_input_names_key_value_and_allowed(overrides, key):
     assert key in str(info.value) and "is not allowed" in str(info.value)
 
 
+@pytest.mark.slow  # a process start each (imports); test_bad_input_names_key_value_and_allowed is the fast check
 @pytest.mark.parametrize("overrides,key", [BAD[0], BAD[3], BAD[6]], ids=["t=abc", "best_t.num=0", "transforms=nosuch"])
 def test_bad_input_is_one_line_without_traceback(tmp_path, overrides, key):
     """As a user runs it: the message only, on stderr, exit code 2 (was: a full traceback)."""
@@ -81,6 +82,7 @@ def test_positive_t_with_worst_of_n_warns(caplog):
     assert "t=-4 with" not in out
 
 
+@pytest.mark.slow  # the console script, end to end
 def test_readme_won_example_marks_nothing_unreachable(tmp_path):
     """README: `infalign-analyze procedure=won procedure.n=8 t=[-1,-4,-16] kl.stop=2`. exp(t=-16) used
     to be 'unreachable' (the beta search range, not the transform); best t must be monotone in the
@@ -183,6 +185,7 @@ print("pyplot imported" if "matplotlib.pyplot" in sys.modules else "no pyplot")
 """
 
 
+@pytest.mark.slow  # a clean interpreter (the process start is the cost)
 def test_frontier_plot_is_drawn_without_pyplot(tmp_path):
     """frontier.png is drawn on a bare Figure (infra.plotting.figure): the app never imports
     matplotlib.pyplot, about a third of matplotlib's import time."""

@@ -15,21 +15,29 @@ def _positive(x) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
+# an earlier run's section in the output file: --only keeps it (one bench run serves every test here)
+EARLIER = {"calibration": {"kept": True}, "meta": {"sections": {"calibration": {}}}}
+
+
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
+    out.write_text(json.dumps(EARLIER))
     returned = run(["--quick", "--only", "theory,rl", "--out", str(out)])
     return returned, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
 def test_quick_bench_writes_theory_and_rl_only(quick_results):
     returned, written = quick_results
-    assert set(written) == {"meta", "theory", "rl"}
+    assert set(written) == {"meta", "theory", "rl", "calibration"}  # calibration: not run, kept from before
     assert written["meta"]["quick"] is True and written["meta"]["threads"] >= 1
-    assert set(written["meta"]["sections"]) == {"theory", "rl"}
+    assert set(written["meta"]["sections"]) == {"theory", "rl", "calibration"}
+    assert all(written["meta"]["sections"][s]["quick"] is True for s in ("theory", "rl"))
     assert returned["theory"].keys() == written["theory"].keys()
 
 
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
 def test_theory_section_figures(quick_results):
     theory = quick_results[1]["theory"]
     assert set(theory) == THEORY_KEYS
@@ -44,6 +52,7 @@ def test_theory_section_figures(quick_results):
     assert theory["frontier"]["reachable_points"] > 0
 
 
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
 def test_rl_section_figures(quick_results):
     rl = quick_results[1]["rl"]
     assert rl["settings"]["G"] >= 2 and rl["settings"]["transform"] == "exp(4)"
@@ -64,13 +73,11 @@ def test_rl_section_figures(quick_results):
     assert _positive(fig["flops_per_step"]) and _positive(rl["matmul_peak_flops"])
 
 
-def test_only_merges_into_existing_file(tmp_path):
-    out = tmp_path / "bench.json"
-    out.write_text(json.dumps({"calibration": {"kept": True}, "meta": {"sections": {"calibration": {}}}}))
-    run(["--quick", "--only", "theory", "--repeats", "1", "--out", str(out)])
-    written = json.loads(out.read_text())
-    assert written["calibration"] == {"kept": True}
-    assert set(written["meta"]["sections"]) == {"calibration", "theory"}
+@pytest.mark.slow  # the quick bench: RL steps and infalign-analyze in a subprocess
+def test_only_merges_into_existing_file(quick_results):
+    returned, written = quick_results
+    assert written["calibration"] == returned["calibration"] == EARLIER["calibration"]
+    assert written["meta"]["sections"]["calibration"] == {}  # the earlier run's record, untouched
 
 
 def test_cli_arguments():

@@ -42,6 +42,7 @@ def test_train_cli_writes_files_and_an_offline_wandb_run(tmp_path, tiny_cache):
     assert not missing, f"summary keys not in the W&B run: {missing}"
 
 
+@pytest.mark.slow
 def test_analyze_cli_multirun_over_n(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(str(BIN / "infalign-analyze"), "-m", "procedure.n=2,4", "kl.num=5", "optimal=false",

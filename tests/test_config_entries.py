@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from infalign.apps.config import CONFIG_DIR
 from infalign.math.procedures import Procedure
 from infalign.math.transforms import Transform, as_transform
+from pipeline_helpers import compose_config
 from sweep_helpers import compose_sweep, expand, sweep_axes
 
 SWEEPS_DIR = Path(CONFIG_DIR).parent / "sweeps"
@@ -33,8 +33,9 @@ ENTRIES = [(group, name) for group in GROUPS for name in entries(Path(CONFIG_DIR
 
 
 def compose_train(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.run_dir={tmp_path / 'run'}"])
+    cfg = compose_config("train", *overrides)  # composed once per process (a sweep's first job is its base too)
+    cfg.paths.run_dir = str(tmp_path / "run")
+    return cfg
 
 
 def check_validates(cfg, tmp_path):

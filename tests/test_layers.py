@@ -64,6 +64,7 @@ def test_no_import_goes_up_a_layer(part, path):
                                                  f"(layer {LAYER[target]})"
 
 
+@pytest.mark.slow  # a clean interpreter; test_no_import_goes_up_a_layer is the fast (static) check
 def test_math_package_imports_no_framework_in_a_clean_interpreter():
     modules = [f"infalign.math.{m.name}" for m in pkgutil.iter_modules(infalign.math.__path__)]
     assert len(modules) >= 8

@@ -146,3 +146,23 @@ def test_trainer_callbacks_and_logger_keys_that_cannot_change_weights_keep_the_k
 ])
 def test_trainer_settings_and_callbacks_that_can_change_weights_change_the_key(overrides):
     assert policy_cache.training_settings(_default(*overrides), 0.2) != policy_cache.training_settings(_default(), 0.2)
+
+
+def test_code_digest_follows_an_edited_file_and_parses_each_version_once(tmp_path, monkeypatch):
+    """The digest reads the files every time (an edit made while a process runs counts) and parses
+    each file's text once per process (``_code_fingerprint`` is memoised on the text)."""
+    import ast
+
+    probe = tmp_path / "infalign_digest_probe.py"
+    probe.write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(policy_cache, "TRAINING_CODE", (*policy_cache.TRAINING_CODE, "infalign_digest_probe"))
+    first = policy_cache.code_digest()
+    parses = []
+    real_parse = ast.parse
+    monkeypatch.setattr(ast, "parse", lambda *a, **k: (parses.append(1), real_parse(*a, **k))[1])
+    assert policy_cache.code_digest() == first and parses == []  # nothing changed: nothing parsed again
+    probe.write_text("def f():\n    return 2\n")
+    assert policy_cache.code_digest() != first and len(parses) == 1  # the edited file, only
+    probe.write_text('def f():\n    """A docstring."""\n    return 1  # and a comment\n')
+    assert policy_cache.code_digest() == first

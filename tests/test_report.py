@@ -286,6 +286,7 @@ def test_log_error_takes_the_last_traceback(tmp_path):
     assert log_error(tmp_path / "absent.log") == ""
 
 
+@pytest.mark.slow  # W&B starts its service process
 def test_wandb_offline_report_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 
 from infalign.apps.config import CONFIG_DIR
 from infalign.infra.cache import cached, load_tensors, save_tensors
+from pipeline_helpers import compose_config
 from sweep_helpers import compose_sweep, expand
 
 EXPECTED = {  # sweep -> (number of jobs, swept keys)
@@ -40,8 +41,7 @@ def test_grid_sweeps_expand_to_distinct_jobs(name):
     combos = {tuple(d[k] for k in keys) for d in as_dicts}
     assert len(combos) == count  # no (family, t) duplicates: every job trains something different
     for d in as_dicts[:: max(1, count // 6)]:  # each job's config composes and instantiates
-        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-            job_cfg = compose("train", overrides=[f"+sweeps={name}", *[f"{k}={v}" for k, v in d.items()]])
+        job_cfg = compose_config("train", f"+sweeps={name}", *[f"{k}={v}" for k, v in d.items()])
         transform = instantiate(job_cfg.transform)
         assert job_cfg.procedure.name in ("bon", "won")
         if d.get("transform", "").startswith("expn"):
@@ -65,8 +65,8 @@ def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
     assert len({(j["method"], j["kl_point"], j["seed"]) for j in jobs}) == len(jobs)
     for method in sorted({j["method"] for j in jobs}):
         knobs = []
-        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-            job = compose("train", overrides=[f"+sweeps={name}", f"method={method}"])
+        first = next(j for j in jobs if j["method"] == method)  # the method's first job (as test_config_entries)
+        job = compose_config("train", f"+sweeps={name}", *(f"{k}={v}" for k, v in first.items()))
         for point in range(points):
             job.kl_point = point  # the method's knob is an interpolation of kl_point
             algo = job.algo
@@ -119,6 +119,7 @@ def _build_in_process(path: str, counter_dir: str, barrier) -> list[float]:
     return value["x"].tolist()
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch
 def test_two_processes_build_a_cache_entry_once(tmp_path):
     ctx = mp.get_context("spawn")
     barrier = ctx.Manager().Barrier(2)
@@ -165,3 +166,12 @@ def test_unknown_objective_metric_fails_before_compute():
     with pytest.raises(ConfigError) as err:  # eval.ns = [1, 2, 4, 8]: no best-of-16 column
         validate(cfg)
     assert err.value.key == "objective.metric" and "bon8_win_rate" in str(err.value.allowed)
+
+
+def test_composed_configs_are_independent_copies():
+    """pipeline_helpers.compose_config composes once per process: each caller still gets its own copy."""
+    first = compose_config("train", "seed=5")
+    first.seed, first.algo.beta = 6, 123.0
+    again = compose_config("train", "seed=5")
+    assert again.seed == 5 and again.algo.beta != 123.0
+    assert compose_config("train", "seed=7").seed == 7  # another override set, another compose

@@ -152,3 +152,16 @@ def test_launcher_jobs_reads_the_joblib_launcher(mode, overrides, expected):
         assert launcher_jobs() == expected
     finally:
         hc.cfg = saved
+
+
+def test_xdist_auto_starts_one_worker_per_usable_core(monkeypatch):
+    """``make test`` runs ``-n auto``: tests/conftest.py counts the cores of the affinity mask."""
+    import os
+
+    import conftest
+
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert conftest.pytest_xdist_auto_num_workers(None) == 3
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "5")
+    assert conftest.pytest_xdist_auto_num_workers(None) is None  # xdist's own hook reads it
