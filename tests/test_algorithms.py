@@ -171,6 +171,7 @@ def _target(beta: float):
     return lambda x: tp.tilted(x, tp.calibrated(x), beta)  # Phi = identity on C_hat
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, steps", [("rloo", 80), ("ppo", 40)])
 def test_online_algorithm_reaches_the_tilted_policy_and_logs_the_exact_kl(name, steps):
     beta = 0.3  # the target has KL 0.36 from the reference; the reference is 0.39 from the target
@@ -213,6 +214,7 @@ def _counts(prompts, responses, prompt):
     return c
 
 
+@pytest.mark.slow
 def test_bon_sft_reaches_the_best_of_n_policy():
     world, prompts, best, _, start = _offline("bon_sft")
     for x in tp.PROMPTS:
@@ -228,6 +230,7 @@ def test_bon_sft_reaches_the_best_of_n_policy():
         assert tp.kl(data, exact) < 0.06 and tp.kl(exact, trained) < 0.1, x
 
 
+@pytest.mark.slow
 def test_ipo_reaches_the_least_squares_solution_of_its_pairs():
     tau = 0.2
     world, prompts, best, worst, start = _offline("ipo", beta=tau)

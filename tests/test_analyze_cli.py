@@ -52,6 +52,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides,key", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_input_names_key_value_and_allowed(overrides, key):
     """In process (fast): validation raises one ConfigError naming the user's key and value."""

@@ -30,6 +30,8 @@ def entries(directory: Path) -> list[str]:
 
 
 ENTRIES = [(group, name) for group in GROUPS for name in entries(Path(CONFIG_DIR) / group)]
+# Entries whose instantiation starts a service (W&B's): ~3.5 s each, so `make test` only.
+SLOW_ENTRIES = {("logger", "wandb")}
 
 
 def compose_train(tmp_path: Path, *overrides: str):
@@ -157,7 +159,9 @@ def test_every_group_has_entries_and_a_check():
     assert all(entries(Path(CONFIG_DIR) / g) for g in GROUPS)
 
 
-@pytest.mark.parametrize("group, name", ENTRIES, ids=[f"{g}={n}" for g, n in ENTRIES])
+@pytest.mark.parametrize("group, name", [
+    pytest.param(g, n, id=f"{g}={n}", marks=[pytest.mark.slow] if (g, n) in SLOW_ENTRIES else [])
+    for g, n in ENTRIES])
 def test_config_entry_composes_and_instantiates(group, name, tmp_path):
     cfg = compose_train(tmp_path, f"{group}={name}", *REQUIRED.get((group, name), []))
     OmegaConf.to_container(cfg, resolve=False, throw_on_missing=True)  # no ??? left
@@ -167,6 +171,7 @@ def test_config_entry_composes_and_instantiates(group, name, tmp_path):
 SWEEPS = entries(SWEEPS_DIR)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SWEEPS)
 def test_every_sweep_value_composes_and_validates(name, tmp_path):
     """Every value of every swept key passes apps/train.validate (the other keys at their first

@@ -390,6 +390,7 @@ def test_config_errors_name_the_key(tmp_path):
         PreferenceDataModule("hh", train_file=str(tmp_path / "nope.jsonl")).setup()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("HF_DATASETS_OFFLINE") != "1", reason="needs HF_DATASETS_OFFLINE=1 (no network)"
 )

@@ -70,6 +70,7 @@ def hydra_run_dir(*overrides: str) -> str:
     return str(cfg.hydra.run.dir)
 
 
+@pytest.mark.slow
 def test_run_dirs_of_the_same_second_differ(monkeypatch):
     for var in ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)

@@ -93,6 +93,7 @@ def test_cache_and_no_cache_agree(model, tokenizer):
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_deterministic_given_generator(model, tokenizer):
     a, b = draw(model, tokenizer, seed=3), draw(model, tokenizer, seed=3)
     c = draw(model, tokenizer, seed=4)
@@ -163,6 +164,7 @@ def test_restores_training_mode_and_logprobs_have_grad(model, tokenizer):
         model.eval()
 
 
+@pytest.mark.slow
 def test_temperature_and_top_k(model, tokenizer):
     greedy = draw(model, tokenizer, temperature=0.0)
     per_prompt = greedy.response_ids.view(len(PROMPTS), 4, -1)
@@ -205,6 +207,7 @@ def test_sampling_probs_top_p_is_the_hand_computed_nucleus():
                                torch.tensor([[0.15, 0.5, 0, 0.3]]) / 0.95, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_top_p_draws_follow_the_nucleus(model, tokenizer):
     """Through the sampler: a tiny nucleus is greedy; top_p < 1 never draws outside the nucleus of the
     model's own step distribution, while top_p=1 does (same generator)."""
@@ -232,6 +235,7 @@ def test_top_p_draws_follow_the_nucleus(model, tokenizer):
     assert outside_nucleus(full) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "gpt2_eos", "llama"])
 def test_shared_prefill_draws_what_repeated_prompts_draw(tokenizer, arch):
     """One prefill per distinct prompt (its KV cache repeated G times) vs G copies prefilled: same
@@ -272,6 +276,7 @@ def test_ended_marks_responses_that_emitted_a_stop_token(tokenizer):
     assert stats["response_len_mean"] == pytest.approx(r.response_mask.sum().item() / len(r.responses))
 
 
+@pytest.mark.slow
 def test_long_prompts_are_cut_from_the_left_to_fit_the_positions(model, tokenizer):
     """The tiny GPT-2 has 64 positions: with 61 new tokens a prompt keeps its last 3 tokens."""
     r = draw(model, tokenizer, num_samples=2, max_new_tokens=61)

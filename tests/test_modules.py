@@ -82,6 +82,7 @@ def test_pretrain_loss_is_response_only_cross_entropy(tok):
     assert loss.item() == pytest.approx(-torch.stack(terms).mean().item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_pretrain_loss_decreases(tok):
     world = ToyWorld(seed=0)
     xs, ys = world.reference_corpus(32, 2, seed=0)
@@ -96,6 +97,7 @@ def test_pretrain_loss_decreases(tok):
     assert after < before - 0.5, (before, after)
 
 
+@pytest.mark.slow
 def test_reward_model_learns_a_separable_preference(tok):
     # Chosen responses contain b0, rejected ones b1: trivially learnable.
     world = ToyWorld(seed=0)

@@ -12,6 +12,7 @@ class _World:
     reference_fingerprint, reward_fingerprint, train_prompts = "ref", "rm", ["a0 ->"]
 
 
+@pytest.mark.slow
 def test_key_ignores_evaluation_and_reads_training(tmp_path):
     base = compose_train(tmp_path, tmp_path)
     key = policy_key(base, _World(), 0.1)
@@ -130,6 +131,7 @@ def test_default_config_key_inputs_are_pinned():
     assert settings["algo"]["beta"] == 0.2 and settings["seed"] == 0 and settings["deterministic"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["+trainer.benchmark=false", "trainer.enable_model_summary=true", "trainer.progress_bar=none"],
     ["callbacks.model_checkpoint.save_top_k=1", "save_optimizer=false", "checkpoint_every=3"],
@@ -140,6 +142,7 @@ def test_trainer_callbacks_and_logger_keys_that_cannot_change_weights_keep_the_k
     assert policy_cache.training_settings(_default(*overrides), 0.2) == policy_cache.training_settings(_default(), 0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     ["trainer.precision=bf16-mixed"], ["trainer.devices=2"], ["trainer.strategy=ddp"],
     ["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging", "+callbacks.swa.swa_lrs=0.01"],

@@ -233,6 +233,7 @@ def test_served_win_rate_with_explicit_weights():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,n", [("bon", 4), ("won", 3), ("bon", 16)])
 def test_pool_win_rate_agrees_with_direct_subset_simulation(name, n):
     """Re-drawing random N-subsets of the same pools converges to the pool U-statistic."""

@@ -176,6 +176,7 @@ def test_bert_reward_model_reads_its_cls_token(assets):
 # ---------------------------------------------------------------------------- defects 2 + 6: RM training
 
 
+@pytest.mark.slow
 def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path):
     cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true",
                   "reward.train.steps=3", "reward.train.warmup=0", "reward.train.lr=1e-2",
@@ -268,6 +269,7 @@ def test_policy_without_chat_template_names_the_key_before_reward_training(asset
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, match", [
     ("policy.name_or_path=nonexistent-org/tiny-lmm", r"policy\.name_or_path='nonexistent-org/tiny-lmm'"),
     ("reward.name_or_path=nonexistent-org/tiny-rm", r"reward\.name_or_path='nonexistent-org/tiny-rm'"),
@@ -398,6 +400,7 @@ def test_sampling_stops_at_every_generation_config_eos(assets):
     assert stopped >= 10
 
 
+@pytest.mark.slow
 def test_generation_cuts_long_prompts_from_the_left_keeping_bos(assets):
     """The tiny Llama has 512 positions: with 508 new tokens a prompt keeps 4 tokens, BOS first and
     then the end of the conversation; the count is reported."""

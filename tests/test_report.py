@@ -134,6 +134,7 @@ def sweep(tmp_path_factory):
     return root, root / "report", out
 
 
+@pytest.mark.slow
 def test_runs_csv_rows_values_and_statuses(sweep):
     root, out, _ = sweep
     rows = read_csv(out / "runs.csv")
@@ -171,6 +172,7 @@ def test_runs_csv_rows_values_and_statuses(sweep):
     assert by["7"]["error"].startswith("no metrics.json") and by["7"]["overrides"] == ""
 
 
+@pytest.mark.slow
 def test_summary_lists_problems_and_theory_matches_the_engine(sweep):
     _, out, _ = sweep
     summary = json.loads((out / "summary.json").read_text())
@@ -419,6 +421,7 @@ def matched_sweep(tmp_path_factory):
     return root, root / "report", out
 
 
+@pytest.mark.slow
 def test_matched_kl_csv_recovers_the_known_gains(matched_sweep):
     _, out, _ = matched_sweep
     rows = read_csv(out / "matched_kl.csv")
@@ -446,6 +449,7 @@ def test_matched_kl_csv_recovers_the_known_gains(matched_sweep):
     assert std and all(float(r["gain"]) == pytest.approx(0.0, abs=1e-9) and r["significant"] == "False" for r in std)
 
 
+@pytest.mark.slow
 def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
     import matplotlib.image as mpimg
 
@@ -503,6 +507,7 @@ def test_theory_gap_table_and_median_per_method(matched_sweep):
     assert "distance from theory" in stdout
 
 
+@pytest.mark.slow
 def test_baseline_option_and_bad_options(tmp_path, capsys):
     root = make_matched_sweep(tmp_path / "multirun")
     rc, stdout = run_main(str(root), "--no-wandb", "--baseline", "expn(t=4)", "--num-kl", "3", "--bootstrap", "200")
@@ -515,6 +520,7 @@ def test_baseline_option_and_bad_options(tmp_path, capsys):
     assert rc == 2 and "num_kl=0 is not allowed: an integer >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_method_fallback_for_records_without_a_method_field(tmp_path):
     """Old records have no ``method``: the transform label, ``+algo`` when not rloo, and the
     algorithm alone for ipo / bon_sft -- which never use the (default exp(t=4)) transform their

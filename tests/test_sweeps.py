@@ -30,6 +30,7 @@ PAPER = {  # paper sweep -> (methods, KL points, seeds)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_grid_sweeps_expand_to_distinct_jobs(name):
     cfg = compose_sweep(name)
@@ -48,6 +49,7 @@ def test_grid_sweeps_expand_to_distinct_jobs(name):
             assert transform.normalized and (transform.t < 0) == (job_cfg.procedure.name == "won")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
     from omegaconf import OmegaConf

@@ -567,6 +567,7 @@ def test_identity_is_best_for_standard_win_rate():
 BUDGETS_T = [0.05, 0.3, 1.0, 2.0, 4.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,n", [("bon", 2), ("bon", 4), ("won", 4)])
 def test_best_t_is_argmax_of_its_table(name, n):
     p = make_procedure(name, n)
@@ -634,6 +635,7 @@ def optimal_frontiers():
     return {case: theory.optimal_frontier(make_procedure(*case), OPT_BUDGETS) for case in OPT_CASES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", OPT_CASES, ids=lambda c: f"{c[0]}{c[1]}")
 def test_optimal_frontier_dominates_other_transforms(case, optimal_frontiers):
     p = make_procedure(*case)

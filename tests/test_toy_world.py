@@ -263,6 +263,7 @@ def test_resolve_config_rejects_unknown_and_inconsistent_keys():
         resolve_toy_config({"world": {"n_symbols": "many"}})
 
 
+@pytest.mark.slow
 def test_build_toy_world_miss_hit_and_rebuild_after_corruption(tmp_path, monkeypatch):
     from infalign.models import GoldScorer
 
@@ -308,6 +309,7 @@ def test_build_toy_world_miss_hit_and_rebuild_after_corruption(tmp_path, monkeyp
     assert not list(tmp_path.glob(".toy-*.tmp"))  # no temp dirs left behind
 
 
+@pytest.mark.slow
 def test_concurrent_builders_build_once(tmp_path, monkeypatch):
     calls = []
     real_build = toy_build._build

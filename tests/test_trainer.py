@@ -53,6 +53,7 @@ def test_no_checkpoint_callback_means_no_checkpoints(tmp_path):
     assert trainers.fit(max_steps=1).checkpoint_callback is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style, bar", [("rich", StepsProgressBar), ("tqdm", TQDMProgressBar), ("none", None)])
 def test_progress_bar_style(tmp_path, style, bar):
     _, trainers = trainers_of(tmp_path, f"trainer.progress_bar={style}")
@@ -81,6 +82,7 @@ def test_trainer_class_and_every_setting_come_from_the_config(tmp_path):
     assert fit.limit_predict_batches == 3 and predict.limit_predict_batches == 1 and fit.max_steps == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("save_optimizer", [True, False])
 def test_checkpoint_holds_the_policy_only_and_the_optimizer_unless_switched_off(tmp_path, save_optimizer):
     """README, "What a checkpoint holds": the policy's weights (never the frozen reference or reward
