@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from infalign.bench.common import Timing, ToySetup, num_params, rate, toy_setup
-from infalign.bench.flops import matmul_peak, model_cost, sampling_flops, scoring_flops, teacher_forced_flops
+from infalign.bench.flops import ModelCost, matmul_peak, model_cost, sampling_flops, scoring_flops, teacher_forced_flops
 from infalign.bench.phases import PhaseClock, median_phases, patched, timed
 
 
@@ -67,15 +67,14 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
     clock = PhaseClock()
 
     class TimedScorer:
-        """The reward scorer, timed; remembers its last input width (for its FLOPs)."""
+        """The reward scorer, timed; remembers its last inputs (their FLOPs are counted after the step)."""
 
         def __init__(self, inner) -> None:
-            self.inner, self.model, self.width = inner, getattr(inner, "model", None), 0
+            self.inner, self.model, self.batch = inner, getattr(inner, "model", None), ([], [])
 
         def score(self, prompts: list[str], responses: list[str]):
-            out = timed(self.inner.score, clock, "reward")(prompts, responses)
-            self.width = reward_width(setup, prompts, responses)
-            return out
+            self.batch = (prompts, responses)
+            return timed(self.inner.score, clock, "reward")(prompts, responses)
 
     class TimedOptimizer:
         """The LightningOptimizer with its ``step`` timed as ``optimizer``."""
@@ -99,9 +98,8 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
             roll = out["roll"]
             rows, prompt_len = roll.prompt_ids.shape
             self.last = {"rollout_s": rollout_s, "rows": int(rows), "tokens": float(roll.response_mask.sum()),
-                         "threads": torch.get_num_threads(),
-                         "flops": step_flops(setup, int(rows), int(prompt_len), int(roll.response_ids.shape[1]),
-                                             scorer.width, prefill_rows=int(rows) // bench.group)}
+                         "threads": torch.get_num_threads()}
+            self.shape = (int(rows), int(prompt_len), int(roll.response_ids.shape[1]))
             return out
 
         def manual_backward(self, loss, *args, **kwargs) -> None:
@@ -122,13 +120,17 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
             self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            step_s = time.perf_counter() - self.t0
-            self.records.append({"step_s": step_s, **pl_module.last, "phases": clock.take(step_s)})
+            step_s = time.perf_counter() - self.t0  # FLOP counting (a re-tokenisation) stays out of the step
+            rows, prompt_len, response_len = pl_module.shape
+            flops = step_flops(costs, rows, prompt_len, response_len, reward_width(setup, *scorer.batch),
+                               prefill_rows=rows // bench.group)
+            self.records.append({"step_s": step_s, **pl_module.last, "phases": clock.take(step_s), "flops": flops})
 
     def which_logprobs(*args, **kwargs) -> str:
         return "policy_forward" if torch.is_grad_enabled() else "reference"
 
     algo = bench.config()
+    costs = model_costs(setup)
     scorer = TimedScorer(setup.scorer)
     module = TimedCTRL(setup.fresh_policy(), setup.reference, setup.tokenizer, scorer, Exp(bench.t),
                        setup.table, setup.prompts, algo, seed=seed)
@@ -149,14 +151,19 @@ def reward_width(setup: ToySetup, prompts: list[str], responses: list[str]) -> i
     return int(reward_model_inputs(setup.tokenizer, list(prompts), list(responses))["input_ids"].shape[1])
 
 
-def step_flops(setup: ToySetup, rows: int, prompt_len: int, response_len: int, reward_width: int,
-               prefill_rows: int | None = None) -> dict[str, float]:
+def model_costs(setup: ToySetup) -> tuple[ModelCost, ModelCost]:
+    """:class:`~infalign.bench.flops.ModelCost` of the policy and of the reward model (computed once per run)."""
+    return model_cost(setup.reference), model_cost(setup.reward_model)
+
+
+def step_flops(costs: tuple[ModelCost, ModelCost], rows: int, prompt_len: int, response_len: int,
+               reward_width: int, prefill_rows: int | None = None) -> dict[str, float]:
     """Model FLOPs (``bench/flops.py``) of each phase of one RL step with these shapes: sampling
     ``response_len`` tokens for ``rows`` rows (prefill over ``prefill_rows``: the distinct prompts, the
     work the model needs, also for an implementation that prefills every sample's copy), scoring
     inputs of width ``reward_width``, the reference and policy log-prob forwards, and the backward
     (2x the policy forward). ``old_logprobs`` is TRL's extra no-grad policy forward."""
-    policy, reward = model_cost(setup.reference), model_cost(setup.reward_model)
+    policy, reward = costs
     forward = teacher_forced_flops(policy, rows, prompt_len, response_len)
     return {"generation": sampling_flops(policy, rows, prompt_len, response_len, prefill_rows),
             "reward": scoring_flops(reward, rows, reward_width), "reference": forward, "old_logprobs": forward,

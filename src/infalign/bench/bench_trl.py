@@ -20,7 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
-from infalign.bench.bench_rl import RLBench, ours_records, reward_width, step_flops, summarize
+from infalign.bench.bench_rl import RLBench, model_costs, ours_records, reward_width, step_flops, summarize
 from infalign.bench.common import num_params, toy_setup
 from infalign.bench.flops import matmul_peak
 from infalign.bench.phases import PhaseClock, patched, timed
@@ -98,10 +98,11 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
             step_s = time.perf_counter() - self.t0
             prompts, completions, response_len = counts.pop("batch")
             prompt_len = max(len(ids) for ids in setup.tokenizer(prompts)["input_ids"])
-            flops = step_flops(setup, len(completions), prompt_len, response_len,
+            flops = step_flops(costs, len(completions), prompt_len, response_len,
                                reward_width(setup, prompts, completions), prefill_rows=len(set(prompts)))
             self.records.append({"step_s": step_s, **counts, "phases": clock.take(step_s), "flops": flops})
 
+    costs = model_costs(setup)
     timer = StepTimer()
     fields = RLOOConfig.__dataclass_fields__  # transformers >= 5 renamed gradient_ -> activation_checkpointing
     no_checkpointing = {"activation_checkpointing" if "activation_checkpointing" in fields
