@@ -504,7 +504,11 @@ def test_theory_gap_table_and_median_per_method(matched_sweep):
     assert gap["identity"]["median_abs_gap"]["bon4_win_rate"] == pytest.approx(0.07, abs=1e-9)
     assert gap["identity"]["runs"] == 5
     assert gap["identity"]["median_kl_ratio"] == pytest.approx(0.5)
-    assert "distance from theory" in stdout
+    # KL ratio 0.5 < 0.9: the diagnosis names the runs as under-tilted, in summary, markdown and stdout
+    assert "under_tilted" in gap["identity"]["limits"]
+    md = (out / "theory_gap.md").read_text()
+    assert "| identity | 5 |" in md and gap["identity"]["reading"] in md
+    assert "distance from theory" in stdout and "under-tilted" in stdout
 
 
 @pytest.mark.slow

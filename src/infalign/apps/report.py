@@ -33,8 +33,10 @@ Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
   sample pool evaluates them all), only its trained N when its method depends on N. Runs without
   ``eval.per_prompt`` (older records) stay in runs.csv and are listed as left out;
 * ``theory_gap.csv`` -- per calibrated run and win-rate column: KL measured / theory at beta and
-  win rate measured - theory at the measured KL (reward model); the median per method is printed
-  and in ``summary.json``;
+  win rate measured - theory at the measured KL (reward model), with the run's CI half-width;
+* ``theory_gap.md`` -- per method the median |gap| per column and KL ratio, and what limits it
+  (on target, under-tilted, thin tail, noise, ...; docs/method.md §10.1), also printed and in
+  ``summary.json``;
 * ``summary.json`` -- counts, failed/missing jobs with reasons, best run per judge, every series'
   points and theory curve, W&B run (written last).
 
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="infalign-report", description="Tabulate and plot an infalign-train multirun (sweep) dir.",
-        epilog="Writes runs.csv, runs.md, matched_kl.csv, matched_kl.md, theory_gap.csv, summary.json, "
+        epilog="Writes runs.csv, runs.md, matched_kl.csv, matched_kl.md, theory_gap.csv, theory_gap.md, summary.json, "
                "inference_win_rate_vs_kl.png, standard_win_rate_vs_kl.png, gain_vs_kl.png.")
     p.add_argument("multirun_dir", type=Path, help="the sweep dir (hydra.sweep.dir) or any dir above job dirs")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: MULTIRUN_DIR/report)")

@@ -20,7 +20,7 @@ from infalign.report.matched import (
 from infalign.report.plots import PLOTS, plot_gains, plot_series
 from infalign.report.series import Series, build_series
 from infalign.report.tables import columns, job_row, make_summary, markdown
-from infalign.report.theory_gap import THEORY_GAP_COLUMNS, median_theory_gap, theory_gap_rows
+from infalign.report.theory_gap import THEORY_GAP_COLUMNS, median_theory_gap, theory_gap_markdown, theory_gap_rows
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Report:
 def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Sequence[str] | None = None,
                  num_kl: int = 6, num_resamples: int = 2000) -> Report:
     """Collect, tabulate and plot (no W&B, no printing); write runs.csv, runs.md, the PNGs, the
-    matched-KL comparison (matched_kl.csv/.md, gain_vs_kl.png) and theory_gap.csv.
+    matched-KL comparison (matched_kl.csv/.md, gain_vs_kl.png) and theory_gap.csv/.md.
 
     ``baselines``: methods gains are computed against (default raw and identity, those present);
     ``num_kl``: common KLs per panel; ``num_resamples``: paired bootstrap resamples.
@@ -57,7 +57,8 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     paths = {"csv": out_dir / "runs.csv", "md": out_dir / "runs.md", "summary": out_dir / "summary.json",
              **{f"plot_{k}": out_dir / v for k, v in PLOTS.items()},
              "matched_kl_csv": out_dir / "matched_kl.csv", "matched_kl_md": out_dir / "matched_kl.md",
-             "plot_gain": out_dir / "gain_vs_kl.png", "theory_gap_csv": out_dir / "theory_gap.csv"}
+             "plot_gain": out_dir / "gain_vs_kl.png", "theory_gap_csv": out_dir / "theory_gap.csv",
+             "theory_gap_md": out_dir / "theory_gap.md"}
     atomic_write_csv(paths["csv"], rows, columns(judges))
     atomic_write_text(paths["md"], markdown(rows, judges, jobs, root))
     for which in PLOTS:
@@ -76,6 +77,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
                                          "note": p.result.note, "excluded": p.result.excluded,
                                          "ranges": p.result.ranges} for p in panels]}
     summary["theory_gap"] = median_theory_gap(gaps)
+    atomic_write_text(paths["theory_gap_md"], theory_gap_markdown(summary["theory_gap"]))
     return Report(root, out_dir, judges, jobs, rows, series, summary, paths, panels, matched, gaps)
 
 

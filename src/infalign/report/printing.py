@@ -35,6 +35,7 @@ def print_matched_kl(report: Report, console) -> None:
             cells = ", ".join(f"{k.removesuffix('_win_rate')} {v:.3f}" for k, v in g["median_abs_gap"].items())
             ratio = "–" if g["median_kl_ratio"] is None else f"{g['median_kl_ratio']:.2f}"
             console.print(f"  {escape(method)} ({g['runs']} runs): {escape(cells)}; KL ratio {ratio}")
+            console.print(f"    {escape(g['reading'])}")
 
 
 def print_tables(report: Report, console=None, wandb_info: dict | None = None) -> None:

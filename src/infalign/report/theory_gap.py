@@ -1,6 +1,7 @@
-"""``theory_gap.csv``: how far each calibrated run is from the calibrated-space theory
-(docs/method.md §4-§5) -- its KL against the ideal tilted policy's at the training beta, and its
-win rates against the theory's at the KL it measured."""
+"""``theory_gap.csv`` / ``theory_gap.md``: how far each calibrated run is from the calibrated-space
+theory (docs/method.md §4-§5) -- its KL against the ideal tilted policy's at the training beta, its
+win rates against the theory's at the KL it measured -- and, per method, what limits the distance
+(:func:`diagnose`, docs/method.md §10.1)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from infalign.report.collect import Job
 from infalign.report.naming import method_of, number, procedure_of
 
 THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "kl_measured", "kl_theory_at_beta", "kl_ratio",
-                      "reachable", "metric", "measured", "theory_at_measured_kl", "gap"]
+                      "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width"]
+# docs/method.md §10.1: the distance from theory a method's runs should reach (win-rate points, median
+# |gap| per metric), and the KL ratio below which its runs count as stopping short of their beta's KL.
+THEORY_TARGET = 0.02
+KL_SHORT = 0.9
 
 
 def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[dict]:
@@ -36,25 +41,115 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
         head = {"job": job.job, "method": method_of(job), "procedure": rec.procedure, "beta": number(rec.beta),
                 "seed": rec.seed, "kl_measured": kl, "kl_theory_at_beta": kl_th,
                 "kl_ratio": kl / kl_th if kl is not None and kl_th else None, "reachable": at.get("reachable")}
-        keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns]}
+        # N = 1 is the standard win rate itself (one column, not two)
+        keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns] if n > 1}
         for key in sorted(keys & set(at)):
             ci = rec.eval.ci(judge, key)
             measured, theory_wr = (number(ci.mean) if ci is not None else None), number(at.get(key))
             if measured is None or theory_wr is None:
                 continue
+            half = (number(ci.high) - number(ci.low)) / 2 if None not in (number(ci.high), number(ci.low)) else None
             rows.append({**head, "metric": key, "measured": measured, "theory_at_measured_kl": theory_wr,
-                         "gap": measured - theory_wr})
+                         "gap": measured - theory_wr, "ci_half_width": half})
     return rows
 
 
 def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
-    """Per method: per metric the median ``|gap|`` over its runs, and the median KL ratio."""
+    """Per method: per metric the median ``|gap|``, the median signed gap and the median CI
+    half-width of the measured win rate over its runs; the median KL ratio; and :func:`diagnose`'s
+    ``limits`` and ``reading``."""
     out: dict[str, dict] = {}
     for method in sorted({r["method"] for r in rows}):
         mine = [r for r in rows if r["method"] == method]
-        by_metric = {k: float(np.median([abs(r["gap"]) for r in mine if r["metric"] == k]))
-                     for k in sorted({r["metric"] for r in mine})}
         ratios = {r["job"]: r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
-        out[method] = {"median_abs_gap": by_metric, "median_kl_ratio": float(np.median(list(ratios.values())))
-                       if ratios else None, "runs": len({r["job"] for r in mine})}
+        entry = {"median_abs_gap": _median_by_metric(mine, lambda r: abs(r["gap"])),
+                 "median_gap": _median_by_metric(mine, lambda r: r["gap"]),
+                 "median_ci_half_width": _median_by_metric(mine, lambda r: r["ci_half_width"]),
+                 "median_kl_ratio": float(np.median(list(ratios.values()))) if ratios else None,
+                 "runs": len({r["job"] for r in mine})}
+        out[method] = entry | diagnose(entry)
     return out
+
+
+def _median_by_metric(rows: Sequence[dict], value) -> dict[str, float]:
+    """``{metric: median of value(row) over the rows of that metric}``, rows whose value is None skipped."""
+    out = {}
+    for metric in sorted({r["metric"] for r in rows}):
+        values = [v for r in rows if r["metric"] == metric and (v := value(r)) is not None]
+        if values:
+            out[metric] = float(np.median(values))
+    return out
+
+
+def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SHORT) -> dict:
+    """What limits a method's distance from theory (docs/method.md §10.1), from its medians
+    (:func:`median_theory_gap`): ``{"limits": [codes], "reading": one sentence}``. Codes:
+
+    * ``on_target`` -- every metric's median ``|gap| <= target``;
+    * ``noise`` -- a metric off target whose median gap is inside ``1.25 h / sqrt(runs)``, ``h`` the
+      runs' median 95 % CI half-width: the 95 % half-width of a median of ``runs`` independent
+      run-level estimates (the median's standard error is ``sqrt(pi/2) ~ 1.25`` times the mean's), so
+      the finite evaluation pools cannot tell the gap from the theory;
+    * ``under_tilted`` -- median KL ratio ``< kl_short``: the runs stop short of the KL of the
+      tilted policy their beta targets (optimisation: more steps or a larger step size);
+    * ``thin_tail`` -- the standard win rate is on target but an inference-time one (N > 1) is
+      below theory beyond noise: the runs reach the theory's mean calibrated reward but not the
+      tail (top for best-of-N, bottom for worst-of-N) the transform pays for, which an RL batch of
+      G samples per prompt rarely visits;
+    * ``below`` / ``above`` -- off target beyond noise in a way the codes above do not explain.
+    """
+    gaps, signed, half = entry["median_abs_gap"], entry["median_gap"], entry.get("median_ci_half_width", {})
+    off = {k: v for k, v in gaps.items() if v > target}
+    if not off:
+        return {"limits": ["on_target"], "reading": f"on target: every median |gap| <= {target:g}"}
+    runs = max(1, int(entry.get("runs") or 1))
+    noise = {k for k in off if k in half and abs(signed[k]) <= 1.25 * half[k] / np.sqrt(runs)}
+    real = {k: signed[k] for k in off if k not in noise}
+    limits, parts = [], []
+    ratio = entry.get("median_kl_ratio")
+    if ratio is not None and ratio < kl_short:
+        limits.append("under_tilted")
+        parts.append(f"its runs stop at {ratio:.2f} of the KL their beta targets (under-tilted: optimisation)")
+    tail = sorted(k for k, g in real.items() if k != STANDARD_WIN_RATE and g < -target)
+    if tail and STANDARD_WIN_RATE in gaps and gaps[STANDARD_WIN_RATE] <= target:
+        limits.append("thin_tail")
+        parts.append(f"standard win rate on target ({gaps[STANDARD_WIN_RATE]:.3f}) but {_names(tail)} below "
+                     "theory: the mean calibrated reward is reached, the tail the transform pays for is not")
+    rest = {k: g for k, g in real.items() if not ("thin_tail" in limits and k in tail)}
+    if below := sorted(k for k, g in rest.items() if g < -target):
+        limits.append("below")
+        parts.append(f"{_names(below)} below theory at the measured KL")
+    if above := sorted(k for k, g in rest.items() if g > target):
+        limits.append("above")
+        parts.append(f"{_names(above)} above theory at the measured KL")
+    if noise:
+        limits.append("noise")
+        parts.append(f"{_names(sorted(noise))} off by less than the evaluation noise of {runs} runs")
+    worst = max(off, key=off.get)
+    return {"limits": limits, "reading": f"off target (worst: {worst.removesuffix('_win_rate')} {off[worst]:.3f}): "
+                                         + "; ".join(parts)}
+
+
+def _names(keys) -> str:
+    """``bon2, bon4, bon32``: column names without the suffix, in the order of N."""
+    return ", ".join(k.removesuffix("_win_rate") for k in sorted(keys, key=lambda k: (len(k), k)))
+
+
+def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET) -> str:
+    """``theory_gap.md``: per method the median |gap| per metric, the KL ratio and the reading."""
+    if not summary:
+        return "# Distance from theory\n\nNo calibrated run with a theory prediction at its measured KL.\n"
+    metrics = sorted({k for e in summary.values() for k in e["median_abs_gap"]},
+                     key=lambda k: (k != STANDARD_WIN_RATE, len(k), k))
+    lines = ["# Distance from theory", "",
+             "Reward model; median over each method's runs of |measured win rate - theory at the measured KL| "
+             f"(target <= {target:g}), median KL measured / theory at beta; what limits it "
+             "(docs/method.md §10.1).", "",
+             "| method | runs | " + " | ".join(k.removesuffix("_win_rate") for k in metrics)
+             + " | KL ratio | reading |",
+             "|---|---:|" + "---:|" * len(metrics) + "---:|---|"]
+    for method, e in summary.items():
+        cells = [f"{e['median_abs_gap'][k]:.3f}" if k in e["median_abs_gap"] else "–" for k in metrics]
+        ratio = "–" if e["median_kl_ratio"] is None else f"{e['median_kl_ratio']:.2f}"
+        lines.append(f"| {method} | {e['runs']} | " + " | ".join(cells) + f" | {ratio} | {e['reading']} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,60 @@
+"""What limits a method's distance from theory (report/theory_gap.py: diagnose, docs/method.md §10.1),
+on hand-built medians and rows whose diagnosis is known."""
+
+import pytest
+
+from infalign.report.theory_gap import THEORY_TARGET, diagnose, median_theory_gap, theory_gap_markdown
+
+S, B4, B32 = "standard_win_rate", "bon4_win_rate", "bon32_win_rate"
+
+
+def entry(gaps: dict, half: dict | None = None, ratio: float | None = 1.0, runs: int = 9) -> dict:
+    return {"median_abs_gap": {k: abs(v) for k, v in gaps.items()}, "median_gap": dict(gaps),
+            "median_ci_half_width": half or {k: 0.01 for k in gaps}, "median_kl_ratio": ratio, "runs": runs}
+
+
+def test_on_target_at_and_below_the_target():
+    assert diagnose(entry({S: 0.005, B4: -THEORY_TARGET}))["limits"] == ["on_target"]
+    assert diagnose(entry({S: 0.005, B4: -(THEORY_TARGET + 1e-6)}))["limits"] != ["on_target"]
+
+
+def test_thin_tail_needs_the_standard_win_rate_on_target():
+    d = diagnose(entry({S: -0.008, B4: -0.026, B32: -0.032}))
+    assert d["limits"] == ["thin_tail"] and "bon4, bon32 below theory" in d["reading"]
+    assert "worst: bon32 0.032" in d["reading"]
+    # the standard win rate off too: the same N > 1 gaps are plain "below"
+    assert diagnose(entry({S: -0.03, B4: -0.026}))["limits"] == ["below"]
+
+
+def test_under_tilted_from_the_kl_ratio_and_only_below_point_nine():
+    assert diagnose(entry({S: -0.03}, ratio=0.7))["limits"] == ["under_tilted", "below"]
+    assert "0.70 of the KL" in diagnose(entry({S: -0.03}, ratio=0.7))["reading"]
+    assert diagnose(entry({S: -0.03}, ratio=0.9))["limits"] == ["below"]
+    assert diagnose(entry({S: -0.03}, ratio=None))["limits"] == ["below"]
+
+
+def test_noise_band_shrinks_with_the_number_of_runs():
+    # half-width 0.08: 1.25 * 0.08 / sqrt(4) = 0.05 covers a 0.04 gap; / sqrt(25) = 0.02 does not
+    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=4))["limits"] == ["noise"]
+    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=25))["limits"] == ["above"]
+
+
+def row(job, method, metric, gap, half=0.01, ratio=1.0):
+    return {"job": job, "method": method, "metric": metric, "gap": gap, "ci_half_width": half, "kl_ratio": ratio}
+
+
+def test_medians_per_method_feed_the_diagnosis_and_the_markdown():
+    rows = [row("1", "expn(t=4)", S, -0.01, ratio=0.8), row("1", "expn(t=4)", B4, -0.05, ratio=0.8),
+            row("2", "expn(t=4)", S, 0.00, ratio=0.8), row("2", "expn(t=4)", B4, -0.03, ratio=0.8),
+            row("3", "expn(t=4)", S, 0.004, ratio=1.0), row("3", "expn(t=4)", B4, -0.04, ratio=1.0),
+            row("4", "identity", S, 0.001, half=None), row("4", "identity", B4, -0.002, half=None)]
+    out = median_theory_gap(rows)
+    e = out["expn(t=4)"]
+    assert e["median_abs_gap"] == {S: pytest.approx(0.004), B4: pytest.approx(0.04)}
+    assert e["median_gap"][B4] == pytest.approx(-0.04) and e["median_kl_ratio"] == pytest.approx(0.8)
+    assert e["runs"] == 3 and e["limits"] == ["under_tilted", "thin_tail"]
+    assert out["identity"]["median_ci_half_width"] == {} and out["identity"]["limits"] == ["on_target"]
+    md = theory_gap_markdown(out)
+    assert md.splitlines()[4].startswith("| method | runs | standard | bon4 | KL ratio | reading |")
+    assert "| expn(t=4) | 3 | 0.004 | 0.040 | 0.80 |" in md
+    assert "No calibrated run" in theory_gap_markdown({})
