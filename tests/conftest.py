@@ -16,7 +16,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from infalign.infra.threads import JOBS_ENV, set_threads  # noqa: E402  (after the variables above)
 
 os.environ.setdefault(JOBS_ENV, os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-set_threads("auto", "tests")  # usable cores // xdist workers, or OMP_NUM_THREADS if set
+
+
+def pytest_configure(config):
+    """Threads for the processes that run tests: usable cores // xdist workers (or OMP_NUM_THREADS).
+    The xdist controller runs none, so it skips this and never imports torch (~3 CPU-s that would
+    compete with the workers' own start-up)."""
+    controller = not os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "numprocesses", None)
+    if not controller:
+        set_threads("auto", "tests")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,180 @@
+"""``infalign-paper``: every paper experiment, one after another, each ending in its report, timed.
+
+    infalign-paper                              # all experiments, 3 seeds, toy world
+    infalign-paper --seeds 0                    # one seed (the 45-minute set on 2 cores)
+    infalign-paper --only bon,won --seeds 0,1   # a subset
+    infalign-paper --dry-run                    # print the commands only
+    infalign-paper -- experiment=hh_helpful_bon trainer=gpu   # extra overrides for every sweep
+
+The experiments (README "Reproducing the paper"; the sweeps in ``sweeps/paper_*.yaml``):
+
+==================  ===============================  ==========================================
+name                what runs                        paper
+==================  ===============================  ==========================================
+calibration         ``infalign-calibration``          Fig. 3: reward-model miscalibration
+bon                 ``+sweeps=paper_bon``             Fig. 4 bottom / Fig. 5: best-of-N
+standard            ``+sweeps=paper_standard``        Fig. 4 top: standard win rate
+won                 ``+sweeps=paper_won``             Table 2 analogue: worst-of-N, t < 0
+control             ``+sweeps=paper_control``         control: the calibrated world
+hacking             ``+sweeps=paper_hacking``         reward hacking as KL grows
+hacking_control     ``+sweeps=paper_hacking_control`` control: no exploitable reward error
+==================  ===============================  ==========================================
+
+in this order, so that experiments reuse the policies the earlier ones trained (the policy cache,
+``pipeline/policy_cache.py``: standard and won load raw / identity / the baselines from bon). Each
+sweep runs with ``hydra/launcher=local_parallel`` and ``n_jobs`` = usable cores (``--n-jobs``),
+into ``OUT/<name>`` (default ``$INFALIGN_ROOT/outputs/paper/<date>_<time>``), and is followed by
+``infalign-report OUT/<name>``. A failed step is recorded and the next one runs.
+
+Writes ``OUT/paper_time.json`` and ``OUT/paper_time.md`` (atomically, after every step): per
+experiment the exit code, wall minutes, jobs, finished jobs, policies loaded from the cache, and
+the total -- the figure README's "Reproducing the paper" quotes. Exit status 0 when every step
+succeeded, 1 when one failed, 2 for a bad option (an unknown ``--only`` name, a bad seed list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from infalign.infra.cache import atomic_write_json, atomic_write_text
+from infalign.infra.threads import usable_cores
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    sweep: str | None  # sweeps/<sweep>.yaml; None: infalign-calibration
+    paper: str
+
+
+EXPERIMENTS = (
+    Experiment("calibration", None, "Fig. 3: reward-model miscalibration by prompt"),
+    Experiment("bon", "paper_bon", "Fig. 4 bottom / 5: best-of-N, N in {2, 4, 32}"),
+    Experiment("standard", "paper_standard", "Fig. 4 top: standard win rate vs KL"),
+    Experiment("won", "paper_won", "worst-of-4 with t < 0 (harmlessness analogue)"),
+    Experiment("control", "paper_control", "control: the calibrated world"),
+    Experiment("hacking", "paper_hacking", "reward hacking as KL grows"),
+    Experiment("hacking_control", "paper_hacking_control", "control: no exploitable reward-model error"),
+)
+NAMES = tuple(e.name for e in EXPERIMENTS)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="infalign-paper", description="Run every paper experiment and its report, timed.",
+                                epilog="Arguments after -- are Hydra overrides added to every sweep.")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    p.add_argument("--only", default=",".join(NAMES), help=f"comma-separated subset of: {', '.join(NAMES)}")
+    p.add_argument("--out", type=Path, default=None, help="output root (default outputs/paper/<date>_<time>)")
+    p.add_argument("--n-jobs", type=int, default=None, help="jobs at a time per sweep (default: usable cores)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    args.extra = extra
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
+    """``[(experiment, [command, ...])]`` in run order; raises ``ValueError`` naming a bad option."""
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := [s for s in only if s not in NAMES]:
+        raise ValueError(f"--only: unknown experiment(s) {unknown}; allowed: {', '.join(NAMES)}")
+    seeds = [s.strip() for s in str(args.seeds).split(",") if s.strip()]
+    if not seeds or not all(s.isdigit() for s in seeds):
+        raise ValueError(f"--seeds={args.seeds!r}: need comma-separated integers >= 0, e.g. 0,1,2")
+    n_jobs = args.n_jobs if args.n_jobs is not None else usable_cores()
+    if n_jobs < 1:
+        raise ValueError(f"--n-jobs={n_jobs}: need >= 1")
+    out = args.out
+    steps = []
+    for e in EXPERIMENTS:
+        if e.name not in only:
+            continue
+        target = str(out / e.name)
+        if e.sweep is None:
+            cmds = [["infalign-calibration", f"hydra.run.dir={target}", *args.extra]]
+        else:
+            cmds = [["infalign-train", "-m", f"+sweeps={e.sweep}", f"seed={','.join(seeds)}",
+                     f"hydra.sweep.dir={target}", "hydra/launcher=local_parallel",
+                     f"hydra.launcher.n_jobs={n_jobs}", *args.extra],
+                    ["infalign-report", target]]
+        steps.append((e, cmds))
+    return steps
+
+
+def sweep_counts(sweep_dir: Path) -> dict:
+    """Jobs, finished jobs and policies loaded from the cache of a finished sweep
+    (its ``sweep_time.json``, written by ``apps/hydra_callbacks.SweepTime``); ``{}`` if absent."""
+    try:
+        t = json.loads((sweep_dir / "sweep_time.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"jobs": t.get("jobs"), "finished": t.get("finished"), "policies_loaded": t.get("policy_cache_hits")}
+
+
+def time_markdown(rows: list[dict], total_s: float, seeds: str) -> str:
+    lines = [f"# infalign-paper: time per experiment (seeds {seeds}, {usable_cores()} usable cores)", "",
+             "| experiment | exit | minutes | jobs | finished | policies loaded from cache |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [str(r.get(k, "")) if r.get(k) is not None else "–" for k in ("jobs", "finished", "policies_loaded")]
+        lines.append(f"| {r['experiment']} | {r['exit']} | {r['wall_s'] / 60:.1f} | " + " | ".join(cells) + " |")
+    lines.append(f"| **total** | | **{total_s / 60:.1f}** | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None = None,
+            echo: Callable[[str], None] = print) -> int:
+    """Run :func:`plan`'s steps with ``runner`` (default: a subprocess each), writing the time table
+    after every experiment; returns the exit status (module docstring)."""
+    steps = plan(args)
+    if args.dry_run:
+        for _, cmds in steps:
+            for cmd in cmds:
+                echo(shlex.join(cmd))
+        return 0
+    runner = runner or (lambda cmd: subprocess.run(cmd, check=False).returncode)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, start = [], time.time()
+    for e, cmds in steps:
+        t0, codes = time.time(), []
+        for cmd in cmds:
+            echo(f"[infalign-paper] {e.name}: {shlex.join(cmd)}")
+            codes.append(int(runner(cmd)))
+        rc = next((c for c in codes if c != 0), 0)
+        row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1)}
+        rows.append(row | (sweep_counts(args.out / e.name) if e.sweep else {}))
+        total = time.time() - start
+        atomic_write_json(args.out / "paper_time.json", {"seeds": args.seeds, "usable_cores": usable_cores(),
+                                                         "total_s": round(total, 1), "experiments": rows})
+        atomic_write_text(args.out / "paper_time.md", time_markdown(rows, total, args.seeds))
+    echo(time_markdown(rows, time.time() - start, args.seeds))
+    return 0 if all(r["exit"] == 0 for r in rows) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.out is None:
+        root = Path(os.environ.get("INFALIGN_ROOT", "."))  # as conf/paths/default.yaml
+        args.out = root / "outputs" / "paper" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    try:
+        code = run_all(args)
+    except ValueError as exc:
+        print(f"infalign-paper: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""``infalign-paper`` (apps/paper.py): the plan of commands, bad options, and the time table --
+with a fake runner in place of the sweeps (the sweeps themselves are tested as config entries)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infalign.apps import paper
+from infalign.apps.config import CONFIG_DIR
+
+SWEEPS = Path(CONFIG_DIR).parent / "sweeps"
+
+
+def args(*argv: str, out: Path | None = None):
+    a = paper.parse_args(list(argv))
+    a.out = out or Path("OUT")
+    return a
+
+
+def test_every_experiment_names_a_sweep_that_exists():
+    assert [e.name for e in paper.EXPERIMENTS][:3] == ["calibration", "bon", "standard"]  # bon trains first
+    for e in paper.EXPERIMENTS:
+        assert e.sweep is None or (SWEEPS / f"{e.sweep}.yaml").is_file(), e
+
+
+def test_dry_run_prints_every_command_in_order_with_seeds_and_extra_overrides():
+    lines = []
+    a = args("--seeds", "0,2", "--only", "won,bon", "--n-jobs", "3", "--dry-run", "--", "logger=none")
+    assert paper.run_all(a, runner=lambda cmd: pytest.fail("ran"), echo=lines.append) == 0
+    assert lines == [
+        "infalign-train -m +sweeps=paper_bon seed=0,2 hydra.sweep.dir=OUT/bon hydra/launcher=local_parallel "
+        "hydra.launcher.n_jobs=3 logger=none",
+        "infalign-report OUT/bon",
+        "infalign-train -m +sweeps=paper_won seed=0,2 hydra.sweep.dir=OUT/won hydra/launcher=local_parallel "
+        "hydra.launcher.n_jobs=3 logger=none",
+        "infalign-report OUT/won",
+    ]
+    assert paper.plan(args("--only", "calibration"))[0][1] == [["infalign-calibration", "hydra.run.dir=OUT/calibration"]]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "bon,bonn"], "--only: unknown experiment(s) ['bonn']; allowed: calibration, bon,"),
+    (["--seeds", "0,x"], "--seeds='0,x': need comma-separated integers"),
+    (["--seeds", ""], "--seeds='': need comma-separated integers"),
+    (["--n-jobs", "0"], "--n-jobs=0: need >= 1"),
+])
+def test_bad_options_exit_2_naming_the_option(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        paper.main([*argv, "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written
+
+
+def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_path):
+    ran = []
+
+    def runner(cmd):
+        ran.append(cmd[0])
+        if cmd[0] == "infalign-train":
+            sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+            sweep_dir.mkdir(parents=True)
+            hits = 4 if "paper_won" in cmd[2] else 0
+            (sweep_dir / "sweep_time.json").write_text(json.dumps({"jobs": 10, "finished": 9, "policy_cache_hits": hits}))
+            return 1 if "paper_bon" in cmd[2] else 0  # one job of bon failed: the sweep exits 1
+        return 0
+
+    code = paper.run_all(args("--only", "calibration,bon,won", "--seeds", "0", out=tmp_path), runner=runner,
+                         echo=lambda s: None)
+    assert code == 1
+    assert ran == ["infalign-calibration", "infalign-train", "infalign-report", "infalign-train", "infalign-report"]
+    t = json.loads((tmp_path / "paper_time.json").read_text())
+    rows = {r["experiment"]: r for r in t["experiments"]}
+    assert list(rows) == ["calibration", "bon", "won"] and t["seeds"] == "0"
+    assert rows["bon"]["exit"] == 1 and rows["won"]["exit"] == 0 and rows["calibration"]["exit"] == 0
+    assert rows["won"]["jobs"] == 10 and rows["won"]["finished"] == 9 and rows["won"]["policies_loaded"] == 4
+    assert "jobs" not in rows["calibration"] and t["total_s"] >= sum(r["wall_s"] for r in rows.values()) - 0.5
+    md = (tmp_path / "paper_time.md").read_text()
+    assert "| won | 0 |" in md and "| bon | 1 |" in md and "| **total** |" in md
