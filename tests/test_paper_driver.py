@@ -36,7 +36,8 @@ def test_dry_run_prints_every_command_in_order_with_seeds_and_extra_overrides():
         "hydra.launcher.n_jobs=3 logger=none",
         "infalign-report OUT/won",
     ]
-    assert paper.plan(args("--only", "calibration"))[0][1] == [["infalign-calibration", "hydra.run.dir=OUT/calibration"]]
+    calibration = paper.plan(args("--only", "calibration"))[0][1]
+    assert calibration == [["infalign-calibration", "hydra.run.dir=OUT/calibration"]]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -61,7 +62,8 @@ def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_p
             sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
             sweep_dir.mkdir(parents=True)
             hits = 4 if "paper_won" in cmd[2] else 0
-            (sweep_dir / "sweep_time.json").write_text(json.dumps({"jobs": 10, "finished": 9, "policy_cache_hits": hits}))
+            times = {"jobs": 10, "finished": 9, "policy_cache_hits": hits}
+            (sweep_dir / "sweep_time.json").write_text(json.dumps(times))
             return 1 if "paper_bon" in cmd[2] else 0  # one job of bon failed: the sweep exits 1
         return 0
 
