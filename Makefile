@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo train analyze test test-fast bench lint clean-cache
+.PHONY: setup demo train analyze paper test test-fast bench lint clean-cache
 
 # Installer: uv (pip-installed into $(VENV)/uv; resolves, downloads and unpacks in parallel), else
 # pip. uv gets pip's find-links (pip.conf / PIP_FIND_LINKS: e.g. a local CPU torch
@@ -36,6 +36,9 @@ demo: setup          ## the default job: infalign-train (toy world, best-of-4, e
 
 analyze: setup       ## calibrated-space theory: win rate vs KL, best t, optimal frontier
 	$(VENV)/bin/infalign-analyze $(ARGS)
+
+paper: setup         ## every paper experiment + its report, timed (ARGS="--seeds 0" for one seed)
+	$(VENV)/bin/infalign-paper $(ARGS)
 
 # pytest-xdist: one worker per core (tests/conftest.py gives each worker its share of the threads);
 # loadscope sends a module's tests to one worker, so a module-scoped fixture is built once.
