@@ -8,9 +8,10 @@ from infalign.report.theory_gap import THEORY_TARGET, diagnose, median_theory_ga
 S, B4, B32 = "standard_win_rate", "bon4_win_rate", "bon32_win_rate"
 
 
-def entry(gaps: dict, half: dict | None = None, ratio: float | None = 1.0, runs: int = 9) -> dict:
+def entry(gaps: dict, half: dict | None = None, ratio: float | None = 1.0, runs: int = 9, seeds: int = 9) -> dict:
     return {"median_abs_gap": {k: abs(v) for k, v in gaps.items()}, "median_gap": dict(gaps),
-            "median_ci_half_width": half or {k: 0.01 for k in gaps}, "median_kl_ratio": ratio, "runs": runs}
+            "median_ci_half_width": half or {k: 0.01 for k in gaps}, "median_kl_ratio": ratio, "runs": runs,
+            "seeds": seeds}
 
 
 def test_on_target_at_and_below_the_target():
@@ -35,12 +36,15 @@ def test_under_tilted_from_the_kl_ratio_and_only_below_point_nine():
 
 def test_noise_band_shrinks_with_the_number_of_runs():
     # half-width 0.08: 1.25 * 0.08 / sqrt(4) = 0.05 covers a 0.04 gap; / sqrt(25) = 0.02 does not
-    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=4))["limits"] == ["noise"]
-    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=25))["limits"] == ["above"]
+    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=4, seeds=4))["limits"] == ["noise"]
+    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=25, seeds=25))["limits"] == ["above"]
+    # 25 runs of 4 seeds: the runs of a seed share one reference pool, 4 independent evaluations
+    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=25, seeds=4))["limits"] == ["noise"]
 
 
-def row(job, method, metric, gap, half=0.01, ratio=1.0):
-    return {"job": job, "method": method, "metric": metric, "gap": gap, "ci_half_width": half, "kl_ratio": ratio}
+def row(job, method, metric, gap, half=0.01, ratio=1.0, seed=0):
+    return {"job": job, "method": method, "metric": metric, "gap": gap, "ci_half_width": half, "kl_ratio": ratio,
+            "seed": seed}
 
 
 def test_medians_per_method_feed_the_diagnosis_and_the_markdown():
@@ -52,7 +56,7 @@ def test_medians_per_method_feed_the_diagnosis_and_the_markdown():
     e = out["expn(t=4)"]
     assert e["median_abs_gap"] == {S: pytest.approx(0.004), B4: pytest.approx(0.04)}
     assert e["median_gap"][B4] == pytest.approx(-0.04) and e["median_kl_ratio"] == pytest.approx(0.8)
-    assert e["runs"] == 3 and e["limits"] == ["under_tilted", "thin_tail"]
+    assert e["runs"] == 3 and e["seeds"] == 1 and e["limits"] == ["under_tilted", "thin_tail"]
     assert out["identity"]["median_ci_half_width"] == {} and out["identity"]["limits"] == ["on_target"]
     md = theory_gap_markdown(out)
     assert md.splitlines()[4].startswith("| method | runs | standard | bon4 | KL ratio | reading |")

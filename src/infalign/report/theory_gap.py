@@ -66,7 +66,10 @@ def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
                  "median_gap": _median_by_metric(mine, lambda r: r["gap"]),
                  "median_ci_half_width": _median_by_metric(mine, lambda r: r["ci_half_width"]),
                  "median_kl_ratio": float(np.median(list(ratios.values()))) if ratios else None,
-                 "runs": len({r["job"] for r in mine})}
+                 "runs": len({r["job"] for r in mine}),
+                 # runs of one seed share the evaluation's reference pool (drawn with seed + 101), so
+                 # their gaps share its noise: the independent estimates are the seeds, not the runs
+                 "seeds": len({r.get("seed") for r in mine})}
         out[method] = entry | diagnose(entry)
     return out
 
@@ -74,7 +77,7 @@ def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
 def _median_by_metric(rows: Sequence[dict], value) -> dict[str, float]:
     """``{metric: median of value(row) over the rows of that metric}``, rows whose value is None skipped."""
     out = {}
-    for metric in sorted({r["metric"] for r in rows}):
+    for metric in sorted({r["metric"] for r in rows}, key=_column_order):
         values = [v for r in rows if r["metric"] == metric and (v := value(r)) is not None]
         if values:
             out[metric] = float(np.median(values))
@@ -86,10 +89,12 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
     (:func:`median_theory_gap`): ``{"limits": [codes], "reading": one sentence}``. Codes:
 
     * ``on_target`` -- every metric's median ``|gap| <= target``;
-    * ``noise`` -- a metric off target whose median gap is inside ``1.25 h / sqrt(runs)``, ``h`` the
-      runs' median 95 % CI half-width: the 95 % half-width of a median of ``runs`` independent
-      run-level estimates (the median's standard error is ``sqrt(pi/2) ~ 1.25`` times the mean's), so
-      the finite evaluation pools cannot tell the gap from the theory;
+    * ``noise`` -- a metric off target whose median gap is inside ``1.25 h / sqrt(n)``, ``h`` the
+      runs' median 95 % CI half-width and ``n`` the independent evaluations among them (the seeds:
+      the runs of one seed share one reference pool; at most the runs): the 95 % half-width of a
+      median of ``n`` independent run-level estimates (the median's standard error is
+      ``sqrt(pi/2) ~ 1.25`` times the mean's), so the finite evaluation pools cannot tell the gap
+      from the theory;
     * ``under_tilted`` -- median KL ratio ``< kl_short``: the runs stop short of the KL of the
       tilted policy their beta targets (optimisation: more steps or a larger step size);
     * ``thin_tail`` -- the standard win rate is on target but an inference-time one (N > 1) is
@@ -102,7 +107,7 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
     off = {k: v for k, v in gaps.items() if v > target}
     if not off:
         return {"limits": ["on_target"], "reading": f"on target: every median |gap| <= {target:g}"}
-    runs = max(1, int(entry.get("runs") or 1))
+    runs = max(1, min(int(entry.get("runs") or 1), int(entry.get("seeds") or entry.get("runs") or 1)))
     noise = {k for k in off if k in half and abs(signed[k]) <= 1.25 * half[k] / np.sqrt(runs)}
     real = {k: signed[k] for k in off if k not in noise}
     limits, parts = [], []
@@ -124,23 +129,28 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
         parts.append(f"{_names(above)} above theory at the measured KL")
     if noise:
         limits.append("noise")
-        parts.append(f"{_names(sorted(noise))} off by less than the evaluation noise of {runs} runs")
+        parts.append(f"{_names(sorted(noise))} off by less than the evaluation noise of {runs} independent "
+                     "reference pools")
     worst = max(off, key=off.get)
     return {"limits": limits, "reading": f"off target (worst: {worst.removesuffix('_win_rate')} {off[worst]:.3f}): "
                                          + "; ".join(parts)}
 
 
+def _column_order(key: str) -> tuple:
+    """The standard win rate first, then the inference-time ones in the order of N (bon2 < bon4 < bon32)."""
+    return key != STANDARD_WIN_RATE, len(key), key
+
+
 def _names(keys) -> str:
     """``bon2, bon4, bon32``: column names without the suffix, in the order of N."""
-    return ", ".join(k.removesuffix("_win_rate") for k in sorted(keys, key=lambda k: (len(k), k)))
+    return ", ".join(k.removesuffix("_win_rate") for k in sorted(keys, key=_column_order))
 
 
 def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET) -> str:
     """``theory_gap.md``: per method the median |gap| per metric, the KL ratio and the reading."""
     if not summary:
         return "# Distance from theory\n\nNo calibrated run with a theory prediction at its measured KL.\n"
-    metrics = sorted({k for e in summary.values() for k in e["median_abs_gap"]},
-                     key=lambda k: (k != STANDARD_WIN_RATE, len(k), k))
+    metrics = sorted({k for e in summary.values() for k in e["median_abs_gap"]}, key=_column_order)
     lines = ["# Distance from theory", "",
              "Reward model; median over each method's runs of |measured win rate - theory at the measured KL| "
              f"(target <= {target:g}), median KL measured / theory at beta; what limits it "
