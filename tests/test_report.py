@@ -603,3 +603,32 @@ def test_wandb_jobs_are_recognised_in_new_and_old_sweep_dirs(tmp_path, logger, e
     metrics["config"]["logger"] = logger
     write_job(root, "0", ["transform=identity"], metrics)
     assert wandb_settings(collect(root), root) == expected
+
+
+@pytest.mark.slow
+def test_method_option_narrows_the_comparison_and_widens_its_kls(tmp_path, capsys):
+    root = make_matched_sweep(tmp_path / "multirun")
+    rc, stdout = run_main(str(root), "--no-wandb", "--method", "identity", "--method", "expn(t=4)")
+    assert rc == 0, stdout
+    rows = [r for r in read_csv(root / "report" / "matched_kl.csv") if r["panel"] == "bon4"]
+    assert {r["method"] for r in rows} == {"identity", "expn(t=4)"}
+    # raw (KL 0.10-0.90) left out: the common KLs reach identity's top, 1.0, instead of raw's 0.9
+    assert max(float(r["kl"]) for r in rows) == pytest.approx(1.0)
+    assert len(read_csv(root / "report" / "runs.csv")) == 13  # every run is still tabulated
+    rc, _ = run_main(str(root), "--no-wandb", "--method", "expn(t=5)")
+    err = capsys.readouterr().err
+    assert rc == 2 and "--method=['expn(t=5)'] is not allowed: methods of the finished runs: expn(t=4)," in err
+
+
+@pytest.mark.slow
+def test_a_dir_of_links_to_sweeps_is_reported_as_one(tmp_path):
+    sweep = make_matched_sweep(tmp_path / "multirun")
+    combined = tmp_path / "combined"
+    combined.mkdir()
+    (combined / "a").symlink_to(sweep, target_is_directory=True)
+    (combined / "b").symlink_to(sweep, target_is_directory=True)  # the same sweep twice: walked once
+    (combined / "a" / "loop").symlink_to(combined, target_is_directory=True)  # a loop: not followed
+    rc, stdout = run_main(str(combined), "--no-wandb")
+    assert rc == 0, stdout
+    jobs = [r["job"] for r in read_csv(combined / "report" / "runs.csv")]
+    assert len(jobs) == 13 and all(j.startswith("a/") for j in jobs)  # links walked in name order

@@ -1,14 +1,15 @@
 """``infalign-report``: one report for a whole ``infalign-train -m`` sweep.
 
     infalign-report MULTIRUN_DIR [--out DIR] [--judge reward_model|gold|all] [--wandb | --no-wandb]
-                    [--baseline METHOD ...] [--num-kl K] [--bootstrap B]
+                    [--baseline METHOD ...] [--method METHOD ...] [--num-kl K] [--bootstrap B]
 
     infalign-report outputs/multirun/train/2026-11-22_08-21-00            # -> <dir>/report/
     infalign-report outputs/multirun/train/<date> --judge gold --no-wandb
     infalign-report outputs/multirun/train/<date> --out reports/sweep1 --wandb
 
 ``MULTIRUN_DIR`` is a sweep dir (every dir below it that has a ``.hydra/`` is a job; a single
-run dir works too). Jobs are ``finished``, ``failed`` (``metrics.json`` with ``status: failed``,
+run dir works too; symlinks are followed, so a dir of links to several sweeps -- e.g. seeds added
+by a later sweep -- is reported as one). Jobs are ``finished``, ``failed`` (``metrics.json`` with ``status: failed``,
 or an unreadable one; reason = the error's last line) or ``missing`` (no ``metrics.json``:
 running, killed or crashed; reason = the exception line of the traceback in ``train.log``).
 Broken job dirs are reported, never fatal.
@@ -75,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="log to a W&B 'report' run in the sweep's group (default: on if the jobs used W&B)")
     p.add_argument("--baseline", action="append", default=None, metavar="METHOD",
                    help="method to compute matched-KL gains against, repeatable (default: raw and identity)")
+    p.add_argument("--method", action="append", default=None, metavar="METHOD",
+                   help="compare only these methods at matched KL, repeatable (default: all; the common KLs are "
+                        "those every compared method covers)")
     p.add_argument("--num-kl", type=int, default=6, help="common KLs per matched-KL panel (default 6)")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
     return p.parse_args(argv)
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"infalign-report: no job dirs (dirs containing .hydra/) under {root}", file=sys.stderr)
         return 2
     try:
-        report = rep.build_report(root, out_dir, args.judge, args.baseline, args.num_kl, args.bootstrap)
+        report = rep.build_report(root, out_dir, args.judge, args.baseline, args.num_kl, args.bootstrap,
+                                  methods=args.method)
     except ConfigError as exc:
         print(f"infalign-report: {exc}", file=sys.stderr)
         return 2

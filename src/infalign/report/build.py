@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infalign.errors import require
+from infalign.errors import ConfigError, require
 from infalign.infra.cache import atomic_write_csv, atomic_write_json, atomic_write_text
 from infalign.report.collect import JUDGES, Job, collect, present_judges
 from infalign.report.matched import (
@@ -17,6 +17,7 @@ from infalign.report.matched import (
     matched_kl_rows,
     matched_kl_summary,
 )
+from infalign.report.naming import method_of
 from infalign.report.plots import PLOTS, plot_gains, plot_series
 from infalign.report.series import Series, build_series
 from infalign.report.tables import columns, job_row, make_summary, markdown
@@ -39,12 +40,13 @@ class Report:
 
 
 def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Sequence[str] | None = None,
-                 num_kl: int = 6, num_resamples: int = 2000) -> Report:
+                 num_kl: int = 6, num_resamples: int = 2000, methods: Sequence[str] | None = None) -> Report:
     """Collect, tabulate and plot (no W&B, no printing); write runs.csv, runs.md, the PNGs, the
     matched-KL comparison (matched_kl.csv/.md, gain_vs_kl.png) and theory_gap.csv/.md.
 
     ``baselines``: methods gains are computed against (default raw and identity, those present);
-    ``num_kl``: common KLs per panel; ``num_resamples``: paired bootstrap resamples.
+    ``num_kl``: common KLs per panel; ``num_resamples``: paired bootstrap resamples; ``methods``: the
+    methods the matched-KL comparison takes (default all; every run stays in runs.csv and the plots).
     ``summary.json`` is written by :func:`write_summary` (after W&B, so it can record the run)."""
     require(num_kl >= 1, "num_kl", num_kl, "an integer >= 1")
     require(num_resamples >= 100, "num_resamples", num_resamples, "an integer >= 100 (percentile CIs)")
@@ -63,7 +65,10 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     atomic_write_text(paths["md"], markdown(rows, judges, jobs, root))
     for which in PLOTS:
         plot_series(series, judges, which, paths[f"plot_{which}"])
-    panels, notes = compare_panels(jobs, judges, baselines, num_kl, num_resamples)
+    present = sorted({m for j in jobs if j.status == "finished" and (m := method_of(j)) is not None})
+    if methods is not None and (unknown := sorted(set(methods) - set(present))):
+        raise ConfigError("--method", unknown, f"methods of the finished runs: {', '.join(present)}")
+    panels, notes = compare_panels(jobs, judges, baselines, num_kl, num_resamples, methods=methods)
     matched = matched_kl_rows(panels)
     atomic_write_csv(paths["matched_kl_csv"], matched, MATCHED_KL_COLUMNS)
     atomic_write_text(paths["matched_kl_md"], matched_kl_markdown(panels, notes))

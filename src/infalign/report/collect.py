@@ -42,16 +42,26 @@ class Job:
 
 
 def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
-    """Every dir under ``root`` (``root`` included) that has a ``.hydra/`` child, in natural order."""
+    """Every dir under ``root`` (``root`` included) that has a ``.hydra/`` child, in natural order.
+
+    Symlinked dirs are followed, so a dir of links to several sweep dirs (``bon/a -> paper_bon``,
+    ``bon/b -> paper_bon_more``: seeds or methods added by a later sweep) is reported as one sweep,
+    its jobs named ``a/3``, ``b/3``; a dir reached twice (a link loop, two links to one sweep) is
+    walked once."""
     root = Path(root)
     skip_resolved = {Path(s).resolve() for s in skip}
-    found = []
-    for dirpath, dirnames, _ in os.walk(root):
+    found, seen = [], set()
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
         here = Path(dirpath)
+        real = here.resolve()
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         if (here / ".hydra").is_dir():
             found.append(here)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
-                       and (here / d).resolve() not in skip_resolved]
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
+                              and (here / d).resolve() not in skip_resolved | seen), key=natural_key)
     return sorted(found, key=lambda p: natural_key(_rel(p, root)))
 
 

@@ -113,10 +113,16 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
 
 
 def compare_panels(jobs: Sequence[Job], judges: Sequence[str], baselines: Sequence[str] | None = None,
-                   num_kl: int = 6, num_resamples: int = 2000, seed: int = 0) -> tuple[list[Panel], list[str]]:
+                   num_kl: int = 6, num_resamples: int = 2000, seed: int = 0,
+                   methods: Sequence[str] | None = None) -> tuple[list[Panel], list[str]]:
     """:func:`infalign.math.matched_kl.matched_kl` on every panel (standard first, then by family, N;
-    judges in report order); plus the notes of :func:`panel_runs`."""
+    judges in report order); plus the notes of :func:`panel_runs`. ``methods``: compare only these
+    (the common KLs are those every compared method covers, so a method with a narrow KL range
+    narrows them for all; leave it out to compare the others over a wider range)."""
     runs, notes = panel_runs(jobs, judges)
+    if methods is not None:
+        wanted = set(methods)
+        runs = {key: kept for key, rs in runs.items() if (kept := [r for r in rs if r.method in wanted])}
     order = {j: i for i, j in enumerate(judges)}
 
     def sort_key(key: tuple) -> tuple:
