@@ -10,7 +10,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from infalign.models.generation import Rollout, response_stats, sample, sampling_probs, sequence_logprobs
+from infalign.models.generation import (
+    Rollout,
+    length_buckets,
+    response_stats,
+    sample,
+    sampling_probs,
+    sequence_logprobs,
+)
 
 PAD, EOS = 0, 1
 PROMPTS = ["w1 w2 w3 w4 w5", "w6", "w7 w8 w9"]
@@ -307,3 +314,74 @@ def test_no_deprecated_kv_cache_argument(model, tokenizer):
         r = draw(model, tokenizer, use_cache=True)
         draw(model, tokenizer, use_cache=False)
         sequence_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_finished_rows_leave_the_batch_and_the_tokens_stay_the_same(tokenizer, arch):
+    """compact=True drops rows that emitted eos from the decoding batch and the KV cache (the
+    forward sees fewer rows), yet draws every row's token from the same generator stream: the same
+    tokens, masks and ``ended`` as compact=False at every seed and sampling setting; log-probs equal
+    to float error (the smaller batch may round differently)."""
+    if arch == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(1)
+        m = LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=EOS,
+            eos_token_id=EOS, pad_token_id=PAD)).eval()
+        with torch.no_grad():  # a bias towards eos through the head's eos row: rows end at different steps
+            m.lm_head.weight[EOS] += 0.5 * m.model.embed_tokens.weight.mean(0) + 0.3
+    else:
+        m = tiny_gpt2(len(tokenizer), eos_bias=2.5)
+    batch_rows = []
+    hook = m.register_forward_pre_hook(lambda mod, args, kwargs: batch_rows.append(kwargs["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    try:
+        for seed, kw in enumerate([{}, {"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.8}]):
+            batch_rows.clear()
+            full = draw(m, tokenizer, seed=seed, num_samples=16, max_new_tokens=12, compact=False, **kw)
+            full_rows = list(batch_rows)
+            batch_rows.clear()
+            compact = draw(m, tokenizer, seed=seed, num_samples=16, max_new_tokens=12, **kw)
+            assert torch.equal(compact.response_ids, full.response_ids)
+            assert torch.equal(compact.response_mask, full.response_mask)
+            assert torch.equal(compact.ended, full.ended) and compact.responses == full.responses
+            torch.testing.assert_close(compact.logprobs, full.logprobs, atol=1e-5, rtol=0)
+            assert set(full_rows[1:]) == {48}  # 3 prompts x 16 samples after the shared prefill
+            assert batch_rows[0] == 3 and len(batch_rows) == len(full_rows)
+            assert min(batch_rows[1:]) < 48 and batch_rows[1:] == sorted(batch_rows[1:], reverse=True)
+    finally:
+        hook.remove()
+
+
+def test_length_buckets_partition_the_rows_in_length_order():
+    lengths = torch.tensor([5, 3, 9, 3, 7, 1] * 16)  # 96 rows
+    groups = length_buckets(lengths)
+    assert len(groups) == 3  # 96 // 32
+    assert sorted(torch.cat(groups).tolist()) == list(range(96))
+    flat = torch.cat([lengths[g] for g in groups])
+    assert torch.equal(flat, lengths.sort(stable=True).values)
+    assert len(length_buckets(lengths[:63])) == 1 and len(length_buckets(torch.ones(1000))) == 4
+
+
+def test_length_bucketed_logprobs_and_gradients_equal_the_one_pass_forward(tokenizer):
+    """Rows of different lengths (eos-biased tiny GPT-2, 3 prompts of 1-5 tokens) in 2 buckets,
+    each cut to its own padding: log-probs and the policy gradient equal the single padded forward's
+    to float error."""
+    m = tiny_gpt2(len(tokenizer), eos_bias=2.5).train(False)
+    r = draw(m, tokenizer, seed=3, num_samples=24, max_new_tokens=12)  # 72 rows -> 2 buckets
+    total = r.prompt_mask.sum(-1) + r.response_mask.sum(-1)
+    assert len(length_buckets(total)) == 2 and total.min() < total.max()
+    args = (r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+    grads = []
+    for bucket in (False, True):
+        m.zero_grad()
+        lp = sequence_logprobs(m, *args, bucket=bucket)
+        (lp * torch.linspace(-1, 1, lp.numel()).view_as(lp)).sum().backward()
+        grads.append((lp.detach(), [p.grad.clone() for p in m.parameters()]))
+    (lp0, g0), (lp1, g1) = grads
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=0)
+    assert (lp1[~r.response_mask.bool()] == 0).all()
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

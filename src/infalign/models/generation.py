@@ -30,8 +30,8 @@ import torch
 
 from infalign.models.builders import special_tokens_around
 
-__all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "position_ids", "stop_token_ids",
-           "prompt_token_limit", "response_stats"]
+__all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "length_buckets", "position_ids",
+           "stop_token_ids", "prompt_token_limit", "response_stats"]
 
 
 @dataclass
@@ -182,6 +182,7 @@ def sample(
     generator: torch.Generator | None = None,
     top_p: float = 1.0,
     share_prefill: bool = True,
+    compact: bool = True,
 ) -> Rollout:
     """Sample ``num_samples`` responses for each prompt, batched, and return them with log-probs.
 
@@ -203,7 +204,10 @@ def sample(
     rows per step), so both give the same tokens, and log-probs equal to float error (the prefill
     runs on a batch of another size). ``use_cache=False`` recomputes the whole prefix each step
     (slow; kept as the reference the cached path is tested against). With the same ``generator``
-    state all paths draw the same tokens. Dropout is off while sampling (the model is put in eval
+    state all paths draw the same tokens. ``compact`` (with the cache): rows that have emitted a stop
+    token leave the decoding batch (and the KV cache) once a quarter of the computed rows have, so
+    a batch whose responses end early stops paying for them; the draws still cover every row, so
+    the tokens are those of ``compact=False``. Dropout is off while sampling (the model is put in eval
     mode, then restored), so the log-probs match :func:`sequence_logprobs` on the model in eval
     mode. The returned tensors are ordinary tensors (not inference tensors), safe to use in a later
     autograd computation.
@@ -255,6 +259,7 @@ def sample(
             generator,
             stops,
             pad,
+            compact,
         )
     finally:
         model.train(was_training)
@@ -273,6 +278,17 @@ def sample(
         ended=ended.clone(),
         truncated_prompts=truncated,
     )
+
+
+def _select_cache(past, index: torch.Tensor):
+    """The KV cache restricted to the rows ``index`` (``Cache.batch_select_indices``, or each tensor of
+    a legacy tuple cache; None stays None)."""
+    if past is None:
+        return None
+    if hasattr(past, "batch_select_indices"):
+        past.batch_select_indices(index)
+        return past
+    return tuple(tuple(t.index_select(0, index) for t in layer) for layer in past)
 
 
 def _repeat_cache(past, repeats: int):
@@ -300,6 +316,7 @@ def _decode(
     generator,
     stops,
     pad,
+    compact=True,
 ):
     """The decoding loop over ``[P, W]`` prompts, ``num_samples`` rows each: returns
     ``tokens, logprobs, response_mask`` ``[P*n, Lr]`` and ``ended`` ``[P*n]``."""
@@ -320,14 +337,19 @@ def _decode(
     keep_kw = _keep_last(model, 1)
     cache_arg = _cache_arg(model)
 
-    past, steps = None, 0
+    # With the cache, rows that have emitted a stop token leave the batch (their KV cache rows are
+    # dropped) once a quarter of the computed rows have: ``active`` holds the rows still computed
+    # (None: all). Their logits are put back into a [rows, V] tensor before the draw, so the
+    # generator's stream -- and each live row's token -- is that of the uncompacted loop (_pick).
+    past, steps, active = None, 0, None
     for t in range(max_new_tokens):
         # Next-token logits: prefill (once per prompt), one cached single-token step, or a full
         # recompute.
         end = width + t
         if use_cache and t > 0:
-            new, new_pos = tokens[:, t - 1 : t], pos[:, end - 1 : end]
-            out = _forward(model, new, mask[:, :end], new_pos, past, True, keep_kw, cache_arg)
+            rows_in = slice(None) if active is None else active
+            new, new_pos = tokens[rows_in, t - 1 : t], pos[rows_in, end - 1 : end]
+            out = _forward(model, new, mask[rows_in, :end], new_pos, past, True, keep_kw, cache_arg)
         elif use_cache and share_prefill:
             out = _forward(model, unique_ids, unique_mask, position_ids(unique_mask), None, True, keep_kw, cache_arg)
         else:
@@ -335,7 +357,11 @@ def _decode(
             out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw, cache_arg)
         logits = out.logits[:, -1, :].float()
         past = getattr(out, cache_arg) if use_cache else None
-        if logits.shape[0] != rows:  # the shared prefill: one row per prompt
+        if active is not None:  # finished rows: a placeholder distribution, their draw is discarded
+            full = logits.new_zeros(rows, logits.shape[-1])
+            full[active] = logits
+            logits = full
+        elif logits.shape[0] != rows:  # the shared prefill: one row per prompt
             logits = logits.repeat_interleave(num_samples, 0)
             past = _repeat_cache(past, num_samples)
 
@@ -350,7 +376,23 @@ def _decode(
             alive &= ~torch.isin(tok, torch.tensor(stops, device=device))
             if not alive.any():
                 break
+            computed = alive if active is None else alive[active]
+            if compact and use_cache and past is not None and int(computed.sum()) <= 0.75 * computed.numel():
+                past = _select_cache(past, computed.nonzero().squeeze(-1))
+                active = alive.nonzero().squeeze(-1)
     return tokens[:, :steps], logprobs[:, :steps], response_mask[:, :steps], ~alive
+
+
+ROWS_PER_BUCKET = 32  # sequence_logprobs: at least this many rows per length bucket
+
+
+def length_buckets(lengths: torch.Tensor, rows_per_bucket: int = ROWS_PER_BUCKET,
+                   max_buckets: int = 4) -> list[torch.Tensor]:
+    """Row indices grouped by length: the rows sorted by ``lengths`` (stable) and cut into
+    ``min(max_buckets, rows // rows_per_bucket)`` (at least 1) near-equal consecutive groups."""
+    k = max(1, min(max_buckets, lengths.numel() // rows_per_bucket))
+    order = torch.argsort(lengths, stable=True)
+    return list(order.chunk(k)) if k > 1 else [order]
 
 
 def sequence_logprobs(
@@ -359,14 +401,38 @@ def sequence_logprobs(
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
+    bucket: bool = True,
 ) -> torch.Tensor:
     """Teacher-forced ``log pi(y_t | x, y_<t)`` of each response token ``[B, Lr]`` (0 where masked).
 
-    One forward pass over ``[prompt | response]`` with position ids ``cumsum(mask) - 1``; the
-    logits at positions ``Lp-1 .. Lp+Lr-2`` score the response tokens. Gradients flow if the caller
-    has them enabled (policy) and not under ``torch.no_grad()`` (reference). The model's train/eval
+    A forward pass over ``[prompt | response]`` with position ids ``cumsum(mask) - 1``; the logits
+    at positions ``Lp-1 .. Lp+Lr-2`` score the response tokens. Gradients flow if the caller has
+    them enabled (policy) and not under ``torch.no_grad()`` (reference). The model's train/eval
     mode is left to the caller (dropout changes the log-probs).
+
+    ``bucket``: rows are grouped by length (:func:`length_buckets`, by prompt + response tokens) and
+    each group runs as its own forward, cut to its own longest prompt and response, so short rows
+    stop paying for the longest one's padding. Padding is masked and positions come from the mask,
+    so every row's log-probs are those of the one-pass forward to float error.
     """
+    total = prompt_mask.sum(-1) + response_mask.sum(-1)
+    groups = length_buckets(total) if bucket else []
+    if len(groups) <= 1:
+        return _sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    width, length = prompt_ids.shape[1], response_ids.shape[1]
+    parts = []
+    for idx in groups:
+        p = int(prompt_mask[idx].sum(-1).max())  # left-padded: the last p columns hold every prompt
+        r = max(1, int(response_mask[idx].sum(-1).max()))  # right-padded: the first r columns
+        lp = _sequence_logprobs(model, prompt_ids[idx, width - p:], prompt_mask[idx, width - p:],
+                                response_ids[idx, :r], response_mask[idx, :r])
+        parts.append(torch.nn.functional.pad(lp, (0, length - r)))
+    order = torch.cat(groups)
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+def _sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
+    """:func:`sequence_logprobs` in one forward pass."""
     length = response_ids.shape[1]
     ids = torch.cat([prompt_ids, response_ids], dim=1)
     mask = torch.cat([prompt_mask, response_mask], dim=1)

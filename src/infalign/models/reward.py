@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from infalign.models.builders import encode_prompt_response, special_tokens_around
+from infalign.models.generation import ROWS_PER_BUCKET
 
 __all__ = [
     "REWARD_INPUT_VERSION",
@@ -123,21 +124,30 @@ class RewardScorer:
         prompts = self._dataset_prompts(prompts)
         self.model.eval()
         device = next(self.model.parameters()).device
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
+        scores = torch.zeros(len(prompts))
+        for idx in self._chunks(prompts, responses):
             enc = reward_model_inputs(
-                self.tokenizer,
-                prompts[i : i + self.batch_size],
-                responses[i : i + self.batch_size],
-                max_length=self.max_length,
+                self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_length=self.max_length
             )
             logits = self.model(
                 input_ids=enc["input_ids"].to(device),
                 attention_mask=enc["attention_mask"].to(device),
             ).logits
-            out.append(logits[:, 0].float().cpu())
-        scores = torch.cat(out) if out else torch.zeros(0)
+            scores[idx] = logits[:, 0].float().cpu()
         return check_finite(scores, "reward model")
+
+    def _chunks(self, prompts: list[str], responses: list[str]) -> list[torch.Tensor]:
+        """Row indices per forward: the rows sorted by text length (a proxy for their tokens) and cut
+        into at most ``batch_size`` rows each -- and into at least ``rows // 32`` (at most 4) groups,
+        as :func:`~infalign.models.generation.length_buckets` -- so each forward is padded to the
+        length of rows like its own, not to the longest of all. Each score is its row's alone."""
+        n = len(prompts)
+        if n == 0:
+            return []
+        lengths = torch.tensor([len(p) + len(r) for p, r in zip(prompts, responses)])
+        order = torch.argsort(lengths, stable=True)
+        k = max(-(-n // self.batch_size), min(4, n // ROWS_PER_BUCKET))
+        return list(order.chunk(k))
 
 
 class GoldScorer:
