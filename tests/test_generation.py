@@ -316,7 +316,7 @@ def test_no_deprecated_kv_cache_argument(model, tokenizer):
         sequence_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", pytest.param("llama", marks=pytest.mark.slow)])
 def test_finished_rows_leave_the_batch_and_the_tokens_stay_the_same(tokenizer, arch):
     """compact=True drops rows that emitted eos from the decoding batch and the KV cache (the
     forward sees fewer rows), yet draws every row's token from the same generator stream: the same

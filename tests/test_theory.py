@@ -436,6 +436,7 @@ def test_frontier_large_budget_is_reachable():
     np.testing.assert_allclose(fr.kl, [5.0, 10.0], rtol=1e-8)
 
 
+@pytest.mark.slow  # > 1 s (docs/architecture.md §7)
 def test_very_negative_t_reaches_large_kl_budgets():
     """Regression: the beta search used to stop at 1e-6 x range(Phi), so exp(t=-20) was labelled
     'the transform caps the reachable KL' at 5 nats. Any non-constant bounded Phi reaches every KL as
@@ -448,6 +449,7 @@ def test_very_negative_t_reaches_large_kl_budgets():
     assert np.all(np.diff(fr.win_rate) > 0)
 
 
+@pytest.mark.slow  # > 1 s (docs/architecture.md §7)
 def test_negative_t_keeps_its_digits_at_tiny_beta():
     """Regression: for t < 0 Phi was tabulated as Phi(u) - Phi(0), so near u = 1 (where the mass is
     as beta -> 0) Phi(u) - Phi(1) lost all digits: KL off by 1.1e-7 relative at 12 nats (beta ~1e-13),
@@ -591,6 +593,7 @@ def test_best_t_is_argmax_of_its_table(name, n):
     assert np.all(bt.t > 0) if name == "bon" else np.all(bt.t < 0)
 
 
+@pytest.mark.slow  # > 1 s (docs/architecture.md §7)
 def test_best_t_grows_with_budget_and_n_for_bon():
     ts = np.concatenate(
         [-np.geomspace(0.25, 64, 20), np.geomspace(0.25, 64, 20)]
@@ -603,6 +606,7 @@ def test_best_t_grows_with_budget_and_n_for_bon():
         assert best[2][j] <= best[4][j] <= best[8][j]  # and in N
 
 
+@pytest.mark.slow  # > 1 s (docs/architecture.md §7)
 def test_best_t_is_negative_for_won_when_both_signs_are_offered():
     ts = np.concatenate([-np.geomspace(0.25, 64, 20), np.geomspace(0.25, 64, 20)])
     for n in (2, 4, 8):
