@@ -56,6 +56,17 @@ def tiny_gpt2(vocab_size: int, seed: int = 0, eos_bias: float | None = None) -> 
     return model.eval()
 
 
+def tiny_llama(vocab_size: int, seed: int = 1):
+    """A tiny random Llama (grouped-query attention, rotary positions, the DynamicCache path)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=EOS, eos_token_id=EOS,
+        pad_token_id=PAD)).eval()
+
+
 @pytest.fixture(scope="module")
 def model(tokenizer):
     return tiny_gpt2(len(tokenizer))
@@ -249,13 +260,7 @@ def test_shared_prefill_draws_what_repeated_prompts_draw(tokenizer, arch):
     generator state -> the same tokens and masks; log-probs equal to float error (the prefill's
     batch size differs)."""
     if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(1)
-        m = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=EOS,
-            eos_token_id=EOS, pad_token_id=PAD)).eval()
+        m = tiny_llama(len(tokenizer))
     else:
         m = tiny_gpt2(len(tokenizer), eos_bias=2.5 if arch == "gpt2_eos" else None)
     for seed in range(5):
@@ -323,13 +328,7 @@ def test_finished_rows_leave_the_batch_and_the_tokens_stay_the_same(tokenizer, a
     tokens, masks and ``ended`` as compact=False at every seed and sampling setting; log-probs equal
     to float error (the smaller batch may round differently)."""
     if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(1)
-        m = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, bos_token_id=EOS,
-            eos_token_id=EOS, pad_token_id=PAD)).eval()
+        m = tiny_llama(len(tokenizer))
         with torch.no_grad():  # a bias towards eos through the head's eos row: rows end at different steps
             m.lm_head.weight[EOS] += 0.5 * m.model.embed_tokens.weight.mean(0) + 0.3
     else:
