@@ -362,6 +362,9 @@ def test_length_buckets_partition_the_rows_in_length_order():
     flat = torch.cat([lengths[g] for g in groups])
     assert torch.equal(flat, lengths.sort(stable=True).values)
     assert len(length_buckets(lengths[:63])) == 1 and len(length_buckets(torch.ones(1000))) == 4
+    # a cap on rows per group (a scorer's batch size) adds groups: 100 rows of at most 10 -> 10
+    capped = length_buckets(torch.arange(100), max_rows=10)
+    assert len(capped) == 10 and max(len(g) for g in capped) == 10 and len(length_buckets(lengths, max_rows=64)) == 3
 
 
 def test_length_bucketed_logprobs_and_gradients_equal_the_one_pass_forward(tokenizer):

@@ -387,10 +387,12 @@ ROWS_PER_BUCKET = 32  # sequence_logprobs: at least this many rows per length bu
 
 
 def length_buckets(lengths: torch.Tensor, rows_per_bucket: int = ROWS_PER_BUCKET,
-                   max_buckets: int = 4) -> list[torch.Tensor]:
+                   max_buckets: int = 4, max_rows: int | None = None) -> list[torch.Tensor]:
     """Row indices grouped by length: the rows sorted by ``lengths`` (stable) and cut into
-    ``min(max_buckets, rows // rows_per_bucket)`` (at least 1) near-equal consecutive groups."""
-    k = max(1, min(max_buckets, lengths.numel() // rows_per_bucket))
+    ``min(max_buckets, rows // rows_per_bucket)`` (at least 1) near-equal consecutive groups -- or
+    more, when ``max_rows`` caps a group's size (a scorer's batch size)."""
+    rows = lengths.numel()
+    k = max(1, min(max_buckets, rows // rows_per_bucket), -(-rows // max_rows) if max_rows else 1)
     order = torch.argsort(lengths, stable=True)
     return list(order.chunk(k)) if k > 1 else [order]
 

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from infalign.models.builders import encode_prompt_response, special_tokens_around
-from infalign.models.generation import ROWS_PER_BUCKET
+from infalign.models.generation import length_buckets
 
 __all__ = [
     "REWARD_INPUT_VERSION",
@@ -137,17 +137,13 @@ class RewardScorer:
         return check_finite(scores, "reward model")
 
     def _chunks(self, prompts: list[str], responses: list[str]) -> list[torch.Tensor]:
-        """Row indices per forward: the rows sorted by text length (a proxy for their tokens) and cut
-        into at most ``batch_size`` rows each -- and into at least ``rows // 32`` (at most 4) groups,
-        as :func:`~infalign.models.generation.length_buckets` -- so each forward is padded to the
+        """Row indices per forward: :func:`~infalign.models.generation.length_buckets` by text length
+        (a proxy for their tokens), at most ``batch_size`` rows each, so each forward is padded to the
         length of rows like its own, not to the longest of all. Each score is its row's alone."""
-        n = len(prompts)
-        if n == 0:
+        if not prompts:
             return []
         lengths = torch.tensor([len(p) + len(r) for p, r in zip(prompts, responses)])
-        order = torch.argsort(lengths, stable=True)
-        k = max(-(-n // self.batch_size), min(4, n // ROWS_PER_BUCKET))
-        return list(order.chunk(k))
+        return length_buckets(lengths, max_rows=self.batch_size)
 
 
 class GoldScorer:
