@@ -128,7 +128,7 @@ def time_markdown(rows: list[dict], total_s: float, seeds: str) -> str:
              "| experiment | exit | minutes | jobs | finished | policies loaded from cache |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        cells = [str(r.get(k, "")) if r.get(k) is not None else "–" for k in ("jobs", "finished", "policies_loaded")]
+        cells = ["–" if r.get(k) is None else str(r[k]) for k in ("jobs", "finished", "policies_loaded")]
         lines.append(f"| {r['experiment']} | {r['exit']} | {r['wall_s'] / 60:.1f} | " + " | ".join(cells) + " |")
     lines.append(f"| **total** | | **{total_s / 60:.1f}** | | | |")
     return "\n".join(lines) + "\n"

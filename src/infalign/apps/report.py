@@ -9,8 +9,8 @@
 
 ``MULTIRUN_DIR`` is a sweep dir (every dir below it that has a ``.hydra/`` is a job; a single
 run dir works too; symlinks are followed, so a dir of links to several sweeps -- e.g. seeds added
-by a later sweep -- is reported as one). Jobs are ``finished``, ``failed`` (``metrics.json`` with ``status: failed``,
-or an unreadable one; reason = the error's last line) or ``missing`` (no ``metrics.json``:
+by a later sweep -- is reported as one). Jobs are ``finished``, ``failed`` (``metrics.json`` with
+``status: failed``, or an unreadable one; reason = the error's last line) or ``missing`` (no ``metrics.json``:
 running, killed or crashed; reason = the exception line of the traceback in ``train.log``).
 Broken job dirs are reported, never fatal.
 

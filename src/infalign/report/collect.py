@@ -61,7 +61,7 @@ def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
         if (here / ".hydra").is_dir():
             found.append(here)
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
-                              and (here / d).resolve() not in skip_resolved | seen), key=natural_key)
+                              and (here / d).resolve() not in skip_resolved), key=natural_key)
     return sorted(found, key=lambda p: natural_key(_rel(p, root)))
 
 

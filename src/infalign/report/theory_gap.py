@@ -48,7 +48,8 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
             measured, theory_wr = (number(ci.mean) if ci is not None else None), number(at.get(key))
             if measured is None or theory_wr is None:
                 continue
-            half = (number(ci.high) - number(ci.low)) / 2 if None not in (number(ci.high), number(ci.low)) else None
+            high, low = number(ci.high), number(ci.low)
+            half = (high - low) / 2 if high is not None and low is not None else None
             rows.append({**head, "metric": key, "measured": measured, "theory_at_measured_kl": theory_wr,
                          "gap": measured - theory_wr, "ci_half_width": half})
     return rows
@@ -107,8 +108,8 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
     off = {k: v for k, v in gaps.items() if v > target}
     if not off:
         return {"limits": ["on_target"], "reading": f"on target: every median |gap| <= {target:g}"}
-    runs = max(1, min(int(entry.get("runs") or 1), int(entry.get("seeds") or entry.get("runs") or 1)))
-    noise = {k for k in off if k in half and abs(signed[k]) <= 1.25 * half[k] / np.sqrt(runs)}
+    pools = max(1, min(int(entry.get("runs") or 1), int(entry.get("seeds") or entry.get("runs") or 1)))
+    noise = {k for k in off if k in half and abs(signed[k]) <= 1.25 * half[k] / np.sqrt(pools)}
     real = {k: signed[k] for k in off if k not in noise}
     limits, parts = [], []
     ratio = entry.get("median_kl_ratio")
@@ -129,7 +130,7 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
         parts.append(f"{_names(above)} above theory at the measured KL")
     if noise:
         limits.append("noise")
-        parts.append(f"{_names(sorted(noise))} off by less than the evaluation noise of {runs} independent "
+        parts.append(f"{_names(sorted(noise))} off by less than the evaluation noise of {pools} independent "
                      "reference pools")
     worst = max(off, key=off.get)
     return {"limits": limits, "reading": f"off target (worst: {worst.removesuffix('_win_rate')} {off[worst]:.3f}): "
