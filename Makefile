@@ -11,7 +11,10 @@ export WANDB_MODE ?= offline
 
 # Installer: uv (pip-installed into $(VENV)/uv; resolves, downloads and unpacks in parallel), else
 # pip. uv gets pip's find-links (pip.conf / PIP_FIND_LINKS: e.g. a local CPU torch
-# wheel), so both install the same torch.
+# wheel), so both install the same torch. Bytecode is compiled at install (uv --compile-bytecode; pip
+# does it by default): where PYTHONDONTWRITEBYTECODE is set (containers, CI images) Python never
+# writes .pyc, so without it every process recompiles torch/transformers/lightning on import
+# (measured here: `import infalign.apps.train` 15.2 s without .pyc, 6.6 s with; +25 s once at set-up).
 UV         := $(VENV)/uv/bin/uv
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell python3 -m pip config get global.find-links 2>/dev/null))
 PIP_FLAGS  := -q --disable-pip-version-check
@@ -19,7 +22,7 @@ SETUP_PKGS  = "$(TORCH)" -e ".[dev,sweep]"
 BENCH_PKGS  = "$(TORCH)" -e ".[dev,sweep,bench]"
 # install PACKAGES...: into the venv, with uv if it can be had, else with pip
 install = if test -x $(UV) || python3 -m pip install $(PIP_FLAGS) --target $(VENV)/uv uv; then \
-	    $(UV) pip install -q --python $(PY) $(foreach l,$(FIND_LINKS),--find-links $(l)) pip $(1); \
+	    $(UV) pip install -q --compile-bytecode --python $(PY) $(foreach l,$(FIND_LINKS),--find-links $(l)) pip $(1); \
 	  else \
 	    $(PY) -m ensurepip -q && $(PY) -m pip install $(PIP_FLAGS) $(1); \
 	  fi
