@@ -62,7 +62,7 @@ def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_p
             sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
             sweep_dir.mkdir(parents=True)
             hits = 4 if "paper_won" in cmd[2] else 0
-            times = {"jobs": 10, "finished": 9, "policy_cache_hits": hits}
+            times = {"jobs": 10, "finished": 9, "policy_cache_hits": hits, "eval_pool_hits": hits - 1}
             (sweep_dir / "sweep_time.json").write_text(json.dumps(times))
             return 1 if "paper_bon" in cmd[2] else 0  # one job of bon failed: the sweep exits 1
         return 0
@@ -76,6 +76,8 @@ def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_p
     assert list(rows) == ["calibration", "bon", "won"] and t["seeds"] == "0"
     assert rows["bon"]["exit"] == 1 and rows["won"]["exit"] == 0 and rows["calibration"]["exit"] == 0
     assert rows["won"]["jobs"] == 10 and rows["won"]["finished"] == 9 and rows["won"]["policies_loaded"] == 4
+    assert rows["won"]["pools_loaded"] == 3
     assert "jobs" not in rows["calibration"] and t["total_s"] >= sum(r["wall_s"] for r in rows.values()) - 0.5
     md = (tmp_path / "paper_time.md").read_text()
+    assert "| won | 0 | " in md and md.count("| 10 | 9 | 4 | 3 |") == 1
     assert "| won | 0 |" in md and "| bon | 1 |" in md and "| **total** |" in md

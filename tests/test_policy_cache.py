@@ -79,7 +79,13 @@ def test_second_training_is_a_load_with_identical_results(tmp_path, tiny_cache):
     fresh = train_app.run(compose_train(cache, tmp_path / "c", "transform=identity", "eval.ns=[1,2]",
                                         "policy_cache=false"))
     assert second["cache"]["policy_hit"] is True and fresh["cache"]["policy_hit"] is None
+    # the evaluation pool of the cached policy (other N, same pool settings) is loaded too, and its
+    # evaluation equals the one from a freshly trained policy's freshly drawn pool
+    assert first["cache"]["eval_policy_hit"] is False and second["cache"]["eval_policy_hit"] is True
+    assert fresh["cache"]["eval_policy_hit"] is None
     assert second["eval"]["judges"] == fresh["eval"]["judges"]
+    assert second["eval"]["per_prompt"] == fresh["eval"]["per_prompt"]
+    assert second["eval"]["samples"] == fresh["eval"]["samples"] and second["eval"]["samples"]
     assert second["timings"]["train_s"] < first["timings"]["train_s"]
     third = train_app.run(compose_train(cache, tmp_path / "d", "transform=identity", "algo.lr=0.001"))
     assert third["cache"]["policy_hit"] is False

@@ -65,3 +65,43 @@ def test_reference_pool_miss_hit_corrupt(tmp_path):
     world.reference_fingerprint = "ref-b"
     _, hit = pool()
     assert not hit and len(list((tmp_path / "pools").glob("calibration-*.pt"))) == 2
+
+
+def test_policy_pool_is_cached_under_the_policy_key_and_equals_a_fresh_draw(tmp_path):
+    """pools.policy_pool: a keyed policy's evaluation pool is drawn once (scores, log-ratios, lengths, stop
+    flags and response texts come back identical), another policy key or pool setting is another entry,
+    and a policy without a key is drawn fresh every time."""
+    world, prompts = make_world(tmp_path)
+    torch.manual_seed(1)
+    from infalign.models.builders import build_toy_lm
+
+    world.policy = build_toy_lm(world.tokenizer, "tiny")  # != the reference: log-ratios are not 0
+    scorer = CountingScorer()
+    gen = OmegaConf.create({"max_new_tokens": 8, "temperature": 1.0, "batch_size": 2})
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                           enable_model_summary=False)
+
+    def pool(policy_id, n=4, keep=True):
+        return pools.policy_pool(world, policy_id, prompts, n, {"reward": scorer}, gen, kw, 5, tmp_path,
+                                 keep_responses=keep)
+
+    fresh, hit = pool(None)
+    assert hit is None and scorer.calls == 2 and not list(tmp_path.glob("pools/policy-*"))
+    first, hit = pool("policy-a")
+    assert hit is False and scorer.calls == 4
+    second, hit = pool("policy-a")
+    assert hit is True and scorer.calls == 4  # nothing sampled or scored again
+    for got in (first, second):  # the same seed draws the same pool, cached or not
+        assert torch.equal(got["scores"]["reward"], fresh["scores"]["reward"])
+        assert torch.equal(got["log_ratio"], fresh["log_ratio"]) and got["log_ratio"].abs().sum() > 0
+        assert torch.equal(got["lengths"], fresh["lengths"]) and torch.equal(got["ended"], fresh["ended"])
+        assert got["responses"] == fresh["responses"] and len(got["responses"]) == 3
+        assert all(len(r) == 4 and all(isinstance(x, str) for x in r) for r in got["responses"])
+    _, hit = pool("policy-b")  # other weights
+    assert hit is False and scorer.calls == 6
+    _, hit = pool("policy-a", n=2)  # another pool size
+    assert hit is False
+    without, hit = pool("policy-a", keep=False)  # an entry without texts is its own entry
+    assert hit is False and without["responses"] == []
+    _, hit = pool(None)
+    assert hit is None and len(list(tmp_path.glob("pools/policy-*.pt"))) == 4

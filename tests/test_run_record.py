@@ -26,6 +26,7 @@ def finished_json() -> dict:
         "method_info": {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4},
         "algo": "rloo", "beta": 0.3, "kl_target": None, "steps": 10, "seed": 1,
         "eval": {"judges": judges, "ns": [1, 4], "procedure": "bon", "reference_pool_cache_hit": True,
+                 "policy_pool_cache_hit": False,
                  "per_prompt": {"prompt_ids": ["a"], "reward_model": {"kl": [0.3]}},
                  "miscalibration": {"n_prompts": 8, "reward_model": {"std_cv": 0.3}, "log_std_corr": 0.5},
                  "samples": [["p", "r"]],

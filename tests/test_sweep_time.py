@@ -22,13 +22,13 @@ def test_summary_sums_stage_times_and_counts_cache_hits(tmp_path):
     job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 40.0, "eval_s": 10.0},
                       "cache": {"policy_hit": False}})
     job(tmp_path, 1, {"status": "finished", "timings": {"train_s": 0.5, "eval_s": 12.0},
-                      "cache": {"policy_hit": True}})
+                      "cache": {"policy_hit": True, "eval_policy_hit": True}})
     job(tmp_path, 2, {"status": "failed", "timings": {"world_s": 2.0}})
     job(tmp_path, 3, None)  # killed: counted as a job, nothing else
     (tmp_path / "notajob").mkdir()
     s = sweep_time_summary(tmp_path, wall_s=123.44)
     assert s == {"wall_s": 123.4, "jobs": 4, "finished": 2, "policy_cache_hits": 1,
-                 "stage_s": {"eval": 22.0, "train": 40.5, "world": 2.0}}
+                 "eval_pool_hits": 1, "stage_s": {"eval": 22.0, "train": 40.5, "world": 2.0}}
 
 
 def test_callback_writes_sweep_time_json(tmp_path):

@@ -77,11 +77,11 @@ class FailedJobs(Callback):
 
 
 def sweep_time_summary(sweep_dir: Path, wall_s: float) -> dict:
-    """``{"wall_s", "jobs", "finished", "policy_cache_hits", "stage_s": {stage: summed seconds}}``
+    """``{"wall_s", "jobs", "finished", "policy_cache_hits", "eval_pool_hits", "stage_s": {stage: summed seconds}}``
     over the job dirs of ``sweep_dir`` (jobs without a readable ``metrics.json`` count as jobs only)."""
     jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
     stages: dict[str, float] = {}
-    finished = hits = 0
+    finished = hits = pool_hits = 0
     for job in jobs:
         try:
             record = read_record(job / "metrics.json")
@@ -89,11 +89,12 @@ def sweep_time_summary(sweep_dir: Path, wall_s: float) -> dict:
             continue
         finished += record.finished
         hits += bool(record.cache.get("policy_hit"))
+        pool_hits += bool(record.cache.get("eval_policy_hit"))
         for key, value in record.timings.items():
             stage = key.removesuffix("_s")
             stages[stage] = stages.get(stage, 0.0) + float(value)
     return {"wall_s": round(wall_s, 1), "jobs": len(jobs), "finished": finished, "policy_cache_hits": hits,
-            "stage_s": {k: round(v, 1) for k, v in sorted(stages.items())}}
+            "eval_pool_hits": pool_hits, "stage_s": {k: round(v, 1) for k, v in sorted(stages.items())}}
 
 
 class SweepTime(Callback):
@@ -112,6 +113,6 @@ class SweepTime(Callback):
         summary = sweep_time_summary(sweep_dir, time.time() - self.start)
         atomic_write_json(sweep_dir / "sweep_time.json", summary)
         stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in summary["stage_s"].items())
-        log.info("sweep: %d jobs (%d finished, %d trained policies loaded from the cache) in %.1f min wall; "
-                 "job stage minutes summed: %s", summary["jobs"], summary["finished"],
-                 summary["policy_cache_hits"], summary["wall_s"] / 60, stages)
+        log.info("sweep: %d jobs (%d finished, %d trained policies and %d policy evaluation pools loaded from the "
+                 "cache) in %.1f min wall; job stage minutes summed: %s", summary["jobs"], summary["finished"],
+                 summary["policy_cache_hits"], summary["eval_pool_hits"], summary["wall_s"] / 60, stages)

@@ -114,23 +114,25 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
 
 
 def sweep_counts(sweep_dir: Path) -> dict:
-    """Jobs, finished jobs and policies loaded from the cache of a finished sweep
+    """Jobs, finished jobs, policies and policy evaluation pools loaded from the cache of a finished sweep
     (its ``sweep_time.json``, written by ``apps/hydra_callbacks.SweepTime``); ``{}`` if absent."""
     try:
         t = json.loads((sweep_dir / "sweep_time.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {"jobs": t.get("jobs"), "finished": t.get("finished"), "policies_loaded": t.get("policy_cache_hits")}
+    return {"jobs": t.get("jobs"), "finished": t.get("finished"), "policies_loaded": t.get("policy_cache_hits"),
+            "pools_loaded": t.get("eval_pool_hits")}
 
 
 def time_markdown(rows: list[dict], total_s: float, seeds: str) -> str:
     lines = [f"# infalign-paper: time per experiment (seeds {seeds}, {usable_cores()} usable cores)", "",
-             "| experiment | exit | minutes | jobs | finished | policies loaded from cache |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| experiment | exit | minutes | jobs | finished | policies loaded from cache | eval pools loaded |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        cells = ["–" if r.get(k) is None else str(r[k]) for k in ("jobs", "finished", "policies_loaded")]
+        cells = ["–" if r.get(k) is None else str(r[k])
+                 for k in ("jobs", "finished", "policies_loaded", "pools_loaded")]
         lines.append(f"| {r['experiment']} | {r['exit']} | {r['wall_s'] / 60:.1f} | " + " | ".join(cells) + " |")
-    lines.append(f"| **total** | | **{total_s / 60:.1f}** | | | |")
+    lines.append(f"| **total** | | **{total_s / 60:.1f}** | | | | |")
     return "\n".join(lines) + "\n"
 
 

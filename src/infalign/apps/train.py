@@ -202,11 +202,11 @@ def run(cfg: DictConfig) -> dict:
         def train() -> None:
             fit_policy(world, cfg, algo, transform, table, trainers, ckpt)
 
-        policy_hit = None
+        policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
             if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
-                policy_hit = train_or_load(world.policy, policy_key(cfg, world, algo.beta), cache_dir, train,
-                                           str(out_dir))
+                policy_id = policy_key(cfg, world, algo.beta)
+                policy_hit = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
             else:
                 train()
         if cfg.save_policy and distributed.rank() == 0:
@@ -216,8 +216,9 @@ def run(cfg: DictConfig) -> dict:
         # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none)
         theory_transform, theory_beta = algo.theory_target(transform) or (Raw(), 0.0)
         with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
-                   "policy and reference (reference instant when cached)"):
-            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir)
+                   "policy and reference (each instant when cached)"):
+            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir,
+                                 policy_id)
         th = ev.theory
         kl = ev.judges["reward_model"]["kl"].mean
         info = record.method_info(cfg, algo, transform, procedure)
@@ -227,7 +228,8 @@ def run(cfg: DictConfig) -> dict:
             kl_target=algo.kl_target, steps=algo.cfg.steps, seed=int(cfg.seed), eval=ev,
             kl_ratio=(kl / th["kl"]) if th and th["kl"] > 0 else None,
             timings=timings, cache={"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
-                                    "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit},
+                                    "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
+                                    "eval_policy_hit": ev.policy_pool_cache_hit},
             world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
             config=OmegaConf.to_container(cfg, resolve=True),

@@ -1,6 +1,7 @@
 """Stage 3: held-out evaluation of the trained policy against the reference, with theory beside it.
 
-Pools of M samples per held-out prompt from the policy (fresh) and the reference (cached), judged
+Pools of M samples per held-out prompt from the policy and the reference (both cached by content,
+the policy's when it has a policy-cache key: ``pipeline/pools.py``), judged
 by the reward model and (toy world) the gold reward; standard and inference-time win rates for
 every N in ``eval.ns`` (exact U-statistics), KL, bootstrap CIs; the per-prompt values behind them
 (so runs on the same prompts can be compared pairwise, docs/method.md "matched KL"); how
@@ -21,7 +22,7 @@ from infalign.math.miscalibration import miscalibration_summary
 from infalign.math.pool_stats import pool_columns, summarize_columns
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.models.generation import response_stats
-from infalign.pipeline.pools import draw_pool, reference_pool
+from infalign.pipeline.pools import policy_pool, reference_pool
 from infalign.pipeline.run_record import CI, Evaluation
 from infalign.pipeline.trainer import TrainerFactory
 
@@ -31,16 +32,18 @@ def prompt_ids(prompts: list[str]) -> list[str]:
     return [hashlib.sha1(p.encode()).hexdigest()[:12] for p in prompts]
 
 
-def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: TrainerFactory, cache_dir) -> Evaluation:
+def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: TrainerFactory, cache_dir,
+                    policy_id: str | None = None) -> Evaluation:
     """The run record's ``eval`` (module docstring; layout in :class:`~infalign.pipeline.run_record.Evaluation`);
-    both pools are drawn with ``trainer`` (the run's ``predict`` factory, ``pipeline/trainer.py``)."""
+    both pools are drawn with ``trainer`` (the run's ``predict`` factory, ``pipeline/trainer.py``);
+    ``policy_id``: the policy's cache key (its pool is then cached too), None to draw it fresh."""
     ev = cfg.eval
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
     ref, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer,
                                   int(cfg.seed) + 101, cache_dir, tag="eval")
     ref_scores = ref["scores"]
-    pol = draw_pool(world.policy, world.tokenizer, world.eval_prompts, int(ev.samples), judges, ev, trainer,
-                    int(cfg.seed) + 202, reference=world.reference, keep_responses=int(ev.keep_responses) > 0)
+    pol, pol_hit = policy_pool(world, policy_id, world.eval_prompts, int(ev.samples), judges, ev, trainer,
+                               int(cfg.seed) + 202, cache_dir, keep_responses=int(ev.keep_responses) > 0)
     ns = sorted({int(n) for n in ev.ns} | {procedure.n})
     columns = {judge: pool_columns(pol["scores"][judge], ref_scores[judge], procedure.name, ns, pol["log_ratio"])
                for judge in judges}
@@ -50,7 +53,8 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: Trai
                    for judge, cols in columns.items()}
     return Evaluation(
         judges={judge: {k: CI.from_json(c) for k, c in cols.items()} for judge, cols in report.items()},
-        ns=ns, procedure=procedure.name, reference_pool_cache_hit=ref_hit, per_prompt=per_prompt,
+        ns=ns, procedure=procedure.name, reference_pool_cache_hit=ref_hit, policy_pool_cache_hit=pol_hit,
+        per_prompt=per_prompt,
         miscalibration=miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
         samples=[[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
         responses={"policy": response_stats(pol["lengths"], pol["ended"]),

@@ -1,4 +1,4 @@
-"""Sample pools: reference pools are cached by content; policy pools are drawn fresh.
+"""Sample pools, cached by content: reference pools always, policy pools when the policy has a key.
 
 A reference pool -- n samples per prompt from pi_ref, scored by each judge -- is what calibration
 needs (sorted reward-model scores of K samples per training prompt) and what evaluation compares
@@ -8,6 +8,15 @@ and shared by every run and sweep job (atomic write, checksum and key inside the
 corrupt or stored under another key). Beside the scores it keeps each sample's length and whether it
 ended with a stop token (the run record's response statistics).
 
+A policy's evaluation pool (:func:`policy_pool`) depends on the same things plus the policy's
+weights, which a policy trained through the policy cache names by its key
+(``pipeline/policy_cache.py``: everything that determines the weights, the training code
+included); it is then cached the same way, so an experiment that evaluates a policy trained by
+an earlier one (another procedure, other N, the same pool settings) draws nothing. A policy
+without a key (resumed from a checkpoint, a multi-process run, ``policy_cache=false``) is drawn
+fresh. The policy pool also holds each sample's log-ratio sum (KL) and, when asked for, the
+response texts (kept as UTF-8 JSON bytes, so the checksum covers them).
+
 Generation settings come from a config group (``calibration`` or ``eval``): ``max_new_tokens``,
 ``temperature``, ``batch_size``, and optionally ``top_k`` / ``top_p`` (:func:`sampling_settings`;
 only ``eval`` has them).
@@ -15,6 +24,7 @@ only ``eval`` has them).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -67,14 +77,8 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     """``(pool, cache_hit)`` for reference samples on ``prompts``: ``pool["scores"]`` =
     ``{judge: [P, n]}``, ``pool["lengths"]`` / ``pool["ended"]`` ``[P, n]`` (response tokens incl.
     the stop token; whether it ended with one)."""
-    temperature, top_k, top_p = sampling_settings(gen_cfg)
-    key = content_key(
-        POOL_VERSION, world.reference_fingerprint,
-        # the reward model by its content (whatever the judge is called), other judges by name
-        {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None) else name)
-         for name, scorer in judges.items()},
-        prompts, n, int(gen_cfg.max_new_tokens), temperature, top_k, top_p, int(gen_cfg.batch_size), seed,
-    )
+    key = content_key(POOL_VERSION, world.reference_fingerprint, *_pool_settings(world, prompts, n, judges, gen_cfg,
+                                                                                 seed))
     path = Path(cache_dir) / "pools" / f"{tag}-{key}.pt"
 
     def build() -> dict[str, torch.Tensor]:
@@ -101,6 +105,47 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
             save(value, path)
     distributed.barrier()
     return _unflatten(value), False
+
+
+def _pool_settings(world, prompts, n, judges, gen_cfg, seed) -> tuple:
+    """What a pool depends on besides the sampling model: the judges (the reward model by its content,
+    whatever the judge is called; other judges by name), prompts, n, generation settings, seed."""
+    temperature, top_k, top_p = sampling_settings(gen_cfg)
+    judged = {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None) else name)
+              for name, scorer in judges.items()}
+    return (judged, prompts, n, int(gen_cfg.max_new_tokens), temperature, top_k, top_p, int(gen_cfg.batch_size),
+            seed)
+
+
+def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges: dict, gen_cfg,
+                trainer: TrainerFactory, seed: int, cache_dir: str | Path,
+                keep_responses: bool = False) -> tuple[dict, bool | None]:
+    """``(pool, cache_hit)``: ``world.policy``'s pool on ``prompts`` in :func:`draw_pool`'s layout, with
+    each sample's log-ratio sum against ``world.reference``. Cached under ``policy_id`` (the policy
+    cache key of its weights) and the pool settings; ``policy_id=None`` draws it fresh
+    (``cache_hit`` None)."""
+    def draw() -> dict:
+        return draw_pool(world.policy, world.tokenizer, prompts, n, judges, gen_cfg, trainer, seed,
+                         reference=world.reference, keep_responses=keep_responses)
+
+    if policy_id is None or distributed.is_distributed():
+        return draw(), None
+    key = content_key(POOL_VERSION, "policy", policy_id, world.reference_fingerprint,
+                      *_pool_settings(world, prompts, n, judges, gen_cfg, seed), bool(keep_responses))
+    path = Path(cache_dir) / "pools" / f"policy-{key}.pt"
+
+    def build() -> dict[str, torch.Tensor]:
+        pool = draw()
+        texts = json.dumps(pool["responses"]).encode() if keep_responses else b"[]"
+        return {**_flatten(pool), "log_ratio": pool["log_ratio"],
+                "responses": torch.frombuffer(bytearray(texts), dtype=torch.uint8)}
+
+    value, hit = cached(path, build, lambda v, p: save_tensors(p, v, {"tag": "policy"}, key=key),
+                        lambda p: load_tensors(p, key)[0])
+    pool = _unflatten(value)
+    pool["log_ratio"] = value["log_ratio"]
+    pool["responses"] = json.loads(value["responses"].numpy().tobytes().decode())
+    return pool, hit
 
 
 SCORE_PREFIX = "score/"  # stored tensor names: score/<judge>, lengths, ended

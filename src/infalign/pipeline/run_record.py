@@ -88,6 +88,7 @@ class Evaluation:
     ns: list[int] = field(default_factory=list)
     procedure: str | None = None
     reference_pool_cache_hit: bool | None = None
+    policy_pool_cache_hit: bool | None = None  # None: drawn fresh (the policy had no cache key)
     per_prompt: dict | None = None
     miscalibration: dict | None = None
     samples: list = field(default_factory=list)
