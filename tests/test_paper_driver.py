@@ -81,3 +81,15 @@ def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_p
     md = (tmp_path / "paper_time.md").read_text()
     assert "| won | 0 | " in md and md.count("| 10 | 9 | 4 | 3 |") == 1
     assert "| won | 0 |" in md and "| bon | 1 |" in md and "| **total** |" in md
+
+
+def test_commands_run_the_scripts_of_this_environment_without_it_on_path(monkeypatch):
+    """``make paper`` runs .venv/bin/infalign-paper without the venv on PATH: the driver must still find
+    infalign-train & co. beside its interpreter (and fall back to PATH for a name it does not have)."""
+    import sys
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    for name in ("infalign-train", "infalign-report", "infalign-calibration"):
+        found = Path(paper.executable(name))
+        assert found.parent == Path(sys.executable).parent and found.is_file()
+    assert paper.executable("no-such-infalign-script") == "no-such-infalign-script"

@@ -105,3 +105,23 @@ def test_policy_pool_is_cached_under_the_policy_key_and_equals_a_fresh_draw(tmp_
     assert hit is False and without["responses"] == []
     _, hit = pool(None)
     assert hit is None and len(list(tmp_path.glob("pools/policy-*.pt"))) == 4
+
+
+def test_a_pool_judged_by_gold_is_keyed_by_the_worlds_parameters(tmp_path):
+    """Two toy worlds whose reference and reward model are the same files but whose gold reward differs
+    (a world knob that changes only the gold reward) must not share a pool the gold reward scored."""
+    from infalign.models.reward import GoldScorer
+    from infalign.toy.world import ToyWorld
+
+    world, prompts = make_world(tmp_path)
+    gen = OmegaConf.create({"max_new_tokens": 8, "temperature": 1.0, "batch_size": 2})
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                           enable_model_summary=False)
+    a, b = ToyWorld(seed=0), ToyWorld(seed=0, offset_sigma=0.0)
+    assert a.fingerprint == ToyWorld(seed=0).fingerprint != b.fingerprint
+    pool_a, hit = pools.reference_pool(world, prompts, 4, {"gold": GoldScorer(a)}, gen, kw, 0, tmp_path, tag="eval")
+    assert not hit
+    pool_b, hit = pools.reference_pool(world, prompts, 4, {"gold": GoldScorer(b)}, gen, kw, 0, tmp_path, tag="eval")
+    assert not hit  # the same samples, scored by another gold reward
+    assert not torch.equal(pool_a["scores"]["gold"], pool_b["scores"]["gold"])
+    assert torch.equal(pool_a["lengths"], pool_b["lengths"])

@@ -113,6 +113,13 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
     return steps
 
 
+def executable(name: str) -> str:
+    """The console script ``name`` of this interpreter's environment (beside ``sys.executable``: a venv's
+    ``bin/``, found whether or not the venv is on ``PATH``, as under ``make paper``), else ``name``."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.is_file() else name
+
+
 def sweep_counts(sweep_dir: Path) -> dict:
     """Jobs, finished jobs, policies and policy evaluation pools loaded from the cache of a finished sweep
     (its ``sweep_time.json``, written by ``apps/hydra_callbacks.SweepTime``); ``{}`` if absent."""
@@ -146,7 +153,7 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
             for cmd in cmds:
                 echo(shlex.join(cmd))
         return 0
-    runner = runner or (lambda cmd: subprocess.run(cmd, check=False).returncode)
+    runner = runner or (lambda cmd: subprocess.run([executable(cmd[0]), *cmd[1:]], check=False).returncode)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.time()
     for e, cmds in steps:

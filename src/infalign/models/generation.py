@@ -336,6 +336,7 @@ def _decode(
     alive = torch.ones(rows, dtype=torch.bool, device=device)
     keep_kw = _keep_last(model, 1)
     cache_arg = _cache_arg(model)
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=device)
 
     # With the cache, rows that have emitted a stop token leave the batch (their KV cache rows are
     # dropped) once a quarter of the computed rows have: ``active`` holds the rows still computed
@@ -373,7 +374,7 @@ def _decode(
         response_mask[:, t] = alive
         steps = t + 1
         if stops:
-            alive &= ~torch.isin(tok, torch.tensor(stops, device=device))
+            alive &= ~torch.isin(tok, stop_ids)
             if not alive.any():
                 break
             computed = alive if active is None else alive[active]

@@ -152,5 +152,10 @@ class GoldScorer:
     def __init__(self, world):
         self.world = world
 
+    @property
+    def fingerprint(self) -> str:
+        """What its scores depend on: the world's parameters (a cache key; docs/method.md §11)."""
+        return f"gold:{self.world.fingerprint}"
+
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         return check_finite(self.world.gold_reward(prompts, responses), "gold reward")

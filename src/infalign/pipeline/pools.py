@@ -109,9 +109,11 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
 
 def _pool_settings(world, prompts, n, judges, gen_cfg, seed) -> tuple:
     """What a pool depends on besides the sampling model: the judges (the reward model by its content,
-    whatever the judge is called; other judges by name), prompts, n, generation settings, seed."""
+    whatever the judge is called; a judge with a ``fingerprint`` -- the toy world's gold reward, by the
+    world's parameters -- by that; others by name), prompts, n, generation settings, seed."""
     temperature, top_k, top_p = sampling_settings(gen_cfg)
-    judged = {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None) else name)
+    judged = {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None)
+                     else getattr(scorer, "fingerprint", None) or name)
               for name, scorer in judges.items()}
     return (judged, prompts, n, int(gen_cfg.max_new_tokens), temperature, top_k, top_p, int(gen_cfg.batch_size),
             seed)

@@ -214,6 +214,17 @@ class ToyWorld:
         self._sym_index = {w: i for i, w in enumerate(self.symbol_words)}
         self._params = lru_cache(maxsize=1 << 16)(self._compute_params)
 
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (16 hex digits) of the constructor's arguments: two worlds with the same fingerprint
+        have the same prompts, behaviour and gold reward (a cache key for anything the gold reward
+        scored)."""
+        import inspect
+        import json
+
+        args = {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
+        return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+
     # ------------------------------------------------------------------ vocabulary / tokenizer
     @property
     def vocabulary(self) -> list[str]:

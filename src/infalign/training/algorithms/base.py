@@ -70,8 +70,6 @@ class AlgoConfig:
         require(self.temperature == 1.0, "algo.temperature", self.temperature, "1.0",
                 "log-probs are taken at temperature 1, so with samples from pi_T the KL and the policy "
                 "gradient would be off-policy (neither KL(pi_T || ref) nor KL(pi || ref)); docs/method.md §6")
-        require(self.top_k is None or self.top_k >= 1, "algo.top_k", self.top_k, "null or >= 1")
-        require(0 < self.top_p <= 1, "algo.top_p", self.top_p, "0 < top_p <= 1")
         off_policy = ("log-probs are the untruncated model's, so with samples from a top-k / nucleus cut the KL and "
                       "the policy gradient would be off-policy (docs/method.md §6); to evaluate with it, set "
                       "eval.top_k / eval.top_p instead")
