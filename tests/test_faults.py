@@ -466,7 +466,7 @@ def test_read_only_complete_cache_run_succeeds(tmp_path, warm_cache, monkeypatch
     metrics = train_app.run(compose_train(warm_cache, tmp_path / "run"))
     assert metrics["status"] == "finished"
     assert metrics["cache"] == {"toy_built": False, "calibration_hit": True, "policy_hit": True,
-                                "eval_reference_hit": True}
+                                "eval_reference_hit": True, "eval_policy_hit": True}
     assert {p: p.stat().st_mtime_ns for p in warm_cache.rglob("*")} == before  # nothing written
 
 

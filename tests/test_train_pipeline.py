@@ -79,7 +79,7 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
     run(cache_dir, tmp_path / "first", "transform=identity")
     second = run(cache_dir, tmp_path / "second", "transform=identity", "algo.beta=0.3")
     assert second["cache"] == {"toy_built": False, "calibration_hit": True, "eval_reference_hit": True,
-                               "policy_hit": False}  # another beta: another policy
+                               "policy_hit": False, "eval_policy_hit": False}  # another beta: another policy
 
 
 @pytest.mark.parametrize(
