@@ -1,7 +1,7 @@
 """``infalign-paper``: every paper experiment, one after another, each ending in its report, timed.
 
     infalign-paper                              # all experiments, 3 seeds, toy world
-    infalign-paper --seeds 0                    # one seed (the 45-minute set on 2 cores)
+    infalign-paper --seeds 0                    # one seed (~34 minutes on 2 cores, README)
     infalign-paper --only bon,won --seeds 0,1   # a subset
     infalign-paper --dry-run                    # print the commands only
     infalign-paper -- experiment=hh_helpful_bon trainer=gpu   # extra overrides for every sweep
