@@ -87,12 +87,8 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
         return _flatten(pool)
 
     distributed.init_from_env()
-
-    def save(value: dict[str, torch.Tensor], p: Path) -> None:
-        save_tensors(p, value, {"tag": tag}, key=key)
-
     if not distributed.is_distributed():
-        value, hit = cached(path, build, save, lambda p: load_tensors(p, key)[0])
+        value, hit = _cached_tensors(path, key, tag, build)
         return _unflatten(value), hit
     # All ranks must take part in a build (sampling is sharded), so rank 0 decides hit or miss
     # for everyone; on a miss every rank draws its share, all gather it, rank 0 writes the file.
@@ -102,7 +98,7 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     value = build()
     if distributed.rank() == 0:
         with file_lock(path.with_name(path.name + ".lock")):
-            save(value, path)
+            save_tensors(path, value, {"tag": tag}, key=key)
     distributed.barrier()
     return _unflatten(value), False
 
@@ -142,12 +138,18 @@ def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges
         return {**_flatten(pool), "log_ratio": pool["log_ratio"],
                 "responses": torch.frombuffer(bytearray(texts), dtype=torch.uint8)}
 
-    value, hit = cached(path, build, lambda v, p: save_tensors(p, v, {"tag": "policy"}, key=key),
-                        lambda p: load_tensors(p, key)[0])
+    value, hit = _cached_tensors(path, key, "policy", build)
     pool = _unflatten(value)
     pool["log_ratio"] = value["log_ratio"]
     pool["responses"] = json.loads(value["responses"].numpy().tobytes().decode())
     return pool, hit
+
+
+def _cached_tensors(path: Path, key: str, tag: str, build) -> tuple[dict[str, torch.Tensor], bool]:
+    """:func:`~infalign.infra.cache.cached` for a pool's tensors: stored with its ``tag`` under ``key``,
+    loaded only under that key (a file copied to the wrong name is rebuilt)."""
+    return cached(path, build, lambda value, p: save_tensors(p, value, {"tag": tag}, key=key),
+                  lambda p: load_tensors(p, key)[0])
 
 
 SCORE_PREFIX = "score/"  # stored tensor names: score/<judge>, lengths, ended

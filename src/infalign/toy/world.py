@@ -57,6 +57,7 @@ prompt widely spread, so best-of-N over reference samples clearly beats one samp
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,6 +66,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from infalign.errors import require
+from infalign.infra.cache import content_key
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: reading the toy defaults (every app's
     import torch  # config, infalign.toy.defaults) must not load it
@@ -219,11 +221,8 @@ class ToyWorld:
         """SHA-256 (16 hex digits) of the constructor's arguments: two worlds with the same fingerprint
         have the same prompts, behaviour and gold reward (a cache key for anything the gold reward
         scored)."""
-        import inspect
-        import json
-
         args = {name: getattr(self, name) for name in inspect.signature(type(self)).parameters}
-        return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+        return content_key("toy-world", args)
 
     # ------------------------------------------------------------------ vocabulary / tokenizer
     @property
