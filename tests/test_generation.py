@@ -333,9 +333,8 @@ def test_finished_rows_leave_the_batch_and_the_tokens_stay_the_same(tokenizer, a
             m.lm_head.weight[EOS] += 0.5 * m.model.embed_tokens.weight.mean(0) + 0.3
     else:
         m = tiny_gpt2(len(tokenizer), eos_bias=2.5)
-    batch_rows = []
-    hook = m.register_forward_pre_hook(lambda mod, args, kwargs: batch_rows.append(kwargs["input_ids"].shape[0]),
-                                       with_kwargs=True)
+    batch_rows = []  # rows of each forward, seen at the head (HF's forward and the lean step both call it)
+    hook = m.lm_head.register_forward_pre_hook(lambda mod, args: batch_rows.append(args[0].shape[0]))
     try:
         for seed, kw in enumerate([{}, {"temperature": 0.7}, {"top_k": 5}, {"top_p": 0.8}]):
             batch_rows.clear()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from infalign.models import decode_step
 from infalign.models.builders import special_tokens_around
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "length_buckets", "position_ids",
@@ -183,6 +184,7 @@ def sample(
     top_p: float = 1.0,
     share_prefill: bool = True,
     compact: bool = True,
+    lean: bool = True,
 ) -> Rollout:
     """Sample ``num_samples`` responses for each prompt, batched, and return them with log-probs.
 
@@ -210,7 +212,10 @@ def sample(
     the tokens are those of ``compact=False``. Dropout is off while sampling (the model is put in eval
     mode, then restored), so the log-probs match :func:`sequence_logprobs` on the model in eval
     mode. The returned tensors are ordinary tensors (not inference tensors), safe to use in a later
-    autograd computation.
+    autograd computation. ``lean`` (with the cache): the single-token steps run
+    :func:`infalign.models.decode_step.gpt2_step` where it computes exactly the model's own forward
+    (:func:`~infalign.models.decode_step.supports`: HF GPT-2 with SDPA), the same logits bit for bit
+    without HF's per-call Python; False keeps HF's forward (the reference it is tested against).
     """
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError(f"num_samples={num_samples}, max_new_tokens={max_new_tokens}: need >= 1")
@@ -260,6 +265,7 @@ def sample(
             stops,
             pad,
             compact,
+            lean and use_cache and decode_step.supports(model),
         )
     finally:
         model.train(was_training)
@@ -317,9 +323,11 @@ def _decode(
     stops,
     pad,
     compact=True,
+    lean=False,
 ):
     """The decoding loop over ``[P, W]`` prompts, ``num_samples`` rows each: returns
-    ``tokens, logprobs, response_mask`` ``[P*n, Lr]`` and ``ended`` ``[P*n]``."""
+    ``tokens, logprobs, response_mask`` ``[P*n, Lr]`` and ``ended`` ``[P*n]``. ``lean``: the cached
+    single-token steps run :func:`decode_step.gpt2_step` on a :class:`decode_step.StaticKV`."""
     temperature, top_k, top_p = sampling
     distinct, width = prompt_ids.shape
     rows = distinct * num_samples
@@ -350,14 +358,20 @@ def _decode(
         if use_cache and t > 0:
             rows_in = slice(None) if active is None else active
             new, new_pos = tokens[rows_in, t - 1 : t], pos[rows_in, end - 1 : end]
-            out = _forward(model, new, mask[rows_in, :end], new_pos, past, True, keep_kw, cache_arg)
+            if lean:
+                logits = decode_step.gpt2_step(model, new, new_pos, mask[rows_in, :end], past).float()
+            else:
+                out = _forward(model, new, mask[rows_in, :end], new_pos, past, True, keep_kw, cache_arg)
         elif use_cache and share_prefill:
             out = _forward(model, unique_ids, unique_mask, position_ids(unique_mask), None, True, keep_kw, cache_arg)
         else:
             ids = torch.cat([prompt_ids, tokens[:, :t]], dim=1)
             out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw, cache_arg)
-        logits = out.logits[:, -1, :].float()
-        past = getattr(out, cache_arg) if use_cache else None
+        if not (lean and t > 0):
+            logits = out.logits[:, -1, :].float()
+            past = getattr(out, cache_arg) if use_cache else None
+            if lean:  # after the prefill: HF's cache -> preallocated buffers for the whole response
+                past = decode_step.StaticKV.from_cache(past, width + max_new_tokens)
         if active is not None:  # finished rows: a placeholder distribution, their draw is discarded
             full = logits.new_zeros(rows, logits.shape[-1])
             full[active] = logits

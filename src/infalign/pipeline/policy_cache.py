@@ -38,7 +38,8 @@ POLICY_CACHE_VERSION = "policy-v1"
 TRAINING_CODE = (
     "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.pretrain",
     "infalign.training.algorithms.base",
-    "infalign.math.rl_objectives", "infalign.models.generation", "infalign.math.calibration",
+    "infalign.math.rl_objectives", "infalign.models.generation", "infalign.models.decode_step",
+    "infalign.math.calibration",
     "infalign.math.transforms", "infalign.pipeline.fit", "infalign.pipeline.baselines",
     "infalign.pipeline.kl_target", "infalign.models.reward", "infalign.models.builders",
     "infalign.data.batches",

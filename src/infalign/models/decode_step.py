@@ -1,0 +1,114 @@
+"""A lean single-token decode step for GPT-2 language models, with a preallocated KV cache.
+
+:func:`infalign.models.generation.sample` spends about half of a toy model's decode step in the
+Python around the arithmetic: HF's module stack builds the attention mask, routes keyword arguments
+through decorators and wraps outputs on every call, and its ``DynamicCache`` concatenates the whole
+cache (``torch.cat``) at every new token. :func:`gpt2_step` runs the *same* tensor operations as
+``GPT2LMHeadModel.forward`` on one new token per row -- so the logits are the same, bit for bit
+(``tests/test_decode_step.py``) -- without that Python, writing the new keys/values into a
+:class:`StaticKV` in place. Per layer (``h``: the residual stream ``[R, 1, E]``):
+
+    h <- wte[y] + wpe[pos]
+    a = ln_1(h);  q, k, v = split(c_attn(a));  K[:, :, n] = k;  V[:, :, n] = v
+    h <- h + c_proj(sdpa(q, K[:, :, :n+1], V[:, :, :n+1], mask, scale))
+    h <- h + mlp.c_proj(act(mlp.c_fc(ln_2(h))))
+    logits = lm_head(ln_f(h))
+
+where ``mask`` is the boolean padding mask over ``[prompt | response so far]`` -- or None when a
+batch has no padding, as HF passes it to SDPA. Only models for which this *is* HF's computation are
+taken (:func:`supports`): ``GPT2LMHeadModel`` itself, SDPA attention, no cross-attention, eval mode.
+Every other model keeps HF's forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["StaticKV", "supports", "gpt2_step"]
+
+
+class StaticKV:
+    """Per layer keys and values ``[R, H, capacity, D]``, filled in the first ``length`` positions.
+
+    Built from the KV cache HF's prefill returned (:meth:`from_cache`); :func:`gpt2_step` writes one
+    position per step. :meth:`batch_select_indices` / :meth:`batch_repeat_interleave` are the
+    ``Cache`` methods the sampler calls to drop finished rows and to repeat a shared prefill."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int):
+        self.keys, self.values, self.length = keys, values, length
+
+    @classmethod
+    def from_cache(cls, cache, capacity: int) -> StaticKV:
+        """Copy a prefill's cache (a transformers ``Cache`` with ``.layers`` or a legacy tuple of
+        ``(key, value)`` per layer) into buffers with room for ``capacity`` positions."""
+        layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else cache
+        length = layers[0][0].shape[2]
+        if capacity < length:
+            raise ValueError(f"capacity {capacity} < the cache's {length} positions")
+        keys, values = [], []
+        for k, v in layers:
+            rows, heads, _, dim = k.shape
+            kb, vb = k.new_empty(rows, heads, capacity, dim), v.new_empty(rows, heads, capacity, dim)
+            kb[:, :, :length], vb[:, :, :length] = k, v
+            keys.append(kb)
+            values.append(vb)
+        return cls(keys, values, length)
+
+    def batch_select_indices(self, index: torch.Tensor) -> None:
+        """Keep the rows ``index`` (in that order)."""
+        self.keys = [t.index_select(0, index) for t in self.keys]
+        self.values = [t.index_select(0, index) for t in self.values]
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row (prompt-major)."""
+        self.keys = [t.repeat_interleave(repeats, 0) for t in self.keys]
+        self.values = [t.repeat_interleave(repeats, 0) for t in self.values]
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """True when :func:`gpt2_step` computes exactly what ``model``'s own forward computes: an HF
+    ``GPT2LMHeadModel`` (the class itself: a subclass may change the forward; a wrapper -- PEFT, DDP
+    -- is another class) in eval mode, with SDPA attention, no cross-attention, and no forward hooks
+    on the modules whose forward it replaces (the model, its body, blocks, attention and MLP; hooks
+    on the layers it calls -- layer norms, projections, embeddings, head -- still run)."""
+    from transformers import GPT2LMHeadModel
+
+    config = getattr(model, "config", None)
+    if not (type(model) is GPT2LMHeadModel and not model.training
+            and getattr(config, "_attn_implementation", None) == "sdpa"
+            and not getattr(config, "add_cross_attention", False)):
+        return False
+    skipped = [model, model.transformer, *model.transformer.h]
+    skipped += [m for block in model.transformer.h for m in (block.attn, block.mlp)]
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in skipped)
+
+
+def gpt2_step(model, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor,
+              kv: StaticKV) -> torch.Tensor:
+    """Next-token logits ``[R, V]`` after one new token per row.
+
+    ``tokens``/``positions`` ``[R, 1]``: the new token and its position id; ``attention_mask``
+    ``[R, kv.length + 1]``: 1 on real tokens of ``[prompt | response]`` including the new one.
+    Writes the new keys/values at position ``kv.length`` and advances it."""
+    body = model.transformer
+    rows, n = tokens.shape[0], kv.length
+    if n >= kv.keys[0].shape[2]:
+        raise ValueError(f"the KV cache is full ({n} positions)")
+    if attention_mask.shape != (rows, n + 1):
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} != ({rows}, {n + 1})")
+    # HF hands SDPA no mask when nothing is padded (query length 1), else the boolean padding mask.
+    mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+    h = body.wte(tokens) + body.wpe(positions)
+    for block, keys, values in zip(body.h, kv.keys, kv.values):
+        attn, mlp = block.attn, block.mlp
+        q, k, v = attn.c_attn(block.ln_1(h)).split(attn.split_size, dim=2)
+        keys[:, :, n] = k.view(rows, -1, attn.head_dim)
+        values[:, :, n] = v.view(rows, -1, attn.head_dim)
+        q = q.view(rows, 1, -1, attn.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, keys[:, :, : n + 1], values[:, :, : n + 1], attn_mask=mask,
+                                             dropout_p=0.0, scale=attn.scaling, is_causal=False)
+        h = h + attn.c_proj(out.transpose(1, 2).reshape(rows, 1, -1).contiguous())
+        h = h + mlp.c_proj(mlp.act(mlp.c_fc(block.ln_2(h))))
+    kv.length = n + 1
+    return model.lm_head(body.ln_f(h))[:, -1, :]

@@ -1,0 +1,171 @@
+"""The lean GPT-2 decode step (models/decode_step.py): the same logits as HF's forward, bit for
+bit, and the sampler draws the same tokens and log-probs with it as without it.
+
+Bitwise equality (``torch.equal``, no tolerance) is the claim: the step runs the same tensor
+operations on the same inputs as ``GPT2LMHeadModel.forward`` with a KV cache, only without the
+Python around them, so any difference is a bug (a wrong mask, scale, position or cache slot)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import copy
+
+import pytest
+import torch
+from transformers import DynamicCache, GPT2LMHeadModel
+
+from infalign.models import build_toy_lm, decode_step
+from infalign.models.decode_step import StaticKV, gpt2_step, supports
+from infalign.models.generation import position_ids, sample
+from infalign.toy import ToyWorld
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return ToyWorld(seed=0).tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    return build_toy_lm(tokenizer, "tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    return ToyWorld(seed=0).prompts("train", 5)
+
+
+def eos_biased(model, tokenizer, bias: float = 2.0):
+    """A copy whose head is untied and biased towards eos, so rows end at different steps (the
+    sampler drops finished rows from the batch and the cache)."""
+    m = copy.deepcopy(model)
+    head = torch.nn.Linear(m.config.n_embd, m.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(m.transformer.wte.weight)
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = bias
+    m.lm_head = head
+    return m.eval()
+
+
+def left_padded(tokenizer, texts):
+    enc = tokenizer(texts)["input_ids"]
+    width = max(map(len, enc))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(e)) + e for e in enc])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+    return ids, mask
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_step_logits_equal_hf_forward_bit_for_bit(model, tokenizer, prompts, padded):
+    """Prefill with HF, then 6 single-token steps through HF (DynamicCache) and through gpt2_step
+    (StaticKV copied from the same prefill): the logits are equal at every step, with left padding
+    (SDPA gets the boolean padding mask) and without (no mask, as HF does)."""
+    texts = prompts if padded else [prompts[0]] * 3
+    ids, mask = left_padded(tokenizer, texts)
+    assert bool((mask == 0).any()) is padded
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
+                    cache=DynamicCache())
+        hf_cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        kv = StaticKV.from_cache(hf_cache, ids.shape[1] + 6)
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(6):
+            tok = torch.randint(3, len(tokenizer), (ids.shape[0], 1), generator=gen)
+            mask = torch.cat([mask, torch.ones_like(tok)], dim=1)
+            pos = position_ids(mask)[:, -1:]
+            hf = model(input_ids=tok, attention_mask=mask, position_ids=pos, use_cache=True, cache=hf_cache,
+                       logits_to_keep=1)
+            lean = gpt2_step(model, tok, pos, mask, kv)
+            assert torch.equal(lean, hf.logits[:, -1, :])
+        assert kv.length == ids.shape[1] + 6
+        with pytest.raises(ValueError, match="full"):
+            gpt2_step(model, tok, pos, torch.cat([mask, torch.ones_like(tok)], 1), kv)
+
+
+@pytest.mark.parametrize("kw", [{}, {"share_prefill": False}, {"temperature": 0.7, "top_k": 5}, {"top_p": 0.8},
+                                {"compact": False}, {"eos_bias": 2.0}, {"eos_bias": 2.0, "share_prefill": False}])
+def test_sampler_draws_the_same_with_and_without_the_lean_step(model, tokenizer, prompts, kw, monkeypatch):
+    """sample(lean=True) vs sample(lean=False) (HF's forward every step): the same tokens, masks,
+    ``ended`` and log-probs, bit for bit, over 4 seeds -- with a shared or per-row prefill, and with
+    rows ending early (eos bias: finished rows leave the batch and the KV cache)."""
+    kw = dict(kw)
+    m = eos_biased(model, tokenizer, kw.pop("eos_bias")) if "eos_bias" in kw else model
+    calls = []
+    real = decode_step.gpt2_step
+    monkeypatch.setattr(decode_step, "gpt2_step", lambda *a: calls.append(a[1].shape[0]) or real(*a))
+    for seed in range(4):
+        draws = {lean: sample(m, tokenizer, prompts, 6, 12, generator=torch.Generator().manual_seed(seed),
+                              lean=lean, **kw) for lean in (False, True)}
+        a, b = draws[False], draws[True]
+        for name in ("response_ids", "response_mask", "logprobs", "ended"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert a.responses == b.responses
+    assert calls, "the lean step was not used"
+    if m is not model and kw.get("compact", True):
+        assert min(calls) < len(prompts) * 6  # finished rows did leave the batch
+
+
+def test_supports_only_what_it_reproduces(model, tokenizer):
+    from transformers import GPT2ForSequenceClassification
+
+    assert supports(model)
+    model.train()
+    try:
+        assert not supports(model)  # dropout would differ
+    finally:
+        model.eval()
+    eager = GPT2LMHeadModel._from_config(copy.deepcopy(model.config), attn_implementation="eager").eval()
+    assert not supports(eager)  # eager attention rounds differently from SDPA
+
+    class Custom(GPT2LMHeadModel):
+        pass
+
+    assert not supports(Custom(copy.deepcopy(model.config)).eval())
+    assert not supports(GPT2ForSequenceClassification(copy.deepcopy(model.config)).eval())
+    hook = model.transformer.h[0].register_forward_hook(lambda *a: None)
+    try:
+        assert not supports(model)  # a hook on a block the step bypasses would silently not run
+    finally:
+        hook.remove()
+    head_hook = model.lm_head.register_forward_hook(lambda *a: None)
+    try:
+        assert supports(model)  # the head is still called
+    finally:
+        head_hook.remove()
+
+
+def test_unsupported_models_sample_through_hf(model, tokenizer, prompts, monkeypatch):
+    """An eager-attention GPT-2 never reaches the lean step; it still samples."""
+    monkeypatch.setattr(decode_step, "gpt2_step", lambda *a: pytest.fail("lean step used"))
+    eager = GPT2LMHeadModel._from_config(copy.deepcopy(model.config), attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    r = sample(eager.eval(), tokenizer, prompts, 2, 5, generator=torch.Generator().manual_seed(0))
+    assert r.response_ids.shape[0] == 10
+
+
+def test_static_kv_select_and_repeat_rows():
+    keys = [torch.arange(3 * 2 * 4 * 1.0).view(3, 2, 4, 1)]
+    values = [-k for k in keys]
+    legacy = [(keys[0][:, :, :2], values[0][:, :, :2])]  # a legacy tuple cache of 2 positions
+    kv = StaticKV.from_cache(legacy, capacity=5)
+    assert kv.length == 2 and kv.keys[0].shape == (3, 2, 5, 1)
+    assert torch.equal(kv.keys[0][:, :, :2], keys[0][:, :, :2])
+    kv.batch_repeat_interleave(2)
+    assert torch.equal(kv.keys[0][:, :, :2], keys[0][:, :, :2].repeat_interleave(2, 0))
+    kv.batch_select_indices(torch.tensor([5, 0]))
+    assert torch.equal(kv.values[0][:, :, :2], values[0][[2, 0], :, :2])
+    with pytest.raises(ValueError, match="capacity"):
+        StaticKV.from_cache(legacy, capacity=1)
+
+
+def test_step_rejects_a_mask_of_the_wrong_width(model, tokenizer, prompts):
+    ids, mask = left_padded(tokenizer, prompts[:2])
+    with torch.inference_mode():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
+        kv = StaticKV.from_cache(out.cache if hasattr(out, "cache") else out.past_key_values, ids.shape[1] + 2)
+        with pytest.raises(ValueError, match="attention_mask"):
+            gpt2_step(model, ids[:, -1:], position_ids(mask)[:, -1:], mask, kv)  # misses the new token
