@@ -29,6 +29,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from infalign.apps import train as train_app
+from infalign.apps import train_stages
 from infalign.apps.config import CONFIG_DIR, instantiate_callbacks, instantiate_logger, run_suffix
 from infalign.apps.hydra_callbacks import FailedJobs
 from infalign.errors import ConfigError
@@ -46,7 +47,7 @@ def no_compute(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("compute started")
 
-    monkeypatch.setattr(train_app, "load_world", boom)
+    monkeypatch.setattr(train_stages, "load_world", boom)
 
 
 def train_cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
@@ -220,8 +221,8 @@ def lightning_style_interrupt(*a, **k):
 
 
 def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_app, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
-    monkeypatch.setattr(train_app, "fit_policy", lightning_style_interrupt)
+    monkeypatch.setattr(train_stages, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
+    monkeypatch.setattr(train_stages, "fit_policy", lightning_style_interrupt)
     with pytest.raises(SystemExit):
         train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw", "policy_cache=false"))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -229,8 +230,8 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
 
 
 def test_each_stage_logs_its_start_with_what_to_expect_and_its_end(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(train_app, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
-    monkeypatch.setattr(train_app, "fit_policy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(train_stages, "load_world", lambda cfg, cache_dir: SimpleNamespace(stats={}))
+    monkeypatch.setattr(train_stages, "fit_policy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     caplog.set_level("INFO", logger=train_app.__name__)
     with pytest.raises(RuntimeError, match="boom"):
         train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw", "policy_cache=false"))

@@ -116,7 +116,9 @@ def test_a_whole_run_logs_to_a_logger_added_as_a_config_file(tmp_path, tiny_cach
     summary = [c[1] for c in calls if c[0] == "log_metrics" and c[2] is None]
     assert summary and summary[-1] == RunRecord.from_json(metrics).wandb_summary()
     assert calls[-1] == ["finalize", "success"]
-    assert isinstance(train_app.instantiate_logger(cfg.logger), Logger)
+    from infalign.apps import train_stages
+
+    assert isinstance(train_stages.instantiate_logger(cfg.logger), Logger)
 
 
 @pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run")])
@@ -127,6 +129,7 @@ def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatc
     from omegaconf import OmegaConf
 
     from infalign.apps import train as train_app
+    from infalign.apps import train_stages
 
     seen = []
 
@@ -134,7 +137,7 @@ def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatc
         seen.append(OmegaConf.to_container(node, resolve=True))
         raise RuntimeError("stop before compute")
 
-    monkeypatch.setattr(train_app, "instantiate_logger", capture)
+    monkeypatch.setattr(train_stages, "instantiate_logger", capture)
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", "logger=wandb", "tags=[mine]", *overrides)
     with pytest.raises(RuntimeError, match="stop before compute"):
         train_app.run(cfg)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from infalign.apps import train as train_app
+from infalign.apps import train_stages
 from infalign.errors import ConfigError
 from infalign.math.pool_stats import pool_report
 from pipeline_helpers import compose_train, seeded_cache
@@ -107,7 +108,7 @@ def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, overr
     def boom(*a, **k):
         raise AssertionError("compute started before validation")
 
-    monkeypatch.setattr(train_app, "load_world", boom)
+    monkeypatch.setattr(train_stages, "load_world", boom)
     extra = ["algo.minibatches=3"] if key == "algo.minibatches" else []
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cache_dir, tmp_path, override, *extra)

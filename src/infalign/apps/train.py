@@ -13,43 +13,26 @@ Returns the objective ``eval/<objective.judge>/<objective.metric>`` (for Optuna 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
-import time
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infalign.apps.config import (
-    CONFIG_DIR,
-    apply_threads,
-    instantiate_callbacks,
-    instantiate_checked,
-    instantiate_logger,
-    instantiate_trainer,
-)
+from infalign.apps.config import CONFIG_DIR, instantiate_checked
 from infalign.errors import ConfigError, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
-from infalign.math.transforms import Raw, Transform, as_transform
-from infalign.pipeline import loggers, record
-from infalign.pipeline.evaluate import evaluate_policy
-from infalign.pipeline.fit import calibration_table, fit_policy
-from infalign.pipeline.kl_target import beta_for_target
-from infalign.pipeline.policy_cache import policy_key, train_or_load
-from infalign.pipeline.pools import sampling_settings
+from infalign.math.transforms import Transform, as_transform
+from infalign.pipeline import record
 from infalign.pipeline.run_record import RunRecord
-from infalign.pipeline.trainer import stage_trainers
-from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
+from infalign.pipeline.settings import sampling_settings
 from infalign.training.algorithms import Algorithm, make_algorithm
 
 log = logging.getLogger(__name__)
@@ -163,111 +146,19 @@ def run(cfg: DictConfig) -> dict:
     logger is finished (marked failed) in every case."""
     out_dir = Path(cfg.paths.run_dir)
     check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
-    cache_dir = Path(cfg.paths.cache_dir)
-    name, logger = None, None
+    name = None
     timings: dict[str, float] = {}
     try:
         procedure, transform, algo = validate(cfg)
         name = name_run(cfg, procedure, transform, algo)
-        apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-        # conf/logger, conf/trainer, conf/callbacks, instantiated (a bad value fails here, before compute)
-        logger = instantiate_logger(cfg.logger)
-        trainers = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks")),
-                                  logger, log_every_n_steps=int(cfg.log_every_n_steps),
-                                  deterministic=bool(cfg.deterministic))
-        if logger is not None:  # the run exists from now on, so a job that fails in any stage shows up (failed)
-            loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
+        # the config is valid: now the heavy imports (torch models, Lightning, transformers)
+        from infalign.apps import train_stages
 
-        with stage("world", timings, expected_world(cfg)):
-            world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
-        if "reward_train_s" in world.stats:  # reward-model training is its own stage inside the world's
-            timings["reward_train_s"] = world.stats["reward_train_s"]
-        distributed.init_from_env()  # from here on every stage sees the same ranks
-
-        table, calib_hit = None, None
-        with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
-                   "samples (instant when cached)"):
-            if algo.needs_calibration(transform):
-                table, calib_hit = calibration_table(world, cfg, trainers.predict, cache_dir)
-            if algo.kl_target is not None:
-                require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
-                        algo.kl_target,
-                        "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
-                algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
-                log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
-
-        ckpt = resolve_ckpt(cfg, out_dir)
-
-        def train() -> None:
-            fit_policy(world, cfg, algo, transform, table, trainers, ckpt)
-
-        policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
-        with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
-            if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
-                policy_id = policy_key(cfg, world, algo.beta)
-                policy_hit = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
-            else:
-                train()
-        if cfg.save_policy and distributed.rank() == 0:
-            world.policy.save_pretrained(out_dir / "policy")
-            world.tokenizer.save_pretrained(out_dir / "policy")
-
-        # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none)
-        theory_transform, theory_beta = algo.theory_target(transform) or (Raw(), 0.0)
-        with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
-                   "policy and reference (each instant when cached)"):
-            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir,
-                                 policy_id)
-        th = ev.theory
-        kl = ev.judges["reward_model"]["kl"].mean
-        info = record.method_info(cfg, algo, transform, procedure)
-        rec = RunRecord(
-            run_name=name, procedure=procedure.label, transform=transform.label,
-            method=info.pop("method"), method_info=info, algo=algo.name, beta=algo.beta,
-            kl_target=algo.kl_target, steps=algo.cfg.steps, seed=int(cfg.seed), eval=ev,
-            kl_ratio=(kl / th["kl"]) if th and th["kl"] > 0 else None,
-            timings=timings, cache={"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
-                                    "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
-                                    "eval_policy_hit": ev.policy_pool_cache_hit},
-            world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
-            data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-        metrics = rec.to_json()
-        if distributed.rank() != 0:  # every rank holds the gathered metrics; rank 0 records them
-            return metrics
-        paths = record.write_files(out_dir, rec, procedure)
-        record.print_summary(rec, procedure)
-        if logger is not None:
-            loggers.log_record(logger, rec, paths)
-        loggers.close(logger, 0)
-        return metrics
+        return train_stages.run_stages(cfg, procedure, transform, algo, name, timings)
     except BaseException as exc:
-        # a failed job leaves a record a sweep report can list (and is marked failed in W&B)
+        # a failed job leaves a record a sweep report can list (train_stages marks its W&B run failed)
         atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
-        loggers.close(logger, 1)
         raise
-
-
-@contextlib.contextmanager
-def stage(name: str, timings: dict[str, float], expected: str) -> Iterator[None]:
-    """Log a stage's start (with what to expect) and end, and record its wall time as
-    ``timings[<name>_s]`` -- so ``train.log`` and non-TTY output show progress through a long
-    first-use build."""
-    log.info("stage %s: started (%s)", name, expected)
-    t0 = time.perf_counter()
-    yield
-    timings[f"{name}_s"] = time.perf_counter() - t0
-    log.info("stage %s: done in %.1fs", name, timings[f"{name}_s"])
-
-
-def expected_world(cfg: DictConfig) -> str:
-    """What loading the world costs: the toy world is built once per cache (minutes), then loaded."""
-    if cfg.data.source == "toy":
-        return ("toy world: loaded from the cache in seconds; the first use builds it -- about 1-3 min "
-                "on 2 CPU cores at the default size")
-    return "loading the policy, reference and reward models and the data"
 
 
 def interrupted(exc: BaseException) -> bool:

@@ -36,7 +36,7 @@ POLICY_CACHE_VERSION = "policy-v1"
 # Modules whose code can change a trained policy. Their digest is taken over the parsed syntax tree
 # without docstrings, so comment and docstring edits (and line moves) keep cached policies valid.
 TRAINING_CODE = (
-    "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.pretrain",
+    "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.pretrain", "infalign.training.ipo",
     "infalign.training.algorithms.base",
     "infalign.math.rl_objectives", "infalign.models.generation", "infalign.models.decode_step",
     "infalign.math.calibration",

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from infalign.errors import require
 from infalign.infra import distributed
 from infalign.infra.cache import (
     CorruptCacheError,
@@ -40,22 +39,13 @@ from infalign.infra.cache import (
     load_tensors,
     save_tensors,
 )
+from infalign.pipeline.settings import sampling_settings  # noqa: F401 (re-export)
 from infalign.pipeline.trainer import TrainerFactory
 from infalign.training.rollout import RolloutModule, gather
 
 log = logging.getLogger(__name__)
 
 POOL_VERSION = "pool-v2"  # v2: lengths and stop flags stored beside the scores; top_k / top_p in the key
-
-
-def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, float]:
-    """``(temperature, top_k, top_p)`` of a generation config group, range-checked (ConfigError
-    naming ``<group>.<key>``); a group without ``top_k`` / ``top_p`` samples untruncated."""
-    temperature, top_k, top_p = float(gen_cfg.temperature), gen_cfg.get("top_k"), float(gen_cfg.get("top_p", 1.0))
-    require(temperature >= 0, f"{group}.temperature", temperature, ">= 0 (0: greedy)")
-    require(top_k is None or int(top_k) >= 1, f"{group}.top_k", top_k, "null or >= 1")
-    require(0 < top_p <= 1, f"{group}.top_p", top_p, "0 < top_p <= 1 (1: no nucleus cut)")
-    return temperature, None if top_k is None else int(top_k), top_p
 
 
 def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFactory, seed, reference=None,

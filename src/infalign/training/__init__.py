@@ -1,27 +1,26 @@
-"""Lightning modules: toy reference pre-training and Bradley-Terry reward-model training."""
+"""Lightning modules: toy reference pre-training and Bradley-Terry reward-model training.
 
-from infalign.training.pretrain import (
-    LMPretrainModule,
-    PromptResponseCollator,
-    TextPairs,
-    adamw_with_warmup,
-    make_lm_dataloader,
-)
-from infalign.training.reward_model import (
-    PreferenceCollator,
-    RewardModelModule,
-    bradley_terry_loss,
-    make_preference_dataloader,
-)
+The names below are loaded on first use (PEP 562), so importing a submodule that needs no
+Lightning -- the algorithm registry, which ``infalign-train`` consults to validate a config before
+any compute -- does not pay Lightning's import (~4 s)."""
 
-__all__ = [
-    "LMPretrainModule",
-    "PreferenceCollator",
-    "PromptResponseCollator",
-    "RewardModelModule",
-    "TextPairs",
-    "adamw_with_warmup",
-    "bradley_terry_loss",
-    "make_lm_dataloader",
-    "make_preference_dataloader",
-]
+import importlib
+
+_EXPORTS = {
+    "LMPretrainModule": "pretrain",
+    "PromptResponseCollator": "pretrain",
+    "TextPairs": "pretrain",
+    "adamw_with_warmup": "pretrain",
+    "make_lm_dataloader": "pretrain",
+    "PreferenceCollator": "reward_model",
+    "RewardModelModule": "reward_model",
+    "bradley_terry_loss": "reward_model",
+    "make_preference_dataloader": "reward_model",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from infalign.errors import require
 from infalign.math.transforms import Log
 from infalign.training.algorithms.base import AlgoConfig, OfflineAlgorithm, register_algorithm
-from infalign.training.pretrain import LMPretrainModule, make_lm_dataloader
 
 
 @dataclass
@@ -42,6 +41,8 @@ class BoNSFT(OfflineAlgorithm):
 
     def fit_module(self, policy, reference, tokenizer, prompts, best, worst, seed):
         """SFT on (prompt, best): AdamW at ``algo.lr``, cosine-decayed to 0.1 x over the run, no warmup."""
+        from infalign.training.pretrain import LMPretrainModule, make_lm_dataloader
+
         module = LMPretrainModule(policy, lr=self.cfg.lr, warmup=0, weight_decay=self.cfg.weight_decay)
         loader = make_lm_dataloader(tokenizer, prompts, best, batch_size=self.cfg.prompts_per_step, seed=seed)
         return module, loader

@@ -5,21 +5,14 @@
 
 On a fixed set of pairs the loss is a least-squares problem in the log-ratios ``log pi/pi_ref``
 (the normaliser cancels in ``h``). The calibrated-space theory predicts nothing for it.
-The reference is frozen and not a registered submodule (not optimised, not checkpointed).
+Its Lightning module is ``training/ipo.py`` (imported when a run trains, not to validate a config).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightning as L
-import torch
-from torch.utils.data import DataLoader
-
-from infalign.data.batches import PolicyPairCollator, TextPairs
 from infalign.errors import require
-from infalign.math.rl_objectives import ipo_loss
-from infalign.models.generation import sequence_logprobs
 from infalign.training.algorithms.base import AlgoConfig, OfflineAlgorithm, register_algorithm
 
 
@@ -49,38 +42,13 @@ class IPO(OfflineAlgorithm):
         return f"{self.name}-n{self.cfg.n_samples}-b{self.cfg.beta:g}"
 
     def fit_module(self, policy, reference, tokenizer, prompts, best, worst, seed):
+        import torch
+        from torch.utils.data import DataLoader
+
+        from infalign.data.batches import PolicyPairCollator, TextPairs
+        from infalign.training.ipo import IPOModule
+
         module = IPOModule(policy, reference, tau=self.cfg.beta, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         loader = DataLoader(TextPairs(prompts, best, worst), batch_size=self.cfg.prompts_per_step, shuffle=True,
                             generator=torch.Generator().manual_seed(seed), collate_fn=PolicyPairCollator(tokenizer))
         return module, loader
-
-
-class IPOModule(L.LightningModule):
-    """Batches of :class:`~infalign.data.batches.PolicyPairCollator`; AdamW at a constant ``lr``."""
-
-    def __init__(self, policy, reference, tau: float, lr: float, weight_decay: float = 0.0) -> None:
-        super().__init__()
-        self.policy, self.tau, self.lr, self.weight_decay = policy, tau, lr, weight_decay
-        self._reference = [reference.requires_grad_(False).eval()]
-
-    def on_fit_start(self) -> None:
-        self._reference[0].to(self.device)
-
-    def _sums(self, model, batch, side: str) -> torch.Tensor:
-        lp = sequence_logprobs(model, batch["prompt_ids"], batch["prompt_mask"], batch[f"{side}_ids"],
-                               batch[f"{side}_mask"])
-        return (lp * batch[f"{side}_mask"]).sum(-1)
-
-    def training_step(self, batch, batch_idx):
-        reference = self._reference[0]
-        with torch.no_grad():
-            ref_w, ref_l = self._sums(reference, batch, "chosen"), self._sums(reference, batch, "rejected")
-        pol_w, pol_l = self._sums(self.policy, batch, "chosen"), self._sums(self.policy, batch, "rejected")
-        loss = ipo_loss(pol_w, ref_w, pol_l, ref_l, self.tau)
-        n = batch["prompt_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/margin", ((pol_w - ref_w) - (pol_l - ref_l)).mean(), batch_size=n)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)

@@ -1,0 +1,143 @@
+"""The stages of ``infalign-train`` once its config is valid: world -> calibrate -> train -> evaluate
+-> record (``apps/train.run`` validates first, then imports this module: torch models, Lightning and
+transformers are imported only by a run that will compute)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
+from infalign.apps.train import resolve_ckpt
+from infalign.errors import require
+from infalign.infra import distributed
+from infalign.math.procedures import Procedure
+from infalign.math.transforms import Raw, Transform
+from infalign.pipeline import loggers, record
+from infalign.pipeline.evaluate import evaluate_policy
+from infalign.pipeline.fit import calibration_table, fit_policy
+from infalign.pipeline.kl_target import beta_for_target
+from infalign.pipeline.policy_cache import policy_key, train_or_load
+from infalign.pipeline.run_record import RunRecord
+from infalign.pipeline.trainer import stage_trainers
+from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
+from infalign.training.algorithms import Algorithm
+
+log = logging.getLogger("infalign.apps.train")
+
+
+def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm, name: str,
+               timings: dict[str, float]) -> dict:
+    """Every stage of a validated run; returns its metrics (and writes its files on rank 0).
+    ``timings`` collects ``<stage>_s`` as the stages end (the caller records them on a failure).
+    A failure marks the logger's run failed and propagates (``apps/train.run`` writes the
+    failure record)."""
+    out_dir = Path(cfg.paths.run_dir)
+    cache_dir = Path(cfg.paths.cache_dir)
+    logger = None
+    try:
+        apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        # conf/logger, conf/trainer, conf/callbacks, instantiated (a bad value fails here, before compute)
+        logger = instantiate_logger(cfg.logger)
+        trainers = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks")),
+                                  logger, log_every_n_steps=int(cfg.log_every_n_steps),
+                                  deterministic=bool(cfg.deterministic))
+        if logger is not None:  # the run exists from now on, so a job that fails in any stage shows up (failed)
+            loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
+
+        with stage("world", timings, expected_world(cfg)):
+            world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
+        if "reward_train_s" in world.stats:  # reward-model training is its own stage inside the world's
+            timings["reward_train_s"] = world.stats["reward_train_s"]
+        distributed.init_from_env()  # from here on every stage sees the same ranks
+
+        table, calib_hit = None, None
+        with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
+                   "samples (instant when cached)"):
+            if algo.needs_calibration(transform):
+                table, calib_hit = calibration_table(world, cfg, trainers.predict, cache_dir)
+            if algo.kl_target is not None:
+                require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
+                        algo.kl_target,
+                        "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+                algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
+                log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
+
+        ckpt = resolve_ckpt(cfg, out_dir)
+
+        def train() -> None:
+            fit_policy(world, cfg, algo, transform, table, trainers, ckpt)
+
+        policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
+        with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
+            if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
+                policy_id = policy_key(cfg, world, algo.beta)
+                policy_hit = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
+            else:
+                train()
+        if cfg.save_policy and distributed.rank() == 0:
+            world.policy.save_pretrained(out_dir / "policy")
+            world.tokenizer.save_pretrained(out_dir / "policy")
+
+        # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none)
+        theory_transform, theory_beta = algo.theory_target(transform) or (Raw(), 0.0)
+        with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
+                   "policy and reference (each instant when cached)"):
+            ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir,
+                                 policy_id)
+        th = ev.theory
+        kl = ev.judges["reward_model"]["kl"].mean
+        info = record.method_info(cfg, algo, transform, procedure)
+        rec = RunRecord(
+            run_name=name, procedure=procedure.label, transform=transform.label,
+            method=info.pop("method"), method_info=info, algo=algo.name, beta=algo.beta,
+            kl_target=algo.kl_target, steps=algo.cfg.steps, seed=int(cfg.seed), eval=ev,
+            kl_ratio=(kl / th["kl"]) if th and th["kl"] > 0 else None,
+            timings=timings, cache={"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
+                                    "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
+                                    "eval_policy_hit": ev.policy_pool_cache_hit},
+            world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
+            data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        metrics = rec.to_json()
+        if distributed.rank() != 0:  # every rank holds the gathered metrics; rank 0 records them
+            return metrics
+        paths = record.write_files(out_dir, rec, procedure)
+        record.print_summary(rec, procedure)
+        if logger is not None:
+            loggers.log_record(logger, rec, paths)
+        loggers.close(logger, 0)
+        return metrics
+    except BaseException:
+        loggers.close(logger, 1)
+        raise
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict[str, float], expected: str) -> Iterator[None]:
+    """Log a stage's start (with what to expect) and end, and record its wall time as
+    ``timings[<name>_s]`` -- so ``train.log`` and non-TTY output show progress through a long
+    first-use build."""
+    log.info("stage %s: started (%s)", name, expected)
+    t0 = time.perf_counter()
+    yield
+    timings[f"{name}_s"] = time.perf_counter() - t0
+    log.info("stage %s: done in %.1fs", name, timings[f"{name}_s"])
+
+
+def expected_world(cfg: DictConfig) -> str:
+    """What loading the world costs: the toy world is built once per cache (minutes), then loaded."""
+    if cfg.data.source == "toy":
+        return ("toy world: loaded from the cache in seconds; the first use builds it -- about 1-3 min "
+                "on 2 CPU cores at the default size")
+    return "loading the policy, reference and reward models and the data"
+
+

@@ -1,0 +1,18 @@
+"""Range checks of config groups that both the torch-free validation of ``infalign-train``
+(``apps/train.validate``, before any heavy import) and the stages need."""
+
+from __future__ import annotations
+
+from infalign.errors import require
+
+__all__ = ["sampling_settings"]
+
+
+def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, float]:
+    """``(temperature, top_k, top_p)`` of a generation config group, range-checked (ConfigError
+    naming ``<group>.<key>``); a group without ``top_k`` / ``top_p`` samples untruncated."""
+    temperature, top_k, top_p = float(gen_cfg.temperature), gen_cfg.get("top_k"), float(gen_cfg.get("top_p", 1.0))
+    require(temperature >= 0, f"{group}.temperature", temperature, ">= 0 (0: greedy)")
+    require(top_k is None or int(top_k) >= 1, f"{group}.top_k", top_k, "null or >= 1")
+    require(0 < top_p <= 1, f"{group}.top_p", top_p, "0 < top_p <= 1 (1: no nucleus cut)")
+    return temperature, None if top_k is None else int(top_k), top_p

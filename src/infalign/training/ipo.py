@@ -1,0 +1,48 @@
+"""IPO's Lightning module (the algorithm and its config: ``training/algorithms/ipo.py``).
+
+    h    = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)]
+    loss = (h - 1/(2 tau))^2
+
+The reference is frozen and not a registered submodule (not optimised, not checkpointed).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from infalign.math.rl_objectives import ipo_loss
+from infalign.models.generation import sequence_logprobs
+
+__all__ = ["IPOModule"]
+
+
+class IPOModule(L.LightningModule):
+    """Batches of :class:`~infalign.data.batches.PolicyPairCollator`; AdamW at a constant ``lr``."""
+
+    def __init__(self, policy, reference, tau: float, lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__()
+        self.policy, self.tau, self.lr, self.weight_decay = policy, tau, lr, weight_decay
+        self._reference = [reference.requires_grad_(False).eval()]
+
+    def on_fit_start(self) -> None:
+        self._reference[0].to(self.device)
+
+    def _sums(self, model, batch, side: str) -> torch.Tensor:
+        lp = sequence_logprobs(model, batch["prompt_ids"], batch["prompt_mask"], batch[f"{side}_ids"],
+                               batch[f"{side}_mask"])
+        return (lp * batch[f"{side}_mask"]).sum(-1)
+
+    def training_step(self, batch, batch_idx):
+        reference = self._reference[0]
+        with torch.no_grad():
+            ref_w, ref_l = self._sums(reference, batch, "chosen"), self._sums(reference, batch, "rejected")
+        pol_w, pol_l = self._sums(self.policy, batch, "chosen"), self._sums(self.policy, batch, "rejected")
+        loss = ipo_loss(pol_w, ref_w, pol_l, ref_l, self.tau)
+        n = batch["prompt_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/margin", ((pol_w - ref_w) - (pol_l - ref_l)).mean(), batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
