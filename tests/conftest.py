@@ -15,16 +15,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from infalign.infra.threads import JOBS_ENV, set_threads  # noqa: E402  (after the variables above)
 
-os.environ.setdefault(JOBS_ENV, os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-
 
 def pytest_configure(config):
     """Threads for the processes that run tests: usable cores // xdist workers (or OMP_NUM_THREADS).
-    The xdist controller runs none, so it skips this and never imports torch (~3 CPU-s that would
-    compete with the workers' own start-up)."""
-    controller = not os.environ.get("PYTEST_XDIST_WORKER") and getattr(config.option, "numprocesses", None)
-    if not controller:
-        set_threads("auto", "tests")
+
+    The workers share the cores, so each declares the xdist worker count as the concurrent jobs
+    (``INFALIGN_CONCURRENT_JOBS``, also inherited by the CLIs the tests start) -- always, not only when
+    unset: the controller's environment, which the workers inherit, must not decide it (it once set
+    1, and every worker ran 2 threads on 2 cores). The xdist controller runs no tests, so it skips
+    this and never imports torch (~3 CPU-s that would compete with the workers' own start-up)."""
+    worker_count = os.environ.get("PYTEST_XDIST_WORKER_COUNT") if os.environ.get("PYTEST_XDIST_WORKER") else None
+    controller = worker_count is None and getattr(config.option, "numprocesses", None)
+    if controller:
+        return
+    if worker_count is not None:
+        os.environ[JOBS_ENV] = worker_count
+    else:
+        os.environ.setdefault(JOBS_ENV, "1")
+    set_threads("auto", "tests")
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +64,4 @@ def pytest_xdist_auto_num_workers(config):
     from infalign.infra.threads import usable_cores
 
     return usable_cores()
+

@@ -165,3 +165,39 @@ def test_xdist_auto_starts_one_worker_per_usable_core(monkeypatch):
     assert conftest.pytest_xdist_auto_num_workers(None) == 3
     monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "5")
     assert conftest.pytest_xdist_auto_num_workers(None) is None  # xdist's own hook reads it
+
+
+@pytest.mark.parametrize(("worker", "count", "inherited", "jobs", "expected"), [
+    ("gw1", "2", "1", "2", 2),   # an xdist worker: its share, whatever the controller's environment held
+    ("gw0", "4", None, "4", 1),
+    (None, None, None, "1", 4),  # one process (-n 0): alone on the machine
+    (None, None, "3", "3", 1),   # one process inside a job that declared 3 concurrent jobs
+])
+def test_test_processes_declare_the_xdist_workers_as_concurrent_jobs(machine, monkeypatch, worker, count, inherited,
+                                                                     jobs, expected):
+    """tests/conftest.py: each pytest-xdist worker sets INFALIGN_CONCURRENT_JOBS to the worker count
+    (inherited by the CLIs its tests start) and takes usable cores // workers threads. It once kept a
+    ``1`` inherited from the controller, so both workers ran 2 threads on 2 cores."""
+    from types import SimpleNamespace
+
+    import conftest
+
+    machine(4)
+    for name, value in (("PYTEST_XDIST_WORKER", worker), ("PYTEST_XDIST_WORKER_COUNT", count),
+                        (threads.JOBS_ENV, inherited)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    seen = []
+    monkeypatch.setattr(conftest, "set_threads", lambda value, key: seen.append(threads.resolve_threads(value, key)))
+    conftest.pytest_configure(SimpleNamespace(option=SimpleNamespace(numprocesses=None)))
+    assert threads.os.environ[threads.JOBS_ENV] == jobs and seen == [expected]
+
+
+def test_this_worker_runs_its_share_of_the_cores():
+    """The live check of the rule above, in the process running this test."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        assert os.environ[threads.JOBS_ENV] == os.environ["PYTEST_XDIST_WORKER_COUNT"]
