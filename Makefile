@@ -48,6 +48,10 @@ paper: setup         ## every paper experiment + its report, timed (ARGS="--seed
 # `make test PYTEST_ARGS=` runs in one process.
 PYTEST_ARGS ?= -n auto --dist loadscope
 
+# Tests may write bytecode (empty = unset for Python): pytest then caches its assertion-rewritten test
+# modules in tests/__pycache__ instead of rewriting all ~50 in every worker of every run (~3 CPU-s each).
+test test-fast: export PYTHONDONTWRITEBYTECODE :=
+
 test: setup          ## the whole suite (what CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
