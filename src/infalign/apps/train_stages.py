@@ -14,9 +14,10 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
-from infalign.apps.train import resolve_ckpt
+from infalign.apps.train import failure_record, resolve_ckpt
 from infalign.errors import require
 from infalign.infra import distributed
+from infalign.infra.cache import atomic_write_json
 from infalign.math.procedures import Procedure
 from infalign.math.transforms import Raw, Transform
 from infalign.pipeline import loggers, record
@@ -116,8 +117,14 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             loggers.log_record(logger, rec, paths)
         loggers.close(logger, 0)
         return metrics
-    except BaseException:
-        loggers.close(logger, 1)
+    except BaseException as exc:
+        # the failure record first (apps/train.run writes the same again): a logger whose finish
+        # fails or hangs must not lose or replace the run's own error
+        atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
+        try:
+            loggers.close(logger, 1)
+        except Exception as close_exc:  # noqa: BLE001 - the stage's error is the one to propagate
+            log.warning("closing the logger of a failed run failed: %s", close_exc)
         raise
 
 

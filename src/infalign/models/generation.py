@@ -372,6 +372,7 @@ def _decode(
             past = getattr(out, cache_arg) if use_cache else None
             if lean:  # after the prefill: HF's cache -> preallocated buffers for the whole response
                 past = decode_step.StaticKV.from_cache(past, width + max_new_tokens)
+                out = None  # drop HF's prefill cache: the buffers hold it now
         if active is not None:  # finished rows: a placeholder distribution, their draw is discarded
             full = logits.new_zeros(rows, logits.shape[-1])
             full[active] = logits
