@@ -147,18 +147,16 @@ def run(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.run_dir)
     check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
     name = None
-    timings: dict[str, float] = {}
     try:
         procedure, transform, algo = validate(cfg)
         name = name_run(cfg, procedure, transform, algo)
         # the config is valid: now the heavy imports (torch models, Lightning, transformers)
         from infalign.apps import train_stages
-
-        return train_stages.run_stages(cfg, procedure, transform, algo, name, timings)
     except BaseException as exc:
-        # a failed job leaves a record a sweep report can list (train_stages marks its W&B run failed)
-        atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
+        # a failed job leaves a record a sweep report can list
+        atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, {}))
         raise
+    return train_stages.run_stages(cfg, procedure, transform, algo, name)  # records its own failures
 
 
 def interrupted(exc: BaseException) -> bool:

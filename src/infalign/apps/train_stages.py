@@ -33,14 +33,13 @@ from infalign.training.algorithms import Algorithm
 log = logging.getLogger("infalign.apps.train")
 
 
-def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm, name: str,
-               timings: dict[str, float]) -> dict:
-    """Every stage of a validated run; returns its metrics (and writes its files on rank 0).
-    ``timings`` collects ``<stage>_s`` as the stages end (the caller records them on a failure).
-    A failure marks the logger's run failed and propagates (``apps/train.run`` writes the
-    failure record)."""
+def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm, name: str) -> dict:
+    """Every stage of a validated run; returns its metrics (and writes its files on rank 0). A
+    failure writes the failure record (with the ``<stage>_s`` timings so far), then marks the
+    logger's run failed, and propagates."""
     out_dir = Path(cfg.paths.run_dir)
     cache_dir = Path(cfg.paths.cache_dir)
+    timings: dict[str, float] = {}
     logger = None
     try:
         apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
@@ -118,8 +117,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         loggers.close(logger, 0)
         return metrics
     except BaseException as exc:
-        # the failure record first (apps/train.run writes the same again): a logger whose finish
-        # fails or hangs must not lose or replace the run's own error
+        # the failure record first: a logger whose finish fails or hangs must not lose or replace
+        # the run's own error
         atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
         try:
             loggers.close(logger, 1)

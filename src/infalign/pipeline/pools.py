@@ -39,7 +39,7 @@ from infalign.infra.cache import (
     load_tensors,
     save_tensors,
 )
-from infalign.pipeline.settings import sampling_settings  # noqa: F401 (re-export)
+from infalign.pipeline.settings import sampling_settings
 from infalign.pipeline.trainer import TrainerFactory
 from infalign.training.rollout import RolloutModule, gather
 
