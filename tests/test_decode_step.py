@@ -138,6 +138,48 @@ def test_supports_only_what_it_reproduces(model, tokenizer):
         head_hook.remove()
 
 
+@pytest.mark.parametrize("where", ["drop", "attn_dropout", "resid_dropout", "mlp_dropout"])
+def test_a_hook_on_a_bypassed_dropout_disables_the_step(model, where):
+    block = model.transformer.h[-1]
+    module = {"drop": model.transformer.drop, "attn_dropout": block.attn.attn_dropout,
+              "resid_dropout": block.attn.resid_dropout, "mlp_dropout": block.mlp.dropout}[where]
+    hook = module.register_forward_pre_hook(lambda *a: None)
+    try:
+        assert not supports(model)
+    finally:
+        hook.remove()
+    assert supports(model)
+
+
+def test_global_hooks_instance_forwards_and_offload_hooks_disable_the_step(model, monkeypatch):
+    hook = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert not supports(model)  # a global hook would run on every bypassed module
+    finally:
+        hook.remove()
+    assert supports(model)
+    mlp = model.transformer.h[0].mlp
+    monkeypatch.setattr(mlp, "forward", mlp.forward)  # an instance-level override (as accelerate does)
+    assert not supports(model)
+    monkeypatch.delattr(mlp, "forward")
+    assert supports(model)
+    monkeypatch.setattr(model, "_hf_hook", object(), raising=False)  # accelerate's device-offload hook
+    assert not supports(model)
+
+
+def test_old_transformers_or_attention_without_scaling_disable_the_step(model, monkeypatch):
+    """The step reads ``attn.scaling`` (transformers >= 5); an older attention folds the scale in
+    elsewhere, so the step is not used there at all."""
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    assert not supports(model)
+    monkeypatch.undo()
+    assert supports(model)
+    monkeypatch.delattr(model.transformer.h[1].attn, "scaling")
+    assert not supports(model)
+
+
 def test_unsupported_models_sample_through_hf(model, tokenizer, prompts, monkeypatch):
     """An eager-attention GPT-2 never reaches the lean step; it still samples."""
     monkeypatch.setattr(decode_step, "gpt2_step", lambda *a: pytest.fail("lean step used"))

@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -419,16 +420,21 @@ def judges(run_dir: Path) -> dict:
     return metrics["eval"]["judges"]
 
 
-def straight_run(cache_dir: Path, run_dir: Path, *overrides: str) -> None:
+def straight_run(cache_dir: Path, run_dir: Path, *overrides: str) -> dict:
     """The uninterrupted run a killed one is compared with, in this process: the CLI's config
     (TINY) on one thread, as the CLI runs under ENV's OMP_NUM_THREADS=1 -- the same computation,
-    without a second interpreter start (~6 s: torch, Lightning)."""
+    without a second interpreter start (~6 s: torch, Lightning). torch's and the BLAS pools'
+    thread counts are restored afterwards (the run sets both)."""
+    from threadpoolctl import threadpool_limits
+
     threads = torch.get_num_threads()
     try:
-        metrics = train_app.run(compose_train(cache_dir, run_dir, *overrides, "threads=1"))
+        with threadpool_limits(limits=None):  # restores the BLAS limits on exit
+            metrics = train_app.run(compose_train(cache_dir, run_dir, *overrides, "threads=1"))
     finally:
         torch.set_num_threads(threads)
     assert metrics["status"] == "finished"
+    return metrics
 
 
 @pytest.mark.slow
@@ -454,15 +460,20 @@ def test_kill_9_during_training_then_resume_gives_the_same_metrics(tmp_path, war
 
 @pytest.mark.slow
 def test_kill_9_during_calibration_then_rerun_gives_the_same_metrics(tmp_path, warm_cache):
-    # K=6: a calibration pool the warm cache does not hold, so this run has to draw it
+    # K=6: a calibration pool the warm cache does not hold, so both runs have to draw it; the
+    # straight run draws it in its own copy of the cache, taken before the kill
     args = [*TINY, "calibration.K=6", "policy_cache=false", f"paths.cache_dir={warm_cache}"]
+    straight_cache = shutil.copytree(warm_cache, tmp_path / "straight_cache")
     log_file = tmp_path / "killed" / "train.log"
     proc = train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}")
     kill_when(proc, lambda: log_file.exists() and "drawing reference pool calibration" in log_file.read_text())
     assert not (tmp_path / "killed" / "checkpoints").exists()
     code, _, err = finished(train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}", "ckpt_path=last_or_new"))
     assert code == 0, err[-3000:]
-    straight_run(warm_cache, tmp_path / "straight", "calibration.K=6", "policy_cache=false")
+    rerun = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert rerun["cache"]["calibration_hit"] is False  # the killed draw left nothing to reuse
+    straight = straight_run(straight_cache, tmp_path / "straight", "calibration.K=6", "policy_cache=false")
+    assert straight["cache"]["calibration_hit"] is False
     assert judges(tmp_path / "killed") == judges(tmp_path / "straight")
 
 

@@ -93,23 +93,28 @@ def test_a_config_error_fails_before_lightning_or_transformers_are_imported(tmp_
     in a clean interpreter that never loaded Lightning, transformers or W&B (~4-5 s of a start-up;
     a typo costs ~3 s instead of ~8). torch is allowed: the calibration scopes and RL objectives
     live beside torch code."""
+    cases = {"algo.beta": ["algo.beta=0"], "threads": ["threads=two"],
+             "logger.mode": ["logger=wandb", "logger.mode=onlin"],
+             "algo.kl_target": ["transform=optimal", "algo.kl_target=0.3"]}
     code = (
         "import sys, json\n"
         "from hydra import compose, initialize_config_dir\n"
         "from infalign.apps import train\n"
         "from infalign.apps.config import CONFIG_DIR\n"
         "from infalign.errors import ConfigError\n"
-        "with initialize_config_dir(CONFIG_DIR, version_base='1.3'):\n"
-        "    cfg = compose('train', overrides=['algo.beta=0'])\n"
-        f"cfg.paths.run_dir = {str(tmp_path / 'run')!r}\n"
-        "try:\n"
-        "    train.run(cfg)\n"
-        "except ConfigError as exc:\n"
-        "    print(exc.key)\n"
+        f"for key, overrides in {cases!r}.items():\n"
+        "    with initialize_config_dir(CONFIG_DIR, version_base='1.3'):\n"
+        "        cfg = compose('train', overrides=overrides)\n"
+        f"    cfg.paths.run_dir = {str(tmp_path)!r} + '/' + key\n"
+        "    try:\n"
+        "        train.run(cfg)\n"
+        "    except ConfigError as exc:\n"
+        "        print(exc.key)\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}) - {{'torch'}}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["algo.beta", "[]"], out
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+    assert out.split() == [*cases, "[]"], out
+    for key in cases:
+        assert json.loads((tmp_path / key / "metrics.json").read_text())["status"] == "failed"
 
 
 def test_the_layer_check_sees_a_violation(tmp_path):

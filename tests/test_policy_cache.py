@@ -175,3 +175,33 @@ def test_code_digest_follows_an_edited_file_and_parses_each_version_once(tmp_pat
     assert policy_cache.code_digest() != first and len(parses) == 1  # the edited file, only
     probe.write_text('def f():\n    """A docstring."""\n    return 1  # and a comment\n')
     assert policy_cache.code_digest() == first
+
+
+# Modules a training module may import without being part of the key: errors and infrastructure
+# (messages, caches, process groups), package re-exports, the Lightning trainer factory (keyed by
+# its settings, TRAINER_KEYS) and the algorithm registry (its classes' modules are digested).
+NOT_TRAINING_CODE = ("infalign.errors", "infalign.infra", "infalign.math", "infalign.models",
+                     "infalign.pipeline.trainer", "infalign.training.algorithms")
+
+
+def test_every_infalign_module_training_code_imports_is_keyed_or_declared_irrelevant():
+    """A training module importing an unlisted one (the code the sampler, pools or beta search
+    run) would let a cached policy outlive a change to that code."""
+    import ast
+    import importlib.util
+
+    from infalign.pipeline.policy_cache import TRAINING_CODE
+
+    missing = set()
+    for name in TRAINING_CODE:
+        tree = ast.parse(open(importlib.util.find_spec(name).origin).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported = [node.module]
+            elif isinstance(node, ast.Import):
+                imported = [a.name for a in node.names]
+            else:
+                continue
+            missing |= {(m, name) for m in imported if m.startswith("infalign") and m not in TRAINING_CODE
+                        and m not in NOT_TRAINING_CODE and not m.startswith("infalign.infra.")}
+    assert not missing, f"imported by training code but not in TRAINING_CODE: {sorted(missing)}"

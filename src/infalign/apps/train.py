@@ -23,16 +23,17 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infalign.apps.config import CONFIG_DIR, instantiate_checked
+from infalign.apps.config import CONFIG_DIR, instantiate_checked, launcher_jobs
 from infalign.errors import ConfigError, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
+from infalign.infra.threads import declare_jobs, resolve_threads
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
 from infalign.math.transforms import Transform, as_transform
 from infalign.pipeline import record
 from infalign.pipeline.run_record import RunRecord
-from infalign.pipeline.settings import sampling_settings
+from infalign.pipeline.settings import sampling_settings, wandb_mode
 from infalign.training.algorithms import Algorithm, make_algorithm
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,14 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "1, or several processes started by torchrun / SLURM (one per device)",
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
             "hydra.run.dir=outputs/train/my_run, or hydra/launcher=slurm")
+    require(algo.kl_target is None or "optimal_transform" not in str(cfg.transform.get("_target_")),
+            "algo.kl_target", algo.kl_target,
+            "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+    declare_jobs(launcher_jobs())  # threads: auto | null | N (checked; applied by the stages)
+    resolve_threads(cfg.get("threads", "auto"))
+    logger = cfg.get("logger")
+    if logger is not None and str(logger.get("_target_", "")).endswith("RunWandbLogger"):
+        wandb_mode(logger.get("mode"))
     objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo

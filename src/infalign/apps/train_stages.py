@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
 from infalign.apps.train import failure_record, resolve_ckpt
-from infalign.errors import require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.math.procedures import Procedure
@@ -63,10 +62,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                    "samples (instant when cached)"):
             if algo.needs_calibration(transform):
                 table, calib_hit = calibration_table(world, cfg, trainers.predict, cache_dir)
-            if algo.kl_target is not None:
-                require("optimal_transform" not in str(cfg.transform.get("_target_")), "algo.kl_target",
-                        algo.kl_target,
-                        "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+            if algo.kl_target is not None:  # (transform=optimal refused by validate)
                 algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
                 log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
 

@@ -69,19 +69,34 @@ class StaticKV:
 def supports(model: torch.nn.Module) -> bool:
     """True when :func:`gpt2_step` computes exactly what ``model``'s own forward computes: an HF
     ``GPT2LMHeadModel`` (the class itself: a subclass may change the forward; a wrapper -- PEFT, DDP
-    -- is another class) in eval mode, with SDPA attention, no cross-attention, and no forward hooks
-    on the modules whose forward it replaces (the model, its body, blocks, attention and MLP; hooks
-    on the layers it calls -- layer norms, projections, embeddings, head -- still run)."""
+    -- is another class) in eval mode, with SDPA attention, no cross-attention, from a transformers
+    whose attention carries its unified ``scaling`` (>= 5; verified on 5.24 by
+    tests/test_decode_step.py), and nothing that would run in the forward it replaces: no hooks on
+    the modules it bypasses (the model, its body, blocks, attention, MLP and their dropouts), no
+    global module hooks, no instance-level ``forward`` override and no accelerate ``_hf_hook``
+    (device offload). Hooks on the layers it still calls -- layer norms, projections, embeddings,
+    head -- are called through their own ``__call__`` and run as usual."""
+    import transformers
+    from torch.nn.modules import module as torch_module
     from transformers import GPT2LMHeadModel
 
     config = getattr(model, "config", None)
     if not (type(model) is GPT2LMHeadModel and not model.training
+            and int(transformers.__version__.split(".")[0]) >= 5
             and getattr(config, "_attn_implementation", None) == "sdpa"
             and not getattr(config, "add_cross_attention", False)):
         return False
-    skipped = [model, model.transformer, *model.transformer.h]
-    skipped += [m for block in model.transformer.h for m in (block.attn, block.mlp)]
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in skipped)
+    body = model.transformer
+    if not all(isinstance(getattr(block.attn, "scaling", None), float) for block in body.h):
+        return False
+    skipped = [model, body, body.drop, *body.h]
+    for block in body.h:
+        skipped += [block.attn, block.attn.attn_dropout, block.attn.resid_dropout, block.mlp, block.mlp.dropout]
+    if any(getattr(torch_module, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        return False
+    if any(m._forward_hooks or m._forward_pre_hooks for m in skipped):
+        return False
+    return not any("forward" in vars(m) or hasattr(m, "_hf_hook") for m in skipped)
 
 
 def gpt2_step(model, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor,

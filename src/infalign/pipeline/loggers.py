@@ -18,11 +18,9 @@ from typing import Protocol, runtime_checkable
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from infalign.errors import require
 from infalign.infra.cache import atomic_write_text
 from infalign.pipeline.run_record import RunRecord
-
-WANDB_MODES = ("online", "offline", "disabled")
+from infalign.pipeline.settings import wandb_mode
 
 
 @runtime_checkable
@@ -75,14 +73,13 @@ def stored_run_id(run_dir: Path) -> str:
 class RunWandbLogger(WandbLogger):
     """Lightning's ``WandbLogger`` for one infalign run (``conf/logger/wandb.yaml``).
 
-    ``mode`` is one of :data:`WANDB_MODES` (a ConfigError naming ``logger.mode`` otherwise: it
-    follows the WANDB_MODE environment variable); ``id=None`` takes the run dir's stored id
+    ``mode`` is one of ``pipeline.settings.WANDB_MODES`` (a ConfigError naming ``logger.mode``
+    otherwise: it follows the WANDB_MODE environment variable); ``id=None`` takes the run dir's stored id
     (:func:`stored_run_id`, ``save_dir`` being the run dir), so with ``resume="allow"`` a resumed
     run continues its W&B run. Every other argument goes to ``WandbLogger`` / ``wandb.init``."""
 
     def __init__(self, *, save_dir: str = ".", id: str | None = None, mode: str = "offline", **kwargs) -> None:
-        require(mode in WANDB_MODES, "logger.mode", mode, f"one of {list(WANDB_MODES)}",
-                "it follows the WANDB_MODE environment variable")
+        wandb_mode(mode)
         super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
 
     def log_record(self, record: RunRecord, files: dict[str, Path]) -> None:

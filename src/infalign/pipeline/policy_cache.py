@@ -39,10 +39,10 @@ TRAINING_CODE = (
     "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.pretrain", "infalign.training.ipo",
     "infalign.training.algorithms.base",
     "infalign.math.rl_objectives", "infalign.models.generation", "infalign.models.decode_step",
-    "infalign.math.calibration",
+    "infalign.math.calibration", "infalign.math.procedures",
     "infalign.math.transforms", "infalign.pipeline.fit", "infalign.pipeline.baselines",
     "infalign.pipeline.kl_target", "infalign.models.reward", "infalign.models.builders",
-    "infalign.data.batches",
+    "infalign.data.batches", "infalign.pipeline.pools", "infalign.pipeline.settings",
 )
 # Top-level config keys that never change the trained weights (``trainer`` and ``callbacks`` are
 # keyed by the parts that can: TRAINER_KEYS, and the callbacks not in NOT_TRAINING_CALLBACKS).

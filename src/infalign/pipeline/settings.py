@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from infalign.errors import require
 
-__all__ = ["sampling_settings"]
+__all__ = ["WANDB_MODES", "sampling_settings", "wandb_mode"]
+
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, float]:
@@ -16,3 +18,11 @@ def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, 
     require(top_k is None or int(top_k) >= 1, f"{group}.top_k", top_k, "null or >= 1")
     require(0 < top_p <= 1, f"{group}.top_p", top_p, "0 < top_p <= 1 (1: no nucleus cut)")
     return temperature, None if top_k is None else int(top_k), top_p
+
+
+def wandb_mode(mode) -> str:
+    """``logger.mode`` of the W&B logger, one of :data:`WANDB_MODES` (a ConfigError naming the key:
+    it follows the WANDB_MODE environment variable)."""
+    require(mode in WANDB_MODES, "logger.mode", mode, f"one of {list(WANDB_MODES)}",
+            "it follows the WANDB_MODE environment variable")
+    return str(mode)
