@@ -199,5 +199,10 @@ def test_this_worker_runs_its_share_of_the_cores():
     """The live check of the rule above, in the process running this test."""
     import os
 
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        assert os.environ[threads.JOBS_ENV] == os.environ["PYTEST_XDIST_WORKER_COUNT"]
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("runs only in a pytest-xdist worker (make test)")
+    assert os.environ[threads.JOBS_ENV] == os.environ["PYTEST_XDIST_WORKER_COUNT"]
+    torch = pytest.importorskip("torch")
+    cores, jobs = threads.usable_cores(), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    if not os.environ.get("OMP_NUM_THREADS"):
+        assert torch.get_num_threads() == max(1, cores // jobs)
