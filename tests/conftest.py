@@ -35,19 +35,6 @@ def pytest_configure(config):
     set_threads("auto", "tests")
 
 
-# The modules with the longest tests (``pytest --durations=40``: the default toy world's ~70 s,
-# the fault and CLI tests' subprocesses), run first: ``--dist loadscope`` hands modules to the
-# workers in collection order, and a long module collected last leaves the other worker idle
-# while it runs (a 5-minute suite used 1.2 of its 2 cores on average).
-LONGEST_FIRST = ("test_toy_world.py", "test_faults.py", "test_cli.py", "test_distributed.py", "test_report.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """:data:`LONGEST_FIRST` modules first, the rest in their usual order (a stable sort)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """The toy world of ``pipeline_helpers.TINY_WORLD``, built once per session (shared by the
