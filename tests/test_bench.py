@@ -125,6 +125,17 @@ def test_trl_section_breaks_down_both_sides(tmp_path):
     for side in ("ours", "trl"):
         assert all(_positive(fig[side]["phases_s"][p]) for p in ("generation", "reward", "reference", "backward"))
         assert 0 < fig[side]["mfu"]["step"] < 1
+    assert fig["ratio_mean_length"] == pytest.approx(fig["ours"]["mean_length"] / fig["trl"]["mean_length"])
+    # unequal lengths make completions/s compare unequal work: the report says so (and only then)
+    from rich.console import Console
+
+    from infalign.bench.report import print_report
+
+    for ratio, flagged in ((0.8, True), (1.05, False), (1.2, True)):
+        fig["ratio_mean_length"] = ratio
+        console = Console(record=True, width=200)
+        print_report({"trl": res}, console)
+        assert ("read tokens/s" in console.export_text()) is flagged, ratio
 
 
 @pytest.mark.slow
@@ -137,3 +148,30 @@ def test_build_section_reports_stages_and_quality(tmp_path):
     q = res["quality"]
     assert _positive(q["reference_val_loss"]) and 0 <= q["reward_val_gold_accuracy"] <= 1
     assert res["target_s"] is None and res["ok"] is None  # --quick: a tiny world, no target
+
+
+def test_bench_learning_rate_leaves_the_weights_where_they_start():
+    """The RL and TRL sections time full updates at ``RLBench.lr`` so that neither side's policy
+    drifts to other response lengths (bench_trl.py). An AdamW step moves each weight by about
+    ``lr`` whatever the gradient's size; at the bench's rate no weight of a toy model may move by
+    more than 1e-11 (zero-initialised biases do move by ~lr; the others are too large to change
+    in float32), while at lr 1e-4 (the control) they move by ~1e-4."""
+    import copy
+
+    import torch
+
+    from infalign.bench.bench_rl import RLBench
+    from infalign.models import build_toy_lm
+    from infalign.toy import ToyWorld
+
+    torch.manual_seed(0)
+    model = build_toy_lm(ToyWorld(seed=0).tokenizer(), "tiny")
+    for lr in (RLBench().lr, 1e-4):
+        m = copy.deepcopy(model)
+        before = [p.detach().clone() for p in m.parameters()]
+        opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0, foreach=False)
+        for p in m.parameters():
+            p.grad = torch.randn_like(p) * 10.0
+        opt.step()
+        moved = max(float((a - p).abs().max()) for a, p in zip(before, m.parameters()))
+        assert (moved <= 1e-11) if lr == RLBench().lr else (moved > 1e-5), (lr, moved)

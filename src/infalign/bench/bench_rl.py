@@ -24,7 +24,7 @@ class RLBench:
     max_new_tokens: int = 20
     beta: float = 0.05
     t: float = 4.0  # exp(t) transform
-    lr: float = 1e-4
+    lr: float = 1e-12  # updates run in full but move no weight by more than ~1e-12 (see bench_trl.py)
     warmup: int = 1
     steps: int = 5  # timed steps
 

@@ -6,6 +6,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+# |ours/TRL mean response length - 1| above which the completions/s ratio is flagged
+LENGTH_TOLERANCE = 0.10
+
 
 def _s(x: float | None) -> str:
     if x is None:
@@ -175,6 +178,10 @@ def print_report(results: dict, console: Console | None = None) -> None:
             console.print(breakdown_table("where the step's time goes: ours vs TRL", columns,
                                           res.get("matmul_peak_flops")))
             for size, r in res["sizes"].items():
+                lengths = r.get("ratio_mean_length")
+                if lengths is not None and abs(lengths - 1) > LENGTH_TOLERANCE:
+                    console.print(f"[yellow]warning[/]: {size}: mean response length ours/TRL = {lengths:.2f}; "
+                                  "completions/s compares unequal work here, read tokens/s")
                 gen = r.get("generation_only")
                 if gen:
                     console.print(f"Sampling alone ({size}, {gen['rows']} rows): ours {_s(gen['ours_s'])} vs HF "
@@ -183,7 +190,9 @@ def print_report(results: dict, console: Console | None = None) -> None:
                 "same weights (TRL loads our save_pretrained copy)", "same tokenizer and prompt set",
                 f"P x G = {res['settings']['P']} x {res['settings']['G']} per step",
                 f"max {res['settings']['max_new_tokens']} new tokens, no minimum",
-                "1 optimizer step per batch (AdamW torch, lr 1e-4, clip 1)",
+                f"1 optimizer step per batch (AdamW torch, lr {res['settings'].get('lr', 1e-4):g}, clip 1"
+                + ("; the weights barely move, so both sample the initial policy's lengths)"
+                   if res['settings'].get('lr', 1e-4) < 1e-9 else ")"),
                 f"beta={res['settings']['beta']} k1 KL in the reward", f"reward {res['settings']['reward']}",
                 "float32, CPU, no W&B, no eval"]) + ".", markup=False)
             console.print("Remaining differences:")
