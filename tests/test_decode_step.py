@@ -167,6 +167,45 @@ def test_global_hooks_instance_forwards_and_offload_hooks_disable_the_step(model
     assert not supports(model)
 
 
+def test_patched_classes_swapped_blocks_attention_overrides_and_compile_disable_the_step(model, monkeypatch):
+    """What kernel libraries and users do to a GPT-2 that would make the step compute something
+    else than the model's forward: each one turns it off, and undoing it turns it back on."""
+    import transformers.integrations.sdpa_attention as sdpa_attention
+    from transformers.models.gpt2 import modeling_gpt2 as hf
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda *a: None)
+    try:
+        assert not supports(model)  # a global pre-hook
+    finally:
+        hook.remove()
+    original = hf.GPT2MLP.forward
+
+    def patched(self, hidden_states):  # a class-level patch (defined here, not in modeling_gpt2)
+        return original(self, hidden_states)
+
+    monkeypatch.setattr(hf.GPT2MLP, "forward", patched)
+    assert not supports(model)
+    monkeypatch.undo()
+    assert supports(model)
+
+    class Block(hf.GPT2Block):
+        pass
+
+    swapped = copy.deepcopy(model)
+    swapped.transformer.h[1].__class__ = Block  # a replaced block class
+    assert not supports(swapped)
+    swapped.transformer.h[1] = torch.nn.Identity()  # a layer without .attn: False, not AttributeError
+    assert not supports(swapped)
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **k: None)
+    assert not supports(model)  # HF's registered "sdpa" is no longer the stock function
+    monkeypatch.undo()
+    monkeypatch.setattr(model, "_compiled_call_impl", object())  # as Module.compile() sets it
+    assert not supports(model)
+    monkeypatch.undo()
+    assert supports(model)
+
+
 def test_old_transformers_or_attention_without_scaling_disable_the_step(model, monkeypatch):
     """The step reads ``attn.scaling`` (transformers >= 5); an older attention folds the scale in
     elsewhere, so the step is not used there at all."""

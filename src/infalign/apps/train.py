@@ -72,7 +72,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     resolve_threads(cfg.get("threads", "auto"))
     logger = cfg.get("logger")
     if logger is not None and str(logger.get("_target_", "")).endswith("RunWandbLogger"):
-        wandb_mode(logger.get("mode"))
+        wandb_mode(logger.get("mode", "offline"))  # RunWandbLogger's own default
     objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo

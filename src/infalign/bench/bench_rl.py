@@ -202,7 +202,7 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
         else RLBench(steps=max(2, repeats))
     peak = matmul_peak(512 if quick else 1024, 2 if quick else 5)
     out: dict = {"settings": {"P": bench.prompts, "G": bench.group, "max_new_tokens": bench.max_new_tokens,
-                              "beta": bench.beta, "transform": f"exp({bench.t:g})", "algo": "rloo",
+                              "beta": bench.beta, "lr": bench.lr, "transform": f"exp({bench.t:g})", "algo": "rloo",
                               "kl_estimator": "k1", "warmup_steps": bench.warmup, "timed_steps": bench.steps,
                               "prompt_set": 4 * bench.prompts},
                  "matmul_peak_flops": peak, "sizes": {}}

@@ -148,6 +148,15 @@ def scale_table(res: dict) -> Table:
     return table
 
 
+def length_warnings(trl_res: dict) -> list[str]:
+    """One line per toy size whose ours/TRL mean response length is off by more than
+    :data:`LENGTH_TOLERANCE`: completions/s then compares unequal work."""
+    return [f"{size}: mean response length ours/TRL = {r['ratio_mean_length']:.2f}; completions/s compares "
+            "unequal work here, read tokens/s"
+            for size, r in trl_res.get("sizes", {}).items()
+            if r.get("ratio_mean_length") is not None and abs(r["ratio_mean_length"] - 1) > LENGTH_TOLERANCE]
+
+
 def print_report(results: dict, console: Console | None = None) -> None:
     if console is None:
         console = Console()
@@ -177,11 +186,9 @@ def print_report(results: dict, console: Console | None = None) -> None:
                        for who, key in (("ours", "ours"), ("TRL", "trl"))}
             console.print(breakdown_table("where the step's time goes: ours vs TRL", columns,
                                           res.get("matmul_peak_flops")))
+            for warning in length_warnings(res):
+                console.print(f"[yellow]warning[/]: {escape(warning)}")
             for size, r in res["sizes"].items():
-                lengths = r.get("ratio_mean_length")
-                if lengths is not None and abs(lengths - 1) > LENGTH_TOLERANCE:
-                    console.print(f"[yellow]warning[/]: {size}: mean response length ours/TRL = {lengths:.2f}; "
-                                  "completions/s compares unequal work here, read tokens/s")
                 gen = r.get("generation_only")
                 if gen:
                     console.print(f"Sampling alone ({size}, {gen['rows']} rows): ours {_s(gen['ours_s'])} vs HF "

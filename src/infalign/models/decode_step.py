@@ -68,25 +68,46 @@ class StaticKV:
 
 def supports(model: torch.nn.Module) -> bool:
     """True when :func:`gpt2_step` computes exactly what ``model``'s own forward computes: an HF
-    ``GPT2LMHeadModel`` (the class itself: a subclass may change the forward; a wrapper -- PEFT, DDP
-    -- is another class) in eval mode, with SDPA attention, no cross-attention, from a transformers
-    whose attention carries its unified ``scaling`` (>= 5; verified on 5.24 by
-    tests/test_decode_step.py), and nothing that would run in the forward it replaces: no hooks on
-    the modules it bypasses (the model, its body, blocks, attention, MLP and their dropouts), no
-    global module hooks, no instance-level ``forward`` override and no accelerate ``_hf_hook``
-    (device offload). Hooks on the layers it still calls -- layer norms, projections, embeddings,
-    head -- are called through their own ``__call__`` and run as usual."""
+    ``GPT2LMHeadModel`` in eval mode, with SDPA attention and no cross-attention, from a
+    transformers whose attention carries its unified ``scaling`` (>= 5; verified on 5.24 by
+    tests/test_decode_step.py), and nothing that would change the forward it replaces:
+
+    * the model, its body, blocks, attention and MLP are exactly HF's classes (a subclass or a
+      wrapper -- PEFT, DDP -- may change the forward), and those classes' ``forward`` are still
+      the ones defined in ``modeling_gpt2`` (no class-level patch, as kernel libraries apply);
+    * HF's ``sdpa`` attention function is the stock one (no ``AttentionInterface.register``);
+    * no hooks on the modules it bypasses (those above and their dropouts), no global module
+      hooks, no instance-level ``forward`` override, no accelerate ``_hf_hook`` (device offload),
+      no ``Module.compile()``.
+
+    Hooks on the layers it still calls -- layer norms, projections, embeddings, head -- run as
+    usual (they are called through their own ``__call__``)."""
     import transformers
     from torch.nn.modules import module as torch_module
-    from transformers import GPT2LMHeadModel
+    from transformers.models.gpt2 import modeling_gpt2 as hf
 
     config = getattr(model, "config", None)
-    if not (type(model) is GPT2LMHeadModel and not model.training
+    if not (type(model) is hf.GPT2LMHeadModel and not model.training
             and int(transformers.__version__.split(".")[0]) >= 5
             and getattr(config, "_attn_implementation", None) == "sdpa"
             and not getattr(config, "add_cross_attention", False)):
         return False
     body = model.transformer
+    if type(body) is not hf.GPT2Model or not all(
+            type(b) is hf.GPT2Block and type(b.attn) is hf.GPT2Attention and type(b.mlp) is hf.GPT2MLP
+            for b in body.h):
+        return False
+    classes = (hf.GPT2LMHeadModel, hf.GPT2Model, hf.GPT2Block, hf.GPT2Attention, hf.GPT2MLP)
+    if any(getattr(cls.forward, "__module__", None) != hf.__name__ for cls in classes):
+        return False
+    try:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        if ALL_ATTENTION_FUNCTIONS.get("sdpa") is not sdpa_attention_forward:
+            return False
+    except ImportError:
+        return False
     if not all(isinstance(getattr(block.attn, "scaling", None), float) for block in body.h):
         return False
     skipped = [model, body, body.drop, *body.h]
@@ -96,7 +117,8 @@ def supports(model: torch.nn.Module) -> bool:
         return False
     if any(m._forward_hooks or m._forward_pre_hooks for m in skipped):
         return False
-    return not any("forward" in vars(m) or hasattr(m, "_hf_hook") for m in skipped)
+    return not any("forward" in vars(m) or hasattr(m, "_hf_hook") or getattr(m, "_compiled_call_impl", None)
+                   for m in skipped)
 
 
 def gpt2_step(model, tokens: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor,
