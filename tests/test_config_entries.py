@@ -72,7 +72,7 @@ def check_algo(cfg, tmp_path):
 
 def check_data(cfg, tmp_path):
     from infalign.data.formats import DATASETS
-    from infalign.pipeline.world import DATA_SOURCES
+    from infalign.pipeline.settings import DATA_SOURCES
 
     assert cfg.data.source in DATA_SOURCES
     if cfg.data.source == "toy":

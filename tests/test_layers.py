@@ -95,7 +95,8 @@ def test_a_config_error_fails_before_lightning_or_transformers_are_imported(tmp_
     live beside torch code."""
     cases = {"algo.beta": ["algo.beta=0"], "threads": ["threads=two"],
              "logger.mode": ["logger=wandb", "logger.mode=onlin"],
-             "algo.kl_target": ["transform=optimal", "algo.kl_target=0.3"]}
+             "algo.kl_target": ["transform=optimal", "algo.kl_target=0.3"],
+             "data.train_prompts": ["data.train_prompts=0"]}
     code = (
         "import sys, json\n"
         "from hydra import compose, initialize_config_dir\n"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from infalign.errors import require
 
-__all__ = ["WANDB_MODES", "sampling_settings", "wandb_mode"]
+__all__ = ["DATA_SOURCES", "WANDB_MODES", "data_settings", "sampling_settings", "wandb_mode"]
+
+DATA_SOURCES = ("toy", "hh", "tldr")
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -26,3 +28,12 @@ def wandb_mode(mode) -> str:
     require(mode in WANDB_MODES, "logger.mode", mode, f"one of {list(WANDB_MODES)}",
             "it follows the WANDB_MODE environment variable")
     return str(mode)
+
+
+def data_settings(data_cfg) -> None:
+    """``data.source`` one of :data:`DATA_SOURCES`, ``data.train_prompts`` / ``data.eval_prompts``
+    >= 1 (ConfigError naming the key). The files, models and tokenizers are checked by
+    ``pipeline/world.check_world_config``, which needs transformers."""
+    require(data_cfg.source in DATA_SOURCES, "data.source", data_cfg.source, f"one of {list(DATA_SOURCES)}")
+    require(int(data_cfg.train_prompts) >= 1, "data.train_prompts", data_cfg.train_prompts, ">= 1")
+    require(int(data_cfg.eval_prompts) >= 1, "data.eval_prompts", data_cfg.eval_prompts, ">= 1")

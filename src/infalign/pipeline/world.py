@@ -33,6 +33,7 @@ from infalign.models.builders import (
 )
 from infalign.models.generation import prompt_token_limit
 from infalign.models.reward import GoldScorer, RewardScorer, Scorer, reward_input_format
+from infalign.pipeline.settings import data_settings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ def _fingerprint(name_or_path: str) -> str:
     return fingerprint_dir(name_or_path) if Path(name_or_path).exists() else f"hub:{name_or_path}"
 
 
-DATA_SOURCES = ("toy", "hh", "tldr")
 
 
 @dataclass
@@ -94,9 +94,7 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     from infalign.data.formats import check_data_file, is_local
 
     data = cfg.data
-    require(data.source in DATA_SOURCES, "data.source", data.source, f"one of {list(DATA_SOURCES)}")
-    require(int(data.train_prompts) >= 1, "data.train_prompts", data.train_prompts, ">= 1")
-    require(int(data.eval_prompts) >= 1, "data.eval_prompts", data.eval_prompts, ">= 1")
+    data_settings(data)  # (also checked by apps/train.validate, before the heavy imports)
     toy = data.source == "toy"
     require(not (toy and _train_reward(cfg)), "reward.train.enabled", True,
             "false for the toy world (its reward model is built)")
