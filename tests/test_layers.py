@@ -87,6 +87,7 @@ def test_analyze_app_imports_no_torch_in_a_clean_interpreter():
     assert out.strip() == "[]", f"infalign.apps.analyze pulled in {out.strip()}"
 
 
+@pytest.mark.slow  # a clean interpreter (~2.5 s); the errors themselves: test_train_pipeline's bad-config tests
 def test_a_config_error_fails_before_lightning_or_transformers_are_imported(tmp_path):
     """``infalign-train`` validates its config before the heavy imports (apps/train.run ->
     apps/train_stages): a run with an invalid value fails with the ConfigError and its failure record

@@ -102,6 +102,11 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
         ("eval.top_p=0", "eval.top_p"),
         ("eval.top_p=1.5", "eval.top_p"),
         ("eval.top_k=0", "eval.top_k"),
+        ("threads=two", "threads"),
+        ("data.train_prompts=0", "data.train_prompts"),
+        ("data.source=nosuch", "data.source"),
+        ("algo.kl_target=0.3", "algo.kl_target"),  # with transform=optimal below
+        ("logger=wandb", "logger.mode"),  # with logger.mode=onlin below
     ],
 )
 def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, override, key):
@@ -109,7 +114,8 @@ def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, overr
         raise AssertionError("compute started before validation")
 
     monkeypatch.setattr(train_stages, "load_world", boom)
-    extra = ["algo.minibatches=3"] if key == "algo.minibatches" else []
+    extra = {"algo.minibatches": ["algo.minibatches=3"], "algo.kl_target": ["transform=optimal"],
+             "logger.mode": ["logger.mode=onlin"]}.get(key, [])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cache_dir, tmp_path, override, *extra)
 
