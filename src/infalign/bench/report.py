@@ -193,13 +193,13 @@ def print_report(results: dict, console: Console | None = None) -> None:
                 if gen:
                     console.print(f"Sampling alone ({size}, {gen['rows']} rows): ours {_s(gen['ours_s'])} vs HF "
                                   f"generate {_s(gen['hf_generate_s'])} (HF/ours {gen['ratio']:.2f}x).")
+            lr = res["settings"].get("lr", 1e-4)  # (files written before lr was recorded: 1e-4)
+            frozen = "; the weights barely move, so both sample the initial policy's lengths" if lr < 1e-9 else ""
             console.print("Same on both sides: " + ", ".join([
                 "same weights (TRL loads our save_pretrained copy)", "same tokenizer and prompt set",
                 f"P x G = {res['settings']['P']} x {res['settings']['G']} per step",
                 f"max {res['settings']['max_new_tokens']} new tokens, no minimum",
-                f"1 optimizer step per batch (AdamW torch, lr {res['settings'].get('lr', 1e-4):g}, clip 1"
-                + ("; the weights barely move, so both sample the initial policy's lengths)"
-                   if res['settings'].get('lr', 1e-4) < 1e-9 else ")"),
+                f"1 optimizer step per batch (AdamW torch, lr {lr:g}, clip 1{frozen})",
                 f"beta={res['settings']['beta']} k1 KL in the reward", f"reward {res['settings']['reward']}",
                 "float32, CPU, no W&B, no eval"]) + ".", markup=False)
             console.print("Remaining differences:")

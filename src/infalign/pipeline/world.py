@@ -66,8 +66,6 @@ def _fingerprint(name_or_path: str) -> str:
     return fingerprint_dir(name_or_path) if Path(name_or_path).exists() else f"hub:{name_or_path}"
 
 
-
-
 @dataclass
 class CheckedModels:
     """What :func:`check_world_config` resolved (paths) and loaded (tokenizers only)."""
