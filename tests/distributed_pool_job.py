@@ -1,10 +1,13 @@
-"""Run under ``torchrun --nproc_per_node=2``: draw a calibration pool and an evaluation pool sharded
-across two gloo ranks; rank 0 saves what every rank gathered (test_distributed.py compares)."""
+"""Run under ``torchrun --nproc_per_node=2``: for each prompt count given, draw a calibration pool and
+an evaluation pool sharded across two gloo ranks; rank 0 saves what every rank gathered to
+``OUT_DIR/ddp_<n>.pt`` (test_distributed.py compares). One launch serves every case: each process
+start costs seconds of imports (torch, Lightning), the cases share one process group."""
 
 from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -13,14 +16,16 @@ from infalign.infra import distributed
 from infalign.pipeline.pools import draw_pool, reference_pool
 from pool_fixtures import GEN, judges, tiny_models
 
-out, cache_dir, n_prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])
-world, prompts = tiny_models(n_prompts)
-kw = functools.partial(L.Trainer, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
-                       enable_model_summary=False)
-calib, hit = reference_pool(world, prompts, 4, judges(), GEN, kw, 0, cache_dir, tag="calibration")
-pool = draw_pool(world.reference, world.tokenizer, prompts, 4, judges(), GEN, kw, 7, reference=world.reference)
-gathered = distributed.all_gather_objects(distributed.rank())
-if distributed.rank() == 0:
-    torch.save({"calibration": calib, "hit": hit, "pool": pool["scores"], "log_ratio": pool["log_ratio"],
-                "index": pool["index"], "ranks": gathered}, out)
+out_dir, cache_root = Path(sys.argv[1]), Path(sys.argv[2])
+for n_prompts in map(int, sys.argv[3:]):
+    world, prompts = tiny_models(n_prompts)
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=2, strategy="ddp", enable_progress_bar=False,
+                           enable_model_summary=False)
+    cache_dir = cache_root / f"ddp_cache_{n_prompts}"
+    calib, hit = reference_pool(world, prompts, 4, judges(), GEN, kw, 0, cache_dir, tag="calibration")
+    pool = draw_pool(world.reference, world.tokenizer, prompts, 4, judges(), GEN, kw, 7, reference=world.reference)
+    gathered = distributed.all_gather_objects(distributed.rank())
+    if distributed.rank() == 0:
+        torch.save({"calibration": calib, "hit": hit, "pool": pool["scores"], "log_ratio": pool["log_ratio"],
+                    "index": pool["index"], "ranks": gathered}, out_dir / f"ddp_{n_prompts}.pt")
 distributed.shutdown()

@@ -28,17 +28,27 @@ def free_port() -> int:
 HERE = Path(__file__).parent
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("n_prompts", [7, 1])  # 4 batches of 2, the last short; 1 batch: rank 1 empty
-def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
-    out = tmp_path / "ddp.pt"
+CASES = (7, 1)  # 4 batches of 2, the last short; 1 batch: rank 1 empty
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> Path:
+    """One torchrun launch of two gloo ranks for every case of :data:`CASES` (a launch starts three
+    interpreters, ~6 s of imports each); ``ddp_<n>.pt`` and ``ddp_cache_<n>/`` per case."""
+    out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(HERE / "distributed_pool_job.py"), str(out), str(tmp_path / "ddp_cache"), str(n_prompts)]
+           str(HERE / "distributed_pool_job.py"), str(out), str(out), *map(str, CASES)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ddp = torch.load(out, weights_only=False)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_prompts", CASES)
+def test_two_gloo_ranks_equal_one_process(tmp_path, ddp_runs, n_prompts):
+    ddp = torch.load(ddp_runs / f"ddp_{n_prompts}.pt", weights_only=False)
     assert ddp["ranks"] == [0, 1]  # really two processes
 
     world, prompts = tiny_models(n_prompts)
@@ -59,7 +69,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, n_prompts):
                     single["log_ratio"])
     for key in a:
         assert a[key]["mean"] == pytest.approx(b[key]["mean"], abs=1e-6)
-    pools = tmp_path / "ddp_cache" / "pools"
+    pools = ddp_runs / f"ddp_cache_{n_prompts}" / "pools"
     assert pools.is_dir() and len(list(pools.glob("*.pt"))) == 1
 
 
