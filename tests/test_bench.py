@@ -129,6 +129,7 @@ def test_trl_section_breaks_down_both_sides(tmp_path):
         assert all(_positive(fig[side]["phases_s"][p]) for p in ("generation", "reward", "reference", "backward"))
         assert 0 < fig[side]["mfu"]["step"] < 1
     assert fig["ratio_mean_length"] == pytest.approx(fig["ours"]["mean_length"] / fig["trl"]["mean_length"])
+    assert fig["ratio_bound_free_generation"] > fig["ratio_samples_per_s_median"]
     from infalign.bench.bench_rl import RLBench
 
     assert res["settings"]["lr"] == RLBench().lr  # both sides timed at the rate that keeps the weights put
@@ -140,7 +141,17 @@ def test_trl_section_breaks_down_both_sides(tmp_path):
     fig["ratio_mean_length"] = 0.8
     console = Console(record=True, width=200)
     print_report({"trl": res}, console)
-    assert "tiny: mean response length ours/TRL = 0.80" in console.export_text()
+    text = console.export_text()
+    assert "tiny: mean response length ours/TRL = 0.80" in text
+    assert f"tiny {fig['ratio_bound_free_generation']:.2f}x" in text
+
+
+def test_free_generation_bound_by_hand():
+    """TRL's median step 0.6 s; ours 0.5 s of which 0.125 s generation: at most 0.6 / 0.375 = 1.6x."""
+    from infalign.bench.bench_trl import free_generation_bound
+
+    ours = {"median_s": 0.5, "phases_s": {"generation": 0.125, "backward": 0.2}}
+    assert free_generation_bound(ours, {"median_s": 0.6}) == pytest.approx(1.6)
 
 
 def test_unequal_response_lengths_are_flagged():
@@ -165,6 +176,37 @@ def test_build_section_reports_stages_and_quality(tmp_path):
     q = res["quality"]
     assert _positive(q["reference_val_loss"]) and 0 <= q["reward_val_gold_accuracy"] <= 1
     assert res["target_s"] is None and res["ok"] is None  # --quick: a tiny world, no target
+
+    # the training stages' FLOPs count the batches really trained on: rebuild the reference
+    # stage's loader (seeded) and count its first max_steps batches by hand
+    from infalign.bench.bench_build import QUICK_CONFIG
+    from infalign.data.batches import make_lm_dataloader
+    from infalign.toy import ToyWorld
+    from infalign.toy.build import resolve_toy_config
+
+    c, _ = resolve_toy_config(QUICK_CONFIG)
+    world = ToyWorld(seed=c["seed"], **c["world"])
+    ref = c["reference"]
+    xs, ys = world.reference_corpus(ref["n_prompts"], ref["per_prompt"], seed=c["seed"])
+    loader = make_lm_dataloader(world.tokenizer(), xs, ys, ref["batch_size"], seed=c["seed"])
+    tokens = real = pairs = 0
+    batches = iter(loader)
+    for _ in range(ref["max_steps"]):  # (max_steps < batches per epoch in QUICK_CONFIG)
+        b = next(batches)
+        rows, width = b["input_ids"].shape
+        tokens, real, pairs = tokens + rows * width, real + int(b["attention_mask"].sum()), pairs + rows * width**2
+    t = res["training"]["reference"]
+    assert t["tokens"] == tokens and t["padding_share"] == pytest.approx(1 - real / tokens)
+    from infalign.bench.flops import model_cost
+    from infalign.models import build_toy_lm
+
+    cost = model_cost(build_toy_lm(world.tokenizer(), ref["size"]))
+    assert t["flops"] == pytest.approx(3 * (2 * cost.body * tokens + 2 * cost.head * tokens
+                                            + 4 * cost.n_layer * cost.d_model * pairs))
+    for t in res["training"].values():
+        assert 0 < t["mfu"] < 1 and t["floor_s"] < t["best_s"]  # MFU >= 1 would be a FLOP miscount
+        assert t["flops_per_s"] == pytest.approx(t["flops"] / t["best_s"])
+        assert 0 <= t["padding_share"] < 1
 
 
 def test_bench_learning_rate_leaves_the_weights_where_they_start():

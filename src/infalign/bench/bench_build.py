@@ -7,6 +7,18 @@ the reference LM's validation loss, the reward model's held-out accuracy against
 labels and against the gold ordering, and the Bayes ceiling of the former. The builds are
 deterministic (seeded), so the quality figures agree across repeats; a change in them means a
 change in what is built. ``--quick`` builds a tiny world (throughput only, no target).
+
+How far from the machine's limit the two training stages run (``training``): their model FLOPs, in
+``bench/flops.py``'s convention (F.1) with a backward pass at twice its forward, over the batches
+the build counted (``<stage>_train_tokens`` / ``_attn_pairs``, padding included: it is computed),
+
+    F_stage = 3 * F_fwd(T, T, A)        (every position goes through the head in training),
+
+the FLOP/s achieved over the stage's wall time (which also holds its Lightning set-up and one
+validation pass), the MFU against :func:`~infalign.bench.flops.matmul_peak` on the build's threads,
+``floor_s = F_stage / peak`` (the stage at 100 % of that peak) and the padding share
+``1 - real tokens / tokens`` (what length-bucketed batches could save -- at the price of a
+different training order, i.e. a different world).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ QUICK_CONFIG = {"reference": {"size": "tiny", "n_prompts": 200, "val_prompts": 2
 
 
 def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
+    from infalign.bench.flops import matmul_peak, model_cost
     from infalign.toy import build_toy_world
 
     config = {"seed": seed, **(QUICK_CONFIG if quick else {})}
@@ -31,6 +44,9 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
         with tempfile.TemporaryDirectory(prefix="infalign-bench-build-") as tmp:
             artifacts = build_toy_world(config, tmp)
             builds.append(dict(artifacts.stats))
+            costs = {"reference": model_cost(artifacts.load_reference()),
+                     "reward": model_cost(artifacts.load_reward_scorer().model)}
+    peak = matmul_peak()  # on the threads the builds ran on (toy.num_threads unset: the process's)
     stages = {s: {"best_s": min(b[s] for b in builds), "median_s": statistics.median(b[s] for b in builds)}
               for s in STAGES}
     best = stages["build_seconds"]["best_s"]
@@ -39,5 +55,18 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
         "builds": len(builds), "stages": stages,
         "quality": {q: builds[-1].get(q) for q in QUALITY},
         "reference_params": builds[-1].get("reference_params"), "reward_params": builds[-1].get("reward_params"),
+        "matmul_peak_flops": peak,
+        "training": {name: training_cost(builds, name, cost, peak) for name, cost in costs.items()},
         "target_s": None if quick else TARGET_S, "ok": None if quick else best <= TARGET_S,
     }
+
+
+def training_cost(builds: list[dict], stage: str, cost, peak: float) -> dict:
+    """FLOPs, achieved FLOP/s, MFU, floor and padding share of one training stage (module docstring)."""
+    stats = builds[-1]  # the builds are deterministic: every build counts the same batches
+    tokens, pairs = stats[f"{stage}_train_tokens"], stats[f"{stage}_train_attn_pairs"]
+    flops = 3.0 * cost.forward(tokens, tokens, pairs)
+    seconds = min(b[f"{stage}_seconds"] for b in builds)
+    return {"flops": flops, "best_s": seconds, "flops_per_s": flops / seconds, "mfu": flops / seconds / peak,
+            "floor_s": flops / peak, "tokens": tokens,
+            "padding_share": 1.0 - stats[f"{stage}_train_real_tokens"] / tokens}

@@ -224,6 +224,12 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     return out
 
 
+def free_generation_bound(ours: dict, trl: dict) -> float:
+    """The ceiling of a faster sampler: ours/TRL on the median step if our generation phase took no
+    time, ``trl_median / (ours_median - ours_generation_median)``."""
+    return trl["median_s"] / (ours["median_s"] - ours["phases_s"]["generation"])
+
+
 def compare(size: str, bench: RLBench, rounds: int, peak: float, repeats: int, seed: int) -> dict:
     """Ours vs TRL on one toy size (policy and reward model of that size): ``rounds`` interleaved runs each."""
     setup = toy_setup(size, 4 * bench.prompts, reward_size=size, seed=seed)
@@ -243,6 +249,7 @@ def compare(size: str, bench: RLBench, rounds: int, peak: float, repeats: int, s
         "ratio_samples_per_s": ours["samples_per_s"] / trl_res["samples_per_s"],
         "ratio_tokens_per_s": ours["tokens_per_s"] / trl_res["tokens_per_s"],
         "ratio_samples_per_s_median": trl_res["median_s"] / ours["median_s"],
+        "ratio_bound_free_generation": free_generation_bound(ours, trl_res),
         # completions/s compares like with like only at similar lengths (the report flags > 10 %)
         "ratio_mean_length": ours["mean_length"] / trl_res["mean_length"],
         "generation_only": generation_only(setup, bench, max(1, min(repeats, 5)), seed),

@@ -129,6 +129,21 @@ def build_table(res: dict) -> Table:
     return table
 
 
+def build_limit_table(res: dict) -> Table:
+    """The build's training stages against the machine's limit (``bench/bench_build.py``'s docstring)."""
+    peak = res["matmul_peak_flops"]
+    table = Table(title="toy build training stages vs the machine's limit", title_justify="left",
+                  caption=f"model FLOPs (fwd + 2x bwd, padding included) over the best stage time; MFU against the "
+                          f"measured float32 matmul peak ({peak / 1e9:.1f} GFLOP/s); floor = the FLOPs at that "
+                          f"peak; padding = share of computed tokens that are padding", caption_justify="left")
+    for col in ("stage", "TFLOP", "best", "GFLOP/s", "MFU", "floor", "padding"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for name, t in res["training"].items():
+        table.add_row(f"{name} training", f"{t['flops'] / 1e12:.2f}", _s(t["best_s"]), f"{t['flops_per_s'] / 1e9:.1f}",
+                      _pct(t["mfu"]), _s(t["floor_s"]), _pct(t["padding_share"]))
+    return table
+
+
 def scale_table(res: dict) -> Table:
     sh, a = res["shape"], res["assumed"]
     title = (f"computed, not measured: one hh_harmless_won RL step ({sh['prompts']} prompts x "
@@ -186,6 +201,11 @@ def print_report(results: dict, console: Console | None = None) -> None:
                        for who, key in (("ours", "ours"), ("TRL", "trl"))}
             console.print(breakdown_table("where the step's time goes: ours vs TRL", columns,
                                           res.get("matmul_peak_flops")))
+            bounds = ", ".join(f"{size} {r['ratio_bound_free_generation']:.2f}x" for size, r in res["sizes"].items()
+                               if r.get("ratio_bound_free_generation"))
+            if bounds:
+                console.print(f"Ceiling of a faster sampler: ours/TRL median step if our generation took no time: "
+                              f"{bounds} (the rest of the step is the same computation on both sides).")
             for warning in length_warnings(res):
                 console.print(f"[yellow]warning[/]: {escape(warning)}")
             for size, r in res["sizes"].items():
@@ -207,6 +227,8 @@ def print_report(results: dict, console: Console | None = None) -> None:
                 console.print(f"  - {escape(d)}")
     if "build" in results:
         console.print(build_table(results["build"]))
+        if results["build"].get("training"):
+            console.print(build_limit_table(results["build"]))
     if "scale" in results:
         console.print(scale_table(results["scale"]))
     if "output" in meta:

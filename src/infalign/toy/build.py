@@ -216,7 +216,27 @@ def _quiet_training(num_threads: int | None):
         torch.set_num_threads(threads)
 
 
-def _trainer(max_steps: int, progress_bar: bool) -> L.Trainer:
+class _BatchShapes(L.Callback):
+    """Counts what the training batches put through the model (``input_ids`` of shape ``B x L``):
+    ``tokens`` = sum B*L (padding included: it is computed), ``real_tokens`` = sum of the attention
+    mask, ``attn_pairs`` = sum B*L^2 (query-key pairs). The bench turns them into FLOPs and MFU
+    (``infalign.bench.bench_build``); they never touch the computation."""
+
+    def __init__(self) -> None:
+        self.tokens = self.real_tokens = self.attn_pairs = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        rows, width = batch["input_ids"].shape
+        self.tokens += rows * width
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.attn_pairs += rows * width * width
+
+    def stats(self, prefix: str) -> dict[str, int]:
+        return {f"{prefix}_train_tokens": self.tokens, f"{prefix}_train_real_tokens": self.real_tokens,
+                f"{prefix}_train_attn_pairs": self.attn_pairs}
+
+
+def _trainer(max_steps: int, progress_bar: bool, shapes: _BatchShapes) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -227,6 +247,7 @@ def _trainer(max_steps: int, progress_bar: bool) -> L.Trainer:
         enable_progress_bar=bool(progress_bar),
         num_sanity_val_steps=0,
         log_every_n_steps=25,
+        callbacks=[shapes],
     )
 
 
@@ -255,12 +276,14 @@ def _build(c: dict, world: ToyWorld, runtime: dict) -> _Built:
         xs, ys = world.reference_corpus(ref_c["n_prompts"], ref_c["per_prompt"], seed=seed)
         vx, vy = world.reference_corpus(ref_c["val_prompts"], 2, seed=seed, split="val")
         module = LMPretrainModule(reference, ref_c["lr"], ref_c["warmup"], ref_c["weight_decay"])
-        trainer = _trainer(ref_c["max_steps"], runtime["progress_bar"])
+        shapes = _BatchShapes()
+        trainer = _trainer(ref_c["max_steps"], runtime["progress_bar"], shapes)
         trainer.fit(module, make_lm_dataloader(tokenizer, xs, ys, ref_c["batch_size"], seed=seed))
         val = trainer.validate(
             module, make_lm_dataloader(tokenizer, vx, vy, 256, shuffle=False), verbose=False
         )
         stats["reference_val_loss"] = float(val[0]["val/loss"])
+        stats.update(shapes.stats("reference"))
         stats["reference_seconds"] = time.perf_counter() - t0
 
         # (c) reward model: BT pairs sampled from the reference LM itself, labelled by the labelers.
@@ -288,8 +311,10 @@ def _build(c: dict, world: ToyWorld, runtime: dict) -> _Built:
         if rm_c["init"] == "reference":
             reward.transformer.load_state_dict(reference.transformer.state_dict())
         rm_module = RewardModelModule(reward, rm_c["lr"], rm_c["warmup"], rm_c["weight_decay"])
-        trainer = _trainer(rm_c["max_steps"], runtime["progress_bar"])
+        shapes = _BatchShapes()
+        trainer = _trainer(rm_c["max_steps"], runtime["progress_bar"], shapes)
         trainer.fit(rm_module, _pair_loader(tokenizer, train_pairs, rm_c["batch_size"], True, seed))
+        stats.update(shapes.stats("reward"))
         val = trainer.validate(
             rm_module, _pair_loader(tokenizer, val_pairs, 256, False, seed), verbose=False
         )
