@@ -511,6 +511,27 @@ def test_theory_gap_table_and_median_per_method(matched_sweep):
     assert "distance from theory" in stdout and "under-tilted" in stdout
 
 
+def test_pooled_runs_get_no_theory_curve_or_gap(tmp_path):
+    """A pooled-calibration run (calibration.scope=pooled) is not uniform within a prompt, so the
+    report neither draws the identity theory beside it nor measures its distance from that theory --
+    also for records written while the run still carried one. Control: the same record per prompt."""
+    from infalign.report.collect import collect
+    from infalign.report.series import build_series
+    from infalign.report.theory_gap import theory_gap_rows
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for scope in ("pooled", "prompt"):
+        metrics = per_prompt_metrics("identity", info, 0.3, 0.3, {})
+        metrics["config"]["calibration"] = {"scope": scope}
+        write_job(tmp_path / scope, "0", ["method=identity"], metrics)
+        jobs = collect(tmp_path / scope)
+        rows, (series,) = theory_gap_rows(jobs), build_series(jobs, ["reward_model"])
+        if scope == "pooled":
+            assert rows == [] and series.theory == {"reward_model": None} and "pooled" in series.theory_note
+        else:
+            assert rows and series.theory["reward_model"] is not None and series.theory_note == ""
+
+
 @pytest.mark.slow
 def test_baseline_option_and_bad_options(tmp_path, capsys):
     root = make_matched_sweep(tmp_path / "multirun")

@@ -56,6 +56,32 @@ def test_smoke_every_transform_and_algo(cache_dir, tmp_path, overrides):
 
 
 @pytest.mark.slow
+def test_pooled_run_takes_the_small_tilt_beta_and_records_no_theory(cache_dir, tmp_path):
+    """identity on the pooled calibrated reward (the control, docs/method.md §2.4): the calibrated-space
+    theory does not describe it, so its KL target is met by the small-tilt match over its own
+    calibration table (§9) and the run records no theory beside it (nothing to compare it with)."""
+    from infalign.apps.config import instantiate_trainer
+    from infalign.math.procedures import make_procedure
+    from infalign.math.transforms import Identity
+    from infalign.pipeline.fit import calibration_table
+    from infalign.pipeline.kl_target import beta_for_target
+    from infalign.pipeline.trainer import stage_trainers
+    from infalign.pipeline.world import load_world
+
+    cfg = compose_train(cache_dir, tmp_path, "method=identity_pooled", "kl_point=2")
+    metrics = train_app.run(cfg)
+    assert metrics["status"] == "finished" and metrics["eval"]["theory"] is None
+    assert metrics["method"] == "identity[pooled]"
+    world = load_world(cfg, cache_dir)
+    trainers = stage_trainers(instantiate_trainer(cfg.trainer), [], None)
+    table, hit = calibration_table(world, cfg, trainers.predict, cache_dir)
+    assert hit and table.pooled  # the run's own table, from the cache
+    expected = beta_for_target(float(cfg.algo.kl_target), Identity(), make_procedure("bon", 4), table)
+    assert metrics["beta"] == pytest.approx(expected, rel=1e-6)  # (how far it is from the theory's beta:
+    # test_pooled_calibration, in a miscalibrated world; the tiny world is nearly calibrated)
+
+
+@pytest.mark.slow
 def test_same_seed_same_metrics(cache_dir, tmp_path):
     a = run(cache_dir, tmp_path / "a", "transform=exp")
     b = run(cache_dir, tmp_path / "b", "transform=exp")

@@ -18,6 +18,7 @@ from infalign.apps.train import failure_record, resolve_ckpt
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.math.procedures import Procedure
+from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
 from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
@@ -82,8 +83,12 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             world.policy.save_pretrained(out_dir / "policy")
             world.tokenizer.save_pretrained(out_dir / "policy")
 
-        # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none)
-        theory_transform, theory_beta = algo.theory_target(transform) or (Raw(), 0.0)
+        # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none, nor for
+        # a pooled calibrated reward, docs/method.md §2.4)
+        target = algo.theory_target(transform)
+        if target is not None and not theory_applies(target[0], cfg.calibration.get("scope") == "pooled"):
+            target = None
+        theory_transform, theory_beta = target or (Raw(), 0.0)
         with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
                    "policy and reference (each instant when cached)"):
             ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir,

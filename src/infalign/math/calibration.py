@@ -92,6 +92,7 @@ class CalibrationTable:
     sorted_rewards: torch.Tensor  # [P, K], or [1, P*K] when pooled
     smoothing: bool = False
     pooled_prompts: int | None = None  # P when pooled (module docstring), else None
+    by_prompt: torch.Tensor | None = None  # when pooled: each prompt's K rewards, sorted [P, K]
 
     @classmethod
     def from_rewards(cls, rewards: torch.Tensor, smoothing: bool = False, scope: str = "prompt") -> CalibrationTable:
@@ -104,12 +105,30 @@ class CalibrationTable:
         check_finite("reference rewards", rewards)
         rewards = rewards if rewards.is_floating_point() else rewards.float()  # keep float64 exact
         if scope == "pooled":
-            return cls(torch.sort(rewards.reshape(1, -1), dim=1).values, smoothing, rewards.shape[0])
+            return cls(torch.sort(rewards.reshape(1, -1), dim=1).values, smoothing, rewards.shape[0],
+                       torch.sort(rewards, dim=1).values)
         return cls(torch.sort(rewards, dim=1).values, smoothing)
+
+    @property
+    def pooled(self) -> bool:
+        return self.pooled_prompts is not None
 
     @property
     def num_prompts(self) -> int:
         return self.pooled_prompts or self.sorted_rewards.shape[0]
+
+    @property
+    def prompt_rewards(self) -> torch.Tensor:
+        """Each prompt's K reference rewards, sorted ``[P, K]`` (either scope)."""
+        return self.by_prompt if self.pooled else self.sorted_rewards
+
+    def reference_calibrated(self) -> torch.Tensor:
+        """``[P, K]``: the calibrated reward of each prompt's own reference samples under this table's
+        scope -- C_hat (mid-ranks, mean 1/2 per prompt) or C_pool (per prompt, wherever the prompt's
+        rewards sit among all prompts'). What RL's reward looks like under pi_ref, prompt by prompt."""
+        ref = self.prompt_rewards
+        index = torch.arange(ref.shape[0]).repeat_interleave(ref.shape[1])
+        return self.calibrate(index, ref.reshape(-1)).reshape(ref.shape)
 
     @property
     def k(self) -> int:

@@ -309,6 +309,15 @@ SCAN_STEP = 4.0  # spacing in x of beta_search's first scan (KL and slope at eac
 X_LIMIT = 690.0  # |log(range(Phi)/beta)| searched: beta from ~1e-300 to ~1e300 times range(Phi)
 
 
+def applies(transform: Transform, pooled: bool = False) -> bool:
+    """Whether this theory describes KL-RL on ``transform`` of the run's reward: ``Phi`` must act on a
+    calibrated reward that is Uniform(0, 1) under pi_ref *within every prompt* (docs/method.md §4).
+    Per-prompt C_hat is (up to its 1/K resolution); ``raw`` has no calibrated reward, and pooled
+    C_pool (``pooled=True``, §2.4) is uniform only over all prompts together -- within a prompt it
+    can sit anywhere in [0, 1] with any spread -- so neither has a prediction."""
+    return bool(transform.calibrated) and not pooled
+
+
 def resolved(
     phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID, kl: np.ndarray | None = None,
     edge: np.ndarray | None = None

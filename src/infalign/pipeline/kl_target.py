@@ -4,12 +4,15 @@ Comparing methods at matched KL needs each method's runs to span the same KL ran
 means different things for different reward ranges. With ``algo.kl_target=k`` the run's beta is
 the one whose *ideal* tilted policy has KL k:
 
-* calibrated transforms: exact, from the calibrated-space theory (``theory.frontier``);
-* ``raw`` (no calibrated-space theory): a small-tilt match to calibrated identity. For a small
-  tilt ``KL ~ Var(R) / (2 beta^2)`` per prompt; the reference's calibrated reward is Uniform with
-  variance 1/12, so matching the mean KL over prompts gives
-  ``beta_raw = beta_identity(k) * sqrt(12 * mean_p Var_p(r))``, with ``Var_p(r)`` the variance of
-  the reward-model scores of prompt p's K reference samples (the calibration table).
+* calibrated transforms of the per-prompt C_hat: exact, from the calibrated-space theory
+  (``theory.frontier``);
+* rewards the theory does not describe (``theory.applies`` is false): ``raw``, and any transform
+  of the *pooled* calibrated reward C_pool, which is not Uniform within a prompt -- a small-tilt
+  match to calibrated identity. For a small tilt ``KL ~ Var(R) / (2 beta^2)`` per prompt; the
+  reference's calibrated reward is Uniform with variance 1/12, so matching the mean KL over
+  prompts gives ``beta = beta_identity(k) * sqrt(12 * mean_p Var_p(R))``, with ``Var_p(R)`` the
+  variance of RL's reward over prompt p's K reference samples (the calibration table): the
+  reward-model scores for ``raw``, ``Phi(C_pool)`` of them when pooled.
 
 Trained policies fall short of their ideal KL by different amounts, so the report interpolates
 every method's measured curve; ``kl_target`` only spreads the runs over a common range.
@@ -30,11 +33,13 @@ def beta_for_target(kl_target: float, transform: Transform, procedure: Procedure
                     table: CalibrationTable | None) -> float:
     """beta whose ideal policy has KL ``kl_target`` (module docstring)."""
     require(kl_target > 0, "algo.kl_target", kl_target, "a KL budget > 0 nats (or null to use algo.beta)")
-    if transform.calibrated:
+    pooled = table is not None and table.pooled
+    if theory.applies(transform, pooled):
         return _theory_beta(transform, procedure, kl_target)
     if table is None:
         raise ConfigError("algo.kl_target", kl_target, "a calibration table to scale beta for raw rewards")
-    var = table.sorted_rewards.double().var(dim=1).mean().item()
+    reward = transform(table.reference_calibrated()) if pooled else table.prompt_rewards
+    var = reward.double().var(dim=1).mean().item()
     require(var > 0, "algo.kl_target", kl_target, "reward scores that vary within a prompt",
             "the reward model gives every reference sample of every prompt the same score")
     return _theory_beta(Identity(), procedure, kl_target) * math.sqrt(12.0 * var)

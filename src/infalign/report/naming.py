@@ -70,6 +70,13 @@ def uses_transform(job: Job) -> bool:
     return str(algo_of(job) or "rloo") not in LEGACY_NO_TRANSFORM_ALGOS
 
 
+def pooled_calibration(job: Job) -> bool:
+    """Whether the run calibrated its reward among all prompts' reference samples
+    (``calibration.scope=pooled``, docs/method.md §2.4): the calibrated-space theory does not apply."""
+    calibration = job.config.get("calibration") if isinstance(job.config, dict) else None
+    return isinstance(calibration, dict) and calibration.get("scope") == "pooled"
+
+
 def transform_label(job: Job) -> str:
     """The record's transform label, else ``family(t=...)`` / ``family`` from the config."""
     family, t = transform_family(job.config.get("transform"))

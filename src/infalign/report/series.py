@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infalign.report.collect import Job, last_line
-from infalign.report.naming import procedure_of, uses_transform
+from infalign.report.naming import pooled_calibration, procedure_of, uses_transform
 from infalign.report.tables import job_row
 
 THEORY_POINTS = 40  # KL grid size of each theory curve (plus the measured KLs themselves)
@@ -75,6 +75,8 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
         return {j: None for j in judges}, "raw: no calibrated-space theory"
     if not s.uses_transform:
         return {j: None for j in judges}, f"{s.algo}: trains without a transform, no calibrated-space theory"
+    if pooled_calibration(job):
+        return {j: None for j in judges}, "pooled calibration: not uniform within a prompt, no calibrated-space theory"
     if procedure is None or not isinstance(tcfg, dict):
         return {j: None for j in judges}, "no procedure/transform config"
     try:
@@ -88,6 +90,7 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
     except Exception as exc:  # noqa: BLE001 - an odd transform must not stop the report
         return {j: None for j in judges}, f"theory skipped: {type(exc).__name__}: {last_line(str(exc))}"
     curves: dict[str, dict | None] = {}
+    note = ""
     for j in judges:
         own = [(r[f"{j}_kl"], r[f"{j}_kl_low"], r[f"{j}_kl_high"]) for r in s.rows if r[f"{j}_kl"] is not None]
         if not own:
@@ -100,13 +103,13 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
                  else theory.frontier(transform, procedure, grid))
         except Exception as exc:  # noqa: BLE001
             curves[j] = None
-            s.theory_note = f"theory failed: {type(exc).__name__}: {last_line(str(exc))}"
+            note = f"theory failed: {type(exc).__name__}: {last_line(str(exc))}"
             continue
         ok = np.asarray(f.valid, bool)  # reachable and converged
         curves[j] = {"transform": f.transform, "procedure": procedure.label, "kl": f.kl_budget[ok].tolist(),
                      "beta": f.beta[ok].tolist(), "standard_win_rate": f.standard_win_rate[ok].tolist(),
                      "win_rate": f.win_rate[ok].tolist(), "unreachable_kl": f.kl_budget[~ok].tolist()}
-    return curves, ""
+    return curves, note
 
 
 def theory_grid(kls: Sequence[tuple], num: int = THEORY_POINTS, extra: Sequence[float] = ()) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
-from infalign.report.naming import method_of, number, procedure_of
+from infalign.report.naming import method_of, number, pooled_calibration, procedure_of
 
 THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "kl_measured", "kl_theory_at_beta", "kl_ratio",
                       "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width"]
@@ -31,7 +31,7 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
         if job.status != "finished":
             continue
         rec, procedure = job.record, procedure_of(job)
-        th = rec.eval.theory
+        th = rec.eval.theory if not pooled_calibration(job) else None  # (older records carry one)
         at = th.get("at_measured_kl") if th and isinstance(th.get("at_measured_kl"), dict) else None
         if not at or procedure is None:
             continue
