@@ -532,6 +532,22 @@ def test_pooled_runs_get_no_theory_curve_or_gap(tmp_path):
             assert rows and series.theory["reward_model"] is not None and series.theory_note == ""
 
 
+def test_a_failing_theory_curve_says_why(tmp_path, monkeypatch):
+    from infalign.math import theory
+    from infalign.report.collect import collect
+    from infalign.report.series import build_series
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("grid exploded")
+
+    monkeypatch.setattr(theory, "frontier", broken)
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    write_job(tmp_path, "0", ["method=identity"], per_prompt_metrics("identity", info, 0.3, 0.3, {}))
+    (series,) = build_series(collect(tmp_path), ["reward_model"])
+    assert series.theory == {"reward_model": None}
+    assert series.theory_note == "theory failed: RuntimeError: grid exploded"
+
+
 @pytest.mark.slow
 def test_baseline_option_and_bad_options(tmp_path, capsys):
     root = make_matched_sweep(tmp_path / "multirun")

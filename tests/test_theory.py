@@ -888,3 +888,22 @@ def test_optimal_frontier_needs_few_newton_solves(monkeypatch):
     opt = theory.optimal_frontier(make_procedure("bon", 64), np.linspace(0.05, 4.0, 50))
     assert opt.valid.all()
     assert sum(calls) < 900, sum(calls)
+
+
+def test_run_theory_prediction_is_nan_where_the_grid_does_not_resolve_the_tilt():
+    """Beside a run (pipeline/evaluate.py): at a resolved beta the prediction is theory.evaluate's; at
+    exp(t=100), beta=1 -- mass piled beyond the grid's end -- the KL would read the grid's cap
+    (~104 nats) as if it were a number: it must be NaN and flagged instead."""
+    import math
+
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Exp, Identity
+    from infalign.pipeline.evaluate import theory_prediction
+
+    pred = theory_prediction(Identity(), BestOfN(n=4), 0.1, math.nan, ns=[2])
+    point = theory.evaluate(Identity(), 0.1, BestOfN(n=4))[0]
+    assert pred["resolved"] and pred["kl"] == pytest.approx(point.kl, rel=1e-9)
+    assert pred["bon4_win_rate"] == pytest.approx(point.win_rate, rel=1e-9) and "bon2_win_rate" in pred
+    extreme = theory_prediction(Exp(t=100.0), BestOfN(n=4), 1.0, math.nan)
+    assert extreme["resolved"] is False
+    assert math.isnan(extreme["kl"]) and math.isnan(extreme["bon4_win_rate"])

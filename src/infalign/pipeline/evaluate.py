@@ -65,14 +65,19 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: Trai
 def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:
     """Theory at the training beta, and at the measured KL, for the run's N and every N in ``ns``
     (keys :attr:`Procedure.win_rate_key` at each N); None for transforms without a calibrated-space
-    theory (``raw``). One tilted policy per beta serves every N: only the served CDF map differs."""
+    theory (``raw``). One tilted policy per beta serves every N: only the served CDF map differs.
+    Where the theory's grid does not resolve the tilted policy at the training beta (an extreme
+    ``t`` or ``beta``, :func:`theory.resolved`), its figures there are NaN and ``resolved`` False."""
     if not transform.calibrated:
         return None
     procs = list(dict.fromkeys([procedure, *(procedure.at(n) for n in ns or [])]))
     phi = theory.phi_table(transform)
     at_beta = theory.tilt(phi, beta)
-    pred = {"beta": beta, "kl": float(at_beta.kl[0]), STANDARD_WIN_RATE: float(at_beta.standard_win_rate()[0])}
-    pred |= {p.win_rate_key: float(at_beta.win_rate(p)[0]) for p in procs}
+    ok = bool(theory.resolved(phi, [beta])[0])
+    value = (lambda x: float(x)) if ok else (lambda x: math.nan)
+    pred = {"beta": beta, "resolved": ok, "kl": value(at_beta.kl[0]),
+            STANDARD_WIN_RATE: value(at_beta.standard_win_rate()[0])}
+    pred |= {p.win_rate_key: value(at_beta.win_rate(p)[0]) for p in procs}
     if measured_kl > 0 and math.isfinite(measured_kl):
         f = theory.frontier(transform, procedure, [measured_kl])  # its beta does not depend on N
         reached = theory.tilt(phi, f.beta[0]) if f.reachable[0] else None
