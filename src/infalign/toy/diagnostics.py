@@ -7,9 +7,10 @@ Samples ``M`` responses per held-out prompt from the reference LM and reports:
   spread (from the per-prompt offsets) dwarfs the within-prompt one -- raw rewards are
   miscalibrated;
 - best-of-``n`` vs a single sample, judged by gold, with the best chosen by gold and by the
-  learned reward model: exact averages over every ``n``-subset of the pool (the ``k``-th
-  lowest-scored sample is the best of a random ``n``-subset with probability
-  ``C(k-1, n-1) / C(M, n)``), against every other sample of the pool (ties count one half);
+  learned reward model: exact averages over every ``n``-subset of the pool and every single sample
+  *outside* it (the ``k``-th lowest-scored sample is the best of a random ``n``-subset with
+  probability ``C(k-1, n-1) / C(M, n)``; ties count one half), i.e. the served win rate of
+  docs/method.md §3 estimated from one pool of ``M`` samples;
 - the reward model's pairwise accuracy against the gold ordering over all within-prompt pairs.
 """
 
@@ -27,23 +28,32 @@ __all__ = ["best_of_n_win_rate", "reference_diagnostics"]
 
 
 def best_of_n_win_rate(select: torch.Tensor, judge: torch.Tensor, n: int) -> torch.Tensor:
-    """Per prompt, ``P(judge(best-of-n by select) > judge(other sample))`` + ties/2.
+    """Per prompt, ``P(judge(best-of-n by select) > judge(independent single sample))`` + ties/2.
 
-    ``select`` and ``judge`` are ``[P, M]``; the best of a uniformly random ``n``-subset (by
-    ``select``, assumed tie-free) is compared with each of the other ``M - 1`` samples.
+    ``select`` and ``judge`` are ``[P, M]``. Exact over the pool: the best (by ``select``, assumed
+    tie-free) of a uniformly random ``n``-subset is the ``k``-th lowest with probability
+    ``C(k-1, n-1) / C(M, n)``; the single sample is uniform over the ``M - n`` samples outside the
+    subset. Those ranked above ``k`` are all outside; of the ``k - 1`` below it the subset holds a
+    uniformly random ``n - 1``, so each is outside with probability ``(k - n) / (k - 1)``:
+
+        W_k = [ (k-n)/(k-1) * sum_{j<k} w(k, j) + sum_{j>k} w(k, j) ] / (M - n),
+        w(k, j) = 1{judge_k > judge_j} + 1/2 * 1{judge_k = judge_j}.
+
+    With ``select = judge`` tie-free, ``W = n / (n + 1)`` exactly (the best of ``n`` of ``n + 1``
+    exchangeable draws), whatever ``M > n``.
     """
     P, M = select.shape
-    if not 1 <= n <= M:
-        raise ValueError(f"n={n} must be in [1, {M}]")
+    if not 1 <= n < M:
+        raise ValueError(f"n={n} must be in [1, {M - 1}] (a single sample outside the n-subset)")
     order = select.argsort(dim=1)
-    weights = torch.tensor(
-        [comb(k - 1, n - 1) / comb(M, n) for k in range(1, M + 1)], dtype=torch.float64
-    )
+    k = torch.arange(1, M + 1, dtype=torch.float64)
+    weights = torch.tensor([comb(i - 1, n - 1) / comb(M, n) for i in range(1, M + 1)], dtype=torch.float64)
     j = judge.double().gather(1, order)  # judge values sorted by select
-    gt = (j[:, :, None] > j[:, None, :]).double()
-    eq = (j[:, :, None] == j[:, None, :]).double()
-    wins = (gt + 0.5 * eq).sum(-1) - 0.5  # remove self-comparison (a tie with itself)
-    return (wins / (M - 1) * weights).sum(-1)
+    w = (j[:, :, None] > j[:, None, :]).double() + 0.5 * (j[:, :, None] == j[:, None, :]).double()
+    below = torch.ones(M, M, dtype=torch.float64).tril(-1)  # [k, j]: j ranked below k
+    outside_below = torch.where(k > 1, (k - n) / (k - 1).clamp(min=1), torch.zeros_like(k))
+    wins = outside_below * (w * below).sum(-1) + (w * below.T).sum(-1)
+    return (weights * wins / (M - n)).sum(-1)
 
 
 @torch.no_grad()
