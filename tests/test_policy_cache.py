@@ -180,7 +180,8 @@ def test_code_digest_follows_an_edited_file_and_parses_each_version_once(tmp_pat
 # Modules a training module may import without being part of the key: errors and infrastructure
 # (messages, caches, process groups), package re-exports, the Lightning trainer factory (keyed by
 # its settings, TRAINER_KEYS), the algorithm registry (its classes' modules are digested) and the
-# theory (its one use in training, beta from algo.kl_target, enters the key as the beta's value).
+# theory (beta from algo.kl_target enters the key as the beta's value; the optimal transform's table, which
+# it computes when the config is instantiated, as the transform's values: transform_fingerprint).
 NOT_TRAINING_CODE = ("infalign.errors", "infalign.infra", "infalign.math", "infalign.models",
                      "infalign.pipeline.trainer", "infalign.training.algorithms", "infalign.math.theory")
 
@@ -217,3 +218,26 @@ def test_every_infalign_module_training_code_imports_is_keyed_or_declared_irrele
             missing |= {(m, name) for m in imported if m.startswith("infalign") and m not in scanned
                         and m not in NOT_TRAINING_CODE and not m.startswith("infalign.infra.")}
     assert not missing, f"imported by training code but not in TRAINING_CODE: {sorted(missing)}"
+
+
+def test_the_transform_is_keyed_by_its_values(tmp_path):
+    """Same config, different Phi tables (what a change to the optimal-transform solver would give):
+    different policies. Same values from a fresh instance: the same key. raw and offline runs (no
+    transform) are keyed by the config alone."""
+    import numpy as np
+
+    from infalign.math.transforms import Exp, Raw, Tabulated
+    from infalign.pipeline.policy_cache import transform_fingerprint
+
+    cfg = compose_train(tmp_path, tmp_path, "transform=optimal")
+    z = np.linspace(-10, 10, 101)
+    a, b = Tabulated(z, np.tanh(z), "optimal"), Tabulated(z, np.tanh(z) + 1e-9 * z, "optimal")
+    key = policy_key(cfg, _World(), 0.1, a)
+    assert policy_key(cfg, _World(), 0.1, Tabulated(z, np.tanh(z), "optimal")) == key
+    assert policy_key(cfg, _World(), 0.1, b) != key
+    assert transform_fingerprint(Exp(t=4.0)) != transform_fingerprint(Exp(t=4.0 + 1e-12))
+    assert transform_fingerprint(Raw()) is None and transform_fingerprint(None) is None
+    torch_only = lambda u: u.clamp(0, 1) ** 2  # noqa: E731 - a user's callable that needs a tensor
+    from infalign.math.transforms import as_transform
+
+    assert transform_fingerprint(as_transform(torch_only)) is not None

@@ -75,7 +75,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
             if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
-                policy_id = policy_key(cfg, world, algo.beta)
+                policy_id = policy_key(cfg, world, algo.beta, transform if algo.online else None)
                 policy_hit = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
             else:
                 train()

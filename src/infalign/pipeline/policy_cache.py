@@ -10,6 +10,9 @@ trained weights depend only on
   only :data:`TRAINER_KEYS`; of ``callbacks`` every entry but :data:`NOT_TRAINING_CALLBACKS`),
   resolved -- so an interpolation such as ``${procedure.n}`` counts exactly when a method uses it,
 * the training code (a digest of the syntax of the modules listed in :data:`TRAINING_CODE`),
+* the transform's values ``Phi(u)`` on a fixed grid of ``u`` (:func:`transform_fingerprint`): a
+  tabulated ``Phi`` (the optimal transform, which the theory engine computes when the config is
+  instantiated) or a user's callable is keyed by what it is, not by the code that made it,
 
 and are stored under ``cache_dir/policies/<hash of all that>.pt`` (atomic, checksummed, one
 builder per key). Evaluation, logging, paths and the procedure's own settings are not part of the
@@ -113,10 +116,34 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     return training
 
 
-def policy_key(cfg: DictConfig, world, beta: float | None) -> str:
-    """The content key of the policy this config trains on ``world`` (module docstring)."""
+FINGERPRINT_POINTS = 1025  # u = 0, 1/1024, ..., 1
+
+
+def transform_fingerprint(transform) -> str | None:
+    """SHA-256 of ``Phi(u)`` (float64) at :data:`FINGERPRINT_POINTS` equally spaced ``u`` in [0, 1]
+    (as a torch tensor if ``Phi`` rejects a numpy array); None without a transform or for ``raw``.
+    A change to a table or formula shows in these values unless it is confined between grid points
+    (the config and the code digest key those too)."""
+    if transform is None or not getattr(transform, "calibrated", True):
+        return None
+    import numpy as np
+
+    u = np.linspace(0.0, 1.0, FINGERPRINT_POINTS)
+    try:
+        values = transform(u)
+    except Exception:  # noqa: BLE001 - a torch-only callable
+        import torch
+
+        values = transform(torch.as_tensor(u)).detach().cpu().numpy()
+    values = np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float64), u.shape))
+    return hashlib.sha256(values.tobytes()).hexdigest()
+
+
+def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> str:
+    """The content key of the policy this config trains on ``world`` with ``transform`` (the run's
+    instantiated Phi; module docstring)."""
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
-                       world.train_prompts, training_settings(cfg, beta))
+                       world.train_prompts, training_settings(cfg, beta), transform_fingerprint(transform))
 
 
 def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], None], origin: str) -> bool:
