@@ -125,3 +125,27 @@ def test_a_pool_judged_by_gold_is_keyed_by_the_worlds_parameters(tmp_path):
     assert not hit  # the same samples, scored by another gold reward
     assert not torch.equal(pool_a["scores"]["gold"], pool_b["scores"]["gold"])
     assert torch.equal(pool_a["lengths"], pool_b["lengths"])
+
+
+def test_a_change_to_the_code_that_draws_pools_retires_them(tmp_path, monkeypatch):
+    """A pool's key holds the digest of POOL_CODE: editing one of those modules (a sampler fix) draws
+    the pool again; a comment-only edit does not. Every listed module exists."""
+    assert pools.modules_digest(pools.POOL_CODE, "POOL_CODE")  # (raises on a missing module)
+    probe = tmp_path / "infalign_pool_probe.py"
+    probe.write_text("def draw():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pools, "POOL_CODE", (*pools.POOL_CODE, "infalign_pool_probe"))
+    world, prompts = make_world(tmp_path)
+    scorer = CountingScorer()
+    gen = OmegaConf.create({"max_new_tokens": 8, "temperature": 1.0, "batch_size": 2})
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                           enable_model_summary=False)
+
+    def hit() -> bool:
+        return pools.reference_pool(world, prompts, 2, {"reward": scorer}, gen, kw, 0, tmp_path, tag="calibration")[1]
+
+    assert not hit() and hit()
+    probe.write_text("def draw():\n    return 1  # a comment\n")
+    assert hit()
+    probe.write_text("def draw():\n    return 2\n")
+    assert not hit() and hit()

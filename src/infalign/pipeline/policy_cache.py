@@ -21,17 +21,15 @@ key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
 
 from __future__ import annotations
 
-import ast
-import functools
 import hashlib
-import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.infra.cache import cached, content_key, load_tensors, save_tensors
+from infalign.infra.cache import cached, content_key, load_tensors, modules_digest, save_tensors
+from infalign.infra.cache import code_fingerprint as _code_fingerprint  # noqa: F401 (tests)
 
 log = logging.getLogger(__name__)
 
@@ -63,37 +61,16 @@ TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
 NOT_TRAINING_CALLBACKS = frozenset({"model_checkpoint", "progress_bar"})
 
 
-@functools.lru_cache(maxsize=256)
-def _code_fingerprint(source: str) -> bytes:
-    """The syntax tree of ``source`` without docstrings (comments and positions never enter ast.dump).
-
-    A pure function of the text, memoised: every run of a process (a multirun, the tests) re-reads
-    the modules but parses each version of a file once (parsing all of them cost ~0.1 s CPU per run)."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
-
-
 def code_digest() -> str:
     """SHA-256 (16 hex digits) over the training modules' code (:data:`TRAINING_CODE`, and the
-    module of every registered algorithm).
+    module of every registered algorithm; :func:`infalign.infra.cache.modules_digest`).
 
     A module that cannot be found is an error (a renamed module must be renamed here too).
     """
     from infalign.training.algorithms import ALGORITHMS
 
-    h = hashlib.sha256()
-    for name in TRAINING_CODE + tuple(sorted({cls.__module__ for cls in ALGORITHMS.values()})):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ModuleNotFoundError(f"policy cache: training module {name!r} not found (update TRAINING_CODE)")
-        h.update(_code_fingerprint(Path(spec.origin).read_text()))
-    return h.hexdigest()[:16]
+    return modules_digest(TRAINING_CODE + tuple(sorted({cls.__module__ for cls in ALGORITHMS.values()})),
+                          "TRAINING_CODE")
 
 
 def training_settings(cfg: DictConfig, beta: float | None) -> dict:

@@ -37,6 +37,7 @@ from infalign.infra.cache import (
     content_key,
     file_lock,
     load_tensors,
+    modules_digest,
     save_tensors,
 )
 from infalign.pipeline.settings import sampling_settings
@@ -46,6 +47,11 @@ from infalign.training.rollout import RolloutModule, gather
 log = logging.getLogger(__name__)
 
 POOL_VERSION = "pool-v2"  # v2: lengths and stop flags stored beside the scores; top_k / top_p in the key
+# Modules whose code can change a drawn pool (sampling, scoring, gathering, the toy world's gold reward):
+# their digest is part of every pool key, so a fix to the sampler retires the pools it drew.
+POOL_CODE = ("infalign.pipeline.pools", "infalign.pipeline.settings", "infalign.training.rollout",
+             "infalign.models.generation", "infalign.models.decode_step", "infalign.models.reward",
+             "infalign.math.rl_objectives", "infalign.toy.world")
 
 
 def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFactory, seed, reference=None,
@@ -96,13 +102,14 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
 def _pool_settings(world, prompts, n, judges, gen_cfg, seed) -> tuple:
     """What a pool depends on besides the sampling model: the judges (the reward model by its content,
     whatever the judge is called; a judge with a ``fingerprint`` -- the toy world's gold reward, by the
-    world's parameters -- by that; others by name), prompts, n, generation settings, seed."""
+    world's parameters -- by that; others by name), prompts, n, generation settings, seed, and the
+    code that draws and scores it (:data:`POOL_CODE`)."""
     temperature, top_k, top_p = sampling_settings(gen_cfg)
     judged = {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None)
                      else getattr(scorer, "fingerprint", None) or name)
               for name, scorer in judges.items()}
     return (judged, prompts, n, int(gen_cfg.max_new_tokens), temperature, top_k, top_p, int(gen_cfg.batch_size),
-            seed)
+            seed, modules_digest(POOL_CODE, "POOL_CODE"))
 
 
 def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges: dict, gen_cfg,
