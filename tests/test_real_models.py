@@ -98,6 +98,30 @@ def cfg_for(root, tmp_path, *extra):
         "reward.max_length=64", "+reward.train.accelerator=cpu", *extra, toy=False)
 
 
+def test_the_trained_policy_keeps_float32_weights_beside_a_bfloat16_reference(assets, tmp_path, caplog):
+    """policy.dtype is the frozen reference's; the policy AdamW updates loads in policy.train_dtype
+    (float32 by default): in bfloat16 an update of lr = 1e-6 to a weight of ~0.02 rounds away (the
+    control below shows it does). A half-precision train_dtype is allowed, with a warning."""
+    import logging
+
+    import torch
+
+    world = world_mod.load_world(cfg_for(assets, tmp_path, "policy.dtype=bfloat16"), tmp_path / "cache")
+    assert next(world.reference.parameters()).dtype == torch.bfloat16
+    assert {p.dtype for p in world.policy.parameters()} == {torch.float32}
+    for dtype, moved in ((torch.float32, True), (torch.bfloat16, False)):  # why: one AdamW step at lr 1e-6
+        w = torch.nn.Parameter(torch.full((1000,), 0.02, dtype=dtype))
+        opt = torch.optim.AdamW([w], lr=1e-6, weight_decay=0.0)
+        w.grad = torch.ones_like(w)
+        opt.step()
+        assert bool((w != 0.02 if dtype == torch.float32 else w != torch.tensor(0.02, dtype=dtype)).all()) is moved
+    with caplog.at_level(logging.WARNING, logger="infalign.pipeline.world"):
+        half = world_mod.load_world(cfg_for(assets, tmp_path / "half", "policy.train_dtype=bfloat16"),
+                                    tmp_path / "cache")
+    assert next(half.policy.parameters()).dtype == torch.bfloat16
+    assert "policy.train_dtype=bfloat16" in caplog.text
+
+
 # ---------------------------------------------------------------------------- defect 1: one input format
 
 

@@ -133,6 +133,9 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
         ("data.source=nosuch", "data.source"),
         ("algo.kl_target=0.3", "algo.kl_target"),  # with transform=optimal below
         ("logger=wandb", "logger.mode"),  # with logger.mode=onlin below
+        ("policy.train_dtype=fp8", "policy.train_dtype"),
+        ("policy.dtype=half", "policy.dtype"),
+        ("+reward.dtype=bf16", "reward.dtype"),
     ],
 )
 def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, override, key):

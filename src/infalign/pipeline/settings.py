@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from infalign.errors import require
 
-__all__ = ["DATA_SOURCES", "WANDB_MODES", "data_settings", "sampling_settings", "wandb_mode"]
+__all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "WANDB_MODES", "data_settings", "dtype_settings",
+           "sampling_settings", "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
 
 WANDB_MODES = ("online", "offline", "disabled")
+
+DTYPES = ("float32", "bfloat16", "float16")  # models/builders.resolve_dtype's names
+HALF_DTYPES = ("bfloat16", "float16")
 
 
 def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, float]:
@@ -37,3 +41,13 @@ def data_settings(data_cfg) -> None:
     require(data_cfg.source in DATA_SOURCES, "data.source", data_cfg.source, f"one of {list(DATA_SOURCES)}")
     require(int(data_cfg.train_prompts) >= 1, "data.train_prompts", data_cfg.train_prompts, ">= 1")
     require(int(data_cfg.eval_prompts) >= 1, "data.eval_prompts", data_cfg.eval_prompts, ">= 1")
+
+
+def dtype_settings(cfg) -> None:
+    """``policy.dtype`` (the frozen reference's weights), ``policy.train_dtype`` (the trained policy's
+    weights, what the optimizer updates) and ``reward.dtype``: each one of :data:`DTYPES`
+    (ConfigError naming the key)."""
+    for group, key in (("policy", "dtype"), ("policy", "train_dtype"), ("reward", "dtype")):
+        value = (cfg.get(group) or {}).get(key)
+        if value is not None:
+            require(value in DTYPES, f"{group}.{key}", value, f"one of {list(DTYPES)}")

@@ -33,7 +33,7 @@ from infalign.models.builders import (
 )
 from infalign.models.generation import prompt_token_limit
 from infalign.models.reward import GoldScorer, RewardScorer, Scorer, reward_input_format
-from infalign.pipeline.settings import data_settings
+from infalign.pipeline.settings import HALF_DTYPES, data_settings
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,16 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
             reward_path, rm_stats = train_reward_model(cfg, dm, reward_path, reward_tok, cache_dir)
             stats.update(rm_stats)
 
-    dtype = cfg.policy.get("dtype", "float32")
-    policy = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path")
+    # the reference is frozen (inference only) in policy.dtype; the policy's weights are what AdamW
+    # updates, kept in policy.train_dtype (default float32: a master copy; trainer.precision=bf16-mixed
+    # still computes in bf16). In bf16 an update of ~lr = 1e-6 to a weight of ~0.02 is below the
+    # format's spacing (~1e-4) and rounds away: RL would leave the policy where it started.
+    dtype, train_dtype = cfg.policy.get("dtype", "float32"), cfg.policy.get("train_dtype", "float32")
+    if train_dtype in HALF_DTYPES:
+        log.warning("policy.train_dtype=%s: the optimizer updates %s weights; steps smaller than the format's "
+                    "spacing (lr 1e-6 at |w| ~ 0.02 in bfloat16) are lost. float32 keeps a master copy.",
+                    train_dtype, train_dtype)
+    policy = load_causal_lm(policy_path, dtype=train_dtype, device=device, key="policy.name_or_path")
     reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path")
     reward_model = load_reward_model(reward_path, dtype=cfg.reward.get("dtype", dtype), device=device,
                                      tokenizer=reward_tok, key="reward.name_or_path")
