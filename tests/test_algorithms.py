@@ -295,3 +295,39 @@ def test_missing_eos_penalty_must_be_null_or_non_negative():
     with pytest.raises(ConfigError, match=r"algo\.missing_eos_penalty=-1\.0.*subtracted"):
         make_algorithm({"name": "ppo", "missing_eos_penalty": -1.0})
     assert make_algorithm({"name": "ppo", "missing_eos_penalty": 1.0}).missing_eos_penalty == 1.0
+
+
+def test_policy_log_probs_in_training_equal_the_samplers_for_a_model_with_functional_dropout():
+    """Qwen2 applies attention dropout as a function of the module's mode (no ``nn.Dropout`` to zero):
+    with Lightning's train mode, the teacher-forced forward of the update must still be the sampler's
+    (eval-mode) policy, so the PPO ratio starts at 1 and RLOO's gradient is that of the sampled
+    policy's log-probs. Control: the same forward in train mode differs."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from infalign.math.transforms import Raw
+    from infalign.models.generation import sequence_logprobs
+    from infalign.toy import ToyWorld
+    from infalign.training.ctrl import CTRLModule
+
+    world = ToyWorld(seed=0)
+    tok = world.tokenizer()
+    tok.padding_side = "left"
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         attention_dropout=0.5, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    policy, reference = Qwen2ForCausalLM(config), Qwen2ForCausalLM(config)
+    reference.load_state_dict(policy.state_dict())
+    algo = make_algorithm({"name": "rloo", "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 6})
+    module = CTRLModule(policy, reference, tok, LengthScorer(), Raw(), None, world.prompts("train", 4), algo)
+    module.train()  # as Lightning leaves it for fit
+    roll = module.rollout(0)["roll"]
+    rows = torch.arange(roll.response_ids.shape[0])
+    lp = module.policy_logprobs(roll, rows)
+    torch.testing.assert_close(lp, roll.logprobs, atol=1e-5, rtol=1e-5)
+    lp.sum().backward()  # gradients flow in eval mode
+    assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
+    policy.train()
+    live = sequence_logprobs(policy, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    assert (live - roll.logprobs).abs().max() > 1e-3  # what the update saw before

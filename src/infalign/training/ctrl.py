@@ -146,6 +146,18 @@ class CTRLModule(L.LightningModule):
             "advantages": advantages,
         }
 
+    def policy_logprobs(self, roll, rows: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced ``log pi(y|x)`` of ``roll``'s ``rows``, with grad, with the policy in eval mode:
+        dropout off however the model applies it -- ``nn.Dropout`` modules are zeroed in ``__init__``,
+        but OPT-style ``F.dropout(..., training=self.training)`` and attention dropout follow the mode --
+        so before the first update these equal the sampler's (eval-mode) log-probs and PPO's ratio is 1.
+        Gradients flow in eval mode."""
+        self.policy.eval()
+        return sequence_logprobs(
+            self.policy, roll.prompt_ids[rows], roll.prompt_mask[rows], roll.response_ids[rows],
+            roll.response_mask[rows],
+        )
+
     def training_step(self, batch, batch_idx):
         t0 = time.perf_counter()
         step = self.rl_step
@@ -160,13 +172,7 @@ class CTRLModule(L.LightningModule):
         for _ in range(algo.epochs):
             perm = torch.randperm(rows, generator=g) if minibatches > 1 else torch.arange(rows)
             for mb in perm.to(adv.device).chunk(minibatches):
-                lp = sequence_logprobs(
-                    self.policy,
-                    roll.prompt_ids[mb],
-                    roll.prompt_mask[mb],
-                    roll.response_ids[mb],
-                    roll.response_mask[mb],
-                )
+                lp = self.policy_logprobs(roll, mb)
                 loss, loss_stats = algo.loss(lp, roll.logprobs[mb], adv[mb], roll.response_mask[mb])
                 stats.update({f"train/{algo.name}_{k}": float(v) for k, v in loss_stats.items()})
                 opt.zero_grad()
