@@ -148,3 +148,69 @@ def test_reward_scorer_nan_raises(tok, world):
     xs, ys = world.reference_corpus(2, 1, seed=0)
     with pytest.raises(FloatingPointError, match="non-finite"):
         RewardScorer(rm, tok).score(xs, ys)
+
+
+def _byte_bpe():
+    """A tiny byte-level BPE tokenizer (GPT-2 / Llama-3 / Qwen style): ``" Sure"`` and ``"Sure"`` are
+    different tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["Human: can you help? Assistant: Sure, I can help.", "Sure thing. Assistant: Sure"] * 20
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+
+
+def test_reward_inputs_drop_the_responses_leading_whitespace():
+    """Datasets store responses without the space after "Assistant:" (data/formats.py); a policy
+    continuing the prompt samples " Sure". The reward model must read both the same way (control: the
+    byte-level tokenizer itself does not)."""
+    from infalign.models.reward import reward_model_inputs
+
+    bpe = _byte_bpe()
+    assert bpe(" Sure", add_special_tokens=False)["input_ids"] != bpe("Sure", add_special_tokens=False)["input_ids"]
+    prompt = ["\n\nHuman: can you help?\n\nAssistant:"]
+    sampled = reward_model_inputs(bpe, prompt, [" Sure, I can help."])
+    stored = reward_model_inputs(bpe, prompt, ["Sure, I can help."])
+    assert all(torch.equal(sampled[k], stored[k]) for k in sampled)
+
+
+def test_text_pair_layout_is_refused_for_a_tokenizer_without_one(tok):
+    from infalign.models.builders import text_pair_tokens
+
+    with pytest.raises(ConfigError, match=r"reward\.input.*'joined'"):
+        text_pair_tokens(tok)  # the toy (GPT-2-like) tokenizer just concatenates a pair
+    with pytest.raises(ConfigError, match=r"reward\.input"):
+        encode_prompt_response(tok, ["a"], ["b"], pair=True)
+
+
+def test_text_pair_truncation_keeps_both_separators_and_cuts_the_prompt_first():
+    """[CLS] prompt [SEP] response [SEP] within max_length: the prompt loses its beginning, the
+    response is cut only when the prompt is down to one token; the token types follow the segments."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = [f"w{i}" for i in range(20)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])},
+                                         unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    bert = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    ids = {w: bert.convert_tokens_to_ids(w) for w in [*words, "[CLS]", "[SEP]"]}
+    prompt, response = "w0 w1 w2 w3 w4 w5", "w10 w11 w12"
+    full = encode_prompt_response(bert, [prompt], [response], pair=True)
+    assert full["input_ids"][0].tolist() == bert(prompt, response)["input_ids"]
+    assert full["token_type_ids"][0].tolist() == bert(prompt, response)["token_type_ids"]
+    cut = encode_prompt_response(bert, [prompt], [response], pair=True, max_length=8)
+    c, s = ids["[CLS]"], ids["[SEP]"]
+    assert cut["input_ids"][0].tolist() == [c, ids["w4"], ids["w5"], s, ids["w10"], ids["w11"], ids["w12"], s]
+    assert cut["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert cut["response_mask"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    tight = encode_prompt_response(bert, [prompt], [response], pair=True, max_length=6)  # prompt at one token
+    assert tight["input_ids"][0].tolist() == [c, ids["w5"], s, ids["w10"], ids["w11"], s]

@@ -68,6 +68,7 @@ def overrides(root, files, experiment: str, data: str) -> list[str]:
         f"data.train_file={train_file}", f"data.test_file={test_file}", "data.train_prompts=4",
         "data.eval_prompts=3", "algo.max_new_tokens=6", "calibration.batch_size=4", "eval.batch_size=4",
         "eval.ns=[1,2,4]", "algo.steps=2", "algo.lr=1e-4", "data.max_prompt_tokens=128",
+        "reward.input=joined",  # (the tiny RM's tokenizer has no text-pair template; the hh entries' default is pair)
     ]
 
 

@@ -49,10 +49,11 @@ def _word_tokenizer(style: str):
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 2)])
         return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
                                        bos_token="<s>", eos_token="</s>")
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    backend.post_processor = processors.TemplateProcessing(  # BERT's: the second segment has token type 1
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]")
+                                   cls_token="[CLS]", sep_token="[SEP]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +141,15 @@ def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
     assert prompt.endswith("\n\nAssistant:") and raw.startswith(prompt)
     chosen, rejected = raw[len(prompt):].strip(), "no"
     rm_tok = load_tokenizer(assets / "rm", "right", key="reward.name_or_path")
-    batch = PreferenceCollator(rm_tok, max_length=64)([(prompt, chosen, rejected)])
+    batch = PreferenceCollator(rm_tok, max_length=64, pair=True)([(prompt, chosen, rejected)])  # reward.input=pair
+    reference_encoding = rm_tok(prompt, chosen)  # what tokenizer(prompt, response) gives
+    n = int(batch["attention_mask"][0].sum())
+    for key in ("input_ids", "token_type_ids"):
+        assert batch[key][0, :n].tolist() == reference_encoding[key], key
+    assert 0 < sum(reference_encoding["token_type_ids"]) < n  # both segments present
     module = RewardModelModule(world.reward.model).eval()
     with torch.no_grad():
-        trained_view = module(batch["input_ids"], batch["attention_mask"])
+        trained_view = module(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     scored = world.reward.score([shown, shown], [chosen, rejected])
     # identical token rows, same model in eval mode: equal up to float summation order
     torch.testing.assert_close(scored, trained_view, atol=1e-6, rtol=1e-6)
@@ -153,7 +159,7 @@ def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
         wrong = world.reward.model(input_ids=templated["input_ids"],
                                    attention_mask=templated["attention_mask"]).logits[0, 0]
     assert abs(float(wrong) - float(scored[0])) > 1e-2
-    assert world.stats["reward_input_format"] == "rm-input-v2:[CLS]{prompt}{response}[SEP];max_length=64"
+    assert world.stats["reward_input_format"] == "rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP];max_length=64"
     with pytest.raises(KeyError, match="not among the world's prompts"):
         world.reward.score(["an unseen prompt"], ["x"])
 
@@ -203,13 +209,14 @@ def test_bert_reward_model_reads_its_cls_token(assets):
 @pytest.mark.slow
 def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path):
     cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true",
+                  "reward.input=joined",
                   "reward.train.steps=3", "reward.train.warmup=0", "reward.train.lr=1e-2",
                   "trainer.progress_bar=none")
     world = world_mod.load_world(cfg, tmp_path / "cache")
     stats = world.stats
     assert stats["reward_trained"] is True and stats["reward_train_s"] > 0
     assert type(world.reward.model).__name__ == "LlamaForSequenceClassification"
-    assert stats["reward_input_format"] == "rm-input-v2:<s>{prompt}{response}</s>;max_length=64"
+    assert stats["reward_input_format"] == "rm-input-v3:<s>{prompt}{response}</s>;max_length=64"
     # the reported validation metrics are those of the trained model on the held-out pairs
     dm = world_mod.preference_data(cfg.data, load_tokenizer(assets / "lm", "left"))
     prompts, chosen, rejected = (list(c) for c in zip(*dm.pairs("test")))

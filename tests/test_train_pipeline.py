@@ -136,6 +136,7 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
         ("policy.train_dtype=fp8", "policy.train_dtype"),
         ("policy.dtype=half", "policy.dtype"),
         ("+reward.dtype=bf16", "reward.dtype"),
+        ("+reward.input=concat", "reward.input"),
     ],
 )
 def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, override, key):

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from infalign.models.builders import encode_prompt_response
-from infalign.models.reward import reward_model_inputs
+from infalign.models.reward import MODEL_INPUTS, reward_model_inputs
 
 
 class TextPairs(Dataset):
@@ -76,15 +76,15 @@ class PreferenceCollator:
     by :func:`~infalign.models.reward.reward_model_inputs` -- exactly what the scorer feeds the
     trained model."""
 
-    def __init__(self, tokenizer, max_length: int | None = None):
-        self.tokenizer, self.max_length = tokenizer, max_length
+    def __init__(self, tokenizer, max_length: int | None = None, pair: bool = False):
+        self.tokenizer, self.max_length, self.pair = tokenizer, max_length, pair
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = (list(c) for c in zip(*batch))
         enc = reward_model_inputs(
-            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length
+            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length, pair=self.pair
         )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        return {k: enc[k] for k in MODEL_INPUTS if k in enc}
 
 
 def make_preference_dataloader(
@@ -96,6 +96,7 @@ def make_preference_dataloader(
     shuffle: bool = True,
     seed: int = 0,
     max_length: int | None = None,
+    pair: bool = False,
 ) -> DataLoader:
     """A ``DataLoader`` of :class:`PreferenceCollator` batches (``batch_size`` pairs each)."""
     return DataLoader(
@@ -103,7 +104,7 @@ def make_preference_dataloader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        collate_fn=PreferenceCollator(tokenizer, max_length),
+        collate_fn=PreferenceCollator(tokenizer, max_length, pair),
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "load_tokenizer",
     "resolve_dtype",
     "special_tokens_around",
+    "text_pair_tokens",
 ]
 
 # n_embd, n_layer, n_head -> ~0.1M / ~0.6M / ~2.2M parameters with the default toy vocabulary.
@@ -290,6 +291,27 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError(f"{type(tokenizer).__name__}: cannot locate the text among its special tokens")
 
 
+def text_pair_tokens(tokenizer) -> tuple[list[int], list[int], list[int], tuple[int, int] | None]:
+    """``(prefix, middle, suffix, types)`` of the tokenizer's text-pair template ``tokenizer(a, b)``:
+    ``([CLS], [SEP], [SEP], (0, 1))`` for BERT/DeBERTa-style tokenizers (``types``: the token type
+    ids of the first and second segment; None when the tokenizer returns none). Found by encoding
+    a probe pair. A tokenizer without a template that separates the two (GPT-2, which just
+    concatenates) is a ``ConfigError`` naming ``reward.input``."""
+    a = tokenizer("a", add_special_tokens=False)["input_ids"]
+    b = tokenizer("b", add_special_tokens=False)["input_ids"]
+    enc = tokenizer("a", "b", add_special_tokens=True)
+    ids = list(enc["input_ids"])
+    i = next((k for k in range(len(ids) - len(a) + 1) if ids[k : k + len(a)] == a), None)
+    j = None if i is None else next(
+        (k for k in range(i + len(a), len(ids) - len(b) + 1) if ids[k : k + len(b)] == b), None)
+    if i is None or j is None or j == i + len(a):
+        raise ConfigError("reward.input", "pair",
+                          f"'joined' for {type(tokenizer).__name__} (it has no text-pair template separating "
+                          "prompt and response)")
+    types = enc.get("token_type_ids")
+    return ids[:i], ids[i + len(a) : j], ids[j + len(b) :], (types[i], types[j]) if types else None
+
+
 def encode_prompt_response(
     tokenizer,
     prompts: list[str],
@@ -297,48 +319,65 @@ def encode_prompt_response(
     append_eos: bool = True,
     max_length: int | None = None,
     special_tokens: bool = True,
+    pair: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ``[prefix | prompt | response | end]`` token ids.
+    """Right-padded ``[prefix | prompt | middle | response | end]`` token ids.
 
     Prompt and response are tokenised separately (as a sampler produces them: prompt ids, then
     generated ids) and concatenated. ``prefix`` / ``suffix`` are the tokenizer's own special tokens
     (:func:`special_tokens_around`; none when ``special_tokens`` is false): ``[CLS] ... [SEP]`` for an
     encoder, ``<s> ...`` for a Llama-style tokenizer, nothing for GPT-2. ``end`` is the suffix when
-    the tokenizer has one, else ``eos`` when ``append_eos`` (and the tokenizer has one). Over
-    ``max_length`` (special tokens included) the prompt is cut from the left (its end matters
-    most), then the response from the right. Returns ``input_ids``, ``attention_mask`` and
-    ``response_mask`` (1 on response tokens including the end tokens), each ``[B, L]`` long.
+    the tokenizer has one, else ``eos`` when ``append_eos`` (and the tokenizer has one); ``middle``
+    is empty. With ``pair`` the row is the tokenizer's text-pair template instead
+    (:func:`text_pair_tokens`: ``[CLS] prompt [SEP] response [SEP]``, as ``tokenizer(prompt,
+    response)`` encodes it), with its ``token_type_ids``. Over ``max_length`` (special tokens
+    included) the prompt is cut from the left (its end matters most), then the response from the
+    right (a pair keeps its closing separator). Returns ``input_ids``, ``attention_mask``,
+    ``response_mask`` (1 on response tokens including the end tokens) and, for a pair with token
+    types, ``token_type_ids``, each ``[B, L]``.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("encode_prompt_response: empty batch")
-    prefix, suffix = special_tokens_around(tokenizer) if special_tokens else ([], [])
-    eos = tokenizer.eos_token_id if append_eos else None
-    end = suffix or ([eos] if eos is not None else [])
+    types = None
+    if pair:
+        prefix, middle, end, types = text_pair_tokens(tokenizer)
+    else:
+        prefix, suffix = special_tokens_around(tokenizer) if special_tokens else ([], [])
+        eos = tokenizer.eos_token_id if append_eos else None
+        middle, end = [], suffix or ([eos] if eos is not None else [])
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows = []
     for p, r in zip(p_ids, r_ids):
-        p, r = prefix + list(p), list(r) + end
+        p, r = prefix + list(p) + middle, list(r) + end
         if max_length is not None and len(p) + len(r) > max_length:
-            text = p[len(prefix) :]  # the prefix (CLS / BOS) is kept, the text is cut
-            keep_p = max(max_length - len(r) - len(prefix), min(len(text), 1))
-            p = prefix + (text[len(text) - keep_p :] if keep_p else [])
-            r = r[: max_length - len(p)]
+            text = p[len(prefix) : len(p) - len(middle)]  # the special tokens are kept, the text is cut
+            keep_p = max(max_length - len(r) - len(prefix) - len(middle), min(len(text), 1))
+            p = prefix + (text[len(text) - keep_p :] if keep_p else []) + middle
+            # a text pair keeps its closing [SEP] as the tokenizer's own truncation does; joined rows
+            # end where the cut falls (an eos after a cut response would say it ended)
+            r = r[: max_length - len(p) - len(end)] + end if pair else r[: max_length - len(p)]
         rows.append((p, r))
     width = max(len(p) + len(r) for p, r in rows)
     input_ids = torch.full((len(rows), width), pad if pad is not None else 0, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     response_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (p, r) in enumerate(rows):
         n = len(p) + len(r)
         input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
         attention_mask[i, :n] = 1
         response_mask[i, len(p) : n] = 1
-    return {
+        if types is not None:
+            token_type_ids[i, : len(p)], token_type_ids[i, len(p) : n] = types
+    out = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "response_mask": response_mask,
     }
+    if types is not None:
+        out["token_type_ids"] = token_type_ids
+    return out

@@ -12,10 +12,12 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from infalign.models.builders import encode_prompt_response, special_tokens_around
+from infalign.models.builders import encode_prompt_response, special_tokens_around, text_pair_tokens
 from infalign.models.generation import length_buckets
 
 __all__ = [
+    "MODEL_INPUTS",
+    "REWARD_INPUTS",
     "REWARD_INPUT_VERSION",
     "GoldScorer",
     "RewardScorer",
@@ -26,7 +28,9 @@ __all__ = [
 ]
 
 # Bump when reward_model_inputs changes: it is part of every trained reward model's cache key.
-REWARD_INPUT_VERSION = "rm-input-v2"
+REWARD_INPUT_VERSION = "rm-input-v3"  # v3: responses without leading whitespace; the text-pair layout
+REWARD_INPUTS = ("joined", "pair")  # reward.input
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the model reads of an encoding
 
 
 @runtime_checkable
@@ -49,34 +53,44 @@ def check_finite(scores: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def reward_model_inputs(
-    tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None
+    tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None, pair: bool = False
 ) -> dict[str, torch.Tensor]:
     """How a reward model sees ``(prompt, response)`` -- the one encoding used by Bradley-Terry
     training (:class:`~infalign.data.batches.PreferenceCollator`) and by every scoring call
     (:class:`RewardScorer`: calibration, RL, evaluation).
 
     ``prompt`` is the *dataset's* prompt text (e.g. HH's ``"\n\nHuman: ...\n\nAssistant:"``), never
-    the policy's chat-templated rendering; the row is ``[prefix] prompt response [end]`` with the
-    reward tokenizer's own special tokens (``[CLS] ... [SEP]`` for an encoder, ``<s> ... </s>`` for
-    a Llama-style model; see :func:`~infalign.models.builders.encode_prompt_response`).
+    the policy's chat-templated rendering. ``response`` loses its leading whitespace: the datasets'
+    responses are stored without it (``data/formats.py``) while a policy continuing ``"Assistant:"``
+    samples ``" Sure"``, and a byte-level BPE tokenizer would read the two as different tokens.
+    ``reward.input`` (``pair``): ``joined`` is ``[prefix] prompt response [end]`` with the reward
+    tokenizer's own special tokens (``[CLS] ... [SEP]`` for an encoder, ``<s> ... </s>`` for a
+    Llama-style model); ``pair`` is its text-pair template ``[CLS] prompt [SEP] response [SEP]`` with
+    token types, for cross-encoders trained as ``tokenizer(question, answer)`` (OpenAssistant's
+    DeBERTa reward models). See :func:`~infalign.models.builders.encode_prompt_response`.
     """
     return encode_prompt_response(
-        tokenizer, prompts, responses, append_eos=True, max_length=max_length, special_tokens=True
+        tokenizer, prompts, [r.lstrip() for r in responses], append_eos=True, max_length=max_length,
+        special_tokens=True, pair=pair,
     )
 
 
-def reward_input_format(tokenizer, max_length: int | None = None) -> str:
+def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = False) -> str:
     """A short description of :func:`reward_model_inputs` for ``tokenizer``, recorded in the trained
     reward model's cache key and in ``metrics.json``; e.g.
-    ``'rm-input-v2:[CLS]{prompt}{response}[SEP];max_length=512'``."""
-    prefix, suffix = special_tokens_around(tokenizer)
-    eos = tokenizer.eos_token_id
-    end = suffix or ([eos] if eos is not None else [])
+    ``'rm-input-v3:[CLS]{prompt}{response}[SEP];max_length=512'`` or, with ``pair``,
+    ``'rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP]'``."""
 
     def show(ids: list[int]) -> str:
         return "".join(tokenizer.convert_ids_to_tokens(ids))
 
-    text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{{response}}{show(end)}"
+    if pair:
+        prefix, middle, end, _ = text_pair_tokens(tokenizer)
+    else:
+        prefix, suffix = special_tokens_around(tokenizer)
+        eos = tokenizer.eos_token_id
+        middle, end = [], suffix or ([eos] if eos is not None else [])
+    text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{show(middle)}{{response}}{show(end)}"
     return text + (f";max_length={max_length}" if max_length else "")
 
 
@@ -98,13 +112,14 @@ class RewardScorer:
         batch_size: int = 64,
         max_length: int | None = None,
         dataset_prompts: Mapping[str, str] | None = None,
+        pair: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.pair = batch_size, max_length, pair
         self.dataset_prompts = dataset_prompts
-        self.input_format = reward_input_format(tokenizer, max_length)
+        self.input_format = reward_input_format(tokenizer, max_length, pair)
 
     def _dataset_prompts(self, prompts: list[str]) -> list[str]:
         if self.dataset_prompts is None:
@@ -127,12 +142,10 @@ class RewardScorer:
         scores = torch.zeros(len(prompts))
         for idx in self._chunks(prompts, responses):
             enc = reward_model_inputs(
-                self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_length=self.max_length
+                self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_length=self.max_length,
+                pair=self.pair,
             )
-            logits = self.model(
-                input_ids=enc["input_ids"].to(device),
-                attention_mask=enc["attention_mask"].to(device),
-            ).logits
+            logits = self.model(**{k: enc[k].to(device) for k in MODEL_INPUTS if k in enc}).logits
             scores[idx] = logits[:, 0].float().cpu()
         return check_finite(scores, "reward model")
 

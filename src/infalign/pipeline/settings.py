@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from infalign.errors import require
 
-__all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "WANDB_MODES", "data_settings", "dtype_settings",
-           "sampling_settings", "wandb_mode"]
+__all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "WANDB_MODES", "data_settings",
+           "model_settings", "sampling_settings", "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
 
 WANDB_MODES = ("online", "offline", "disabled")
 
 DTYPES = ("float32", "bfloat16", "float16")  # models/builders.resolve_dtype's names
+REWARD_INPUTS = ("joined", "pair")  # models/reward.REWARD_INPUTS (reward.input)
 HALF_DTYPES = ("bfloat16", "float16")
 
 
@@ -43,11 +44,14 @@ def data_settings(data_cfg) -> None:
     require(int(data_cfg.eval_prompts) >= 1, "data.eval_prompts", data_cfg.eval_prompts, ">= 1")
 
 
-def dtype_settings(cfg) -> None:
+def model_settings(cfg) -> None:
     """``policy.dtype`` (the frozen reference's weights), ``policy.train_dtype`` (the trained policy's
-    weights, what the optimizer updates) and ``reward.dtype``: each one of :data:`DTYPES`
-    (ConfigError naming the key)."""
+    weights, what the optimizer updates) and ``reward.dtype``: each one of :data:`DTYPES`;
+    ``reward.input`` one of :data:`REWARD_INPUTS` (ConfigError naming the key)."""
     for group, key in (("policy", "dtype"), ("policy", "train_dtype"), ("reward", "dtype")):
         value = (cfg.get(group) or {}).get(key)
         if value is not None:
             require(value in DTYPES, f"{group}.{key}", value, f"one of {list(DTYPES)}")
+    value = (cfg.get("reward") or {}).get("input", "joined")
+    require(value in REWARD_INPUTS, "reward.input", value, f"one of {list(REWARD_INPUTS)}",
+            "pair: the tokenizer's text-pair template, for reward models trained as tokenizer(prompt, response)")

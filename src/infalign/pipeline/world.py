@@ -190,7 +190,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
                           max_length=cfg.reward.get("max_length"),
                           dataset_prompts=dataset_prompt_map(train_prompts + eval_prompts, train_raw + eval_raw)
-                          if cfg.policy.get("chat_template") else None)
+                          if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg))
     stats["reward_input_format"] = reward.input_format
     stats |= count_truncated_prompts(cfg, policy, tokenizer, {"train": train_prompts, "eval": eval_prompts})
     return World(
@@ -281,6 +281,11 @@ def reward_trainer_kwargs(cfg: DictConfig) -> dict:
     }
 
 
+def reward_pair(cfg) -> bool:
+    """``reward.input == "pair"``: the reward model reads the text-pair layout (``models/reward.py``)."""
+    return cfg.reward.get("input", "joined") == "pair"
+
+
 def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir: str | Path) -> tuple[str, dict]:
     """Bradley-Terry training of ``init_path`` (a reward model, or a causal LM that gets a new scalar
     head) on the train pairs, validated on the test pairs; cached by content (init weights, input
@@ -303,7 +308,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     hp = OmegaConf.to_container(cfg.reward.train, resolve=True)
     hp.pop("accelerator", None)  # runtime only
     max_length = cfg.reward.get("max_length")
-    fmt = reward_input_format(tokenizer, max_length)
+    fmt = reward_input_format(tokenizer, max_length, reward_pair(cfg))
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
     batch_size = int(cfg.data.get("batch_size", 16))
     key = content_key("reward-bt-v2", _fingerprint(init_path), fmt, train, val, hp, batch_size)
@@ -314,7 +319,8 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     def loader(pairs, shuffle: bool):
         prompts, chosen, rejected = (list(c) for c in zip(*pairs))
         return make_preference_dataloader(tokenizer, prompts, chosen, rejected, batch_size, shuffle=shuffle,
-                                          seed=int(cfg.data.get("seed", 0)), max_length=max_length)
+                                          seed=int(cfg.data.get("seed", 0)), max_length=max_length,
+                                          pair=reward_pair(cfg))
 
     def build():
         model = load_reward_model(init_path, tokenizer=tokenizer, key="reward.name_or_path", from_causal_lm=True)

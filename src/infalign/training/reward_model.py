@@ -41,12 +41,15 @@ class RewardModelModule(L.LightningModule):
         self.train_acc = BinaryAccuracy()
         self.val_acc = BinaryAccuracy()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scores ``[rows]``: the model's single logit per sequence."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[rows]``: the model's single logit per sequence (``token_type_ids``: the text-pair
+        layout's segments, ``reward.input=pair``)."""
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **types).logits[:, 0]
 
     def _step(self, batch, stage: str, acc: BinaryAccuracy) -> torch.Tensor:
-        scores = self(batch["input_ids"], batch["attention_mask"])
+        scores = self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         chosen, rejected = scores.chunk(2)
         loss = bradley_terry_loss(chosen, rejected)
         margin = (chosen - rejected).detach()
