@@ -399,3 +399,30 @@ def test_unknown_hub_dataset_fails_fast_offline():
     with pytest.raises(OSError, match=r"data\.name_or_path='infalign-tests/no-such-dataset'.*hub"):
         load_records("infalign-tests/no-such-dataset", "train")
     assert time.perf_counter() - t0 < 10
+
+
+def test_ipo_pairs_are_encoded_in_the_samplers_prompt_context():
+    """A Llama-style tokenizer prepends <s>; the sampler's prompts carry it, so IPO's log-ratios must
+    be taken after it too (PolicyPairCollator's prompt ids = the sampler's). Control: without the
+    tokenizer's special tokens the row would differ."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from infalign.data.batches import PolicyPairCollator
+    from infalign.models.generation import sample
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "hi", "there", "yes", "no", "ok"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    llama = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                    eos_token="</s>", padding_side="left")
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, bos_token_id=2, eos_token_id=3,
+                                      pad_token_id=0))
+    prompts = ["hi there", "hi"]
+    roll = sample(lm, llama, prompts, 1, 2, generator=torch.Generator().manual_seed(0))
+    batch = PolicyPairCollator(llama)([(p, "yes", "no") for p in prompts])
+    assert torch.equal(batch["prompt_ids"], roll.prompt_ids) and torch.equal(batch["prompt_mask"], roll.prompt_mask)
+    assert batch["prompt_ids"][0, 0].item() == 2  # <s>

@@ -111,7 +111,9 @@ def make_preference_dataloader(
 class PolicyPairCollator:
     """``[(prompt, chosen, rejected), ...]`` -> left-padded ``prompt_ids``/``prompt_mask`` and
     right-padded ``chosen_ids``/``chosen_mask``, ``rejected_ids``/``rejected_mask`` (eos appended),
-    the layout :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits)."""
+    the layout :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits).
+    Prompts are tokenised as the sampler tokenises them, with the tokenizer's special tokens (a
+    Llama-style ``<s>``): the pairs' log-ratios are taken in the context the policy is sampled in."""
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
@@ -128,7 +130,7 @@ class PolicyPairCollator:
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = zip(*batch)
         self.tok.padding_side = "left"
-        enc = self.tok(list(prompts), add_special_tokens=False, padding=True, return_tensors="pt")
+        enc = self.tok(list(prompts), padding=True, return_tensors="pt")  # (as models/generation.sample)
         c_ids, c_mask = self._responses(list(chosen))
         r_ids, r_mask = self._responses(list(rejected))
         return {"prompt_ids": enc["input_ids"], "prompt_mask": enc["attention_mask"], "chosen_ids": c_ids,
