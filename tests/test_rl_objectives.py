@@ -156,3 +156,14 @@ def test_ipo_loss_hand_computation():
     t = torch.tensor
     loss = ipo_loss(t([2.0, 0.0]), t([1.0, 1.0]), t([0.5, 1.0]), t([1.0, 0.0]), 0.25)
     assert loss.item() == pytest.approx(8.125)
+
+
+def test_ppo_gradient_at_ratio_one_is_rloos_scaled_by_rows_over_tokens():
+    """docs/method.md §6: at rho = 1 the token-mean surrogate's gradient is RLOO's times B / sum|y|."""
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(3, 5, generator=g).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.float32)
+    adv = torch.tensor([0.7, -1.2, 0.4])
+    (ppo_grad,) = torch.autograd.grad(ppo_loss(lp, lp.detach(), adv, mask, clip_eps=0.2)[0], lp)
+    (rloo_grad,) = torch.autograd.grad(rloo_loss(lp, mask, adv), lp)
+    torch.testing.assert_close(ppo_grad, rloo_grad * 3 / 10)  # B = 3 rows, 10 response tokens

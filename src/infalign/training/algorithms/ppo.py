@@ -6,8 +6,9 @@ The rollout, KL shaping and advantages are RLOO's (6.3)-(6.4), computed once per
     rho_t = exp(log pi_theta(y_t) - log pi_old(y_t)),
     L     = mean_t max(-A rho_t, -A clip(rho_t, 1 - eps, 1 + eps)),
 
-with ``pi_old`` the rollout's log-probs. At ``rho = 1`` its gradient is RLOO's, so it aims at the
-same tilted policy ``pi_ref * exp(Phi / beta)``.
+with ``pi_old`` the rollout's log-probs. At ``rho = 1`` its gradient is RLOO's times
+``B / sum_i |y_i|`` (the token mean; one scalar per minibatch: the same direction), so it aims at
+the same tilted policy ``pi_ref * exp(Phi / beta)`` with a length-dependent step.
 """
 
 from __future__ import annotations
