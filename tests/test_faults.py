@@ -181,6 +181,26 @@ def test_sweep_of_invalid_jobs_exits_non_zero_and_records_them(tmp_path):
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         assert metrics["status"] == "failed" and "algo.beta" in metrics["error"]
+    # the same sweep dir again, another grid: refused before any job starts (none of job 0's
+    # files rewritten), not run into the old results and counted as finished
+    before = (sweep / "0" / ".hydra" / "overrides.yaml").read_text()
+    code, out, err = finished(train_cli("-m", "algo.beta=0.5,0.25", *TINY, f"paths.cache_dir={tmp_path / 'cache'}",
+                                        f"hydra.sweep.dir={sweep}"))
+    assert code == 2 and "hydra.sweep.dir" in err and "ckpt_path=last_or_new" in err, err[-2000:]
+    assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == before
+
+
+def test_a_sweep_dir_with_results_is_refused_unless_resumed(tmp_path):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "ckpt_path": None})
+    FailedJobs().on_multirun_start(config=config)  # empty: fine
+    fake_job(tmp_path, 0, None)  # a job dir without results: fine (e.g. killed at start)
+    FailedJobs().on_multirun_start(config=config)
+    fake_job(tmp_path, 1, {"status": "finished"})
+    with pytest.raises(SystemExit) as exit_info:
+        FailedJobs().on_multirun_start(config=config)
+    assert exit_info.value.code == 2
+    config.ckpt_path = "last_or_new"  # resuming that sweep: its jobs continue in their own dirs
+    FailedJobs().on_multirun_start(config=config)
 
 
 # ---------------------------------------------------------------- defect 6: one block, exit code 2

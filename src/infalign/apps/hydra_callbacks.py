@@ -59,8 +59,37 @@ def sweep_failures(sweep_dir: Path) -> tuple[int, dict[str, str]]:
     return len(jobs), failures
 
 
+RESUMING = ("last", "last_or_new")  # ckpt_path values that continue runs in their dirs (apps/train.RESUME)
+
+
+def previous_results(sweep_dir: Path) -> list[str]:
+    """Job dirs of ``sweep_dir`` that already hold a run's results (``metrics.json`` or ``checkpoints/``)."""
+    if not sweep_dir.is_dir():
+        return []
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name))
+    return [p.name for p in jobs if (p / "metrics.json").exists() or (p / "checkpoints").exists()]
+
+
 class FailedJobs(Callback):
-    """At the end of a multirun: ``k of n jobs failed: <job>: <reason>; ...`` and exit code 1."""
+    """At the start of a multirun: refuse a sweep dir that holds another sweep's results unless the
+    sweep resumes (``ckpt_path=last`` / ``last_or_new``): each job would refuse its dir (it is another
+    run's) *after* Hydra rewrote the job's ``.hydra/`` files, and the old ``metrics.json`` would count
+    as this sweep's finished job. At the end: ``k of n jobs failed: <job>: <reason>; ...`` and exit
+    code 1."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        taken = previous_results(sweep_dir)
+        if taken and config.get("ckpt_path") not in RESUMING:
+            from infalign.apps.train import exit_on_config_error
+            from infalign.errors import ConfigError
+
+            error = ConfigError("hydra.sweep.dir", str(sweep_dir), "a directory without another sweep's results",
+                                f"job dirs {taken[:8]}{' ...' if len(taken) > 8 else ''} hold results; leave "
+                                "hydra.sweep.dir unset for a new unique dir, or resume that sweep (same overrides) "
+                                "with ckpt_path=last_or_new")
+            exit_on_config_error(error)
+            raise error
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
