@@ -152,3 +152,21 @@ def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatc
     assert logger_cfg["name"] == name and logger_cfg["group"] == "single"
     assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy"]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["run_name"] == name
+
+
+@pytest.mark.slow
+def test_a_kl_target_run_records_and_logs_the_beta_it_chose(tmp_path, tiny_cache):
+    """With algo.kl_target the configured algo.beta is not the one trained with: the run's record
+    (metrics.json config), its logger's config and its beta agree on the effective beta, and the tags
+    name the knob (kl_target=<k>) instead of the unused beta."""
+    from infalign.apps import train as train_app
+
+    cfg = compose_train(tiny_cache, tmp_path / "run", "logger=recording", EXTRA_CONF, "algo.kl_target=0.2")
+    metrics = train_app.run(cfg)
+    beta = metrics["beta"]
+    assert beta != 20.0 and metrics["config"]["algo"]["beta"] == pytest.approx(beta)
+    calls = json.loads((tmp_path / "run" / "recording.json").read_text())
+    logged = [c[1]["algo"]["beta"] for c in calls if c[0] == "log_hyperparams" and "algo" in c[1]]
+    assert logged[0] == 20.0 and logged[-1] == pytest.approx(beta)  # started with the configured, then updated
+    assert "kl_target=0.2" in metrics["config"]["tags"] and not any(t.startswith("beta=") for t in
+                                                                      metrics["config"]["tags"])

@@ -140,10 +140,14 @@ def check_checkpoint(path: Path) -> str:
 
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:
     """The run's name -- ``run_name`` if set, else :func:`record.run_name` (e.g. ``bon4-exp-t4-b20``)
-    -- and its tags -- ``tags`` then procedure, transform, algo, ``beta=<b>`` and data source -- written
+    -- and its tags -- ``tags`` then procedure, transform, algo, ``beta=<b>`` (``kl_target=<k>`` when
+    set) and data source -- written
     into ``cfg.run_name`` / ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
     name = cfg.get("run_name") or record.run_name(procedure, transform, algo)
-    beta = [f"beta={algo.beta:g}"] if algo.beta is not None else []
+    # the KL knob: kl_target when set (the beta it picks is known only after calibration), else beta
+    knob = getattr(algo, "kl_target", None)
+    beta = ([f"kl_target={knob:g}"] if knob is not None else [f"beta={algo.beta:g}"] if algo.beta is not None
+            else [])
     generated = [procedure.label, transform.kind, algo.name, *beta, cfg.data.source]
     with open_dict(cfg):
         cfg.run_name = name

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
 from infalign.apps.train import failure_record, resolve_ckpt
@@ -31,6 +31,16 @@ from infalign.pipeline.world import load_world  # checks every path/name first (
 from infalign.training.algorithms import Algorithm
 
 log = logging.getLogger("infalign.apps.train")
+
+
+def record_effective_beta(cfg: DictConfig, beta: float, logger) -> None:
+    """``algo.beta`` := the beta ``algo.kl_target`` chose, in the config the run records
+    (``metrics.json``) and in its logger's (W&B's ``algo.beta`` column), which were written with the
+    configured value when the run started."""
+    with open_dict(cfg):
+        cfg.algo.beta = float(beta)
+    if logger is not None:
+        logger.log_hyperparams({"algo": OmegaConf.to_container(cfg.algo, resolve=True)})
 
 
 def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm, name: str) -> dict:
@@ -66,6 +76,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             if algo.kl_target is not None:  # (transform=optimal refused by validate)
                 algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
                 log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
+                record_effective_beta(cfg, algo.cfg.beta, logger)
 
         ckpt = resolve_ckpt(cfg, out_dir)
 
