@@ -170,3 +170,23 @@ def test_a_kl_target_run_records_and_logs_the_beta_it_chose(tmp_path, tiny_cache
     assert logged[0] == 20.0 and logged[-1] == pytest.approx(beta)  # started with the configured, then updated
     assert "kl_target=0.2" in metrics["config"]["tags"] and not any(t.startswith("beta=") for t in
                                                                       metrics["config"]["tags"])
+
+
+@pytest.mark.slow
+def test_a_logger_failing_after_the_run_is_recorded_keeps_the_results(tmp_path, tiny_cache, monkeypatch, caplog):
+    """metrics.json is written (finished) before the logger gets the summary: a logger that raises
+    then is reported, and the run's results stay finished (not replaced by a failure record)."""
+    import logging
+
+    from infalign.apps import train as train_app
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("logging service down")
+
+    monkeypatch.setattr(loggers, "log_record", broken)  # the summary, after metrics.json is written
+    cfg = compose_train(tiny_cache, tmp_path / "run", "logger=recording", EXTRA_CONF)
+    with caplog.at_level(logging.ERROR):
+        metrics = train_app.run(cfg)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == written["status"] == "finished" and written["eval"] == metrics["eval"]
+    assert "its logger failed: ConnectionError: logging service down" in caplog.text

@@ -124,10 +124,6 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             return metrics
         paths = record.write_files(out_dir, rec, procedure)
         record.print_summary(rec, procedure)
-        if logger is not None:
-            loggers.log_record(logger, rec, paths)
-        loggers.close(logger, 0)
-        return metrics
     except BaseException as exc:
         # the failure record first: a logger whose finish fails or hangs must not lose or replace
         # the run's own error
@@ -137,6 +133,15 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         except Exception as close_exc:  # noqa: BLE001 - the stage's error is the one to propagate
             log.warning("closing the logger of a failed run failed: %s", close_exc)
         raise
+    # the run is recorded (metrics.json: finished): a logger that fails now loses its own copy, not the run
+    try:
+        if logger is not None:
+            loggers.log_record(logger, rec, paths)
+        loggers.close(logger, 0)
+    except Exception as exc:  # noqa: BLE001 - reported, the results stand
+        log.error("the run finished and is recorded in %s, but its logger failed: %s: %s",
+                  out_dir / "metrics.json", type(exc).__name__, exc)
+    return metrics
 
 
 @contextlib.contextmanager
