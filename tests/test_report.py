@@ -532,6 +532,24 @@ def test_pooled_runs_get_no_theory_curve_or_gap(tmp_path):
             assert rows and series.theory["reward_model"] is not None and series.theory_note == ""
 
 
+def test_runs_of_another_world_are_left_out_of_the_matched_kl_comparison(tmp_path):
+    """Toy prompts depend on the toy seed only, so runs of another world (other toy parameters or
+    models) share prompt ids: the report compares the runs of the world most of them share and notes
+    the others; records without a world id are kept."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, (kl, world) in enumerate([(0.1, "A"), (0.3, "A"), (0.5, "B"), (0.7, None)]):
+        metrics = per_prompt_metrics("identity", info, kl, round(0.1 / kl, 3), {})
+        if world is not None:
+            metrics["world"] = {"world_id": world, "toy_key": "k" + world}
+        write_job(tmp_path, str(job), ["method=identity"], metrics)
+    panels, notes = panel_runs(collect(tmp_path), ["reward_model"])
+    assert {r.label for runs in panels.values() for r in runs} == {"0", "1", "3"}
+    assert len(notes) == 1 and notes[0].startswith("job 2 (identity): another world (world_id B")
+
+
 def test_a_failing_theory_curve_says_why(tmp_path, monkeypatch):
     from infalign.math import theory
     from infalign.report.collect import collect

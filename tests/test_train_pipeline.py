@@ -72,6 +72,7 @@ def test_pooled_run_takes_the_small_tilt_beta_and_records_no_theory(cache_dir, t
     metrics = train_app.run(cfg)
     assert metrics["status"] == "finished" and metrics["eval"]["theory"] is None
     assert metrics["method"] == "identity[pooled]"
+    assert len(metrics["world"]["world_id"]) == 16  # which world the numbers come from (the report checks it)
     world = load_world(cfg, cache_dir)
     trainers = stage_trainers(instantiate_trainer(cfg.trainer), [], None)
     table, hit = calibration_table(world, cfg, trainers.predict, cache_dir)

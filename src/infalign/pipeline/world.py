@@ -193,6 +193,12 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                           if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg))
     stats["reward_input_format"] = reward.input_format
     stats |= count_truncated_prompts(cfg, policy, tokenizer, {"train": train_prompts, "eval": eval_prompts})
+    reference_fingerprint = _fingerprint(policy_path)
+    # what a cached reward score depends on: the weights and how the model reads its input
+    reward_fingerprint = content_key(_fingerprint(reward_path), reward.input_format)
+    # which world a run's numbers come from (the report compares only runs of one world): the models
+    # and, for the toy world, its build key (the world's parameters: the gold reward too)
+    stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
     return World(
         policy=policy,
         reference=reference,
@@ -201,9 +207,8 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         gold=gold,
         train_prompts=train_prompts,
         eval_prompts=eval_prompts,
-        reference_fingerprint=_fingerprint(policy_path),
-        # what a cached reward score depends on: the weights and how the model reads its input
-        reward_fingerprint=content_key(_fingerprint(reward_path), reward.input_format),
+        reference_fingerprint=reference_fingerprint,
+        reward_fingerprint=reward_fingerprint,
         stats=stats,
     )
 

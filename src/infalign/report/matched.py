@@ -81,15 +81,32 @@ def panel_procedures(job: Job) -> list[Procedure]:
     return list(dict.fromkeys(family.at(n).reduced() for n in panel_ns(job)))
 
 
+def world_of(job: Job) -> str | None:
+    """The world a finished run's numbers come from (``metrics.json`` ``world.world_id``; for records
+    written before it, the toy world's ``toy_key``); None when the record has neither."""
+    world = job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
+    value = world.get("world_id") or world.get("toy_key")
+    return str(value) if value else None
+
+
 def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, list[Run]], list[str]]:
     """Per panel ``(procedure, judge)`` the :class:`Run` of every finished job with per-prompt
-    statistics (``eval.per_prompt``), once per panel; notes for the finished jobs left out and why."""
+    statistics (``eval.per_prompt``) from the report's world (:func:`world_of`: the one most runs
+    share; runs of other models or toy-world parameters are not comparable), once per panel; notes
+    for the finished jobs left out and why."""
     panels: dict[tuple, list[Run]] = {}
     notes = []
+    worlds = [w for job in jobs if job.status == "finished" and (w := world_of(job)) is not None]
+    main_world = max(set(worlds), key=worlds.count) if worlds else None  # the most runs'
     for job in jobs:
         if job.status != "finished":
             continue
         method = method_of(job)
+        if main_world is not None and world_of(job) not in (None, main_world):
+            notes.append(f"job {job.job} ({method}): another world (world_id {world_of(job)}, the report's "
+                         f"{main_world}: other models or toy-world parameters): left out of the matched-KL "
+                         "comparison")
+            continue
         pp = job.record.eval.per_prompt
         if not isinstance(pp, dict) or not pp.get("prompt_ids"):
             notes.append(f"job {job.job} ({method}): no per-prompt statistics in metrics.json (recorded before "
