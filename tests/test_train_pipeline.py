@@ -96,6 +96,10 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     straight = run(cache_dir, tmp_path / "straight", "algo.steps=4", "save_policy=true")
     # "interrupted" after 2 steps (trained, not loaded from the policy cache: a cached policy has no checkpoint)
     run(cache_dir, tmp_path / "resumed", "algo.steps=2", "policy_cache=false")
+    # resuming with another training setting would continue another configuration's policy: refused
+    with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
+        run(cache_dir, tmp_path / "resumed", "algo.steps=4", "ckpt_path=last", "transform.t=2")
+    # the same settings (more steps, other evaluation settings) resume
     resumed = run(cache_dir, tmp_path / "resumed", "algo.steps=4", "ckpt_path=last", "save_policy=true")
     ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4

@@ -14,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
-from infalign.apps.train import failure_record, resolve_ckpt
+from infalign.apps.train import RESUME, failure_record, resolve_ckpt
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.math.procedures import Procedure
@@ -24,7 +24,7 @@ from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
-from infalign.pipeline.policy_cache import policy_key, train_or_load
+from infalign.pipeline.policy_cache import check_resume, policy_key, resume_settings, train_or_load
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.trainer import stage_trainers
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
@@ -79,8 +79,13 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 record_effective_beta(cfg, algo.cfg.beta, logger)
 
         ckpt = resolve_ckpt(cfg, out_dir)
+        settings = resume_settings(cfg, world, algo.beta)
+        if ckpt is not None and cfg.ckpt_path in RESUME:  # this run dir's checkpoint: trained with these settings?
+            check_resume(out_dir / "checkpoints", settings, True, str(cfg.ckpt_path))
 
         def train() -> None:
+            if ckpt is None and distributed.rank() == 0:  # what the checkpoints about to be written depend on
+                check_resume(out_dir / "checkpoints", settings, False, str(cfg.ckpt_path))
             fit_policy(world, cfg, algo, transform, table, trainers, ckpt)
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)

@@ -22,6 +22,7 @@ key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +92,52 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     if beta is not None:
         training["algo"]["beta"] = float(beta)
     return training
+
+
+RESUME_FILE = "run_settings.json"  # beside a run's checkpoints: what they were trained with
+
+
+def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
+    """What a run's checkpoints depend on: the world's models (fingerprints) and
+    :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
+    asked to train longer. JSON-normalised (tuples as lists), as :func:`check_resume` compares it."""
+    training = training_settings(cfg, beta)
+    if isinstance(training.get("algo"), dict):
+        training["algo"].pop("steps", None)
+    return json.loads(json.dumps({"world": [world.reference_fingerprint, world.reward_fingerprint],
+                                  "training": training}, default=str))
+
+
+def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict) and depth > 0:
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.", depth - 1)]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str) -> None:
+    """Starting fresh: write ``settings`` to ``ckpt_dir/RESUME_FILE``. Resuming (``ckpt_path=last`` /
+    ``last_or_new`` found a checkpoint): the checkpoint must have been trained with the same settings,
+    else a ``ConfigError`` naming ``ckpt_path`` and the settings that differ -- a resume with missing or
+    other overrides would continue another configuration's policy and record it as this one. A
+    checkpoint without the file (written before it existed) is resumed with a warning."""
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+
+    path = Path(ckpt_dir) / RESUME_FILE
+    if not resuming:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, settings)
+        return
+    if not path.is_file():
+        log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
+        return
+    stored = json.loads(path.read_text())
+    differ = _differences(stored, settings)
+    if differ:
+        raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
+                          f"{path} records other values of {differ[:8]}: resume with the interrupted run's own "
+                          "overrides (its .hydra/overrides.yaml), or start a new run")
 
 
 FINGERPRINT_POINTS = 1025  # u = 0, 1/1024, ..., 1
