@@ -93,12 +93,23 @@ def test_run_suffix_is_shared_by_the_ranks_of_one_torchrun(monkeypatch):
     assert run_suffix() == "port29500"
 
 
-def test_run_suffix_is_the_slurm_job_id(monkeypatch):
+def test_run_suffix_under_slurm(monkeypatch):
+    """The job id (and array task); single-task runs in one allocation get apart by random digits,
+    the ranks of one multi-task step share the step id."""
+    import re
+
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
-    assert run_suffix() == "4242" and hydra_run_dir().endswith("_4242")
+    for var in ("SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+        monkeypatch.delenv(var, raising=False)
+    a, b = run_suffix(), run_suffix()
+    assert re.fullmatch(r"4242_[0-9a-f]{4}", a) and re.fullmatch(r"4242_[0-9a-f]{4}", b)
+    assert len({run_suffix() for _ in range(20)}) > 1  # two runs of one allocation: other dirs
+    assert re.search(r"_4242_[0-9a-f]{4}$", hydra_run_dir())
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
-    assert run_suffix() == "4242_7"
+    assert run_suffix().startswith("4242_7_")
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # one distributed run, two ranks
+    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    assert run_suffix() == run_suffix() == "4242_7_s3"
 
 
 def test_a_run_refuses_another_runs_dir(tmp_path, monkeypatch):
