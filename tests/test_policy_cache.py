@@ -152,6 +152,8 @@ def test_trainer_callbacks_and_logger_keys_that_cannot_change_weights_keep_the_k
 @pytest.mark.parametrize("overrides", [
     ["trainer.precision=bf16-mixed"], ["trainer.devices=2"], ["trainer.strategy=ddp"],
     ["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging", "+callbacks.swa.swa_lrs=0.01"],
+    # keys a user adds that change the offline baselines (Lightning's automatic optimisation)
+    ["+trainer.gradient_clip_val=1.0"], ["+trainer.accumulate_grad_batches=2"], ["+trainer.limit_train_batches=3"],
 ])
 def test_trainer_settings_and_callbacks_that_can_change_weights_change_the_key(overrides):
     assert policy_cache.training_settings(_default(*overrides), 0.2) != policy_cache.training_settings(_default(), 0.2)
@@ -179,7 +181,7 @@ def test_code_digest_follows_an_edited_file_and_parses_each_version_once(tmp_pat
 
 # Modules a training module may import without being part of the key: errors and infrastructure
 # (messages, caches, process groups), package re-exports, the Lightning trainer factory (keyed by
-# its settings, TRAINER_KEYS), the algorithm registry (its classes' modules are digested) and the
+# its settings, all but NOT_TRAINING_TRAINER_KEYS), the algorithm registry (its classes' modules are digested) and the
 # theory (beta from algo.kl_target enters the key as the beta's value; the optimal transform's table, which
 # it computes when the config is instantiated, as the transform's values: transform_fingerprint).
 NOT_TRAINING_CODE = ("infalign.errors", "infalign.infra", "infalign.math", "infalign.models",

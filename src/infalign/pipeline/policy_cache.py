@@ -7,7 +7,8 @@ trained weights depend only on
 * the world (reference and reward-model fingerprints, the training prompts, ``data``),
 * everything in the config that training reads (``algo`` with the effective beta, ``transform``,
   ``calibration``, ``policy``, ``reward``, ``data``, ``seed``, ``deterministic``; of ``trainer``
-  only :data:`TRAINER_KEYS`; of ``callbacks`` every entry but :data:`NOT_TRAINING_CALLBACKS`),
+  every key but :data:`NOT_TRAINING_TRAINER_KEYS`; of ``callbacks`` every entry but
+  :data:`NOT_TRAINING_CALLBACKS`),
   resolved -- so an interpolation such as ``${procedure.n}`` counts exactly when a method uses it,
 * the training code (a digest of the syntax of the modules listed in :data:`TRAINING_CODE`),
 * the transform's values ``Phi(u)`` on a fixed grid of ``u`` (:func:`transform_fingerprint`): a
@@ -47,17 +48,24 @@ TRAINING_CODE = (
     "infalign.data.batches", "infalign.pipeline.pools", "infalign.pipeline.settings",
 )
 # Top-level config keys that never change the trained weights (``trainer`` and ``callbacks`` are
-# keyed by the parts that can: TRAINER_KEYS, and the callbacks not in NOT_TRAINING_CALLBACKS).
+# keyed by the parts that can: all but NOT_TRAINING_TRAINER_KEYS, and the callbacks not in
+# NOT_TRAINING_CALLBACKS).
 NOT_TRAINING = frozenset({
     "eval", "logger", "paths", "procedure", "objective", "sweep_name", "ckpt_path", "save_policy",
     "checkpoint_every", "log_every_n_steps", "threads", "continue_on_failure", "kl_grid", "kl_point",
     "policy_cache", "hydra", "run_name", "tags", "save_optimizer", "trainer", "callbacks",
 })
-# The L.Trainer settings that can change a trained policy. Other trainer keys (the `_target_`, the
-# progress bar, the model summary, ...) are left out, so adding one keeps every cached policy; a
-# trainer setting that does change training (e.g. gradient_clip_val for an offline baseline) must
-# be added here, or run with policy_cache=false.
-TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision")
+# The L.Trainer settings that never change a trained policy (display, logging, validation,
+# debugging). Every other trainer key enters the key: accelerator, devices, num_nodes, strategy,
+# precision, and whatever a user adds (gradient_clip_val, accumulate_grad_batches, max_epochs,
+# limit_train_batches change the offline baselines, which Lightning optimises automatically) -- an
+# unknown key costs a retraining, never a wrong cache hit.
+NOT_TRAINING_TRAINER_KEYS = frozenset({
+    "_target_", "progress_bar", "enable_model_summary", "enable_progress_bar", "enable_checkpointing", "logger",
+    "log_every_n_steps", "default_root_dir", "profiler", "num_sanity_val_steps", "val_check_interval",
+    "check_val_every_n_epoch", "limit_val_batches", "limit_test_batches", "limit_predict_batches", "benchmark",
+    "detect_anomaly", "barebones", "inference_mode", "callbacks",
+})
 # conf/callbacks/ entries that never change the weights; any other callback enters the key.
 NOT_TRAINING_CALLBACKS = frozenset({"model_checkpoint", "progress_bar"})
 
@@ -76,7 +84,7 @@ def code_digest() -> str:
 
 def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     """The part of the config a trained policy depends on (module docstring), resolved: every
-    top-level key but :data:`NOT_TRAINING`, ``trainer`` reduced to :data:`TRAINER_KEYS`, the
+    top-level key but :data:`NOT_TRAINING`, ``trainer`` without :data:`NOT_TRAINING_TRAINER_KEYS`, the
     callbacks not in :data:`NOT_TRAINING_CALLBACKS` (only when there are some), and ``algo.beta``
     set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
     def plain(value):
@@ -84,7 +92,7 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
 
     training = {k: plain(cfg[k]) for k in cfg if k not in NOT_TRAINING}
     if cfg.get("trainer") is not None:
-        training["trainer"] = {k: plain(cfg.trainer[k]) for k in TRAINER_KEYS if k in cfg.trainer}
+        training["trainer"] = {k: plain(cfg.trainer[k]) for k in cfg.trainer if k not in NOT_TRAINING_TRAINER_KEYS}
     callbacks = {name: plain(node) for name, node in (cfg.get("callbacks") or {}).items()
                  if name not in NOT_TRAINING_CALLBACKS and node is not None}
     if callbacks:
