@@ -491,11 +491,15 @@ def test_kill_9_during_training_then_resume_gives_the_same_metrics(tmp_path, war
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
 
 
+K_KILLED = 256
+
+
 @pytest.mark.slow
 def test_kill_9_during_calibration_then_rerun_gives_the_same_metrics(tmp_path, warm_cache):
-    # K=6: a calibration pool the warm cache does not hold, so both runs have to draw it; the
-    # straight run draws it in its own copy of the cache, taken before the kill
-    args = [*TINY, "calibration.K=6", "policy_cache=false", f"paths.cache_dir={warm_cache}"]
+    # K=256: a calibration pool the warm cache does not hold, so both runs have to draw it (the
+    # straight run in its own copy of the cache, taken before the kill), and large enough that the
+    # draw outlasts the 50 ms poll and the kill (at K=6 it could finish and be saved first)
+    args = [*TINY, f"calibration.K={K_KILLED}", "policy_cache=false", f"paths.cache_dir={warm_cache}"]
     straight_cache = shutil.copytree(warm_cache, tmp_path / "straight_cache")
     log_file = tmp_path / "killed" / "train.log"
     proc = train_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}")
@@ -505,7 +509,7 @@ def test_kill_9_during_calibration_then_rerun_gives_the_same_metrics(tmp_path, w
     assert code == 0, err[-3000:]
     rerun = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert rerun["cache"]["calibration_hit"] is False  # the killed draw left nothing to reuse
-    straight = straight_run(straight_cache, tmp_path / "straight", "calibration.K=6", "policy_cache=false")
+    straight = straight_run(straight_cache, tmp_path / "straight", f"calibration.K={K_KILLED}", "policy_cache=false")
     assert straight["cache"]["calibration_hit"] is False
     assert judges(tmp_path / "killed") == judges(tmp_path / "straight")
 
