@@ -46,6 +46,7 @@ BAD = [
     (["kl.start=abc"], "kl.start='abc'"),
     (["kl.start=3", "kl.stop=1"], "kl.stop=1"),
     (["kl.list=[0.5,abc]"], "kl.list='abc'"),
+    (["kl.list=[0.5,0.5]"], "kl.list=[0.5, 0.5]"),
     (["procedure.n=0"], "procedure.n=0"),
     (["plot_scale=loglog"], "plot_scale='loglog'"),
     (["parallel=sometimes"], "parallel='sometimes'"),
@@ -211,3 +212,11 @@ def test_save_png_draws_the_figure_once(tmp_path, monkeypatch):
     fig.suptitle("x")
     save_png(fig, tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000 and len(draws) == 1
+
+
+def test_kl_list_is_sorted_so_every_frontier_shares_its_columns():
+    """The optimal frontier is solved over sorted budgets; the printed table labels every row's columns
+    with one budget order: kl.list is put in ascending order once (an unsorted list printed the
+    optimal row's win rates under other KLs' headers)."""
+    budgets = app.kl_budgets(config(*FAST, "kl.list=[1.0,0.1,0.25]"))
+    assert budgets.tolist() == [0.1, 0.25, 1.0]

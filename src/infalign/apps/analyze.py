@@ -56,14 +56,17 @@ def _numbers(key: str, value, allowed: str) -> list[float]:
 
 
 def kl_budgets(cfg: DictConfig) -> np.ndarray:
-    """The KL grid from ``kl.list`` or ``kl.start/stop/num`` (validated)."""
+    """The KL grid from ``kl.list`` (sorted ascending: every table, CSV row and curve is in that
+    order; a repeated budget is an error) or ``kl.start/stop/num`` (validated)."""
     allowed = "KL budgets in nats: finite numbers > 0"
     if cfg.kl.get("list") is not None:
         values = _numbers("kl.list", cfg.kl.list, allowed)
         try:
-            return theory._check_budgets(values)
+            budgets = np.sort(theory._check_budgets(values))
         except ConfigError as exc:
             raise ConfigError("kl.list", exc.value, exc.allowed) from None
+        require(len(np.unique(budgets)) == len(budgets), "kl.list", list(cfg.kl.list), "distinct KL budgets")
+        return budgets
     num = _number("kl.num", cfg.kl.num, "an integer >= 1", int)
     require(num >= 1, "kl.num", cfg.kl.num, "an integer >= 1")
     start = _number("kl.start", cfg.kl.start, allowed)

@@ -1,7 +1,9 @@
 """``infalign-calibration``: how miscalibrated is the reward model across prompts? (paper Fig. 3)
 
     infalign-calibration                                  # the default toy world
-    infalign-calibration data.toy.world.scale_sigma=0     # the calibrated control world
+    infalign-calibration data.toy.world.scale_sigma=0 data.toy.world.scale_noise_sigma=0 \
+        data.toy.world.offset_sigma=0 data.toy.world.propensity_sigma=0   # the calibrated control world
+                                                          # (sweeps/paper_control.yaml, docs/method.md §11)
     infalign-calibration experiment=hh_helpful_bon ...    # any world infalign-train accepts
 
 Draws (or reuses from the cache: it is the same pool ``infalign-train``'s evaluation uses) M
