@@ -203,7 +203,8 @@ def test_summary_lists_problems_and_theory_matches_the_engine(sweep):
     assert curve["win_rate"][i] == pytest.approx(theory.frontier(Identity(), BestOfN(4), [0.25]).win_rate[0], rel=1e-9)
     assert 0.5 < curve["win_rate"][0] < curve["win_rate"][-1] < 1  # increasing in KL
 
-    exp_curve = series["exp(t=2)"]["theory"]["gold"]
+    assert series["identity"]["theory"]["gold"] is None  # the theory forecasts the reward model's win rates
+    exp_curve = series["exp(t=2)"]["theory"]["reward_model"]
     np.testing.assert_allclose(exp_curve["win_rate"], theory.frontier(Exp(2.0), BestOfN(4), exp_curve["kl"]).win_rate,
                                rtol=1e-9)
     # at the same KL, exp(t=2) beats identity under best-of-4 (the point of InfAlign)

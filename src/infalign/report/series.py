@@ -15,6 +15,9 @@ from infalign.report.naming import pooled_calibration, procedure_of, uses_transf
 from infalign.report.tables import job_row
 
 THEORY_POINTS = 40  # KL grid size of each theory curve (plus the measured KLs themselves)
+# The judge the calibrated-space theory predicts: it tilts the reward model's calibrated reward, so
+# it forecasts that judge's win rates; a gold (or any other) judge's panel gets no curve.
+THEORY_JUDGE = "reward_model"
 MIN_THEORY_KL = 1e-3  # the theory grid starts here when measured KLs are ~0 or negative
 
 
@@ -62,9 +65,10 @@ def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int 
 
 def theory_curves(s: Series, judges: Sequence[str], num: int,
                   span: dict[str, list[tuple]] | None = None) -> tuple[dict[str, dict | None], str]:
-    """Calibrated-space theory (``theory.frontier``) of the series' transform at KLs spanning
-    each judge's measured range (``span[judge]``: (mean, low, high) KLs of every run in the plot;
-    default the series' own) plus the series' measured KLs; ``optimal`` uses the optimal frontier."""
+    """Calibrated-space theory (``theory.frontier``) of the series' transform, for the judge it
+    predicts (:data:`THEORY_JUDGE`; None for the others), at KLs spanning that judge's measured range
+    (``span[judge]``: (mean, low, high) KLs of every run in the plot; default the series' own) plus
+    the series' measured KLs; ``optimal`` uses the optimal frontier."""
     from infalign.math import theory
     from infalign.math.transforms import as_transform
 
@@ -93,7 +97,7 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
     note = ""
     for j in judges:
         own = [(r[f"{j}_kl"], r[f"{j}_kl_low"], r[f"{j}_kl_high"]) for r in s.rows if r[f"{j}_kl"] is not None]
-        if not own:
+        if not own or j != THEORY_JUDGE:
             curves[j] = None
             continue
         grid = theory_grid([k for k in (span or {}).get(j, own) if k[0] is not None] or own, num,
