@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,6 +106,9 @@ def test_readme_won_example_marks_nothing_unreachable(tmp_path):
     assert all((r["at_scan_edge"] == "True") == (abs(float(r["best_t"])) == 512) for r in best), best
     assert [r["at_scan_edge"] for r in best[:4]] == ["False"] * 4
     assert all(float(r["win_rate"]) <= float(r["optimal_win_rate"]) + 1e-4 for r in best)
+    for r in best:  # the normalised entries' beta beside the plain transform's
+        assert float(r["beta_expn"]) == pytest.approx(float(r["beta"]) / abs(math.expm1(float(r["best_t"]))),
+                                                      rel=1e-12)
 
 
 @pytest.mark.slow
@@ -220,3 +224,19 @@ def test_kl_list_is_sorted_so_every_frontier_shares_its_columns():
     optimal row's win rates under other KLs' headers)."""
     budgets = app.kl_budgets(config(*FAST, "kl.list=[1.0,0.1,0.25]"))
     assert budgets.tolist() == [0.1, 0.25, 1.0]
+
+
+@pytest.mark.parametrize("t", [4.0, -8.0])
+def test_expn_beta_gives_the_normalised_transform_the_same_tilted_policy(t):
+    """best_t.csv's beta_expn: expn(t) at beta_expn is the policy exp(t) reaches at beta (same KL and
+    win rate), so it is the algo.beta to use with an expn_t* entry."""
+    from infalign.math import theory
+    from infalign.math.procedures import make_procedure
+    from infalign.math.transforms import Exp
+
+    procedure = make_procedure("bon" if t > 0 else "won", 4)
+    beta = theory.frontier(Exp(t), procedure, [0.3]).beta[0]
+    plain = theory.evaluate(Exp(t), beta, procedure)[0]
+    normalised = theory.evaluate(Exp(t, normalized=True), app.expn_beta(beta, t), procedure)[0]
+    assert normalised.kl == pytest.approx(plain.kl, rel=1e-6) and plain.kl == pytest.approx(0.3, rel=1e-6)
+    assert normalised.win_rate == pytest.approx(plain.win_rate, rel=1e-6)

@@ -55,6 +55,13 @@ def _numbers(key: str, value, allowed: str) -> list[float]:
     return [_number(key, v, allowed) for v in items]
 
 
+def expn_beta(beta: float, t: float) -> float:
+    """The normalised transform's beta for the plain ``exp(t)`` one's: ``expn`` is
+    ``exp(t u) / |expm1(t)|`` up to a constant (``math/transforms.Exp``), so the same tilted policy
+    has ``beta_expn = beta / |expm1(t)|`` -- what ``algo.beta`` of an ``expn_t*`` entry must be."""
+    return float(beta) / abs(math.expm1(float(t))) if math.isfinite(beta) and math.isfinite(t) else math.nan
+
+
 def kl_budgets(cfg: DictConfig) -> np.ndarray:
     """The KL grid from ``kl.list`` (sorted ascending: every table, CSV row and curve is in that
     order; a repeated budget is an error) or ``kl.start/stop/num`` (validated)."""
@@ -199,7 +206,8 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
         atomic_write_csv(out_dir / "curves.csv", rows)
         best_rows = [
-            {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be, "win_rate": w,
+            {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be,
+             "beta_expn": expn_beta(be, t), "win_rate": w,
              "at_scan_edge": bool(edge), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
             for b, t, be, w, edge in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge)
         ]
@@ -259,12 +267,14 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
             console.print(f"  unreach. {f.transform} at KL {', '.join(bs)}: {why}", highlight=False)
     if any(not f.converged[i] for f in frontiers for i in picks if f.reachable[i]):
         console.print("  no conv.: the optimal fixed point did not converge there (see curves.csv)", highlight=False)
-    bt = Table(title=f"best exp t for {procedure.label}")
-    for col in ("KL budget", "best t", "beta", "win rate", "optimal"):
+    bt = Table(title=f"best exp t for {procedure.label} (beta: transform=exp; beta expn: the normalised "
+                     "expn_t* entries)")
+    for col in ("KL budget", "best t", "beta", "beta expn", "win rate", "optimal"):
         bt.add_column(col, justify="right")
     for r in best_rows:
         t = f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
-        bt.add_row(f"{r['kl_budget']:.4g}", t, *(f"{r[k]:.4g}" for k in ("beta", "win_rate", "optimal_win_rate")))
+        bt.add_row(f"{r['kl_budget']:.4g}", t,
+                   *(f"{r[k]:.4g}" for k in ("beta", "beta_expn", "win_rate", "optimal_win_rate")))
     console.print(bt)
 
 
