@@ -99,6 +99,8 @@ def test_readme_won_example_marks_nothing_unreachable(tmp_path):
         r for r in rows if r["reachable"] != "True"]
     assert "unreach." not in proc.stdout
     best = list(csv.DictReader((tmp_path / "run" / "best_t.csv").open()))
+    # no best-of-N star under worst-of-N: that policy would "win" every worst-of-N comparison
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["bon_policy"] is None
     ts = [float(r["best_t"]) for r in best]
     assert all(a >= b for a, b in zip(ts, ts[1:])), ts
     # the scan is extended past |t| = 64 where the best t sat on it; at KL = 4 the WoN8 win rate is
@@ -121,6 +123,7 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["plot_scale"] in ("linear", "logodds") and (run / "frontier.png").stat().st_size > 10_000
     assert metrics["unreachable"] == [] and metrics["not_converged"] == []
+    assert metrics["bon_policy"]["win_rate"] > 0.5  # the best-of-N policy's point (the star)
 
 
 @pytest.mark.slow

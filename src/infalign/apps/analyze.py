@@ -197,7 +197,8 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         opt = None
         if cfg.optimal:
             opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
-        bon_point = theory.bon_policy_point(procedure.n) if procedure.n >= 2 else None
+        # the best-of-N policy as a point of the best-of-N plot (under worst-of-N it wins trivially: 1.0)
+        bon_point = theory.bon_policy_point(procedure.n) if procedure.name == "bon" and procedure.n >= 2 else None
         bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
                          if bon_point else None)
         frontiers = frontier_job.result() + ([opt] if opt is not None else [])

@@ -65,9 +65,11 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
             if bad.any():
                 ax.plot(f.kl_budget[bad], np.zeros(bad.sum()), ls="none", marker="x", ms=7, color=line.get_color(),
                         transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
-        if bon_point is not None and key == "win_rate":
-            by = _logit(np.array(bon_point[1])) if scale == "logodds" else bon_point[1]
-            ax.plot(bon_point[0], by, marker="*", ms=14, color="crimson", ls="none", label="best-of-N policy", zorder=6)
+        star = None if bon_point is None or key != "win_rate" else (
+            _logit(np.array(bon_point[1])) if scale == "logodds" else bon_point[1])
+        if star is not None and np.isfinite(star):  # (a win rate of exactly 1 has no log-odds: no star)
+            ax.plot(bon_point[0], star, marker="*", ms=14, color="crimson", ls="none", label="best-of-N policy",
+                    zorder=6)
         if scale == "logodds":
             ticks = np.array([0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, *(1 - 10.0 ** -np.arange(3, 13))])
             labels = [f"{t:g}" if t <= 0.99 else f"1-1e-{k}" if k > 4 else f"{t:.{k}f}"
