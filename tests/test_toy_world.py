@@ -114,9 +114,15 @@ def test_scale_is_a_function_of_the_attributes_by_hand():
 
 
 def test_control_world_is_calibrated():
-    w = ToyWorld(seed=0, scale_sigma=0.0, scale_noise_sigma=0.0, offset_sigma=0.0)
-    assert {w.params(x).scale for x in w.prompts("train", 50)} == {w.reward_scale}
-    assert {w.params(x).offset for x in w.prompts("train", 50)} == {0.0}
+    """The control of sweeps/paper_control.yaml: one scale, no offset and one difficulty (propensity)
+    for every prompt. Control of the test: the default world varies all three."""
+    control = dict(scale_sigma=0.0, scale_noise_sigma=0.0, offset_sigma=0.0, propensity_sigma=0.0)
+    w = ToyWorld(seed=0, **control)
+    params = [w.params(x) for x in w.prompts("train", 50)]
+    assert {p.scale for p in params} == {w.reward_scale} and {p.offset for p in params} == {0.0}
+    assert len({p.propensity for p in params}) == 1
+    default = [ToyWorld(seed=0).params(x) for x in w.prompts("train", 50)]
+    assert all(len({getattr(p, k) for p in default}) > 10 for k in ("scale", "offset", "propensity"))
     with pytest.raises(ConfigError, match="toy.world.spurious_weight"):
         ToyWorld(spurious_weight=-1.0)
 

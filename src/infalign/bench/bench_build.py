@@ -14,11 +14,13 @@ the build counted (``<stage>_train_tokens`` / ``_attn_pairs``, padding included:
 
     F_stage = 3 * F_fwd(T, T, A)        (every position goes through the head in training),
 
-the FLOP/s achieved over the stage's wall time (which also holds its Lightning set-up and one
-validation pass), the MFU against :func:`~infalign.bench.flops.matmul_peak` on the build's threads,
-``floor_s = F_stage / peak`` (the stage at 100 % of that peak) and the padding share
-``1 - real tokens / tokens`` (what length-bucketed batches could save -- at the price of a
-different training order, i.e. a different world).
+the FLOP/s achieved over the stage's wall time (which also holds generating its data in Python,
+building the model, Lightning's set-up, one validation pass and, for the reward model, scoring the
+held-out pairs against gold: ~1 s each, so MFU is understated by a few per cent), the MFU
+against :func:`~infalign.bench.flops.matmul_peak` on the build's threads, ``floor_s = F_stage /
+peak`` (the stage at 100 % of that peak) and the padding share ``1 - real tokens / tokens`` (what
+length-bucketed batches could save -- at the price of a different training order, i.e. a
+different world).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Model FLOPs of the RL step's forward passes, and the machine's measured matmul peak (for MFU).
 
-Counting convention (Kaplan et al. 2020, "Scaling laws", §2.1; the one MFU figures use): a forward
+Counting convention (Chowdhery et al. 2022, "PaLM", App. B, the one MFU figures use; Kaplan et al.
+2020 §2.1 count half the attention term): a forward
 pass costs 2 FLOPs per weight of every matrix multiply per token that goes through it, plus the
 attention scores and their weighted sum, ``2 * d_model`` FLOPs each per (query, key) pair per layer:
 

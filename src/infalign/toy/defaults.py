@@ -51,7 +51,10 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0,
     },
 }
-# Options that change how the build runs, never what it produces (kept out of the cache key).
+# Options that change how the build runs, not what world it builds (kept out of the cache key): the
+# progress bar, and the thread count -- which changes float summation order, so a build at 1 thread and
+# one at 2 differ in the last bits of their weights (the same world statistically; bit-reproducible
+# only at a fixed thread count, as the first build in a cache serves every later run).
 RUNTIME_DEFAULTS: dict[str, Any] = {"progress_bar": False, "num_threads": None}
 
 

@@ -38,7 +38,8 @@ former (the situation calibration fixes; docs/method.md, "toy world"). ``(z1, z2
 come from a seeded BLAKE2 hash of the prompt text: no model can predict them. Preference labels
 never see offsets (they depend on reward differences within a prompt), so ``b_x`` only makes raw
 gold values incomparable across prompts. Judges compare responses *within* a prompt, so win rates
-are scale-free. ``scale_sigma = scale_noise_sigma = offset_sigma = 0`` is the calibrated control.
+are scale-free. ``scale_sigma = scale_noise_sigma = offset_sigma = propensity_sigma = 0`` is the
+calibrated control (one scale, no offset, one difficulty: ``sweeps/paper_control.yaml``).
 
 Labeler bias (reward-model error RL can exploit): preference labels are drawn from
 ``r_label(x, y) = r*(x, y) + a_x * spurious_weight * f(y)`` with ``f(y) = min(n, n_max) / n_max``
