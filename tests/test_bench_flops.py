@@ -36,6 +36,10 @@ def test_phase_flops_hand_computed():
     # 2 rows, prompt width 3, 3 new tokens: prefill (6 tokens, 2 head positions, 2*3*3 pairs), then steps t=1,2
     assert sampling_flops(cost, 2, 3, 3) == fwd(6, 2, 18) + fwd(2, 2, 2 * 4) + fwd(2, 2, 2 * 5)
     assert sampling_flops(cost, 2, 3, 3, prefill_rows=1) == fwd(3, 1, 9) + fwd(2, 2, 8) + fwd(2, 2, 10)
+    # decode steps over the rows still generating: a row of length 1 (stop token first) needs none
+    assert sampling_flops(cost, 2, 3, 3, lengths=[1, 3]) == fwd(6, 2, 18) + fwd(1, 1, 4) + fwd(1, 1, 5)
+    assert sampling_flops(cost, 2, 3, 3, lengths=[2, 3]) == fwd(6, 2, 18) + fwd(2, 2, 8) + fwd(1, 1, 5)
+    assert sampling_flops(cost, 2, 3, 3, lengths=[3, 3]) == sampling_flops(cost, 2, 3, 3)
     # teacher forcing over width 3 + 2, head on the last 2 + 1 positions
     assert teacher_forced_flops(cost, 2, 3, 2) == fwd(10, 6, 2 * 25)
     assert scoring_flops(cost, 2, 4) == fwd(8, 8, 32)

@@ -100,6 +100,7 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
             self.last = {"rollout_s": rollout_s, "rows": int(rows), "tokens": float(roll.response_mask.sum()),
                          "threads": torch.get_num_threads()}
             self.shape = (int(rows), int(prompt_len), int(roll.response_ids.shape[1]))
+            self.lengths = roll.response_mask.sum(dim=1).tolist()
             return out
 
         def manual_backward(self, loss, *args, **kwargs) -> None:
@@ -123,7 +124,7 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
             step_s = time.perf_counter() - self.t0  # FLOP counting (a re-tokenisation) stays out of the step
             rows, prompt_len, response_len = pl_module.shape
             flops = step_flops(costs, rows, prompt_len, response_len, reward_width(setup, *scorer.batch),
-                               prefill_rows=rows // bench.group)
+                               prefill_rows=rows // bench.group, lengths=pl_module.lengths)
             self.records.append({"step_s": step_s, **pl_module.last, "phases": clock.take(step_s), "flops": flops})
 
     def which_logprobs(*args, **kwargs) -> str:
@@ -157,15 +158,17 @@ def model_costs(setup: ToySetup) -> tuple[ModelCost, ModelCost]:
 
 
 def step_flops(costs: tuple[ModelCost, ModelCost], rows: int, prompt_len: int, response_len: int,
-               reward_width: int, prefill_rows: int | None = None) -> dict[str, float]:
+               reward_width: int, prefill_rows: int | None = None,
+               lengths: list[int] | None = None) -> dict[str, float]:
     """Model FLOPs (``bench/flops.py``) of each phase of one RL step with these shapes: sampling
-    ``response_len`` tokens for ``rows`` rows (prefill over ``prefill_rows``: the distinct prompts, the
-    work the model needs, also for an implementation that prefills every sample's copy), scoring
+    ``response_len`` tokens for ``rows`` rows (prefill over ``prefill_rows``: the distinct prompts;
+    decode steps over the rows still generating, from ``lengths`` -- the work the model needs, also
+    for an implementation that prefills every sample's copy or computes finished rows), scoring
     inputs of width ``reward_width``, the reference and policy log-prob forwards, and the backward
     (2x the policy forward). ``old_logprobs`` is TRL's extra no-grad policy forward."""
     policy, reward = costs
     forward = teacher_forced_flops(policy, rows, prompt_len, response_len)
-    return {"generation": sampling_flops(policy, rows, prompt_len, response_len, prefill_rows),
+    return {"generation": sampling_flops(policy, rows, prompt_len, response_len, prefill_rows, lengths),
             "reward": scoring_flops(reward, rows, reward_width), "reference": forward, "old_logprobs": forward,
             "policy_forward": forward, "backward": 2 * forward}
 

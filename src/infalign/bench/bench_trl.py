@@ -80,7 +80,8 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
         counts["rows"] += len(completions)
         counts["threads"] = torch.get_num_threads()  # checks the HF Trainer kept our thread count
         counts["tokens"] += float(sum(len(c) for c in completion_ids))
-        counts["batch"] = (list(prompts), list(completions), max(len(c) for c in completion_ids))
+        counts["batch"] = (list(prompts), list(completions), max(len(c) for c in completion_ids),
+                           [len(c) for c in completion_ids])
         return transform(u).float().tolist()
 
     class StepTimer(TrainerCallback):
@@ -102,10 +103,11 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
 
         def on_step_end(self, args, state, control, **kwargs):
             step_s = time.perf_counter() - self.t0
-            prompts, completions, response_len = counts.pop("batch")
+            prompts, completions, response_len, lengths = counts.pop("batch")
             prompt_len = max(len(ids) for ids in setup.tokenizer(prompts)["input_ids"])
             flops = step_flops(costs, len(completions), prompt_len, response_len,
-                               reward_width(setup, prompts, completions), prefill_rows=len(set(prompts)))
+                               reward_width(setup, prompts, completions), prefill_rows=len(set(prompts)),
+                               lengths=lengths)
             self.records.append({"step_s": step_s, **counts, "phases": clock.take(step_s), "flops": flops})
 
     costs = model_costs(setup)

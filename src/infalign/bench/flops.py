@@ -22,6 +22,7 @@ with the process's threads (:func:`matmul_peak`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 HEAD_NAMES = ("lm_head", "score")  # output projections of HF causal LMs / sequence classifiers
@@ -63,16 +64,19 @@ def model_cost(model) -> ModelCost:
     return ModelCost(body, head, int(n_layer), int(d_model))
 
 
-def sampling_flops(cost: ModelCost, rows: int, prompt_len: int, new_tokens: int, prefill_rows: int | None = None) \
-        -> float:
+def sampling_flops(cost: ModelCost, rows: int, prompt_len: int, new_tokens: int, prefill_rows: int | None = None,
+                   lengths: Sequence[int] | None = None) -> float:
     """FLOPs of sampling ``new_tokens`` tokens per row with a KV cache (``models/generation.py``): a
     prefill of ``prefill_rows`` (default ``rows``) left-padded prompts of width ``prompt_len`` (one head
-    position each), then ``new_tokens - 1`` single-token steps over all ``rows`` (finished rows are still
-    computed), step ``t`` attending to ``prompt_len + t`` keys."""
+    position each), then single-token steps ``t = 1 .. new_tokens - 1``, step ``t`` attending to
+    ``prompt_len + t`` keys, over the rows that need it: with ``lengths`` (each row's response tokens,
+    the stop token included) those with ``length > t`` -- the work the model needs, whether or not an
+    implementation keeps computing finished rows -- else all ``rows``."""
     prefill_rows = rows if prefill_rows is None else prefill_rows
     flops = cost.forward(prefill_rows * prompt_len, prefill_rows, prefill_rows * prompt_len ** 2)
     for t in range(1, new_tokens):
-        flops += cost.forward(rows, rows, rows * (prompt_len + t))
+        live = rows if lengths is None else sum(1 for n in lengths if n > t)
+        flops += cost.forward(live, live, live * (prompt_len + t))
     return flops
 
 
