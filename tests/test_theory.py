@@ -907,3 +907,15 @@ def test_run_theory_prediction_is_nan_where_the_grid_does_not_resolve_the_tilt()
     extreme = theory_prediction(Exp(t=100.0), BestOfN(n=4), 1.0, math.nan)
     assert extreme["resolved"] is False
     assert math.isnan(extreme["kl"]) and math.isnan(extreme["bon4_win_rate"])
+
+
+def test_best_t_flags_a_pick_other_ts_match_within_flat_tol():
+    """Where worst-of-8's win rate saturates (KL 2, 4: 1 - 1e-8 and less), other scanned t's reach the best
+    win rate within 1e-9 and the argmax is float noise: flagged ``flat``. Control: best-of-4 at KL 0.3,
+    a clear interior optimum, is not."""
+    from infalign.math.procedures import make_procedure
+
+    saturated = theory.best_t(make_procedure("won", 8), [2.0, 4.0])
+    assert saturated.flat.tolist() == [True, True] and (1 - saturated.win_rate < 1e-7).all()
+    clear = theory.best_t(make_procedure("bon", 4), [0.3])
+    assert clear.flat.tolist() == [False] and not clear.at_edge[0]

@@ -209,8 +209,9 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         best_rows = [
             {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be,
              "beta_expn": expn_beta(be, t), "win_rate": w,
-             "at_scan_edge": bool(edge), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
-            for b, t, be, w, edge in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge)
+             "at_scan_edge": bool(edge), "flat": bool(flat), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
+            for b, t, be, w, edge, flat in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge,
+                                               best.flat)
         ]
         atomic_write_csv(out_dir / "best_t.csv", best_rows)
         metrics = {
@@ -273,7 +274,8 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
     for col in ("KL budget", "best t", "beta", "beta expn", "win rate", "optimal"):
         bt.add_column(col, justify="right")
     for r in best_rows:
-        t = f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
+        t = (f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
+             + (" (flat: other t within 1e-9)" if r["flat"] else ""))
         bt.add_row(f"{r['kl_budget']:.4g}", t,
                    *(f"{r[k]:.4g}" for k in ("beta", "beta_expn", "win_rate", "optimal_win_rate")))
     console.print(bt)

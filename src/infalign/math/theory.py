@@ -609,10 +609,18 @@ class BestT:
     ts: np.ndarray
     table: np.ndarray  # [len(ts), len(budgets)] win rates (NaN where unreachable)
     at_edge: np.ndarray | None = None  # True where the best t is the smallest or largest |t| scanned
+    flat: np.ndarray | None = None  # True where another scanned t is within FLAT_TOL of the best win rate
 
     def __post_init__(self) -> None:
         if self.at_edge is None:
             self.at_edge = np.zeros(len(self.kl_budget), bool)
+        if self.flat is None:
+            self.flat = np.zeros(len(self.kl_budget), bool)
+
+
+# A best t whose win rate another scanned t matches within this is not determined by the scan: near a
+# saturated win rate (1 - 1e-12 at worst-of-32, KL 0.5) every t wins alike and the argmax is float noise.
+FLAT_TOL = 1e-9
 
 
 T_SCAN_LIMITS = (1.0 / 64, 512.0)  # how far best_t extends its default |t| scan past [0.25, 64]
@@ -658,7 +666,8 @@ def best_t(
     ``ts`` is the default grid) a best t at either end of the scan extends it geometrically
     (same ratio) until the best t is interior or |t| reaches ``T_SCAN_LIMITS``; ``at_edge``
     flags budgets whose best t is still the smallest or largest |t| scanned (the optimum may lie
-    beyond: never silent).
+    beyond: never silent), ``flat`` those where another scanned t reaches the best win rate within
+    :data:`FLAT_TOL` (the pick is then not determined).
     """
     budgets = _check_budgets(kl_budgets)
     extend = ts is None if extend is None else extend
@@ -686,14 +695,17 @@ def best_t(
     best, any_ok = _argmax_rows(table)
     at_edge = any_ok & ((best == order[0]) | (best == order[-1])) if len(ts) > 1 else np.zeros(len(budgets), bool)
     cols = np.arange(len(budgets))
+    top = np.where(any_ok, table[best, cols], np.nan)
+    flat = any_ok & ((np.where(np.isfinite(table), table, -np.inf) >= top - FLAT_TOL).sum(axis=0) > 1)
     return BestT(
         budgets,
         np.where(any_ok, ts[best], np.nan),
         np.where(any_ok, betas[best, cols], np.nan),
-        np.where(any_ok, table[best, cols], np.nan),
+        top,
         ts,
         table,
         at_edge,
+        flat,
     )
 
 
