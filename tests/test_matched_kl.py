@@ -92,7 +92,8 @@ def test_identical_method_is_not_significant():
     assert np.all(np.abs(g.gain) < 0.01)
     c = by[("copy", "identity")]
     np.testing.assert_array_equal(c.gain, 0.0)
-    np.testing.assert_array_equal(c.low, 0.0) and np.testing.assert_array_equal(c.high, 0.0)
+    np.testing.assert_array_equal(c.low, 0.0)
+    np.testing.assert_array_equal(c.high, 0.0)
     assert not np.any(c.significant)
     # a difference of float-rounding size (below ZERO_TOL) has a CI excluding 0 but is no gain
     tiny = [Run("tiny", r.seed, r.kl, r.metric + 1e-12, r.prompt_ids) for r in base]
@@ -169,7 +170,7 @@ def test_seed_spread_rule():
     0.05, 0.06, 0.07 have spread 0.01, seed interval 0.06 +- 4.3027 * 0.01 / sqrt(3) =
     [0.0352, 0.0848] -> significant."""
     z, d = world()
-    base = linear_runs("identity", [0.1, 0.5, 1.0], 0.0, z, d)
+    base = [r for s in range(3) for r in linear_runs("identity", [0.1, 0.5, 1.0], 0.0, z, d, seed=s)]
     noisy = [r for s, off in enumerate([0.02, 0.10, -0.03])
              for r in linear_runs("exp(t=4)", [0.1, 0.5, 1.0], off, z, d, seed=s)]
     tight = [r for s, off in enumerate([0.05, 0.06, 0.07])
@@ -178,6 +179,7 @@ def test_seed_spread_rule():
     by = {g.method: g for g in res.gains}
     g = by["exp(t=4)"]
     assert g.n_seeds == 3 and res.n_seeds["exp(t=4)"] == 3 and res.n_runs["exp(t=4)"] == 9
+    assert g.seed_test == "paired" and g.n_seeds_baseline == 3
     np.testing.assert_allclose(g.gain, 0.03, atol=1e-12)
     np.testing.assert_allclose(g.seed_spread, np.sqrt(0.0086 / 2), atol=1e-12)
     assert np.all(g.low > 0) and not np.any(g.significant)
@@ -188,6 +190,97 @@ def test_seed_spread_rule():
     assert np.all(t.significant)
     rows = [r for r in res.rows() if r["method"] == "exp(t=4)" and r["baseline"] == "identity"]
     assert len(rows) == len(res.grid) and rows[0]["n_seeds"] == 3 and rows[0]["significant"] is False
+    assert rows[0]["seed_test"] == "paired"
+
+
+def _seeded(method: str, offsets: dict, z, d) -> list[Run]:
+    """Noiseless runs of ``method``, seed ``s`` on the line ``0.5 + 0.2 K + offsets[s]``."""
+    return [r for s, off in offsets.items() for r in linear_runs(method, [0.1, 0.5, 1.0], off, z, d, seed=s)]
+
+
+def test_different_seed_sets_get_a_welch_interval_by_hand():
+    """Method seeds {0,1,2} at 0.05, 0.06, 0.07 (mean 0.06, v_m = 1e-4); baseline seeds {0,1} at 0, 0.02
+    (mean 0.01, v_b = 2e-4): gain 0.05, se = sqrt(1e-4/3 + 2e-4/2) = 0.011547, Welch df =
+    se^4 / ((1e-4/3)^2 / 2 + (2e-4/2)^2 / 1) = 1.68421, seed spread sqrt(v_m + v_b) = 0.017321."""
+    from scipy.stats import t as student_t
+
+    z, d = world()
+    runs = _seeded("identity", {0: 0.0, 1: 0.02}, z, d) + _seeded("exp", {0: 0.05, 1: 0.06, 2: 0.07}, z, d)
+    g = matched_kl(runs, baselines=["identity"]).gains[0]
+    assert (g.seed_test, g.n_seeds, g.n_seeds_baseline) == ("welch", 3, 2)
+    se, df = np.sqrt(1e-4 / 3 + 1e-4), (1e-4 / 3 + 1e-4) ** 2 / ((1e-4 / 3) ** 2 / 2 + 1e-4**2)
+    assert df == pytest.approx(1.684211, abs=1e-6)
+    half = student_t.ppf(0.975, df) * se
+    np.testing.assert_allclose(g.gain, 0.05, atol=1e-12)
+    np.testing.assert_allclose(g.seed_low, 0.05 - half, atol=1e-9)
+    np.testing.assert_allclose(g.seed_high, 0.05 + half, atol=1e-9)
+    np.testing.assert_allclose(g.seed_spread, np.sqrt(3e-4), atol=1e-12)
+    assert half > 0.05 and not np.any(g.significant)  # 1.7 degrees of freedom: too few to show 0.05
+
+
+def test_a_single_seed_against_three_is_no_fixed_baseline():
+    """Method: one seed at 0.05; baseline seeds {0,1,2} at 0, 0.01, 0.02 (noiseless: the prompt CI
+    excludes 0). The single seed is one draw of the training noise too: pooled t with v = 1e-4
+    (the baseline's), se = sqrt(1e-4 (1 + 1/3)) = 0.011547, df 2, half 4.302653 se = 0.049683 >
+    the gain 0.04 -> not significant (holding the single seed fixed called it significant)."""
+    z, d = world()
+    runs = _seeded("identity", {0: 0.0, 1: 0.01, 2: 0.02}, z, d) + _seeded("exp", {0: 0.05}, z, d)
+    g = matched_kl(runs, baselines=["identity"]).gains[0]
+    assert (g.seed_test, g.n_seeds, g.n_seeds_baseline) == ("pooled", 1, 3)
+    half = 4.302653 * np.sqrt(1e-4 * 4 / 3)
+    np.testing.assert_allclose(g.gain, 0.04, atol=1e-12)
+    np.testing.assert_allclose(g.seed_low, 0.04 - half, atol=1e-7)
+    np.testing.assert_allclose(g.seed_high, 0.04 + half, atol=1e-7)
+    np.testing.assert_allclose(g.seed_spread, np.sqrt(2e-4), atol=1e-12)
+    assert np.all(g.low > 0) and not np.any(g.significant)
+    # the other way round (three seeds against one) is the same test
+    r = matched_kl(_seeded("identity", {0: 0.0}, z, d) + _seeded("exp", {0: 0.03, 1: 0.04, 2: 0.05}, z, d),
+                   baselines=["identity"]).gains[0]
+    assert r.seed_test == "pooled" and not np.any(r.significant)
+    np.testing.assert_allclose(r.seed_high - r.seed_low, 2 * half, atol=1e-7)
+
+
+@pytest.mark.parametrize("method_seeds,base_seeds", [((0, 1, 2), (0,)), ((0,), (0, 1, 2)),
+                                                     ((0, 1, 2), (0, 1, 2, 3)), ((0, 1, 2), (0, 1, 2))])
+def test_no_gain_is_rarely_significant_whatever_the_seed_sets(method_seeds, base_seeds):
+    """Null: both methods on one curve; each (method, seed) adds training noise N(0, 0.02^2) to its
+    curve, each run prompt noise (std 0.1, P = 60). 150 worlds: the share of gains called significant
+    at the middle KL stays near the nominal 5 % (accepted <= 0.11: 5 % + 4 binomial sd of
+    sqrt(.05 .95 / 150) = 0.018). Holding a single seed fixed as the baseline gave 1.0 for
+    (0,) vs (0, 1, 2) and 0.2 for (0, 1, 2) vs (0,)."""
+    rng = np.random.default_rng(11)
+    n, hits = 60, []
+    for rep in range(150):
+        d = rng.normal(0, 0.2, n)
+        runs = []
+        for method, seeds in (("exp", method_seeds), ("identity", base_seeds)):
+            for s in seeds:
+                shift = rng.normal(0, 0.02)
+                for k in (0.1, 0.5, 1.0):
+                    kp = k * (1 + rng.normal(0, 0.3, n))
+                    runs.append(Run(method, s, kp, 0.5 + 0.2 * kp + shift + d + rng.normal(0, 0.1, n)))
+        g = matched_kl(runs, baselines=["identity"], num_kl=3, num_resamples=200, seed=rep).gains[0]
+        hits.append(bool(g.significant[1]))
+    assert np.mean(hits) <= 0.11, np.mean(hits)
+
+
+def test_runs_tied_in_kl_are_averaged_in_every_resample_too():
+    """Two identity runs with the same per-prompt KL (mean 0.2) and win rates 0.5 and 0.7, one at
+    (0.6, 0.8): the estimate at KL 0.4 is the line through (0.2, 0.6) and (0.6, 0.8), 0.7. The
+    resamples must use the same averaged vertex: every win rate is constant per run, so each
+    resample's curve is that line up to its KLs' jitter, and the CI is within 0.01 of 0.7
+    (it was [0.749, 0.751], from the later of the tied runs alone)."""
+    z, _ = world()
+    k = 0.2 * (1 + z)
+    runs = [Run("identity", 0, k, np.full(P, 0.5)), Run("identity", 0, k.copy(), np.full(P, 0.7)),
+            Run("identity", 0, 0.6 * (1 + z), np.full(P, 0.8)),
+            Run("exp", 0, 0.2 * (1 + z), np.full(P, 0.75)), Run("exp", 0, 0.6 * (1 + z), np.full(P, 0.85))]
+    r = matched_kl(runs, baselines=["identity"], num_kl=3, num_resamples=300)
+    mean, low, high = r.win_rate["identity"]
+    np.testing.assert_allclose(mean, [0.6, 0.7, 0.8], atol=1e-12)
+    assert np.all((low <= mean + 1e-12) & (mean - 1e-12 <= high)) and np.all(high - low < 0.01), (low, high)
+    g = r.gains[0]
+    assert np.all((g.low <= g.gain + 1e-12) & (g.gain - 1e-12 <= g.high)), (g.gain, g.low, g.high)
 
 
 def test_runs_on_other_prompts_or_single_points_are_excluded_with_a_reason():

@@ -27,12 +27,13 @@ Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
   family dashed in the same colour (none for ``raw``);
 * ``matched_kl.csv`` / ``matched_kl.md`` / ``gain_vs_kl.png`` -- methods compared at matched KL
   (:mod:`infalign.math.matched_kl`), per panel = (procedure family, N, judge): each method's win rate
-  on ``--num-kl`` KLs covered by every method's runs (piecewise-linear in KL, no extrapolation)
-  and its gain over each ``--baseline`` (default raw and identity) with a paired bootstrap CI over
-  the shared held-out prompts (``--bootstrap`` resamples), significant when the CI excludes 0 and
-  the gain exceeds the spread over seeds. A run joins the panel of every N of ``eval.ns`` (one
-  sample pool evaluates them all), only its trained N when its method depends on N. Runs without
-  ``eval.per_prompt`` (older records) stay in runs.csv and are listed as left out;
+  on ``--num-kl`` KLs covered by every method's runs (piecewise-linear in KL; point estimates are
+  not extrapolated) and its gain over each ``--baseline`` (default raw and identity) with a paired
+  bootstrap CI over the shared held-out prompts (``--bootstrap`` resamples), significant when the CI
+  excludes 0 and, with >= 2 seeds, so does the seed interval (docs/method.md §10). A run joins the
+  panel of every N of ``eval.ns`` (one sample pool evaluates them all), only its trained N when its
+  method depends on N. Runs without ``eval.per_prompt`` (older records) stay in runs.csv and are
+  listed as left out;
 * ``theory_gap.csv`` -- per calibrated run and win-rate column: KL measured / theory at beta and
   win rate measured - theory at the measured KL (reward model), with the run's CI half-width;
 * ``theory_gap.md`` -- per method the median |gap| per column and KL ratio, and what limits it

@@ -10,22 +10,22 @@ or inference-time at some N). Its point on the win-rate-vs-KL plane is the pair 
 interpolant through the points ``(K_r, W_r)`` of its runs sorted by ``K_r`` (runs at the same ``K``
 are averaged). Piecewise-linear interpolation is monotone-preserving (monotone data give a monotone
 curve, it never overshoots the data) and is exact on linear data. It is defined only on
-``[min_r K_r, max_r K_r]``: a curve is never extrapolated. A method's curve is the mean over its
+``[min_r K_r, max_r K_r]``: a point estimate is never extrapolated (bootstrap resamples continue
+a curve's end segments a little, see below). A method's curve is the mean over its
 seeds, ``f_m(k) = mean_s f_ms(k)``.
 
 **Common KL grid.** ``num_kl`` equally spaced KLs spanning ``[max_c lo_c, min_c hi_c]``, the
 intersection of the ranges of every compared curve ``c = (m, s)``. An empty intersection is a result
 (``MatchedKL.common`` is False, ``note`` says why), not an error.
 
-**Gains.** Against a baseline ``b``: ``g_m(k) = f_m(k) - f_b(k)``. Per seed ``s`` of ``m``:
-``g_ms(k) = f_ms(k) - f_bs(k)`` when ``b`` has the same seeds (paired by seed), else
-``f_ms(k) - f_b(k)``; ``seed_spread(k) = std_s g_ms(k)`` (ddof 1; NaN below 2 seeds).
+**Gains.** Against a baseline ``b``: ``g_m(k) = f_m(k) - f_b(k)``.
 
 **Paired bootstrap.** One ``[B, P]`` count matrix ``C`` (row ``b`` counts how often each prompt is
 drawn in resample ``b``; rows sum to ``P``) is shared by every run, so the resampled points are
 ``K*_br = (C k_r)_b / P`` and ``W*_br = (C w_r)_b / P`` -- one matrix product for all runs and all
 resamples. Every curve is rebuilt from its resampled points and re-evaluated on the (fixed) grid,
-vectorised over ``b``. Because a resample moves a curve's end points, a grid KL can fall just outside
+vectorised over ``b``; runs of one curve at the same ``K_r`` are averaged within each resample,
+as in the point estimate. Because a resample moves a curve's end points, a grid KL can fall just outside
 a resampled curve's range (by about the KL's own CI); there the resampled curve is continued along
 its end segment, which is exact for locally linear curves (holding the end value instead would bias
 every resample with a moved end towards it). Only resamples do this: the point estimates, and so the
@@ -35,14 +35,27 @@ makes per-prompt difficulty cancel in gains; ``paired=False`` draws an independe
 (for comparison only: it ignores that the methods were judged on the same prompts).
 
 **Seeds.** The prompt bootstrap holds the trained policies fixed; training noise shows across
-seeds. With ``S >= 2`` seeds the gain also gets a seed interval, the Student-t interval of the mean
-of the per-seed gains: ``g_m(k) +- t_{(1+level)/2, S-1} seed_spread(k) / sqrt(S)`` (with 3 seeds
-``t = 4.30``: a gain needs about 2.5 seed spreads to clear it).
+seeds. The gain also gets a seed interval (``seed_test`` says which):
+
+* ``paired``: ``m`` and ``b`` have the same ``S >= 2`` seeds. Per-seed gains
+  ``g_ms(k) = f_ms(k) - f_bs(k)``, ``seed_spread(k) = std_s g_ms(k)`` (ddof 1), and the Student-t
+  interval of their mean ``g_m(k) +- t_{(1+level)/2, S-1} seed_spread(k) / sqrt(S)`` (with 3 seeds
+  ``t = 4.30``: a gain needs about 2.5 seed spreads to clear it).
+* ``welch``: different seed sets (a failed job, an extra seed), ``S_m, S_b >= 2``: the two-sample
+  interval ``g_m(k) +- t_{(1+level)/2, nu} sqrt(v_m/S_m + v_b/S_b)`` with ``v = var_s f_.s(k)``
+  (ddof 1) and Welch-Satterthwaite ``nu = (v_m/S_m + v_b/S_b)^2 / ((v_m/S_m)^2/(S_m-1) +
+  (v_b/S_b)^2/(S_b-1))``; ``seed_spread = sqrt(v_m + v_b)``, the spread of one seed's gain.
+* ``pooled``: one side has a single seed, the other ``S >= 2``: its variance stands for both
+  (equal-variance two-sample t): ``g_m(k) +- t_{(1+level)/2, S_m+S_b-2} sqrt(v (1/S_m + 1/S_b))``
+  with ``v = ((S_m-1) v_m + (S_b-1) v_b) / (S_m+S_b-2)``; ``seed_spread = sqrt(2 v)``. (Holding the
+  single seed's curve fixed would ignore that it, too, is one draw of the training noise.)
+* ``none``: one seed on each side: no seed interval (NaN); the prompt CI alone decides.
 
 **Significance.** A gain is significant when its prompt-bootstrap CI excludes 0 (by more than
 :data:`ZERO_TOL`, the float rounding of a mean of win rates, so methods with identical data never
-differ) and, for a method with >= 2 seeds, its seed interval excludes 0 too (which implies
-``|g_m(k)| > seed_spread(k)``: gains smaller than the seed spread are never significant).
+differ) and its seed interval, where there is one, excludes 0 too. The seed interval's half-width is
+``t seed_spread / sqrt(S)`` (paired), so with 2-6 paired seeds (``t / sqrt(S) > 1``) a gain smaller
+than the seed spread is never significant; from 7 seeds on it can be.
 
 Used by :mod:`infalign.report` (per procedure, N and judge); see ``infalign-report``.
 """
@@ -93,8 +106,10 @@ class Gain:
     n_seeds: int
     seed_spread: np.ndarray  # NaN when n_seeds < 2
     significant: np.ndarray  # bool
-    seed_low: np.ndarray | None = None  # seed interval (module docstring); NaN when n_seeds < 2
+    seed_low: np.ndarray | None = None  # seed interval (module docstring); NaN for seed_test "none"
     seed_high: np.ndarray | None = None
+    seed_test: str = "none"  # paired | welch | pooled | none (module docstring)
+    n_seeds_baseline: int = 0
 
 
 @dataclass
@@ -126,6 +141,7 @@ class MatchedKL:
                         out.append({**base, "baseline": b, "gain": float(g.gain[i]), "gain_low": float(g.low[i]),
                                     "gain_high": float(g.high[i]), "seed_spread": _nan_none(g.seed_spread[i]),
                                     "seed_low": _nan_none(g.seed_low[i]), "seed_high": _nan_none(g.seed_high[i]),
+                                    "seed_test": g.seed_test, "n_seeds_baseline": g.n_seeds_baseline,
                                     "significant": bool(g.significant[i])})
         return out
 
@@ -145,6 +161,18 @@ def _merge_ties(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort by ``x``; average ``y`` over equal ``x`` (1-D)."""
     ux, inv = np.unique(x, return_inverse=True)
     return ux, np.bincount(inv, weights=y) / np.bincount(inv)
+
+
+def _merge_tied_columns(key: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Average the columns of each ``[B, R]`` array over runs with equal ``key`` (``[R]``, the runs'
+    point-estimate KLs): ``[B, U]`` each, ``U`` distinct keys in sorted order -- the resampled
+    counterpart of :func:`_merge_ties`, so a resample's curve has the point estimate's vertices."""
+    ux, inv = np.unique(key, return_inverse=True)
+    if ux.size == key.size:
+        return cols
+    onehot = np.zeros((key.size, ux.size))
+    onehot[np.arange(key.size), inv] = 1.0 / np.bincount(inv)[inv]
+    return tuple(c @ onehot for c in cols)
 
 
 def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: bool = False) -> np.ndarray:
@@ -273,7 +301,7 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     boot: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [B, K]
     for (m, s), idx in curves.items():
         point[m][s] = interpolate(*_merge_ties(kbar[idx], wbar[idx]), grid)
-        boot[m][s] = interpolate(kb[:, idx], wb[:, idx], grid, continue_ends=True)
+        boot[m][s] = interpolate(*_merge_tied_columns(kbar[idx], kb[:, idx], wb[:, idx]), grid, continue_ends=True)
     alpha = (1.0 - level) / 2.0
     for m in methods:
         mean_b = np.mean(list(boot[m].values()), 0)
@@ -299,25 +327,58 @@ def seed_interval(per_seed: np.ndarray, alpha: float) -> tuple[np.ndarray, np.nd
     if n < 2:
         nan = np.full(per_seed.shape[1:], np.nan)
         return nan, nan.copy()
+    mean = per_seed.mean(0)
+    return _t_interval(mean, per_seed.std(0, ddof=1) / math.sqrt(n), n - 1, alpha)
+
+
+def _t_interval(mean: np.ndarray, se: np.ndarray, df, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``mean +- t_{1-alpha, df} se``."""
     from scipy.stats import t as student_t
 
-    half = student_t.ppf(1.0 - alpha, n - 1) * per_seed.std(0, ddof=1) / math.sqrt(n)
-    mean = per_seed.mean(0)
+    half = student_t.ppf(1.0 - alpha, df) * se
     return mean - half, mean + half
 
 
+def two_sample_seed_interval(a: np.ndarray, b: np.ndarray, alpha: float
+                             ) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """Interval of ``mean(a) - mean(b)`` for unpaired per-seed curves ``a`` ``[S_a, K]``, ``b``
+    ``[S_b, K]``: ``(test, spread, low, high)`` -- Welch when both have >= 2 seeds, the pooled
+    equal-variance t when one has a single seed, ``none`` (NaN) when both have one (module
+    docstring, **Seeds**)."""
+    sa, sb = a.shape[0], b.shape[0]
+    diff = a.mean(0) - b.mean(0)
+    if sa < 2 and sb < 2:
+        nan = np.full(diff.shape, np.nan)
+        return "none", nan, nan.copy(), nan.copy()
+    va = a.var(0, ddof=1) if sa >= 2 else np.zeros_like(diff)
+    vb = b.var(0, ddof=1) if sb >= 2 else np.zeros_like(diff)
+    if sa >= 2 and sb >= 2:
+        qa, qb = va / sa, vb / sb
+        se = np.sqrt(qa + qb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            df = (qa + qb) ** 2 / (qa**2 / (sa - 1) + qb**2 / (sb - 1))
+        df = np.where(np.isfinite(df), df, sa + sb - 2)  # both variances 0: se is 0 anyway
+        return ("welch", np.sqrt(va + vb), *_t_interval(diff, se, df, alpha))
+    v = ((sa - 1) * va + (sb - 1) * vb) / (sa + sb - 2)
+    se = np.sqrt(v * (1.0 / sa + 1.0 / sb))
+    return ("pooled", np.sqrt(2.0 * v), *_t_interval(diff, se, sa + sb - 2, alpha))
+
+
 def _gain(m: str, b: str, point: dict, boot: dict, alpha: float) -> Gain:
-    """``f_m - f_b`` with its percentile CI, per-seed gains' spread and seed interval, significance."""
+    """``f_m - f_b`` with its percentile CI, seed spread and seed interval (paired by seed when both
+    have the same seeds, else two-sample), significance."""
     gain = np.mean(list(point[m].values()), 0) - np.mean(list(point[b].values()), 0)
     gain_b = np.mean(list(boot[m].values()), 0) - np.mean(list(boot[b].values()), 0)
     low, high = np.quantile(gain_b, [alpha, 1 - alpha], axis=0)
-    same_seeds = set(point[m]) == set(point[b])
-    base_mean = np.mean(list(point[b].values()), 0)
-    per_seed = np.array([point[m][s] - (point[b][s] if same_seeds else base_mean) for s in point[m]])
-    n_seeds = per_seed.shape[0]
-    spread = per_seed.std(0, ddof=1) if n_seeds >= 2 else np.full(gain.shape, np.nan)
-    seed_low, seed_high = seed_interval(per_seed, alpha)
+    n_seeds, n_base = len(point[m]), len(point[b])
+    if set(point[m]) == set(point[b]) and n_seeds >= 2:
+        per_seed = np.array([point[m][s] - point[b][s] for s in point[m]])
+        test, spread = "paired", per_seed.std(0, ddof=1)
+        seed_low, seed_high = seed_interval(per_seed, alpha)
+    else:
+        test, spread, seed_low, seed_high = two_sample_seed_interval(
+            np.array(list(point[m].values())), np.array(list(point[b].values())), alpha)
     significant = (low > ZERO_TOL) | (high < -ZERO_TOL)
-    if n_seeds >= 2:
+    if test != "none":
         significant &= (seed_low > ZERO_TOL) | (seed_high < -ZERO_TOL)
-    return Gain(m, b, gain, low, high, n_seeds, spread, significant, seed_low, seed_high)
+    return Gain(m, b, gain, low, high, n_seeds, spread, significant, seed_low, seed_high, test, n_base)

@@ -23,7 +23,8 @@ from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
                       "win_rate_low", "win_rate_high", "gain", "gain_low", "gain_high", "significant", "n_seeds",
-                      "seed_spread", "seed_low", "seed_high", "n_runs", "n_prompts", "note"]
+                      "seed_spread", "seed_low", "seed_high", "seed_test", "n_seeds_baseline", "n_runs", "n_prompts",
+                      "note"]
 
 
 @dataclass
@@ -179,9 +180,19 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
     significantly from"."""
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
-    seeds = (f", {g.n_seeds} seeds [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}]" if g.n_seeds >= 2 else "")
+    seeds = f", {seed_clause(g, i)}" if g.seed_test != "none" else ""
     return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points"
             f"{seeds} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
+
+
+def seed_clause(g: Gain, i: int) -> str:
+    """The seed interval at grid KL ``i``: ``3 seeds [+1.2, +3.0]`` (paired by seed) or
+    ``3 vs 2 seeds, welch [+0.4, +3.8]`` (unpaired: docs/method.md §10); empty without one."""
+    if g.seed_test == "none":
+        return ""
+    who = (f"{g.n_seeds} seeds" if g.seed_test == "paired"
+           else f"{g.n_seeds} vs {g.n_seeds_baseline} seeds, {g.seed_test}")
+    return f"{who} [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}]"
 
 
 def panel_heading(p: Panel) -> str:
@@ -208,11 +219,12 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
     [CI] then each gain over a baseline [paired CI] in points, ``*`` = significant."""
     out = io.StringIO()
     out.write("# Methods at matched KL\n\n")
-    out.write(f"Win rates and gains at KLs covered by every compared method (piecewise-linear in KL through each "
-              f"method's runs, no extrapolation); {100 * level:.0f}% percentile CIs from a paired bootstrap over the "
-              "shared held-out prompts; with >= 2 seeds, each gain's seed interval follows (Student-t over the "
-              "per-seed gains: training noise, which the prompt bootstrap does not see). Gains in points (x100); "
-              "`*` = significant: the CI and the seed interval both exclude 0.\n\n")
+    out.write("Win rates and gains at KLs covered by every compared method (piecewise-linear in KL through "
+              "each method's runs; point estimates are not extrapolated, bootstrap resamples continue the end "
+              f"segments); {100 * level:.0f}% percentile CIs from a paired bootstrap over the shared held-out "
+              "prompts; with >= 2 seeds, each gain's seed interval follows (Student-t over the per-seed gains, or "
+              "an unpaired two-sample t when the seed sets differ: training noise, which the prompt bootstrap does "
+              "not see). Gains in points (x100); `*` = significant: the CI and the seed interval both exclude 0.\n\n")
     for line in notes:
         out.write(f"- {line}\n")
     for p in panels:
@@ -234,7 +246,7 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
         for i, k in enumerate(r.grid):
             cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
             cells += [f"{_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}]"
-                      + (f" seeds [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}]" if g.n_seeds >= 2 else "")
+                      + (f" {seed_clause(g, i)}" if g.seed_test != "none" else "")
                       + (" *" if g.significant[i] else "") for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     return out.getvalue()
