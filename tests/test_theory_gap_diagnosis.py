@@ -62,3 +62,16 @@ def test_medians_per_method_feed_the_diagnosis_and_the_markdown():
     assert md.splitlines()[4].startswith("| method | runs | standard | bon4 | KL ratio | reading |")
     assert "| expn(t=4) | 3 | 0.004 | 0.040 | 0.80 |" in md
     assert "No calibrated run" in theory_gap_markdown({})
+
+
+def test_runs_of_other_worlds_get_their_own_medians():
+    """Identity in two worlds (e.g. the default and the control toy world linked into one report):
+    one median over both would mix two theories' distances; each world gets its own entry."""
+    rows = [row("1", "identity", S, 0.05) | {"world_id": "A"}, row("2", "identity", S, 0.07) | {"world_id": "A"},
+            row("3", "identity", S, -0.01) | {"world_id": "B"}]
+    out = median_theory_gap(rows)
+    assert set(out) == {"identity [A]", "identity [B]"}
+    assert out["identity [A]"]["median_gap"][S] == pytest.approx(0.06) and out["identity [A]"]["runs"] == 2
+    assert out["identity [B]"]["median_gap"][S] == pytest.approx(-0.01)
+    # one world: the method's name alone, as before
+    assert set(median_theory_gap([r for r in rows if r["world_id"] == "A"])) == {"identity"}

@@ -18,7 +18,7 @@ from infalign.errors import ConfigError
 from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
-from infalign.report.naming import method_of, procedure_of
+from infalign.report.naming import method_of, procedure_of, world_of
 from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
@@ -80,14 +80,6 @@ def panel_procedures(job: Job) -> list[Procedure]:
     own = procedure_of(job)
     family = make_procedure(job.record.eval.procedure or (own.name if own is not None else "sample"))
     return list(dict.fromkeys(family.at(n).reduced() for n in panel_ns(job)))
-
-
-def world_of(job: Job) -> str | None:
-    """The world a finished run's numbers come from (``metrics.json`` ``world.world_id``; for records
-    written before it, the toy world's ``toy_key``); None when the record has neither."""
-    world = job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
-    value = world.get("world_id") or world.get("toy_key")
-    return str(value) if value else None
 
 
 def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, list[Run]], list[str]]:

@@ -107,3 +107,11 @@ def procedure_of(job: Job) -> Procedure | None:
         return make_procedure(str(p["name"]), int(p.get("n", 1)))
     except (ConfigError, TypeError, ValueError):
         return None
+
+
+def world_of(job: Job) -> str | None:
+    """The world a finished run's numbers come from (``metrics.json`` ``world.world_id``; for records
+    written before it, the toy world's ``toy_key``); None when the record has neither."""
+    world = job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
+    value = world.get("world_id") or world.get("toy_key")
+    return str(value) if value else None

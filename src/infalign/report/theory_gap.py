@@ -11,10 +11,10 @@ import numpy as np
 
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
-from infalign.report.naming import method_of, number, pooled_calibration, procedure_of
+from infalign.report.naming import method_of, number, pooled_calibration, procedure_of, world_of
 
-THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "kl_measured", "kl_theory_at_beta", "kl_ratio",
-                      "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width"]
+THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "world_id", "kl_measured", "kl_theory_at_beta",
+                      "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width"]
 # docs/method.md §10.1: the distance from theory a method's runs should reach (win-rate points, median
 # |gap| per metric), and the KL ratio below which its runs count as stopping short of their beta's KL.
 THEORY_TARGET = 0.02
@@ -39,7 +39,7 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
         kl = number(kl_ci.mean) if kl_ci is not None else None
         kl_th = number(th.get("kl"))
         head = {"job": job.job, "method": method_of(job), "procedure": rec.procedure, "beta": number(rec.beta),
-                "seed": rec.seed, "kl_measured": kl, "kl_theory_at_beta": kl_th,
+                "seed": rec.seed, "world_id": world_of(job), "kl_measured": kl, "kl_theory_at_beta": kl_th,
                 "kl_ratio": kl / kl_th if kl is not None and kl_th else None, "reachable": at.get("reachable")}
         # N = 1 is the standard win rate itself (one column, not two)
         keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns] if n > 1}
@@ -58,10 +58,13 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
 def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
     """Per method: per metric the median ``|gap|``, the median signed gap and the median CI
     half-width of the measured win rate over its runs; the median KL ratio; and :func:`diagnose`'s
-    ``limits`` and ``reading``."""
+    ``limits`` and ``reading``. Runs of different worlds (``world_id``: other models or toy-world
+    parameters) are separate entries, ``method [world_id]``, when the rows hold more than one."""
+    worlds = {r.get("world_id") for r in rows}
+    group = (lambda r: r["method"]) if len(worlds) <= 1 else (lambda r: f"{r['method']} [{r.get('world_id')}]")
     out: dict[str, dict] = {}
-    for method in sorted({r["method"] for r in rows}):
-        mine = [r for r in rows if r["method"] == method]
+    for method in sorted({group(r) for r in rows}):
+        mine = [r for r in rows if group(r) == method]
         ratios = {r["job"]: r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
         entry = {"median_abs_gap": _median_by_metric(mine, lambda r: abs(r["gap"])),
                  "median_gap": _median_by_metric(mine, lambda r: r["gap"]),
