@@ -331,3 +331,27 @@ def test_policy_log_probs_in_training_equal_the_samplers_for_a_model_with_functi
     policy.train()
     live = sequence_logprobs(policy, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
     assert (live - roll.logprobs).abs().max() > 1e-3  # what the update saw before
+
+
+def test_ipo_takes_the_policys_log_ratios_without_dropout():
+    """A GPT-2 with dropout 0.1 (as hub checkpoints ship) that is its own reference: h = 0 exactly,
+    so the first loss is (0 - 1/(2 tau))^2 = 25 at tau = 0.1 (with dropout on, h was noisy: the
+    review measured loss 25.87, margin -0.085)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from infalign.data.batches import PolicyPairCollator
+    from infalign.training.ipo import IPOModule
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tp.VOCAB), n_positions=32, n_embd=16, n_layer=2, n_head=2,
+                     resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, initializer_range=0.5)
+    policy, reference = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
+    reference.load_state_dict(policy.state_dict())
+    module = IPOModule(policy, reference, tau=0.1, lr=1e-3)
+    policy.train()  # as Lightning leaves it at the start of an epoch
+    pairs = [(x, f"{tp.FIRST[x][0]} b1", f"{tp.FIRST[x][1]} b2") for x in tp.PROMPTS]
+    batch = PolicyPairCollator(tp.tokenizer())(pairs)
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    loss = module.training_step(batch, 0)
+    assert float(loss) == pytest.approx(25.0, abs=1e-9) and logged["train/margin"] == pytest.approx(0.0, abs=1e-9)

@@ -459,3 +459,31 @@ def test_prompts_over_the_policy_positions_are_counted_and_reported(assets, tmp_
     assert "prompts longer than 12 tokens" in caplog.text and "4 train, 3 eval" in caplog.text
     world = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
     assert world.stats["prompts_truncated_train"] == world.stats["prompts_truncated_eval"] == 0
+
+
+def test_a_reward_model_whose_config_names_another_pad_id_scores_each_row_at_its_own_last_token(tmp_path, caplog):
+    """A Llama reward checkpoint whose config says pad_token_id=1 (<unk>, as some fine-tunes ship) with
+    a tokenizer padding with 0: HF's classifier skips config's pad id to find a row's last token, so
+    without aligning the two a short row batched with a long one was scored at a padding column
+    (its reward depended on its batch-mates: 2.05 alone, -2.35 batched in the review's example)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = _word_tokenizer("llama")
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, num_labels=1, pad_token_id=1, eos_token_id=3,
+        initializer_range=0.5))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    rtok = load_tokenizer(tmp_path / "rm", "right", key="reward.name_or_path")
+    with caplog.at_level("WARNING"):
+        model = load_reward_model(tmp_path / "rm", tokenizer=rtok)
+    assert model.config.pad_token_id == rtok.pad_token_id == 0
+    assert "config.pad_token_id=1 is not its tokenizer's pad id 0" in caplog.text
+    scorer = RewardScorer(model, rtok, batch_size=8)
+    words = _vocab_words()
+    short, long = (words[0], words[1]), (words[2], " ".join(words[3:12]))
+    alone = scorer.score([short[0]], [short[1]])
+    batched = scorer.score([short[0], long[0]], [short[1], long[1]])
+    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=0)

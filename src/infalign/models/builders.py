@@ -213,9 +213,13 @@ def load_reward_model(
     loaded under a *new* linear scalar head (randomly initialised, as TRL's ``RewardTrainer``
     does), ready for Bradley-Terry training. Otherwise a causal LM is rejected.
 
-    A missing ``config.pad_token_id`` is taken from ``tokenizer`` (else eos) so batched scoring
-    finds each row's last real token. Errors as in :func:`load_causal_lm`; a classification
-    checkpoint with more than one label is rejected.
+    HF's sequence classifiers of causal LMs read the score at each row's last token that is not
+    ``config.pad_token_id`` (they ignore the attention mask), and rows are right-padded with
+    ``tokenizer.pad_token_id``: the two must agree, or every row shorter than its batch is scored
+    at a padding column (its reward then depends on its batch-mates). So the config's pad id (and
+    its text config's) is set to the tokenizer's, with a warning when the checkpoint named another;
+    without a tokenizer a missing pad id becomes eos. Errors as in :func:`load_causal_lm`; a
+    classification checkpoint with more than one label is rejected.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -227,10 +231,31 @@ def load_reward_model(
         )
     except ValueError as exc:
         raise ValueError(f"{key}={name!r} cannot be loaded as a reward model: {exc}") from exc
-    if model.config.pad_token_id is None:
-        pad = getattr(tokenizer, "pad_token_id", None)
-        model.config.pad_token_id = pad if pad is not None else model.config.eos_token_id
+    align_pad_token_id(model.config, getattr(tokenizer, "pad_token_id", None), f"{key}={name!r}")
     return model.to(device)
+
+
+def align_pad_token_id(config, pad: int | None, what: str) -> None:
+    """Set ``config.pad_token_id`` (and its text config's) to the tokenizer's ``pad`` -- the id the
+    rows are padded with, which HF's classifiers skip to find a row's last token; warn when the
+    checkpoint named a different one. Without ``pad``: a missing id becomes ``eos_token_id``."""
+    import logging
+
+    configs = [config]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text is not config:
+        configs.append(text)
+    for c in configs:
+        if pad is None:
+            if c.pad_token_id is None:
+                c.pad_token_id = config.eos_token_id
+            continue
+        if c.pad_token_id is not None and c.pad_token_id != pad:
+            logging.getLogger(__name__).warning(
+                "%s: the checkpoint's config.pad_token_id=%s is not its tokenizer's pad id %s; using %s "
+                "(rows are padded with it, and the classifier reads each row's score at its last non-pad "
+                "token)", what, c.pad_token_id, pad, pad)
+        c.pad_token_id = pad
 
 
 # Files of which a saved tokenizer has at least one (fast tokenizers, BPE, WordPiece, SentencePiece).

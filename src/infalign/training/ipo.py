@@ -3,7 +3,10 @@
     h    = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)]
     loss = (h - 1/(2 tau))^2
 
-The reference is frozen and not a registered submodule (not optimised, not checkpointed).
+The reference is frozen and not a registered submodule (not optimised, not checkpointed). Both
+sums are taken with dropout off (the policy in eval mode; gradients still flow), as TRL's DPO/IPO
+do by default: the loss is a square, so dropout noise ``e`` in ``h`` would add ``Var(e)`` to it and
+move its fixed point, and ``h`` would not be 0 at the start, where the policy is the reference.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class IPOModule(L.LightningModule):
         reference = self._reference[0]
         with torch.no_grad():
             ref_w, ref_l = self._sums(reference, batch, "chosen"), self._sums(reference, batch, "rejected")
+        self.policy.eval()  # dropout off (module docstring); Lightning put it in train mode
         pol_w, pol_l = self._sums(self.policy, batch, "chosen"), self._sums(self.policy, batch, "rejected")
         loss = ipo_loss(pol_w, ref_w, pol_l, ref_l, self.tau)
         n = batch["prompt_ids"].shape[0]
