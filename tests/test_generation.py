@@ -13,7 +13,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from infalign.models.generation import (
     Rollout,
     length_buckets,
+    low_precision,
     response_stats,
+    rollout_logprobs,
     sample,
     sampling_probs,
     sequence_logprobs,
@@ -386,3 +388,25 @@ def test_length_bucketed_logprobs_and_gradients_equal_the_one_pass_forward(token
     assert (lp1[~r.response_mask.bool()] == 0).all()
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_under_autocast_the_policys_log_probs_take_the_references_path(tokenizer):
+    """CPU bf16 autocast (trainer.precision=bf16-mixed), a policy that is its own reference (as at
+    step 0): the sampler's KV-cached log-probs round differently from a teacher-forced forward, so
+    their k1 KL against the reference's teacher-forced ones is not 0 -- the floor that
+    rollout_logprobs removes (exactly 0: the same forward on the same weights). In float32 it
+    returns the sampler's own log-probs (equal to the forward's to 1e-5: no extra pass)."""
+    policy = tiny_llama(len(tokenizer))
+    reference = tiny_llama(len(tokenizer))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert low_precision(policy)
+        r = draw(policy, tokenizer, max_new_tokens=12)
+        ref = sequence_logprobs(reference, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+        sampler_kl = ((r.logprobs - ref) * r.response_mask).sum(-1).detach()
+        assert float(sampler_kl.abs().max()) > 1e-4  # the floor: up to 1.3e-3 on this model; float32 < 1e-5
+        lp = rollout_logprobs(policy, r)
+    torch.testing.assert_close(((lp - ref) * r.response_mask).sum(-1), torch.zeros(len(r.responses)), atol=0, rtol=0)
+    assert not low_precision(policy)
+    f32 = draw(policy, tokenizer)
+    assert rollout_logprobs(policy, f32) is f32.logprobs
+    assert low_precision(tiny_llama(len(tokenizer)).to(torch.bfloat16))

@@ -31,7 +31,8 @@ import torch
 from infalign.models import decode_step
 from infalign.models.builders import special_tokens_around
 
-__all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "length_buckets", "position_ids",
+__all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
+            "length_buckets", "position_ids",
            "stop_token_ids", "prompt_token_limit", "response_stats"]
 
 
@@ -459,3 +460,28 @@ def _sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_ma
     logits = logits[:, -(length + 1) : -1, :].float()
     logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
     return torch.where(response_mask.bool(), logp, 0.0)
+
+
+def low_precision(model: torch.nn.Module) -> bool:
+    """Whether ``model`` computes in less than float32 here: autocast is on for its device
+    (``trainer.precision=bf16-mixed`` / ``16-mixed``) or its weights are half precision."""
+    param = next(model.parameters())
+    return torch.is_autocast_enabled(param.device.type) or param.dtype in (torch.bfloat16, torch.float16)
+
+
+@torch.no_grad()
+def rollout_logprobs(model: torch.nn.Module, roll: Rollout) -> torch.Tensor:
+    """``log pi(y|x)`` of ``roll``'s responses under ``model`` (the policy that sampled them),
+    ``[B, Lr]``, computed the way the reference's are: the sampler's own (KV-cached, one token at a
+    time) log-probs in float32, which equal a teacher-forced forward's to float32 rounding; under
+    :func:`low_precision` a teacher-forced forward in eval mode (as TRL recomputes them), because
+    there the two paths round differently by up to ~0.07 nats per token -- a KL floor at step 0, where
+    the policy is the reference, and a PPO ratio != 1 before any update (docs/method.md §6)."""
+    if not low_precision(model):
+        return roll.logprobs
+    was_training = model.training
+    model.eval()
+    try:
+        return sequence_logprobs(model, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    finally:
+        model.train(was_training)

@@ -181,6 +181,11 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         log.warning("policy.train_dtype=%s: the optimizer updates %s weights; steps smaller than the format's "
                     "spacing (lr 1e-6 at |w| ~ 0.02 in bfloat16) are lost. float32 keeps a master copy.",
                     train_dtype, train_dtype)
+    if dtype != train_dtype:
+        log.warning("policy.dtype=%s (the reference) != policy.train_dtype=%s: the two compute the same model "
+                    "with different rounding, so the KL is not 0 where the policy is the reference (a floor under "
+                    "every KL, e.g. ~0.01 nats per response on a tiny model); set them equal for exact KLs",
+                    dtype, train_dtype)
     policy = load_causal_lm(policy_path, dtype=train_dtype, device=device, key="policy.name_or_path")
     reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path")
     reward_model = load_reward_model(reward_path, dtype=cfg.reward.get("dtype", dtype), device=device,

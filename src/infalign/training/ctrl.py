@@ -30,7 +30,7 @@ from infalign.errors import ConfigError
 from infalign.math.calibration import CalibrationTable
 from infalign.math.rl_objectives import kl_penalty, missing_eos_penalized
 from infalign.math.transforms import Transform
-from infalign.models.generation import response_stats, sample, sequence_logprobs
+from infalign.models.generation import response_stats, rollout_logprobs, sample, sequence_logprobs
 from infalign.models.reward import Scorer
 from infalign.training.algorithms import OnlineAlgorithm
 from infalign.training.rollout import step_generator
@@ -134,6 +134,7 @@ class CTRLModule(L.LightningModule):
         ref_lp = sequence_logprobs(
             self.reference, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask
         )
+        roll.logprobs = rollout_logprobs(self.policy, roll)  # a teacher-forced pass under low precision
         kl = kl_penalty(roll.logprobs, ref_lp, roll.response_mask, cfg.kl_estimator)
         objective, advantages = self.algo.advantages(task, kl)
         return {

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from infalign.infra.distributed import all_gather_objects
 from infalign.math.rl_objectives import kl_penalty
-from infalign.models.generation import sample, sequence_logprobs
+from infalign.models.generation import rollout_logprobs, sample, sequence_logprobs
 from infalign.models.reward import Scorer
 
 
@@ -130,7 +130,7 @@ class RolloutModule(L.LightningModule):
             ref_lp = sequence_logprobs(
                 reference, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask
             )
-            kl = kl_penalty(roll.logprobs, ref_lp, roll.response_mask, "k1")  # docs/method.md §7
+            kl = kl_penalty(rollout_logprobs(self.policy, roll), ref_lp, roll.response_mask, "k1")  # method.md §7
             log_ratio = kl.view(len(prompts), n).cpu()
         keep = [roll.responses[i * n : (i + 1) * n] for i in range(len(prompts))] if self.keep_responses else []
         return {
