@@ -19,7 +19,8 @@ def args(*argv: str, out: Path | None = None):
 
 
 def test_every_experiment_names_a_sweep_that_exists():
-    assert [e.name for e in paper.EXPERIMENTS][:3] == ["calibration", "bon", "standard"]  # bon trains first
+    # bon trains first: null (its identity runs), standard and won load policies from it
+    assert [e.name for e in paper.EXPERIMENTS][:4] == ["calibration", "bon", "null", "standard"]
     for e in paper.EXPERIMENTS:
         assert e.sweep is None or (SWEEPS / f"{e.sweep}.yaml").is_file(), e
 
@@ -32,6 +33,14 @@ def test_dry_run_prints_every_command_in_order_with_seeds_and_extra_overrides():
         "infalign-train -m +sweeps=paper_bon seed=0,2 hydra.sweep.dir=OUT/bon hydra/launcher=local_parallel "
         "hydra.launcher.n_jobs=3 logger=none",
         "infalign-report OUT/bon",
+        # the README's narrower reports: the transforms alone (common KLs not cut by the baselines),
+        # every t against the others, the baselines
+        "infalign-report OUT/bon --out OUT/bon/report_transforms --method raw --method identity "
+        "--method 'expn(t=4)' --method 'expn(t=8)' --method 'expn(t=16)'",
+        "infalign-report OUT/bon --out OUT/bon/report_t --method 'expn(t=4)' --method 'expn(t=8)' "
+        "--method 'expn(t=16)' --baseline 'expn(t=4)' --baseline 'expn(t=8)'",
+        "infalign-report OUT/bon --out OUT/bon/report_baselines --method raw --method identity "
+        "--method 'bon_sft(N=4)' --method 'ipo(N=4)'",
         "infalign-train -m +sweeps=paper_won seed=0,2 hydra.sweep.dir=OUT/won hydra/launcher=local_parallel "
         "hydra.launcher.n_jobs=3 logger=none",
         "infalign-report OUT/won",
@@ -70,7 +79,8 @@ def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_p
     code = paper.run_all(args("--only", "calibration,bon,won", "--seeds", "0", out=tmp_path), runner=runner,
                          echo=lambda s: None)
     assert code == 1
-    assert ran == ["infalign-calibration", "infalign-train", "infalign-report", "infalign-train", "infalign-report"]
+    assert ran == ["infalign-calibration", "infalign-train", *["infalign-report"] * 4, "infalign-train",
+                   "infalign-report"]
     t = json.loads((tmp_path / "paper_time.json").read_text())
     rows = {r["experiment"]: r for r in t["experiments"]}
     assert list(rows) == ["calibration", "bon", "won"] and t["seeds"] == "0"

@@ -135,6 +135,8 @@ def test_default_config_key_inputs_are_pinned():
     assert settings["trainer"] == {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
                                    "precision": "32-true"}
     assert settings["algo"]["beta"] == 0.2 and settings["seed"] == 0 and settings["deterministic"] is False
+    # replica 0 (the default) is not in the key; an independent re-training is
+    assert policy_cache.training_settings(_default("replica=1"), 0.2)["replica"] == 1
 
 
 @pytest.mark.slow

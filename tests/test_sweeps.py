@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from infalign.apps.config import CONFIG_DIR
 from infalign.infra.cache import cached, load_tensors, save_tensors
@@ -177,3 +178,30 @@ def test_composed_configs_are_independent_copies():
     again = compose_config("train", "seed=5")
     assert again.seed == 5 and again.algo.beta != 123.0
     assert compose_config("train", "seed=7").seed == 7  # another override set, another compose
+
+
+@pytest.mark.slow
+def test_the_null_sweep_pairs_identity_with_an_independent_retraining_of_itself():
+    """sweeps/paper_null.yaml: identity x replica {0, 1} x 5 KL points x 3 seeds, with paper_bon's
+    evaluation settings (so replica 0 is paper_bon's identity run: a policy-cache hit after it);
+    replica 1 is labelled identity[replica=1] and trains from other draws."""
+    from infalign.math.transforms import as_transform
+    from infalign.pipeline.record import method_info
+    from infalign.pipeline.settings import training_seed
+    from infalign.training.algorithms import make_algorithm
+
+    cfg = compose_sweep("paper_null")
+    jobs = [dict(o.split("=", 1) for o in job) for job in expand(cfg)]
+    assert len(jobs) == 30 and len({(j["replica"], j["kl_point"], j["seed"]) for j in jobs}) == 30
+    assert {j["method"] for j in jobs} == {"identity"}
+    bon = compose_config("train", "+sweeps=paper_bon", "method=identity", "kl_point=2", "seed=1")
+    seeds, labels = set(), set()
+    for replica in (0, 1):
+        job = compose_config("train", "+sweeps=paper_null", "method=identity", "kl_point=2", "seed=1",
+                             f"replica={replica}")
+        assert job.eval == bon.eval and job.procedure == bon.procedure and job.algo == bon.algo
+        algo = make_algorithm(OmegaConf.to_container(job.algo, resolve=True))
+        transform = as_transform(instantiate(job.transform))
+        labels.add(method_info(job, algo, transform, instantiate(job.procedure))["method"])
+        seeds.add(training_seed(job))
+    assert labels == {"identity", "identity[replica=1]"} and len(seeds) == 2

@@ -207,3 +207,22 @@ def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
         assert th["kl"] == pytest.approx(__import__("math").log(n) - (n - 1) / n, abs=1e-6)
     if overrides[0].startswith("experiment"):
         assert metrics["beta"] == pytest.approx(0.5)
+
+
+def test_a_replica_is_an_independent_training_paired_with_its_seed(cache_dir, tmp_path):
+    """replica=1 (the A/A control, sweeps/paper_null.yaml): another policy (training draws from
+    (seed, 1), its own policy-cache key), labelled identity[replica=1], evaluated against its seed's
+    reference pool (a cache hit after replica 0) -- paired with every other method of that seed."""
+    from infalign.pipeline.settings import training_seed
+
+    a = run(cache_dir, tmp_path / "a", "transform=identity")
+    b = run(cache_dir, tmp_path / "b", "transform=identity", "replica=1")
+    assert a["method"] == "identity" and b["method"] == "identity[replica=1]"
+    assert b["cache"]["calibration_hit"] is True and b["cache"]["eval_reference_hit"] is True
+    assert b["cache"]["policy_hit"] is False
+    assert b["eval"]["judges"]["reward_model"]["kl"] != a["eval"]["judges"]["reward_model"]["kl"]
+    assert b["eval"]["per_prompt"]["prompt_ids"] == a["eval"]["per_prompt"]["prompt_ids"]
+    cfg = compose_train(cache_dir, tmp_path / "c", "replica=2")
+    assert training_seed(cfg) == hash((0, 2)) & 0x7FFF_FFFF != 0
+    with pytest.raises(ConfigError, match="replica"):
+        run(cache_dir, tmp_path / "d", "replica=-1")

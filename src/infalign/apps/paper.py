@@ -13,18 +13,22 @@ name                what runs                        paper
 ==================  ===============================  ==========================================
 calibration         ``infalign-calibration``          Fig. 3: reward-model miscalibration
 bon                 ``+sweeps=paper_bon``             Fig. 4 bottom / Fig. 5: best-of-N
+null                ``+sweeps=paper_null``            control: identity against itself (A/A)
 standard            ``+sweeps=paper_standard``        Fig. 4 top: standard win rate
 won                 ``+sweeps=paper_won``             Table 2 analogue: worst-of-N, t < 0
 control             ``+sweeps=paper_control``         control: the calibrated world
 hacking             ``+sweeps=paper_hacking``         reward hacking as KL grows
-hacking_control     ``+sweeps=paper_hacking_control`` control: no exploitable reward error
+hacking_control     ``+sweeps=paper_hacking_control`` control: no labeler length bias
 ==================  ===============================  ==========================================
 
 in this order, so that experiments reuse the policies the earlier ones trained (the policy cache,
-``pipeline/policy_cache.py``: standard and won load raw / identity / the baselines from bon). Each
-sweep runs with ``hydra/launcher=local_parallel`` and ``n_jobs`` = usable cores (``--n-jobs``),
+``pipeline/policy_cache.py``: null, standard and won load raw / identity / the baselines from bon).
+Each sweep runs with ``hydra/launcher=local_parallel`` and ``n_jobs`` = usable cores (``--n-jobs``),
 into ``OUT/<name>`` (default ``$INFALIGN_ROOT/outputs/paper/<date>_<time>``), and is followed by
-``infalign-report OUT/<name>``. A failed step is recorded and the next one runs.
+``infalign-report OUT/<name>`` and the experiment's narrower reports (:data:`EXPERIMENTS`'
+``reports``: e.g. ``OUT/bon/report_transforms``, the README's best-of-N table: raw, identity and
+the exp(t) only, so the baselines' narrower KL range does not shrink the common KLs; ``report_t``:
+every t against the others). A failed step is recorded and the next one runs.
 
 Writes ``OUT/paper_time.json`` and ``OUT/paper_time.md`` (atomically, after every step): per
 experiment the exit code, wall minutes, jobs, finished jobs, policies loaded from the cache, and
@@ -51,20 +55,36 @@ from infalign.infra.threads import usable_cores
 
 
 @dataclass(frozen=True)
+class Report:
+    """A narrower ``infalign-report`` of an experiment's sweep, into ``OUT/<name>/report_<suffix>``:
+    only ``methods`` (their common KLs), gains over ``baselines`` (empty: the report's default)."""
+
+    suffix: str
+    methods: tuple[str, ...]
+    baselines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     sweep: str | None  # sweeps/<sweep>.yaml; None: infalign-calibration
     paper: str
+    reports: tuple[Report, ...] = ()
 
 
+EXP_T = ("expn(t=4)", "expn(t=8)", "expn(t=16)")
 EXPERIMENTS = (
     Experiment("calibration", None, "Fig. 3: reward-model miscalibration by prompt"),
-    Experiment("bon", "paper_bon", "Fig. 4 bottom / 5: best-of-N, N in {2, 4, 32}"),
+    Experiment("bon", "paper_bon", "Fig. 4 bottom / 5: best-of-N, N in {2, 4, 32}",
+               (Report("transforms", ("raw", "identity", *EXP_T)),
+                Report("t", EXP_T, EXP_T[:2]),  # t=8 - t=4, t=16 - t=4, t=16 - t=8
+                Report("baselines", ("raw", "identity", "bon_sft(N=4)", "ipo(N=4)")))),
+    Experiment("null", "paper_null", "control: identity against an independent re-training of itself (A/A)"),
     Experiment("standard", "paper_standard", "Fig. 4 top: standard win rate vs KL"),
     Experiment("won", "paper_won", "worst-of-4 with t < 0 (harmlessness analogue)"),
     Experiment("control", "paper_control", "control: the calibrated world"),
     Experiment("hacking", "paper_hacking", "reward hacking as KL grows"),
-    Experiment("hacking_control", "paper_hacking_control", "control: no exploitable reward-model error"),
+    Experiment("hacking_control", "paper_hacking_control", "control: no labeler length bias"),
 )
 NAMES = tuple(e.name for e in EXPERIMENTS)
 
@@ -108,7 +128,10 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
             cmds = [["infalign-train", "-m", f"+sweeps={e.sweep}", f"seed={','.join(seeds)}",
                      f"hydra.sweep.dir={target}", "hydra/launcher=local_parallel",
                      f"hydra.launcher.n_jobs={n_jobs}", *args.extra],
-                    ["infalign-report", target]]
+                    ["infalign-report", target],
+                    *(["infalign-report", target, "--out", f"{target}/report_{r.suffix}",
+                       *(a for m in r.methods for a in ("--method", m)),
+                       *(a for b in r.baselines for a in ("--baseline", b))] for r in e.reports)]
         steps.append((e, cmds))
     return steps
 

@@ -33,7 +33,7 @@ from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
 from infalign.math.transforms import Transform, as_transform
 from infalign.pipeline import record
 from infalign.pipeline.run_record import RunRecord
-from infalign.pipeline.settings import data_settings, model_settings, sampling_settings, wandb_mode
+from infalign.pipeline.settings import data_settings, model_settings, sampling_settings, training_seed, wandb_mode
 from infalign.training.algorithms import Algorithm, make_algorithm
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     sampling_settings(cfg.eval, "eval")  # eval.temperature / top_k / top_p ranges
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input
+    training_seed(cfg)  # replica
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
     multi = int(cfg.trainer.devices) != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1

@@ -26,6 +26,7 @@ from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import check_resume, policy_key, resume_settings, train_or_load
 from infalign.pipeline.run_record import RunRecord
+from infalign.pipeline.settings import training_seed
 from infalign.pipeline.trainer import stage_trainers
 from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
 from infalign.training.algorithms import Algorithm
@@ -53,7 +54,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
     logger = None
     try:
         apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        L.seed_everything(training_seed(cfg), workers=True, verbose=False)
         # conf/logger, conf/trainer, conf/callbacks, instantiated (a bad value fails here, before compute)
         logger = instantiate_logger(cfg.logger)
         trainers = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks")),

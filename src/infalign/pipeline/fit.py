@@ -11,6 +11,7 @@ from infalign.math.calibration import CalibrationTable
 from infalign.math.transforms import Transform
 from infalign.pipeline.baselines import fit_offline
 from infalign.pipeline.pools import reference_pool
+from infalign.pipeline.settings import training_seed
 from infalign.pipeline.trainer import StageTrainers, TrainerFactory
 from infalign.training.algorithms import Algorithm
 from infalign.training.ctrl import CTRLModule
@@ -34,10 +35,10 @@ def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, ta
     (``bon_sft``, ``ipo``) on reference samples drawn with the ``calibration`` generation settings;
     ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples."""
     if not algo.online:
-        fit_offline(algo, world, cfg.calibration, trainers, int(cfg.seed))
+        fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg))
         return
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
-                        world.train_prompts, algo, seed=int(cfg.seed))
+                        world.train_prompts, algo, seed=training_seed(cfg))
     steps = algo.cfg.steps
     # the "dataloader" only counts steps: prompts and seeds are functions of the step
     trainers.fit(max_steps=steps * algo.optimizer_steps_per_batch).fit(

@@ -85,12 +85,13 @@ def code_digest() -> str:
 def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     """The part of the config a trained policy depends on (module docstring), resolved: every
     top-level key but :data:`NOT_TRAINING`, ``trainer`` without :data:`NOT_TRAINING_TRAINER_KEYS`, the
-    callbacks not in :data:`NOT_TRAINING_CALLBACKS` (only when there are some), and ``algo.beta``
-    set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
+    callbacks not in :data:`NOT_TRAINING_CALLBACKS` (only when there are some), ``replica`` only
+    when > 0 (so replica 0, every run's default, keeps the keys of policies cached before the key
+    existed), and ``algo.beta`` set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
     def plain(value):
         return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
-    training = {k: plain(cfg[k]) for k in cfg if k not in NOT_TRAINING}
+    training = {k: plain(cfg[k]) for k in cfg if k not in NOT_TRAINING and not (k == "replica" and not cfg[k])}
     if cfg.get("trainer") is not None:
         training["trainer"] = {k: plain(cfg.trainer[k]) for k in cfg.trainer if k not in NOT_TRAINING_TRAINER_KEYS}
     callbacks = {name: plain(node) for name, node in (cfg.get("callbacks") or {}).items()

@@ -33,7 +33,8 @@ def method_info(cfg, algo, transform, procedure) -> dict:
     (``"expn(t=4)"``, ``"identity"``, ``"raw"``; ``"identity[pooled]"`` with
     ``calibration.scope=pooled``), ``"<label>+<algo>"`` for other RL algorithms, and the baseline's
     own name with its N for the offline baselines (``"bon_sft(N=4)"``, ``"ipo(N=4)"``), which never
-    use the transform. ``depends_on_n``: whether the trained policy
+    use the transform; ``[replica=r]`` follows with ``replica`` r > 0 (an independent re-training,
+    :func:`~infalign.pipeline.settings.training_seed`). ``depends_on_n``: whether the trained policy
     depends on ``procedure.n`` (offline baselines, trained on N samples per prompt, and any
     transform or algo setting that interpolates ``procedure``, e.g. ``optimal`` or
     ``algo.beta=${bon_beta:${procedure.n}}``); a policy that does not is trained once and evaluated
@@ -42,10 +43,13 @@ def method_info(cfg, algo, transform, procedure) -> dict:
     from omegaconf import OmegaConf
 
     info = {"method": algo.method_label(transform), "algo": algo.name}
+    pooled = algo.trained_n is None and cfg.calibration.get("scope", "prompt") == "pooled"
+    if pooled:  # ranked among all prompts' samples
+        info["method"] += "[pooled]"
+    if int(cfg.get("replica", 0)):  # an independent re-training, the A/A control's second arm (any method)
+        info["method"] += f"[replica={int(cfg.replica)}]"
     if algo.trained_n is not None:
         return info | {"transform": None, "depends_on_n": True, "trained_n": algo.trained_n}
-    if cfg.calibration.get("scope", "prompt") == "pooled":  # ranked among all prompts' samples
-        info["method"] += "[pooled]"
     raw = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["transform", "algo"]), resolve=False)
     return info | {"transform": transform.label, "depends_on_n": "procedure." in raw, "trained_n": procedure.n}
 

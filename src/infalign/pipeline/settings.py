@@ -6,7 +6,7 @@ from __future__ import annotations
 from infalign.errors import require
 
 __all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "WANDB_MODES", "data_settings",
-           "model_settings", "sampling_settings", "wandb_mode"]
+           "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
 
@@ -55,3 +55,16 @@ def model_settings(cfg) -> None:
     value = (cfg.get("reward") or {}).get("input", "joined")
     require(value in REWARD_INPUTS, "reward.input", value, f"one of {list(REWARD_INPUTS)}",
             "pair: the tokenizer's text-pair template, for reward models trained as tokenizer(prompt, response)")
+
+
+def training_seed(cfg) -> int:
+    """The seed of a run's training draws (prompt order, samples, the offline baselines' pools,
+    ``seed_everything``): ``seed``, or for ``replica`` r > 0 an independent one, the int hash of
+    ``(seed, r)`` (deterministic: Python hashes ints and tuples of ints without a random salt).
+    The calibration table and the evaluation pools stay those of ``seed``, so a replica is paired
+    with every other method of its seed: ``replica=1`` is an independent re-training of the same
+    method, the A/A control of a matched-KL comparison (docs/method.md §10)."""
+    seed, replica = cfg.get("seed", 0), cfg.get("replica", 0)
+    require(isinstance(replica, int) and not isinstance(replica, bool) and replica >= 0, "replica", replica,
+            "an integer >= 0 (0: the run of its seed; r > 0: an independent re-training)")
+    return int(seed) if replica == 0 else hash((int(seed), int(replica))) & 0x7FFF_FFFF
