@@ -14,6 +14,8 @@ def test_spread_stats_by_hand():
     # stds [sqrt2, 2 sqrt2]: their std (n-1) is 1, their mean 1.5 sqrt2; means [1, 2] have std 1/sqrt2
     assert s["std_cv"] == pytest.approx(1 / (1.5 * math.sqrt(2)), abs=1e-12)
     assert s["mean_spread_ratio"] == pytest.approx(1 / 3, abs=1e-12)
+    # var(means) = 1/2, mean(s^2) / M = (2 + 8) / 2 / 2 = 2.5 > 1/2: no offsets beyond the noise
+    assert s["offset_ratio"] == 0.0
     assert s["mean_within_prompt_std"] == pytest.approx(1.5 * math.sqrt(2), abs=1e-12)
 
 
@@ -38,3 +40,18 @@ def test_calibrated_world_has_zero_cv_and_a_scaled_one_carries_gold():
 def test_needs_two_samples():
     with pytest.raises(ValueError, match=">= 2 samples"):
         miscalibration_summary(torch.zeros(3, 1))
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.5])
+def test_offset_ratio_estimates_the_offsets_std_beyond_the_noise_of_a_mean(sigma):
+    """Scores o_p + e_pj, offsets o ~ N(0, sigma^2), e ~ N(0, 1), P = 4000 prompts x M = 8: the
+    offset ratio estimates sigma (its sd here ~0.02 at 0.5, and < 0.06 at 0 where the square
+    root of a noisy ~0 is taken), while mean_spread_ratio also counts the means' noise,
+    sqrt(sigma^2 + 1/8) (0.35 at sigma 0)."""
+    g = torch.Generator().manual_seed(3)
+    scores = sigma * torch.randn(4000, 1, generator=g, dtype=torch.float64) + torch.randn(
+        4000, 8, generator=g, dtype=torch.float64)
+    s = spread_stats(scores)
+    # within-prompt std of 8 normals is ~0.965 on average (c4 bias), hence the 4 % tolerance on ratios
+    assert s["offset_ratio"] == pytest.approx(sigma / 0.965, abs=0.06)
+    assert s["mean_spread_ratio"] == pytest.approx(math.sqrt(sigma**2 + 1 / 8) / 0.965, rel=0.04)

@@ -98,12 +98,13 @@ def print_summary(summary: dict) -> None:
 
     table = Table(title=f"miscalibration across {summary['n_prompts']} held-out prompts "
                         f"({summary['n_samples']} reference samples each)")
-    for col in ("judge", "per-prompt spread CV", "mean spread / within spread"):
+    for col in ("judge", "per-prompt spread CV", "mean spread / within spread",
+                "offsets / within spread (noise removed)"):
         table.add_column(col, justify="right")
     for judge in ("reward_model", "gold"):
         if judge in summary:
             s = summary[judge]
-            table.add_row(judge, f"{s['std_cv']:.3f}", f"{s['mean_spread_ratio']:.3f}")
+            table.add_row(judge, f"{s['std_cv']:.3f}", f"{s['mean_spread_ratio']:.3f}", f"{s['offset_ratio']:.3f}")
     Console().print(table)
     if "log_std_corr" in summary:
         print(f"corr(log per-prompt std: reward model, gold) = {summary['log_std_corr']:.3f}; "

@@ -9,7 +9,13 @@ of ``P`` prompts (``[P, M]``):
 * ``std_cv``: coefficient of variation across prompts of the per-prompt standard deviation
   ``s_p = std_j r_pj`` (unbiased, ``M - 1``): ``std(s) / mean(s)`` (0 when calibrated);
 * ``mean_spread_ratio``: spread of the per-prompt means relative to the typical within-prompt
-  spread, ``std_p(mean_j r_pj) / mean_p(s_p)`` (per-prompt offsets);
+  spread, ``std_p(mean_j r_pj) / mean_p(s_p)`` (per-prompt offsets, plus the sampling noise of an
+  ``M``-sample mean);
+* ``offset_ratio``: the same without that noise, ``sqrt(max(0, var_p(m_p) - mean_p(s_p^2) / M)) /
+  mean_p(s_p)`` with ``m_p = mean_j r_pj`` (``var`` unbiased): ``E var_p(m_p) = var(offsets) +
+  E s^2 / M``, so this estimates the per-prompt offsets' std in units of the within-prompt spread
+  (0 when every prompt's scores share one mean: what per-prompt calibration removes and ranking
+  among all prompts' samples, ``calibration.scope=pooled``, keeps);
 * ``log_std_corr`` (with a gold reward): Pearson correlation across prompts of ``log s_p`` of the
   reward model and of the gold reward -- does the reward model *carry* the gold miscalibration?
 * ``pairwise_accuracy``: fraction of within-prompt pairs, untied under both, that the reward model
@@ -24,12 +30,15 @@ __all__ = ["miscalibration_summary", "pairwise_accuracy", "spread_stats"]
 
 
 def spread_stats(scores: torch.Tensor) -> dict[str, float]:
-    """``std_cv`` and ``mean_spread_ratio`` of one judge's ``[P, M]`` scores (module docstring)."""
+    """``std_cv``, ``mean_spread_ratio`` and ``offset_ratio`` of one judge's ``[P, M]`` scores
+    (module docstring)."""
     s = scores.double()
     std = s.std(dim=1)
+    excess = float(s.mean(dim=1).var() - (std**2).mean() / s.shape[1])
     return {
         "std_cv": float(std.std() / std.mean()),
         "mean_spread_ratio": float(s.mean(dim=1).std() / std.mean()),
+        "offset_ratio": max(0.0, excess) ** 0.5 / float(std.mean()),
         "mean_within_prompt_std": float(std.mean()),
     }
 
