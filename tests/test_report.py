@@ -183,7 +183,7 @@ def test_summary_lists_problems_and_theory_matches_the_engine(sweep):
     assert problems["5"]["status"] == "missing" and "ValueError: boom at step 3" in problems["5"]["reason"]
     assert problems["5"]["overrides"] == ["transform=exp", "transform.t=8", "algo.beta=0.2", "eval.samples=4"]
     assert problems["4"]["reason"] == "FloatingPointError: loss is nan at step 7"
-    assert summary["best_inference_win_rate"]["reward_model"]["job"] == "1"
+    assert summary["highest_inference_win_rate"]["reward_model"]["job"] == "1"
     assert summary["wandb"] is None and not (out / "wandb").exists()  # jobs used logger=none
 
     series = {s["label"]: s for s in summary["series"]}

@@ -39,8 +39,8 @@ Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
 * ``theory_gap.md`` -- per method the median |gap| per column and KL ratio, and what limits it
   (on target, under-tilted, thin tail, noise, ...; docs/method.md §10.1), also printed and in
   ``summary.json``;
-* ``summary.json`` -- counts, failed/missing jobs with reasons, best run per judge, every series'
-  points and theory curve, W&B run (written last).
+* ``summary.json`` -- counts, failed/missing jobs with reasons, the run with the highest win rate
+  per judge (at its own KL), every series' points and theory curve, W&B run (written last).
 
 ``--judge``: which judges get columns and subplots (default ``all``: those in the metrics).
 ``--wandb`` (default: on if any job logged to W&B, ``logger=wandb``): log the table and plots to a

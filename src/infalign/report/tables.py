@@ -147,7 +147,9 @@ def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root:
 def make_summary(root: Path, out_dir: Path, judges: Sequence[str], jobs: Sequence[Job], rows: list[dict],
                  series: Sequence, paths: dict[str, Path]) -> dict:
     """``summary.json`` (before the matched-KL and theory-gap parts and the W&B run are added):
-    counts, failed/missing jobs, the best run per judge, every series' points and theory curve."""
+    counts, failed/missing jobs, the run with the highest inference-time win rate per judge (each
+    at its own KL and procedure: a pointer, not a comparison -- methods are compared at matched KL,
+    ``matched_kl``), every series' points and theory curve."""
     counts = Counter(j.status for j in jobs)
     finished = [r for r in rows if r["status"] == "finished"]
     best = {}
@@ -155,15 +157,15 @@ def make_summary(root: Path, out_dir: Path, judges: Sequence[str], jobs: Sequenc
         cands = [r for r in finished if r[f"{j}_inference_win_rate"] is not None]
         if cands:
             b = max(cands, key=lambda r: r[f"{j}_inference_win_rate"])
-            best[j] = {"job": b["job"], "run_name": b["run_name"], "inference_win_rate": b[f"{j}_inference_win_rate"],
-                       "kl": b[f"{j}_kl"]}
+            best[j] = {"job": b["job"], "run_name": b["run_name"], "procedure": b.get("procedure"),
+                       "inference_win_rate": b[f"{j}_inference_win_rate"], "kl": b[f"{j}_kl"]}
     point_keys = [f"{m}{suffix}" for m in RATES for suffix, _ in _CI_PARTS]
     return {
         "multirun_dir": str(root), "out_dir": str(out_dir), "judges": list(judges),
         "counts": {s: counts.get(s, 0) for s in STATUSES} | {"total": len(jobs)},
         "problems": [{"job": j.job, "status": j.status, "reason": j.reason, "overrides": j.overrides,
                       "path": str(j.path)} for j in jobs if j.status != "finished"],
-        "best_inference_win_rate": best,
+        "highest_inference_win_rate": best,
         "series": [
             {"label": s.label, "family": s.family, "t": s.t, "procedure": s.procedure, "algo": s.algo,
              "jobs": [j.job for j in s.jobs], "theory_note": s.theory_note,

@@ -103,8 +103,9 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
       tilted policy their beta targets (optimisation: more steps or a larger step size);
     * ``thin_tail`` -- the standard win rate is on target but an inference-time one (N > 1) is
       below theory beyond noise: the runs reach the theory's mean calibrated reward but not the
-      tail (top for best-of-N, bottom for worst-of-N) the transform pays for, which an RL batch of
-      G samples per prompt rarely visits;
+      tail (top for best-of-N, bottom for worst-of-N) the transform pays for. A pattern, not a
+      cause: one candidate is that an RL batch of G samples per prompt rarely visits that tail
+      (untested: no sweep here varies G);
     * ``below`` / ``above`` -- off target beyond noise in a way the codes above do not explain.
     """
     gaps, signed, half = entry["median_abs_gap"], entry["median_gap"], entry.get("median_ci_half_width", {})
@@ -118,7 +119,8 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
     ratio = entry.get("median_kl_ratio")
     if ratio is not None and ratio < kl_short:
         limits.append("under_tilted")
-        parts.append(f"its runs stop at {ratio:.2f} of the KL their beta targets (under-tilted: optimisation)")
+        parts.append(f"its runs stop at {ratio:.2f} of the KL their beta targets (under-tilted: the optimisation "
+                     "stopped short)")
     tail = sorted(k for k, g in real.items() if k != STANDARD_WIN_RATE and g < -target)
     if tail and STANDARD_WIN_RATE in gaps and gaps[STANDARD_WIN_RATE] <= target:
         limits.append("thin_tail")
