@@ -688,3 +688,22 @@ def test_a_dir_of_links_to_sweeps_is_reported_as_one(tmp_path):
     assert rc == 0, stdout
     jobs = [r["job"] for r in read_csv(combined / "report" / "runs.csv")]
     assert len(jobs) == 13 and all(j.startswith("a/") for j in jobs)  # links walked in name order
+
+
+def test_the_seed_interval_names_an_unpaired_test():
+    """Paired seeds print as before ("3 seeds [...]"); a comparison whose seed sets differ names its
+    seed counts and test, so a reader sees it is not paired; none prints no seed interval."""
+    import numpy as np
+
+    from infalign.math.matched_kl import Gain
+    from infalign.report.matched import seed_clause
+
+    def gain(test, n, nb):
+        one = np.array([0.02])
+        return Gain("exp", "identity", one, one - 0.01, one + 0.01, n, one, np.array([True]),
+                    np.array([0.005]), np.array([0.035]), test, nb)
+
+    assert seed_clause(gain("paired", 3, 3), 0) == "3 seeds [+0.5, +3.5]"
+    assert seed_clause(gain("welch", 3, 2), 0) == "3 vs 2 seeds, welch [+0.5, +3.5]"
+    assert seed_clause(gain("pooled", 1, 3), 0) == "1 vs 3 seeds, pooled [+0.5, +3.5]"
+    assert seed_clause(gain("none", 1, 1), 0) == ""
