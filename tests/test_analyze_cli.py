@@ -46,6 +46,7 @@ BAD = [
     (["kl.num=0"], "kl.num=0"),
     (["kl.start=abc"], "kl.start='abc'"),
     (["kl.start=3", "kl.stop=1"], "kl.stop=1"),
+    (["kl.start=0.5", "kl.stop=0.5", "kl.num=3"], "kl.stop=0.5"),  # 3 equal budgets: it crashed mid-run
     (["kl.list=[0.5,abc]"], "kl.list='abc'"),
     (["kl.list=[0.5,0.5]"], "kl.list=[0.5, 0.5]"),
     (["procedure.n=0"], "procedure.n=0"),

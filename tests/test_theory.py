@@ -919,3 +919,41 @@ def test_best_t_flags_a_pick_other_ts_match_within_flat_tol():
     assert saturated.flat.tolist() == [True, True] and (1 - saturated.win_rate < 1e-7).all()
     clear = theory.best_t(make_procedure("bon", 4), [0.3])
     assert clear.flat.tolist() == [False] and not clear.at_edge[0]
+
+
+@pytest.mark.parametrize("transform,beta", [(Exp(-2.0), 0.5), (Custom(np.sqrt, name="sqrt"), 0.1),
+                                            (Exp(-8.0, normalized=True), 0.1), (Exp(8.0), 50.0)])
+def test_density_integrates_to_one_and_matches_the_closed_form(transform, beta):
+    """f(u) = exp(Phi(u)/beta) / Z with Z by adaptive quadrature (scipy, independent of the grid):
+    relative 1e-8. The grid's log Z is shifted by the table's maximum, which for exp with t < 0
+    and for custom transforms is not where ``centered`` puts its constant: density() used to be
+    off by a constant factor there (5.6 for exp(-2) at beta 0.5, e^{1/beta} for sqrt)."""
+    def phi(u):
+        return float(np.asarray(transform(np.array([u]))).ravel()[0])
+
+    top = max(phi(0.0), phi(1.0))
+    z = integrate.quad(lambda u: math.exp((phi(u) - top) / beta), 0.0, 1.0, epsabs=0, epsrel=1e-10, limit=200)[0]
+    u = np.linspace(0.0, 1.0, 41)
+    expected = np.array([math.exp((phi(x) - top) / beta) / z for x in u])
+    np.testing.assert_allclose(theory.density(transform, beta, u), expected, rtol=1e-8)
+
+
+def test_evaluate_gives_nan_where_the_grid_does_not_resolve_the_policy():
+    """exp(64) at beta 1e-20 concentrates its mass beyond the z-grid: the grid's KL (~103.7 at
+    1e-20 and at 1e-40 alike, against ~113 and ~159) is the grid's, not the policy's."""
+    points = theory.evaluate(Exp(64.0), [1e-20, 1e-40, 0.5], proc("bon", 4))
+    assert all(math.isnan(p.kl) and math.isnan(p.win_rate) and math.isnan(p.standard_win_rate)
+               for p in points[:2])
+    assert points[2].kl == pytest.approx(exp_kl_mpmath(64.0, 0.5), rel=1e-6)
+
+
+def test_a_reachable_kl_is_the_policys_even_for_a_step_spanning_few_nodes():
+    """exp(t = -302.6) at worst-of-4, budget 0.3: the density's rise spans ~1/302 in u, one or two
+    z-nodes; the even-node half grid happened to agree with the full grid to 1e-4 absolute while
+    the true KL was 0.30039 (1.3e-3 relative off). Now the frontier's point is either unreachable
+    or its beta gives the budget to 1e-5 relative (mpmath)."""
+    f = theory.frontier(Exp(-302.6), make_procedure("won", 4), [0.3])
+    if f.reachable[0]:
+        assert exp_kl_mpmath(-302.6, float(f.beta[0]), dps=40) == pytest.approx(0.3, rel=1e-5)
+    else:  # the grid's step, not a cap on the KL (larger budgets resolve)
+        assert "too steeply for the z-grid's step" in f.reason[0]

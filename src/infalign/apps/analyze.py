@@ -79,7 +79,8 @@ def kl_budgets(cfg: DictConfig) -> np.ndarray:
     start = _number("kl.start", cfg.kl.start, allowed)
     stop = _number("kl.stop", cfg.kl.stop, allowed)
     require(math.isfinite(start) and start > 0, "kl.start", cfg.kl.start, allowed)
-    require(math.isfinite(stop) and stop >= start, "kl.stop", cfg.kl.stop, f"a finite KL >= kl.start ({start:g})")
+    require(math.isfinite(stop) and (stop > start or (num == 1 and stop == start)), "kl.stop", cfg.kl.stop,
+            f"a finite KL > kl.start ({start:g}) when kl.num > 1 ({num} distinct budgets)")
     return np.linspace(start, stop, num)
 
 

@@ -84,14 +84,18 @@ def phi_table(transform: Transform, grid: Grid = DEFAULT_GRID) -> np.ndarray:
     elsewhere, i.e. never worse).
     """
     _, u, s, *_ = grid.arrays
-    if isinstance(transform, Exp) and transform.t < 0:
-        scale = 1.0 / abs(math.expm1(transform.t)) if transform.normalized else 1.0
-        phi = -scale * math.exp(transform.t) * np.expm1(-transform.t * s)
-    else:
-        phi = np.asarray(transform.centered(u, s), dtype=np.float64)
+    phi = _phi_values(transform, u, s)
     if phi.shape != u.shape or np.isnan(phi).any() or np.isposinf(phi).any():
         raise ValueError(f"transform {transform.label} gave NaN/+inf or a wrong shape on [0, 1]")
     return phi
+
+
+def _phi_values(transform: Transform, u: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``Phi(u) - c`` at ``u`` (``s = 1 - u``) with :func:`phi_table`'s constant ``c``."""
+    if isinstance(transform, Exp) and transform.t < 0:
+        scale = 1.0 / abs(math.expm1(transform.t)) if transform.normalized else 1.0
+        return -scale * math.exp(transform.t) * np.expm1(-transform.t * s)
+    return np.asarray(transform.centered(u, s), dtype=np.float64)
 
 
 def _running_integral(values: np.ndarray, step: float) -> np.ndarray:
@@ -247,21 +251,29 @@ class Point:
 def evaluate(
     transform: Transform, beta: float | Sequence[float], procedure: Procedure, grid: Grid = DEFAULT_GRID
 ) -> list[Point]:
-    """KL, standard and inference-time win rates of the tilted policy at each beta."""
+    """KL, standard and inference-time win rates of the tilted policy at each beta; NaN at a beta
+    whose policy the grid does not resolve (:func:`resolved`: a number there would be the grid's,
+    not the policy's)."""
     tilted = tilt(phi_table(transform, grid), beta, grid)
     std, win = tilted.standard_win_rate(), tilted.win_rate(procedure)
+    ok = resolved(tilted.phi, tilted.beta, grid)
+    kl = np.where(ok, tilted.kl, np.nan)
+    std, win = np.where(ok, std, np.nan), np.where(ok, win, np.nan)
     return [
         Point(transform.label, float(b), float(k), float(s), float(w), procedure.label)
-        for b, k, s, w in zip(tilted.beta, tilted.kl, std, win)
+        for b, k, s, w in zip(tilted.beta, kl, std, win)
     ]
 
 
 def density(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
-    """f(u) = exp(Phi(u)/beta) / Z at arbitrary points ``u`` in [0, 1]."""
+    """f(u) = exp(Phi(u)/beta) / Z at arbitrary points ``u`` in [0, 1]: ``exp((Phi(u) - c - top)/beta
+    - log Z')`` with :func:`phi_table`'s constant ``c`` and :func:`_tilt_stats`'s shift ``top`` =
+    the table's maximum (the ``log Z'`` it returns is shifted by it)."""
     require(beta > 0, "beta", beta, "beta > 0")
-    log_z = tilt(phi_table(transform, grid), beta, grid).log_z[0]
+    table = phi_table(transform, grid)
+    log_z = tilt(table, beta, grid).log_z[0]
     u = np.asarray(u, np.float64)
-    return np.exp(transform.centered(u, 1.0 - u) / beta - log_z)
+    return np.exp((_phi_values(transform, u, 1.0 - u) - table.max()) / beta - log_z)
 
 
 def cdf(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:
@@ -302,8 +314,10 @@ def phi_range(phi: np.ndarray) -> np.ndarray:
     return np.nanmax(finite, axis=-1) - np.nanmin(finite, axis=-1)
 
 
-RESOLUTION_TOL = 1e-4  # |KL(step) - KL(2 step)| / max(1, KL) above this: the grid does not resolve f
-# (halving the step cuts the error >= 4x where f is resolved, so the full-grid KL is then within ~3e-5)
+RESOLUTION_TOL = 1e-4  # |KL(step) - KL(2 step)| / max(KL, KL_FLOOR) above this: the grid does not resolve f
+# (halving the step cuts the error >= 4x where f is resolved, so the full-grid KL is then within ~3e-5
+# relative); a relative test: an absolute 1e-4 passed 0.1-1 % errors at KL < 0.1
+KL_FLOOR = 0.01  # below this KL the tolerance is absolute (1e-6 nats)
 EDGE_MASS = 1e-10  # quadrature mass on an end node of the z-grid above this: f reaches past the grid
 SCAN_STEP = 4.0  # spacing in x of beta_search's first scan (KL and slope at each point: the Newton start)
 X_LIMIT = 690.0  # |log(range(Phi)/beta)| searched: beta from ~1e-300 to ~1e300 times range(Phi)
@@ -324,9 +338,11 @@ def resolved(
 ) -> np.ndarray:
     """``[B]`` bool: is ``f ∝ exp(phi/beta)`` resolved by ``grid``?
 
-    Two checks: the trapezoid KL on every other node agrees with the full grid (the rule is
-    spectrally accurate once f spans several nodes, so the difference bounds the error), and
-    no quadrature mass sits on the first or last node (mass beyond ``z_max`` is not represented).
+    Two checks: the trapezoid KL on every other node -- the even nodes and the odd ones, two grids
+    of twice the step -- agrees with the full grid to ``RESOLUTION_TOL`` relative (the rule is
+    spectrally accurate once f spans several nodes, so the difference bounds the error; a sharp step
+    spanning one or two nodes can fool one sub-grid, rarely both), and no quadrature mass sits on
+    the first or last node (mass beyond ``z_max`` is not represented).
     ``kl`` and ``edge`` (the full grid's KL and end-node mass, :func:`_kl_and_slope`), when the
     caller has them, save recomputing them.
     """
@@ -337,9 +353,10 @@ def resolved(
         edge = np.maximum(p[:, 0], p[:, -1])
     ok = edge < EDGE_MASS
     if (len(grid.z) - 1) % 2 == 0:
-        coarse = Grid(grid.z_max, 2 * grid.step)
-        kl2 = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, coarse)[3]
-        ok &= np.abs(kl - kl2) <= RESOLUTION_TOL * np.maximum(1.0, kl)
+        tol = RESOLUTION_TOL * np.maximum(kl, KL_FLOOR)
+        even = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, Grid(grid.z_max, 2 * grid.step))[3]
+        odd = _tilt_stats(np.ascontiguousarray(phi[:, 1::2]), beta, Grid(grid.z_max - grid.step, 2 * grid.step))[3]
+        ok &= (np.abs(kl - even) <= tol) & (np.abs(kl - odd) <= tol)
     return ok
 
 
@@ -518,6 +535,9 @@ def unreachable_reasons(status: np.ndarray, budgets: np.ndarray, phi: np.ndarray
         if st == IMPRECISE else
         f"KL budget {b:g} needs a tilted policy narrower than the z-grid resolves (resolved up to KL "
         f"~{cap:.4g}; use a theory.Grid with a larger z_max or a smaller step)"
+        if not b < cap else  # resolution is not monotone in beta for steep transforms (exp, t << 0)
+        f"KL budget {b:g} needs a tilted policy that changes too steeply for the z-grid's step at this "
+        f"budget (larger budgets, up to KL ~{cap:.4g}, resolve; use a theory.Grid with a smaller step)"
         for st, b in zip(status, budgets)
     ]
 
