@@ -240,14 +240,14 @@ def test_a_single_seed_against_three_is_no_fixed_baseline():
     np.testing.assert_allclose(r.seed_high - r.seed_low, 2 * half, atol=1e-7)
 
 
-@pytest.mark.parametrize("method_seeds,base_seeds", [((0, 1, 2), (0,)), ((0,), (0, 1, 2)),
-                                                     ((0, 1, 2), (0, 1, 2, 3)), ((0, 1, 2), (0, 1, 2))])
+@pytest.mark.parametrize("method_seeds,base_seeds", [((0, 1, 2), (0,)), ((0,), (0, 1, 2)), ((0, 1, 2), (0, 1, 2, 3))])
 def test_no_gain_is_rarely_significant_whatever_the_seed_sets(method_seeds, base_seeds):
     """Null: both methods on one curve; each (method, seed) adds training noise N(0, 0.02^2) to its
     curve, each run prompt noise (std 0.1, P = 60). 150 worlds: the share of gains called significant
     at the middle KL stays near the nominal 5 % (accepted <= 0.11: 5 % + 4 binomial sd of
     sqrt(.05 .95 / 150) = 0.018). Holding a single seed fixed as the baseline gave 1.0 for
-    (0,) vs (0, 1, 2) and 0.2 for (0, 1, 2) vs (0,)."""
+    (0,) vs (0, 1, 2) and 0.2 for (0, 1, 2) vs (0,). (Equal seed sets: the paired interval,
+    test_seed_spread_rule and the coverage test.)"""
     rng = np.random.default_rng(11)
     n, hits = 60, []
     for rep in range(150):

@@ -209,6 +209,7 @@ def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
         assert metrics["beta"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow  # two trainings
 def test_a_replica_is_an_independent_training_paired_with_its_seed(cache_dir, tmp_path):
     """replica=1 (the A/A control, sweeps/paper_null.yaml): another policy (training draws from
     (seed, 1), its own policy-cache key), labelled identity[replica=1], evaluated against its seed's
