@@ -910,9 +910,9 @@ def test_run_theory_prediction_is_nan_where_the_grid_does_not_resolve_the_tilt()
 
 
 def test_best_t_flags_a_pick_other_ts_match_within_flat_tol():
-    """Where worst-of-8's win rate saturates (KL 2, 4: 1 - 1e-8 and less), other scanned t's reach the best
-    win rate within 1e-9 and the argmax is float noise: flagged ``flat``. Control: best-of-4 at KL 0.3,
-    a clear interior optimum, is not."""
+    """Where worst-of-8's win rate saturates (KL 2, 4: 1 - 1e-8 and less), other scanned t's reach the
+    best win rate within FLAT_TOL (1e-7, the engine's accuracy) and the argmax is float noise: flagged
+    ``flat``. Control: best-of-4 at KL 0.3, a clear interior optimum, is not."""
     from infalign.math.procedures import make_procedure
 
     saturated = theory.best_t(make_procedure("won", 8), [2.0, 4.0])
@@ -957,3 +957,12 @@ def test_a_reachable_kl_is_the_policys_even_for_a_step_spanning_few_nodes():
         assert exp_kl_mpmath(-302.6, float(f.beta[0]), dps=40) == pytest.approx(0.3, rel=1e-5)
     else:  # the grid's step, not a cap on the KL (larger budgets resolve)
         assert "too steeply for the z-grid's step" in f.reason[0]
+
+
+def test_the_optimal_transform_is_a_copy_of_the_cached_table():
+    """optimal_transform is cached per (procedure, N, beta, grid); a caller editing its table must
+    not change what the next call returns."""
+    a = theory.optimal_transform("bon", 4, 0.5)
+    before = a.phi.copy()
+    a.phi[:] = 0.0
+    np.testing.assert_array_equal(theory.optimal_transform("bon", 4, 0.5).phi, before)
