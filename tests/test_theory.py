@@ -957,6 +957,10 @@ def test_a_reachable_kl_is_the_policys_even_for_a_step_spanning_few_nodes():
         assert exp_kl_mpmath(-302.6, float(f.beta[0]), dps=40) == pytest.approx(0.3, rel=1e-5)
     else:  # the grid's step, not a cap on the KL (larger budgets resolve)
         assert "too steeply for the z-grid's step" in f.reason[0]
+    # a steep transform at a budget the grid does resolve: reachable, and the KL is the policy's
+    g = theory.frontier(Exp(-64.0), make_procedure("won", 8), [2.0])
+    assert g.reachable[0]
+    assert exp_kl_mpmath(-64.0, float(g.beta[0]), dps=40) == pytest.approx(2.0, rel=1e-5)
 
 
 def test_the_optimal_transform_is_a_copy_of_the_cached_table():

@@ -104,7 +104,7 @@ class Gain:
     low: np.ndarray
     high: np.ndarray
     n_seeds: int
-    seed_spread: np.ndarray  # NaN when n_seeds < 2
+    seed_spread: np.ndarray  # NaN for seed_test "none" (module docstring)
     significant: np.ndarray  # bool
     seed_low: np.ndarray | None = None  # seed interval (module docstring); NaN for seed_test "none"
     seed_high: np.ndarray | None = None

@@ -34,11 +34,11 @@ def spread_stats(scores: torch.Tensor) -> dict[str, float]:
     (module docstring)."""
     s = scores.double()
     std = s.std(dim=1)
-    excess = float(s.mean(dim=1).var() - (std**2).mean() / s.shape[1])
-    return {
+    excess = (s.mean(dim=1).var() - (std**2).mean() / s.shape[1]).clamp(min=0.0)
+    return {  # every within-prompt spread 0 (identical samples): ratios NaN / inf, never an exception
         "std_cv": float(std.std() / std.mean()),
         "mean_spread_ratio": float(s.mean(dim=1).std() / std.mean()),
-        "offset_ratio": max(0.0, excess) ** 0.5 / float(std.mean()),
+        "offset_ratio": float(excess.sqrt() / std.mean()),
         "mean_within_prompt_std": float(std.mean()),
     }
 

@@ -245,10 +245,11 @@ def align_pad_token_id(config, pad: int | None, what: str) -> None:
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if text is not config:
         configs.append(text)
+    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list | tuple) else config.eos_token_id
     for c in configs:
         if pad is None:
             if c.pad_token_id is None:
-                c.pad_token_id = config.eos_token_id
+                c.pad_token_id = eos
             continue
         if c.pad_token_id is not None and c.pad_token_id != pad:
             logging.getLogger(__name__).warning(

@@ -466,7 +466,11 @@ def low_precision(model: torch.nn.Module) -> bool:
     """Whether ``model`` computes in less than float32 here: autocast is on for its device
     (``trainer.precision=bf16-mixed`` / ``16-mixed``) or its weights are half precision."""
     param = next(model.parameters())
-    return torch.is_autocast_enabled(param.device.type) or param.dtype in (torch.bfloat16, torch.float16)
+    try:
+        autocast = torch.is_autocast_enabled(param.device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        autocast = (torch.is_autocast_cpu_enabled() if param.device.type == "cpu" else torch.is_autocast_enabled())
+    return autocast or param.dtype in (torch.bfloat16, torch.float16)
 
 
 @torch.no_grad()

@@ -60,7 +60,9 @@ def model_settings(cfg) -> None:
 def training_seed(cfg) -> int:
     """The seed of a run's training draws (prompt order, samples, the offline baselines' pools,
     ``seed_everything``): ``seed``, or for ``replica`` r > 0 an independent one, the int hash of
-    ``(seed, r)`` (deterministic: Python hashes ints and tuples of ints without a random salt).
+    ``(seed, r)`` (no random salt for ints and tuples of ints, so the same on every run of 64-bit
+    CPython -- as ``training/rollout.step_generator``'s streams; 32-bit builds and PyPy hash
+    otherwise, and ``hash(-1) == hash(-2)``: use seeds >= 0).
     The calibration table and the evaluation pools stay those of ``seed``, so a replica is paired
     with every other method of its seed: ``replica=1`` is an independent re-training of the same
     method, the A/A control of a matched-KL comparison (docs/method.md §10)."""

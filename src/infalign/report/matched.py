@@ -214,9 +214,10 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
     out.write("Win rates and gains at KLs covered by every compared method (piecewise-linear in KL through "
               "each method's runs; point estimates are not extrapolated, bootstrap resamples continue the end "
               f"segments); {100 * level:.0f}% percentile CIs from a paired bootstrap over the shared held-out "
-              "prompts; with >= 2 seeds, each gain's seed interval follows (Student-t over the per-seed gains, or "
-              "an unpaired two-sample t when the seed sets differ: training noise, which the prompt bootstrap does "
-              "not see). Gains in points (x100); `*` = significant: the CI and the seed interval both exclude 0.\n\n")
+              "prompts; with >= 2 seeds on a side, each gain's seed interval follows (Student-t over the per-seed "
+              "gains, or an unpaired two-sample t when the seed sets differ: training noise, which the prompt "
+              "bootstrap does not see). Gains in points (x100); `*` = significant: the CI and the seed interval "
+              "both exclude 0.\n\n")
     for line in notes:
         out.write(f"- {line}\n")
     for p in panels:

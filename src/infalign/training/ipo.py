@@ -4,9 +4,10 @@
     loss = (h - 1/(2 tau))^2
 
 The reference is frozen and not a registered submodule (not optimised, not checkpointed). Both
-sums are taken with dropout off (the policy in eval mode; gradients still flow), as TRL's DPO/IPO
-do by default: the loss is a square, so dropout noise ``e`` in ``h`` would add ``Var(e)`` to it and
-move its fixed point, and ``h`` would not be 0 at the start, where the policy is the reference.
+sums are taken with dropout off (the policy in eval mode, as CTRL's teacher-forced pass; gradients
+still flow; TRL's DPO/IPO turn dropout off by default too, by zeroing its probabilities): the loss
+is a square, so dropout noise ``e`` in ``h`` would add ``Var(e)`` to it and move its fixed point,
+and ``h`` would not be 0 at the start, where the policy is the reference.
 """
 
 from __future__ import annotations
