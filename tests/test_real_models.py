@@ -171,6 +171,11 @@ def test_reward_input_format_is_part_of_the_reward_cache_keys(assets, tmp_path):
     b = world_mod.load_world(cfg_for(assets, tmp_path, "reward.max_length=32"), tmp_path / "cache")
     assert a.reward_fingerprint != b.reward_fingerprint
     assert a.reference_fingerprint == b.reference_fingerprint
+    # a half-precision reference / reward model computes other numbers: other pool keys and world
+    half = world_mod.load_world(cfg_for(assets, tmp_path, "policy.dtype=bfloat16", "reward.dtype=bfloat16"),
+                                tmp_path / "cache")
+    assert half.reference_fingerprint != a.reference_fingerprint and half.reward_fingerprint != a.reward_fingerprint
+    assert half.stats["world_id"] != a.stats["world_id"]
 
 
 # ---------------------------------------------------------------------------- defect 3: special tokens

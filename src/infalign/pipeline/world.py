@@ -66,6 +66,12 @@ def _fingerprint(name_or_path: str) -> str:
     return fingerprint_dir(name_or_path) if Path(name_or_path).exists() else f"hub:{name_or_path}"
 
 
+def _with_dtype(fingerprint: str, dtype: str) -> str:
+    """``fingerprint`` of a model run in ``dtype``: unchanged for float32, keyed with a half dtype
+    (bf16 samples and scores are other numbers: pools and ``world_id`` must tell them apart)."""
+    return fingerprint if str(dtype) == "float32" else content_key(fingerprint, str(dtype))
+
+
 @dataclass
 class CheckedModels:
     """What :func:`check_world_config` resolved (paths) and loaded (tokenizers only)."""
@@ -198,9 +204,12 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                           if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg))
     stats["reward_input_format"] = reward.input_format
     stats |= count_truncated_prompts(cfg, policy, tokenizer, {"train": train_prompts, "eval": eval_prompts})
-    reference_fingerprint = _fingerprint(policy_path)
-    # what a cached reward score depends on: the weights and how the model reads its input
-    reward_fingerprint = content_key(_fingerprint(reward_path), reward.input_format)
+    # what a cached reference sample / reward score depends on: the weights, the precision they compute
+    # in (a half-precision dtype only, so float32 keys are those from before dtypes entered them) and
+    # how the reward model reads its input
+    reward_dtype = cfg.reward.get("dtype", dtype)
+    reference_fingerprint = _with_dtype(_fingerprint(policy_path), dtype)
+    reward_fingerprint = content_key(_with_dtype(_fingerprint(reward_path), reward_dtype), reward.input_format)
     # which world a run's numbers come from (the report compares only runs of one world): the models
     # and, for the toy world, its build key (the world's parameters: the gold reward too)
     stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
