@@ -128,7 +128,8 @@ def test_a_whole_run_logs_to_a_logger_added_as_a_config_file(tmp_path, tiny_cach
     assert isinstance(train_stages.instantiate_logger(cfg.logger), Logger)
 
 
-@pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run")])
+@pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run"),
+                                             (["replica=1"], "bon4-exp-t4-b20-r1")])
 def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatch, overrides, name):
     """``name: ${run_name}`` / ``tags: ${tags}`` / ``group: ${run_group:...}`` of conf/logger/wandb.yaml
     resolve, when the app instantiates the logger, to the run's name (set, or generated once the
@@ -150,7 +151,9 @@ def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatc
         train_app.run(cfg)
     (logger_cfg,) = seen
     assert logger_cfg["name"] == name and logger_cfg["group"] == "single"
-    assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy"]
+    # an A/A replica is told apart on a dashboard by its name and a tag
+    assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy", *(["replica=1"] if "replica=1" in
+                                                                                     overrides else [])]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["run_name"] == name
 
 

@@ -140,16 +140,18 @@ def check_checkpoint(path: Path) -> str:
 
 
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:
-    """The run's name -- ``run_name`` if set, else :func:`record.run_name` (e.g. ``bon4-exp-t4-b20``)
-    -- and its tags -- ``tags`` then procedure, transform, algo, ``beta=<b>`` (``kl_target=<k>`` when
-    set) and data source -- written
+    """The run's name -- ``run_name`` if set, else :func:`record.run_name` (e.g. ``bon4-exp-t4-b20``;
+    ``-r<r>`` appended for ``replica`` r > 0) -- and its tags -- ``tags`` then procedure, transform,
+    algo, ``beta=<b>`` (``kl_target=<k>`` when set), data source and ``replica=<r>`` -- written
     into ``cfg.run_name`` / ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
-    name = cfg.get("run_name") or record.run_name(procedure, transform, algo)
+    replica = int(cfg.get("replica", 0))  # an independent re-training (A/A control): its own name and tag
+    name = cfg.get("run_name") or record.run_name(procedure, transform, algo) + (f"-r{replica}" if replica else "")
     # the KL knob: kl_target when set (the beta it picks is known only after calibration), else beta
     knob = getattr(algo, "kl_target", None)
     beta = ([f"kl_target={knob:g}"] if knob is not None else [f"beta={algo.beta:g}"] if algo.beta is not None
             else [])
-    generated = [procedure.label, transform.kind, algo.name, *beta, cfg.data.source]
+    generated = [procedure.label, transform.kind, algo.name, *beta, cfg.data.source,
+                 *([f"replica={replica}"] if replica else [])]
     with open_dict(cfg):
         cfg.run_name = name
         cfg.tags = list(dict.fromkeys([*(cfg.get("tags") or []), *generated]))
