@@ -549,6 +549,13 @@ def test_runs_of_another_world_are_left_out_of_the_matched_kl_comparison(tmp_pat
     panels, notes = panel_runs(collect(tmp_path), ["reward_model"])
     assert {r.label for runs in panels.values() for r in runs} == {"0", "1", "3"}
     assert len(notes) == 1 and notes[0].startswith("job 2 (identity): another world (world_id B")
+    # a record of world A written before world_id existed (toy_key only) is world A, not a third world
+    metrics = per_prompt_metrics("identity", info, 0.9, round(0.1 / 0.9, 3), {})
+    metrics["world"] = {"toy_key": "kA"}
+    write_job(tmp_path, "4", ["method=identity"], metrics)
+    panels, notes = panel_runs(collect(tmp_path), ["reward_model"])
+    assert {r.label for runs in panels.values() for r in runs} == {"0", "1", "3", "4"}
+    assert len(notes) == 1 and notes[0].startswith("job 2 (identity): another world (world_id kB")
 
 
 def test_a_failing_theory_curve_says_why(tmp_path, monkeypatch):

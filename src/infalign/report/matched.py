@@ -18,7 +18,7 @@ from infalign.errors import ConfigError
 from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
-from infalign.report.naming import method_of, procedure_of, world_of
+from infalign.report.naming import method_of, procedure_of, world_keys
 from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
@@ -84,19 +84,20 @@ def panel_procedures(job: Job) -> list[Procedure]:
 
 def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, list[Run]], list[str]]:
     """Per panel ``(procedure, judge)`` the :class:`Run` of every finished job with per-prompt
-    statistics (``eval.per_prompt``) from the report's world (:func:`world_of`: the one most runs
+    statistics (``eval.per_prompt``) from the report's world (:func:`world_keys`: the one most runs
     share; runs of other models or toy-world parameters are not comparable), once per panel; notes
     for the finished jobs left out and why."""
     panels: dict[tuple, list[Run]] = {}
     notes = []
-    worlds = [w for job in jobs if job.status == "finished" and (w := world_of(job)) is not None]
+    world_of = world_keys(jobs)
+    worlds = [w for job in jobs if job.status == "finished" and (w := world_of[job.job]) is not None]
     main_world = max(set(worlds), key=worlds.count) if worlds else None  # the most runs'
     for job in jobs:
         if job.status != "finished":
             continue
         method = method_of(job)
-        if main_world is not None and world_of(job) not in (None, main_world):
-            notes.append(f"job {job.job} ({method}): another world (world_id {world_of(job)}, the report's "
+        if main_world is not None and world_of[job.job] not in (None, main_world):
+            notes.append(f"job {job.job} ({method}): another world (world_id {world_of[job.job]}, the report's "
                          f"{main_world}: other models or toy-world parameters): left out of the matched-KL "
                          "comparison")
             continue

@@ -109,9 +109,17 @@ def procedure_of(job: Job) -> Procedure | None:
         return None
 
 
-def world_of(job: Job) -> str | None:
-    """The world a finished run's numbers come from (``metrics.json`` ``world.world_id``; for records
-    written before it, the toy world's ``toy_key``); None when the record has neither."""
-    world = job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
-    value = world.get("world_id") or world.get("toy_key")
-    return str(value) if value else None
+def world_keys(jobs) -> dict[str, str | None]:
+    """``{job: the world its numbers come from}``, comparable across ``jobs``: ``metrics.json``'s
+    ``world.world_id`` (for records written before it, the toy world's ``toy_key``; None when a record
+    has neither) -- except when some toy-world record predates ``world_id``: then every toy run is
+    keyed by its ``toy_key`` (which fixes its world: the models are built from it), so old and new
+    records of one world are not told apart as two."""
+    worlds = {job.job: job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
+              for job in jobs}
+    legacy = any(w.get("toy_key") and not w.get("world_id") for w in worlds.values())
+    out = {}
+    for job, w in worlds.items():
+        value = w.get("toy_key") if legacy and w.get("toy_key") else (w.get("world_id") or w.get("toy_key"))
+        out[job] = str(value) if value else None
+    return out

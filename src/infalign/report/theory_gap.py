@@ -11,7 +11,7 @@ import numpy as np
 
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
-from infalign.report.naming import method_of, number, pooled_calibration, procedure_of, world_of
+from infalign.report.naming import method_of, number, pooled_calibration, procedure_of, world_keys
 
 THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "world_id", "kl_measured", "kl_theory_at_beta",
                       "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width"]
@@ -27,6 +27,7 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
     ``kl_ratio = KL_measured / KL_theory(beta)`` and ``gap = W_measured - W_theory(KL_measured)``.
     The theory predicts the reward model's own win rates, so ``judge`` is the reward model."""
     rows = []
+    worlds = world_keys(jobs)
     for job in jobs:
         if job.status != "finished":
             continue
@@ -39,7 +40,7 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
         kl = number(kl_ci.mean) if kl_ci is not None else None
         kl_th = number(th.get("kl"))
         head = {"job": job.job, "method": method_of(job), "procedure": rec.procedure, "beta": number(rec.beta),
-                "seed": rec.seed, "world_id": world_of(job), "kl_measured": kl, "kl_theory_at_beta": kl_th,
+                "seed": rec.seed, "world_id": worlds[job.job], "kl_measured": kl, "kl_theory_at_beta": kl_th,
                 "kl_ratio": kl / kl_th if kl is not None and kl_th else None, "reachable": at.get("reachable")}
         # N = 1 is the standard win rate itself (one column, not two)
         keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns] if n > 1}
