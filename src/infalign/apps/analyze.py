@@ -276,7 +276,7 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
         bt.add_column(col, justify="right")
     for r in best_rows:
         t = (f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
-             + (" (flat: other t within 1e-9)" if r["flat"] else ""))
+             + (f" (flat: other t within {theory.FLAT_TOL:g})" if r["flat"] else ""))
         bt.add_row(f"{r['kl_budget']:.4g}", t,
                    *(f"{r[k]:.4g}" for k in ("beta", "beta_expn", "win_rate", "optimal_win_rate")))
     console.print(bt)
