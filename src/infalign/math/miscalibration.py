@@ -33,11 +33,11 @@ def spread_stats(scores: torch.Tensor) -> dict[str, float]:
     """``std_cv``, ``mean_spread_ratio`` and ``offset_ratio`` of one judge's ``[P, M]`` scores
     (module docstring)."""
     s = scores.double()
-    std = s.std(dim=1)
-    excess = (s.mean(dim=1).var() - (std**2).mean() / s.shape[1]).clamp(min=0.0)
+    std, means = s.std(dim=1), s.mean(dim=1)
+    excess = (means.var() - (std**2).mean() / s.shape[1]).clamp(min=0.0)
     return {  # every within-prompt spread 0 (identical samples): ratios NaN / inf, never an exception
         "std_cv": float(std.std() / std.mean()),
-        "mean_spread_ratio": float(s.mean(dim=1).std() / std.mean()),
+        "mean_spread_ratio": float(means.std() / std.mean()),
         "offset_ratio": float(excess.sqrt() / std.mean()),
         "mean_within_prompt_std": float(std.mean()),
     }

@@ -192,9 +192,10 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                     "with different rounding, so the KL is not 0 where the policy is the reference (a floor under "
                     "every KL, e.g. ~0.01 nats per response on a tiny model); set them equal for exact KLs",
                     dtype, train_dtype)
+    reward_dtype = cfg.reward.get("dtype", dtype)
     policy = load_causal_lm(policy_path, dtype=train_dtype, device=device, key="policy.name_or_path")
     reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path")
-    reward_model = load_reward_model(reward_path, dtype=cfg.reward.get("dtype", dtype), device=device,
+    reward_model = load_reward_model(reward_path, dtype=reward_dtype, device=device,
                                      tokenizer=reward_tok, key="reward.name_or_path")
     render = policy_view(cfg.policy, tokenizer)
     train_prompts, eval_prompts = render(train_raw), render(eval_raw)
@@ -207,7 +208,6 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     # what a cached reference sample / reward score depends on: the weights, the precision they compute
     # in (a half-precision dtype only, so float32 keys are those from before dtypes entered them) and
     # how the reward model reads its input
-    reward_dtype = cfg.reward.get("dtype", dtype)
     reference_fingerprint = _with_dtype(_fingerprint(policy_path), dtype)
     reward_fingerprint = content_key(_with_dtype(_fingerprint(reward_path), reward_dtype), reward.input_format)
     # which world a run's numbers come from (the report compares only runs of one world): the models

@@ -173,7 +173,7 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
     significantly from"."""
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
-    seeds = f", {seed_clause(g, i)}" if g.seed_test != "none" else ""
+    seeds = f", {clause}" if (clause := seed_clause(g, i)) else ""
     return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points"
             f"{seeds} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
 
@@ -240,7 +240,7 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
         for i, k in enumerate(r.grid):
             cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
             cells += [f"{_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}]"
-                      + (f" {seed_clause(g, i)}" if g.seed_test != "none" else "")
+                      + (f" {clause}" if (clause := seed_clause(g, i)) else "")
                       + (" *" if g.significant[i] else "") for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     return out.getvalue()
