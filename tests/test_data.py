@@ -192,10 +192,12 @@ def test_hh_pairs_and_malformed_report(tmp_path, suffix):
 def test_tldr_prompt_template_and_choice(tmp_path):
     path = write_jsonl(tmp_path / "comparisons.jsonl", tldr_lines())
     pairs, report = parse_tldr(read_jsonl(path), str(path))
+    # OpenAI summarize-from-feedback's query format (TRL's trl-lib/tldr, cleanrl's TL;DR models): blank
+    # lines between the fields
     roommate = (
-        "SUBREDDIT: r/relationships\nTITLE: My roommate keeps eating my food\n"
+        "SUBREDDIT: r/relationships\n\nTITLE: My roommate keeps eating my food\n\n"
         "POST: I (24F) live with a roommate (25M) who eats my groceries every week.\n"
-        "I asked him twice to stop but nothing changed. How do I handle this?\nTL;DR:"
+        "I asked him twice to stop but nothing changed. How do I handle this?\n\nTL;DR:"
     )
     assert TLDR_TEMPLATE.format(**ROOMMATE | {"post": ROOMMATE["post"].strip()}) == roommate
     assert pairs == [
@@ -205,7 +207,7 @@ def test_tldr_prompt_template_and_choice(tmp_path):
             roommate, "Roommate keeps eating my groceries.", "I dislike my roommate."
         ),
         PreferenceExample(
-            "POST: Should I learn Rust or Go first as a backend dev?\nTL;DR:",  # no title/subreddit
+            "POST: Should I learn Rust or Go first as a backend dev?\n\nTL;DR:",  # no title/subreddit
             "Which language should I learn first?",
             "Rust or Go first?",
         ),
@@ -320,15 +322,25 @@ def test_datamodule_single_file_holds_out_prompts_deterministically(tmp_path):
     assert len(capped.pairs("train")) == 5 and set(capped.pairs("train")) <= set(a.pairs("train"))
 
 
+PARIS = "\n\nHuman: What is the capital of France?\n\nAssistant:"
+
+
 def test_prompts_are_deduplicated_and_prefix_stable(tmp_path):
+    """Also: test pairs whose prompt is a train prompt are dropped (and counted), so a held-out win
+    rate is never taken on prompts the policy trained on."""
     train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD])
-    test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD[1:]])
+    shared = [json.dumps(hh_record(*g)) for g in HH_GOOD[1:]]  # EGG, LOCK, EGG: train prompts
+    test = write_jsonl(tmp_path / "test.jsonl", [*shared, json.dumps(hh_record(PARIS, "Paris.", "Lyon."))])
     dm = PreferenceDataModule("hh", train_file=str(train), test_file=str(test), seed=3)
     assert len(dm.pairs("train")) == 4
     prompts = dm.prompts("train")
     assert sorted(prompts) == sorted({GARDEN, EGG, LOCK}) and len(prompts) == 3  # EGG twice in data
     assert dm.prompts("train", 2) == prompts[:2]
-    assert sorted(dm.prompts("test")) == sorted({EGG, LOCK})
+    assert dm.prompts("test") == [PARIS] and dm.reports["test"].in_train == 3
+    assert "train prompts dropped 3" in dm.reports["test"].summary()
+    only_shared = write_jsonl(tmp_path / "shared.jsonl", shared)
+    with pytest.raises(ValueError, match="every test prompt is also a train prompt"):
+        PreferenceDataModule("hh", train_file=str(train), test_file=str(only_shared)).setup()
     with pytest.raises(ValueError, match="4 'train' prompts requested but .* only 3"):
         dm.prompts("train", 4)
 
@@ -336,11 +348,12 @@ def test_prompts_are_deduplicated_and_prefix_stable(tmp_path):
 def test_train_batch_gives_finite_reward_model_loss(tmp_path):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    path = write_jsonl(tmp_path / "comparisons.jsonl.gz", tldr_lines())
-    pairs, _ = parse_tldr(read_jsonl(path), str(path))
-    tok = word_tokenizer([text for pair in pairs for text in pair])
+    path = write_jsonl(tmp_path / "comparisons.jsonl.gz", tldr_lines()[:2])  # two on one post
+    test = write_jsonl(tmp_path / "test.jsonl.gz", tldr_lines()[2:3])  # another post
+    tok = word_tokenizer([text for f in (path, test) for pair in parse_tldr(read_jsonl(f), str(f))[0]
+                          for text in pair])
     dm = PreferenceDataModule(
-        "tldr", train_file=str(path), test_file=str(path), tokenizer=tok, batch_size=2
+        "tldr", train_file=str(path), test_file=str(test), tokenizer=tok, batch_size=2
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -426,3 +439,80 @@ def test_ipo_pairs_are_encoded_in_the_samplers_prompt_context():
     batch = PolicyPairCollator(llama)([(p, "yes", "no") for p in prompts])
     assert torch.equal(batch["prompt_ids"], roll.prompt_ids) and torch.equal(batch["prompt_mask"], roll.prompt_mask)
     assert batch["prompt_ids"][0, 0].item() == 2  # <s>
+
+
+# ---------------------------------------------------------------------------- ties, turns, whitespace
+
+
+def test_a_pair_with_the_same_text_on_both_sides_is_malformed_tie():
+    """A tie teaches nothing (its loss is ln 2 whatever the model) and counts as an error in accuracy."""
+    from infalign.data.formats import MALFORMED_REASONS, parse_hh_record, parse_tldr_record
+
+    assert "tie" in MALFORMED_REASONS
+    with pytest.raises(Malformed) as err:
+        parse_hh_record(hh_record(EGG, "Boil it.", "Boil it."))
+    assert err.value.reason == "tie"
+    with pytest.raises(Malformed) as err:
+        parse_tldr_record(tldr_record(ROOMMATE, " same summary", "same summary ", 0))  # equal once stripped
+    assert err.value.reason == "tie"
+    assert parse_hh_record(hh_record(EGG, "Boil it.", "Fry it.")).chosen == "Boil it."
+
+
+def test_consecutive_turns_of_one_speaker_are_one_chat_message():
+    """Chat templates need alternating roles, and no 'Assistant:' marker may end up inside a message."""
+    from infalign.data.formats import split_turns
+
+    prompt = ("\n\nHuman: a\n\nAssistant: b\n\nAssistant: c\n\nHuman: d\n\nHuman: e\n\nAssistant:")
+    assert split_turns(prompt) == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b\n\nc"},
+        {"role": "user", "content": "d\n\ne"},
+    ]
+    assert split_turns(EGG) == [{"role": "user", "content": "How do I boil an egg?"}]
+    assert [m["role"] for m in split_turns(GARDEN)] == ["user", "assistant", "user"]
+    assert split_turns(GARDEN)[1]["content"] == "Tomatoes, lettuce and herbs like basil are easy to start with."
+    assert split_turns("SUBREDDIT: r/x\n\nPOST: y\n\nTL;DR:") == [
+        {"role": "user", "content": "SUBREDDIT: r/x\n\nPOST: y\n\nTL;DR:"}]
+
+
+def _trained_tokenizer(pre_tokenizer, decoder):
+    """A small BPE tokenizer trained here on the fixtures' text (no hub): byte-level like GPT-2 /
+    Pythia / Llama 3, or SentencePiece-like (Metaspace) like Llama 2 / DeBERTa-v3."""
+    from tokenizers import Tokenizer, models, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [t for g in HH_GOOD for t in g] + ["TL;DR: Sure, a summary. Sure thing."] * 3
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizer, decoder
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<unk>"],
+        initial_alphabet=sorted({c for t in corpus for c in t} | {"▁", "Ġ"})))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>",
+                                   pad_token="<|endoftext|>")
+
+
+def test_reward_rows_read_the_response_as_the_datasets_text_does():
+    """A joined reward-model row is the tokenization of the dataset's own text, 'prompt' + ' ' +
+    'response' (+ eos), for a byte-level BPE tokenizer -- the stored response (no leading space) and
+    a policy's sample (' Sure...') alike; public reward models (cleanrl's TL;DR ones) were trained on
+    exactly that. A SentencePiece-like tokenizer adds its own word-start marker, so it gets no space,
+    and a word-level one ignores it (the toy world's keys stay as they were)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    from infalign.models.builders import response_lead
+    from infalign.models.reward import reward_input_format, reward_model_inputs
+    from infalign.toy.world import ToyWorld
+
+    byte_level = _trained_tokenizer(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel())
+    spm = _trained_tokenizer(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+                             decoders.Metaspace(replacement="▁", prepend_scheme="always"))
+    toy = ToyWorld(seed=0).tokenizer()
+    assert (response_lead(byte_level), response_lead(spm), response_lead(toy)) == (" ", "", "")
+    for tok in (byte_level, spm):
+        prompt, response = EGG, HH_GOOD[1][1]
+        whole = tok(prompt + " " + response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        for written in (response, " " + response):  # as the dataset stores it / as a policy samples it
+            row = reward_model_inputs(tok, [prompt], [written])["input_ids"][0].tolist()
+            assert row == whole, (type(tok.backend_tokenizer.pre_tokenizer).__name__, written)
+    assert "{prompt} {response}" in reward_input_format(byte_level)
+    assert "{prompt}{response}" in reward_input_format(toy)

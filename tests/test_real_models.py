@@ -351,13 +351,13 @@ def test_train_file_alone_holds_out_its_own_test_split(assets, tmp_path, caplog)
     assert "data.test_file is not set: holding out data.val_fraction=0.3" in caplog.text
 
 
-def test_same_train_and_test_file_warns(assets, caplog):
+def test_same_train_and_test_file_is_refused(assets):
+    """Evaluating on the training prompts would make every held-out figure optimistic."""
     from infalign.data import PreferenceDataModule
 
-    caplog.set_level(logging.WARNING)
     path = str(assets / "train.jsonl")
-    PreferenceDataModule("hh", train_file=path, test_file=path).setup()
-    assert "data.train_file and data.test_file are the same file" in caplog.text
+    with pytest.raises(ValueError, match="data.train_file and data.test_file are the same file"):
+        PreferenceDataModule("hh", train_file=path, test_file=path).setup()
 
 
 def test_truncated_gzip_and_lfs_pointer_name_the_file_and_key(assets, tmp_path):

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -74,7 +75,9 @@ __all__ = [
 
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
-TLDR_TEMPLATE = "SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:"
+# OpenAI summarize-from-feedback's query format (also TRL's trl-lib/tldr and cleanrl's TL;DR models):
+# blank lines between the fields. The summaries follow "TL;DR:" after one space.
+TLDR_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 
 MALFORMED_REASONS = {
     "invalid_json": "the line is not valid JSON",
@@ -85,6 +88,7 @@ MALFORMED_REASONS = {
     "response_has_human_turn": "HH: the dialogue continues with a Human turn after the last Assistant turn",
     "prompt_mismatch": "HH: chosen and rejected differ before their last Assistant turn",
     "empty_response": "a response / summary is empty or whitespace",
+    "tie": "chosen and rejected are the same text (no preference to learn; it would count as an error)",
     "bad_choice": "TL;DR: 'choice' is not 0 or 1",
     "bad_summaries": "TL;DR: 'summaries' is not a list of two objects with a 'text' string",
     "not_reddit": "TL;DR: no post but an article (a CNN/DM comparison)",
@@ -127,9 +131,10 @@ class ParseReport:
     """What became of a source's records.
 
     ``total`` records read = ``usable`` + ``sum(malformed.values())``. Of the usable pairs,
-    ``held_out`` went to a held-out split, ``too_long`` failed the token-length filter, and
-    ``kept`` remain (fewer still if ``max_examples`` capped them). ``examples`` quotes the first
-    malformed records as ``(line, reason)``.
+    ``held_out`` went to a held-out split, ``in_train`` (a test split) were dropped because their
+    prompt is also a train prompt, ``too_long`` failed the token-length filter, and ``kept`` remain
+    (fewer still if ``max_examples`` capped them). ``examples`` quotes the first malformed records
+    as ``(line, reason)``.
     """
 
     source: str
@@ -138,6 +143,7 @@ class ParseReport:
     malformed: dict[str, int] = field(default_factory=dict)
     examples: list[tuple[int, str]] = field(default_factory=list)
     held_out: int = 0
+    in_train: int = 0
     too_long: int = 0
     kept: int = 0
 
@@ -151,7 +157,8 @@ class ParseReport:
         return (
             f"{self.source}: {self.total} records, {self.usable} usable, malformed: {bad}"
             + (f" (first: {first})" if first else "")
-            + f", held out {self.held_out}, too long {self.too_long}, kept {self.kept}"
+            + f", held out {self.held_out}" + (f", train prompts dropped {self.in_train}" if self.in_train else "")
+            + f", too long {self.too_long}, kept {self.kept}"
         )
 
     def to_dict(self) -> dict:
@@ -336,16 +343,28 @@ def split_hh_dialogue(dialogue: str) -> tuple[str, str]:
 def split_turns(prompt: str) -> list[dict[str, str]]:
     """Chat messages of an HH-style prompt (``Human:``/``Assistant:`` turns; the final empty
     ``Assistant:`` is dropped, the template adds the generation prompt); any other prompt is one
-    user turn."""
+    user turn. Consecutive turns of one speaker (HH has some) become one message, their texts
+    joined by a blank line: chat templates require alternating roles, and a marker must not end up
+    inside a message's text."""
     if HH_HUMAN not in prompt:
         return [{"role": "user", "content": prompt.strip()}]
-    messages = []
-    for chunk in prompt.split(HH_HUMAN)[1:]:
-        human, _, assistant = chunk.partition(HH_ASSISTANT)
-        messages.append({"role": "user", "content": human.strip()})
-        if assistant.strip():
-            messages.append({"role": "assistant", "content": assistant.strip()})
+    messages: list[dict[str, str]] = []
+    for marker, text in _turns(prompt):
+        role = "user" if marker == HH_HUMAN else "assistant"
+        if not text.strip():
+            continue
+        if messages and messages[-1]["role"] == role:  # one speaker twice in a row: one message
+            messages[-1]["content"] += "\n\n" + text.strip()
+        else:
+            messages.append({"role": role, "content": text.strip()})
     return messages
+
+
+def _turns(dialogue: str) -> list[tuple[str, str]]:
+    """``[(marker, text), ...]`` of an HH dialogue, split at every ``Human:`` / ``Assistant:``
+    marker in order (text before the first marker is dropped)."""
+    parts = re.split(f"({re.escape(HH_HUMAN)}|{re.escape(HH_ASSISTANT)})", dialogue)
+    return list(zip(parts[1::2], parts[2::2]))
 
 
 def parse_hh_record(record: Any) -> PreferenceExample:
@@ -359,6 +378,8 @@ def parse_hh_record(record: Any) -> PreferenceExample:
         raise Malformed("prompt_mismatch")
     if not chosen.strip() or not rejected.strip():
         raise Malformed("empty_response")
+    if chosen.strip() == rejected.strip():
+        raise Malformed("tie")
     return PreferenceExample(prompt, chosen, rejected)
 
 
@@ -373,7 +394,7 @@ def tldr_prompt(info: dict) -> str:
             raise Malformed("bad_field_type", f"info.{key} is {type(value).__name__}")
         if value and value.strip():
             lines.append(line.format(value.strip()))
-    return "\n".join([*lines, f"POST: {post}", "TL;DR:"])
+    return "\n\n".join([*lines, f"POST: {post}", "TL;DR:"])
 
 
 def parse_tldr_record(record: Any) -> PreferenceExample:
@@ -405,6 +426,8 @@ def parse_tldr_record(record: Any) -> PreferenceExample:
     chosen, rejected = (summaries[i]["text"].strip() for i in (choice, 1 - choice))
     if not chosen or not rejected:
         raise Malformed("empty_response")
+    if chosen == rejected:
+        raise Malformed("tie")
     return PreferenceExample(prompt, chosen, rejected)
 
 

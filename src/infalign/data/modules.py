@@ -157,10 +157,11 @@ class PreferenceDataModule(L.LightningDataModule):
         if self._pairs:
             return
         hp = self.hparams
-        self._warn_if_same_file()
+        self._refuse_same_file()
         train, train_report = self._read("train")
         try:
             test, test_report = self._read(self.test_split)
+            test = self._drop_train_prompts(train, test, test_report)
         except MissingSplitError as exc:
             train, test, test_report = self._hold_out(train, train_report, exc)
         for i, (split, pairs, report) in enumerate(
@@ -182,14 +183,31 @@ class PreferenceDataModule(L.LightningDataModule):
             self._pairs[split], self.reports[split] = pairs, report
             log.info("%s split: %s", split, report.summary())
 
-    def _warn_if_same_file(self) -> None:
+    def _refuse_same_file(self) -> None:
         train, test = (self.files.get(s) for s in ("train", self.test_split))
         if train and test and Path(train).expanduser().resolve() == Path(test).expanduser().resolve():
-            log.warning(
-                "data.train_file and data.test_file are the same file (%s): evaluation prompts "
-                "are training prompts and held-out results will be optimistic",
-                train,
+            raise ValueError(
+                f"data.train_file and data.test_file are the same file ({train}): the evaluation prompts would "
+                "be training prompts; give another test file, or leave data.test_file unset to hold out "
+                "data.val_fraction of the train file's prompts"
             )
+
+    @staticmethod
+    def _drop_train_prompts(train: list[PreferenceExample], test: list[PreferenceExample],
+                            report: ParseReport) -> list[PreferenceExample]:
+        """The test pairs whose prompt is not a train prompt: two published splits can share prompts
+        (HH's red-team openers recur), and a held-out win rate on prompts the policy was trained on
+        would be optimistic. The count is ``report.in_train``; none left is an error."""
+        seen = {p.prompt for p in train}
+        kept = [p for p in test if p.prompt not in seen]
+        report.in_train = len(test) - len(kept)
+        if report.in_train:
+            log.warning("%s: %d of %d test pairs dropped: their prompt is also a train prompt",
+                        report.source, report.in_train, len(test))
+        if test and not kept:
+            raise ValueError(f"{report.source}: every test prompt is also a train prompt; give a test split "
+                             "with other prompts (data.test_file) or none (then data.val_fraction is held out)")
+        return kept
 
     def _hold_out(self, train: list[PreferenceExample], train_report: ParseReport, why: Exception):
         """``(train, test, test_report)``: the prompts with :func:`held_out` below

@@ -29,6 +29,7 @@ __all__ = [
     "load_reward_model",
     "load_tokenizer",
     "resolve_dtype",
+    "response_lead",
     "special_tokens_around",
     "text_pair_tokens",
 ]
@@ -315,6 +316,25 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
         if full[i : i + len(bare)] == bare:
             return list(full[:i]), list(full[i + len(bare) :])
     raise ValueError(f"{type(tokenizer).__name__}: cannot locate the text among its special tokens")
+
+
+def response_lead(tokenizer) -> str:
+    """The whitespace a response gets in front of it when it is tokenised on its own after its prompt
+    (a joined reward-model row): ``" "`` when the tokenizer reads a word after a space as another
+    token (byte-level BPE: GPT-2, Pythia, Llama 3, Qwen -- ``"Ġword"`` vs ``"word"``) and the spaced
+    one is what it produces inside the datasets' own text (``"TL;DR: summary"``, ``"Assistant: Sure"``:
+    one space after the colon), else ``""`` (word-level and WordPiece tokenizers ignore the space;
+    SentencePiece ones add a ``▁`` of their own, and a spaced word would get a second one). Found with
+    a probe, like :func:`special_tokens_around`."""
+    head, word = "TL;DR:", "Sure"
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    spaced = ids(" " + word)
+    if spaced == ids(word):
+        return ""
+    return " " if ids(head) + spaced == ids(f"{head} {word}") else ""
 
 
 def text_pair_tokens(tokenizer) -> tuple[list[int], list[int], list[int], tuple[int, int] | None]:

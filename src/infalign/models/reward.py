@@ -12,7 +12,12 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from infalign.models.builders import encode_prompt_response, special_tokens_around, text_pair_tokens
+from infalign.models.builders import (
+    encode_prompt_response,
+    response_lead,
+    special_tokens_around,
+    text_pair_tokens,
+)
 from infalign.models.generation import length_buckets
 
 __all__ = [
@@ -60,17 +65,23 @@ def reward_model_inputs(
     (:class:`RewardScorer`: calibration, RL, evaluation).
 
     ``prompt`` is the *dataset's* prompt text (e.g. HH's ``"\n\nHuman: ...\n\nAssistant:"``), never
-    the policy's chat-templated rendering. ``response`` loses its leading whitespace: the datasets'
-    responses are stored without it (``data/formats.py``) while a policy continuing ``"Assistant:"``
-    samples ``" Sure"``, and a byte-level BPE tokenizer would read the two as different tokens.
+    the policy's chat-templated rendering. ``response`` starts the same way whoever wrote it: the
+    datasets' responses are stored without their leading space (``data/formats.py``) while a policy
+    continuing ``"Assistant:"`` samples ``" Sure"``, so the leading whitespace is dropped and, in a
+    joined row, :func:`~infalign.models.builders.response_lead` put back -- one space for a byte-level
+    BPE tokenizer, which reads ``" Sure"`` after ``"Assistant:"`` in the datasets' text (and in the
+    public reward models' training rows: cleanrl's TL;DR models read ``"...TL;DR: summary<eos>"``),
+    nothing for tokenizers that ignore the space or add their own. A text pair gets no space
+    (``tokenizer(prompt, response)`` encodes the response on its own).
     ``reward.input`` (``pair``): ``joined`` is ``[prefix] prompt response [end]`` with the reward
     tokenizer's own special tokens (``[CLS] ... [SEP]`` for an encoder, ``<s> ... </s>`` for a
     Llama-style model); ``pair`` is its text-pair template ``[CLS] prompt [SEP] response [SEP]`` with
     token types, for cross-encoders trained as ``tokenizer(question, answer)`` (OpenAssistant's
     DeBERTa reward models). See :func:`~infalign.models.builders.encode_prompt_response`.
     """
+    lead = "" if pair else response_lead(tokenizer)
     return encode_prompt_response(
-        tokenizer, prompts, [r.lstrip() for r in responses], append_eos=True, max_length=max_length,
+        tokenizer, prompts, [lead + r.lstrip() for r in responses], append_eos=True, max_length=max_length,
         special_tokens=True, pair=pair,
     )
 
@@ -78,7 +89,9 @@ def reward_model_inputs(
 def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = False) -> str:
     """A short description of :func:`reward_model_inputs` for ``tokenizer``, recorded in the trained
     reward model's cache key and in ``metrics.json``; e.g.
-    ``'rm-input-v3:[CLS]{prompt}{response}[SEP];max_length=512'`` or, with ``pair``,
+    ``'rm-input-v3:[CLS]{prompt}{response}[SEP];max_length=512'``, for a byte-level BPE tokenizer
+    ``'rm-input-v3:{prompt} {response}<|endoftext|>'`` (the response's leading space,
+    :func:`~infalign.models.builders.response_lead`) or, with ``pair``,
     ``'rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP]'``."""
 
     def show(ids: list[int]) -> str:
@@ -90,7 +103,8 @@ def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = F
         prefix, suffix = special_tokens_around(tokenizer)
         eos = tokenizer.eos_token_id
         middle, end = [], suffix or ([eos] if eos is not None else [])
-    text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{show(middle)}{{response}}{show(end)}"
+    lead = "" if pair else response_lead(tokenizer)  # (shown only where it exists: older keys stay valid)
+    text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{show(middle)}{lead}{{response}}{show(end)}"
     return text + (f";max_length={max_length}" if max_length else "")
 
 
