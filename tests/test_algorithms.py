@@ -355,3 +355,49 @@ def test_ipo_takes_the_policys_log_ratios_without_dropout():
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     loss = module.training_step(batch, 0)
     assert float(loss) == pytest.approx(25.0, abs=1e-9) and logged["train/margin"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ppo_logs_the_rollouts_mean_over_its_updates():
+    """``train/ppo_*`` and ``train/loss`` are the mean over a rollout's ``ppo_epochs x minibatches``
+    updates (docs/method.md §6), not the last update's: approx_kl grows from 0 over the updates."""
+    algo = make_algorithm({"name": "ppo", "beta": 0.3, "lr": 0.05, "steps": 2, "group_size": 4,
+                           "prompts_per_step": 4, "max_new_tokens": 4, "grad_clip": 0.0, "ppo_epochs": 2,
+                           "minibatches": 2})
+    per_update: list[dict] = []
+    loss_fn = algo.loss
+
+    def recording_loss(*args):
+        loss, stats = loss_fn(*args)
+        per_update.append({"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
+        return loss, stats
+
+    algo.loss = recording_loss
+    logged: list[dict] = []
+
+    class Logged(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            logged.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+    fit_policy(tp.world(), OmegaConf.create({"seed": 0}), algo, Identity(), tp.calibration_table(),
+               StageTrainers(predict=PREDICT, fit=functools.partial(TRAINERS.fit, callbacks=[Logged()])), None)
+    assert len(per_update) == 2 * 4 and len(logged) == 2  # 2 rollouts x (2 epochs x 2 minibatches)
+    for step, row in enumerate(logged):
+        updates = per_update[4 * step: 4 * step + 4]
+        for name in ("approx_kl", "clip_frac"):
+            mean = sum(u[name] for u in updates) / 4
+            assert row[f"train/ppo_{name}"] == pytest.approx(mean, rel=1e-5, abs=1e-7), name
+        assert row["train/loss"] == pytest.approx(sum(u["loss"] for u in updates) / 4, rel=1e-5, abs=1e-7)
+    assert per_update[0]["approx_kl"] == 0 and max(u["approx_kl"] for u in per_update[1:4]) > 0
+
+
+def test_a_transform_giving_non_finite_rewards_stops_the_run_naming_it():
+    """Phi(C) must be finite: a NaN would silently turn every advantage (and then the weights) into NaN.
+    (exp(t) past float32's range is refused before compute: test_train_pipeline's bad-config cases.)"""
+    from infalign.math.transforms import Custom
+
+    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.05, "steps": 1, "group_size": 4,
+                           "prompts_per_step": 4, "max_new_tokens": 4})
+    nan_above_half = Custom(lambda u: torch.where(u > 0.5, torch.nan, u), name="nan_above_half")
+    with pytest.raises(FloatingPointError, match=r"nan_above_half gave non-finite rewards"):
+        fit_policy(tp.world(), OmegaConf.create({"seed": 0}), algo, nan_above_half, tp.calibration_table(),
+                   TRAINERS, None)

@@ -190,16 +190,17 @@ NOT_TRAINING_CODE = ("infalign.errors", "infalign.infra", "infalign.math", "infa
                      "infalign.pipeline.trainer", "infalign.training.algorithms", "infalign.math.theory")
 
 
-def test_every_infalign_module_training_code_imports_is_keyed_or_declared_irrelevant():
-    """A training module importing an unlisted one (the code the sampler, pools or beta search
-    run) would let a cached policy outlive a change to that code. ``from pkg import name`` counts
-    as an import of ``pkg.name`` when that is a module; the registered algorithms' modules are
-    scanned too (code_digest adds them to the key)."""
+# What the pool code imports that cannot change a drawn pool: errors, caches and threads, the package
+# re-exports and the Lightning trainer factory (pools run on one device in float32 whatever it says).
+NOT_POOL_CODE = ("infalign.errors", "infalign.infra", "infalign.models", "infalign.pipeline.trainer")
+
+
+def unkeyed_imports(scanned: set[str], irrelevant: tuple[str, ...]) -> set[tuple[str, str]]:
+    """``(imported, importer)`` for every infalign module a ``scanned`` module imports that is neither
+    scanned nor declared ``irrelevant`` (``infalign.infra.*`` never counts). ``from pkg import name``
+    counts as an import of ``pkg.name`` when that is a module."""
     import ast
     import importlib.util
-
-    from infalign.pipeline.policy_cache import TRAINING_CODE
-    from infalign.training.algorithms import ALGORITHMS
 
     def is_module(name: str) -> bool:
         try:
@@ -207,7 +208,6 @@ def test_every_infalign_module_training_code_imports_is_keyed_or_declared_irrele
         except ModuleNotFoundError:
             return False
 
-    scanned = set(TRAINING_CODE) | {cls.__module__ for cls in ALGORITHMS.values()}
     missing = set()
     for name in sorted(scanned):
         tree = ast.parse(open(importlib.util.find_spec(name).origin).read())
@@ -220,8 +220,29 @@ def test_every_infalign_module_training_code_imports_is_keyed_or_declared_irrele
             else:
                 continue
             missing |= {(m, name) for m in imported if m.startswith("infalign") and m not in scanned
-                        and m not in NOT_TRAINING_CODE and not m.startswith("infalign.infra.")}
+                        and m not in irrelevant and not m.startswith("infalign.infra.")}
+    return missing
+
+
+def test_every_infalign_module_training_code_imports_is_keyed_or_declared_irrelevant():
+    """A training module importing an unlisted one (the code the sampler, pools or beta search
+    run) would let a cached policy outlive a change to that code. The registered algorithms'
+    modules are scanned too (code_digest adds them to the key)."""
+    from infalign.pipeline.policy_cache import TRAINING_CODE
+    from infalign.training.algorithms import ALGORITHMS
+
+    scanned = set(TRAINING_CODE) | {cls.__module__ for cls in ALGORITHMS.values()}
+    missing = unkeyed_imports(scanned, NOT_TRAINING_CODE)
     assert not missing, f"imported by training code but not in TRAINING_CODE: {sorted(missing)}"
+
+
+def test_every_infalign_module_pool_code_imports_is_keyed_or_declared_irrelevant():
+    """The same for the pools' key (POOL_CODE): reward-model input encoding lives in models/builders.py,
+    which the pool key once left out -- a fix there kept serving the pools scored the old way."""
+    from infalign.pipeline.pools import POOL_CODE
+
+    missing = unkeyed_imports(set(POOL_CODE), NOT_POOL_CODE)
+    assert not missing, f"imported by pool code but not in POOL_CODE: {sorted(missing)}"
 
 
 def test_the_transform_is_keyed_by_its_values(tmp_path):

@@ -108,11 +108,22 @@ def test_reward_model_training_on_pairs_is_cached(assets, tmp_path):
              "+reward.train.accelerator=cpu"]
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides(root, files, "hh_helpful_bon", "hh"),
                         *extra, toy=False)
+    torch.manual_seed(5)
     first = load_world(cfg, tmp_path / "cache")
+    after_build = torch.rand(3)
+    torch.manual_seed(5)
     second = load_world(cfg, tmp_path / "cache")
+    after_load = torch.rand(3)
     assert first.stats["reward_trained"] is True and second.stats["reward_trained"] is False
     assert first.reward_fingerprint == second.reward_fingerprint != "hub:" + str(root / "rm")
     assert list((tmp_path / "cache").glob("reward-*/config.json"))
+    # the build draws from its own stream: the run's stream is the same after a build and after a load
+    assert torch.equal(after_build, after_load)
+    # data.seed initialises the new head and shuffles the pairs: another seed is another reward model
+    other = load_world(compose_train(tmp_path / "cache", tmp_path / "run2", *overrides(root, files, "hh_helpful_bon",
+                                                                                      "hh"), *extra, "data.seed=1",
+                                     toy=False), tmp_path / "cache")
+    assert other.stats["reward_trained"] is True and other.reward_fingerprint != first.reward_fingerprint
 
 
 @pytest.mark.parametrize("override, key", [

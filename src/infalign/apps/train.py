@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import CONFIG_DIR, instantiate_checked, launcher_jobs
@@ -53,6 +54,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(scope in SCOPES, "calibration.scope", scope, " | ".join(SCOPES))
     require(scope == "prompt" or transform.calibrated, "calibration.scope", scope,
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
+    check_float32_range(transform)
     require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
@@ -79,6 +81,20 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo
+
+
+def check_float32_range(transform: Transform) -> None:
+    """Training computes ``Phi(C)`` in float32: a transform that overflows there (``exp(t u)`` past
+    ``|t|`` ~ 88, the normalised form's ``expm1(t)`` too) would turn every advantage into NaN. Probed on
+    a grid of ``[0, 1]`` before compute; the theory (``infalign-analyze``, float64) takes ``|t| <= 700``."""
+    if not transform.calibrated:
+        return
+    with np.errstate(all="ignore"):
+        values = np.asarray(transform(np.linspace(0.0, 1.0, 1025, dtype=np.float32)), dtype=np.float32)
+    t = getattr(transform, "t", None)
+    require(bool(np.isfinite(values).all()), "transform.t" if t is not None else "transform", t or transform.label,
+            "a transform finite on [0, 1] in float32 (training's precision): |t| <= 88 for exp",
+            "larger |t| is for the float64 theory only (infalign-analyze)")
 
 
 def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:

@@ -122,8 +122,9 @@ class Exp(Transform):
 
     t > 0 rewards the top of the reference distribution (best-of-N), t < 0 punishes its bottom
     (worst-of-N). Both forms are increasing in u. The normalised form maps [0,1] onto [0,1] for
-    either sign and equals the plain one times ``|exp(t) - 1|`` up to a constant, i.e. it is the
-    same policy family with beta rescaled. t = 0 is rejected (the limit is the identity transform).
+    either sign and equals the plain one divided by ``|exp(t) - 1|``, plus a constant, i.e. it is
+    the same policy family with beta rescaled (``beta = beta_n * |expm1(t)|``, docs/method.md §5).
+    t = 0 is rejected (the limit is the identity transform).
     """
 
     def __init__(self, t: float, normalized: bool = False) -> None:

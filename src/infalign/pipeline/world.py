@@ -308,7 +308,9 @@ def reward_pair(cfg) -> bool:
 def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir: str | Path) -> tuple[str, dict]:
     """Bradley-Terry training of ``init_path`` (a reward model, or a causal LM that gets a new scalar
     head) on the train pairs, validated on the test pairs; cached by content (init weights, input
-    format, pairs, ``reward.train``, ``data.batch_size``).
+    format, pairs, ``reward.train``, ``data.batch_size``, ``data.seed`` -- which seeds the new head and
+    the shuffling -- and ``trainer.precision``). The build draws from its own torch RNG stream
+    (``data.seed``), so the run's stream is the same whether the model was built or loaded.
 
     Returns the trained ``save_pretrained`` dir and stats: ``reward_trained`` (now, not a cache
     hit), ``reward_train_s``, ``reward_val_loss``, ``reward_val_accuracy`` (fraction of held-out
@@ -318,6 +320,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     import time
 
     import lightning as L
+    import torch
 
     from infalign.data.batches import make_preference_dataloader
     from infalign.infra.cache import atomic_dir, cached
@@ -329,8 +332,9 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     max_length = cfg.reward.get("max_length")
     fmt = reward_input_format(tokenizer, max_length, reward_pair(cfg))
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
-    batch_size = int(cfg.data.get("batch_size", 16))
-    key = content_key("reward-bt-v2", _fingerprint(init_path), fmt, train, val, hp, batch_size)
+    batch_size, data_seed = int(cfg.data.get("batch_size", 16)), int(cfg.data.get("seed", 0))
+    precision = str(reward_trainer_kwargs(cfg)["precision"])
+    key = content_key("reward-bt-v2", _fingerprint(init_path), fmt, train, val, hp, batch_size, data_seed, precision)
     path = Path(cache_dir) / f"reward-{key}"
     log.info("stage reward_model: Bradley-Terry training, %d steps on %d pairs, validated on %d "
              "(instant when cached: %s)", int(hp["steps"]), len(train), len(val), path)
@@ -338,16 +342,19 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     def loader(pairs, shuffle: bool):
         prompts, chosen, rejected = (list(c) for c in zip(*pairs))
         return make_preference_dataloader(tokenizer, prompts, chosen, rejected, batch_size, shuffle=shuffle,
-                                          seed=int(cfg.data.get("seed", 0)), max_length=max_length,
+                                          seed=data_seed, max_length=max_length,
                                           pair=reward_pair(cfg))
 
     def build():
-        model = load_reward_model(init_path, tokenizer=tokenizer, key="reward.name_or_path", from_causal_lm=True)
-        module = RewardModelModule(model, lr=float(hp["lr"]), warmup=int(hp.get("warmup", 0)),
-                                   weight_decay=float(hp.get("weight_decay", 0.0)))
-        trainer = L.Trainer(max_steps=int(hp["steps"]), num_sanity_val_steps=0, **reward_trainer_kwargs(cfg))
-        trainer.fit(module, loader(train, True))
-        result = trainer.validate(module, loader(val, False), verbose=False)[0]
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(data_seed)  # the new head's init and any dropout: keyed, not the run's stream
+            model = load_reward_model(init_path, tokenizer=tokenizer, key="reward.name_or_path", from_causal_lm=True)
+            module = RewardModelModule(model, lr=float(hp["lr"]), warmup=int(hp.get("warmup", 0)),
+                                       weight_decay=float(hp.get("weight_decay", 0.0)))
+            trainer = L.Trainer(max_steps=int(hp["steps"]), num_sanity_val_steps=0, **reward_trainer_kwargs(cfg))
+            trainer.fit(module, loader(train, True))
+            result = trainer.validate(module, loader(val, False), verbose=False)[0]
         metrics = {"val_loss": float(result["val/loss"]), "val_accuracy": float(result["val/accuracy"]),
                    "steps": int(hp["steps"]), "train_pairs": len(train), "val_pairs": len(val), "input_format": fmt}
         log.info("reward model trained: %s", metrics)

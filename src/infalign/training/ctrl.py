@@ -128,6 +128,9 @@ class CTRLModule(L.LightningModule):
         if self.transform.calibrated:
             calibrated = self.table.calibrate(flat_idx.to(reward.device), reward)
             task = self.transform(calibrated).float()
+            if not bool(torch.isfinite(task).all()):  # a custom transform; exp(t) is checked before compute
+                raise FloatingPointError(f"the transform {self.transform.label} gave non-finite rewards "
+                                         f"Phi(C) at C = {calibrated[~torch.isfinite(task)][:5].tolist()}")
         else:
             calibrated, task = None, reward
         task = missing_eos_penalized(task, roll.ended, self.algo.missing_eos_penalty)
@@ -170,12 +173,15 @@ class CTRLModule(L.LightningModule):
         algo, grad_clip = self.algo, self.algo.cfg.grad_clip
         minibatches = algo.minibatches
         g = step_generator(self.seed, step, 3)
+        losses: list[float] = []
         for _ in range(algo.epochs):
             perm = torch.randperm(rows, generator=g) if minibatches > 1 else torch.arange(rows)
             for mb in perm.to(adv.device).chunk(minibatches):
                 lp = self.policy_logprobs(roll, mb)
                 loss, loss_stats = algo.loss(lp, roll.logprobs[mb], adv[mb], roll.response_mask[mb])
-                stats.update({f"train/{algo.name}_{k}": float(v) for k, v in loss_stats.items()})
+                losses.append(float(loss.detach()))
+                for k, v in loss_stats.items():  # summed here, averaged over the updates below
+                    stats[f"train/{algo.name}_{k}"] = stats.get(f"train/{algo.name}_{k}", 0.0) + float(v)
                 opt.zero_grad()
                 self.manual_backward(loss)
                 if grad_clip:
@@ -184,13 +190,14 @@ class CTRLModule(L.LightningModule):
                     )
                 opt.step()
         elapsed = time.perf_counter() - t0
+        stats = {k: v / len(losses) for k, v in stats.items()}  # PPO: the rollout's mean over its updates
         tokens = float(roll.response_mask.sum())
         metrics = {
             "train/reward": out["reward"].mean(),
             "train/task_reward": out["task"].mean(),
             "train/kl": out["kl"].mean(),
             "train/objective": out["objective"].mean(),
-            "train/loss": loss.detach(),
+            "train/loss": sum(losses) / len(losses),
             **{f"train/{k}": v for k, v in response_stats(roll.response_lengths, roll.ended).items()},
             "perf/samples_per_s": rows / elapsed,
             "perf/tokens_per_s": tokens / elapsed,
