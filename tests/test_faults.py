@@ -99,7 +99,7 @@ def test_run_suffix_under_slurm(monkeypatch):
     import re
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    for var in ("SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_STEP_ID"):
+    for var in ("SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
     a, b = run_suffix(), run_suffix()
     assert re.fullmatch(r"4242_[0-9a-f]{4}", a) and re.fullmatch(r"4242_[0-9a-f]{4}", b)
@@ -107,8 +107,10 @@ def test_run_suffix_under_slurm(monkeypatch):
     assert re.search(r"_4242_[0-9a-f]{4}$", hydra_run_dir())
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     assert run_suffix().startswith("4242_7_")
-    monkeypatch.setenv("SLURM_NTASKS", "2")  # one distributed run, two ranks
-    monkeypatch.setenv("SLURM_STEP_ID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # a 2-task allocation: its batch script's own commands
+    assert run_suffix() != run_suffix()  # (two background runs in one second must not share a dir)
+    monkeypatch.setenv("SLURM_STEP_ID", "3")  # one srun step: one distributed run, two ranks
+    monkeypatch.setenv("SLURM_PROCID", "1")
     assert run_suffix() == run_suffix() == "4242_7_s3"
 
 
@@ -551,3 +553,52 @@ def test_sweep_with_an_invalid_and_a_crashing_job(tmp_path, warm_cache):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = (sweep / "report" / "runs.csv").read_text().splitlines()
     assert sum(",failed," in r for r in rows) == 3 and sum(",finished," in r for r in rows) == 1
+
+
+# ---------------------------------------------------------------- resumes refused before compute
+
+
+def _trained_dir(run_dir: Path, cache: Path, *overrides: str) -> None:
+    """``run_dir`` as a finished run with ``overrides`` leaves it: metrics.json, checkpoints/last.ckpt and
+    the run_settings.json its training wrote (the world part is not compared before compute)."""
+    import torch
+
+    from infalign.pipeline.policy_cache import RESUME_FILE, _resume_training
+    from infalign.training.algorithms import make_algorithm
+
+    cfg = compose_train(cache, run_dir, *overrides)
+    beta = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True)).beta
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 2}, run_dir / "checkpoints" / "last.ckpt")
+    (run_dir / "checkpoints" / RESUME_FILE).write_text(json.dumps({"world": ["a", "b"],
+                                                                    "training": _resume_training(cfg, beta)}))
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "run_name": "done"}))
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_a_resume_with_other_settings_is_refused_before_compute_and_keeps_the_run(tmp_path, monkeypatch, explicit):
+    """ckpt_path=last in the run's dir, or ckpt_path=<file> of another run's checkpoint: other training
+    settings are refused before the world is loaded and before the W&B run starts, and a finished run's
+    record stays; the same settings get past the check (to the compute this test forbids)."""
+    no_compute(monkeypatch)
+    old, cache = tmp_path / "old", tmp_path / "cache"
+    _trained_dir(old, cache, "transform.t=4")
+    run_dir = tmp_path / "new" if explicit else old
+    ckpt = [f"ckpt_path={old / 'checkpoints' / 'last.ckpt'}"] if explicit else ["ckpt_path=last"]
+    with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
+        train_app.run(compose_train(cache, run_dir, *ckpt, "transform.t=2", "logger=wandb"))
+    assert json.loads((old / "metrics.json").read_text()) == {"status": "finished", "run_name": "done"}
+    assert not list(run_dir.glob("wandb/offline-run-*")) and not list(run_dir.glob("wandb/wandb/offline-run-*"))
+    if not explicit:
+        assert json.loads((old / "metrics.failed.json").read_text())["status"] == "failed"
+    with pytest.raises(AssertionError, match="compute started"):  # (a new dir: the refused attempt recorded in its own)
+        train_app.run(compose_train(cache, tmp_path / "newer" if explicit else run_dir, *ckpt, "transform.t=4"))
+
+
+@pytest.mark.slow
+def test_a_launched_rank_without_a_named_run_dir_is_a_config_error(tmp_path):
+    """Under torchrun / srun (WORLD_SIZE > 1) each rank's default run dir carries its own clock's second:
+    a single run must name its dir (the ranks of tests/test_distributed.py's torchrun run do)."""
+    args = [*TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_root={tmp_path / 'out'}"]
+    code, out, err = finished(train_cli(*args, env={"WORLD_SIZE": "2", "RANK": "0"}))
+    assert code == 2 and "key:     hydra.run.dir" in err, err

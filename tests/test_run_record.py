@@ -150,3 +150,34 @@ def test_the_printed_summary_shows_the_response_statistics(capsys):
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert ("responses: policy mean length 9.5 tokens, EOS rate 0.75; reference mean length 7.2 tokens, "
             "EOS rate 1.00") in out
+
+
+def test_a_view_that_fails_after_the_record_is_written_loses_nothing(tmp_path, monkeypatch, caplog):
+    """metrics.json is written first; a plot that cannot be written (here: a directory in its place) is
+    logged and left out of the paths, the run stays finished, and a stale failed attempt is removed."""
+    from infalign.pipeline import record
+
+    rec = RunRecord.from_json(finished_json())
+    (tmp_path / "win_rates.png").mkdir()  # what the plot's path holds
+    (tmp_path / record.FAILED_ATTEMPT).write_text("{}")
+    paths = record.write_files(tmp_path, rec, BestOfN(4))
+    assert "plot" not in paths and paths["csv"].exists()
+    assert record.is_finished(paths["metrics"]) and not (tmp_path / record.FAILED_ATTEMPT).exists()
+    assert "writing" in caplog.text and "win_rates.png" in caplog.text
+
+
+def test_a_failure_never_replaces_a_finished_record(tmp_path):
+    """A refused resume in a finished run's dir (or a failure after the record): the finished results
+    stay in metrics.json, the attempt's failure goes beside them, and a sweep lists the attempt as failed."""
+    from infalign.apps.hydra_callbacks import job_failure
+    from infalign.apps.train import write_failure
+    from infalign.pipeline import record
+
+    failed = RunRecord(run_name="x", status="failed", error="ConfigError: ckpt_path").to_json()
+    assert write_failure(tmp_path, failed) == tmp_path / "metrics.json"  # nothing finished here: the record
+    assert job_failure(tmp_path) == "failed: ConfigError: ckpt_path"
+    (tmp_path / "metrics.json").write_text(json.dumps(finished_json()))
+    assert job_failure(tmp_path) is None
+    assert write_failure(tmp_path, failed) == tmp_path / record.FAILED_ATTEMPT
+    assert json.loads((tmp_path / "metrics.json").read_text()) == finished_json()
+    assert "this attempt failed: ConfigError: ckpt_path" in job_failure(tmp_path)

@@ -126,6 +126,8 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
         ("procedure.n=0", "procedure.n"),
         ("calibration.K=0", "calibration.K"),
         ("eval.ns=[1,64]", "eval.ns"),
+        ("eval.bootstrap=0", "eval.bootstrap"),  # (was found after training and evaluation)
+        ("objective.judge=nope", "objective.judge"),  # (was found after the sweep's jobs had finished)
         ("ckpt_path=/nonexistent.ckpt", "ckpt_path"),
         ("algo=ppo", "algo.minibatches"),  # with algo.minibatches=3 below
         ("algo.top_p=0.9", "algo.top_p"),  # nucleus sampling in training: off-policy log-probs

@@ -61,9 +61,10 @@ def run_suffix() -> str:
     """What makes a run dir unique beside its timestamp (``conf/hydra/default.yaml``).
 
     Under SLURM: the job id (``<job>_<array task>`` in an array), then for the ranks of one
-    multi-task step (``SLURM_NTASKS`` > 1, one distributed run) its step id -- the ranks share it --
-    and for a single-task process 4 random hex digits, so two runs started in the same second inside
-    one allocation (``salloc``, background commands in one batch script) never share a dir. Else
+    multi-task srun step (``SLURM_NTASKS`` > 1 with a step id and a rank: one distributed run) its step
+    id -- the ranks share it -- and for any other process (a batch script's own commands, whatever its
+    ``SLURM_NTASKS``) 4 random hex digits, so two runs started in the same second inside one
+    allocation (``salloc``, background commands in one batch script) never share a dir. Else
     torchrun's rendezvous id, else its master port (ranks of one launch share these; two launches
     cannot share a port), else 6 random hex digits. Registered with ``use_cache``, so it is drawn
     once per config (Hydra copies the cache to every job of a multirun)."""
@@ -73,8 +74,9 @@ def run_suffix() -> str:
     if slurm:
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         base = f"{slurm}_{task}" if task else slurm
-        if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
-            return f"{base}_s{os.environ.get('SLURM_STEP_ID', 'batch')}"
+        step = os.environ.get("SLURM_STEP_ID")
+        if int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and step is not None and "SLURM_PROCID" in os.environ:
+            return f"{base}_s{step}"  # the ranks of one srun step
         return f"{base}_{secrets.token_hex(2)}"
     elastic = os.environ.get("TORCHELASTIC_RUN_ID")
     if elastic and elastic != "none":

@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from infalign.infra.cache import atomic_write_json
+from infalign.pipeline.record import FAILED_ATTEMPT
 from infalign.pipeline.run_record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,17 @@ def job_failure(job_dir: Path) -> str | None:
     """Why the job in ``job_dir`` did not finish (``None`` if it did): its recorded status and error,
     or a missing / unreadable ``metrics.json`` (a job killed before it could record anything)."""
     path = job_dir / "metrics.json"
+    attempt = job_dir / FAILED_ATTEMPT  # a failed attempt to resume a finished run (its metrics.json stays)
+    if attempt.exists():
+        why = job_failure_of(attempt)
+        return f"this attempt {why or 'failed'} (metrics.json keeps the earlier finished run)"
     if not path.exists():
         return "no metrics.json (killed?)"
+    return job_failure_of(path)
+
+
+def job_failure_of(path: Path) -> str | None:
+    """Why the record at ``path`` is not a finished run's (``None`` if it is)."""
     try:
         record = read_record(path)
     except (OSError, ValueError) as exc:  # RecordError is a ValueError

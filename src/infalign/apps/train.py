@@ -56,6 +56,11 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
     check_float32_range(transform)
     require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
+    require(int(cfg.eval.bootstrap) >= 1, "eval.bootstrap", cfg.eval.bootstrap,
+            ">= 1 bootstrap resamples over prompts for the CIs (1000 by default)")
+    judges = ["reward_model"] + (["gold"] if cfg.data.source == "toy" else [])  # gold: the toy world's own
+    require(cfg.objective.judge in judges, "objective.judge", cfg.objective.judge, f"one of {judges}",
+            "real data has no gold reward" if cfg.objective.judge == "gold" else None)
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
@@ -70,6 +75,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "1, or several processes started by torchrun / SLURM (one per device)",
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
             "hydra.run.dir=outputs/train/my_run, or hydra/launcher=slurm")
+    check_shared_run_dir()
     require(algo.kl_target is None or "optimal_transform" not in str(cfg.transform.get("_target_")),
             "algo.kl_target", algo.kl_target,
             "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
@@ -81,6 +87,22 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo
+
+
+def check_shared_run_dir() -> None:
+    """The ranks of one torchrun / srun launch must write one run dir, but the default dir's timestamp
+    is each process's own clock: ranks started either side of a second would split the run. So a
+    launched single run (not a sweep job: its dir is the launcher's) names its dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not (distributed.launched_externally() and HydraConfig.initialized()):
+        return
+    hydra_cfg = HydraConfig.get()
+    named = any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
+    require(hydra_cfg.mode.name != "RUN" or named, "hydra.run.dir", hydra_cfg.run.dir,
+            "an explicit run dir when torchrun / srun starts one process per rank",
+            "each rank's timestamp is its own, so ranks could land in different dirs: add "
+            "hydra.run.dir=outputs/train/<name>")
 
 
 def check_float32_range(transform: Transform) -> None:
@@ -188,9 +210,22 @@ def run(cfg: DictConfig) -> dict:
         from infalign.apps import train_stages
     except BaseException as exc:
         # a failed job leaves a record a sweep report can list
-        atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, {}))
+        write_failure(out_dir, failure_record(cfg, name, exc, {}))
         raise
     return train_stages.run_stages(cfg, procedure, transform, algo, name)  # records its own failures
+
+
+def write_failure(out_dir: Path, rec: dict) -> Path:
+    """Record a failed / interrupted run in ``metrics.json`` -- unless that already records a finished run
+    (a resume refused in a finished run's dir, a failure after the record was written): the finished
+    results stay, and the attempt's record goes to ``record.FAILED_ATTEMPT`` (a sweep lists it as failed)."""
+    path = out_dir / "metrics.json"
+    if record.is_finished(path):
+        path = out_dir / record.FAILED_ATTEMPT
+        log.warning("%s records a finished run: kept; this attempt's failure is recorded in %s",
+                    out_dir / "metrics.json", path)
+    atomic_write_json(path, rec)
+    return path
 
 
 def interrupted(exc: BaseException) -> bool:

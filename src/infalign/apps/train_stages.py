@@ -14,9 +14,8 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
-from infalign.apps.train import RESUME, failure_record, resolve_ckpt
+from infalign.apps.train import failure_record, resolve_ckpt, write_failure
 from infalign.infra import distributed
-from infalign.infra.cache import atomic_write_json
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
@@ -24,7 +23,14 @@ from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
-from infalign.pipeline.policy_cache import check_resume, policy_key, resume_settings, train_or_load
+from infalign.pipeline.policy_cache import (
+    check_resume,
+    check_resume_early,
+    policy_key,
+    resume_settings,
+    save_overrides,
+    train_or_load,
+)
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import training_seed
 from infalign.pipeline.trainer import stage_trainers
@@ -60,7 +66,15 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         trainers = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks")),
                                   logger, log_every_n_steps=int(cfg.log_every_n_steps),
                                   deterministic=bool(cfg.deterministic))
-        if logger is not None:  # the run exists from now on, so a job that fails in any stage shows up (failed)
+        # a resume: what the config alone says about the checkpoint's settings is checked now, before compute,
+        # and the logger starts only once the whole check has passed (a refused resume never touches the
+        # run's W&B run)
+        ckpt = resolve_ckpt(cfg, out_dir)
+        if ckpt is not None:
+            check_resume_early(Path(ckpt).parent, cfg, algo.beta if algo.kl_target is None else None,
+                               str(cfg.ckpt_path))
+        started = logger is not None and ckpt is None
+        if started:  # the run exists from now on, so a job that fails in any stage shows up (failed)
             loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
 
         with stage("world", timings, expected_world(cfg)):
@@ -77,16 +91,21 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             if algo.kl_target is not None:  # (transform=optimal refused by validate)
                 algo.cfg.beta = beta_for_target(algo.kl_target, transform, procedure, table)
                 log.info("algo.kl_target=%g -> beta=%.4g", algo.kl_target, algo.cfg.beta)
-                record_effective_beta(cfg, algo.cfg.beta, logger)
+                record_effective_beta(cfg, algo.cfg.beta, logger if started else None)
 
-        ckpt = resolve_ckpt(cfg, out_dir)
         settings = resume_settings(cfg, world, algo.beta)
-        if ckpt is not None and cfg.ckpt_path in RESUME:  # this run dir's checkpoint: trained with these settings?
-            check_resume(out_dir / "checkpoints", settings, True, str(cfg.ckpt_path))
+        ckpt_dir = out_dir / "checkpoints"
+        if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
+            check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
+            if logger is not None:
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
 
         def train() -> None:
-            if ckpt is None and distributed.rank() == 0:  # what the checkpoints about to be written depend on
-                check_resume(out_dir / "checkpoints", settings, False, str(cfg.ckpt_path))
+            # what the checkpoints about to be written here depend on (also when they continue another dir's)
+            fresh_here = ckpt is None or Path(ckpt).parent.resolve() != ckpt_dir.resolve()
+            if fresh_here and distributed.rank() == 0:
+                check_resume(ckpt_dir, settings, False, str(cfg.ckpt_path))
+                save_overrides(ckpt_dir, task_overrides())
             fit_policy(world, cfg, algo, transform, table, trainers, ckpt)
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
@@ -128,12 +147,16 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         metrics = rec.to_json()
         if distributed.rank() != 0:  # every rank holds the gathered metrics; rank 0 records them
             return metrics
-        paths = record.write_files(out_dir, rec, procedure)
-        record.print_summary(rec, procedure)
+        paths = record.write_files(out_dir, rec, procedure)  # metrics.json first: a plot that fails loses nothing
+        try:
+            record.print_summary(rec, procedure)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded; printing it is a courtesy
+            log.error("the run is recorded in %s, but printing its summary failed: %s: %s", paths["metrics"],
+                      type(exc).__name__, exc)
     except BaseException as exc:
         # the failure record first: a logger whose finish fails or hangs must not lose or replace
         # the run's own error
-        atomic_write_json(out_dir / "metrics.json", failure_record(cfg, name, exc, timings))
+        write_failure(out_dir, failure_record(cfg, name, exc, timings))
         try:
             loggers.close(logger, 1)
         except Exception as close_exc:  # noqa: BLE001 - the stage's error is the one to propagate
@@ -148,6 +171,13 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         log.error("the run finished and is recorded in %s, but its logger failed: %s: %s",
                   out_dir / "metrics.json", type(exc).__name__, exc)
     return metrics
+
+
+def task_overrides() -> list[str]:
+    """The run's command-line overrides (Hydra's task overrides; none outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 @contextlib.contextmanager

@@ -110,11 +110,15 @@ def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
     """What a run's checkpoints depend on: the world's models (fingerprints) and
     :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
     asked to train longer. JSON-normalised (tuples as lists), as :func:`check_resume` compares it."""
+    return json.loads(json.dumps({"world": [world.reference_fingerprint, world.reward_fingerprint],
+                                  "training": _resume_training(cfg, beta)}, default=str))
+
+
+def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
     training = training_settings(cfg, beta)
     if isinstance(training.get("algo"), dict):
         training["algo"].pop("steps", None)
-    return json.loads(json.dumps({"world": [world.reference_fingerprint, world.reward_fingerprint],
-                                  "training": training}, default=str))
+    return json.loads(json.dumps(training, default=str))
 
 
 def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
@@ -130,7 +134,6 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
     else a ``ConfigError`` naming ``ckpt_path`` and the settings that differ -- a resume with missing or
     other overrides would continue another configuration's policy and record it as this one. A
     checkpoint without the file (written before it existed) is resumed with a warning."""
-    from infalign.errors import ConfigError
     from infalign.infra.cache import atomic_write_json
 
     path = Path(ckpt_dir) / RESUME_FILE
@@ -141,12 +144,44 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
     if not path.is_file():
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
         return
-    stored = json.loads(path.read_text())
-    differ = _differences(stored, settings)
+    _refuse_if_different(path, _differences(json.loads(path.read_text()), settings), ckpt_path)
+
+
+def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt_path: str) -> None:
+    """Before any compute (and before the run's logger starts, so a refused resume never takes over the
+    run's W&B run): the part of :func:`check_resume` the config alone decides -- the training settings,
+    with ``algo.beta`` only when ``beta`` is given (``algo.kl_target`` picks it after calibration). The
+    world's fingerprints and a kl_target's beta are checked by :func:`check_resume` once known."""
+    path = Path(ckpt_dir) / RESUME_FILE
+    if not path.is_file():
+        return
+    stored, current = json.loads(path.read_text()).get("training", {}), _resume_training(cfg, beta)
+    if beta is None:
+        for settings in (stored, current):
+            if isinstance(settings.get("algo"), dict):
+                settings["algo"].pop("beta", None)
+    _refuse_if_different(path, _differences({"training": stored}, {"training": current}), ckpt_path)
+
+
+def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str) -> None:
+    from infalign.errors import ConfigError
+
     if differ:
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
                           f"{path} records other values of {differ[:8]}: resume with the interrupted run's own "
-                          "overrides (its .hydra/overrides.yaml), or start a new run")
+                          f"overrides ({path.parent / OVERRIDES_FILE}), or start a new run")
+
+
+OVERRIDES_FILE = "run_overrides.yaml"  # beside the checkpoints: the command-line overrides they were trained with
+
+
+def save_overrides(ckpt_dir: Path, overrides: list[str]) -> None:
+    """Write the run's command-line overrides beside its checkpoints (a refused resume attempt rewrites
+    the run dir's ``.hydra/overrides.yaml``; this copy is only written by a run that trains from scratch)."""
+    from infalign.infra.cache import atomic_write_text
+
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(ckpt_dir) / OVERRIDES_FILE, "".join(f"- {json.dumps(o)}\n" for o in overrides) or "[]\n")
 
 
 FINGERPRINT_POINTS = 1025  # u = 0, 1/1024, ..., 1

@@ -5,12 +5,16 @@ The record itself, and the W&B summary derived from it, are :mod:`infalign.pipel
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
 
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.run_record import CI, RunRecord
+
+log = logging.getLogger(__name__)
 
 
 def run_name(procedure, transform, algo) -> str:
@@ -60,14 +64,34 @@ def eval_rows(rec: RunRecord) -> list[dict]:
             for judge, cols in rec.eval.judges.items() for name, ci in cols.items()]
 
 
+FAILED_ATTEMPT = "metrics.failed.json"  # a failed attempt in the dir of a finished run (apps/train.write_failure)
+
+
+def is_finished(path: Path) -> bool:
+    """Whether ``path`` (a ``metrics.json``) records a finished run."""
+    try:
+        return RunRecord.from_json(json.loads(Path(path).read_text())).finished
+    except (OSError, ValueError):  # missing, unreadable or not a record (RecordError is a ValueError)
+        return False
+
+
 def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
-    """metrics.json (:meth:`RunRecord.to_json`), eval_metrics.csv and win_rates.png; returns their paths."""
+    """metrics.json (:meth:`RunRecord.to_json`) -- first, and a stale :data:`FAILED_ATTEMPT` removed --
+    then eval_metrics.csv and win_rates.png, whose failure (a full disk, a bad plot) is logged and loses
+    nothing; returns the paths of the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out_dir / "metrics.json", "csv": out_dir / "eval_metrics.csv",
              "plot": out_dir / "win_rates.png"}
     atomic_write_json(paths["metrics"], rec.to_json())
-    atomic_write_csv(paths["csv"], eval_rows(rec))
-    plot_win_rates(rec, procedure, paths["plot"])
+    (out_dir / FAILED_ATTEMPT).unlink(missing_ok=True)
+    for name, write in (("csv", lambda: atomic_write_csv(paths["csv"], eval_rows(rec))),
+                        ("plot", lambda: plot_win_rates(rec, procedure, paths["plot"]))):
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - the record is written; this file is a view of it
+            log.error("the run is recorded in %s, but writing %s failed: %s: %s", paths["metrics"], paths[name],
+                      type(exc).__name__, exc)
+            paths.pop(name)
     return paths
 
 
