@@ -714,3 +714,40 @@ def test_the_seed_interval_names_an_unpaired_test():
     assert seed_clause(gain("welch", 3, 2), 0) == "3 vs 2 seeds, welch [+0.5, +3.5]"
     assert seed_clause(gain("pooled", 1, 3), 0) == "1 vs 3 seeds, pooled [+0.5, +3.5]"
     assert seed_clause(gain("none", 1, 1), 0) == ""
+
+
+def test_runs_with_other_calibration_or_evaluation_settings_are_not_pooled(tmp_path):
+    """One method at other calibration settings is another method (its own series and matched-KL
+    curve); a run evaluated with another sampler (temperature, top-k, top-p, response length) is
+    another evaluation, compared apart like another world -- neither is pooled with the rest. Only
+    the runs unlike most get a note, so the common runs keep their plain names (and the default
+    baselines); a key missing from a record (written before it existed) is not compared."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+    from infalign.report.naming import method_of, world_keys
+    from infalign.report.series import build_series
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    settings = [({"K": 32}, {"temperature": 1.0}), ({"K": 32}, {"temperature": 1.0}),
+                ({"K": 64}, {"temperature": 1.0}), ({"K": 32}, {"temperature": 0.5})]
+    for job, (calibration, ev) in enumerate(settings):
+        kl = 0.2 * (job + 1)
+        metrics = per_prompt_metrics("identity", info, kl, round(0.1 / kl, 3), {})
+        metrics["world"] = {"world_id": "W"}
+        metrics["config"] |= {"calibration": calibration, "eval": ev}
+        write_job(tmp_path, str(job), ["method=identity"], metrics)
+    jobs = collect(tmp_path)
+    assert [method_of(j) for j in jobs] == ["identity", "identity", "identity [calibration.K=64]", "identity"]
+    assert list(world_keys(jobs).values()) == ["W", "W", "W", "W [eval.temperature=0.5]"]
+    labels = sorted(s.label for s in build_series(jobs, ["reward_model"]))
+    assert labels == ["identity", "identity [calibration.K=64]", "identity [eval.temperature=0.5]"]
+    panels, notes = panel_runs(jobs, ["reward_model"])
+    assert {(r.method, r.label) for runs in panels.values() for r in runs} == {
+        ("identity", "0"), ("identity", "1"), ("identity [calibration.K=64]", "2")}
+    assert len(notes) == 1 and "job 3" in notes[0] and "evaluation settings" in notes[0]
+    # an older record without the eval node: eval settings are not compared at all
+    metrics = per_prompt_metrics("identity", info, 0.9, 0.11, {})
+    metrics["world"] = {"world_id": "W"}
+    metrics["config"] |= {"calibration": {"K": 32}}
+    write_job(tmp_path, "4", ["method=identity"], metrics)
+    assert set(world_keys(collect(tmp_path)).values()) == {"W"}

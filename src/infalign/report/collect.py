@@ -39,6 +39,8 @@ class Job:
     overrides: list[str] = field(default_factory=list)
     record: RunRecord | None = None  # metrics.json (None when missing or unreadable)
     config: dict = field(default_factory=dict)  # resolved config: the record's, else .hydra/config.yaml's
+    method_note: str = ""  # calibration settings unlike most runs' (mark_odd_settings): part of its method
+    eval_note: str = ""  # evaluation settings unlike most runs': another evaluation, compared apart
 
 
 def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
@@ -77,8 +79,53 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def collect(root: Path, skip: Sequence[Path] = ()) -> list[Job]:
-    """A :class:`Job` for every job dir under ``root``; never raises on a broken job dir."""
-    return [load_job(path, root) for path in find_job_dirs(root, skip)]
+    """A :class:`Job` for every job dir under ``root`` (:func:`mark_odd_settings` applied); never raises
+    on a broken job dir."""
+    jobs = [load_job(path, root) for path in find_job_dirs(root, skip)]
+    mark_odd_settings(jobs)
+    return jobs
+
+
+# Settings outside a run's method label and its KL knob that change what its numbers mean: the
+# calibration (K, smoothing) is part of the method; the evaluation's sampler makes another evaluation.
+METHOD_SETTINGS = ("calibration.K", "calibration.smoothing")
+EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens")
+
+
+def mark_odd_settings(jobs: Sequence[Job]) -> None:
+    """Set ``job.method_note`` / ``job.eval_note`` (``"calibration.K=64"``, ...) on the finished jobs
+    whose value of a :data:`METHOD_SETTINGS` / :data:`EVAL_SETTINGS` key differs from most finished
+    jobs' (ties: the first value in sorted order is "most"). The report then names such a run's method
+    with the note (``expn(t=4) [calibration.K=64]``: another method) and keys its world with the
+    evaluation note (compared apart from the others), instead of pooling it with runs it does not
+    match. A key that some finished job's config lacks (a record written before the key existed) is
+    not compared."""
+    done = [j for j in jobs if j.status == "finished" and isinstance(j.config, dict) and j.config]
+    for keys, attr in ((METHOD_SETTINGS, "method_note"), (EVAL_SETTINGS, "eval_note")):
+        notes: dict[str, list[str]] = {j.job: [] for j in done}
+        for key in keys:
+            values = [_dotted(j.config, key) for j in done]
+            if not values or any(v is _MISSING for v in values):
+                continue
+            shown = [json.dumps(v, sort_keys=True) for v in values]
+            common = max(sorted(set(shown)), key=shown.count)
+            for job, value in zip(done, shown):
+                if value != common:
+                    notes[job.job].append(f"{key}={value}")
+        for job in done:
+            setattr(job, attr, ", ".join(notes[job.job]))
+
+
+_MISSING = object()
+
+
+def _dotted(cfg: dict, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
 
 
 def load_job(path: Path, root: Path) -> Job:

@@ -98,8 +98,8 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
         method = method_of(job)
         if main_world is not None and world_of[job.job] not in (None, main_world):
             notes.append(f"job {job.job} ({method}): another world (world_id {world_of[job.job]}, the report's "
-                         f"{main_world}: other models or toy-world parameters): left out of the matched-KL "
-                         "comparison")
+                         f"{main_world}: other models, toy-world parameters or evaluation settings): left out of "
+                         "the matched-KL comparison")
             continue
         pp = job.record.eval.per_prompt
         if not isinstance(pp, dict) or not pp.get("prompt_ids"):

@@ -88,14 +88,16 @@ def method_of(job: Job) -> str:
     """The run's method, the one field the report groups methods by: the record's ``method``
     (e.g. ``expn(t=4)``, ``identity+ppo``, ``ipo(N=4)``); for records written before it existed,
     the transform label (``+<algo>`` when the algorithm is not rloo), or the algorithm's name
-    alone for ``bon_sft`` / ``ipo`` (which use no transform)."""
+    alone for ``bon_sft`` / ``ipo`` (which use no transform). A run whose calibration settings differ
+    from most runs' gets them appended (``expn(t=4) [calibration.K=64]``, ``Job.method_note``)."""
+    note = f" [{job.method_note}]" if job.method_note else ""
     if job.record is not None and job.record.method:
-        return job.record.method
+        return job.record.method + note
     algo = str(algo_of(job) or "rloo")
     if not uses_transform(job):
-        return algo
+        return algo + note
     label = transform_label(job)
-    return label if algo == "rloo" else f"{label}+{algo}"
+    return (label if algo == "rloo" else f"{label}+{algo}") + note
 
 
 def procedure_of(job: Job) -> Procedure | None:
@@ -114,12 +116,15 @@ def world_keys(jobs) -> dict[str, str | None]:
     ``world.world_id`` (for records written before it, the toy world's ``toy_key``; None when a record
     has neither) -- except when some toy-world record predates ``world_id``: then every toy run is
     keyed by its ``toy_key`` (which fixes its world: the models are built from it), so old and new
-    records of one world are not told apart as two."""
+    records of one world are not told apart as two. A run evaluated unlike most runs
+    (``Job.eval_note``: another sampling temperature, top-k, top-p or response length) has the note
+    appended: another evaluation is compared apart, like another world."""
     worlds = {job.job: job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
               for job in jobs}
+    notes = {job.job: job.eval_note for job in jobs}
     legacy = any(w.get("toy_key") and not w.get("world_id") for w in worlds.values())
     out = {}
     for job, w in worlds.items():
         value = w.get("toy_key") if legacy and w.get("toy_key") else (w.get("world_id") or w.get("toy_key"))
-        out[job] = str(value) if value else None
+        out[job] = (str(value) + (f" [{notes[job]}]" if notes[job] else "")) if value else None
     return out
