@@ -401,3 +401,28 @@ def test_a_transform_giving_non_finite_rewards_stops_the_run_naming_it():
     with pytest.raises(FloatingPointError, match=r"nan_above_half gave non-finite rewards"):
         fit_policy(tp.world(), OmegaConf.create({"seed": 0}), algo, nan_above_half, tp.calibration_table(),
                    TRAINERS, None)
+
+
+def test_bon_sft_trains_the_eval_mode_policy():
+    """BoN-SFT's target is the eval-mode NLL minimiser: with a hub-style GPT-2 (dropout 0.1) its training
+    loss is the eval-mode NLL exactly (control: the same module with dropout on gives another loss)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from infalign.toy import ToyWorld
+
+    tok = ToyWorld(seed=0).tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    algo = make_algorithm({"name": "bon_sft", "n_samples": 2, "steps": 1, "prompts_per_step": 4})
+    prompts = ToyWorld(seed=0).prompts("train", 4)
+    module, loader = algo.fit_module(model, None, tok, prompts, ["a b"] * 4, ["c"] * 4, seed=0)
+    batch = next(iter(loader))
+    model.eval()
+    with torch.no_grad():
+        nll = module(batch)
+    module.train()  # as Lightning leaves it for fit
+    torch.testing.assert_close(module.training_step(batch, 0).detach(), nll)
+    module.hparams.dropout = True
+    module.train()
+    assert abs(float(module.training_step(batch, 0).detach()) - float(nll)) > 1e-4

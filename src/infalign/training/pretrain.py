@@ -49,9 +49,15 @@ def adamw_with_warmup(
 
 class LMPretrainModule(L.LightningModule):
     """Response-only next-token cross-entropy for any HF causal LM; logs ``train/loss``,
-    ``val/loss``. Batches come from :class:`PromptResponseCollator`."""
+    ``val/loss``. Batches come from :class:`PromptResponseCollator`.
 
-    def __init__(self, model, lr: float = 3e-3, warmup: int = 50, weight_decay: float = 0.0):
+    ``dropout=False`` trains with the model in eval mode (gradients still flow): best-of-N SFT, whose
+    target is the eval-mode policy minimising the NLL -- dropout noise in the log-probs would move the
+    minimiser -- as CTRL and IPO train the policy they sample (``models`` with dropout: hub GPT-2 / OPT;
+    the toy models have none)."""
+
+    def __init__(self, model, lr: float = 3e-3, warmup: int = 50, weight_decay: float = 0.0,
+                 dropout: bool = True):
         super().__init__()
         self.model = model
         self.save_hyperparameters(ignore=["model"])
@@ -68,6 +74,8 @@ class LMPretrainModule(L.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
+        if not self.hparams.dropout:
+            self.model.eval()  # Lightning put it in train mode
         loss = self(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss

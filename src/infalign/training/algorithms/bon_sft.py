@@ -40,9 +40,11 @@ class BoNSFT(OfflineAlgorithm):
         return f"{self.name}-n{self.cfg.n_samples}-s{self.cfg.steps}"
 
     def fit_module(self, policy, reference, tokenizer, prompts, best, worst, seed):
-        """SFT on (prompt, best): AdamW at ``algo.lr``, cosine-decayed to 0.1 x over the run, no warmup."""
+        """SFT on (prompt, best): AdamW at ``algo.lr``, cosine-decayed to 0.1 x over the run, no warmup,
+        dropout off (the target is the eval-mode NLL minimiser, as CTRL and IPO train what they sample)."""
         from infalign.training.pretrain import LMPretrainModule, make_lm_dataloader
 
-        module = LMPretrainModule(policy, lr=self.cfg.lr, warmup=0, weight_decay=self.cfg.weight_decay)
+        module = LMPretrainModule(policy, lr=self.cfg.lr, warmup=0, weight_decay=self.cfg.weight_decay,
+                                  dropout=False)
         loader = make_lm_dataloader(tokenizer, prompts, best, batch_size=self.cfg.prompts_per_step, seed=seed)
         return module, loader
