@@ -751,3 +751,38 @@ def test_runs_with_other_calibration_or_evaluation_settings_are_not_pooled(tmp_p
     metrics["config"] |= {"calibration": {"K": 32}}
     write_job(tmp_path, "4", ["method=identity"], metrics)
     assert set(world_keys(collect(tmp_path)).values()) == {"W"}
+
+
+def test_runs_without_a_theory_point_are_kept_and_counted_and_worlds_never_share_a_series(tmp_path):
+    """theory_gap.csv keeps a calibrated run whose measured KL has no theory point (KL <= 0) or an
+    unreachable one, with a note and no gap, and the medians count it apart; the plots' series, like
+    the matched-KL comparison, never join runs of two worlds (a record without a world id joins the
+    main world)."""
+    from infalign.report.collect import collect
+    from infalign.report.series import build_series
+    from infalign.report.theory_gap import median_theory_gap, runs_cell, theory_gap_rows
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, (kl, world) in enumerate([(0.1, "A"), (0.3, "A"), (0.5, "B"), (0.7, None), (0.9, "A"), (1.1, "A")]):
+        metrics = per_prompt_metrics("identity", info, kl, round(0.1 / kl, 3), {})
+        if world is not None:
+            metrics["world"] = {"world_id": world}
+        if job == 4:  # measured KL <= 0: no theory point
+            del metrics["eval"]["theory"]["at_measured_kl"]
+        if job == 5:  # the theory cannot reach the measured KL
+            metrics["eval"]["theory"]["at_measured_kl"] = {"kl": kl, "reachable": False, "standard_win_rate": None,
+                                                           "bon2_win_rate": None, "bon4_win_rate": None}
+        write_job(tmp_path, str(job), ["method=identity"], metrics)
+    jobs = collect(tmp_path)
+    rows = theory_gap_rows(jobs)
+    assert {r["job"] for r in rows} == {"0", "1", "2", "3", "4", "5"}
+    assert [r["note"] for r in rows if r["job"] == "4"] == ["no theory point: the measured KL is <= 0"]
+    assert {r["note"] for r in rows if r["job"] == "5"} == {"the theory does not reach the measured KL"}
+    assert all(r["gap"] is None for r in rows if r["job"] in ("4", "5"))
+    assert {r["world_id"] for r in rows if r["job"] == "3"} == {"A"}  # no world id: the main world's
+    gap = median_theory_gap(rows)
+    assert set(gap) == {"identity [A]", "identity [B]"}
+    assert (gap["identity [A]"]["runs"], gap["identity [A]"]["runs_without_theory"]) == (3, 2)
+    assert runs_cell(gap["identity [A]"]) == "3 (+2 without a theory point)"
+    series = {s.label: sorted(j.job for j in s.jobs) for s in build_series(jobs, ["reward_model"])}
+    assert series == {"identity": ["0", "1", "3", "4", "5"], "identity [world B]": ["2"]}

@@ -18,7 +18,7 @@ from infalign.errors import ConfigError
 from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
-from infalign.report.naming import method_of, procedure_of, world_keys
+from infalign.report.naming import comparison_worlds, method_of, procedure_of
 from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
@@ -89,14 +89,12 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
     for the finished jobs left out and why."""
     panels: dict[tuple, list[Run]] = {}
     notes = []
-    world_of = world_keys(jobs)
-    worlds = [w for job in jobs if job.status == "finished" and (w := world_of[job.job]) is not None]
-    main_world = max(set(worlds), key=worlds.count) if worlds else None  # the most runs'
+    world_of, main_world = comparison_worlds(jobs)  # the most runs' (records without a world id join it)
     for job in jobs:
         if job.status != "finished":
             continue
         method = method_of(job)
-        if main_world is not None and world_of[job.job] not in (None, main_world):
+        if world_of[job.job] != main_world:
             notes.append(f"job {job.job} ({method}): another world (world_id {world_of[job.job]}, the report's "
                          f"{main_world}: other models, toy-world parameters or evaluation settings): left out of "
                          "the matched-KL comparison")

@@ -128,3 +128,27 @@ def world_keys(jobs) -> dict[str, str | None]:
         value = w.get("toy_key") if legacy and w.get("toy_key") else (w.get("world_id") or w.get("toy_key"))
         out[job] = (str(value) + (f" [{notes[job]}]" if notes[job] else "")) if value else None
     return out
+
+
+def comparison_worlds(jobs) -> tuple[dict[str, str], str]:
+    """``({job: world key}, the main world)``: :func:`world_keys` with a record of no world (written
+    before ``world_id``) counted in the main world -- the one most finished runs share -- (its eval
+    note kept). Matched-KL comparisons, theory-gap entries and plot series never mix two keys."""
+    keys = world_keys(jobs)
+    known = [k for job in jobs if job.status == "finished" and (k := keys[job.job]) is not None]
+    main = max(sorted(set(known)), key=known.count) if known else ""
+    out = {}
+    for job in jobs:
+        key = keys[job.job]
+        out[job.job] = key if key is not None else main + (f" [{job.eval_note}]" if job.eval_note else "")
+    return out, main
+
+
+def world_label(key: str, main: str) -> str:
+    """What a series label adds for world ``key``: nothing for the main world, the evaluation note for
+    another evaluation of it, ``[world <key>]`` for another world."""
+    if key == main:
+        return ""
+    if main and key.startswith(main + " ["):
+        return key[len(main) + 1:]
+    return f"[world {key}]"

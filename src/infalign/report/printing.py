@@ -9,6 +9,7 @@ from infalign.report.build import Report
 from infalign.report.collect import swept_overrides
 from infalign.report.matched import gain_clause, panel_heading
 from infalign.report.tables import RATES, row_ci
+from infalign.report.theory_gap import runs_cell
 
 
 def print_matched_kl(report: Report, console) -> None:
@@ -34,7 +35,7 @@ def print_matched_kl(report: Report, console) -> None:
         for method, g in gap.items():
             cells = ", ".join(f"{k.removesuffix('_win_rate')} {v:.3f}" for k, v in g["median_abs_gap"].items())
             ratio = "–" if g["median_kl_ratio"] is None else f"{g['median_kl_ratio']:.2f}"
-            console.print(f"  {escape(method)} ({g['runs']} runs): {escape(cells)}; KL ratio {ratio}")
+            console.print(f"  {escape(method)} ({escape(runs_cell(g))} runs): {escape(cells)}; KL ratio {ratio}")
             console.print(f"    {escape(g['reading'])}")
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infalign.report.collect import Job, last_line
-from infalign.report.naming import pooled_calibration, procedure_of, uses_transform
+from infalign.report.naming import comparison_worlds, pooled_calibration, procedure_of, uses_transform, world_label
 from infalign.report.tables import job_row
 
 THEORY_POINTS = 40  # KL grid size of each theory curve (plus the measured KLs themselves)
@@ -39,20 +39,23 @@ class Series:
 
 
 def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int = THEORY_POINTS) -> list[Series]:
-    """Group finished jobs by (procedure, method, evaluation note: ``Job.eval_note``) and compute each
-    calibrated method's theory curve per judge over the KL range that judge measured."""
+    """Group finished jobs by (procedure, method, world: :func:`~infalign.report.naming.comparison_worlds`,
+    which holds another evaluation's note too) and compute each calibrated method's theory curve per
+    judge over the KL range that judge measured."""
     groups: dict[tuple, list[Job]] = {}
+    worlds, main = comparison_worlds(jobs)
     for job in jobs:
         if job.status == "finished":
             row = job_row(job, judges)
-            groups.setdefault((row["procedure"], row["method"], job.eval_note), []).append(job)
+            groups.setdefault((row["procedure"], row["method"], worlds[job.job]), []).append(job)
     procs = {k[0] for k in groups}
     out = []
-    for key in sorted(groups, key=lambda k: (str(k[0]), k[1], k[2])):
-        proc, method, eval_note = key
+    for key in sorted(groups, key=lambda k: (str(k[0]), k[1], k[2] != main, k[2])):
+        proc, method, world = key
         members = groups[key]
         rows = [job_row(j, judges) for j in members]
-        label = (f"{proc} {method}" if len(procs) > 1 else method) + (f" [{eval_note}]" if eval_note else "")
+        where = world_label(world, main)
+        label = (f"{proc} {method}" if len(procs) > 1 else method) + (f" {where}" if where else "")
         algo, trained_on_transform = rows[0]["algo"], uses_transform(members[0])
         family = rows[0]["family"] if trained_on_transform else algo
         out.append(Series(key, family, rows[0]["t"], proc, algo, label, members, rows,

@@ -11,10 +11,11 @@ import numpy as np
 
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
-from infalign.report.naming import method_of, number, pooled_calibration, procedure_of, world_keys
+from infalign.report.naming import comparison_worlds, method_of, number, pooled_calibration, procedure_of
 
 THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "world_id", "kl_measured", "kl_theory_at_beta",
-                      "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width"]
+                      "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width",
+                      "note"]
 # docs/method.md §10.1: the distance from theory a method's runs should reach (win-rate points, median
 # |gap| per metric), and the KL ratio below which its runs count as stopping short of their beta's KL.
 THEORY_TARGET = 0.02
@@ -25,34 +26,46 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
     """Per finished run with a calibrated-space prediction and per win-rate column the theory gives
     at the measured KL (standard, and the run's procedure at each N it was evaluated at):
     ``kl_ratio = KL_measured / KL_theory(beta)`` and ``gap = W_measured - W_theory(KL_measured)``.
-    The theory predicts the reward model's own win rates, so ``judge`` is the reward model."""
+    The theory predicts the reward model's own win rates, so ``judge`` is the reward model.
+
+    A run with a prediction at its beta but none at its measured KL is not dropped: it gets rows
+    without ``gap`` and a ``note`` -- no theory point when the measured KL is <= 0, or the theory cannot
+    reach that KL (``reachable`` false) -- and counts as such in :func:`median_theory_gap`. A run of no
+    world (a record written before ``world_id``) is counted in the world most runs share."""
     rows = []
-    worlds = world_keys(jobs)
+    worlds, _ = comparison_worlds(jobs)
     for job in jobs:
         if job.status != "finished":
             continue
         rec, procedure = job.record, procedure_of(job)
         th = rec.eval.theory if not pooled_calibration(job) else None  # (older records carry one)
-        at = th.get("at_measured_kl") if th and isinstance(th.get("at_measured_kl"), dict) else None
-        if not at or procedure is None:
-            continue
+        if not th or procedure is None:
+            continue  # no calibrated-space prediction for this method (raw, pooled, offline baselines)
+        at = th.get("at_measured_kl") if isinstance(th.get("at_measured_kl"), dict) else {}
         kl_ci = rec.eval.ci(judge, "kl")
         kl = number(kl_ci.mean) if kl_ci is not None else None
         kl_th = number(th.get("kl"))
         head = {"job": job.job, "method": method_of(job), "procedure": rec.procedure, "beta": number(rec.beta),
-                "seed": rec.seed, "world_id": worlds[job.job], "kl_measured": kl, "kl_theory_at_beta": kl_th,
-                "kl_ratio": kl / kl_th if kl is not None and kl_th else None, "reachable": at.get("reachable")}
+                "seed": rec.seed, "world_id": worlds[job.job] or None, "kl_measured": kl,
+                "kl_theory_at_beta": kl_th, "kl_ratio": kl / kl_th if kl is not None and kl_th else None,
+                "reachable": at.get("reachable")}
+        if not at:
+            rows.append({**head, "metric": None, "measured": None, "theory_at_measured_kl": None, "gap": None,
+                         "ci_half_width": None, "note": "no theory point: the measured KL is <= 0"})
+            continue
         # N = 1 is the standard win rate itself (one column, not two)
         keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns] if n > 1}
         for key in sorted(keys & set(at)):
             ci = rec.eval.ci(judge, key)
             measured, theory_wr = (number(ci.mean) if ci is not None else None), number(at.get(key))
-            if measured is None or theory_wr is None:
+            if measured is None:
                 continue
             high, low = number(ci.high), number(ci.low)
             half = (high - low) / 2 if high is not None and low is not None else None
+            note = None if theory_wr is not None else "the theory does not reach the measured KL"
             rows.append({**head, "metric": key, "measured": measured, "theory_at_measured_kl": theory_wr,
-                         "gap": measured - theory_wr, "ci_half_width": half})
+                         "gap": measured - theory_wr if theory_wr is not None else None, "ci_half_width": half,
+                         "note": note})
     return rows
 
 
@@ -65,13 +78,16 @@ def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
     group = (lambda r: r["method"]) if len(worlds) <= 1 else (lambda r: f"{r['method']} [{r.get('world_id')}]")
     out: dict[str, dict] = {}
     for method in sorted({group(r) for r in rows}):
-        mine = [r for r in rows if group(r) == method]
+        every = [r for r in rows if group(r) == method]
+        mine = [r for r in every if r["gap"] is not None]
         ratios = {r["job"]: r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
         entry = {"median_abs_gap": _median_by_metric(mine, lambda r: abs(r["gap"])),
                  "median_gap": _median_by_metric(mine, lambda r: r["gap"]),
                  "median_ci_half_width": _median_by_metric(mine, lambda r: r["ci_half_width"]),
                  "median_kl_ratio": float(np.median(list(ratios.values()))) if ratios else None,
                  "runs": len({r["job"] for r in mine}),
+                 # runs with a prediction at beta but no theory point at their measured KL (rows' note)
+                 "runs_without_theory": len({r["job"] for r in every} - {r["job"] for r in mine}),
                  # runs of one seed share the evaluation's reference pool (drawn with seed + 101), so
                  # their gaps share its noise: the independent estimates are the seeds, not the runs
                  "seeds": len({r.get("seed") for r in mine})}
@@ -110,6 +126,8 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
     * ``below`` / ``above`` -- off target beyond noise in a way the codes above do not explain.
     """
     gaps, signed, half = entry["median_abs_gap"], entry["median_gap"], entry.get("median_ci_half_width", {})
+    if not gaps:
+        return {"limits": ["no_theory_point"], "reading": "no run has a theory point at its measured KL"}
     off = {k: v for k, v in gaps.items() if v > target}
     if not off:
         return {"limits": ["on_target"], "reading": f"on target: every median |gap| <= {target:g}"}
@@ -168,5 +186,11 @@ def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET)
     for method, e in summary.items():
         cells = [f"{e['median_abs_gap'][k]:.3f}" if k in e["median_abs_gap"] else "–" for k in metrics]
         ratio = "–" if e["median_kl_ratio"] is None else f"{e['median_kl_ratio']:.2f}"
-        lines.append(f"| {method} | {e['runs']} | " + " | ".join(cells) + f" | {ratio} | {e['reading']} |")
+        lines.append(f"| {method} | {runs_cell(e)} | " + " | ".join(cells) + f" | {ratio} | {e['reading']} |")
     return "\n".join(lines) + "\n"
+
+
+def runs_cell(entry: dict) -> str:
+    """``3``, or ``3 (+1 without a theory point)``."""
+    extra = entry.get("runs_without_theory") or 0
+    return f"{entry['runs']}" + (f" (+{extra} without a theory point)" if extra else "")
