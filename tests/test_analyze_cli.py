@@ -125,6 +125,10 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
     assert metrics["plot_scale"] in ("linear", "logodds") and (run / "frontier.png").stat().st_size > 10_000
     assert metrics["unreachable"] == [] and metrics["not_converged"] == []
     assert metrics["bon_policy"]["win_rate"] > 0.5  # the best-of-N policy's point (the star)
+    # a best t training cannot take (float32 overflows exp(t u) past |t| = 88) is flagged, not just listed
+    best = list(csv.DictReader((run / "best_t.csv").open()))
+    assert [r["trainable"] == "True" for r in best] == [abs(float(r["best_t"])) <= 88 for r in best]
+    assert any(r["trainable"] == "False" for r in best) and "training refuses" in proc.stdout
 
 
 @pytest.mark.slow
@@ -244,3 +248,31 @@ def test_expn_beta_gives_the_normalised_transform_the_same_tilted_policy(t):
     normalised = theory.evaluate(Exp(t, normalized=True), app.expn_beta(beta, t), procedure)[0]
     assert normalised.kl == pytest.approx(plain.kl, rel=1e-6) and plain.kl == pytest.approx(0.3, rel=1e-6)
     assert normalised.win_rate == pytest.approx(plain.win_rate, rel=1e-6)
+
+
+def test_saturated_and_single_points_are_drawn(tmp_path, monkeypatch):
+    """On the log-odds axis a valid win rate of exactly 1.0 (worst-of-12 identity past KL ~3.8) is drawn
+    on the axis edge, not dropped as +inf (the line used to stop there), with a note; a transform with
+    one valid point gets a marker (a one-point line draws nothing)."""
+    import numpy as np
+
+    from infalign.apps import analyze_plot
+    from infalign.infra import plotting
+    from infalign.math import theory
+    from infalign.math.procedures import WorstOfN
+    from infalign.math.transforms import Identity
+
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    budgets = np.linspace(0.5, 6.0, 12)
+    f = theory.frontier(Identity(), WorstOfN(12), budgets)
+    assert f.valid.all() and (f.win_rate == 1.0).sum() >= 2  # saturated, yet valid
+    one = theory.frontier(Identity(), WorstOfN(12), budgets[:1])
+    analyze_plot.plot_frontiers([f, one], tmp_path / "f.png", "won12", scale="logodds")
+    ax = figures[0].axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_label() == "identity"]
+    full, single = lines[0], lines[1]
+    assert np.isfinite(full.get_ydata()).all() and len(full.get_xdata()) == 12
+    assert max(full.get_xdata()) == pytest.approx(6.0, rel=1e-6)
+    assert len(single.get_xdata()) == 1 and single.get_marker() == "o"
+    assert "drawn on that edge" in figures[0].get_suptitle()

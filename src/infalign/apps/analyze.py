@@ -34,6 +34,7 @@ from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
 from infalign.math.procedures import Procedure
+from infalign.math.transforms import MAX_TRAIN_T
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         best_rows = [
             {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be,
              "beta_expn": expn_beta(be, t), "win_rate": w,
-             "at_scan_edge": bool(edge), "flat": bool(flat), "optimal_win_rate": optimal_at.get(float(b), math.nan)}
+             "at_scan_edge": bool(edge), "flat": bool(flat), "trainable": bool(abs(t) <= MAX_TRAIN_T),
+             "optimal_win_rate": optimal_at.get(float(b), math.nan)}
             for b, t, be, w, edge, flat in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge,
                                                best.flat)
         ]
@@ -276,7 +278,8 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
         bt.add_column(col, justify="right")
     for r in best_rows:
         t = (f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
-             + (f" (flat: other t within {theory.FLAT_TOL:g})" if r["flat"] else ""))
+             + (f" (flat: other t within {theory.FLAT_TOL:g})" if r["flat"] else "")
+             + (f" (|t| > {MAX_TRAIN_T:g}: training refuses it, float32)" if not r["trainable"] else ""))
         bt.add_row(f"{r['kl_budget']:.4g}", t,
                    *(f"{r[k]:.4g}" for k in ("beta", "beta_expn", "win_rate", "optimal_win_rate")))
     console.print(bt)

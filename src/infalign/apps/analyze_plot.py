@@ -12,15 +12,24 @@ import numpy as np
 PLOT_SCALES = ("auto", "linear", "logodds")
 
 
+SATURATION = 1e-12  # the log-odds axis shows win rates in [1e-12, 1 - 1e-12]; beyond, on its edge
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.log(p) - np.log1p(-p)
 
 
+def _y(values: np.ndarray, scale: str) -> np.ndarray:
+    """Plotted y of win rates: as they are, or their log-odds with a win rate within 1e-12 of 0 or 1
+    (exactly 1 in float64 where a curve saturates) clipped to that edge, so a valid point is drawn
+    (on the edge) instead of vanishing as +-inf."""
+    return _logit(np.clip(values, SATURATION, 1 - SATURATION)) if scale == "logodds" else values
+
+
 def _separation(frontiers: list, key: str, scale: str) -> float:
     """Median over KL budgets of the spread between curves, as a fraction of the y axis span."""
-    ys = np.array([np.where(f.valid, getattr(f, key), np.nan) for f in frontiers])
-    ys = _logit(np.clip(ys, 1e-12, 1 - 1e-12)) if scale == "logodds" else ys
+    ys = _y(np.array([np.where(f.valid, getattr(f, key), np.nan) for f in frontiers]), scale)
     span = np.nanmax(ys) - np.nanmin(ys) if np.isfinite(ys).any() else 0.0
     spread = np.nanmax(ys, axis=0) - np.nanmin(ys, axis=0) if np.isfinite(ys).any() else np.zeros(1)
     return float(np.nanmedian(spread) / span) if span > 0 else 0.0
@@ -49,6 +58,7 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
     scale = choose_scale(frontiers, scale)
     fig = figure(figsize=(12, 4.8))
     axes = fig.subplots(1, 2, sharex=True)
+    saturated = False
     for ax, key, title in ((axes[0], "win_rate", f"{procedure} win rate"),
                            (axes[1], "standard_win_rate", "standard win rate")):
         for f in frontiers:
@@ -60,14 +70,17 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
             else:
                 style = dict(lw=1.5, zorder=2)
             y = getattr(f, key)[ok]
-            (line,) = ax.plot(f.kl[ok], _logit(y) if scale == "logodds" else y, label=f.transform, **style)
+            if ok.sum() <= 1:  # a line needs two points: one valid point is a marker
+                style |= dict(marker="o", ms=5)
+            (line,) = ax.plot(f.kl[ok], _y(y, scale), label=f.transform, **style)
+            if scale == "logodds":
+                saturated |= bool(((y <= SATURATION) | (y >= 1 - SATURATION)).any())
             bad = ~ok
             if bad.any():
                 ax.plot(f.kl_budget[bad], np.zeros(bad.sum()), ls="none", marker="x", ms=7, color=line.get_color(),
                         transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
-        star = None if bon_point is None or key != "win_rate" else (
-            _logit(np.array(bon_point[1])) if scale == "logodds" else bon_point[1])
-        if star is not None and np.isfinite(star):  # (a win rate of exactly 1 has no log-odds: no star)
+        star = None if bon_point is None or key != "win_rate" else _y(np.array(bon_point[1]), scale)
+        if star is not None and np.isfinite(star):
             ax.plot(bon_point[0], star, marker="*", ms=14, color="crimson", ls="none", label="best-of-N policy",
                     zorder=6)
         if scale == "logodds":
@@ -84,7 +97,11 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
         ax.set_title(title + " vs KL (calibrated-space theory)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    if any((~f.valid).any() for f in frontiers):
-        fig.suptitle("x on the bottom edge: KL budget unreachable or not converged (reason in curves.csv)", fontsize=9)
+    notes = (["x on the bottom edge: KL budget unreachable or not converged (reason in curves.csv)"]
+             if any((~f.valid).any() for f in frontiers) else [])
+    if saturated:
+        notes.append("win rates within 1e-12 of 1 (or 0) are drawn on that edge of the log-odds axis")
+    if notes:
+        fig.suptitle("; ".join(notes), fontsize=9)
     save_png(fig, path)
     return scale

@@ -31,7 +31,7 @@ from infalign.infra.cache import atomic_write_json
 from infalign.infra.threads import declare_jobs, resolve_threads
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
-from infalign.math.transforms import Transform, as_transform
+from infalign.math.transforms import MAX_TRAIN_T, Transform, as_transform
 from infalign.pipeline import record
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import data_settings, model_settings, sampling_settings, training_seed, wandb_mode
@@ -115,7 +115,7 @@ def check_float32_range(transform: Transform) -> None:
         values = np.asarray(transform(np.linspace(0.0, 1.0, 1025, dtype=np.float32)), dtype=np.float32)
     t = getattr(transform, "t", None)
     require(bool(np.isfinite(values).all()), "transform.t" if t is not None else "transform", t or transform.label,
-            "a transform finite on [0, 1] in float32 (training's precision): |t| <= 88 for exp",
+            f"a transform finite on [0, 1] in float32 (training's precision): |t| <= {MAX_TRAIN_T:g} for exp",
             "larger |t| is for the float64 theory only (infalign-analyze)")
 
 

@@ -116,6 +116,11 @@ class Log(Transform):
         return val
 
 
+# Training computes Phi(C) in float32, where exp(t u) and expm1(t) overflow past t = 88.72: the largest
+# |t| a run accepts (apps/train.check_float32_range). The float64 theory takes |t| <= 700.
+MAX_TRAIN_T = 88.0
+
+
 @register_transform("exp")
 class Exp(Transform):
     """Phi(u) = sign(t) * exp(t * u); normalised: (exp(t u) - 1) / (exp(t) - 1).
