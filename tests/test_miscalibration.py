@@ -67,3 +67,23 @@ def test_identical_samples_give_nan_spread_statistics_not_an_exception():
     0. The ratios are NaN / inf (no spread to measure them in), and the run's evaluation goes on."""
     s = spread_stats(torch.arange(3.0)[:, None] * torch.ones(3, 4))
     assert math.isnan(s["std_cv"]) and math.isinf(s["mean_spread_ratio"]) and math.isinf(s["offset_ratio"])
+
+
+@pytest.mark.parametrize("spread_sigma", [0.0, 0.3])
+def test_std_cv_denoised_removes_the_noise_floor_of_m_sample_spreads(spread_sigma):
+    """P = 4000 prompts x M = 16 normal scores with spread sigma_p = exp(spread_sigma z_p): the spreads'
+    true CV is sqrt(exp(spread_sigma^2) - 1) (0 and 0.307). std_cv adds the noise of 16-sample stds,
+    ~1/sqrt(2 * 15) = 0.18 at 0; std_cv_denoised (split halves) estimates the true CV: at 0 it is
+    sqrt(max(0, cov)) with cov's sd ~0.0011 (halves of 8: var(s) ~ 1/14, / sqrt(4000)), so < 0.08 is
+    beyond 4 sd of the square root's scale; at 0.3 its sd is ~0.01, hence abs 0.03."""
+    g = torch.Generator().manual_seed(5)
+    sigma = torch.exp(spread_sigma * torch.randn(4000, 1, generator=g, dtype=torch.float64))
+    s = spread_stats(sigma * torch.randn(4000, 16, generator=g, dtype=torch.float64))
+    true_cv = math.sqrt(math.exp(spread_sigma**2) - 1)
+    if spread_sigma == 0:
+        assert s["std_cv"] == pytest.approx(1 / math.sqrt(30), rel=0.1)  # the floor
+        assert s["std_cv_denoised"] < 0.08
+    else:
+        assert s["std_cv_denoised"] == pytest.approx(true_cv, abs=0.03)
+        assert s["std_cv"] > true_cv + 0.03  # the plain estimate keeps the floor
+    assert math.isnan(spread_stats(torch.randn(5, 3, generator=g))["std_cv_denoised"])  # M < 4: no halves

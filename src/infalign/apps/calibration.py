@@ -76,8 +76,9 @@ def plot(scores: dict[str, torch.Tensor], path: Path, summary: dict) -> None:
             ax.plot(rank, scores[judge][i].double().sort().values, marker=".", lw=1)
         ax.set_xlabel("within-prompt rank of the reference sample (quantile)")
         ax.set_ylabel(f"{judge} score")
-        cv = summary[judge]["std_cv"]
-        ax.set_title(f"{judge}: {len(shown)} prompts (spread CV across prompts {cv:.2f})", fontsize=9)
+        cv, clean = summary[judge]["std_cv"], summary[judge].get("std_cv_denoised", float("nan"))
+        ax.set_title(f"{judge}: {len(shown)} prompts (spread CV across prompts {cv:.2f}, "
+                     f"sampling noise removed {clean:.2f})", fontsize=9)
         ax.grid(alpha=0.3)
     if "gold" in scores:
         ax = axes[-1]
@@ -98,13 +99,14 @@ def print_summary(summary: dict) -> None:
 
     table = Table(title=f"miscalibration across {summary['n_prompts']} held-out prompts "
                         f"({summary['n_samples']} reference samples each)")
-    for col in ("judge", "per-prompt spread CV", "mean spread / within spread",
+    for col in ("judge", "per-prompt spread CV", "spread CV (noise removed)", "mean spread / within spread",
                 "offsets / within spread (noise removed)"):
         table.add_column(col, justify="right")
     for judge in ("reward_model", "gold"):
         if judge in summary:
             s = summary[judge]
-            table.add_row(judge, f"{s['std_cv']:.3f}", f"{s['mean_spread_ratio']:.3f}", f"{s['offset_ratio']:.3f}")
+            table.add_row(judge, f"{s['std_cv']:.3f}", f"{s.get('std_cv_denoised', float('nan')):.3f}",
+                          f"{s['mean_spread_ratio']:.3f}", f"{s['offset_ratio']:.3f}")
     Console().print(table)
     if "log_std_corr" in summary:
         print(f"corr(log per-prompt std: reward model, gold) = {summary['log_std_corr']:.3f}; "

@@ -7,7 +7,14 @@ spread varies, RL on raw scores over-tilts the prompts with a wide spread and un
 of ``P`` prompts (``[P, M]``):
 
 * ``std_cv``: coefficient of variation across prompts of the per-prompt standard deviation
-  ``s_p = std_j r_pj`` (unbiased, ``M - 1``): ``std(s) / mean(s)`` (0 when calibrated);
+  ``s_p = std_j r_pj`` (unbiased, ``M - 1``): ``std(s) / mean(s)``. Not 0 when calibrated: each
+  ``s_p`` is an ``M``-sample estimate, whose noise alone gives ``~ 1 / sqrt(2 (M - 1))`` for normal
+  scores (0.18 at ``M = 16``);
+* ``std_cv_denoised``: the same without that noise, from two halves of each prompt's samples (even and
+  odd columns, ``s_p^A``, ``s_p^B``, independent given the prompt): ``sqrt(max(0, cov_p(s^A, s^B))) /
+  mean_p((s^A + s^B) / 2)`` -- the halves' noises do not covary, so the covariance estimates the
+  variance of the spreads themselves (times the halves' common small-sample bias factor, which the
+  ratio cancels); 0 in expectation when calibrated, NaN below ``M = 4``;
 * ``mean_spread_ratio``: spread of the per-prompt means relative to the typical within-prompt
   spread, ``std_p(mean_j r_pj) / mean_p(s_p)`` (per-prompt offsets, plus the sampling noise of an
   ``M``-sample mean);
@@ -30,17 +37,27 @@ __all__ = ["miscalibration_summary", "pairwise_accuracy", "spread_stats"]
 
 
 def spread_stats(scores: torch.Tensor) -> dict[str, float]:
-    """``std_cv``, ``mean_spread_ratio`` and ``offset_ratio`` of one judge's ``[P, M]`` scores
-    (module docstring)."""
+    """``std_cv``, ``std_cv_denoised``, ``mean_spread_ratio`` and ``offset_ratio`` of one judge's
+    ``[P, M]`` scores (module docstring)."""
     s = scores.double()
     std, means = s.std(dim=1), s.mean(dim=1)
     excess = (means.var() - (std**2).mean() / s.shape[1]).clamp(min=0.0)
     return {  # every within-prompt spread 0 (identical samples): ratios NaN / inf, never an exception
         "std_cv": float(std.std() / std.mean()),
+        "std_cv_denoised": _split_half_cv(s),
         "mean_spread_ratio": float(means.std() / std.mean()),
         "offset_ratio": float(excess.sqrt() / std.mean()),
         "mean_within_prompt_std": float(std.mean()),
     }
+
+
+def _split_half_cv(s: torch.Tensor) -> float:
+    """``std_cv_denoised`` of ``[P, M]`` float64 scores (module docstring)."""
+    if s.shape[1] < 4 or s.shape[0] < 2:
+        return float("nan")
+    a, b = s[:, 0::2].std(dim=1), s[:, 1::2].std(dim=1)
+    cov = ((a - a.mean()) * (b - b.mean())).sum() / (s.shape[0] - 1)
+    return float(cov.clamp(min=0.0).sqrt() / ((a + b) / 2).mean())
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
