@@ -88,3 +88,38 @@ def test_step_estimate_is_bound_where_it_should_be():
     est = estimate_step(cost, reward, 1, 1, 1, 3, peak=1e12, bandwidth=1e30, mfu=1.0, step_overhead_s=0.0)
     assert est["reference"] == pytest.approx((8e9 + 64) / 1e12)
     assert est["policy_forward+backward"] == pytest.approx(3 * est["reference"])
+    # bf16 (2 bytes per weight, trainer=gpu's autocast): one more teacher-forced policy forward gives the
+    # log-probs (rollout_logprobs); float32 reuses the sampler's
+    assert est["old_logprobs"] == pytest.approx(est["reference"])
+    assert est["step"] == pytest.approx(sum(v for k, v in est.items() if k != "step"))
+    est32 = estimate_step(cost, reward, 1, 1, 1, 3, peak=1e12, bandwidth=1e30, mfu=1.0, step_overhead_s=0.0,
+                          bytes_per_weight=4)
+    assert "old_logprobs" not in est32 and est32["step"] == pytest.approx(est["step"] - est["reference"])
+
+
+def test_step_mfu_counts_the_work_the_step_needs_not_a_redundant_forward():
+    """TRL's old-log-probs forward is timed and gets its own MFU, but the step's FLOPs are those of the
+    work it needs: two implementations doing the same needed work have step MFUs in the ratio of their
+    times (hand computation: 2 steps of 1 s, 6 needed GFLOP each + 2 redundant, peak 10 GFLOP/s)."""
+    from infalign.bench.bench_rl import summarize
+
+    rec = {"step_s": 1.0, "rows": 4, "tokens": 40, "threads": 2,
+           "phases": {"generation": 0.3, "old_logprobs": 0.2, "backward": 0.5},
+           "flops": {"generation": 2e9, "old_logprobs": 2e9, "backward": 4e9}}
+    out = summarize([rec, dict(rec)], peak=10e9)
+    assert out["flops_per_step"] == pytest.approx(6e9)
+    assert out["mfu"]["step"] == pytest.approx(6e9 / 1.0 / 10e9)
+    assert out["mfu"]["old_logprobs"] == pytest.approx(2e9 / 0.2 / 10e9)
+
+
+def test_faster_sampler_ceiling_takes_the_median_of_per_step_differences():
+    """steps 1.0, 1.1, 1.2 s with generation 0.5, 0.3, 0.4 s: without generation 0.5, 0.8, 0.8 -> median
+    0.8 (a median step minus a median generation, 1.1 - 0.4 = 0.7, mixes two steps)."""
+    from infalign.bench.bench_rl import summarize
+    from infalign.bench.bench_trl import free_generation_bound
+
+    recs = [{"step_s": st, "rows": 4, "tokens": 40, "threads": 2, "phases": {"generation": g}}
+            for st, g in ((1.0, 0.5), (1.1, 0.3), (1.2, 0.4))]
+    ours = summarize(recs)
+    assert ours["median_s_without_generation"] == pytest.approx(0.8)
+    assert free_generation_bound(ours, {"median_s": 1.6}) == pytest.approx(2.0)

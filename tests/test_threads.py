@@ -23,7 +23,9 @@ def machine(monkeypatch):
     monkeypatch.delenv(threads.JOBS_ENV, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     monkeypatch.setattr(threads, "_warned", set())
+    monkeypatch.setattr(threads, "cpu_quota", lambda root="": None)  # no cgroup CPU quota on this machine
 
     def set_cores(n: int) -> None:
         monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
@@ -206,3 +208,51 @@ def test_this_worker_runs_its_share_of_the_cores():
     cores, jobs = threads.usable_cores(), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     if not os.environ.get("OMP_NUM_THREADS"):
         assert torch.get_num_threads() == max(1, cores // jobs)
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "200000 100000"}, 2),                  # cgroup v2: docker --cpus=2
+    ({"cpu.max": "150000 100000"}, 2),                  # 1.5 CPUs: rounded up
+    ({"cpu.max": "max 100000"}, None),                  # no limit
+    ({"cpu/cpu.cfs_quota_us": "300000", "cpu/cpu.cfs_period_us": "100000"}, 3),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ({}, None),                                         # no cgroup files
+])
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(tmp_path, monkeypatch, files, expected):
+    """A container limited to 2 CPUs on a 64-core host must not get 64 threads (it would be throttled)."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    assert threads.cpu_quota(str(tmp_path)) == expected
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert threads.usable_cores(str(tmp_path)) == (expected or 64)
+
+
+def test_torchruns_blanket_omp_default_does_not_pin_every_rank_to_one_thread(machine, monkeypatch):
+    """torchrun exports OMP_NUM_THREADS=1 to every rank when the user left it unset: with 4 ranks on 64
+    cores that is not the user's limit, so auto gives 64 // 4; outside torchrun, or with one local rank,
+    an OMP_NUM_THREADS of 1 is the user's and wins."""
+    machine(64)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert threads.resolve_threads("auto") == 1  # not torchrun: the user's 1
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    assert threads.resolve_threads("auto") == 16
+    assert threads.resolve_threads(1) == 1  # threads=1 still forces one
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.resolve_threads("auto") == 2  # a value torchrun never sets: the user's
+
+
+def test_oversubscription_under_auto_names_the_cause(machine, monkeypatch, caplog):
+    """auto cannot fit more jobs than cores, or an OMP_NUM_THREADS above the cores: the warning says
+    which, instead of advising threads=auto."""
+    machine(2)
+    monkeypatch.setenv(threads.JOBS_ENV, "4")
+    with caplog.at_level(logging.WARNING, logger=threads.__name__):
+        threads.resolve_threads("auto")
+        monkeypatch.setenv(threads.JOBS_ENV, "1")
+        monkeypatch.setenv("OMP_NUM_THREADS", "8")
+        threads.resolve_threads("auto")
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "more concurrent jobs than cores" in first and "threads=auto fits" not in first
+    assert "OMP_NUM_THREADS sets this count" in second

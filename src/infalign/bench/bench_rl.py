@@ -9,6 +9,7 @@ its model FLOPs counted (``bench/flops.py``), so the breakdown and the MFU descr
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -173,10 +174,18 @@ def step_flops(costs: tuple[ModelCost, ModelCost], rows: int, prompt_len: int, r
             "policy_forward": forward, "backward": 2 * forward}
 
 
+# Phases one implementation runs that the step does not need: TRL's no-grad policy forward for its
+# "old" log-probs, which equal the sampler's at float32 (ours reuses those). Timed and given their own
+# MFU, but not counted as the step's useful FLOPs.
+REDUNDANT = ("old_logprobs",)
+
+
 def summarize(records: list[dict], peak: float | None = None) -> dict:
     """Step statistics; the median seconds of each phase over steps; and with ``peak`` (FLOP/s,
     :func:`~infalign.bench.flops.matmul_peak`) each phase's MFU = its summed model FLOPs over the
-    timed steps / its summed seconds / peak, and the step's (all phases' FLOPs / all steps' time)."""
+    timed steps / its summed seconds / peak, and the step's: the FLOPs of the work the step *needs*
+    (every phase but :data:`REDUNDANT`, as generation counts only the rows still generating) over all
+    steps' time -- so ours and TRL's step MFU are on one scale and their ratio is the time ratio."""
     out = step_stats([r["step_s"] for r in records], [r["rows"] for r in records], [r["tokens"] for r in records])
     if all("rollout_s" in r for r in records):
         out["rollout_share"] = sum(r["rollout_s"] for r in records) / sum(r["step_s"] for r in records)
@@ -184,13 +193,17 @@ def summarize(records: list[dict], peak: float | None = None) -> dict:
     if not all("phases" in r for r in records):
         return out
     out["phases_s"] = median_phases(records)
+    if all("generation" in r["phases"] for r in records):  # per step, then the median (not a median's difference)
+        out["median_s_without_generation"] = statistics.median(r["step_s"] - r["phases"]["generation"]
+                                                               for r in records)
     if peak and all("flops" in r for r in records):
         done = {p for r in records for p in r["phases"]}  # phases this implementation runs
         flops = {p: sum(r["flops"].get(p, 0.0) for r in records) for p in records[0]["flops"] if p in done}
         secs = {p: sum(r["phases"].get(p, 0.0) for r in records) for p in flops}
         out["mfu"] = {p: flops[p] / secs[p] / peak for p in flops if secs[p] > 0}
-        out["mfu"]["step"] = sum(flops.values()) / sum(r["step_s"] for r in records) / peak
-        out["flops_per_step"] = sum(flops.values()) / len(records)
+        needed = sum(v for p, v in flops.items() if p not in REDUNDANT)
+        out["mfu"]["step"] = needed / sum(r["step_s"] for r in records) / peak
+        out["flops_per_step"] = needed / len(records)
     return out
 
 

@@ -143,7 +143,10 @@ def estimate_step(policy: ModelCost, reward: ModelCost, rows: int, prompts: int,
     ``max(F_step / (mfu * peak), W * bytes / bandwidth) + step_overhead_s`` per step, where
     ``step_overhead_s`` is the per-step kernel-launch / Python cost of eager decoding (about
     10-20 ms for a 24-28 layer model in eager PyTorch; CUDA graphs or vLLM remove most of it).
-    The prefill runs once per prompt (shared across its samples)."""
+    The prefill runs once per prompt (shared across its samples). Under low precision
+    (``bytes_per_weight < 4``: bf16 autocast, as ``trainer=gpu``) the policy's log-probs for the KL and
+    the update come from one more teacher-forced no-grad forward (``old_logprobs``,
+    ``models/generation.rollout_logprobs``): the sampler's KV-cached ones round differently there."""
     weights = (policy.body + policy.head) * bytes_per_weight
     prefill = policy.forward(prompts * prompt_len, prompts, prompts * prompt_len ** 2) / (mfu * peak)
     decode = 0.0
@@ -154,5 +157,7 @@ def estimate_step(policy: ModelCost, reward: ModelCost, rows: int, prompts: int,
     out = {"generation": prefill + decode,
            "reward": scoring_flops(reward, rows, prompt_len + response_len) / (mfu * peak),
            "reference": forward / (mfu * peak), "policy_forward+backward": 3 * forward / (mfu * peak)}
+    if bytes_per_weight < 4:
+        out["old_logprobs"] = forward / (mfu * peak)
     out["step"] = sum(out.values())
     return out

@@ -153,12 +153,13 @@ def scale_table(res: dict) -> Table:
                f"the weights once per token step plus {a['step_overhead_s'] * 1e3:.0f} ms launch overhead per step "
                "(eager PyTorch); bench/flops.py estimate_step")
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for col in ("model", "GPU", "generation", "reward", "reference", "policy fwd+bwd", "step",
-                f"{res['steps']} steps"):
+    for col in ("model", "GPU", "generation", "reward", "reference", "old log-probs (bf16)", "policy fwd+bwd",
+                "step", f"{res['steps']} steps"):
         table.add_column(col, justify="left" if col in ("model", "GPU") else "right")
     for r in res["rows"]:
         ph = r["phases_s"]
         table.add_row(r["model"], r["gpu"], _s(ph["generation"]), _s(ph["reward"]), _s(ph["reference"]),
+                      _s(ph["old_logprobs"]) if "old_logprobs" in ph else "-",
                       _s(ph["policy_forward+backward"]), _s(ph["step"]), f"{r['train_minutes']:.0f} min")
     return table
 

@@ -6,7 +6,9 @@ The rule (``threads: auto``, the default of every entry point)::
             = max(1, usable_cores // concurrent_jobs)      else
 
 - ``usable_cores`` = ``len(os.sched_getaffinity(0))``: the CPUs this process may run on (a
-  ``taskset``, a cgroup cpuset or a SLURM allocation), not every CPU of the machine;
+  ``taskset``, a cgroup cpuset or a SLURM allocation), not every CPU of the machine -- and no more
+  than a cgroup CPU quota allows (``docker --cpus=2``, Kubernetes limits: ``cpu.max`` /
+  ``cpu.cfs_quota_us``, rounded up);
 - ``concurrent_jobs`` = the processes that share those cores = ``INFALIGN_CONCURRENT_JOBS`` (the
   joblib launcher's ``hydra.launcher.n_jobs``, exported by :func:`declare_jobs` when a multirun job
   starts; the test suite sets it to pytest-xdist's worker count) x ``LOCAL_WORLD_SIZE`` (ranks per
@@ -14,7 +16,10 @@ The rule (``threads: auto``, the default of every entry point)::
 
 ``OMP_NUM_THREADS`` wins because it is how a user (or joblib's loky workers) already says "this
 many per process", e.g. on a machine that other jobs share: there a count that fits the idle
-machine is far slower than 1 (OpenMP threads spin-wait for descheduled siblings).
+machine is far slower than 1 (OpenMP threads spin-wait for descheduled siblings). One exception:
+``torchrun`` sets ``OMP_NUM_THREADS=1`` in every rank whenever it was unset (a blanket default, not
+the user's choice), so under torchrun (``TORCHELASTIC_RUN_ID`` set) with several local ranks a value
+of ``1`` is read as unset and the rule applies (``threads=1`` forces one thread).
 
 An explicit integer wins over the rule; ``null`` keeps the library default. When
 ``threads x concurrent_jobs > usable_cores`` the cores are oversubscribed (every process then runs
@@ -39,12 +44,45 @@ ALLOWED = "auto, null (library default) or an integer >= 1"
 _warned: set[tuple[int, int, int]] = set()
 
 
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask); ``os.cpu_count()`` where there is none."""
+def usable_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none), capped
+    by the cgroup's CPU quota when it has one (:func:`cpu_quota`)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    quota = cpu_quota(cgroup_root)
+    return min(cores, quota) if quota else cores
+
+
+def cpu_quota(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """The cgroup's CPU quota in whole CPUs, rounded up (cgroup v2 ``cpu.max`` = ``"<quota> <period>"``,
+    v1 ``cpu/cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), or None without one (``max``, ``-1``, no file)."""
+    import math
+
+    def read(*parts: str) -> str | None:
+        try:
+            with open(os.path.join(cgroup_root, *parts)) as fh:
+                return fh.read().strip()
+        except OSError:
+            return None
+
+    v2 = read("cpu.max")
+    if v2:
+        quota, _, period = v2.partition(" ")
+    else:
+        quota, period = read("cpu", "cpu.cfs_quota_us") or "", read("cpu", "cpu.cfs_period_us") or ""
+    try:
+        q, p = int(quota), int(period or 100000)
+    except ValueError:  # "max" (no limit) or unreadable
+        return None
+    return max(1, math.ceil(q / p)) if q > 0 and p > 0 else None
+
+
+def _torchrun_default_omp(environ: Mapping[str, str]) -> bool:
+    """``OMP_NUM_THREADS=1`` as torchrun sets it for several local ranks when the user left it unset."""
+    return (environ.get("OMP_NUM_THREADS") == "1" and bool(environ.get("TORCHELASTIC_RUN_ID"))
+            and _count(environ, "LOCAL_WORLD_SIZE") > 1)
 
 
 def _count(environ: Mapping[str, str], name: str) -> int:
@@ -77,8 +115,9 @@ def resolve_threads(value, key: str = "threads") -> int | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
         return None
     cores, jobs = usable_cores(), concurrent_jobs()
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        omp = os.environ.get("OMP_NUM_THREADS")
+    auto = isinstance(value, str) and value.strip().lower() == "auto"
+    if auto:
+        omp = os.environ.get("OMP_NUM_THREADS") if not _torchrun_default_omp(os.environ) else None
         threads = _count(os.environ, "OMP_NUM_THREADS") if omp else max(1, cores // jobs)
     elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         threads = value
@@ -88,8 +127,14 @@ def resolve_threads(value, key: str = "threads") -> int | None:
         raise ConfigError(key, value, ALLOWED)
     if threads * jobs > cores and (threads, jobs, cores) not in _warned:
         _warned.add((threads, jobs, cores))
+        if not auto:
+            why = "threads=auto fits them"
+        elif jobs > cores:
+            why = "more concurrent jobs than cores: fewer jobs (e.g. hydra.launcher.n_jobs) would fit"
+        else:
+            why = "OMP_NUM_THREADS sets this count; unset it for threads=auto's rule"
         log.warning("%s=%s: %d thread(s) x %d concurrent job(s) > %d usable core(s); the processes "
-                    "will slow each other down (threads=auto fits them)", key, value, threads, jobs, cores)
+                    "will slow each other down (%s)", key, value, threads, jobs, cores, why)
     return threads
 
 
