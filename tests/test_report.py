@@ -786,3 +786,26 @@ def test_runs_without_a_theory_point_are_kept_and_counted_and_worlds_never_share
     assert runs_cell(gap["identity [A]"]) == "3 (+2 without a theory point)"
     series = {s.label: sorted(j.job for j in s.jobs) for s in build_series(jobs, ["reward_model"])}
     assert series == {"identity": ["0", "1", "3", "4", "5"], "identity [world B]": ["2"]}
+
+
+def test_series_of_two_procedures_in_one_standard_panel_get_different_markers(tmp_path, monkeypatch):
+    """The standard-win-rate plot holds every procedure's series in one panel: bon4's and won4's
+    identity share a colour (one family), so the procedure picks the marker too."""
+    from infalign.infra import plotting
+    from infalign.report.collect import collect
+    from infalign.report.plots import plot_series
+    from infalign.report.series import build_series
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, name in enumerate(["bon", "won"]):
+        metrics = per_prompt_metrics("identity", info, 0.3, 0.3, {})
+        metrics["config"]["procedure"]["name"] = name
+        metrics["procedure"] = f"{name}4"
+        write_job(tmp_path, str(job), ["method=identity"], metrics)
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    series = build_series(collect(tmp_path), ["reward_model"])
+    assert len(series) == 2
+    plot_series(series, ["reward_model"], "standard", tmp_path / "s.png")
+    drawn = {c.get_label(): c.lines[0].get_marker() for c in figures[0].axes[0].containers}
+    assert set(drawn) == {s.label for s in series} and len(set(drawn.values())) == 2

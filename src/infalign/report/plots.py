@@ -64,13 +64,19 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
     col = "inference_win_rate" if which == "inference" else "standard_win_rate"
     th_key = "win_rate" if which == "inference" else "standard_win_rate"
     procs = sorted({s.procedure for s in series if s.procedure})
-    algos = sorted({str(s.algo) for s in series})
-    markers = {a: _MARKERS[i % len(_MARKERS)] for i, a in enumerate(algos)}
+    panels = procs if which == "inference" and len(procs) > 1 else [None]  # one row per procedure/N
+
+    def marker_key(s: Series) -> tuple:
+        # one panel holding several procedures' series (the standard plot): the procedure picks the
+        # marker too, so bon4's and won4's identity (one colour: one family) are told apart
+        return str(s.algo), (s.procedure if panels == [None] and len(procs) > 1 else None)
+
+    kinds = sorted({marker_key(s) for s in series}, key=str)
+    markers = {k: _MARKERS[i % len(_MARKERS)] for i, k in enumerate(kinds)}
     colors = series_colors(series)
     ylabel = ("standard win rate" if which == "standard"
               else f"{procs[0]} win rate" if len(procs) == 1 else "inference-time win rate (run's procedure, N)")
     judges = list(judges) or ["reward_model"]
-    panels = procs if which == "inference" and len(procs) > 1 else [None]  # one row per procedure/N
     fig, axes = plt.subplots(len(panels), len(judges), figsize=(6.4 * len(judges), 4.8 * len(panels)),
                              squeeze=False, sharey=True)
     any_theory = False
@@ -87,7 +93,7 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
                     y = np.array([r[f"{judge}_{col}"] for r in pts])
                     xerr = _err(pts, f"{judge}_kl", x)
                     yerr = _err(pts, f"{judge}_{col}", y)
-                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker=markers[str(s.algo)], ms=6,
+                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker=markers[marker_key(s)], ms=6,
                                 lw=1.4, capsize=3, elinewidth=0.9, label=s.label)
                 curve = s.theory.get(judge)
                 if curve and curve["kl"]:
