@@ -206,3 +206,27 @@ def test_grid_expansion_is_the_product_of_the_axes():
     jobs = expand(cfg)
     assert len(jobs) == 6 * 3 == len({tuple(j) for j in jobs})
     assert sweep_axes(cfg)["transform"] == ["raw", "identity", "log", "expn_t2", "expn_t4", "expn_t8"]
+
+
+def test_the_sweeps_search_path_holds_only_sweeps():
+    """The plugin puts a dir holding only sweeps/ on the search path -- not the repository root, whose
+    every top-level dir (.venv: ~50k files) became a config group that `infalign-train --help` walked
+    for minutes -- and +sweeps=<name> still composes."""
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra.core.config_search_path import ConfigSearchPath
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.search_path_plugin import SearchPathPlugin
+
+    from hydra_plugins.infalign_sweeps import InfalignSweepsSearchPathPlugin
+
+    found = Plugins.instance().discover(SearchPathPlugin)  # (Hydra imports plugins its own way)
+    assert "InfalignSweepsSearchPathPlugin" in {c.__name__ for c in found}
+
+    search_path: ConfigSearchPath = ConfigSearchPathImpl()
+    search_path.append("main", f"file://{CONFIG_DIR}")
+    InfalignSweepsSearchPathPlugin().manipulate_search_path(search_path)
+    added = [e.path for e in search_path.get_path() if e.provider == "infalign-sweeps"]
+    assert len(added) == 1
+    folder = Path(added[0].removeprefix("file://"))
+    assert sorted(p.name for p in folder.iterdir()) == ["sweeps"]
+    assert (folder / "sweeps").resolve() == (Path(CONFIG_DIR).parent / "sweeps").resolve()

@@ -78,6 +78,7 @@ def test_math_package_imports_no_framework_in_a_clean_interpreter():
 HEAVY = ("torch", "lightning", "pytorch_lightning", "transformers", "wandb")
 
 
+@pytest.mark.slow  # a clean interpreter (starts a process)
 def test_analyze_app_imports_no_torch_in_a_clean_interpreter():
     """``infalign-analyze`` is numpy-only theory: its import chain (apps/config.py -> toy/defaults.py
     -> toy/world.py) must not load torch (~2 s of its start-up) or any other ML framework."""
