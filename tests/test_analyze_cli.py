@@ -127,8 +127,8 @@ def test_default_run_writes_converged_columns_and_a_plot(tmp_path):
     assert metrics["bon_policy"]["win_rate"] > 0.5  # the best-of-N policy's point (the star)
     # a best t training cannot take (float32 overflows exp(t u) past |t| = 88) is flagged, not just listed
     best = list(csv.DictReader((run / "best_t.csv").open()))
-    assert [r["trainable"] == "True" for r in best] == [abs(float(r["best_t"])) <= 88 for r in best]
-    assert any(r["trainable"] == "False" for r in best) and "training refuses" in proc.stdout
+    assert [r["trainable"] == "True" for r in best] == [float(r["best_t"]) <= 88.7 for r in best]
+    assert any(r["trainable"] == "False" for r in best) and "refuses" in proc.stdout  # (wrapped in its cell)
 
 
 @pytest.mark.slow

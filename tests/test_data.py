@@ -469,6 +469,9 @@ def test_consecutive_turns_of_one_speaker_are_one_chat_message():
         {"role": "user", "content": "d\n\ne"},
     ]
     assert split_turns(EGG) == [{"role": "user", "content": "How do I boil an egg?"}]
+    # an empty first Human turn: the chat still starts with the user
+    assert [m["role"] for m in split_turns("\n\nHuman: \n\nAssistant: Hi\n\nHuman: Q?\n\nAssistant:")] == [
+        "user", "assistant", "user"]
     assert [m["role"] for m in split_turns(GARDEN)] == ["user", "assistant", "user"]
     assert split_turns(GARDEN)[1]["content"] == "Tomatoes, lettuce and herbs like basil are easy to start with."
     assert split_turns("SUBREDDIT: r/x\n\nPOST: y\n\nTL;DR:") == [
@@ -514,5 +517,9 @@ def test_reward_rows_read_the_response_as_the_datasets_text_does():
         for written in (response, " " + response):  # as the dataset stores it / as a policy samples it
             row = reward_model_inputs(tok, [prompt], [written])["input_ids"][0].tolist()
             assert row == whole, (type(tok.backend_tokenizer.pre_tokenizer).__name__, written)
+    # an empty response (eos at once) stays empty: no lone space token before its eos
+    for empty in ("", "   "):
+        row = reward_model_inputs(byte_level, [EGG], [empty])["input_ids"][0].tolist()
+        assert row == byte_level(EGG, add_special_tokens=False)["input_ids"] + [byte_level.eos_token_id]
     assert "{prompt} {response}" in reward_input_format(byte_level)
     assert "{prompt}{response}" in reward_input_format(toy)

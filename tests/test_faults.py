@@ -602,3 +602,24 @@ def test_a_launched_rank_without_a_named_run_dir_is_a_config_error(tmp_path):
     args = [*TINY, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.output_root={tmp_path / 'out'}"]
     code, out, err = finished(train_cli(*args, env={"WORLD_SIZE": "2", "RANK": "0"}))
     assert code == 2 and "key:     hydra.run.dir" in err, err
+
+
+def test_a_settings_file_from_another_code_version_is_compared_on_the_keys_both_have(tmp_path, monkeypatch, caplog):
+    """A key this code added since the checkpoint was written (absent from its run_settings.json) is not
+    a difference -- no override could make it match -- only logged; a key both have still must match."""
+    import logging
+
+    from infalign.pipeline.policy_cache import RESUME_FILE
+
+    no_compute(monkeypatch)
+    old, cache = tmp_path / "old", tmp_path / "cache"
+    _trained_dir(old, cache, "transform.t=4")
+    path = old / "checkpoints" / RESUME_FILE
+    stored = json.loads(path.read_text())
+    del stored["training"]["algo"]["grad_clip"]
+    path.write_text(json.dumps(stored))
+    with caplog.at_level(logging.WARNING), pytest.raises(AssertionError, match="compute started"):
+        train_app.run(compose_train(cache, old, "ckpt_path=last", "transform.t=4"))
+    assert "training.algo.grad_clip" in caplog.text and "not compared" in caplog.text
+    with pytest.raises(ConfigError, match=r"training\.transform\.t"):
+        train_app.run(compose_train(cache, old, "ckpt_path=last", "transform.t=2"))

@@ -809,3 +809,23 @@ def test_series_of_two_procedures_in_one_standard_panel_get_different_markers(tm
     plot_series(series, ["reward_model"], "standard", tmp_path / "s.png")
     drawn = {c.get_label(): c.lines[0].get_marker() for c in figures[0].axes[0].containers}
     assert set(drawn) == {s.label for s in series} and len(set(drawn.values())) == 2
+
+
+def test_odd_settings_compare_numbers_by_value_within_a_world_and_calibration_only_where_used(tmp_path):
+    """1 and 1.0 are one temperature; a raw run (no calibration) at another calibration.K is not renamed
+    (it would drop out of the default baselines); a run of another world does not rename this world's."""
+    from infalign.report.collect import collect
+    from infalign.report.naming import method_of
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    raw = {"algo": "rloo", "transform": "raw", "depends_on_n": False, "trained_n": 4}
+    specs = [("identity", info, "W", 64, 1.0), ("identity", info, "W", 64, 1.0), ("identity", info, "W", 64, 1),
+             ("raw", raw, "W", 32, 1.0), ("identity", info, "V", 32, 1.0), ("identity", info, "V", 32, 1.0)]
+    for job, (method, inf, world, k, temp) in enumerate(specs):
+        metrics = per_prompt_metrics(method, inf, 0.2 + 0.1 * job, 0.3, {})
+        metrics["world"] = {"world_id": world}
+        metrics["config"] |= {"calibration": {"K": k}, "eval": {"temperature": temp}}
+        write_job(tmp_path, str(job), [f"method={method}"], metrics)
+    jobs = collect(tmp_path)
+    assert [method_of(j) for j in jobs] == ["identity", "identity", "identity", "raw", "identity", "identity"]
+    assert [j.eval_note for j in jobs] == [""] * 6

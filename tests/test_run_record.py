@@ -181,3 +181,7 @@ def test_a_failure_never_replaces_a_finished_record(tmp_path):
     assert write_failure(tmp_path, failed) == tmp_path / record.FAILED_ATTEMPT
     assert json.loads((tmp_path / "metrics.json").read_text()) == finished_json()
     assert "this attempt failed: ConfigError: ckpt_path" in job_failure(tmp_path)
+    odd = finished_json()
+    odd["eval"]["ns"] = [[4]]  # a record the reader chokes on (TypeError): never raised from a failure handler
+    (tmp_path / "metrics.json").write_text(json.dumps(odd))
+    assert record.is_finished(tmp_path / "metrics.json") is False

@@ -305,3 +305,20 @@ def test_shipped_yaml_entries_instantiate():
         if not path.exists():
             pytest.skip(f"{path} not present")
         assert isinstance(instantiate(OmegaConf.load(path)), cls)
+
+
+def test_finite_in_float32_is_trainings_own_range():
+    """exp overflows float32 only upwards (t > 88.72, plain or normalised: e^t, expm1(t)); any t < 0 is
+    finite. A callable written for torch tensors is probed with one (it used to fail validation with an
+    AttributeError)."""
+    import torch
+
+    from infalign.math.transforms import Custom, Exp, Identity, finite_in_float32
+
+    assert finite_in_float32(Exp(88.5)) and finite_in_float32(Exp(88.5, normalized=True))
+    assert not finite_in_float32(Exp(89.0)) and not finite_in_float32(Exp(89.0, normalized=True))
+    assert finite_in_float32(Exp(-300.0)) and finite_in_float32(Exp(-300.0, normalized=True))
+    assert finite_in_float32(Identity())
+    torch_only = Custom(lambda u: torch.log1p(u.clamp(min=0)), name="torch_only")
+    assert finite_in_float32(torch_only)
+    assert not finite_in_float32(Custom(lambda u: torch.log(u.clamp(min=0)), name="log0"))  # -inf at 0

@@ -34,7 +34,7 @@ from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
 from infalign.math.procedures import Procedure
-from infalign.math.transforms import MAX_TRAIN_T
+from infalign.math.transforms import Exp, finite_in_float32
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         best_rows = [
             {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be,
              "beta_expn": expn_beta(be, t), "win_rate": w,
-             "at_scan_edge": bool(edge), "flat": bool(flat), "trainable": bool(abs(t) <= MAX_TRAIN_T),
+             "at_scan_edge": bool(edge), "flat": bool(flat), "trainable": finite_in_float32(Exp(float(t))),
              "optimal_win_rate": optimal_at.get(float(b), math.nan)}
             for b, t, be, w, edge, flat in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge,
                                                best.flat)
@@ -279,7 +279,7 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
     for r in best_rows:
         t = (f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
              + (f" (flat: other t within {theory.FLAT_TOL:g})" if r["flat"] else "")
-             + (f" (|t| > {MAX_TRAIN_T:g}: training refuses it, float32)" if not r["trainable"] else ""))
+             + (" (training refuses it: float32 overflow)" if not r["trainable"] else ""))
         bt.add_row(f"{r['kl_budget']:.4g}", t,
                    *(f"{r[k]:.4g}" for k in ("beta", "beta_expn", "win_rate", "optimal_win_rate")))
     console.print(bt)

@@ -21,7 +21,6 @@ import zipfile
 from pathlib import Path
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import CONFIG_DIR, instantiate_checked, launcher_jobs
@@ -31,7 +30,7 @@ from infalign.infra.cache import atomic_write_json
 from infalign.infra.threads import declare_jobs, resolve_threads
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
-from infalign.math.transforms import MAX_TRAIN_T, Transform, as_transform
+from infalign.math.transforms import Transform, as_transform, finite_in_float32
 from infalign.pipeline import record
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import data_settings, model_settings, sampling_settings, training_seed, wandb_mode
@@ -107,16 +106,15 @@ def check_shared_run_dir() -> None:
 
 def check_float32_range(transform: Transform) -> None:
     """Training computes ``Phi(C)`` in float32: a transform that overflows there (``exp(t u)`` past
-    ``|t|`` ~ 88, the normalised form's ``expm1(t)`` too) would turn every advantage into NaN. Probed on
-    a grid of ``[0, 1]`` before compute; the theory (``infalign-analyze``, float64) takes ``|t| <= 700``."""
-    if not transform.calibrated:
+    ``t`` ~ 88.7, the normalised form's ``expm1(t)`` too) would turn every advantage into NaN. Probed on
+    a grid of ``[0, 1]`` before compute (:func:`~infalign.math.transforms.finite_in_float32`); the theory
+    (``infalign-analyze``, float64) takes ``|t| <= 700``."""
+    if not transform.calibrated or finite_in_float32(transform):
         return
-    with np.errstate(all="ignore"):
-        values = np.asarray(transform(np.linspace(0.0, 1.0, 1025, dtype=np.float32)), dtype=np.float32)
     t = getattr(transform, "t", None)
-    require(bool(np.isfinite(values).all()), "transform.t" if t is not None else "transform", t or transform.label,
-            f"a transform finite on [0, 1] in float32 (training's precision): |t| <= {MAX_TRAIN_T:g} for exp",
-            "larger |t| is for the float64 theory only (infalign-analyze)")
+    raise ConfigError("transform.t" if t is not None else "transform", t if t is not None else transform.label,
+                      "a transform finite on [0, 1] in float32 (training's precision): t <= 88.7 for exp",
+                      "larger t is for the float64 theory only (infalign-analyze)")
 
 
 def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:

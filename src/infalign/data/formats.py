@@ -351,8 +351,10 @@ def split_turns(prompt: str) -> list[dict[str, str]]:
     messages: list[dict[str, str]] = []
     for marker, text in _turns(prompt):
         role = "user" if marker == HH_HUMAN else "assistant"
-        if not text.strip():
-            continue
+        if not text.strip() and (messages or role == "assistant"):
+            continue  # (an empty first Human turn stays: a chat starts with the user)
+        if not messages and role == "assistant":
+            messages.append({"role": "user", "content": ""})
         if messages and messages[-1]["role"] == role:  # one speaker twice in a row: one message
             messages[-1]["content"] += "\n\n" + text.strip()
         else:

@@ -14,7 +14,9 @@ of ``P`` prompts (``[P, M]``):
   odd columns, ``s_p^A``, ``s_p^B``, independent given the prompt): ``sqrt(max(0, cov_p(s^A, s^B))) /
   mean_p((s^A + s^B) / 2)`` -- the halves' noises do not covary, so the covariance estimates the
   variance of the spreads themselves (times the halves' common small-sample bias factor, which the
-  ratio cancels); 0 in expectation when calibrated, NaN below ``M = 4``;
+  ratio cancels). The covariance is 0 in expectation when calibrated; the reported clamped square
+  root is not (it reads ~0.04 on average at ``P = 128, M = 16``, against ~0.18 for ``std_cv``). NaN
+  below ``M = 4``;
 * ``mean_spread_ratio``: spread of the per-prompt means relative to the typical within-prompt
   spread, ``std_p(mean_j r_pj) / mean_p(s_p)`` (per-prompt offsets, plus the sampling noise of an
   ``M``-sample mean);

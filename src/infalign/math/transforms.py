@@ -116,9 +116,24 @@ class Log(Transform):
         return val
 
 
-# Training computes Phi(C) in float32, where exp(t u) and expm1(t) overflow past t = 88.72: the largest
-# |t| a run accepts (apps/train.check_float32_range). The float64 theory takes |t| <= 700.
-MAX_TRAIN_T = 88.0
+def finite_in_float32(transform, points: int = 1025) -> bool:
+    """Whether ``transform`` is finite on a grid of ``[0, 1]`` in float32, training's precision (``exp``
+    overflows past ``t`` = 88.72 -- plain ``exp(t u)`` and the normalised form's ``expm1(t)`` alike --
+    while the float64 theory takes ``|t| <= 700``). Probed with a numpy array, else (a torch-only
+    callable) a torch tensor; True when neither can be evaluated (training's own check then stops a
+    non-finite ``Phi(C)``)."""
+    grid = np.linspace(0.0, 1.0, points, dtype=np.float32)
+    try:
+        with np.errstate(all="ignore"):
+            values = np.asarray(transform(grid), dtype=np.float32)
+    except Exception:  # noqa: BLE001 - a callable written for torch tensors
+        try:
+            import torch
+
+            values = transform(torch.from_numpy(grid)).float().numpy()
+        except Exception:  # noqa: BLE001
+            return True
+    return bool(np.isfinite(values).all())
 
 
 @register_transform("exp")

@@ -71,7 +71,8 @@ def reward_model_inputs(
     joined row, :func:`~infalign.models.builders.response_lead` put back -- one space for a byte-level
     BPE tokenizer, which reads ``" Sure"`` after ``"Assistant:"`` in the datasets' text (and in the
     public reward models' training rows: cleanrl's TL;DR models read ``"...TL;DR: summary<eos>"``),
-    nothing for tokenizers that ignore the space or add their own. A text pair gets no space
+    nothing for tokenizers that ignore the space or add their own; an empty response stays empty (no
+    lone space token before its eos). A text pair gets no space
     (``tokenizer(prompt, response)`` encodes the response on its own).
     ``reward.input`` (``pair``): ``joined`` is ``[prefix] prompt response [end]`` with the reward
     tokenizer's own special tokens (``[CLS] ... [SEP]`` for an encoder, ``<s> ... </s>`` for a
@@ -81,7 +82,8 @@ def reward_model_inputs(
     """
     lead = "" if pair else response_lead(tokenizer)
     return encode_prompt_response(
-        tokenizer, prompts, [lead + r.lstrip() for r in responses], append_eos=True, max_length=max_length,
+        tokenizer, prompts, [lead + r.lstrip() if r.strip() else "" for r in responses], append_eos=True,
+        max_length=max_length,
         special_tokens=True, pair=pair,
     )
 

@@ -121,10 +121,19 @@ def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
     return json.loads(json.dumps(training, default=str))
 
 
-def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
+def _differences(a, b, prefix: str = "", depth: int = 3, unknown: list[str] | None = None) -> list[str]:
+    """Dotted keys whose values differ between the stored settings ``a`` and this run's ``b``. A key only
+    one side has (a settings file written before the key existed, or after it was removed) is not a
+    difference: it goes to ``unknown`` (logged by the caller) -- no override could make it match."""
     if isinstance(a, dict) and isinstance(b, dict) and depth > 0:
-        return [d for k in sorted(set(a) | set(b), key=str)
-                for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.", depth - 1)]
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            if (k in a) != (k in b):
+                if unknown is not None:
+                    unknown.append(f"{prefix}{k}")
+                continue
+            out += _differences(a[k], b[k], f"{prefix}{k}.", depth - 1, unknown)
+        return out
     return [] if a == b else [prefix.rstrip(".")]
 
 
@@ -144,7 +153,9 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
     if not path.is_file():
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
         return
-    _refuse_if_different(path, _differences(json.loads(path.read_text()), settings), ckpt_path)
+    unknown: list[str] = []
+    _refuse_if_different(path, _differences(json.loads(path.read_text()), settings, unknown=unknown), ckpt_path,
+                         unknown)
 
 
 def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt_path: str) -> None:
@@ -160,16 +171,23 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
         for settings in (stored, current):
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
-    _refuse_if_different(path, _differences({"training": stored}, {"training": current}), ckpt_path)
+    unknown: list[str] = []
+    differ = _differences({"training": stored}, {"training": current}, unknown=unknown)
+    _refuse_if_different(path, differ, ckpt_path, unknown)
 
 
-def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str) -> None:
+def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown: list[str] = ()) -> None:
     from infalign.errors import ConfigError
 
+    if unknown:
+        log.warning("%s and this run's settings do not share the keys %s (a file from another code version): "
+                    "not compared", path, sorted(set(unknown))[:8])
     if differ:
+        overrides = path.parent / OVERRIDES_FILE
+        where = f"({overrides})" if overrides.is_file() else "(its .hydra/overrides.yaml, or metrics.json's config)"
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
                           f"{path} records other values of {differ[:8]}: resume with the interrupted run's own "
-                          f"overrides ({path.parent / OVERRIDES_FILE}), or start a new run")
+                          f"overrides {where}, or start a new run")
 
 
 OVERRIDES_FILE = "run_overrides.yaml"  # beside the checkpoints: the command-line overrides they were trained with

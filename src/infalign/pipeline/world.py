@@ -346,7 +346,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
                                           pair=reward_pair(cfg))
 
     def build():
-        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # (not a context on every GPU)
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(data_seed)  # the new head's init and any dropout: keyed, not the run's stream
             model = load_reward_model(init_path, tokenizer=tokenizer, key="reward.name_or_path", from_causal_lm=True)
