@@ -829,3 +829,21 @@ def test_odd_settings_compare_numbers_by_value_within_a_world_and_calibration_on
     jobs = collect(tmp_path)
     assert [method_of(j) for j in jobs] == ["identity", "identity", "identity", "raw", "identity", "identity"]
     assert [j.eval_note for j in jobs] == [""] * 6
+
+
+def test_a_refused_attempt_does_not_relabel_the_finished_runs_overrides(tmp_path):
+    """Hydra rewrites .hydra/overrides.yaml for every attempt; after a refused resume (metrics.failed.json
+    beside a finished metrics.json) the run's own overrides are those saved beside its checkpoints, or
+    none when it saved none (never the attempt's)."""
+    from infalign.report.collect import load_job
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    write_job(tmp_path, "0", ["transform.t=2"], per_prompt_metrics("identity", info, 0.3, 0.3, {}))
+    job_dir = tmp_path / "0"
+    assert load_job(job_dir, tmp_path).overrides == ["transform.t=2"]  # no failed attempt: .hydra's
+    (job_dir / "metrics.failed.json").write_text("{}")
+    assert load_job(job_dir, tmp_path).overrides == []
+    (job_dir / "checkpoints").mkdir()
+    (job_dir / "checkpoints" / "run_overrides.yaml").write_text('- "transform.t=4"\n')
+    job = load_job(job_dir, tmp_path)
+    assert job.status == "finished" and job.overrides == ["transform.t=4"]

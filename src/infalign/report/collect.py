@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infalign.pipeline.policy_cache import OVERRIDES_FILE
+from infalign.pipeline.record import FAILED_ATTEMPT
 from infalign.pipeline.run_record import RunRecord
 
 JUDGES = ("reward_model", "gold")
@@ -178,17 +180,22 @@ def load_job(path: Path, root: Path) -> Job:
                       or "no metrics.json (still running, killed, or crashed before writing it)")
         if (path / "train.log").exists() and job.reason and not job.reason.startswith("no metrics"):
             job.reason = f"train.log: {job.reason}"
+    if job.status == "finished" and (path / FAILED_ATTEMPT).exists():
+        # a later attempt (a refused resume) failed in this finished run's dir, and Hydra rewrote .hydra/ for
+        # it: the run's own overrides are those saved beside its checkpoints, when it trained
+        saved = path / "checkpoints" / OVERRIDES_FILE
+        job.overrides = read_overrides(path, saved) if saved.exists() else []
     config = job.record.config if job.record is not None else None
     job.config = config if config else read_hydra_config(path)
     return job
 
 
-def read_overrides(path: Path) -> list[str]:
-    """``.hydra/overrides.yaml`` as a list of strings ([] if absent or unreadable)."""
+def read_overrides(path: Path, file: Path | None = None) -> list[str]:
+    """``.hydra/overrides.yaml`` (or ``file``) as a list of strings ([] if absent or unreadable)."""
     try:
         from omegaconf import OmegaConf
 
-        data = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))
+        data = OmegaConf.to_container(OmegaConf.load(file or path / ".hydra" / "overrides.yaml"))
         return [str(o) for o in data] if isinstance(data, list) else []
     except Exception:  # noqa: BLE001 - a broken job dir must not stop the report
         return []
