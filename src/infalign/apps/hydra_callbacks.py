@@ -12,7 +12,6 @@ their ``metrics.json`` ``timings``, policy-cache hits), which ``infalign-report`
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,17 +21,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from infalign.infra.cache import atomic_write_json
-from infalign.pipeline.record import FAILED_ATTEMPT
-from infalign.pipeline.run_record import RunRecord
+from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 
 log = logging.getLogger(__name__)
-
-
-def read_record(path: Path) -> RunRecord:
-    """``metrics.json`` as a :class:`RunRecord` (``RecordError`` / ``OSError`` / ``ValueError`` when
-    it cannot be read). A file without ``version`` (an older record, or ``infalign-analyze``'s
-    metrics) reads as version 0; without ``status`` it counts as finished."""
-    return RunRecord.from_json(json.loads(path.read_text()))
 
 
 def job_failure(job_dir: Path) -> str | None:

@@ -67,10 +67,17 @@ def eval_rows(rec: RunRecord) -> list[dict]:
 FAILED_ATTEMPT = "metrics.failed.json"  # a failed attempt in the dir of a finished run (apps/train.write_failure)
 
 
+def read_record(path: Path) -> RunRecord:
+    """``metrics.json`` as a :class:`RunRecord` (``RecordError`` / ``OSError`` / ``ValueError`` when
+    it cannot be read). A file without ``version`` (an older record, or ``infalign-analyze``'s
+    metrics) reads as version 0; without ``status`` it counts as finished."""
+    return RunRecord.from_json(json.loads(Path(path).read_text()))
+
+
 def is_finished(path: Path) -> bool:
     """Whether ``path`` (a ``metrics.json``) records a finished run."""
     try:
-        return RunRecord.from_json(json.loads(Path(path).read_text())).finished
+        return read_record(path).finished
     except Exception:  # noqa: BLE001 - missing, unreadable or not a record: it runs in failure handlers
         return False
 

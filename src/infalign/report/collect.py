@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infalign.pipeline.policy_cache import OVERRIDES_FILE
-from infalign.pipeline.record import FAILED_ATTEMPT
+from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 from infalign.pipeline.run_record import RunRecord
 
 JUDGES = ("reward_model", "gold")
@@ -161,7 +161,7 @@ def load_job(path: Path, root: Path) -> Job:
     metrics_path = path / "metrics.json"
     if metrics_path.exists():
         try:
-            record = RunRecord.from_json(json.loads(metrics_path.read_text()))
+            record = read_record(metrics_path)
         except (OSError, ValueError, UnicodeDecodeError) as exc:  # RecordError is a ValueError
             job.status = "failed"
             job.reason = f"unreadable metrics.json ({type(exc).__name__}: {last_line(str(exc))})"
