@@ -14,7 +14,6 @@ has ended, ``metrics.json`` (a :class:`~infalign.pipeline.run_record.RunRecord`)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -41,7 +40,7 @@ class Job:
     overrides: list[str] = field(default_factory=list)
     record: RunRecord | None = None  # metrics.json (None when missing or unreadable)
     config: dict = field(default_factory=dict)  # resolved config: the record's, else .hydra/config.yaml's
-    method_note: str = ""  # calibration settings unlike most runs' (mark_odd_settings): part of its method
+    method_note: str = ""  # calibration settings unlike most runs' (naming.mark_odd_settings): part of its method
     eval_note: str = ""  # evaluation settings unlike most runs': another evaluation, compared apart
 
 
@@ -81,79 +80,13 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def collect(root: Path, skip: Sequence[Path] = ()) -> list[Job]:
-    """A :class:`Job` for every job dir under ``root`` (:func:`mark_odd_settings` applied); never raises
+    """A :class:`Job` for every job dir under ``root`` (``naming.mark_odd_settings`` applied); never raises
     on a broken job dir."""
+    from infalign.report.naming import mark_odd_settings  # (naming reads Job: imported here, not at the top)
+
     jobs = [load_job(path, root) for path in find_job_dirs(root, skip)]
     mark_odd_settings(jobs)
     return jobs
-
-
-# Settings outside a run's method label and its KL knob that change what its numbers mean: the
-# calibration (K, smoothing) is part of the method; the evaluation's sampler makes another evaluation.
-METHOD_SETTINGS = ("calibration.K", "calibration.smoothing")
-EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens")
-
-
-def mark_odd_settings(jobs: Sequence[Job]) -> None:
-    """Set ``job.method_note`` / ``job.eval_note`` (``"calibration.K=64"``, ...) on the finished jobs
-    whose value of a :data:`METHOD_SETTINGS` / :data:`EVAL_SETTINGS` key differs from most finished
-    jobs' (ties: the first value in sorted order is "most"). The report then names such a run's method
-    with the note (``expn(t=4) [calibration.K=64]``: another method) and keys its world with the
-    evaluation note (compared apart from the others), instead of pooling it with runs it does not
-    match. A key that some finished job's config lacks (a record written before the key existed) is
-    not compared. Numbers compare by value (``1`` is ``1.0``); "most" is counted within each world
-    (``world.world_id``, else ``toy_key``), so runs of one world are not renamed by another's; the
-    calibration settings are compared among runs that calibrate (not ``raw``, not the offline
-    baselines, which never read them)."""
-    done = [j for j in jobs if j.status == "finished" and isinstance(j.config, dict) and j.config]
-    for keys, attr in ((METHOD_SETTINGS, "method_note"), (EVAL_SETTINGS, "eval_note")):
-        notes: dict[str, list[str]] = {j.job: [] for j in done}
-        members = [j for j in done if attr == "eval_note" or _calibrates(j)]
-        for world in sorted({_world(j) for j in members}):
-            mine = [j for j in members if _world(j) == world]
-            for key in keys:
-                values = [_dotted(j.config, key) for j in mine]
-                if not values or any(v is _MISSING for v in values):
-                    continue
-                compared = [json.dumps(_plain_number(v), sort_keys=True) for v in values]
-                common = max(sorted(set(compared)), key=compared.count)
-                for job, value, raw in zip(mine, compared, values):
-                    if value != common:
-                        notes[job.job].append(f"{key}={json.dumps(raw, sort_keys=True)}")
-        for job in done:
-            setattr(job, attr, ", ".join(notes[job.job]))
-
-
-def _plain_number(value):
-    """A number as a float (``1`` and ``1.0`` alike); anything else (bools included) as it is."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-def _world(job: Job) -> str:
-    world = job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
-    return str(world.get("world_id") or world.get("toy_key") or "")
-
-
-def _calibrates(job: Job) -> bool:
-    """Whether the run ranked its rewards against a calibration table: a calibrated transform it trained on
-    (``method_info.transform`` set and not ``raw``; the transform config not ``Raw`` for older records)."""
-    info = job.record.method_info if job.record is not None else None
-    if isinstance(info, dict) and "transform" in info:
-        return info["transform"] not in (None, "raw")
-    target = str(((job.config or {}).get("transform") or {}).get("_target_", ""))
-    return not target.endswith(".Raw")
-
-
-_MISSING = object()
-
-
-def _dotted(cfg: dict, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
 
 
 def load_job(path: Path, root: Path) -> Job:

@@ -9,7 +9,9 @@ the method is the record's ``method`` (docs/method.md §8); the procedure is bui
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from infalign.errors import ConfigError
@@ -119,14 +121,20 @@ def world_keys(jobs) -> dict[str, str | None]:
     records of one world are not told apart as two. A run evaluated unlike most runs
     (``Job.eval_note``: another sampling temperature, top-k, top-p or response length) has the note
     appended: another evaluation is compared apart, like another world."""
+    notes = {job.job: job.eval_note for job in jobs}
+    return {job: (value + (f" [{notes[job]}]" if notes[job] else "")) if value else None
+            for job, value in _world_ids(jobs).items()}
+
+
+def _world_ids(jobs) -> dict[str, str | None]:
+    """:func:`world_keys` without the evaluation notes."""
     worlds = {job.job: job.record.world if job.record is not None and isinstance(job.record.world, dict) else {}
               for job in jobs}
-    notes = {job.job: job.eval_note for job in jobs}
     legacy = any(w.get("toy_key") and not w.get("world_id") for w in worlds.values())
     out = {}
     for job, w in worlds.items():
         value = w.get("toy_key") if legacy and w.get("toy_key") else (w.get("world_id") or w.get("toy_key"))
-        out[job] = (str(value) + (f" [{notes[job]}]" if notes[job] else "")) if value else None
+        out[job] = str(value) if value else None
     return out
 
 
@@ -152,3 +160,63 @@ def world_label(key: str, main: str) -> str:
     if main and key.startswith(main + " ["):
         return key[len(main) + 1:]
     return f"[world {key}]"
+
+
+# Settings outside a run's method label and its KL knob that change what its numbers mean: the
+# calibration (K, smoothing) is part of the method; the evaluation's sampler makes another evaluation.
+METHOD_SETTINGS = ("calibration.K", "calibration.smoothing")
+EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens")
+
+
+def mark_odd_settings(jobs: Sequence[Job]) -> None:
+    """Set ``job.method_note`` / ``job.eval_note`` (``"calibration.K=64"``, ...) on the finished jobs
+    whose value of a :data:`METHOD_SETTINGS` / :data:`EVAL_SETTINGS` key differs from most finished
+    jobs' (ties: the first value in sorted order is "most"). The report then names such a run's method
+    with the note (``expn(t=4) [calibration.K=64]``: another method) and keys its world with the
+    evaluation note (compared apart from the others), instead of pooling it with runs it does not
+    match. A key that some finished job's config lacks (a record written before the key existed) is
+    not compared. Numbers compare by value (``1`` is ``1.0``); "most" is counted within each world
+    (:func:`world_keys` before its evaluation notes), so runs of one world are not renamed by another's; the
+    calibration settings are compared among runs that calibrate (not ``raw``, not the offline
+    baselines, which never read them)."""
+    done = [j for j in jobs if j.status == "finished" and isinstance(j.config, dict) and j.config]
+    worlds = _world_ids(jobs)  # (without the evaluation notes being set here)
+    for keys, attr in ((METHOD_SETTINGS, "method_note"), (EVAL_SETTINGS, "eval_note")):
+        notes: dict[str, list[str]] = {j.job: [] for j in done}
+        members = [j for j in done if attr == "eval_note" or _calibrates(j)]
+        for world in sorted({worlds[j.job] for j in members}, key=str):
+            mine = [j for j in members if worlds[j.job] == world]
+            for key in keys:
+                values = [_dotted(j.config, key) for j in mine]
+                if not values or any(v is _MISSING for v in values):
+                    continue
+                compared = [json.dumps(_plain_number(v), sort_keys=True) for v in values]
+                common = max(sorted(set(compared)), key=compared.count)
+                for job, value, raw in zip(mine, compared, values):
+                    if value != common:
+                        notes[job.job].append(f"{key}={json.dumps(raw, sort_keys=True)}")
+        for job in done:
+            setattr(job, attr, ", ".join(notes[job.job]))
+
+
+def _plain_number(value):
+    """A number as a float (``1`` and ``1.0`` alike); anything else (bools included) as it is."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _calibrates(job: Job) -> bool:
+    """Whether the run ranked its rewards against a calibration table: it trained on its transform
+    (:func:`uses_transform`) and that transform is not ``raw``."""
+    return uses_transform(job) and transform_label(job) != "raw"
+
+
+_MISSING = object()
+
+
+def _dotted(cfg: dict, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
