@@ -2,9 +2,11 @@
 
 - ``build_toy_lm`` / ``build_toy_reward_model``: fresh GPT-2 models sized for the toy world.
 - ``load_causal_lm`` / ``load_reward_model`` / ``load_tokenizer``: ``from_pretrained`` by hub name
-  or local directory, with errors that name the config key and the path, and a check that the
-  checkpoint is of the right kind (a sequence-classification checkpoint silently loads as a
-  causal LM otherwise: GPT-2 ties ``lm_head`` to the embeddings).
+  (at an optional ``revision``) or local directory, with errors that name the config key and the
+  path, and a check that the checkpoint is of the right kind (a sequence-classification checkpoint
+  silently loads as a causal LM otherwise: GPT-2 ties ``lm_head`` to the embeddings).
+- ``hub_commit``: the commit of the hub snapshot a name (and revision) resolves to, so that cached
+  samples are keyed by the weights they came from and every load reads that same snapshot.
 - ``encode_prompt_response``: the one way prompt/response text becomes token ids (pre-training,
   reward-model training and reward scoring all use it, so they see identical inputs).
 """
@@ -25,6 +27,7 @@ __all__ = [
     "check_causal_lm",
     "check_reward_model",
     "encode_prompt_response",
+    "hub_commit",
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
@@ -115,16 +118,46 @@ def resolve_name_or_path(name_or_path: str | os.PathLike, key: str) -> str:
     return name
 
 
-def _load_config(name: str, key: str):
+def _revision_kw(revision: str | None) -> dict:
+    """``{"revision": revision}`` for ``from_pretrained``, nothing when None (the hub's ``main``)."""
+    return {} if revision is None else {"revision": str(revision)}
+
+
+def _load_config(name: str, key: str, revision: str | None = None):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name)
+        return AutoConfig.from_pretrained(name, **_revision_kw(revision))
     except OSError as exc:
+        at = "" if revision is None else f" at revision {revision!r}"
         raise OSError(
-            f"{key}={name!r}: not a local directory and could not be loaded from the Hugging Face "
+            f"{key}={name!r}{at}: not a local directory and could not be loaded from the Hugging Face "
             f"hub (offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}): {exc}"
         ) from exc
+
+
+def hub_commit(name: str, revision: str | None = None, key: str = "policy.revision") -> str | None:
+    """The commit hash of the hub snapshot ``from_pretrained(name, revision=revision)`` reads, from
+    the local Hugging Face cache (``models--org--name/snapshots/<commit>/config.json``; ``revision``
+    None is ``main``, a branch or tag resolves through ``refs/``). Call it after :func:`check_causal_lm`
+    / :func:`check_reward_model`, which put ``config.json`` of that revision in the cache (online, they
+    fetch the hub's current ``main`` first). None for a local directory, or when the cache does not
+    hold the file (a custom ``cache_dir``): then the model is known by its name alone.
+
+    A hub name is a moving target -- ``main`` changes when its owner pushes -- so cached reference
+    samples, calibration tables and reward scores are keyed by this commit (``pipeline/world.py``),
+    and every later load of the run passes it as ``revision``: the policy, the reference, the
+    tokenizers and the reward model all come from the snapshot the keys name."""
+    if _looks_local(name):
+        if revision is not None:
+            raise ConfigError(key, revision, "null for a local directory (a revision names a hub snapshot)")
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(name, "config.json", revision=revision)
+    if not isinstance(found, str):
+        return None
+    return Path(found).parent.name
 
 
 def _check_kind(config, name: str, key: str, suffixes: tuple[str, ...], wanted: str) -> None:
@@ -144,23 +177,26 @@ def _is_causal(config) -> bool:
     return any(a.endswith(_CAUSAL) for a in getattr(config, "architectures", None) or [])
 
 
-def check_causal_lm(name_or_path: str | os.PathLike, key: str = "policy.name_or_path"):
-    """``(name, config)`` of a causal-LM checkpoint, reading only its ``config.json`` (cheap: run
-    before any compute). Errors name ``key``: missing local path, hub name not found, wrong kind."""
+def check_causal_lm(name_or_path: str | os.PathLike, key: str = "policy.name_or_path",
+                    revision: str | None = None):
+    """``(name, config)`` of a causal-LM checkpoint (a hub name at ``revision``: None = ``main``),
+    reading only its ``config.json`` (cheap: run before any compute). Errors name ``key``: missing
+    local path, hub name or revision not found, wrong kind."""
     name = resolve_name_or_path(name_or_path, key)
-    config = _load_config(name, key)
+    config = _load_config(name, key, revision)
     _check_kind(config, name, key, _CAUSAL, "causal language model")
     return name, config
 
 
 def check_reward_model(
-    name_or_path: str | os.PathLike, key: str = "reward.name_or_path", from_causal_lm: bool = False
+    name_or_path: str | os.PathLike, key: str = "reward.name_or_path", from_causal_lm: bool = False,
+    revision: str | None = None,
 ):
     """``(name, config)`` of a one-output sequence-classification checkpoint -- or, with
     ``from_causal_lm``, of a causal LM that will get a new scalar head. Reads only
-    ``config.json``; errors as in :func:`check_causal_lm`."""
+    ``config.json``; ``revision`` and errors as in :func:`check_causal_lm`."""
     name = resolve_name_or_path(name_or_path, key)
-    config = _load_config(name, key)
+    config = _load_config(name, key, revision)
     if from_causal_lm:
         _check_kind(config, name, key, _CLASSIFIER + _CAUSAL, "reward model or causal LM")
     else:
@@ -184,17 +220,20 @@ def load_causal_lm(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     key: str = "policy.name_or_path",
+    revision: str | None = None,
 ):
-    """``AutoModelForCausalLM.from_pretrained`` by hub id or local directory.
+    """``AutoModelForCausalLM.from_pretrained`` by hub id (at ``revision``; None = ``main``) or local
+    directory.
 
     Raises ``FileNotFoundError`` (naming ``key`` and the path) for a missing local path and
     ``ValueError`` for a checkpoint that is not a causal LM (e.g. a reward model).
     """
     from transformers import AutoModelForCausalLM
 
-    name, _ = check_causal_lm(name_or_path, key)
+    name, _ = check_causal_lm(name_or_path, key, revision)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, "dtype"))
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, "dtype"),
+                                                     **_revision_kw(revision))
     except ValueError as exc:  # unrecognised configuration class for this auto class
         raise ValueError(f"{key}={name!r} cannot be loaded as a causal LM: {exc}") from exc
     return model.to(device)
@@ -207,8 +246,10 @@ def load_reward_model(
     tokenizer=None,
     key: str = "reward.name_or_path",
     from_causal_lm: bool = False,
+    revision: str | None = None,
 ):
-    """``AutoModelForSequenceClassification.from_pretrained`` with one output (the score).
+    """``AutoModelForSequenceClassification.from_pretrained`` with one output (the score), by hub id
+    (at ``revision``; None = ``main``) or local directory.
 
     ``from_causal_lm``: a causal-LM checkpoint (an SFT model) is accepted too; its transformer is
     loaded under a *new* linear scalar head (randomly initialised, as TRL's ``RewardTrainer``
@@ -224,11 +265,12 @@ def load_reward_model(
     """
     from transformers import AutoModelForSequenceClassification
 
-    name, config = check_reward_model(name_or_path, key, from_causal_lm)
+    name, config = check_reward_model(name_or_path, key, from_causal_lm, revision)
     new_head = _is_causal(config)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            name, dtype=resolve_dtype(dtype, "dtype"), **({"num_labels": 1} if new_head else {})
+            name, dtype=resolve_dtype(dtype, "dtype"), **({"num_labels": 1} if new_head else {}),
+            **_revision_kw(revision),
         )
     except ValueError as exc:
         raise ValueError(f"{key}={name!r} cannot be loaded as a reward model: {exc}") from exc
@@ -276,9 +318,10 @@ def load_tokenizer(
     name_or_path: str | os.PathLike,
     padding_side: str = "left",
     key: str = "policy.name_or_path",
+    revision: str | None = None,
 ):
-    """``AutoTokenizer.from_pretrained``; ``padding_side`` 'left' (generation) or 'right'
-    (scoring); ``pad_token`` falls back to ``eos_token``."""
+    """``AutoTokenizer.from_pretrained`` (a hub id at ``revision``; None = ``main``); ``padding_side``
+    'left' (generation) or 'right' (scoring); ``pad_token`` falls back to ``eos_token``."""
     from transformers import AutoTokenizer
 
     require(padding_side in ("left", "right"), "padding_side", padding_side, "'left' or 'right'")
@@ -294,7 +337,7 @@ def load_tokenizer(
             )
         name = str(path)
     try:
-        tok = AutoTokenizer.from_pretrained(name)
+        tok = AutoTokenizer.from_pretrained(name, **_revision_kw(revision))
     except (OSError, ValueError, KeyError) as exc:
         raise OSError(f"{key}={name!r}: cannot load a tokenizer from it: {exc}") from exc
     if tok.pad_token is None:

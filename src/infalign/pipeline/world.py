@@ -26,6 +26,7 @@ from infalign.infra.cache import content_key, sha256_file
 from infalign.models.builders import (
     check_causal_lm,
     check_reward_model,
+    hub_commit,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
@@ -62,8 +63,13 @@ def fingerprint_dir(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _fingerprint(name_or_path: str) -> str:
-    return fingerprint_dir(name_or_path) if Path(name_or_path).exists() else f"hub:{name_or_path}"
+def _fingerprint(name_or_path: str, commit: str | None = None) -> str:
+    """What a model's cached samples and scores are keyed by: :func:`fingerprint_dir` of a local
+    directory; for a hub name, ``hub:<name>@<commit>`` (the snapshot :func:`hub_commit` resolved, which
+    every load of the run reads), or ``hub:<name>`` when the cache could not tell the commit."""
+    if Path(name_or_path).exists():
+        return fingerprint_dir(name_or_path)
+    return f"hub:{name_or_path}" if commit is None else f"hub:{name_or_path}@{commit}"
 
 
 def _with_dtype(fingerprint: str, dtype: str) -> str:
@@ -74,12 +80,16 @@ def _with_dtype(fingerprint: str, dtype: str) -> str:
 
 @dataclass
 class CheckedModels:
-    """What :func:`check_world_config` resolved (paths) and loaded (tokenizers only)."""
+    """What :func:`check_world_config` resolved (paths, hub commits) and loaded (tokenizers only).
+    ``*_revision`` is the commit hash of a hub model's snapshot (:func:`hub_commit`; None for a local
+    directory): every later load passes it, so the run reads the weights its cache keys name."""
 
     policy_path: str | None
     reward_path: str | None
     policy_tokenizer: object = None
     reward_tokenizer: object = None
+    policy_revision: str | None = None
+    reward_revision: str | None = None
 
 
 def _train_reward(cfg: DictConfig) -> bool:
@@ -114,18 +124,50 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
             raise FileNotFoundError(f"file not found: {Path(source).expanduser()} (data.name_or_path)")
     checked = CheckedModels(None, None)
     if cfg.policy.name_or_path is not None:
-        checked.policy_path, config = check_causal_lm(cfg.policy.name_or_path, "policy.name_or_path")
+        revision = _revision(cfg.policy, "policy")
+        checked.policy_path, config = check_causal_lm(cfg.policy.name_or_path, "policy.name_or_path", revision)
+        checked.policy_revision = _commit(checked.policy_path, revision, "policy")
         if not toy:
             check_sequence_budget(cfg, config)
-        checked.policy_tokenizer = load_tokenizer(checked.policy_path, "left", key="policy.name_or_path")
+        checked.policy_tokenizer = load_tokenizer(checked.policy_path, "left", key="policy.name_or_path",
+                                                  revision=checked.policy_revision)
         if cfg.policy.get("chat_template") and not getattr(checked.policy_tokenizer, "chat_template", None):
             raise ConfigError("policy.chat_template", True, "false, or a policy tokenizer with a chat template",
                               f"the tokenizer of {checked.policy_path} has no chat_template")
     if cfg.reward.name_or_path is not None:
+        revision = _revision(cfg.reward, "reward")
         checked.reward_path, _ = check_reward_model(cfg.reward.name_or_path, "reward.name_or_path",
-                                                    from_causal_lm=_train_reward(cfg))
-        checked.reward_tokenizer = load_tokenizer(checked.reward_path, "right", key="reward.name_or_path")
+                                                    from_causal_lm=_train_reward(cfg), revision=revision)
+        checked.reward_revision = _commit(checked.reward_path, revision, "reward")
+        checked.reward_tokenizer = load_tokenizer(checked.reward_path, "right", key="reward.name_or_path",
+                                                  revision=checked.reward_revision)
+    elif cfg.reward.get("revision") is not None:
+        raise ConfigError("reward.revision", cfg.reward.revision, "null without reward.name_or_path")
+    if cfg.policy.name_or_path is None and cfg.policy.get("revision") is not None:
+        raise ConfigError("policy.revision", cfg.policy.revision, "null without policy.name_or_path")
     return checked
+
+
+def _revision(node: DictConfig, group: str) -> str | None:
+    """``<group>.revision``: None or a string (Hydra reads an all-digit hash as a number, which would
+    lose its leading zeros: refused with the quoting that keeps it a string)."""
+    revision = node.get("revision")
+    if revision is not None and not isinstance(revision, str):
+        raise ConfigError(f"{group}.revision", revision, "a branch, tag or commit hash, as a string (quote a "
+                          f"hash of digits only: {group}.revision=\"'<hash>'\")")
+    return revision
+
+
+def _commit(name: str, revision: str | None, group: str) -> str | None:
+    """:func:`hub_commit` of a checked model, with a warning when a hub model's commit is unknown (its
+    cached samples are then keyed by its name alone, and a new ``main`` would not renew them)."""
+    commit = hub_commit(name, revision, f"{group}.revision")
+    if commit is None and not Path(name).exists():
+        log.warning("%s.name_or_path=%s: the Hugging Face cache does not tell which commit it resolves to; "
+                    "cached samples and scores of this model are keyed by its name only (set %s.revision to "
+                    "a commit hash to pin it)", group, name, group)
+        return revision
+    return commit
 
 
 def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
@@ -175,7 +217,9 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         stats = {"data_reports": {k: r.to_dict() for k, r in dm.reports.items()}}
         gold = None
         if _train_reward(cfg):
-            reward_path, rm_stats = train_reward_model(cfg, dm, reward_path, reward_tok, cache_dir)
+            reward_path, rm_stats = train_reward_model(cfg, dm, reward_path, reward_tok, cache_dir,
+                                                       init_revision=checked.reward_revision)
+            checked.reward_revision = None  # the trained model is a local directory
             stats.update(rm_stats)
 
     # the reference is frozen (inference only) in policy.dtype; the policy's weights are what AdamW
@@ -193,10 +237,13 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                     "every KL, e.g. ~0.01 nats per response on a tiny model); set them equal for exact KLs",
                     dtype, train_dtype)
     reward_dtype = cfg.reward.get("dtype", dtype)
-    policy = load_causal_lm(policy_path, dtype=train_dtype, device=device, key="policy.name_or_path")
-    reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path")
+    policy_rev, reward_rev = checked.policy_revision, checked.reward_revision
+    policy = load_causal_lm(policy_path, dtype=train_dtype, device=device, key="policy.name_or_path",
+                            revision=policy_rev)
+    reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path",
+                               revision=policy_rev)
     reward_model = load_reward_model(reward_path, dtype=reward_dtype, device=device,
-                                     tokenizer=reward_tok, key="reward.name_or_path")
+                                     tokenizer=reward_tok, key="reward.name_or_path", revision=reward_rev)
     render = policy_view(cfg.policy, tokenizer)
     train_prompts, eval_prompts = render(train_raw), render(eval_raw)
     reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
@@ -208,8 +255,9 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     # what a cached reference sample / reward score depends on: the weights, the precision they compute
     # in (a half-precision dtype only, so float32 keys are those from before dtypes entered them) and
     # how the reward model reads its input
-    reference_fingerprint = _with_dtype(_fingerprint(policy_path), dtype)
-    reward_fingerprint = content_key(_with_dtype(_fingerprint(reward_path), reward_dtype), reward.input_format)
+    reference_fingerprint = _with_dtype(_fingerprint(policy_path, policy_rev), dtype)
+    reward_fingerprint = content_key(_with_dtype(_fingerprint(reward_path, reward_rev), reward_dtype),
+                                     reward.input_format)
     # which world a run's numbers come from (the report compares only runs of one world): the models
     # and, for the toy world, its build key (the world's parameters: the gold reward too)
     stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
@@ -305,9 +353,11 @@ def reward_pair(cfg) -> bool:
     return cfg.reward.get("input", "joined") == "pair"
 
 
-def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir: str | Path) -> tuple[str, dict]:
+def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir: str | Path,
+                       init_revision: str | None = None) -> tuple[str, dict]:
     """Bradley-Terry training of ``init_path`` (a reward model, or a causal LM that gets a new scalar
-    head) on the train pairs, validated on the test pairs; cached by content (init weights, input
+    head; a hub name at the commit ``init_revision``) on the train pairs, validated on the test pairs;
+    cached by content (init weights, input
     format, pairs, ``reward.train``, ``data.batch_size``, ``data.seed`` -- which seeds the new head and
     the shuffling -- and ``trainer.precision``). The build draws from its own torch RNG stream
     (``data.seed``), so the run's stream is the same whether the model was built or loaded.
@@ -334,7 +384,8 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
     batch_size, data_seed = int(cfg.data.get("batch_size", 16)), int(cfg.data.get("seed", 0))
     precision = str(reward_trainer_kwargs(cfg)["precision"])
-    key = content_key("reward-bt-v2", _fingerprint(init_path), fmt, train, val, hp, batch_size, data_seed, precision)
+    key = content_key("reward-bt-v2", _fingerprint(init_path, init_revision), fmt, train, val, hp, batch_size,
+                      data_seed, precision)
     path = Path(cache_dir) / f"reward-{key}"
     log.info("stage reward_model: Bradley-Terry training, %d steps on %d pairs, validated on %d "
              "(instant when cached: %s)", int(hp["steps"]), len(train), len(val), path)
@@ -349,7 +400,8 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # (not a context on every GPU)
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(data_seed)  # the new head's init and any dropout: keyed, not the run's stream
-            model = load_reward_model(init_path, tokenizer=tokenizer, key="reward.name_or_path", from_causal_lm=True)
+            model = load_reward_model(init_path, tokenizer=tokenizer, key="reward.name_or_path", from_causal_lm=True,
+                                      revision=init_revision)
             module = RewardModelModule(model, lr=float(hp["lr"]), warmup=int(hp.get("warmup", 0)),
                                        weight_decay=float(hp.get("weight_decay", 0.0)))
             trainer = L.Trainer(max_steps=int(hp["steps"]), num_sanity_val_steps=0, **reward_trainer_kwargs(cfg))
