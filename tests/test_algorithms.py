@@ -390,6 +390,52 @@ def test_ppo_logs_the_rollouts_mean_over_its_updates():
     assert per_update[0]["approx_kl"] == 0 and max(u["approx_kl"] for u in per_update[1:4]) > 0
 
 
+def test_training_metrics_are_reduced_over_ddp_ranks(monkeypatch):
+    """Under DDP each rank logs its own rollout: Lightning's ``sync_dist`` path (``strategy.reduce``)
+    averages every ``train/*`` value and the progress-bar ``kl`` / ``C`` over the ranks and sums the
+    throughputs ``perf/*``. Two ranks are simulated from ``on_train_start`` on: the trainer reports
+    itself distributed and ``reduce`` acts as if the other rank had logged the same value + 2 (mean:
+    ``v + 1``; sum: ``2 v + 2``), so every logged value must show the reduction it went through."""
+    from infalign.training.ctrl import CTRLModule
+
+    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.05, "steps": 1, "group_size": 4,
+                           "prompts_per_step": 2, "max_new_tokens": 4})
+    local: dict[str, float] = {}
+    training_step = CTRLModule.training_step
+
+    def recording_step(self, batch, batch_idx):  # the values before any reduction
+        log_dict, log = self.log_dict, self.log
+        self.log_dict = lambda metrics, **kw: (local.update({k: float(v) for k, v in metrics.items()}),
+                                                log_dict(metrics, **kw))[1]
+        self.log = lambda name, value, **kw: (local.update({name: float(value)}), log(name, value, **kw))[1]
+        try:
+            return training_step(self, batch, batch_idx)
+        finally:
+            self.log_dict, self.log = log_dict, log
+
+    def other_rank(value, group=None, reduce_op="mean"):
+        return value + 1 if reduce_op == "mean" else 2 * value + 2
+
+    logged: dict[str, float] = {}
+
+    class TwoRanks(L.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            monkeypatch.setattr(type(trainer._accelerator_connector), "is_distributed", property(lambda _: True))
+            monkeypatch.setattr(trainer.strategy, "reduce", other_rank)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            logged.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    monkeypatch.setattr(CTRLModule, "training_step", recording_step)
+    fit_policy(tp.world(), OmegaConf.create({"seed": 0}), algo, Identity(), tp.calibration_table(),
+               StageTrainers(predict=PREDICT, fit=functools.partial(TRAINERS.fit, callbacks=[TwoRanks()])), None)
+    names = [k for k in local if k.startswith(("train/", "perf/")) or k in ("kl", "C")]
+    assert {"train/reward", "train/kl", "train/loss", "perf/samples_per_s", "kl", "C"} <= set(names)
+    for name in names:
+        expected = 2 * local[name] + 2 if name.startswith("perf/") else local[name] + 1
+        assert logged[name] == pytest.approx(expected, rel=1e-6), name
+
+
 def test_a_transform_giving_non_finite_rewards_stops_the_run_naming_it():
     """Phi(C) must be finite: a NaN would silently turn every advantage (and then the weights) into NaN.
     (exp(t) past float32's range is refused before compute: test_train_pipeline's bad-config cases.)"""

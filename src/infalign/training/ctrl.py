@@ -205,19 +205,20 @@ class CTRLModule(L.LightningModule):
         }
         if out["calibrated"] is not None:
             metrics["train/calibrated_reward"] = out["calibrated"].mean()
-        self.log_dict(
-            {k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()},
-            prog_bar=False,
-            on_step=True,
-            on_epoch=False,
-            batch_size=rows,
-        )
-        self.log("kl", out["kl"].mean(), prog_bar=True, on_step=True, batch_size=rows)
+        # Under DDP every rank logs its own rollout (P x G rows each): the logged values are the mean
+        # over ranks -- the whole batch's mean, as the ranks' batches are the same size -- and the
+        # throughputs their sum (sync_dist; a no-op in one process).
+        for reduce_fx, names in (("mean", [k for k in metrics if not k.startswith("perf/")]),
+                                 ("sum", [k for k in metrics if k.startswith("perf/")])):
+            self.log_dict({k: torch.as_tensor(metrics[k], dtype=torch.float32) for k in names}, prog_bar=False,
+                          on_step=True, on_epoch=False, batch_size=rows, sync_dist=True, reduce_fx=reduce_fx)
+        self.log("kl", out["kl"].mean(), prog_bar=True, on_step=True, batch_size=rows, sync_dist=True)
         self.log(
             "C",
             out["calibrated"].mean() if out["calibrated"] is not None else out["reward"].mean(),
             prog_bar=True,
             on_step=True,
             batch_size=rows,
+            sync_dist=True,
         )
         return None

@@ -45,8 +45,8 @@ class IPOModule(L.LightningModule):
         pol_w, pol_l = self._sums(self.policy, batch, "chosen"), self._sums(self.policy, batch, "rejected")
         loss = ipo_loss(pol_w, ref_w, pol_l, ref_l, self.tau)
         n = batch["prompt_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/margin", ((pol_w - ref_w) - (pol_l - ref_l)).mean(), batch_size=n)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)  # mean over DDP ranks
+        self.log("train/margin", ((pol_w - ref_w) - (pol_l - ref_l)).mean(), batch_size=n, sync_dist=True)
         return loss
 
     def configure_optimizers(self):

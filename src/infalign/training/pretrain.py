@@ -77,12 +77,13 @@ class LMPretrainModule(L.LightningModule):
         if not self.hparams.dropout:
             self.model.eval()  # Lightning put it in train mode
         loss = self(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0],
+                 sync_dist=True)  # mean over DDP ranks (BoN-SFT under trainer=ddp)
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss = self(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
     def configure_optimizers(self):
