@@ -34,7 +34,7 @@ from infalign.pipeline.policy_cache import (
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import training_seed
 from infalign.pipeline.trainer import stage_trainers
-from infalign.pipeline.world import load_world  # checks every path/name first (check_world_config)
+from infalign.pipeline.world import check_ranks_agree, load_world  # load_world checks every path/name first
 from infalign.training.algorithms import Algorithm
 
 log = logging.getLogger("infalign.apps.train")
@@ -82,6 +82,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if "reward_train_s" in world.stats:  # reward-model training is its own stage inside the world's
             timings["reward_train_s"] = world.stats["reward_train_s"]
         distributed.init_from_env()  # from here on every stage sees the same ranks
+        check_ranks_agree(distributed.all_gather_objects((world.reference_fingerprint, world.reward_fingerprint)))
 
         table, calib_hit = None, None
         with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "

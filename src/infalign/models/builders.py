@@ -129,10 +129,15 @@ def _load_config(name: str, key: str, revision: str | None = None):
     try:
         return AutoConfig.from_pretrained(name, **_revision_kw(revision))
     except OSError as exc:
-        at = "" if revision is None else f" at revision {revision!r}"
+        offline = f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}"
+        if revision is not None:
+            raise OSError(
+                f"{key.rsplit('.', 1)[0]}.revision={revision!r}: {name!r} has no such branch, tag or commit in the "
+                f"local Hugging Face cache, and the hub could not provide it (offline? {offline}): {exc}"
+            ) from exc
         raise OSError(
-            f"{key}={name!r}{at}: not a local directory and could not be loaded from the Hugging Face "
-            f"hub (offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}): {exc}"
+            f"{key}={name!r}: not a local directory and could not be loaded from the Hugging Face "
+            f"hub (offline? {offline}): {exc}"
         ) from exc
 
 

@@ -87,7 +87,9 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     top-level key but :data:`NOT_TRAINING`, ``trainer`` without :data:`NOT_TRAINING_TRAINER_KEYS`, the
     callbacks not in :data:`NOT_TRAINING_CALLBACKS` (only when there are some), ``replica`` only
     when > 0 (so replica 0, every run's default, keeps the keys of policies cached before the key
-    existed), and ``algo.beta`` set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
+    existed), ``policy.revision`` / ``reward.revision`` left out (the commit they resolve to is in the
+    world's fingerprints: pinning the commit ``main`` pointed to gives the same key), and ``algo.beta``
+    set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
     def plain(value):
         return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
@@ -98,6 +100,9 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
                  if name not in NOT_TRAINING_CALLBACKS and node is not None}
     if callbacks:
         training["callbacks"] = callbacks
+    for group in ("policy", "reward"):
+        if isinstance(training.get(group), dict):
+            training[group].pop("revision", None)
     if beta is not None:
         training["algo"]["beta"] = float(beta)
     return training
@@ -154,8 +159,22 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
         return
     unknown: list[str] = []
-    _refuse_if_different(path, _differences(json.loads(path.read_text()), settings, unknown=unknown), ckpt_path,
-                         unknown)
+    stored = json.loads(path.read_text())
+    _refuse_if_different(path, _differences(stored, settings, unknown=unknown), ckpt_path, unknown,
+                         _moved_hub_models(stored.get("world"), settings.get("world")))
+
+
+def _moved_hub_models(stored, current) -> str:
+    """A hint when a hub model's commit differs between the checkpoint's world and this run's
+    (``hub:<name>@<commit>`` fingerprints, ``pipeline/world.py``): its ``main`` moved since the run
+    started, and pinning the stored commit resumes it."""
+    if not (isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current) == 2):
+        return ""
+    pins = []
+    for group, old, new in zip(("policy", "reward"), stored, current):
+        if old != new and str(old).startswith("hub:") and "@" in str(old):
+            pins.append(f"{group}.revision={str(old).rsplit('@', 1)[1]}")
+    return f"; the hub model moved since the run started: resume with {' '.join(pins)}" if pins else ""
 
 
 def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt_path: str) -> None:
@@ -176,7 +195,8 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
     _refuse_if_different(path, differ, ckpt_path, unknown)
 
 
-def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown: list[str] = ()) -> None:
+def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown: list[str] = (),
+                         hint: str = "") -> None:
     from infalign.errors import ConfigError
 
     if unknown:
@@ -187,7 +207,7 @@ def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown:
         where = f"({overrides})" if overrides.is_file() else "(its .hydra/overrides.yaml, or metrics.json's config)"
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
                           f"{path} records other values of {differ[:8]}: resume with the interrupted run's own "
-                          f"overrides {where}, or start a new run")
+                          f"overrides {where}, or start a new run{hint}")
 
 
 OVERRIDES_FILE = "run_overrides.yaml"  # beside the checkpoints: the command-line overrides they were trained with

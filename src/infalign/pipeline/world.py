@@ -66,7 +66,8 @@ def fingerprint_dir(path: str | Path) -> str:
 def _fingerprint(name_or_path: str, commit: str | None = None) -> str:
     """What a model's cached samples and scores are keyed by: :func:`fingerprint_dir` of a local
     directory; for a hub name, ``hub:<name>@<commit>`` (the snapshot :func:`hub_commit` resolved, which
-    every load of the run reads), or ``hub:<name>`` when the cache could not tell the commit."""
+    every load of the run reads; when the cache cannot tell the commit, the ``revision`` as given), or
+    ``hub:<name>`` when neither is known."""
     if Path(name_or_path).exists():
         return fingerprint_dir(name_or_path)
     return f"hub:{name_or_path}" if commit is None else f"hub:{name_or_path}@{commit}"
@@ -159,15 +160,29 @@ def _revision(node: DictConfig, group: str) -> str | None:
 
 
 def _commit(name: str, revision: str | None, group: str) -> str | None:
-    """:func:`hub_commit` of a checked model, with a warning when a hub model's commit is unknown (its
-    cached samples are then keyed by its name alone, and a new ``main`` would not renew them)."""
+    """:func:`hub_commit` of a checked model; when a hub model's commit is unknown, the ``revision`` as
+    given (None: ``main``), with a warning: its cached samples are then keyed by its name and that
+    revision, and a new commit on the branch would not renew them."""
     commit = hub_commit(name, revision, f"{group}.revision")
     if commit is None and not Path(name).exists():
-        log.warning("%s.name_or_path=%s: the Hugging Face cache does not tell which commit it resolves to; "
-                    "cached samples and scores of this model are keyed by its name only (set %s.revision to "
-                    "a commit hash to pin it)", group, name, group)
+        log.warning("%s.name_or_path=%s: the Hugging Face cache does not tell which commit %s resolves to; "
+                    "cached samples and scores of this model are keyed by its name and that revision only (set "
+                    "%s.revision to a commit hash to pin it)", group, name, revision or "main", group)
         return revision
     return commit
+
+
+def check_ranks_agree(fingerprints: list[tuple[str, str]]) -> None:
+    """Every rank of a multi-process run loaded the same models: ``fingerprints`` is each rank's
+    ``(reference_fingerprint, reward_fingerprint)`` (``distributed.all_gather_objects``). Ranks resolve a
+    hub name on their own -- a push to ``main`` between two ranks' checks, or nodes whose caches hold
+    different snapshots, would train one policy from two models -- so any disagreement stops the run,
+    naming the revision to pin."""
+    if len(set(fingerprints)) <= 1:
+        return
+    per_rank = "; ".join(f"rank {r}: {ref}, {rew}" for r, (ref, rew) in enumerate(fingerprints))
+    raise RuntimeError(f"the ranks loaded different models ({per_rank}): a hub model resolved to different "
+                       "commits -- set policy.revision / reward.revision to one commit hash")
 
 
 def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
