@@ -437,7 +437,8 @@ def test_matched_kl_csv_recovers_the_known_gains(matched_sweep):
     assert len(gains) == 6
     for r in gains:  # noiseless lines with shared prompt difficulty: the paired CI collapses on the gain
         assert float(r["gain"]) == pytest.approx(GAIN_BON4, abs=1e-9)
-        assert float(r["gain_low"]) == pytest.approx(GAIN_BON4, abs=1e-9) and r["significant"] == "True"
+        assert float(r["gain_low"]) == pytest.approx(GAIN_BON4, abs=1e-9) and r["prompt_significant"] == "True"
+        assert r["significant"] == "False" and r["total_low"] == ""  # one seed per method: no verdict
         assert float(r["win_rate"]) == pytest.approx(0.55 + 0.2 * float(r["kl"]) + GAIN_BON4, abs=1e-9)
         assert r["n_seeds"] == "1" and r["n_runs"] == "3" and r["n_prompts"] == str(N_PROMPTS)
     ident_raw = [r for r in bon4 if r["method"] == "identity" and r["baseline"] == "raw"]
@@ -467,19 +468,20 @@ def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
     standard = md.split("## standard (reward_model)")[1].split("## ")[0]
     header = next(ln for ln in standard.splitlines() if ln.startswith("| KL |"))
     assert "optimal(N=2)" in header and "optimal(N=2)" not in md.split("## bon4 (reward_model)")[1]
-    assert cells[4:] == ["+7.0 [+7.0, +7.0] *", "+1.0 [+1.0, +1.0] *", "+6.0 [+6.0, +6.0] *"]
+    assert cells[4:] == ["+7.0 [+7.0, +7.0]", "+1.0 [+1.0, +1.0]", "+6.0 [+6.0, +6.0]"]  # 1 seed: no `*`
     mean, low, high = (float(x) for x in cells[1].replace("[", "").replace("]", "").replace(",", "").split())
     # expn at KL 0.2: 0.55 + 0.04 + 0.06; its CI is the prompt difficulty's: +-1.96 * 0.1 / sqrt(40) = +-0.031
     assert mean == 0.650 and high - low == pytest.approx(2 * 1.96 * 0.1 / np.sqrt(N_PROMPTS), rel=0.2)
     flat = " ".join(stdout.split())
     bon4 = flat.split("bon4 (reward_model): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon4 (gold)")[0]
-    assert "expn(t=4) beats identity: +6.0 [+6.0, +6.0] points (significant at 6/6 KLs)" in bon4
-    assert "identity beats raw: +1.0 [+1.0, +1.0] points" in bon4
+    assert ("expn(t=4) is ahead of identity on these prompts: +6.0 [+6.0, +6.0] points (1 seed each: training "
+            "noise not assessed, no verdict)") in bon4
+    assert "identity is ahead of raw on these prompts: +1.0 [+1.0, +1.0] points" in bon4
     std = flat.split("standard (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon2")[0]
-    assert "identity does not differ significantly from raw: +0.0 [+0.0, +0.0] points (significant at 0/6 KLs)" in std
+    assert "identity is level with raw on these prompts: +0.0 [+0.0, +0.0] points" in std
     lines = json.loads((out / "summary.json").read_text())["matched_kl"]["lines"]
-    assert ("bon4 (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62, identity beats raw: +1.0 [+1.0, +1.0] points "
-            "(significant at 6/6 KLs)") in lines
+    assert ("bon4 (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62, identity is ahead of raw on these prompts: "
+            "+1.0 [+1.0, +1.0] points (1 seed each: training noise not assessed, no verdict)") in lines
     img = mpimg.imread(out / "gain_vs_kl.png")
     assert 0.8 < img.shape[0] / img.shape[1] < 1.2 and img[..., :3].std() > 0.05  # 3 panel rows x 2 judges
     summary = json.loads((out / "summary.json").read_text())
@@ -698,8 +700,8 @@ def test_a_dir_of_links_to_sweeps_is_reported_as_one(tmp_path):
 
 
 def test_the_seed_interval_names_an_unpaired_test():
-    """Paired seeds print as before ("3 seeds [...]"); a comparison whose seed sets differ names its
-    seed counts and test, so a reader sees it is not paired; none prints no seed interval."""
+    """Paired seeds print "3 seeds [...]"; a comparison whose seed sets differ names its seed counts
+    and test, so a reader sees it is not paired; the total interval follows; none prints nothing."""
     import numpy as np
 
     from infalign.math.matched_kl import Gain
@@ -708,11 +710,12 @@ def test_the_seed_interval_names_an_unpaired_test():
     def gain(test, n, nb):
         one = np.array([0.02])
         return Gain("exp", "identity", one, one - 0.01, one + 0.01, n, one, np.array([True]),
-                    np.array([0.005]), np.array([0.035]), test, nb)
+                    np.array([0.005]), np.array([0.035]), test, nb, np.array([True]), np.array([0.001]),
+                    np.array([0.039]))
 
-    assert seed_clause(gain("paired", 3, 3), 0) == "3 seeds [+0.5, +3.5]"
-    assert seed_clause(gain("welch", 3, 2), 0) == "3 vs 2 seeds, welch [+0.5, +3.5]"
-    assert seed_clause(gain("pooled", 1, 3), 0) == "1 vs 3 seeds, pooled [+0.5, +3.5]"
+    assert seed_clause(gain("paired", 3, 3), 0) == "3 seeds [+0.5, +3.5], total [+0.1, +3.9]"
+    assert seed_clause(gain("welch", 3, 2), 0) == "3 vs 2 seeds, welch [+0.5, +3.5], total [+0.1, +3.9]"
+    assert seed_clause(gain("pooled", 1, 3), 0) == "1 vs 3 seeds, pooled [+0.5, +3.5], total [+0.1, +3.9]"
     assert seed_clause(gain("none", 1, 1), 0) == ""
 
 

@@ -49,13 +49,38 @@ seeds. The gain also gets a seed interval (``seed_test`` says which):
   (equal-variance two-sample t): ``g_m(k) +- t_{(1+level)/2, S_m+S_b-2} sqrt(v (1/S_m + 1/S_b))``
   with ``v = ((S_m-1) v_m + (S_b-1) v_b) / (S_m+S_b-2)``; ``seed_spread = sqrt(2 v)``. (Holding the
   single seed's curve fixed would ignore that it, too, is one draw of the training noise.)
-* ``none``: one seed on each side: no seed interval (NaN); the prompt CI alone decides.
+* ``none``: one seed on each side: no seed interval (NaN), and no verdict (below).
 
-**Significance.** A gain is significant when its prompt-bootstrap CI excludes 0 (by more than
-:data:`ZERO_TOL`, the float rounding of a mean of win rates, so methods with identical data never
-differ) and its seed interval, where there is one, excludes 0 too. The seed interval's half-width is
-``t seed_spread / sqrt(S)`` (paired), so with 2-6 paired seeds (``t / sqrt(S) > 1``) a gain smaller
-than the seed spread is never significant; from 7 seeds on it can be.
+**Total interval.** Each interval leaves out one source of noise: the prompt bootstrap holds the
+trained policies fixed (training noise), the seed interval holds the prompts fixed (all seeds share
+them: which prompts were drawn). With per-prompt effects that vary, requiring both to exclude 0 is
+not a level-``level`` test once there are many seeds. The gain's standard error is therefore built
+from both,
+
+    se_total^2 = se_prompt^2 + se_seed^2,    se_prompt = std_b(gain*_b),   se_seed = the seed
+    interval's standard error (paired: seed_spread / sqrt(S); welch / pooled as above),
+
+with Welch-Satterthwaite degrees of freedom ``nu = se_total^4 / (se_seed^4 / df_seed + se_prompt^4 /
+(P - 1))``, and the interval ``gain +- t_{(1+level)/2, nu} se_total`` (``total_low``, ``total_high``).
+Under ``g_sp = mu + tau_p + eps_s + eta_sp`` (prompt effect, training noise, evaluation noise) the
+sum estimates ``Var tau / P + Var eps / S + 2 Var eta / (S P)``: the evaluation noise is counted
+twice, so the interval is slightly conservative.
+
+**Significance.** A gain is significant where its estimate, its prompt-bootstrap CI, its seed
+interval and its total interval all lie on the same side of 0 (by more than :data:`ZERO_TOL`, the
+float rounding of a mean of win rates, so methods with identical data never differ): each interval
+is a test of "no gain" under its own approximation, and the verdict asks all of them (an
+intersection-union rule: never more often significant than the strictest). The total interval's
+Satterthwaite degrees of freedom exceed the seeds' ``S - 1``, so with few seeds it can be the
+narrower of the two -- then the seed interval decides, as before the total interval existed; with many
+seeds and per-prompt effects the total interval is the one that holds the level. The sign agreement
+matters at a curve's kink: a percentile interval can exclude its own estimate there (every resample
+reads a peak lower), and a verdict must not contradict its own interval. ``prompt_significant`` is the part the prompt
+bootstrap alone decides (estimate and prompt CI on one side); with one seed on each side
+(``seed_test == "none"``) it is all there is, and ``significant`` is False: training noise is not
+assessed, and in an A/A comparison of two trainings a prompt-only test calls about half of the
+gains significant (tests/test_matched_kl.py). With 3 paired seeds ``t_{0.975, 2} = 4.30``: a gain
+needs about 2.5 seed spreads to clear the total interval.
 
 Used by :mod:`infalign.report` (per procedure, N and judge); see ``infalign-report``.
 """
@@ -110,6 +135,9 @@ class Gain:
     seed_high: np.ndarray | None = None
     seed_test: str = "none"  # paired | welch | pooled | none (module docstring)
     n_seeds_baseline: int = 0
+    prompt_significant: np.ndarray | None = None  # bool: estimate and prompt CI on one side of 0
+    total_low: np.ndarray | None = None  # the total interval (prompts and seeds); NaN for seed_test "none"
+    total_high: np.ndarray | None = None
 
 
 @dataclass
@@ -142,6 +170,9 @@ class MatchedKL:
                                     "gain_high": float(g.high[i]), "seed_spread": _nan_none(g.seed_spread[i]),
                                     "seed_low": _nan_none(g.seed_low[i]), "seed_high": _nan_none(g.seed_high[i]),
                                     "seed_test": g.seed_test, "n_seeds_baseline": g.n_seeds_baseline,
+                                    "total_low": _nan_none(g.total_low[i]),
+                                    "total_high": _nan_none(g.total_high[i]),
+                                    "prompt_significant": bool(g.prompt_significant[i]),
                                     "significant": bool(g.significant[i])})
         return out
 
@@ -316,7 +347,7 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     for j, b in enumerate(bases):
         for m in methods:
             if m != b and m not in bases[:j]:  # identity vs raw, not also raw vs identity
-                result.gains.append(_gain(m, b, point, boot, alpha))
+                result.gains.append(_gain(m, b, point, boot, alpha, num_prompts))
     return result
 
 
@@ -345,28 +376,47 @@ def two_sample_seed_interval(a: np.ndarray, b: np.ndarray, alpha: float
     ``[S_b, K]``: ``(test, spread, low, high)`` -- Welch when both have >= 2 seeds, the pooled
     equal-variance t when one has a single seed, ``none`` (NaN) when both have one (module
     docstring, **Seeds**)."""
+    test, spread, se, df = two_sample_seed_error(a, b)
+    if test == "none":
+        return test, spread, se.copy(), se.copy()
+    return (test, spread, *_t_interval(a.mean(0) - b.mean(0), se, df, alpha))
+
+
+def two_sample_seed_error(a: np.ndarray, b: np.ndarray) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """``(test, spread, se, df)`` of ``mean(a) - mean(b)`` for unpaired per-seed curves (module
+    docstring, **Seeds**); NaN ``spread`` and ``se`` for ``none``."""
     sa, sb = a.shape[0], b.shape[0]
-    diff = a.mean(0) - b.mean(0)
+    shape = a.shape[1:]
     if sa < 2 and sb < 2:
-        nan = np.full(diff.shape, np.nan)
+        nan = np.full(shape, np.nan)
         return "none", nan, nan.copy(), nan.copy()
-    va = a.var(0, ddof=1) if sa >= 2 else np.zeros_like(diff)
-    vb = b.var(0, ddof=1) if sb >= 2 else np.zeros_like(diff)
+    va = a.var(0, ddof=1) if sa >= 2 else np.zeros(shape)
+    vb = b.var(0, ddof=1) if sb >= 2 else np.zeros(shape)
     if sa >= 2 and sb >= 2:
         qa, qb = va / sa, vb / sb
-        se = np.sqrt(qa + qb)
         with np.errstate(invalid="ignore", divide="ignore"):
             df = (qa + qb) ** 2 / (qa**2 / (sa - 1) + qb**2 / (sb - 1))
         df = np.where(np.isfinite(df), df, sa + sb - 2)  # both variances 0: se is 0 anyway
-        return ("welch", np.sqrt(va + vb), *_t_interval(diff, se, df, alpha))
+        return "welch", np.sqrt(va + vb), np.sqrt(qa + qb), df
     v = ((sa - 1) * va + (sb - 1) * vb) / (sa + sb - 2)
-    se = np.sqrt(v * (1.0 / sa + 1.0 / sb))
-    return ("pooled", np.sqrt(2.0 * v), *_t_interval(diff, se, sa + sb - 2, alpha))
+    return "pooled", np.sqrt(2.0 * v), np.sqrt(v * (1.0 / sa + 1.0 / sb)), np.full(shape, float(sa + sb - 2))
 
 
-def _gain(m: str, b: str, point: dict, boot: dict, alpha: float) -> Gain:
+def total_interval(gain: np.ndarray, se_prompt: np.ndarray, df_prompt: float, se_seed: np.ndarray,
+                   df_seed: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``gain +- t_{1-alpha, nu} sqrt(se_prompt^2 + se_seed^2)`` with Welch-Satterthwaite ``nu`` (module
+    docstring, **Total interval**); NaN where ``se_seed`` is NaN (one seed per side)."""
+    v_p, v_s = se_prompt**2, se_seed**2
+    total = v_p + v_s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nu = total**2 / (v_s**2 / df_seed + v_p**2 / df_prompt)
+    nu = np.where(np.isfinite(nu) & (nu > 0), nu, np.minimum(df_seed, df_prompt))  # both 0: any df, se is 0
+    return _t_interval(gain, np.sqrt(total), nu, alpha)
+
+
+def _gain(m: str, b: str, point: dict, boot: dict, alpha: float, num_prompts: int) -> Gain:
     """``f_m - f_b`` with its percentile CI, seed spread and seed interval (paired by seed when both
-    have the same seeds, else two-sample), significance."""
+    have the same seeds, else two-sample), total interval and significance (module docstring)."""
     gain = np.mean(list(point[m].values()), 0) - np.mean(list(point[b].values()), 0)
     gain_b = np.mean(list(boot[m].values()), 0) - np.mean(list(boot[b].values()), 0)
     low, high = np.quantile(gain_b, [alpha, 1 - alpha], axis=0)
@@ -374,11 +424,19 @@ def _gain(m: str, b: str, point: dict, boot: dict, alpha: float) -> Gain:
     if set(point[m]) == set(point[b]) and n_seeds >= 2:
         per_seed = np.array([point[m][s] - point[b][s] for s in point[m]])
         test, spread = "paired", per_seed.std(0, ddof=1)
-        seed_low, seed_high = seed_interval(per_seed, alpha)
+        se_seed, df_seed = spread / math.sqrt(n_seeds), np.full(gain.shape, float(n_seeds - 1))
     else:
-        test, spread, seed_low, seed_high = two_sample_seed_interval(
-            np.array(list(point[m].values())), np.array(list(point[b].values())), alpha)
-    significant = (low > ZERO_TOL) | (high < -ZERO_TOL)
-    if test != "none":
-        significant &= (seed_low > ZERO_TOL) | (seed_high < -ZERO_TOL)
-    return Gain(m, b, gain, low, high, n_seeds, spread, significant, seed_low, seed_high, test, n_base)
+        test, spread, se_seed, df_seed = two_sample_seed_error(
+            np.array(list(point[m].values())), np.array(list(point[b].values())))
+    if test == "none":
+        seed_low, seed_high, total_low, total_high = (np.full(gain.shape, np.nan) for _ in range(4))
+    else:
+        seed_low, seed_high = _t_interval(gain, se_seed, df_seed, alpha)
+        se_prompt = gain_b.std(0, ddof=1) if gain_b.shape[0] > 1 else np.zeros(gain.shape)
+        total_low, total_high = total_interval(gain, se_prompt, max(num_prompts - 1, 1), se_seed, df_seed, alpha)
+    up, down = (gain > ZERO_TOL) & (low > ZERO_TOL), (gain < -ZERO_TOL) & (high < -ZERO_TOL)
+    prompt_significant = up | down
+    significant = ((up & (seed_low > ZERO_TOL) & (total_low > ZERO_TOL))  # NaN compares False: no verdict
+                   | (down & (seed_high < -ZERO_TOL) & (total_high < -ZERO_TOL)))
+    return Gain(m, b, gain, low, high, n_seeds, spread, significant, seed_low, seed_high, test, n_base,
+                prompt_significant, total_low, total_high)

@@ -23,8 +23,8 @@ from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
                       "win_rate_low", "win_rate_high", "gain", "gain_low", "gain_high", "significant", "n_seeds",
-                      "seed_spread", "seed_low", "seed_high", "seed_test", "n_seeds_baseline", "n_runs", "n_prompts",
-                      "note"]
+                      "seed_spread", "seed_low", "seed_high", "seed_test", "n_seeds_baseline", "total_low",
+                      "total_high", "prompt_significant", "n_runs", "n_prompts", "note"]
 
 
 @dataclass
@@ -165,25 +165,32 @@ def _pct(x: float, digits: int = 1) -> str:
 
 
 def gain_clause(p: Panel, g: Gain, i: int) -> str:
-    """E.g. ``expn(t=4) beats identity: +2.1 [+0.8, +3.4] points, 3 seeds [+1.2, +3.0]
-    (significant at 4/6 KLs)`` at grid KL ``i`` (prompt-bootstrap CI, then the seed interval of
-    docs/method.md §10): "beats" / "trails" only when significant there, else "does not differ
-    significantly from"."""
+    """E.g. ``expn(t=4) beats identity: +2.1 [+0.8, +3.4] points, 3 seeds [+1.2, +3.0], total [+0.9,
+    +3.3] (significant at 4/6 KLs)`` at grid KL ``i`` (prompt-bootstrap CI, the seed interval and the
+    total interval of docs/method.md §10): "beats" / "trails" only when significant there, else "does
+    not differ significantly from"; with one seed per method no verdict: "is ahead of" / "is behind"
+    on these prompts where the prompt CI alone excludes 0, "(1 seed each: training noise not
+    assessed)"."""
+    if g.seed_test == "none":
+        verb = ("is ahead of" if g.gain[i] > 0 else "is behind") if g.prompt_significant[i] else "is level with"
+        return (f"{g.method} {verb} {g.baseline} on these prompts: {_pct(g.gain[i])} [{_pct(g.low[i])}, "
+                f"{_pct(g.high[i])}] points (1 seed each: training noise not assessed, no verdict)")
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
-    seeds = f", {clause}" if (clause := seed_clause(g, i)) else ""
-    return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points"
-            f"{seeds} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
+    return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points, "
+            f"{seed_clause(g, i)} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
 
 
 def seed_clause(g: Gain, i: int) -> str:
-    """The seed interval at grid KL ``i``: ``3 seeds [+1.2, +3.0]`` (paired by seed) or
-    ``3 vs 2 seeds, welch [+0.4, +3.8]`` (unpaired: docs/method.md §10); empty without one."""
+    """The seed and total intervals at grid KL ``i``: ``3 seeds [+1.2, +3.0], total [+0.9, +3.3]``
+    (paired by seed) or ``3 vs 2 seeds, welch [+0.4, +3.8], total [...]`` (unpaired: docs/method.md
+    §10); empty without them (one seed per method)."""
     if g.seed_test == "none":
         return ""
     who = (f"{g.n_seeds} seeds" if g.seed_test == "paired"
            else f"{g.n_seeds} vs {g.n_seeds_baseline} seeds, {g.seed_test}")
-    return f"{who} [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}]"
+    return (f"{who} [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}], "
+            f"total [{_pct(g.total_low[i])}, {_pct(g.total_high[i])}]")
 
 
 def panel_heading(p: Panel) -> str:
@@ -215,8 +222,9 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
               f"segments); {100 * level:.0f}% percentile CIs from a paired bootstrap over the shared held-out "
               "prompts; with >= 2 seeds on a side, each gain's seed interval follows (Student-t over the per-seed "
               "gains, or an unpaired two-sample t when the seed sets differ: training noise, which the prompt "
-              "bootstrap does not see). Gains in points (x100); `*` = significant: the CI and the seed interval "
-              "both exclude 0.\n\n")
+              "bootstrap does not see), then the total interval (both noises: docs/method.md §10). Gains in points "
+              "(x100); `*` = significant: the estimate, the CI and the total interval on one side of 0 (never with "
+              "one seed per method: training noise not assessed).\n\n")
     for line in notes:
         out.write(f"- {line}\n")
     for p in panels:
