@@ -427,3 +427,14 @@ def test_total_interval_by_hand():
     assert np.isnan(low[0])
     low, high = total_interval(np.array([0.1]), np.array([0.0]), 127, np.array([0.0]), np.array([2.0]), 0.025)
     assert low[0] == high[0] == 0.1
+
+
+def test_a_single_bootstrap_resample_estimates_no_prompt_error_and_gives_no_verdict():
+    """``num_resamples=1``: the prompt part of the total interval cannot be estimated (NaN, not 0 --
+    0 would let the seed interval alone decide while the output claims both noises were counted)."""
+    z, d = world()
+    runs = [r for s in range(3) for r in linear_runs("identity", [0.1, 0.5, 1.0], 0.0, z, d, seed=s)]
+    runs += [r for s in range(3) for r in linear_runs("exp", [0.1, 0.5, 1.0], 0.05 + 0.001 * s, z, d, seed=s)]
+    g = matched_kl(runs, baselines=["identity"], num_resamples=1).gains[0]
+    assert np.all(np.isnan(g.total_low)) and not np.any(g.significant)
+    assert np.all(matched_kl(runs, baselines=["identity"], num_resamples=200).gains[0].significant)

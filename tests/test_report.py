@@ -478,7 +478,7 @@ def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
             "noise not assessed, no verdict)") in bon4
     assert "identity is ahead of raw on these prompts: +1.0 [+1.0, +1.0] points" in bon4
     std = flat.split("standard (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon2")[0]
-    assert "identity is level with raw on these prompts: +0.0 [+0.0, +0.0] points" in std
+    assert "identity does not clearly differ from raw on these prompts: +0.0 [+0.0, +0.0] points" in std
     lines = json.loads((out / "summary.json").read_text())["matched_kl"]["lines"]
     assert ("bon4 (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62, identity is ahead of raw on these prompts: "
             "+1.0 [+1.0, +1.0] points (1 seed each: training noise not assessed, no verdict)") in lines

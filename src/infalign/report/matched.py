@@ -169,10 +169,11 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
     +3.3] (significant at 4/6 KLs)`` at grid KL ``i`` (prompt-bootstrap CI, the seed interval and the
     total interval of docs/method.md §10): "beats" / "trails" only when significant there, else "does
     not differ significantly from"; with one seed per method no verdict: "is ahead of" / "is behind"
-    on these prompts where the prompt CI alone excludes 0, "(1 seed each: training noise not
-    assessed)"."""
+    on these prompts where the estimate and the prompt CI lie on one side of 0, else "does not clearly
+    differ from", "(1 seed each: training noise not assessed)"."""
     if g.seed_test == "none":
-        verb = ("is ahead of" if g.gain[i] > 0 else "is behind") if g.prompt_significant[i] else "is level with"
+        verb = (("is ahead of" if g.gain[i] > 0 else "is behind") if g.prompt_significant[i]
+                else "does not clearly differ from")
         return (f"{g.method} {verb} {g.baseline} on these prompts: {_pct(g.gain[i])} [{_pct(g.low[i])}, "
                 f"{_pct(g.high[i])}] points (1 seed each: training noise not assessed, no verdict)")
     verb = ("does not differ significantly from" if not g.significant[i]
@@ -223,8 +224,8 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
               "prompts; with >= 2 seeds on a side, each gain's seed interval follows (Student-t over the per-seed "
               "gains, or an unpaired two-sample t when the seed sets differ: training noise, which the prompt "
               "bootstrap does not see), then the total interval (both noises: docs/method.md §10). Gains in points "
-              "(x100); `*` = significant: the estimate, the CI and the total interval on one side of 0 (never with "
-              "one seed per method: training noise not assessed).\n\n")
+              "(x100); `*` = significant: the estimate, the CI, the seed interval and the total interval on one side "
+              "of 0 (never with one seed per method: training noise not assessed).\n\n")
     for line in notes:
         out.write(f"- {line}\n")
     for p in panels:
