@@ -381,6 +381,7 @@ def test_one_seed_gives_no_verdict_because_the_prompt_ci_ignores_training_noise(
     assert sig == 0.0
 
 
+@pytest.mark.slow  # ~3 s: 200 worlds x 20 seeds
 def test_the_total_interval_keeps_the_level_with_many_seeds_and_per_prompt_effects():
     """20 seeds, per-prompt effects of sd 0.1 with mean 0 over the population (the 128 drawn prompts'
     mean is not 0: which prompts were drawn is noise every seed shares, invisible to the seed interval),
