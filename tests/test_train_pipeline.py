@@ -125,6 +125,12 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
         ("transform.t=89", "transform.t"),  # expm1(89) overflows float32, training's precision
         ("procedure.n=0", "procedure.n"),
         ("calibration.K=0", "calibration.K"),
+        # C_hat ranks against reference samples drawn as RL draws (its uniformity under pi_ref is assumed)
+        ("calibration.temperature=0.5", "calibration.temperature"),
+        ("calibration.max_new_tokens=5", "calibration.max_new_tokens"),
+        ("+calibration.top_k=3", "calibration.top_k"),
+        ("+calibration.top_p=0.9", "calibration.top_p"),
+        ("calibration.temperature=-1", "calibration.temperature"),  # (was reported as eval.temperature)
         ("eval.ns=[1,64]", "eval.ns"),
         ("eval.bootstrap=0", "eval.bootstrap"),  # (was found after training and evaluation)
         ("objective.judge=nope", "objective.judge"),  # (was found after the sweep's jobs had finished)
@@ -230,3 +236,14 @@ def test_a_replica_is_an_independent_training_paired_with_its_seed(cache_dir, tm
     assert training_seed(cfg) == hash((0, 2)) & 0x7FFF_FFFF != 0
     with pytest.raises(ConfigError, match="replica"):
         run(cache_dir, tmp_path / "d", "replica=-1")
+
+
+def test_calibration_settings_of_a_run_without_calibration_are_not_checked(tmp_path):
+    """``transform=raw`` with a fixed ``algo.beta`` draws no calibration samples: their settings do not
+    matter; ``method=raw`` (beta from ``kl_target``, scaled by the reference's reward spread) draws them."""
+    from infalign.apps.train import validate
+    from pipeline_helpers import compose_train
+
+    validate(compose_train(tmp_path, tmp_path, "transform=raw", "algo.kl_target=null", "calibration.temperature=0.5"))
+    with pytest.raises(ConfigError, match=r"calibration\.temperature"):
+        validate(compose_train(tmp_path, tmp_path, "method=raw", "calibration.temperature=0.5"))

@@ -33,7 +33,14 @@ from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
 from infalign.math.transforms import Transform, as_transform, finite_in_float32
 from infalign.pipeline import record
 from infalign.pipeline.run_record import RunRecord
-from infalign.pipeline.settings import data_settings, model_settings, sampling_settings, training_seed, wandb_mode
+from infalign.pipeline.settings import (
+    calibration_sampler,
+    data_settings,
+    model_settings,
+    sampling_settings,
+    training_seed,
+    wandb_mode,
+)
 from infalign.training.algorithms import Algorithm, make_algorithm
 
 log = logging.getLogger(__name__)
@@ -54,6 +61,8 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(scope == "prompt" or transform.calibrated, "calibration.scope", scope,
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
     check_float32_range(transform)
+    if algo.needs_calibration(transform):
+        calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
     require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
     require(int(cfg.eval.bootstrap) >= 1, "eval.bootstrap", cfg.eval.bootstrap,
             ">= 1 bootstrap resamples over prompts for the CIs (1000 by default)")

@@ -27,6 +27,25 @@ def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, 
     return temperature, None if top_k is None else int(top_k), top_p
 
 
+def calibration_sampler(cfg) -> None:
+    """The reference samples that calibrate a reward (and set a ``kl_target``'s beta) must be drawn as
+    RL draws: ``C_hat`` ranks a response among ``pi_ref``'s samples, and its uniformity under ``pi_ref``
+    -- which the theory, the beta rules and the transforms assume (docs/method.md §2) -- holds only for
+    samples from the distribution RL samples and anchors its KL to. So ``calibration.temperature`` and
+    ``calibration.max_new_tokens`` equal ``algo``'s and the calibration draws are untruncated (no
+    ``top_k`` / ``top_p``); a ConfigError names the key (the defaults interpolate ``algo``'s values)."""
+    temperature, top_k, top_p = sampling_settings(cfg.calibration, "calibration")
+    algo_temperature = float(cfg.algo.get("temperature", 1.0))
+    why = "the reference samples C_hat ranks against are drawn as RL draws"
+    require(temperature == algo_temperature, "calibration.temperature", temperature,
+            f"{algo_temperature} (= algo.temperature: {why})")
+    require(top_k is None, "calibration.top_k", top_k, f"null ({why}: the full distribution)")
+    require(top_p == 1.0, "calibration.top_p", top_p, f"1 ({why}: the full distribution)")
+    new = cfg.algo.get("max_new_tokens")
+    require(new is None or int(cfg.calibration.max_new_tokens) == int(new), "calibration.max_new_tokens",
+            cfg.calibration.max_new_tokens, f"{new} (= algo.max_new_tokens: {why})")
+
+
 def wandb_mode(mode) -> str:
     """``logger.mode`` of the W&B logger, one of :data:`WANDB_MODES` (a ConfigError naming the key:
     it follows the WANDB_MODE environment variable)."""
