@@ -419,7 +419,7 @@ def test_frontier_kl_equals_budget_near_the_kl_cap():
     fr = theory.frontier(Exp(-20.5), WorstOfN(4), [1.0])
     # the returned beta (~1.42e-6) is right: independent quadrature gives KL = 1 - 5e-11
     assert exp_kl_mpmath(-20.5, float(fr.beta[0]), dps=40) == pytest.approx(1.0, abs=1e-8)
-    # but the reported KL is 0.9999948
+    # and the reported KL equals the budget (it once read 0.9999948: a regression guard)
     assert fr.kl[0] == pytest.approx(1.0, abs=1e-8)
 
 
@@ -970,3 +970,19 @@ def test_the_optimal_transform_is_a_copy_of_the_cached_table():
     before = a.phi.copy()
     a.phi[:] = 0.0
     np.testing.assert_array_equal(theory.optimal_transform("bon", 4, 0.5).phi, before)
+
+
+def test_a_grid_step_must_divide_the_range_into_an_even_number_of_cells():
+    """A step that does not divide 2 z_max laid the nodes out at another spacing while the quadrature
+    weights kept the nominal step: every win rate was scaled by step / spacing (the uniform policy's
+    win rate, exactly 1/2, read 0.500025 at step 0.03) and the half-grid resolution check was skipped.
+    Now such a grid is refused, naming a step that works; a dividing step gives 1/2 to 1e-8."""
+    for z_max, step in ((100.0, 0.03), (100.0, 0.07), (60.0, 0.045)):
+        with pytest.raises(ValueError, match=r"whole number of cells.*e\.g\. step="):
+            theory.Grid(z_max=z_max, step=step)
+    with pytest.raises(ValueError, match=r"even number"):  # whole but odd: no half-grid check
+        theory.resolved(np.zeros((1, 4000)), np.array([1.0]), theory.Grid(z_max=99.975, step=0.05))
+    grid = theory.Grid(step=0.025)
+    assert grid.cells == 8000
+    for procedure in (Sample(), make_procedure("bon", 4)):  # beta -> infinity: the reference itself
+        assert theory.evaluate(Identity(), 1e12, procedure, grid)[0].win_rate == pytest.approx(0.5, abs=1e-8)

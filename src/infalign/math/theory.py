@@ -42,10 +42,28 @@ from infalign.math.transforms import Exp, Tabulated, Transform
 
 @dataclass(frozen=True)
 class Grid:
-    """Uniform grid in z = logit(u) on [-z_max, z_max] (u from sigmoid(-z_max) to 1 - that)."""
+    """Uniform grid in z = logit(u) on [-z_max, z_max] (u from sigmoid(-z_max) to 1 - that).
+
+    ``2 z_max / step`` must be a whole number of cells -- the quadrature weights use ``step`` as the
+    node spacing, and a step that does not divide the range would lay the nodes out at another
+    spacing, scaling every win rate by ``step / spacing`` (e.g. 2.5e-5 off at ``step=0.03``) -- and,
+    for :func:`resolved`'s half-grid check, an even one (``step=0.025`` or ``0.04`` with the default
+    ``z_max``)."""
 
     z_max: float = 100.0
     step: float = 0.05
+
+    def __post_init__(self) -> None:
+        cells = 2 * self.z_max / self.step if self.step > 0 and self.z_max > 0 else float("nan")
+        if not (cells >= 4 and abs(cells - round(cells)) <= 1e-9 * cells):
+            raise ValueError(f"theory.Grid(z_max={self.z_max}, step={self.step}): 2 z_max / step = {cells:.6g} "
+                             f"must be a whole number of cells (>= 4): the quadrature weights take step as the "
+                             f"node spacing; e.g. step={_even_step(self.z_max, self.step):.6g}")
+
+    @property
+    def cells(self) -> int:
+        """``2 z_max / step``, the number of grid cells (nodes - 1)."""
+        return int(round(2 * self.z_max / self.step))
 
     @property
     def z(self) -> np.ndarray:
@@ -55,6 +73,12 @@ class Grid:
     def arrays(self) -> tuple[np.ndarray, ...]:
         """(z, u, s, log_u, log_s, log_jacobian, trapezoid weights)."""
         return _grid_arrays(self.z_max, self.step)
+
+
+def _even_step(z_max: float, step: float) -> float:
+    """The step nearest ``step`` that divides ``2 z_max`` into an even number (>= 4) of cells."""
+    half_cells = max(2, round(z_max / step)) if step > 0 and z_max > 0 else 2
+    return z_max / half_cells
 
 
 @lru_cache(maxsize=8)
@@ -352,11 +376,13 @@ def resolved(
         _, p, _, kl = _tilt_stats(phi, beta, grid)
         edge = np.maximum(p[:, 0], p[:, -1])
     ok = edge < EDGE_MASS
-    if (len(grid.z) - 1) % 2 == 0:
-        tol = RESOLUTION_TOL * np.maximum(kl, KL_FLOOR)
-        even = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, Grid(grid.z_max, 2 * grid.step))[3]
-        odd = _tilt_stats(np.ascontiguousarray(phi[:, 1::2]), beta, Grid(grid.z_max - grid.step, 2 * grid.step))[3]
-        ok &= (np.abs(kl - even) <= tol) & (np.abs(kl - odd) <= tol)
+    if grid.cells % 2:
+        raise ValueError(f"theory.Grid(z_max={grid.z_max}, step={grid.step}) has {grid.cells} cells: the resolution "
+                         f"check needs an even number (e.g. step={_even_step(grid.z_max, grid.step):.6g})")
+    tol = RESOLUTION_TOL * np.maximum(kl, KL_FLOOR)  # the even and the odd half-grids against the full one
+    even = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, Grid(grid.z_max, 2 * grid.step))[3]
+    odd = _tilt_stats(np.ascontiguousarray(phi[:, 1::2]), beta, Grid(grid.z_max - grid.step, 2 * grid.step))[3]
+    ok &= (np.abs(kl - even) <= tol) & (np.abs(kl - odd) <= tol)
     return ok
 
 
