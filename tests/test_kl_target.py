@@ -41,6 +41,8 @@ def test_bad_targets_name_the_key():
         beta_for_target(0.3, Raw(), BestOfN(n=4), None)  # raw needs the table
     with pytest.raises(ConfigError, match="algo.kl_target"):
         beta_for_target(0.3, Raw(), BestOfN(n=4), CalibrationTable.from_rewards(torch.ones(2, 4)))
+    with pytest.raises(ConfigError, match=r"calibration\.K=1.*>= 2 with algo\.kl_target"):  # (var of 1 sample: NaN)
+        beta_for_target(0.3, Raw(), BestOfN(n=4), CalibrationTable.from_rewards(torch.tensor([[1.0], [2.0]])))
     with pytest.raises(ConfigError, match=r"algo\.kl_target.*moves its KL with algo\.beta \(tau"):
         make_algorithm({"name": "ipo", "kl_target": 0.3})
     with pytest.raises(ConfigError, match="algo.kl_target"):

@@ -131,6 +131,7 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
         ("+calibration.top_k=3", "calibration.top_k"),
         ("+calibration.top_p=0.9", "calibration.top_p"),
         ("calibration.temperature=-1", "calibration.temperature"),  # (was reported as eval.temperature)
+        ("calibration.K=1", "calibration.K"),  # with method=raw below: beta scaled by a within-prompt spread
         ("eval.ns=[1,64]", "eval.ns"),
         ("eval.bootstrap=0", "eval.bootstrap"),  # (was found after training and evaluation)
         ("objective.judge=nope", "objective.judge"),  # (was found after the sweep's jobs had finished)
@@ -160,6 +161,8 @@ def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, overr
     monkeypatch.setattr(train_stages, "load_world", boom)
     extra = {"algo.minibatches": ["algo.minibatches=3"], "algo.kl_target": ["transform=optimal"],
              "logger.mode": ["logger.mode=onlin"]}.get(key, [])
+    if override == "calibration.K=1":
+        extra = ["method=raw"]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cache_dir, tmp_path, override, *extra)
 

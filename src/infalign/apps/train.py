@@ -63,6 +63,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     check_float32_range(transform)
     if algo.needs_calibration(transform):
         calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
+    scaled = algo.kl_target is not None and (not transform.calibrated or scope == "pooled")  # pipeline/kl_target.py
+    require(not scaled or int(cfg.calibration.K) >= 2, "calibration.K", cfg.calibration.K,
+            f">= 2 with algo.kl_target and {transform.label}: beta is scaled by the reward's spread within a "
+            "prompt, which one sample per prompt cannot show")
     require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
     require(int(cfg.eval.bootstrap) >= 1, "eval.bootstrap", cfg.eval.bootstrap,
             ">= 1 bootstrap resamples over prompts for the CIs (1000 by default)")

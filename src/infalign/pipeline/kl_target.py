@@ -39,6 +39,9 @@ def beta_for_target(kl_target: float, transform: Transform, procedure: Procedure
     if table is None:
         raise ConfigError("algo.kl_target", kl_target, "a calibration table to scale beta for raw rewards")
     reward = transform(table.reference_calibrated()) if pooled else table.prompt_rewards
+    require(reward.shape[1] >= 2, "calibration.K", reward.shape[1],
+            f">= 2 with algo.kl_target={kl_target} and {transform.label}: beta is scaled by the reward's "
+            "spread within a prompt, which one sample per prompt cannot show")
     var = reward.double().var(dim=1).mean().item()
     require(var > 0, "algo.kl_target", kl_target, "reward scores that vary within a prompt",
             "the reward model gives every reference sample of every prompt the same score")
