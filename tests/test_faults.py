@@ -216,6 +216,17 @@ def test_a_sweep_dir_with_results_is_refused_unless_resumed(tmp_path):
     FailedJobs().on_multirun_start(config=config)
 
 
+def test_a_taken_sweep_dir_stops_the_sweep_with_full_errors_too(tmp_path, monkeypatch):
+    """With ``-v`` / HYDRA_FULL_ERROR=1 the guard raised the ConfigError, which Hydra's callback runner
+    turns into a warning -- the sweep then ran into the old results. It exits (code 2) either way."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "ckpt_path": None})
+    fake_job(tmp_path, 1, {"status": "finished"})
+    with pytest.raises(SystemExit) as exit_info:
+        FailedJobs().on_multirun_start(config=config)
+    assert exit_info.value.code == 2
+
+
 # ---------------------------------------------------------------- defect 6: one block, exit code 2
 
 

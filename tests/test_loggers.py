@@ -187,9 +187,13 @@ def test_a_logger_failing_after_the_run_is_recorded_keeps_the_results(tmp_path, 
         raise ConnectionError("logging service down")
 
     monkeypatch.setattr(loggers, "log_record", broken)  # the summary, after metrics.json is written
+    closed, close = [], loggers.close
+    monkeypatch.setattr(loggers, "close", lambda logger, code: (closed.append(code), close(logger, code))[1])
     cfg = compose_train(tiny_cache, tmp_path / "run", "logger=recording", EXTRA_CONF)
     with caplog.at_level(logging.ERROR):
         metrics = train_app.run(cfg)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == written["status"] == "finished" and written["eval"] == metrics["eval"]
     assert "its logger failed: ConnectionError: logging service down" in caplog.text
+    # and the logger is still closed: an unfinished W&B run is taken over by the process's next job
+    assert closed == [0]

@@ -47,6 +47,22 @@ def test_dry_run_prints_every_command_in_order_with_seeds_and_extra_overrides():
     ]
     calibration = paper.plan(args("--only", "calibration"))[0][1]
     assert calibration == [["infalign-calibration", "hydra.run.dir=OUT/calibration"]]
+    # the README's grid-narrowing overrides go to the sweeps only: the single-run calibration app refused
+    # them ("Ambiguous value") and the driver stopped
+    steps = paper.plan(args("--only", "calibration,bon", "--", "kl_point=1,2,3", "method=raw,identity",
+                            "logger=none", "seed=range(0,2)"))
+    assert steps[0][1] == [["infalign-calibration", "hydra.run.dir=OUT/calibration", "logger=none"]]
+    assert "kl_point=1,2,3" in steps[1][1][0] and "method=raw,identity" in steps[1][1][0]
+
+
+def test_default_out_dirs_of_drivers_started_in_one_second_differ(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setenv("INFALIGN_ROOT", str(tmp_path))
+    monkeypatch.setattr(paper, "run_all", lambda a: seen.append(a.out) or 0)
+    for _ in range(2):
+        with pytest.raises(SystemExit):
+            paper.main(["--dry-run"])
+    assert len(seen) == 2 and seen[0] != seen[1] and seen[0].parent == tmp_path / "outputs" / "paper"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -90,7 +90,13 @@ class FailedJobs(Callback):
                                 "hydra.sweep.dir unset for a new unique dir, or resume that sweep (same overrides) "
                                 "with ckpt_path=last_or_new")
             exit_on_config_error(error)
-            raise error
+            # full errors asked for: Hydra turns a callback's exception into a warning and runs the sweep
+            # anyway (each job then refuses its dir and the old records count as this sweep's): print the
+            # traceback, but stop
+            import traceback
+
+            traceback.print_exception(error)
+            raise SystemExit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

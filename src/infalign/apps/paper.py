@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
             continue
         target = str(out / e.name)
         if e.sweep is None:
-            cmds = [["infalign-calibration", f"hydra.run.dir={target}", *args.extra]]
+            cmds = [["infalign-calibration", f"hydra.run.dir={target}", *single_run_overrides(args.extra)]]
         else:
             cmds = [["infalign-train", "-m", f"+sweeps={e.sweep}", f"seed={','.join(seeds)}",
                      f"hydra.sweep.dir={target}", "hydra/launcher=local_parallel",
@@ -134,6 +135,16 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
                        *(a for b in r.baselines for a in ("--baseline", b))] for r in e.reports)]
         steps.append((e, cmds))
     return steps
+
+
+def single_run_overrides(extra: Sequence[str]) -> list[str]:
+    """``extra`` without its sweep overrides (``kl_point=1,2,3``, ``method=raw,identity``, ``range(...)``):
+    they narrow the sweeps' grids, and the single-run ``infalign-calibration`` would refuse them
+    (Hydra: "Ambiguous value")."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(extra))
+    return [text for text, o in zip(extra, parsed) if not o.is_sweep_override()]
 
 
 def executable(name: str) -> str:
@@ -199,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.out is None:
         root = Path(os.environ.get("INFALIGN_ROOT", "."))  # as conf/paths/default.yaml
-        args.out = root / "outputs" / "paper" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        # a random suffix: two drivers started in the same second (e.g. `--only bon &` and `--only won &`)
+        # would share the dir, overwrite each other's time tables and, for one experiment, its job dirs
+        args.out = root / "outputs" / "paper" / f"{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
     try:
         code = run_all(args)
     except ValueError as exc:

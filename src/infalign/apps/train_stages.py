@@ -167,10 +167,14 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
     try:
         if logger is not None:
             loggers.log_record(logger, rec, paths)
-        loggers.close(logger, 0)
     except Exception as exc:  # noqa: BLE001 - reported, the results stand
         log.error("the run finished and is recorded in %s, but its logger failed: %s: %s",
                   out_dir / "metrics.json", type(exc).__name__, exc)
+    finally:  # always: an unfinished W&B run would be taken over by the process's next job (wandb.run)
+        try:
+            loggers.close(logger, 0)
+        except Exception as exc:  # noqa: BLE001 - reported, the results stand
+            log.error("closing the logger of a finished run failed: %s: %s", type(exc).__name__, exc)
     return metrics
 
 
