@@ -133,7 +133,7 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", "ckpt_path=last_or_new")
     assert train_app.resolve_ckpt(cfg, tmp_path / "run") is None  # explicitly: start fresh
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    torch.save({"global_step": 1}, tmp_path / "run" / "checkpoints" / "last.ckpt")
+    torch.save({"global_step": 1, "optimizer_states": [{}]}, tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert train_app.resolve_ckpt(cfg, tmp_path / "run") == str(tmp_path / "run" / "checkpoints" / "last.ckpt")
 
 
@@ -580,7 +580,7 @@ def _trained_dir(run_dir: Path, cache: Path, *overrides: str) -> None:
     cfg = compose_train(cache, run_dir, *overrides)
     beta = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True)).beta
     (run_dir / "checkpoints").mkdir(parents=True)
-    torch.save({"global_step": 2}, run_dir / "checkpoints" / "last.ckpt")
+    torch.save({"global_step": 2, "optimizer_states": [{"state": {}}]}, run_dir / "checkpoints" / "last.ckpt")
     (run_dir / "checkpoints" / RESUME_FILE).write_text(json.dumps({"world": ["a", "b"],
                                                                     "training": _resume_training(cfg, beta)}))
     (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "run_name": "done"}))
@@ -634,3 +634,52 @@ def test_a_settings_file_from_another_code_version_is_compared_on_the_keys_both_
     assert "training.algo.grad_clip" in caplog.text and "not compared" in caplog.text
     with pytest.raises(ConfigError, match=r"training\.transform\.t"):
         train_app.run(compose_train(cache, old, "ckpt_path=last", "transform.t=2"))
+
+
+def test_a_corrupt_or_weights_only_or_too_far_checkpoint_is_refused_before_compute(tmp_path, monkeypatch):
+    """Flipped bytes inside a tensor (the zip still opens: the weights were used silently), a checkpoint
+    without the optimizer state (it failed after world and calibration with a KeyError), and a resume
+    asking for fewer steps than the checkpoint has trained (recorded as the shorter run) -- each a
+    ConfigError before compute."""
+    import torch
+
+    no_compute(monkeypatch)
+    cache = tmp_path / "cache"
+    run_dir = tmp_path / "run"
+    _trained_dir(run_dir, cache)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 2, "optimizer_states": [{"state": {}}], "w": torch.arange(4096.0)}, ckpt)
+    with pytest.raises(AssertionError, match="compute started"):  # intact: gets through
+        train_app.run(compose_train(cache, run_dir, "ckpt_path=last"))
+    data = bytearray(ckpt.read_bytes())
+    start = data.find(bytes(torch.arange(4096.0).numpy().tobytes()[4000:4016]))
+    assert start > 0
+    data[start:start + 8] = b"\xff" * 8  # flipped bytes in the tensor's storage: the zip still opens
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=r"ckpt_path.*does not match its checksum"):
+        train_app.run(compose_train(cache, run_dir, "ckpt_path=last"))
+    torch.save({"global_step": 2, "state_dict": {}}, ckpt)  # save_weights_only
+    with pytest.raises(ConfigError, match=r"ckpt_path.*optimizer state"):
+        train_app.run(compose_train(cache, run_dir, "ckpt_path=last"))
+    torch.save({"global_step": 40, "optimizer_states": [{"state": {}}]}, ckpt)  # TINY_RUN trains 2 steps
+    with pytest.raises(ConfigError, match=r"algo\.steps=2.*at least the checkpoint's 40 steps"):
+        train_app.run(compose_train(cache, run_dir, "ckpt_path=last"))
+
+
+def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_path, monkeypatch):
+    """A finished run with no checkpoint (its policy came from the policy cache): ``last_or_new`` with
+    the same settings re-runs it (to the compute this test forbids), with other settings it is refused
+    -- it silently replaced the exp(t=4) run's record with an identity run's."""
+    from infalign.pipeline.record import read_record  # noqa: F401 (the record format written below)
+
+    no_compute(monkeypatch)
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    cfg = compose_train(cache, run_dir, "transform.t=4")
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "run_name": "done",
+                                                      "config": OmegaConf.to_container(cfg, resolve=False)}))
+    with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
+        train_app.run(compose_train(cache, run_dir, "transform.t=2", "ckpt_path=last_or_new"))
+    assert json.loads((run_dir / "metrics.json").read_text())["run_name"] == "done"
+    with pytest.raises(AssertionError, match="compute started"):
+        train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new"))

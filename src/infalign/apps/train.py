@@ -179,13 +179,37 @@ def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
 
 
 def check_checkpoint(path: Path) -> str:
-    """``path`` if it is a complete ``torch.save`` archive (a zip: its central directory is the last
-    thing written, so a truncated file fails), else a ConfigError instead of an unpickling error
-    deep inside ``fit``."""
+    """``path`` if it is a complete, intact ``torch.save`` archive -- a zip (its central directory is
+    the last thing written, so a truncated file fails) whose members all match their CRCs (flipped
+    bytes fail) -- holding what a resume needs (the optimizer state: a weights-only checkpoint cannot
+    continue training), else a ConfigError instead of an error deep inside ``fit`` or, for flipped
+    bytes in a tensor, silently corrupted weights."""
+    why = "delete it to start over, or set ckpt_path to an earlier checkpoint"
     require(zipfile.is_zipfile(path), "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
-            "the file is truncated or corrupt (killed while it was written?): delete it to start over, "
-            "or set ckpt_path to an earlier checkpoint")
+            f"the file is truncated or corrupt (killed while it was written?): {why}")
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    require(bad is None, "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
+            f"its member {bad} does not match its checksum (the file is corrupt): {why}")
+    require(bool(checkpoint_contents(path).get("optimizer_states")), "ckpt_path", str(path),
+            "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)", why)
     return str(path)
+
+
+def checkpoint_contents(path: Path | str) -> dict:
+    """The Lightning checkpoint's top-level dict, memory-mapped (tensors are not read)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+
+
+def check_checkpoint_steps(path: str, algo: Algorithm) -> None:
+    """A resumed run trains to ``algo.steps``: a checkpoint already past it (a resume with fewer steps)
+    would be recorded as a ``steps``-step policy while holding more training."""
+    done, target = int(checkpoint_contents(path).get("global_step", 0)), algo.cfg.steps * algo.optimizer_steps_per_batch
+    require(done <= target, "algo.steps", algo.cfg.steps,
+            f"at least the checkpoint's {done // algo.optimizer_steps_per_batch} steps ({path} has trained that "
+            "far: a run with fewer would record its policy as a shorter run's)")
 
 
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:

@@ -14,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
-from infalign.apps.train import failure_record, resolve_ckpt, write_failure
+from infalign.apps.train import check_checkpoint_steps, failure_record, resolve_ckpt, write_failure
 from infalign.infra import distributed
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
@@ -24,6 +24,7 @@ from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import (
+    check_finished_run,
     check_resume,
     check_resume_early,
     policy_key,
@@ -73,6 +74,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if ckpt is not None:
             check_resume_early(Path(ckpt).parent, cfg, algo.beta if algo.kl_target is None else None,
                                str(cfg.ckpt_path))
+            if algo.online:
+                check_checkpoint_steps(ckpt, algo)
+        elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
+            check_finished_run(out_dir, cfg)
         started = logger is not None and ckpt is None
         if started:  # the run exists from now on, so a job that fails in any stage shows up (failed)
             loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -35,6 +36,10 @@ def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, ta
     (``bon_sft``, ``ipo``) on reference samples drawn with the ``calibration`` generation settings;
     ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples."""
     if not algo.online:
+        if ckpt_path is not None:  # their data order is not restorable mid-epoch: a resume would not be exact
+            logging.getLogger(__name__).warning(
+                "ckpt_path=%s: %s trains from step 0 again (an offline algorithm's training is not resumed; "
+                "the result equals an uninterrupted run's)", ckpt_path, algo.name)
         fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg))
         return
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,

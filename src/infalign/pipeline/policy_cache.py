@@ -195,6 +195,29 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
     _refuse_if_different(path, differ, ckpt_path, unknown)
 
 
+def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
+    """``ckpt_path=last_or_new`` found no checkpoint, but the dir may hold a finished run that trained
+    none (its policy came from the policy cache, or checkpointing was off): that run may be re-run
+    (same training settings: the same policy, the same record) but not replaced by another
+    configuration's -- compared as :func:`check_resume_early` compares (``algo.beta`` left out:
+    ``kl_target`` picks it later)."""
+    from infalign.pipeline.record import is_finished, read_record
+
+    path = Path(run_dir) / "metrics.json"
+    if not is_finished(path):
+        return
+    config = read_record(path).config
+    if not isinstance(config, dict) or not config:
+        return
+    settings = [_resume_training(c, None) for c in (OmegaConf.create(config), cfg)]
+    for s in settings:
+        if isinstance(s.get("algo"), dict):
+            s["algo"].pop("beta", None)
+    unknown: list[str] = []
+    differ = _differences({"training": settings[0]}, {"training": settings[1]}, unknown=unknown)
+    _refuse_if_different(path, differ, "last_or_new", unknown)
+
+
 def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown: list[str] = (),
                          hint: str = "") -> None:
     from infalign.errors import ConfigError
