@@ -449,14 +449,14 @@ def test_two_runs_started_together_get_distinct_dirs_and_both_finish(tmp_path, t
     assert len(stamps) <= 2  # (usually one: the suffix is what keeps them apart)
 
 
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every 50 ms)."""
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300, sig: int = signal.SIGKILL) -> None:
+    """Send ``sig`` (SIGKILL) to ``proc`` as soon as ``ready()`` holds (polled every 50 ms)."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "fault point never reached"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
 
 
@@ -683,3 +683,26 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
     assert json.loads((run_dir / "metrics.json").read_text())["run_name"] == "done"
     with pytest.raises(AssertionError, match="compute started"):
         train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["training", "world"])
+def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm_cache, stage):
+    """A scheduler's time limit or preemption (SIGTERM) mid-training exited 0 with a record saying
+    'failed' -- a shell, SLURM or a script read it as a success -- and during the world stage left no
+    record at all. Now: metrics.json says interrupted (SIGTERM), the exit status is 143, and the run
+    resumes (``ckpt_path=last_or_new``) to the uninterrupted run's metrics."""
+    args = [*TINY, "algo.steps=6", "policy_cache=false", f"paths.cache_dir={warm_cache}"]
+    run_dir = tmp_path / "termed"
+    proc = train_cli(*args, f"hydra.run.dir={run_dir}")
+    log_file = run_dir / "train.log"
+    ready = ((lambda: (run_dir / "checkpoints" / "last.ckpt").exists()) if stage == "training"
+             else (lambda: log_file.exists() and "stage world" in log_file.read_text()))
+    kill_when(proc, ready, sig=signal.SIGTERM)
+    assert proc.returncode == 143, proc.communicate()[1][-3000:]
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["status"] == "interrupted" and "SIGTERM" in rec["error"], rec
+    code, _, err = finished(train_cli(*args, f"hydra.run.dir={run_dir}", "ckpt_path=last_or_new"))
+    assert code == 0, err[-3000:]
+    straight_run(warm_cache, tmp_path / "straight", "algo.steps=6", "policy_cache=false")
+    assert judges(run_dir) == judges(tmp_path / "straight")

@@ -13,9 +13,12 @@ Returns the objective ``eval/<objective.judge>/<objective.metric>`` (for Optuna 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -263,9 +266,44 @@ def write_failure(out_dir: Path, rec: dict) -> Path:
     return path
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit or preemption), raised by :func:`terminate_on_sigterm`'s
+    handler: the run stops like a Ctrl-C -- recorded ``interrupted``, resumable -- and the process exits
+    with 143 (128 + SIGTERM), as an unhandled SIGTERM would, so a scheduler or script does not read it as
+    a success."""
+
+
+SIGTERM_EXIT = 143
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm():
+    """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere nothing changes).
+    Lightning's own SIGTERM handling during ``fit`` (``SIGTERMException``, a ``SystemExit`` with no
+    code: exit status 0) is counted as the same by :func:`terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def terminated(exc: BaseException) -> bool:
+    """SIGTERM: :class:`Terminated`, or Lightning's ``SIGTERMException``."""
+    return isinstance(exc, Terminated) or type(exc).__name__ == "SIGTERMException"
+
+
 def interrupted(exc: BaseException) -> bool:
-    """Ctrl-C: a ``KeyboardInterrupt``, or the ``SystemExit(1)`` Lightning raises after handling one."""
-    return isinstance(exc, KeyboardInterrupt) or (
+    """Ctrl-C or SIGTERM: a ``KeyboardInterrupt`` (:class:`Terminated` included), the ``SystemExit(1)``
+    Lightning raises after handling one, or its ``SIGTERMException``."""
+    return isinstance(exc, KeyboardInterrupt) or terminated(exc) or (
         isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
 
 
@@ -276,7 +314,9 @@ def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timing
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the error may be in resolving the config itself
         config = OmegaConf.to_container(cfg, resolve=False)
-    if interrupted(exc):
+    if terminated(exc) or isinstance(exc.__context__, Terminated):
+        status, error = "interrupted", "Terminated: stopped by SIGTERM (kill, or a scheduler's time limit)"
+    elif interrupted(exc):
         status, error = "interrupted", "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
     else:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -341,11 +381,20 @@ def exit_on_config_error(exc: ConfigError) -> None:
 
 
 def main() -> None:
-    """``infalign-train``: Hydra's command line, plus ``-v`` (full tracebacks, as ``HYDRA_FULL_ERROR=1``)."""
+    """``infalign-train``: Hydra's command line, plus ``-v`` (full tracebacks, as ``HYDRA_FULL_ERROR=1``).
+    A run stopped by SIGTERM exits with 143 (:class:`Terminated`)."""
     if "-v" in sys.argv[1:]:
         sys.argv.remove("-v")
         os.environ["HYDRA_FULL_ERROR"] = "1"
-    hydra_main()
+    try:
+        with terminate_on_sigterm():
+            hydra_main()
+    except BaseException as exc:
+        if terminated(exc) or isinstance(exc.__context__, Terminated):
+            print("infalign-train: stopped by SIGTERM (recorded as interrupted; resume with ckpt_path=last)",
+                  file=sys.stderr)
+            raise SystemExit(SIGTERM_EXIT) from None
+        raise
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float:
