@@ -706,3 +706,21 @@ def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm
     assert code == 0, err[-3000:]
     straight_run(warm_cache, tmp_path / "straight", "algo.steps=6", "policy_cache=false")
     assert judges(run_dir) == judges(tmp_path / "straight")
+
+
+def test_a_run_dir_in_use_by_another_run_is_refused(tmp_path, monkeypatch):
+    """Two runs on one dir interleaved their checkpoints (last.ckpt, last-v1.ckpt) and the second's record
+    replaced the first's: a run holds ``<run dir>/.run.lock`` (flock) while it runs, and a second one is a
+    ConfigError before it writes anything; once the first is done the dir is usable again."""
+    import fcntl
+
+    no_compute(monkeypatch)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / train_app.RUN_LOCK, "w") as held:  # the first run, still running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match=r"hydra\.run\.dir.*another infalign-train process is running"):
+            train_app.run(compose_train(tmp_path / "cache", run_dir))
+        assert sorted(p.name for p in run_dir.iterdir()) == [train_app.RUN_LOCK]  # nothing written
+    with pytest.raises(AssertionError, match="compute started"):  # released: the dir is free
+        train_app.run(compose_train(tmp_path / "cache", run_dir))

@@ -239,18 +239,51 @@ def run(cfg: DictConfig) -> dict:
     ``metrics.json`` with ``status: failed`` (``interrupted`` for Ctrl-C) and its error, and the
     logger is finished (marked failed) in every case."""
     out_dir = Path(cfg.paths.run_dir)
-    check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
-    name = None
+    with run_dir_lock(out_dir):
+        check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
+        name = None
+        try:
+            procedure, transform, algo = validate(cfg)
+            name = name_run(cfg, procedure, transform, algo)
+            # the config is valid: now the heavy imports (torch models, Lightning, transformers)
+            from infalign.apps import train_stages
+        except BaseException as exc:
+            # a failed job leaves a record a sweep report can list
+            write_failure(out_dir, failure_record(cfg, name, exc, {}))
+            raise
+        return train_stages.run_stages(cfg, procedure, transform, algo, name)  # records its own failures
+
+
+RUN_LOCK = ".run.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(out_dir: Path):
+    """Hold an exclusive, non-blocking ``flock`` on ``<run dir>/.run.lock`` for the whole run: a second
+    run started on the same dir (a repeated command, a resume while the first still runs) is a
+    ConfigError before it touches anything -- two runs had interleaved their checkpoints and the
+    second's record replaced the first's. The ranks of one distributed run share the dir: only rank 0
+    locks. The lock goes with the process (no stale lock after a kill)."""
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
     try:
-        procedure, transform, algo = validate(cfg)
-        name = name_run(cfg, procedure, transform, algo)
-        # the config is valid: now the heavy imports (torch models, Lightning, transformers)
-        from infalign.apps import train_stages
-    except BaseException as exc:
-        # a failed job leaves a record a sweep report can list
-        write_failure(out_dir, failure_record(cfg, name, exc, {}))
-        raise
-    return train_stages.run_stages(cfg, procedure, transform, algo, name)  # records its own failures
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if fcntl is None or rank != "0":
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / RUN_LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError("hydra.run.dir", str(out_dir), "a directory no other run is using",
+                              "another infalign-train process is running in it; wait for it, or leave "
+                              "hydra.run.dir unset for a new unique dir") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_failure(out_dir: Path, rec: dict) -> Path:
