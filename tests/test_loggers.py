@@ -197,3 +197,30 @@ def test_a_logger_failing_after_the_run_is_recorded_keeps_the_results(tmp_path, 
     assert "its logger failed: ConnectionError: logging service down" in caplog.text
     # and the logger is still closed: an unfinished W&B run is taken over by the process's next job
     assert closed == [0]
+
+
+def test_a_resumed_runs_csv_keeps_the_history_and_the_summary_sits_at_the_last_step(tmp_path):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts: a resume (a new logger on
+    the run dir) erased the curve logged before the interruption. And the summary, logged without a
+    step after the writer had flushed, was numbered step 0. Both, as conf/logger/csv.yaml configures it."""
+    import csv as csv_module
+    import dataclasses
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    def attempt(steps):
+        logger = CSVLogger(save_dir=tmp_path, name="csv", version="")
+        loggers.start(logger, {"seed": 0})
+        for s in steps:
+            logger.log_metrics({"train/reward": float(s)}, step=s)
+        logger.save()
+        return logger
+
+    attempt([0, 1, 2])  # interrupted after step 2
+    logger = attempt([3, 4])  # the resume
+    loggers.log_record(logger, dataclasses.replace(a_record(), steps=5), {})
+    loggers.close(logger, 0)
+    rows = list(csv_module.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows if r["train/reward"]] == [0, 1, 2, 3, 4]
+    summary = [r for r in rows if r.get("eval/reward_model/kl")]
+    assert len(summary) == 1 and int(summary[0]["step"]) == 5

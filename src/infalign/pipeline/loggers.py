@@ -11,11 +11,12 @@ the samples table, the win-rate plot, ``finish(exit_code)``).
 
 from __future__ import annotations
 
+import csv
 import secrets
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from infalign.infra.cache import atomic_write_text
@@ -36,14 +37,35 @@ class RunLogger(Protocol):
 
 def start(logger: Logger, config: dict) -> None:
     """Start the logger's run now -- so a run that fails in any later stage shows up (as failed) --
-    and log the resolved config."""
-    _ = logger.experiment
+    and log the resolved config. A resumed run's CSV history is kept: Lightning's CSV writer deletes
+    an existing ``metrics.csv`` when it starts, which erased the steps logged before the interruption;
+    their rows are put back and the writer appends after them."""
+    previous = _csv_history(logger)
+    experiment = logger.experiment
+    if previous is not None:
+        path, text, header = previous
+        path.write_text(text)
+        experiment.metrics_keys = sorted(header)
     logger.log_hyperparams(config)
 
 
+def _csv_history(logger: Logger) -> tuple[Path, str, list[str]] | None:
+    """``(path, text, header)`` of a :class:`CSVLogger`'s existing ``metrics.csv`` (None: none)."""
+    if not isinstance(logger, CSVLogger):
+        return None
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    header = next(csv.reader([text.splitlines()[0]])) if text.strip() else []
+    return (path, text, header) if header else None
+
+
 def log_record(logger: Logger, record: RunRecord, files: dict[str, Path]) -> None:
-    """The finished run's summary through ``log_metrics``; a :class:`RunLogger` gets the rest."""
-    logger.log_metrics(record.wandb_summary())
+    """The finished run's summary through ``log_metrics`` (for a CSV logger at the run's last training
+    step: Lightning's CSV writer otherwise numbers it 0); a :class:`RunLogger` gets the rest."""
+    step = record.steps if isinstance(logger, CSVLogger) and record.steps is not None else None
+    logger.log_metrics(record.wandb_summary(), step=step)
     if isinstance(logger, RunLogger):
         logger.log_record(record, files)
 
