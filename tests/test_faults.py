@@ -681,6 +681,11 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
     with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
         train_app.run(compose_train(cache, run_dir, "transform.t=2", "ckpt_path=last_or_new"))
     assert json.loads((run_dir / "metrics.json").read_text())["run_name"] == "done"
+    # beta and steps are training settings too (ipo takes beta, bon_sft steps from kl_point): a sweep re-run
+    # into the dir with another kl_point list must not replace those records either
+    for other in ("algo.beta=0.5", "algo.steps=3"):
+        with pytest.raises(ConfigError, match=r"ckpt_path.*training\.algo\.(beta|steps)"):
+            train_app.run(compose_train(cache, run_dir, "transform.t=4", other, "ckpt_path=last_or_new"))
     with pytest.raises(AssertionError, match="compute started"):
         train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new"))
 

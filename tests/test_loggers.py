@@ -208,19 +208,22 @@ def test_a_resumed_runs_csv_keeps_the_history_and_the_summary_sits_at_the_last_s
 
     from lightning.pytorch.loggers import CSVLogger
 
-    def attempt(steps):
+    def attempt(steps, resume_step=None):
         logger = CSVLogger(save_dir=tmp_path, name="csv", version="")
-        loggers.start(logger, {"seed": 0})
+        loggers.start(logger, {"seed": 0}, resume_step=resume_step)
         for s in steps:
             logger.log_metrics({"train/reward": float(s)}, step=s)
         logger.save()
         return logger
 
-    attempt([0, 1, 2])  # interrupted after step 2
-    logger = attempt([3, 4])  # the resume
+    attempt([0, 1, 2, 3])  # interrupted after step 3, its last checkpoint at step 2
+    logger = attempt([2, 3, 4], resume_step=2)  # the resume replays steps 2 and 3: no duplicates
     loggers.log_record(logger, dataclasses.replace(a_record(), steps=5), {})
     loggers.close(logger, 0)
     rows = list(csv_module.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows if r["train/reward"]] == [0, 1, 2, 3, 4]
     summary = [r for r in rows if r.get("eval/reward_model/kl")]
     assert len(summary) == 1 and int(summary[0]["step"]) == 5
+    attempt([0, 1])  # a fresh start (no checkpoint) in the dir: a new history, as Lightning starts one
+    rows = list(csv_module.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 1]

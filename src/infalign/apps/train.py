@@ -190,12 +190,11 @@ def check_checkpoint(path: Path) -> str:
     why = "delete it to start over, or set ckpt_path to an earlier checkpoint"
     require(zipfile.is_zipfile(path), "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
             f"the file is truncated or corrupt (killed while it was written?): {why}")
-    with zipfile.ZipFile(path) as archive:
-        bad = archive.testzip()
-    require(bad is None, "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
-            f"its member {bad} does not match its checksum (the file is corrupt): {why}")
-    require(bool(checkpoint_contents(path).get("optimizer_states")), "ckpt_path", str(path),
-            "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)", why)
+    if launch_rank() == "0":  # one full read is enough: the ranks of a launch share the file
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        require(bad is None, "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
+                f"its member {bad} does not match its checksum (the file is corrupt): {why}")
     return str(path)
 
 
@@ -207,9 +206,15 @@ def checkpoint_contents(path: Path | str) -> dict:
 
 
 def check_checkpoint_steps(path: str, algo: Algorithm) -> None:
-    """A resumed run trains to ``algo.steps``: a checkpoint already past it (a resume with fewer steps)
-    would be recorded as a ``steps``-step policy while holding more training."""
-    done, target = int(checkpoint_contents(path).get("global_step", 0)), algo.cfg.steps * algo.optimizer_steps_per_batch
+    """What an online algorithm's resume needs from its checkpoint: the optimizer state (a weights-only
+    checkpoint cannot continue training), and no more steps than ``algo.steps`` (a resume with fewer
+    steps would be recorded as a ``steps``-step policy while holding more training). Offline algorithms
+    ignore the checkpoint (``pipeline/fit.py``)."""
+    contents = checkpoint_contents(path)
+    require(bool(contents.get("optimizer_states")), "ckpt_path", path,
+            "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)",
+            "delete it to start over, or set ckpt_path to an earlier checkpoint")
+    done, target = int(contents.get("global_step", 0)), algo.cfg.steps * algo.optimizer_steps_per_batch
     require(done <= target, "algo.steps", algo.cfg.steps,
             f"at least the checkpoint's {done // algo.optimizer_steps_per_batch} steps ({path} has trained that "
             "far: a run with fewer would record its policy as a shorter run's)")
@@ -239,7 +244,8 @@ def run(cfg: DictConfig) -> dict:
     ``metrics.json`` with ``status: failed`` (``interrupted`` for Ctrl-C) and its error, and the
     logger is finished (marked failed) in every case."""
     out_dir = Path(cfg.paths.run_dir)
-    with run_dir_lock(out_dir):
+    # SIGTERM -> Terminated here too: a sweep's jobs run in joblib workers, which main() does not reach
+    with terminate_on_sigterm(), run_dir_lock(out_dir):
         check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
         name = None
         try:
@@ -257,6 +263,12 @@ def run(cfg: DictConfig) -> dict:
 RUN_LOCK = ".run.lock"
 
 
+def launch_rank() -> str:
+    """This process's rank in a torchrun / srun launch (``RANK``, ``SLURM_PROCID``), before the process
+    group exists; ``"0"`` for a single process."""
+    return os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+
+
 @contextlib.contextmanager
 def run_dir_lock(out_dir: Path):
     """Hold an exclusive, non-blocking ``flock`` on ``<run dir>/.run.lock`` for the whole run: a second
@@ -264,7 +276,7 @@ def run_dir_lock(out_dir: Path):
     ConfigError before it touches anything -- two runs had interleaved their checkpoints and the
     second's record replaced the first's. The ranks of one distributed run share the dir: only rank 0
     locks. The lock goes with the process (no stale lock after a kill)."""
-    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    rank = launch_rank()
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -280,6 +292,10 @@ def run_dir_lock(out_dir: Path):
             raise ConfigError("hydra.run.dir", str(out_dir), "a directory no other run is using",
                               "another infalign-train process is running in it; wait for it, or leave "
                               "hydra.run.dir unset for a new unique dir") from None
+        except OSError as exc:  # a filesystem without flock (Lustre noflock, NFS without lockd)
+            log.warning("cannot lock %s (%s): running without the run-dir lock", out_dir / RUN_LOCK, exc)
+            yield
+            return
         try:
             yield
         finally:
@@ -424,8 +440,8 @@ def main() -> None:
             hydra_main()
     except BaseException as exc:
         if terminated(exc) or isinstance(exc.__context__, Terminated):
-            print("infalign-train: stopped by SIGTERM (recorded as interrupted; resume with ckpt_path=last)",
-                  file=sys.stderr)
+            print("infalign-train: stopped by SIGTERM (recorded as interrupted; resume with ckpt_path=last_or_new: "
+                  "it continues from the last checkpoint if there is one)", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
         raise
 

@@ -14,7 +14,13 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
-from infalign.apps.train import check_checkpoint_steps, failure_record, resolve_ckpt, write_failure
+from infalign.apps.train import (
+    check_checkpoint_steps,
+    checkpoint_contents,
+    failure_record,
+    resolve_ckpt,
+    write_failure,
+)
 from infalign.infra import distributed
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
@@ -104,7 +110,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
             check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
             if logger is not None:
-                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True),
+                              resume_step=int(checkpoint_contents(ckpt).get("global_step", 0)))
 
         def train() -> None:
             # what the checkpoints about to be written here depend on (also when they continue another dir's)

@@ -77,7 +77,7 @@ class Grid:
 
 def _even_step(z_max: float, step: float) -> float:
     """The step nearest ``step`` that divides ``2 z_max`` into an even number (>= 4) of cells."""
-    half_cells = max(2, round(z_max / step)) if step > 0 and z_max > 0 else 2
+    half_cells = max(5, round(z_max / step)) if step > 0 and z_max > 0 else 5
     return z_max / half_cells
 
 
@@ -376,9 +376,10 @@ def resolved(
         _, p, _, kl = _tilt_stats(phi, beta, grid)
         edge = np.maximum(p[:, 0], p[:, -1])
     ok = edge < EDGE_MASS
-    if grid.cells % 2:
+    if grid.cells % 2 or grid.cells < 10:
         raise ValueError(f"theory.Grid(z_max={grid.z_max}, step={grid.step}) has {grid.cells} cells: the resolution "
-                         f"check needs an even number (e.g. step={_even_step(grid.z_max, grid.step):.6g})")
+                         f"check needs an even number >= 10, for half-grids of >= 4 cells (e.g. "
+                         f"step={_even_step(grid.z_max, grid.step):.6g})")
     tol = RESOLUTION_TOL * np.maximum(kl, KL_FLOOR)  # the even and the odd half-grids against the full one
     even = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, Grid(grid.z_max, 2 * grid.step))[3]
     odd = _tilt_stats(np.ascontiguousarray(phi[:, 1::2]), beta, Grid(grid.z_max - grid.step, 2 * grid.step))[3]

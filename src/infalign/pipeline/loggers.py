@@ -35,30 +35,38 @@ class RunLogger(Protocol):
         """Close the run: 0 finished, 1 failed."""
 
 
-def start(logger: Logger, config: dict) -> None:
+def start(logger: Logger, config: dict, resume_step: int | None = None) -> None:
     """Start the logger's run now -- so a run that fails in any later stage shows up (as failed) --
-    and log the resolved config. A resumed run's CSV history is kept: Lightning's CSV writer deletes
-    an existing ``metrics.csv`` when it starts, which erased the steps logged before the interruption;
-    their rows are put back and the writer appends after them."""
-    previous = _csv_history(logger)
+    and log the resolved config. ``resume_step``: the run resumes from a checkpoint at that global
+    step, and its CSV history before it is kept -- Lightning's CSV writer deletes an existing
+    ``metrics.csv`` when it starts, which erased the steps logged before the interruption; the rows of
+    earlier steps are put back (those at or after ``resume_step`` are replayed by the resumed run) and
+    the writer appends after them (rank 0, the one that writes)."""
+    previous = _csv_history(logger, resume_step) if resume_step is not None and rank_zero_only.rank == 0 else None
     experiment = logger.experiment
     if previous is not None:
-        path, text, header = previous
-        path.write_text(text)
+        path, header, rows = previous
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
         experiment.metrics_keys = sorted(header)
     logger.log_hyperparams(config)
 
 
-def _csv_history(logger: Logger) -> tuple[Path, str, list[str]] | None:
-    """``(path, text, header)`` of a :class:`CSVLogger`'s existing ``metrics.csv`` (None: none)."""
+def _csv_history(logger: Logger, before_step: int) -> tuple[Path, list[str], list[dict]] | None:
+    """``(path, header, rows with step < before_step)`` of a :class:`CSVLogger`'s existing
+    ``metrics.csv`` (None: not a CSV logger, or no history)."""
     if not isinstance(logger, CSVLogger):
         return None
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.is_file():
         return None
-    text = path.read_text()
-    header = next(csv.reader([text.splitlines()[0]])) if text.strip() else []
-    return (path, text, header) if header else None
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < before_step]
+        header = list(reader.fieldnames or [])
+    return (path, header, rows) if header else None
 
 
 def log_record(logger: Logger, record: RunRecord, files: dict[str, Path]) -> None:

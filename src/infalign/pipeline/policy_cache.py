@@ -199,8 +199,8 @@ def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
     """``ckpt_path=last_or_new`` found no checkpoint, but the dir may hold a finished run that trained
     none (its policy came from the policy cache, or checkpointing was off): that run may be re-run
     (same training settings: the same policy, the same record) but not replaced by another
-    configuration's -- compared as :func:`check_resume_early` compares (``algo.beta`` left out:
-    ``kl_target`` picks it later)."""
+    configuration's: :func:`training_settings` compared (``algo.steps`` included: nothing resumes here),
+    ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value)."""
     from infalign.pipeline.record import is_finished, read_record
 
     path = Path(run_dir) / "metrics.json"
@@ -209,10 +209,12 @@ def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
     config = read_record(path).config
     if not isinstance(config, dict) or not config:
         return
-    settings = [_resume_training(c, None) for c in (OmegaConf.create(config), cfg)]
-    for s in settings:
-        if isinstance(s.get("algo"), dict):
-            s["algo"].pop("beta", None)
+    settings = [json.loads(json.dumps(training_settings(c, None), default=str))
+                for c in (OmegaConf.create(config), cfg)]
+    if cfg.algo.get("kl_target") is not None:
+        for s in settings:
+            if isinstance(s.get("algo"), dict):
+                s["algo"].pop("beta", None)
     unknown: list[str] = []
     differ = _differences({"training": settings[0]}, {"training": settings[1]}, unknown=unknown)
     _refuse_if_different(path, differ, "last_or_new", unknown)

@@ -210,7 +210,9 @@ class CTRLModule(L.LightningModule):
         # throughputs their sum (sync_dist; a no-op in one process).
         for reduce_fx, names in (("mean", [k for k in metrics if not k.startswith("perf/")]),
                                  ("sum", [k for k in metrics if k.startswith("perf/")])):
-            self.log_dict({k: torch.as_tensor(metrics[k], dtype=torch.float32) for k in names}, prog_bar=False,
+            # on the module's device: NCCL (GPU DDP) cannot all-reduce a CPU tensor
+            self.log_dict({k: torch.as_tensor(metrics[k], dtype=torch.float32, device=self.device) for k in names},
+                          prog_bar=False,
                           on_step=True, on_epoch=False, batch_size=rows, sync_dist=True, reduce_fx=reduce_fx)
         self.log("kl", out["kl"].mean(), prog_bar=True, on_step=True, batch_size=rows, sync_dist=True)
         self.log(
