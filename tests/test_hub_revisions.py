@@ -90,6 +90,7 @@ def test_a_hub_models_caches_follow_its_commit_and_every_load_reads_it(hub, asse
     first = world_mod.load_world(cfg_for(assets, tmp_path, *hub_cfg), tmp_path / "cache")
     assert first.reference_fingerprint == f"hub:org/lm@{C1}"
     assert torch.equal(_first_weight(first.reference), c1_weight)
+    assert first.stats["hub_commits"] == {"policy": f"org/lm@{C1}", "reward": f"org/rm@{C1}"}
     assert torch.equal(_first_weight(first.policy), c1_weight)
     assert first.tokenizer.model_max_length != 77
 
@@ -201,8 +202,11 @@ def test_revisions_are_not_training_settings_and_a_moved_model_names_the_pin(tmp
     assert settings == policy_cache.training_settings(compose_train(tmp_path / "cache", tmp_path / "run"), 0.1)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    stored = {"world": [f"hub:org/lm@{C1}", "rm"], "training": {"a": 1}}
+    # the fingerprints hash the commits (with dtypes, input formats): the hint reads the stored commits
+    stored = {"world": ["f1", "r1"], "hub": {"policy": f"org/lm@{C1}", "reward": f"org/rm@{C1}"},
+              "training": {"a": 1}}
     (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps(stored))
-    with pytest.raises(ConfigError, match=rf"hub model moved.*resume with policy\.revision={C1}"):
-        policy_cache.check_resume(ckpt, {"world": [f"hub:org/lm@{C2}", "rm"], "training": {"a": 1}}, True, "last")
+    moved = {"world": ["f2", "r2"], "hub": {"policy": f"org/lm@{C2}", "reward": f"org/rm@{C2}"}, "training": {"a": 1}}
+    with pytest.raises(ConfigError, match=rf"hub model moved.*resume with policy\.revision={C1} reward\.revision={C1}"):
+        policy_cache.check_resume(ckpt, moved, True, "last")
     policy_cache.check_resume(ckpt, stored, True, "last")  # pinned: same settings

@@ -116,6 +116,7 @@ def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
     :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
     asked to train longer. JSON-normalised (tuples as lists), as :func:`check_resume` compares it."""
     return json.loads(json.dumps({"world": [world.reference_fingerprint, world.reward_fingerprint],
+                                  "hub": world.stats.get("hub_commits", {}),
                                   "training": _resume_training(cfg, beta)}, default=str))
 
 
@@ -161,19 +162,17 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
     unknown: list[str] = []
     stored = json.loads(path.read_text())
     _refuse_if_different(path, _differences(stored, settings, unknown=unknown), ckpt_path, unknown,
-                         _moved_hub_models(stored.get("world"), settings.get("world")))
+                         _moved_hub_models(stored.get("hub"), settings.get("hub")))
 
 
 def _moved_hub_models(stored, current) -> str:
-    """A hint when a hub model's commit differs between the checkpoint's world and this run's
-    (``hub:<name>@<commit>`` fingerprints, ``pipeline/world.py``): its ``main`` moved since the run
+    """A hint when a hub model's commit differs between the checkpoint's run and this one (``hub``:
+    ``{group: "<name>@<commit>"}``, ``world.stats["hub_commits"]``): its ``main`` moved since the run
     started, and pinning the stored commit resumes it."""
-    if not (isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current) == 2):
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
         return ""
-    pins = []
-    for group, old, new in zip(("policy", "reward"), stored, current):
-        if old != new and str(old).startswith("hub:") and "@" in str(old):
-            pins.append(f"{group}.revision={str(old).rsplit('@', 1)[1]}")
+    pins = [f"{group}.revision={str(old).rsplit('@', 1)[1]}" for group, old in sorted(stored.items())
+            if "@" in str(old) and current.get(group) != old]
     return f"; the hub model moved since the run started: resume with {' '.join(pins)}" if pins else ""
 
 

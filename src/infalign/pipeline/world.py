@@ -276,6 +276,10 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     # which world a run's numbers come from (the report compares only runs of one world): the models
     # and, for the toy world, its build key (the world's parameters: the gold reward too)
     stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
+    # the hub commits the run read (the fingerprints above hash them with dtypes and input formats):
+    # a refused resume names the commit to pin (pipeline/policy_cache.py)
+    stats["hub_commits"] = {group: f"{path}@{rev}" for group, path, rev in
+                            (("policy", policy_path, policy_rev), ("reward", reward_path, reward_rev)) if rev}
     return World(
         policy=policy,
         reference=reference,
