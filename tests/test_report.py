@@ -850,3 +850,14 @@ def test_a_refused_attempt_does_not_relabel_the_finished_runs_overrides(tmp_path
     (job_dir / "checkpoints" / "run_overrides.yaml").write_text('- "transform.t=4"\n')
     job = load_job(job_dir, tmp_path)
     assert job.status == "finished" and job.overrides == ["transform.t=4"]
+
+
+def test_the_narrower_reports_of_a_sweep_get_their_own_wandb_run_names(tmp_path):
+    """Every report run of a sweep was named ``report`` in the sweep's group: ``report_t``,
+    ``report_baselines`` ... could not be told apart on the dashboard."""
+    from types import SimpleNamespace
+
+    from infalign.report.wandb_run import report_run_name
+
+    assert report_run_name(SimpleNamespace(out_dir=tmp_path / "bon" / "report")) == "report"
+    assert report_run_name(SimpleNamespace(out_dir=tmp_path / "bon" / "report_t")) == "report:report_t"

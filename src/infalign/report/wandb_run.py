@@ -47,6 +47,13 @@ def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
             "offline": any(_offline(j.config["logger"]) for j in wb)}
 
 
+def report_run_name(report: Report) -> str:
+    """``report`` for the default ``<sweep>/report``; else ``report:<out dir name>`` (``report_t``,
+    ``report_baselines``, ...): the narrower reports of one sweep are told apart in its group."""
+    name = Path(report.out_dir).name
+    return "report" if name == "report" else f"report:{name}"
+
+
 def log_to_wandb(report: Report, settings: dict) -> dict:
     """Log the runs, matched-KL and theory-gap tables + plots to a ``report`` run
     (``job_type=report``) in the sweep's group; finish it.
@@ -59,7 +66,8 @@ def log_to_wandb(report: Report, settings: dict) -> dict:
             "offline" if settings.get("offline") or env_mode in ("offline", "dryrun") else "online")
     report.out_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=settings["project"], entity=settings.get("entity"), group=settings["group"],
-                     job_type="report", name="report", dir=str(report.out_dir), mode=mode, reinit="create_new",
+                     job_type="report", name=report_run_name(report), dir=str(report.out_dir), mode=mode,
+                     reinit="create_new",
                      config={"multirun_dir": str(report.root), "judges": report.judges},
                      settings=wandb.Settings(console="off"))
     try:
