@@ -35,6 +35,7 @@ from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
 from infalign.math.transforms import Transform, as_transform, finite_in_float32
 from infalign.pipeline import record
+from infalign.pipeline.kl_target import require_spread_samples
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import (
     calibration_sampler,
@@ -66,10 +67,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     check_float32_range(transform)
     if algo.needs_calibration(transform):
         calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
-    scaled = algo.kl_target is not None and (not transform.calibrated or scope == "pooled")  # pipeline/kl_target.py
-    require(not scaled or int(cfg.calibration.K) >= 2, "calibration.K", cfg.calibration.K,
-            f">= 2 with algo.kl_target and {transform.label}: beta is scaled by the reward's spread within a "
-            "prompt, which one sample per prompt cannot show")
+    require_spread_samples(algo.kl_target, transform, scope == "pooled", int(cfg.calibration.K))
     require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
     require(int(cfg.eval.bootstrap) >= 1, "eval.bootstrap", cfg.eval.bootstrap,
             ">= 1 bootstrap resamples over prompts for the CIs (1000 by default)")
@@ -190,7 +188,7 @@ def check_checkpoint(path: Path) -> str:
     why = "delete it to start over, or set ckpt_path to an earlier checkpoint"
     require(zipfile.is_zipfile(path), "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
             f"the file is truncated or corrupt (killed while it was written?): {why}")
-    if launch_rank() == "0":  # one full read is enough: the ranks of a launch share the file
+    if distributed.launch_rank() == 0:  # one full read is enough: the ranks of a launch share the file
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
         require(bad is None, "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
@@ -263,12 +261,6 @@ def run(cfg: DictConfig) -> dict:
 RUN_LOCK = ".run.lock"
 
 
-def launch_rank() -> str:
-    """This process's rank in a torchrun / srun launch (``RANK``, ``SLURM_PROCID``), before the process
-    group exists; ``"0"`` for a single process."""
-    return os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
-
-
 @contextlib.contextmanager
 def run_dir_lock(out_dir: Path):
     """Hold an exclusive, non-blocking ``flock`` on ``<run dir>/.run.lock`` for the whole run: a second
@@ -276,12 +268,11 @@ def run_dir_lock(out_dir: Path):
     ConfigError before it touches anything -- two runs had interleaved their checkpoints and the
     second's record replaced the first's. The ranks of one distributed run share the dir: only rank 0
     locks. The lock goes with the process (no stale lock after a kill)."""
-    rank = launch_rank()
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         fcntl = None
-    if fcntl is None or rank != "0":
+    if fcntl is None or distributed.launch_rank() != 0:
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -345,8 +336,10 @@ def terminate_on_sigterm():
 
 
 def terminated(exc: BaseException) -> bool:
-    """SIGTERM: :class:`Terminated`, or Lightning's ``SIGTERMException``."""
-    return isinstance(exc, Terminated) or type(exc).__name__ == "SIGTERMException"
+    """SIGTERM: :class:`Terminated`, the ``SystemExit`` Lightning raises after handling one, or
+    Lightning's own ``SIGTERMException``."""
+    return (isinstance(exc, Terminated) or isinstance(exc.__context__, Terminated)
+            or type(exc).__name__ == "SIGTERMException")
 
 
 def interrupted(exc: BaseException) -> bool:
@@ -363,7 +356,7 @@ def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timing
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the error may be in resolving the config itself
         config = OmegaConf.to_container(cfg, resolve=False)
-    if terminated(exc) or isinstance(exc.__context__, Terminated):
+    if terminated(exc):
         status, error = "interrupted", "Terminated: stopped by SIGTERM (kill, or a scheduler's time limit)"
     elif interrupted(exc):
         status, error = "interrupted", "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
@@ -439,7 +432,7 @@ def main() -> None:
         with terminate_on_sigterm():
             hydra_main()
     except BaseException as exc:
-        if terminated(exc) or isinstance(exc.__context__, Terminated):
+        if terminated(exc):
             print("infalign-train: stopped by SIGTERM (recorded as interrupted; resume with ckpt_path=last_or_new: "
                   "it continues from the last checkpoint if there is one)", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None

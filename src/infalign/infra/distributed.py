@@ -55,6 +55,12 @@ def launched_externally() -> bool:
     return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
 
 
+def launch_rank() -> int:
+    """This process's rank in a torchrun / srun launch (``RANK``, else ``SLURM_PROCID``), known before the
+    process group exists (:func:`init_from_env` joins it later); 0 for a single process."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
 def init_from_env() -> None:
     """Join the process group described by the launcher's env vars, before any stage runs.
 

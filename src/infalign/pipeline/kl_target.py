@@ -39,13 +39,20 @@ def beta_for_target(kl_target: float, transform: Transform, procedure: Procedure
     if table is None:
         raise ConfigError("algo.kl_target", kl_target, "a calibration table to scale beta for raw rewards")
     reward = transform(table.reference_calibrated()) if pooled else table.prompt_rewards
-    require(reward.shape[1] >= 2, "calibration.K", reward.shape[1],
-            f">= 2 with algo.kl_target={kl_target} and {transform.label}: beta is scaled by the reward's "
-            "spread within a prompt, which one sample per prompt cannot show")
+    require_spread_samples(kl_target, transform, pooled, reward.shape[1])
     var = reward.double().var(dim=1).mean().item()
     require(var > 0, "algo.kl_target", kl_target, "reward scores that vary within a prompt",
             "the reward model gives every reference sample of every prompt the same score")
     return _theory_beta(Identity(), procedure, kl_target) * math.sqrt(12.0 * var)
+
+
+def require_spread_samples(kl_target: float | None, transform: Transform, pooled: bool, k: int) -> None:
+    """``calibration.K >= 2`` where :func:`beta_for_target` scales beta by the reward's spread within a
+    prompt (a ``kl_target`` the theory does not describe: module docstring), which one sample per prompt
+    cannot show (its variance is NaN); a ConfigError naming the key. apps/train checks it before compute."""
+    require(kl_target is None or theory.applies(transform, pooled) or int(k) >= 2, "calibration.K", k,
+            f">= 2 with algo.kl_target={kl_target} and {transform.label}: beta is scaled by the reward's "
+            "spread within a prompt, which one sample per prompt cannot show")
 
 
 def _theory_beta(transform: Transform, procedure: Procedure, kl: float) -> float:

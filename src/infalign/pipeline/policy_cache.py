@@ -124,7 +124,12 @@ def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
     training = training_settings(cfg, beta)
     if isinstance(training.get("algo"), dict):
         training["algo"].pop("steps", None)
-    return json.loads(json.dumps(training, default=str))
+    return _as_json(training)
+
+
+def _as_json(settings: dict) -> dict:
+    """``settings`` as a settings file stores them (tuples as lists, other values as strings)."""
+    return json.loads(json.dumps(settings, default=str))
 
 
 def _differences(a, b, prefix: str = "", depth: int = 3, unknown: list[str] | None = None) -> list[str]:
@@ -185,13 +190,7 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
     if not path.is_file():
         return
     stored, current = json.loads(path.read_text()).get("training", {}), _resume_training(cfg, beta)
-    if beta is None:
-        for settings in (stored, current):
-            if isinstance(settings.get("algo"), dict):
-                settings["algo"].pop("beta", None)
-    unknown: list[str] = []
-    differ = _differences({"training": stored}, {"training": current}, unknown=unknown)
-    _refuse_if_different(path, differ, ckpt_path, unknown)
+    _refuse_other_training(path, stored, current, ckpt_path, without_beta=beta is None)
 
 
 def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
@@ -208,15 +207,20 @@ def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
     config = read_record(path).config
     if not isinstance(config, dict) or not config:
         return
-    settings = [json.loads(json.dumps(training_settings(c, None), default=str))
-                for c in (OmegaConf.create(config), cfg)]
-    if cfg.algo.get("kl_target") is not None:
-        for s in settings:
-            if isinstance(s.get("algo"), dict):
-                s["algo"].pop("beta", None)
+    stored, current = (_as_json(training_settings(c, None)) for c in (OmegaConf.create(config), cfg))
+    _refuse_other_training(path, stored, current, "last_or_new", without_beta=cfg.algo.get("kl_target") is not None)
+
+
+def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: str, without_beta: bool) -> None:
+    """:func:`_refuse_if_different` on two training settings, ``algo.beta`` left out of both when
+    ``without_beta`` (``algo.kl_target`` picks it)."""
+    if without_beta:
+        for settings in (stored, current):
+            if isinstance(settings.get("algo"), dict):
+                settings["algo"].pop("beta", None)
     unknown: list[str] = []
-    differ = _differences({"training": settings[0]}, {"training": settings[1]}, unknown=unknown)
-    _refuse_if_different(path, differ, "last_or_new", unknown)
+    differ = _differences({"training": stored}, {"training": current}, unknown=unknown)
+    _refuse_if_different(path, differ, ckpt_path, unknown)
 
 
 def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown: list[str] = (),

@@ -14,6 +14,7 @@ The reward model always reads the *dataset* prompt (:func:`~infalign.models.rewa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -124,29 +125,32 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
         if source and is_local(source) and not Path(source).expanduser().exists():
             raise FileNotFoundError(f"file not found: {Path(source).expanduser()} (data.name_or_path)")
     checked = CheckedModels(None, None)
-    if cfg.policy.name_or_path is not None:
-        revision = _revision(cfg.policy, "policy")
-        checked.policy_path, config = check_causal_lm(cfg.policy.name_or_path, "policy.name_or_path", revision)
-        checked.policy_revision = _commit(checked.policy_path, revision, "policy")
+    checked.policy_path, config, checked.policy_revision, checked.policy_tokenizer = _check_model(
+        cfg, "policy", check_causal_lm, "left")
+    if checked.policy_path is not None:
         if not toy:
             check_sequence_budget(cfg, config)
-        checked.policy_tokenizer = load_tokenizer(checked.policy_path, "left", key="policy.name_or_path",
-                                                  revision=checked.policy_revision)
         if cfg.policy.get("chat_template") and not getattr(checked.policy_tokenizer, "chat_template", None):
             raise ConfigError("policy.chat_template", True, "false, or a policy tokenizer with a chat template",
                               f"the tokenizer of {checked.policy_path} has no chat_template")
-    if cfg.reward.name_or_path is not None:
-        revision = _revision(cfg.reward, "reward")
-        checked.reward_path, _ = check_reward_model(cfg.reward.name_or_path, "reward.name_or_path",
-                                                    from_causal_lm=_train_reward(cfg), revision=revision)
-        checked.reward_revision = _commit(checked.reward_path, revision, "reward")
-        checked.reward_tokenizer = load_tokenizer(checked.reward_path, "right", key="reward.name_or_path",
-                                                  revision=checked.reward_revision)
-    elif cfg.reward.get("revision") is not None:
-        raise ConfigError("reward.revision", cfg.reward.revision, "null without reward.name_or_path")
-    if cfg.policy.name_or_path is None and cfg.policy.get("revision") is not None:
-        raise ConfigError("policy.revision", cfg.policy.revision, "null without policy.name_or_path")
+    checked.reward_path, _, checked.reward_revision, checked.reward_tokenizer = _check_model(
+        cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
     return checked
+
+
+def _check_model(cfg: DictConfig, group: str, check, padding_side: str) -> tuple:
+    """``(path, config, commit, tokenizer)`` of ``<group>.name_or_path`` (all None when it is null):
+    ``check`` (:func:`check_causal_lm` / :func:`check_reward_model`) at ``<group>.revision``, the
+    commit it resolves to (:func:`_commit`), and the tokenizer at that commit. A revision without a name
+    is a ConfigError."""
+    node, key = cfg[group], f"{group}.name_or_path"
+    revision = _revision(node, group)
+    if node.name_or_path is None:
+        require(revision is None, f"{group}.revision", revision, f"null without {key}")
+        return None, None, None, None
+    path, config = check(node.name_or_path, key, revision=revision)
+    commit = _commit(path, revision, group)
+    return path, config, commit, load_tokenizer(path, padding_side, key=key, revision=commit)
 
 
 def _revision(node: DictConfig, group: str) -> str | None:
