@@ -203,11 +203,12 @@ def checkpoint_contents(path: Path | str) -> dict:
     return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
 
 
-def check_checkpoint_steps(path: str, algo: Algorithm) -> None:
+def check_checkpoint_steps(path: str, algo: Algorithm) -> int:
     """What an online algorithm's resume needs from its checkpoint: the optimizer state (a weights-only
     checkpoint cannot continue training), and no more steps than ``algo.steps`` (a resume with fewer
-    steps would be recorded as a ``steps``-step policy while holding more training). Offline algorithms
-    ignore the checkpoint (``pipeline/fit.py``)."""
+    steps would be recorded as a ``steps``-step policy while holding more training). Returns the
+    checkpoint's global step, where training resumes. Offline algorithms ignore the checkpoint
+    (``pipeline/fit.py``)."""
     contents = checkpoint_contents(path)
     require(bool(contents.get("optimizer_states")), "ckpt_path", path,
             "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)",
@@ -216,6 +217,7 @@ def check_checkpoint_steps(path: str, algo: Algorithm) -> None:
     require(done <= target, "algo.steps", algo.cfg.steps,
             f"at least the checkpoint's {done // algo.optimizer_steps_per_batch} steps ({path} has trained that "
             "far: a run with fewer would record its policy as a shorter run's)")
+    return done
 
 
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:

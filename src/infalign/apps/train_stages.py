@@ -14,13 +14,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
-from infalign.apps.train import (
-    check_checkpoint_steps,
-    checkpoint_contents,
-    failure_record,
-    resolve_ckpt,
-    write_failure,
-)
+from infalign.apps.train import check_checkpoint_steps, failure_record, resolve_ckpt, write_failure
 from infalign.infra import distributed
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
@@ -80,8 +74,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if ckpt is not None:
             check_resume_early(Path(ckpt).parent, cfg, algo.beta if algo.kl_target is None else None,
                                str(cfg.ckpt_path))
-            if algo.online:
-                check_checkpoint_steps(ckpt, algo)
+            # where training resumes: the checkpoint's step, or 0 for an offline algorithm (it restarts)
+            resume_step = check_checkpoint_steps(ckpt, algo) if algo.online else 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
             check_finished_run(out_dir, cfg)
         started = logger is not None and ckpt is None
@@ -110,8 +104,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
             check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
             if logger is not None:
-                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True),
-                              resume_step=int(checkpoint_contents(ckpt).get("global_step", 0)))
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
 
         def train() -> None:
             # what the checkpoints about to be written here depend on (also when they continue another dir's)
