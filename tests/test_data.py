@@ -523,3 +523,63 @@ def test_reward_rows_read_the_response_as_the_datasets_text_does():
         assert row == byte_level(EGG, add_special_tokens=False)["input_ids"] + [byte_level.eos_token_id]
     assert "{prompt} {response}" in reward_input_format(byte_level)
     assert "{prompt}{response}" in reward_input_format(toy)
+
+
+# ---------------------------------------------------------------- StepBatches (offline algorithms' resume)
+
+
+def _fit_batches(loader, steps: int) -> list:
+    """The batches a Lightning fit of ``steps`` steps takes from ``loader``, in order."""
+    seen = []
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            seen.append(batch)
+            return self.w.sum() * 0.0
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(Recorder(), loader)
+    return seen
+
+
+@pytest.mark.parametrize("rows, batch_size, drop_last", [(12, 4, False), (10, 3, False), (10, 3, True), (5, 8, False)],
+                         ids=["rows_fill_the_batches", "short_last_batch", "drop_last", "one_short_batch"])
+def test_step_batches_are_the_batches_a_lightning_fit_takes(rows, batch_size, drop_last):
+    """Over several epochs, incl. rows filling the batches exactly (Lightning stops an epoch at len(loader),
+    so the sampler's trailing draw from the generator never happens -- a plain for-loop's would)."""
+    from torch.utils.data import DataLoader
+
+    from infalign.data.batches import StepBatches, TextPairs
+
+    def loader():
+        return DataLoader(TextPairs([f"p{i}" for i in range(rows)], [f"r{i}" for i in range(rows)]),
+                          batch_size=batch_size, shuffle=True, drop_last=drop_last, collate_fn=list,
+                          generator=torch.Generator().manual_seed(11))
+
+    steps = 4 * len(loader()) + 1
+    fit = _fit_batches(loader(), steps)
+    batches = StepBatches(loader())
+    assert [batches[s] for s in range(steps)] == fit
+    assert [batches[s] for s in (steps - 1, 0, 3)] == [fit[-1], fit[0], fit[3]]  # any order, same answer
+
+
+def test_step_batches_need_a_seeded_shuffling_loader():
+    from torch.utils.data import DataLoader
+
+    from infalign.data.batches import StepBatches, TextPairs
+
+    pairs = TextPairs(["a", "b"], ["c", "d"])
+    with pytest.raises(ValueError, match="shuffle=True"):
+        StepBatches(DataLoader(pairs, batch_size=1))
+    with pytest.raises(ValueError, match="shuffle=True"):
+        StepBatches(DataLoader(pairs, batch_size=1, shuffle=True))  # no generator of its own
+    with pytest.raises(ValueError, match="make no batch"):
+        StepBatches(DataLoader(pairs, batch_size=3, shuffle=True, drop_last=True,
+                               generator=torch.Generator().manual_seed(0)))

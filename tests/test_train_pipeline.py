@@ -250,3 +250,59 @@ def test_calibration_settings_of_a_run_without_calibration_are_not_checked(tmp_p
     validate(compose_train(tmp_path, tmp_path, "transform=raw", "algo.kl_target=null", "calibration.temperature=0.5"))
     with pytest.raises(ConfigError, match=r"calibration\.temperature"):
         validate(compose_train(tmp_path, tmp_path, "method=raw", "calibration.temperature=0.5"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["bon_sft", "ipo"])
+def test_an_interrupted_offline_run_resumes_where_it_stopped(cache_dir, tmp_path, monkeypatch, algo):
+    """An offline algorithm (SFT / IPO batches from a shuffling loader) stopped after step 3 of 6 resumes
+    from its checkpoint: it trains steps 4-6 only, on the batches an uninterrupted run has (its epochs
+    span 3 steps: prompts_per_step=2 of 6 prompts), and ends with that run's policy and metrics."""
+    from infalign.training.ipo import IPOModule
+    from infalign.training.pretrain import LMPretrainModule
+
+    module = {"bon_sft": LMPretrainModule, "ipo": IPOModule}[algo]
+    args = [f"algo={algo}", "algo.steps=6", "policy_cache=false", "save_policy=true"]
+    straight = run(cache_dir, tmp_path / "straight", *args)
+
+    trained = []
+    step = module.training_step
+    monkeypatch.setattr(module, "training_step", lambda self, *a: trained.append(self.global_step) or step(self, *a))
+
+    def stop_after_step_3(self, outputs, batch, batch_idx):  # after the checkpoint callback has saved step 3
+        if self.global_step == 3:
+            raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(module, "on_train_batch_end", stop_after_step_3, raising=False)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(cache_dir, tmp_path / "killed", *args)
+    monkeypatch.undo()
+    monkeypatch.setattr(module, "training_step", lambda self, *a: trained.append(self.global_step) or step(self, *a))
+    trained.clear()
+    resumed = run(cache_dir, tmp_path / "killed", *args, "ckpt_path=last")
+    assert trained == [3, 4, 5]
+    assert resumed["eval"]["judges"] == straight["eval"]["judges"]
+    weights = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+               for d in ("straight", "killed")]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+def test_an_offline_run_under_a_multi_process_launch_restarts_instead(cache_dir, tmp_path, monkeypatch, caplog):
+    """Under DDP Lightning shards the loader itself (a distributed sampler a resume does not restore): the
+    checkpoint is not continued, training restarts from step 0, with a warning that says so."""
+    from infalign.pipeline import baselines, fit
+    from infalign.training.pretrain import LMPretrainModule
+
+    args = ["algo=bon_sft", "algo.steps=4", "policy_cache=false"]
+    run(cache_dir, tmp_path / "run", *args)
+    for mod in (baselines, fit, train_stages):
+        monkeypatch.setattr(mod, "offline_resumable", lambda: False)
+    trained = []
+    step = LMPretrainModule.training_step
+    monkeypatch.setattr(LMPretrainModule, "training_step",
+                        lambda self, *a: trained.append(self.global_step) or step(self, *a))
+    caplog.set_level("WARNING")
+    run(cache_dir, tmp_path / "run", *args, "ckpt_path=last")
+    assert trained == [0, 1, 2, 3]
+    assert any("trains from step 0 again" in r.getMessage() for r in caplog.records)

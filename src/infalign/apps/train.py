@@ -204,11 +204,10 @@ def checkpoint_contents(path: Path | str) -> dict:
 
 
 def check_checkpoint_steps(path: str, algo: Algorithm) -> int:
-    """What an online algorithm's resume needs from its checkpoint: the optimizer state (a weights-only
-    checkpoint cannot continue training), and no more steps than ``algo.steps`` (a resume with fewer
-    steps would be recorded as a ``steps``-step policy while holding more training). Returns the
-    checkpoint's global step, where training resumes. Offline algorithms ignore the checkpoint
-    (``pipeline/fit.py``)."""
+    """What a resume needs from its checkpoint: the optimizer state (a weights-only checkpoint cannot
+    continue training), and no more steps than ``algo.steps`` (a resume with fewer steps would be
+    recorded as a ``steps``-step policy while holding more training). Returns the checkpoint's global
+    step, where training resumes. (Offline algorithms under DDP ignore the checkpoint: ``pipeline/fit.py``.)"""
     contents = checkpoint_contents(path)
     require(bool(contents.get("optimizer_states")), "ckpt_path", path,
             "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)",

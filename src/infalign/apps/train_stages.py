@@ -20,6 +20,7 @@ from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
 from infalign.pipeline import loggers, record
+from infalign.pipeline.baselines import offline_resumable
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
@@ -74,8 +75,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if ckpt is not None:
             check_resume_early(Path(ckpt).parent, cfg, algo.beta if algo.kl_target is None else None,
                                str(cfg.ckpt_path))
-            # where training resumes: the checkpoint's step, or 0 for an offline algorithm (it restarts)
-            resume_step = check_checkpoint_steps(ckpt, algo) if algo.online else 0
+            # where training resumes: the checkpoint's step, or 0 for an offline algorithm under DDP (it restarts)
+            resume_step = check_checkpoint_steps(ckpt, algo) if algo.online or offline_resumable() else 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
             check_finished_run(out_dir, cfg)
         started = logger is not None and ckpt is None

@@ -4,13 +4,16 @@
 * :class:`PromptResponseCollator` / :func:`make_lm_dataloader` -- response-only LM batches;
 * :class:`PreferenceCollator` / :func:`make_preference_dataloader` -- Bradley-Terry batches
   (chosen rows then rejected rows of the same prompts);
-* :class:`PolicyPairCollator` -- (prompt, chosen, rejected) as the policy reads them (IPO).
+* :class:`PolicyPairCollator` -- (prompt, chosen, rejected) as the policy reads them (IPO);
+* :class:`StepBatches` -- a shuffling loader's batches by optimisation step (exact resumes).
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from infalign.models.builders import encode_prompt_response
 from infalign.models.reward import MODEL_INPUTS, reward_model_inputs
@@ -135,3 +138,42 @@ class PolicyPairCollator:
         r_ids, r_mask = self._responses(list(rejected))
         return {"prompt_ids": enc["input_ids"], "prompt_mask": enc["attention_mask"], "chosen_ids": c_ids,
                 "chosen_mask": c_mask, "rejected_ids": r_ids, "rejected_mask": r_mask}
+
+
+class StepBatches:
+    """The batches a seeded shuffling ``DataLoader`` gives a Lightning fit, by optimisation step:
+    ``batches[s]`` is the fit's ``s``-th batch (``len(loader)`` batches an epoch, epoch after epoch), so a
+    module that reads its batch as ``batches[global_step]`` resumes from a checkpoint with the batches an
+    uninterrupted run has -- where Lightning restarts a plain loader's epoch from its first batch.
+
+    ``loader`` must shuffle with its own seeded, not yet used generator (``DataLoader(...,
+    shuffle=True, generator=torch.Generator().manual_seed(seed))``). The order is replayed by an
+    index-only twin (same batch size, ``drop_last`` and seed: each epoch draws from the one generator
+    what the loader draws, the iterator's base seed and then the permutation), so only step ``s``'s
+    rows are collated (``tests/test_data.py`` checks it against a Lightning fit of the loader itself)."""
+
+    def __init__(self, loader: DataLoader):
+        if not isinstance(loader.sampler, RandomSampler) or loader.generator is None or loader.batch_size is None:
+            raise ValueError("StepBatches needs a DataLoader with shuffle=True, a batch_size and its own seeded "
+                             "generator")
+        if len(loader.dataset) == 0 or loader.drop_last and len(loader.dataset) < loader.batch_size:
+            raise ValueError(f"StepBatches: {len(loader.dataset)} rows make no batch of {loader.batch_size}")
+        self.dataset, self.collate_fn = loader.dataset, loader.collate_fn
+        self._twin = DataLoader(range(len(loader.dataset)), batch_size=loader.batch_size, shuffle=True,
+                                drop_last=loader.drop_last, collate_fn=list,
+                                generator=torch.Generator().manual_seed(loader.generator.initial_seed()))
+        self._order: list[list[int]] = []
+
+    def indices(self, step: int) -> list[int]:
+        """The dataset rows of step ``step`` (0-based)."""
+        if step < 0:
+            raise IndexError(f"step {step} < 0")
+        while len(self._order) <= step:
+            # Lightning takes len(loader) batches of an epoch and starts the next one without asking the
+            # exhausted iterator for more -- which would draw the sampler's trailing (empty) permutation
+            # from the generator when the rows fill the batches exactly: a plain for-loop's order differs
+            self._order.extend(itertools.islice(iter(self._twin), len(self._twin)))
+        return self._order[step]
+
+    def __getitem__(self, step: int):
+        return self.collate_fn([self.dataset[i] for i in self.indices(step)])

@@ -12,6 +12,10 @@ Lightning module and loader that fit it.
 
 from __future__ import annotations
 
+from torch.utils.data import DataLoader
+
+from infalign.data.batches import StepBatches
+from infalign.infra import distributed
 from infalign.pipeline.pools import draw_pool
 from infalign.pipeline.trainer import StageTrainers, TrainerFactory
 from infalign.training.algorithms import OfflineAlgorithm
@@ -27,13 +31,31 @@ def best_and_worst_of_n(world, prompts: list[str], n: int, gen_cfg, trainer: Tra
     return [t[i] for t, i in zip(texts, best)], [t[i] for t, i in zip(texts, worst)]
 
 
-def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers, seed: int) -> dict:
+def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers, seed: int,
+                ckpt_path: str | None = None) -> dict:
     """Draw ``algo.cfg.n_samples`` reference samples per training prompt (``trainers.predict``), keep
     the reward model's (best, worst), and fit the algorithm's module on them for ``algo.cfg.steps``
-    steps (``trainers.fit``)."""
+    steps (``trainers.fit``), continuing ``ckpt_path`` if given.
+
+    In one process the module reads step ``s``'s batch as ``StepBatches(loader)[s]`` (the batches the
+    algorithm's shuffling loader yields, epoch after epoch) and the loader only counts steps, so a
+    resume continues with the batches an uninterrupted run has (``training/step_batches.py``). Under
+    DDP Lightning shards the algorithm's loader across ranks (its distributed sampler), whose order a
+    resume does not restore: there a checkpoint is not continued, training restarts from step 0."""
     prompts, n = world.train_prompts, algo.cfg.n_samples
     best, worst = best_and_worst_of_n(world, prompts, n, gen_cfg, trainers.predict, seed)
     module, loader = algo.fit_module(world.policy, world.reference, world.tokenizer, prompts, best, worst, seed)
+    if offline_resumable():
+        module.step_batches = StepBatches(loader)
+        loader = DataLoader(range(algo.cfg.steps), batch_size=None)  # counts steps (the module reads its batch)
+    else:
+        ckpt_path = None
     world.policy.train()
-    trainers.fit(max_steps=algo.cfg.steps).fit(module, loader)
+    trainers.fit(max_steps=algo.cfg.steps).fit(module, loader, ckpt_path=ckpt_path)
     return {"offline_pairs": len(prompts), "offline_n": n}
+
+
+def offline_resumable() -> bool:
+    """Whether an offline algorithm continues a checkpoint: in one process (:func:`fit_offline`), not
+    under a multi-process launch (torchrun, srun), which it restarts."""
+    return not distributed.launched_externally()

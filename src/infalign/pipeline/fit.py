@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from infalign.math.calibration import CalibrationTable
 from infalign.math.transforms import Transform
-from infalign.pipeline.baselines import fit_offline
+from infalign.pipeline.baselines import fit_offline, offline_resumable
 from infalign.pipeline.pools import reference_pool
 from infalign.pipeline.settings import training_seed
 from infalign.pipeline.trainer import StageTrainers, TrainerFactory
@@ -33,14 +33,14 @@ def calibration_table(world, cfg: DictConfig, trainer: TrainerFactory,
 def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, table: CalibrationTable | None,
                trainers: StageTrainers, ckpt_path: str | None) -> None:
     """CTRL with an online algorithm (RLOO / PPO on Phi(C_hat), resumable), or an offline baseline
-    (``bon_sft``, ``ipo``) on reference samples drawn with the ``calibration`` generation settings;
-    ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples."""
+    (``bon_sft``, ``ipo``; resumable in one process) on reference samples drawn with the ``calibration``
+    generation settings; ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples."""
     if not algo.online:
-        if ckpt_path is not None:  # their data order is not restorable mid-epoch: a resume would not be exact
+        if ckpt_path is not None and not offline_resumable():  # DDP shards the data: its order is not restored
             logging.getLogger(__name__).warning(
-                "ckpt_path=%s: %s trains from step 0 again (an offline algorithm's training is not resumed; "
-                "the result equals an uninterrupted run's)", ckpt_path, algo.name)
-        fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg))
+                "ckpt_path=%s: %s trains from step 0 again (under a multi-process launch an offline "
+                "algorithm's training is not resumed; the result equals an uninterrupted run's)", ckpt_path, algo.name)
+        fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg), ckpt_path)
         return
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
                         world.train_prompts, algo, seed=training_seed(cfg))

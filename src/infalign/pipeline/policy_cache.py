@@ -40,7 +40,7 @@ POLICY_CACHE_VERSION = "policy-v1"
 # without docstrings, so comment and docstring edits (and line moves) keep cached policies valid.
 TRAINING_CODE = (
     "infalign.training.ctrl", "infalign.training.rollout", "infalign.training.pretrain", "infalign.training.ipo",
-    "infalign.training.algorithms.base",
+    "infalign.training.algorithms.base", "infalign.training.step_batches",
     "infalign.math.rl_objectives", "infalign.models.generation", "infalign.models.decode_step",
     "infalign.math.calibration", "infalign.math.procedures",
     "infalign.math.transforms", "infalign.pipeline.fit", "infalign.pipeline.baselines",

@@ -17,12 +17,14 @@ import torch
 
 from infalign.math.rl_objectives import ipo_loss
 from infalign.models.generation import sequence_logprobs
+from infalign.training.step_batches import StepIndexed
 
 __all__ = ["IPOModule"]
 
 
-class IPOModule(L.LightningModule):
-    """Batches of :class:`~infalign.data.batches.PolicyPairCollator`; AdamW at a constant ``lr``."""
+class IPOModule(StepIndexed, L.LightningModule):
+    """Batches of :class:`~infalign.data.batches.PolicyPairCollator`; AdamW at a constant ``lr``. With
+    ``step_batches`` set it trains on step ``global_step``'s batch (``training/step_batches.py``)."""
 
     def __init__(self, policy, reference, tau: float, lr: float, weight_decay: float = 0.0) -> None:
         super().__init__()
@@ -38,6 +40,7 @@ class IPOModule(L.LightningModule):
         return (lp * batch[f"{side}_mask"]).sum(-1)
 
     def training_step(self, batch, batch_idx):
+        batch = self.step_batch(batch)
         reference = self._reference[0]
         with torch.no_grad():
             ref_w, ref_l = self._sums(reference, batch, "chosen"), self._sums(reference, batch, "rejected")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from infalign.data.batches import PromptResponseCollator, TextPairs, make_lm_dataloader  # noqa: F401 (re-export)
+from infalign.training.step_batches import StepIndexed
 
 __all__ = [
     "LMPretrainModule",
@@ -47,14 +48,15 @@ def adamw_with_warmup(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class LMPretrainModule(L.LightningModule):
+class LMPretrainModule(StepIndexed, L.LightningModule):
     """Response-only next-token cross-entropy for any HF causal LM; logs ``train/loss``,
     ``val/loss``. Batches come from :class:`PromptResponseCollator`.
 
     ``dropout=False`` trains with the model in eval mode (gradients still flow): best-of-N SFT, whose
     target is the eval-mode policy minimising the NLL -- dropout noise in the log-probs would move the
     minimiser -- as CTRL and IPO train the policy they sample (``models`` with dropout: hub GPT-2 / OPT;
-    the toy models have none)."""
+    the toy models have none). With ``step_batches`` set it trains on step ``global_step``'s batch
+    (``training/step_batches.py``: BoN-SFT's exact resume)."""
 
     def __init__(self, model, lr: float = 3e-3, warmup: int = 50, weight_decay: float = 0.0,
                  dropout: bool = True):
@@ -74,6 +76,7 @@ class LMPretrainModule(L.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
+        batch = self.step_batch(batch)
         if not self.hparams.dropout:
             self.model.eval()  # Lightning put it in train mode
         loss = self(batch)

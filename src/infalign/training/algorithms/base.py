@@ -176,6 +176,7 @@ class OfflineAlgorithm(Algorithm):
     training prompt (``pipeline/baselines.py``); no transform, no calibration table."""
 
     online = False
+    optimizer_steps_per_batch = 1  # one optimizer step per SFT / IPO batch
 
     @property
     def trained_n(self) -> int:
