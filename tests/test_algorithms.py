@@ -472,3 +472,26 @@ def test_bon_sft_trains_the_eval_mode_policy():
     module.hparams.dropout = True
     module.train()
     assert abs(float(module.training_step(batch, 0).detach()) - float(nll)) > 1e-4
+
+
+def test_rloo_algorithm_advantages_are_leave_one_out_over_its_group_size():
+    """group_size=4, beta=0.5, k1 KL in the reward: shaped = task - beta kl; advantage = shaped - mean of
+    the other three of its group (hand-computed)."""
+    algo = make_algorithm({"name": "rloo", "group_size": 4, "beta": 0.5})
+    task = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 0.0, 4.0])
+    kl = torch.tensor([0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0])
+    shaped, adv = algo.advantages(task, kl)
+    torch.testing.assert_close(shaped, torch.tensor([1.0, 1.0, 3.0, 6.0, 0.0, 0.0, -1.0, 4.0]))
+    expected = torch.tensor([1 - 10 / 3, 1 - 10 / 3, 3 - 8 / 3, 6 - 5 / 3, 0 - 1.0, 0 - 1.0, -1 - 4 / 3, 4 + 1 / 3])
+    torch.testing.assert_close(adv, expected)
+
+
+def test_ppo_algorithm_uses_its_own_epochs_and_clip_eps():
+    """Not the defaults (2 epochs, 2 minibatches, clip 0.2): ratio 1.15 is clipped at eps 0.1 -> loss -1.1."""
+    import math
+
+    algo = make_algorithm({"name": "ppo", "ppo_epochs": 3, "minibatches": 1, "clip_eps": 0.1})
+    assert algo.epochs == 3 and algo.minibatches == 1 and algo.optimizer_steps_per_batch == 3
+    new = torch.full((1, 1), math.log(1.15))
+    loss, stats = algo.loss(new, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1))
+    assert loss.item() == pytest.approx(-1.1, rel=1e-6) and stats["clip_frac"].item() == 1.0

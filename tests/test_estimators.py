@@ -65,3 +65,29 @@ def test_bootstrap_rejects_bad_arguments(kwargs):
 def test_bootstrap_rejects_empty():
     with pytest.raises(ValueError):
         bootstrap_ci(np.ones(0))
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_bootstrap_of_a_constant_is_that_constant():
+    """The resampled mean divides by P: a constant's CI is the constant itself."""
+    est, low, high = bootstrap_ci(np.full(5, 2.0), num_resamples=200)
+    assert (est, low, high) == (2.0, 2.0, 2.0)
+
+
+def test_bootstrap_resamples_every_prompt_including_the_last():
+    """P = 2, values [0, 1]: a resample holds only the last prompt with probability 1/4, so of 1000
+    resamples far more than 2.5 % do and the 97.5 % quantile is exactly 1 (deterministic at seed 0)."""
+    _, low, high = bootstrap_ci(np.array([0.0, 1.0]), num_resamples=1000, seed=0)
+    assert low == 0.0 and high == 1.0
+
+
+def test_bootstrap_generic_stat_path_equals_the_mean_fast_path():
+    """A stat passed as a function takes the generic path (stat over each resample's rows): for the
+    mean it must give the fast path's numbers (same resamples, same seed)."""
+    x = np.random.default_rng(4).normal(size=(201, 2))
+    fast = bootstrap_ci(x, num_resamples=500, seed=3)
+    generic = bootstrap_ci(x, num_resamples=500, seed=3, stat=lambda v, axis: np.mean(v, axis=axis))
+    for a, b in zip(fast, generic):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -439,3 +439,37 @@ def test_a_single_bootstrap_resample_estimates_no_prompt_error_and_gives_no_verd
     g = matched_kl(runs, baselines=["identity"], num_resamples=1).gains[0]
     assert np.all(np.isnan(g.total_low)) and not np.any(g.significant)
     assert np.all(matched_kl(runs, baselines=["identity"], num_resamples=200).gains[0].significant)
+
+
+def test_total_interval_uses_the_bootstrap_sd_with_ddof_one():
+    """2 paired seeds, P=5 prompts all at the same KL per run (so every resample's KLs are fixed), B=3
+    resamples: gain*_b = (C d)_b / P from the same count matrix; se_prompt is their sd (ddof 1), se_seed
+    sd(seed gains)/sqrt 2 with 1 df; the total interval is total_interval of those, to rounding."""
+    import math
+
+    from infalign.math.matched_kl import total_interval
+
+    P, B = 5, 3
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0.3, 0.6, (2, 2, P))
+    delta = rng.normal(0.05, 0.03, (2, 2, P))
+    runs = []
+    for s in range(2):
+        for i, k in enumerate([0.1, 0.5]):
+            runs.append(Run("identity", s, np.full(P, k), base[s, i]))
+            runs.append(Run("exp", s, np.full(P, k), base[s, i] + delta[s, i]))
+    res = matched_kl(runs, baselines=["identity"], num_kl=1, num_resamples=B, seed=0)
+    g = res.gains[0]
+    assert g.seed_test == "paired" and res.grid.tolist() == [0.1]
+    counts = count_matrix(P, B, np.random.default_rng(0))
+    se_prompt = (counts @ delta[:, 0].mean(0) / P).std(ddof=1)
+    seed_gains = delta[:, 0].mean(1)
+    se_seed = seed_gains.std(ddof=1) / math.sqrt(2)
+    low, high = total_interval(np.array([seed_gains.mean()]), np.array([se_prompt]), P - 1, np.array([se_seed]),
+                               np.array([1.0]), 0.025)
+    np.testing.assert_allclose([g.total_low[0], g.total_high[0]], [low[0], high[0]], rtol=1e-10)
+
+
+def test_interpolate_at_tied_x_uses_the_later_point():
+    """As its docstring says (matched_kl merges tied KLs before it interpolates)."""
+    assert interpolate(np.array([0.0, 1.0, 1.0, 2.0]), np.array([0.0, 1.0, 5.0, 2.0]), np.array([1.0]))[0] == 5.0

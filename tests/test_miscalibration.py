@@ -87,3 +87,43 @@ def test_std_cv_denoised_removes_the_noise_floor_of_m_sample_spreads(spread_sigm
         assert s["std_cv_denoised"] == pytest.approx(true_cv, abs=0.03)
         assert s["std_cv"] > true_cv + 0.03  # the plain estimate keeps the floor
     assert math.isnan(spread_stats(torch.randn(5, 3, generator=g))["std_cv_denoised"])  # M < 4: no halves
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_offset_ratio_by_hand_with_unequal_spreads():
+    """prompt 0 [0, 2]: mean 1, s^2 = 2; prompt 1 [10, 14]: mean 12, s^2 = 8. var(means) = 60.5 minus the
+    noise mean(s^2)/M = 5/2 -> 58; mean(s) = 1.5 sqrt 2."""
+    s = spread_stats(torch.tensor([[0.0, 2.0], [10.0, 14.0]]))
+    assert s["offset_ratio"] == pytest.approx(math.sqrt(58) / (1.5 * math.sqrt(2)), rel=1e-12)
+
+
+def test_std_cv_denoised_by_hand():
+    """Halves (even / odd columns): prompt 0 [0,0,2,4] -> sds a = sqrt 2, b = 2 sqrt 2; prompt 1 [0,0,6,6] ->
+    a = b = 3 sqrt 2. cov(a, b) over prompts (P - 1 = 1) = 2; mean((a+b)/2) = 2.25 sqrt 2 -> 1/2.25."""
+    s = spread_stats(torch.tensor([[0.0, 0.0, 2.0, 4.0], [0.0, 0.0, 6.0, 6.0]]))
+    assert s["std_cv_denoised"] == pytest.approx(1 / 2.25, rel=1e-12)
+
+
+def test_pairwise_accuracy_skips_pairs_tied_under_either_judge():
+    from infalign.math.miscalibration import pairwise_accuracy
+
+    assert pairwise_accuracy(torch.tensor([[1.0, 1.0, 2.0]]), torch.tensor([[1.0, 2.0, 3.0]])) == 1.0
+    assert pairwise_accuracy(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 1.0, 2.0]])) == 1.0
+
+
+def test_log_std_corr_is_scale_free_and_needs_three_usable_prompts():
+    """log sd of the reward model = 2 log sd of gold: a correlation of exactly 1 (slope 2); a prompt whose
+    reward-model samples are all equal is dropped (log sd = -inf), not a NaN; two usable prompts give NaN."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(20, 8, generator=g, dtype=torch.float64)
+    same = base / base.std(1, keepdim=True)
+    scale = torch.exp(torch.randn(20, 1, generator=g, dtype=torch.float64))
+    out = miscalibration_summary(scale**2 * same, scale * same)
+    assert out["log_std_corr"] == pytest.approx(1.0, abs=1e-12)
+    rm = scale**2 * same
+    rm[0] = 1.0
+    assert miscalibration_summary(rm, scale * same)["log_std_corr"] == pytest.approx(1.0, abs=1e-12)
+    two = miscalibration_summary(scale[:2] * same[:2], scale[:2] * same[:2])
+    assert math.isnan(two["log_std_corr"])

@@ -167,3 +167,12 @@ def test_ppo_gradient_at_ratio_one_is_rloos_scaled_by_rows_over_tokens():
     (ppo_grad,) = torch.autograd.grad(ppo_loss(lp, lp.detach(), adv, mask, clip_eps=0.2)[0], lp)
     (rloo_grad,) = torch.autograd.grad(rloo_loss(lp, mask, adv), lp)
     torch.testing.assert_close(ppo_grad, rloo_grad * 3 / 10)  # B = 3 rows, 10 response tokens
+
+
+def test_kl_penalty_ignores_non_finite_values_on_padding():
+    """Padding may hold -inf / NaN log-probs (masked logits): they must not reach the KL (NaN * 0 = NaN)."""
+    logp = torch.tensor([[-1.0, -2.0, -math.inf]])
+    ref = torch.tensor([[-1.5, -1.0, float("nan")]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert kl_penalty(logp, ref, mask, "k1").item() == pytest.approx(0.5 - 1.0)
+    assert torch.isfinite(kl_penalty(logp, ref, mask, "k3")).all()

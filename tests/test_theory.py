@@ -986,3 +986,66 @@ def test_a_grid_step_must_divide_the_range_into_an_even_number_of_cells():
     assert grid.cells == 8000
     for procedure in (Sample(), make_procedure("bon", 4)):  # beta -> infinity: the reference itself
         assert theory.evaluate(Identity(), 1e12, procedure, grid)[0].win_rate == pytest.approx(0.5, abs=1e-8)
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_resolved_rejects_a_tilt_whose_mass_reaches_past_z_max():
+    """Identity at beta = e^-90: the tilt's mass above u_max = sigmoid(100) is 1 - exp(-(1-u_max)/beta) ~
+    e^-10 = 4.5e-5, off the grid, while the half-grid KLs still agree (KL ~ 89): only the edge-mass check
+    refuses it. Control: beta = e^-60 leaves ~ e^-40 beyond the grid."""
+    beta = math.exp(-90.0)
+    assert -math.expm1(-math.exp(-100.0) / beta) > 1e-5
+    phi = theory.phi_table(Identity())
+    assert not theory.resolved(phi, [beta])[0]
+    assert theory.resolved(phi, [math.exp(-60.0)])[0]
+
+
+def test_resolved_needs_both_half_grids_for_a_two_node_spike():
+    """phi = A on node j (even), A + c on j + 1, c solved so the even half grid's KL equals the full grid's:
+    the odd half grid differs by ~0.05, and only it shows that the grid does not resolve the tilt."""
+    from scipy.optimize import brentq
+
+    grid = theory.DEFAULT_GRID
+    j = int(np.searchsorted(grid.z, -10.0)) // 2 * 2
+    beta = np.array([1.0])
+
+    def phi(c):
+        p = np.zeros(len(grid.z))
+        p[j], p[j + 1] = 200.0, 200.0 + c
+        return p[None]
+
+    def kls(c):
+        ph = phi(c)
+        full = theory._tilt_stats(ph, beta, grid)[3][0]
+        even = theory._tilt_stats(np.ascontiguousarray(ph[:, ::2]), beta, theory.Grid(grid.z_max, 2 * grid.step))[3][0]
+        odd = theory._tilt_stats(np.ascontiguousarray(ph[:, 1::2]), beta,
+                                 theory.Grid(grid.z_max - grid.step, 2 * grid.step))[3][0]
+        return full, even, odd
+
+    c = brentq(lambda c: kls(c)[1] - kls(c)[0], -0.6, -0.2, xtol=1e-14)
+    full, even, odd = kls(c)
+    assert abs(full - even) < 1e-9 and abs(full - odd) > 1e-2
+    assert not theory.resolved(phi(c), beta, grid)[0]
+
+
+def test_best_t_flags_flat_when_exactly_one_other_t_matches():
+    near = theory.best_t(make_procedure("bon", 4), [0.3], ts=[2.0, 2.0 + 1e-9])
+    assert near.flat.tolist() == [True]
+    apart = theory.best_t(make_procedure("bon", 4), [0.3], ts=[2.0, 4.0])
+    assert apart.flat.tolist() == [False]
+
+
+def test_theory_prediction_at_measured_kl_reports_the_standard_win_rate():
+    """Identity at beta 0.5, closed forms: E_f[u] = 1/(1-e^{-1/b}) - b, KL = E_f[u]/b - log(b expm1(1/b)),
+    standard win rate 1 - b + 1/expm1(1/b); the best-of-4 win rate beside it is another number."""
+    from infalign.pipeline.evaluate import theory_prediction
+
+    b = 0.5
+    mean = 1.0 / (1.0 - math.exp(-1.0 / b)) - b
+    kl = mean / b - math.log(b * math.expm1(1.0 / b))
+    std = 1.0 - b + 1.0 / math.expm1(1.0 / b)
+    at = theory_prediction(Identity(), BestOfN(n=4), 1.0, kl, ns=[1, 4])["at_measured_kl"]
+    assert at["reachable"] and at["standard_win_rate"] == pytest.approx(std, rel=1e-6)
+    assert at["bon4_win_rate"] > std + 0.02

@@ -322,3 +322,9 @@ def test_finite_in_float32_is_trainings_own_range():
     torch_only = Custom(lambda u: torch.log1p(u.clamp(min=0)), name="torch_only")
     assert finite_in_float32(torch_only)
     assert not finite_in_float32(Custom(lambda u: torch.log(u.clamp(min=0)), name="log0"))  # -inf at 0
+
+
+def test_exp_accepts_t_at_the_documented_bound_700():
+    assert Exp(700.0).t == 700.0 and Exp(-700.0).t == -700.0
+    with pytest.raises(ConfigError):
+        Exp(700.5)
