@@ -306,3 +306,17 @@ def test_an_offline_run_under_a_multi_process_launch_restarts_instead(cache_dir,
     run(cache_dir, tmp_path / "run", *args, "ckpt_path=last")
     assert trained == [0, 1, 2, 3]
     assert any("trains from step 0 again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_a_longer_resume_continues_ipo_but_not_bon_sft(cache_dir, tmp_path):
+    """IPO's learning rate is constant and its batches a function of the step: 2 steps, then 2 more, are a
+    straight 4-step run. BoN-SFT's learning rate decays over algo.steps, so a 4-step resume of a 2-step
+    run would be neither run: refused before compute, naming algo.steps."""
+    straight = run(cache_dir, tmp_path / "straight", "algo=ipo", "algo.steps=4", "policy_cache=false")
+    run(cache_dir, tmp_path / "ipo", "algo=ipo", "algo.steps=2", "policy_cache=false")
+    longer = run(cache_dir, tmp_path / "ipo", "algo=ipo", "algo.steps=4", "ckpt_path=last")
+    assert longer["eval"]["judges"] == straight["eval"]["judges"]
+    run(cache_dir, tmp_path / "sft", "algo=bon_sft", "algo.steps=2", "policy_cache=false")
+    with pytest.raises(ConfigError, match=r"ckpt_path.*training\.algo\.steps"):
+        run(cache_dir, tmp_path / "sft", "algo=bon_sft", "algo.steps=4", "ckpt_path=last")

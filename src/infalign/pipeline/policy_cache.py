@@ -114,16 +114,21 @@ RESUME_FILE = "run_settings.json"  # beside a run's checkpoints: what they were 
 def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
     """What a run's checkpoints depend on: the world's models (fingerprints) and
     :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
-    asked to train longer. JSON-normalised (tuples as lists), as :func:`check_resume` compares it."""
+    asked to train longer -- unless the algorithm's schedule depends on it (``resume_may_extend``
+    false: BoN-SFT's learning rate decays over ``algo.steps``). JSON-normalised (tuples as lists), as
+    :func:`check_resume` compares it."""
     return json.loads(json.dumps({"world": [world.reference_fingerprint, world.reward_fingerprint],
                                   "hub": world.stats.get("hub_commits", {}),
                                   "training": _resume_training(cfg, beta)}, default=str))
 
 
 def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
+    from infalign.training.algorithms import ALGORITHMS
+
     training = training_settings(cfg, beta)
-    if isinstance(training.get("algo"), dict):
-        training["algo"].pop("steps", None)
+    algo = training.get("algo")
+    if isinstance(algo, dict) and getattr(ALGORITHMS.get(algo.get("name")), "resume_may_extend", True):
+        algo.pop("steps", None)
     return _as_json(training)
 
 

@@ -86,6 +86,9 @@ class Algorithm:
     Config: ClassVar[type[AlgoConfig]]
     online: ClassVar[bool]
     kl_knob: ClassVar[str]  # the setting that moves the trained policy's KL (for messages)
+    # whether a resume may ask for more algo.steps than the run started with: true when the first steps
+    # do not depend on the total (a constant learning rate), so a longer run continues a shorter one exactly
+    resume_may_extend: ClassVar[bool] = True
 
     def __init__(self, cfg: AlgoConfig) -> None:
         self.cfg = cfg

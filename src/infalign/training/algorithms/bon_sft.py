@@ -31,6 +31,7 @@ class BoNSFT(OfflineAlgorithm):
     name = "bon_sft"
     Config = BoNSFTConfig
     kl_knob = "algo.steps (SFT steps towards the best-of-N policy)"
+    resume_may_extend = False  # its learning rate decays over algo.steps: a longer run's first steps differ
 
     def theory_target(self, transform):
         """The best-of-N policy: ``Phi = log u`` at ``beta = 1/(N-1)`` (``transform`` is not used)."""
