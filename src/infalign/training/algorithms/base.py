@@ -190,7 +190,10 @@ class OfflineAlgorithm(Algorithm):
 
     def fit_module(self, policy, reference, tokenizer, prompts: list[str], best: list[str], worst: list[str],
                    seed: int):
-        """``(LightningModule, DataLoader)`` that fit ``policy`` on the (best, worst) responses."""
+        """``(LightningModule, DataLoader)`` that fit ``policy`` on the (best, worst) responses. The loader
+        shuffles with its own generator seeded by ``seed`` (``shuffle=True, generator=...manual_seed(seed)``)
+        and the module is a ``training/step_batches.StepIndexed``: a resume replays its order
+        (``pipeline/baselines.fit_offline``)."""
         raise NotImplementedError
 
 
