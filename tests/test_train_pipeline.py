@@ -308,15 +308,20 @@ def test_an_offline_run_under_a_multi_process_launch_restarts_instead(cache_dir,
     assert any("trains from step 0 again" in r.getMessage() for r in caplog.records)
 
 
+def test_only_algorithms_with_a_step_independent_schedule_may_resume_longer(tmp_path):
+    """algo.steps is left out of the resume settings (a resume may train longer, continuing a shorter run
+    exactly: test_resume_continues_the_same_run) except for bon_sft, whose learning rate decays over it."""
+    from infalign.pipeline.policy_cache import _resume_training
+
+    for algo, kept in (("rloo", False), ("ppo", False), ("ipo", False), ("bon_sft", True)):
+        training = _resume_training(compose_train(tmp_path, tmp_path, f"algo={algo}", "algo.steps=7"), 0.1)
+        assert ("steps" in training["algo"]) is kept, algo
+
+
 @pytest.mark.slow
-def test_a_longer_resume_continues_ipo_but_not_bon_sft(cache_dir, tmp_path):
-    """IPO's learning rate is constant and its batches a function of the step: 2 steps, then 2 more, are a
-    straight 4-step run. BoN-SFT's learning rate decays over algo.steps, so a 4-step resume of a 2-step
-    run would be neither run: refused before compute, naming algo.steps."""
-    straight = run(cache_dir, tmp_path / "straight", "algo=ipo", "algo.steps=4", "policy_cache=false")
-    run(cache_dir, tmp_path / "ipo", "algo=ipo", "algo.steps=2", "policy_cache=false")
-    longer = run(cache_dir, tmp_path / "ipo", "algo=ipo", "algo.steps=4", "ckpt_path=last")
-    assert longer["eval"]["judges"] == straight["eval"]["judges"]
+def test_a_longer_resume_of_bon_sft_is_refused(cache_dir, tmp_path):
+    """A 4-step resume of a 2-step bon_sft run would be neither run (its learning rate decays over
+    algo.steps): refused before compute, naming algo.steps."""
     run(cache_dir, tmp_path / "sft", "algo=bon_sft", "algo.steps=2", "policy_cache=false")
     with pytest.raises(ConfigError, match=r"ckpt_path.*training\.algo\.steps"):
         run(cache_dir, tmp_path / "sft", "algo=bon_sft", "algo.steps=4", "ckpt_path=last")
