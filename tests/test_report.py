@@ -861,3 +861,251 @@ def test_the_narrower_reports_of_a_sweep_get_their_own_wandb_run_names(tmp_path)
 
     assert report_run_name(SimpleNamespace(out_dir=tmp_path / "bon" / "report")) == "report"
     assert report_run_name(SimpleNamespace(out_dir=tmp_path / "bon" / "report_t")) == "report:report_t"
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+MUT_INFO = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+S, B4 = "standard_win_rate", "bon4_win_rate"
+
+
+def test_a_finished_record_without_judges_is_failed(tmp_path):
+    from infalign.report.collect import load_job
+
+    m = per_prompt_metrics("identity", MUT_INFO, 0.3, 0.3, {})
+    m["eval"]["judges"] = {}
+    write_job(tmp_path, "0", ["method=identity"], m)
+    job = load_job(tmp_path / "0", tmp_path)
+    assert (job.status, job.reason) == ("failed", "incomplete metrics.json (no eval.judges)")
+
+
+def test_jobs_in_natural_order_and_the_swept_overrides_of_a_lone_job(tmp_path):
+    from infalign.report.collect import Job, find_job_dirs, swept_overrides
+
+    for i in (0, 2, 10, 1):
+        (tmp_path / str(i) / ".hydra").mkdir(parents=True)
+    assert [p.name for p in find_job_dirs(tmp_path)] == ["0", "1", "2", "10"]
+    jobs = [Job("0", Path("0"), "missing", overrides=["a=1", "b=2"]), Job("1", Path("1"), "missing")]
+    assert swept_overrides(jobs) == {"0": ["a=1", "b=2"], "1": []}
+
+
+def test_matched_kl_runs_carry_the_records_seed(tmp_path):
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+
+    for job, seed in enumerate([1, 2]):
+        m = per_prompt_metrics("identity", MUT_INFO, 0.2 + 0.2 * job, 0.3, {}, seed=seed)
+        m["config"]["seed"] = None  # the record's resolved seed is the one that pairs runs
+        write_job(tmp_path, str(job), ["method=identity"], m)
+    panels, _ = panel_runs(collect(tmp_path), ["reward_model"])
+    assert {r.label: r.seed for runs in panels.values() for r in runs} == {"0": 1, "1": 2}
+
+
+def _gain(gain, significant, prompt_significant=None):
+    from infalign.math.matched_kl import Gain
+
+    g = np.asarray(gain, float)
+    sig = np.asarray(significant, bool)
+    psig = sig if prompt_significant is None else np.asarray(prompt_significant, bool)
+    return Gain("expn(t=4)", "identity", g, g - 0.005, g + 0.005, 3, np.full_like(g, 0.002), sig, g - 0.004,
+                g + 0.004, "paired", 3, psig, g - 0.006, g + 0.006)
+
+
+def _panel(grid, gains, note=""):
+    from infalign.math.matched_kl import MatchedKL
+    from infalign.math.procedures import BestOfN
+    from infalign.report.matched import Panel
+
+    return Panel(BestOfN(4), "reward_model", MatchedKL(np.asarray(grid, float), bool(len(grid)), {}, gains=gains,
+                                                       note=note))
+
+
+def test_gain_sentences_verdicts_and_the_middle_kl():
+    """beats / trails by the sign of a significant gain; the count of KLs is the full verdict's
+    (not the prompt CI's); the summary sentence's numbers are at the KL its heading names; the
+    console prints the same; a panel without a common KL keeps its note in matched_kl.csv."""
+    from rich.console import Console
+
+    from infalign.report.build import Report
+    from infalign.report.matched import gain_clause, matched_kl_rows, matched_kl_summary
+    from infalign.report.printing import print_matched_kl
+
+    up = _gain([0.01, 0.02, 0.03, 0.04], [True] * 4)
+    down = _gain([-0.01, -0.02, -0.03, -0.04], [False, False, True, True], [True] * 4)
+    p = _panel([0.1, 0.2, 0.3, 0.4], [up, down])
+    assert gain_clause(p, up, 2).startswith("expn(t=4) beats identity: +3.0 [+2.5, +3.5] points, 3 seeds")
+    assert gain_clause(p, down, 2).startswith("expn(t=4) trails identity: -3.0")
+    assert gain_clause(p, down, 0).startswith("expn(t=4) does not differ significantly from identity: -1.0")
+    assert gain_clause(p, down, 0).endswith("(significant at 2/4 KLs)")
+    assert matched_kl_summary([p])[0].startswith(
+        "bon4 (reward_model): 4 common KLs in [0.10, 0.40]; at KL 0.30, expn(t=4) beats identity: +3.0")
+    console = Console(file=io.StringIO(), width=250)
+    print_matched_kl(Report(Path("."), Path("."), ["reward_model"], [], [], [], {}, {}, [p]), console)
+    assert "expn(t=4) beats identity: +3.0" in console.file.getvalue()
+    empty = _panel([], [], note="no KL covered by every method")
+    assert [r["note"] for r in matched_kl_rows([empty])] == ["no KL covered by every method"]
+
+
+def test_runs_row_summary_markdown_and_console_per_judge(tmp_path):
+    from rich.console import Console
+
+    from infalign.report.build import Report
+    from infalign.report.collect import collect
+    from infalign.report.printing import print_tables
+    from infalign.report.series import Series
+    from infalign.report.tables import job_row, make_summary, markdown
+
+    write_job(tmp_path, "0", [], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.75, win=0.70))
+    b = fake_metrics(IDENTITY, "identity", 0.1, kl=0.80, std=0.62, win=0.83)  # highest bon4, not standard
+    b["seed"], b["config"]["seed"] = 5, None
+    write_job(tmp_path, "1", [], b)
+    write_job(tmp_path, "2", ["algo.beta=9"], None)  # missing
+    jobs, judges = collect(tmp_path), ["reward_model", "gold"]
+    rows = [job_row(j, judges) for j in jobs]
+    assert rows[0]["theory_kl_at_beta"] == pytest.approx(0.5)  # theory at beta (2 x measured here), not measured
+    assert rows[1]["seed"] == 5  # the record's seed
+    series = [Series(("bon4", "identity", ""), "identity", None, "bon4", "rloo", "identity", jobs[:2], rows[:2])]
+    summary = make_summary(tmp_path, tmp_path / "report", judges, jobs, rows, series, {})
+    best = summary["highest_inference_win_rate"]["reward_model"]
+    assert (best["job"], best["inference_win_rate"], best["kl"]) == ("1", 0.83, 0.80)
+    assert [p["inference_win_rate"] for p in summary["series"][0]["points"]["gold"]] == pytest.approx([0.67, 0.80])
+    assert "- **2** (missing):" in markdown(rows, judges, jobs, tmp_path).split("## Failed and missing jobs")[1]
+    summary["theory_gap"] = {"identity": {"median_abs_gap": {S: 0.04}, "median_gap": {S: -0.04}, "median_kl_ratio": 1.0,
+                                          "runs": 2, "runs_without_theory": 0, "reading": "r"}}
+    console = Console(file=io.StringIO(), width=250)
+    print_tables(Report(tmp_path, tmp_path, judges, jobs, rows, series, summary, {}), console)
+    out = console.file.getvalue()
+    gold = out.split("gold: finished runs")[1]
+    assert "0.670" in gold and "0.700" not in gold  # gold's CIs in gold's table
+    reward = out.split("reward_model: finished runs")[1].split("gold: finished runs")[0]
+    assert reward.index("0.250") < reward.index("0.800")  # by method, then increasing KL
+    assert "standard 0.040" in out and "-0.040" not in out  # |gap|, not the signed median
+
+
+def test_theory_gap_rows_half_width_seed_kl_and_no_n1_duplicate(tmp_path):
+    from infalign.report.collect import collect
+    from infalign.report.theory_gap import theory_gap_rows
+
+    m = per_prompt_metrics("identity", MUT_INFO, 0.3, 0.3, {}, seed=3)
+    m["eval"]["theory"]["at_measured_kl"]["bon1_win_rate"] = 0.60  # evaluate.theory_prediction names N = 1 too
+    m["eval"]["judges"]["gold"]["kl"] = {"mean": 0.9, "low": 0.8, "high": 1.0, "n_prompts": N_PROMPTS}
+    write_job(tmp_path, "0", ["method=identity"], m)
+    rows = theory_gap_rows(collect(tmp_path))
+    assert [r["metric"] for r in rows] == ["bon2_win_rate", "bon4_win_rate", "standard_win_rate"]
+    assert all(r["ci_half_width"] == pytest.approx(0.05) and r["seed"] == 3 for r in rows)
+    assert all(r["kl_measured"] == pytest.approx(0.3) for r in rows)  # the reward model's KL
+
+
+def test_theory_grid_spacing_floor_and_width():
+    from infalign.report.series import MIN_THEORY_KL, theory_grid
+
+    np.testing.assert_allclose(theory_grid([(0.01, 0.01, 0.01), (1.0, 1.0, 1.0)], 5), np.geomspace(0.01, 1.0, 5))
+    np.testing.assert_allclose(theory_grid([(0.3, 0.3, 0.3)], 3), np.linspace(0.3, 0.45, 3))
+    g = theory_grid([(0.0005, -0.01, 0.002), (0.5, 0.4, 0.6)], 4)
+    assert g.min() >= MIN_THEORY_KL and g.max() == pytest.approx(0.6)
+
+
+def test_series_theory_spans_every_series_and_offline_baselines_are_named_by_algo(tmp_path):
+    from infalign.report.collect import collect
+    from infalign.report.series import build_series
+
+    write_job(tmp_path, "0", [], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70))
+    write_job(tmp_path, "1", [], fake_metrics(RAW, "raw", 1.0, kl=1.20, std=0.60, win=0.65))
+    ipo = fake_metrics(exp_cfg(4.0), "exp(t=4)", 0.3, 0.4, 0.6, 0.7)
+    ipo["algo"], ipo["config"]["algo"]["name"] = "ipo", "ipo"
+    write_job(tmp_path, "2", [], ipo)
+    series = {s.label: s for s in build_series(collect(tmp_path), ["reward_model"])}
+    assert max(series["identity"].theory["reward_model"]["kl"]) == pytest.approx(1.22)  # raw's KL CI: the whole plot
+    assert series["ipo"].family == "ipo"
+
+
+def test_a_theory_curve_keeps_only_converged_points(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from infalign.math import theory
+    from infalign.report.collect import collect
+    from infalign.report.series import build_series
+
+    def frontier(transform, procedure, grid):
+        grid = np.asarray(grid, float)
+        n = len(grid)
+        return SimpleNamespace(transform="identity", kl_budget=grid, beta=np.ones(n), standard_win_rate=np.full(n, .6),
+                               win_rate=np.full(n, .7), valid=np.arange(n) < n - 1, reachable=np.ones(n, bool))
+
+    monkeypatch.setattr(theory, "frontier", frontier)
+    write_job(tmp_path, "0", ["method=identity"], per_prompt_metrics("identity", MUT_INFO, 0.3, 0.3, {}))
+    (s,) = build_series(collect(tmp_path), ["reward_model"])
+    assert len(s.theory["reward_model"]["unreachable_kl"]) == 1
+
+
+def test_number_rejects_bools():
+    from infalign.report.naming import number
+
+    assert number(True) is None and number(1) == 1.0
+
+
+def test_the_main_world_is_the_finished_runs_and_the_majority_setting_not_the_first(tmp_path):
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+    from infalign.report.naming import method_of
+
+    for job, world in enumerate(["A", "A"]):
+        m = per_prompt_metrics("identity", MUT_INFO, 0.2 + 0.2 * job, 0.3, {})
+        m["world"] = {"world_id": world}
+        m["config"]["calibration"] = {"K": 64 if job == 0 else 32}
+        write_job(tmp_path, str(job), ["method=identity"], m)
+    m = per_prompt_metrics("identity", MUT_INFO, 0.7, 0.3, {})
+    m["world"] = {"world_id": "A"}
+    m["config"]["calibration"] = {"K": 32}
+    write_job(tmp_path, "2", ["method=identity"], m)
+    for job in (3, 4, 5, 6):  # failed runs of another world (more than the finished ones)
+        failed = {"status": "failed", "error": "boom", "world": {"world_id": "B"}, "config": m["config"]}
+        write_job(tmp_path, str(job), ["method=identity"], failed)
+    jobs = collect(tmp_path)
+    assert [method_of(j) for j in jobs[:3]] == ["identity [calibration.K=64]", "identity", "identity"]
+    panels, notes = panel_runs(jobs, ["reward_model"])
+    assert notes == [] and {r.label for runs in panels.values() for r in runs} == {"0", "1", "2"}
+
+
+def test_the_theory_gap_stays_the_reward_models_under_judge_gold_and_bootstrap_floor(tmp_path):
+    from infalign.errors import ConfigError
+    from infalign.report.build import build_report
+
+    write_job(tmp_path, "0", [], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70))
+    rep = build_report(tmp_path, tmp_path / "report", judge="gold", num_resamples=100)
+    assert rep.summary["theory_gap"]["identity"]["median_gap"][B4] == pytest.approx(0.70 - 0.77)
+    with pytest.raises(ConfigError):
+        build_report(tmp_path, tmp_path / "r2", num_resamples=99)
+
+
+def test_plots_draw_the_columns_theory_and_verdicts_they_name(tmp_path, monkeypatch):
+    from infalign.infra import plotting
+    from infalign.report.collect import collect
+    from infalign.report.plots import plot_gains, plot_series
+    from infalign.report.series import build_series
+
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    write_job(tmp_path, "0", [], fake_metrics(IDENTITY, "identity", 0.1, kl=0.80, std=0.72, win=0.83))
+    write_job(tmp_path, "1", [], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70))
+    (s,) = build_series(collect(tmp_path), ["reward_model"])
+    plot_series([s], ["reward_model"], "standard", tmp_path / "s.png")
+    ax = figures[-1].axes[0]
+    data, theory_line = ax.containers[0].lines[0], next(ln for ln in ax.lines if ln.get_linestyle() == "--")
+    assert data.get_xdata().tolist() == [0.25, 0.80] and data.get_ydata().tolist() == [0.62, 0.72]  # sorted by KL
+    assert theory_line.get_ydata().tolist() == s.theory["reward_model"]["standard_win_rate"]
+    g = _gain([0.01, 0.02], [True, False], [True, True])
+    plot_gains([_panel([0.1, 0.2], [g])], ["reward_model"], tmp_path / "g.png")
+    ax = figures[-1].axes[0]
+    faces = ax.collections[-1].get_facecolors()
+    assert faces[0][:3].tolist() != [1.0, 1.0, 1.0] and faces[1][:3].tolist() == [1.0, 1.0, 1.0]  # filled = significant
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(100 * g.low.min()) and band.max() == pytest.approx(100 * g.high.max())
+
+
+def test_the_bootstrap_option_reaches_the_report(tmp_path, capsys):
+    from infalign.apps.report import main
+
+    write_job(tmp_path, "0", [], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70))
+    assert main([str(tmp_path), "--no-wandb", "--bootstrap", "50"]) == 2
+    assert "num_resamples=50" in capsys.readouterr().err

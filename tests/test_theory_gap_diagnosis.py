@@ -75,3 +75,26 @@ def test_runs_of_other_worlds_get_their_own_medians():
     assert out["identity [B]"]["median_gap"][S] == pytest.approx(-0.01)
     # one world: the method's name alone, as before
     assert set(median_theory_gap([r for r in rows if r["world_id"] == "A"])) == {"identity"}
+
+
+def test_the_kl_ratio_median_counts_only_runs_with_a_theory_point():
+    from infalign.report.theory_gap import median_theory_gap
+
+    def row(job, gap, ratio):
+        return {"job": job, "method": "identity", "metric": S, "gap": gap, "ci_half_width": 0.01, "kl_ratio": ratio,
+                "seed": int(job)}
+
+    e = median_theory_gap([row("1", 0.01, 1.0), row("2", None, 0.2), row("3", None, 0.3)])["identity"]
+    assert e["median_kl_ratio"] == pytest.approx(1.0) and e["limits"] == ["on_target"]
+    assert (e["runs"], e["runs_without_theory"]) == (1, 2)
+
+
+def test_thin_tail_only_below_theory_and_only_with_a_standard_column():
+    from infalign.report.theory_gap import diagnose
+
+    def entry(gaps):
+        return {"median_abs_gap": {k: abs(v) for k, v in gaps.items()}, "median_gap": dict(gaps),
+                "median_ci_half_width": {k: 0.01 for k in gaps}, "median_kl_ratio": 1.0, "runs": 9, "seeds": 9}
+
+    assert diagnose(entry({S: 0.005, B4: 0.05}))["limits"] == ["above"]
+    assert diagnose(entry({B4: -0.05}))["limits"] == ["below"]
