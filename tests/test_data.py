@@ -583,3 +583,52 @@ def test_step_batches_need_a_seeded_shuffling_loader():
     with pytest.raises(ValueError, match="make no batch"):
         StepBatches(DataLoader(pairs, batch_size=3, shuffle=True, drop_last=True,
                                generator=torch.Generator().manual_seed(0)))
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_hh_tie_is_judged_on_the_stripped_responses():
+    from infalign.data.formats import Malformed, parse_hh_record
+
+    egg = "\n\nHuman: How do I boil an egg?\n\nAssistant:"
+    for chosen, rejected in [("Boil it.", "Boil it. "), ("Boil it.", " Boil it."), ("Boil it.\n", "Boil it.")]:
+        with pytest.raises(Malformed) as err:
+            parse_hh_record({"chosen": f"{egg} {chosen}", "rejected": f"{egg} {rejected}"})
+        assert err.value.reason == "tie", (chosen, rejected)
+
+
+def test_tldr_choice_must_be_an_integer_not_a_boolean():
+    from infalign.data.formats import Malformed, parse_tldr_record
+
+    rec = {"info": {"post": "p", "title": "t", "subreddit": "s"},
+           "summaries": [{"text": "a"}, {"text": "b"}], "choice": True}
+    with pytest.raises(Malformed) as err:
+        parse_tldr_record(rec)
+    assert err.value.reason == "bad_choice"
+    assert parse_tldr_record({**rec, "choice": 1}).chosen == "b"
+
+
+def test_held_out_takes_about_the_fraction_of_prompts():
+    """A hash split: 2000 prompts, the held-out share within 0.04 of the fraction (binomial sd ~0.01)."""
+    from infalign.data.formats import held_out
+
+    prompts = [f"prompt {i}" for i in range(2000)]
+    for fraction in (0.1, 0.25):
+        share = sum(held_out(p, fraction) for p in prompts) / len(prompts)
+        assert abs(share - fraction) < 0.04, (fraction, share)
+    assert not any(held_out(p, 0.0) for p in prompts) and all(held_out(p, 1.0) for p in prompts)
+
+
+def test_policy_pair_responses_end_with_eos_inside_the_mask():
+    """IPO's pairs are scored as the sampler emits responses: eos appended and counted in the mask."""
+    import tiny_policy as tp
+    from infalign.data.batches import PolicyPairCollator
+
+    tok = tp.tokenizer()
+    batch = PolicyPairCollator(tok)([("x1", "a1 b1", "a2"), ("x2", "a4", "a5 b2")])
+    ids = {k: [tok.convert_ids_to_tokens(r) for r in batch[k].tolist()] for k in ("chosen_ids", "rejected_ids")}
+    assert ids["chosen_ids"] == [["a1", "b1", "<eos>"], ["a4", "<eos>", "<pad>"]]
+    assert ids["rejected_ids"] == [["a2", "<eos>", "<pad>"], ["a5", "b2", "<eos>"]]
+    assert batch["chosen_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["rejected_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]

@@ -410,3 +410,42 @@ def test_under_autocast_the_policys_log_probs_take_the_references_path(tokenizer
     f32 = draw(policy, tokenizer)
     assert rollout_logprobs(policy, f32) is f32.logprobs
     assert low_precision(tiny_llama(len(tokenizer)).to(torch.bfloat16))
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_top_p_drops_the_token_whose_mass_before_is_exactly_top_p():
+    q = sampling_probs(torch.zeros(1, 4), 1.0, top_p=0.5)  # uniform: masses before 0, .25, .5, .75
+    assert int((q > 0).sum()) == 2 and torch.allclose(q[q > 0], torch.tensor([0.5, 0.5]))
+
+
+def test_sampled_logprobs_are_those_of_the_models_own_forward(model, tokenizer):
+    """Positions start at 0 on the first real token: an unpadded prompt's log-probs equal a plain HF
+    forward's (positions 0..L-1), sampled and teacher-forced alike (atol 1e-5: float32 rounding of two
+    kernels on the same arithmetic)."""
+    r = draw(model, tokenizer, prompts=["w7 w8 w9"], num_samples=3)
+    tf = sequence_logprobs(model, r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask).detach()
+    width = r.prompt_ids.shape[1]
+    for i in range(3):
+        n = int(r.response_mask[i].sum())
+        ids = torch.cat([r.prompt_ids[i], r.response_ids[i, :n]])[None]
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0]
+        lp = logits[width - 1 : -1].log_softmax(-1).gather(-1, ids[0, width:, None]).squeeze(-1)
+        torch.testing.assert_close(r.logprobs[i, :n], lp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(tf[i, :n], lp, atol=1e-5, rtol=0)
+
+
+def test_low_precision_rollout_logprobs_are_taken_without_dropout(tokenizer):
+    policy = tiny_gpt2(len(tokenizer))  # GPT-2's default dropout 0.1
+    assert policy.config.resid_pdrop > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r = draw(policy, tokenizer, max_new_tokens=6)
+        with torch.no_grad():
+            want = sequence_logprobs(policy.eval(), r.prompt_ids, r.prompt_mask, r.response_ids, r.response_mask)
+        policy.train()  # as in an RL training step
+        a, b = rollout_logprobs(policy, r), rollout_logprobs(policy, r)
+    assert policy.training
+    torch.testing.assert_close(a, want, atol=0, rtol=0)
+    torch.testing.assert_close(b, want, atol=0, rtol=0)

@@ -214,3 +214,97 @@ def test_text_pair_truncation_keeps_both_separators_and_cuts_the_prompt_first():
     assert cut["response_mask"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     tight = encode_prompt_response(bert, [prompt], [response], pair=True, max_length=6)  # prompt at one token
     assert tight["input_ids"][0].tolist() == [c, ids["w5"], s, ids["w10"], ids["w11"], s]
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_reward_scorer_scores_in_eval_mode_whatever_the_models_mode():
+    """A reward model with dropout, left in train mode (e.g. right after Bradley-Terry training), scores
+    as in eval mode, the same on every call."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    world = ToyWorld(seed=0)
+    tok = world.tokenizer()
+    torch.manual_seed(0)
+    rm = GPT2ForSequenceClassification(GPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2, num_labels=1,
+        pad_token_id=tok.pad_token_id, resid_pdrop=0.3, embd_pdrop=0.3, attn_pdrop=0.3))
+    xs, ys = world.reference_corpus(4, 2, seed=0)
+    rm.eval()
+    want = RewardScorer(rm, tok).score(xs, ys)
+    rm.train()
+    torch.testing.assert_close(RewardScorer(rm, tok).score(xs, ys), want)
+    torch.testing.assert_close(RewardScorer(rm, tok).score(xs, ys), want)
+
+
+def test_reward_scorer_forwards_at_most_batch_size_rows():
+    world = ToyWorld(seed=0)
+    tok = world.tokenizer()
+    scorer = RewardScorer(build_toy_reward_model(tok, "tiny"), tok, batch_size=4)
+    xs, ys = world.reference_corpus(5, 2, seed=0)
+    chunks = scorer._chunks(xs, ys)
+    assert max(len(c) for c in chunks) <= 4
+    assert sorted(torch.cat(chunks).tolist()) == list(range(10))
+
+
+def _byte_level_pair_tokenizer():
+    """RoBERTa-style: byte-level BPE with a text-pair template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["Human: can you help? Assistant: Sure, I can help.", "TL;DR: Sure thing. Assistant: Sure"] * 20
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1", special_tokens=[("<s>", 1), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def test_a_text_pair_reads_the_response_without_a_leading_space():
+    """The lead space is for joined rows of a byte-level tokenizer; a pair's second text is encoded alone."""
+    from infalign.models.builders import response_lead
+    from infalign.models.reward import reward_model_inputs
+
+    tok = _byte_level_pair_tokenizer()
+    assert response_lead(tok) == " "
+    prompt = "\n\nHuman: can you help?\n\nAssistant:"
+    want = tok(prompt, "Sure, I can help.")["input_ids"]
+    for written in ("Sure, I can help.", " Sure, I can help."):
+        assert reward_model_inputs(tok, [prompt], [written], pair=True)["input_ids"][0].tolist() == want
+
+
+def test_response_lead_is_empty_when_the_spaced_word_does_not_continue_the_text():
+    """Llama-2-style SentencePiece (normalizer: prepend '▁', spaces -> '▁'): ' Sure' != 'Sure', but
+    'TL;DR: Sure' != 'TL;DR:' + ' Sure' either -- no lead (the tokenizer adds its own ▁)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from infalign.models.builders import response_lead
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = ["TL;DR: Sure, a summary. Sure thing.", "Human: help? Assistant: Sure"] * 10
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=200, special_tokens=["<unk>", "</s>"],
+        initial_alphabet=sorted({c for t in corpus for c in t} | {"▁"})))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    assert ids(" Sure") != ids("Sure")
+    assert ids("TL;DR:") + ids(" Sure") != ids("TL;DR: Sure")
+    assert response_lead(tok) == ""
+
+
+def test_a_joined_row_cut_at_max_length_gets_no_eos(tok):
+    """A response cut by max_length is not finished: no eos is written over its last kept token."""
+    enc = encode_prompt_response(tok, ["a1 ->"], ["b1 b2 b3 b4"], max_length=4)
+    assert tok.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == ["->", "b1", "b2", "b3"]
+    assert enc["response_mask"][0].tolist() == [0, 1, 1, 1]

@@ -113,3 +113,17 @@ def test_reward_model_learns_a_separable_preference(tok):
     assert {"train/loss", "train/accuracy"} <= set(trainer.callback_metrics)
     after = trainer.validate(module, val, verbose=False)[0]
     assert after["val/accuracy"] == 1.0 and after["val/loss"] < before["val/loss"] - 0.3
+
+
+def test_lm_dataloader_shuffles_with_its_seed():
+    from infalign.data.batches import make_lm_dataloader
+
+    tok = ToyWorld(seed=0).tokenizer()
+    xs = [f"a{i % 5 + 1} ->" for i in range(24)]
+    ys = [" ".join(f"b{j % 5 + 1}" for j in range(i % 7 + 1)) for i in range(24)]
+
+    def first(seed):
+        return next(iter(make_lm_dataloader(tok, xs, ys, batch_size=24, seed=seed)))["input_ids"]
+
+    assert torch.equal(first(0), first(0))
+    assert not torch.equal(first(0), first(1))

@@ -149,3 +149,76 @@ def test_a_change_to_the_code_that_draws_pools_retires_them(tmp_path, monkeypatc
     assert hit()
     probe.write_text("def draw():\n    return 2\n")
     assert not hit() and hit()
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_a_pool_is_keyed_by_its_seed_and_by_the_reward_models_content(tmp_path):
+    world, prompts = make_world(tmp_path)
+    scorer = CountingScorer()
+    world.reward = scorer  # the world's reward model: keyed by its fingerprint, not its judge name
+    gen = OmegaConf.create({"max_new_tokens": 8, "temperature": 1.0, "batch_size": 2})
+    kw = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                           enable_model_summary=False)
+
+    def hit(seed) -> bool:
+        return pools.reference_pool(world, prompts, 2, {"reward_model": scorer}, gen, kw, seed, tmp_path,
+                                    tag="eval")[1]
+
+    assert not hit(0) and hit(0)
+    assert not hit(1)  # another seed: other samples
+    world.reward_fingerprint = "rm-b"  # a retrained reward model under the same judge name
+    assert not hit(0)
+
+
+def test_evaluate_policy_compares_the_policy_pool_with_the_reference_pool(monkeypatch, tmp_path):
+    """evaluate_policy on two given pools (sampling replaced): independent pool seeds, eval.ns plus the run's
+    N, every judge's per-prompt columns and CIs as pool_columns / summarize_columns give them (policy first),
+    the miscalibration of the reference pool, the kept samples, each pool's response statistics."""
+    from infalign.math.miscalibration import miscalibration_summary
+    from infalign.math.pool_stats import pool_columns, summarize_columns
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Identity
+    from infalign.pipeline import evaluate
+    from infalign.pipeline.run_record import CI
+
+    g = torch.Generator().manual_seed(0)
+    P, M = 5, 6
+    ref = {"scores": {"reward_model": torch.randn(P, M, generator=g), "gold": torch.randn(P, M, generator=g)},
+           "lengths": torch.full((P, M), 3), "ended": torch.ones(P, M, dtype=torch.bool)}
+    pol = {"scores": {k: v + 0.7 + 0.1 * torch.randn(P, M, generator=g) for k, v in ref["scores"].items()},
+           "lengths": torch.full((P, M), 5), "ended": torch.zeros(P, M, dtype=torch.bool),
+           "log_ratio": torch.rand(P, M, generator=g),
+           "responses": [[f"p{p} s{j}" for j in range(M)] for p in range(P)]}
+    seeds = {}
+
+    def fake_reference_pool(world, prompts, n, judges, gen_cfg, trainer, seed, cache_dir, tag):
+        seeds["reference"] = seed
+        return ref, True
+
+    def fake_policy_pool(world, policy_id, prompts, n, judges, gen_cfg, trainer, seed, cache_dir, keep_responses):
+        seeds["policy"] = seed
+        return pol, None
+
+    monkeypatch.setattr(evaluate, "reference_pool", fake_reference_pool)
+    monkeypatch.setattr(evaluate, "policy_pool", fake_policy_pool)
+    prompts = [f"prompt {p}" for p in range(P)]
+    world = SimpleNamespace(reward=object(), gold=object(), eval_prompts=prompts)
+    cfg = OmegaConf.create({"seed": 3, "eval": {"samples": M, "ns": [1, 2], "bootstrap": 50, "keep_responses": 2}})
+    proc = BestOfN(n=4)
+    ev = evaluate.evaluate_policy(world, cfg, proc, Identity(), 1.0, None, tmp_path)
+
+    assert ev.ns == [1, 2, 4]
+    assert seeds["policy"] != seeds["reference"]
+    for judge in ("reward_model", "gold"):
+        cols = pool_columns(pol["scores"][judge], ref["scores"][judge], proc.name, [1, 2, 4], pol["log_ratio"])
+        assert ev.per_prompt[judge] == {k: [round(float(v), 10) for v in c] for k, c in cols.items()}
+        want = summarize_columns(cols, 50, seed=3)
+        assert ev.judges[judge] == {k: CI.from_json(c) for k, c in want.items()}
+    assert ev.judges["reward_model"]["standard_win_rate"].mean > 0.5
+    assert ev.miscalibration == miscalibration_summary(ref["scores"]["reward_model"], ref["scores"]["gold"])
+    assert ev.samples == [["prompt 0", "p0 s0"], ["prompt 1", "p1 s0"]]
+    assert ev.responses["policy"] == {"response_len_mean": 5.0, "eos_rate": 0.0}
+    assert ev.responses["reference"] == {"response_len_mean": 3.0, "eos_rate": 1.0}
+    assert {proc.at(n).win_rate_key for n in (1, 2, 4)} <= set(ev.theory)
