@@ -255,9 +255,9 @@ def test_calibration_settings_of_a_run_without_calibration_are_not_checked(tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["bon_sft", "ipo"])
 def test_an_interrupted_offline_run_resumes_where_it_stopped(cache_dir, tmp_path, monkeypatch, algo):
-    """An offline algorithm (SFT / IPO batches from a shuffling loader) stopped after step 3 of 6 resumes
-    from its checkpoint: it trains steps 4-6 only, on the batches an uninterrupted run has (its epochs
-    span 3 steps: prompts_per_step=2 of 6 prompts), and ends with that run's policy and metrics."""
+    """An offline algorithm (SFT / IPO batches from a shuffling loader) stopped after step 4 of 6 -- mid-epoch:
+    its epochs span 3 steps (prompts_per_step=2 of 6 prompts) -- resumes from its checkpoint: it trains
+    steps 5-6 only, on the batches an uninterrupted run has, and ends with that run's policy and metrics."""
     from infalign.training.ipo import IPOModule
     from infalign.training.pretrain import LMPretrainModule
 
@@ -269,18 +269,18 @@ def test_an_interrupted_offline_run_resumes_where_it_stopped(cache_dir, tmp_path
     step = module.training_step
     monkeypatch.setattr(module, "training_step", lambda self, *a: trained.append(self.global_step) or step(self, *a))
 
-    def stop_after_step_3(self, outputs, batch, batch_idx):  # after the checkpoint callback has saved step 3
-        if self.global_step == 3:
+    def stop_after_step_4(self, outputs, batch, batch_idx):  # after the checkpoint callback has saved step 4
+        if self.global_step == 4:
             raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(module, "on_train_batch_end", stop_after_step_3, raising=False)
+    monkeypatch.setattr(module, "on_train_batch_end", stop_after_step_4, raising=False)
     with pytest.raises(RuntimeError, match="interrupted"):
         run(cache_dir, tmp_path / "killed", *args)
     monkeypatch.undo()
     monkeypatch.setattr(module, "training_step", lambda self, *a: trained.append(self.global_step) or step(self, *a))
     trained.clear()
     resumed = run(cache_dir, tmp_path / "killed", *args, "ckpt_path=last")
-    assert trained == [3, 4, 5]
+    assert trained == [4, 5]
     assert resumed["eval"]["judges"] == straight["eval"]["judges"]
     weights = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
                for d in ("straight", "killed")]
@@ -288,24 +288,64 @@ def test_an_interrupted_offline_run_resumes_where_it_stopped(cache_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_an_offline_run_under_a_multi_process_launch_restarts_instead(cache_dir, tmp_path, monkeypatch, caplog):
-    """Under DDP Lightning shards the loader itself (a distributed sampler a resume does not restore): the
-    checkpoint is not continued, training restarts from step 0, with a warning that says so."""
-    from infalign.pipeline import baselines, fit
+def test_an_offline_run_whose_trainer_is_not_step_indexed_restarts_instead(cache_dir, tmp_path, caplog):
+    """With a trainer key that makes Lightning iterate the loader its own way (here max_epochs; DDP,
+    accumulation, batch limits alike: pipeline/baselines.offline_resumable) the fit is the loader's, as
+    before offline runs resumed, and a resume trains from step 0 again, with a warning that says so."""
     from infalign.training.pretrain import LMPretrainModule
 
-    args = ["algo=bon_sft", "algo.steps=4", "policy_cache=false"]
+    args = ["algo=bon_sft", "algo.steps=4", "policy_cache=false", "+trainer.max_epochs=100"]
     run(cache_dir, tmp_path / "run", *args)
-    for mod in (baselines, fit, train_stages):
-        monkeypatch.setattr(mod, "offline_resumable", lambda: False)
     trained = []
     step = LMPretrainModule.training_step
-    monkeypatch.setattr(LMPretrainModule, "training_step",
-                        lambda self, *a: trained.append(self.global_step) or step(self, *a))
-    caplog.set_level("WARNING")
-    run(cache_dir, tmp_path / "run", *args, "ckpt_path=last")
+    LMPretrainModule.training_step = lambda self, *a: trained.append(self.global_step) or step(self, *a)
+    try:
+        caplog.set_level("WARNING")
+        run(cache_dir, tmp_path / "run", *args, "ckpt_path=last")
+    finally:
+        LMPretrainModule.training_step = step
     assert trained == [0, 1, 2, 3]
-    assert any("trains from step 0 again" in r.getMessage() for r in caplog.records)
+    assert any("trains from step 0 again (its batches are not a function of the step" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("trainer, resumable", [
+    ({}, True), ({"strategy": "auto", "devices": 1}, True), ({"accumulate_grad_batches": 2}, False),
+    ({"strategy": "ddp", "devices": 1}, False), ({"max_epochs": 3}, False), ({"limit_train_batches": 0.5}, False),
+    ({"overfit_batches": 2}, False)])
+def test_offline_runs_read_step_indexed_batches_only_with_a_plain_trainer(trainer, resumable, monkeypatch):
+    from infalign.pipeline.baselines import offline_resumable
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    assert offline_resumable(trainer) is resumable
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun launch: Lightning's distributed sampler
+    assert offline_resumable(trainer) is False
+
+
+def test_an_offline_checkpoint_is_continued_restarted_or_refused_by_what_it_records(tmp_path, caplog):
+    """apps/train.offline_resume_step on hand-written checkpoints: continued at its step; restarted (None, a
+    warning) without an optimizer state or -- for bon_sft, whose learning rate decays over algo.steps --
+    without the schedule length older checkpoints did not record; refused when that length differs."""
+    from infalign.apps.train import offline_resume_step
+    from infalign.training.algorithms import make_algorithm
+
+    def ckpt(name, **contents):
+        torch.save({"global_step": 2, "optimizer_states": [{"state": {}}], **contents}, tmp_path / name)
+        return str(tmp_path / name)
+
+    sft, ipo = make_algorithm({"name": "bon_sft", "steps": 4}), make_algorithm({"name": "ipo", "steps": 4})
+    assert offline_resume_step(ckpt("a.ckpt", schedule_steps=4), sft, {}) == 2
+    assert offline_resume_step(ckpt("b.ckpt"), ipo, {}) == 2  # constant learning rate: no length needed
+    caplog.set_level("WARNING")
+    assert offline_resume_step(ckpt("c.ckpt"), sft, {}) is None
+    assert "does not record the length of its learning-rate schedule" in caplog.text
+    assert offline_resume_step(ckpt("d.ckpt", optimizer_states=[]), ipo, {}) is None
+    with pytest.raises(ConfigError, match=r"algo\.steps"):
+        offline_resume_step(ckpt("e.ckpt", schedule_steps=8), sft, {})
+    with pytest.raises(ConfigError, match=r"algo\.steps"):  # more steps trained than asked for
+        offline_resume_step(ckpt("f.ckpt", global_step=6, schedule_steps=4), make_algorithm(
+            {"name": "bon_sft", "steps": 4}), {})
 
 
 def test_only_algorithms_with_a_step_independent_schedule_may_resume_longer(tmp_path):

@@ -203,12 +203,12 @@ def checkpoint_contents(path: Path | str) -> dict:
     return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
 
 
-def check_checkpoint_steps(path: str, algo: Algorithm) -> int:
+def check_checkpoint_steps(path: str, algo: Algorithm, contents: dict | None = None) -> int:
     """What a resume needs from its checkpoint: the optimizer state (a weights-only checkpoint cannot
     continue training), and no more steps than ``algo.steps`` (a resume with fewer steps would be
     recorded as a ``steps``-step policy while holding more training). Returns the checkpoint's global
-    step, where training resumes. (Offline algorithms under DDP ignore the checkpoint: ``pipeline/fit.py``.)"""
-    contents = checkpoint_contents(path)
+    step, where training resumes. (``contents``: the checkpoint, if already read.)"""
+    contents = checkpoint_contents(path) if contents is None else contents
     require(bool(contents.get("optimizer_states")), "ckpt_path", path,
             "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)",
             "delete it to start over, or set ckpt_path to an earlier checkpoint")
@@ -217,6 +217,37 @@ def check_checkpoint_steps(path: str, algo: Algorithm) -> int:
             f"at least the checkpoint's {done // algo.optimizer_steps_per_batch} steps ({path} has trained that "
             "far: a run with fewer would record its policy as a shorter run's)")
     return done
+
+
+def offline_resume_step(path: str, algo: Algorithm, trainer_cfg) -> int | None:
+    """Where an offline algorithm continues the checkpoint ``path``: its step (:func:`check_checkpoint_steps`),
+    or None -- it trains from step 0 again, as before offline runs resumed, with a warning: the result equals
+    an uninterrupted run's -- when its fit does not read step-indexed batches
+    (``pipeline/baselines.offline_resumable``: DDP, gradient accumulation, an epoch or batch limit), when the
+    checkpoint has no optimizer state, or when the algorithm's learning rate decays over ``algo.steps``
+    (``resume_may_extend`` false) and the checkpoint does not record over how many steps (written by an
+    older infalign). A recorded length other than ``algo.steps`` is refused: the run would be neither."""
+    from infalign.pipeline.baselines import offline_resumable
+
+    why, contents = None, None
+    if not offline_resumable(trainer_cfg):
+        why = "its batches are not a function of the step under DDP, gradient accumulation or an epoch/batch limit"
+    else:
+        contents = checkpoint_contents(path)
+        total = contents.get("schedule_steps")
+        if not contents.get("optimizer_states"):
+            why = "the checkpoint holds no optimizer state"
+        elif not algo.resume_may_extend and total is None:
+            why = "the checkpoint does not record the length of its learning-rate schedule (an older checkpoint)"
+        elif not algo.resume_may_extend:
+            require(int(total) == algo.cfg.steps, "algo.steps", algo.cfg.steps,
+                    f"the checkpoint's {total}: {algo.name}'s learning rate decays over algo.steps, so a resume "
+                    "with another number would be neither run", "set it back, or delete the checkpoints to start over")
+    if why is not None:
+        log.warning("ckpt_path=%s: %s trains from step 0 again (%s); the result equals an uninterrupted run's",
+                    path, algo.name, why)
+        return None
+    return check_checkpoint_steps(path, algo, contents)
 
 
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:

@@ -14,13 +14,18 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
-from infalign.apps.train import check_checkpoint_steps, failure_record, resolve_ckpt, write_failure
+from infalign.apps.train import (
+    check_checkpoint_steps,
+    failure_record,
+    offline_resume_step,
+    resolve_ckpt,
+    write_failure,
+)
 from infalign.infra import distributed
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
 from infalign.pipeline import loggers, record
-from infalign.pipeline.baselines import offline_resumable
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
@@ -72,11 +77,15 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         # and the logger starts only once the whole check has passed (a refused resume never touches the
         # run's W&B run)
         ckpt = resolve_ckpt(cfg, out_dir)
+        fit_ckpt = ckpt  # what training continues (None: an offline algorithm that restarts from step 0)
         if ckpt is not None:
             check_resume_early(Path(ckpt).parent, cfg, algo.beta if algo.kl_target is None else None,
                                str(cfg.ckpt_path))
-            # where training resumes: the checkpoint's step, or 0 for an offline algorithm under DDP (it restarts)
-            resume_step = check_checkpoint_steps(ckpt, algo) if algo.online or offline_resumable() else 0
+            # where training resumes: the checkpoint's step, or 0 for an offline algorithm that restarts
+            resume_step = (check_checkpoint_steps(ckpt, algo) if algo.online
+                           else offline_resume_step(ckpt, algo, cfg.trainer))
+            if resume_step is None:
+                fit_ckpt, resume_step = None, 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
             check_finished_run(out_dir, cfg)
         started = logger is not None and ckpt is None
@@ -113,7 +122,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             if fresh_here and distributed.rank() == 0:
                 check_resume(ckpt_dir, settings, False, str(cfg.ckpt_path))
                 save_overrides(ckpt_dir, task_overrides())
-            fit_policy(world, cfg, algo, transform, table, trainers, ckpt)
+            fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):

@@ -32,30 +32,34 @@ def best_and_worst_of_n(world, prompts: list[str], n: int, gen_cfg, trainer: Tra
 
 
 def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers, seed: int,
-                ckpt_path: str | None = None) -> dict:
+                ckpt_path: str | None = None, step_indexed: bool = False) -> dict:
     """Draw ``algo.cfg.n_samples`` reference samples per training prompt (``trainers.predict``), keep
     the reward model's (best, worst), and fit the algorithm's module on them for ``algo.cfg.steps``
     steps (``trainers.fit``), continuing ``ckpt_path`` if given.
 
-    In one process the module reads step ``s``'s batch as ``StepBatches(loader)[s]`` (the batches the
-    algorithm's shuffling loader yields, epoch after epoch) and the loader only counts steps, so a
-    resume continues with the batches an uninterrupted run has (``training/step_batches.py``). Under
-    DDP Lightning shards the algorithm's loader across ranks (its distributed sampler), whose order a
-    resume does not restore: there a checkpoint is not continued, training restarts from step 0."""
+    ``step_indexed`` (:func:`offline_resumable`): the module reads step ``s``'s batch as
+    ``StepBatches(loader)[s]`` -- the batches the algorithm's shuffling loader gives a Lightning fit, epoch
+    after epoch -- and the loader only counts steps, so a resume continues with the batches an
+    uninterrupted run has (``training/step_batches.py``). Otherwise Lightning iterates the algorithm's
+    loader itself (shards it under DDP, accumulates, limits epochs), which a resume does not restore."""
     prompts, n = world.train_prompts, algo.cfg.n_samples
     best, worst = best_and_worst_of_n(world, prompts, n, gen_cfg, trainers.predict, seed)
     module, loader = algo.fit_module(world.policy, world.reference, world.tokenizer, prompts, best, worst, seed)
-    if offline_resumable():
+    if step_indexed:
         module.step_batches = StepBatches(loader)
         loader = DataLoader(range(algo.cfg.steps), batch_size=None)  # counts steps (the module reads its batch)
-    else:
-        ckpt_path = None
     world.policy.train()
     trainers.fit(max_steps=algo.cfg.steps).fit(module, loader, ckpt_path=ckpt_path)
     return {"offline_pairs": len(prompts), "offline_n": n}
 
 
-def offline_resumable() -> bool:
-    """Whether an offline algorithm continues a checkpoint: in one process (:func:`fit_offline`), not
-    under a multi-process launch (torchrun, srun), which it restarts."""
-    return not distributed.launched_externally()
+def offline_resumable(trainer_cfg) -> bool:
+    """Whether an offline algorithm's fit takes step-indexed batches, and so resumes exactly: one process
+    (no torchrun / srun launch) and a trainer (``conf/trainer``) that takes each of the loader's batches
+    once per optimizer step, in order -- ``strategy: auto`` (a DDP / FSDP strategy, even on one device,
+    swaps in a distributed sampler), no gradient accumulation, no ``max_epochs``, ``limit_train_batches``
+    or ``overfit_batches``. Otherwise the fit is the loader's own, as before offline runs resumed."""
+    t = dict(trainer_cfg or {})
+    return (not distributed.launched_externally() and t.get("strategy", "auto") in ("auto", None)
+            and t.get("accumulate_grad_batches", 1) == 1 and t.get("max_epochs") in (None, -1)
+            and t.get("limit_train_batches") in (None, 1, 1.0) and not t.get("overfit_batches"))

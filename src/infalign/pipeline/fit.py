@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -35,12 +34,9 @@ def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, ta
     """CTRL with an online algorithm (RLOO / PPO on Phi(C_hat), resumable), or an offline baseline
     (``bon_sft``, ``ipo``; resumable in one process) on reference samples drawn with the ``calibration``
     generation settings; ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples."""
-    if not algo.online:
-        if ckpt_path is not None and not offline_resumable():  # DDP shards the data: its order is not restored
-            logging.getLogger(__name__).warning(
-                "ckpt_path=%s: %s trains from step 0 again (under a multi-process launch an offline "
-                "algorithm's training is not resumed; the result equals an uninterrupted run's)", ckpt_path, algo.name)
-        fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg), ckpt_path)
+    if not algo.online:  # (apps/train.offline_resume_step decided whether ckpt_path is continued)
+        fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg), ckpt_path,
+                    step_indexed=offline_resumable(cfg.get("trainer")))
         return
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
                         world.train_prompts, algo, seed=training_seed(cfg))

@@ -92,3 +92,8 @@ class LMPretrainModule(StepIndexed, L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return adamw_with_warmup(self, hp.lr, hp.weight_decay, hp.warmup)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """``schedule_steps``: the steps the learning rate decays over (a resume must keep them:
+        ``apps/train.offline_resume_step``)."""
+        checkpoint["schedule_steps"] = int(self.trainer.estimated_stepping_batches)
