@@ -1109,3 +1109,28 @@ def test_the_bootstrap_option_reaches_the_report(tmp_path, capsys):
     write_job(tmp_path, "0", [], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70))
     assert main([str(tmp_path), "--no-wandb", "--bootstrap", "50"]) == 2
     assert "num_resamples=50" in capsys.readouterr().err
+
+
+def test_the_inference_plot_has_one_row_per_procedure_holding_only_its_series(tmp_path, monkeypatch):
+    """A sweep over bon4 and won4: the inference-time plot draws one row per procedure, each with that
+    procedure's series only (its win rate is another quantity than the other row's)."""
+    from infalign.infra import plotting
+    from infalign.report.collect import collect
+    from infalign.report.plots import plot_series
+    from infalign.report.series import build_series
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, name in enumerate(["bon", "won"]):
+        metrics = per_prompt_metrics("identity", info, 0.3, 0.3, {})
+        metrics["config"]["procedure"]["name"] = name
+        metrics["procedure"] = f"{name}4"
+        for section in (metrics["eval"]["judges"], metrics["eval"]["per_prompt"]):  # won4's own column
+            section["reward_model"][f"{name}4_win_rate"] = section["reward_model"]["bon4_win_rate"]
+        write_job(tmp_path, str(job), ["method=identity"], metrics)
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    series = build_series(collect(tmp_path), ["reward_model"])
+    plot_series(series, ["reward_model"], "inference", tmp_path / "i.png")
+    rows = [[c.get_label() for c in ax.containers] for ax in figures[0].axes]
+    by_procedure = {s.procedure: s.label for s in series}
+    assert rows == [[by_procedure[p]] for p in sorted(by_procedure)]
