@@ -1134,3 +1134,17 @@ def test_the_inference_plot_has_one_row_per_procedure_holding_only_its_series(tm
     rows = [[c.get_label() for c in ax.containers] for ax in figures[0].axes]
     by_procedure = {s.procedure: s.label for s in series}
     assert rows == [[by_procedure[p]] for p in sorted(by_procedure)]
+
+
+def test_a_sweep_without_gold_reports_the_reward_model_alone(tmp_path):
+    """Real-data runs have no gold judge: the report's judges are those the records hold (no empty gold
+    tables, columns or plots)."""
+    from infalign.report.build import build_report
+
+    metrics = fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70)
+    for section in ("judges", "per_prompt"):
+        metrics["eval"].get(section, {}).pop("gold", None)
+    write_job(tmp_path, "0", [], metrics)
+    rep = build_report(tmp_path, tmp_path / "report", num_resamples=100)
+    assert rep.judges == ["reward_model"]
+    assert not any(k.startswith("gold_") for k in rep.rows[0])
