@@ -266,3 +266,88 @@ def test_the_transform_is_keyed_by_its_values(tmp_path):
     from infalign.math.transforms import as_transform
 
     assert transform_fingerprint(as_transform(torch_only)) is not None
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_policy_key_covers_each_part_of_the_world(monkeypatch):
+    """Same config, another reference / reward model / training prompts (an edited data file keeps
+    data.train_file's path): another trained policy, never a cache hit."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.policy_cache import policy_key
+
+    def world(ref="ref", rm="rm", prompts=("a0 ->",)):
+        return SimpleNamespace(reference_fingerprint=ref, reward_fingerprint=rm, train_prompts=list(prompts))
+
+    from infalign.pipeline import policy_cache
+
+    monkeypatch.setattr(policy_cache, "code_digest", lambda: "code")  # (keyed too; tested elsewhere)
+    cfg = OmegaConf.create({"algo": {"name": "ctrl", "lr": 1e-3}, "seed": 0})
+    key = policy_key(cfg, world(), 0.1)
+    assert policy_key(cfg, world(), 0.1) == key
+    for other in (world(ref="ref2"), world(rm="rm2"), world(prompts=("b1 ->",)), world(prompts=("a0 ->", "a1 ->"))):
+        assert policy_key(cfg, other, 0.1) != key, vars(other)
+
+
+def test_a_resume_of_an_algorithm_whose_schedule_reads_steps_is_refused_with_other_steps(tmp_path):
+    """bon_sft's learning rate decays over algo.steps (resume_may_extend false): a resume asking for more
+    steps is refused before compute; an algorithm that may extend resumes with more steps."""
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+    from infalign.pipeline.policy_cache import RESUME_FILE, _resume_training, check_resume_early
+    from infalign.training.algorithms import ALGORITHMS
+
+    def cfg(name, steps):
+        return OmegaConf.create({"algo": {"name": name, "steps": steps, "lr": 1e-3}, "seed": 0})
+
+    extendable = next(name for name, cls in ALGORITHMS.items() if cls.resume_may_extend)
+    for name, refused in (("bon_sft", True), (extendable, False)):
+        ckpt = tmp_path / name
+        atomic_write_json(ckpt / RESUME_FILE, {"training": _resume_training(cfg(name, 10), None)})
+        check_resume_early(ckpt, cfg(name, 10), None, "last")
+        if refused:
+            with pytest.raises(ConfigError, match="algo.steps"):
+                check_resume_early(ckpt, cfg(name, 20), None, "last")
+        else:
+            check_resume_early(ckpt, cfg(name, 20), None, "last")
+
+
+def test_a_resume_on_another_reference_or_reward_model_is_refused(tmp_path):
+    """The checkpoint's settings file records the world's model fingerprints: a resume after the
+    reference or reward model changed (same config, same paths) continues another model's policy."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.pipeline.policy_cache import check_resume, resume_settings
+
+    cfg = OmegaConf.create({"algo": {"name": "ctrl", "lr": 1e-3}, "seed": 0})
+    world = lambda ref, rm: SimpleNamespace(reference_fingerprint=ref, reward_fingerprint=rm, stats={})  # noqa: E731
+    check_resume(tmp_path, resume_settings(cfg, world("ref", "rm"), 0.1), False, "last")
+    check_resume(tmp_path, resume_settings(cfg, world("ref", "rm"), 0.1), True, "last")
+    for other in (world("ref2", "rm"), world("ref", "rm2")):
+        with pytest.raises(ConfigError, match="world"):
+            check_resume(tmp_path, resume_settings(cfg, other, 0.1), True, "last")
+
+
+def test_the_early_resume_check_compares_a_given_beta(tmp_path):
+    """check_resume_early refuses another fixed beta before any compute (not only after calibration)."""
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+    from infalign.pipeline.policy_cache import RESUME_FILE, _resume_training, check_resume_early
+
+    cfg = OmegaConf.create({"algo": {"name": "ctrl", "lr": 1e-3}, "seed": 0})
+    atomic_write_json(tmp_path / RESUME_FILE, {"training": _resume_training(cfg, 0.1)})
+    check_resume_early(tmp_path, cfg, 0.1, "last")
+    check_resume_early(tmp_path, cfg, None, "last")  # kl_target: beta not known yet
+    with pytest.raises(ConfigError, match="algo.beta"):
+        check_resume_early(tmp_path, cfg, 0.2, "last")

@@ -256,3 +256,13 @@ def test_oversubscription_under_auto_names_the_cause(machine, monkeypatch, caplo
     first, second = (r.getMessage() for r in caplog.records)
     assert "more concurrent jobs than cores" in first and "threads=auto fits" not in first
     assert "OMP_NUM_THREADS sets this count" in second
+
+
+@pytest.mark.parametrize("local_ranks", [None, "1"])
+def test_torchrun_with_one_local_rank_keeps_the_users_omp_num_threads_1(machine, monkeypatch, local_ranks):
+    """torchrun sets OMP_NUM_THREADS=1 only for several local ranks: with one, a 1 is the user's and wins."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    if local_ranks:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_ranks)
+    assert threads.resolve_threads("auto") == 1

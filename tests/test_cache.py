@@ -1,0 +1,53 @@
+"""infra/cache.py: canonical content keys, atomic writes, checksummed tensors, code fingerprints."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_content_key_does_not_depend_on_dict_order():
+    """Keys are canonical: the same settings in another insertion order (an override given elsewhere) hit."""
+    from infalign.infra.cache import content_key
+
+    assert content_key({"a": 1, "b": {"x": 1, "y": 2}}) == content_key({"b": {"y": 2, "x": 1}, "a": 1})
+
+
+def test_a_write_that_fails_midway_leaves_no_file_under_the_final_name(tmp_path):
+    """atomic_path: the block writes a temp file; a crash before the rename leaves nothing (or the old file)."""
+    from infalign.infra.cache import atomic_path, atomic_write_text
+
+    final = tmp_path / "entry.json"
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("crash")
+    assert not final.exists() and list(tmp_path.iterdir()) == []
+    atomic_write_text(final, "complete")
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("crash")
+    assert final.read_text() == "complete"
+
+
+def test_tensor_bytes_that_no_longer_match_their_checksum_are_corrupt(tmp_path):
+    """A readable file whose tensor bytes changed (bit rot, a partial overwrite) is never silently used."""
+    import torch
+
+    from infalign.infra.cache import CorruptCacheError, load_tensors, save_tensors
+
+    path = tmp_path / "entry.pt"
+    save_tensors(path, {"w": torch.arange(4, dtype=torch.float32)}, key="k")
+    payload = torch.load(path, weights_only=True)
+    payload["tensors"]["w"][0] = 7.0  # same structure, same stored sha256, other bytes
+    torch.save(payload, path)
+    with pytest.raises(CorruptCacheError, match="checksum"):
+        load_tensors(path, "k")
+
+
+def test_code_fingerprint_strips_only_docstrings_not_a_leading_statement():
+    """A function whose first statement is an expression (a call) is code: editing it retires cache entries."""
+    from infalign.infra.cache import code_fingerprint
+
+    assert code_fingerprint("def f(x):\n    x.append(1)\n    return x\n") != \
+        code_fingerprint("def f(x):\n    x.append(2)\n    return x\n")
+    assert code_fingerprint("torch.manual_seed(0)\n") != code_fingerprint("torch.manual_seed(1)\n")
+    assert code_fingerprint('def f():\n    """doc"""\n    return 1\n') == code_fingerprint("def f():\n    return 1\n")
