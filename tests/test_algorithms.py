@@ -495,3 +495,85 @@ def test_ppo_algorithm_uses_its_own_epochs_and_clip_eps():
     new = torch.full((1, 1), math.log(1.15))
     loss, stats = algo.loss(new, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1))
     assert loss.item() == pytest.approx(-1.1, rel=1e-6) and stats["clip_frac"].item() == 1.0
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def _module(prompts, transform=None, table=None, p=2, g=4, perturb=False):
+    """A CTRLModule on the tabular world (tests/tiny_policy.py); ``perturb``: a policy off the reference."""
+    from infalign.math.transforms import Raw
+    from infalign.training.ctrl import CTRLModule
+
+    transform = Raw() if transform is None else transform
+
+    algo = make_algorithm({"name": "rloo", "group_size": g, "prompts_per_step": p, "max_new_tokens": 3})
+    policy = tp.TabularLM()
+    if perturb:
+        with torch.no_grad():
+            policy.table.add_(torch.randn(policy.table.shape, generator=torch.Generator().manual_seed(0)))
+    return CTRLModule(policy, tp.reference(), tp.tokenizer(), tp.TableScorer(), transform, table, prompts, algo)
+
+
+def _as_rank(module, rank, world):
+    """``module`` as rank ``rank`` of ``world`` (what step_prompts and the sampling seeds read)."""
+    from types import SimpleNamespace
+
+    module._trainer = SimpleNamespace(world_size=world, global_rank=rank)
+    return module
+
+
+def test_step_prompts_are_disjoint_across_ranks_and_change_with_the_step():
+    prompts = [f"p{i}" for i in range(12)]
+    per_rank = [_as_rank(_module(prompts, p=3), r, 4).step_prompts(0) for r in range(4)]
+    assert sorted(torch.cat(per_rank).tolist()) == list(range(12))  # 4 ranks x 3 = every prompt once
+    m = _module(prompts, p=3)
+    assert not all(torch.equal(m.step_prompts(0), m.step_prompts(s)) for s in range(1, 4))
+
+
+def test_rollout_calibrates_each_response_against_its_own_prompts_row_and_kl_is_log_pi_minus_log_ref():
+    m = _module(list(tp.PROMPTS), transform=Identity(), table=tp.calibration_table(), g=6, perturb=True)
+    out = m.rollout(0)
+    roll = out["roll"]
+    xs = [tp.PROMPTS[i] for i in m.step_prompts(0).tolist() for _ in range(6)]
+    expected = []
+    for x, y in zip(xs, roll.responses):
+        a, b = y.split()
+        expected.append(float(tp.calibrated(x)[tp.FIRST[x].index(a), tp.SECOND.index(b)]))
+    torch.testing.assert_close(out["calibrated"].double(), torch.tensor(expected, dtype=torch.float64))
+    from infalign.models.generation import sequence_logprobs
+
+    lp = sequence_logprobs(m.policy, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    ref = sequence_logprobs(m.reference, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+    expected_kl = ((lp - ref) * roll.response_mask).sum(-1).detach()
+    assert (expected_kl.abs() > 1e-3).any()
+    torch.testing.assert_close(out["kl"], expected_kl, rtol=1e-4, atol=1e-5)
+
+
+def test_rollout_samples_differ_across_steps_and_ranks():
+    prompts = ["x1"] * 4  # every rank and step samples the same prompt
+    r0 = _module(prompts, p=1, g=16)
+    r1 = _as_rank(_module(prompts, p=1, g=16), 1, 2)
+    s0, s1, s0b = r0.rollout(0)["roll"].responses, r1.rollout(0)["roll"].responses, r0.rollout(1)["roll"].responses
+    assert s0 != s1 and s0 != s0b
+
+
+def test_logged_kl_and_calibrated_reward_are_the_rollouts_means(monkeypatch):
+    from infalign.training.ctrl import CTRLModule
+
+    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.5, "steps": 2, "group_size": 4,
+                           "prompts_per_step": 2, "max_new_tokens": 4})
+    outs, logged = [], {}
+    rollout = CTRLModule.rollout
+    monkeypatch.setattr(CTRLModule, "rollout", lambda self, step: outs.append(rollout(self, step)) or outs[-1])
+    log_dict = CTRLModule.log_dict
+    monkeypatch.setattr(CTRLModule, "log_dict", lambda self, metrics, **kw: (
+        logged.update({k: float(v) for k, v in metrics.items()}), log_dict(self, metrics, **kw))[1])
+    fit_policy(tp.world(), OmegaConf.create({"seed": 0}), algo, Log(), tp.calibration_table(),
+               StageTrainers(predict=PREDICT, fit=TRAINERS.fit), None)
+    last = outs[-1]
+    assert float(last["kl"].mean()) > 0  # the second step's policy has moved
+    assert logged["train/kl"] == pytest.approx(float(last["kl"].mean()), rel=1e-5)
+    assert logged["train/calibrated_reward"] == pytest.approx(float(last["calibrated"].mean()), rel=1e-5)
+    assert logged["train/task_reward"] == pytest.approx(float(last["task"].mean()), rel=1e-5)
+    assert logged["train/reward"] == pytest.approx(float(last["reward"].mean()), rel=1e-5)

@@ -380,3 +380,78 @@ def test_default_toy_world_shows_the_phenomena(tmp_path):
     assert d["bo4_by_gold_vs_single_gold_winrate"] == pytest.approx(0.8, abs=0.01)
     assert d["bo4_by_rm_vs_single_gold_winrate"] > 0.6
     assert d["wo4_by_rm_vs_single_gold_winrate"] < 0.4
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_split_buckets_are_80_10_10():
+    w = ToyWorld(seed=0)
+    rng = np.random.default_rng(123)
+    xs = {" ".join(f"a{a}" for a in rng.choice(16, 5, replace=False)) + " ->" for _ in range(6000)}
+    counts = {s: sum(w._split_of(x) == s for x in xs) / len(xs) for s in ("train", "val", "test")}
+    assert counts["train"] == pytest.approx(0.8, abs=0.03)
+    assert counts["val"] == pytest.approx(0.1, abs=0.02) and counts["test"] == pytest.approx(0.1, abs=0.02)
+
+
+def test_preference_label_draws_depend_on_the_seed():
+    from infalign.toy.world import make_preference_pairs
+
+    """build.py labels train and val pairs with seed and seed + 1: their label noise must differ."""
+    w = ToyWorld(seed=0)
+    x = w.prompts("train", 1)[0]
+    a, b = "b0 b1 b2 b3 b4 b5", "b5 b4 b3 b2 b1 b0"  # same words: equal rewards, p = 1/2
+    n = 200
+    c0 = make_preference_pairs(w, [x] * n, [a] * n, [b] * n, seed=0).chosen
+    c1 = make_preference_pairs(w, [x] * n, [a] * n, [b] * n, seed=1).chosen
+    assert c0 != c1
+    assert c0 == make_preference_pairs(w, [x] * n, [a] * n, [b] * n, seed=0).chosen
+
+
+def test_spurious_feature_is_clipped_at_n_max():
+    """f(y) = min(n, n_max) / n_max: responses beyond n_max (reference samples up to max_new_tokens)
+    earn no further labeler bonus."""
+    w = ToyWorld(seed=0)
+    f = w.spurious_feature(["b1 " * 8, "b1 " * 16, "b1 " * 30]).tolist()
+    assert f == pytest.approx([0.5, 1.0, 1.0])
+
+
+def test_behaviour_token_1_can_repeat_token_0():
+    w = ToyWorld(seed=0, repeat_prob=0.99)
+    x = w.prompts("train", 1)[0]
+    ys = [y.split() for y in w.behaviour_responses(x, 200, np.random.default_rng(0))]
+    assert sum(y[1] == y[0] for y in ys) / len(ys) > 0.95
+
+
+class _DiagnosticsWorld:
+    """A toy world for reference_diagnostics: q constant per prompt (x1: 0, x2: 10), so no within-prompt
+    spread; gold = the tabular reward."""
+
+    def prompts(self, split, n):
+        import tiny_policy as tp
+
+        return tp.PROMPTS[:n]
+
+    def quality(self, xs, ys):
+        return torch.tensor([0.0 if x == "x1" else 10.0 for x in xs])
+
+    def gold_reward(self, xs, ys):
+        import tiny_policy as tp
+
+        return tp.TableScorer().score(xs, ys)
+
+
+def test_reference_diagnostics_axes_and_worst_of_n():
+    from types import SimpleNamespace
+
+    import tiny_policy as tp
+    from infalign.toy.diagnostics import reference_diagnostics
+
+    art = SimpleNamespace(world=_DiagnosticsWorld(), load_tokenizer=lambda side: tp.tokenizer(),
+                          load_reference=tp.reference, load_reward_scorer=tp.TableScorer)
+    d = reference_diagnostics(art, n_prompts=2, n_samples=8, n=3, max_new_tokens=3)
+    assert d["q_std_within_prompt"] == 0.0
+    assert d["q_std_across_prompts"] == pytest.approx(10 / 2**0.5, rel=1e-6)
+    assert d["bo3_by_rm_vs_single_gold_winrate"] == pytest.approx(d["bo3_by_gold_vs_single_gold_winrate"])
+    assert d["wo3_by_rm_vs_single_gold_winrate"] < 0.5 < d["bo3_by_rm_vs_single_gold_winrate"]
+    assert d["rm_pairwise_gold_accuracy"] == pytest.approx(1.0)
