@@ -492,3 +492,46 @@ def test_a_reward_model_whose_config_names_another_pad_id_scores_each_row_at_its
     alone = scorer.score([short[0]], [short[1]])
     batched = scorer.score([short[0], long[0]], [short[1], long[1]])
     torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_world_id_and_reward_fingerprint_follow_the_reward_models_own_dtype_and_format(assets, tmp_path):
+    """The reward model's own dtype and input format key its scores and the world (reports never pool a
+    bf16 reward model's runs with a float32 one's), while the reference's fingerprint stays."""
+    a = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
+    half_rm = world_mod.load_world(cfg_for(assets, tmp_path, "reward.dtype=bfloat16"), tmp_path / "cache")
+    assert half_rm.reference_fingerprint == a.reference_fingerprint
+    assert half_rm.reward_fingerprint != a.reward_fingerprint
+    assert half_rm.stats["world_id"] != a.stats["world_id"]
+    fmt = world_mod.load_world(cfg_for(assets, tmp_path, "reward.max_length=32"), tmp_path / "cache")
+    assert fmt.reward_fingerprint != a.reward_fingerprint and fmt.stats["world_id"] != a.stats["world_id"]
+
+
+def test_a_trained_reward_models_cache_key_holds_data_seed(assets, tmp_path, monkeypatch):
+    """data.seed seeds a trained reward model's head and shuffling: each seed its own cache entry."""
+    import infalign.infra.cache as cache_mod
+
+    keys = []
+
+    def build_only(path, build, save, load):
+        keys.append(path.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_mod, "cached", build_only)
+    train = (f"reward.name_or_path={assets / 'lm'}", "reward.train.enabled=true")
+    for seed in (0, 1, 0):
+        with pytest.raises(KeyboardInterrupt):
+            world_mod.load_world(cfg_for(assets, tmp_path, *train, f"data.seed={seed}"), tmp_path / "cache")
+    assert keys[0] != keys[1] and keys[2] == keys[0]
+
+
+def test_a_hub_model_of_unknown_commit_is_keyed_by_the_revision_as_given(monkeypatch):
+    """Without the commit in the local HF cache, revision=v1 and v2 still key other samples and worlds."""
+    monkeypatch.setattr(world_mod, "hub_commit", lambda *a, **k: None)
+    assert world_mod._commit("org/not-local", "v1", "policy") == "v1"
+    assert world_mod._commit("org/not-local", None, "policy") is None
+    name = "org/not-local"
+    fp = [world_mod._fingerprint(name, world_mod._commit(name, r, "policy")) for r in ("v1", "v2")]
+    assert fp[0] != fp[1]

@@ -365,3 +365,18 @@ def test_a_longer_resume_of_bon_sft_is_refused(cache_dir, tmp_path):
     run(cache_dir, tmp_path / "sft", "algo=bon_sft", "algo.steps=2", "policy_cache=false")
     with pytest.raises(ConfigError, match=r"ckpt_path.*training\.algo\.steps"):
         run(cache_dir, tmp_path / "sft", "algo=bon_sft", "algo.steps=4", "ckpt_path=last")
+
+
+def test_replica_seeds_are_distinct_per_replica_and_per_seed():
+    """The A/A control's replicas are independent trainings: replica 0 is the seed itself, every (seed,
+    replica) its own training seed, replica r of seed s = hash((s, r)) (pipeline/settings.training_seed)."""
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.settings import training_seed
+
+    def ts(seed, replica):
+        return training_seed(OmegaConf.create({"seed": seed, "replica": replica}))
+
+    assert ts(3, 0) == 3 and training_seed(OmegaConf.create({"seed": 3})) == 3
+    assert len({ts(s, r) for s in (0, 1, 2) for r in (0, 1, 2, 3)}) == 12
+    assert ts(0, 2) == hash((0, 2)) & 0x7FFF_FFFF
