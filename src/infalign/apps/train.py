@@ -179,20 +179,22 @@ def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
     return check_checkpoint(Path(cfg.ckpt_path))
 
 
+CHECKPOINT_HINT = "delete it to start over, or set ckpt_path to an earlier checkpoint"  # an unusable checkpoint
+
+
 def check_checkpoint(path: Path) -> str:
     """``path`` if it is a complete, intact ``torch.save`` archive -- a zip (its central directory is
     the last thing written, so a truncated file fails) whose members all match their CRCs (flipped
     bytes fail) -- holding what a resume needs (the optimizer state: a weights-only checkpoint cannot
     continue training), else a ConfigError instead of an error deep inside ``fit`` or, for flipped
     bytes in a tensor, silently corrupted weights."""
-    why = "delete it to start over, or set ckpt_path to an earlier checkpoint"
     require(zipfile.is_zipfile(path), "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
-            f"the file is truncated or corrupt (killed while it was written?): {why}")
+            f"the file is truncated or corrupt (killed while it was written?): {CHECKPOINT_HINT}")
     if distributed.launch_rank() == 0:  # one full read is enough: the ranks of a launch share the file
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
         require(bad is None, "ckpt_path", str(path), "a readable checkpoint (a torch.save archive)",
-                f"its member {bad} does not match its checksum (the file is corrupt): {why}")
+                f"its member {bad} does not match its checksum (the file is corrupt): {CHECKPOINT_HINT}")
     return str(path)
 
 
@@ -211,7 +213,7 @@ def check_checkpoint_steps(path: str, algo: Algorithm, contents: dict | None = N
     contents = checkpoint_contents(path) if contents is None else contents
     require(bool(contents.get("optimizer_states")), "ckpt_path", path,
             "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)",
-            "delete it to start over, or set ckpt_path to an earlier checkpoint")
+            CHECKPOINT_HINT)
     done, target = int(contents.get("global_step", 0)), algo.cfg.steps * algo.optimizer_steps_per_batch
     require(done <= target, "algo.steps", algo.cfg.steps,
             f"at least the checkpoint's {done // algo.optimizer_steps_per_batch} steps ({path} has trained that "

@@ -36,7 +36,7 @@ def adamw_with_warmup(
     decay to ``min_lr_ratio * lr`` at the trainer's last step (a Lightning optimizer config)."""
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total = max(int(module.trainer.estimated_stepping_batches), 1)
+    total = lr_schedule_steps(module)
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -46,6 +46,11 @@ def adamw_with_warmup(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_schedule_steps(module: L.LightningModule) -> int:
+    """The steps :func:`adamw_with_warmup`'s schedule decays over: the trainer's stepping batches (>= 1)."""
+    return max(int(module.trainer.estimated_stepping_batches), 1)
 
 
 class LMPretrainModule(StepIndexed, L.LightningModule):
@@ -96,4 +101,4 @@ class LMPretrainModule(StepIndexed, L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """``schedule_steps``: the steps the learning rate decays over (a resume must keep them:
         ``apps/train.offline_resume_step``)."""
-        checkpoint["schedule_steps"] = int(self.trainer.estimated_stepping_batches)
+        checkpoint["schedule_steps"] = lr_schedule_steps(self)
