@@ -1,6 +1,7 @@
 """Test-wide environment: never touch the network, never log to a W&B account, and never
 oversubscribe the cores (pytest-xdist workers share them; infra/threads.py)."""
 
+import gc
 import os
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def pytest_configure(config):
     else:
         os.environ.setdefault(JOBS_ENV, "1")
     set_threads("auto", "tests")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_collection(session):
+    """Collection imports torch, Lightning and transformers (~0.7 M objects that live until the
+    worker exits): it runs with the cyclic GC paused, and what it created is then frozen (as
+    ``infra/startup.import_frozen`` does for the CLIs), so no later full collection -- nor the
+    worker's exit -- walks them again (``make test-fast``: ~2 s less of ~31 s, measured 2026-12-03)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 @pytest.fixture(scope="session")

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from infalign.apps.config import CONFIG_DIR, apply_threads, instantiate_callbacks, instantiate_trainer
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
-from infalign.math.miscalibration import miscalibration_summary
-from infalign.pipeline.pools import reference_pool
-from infalign.pipeline.trainer import stage_trainers
-from infalign.pipeline.world import load_world
+from infalign.infra.startup import import_frozen
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 SHOWN_PROMPTS = 10
@@ -40,6 +40,13 @@ SHOWN_PROMPTS = 10
 
 def diagnose(cfg: DictConfig) -> dict:
     """Reference pool on the held-out prompts -> summary, per-prompt rows, plot (module docstring)."""
+    # the heavy imports (torch, Lightning, transformers): once per process, frozen (infra/startup.py)
+    import_frozen("infalign.math.miscalibration", "infalign.pipeline.pools", "infalign.pipeline.world")
+    from infalign.math.miscalibration import miscalibration_summary
+    from infalign.pipeline.pools import reference_pool
+    from infalign.pipeline.trainer import stage_trainers
+    from infalign.pipeline.world import load_world
+
     out_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
     apply_threads(cfg.threads)
     predict = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks"))).predict
@@ -62,6 +69,7 @@ def diagnose(cfg: DictConfig) -> dict:
 
 def plot(scores: dict[str, torch.Tensor], path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
+    import torch
 
     from infalign.infra.plotting import save_png
 

@@ -30,6 +30,7 @@ from infalign.apps.config import CONFIG_DIR, instantiate_checked, launcher_jobs
 from infalign.errors import ConfigError, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
+from infalign.infra.startup import import_frozen
 from infalign.infra.threads import declare_jobs, resolve_threads
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
@@ -283,7 +284,8 @@ def run(cfg: DictConfig) -> dict:
         try:
             procedure, transform, algo = validate(cfg)
             name = name_run(cfg, procedure, transform, algo)
-            # the config is valid: now the heavy imports (torch models, Lightning, transformers)
+            # the config is valid: now the heavy imports (torch models, Lightning, transformers), frozen
+            import_frozen("infalign.apps.train_stages")
             from infalign.apps import train_stages
         except BaseException as exc:
             # a failed job leaves a record a sweep report can list

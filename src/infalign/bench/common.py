@@ -28,7 +28,12 @@ def setup_environment(threads: int | str = "auto") -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "TRUE")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import lightning  # noqa: F401  (its import sets its loggers to INFO: import first, then quieten)
+    from infalign.infra.startup import import_frozen
+
+    # Lightning's import sets its loggers to INFO: import first, then quieten. Frozen as the CLIs'
+    # heavy imports are (infra/startup.py), so the steps timed here pay the garbage collector what
+    # a run's steps pay.
+    import_frozen("lightning", "transformers")
     from transformers.utils import logging as hf_logging
 
     from infalign.infra.threads import set_threads
