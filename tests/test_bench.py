@@ -234,3 +234,59 @@ def test_bench_learning_rate_leaves_the_weights_where_they_start():
         opt.step()
         moved = max(float((a - p).abs().max()) for a, p in zip(before, m.parameters()))
         assert (moved <= 1e-11) if lr == RLBench().lr else (moved > 1e-5), (lr, moved)
+
+
+# ---------------------------------------------------------------- section startup
+
+
+def test_startup_section_interleaves_the_variants_and_splits_the_wall_time(monkeypatch):
+    """Light statements stand in for the training stages (a child then takes ~20 ms): every repeat runs
+    plain then frozen after one untimed warm-up, and start + import + exit add up to the wall time."""
+    from infalign.bench import bench_startup
+
+    order = []
+    real = bench_startup.time_process
+
+    def recording(stmt):
+        order.append(stmt)
+        return real(stmt)
+
+    monkeypatch.setattr(bench_startup, "VARIANTS", {"plain": "import json", "frozen": "import csv"})
+    monkeypatch.setattr(bench_startup, "time_process", recording)
+    res = bench_startup.run(3)
+    assert order == ["import infalign"] + ["import json", "import csv"] * 3
+    assert res["repeats"] == 3
+    for parts in res["variants"].values():
+        assert len(parts["wall"]["times_s"]) == 3
+        for i in range(3):
+            total = sum(parts[p]["times_s"][i] for p in ("start", "import", "exit"))
+            assert total == pytest.approx(parts["wall"]["times_s"][i], abs=2e-4)  # 4 roundings to 1e-4
+        assert parts["wall"]["min_s"] <= parts["wall"]["median_s"] <= parts["wall"]["max_s"]
+    assert res["ratio"] == pytest.approx(res["variants"]["plain"]["wall"]["median_s"]
+                                         / res["variants"]["frozen"]["wall"]["median_s"])
+
+
+def test_startup_child_reports_its_import_time():
+    """The child's own clock: a statement that sleeps 0.3 s shows up as import time, not exit."""
+    from infalign.bench.bench_startup import time_process
+
+    t = time_process("time.sleep(0.3)")
+    assert 0.3 <= t["import"] < 0.3 + 0.5 and t["exit"] < 0.5
+    assert t["wall"] == pytest.approx(t["start"] + t["import"] + t["exit"])
+
+
+def test_startup_table_and_section_name():
+    from rich.console import Console
+
+    from infalign.bench.report import print_report
+
+    part = {"median_s": 1.0, "min_s": 0.9, "max_s": 1.2, "times_s": [1.0]}
+    res = {"module": "m", "repeats": 1, "ratio": 1.45,
+           "variants": {"plain": dict.fromkeys(("wall", "start", "import", "exit"), part),
+                        "frozen": dict.fromkeys(("wall", "start", "import", "exit"), part)}}
+    console = Console(record=True, width=200)
+    print_report({"startup": res, "meta": {}}, console)
+    text = console.export_text()
+    assert "plain import" in text and "import_frozen" in text and "1.45x" in text
+    assert "1.00 s (900.0 ms-1.20 s)" in text
+    assert parse_args(["--only", "startup"]).sections == ["startup"]

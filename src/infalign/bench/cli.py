@@ -10,7 +10,7 @@ from pathlib import Path
 
 from infalign.bench.common import default_output, setup_environment
 
-SECTIONS = ("theory", "calibration", "rl", "trl", "build", "scale")
+SECTIONS = ("theory", "calibration", "rl", "trl", "build", "scale", "startup")
 
 
 def _sections(value: str) -> list[str]:
@@ -76,13 +76,21 @@ def run(argv: list[str] | None = None, console=None) -> dict:
     """
     args = parse_args(argv)
     setup_environment(args.threads)
-    from infalign.bench import bench_build, bench_calibration, bench_rl, bench_scale, bench_theory, bench_trl
+    from infalign.bench import (
+        bench_build,
+        bench_calibration,
+        bench_rl,
+        bench_scale,
+        bench_startup,
+        bench_theory,
+        bench_trl,
+    )
     from infalign.bench.report import print_report
     from infalign.infra.cache import atomic_write_json
 
     runners = {"theory": bench_theory.run, "calibration": bench_calibration.run, "rl": bench_rl.run,
                "trl": bench_trl.run, "build": bench_build.run,
-               "scale": bench_scale.run}
+               "scale": bench_scale.run, "startup": bench_startup.run}
     meta = _meta(args)
     results: dict = {}
     if args.only is not None and args.out.exists():

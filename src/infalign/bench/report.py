@@ -173,6 +173,22 @@ def length_warnings(trl_res: dict) -> list[str]:
             if r.get("ratio_mean_length") is not None and abs(r["ratio_mean_length"] - 1) > LENGTH_TOLERANCE]
 
 
+def startup_table(res: dict) -> Table:
+    title = (f"start-up of a training process: a fresh interpreter imports {res['module']} and exits "
+             f"({res['repeats']} interleaved runs each; median (min-max))")
+    table = Table(title=title, title_justify="left",
+                  caption=f"plain / frozen wall: {res['ratio']:.2f}x (infra/startup.py: what the CLIs do)",
+                  caption_justify="left")
+    for col in ("variant", "wall", "interpreter", "import", "exit"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    labels = {"plain": "plain import", "frozen": "import_frozen"}
+    for name, parts in res["variants"].items():
+        cells = (parts[p] for p in ("wall", "start", "import", "exit"))
+        table.add_row(labels.get(name, name),
+                      *(f"{_s(c['median_s'])} ({_s(c['min_s'])}-{_s(c['max_s'])})" for c in cells))
+    return table
+
+
 def print_report(results: dict, console: Console | None = None) -> None:
     if console is None:
         console = Console()
@@ -232,5 +248,7 @@ def print_report(results: dict, console: Console | None = None) -> None:
             console.print(build_limit_table(results["build"]))
     if "scale" in results:
         console.print(scale_table(results["scale"]))
+    if "startup" in results:
+        console.print(startup_table(results["startup"]))
     if "output" in meta:
         console.print(f"figures written to {meta['output']}")
