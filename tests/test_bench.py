@@ -173,6 +173,9 @@ def test_build_section_reports_stages_and_quality(tmp_path):
     assert all(_positive(st[s]["best_s"]) for s in st)
     parts = st["reference_seconds"]["best_s"] + st["sampling_seconds"]["best_s"] + st["reward_seconds"]["best_s"]
     assert parts <= st["build_seconds"]["best_s"] + 1e-9  # one build: the stages are parts of the whole
+    for s in st.values():  # one build: best = median = worst = its time
+        assert len(s["times_s"]) == 1 and s["best_s"] == s["median_s"] == s["max_s"]
+        assert s["times_s"][0] == pytest.approx(s["best_s"], abs=1e-3)
     q = res["quality"]
     assert _positive(q["reference_val_loss"]) and 0 <= q["reward_val_gold_accuracy"] <= 1
     assert res["target_s"] is None and res["ok"] is None  # --quick: a tiny world, no target

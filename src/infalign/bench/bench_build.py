@@ -2,7 +2,7 @@
 
 Builds the default toy world (``toy/build.py``: reference pre-training, pair sampling, reward-model
 training) ``repeats`` times into fresh temporary caches -- never the user's cache -- and reports the
-stage seconds (best and median over builds) with the quality figures a faster build must keep:
+stage seconds (best, median and worst over builds, and each build's) with the quality figures a faster build must keep:
 the reference LM's validation loss, the reward model's held-out accuracy against its Bradley-Terry
 labels and against the gold ordering, and the Bayes ceiling of the former. The builds are
 deterministic (seeded), so the quality figures agree across repeats; a change in them means a
@@ -49,7 +49,8 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
             costs = {"reference": model_cost(artifacts.load_reference()),
                      "reward": model_cost(artifacts.load_reward_scorer().model)}
     peak = matmul_peak()  # on the threads the builds ran on (toy.num_threads unset: the process's)
-    stages = {s: {"best_s": min(b[s] for b in builds), "median_s": statistics.median(b[s] for b in builds)}
+    stages = {s: {"best_s": min(b[s] for b in builds), "median_s": statistics.median(b[s] for b in builds),
+                  "max_s": max(b[s] for b in builds), "times_s": [round(b[s], 3) for b in builds]}
               for s in STAGES}
     best = stages["build_seconds"]["best_s"]
     return {

@@ -114,17 +114,17 @@ def build_table(res: dict) -> Table:
                   caption="quality must stay within noise when the build gets faster: reference val loss (nats/token), "
                           "reward-model held-out accuracy vs its BT labels / vs gold (BT ceiling = Bayes accuracy)",
                   caption_justify="left")
-    for col in ("stage", "best", "median", "target", "status"):
+    for col in ("stage", "best", "median", "worst", "target", "status"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     names = {"reference_seconds": "reference pre-training", "sampling_seconds": "pair sampling",
              "reward_seconds": "reward-model training", "build_seconds": "whole build"}
     for key, name in names.items():
         last = key == "build_seconds"
         status = "-" if not last or res["ok"] is None else ("[green]ok[/]" if res["ok"] else "[red]MISS[/]")
-        table.add_row(name, _s(st[key]["best_s"]), _s(st[key]["median_s"]),
+        table.add_row(name, _s(st[key]["best_s"]), _s(st[key]["median_s"]), _s(st[key].get("max_s")),
                       f"< {_s(res['target_s'])}" if last and res["target_s"] else "-", status)
     table.add_row("quality", f"ref val loss {q['reference_val_loss']:.3f}",
-                  f"RM acc {q['reward_val_accuracy']:.3f} / gold {q['reward_val_gold_accuracy']:.3f}",
+                  f"RM acc {q['reward_val_accuracy']:.3f} / gold {q['reward_val_gold_accuracy']:.3f}", "",
                   f"ceiling {q['reward_val_bt_ceiling']:.3f}", "")
     return table
 
