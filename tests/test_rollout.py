@@ -102,3 +102,22 @@ def test_each_batch_and_each_stream_draws_its_own_randomness():
         for j in range(i):
             assert not torch.equal(draws[i], draws[j])
     assert torch.equal(torch.rand(4, generator=step_generator(3, 0, 2)), draws[3])  # reproducible
+
+
+def test_ended_flags_line_up_with_rows_that_end_differently():
+    """A policy whose eos logit is scaled up (x8) ends some rows early and leaves others cut at the
+    token limit, so a flag moved to another row, or derived from the length, is seen."""
+    world, _ = tiny_models(1)
+    eos = world.tokenizer.eos_token_id
+    with torch.no_grad():
+        world.reference.get_output_embeddings().weight[eos] *= 8
+    prompts = ToyWorld(seed=0).prompts("train", 2)
+    n = 3
+    out = _module(world, prompts, n=n).predict_step(next(iter(prompt_loader(prompts, 2))), 0)
+    roll = sample(world.reference, world.tokenizer, prompts, n, 8, 1.0, None, generator=step_generator(5, 0))
+    ended, lengths = out["ended"].reshape(-1), out["lengths"].reshape(-1)
+    assert ended.any() and not ended.all()  # the fixture mixes both
+    assert (ended & (lengths == 8)).any() and (ended & (lengths < 8)).any()  # ended at the limit and before it
+    assert torch.equal(ended, roll.ended)
+    last = roll.response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
+    assert torch.equal(ended, last == eos)  # ended <=> the row's last real token is eos
