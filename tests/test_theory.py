@@ -909,6 +909,32 @@ def test_run_theory_prediction_is_nan_where_the_grid_does_not_resolve_the_tilt()
     assert math.isnan(extreme["kl"]) and math.isnan(extreme["bon4_win_rate"])
 
 
+def test_run_theory_at_the_measured_kl_is_reachable_only_where_its_numbers_are_right(monkeypatch):
+    """``at_measured_kl.reachable`` is the frontier's ``valid`` (reachable *and* converged), the flag
+    the report's theory gap reads: an unconverged iterative solve that reached the KL is still not a
+    point to compare with. Stub frontiers: reachable and converged / reachable but unconverged."""
+    import math
+
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Identity
+    from infalign.pipeline import evaluate
+
+    real = theory.frontier
+
+    def stub(converged):
+        def frontier(transform, procedure, budgets, *a, **k):
+            f = real(transform, procedure, budgets, *a, **k)
+            f.converged = np.array([converged])
+            return f
+        return frontier
+
+    for converged in (True, False):
+        monkeypatch.setattr(evaluate.theory, "frontier", stub(converged))
+        at = evaluate.theory_prediction(Identity(), BestOfN(n=4), 0.1, 0.2)["at_measured_kl"]
+        assert at["reachable"] is converged and at["kl"] == 0.2
+        assert math.isfinite(at["bon4_win_rate"])  # reached: the tilt's numbers are there, only flagged
+
+
 def test_best_t_flags_a_pick_other_ts_match_within_flat_tol():
     """Where worst-of-8's win rate saturates (KL 2, 4: 1 - 1e-8 and less), other scanned t's reach the
     best win rate within FLAT_TOL (1e-7, the engine's accuracy) and the argmax is float noise: flagged
