@@ -13,8 +13,10 @@ the process holds (CPython's permanent generation, which no collection visits; t
 docs recommend for long-lived start-up state). It does that only on the module's *first* import in
 the process: a process that calls it again (a sweep's jobs in one joblib worker, the test suite)
 must not freeze the garbage of earlier jobs, which would then never be collected. What is frozen
-is start-up state (imported modules, the composed config); objects created later are collected
-as usual. Nothing computed depends on when the GC runs.
+is start-up state (imported modules, the composed config) and the imports' own cyclic garbage:
+~13 k objects for the training stages, under 10 MB of a ~440 MB process, kept for its lifetime
+rather than paying the 0.33 s full collection that would free them first. Objects created later
+are collected as usual. Nothing computed depends on when the GC runs.
 """
 
 from __future__ import annotations
