@@ -1151,7 +1151,7 @@ def test_a_sweep_without_gold_reports_the_reward_model_alone(tmp_path):
 
 
 def test_method_option_names_only_finished_runs_methods(tmp_path):
-    """``--method exp(t=4)`` where exp(t=4)'s only run failed: refused before any comparison, the
+    """``--method exp(t=4)`` where exp(t=4)'s only run failed: refused before anything is written, the
     message listing the finished runs' methods (a failed run has no metrics to compare)."""
     from infalign import report as rep
     from infalign.errors import ConfigError
@@ -1160,4 +1160,4 @@ def test_method_option_names_only_finished_runs_methods(tmp_path):
     assert "exp(t=4)" in {rep.method_of(j) for j in rep.collect(root)}  # the failed job 4 carries it
     with pytest.raises(ConfigError, match=r"--method.*exp\(t=4\).*finished runs: exp\(t=2\), identity, raw$"):
         rep.build_report(root, tmp_path / "out", methods=["exp(t=4)"])
-    rep.build_report(root, tmp_path / "out", methods=["exp(t=2)", "raw"])  # finished: accepted
+    assert not (tmp_path / "out").exists()  # refused before any table or plot was written

@@ -53,6 +53,9 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     require(judge == "all" or judge in JUDGES, "judge", judge, f"one of {', '.join(JUDGES)} or all")
     root, out_dir = Path(root), Path(out_dir)
     jobs = collect(root, skip=[out_dir])
+    present = sorted({m for j in jobs if j.status == "finished" and (m := method_of(j)) is not None})
+    if methods is not None and (unknown := sorted(set(methods) - set(present))):  # before anything is written
+        raise ConfigError("--method", unknown, f"methods of the finished runs: {', '.join(present)}")
     judges = (present_judges(jobs) or list(JUDGES)) if judge == "all" else [judge]
     rows = [job_row(j, judges) for j in jobs]
     series = build_series(jobs, judges)
@@ -65,9 +68,6 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     atomic_write_text(paths["md"], markdown(rows, judges, jobs, root))
     for which in PLOTS:
         plot_series(series, judges, which, paths[f"plot_{which}"])
-    present = sorted({m for j in jobs if j.status == "finished" and (m := method_of(j)) is not None})
-    if methods is not None and (unknown := sorted(set(methods) - set(present))):
-        raise ConfigError("--method", unknown, f"methods of the finished runs: {', '.join(present)}")
     panels, notes = compare_panels(jobs, judges, baselines, num_kl, num_resamples, methods=methods)
     matched = matched_kl_rows(panels)
     atomic_write_csv(paths["matched_kl_csv"], matched, MATCHED_KL_COLUMNS)
