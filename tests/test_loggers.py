@@ -79,6 +79,15 @@ def test_wandb_logger_validates_mode_and_keeps_the_run_id_of_the_run_dir(tmp_pat
     assert explicit._wandb_init["id"] == "abc12345"
 
 
+def test_wandb_logger_passes_anonymous_only_when_asked(tmp_path):
+    """Lightning hands wandb.init ``anonymous=None`` unless asked, which wandb warns about on every run
+    (a deprecated setting): left out then; ``anonymous=True`` still reaches wandb as ``"allow"``."""
+    plain = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline")
+    assert "anonymous" not in plain._wandb_init
+    asked = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline", anonymous=True)
+    assert asked._wandb_init["anonymous"] == "allow"
+
+
 @pytest.mark.slow
 def test_wandb_logger_logs_summary_samples_plot_and_marks_a_failed_run(tmp_path):
     """An offline W&B run (a wandb service process: a few seconds)."""

@@ -16,6 +16,7 @@ Each stage calls its factory with its own arguments (``max_steps``, ``logger=Fal
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar
 
 TrainerFactory = Callable[..., L.Trainer]
+# Lightning's own use of a torch pytree API that torch deprecated (lightning/pytorch/utilities/
+# _pytree.py), raised inside every fit and predict of every stage: nothing a user can act on
+warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 
 
 @dataclass(frozen=True)
