@@ -250,10 +250,11 @@ def _cell(f: theory.Frontier, i: int) -> str:
 
 
 def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from infalign.infra.console import console as rich_console
+
+    console = rich_console()
     budgets = frontiers[0].kl_budget
     picks = np.unique(np.linspace(0, len(budgets) - 1, min(6, len(budgets))).round().astype(int))
     table = Table(title=f"{procedure.label} win rate vs pi_ref at KL budget (nats)")

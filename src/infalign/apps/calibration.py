@@ -102,8 +102,9 @@ def plot(scores: dict[str, torch.Tensor], path: Path, summary: dict) -> None:
 
 
 def print_summary(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from infalign.infra.console import console
 
     table = Table(title=f"miscalibration across {summary['n_prompts']} held-out prompts "
                         f"({summary['n_samples']} reference samples each)")
@@ -115,7 +116,7 @@ def print_summary(summary: dict) -> None:
             s = summary[judge]
             table.add_row(judge, f"{s['std_cv']:.3f}", f"{s.get('std_cv_denoised', float('nan')):.3f}",
                           f"{s['mean_spread_ratio']:.3f}", f"{s['offset_ratio']:.3f}")
-    Console().print(table)
+    console().print(table)
     if "log_std_corr" in summary:
         print(f"corr(log per-prompt std: reward model, gold) = {summary['log_std_corr']:.3f}; "
               f"within-prompt pairwise accuracy of the reward model vs gold = {summary['pairwise_accuracy']:.3f}")

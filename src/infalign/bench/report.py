@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from infalign.infra.console import console as rich_console
+
 # |ours/TRL mean response length - 1| above which the completions/s ratio is flagged
 LENGTH_TOLERANCE = 0.10
 
@@ -191,9 +193,7 @@ def startup_table(res: dict) -> Table:
 
 def print_report(results: dict, console: Console | None = None) -> None:
     if console is None:
-        console = Console()
-        if not console.is_terminal:  # piped / captured: rich would wrap at 80 columns
-            console = Console(width=150)
+        console = rich_console()
     meta = results.get("meta", {})
     console.print(f"[bold]infalign bench[/]  torch {meta.get('torch')}  transformers {meta.get('transformers')}  "
                   f"threads {meta.get('threads')}  repeats {meta.get('repeats')}"

@@ -138,8 +138,9 @@ def plot_win_rates(rec: RunRecord, procedure, path: Path) -> None:
 def print_summary(rec: RunRecord, procedure) -> None:
     """The closing table: KL, standard and N win rates (reward model and gold) with CIs, theory; then
     the response statistics and the reward model's miscalibration, one line each."""
-    from rich.console import Console
     from rich.table import Table
+
+    from infalign.infra.console import console
 
     ev = rec.eval
     key = procedure.win_rate_key if procedure.uses_n else None
@@ -169,12 +170,13 @@ def print_summary(rec: RunRecord, procedure) -> None:
             if key:
                 row.append(f"{m[key]:.3f}")
             table.add_row(*row)
-    Console().print(table)
+    out = console()
+    out.print(table)
     if ev.responses:
-        Console().print(responses_line(ev.responses))
+        out.print(responses_line(ev.responses))
     mis = ev.miscalibration
     if mis:
-        Console().print(miscalibration_line(mis))
+        out.print(miscalibration_line(mis))
 
 
 def responses_line(responses: dict) -> str:

@@ -42,11 +42,12 @@ def print_matched_kl(report: Report, console) -> None:
 def print_tables(report: Report, console=None, wandb_info: dict | None = None) -> None:
     """Rich tables: failed/missing jobs (swept overrides, reason); finished runs sorted by family
     then KL; the files written."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = console or Console()
+    from infalign.infra.console import console as rich_console
+
+    console = console or rich_console()
     bad = [j for j in report.jobs if j.status != "finished"]
     counts = report.summary["counts"]
     console.print(f"[bold]{escape(str(report.root))}[/]: {counts['total']} jobs: {counts['finished']} finished, "
