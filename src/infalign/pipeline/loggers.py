@@ -113,8 +113,9 @@ class RunWandbLogger(WandbLogger):
         super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
         # Lightning always passes wandb.init an ``anonymous`` setting (None unless asked for), which
         # wandb deprecated and warns about on every run: an unset one is left out
-        if self._wandb_init.get("anonymous") is None:
-            self._wandb_init.pop("anonymous", None)
+        init = getattr(self, "_wandb_init", None)  # (Lightning's private dict: left alone if it changes)
+        if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
+            del init["anonymous"]
 
     def log_record(self, record: RunRecord, files: dict[str, Path]) -> None:
         """The summary also as the W&B run summary, the sample responses as a table, the win-rate plot."""
