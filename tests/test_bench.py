@@ -293,3 +293,13 @@ def test_startup_table_and_section_name():
     assert "plain import" in text and "import_frozen" in text and "1.45x" in text
     assert "1.00 s (900.0 ms-1.20 s)" in text
     assert parse_args(["--only", "startup"]).sections == ["startup"]
+
+
+@pytest.mark.slow  # a quick pool draw through Trainer.predict (~2 s)
+def test_calibration_section_draws_a_pool(tmp_path):
+    """The calibration section runs (it once passed draw_pool a config without ``.get``, which the
+    sampling settings read, and `make bench` stopped there) and reports a full pool's throughput."""
+    res = run(["--quick", "--only", "calibration", "--out", str(tmp_path / "bench.json")])["calibration"]
+    assert res["responses"] == res["prompts"] * res["k"] == 64
+    assert _positive(res["best_s"]) and _positive(res["responses_per_s"])
+    assert 1 <= res["mean_length"] <= res["max_new_tokens"]

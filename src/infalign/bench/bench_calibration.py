@@ -7,13 +7,13 @@ Goes through :func:`infalign.pipeline.pools.draw_pool` -- ``RolloutModule`` + ``
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 from infalign.bench.common import num_params, rate, time_calls, toy_setup
 
 
 def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     import lightning as L
+    from omegaconf import OmegaConf
 
     from infalign.pipeline.pools import draw_pool
 
@@ -21,7 +21,8 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     n_prompts, k, max_new = (8, 8, 8) if quick else (64, 32, 20)
     batch_size = 64  # conf/calibration/default.yaml: prompts per sampling batch
     setup = toy_setup(size, n_prompts, reward_size=size, seed=seed, calibration=False)
-    gen_cfg = SimpleNamespace(max_new_tokens=max_new, temperature=1.0, batch_size=batch_size)
+    # the calibration config group's keys, as the stage reads them (a DictConfig: .get for the optional ones)
+    gen_cfg = OmegaConf.create({"max_new_tokens": max_new, "temperature": 1.0, "batch_size": batch_size})
     trainer = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
                                 enable_model_summary=False)
     pools: list[dict] = []
