@@ -303,3 +303,23 @@ def test_calibration_section_draws_a_pool(tmp_path):
     assert res["responses"] == res["prompts"] * res["k"] == 64
     assert _positive(res["best_s"]) and _positive(res["responses_per_s"])
     assert 1 <= res["mean_length"] <= res["max_new_tokens"]
+
+
+def test_scale_section_rows_add_up_and_match_a_hand_estimate():
+    """Every (model, GPU) row: the step is its phases' sum and the training time 500 steps of it. By
+    hand for Qwen2.5-0.5B on an H100 (bf16, 40 % MFU, 15 ms a decode step): 127 decode steps of
+    max(~2 x 0.494e9 x 128 FLOP / (0.4 x 989e12), 0.988e9 B / 3.35e12 B/s) + 15 ms = ~15.3 ms, plus a
+    ~0.02 s prefill: ~1.97 s of generation (1 % tolerance: the hand count rounds the FLOPs)."""
+    from infalign.bench import bench_scale
+
+    res = bench_scale.run(1, quick=True)
+    assert {(r["model"], r["gpu"]) for r in res["rows"]} >= {("Qwen2.5-0.5B-Instruct", "H100 SXM")}
+    for r in res["rows"]:
+        phases = {k: v for k, v in r["phases_s"].items() if k != "step"}
+        assert r["phases_s"]["step"] == pytest.approx(sum(phases.values()))
+        assert r["train_minutes"] == pytest.approx(res["steps"] * r["phases_s"]["step"] / 60)
+        assert "old_logprobs" in phases  # bf16: the extra teacher-forced forward is counted
+    small = next(r for r in res["rows"] if r["model"] == "Qwen2.5-0.5B-Instruct" and r["gpu"] == "H100 SXM")
+    per_step = max(2 * 0.494e9 * 128 / (0.4 * 989e12), 0.988e9 / 3.35e12) + 0.015
+    prefill = 2 * 0.494e9 * 32 * 256 / (0.4 * 989e12)
+    assert small["phases_s"]["generation"] == pytest.approx(127 * per_step + prefill, rel=0.01)
