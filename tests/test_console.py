@@ -12,8 +12,11 @@ def test_a_piped_console_is_wide_unless_told_otherwise(monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
     assert console(file=io.StringIO()).width == PIPED_WIDTH == 150
     assert console(file=io.StringIO(), width=90).width == 90
+    assert console(file=io.StringIO(), width=None).width == PIPED_WIDTH  # None: "no width given"
     monkeypatch.setenv("COLUMNS", "100")  # rich's own override, honoured
     assert console(file=io.StringIO()).width == 100
+    monkeypatch.setenv("COLUMNS", "abc")  # not a number: rich ignores it, so do we
+    assert console(file=io.StringIO()).width == PIPED_WIDTH
 
 
 def test_a_terminal_keeps_its_width(monkeypatch):

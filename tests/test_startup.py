@@ -92,6 +92,7 @@ def test_the_gc_state_is_restored_when_the_import_fails(probe):
         else:
             raise AssertionError("the import error was swallowed")
         assert gc.isenabled()
+        assert gc.get_freeze_count() == 0  # nothing frozen: the next job retries and must not freeze this one's garbage
         gc.disable()  # a caller that had the GC off keeps it off
         import_frozen("probe_mod")
         assert not gc.isenabled()

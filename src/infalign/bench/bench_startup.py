@@ -7,8 +7,10 @@ final garbage collection walks every object still tracked). Two variants, interl
 ``repeats`` times so that machine drift hits both alike:
 
 * ``plain``  -- ``import infalign.apps.train_stages`` (the cyclic GC on throughout);
-* ``frozen`` -- ``infra/startup.import_frozen("infalign.apps.train_stages")``, what the CLIs do:
-  the GC paused during the import, what it created then frozen (``gc.freeze``).
+* ``frozen`` -- what ``infalign-train`` does: ``import infalign.apps.train`` (the CLI module, which
+  brings torch in with the GC on), then, after validation, ``infra/startup.import_frozen(
+  "infalign.apps.train_stages")``: Lightning and transformers with the GC paused, then everything
+  alive frozen (``gc.freeze``).
 
 Figures: median, min and max seconds of each part; ``ratio`` = plain / frozen median wall.
 """
@@ -24,7 +26,8 @@ import time
 MODULE = "infalign.apps.train_stages"
 VARIANTS = {
     "plain": f"import {MODULE}",
-    "frozen": f"from infalign.infra.startup import import_frozen; import_frozen({MODULE!r})",
+    "frozen": ("import infalign.apps.train; from infalign.infra.startup import import_frozen; "
+               f"import_frozen({MODULE!r})"),
 }
 # the child prints when its import ended (wall clock, comparable across processes)
 CHILD = "import time, sys; t0 = time.time(); {stmt}; t1 = time.time(); print(t0, t1); sys.stdout.flush()"
@@ -34,9 +37,10 @@ def time_process(stmt: str) -> dict:
     """One child: seconds of interpreter start, import, and exit (parent-side wall minus the rest)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     start = time.time()
-    proc = subprocess.run([sys.executable, "-c", CHILD.format(stmt=stmt)], capture_output=True, text=True,
-                          env=env, check=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD.format(stmt=stmt)], capture_output=True, text=True, env=env)
     end = time.time()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the start-up child failed ({proc.returncode}): {stmt}\n{proc.stderr[-2000:]}")
     t0, t1 = (float(x) for x in proc.stdout.split()[-2:])
     return {"wall": end - start, "start": t0 - start, "import": t1 - t0, "exit": end - t1}
 

@@ -31,8 +31,9 @@ def setup_environment(threads: int | str = "auto") -> None:
     from infalign.infra.startup import import_frozen
 
     # Lightning's import sets its loggers to INFO: import first, then quieten. Frozen as the CLIs'
-    # heavy imports are (infra/startup.py), so the steps timed here pay the garbage collector what
-    # a run's steps pay.
+    # heavy imports are (infra/startup.py), so full collections in the timed steps do not walk
+    # Lightning's and torch's import-time objects (modules the sections import later -- HF's model
+    # classes, TRL -- are not frozen).
     import_frozen("lightning", "transformers")
     from transformers.utils import logging as hf_logging
 

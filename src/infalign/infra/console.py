@@ -18,8 +18,8 @@ PIPED_WIDTH = 150
 
 def console(**kwargs) -> Console:
     """``rich.console.Console(**kwargs)``; :data:`PIPED_WIDTH` columns wide when its output is not
-    a terminal and neither ``width`` nor ``COLUMNS`` says otherwise."""
+    a terminal and neither ``width`` nor a valid ``COLUMNS`` (digits, as rich reads it) says otherwise."""
     con = Console(**kwargs)
-    if not con.is_terminal and "width" not in kwargs and not os.environ.get("COLUMNS"):
-        con = Console(width=PIPED_WIDTH, **kwargs)
+    if not con.is_terminal and kwargs.get("width") is None and not os.environ.get("COLUMNS", "").isdigit():
+        con = Console(**{**kwargs, "width": PIPED_WIDTH})
     return con

@@ -28,8 +28,9 @@ import sys
 
 def import_frozen(*names: str) -> None:
     """``importlib.import_module`` each of ``names``; if any was not imported yet, with the cyclic
-    GC paused during the imports and every object then alive moved to the permanent generation
-    (``gc.freeze``). The GC's enabled state is restored whatever an import raises."""
+    GC paused during the imports and, once they succeeded, every object then alive moved to the
+    permanent generation (``gc.freeze``). The GC's enabled state is restored whatever an import
+    raises (and nothing is frozen then)."""
     if all(name in sys.modules for name in names):
         return
     enabled = gc.isenabled()
@@ -37,7 +38,9 @@ def import_frozen(*names: str) -> None:
     try:
         for name in names:
             importlib.import_module(name)
-    finally:
+        # only after a successful import: a failed one is retried by the next job, which must not
+        # freeze this job's garbage
         gc.freeze()
+    finally:
         if enabled:
             gc.enable()

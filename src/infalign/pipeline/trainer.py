@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ProgressBar
 TrainerFactory = Callable[..., L.Trainer]
 # Lightning's own use of a torch pytree API that torch deprecated (lightning/pytorch/utilities/
 # _pytree.py), raised inside every fit and predict of every stage: nothing a user can act on
-warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", module="lightning")
 
 
 @dataclass(frozen=True)
