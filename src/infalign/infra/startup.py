@@ -1,6 +1,6 @@
 """A command-line process's heavy imports, without the cyclic garbage collector walking them.
 
-Importing torch, Lightning and transformers creates millions of container objects (modules,
+Importing torch, Lightning and transformers creates ~0.7 million container objects (modules,
 functions, classes, sympy and ``torch._dynamo`` tables) that live until the process exits. CPython's
 cyclic GC does not know that: while they are imported it runs full (generation-2) collections over
 the growing heap, every later full collection walks them all again, and the interpreter's exit
@@ -10,7 +10,9 @@ went from 6.35 s to 4.6 s wall with :func:`import_frozen` (8 full collections, 0
 
 :func:`import_frozen` imports a module with the GC paused and then ``gc.freeze()``\\ s every object
 the process holds (CPython's permanent generation, which no collection visits; the API Python's
-docs recommend for long-lived start-up state). It does that only on the module's *first* import in
+docs recommend for long-lived start-up state) -- including what was imported before with the GC
+on (``infalign-train``'s own module brings torch in; it pauses the GC only for the stages'
+Lightning and transformers, imported after validation). It does that only on the module's *first* import in
 the process: a process that calls it again (a sweep's jobs in one joblib worker, the test suite)
 must not freeze the garbage of earlier jobs, which would then never be collected. What is frozen
 is start-up state (imported modules, the composed config) and the imports' own cyclic garbage:
