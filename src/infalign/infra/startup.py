@@ -23,26 +23,35 @@ are collected as usual. Nothing computed depends on when the GC runs.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import sys
+from collections.abc import Iterator
 
 
-def import_frozen(*names: str) -> None:
-    """``importlib.import_module`` each of ``names``; if any was not imported yet, with the cyclic
-    GC paused during the imports and, once they succeeded, every object then alive moved to the
-    permanent generation (``gc.freeze``). The GC's enabled state is restored whatever an import
-    raises (and nothing is frozen then)."""
-    if all(name in sys.modules for name in names):
-        return
+@contextlib.contextmanager
+def frozen_start_up() -> Iterator[None]:
+    """Run the block with the cyclic GC paused and, if it completes, move every object then alive to
+    the permanent generation (``gc.freeze``): for a block that creates long-lived start-up state
+    (heavy imports; the test workers' collection). The GC's enabled state is restored whatever the
+    block raises, and nothing is frozen then: a failed import is retried by the next job, which must
+    not freeze this job's garbage."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        for name in names:
-            importlib.import_module(name)
-        # only after a successful import: a failed one is retried by the next job, which must not
-        # freeze this job's garbage
+        yield
         gc.freeze()
     finally:
         if enabled:
             gc.enable()
+
+
+def import_frozen(*names: str) -> None:
+    """``importlib.import_module`` each of ``names``; if any was not imported yet, inside
+    :func:`frozen_start_up` (GC paused, then everything alive frozen once the imports succeeded)."""
+    if all(name in sys.modules for name in names):
+        return
+    with frozen_start_up():
+        for name in names:
+            importlib.import_module(name)
