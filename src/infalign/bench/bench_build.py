@@ -25,8 +25,9 @@ different world).
 
 from __future__ import annotations
 
-import statistics
 import tempfile
+
+from infalign.bench.common import Timing
 
 STAGES = ("reference_seconds", "sampling_seconds", "reward_seconds", "build_seconds")
 QUALITY = ("reference_val_loss", "reward_val_accuracy", "reward_val_gold_accuracy", "reward_val_bt_ceiling")
@@ -49,9 +50,7 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
             costs = {"reference": model_cost(artifacts.load_reference()),
                      "reward": model_cost(artifacts.load_reward_scorer().model)}
     peak = matmul_peak()  # on the threads the builds ran on (toy.num_threads unset: the process's)
-    stages = {s: {"best_s": min(b[s] for b in builds), "median_s": statistics.median(b[s] for b in builds),
-                  "max_s": max(b[s] for b in builds), "times_s": [round(b[s], 3) for b in builds]}
-              for s in STAGES}
+    stages = {s: Timing([b[s] for b in builds]).as_dict() for s in STAGES}
     best = stages["build_seconds"]["best_s"]
     return {
         "label": "toy world build (default config)" if not quick else "toy world build (tiny, --quick)",

@@ -12,16 +12,18 @@ final garbage collection walks every object still tracked). Two variants, interl
   "infalign.apps.train_stages")``: Lightning and transformers with the GC paused, then everything
   alive frozen (``gc.freeze``).
 
-Figures: median, min and max seconds of each part; ``ratio`` = plain / frozen median wall.
+Figures: best, median and worst seconds of each part (:class:`~infalign.bench.common.Timing`);
+``ratio`` = plain / frozen median wall.
 """
 
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import time
+
+from infalign.bench.common import Timing
 
 MODULE = "infalign.apps.train_stages"
 VARIANTS = {
@@ -45,11 +47,6 @@ def time_process(stmt: str) -> dict:
     return {"wall": end - start, "start": t0 - start, "import": t1 - t0, "exit": end - t1}
 
 
-def summary(values: list[float]) -> dict:
-    return {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values),
-            "times_s": [round(v, 4) for v in values]}
-
-
 def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     del seed  # nothing random
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
@@ -57,7 +54,7 @@ def run(repeats: int, quick: bool = False, seed: int = 0) -> dict:
     for _ in range(max(1, repeats if not quick else 1)):
         for name, stmt in VARIANTS.items():
             runs[name].append(time_process(stmt))
-    variants = {name: {part: summary([r[part] for r in rs]) for part in ("wall", "start", "import", "exit")}
+    variants = {name: {part: Timing([r[part] for r in rs]).as_dict() for part in ("wall", "start", "import", "exit")}
                 for name, rs in runs.items()}
     return {"module": MODULE, "repeats": len(runs["plain"]), "variants": variants,
             "ratio": variants["plain"]["wall"]["median_s"] / variants["frozen"]["wall"]["median_s"]}

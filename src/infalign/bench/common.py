@@ -75,8 +75,12 @@ class Timing:
     def median(self) -> float:
         return statistics.median(self.times)
 
+    @property
+    def worst(self) -> float:
+        return max(self.times)
+
     def as_dict(self) -> dict:
-        return {"best_s": self.best, "median_s": self.median, "runs": len(self.times),
+        return {"best_s": self.best, "median_s": self.median, "max_s": self.worst, "runs": len(self.times),
                 "times_s": [round(t, 6) for t in self.times]}
 
 

@@ -187,7 +187,7 @@ def startup_table(res: dict) -> Table:
     for name, parts in res["variants"].items():
         cells = (parts[p] for p in ("wall", "start", "import", "exit"))
         table.add_row(labels.get(name, name),
-                      *(f"{_s(c['median_s'])} ({_s(c['min_s'])}-{_s(c['max_s'])})" for c in cells))
+                      *(f"{_s(c['median_s'])} ({_s(c['best_s'])}-{_s(c['max_s'])})" for c in cells))
     return table
 
 
