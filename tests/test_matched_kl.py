@@ -43,12 +43,15 @@ def test_tiny_case_by_hand():
     np.testing.assert_allclose(res.win_rate["exp"][0], [0.7, 0.8, 0.9], atol=1e-12)
     (g,) = [g for g in res.gains if (g.method, g.baseline) == ("exp", "identity")]
     np.testing.assert_allclose(g.gain, [0.1, 0.1, 0.1], atol=1e-12)
+    # The measured curves (.2,.6)-(.6,.8) and (.2,.7)-(.6,.9) both have slope .5: a resample continues
+    # its end point with it (not with its own end segment's slope).
     # (2,0): identity (.1,.5)-(.5,.6), exp (.2,.7)-(.4,.8): at .2 .525 vs .7; at .4 .575 vs .8; at .6
-    #        both continue their end segment: .625 vs .9 -> gains .175, .225, .275
-    # (0,2): identity (.3,.7)-(.7,1.0) continued down to .2: .625, exp (.2,.7)-(.8,1.0): .7 -> gains .075,
-    #        .8 - .775 = .025, .9 - .925 = -.025
-    np.testing.assert_allclose(g.low, [0.075, 0.025, -0.025], atol=1e-12)
-    np.testing.assert_allclose(g.high, [0.175, 0.225, 0.275], atol=1e-12)
+    #        both continue from their last point: .6 + .5 * .1 = .65 vs .8 + .5 * .2 = .9
+    #        -> gains .175, .225, .25
+    # (0,2): identity (.3,.7)-(.7,1.0) continued down to .2: .7 - .5 * .1 = .65, exp (.2,.7)-(.8,1.0): .7
+    #        -> gains .05, .8 - .775 = .025, .9 - .925 = -.025
+    np.testing.assert_allclose(g.low, [0.05, 0.025, -0.025], atol=1e-12)
+    np.testing.assert_allclose(g.high, [0.175, 0.225, 0.25], atol=1e-12)
     assert g.prompt_significant.tolist() == [True, True, False]
     assert not np.any(g.significant)  # one seed each: training noise not assessed, no verdict
     assert g.n_seeds == 1 and np.all(np.isnan(g.seed_spread)) and np.all(np.isnan(g.total_low))
@@ -122,6 +125,9 @@ def test_interpolation_is_exact_on_linear_data_and_never_extrapolates():
     np.testing.assert_allclose(out[1:3], [0.7, 0.6])
     ends = interpolate(np.array([1.0, 2.0, 4.0]), np.array([0.5, 0.9, 1.0]), np.array([0.5, 5.0]), continue_ends=True)
     np.testing.assert_allclose(ends, [0.3, 1.05])  # resamples only: along the first / last segment
+    sloped = interpolate(np.array([1.0, 2.0, 4.0]), np.array([0.5, 0.9, 1.0]), np.array([0.5, 3.0, 5.0]),
+                         continue_ends=True, end_slopes=(0.1, -0.2))
+    np.testing.assert_allclose(sloped, [0.45, 0.95, 0.8])  # given slopes through the end points; inside unchanged
     # monotone data -> monotone interpolant that stays within the data's range (no overshoot)
     xs = np.sort(rng.uniform(0, 1, 9))
     ys = np.sqrt(xs) + np.cumsum(rng.uniform(0, 0.1, 9))
@@ -473,3 +479,44 @@ def test_total_interval_uses_the_bootstrap_sd_with_ddof_one():
 def test_interpolate_at_tied_x_uses_the_later_point():
     """As its docstring says (matched_kl merges tied KLs before it interpolates)."""
     assert interpolate(np.array([0.0, 1.0, 1.0, 2.0]), np.array([0.0, 1.0, 5.0, 2.0]), np.array([1.0]))[0] == 5.0
+
+
+def _close_end_world(rep: int, gain: float, n: int = 128) -> list[Run]:
+    """Three seeds of identity (KL 0.1 / 0.3 / 0.6) and of a method ``gain`` above it whose seed-0
+    curve starts with two runs close in KL (0.200, 0.215) -- a KL knob's two smallest settings --,
+    so the common grid starts at that curve's first point. Per-prompt KLs vary (log-normal, sd
+    0.6), win rates are linear in KL plus a shared prompt effect and evaluation noise."""
+    rng = np.random.default_rng(rep)
+    d = rng.normal(0, 0.15, n)
+    ids = tuple(str(i) for i in range(n))
+
+    def run(method, seed, kl, g):
+        kp = kl * np.exp(rng.normal(0, 0.6, n))
+        kp *= kl / kp.mean()
+        return Run(method, seed, kp, np.clip(0.55 + 0.2 * kp + g + d + rng.normal(0, 0.05, n), 0, 1), ids)
+
+    runs = []
+    for s in range(3):
+        runs += [run("identity", s, k, 0.0) for k in (0.1, 0.3, 0.6)]
+        runs += [run("m", s, k, gain) for k in ((0.200, 0.215, 0.6) if s == 0 else (0.15, 0.35, 0.65))]
+    return runs
+
+
+def test_a_resample_continues_a_curve_with_its_measured_end_slope():
+    """A resample can move a curve's two lowest runs (KL 0.200 / 0.215, per-prompt KL noise larger than
+    their distance) onto almost the same KL; continuing *that* near-vertical segment to the grid's first
+    KL read win rates far outside [0, 1] (-24 points at 0.08 nats out), and the bootstrap's sd made the
+    total interval [-9.6, +14.6] around a +2.5 gain whose prompt and seed intervals both excluded 0.
+    The continuation now has the measured curve's end slope: at the edge KL a 2-point gain is
+    significant in 17+ of 20 worlds (20 measured), with a total interval under 3 points wide
+    (1.7 median; it was 10), and an A/A gain in none."""
+    found, widths = 0, []
+    for rep in range(20):
+        g = matched_kl(_close_end_world(rep, 0.02), baselines=["identity"], num_resamples=500).gains[0]
+        found += bool(g.significant[0])
+        widths.append(g.total_high[0] - g.total_low[0])
+        assert g.low[0] <= 0.02 <= g.high[0] or abs(g.gain[0] - 0.02) < 0.01
+    assert found >= 17 and np.median(widths) < 0.03
+    aa = [matched_kl(_close_end_world(rep, 0.0), baselines=["identity"], num_resamples=500).gains[0]
+          for rep in range(20)]
+    assert not any(g.significant.any() for g in aa)

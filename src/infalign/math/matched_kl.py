@@ -26,10 +26,14 @@ drawn in resample ``b``; rows sum to ``P``) is shared by every run, so the resam
 resamples. Every curve is rebuilt from its resampled points and re-evaluated on the (fixed) grid,
 vectorised over ``b``; runs of one curve at the same ``K_r`` are averaged within each resample,
 as in the point estimate. Because a resample moves a curve's end points, a grid KL can fall just outside
-a resampled curve's range (by about the KL's own CI); there the resampled curve is continued along
-its end segment, which is exact for locally linear curves (holding the end value instead would bias
-every resample with a moved end towards it). Only resamples do this: the point estimates, and so the
-grid, never leave a curve's measured range.
+a resampled curve's range (by about the KL's own CI); there the resampled curve is continued from its
+end point with the *measured* curve's end slope, which is exact for locally linear curves (holding the
+end value instead would bias every resample with a moved end towards it). Not with the resample's own
+end slope: two runs close in KL (a KL knob's two smallest settings) can land on almost the same KL in
+a resample, and continuing that near-vertical segment read win rates far outside [0, 1], which
+widened the prompt CI and blew up the bootstrap sd behind the total interval (``se_prompt`` below;
+tests/test_matched_kl.py). Only resamples do this: the point estimates, and so the grid, never leave
+a curve's measured range.
 Percentile intervals: the ``(1-level)/2`` and ``(1+level)/2`` quantiles over ``b``. Sharing ``C``
 makes per-prompt difficulty cancel in gains; ``paired=False`` draws an independent ``C`` per method
 (for comparison only: it ignores that the methods were judged on the same prompts).
@@ -207,15 +211,17 @@ def _merge_tied_columns(key: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray,
     return tuple(c @ onehot for c in cols)
 
 
-def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: bool = False) -> np.ndarray:
+def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: bool = False,
+                end_slopes: tuple[float, float] | None = None) -> np.ndarray:
     """Piecewise-linear interpolation of points ``(x_r, y_r)`` at ``grid``, batched over leading axes.
 
     ``x``, ``y``: ``[..., R]`` (any order; sorted here along the last axis); ``grid``: ``[K]``.
     Returns ``[..., K]``: ``y_i + (g - x_i) (y_{i+1} - y_i) / (x_{i+1} - x_i)`` on the segment
     ``x_i <= g <= x_{i+1}``. Outside ``[min x, max x]``: NaN, or with ``continue_ends=True`` the
-    first / last segment's line (bootstrap resamples only, see the module docstring; a single point
-    gives its constant). Equal ``x`` in a row: the later one in sort order is used (merge ties
-    first, :func:`_merge_ties`).
+    line through the first / last point with the first / last segment's slope, or with the slopes
+    ``end_slopes = (left, right)`` when given (bootstrap resamples only, see the module docstring;
+    a single point gives its constant). Equal ``x`` in a row: the later one in sort order is used
+    (merge ties first, :func:`_merge_ties`).
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
@@ -235,9 +241,20 @@ def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: b
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = np.where(width > 0, (grid - x0) / np.where(width > 0, width, 1.0), 0.5)
     out = y0 + frac * (y1 - y0)  # frac < 0 / > 1 only before the first / after the last point
+    before, after = grid < xs[..., :1], grid > xs[..., -1:]
     if not continue_ends:
-        out = np.where((grid >= xs[..., :1]) & (grid <= xs[..., -1:]), out, np.nan)
+        return np.where(before | after, np.nan, out)
+    if end_slopes is not None:
+        left, right = end_slopes
+        out = np.where(before, ys[..., :1] + left * (grid - xs[..., :1]), out)
+        out = np.where(after, ys[..., -1:] + right * (grid - xs[..., -1:]), out)
     return out
+
+
+def _end_slopes(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slopes of the first and last segment of the curve through the sorted, tie-merged points
+    ``(x, y)`` (>= 2 of them): what a resampled curve is continued with (module docstring)."""
+    return float((y[1] - y[0]) / (x[1] - x[0])), float((y[-1] - y[-2]) / (x[-1] - x[-2]))
 
 
 def common_range(ranges: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
@@ -332,8 +349,10 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     point: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [K]
     boot: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [B, K]
     for (m, s), idx in curves.items():
-        point[m][s] = interpolate(*_merge_ties(kbar[idx], wbar[idx]), grid)
-        boot[m][s] = interpolate(*_merge_tied_columns(kbar[idx], kb[:, idx], wb[:, idx]), grid, continue_ends=True)
+        vx, vy = _merge_ties(kbar[idx], wbar[idx])
+        point[m][s] = interpolate(vx, vy, grid)
+        boot[m][s] = interpolate(*_merge_tied_columns(kbar[idx], kb[:, idx], wb[:, idx]), grid, continue_ends=True,
+                                 end_slopes=_end_slopes(vx, vy))
     alpha = (1.0 - level) / 2.0
     for m in methods:
         mean_b = np.mean(list(boot[m].values()), 0)
