@@ -477,11 +477,14 @@ def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
     assert ("expn(t=4) is ahead of identity on these prompts: +6.0 [+6.0, +6.0] points (1 seed each: training "
             "noise not assessed, no verdict)") in bon4
     assert "identity is ahead of raw on these prompts: +1.0 [+1.0, +1.0] points" in bon4
+    # a run left out of a panel is said on the console and in the summary, not only in matched_kl.md
+    assert "identity: 1 run left out: prompt_ids differ from the panel's 40 prompts" in bon4
     std = flat.split("standard (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62:")[1].split("bon2")[0]
     assert "identity does not clearly differ from raw on these prompts: +0.0 [+0.0, +0.0] points" in std
     lines = json.loads((out / "summary.json").read_text())["matched_kl"]["lines"]
     assert ("bon4 (gold): 6 common KLs in [0.20, 0.90]; at KL 0.62, identity is ahead of raw on these prompts: "
             "+1.0 [+1.0, +1.0] points (1 seed each: training noise not assessed, no verdict)") in lines
+    assert "bon4 (gold): identity: 1 run left out: prompt_ids differ from the panel's 40 prompts" in lines
     img = mpimg.imread(out / "gain_vs_kl.png")
     assert 0.8 < img.shape[0] / img.shape[1] < 1.2 and img[..., :3].std() > 0.05  # 3 panel rows x 2 judges
     summary = json.loads((out / "summary.json").read_text())
@@ -1161,3 +1164,24 @@ def test_method_option_names_only_finished_runs_methods(tmp_path):
     with pytest.raises(ConfigError, match=r"--method.*exp\(t=4\).*finished runs: exp\(t=2\), identity, raw$"):
         rep.build_report(root, tmp_path / "out", methods=["exp(t=4)"])
     assert not (tmp_path / "out").exists()  # refused before any table or plot was written
+
+
+def test_left_out_groups_a_methods_runs_by_reason_and_names_the_seeds():
+    """A method whose every seed has a single distinct KL (a KL knob that did nothing) has no curve: the
+    panel's sentences would simply not mention it. ``left_out`` says so, one line per method and reason."""
+    from infalign.math.matched_kl import Run, matched_kl
+    from infalign.report.matched import left_out
+
+    ids = tuple(str(i) for i in range(8))
+    z = np.linspace(-1, 1, 8)
+    runs = [Run(m, s, np.full(8, kl), 0.5 + 0.1 * kl + 0.01 * z, ids, f"{m}{s}{kl}")
+            for m, kls in (("identity", (0.1, 0.5)), ("raw", (0.1, 0.5)), ("bon_sft(N=4)", (0.3, 0.3)))
+            for s in range(3) for kl in kls]
+    runs.append(Run("raw", 0, np.full(7, 0.2), np.full(7, 0.5), ids[:7], "short"))
+    res = matched_kl(runs, baselines=["identity", "ipo(N=4)"], num_resamples=20)
+    assert res.common and {g.method for g in res.gains} == {"raw"}
+    assert left_out(res) == [
+        "baseline(s) without a curve on this panel: ipo(N=4)",
+        "raw: 1 run left out: 7 KL / 7 metric values, the panel has 8 prompts",
+        "bon_sft(N=4): 6 runs left out (seeds 0, 1, 2): fewer than 2 runs with distinct KL, no curve",
+    ]

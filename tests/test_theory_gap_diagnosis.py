@@ -34,6 +34,14 @@ def test_under_tilted_from_the_kl_ratio_and_only_below_point_nine():
     assert diagnose(entry({S: -0.03}, ratio=None))["limits"] == ["below"]
 
 
+def test_on_target_but_far_short_of_the_kl_is_said_to_be_under_tilted():
+    """A run that barely trained (KL ratio 0.05) sits on the theory curve near KL 0, where every win rate
+    is about the reference's: "on target" alone read as success."""
+    d = diagnose(entry({S: 0.004, B4: -0.01}, ratio=0.05))
+    assert d["limits"] == ["on_target", "under_tilted"] and "0.05 of the KL" in d["reading"]
+    assert diagnose(entry({S: 0.004, B4: -0.01}, ratio=0.9))["limits"] == ["on_target"]
+
+
 def test_noise_band_shrinks_with_the_number_of_runs():
     # half-width 0.08: 1.25 * 0.08 / sqrt(4) = 0.05 covers a 0.04 gap; / sqrt(25) = 0.02 does not
     assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=4, seeds=4))["limits"] == ["noise"]

@@ -11,6 +11,7 @@ sentences.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -201,15 +202,36 @@ def panel_heading(p: Panel) -> str:
             f"at KL {grid[len(grid) // 2]:.2f}")
 
 
+_EXCLUDED = re.compile(r"^(?P<method>.*?)(?: seed (?P<seed>\S+))?: (?P<why>.*)$")
+
+
+def left_out(result: MatchedKL) -> list[str]:
+    """What a panel's comparison leaves out, one line per method and reason (``bon_sft(N=4): 15 runs
+    left out (seeds 0, 1, 2): fewer than 2 runs with distinct KL, no curve``), so a method that finished
+    but has no curve is never silently missing from the sentences; plus the panel's note when it still
+    has a comparison (e.g. a baseline without a curve)."""
+    groups: dict[tuple[str, str], tuple[int, list[str]]] = {}
+    for _, reason in result.excluded:
+        m = _EXCLUDED.match(reason)
+        method, seed, why = (m["method"], m["seed"], m["why"]) if m else ("", None, reason)
+        n, seeds = groups.get((method, why), (0, []))
+        groups[(method, why)] = (n + 1, seeds + ([seed] if seed is not None and seed not in seeds else []))
+    lines = [f"{method}: {n} run{'s' if n > 1 else ''} left out"
+             + (f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})" if seeds else "") + f": {why}"
+             for (method, why), (n, seeds) in groups.items()]
+    return ([result.note] if result.common and result.note else []) + lines
+
+
 def matched_kl_summary(panels: Sequence[Panel]) -> list[str]:
     """One sentence per panel and gain, at the panel's middle common KL (``bon4 (reward_model):
     ... at KL 0.35, expn(t=4) beats identity: +2.1 [+0.8, +3.4] points ...``); one line per
-    panel without a comparison."""
+    panel without a comparison, and one per method and reason the panel left out (:func:`left_out`)."""
     lines = []
     for p in panels:
         if not p.result.common:
             lines.append(f"{p.title}: {p.result.note}")
         lines += [f"{panel_heading(p)}, {gain_clause(p, g, len(p.result.grid) // 2)}" for g in p.result.gains]
+        lines += [f"{p.title}: {line}" for line in left_out(p.result)]
     return lines
 
 

@@ -7,7 +7,7 @@ import math
 
 from infalign.report.build import Report
 from infalign.report.collect import swept_overrides
-from infalign.report.matched import gain_clause, panel_heading
+from infalign.report.matched import gain_clause, left_out, panel_heading
 from infalign.report.tables import RATES, row_ci
 from infalign.report.theory_gap import runs_cell
 
@@ -24,6 +24,8 @@ def print_matched_kl(report: Report, console) -> None:
         console.print(f"  {escape(panel_heading(p))}:")
         for g in p.result.gains:
             console.print(f"    {escape(gain_clause(p, g, len(p.result.grid) // 2))}")
+        for line in left_out(p.result):
+            console.print(f"    [yellow]{escape(line)}[/]")
     for line in (report.summary.get("matched_kl") or {}).get("notes", []):
         console.print(f"  {escape(line)}")
     if not report.panels:
