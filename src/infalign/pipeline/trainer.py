@@ -16,6 +16,7 @@ Each stage calls its factory with its own arguments (``max_steps``, ``logger=Fal
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ TrainerFactory = Callable[..., L.Trainer]
 # Lightning's own use of a torch pytree API that torch deprecated (lightning/pytorch/utilities/
 # _pytree.py), raised inside every fit and predict of every stage: nothing a user can act on
 warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", module="lightning")
+
+
+def _no_litlogger_tip(record: logging.LogRecord) -> bool:
+    """Lightning logs an advertisement for its cloud logger ("Tip: ... try installing litlogger") at
+    INFO each time a trainer is built without one: several times per run, in every job's log."""
+    return "litlogger" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_litlogger_tip)
 
 
 @dataclass(frozen=True)
