@@ -36,7 +36,8 @@ FINE = theory.Grid(100.0, 0.05 / 8)  # the reference: 8x finer than the default 
     ids=["default-grid", "coarse-grid-below-kl-floor"],
 )
 def test_steep_exp_small_kl_budget_is_resolved_or_refused(grid, budgets):
-    """exp(t=-700), worst-of-4: each budget is refused with a z-grid reason or hit to ~3e-5 relative true KL, what the 1e-4-relative / 1e-6-nats-below-KL-0.01 resolution check implies (docs/method.md §4)."""
+    """exp(t=-700), worst-of-4: each budget is refused with a z-grid reason or hit to ~3e-5 relative true KL, what the
+    1e-4-relative / 1e-6-nats-below-KL-0.01 resolution check implies (docs/method.md §4)."""
     transform = Exp(-700.0)
     fr = theory.frontier(transform, WorstOfN(4), budgets, grid)
     ok = np.asarray(fr.reachable, bool)
@@ -65,7 +66,8 @@ def test_steep_exp_small_kl_budget_is_resolved_or_refused(grid, budgets):
     ids=["bon", "won"],
 )
 def test_best_t_normalized_beta_belongs_to_normalized_transform(procedure, ts):
-    """best_t(normalized=True)'s beta reaches the budget on expm1(tu)/expm1(t) (1e-8: beta_search's 1e-10 plus rounding) and equals the plain beta / |expm1(t)| (docs/method.md §5, note on (5.4))."""
+    """best_t(normalized=True)'s beta reaches the budget on expm1(tu)/expm1(t) (1e-8: beta_search's 1e-10 plus
+    rounding) and equals the plain beta / |expm1(t)| (docs/method.md §5, note on (5.4))."""
     budgets = [0.05, 0.5]
     norm = theory.best_t(procedure, budgets, ts=ts, normalized=True)
     plain = theory.best_t(procedure, budgets, ts=ts, normalized=False)
@@ -85,7 +87,8 @@ def test_best_t_normalized_beta_belongs_to_normalized_transform(procedure, ts):
 
 
 def test_optimal_frontier_converged_means_kl_within_1e_6_of_budget():
-    """optimal_frontier's converged needs KL within 1e-6 relative of the budget (its docstring; docs/method.md §5): True by default, False when tol=1e-2 stops it off-budget."""
+    """optimal_frontier's converged needs KL within 1e-6 relative of the budget (its docstring; docs/method.md §5):
+    True by default, False when tol=1e-2 stops it off-budget."""
     procedure, budgets = BestOfN(4), [0.1, 0.5]
     fr = theory.optimal_frontier(procedure, budgets)
     assert fr.reachable.all() and fr.converged.all(), (fr.reason, fr.converged)
