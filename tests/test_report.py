@@ -1185,3 +1185,18 @@ def test_left_out_groups_a_methods_runs_by_reason_and_names_the_seeds():
         "raw: 1 run left out: 7 KL / 7 metric values, the panel has 8 prompts",
         "bon_sft(N=4): 6 runs left out (seeds 0, 1, 2): fewer than 2 runs with distinct KL, no curve",
     ]
+
+
+@pytest.mark.slow
+def test_a_finding_is_read_off_a_real_report(matched_sweep, tmp_path):
+    """report/findings.py reads the columns infalign-report writes (not a copy of them): the fake sweep's
+    known bon4 gain of expn(t=4) over identity at the middle common KL, one seed (no verdict)."""
+    from infalign.report.findings import Claim, read_claim
+
+    root, _, _ = matched_sweep
+    claim = Claim("bon", "report", "exp(t) beats identity", ("bon4",), ("expn(t=4)",), "identity", +1)
+    (c,) = read_claim(claim, root).comparisons
+    assert c.kl == pytest.approx(np.linspace(0.2, 0.9, 6)[3]) and c.gain == pytest.approx(GAIN_BON4, abs=1e-9)
+    assert c.num_kls == 6 and c.n_seeds == 1 and c.outcome.startswith("no verdict")
+    assert read_claim(Claim("bon", "report", "x", ("bon4",), ("identity",), "raw", +1), root).comparisons[0].gain \
+        == pytest.approx(0.01, abs=1e-9)

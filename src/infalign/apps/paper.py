@@ -32,7 +32,10 @@ every t against the others). A failed step is recorded and the next one runs.
 
 Writes ``OUT/paper_time.json`` and ``OUT/paper_time.md`` (atomically, after every step): per
 experiment the exit code, wall minutes, jobs, finished jobs, policies loaded from the cache, and
-the total -- the figure README's "Reproducing the paper" quotes. Exit status 0 when every step
+the total -- the figure README's "Reproducing the paper" quotes. And ``OUT/findings.md`` /
+``findings.json`` (also after every step): each of the paper's findings read off the reports at the
+middle common KL, with a verdict -- reproduced, contradicted, not established; a control passes or
+fails (``report/findings.py``) -- printed again at the end. Exit status 0 when every step
 succeeded, 1 when one failed, 2 for a bad option (an unknown ``--only`` name, a bad seed list).
 """
 
@@ -202,8 +205,33 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
         atomic_write_json(args.out / "paper_time.json", {"seeds": args.seeds, "usable_cores": usable_cores(),
                                                          "total_s": round(total, 1), "experiments": rows})
         atomic_write_text(args.out / "paper_time.md", time_markdown(rows, total, args.seeds))
+        write_findings(args.out)
     echo(time_markdown(rows, time.time() - start, args.seeds))
+    for line in findings_summary(args.out):
+        echo(line)
     return 0 if all(r["exit"] == 0 for r in rows) else 1
+
+
+def write_findings(out: Path) -> None:
+    """``OUT/findings.md`` / ``findings.json``: every paper finding with its verdict, from the reports
+    written so far (``report/findings.py``; a finding whose experiment has not run reads "not measured")."""
+    from infalign.report.findings import findings, findings_json, findings_markdown
+
+    found = findings(out)
+    atomic_write_json(out / "findings.json", {"out": str(out), "findings": findings_json(found)})
+    atomic_write_text(out / "findings.md", findings_markdown(found, out))
+
+
+def findings_summary(out: Path) -> list[str]:
+    """One line per finding whose experiment ran (``findings.json``), for the driver's closing output."""
+    try:
+        found = json.loads((out / "findings.json").read_text())["findings"]
+    except (OSError, ValueError, KeyError):
+        return []
+    lines = [f"findings ({out / 'findings.md'} has every comparison):"]
+    lines += [f"  {f['experiment']} [{f['judge']}]: {f['paper']}: {f['verdict']}" for f in found
+              if f["verdict"] != "not measured"]
+    return lines if len(lines) > 1 else []
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,243 @@
+"""The paper's findings, each read off the matched-KL reports of ``infalign-paper`` with a verdict.
+
+``infalign-paper`` writes ``OUT/findings.md`` (and ``findings.json``) after every experiment, from the
+``matched_kl.csv`` files its reports wrote: one :class:`Claim` per finding of the paper (README
+"Reproducing the paper"), each a set of comparisons *method - baseline* on named panels (procedure at
+one N, one judge), read at the panel's middle common KL -- the KL the reports' own sentences use
+(``report/matched.py: matched_kl_summary``). The statistic and its significance rule are the report's
+(docs/method.md §10); this module only looks the rows up and names the outcome:
+
+* ``expect = +1`` (the paper says the method beats the baseline) or ``-1`` (it says it trails):
+  **reproduced** where the gain is significant with the paper's sign, **contradicted** where it is
+  significant with the other sign, **not established** where it is not significant; **no verdict**
+  with one seed per side (training noise not assessed), **not measured** when the report has no such
+  row (the experiment was not run, a method has no curve, or no common KL).
+* ``expect = 0`` (a control, the A/A comparison: no effect may be significant): **passes** when no
+  cell -- every KL of every listed panel -- is significant, else **fails** with the count; the largest
+  |gain| over those cells is the noise yardstick the other findings are read against.
+* ``expect = None`` (a control whose expected outcome the paper does not fix): the outcome
+  (**significant** / **not significant**) without a verdict on the paper.
+
+A verdict is about the toy world and these seeds; it holds the prompt and seed intervals of the report,
+and -- like the report -- makes no correction for the several panels, methods and KLs read.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
+           "findings_json"]
+
+EXP_T = ("expn(t=4)", "expn(t=8)", "expn(t=16)")
+EXP_T_NEG = ("expn(t=-4)", "expn(t=-8)")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A finding of the paper: ``methods`` against ``baseline`` on ``panels`` under ``judge``, in the
+    matched-KL table of the report ``OUT/<report>`` (a sweep's ``report`` or a narrower ``report_*``)."""
+
+    experiment: str  # the infalign-paper experiment whose report holds it
+    report: str  # the report dir, relative to OUT
+    paper: str  # what the paper says, in a sentence
+    panels: tuple[str, ...]  # e.g. ("bon2", "bon4", "bon32")
+    methods: tuple[str, ...]
+    baseline: str
+    expect: int | None  # +1 beats, -1 trails, 0 no significant difference (control), None: not fixed
+    judge: str = "reward_model"
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("bon", "bon/report_transforms", "exp(t) beats calibrated identity on the best-of-N win rate at matched KL "
+          "(paper: +3-8 %)", ("bon2", "bon4", "bon32"), EXP_T, "identity", +1),
+    Claim("bon", "bon/report_transforms", "exp(t) beats the raw reward on the best-of-N win rate at matched KL",
+          ("bon2", "bon4", "bon32"), EXP_T, "raw", +1),
+    Claim("bon", "bon/report_transforms", "judged by the gold reward, exp(t) still beats identity on best-of-N "
+          "(the paper's judges are reward models: not a claim it makes)", ("bon4", "bon32"), EXP_T, "identity",
+          None, judge="gold"),
+    Claim("null", "null/report", "A/A control: identity against an independent re-training of itself -- no gain "
+          "may be significant", ("standard", "bon2", "bon4", "bon32"), ("identity[replica=1]",), "identity", 0),
+    Claim("null", "null/report", "A/A control under the gold judge", ("standard", "bon2", "bon4", "bon32"),
+          ("identity[replica=1]",), "identity", 0, judge="gold"),
+    Claim("bon", "bon/report_transforms", "calibrated identity is the best on the standard win rate: exp(t) "
+          "trails it", ("standard",), EXP_T, "identity", -1),
+    Claim("standard", "standard/report", "the best-of-N baselines (BoN-SFT, IPO) trail calibrated identity on the "
+          "standard win rate", ("standard",), ("bon_sft(N=4)", "ipo(N=4)"), "identity", -1),
+    Claim("standard", "standard/report", "calibrated identity beats the raw reward on the standard win rate",
+          ("standard",), ("identity",), "raw", +1),
+    Claim("won", "won/report", "exp(t < 0) beats calibrated identity on the worst-of-N win rate at matched KL "
+          "(paper: +4-9 %)", ("won4", "won8"), EXP_T_NEG, "identity", +1),
+    Claim("won", "won/report", "exp(t < 0) beats the raw reward on the worst-of-N win rate",
+          ("won4", "won8"), EXP_T_NEG, "raw", +1),
+    Claim("control", "control/report", "calibrated world (nothing to calibrate in the gold reward): what is left "
+          "of identity - raw", ("standard", "bon4"), ("identity", "identity_pooled"), "raw", None),
+    Claim("hacking", "hacking/report", "calibration makes RL more robust to reward hacking: at matched KL, "
+          "calibrated RL reaches a higher gold win rate than raw", ("standard",), ("identity", "expn(t=4)"),
+          "raw", +1, judge="gold"),
+    Claim("hacking_control", "hacking_control/report", "no labeler length bias: identity - raw under gold",
+          ("standard",), ("identity",), "raw", None, judge="gold"),
+)
+
+
+@dataclass
+class Comparison:
+    """One ``method - baseline`` on one panel, at its middle common KL (points = x100)."""
+
+    panel: str
+    method: str
+    baseline: str
+    kl: float | None = None
+    gain: float | None = None
+    low: float | None = None
+    high: float | None = None
+    seeds: str = ""  # "3 seeds [+1.2, +3.0], total [+0.9, +3.3]"
+    significant_kls: int = 0
+    num_kls: int = 0
+    significant: bool = False
+    n_seeds: int = 0
+    max_abs_gain: float | None = None  # over every KL of the panel (controls' noise yardstick)
+    outcome: str = "not measured"
+    why: str = ""
+
+
+@dataclass
+class Finding:
+    claim: Claim
+    comparisons: list[Comparison] = field(default_factory=list)
+    verdict: str = "not measured"
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        v = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _pts(x: float | None) -> str:
+    if x is None:
+        return "–"
+    v = round(100 * x, 1)
+    return f"{v + 0.0 if v != 0 else 0.0:+.1f}"
+
+
+def _read_rows(path: Path) -> list[dict] | None:
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return None
+
+
+def _outcome(expect: int | None, c: Comparison) -> str:
+    if c.n_seeds < 2:
+        return "no verdict (1 seed: training noise not assessed)"
+    if not c.significant:
+        return "not significant" if expect is None else "not established"
+    sign = 1 if (c.gain or 0.0) > 0 else -1
+    if expect is None:
+        return "significant"
+    return "reproduced" if sign == expect else "contradicted"
+
+
+def read_claim(claim: Claim, out: Path) -> Finding:
+    """The claim's comparisons from ``out / claim.report / matched_kl.csv`` and its verdict."""
+    finding = Finding(claim)
+    path = Path(out) / claim.report / "matched_kl.csv"
+    rows = _read_rows(path)
+    for panel in claim.panels:
+        for method in claim.methods:
+            c = Comparison(panel, method, claim.baseline)
+            finding.comparisons.append(c)
+            if rows is None:
+                c.why = f"no {claim.report}/matched_kl.csv (experiment '{claim.experiment}' not run?)"
+                continue
+            mine = [r for r in rows if r["panel"] == panel and r["judge"] == claim.judge and r["method"] == method
+                    and r["baseline"] == claim.baseline and _float(r["kl"]) is not None]
+            if not mine:
+                notes = {r["note"] for r in rows if r["panel"] == panel and r["judge"] == claim.judge and r["note"]}
+                c.why = "; ".join(sorted(notes)) or "no such comparison in the report (method without a curve?)"
+                continue
+            mine.sort(key=lambda r: float(r["kl"]))
+            mid = mine[len(mine) // 2]
+            c.kl, c.gain, c.low, c.high = (_float(mid[k]) for k in ("kl", "gain", "gain_low", "gain_high"))
+            c.n_seeds = int(_float(mid["n_seeds"]) or 0)
+            c.significant = mid["significant"] == "True"
+            c.significant_kls, c.num_kls = sum(r["significant"] == "True" for r in mine), len(mine)
+            gains = [abs(g) for r in mine if (g := _float(r["gain"])) is not None]
+            c.max_abs_gain = max(gains) if gains else None
+            if mid.get("seed_test") and mid["seed_test"] != "none":
+                who = (f"{c.n_seeds} seeds" if mid["seed_test"] == "paired"
+                       else f"{c.n_seeds} vs {mid.get('n_seeds_baseline')} seeds, {mid['seed_test']}")
+                c.seeds = (f"{who} [{_pts(_float(mid['seed_low']))}, {_pts(_float(mid['seed_high']))}], total "
+                           f"[{_pts(_float(mid['total_low']))}, {_pts(_float(mid['total_high']))}]")
+            c.outcome = _outcome(claim.expect, c) if claim.expect != 0 else (
+                "no verdict (1 seed: training noise not assessed)" if c.n_seeds < 2 else
+                f"{c.significant_kls}/{c.num_kls} KLs significant")
+    finding.verdict = _verdict(claim, finding.comparisons)
+    return finding
+
+
+def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
+    measured = [c for c in comparisons if c.gain is not None]
+    if not measured:
+        return "not measured"
+    if claim.expect == 0:
+        judged = [c for c in measured if c.n_seeds >= 2]
+        if not judged:
+            return "no verdict (1 seed)"
+        cells = sum(c.num_kls for c in judged)
+        bad = sum(c.significant_kls for c in judged)
+        largest = max(c.max_abs_gain or 0.0 for c in judged)
+        head = "passes" if bad == 0 else f"fails: {bad} of {cells} cells significant"
+        return f"{head} (largest |gain| over the {cells} cells: {100 * largest:.1f} points)"
+    counts: dict[str, int] = {}
+    for c in measured:
+        key = c.outcome.split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
+    order = ("reproduced", "contradicted", "not established", "significant", "not significant", "no verdict")
+    parts = [f"{key} {counts[key]}" for key in order if key in counts]
+    unmeasured = len(comparisons) - len(measured)
+    return f"{', '.join(parts)} of {len(comparisons)}" + (f" ({unmeasured} not measured)" if unmeasured else "")
+
+
+def findings(out: Path, claims: Sequence[Claim] = CLAIMS) -> list[Finding]:
+    return [read_claim(c, out) for c in claims]
+
+
+def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
+    """``findings.md``: per claim the verdict, then one row per comparison."""
+    lines = ["# The paper's findings, as this run measured them", "",
+             "Each comparison is read at its panel's middle common KL from the experiment's matched-KL report "
+             "(paired prompt-bootstrap 95 % CI, the seed and total intervals; significant = all on one side of 0, "
+             "docs/method.md §10). Verdict: *reproduced* / *contradicted* = significant with / against the paper's "
+             "sign, *not established* = not significant; a control *passes* when no cell is significant. No "
+             "correction for the many panels, methods and KLs read.", ""]
+    if out is not None:
+        lines += [f"Reports under `{out}`.", ""]
+    for f in found:
+        c = f.claim
+        lines += [f"## {c.experiment}: {c.paper}", "",
+                  f"**{f.verdict}** (`{c.report}`, judge {c.judge})", "",
+                  "| panel | comparison | KL | gain, points [95 % CI] | seeds | significant KLs | outcome |",
+                  "|---|---|---:|---|---|---:|---|"]
+        for x in f.comparisons:
+            if x.gain is None:
+                lines.append(f"| {x.panel} | {x.method} − {x.baseline} | – | – | – | – | not measured: {x.why} |")
+                continue
+            lines.append(f"| {x.panel} | {x.method} − {x.baseline} | {x.kl:.2f} | {_pts(x.gain)} [{_pts(x.low)}, "
+                         f"{_pts(x.high)}] | {x.seeds or '1 seed'} | {x.significant_kls}/{x.num_kls} | {x.outcome} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def findings_json(found: Sequence[Finding]) -> list[dict]:
+    return [{"experiment": f.claim.experiment, "paper": f.claim.paper, "report": f.claim.report,
+             "judge": f.claim.judge, "expect": f.claim.expect, "verdict": f.verdict,
+             "comparisons": [vars(x) for x in f.comparisons]} for f in found]

@@ -1,0 +1,131 @@
+"""The paper's findings with verdicts (report/findings.py), on hand-written matched_kl.csv tables whose
+verdicts are known; the columns are the report's own (report/matched.py: MATCHED_KL_COLUMNS), and
+tests/test_report.py reads a finding off a real report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from infalign.report.findings import CLAIMS, Claim, findings, findings_markdown, read_claim
+from infalign.report.matched import MATCHED_KL_COLUMNS
+
+KLS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)  # the middle common KL is KLS[3] = 0.4 (grid[len // 2], as the report)
+
+
+def rows(panel: str, method: str, baseline: str, gains, significant, judge: str = "reward_model",
+         n_seeds: int = 3) -> list[dict]:
+    out = []
+    for kl, g, sig in zip(KLS, gains, significant):
+        r = dict.fromkeys(MATCHED_KL_COLUMNS, "")
+        r |= {"panel": panel, "judge": judge, "kl": kl, "method": method, "baseline": baseline, "gain": g,
+              "gain_low": g - 0.01, "gain_high": g + 0.01, "significant": str(sig), "n_seeds": n_seeds,
+              "seed_test": "paired" if n_seeds > 1 else "none", "n_seeds_baseline": n_seeds,
+              "seed_low": g - 0.02, "seed_high": g + 0.02, "total_low": g - 0.02, "total_high": g + 0.02}
+        out.append(r)
+    return out[::-1]  # any row order: the middle KL is found by value
+
+
+def write(out: Path, report: str, table: list[dict]) -> None:
+    (out / report).mkdir(parents=True, exist_ok=True)
+    with (out / report / "matched_kl.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MATCHED_KL_COLUMNS)
+        w.writeheader()
+        w.writerows(table)
+
+
+CLAIM = Claim("bon", "bon/report_transforms", "exp(t) beats identity", ("bon2", "bon4"), ("expn(t=4)", "expn(t=8)"),
+              "identity", +1)
+
+
+def test_each_outcome_is_read_at_the_middle_kl_and_counted(tmp_path):
+    t = (rows("bon2", "expn(t=4)", "identity", [0.01] * 6, [False, False, False, True, False, False])
+         + rows("bon2", "expn(t=8)", "identity", [-0.02] * 6, [True] * 6)
+         + rows("bon4", "expn(t=4)", "identity", [0.00, 0.01, 0.02, 0.03, 0.04, 0.05], [False, False] + [True] * 4)
+         # the same comparison under gold and another baseline: not this claim's
+         + rows("bon4", "expn(t=4)", "identity", [-0.05] * 6, [True] * 6, judge="gold")
+         + rows("bon4", "expn(t=4)", "raw", [-0.05] * 6, [True] * 6))
+    write(tmp_path, "bon/report_transforms", t)
+    f = read_claim(CLAIM, tmp_path)
+    out = {(c.panel, c.method): c for c in f.comparisons}
+    assert [c.outcome for c in f.comparisons] == ["reproduced", "contradicted", "reproduced", "not measured"]
+    b4 = out[("bon4", "expn(t=4)")]
+    assert b4.kl == 0.4 and b4.gain == pytest.approx(0.03) and b4.significant_kls == 4 and b4.num_kls == 6
+    assert b4.seeds == "3 seeds [+1.0, +5.0], total [+1.0, +5.0]"
+    assert out[("bon2", "expn(t=4)")].significant_kls == 1  # significant at the middle KL only
+    assert "method without a curve" in out[("bon4", "expn(t=8)")].why
+    assert f.verdict == "reproduced 2, contradicted 1 of 4 (1 not measured)"
+    md = findings_markdown([f])
+    assert "**reproduced 2, contradicted 1 of 4 (1 not measured)**" in md
+    assert "| bon4 | expn(t=4) − identity | 0.40 | +3.0 [+2.0, +4.0] | 3 seeds [+1.0, +5.0], total [+1.0, +5.0] " \
+           "| 4/6 | reproduced |" in md
+
+
+def test_not_significant_is_not_established_and_one_seed_gives_no_verdict(tmp_path):
+    write(tmp_path, "bon/report_transforms",
+          rows("bon2", "expn(t=4)", "identity", [0.01] * 6, [False] * 6)
+          + rows("bon2", "expn(t=8)", "identity", [0.05] * 6, [False] * 6, n_seeds=1))
+    f = read_claim(Claim("bon", "bon/report_transforms", "x", ("bon2",), ("expn(t=4)", "expn(t=8)"), "identity", +1),
+                   tmp_path)
+    assert [c.outcome for c in f.comparisons] == ["not established",
+                                                  "no verdict (1 seed: training noise not assessed)"]
+    assert f.comparisons[1].seeds == ""
+    # a trails-claim reads the same rows with the other sign
+    write(tmp_path, "standard/report", rows("standard", "ipo(N=4)", "identity", [-0.03] * 6, [True] * 6))
+    g = read_claim(Claim("standard", "standard/report", "x", ("standard",), ("ipo(N=4)",), "identity", -1), tmp_path)
+    assert g.comparisons[0].outcome == "reproduced" and g.verdict == "reproduced 1 of 1"
+
+
+def test_a_control_passes_only_without_a_significant_cell_and_reports_the_largest_gain(tmp_path):
+    claim = Claim("null", "null/report", "A/A", ("bon2", "bon4"), ("identity[replica=1]",), "identity", 0)
+    write(tmp_path, "null/report", rows("bon2", "identity[replica=1]", "identity", [0.001, -0.004, 0, 0, 0, 0],
+                                        [False] * 6)
+          + rows("bon4", "identity[replica=1]", "identity", [0.0] * 6, [False] * 6))
+    assert read_claim(claim, tmp_path).verdict == "passes (largest |gain| over the 12 cells: 0.4 points)"
+    write(tmp_path, "null/report", rows("bon2", "identity[replica=1]", "identity", [0.001, -0.025, 0, 0, 0, 0],
+                                        [False, True, False, False, False, False])
+          + rows("bon4", "identity[replica=1]", "identity", [0.0] * 6, [False] * 6))
+    f = read_claim(claim, tmp_path)
+    assert f.verdict == "fails: 1 of 12 cells significant (largest |gain| over the 12 cells: 2.5 points)"
+    assert f.comparisons[0].outcome == "1/6 KLs significant"
+
+
+def test_unrun_experiments_are_not_measured_and_every_claim_names_a_paper_experiment(tmp_path):
+    from infalign.apps.paper import NAMES
+
+    found = findings(tmp_path)
+    assert {f.verdict for f in found} == {"not measured"}
+    assert all(c.why.startswith("no ") and "not run" in c.why for f in found for c in f.comparisons)
+    assert {c.experiment for c in CLAIMS} <= set(NAMES) - {"calibration"}
+    for c in CLAIMS:  # a report the driver writes: the sweep's own, or one of its narrower reports
+        exp, report = c.report.split("/")
+        from infalign.apps.paper import EXPERIMENTS
+
+        suffixes = {f"report_{r.suffix}" for e in EXPERIMENTS if e.name == exp for r in e.reports}
+        assert exp == c.experiment and report in {"report", *suffixes}, c
+
+
+def test_the_paper_driver_writes_and_prints_the_findings_after_every_experiment(tmp_path):
+    from infalign.apps import paper
+
+    def runner(cmd):
+        if cmd[0] == "infalign-report" and "--out" not in cmd:  # the sweep's own report
+            target = Path(cmd[1])
+            if target.name == "null":
+                write(target.parent, "null/report",
+                      rows("bon4", "identity[replica=1]", "identity", [0.0] * 6, [False] * 6))
+        return 0
+
+    lines: list[str] = []
+    args = paper.parse_args(["--only", "bon,null", "--seeds", "0", "--out", str(tmp_path)])
+    assert paper.run_all(args, runner=runner, echo=lines.append) == 0
+    found = json.loads((tmp_path / "findings.json").read_text())["findings"]
+    null = [f for f in found if f["experiment"] == "null" and f["judge"] == "reward_model"]
+    assert null[0]["verdict"] == "passes (largest |gain| over the 6 cells: 0.0 points)"
+    assert "# The paper's findings" in (tmp_path / "findings.md").read_text()
+    printed = "\n".join(lines)
+    assert "null [reward_model]: A/A control" in printed and "passes" in printed
+    assert "won [" not in printed  # not run: not printed (findings.md says "not measured")
