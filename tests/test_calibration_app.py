@@ -28,3 +28,34 @@ def test_writes_plot_summary_and_per_prompt_rows(tmp_path, tiny_cache):
     assert again["reward_model"] == pytest.approx(summary["reward_model"])
     assert again["log_std_corr"] == pytest.approx(summary["log_std_corr"], nan_ok=True)
     assert diagnose(cfg)["reference_pool_cache_hit"] is True
+
+
+@pytest.mark.parametrize("override, key", [("eval.samples=1", "eval.samples"), ("eval.samples=0", "eval.samples"),
+                                           ("eval.batch_size=0", "eval.batch_size"), ("threads=abc", "threads"),
+                                           ("data.eval_prompts=0", "data.eval_prompts"),
+                                           ("eval.temperature=abc", "eval.temperature")])
+def test_bad_values_are_config_errors_before_the_world(tmp_path, override, key):
+    """infalign-calibration had no checks of its own: eval.samples=1 drew and cached the pool, then failed
+    in the summary; threads=abc printed a traceback."""
+    from infalign.apps.calibration import validate
+    from infalign.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose_train(tmp_path / "cache", tmp_path / "run", override))
+    assert err.value.key == key
+
+
+@pytest.mark.slow  # a process start
+def test_the_cli_prints_one_block_and_exits_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("infalign-calibration")
+    proc = subprocess.run([str(script), "eval.samples=1", f"hydra.run.dir={tmp_path / 'run'}",
+                           f"paths.cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "infalign-calibration: configuration error" in proc.stderr and "key:     eval.samples" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "cache").exists()

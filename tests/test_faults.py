@@ -26,6 +26,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -201,6 +202,27 @@ def test_sweep_of_invalid_jobs_exits_non_zero_and_records_them(tmp_path):
                                         f"hydra.sweep.dir={sweep}"))
     assert code == 2 and "hydra.sweep.dir" in err and "ckpt_path=last_or_new" in err, err[-2000:]
     assert (sweep / "0" / ".hydra" / "overrides.yaml").read_text() == before
+
+
+@pytest.mark.slow  # the console script: a process start (imports) of ~10 s
+def test_an_optuna_study_records_failed_trials_and_goes_on(tmp_path, tiny_world):
+    """A failed job returned NaN, and the Optuna sweeper's fallback ``tell(FAIL, values=[nan])`` raised
+    ("Values were told"): the first failed trial ended the study, with no sweep summary. Here the
+    sampler (seed 0) draws t both sides of 88.7 (beyond it exp(t u) overflows float32: a ConfigError):
+    the failed trials are recorded and the study goes on to its best trial."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep, cache = tmp_path / "sweep", seeded_cache(tmp_path / "cache", tiny_world)
+    code, out, err = finished(train_cli("-m", "+sweeps=optuna_t", "hydra.sweeper.n_trials=3",
+                                        "transform.t=interval(60,120)", *TINY, "policy_cache=false",
+                                        f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}"))
+    assert "Values were told" not in err and "Traceback" not in err, err[-3000:]
+    status = {job: json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1", "2")}
+    failed = [j for j, m in status.items() if m["status"] == "failed"]
+    assert failed and len(failed) < 3, {j: m["status"] for j, m in status.items()}
+    assert all("transform.t" in status[j]["error"] for j in failed)
+    assert code == 1 and f"{len(failed)} of 3 jobs failed" in err, err[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["transform.t"] <= 88.7
 
 
 def test_a_sweep_dir_with_results_is_refused_unless_resumed(tmp_path):
@@ -729,3 +751,18 @@ def test_a_run_dir_in_use_by_another_run_is_refused(tmp_path, monkeypatch):
         assert sorted(p.name for p in run_dir.iterdir()) == [train_app.RUN_LOCK]  # nothing written
     with pytest.raises(AssertionError, match="compute started"):  # released: the dir is free
         train_app.run(compose_train(tmp_path / "cache", run_dir))
+
+
+def test_sigterm_is_recognised_across_two_copies_of_the_app_module():
+    """Under ``python -m infalign.apps.train`` the app module exists twice (``__main__`` and
+    ``infalign.apps.train``, which the stages import): the SIGTERM handler raised one copy's class and the
+    failure record checked the other's, so a SIGTERM was recorded as a Ctrl-C. The class lives in
+    ``infalign.errors`` now."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_train_as_main", train_app.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    assert copy.Terminated is train_app.Terminated
+    record = train_app.failure_record(compose_train("/tmp/c", "/tmp/r"), "x", copy.Terminated("SIGTERM"), {})
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]

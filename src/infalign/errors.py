@@ -15,7 +15,37 @@ class ConfigError(ValueError):
         return type(self), (self.key, self.value, self.allowed, self.hint)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit or preemption), raised by ``apps/train.py:
+    terminate_on_sigterm``'s handler: the run stops like a Ctrl-C -- recorded ``interrupted``, resumable --
+    and the process exits with 143 (128 + SIGTERM), as an unhandled SIGTERM would, so a scheduler or
+    script does not read it as a success. Defined here, in a module never run as ``__main__``: under
+    ``python -m infalign.apps.train`` the app module exists twice, and a class of its own was two classes
+    (the run was recorded as interrupted by Ctrl-C)."""
+
+
 def require(ok: bool, key: str, value: object, allowed: str, hint: str = "") -> None:
     """Raise :class:`ConfigError` unless ``ok``."""
     if not ok:
         raise ConfigError(key, value, allowed, hint)
+
+
+def require_type(key: str, value: object, kind: type, optional: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is of ``kind`` -- ``bool`` (``true`` / ``false``; a
+    string such as ``off`` would otherwise be truthy), ``int`` (not a bool, not a float) or ``float`` (an
+    int or a float, finite) -- or None when ``optional``. What a command-line override such as
+    ``algo.beta=abc`` or ``policy_cache=off`` is checked with before any compute."""
+    import math
+
+    if value is None and optional:
+        return
+    if kind is bool:
+        ok, allowed = isinstance(value, bool), "true or false"
+    elif kind is int:
+        ok, allowed = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        allowed = "a finite number"
+    else:
+        raise TypeError(f"require_type checks bool, int or float, not {kind}")
+    require(ok, key, value, allowed + (" or null" if optional else ""))

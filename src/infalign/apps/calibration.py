@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from infalign.apps.config import CONFIG_DIR, apply_threads, instantiate_callbacks, instantiate_trainer
+from infalign.apps.config import (
+    CONFIG_DIR,
+    apply_threads,
+    check_known_keys,
+    check_value_types,
+    exit_on_config_error,
+    instantiate_callbacks,
+    instantiate_trainer,
+)
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.infra.startup import import_frozen
 
@@ -122,8 +130,34 @@ def print_summary(summary: dict) -> None:
               f"within-prompt pairwise accuracy of the reward model vs gold = {summary['pairwise_accuracy']:.3f}")
 
 
+def validate(cfg: DictConfig) -> None:
+    """What can be checked before compute (ConfigError naming the key): the keys' types, the pool's
+    size and batch, its sampling settings, the data and thread settings."""
+    from infalign.errors import require
+    from infalign.infra.threads import resolve_threads
+    from infalign.pipeline.settings import data_settings, sampling_settings
+
+    check_known_keys(cfg)
+    check_value_types(cfg)
+    require(int(cfg.eval.samples) >= 2, "eval.samples", cfg.eval.samples,
+            "M >= 2 reference samples per held-out prompt (a within-prompt spread needs two)")
+    require(int(cfg.eval.batch_size) >= 1, "eval.batch_size", cfg.eval.batch_size, ">= 1 rows per batch")
+    sampling_settings(cfg.eval, "eval")
+    data_settings(cfg.data)
+    resolve_threads(cfg.get("threads", "auto"))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
+    """A ConfigError ends the run with one block (key, value, allowed values) and exit code 2, as in
+    ``infalign-train``."""
+    from infalign.errors import ConfigError
+
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        exit_on_config_error(exc, "infalign-calibration")
+        raise
     diagnose(cfg)
 
 

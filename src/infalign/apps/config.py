@@ -3,6 +3,7 @@ groups (``trainer``, ``callbacks``, ``logger``), and loading single entries of a
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.errors import ConfigError
+from infalign.errors import ConfigError, require_type
 from infalign.toy.defaults import hydra_node as toy_defaults_node
 
 
@@ -106,6 +107,157 @@ if not OmegaConf.has_resolver("run_group"):
     OmegaConf.register_new_resolver("run_group", run_group)
 if not OmegaConf.has_resolver("not"):  # ${not:${save_optimizer}} (conf/callbacks/default.yaml)
     OmegaConf.register_new_resolver("not", lambda value: not value)
+
+
+# Config groups whose entries define the types of their keys (below); experiment / method / sweep entries
+# only set values (they are checked against these), hydra / logger / callbacks are the libraries' own.
+TYPED_GROUPS = ("calibration", "data", "policy", "reward", "trainer")
+UNTYPED_KEYS = ("trainer.devices", "data.toy")  # Lightning: an int, "auto" or a list; toy/build.py checks its own
+
+
+def _kind(value: Any) -> type | None:
+    return type(value) if type(value) in (bool, int, float) else None
+
+
+@functools.cache
+def default_types() -> dict[str, tuple[type, bool]]:
+    """``{key: (bool | int | float, may be null)}`` for every key whose default -- in ``conf/train.yaml``
+    (its own keys) or any entry of :data:`TYPED_GROUPS` -- is a bool, an int or a float: one kind across
+    the entries that set it (an int in one and a float in another: float; another mix, or a string
+    anywhere: not typed), null allowed where some entry defaults to null. Interpolations are not
+    defaults."""
+    root = Path(CONFIG_DIR)
+    sources = [("", root / "train.yaml")] + [(g, p) for g in TYPED_GROUPS for p in sorted((root / g).glob("*.yaml"))]
+    seen: dict[str, set] = {}
+    for prefix, path in sources:
+        if "@package _global_" in path.read_text():
+            continue
+        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        stack = [(prefix, tree)]
+        while stack:
+            at, node = stack.pop()
+            for key, value in node.items():
+                if not at and key in ("defaults", "hydra"):
+                    continue
+                name = f"{at}.{key}" if at else str(key)
+                if name in UNTYPED_KEYS:
+                    continue
+                if isinstance(value, dict):
+                    stack.append((name, value))
+                else:
+                    seen.setdefault(name, set()).add(_kind(value) if value is not None else type(None))
+    types = {}
+    for name, kinds in seen.items():
+        real = kinds - {type(None)}
+        kind = float if real == {int, float} else next(iter(real)) if len(real) == 1 else None
+        if kind is not None:
+            types[name] = (kind, type(None) in kinds)
+    return types
+
+
+def check_value_types(cfg: DictConfig) -> None:
+    """Every key of :func:`default_types` present in ``cfg`` holds a value of its default's type
+    (``errors.require_type``): ``policy_cache=off`` -- a string, truthy -- or ``calibration.K=abc`` is a
+    ConfigError naming the key before any compute, instead of silently on or a traceback later."""
+    for key, (kind, optional) in default_types().items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            require_type(key, value, kind, optional)
+
+
+_ABSENT = object()
+
+# Subtrees whose keys are all infalign's own (a key no config file defines is a typo, e.g. `+eval.sample=8`);
+# algo.* is checked by training/algorithms (its dataclasses), data.toy.* by toy/build.py, and trainer,
+# logger, callbacks, paths and hydra take whatever their libraries accept.
+OWN_ROOTS = ("eval", "objective", "calibration", "data", "policy", "reward")
+
+
+def _files_keys(path: Path, prefix: str) -> set[str]:
+    """Every key path (leaves and inner nodes) a config file defines, under ``prefix`` (its group), or
+    absolute for an ``@package _global_`` file."""
+    text = path.read_text()
+    at = "" if "@package _global_" in text else prefix
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    keys, stack = set(), [(at, tree)]
+    while stack:
+        base, node = stack.pop()
+        for key, value in node.items():
+            if not base and key in ("defaults", "hydra"):
+                continue
+            name = f"{base}.{key}" if base else str(key)
+            keys.add(name)
+            if isinstance(value, dict):
+                stack.append((name, value))
+    return keys
+
+
+@functools.cache
+def known_keys() -> frozenset[str]:
+    """Every key any file of the config tree defines: ``conf/train.yaml``, every group entry (under its
+    group), every ``@package _global_`` entry (experiments, methods) and the sweeps in ``sweeps/``."""
+    root = Path(CONFIG_DIR)
+    keys = _files_keys(root / "train.yaml", "")
+    for group in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in group.rglob("*.yaml"):
+            keys |= _files_keys(path, ".".join(path.relative_to(root).parts[:-1]))
+    sweeps = root.parent / "sweeps"
+    for path in sorted(sweeps.glob("*.yaml")) if sweeps.is_dir() else ():
+        keys |= _files_keys(path, "")
+    return frozenset(keys)
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key under :data:`OWN_ROOTS` (or at the top level) that no config file defines is a ConfigError
+    with the closest known names: Hydra's hint for a mistyped key is "use +key", and with it
+    ``+eval.sample=8`` or ``+sead=3`` were silently ignored."""
+    import difflib
+
+    known = known_keys()
+    found = [str(k) for k in cfg if not OmegaConf.is_dict(cfg[k]) and k != "hydra"]
+    for root in OWN_ROOTS:
+        node = cfg.get(root)
+        stack = [(root, node)] if OmegaConf.is_dict(node) else []
+        while stack:
+            base, sub = stack.pop()
+            for key in sub:
+                name = f"{base}.{key}"
+                if name == "data.toy":
+                    continue
+                found.append(name)
+                if OmegaConf.is_dict(sub[key]):
+                    stack.append((name, sub[key]))
+    for name in found:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.75)
+            raise ConfigError(name, OmegaConf.select(cfg, name), "a key infalign reads (no config file defines it)",
+                              f"did you mean {' or '.join(close)}?" if close else "check the spelling (conf/, sweeps/)")
+
+
+def full_errors() -> bool:
+    """Full tracebacks asked for (``HYDRA_FULL_ERROR=1``, or ``-v`` on the command line)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def config_error_block(exc: ConfigError, program: str = "infalign-train") -> str:
+    """The one block a ConfigError prints instead of a traceback."""
+    lines = [f"{program}: configuration error", f"  key:     {exc.key}", f"  value:   {exc.value!r}",
+             f"  allowed: {exc.allowed}"]
+    if exc.hint:
+        lines.append(f"  hint:    {exc.hint}")
+    lines.append("(full traceback: HYDRA_FULL_ERROR=1 or -v)")
+    return "\n".join(lines)
+
+
+def exit_on_config_error(exc: ConfigError, program: str = "infalign-train") -> None:
+    """Print :func:`config_error_block` and exit with code 2 (with full errors asked for, return:
+    the caller re-raises the original exception and Hydra prints the whole traceback)."""
+    if full_errors():
+        return
+    import sys
+
+    print(config_error_block(exc, program), file=sys.stderr)
+    raise SystemExit(2)
 
 
 def instantiate_checked(node: Any, **kwargs: Any) -> Any:

@@ -82,7 +82,7 @@ class FailedJobs(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         taken = previous_results(sweep_dir)
         if taken and config.get("ckpt_path") not in RESUMING:
-            from infalign.apps.train import exit_on_config_error
+            from infalign.apps.config import exit_on_config_error
             from infalign.errors import ConfigError
 
             error = ConfigError("hydra.sweep.dir", str(sweep_dir), "a directory without another sweep's results",

@@ -26,8 +26,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infalign.apps.config import CONFIG_DIR, instantiate_checked, launcher_jobs
-from infalign.errors import ConfigError, require
+from infalign.apps.config import (
+    CONFIG_DIR,
+    check_known_keys,
+    check_value_types,
+    exit_on_config_error,
+    instantiate_checked,
+    launcher_jobs,
+)
+from infalign.errors import ConfigError, Terminated, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.infra.startup import import_frozen
@@ -57,6 +64,8 @@ warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimiz
 
 def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     """Everything that can be checked without compute; raises ConfigError naming the key."""
+    check_known_keys(cfg)  # a key no config file defines: a typo (`+eval.sample=8`)
+    check_value_types(cfg)  # booleans, integers, numbers: of their defaults' types
     procedure: Procedure = instantiate_checked(cfg.procedure)
     transform = as_transform(instantiate_checked(cfg.transform))
     algo = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True))
@@ -69,7 +78,14 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     if algo.needs_calibration(transform):
         calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
     require_spread_samples(algo.kl_target, transform, scope == "pooled", int(cfg.calibration.K))
-    require(int(cfg.eval.samples) >= 1, "eval.samples", cfg.eval.samples, "M >= 1 samples per held-out prompt")
+    require(int(cfg.eval.samples) >= 2, "eval.samples", cfg.eval.samples,
+            "M >= 2 samples per held-out prompt (the evaluation's within-prompt spreads need two)")
+    for key in ("eval.batch_size", "calibration.batch_size"):
+        require(int(OmegaConf.select(cfg, key)) >= 1, key, OmegaConf.select(cfg, key), ">= 1 rows per batch")
+    ns = cfg.eval.ns
+    require(OmegaConf.is_list(ns) and len(ns) > 0 and all(isinstance(n, int) and not isinstance(n, bool) for n in ns),
+            "eval.ns", OmegaConf.to_container(ns) if OmegaConf.is_config(ns) else ns,
+            "a non-empty list of integers N, e.g. [1, 2, 4, 8]")
     require(int(cfg.eval.bootstrap) >= 1, "eval.bootstrap", cfg.eval.bootstrap,
             ">= 1 bootstrap resamples over prompts for the CIs (1000 by default)")
     judges = ["reward_model"] + (["gold"] if cfg.data.source == "toy" else [])  # gold: the toy world's own
@@ -84,7 +100,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     training_seed(cfg)  # replica
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
-    multi = int(cfg.trainer.devices) != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1
+    require(int(cfg.seed) >= 0, "seed", cfg.seed, "an integer >= 0 (it seeds numpy and torch generators)")
+    devices = trainer_devices(cfg.trainer.devices)
+    one = devices == 1 or (devices == "auto" and cfg.trainer.accelerator == "cpu")  # Lightning: one CPU device
+    multi = not one or int(cfg.trainer.get("num_nodes", 1)) > 1
     require(not multi or distributed.launched_externally(), "trainer.devices", cfg.trainer.devices,
             "1, or several processes started by torchrun / SLURM (one per device)",
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
@@ -101,6 +120,28 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo
+
+
+def trainer_devices(devices) -> int | str:
+    """``trainer.devices`` as Lightning reads it -- an int, a list of device ids, ``"auto"`` or a string of
+    ids (``"0,1"``, ``"-1"``) -- reduced to its count (``"auto"`` stays: one device on a CPU-only machine,
+    every visible GPU on a GPU node); anything else is a ConfigError naming the key."""
+    allowed = "an integer >= 1 (or -1: all), 'auto', a list of device ids or a string of them ('0,1')"
+    if isinstance(devices, bool):
+        raise ConfigError("trainer.devices", devices, allowed)
+    if isinstance(devices, int):
+        require(devices >= 1 or devices == -1, "trainer.devices", devices, allowed)
+        return devices
+    if OmegaConf.is_list(devices) or isinstance(devices, list):
+        require(len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) for d in devices),
+                "trainer.devices", list(devices), allowed)
+        return len(devices)
+    text = str(devices).strip()
+    if text == "auto":
+        return "auto"
+    ids = [d.strip() for d in text.split(",") if d.strip()]
+    require(bool(ids) and all(d.lstrip("-").isdigit() for d in ids), "trainer.devices", devices, allowed)
+    return int(ids[0]) if len(ids) == 1 else len(ids)
 
 
 def check_shared_run_dir() -> None:
@@ -342,13 +383,6 @@ def write_failure(out_dir: Path, rec: dict) -> Path:
     return path
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler's time limit or preemption), raised by :func:`terminate_on_sigterm`'s
-    handler: the run stops like a Ctrl-C -- recorded ``interrupted``, resumable -- and the process exits
-    with 143 (128 + SIGTERM), as an unhandled SIGTERM would, so a scheduler or script does not read it as
-    a success."""
-
-
 SIGTERM_EXIT = 143
 
 
@@ -402,7 +436,7 @@ def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timing
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     try:
@@ -410,21 +444,19 @@ def hydra_main(cfg: DictConfig) -> float:
         distributed.shutdown()
     except Exception as exc:
         # In a sweep one failed job must not cancel the rest: it is recorded (metrics.json with
-        # status=failed, W&B run marked failed) and returns NaN; the sweep's end lists the failed
-        # jobs and exits non-zero (apps/hydra_callbacks.py). A single run fails loudly.
+        # status=failed, W&B run marked failed) and returns no objective (None); the sweep's end lists
+        # the failed jobs and exits non-zero (apps/hydra_callbacks.py). A single run fails loudly.
+        # None, not NaN: the Optuna sweeper records a trial without a float objective as FAIL and goes
+        # on, while for NaN its fallback `tell(FAIL, values=[nan])` raised and ended the whole study.
         if HydraConfig.get().mode.name == "MULTIRUN" and cfg.continue_on_failure:
             log.error("job failed; continuing the sweep (continue_on_failure=true): %s: %s",
                       type(exc).__name__, exc, exc_info=config_error_in(exc) is None)
-            return float("nan")
+            return None
         config_error = config_error_in(exc)
         if config_error is not None:
             exit_on_config_error(config_error)
         raise
     return objective(cfg, metrics)
-
-
-def full_errors() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
 def config_error_in(exc: BaseException) -> ConfigError | None:
@@ -437,25 +469,6 @@ def config_error_in(exc: BaseException) -> ConfigError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def config_error_block(exc: ConfigError) -> str:
-    """The one block a ConfigError prints instead of a traceback."""
-    lines = ["infalign-train: configuration error", f"  key:     {exc.key}", f"  value:   {exc.value!r}",
-             f"  allowed: {exc.allowed}"]
-    if exc.hint:
-        lines.append(f"  hint:    {exc.hint}")
-    lines.append("(full traceback: HYDRA_FULL_ERROR=1 or -v)")
-    return "\n".join(lines)
-
-
-def exit_on_config_error(exc: ConfigError) -> None:
-    """Print :func:`config_error_block` and exit with code 2 (with full errors asked for, return:
-    the caller re-raises the original exception and Hydra prints the whole traceback)."""
-    if full_errors():
-        return
-    print(config_error_block(exc), file=sys.stderr)
-    raise SystemExit(2)
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from infalign.pipeline.policy_cache import (
 )
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import training_seed
-from infalign.pipeline.trainer import stage_trainers
+from infalign.pipeline.trainer import probe_trainer, stage_trainers
 from infalign.pipeline.world import check_ranks_agree, load_world  # load_world checks every path/name first
 from infalign.training.algorithms import Algorithm
 
@@ -70,7 +70,9 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         L.seed_everything(training_seed(cfg), workers=True, verbose=False)
         # conf/logger, conf/trainer, conf/callbacks, instantiated (a bad value fails here, before compute)
         logger = instantiate_logger(cfg.logger)
-        trainers = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks")),
+        make_trainer = instantiate_trainer(cfg.trainer)
+        probe_trainer(make_trainer)  # what Lightning refuses (an unknown argument, a precision): now, not later
+        trainers = stage_trainers(make_trainer, instantiate_callbacks(cfg.get("callbacks")),
                                   logger, log_every_n_steps=int(cfg.log_every_n_steps),
                                   deterministic=bool(cfg.deterministic))
         # a resume: what the config alone says about the checkpoint's settings is checked now, before compute,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from infalign.errors import require
+from infalign.errors import require, require_type
 
 __all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "WANDB_MODES", "data_settings",
            "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
@@ -20,7 +20,11 @@ HALF_DTYPES = ("bfloat16", "float16")
 def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, float]:
     """``(temperature, top_k, top_p)`` of a generation config group, range-checked (ConfigError
     naming ``<group>.<key>``); a group without ``top_k`` / ``top_p`` samples untruncated."""
-    temperature, top_k, top_p = float(gen_cfg.temperature), gen_cfg.get("top_k"), float(gen_cfg.get("top_p", 1.0))
+    temperature, top_k, top_p = gen_cfg.temperature, gen_cfg.get("top_k"), gen_cfg.get("top_p", 1.0)
+    require_type(f"{group}.temperature", temperature, float)
+    require_type(f"{group}.top_k", top_k, int, optional=True)
+    require_type(f"{group}.top_p", top_p, float)
+    temperature, top_p = float(temperature), float(top_p)
     require(temperature >= 0, f"{group}.temperature", temperature, ">= 0 (0: greedy)")
     require(top_k is None or int(top_k) >= 1, f"{group}.top_k", top_k, "null or >= 1")
     require(0 < top_p <= 1, f"{group}.top_p", top_p, "0 < top_p <= 1 (1: no nucleus cut)")

@@ -47,6 +47,29 @@ class StageTrainers:
     fit: TrainerFactory
 
 
+def probe_trainer(make: TrainerFactory) -> None:
+    """Build one throwaway trainer from ``make`` (the instantiated ``cfg.trainer``), so what Lightning
+    refuses -- an unknown argument (``+trainer.max_step=5``), a precision it does not know,
+    ``accelerator=gpu`` without one -- is a ConfigError naming ``trainer`` before any compute, not an
+    error when the first stage builds its trainer after the world and the calibration pool. Lightning's
+    device banner is muted for it (every stage prints it)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from infalign.errors import ConfigError
+
+    banner = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = banner.level
+    banner.setLevel(logging.WARNING)
+    try:
+        make(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
+    except (TypeError, ValueError, MisconfigurationException) as exc:
+        settings = {k: v for k, v in getattr(make, "keywords", {}).items()}
+        raise ConfigError("trainer", settings, "settings lightning.Trainer accepts (conf/trainer/)",
+                          f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        banner.setLevel(level)
+
+
 def stage_trainers(make: TrainerFactory, callbacks: list[Callback], logger=None, **fit_kwargs) -> StageTrainers:
     """``make`` (the instantiated ``cfg.trainer``) with the callbacks each kind of stage gets. The bar
     is on exactly when ``callbacks`` hold one (``trainer.progress_bar=none`` instantiates none), and

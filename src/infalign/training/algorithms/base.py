@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from infalign.errors import ConfigError, require
+from infalign.errors import ConfigError, require, require_type
 from infalign.math.transforms import Transform
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,19 @@ def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
                          f"({ALGORITHMS[cls.name].__name__}, {cls.__name__})")
     ALGORITHMS[cls.name] = cls
     return cls
+
+
+def check_field_types(config: object, prefix: str) -> None:
+    """Each field of the dataclass ``config`` annotated ``bool`` / ``int`` / ``float`` (or ``... | None``)
+    holds a value of that type (:func:`~infalign.errors.require_type`): ``algo.beta=abc`` is a
+    ConfigError naming the key before compute, not a TypeError at the first comparison."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        hint = hints.get(f.name)
+        args = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+        kinds = [k for k in (bool, int, float) if k in args]
+        if len(kinds) == 1 and args <= {kinds[0], type(None)}:
+            require_type(f"{prefix}.{f.name}", getattr(config, f.name), kinds[0], optional=type(None) in args)
 
 
 @dataclass
@@ -62,6 +77,7 @@ class AlgoConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        check_field_types(self, "algo")
         require(self.lr > 0, "algo.lr", self.lr, "lr > 0")
         require(self.steps >= 1, "algo.steps", self.steps, ">= 1")
         require(self.prompts_per_step >= 1, "algo.prompts_per_step", self.prompts_per_step, ">= 1")

@@ -1,0 +1,145 @@
+"""Values of the wrong type are ConfigErrors naming the key, before any compute (apps/config.py:
+check_value_types, errors.require_type, the algorithms' typed configs, pipeline/trainer.probe_trainer).
+
+Before, a mistyped override either did the wrong thing silently -- ``policy_cache=off`` is a string, so
+truthy: the cache was used -- or crashed later with a traceback that named no key (``algo.beta=abc``:
+TypeError at the first comparison; ``algo.beta=inf``: NaN probabilities mid-training;
+``trainer.precision=abc``: Lightning's error after the world and the calibration pool)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infalign.apps import train as train_app
+from infalign.apps.config import default_types
+from infalign.errors import ConfigError, require_type
+from infalign.training.algorithms import ALGORITHMS, make_algorithm
+from pipeline_helpers import compose_train
+
+
+def validate(tmp_path, *overrides):
+    return train_app.validate(compose_train(tmp_path / "cache", tmp_path / "run", *overrides))
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("policy_cache=off", "policy_cache", "true or false"),
+    ("save_policy=no", "save_policy", "true or false"),
+    ("deterministic=abc", "deterministic", "true or false"),
+    ("calibration.smoothing=1", "calibration.smoothing", "true or false"),
+    ("calibration.K=abc", "calibration.K", "an integer"),
+    ("calibration.K=4.9", "calibration.K", "an integer"),  # was truncated to 4 and recorded as 4.9
+    ("eval.samples=abc", "eval.samples", "an integer"),
+    ("eval.samples=1", "eval.samples", "M >= 2"),  # evaluation needed two, after training
+    ("eval.bootstrap=abc", "eval.bootstrap", "an integer"),
+    ("eval.batch_size=0", "eval.batch_size", ">= 1"),
+    ("calibration.batch_size=0", "calibration.batch_size", ">= 1"),
+    ("eval.ns=4", "eval.ns", "a non-empty list of integers"),
+    ("eval.ns=[1,x]", "eval.ns", "a non-empty list of integers"),
+    ("eval.temperature=abc", "eval.temperature", "a finite number"),
+    ("eval.top_k=2.5", "eval.top_k", "an integer or null"),
+    ("objective.kl_penalty=inf", "objective.kl_penalty", "a finite number"),
+    ("data.train_prompts=abc", "data.train_prompts", "an integer"),
+    ("seed=abc", "seed", "an integer"),
+    ("seed=-1", "seed", ">= 0"),
+    ("algo.beta=abc", "algo.beta", "a finite number"),
+    ("algo.beta='0.3'", "algo.beta", "a finite number"),  # a quoted number is a string
+    ("algo.beta=inf", "algo.beta", "a finite number"),  # passed beta > 0, then NaN probabilities in training
+    ("algo.lr=inf", "algo.lr", "a finite number"),
+    ("algo.steps=2.5", "algo.steps", "an integer"),  # passed, then crashed inside fit
+    ("algo.steps=true", "algo.steps", "an integer"),
+    ("algo.kl_target=inf", "algo.kl_target", "a finite number or null"),  # was reported as kl_budgets, late
+    ("algo.max_new_tokens=abc", "algo.max_new_tokens", "an integer"),
+    ("trainer.devices=abc", "trainer.devices", "an integer >= 1"),
+    ("trainer.devices=0", "trainer.devices", "an integer >= 1"),
+])
+def test_a_value_of_the_wrong_type_is_a_config_error_naming_its_key(tmp_path, override, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        validate(tmp_path, override)
+    assert err.value.key == key and allowed in err.value.allowed, err.value
+
+
+@pytest.mark.parametrize("override", ["policy_cache=false", "algo.beta=1", "algo.kl_target=0.3", "eval.top_k=5",
+                                      "trainer.devices=auto", "trainer.devices=[0]", "calibration.K=8", "seed=3"])
+def test_values_of_the_right_type_pass(tmp_path, override):
+    validate(tmp_path, override)
+
+
+def test_types_come_from_the_defaults_and_strings_stay_free():
+    types = default_types()
+    assert types["policy_cache"] == (bool, False) and types["eval.samples"] == (int, False)
+    assert types["objective.kl_penalty"] == (float, False) and types["reward.max_length"] == (int, True)
+    # strings, interpolations, Lightning's flexible devices and the toy world's own checked tree: not typed here
+    assert not {"threads", "eval.temperature", "trainer.devices", "trainer.precision"} & set(types)
+    assert not [k for k in types if k.startswith("data.toy")]
+
+
+def test_require_type_by_hand():
+    require_type("k", 3, float)  # an int is a number
+    require_type("k", None, int, optional=True)
+    for value, kind in ((True, int), (True, float), (3.0, int), (float("nan"), float), ("1", float), (0, bool)):
+        with pytest.raises(ConfigError):
+            require_type("k", value, kind)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_numeric_setting_of_every_algorithm_is_type_checked(name):
+    import dataclasses
+    import typing
+
+    config = ALGORITHMS[name].Config
+    hints = typing.get_type_hints(config)
+    numeric = [f.name for f in dataclasses.fields(config)
+               if {int, float, bool} & set(typing.get_args(hints[f.name]) or (hints[f.name],))]
+    assert numeric, name
+    for field in numeric:
+        with pytest.raises(ConfigError) as err:
+            make_algorithm({"name": name, field: "abc"})
+        assert err.value.key == f"algo.{field}"
+
+
+def test_trainer_settings_lightning_refuses_fail_before_the_world(tmp_path):
+    """``+trainer.max_step=5`` (a typo) and ``trainer.precision=abc`` pass our checks; Lightning refuses
+    them when a trainer is built -- now right after the config is checked, before the world stage."""
+    for override in ("+trainer.max_step=5", "trainer.precision=abc"):
+        run_dir = tmp_path / override.split("=")[0].lstrip("+")
+        with pytest.raises(ConfigError) as err:
+            train_app.run(compose_train(tmp_path / "cache", run_dir, override))
+        assert err.value.key == "trainer", err.value
+        record = json.loads((run_dir / "metrics.json").read_text())
+        assert record["status"] == "failed" and "world_s" not in record["timings"]
+        assert not (tmp_path / "cache").exists()  # no world built or loaded
+
+
+def test_the_readmes_bon_beta_overrides_compose(tmp_path):
+    """README's best-of-N distillation baseline, as the shell hands it to Hydra: the nested interpolation
+    needs Hydra's quotes (unquoted, the override grammar rejects it: "extraneous input '}'")."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert '''"algo.beta='\\${bon_beta:\\${procedure.n}}'"''' in readme and "algo.beta='${bon_beta:4}'" in readme
+    for hydra_sees in ("algo.beta='${bon_beta:${procedure.n}}'", "algo.beta=${bon_beta:4}"):
+        cfg = compose_train(tmp_path, tmp_path, "transform=log", "procedure.n=4", hydra_sees)
+        assert cfg.algo.beta == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("override, key, suggestion", [
+    ("+eval.sample=8", "eval.sample", "eval.samples"), ("+calibration.k=8", "calibration.k", "calibration.K"),
+    ("+data.train_prompt=8", "data.train_prompt", "data.train_prompts"), ("+sead=3", "sead", "seed"),
+    ("+objective.kl_budgit=1", "objective.kl_budgit", "objective.kl_budget"),
+])
+def test_a_key_no_config_file_defines_is_a_typo(tmp_path, override, key, suggestion):
+    """Hydra's hint for a mistyped key is "use +key"; following it, the value was silently ignored."""
+    with pytest.raises(ConfigError) as err:
+        validate(tmp_path, override)
+    assert err.value.key == key and suggestion in err.value.hint
+
+
+@pytest.mark.parametrize("overrides", [["+sweeps=paper_bon"], ["+sweeps=paper_control"], ["experiment=toy_won"],
+                                       ["method=identity_pooled"], ["+trainer.max_epochs=1"]])
+def test_every_shipped_entry_and_library_keys_pass_the_key_check(overrides):
+    from infalign.apps.config import check_known_keys
+    from pipeline_helpers import compose_config
+
+    check_known_keys(compose_config("train", *overrides))
