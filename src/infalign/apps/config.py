@@ -130,22 +130,11 @@ def default_types() -> dict[str, tuple[type, bool]]:
     sources = [("", root / "train.yaml")] + [(g, p) for g in TYPED_GROUPS for p in sorted((root / g).glob("*.yaml"))]
     seen: dict[str, set] = {}
     for prefix, path in sources:
-        if "@package _global_" in path.read_text():
+        if _is_global(path):
             continue
-        tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-        stack = [(prefix, tree)]
-        while stack:
-            at, node = stack.pop()
-            for key, value in node.items():
-                if not at and key in ("defaults", "hydra"):
-                    continue
-                name = f"{at}.{key}" if at else str(key)
-                if name in UNTYPED_KEYS:
-                    continue
-                if isinstance(value, dict):
-                    stack.append((name, value))
-                else:
-                    seen.setdefault(name, set()).add(_kind(value) if value is not None else type(None))
+        for name, value in _config_nodes(path, prefix):
+            if not isinstance(value, dict) and not any(name == k or name.startswith(k + ".") for k in UNTYPED_KEYS):
+                seen.setdefault(name, set()).add(_kind(value) if value is not None else type(None))
     types = {}
     for name, kinds in seen.items():
         real = kinds - {type(None)}
@@ -173,23 +162,29 @@ _ABSENT = object()
 OWN_ROOTS = ("eval", "objective", "calibration", "data", "policy", "reward")
 
 
-def _files_keys(path: Path, prefix: str) -> set[str]:
-    """Every key path (leaves and inner nodes) a config file defines, under ``prefix`` (its group), or
-    absolute for an ``@package _global_`` file."""
-    text = path.read_text()
-    at = "" if "@package _global_" in text else prefix
+def _is_global(path: Path) -> bool:
+    return "@package _global_" in path.read_text()
+
+
+def _config_nodes(path: Path, prefix: str):
+    """``(key path, value)`` of every node (leaves and inner nodes) a config file defines, under
+    ``prefix`` (its group) -- absolute for an ``@package _global_`` file --, without its ``defaults``
+    list and ``hydra`` settings."""
     tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    keys, stack = set(), [(at, tree)]
+    stack = [("" if _is_global(path) else prefix, tree)]
     while stack:
         base, node = stack.pop()
         for key, value in node.items():
             if not base and key in ("defaults", "hydra"):
                 continue
             name = f"{base}.{key}" if base else str(key)
-            keys.add(name)
+            yield name, value
             if isinstance(value, dict):
                 stack.append((name, value))
-    return keys
+
+
+def _files_keys(path: Path, prefix: str) -> set[str]:
+    return {name for name, _ in _config_nodes(path, prefix)}
 
 
 @functools.cache
