@@ -143,3 +143,9 @@ def test_every_shipped_entry_and_library_keys_pass_the_key_check(overrides):
     from pipeline_helpers import compose_config
 
     check_known_keys(compose_config("train", *overrides))
+
+
+def test_a_custom_function_not_finite_in_float32_is_not_told_about_exp(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(tmp_path, "transform=sqrt", "transform.fn=numpy.arccosh")  # arccosh(u) is NaN below 1
+    assert err.value.key == "transform" and "exp" not in err.value.allowed and "NaN" in err.value.hint

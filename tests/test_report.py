@@ -589,7 +589,7 @@ def test_baseline_option_and_bad_options(tmp_path, capsys):
     assert len({r["kl"] for r in rows}) == 3
     assert all(float(r["gain"]) == pytest.approx(-GAIN_BON4, abs=1e-9) for r in rows if r["method"] == "identity")
     rc, _ = run_main(str(root), "--no-wandb", "--num-kl", "0")
-    assert rc == 2 and "num_kl=0 is not allowed: an integer >= 1" in capsys.readouterr().err
+    assert rc == 2 and "--num-kl=0 is not allowed: an integer >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -1111,7 +1111,11 @@ def test_the_bootstrap_option_reaches_the_report(tmp_path, capsys):
 
     write_job(tmp_path, "0", [], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70))
     assert main([str(tmp_path), "--no-wandb", "--bootstrap", "50"]) == 2
-    assert "num_resamples=50" in capsys.readouterr().err
+    assert "--bootstrap=50" in capsys.readouterr().err  # the option's own name
+    # a baseline no run of the sweep has (a typo) compared nothing, silently: refused, naming the methods
+    assert main([str(tmp_path), "--no-wandb", "--baseline", "identiy"]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline=['identiy']" in err and "identity" in err
 
 
 def test_the_inference_plot_has_one_row_per_procedure_holding_only_its_series(tmp_path, monkeypatch):

@@ -168,9 +168,11 @@ def check_float32_range(transform: Transform) -> None:
     if not transform.calibrated or finite_in_float32(transform):
         return
     t = getattr(transform, "t", None)
-    raise ConfigError("transform.t" if t is not None else "transform", t if t is not None else transform.label,
-                      "a transform finite on [0, 1] in float32 (training's precision): t <= 88.7 for exp",
-                      "larger t is for the float64 theory only (infalign-analyze)")
+    if t is None:  # a custom function (transform.fn), e.g. numpy.arccosh: infinite or NaN somewhere on [0, 1]
+        raise ConfigError("transform", transform.label, "a transform finite on [0, 1] in float32 (training's "
+                          "precision)", "the function is infinite or NaN somewhere on [0, 1]")
+    raise ConfigError("transform.t", t, "a transform finite on [0, 1] in float32 (training's precision): t <= 88.7 "
+                      "for exp", "larger t is for the float64 theory only (infalign-analyze)")
 
 
 def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:

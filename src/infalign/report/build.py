@@ -48,14 +48,17 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     ``num_kl``: common KLs per panel; ``num_resamples``: paired bootstrap resamples; ``methods``: the
     methods the matched-KL comparison takes (default all; every run stays in runs.csv and the plots).
     ``summary.json`` is written by :func:`write_summary` (after W&B, so it can record the run)."""
-    require(num_kl >= 1, "num_kl", num_kl, "an integer >= 1")
-    require(num_resamples >= 100, "num_resamples", num_resamples, "an integer >= 100 (percentile CIs)")
+    require(num_kl >= 1, "--num-kl", num_kl, "an integer >= 1")
+    require(num_resamples >= 100, "--bootstrap", num_resamples, "an integer >= 100 (percentile CIs)")
     require(judge == "all" or judge in JUDGES, "judge", judge, f"one of {', '.join(JUDGES)} or all")
     root, out_dir = Path(root), Path(out_dir)
     jobs = collect(root, skip=[out_dir])
     present = sorted({m for j in jobs if j.status == "finished" and (m := method_of(j)) is not None})
     if methods is not None and (unknown := sorted(set(methods) - set(present))):  # before anything is written
         raise ConfigError("--method", unknown, f"methods of the finished runs: {', '.join(present)}")
+    swept = sorted({m for j in jobs if (m := method_of(j)) is not None})  # failed jobs too: their panel says so
+    if baselines is not None and (unknown := sorted(set(baselines) - set(swept))):  # a typo compared nothing
+        raise ConfigError("--baseline", unknown, f"methods of the sweep's runs: {', '.join(swept)}")
     judges = (present_judges(jobs) or list(JUDGES)) if judge == "all" else [judge]
     rows = [job_row(j, judges) for j in jobs]
     series = build_series(jobs, judges)
