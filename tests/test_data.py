@@ -632,3 +632,13 @@ def test_policy_pair_responses_end_with_eos_inside_the_mask():
     assert ids["rejected_ids"] == [["a2", "<eos>", "<pad>"], ["a5", "b2", "<eos>"]]
     assert batch["chosen_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["rejected_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+
+
+def test_a_directory_given_as_a_data_file_is_named_as_one(tmp_path):
+    """data.train_file=<a directory> said "file not found", which sends a user looking for a missing file."""
+    from infalign.data.formats import DataFileError
+
+    with pytest.raises(DataFileError, match=r"is a directory, not a data file.*data.train_file"):
+        read_jsonl(tmp_path, "data.train_file")
+    with pytest.raises(FileNotFoundError, match="file not found"):
+        read_jsonl(tmp_path / "missing.jsonl", "data.train_file")

@@ -216,6 +216,9 @@ def read_jsonl(path: str | os.PathLike, key: str | None = None) -> list[RawRecor
 def check_data_file(path: str | os.PathLike, key: str | None = None) -> Path:
     """Cheap checks before any compute: ``path`` exists and is not a Git LFS pointer."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataFileError(f"{_describe(path, key)} is a directory, not a data file: name the .jsonl / .json file "
+                            "in it")
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {_describe(path, key)}")
     with open(path, "rb") as fh:
