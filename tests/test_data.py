@@ -638,7 +638,7 @@ def test_a_directory_given_as_a_data_file_is_named_as_one(tmp_path):
     """data.train_file=<a directory> said "file not found", which sends a user looking for a missing file."""
     from infalign.data.formats import DataFileError
 
-    with pytest.raises(DataFileError, match=r"is a directory, not a data file.*data.train_file"):
+    with pytest.raises(DataFileError, match=r"\(data.train_file\) is a directory, not a data file"):
         read_jsonl(tmp_path, "data.train_file")
     with pytest.raises(FileNotFoundError, match="file not found"):
         read_jsonl(tmp_path / "missing.jsonl", "data.train_file")
