@@ -149,3 +149,18 @@ def test_a_custom_function_not_finite_in_float32_is_not_told_about_exp(tmp_path)
     with pytest.raises(ConfigError) as err:
         validate(tmp_path, "transform=sqrt", "transform.fn=numpy.arccosh")  # arccosh(u) is NaN below 1
     assert err.value.key == "transform" and "exp" not in err.value.allowed and "NaN" in err.value.hint
+
+
+def test_null_limits_keys_the_code_reads_and_null_only_defaults_are_typed_right(tmp_path):
+    """Review findings: data.max_prompt_tokens=null ("no limit") was refused because every shipped entry
+    sets an int; reward.train.accelerator (read by pipeline/world.py) was called a typo; and
+    objective.kl_budget=abc passed (its only default is null) to fail after training."""
+    from infalign.apps.config import known_keys
+
+    types = default_types()
+    assert types["data.max_prompt_tokens"] == (int, True) and types["data.max_response_tokens"] == (int, True)
+    assert "reward.train.accelerator" in known_keys()
+    validate(tmp_path, "objective.kl_budget=0.5")
+    with pytest.raises(ConfigError) as err:
+        validate(tmp_path, "objective.kl_budget=abc")
+    assert err.value.key == "objective.kl_budget"

@@ -520,3 +520,23 @@ def test_a_resample_continues_a_curve_with_its_measured_end_slope():
     aa = [matched_kl(_close_end_world(rep, 0.0), baselines=["identity"], num_resamples=500).gains[0]
           for rep in range(20)]
     assert not any(g.significant.any() for g in aa)
+
+
+
+def test_a_near_tie_at_a_curves_end_does_not_set_its_continuation_slope():
+    """Two measured runs 0.0005 nats apart (0.2 and 0.2005 on a 0.2-0.6 curve): their chord's slope is
+    win-rate noise over nothing; the continuation takes the chord to the first point >= 5 % of the
+    span away (here the far end), while well-spaced ends keep their own segment."""
+    from infalign.math.matched_kl import _end_slopes
+
+    x, y = np.array([0.2, 0.2005, 0.4, 0.6]), np.array([0.50, 0.52, 0.58, 0.62])
+    left, right = _end_slopes(x, y)
+    assert left == pytest.approx((0.58 - 0.50) / 0.2) and right == pytest.approx((0.62 - 0.58) / 0.2)
+    assert _end_slopes(np.array([0.1, 0.3]), np.array([0.5, 0.7])) == pytest.approx((1.0, 1.0))
+    for second in (0.215, 0.2005):  # the close-end world of the test above, closer still: still 2-point wide
+        world = _close_end_world(0, 0.02)
+        for r in world:
+            if r.method == "m" and r.seed == 0 and abs(r.kl.mean() - 0.215) < 1e-9:
+                r.kl *= second / 0.215
+        g = matched_kl(world, baselines=["identity"], num_resamples=500).gains[0]
+        assert g.total_high[0] - g.total_low[0] < 0.03 and g.significant[0]

@@ -113,6 +113,12 @@ if not OmegaConf.has_resolver("not"):  # ${not:${save_optimizer}} (conf/callback
 # only set values (they are checked against these), hydra / logger / callbacks are the libraries' own.
 TYPED_GROUPS = ("calibration", "data", "policy", "reward", "trainer")
 UNTYPED_KEYS = ("trainer.devices", "data.toy")  # Lightning: an int, "auto" or a list; toy/build.py checks its own
+# Keys whose shipped defaults do not show their type or that they may be null (no default sets null, or
+# every default is null) -- the code reads null as "no limit" / "none".
+EXTRA_TYPES: dict[str, tuple[type, bool]] = {
+    "data.max_prompt_tokens": (int, True), "data.max_response_tokens": (int, True), "data.max_examples": (int, True),
+    "objective.kl_budget": (float, True), "objective.kl_penalty": (float, False),
+}
 
 
 def _kind(value: Any) -> type | None:
@@ -135,8 +141,10 @@ def default_types() -> dict[str, tuple[type, bool]]:
         for name, value in _config_nodes(path, prefix):
             if not isinstance(value, dict) and not any(name == k or name.startswith(k + ".") for k in UNTYPED_KEYS):
                 seen.setdefault(name, set()).add(_kind(value) if value is not None else type(None))
-    types = {}
+    types = dict(EXTRA_TYPES)
     for name, kinds in seen.items():
+        if name in EXTRA_TYPES:
+            continue
         real = kinds - {type(None)}
         kind = float if real == {int, float} else next(iter(real)) if len(real) == 1 else None
         if kind is not None:
@@ -235,12 +243,12 @@ def full_errors() -> bool:
 
 
 def config_error_block(exc: ConfigError, program: str = "infalign-train") -> str:
-    """The one block a ConfigError prints instead of a traceback."""
+    """The one block a ConfigError prints instead of a traceback (``-v``: infalign-train's flag)."""
     lines = [f"{program}: configuration error", f"  key:     {exc.key}", f"  value:   {exc.value!r}",
              f"  allowed: {exc.allowed}"]
     if exc.hint:
         lines.append(f"  hint:    {exc.hint}")
-    lines.append("(full traceback: HYDRA_FULL_ERROR=1 or -v)")
+    lines.append("(full traceback: HYDRA_FULL_ERROR=1" + (" or -v)" if program == "infalign-train" else ")"))
     return "\n".join(lines)
 
 

@@ -27,7 +27,8 @@ resamples. Every curve is rebuilt from its resampled points and re-evaluated on 
 vectorised over ``b``; runs of one curve at the same ``K_r`` are averaged within each resample,
 as in the point estimate. Because a resample moves a curve's end points, a grid KL can fall just outside
 a resampled curve's range (by about the KL's own CI); there the resampled curve is continued from its
-end point with the *measured* curve's end slope, which is exact for locally linear curves (holding the
+end point with the *measured* curve's end slope (over at least :data:`MIN_SLOPE_RUN` of the curve's KL
+span: the end segment unless two runs nearly tie), which is exact for locally linear curves (holding the
 end value instead would bias every resample with a moved end towards it). Not with the resample's own
 end slope: two runs close in KL (a KL knob's two smallest settings) can land on almost the same KL in
 a resample, and continuing that near-vertical segment read win rates far outside [0, 1], which
@@ -251,10 +252,19 @@ def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: b
     return out
 
 
+MIN_SLOPE_RUN = 0.05  # share of a curve's KL span below which an end segment is too short to carry a slope
+
+
 def _end_slopes(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Slopes of the first and last segment of the curve through the sorted, tie-merged points
-    ``(x, y)`` (>= 2 of them): what a resampled curve is continued with (module docstring)."""
-    return float((y[1] - y[0]) / (x[1] - x[0])), float((y[-1] - y[-2]) / (x[-1] - x[-2]))
+    """Slopes a resampled curve is continued with (module docstring), from the sorted, tie-merged points
+    ``(x, y)`` (>= 2 of them): at each end, the chord from the end point to the nearest point at least
+    :data:`MIN_SLOPE_RUN` of the curve's KL span away -- the end segment itself unless two runs nearly
+    tie in KL, whose chord would be near-vertical (a few-hundredths-of-a-nat noise in win rate over a
+    thousandth of a nat of KL)."""
+    reach = MIN_SLOPE_RUN * (x[-1] - x[0])
+    i = next(k for k in range(1, x.size) if x[k] - x[0] >= reach or k == x.size - 1)
+    j = next(k for k in range(x.size - 2, -1, -1) if x[-1] - x[k] >= reach or k == 0)
+    return float((y[i] - y[0]) / (x[i] - x[0])), float((y[-1] - y[j]) / (x[-1] - x[j]))
 
 
 def common_range(ranges: Sequence[tuple[float, float]]) -> tuple[float, float] | None:

@@ -75,7 +75,12 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("won", "won/report", "exp(t < 0) beats the raw reward on the worst-of-N win rate",
           ("won4", "won8"), EXP_T_NEG, "raw", +1),
     Claim("control", "control/report", "calibrated world (nothing to calibrate in the gold reward): what is left "
-          "of identity - raw", ("standard", "bon4"), ("identity", "identity_pooled"), "raw", None),
+          "of identity - raw", ("standard", "bon4"), ("identity", "identity[pooled]"), "raw", None),
+    Claim("control", "control/report", "calibrated world: what per-prompt calibration still buys over pooled ranks "
+          "(identity[pooled] - identity)", ("standard", "bon4"), ("identity[pooled]",), "identity", None),
+    Claim("standard", "standard/report", "default world: what per-prompt calibration buys over pooled ranks "
+          "(identity[pooled] - identity; the paper's calibration step)", ("standard", "bon4"),
+          ("identity[pooled]",), "identity", -1),
     Claim("hacking", "hacking/report", "calibration makes RL more robust to reward hacking: at matched KL, "
           "calibrated RL reaches a higher gold win rate than raw", ("standard",), ("identity", "expn(t=4)"),
           "raw", +1, judge="gold"),
@@ -100,6 +105,7 @@ class Comparison:
     num_kls: int = 0
     significant: bool = False
     n_seeds: int = 0
+    seed_test: str = ""  # the report's: paired | welch | pooled | none (one seed each: no verdict)
     max_abs_gain: float | None = None  # over every KL of the panel (controls' noise yardstick)
     outcome: str = "not measured"
     why: str = ""
@@ -136,7 +142,7 @@ def _read_rows(path: Path) -> list[dict] | None:
 
 
 def _outcome(expect: int | None, c: Comparison) -> str:
-    if c.n_seeds < 2:
+    if c.seed_test in ("", "none"):  # as the report: one seed on each side, training noise not assessed
         return "no verdict (1 seed: training noise not assessed)"
     if not c.significant:
         return "not significant" if expect is None else "not established"
@@ -168,6 +174,7 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             mid = mine[len(mine) // 2]
             c.kl, c.gain, c.low, c.high = (_float(mid[k]) for k in ("kl", "gain", "gain_low", "gain_high"))
             c.n_seeds = int(_float(mid["n_seeds"]) or 0)
+            c.seed_test = mid.get("seed_test") or "none"
             c.significant = mid["significant"] == "True"
             c.significant_kls, c.num_kls = sum(r["significant"] == "True" for r in mine), len(mine)
             gains = [abs(g) for r in mine if (g := _float(r["gain"])) is not None]
@@ -178,7 +185,7 @@ def read_claim(claim: Claim, out: Path) -> Finding:
                 c.seeds = (f"{who} [{_pts(_float(mid['seed_low']))}, {_pts(_float(mid['seed_high']))}], total "
                            f"[{_pts(_float(mid['total_low']))}, {_pts(_float(mid['total_high']))}]")
             c.outcome = _outcome(claim.expect, c) if claim.expect != 0 else (
-                "no verdict (1 seed: training noise not assessed)" if c.n_seeds < 2 else
+                "no verdict (1 seed: training noise not assessed)" if c.seed_test == "none" else
                 f"{c.significant_kls}/{c.num_kls} KLs significant")
     finding.verdict = _verdict(claim, finding.comparisons)
     return finding
@@ -189,7 +196,7 @@ def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
     if not measured:
         return "not measured"
     if claim.expect == 0:
-        judged = [c for c in measured if c.n_seeds >= 2]
+        judged = [c for c in measured if c.seed_test != "none"]
         if not judged:
             return "no verdict (1 seed)"
         cells = sum(c.num_kls for c in judged)

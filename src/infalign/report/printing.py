@@ -20,6 +20,8 @@ def print_matched_kl(report: Report, console) -> None:
     for p in report.panels:
         if not p.result.common:
             console.print(f"  {escape(p.title)}: {escape(p.result.note)}")
+            for line in left_out(p.result):
+                console.print(f"    [yellow]{escape(line)}[/]")
             continue
         console.print(f"  {escape(panel_heading(p))}:")
         for g in p.result.gains:
