@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infalign.report.matched import points, seed_interval_text
+
 __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
            "findings_json"]
 
@@ -126,13 +128,6 @@ def _float(text: str | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def _pts(x: float | None) -> str:
-    if x is None:
-        return "–"
-    v = round(100 * x, 1)
-    return f"{v + 0.0 if v != 0 else 0.0:+.1f}"
-
-
 def _read_rows(path: Path) -> list[dict] | None:
     try:
         with path.open(newline="") as f:
@@ -179,11 +174,9 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c.significant_kls, c.num_kls = sum(r["significant"] == "True" for r in mine), len(mine)
             gains = [abs(g) for r in mine if (g := _float(r["gain"])) is not None]
             c.max_abs_gain = max(gains) if gains else None
-            if mid.get("seed_test") and mid["seed_test"] != "none":
-                who = (f"{c.n_seeds} seeds" if mid["seed_test"] == "paired"
-                       else f"{c.n_seeds} vs {mid.get('n_seeds_baseline')} seeds, {mid['seed_test']}")
-                c.seeds = (f"{who} [{_pts(_float(mid['seed_low']))}, {_pts(_float(mid['seed_high']))}], total "
-                           f"[{_pts(_float(mid['total_low']))}, {_pts(_float(mid['total_high']))}]")
+            bounds = (_float(mid[k]) for k in ("seed_low", "seed_high", "total_low", "total_high"))
+            c.seeds = seed_interval_text(c.seed_test, c.n_seeds, int(_float(mid.get("n_seeds_baseline")) or 0),
+                                         *bounds)
             c.outcome = _outcome(claim.expect, c) if claim.expect != 0 else (
                 "no verdict (1 seed: training noise not assessed)" if c.seed_test == "none" else
                 f"{c.significant_kls}/{c.num_kls} KLs significant")
@@ -238,8 +231,8 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
             if x.gain is None:
                 lines.append(f"| {x.panel} | {x.method} − {x.baseline} | – | – | – | – | not measured: {x.why} |")
                 continue
-            lines.append(f"| {x.panel} | {x.method} − {x.baseline} | {x.kl:.2f} | {_pts(x.gain)} [{_pts(x.low)}, "
-                         f"{_pts(x.high)}] | {x.seeds or '1 seed'} | {x.significant_kls}/{x.num_kls} | {x.outcome} |")
+            lines.append(f"| {x.panel} | {x.method} − {x.baseline} | {x.kl:.2f} | {points(x.gain)} [{points(x.low)}, "
+                         f"{points(x.high)}] | {x.seeds or '1 seed'} | {x.significant_kls}/{x.num_kls} | {x.outcome} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -159,8 +159,10 @@ def matched_kl_rows(panels: Sequence[Panel]) -> list[dict]:
     return rows
 
 
-def _pct(x: float, digits: int = 1) -> str:
-    """``x`` in signed points (x100); no ``-0.0``."""
+def points(x: float | None, digits: int = 1) -> str:
+    """``x`` in signed points (x100); no ``-0.0``; ``–`` for None (no value)."""
+    if x is None:
+        return "–"
     v = round(100 * float(x), digits)
     return f"{v + 0.0 if v != 0 else 0.0:+.{digits}f}"
 
@@ -175,24 +177,29 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
     if g.seed_test == "none":
         verb = (("is ahead of" if g.gain[i] > 0 else "is behind") if g.prompt_significant[i]
                 else "does not clearly differ from")
-        return (f"{g.method} {verb} {g.baseline} on these prompts: {_pct(g.gain[i])} [{_pct(g.low[i])}, "
-                f"{_pct(g.high[i])}] points (1 seed each: training noise not assessed, no verdict)")
+        return (f"{g.method} {verb} {g.baseline} on these prompts: {points(g.gain[i])} [{points(g.low[i])}, "
+                f"{points(g.high[i])}] points (1 seed each: training noise not assessed, no verdict)")
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
-    return (f"{g.method} {verb} {g.baseline}: {_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}] points, "
+    return (f"{g.method} {verb} {g.baseline}: {points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}] points, "
             f"{seed_clause(g, i)} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
 
 
 def seed_clause(g: Gain, i: int) -> str:
-    """The seed and total intervals at grid KL ``i``: ``3 seeds [+1.2, +3.0], total [+0.9, +3.3]``
-    (paired by seed) or ``3 vs 2 seeds, welch [+0.4, +3.8], total [...]`` (unpaired: docs/method.md
-    §10); empty without them (one seed per method)."""
-    if g.seed_test == "none":
+    """The seed and total intervals at grid KL ``i`` (:func:`seed_interval_text`)."""
+    return seed_interval_text(g.seed_test, g.n_seeds, g.n_seeds_baseline, g.seed_low[i], g.seed_high[i],
+                              g.total_low[i], g.total_high[i])
+
+
+def seed_interval_text(seed_test: str, n_seeds: int, n_base: int, seed_low: float, seed_high: float,
+                       total_low: float, total_high: float) -> str:
+    """``3 seeds [+1.2, +3.0], total [+0.9, +3.3]`` (paired by seed) or ``3 vs 2 seeds, welch [+0.4,
+    +3.8], total [...]`` (unpaired: docs/method.md §10); empty without them (``seed_test`` none: one
+    seed per method). Shared by the report's sentences and ``report/findings.py``."""
+    if seed_test == "none":
         return ""
-    who = (f"{g.n_seeds} seeds" if g.seed_test == "paired"
-           else f"{g.n_seeds} vs {g.n_seeds_baseline} seeds, {g.seed_test}")
-    return (f"{who} [{_pct(g.seed_low[i])}, {_pct(g.seed_high[i])}], "
-            f"total [{_pct(g.total_low[i])}, {_pct(g.total_high[i])}]")
+    who = f"{n_seeds} seeds" if seed_test == "paired" else f"{n_seeds} vs {n_base} seeds, {seed_test}"
+    return f"{who} [{points(seed_low)}, {points(seed_high)}], total [{points(total_low)}, {points(total_high)}]"
 
 
 def panel_heading(p: Panel) -> str:
@@ -268,7 +275,7 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
         out.write("|" + "|".join("---" for _ in head) + "|\n")
         for i, k in enumerate(r.grid):
             cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
-            cells += [f"{_pct(g.gain[i])} [{_pct(g.low[i])}, {_pct(g.high[i])}]"
+            cells += [f"{points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}]"
                       + (f" {clause}" if (clause := seed_clause(g, i)) else "")
                       + (" *" if g.significant[i] else "") for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
