@@ -133,16 +133,12 @@ def print_summary(summary: dict) -> None:
 def validate(cfg: DictConfig) -> None:
     """What can be checked before compute (ConfigError naming the key): the keys' types, the pool's
     size and batch, its sampling settings, the data and thread settings."""
-    from infalign.errors import require
     from infalign.infra.threads import resolve_threads
-    from infalign.pipeline.settings import data_settings, sampling_settings
+    from infalign.pipeline.settings import data_settings, eval_pool_settings
 
     check_known_keys(cfg)
     check_value_types(cfg)
-    require(int(cfg.eval.samples) >= 2, "eval.samples", cfg.eval.samples,
-            "M >= 2 reference samples per held-out prompt (a within-prompt spread needs two)")
-    require(int(cfg.eval.batch_size) >= 1, "eval.batch_size", cfg.eval.batch_size, ">= 1 rows per batch")
-    sampling_settings(cfg.eval, "eval")
+    eval_pool_settings(cfg.eval)
     data_settings(cfg.data)
     resolve_threads(cfg.get("threads", "auto"))
 

@@ -48,8 +48,8 @@ from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import (
     calibration_sampler,
     data_settings,
+    eval_pool_settings,
     model_settings,
-    sampling_settings,
     training_seed,
     wandb_mode,
 )
@@ -78,10 +78,9 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     if algo.needs_calibration(transform):
         calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
     require_spread_samples(algo.kl_target, transform, scope == "pooled", int(cfg.calibration.K))
-    require(int(cfg.eval.samples) >= 2, "eval.samples", cfg.eval.samples,
-            "M >= 2 samples per held-out prompt (the evaluation's within-prompt spreads need two)")
-    for key in ("eval.batch_size", "calibration.batch_size"):
-        require(int(OmegaConf.select(cfg, key)) >= 1, key, OmegaConf.select(cfg, key), ">= 1 rows per batch")
+    eval_pool_settings(cfg.eval)  # eval.samples, eval.batch_size, eval.temperature / top_k / top_p
+    require(int(cfg.calibration.batch_size) >= 1, "calibration.batch_size", cfg.calibration.batch_size,
+            ">= 1 rows per batch")
     ns = cfg.eval.ns
     require(OmegaConf.is_list(ns) and len(ns) > 0 and all(isinstance(n, int) and not isinstance(n, bool) for n in ns),
             "eval.ns", OmegaConf.to_container(ns) if OmegaConf.is_config(ns) else ns,
@@ -94,7 +93,6 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
-    sampling_settings(cfg.eval, "eval")  # eval.temperature / top_k / top_p ranges
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input
     training_seed(cfg)  # replica

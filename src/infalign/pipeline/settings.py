@@ -6,7 +6,7 @@ from __future__ import annotations
 from infalign.errors import require, require_type
 
 __all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "WANDB_MODES", "data_settings",
-           "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
+           "eval_pool_settings", "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
 
@@ -29,6 +29,16 @@ def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, 
     require(top_k is None or int(top_k) >= 1, f"{group}.top_k", top_k, "null or >= 1")
     require(0 < top_p <= 1, f"{group}.top_p", top_p, "0 < top_p <= 1 (1: no nucleus cut)")
     return temperature, None if top_k is None else int(top_k), top_p
+
+
+def eval_pool_settings(eval_cfg) -> None:
+    """The evaluation pool (``eval``: M samples per held-out prompt, drawn ``batch_size`` rows at a time)
+    as ``infalign-train`` and ``infalign-calibration`` both draw it: ``samples`` >= 2, ``batch_size`` >= 1
+    and its sampling settings (:func:`sampling_settings`); ConfigError naming ``eval.<key>``."""
+    require(int(eval_cfg.samples) >= 2, "eval.samples", eval_cfg.samples,
+            "M >= 2 samples per held-out prompt (the evaluation's within-prompt spreads need two)")
+    require(int(eval_cfg.batch_size) >= 1, "eval.batch_size", eval_cfg.batch_size, ">= 1 rows per batch")
+    sampling_settings(eval_cfg, "eval")
 
 
 def calibration_sampler(cfg) -> None:
