@@ -138,8 +138,8 @@ def default_types() -> dict[str, tuple[type, bool]]:
     for prefix, path in sources:
         if _is_global(path):
             continue
-        for name, value in _config_nodes(path, prefix):
-            if not isinstance(value, dict) and not any(name == k or name.startswith(k + ".") for k in UNTYPED_KEYS):
+        for name, value in _config_nodes(path, prefix, skip=UNTYPED_KEYS):
+            if not isinstance(value, dict):
                 seen.setdefault(name, set()).add(_kind(value) if value is not None else type(None))
     types = dict(EXTRA_TYPES)
     for name, kinds in seen.items():
@@ -174,21 +174,29 @@ def _is_global(path: Path) -> bool:
     return "@package _global_" in path.read_text()
 
 
-def _config_nodes(path: Path, prefix: str):
-    """``(key path, value)`` of every node (leaves and inner nodes) a config file defines, under
-    ``prefix`` (its group) -- absolute for an ``@package _global_`` file --, without its ``defaults``
-    list and ``hydra`` settings."""
-    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    stack = [("" if _is_global(path) else prefix, tree)]
+def _nodes(tree: dict, base: str = "", skip: tuple[str, ...] = ()):
+    """``(key path, value)`` of every node (leaves and inner nodes) of the plain tree ``tree``, its keys
+    under ``base``; at the top level without ``defaults`` and ``hydra``; a path in ``skip`` is neither
+    yielded nor entered."""
+    stack = [(base, tree)]
     while stack:
-        base, node = stack.pop()
+        at, node = stack.pop()
         for key, value in node.items():
-            if not base and key in ("defaults", "hydra"):
+            if not at and key in ("defaults", "hydra"):
                 continue
-            name = f"{base}.{key}" if base else str(key)
+            name = f"{at}.{key}" if at else str(key)
+            if name in skip:
+                continue
             yield name, value
             if isinstance(value, dict):
                 stack.append((name, value))
+
+
+def _config_nodes(path: Path, prefix: str, skip: tuple[str, ...] = ()):
+    """:func:`_nodes` of a config file, under ``prefix`` (its group) -- absolute for an
+    ``@package _global_`` file."""
+    tree = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return _nodes(tree, "" if _is_global(path) else prefix, skip)
 
 
 def _files_keys(path: Path, prefix: str) -> set[str]:
@@ -217,19 +225,11 @@ def check_known_keys(cfg: DictConfig) -> None:
     import difflib
 
     known = known_keys()
-    found = [str(k) for k in cfg if not OmegaConf.is_dict(cfg[k]) and k != "hydra"]
+    tree = OmegaConf.to_container(cfg, resolve=False)  # unresolved: a missing mandatory value is not this check's
+    found = [k for k, v in tree.items() if not isinstance(v, dict) and k != "hydra"]
     for root in OWN_ROOTS:
-        node = cfg.get(root)
-        stack = [(root, node)] if OmegaConf.is_dict(node) else []
-        while stack:
-            base, sub = stack.pop()
-            for key in sub:
-                name = f"{base}.{key}"
-                if name == "data.toy":
-                    continue
-                found.append(name)
-                if OmegaConf.is_dict(sub[key]):
-                    stack.append((name, sub[key]))
+        if isinstance(tree.get(root), dict):
+            found += [name for name, _ in _nodes(tree[root], root, skip=("data.toy",))]
     for name in found:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.75)
