@@ -63,8 +63,8 @@ def probe_trainer(make: TrainerFactory) -> None:
     try:
         make(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
     except (TypeError, ValueError, MisconfigurationException) as exc:
-        raise ConfigError("trainer", dict(getattr(make, "keywords", {})), "settings lightning.Trainer accepts (conf/trainer/)",
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise ConfigError("trainer", dict(getattr(make, "keywords", {})),
+                          "settings lightning.Trainer accepts (conf/trainer/)", f"{type(exc).__name__}: {exc}") from exc
     finally:
         banner.setLevel(level)
 
