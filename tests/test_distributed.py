@@ -102,3 +102,30 @@ def test_multi_device_without_a_launcher_is_a_config_error(tmp_path, monkeypatch
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="trainer.devices"):
         train_app.run(compose_train(tmp_path, tmp_path, "trainer=ddp_cpu"))
+
+
+@pytest.mark.parametrize("accelerator,gpus,refused", [
+    ("cpu", 4, False),   # one CPU process whatever the GPUs
+    ("gpu", 1, False),   # a single-GPU machine: one device, no launcher needed
+    ("gpu", 2, True),    # every visible GPU: one process each, started by torchrun / SLURM
+    ("cuda", 0, False),  # no GPU: one (Lightning's own refusal of the accelerator speaks, probe_trainer)
+    ("auto", 0, False),  # auto without a GPU is one CPU
+    ("auto", 3, True),   # auto with GPUs takes them all
+])
+def test_devices_auto_counts_what_lightning_would_use(tmp_path, monkeypatch, accelerator, gpus, refused):
+    import torch
+
+    from infalign.apps import train as train_app
+    from infalign.errors import ConfigError
+    from pipeline_helpers import compose_train
+
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert train_app.auto_device_count(accelerator) == (1 if accelerator in ("cpu", "mps") else max(1, gpus))
+    cfg = compose_train(tmp_path, tmp_path, f"trainer.accelerator={accelerator}", "trainer.devices=auto")
+    if refused:
+        with pytest.raises(ConfigError, match="trainer.devices"):
+            train_app.validate(cfg)
+    else:
+        train_app.validate(cfg)

@@ -100,8 +100,9 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
     require(int(cfg.seed) >= 0, "seed", cfg.seed, "an integer >= 0 (it seeds numpy and torch generators)")
     devices = trainer_devices(cfg.trainer.devices)
-    one = devices == 1 or (devices == "auto" and cfg.trainer.accelerator == "cpu")  # Lightning: one CPU device
-    multi = not one or int(cfg.trainer.get("num_nodes", 1)) > 1
+    if devices == "auto":
+        devices = auto_device_count(cfg.trainer.accelerator)
+    multi = devices != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1
     require(not multi or distributed.launched_externally(), "trainer.devices", cfg.trainer.devices,
             "1, or several processes started by torchrun / SLURM (one per device)",
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
@@ -140,6 +141,19 @@ def trainer_devices(devices) -> int | str:
     ids = [d.strip() for d in text.split(",") if d.strip()]
     require(bool(ids) and all(d.lstrip("-").isdigit() for d in ids), "trainer.devices", devices, allowed)
     return int(ids[0]) if len(ids) == 1 else len(ids)
+
+
+def auto_device_count(accelerator: str) -> int:
+    """The devices ``trainer.devices=auto`` gives on this machine, as Lightning counts them: one CPU
+    process, one MPS device, every visible CUDA GPU for ``gpu`` / ``cuda`` (and for ``auto`` when
+    there is one; else one CPU). A single-GPU machine is one device, so ``devices=auto`` there runs
+    without a launcher; several GPUs need one process per GPU (torchrun / SLURM). No GPU at all counts
+    as one: Lightning's own refusal of a GPU accelerator then names the problem (``probe_trainer``)."""
+    if accelerator in ("cpu", "mps"):
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 def check_shared_run_dir() -> None:
