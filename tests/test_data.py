@@ -25,6 +25,7 @@ from infalign.data import (
     read_jsonl,
     split_hh_dialogue,
 )
+from infalign.data.formats import RawRecord
 from infalign.errors import ConfigError
 from infalign.training import RewardModelModule
 
@@ -182,8 +183,8 @@ def test_hh_pairs_and_malformed_report(tmp_path, suffix):
         "not_a_dict": 1,
     }
     assert report.examples[:3] == [
-        (5, "invalid_json"),
-        (6, "missing_field"),
+        (5, "invalid_json: Expecting value at character 62"),  # the detail names what is wrong, and where
+        (6, "missing_field: rejected"),
         (7, "no_assistant_turn"),
     ]
     assert "invalid_json=1" in report.summary() and report.to_dict()["usable"] == 4
@@ -222,10 +223,10 @@ def test_tldr_prompt_template_and_choice(tmp_path):
         "invalid_json": 1,
     }
     assert report.examples == [
-        (4, "bad_choice"),
+        (4, "bad_choice: 2"),
         (5, "bad_summaries"),
         (6, "empty_response"),
-        (7, "missing_field"),
+        (7, "missing_field: info"),
         (8, "not_reddit"),
     ]
 
@@ -241,6 +242,31 @@ def test_all_malformed_file_raises_naming_the_file(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="infalign.data.formats"):
         parse_hh(read_jsonl(ok), str(ok))
     assert "malformed records skipped" in caplog.text and "ok.jsonl" in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path, suffix):
+    lines = [json.dumps(hh_record(*g)) for g in HH_GOOD]
+    path = write_jsonl(tmp_path / f"bom{suffix}", ["\ufeff" + lines[0], *lines[1:]])  # as Windows tools save
+    pairs, report = parse_hh(read_jsonl(path), str(path))
+    assert len(pairs) == len(HH_GOOD) and report.n_malformed == 0
+
+
+def test_tldr_choice_as_an_integer_valued_float_is_that_choice():
+    # a pandas export writes the column as 0.0 / 1.0 when it has nulls; bools, strings and 2 stay malformed
+    records = [RawRecord(n, tldr_record(ROOMMATE, " first", " second", c)) for n, c in
+               enumerate([1.0, 0.0, True, "1", 2, float("nan")], start=1)]
+    pairs, report = parse_tldr(records, "pandas.jsonl")
+    assert [p.chosen for p in pairs] == ["second", "first"]
+    assert report.malformed == {"bad_choice": 4}
+
+
+def test_a_file_in_another_format_is_named_with_its_keys(tmp_path):
+    # a TRL-style {"prompt", "chosen", "rejected"} file given as HH: the error says what the file holds
+    path = write_jsonl(tmp_path / "trl.jsonl", [json.dumps({"prompt": "p", "chosen": "a"})] * 2)
+    with pytest.raises(ValueError, match=r"missing_field: rejected.*the first malformed record's keys are "
+                                         r"\['chosen', 'prompt'\]"):
+        parse_hh(read_jsonl(path), str(path))
 
 
 def test_length_filter_drops_exactly_the_long_pairs(tok):

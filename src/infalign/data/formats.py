@@ -134,7 +134,7 @@ class ParseReport:
     ``held_out`` went to a held-out split, ``in_train`` (a test split) were dropped because their
     prompt is also a train prompt, ``too_long`` failed the token-length filter, and ``kept`` remain
     (fewer still if ``max_examples`` capped them). ``examples`` quotes the first malformed records
-    as ``(line, reason)``.
+    as ``(line, "reason: detail")`` (the detail, when there is one, names the field or the value).
     """
 
     source: str
@@ -193,14 +193,15 @@ def read_jsonl(path: str | os.PathLike, key: str | None = None) -> list[RawRecor
     opener = gzip.open if path.suffix == ".gz" else open
     out: list[RawRecord] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        with opener(path, "rt", encoding="utf-8-sig") as fh:  # -sig: a leading byte-order mark is not data
             for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
                 try:
                     out.append(RawRecord(n, json.loads(line)))
                 except json.JSONDecodeError as exc:
-                    out.append(RawRecord(n, error=str(exc)))
+                    # the decoder's own "line 2 column 1" counts lines inside this one line: the position instead
+                    out.append(RawRecord(n, error=f"{exc.msg} at character {exc.pos + 1}"))
     except EOFError as exc:
         raise DataFileError(
             f"{where} is truncated (the gzip stream ends early after {len(out)} records): "
@@ -426,8 +427,10 @@ def parse_tldr_record(record: Any) -> PreferenceExample:
         raise Malformed("bad_summaries")
     if choice is None:
         raise Malformed("missing_field", "choice")
-    if isinstance(choice, bool) or choice not in (0, 1):
+    # 0 / 1, also as 0.0 / 1.0 (a pandas export writes a column with nulls as floats); never a bool
+    if isinstance(choice, bool) or not isinstance(choice, int | float) or choice not in (0, 1):
         raise Malformed("bad_choice", repr(choice))
+    choice = int(choice)
     chosen, rejected = (summaries[i]["text"].strip() for i in (choice, 1 - choice))
     if not chosen or not rejected:
         raise Malformed("empty_response")
@@ -448,6 +451,7 @@ def parse_records(
     pairs: list[PreferenceExample] = []
     counts: Counter[str] = Counter()
     examples: list[tuple[int, str]] = []
+    first_keys: list[str] | None = None  # of the first malformed record: says what format the file is in
     total = 0
     for rec in records:
         total += 1
@@ -458,12 +462,15 @@ def parse_records(
         except Malformed as exc:
             counts[exc.reason] += 1
             if len(examples) < _N_EXAMPLES:
-                examples.append((rec.line, exc.reason))
+                examples.append((rec.line, str(exc)))  # the reason and its detail (the field, the value)
+            if first_keys is None and isinstance(rec.value, dict):
+                first_keys = sorted(rec.value)
     report = ParseReport(source, total, len(pairs), dict(counts), examples, kept=len(pairs))
     if not pairs:
         raise ValueError(
             f"no usable preference pairs in {source}: {total} records, "
             f"malformed {dict(counts) or 'none'}" + (f" (first: {examples})" if examples else "")
+            + (f"; the first malformed record's keys are {first_keys}" if first_keys is not None else "")
         )
     if counts:
         log.warning("malformed records skipped -- %s", report.summary())
