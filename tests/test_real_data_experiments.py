@@ -69,6 +69,7 @@ def overrides(root, files, experiment: str, data: str) -> list[str]:
         "data.eval_prompts=3", "algo.max_new_tokens=6", "calibration.batch_size=4", "eval.batch_size=4",
         "eval.ns=[1,2,4]", "algo.steps=2", "algo.lr=1e-4", "data.max_prompt_tokens=128",
         "reward.input=joined",  # (the tiny RM's tokenizer has no text-pair template; the hh entries' default is pair)
+        "reward.max_length=256",  # the tiny RM's positions (apps check it against the model: world.check_reward_length)
     ]
 
 

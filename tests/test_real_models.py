@@ -327,6 +327,19 @@ def test_prompt_budget_must_fit_the_policy_positions(assets, tmp_path, no_comput
     world_mod.check_world_config(cfg)  # exactly fits
 
 
+@pytest.mark.parametrize("max_length, ok", [(512, True), (513, False), (1024, False), ("null", False)])
+def test_reward_max_length_must_fit_the_reward_model_positions(assets, tmp_path, no_compute, max_length, ok):
+    """The BERT reward model has 512 positions: hf.yaml's default 1024, or null (no cut), would fail at
+    the first long input inside its embedding lookup (an IndexError naming nothing)."""
+    cfg = cfg_for(assets, tmp_path, f"reward.max_length={max_length}")
+    if ok:
+        world_mod.check_world_config(cfg)
+        return
+    with pytest.raises(ConfigError, match=rf"reward\.max_length={max_length if max_length != 'null' else 'None'}"
+                                          r".*<= 512.*reads at most 512 positions"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
 def test_toy_world_checks_a_policy_override_before_building(tmp_path, no_compute):
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", f"policy.name_or_path={tmp_path / 'missing'}")
     with pytest.raises(FileNotFoundError, match=r"policy\.name_or_path.*missing"):

@@ -31,6 +31,7 @@ __all__ = [
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
+    "model_positions",
     "resolve_dtype",
     "response_lead",
     "special_tokens_around",
@@ -191,6 +192,13 @@ def check_causal_lm(name_or_path: str | os.PathLike, key: str = "policy.name_or_
     config = _load_config(name, key, revision)
     _check_kind(config, name, key, _CAUSAL, "causal language model")
     return name, config
+
+
+def model_positions(config) -> int | None:
+    """The longest input a model's ``config`` allows (``max_position_embeddings`` / ``n_positions``),
+    None when it names none."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(limit) if limit else None
 
 
 def check_reward_model(

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from infalign.models import decode_step
-from infalign.models.builders import special_tokens_around
+from infalign.models.builders import model_positions, special_tokens_around
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
             "length_buckets", "position_ids",
@@ -142,9 +142,8 @@ def prompt_token_limit(model, max_new_tokens: int) -> int | None:
     """The longest prompt (in tokens) that leaves room for ``max_new_tokens`` in the model's
     positions (``max_position_embeddings`` / ``n_positions`` of its config), None when the config
     names no limit. :func:`sample` cuts longer prompts to it."""
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return int(limit) - int(max_new_tokens) if limit else None
+    limit = model_positions(getattr(model, "config", None))
+    return limit - int(max_new_tokens) if limit else None
 
 
 def _truncate_left(ids: list[int], limit: int, head: list[int]) -> list[int]:

@@ -31,6 +31,7 @@ from infalign.models.builders import (
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
+    model_positions,
     special_tokens_around,
 )
 from infalign.models.generation import prompt_token_limit
@@ -133,9 +134,24 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
         if cfg.policy.get("chat_template") and not getattr(checked.policy_tokenizer, "chat_template", None):
             raise ConfigError("policy.chat_template", True, "false, or a policy tokenizer with a chat template",
                               f"the tokenizer of {checked.policy_path} has no chat_template")
-    checked.reward_path, _, checked.reward_revision, checked.reward_tokenizer = _check_model(
+    checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
+    if checked.reward_path is not None:
+        check_reward_length(cfg, config, checked.reward_path)
     return checked
+
+
+def check_reward_length(cfg: DictConfig, reward_config, name: str) -> None:
+    """``reward.max_length`` (the tokens the reward model reads of prompt + response; longer inputs are
+    cut, :func:`~infalign.models.builders.reward_model_inputs`) must fit the reward model's positions:
+    a longer input would fail inside its embedding lookup (an IndexError naming nothing) at the first
+    long response. Null (no cut) is allowed only for a model without a position limit."""
+    limit = model_positions(reward_config)
+    max_length = cfg.reward.get("max_length")
+    if limit is None or (max_length is not None and int(max_length) <= limit):
+        return
+    raise ConfigError("reward.max_length", max_length, f"an integer <= {limit}",
+                      f"the reward model {name} reads at most {limit} positions")
 
 
 def _check_model(cfg: DictConfig, group: str, check, padding_side: str) -> tuple:
@@ -194,7 +210,7 @@ def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
     positions (``max_position_embeddings`` / ``n_positions``, when the config has one); prompts
     are filtered to ``data.max_prompt_tokens`` after the chat template, so no longer sequence
     reaches generation."""
-    limit = getattr(policy_config, "max_position_embeddings", None) or getattr(policy_config, "n_positions", None)
+    limit = model_positions(policy_config)
     max_prompt = cfg.data.get("max_prompt_tokens")
     if not limit or max_prompt is None:
         return
