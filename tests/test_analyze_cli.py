@@ -276,3 +276,26 @@ def test_saturated_and_single_points_are_drawn(tmp_path, monkeypatch):
     assert max(full.get_xdata()) == pytest.approx(6.0, rel=1e-6)
     assert len(single.get_xdata()) == 1 and single.get_marker() == "o"
     assert "drawn on that edge" in figures[0].get_suptitle()
+
+
+def test_a_best_t_budget_no_t_reaches_is_a_row_not_a_crash(tmp_path):
+    """Review finding: theory.best_t gives t = NaN where no t reaches a budget (1e-25 nats is below the
+    float64 resolution of the KL); the row builder then made Exp(nan), a ConfigError blaming
+    transform.t after all the compute, with no best_t.csv or metrics.json."""
+    cfg = config("kl.num=4", "optimal=false", "best_t.num=4", "best_t.budgets=[0.5,1e-25]", "plot=false",
+                 "parallel=false")
+    metrics = app.analyze(cfg, tmp_path, None)
+    reached, unreached = metrics["best_t"]
+    assert reached["trainable"] and math.isfinite(reached["best_t"])
+    assert math.isnan(unreached["best_t"]) and unreached["trainable"] is False
+    assert (tmp_path / "best_t.csv").is_file()  # (the table's cell says "no t reaches this KL": below)
+
+
+def test_a_best_t_whose_beta_underflows_float32_is_not_trainable():
+    """Large-KL worst-of-N rows pick t ~ -130 at beta ~ 1e-56: exp(t u) is finite in float32 but beta
+    (and the KL term beta * KL of training's shaped reward) rounds to 0 there."""
+    assert app.untrainable_reason(-130.3, 1.29e-56).startswith("beta 1.29e-56 underflows float32")
+    assert app.untrainable_reason(-130.3, 1e-3) is None
+    assert app.untrainable_reason(4.0, app.FLOAT32_TINY) is None  # the smallest normal float32 still counts
+    assert "float32 overflow" in app.untrainable_reason(90.0, 1.0)
+    assert app.untrainable_reason(float("nan"), float("nan")) == "no t reaches this KL"

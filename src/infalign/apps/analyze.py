@@ -211,7 +211,7 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         best_rows = [
             {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be,
              "beta_expn": expn_beta(be, t), "win_rate": w,
-             "at_scan_edge": bool(edge), "flat": bool(flat), "trainable": finite_in_float32(Exp(float(t))),
+             "at_scan_edge": bool(edge), "flat": bool(flat), "trainable": untrainable_reason(t, be) is None,
              "optimal_win_rate": optimal_at.get(float(b), math.nan)}
             for b, t, be, w, edge, flat in zip(best.kl_budget, best.t, best.beta, best.win_rate, best.at_edge,
                                                best.flat)
@@ -280,10 +280,29 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
     for r in best_rows:
         t = (f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
              + (f" (flat: other t within {theory.FLAT_TOL:g})" if r["flat"] else "")
-             + (" (training refuses it: float32 overflow)" if not r["trainable"] else ""))
+             + (f" ({untrainable_reason(r['best_t'], r['beta'])})" if not r["trainable"] else ""))
         bt.add_row(f"{r['kl_budget']:.4g}", t,
                    *(f"{r[k]:.4g}" for k in ("beta", "beta_expn", "win_rate", "optimal_win_rate")))
     console.print(bt)
+
+
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32, ~1.18e-38
+
+
+def untrainable_reason(t: float, beta: float) -> str | None:
+    """Why training (float32) cannot run a best-t row's ``exp(t u)`` at its ``beta`` -- None when it can:
+    no t reaches the KL budget (``t`` NaN); ``exp(t u)`` overflows float32 (``|t|`` > 88.7); or
+    ``beta`` (and so ``beta * KL``) is below float32's normal range, where the KL term of the shaped
+    reward rounds away (large-KL worst-of-N rows pick t ~ -130 at beta ~ 1e-56). ``beta`` is
+    ``transform=exp``'s; the normalised ``expn_t*`` entries' ``beta / |e^t - 1|`` is then below it
+    too for ``t`` > log 2, and for ``t`` < 0 larger by at most ``1 / (1 - e^t)``."""
+    if not math.isfinite(t):
+        return "no t reaches this KL"
+    if not finite_in_float32(Exp(float(t))):
+        return "training refuses it: float32 overflow"
+    if not beta >= FLOAT32_TINY:
+        return f"beta {beta:.3g} underflows float32: training's KL term would vanish"
+    return None
 
 
 def _fail(exc: ConfigError) -> None:
