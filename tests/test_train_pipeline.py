@@ -106,6 +106,31 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     assert resumed["eval"]["judges"] == straight["eval"]["judges"]
 
 
+@pytest.mark.parametrize("algo, steps, every, saves", [
+    # PPO: 2 epochs x 2 minibatches = 4 optimizer steps per RL step. Lightning's own cadence saved only
+    # where global_step % 5 == 0 lands on an RL step's end (20), and kept that older last.ckpt at the end
+    ("ppo", 6, 5, [8, 12, 16, 20, 24]),
+    ("rloo", 6, 4, [4, 6]),  # one optimizer step per RL step: step 4, then the final state (was: 4 only)
+])
+def test_last_checkpoint_follows_checkpoint_every_and_ends_at_the_final_step(
+        cache_dir, tmp_path, monkeypatch, algo, steps, every, saves):
+    from infalign.training.checkpoint import RunCheckpoint
+
+    seen = []
+    original = RunCheckpoint.on_save_checkpoint
+
+    def record(self, trainer, pl_module, checkpoint):
+        seen.append(trainer.global_step)
+        original(self, trainer, pl_module, checkpoint)
+
+    monkeypatch.setattr(RunCheckpoint, "on_save_checkpoint", record)
+    run(cache_dir, tmp_path / algo, f"algo={algo}", f"algo.steps={steps}", f"checkpoint_every={every}",
+        "policy_cache=false")
+    assert seen == saves
+    ckpt = torch.load(tmp_path / algo / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == saves[-1]
+
+
 @pytest.mark.slow
 def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
     run(cache_dir, tmp_path / "first", "transform=identity")

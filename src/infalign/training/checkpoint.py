@@ -1,0 +1,62 @@
+"""``RunCheckpoint``: Lightning's ``ModelCheckpoint`` with the cadence and the final state a run's
+``checkpoints/last.ckpt`` promises (conf/callbacks/default.yaml, README "What a checkpoint holds").
+
+An RL step makes ``k = algo.optimizer_steps_per_batch`` optimizer steps (PPO: epochs x minibatches),
+so ``trainer.global_step`` moves by ``k`` per batch, and Lightning's ``every_n_train_steps = n``
+saves only where ``global_step % n == 0`` lands on a batch end: every ``lcm(k, n)`` steps (PPO's 4
+steps per batch with ``checkpoint_every=10``: every 20). And Lightning's ``save_last`` writes
+``last.ckpt`` at the end of training only when no periodic save happened at all, so a run whose
+step count is not a multiple of ``n`` ends with a ``last.ckpt`` of an earlier step. Here:
+
+* ``last.ckpt`` is written at the end of the first RL step at or past each multiple of ``n``
+  optimizer steps (``global_step // n`` has grown since the last save), and
+* at the end of training when the last save is older than the final step,
+
+both with ``trainer.save_checkpoint`` (the same contents as Lightning's own saves, this callback's
+state included). Only ``last.ckpt`` is handled so: ``save_top_k`` checkpoints keep Lightning's
+cadence.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+__all__ = ["RunCheckpoint"]
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` follows ``every_n_train_steps`` across RL steps of
+    several optimizer steps and holds the final state when training ends (module docstring)."""
+
+    def __init__(self, *args, every_n_train_steps: int | None = None, **kwargs):
+        super().__init__(*args, every_n_train_steps=every_n_train_steps, **kwargs)
+        self.every_n = int(every_n_train_steps or 0)
+        self.saved_at = 0  # global step of the newest checkpoint on disk (or training's start)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.saved_at = trainer.global_step  # 0, or the step the run resumed from (its checkpoint exists)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        self.saved_at = trainer.global_step  # every save passes here: Lightning's own and ours
+
+    def last_path(self) -> str:
+        return os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+
+    def _save_last_now(self, trainer) -> None:
+        trainer.save_checkpoint(self.last_path(), weights_only=self.save_weights_only)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        if (self.save_last and self.every_n > 0 and not trainer.sanity_checking
+                and step // self.every_n > self.saved_at // self.every_n):
+            self._save_last_now(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and trainer.global_step > self.saved_at:
+            self._save_last_now(trainer)
