@@ -193,6 +193,22 @@ def test_encoding_uses_the_tokenizers_special_tokens(assets):
     # over max_length the prompt text is cut from the left, CLS / BOS stay first
     enc = encode_prompt_response(bert, ["tell me about cats"], ["nice"], max_length=5)
     assert bert.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == ["[CLS]", "about", "cats", "nice", "[SEP]"]
+    assert enc["truncated"].tolist() == [True]
+    enc = encode_prompt_response(bert, ["tell me about cats", "cats"], ["nice", "nice"], max_length=5)
+    assert enc["truncated"].tolist() == [True, False]  # "[CLS] cats nice [SEP]" fits
+
+
+def test_the_scorer_says_once_that_it_cuts_long_inputs(assets, caplog):
+    tok = load_tokenizer(assets / "rm", "right")
+    model = load_reward_model(assets / "rm", tokenizer=tok).eval()
+    scorer = RewardScorer(model, tok, max_length=5)
+    with caplog.at_level("WARNING", logger="infalign.models.reward"):
+        scorer.score(["cats"], ["nice"])  # fits: nothing to say
+        assert "are cut" not in caplog.text
+        scorer.score(["tell me about cats", "cats"], ["nice", "nice"])
+        scorer.score(["tell me about cats"], ["nice"])
+    assert caplog.text.count("reward model inputs longer than reward.max_length=5 tokens are cut") == 1
+    assert "1 of 2 rows" in caplog.text
 
 
 def test_bert_reward_model_reads_its_cls_token(assets):

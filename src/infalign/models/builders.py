@@ -436,7 +436,7 @@ def encode_prompt_response(
     included) the prompt is cut from the left (its end matters most), then the response from the
     right (a pair keeps its closing separator). Returns ``input_ids``, ``attention_mask``,
     ``response_mask`` (1 on response tokens including the end tokens) and, for a pair with token
-    types, ``token_type_ids``, each ``[B, L]``.
+    types, ``token_type_ids``, each ``[B, L]``, and ``truncated`` ``[B]`` (the rows that were cut).
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -452,10 +452,11 @@ def encode_prompt_response(
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows = []
+    rows, truncated = [], []
     for p, r in zip(p_ids, r_ids):
         p, r = prefix + list(p) + middle, list(r) + end
-        if max_length is not None and len(p) + len(r) > max_length:
+        truncated.append(max_length is not None and len(p) + len(r) > max_length)
+        if truncated[-1]:
             text = p[len(prefix) : len(p) - len(middle)]  # the special tokens are kept, the text is cut
             keep_p = max(max_length - len(r) - len(prefix) - len(middle), min(len(text), 1))
             p = prefix + (text[len(text) - keep_p :] if keep_p else []) + middle
@@ -479,6 +480,7 @@ def encode_prompt_response(
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "response_mask": response_mask,
+        "truncated": torch.tensor(truncated, dtype=torch.bool),
     }
     if types is not None:
         out["token_type_ids"] = token_type_ids

@@ -7,6 +7,7 @@ sequence-classification model (:class:`RewardScorer`) or the toy world's program
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
@@ -19,6 +20,8 @@ from infalign.models.builders import (
     text_pair_tokens,
 )
 from infalign.models.generation import length_buckets
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_INPUTS",
@@ -136,6 +139,7 @@ class RewardScorer:
         self.batch_size, self.max_length, self.pair = batch_size, max_length, pair
         self.dataset_prompts = dataset_prompts
         self.input_format = reward_input_format(tokenizer, max_length, pair)
+        self.warned_truncation = False
 
     def _dataset_prompts(self, prompts: list[str]) -> list[str]:
         if self.dataset_prompts is None:
@@ -163,7 +167,20 @@ class RewardScorer:
             )
             logits = self.model(**{k: enc[k].to(device) for k in MODEL_INPUTS if k in enc}).logits
             scores[idx] = logits[:, 0].float().cpu()
+            self._warn_truncation(enc["truncated"])
         return check_finite(scores, "reward model")
+
+    def _warn_truncation(self, truncated: torch.Tensor) -> None:
+        """Say once per scorer that inputs over ``max_length`` are being cut (prompt first, from the
+        left; :func:`~infalign.models.builders.encode_prompt_response`): the reward model then scores
+        less than the whole conversation."""
+        if self.warned_truncation or not bool(truncated.any()):
+            return
+        self.warned_truncation = True
+        log.warning("reward model inputs longer than reward.max_length=%s tokens are cut (the prompt first, "
+                    "from the left; then the response's end): %d of %d rows in this batch; a larger "
+                    "reward.max_length (up to the model's positions) reads them whole", self.max_length,
+                    int(truncated.sum()), truncated.numel())
 
     def _chunks(self, prompts: list[str], responses: list[str]) -> list[torch.Tensor]:
         """Row indices per forward: :func:`~infalign.models.generation.length_buckets` by text length
