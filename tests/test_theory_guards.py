@@ -104,3 +104,21 @@ def test_optimal_frontier_converged_means_kl_within_1e_6_of_budget():
     )
     assert not loose.valid.any()
     assert math.isfinite(loose.win_rate[0])  # reachable: numbers are reported, just not as converged
+
+
+def test_unreachable_reasons_name_the_step_or_the_beta_range_not_the_grid_width():
+    """Review finding: a steep transform's small budgets were said to need "a larger z_max or a smaller
+    step (resolved up to KL ~0.07)" while larger budgets of the same call resolved, and exp(t=-700)'s
+    KL 5 and 10 were blamed on the grid though the beta range ends first (transition at u ~ 690/700:
+    KL cap ~ -log(1 - 690/700) ~ 4.2; a finer grid does not help)."""
+    won4 = WorstOfN(4)
+    f = theory.frontier(Exp(-200.0), won4, [0.1, 2.0, 3.0, 10.0])
+    assert list(f.reachable) == [False, False, True, True]
+    assert all("changes too steeply for the z-grid's step" in r for r in f.reason[:2])
+    fine = theory.frontier(Exp(-200.0), won4, [0.1, 2.0], theory.Grid(z_max=100.0, step=0.0125))
+    assert all(fine.reachable)  # the step was the limit, as the reason says
+    f = theory.frontier(Exp(-700.0), won4, [5.0, 10.0])
+    assert not any(f.reachable)
+    assert all("beta below the searched range" in r for r in f.reason), f.reason
+    cap = float(f.reason[0].split("reached KL ~")[1].split(")")[0])
+    assert cap == pytest.approx(-math.log(1 - 690 / 700), rel=0.02)

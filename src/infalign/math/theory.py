@@ -535,11 +535,13 @@ def beta_for_kl(
 
 
 def grid_kl_cap(phi: np.ndarray, grid: Grid = DEFAULT_GRID) -> float:
-    """The largest KL of ``f ∝ exp(phi/beta)`` that ``grid`` resolves (bisection in log beta)."""
+    """The largest KL of ``f ∝ exp(phi/beta)`` that ``grid`` resolves (bisection in log beta), or,
+    when the grid still resolves the smallest beta searched (``range(Phi) e^-X_LIMIT``), the KL
+    there (:func:`beta_range_limited`)."""
     phi = np.atleast_2d(phi)[:1]
     scale = phi_range(phi)[0]
     lo, hi = -8.0, X_LIMIT  # resolved at lo (f close to the reference)
-    if resolved(phi, np.array([scale * math.exp(-hi)]), grid)[0]:
+    if beta_range_limited(phi, grid):
         lo = hi
     for _ in range(40):
         if hi - lo < 1e-3:
@@ -552,20 +554,42 @@ def grid_kl_cap(phi: np.ndarray, grid: Grid = DEFAULT_GRID) -> float:
     return float(_kl_and_slope(phi, np.array([math.exp(lo) / scale]), grid)[0][0])
 
 
+def beta_range_limited(phi: np.ndarray, grid: Grid = DEFAULT_GRID) -> bool:
+    """Whether ``grid`` resolves the tilted policy at the smallest beta the search takes,
+    ``range(Phi) e^-X_LIMIT``: larger KLs are then out of the beta range, not of the grid's reach
+    (e.g. exp(t = -700) under worst-of-N: its transition sits at u ~ 690/700)."""
+    phi = np.atleast_2d(phi)[:1]
+    return bool(resolved(phi, np.array([phi_range(phi)[0] * math.exp(-X_LIMIT)]), grid)[0])
+
+
 def unreachable_reasons(status: np.ndarray, budgets: np.ndarray, phi: np.ndarray, grid: Grid) -> list[str]:
-    """The true reason each KL budget has no beta (empty where it has one)."""
-    cap = grid_kl_cap(phi, grid) if np.any(status == BEYOND_GRID) else math.nan
+    """The true reason each KL budget has no beta (empty where it has one). A budget beyond the grid
+    with a larger budget resolved in the same call, or below the cap, is the grid's *step* (the
+    policy changes too steeply there; resolution is not monotone in beta for steep transforms, exp
+    with t << 0); one past a cap set by the beta range is the range's, not the grid's."""
+    beyond = status == BEYOND_GRID
+    cap = grid_kl_cap(phi, grid) if beyond.any() else math.nan
+    by_beta = bool(beyond.any()) and beta_range_limited(phi, grid)
+    reached = budgets[status == REACHED]
+    largest_reached = float(reached.max()) if reached.size else -math.inf
+
+    def beyond_reason(b: float) -> str:
+        if b < cap or b < largest_reached:
+            return (f"KL budget {b:g} needs a tilted policy that changes too steeply for the z-grid's step "
+                    f"at this budget (larger budgets, up to KL ~{max(cap, largest_reached):.4g}, resolve; use a "
+                    "theory.Grid with a smaller step)")
+        if by_beta:
+            return (f"KL budget {b:g} needs beta below the searched range (beta >= range(Phi) x e^-{X_LIMIT:g}, "
+                    f"reached KL ~{cap:.4g}): the transform saturates past there")
+        return (f"KL budget {b:g} needs a tilted policy narrower than the z-grid resolves (resolved up to KL "
+                f"~{cap:.4g}; use a theory.Grid with a larger z_max or a smaller step)")
+
     return [
         "" if st == REACHED else
         f"KL budget {b:g} is below what float64 resolves (beta would exceed 1e300 x range(Phi))"
         if st == BELOW_FLOAT else
         f"KL budget {b:g} is below the float64 precision of the KL (rounding of Phi/beta)"
-        if st == IMPRECISE else
-        f"KL budget {b:g} needs a tilted policy narrower than the z-grid resolves (resolved up to KL "
-        f"~{cap:.4g}; use a theory.Grid with a larger z_max or a smaller step)"
-        if not b < cap else  # resolution is not monotone in beta for steep transforms (exp, t << 0)
-        f"KL budget {b:g} needs a tilted policy that changes too steeply for the z-grid's step at this "
-        f"budget (larger budgets, up to KL ~{cap:.4g}, resolve; use a theory.Grid with a smaller step)"
+        if st == IMPRECISE else beyond_reason(float(b))
         for st, b in zip(status, budgets)
     ]
 
