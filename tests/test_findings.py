@@ -61,7 +61,10 @@ def test_each_outcome_is_read_at_the_middle_kl_and_counted(tmp_path):
     md = findings_markdown([f])
     assert "**reproduced 2, contradicted 1 of 4 (1 not measured)**" in md
     assert "| bon4 | expn(t=4) − identity | 0.40 | +3.0 [+2.0, +4.0] | 3 seeds [+1.0, +5.0], total [+1.0, +5.0] " \
-           "| 4/6 | reproduced |" in md
+           "| +4 −0 of 6 | reproduced |" in md
+    # significant KLs are counted by sign: a count of both signs would read as support for the claim
+    assert out[("bon2", "expn(t=8)")].significant_up == 0 and out[("bon2", "expn(t=8)")].significant_kls == 6
+    assert "| +0 −6 of 6 | contradicted |" in md
 
 
 def test_not_significant_is_not_established_and_one_seed_gives_no_verdict(tmp_path):
@@ -90,7 +93,7 @@ def test_a_control_passes_only_without_a_significant_cell_and_reports_the_larges
           + rows("bon4", "identity[replica=1]", "identity", [0.0] * 6, [False] * 6))
     f = read_claim(claim, tmp_path)
     assert f.verdict == "fails: 1 of 12 cells significant (largest |gain| over the 12 cells: 2.5 points)"
-    assert f.comparisons[0].outcome == "1/6 KLs significant"
+    assert f.comparisons[0].outcome == "+0 −1 of 6 KLs significant"
 
 
 def test_unrun_experiments_are_not_measured_and_every_claim_names_a_paper_experiment(tmp_path):

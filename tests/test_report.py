@@ -939,7 +939,7 @@ def test_gain_sentences_verdicts_and_the_middle_kl():
     assert gain_clause(p, up, 2).startswith("expn(t=4) beats identity: +3.0 [+2.5, +3.5] points, 3 seeds")
     assert gain_clause(p, down, 2).startswith("expn(t=4) trails identity: -3.0")
     assert gain_clause(p, down, 0).startswith("expn(t=4) does not differ significantly from identity: -1.0")
-    assert gain_clause(p, down, 0).endswith("(significant at 2/4 KLs)")
+    assert gain_clause(p, down, 0).endswith("(significant at 2 of 4 KLs: +0 −2)")
     assert matched_kl_summary([p])[0].startswith(
         "bon4 (reward_model): 4 common KLs in [0.10, 0.40]; at KL 0.30, expn(t=4) beats identity: +3.0")
     console = Console(file=io.StringIO(), width=250)

@@ -104,6 +104,7 @@ class Comparison:
     high: float | None = None
     seeds: str = ""  # "3 seeds [+1.2, +3.0], total [+0.9, +3.3]"
     significant_kls: int = 0
+    significant_up: int = 0  # of them, gains > 0 (the rest < 0): a count of both signs reads as support
     num_kls: int = 0
     significant: bool = False
     n_seeds: int = 0
@@ -171,7 +172,8 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c.n_seeds = int(_float(mid["n_seeds"]) or 0)
             c.seed_test = mid.get("seed_test") or "none"
             c.significant = mid["significant"] == "True"
-            c.significant_kls, c.num_kls = sum(r["significant"] == "True" for r in mine), len(mine)
+            signs = [(_float(r["gain"]) or 0.0) > 0 for r in mine if r["significant"] == "True"]
+            c.significant_kls, c.significant_up, c.num_kls = len(signs), sum(signs), len(mine)
             gains = [abs(g) for r in mine if (g := _float(r["gain"])) is not None]
             c.max_abs_gain = max(gains) if gains else None
             bounds = (_float(mid[k]) for k in ("seed_low", "seed_high", "total_low", "total_high"))
@@ -179,9 +181,14 @@ def read_claim(claim: Claim, out: Path) -> Finding:
                                          *bounds)
             c.outcome = _outcome(claim.expect, c) if claim.expect != 0 else (
                 "no verdict (1 seed: training noise not assessed)" if c.seed_test == "none" else
-                f"{c.significant_kls}/{c.num_kls} KLs significant")
+                f"{significant_text(c)} KLs significant")
     finding.verdict = _verdict(claim, finding.comparisons)
     return finding
+
+
+def significant_text(c: Comparison) -> str:
+    """The KLs where the gain is significant, by sign: ``+4 −1 of 6``."""
+    return f"+{c.significant_up} −{c.significant_kls - c.significant_up} of {c.num_kls}"
 
 
 def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
@@ -232,7 +239,7 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
                 lines.append(f"| {x.panel} | {x.method} − {x.baseline} | – | – | – | – | not measured: {x.why} |")
                 continue
             lines.append(f"| {x.panel} | {x.method} − {x.baseline} | {x.kl:.2f} | {points(x.gain)} [{points(x.low)}, "
-                         f"{points(x.high)}] | {x.seeds or '1 seed'} | {x.significant_kls}/{x.num_kls} | {x.outcome} |")
+                         f"{points(x.high)}] | {x.seeds or '1 seed'} | {significant_text(x)} | {x.outcome} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -182,7 +182,13 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
     return (f"{g.method} {verb} {g.baseline}: {points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}] points, "
-            f"{seed_clause(g, i)} (significant at {int(g.significant.sum())}/{len(p.result.grid)} KLs)")
+            f"{seed_clause(g, i)} ({significant_count(g, len(p.result.grid))})")
+
+
+def significant_count(g: Gain, num_kls: int) -> str:
+    """``significant at 3 of 6 KLs: +2 −1``: by sign, since a count of both signs reads as support."""
+    up = int((g.significant & (g.gain > 0)).sum())
+    return f"significant at {int(g.significant.sum())} of {num_kls} KLs: +{up} −{int(g.significant.sum()) - up}"
 
 
 def seed_clause(g: Gain, i: int) -> str:
