@@ -139,6 +139,28 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
                                "policy_hit": False, "eval_policy_hit": False}  # another beta: another policy
 
 
+def test_reference_pools_are_keyed_by_the_sampling_precision_and_device(cache_dir, tmp_path):
+    """Review finding: a bf16-mixed run reused the float32 run's calibration and evaluation reference
+    pools (bf16 autocast moves the logits: other samples, other scores), so its numbers depended on
+    which run filled the cache first. The precision and device are in the pool keys now -- float32
+    on the CPU adds nothing, so the pools drawn before stay valid."""
+    import functools
+
+    from infalign.pipeline.pools import sampling_hardware
+
+    first = run(cache_dir, tmp_path / "fp32", "transform=identity")
+    bf16 = run(cache_dir, tmp_path / "bf16", "transform=identity", "trainer.precision=bf16-mixed")
+    assert bf16["cache"]["calibration_hit"] is False and bf16["cache"]["eval_reference_hit"] is False
+    again = run(cache_dir, tmp_path / "bf16_again", "transform=identity", "trainer.precision=bf16-mixed")
+    assert again["cache"]["calibration_hit"] is True and again["cache"]["eval_reference_hit"] is True
+    assert again["eval"]["judges"] == bf16["eval"]["judges"]
+    assert first["cache"]["eval_reference_hit"] is not None
+    factory = functools.partial(dict, precision="32-true", accelerator="cpu")
+    assert sampling_hardware(factory) == ()
+    assert sampling_hardware(functools.partial(dict, precision="bf16-mixed", accelerator="gpu")) == (
+        {"precision": "bf16-mixed", "accelerator": "cuda"},)
+
+
 @pytest.mark.parametrize(
     "override, key",
     [

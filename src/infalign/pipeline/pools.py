@@ -41,7 +41,7 @@ from infalign.infra.cache import (
     save_tensors,
 )
 from infalign.pipeline.settings import sampling_settings
-from infalign.pipeline.trainer import TrainerFactory
+from infalign.pipeline.trainer import TrainerFactory, factory_keywords
 from infalign.training.rollout import RolloutModule, gather
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     ``{judge: [P, n]}``, ``pool["lengths"]`` / ``pool["ended"]`` ``[P, n]`` (response tokens incl.
     the stop token; whether it ended with one)."""
     key = content_key(POOL_VERSION, world.reference_fingerprint, *_pool_settings(world, prompts, n, judges, gen_cfg,
-                                                                                 seed))
+                                                                                 seed, trainer))
     path = Path(cache_dir) / "pools" / f"{tag}-{key}.pt"
 
     def build() -> dict[str, torch.Tensor]:
@@ -99,17 +99,37 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
     return _unflatten(value), False
 
 
-def _pool_settings(world, prompts, n, judges, gen_cfg, seed) -> tuple:
+def _pool_settings(world, prompts, n, judges, gen_cfg, seed, trainer: TrainerFactory) -> tuple:
     """What a pool depends on besides the sampling model: the judges (the reward model by its content,
     whatever the judge is called; a judge with a ``fingerprint`` -- the toy world's gold reward, by the
-    world's parameters -- by that; others by name), prompts, n, generation settings, seed, and the
-    code that draws and scores it (:data:`POOL_CODE`)."""
+    world's parameters -- by that; others by name), prompts, n, generation settings, seed, the
+    predict trainer's precision and device (:func:`sampling_hardware`), and the code that draws and
+    scores it (:data:`POOL_CODE`)."""
     temperature, top_k, top_p = sampling_settings(gen_cfg)
     judged = {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None)
                      else getattr(scorer, "fingerprint", None) or name)
               for name, scorer in judges.items()}
     return (judged, prompts, n, int(gen_cfg.max_new_tokens), temperature, top_k, top_p, int(gen_cfg.batch_size),
-            seed, modules_digest(POOL_CODE, "POOL_CODE"))
+            seed, modules_digest(POOL_CODE, "POOL_CODE"), *sampling_hardware(trainer))
+
+
+def sampling_hardware(trainer: TrainerFactory) -> tuple:
+    """The predict trainer's settings that change what a pool draws: ``precision`` (bf16 autocast moves
+    the logits, so the sampled tokens and the scores) and the device kind (another device's kernels
+    round differently), read from the factory (:func:`~infalign.pipeline.trainer.factory_keywords`),
+    ``accelerator=auto`` resolved to the device it picks here. Empty for float32 on the CPU -- what every pool was drawn
+    with before these entered the key, so those entries stay valid -- else one dict."""
+    kw = factory_keywords(trainer)
+    precision = str(kw.get("precision", "32-true"))
+    accelerator = str(kw.get("accelerator", "cpu"))
+    if accelerator == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        accelerator = ("cuda" if torch.cuda.is_available() else
+                       "mps" if mps is not None and mps.is_available() else "cpu")
+    accelerator = "cuda" if accelerator == "gpu" else accelerator
+    if precision in ("32-true", "32") and accelerator == "cpu":
+        return ()
+    return ({"precision": precision, "accelerator": accelerator},)
 
 
 def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges: dict, gen_cfg,
@@ -126,7 +146,7 @@ def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges
     if policy_id is None or distributed.is_distributed():
         return draw(), None
     key = content_key(POOL_VERSION, "policy", policy_id, world.reference_fingerprint,
-                      *_pool_settings(world, prompts, n, judges, gen_cfg, seed), bool(keep_responses))
+                      *_pool_settings(world, prompts, n, judges, gen_cfg, seed, trainer), bool(keep_responses))
     path = Path(cache_dir) / "pools" / f"policy-{key}.pt"
 
     def build() -> dict[str, torch.Tensor]:

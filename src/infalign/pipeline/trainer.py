@@ -47,6 +47,20 @@ class StageTrainers:
     fit: TrainerFactory
 
 
+def factory_keywords(make: TrainerFactory) -> dict:
+    """The ``L.Trainer`` arguments a factory holds: its keywords merged through nested factories
+    (``functools.partial`` over Hydra's deferred target: a stage's ``predict`` / ``fit``), the
+    outer ones winning, as a call would apply them."""
+    chain, node = [], make
+    while node is not None and len(chain) < 16:
+        chain.append(dict(getattr(node, "keywords", None) or {}))
+        node = getattr(node, "func", None)
+    merged: dict = {}
+    for kw in reversed(chain):
+        merged.update(kw)
+    return merged
+
+
 def probe_trainer(make: TrainerFactory) -> None:
     """Build one throwaway trainer from ``make`` (the instantiated ``cfg.trainer``), so what Lightning
     refuses -- an unknown argument (``+trainer.max_step=5``), a precision it does not know,
@@ -63,7 +77,7 @@ def probe_trainer(make: TrainerFactory) -> None:
     try:
         make(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
     except (TypeError, ValueError, MisconfigurationException) as exc:
-        raise ConfigError("trainer", dict(getattr(make, "keywords", {})),
+        raise ConfigError("trainer", factory_keywords(make),
                           "settings lightning.Trainer accepts (conf/trainer/)", f"{type(exc).__name__}: {exc}") from exc
     finally:
         banner.setLevel(level)
