@@ -51,3 +51,24 @@ def test_code_fingerprint_strips_only_docstrings_not_a_leading_statement():
         code_fingerprint("def f(x):\n    x.append(2)\n    return x\n")
     assert code_fingerprint("torch.manual_seed(0)\n") != code_fingerprint("torch.manual_seed(1)\n")
     assert code_fingerprint('def f():\n    """doc"""\n    return 1\n') == code_fingerprint("def f():\n    return 1\n")
+
+
+def test_an_entry_deleted_between_the_check_and_the_read_is_a_miss(tmp_path):
+    """Review finding: the unlocked read checks ``exists()`` and then loads; another process that
+    deleted a corrupt entry in between made the load raise FileNotFoundError, which killed the run
+    instead of rebuilding under the lock."""
+    from infalign.infra.cache import cached
+
+    path = tmp_path / "entry.txt"
+    path.write_text("stale")
+    calls = []
+
+    def load(p):
+        calls.append("load")
+        if len(calls) == 1:
+            p.unlink()  # another process removes it right after our exists() check
+            raise FileNotFoundError(p)
+        return p.read_text()
+
+    value, hit = cached(path, lambda: "fresh", lambda v, p: p.write_text(v), load)
+    assert (value, hit) == ("fresh", False) and path.read_text() == "fresh"

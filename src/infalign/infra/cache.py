@@ -243,8 +243,10 @@ def cached(
     if path.exists():
         try:
             return load(path), True
-        except CorruptCacheError:
-            pass  # re-checked (and reported) under the lock: another builder may be replacing it
+        except (CorruptCacheError, FileNotFoundError):
+            # re-checked (and reported) under the lock: another builder may be replacing it -- or
+            # have deleted a corrupt entry between our exists() and its load
+            pass
     with file_lock(path.with_name(path.name + ".lock")):
         if path.exists():
             try:
