@@ -327,6 +327,14 @@ def test_build_toy_world_miss_hit_and_rebuild_after_corruption(tmp_path, monkeyp
     # Runtime-only options do not change the key; a changed hyperparameter does.
     assert build_toy_world({**TINY, "progress_bar": False}, tmp_path).key == art.key
     assert resolve_toy_config({"seed": 1})[0] != resolve_toy_config({})[0]
+    # An edit to the code that builds it is a new world (review finding: the key held only the
+    # hand-bumped CODE_VERSION, so an edit to the labels' code served the old world); the digest
+    # reads the files' code, so stand in for an edit by changing what a listed module name reads.
+    monkeypatch.setattr(toy_build, "TOY_CODE", toy_build.TOY_CODE[:-1] + ("infalign.errors",))
+    monkeypatch.setattr(toy_build, "_build", boom)
+    with pytest.raises(AssertionError, match="rebuilt"):
+        build_toy_world(TINY, tmp_path)
+    monkeypatch.undo()
 
     # Corrupt manifest -> detected and rebuilt.
     (art.root / "manifest.json").write_text("{not json")

@@ -12,8 +12,8 @@
    ``reward.init=scratch``) trained with :class:`RewardModelModule`; held-out pairs come from
    the val prompts.
 
-The result lives in ``cache_dir/toy-<key>/`` where ``key = content_key(CODE_VERSION, config)``
-covers everything that determines it. The directory is written atomically with a
+The result lives in ``cache_dir/toy-<key>/`` where ``key = content_key(CODE_VERSION, digest of
+TOY_CODE, config)`` covers everything that determines it. The directory is written atomically with a
 ``manifest.json`` holding SHA-256 checksums of every file; a directory whose manifest is missing,
 unreadable or does not match its files is treated as corrupt and rebuilt. A lock file makes two
 concurrent callers build once (the second waits, then loads).
@@ -42,6 +42,7 @@ from infalign.infra.cache import (
     atomic_write_json,
     cached,
     content_key,
+    modules_digest,
     sha256_file,
 )
 from infalign.infra.threads import resolve_threads
@@ -63,6 +64,16 @@ log = logging.getLogger(__name__)
 
 # Bump whenever a change to the world, the models or the training code changes the artefact.
 CODE_VERSION = "toy-v3"  # v2: fused tanh-GELU; v3: learnable per-prompt scale, labeler bias
+# ... and the key also holds a digest of the code that builds it (docstrings and comments aside,
+# infra/cache.py: modules_digest): an edit to any of these rebuilds the world instead of serving the
+# old one under the new code (a forgotten CODE_VERSION bump). The build is deterministic, so an
+# edit that changes nothing it computes rebuilds the same world, bit for bit.
+TOY_CODE = (
+    "infalign.toy.world", "infalign.toy.build", "infalign.toy.defaults", "infalign.models.builders",
+    "infalign.models.generation", "infalign.models.decode_step", "infalign.models.reward",
+    "infalign.training.pretrain", "infalign.training.reward_model", "infalign.training.step_batches",
+    "infalign.data.batches",
+)
 
 
 @dataclass
@@ -416,11 +427,12 @@ def _read_manifest(path: Path, key: str, verify: bool = True) -> dict:
 def build_toy_world(cfg: Mapping | None, cache_dir: str | Path) -> ToyArtifacts:
     """Build or load the toy world described by ``cfg`` (merged over :data:`DEFAULTS`).
 
-    Cached under ``cache_dir/toy-<content_key(CODE_VERSION, config)>``; see the module docstring.
+    Cached under ``cache_dir/toy-<content_key(CODE_VERSION, TOY_CODE digest, config)>``; see the module
+    docstring.
     """
     c, runtime = resolve_toy_config(cfg)
     world = ToyWorld(seed=c["seed"], **c["world"])
-    key = content_key(CODE_VERSION, c)
+    key = content_key(CODE_VERSION, modules_digest(TOY_CODE, "TOY_CODE"), c)
     root = Path(cache_dir).expanduser() / f"toy-{key}"
 
     value, hit = cached(
