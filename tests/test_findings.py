@@ -157,3 +157,21 @@ def test_every_claimed_method_is_a_name_runs_are_recorded_under():
         recorded.add(method_info(cfg, algo, transform, procedure)["method"])
     claimed = {m for c in CLAIMS for m in (*c.methods, c.baseline)}
     assert claimed - {"identity[replica=1]"} <= recorded, claimed - recorded
+
+
+def test_a_significant_gain_the_chords_alone_could_make_is_not_established(tmp_path):
+    """docs/method.md §10, interpolation check: +3 points significant, but the runs' KL placement alone
+    makes up to +2.5 and the seed interval's lower end (+1.0) does not clear it; with the chords at
+    +0.5 the same gain is reproduced, and chords pushing the other way never demote it."""
+    def table(chord_low, chord_high):
+        t = rows("bon4", "expn(t=4)", "identity", [0.03] * 6, [True] * 6)
+        for r in t:
+            r |= {"chord_low": chord_low, "chord_high": chord_high}
+        return t
+
+    for (lo, hi), outcome in (((0.0, 0.025), "not established (the chords alone make [+0.0, +2.5]: not evidence)"),
+                              ((0.0, 0.005), "reproduced"), ((-0.04, 0.0), "reproduced"), (("", ""), "reproduced")):
+        write(tmp_path, "bon/report_transforms", table(lo, hi))
+        claim = Claim("bon", "bon/report_transforms", "exp(t) beats identity", ("bon4",), ("expn(t=4)",),
+                      "identity", +1)
+        assert read_claim(claim, tmp_path).comparisons[0].outcome == outcome

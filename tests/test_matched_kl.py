@@ -540,3 +540,52 @@ def test_a_near_tie_at_a_curves_end_does_not_set_its_continuation_slope():
                 r.kl *= second / 0.215
         g = matched_kl(world, baselines=["identity"], num_resamples=500).gains[0]
         assert g.total_high[0] - g.total_low[0] < 0.03 and g.significant[0]
+
+
+def concave_runs(method: str, kls, seeds=(0, 1, 2)) -> list[Run]:
+    """Runs on one concave true curve ``h(k) = 0.5 + 0.2 sqrt(k)`` (no noise: every prompt the same),
+    measured at ``kls``; the same for every seed."""
+    return [Run(method, s, np.full(P, k), np.full(P, 0.5 + 0.2 * np.sqrt(k)), IDS, f"{method}-s{s}-{i}")
+            for s in seeds for i, k in enumerate(kls)]
+
+
+def test_the_chords_alone_make_a_gain_and_the_check_measures_it():
+    """Two methods on ONE concave curve, one measured densely, the other at three KLs (as raw RL's
+    runs in the hacking sweep): the sparse chord lies under the curve, so matched KL reports a gain
+    that is pure interpolation. e_m = f_m - c_{X_b}[f_m] (docs/method.md (10.6)) is then exactly that
+    gain (the dense curve passes through the sparse KLs' true values); the other estimate reads the
+    chord as the truth and sees 0. Measured at the same KLs, both are 0."""
+    dense = np.linspace(0.1, 2.0, 20)
+    sparse = [0.1, 1.0, 2.0]
+    res = matched_kl(concave_runs("identity", dense) + concave_runs("raw", sparse), num_kl=5, num_resamples=200)
+    (g,) = res.gains
+    assert (g.method, g.baseline) == ("identity", "raw")
+    h = lambda k: 0.5 + 0.2 * np.sqrt(k)  # noqa: E731
+    chord = np.interp(res.grid, sparse, h(np.array(sparse)))
+    inner = (res.grid > 0.1) & (res.grid < 2.0) & ~np.isin(np.round(res.grid, 9), sparse)
+    assert np.all(g.gain[inner] > 1e-4) and g.gain.max() > 0.01  # the chords alone: up to ~1.6 points here
+    np.testing.assert_allclose(g.chord_high, g.gain, atol=1e-3)  # = f_m - chord, f_m piecewise-linear in 0.1 steps
+    np.testing.assert_allclose(g.gain, np.interp(res.grid, dense, h(dense)) - chord, atol=1e-12)
+    np.testing.assert_allclose(g.chord_low, 0.0, atol=1e-12)
+    same = matched_kl(concave_runs("identity", sparse) + concave_runs("raw", sparse), num_kl=5, num_resamples=200)
+    np.testing.assert_allclose(same.gains[0].chord_low, 0.0, atol=1e-12)
+    np.testing.assert_allclose(same.gains[0].chord_high, 0.0, atol=1e-12)
+    row = next(r for r in res.rows() if r["baseline"] == "raw" and r["kl"] == res.grid[2])
+    assert row["chord_high"] == pytest.approx(float(g.chord_high[2]))
+    # the roles swapped (the baseline dense): a loss of the same size, caught by the other estimate
+    swap = matched_kl(concave_runs("identity", sparse) + concave_runs("raw", dense), num_kl=5, num_resamples=200)
+    (s,) = swap.gains
+    np.testing.assert_allclose(s.gain, -g.gain, atol=1e-12)
+    np.testing.assert_allclose(s.chord_low, s.gain, atol=1e-3)
+    np.testing.assert_allclose(s.chord_high, 0.0, atol=1e-12)
+
+
+def test_a_gain_is_not_evidence_unless_its_intervals_clear_what_the_chords_make():
+    from infalign.report.matched import chord_note
+
+    assert chord_note(0.02, -0.005, 0.018, [0.019, 0.021, 0.02]) == ""  # every inner end clears +1.8
+    assert "not evidence" in chord_note(0.02, -0.005, 0.018, [0.012, 0.021, 0.02])  # the prompt CI does not
+    assert chord_note(0.02, -0.03, 0.001, [0.012]) == ""  # the chords push the other way
+    assert "[-3.0, +0.1]" in chord_note(-0.02, -0.03, 0.001, [-0.025])
+    assert chord_note(-0.02, -0.01, 0.0, [-0.015]) == ""
+    assert chord_note(0.02, None, None, [0.0]) == "" and chord_note(0.0, -1.0, 1.0) == ""

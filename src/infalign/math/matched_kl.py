@@ -88,12 +88,30 @@ significant in the test's simulation (tests/test_matched_kl.py; the share grows 
 against prompt noise). With 3 paired seeds ``t_{0.975, 2} = 4.30``: a gain needs about 2.5 seed
 spreads to clear the seed interval.
 
+**Interpolation check.** Each curve is a chord between its runs' KLs, and a chord under a curve
+that bends (win rate vs KL is concave: it rises, then flattens or falls) lies below it, so two
+methods measured at different KLs differ by their chords alone. A gain's ``chord_low`` /
+``chord_high`` bound what the chords make when both methods share one true curve ``h``: with
+``c_X[h]`` the chord of ``h`` through the KLs ``X``,
+
+    e(k) = c_{X_m}[h](k) - c_{X_b}[h](k),
+
+estimated twice -- ``h = f_m`` (the method's curve read at the baseline's KLs: ``f_m - c_{X_b}[f_m]``)
+and ``h = f_b`` (``c_{X_m}[f_b] - f_b``) -- per seed (the common seeds, or every pair when the seed
+sets differ), averaged over seeds; the two are ``[chord_low, chord_high]`` (a point needs >= 2 of the
+other side's KLs inside the shape's range around it, else NaN). It is a diagnostic, not an interval:
+a gain inside it is one the runs' KL placement alone could make (reward hacking, where raw's runs
+sit at 0.9, 2.6 and 28 nats, is the case that showed it); more KL points on the sparser curve
+shrink it. It does not enter ``significant``; the report and ``findings.md`` read a significant
+gain whose intervals do not clear it as not evidence (docs/method.md §10).
+
 Used by :mod:`infalign.report` (per procedure, N and judge); see ``infalign-report``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -144,6 +162,8 @@ class Gain:
     prompt_significant: np.ndarray  # bool: estimate and prompt CI on one side of 0
     total_low: np.ndarray  # the total interval (prompts and seeds); NaN for seed_test "none"
     total_high: np.ndarray
+    chord_low: np.ndarray | None = None  # what the chords alone make (module docstring, Interpolation check)
+    chord_high: np.ndarray | None = None
 
 
 @dataclass
@@ -179,7 +199,10 @@ class MatchedKL:
                                     "total_low": _nan_none(g.total_low[i]),
                                     "total_high": _nan_none(g.total_high[i]),
                                     "prompt_significant": bool(g.prompt_significant[i]),
-                                    "significant": bool(g.significant[i])})
+                                    "significant": bool(g.significant[i]),
+                                    **({} if g.chord_low is None else
+                                       {"chord_low": _nan_none(g.chord_low[i]),
+                                        "chord_high": _nan_none(g.chord_high[i])})})
         return out
 
 
@@ -358,8 +381,10 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
 
     point: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [K]
     boot: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [B, K]
+    vertices: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> (KLs, win rates)
     for (m, s), idx in curves.items():
         vx, vy = _merge_ties(kbar[idx], wbar[idx])
+        vertices[m][s] = (vx, vy)
         point[m][s] = interpolate(vx, vy, grid)
         boot[m][s] = interpolate(*_merge_tied_columns(kbar[idx], kb[:, idx], wb[:, idx]), grid, continue_ends=True,
                                  end_slopes=_end_slopes(vx, vy))
@@ -377,8 +402,31 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     for j, b in enumerate(bases):
         for m in methods:
             if m != b and m not in bases[:j]:  # identity vs raw, not also raw vs identity
-                result.gains.append(_gain(m, b, point, boot, alpha, num_prompts))
+                gain = _gain(m, b, point, boot, alpha, num_prompts)
+                gain.chord_low, gain.chord_high = chord_bias(vertices[m], vertices[b], grid)
+                result.gains.append(gain)
     return result
+
+
+def _chord_null(x: np.ndarray, y: np.ndarray, at: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``f(k) - c_at[f](k)`` at ``grid``: the curve ``f`` through ``(x, y)`` minus its chord through
+    the KLs ``at`` (those inside ``f``'s range); NaN where fewer than two of them bracket ``k``."""
+    inside = np.unique(at[(at >= x[0]) & (at <= x[-1])])
+    if inside.size < 2:
+        return np.full(grid.shape, np.nan)
+    return interpolate(x, y, grid) - interpolate(inside, interpolate(x, y, inside), grid)
+
+
+def chord_bias(method: dict, baseline: dict, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(chord_low, chord_high)`` ``[K]`` of ``method - baseline`` (module docstring, **Interpolation
+    check**; docs/method.md (10.6)) from each side's per-seed vertices ``{seed: (KLs, win rates)}``."""
+    common = sorted(set(method) & set(baseline), key=str)
+    pairs = [(s, s) for s in common] or [(a, b) for a in method for b in baseline]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN column: NaN, as wanted
+        as_m = np.nanmean([_chord_null(*method[a], baseline[b][0], grid) for a, b in pairs], 0)
+        as_b = np.nanmean([-_chord_null(*baseline[b], method[a][0], grid) for a, b in pairs], 0)
+    return np.fmin(as_m, as_b), np.fmax(as_m, as_b)
 
 
 def _t_interval(mean: np.ndarray, se: np.ndarray, df, alpha: float) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infalign.report.matched import points, seed_interval_text
+from infalign.report.matched import chord_note, points, seed_interval_text
 
 __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
            "findings_json"]
@@ -110,6 +110,7 @@ class Comparison:
     n_seeds: int = 0
     seed_test: str = ""  # the report's: paired | welch | pooled | none (one seed each: no verdict)
     max_abs_gain: float | None = None  # over every KL of the panel (controls' noise yardstick)
+    chords: str = ""  # "the chords alone make [a, b]: not evidence" (report/matched.py: chord_note), or ""
     outcome: str = "not measured"
     why: str = ""
 
@@ -142,6 +143,8 @@ def _outcome(expect: int | None, c: Comparison) -> str:
         return "no verdict (1 seed: training noise not assessed)"
     if not c.significant:
         return "not significant" if expect is None else "not established"
+    if c.chords:  # significant, but no larger than what the runs' KL placement alone makes
+        return ("not significant" if expect is None else "not established") + f" ({c.chords})"
     sign = 1 if (c.gain or 0.0) > 0 else -1
     if expect is None:
         return "significant"
@@ -172,6 +175,10 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c.n_seeds = int(_float(mid["n_seeds"]) or 0)
             c.seed_test = mid.get("seed_test") or "none"
             c.significant = mid["significant"] == "True"
+            inner = ("gain_low", "seed_low", "total_low") if (c.gain or 0.0) > 0 else ("gain_high", "seed_high",
+                                                                                     "total_high")
+            c.chords = chord_note(c.gain, _float(mid.get("chord_low")), _float(mid.get("chord_high")),
+                                  [_float(mid.get(k)) for k in inner])
             signs = [(_float(r["gain"]) or 0.0) > 0 for r in mine if r["significant"] == "True"]
             c.significant_kls, c.significant_up, c.num_kls = len(signs), sum(signs), len(mine)
             gains = [abs(g) for r in mine if (g := _float(r["gain"])) is not None]
@@ -224,7 +231,9 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
              "Each comparison is read at its panel's middle common KL from the experiment's matched-KL report "
              "(paired prompt-bootstrap 95 % CI, the seed and total intervals; significant = all on one side of 0, "
              "docs/method.md §10). Verdict: *reproduced* / *contradicted* = significant with / against the paper's "
-             "sign, *not established* = not significant; a control *passes* when no cell is significant. No "
+             "sign, *not established* = not significant, or significant but with intervals that do not clear the "
+             "gain the runs' KL placement alone makes (*the chords alone make [a, b]*: each method's curve read "
+             "at the other's KLs, docs/method.md §10); a control *passes* when no cell is significant. No "
              "correction for the many panels, methods and KLs read.", ""]
     if out is not None:
         lines += [f"Reports under `{out}`.", ""]

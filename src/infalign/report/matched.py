@@ -11,6 +11,7 @@ sentences.
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from infalign.report.tables import fmt_ci, md_cell
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
                       "win_rate_low", "win_rate_high", "gain", "gain_low", "gain_high", "significant", "n_seeds",
                       "seed_spread", "seed_low", "seed_high", "seed_test", "n_seeds_baseline", "total_low",
-                      "total_high", "prompt_significant", "n_runs", "n_prompts", "note"]
+                      "total_high", "prompt_significant", "chord_low", "chord_high", "n_runs", "n_prompts", "note"]
 
 
 @dataclass
@@ -182,7 +183,37 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
     return (f"{g.method} {verb} {g.baseline}: {points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}] points, "
-            f"{seed_clause(g, i)} ({significant_count(g, len(p.result.grid))})")
+            f"{seed_clause(g, i)} ({significant_count(g, len(p.result.grid))})"
+            + (f"; {note}" if g.significant[i] and (note := chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i)))
+               else ""))
+
+
+def chord_at(g: Gain, i: int) -> tuple[float | None, float | None]:
+    """``(chord_low, chord_high)`` at grid KL ``i`` (None where not computed or not defined)."""
+    if g.chord_low is None or not (math.isfinite(g.chord_low[i]) and math.isfinite(g.chord_high[i])):
+        return None, None
+    return float(g.chord_low[i]), float(g.chord_high[i])
+
+
+def chord_note(gain: float | None, low: float | None, high: float | None,
+               bounds: Sequence[float | None] = ()) -> str:
+    """``"the chords alone make [-0.8, +1.9]: not evidence"`` when the runs' KL placement alone may make
+    the gain (``math/matched_kl.py``, **Interpolation check**): a gain above 0 whose intervals'
+    lower ends (``bounds``: the prompt CI's, the seed and total intervals'; the gain itself when none)
+    do not all clear ``high`` -- the significance test with the null moved from 0 to what the chords
+    make -- and below 0 likewise against ``low``; else ``""``."""
+    if gain is None or low is None or high is None or gain == 0:
+        return ""
+    inner = [b for b in bounds if b is not None and math.isfinite(b)] or [gain]
+    if (gain > 0 and min(inner) > high) or (gain < 0 and max(inner) < low):
+        return ""
+    return f"the chords alone make [{points(low)}, {points(high)}]: not evidence"
+
+
+def gain_bounds(g: Gain, i: int) -> list[float]:
+    """The inner ends of the gain's intervals at grid KL ``i`` (lower ends for a gain above 0)."""
+    ends = (g.low[i], g.seed_low[i], g.total_low[i]) if g.gain[i] > 0 else (g.high[i], g.seed_high[i], g.total_high[i])
+    return [float(e) for e in ends]
 
 
 def significant_count(g: Gain, num_kls: int) -> str:
@@ -260,7 +291,10 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
               "gains, or an unpaired two-sample t when the seed sets differ: training noise, which the prompt "
               "bootstrap does not see), then the total interval (both noises: docs/method.md §10). Gains in points "
               "(x100); `*` = significant: the estimate, the CI, the seed interval and the total interval on one side "
-              "of 0 (never with one seed per method: training noise not assessed).\n\n")
+              "of 0 (never with one seed per method: training noise not assessed). \"the chords alone make "
+              "[a, b]: not evidence\": a significant gain whose intervals do not clear the gain the runs' KL "
+              "placement alone makes in its direction (each curve read at the other's KLs; `chord_low` / "
+              "`chord_high` in matched_kl.csv).\n\n")
     for line in notes:
         out.write(f"- {line}\n")
     for p in panels:
@@ -283,6 +317,9 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
             cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
             cells += [f"{points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}]"
                       + (f" {clause}" if (clause := seed_clause(g, i)) else "")
-                      + (" *" if g.significant[i] else "") for g in r.gains]
+                      + (" *" if g.significant[i] else "")
+                      + (f" ({note})" if g.significant[i]
+                         and (note := chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i))) else "")
+                      for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     return out.getvalue()
