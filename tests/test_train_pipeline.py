@@ -111,6 +111,8 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     # where global_step % 5 == 0 lands on an RL step's end (20), and kept that older last.ckpt at the end
     ("ppo", 6, 5, [8, 12, 16, 20, 24]),
     ("rloo", 6, 4, [4, 6]),  # one optimizer step per RL step: step 4, then the final state (was: 4 only)
+    ("ppo", 5, 5, [8, 12, 16, 20]),  # Lightning's own save at 20 is the final one: no second file
+    ("ppo", 3, 5, [8, 12]),
 ])
 def test_last_checkpoint_follows_checkpoint_every_and_ends_at_the_final_step(
         cache_dir, tmp_path, monkeypatch, algo, steps, every, saves):
@@ -127,6 +129,9 @@ def test_last_checkpoint_follows_checkpoint_every_and_ends_at_the_final_step(
     run(cache_dir, tmp_path / algo, f"algo={algo}", f"algo.steps={steps}", f"checkpoint_every={every}",
         "policy_cache=false")
     assert seen == saves
+    # one file, the final state (review finding: saving beside Lightning's own bookkeeping left a stale
+    # last.ckpt and a last-v1.ckpt at the final step, and ckpt_path=last resumes last.ckpt by name)
+    assert sorted(p.name for p in (tmp_path / algo / "checkpoints").glob("*.ckpt")) == ["last.ckpt"]
     ckpt = torch.load(tmp_path / algo / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == saves[-1]
 

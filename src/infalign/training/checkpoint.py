@@ -12,14 +12,13 @@ step count is not a multiple of ``n`` ends with a ``last.ckpt`` of an earlier st
   optimizer steps (``global_step // n`` has grown since the last save), and
 * at the end of training when the last save is older than the final step,
 
-both with ``trainer.save_checkpoint`` (the same contents as Lightning's own saves, this callback's
-state included). Only ``last.ckpt`` is handled so: ``save_top_k`` checkpoints keep Lightning's
-cadence.
+both through Lightning's own last-checkpoint save (``_save_last_checkpoint``: the same contents, this
+callback's state included, and ``last_model_path`` kept, so Lightning's later saves overwrite
+``last.ckpt`` instead of versioning a ``last-v1.ckpt`` beside it). Only ``last.ckpt`` is handled so:
+``save_top_k`` checkpoints keep Lightning's cadence.
 """
 
 from __future__ import annotations
-
-import os
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -43,11 +42,11 @@ class RunCheckpoint(ModelCheckpoint):
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         self.saved_at = trainer.global_step  # every save passes here: Lightning's own and ours
 
-    def last_path(self) -> str:
-        return os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
-
     def _save_last_now(self, trainer) -> None:
-        trainer.save_checkpoint(self.last_path(), weights_only=self.save_weights_only)
+        # Lightning's own path for last.ckpt (ModelCheckpoint._save_last_checkpoint, Lightning 2.x): a
+        # direct trainer.save_checkpoint left last_model_path unset, and Lightning's next save of the
+        # last checkpoint then wrote last-v1.ckpt beside a stale last.ckpt
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
