@@ -335,6 +335,14 @@ def test_build_toy_world_miss_hit_and_rebuild_after_corruption(tmp_path, monkeyp
     with pytest.raises(AssertionError, match="rebuilt"):
         build_toy_world(TINY, tmp_path)
     monkeypatch.undo()
+    # ... in its own directory, but the same world to a report (runs record world_key as toy_key: a
+    # rebuild that computes the same models must not split a sweep resumed across the edit)
+    monkeypatch.setattr(toy_build, "TOY_CODE", toy_build.TOY_CODE[:-1] + ("infalign.errors",))
+    edited = build_toy_world(TINY, tmp_path)
+    monkeypatch.undo()
+    assert edited.built and edited.key != art.key and edited.world_key == art.world_key != ""
+    assert (edited.reference_dir / "model.safetensors").read_bytes() == (
+        art.reference_dir / "model.safetensors").read_bytes()  # the build is deterministic
 
     # Corrupt manifest -> detected and rebuilt.
     (art.root / "manifest.json").write_text("{not json")

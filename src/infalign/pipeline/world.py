@@ -235,7 +235,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
 
         artifacts = build_toy_world(OmegaConf.to_container(data.toy, resolve=True), cache_dir)
         world = artifacts.world
-        stats = {"toy_key": artifacts.key, "toy_built": artifacts.built, **artifacts.stats}
+        stats = {"toy_key": artifacts.world_key, "toy_built": artifacts.built, **artifacts.stats}
         policy_path = checked.policy_path or str(artifacts.reference_dir)
         reward_path = checked.reward_path or str(artifacts.reward_dir)
         train_raw = world.prompts("train", int(data.train_prompts))

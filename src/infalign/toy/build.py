@@ -67,7 +67,8 @@ CODE_VERSION = "toy-v3"  # v2: fused tanh-GELU; v3: learnable per-prompt scale, 
 # ... and the key also holds a digest of the code that builds it (docstrings and comments aside,
 # infra/cache.py: modules_digest): an edit to any of these rebuilds the world instead of serving the
 # old one under the new code (a forgotten CODE_VERSION bump). The build is deterministic, so an
-# edit that changes nothing it computes rebuilds the same world, bit for bit.
+# edit that changes nothing it computes rebuilds the same world, bit for bit -- which runs record as
+# the same world (``ToyArtifacts.world_key``, without the digest; reports group runs by it).
 TOY_CODE = (
     "infalign.toy.world", "infalign.toy.build", "infalign.toy.defaults", "infalign.models.builders",
     "infalign.models.generation", "infalign.models.decode_step", "infalign.models.reward",
@@ -90,10 +91,11 @@ class ToyArtifacts:
     tokenizer_dir: Path
     reference_dir: Path
     reward_dir: Path
-    key: str
+    key: str  # the cache directory's: CODE_VERSION, the TOY_CODE digest, the config
     config: dict
     stats: dict = field(default_factory=dict)
     built: bool = False
+    world_key: str = ""  # the world's description alone (CODE_VERSION, config): runs record it as toy_key
 
     def load_tokenizer(self, padding_side: str = "left"):
         return load_tokenizer(self.tokenizer_dir, padding_side, key="toy.tokenizer_dir")
@@ -454,4 +456,7 @@ def build_toy_world(cfg: Mapping | None, cache_dir: str | Path) -> ToyArtifacts:
         config=c,
         stats=manifest.get("stats", {}),
         built=not hit,
+        # without the code digest: a rebuild after an edit that changes nothing it computes is the same
+        # world (same model files, so the same fingerprints), and a report must not split runs across it
+        world_key=content_key(CODE_VERSION, c),
     )
