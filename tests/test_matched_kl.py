@@ -588,4 +588,10 @@ def test_a_gain_is_not_evidence_unless_its_intervals_clear_what_the_chords_make(
     assert chord_note(0.02, -0.03, 0.001, [0.012]) == ""  # the chords push the other way
     assert "[-3.0, +0.1]" in chord_note(-0.02, -0.03, 0.001, [-0.025])
     assert chord_note(-0.02, -0.01, 0.0, [-0.015]) == ""
-    assert chord_note(0.02, None, None, [0.0]) == "" and chord_note(0.0, -1.0, 1.0) == ""
+    assert chord_note(0.0, -1.0, 1.0) == ""
+    # neither estimate can be made (review finding: interleaved KLs, two runs each, made significant
+    # gains of pure interpolation with no note): not evidence either
+    assert "cannot be made" in chord_note(0.02, None, None, [0.015])
+    runs = concave_runs("identity", [0.5, 2.0]) + concave_runs("raw", [1.0, 3.0])
+    (g,) = matched_kl(runs, num_kl=3, num_resamples=200).gains
+    assert np.isnan(g.chord_low).all() and np.isnan(g.chord_high).all() and np.abs(g.gain).max() > 0.005

@@ -98,8 +98,9 @@ methods measured at different KLs differ by their chords alone. A gain's ``chord
 
 estimated twice -- ``h = f_m`` (the method's curve read at the baseline's KLs: ``f_m - c_{X_b}[f_m]``)
 and ``h = f_b`` (``c_{X_m}[f_b] - f_b``) -- per seed (the common seeds, or every pair when the seed
-sets differ), averaged over seeds; the two are ``[chord_low, chord_high]`` (a point needs >= 2 of the
-other side's KLs inside the shape's range around it, else NaN). It is a diagnostic, not an interval:
+sets differ), averaged over seeds; the two are ``[chord_low, chord_high]`` (an estimate needs >= 2 of
+the other side's KLs inside the shape's range around the point; one alone where only one exists, NaN
+where neither does). It is a diagnostic, not an interval:
 a gain inside it is one the runs' KL placement alone could make (reward hacking, where raw's runs
 sit at 0.9, 2.6 and 28 nats, is the case that showed it); more KL points on the sparser curve
 shrink it. It does not enter ``significant``; the report and ``findings.md`` read a significant
@@ -426,7 +427,7 @@ def chord_bias(method: dict, baseline: dict, grid: np.ndarray) -> tuple[np.ndarr
         warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN column: NaN, as wanted
         as_m = np.nanmean([_chord_null(*method[a], baseline[b][0], grid) for a, b in pairs], 0)
         as_b = np.nanmean([-_chord_null(*baseline[b], method[a][0], grid) for a, b in pairs], 0)
-    return np.fmin(as_m, as_b), np.fmax(as_m, as_b)
+    return np.fmin(as_m, as_b), np.fmax(as_m, as_b)  # either estimate where only one exists; NaN where neither
 
 
 def _t_interval(mean: np.ndarray, se: np.ndarray, df, alpha: float) -> tuple[np.ndarray, np.ndarray]:

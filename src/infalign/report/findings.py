@@ -177,8 +177,9 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c.significant = mid["significant"] == "True"
             inner = ("gain_low", "seed_low", "total_low") if (c.gain or 0.0) > 0 else ("gain_high", "seed_high",
                                                                                      "total_high")
-            c.chords = chord_note(c.gain, _float(mid.get("chord_low")), _float(mid.get("chord_high")),
-                                  [_float(mid.get(k)) for k in inner])
+            c.chords = ("" if "chord_low" not in mid else  # a report from before the check: read as it was
+                        chord_note(c.gain, _float(mid.get("chord_low")), _float(mid.get("chord_high")),
+                                   [_float(mid.get(k)) for k in inner]))
             signs = [(_float(r["gain"]) or 0.0) > 0 for r in mine if r["significant"] == "True"]
             c.significant_kls, c.significant_up, c.num_kls = len(signs), sum(signs), len(mine)
             gains = [abs(g) for r in mine if (g := _float(r["gain"])) is not None]

@@ -202,8 +202,11 @@ def chord_note(gain: float | None, low: float | None, high: float | None,
     lower ends (``bounds``: the prompt CI's, the seed and total intervals'; the gain itself when none)
     do not all clear ``high`` -- the significance test with the null moved from 0 to what the chords
     make -- and below 0 likewise against ``low``; else ``""``."""
-    if gain is None or low is None or high is None or gain == 0:
+    if gain is None or gain == 0:
         return ""
+    if low is None or high is None:
+        return ("the chord check cannot be made here (too few runs of either method inside the other's KL "
+                "range): not evidence")
     inner = [b for b in bounds if b is not None and math.isfinite(b)] or [gain]
     if (gain > 0 and min(inner) > high) or (gain < 0 and max(inner) < low):
         return ""
