@@ -564,3 +564,44 @@ def test_a_hub_model_of_unknown_commit_is_keyed_by_the_revision_as_given(monkeyp
     name = "org/not-local"
     fp = [world_mod._fingerprint(name, world_mod._commit(name, r, "policy")) for r in ("v1", "v2")]
     assert fp[0] != fp[1]
+
+
+def test_the_reward_input_limit_is_what_the_model_can_read():
+    """input_token_limit (the reward.max_length check's bound) against the models themselves: a
+    RoBERTa-style encoder's 34 positions read 32 tokens (ids start after the padding index) and 33
+    fail; DeBERTa-v3's relative positions (position_biased_input=False) read past its 16 "positions",
+    so it sets no limit; BERT and GPT-2 read exactly their positions."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DebertaV2Config,
+        DebertaV2ForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    from infalign.models.builders import input_token_limit
+
+    small = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 num_labels=1)
+    models = {
+        "roberta": RobertaForSequenceClassification(RobertaConfig(**small, max_position_embeddings=34, pad_token_id=1)),
+        "deberta": DebertaV2ForSequenceClassification(DebertaV2Config(
+            **small, max_position_embeddings=16, position_biased_input=False, relative_attention=True,
+            pos_att_type=["p2c", "c2p"])),
+        "bert": BertForSequenceClassification(BertConfig(**small, max_position_embeddings=20)),
+    }
+
+    def reads(model, n: int) -> bool:
+        try:
+            with torch.no_grad():
+                model.eval()(input_ids=torch.full((1, n), 5))
+            return True
+        except (IndexError, RuntimeError):
+            return False
+
+    assert input_token_limit(models["roberta"].config) == 32
+    assert reads(models["roberta"], 32) and not reads(models["roberta"], 33)
+    assert input_token_limit(models["deberta"].config) is None and reads(models["deberta"], 40)
+    assert input_token_limit(models["bert"].config) == 20
+    assert reads(models["bert"], 20) and not reads(models["bert"], 21)

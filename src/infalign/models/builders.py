@@ -31,6 +31,7 @@ __all__ = [
     "load_causal_lm",
     "load_reward_model",
     "load_tokenizer",
+    "input_token_limit",
     "model_positions",
     "resolve_dtype",
     "response_lead",
@@ -199,6 +200,25 @@ def model_positions(config) -> int | None:
     None when it names none."""
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return int(limit) if limit else None
+
+
+# Encoders whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# of max_position_embeddings (514) only max - (pad + 1) = 512 reach tokens.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+
+
+def input_token_limit(config) -> int | None:
+    """The most tokens a model can read at once: :func:`model_positions`, less the padding offset of
+    RoBERTa-style encoders (514 positions read 512 tokens), and None for a model without absolute
+    position embeddings that names a limit only as a training length (DeBERTa-v2/v3,
+    ``position_biased_input=False``: relative positions, longer inputs run)."""
+    if getattr(config, "model_type", None) in ("deberta-v2", "deberta") and not getattr(
+            config, "position_biased_input", True):
+        return None
+    limit = model_positions(config)
+    if limit and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        return limit - (int(getattr(config, "pad_token_id", 1) or 1) + 1)
+    return limit
 
 
 def check_reward_model(

@@ -28,6 +28,7 @@ from infalign.models.builders import (
     check_causal_lm,
     check_reward_model,
     hub_commit,
+    input_token_limit,
     load_causal_lm,
     load_reward_model,
     load_tokenizer,
@@ -145,8 +146,10 @@ def check_reward_length(cfg: DictConfig, reward_config, name: str) -> None:
     """``reward.max_length`` (the tokens the reward model reads of prompt + response; longer inputs are
     cut, :func:`~infalign.models.builders.reward_model_inputs`) must fit the reward model's positions:
     a longer input would fail inside its embedding lookup (an IndexError naming nothing) at the first
-    long response. Null (no cut) is allowed only for a model without a position limit."""
-    limit = model_positions(reward_config)
+    long response. Null (no cut) is allowed only for a model without a position limit
+    (:func:`~infalign.models.builders.input_token_limit`: RoBERTa-style encoders read 2 fewer tokens
+    than their positions; DeBERTa-v3's relative positions set none)."""
+    limit = input_token_limit(reward_config)
     max_length = cfg.reward.get("max_length")
     if limit is None or (max_length is not None and int(max_length) <= limit):
         return
