@@ -123,9 +123,10 @@ def test_devices_auto_counts_what_lightning_would_use(tmp_path, monkeypatch, acc
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     assert train_app.auto_device_count(accelerator) == (1 if accelerator in ("cpu", "mps") else max(1, gpus))
-    cfg = compose_train(tmp_path, tmp_path, f"trainer.accelerator={accelerator}", "trainer.devices=auto")
-    if refused:
-        with pytest.raises(ConfigError, match="trainer.devices"):
+    for devices in ("auto", -1) if accelerator != "cpu" else ("auto",):  # -1: every visible GPU, as auto
+        cfg = compose_train(tmp_path, tmp_path, f"trainer.accelerator={accelerator}", f"trainer.devices={devices}")
+        if refused:
+            with pytest.raises(ConfigError, match="trainer.devices"):
+                train_app.validate(cfg)
+        else:
             train_app.validate(cfg)
-    else:
-        train_app.validate(cfg)

@@ -294,8 +294,9 @@ def untrainable_reason(t: float, beta: float) -> str | None:
     no t reaches the KL budget (``t`` NaN); ``exp(t u)`` overflows float32 (``|t|`` > 88.7); or
     ``beta`` (and so ``beta * KL``) is below float32's normal range, where the KL term of the shaped
     reward rounds away (large-KL worst-of-N rows pick t ~ -130 at beta ~ 1e-56). ``beta`` is
-    ``transform=exp``'s; the normalised ``expn_t*`` entries' ``beta / |e^t - 1|`` is then below it
-    too for ``t`` > log 2, and for ``t`` < 0 larger by at most ``1 / (1 - e^t)``."""
+    ``transform=exp``'s; the normalised ``expn_t*`` entries' ``beta / |e^t - 1|`` is below it for
+    ``t > log 2`` (by ``e^t - 1``: far below float32's range only for the large t such rows pick) and
+    above it for ``t < log 2``."""
     if not math.isfinite(t):
         return "no t reaches this KL"
     if not finite_in_float32(Exp(float(t))):

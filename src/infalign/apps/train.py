@@ -100,7 +100,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
     require(int(cfg.seed) >= 0, "seed", cfg.seed, "an integer >= 0 (it seeds numpy and torch generators)")
     devices = trainer_devices(cfg.trainer.devices)
-    if devices == "auto":
+    if devices == "auto" or (devices == -1 and cfg.trainer.accelerator != "cpu"):  # -1: every visible GPU
         devices = auto_device_count(cfg.trainer.accelerator)
     multi = devices != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1
     require(not multi or distributed.launched_externally(), "trainer.devices", cfg.trainer.devices,

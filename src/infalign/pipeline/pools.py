@@ -117,8 +117,9 @@ def sampling_hardware(trainer: TrainerFactory) -> tuple:
     """The predict trainer's settings that change what a pool draws: ``precision`` (bf16 autocast moves
     the logits, so the sampled tokens and the scores) and the device kind (another device's kernels
     round differently), read from the factory (:func:`~infalign.pipeline.trainer.factory_keywords`),
-    ``accelerator=auto`` resolved to the device it picks here. Empty for float32 on the CPU -- what every pool was drawn
-    with before these entered the key, so those entries stay valid -- else one dict."""
+    ``accelerator=auto`` resolved to the device it picks here. Empty for float32 on the CPU (the
+    default: those keys keep their form), else one dict. (Pools keyed before this -- under any
+    precision -- were retired with it: the module is in :data:`POOL_CODE`.)"""
     kw = factory_keywords(trainer)
     precision = str(kw.get("precision", "32-true"))
     accelerator = str(kw.get("accelerator", "cpu"))
