@@ -595,3 +595,13 @@ def test_a_gain_is_not_evidence_unless_its_intervals_clear_what_the_chords_make(
     runs = concave_runs("identity", [0.5, 2.0]) + concave_runs("raw", [1.0, 3.0])
     (g,) = matched_kl(runs, num_kl=3, num_resamples=200).gains
     assert np.isnan(g.chord_low).all() and np.isnan(g.chord_high).all() and np.abs(g.gain).max() > 0.005
+    # two sweeps aimed at the same two KLs land a little apart: the check holds (chords 0: one straight
+    # segment each over nearly the same span), it does not void a real gap (review finding)
+    up = [Run("identity", s, np.full(P, k), np.full(P, 0.53 + 0.1 * k), IDS, f"i{s}{k}")
+          for s in (0, 1, 2) for k in (0.50, 2.00)]
+    base = [Run("raw", s, np.full(P, k), np.full(P, 0.50 + 0.1 * k + 0.001 * s), IDS, f"r{s}{k}")
+            for s in (0, 1, 2) for k in (0.52, 2.05)]
+    (g,) = matched_kl(up + base, num_kl=3, num_resamples=200).gains
+    np.testing.assert_allclose(g.chord_low, 0.0, atol=1e-9)
+    np.testing.assert_allclose(g.chord_high, 0.0, atol=1e-9)
+    assert chord_note(float(g.gain[1]), float(g.chord_low[1]), float(g.chord_high[1]), [0.02]) == ""

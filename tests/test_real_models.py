@@ -604,4 +604,5 @@ def test_the_reward_input_limit_is_what_the_model_can_read():
     assert reads(models["roberta"], 32) and not reads(models["roberta"], 33)
     assert input_token_limit(models["deberta"].config) is None and reads(models["deberta"], 40)
     assert input_token_limit(models["bert"].config) == 20
+    assert input_token_limit(RobertaConfig(**small, max_position_embeddings=34, pad_token_id=0)) == 33  # pad 0
     assert reads(models["bert"], 20) and not reads(models["bert"], 21)

@@ -100,9 +100,13 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
         run(cache_dir, tmp_path / "resumed", "algo.steps=4", "ckpt_path=last", "transform.t=2")
     # the same settings (more steps, other evaluation settings) resume
-    resumed = run(cache_dir, tmp_path / "resumed", "algo.steps=4", "ckpt_path=last", "save_policy=true")
+    resumed = run(cache_dir, tmp_path / "resumed", "algo.steps=4", "ckpt_path=last", "save_policy=true",
+                  "checkpoint_every=3")  # (another cadence: the checkpoint callback's state is not restored)
     ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
+    # one file: the resumed run overwrites its last.ckpt (review finding: a resume that did not get the
+    # callback's last_model_path back wrote last-v1.ckpt beside a stale last.ckpt)
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").glob("*.ckpt")] == ["last.ckpt"]
     assert resumed["eval"]["judges"] == straight["eval"]["judges"]
 
 

@@ -409,10 +409,16 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     return result
 
 
+CHORD_END_TOL = 0.1  # share of a curve's KL span past its ends within which another curve's KL counts as its end
+
+
 def _chord_null(x: np.ndarray, y: np.ndarray, at: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """``f(k) - c_at[f](k)`` at ``grid``: the curve ``f`` through ``(x, y)`` minus its chord through
-    the KLs ``at`` (those inside ``f``'s range); NaN where fewer than two of them bracket ``k``."""
-    inside = np.unique(at[(at >= x[0]) & (at <= x[-1])])
+    the KLs ``at`` inside ``f``'s range -- or within :data:`CHORD_END_TOL` of its span past an end,
+    read at that end (two sweeps aimed at the same KLs land a little apart: 2.05 against 2.00 must
+    not void the check); NaN where fewer than two of them bracket ``k``."""
+    tol = CHORD_END_TOL * (x[-1] - x[0])
+    inside = np.unique(np.clip(at[(at >= x[0] - tol) & (at <= x[-1] + tol)], x[0], x[-1]))
     if inside.size < 2:
         return np.full(grid.shape, np.nan)
     return interpolate(x, y, grid) - interpolate(inside, interpolate(x, y, inside), grid)

@@ -204,7 +204,8 @@ def model_positions(config) -> int | None:
 
 # Encoders whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
 # of max_position_embeddings (514) only max - (pad + 1) = 512 reach tokens.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text")
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet",
+                     "roberta-prelayernorm", "ibert")
 
 
 def input_token_limit(config) -> int | None:
@@ -217,7 +218,8 @@ def input_token_limit(config) -> int | None:
         return None
     limit = model_positions(config)
     if limit and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
-        return limit - (int(getattr(config, "pad_token_id", 1) or 1) + 1)
+        pad = getattr(config, "pad_token_id", None)
+        return limit - ((1 if pad is None else int(pad)) + 1)
     return limit
 
 

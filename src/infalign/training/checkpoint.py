@@ -20,6 +20,8 @@ callback's state included, and ``last_model_path`` kept, so Lightning's later sa
 
 from __future__ import annotations
 
+import os
+
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 __all__ = ["RunCheckpoint"]
@@ -37,6 +39,13 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self.saved_at = trainer.global_step  # 0, or the step the run resumed from (its checkpoint exists)
+        if self.save_last and self.dirpath:
+            # last.ckpt is this run's own (a resume continues it): Lightning overwrites its
+            # last_model_path, but versions any other existing file -- and a resume does not always
+            # get that path back (a checkpoint from before this callback, a moved run dir, another
+            # checkpoint_every, which is part of the callback's state key): last-v1.ckpt would
+            # hold the newer state beside a stale last.ckpt that ckpt_path=last resumes by name
+            self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
