@@ -225,6 +225,20 @@ def test_an_optuna_study_records_failed_trials_and_goes_on(tmp_path, tiny_world)
     assert best["best_params"]["transform.t"] <= 88.7
 
 
+def test_an_optuna_study_whose_every_trial_fails_lists_the_failures(tmp_path, tiny_world):
+    """Every trial fails (t beyond 88.7 overflows float32: a ConfigError): Optuna then has no best
+    trial and the plugin's ``study.best_trial`` raised "No trials are completed yet." -- a traceback
+    after the failures, before the sweep's summary. infalign's sweeper (hydra_plugins/infalign_sweepers)
+    ends the study so the FailedJobs callback lists them, exit code 1."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep, cache = tmp_path / "sweep", seeded_cache(tmp_path / "cache", tiny_world)
+    code, out, err = finished(train_cli("-m", "+sweeps=optuna_t", "hydra.sweeper.n_trials=2",
+                                        "transform.t=interval(100,120)", *TINY, "policy_cache=false",
+                                        f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}"))
+    assert "Traceback" not in err and "No trials are completed yet" not in err, err[-3000:]
+    assert code == 1 and "2 of 2 jobs failed" in err and "transform.t" in err, err[-3000:]
+
+
 def test_a_sweep_dir_with_results_is_refused_unless_resumed(tmp_path):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "ckpt_path": None})
     FailedJobs().on_multirun_start(config=config)  # empty: fine
