@@ -228,8 +228,9 @@ def test_an_optuna_study_records_failed_trials_and_goes_on(tmp_path, tiny_world)
 def test_an_optuna_study_whose_every_trial_fails_lists_the_failures(tmp_path, tiny_world):
     """Every trial fails (t beyond 88.7 overflows float32: a ConfigError): Optuna then has no best
     trial and the plugin's ``study.best_trial`` raised "No trials are completed yet." -- a traceback
-    after the failures, before the sweep's summary. infalign's sweeper (hydra_plugins/infalign_sweepers)
-    ends the study so the FailedJobs callback lists them, exit code 1."""
+    after the failures, before the sweep's summary. infalign's sweeper
+    (hydra_plugins/infalign_sweeps/optuna_sweeper.py) ends the study so the FailedJobs callback lists
+    them, exit code 1."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep, cache = tmp_path / "sweep", seeded_cache(tmp_path / "cache", tiny_world)
     code, out, err = finished(train_cli("-m", "+sweeps=optuna_t", "hydra.sweeper.n_trials=2",

@@ -1,4 +1,4 @@
-"""infalign's Hydra sweepers (Hydra loads sweeper plugins only from the ``hydra_plugins`` namespace).
+"""infalign's Optuna sweeper (Hydra loads sweeper plugins only from the ``hydra_plugins`` namespace).
 
 :class:`OptunaSweeper` is Hydra's Optuna sweeper, except that a study whose every trial failed ends
 like any other sweep with failed jobs: the plugin asks Optuna for the best trial at the end and
