@@ -205,16 +205,23 @@ def test_sweep_of_invalid_jobs_exits_non_zero_and_records_them(tmp_path):
 
 
 @pytest.mark.slow  # the console script: a process start (imports) of ~10 s
+def optuna_sweep(tmp_path, tiny_world, trials: int, t_interval: str) -> tuple[Path, int, str]:
+    """``infalign-train -m +sweeps=optuna_t`` on the tiny world, t drawn from ``t_interval``:
+    ``(sweep dir, exit code, stderr)`` (skipped without the Optuna plugin, the sweep extra)."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep, cache = tmp_path / "sweep", seeded_cache(tmp_path / "cache", tiny_world)
+    code, _, err = finished(train_cli("-m", "+sweeps=optuna_t", f"hydra.sweeper.n_trials={trials}",
+                                      f"transform.t={t_interval}", *TINY, "policy_cache=false",
+                                      f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}"))
+    return sweep, code, err
+
+
 def test_an_optuna_study_records_failed_trials_and_goes_on(tmp_path, tiny_world):
     """A failed job returned NaN, and the Optuna sweeper's fallback ``tell(FAIL, values=[nan])`` raised
     ("Values were told"): the first failed trial ended the study, with no sweep summary. Here the
     sampler (seed 0) draws t both sides of 88.7 (beyond it exp(t u) overflows float32: a ConfigError):
     the failed trials are recorded and the study goes on to its best trial."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep, cache = tmp_path / "sweep", seeded_cache(tmp_path / "cache", tiny_world)
-    code, out, err = finished(train_cli("-m", "+sweeps=optuna_t", "hydra.sweeper.n_trials=3",
-                                        "transform.t=interval(60,120)", *TINY, "policy_cache=false",
-                                        f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}"))
+    sweep, code, err = optuna_sweep(tmp_path, tiny_world, 3, "interval(60,120)")
     assert "Values were told" not in err and "Traceback" not in err, err[-3000:]
     status = {job: json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1", "2")}
     failed = [j for j, m in status.items() if m["status"] == "failed"]
@@ -231,11 +238,7 @@ def test_an_optuna_study_whose_every_trial_fails_lists_the_failures(tmp_path, ti
     after the failures, before the sweep's summary. infalign's sweeper
     (hydra_plugins/infalign_sweeps/optuna_sweeper.py) ends the study so the FailedJobs callback lists
     them, exit code 1."""
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweep, cache = tmp_path / "sweep", seeded_cache(tmp_path / "cache", tiny_world)
-    code, out, err = finished(train_cli("-m", "+sweeps=optuna_t", "hydra.sweeper.n_trials=2",
-                                        "transform.t=interval(100,120)", *TINY, "policy_cache=false",
-                                        f"paths.cache_dir={cache}", f"hydra.sweep.dir={sweep}"))
+    _, code, err = optuna_sweep(tmp_path, tiny_world, 2, "interval(100,120)")
     assert "Traceback" not in err and "No trials are completed yet" not in err, err[-3000:]
     assert code == 1 and "2 of 2 jobs failed" in err and "transform.t" in err, err[-3000:]
 
