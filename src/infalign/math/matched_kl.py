@@ -99,11 +99,11 @@ methods measured at different KLs differ by their chords alone. A gain's ``chord
 estimated twice -- ``h = f_m`` (the method's curve read at the baseline's KLs: ``f_m - c_{X_b}[f_m]``)
 and ``h = f_b`` (``c_{X_m}[f_b] - f_b``) -- per seed (the common seeds, or every pair when the seed
 sets differ), averaged over seeds; the two are ``[chord_low, chord_high]`` (an estimate needs >= 2 of
-the other side's KLs inside the shape's range around the point; one alone where only one exists, NaN
-where neither does). It is a diagnostic, not an interval:
-a gain inside it is one the runs' KL placement alone could make (reward hacking, where raw's runs
-sit at 0.9, 2.6 and 28 nats, is the case that showed it); more KL points on the sparser curve
-shrink it. It does not enter ``significant``; the report and ``findings.md`` read a significant
+the other side's KLs around the point inside the shape's range, or within :data:`CHORD_END_TOL` of
+its span past an end; one alone where only one exists, NaN where neither does). It is a diagnostic,
+not an interval: a gain inside it is one the runs' KL placement alone could make (reward hacking,
+where raw's runs sit at 0.9, 2.6 and 28 nats, is the case that showed it); more KL points on the
+sparser curve shrink it. It does not enter ``significant``; the report and ``findings.md`` read a significant
 gain whose intervals do not clear it as not evidence (docs/method.md §10).
 
 Used by :mod:`infalign.report` (per procedure, N and judge); see ``infalign-report``.

@@ -184,8 +184,7 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
             else "beats" if g.gain[i] > 0 else "trails")
     return (f"{g.method} {verb} {g.baseline}: {points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}] points, "
             f"{seed_clause(g, i)} ({significant_count(g, len(p.result.grid))})"
-            + (f"; {note}" if g.significant[i] and (note := chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i)))
-               else ""))
+            + (f"; {note}" if (note := significant_chord_note(g, i)) else ""))
 
 
 def chord_at(g: Gain, i: int) -> tuple[float | None, float | None]:
@@ -211,6 +210,12 @@ def chord_note(gain: float | None, low: float | None, high: float | None,
     if (gain > 0 and min(inner) > high) or (gain < 0 and max(inner) < low):
         return ""
     return f"the chords alone make [{points(low)}, {points(high)}]: not evidence"
+
+
+def significant_chord_note(g: Gain, i: int) -> str:
+    """:func:`chord_note` of a gain at grid KL ``i`` where it is significant (else ``""``): what the
+    report's sentences and ``matched_kl.md`` append."""
+    return chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i)) if g.significant[i] else ""
 
 
 def gain_bounds(g: Gain, i: int) -> list[float]:
@@ -321,8 +326,6 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
             cells += [f"{points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}]"
                       + (f" {clause}" if (clause := seed_clause(g, i)) else "")
                       + (" *" if g.significant[i] else "")
-                      + (f" ({note})" if g.significant[i]
-                         and (note := chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i))) else "")
-                      for g in r.gains]
+                      + (f" ({note})" if (note := significant_chord_note(g, i)) else "") for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     return out.getvalue()
