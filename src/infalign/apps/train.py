@@ -149,7 +149,7 @@ def auto_device_count(accelerator: str) -> int:
     there is one; else one CPU). A single-GPU machine is one device, so ``devices=auto`` there runs
     without a launcher; several GPUs need one process per GPU (torchrun / SLURM). No GPU at all counts
     as one: Lightning's own refusal of a GPU accelerator then names the problem (``probe_trainer``)."""
-    if accelerator in ("cpu", "mps"):
+    if distributed.accelerator_kind(accelerator) in ("cpu", "mps"):
         return 1
     import torch
 

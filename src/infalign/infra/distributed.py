@@ -50,6 +50,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def accelerator_kind(accelerator: str) -> str:
+    """The device kind a ``trainer.accelerator`` runs on here: ``auto`` -> ``cuda`` when a CUDA GPU is
+    visible (``torch.cuda.device_count() > 0``, as Lightning counts them), else ``mps`` when available,
+    else ``cpu`` (Lightning's order); ``gpu`` -> ``cuda``; the others as given."""
+    if accelerator == "auto":
+        mps = getattr(torch.backends, "mps", None)
+        return ("cuda" if torch.cuda.device_count() > 0 else
+                "mps" if mps is not None and mps.is_available() else "cpu")
+    return "cuda" if accelerator == "gpu" else accelerator
+
+
 def launched_externally() -> bool:
     """True when a launcher started one process per rank (torchrun, SLURM srun/submitit)."""
     return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1

@@ -122,12 +122,7 @@ def sampling_hardware(trainer: TrainerFactory) -> tuple:
     precision -- were retired with it: the module is in :data:`POOL_CODE`.)"""
     kw = factory_keywords(trainer)
     precision = str(kw.get("precision", "32-true"))
-    accelerator = str(kw.get("accelerator", "cpu"))
-    if accelerator == "auto":
-        mps = getattr(torch.backends, "mps", None)
-        accelerator = ("cuda" if torch.cuda.is_available() else
-                       "mps" if mps is not None and mps.is_available() else "cpu")
-    accelerator = "cuda" if accelerator == "gpu" else accelerator
+    accelerator = distributed.accelerator_kind(str(kw.get("accelerator", "cpu")))
     if precision in ("32-true", "32") and accelerator == "cpu":
         return ()
     return ({"precision": precision, "accelerator": accelerator},)
