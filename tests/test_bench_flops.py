@@ -42,6 +42,10 @@ def test_phase_flops_hand_computed():
     assert sampling_flops(cost, 2, 3, 3, lengths=[3, 3]) == sampling_flops(cost, 2, 3, 3)
     # teacher forcing over width 3 + 2, head on the last 2 + 1 positions
     assert teacher_forced_flops(cost, 2, 3, 2) == fwd(10, 6, 2 * 25)
+    # shared prompt: the prompt once (3 tokens, 1 head position, 3*3 pairs), then each row's first
+    # response token (2 rows x 1 token, attending to 3 + 1 keys)
+    assert teacher_forced_flops(cost, 2, 3, 2, prefill_rows=1) == fwd(3, 1, 9) + fwd(2, 2, 2 * 4)
+    assert teacher_forced_flops(cost, 2, 3, 1, prefill_rows=1) == fwd(3, 1, 9)
     assert scoring_flops(cost, 2, 4) == fwd(8, 8, 32)
 
 
@@ -84,9 +88,10 @@ def test_step_estimate_is_bound_where_it_should_be():
     est = estimate_step(cost, reward, rows=1, prompts=1, prompt_len=1, response_len=3, peak=1e18, bandwidth=1e12,
                         mfu=1.0, step_overhead_s=1e-3)
     assert est["generation"] == pytest.approx(2 * (2e-3 + 1e-3), rel=1e-6)
-    # compute-bound: forward over 4 tokens = 8e9 FLOP (+ attention 4*16) at 1e12 FLOP/s; backward 2x more
+    # compute-bound, the shared-prompt forward: the 1-token prompt (2e9 FLOP, attention 4*1) and the first
+    # 2 response tokens (4e9, attention 4 * 2*3 pairs) at 1e12 FLOP/s; backward 2x more
     est = estimate_step(cost, reward, 1, 1, 1, 3, peak=1e12, bandwidth=1e30, mfu=1.0, step_overhead_s=0.0)
-    assert est["reference"] == pytest.approx((8e9 + 64) / 1e12)
+    assert est["reference"] == pytest.approx((6e9 + 4 + 24) / 1e12, rel=1e-12)
     assert est["policy_forward+backward"] == pytest.approx(3 * est["reference"])
     # bf16 (2 bytes per weight, trainer=gpu's autocast): one more teacher-forced policy forward gives the
     # log-probs (rollout_logprobs); float32 reuses the sampler's

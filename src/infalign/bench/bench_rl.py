@@ -165,10 +165,11 @@ def step_flops(costs: tuple[ModelCost, ModelCost], rows: int, prompt_len: int, r
     ``response_len`` tokens for ``rows`` rows (prefill over ``prefill_rows``: the distinct prompts;
     decode steps over the rows still generating, from ``lengths`` -- the work the model needs, also
     for an implementation that prefills every sample's copy or computes finished rows), scoring
-    inputs of width ``reward_width``, the reference and policy log-prob forwards, and the backward
-    (2x the policy forward). ``old_logprobs`` is TRL's extra no-grad policy forward."""
+    inputs of width ``reward_width``, the reference and policy log-prob forwards (each distinct prompt
+    once, over ``prefill_rows``, as for sampling), and the backward (2x the policy forward).
+    ``old_logprobs`` is TRL's extra no-grad policy forward."""
     policy, reward = costs
-    forward = teacher_forced_flops(policy, rows, prompt_len, response_len)
+    forward = teacher_forced_flops(policy, rows, prompt_len, response_len, prefill_rows)
     return {"generation": sampling_flops(policy, rows, prompt_len, response_len, prefill_rows, lengths),
             "reward": scoring_flops(reward, rows, reward_width), "reference": forward, "old_logprobs": forward,
             "policy_forward": forward, "backward": 2 * forward}

@@ -36,6 +36,8 @@ SKIP_HINT = "TRL is not installed: `pip install -e .[bench]` (the optional `benc
 DIFFERENCES = [
     "TRL runs one extra no-grad policy forward per step (old log-probs for its clipped ratio); ours reuses "
     "the sampler's log-probs",
+    "ours runs each prompt once in the reference and policy log-prob forwards (its KV cache serves its G "
+    "responses, models/generation.sequence_logprobs); TRL runs the prompt again with every completion",
     "TRL samples with HF model.generate (DynamicCache, logits processors, stopping criteria); ours with its own "
     "KV-cache loop (infalign.models.generation.sample)",
     "TRL's loss is the PPO-clip surrogate at ratio 1 (same gradient as our REINFORCE/RLOO loss) and it also "

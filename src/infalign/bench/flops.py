@@ -80,11 +80,19 @@ def sampling_flops(cost: ModelCost, rows: int, prompt_len: int, new_tokens: int,
     return flops
 
 
-def teacher_forced_flops(cost: ModelCost, rows: int, prompt_len: int, response_len: int) -> float:
+def teacher_forced_flops(cost: ModelCost, rows: int, prompt_len: int, response_len: int,
+                         prefill_rows: int | None = None) -> float:
     """FLOPs of ``sequence_logprobs``: one forward over ``[prompt | response]`` (width
-    ``prompt_len + response_len``) keeping the head on the last ``response_len + 1`` positions."""
-    width = prompt_len + response_len
-    return cost.forward(rows * width, rows * (response_len + 1), rows * width ** 2)
+    ``prompt_len + response_len``) keeping the head on the last ``response_len + 1`` positions; with
+    ``prefill_rows`` (the distinct prompts, each run once: its shared-prompt forward) a forward over
+    the prompts (head on the last position) and one over each row's first ``response_len - 1``
+    response tokens, attending to ``prompt_len + response_len - 1`` keys."""
+    if prefill_rows is None:
+        width = prompt_len + response_len
+        return cost.forward(rows * width, rows * (response_len + 1), rows * width ** 2)
+    rest = max(response_len - 1, 0)
+    return cost.forward(prefill_rows * prompt_len, prefill_rows, prefill_rows * prompt_len ** 2) + \
+        cost.forward(rows * rest, rows * rest, rows * rest * (prompt_len + rest))
 
 
 def scoring_flops(cost: ModelCost, rows: int, width: int) -> float:
@@ -143,7 +151,8 @@ def estimate_step(policy: ModelCost, reward: ModelCost, rows: int, prompts: int,
     ``max(F_step / (mfu * peak), W * bytes / bandwidth) + step_overhead_s`` per step, where
     ``step_overhead_s`` is the per-step kernel-launch / Python cost of eager decoding (about
     10-20 ms for a 24-28 layer model in eager PyTorch; CUDA graphs or vLLM remove most of it).
-    The prefill runs once per prompt (shared across its samples). Under low precision
+    The prefill runs once per prompt (shared across its samples), as in the teacher-forced reference
+    and policy forwards (``models/generation.sequence_logprobs``). Under low precision
     (``bytes_per_weight < 4``: bf16 autocast, as ``trainer=gpu``) the policy's log-probs for the KL and
     the update come from one more teacher-forced no-grad forward (``old_logprobs``,
     ``models/generation.rollout_logprobs``): the sampler's KV-cached ones round differently there."""
@@ -153,7 +162,7 @@ def estimate_step(policy: ModelCost, reward: ModelCost, rows: int, prompts: int,
     for t in range(1, response_len):
         flops = policy.forward(rows, rows, rows * (prompt_len + t))
         decode += max(flops / (mfu * peak), weights / bandwidth) + step_overhead_s
-    forward = teacher_forced_flops(policy, rows, prompt_len, response_len)
+    forward = teacher_forced_flops(policy, rows, prompt_len, response_len, prefill_rows=prompts)
     out = {"generation": prefill + decode,
            "reward": scoring_flops(reward, rows, prompt_len + response_len) / (mfu * peak),
            "reference": forward / (mfu * peak), "policy_forward+backward": 3 * forward / (mfu * peak)}

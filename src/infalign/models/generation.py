@@ -7,8 +7,9 @@ Two functions serve every caller (RL rollouts, calibration, evaluation):
   repeated ``num_samples`` times, then one single-token step per new token, reusing the KV cache
   (``cache``; ``past_key_values`` before transformers 5). Rows are prompt-major
   (``row = p * num_samples + j``).
-- :func:`sequence_logprobs` recomputes ``log pi(y_t | x, y_<t)`` for given responses in one forward
-  pass (policy with grad, reference without).
+- :func:`sequence_logprobs` recomputes ``log pi(y_t | x, y_<t)`` for given responses teacher-forced
+  (policy with grad, reference without): each distinct prompt once when rows repeat prompts, its
+  KV cache serving its rows' responses; else one forward over ``[prompt | response]``.
 
 Both feed the model the same inputs -- attention mask over ``[prompt | response]`` and position
 ids ``cumsum(mask) - 1`` (clamped at 0 on the left padding) -- so a left-padded prompt sees the
@@ -32,7 +33,7 @@ from infalign.models import decode_step
 from infalign.models.builders import model_positions, special_tokens_around
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
-            "length_buckets", "position_ids",
+            "length_buckets", "position_ids", "shared_prompt_groups",
            "stop_token_ids", "prompt_token_limit", "response_stats"]
 
 
@@ -420,6 +421,7 @@ def sequence_logprobs(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     bucket: bool = True,
+    share_prompts: bool = True,
 ) -> torch.Tensor:
     """Teacher-forced ``log pi(y_t | x, y_<t)`` of each response token ``[B, Lr]`` (0 where masked).
 
@@ -428,11 +430,24 @@ def sequence_logprobs(
     them enabled (policy) and not under ``torch.no_grad()`` (reference). The model's train/eval
     mode is left to the caller (dropout changes the log-probs).
 
-    ``bucket``: rows are grouped by length (:func:`length_buckets`, by prompt + response tokens) and
-    each group runs as its own forward, cut to its own longest prompt and response, so short rows
-    stop paying for the longest one's padding. Padding is masked and positions come from the mask,
-    so every row's log-probs are those of the one-pass forward to float error.
+    ``share_prompts``: when rows repeat prompts (an RL group: G samples of each prompt; an
+    evaluation pool), each distinct prompt runs once and its KV cache serves all its rows
+    (:func:`shared_prompt_groups`, :func:`_shared_prompt_logprobs`): the prompt's ``Lp`` positions
+    are computed -- and, with gradients, back-propagated -- once per prompt instead of once per
+    row. Same log-probs to float error (the prompt runs on a batch of another size; ~1e-6 nats).
+
+    ``bucket`` (rows not shared): rows are grouped by length (:func:`length_buckets`, by prompt +
+    response tokens) and each group runs as its own forward, cut to its own longest prompt and
+    response, so short rows stop paying for the longest one's padding. Padding is masked and
+    positions come from the mask, so every row's log-probs are those of the one-pass forward to
+    float error.
     """
+    if share_prompts:
+        groups = shared_prompt_groups(prompt_ids, prompt_mask)
+        if groups is not None and not _checkpointing(model):
+            shared = _shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, *groups)
+            if shared is not None:
+                return shared
     total = prompt_mask.sum(-1) + response_mask.sum(-1)
     groups = length_buckets(total) if bucket else []
     if len(groups) <= 1:
@@ -447,6 +462,67 @@ def sequence_logprobs(
         parts.append(torch.nn.functional.pad(lp, (0, length - r)))
     order = torch.cat(groups)
     return torch.cat(parts)[torch.argsort(order)]
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    """Whether HF activation checkpointing is on (it turns the KV cache off, so nothing to share)."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def shared_prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                         max_share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(first, inverse)`` when the rows hold at most ``max_share`` x rows distinct prompts (ids and
+    mask equal): ``first[u]`` is the first row of distinct prompt ``u`` (in order of first
+    appearance), ``inverse[row]`` its prompt's ``u``; None when sharing would save less."""
+    rows = prompt_ids.shape[0]
+    if rows < 2:
+        return None
+    _, inverse = torch.unique(torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1), dim=0,
+                              return_inverse=True)
+    distinct = int(inverse.max()) + 1
+    if distinct > max_share * rows:
+        return None
+    arange = torch.arange(rows, device=prompt_ids.device)
+    first = torch.full((distinct,), rows, dtype=torch.long, device=prompt_ids.device)
+    first = first.scatter_reduce(0, inverse, arange, "amin")
+    order = torch.argsort(first)  # distinct prompts in order of first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(distinct, device=prompt_ids.device)
+    return first[order], rank[inverse]
+
+
+def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, first, inverse):
+    """:func:`sequence_logprobs` with each distinct prompt run once: a forward over the distinct
+    prompts ``prompt_ids[first]`` (cut to the longest) keeps their KV cache and the last position's
+    logits (which score response token 0); the cache is gathered to the rows (``inverse``,
+    differentiable) and a second forward over ``response[:, :-1]`` with it, the attention mask over
+    ``[prompt | response]`` and the same position ids, scores tokens 1 .. Lr-1. None if the model
+    returns no KV cache (the caller then runs the unshared forward)."""
+    width, length = prompt_ids.shape[1], response_ids.shape[1]
+    p = int(prompt_mask.sum(-1).max())  # left-padded: the last p columns hold every prompt
+    r = max(1, int(response_mask.sum(-1).max()))  # right-padded: the first r columns
+    prompt_ids, prompt_mask = prompt_ids[:, width - p:], prompt_mask[:, width - p:]
+    response_ids, response_mask = response_ids[:, :r], response_mask[:, :r]
+    cache_arg = _cache_arg(model)
+    unique_mask = prompt_mask[first]
+    out = _forward(model, prompt_ids[first], unique_mask, position_ids(unique_mask), None, True,
+                   _keep_last(model, 1), cache_arg)
+    past = getattr(out, cache_arg, None)
+    if past is None:
+        return None
+    logits = out.logits[:, -1:, :][inverse]
+    if r > 1:
+        past = _select_cache(past, inverse)
+        mask = torch.cat([prompt_mask, response_mask], dim=1)[:, :-1]
+        pos = position_ids(mask)[:, p:]
+        rest = _forward(model, response_ids[:, :-1], mask, pos, past, True, _keep_last(model, r - 1), cache_arg)
+        logits = torch.cat([logits, rest.logits[:, -(r - 1):, :]], dim=1)
+    logits = logits.float()
+    logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    logp = torch.where(response_mask.bool(), logp, 0.0)
+    return torch.nn.functional.pad(logp, (0, length - r))
 
 
 def _sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
