@@ -473,6 +473,15 @@ def warm_cache(tmp_path_factory, tiny_world):
     return root / "cache"
 
 
+@pytest.fixture(scope="module")
+def straight_six(tmp_path_factory, warm_cache) -> dict:
+    """The judges of the uninterrupted 6-step run (``algo.steps=6 policy_cache=false`` on the warm
+    cache) that the killed / terminated training runs are compared with, run once for the module."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    straight_run(warm_cache, run_dir, "algo.steps=6", "policy_cache=false")
+    return judges(run_dir)
+
+
 @pytest.mark.slow
 def test_two_runs_started_together_get_distinct_dirs_and_both_finish(tmp_path, tiny_world):
     env = {"INFALIGN_ROOT": str(tmp_path)}  # default run dirs under tmp_path/outputs/train/
@@ -524,10 +533,9 @@ def straight_run(cache_dir: Path, run_dir: Path, *overrides: str) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_9_during_training_then_resume_gives_the_same_metrics(tmp_path, warm_cache):
+def test_kill_9_during_training_then_resume_gives_the_same_metrics(tmp_path, warm_cache, straight_six):
     # policy_cache=false: the killed run must train, not load the straight run's policy
     args = [*TINY, "algo.steps=6", "policy_cache=false", f"paths.cache_dir={warm_cache}"]
-    straight_run(warm_cache, tmp_path / "straight", "algo.steps=6", "policy_cache=false")
     killed = tmp_path / "killed"
     ckpt_dir = killed / "checkpoints"
     proc = train_cli(*args, "logger=wandb", f"hydra.run.dir={killed}")
@@ -537,7 +545,7 @@ def test_kill_9_during_training_then_resume_gives_the_same_metrics(tmp_path, war
     assert 1 <= step < 6
     code, _, err = finished(train_cli(*args, "logger=wandb", f"hydra.run.dir={killed}", "ckpt_path=last"))
     assert code == 0, err[-3000:]
-    assert judges(killed) == judges(tmp_path / "straight")
+    assert judges(killed) == straight_six
     # one W&B run: the resumed process reopened the killed one's id (offline-run-<time>-<id>)
     run_id = (killed / "wandb" / "run_id").read_text().strip()
     runs = list((killed / "wandb").glob("offline-run-*"))
@@ -732,7 +740,7 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["training", "world"])
-def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm_cache, stage):
+def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm_cache, straight_six, stage):
     """A scheduler's time limit or preemption (SIGTERM) mid-training exited 0 with a record saying
     'failed' -- a shell, SLURM or a script read it as a success -- and during the world stage left no
     record at all. Now: metrics.json says interrupted (SIGTERM), the exit status is 143, and the run
@@ -749,8 +757,7 @@ def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm
     assert rec["status"] == "interrupted" and "SIGTERM" in rec["error"], rec
     code, _, err = finished(train_cli(*args, f"hydra.run.dir={run_dir}", "ckpt_path=last_or_new"))
     assert code == 0, err[-3000:]
-    straight_run(warm_cache, tmp_path / "straight", "algo.steps=6", "policy_cache=false")
-    assert judges(run_dir) == judges(tmp_path / "straight")
+    assert judges(run_dir) == straight_six
 
 
 def test_a_run_dir_in_use_by_another_run_is_refused(tmp_path, monkeypatch):
