@@ -216,6 +216,7 @@ def optuna_sweep(tmp_path, tiny_world, trials: int, t_interval: str) -> tuple[Pa
     return sweep, code, err
 
 
+@pytest.mark.slow
 def test_an_optuna_study_records_failed_trials_and_goes_on(tmp_path, tiny_world):
     """A failed job returned NaN, and the Optuna sweeper's fallback ``tell(FAIL, values=[nan])`` raised
     ("Values were told"): the first failed trial ended the study, with no sweep summary. Here the
@@ -232,6 +233,7 @@ def test_an_optuna_study_records_failed_trials_and_goes_on(tmp_path, tiny_world)
     assert best["best_params"]["transform.t"] <= 88.7
 
 
+@pytest.mark.slow
 def test_an_optuna_study_whose_every_trial_fails_lists_the_failures(tmp_path, tiny_world):
     """Every trial fails (t beyond 88.7 overflows float32: a ConfigError): Optuna then has no best
     trial and the plugin's ``study.best_trial`` raised "No trials are completed yet." -- a traceback

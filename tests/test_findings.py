@@ -143,6 +143,7 @@ def test_one_seed_against_three_gets_the_reports_pooled_verdict(tmp_path):
     assert c.outcome == "reproduced" and c.seeds.startswith("1 vs 1 seeds, pooled")
 
 
+@pytest.mark.slow
 def test_every_claimed_method_is_a_name_runs_are_recorded_under():
     """Claims name methods as the run records do (pipeline/record.method_info): ``identity[pooled]``, not
     the config entry's ``identity_pooled`` (a misnamed method is never measured)."""

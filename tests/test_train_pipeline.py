@@ -148,6 +148,7 @@ def test_second_run_reuses_world_and_tables(cache_dir, tmp_path):
                                "policy_hit": False, "eval_policy_hit": False}  # another beta: another policy
 
 
+@pytest.mark.slow
 def test_reference_pools_are_keyed_by_the_sampling_precision_and_device(cache_dir, tmp_path):
     """Review finding: a bf16-mixed run reused the float32 run's calibration and evaluation reference
     pools (bf16 autocast moves the logits: other samples, other scores), so its numbers depended on
