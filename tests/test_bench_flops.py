@@ -46,6 +46,8 @@ def test_phase_flops_hand_computed():
     # response token (2 rows x 1 token, attending to 3 + 1 keys)
     assert teacher_forced_flops(cost, 2, 3, 2, prefill_rows=1) == fwd(3, 1, 9) + fwd(2, 2, 2 * 4)
     assert teacher_forced_flops(cost, 2, 3, 1, prefill_rows=1) == fwd(3, 1, 9)
+    # more than half the rows distinct: no sharing (as sequence_logprobs decides), the per-row forward
+    assert teacher_forced_flops(cost, 3, 3, 2, prefill_rows=2) == teacher_forced_flops(cost, 3, 3, 2)
     assert scoring_flops(cost, 2, 4) == fwd(8, 8, 32)
 
 
@@ -88,10 +90,14 @@ def test_step_estimate_is_bound_where_it_should_be():
     est = estimate_step(cost, reward, rows=1, prompts=1, prompt_len=1, response_len=3, peak=1e18, bandwidth=1e12,
                         mfu=1.0, step_overhead_s=1e-3)
     assert est["generation"] == pytest.approx(2 * (2e-3 + 1e-3), rel=1e-6)
-    # compute-bound, the shared-prompt forward: the 1-token prompt (2e9 FLOP, attention 4*1) and the first
-    # 2 response tokens (4e9, attention 4 * 2*3 pairs) at 1e12 FLOP/s; backward 2x more
+    # compute-bound: one row shares nothing, a forward over 4 tokens = 8e9 FLOP (+ attention 4*16) at
+    # 1e12 FLOP/s; backward 2x more
     est = estimate_step(cost, reward, 1, 1, 1, 3, peak=1e12, bandwidth=1e30, mfu=1.0, step_overhead_s=0.0)
-    assert est["reference"] == pytest.approx((6e9 + 4 + 24) / 1e12, rel=1e-12)
+    assert est["reference"] == pytest.approx((8e9 + 64) / 1e12, rel=1e-12)
+    # two rows of one prompt share it: the 1-token prompt once (2e9, attention 4*1), then each row's first
+    # 2 response tokens (2 x 4e9, attention 4 * 2 rows * 2*3 pairs)
+    shared = estimate_step(cost, reward, 2, 1, 1, 3, peak=1e12, bandwidth=1e30, mfu=1.0, step_overhead_s=0.0)
+    assert shared["reference"] == pytest.approx((1e10 + 4 + 48) / 1e12, rel=1e-12)
     assert est["policy_forward+backward"] == pytest.approx(3 * est["reference"])
     # bf16 (2 bytes per weight, trainer=gpu's autocast): one more teacher-forced policy forward gives the
     # log-probs (rollout_logprobs); float32 reuses the sampler's

@@ -459,6 +459,29 @@ def test_shared_prompts_fall_back_to_the_per_row_forward_without_a_kv_cache():
     torch.testing.assert_close(lp.detach(), expected.expand(4, 3))
 
 
+def test_hybrid_caches_are_not_gathered_and_fall_back_to_the_per_row_forward():
+    """LFM2 (convolution + attention layers; its cache holds convolution states no row gather
+    knows) crashed the shared path in ``_select_cache``: a cache that is not keys and values alone
+    is not shared, and the log-probs are the per-row forward's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from infalign.models.generation import _cache_arg, _gatherable
+
+    cfg = AutoConfig.for_model("lfm2", vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
+                               conv_L_cache=3, block_ff_dim=64, pad_token_id=0)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.tensor([[5, 6, 7]] * 2 + [[0, 8, 9]] * 2)
+    response = torch.tensor([[3, 4, 1], [5, 1, 0], [6, 7, 1], [2, 1, 0]])
+    args = (ids, (ids != 0).long(), response, (response != 0).long())
+    assert shared_prompt_groups(*args[:2]) is not None
+    with torch.no_grad():
+        cache = getattr(m(input_ids=ids, attention_mask=args[1], use_cache=True), _cache_arg(m))
+        assert cache is not None and not _gatherable(cache)
+        assert torch.equal(sequence_logprobs(m, *args), sequence_logprobs(m, *args, share_prompts=False))
+
+
 def test_under_autocast_the_policys_log_probs_take_the_references_path(tokenizer):
     """CPU bf16 autocast (trainer.precision=bf16-mixed), a policy that is its own reference (as at
     step 0): the sampler's KV-cached log-probs round differently from a teacher-forced forward, so

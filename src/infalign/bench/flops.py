@@ -84,10 +84,11 @@ def teacher_forced_flops(cost: ModelCost, rows: int, prompt_len: int, response_l
                          prefill_rows: int | None = None) -> float:
     """FLOPs of ``sequence_logprobs``: one forward over ``[prompt | response]`` (width
     ``prompt_len + response_len``) keeping the head on the last ``response_len + 1`` positions; with
-    ``prefill_rows`` (the distinct prompts, each run once: its shared-prompt forward) a forward over
-    the prompts (head on the last position) and one over each row's first ``response_len - 1``
+    ``prefill_rows`` (the distinct prompts, each run once: its shared-prompt forward, taken when at
+    most half the rows are distinct, as ``models/generation.shared_prompt_groups`` decides) a forward
+    over the prompts (head on the last position) and one over each row's first ``response_len - 1``
     response tokens, attending to ``prompt_len + response_len - 1`` keys."""
-    if prefill_rows is None:
+    if prefill_rows is None or 2 * prefill_rows > rows:
         width = prompt_len + response_len
         return cost.forward(rows * width, rows * (response_len + 1), rows * width ** 2)
     rest = max(response_len - 1, 0)

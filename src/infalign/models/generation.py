@@ -499,18 +499,21 @@ def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respon
     logits (which score response token 0); the cache is gathered to the rows (``inverse``,
     differentiable) and a second forward over ``response[:, :-1]`` with it, the attention mask over
     ``[prompt | response]`` and the same position ids, scores tokens 1 .. Lr-1. None if the model
-    returns no KV cache (the caller then runs the unshared forward)."""
+    returns no KV cache, or one whose rows cannot be gathered as keys and values alone
+    (:func:`_gatherable`); the caller then runs the unshared forward."""
     width, length = prompt_ids.shape[1], response_ids.shape[1]
     p = int(prompt_mask.sum(-1).max())  # left-padded: the last p columns hold every prompt
     r = max(1, int(response_mask.sum(-1).max()))  # right-padded: the first r columns
     prompt_ids, prompt_mask = prompt_ids[:, width - p:], prompt_mask[:, width - p:]
     response_ids, response_mask = response_ids[:, :r], response_mask[:, :r]
+    if p == 0:  # every prompt is padding: nothing to share
+        return None
     cache_arg = _cache_arg(model)
     unique_mask = prompt_mask[first]
     out = _forward(model, prompt_ids[first], unique_mask, position_ids(unique_mask), None, True,
                    _keep_last(model, 1), cache_arg)
     past = getattr(out, cache_arg, None)
-    if past is None:
+    if not _gatherable(past):
         return None
     logits = out.logits[:, -1:, :][inverse]
     if r > 1:
@@ -523,6 +526,31 @@ def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respon
     logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
     logp = torch.where(response_mask.bool(), logp, 0.0)
     return torch.nn.functional.pad(logp, (0, length - r))
+
+
+def _gatherable(past) -> bool:
+    """Whether ``past`` is a KV cache of keys and values only, whose rows :func:`_select_cache`
+    gathers: a legacy tuple of ``(key, value)`` per layer, or a plain ``DynamicCache`` whose layers
+    are exactly ``DynamicLayer`` / ``DynamicSlidingWindowLayer``. Hybrid and state-space models
+    (LFM2, Qwen3-Next, Jamba, Mamba, Falcon-H1, ...) keep convolution or recurrent states beside (or
+    instead of) keys and values, in layers or cache classes of their own that cannot -- or do not
+    fully -- gather rows; their prompts are not shared."""
+    if past is None:
+        return False
+    if isinstance(past, tuple):
+        return all(isinstance(layer, tuple) and len(layer) == 2 for layer in past)
+    try:
+        from transformers.cache_utils import DynamicCache
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        return False
+    if type(past) is not DynamicCache:
+        return False
+    layers = getattr(past, "layers", None)
+    if layers is None:  # older transformers: key/value lists only
+        return True
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 def _sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask) -> torch.Tensor:
