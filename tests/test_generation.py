@@ -482,6 +482,36 @@ def test_hybrid_caches_are_not_gathered_and_fall_back_to_the_per_row_forward():
         assert torch.equal(sequence_logprobs(m, *args), sequence_logprobs(m, *args, share_prompts=False))
 
 
+@pytest.mark.parametrize("arch", ["lfm2", "mamba"])
+def test_models_with_stateful_caches_sample_without_the_cache(tokenizer, arch, caplog):
+    """Hybrid / state-space caches (LFM2: convolution layers; Mamba: recurrent state) crashed the
+    sampler (no row repeat for the shared prefill), and Mamba's cached single-token steps gave
+    log-probs ~0.4 nats off the teacher-forced ones. They now sample by recomputing the prefix:
+    the tokens of ``use_cache=False``, log-probs equal to the teacher-forced forward's, one warning."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from infalign.models import generation
+
+    sizes = {"lfm2": dict(layer_types=["conv", "full_attention"], conv_L_cache=3, block_ff_dim=64,
+                          intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+             "mamba": dict(state_size=4, num_hidden_layers=2, expand=2, conv_kernel=3)}[arch]
+    cfg = AutoConfig.for_model(arch, vocab_size=len(tokenizer), hidden_size=32, pad_token_id=PAD, eos_token_id=EOS,
+                               **sizes)
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(cfg).eval()
+    generation._WARNED_STATEFUL.discard(type(m).__name__)
+    with caplog.at_level("WARNING", logger="infalign.models.generation"):
+        r = draw(m, tokenizer, seed=1, num_samples=3, max_new_tokens=6)
+        again = draw(m, tokenizer, seed=2, num_samples=3, max_new_tokens=6)
+    assert sum("recomputes the whole prefix" in rec.message for rec in caplog.records) == 1
+    plain = draw(m, tokenizer, seed=1, num_samples=3, max_new_tokens=6, use_cache=False, share_prefill=False)
+    assert torch.equal(r.response_ids, plain.response_ids) and torch.equal(r.response_mask, plain.response_mask)
+    with torch.no_grad():
+        for roll in (r, again):
+            teacher = sequence_logprobs(m, roll.prompt_ids, roll.prompt_mask, roll.response_ids, roll.response_mask)
+            torch.testing.assert_close(roll.logprobs, teacher, atol=1e-5, rtol=0)
+
+
 def test_under_autocast_the_policys_log_probs_take_the_references_path(tokenizer):
     """CPU bf16 autocast (trainer.precision=bf16-mixed), a policy that is its own reference (as at
     step 0): the sampler's KV-cached log-probs round differently from a teacher-forced forward, so

@@ -25,12 +25,16 @@ setting (``training/algorithms/base.py``, docs/method.md §6), evaluation may us
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from infalign.models import decode_step
 from infalign.models.builders import model_positions, special_tokens_around
+
+log = logging.getLogger(__name__)
+_WARNED_STATEFUL: set[str] = set()  # model classes already warned about (once per process)
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
             "length_buckets", "position_ids", "shared_prompt_groups",
@@ -217,6 +221,9 @@ def sample(
     :func:`infalign.models.decode_step.gpt2_step` where it computes exactly the model's own forward
     (:func:`~infalign.models.decode_step.supports`: HF GPT-2 with SDPA), the same logits bit for bit
     without HF's per-call Python; False keeps HF's forward (the reference it is tested against).
+    A model whose cache keeps more than keys and values (hybrid and state-space models) samples
+    without the cache after its prefill, recomputing the prefix at each token, with a warning
+    (:func:`_warn_stateful_cache`).
     """
     if num_samples < 1 or max_new_tokens < 1:
         raise ValueError(f"num_samples={num_samples}, max_new_tokens={max_new_tokens}: need >= 1")
@@ -285,6 +292,22 @@ def sample(
         ended=ended.clone(),
         truncated_prompts=truncated,
     )
+
+
+def _warn_stateful_cache(model) -> None:
+    """Say once per model class that its cache keeps more than keys and values, so sampling
+    recomputes the whole prefix each step. Such caches (hybrid and state-space models: LFM2,
+    Qwen3-Next, Jamba, Mamba, ...) cannot have their rows repeated (one prefill per prompt) or
+    dropped (finished rows), and a cached single-token step does not reproduce the teacher-forced
+    log-probs for every one of them (Mamba's differ by ~0.4 nats in transformers 5.25), which the KL
+    and the policy gradient rely on (docs/method.md §6); the uncached step does."""
+    name = type(model).__name__
+    if name in _WARNED_STATEFUL:
+        return
+    _WARNED_STATEFUL.add(name)
+    log.warning("%s keeps convolution or recurrent state in its cache: sampling recomputes the whole "
+                "prefix at every new token (correct, slower); infalign's cached sampler handles key/value "
+                "caches only", name)
 
 
 def _select_cache(past, index: torch.Tensor):
@@ -371,6 +394,9 @@ def _decode(
         if not (lean and t > 0):
             logits = out.logits[:, -1, :].float()
             past = getattr(out, cache_arg) if use_cache else None
+            if past is not None and t == 0 and not _gatherable(past):
+                use_cache, past = False, None  # recompute the prefix from here on (_stateful_cache)
+                _warn_stateful_cache(model)
             if lean:  # after the prefill: HF's cache -> preallocated buffers for the whole response
                 past = decode_step.StaticKV.from_cache(past, width + max_new_tokens)
                 out = None  # drop HF's prefill cache: the buffers hold it now
