@@ -16,9 +16,11 @@ class _World:
 def test_key_ignores_evaluation_and_reads_training(tmp_path):
     base = compose_train(tmp_path, tmp_path)
     key = policy_key(base, _World(), 0.1)
-    for same in (["eval.samples=8", "eval.ns=[1,2]"], ["procedure=won"], ["logger=csv"], ["kl_point=0"]):
+    for same in (["eval.samples=8", "eval.ns=[1,2]"], ["procedure=won"], ["logger=csv"], ["kl_point=0"],
+                 ["data.eval_prompts=7"], ["data.toy.progress_bar=false", "data.toy.num_threads=1"]):
         assert policy_key(compose_train(tmp_path, tmp_path, *same), _World(), 0.1) == key, same
-    for other in (["algo.lr=0.001"], ["seed=3"], ["transform=identity"], ["calibration.K=8"]):
+    for other in (["algo.lr=0.001"], ["seed=3"], ["transform=identity"], ["calibration.K=8"],
+                  ["data.train_prompts=9"], ["data.toy.seed=5"]):
         assert policy_key(compose_train(tmp_path, tmp_path, *other), _World(), 0.1) != key, other
     assert policy_key(base, _World(), 0.2) != key  # the effective beta
     # a transform that reads procedure.n (optimal) depends on N through its resolved config

@@ -68,6 +68,10 @@ NOT_TRAINING_TRAINER_KEYS = frozenset({
 })
 # conf/callbacks/ entries that never change the weights; any other callback enters the key.
 NOT_TRAINING_CALLBACKS = frozenset({"model_checkpoint", "progress_bar"})
+# ``data`` keys that never change the weights: the held-out evaluation prompts (another split,
+# scored after training), and the toy build's runtime options (toy/defaults.RUNTIME_DEFAULTS:
+# progress bar, threads), which the toy world's own key leaves out too.
+NOT_TRAINING_DATA_KEYS = frozenset({"eval_prompts"})
 
 
 def code_digest() -> str:
@@ -85,7 +89,8 @@ def code_digest() -> str:
 def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     """The part of the config a trained policy depends on (module docstring), resolved: every
     top-level key but :data:`NOT_TRAINING`, ``trainer`` without :data:`NOT_TRAINING_TRAINER_KEYS`, the
-    callbacks not in :data:`NOT_TRAINING_CALLBACKS` (only when there are some), ``replica`` only
+    callbacks not in :data:`NOT_TRAINING_CALLBACKS` (only when there are some), ``data`` without
+    :data:`NOT_TRAINING_DATA_KEYS` and the toy build's runtime options, ``replica`` only
     when > 0 (so replica 0, every run's default, keeps the keys of policies cached before the key
     existed), ``policy.revision`` / ``reward.revision`` left out (the commit they resolve to is in the
     world's fingerprints: pinning the commit ``main`` pointed to gives the same key), and ``algo.beta``
@@ -103,6 +108,15 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     for group in ("policy", "reward"):
         if isinstance(training.get(group), dict):
             training[group].pop("revision", None)
+    data = training.get("data")
+    if isinstance(data, dict):
+        from infalign.toy.defaults import RUNTIME_DEFAULTS
+
+        for name in NOT_TRAINING_DATA_KEYS:
+            data.pop(name, None)
+        if isinstance(data.get("toy"), dict):
+            for name in RUNTIME_DEFAULTS:
+                data["toy"].pop(name, None)
     if beta is not None:
         training["algo"]["beta"] = float(beta)
     return training
