@@ -29,6 +29,34 @@ def test_key_ignores_evaluation_and_reads_training(tmp_path):
     assert opt[0] != opt[1]
 
 
+def test_a_settings_file_that_still_holds_the_evaluation_and_runtime_data_keys_resumes(tmp_path):
+    """run_settings.json written before data.eval_prompts and data.toy.progress_bar / num_threads left
+    the training settings holds them (at depth 3 and 4 of the file): its checkpoint still resumes --
+    early and full check -- whatever their values; a training key that differs is still refused."""
+    import json
+
+    from infalign.errors import ConfigError
+
+    class World(_World):
+        stats = {}
+
+    cfg = compose_train(tmp_path, tmp_path)
+    settings = policy_cache.resume_settings(cfg, World(), 0.1)
+    data = settings["training"]["data"]
+    assert "eval_prompts" not in data and "progress_bar" not in data["toy"]
+    old = json.loads(json.dumps(settings))
+    old["training"]["data"]["eval_prompts"] = 999
+    old["training"]["data"]["toy"].update(progress_bar=False, num_threads=7)
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps(old))
+    policy_cache.check_resume_early(ckpt, cfg, 0.1, "last")
+    policy_cache.check_resume(ckpt, settings, True, "last")
+    other = compose_train(tmp_path, tmp_path, "algo.lr=0.5")
+    with pytest.raises(ConfigError, match=r"algo\.lr"):
+        policy_cache.check_resume_early(ckpt, other, 0.1, "last")
+
+
 def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, tmp_path)
     key = policy_key(cfg, _World(), 0.1)

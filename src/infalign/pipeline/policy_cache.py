@@ -108,7 +108,17 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     for group in ("policy", "reward"):
         if isinstance(training.get(group), dict):
             training[group].pop("revision", None)
-    data = training.get("data")
+    _drop_non_training_data(training)
+    if beta is not None:
+        training["algo"]["beta"] = float(beta)
+    return training
+
+
+def _drop_non_training_data(training: dict) -> dict:
+    """``training`` without :data:`NOT_TRAINING_DATA_KEYS` in ``data`` nor the toy build's runtime
+    options (toy/defaults.RUNTIME_DEFAULTS) in ``data.toy``, in place; also applied to a settings file
+    written before they were left out, so its checkpoint still resumes."""
+    data = training.get("data") if isinstance(training, dict) else None
     if isinstance(data, dict):
         from infalign.toy.defaults import RUNTIME_DEFAULTS
 
@@ -117,8 +127,6 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
         if isinstance(data.get("toy"), dict):
             for name in RUNTIME_DEFAULTS:
                 data["toy"].pop(name, None)
-    if beta is not None:
-        training["algo"]["beta"] = float(beta)
     return training
 
 
@@ -185,6 +193,7 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
         return
     unknown: list[str] = []
     stored = json.loads(path.read_text())
+    _drop_non_training_data(stored.get("training"))
     _refuse_if_different(path, _differences(stored, settings, unknown=unknown), ckpt_path, unknown,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
 
@@ -208,7 +217,8 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
     path = Path(ckpt_dir) / RESUME_FILE
     if not path.is_file():
         return
-    stored, current = json.loads(path.read_text()).get("training", {}), _resume_training(cfg, beta)
+    stored = _drop_non_training_data(json.loads(path.read_text()).get("training", {}))
+    current = _resume_training(cfg, beta)
     _refuse_other_training(path, stored, current, ckpt_path, without_beta=beta is None)
 
 
