@@ -482,19 +482,21 @@ def test_hybrid_caches_are_not_gathered_and_fall_back_to_the_per_row_forward():
         assert torch.equal(sequence_logprobs(m, *args), sequence_logprobs(m, *args, share_prompts=False))
 
 
-@pytest.mark.parametrize("arch", ["lfm2", "mamba"])
+@pytest.mark.parametrize("arch", ["lfm2", "mamba", "rwkv"])
 def test_models_with_stateful_caches_sample_without_the_cache(tokenizer, arch, caplog):
     """Hybrid / state-space caches (LFM2: convolution layers; Mamba: recurrent state) crashed the
     sampler (no row repeat for the shared prefill), and Mamba's cached single-token steps gave
-    log-probs ~0.4 nats off the teacher-forced ones. They now sample by recomputing the prefix:
-    the tokens of ``use_cache=False``, log-probs equal to the teacher-forced forward's, one warning."""
+    log-probs ~0.4 nats off the teacher-forced ones; RWKV returns its state in a field of its own (no
+    cache field: the sampler crashed). They now sample by recomputing the prefix: the tokens of
+    ``use_cache=False``, log-probs equal to the teacher-forced forward's, one warning."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from infalign.models import generation
 
     sizes = {"lfm2": dict(layer_types=["conv", "full_attention"], conv_L_cache=3, block_ff_dim=64,
                           intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-             "mamba": dict(state_size=4, num_hidden_layers=2, expand=2, conv_kernel=3)}[arch]
+             "mamba": dict(state_size=4, num_hidden_layers=2, expand=2, conv_kernel=3),
+             "rwkv": dict(num_hidden_layers=2, attention_hidden_size=32, intermediate_size=64, context_length=64)}[arch]
     cfg = AutoConfig.for_model(arch, vocab_size=len(tokenizer), hidden_size=32, pad_token_id=PAD, eos_token_id=EOS,
                                **sizes)
     torch.manual_seed(0)

@@ -35,6 +35,7 @@ from infalign.models.builders import model_positions, special_tokens_around
 
 log = logging.getLogger(__name__)
 _WARNED_STATEFUL: set[str] = set()  # model classes already warned about (once per process)
+_NO_CACHE_FIELD = object()  # a model output without the cache field (its state lives elsewhere)
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
             "length_buckets", "position_ids", "shared_prompt_groups",
@@ -301,13 +302,13 @@ def _warn_stateful_cache(model) -> None:
     dropped (finished rows), and a cached single-token step does not reproduce the teacher-forced
     log-probs for every one of them (Mamba's differ by ~0.4 nats in transformers 5.25), which the KL
     and the policy gradient rely on (docs/method.md §6); the uncached step does."""
-    name = type(model).__name__
+    name = type(model).__name__  # (RWKV and RecurrentGemma return their state in fields of their own)
     if name in _WARNED_STATEFUL:
         return
     _WARNED_STATEFUL.add(name)
-    log.warning("%s keeps convolution or recurrent state in its cache: sampling recomputes the whole "
-                "prefix at every new token (correct, slower); infalign's cached sampler handles key/value "
-                "caches only", name)
+    log.warning("%s keeps convolution or recurrent state (in its cache or in an output field of its own): "
+                "sampling recomputes the whole prefix at every new token (correct, slower); infalign's cached "
+                "sampler handles key/value caches only", name)
 
 
 def _select_cache(past, index: torch.Tensor):
@@ -393,9 +394,11 @@ def _decode(
             out = _forward(model, ids, mask[:, :end], pos[:, :end], None, use_cache, keep_kw, cache_arg)
         if not (lean and t > 0):
             logits = out.logits[:, -1, :].float()
-            past = getattr(out, cache_arg) if use_cache else None
-            if past is not None and t == 0 and not _gatherable(past):
-                use_cache, past = False, None  # recompute the prefix from here on (_stateful_cache)
+            past = getattr(out, cache_arg, _NO_CACHE_FIELD) if use_cache else None
+            if t == 0 and (past is _NO_CACHE_FIELD or (past is not None and not _gatherable(past))):
+                # state kept elsewhere (RWKV, RecurrentGemma) or beside keys and values: recompute
+                # the prefix from here on (_warn_stateful_cache)
+                use_cache, past, lean = False, None, False
                 _warn_stateful_cache(model)
             if lean:  # after the prefill: HF's cache -> preallocated buffers for the whole response
                 past = decode_step.StaticKV.from_cache(past, width + max_new_tokens)
