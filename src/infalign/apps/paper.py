@@ -56,6 +56,7 @@ from pathlib import Path
 
 from infalign.infra.cache import atomic_write_json, atomic_write_text
 from infalign.infra.threads import usable_cores
+from infalign.report.findings import EXP_T  # the exp(t) methods the findings compare: one list
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,6 @@ class Experiment:
     reports: tuple[Report, ...] = ()
 
 
-EXP_T = ("expn(t=4)", "expn(t=8)", "expn(t=16)")
 EXPERIMENTS = (
     Experiment("calibration", None, "Fig. 3: reward-model miscalibration by prompt"),
     Experiment("bon", "paper_bon", "Fig. 4 bottom / 5: best-of-N, N in {2, 4, 32}",
