@@ -481,16 +481,31 @@ def sequence_logprobs(
     groups = length_buckets(total) if bucket else []
     if len(groups) <= 1:
         return _sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    width, length = prompt_ids.shape[1], response_ids.shape[1]
+    length = response_ids.shape[1]
     parts = []
     for idx in groups:
-        p = int(prompt_mask[idx].sum(-1).max())  # left-padded: the last p columns hold every prompt
-        r = max(1, int(response_mask[idx].sum(-1).max()))  # right-padded: the first r columns
-        lp = _sequence_logprobs(model, prompt_ids[idx, width - p:], prompt_mask[idx, width - p:],
-                                response_ids[idx, :r], response_mask[idx, :r])
-        parts.append(torch.nn.functional.pad(lp, (0, length - r)))
+        cut = _cut_padding(prompt_ids[idx], prompt_mask[idx], response_ids[idx], response_mask[idx])
+        lp = _sequence_logprobs(model, *cut)
+        parts.append(torch.nn.functional.pad(lp, (0, length - lp.shape[1])))
     order = torch.cat(groups)
     return torch.cat(parts)[torch.argsort(order)]
+
+
+def _cut_padding(prompt_ids, prompt_mask, response_ids, response_mask) -> tuple[torch.Tensor, ...]:
+    """The four tensors cut to the rows' longest prompt (left-padded: its last columns) and longest
+    response (right-padded: its first columns, at least one)."""
+    p = int(prompt_mask.sum(-1).max())
+    r = max(1, int(response_mask.sum(-1).max()))
+    width = prompt_ids.shape[1]
+    return prompt_ids[:, width - p:], prompt_mask[:, width - p:], response_ids[:, :r], response_mask[:, :r]
+
+
+def _token_logprobs(logits: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)[y_t]`` in float32 for the logits that score each response token, 0 where
+    the mask is 0."""
+    logits = logits.float()
+    logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    return torch.where(response_mask.bool(), logp, 0.0)
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:
@@ -530,11 +545,10 @@ def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respon
     ``[prompt | response]`` and the same position ids, scores tokens 1 .. Lr-1. None if the model
     returns no KV cache, or one whose rows cannot be gathered as keys and values alone
     (:func:`_gatherable`); the caller then runs the unshared forward."""
-    width, length = prompt_ids.shape[1], response_ids.shape[1]
-    p = int(prompt_mask.sum(-1).max())  # left-padded: the last p columns hold every prompt
-    r = max(1, int(response_mask.sum(-1).max()))  # right-padded: the first r columns
-    prompt_ids, prompt_mask = prompt_ids[:, width - p:], prompt_mask[:, width - p:]
-    response_ids, response_mask = response_ids[:, :r], response_mask[:, :r]
+    length = response_ids.shape[1]
+    prompt_ids, prompt_mask, response_ids, response_mask = _cut_padding(prompt_ids, prompt_mask, response_ids,
+                                                                        response_mask)
+    p, r = prompt_ids.shape[1], response_ids.shape[1]
     if p == 0:  # every prompt is padding: nothing to share
         return None
     cache_arg = _cache_arg(model)
@@ -551,10 +565,7 @@ def _shared_prompt_logprobs(model, prompt_ids, prompt_mask, response_ids, respon
         pos = position_ids(mask)[:, p:]
         rest = _forward(model, response_ids[:, :-1], mask, pos, past, True, _keep_last(model, r - 1), cache_arg)
         logits = torch.cat([logits, rest.logits[:, -(r - 1):, :]], dim=1)
-    logits = logits.float()
-    logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
-    logp = torch.where(response_mask.bool(), logp, 0.0)
-    return torch.nn.functional.pad(logp, (0, length - r))
+    return torch.nn.functional.pad(_token_logprobs(logits, response_ids, response_mask), (0, length - r))
 
 
 def _gatherable(past) -> bool:
@@ -589,9 +600,7 @@ def _sequence_logprobs(model, prompt_ids, prompt_mask, response_ids, response_ma
     mask = torch.cat([prompt_mask, response_mask], dim=1)
     keep_kw = _keep_last(model, length + 1)
     logits = _forward(model, ids, mask, position_ids(mask), None, False, keep_kw, _cache_arg(model)).logits
-    logits = logits[:, -(length + 1) : -1, :].float()
-    logp = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
-    return torch.where(response_mask.bool(), logp, 0.0)
+    return _token_logprobs(logits[:, -(length + 1) : -1, :], response_ids, response_mask)
 
 
 def low_precision(model: torch.nn.Module) -> bool:
