@@ -85,10 +85,13 @@ def teacher_forced_flops(cost: ModelCost, rows: int, prompt_len: int, response_l
     """FLOPs of ``sequence_logprobs``: one forward over ``[prompt | response]`` (width
     ``prompt_len + response_len``) keeping the head on the last ``response_len + 1`` positions; with
     ``prefill_rows`` (the distinct prompts, each run once: its shared-prompt forward, taken when at
-    most half the rows are distinct, as ``models/generation.shared_prompt_groups`` decides) a forward
-    over the prompts (head on the last position) and one over each row's first ``response_len - 1``
-    response tokens, attending to ``prompt_len + response_len - 1`` keys."""
-    if prefill_rows is None or 2 * prefill_rows > rows:
+    most ``MAX_SHARED_DISTINCT`` (half) of the rows are distinct, as
+    ``models/generation.shared_prompt_groups`` decides) a forward over the prompts (head on the last
+    position) and one over each row's first ``response_len - 1`` response tokens, attending to
+    ``prompt_len + response_len - 1`` keys."""
+    from infalign.models.generation import MAX_SHARED_DISTINCT
+
+    if prefill_rows is None or prefill_rows > MAX_SHARED_DISTINCT * rows:
         width = prompt_len + response_len
         return cost.forward(rows * width, rows * (response_len + 1), rows * width ** 2)
     rest = max(response_len - 1, 0)

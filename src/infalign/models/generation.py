@@ -34,6 +34,7 @@ from infalign.models import decode_step
 from infalign.models.builders import model_positions, special_tokens_around
 
 log = logging.getLogger(__name__)
+MAX_SHARED_DISTINCT = 0.5  # sequence_logprobs shares prompts when at most this share of the rows is distinct
 _WARNED_STATEFUL: set[str] = set()  # model classes already warned about (once per process)
 _NO_CACHE_FIELD = object()  # a model output without the cache field (its state lives elsewhere)
 
@@ -516,7 +517,7 @@ def _checkpointing(model: torch.nn.Module) -> bool:
 
 
 def shared_prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                         max_share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor] | None:
+                         max_share: float = MAX_SHARED_DISTINCT) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(first, inverse)`` when the rows hold at most ``max_share`` x rows distinct prompts (ids and
     mask equal): ``first[u]`` is the first row of distinct prompt ``u`` (in order of first
     appearance), ``inverse[row]`` its prompt's ``u``; None when sharing would save less."""
