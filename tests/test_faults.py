@@ -762,6 +762,46 @@ def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm
     assert judges(run_dir) == straight_six
 
 
+class _SignalledInFinalizer:
+    """Sends this process SIGTERM from its ``__del__``: the handler runs inside the finaliser."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):  # bytecodes in the finaliser: the handler runs here
+            pass
+
+
+def test_a_sigterm_arriving_inside_a_finaliser_still_stops_the_run():
+    """CI once saw a SIGTERM land in Lightning's ``Profiler.__del__``: Python printed the handler's
+    Terminated as "Exception ignored", the run trained to the end and exited 0. A signal in a finaliser
+    is delivered again shortly after, outside it, and stops the run."""
+    before, started = signal.getsignal(signal.SIGTERM), time.perf_counter()
+    with pytest.raises(train_app.Terminated):
+        with train_app.terminate_on_sigterm():
+            _SignalledInFinalizer()  # dropped at once: __del__ runs, the signal arrives inside it
+            for _ in range(200):
+                time.sleep(0.01)
+    assert time.perf_counter() - started < 1.0  # the retry came within SIGTERM_RETRY_S, not at the end
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored
+
+
+def test_in_finalizer_tells_a_finaliser_frame_from_ordinary_code():
+    import weakref
+
+    seen = []
+
+    class Probe:
+        def __del__(self):
+            seen.append(("__del__", train_app.in_finalizer(sys._getframe())))
+
+    Probe()
+    seen.append(("plain", train_app.in_finalizer(sys._getframe())))
+    holder = type("Holder", (), {})()
+    weakref.finalize(holder, lambda: seen.append(("finalize", train_app.in_finalizer(sys._getframe()))))
+    del holder
+    assert seen == [("__del__", True), ("plain", False), ("finalize", True)]
+
+
 def test_a_run_dir_in_use_by_another_run_is_refused(tmp_path, monkeypatch):
     """Two runs on one dir interleaved their checkpoints (last.ckpt, last-v1.ckpt) and the second's record
     replaced the first's: a run holds ``<run dir>/.run.lock`` (flock) while it runs, and a second one is a

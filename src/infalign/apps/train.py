@@ -402,21 +402,48 @@ SIGTERM_EXIT = 143
 
 @contextlib.contextmanager
 def terminate_on_sigterm():
-    """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere nothing changes).
+    """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere nothing changes) -- or,
+    when it arrives inside a finaliser that would drop the exception, is delivered again
+    ``SIGTERM_RETRY_S`` later (:func:`in_finalizer`).
     Lightning's own SIGTERM handling during ``fit`` (``SIGTERMException``, a ``SystemExit`` with no
     code: exit status 0) is counted as the same by :func:`terminated`."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    retries: list[threading.Timer] = []
 
     def handler(signum, frame):
+        if in_finalizer(frame):
+            # raised in a ``__del__`` the exception is printed and dropped ("Exception ignored in") and the
+            # run went on to exit 0: deliver the signal again shortly, outside the finaliser
+            retry = threading.Timer(SIGTERM_RETRY_S, os.kill, (os.getpid(), signal.SIGTERM))
+            retry.daemon = True
+            retries.append(retry)
+            retry.start()
+            return
         raise Terminated("terminated by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
+        for retry in retries:
+            retry.cancel()
         signal.signal(signal.SIGTERM, previous)
+
+
+SIGTERM_RETRY_S = 0.05
+
+
+def in_finalizer(frame) -> bool:
+    """Whether ``frame`` runs inside a ``__del__`` or a ``weakref.finalize`` callback, where Python prints
+    and drops any exception -- a signal handler's included."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name == "__call__" and code.co_filename.endswith("weakref.py")):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def terminated(exc: BaseException) -> bool:
