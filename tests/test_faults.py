@@ -30,6 +30,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import forked_cli
 from infalign.apps import train as train_app
 from infalign.apps import train_stages
 from infalign.apps.config import CONFIG_DIR, instantiate_callbacks, instantiate_logger, run_suffix
@@ -52,9 +53,10 @@ def no_compute(monkeypatch):
     monkeypatch.setattr(train_stages, "load_world", boom)
 
 
-def train_cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "infalign-train"), *args], env={**ENV, **(env or {})}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+def train_cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen | forked_cli.ForkedProcess:
+    """``infalign-train *args`` as a process of its own, with ``ENV`` updated by ``env`` (forked from a
+    pre-imported interpreter: ``forked_cli``)."""
+    return forked_cli.start([str(BIN / "infalign-train"), *args], {**ENV, **(env or {})}, ENV, **popen)
 
 
 def finished(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:

@@ -1,0 +1,266 @@
+"""Console-script runs forked from a pre-imported interpreter: what ``subprocess.Popen`` of
+``infalign-train`` does, without the ~3.5 CPU-s of imports (torch, Lightning -> torchmetrics, scipy,
+transformers) every process pays before its first line of work.
+
+The suite starts ~20 training CLIs (fault injection, sweeps): ~70 CPU-s of imports, a quarter of
+``make test``. A test worker instead starts one *zygote* (``python forked_cli.py``) that imports the
+training app and its stages exactly as ``infalign-train`` does (``infra/startup.import_frozen``), runs
+no computation -- so no thread pool exists yet and forking is safe -- and then, per request, forks a
+child that sets the request's environment, working directory and ``sys.argv``, points fds 0/1/2 at
+``/dev/null`` and two files, calls the console script's entry point and exits as the interpreter would
+(``SystemExit`` codes, traceback and 1 for an uncaught exception, atexit handlers run). The child is a
+real process: its pid takes signals (SIGTERM, SIGKILL), it has its own exit status, it can start
+processes of its own (joblib workers).
+
+What it cannot reproduce it refuses: a request whose environment differs from the zygote's in a
+variable read at import time (anything outside :data:`RUNTIME_ENV_PREFIXES`) gets a real
+``subprocess.Popen`` instead, as does any console script not in :data:`FORKABLE`. Tests that are about
+the interpreter itself (imports made before validation, ``python -m``) keep their own subprocesses.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+FORKABLE = {"infalign-train": ("infalign.apps.train", "main", "infalign.apps.train_stages")}
+RUNTIME_ENV_PREFIXES = ("WANDB_", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_",
+                        "TORCHELASTIC_", "INFALIGN_")  # infalign reads its variables when it runs
+
+
+# ----------------------------------------------------------------------------------- the zygote
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The status CPython exits with for ``SystemExit(code)`` (a non-int code is printed, status 1)."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _child(request: dict, entry) -> None:
+    """In the forked child: become the requested process, run the entry point, never return."""
+    code = 1
+    try:
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT),
+                                (2, request["err"], os.O_WRONLY | os.O_CREAT)):
+            target = os.open(path, flags, 0o644)
+            os.dup2(target, fd)
+            os.close(target)
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 -- fd 0 is /dev/null now, not the request pipe
+        sys.argv = list(request["argv"])
+        try:
+            result = entry()
+            code = result if isinstance(result, int) else 0
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except BaseException:
+            sys.excepthook(*sys.exc_info())
+            code = 1
+        shutdown = getattr(threading, "_shutdown", None)  # the interpreter joins non-daemon threads first
+        if shutdown is not None:
+            shutdown()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def serve() -> None:
+    """The zygote: import the forkable apps, then read JSON requests (one per line) on stdin, fork
+    each, and write ``{"started": pid}`` at once and ``{"exited": pid, "returncode": rc}`` when it
+    ends (``-signal`` when killed, as ``Popen.returncode``). At end of input, remaining children are
+    killed and the zygote exits."""
+    import importlib
+    import signal
+
+    from infalign.infra.startup import import_frozen
+
+    entries = {}
+    for name, (module, func, *heavy) in FORKABLE.items():
+        import_frozen(module, *heavy)
+        entries[name] = getattr(importlib.import_module(module), func)
+    assert threading.active_count() == 1, f"threads before fork: {threading.enumerate()}"
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints must not corrupt the protocol
+    children: set[int] = set()
+
+    def emit(message: dict) -> None:
+        out.write(json.dumps(message) + "\n")
+
+    def reap() -> None:
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            children.discard(pid)
+            emit({"exited": pid, "returncode": os.waitstatus_to_exitcode(status)})
+
+    pending = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.02)
+        reap()
+        if not ready:
+            continue
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                _child(request, entries[request["script"]])
+            children.add(pid)
+            emit({"started": pid})
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------- the client
+
+
+class ForkedProcess:
+    """The part of ``subprocess.Popen`` the tests use, for a child of the zygote (text output)."""
+
+    def __init__(self, zygote: _Zygote, pid: int, args: list[str], out: Path, err: Path) -> None:
+        self._zygote, self.pid, self.args, self._out, self._err = zygote, pid, args, out, err
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._zygote.returncode(self.pid)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self.returncode = self._zygote.wait(self.pid, timeout, self.args)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return (self._out.read_text(errors="replace"), self._err.read_text(errors="replace"))
+
+
+class _Zygote:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = dict(env)
+        self._dir = Path(tempfile.mkdtemp(prefix="forked-cli-"))
+        self._proc = subprocess.Popen([sys.executable, __file__], env=self.env, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, cwd=Path(__file__).parent)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._started: list[int] = []
+        self._exited: dict[int, int] = {}
+        self._count = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """End of input: the zygote kills children still running and exits; its files go."""
+        if self.alive():
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            message = json.loads(line)
+            with self._changed:
+                if "started" in message:
+                    self._started.append(message["started"])
+                else:
+                    self._exited[message["exited"]] = message["returncode"]
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def start(self, script: str, argv: list[str], env: dict[str, str], cwd: Path) -> ForkedProcess:
+        with self._lock:
+            self._count += 1
+            out, err = self._dir / f"{self._count}.out", self._dir / f"{self._count}.err"
+            request = {"script": script, "argv": argv, "env": env, "cwd": str(cwd), "out": str(out),
+                       "err": str(err)}
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
+            self._proc.stdin.flush()
+            with self._changed:
+                self._changed.wait_for(lambda: self._started or not self.alive(), timeout=120)
+                if not self._started:
+                    raise RuntimeError("the CLI zygote did not start the process (it exited or hung)")
+                pid = self._started.pop(0)
+        return ForkedProcess(self, pid, argv, out, err)
+
+    def returncode(self, pid: int) -> int | None:
+        with self._changed:
+            return self._exited.get(pid)
+
+    def wait(self, pid: int, timeout: float | None, args) -> int:
+        with self._changed:
+            if not self._changed.wait_for(lambda: pid in self._exited or not self.alive(), timeout=timeout):
+                raise subprocess.TimeoutExpired(args, timeout)
+            if pid not in self._exited:
+                raise RuntimeError("the CLI zygote exited while its child ran")
+            return self._exited[pid]
+
+
+_zygotes: dict[tuple, _Zygote] = {}
+
+
+def forkable_env(base: dict[str, str], env: dict[str, str]) -> bool:
+    """Whether a child of a zygote started with ``base`` can run with ``env``: every variable that
+    differs is one only read at run time (:data:`RUNTIME_ENV_PREFIXES`)."""
+    differ = {k for k in base.keys() | env.keys() if base.get(k) != env.get(k)}
+    return all(k.startswith(RUNTIME_ENV_PREFIXES) for k in differ)
+
+
+def start(argv: list[str], env: dict[str, str], base_env: dict[str, str], cwd: Path | None = None,
+          **popen) -> ForkedProcess | subprocess.Popen:
+    """``subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdout=PIPE, stderr=PIPE)``, forked from
+    the zygote started with ``base_env`` when ``argv[0]`` is a :data:`FORKABLE` console script and
+    ``env`` differs from ``base_env`` only in run-time variables; a real process otherwise."""
+    script = Path(argv[0]).name
+    cwd = Path(cwd or os.getcwd())
+    if script not in FORKABLE or popen or not forkable_env(base_env, env):
+        return subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, **popen)
+    key = tuple(sorted(base_env.items()))
+    zygote = _zygotes.get(key)
+    if zygote is None or not zygote.alive():
+        zygote = _zygotes[key] = _Zygote(base_env)
+    return zygote.start(script, [str(a) for a in argv], env, cwd)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    serve()

@@ -1,0 +1,28 @@
+"""The test helper that forks console-script runs from a pre-imported interpreter (``forked_cli``):
+it must refuse what a fork cannot reproduce and exit as CPython would."""
+
+from __future__ import annotations
+
+import forked_cli
+
+
+def test_only_run_time_variables_may_differ_from_the_zygotes_environment():
+    base = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    assert forked_cli.forkable_env(base, dict(base))
+    assert forked_cli.forkable_env(base, {**base, "WANDB_MODE": "disabled", "INFALIGN_ROOT": "/x", "RANK": "0"})
+    assert forked_cli.forkable_env(base, {k: v for k, v in base.items() if k != "WANDB_MODE"})
+    # read when torch / huggingface_hub are imported: a fork would keep the zygote's value
+    assert not forked_cli.forkable_env(base, {**base, "OMP_NUM_THREADS": "2"})
+    assert not forked_cli.forkable_env(base, {k: v for k, v in base.items() if k != "HF_HUB_OFFLINE"})
+
+
+def test_exit_codes_follow_cpython(capsys):
+    assert forked_cli._exit_code(SystemExit()) == 0
+    assert forked_cli._exit_code(SystemExit(143)) == 143
+    assert forked_cli._exit_code(SystemExit("bad")) == 1
+    assert "bad" in capsys.readouterr().err
+
+
+def test_a_script_that_is_not_forkable_runs_as_a_real_process(tmp_path):
+    proc = forked_cli.start(["true"], {"PATH": "/usr/bin:/bin"}, {})
+    assert proc.wait(timeout=30) == 0 and not isinstance(proc, forked_cli.ForkedProcess)
