@@ -402,48 +402,51 @@ SIGTERM_EXIT = 143
 
 @contextlib.contextmanager
 def terminate_on_sigterm():
-    """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere nothing changes) -- or,
-    when it arrives inside a finaliser that would drop the exception, is delivered again
-    ``SIGTERM_RETRY_S`` later (:func:`in_finalizer`).
+    """Within: SIGTERM raises :class:`Terminated` (in the main thread; elsewhere nothing changes).
     Lightning's own SIGTERM handling during ``fit`` (``SIGTERMException``, a ``SystemExit`` with no
-    code: exit status 0) is counted as the same by :func:`terminated`."""
+    code: exit status 0) is counted as the same by :func:`terminated`.
+
+    Python drops an exception raised where nothing can receive it -- in a ``__del__``, a weakref or
+    ``gc`` callback, a generator's ``finally`` when it is collected -- printing "Exception ignored"
+    (``sys.unraisablehook``); a SIGTERM arriving there was lost and the run went on to exit 0 (seen
+    in Lightning's ``Profiler.__del__``). Within this block such a dropped :class:`Terminated` is
+    delivered again ``SIGTERM_RETRY_S`` later, outside the finaliser; and a block that still ends
+    normally after a SIGTERM (a retry not yet due, an exception CPython clears without any hook)
+    raises :class:`Terminated` as it exits, so a SIGTERM always ends the process with 143."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []
     retries: list[threading.Timer] = []
+    previous_hook = sys.unraisablehook
 
     def handler(signum, frame):
-        if in_finalizer(frame):
-            # raised in a ``__del__`` the exception is printed and dropped ("Exception ignored in") and the
-            # run went on to exit 0: deliver the signal again shortly, outside the finaliser
+        received.append(signum)
+        raise Terminated("terminated by SIGTERM")
+
+    def unraisable(info):
+        if isinstance(info.exc_value, Terminated):  # the handler's exception, dropped: send it again
             retry = threading.Timer(SIGTERM_RETRY_S, os.kill, (os.getpid(), signal.SIGTERM))
             retry.daemon = True
             retries.append(retry)
             retry.start()
             return
-        raise Terminated("terminated by SIGTERM")
+        previous_hook(info)
 
     previous = signal.signal(signal.SIGTERM, handler)
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         for retry in retries:
             retry.cancel()
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)
+    if received:  # the block ended normally although a SIGTERM came: its exception was swallowed
+        raise Terminated("terminated by SIGTERM")
 
 
 SIGTERM_RETRY_S = 0.05
-
-
-def in_finalizer(frame) -> bool:
-    """Whether ``frame`` runs inside a ``__del__`` or a ``weakref.finalize`` callback, where Python prints
-    and drops any exception -- a signal handler's included."""
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "__del__" or (code.co_name == "__call__" and code.co_filename.endswith("weakref.py")):
-            return True
-        frame = frame.f_back
-    return False
 
 
 def terminated(exc: BaseException) -> bool:
