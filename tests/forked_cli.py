@@ -13,9 +13,17 @@ real process: its pid takes signals (SIGTERM, SIGKILL), it has its own exit stat
 processes of its own (joblib workers).
 
 What it cannot reproduce it refuses: a request whose environment differs from the zygote's in a
-variable read at import time (anything outside :data:`RUNTIME_ENV_PREFIXES`) gets a real
+variable read at import time (:func:`forkable_env`) gets a real
 ``subprocess.Popen`` instead, as does any console script not in :data:`FORKABLE`. Tests that are about
 the interpreter itself (imports made before validation, ``python -m``) keep their own subprocesses.
+
+Known differences from a real process, none of which the fault tests look at: the training stages
+are imported before the child starts (their import-time warnings, and a signal during that import,
+are not seen, and Lightning, imported before Hydra configures logging, adds its own console
+handler, so its INFO lines lack Hydra's ``INFO:`` prefix on stderr); children share the zygote's
+string-hash seed; ``tests/`` is on ``sys.path``; and the zygote reaps a child at once, so a signal
+sent in the moment between its end and the client learning of it could reach a recycled pid
+(``Popen`` keeps the zombie until it waits).
 """
 
 from __future__ import annotations
@@ -29,11 +37,17 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 FORKABLE = {"infalign-train": ("infalign.apps.train", "main", "infalign.apps.train_stages")}
-RUNTIME_ENV_PREFIXES = ("WANDB_", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_",
-                        "TORCHELASTIC_", "INFALIGN_")  # infalign reads its variables when it runs
+# Read only when a run runs, never while the zygote imports (traced with os.environ reads during its
+# imports, 2026-12-04): these may differ between the zygote and a forked child.
+RUNTIME_ENV = frozenset({"WORLD_SIZE", "LOCAL_WORLD_SIZE", "INFALIGN_ROOT", "INFALIGN_CONCURRENT_JOBS"})
+RUNTIME_ENV_PREFIXES = ("WANDB_", "TORCHELASTIC_")  # wandb is not imported by the zygote
+# Read at import (Lightning's rank_zero_only.rank, torchmetrics' prints: RANK, LOCAL_RANK, SLURM_PROCID;
+# apps/config.CONFIG_DIR: INFALIGN_CONFIG_DIR): a child may differ only by setting what unset means.
+IMPORT_DEFAULTS = {"RANK": "0", "LOCAL_RANK": "0", "SLURM_PROCID": "0"}
 
 
 # ----------------------------------------------------------------------------------- the zygote
@@ -49,38 +63,47 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _child(request: dict, entry) -> None:
+def _child(request: dict, entry, protocol_fd: int) -> None:
     """In the forked child: become the requested process, run the entry point, never return."""
-    code = 1
+    code, interrupted = 1, False
     try:
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
+        os.close(protocol_fd)  # the zygote's line to the client: not this process's (nor its children's)
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], os.O_WRONLY | os.O_CREAT),
                                 (2, request["err"], os.O_WRONLY | os.O_CREAT)):
             target = os.open(path, flags, 0o644)
             os.dup2(target, fd)
             os.close(target)
         sys.stdin = open(0, closefd=False)  # noqa: SIM115 -- fd 0 is /dev/null now, not the request pipe
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
         sys.argv = list(request["argv"])
         try:
-            result = entry()
-            code = result if isinstance(result, int) else 0
+            code = _exit_code(SystemExit(entry()))  # the console script: sys.exit(main())
         except SystemExit as exc:
             code = _exit_code(exc)
-        except BaseException:
+        except BaseException as exc:
             sys.excepthook(*sys.exc_info())
-            code = 1
+            code, interrupted = 1, isinstance(exc, KeyboardInterrupt)
         shutdown = getattr(threading, "_shutdown", None)  # the interpreter joins non-daemon threads first
         if shutdown is not None:
             shutdown()
         atexit._run_exitfuncs()
+    except BaseException:  # setting up the process failed (a missing cwd): say so, as Popen would raise
+        import traceback
+
+        traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
+        if interrupted:  # CPython ends an uncaught KeyboardInterrupt by dying of SIGINT (status -2)
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
 
 
@@ -99,6 +122,8 @@ def serve() -> None:
         import_frozen(module, *heavy)
         entries[name] = getattr(importlib.import_module(module), func)
     assert threading.active_count() == 1, f"threads before fork: {threading.enumerate()}"
+    sys.stdout.flush()  # nothing buffered here may be copied into every child's output
+    sys.stderr.flush()
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints must not corrupt the protocol
     children: set[int] = set()
@@ -129,7 +154,7 @@ def serve() -> None:
             request = json.loads(line)
             pid = os.fork()
             if pid == 0:
-                _child(request, entries[request["script"]])
+                _child(request, entries[request["script"]], out.fileno())
             children.add(pid)
             emit({"started": pid})
     for pid in children:
@@ -180,7 +205,7 @@ class _Zygote:
         self._changed = threading.Condition()
         self._started: list[int] = []
         self._exited: dict[int, int] = {}
-        self._count = 0
+        self._count, self._broken = 0, False
         threading.Thread(target=self._read, daemon=True).start()
         atexit.register(self.close)
 
@@ -192,19 +217,23 @@ class _Zygote:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def _read(self) -> None:
-        for line in self._proc.stdout:
-            message = json.loads(line)
+        try:
+            for line in self._proc.stdout:
+                message = json.loads(line)
+                with self._changed:
+                    if "started" in message:
+                        self._started.append(message["started"])
+                    else:
+                        self._exited[message["exited"]] = message["returncode"]
+                    self._changed.notify_all()
+        finally:  # end of output, or a line that is not the protocol: the zygote is no longer usable
+            self._broken = True
+            self._proc.kill()
             with self._changed:
-                if "started" in message:
-                    self._started.append(message["started"])
-                else:
-                    self._exited[message["exited"]] = message["returncode"]
                 self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
 
     def alive(self) -> bool:
-        return self._proc.poll() is None
+        return not self._broken and self._proc.poll() is None
 
     def start(self, script: str, argv: list[str], env: dict[str, str], cwd: Path) -> ForkedProcess:
         with self._lock:
@@ -216,7 +245,9 @@ class _Zygote:
             self._proc.stdin.flush()
             with self._changed:
                 self._changed.wait_for(lambda: self._started or not self.alive(), timeout=120)
-                if not self._started:
+                if not self._started:  # a late answer must not be matched to the next request
+                    self._broken = True
+                    self._proc.kill()
                     raise RuntimeError("the CLI zygote did not start the process (it exited or hung)")
                 pid = self._started.pop(0)
         return ForkedProcess(self, pid, argv, out, err)
@@ -226,9 +257,13 @@ class _Zygote:
             return self._exited.get(pid)
 
     def wait(self, pid: int, timeout: float | None, args) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            if not self._changed.wait_for(lambda: pid in self._exited or not self.alive(), timeout=timeout):
-                raise subprocess.TimeoutExpired(args, timeout)
+            while pid not in self._exited and self.alive():  # short waits: a dead zygote is seen too
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(args, timeout)
+                self._changed.wait(0.5 if left is None else min(0.5, left))
             if pid not in self._exited:
                 raise RuntimeError("the CLI zygote exited while its child ran")
             return self._exited[pid]
@@ -239,9 +274,15 @@ _zygotes: dict[tuple, _Zygote] = {}
 
 def forkable_env(base: dict[str, str], env: dict[str, str]) -> bool:
     """Whether a child of a zygote started with ``base`` can run with ``env``: every variable that
-    differs is one only read at run time (:data:`RUNTIME_ENV_PREFIXES`)."""
-    differ = {k for k in base.keys() | env.keys() if base.get(k) != env.get(k)}
-    return all(k.startswith(RUNTIME_ENV_PREFIXES) for k in differ)
+    differs is read only at run time (:data:`RUNTIME_ENV`, :data:`RUNTIME_ENV_PREFIXES`), or is one
+    read at import whose value means what leaving it unset means (:data:`IMPORT_DEFAULTS`)."""
+
+    def same(key: str) -> bool:
+        default = IMPORT_DEFAULTS.get(key)
+        return base.get(key, default) == env.get(key, default)
+
+    differ = {k for k in base.keys() | env.keys() if not same(k)}
+    return all(k in RUNTIME_ENV or k.startswith(RUNTIME_ENV_PREFIXES) for k in differ)
 
 
 def start(argv: list[str], env: dict[str, str], base_env: dict[str, str], cwd: Path | None = None,
@@ -251,6 +292,8 @@ def start(argv: list[str], env: dict[str, str], base_env: dict[str, str], cwd: P
     ``env`` differs from ``base_env`` only in run-time variables; a real process otherwise."""
     script = Path(argv[0]).name
     cwd = Path(cwd or os.getcwd())
+    if not cwd.is_dir():  # as Popen raises
+        raise FileNotFoundError(f"no such directory: {cwd}")
     if script not in FORKABLE or popen or not forkable_env(base_env, env):
         return subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, **popen)

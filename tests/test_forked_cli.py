@@ -9,11 +9,16 @@ import forked_cli
 def test_only_run_time_variables_may_differ_from_the_zygotes_environment():
     base = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     assert forked_cli.forkable_env(base, dict(base))
-    assert forked_cli.forkable_env(base, {**base, "WANDB_MODE": "disabled", "INFALIGN_ROOT": "/x", "RANK": "0"})
+    assert forked_cli.forkable_env(base, {**base, "WANDB_MODE": "disabled", "INFALIGN_ROOT": "/x",
+                                          "WORLD_SIZE": "2"})
     assert forked_cli.forkable_env(base, {k: v for k, v in base.items() if k != "WANDB_MODE"})
-    # read when torch / huggingface_hub are imported: a fork would keep the zygote's value
+    # read when torch / huggingface_hub / Lightning / apps.config are imported: a fork keeps the zygote's
     assert not forked_cli.forkable_env(base, {**base, "OMP_NUM_THREADS": "2"})
     assert not forked_cli.forkable_env(base, {k: v for k, v in base.items() if k != "HF_HUB_OFFLINE"})
+    assert not forked_cli.forkable_env(base, {**base, "RANK": "1"})  # Lightning's rank_zero_only.rank
+    assert not forked_cli.forkable_env(base, {**base, "INFALIGN_CONFIG_DIR": "/conf"})
+    assert not forked_cli.forkable_env(base, {**base, "RANKING": "1"})  # names, not prefixes
+    assert forked_cli.forkable_env(base, {**base, "RANK": "0", "LOCAL_RANK": "0"})  # what unset means
 
 
 def test_exit_codes_follow_cpython(capsys):
