@@ -113,10 +113,11 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
 @pytest.mark.parametrize("algo, steps, every, saves", [
     # PPO: 2 epochs x 2 minibatches = 4 optimizer steps per RL step. Lightning's own cadence saved only
     # where global_step % 5 == 0 lands on an RL step's end (20), and kept that older last.ckpt at the end
-    ("ppo", 6, 5, [8, 12, 16, 20, 24]),
+    # (each case is a whole run: `slow`, but for one case kept in `make test-fast` as the quick guard)
+    pytest.param("ppo", 6, 5, [8, 12, 16, 20, 24], marks=pytest.mark.slow),
     ("rloo", 6, 4, [4, 6]),  # one optimizer step per RL step: step 4, then the final state (was: 4 only)
-    ("ppo", 5, 5, [8, 12, 16, 20]),  # Lightning's own save at 20 is the final one: no second file
-    ("ppo", 3, 5, [8, 12]),
+    pytest.param("ppo", 5, 5, [8, 12, 16, 20], marks=pytest.mark.slow),  # Lightning's save at 20 is the final
+    pytest.param("ppo", 3, 5, [8, 12], marks=pytest.mark.slow),
 ])
 def test_last_checkpoint_follows_checkpoint_every_and_ends_at_the_final_step(
         cache_dir, tmp_path, monkeypatch, algo, steps, every, saves):
