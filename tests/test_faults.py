@@ -801,7 +801,7 @@ def test_a_sigterm_arriving_where_python_drops_exceptions_still_stops_the_run(wh
             _swallowing_sigterm(make)
             for _ in range(200):
                 time.sleep(0.01)
-    assert time.perf_counter() - started < 1.0  # the retry came within SIGTERM_RETRY_S, not at the end
+    assert time.perf_counter() - started < 1.5  # the retry (due after 0.05 s) stopped the 2 s loop mid-way
     assert signal.getsignal(signal.SIGTERM) is before and sys.unraisablehook is hook  # both restored
 
 
