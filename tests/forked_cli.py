@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 FORKABLE = {"infalign-train": ("infalign.apps.train", "main", "infalign.apps.train_stages")}
@@ -270,6 +271,7 @@ class _Zygote:
 
 
 _zygotes: dict[tuple, _Zygote] = {}
+_unusable: set[tuple] = set()  # zygotes that could not start a process: the tests go on without them
 
 
 def forkable_env(base: dict[str, str], env: dict[str, str]) -> bool:
@@ -294,14 +296,18 @@ def start(argv: list[str], env: dict[str, str], base_env: dict[str, str], cwd: P
     cwd = Path(cwd or os.getcwd())
     if not cwd.is_dir():  # as Popen raises
         raise FileNotFoundError(f"no such directory: {cwd}")
-    if script not in FORKABLE or popen or not forkable_env(base_env, env):
-        return subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, **popen)
     key = tuple(sorted(base_env.items()))
-    zygote = _zygotes.get(key)
-    if zygote is None or not zygote.alive():
-        zygote = _zygotes[key] = _Zygote(base_env)
-    return zygote.start(script, [str(a) for a in argv], env, cwd)
+    if script in FORKABLE and not popen and forkable_env(base_env, env) and key not in _unusable:
+        zygote = _zygotes.get(key)
+        if zygote is None or not zygote.alive():
+            zygote = _zygotes[key] = _Zygote(base_env)
+        try:
+            return zygote.start(script, [str(a) for a in argv], env, cwd)
+        except RuntimeError as exc:  # (its own error is on stderr: e.g. a thread some import started)
+            _unusable.add(key)
+            warnings.warn(f"forked_cli: {exc}; real processes from now on", stacklevel=2)
+    return subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            **popen)
 
 
 if __name__ == "__main__":

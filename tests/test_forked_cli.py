@@ -3,6 +3,8 @@ it must refuse what a fork cannot reproduce and exit as CPython would."""
 
 from __future__ import annotations
 
+import pytest
+
 import forked_cli
 
 
@@ -31,3 +33,27 @@ def test_exit_codes_follow_cpython(capsys):
 def test_a_script_that_is_not_forkable_runs_as_a_real_process(tmp_path):
     proc = forked_cli.start(["true"], {"PATH": "/usr/bin:/bin"}, {})
     assert proc.wait(timeout=30) == 0 and not isinstance(proc, forked_cli.ForkedProcess)
+
+
+def test_a_zygote_that_cannot_start_processes_gives_way_to_real_ones(monkeypatch, tmp_path):
+    """If the zygote dies (say a new library version starts a thread at import, which its check
+    refuses), the tests still run the console script, as real processes, with a warning."""
+    class Dead:
+        def __init__(self, env):
+            pass
+
+        def alive(self):
+            return False
+
+        def start(self, *args):
+            raise RuntimeError("the CLI zygote did not start the process (it exited or hung)")
+
+    monkeypatch.setattr(forked_cli, "_Zygote", Dead)
+    monkeypatch.setattr(forked_cli, "_zygotes", {})
+    monkeypatch.setattr(forked_cli, "_unusable", set())
+    monkeypatch.setattr(forked_cli, "FORKABLE", {"true": ("os", "getpid")})
+    env = {"PATH": "/usr/bin:/bin"}
+    with pytest.warns(UserWarning, match="real processes from now on"):
+        proc = forked_cli.start(["true"], env, env)
+    assert not isinstance(proc, forked_cli.ForkedProcess) and proc.wait(timeout=30) == 0
+    assert forked_cli._unusable  # later calls go straight to a real process
