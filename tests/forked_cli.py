@@ -29,15 +29,18 @@ sent in the moment between its end and the client learning of it could reach a r
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -91,8 +94,6 @@ def _child(request: dict, entry, protocol_fd: int) -> None:
             shutdown()
         atexit._run_exitfuncs()
     except BaseException:  # setting up the process failed (a missing cwd): say so, as Popen would raise
-        import traceback
-
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
@@ -101,8 +102,6 @@ def _child(request: dict, entry, protocol_fd: int) -> None:
             except Exception:
                 pass
         if interrupted:  # CPython ends an uncaught KeyboardInterrupt by dying of SIGINT (status -2)
-            import signal
-
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         os._exit(code)
@@ -113,9 +112,6 @@ def serve() -> None:
     each, and write ``{"started": pid}`` at once and ``{"exited": pid, "returncode": rc}`` when it
     ends (``-signal`` when killed, as ``Popen.returncode``). At end of input, remaining children are
     killed and the zygote exits."""
-    import importlib
-    import signal
-
     from infalign.infra.startup import import_frozen
 
     entries = {}
@@ -187,8 +183,6 @@ class ForkedProcess:
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGKILL)
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
@@ -198,9 +192,8 @@ class ForkedProcess:
 
 class _Zygote:
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = dict(env)
         self._dir = Path(tempfile.mkdtemp(prefix="forked-cli-"))
-        self._proc = subprocess.Popen([sys.executable, __file__], env=self.env, stdin=subprocess.PIPE,
+        self._proc = subprocess.Popen([sys.executable, __file__], env=env, stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, cwd=Path(__file__).parent)
         self._lock = threading.Lock()
         self._changed = threading.Condition()
@@ -310,6 +303,5 @@ def start(argv: list[str], env: dict[str, str], base_env: dict[str, str], cwd: P
                             **popen)
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
+if __name__ == "__main__":  # (run as a script: tests/ is sys.path[0])
     serve()

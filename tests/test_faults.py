@@ -764,13 +764,18 @@ def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm
     assert judges(run_dir) == straight_six
 
 
+def _sigterm_self() -> None:
+    """Send this process SIGTERM and run bytecodes here: the handler runs in the caller's frame."""
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(10_000):
+        pass
+
+
 class _SignalledInFinalizer:
-    """Sends this process SIGTERM from its ``__del__``: the handler runs inside the finaliser."""
+    """Takes SIGTERM in its ``__del__``, where Python drops exceptions."""
 
     def __del__(self):
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(10_000):  # bytecodes in the finaliser: the handler runs here
-            pass
+        _sigterm_self()
 
 
 def _signalled_in_generator_finally():
@@ -778,14 +783,7 @@ def _signalled_in_generator_finally():
     try:
         yield 1
     finally:
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(10_000):
-            pass
-
-
-def _swallowing_sigterm(make) -> None:
-    """Call ``make`` and drop its result: the signal arrives where Python swallows exceptions."""
-    make()
+        _sigterm_self()
 
 
 @pytest.mark.parametrize("where", ["__del__", "generator finally"])
@@ -798,7 +796,7 @@ def test_a_sigterm_arriving_where_python_drops_exceptions_still_stops_the_run(wh
     before, hook, started = signal.getsignal(signal.SIGTERM), sys.unraisablehook, time.perf_counter()
     with pytest.raises(train_app.Terminated):
         with train_app.terminate_on_sigterm():
-            _swallowing_sigterm(make)
+            make()  # its result dropped at once: the signal arrives where Python swallows exceptions
             for _ in range(200):
                 time.sleep(0.01)
     assert time.perf_counter() - started < 1.5  # the retry (due after 0.05 s) stopped the 2 s loop mid-way
@@ -812,7 +810,7 @@ def test_a_sigterm_dropped_just_before_nested_blocks_end_is_not_lost():
     with pytest.raises(train_app.Terminated):
         with train_app.terminate_on_sigterm():
             with train_app.terminate_on_sigterm():
-                _swallowing_sigterm(_SignalledInFinalizer)
+                _SignalledInFinalizer()
             time.sleep(1.0)  # (a lost signal would let the block end normally here)
 
 

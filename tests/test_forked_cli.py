@@ -30,12 +30,12 @@ def test_exit_codes_follow_cpython(capsys):
     assert "bad" in capsys.readouterr().err
 
 
-def test_a_script_that_is_not_forkable_runs_as_a_real_process(tmp_path):
+def test_a_script_that_is_not_forkable_runs_as_a_real_process():
     proc = forked_cli.start(["true"], {"PATH": "/usr/bin:/bin"}, {})
     assert proc.wait(timeout=30) == 0 and not isinstance(proc, forked_cli.ForkedProcess)
 
 
-def test_a_zygote_that_cannot_start_processes_gives_way_to_real_ones(monkeypatch, tmp_path):
+def test_a_zygote_that_cannot_start_processes_gives_way_to_real_ones(monkeypatch):
     """If the zygote dies (say a new library version starts a thread at import, which its check
     refuses), the tests still run the console script, as real processes, with a warning."""
     class Dead:
