@@ -72,3 +72,29 @@ def test_an_entry_deleted_between_the_check_and_the_read_is_a_miss(tmp_path):
 
     value, hit = cached(path, lambda: "fresh", lambda v, p: p.write_text(v), load)
     assert (value, hit) == ("fresh", False) and path.read_text() == "fresh"
+
+
+def test_json_files_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
+    """atomic_write_json: NaN and +-inf -- at any depth, in lists, tuples and configs -- are written as
+    ``null`` (RFC 8259 has no NaN); everything else is written as json.dumps writes it."""
+    import json
+    import math
+
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from infalign.infra.cache import atomic_write_json, json_safe
+
+    obj = {"a": math.nan, "b": [1.5, math.inf, (-math.inf, 2)], "c": {"d": np.float64("nan"), "e": True, "f": 3},
+           "g": OmegaConf.create({"h": math.nan, "i": "x"}), "j": tmp_path, "k": None}
+    path = tmp_path / "out.json"
+    atomic_write_json(path, obj)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": None, "e": True, "f": 3},
+                                "g": {"h": None, "i": "x"}, "j": str(tmp_path), "k": None}
+    plain = {"x": [0.1, 2, "s", False], "y": {"z": -1e300}}
+    assert json_safe(plain) == plain  # finite values pass unchanged
+    with pytest.raises(TypeError, match="cannot hash"):
+        atomic_write_json(path, {"x": object()})
+    assert json.loads(path.read_text())["a"] is None  # a failed write leaves the old file

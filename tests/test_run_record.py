@@ -185,3 +185,39 @@ def test_a_failure_never_replaces_a_finished_record(tmp_path):
     odd["eval"]["ns"] = [[4]]  # a record the reader chokes on (TypeError): never raised from a failure handler
     (tmp_path / "metrics.json").write_text(json.dumps(odd))
     assert record.is_finished(tmp_path / "metrics.json") is False
+
+
+def test_undefined_figures_are_written_as_json_null_and_read_back_as_missing(tmp_path):
+    """A theory the grid cannot resolve (evaluate.theory_prediction: NaN), an undefined
+    miscalibration statistic and an infinite one: metrics.json is strict JSON (no bare NaN /
+    Infinity, which JavaScript, jq and most non-Python readers refuse) with ``null`` there, and the
+    record read back leaves them out of the W&B summary and the report row instead of failing."""
+    from infalign.pipeline.record import read_record, write_files
+    from infalign.report.collect import Job
+    from infalign.report.tables import job_row
+
+    nan = float("nan")
+    data = finished_json()
+    theory = data["eval"]["theory"]
+    theory.update(resolved=False, kl=nan, standard_win_rate=nan, bon4_win_rate=nan, bon1_win_rate=nan)
+    data["eval"]["miscalibration"]["reward_model"]["std_cv"] = float("inf")
+    data["eval"]["miscalibration"]["log_std_corr"] = nan
+    data["world"]["reward_val_accuracy"] = nan
+    data["kl_ratio"] = None
+    paths = write_files(tmp_path, RunRecord.from_json(data), BestOfN(4))
+    text = paths["metrics"].read_text()
+
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} is not JSON")
+
+    parsed = json.loads(text, parse_constant=refuse)  # what a strict reader sees
+    assert parsed["eval"]["theory"]["kl"] is None and parsed["eval"]["theory"]["bon4_win_rate"] is None
+    assert parsed["eval"]["miscalibration"]["reward_model"]["std_cv"] is None
+    assert parsed["eval"]["theory"]["at_measured_kl"]["bon4_win_rate"] == 0.72  # finite values untouched
+    rec = read_record(paths["metrics"])
+    summary = rec.wandb_summary()
+    assert "theory/kl" not in summary and "world/reward_model/std_cv" not in summary
+    assert "world/log_std_corr" not in summary and "reward_model/val_accuracy" not in summary
+    assert summary["theory/beta"] == 0.3 and summary["eval/gold/bon4_win_rate"] == 0.7
+    row = job_row(Job(job="0", path=tmp_path, status="finished", record=rec, config={}), ["reward_model"])
+    assert row["theory_kl_at_beta"] is None and row["kl_ratio"] is None

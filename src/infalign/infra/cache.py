@@ -20,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -145,8 +146,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` as plain JSON values, every non-finite float (NaN, +-inf) replaced by ``None``.
+
+    JSON (RFC 8259) has no NaN or Infinity: Python writes them as bare ``NaN`` / ``Infinity``,
+    which strict readers (JavaScript's ``JSON.parse``, jq, most non-Python libraries) refuse, so a
+    single undefined figure (e.g. a theory value where the grid does not resolve the tilted policy)
+    would make a whole ``metrics.json`` unreadable to them. infalign's files therefore say
+    ``null`` for "no value"; its own readers take ``null`` in a number field as missing
+    (``report/naming.number``, ``pipeline/run_record``). Values JSON cannot hold (configs, paths,
+    tensors) are converted first, as in the cache keys."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, str | int):
+        return obj
+    return json_safe(_json_default(obj))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """``obj`` as strict JSON (:func:`json_safe`: NaN and infinities as ``null``), indented, keys
+    sorted, written atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_write_csv(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None) -> None:

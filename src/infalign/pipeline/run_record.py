@@ -188,29 +188,35 @@ class RunRecord:
         for the prediction's numbers, ``eval/<policy|reference>/<response_len_mean|eos_rate>``,
         ``world/<judge>/<stat>`` (miscalibration, docs/method.md §11),
         ``reward_model/val_*`` (a Bradley-Terry-trained reward model) and
-        ``eval/kl_ratio_to_theory``."""
+        ``eval/kl_ratio_to_theory``. A figure with no value (``null`` in a ``metrics.json`` read
+        back: infra/cache.json_safe) is left out."""
         out: dict[str, float] = {}
         ev = self.eval
         if ev is None:
             return out
+
+        def put(key: str, value: Any) -> None:
+            if isinstance(value, int | float):
+                out[key] = float(value)
+
         for judge, cols in ev.judges.items():
             for name, ci in cols.items():
-                out[f"eval/{judge}/{name}"] = ci.mean
-                out[f"eval/{judge}/{name}_low"] = ci.low
-                out[f"eval/{judge}/{name}_high"] = ci.high
+                put(f"eval/{judge}/{name}", ci.mean)
+                put(f"eval/{judge}/{name}_low", ci.low)
+                put(f"eval/{judge}/{name}_high", ci.high)
         for pool, stats in (ev.responses or {}).items():
-            out |= {f"eval/{pool}/{k}": float(v) for k, v in stats.items()}
+            for k, v in stats.items():
+                put(f"eval/{pool}/{k}", v)
         for k, v in (ev.theory or {}).items():
-            if isinstance(v, int | float):
-                out[f"theory/{k}"] = float(v)
+            put(f"theory/{k}", v)
         for judge, stats in (ev.miscalibration or {}).items():
             if isinstance(stats, dict):
-                out |= {f"world/{judge}/{k}": float(v) for k, v in stats.items()}
+                for k, v in stats.items():
+                    put(f"world/{judge}/{k}", v)
             elif isinstance(stats, float):
                 out[f"world/{judge}"] = stats
         for k in ("reward_val_accuracy", "reward_val_loss", "reward_val_gold_accuracy"):
-            if k in self.world:
-                out[f"reward_model/{k.removeprefix('reward_')}"] = float(self.world[k])
+            put(f"reward_model/{k.removeprefix('reward_')}", self.world.get(k))
         if self.kl_ratio is not None:
             out["eval/kl_ratio_to_theory"] = self.kl_ratio
         return out
