@@ -115,12 +115,14 @@ def test_unrun_experiments_are_not_measured_and_every_claim_names_a_paper_experi
 def test_the_paper_driver_writes_and_prints_the_findings_after_every_experiment(tmp_path):
     from infalign.apps import paper
 
+    pairs = {"report_identity": ("identity[replica=1]", "identity"),
+             "report_expn": ("expn(t=8)[replica=1]", "expn(t=8)")}
+
     def runner(cmd):
-        if cmd[0] == "infalign-report" and "--out" not in cmd:  # the sweep's own report
-            target = Path(cmd[1])
-            if target.name == "null":
-                write(target.parent, "null/report",
-                      rows("bon4", "identity[replica=1]", "identity", [0.0] * 6, [False] * 6))
+        if cmd[0] == "infalign-report" and "--out" in cmd:  # a narrower report: null's pairs
+            out = Path(cmd[cmd.index("--out") + 1])
+            if out.parent.name == "null":
+                write(out.parent.parent, f"null/{out.name}", rows("bon4", *pairs[out.name], [0.0] * 6, [False] * 6))
         return 0
 
     lines: list[str] = []
@@ -128,7 +130,8 @@ def test_the_paper_driver_writes_and_prints_the_findings_after_every_experiment(
     assert paper.run_all(args, runner=runner, echo=lines.append) == 0
     found = json.loads((tmp_path / "findings.json").read_text())["findings"]
     null = [f for f in found if f["experiment"] == "null" and f["judge"] == "reward_model"]
-    assert null[0]["verdict"] == "passes (largest |gain| over the 6 cells: 0.0 points)"
+    assert len(null) == 2  # identity's and exp(t=8)'s A/A control, each read off its own report
+    assert {f["verdict"] for f in null} == {"passes (largest |gain| over the 6 cells: 0.0 points)"}
     assert "# The paper's findings" in (tmp_path / "findings.md").read_text()
     printed = "\n".join(lines)
     assert "null [reward_model]: A/A control" in printed and "passes" in printed
@@ -158,7 +161,10 @@ def test_every_claimed_method_is_a_name_runs_are_recorded_under():
         procedure, transform, algo = validate(cfg)
         recorded.add(method_info(cfg, algo, transform, procedure)["method"])
     claimed = {m for c in CLAIMS for m in (*c.methods, c.baseline)}
-    assert claimed - {"identity[replica=1]"} <= recorded, claimed - recorded
+    replicas = {m for m in claimed if m.endswith("[replica=1]")}
+    assert replicas == {"identity[replica=1]", "expn(t=8)[replica=1]"}
+    assert {m.removesuffix("[replica=1]") for m in replicas} <= recorded  # a replica is its method re-trained
+    assert claimed - replicas <= recorded, claimed - recorded
 
 
 def test_a_significant_gain_the_chords_alone_could_make_is_not_established(tmp_path):

@@ -181,10 +181,10 @@ def test_composed_configs_are_independent_copies():
 
 
 @pytest.mark.slow
-def test_the_null_sweep_pairs_identity_with_an_independent_retraining_of_itself():
-    """sweeps/paper_null.yaml: identity x replica {0, 1} x 5 KL points x 3 seeds, with paper_bon's
-    evaluation settings (so replica 0 is paper_bon's identity run: a policy-cache hit after it);
-    replica 1 is labelled identity[replica=1] and trains from other draws."""
+def test_the_null_sweep_pairs_each_arm_with_an_independent_retraining_of_itself():
+    """sweeps/paper_null.yaml: {identity, exp(t=8)} x replica {0, 1} x 5 KL points x 3 seeds, with
+    paper_bon's evaluation settings (so replica 0 is paper_bon's run of that method: a policy-cache
+    hit after it); replica 1 is labelled <method>[replica=1] and trains from other draws."""
     from infalign.math.transforms import as_transform
     from infalign.pipeline.record import method_info
     from infalign.pipeline.settings import training_seed
@@ -192,16 +192,18 @@ def test_the_null_sweep_pairs_identity_with_an_independent_retraining_of_itself(
 
     cfg = compose_sweep("paper_null")
     jobs = [dict(o.split("=", 1) for o in job) for job in expand(cfg)]
-    assert len(jobs) == 30 and len({(j["replica"], j["kl_point"], j["seed"]) for j in jobs}) == 30
-    assert {j["method"] for j in jobs} == {"identity"}
-    bon = compose_config("train", "+sweeps=paper_bon", "method=identity", "kl_point=2", "seed=1")
-    seeds, labels = set(), set()
-    for replica in (0, 1):
-        job = compose_config("train", "+sweeps=paper_null", "method=identity", "kl_point=2", "seed=1",
-                             f"replica={replica}")
-        assert job.eval == bon.eval and job.procedure == bon.procedure and job.algo == bon.algo
-        algo = make_algorithm(OmegaConf.to_container(job.algo, resolve=True))
-        transform = as_transform(instantiate(job.transform))
-        labels.add(method_info(job, algo, transform, instantiate(job.procedure))["method"])
-        seeds.add(training_seed(job))
-    assert labels == {"identity", "identity[replica=1]"} and len(seeds) == 2
+    assert len(jobs) == 60 and len({(j["method"], j["replica"], j["kl_point"], j["seed"]) for j in jobs}) == 60
+    assert {j["method"] for j in jobs} == {"identity", "expn_t8"}
+    for method, label in (("identity", "identity"), ("expn_t8", "expn(t=8)")):
+        bon = compose_config("train", "+sweeps=paper_bon", f"method={method}", "kl_point=2", "seed=1")
+        seeds, labels = set(), set()
+        for replica in (0, 1):
+            job = compose_config("train", "+sweeps=paper_null", f"method={method}", "kl_point=2", "seed=1",
+                                 f"replica={replica}")
+            assert job.eval == bon.eval and job.procedure == bon.procedure and job.algo == bon.algo
+            assert job.transform == bon.transform
+            algo = make_algorithm(OmegaConf.to_container(job.algo, resolve=True))
+            transform = as_transform(instantiate(job.transform))
+            labels.add(method_info(job, algo, transform, instantiate(job.procedure))["method"])
+            seeds.add(training_seed(job))
+        assert labels == {label, f"{label}[replica=1]"} and len(seeds) == 2

@@ -13,7 +13,7 @@ name                what runs                        paper
 ==================  ===============================  ==========================================
 calibration         ``infalign-calibration``          Fig. 3: reward-model miscalibration
 bon                 ``+sweeps=paper_bon``             Fig. 4 bottom / Fig. 5: best-of-N
-null                ``+sweeps=paper_null``            control: identity against itself (A/A)
+null                ``+sweeps=paper_null``            control: identity, exp(t=8) against themselves
 standard            ``+sweeps=paper_standard``        Fig. 4 top: standard win rate
 won                 ``+sweeps=paper_won``             Table 2 analogue: worst-of-N, t < 0
 control             ``+sweeps=paper_control``         control: the calibrated world
@@ -22,7 +22,7 @@ hacking_control     ``+sweeps=paper_hacking_control`` control: no labeler length
 ==================  ===============================  ==========================================
 
 in this order, so that experiments reuse the policies the earlier ones trained (the policy cache,
-``pipeline/policy_cache.py``: null, standard and won load raw / identity / the baselines from bon).
+``pipeline/policy_cache.py``: null, standard and won load raw / identity / exp(t) / the baselines from bon).
 Each sweep runs with ``hydra/launcher=local_parallel`` and ``n_jobs`` = usable cores (``--n-jobs``),
 into ``OUT/<name>`` (default ``$INFALIGN_ROOT/outputs/paper/<date>_<time>``), and is followed by
 ``infalign-report OUT/<name>`` and the experiment's narrower reports (:data:`EXPERIMENTS`'
@@ -83,7 +83,10 @@ EXPERIMENTS = (
                (Report("transforms", ("raw", "identity", *EXP_T)),
                 Report("t", EXP_T, EXP_T[:2]),  # t=8 - t=4, t=16 - t=4, t=16 - t=8
                 Report("baselines", ("raw", "identity", "bon_sft(N=4)", "ipo(N=4)")))),
-    Experiment("null", "paper_null", "control: identity against an independent re-training of itself (A/A)"),
+    Experiment("null", "paper_null", "control: identity and exp(t=8), each against an independent re-training "
+               "of itself (A/A)",
+               (Report("identity", ("identity", "identity[replica=1]")),  # each pair on its own common KLs
+                Report("expn", ("expn(t=8)", "expn(t=8)[replica=1]"), ("expn(t=8)",)))),
     Experiment("standard", "paper_standard", "Fig. 4 top: standard win rate vs KL"),
     Experiment("won", "paper_won", "worst-of-4 with t < 0 (harmlessness analogue)"),
     Experiment("control", "paper_control", "control: the calibrated world"),

@@ -62,10 +62,16 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("bon", "bon/report_transforms", "judged by the gold reward, exp(t) still beats identity on best-of-N "
           "(the paper's judges are reward models: not a claim it makes)", ("bon4", "bon32"), EXP_T, "identity",
           None, judge="gold"),
-    Claim("null", "null/report", "A/A control: identity against an independent re-training of itself -- no gain "
-          "may be significant", ("standard", "bon2", "bon4", "bon32"), ("identity[replica=1]",), "identity", 0),
-    Claim("null", "null/report", "A/A control under the gold judge", ("standard", "bon2", "bon4", "bon32"),
+    Claim("null", "null/report_identity", "A/A control: identity against an independent re-training of itself -- "
+          "no gain may be significant", ("standard", "bon2", "bon4", "bon32"), ("identity[replica=1]",), "identity",
+          0),
+    Claim("null", "null/report_identity", "A/A control under the gold judge", ("standard", "bon2", "bon4", "bon32"),
           ("identity[replica=1]",), "identity", 0, judge="gold"),
+    Claim("null", "null/report_expn", "A/A control of the treatment: exp(t=8) against an independent re-training "
+          "of itself -- no gain may be significant", ("standard", "bon2", "bon4", "bon32"),
+          ("expn(t=8)[replica=1]",), "expn(t=8)", 0),
+    Claim("null", "null/report_expn", "A/A control of the treatment under the gold judge",
+          ("standard", "bon2", "bon4", "bon32"), ("expn(t=8)[replica=1]",), "expn(t=8)", 0, judge="gold"),
     Claim("bon", "bon/report_transforms", "calibrated identity is the best on the standard win rate: exp(t) "
           "trails it", ("standard",), EXP_T, "identity", -1),
     Claim("standard", "standard/report", "the best-of-N baselines (BoN-SFT, IPO) trail calibrated identity on the "
