@@ -75,6 +75,9 @@ class Experiment:
     sweep: str | None  # sweeps/<sweep>.yaml; None: infalign-calibration
     paper: str
     reports: tuple[Report, ...] = ()
+    # more sweeps of the same experiment, each into OUT/<name>/<sweep> (before the reports, which read
+    # every job dir under OUT/<name>): runs one method needs beyond the grid the others share
+    more: tuple[str, ...] = ()
 
 
 EXPERIMENTS = (
@@ -90,8 +93,9 @@ EXPERIMENTS = (
     Experiment("standard", "paper_standard", "Fig. 4 top: standard win rate vs KL"),
     Experiment("won", "paper_won", "worst-of-4 with t < 0 (harmlessness analogue)"),
     Experiment("control", "paper_control", "control: the calibrated world"),
-    Experiment("hacking", "paper_hacking", "reward hacking as KL grows"),
-    Experiment("hacking_control", "paper_hacking_control", "control: no labeler length bias"),
+    Experiment("hacking", "paper_hacking", "reward hacking as KL grows", more=("paper_hacking_raw",)),
+    Experiment("hacking_control", "paper_hacking_control", "control: no labeler length bias",
+               more=("paper_hacking_control_raw",)),
 )
 NAMES = tuple(e.name for e in EXPERIMENTS)
 
@@ -132,9 +136,10 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
         if e.sweep is None:
             cmds = [["infalign-calibration", f"hydra.run.dir={target}", *single_run_overrides(args.extra)]]
         else:
-            cmds = [["infalign-train", "-m", f"+sweeps={e.sweep}", f"seed={','.join(seeds)}",
-                     f"hydra.sweep.dir={target}", "hydra/launcher=local_parallel",
-                     f"hydra.launcher.n_jobs={n_jobs}", *args.extra],
+            cmds = [*(["infalign-train", "-m", f"+sweeps={sweep}", f"seed={','.join(seeds)}",
+                       f"hydra.sweep.dir={target if sweep == e.sweep else f'{target}/{sweep}'}",
+                       "hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={n_jobs}", *args.extra]
+                      for sweep in (e.sweep, *e.more)),
                     ["infalign-report", target],
                     *(["infalign-report", target, "--out", f"{target}/report_{r.suffix}",
                        *(a for m in r.methods for a in ("--method", m)),
@@ -160,15 +165,27 @@ def executable(name: str) -> str:
     return str(beside) if beside.is_file() else name
 
 
-def sweep_counts(sweep_dir: Path) -> dict:
+SWEEP_COUNTS = {"jobs": "jobs", "finished": "finished", "policies_loaded": "policy_cache_hits",
+                "pools_loaded": "eval_pool_hits"}  # paper_time column -> sweep_time.json key
+
+
+def sweep_counts(sweep_dir: Path, more: Sequence[str] = ()) -> dict:
     """Jobs, finished jobs, policies and policy evaluation pools loaded from the cache of a finished sweep
-    (its ``sweep_time.json``, written by ``apps/hydra_callbacks.SweepTime``); ``{}`` if absent."""
-    try:
-        t = json.loads((sweep_dir / "sweep_time.json").read_text())
-    except (OSError, ValueError):
+    (its ``sweep_time.json``, written by ``apps/hydra_callbacks.SweepTime``), summed with those of the
+    sweeps ``sweep_dir/<more>`` (a column is None when no sweep recorded it); ``{}`` if none finished."""
+    found = []
+    for d in (sweep_dir, *(sweep_dir / m for m in more)):
+        try:
+            found.append(json.loads((d / "sweep_time.json").read_text()))
+        except (OSError, ValueError):
+            continue
+    if not found:
         return {}
-    return {"jobs": t.get("jobs"), "finished": t.get("finished"), "policies_loaded": t.get("policy_cache_hits"),
-            "pools_loaded": t.get("eval_pool_hits")}
+    counts = {}
+    for column, key in SWEEP_COUNTS.items():
+        values = [t[key] for t in found if isinstance(t.get(key), int)]
+        counts[column] = sum(values) if values else None
+    return counts
 
 
 def time_markdown(rows: list[dict], total_s: float, seeds: str) -> str:
@@ -203,7 +220,7 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
             codes.append(int(runner(cmd)))
         rc = next((c for c in codes if c != 0), 0)
         row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1)}
-        rows.append(row | (sweep_counts(args.out / e.name) if e.sweep else {}))
+        rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep else {}))
         total = time.time() - start
         atomic_write_json(args.out / "paper_time.json", {"seeds": args.seeds, "usable_cores": usable_cores(),
                                                          "total_s": round(total, 1), "experiments": rows})
