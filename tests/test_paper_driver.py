@@ -119,3 +119,33 @@ def test_commands_run_the_scripts_of_this_environment_without_it_on_path(monkeyp
         found = Path(paper.executable(name))
         assert found.parent == Path(sys.executable).parent and found.is_file()
     assert paper.executable("no-such-infalign-script") == "no-such-infalign-script"
+
+
+def test_an_experiments_extra_sweeps_run_into_its_dir_before_its_reports_and_count_in_its_row(tmp_path):
+    """Experiment.more (hacking: raw between 2 and 4 nats): each extra sweep runs into OUT/<name>/<sweep>
+    -- under the dir its reports read, so they see both sweeps' runs -- after the main sweep and
+    before the reports; the time table sums the sweeps' counts."""
+    hacking = next(e for e in paper.EXPERIMENTS if e.name == "hacking")
+    assert hacking.more == ("paper_hacking_raw",) and (SWEEPS / "paper_hacking_raw.yaml").is_file()
+    cmds = paper.plan(args("--only", "hacking", "--seeds", "0,1", "--n-jobs", "2", "--", "logger=none"))[0][1]
+    assert [c[:3] for c in cmds] == [["infalign-train", "-m", "+sweeps=paper_hacking"],
+                                     ["infalign-train", "-m", "+sweeps=paper_hacking_raw"],
+                                     ["infalign-report", "OUT/hacking"]]
+    assert "hydra.sweep.dir=OUT/hacking" in cmds[0] and "hydra.sweep.dir=OUT/hacking/paper_hacking_raw" in cmds[1]
+    assert all(c[3] == "seed=0,1" and c[-1] == "logger=none" for c in cmds[:2])
+
+    def runner(cmd):
+        if cmd[0] == "infalign-train":
+            sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+            sweep_dir.mkdir(parents=True)
+            raw = "paper_hacking_raw" in cmd[2]
+            times = {"jobs": 6 if raw else 30, "finished": 6 if raw else 29, "policy_cache_hits": 0,
+                     "eval_pool_hits": None if raw else 2}
+            (sweep_dir / "sweep_time.json").write_text(json.dumps(times))
+        return 0
+
+    assert paper.run_all(args("--only", "hacking", "--seeds", "0,1", out=tmp_path), runner=runner,
+                         echo=lambda s: None) == 0
+    row = json.loads((tmp_path / "paper_time.json").read_text())["experiments"][0]
+    assert (row["jobs"], row["finished"], row["policies_loaded"], row["pools_loaded"]) == (36, 35, 0, 2)
+    assert paper.sweep_counts(tmp_path / "nothing", ("paper_hacking_raw",)) == {}

@@ -207,3 +207,24 @@ def test_the_null_sweep_pairs_each_arm_with_an_independent_retraining_of_itself(
             labels.add(method_info(job, algo, transform, instantiate(job.procedure))["method"])
             seeds.add(training_seed(job))
         assert labels == {label, f"{label}[replica=1]"} and len(seeds) == 2
+
+
+@pytest.mark.slow  # 14 composes
+@pytest.mark.parametrize("fill, base", [("paper_hacking_raw", "paper_hacking"),
+                                        ("paper_hacking_control_raw", "paper_hacking_control")])
+def test_the_hacking_raw_fills_are_their_sweeps_raw_runs_at_budgets_between_2_and_4_nats(fill, base):
+    """sweeps/paper_hacking{,_control}_raw.yaml: raw at KL budgets 2.5, 3, 3.5 x 3 seeds, every other
+    setting (world, steps, evaluation, W&B group) that of the sweep they fill, so the report compares
+    their runs with its runs as one experiment."""
+    cfg = compose_sweep(fill)
+    jobs = [dict(o.split("=", 1) for o in job) for job in expand(cfg)]
+    assert len(jobs) == 9 and {j["method"] for j in jobs} == {"raw"}
+    assert list(cfg.kl_grid) == [2.5, 3.0, 3.5] and max(compose_sweep(base).kl_grid) == 4.0
+    for point, budget in enumerate((2.5, 3.0, 3.5)):
+        job = compose_config("train", f"+sweeps={fill}", "method=raw", f"kl_point={point}", "seed=1")
+        ref = compose_config("train", f"+sweeps={base}", "method=raw", "kl_point=3", "seed=1")
+        assert job.algo.kl_target == budget
+        assert {k: v for k, v in job.algo.items() if k != "kl_target"} == \
+            {k: v for k, v in ref.algo.items() if k != "kl_target"}
+        for key in ("data", "eval", "procedure", "calibration", "sweep_name", "transform"):
+            assert job[key] == ref[key], key
