@@ -29,7 +29,8 @@ into ``OUT/<name>`` (default ``$INFALIGN_ROOT/outputs/paper/<date>_<time>``), an
 ``reports``: e.g. ``OUT/bon/report_transforms``, the README's best-of-N table: raw, identity and
 the exp(t) only, so the baselines' narrower KL range does not shrink the common KLs; ``report_t``:
 every t against the others). An experiment's extra sweeps (``more``: the hacking experiments' raw
-runs between 2 and 4 nats, ``+sweeps=paper_hacking_raw`` / ``paper_hacking_control_raw``) run into
+runs at budgets between two of their sweep's, where raw's measured KL jumps,
+``+sweeps=paper_hacking_raw`` / ``paper_hacking_control_raw``) run into
 ``OUT/<name>/<sweep>`` before its reports, which read every job dir under ``OUT/<name>``. A failed
 step is recorded and the next one runs.
 
