@@ -19,7 +19,7 @@ def args(*argv: str, out: Path | None = None):
 
 
 def test_every_experiment_names_a_sweep_that_exists():
-    # bon trains first: null (its identity runs), standard and won load policies from it
+    # bon trains first: null (its identity and exp(t=8) runs), standard and won load policies from it
     assert [e.name for e in paper.EXPERIMENTS][:4] == ["calibration", "bon", "null", "standard"]
     for e in paper.EXPERIMENTS:
         assert e.sweep is None or (SWEEPS / f"{e.sweep}.yaml").is_file(), e

@@ -57,6 +57,37 @@ def test_a_settings_file_that_still_holds_the_evaluation_and_runtime_data_keys_r
         policy_cache.check_resume_early(ckpt, other, 0.1, "last")
 
 
+def test_an_infinite_setting_resumes_and_reruns_as_itself(tmp_path):
+    """A setting of inf (``algo.grad_clip=inf``: no clipping) is
+    written as null (strict JSON, infra/cache.json_safe): the stored settings, the checkpoint's
+    settings file and a finished run's recorded config must still match this run's -- early and full
+    resume check, and the last_or_new check of a finished run -- while another value is refused."""
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+
+    class World(_World):
+        stats = {}
+
+    from omegaconf import OmegaConf
+
+    cfg = compose_train(tmp_path, tmp_path, "algo.grad_clip=inf")
+    ckpt = tmp_path / "checkpoints"
+    settings = policy_cache.resume_settings(cfg, World(), 0.1)
+    policy_cache.check_resume(ckpt, settings, False, "last")  # a fresh start writes the file
+    assert "Infinity" not in (ckpt / policy_cache.RESUME_FILE).read_text()
+    policy_cache.check_resume_early(ckpt, cfg, 0.1, "last")
+    policy_cache.check_resume(ckpt, policy_cache.resume_settings(cfg, World(), 0.1), True, "last")
+    run = tmp_path / "run"
+    atomic_write_json(run / "metrics.json", {"version": 1, "status": "finished", "eval": {"judges": {}},
+                                             "config": OmegaConf.to_container(cfg, resolve=True)})
+    policy_cache.check_finished_run(run, cfg)
+    other = compose_train(tmp_path, tmp_path, "algo.grad_clip=1.0")
+    with pytest.raises(ConfigError, match=r"algo\.grad_clip"):
+        policy_cache.check_resume_early(ckpt, other, 0.1, "last")
+    with pytest.raises(ConfigError, match=r"algo\.grad_clip"):
+        policy_cache.check_finished_run(run, other)
+
+
 def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, tmp_path)
     key = policy_key(cfg, _World(), 0.1)

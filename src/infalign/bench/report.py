@@ -50,6 +50,11 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _f(x: float | None) -> str:
+    """Three decimals; ``-`` for a figure with no value (None: NaN in bench.json, infra/cache.json_safe)."""
+    return "-" if x is None else f"{x:.3f}"
+
+
 def rl_table(res: dict) -> Table:
     st = res["settings"]
     title = (f"RL step (CTRLModule, RLOO): P={st['P']} x G={st['G']}, max_new_tokens={st['max_new_tokens']}, "
@@ -125,9 +130,9 @@ def build_table(res: dict) -> Table:
         status = "-" if not last or res["ok"] is None else ("[green]ok[/]" if res["ok"] else "[red]MISS[/]")
         table.add_row(name, _s(st[key]["best_s"]), _s(st[key]["median_s"]), _s(st[key].get("max_s")),
                       f"< {_s(res['target_s'])}" if last and res["target_s"] else "-", status)
-    table.add_row("quality", f"ref val loss {q['reference_val_loss']:.3f}",
-                  f"RM acc {q['reward_val_accuracy']:.3f} / gold {q['reward_val_gold_accuracy']:.3f}", "",
-                  f"ceiling {q['reward_val_bt_ceiling']:.3f}", "")
+    table.add_row("quality", f"ref val loss {_f(q['reference_val_loss'])}",
+                  f"RM acc {_f(q['reward_val_accuracy'])} / gold {_f(q['reward_val_gold_accuracy'])}", "",
+                  f"ceiling {_f(q['reward_val_bt_ceiling'])}", "")
     return table
 
 

@@ -85,7 +85,8 @@ def _json_default(obj: Any) -> Any:
     torch = sys.modules.get("torch")  # not imported: obj is no tensor (infalign-analyze runs without torch)
     if torch is not None and isinstance(obj, torch.Tensor):
         return hashlib.sha256(obj.detach().cpu().numpy().tobytes()).hexdigest()
-    raise TypeError(f"cannot hash {type(obj).__name__} into a cache key")
+    raise TypeError(f"{type(obj).__name__} has no JSON form (cache keys and JSON files take configs, paths, "
+                    "tensors and JSON values)")
 
 
 def current_umask() -> int:
@@ -146,7 +147,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def json_safe(obj: Any) -> Any:
+def json_safe(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
     """``obj`` as plain JSON values, every non-finite float (NaN, +-inf) replaced by ``None``.
 
     JSON (RFC 8259) has no NaN or Infinity: Python writes them as bare ``NaN`` / ``Infinity``,
@@ -154,17 +155,18 @@ def json_safe(obj: Any) -> Any:
     single undefined figure (e.g. a theory value where the grid does not resolve the tilted policy)
     would make a whole ``metrics.json`` unreadable to them. infalign's files therefore say
     ``null`` for "no value"; its own readers take ``null`` in a number field as missing
-    (``report/naming.number``, ``pipeline/run_record``). Values JSON cannot hold (configs, paths,
-    tensors) are converted first, as in the cache keys."""
+    (``report/naming.number``, ``pipeline/run_record``). Values JSON cannot hold are converted by
+    ``default`` first (by default as in the cache keys: configs to containers, paths to strings,
+    tensors to their hash; anything else is a ``TypeError``)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v, default) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
+        return [json_safe(v, default) for v in obj]
     if obj is None or isinstance(obj, str | int):
         return obj
-    return json_safe(_json_default(obj))
+    return json_safe((default or _json_default)(obj), default)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -137,11 +137,11 @@ def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
     """What a run's checkpoints depend on: the world's models (fingerprints) and
     :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
     asked to train longer -- unless the algorithm's schedule depends on it (``resume_may_extend``
-    false: BoN-SFT's learning rate decays over ``algo.steps``). JSON-normalised (tuples as lists), as
-    :func:`check_resume` compares it."""
-    return json.loads(json.dumps({"world": [world.reference_fingerprint, world.reward_fingerprint],
-                                  "hub": world.stats.get("hub_commits", {}),
-                                  "training": _resume_training(cfg, beta)}, default=str))
+    false: BoN-SFT's learning rate decays over ``algo.steps``). JSON-normalised as the settings file
+    stores it (:func:`_as_json`), as :func:`check_resume` compares it."""
+    return _as_json({"world": [world.reference_fingerprint, world.reward_fingerprint],
+                     "hub": world.stats.get("hub_commits", {}),
+                     "training": _resume_training(cfg, beta)})
 
 
 def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
@@ -155,8 +155,12 @@ def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
 
 
 def _as_json(settings: dict) -> dict:
-    """``settings`` as a settings file stores them (tuples as lists, other values as strings)."""
-    return json.loads(json.dumps(settings, default=str))
+    """``settings`` as a settings file (``infra/cache.atomic_write_json``) stores them: tuples as lists,
+    NaN and infinities as None (``json_safe``: e.g. ``trainer.gradient_clip_val=inf``, which must
+    match itself on resume), keys as strings, other values as strings."""
+    from infalign.infra.cache import json_safe
+
+    return json.loads(json.dumps(json_safe(settings, default=str)))
 
 
 def _differences(a, b, prefix: str = "", depth: int = 3, unknown: list[str] | None = None) -> list[str]:
