@@ -18,6 +18,14 @@ def args(*argv: str, out: Path | None = None):
     return a
 
 
+def fake_sweep(cmd: list[str], **times) -> None:
+    """What an ``infalign-train -m`` command leaves for the time table: its sweep dir (``hydra.sweep.dir``)
+    with a ``sweep_time.json`` of ``times``."""
+    sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep_time.json").write_text(json.dumps(times))
+
+
 def test_every_experiment_names_a_sweep_that_exists():
     # bon trains first: null (its identity and exp(t=8) runs), standard and won load policies from it
     assert [e.name for e in paper.EXPERIMENTS][:4] == ["calibration", "bon", "null", "standard"]
@@ -84,11 +92,8 @@ def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_p
     def runner(cmd):
         ran.append(cmd[0])
         if cmd[0] == "infalign-train":
-            sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
-            sweep_dir.mkdir(parents=True)
             hits = 4 if "paper_won" in cmd[2] else 0
-            times = {"jobs": 10, "finished": 9, "policy_cache_hits": hits, "eval_pool_hits": hits - 1}
-            (sweep_dir / "sweep_time.json").write_text(json.dumps(times))
+            fake_sweep(cmd, jobs=10, finished=9, policy_cache_hits=hits, eval_pool_hits=hits - 1)
             return 1 if "paper_bon" in cmd[2] else 0  # one job of bon failed: the sweep exits 1
         return 0
 
@@ -136,12 +141,9 @@ def test_an_experiments_extra_sweeps_run_into_its_dir_before_its_reports_and_cou
 
     def runner(cmd):
         if cmd[0] == "infalign-train":
-            sweep_dir = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
-            sweep_dir.mkdir(parents=True)
             raw = "paper_hacking_raw" in cmd[2]
-            times = {"jobs": 6 if raw else 30, "finished": 6 if raw else 29, "policy_cache_hits": 0,
-                     "eval_pool_hits": None if raw else 2}
-            (sweep_dir / "sweep_time.json").write_text(json.dumps(times))
+            fake_sweep(cmd, jobs=6 if raw else 30, finished=6 if raw else 29, policy_cache_hits=0,
+                       eval_pool_hits=None if raw else 2)
         return 0
 
     assert paper.run_all(args("--only", "hacking", "--seeds", "0,1", out=tmp_path), runner=runner,

@@ -140,10 +140,11 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
         if e.sweep is None:
             cmds = [["infalign-calibration", f"hydra.run.dir={target}", *single_run_overrides(args.extra)]]
         else:
+            sweeps = [(e.sweep, target), *((more, f"{target}/{more}") for more in e.more)]
             cmds = [*(["infalign-train", "-m", f"+sweeps={sweep}", f"seed={','.join(seeds)}",
-                       f"hydra.sweep.dir={target if sweep == e.sweep else f'{target}/{sweep}'}",
-                       "hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={n_jobs}", *args.extra]
-                      for sweep in (e.sweep, *e.more)),
+                       f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=local_parallel",
+                       f"hydra.launcher.n_jobs={n_jobs}", *args.extra]
+                      for sweep, sweep_dir in sweeps),
                     ["infalign-report", target],
                     *(["infalign-report", target, "--out", f"{target}/report_{r.suffix}",
                        *(a for m in r.methods for a in ("--method", m)),
