@@ -235,12 +235,16 @@ def test_static_kv_select_and_repeat_rows():
     kv = StaticKV.from_cache(legacy, capacity=5)
     assert kv.length == 2 and kv.keys[0].shape == (3, 2, 5, 1)
     assert torch.equal(kv.keys[0][:, :, :2], keys[0][:, :, :2])
-    kv.batch_repeat_interleave(2)
+    kv = StaticKV.from_cache(legacy, capacity=5, repeats=2)  # each row twice in a row (a shared prefill)
+    assert kv.length == 2 and kv.keys[0].shape == (6, 2, 5, 1)
     assert torch.equal(kv.keys[0][:, :, :2], keys[0][:, :, :2].repeat_interleave(2, 0))
+    assert torch.equal(kv.values[0][:, :, :2], values[0][:, :, :2].repeat_interleave(2, 0))
     kv.batch_select_indices(torch.tensor([5, 0]))
     assert torch.equal(kv.values[0][:, :, :2], values[0][[2, 0], :, :2])
     with pytest.raises(ValueError, match="capacity"):
         StaticKV.from_cache(legacy, capacity=1)
+    with pytest.raises(ValueError, match="repeats"):
+        StaticKV.from_cache(legacy, capacity=5, repeats=0)
 
 
 def test_step_rejects_a_mask_of_the_wrong_width(model, tokenizer, prompts):

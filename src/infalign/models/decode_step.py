@@ -31,26 +31,33 @@ __all__ = ["StaticKV", "supports", "gpt2_step"]
 class StaticKV:
     """Per layer keys and values ``[R, H, capacity, D]``, filled in the first ``length`` positions.
 
-    Built from the KV cache HF's prefill returned (:meth:`from_cache`); :func:`gpt2_step` writes one
-    position per step. :meth:`batch_select_indices` / :meth:`batch_repeat_interleave` are the
-    ``Cache`` methods the sampler calls to drop finished rows and to repeat a shared prefill."""
+    Built from the KV cache HF's prefill returned (:meth:`from_cache`, which also repeats a shared
+    prefill's rows); :func:`gpt2_step` writes one position per step. :meth:`batch_select_indices` is
+    the ``Cache`` method the sampler calls to drop finished rows."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int):
         self.keys, self.values, self.length = keys, values, length
 
     @classmethod
-    def from_cache(cls, cache, capacity: int) -> StaticKV:
+    def from_cache(cls, cache, capacity: int, repeats: int = 1) -> StaticKV:
         """Copy a prefill's cache (a transformers ``Cache`` with ``.layers`` or a legacy tuple of
-        ``(key, value)`` per layer) into buffers with room for ``capacity`` positions."""
+        ``(key, value)`` per layer) into buffers with room for ``capacity`` positions; ``repeats``:
+        each of its ``B`` rows ``repeats`` times in a row (prompt-major, as
+        ``Cache.batch_repeat_interleave``), written straight into ``B * repeats`` rows -- one copy of
+        the filled positions instead of a copy and then a repeat of the whole buffer."""
         layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else cache
         length = layers[0][0].shape[2]
         if capacity < length:
             raise ValueError(f"capacity {capacity} < the cache's {length} positions")
+        if repeats < 1:
+            raise ValueError(f"repeats={repeats} must be >= 1")
         keys, values = [], []
         for k, v in layers:
             rows, heads, _, dim = k.shape
-            kb, vb = k.new_empty(rows, heads, capacity, dim), v.new_empty(rows, heads, capacity, dim)
-            kb[:, :, :length], vb[:, :, :length] = k, v
+            kb = k.new_empty(rows * repeats, heads, capacity, dim)
+            vb = v.new_empty(rows * repeats, heads, capacity, dim)
+            kb.view(rows, repeats, heads, capacity, dim)[:, :, :, :length] = k[:, None]
+            vb.view(rows, repeats, heads, capacity, dim)[:, :, :, :length] = v[:, None]
             keys.append(kb)
             values.append(vb)
         return cls(keys, values, length)
@@ -59,11 +66,6 @@ class StaticKV:
         """Keep the rows ``index`` (in that order)."""
         self.keys = [t.index_select(0, index) for t in self.keys]
         self.values = [t.index_select(0, index) for t in self.values]
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        """Each row ``repeats`` times in a row (prompt-major)."""
-        self.keys = [t.repeat_interleave(repeats, 0) for t in self.keys]
-        self.values = [t.repeat_interleave(repeats, 0) for t in self.values]
 
 
 def supports(model: torch.nn.Module) -> bool:

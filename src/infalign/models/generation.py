@@ -401,8 +401,10 @@ def _decode(
                 # the prefix from here on (_warn_stateful_cache)
                 use_cache, past, lean = False, None, False
                 _warn_stateful_cache(model)
-            if lean:  # after the prefill: HF's cache -> preallocated buffers for the whole response
-                past = decode_step.StaticKV.from_cache(past, width + max_new_tokens)
+            if lean:  # after the prefill: HF's cache -> preallocated buffers for the whole response,
+                # each prompt's row repeated for its samples when the prefill was shared
+                shared = logits.shape[0] != rows
+                past = decode_step.StaticKV.from_cache(past, width + max_new_tokens, num_samples if shared else 1)
                 out = None  # drop HF's prefill cache: the buffers hold it now
         if active is not None:  # finished rows: a placeholder distribution, their draw is discarded
             full = logits.new_zeros(rows, logits.shape[-1])
@@ -410,7 +412,8 @@ def _decode(
             logits = full
         elif logits.shape[0] != rows:  # the shared prefill: one row per prompt
             logits = logits.repeat_interleave(num_samples, 0)
-            past = _repeat_cache(past, num_samples)
+            if not lean:  # (the lean buffers were filled repeated)
+                past = _repeat_cache(past, num_samples)
 
         # Draw; record the T=1 log-prob. Rows that already emitted eos get pad and mask 0.
         tok = torch.where(alive, _pick(logits, temperature, top_k, top_p, generator), pad)
