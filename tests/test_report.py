@@ -817,6 +817,55 @@ def test_series_of_two_procedures_in_one_standard_panel_get_different_markers(tm
     assert set(drawn) == {s.label for s in series} and len(set(drawn.values())) == 2
 
 
+def test_runs_of_a_method_trained_otherwise_are_another_method_but_its_kl_knob_is_its_curve(tmp_path):
+    """Two sweeps of one method at different training settings (reported together from a dir of links)
+    made one curve of two trainings: now a run whose ``algo`` settings or training prompts differ from
+    most runs of its method -- other than the KL knob its record names (``method_info.kl_knob``) --
+    is another method. bon_sft walks ``algo.steps`` (its knob: not a note); an older record without
+    ``kl_knob`` falls back to its algorithm's knob; a setting of another method never renames these."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+    from infalign.report.naming import method_of
+
+    rloo = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4,
+            "kl_knob": ["algo.beta", "algo.kl_target"]}
+    sft = {"algo": "bon_sft", "transform": None, "depends_on_n": True, "trained_n": 4, "kl_knob": ["algo.steps"]}
+    legacy_sft = {k: v for k, v in sft.items() if k != "kl_knob"}
+    specs = [  # method, info, algo settings, train prompts
+        ("identity", rloo, {"beta": 0.4, "kl_target": 0.1, "steps": 100, "lr": 1e-4}, 64),
+        ("identity", rloo, {"beta": 0.2, "kl_target": 0.2, "steps": 100, "lr": 1e-4}, 64),
+        ("identity", rloo, {"beta": 0.1, "kl_target": 0.4, "steps": 100, "lr": 1e-4}, 64),
+        ("identity", rloo, {"beta": 0.1, "kl_target": 0.4, "steps": 200, "lr": 1e-4}, 64),  # trained longer
+        ("identity", rloo, {"beta": 0.1, "kl_target": 0.4, "steps": 100, "lr": 1e-4}, 32),  # on fewer prompts
+        ("bon_sft(N=4)", sft, {"steps": 4, "lr": 3e-4}, 64),
+        ("bon_sft(N=4)", sft, {"steps": 8, "lr": 3e-4}, 64),
+        ("bon_sft(N=4)", legacy_sft, {"steps": 16, "lr": 3e-4}, 64),
+        ("bon_sft(N=4)", sft, {"steps": 32, "lr": 1e-3}, 64),  # another learning rate
+    ]
+    for job, (method, info, algo, prompts) in enumerate(specs):
+        metrics = per_prompt_metrics(method, info, 0.2 + 0.1 * job, algo.get("beta", 0.3), {})
+        metrics["world"] = {"world_id": "W"}
+        metrics["config"] |= {"algo": {"name": info["algo"], **algo}, "data": {"train_prompts": prompts}}
+        write_job(tmp_path, str(job), [f"method={method}"], metrics)
+    jobs = collect(tmp_path)
+    assert [method_of(j) for j in jobs] == [
+        "identity", "identity", "identity", "identity [algo.steps=200]", "identity [data.train_prompts=32]",
+        "bon_sft(N=4)", "bon_sft(N=4)", "bon_sft(N=4)", "bon_sft(N=4) [algo.lr=0.001]"]
+    panels, _ = panel_runs(jobs, ["reward_model"])
+    methods = {r.method for runs in panels.values() for r in runs}
+    assert {"identity", "identity [algo.steps=200]", "identity [data.train_prompts=32]"} <= methods
+
+
+def test_the_legacy_kl_knobs_are_the_algorithms_own():
+    """The report's knobs for records written before ``method_info.kl_knob`` are what each registered
+    algorithm declares (``Algorithm.kl_knob_keys``, recorded by new runs)."""
+    from infalign.report.naming import DEFAULT_KL_KNOB, LEGACY_KL_KNOBS
+    from infalign.training.algorithms import ALGORITHMS
+
+    for name, cls in ALGORITHMS.items():
+        assert tuple(cls.kl_knob_keys) == LEGACY_KL_KNOBS.get(name, DEFAULT_KL_KNOB), name
+
+
 def test_odd_settings_compare_numbers_by_value_within_a_world_and_calibration_only_where_used(tmp_path):
     """1 and 1.0 are one temperature; a raw run (no calibration) at another calibration.K is not renamed
     (it would drop out of the default baselines); a run of another world does not rename this world's."""

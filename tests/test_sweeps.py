@@ -67,7 +67,7 @@ def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
     assert len(jobs) == methods * points * seeds
     assert len({(j["method"], j["kl_point"], j["seed"]) for j in jobs}) == len(jobs)
     for method in sorted({j["method"] for j in jobs}):
-        knobs = []
+        knobs, settings = [], []
         first = next(j for j in jobs if j["method"] == method)  # the method's first job (as test_config_entries)
         job = compose_config("train", f"+sweeps={name}", *(f"{k}={v}" for k, v in first.items()))
         for point in range(points):
@@ -79,7 +79,11 @@ def test_paper_sweeps_compose_and_each_method_walks_its_kl_knob(name):
             trained = make_algorithm(OmegaConf.to_container(algo, resolve=True))
             info = method_info(job, trained, as_transform(instantiate(job.transform)), procedure)
             assert info["depends_on_n"] == (algo.name in ("bon_sft", "ipo")), (method, info)
+            settings.append(OmegaConf.to_container(algo, resolve=True))
         assert knobs == sorted(knobs) and len(set(knobs)) == points, (method, knobs)  # KL grows with kl_point
+        # ... and nothing but the knob its records name: the report keeps the method's runs one curve
+        walked = {f"algo.{k}" for k in settings[0] if any(s[k] != settings[0][k] for s in settings)}
+        assert walked and walked <= set(info["kl_knob"]), (method, walked, info["kl_knob"])
 
 
 def test_optuna_sweep_composes_with_its_search_space():

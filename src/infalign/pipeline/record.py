@@ -30,8 +30,8 @@ def run_name(procedure, transform, algo) -> str:
 
 
 def method_info(cfg, algo, transform, procedure) -> dict:
-    """What was trained, as the report groups it: ``{"method", "algo", "transform", "depends_on_n",
-    "trained_n"}``.
+    """What was trained, as the report groups it: ``{"method", "algo", "kl_knob", "transform",
+    "depends_on_n", "trained_n"}``.
 
     ``method`` is the algorithm's label (``Algorithm.method_label``): the transform's label for RLOO
     (``"expn(t=4)"``, ``"identity"``, ``"raw"``; ``"identity[pooled]"`` with
@@ -42,11 +42,14 @@ def method_info(cfg, algo, transform, procedure) -> dict:
     depends on ``procedure.n`` (offline baselines, trained on N samples per prompt, and any
     transform or algo setting that interpolates ``procedure``, e.g. ``optimal`` or
     ``algo.beta=${bon_beta:${procedure.n}}``); a policy that does not is trained once and evaluated
-    at every N (docs/method.md §8).
+    at every N (docs/method.md §8). ``kl_knob``: the config keys that move the algorithm's KL
+    (``Algorithm.kl_knob_keys``): the settings a method's runs may differ in along its curve; the
+    report takes a run that differs from most of its method's runs in any other ``algo`` setting for
+    another method (``report/naming.mark_odd_settings``).
     """
     from omegaconf import OmegaConf
 
-    info = {"method": algo.method_label(transform), "algo": algo.name}
+    info = {"method": algo.method_label(transform), "algo": algo.name, "kl_knob": list(algo.kl_knob_keys)}
     pooled = algo.trained_n is None and cfg.calibration.get("scope", "prompt") == "pooled"
     if pooled:  # ranked among all prompts' samples
         info["method"] += "[pooled]"

@@ -128,7 +128,7 @@ class RunRecord:
     procedure: str | None = None  # label, e.g. "bon4"
     transform: str | None = None  # label, e.g. "expn(t=4)"
     method: str | None = None  # docs/method.md §8, e.g. "expn(t=4)", "identity+ppo", "ipo(N=4)"
-    method_info: dict | None = None  # {algo, transform, depends_on_n, trained_n}
+    method_info: dict | None = None  # {method, algo, kl_knob, transform, depends_on_n, trained_n}
     algo: str | None = None
     beta: float | None = None  # after algo.kl_target
     kl_target: float | None = None

@@ -166,6 +166,14 @@ def world_label(key: str, main: str) -> str:
 # calibration (K, smoothing) is part of the method; the evaluation's sampler makes another evaluation.
 METHOD_SETTINGS = ("calibration.K", "calibration.smoothing")
 EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens")
+# How a method was trained, compared among the runs of one method: every setting of ``algo`` (steps,
+# lr, group size, ...) but its name (the method names it) and the KL knob that moves a run along the
+# method's curve (method_info.kl_knob: Algorithm.kl_knob_keys); and the training prompts.
+TRAINING_NODE = "algo"
+TRAINING_SETTINGS = ("data.train_prompts",)
+# Records written before method_info.kl_knob: the algorithms' knobs then (every other: beta / kl_target).
+LEGACY_KL_KNOBS = {"bon_sft": ("algo.steps",), "ipo": ("algo.beta",)}
+DEFAULT_KL_KNOB = ("algo.beta", "algo.kl_target")
 
 
 def mark_odd_settings(jobs: Sequence[Job]) -> None:
@@ -178,25 +186,68 @@ def mark_odd_settings(jobs: Sequence[Job]) -> None:
     not compared. Numbers compare by value (``1`` is ``1.0``); "most" is counted within each world
     (:func:`world_keys` before its evaluation notes), so runs of one world are not renamed by another's; the
     calibration settings are compared among runs that calibrate (not ``raw``, not the offline
-    baselines, which never read them)."""
+    baselines, which never read them).
+
+    How a run was trained (every ``algo`` setting but its name and its algorithm's KL knob,
+    :func:`kl_knob_of`, and ``data.train_prompts``: :data:`TRAINING_SETTINGS`) is compared among the
+    runs of one method in one world: a run trained for more steps or at another learning rate than
+    most runs of its method is another method too (``identity [algo.steps=200]``), not a point on their
+    curve (two sweeps of one method at different training settings, reported together from a dir of
+    links, would otherwise make one curve of two trainings)."""
     done = [j for j in jobs if j.status == "finished" and isinstance(j.config, dict) and j.config]
     worlds = _world_ids(jobs)  # (without the evaluation notes being set here)
     for keys, attr in ((METHOD_SETTINGS, "method_note"), (EVAL_SETTINGS, "eval_note")):
         notes: dict[str, list[str]] = {j.job: [] for j in done}
         members = [j for j in done if attr == "eval_note" or _calibrates(j)]
         for world in sorted({worlds[j.job] for j in members}, key=str):
-            mine = [j for j in members if worlds[j.job] == world]
-            for key in keys:
-                values = [_dotted(j.config, key) for j in mine]
-                if not values or any(v is _MISSING for v in values):
-                    continue
-                compared = [json.dumps(_plain_number(v), sort_keys=True) for v in values]
-                common = max(sorted(set(compared)), key=compared.count)
-                for job, value, raw in zip(mine, compared, values):
-                    if value != common:
-                        notes[job.job].append(f"{key}={json.dumps(raw, sort_keys=True)}")
+            _note_odd([j for j in members if worlds[j.job] == world], keys, notes)
         for job in done:
             setattr(job, attr, ", ".join(notes[job.job]))
+    notes = {j.job: [] for j in done}
+    groups: dict[tuple, list[Job]] = {}
+    for job in done:  # (method_of before the training notes: its calibration note is part of the method)
+        groups.setdefault((str(worlds[job.job]), method_of(job)), []).append(job)
+    for key in sorted(groups):
+        mine = groups[key]
+        _note_odd(mine, sorted({*TRAINING_SETTINGS, *_training_keys(mine)}), notes)
+    for job in done:
+        job.method_note = ", ".join(filter(None, [job.method_note, *notes[job.job]]))
+
+
+def _note_odd(mine: Sequence[Job], keys: Sequence[str], notes: dict[str, list[str]]) -> None:
+    """Append ``key=value`` to ``notes[job]`` for each job of ``mine`` whose value of ``key`` differs from
+    most jobs' of ``mine`` (keys some job lacks are skipped)."""
+    for key in keys:
+        values = [_dotted(j.config, key) for j in mine]
+        if not values or any(v is _MISSING for v in values):
+            continue
+        compared = [json.dumps(_plain_number(v), sort_keys=True) for v in values]
+        common = max(sorted(set(compared)), key=compared.count)
+        for job, value, raw in zip(mine, compared, values):
+            if value != common:
+                notes[job.job].append(f"{key}={json.dumps(raw, sort_keys=True)}")
+
+
+def _training_keys(jobs: Sequence[Job]) -> set[str]:
+    """The dotted keys of every setting under :data:`TRAINING_NODE` in ``jobs``' configs, but its
+    ``name`` and the KL knob of any of ``jobs`` (:func:`kl_knob_of`)."""
+    keys, knobs = set(), {f"{TRAINING_NODE}.name"}
+    for job in jobs:
+        node = job.config.get(TRAINING_NODE)
+        if isinstance(node, dict):
+            keys |= {f"{TRAINING_NODE}.{k}" for k in node}
+        knobs |= set(kl_knob_of(job))
+    return keys - knobs
+
+
+def kl_knob_of(job: Job) -> tuple[str, ...]:
+    """The config keys that move the run's KL along its method's curve: the record's
+    ``method_info.kl_knob``; for records written before it, :data:`LEGACY_KL_KNOBS` by algorithm
+    (else ``algo.beta`` / ``algo.kl_target``)."""
+    info = job.record.method_info if job.record is not None else None
+    if isinstance(info, dict) and isinstance(info.get("kl_knob"), list):
+        return tuple(str(k) for k in info["kl_knob"])
+    return LEGACY_KL_KNOBS.get(str(algo_of(job)), DEFAULT_KL_KNOB)
 
 
 def _plain_number(value):

@@ -102,6 +102,7 @@ class Algorithm:
     Config: ClassVar[type[AlgoConfig]]
     online: ClassVar[bool]
     kl_knob: ClassVar[str]  # the setting that moves the trained policy's KL (for messages)
+    kl_knob_keys: ClassVar[tuple[str, ...]]  # its config keys (recorded: a method's curve walks them)
     # whether a resume may ask for more algo.steps than the run started with: true when the first steps
     # do not depend on the total (a constant learning rate), so a longer run continues a shorter one exactly
     resume_may_extend: ClassVar[bool] = True
@@ -151,6 +152,7 @@ class OnlineAlgorithm(Algorithm):
 
     online = True
     kl_knob = "algo.beta or algo.kl_target"
+    kl_knob_keys = ("algo.beta", "algo.kl_target")
     named_by_transform: ClassVar[bool] = False  # the default solver: method/run named by the transform alone
     epochs: int = 1
     minibatches: int = 1

@@ -31,6 +31,7 @@ class BoNSFT(OfflineAlgorithm):
     name = "bon_sft"
     Config = BoNSFTConfig
     kl_knob = "algo.steps (SFT steps towards the best-of-N policy)"
+    kl_knob_keys = ("algo.steps",)
     resume_may_extend = False  # its learning rate decays over algo.steps: a longer run's first steps differ
 
     def theory_target(self, transform):

@@ -33,6 +33,7 @@ class IPO(OfflineAlgorithm):
     name = "ipo"
     Config = IPOConfig
     kl_knob = "algo.beta (tau: a smaller tau moves further from the reference)"
+    kl_knob_keys = ("algo.beta",)
 
     def theory_target(self, transform):
         """None: IPO's solution is not a tilt of the calibrated reward."""
