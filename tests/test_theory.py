@@ -937,7 +937,7 @@ def test_run_theory_at_the_measured_kl_is_reachable_only_where_its_numbers_are_r
 
 def test_best_t_flags_a_pick_other_ts_match_within_flat_tol():
     """Where worst-of-8's win rate saturates (KL 2, 4: 1 - 1e-8 and less), other scanned t's reach the
-    best win rate within FLAT_TOL (1e-7, the engine's accuracy) and the argmax is float noise: flagged
+    best win rate within FLAT_TOL (1e-6, ~5x the engine's worst measured error) and the argmax is float noise: flagged
     ``flat``. Control: best-of-4 at KL 0.3, a clear interior optimum, is not."""
     from infalign.math.procedures import make_procedure
 
@@ -1075,3 +1075,19 @@ def test_theory_prediction_at_measured_kl_reports_the_standard_win_rate():
     at = theory_prediction(Identity(), BestOfN(n=4), 1.0, kl, ns=[1, 4])["at_measured_kl"]
     assert at["reachable"] and at["standard_win_rate"] == pytest.approx(std, rel=1e-6)
     assert at["bon4_win_rate"] > std + 0.02
+
+
+@pytest.mark.parametrize("proc,n,t,kl", [("won", 32, -50.0, 0.139), ("won", 4, -64.0, 0.2)])
+def test_flat_tol_exceeds_the_grid_error_of_steep_tilts(proc, n, t, kl):
+    """FLAT_TOL must exceed the engine's own error where it is largest -- steep tilts: worst-of-32,
+    exp(-50 u) at beta 1e-3 (KL 0.139; a reviewer measured 1.95e-7 against mpmath) and worst-of-4,
+    exp(-64 u) at KL 0.2 (9.5e-8, the largest over a t = +-0.25..512, N = 2..1024, KL 0.05..32 scan) --
+    else best_t calls one t better than another on grid error. Measured here: the default grid
+    against a 4x finer one, which must stay below FLAT_TOL / 3."""
+    from infalign.math.procedures import make_procedure
+
+    procedure = make_procedure(proc, n)
+    fine = theory.Grid(step=theory.DEFAULT_GRID.step / 4)
+    coarse, finer = (theory.frontier(Exp(t), procedure, [kl], g).win_rate[0] for g in (theory.DEFAULT_GRID, fine))
+    gap = abs(coarse - finer)
+    assert np.isfinite(gap) and 5e-8 < gap < theory.FLAT_TOL / 3, gap  # (> 5e-8: still a steep case)

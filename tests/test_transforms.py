@@ -98,6 +98,7 @@ CENTERED_CASES = [
     Log(),
     Log(floor=0.0),
     Log(floor=0.3),
+    Log(floor=0.8),  # a floor past the midpoint: centered floors its log1p branch too
     Exp(3.0),
     Exp(-3.0),
     Exp(50.0),

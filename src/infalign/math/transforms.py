@@ -111,9 +111,11 @@ class Log(Transform):
         return lib.log(lib.clip(u, self.floor, None)) if self.floor > 0 else lib.log(u)
 
     def centered(self, u, s):
+        """``log(max(u, floor))``, near u = 1 as ``log1p(-s)`` (s = 1 - u), floored there too (a
+        floor >= 0.5 reaches past the midpoint)."""
         with np.errstate(divide="ignore"):
             val = np.where(u < 0.5, np.log(np.maximum(u, self.floor)), np.log1p(-s))
-        return val
+        return np.maximum(val, np.log(self.floor)) if self.floor > 0 else val
 
 
 def finite_in_float32(transform, points: int = 1025) -> bool:
