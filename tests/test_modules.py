@@ -52,6 +52,30 @@ def test_bradley_terry_loss_hand_computation():
     assert big.item() == pytest.approx(1e4)
 
 
+@pytest.mark.parametrize("steps,warmup", [(4, 0), (8, 2)])
+def test_lr_schedule_is_the_documented_warmup_then_cosine(tok, steps, warmup):
+    """The LR of each optimizer step of a real fit, against adamw_with_warmup's formula by hand: warmup
+    (s+1)/w, then 0.1 + 0.9 (1 + cos(pi (s - w) / (T - w))) / 2 -- the floor 0.1 is reached one step
+    past the last (the last of 4 steps runs at 0.2318)."""
+    torch.manual_seed(0)
+    module = LMPretrainModule(build_toy_lm(tok, "tiny"), lr=2.0, warmup=warmup)
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = _trainer(steps)
+    trainer.callbacks.append(Record())
+    loader = make_lm_dataloader(tok, ["a1 ->"] * 4 * steps, ["b1"] * 4 * steps, batch_size=4, seed=0)
+    trainer.fit(module, loader)
+    expected = [2.0 * ((s + 1) / warmup if s < warmup else
+                       0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))) for s in range(steps)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    if steps == 4:
+        assert seen[-1] / 2.0 == pytest.approx(0.2318, abs=1e-4)
+
+
 def test_collators_mask_prompt_and_padding(tok):
     batch = PromptResponseCollator(tok)([("a1 a2 ->", "b1"), ("a3 ->", "b2 b3 b4")])
     ids, labels = batch["input_ids"], batch["labels"]
