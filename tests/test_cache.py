@@ -97,3 +97,37 @@ def test_json_files_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
     assert json_safe(plain) == plain  # finite values pass unchanged
     with pytest.raises(TypeError, match="object has no JSON form"):
         atomic_write_json(path, {"x": object()})
+
+
+def test_a_module_edited_after_the_process_imported_it_keys_its_results_apart(tmp_path, monkeypatch, caplog):
+    """The digest reads files, but an imported module runs the code as imported: after an edit on disk
+    (mtime past infalign.IMPORTED_AT) the file's digest would store the old code's results under the
+    new code's key, served to every later run. Such a digest gets this process's mark instead (warned
+    once); a module not imported yet runs the file as it is, so its digest is the file's. A reviewer
+    showed the stale entry served to a fresh process; this is the key-level half of that."""
+    import importlib
+    import os
+    import sys
+    import time
+
+    import infalign
+    from infalign.infra import cache
+
+    probe = tmp_path / "infalign_stale_probe.py"
+    probe.write_text("def f():\n    return 1\n")
+    past = infalign.IMPORTED_AT - 60
+    os.utime(probe, (past, past))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "infalign_stale_probe", raising=False)
+    clean = cache.modules_digest(["infalign_stale_probe"], "X")  # not imported: the file's digest
+    importlib.import_module("infalign_stale_probe")
+    assert cache.modules_digest(["infalign_stale_probe"], "X") == clean  # imported, file unchanged since
+    later = time.time() + 5
+    os.utime(probe, (later, later))  # the same text, touched after the process started: counts as an edit
+    with caplog.at_level("WARNING", logger="infalign.infra.cache"):
+        stale = cache.modules_digest(["infalign_stale_probe"], "X")
+        assert cache.modules_digest(["infalign_stale_probe"], "X") == stale  # one mark per process
+    assert stale != clean
+    assert sum("changed on disk after this process imported it" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.delitem(sys.modules, "infalign_stale_probe")  # a process that imports it now runs the file
+    assert cache.modules_digest(["infalign_stale_probe"], "X") == clean

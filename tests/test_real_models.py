@@ -228,7 +228,7 @@ def test_bert_reward_model_reads_its_cls_token(assets):
 
 
 @pytest.mark.slow
-def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path):
+def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path, monkeypatch):
     cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true",
                   "reward.input=joined",
                   "reward.train.steps=3", "reward.train.warmup=0", "reward.train.lr=1e-2",
@@ -248,6 +248,17 @@ def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path
     again = world_mod.load_world(cfg, tmp_path / "cache")  # cache hit reports the same validation
     assert again.stats["reward_trained"] is False
     assert again.stats["reward_val_accuracy"] == stats["reward_val_accuracy"]
+    # an edit to the code that encodes or trains it (REWARD_TRAINING_CODE's digest) retrains: the old
+    # model was trained on an encoding the edited scorer may no longer produce
+    real_digest, seen = world_mod.modules_digest, []
+
+    def edited_digest(modules, listed_in):
+        seen.append(listed_in)
+        return "edited" if listed_in == "REWARD_TRAINING_CODE" else real_digest(modules, listed_in)
+
+    monkeypatch.setattr(world_mod, "modules_digest", edited_digest)
+    edited = world_mod.load_world(cfg, tmp_path / "cache")
+    assert "REWARD_TRAINING_CODE" in seen and edited.stats["reward_trained"] is True
 
 
 def test_reward_model_from_a_causal_lm_keeps_its_transformer_and_adds_a_scalar_head(assets):

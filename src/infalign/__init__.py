@@ -7,4 +7,9 @@ Layers (lower never imports higher):
   4. apps       -- Hydra entry points (infalign-train, infalign-analyze, ...)
 """
 
+import time as _time
+
 __version__ = "0.1.0"
+# When this process first imported infalign: a module file of it changed on disk after this may not
+# be the code the process runs (infra/cache.py: modules_digest keys its results apart).
+IMPORTED_AT = _time.time()

@@ -54,16 +54,47 @@ def code_fingerprint(source: str) -> bytes:
 
 def modules_digest(modules: Sequence[str], listed_in: str) -> str:
     """SHA-256 (16 hex digits) over the code of ``modules`` (:func:`code_fingerprint` of each file,
-    read now: an edit made while a process runs counts): the part of a cache key that retires an
-    entry when the code that computed it changes. A module that cannot be found is an error naming
-    ``listed_in``, the list to update."""
+    read now: a module the process imports later runs the file as it is now): the part of a cache
+    key that retires an entry when the code that computed it changes. A module that cannot be found
+    is an error naming ``listed_in``, the list to update.
+
+    A module this process has already imported whose file changed on disk since the process started
+    (its mtime is after ``infalign.IMPORTED_AT``: code edited, or another branch checked out, while a
+    run or a sweep's worker was alive) runs the code as imported, not the file: the file's digest
+    would store the old code's results under the new code's key, for every later run to load. Such
+    a digest gets this process's own mark instead (:func:`_stale_mark`; a warning says so once): its
+    results are computed and cached as usual, but under a key no other process builds."""
     h = hashlib.sha256()
     for name in modules:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(f"cache key: module {name!r} not found (update {listed_in})")
         h.update(code_fingerprint(Path(spec.origin).read_text()))
+        if name in sys.modules and _changed_since_start(spec.origin):
+            h.update(_stale_mark(name, spec.origin))
     return h.hexdigest()[:16]
+
+
+def _changed_since_start(path: str) -> bool:
+    """Whether the file at ``path`` was modified after this process first imported infalign."""
+    from infalign import IMPORTED_AT
+
+    try:
+        return os.stat(path).st_mtime > IMPORTED_AT
+    except OSError:
+        return False
+
+
+@functools.cache
+def _stale_mark(name: str, path: str) -> bytes:
+    """What :func:`modules_digest` adds for a module whose file changed after this process imported
+    it: the process's id and start, so no other process's key matches; warned once per module."""
+    from infalign import IMPORTED_AT
+
+    log.warning("%s changed on disk after this process imported it (%s): results computed now come from the "
+                "code as imported, so they are cached under a key of this process's own, never served to a "
+                "run of the edited code", name, path)
+    return f"stale:{name}:{os.getpid()}:{IMPORTED_AT!r}".encode()
 
 
 def content_key(*parts: Any, length: int = 16) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from infalign.errors import ConfigError, require
-from infalign.infra.cache import content_key, sha256_file
+from infalign.infra.cache import content_key, modules_digest, sha256_file
 from infalign.models.builders import (
     check_causal_lm,
     check_reward_model,
@@ -373,6 +373,13 @@ def preference_data(data: DictConfig, tokenizer, render_prompt=None):
 
 
 REWARD_TRAINING_FILE = "reward_training.json"
+# Modules whose code can change a Bradley-Terry-trained reward model -- its input encoding (which
+# REWARD_INPUT_VERSION, bumped by hand, does not always show: e.g. which side a long row is cut on),
+# collation, loss, optimizer and schedule: their digest is part of its key (infra/cache.py:
+# modules_digest), so an edit retrains it instead of serving one trained on another encoding.
+REWARD_TRAINING_CODE = ("infalign.models.reward", "infalign.models.builders", "infalign.data.batches",
+                        "infalign.training.reward_model", "infalign.training.pretrain",
+                        "infalign.training.step_batches")
 
 
 def reward_trainer_kwargs(cfg: DictConfig) -> dict:
@@ -426,8 +433,8 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
     batch_size, data_seed = int(cfg.data.get("batch_size", 16)), int(cfg.data.get("seed", 0))
     precision = str(reward_trainer_kwargs(cfg)["precision"])
-    key = content_key("reward-bt-v2", _fingerprint(init_path, init_revision), fmt, train, val, hp, batch_size,
-                      data_seed, precision)
+    key = content_key("reward-bt-v3", modules_digest(REWARD_TRAINING_CODE, "REWARD_TRAINING_CODE"),
+                      _fingerprint(init_path, init_revision), fmt, train, val, hp, batch_size, data_seed, precision)
     path = Path(cache_dir) / f"reward-{key}"
     log.info("stage reward_model: Bradley-Terry training, %d steps on %d pairs, validated on %d "
              "(instant when cached: %s)", int(hp["steps"]), len(train), len(val), path)
