@@ -134,3 +134,32 @@ def test_faster_sampler_ceiling_takes_the_median_of_per_step_differences():
     ours = summarize(recs)
     assert ours["median_s_without_generation"] == pytest.approx(0.8)
     assert free_generation_bound(ours, {"median_s": 1.6}) == pytest.approx(2.0)
+
+
+def test_reward_flops_count_each_length_bucket_at_its_own_width():
+    """The scorer runs its length buckets as separate forwards, each padded to its own widest input: the
+    reward phase's FLOPs are the sum over those (rows, width), not all rows at the widest of all (a
+    reviewer measured 1.990e9 computed vs 2.111e9 counted on a bench step). Hand check: the shapes
+    are the scorer's own chunks, encoded one by one."""
+    from types import SimpleNamespace
+
+    from infalign.bench.bench_rl import reward_shapes, step_flops
+    from infalign.models import build_toy_reward_model
+    from infalign.models.reward import RewardScorer, reward_model_inputs
+    from infalign.toy import ToyWorld
+
+    world = ToyWorld(seed=0)
+    tok = world.tokenizer()
+    scorer = RewardScorer(build_toy_reward_model(tok, "tiny"), tok, batch_size=256)
+    prompts, responses = world.reference_corpus(32, 2, seed=0)  # 64 rows: two buckets
+    shapes = reward_shapes(SimpleNamespace(scorer=scorer, tokenizer=tok), prompts, responses)
+    chunks = scorer.chunks(prompts, responses)
+    assert len(shapes) == len(chunks) == 2
+    widths = [reward_model_inputs(tok, [prompts[i] for i in c], [responses[i] for i in c])["input_ids"].shape[1]
+              for c in chunks]
+    assert shapes == [(len(c), w) for c, w in zip(chunks, widths)] and sum(n for n, _ in shapes) == 64
+    widest = reward_model_inputs(tok, prompts, responses)["input_ids"].shape[1]
+    assert min(widths) < widest  # (else this case would not tell the two counts apart)
+    cost = ModelCost(body=100, head=1, n_layer=1, d_model=2)
+    flops = step_flops((cost, cost), 64, 4, 3, shapes)
+    assert flops["reward"] == sum(scoring_flops(cost, n, w) for n, w in shapes) < scoring_flops(cost, 64, widest)

@@ -133,7 +133,7 @@ def test_reward_scorer_batches_and_padding_do_not_change_scores(saved, world):
     xs, ys = world.reference_corpus(32, 2, seed=0)  # 64 rows: length-sorted into 2 forwards below
     one = scorer.score(xs, ys)
     scorer.batch_size = 64
-    assert [len(c) for c in scorer._chunks(xs, ys)] == [32, 32]
+    assert [len(c) for c in scorer.chunks(xs, ys)] == [32, 32]
     many = scorer.score(xs, ys)
     assert one.dtype == torch.float32 and one.shape == (64,) and not one.requires_grad
     torch.testing.assert_close(one, many, atol=1e-5, rtol=1e-5)  # each score is its own row's, in order
@@ -243,7 +243,7 @@ def test_reward_scorer_forwards_at_most_batch_size_rows():
     tok = world.tokenizer()
     scorer = RewardScorer(build_toy_reward_model(tok, "tiny"), tok, batch_size=4)
     xs, ys = world.reference_corpus(5, 2, seed=0)
-    chunks = scorer._chunks(xs, ys)
+    chunks = scorer.chunks(xs, ys)
     assert max(len(c) for c in chunks) <= 4
     assert sorted(torch.cat(chunks).tolist()) == list(range(10))
 

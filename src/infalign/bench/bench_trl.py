@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from infalign.bench.bench_rl import RLBench, model_costs, ours_records, reward_width, step_flops, summarize
+from infalign.bench.bench_rl import RLBench, model_costs, ours_records, reward_shapes, step_flops, summarize
 from infalign.bench.common import num_params, toy_setup
 from infalign.bench.flops import matmul_peak
 from infalign.bench.phases import PhaseClock, patched, timed
@@ -108,7 +108,7 @@ def trl_records(setup, bench: RLBench, seed: int = 0) -> tuple[list[dict], dict]
             prompts, completions, response_len, lengths = counts.pop("batch")
             prompt_len = max(len(ids) for ids in setup.tokenizer(prompts)["input_ids"])
             flops = step_flops(costs, len(completions), prompt_len, response_len,
-                               reward_width(setup, prompts, completions), prefill_rows=len(set(prompts)),
+                               reward_shapes(setup, prompts, completions), prefill_rows=len(set(prompts)),
                                lengths=lengths)
             self.records.append({"step_s": step_s, **counts, "phases": clock.take(step_s), "flops": flops})
 

@@ -227,7 +227,8 @@ def print_report(results: dict, console: Console | None = None) -> None:
                                if r.get("ratio_bound_free_generation"))
             if bounds:
                 console.print(f"Ceiling of a faster sampler: ours/TRL median step if our generation took no time: "
-                              f"{bounds} (the rest of the step is the same computation on both sides).")
+                              f"{bounds} (the rest of each side's step as measured; TRL's holds more work: its "
+                              f"old-log-prob forward, and each prompt run again with every completion).")
             for warning in length_warnings(res):
                 console.print(f"[yellow]warning[/]: {escape(warning)}")
             for size, r in res["sizes"].items():

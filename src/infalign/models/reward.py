@@ -160,7 +160,7 @@ class RewardScorer:
         self.model.eval()
         device = next(self.model.parameters()).device
         scores = torch.zeros(len(prompts))
-        for idx in self._chunks(prompts, responses):
+        for idx in self.chunks(prompts, responses):
             enc = reward_model_inputs(
                 self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_length=self.max_length,
                 pair=self.pair,
@@ -182,7 +182,7 @@ class RewardScorer:
                     "reward.max_length (up to the model's positions) reads them whole", self.max_length,
                     int(truncated.sum()), truncated.numel())
 
-    def _chunks(self, prompts: list[str], responses: list[str]) -> list[torch.Tensor]:
+    def chunks(self, prompts: list[str], responses: list[str]) -> list[torch.Tensor]:
         """Row indices per forward: :func:`~infalign.models.generation.length_buckets` by text length
         (a proxy for their tokens), at most ``batch_size`` rows each, so each forward is padded to the
         length of rows like its own, not to the longest of all. Each score is its row's alone."""
