@@ -33,7 +33,8 @@ def test_writes_plot_summary_and_per_prompt_rows(tmp_path, tiny_cache):
 @pytest.mark.parametrize("override, key", [("eval.samples=1", "eval.samples"), ("eval.samples=0", "eval.samples"),
                                            ("eval.batch_size=0", "eval.batch_size"), ("threads=abc", "threads"),
                                            ("data.eval_prompts=0", "data.eval_prompts"),
-                                           ("eval.temperature=abc", "eval.temperature")])
+                                           ("eval.temperature=abc", "eval.temperature"),
+                                           ("eval.max_new_tokens=0", "eval.max_new_tokens")])
 def test_bad_values_are_config_errors_before_the_world(tmp_path, override, key):
     """infalign-calibration had no checks of its own: eval.samples=1 drew and cached the pool, then failed
     in the summary; threads=abc printed a traceback."""

@@ -40,6 +40,10 @@ def validate(tmp_path, *overrides):
     ("eval.temperature=abc", "eval.temperature", "a finite number"),
     ("eval.top_k=2.5", "eval.top_k", "an integer or null"),
     ("objective.kl_penalty=inf", "objective.kl_penalty", "a finite number"),
+    ("objective.kl_penalty=-1", "objective.kl_penalty", ">= 0"),  # rewarded going over the budget
+    ("objective.kl_budget=-1", "objective.kl_budget", "> 0"),  # penalised every run
+    ("eval.max_new_tokens=0", "eval.max_new_tokens", ">= 1"),  # failed at the evaluation, after training
+    ("eval.max_new_tokens=abc", "eval.max_new_tokens", "an integer"),
     ("data.train_prompts=abc", "data.train_prompts", "an integer"),
     ("seed=abc", "seed", "an integer"),
     ("seed=-1", "seed", ">= 0"),

@@ -90,6 +90,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     judges = ["reward_model"] + (["gold"] if cfg.data.source == "toy" else [])  # gold: the toy world's own
     require(cfg.objective.judge in judges, "objective.judge", cfg.objective.judge, f"one of {judges}",
             "real data has no gold reward" if cfg.objective.judge == "gold" else None)
+    budget = cfg.objective.get("kl_budget")  # (a negative penalty rewarded going over the budget)
+    require(budget is None or float(budget) > 0, "objective.kl_budget", budget, "null or > 0 nats")
+    require(float(cfg.objective.kl_penalty) >= 0, "objective.kl_penalty", cfg.objective.kl_penalty,
+            ">= 0 (win rate lost per nat of KL over objective.kl_budget)")
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")

@@ -33,11 +33,15 @@ def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, 
 
 def eval_pool_settings(eval_cfg) -> None:
     """The evaluation pool (``eval``: M samples per held-out prompt, drawn ``batch_size`` rows at a time)
-    as ``infalign-train`` and ``infalign-calibration`` both draw it: ``samples`` >= 2, ``batch_size`` >= 1
-    and its sampling settings (:func:`sampling_settings`); ConfigError naming ``eval.<key>``."""
+    as ``infalign-train`` and ``infalign-calibration`` both draw it: ``samples`` >= 2, ``batch_size`` >= 1,
+    ``max_new_tokens`` >= 1 and its sampling settings (:func:`sampling_settings`); ConfigError naming
+    ``eval.<key>``, before any compute (a bad length failed only at the evaluation, after training)."""
     require(int(eval_cfg.samples) >= 2, "eval.samples", eval_cfg.samples,
             "M >= 2 samples per held-out prompt (the evaluation's within-prompt spreads need two)")
     require(int(eval_cfg.batch_size) >= 1, "eval.batch_size", eval_cfg.batch_size, ">= 1 rows per batch")
+    require_type("eval.max_new_tokens", eval_cfg.max_new_tokens, int)
+    require(int(eval_cfg.max_new_tokens) >= 1, "eval.max_new_tokens", eval_cfg.max_new_tokens,
+            ">= 1 new tokens per response")
     sampling_settings(eval_cfg, "eval")
 
 
