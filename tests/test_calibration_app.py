@@ -46,6 +46,22 @@ def test_bad_values_are_config_errors_before_the_world(tmp_path, override, key):
     assert err.value.key == key
 
 
+def test_a_trainer_lightning_refuses_is_a_config_error_before_the_world(tmp_path, monkeypatch):
+    """trainer.precision=bogus loaded (or built) the world and drew the pool's first batch before
+    Lightning's traceback; the trainer is now probed first, as infalign-train does."""
+    from infalign.apps import calibration
+    from infalign.errors import ConfigError
+    from infalign.pipeline import world
+
+    def no_world(*args, **kwargs):
+        raise AssertionError("the world was loaded before the trainer was checked")
+
+    monkeypatch.setattr(world, "load_world", no_world)
+    with pytest.raises(ConfigError) as err:
+        calibration.diagnose(compose_train(tmp_path / "cache", tmp_path / "run", "trainer.precision=bogus"))
+    assert err.value.key == "trainer"
+
+
 @pytest.mark.slow  # a process start
 def test_the_cli_prints_one_block_and_exits_2(tmp_path):
     import os

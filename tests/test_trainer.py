@@ -67,6 +67,20 @@ def test_bad_progress_bar_is_a_config_error(tmp_path):
         trainers_of(tmp_path, "trainer.progress_bar=fancy")
 
 
+@pytest.mark.parametrize("override, where", [("+trainer.deterministic=true", "deterministic (top level)"),
+                                              ("+trainer.log_every_n_steps=1", "log_every_n_steps (top level)"),
+                                              ("+trainer.max_steps=3", "algo.steps"),
+                                              ("+trainer.enable_progress_bar=false", "trainer.progress_bar")])
+def test_a_trainer_argument_every_stage_passes_itself_is_a_config_error(tmp_path, override, where):
+    """``+trainer.deterministic=true`` was accepted, recorded in the policy-cache key, and replaced by the
+    top-level ``deterministic`` in every fit (a reviewer's find): such keys now name where they are set."""
+    cfg = compose_train(tmp_path, tmp_path, override)
+    with pytest.raises(ConfigError) as err:
+        instantiate_trainer(cfg.trainer)
+    key = override.split("=")[0].lstrip("+")
+    assert err.value.key == key and where in err.value.hint
+
+
 def test_callback_without_target_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"callbacks\.mine"):
         trainers_of(tmp_path, "+callbacks.mine.every=3")

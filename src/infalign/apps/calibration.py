@@ -52,12 +52,14 @@ def diagnose(cfg: DictConfig) -> dict:
     import_frozen("infalign.math.miscalibration", "infalign.pipeline.pools", "infalign.pipeline.world")
     from infalign.math.miscalibration import miscalibration_summary
     from infalign.pipeline.pools import reference_pool
-    from infalign.pipeline.trainer import stage_trainers
+    from infalign.pipeline.trainer import probe_trainer, stage_trainers
     from infalign.pipeline.world import load_world
 
     out_dir, cache_dir = Path(cfg.paths.run_dir), Path(cfg.paths.cache_dir)
     apply_threads(cfg.threads)
-    predict = stage_trainers(instantiate_trainer(cfg.trainer), instantiate_callbacks(cfg.get("callbacks"))).predict
+    make_trainer = instantiate_trainer(cfg.trainer)
+    probe_trainer(make_trainer)  # what Lightning refuses (a precision, an argument): before the world's build
+    predict = stage_trainers(make_trainer, instantiate_callbacks(cfg.get("callbacks"))).predict
     world = load_world(cfg, cache_dir)
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
     pool, hit = reference_pool(world, world.eval_prompts, int(cfg.eval.samples), judges, cfg.eval,

@@ -273,11 +273,28 @@ def instantiate_checked(node: Any, **kwargs: Any) -> Any:
         raise
 
 
+# L.Trainer arguments every stage passes itself (pipeline/trainer.py: stage_trainers, the fit stages'
+# max_steps): set under ``trainer`` they would be overridden without a word; where to set each instead.
+STAGE_TRAINER_KEYS = {
+    "deterministic": "deterministic (top level)", "log_every_n_steps": "log_every_n_steps (top level)",
+    "logger": "logger=<entry> (conf/logger/)", "callbacks": "callbacks.<name> (conf/callbacks/)",
+    "enable_progress_bar": "trainer.progress_bar=rich|tqdm|none",
+    "enable_checkpointing": "callbacks.model_checkpoint=null (none) or checkpoint_every",
+    "max_steps": "algo.steps (each training stage sets its own)",
+}
+
+
 def instantiate_trainer(trainer_cfg: DictConfig, extra_keys: tuple[str, ...] = ("progress_bar",)):
     """``conf/trainer/`` as a trainer factory: ``instantiate(cfg.trainer, _partial_=True)`` without
     infalign's own keys (``extra_keys``: ``progress_bar``, read by ``conf/callbacks/``), i.e.
     ``functools.partial(<_target_>, accelerator=..., devices=..., ...)`` that each stage calls with
-    its own arguments (``pipeline/trainer.py``)."""
+    its own arguments (``pipeline/trainer.py``). A key among those arguments
+    (:data:`STAGE_TRAINER_KEYS`: ``+trainer.deterministic=true`` ...) is a ConfigError naming where
+    it is set: the stage's own value would silently replace it."""
+    for key, where in STAGE_TRAINER_KEYS.items():
+        if key in trainer_cfg:
+            raise ConfigError(f"trainer.{key}", OmegaConf.select(trainer_cfg, key),
+                              "not set under trainer: every stage passes its own", f"set {where}")
     node = OmegaConf.to_container(trainer_cfg, resolve=True)
     for key in extra_keys:
         node.pop(key, None)
