@@ -168,3 +168,30 @@ def test_null_limits_keys_the_code_reads_and_null_only_defaults_are_typed_right(
     with pytest.raises(ConfigError) as err:
         validate(tmp_path, "objective.kl_budget=abc")
     assert err.value.key == "objective.kl_budget"
+
+
+@pytest.mark.parametrize("overrides, refused", [(["method=identity", "algo.beta=0.3"], True),
+                                                (["algo.kl_target=0.2", "++algo.beta=0.3"], True),
+                                                (["method=identity"], False),  # beta: the default, then picked
+                                                (["method=identity", "algo.kl_target=null", "algo.beta=0.3"], False),
+                                                (["algo.beta=0.3"], False)])
+def test_an_explicit_beta_with_a_kl_target_is_refused_not_dropped(tmp_path, overrides, refused):
+    """``method=identity algo.beta=0.3`` trained at the beta its kl_target picked and recorded that, the
+    user's 0.3 dropped without a word (a reviewer's find). The check reads the job's own overrides
+    (Hydra's ``overrides.task``, as a command line or a sweep parameter sets them)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipeline_helpers import compose_config
+
+    cfg = compose_config("train", *overrides, hydra=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        run_cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides)
+        if refused:
+            with pytest.raises(ConfigError) as err:
+                train_app.validate(run_cfg)
+            assert err.value.key == "algo.beta" and "kl_target" in err.value.hint
+        else:
+            train_app.validate(run_cfg)
+    finally:
+        HydraConfig.instance().cfg = None

@@ -332,6 +332,16 @@ def instantiate_logger(logger_cfg: DictConfig | None):
     return instantiate_checked(logger_cfg, _convert_="all")
 
 
+def command_line_keys() -> set[str]:
+    """The keys this job's overrides set (``hydra.overrides.task``: the command line's and a sweep's
+    parameters; ``+``/``++``/``~`` stripped); empty outside a Hydra app (the compose API, tests)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
 def launcher_jobs() -> int | None:
     """``hydra.launcher.n_jobs`` when this process is a job of a multirun under the joblib launcher
     (``hydra/launcher=local_parallel``), else ``None``: the jobs that share this machine's cores."""

@@ -30,6 +30,7 @@ from infalign.apps.config import (
     CONFIG_DIR,
     check_known_keys,
     check_value_types,
+    command_line_keys,
     exit_on_config_error,
     instantiate_checked,
     launcher_jobs,
@@ -75,6 +76,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(scope == "prompt" or transform.calibrated, "calibration.scope", scope,
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
     check_float32_range(transform)
+    target = getattr(algo, "kl_target", None)
+    require(target is None or "algo.beta" not in command_line_keys(), "algo.beta", cfg.algo.get("beta"),
+            f"not given with algo.kl_target={target} (the target picks beta: this beta would be dropped)",
+            "algo.kl_target=null to train at algo.beta (a method= entry sets a kl_target)")
     if algo.needs_calibration(transform):
         calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
     require_spread_samples(algo.kl_target, transform, scope == "pooled", int(cfg.calibration.K))
