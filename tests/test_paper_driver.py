@@ -151,3 +151,30 @@ def test_an_experiments_extra_sweeps_run_into_its_dir_before_its_reports_and_cou
     row = json.loads((tmp_path / "paper_time.json").read_text())["experiments"][0]
     assert (row["jobs"], row["finished"], row["policies_loaded"], row["pools_loaded"]) == (36, 35, 0, 2)
     assert paper.sweep_counts(tmp_path / "nothing", ("paper_hacking_raw",)) == {}
+
+
+def test_a_refused_sweep_runs_no_report_and_counts_nothing_of_an_earlier_run(tmp_path):
+    """A sweep refused before any job (exit 2: e.g. its dir holds an earlier invocation's results) left
+    the driver reporting that earlier run and counting its sweep_time.json as this one's (a reviewer's
+    find): its reports are skipped, its row has the exit and no counts, and the next experiment runs."""
+    ran, lines = [], []
+    (tmp_path / "won").mkdir()
+    (tmp_path / "won" / "sweep_time.json").write_text(json.dumps({"jobs": 2, "finished": 2}))  # the earlier run's
+
+    def runner(cmd):
+        ran.append(cmd[0] + (" " + cmd[2] if cmd[0] == "infalign-train" else ""))
+        if cmd[0] == "infalign-train" and "paper_won" in cmd[2]:
+            return 2
+        if cmd[0] == "infalign-train":
+            fake_sweep(cmd, jobs=10, finished=10)
+        return 0
+
+    code = paper.run_all(args("--only", "won,standard", "--seeds", "0", out=tmp_path), runner=runner, echo=lines.append)
+    assert code == 1
+    # standard (before won in EXPERIMENTS) ran with its reports; won's sweep was the last command
+    assert ran[0] == "infalign-train +sweeps=paper_standard" and "infalign-report" in ran
+    assert ran[-1] == "infalign-train +sweeps=paper_won"
+    rows = {r["experiment"]: r for r in json.loads((tmp_path / "paper_time.json").read_text())["experiments"]}
+    assert rows["won"]["exit"] == 2 and "jobs" not in rows["won"]
+    assert rows["standard"]["exit"] == 0 and rows["standard"]["jobs"] == 10
+    assert any("the sweep was refused" in line for line in lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+CONFIG_ERROR_EXIT = 2  # a command's exit status for a configuration refused before any compute
+
 
 class ConfigError(ValueError):
     """A configuration value is out of range. The message names the key and the allowed values."""

@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.errors import ConfigError, require_type
+from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, require_type
 from infalign.toy.defaults import hydra_node as toy_defaults_node
 
 
@@ -260,7 +260,7 @@ def exit_on_config_error(exc: ConfigError, program: str = "infalign-train") -> N
     import sys
 
     print(config_error_block(exc, program), file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(CONFIG_ERROR_EXIT)
 
 
 def instantiate_checked(node: Any, **kwargs: Any) -> Any:

@@ -83,7 +83,7 @@ class FailedJobs(Callback):
         taken = previous_results(sweep_dir)
         if taken and config.get("ckpt_path") not in RESUMING:
             from infalign.apps.config import exit_on_config_error
-            from infalign.errors import ConfigError
+            from infalign.errors import CONFIG_ERROR_EXIT, ConfigError
 
             error = ConfigError("hydra.sweep.dir", str(sweep_dir), "a directory without another sweep's results",
                                 f"job dirs {taken[:8]}{' ...' if len(taken) > 8 else ''} hold results; leave "
@@ -96,7 +96,7 @@ class FailedJobs(Callback):
             import traceback
 
             traceback.print_exception(error)
-            raise SystemExit(2)
+            raise SystemExit(CONFIG_ERROR_EXIT)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from infalign.errors import CONFIG_ERROR_EXIT as REFUSED
 from infalign.infra.cache import atomic_write_json, atomic_write_text
 from infalign.infra.threads import usable_cores
 from infalign.report.findings import EXP_T  # the exp(t) methods the findings compare: one list
@@ -223,9 +224,15 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
         for cmd in cmds:
             echo(f"[infalign-paper] {e.name}: {shlex.join(cmd)}")
             codes.append(int(runner(cmd)))
+            if cmd[0] == "infalign-train" and codes[-1] == REFUSED:
+                # refused before any job (a config error; a sweep dir holding an earlier invocation's
+                # results): its report and counts would be that earlier run's, presented as this one's
+                echo(f"[infalign-paper] {e.name}: the sweep was refused (exit {REFUSED}, its message above); "
+                     "its reports are not run (a dir holding earlier results: another --out, or remove it)")
+                break
         rc = next((c for c in codes if c != 0), 0)
         row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1)}
-        rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep else {}))
+        rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep and REFUSED not in codes else {}))
         total = time.time() - start
         atomic_write_json(args.out / "paper_time.json", {"seeds": args.seeds, "usable_cores": usable_cores(),
                                                          "total_s": round(total, 1), "experiments": rows})
