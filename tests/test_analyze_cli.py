@@ -299,3 +299,18 @@ def test_a_best_t_whose_beta_underflows_float32_is_not_trainable():
     assert app.untrainable_reason(4.0, app.FLOAT32_TINY) is None  # the smallest normal float32 still counts
     assert "float32 overflow" in app.untrainable_reason(90.0, 1.0)
     assert app.untrainable_reason(float("nan"), float("nan")) == "no t reaches this KL"
+
+
+@pytest.mark.parametrize("override, key, hint", [("+transform=expn_t4", "transform", "transforms="),
+                                                 ("+best_t.budget=[2.0]", "best_t.budget", "best_t.budgets"),
+                                                 ("+kl.lst=[0.5]", "kl.lst", "kl.list")])
+def test_a_key_analyze_does_not_read_is_a_config_error(override, key, hint):
+    """Hydra's "use +key" hint made ``+transform=expn_t4`` (train's group) and misspelt keys run the
+    default table without a word (a reviewer's find): analyze now names the key and what it reads."""
+    with pytest.raises(ConfigError) as info:
+        app.validate(config(override))
+    assert info.value.key.startswith(key) and hint in info.value.hint
+
+
+def test_every_key_of_the_analyze_config_passes_the_key_check():
+    app.validate(config(*FAST))

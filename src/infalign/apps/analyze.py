@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from infalign.apps.analyze_plot import PLOT_SCALES, plot_frontiers
-from infalign.apps.config import CONFIG_DIR, apply_threads, instantiate_entry, load_group_entry
+from infalign.apps.config import CONFIG_DIR, apply_threads, check_analyze_keys, instantiate_entry, load_group_entry
 from infalign.errors import ConfigError, require
 from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
@@ -141,6 +141,7 @@ def _instantiate(make, *args, **kwargs):
 
 def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, int]:
     """Everything that can be checked before compute: (procedure, transforms, budgets, best-t budgets, t-scan size)."""
+    check_analyze_keys(cfg)  # a key analyze does not read: a typo, or a train setting (`+transform=...`)
     procedure: Procedure = _instantiate(instantiate, cfg.procedure)
     transforms = build_transforms(cfg, procedure)
     budgets = kl_budgets(cfg)

@@ -237,6 +237,25 @@ def check_known_keys(cfg: DictConfig) -> None:
                               f"did you mean {' or '.join(close)}?" if close else "check the spelling (conf/, sweeps/)")
 
 
+def check_analyze_keys(cfg: DictConfig) -> None:
+    """infalign-analyze's config holds only keys ``conf/analyze.yaml`` defines (besides its ``procedure``,
+    ``paths`` and ``hydra`` groups): a ConfigError names any other, with the closest known names.
+    Hydra's hint for a key it does not know is "use +key", and with it ``+transform=expn_t4`` (a train
+    group: analyze compares ``transforms=[...]``) or ``+best_t.budget=[2.0]`` ran the default table."""
+    import difflib
+
+    known = _files_keys(Path(CONFIG_DIR) / "analyze.yaml", "")
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    for name, _ in _nodes(tree, skip=("procedure", "paths")):
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+            hint = ("infalign-analyze compares transforms=[identity,log,exp] (their t: t=auto or t=[...]); "
+                    "transform= is infalign-train's" if name.split(".")[0] == "transform" else
+                    f"did you mean {' or '.join(close)}?" if close else "see conf/analyze.yaml")
+            raise ConfigError(name, OmegaConf.select(cfg, name), "a key infalign-analyze reads (conf/analyze.yaml)",
+                              hint)
+
+
 def full_errors() -> bool:
     """Full tracebacks asked for (``HYDRA_FULL_ERROR=1``, or ``-v`` on the command line)."""
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
