@@ -138,11 +138,13 @@ def test_a_whole_run_logs_to_a_logger_added_as_a_config_file(tmp_path, tiny_cach
 
 
 @pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run"),
-                                             (["replica=1"], "bon4-exp-t4-b20-r1")])
+                                             (["replica=1"], "bon4-exp-t4-b20-r1"),
+                                             (["seed=2", "replica=1"], "bon4-exp-t4-b20-s2-r1")])
 def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatch, overrides, name):
     """``name: ${run_name}`` / ``tags: ${tags}`` / ``group: ${run_group:...}`` of conf/logger/wandb.yaml
     resolve, when the app instantiates the logger, to the run's name (set, or generated once the
-    config is valid), the user's tags then the generated ones, and ``single`` outside a sweep."""
+    config is valid), the user's tags then the generated ones, and ``single`` outside a sweep. A seed
+    other than 0 is in the name (the seeds of a sweep's group shared one name: a reviewer's find)."""
     from omegaconf import OmegaConf
 
     from infalign.apps import train as train_app
@@ -161,8 +163,9 @@ def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatc
     (logger_cfg,) = seen
     assert logger_cfg["name"] == name and logger_cfg["group"] == "single"
     # an A/A replica is told apart on a dashboard by its name and a tag
-    assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy", *(["replica=1"] if "replica=1" in
-                                                                                     overrides else [])]
+    seed = next((o.split("=")[1] for o in overrides if o.startswith("seed=")), "0")
+    assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy", f"seed={seed}",
+                                  *(["replica=1"] if "replica=1" in overrides else [])]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["run_name"] == name
 
 
