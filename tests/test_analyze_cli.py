@@ -314,3 +314,13 @@ def test_a_key_analyze_does_not_read_is_a_config_error(override, key, hint):
 
 def test_every_key_of_the_analyze_config_passes_the_key_check():
     app.validate(config(*FAST))
+
+
+def test_a_reused_run_dir_keeps_no_plot_of_an_earlier_analysis(tmp_path):
+    """Re-running into a run dir with plot=false left the earlier bon4 frontier.png beside the new bon8
+    tables (a reviewer's find): every file in the dir is now this analysis's."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "frontier.png").write_bytes(b"an earlier analysis's plot")
+    app.analyze(config(*FAST), out)
+    assert not (out / "frontier.png").exists() and (out / "metrics.json").is_file()

@@ -231,6 +231,8 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
             plot_job = helper.submit(plot_frontiers, frontiers, out_dir / "frontier.png", procedure.label,
                                      None if bon_point is None else (bon_point.kl, bon_point_win),
                                      cfg.get("plot_scale", "auto"))
+        else:  # a run dir used before: its plot is another analysis's (beside this one's tables)
+            (out_dir / "frontier.png").unlink(missing_ok=True)
         _print_tables(procedure, frontiers, best_rows)  # while the helper draws
         if cfg.plot:
             metrics["plot_scale"] = plot_job.result()
