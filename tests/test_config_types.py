@@ -43,6 +43,8 @@ def validate(tmp_path, *overrides):
     ("objective.kl_penalty=-1", "objective.kl_penalty", ">= 0"),  # rewarded going over the budget
     ("objective.kl_budget=-1", "objective.kl_budget", "> 0"),  # penalised every run
     ("eval.max_new_tokens=0", "eval.max_new_tokens", ">= 1"),  # failed at the evaluation, after training
+    ("checkpoint_every=-5", "checkpoint_every", ">= 1"),  # Lightning's message, exit 1
+    ("log_every_n_steps=0", "log_every_n_steps", ">= 1"),  # ran, silently
     ("eval.max_new_tokens=abc", "eval.max_new_tokens", "an integer"),
     ("data.train_prompts=abc", "data.train_prompts", "an integer"),
     ("seed=abc", "seed", "an integer"),

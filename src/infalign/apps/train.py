@@ -95,6 +95,9 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     judges = ["reward_model"] + (["gold"] if cfg.data.source == "toy" else [])  # gold: the toy world's own
     require(cfg.objective.judge in judges, "objective.judge", cfg.objective.judge, f"one of {judges}",
             "real data has no gold reward" if cfg.objective.judge == "gold" else None)
+    require(int(cfg.checkpoint_every) >= 1, "checkpoint_every", cfg.checkpoint_every,
+            ">= 1 optimizer steps between checkpoints (callbacks.model_checkpoint=null: none)")
+    require(int(cfg.log_every_n_steps) >= 1, "log_every_n_steps", cfg.log_every_n_steps, ">= 1 optimizer steps")
     budget = cfg.objective.get("kl_budget")  # (a negative penalty rewarded going over the budget)
     require(budget is None or float(budget) > 0, "objective.kl_budget", budget, "null or > 0 nats")
     require(float(cfg.objective.kl_penalty) >= 0, "objective.kl_penalty", cfg.objective.kl_penalty,
