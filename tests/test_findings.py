@@ -192,3 +192,39 @@ def test_a_significant_gain_the_chords_alone_could_make_is_not_established(tmp_p
         w.writeheader()
         w.writerows(old)
     assert read_claim(claim, tmp_path).comparisons[0].outcome == "reproduced"
+
+
+def test_significant_gains_are_read_against_the_aa_yardstick_of_their_panel(tmp_path):
+    """A claim was called reproduced while its own run's A/A control showed gains as large (a reviewer's
+    find): a significant gain no larger than the A/A control's largest |gain| on the same panel and
+    judge is within A/A noise; larger, it stays with the yardstick named; a panel (won) or settings
+    (hacking) no A/A control covers are said to be uncovered."""
+    from infalign.report.findings import WITHIN_AA
+
+    aa = Claim("null", "null/report_identity", "A/A", ("bon2", "bon4"), ("identity[replica=1]",), "identity", 0)
+    write(tmp_path, "null/report_identity",
+          rows("bon2", "identity[replica=1]", "identity", [0.009, -0.002, 0, 0, 0, 0], [True] + [False] * 5)
+          + rows("bon4", "identity[replica=1]", "identity", [0.004, 0, 0, 0, 0, 0], [False] * 6))
+    bon = Claim("bon", "bon/report_transforms", "exp beats identity", ("bon2", "bon4"), ("expn(t=4)",), "identity", +1)
+    write(tmp_path, "bon/report_transforms",
+          rows("bon2", "expn(t=4)", "identity", [0.007] * 6, [True] * 6, spread=0.004)  # 0.7 <= 0.9: noise
+          + rows("bon4", "expn(t=4)", "identity", [0.03] * 6, [True] * 6))  # 3.0 > 0.4
+    won = Claim("won", "won/report", "exp(t<0) beats identity", ("won4",), ("expn(t=-4)",), "identity", +1)
+    write(tmp_path, "won/report", rows("won4", "expn(t=-4)", "identity", [0.05] * 6, [True] * 6))
+    hacking = Claim("hacking", "hacking/report", "robust", ("standard",), ("identity",), "raw", +1, judge="gold")
+    write(tmp_path, "hacking/report", rows("standard", "identity", "raw", [0.02] * 6, [True] * 6, judge="gold",
+                                            spread=0.01))
+    f_aa, f_bon, f_won, f_hack = findings(tmp_path, [aa, bon, won, hacking])
+    assert f_aa.verdict.startswith("fails: 1 of 12")  # the control itself is read as before
+    assert [c.outcome for c in f_bon.comparisons] == [
+        f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points)",
+        "reproduced (beyond the A/A control's 0.4 points)"]
+    assert f_bon.verdict == f"reproduced 1, {WITHIN_AA} 1 of 2"
+    assert f_won.comparisons[0].outcome == "reproduced (no A/A control on this panel)"
+    assert f_hack.comparisons[0].outcome == "reproduced (no A/A control at these settings)"
+    assert f_won.verdict == "reproduced 1 of 1"
+    # without the A/A experiment's report, the bon gains are not judged against anything: said so
+    (tmp_path / "null" / "report_identity" / "matched_kl.csv").unlink()
+    _, f_bon = findings(tmp_path, [aa, bon])
+    assert {c.outcome for c in f_bon.comparisons} == {"reproduced (no A/A control on this panel)"}
+    assert "within A/A noise" in findings_markdown([f_bon])  # the header defines the term

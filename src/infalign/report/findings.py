@@ -14,7 +14,11 @@ one N, one judge), read at the panel's middle common KL -- the KL the reports' o
   row (the experiment was not run, a method has no curve, or no common KL).
 * ``expect = 0`` (a control, the A/A comparison: no effect may be significant): **passes** when no
   cell -- every KL of every listed panel -- is significant, else **fails** with the count; the largest
-  |gain| over those cells is the noise yardstick the other findings are read against.
+  |gain| over those cells is the noise yardstick the other findings are read against
+  (:func:`read_against_aa`): a significant gain of a claim trained at the A/A control's settings
+  (:data:`AA_CONTROLS`) that is no larger than the control's largest |gain| on the same panel and
+  judge is **within A/A noise** -- two trainings of one method differ by as much -- not reproduced;
+  where no A/A control covers the panel or the settings, the outcome says so.
 * ``expect = None`` (a control whose expected outcome the paper does not fix): the outcome
   (**significant** / **not significant**) without a verdict on the paper.
 
@@ -33,9 +37,13 @@ from pathlib import Path
 from infalign.report.matched import chord_note, points, seed_interval_text
 
 __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
-           "findings_json"]
+           "findings_json", "read_against_aa", "aa_yardsticks"]
 
 EXP_T = ("expn(t=4)", "expn(t=8)", "expn(t=16)")
+# claim experiment -> the experiment of the A/A controls trained at its settings (paper_null re-trains at
+# paper_bon's; standard and won train at them too, and load bon's policies): its yardsticks apply
+AA_CONTROLS = {"bon": "null", "standard": "null", "won": "null"}
+WITHIN_AA = "within A/A noise"
 EXP_T_NEG = ("expn(t=-4)", "expn(t=-8)")
 
 
@@ -222,14 +230,55 @@ def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
     for c in measured:
         key = c.outcome.split(" (")[0]
         counts[key] = counts.get(key, 0) + 1
-    order = ("reproduced", "contradicted", "not established", "significant", "not significant", "no verdict")
+    order = ("reproduced", "contradicted", WITHIN_AA, "not established", "significant", "not significant",
+             "no verdict")
     parts = [f"{key} {counts[key]}" for key in order if key in counts]
     unmeasured = len(comparisons) - len(measured)
     return f"{', '.join(parts)} of {len(comparisons)}" + (f" ({unmeasured} not measured)" if unmeasured else "")
 
 
 def findings(out: Path, claims: Sequence[Claim] = CLAIMS) -> list[Finding]:
-    return [read_claim(c, out) for c in claims]
+    return read_against_aa([read_claim(c, out) for c in claims])
+
+
+def aa_yardsticks(found: Sequence[Finding]) -> dict[tuple[str, str, str], float]:
+    """``{(experiment, judge, panel): largest |gain| over the cells of its A/A controls}`` (the
+    ``expect = 0`` claims with more than one seed per side)."""
+    sticks: dict[tuple[str, str, str], float] = {}
+    for f in found:
+        if f.claim.expect != 0:
+            continue
+        for c in f.comparisons:
+            if c.max_abs_gain is not None and c.seed_test not in ("", "none"):
+                key = (f.claim.experiment, f.claim.judge, c.panel)
+                sticks[key] = max(sticks.get(key, 0.0), c.max_abs_gain)
+    return sticks
+
+
+def read_against_aa(found: list[Finding]) -> list[Finding]:
+    """Each significant outcome (reproduced, contradicted, significant) of a non-control claim read
+    against the A/A yardstick of its panel and judge (:func:`aa_yardsticks`, the controls of
+    :data:`AA_CONTROLS` ``[claim.experiment]``): no larger -> :data:`WITHIN_AA` (with the yardstick);
+    larger -> kept, with the yardstick; no yardstick -> kept, saying no A/A control covers it. The
+    verdicts are recounted."""
+    sticks = aa_yardsticks(found)
+    for f in found:
+        if f.claim.expect == 0:
+            continue
+        control = AA_CONTROLS.get(f.claim.experiment)
+        for c in f.comparisons:
+            if c.gain is None or c.outcome not in ("reproduced", "contradicted", "significant"):
+                continue
+            stick = sticks.get((control, f.claim.judge, c.panel)) if control else None
+            if stick is None:
+                c.outcome += (" (no A/A control on this panel)" if control else
+                              " (no A/A control at these settings)")
+            elif abs(c.gain) <= stick:
+                c.outcome = f"{WITHIN_AA} (the A/A control's largest |gain| here: {100 * stick:.1f} points)"
+            else:
+                c.outcome += f" (beyond the A/A control's {100 * stick:.1f} points)"
+        f.verdict = _verdict(f.claim, f.comparisons)
+    return found
 
 
 def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
@@ -240,8 +289,10 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
              "docs/method.md §10). Verdict: *reproduced* / *contradicted* = significant with / against the paper's "
              "sign, *not established* = not significant, or significant but with intervals that do not clear the "
              "gain the runs' KL placement alone makes (*the chords alone make [a, b]*: each method's curve read "
-             "at the other's KLs, docs/method.md §10); a control *passes* when no cell is significant. No "
-             "correction for the many panels, methods and KLs read.", ""]
+             "at the other's KLs, docs/method.md §10); a control *passes* when no cell is significant, and "
+             "*within A/A noise* = significant, but no larger than the largest |gain| its A/A control (an "
+             "independent re-training of one method) shows on that panel and judge. No correction for the many "
+             "panels, methods and KLs read.", ""]
     if out is not None:
         lines += [f"Reports under `{out}`.", ""]
     for f in found:
