@@ -57,7 +57,7 @@ def test_smoke_every_transform_and_algo(cache_dir, tmp_path, overrides):
 
 @pytest.mark.slow
 def test_pooled_run_takes_the_small_tilt_beta_and_records_no_theory(cache_dir, tmp_path):
-    """identity on the pooled calibrated reward (the control, docs/method.md §2.4): the calibrated-space
+    """identity on the pooled calibrated reward (the control, docs/method.md (2.4)): the calibrated-space
     theory does not describe it, so its KL target is met by the small-tilt match over its own
     calibration table (§9) and the run records no theory beside it (nothing to compare it with)."""
     from infalign.apps.config import instantiate_trainer

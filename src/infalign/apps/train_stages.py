@@ -138,7 +138,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             world.tokenizer.save_pretrained(out_dir / "policy")
 
         # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none, nor for
-        # a pooled calibrated reward, docs/method.md §2.4)
+        # a pooled calibrated reward, docs/method.md (2.4))
         target = algo.theory_target(transform)
         if target is not None and not theory_applies(target[0], cfg.calibration.get("scope") == "pooled"):
             target = None

@@ -353,7 +353,7 @@ def applies(transform: Transform, pooled: bool = False) -> bool:
     """Whether this theory describes KL-RL on ``transform`` of the run's reward: ``Phi`` must act on a
     calibrated reward that is Uniform(0, 1) under pi_ref *within every prompt* (docs/method.md §4).
     Per-prompt C_hat is (up to its 1/K resolution); ``raw`` has no calibrated reward, and pooled
-    C_pool (``pooled=True``, §2.4) is uniform only over all prompts together -- within a prompt it
+    C_pool (``pooled=True``, docs/method.md (2.4)) is uniform only over all prompts together -- within a prompt it
     can sit anywhere in [0, 1] with any spread -- so neither has a prediction."""
     return bool(transform.calibrated) and not pooled
 

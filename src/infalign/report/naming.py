@@ -74,7 +74,7 @@ def uses_transform(job: Job) -> bool:
 
 def pooled_calibration(job: Job) -> bool:
     """Whether the run calibrated its reward among all prompts' reference samples
-    (``calibration.scope=pooled``, docs/method.md §2.4): the calibrated-space theory does not apply."""
+    (``calibration.scope=pooled``, docs/method.md (2.4)): the calibrated-space theory does not apply."""
     calibration = job.config.get("calibration") if isinstance(job.config, dict) else None
     return isinstance(calibration, dict) and calibration.get("scope") == "pooled"
 
