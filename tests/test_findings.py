@@ -162,7 +162,7 @@ def test_every_claimed_method_is_a_name_runs_are_recorded_under():
         recorded.add(method_info(cfg, algo, transform, procedure)["method"])
     claimed = {m for c in CLAIMS for m in (*c.methods, c.baseline)}
     replicas = {m for m in claimed if m.endswith("[replica=1]")}
-    assert replicas == {"identity[replica=1]", "expn(t=8)[replica=1]"}
+    assert replicas == {"identity[replica=1]", "expn(t=8)[replica=1]", "expn(t=-4)[replica=1]", "raw[replica=1]"}
     assert {m.removesuffix("[replica=1]") for m in replicas} <= recorded  # a replica is its method re-trained
     assert claimed - replicas <= recorded, claimed - recorded
 
@@ -211,9 +211,10 @@ def test_significant_gains_are_read_against_the_aa_yardstick_of_their_panel(tmp_
           + rows("bon4", "expn(t=4)", "identity", [0.03] * 6, [True] * 6))  # 3.0 > 0.4
     won = Claim("won", "won/report", "exp(t<0) beats identity", ("won4",), ("expn(t=-4)",), "identity", +1)
     write(tmp_path, "won/report", rows("won4", "expn(t=-4)", "identity", [0.05] * 6, [True] * 6))
-    hacking = Claim("hacking", "hacking/report", "robust", ("standard",), ("identity",), "raw", +1, judge="gold")
-    write(tmp_path, "hacking/report", rows("standard", "identity", "raw", [0.02] * 6, [True] * 6, judge="gold",
-                                            spread=0.01))
+    hacking = Claim("hacking_control", "hacking_control/report", "robust", ("standard",), ("identity",), "raw", +1,
+                    judge="gold")
+    write(tmp_path, "hacking_control/report", rows("standard", "identity", "raw", [0.02] * 6, [True] * 6,
+                                                    judge="gold", spread=0.01))
     f_aa, f_bon, f_won, f_hack = findings(tmp_path, [aa, bon, won, hacking])
     assert f_aa.verdict.startswith("fails: 1 of 12")  # the control itself is read as before
     assert [c.outcome for c in f_bon.comparisons] == [

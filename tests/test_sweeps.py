@@ -185,27 +185,31 @@ def test_composed_configs_are_independent_copies():
 
 
 @pytest.mark.slow
-def test_the_null_sweep_pairs_each_arm_with_an_independent_retraining_of_itself():
-    """sweeps/paper_null.yaml: {identity, exp(t=8)} x replica {0, 1} x 5 KL points x 3 seeds, with
-    paper_bon's evaluation settings (so replica 0 is paper_bon's run of that method: a policy-cache
-    hit after it); replica 1 is labelled <method>[replica=1] and trains from other draws."""
+@pytest.mark.parametrize("null, base, arms", [
+    ("paper_null", "paper_bon", (("identity", "identity"), ("expn_t8", "expn(t=8)"))),
+    ("paper_null_won", "paper_won", (("identity", "identity"), ("expn_tm4", "expn(t=-4)"))),
+    ("paper_null_hacking", "paper_hacking", (("raw", "raw"), ("identity", "identity")))])
+def test_a_null_sweep_pairs_each_arm_with_an_independent_retraining_of_itself(null, base, arms):
+    """sweeps/paper_null*.yaml: two arms x replica {0, 1} x 5 KL points x 3 seeds, with their base sweep's
+    training and evaluation settings (so replica 0 is the base sweep's run of that method: a
+    policy-cache hit after it); replica 1 is labelled <method>[replica=1] and trains from other draws."""
     from infalign.math.transforms import as_transform
     from infalign.pipeline.record import method_info
     from infalign.pipeline.settings import training_seed
     from infalign.training.algorithms import make_algorithm
 
-    cfg = compose_sweep("paper_null")
+    cfg = compose_sweep(null)
     jobs = [dict(o.split("=", 1) for o in job) for job in expand(cfg)]
     assert len(jobs) == 60 and len({(j["method"], j["replica"], j["kl_point"], j["seed"]) for j in jobs}) == 60
-    assert {j["method"] for j in jobs} == {"identity", "expn_t8"}
-    for method, label in (("identity", "identity"), ("expn_t8", "expn(t=8)")):
-        bon = compose_config("train", "+sweeps=paper_bon", f"method={method}", "kl_point=2", "seed=1")
+    assert {j["method"] for j in jobs} == {method for method, _ in arms}
+    for method, label in arms:
+        bon = compose_config("train", f"+sweeps={base}", f"method={method}", "kl_point=2", "seed=1")
         seeds, labels = set(), set()
         for replica in (0, 1):
-            job = compose_config("train", "+sweeps=paper_null", f"method={method}", "kl_point=2", "seed=1",
+            job = compose_config("train", f"+sweeps={null}", f"method={method}", "kl_point=2", "seed=1",
                                  f"replica={replica}")
             assert job.eval == bon.eval and job.procedure == bon.procedure and job.algo == bon.algo
-            assert job.transform == bon.transform
+            assert job.transform == bon.transform and job.kl_grid == bon.kl_grid and job.data == bon.data
             algo = make_algorithm(OmegaConf.to_container(job.algo, resolve=True))
             transform = as_transform(instantiate(job.transform))
             labels.add(method_info(job, algo, transform, instantiate(job.procedure))["method"])

@@ -97,8 +97,16 @@ EXPERIMENTS = (
                 Report("expn", ("expn(t=8)", "expn(t=8)[replica=1]"), ("expn(t=8)",)))),
     Experiment("standard", "paper_standard", "Fig. 4 top: standard win rate vs KL"),
     Experiment("won", "paper_won", "worst-of-4 with t < 0 (harmlessness analogue)"),
+    Experiment("null_won", "paper_null_won", "control: identity and exp(t=-4) on worst-of-N, each against an "
+               "independent re-training of itself (A/A)",
+               (Report("identity", ("identity", "identity[replica=1]")),
+                Report("expn", ("expn(t=-4)", "expn(t=-4)[replica=1]"), ("expn(t=-4)",)))),
     Experiment("control", "paper_control", "control: the calibrated world"),
     Experiment("hacking", "paper_hacking", "reward hacking as KL grows", more=("paper_hacking_raw",)),
+    Experiment("null_hacking", "paper_null_hacking", "control: raw and identity at the hacking settings, each "
+               "against an independent re-training of itself (A/A)",
+               (Report("raw", ("raw", "raw[replica=1]"), ("raw",)),
+                Report("identity", ("identity", "identity[replica=1]")))),
     Experiment("hacking_control", "paper_hacking_control", "control: no labeler length bias",
                more=("paper_hacking_control_raw",)),
 )

@@ -40,9 +40,10 @@ __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings",
            "findings_json", "read_against_aa", "aa_yardsticks"]
 
 EXP_T = ("expn(t=4)", "expn(t=8)", "expn(t=16)")
-# claim experiment -> the experiment of the A/A controls trained at its settings (paper_null re-trains at
-# paper_bon's; standard and won train at them too, and load bon's policies): its yardsticks apply
-AA_CONTROLS = {"bon": "null", "standard": "null", "won": "null"}
+# claim experiment -> the experiment of the A/A controls trained at its settings, whose yardsticks apply
+# (paper_null re-trains at paper_bon's, which standard shares; paper_null_won at paper_won's, with its
+# worst-of-N panels; paper_null_hacking at paper_hacking's)
+AA_CONTROLS = {"bon": "null", "standard": "null", "won": "null_won", "hacking": "null_hacking"}
 WITHIN_AA = "within A/A noise"
 EXP_T_NEG = ("expn(t=-4)", "expn(t=-8)")
 
@@ -80,6 +81,16 @@ CLAIMS: tuple[Claim, ...] = (
           ("expn(t=8)[replica=1]",), "expn(t=8)", 0),
     Claim("null", "null/report_expn", "A/A control of the treatment under the gold judge",
           ("standard", "bon2", "bon4", "bon32"), ("expn(t=8)[replica=1]",), "expn(t=8)", 0, judge="gold"),
+    Claim("null_won", "null_won/report_identity", "A/A control on worst-of-N: identity against an independent "
+          "re-training of itself", ("standard", "won2", "won4", "won8"), ("identity[replica=1]",), "identity", 0),
+    Claim("null_won", "null_won/report_expn", "A/A control of the worst-of-N treatment: exp(t=-4) against an "
+          "independent re-training of itself", ("standard", "won2", "won4", "won8"), ("expn(t=-4)[replica=1]",),
+          "expn(t=-4)", 0),
+    Claim("null_hacking", "null_hacking/report_raw", "A/A control at the hacking settings, under gold: raw against "
+          "an independent re-training of itself", ("standard",), ("raw[replica=1]",), "raw", 0, judge="gold"),
+    Claim("null_hacking", "null_hacking/report_identity", "A/A control at the hacking settings, under gold: "
+          "identity against an independent re-training of itself", ("standard",), ("identity[replica=1]",),
+          "identity", 0, judge="gold"),
     Claim("bon", "bon/report_transforms", "calibrated identity is the best on the standard win rate: exp(t) "
           "trails it", ("standard",), EXP_T, "identity", -1),
     Claim("standard", "standard/report", "the best-of-N baselines (BoN-SFT, IPO) trail calibrated identity on the "
