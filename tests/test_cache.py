@@ -131,3 +131,28 @@ def test_a_module_edited_after_the_process_imported_it_keys_its_results_apart(tm
     assert sum("changed on disk after this process imported it" in r.getMessage() for r in caplog.records) == 1
     monkeypatch.delitem(sys.modules, "infalign_stale_probe")  # a process that imports it now runs the file
     assert cache.modules_digest(["infalign_stale_probe"], "X") == clean
+
+
+def test_a_file_system_without_flock_builds_unlocked_instead_of_failing(tmp_path, monkeypatch, caplog):
+    """run_dir_lock went on without flock (Lustre noflock, NFS without lockd), but every cache miss
+    raised OSError(ENOSYS) there, so no world, pool or reward model could be built (a review's find):
+    the entry is now built and written (atomically) without the lock, with a warning."""
+    import errno
+
+    import torch
+
+    from infalign.infra import cache
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(cache.fcntl, "flock", no_flock)
+    with caplog.at_level("WARNING", logger="infalign.infra.cache"):
+        value, hit = cache.cached(tmp_path / "entry.pt", lambda: {"x": torch.arange(3.0)},
+                                  lambda v, p: cache.save_tensors(p, v, key="k"),
+                                  lambda p: cache.load_tensors(p, "k")[0])
+    assert not hit and torch.equal(value["x"], torch.arange(3.0)) and (tmp_path / "entry.pt").is_file()
+    assert any("without the lock" in r.getMessage() for r in caplog.records)
+    again, hit = cache.cached(tmp_path / "entry.pt", lambda: pytest.fail("rebuilt"), lambda v, p: None,
+                              lambda p: cache.load_tensors(p, "k")[0])
+    assert hit and torch.equal(again["x"], value["x"])

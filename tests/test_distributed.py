@@ -130,3 +130,49 @@ def test_devices_auto_counts_what_lightning_would_use(tmp_path, monkeypatch, acc
                 train_app.validate(cfg)
         else:
             train_app.validate(cfg)
+
+
+@pytest.mark.parametrize("accelerator, cuda, backend", [("cpu", False, "gloo"), ("cpu", True, "gloo"),
+                                                        ("gpu", True, "cpu:gloo,cuda:nccl"),
+                                                        ("auto", True, "cpu:gloo,cuda:nccl"), ("auto", False, "gloo")])
+def test_an_srun_task_joins_with_lightnings_slurm_address_and_the_trainers_backend(monkeypatch, accelerator, cuda,
+                                                                                  backend):
+    """Under srun (submitit's tasks) neither SLURM nor submitit sets MASTER_ADDR / MASTER_PORT, and the
+    group's env:// rendezvous failed before calibration; and the backend followed CUDA's presence, so
+    trainer=ddp_cpu on a GPU node got an NCCL-only group on which CPU collectives fail (both found by a
+    review). Now: Lightning's SLURM address (first node of SLURM_NODELIST, 15000 + the job id's last
+    4 digits) and the trainer's accelerator."""
+    from infalign.infra import distributed
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
+                "TORCHELASTIC_RUN_ID"):  # set, then deleted: monkeypatch restores them (unset) after the
+        monkeypatch.setenv(var, "")  # test -- init_from_env sets them, and a rank left in the worker's
+        monkeypatch.delenv(var)  # environment made later tests wait for a process group
+    for var, value in {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_NODELIST": "gpu[3-4]",
+                       "SLURM_JOB_ID": "1234567", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2"}.items():
+        monkeypatch.setenv(var, value)
+    joined, devices = [], []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.append(kw))
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", devices.append)
+    distributed.init_from_env(accelerator)
+    assert joined == [{"backend": backend}]
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu3", str(15000 + 4567))
+    assert devices == ([1] if "nccl" in backend else [])
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "FSDP", "fsdp_cpu_offload"])
+def test_fsdp_is_refused_before_compute(tmp_path, strategy):
+    """Lightning's FSDP runs training_step inside FSDP's forward, where RL's manual backward fails at the
+    first step, and leaves predict's sampled models sharded (a review ran both on 2 CPU ranks):
+    refused, naming trainer.strategy, instead of crashing mid-run."""
+    from infalign.apps import train as train_app
+    from infalign.errors import ConfigError
+    from pipeline_helpers import compose_train
+
+    with pytest.raises(ConfigError) as err:
+        train_app.validate(compose_train(tmp_path, tmp_path, f"trainer.strategy={strategy}"))
+    assert err.value.key == "trainer.strategy" and "trainer=ddp" in err.value.hint
+    train_app.validate(compose_train(tmp_path, tmp_path, "trainer.strategy=ddp"))  # control: DDP passes

@@ -240,3 +240,21 @@ def test_the_hacking_raw_fills_are_their_sweeps_raw_runs_between_two_of_its_budg
             {k: v for k, v in ref.algo.items() if k != "kl_target"}
         for key in ("data", "eval", "procedure", "calibration", "sweep_name", "transform"):
             assert job[key] == ref[key], key
+
+
+@pytest.mark.parametrize("trainer, devices, tasks, gpus", [("ddp", "4", 4, 4), ("ddp_cpu", "2", 2, 0)])
+def test_the_slurm_launcher_asks_for_gpus_only_for_a_gpu_trainer(trainer, devices, tasks, gpus):
+    """trainer=ddp_cpu asked SLURM for GPUs (its CPU ranks then landed on a GPU node, where the
+    process group was NCCL-only; a review's find); trainer.devices=auto failed in submitit's typed
+    config with an interpolation error, now a ConfigError naming trainer.devices."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", f"trainer={trainer}", f"trainer.devices={devices}"],
+                      return_hydra_config=True)
+        auto = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=auto"],
+                       return_hydra_config=True)
+    assert (cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node) == (tasks, gpus)
+    with pytest.raises(InterpolationResolutionError) as err:
+        auto.hydra.launcher.tasks_per_node  # noqa: B018 - resolving it is the test
+    assert "ConfigError" in str(err.value) and "trainer.devices='auto'" in str(err.value)

@@ -109,6 +109,28 @@ if not OmegaConf.has_resolver("not"):  # ${not:${save_optimizer}} (conf/callback
     OmegaConf.register_new_resolver("not", lambda value: not value)
 
 
+def slurm_tasks(devices) -> int:
+    """``${slurm_tasks:${trainer.devices}}`` (conf/hydra/launcher/slurm.yaml): SLURM tasks per node, one
+    per device -- a count: ``auto`` cannot size a SLURM request (ConfigError naming the key)."""
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError("trainer.devices", devices, "an integer >= 1 with hydra/launcher=slurm",
+                          "SLURM is asked for that many tasks (and GPUs) per node: e.g. trainer.devices=4")
+    return devices
+
+
+def slurm_gpus(accelerator, devices) -> int:
+    """``${slurm_gpus:${trainer.accelerator},${trainer.devices}}``: GPUs per node to ask SLURM for --
+    one per task on a GPU trainer (``gpu``, ``cuda``, ``auto``), none for ``cpu`` (trainer=ddp_cpu
+    asked for GPUs, landing CPU ranks on a GPU node)."""
+    return slurm_tasks(devices) if str(accelerator) in ("gpu", "cuda", "auto") else 0
+
+
+if not OmegaConf.has_resolver("slurm_tasks"):
+    OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks)
+if not OmegaConf.has_resolver("slurm_gpus"):
+    OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
+
+
 # Config groups whose entries define the types of their keys (below); experiment / method / sweep entries
 # only set values (they are checked against these), hydra / logger / callbacks are the libraries' own.
 TYPED_GROUPS = ("calibration", "data", "policy", "reward", "trainer")

@@ -110,6 +110,11 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     training_seed(cfg)  # replica
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
+    strategy = cfg.trainer.get("strategy", "auto")
+    require("fsdp" not in str(strategy).lower(), "trainer.strategy", strategy,
+            "auto, ddp or ddp_spawn: not FSDP (README, 'Scale: what to expect')",
+            "Lightning's FSDP runs training_step inside FSDP's forward, where RL's manual backward is refused, "
+            "and its predict stages leave the sampled models' weights sharded; use trainer=ddp")
     require(int(cfg.seed) >= 0, "seed", cfg.seed, "an integer >= 0 (it seeds numpy and torch generators)")
     devices = trainer_devices(cfg.trainer.devices)
     if devices == "auto" or (devices == -1 and cfg.trainer.accelerator != "cpu"):  # -1: every visible GPU

@@ -98,7 +98,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
         if "reward_train_s" in world.stats:  # reward-model training is its own stage inside the world's
             timings["reward_train_s"] = world.stats["reward_train_s"]
-        distributed.init_from_env()  # from here on every stage sees the same ranks
+        distributed.init_from_env(cfg.trainer.accelerator)  # from here on every stage sees the same ranks
         check_ranks_agree(distributed.all_gather_objects((world.reference_fingerprint, world.reward_fingerprint)))
 
         table, calib_hit = None, None

@@ -273,15 +273,30 @@ def load_tensors(path: str | os.PathLike, key: str | None = None) -> tuple[dict[
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock (``fcntl.flock``) held for the duration of the block."""
+    """An exclusive advisory lock (``fcntl.flock``) held for the duration of the block. On a file
+    system without ``flock`` (Lustre mounted noflock, NFS without lockd: ``OSError`` ENOSYS, ENOLCK,
+    EOPNOTSUPP) the block runs unlocked, with a warning once per process: concurrent builders of one
+    entry may then both build it -- wasted work, never a torn entry (entries appear by atomic rename
+    and are checked on load) -- where a raised error made every cache miss fail."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:
+            _warn_no_lock(path.parent, str(exc))
+            yield
+            return
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@functools.cache
+def _warn_no_lock(where: Path, exc: str) -> None:
+    log.warning("cannot lock cache entries under %s (%s): building without the lock (two jobs may build one "
+                "entry twice; entries are still written atomically)", where, exc)
 
 
 def cached(

@@ -72,11 +72,18 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
 
 
-def init_from_env() -> None:
+def init_from_env(accelerator: str = "auto") -> None:
     """Join the process group described by the launcher's env vars, before any stage runs.
 
     Every stage (calibration, RL, evaluation) then sees the same ranks; Lightning reuses an
-    initialised group. No-op in a single process or when already initialised.
+    initialised group. No-op in a single process or when already initialised. Under srun (SLURM's
+    names: ``SLURM_PROCID``, ...) the rendezvous address is what Lightning's SLURM environment derives
+    -- the first node of ``SLURM_NODELIST``, port 15000 + the job id's last 4 digits -- unless
+    ``MASTER_ADDR`` / ``MASTER_PORT`` are set (neither SLURM nor submitit sets them: without them the
+    group's ``env://`` rendezvous failed). The backend follows the trainer's ``accelerator``: on GPUs
+    (``gpu``, ``cuda``, or ``auto`` with CUDA present) ``cpu:gloo,cuda:nccl`` -- NCCL for CUDA tensors
+    and gloo for the CPU tensors the stages gather --, else gloo (a ``ddp_cpu`` run on a GPU machine
+    got an NCCL-only group, on which every CPU collective fails).
     """
     if not launched_externally() or (dist.is_available() and dist.is_initialized()):
         return
@@ -85,10 +92,15 @@ def init_from_env() -> None:
         env.setdefault("RANK", env["SLURM_PROCID"])
         env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
         env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        slurm = SLURMEnvironment()
+        env.setdefault("MASTER_ADDR", slurm.main_address)
+        env.setdefault("MASTER_PORT", str(slurm.main_port))
+    gpu = torch.cuda.is_available() and str(accelerator) in ("gpu", "cuda", "auto")
+    if gpu:
         torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend="cpu:gloo,cuda:nccl" if gpu else "gloo")
 
 
 def shutdown() -> None:

@@ -59,7 +59,7 @@ def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFa
     """Sample n responses per prompt with ``model`` and score them (``trainer(...).predict``, no logger,
     no checkpointing; ``trainer`` is the run's ``predict`` factory, ``pipeline/trainer.py``); the layout
     of :func:`infalign.training.rollout.gather`."""
-    distributed.init_from_env()
+    distributed.init_from_env(factory_keywords(trainer).get("accelerator", "auto"))
     temperature, top_k, top_p = sampling_settings(gen_cfg)
     module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), temperature,
                            seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
@@ -82,7 +82,7 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
         pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer, seed)
         return _flatten(pool)
 
-    distributed.init_from_env()
+    distributed.init_from_env(factory_keywords(trainer).get("accelerator", "auto"))
     if not distributed.is_distributed():
         value, hit = _cached_tensors(path, key, tag, build)
         return _unflatten(value), hit
