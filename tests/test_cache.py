@@ -101,10 +101,11 @@ def test_json_files_are_strict_json_with_null_for_non_finite_numbers(tmp_path):
 
 def test_a_module_edited_after_the_process_imported_it_keys_its_results_apart(tmp_path, monkeypatch, caplog):
     """The digest reads files, but an imported module runs the code as imported: after an edit on disk
-    (mtime past infalign.IMPORTED_AT) the file's digest would store the old code's results under the
-    new code's key, served to every later run. Such a digest gets this process's mark instead (warned
-    once); a module not imported yet runs the file as it is, so its digest is the file's. A reviewer
-    showed the stale entry served to a fresh process; this is the key-level half of that."""
+    the file's digest would store the old code's results under the new code's key, served to every
+    later run (a reviewer showed a fresh process loading such a pool). Such a digest gets this
+    process's mark (warned once). A touch or a comment-only edit changes no code and no key; a file
+    dated in the future (a clock ahead) says nothing about an edit; a module not imported yet runs the
+    file as it is."""
     import importlib
     import os
     import sys
@@ -113,24 +114,47 @@ def test_a_module_edited_after_the_process_imported_it_keys_its_results_apart(tm
     import infalign
     from infalign.infra import cache
 
-    probe = tmp_path / "infalign_stale_probe.py"
-    probe.write_text("def f():\n    return 1\n")
-    past = infalign.IMPORTED_AT - 60
-    os.utime(probe, (past, past))
+    def probe(name: str, text: str, mtime: float):
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        os.utime(path, (mtime, mtime))
+        return path
+
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "infalign_stale_probe", raising=False)
+    monkeypatch.setattr(cache, "_IMPORTED_CODE", {})  # this test's records only (restored after it)
+    for name in ("infalign_stale_probe", "infalign_stale_probe_late", "infalign_stale_probe_future"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        monkeypatch.setitem(sys.modules, name, None)  # (registers the entry: monkeypatch removes it after)
+        monkeypatch.delitem(sys.modules, name)
+    past, recent = infalign.IMPORTED_AT - 60, (infalign.IMPORTED_AT + time.time()) / 2  # before / after the start
+    assert recent > infalign.IMPORTED_AT
+    path = probe("infalign_stale_probe", "def f():\n    return 1\n", past)
     clean = cache.modules_digest(["infalign_stale_probe"], "X")  # not imported: the file's digest
     importlib.import_module("infalign_stale_probe")
-    assert cache.modules_digest(["infalign_stale_probe"], "X") == clean  # imported, file unchanged since
-    later = time.time() + 5
-    os.utime(probe, (later, later))  # the same text, touched after the process started: counts as an edit
+    assert cache.modules_digest(["infalign_stale_probe"], "X") == clean  # imported, recorded as imported
+    probe("infalign_stale_probe", "def f():\n    return 1  # a comment\n", recent)  # touched: same code
+    assert cache.modules_digest(["infalign_stale_probe"], "X") == clean
+    probe("infalign_stale_probe", "def f():\n    return 2\n", recent)  # an edit: other code than imported
     with caplog.at_level("WARNING", logger="infalign.infra.cache"):
         stale = cache.modules_digest(["infalign_stale_probe"], "X")
         assert cache.modules_digest(["infalign_stale_probe"], "X") == stale  # one mark per process
     assert stale != clean
     assert sum("changed on disk after this process imported it" in r.getMessage() for r in caplog.records) == 1
-    monkeypatch.delitem(sys.modules, "infalign_stale_probe")  # a process that imports it now runs the file
-    assert cache.modules_digest(["infalign_stale_probe"], "X") == clean
+    del sys.modules["infalign_stale_probe"]  # a process that imports it now runs the file
+    assert cache.modules_digest(["infalign_stale_probe"], "X") != stale
+    # modified after the start, before any digest recorded it: its imported code is unknown -> marked
+    probe("infalign_stale_probe_late", "x = 1\n", past)
+    importlib.import_module("infalign_stale_probe_late")
+    probe("infalign_stale_probe_late", "x = 2\n", recent)
+    assert cache._imported_code_changed("infalign_stale_probe_late", str(tmp_path / "infalign_stale_probe_late.py"),
+                                        b"") is True
+    # dated in the future (a clock ahead of this one): not an edit
+    probe("infalign_stale_probe_future", "y = 1\n", time.time() + 3600)
+    importlib.import_module("infalign_stale_probe_future")
+    future = cache.modules_digest(["infalign_stale_probe_future"], "X")
+    del sys.modules["infalign_stale_probe_future"]
+    assert cache.modules_digest(["infalign_stale_probe_future"], "X") == future
+    assert path.exists()
 
 
 def test_a_file_system_without_flock_builds_unlocked_instead_of_failing(tmp_path, monkeypatch, caplog):

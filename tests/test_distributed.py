@@ -149,7 +149,8 @@ def test_an_srun_task_joins_with_lightnings_slurm_address_and_the_trainers_backe
         monkeypatch.setenv(var, "")  # test -- init_from_env sets them, and a rank left in the worker's
         monkeypatch.delenv(var)  # environment made later tests wait for a process group
     for var, value in {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_NODELIST": "gpu[3-4]",
-                       "SLURM_JOB_ID": "1234567", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2"}.items():
+                       "SLURM_JOB_ID": "1234567", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2",
+                       "SLURM_JOB_NAME": "train"}.items():
         monkeypatch.setenv(var, value)
     joined, devices = [], []
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
@@ -176,3 +177,19 @@ def test_fsdp_is_refused_before_compute(tmp_path, strategy):
         train_app.validate(compose_train(tmp_path, tmp_path, f"trainer.strategy={strategy}"))
     assert err.value.key == "trainer.strategy" and "trainer=ddp" in err.value.hint
     train_app.validate(compose_train(tmp_path, tmp_path, "trainer.strategy=ddp"))  # control: DDP passes
+
+
+@pytest.mark.parametrize("job_name, multi", [("train", True), ("interactive", False), ("bash", False)])
+def test_an_interactive_slurm_allocation_runs_as_one_process(monkeypatch, job_name, multi):
+    """salloc/sbatch --ntasks=N running infalign-train itself (for N cores) is one process: as for
+    Lightning's SLURMEnvironment.detect, an interactive job (name bash / interactive) is not N ranks --
+    a process group would wait 30 minutes for ranks that never come (a review's find)."""
+    from infalign.infra import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", job_name)
+    assert distributed.launched_externally() is multi
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun's own count wins
+    assert distributed.launched_externally() is False

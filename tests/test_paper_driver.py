@@ -178,3 +178,20 @@ def test_a_refused_sweep_runs_no_report_and_counts_nothing_of_an_earlier_run(tmp
     assert rows["won"]["exit"] == 2 and "jobs" not in rows["won"]
     assert rows["standard"]["exit"] == 0 and rows["standard"]["jobs"] == 10
     assert any("the sweep was refused" in line for line in lines)
+
+
+def test_a_report_refusing_its_options_keeps_the_sweeps_counts(tmp_path):
+    """Only a refused *sweep* drops an experiment's counts: a report exiting 2 (a --method with no
+    finished runs, e.g. after ``-- method=identity`` narrowed the sweep) left a fully run sweep without
+    its jobs and cache counts (a review's find)."""
+    def runner(cmd):
+        if cmd[0] == "infalign-train":
+            fake_sweep(cmd, jobs=30, finished=30)
+            return 0
+        return 2 if any("report_expn" in c for c in cmd) else 0
+
+    lines = []
+    assert paper.run_all(args("--only", "null", "--seeds", "0", out=tmp_path), runner=runner, echo=lines.append) == 1
+    (row,) = json.loads((tmp_path / "paper_time.json").read_text())["experiments"]
+    assert row["exit"] == 2 and row["jobs"] == 30 and row["finished"] == 30
+    assert not any("the sweep was refused" in line for line in lines)

@@ -228,11 +228,12 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
     args.out.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.time()
     for e, cmds in steps:
-        t0, codes = time.time(), []
+        t0, codes, refused = time.time(), [], False
         for cmd in cmds:
             echo(f"[infalign-paper] {e.name}: {shlex.join(cmd)}")
             codes.append(int(runner(cmd)))
             if cmd[0] == "infalign-train" and codes[-1] == REFUSED:
+                refused = True
                 # refused before any job (a config error; a sweep dir holding an earlier invocation's
                 # results): its report and counts would be that earlier run's, presented as this one's
                 echo(f"[infalign-paper] {e.name}: the sweep was refused (exit {REFUSED}, its message above); "
@@ -240,7 +241,7 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
                 break
         rc = next((c for c in codes if c != 0), 0)
         row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1)}
-        rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep and REFUSED not in codes else {}))
+        rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep and not refused else {}))
         total = time.time() - start
         atomic_write_json(args.out / "paper_time.json", {"seeds": args.seeds, "usable_cores": usable_cores(),
                                                          "total_s": round(total, 1), "experiments": rows})

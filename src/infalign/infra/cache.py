@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,31 +59,47 @@ def modules_digest(modules: Sequence[str], listed_in: str) -> str:
     key that retires an entry when the code that computed it changes. A module that cannot be found
     is an error naming ``listed_in``, the list to update.
 
-    A module this process has already imported whose file changed on disk since the process started
-    (its mtime is after ``infalign.IMPORTED_AT``: code edited, or another branch checked out, while a
-    run or a sweep's worker was alive) runs the code as imported, not the file: the file's digest
-    would store the old code's results under the new code's key, for every later run to load. Such
-    a digest gets this process's own mark instead (:func:`_stale_mark`; a warning says so once): its
-    results are computed and cached as usual, but under a key no other process builds."""
+    A module this process has already imported whose *code* changed on disk since (an edit, or another
+    branch checked out, while a run or a sweep's worker was alive) runs the code as imported, not the
+    file: the file's digest would store the old code's results under the new code's key, for every
+    later run to load. Such a digest gets this process's own mark instead (:func:`_stale_mark`; a
+    warning says so once): its results are computed and cached as usual, but under a key no other
+    process builds. What "the code as imported" is, :func:`_imported_code_changed` decides."""
     h = hashlib.sha256()
     for name in modules:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(f"cache key: module {name!r} not found (update {listed_in})")
-        h.update(code_fingerprint(Path(spec.origin).read_text()))
-        if name in sys.modules and _changed_since_start(spec.origin):
+        fingerprint = code_fingerprint(Path(spec.origin).read_text())
+        h.update(fingerprint)
+        if name in sys.modules and _imported_code_changed(name, spec.origin, fingerprint):
             h.update(_stale_mark(name, spec.origin))
     return h.hexdigest()[:16]
 
 
-def _changed_since_start(path: str) -> bool:
-    """Whether the file at ``path`` was modified after this process first imported infalign."""
+_IMPORTED_CODE: dict[str, bytes] = {}  # module -> the code_fingerprint of what this process imported
+
+
+def _imported_code_changed(name: str, path: str, fingerprint: bytes) -> bool:
+    """Whether the imported module ``name`` runs other code than its file now holds (``fingerprint``).
+    The first digest of a module in this process records its file's code as the imported code when
+    the file is not newer than ``infalign.IMPORTED_AT`` (the process's start) -- or is dated in the
+    future (a clock ahead of this one: an NFS server, an archive), which says nothing about an edit;
+    later digests compare with that record, so a ``touch`` or a comment-only edit changes nothing. A
+    file modified after the start before any digest recorded it may hold other code: changed."""
+    known = _IMPORTED_CODE.get(name)
+    if known is not None:
+        return fingerprint != known
     from infalign import IMPORTED_AT
 
     try:
-        return os.stat(path).st_mtime > IMPORTED_AT
+        mtime = os.stat(path).st_mtime
     except OSError:
         return False
+    if mtime <= IMPORTED_AT or mtime > time.time() + 1.0:
+        _IMPORTED_CODE[name] = fingerprint
+        return False
+    return True
 
 
 @functools.cache

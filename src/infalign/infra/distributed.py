@@ -62,8 +62,14 @@ def accelerator_kind(accelerator: str) -> str:
 
 
 def launched_externally() -> bool:
-    """True when a launcher started one process per rank (torchrun, SLURM srun/submitit)."""
-    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))) > 1
+    """True when a launcher started one process per rank (torchrun: ``WORLD_SIZE``; SLURM srun /
+    submitit: ``SLURM_NTASKS``, unless the job is an interactive allocation -- job name ``bash`` or
+    ``interactive``, Lightning's rule (``SLURMEnvironment.detect``) -- where one process runs alone
+    and a process group would wait for ranks that never come)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"]) > 1
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1 and os.environ.get("SLURM_JOB_NAME") not in ("bash",
+                                                                                                    "interactive")
 
 
 def launch_rank() -> int:
