@@ -156,6 +156,7 @@ def test_an_srun_task_joins_with_lightnings_slurm_address_and_the_trainers_backe
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.append(kw))
     monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: int(cuda))  # (what auto counts)
     monkeypatch.setattr(distributed.torch.cuda, "set_device", devices.append)
     distributed.init_from_env(accelerator)
     assert joined == [{"backend": backend}]

@@ -103,7 +103,7 @@ def init_from_env(accelerator: str = "auto") -> None:
         slurm = SLURMEnvironment()
         env.setdefault("MASTER_ADDR", slurm.main_address)
         env.setdefault("MASTER_PORT", str(slurm.main_port))
-    gpu = torch.cuda.is_available() and str(accelerator) in ("gpu", "cuda", "auto")
+    gpu = torch.cuda.is_available() and accelerator_kind(str(accelerator)) == "cuda"
     if gpu:
         torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if gpu else "gloo")

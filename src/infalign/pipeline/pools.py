@@ -54,12 +54,18 @@ POOL_CODE = ("infalign.pipeline.pools", "infalign.pipeline.settings", "infalign.
              "infalign.models.builders", "infalign.math.rl_objectives", "infalign.toy.world")
 
 
+def _join_ranks(trainer: TrainerFactory) -> None:
+    """Join a launcher's process group (``distributed.init_from_env``) with the backend of the device the
+    predict factory's ``accelerator`` runs on (Lightning's default: ``auto``)."""
+    distributed.init_from_env(str(factory_keywords(trainer).get("accelerator", "auto")))
+
+
 def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFactory, seed, reference=None,
               keep_responses: bool = False) -> dict:
     """Sample n responses per prompt with ``model`` and score them (``trainer(...).predict``, no logger,
     no checkpointing; ``trainer`` is the run's ``predict`` factory, ``pipeline/trainer.py``); the layout
     of :func:`infalign.training.rollout.gather`."""
-    distributed.init_from_env(factory_keywords(trainer).get("accelerator", "auto"))
+    _join_ranks(trainer)
     temperature, top_k, top_p = sampling_settings(gen_cfg)
     module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), temperature,
                            seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
@@ -82,7 +88,7 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
         pool = draw_pool(world.reference, world.tokenizer, prompts, n, judges, gen_cfg, trainer, seed)
         return _flatten(pool)
 
-    distributed.init_from_env(factory_keywords(trainer).get("accelerator", "auto"))
+    _join_ranks(trainer)
     if not distributed.is_distributed():
         value, hit = _cached_tensors(path, key, tag, build)
         return _unflatten(value), hit
