@@ -148,17 +148,10 @@ def ours_records(setup: ToySetup, bench: RLBench, seed: int = 0) -> list[dict]:
 
 def reward_shapes(setup: ToySetup, prompts: list[str], responses: list[str]) -> list[tuple[int, int]]:
     """``(rows, padded width)`` of each forward the reward scorer runs on these pairs: its length
-    buckets (``RewardScorer.chunks``), each padded to its own widest input (``models/reward.py``'s
-    encoding) -- not all rows to the widest of all, which over-counted the phase by 4-6 %."""
-    from infalign.models.reward import reward_model_inputs
-
-    scorer, prompts, responses = setup.scorer, list(prompts), list(responses)
-    shapes = []
-    for idx in scorer.chunks(prompts, responses):
-        enc = reward_model_inputs(setup.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
-                                  max_length=scorer.max_length, pair=scorer.pair)
-        shapes.append((len(idx), int(enc["input_ids"].shape[1])))
-    return shapes
+    buckets, each padded to its own widest input (``RewardScorer.encoded_chunks``) -- not all rows to
+    the widest of all, which over-counted the phase by 4-6 %."""
+    return [(len(idx), int(enc["input_ids"].shape[1]))
+            for idx, enc in setup.scorer.encoded_chunks(list(prompts), list(responses))]
 
 
 def model_costs(setup: ToySetup) -> tuple[ModelCost, ModelCost]:
@@ -180,9 +173,8 @@ def step_flops(costs: tuple[ModelCost, ModelCost], rows: int, prompt_len: int, r
     policy, reward = costs
     forward = teacher_forced_flops(policy, rows, prompt_len, response_len, prefill_rows)
     return {"generation": sampling_flops(policy, rows, prompt_len, response_len, prefill_rows, lengths),
-            "reward": sum(scoring_flops(reward, n, width) for n, width in reward_shapes), "reference": forward,
-            "old_logprobs": forward,
-            "policy_forward": forward, "backward": 2 * forward}
+            "reward": sum(scoring_flops(reward, n, width) for n, width in reward_shapes),
+            "reference": forward, "old_logprobs": forward, "policy_forward": forward, "backward": 2 * forward}
 
 
 # Phases one implementation runs that the step does not need: TRL's no-grad policy forward for its

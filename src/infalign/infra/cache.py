@@ -104,8 +104,9 @@ def _imported_code_changed(name: str, path: str, fingerprint: bytes) -> bool:
 
 @functools.cache
 def _stale_mark(name: str, path: str) -> bytes:
-    """What :func:`modules_digest` adds for a module whose file changed after this process imported
-    it: the process's id and start, so no other process's key matches; warned once per module."""
+    """What :func:`modules_digest` adds for a module whose code changed on disk after this process
+    imported it (:func:`_imported_code_changed`): the process's id and start, so no other process's
+    key matches; warned once per module."""
     from infalign import IMPORTED_AT
 
     log.warning("%s changed on disk after this process imported it (%s): results computed now come from the "

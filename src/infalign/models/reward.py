@@ -8,7 +8,7 @@ sequence-classification model (:class:`RewardScorer`) or the toy world's program
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -160,11 +160,7 @@ class RewardScorer:
         self.model.eval()
         device = next(self.model.parameters()).device
         scores = torch.zeros(len(prompts))
-        for idx in self.chunks(prompts, responses):
-            enc = reward_model_inputs(
-                self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_length=self.max_length,
-                pair=self.pair,
-            )
+        for idx, enc in self.encoded_chunks(prompts, responses):
             logits = self.model(**{k: enc[k].to(device) for k in MODEL_INPUTS if k in enc}).logits
             scores[idx] = logits[:, 0].float().cpu()
             self._warn_truncation(enc["truncated"])
@@ -190,6 +186,14 @@ class RewardScorer:
             return []
         lengths = torch.tensor([len(p) + len(r) for p, r in zip(prompts, responses)])
         return length_buckets(lengths, max_rows=self.batch_size)
+
+    def encoded_chunks(self, prompts: list[str], responses: list[str]) -> Iterator[tuple[torch.Tensor, dict]]:
+        """``(row indices, encoding)`` of each forward :meth:`score` runs: the :meth:`chunks`, each
+        encoded by :func:`reward_model_inputs` with this scorer's ``max_length`` and layout (``prompts``
+        already the dataset's text)."""
+        for idx in self.chunks(prompts, responses):
+            yield idx, reward_model_inputs(self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
+                                           max_length=self.max_length, pair=self.pair)
 
 
 class GoldScorer:
