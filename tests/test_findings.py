@@ -131,7 +131,8 @@ def test_the_paper_driver_writes_and_prints_the_findings_after_every_experiment(
     found = json.loads((tmp_path / "findings.json").read_text())["findings"]
     null = [f for f in found if f["experiment"] == "null" and f["judge"] == "reward_model"]
     assert len(null) == 2  # identity's and exp(t=8)'s A/A control, each read off its own report
-    assert {f["verdict"] for f in null} == {"passes (largest |gain| over the 6 cells: 0.0 points)"}
+    assert {f["verdict"] for f in null} == {"passes (largest |gain| over the 6 cells: 0.0 points; 3 not measured of 4 "
+                                         "comparisons)"}
     assert "# The paper's findings" in (tmp_path / "findings.md").read_text()
     printed = "\n".join(lines)
     assert "null [reward_model]: A/A control" in printed and "passes" in printed
@@ -197,8 +198,8 @@ def test_a_significant_gain_the_chords_alone_could_make_is_not_established(tmp_p
 def test_significant_gains_are_read_against_the_aa_yardstick_of_their_panel(tmp_path):
     """A claim was called reproduced while its own run's A/A control showed gains as large (a reviewer's
     find): a significant gain no larger than the A/A control's largest |gain| on the same panel and
-    judge is within A/A noise; larger, it stays with the yardstick named; a panel (won) or settings
-    (hacking) no A/A control covers are said to be uncovered."""
+    judge is within A/A noise; larger, it stays with the yardstick named; settings no A/A control
+    covers are said to be uncovered, and the verdict counts those significant outcomes."""
     from infalign.report.findings import WITHIN_AA
 
     aa = Claim("null", "null/report_identity", "A/A", ("bon2", "bon4"), ("identity[replica=1]",), "identity", 0)
@@ -209,23 +210,89 @@ def test_significant_gains_are_read_against_the_aa_yardstick_of_their_panel(tmp_
     write(tmp_path, "bon/report_transforms",
           rows("bon2", "expn(t=4)", "identity", [0.007] * 6, [True] * 6, spread=0.004)  # 0.7 <= 0.9: noise
           + rows("bon4", "expn(t=4)", "identity", [0.03] * 6, [True] * 6))  # 3.0 > 0.4
-    won = Claim("won", "won/report", "exp(t<0) beats identity", ("won4",), ("expn(t=-4)",), "identity", +1)
-    write(tmp_path, "won/report", rows("won4", "expn(t=-4)", "identity", [0.05] * 6, [True] * 6))
     hacking = Claim("hacking_control", "hacking_control/report", "robust", ("standard",), ("identity",), "raw", +1,
                     judge="gold")
     write(tmp_path, "hacking_control/report", rows("standard", "identity", "raw", [0.02] * 6, [True] * 6,
                                                     judge="gold", spread=0.01))
-    f_aa, f_bon, f_won, f_hack = findings(tmp_path, [aa, bon, won, hacking])
+    f_aa, f_bon, f_hack = findings(tmp_path, [aa, bon, hacking])
     assert f_aa.verdict.startswith("fails: 1 of 12")  # the control itself is read as before
     assert [c.outcome for c in f_bon.comparisons] == [
-        f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points)",
-        "reproduced (beyond the A/A control's 0.4 points)"]
+        f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points, KL 0.10-0.60)",
+        "reproduced (beyond the A/A control's 0.4 points, KL 0.10-0.60)"]
     assert f_bon.verdict == f"reproduced 1, {WITHIN_AA} 1 of 2"
-    assert f_won.comparisons[0].outcome == "reproduced (no A/A control on this panel)"
     assert f_hack.comparisons[0].outcome == "reproduced (no A/A control at these settings)"
-    assert f_won.verdict == "reproduced 1 of 1"
+    assert f_hack.verdict == "reproduced 1 of 1 (1 significant without an A/A yardstick)"
     # without the A/A experiment's report, the bon gains are not judged against anything: said so
     (tmp_path / "null" / "report_identity" / "matched_kl.csv").unlink()
-    _, f_bon = findings(tmp_path, [aa, bon])
-    assert {c.outcome for c in f_bon.comparisons} == {"reproduced (no A/A control on this panel)"}
-    assert "within A/A noise" in findings_markdown([f_bon])  # the header defines the term
+    f_aa, f_bon = findings(tmp_path, [aa, bon])
+    assert {c.outcome for c in f_bon.comparisons} == {"reproduced (A/A control 'null' not measured (not run?))"}
+    assert f_bon.verdict == "reproduced 2 of 2 (2 significant without an A/A yardstick)"
+    assert "*within A/A noise* = significant, but no larger" in findings_markdown([f_bon])
+
+
+def test_the_yardstick_is_taken_over_the_claims_kl_range_and_names_a_missing_one(tmp_path):
+    """The hacking A/A control's raw pair spans KL 0.1-25 (raw's runaway), its |gains| there several
+    points, while the hacking finding reads KLs up to ~4.4 (a reviewer's find): the yardstick is the
+    control's largest |gain| at KLs inside the comparison's own range; a control with one seed, or
+    without a KL in that range, gives no yardstick, and says so; differing seed counts are named."""
+    from infalign.report.findings import WITHIN_AA
+
+    aa = Claim("null_hacking", "null_hacking/report_raw", "A/A", ("standard",), ("raw[replica=1]",), "raw", 0,
+               judge="gold")
+    hack = Claim("hacking", "hacking/report", "robust", ("standard",), ("identity",), "raw", +1, judge="gold")
+    control = rows("standard", "raw[replica=1]", "raw", [0.002, 0.004, 0.003, 0.05, 0.04, 0.03], [False] * 6,
+                   judge="gold")
+    for r, kl in zip(control[::-1], (0.1, 1.0, 2.0, 10.0, 18.0, 25.0)):
+        r["kl"] = kl
+    write(tmp_path, "null_hacking/report_raw", control)
+    claim_rows = rows("standard", "identity", "raw", [0.013] * 6, [True] * 6, judge="gold", spread=0.004)
+    write(tmp_path, "hacking/report", claim_rows)  # KLs 0.1-0.6: the control's cells at 0.1 only
+    _, f = findings(tmp_path, [aa, hack])
+    assert f.comparisons[0].outcome == "reproduced (beyond the A/A control's 0.2 points, KL 0.10-0.60)"
+    for r, kl in zip(claim_rows[::-1], (0.5, 1.0, 1.5, 2.0, 3.0, 4.4)):
+        r["kl"] = kl
+    write(tmp_path, "hacking/report", claim_rows)  # 1.3 > 0.4 (KL 1, 2), not against the 5.0 at KL 10
+    _, f = findings(tmp_path, [aa, hack])
+    assert f.comparisons[0].outcome == "reproduced (beyond the A/A control's 0.4 points, KL 0.50-4.40)"
+    for r, kl in zip(claim_rows[::-1], (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
+        r["kl"] = kl
+    write(tmp_path, "hacking/report", claim_rows)
+    _, f = findings(tmp_path, [aa, hack])
+    assert f.comparisons[0].outcome == "reproduced (A/A control 'null_hacking' has no common KL in 0.30-0.80)"
+    for r, kl in zip(claim_rows[::-1], (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)):
+        r["kl"] = kl  # the control's cells at 1, 2 and 10: 5.0 points, larger than the gain
+    write(tmp_path, "hacking/report", claim_rows)
+    _, f = findings(tmp_path, [aa, hack])
+    assert f.comparisons[0].outcome == f"{WITHIN_AA} (the A/A control's largest |gain| here: 5.0 points, KL 1.00-10.00)"
+    write(tmp_path, "null_hacking/report_raw", [r | {"n_seeds": 2, "n_seeds_baseline": 2} for r in control])
+    _, f = findings(tmp_path, [aa, hack])
+    assert f.comparisons[0].outcome.endswith("KL 1.00-10.00; the control has 2 seeds, this comparison 3)")
+    write(tmp_path, "null_hacking/report_raw", [r | {"n_seeds": 1, "n_seeds_baseline": 1, "seed_test": "none"}
+                                                 for r in control])
+    f_aa, f = findings(tmp_path, [aa, hack])
+    assert f.comparisons[0].outcome == "reproduced (A/A control 'null_hacking' has 1 seed: no yardstick)"
+    assert f_aa.verdict == "no verdict (1 seed; 1 with 1 seed of 1 comparisons)"
+
+
+def test_every_mapped_claim_has_a_control_comparison_on_its_panel_and_judge(tmp_path):
+    """AA_CONTROLS wires each claim's experiment to the A/A controls trained at its settings (bon and
+    standard to null, won to null_won, hacking to null_hacking): every panel and judge of a mapped
+    claim is one its control measures, and every mapped control is an A/A claim -- so renaming either
+    side, or dropping a panel, fails here rather than reading "no A/A control" in a real run."""
+    from infalign.report.findings import AA_CONTROLS
+
+    controls = {c.experiment for c in CLAIMS if c.expect == 0}
+    assert set(AA_CONTROLS.values()) <= controls
+    assert set(AA_CONTROLS) == {c.experiment for c in CLAIMS if c.expect != 0} - {"control", "hacking_control"}
+    covered = {(c.experiment, c.judge, p) for c in CLAIMS if c.expect == 0 for p in c.panels}
+    for claim in CLAIMS:
+        if claim.experiment in AA_CONTROLS and claim.expect != 0:
+            for panel in claim.panels:
+                assert (AA_CONTROLS[claim.experiment], claim.judge, panel) in covered, (claim.paper, panel)
+    # and the real reports are read that way: a won claim against null_won's reports
+    write(tmp_path, "null_won/report_expn", rows("won4", "expn(t=-4)[replica=1]", "expn(t=-4)", [0.01] * 6,
+                                                  [False] * 6))
+    write(tmp_path, "won/report", rows("won4", "expn(t=-4)", "identity", [0.017] * 6, [True] * 6, spread=0.004))
+    found = findings(tmp_path)
+    won = next(f for f in found if f.claim.experiment == "won" and f.claim.baseline == "identity")
+    assert won.comparisons[0].outcome == "reproduced (beyond the A/A control's 1.0 points, KL 0.10-0.60)"

@@ -153,6 +153,19 @@ def test_an_experiments_extra_sweeps_run_into_its_dir_before_its_reports_and_cou
     assert paper.sweep_counts(tmp_path / "nothing", ("paper_hacking_raw",)) == {}
 
 
+def test_the_hacking_a_a_control_fills_raw_and_reads_raw_on_the_calibrated_runs_kl_range():
+    """null_hacking runs its raw fill (as hacking does) before its reports, and raw's A/A report lists
+    identity too: the report's common KLs are those of every listed method, and raw alone spans KL
+    0.1-25, which would leave one of six common KLs in the range the hacking finding reads."""
+    null = next(e for e in paper.EXPERIMENTS if e.name == "null_hacking")
+    assert null.more == ("paper_null_hacking_raw",) and (SWEEPS / "paper_null_hacking_raw.yaml").is_file()
+    cmds = paper.plan(args("--only", "null_hacking", "--seeds", "0", "--n-jobs", "1"))[0][1]
+    assert [c[2] if c[0] == "infalign-train" else c[1] for c in cmds[:3]] == [
+        "+sweeps=paper_null_hacking", "+sweeps=paper_null_hacking_raw", "OUT/null_hacking"]
+    raw = next(r for r in null.reports if r.suffix == "raw")
+    assert raw.methods == ("raw", "raw[replica=1]", "identity") and raw.baselines == ("raw",)
+
+
 def test_a_refused_sweep_runs_no_report_and_counts_nothing_of_an_earlier_run(tmp_path):
     """A sweep refused before any job (exit 2: e.g. its dir holds an earlier invocation's results) left
     the driver reporting that earlier run and counting its sweep_time.json as this one's (a reviewer's

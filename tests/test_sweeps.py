@@ -242,6 +242,26 @@ def test_the_hacking_raw_fills_are_their_sweeps_raw_runs_between_two_of_its_budg
             assert job[key] == ref[key], key
 
 
+@pytest.mark.slow  # 7 composes
+def test_the_null_hacking_raw_fill_is_the_hacking_fill_at_both_replicas():
+    """sweeps/paper_null_hacking_raw.yaml: without it the A/A control's raw pair had no runs between KL
+    ~2.7 and raw's runaway, where the hacking finding's raw curve is measured (a reviewer's find). Its
+    replica-0 jobs are paper_hacking_raw's (everything but sweep_name and the W&B group it names, which no
+    cache key holds), so
+    they load from the cache; replica 1 re-trains them."""
+    cfg = compose_sweep("paper_null_hacking_raw")
+    jobs = [dict(o.split("=", 1) for o in job) for job in expand(cfg)]
+    assert len(jobs) == 18 and {j["method"] for j in jobs} == {"raw"} and {j["replica"] for j in jobs} == {"0", "1"}
+    for point in (0, 2):
+        fill = compose_config("train", "+sweeps=paper_hacking_raw", "method=raw", f"kl_point={point}", "seed=1")
+        for replica in (0, 1):
+            job = compose_config("train", "+sweeps=paper_null_hacking_raw", "method=raw", f"kl_point={point}",
+                                 "seed=1", f"replica={replica}")
+            assert job.sweep_name == "paper_null_hacking"
+            differ = {k for k in fill if job[k] != fill[k]}  # the W&B group (logger) follows sweep_name
+            assert differ == {"sweep_name", "logger"} | ({"replica"} if replica else set())
+
+
 @pytest.mark.parametrize("trainer, devices, tasks, gpus", [("ddp", "4", 4, 4), ("ddp_cpu", "2", 2, 0)])
 def test_the_slurm_launcher_asks_for_gpus_only_for_a_gpu_trainer(trainer, devices, tasks, gpus):
     """trainer=ddp_cpu asked SLURM for GPUs (its CPU ranks then landed on a GPU node, where the

@@ -16,13 +16,16 @@ bon                 ``+sweeps=paper_bon``             Fig. 4 bottom / Fig. 5: be
 null                ``+sweeps=paper_null``            control: identity, exp(t=8) against themselves
 standard            ``+sweeps=paper_standard``        Fig. 4 top: standard win rate
 won                 ``+sweeps=paper_won``             Table 2 analogue: worst-of-N, t < 0
+null_won            ``+sweeps=paper_null_won``        control: identity, exp(t=-4) against themselves
 control             ``+sweeps=paper_control``         control: the calibrated world
 hacking             ``+sweeps=paper_hacking``         reward hacking as KL grows
+null_hacking        ``+sweeps=paper_null_hacking``    control: raw, identity against themselves
 hacking_control     ``+sweeps=paper_hacking_control`` control: no labeler length bias
 ==================  ===============================  ==========================================
 
 in this order, so that experiments reuse the policies the earlier ones trained (the policy cache,
-``pipeline/policy_cache.py``: null, standard and won load raw / identity / exp(t) / the baselines from bon).
+``pipeline/policy_cache.py``: null, standard and won load raw / identity / exp(t) / the baselines from bon;
+each ``null_*`` A/A control loads its replica-0 runs from the experiment it controls).
 Each sweep runs with ``hydra/launcher=local_parallel`` and ``n_jobs`` = usable cores (``--n-jobs``),
 into ``OUT/<name>`` (default ``$INFALIGN_ROOT/outputs/paper/<date>_<time>``), and is followed by
 ``infalign-report OUT/<name>`` and the experiment's narrower reports (:data:`EXPERIMENTS`'
@@ -30,7 +33,7 @@ into ``OUT/<name>`` (default ``$INFALIGN_ROOT/outputs/paper/<date>_<time>``), an
 the exp(t) only, so the baselines' narrower KL range does not shrink the common KLs; ``report_t``:
 every t against the others). An experiment's extra sweeps (``more``: the hacking experiments' raw
 runs at budgets between two of their sweep's, where raw's measured KL jumps,
-``+sweeps=paper_hacking_raw`` / ``paper_hacking_control_raw``) run into
+``+sweeps=paper_hacking_raw`` / ``paper_null_hacking_raw`` / ``paper_hacking_control_raw``) run into
 ``OUT/<name>/<sweep>`` before its reports, which read every job dir under ``OUT/<name>``. A failed
 step is recorded and the next one runs.
 
@@ -105,8 +108,12 @@ EXPERIMENTS = (
     Experiment("hacking", "paper_hacking", "reward hacking as KL grows", more=("paper_hacking_raw",)),
     Experiment("null_hacking", "paper_null_hacking", "control: raw and identity at the hacking settings, each "
                "against an independent re-training of itself (A/A)",
-               (Report("raw", ("raw", "raw[replica=1]"), ("raw",)),
-                Report("identity", ("identity", "identity[replica=1]")))),
+               # identity in raw's report bounds its common KLs to the calibrated runs' range, as in the
+               # hacking report: raw alone spans KL 0.1-25 (its runaway), which would leave one of its 6
+               # common KLs in the range the hacking finding reads
+               (Report("raw", ("raw", "raw[replica=1]", "identity"), ("raw",)),
+                Report("identity", ("identity", "identity[replica=1]"))),
+               more=("paper_null_hacking_raw",)),
     Experiment("hacking_control", "paper_hacking_control", "control: no labeler length bias",
                more=("paper_hacking_control_raw",)),
 )

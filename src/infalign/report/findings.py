@@ -13,12 +13,13 @@ one N, one judge), read at the panel's middle common KL -- the KL the reports' o
   with one seed per side (training noise not assessed), **not measured** when the report has no such
   row (the experiment was not run, a method has no curve, or no common KL).
 * ``expect = 0`` (a control, the A/A comparison: no effect may be significant): **passes** when no
-  cell -- every KL of every listed panel -- is significant, else **fails** with the count; the largest
-  |gain| over those cells is the noise yardstick the other findings are read against
-  (:func:`read_against_aa`): a significant gain of a claim trained at the A/A control's settings
-  (:data:`AA_CONTROLS`) that is no larger than the control's largest |gain| on the same panel and
-  judge is **within A/A noise** -- two trainings of one method differ by as much -- not reproduced;
-  where no A/A control covers the panel or the settings, the outcome says so.
+  cell -- every KL of every listed panel -- is significant, else **fails** with the count; its
+  |gains| are the noise yardstick the other findings are read against (:func:`read_against_aa`): a
+  significant gain of a claim trained at the A/A control's settings (:data:`AA_CONTROLS`) that is no
+  larger than the control's largest |gain| on the same panel and judge, over the control's cells inside
+  the claim's own common KL range, is **within A/A noise** -- two trainings of one method differ by as
+  much there -- not reproduced; where there is no such yardstick (no control at these settings, the
+  control not run, run with one seed, or without a cell in that KL range) the outcome says which.
 * ``expect = None`` (a control whose expected outcome the paper does not fix): the outcome
   (**significant** / **not significant**) without a verdict on the paper.
 
@@ -37,7 +38,7 @@ from pathlib import Path
 from infalign.report.matched import chord_note, points, seed_interval_text
 
 __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
-           "findings_json", "read_against_aa", "aa_yardsticks"]
+           "findings_json", "read_against_aa", "aa_yardstick"]
 
 EXP_T = ("expn(t=4)", "expn(t=8)", "expn(t=16)")
 # claim experiment -> the experiment of the A/A controls trained at its settings, whose yardsticks apply
@@ -134,7 +135,9 @@ class Comparison:
     significant: bool = False
     n_seeds: int = 0
     seed_test: str = ""  # the report's: paired | welch | pooled | none (one seed each: no verdict)
-    max_abs_gain: float | None = None  # over every KL of the panel (controls' noise yardstick)
+    max_abs_gain: float | None = None  # over every KL of the panel
+    cells: list[tuple[float, float]] = field(default_factory=list)  # (KL, gain) at every common KL
+    aa: str = ""  # the A/A reading of a significant outcome: "within", "beyond", or "none" (no yardstick)
     chords: str = ""  # "the chords alone make [a, b]: not evidence" (report/matched.py: chord_note), or ""
     outcome: str = "not measured"
     why: str = ""
@@ -207,8 +210,8 @@ def read_claim(claim: Claim, out: Path) -> Finding:
                                    [_float(mid.get(k)) for k in inner]))
             signs = [(_float(r["gain"]) or 0.0) > 0 for r in mine if r["significant"] == "True"]
             c.significant_kls, c.significant_up, c.num_kls = len(signs), sum(signs), len(mine)
-            gains = [abs(g) for r in mine if (g := _float(r["gain"])) is not None]
-            c.max_abs_gain = max(gains) if gains else None
+            c.cells = [(float(r["kl"]), g) for r in mine if (g := _float(r["gain"])) is not None]
+            c.max_abs_gain = max(abs(g) for _, g in c.cells) if c.cells else None
             bounds = (_float(mid[k]) for k in ("seed_low", "seed_high", "total_low", "total_high"))
             c.seeds = seed_interval_text(c.seed_test, c.n_seeds, int(_float(mid.get("n_seeds_baseline")) or 0),
                                          *bounds)
@@ -230,13 +233,16 @@ def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
         return "not measured"
     if claim.expect == 0:
         judged = [c for c in measured if c.seed_test != "none"]
+        left = [f"{n} {what}" for n, what in ((len(comparisons) - len(measured), "not measured"),
+                                              (len(measured) - len(judged), "with 1 seed")) if n]
+        left_text = f"; {', '.join(left)} of {len(comparisons)} comparisons" if left else ""
         if not judged:
-            return "no verdict (1 seed)"
+            return f"no verdict (1 seed{left_text})"
         cells = sum(c.num_kls for c in judged)
         bad = sum(c.significant_kls for c in judged)
         largest = max(c.max_abs_gain or 0.0 for c in judged)
         head = "passes" if bad == 0 else f"fails: {bad} of {cells} cells significant"
-        return f"{head} (largest |gain| over the {cells} cells: {100 * largest:.1f} points)"
+        return f"{head} (largest |gain| over the {cells} cells: {100 * largest:.1f} points{left_text})"
     counts: dict[str, int] = {}
     for c in measured:
         key = c.outcome.split(" (")[0]
@@ -244,35 +250,52 @@ def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
     order = ("reproduced", "contradicted", WITHIN_AA, "not established", "significant", "not significant",
              "no verdict")
     parts = [f"{key} {counts[key]}" for key in order if key in counts]
-    unmeasured = len(comparisons) - len(measured)
-    return f"{', '.join(parts)} of {len(comparisons)}" + (f" ({unmeasured} not measured)" if unmeasured else "")
+    notes = [f"{n} {what}" for n, what in ((len(comparisons) - len(measured), "not measured"),
+                                           (sum(c.aa == "none" for c in measured), "significant without an A/A "
+                                            "yardstick")) if n]
+    return f"{', '.join(parts)} of {len(comparisons)}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def findings(out: Path, claims: Sequence[Claim] = CLAIMS) -> list[Finding]:
     return read_against_aa([read_claim(c, out) for c in claims])
 
 
-def aa_yardsticks(found: Sequence[Finding]) -> dict[tuple[str, str, str], float]:
-    """``{(experiment, judge, panel): largest |gain| over the cells of its A/A controls}`` (the
-    ``expect = 0`` claims with more than one seed per side)."""
-    sticks: dict[tuple[str, str, str], float] = {}
-    for f in found:
-        if f.claim.expect != 0:
-            continue
-        for c in f.comparisons:
-            if c.max_abs_gain is not None and c.seed_test not in ("", "none"):
-                key = (f.claim.experiment, f.claim.judge, c.panel)
-                sticks[key] = max(sticks.get(key, 0.0), c.max_abs_gain)
-    return sticks
+def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: Comparison
+                 ) -> tuple[float | None, str]:
+    """``(yardstick, note)`` for the comparison ``c`` of a claim whose A/A controls are the ``expect = 0``
+    claims of experiment ``control`` (:data:`AA_CONTROLS`): the largest |gain| of those controls' cells
+    on ``c``'s panel and ``judge`` whose KL lies inside ``c``'s own common KL range (noise grows with
+    KL, and a control's common KLs span its own pair's range, not the claim's), with a note on the
+    control's seeds where they differ from ``c``'s; ``(None, why)`` when there is none."""
+    if control is None:
+        return None, "no A/A control at these settings"
+    mine = [x for f in found if f.claim.expect == 0 and f.claim.experiment == control and f.claim.judge == judge
+            for x in f.comparisons if x.panel == c.panel]
+    if not mine:
+        return None, "no A/A control on this panel"
+    measured = [x for x in mine if x.gain is not None]
+    if not measured:
+        return None, f"A/A control '{control}' not measured (not run?)"
+    judged = [x for x in measured if x.seed_test not in ("", "none")]
+    if not judged:
+        return None, f"A/A control '{control}' has 1 seed: no yardstick"
+    lo, hi = min(kl for kl, _ in c.cells), max(kl for kl, _ in c.cells)
+    inside = [abs(g) for x in judged for kl, g in x.cells if lo - 1e-9 <= kl <= hi + 1e-9]
+    if not inside:
+        return None, f"A/A control '{control}' has no common KL in {lo:.2f}-{hi:.2f}"
+    seeds = sorted({x.n_seeds for x in judged})
+    note = f"KL {lo:.2f}-{hi:.2f}"
+    if seeds != [c.n_seeds]:
+        note += f"; the control has {'/'.join(map(str, seeds))} seeds, this comparison {c.n_seeds}"
+    return max(inside), note
 
 
 def read_against_aa(found: list[Finding]) -> list[Finding]:
     """Each significant outcome (reproduced, contradicted, significant) of a non-control claim read
-    against the A/A yardstick of its panel and judge (:func:`aa_yardsticks`, the controls of
-    :data:`AA_CONTROLS` ``[claim.experiment]``): no larger -> :data:`WITHIN_AA` (with the yardstick);
-    larger -> kept, with the yardstick; no yardstick -> kept, saying no A/A control covers it. The
-    verdicts are recounted."""
-    sticks = aa_yardsticks(found)
+    against its A/A yardstick (:func:`aa_yardstick`, the controls of :data:`AA_CONTROLS`
+    ``[claim.experiment]``): no larger -> :data:`WITHIN_AA`; larger -> kept; both with the yardstick
+    and the KL range it was taken over; no yardstick -> kept, saying why. The verdicts are recounted
+    (and say how many significant outcomes had no yardstick)."""
     for f in found:
         if f.claim.expect == 0:
             continue
@@ -280,14 +303,15 @@ def read_against_aa(found: list[Finding]) -> list[Finding]:
         for c in f.comparisons:
             if c.gain is None or c.outcome not in ("reproduced", "contradicted", "significant"):
                 continue
-            stick = sticks.get((control, f.claim.judge, c.panel)) if control else None
+            stick, note = aa_yardstick(found, control, f.claim.judge, c)
             if stick is None:
-                c.outcome += (" (no A/A control on this panel)" if control else
-                              " (no A/A control at these settings)")
+                c.aa, c.outcome = "none", f"{c.outcome} ({note})"
             elif abs(c.gain) <= stick:
-                c.outcome = f"{WITHIN_AA} (the A/A control's largest |gain| here: {100 * stick:.1f} points)"
+                c.aa = "within"
+                c.outcome = f"{WITHIN_AA} (the A/A control's largest |gain| here: {100 * stick:.1f} points, {note})"
             else:
-                c.outcome += f" (beyond the A/A control's {100 * stick:.1f} points)"
+                c.aa = "beyond"
+                c.outcome += f" (beyond the A/A control's {100 * stick:.1f} points, {note})"
         f.verdict = _verdict(f.claim, f.comparisons)
     return found
 
@@ -302,8 +326,9 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
              "gain the runs' KL placement alone makes (*the chords alone make [a, b]*: each method's curve read "
              "at the other's KLs, docs/method.md §10); a control *passes* when no cell is significant, and "
              "*within A/A noise* = significant, but no larger than the largest |gain| its A/A control (an "
-             "independent re-training of one method) shows on that panel and judge. No correction for the many "
-             "panels, methods and KLs read.", ""]
+             "independent re-training of one method) shows on that panel and judge at the KLs the comparison spans; "
+             "a significant outcome without such a yardstick says why. No correction for the many panels, methods "
+             "and KLs read.", ""]
     if out is not None:
         lines += [f"Reports under `{out}`.", ""]
     for f in found:
