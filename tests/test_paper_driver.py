@@ -2,6 +2,7 @@
 with a fake runner in place of the sweeps (the sweeps themselves are tested as config entries)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,32 @@ def test_time_table_counts_every_step_and_a_failure_does_not_stop_the_rest(tmp_p
     md = (tmp_path / "paper_time.md").read_text()
     assert md.count("| 10 | 9 | 4 | 3 |") == 1  # won's jobs, finished, policies and pools loaded
     assert "| won | 0 |" in md and "| bon | 1 |" in md and "| **total** |" in md
+
+
+def test_invocations_into_one_out_add_up_to_one_time_table(tmp_path):
+    """A second invocation into the same OUT (e.g. ``--only hacking`` after ``--only bon,won``) wrote a
+    time table of its own experiments only, losing the first's rows while findings.md reads both's
+    reports: the earlier rows of other experiments are kept, in the experiments' order, with their
+    seeds; an experiment run again replaces its row; the total adds up."""
+    def runner(cmd):
+        if cmd[0] == "infalign-train":  # (a real re-run needs its sweep dir removed first: the sweep refuses)
+            shutil.rmtree(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1], True)
+            fake_sweep(cmd, jobs=10, finished=10, policy_cache_hits=0, eval_pool_hits=0)
+        return 0
+
+    quiet = {"runner": runner, "echo": lambda s: None}
+    assert paper.run_all(args("--only", "bon,won", "--seeds", "0,1", out=tmp_path), **quiet) == 0
+    first = {r["experiment"]: r for r in json.loads((tmp_path / "paper_time.json").read_text())["experiments"]}
+    assert paper.run_all(args("--only", "won,calibration", "--seeds", "0", out=tmp_path), **quiet) == 0
+    t = json.loads((tmp_path / "paper_time.json").read_text())
+    rows = {r["experiment"]: r for r in t["experiments"]}
+    assert list(rows) == ["calibration", "bon", "won"]
+    assert rows["bon"] == first["bon"] and rows["bon"]["seeds"] == "0,1" and rows["won"]["seeds"] == "0"
+    assert t["total_s"] >= sum(r["wall_s"] for r in rows.values()) - 0.5
+    assert "(seeds 0 / 0,1," in (tmp_path / "paper_time.md").read_text()
+    (tmp_path / "paper_time.json").write_text("{not json")  # unreadable: this invocation's rows only
+    assert paper.run_all(args("--only", "won", "--seeds", "0", out=tmp_path), **quiet) == 0
+    assert [r["experiment"] for r in json.loads((tmp_path / "paper_time.json").read_text())["experiments"]] == ["won"]
 
 
 def test_commands_run_the_scripts_of_this_environment_without_it_on_path(monkeypatch):

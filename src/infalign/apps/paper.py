@@ -38,8 +38,9 @@ runs at budgets between two of their sweep's, where raw's measured KL jumps,
 step is recorded and the next one runs.
 
 Writes ``OUT/paper_time.json`` and ``OUT/paper_time.md`` (atomically, after every step): per
-experiment the exit code, wall minutes, jobs, finished jobs, policies loaded from the cache, and
-the total -- the figure README's "Reproducing the paper" quotes. And ``OUT/findings.md`` /
+experiment the exit code, wall minutes, seeds, jobs, finished jobs, policies loaded from the cache, and
+the total -- the figure README's "Reproducing the paper" quotes; rows an earlier invocation into the
+same ``OUT`` wrote for other experiments are kept (a re-run experiment's row is replaced). And ``OUT/findings.md`` /
 ``findings.json`` (also after every step): each of the paper's findings read off the reports at the
 middle common KL, with a verdict -- reproduced, contradicted, not established; a control passes or
 fails (``report/findings.py``) -- printed again at the end. Exit status 0 when every step
@@ -209,7 +210,20 @@ def sweep_counts(sweep_dir: Path, more: Sequence[str] = ()) -> dict:
     return counts
 
 
+def earlier_rows(out: Path, names: Sequence[str]) -> list[dict]:
+    """The time-table rows an earlier invocation into ``out`` wrote (``OUT/paper_time.json``) for
+    experiments other than ``names``, each with its seeds: invocations into one ``OUT`` add up to one
+    table, as their reports add up to one ``findings.md``; an unreadable table gives ``[]``."""
+    try:
+        data = json.loads((out / "paper_time.json").read_text())
+        rows = [r for r in data["experiments"] if isinstance(r, dict) and r.get("experiment") in NAMES]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [{**r, "seeds": r.get("seeds", data.get("seeds"))} for r in rows if r["experiment"] not in names]
+
+
 def time_markdown(rows: list[dict], total_s: float, seeds: str) -> str:
+    seeds = " / ".join(dict.fromkeys(str(r.get("seeds", seeds)) for r in rows)) or seeds
     lines = [f"# infalign-paper: time per experiment (seeds {seeds}, {usable_cores()} usable cores)", "",
              "| experiment | exit | minutes | jobs | finished | policies loaded from cache | eval pools loaded |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -234,6 +248,8 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
     runner = runner or (lambda cmd: subprocess.run([executable(cmd[0]), *cmd[1:]], check=False).returncode)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.time()
+    before = earlier_rows(args.out, [e.name for e, _ in steps])
+    earlier_s = sum(r.get("wall_s", 0.0) for r in before)
     for e, cmds in steps:
         t0, codes, refused = time.time(), [], False
         for cmd in cmds:
@@ -247,14 +263,17 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
                      "its reports are not run (a dir holding earlier results: another --out, or remove it)")
                 break
         rc = next((c for c in codes if c != 0), 0)
-        row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1)}
+        row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1),
+               "seeds": args.seeds}
         rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep and not refused else {}))
-        total = time.time() - start
+        table = sorted(before + rows, key=lambda r: NAMES.index(r["experiment"]))
+        total = earlier_s + time.time() - start
         atomic_write_json(args.out / "paper_time.json", {"seeds": args.seeds, "usable_cores": usable_cores(),
-                                                         "total_s": round(total, 1), "experiments": rows})
-        atomic_write_text(args.out / "paper_time.md", time_markdown(rows, total, args.seeds))
+                                                         "total_s": round(total, 1), "experiments": table})
+        atomic_write_text(args.out / "paper_time.md", time_markdown(table, total, args.seeds))
         write_findings(args.out)
-    echo(time_markdown(rows, time.time() - start, args.seeds))
+    echo(time_markdown(sorted(before + rows, key=lambda r: NAMES.index(r["experiment"])),
+                       earlier_s + time.time() - start, args.seeds))
     for line in findings_summary(args.out):
         echo(line)
     return 0 if all(r["exit"] == 0 for r in rows) else 1
