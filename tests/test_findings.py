@@ -225,7 +225,7 @@ def test_significant_gains_are_read_against_the_aa_yardstick_of_their_panel(tmp_
     # without the A/A experiment's report, the bon gains are not judged against anything: said so
     (tmp_path / "null" / "report_identity" / "matched_kl.csv").unlink()
     f_aa, f_bon = findings(tmp_path, [aa, bon])
-    assert {c.outcome for c in f_bon.comparisons} == {"reproduced (A/A control 'null' not measured (not run?))"}
+    assert {c.outcome for c in f_bon.comparisons} == {"reproduced (A/A control 'null' not measured: not run)"}
     assert f_bon.verdict == "reproduced 2 of 2 (2 significant without an A/A yardstick)"
     assert "*within A/A noise* = significant, but no larger" in findings_markdown([f_bon])
 

@@ -275,7 +275,7 @@ def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: C
         return None, "no A/A control on this panel"
     measured = [x for x in mine if x.gain is not None]
     if not measured:
-        return None, f"A/A control '{control}' not measured (not run?)"
+        return None, f"A/A control '{control}' not measured: not run"
     judged = [x for x in measured if x.seed_test not in ("", "none")]
     if not judged:
         return None, f"A/A control '{control}' has 1 seed: no yardstick"
