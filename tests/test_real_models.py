@@ -345,6 +345,22 @@ def test_bad_model_names_fail_under_their_key_before_any_compute(assets, tmp_pat
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("group", ["policy", "reward"])
+def test_a_model_directory_without_weights_is_named_before_any_compute(assets, tmp_path, no_compute, group):
+    """config.json and a tokenizer but no weight file (an interrupted copy): refused by the config check,
+    not by from_pretrained's OSError after data loading and reward-model training."""
+    import shutil
+
+    source = assets / ("lm" if group == "policy" else "rm")
+    bare = tmp_path / f"{group}-no-weights"
+    shutil.copytree(source, bare, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    assert (bare / "config.json").is_file() and not list(bare.glob("*.safetensors"))
+    cfg = cfg_for(assets, tmp_path, f"{group}.name_or_path={bare}", "reward.train.enabled=true")
+    with pytest.raises(ConfigError, match=rf"{group}\.name_or_path='.*{group}-no-weights'.*model\.safetensors"
+                                          r".*pytorch_model\.bin.*no weight file"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
 def test_prompt_budget_must_fit_the_policy_positions(assets, tmp_path, no_compute):
     """The tiny Llama has 512 positions: 500 prompt + 20 new tokens cannot fit."""
     cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=500", "algo.max_new_tokens=20")

@@ -107,8 +107,18 @@ def _looks_local(name_or_path: str) -> bool:
     )
 
 
+# The weight files ``from_pretrained`` reads from a local directory (transformers' SAFE_WEIGHTS_NAME,
+# SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME): one file, or the index of a sharded checkpoint.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 def resolve_name_or_path(name_or_path: str | os.PathLike, key: str) -> str:
-    """Expand a local path and fail clearly when it is missing; pass hub ids through."""
+    """Expand a local path and fail clearly when it is missing; pass hub ids through. A local
+    directory must hold ``config.json`` and one of :data:`WEIGHT_FILES` -- a folder with config and
+    tokenizer but no weights (an interrupted copy, a ``save_pretrained`` of the tokenizer alone) is a
+    :class:`~infalign.errors.ConfigError` naming ``key`` here, before any compute, not an ``OSError``
+    of ``from_pretrained`` after data loading and reward-model training."""
     name = str(name_or_path)
     if _looks_local(name):
         path = Path(name).expanduser()
@@ -116,6 +126,10 @@ def resolve_name_or_path(name_or_path: str | os.PathLike, key: str) -> str:
             raise FileNotFoundError(f"{key}: local path does not exist: {path}")
         if path.is_dir() and not (path / "config.json").exists():
             raise ValueError(f"{key}: {path} is not a saved model directory (no config.json)")
+        if path.is_dir() and not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise ConfigError(key, str(path), f"a saved model directory with its weights (one of "
+                              f"{', '.join(WEIGHT_FILES)})", "it has config.json but no weight file: save the "
+                              "model into it with model.save_pretrained(...)")
         return str(path)
     return name
 
@@ -188,7 +202,8 @@ def check_causal_lm(name_or_path: str | os.PathLike, key: str = "policy.name_or_
                     revision: str | None = None):
     """``(name, config)`` of a causal-LM checkpoint (a hub name at ``revision``: None = ``main``),
     reading only its ``config.json`` (cheap: run before any compute). Errors name ``key``: missing
-    local path, hub name or revision not found, wrong kind."""
+    local path, a local directory without weights (:func:`resolve_name_or_path`), hub name or
+    revision not found, wrong kind."""
     name = resolve_name_or_path(name_or_path, key)
     config = _load_config(name, key, revision)
     _check_kind(config, name, key, _CAUSAL, "causal language model")
@@ -260,8 +275,10 @@ def load_causal_lm(
     """``AutoModelForCausalLM.from_pretrained`` by hub id (at ``revision``; None = ``main``) or local
     directory.
 
-    Raises ``FileNotFoundError`` (naming ``key`` and the path) for a missing local path and
-    ``ValueError`` for a checkpoint that is not a causal LM (e.g. a reward model).
+    Raises ``FileNotFoundError`` (naming ``key`` and the path) for a missing local path,
+    ``ValueError`` for a checkpoint that is not a causal LM (e.g. a reward model) or a local directory
+    without weights, and ``OSError`` naming ``key`` when the weights cannot be read (a hub snapshot
+    whose config is cached but not its weights, offline).
     """
     from transformers import AutoModelForCausalLM
 
@@ -271,7 +288,18 @@ def load_causal_lm(
                                                      **_revision_kw(revision))
     except ValueError as exc:  # unrecognised configuration class for this auto class
         raise ValueError(f"{key}={name!r} cannot be loaded as a causal LM: {exc}") from exc
+    except OSError as exc:  # weights missing or unreadable (a hub snapshot cached without them, offline)
+        raise _weights_error(key, name, revision, exc) from exc
     return model.to(device)
+
+
+def _weights_error(key: str, name: str, revision: str | None, exc: OSError) -> OSError:
+    """The ``OSError`` of a ``from_pretrained`` that found the config but could not read the weights,
+    naming ``key`` (and the revision, the offline setting)."""
+    offline = f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}"
+    at = f" at revision {revision!r}" if revision is not None else ""
+    return OSError(f"{key}={name!r}{at}: its config loaded but its weights could not be read (offline? {offline}): "
+                   f"{exc}")
 
 
 def load_reward_model(
@@ -309,6 +337,8 @@ def load_reward_model(
         )
     except ValueError as exc:
         raise ValueError(f"{key}={name!r} cannot be loaded as a reward model: {exc}") from exc
+    except OSError as exc:
+        raise _weights_error(key, name, revision, exc) from exc
     align_pad_token_id(model.config, getattr(tokenizer, "pad_token_id", None), f"{key}={name!r}")
     return model.to(device)
 
