@@ -504,6 +504,25 @@ def test_consecutive_turns_of_one_speaker_are_one_chat_message():
         {"role": "user", "content": "SUBREDDIT: r/x\n\nPOST: y\n\nTL;DR:"}]
 
 
+def test_a_dialogue_starting_with_human_without_its_blank_line_keeps_its_first_turn():
+    """Some HH exports write the first turn as "Human: ..." without the leading blank line: it is still
+    the first user turn (the splitter split at "\\n\\nHuman:" only and dropped it: the chat started with
+    an empty user message). Other text before the first turn is a malformed record, counted."""
+    from infalign.data.formats import parse_hh_record, split_turns
+
+    assert split_turns("Human: q\n\nAssistant: a\n\nHuman: q2\n\nAssistant:") == [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}]
+    assert split_turns("Human: q\n\nAssistant:") == [{"role": "user", "content": "q"}]  # one turn: no marker left
+    assert split_turns("Human: q\n\nAssistant:") == split_turns("\n\nHuman: q\n\nAssistant:")
+    example = parse_hh_record({"chosen": "Human: q\n\nAssistant: yes", "rejected": "Human: q\n\nAssistant: no"})
+    assert example == ("Human: q\n\nAssistant:", "yes", "no")  # the dataset's text, as the reward model reads it
+    with pytest.raises(Malformed) as err:
+        parse_hh_record(hh_record("Preamble.\n\nHuman: q\n\nAssistant:", "yes", "no"))
+    assert err.value.reason == "text_before_first_turn"
+    with pytest.raises(Malformed, match="text_before_first_turn"):
+        split_turns("Preamble.\n\nHuman: q\n\nAssistant:")
+
+
 def _trained_tokenizer(pre_tokenizer, decoder):
     """A small BPE tokenizer trained here on the fixtures' text (no hub): byte-level like GPT-2 /
     Pythia / Llama 3, or SentencePiece-like (Metaspace) like Llama 2 / DeBERTa-v3."""

@@ -8,7 +8,9 @@ No Lightning here: reading records, parsing the two public formats, length filte
     {"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello!\\n\\nHuman: ...\\n\\nAssistant: Sure, ...",
      "rejected": "\\n\\nHuman: Hi\\n\\nAssistant: Hello!\\n\\nHuman: ...\\n\\nAssistant: No."}
 
-Each side is a whole dialogue of alternating ``"\\n\\nHuman: "`` / ``"\\n\\nAssistant: "`` turns.
+Each side is a whole dialogue of alternating ``"\\n\\nHuman: "`` / ``"\\n\\nAssistant: "`` turns; the
+first may lack its blank line (``"Human: Hi\\n\\nAssistant: ..."``, as some exports write it), any other
+text before the first turn makes the record malformed (``text_before_first_turn``).
 ``prompt`` = everything up to and including the **last** ``"\\n\\nAssistant:"``; ``response`` =
 what follows, minus one leading space. Usable only if both sides share the prompt and both
 responses are non-empty.
@@ -86,6 +88,7 @@ MALFORMED_REASONS = {
     "bad_field_type": "a required field has the wrong type (e.g. a number where text belongs)",
     "no_assistant_turn": "HH: a dialogue has no '\\n\\nAssistant:' turn",
     "response_has_human_turn": "HH: the dialogue continues with a Human turn after the last Assistant turn",
+    "text_before_first_turn": "HH: the dialogue does not start with a 'Human:' turn (text before its first turn)",
     "prompt_mismatch": "HH: chosen and rejected differ before their last Assistant turn",
     "empty_response": "a response / summary is empty or whitespace",
     "tie": "chosen and rejected are the same text (no preference to learn; it would count as an error)",
@@ -345,12 +348,14 @@ def split_hh_dialogue(dialogue: str) -> tuple[str, str]:
 
 
 def split_turns(prompt: str) -> list[dict[str, str]]:
-    """Chat messages of an HH-style prompt (``Human:``/``Assistant:`` turns; the final empty
-    ``Assistant:`` is dropped, the template adds the generation prompt); any other prompt is one
-    user turn. Consecutive turns of one speaker (HH has some) become one message, their texts
-    joined by a blank line: chat templates require alternating roles, and a marker must not end up
-    inside a message's text."""
-    if HH_HUMAN not in prompt:
+    """Chat messages of an HH-style prompt (``Human:``/``Assistant:`` turns, the first with or
+    without its leading blank line, :func:`_turns`; the final empty ``Assistant:`` is dropped, the
+    template adds the generation prompt); any other prompt is one user turn. Consecutive turns of
+    one speaker (HH has some) become one message, their texts joined by a blank line: chat
+    templates require alternating roles, and a marker must not end up inside a message's text. Text
+    before the first turn of an HH-style prompt is :class:`Malformed` (``text_before_first_turn``;
+    the loader counts such records, :func:`parse_hh_record`), never silently dropped."""
+    if HH_HUMAN not in prompt and not prompt.lstrip().startswith(_HUMAN_START):
         return [{"role": "user", "content": prompt.strip()}]
     messages: list[dict[str, str]] = []
     for marker, text in _turns(prompt):
@@ -366,10 +371,20 @@ def split_turns(prompt: str) -> list[dict[str, str]]:
     return messages
 
 
+_HUMAN_START = HH_HUMAN.lstrip()  # "Human:": a dialogue's first turn without its blank line
+
+
 def _turns(dialogue: str) -> list[tuple[str, str]]:
-    """``[(marker, text), ...]`` of an HH dialogue, split at every ``Human:`` / ``Assistant:``
-    marker in order (text before the first marker is dropped)."""
+    """``[(marker, text), ...]`` of an HH dialogue, split at every ``"\\n\\nHuman:"`` /
+    ``"\\n\\nAssistant:"`` marker in order. A dialogue that starts with ``"Human:"`` (after any
+    whitespace) without the blank line starts with that Human turn; any other non-blank text before
+    the first marker is :class:`Malformed` (``text_before_first_turn``)."""
+    head = dialogue.lstrip()
+    if head.startswith(_HUMAN_START):
+        dialogue = HH_HUMAN + head[len(_HUMAN_START):]
     parts = re.split(f"({re.escape(HH_HUMAN)}|{re.escape(HH_ASSISTANT)})", dialogue)
+    if parts[0].strip():
+        raise Malformed("text_before_first_turn", repr(parts[0][:60]))
     return list(zip(parts[1::2], parts[2::2]))
 
 
@@ -382,6 +397,7 @@ def parse_hh_record(record: Any) -> PreferenceExample:
     prompt_r, rejected = split_hh_dialogue(rejected_text)
     if prompt != prompt_r:
         raise Malformed("prompt_mismatch")
+    _turns(prompt)  # text before the first Human turn: Malformed (a chat rendering would lose it)
     if not chosen.strip() or not rejected.strip():
         raise Malformed("empty_response")
     if chosen.strip() == rejected.strip():
