@@ -383,6 +383,27 @@ def test_reward_max_length_must_fit_the_reward_model_positions(assets, tmp_path,
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("reward_input, least", [("joined", 4), ("pair", 5)])
+def test_reward_max_length_must_hold_the_rows_special_tokens(assets, tmp_path, no_compute, reward_input, least):
+    """The BERT reward model's rows are [CLS] p r [SEP] (joined) or [CLS] p [SEP] r [SEP] (pair): a
+    max_length below their special tokens + one prompt and one response token cut rows longer than it
+    (negative slices); refused before compute, and by the encoder itself."""
+    cfg = cfg_for(assets, tmp_path, f"reward.max_length={least}", f"reward.input={reward_input}")
+    world_mod.check_world_config(cfg)
+    pair = reward_input == "pair"
+    bert = load_tokenizer(assets / "rm", "right")
+    enc = encode_prompt_response(bert, ["tell me about cats"], ["cats are nice"], max_length=least, pair=pair)
+    assert enc["input_ids"].shape[1] == least  # one prompt and one response token between the specials
+    cfg = cfg_for(assets, tmp_path, f"reward.max_length={least - 1}", f"reward.input={reward_input}")
+    with pytest.raises(ConfigError, match=rf"reward\.max_length={least - 1}.*null or an integer >= {least}"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+    with pytest.raises(ValueError, match=rf"max_length={least - 1} is less than"):
+        encode_prompt_response(bert, ["tell me about cats"], ["cats are nice"], max_length=least - 1, pair=pair)
+    model = load_reward_model(assets / "rm", tokenizer=bert)
+    with pytest.raises(ConfigError, match=r"reward\.max_length"):
+        RewardScorer(model, bert, max_length=least - 1, pair=pair)
+
+
 def test_toy_world_checks_a_policy_override_before_building(tmp_path, no_compute):
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", f"policy.name_or_path={tmp_path / 'missing'}")
     with pytest.raises(FileNotFoundError, match=r"policy\.name_or_path.*missing"):

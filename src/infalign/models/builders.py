@@ -34,7 +34,9 @@ __all__ = [
     "input_token_limit",
     "model_positions",
     "resolve_dtype",
+    "min_row_length",
     "response_lead",
+    "row_special_tokens",
     "special_tokens_around",
     "text_pair_tokens",
 ]
@@ -466,6 +468,30 @@ def text_pair_tokens(tokenizer) -> tuple[list[int], list[int], list[int], tuple[
     return ids[:i], ids[i + len(a) : j], ids[j + len(b) :], (types[i], types[j]) if types else None
 
 
+def row_special_tokens(tokenizer, append_eos: bool = True, special_tokens: bool = True, pair: bool = False,
+                       ) -> tuple[list[int], list[int], list[int], tuple[int, int] | None]:
+    """``(prefix, middle, end, types)`` of an :func:`encode_prompt_response` row
+    ``[prefix | prompt | middle | response | end]``: with ``pair`` the text-pair template's
+    (:func:`text_pair_tokens`), else ``middle`` empty, ``prefix`` / ``end`` the tokenizer's own
+    (:func:`special_tokens_around`; none when ``special_tokens`` is false) with ``end`` = ``[eos]``
+    when it has no suffix and ``append_eos`` (and an eos), ``types`` None."""
+    if pair:
+        return text_pair_tokens(tokenizer)
+    prefix, suffix = special_tokens_around(tokenizer) if special_tokens else ([], [])
+    eos = tokenizer.eos_token_id if append_eos else None
+    return prefix, [], suffix or ([eos] if eos is not None else []), None
+
+
+def min_row_length(tokenizer, append_eos: bool = True, special_tokens: bool = True, pair: bool = False) -> int:
+    """The shortest ``max_length`` :func:`encode_prompt_response` can cut a row to: its special tokens
+    (:func:`row_special_tokens`: ``len(prefix) + len(middle) + len(end)``) plus one prompt and one
+    response token -- 3 for GPT-2 (``{prompt}{response}<eos>``), 4 for BERT joined, 5 for a text pair
+    (``[CLS] p [SEP] r [SEP]``). Below it a cut row keeps no response token, or the cut's slices go
+    negative and rows come out longer than ``max_length``."""
+    prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
+    return len(prefix) + len(middle) + len(end) + 2
+
+
 def encode_prompt_response(
     tokenizer,
     prompts: list[str],
@@ -486,7 +512,8 @@ def encode_prompt_response(
     (:func:`text_pair_tokens`: ``[CLS] prompt [SEP] response [SEP]``, as ``tokenizer(prompt,
     response)`` encodes it), with its ``token_type_ids``. Over ``max_length`` (special tokens
     included) the prompt is cut from the left (its end matters most), then the response from the
-    right (a pair keeps its closing separator). Returns ``input_ids``, ``attention_mask``,
+    right (a pair keeps its closing separator); a ``max_length`` below :func:`min_row_length` (the
+    special tokens plus one token of each) is a ``ValueError``. Returns ``input_ids``, ``attention_mask``,
     ``response_mask`` (1 on response tokens including the end tokens) and, for a pair with token
     types, ``token_type_ids``, each ``[B, L]``, and ``truncated`` ``[B]`` (the rows that were cut).
     """
@@ -494,13 +521,12 @@ def encode_prompt_response(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("encode_prompt_response: empty batch")
-    types = None
-    if pair:
-        prefix, middle, end, types = text_pair_tokens(tokenizer)
-    else:
-        prefix, suffix = special_tokens_around(tokenizer) if special_tokens else ([], [])
-        eos = tokenizer.eos_token_id if append_eos else None
-        middle, end = [], suffix or ([eos] if eos is not None else [])
+    prefix, middle, end, types = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
+    specials = len(prefix) + len(middle) + len(end)
+    if max_length is not None and max_length < specials + 2:  # min_row_length
+        raise ValueError(f"max_length={max_length} is less than a row's {specials} special tokens plus one prompt "
+                         f"and one response token ({specials + 2}): cut rows would lose their response or come out "
+                         "longer than max_length")
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

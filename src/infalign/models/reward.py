@@ -13,11 +13,12 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from infalign.errors import ConfigError
 from infalign.models.builders import (
     encode_prompt_response,
+    min_row_length,
     response_lead,
-    special_tokens_around,
-    text_pair_tokens,
+    row_special_tokens,
 )
 from infalign.models.generation import length_buckets
 
@@ -31,6 +32,7 @@ __all__ = [
     "RewardScorer",
     "Scorer",
     "check_finite",
+    "check_reward_max_length",
     "reward_input_format",
     "reward_model_inputs",
 ]
@@ -102,15 +104,23 @@ def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = F
     def show(ids: list[int]) -> str:
         return "".join(tokenizer.convert_ids_to_tokens(ids))
 
-    if pair:
-        prefix, middle, end, _ = text_pair_tokens(tokenizer)
-    else:
-        prefix, suffix = special_tokens_around(tokenizer)
-        eos = tokenizer.eos_token_id
-        middle, end = [], suffix or ([eos] if eos is not None else [])
+    prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos=True, pair=pair)
     lead = "" if pair else response_lead(tokenizer)  # (shown only where it exists: older keys stay valid)
     text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{show(middle)}{lead}{{response}}{show(end)}"
     return text + (f";max_length={max_length}" if max_length else "")
+
+
+def check_reward_max_length(tokenizer, max_length: int | None, pair: bool = False) -> None:
+    """``reward.max_length`` (None: no cut) must hold a row's special tokens and one prompt and one
+    response token (:func:`~infalign.models.builders.min_row_length` of :func:`reward_model_inputs`'
+    layout): a shorter one is a ``ConfigError`` naming ``reward.max_length``, before any compute."""
+    if max_length is None:
+        return
+    least = min_row_length(tokenizer, append_eos=True, pair=pair)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < least:
+        raise ConfigError("reward.max_length", max_length, f"null or an integer >= {least}",
+                          f"{least - 2} special tokens of the reward tokenizer's "
+                          f"{'text-pair' if pair else 'joined'} row plus one prompt and one response token")
 
 
 class RewardScorer:
@@ -138,6 +148,7 @@ class RewardScorer:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length, self.pair = batch_size, max_length, pair
         self.dataset_prompts = dataset_prompts
+        check_reward_max_length(tokenizer, max_length, pair)
         self.input_format = reward_input_format(tokenizer, max_length, pair)
         self.warned_truncation = False
 

@@ -36,7 +36,7 @@ from infalign.models.builders import (
     special_tokens_around,
 )
 from infalign.models.generation import prompt_token_limit
-from infalign.models.reward import GoldScorer, RewardScorer, Scorer, reward_input_format
+from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_reward_max_length, reward_input_format
 from infalign.pipeline.settings import HALF_DTYPES, data_settings
 
 log = logging.getLogger(__name__)
@@ -138,19 +138,23 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
     if checked.reward_path is not None:
-        check_reward_length(cfg, config, checked.reward_path)
+        check_reward_length(cfg, config, checked.reward_path, checked.reward_tokenizer)
     return checked
 
 
-def check_reward_length(cfg: DictConfig, reward_config, name: str) -> None:
+def check_reward_length(cfg: DictConfig, reward_config, name: str, tokenizer=None) -> None:
     """``reward.max_length`` (the tokens the reward model reads of prompt + response; longer inputs are
     cut, :func:`~infalign.models.builders.reward_model_inputs`) must fit the reward model's positions:
     a longer input would fail inside its embedding lookup (an IndexError naming nothing) at the first
     long response. Null (no cut) is allowed only for a model without a position limit
     (:func:`~infalign.models.builders.input_token_limit`: RoBERTa-style encoders read 2 fewer tokens
-    than their positions; DeBERTa-v3's relative positions set none)."""
-    limit = input_token_limit(reward_config)
+    than their positions; DeBERTa-v3's relative positions set none). With the reward ``tokenizer`` it
+    must also hold a row's special tokens and a token of prompt and response
+    (:func:`~infalign.models.reward.check_reward_max_length`): shorter, cut rows come out longer than it."""
     max_length = cfg.reward.get("max_length")
+    if tokenizer is not None:
+        check_reward_max_length(tokenizer, max_length, reward_pair(cfg))
+    limit = input_token_limit(reward_config)
     if limit is None or (max_length is not None and int(max_length) <= limit):
         return
     raise ConfigError("reward.max_length", max_length, f"an integer <= {limit}",
