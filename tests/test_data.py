@@ -440,6 +440,76 @@ def test_unknown_hub_dataset_fails_fast_offline():
     assert time.perf_counter() - t0 < 10
 
 
+def test_a_script_only_hub_dataset_is_named_with_the_copy_to_use(monkeypatch):
+    """datasets >= 4 refuses loading scripts (RuntimeError); openai/summarize_from_feedback is one, so the
+    error names data.name_or_path and the parquet copy (docs/architecture.md §5, "Data sources")."""
+    import datasets
+
+    from infalign.data.formats import DATASETS
+
+    def script_only(name, *args, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported, but found summarize_from_feedback.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", script_only)
+    with pytest.raises(ConfigError, match=r"data\.name_or_path='openai/summarize_from_feedback'.*loading script.*"
+                                          r"data\.name_or_path=cleanrl/summarize_from_feedback_oai_preprocessing"):
+        load_records("openai/summarize_from_feedback", "train")
+    with pytest.raises(ConfigError, match=r"data\.name_or_path='org/scripted'.*refs/convert/parquet"):
+        load_records("org/scripted", "train")
+    assert DATASETS["tldr"].hub_name == "cleanrl/summarize_from_feedback_oai_preprocessing_1704563162"
+
+
+def test_the_default_tldr_source_is_parquet_in_the_format_the_parser_reads(tmp_path, monkeypatch):
+    """The default TL;DR source keeps OpenAI's columns (info, summaries, choice) beside its own (query,
+    chosen, ..., ignored) in data/<split>-*.parquet, CNN/DM in validation_cnndm: a copy of that layout,
+    read by datasets itself (offline, from disk), parses into the same pairs as the JSON-lines release."""
+    import datasets
+
+    from infalign.data import PreferenceDataModule
+
+    cnndm = {"id": "cnn1", "post": None, "title": None, "subreddit": None, "site": "cnn", "article": "(CNN) ..."}
+
+    def row(info, a, b, choice):
+        info = {"id": info["id"], "post": info["post"], "title": info.get("title"),
+                "subreddit": info.get("subreddit"), "site": info.get("site"), "article": info.get("article")}
+        return {**tldr_record(info, a, b, choice), "extra": {"confidence": 7}, "query": "SUBREDDIT: ...",
+                "chosen": " x<|endoftext|>", "chosen_token": [1, 2], "query_token": [3, 4]}
+
+    rows = {"train": [row(ROOMMATE, " Roommate eats my food; how do I get him to stop?", " food", 0),
+                      row(NO_TITLE, " Rust or Go first?", " Which language should I learn first?", 1)],
+            "validation": [row({**ROOMMATE, "id": "t3_ghi", "post": "My roommate never cleans."},
+                               " I dislike my roommate.", " Roommate never cleans.", 1)],
+            "validation_cnndm": [row(cnndm, " a", " b", 0)]}
+    text = datasets.Value("string")
+    features = datasets.Features({  # the copy's own schema (its dataset card), the added columns cut short
+        "info": {k: text for k in ("id", "post", "title", "subreddit", "site", "article")},
+        "summaries": datasets.List({"text": text, "policy": text, "note": text}), "choice": datasets.Value("int32"),
+        "worker": text, "batch": text, "split": text, "extra": {"confidence": datasets.Value("int32")},
+        "query": text, "chosen": text, "chosen_token": datasets.List(datasets.Value("int64")),
+        "query_token": datasets.List(datasets.Value("int64"))})
+    mirror = tmp_path / "mirror"
+    (mirror / "data").mkdir(parents=True)
+    for split, records in rows.items():
+        datasets.Dataset.from_list(records, features=features).to_parquet(
+            mirror / "data" / f"{split}-00000-of-00001.parquet")
+    real = datasets.load_dataset
+    asked = []
+
+    def from_disk(name, config=None, **kwargs):
+        asked.append((name, config))
+        return real(str(mirror), config, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", from_disk)
+    dm = PreferenceDataModule(dataset="tldr", tokenizer=word_tokenizer(["a"]))
+    dm.setup()
+    assert {name for name, _ in asked} == {"cleanrl/summarize_from_feedback_oai_preprocessing_1704563162"}
+    assert {config for _, config in asked} == {None}
+    roommate = TLDR_TEMPLATE.format(**ROOMMATE | {"post": ROOMMATE["post"].strip()})
+    assert dm.pairs("train")[0] == (roommate, "Roommate eats my food; how do I get him to stop?", "food")
+    assert dm.pairs("train")[1].chosen == "Which language should I learn first?"  # choice 1
+    assert dm.reports["train"].malformed == {} and dm.reports["test"].usable == 1  # validation: TL;DR only
+
+
 def test_ipo_pairs_are_encoded_in_the_samplers_prompt_context():
     """A Llama-style tokenizer prepends <s>; the sampler's prompts carry it, so IPO's log-ratios must
     be taken after it too (PolicyPairCollator's prompt ids = the sampler's). Control: without the

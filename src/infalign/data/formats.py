@@ -15,8 +15,8 @@ text before the first turn makes the record malformed (``text_before_first_turn`
 what follows, minus one leading space. Usable only if both sides share the prompt and both
 responses are non-empty.
 
-**Reddit TL;DR comparisons** (``openai/summarize_from_feedback``, config ``comparisons``, splits
-``train`` / ``validation``; also the original release's JSON-lines batches). One record::
+**Reddit TL;DR comparisons** (OpenAI's ``summarize_from_feedback`` comparisons, splits ``train`` /
+``validation``; also the original release's JSON-lines batches). One record::
 
     {"info": {"id": ..., "post": ..., "title": ..., "subreddit": ...},
      "summaries": [{"text": " summary A", ...}, {"text": " summary B", ...}], "choice": 0, ...}
@@ -25,6 +25,14 @@ responses are non-empty.
 is missing or null); ``chosen`` = ``summaries[choice].text``, ``rejected`` = the other, both
 stripped of surrounding whitespace. Records without a post but with an ``article`` (the CNN/DM
 comparisons in the validation split) are counted as ``not_reddit``.
+
+On the hub, ``openai/summarize_from_feedback`` holds only a loading script, which ``datasets`` >= 4
+no longer runs. The default TL;DR source (:data:`DATASETS`) is therefore
+``cleanrl/summarize_from_feedback_oai_preprocessing_1704563162``: the same comparisons as parquet files
+(``data/{train,validation,validation_cnndm}-*.parquet``, CNN/DM moved to its own split), every record's
+``info`` / ``summaries`` / ``choice`` as released (the columns it adds are ignored) -- the preference
+data of the N+ implementation-details study whose Pythia TL;DR models ``conf/experiment/tldr_bon.yaml``
+uses (docs/architecture.md §5, "Data sources").
 
 Every record is either usable or *malformed* with one reason (:data:`MALFORMED_REASONS`);
 malformed records are counted in a :class:`ParseReport` and logged, never silently dropped.
@@ -303,9 +311,21 @@ def load_records(
     return _load_hub(source, split, data_dir, config)
 
 
+# Hub datasets that are a loading script only (datasets >= 4 refuses to run it): a copy with data files
+# in the same record format, suggested when one is named; and the config a script needs where it still runs.
+SCRIPT_ONLY_MIRRORS = {"openai/summarize_from_feedback": "cleanrl/summarize_from_feedback_oai_preprocessing_1704563162"}
+SCRIPT_CONFIGS = {"openai/summarize_from_feedback": "comparisons"}
+
+
 def _load_hub(name: str, split: str, data_dir: str | None, config: str | None):
+    """``datasets.load_dataset(name, config, data_dir=..., split=...)`` as :class:`RawRecord` rows. A
+    hub dataset that is a loading script only -- ``datasets`` >= 4 raises ``RuntimeError("Dataset
+    scripts are no longer supported ...")`` for it -- is a :class:`~infalign.errors.ConfigError` naming
+    ``data.name_or_path``, with a copy in parquet / JSON files to use instead
+    (:data:`SCRIPT_ONLY_MIRRORS`) or local files."""
     import datasets
 
+    config = config or SCRIPT_CONFIGS.get(name)
     where = f"hub:{name}" + (f"[{config}]" if config else "") + (f"/{data_dir}" if data_dir else "")
     where += f":{split}"
     try:
@@ -314,6 +334,19 @@ def _load_hub(name: str, split: str, data_dir: str | None, config: str | None):
         if "split" in str(exc).lower():
             raise MissingSplitError(f"{where}: {exc}") from exc
         raise
+    except RuntimeError as exc:
+        if "script" not in str(exc).lower():
+            raise
+        from infalign.errors import ConfigError
+
+        mirror = SCRIPT_ONLY_MIRRORS.get(name)
+        raise ConfigError(
+            "data.name_or_path", name,
+            "a hub dataset with data files (parquet / JSON lines), or local files (data.train_file / data.test_file)",
+            f"it is a loading script, which datasets {datasets.__version__} no longer runs: {exc}; "
+            + (f"the same records as parquet: data.name_or_path={mirror}" if mirror else
+               "use a copy of it with parquet data files (e.g. its refs/convert/parquet export)"),
+        ) from exc
     except (OSError, ConnectionError) as exc:  # DatasetNotFoundError is a FileNotFoundError
         offline = os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE")
         raise OSError(
@@ -515,9 +548,7 @@ class DatasetFormat:
 
 DATASETS: dict[str, DatasetFormat] = {
     "hh": DatasetFormat(parse_hh_record, "Anthropic/hh-rlhf", None, "test"),
-    "tldr": DatasetFormat(
-        parse_tldr_record, "openai/summarize_from_feedback", "comparisons", "validation"
-    ),
+    "tldr": DatasetFormat(parse_tldr_record, SCRIPT_ONLY_MIRRORS["openai/summarize_from_feedback"], None, "validation"),
 }
 
 
