@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_INPUTS",
+    "PAD_IS_EOS_READ",
     "REWARD_INPUTS",
     "REWARD_INPUT_VERSION",
     "GoldScorer",
@@ -93,13 +94,31 @@ def reward_model_inputs(
     )
 
 
+# Where a causal LM's sequence classifier reads the score when the tokenizer pads with its eos (GPT-2, Pythia):
+# HF's *ForSequenceClassification heads read each row at its last token that is not config.pad_token_id (the
+# attention mask aside), so the eos appended to the row counts as padding and the score is read at the
+# response's last token -- as in a reward model trained here or by TRL with that tokenizer (the same rows).
+PAD_IS_EOS_READ = "score read at the last token before padding (pad == eos: the appended {eos} counts as padding)"
+
+
 def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = False) -> str:
     """A short description of :func:`reward_model_inputs` for ``tokenizer``, recorded in the trained
     reward model's cache key and in ``metrics.json``; e.g.
     ``'rm-input-v3:[CLS]{prompt}{response}[SEP];max_length=512'``, for a byte-level BPE tokenizer
     ``'rm-input-v3:{prompt} {response}<|endoftext|>'`` (the response's leading space,
     :func:`~infalign.models.builders.response_lead`) or, with ``pair``,
-    ``'rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP]'``."""
+    ``'rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP]'``.
+
+    When the row ends with the eos and the tokenizer pads with the eos too (GPT-2 / Pythia tokenizers
+    have no pad token: :func:`~infalign.models.builders.load_tokenizer` makes eos the pad), it also
+    says where the score is read: HF's causal-LM sequence classifiers read each row at its last token
+    that is not the pad id, so the appended eos reads as padding and the score is the one at the
+    response's last token (:data:`PAD_IS_EOS_READ`, e.g. ``'rm-input-v3:{prompt}
+    {response}<|endoftext|>;score read at the last token before padding (pad == eos: the appended
+    <|endoftext|> counts as padding)'``). That is where reward models trained here (and by TRL) on
+    these rows read it too, so the rows are left as they are; with a distinct pad (the toy world's
+    ``<pad>``) the score is read at the eos and nothing is added (those formats -- cache keys -- are
+    unchanged)."""
 
     def show(ids: list[int]) -> str:
         return "".join(tokenizer.convert_ids_to_tokens(ids))
@@ -107,6 +126,9 @@ def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = F
     prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos=True, pair=pair)
     lead = "" if pair else response_lead(tokenizer)  # (shown only where it exists: older keys stay valid)
     text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{show(middle)}{lead}{{response}}{show(end)}"
+    eos = tokenizer.eos_token_id
+    if eos is not None and end == [eos] and tokenizer.pad_token_id == eos:
+        text += ";" + PAD_IS_EOS_READ.format(eos=show([eos]))
     return text + (f";max_length={max_length}" if max_length else "")
 
 
