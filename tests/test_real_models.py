@@ -479,6 +479,44 @@ def test_prompt_length_limit_applies_after_the_chat_template(assets):
         kept(25, render)
 
 
+def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tmp_path):
+    """A Llama tokenizer with add_eos_token=True encodes '<s> text </s>': a prompt so encoded would end
+    with a stop token before every response. The sampler, IPO's pairs, the prompt-length filter and the
+    truncation count encode it '<s> text' (builders.encode_prompts), as the reward rows do."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from infalign.data import PreferenceExample, filter_by_length
+    from infalign.data.batches import PolicyPairCollator
+    from infalign.data.formats import ParseReport
+    from infalign.models.builders import encode_prompts
+    from infalign.models.generation import sample
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "tell", "me", "cats", "are", "nice"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 2),
+                                                                                                  ("</s>", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>", padding_side="left")
+    assert tok.convert_ids_to_tokens(tok("tell me")["input_ids"]) == ["<s>", "tell", "me", "</s>"]  # appends eos
+    assert encode_prompts(tok, ["tell me"]) == [[2, 4, 5]]
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8,
+                                      bos_token_id=2, eos_token_id=3, pad_token_id=0))
+    roll = sample(lm, tok, ["tell me", "cats"], num_samples=1, max_new_tokens=5,
+                  generator=torch.Generator().manual_seed(0))
+    assert tok.convert_ids_to_tokens(roll.prompt_ids[0].tolist()) == ["<s>", "tell", "me"]
+    assert roll.truncated_prompts == 0  # 3 tokens fit the 8 - 5 positions left for a prompt
+    pairs = PolicyPairCollator(tok)([("tell me", "cats", "nice"), ("cats", "are nice", "nice")])
+    assert torch.equal(pairs["prompt_ids"], roll.prompt_ids) and torch.equal(pairs["prompt_mask"], roll.prompt_mask)
+    kept = filter_by_length([PreferenceExample("tell me", "cats", "nice")], tok, 3, None, ParseReport("x"))
+    assert len(kept) == 1  # '<s> tell me': 3 tokens
+    cfg = OmegaConf.create({"algo": {"max_new_tokens": 5}})
+    assert world_mod.count_truncated_prompts(cfg, lm, tok, {"train": ["tell me"]}) == {"prompts_truncated_train": 0}
+
+
 def test_chat_template_bos_is_not_doubled(assets):
     """A template that writes ``{{ bos_token }}`` (Llama-3 style) + a tokenizer that adds BOS on
     encoding would give two BOS tokens; the rendered prompt drops the template's."""

@@ -15,7 +15,8 @@ import itertools
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from infalign.models.builders import encode_prompt_response
+from infalign.models.builders import encode_prompt_response, encode_prompts
+from infalign.models.generation import left_padded, pad_id
 from infalign.models.reward import MODEL_INPUTS, reward_model_inputs
 
 
@@ -115,8 +116,9 @@ class PolicyPairCollator:
     """``[(prompt, chosen, rejected), ...]`` -> left-padded ``prompt_ids``/``prompt_mask`` and
     right-padded ``chosen_ids``/``chosen_mask``, ``rejected_ids``/``rejected_mask`` (eos appended),
     the layout :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits).
-    Prompts are tokenised as the sampler tokenises them, with the tokenizer's special tokens (a
-    Llama-style ``<s>``): the pairs' log-ratios are taken in the context the policy is sampled in."""
+    Prompts are tokenised as the sampler tokenises them (:func:`~infalign.models.builders.encode_prompts`:
+    the tokenizer's leading special tokens, a Llama-style ``<s>``, never a trailing eos): the pairs'
+    log-ratios are taken in the context the policy is sampled in."""
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
@@ -132,11 +134,11 @@ class PolicyPairCollator:
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = zip(*batch)
-        self.tok.padding_side = "left"
-        enc = self.tok(list(prompts), padding=True, return_tensors="pt")  # (as models/generation.sample)
+        # as models/generation.sample: leading special tokens only (encode_prompts), left-padded
+        prompt_ids, prompt_mask = left_padded(encode_prompts(self.tok, list(prompts)), pad_id(self.tok))
         c_ids, c_mask = self._responses(list(chosen))
         r_ids, r_mask = self._responses(list(rejected))
-        return {"prompt_ids": enc["input_ids"], "prompt_mask": enc["attention_mask"], "chosen_ids": c_ids,
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "chosen_ids": c_ids,
                 "chosen_mask": c_mask, "rejected_ids": r_ids, "rejected_mask": r_mask}
 
 

@@ -575,21 +575,25 @@ def filter_by_length(
     rejected response has more than ``max_response_tokens``. ``None`` = no limit.
 
     The prompt is measured as the policy will be fed it: ``render_prompt(prompts)`` (e.g. the chat
-    template; identity when ``None``) tokenised *with* the tokenizer's special tokens (BOS, ...).
+    template; identity when ``None``) tokenised as the sampler does, *with* the tokenizer's leading
+    special tokens (BOS; :func:`~infalign.models.builders.encode_prompts`).
     Responses are text tokens without special tokens (the collator's eos comes on top). Updates
     ``report.too_long`` / ``kept``; raises ``ValueError`` if every pair is too long."""
     if not pairs or (max_prompt_tokens is None and max_response_tokens is None):
         return pairs
 
-    def n_tokens(texts: list[str], special: bool = False) -> list[int]:
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    from infalign.models.builders import encode_prompts
+
+    def n_tokens(texts: list[str], prompt: bool = False) -> list[int]:
+        ids = encode_prompts(tokenizer, texts) if prompt else tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(i) for i in ids]
 
     inf = float("inf")
     p_max = inf if max_prompt_tokens is None else max_prompt_tokens
     r_max = inf if max_response_tokens is None else max_response_tokens
     prompts = [p.prompt for p in pairs]
     rendered = render_prompt(prompts) if render_prompt is not None else prompts
-    p_len = n_tokens(rendered, special=True) if p_max < inf else [0] * len(pairs)
+    p_len = n_tokens(rendered, prompt=True) if p_max < inf else [0] * len(pairs)
     c_len = n_tokens([p.chosen for p in pairs]) if r_max < inf else [0] * len(pairs)
     r_len = n_tokens([p.rejected for p in pairs]) if r_max < inf else [0] * len(pairs)
     kept = [

@@ -27,6 +27,7 @@ __all__ = [
     "check_causal_lm",
     "check_reward_model",
     "encode_prompt_response",
+    "encode_prompts",
     "hub_commit",
     "load_causal_lm",
     "load_reward_model",
@@ -426,6 +427,18 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
         if full[i : i + len(bare)] == bare:
             return list(full[:i]), list(full[i + len(bare) :])
     raise ValueError(f"{type(tokenizer).__name__}: cannot locate the text among its special tokens")
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt as a policy reads it before its response: the tokenizer's *leading*
+    special tokens (:func:`special_tokens_around`: ``<s>`` for Llama-style, ``[CLS]`` for BERT-style,
+    none for GPT-2 and the toy tokenizer) then the text, never its trailing ones -- a tokenizer that
+    appends eos (Llama with ``add_eos_token=True``: ``<s> text </s>``) would otherwise put a stop token
+    between the prompt and every response sampled after it. The one prompt encoding of the sampler,
+    IPO's pairs, the prompt-length filter and the truncation count; equal to ``tokenizer(prompts)`` for
+    every tokenizer that adds nothing after a text."""
+    head = special_tokens_around(tokenizer)[0]
+    return [head + list(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
 
 
 def response_lead(tokenizer) -> str:

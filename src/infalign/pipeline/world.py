@@ -27,6 +27,7 @@ from infalign.infra.cache import content_key, modules_digest, sha256_file
 from infalign.models.builders import (
     check_causal_lm,
     check_reward_model,
+    encode_prompts,
     hub_commit,
     input_token_limit,
     load_causal_lm,
@@ -330,7 +331,7 @@ def count_truncated_prompts(cfg: DictConfig, policy, tokenizer, prompts: dict[st
     new = max(int(cfg[group].get("max_new_tokens") or 0) for group in ("algo", "calibration", "eval") if group in cfg)
     limit = prompt_token_limit(policy, new)
     counts = {f"prompts_truncated_{split}": 0 if limit is None else
-              sum(len(ids) > limit for ids in tokenizer(list(texts))["input_ids"]) if texts else 0
+              sum(len(ids) > limit for ids in encode_prompts(tokenizer, list(texts))) if texts else 0
               for split, texts in prompts.items()}
     if any(counts.values()):
         log.warning("prompts longer than %d tokens (the policy's positions minus max_new_tokens=%d): %s; generation "
@@ -489,7 +490,7 @@ def apply_chat_template(tokenizer, prompts: list[str], system_prompt: str | None
     after a ``system`` message when ``system_prompt`` is set (``None``: the template's default).
 
     Templates that write the BOS text (Llama-3's ``<|begin_of_text|>``) lose it here when the
-    tokenizer adds BOS itself on encoding (as the sampler's ``tokenizer(prompts)`` does), so the
+    tokenizer adds BOS itself on encoding (as the sampler's ``encode_prompts`` does), so the
     policy sees one BOS, not two."""
     from infalign.data.formats import split_turns
 
