@@ -532,7 +532,7 @@ def test_ipo_pairs_are_encoded_in_the_samplers_prompt_context():
                                       pad_token_id=0))
     prompts = ["hi there", "hi"]
     roll = sample(lm, llama, prompts, 1, 2, generator=torch.Generator().manual_seed(0))
-    batch = PolicyPairCollator(llama)([(p, "yes", "no") for p in prompts])
+    batch = PolicyPairCollator(llama)([(p, [6, 3], [7, 3]) for p in prompts])  # "yes </s>", "no </s>"
     assert torch.equal(batch["prompt_ids"], roll.prompt_ids) and torch.equal(batch["prompt_mask"], roll.prompt_mask)
     assert batch["prompt_ids"][0, 0].item() == 2  # <s>
 
@@ -607,6 +607,33 @@ def _trained_tokenizer(pre_tokenizer, decoder):
         initial_alphabet=sorted({c for t in corpus for c in t} | {"▁", "Ġ"})))
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>",
                                    pad_token="<|endoftext|>")
+
+
+def test_offline_collators_train_on_the_sampled_ids_not_the_re_encoded_text():
+    """A byte-level BPE sampler can draw a non-canonical split ("Ġ" "can" for "Ġcan"); its decoded text
+    re-encodes to other tokens. BoN-SFT's and IPO's rows hold the ids as sampled, and an eos only where the
+    response ended (a cut response was trained with one appended before: PromptResponseCollator, and the
+    text-based PolicyPairCollator)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    from infalign.data.batches import PolicyPairCollator, PromptResponseCollator, SampledResponseCollator
+
+    bpe = _trained_tokenizer(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel())
+    sampled = bpe.convert_tokens_to_ids(["Ġ", "S", "u", "r", "e"])  # a split the sampler can draw ("ĠSure")
+    text = bpe.decode(sampled, skip_special_tokens=True)
+    canonical = bpe(text, add_special_tokens=False)["input_ids"]
+    assert text == " Sure" and canonical != sampled  # control: re-encoding gives other tokens
+    eos = bpe.eos_token_id
+    prompt = "\n\nHuman: Hi\n\nAssistant:"
+    sft = SampledResponseCollator(bpe)([(prompt, sampled + [eos]), (prompt, sampled)])  # ended, cut
+    labels = [[t for t in row if t != -100] for row in sft["labels"].tolist()]
+    assert labels == [sampled + [eos], sampled]
+    assert sft["input_ids"][0, : len(bpe(prompt)["input_ids"])].tolist() == bpe(prompt)["input_ids"]
+    old = PromptResponseCollator(bpe)([(prompt, text)])["labels"][0].tolist()  # the text path it replaces
+    assert [t for t in old if t != -100] == canonical + [eos]
+    pairs = PolicyPairCollator(bpe)([(prompt, sampled, sampled + [eos])])
+    assert pairs["chosen_ids"][0][pairs["chosen_mask"][0].bool()].tolist() == sampled  # cut: no eos
+    assert pairs["rejected_ids"][0].tolist() == sampled + [eos]
 
 
 def test_reward_rows_read_the_response_as_the_datasets_text_does():
@@ -735,16 +762,22 @@ def test_held_out_takes_about_the_fraction_of_prompts():
     assert not any(held_out(p, 0.0) for p in prompts) and all(held_out(p, 1.0) for p in prompts)
 
 
-def test_policy_pair_responses_end_with_eos_inside_the_mask():
-    """IPO's pairs are scored as the sampler emits responses: eos appended and counted in the mask."""
+def test_policy_pair_responses_are_the_sampled_ids_inside_the_mask():
+    """IPO's pairs are scored as the sampler emitted them: the ids as sampled, the eos counted in the mask
+    where the response ended -- and only there (a response cut at max_new_tokens has none)."""
     import tiny_policy as tp
     from infalign.data.batches import PolicyPairCollator
 
     tok = tp.tokenizer()
-    batch = PolicyPairCollator(tok)([("x1", "a1 b1", "a2"), ("x2", "a4", "a5 b2")])
-    ids = {k: [tok.convert_ids_to_tokens(r) for r in batch[k].tolist()] for k in ("chosen_ids", "rejected_ids")}
-    assert ids["chosen_ids"] == [["a1", "b1", "<eos>"], ["a4", "<eos>", "<pad>"]]
-    assert ids["rejected_ids"] == [["a2", "<eos>", "<pad>"], ["a5", "b2", "<eos>"]]
+
+    def ids(text):
+        return tok.convert_tokens_to_ids(text.split())
+
+    batch = PolicyPairCollator(tok)([("x1", ids("a1 b1 <eos>"), ids("a2 <eos>")),
+                                     ("x2", ids("a4 b3"), ids("a5 b2 <eos>"))])
+    rows = {k: [tok.convert_ids_to_tokens(r) for r in batch[k].tolist()] for k in ("chosen_ids", "rejected_ids")}
+    assert rows["chosen_ids"] == [["a1", "b1", "<eos>"], ["a4", "b3", "<pad>"]]  # the second was cut: no eos
+    assert rows["rejected_ids"] == [["a2", "<eos>", "<pad>"], ["a5", "b2", "<eos>"]]
     assert batch["chosen_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["rejected_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
 

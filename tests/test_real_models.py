@@ -509,7 +509,8 @@ def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tm
                   generator=torch.Generator().manual_seed(0))
     assert tok.convert_ids_to_tokens(roll.prompt_ids[0].tolist()) == ["<s>", "tell", "me"]
     assert roll.truncated_prompts == 0  # 3 tokens fit the 8 - 5 positions left for a prompt
-    pairs = PolicyPairCollator(tok)([("tell me", "cats", "nice"), ("cats", "are nice", "nice")])
+    cats, are_nice, nice = ([tok.convert_tokens_to_ids(w) for w in t.split()] for t in ("cats", "are nice", "nice"))
+    pairs = PolicyPairCollator(tok)([("tell me", cats, nice), ("cats", are_nice, nice)])
     assert torch.equal(pairs["prompt_ids"], roll.prompt_ids) and torch.equal(pairs["prompt_mask"], roll.prompt_mask)
     kept = filter_by_length([PreferenceExample("tell me", "cats", "nice")], tok, 3, None, ParseReport("x"))
     assert len(kept) == 1  # '<s> tell me': 3 tokens

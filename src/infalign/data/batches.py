@@ -4,13 +4,17 @@
 * :class:`PromptResponseCollator` / :func:`make_lm_dataloader` -- response-only LM batches;
 * :class:`PreferenceCollator` / :func:`make_preference_dataloader` -- Bradley-Terry batches
   (chosen rows then rejected rows of the same prompts);
-* :class:`PolicyPairCollator` -- (prompt, chosen, rejected) as the policy reads them (IPO);
+* :class:`SampledResponses` -- sampled responses as the offline baselines train on them: the
+  sampled token ids (stop token last where the response ended), ``ended`` flags, decoded texts;
+* :class:`SampledResponseCollator` -- (prompt, sampled ids) -> response-only LM batches (BoN-SFT);
+* :class:`PolicyPairCollator` -- (prompt, chosen ids, rejected ids) as the policy reads them (IPO);
 * :class:`StepBatches` -- a shuffling loader's batches by optimisation step (exact resumes).
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -112,25 +116,79 @@ def make_preference_dataloader(
     )
 
 
+@dataclass
+class SampledResponses:
+    """Responses as a sampler drew them (``pipeline/baselines.best_and_worst_of_n``), one per prompt:
+    ``ids`` the sampled token ids -- the stop token last where the response ended, none where it was cut
+    at ``max_new_tokens`` -- ``ended`` those flags, ``texts`` the decoded texts (reports, tests). The
+    offline baselines train on ``ids``: decoding and re-encoding can give other tokens than those sampled
+    (a byte-level BPE sampler may draw a non-canonical split, ``"Ġ" "can"`` for ``"Ġcan"``; decoding skips
+    special tokens), and appending an eos to every text would end the cut responses too."""
+
+    ids: list[list[int]]
+    ended: list[bool]
+    texts: list[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.ended) == len(self.texts):
+            raise ValueError(f"{len(self.ids)} ids, {len(self.ended)} ended flags, {len(self.texts)} texts")
+        if any(not ids for ids in self.ids):
+            raise ValueError("a sampled response has at least one token (its stop token)")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[len(rows), longest]``: each row left-aligned, ``pad`` (mask 0) after it."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)], mask[i, : len(r)] = torch.tensor(r, dtype=torch.long), 1
+    return out, mask
+
+
+class SampledResponseCollator:
+    """``[(prompt, sampled response ids), ...]`` -> right-padded ``input_ids, attention_mask, labels``
+    (labels ``-100`` outside the response): ``[prompt | response]`` with the prompt encoded as the
+    sampler encodes it (:func:`~infalign.models.builders.encode_prompts`) and the response ids as
+    sampled (:class:`SampledResponses`: the stop token is there where the response ended, and only
+    there), so BoN-SFT's NLL is that of the very token sequences it distils. For a tokenizer that adds
+    nothing after a text and a response that re-encodes to its own ids this is the row
+    :class:`PromptResponseCollator` builds from the texts with its eos (the toy world's finished
+    responses)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
+        prompts, responses = zip(*batch)
+        prompt_ids = encode_prompts(self.tokenizer, list(prompts))
+        input_ids, attention_mask = _right_padded([p + list(r) for p, r in zip(prompt_ids, responses)],
+                                                  pad_id(self.tokenizer))
+        response_mask = torch.zeros_like(attention_mask)
+        for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+            response_mask[i, len(p) : len(p) + len(r)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "labels": input_ids.masked_fill(response_mask == 0, -100)}
+
+
 class PolicyPairCollator:
-    """``[(prompt, chosen, rejected), ...]`` -> left-padded ``prompt_ids``/``prompt_mask`` and
-    right-padded ``chosen_ids``/``chosen_mask``, ``rejected_ids``/``rejected_mask`` (eos appended),
-    the layout :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits).
-    Prompts are tokenised as the sampler tokenises them (:func:`~infalign.models.builders.encode_prompts`:
-    the tokenizer's leading special tokens, a Llama-style ``<s>``, never a trailing eos): the pairs'
-    log-ratios are taken in the context the policy is sampled in."""
+    """``[(prompt, chosen ids, rejected ids), ...]`` -> left-padded ``prompt_ids``/``prompt_mask`` and
+    right-padded ``chosen_ids``/``chosen_mask``, ``rejected_ids``/``rejected_mask``, the layout
+    :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits). The responses
+    are the sampled ids (:class:`SampledResponses`: the stop token last where the response ended, none
+    where it was cut). Prompts are tokenised as the sampler tokenises them
+    (:func:`~infalign.models.builders.encode_prompts`: the tokenizer's leading special tokens, a
+    Llama-style ``<s>``, never a trailing eos): the pairs' log-ratios are taken in the context the
+    policy is sampled in."""
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
 
-    def _responses(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [r + [self.tok.eos_token_id] for r in self.tok(texts, add_special_tokens=False)["input_ids"]]
-        width = max(len(r) for r in ids)
-        out = torch.full((len(ids), width), self.tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, r in enumerate(ids):
-            out[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        return out, mask
+    def _responses(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _right_padded([list(r) for r in ids], pad_id(self.tok))
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = zip(*batch)
