@@ -126,13 +126,17 @@ def test_the_trained_policy_keeps_float32_weights_beside_a_bfloat16_reference(as
 # ---------------------------------------------------------------------------- defect 1: one input format
 
 
-def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
+@pytest.mark.parametrize("prompt_format", ["full", "last_user_turn"])
+def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path, prompt_format):
     """The Bradley-Terry training path (PreferenceCollator -> RewardModelModule) and the scoring
-    path (world.reward.score on the policy's chat-templated prompt) give the same score."""
+    path (world.reward.score on the policy's chat-templated prompt) give the same score, for either
+    reward.prompt_format (last_user_turn: the HH experiments' question, docs/method.md §6)."""
     from infalign.data.batches import PreferenceCollator
+    from infalign.models.reward import reward_prompts
     from infalign.training import RewardModelModule
 
-    world = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
+    world = world_mod.load_world(cfg_for(assets, tmp_path, f"reward.prompt_format={prompt_format}"),
+                                 tmp_path / "cache")
     shown = world.train_prompts[0]
     assert shown.startswith("<|user|>") and shown.endswith("<|assistant|>")  # the policy sees the template
     raw = next(p for p in (json.loads(hh_line(i))["chosen"] for i in range(9)) if p.startswith(
@@ -141,8 +145,12 @@ def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
     assert prompt.endswith("\n\nAssistant:") and raw.startswith(prompt)
     chosen, rejected = raw[len(prompt):].strip(), "no"
     rm_tok = load_tokenizer(assets / "rm", "right", key="reward.name_or_path")
-    batch = PreferenceCollator(rm_tok, max_length=64, pair=True)([(prompt, chosen, rejected)])  # reward.input=pair
-    reference_encoding = rm_tok(prompt, chosen)  # what tokenizer(prompt, response) gives
+    batch = PreferenceCollator(rm_tok, max_length=64, pair=True, prompt_format=prompt_format)(
+        [(prompt, chosen, rejected)])  # reward.input=pair
+    (question,) = reward_prompts([prompt], prompt_format)
+    last_turn = prompt.rsplit("\n\nHuman: ", 1)[1].removesuffix("\n\nAssistant:")  # "more on <topic> ?"
+    assert question == (prompt if prompt_format == "full" else last_turn) and last_turn.startswith("more on")
+    reference_encoding = rm_tok(question, chosen)  # what tokenizer(question, response) gives
     n = int(batch["attention_mask"][0].sum())
     for key in ("input_ids", "token_type_ids"):
         assert batch[key][0, :n].tolist() == reference_encoding[key], key
@@ -159,9 +167,32 @@ def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
         wrong = world.reward.model(input_ids=templated["input_ids"],
                                    attention_mask=templated["attention_mask"]).logits[0, 0]
     assert abs(float(wrong) - float(scored[0])) > 1e-2
-    assert world.stats["reward_input_format"] == "rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP];max_length=64"
+    shown_prompt = "{prompt}" if prompt_format == "full" else "{last_user_turn}"
+    assert world.stats["reward_input_format"] == f"rm-input-v3:[CLS]{shown_prompt}[SEP]{{response}}[SEP];max_length=64"
     with pytest.raises(KeyError, match="not among the world's prompts"):
         world.reward.score(["an unseen prompt"], ["x"])
+
+
+def test_the_hh_experiments_give_the_deberta_reward_model_the_last_human_turn_as_its_question():
+    """OpenAssistant's DeBERTa reward model was trained on tokenizer(question, answer) with HH questions
+    stripped of their Human: / Assistant: markers (docs/method.md §6, "The reward model's prompt"): the
+    HH experiments set reward.prompt_format=last_user_turn; it is refused where prompts have no turns."""
+    from infalign.models.reward import reward_prompts
+    from infalign.pipeline.settings import model_settings
+    from pipeline_helpers import compose_config
+
+    dialogue = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: tell me\n\nHuman: about cats\n\nAssistant:"
+    assert reward_prompts([dialogue], "last_user_turn") == ["tell me\n\nabout cats"]  # one speaker twice: one turn
+    assert reward_prompts([dialogue], "full") == [dialogue]
+    for experiment in ("hh_helpful_bon", "hh_harmless_won"):
+        cfg = compose_config("train", f"experiment={experiment}")
+        assert (cfg.reward.input, cfg.reward.prompt_format) == ("pair", "last_user_turn")
+        model_settings(cfg)
+    assert compose_config("train", "experiment=tldr_bon").reward.prompt_format == "full"
+    with pytest.raises(ConfigError, match=r"reward\.prompt_format='last_user_turn'.*'full' for data\.source=tldr"):
+        model_settings(compose_config("train", "experiment=tldr_bon", "reward.prompt_format=last_user_turn"))
+    with pytest.raises(ConfigError, match=r"reward\.prompt_format='question'.*one of \['full', 'last_user_turn'\]"):
+        model_settings(compose_config("train", "experiment=hh_helpful_bon", "reward.prompt_format=question"))
 
 
 def test_reward_input_format_is_part_of_the_reward_cache_keys(assets, tmp_path):
@@ -230,7 +261,7 @@ def test_bert_reward_model_reads_its_cls_token(assets):
 @pytest.mark.slow
 def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path, monkeypatch):
     cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true",
-                  "reward.input=joined",
+                  "reward.input=joined", "reward.prompt_format=full",
                   "reward.train.steps=3", "reward.train.warmup=0", "reward.train.lr=1e-2",
                   "trainer.progress_bar=none")
     world = world_mod.load_world(cfg, tmp_path / "cache")

@@ -84,13 +84,14 @@ class PreferenceCollator:
     by :func:`~infalign.models.reward.reward_model_inputs` -- exactly what the scorer feeds the
     trained model."""
 
-    def __init__(self, tokenizer, max_length: int | None = None, pair: bool = False):
-        self.tokenizer, self.max_length, self.pair = tokenizer, max_length, pair
+    def __init__(self, tokenizer, max_length: int | None = None, pair: bool = False, prompt_format: str = "full"):
+        self.tokenizer, self.max_length, self.pair, self.prompt_format = tokenizer, max_length, pair, prompt_format
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = (list(c) for c in zip(*batch))
         enc = reward_model_inputs(
-            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length, pair=self.pair
+            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length, pair=self.pair,
+            prompt_format=self.prompt_format,
         )
         return {k: enc[k] for k in MODEL_INPUTS if k in enc}
 
@@ -105,6 +106,7 @@ def make_preference_dataloader(
     seed: int = 0,
     max_length: int | None = None,
     pair: bool = False,
+    prompt_format: str = "full",
 ) -> DataLoader:
     """A ``DataLoader`` of :class:`PreferenceCollator` batches (``batch_size`` pairs each)."""
     return DataLoader(
@@ -112,7 +114,7 @@ def make_preference_dataloader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        collate_fn=PreferenceCollator(tokenizer, max_length, pair),
+        collate_fn=PreferenceCollator(tokenizer, max_length, pair, prompt_format),
     )
 
 

@@ -292,7 +292,8 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
                           max_length=cfg.reward.get("max_length"),
                           dataset_prompts=dataset_prompt_map(train_prompts + eval_prompts, train_raw + eval_raw)
-                          if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg))
+                          if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg),
+                          prompt_format=reward_prompt_format(cfg))
     stats["reward_input_format"] = reward.input_format
     stats |= count_truncated_prompts(cfg, policy, tokenizer, {"train": train_prompts, "eval": eval_prompts})
     # what a cached reference sample / reward score depends on: the weights, the precision they compute
@@ -407,6 +408,12 @@ def reward_pair(cfg) -> bool:
     return cfg.reward.get("input", "joined") == "pair"
 
 
+def reward_prompt_format(cfg) -> str:
+    """``reward.prompt_format`` (default ``full``): what of the dataset prompt the reward model reads
+    (``models/reward.reward_prompts``)."""
+    return str(cfg.reward.get("prompt_format", "full"))
+
+
 def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir: str | Path,
                        init_revision: str | None = None) -> tuple[str, dict]:
     """Bradley-Terry training of ``init_path`` (a reward model, or a causal LM that gets a new scalar
@@ -434,7 +441,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     hp = OmegaConf.to_container(cfg.reward.train, resolve=True)
     hp.pop("accelerator", None)  # runtime only
     max_length = cfg.reward.get("max_length")
-    fmt = reward_input_format(tokenizer, max_length, reward_pair(cfg))
+    fmt = reward_input_format(tokenizer, max_length, reward_pair(cfg), reward_prompt_format(cfg))
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
     batch_size, data_seed = int(cfg.data.get("batch_size", 16)), int(cfg.data.get("seed", 0))
     precision = str(reward_trainer_kwargs(cfg)["precision"])
@@ -448,7 +455,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
         prompts, chosen, rejected = (list(c) for c in zip(*pairs))
         return make_preference_dataloader(tokenizer, prompts, chosen, rejected, batch_size, shuffle=shuffle,
                                           seed=data_seed, max_length=max_length,
-                                          pair=reward_pair(cfg))
+                                          pair=reward_pair(cfg), prompt_format=reward_prompt_format(cfg))
 
     def build():
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # (not a context on every GPU)
