@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 
 import tiny_policy as tp
 from infalign.apps.config import CONFIG_DIR
+from infalign.data.batches import SampledResponses
 from infalign.errors import ConfigError
 from infalign.math.calibration import CalibrationTable
 from infalign.math.transforms import Exp, Identity, Log
@@ -199,10 +200,37 @@ def _offline(name: str, **settings):
                            "max_new_tokens": 4, **settings})
     gen = OmegaConf.create({"max_new_tokens": 4, "temperature": 1.0, "batch_size": 100})
     world = tp.world(prompts)
-    best, worst = best_and_worst_of_n(world, prompts, 4, gen, PREDICT, seed=0)  # the data fit_offline draws
+    picks = best_and_worst_of_n(world, prompts, 4, gen, PREDICT, seed=0)  # the data fit_offline draws
+    best, worst = (p.texts for p in picks)  # every response is "a b <eos>": its text and ids agree
     start = {x: tp.response_probs(world.policy, x) for x in tp.PROMPTS}
     fit_policy(world, OmegaConf.create({"seed": 0, "calibration": gen}), algo, Identity(), None, TRAINERS, None)
     return world, prompts, best, worst, start
+
+
+@pytest.mark.parametrize("max_new_tokens, ended", [(2, False), (4, True)])
+def test_offline_baselines_fit_the_sampled_ids_with_an_eos_only_where_a_response_ended(max_new_tokens, ended):
+    """Every tiny-policy response is "a b <eos>": cut at 2 new tokens none ends, at 4 all do. The picks
+    carry the sampler's ids and ended flags, and the BoN-SFT / IPO batches train on exactly those ids (an
+    eos appended to the text, as before, would end the cut responses too)."""
+    prompts = tp.PROMPTS * 3
+    gen = OmegaConf.create({"max_new_tokens": max_new_tokens, "temperature": 1.0, "batch_size": 100})
+    world = tp.world(prompts)
+    best, worst = best_and_worst_of_n(world, prompts, 4, gen, PREDICT, seed=0)
+    assert best.ended == worst.ended == [ended] * len(prompts)
+    eos = world.tokenizer.eos_token_id
+    assert all((ids[-1] == eos) == ended and len(ids) == 2 + ended for ids in best.ids + worst.ids)
+    assert best.ids == [world.tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] * ended
+                        for t in best.texts]
+    algo = make_algorithm({"name": "bon_sft", "n_samples": 4, "steps": 1, "prompts_per_step": len(prompts)})
+    _, loader = algo.fit_module(world.policy, world.reference, world.tokenizer, prompts, best, worst, seed=0)
+    batch = next(iter(loader))
+    trained = sorted(tuple(t for t in row if t != -100) for row in batch["labels"].tolist())
+    assert trained == sorted(tuple(ids) for ids in best.ids)
+    algo = make_algorithm({"name": "ipo", "n_samples": 4, "steps": 1, "prompts_per_step": len(prompts)})
+    _, loader = algo.fit_module(world.policy, world.reference, world.tokenizer, prompts, best, worst, seed=0)
+    batch = next(iter(loader))
+    rows = sorted(tuple(r[m.bool()].tolist()) for r, m in zip(batch["rejected_ids"], batch["rejected_mask"]))
+    assert rows == sorted(tuple(ids) for ids in worst.ids)
 
 
 def _counts(prompts, responses, prompt):
@@ -349,8 +377,10 @@ def test_ipo_takes_the_policys_log_ratios_without_dropout():
     reference.load_state_dict(policy.state_dict())
     module = IPOModule(policy, reference, tau=0.1, lr=1e-3)
     policy.train()  # as Lightning leaves it at the start of an epoch
-    pairs = [(x, f"{tp.FIRST[x][0]} b1", f"{tp.FIRST[x][1]} b2") for x in tp.PROMPTS]
-    batch = PolicyPairCollator(tp.tokenizer())(pairs)
+    tok = tp.tokenizer()
+    pairs = [(x, tok.convert_tokens_to_ids([tp.FIRST[x][0], "b1", "<eos>"]),
+              tok.convert_tokens_to_ids([tp.FIRST[x][1], "b2", "<eos>"])) for x in tp.PROMPTS]
+    batch = PolicyPairCollator(tok)(pairs)
     logged = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     loss = module.training_step(batch, 0)
@@ -462,7 +492,9 @@ def test_bon_sft_trains_the_eval_mode_policy():
                                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
     algo = make_algorithm({"name": "bon_sft", "n_samples": 2, "steps": 1, "prompts_per_step": 4})
     prompts = ToyWorld(seed=0).prompts("train", 4)
-    module, loader = algo.fit_module(model, None, tok, prompts, ["a b"] * 4, ["c"] * 4, seed=0)
+    best = SampledResponses([tok("a1 b1", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]] * 4, [True] * 4,
+                            ["a1 b1"] * 4)
+    module, loader = algo.fit_module(model, None, tok, prompts, best, best, seed=0)
     batch = next(iter(loader))
     model.eval()
     with torch.no_grad():

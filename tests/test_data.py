@@ -440,6 +440,76 @@ def test_unknown_hub_dataset_fails_fast_offline():
     assert time.perf_counter() - t0 < 10
 
 
+def test_a_script_only_hub_dataset_is_named_with_the_copy_to_use(monkeypatch):
+    """datasets >= 4 refuses loading scripts (RuntimeError); openai/summarize_from_feedback is one, so the
+    error names data.name_or_path and the parquet copy (docs/architecture.md §5, "Data sources")."""
+    import datasets
+
+    from infalign.data.formats import DATASETS
+
+    def script_only(name, *args, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported, but found summarize_from_feedback.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", script_only)
+    with pytest.raises(ConfigError, match=r"data\.name_or_path='openai/summarize_from_feedback'.*loading script.*"
+                                          r"data\.name_or_path=cleanrl/summarize_from_feedback_oai_preprocessing"):
+        load_records("openai/summarize_from_feedback", "train")
+    with pytest.raises(ConfigError, match=r"data\.name_or_path='org/scripted'.*refs/convert/parquet"):
+        load_records("org/scripted", "train")
+    assert DATASETS["tldr"].hub_name == "cleanrl/summarize_from_feedback_oai_preprocessing_1704563162"
+
+
+def test_the_default_tldr_source_is_parquet_in_the_format_the_parser_reads(tmp_path, monkeypatch):
+    """The default TL;DR source keeps OpenAI's columns (info, summaries, choice) beside its own (query,
+    chosen, ..., ignored) in data/<split>-*.parquet, CNN/DM in validation_cnndm: a copy of that layout,
+    read by datasets itself (offline, from disk), parses into the same pairs as the JSON-lines release."""
+    import datasets
+
+    from infalign.data import PreferenceDataModule
+
+    cnndm = {"id": "cnn1", "post": None, "title": None, "subreddit": None, "site": "cnn", "article": "(CNN) ..."}
+
+    def row(info, a, b, choice):
+        info = {"id": info["id"], "post": info["post"], "title": info.get("title"),
+                "subreddit": info.get("subreddit"), "site": info.get("site"), "article": info.get("article")}
+        return {**tldr_record(info, a, b, choice), "extra": {"confidence": 7}, "query": "SUBREDDIT: ...",
+                "chosen": " x<|endoftext|>", "chosen_token": [1, 2], "query_token": [3, 4]}
+
+    rows = {"train": [row(ROOMMATE, " Roommate eats my food; how do I get him to stop?", " food", 0),
+                      row(NO_TITLE, " Rust or Go first?", " Which language should I learn first?", 1)],
+            "validation": [row({**ROOMMATE, "id": "t3_ghi", "post": "My roommate never cleans."},
+                               " I dislike my roommate.", " Roommate never cleans.", 1)],
+            "validation_cnndm": [row(cnndm, " a", " b", 0)]}
+    text = datasets.Value("string")
+    features = datasets.Features({  # the copy's own schema (its dataset card), the added columns cut short
+        "info": {k: text for k in ("id", "post", "title", "subreddit", "site", "article")},
+        "summaries": datasets.List({"text": text, "policy": text, "note": text}), "choice": datasets.Value("int32"),
+        "worker": text, "batch": text, "split": text, "extra": {"confidence": datasets.Value("int32")},
+        "query": text, "chosen": text, "chosen_token": datasets.List(datasets.Value("int64")),
+        "query_token": datasets.List(datasets.Value("int64"))})
+    mirror = tmp_path / "mirror"
+    (mirror / "data").mkdir(parents=True)
+    for split, records in rows.items():
+        datasets.Dataset.from_list(records, features=features).to_parquet(
+            mirror / "data" / f"{split}-00000-of-00001.parquet")
+    real = datasets.load_dataset
+    asked = []
+
+    def from_disk(name, config=None, **kwargs):
+        asked.append((name, config))
+        return real(str(mirror), config, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", from_disk)
+    dm = PreferenceDataModule(dataset="tldr", tokenizer=word_tokenizer(["a"]))
+    dm.setup()
+    assert {name for name, _ in asked} == {"cleanrl/summarize_from_feedback_oai_preprocessing_1704563162"}
+    assert {config for _, config in asked} == {None}
+    roommate = TLDR_TEMPLATE.format(**ROOMMATE | {"post": ROOMMATE["post"].strip()})
+    assert dm.pairs("train")[0] == (roommate, "Roommate eats my food; how do I get him to stop?", "food")
+    assert dm.pairs("train")[1].chosen == "Which language should I learn first?"  # choice 1
+    assert dm.reports["train"].malformed == {} and dm.reports["test"].usable == 1  # validation: TL;DR only
+
+
 def test_ipo_pairs_are_encoded_in_the_samplers_prompt_context():
     """A Llama-style tokenizer prepends <s>; the sampler's prompts carry it, so IPO's log-ratios must
     be taken after it too (PolicyPairCollator's prompt ids = the sampler's). Control: without the
@@ -462,7 +532,7 @@ def test_ipo_pairs_are_encoded_in_the_samplers_prompt_context():
                                       pad_token_id=0))
     prompts = ["hi there", "hi"]
     roll = sample(lm, llama, prompts, 1, 2, generator=torch.Generator().manual_seed(0))
-    batch = PolicyPairCollator(llama)([(p, "yes", "no") for p in prompts])
+    batch = PolicyPairCollator(llama)([(p, [6, 3], [7, 3]) for p in prompts])  # "yes </s>", "no </s>"
     assert torch.equal(batch["prompt_ids"], roll.prompt_ids) and torch.equal(batch["prompt_mask"], roll.prompt_mask)
     assert batch["prompt_ids"][0, 0].item() == 2  # <s>
 
@@ -504,6 +574,25 @@ def test_consecutive_turns_of_one_speaker_are_one_chat_message():
         {"role": "user", "content": "SUBREDDIT: r/x\n\nPOST: y\n\nTL;DR:"}]
 
 
+def test_a_dialogue_starting_with_human_without_its_blank_line_keeps_its_first_turn():
+    """Some HH exports write the first turn as "Human: ..." without the leading blank line: it is still
+    the first user turn (the splitter split at "\\n\\nHuman:" only and dropped it: the chat started with
+    an empty user message). Other text before the first turn is a malformed record, counted."""
+    from infalign.data.formats import parse_hh_record, split_turns
+
+    assert split_turns("Human: q\n\nAssistant: a\n\nHuman: q2\n\nAssistant:") == [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}]
+    assert split_turns("Human: q\n\nAssistant:") == [{"role": "user", "content": "q"}]  # one turn: no marker left
+    assert split_turns("Human: q\n\nAssistant:") == split_turns("\n\nHuman: q\n\nAssistant:")
+    example = parse_hh_record({"chosen": "Human: q\n\nAssistant: yes", "rejected": "Human: q\n\nAssistant: no"})
+    assert example == ("Human: q\n\nAssistant:", "yes", "no")  # the dataset's text, as the reward model reads it
+    with pytest.raises(Malformed) as err:
+        parse_hh_record(hh_record("Preamble.\n\nHuman: q\n\nAssistant:", "yes", "no"))
+    assert err.value.reason == "text_before_first_turn"
+    with pytest.raises(Malformed, match="text_before_first_turn"):
+        split_turns("Preamble.\n\nHuman: q\n\nAssistant:")
+
+
 def _trained_tokenizer(pre_tokenizer, decoder):
     """A small BPE tokenizer trained here on the fixtures' text (no hub): byte-level like GPT-2 /
     Pythia / Llama 3, or SentencePiece-like (Metaspace) like Llama 2 / DeBERTa-v3."""
@@ -518,6 +607,33 @@ def _trained_tokenizer(pre_tokenizer, decoder):
         initial_alphabet=sorted({c for t in corpus for c in t} | {"▁", "Ġ"})))
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>",
                                    pad_token="<|endoftext|>")
+
+
+def test_offline_collators_train_on_the_sampled_ids_not_the_re_encoded_text():
+    """A byte-level BPE sampler can draw a non-canonical split ("Ġ" "can" for "Ġcan"); its decoded text
+    re-encodes to other tokens. BoN-SFT's and IPO's rows hold the ids as sampled, and an eos only where the
+    response ended (a cut response was trained with one appended before: PromptResponseCollator, and the
+    text-based PolicyPairCollator)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    from infalign.data.batches import PolicyPairCollator, PromptResponseCollator, SampledResponseCollator
+
+    bpe = _trained_tokenizer(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel())
+    sampled = bpe.convert_tokens_to_ids(["Ġ", "S", "u", "r", "e"])  # a split the sampler can draw ("ĠSure")
+    text = bpe.decode(sampled, skip_special_tokens=True)
+    canonical = bpe(text, add_special_tokens=False)["input_ids"]
+    assert text == " Sure" and canonical != sampled  # control: re-encoding gives other tokens
+    eos = bpe.eos_token_id
+    prompt = "\n\nHuman: Hi\n\nAssistant:"
+    sft = SampledResponseCollator(bpe)([(prompt, sampled + [eos]), (prompt, sampled)])  # ended, cut
+    labels = [[t for t in row if t != -100] for row in sft["labels"].tolist()]
+    assert labels == [sampled + [eos], sampled]
+    assert sft["input_ids"][0, : len(bpe(prompt)["input_ids"])].tolist() == bpe(prompt)["input_ids"]
+    old = PromptResponseCollator(bpe)([(prompt, text)])["labels"][0].tolist()  # the text path it replaces
+    assert [t for t in old if t != -100] == canonical + [eos]
+    pairs = PolicyPairCollator(bpe)([(prompt, sampled, sampled + [eos])])
+    assert pairs["chosen_ids"][0][pairs["chosen_mask"][0].bool()].tolist() == sampled  # cut: no eos
+    assert pairs["rejected_ids"][0].tolist() == sampled + [eos]
 
 
 def test_reward_rows_read_the_response_as_the_datasets_text_does():
@@ -646,16 +762,22 @@ def test_held_out_takes_about_the_fraction_of_prompts():
     assert not any(held_out(p, 0.0) for p in prompts) and all(held_out(p, 1.0) for p in prompts)
 
 
-def test_policy_pair_responses_end_with_eos_inside_the_mask():
-    """IPO's pairs are scored as the sampler emits responses: eos appended and counted in the mask."""
+def test_policy_pair_responses_are_the_sampled_ids_inside_the_mask():
+    """IPO's pairs are scored as the sampler emitted them: the ids as sampled, the eos counted in the mask
+    where the response ended -- and only there (a response cut at max_new_tokens has none)."""
     import tiny_policy as tp
     from infalign.data.batches import PolicyPairCollator
 
     tok = tp.tokenizer()
-    batch = PolicyPairCollator(tok)([("x1", "a1 b1", "a2"), ("x2", "a4", "a5 b2")])
-    ids = {k: [tok.convert_ids_to_tokens(r) for r in batch[k].tolist()] for k in ("chosen_ids", "rejected_ids")}
-    assert ids["chosen_ids"] == [["a1", "b1", "<eos>"], ["a4", "<eos>", "<pad>"]]
-    assert ids["rejected_ids"] == [["a2", "<eos>", "<pad>"], ["a5", "b2", "<eos>"]]
+
+    def ids(text):
+        return tok.convert_tokens_to_ids(text.split())
+
+    batch = PolicyPairCollator(tok)([("x1", ids("a1 b1 <eos>"), ids("a2 <eos>")),
+                                     ("x2", ids("a4 b3"), ids("a5 b2 <eos>"))])
+    rows = {k: [tok.convert_ids_to_tokens(r) for r in batch[k].tolist()] for k in ("chosen_ids", "rejected_ids")}
+    assert rows["chosen_ids"] == [["a1", "b1", "<eos>"], ["a4", "b3", "<pad>"]]  # the second was cut: no eos
+    assert rows["rejected_ids"] == [["a2", "<eos>", "<pad>"], ["a5", "b2", "<eos>"]]
     assert batch["chosen_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["rejected_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
 

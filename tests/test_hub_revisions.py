@@ -145,6 +145,19 @@ def test_bad_revisions_name_their_key_before_any_compute(hub, assets, tmp_path, 
         world_mod.check_world_config(cfg)
 
 
+@pytest.mark.parametrize("load, key", [(load_causal_lm, "policy.name_or_path"),
+                                       (load_reward_model, "reward.name_or_path")])
+def test_a_hub_snapshot_cached_without_its_weights_fails_naming_the_key(hub, assets, load, key):  # noqa: F811
+    """Offline, a hub name whose config is cached passes the config check; its missing weights are an
+    OSError of from_pretrained, which the loader names under the model's key."""
+    repo = hub.parent / "models--org--bare"
+    shutil.copytree(assets / ("lm" if load is load_causal_lm else "rm"), repo / "snapshots" / C1,
+                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    _point(repo, "main", C1)
+    with pytest.raises(OSError, match=rf"{key}='org/bare': its config loaded but its weights could not be read"):
+        load("org/bare", key=key)
+
+
 def test_a_revision_without_a_model_name_is_refused(tmp_path):
     """The toy world's own models have no revision: ``policy.revision`` without a name is an error."""
     from pipeline_helpers import compose_train

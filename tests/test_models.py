@@ -179,6 +179,37 @@ def test_reward_inputs_drop_the_responses_leading_whitespace():
     assert all(torch.equal(sampled[k], stored[k]) for k in sampled)
 
 
+def test_the_reward_format_says_where_the_score_is_read_when_pad_is_eos(tok):
+    """GPT-2 / Pythia tokenizers pad with their eos: HF's causal classifier reads a row at its last non-pad
+    token, so the appended eos reads as padding and the score is the last response token's. The format
+    says so (docs/method.md §6, "The reward model's eos"); with a pad of its own (the toy tokenizer) the
+    score is read at the eos and the format -- part of the toy world's reward fingerprint -- is as before."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from infalign.models.reward import reward_input_format, reward_model_inputs
+
+    bpe = _byte_bpe()  # pad == eos
+    fmt = reward_input_format(bpe, 64)
+    assert fmt == ("rm-input-v3:{prompt} {response}<eos>;score read at the last token before padding "
+                   "(pad == eos: the appended <eos> counts as padding);max_length=64")
+    assert reward_input_format(tok) == "rm-input-v3:{prompt}{response}<eos>"  # the toy world's, unchanged
+    torch.manual_seed(0)
+    rm = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(bpe), n_positions=64, n_embd=16, n_layer=1,
+                                                  n_head=2, num_labels=1, pad_token_id=bpe.pad_token_id)).eval()
+    prompt, response = ["Human: can you help? Assistant:"], ["Sure, I can help."]
+    row = reward_model_inputs(bpe, prompt, response)["input_ids"]
+    assert row[0, -1] == bpe.eos_token_id
+    with torch.no_grad():
+        before_eos = rm(input_ids=row[:, :-1]).logits[0, 0]
+        rm.config.pad_token_id = len(bpe)  # no token is padding: read at the eos itself
+        at_eos = rm(input_ids=row).logits[0, 0]
+        rm.config.pad_token_id = bpe.pad_token_id
+    score = RewardScorer(rm, bpe).score(prompt, response)[0]
+    # the same causal prefix, one forward shorter: equal to float32 rounding (default assert_close tolerances)
+    torch.testing.assert_close(score, before_eos)
+    assert abs(float(score) - float(at_eos)) > 1e-3  # control: the eos's own hidden state scores otherwise
+
+
 def test_text_pair_layout_is_refused_for_a_tokenizer_without_one(tok):
     from infalign.models.builders import text_pair_tokens
 

@@ -126,13 +126,17 @@ def test_the_trained_policy_keeps_float32_weights_beside_a_bfloat16_reference(as
 # ---------------------------------------------------------------------------- defect 1: one input format
 
 
-def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
+@pytest.mark.parametrize("prompt_format", ["full", "last_user_turn"])
+def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path, prompt_format):
     """The Bradley-Terry training path (PreferenceCollator -> RewardModelModule) and the scoring
-    path (world.reward.score on the policy's chat-templated prompt) give the same score."""
+    path (world.reward.score on the policy's chat-templated prompt) give the same score, for either
+    reward.prompt_format (last_user_turn: the HH experiments' question, docs/method.md §6)."""
     from infalign.data.batches import PreferenceCollator
+    from infalign.models.reward import reward_prompts
     from infalign.training import RewardModelModule
 
-    world = world_mod.load_world(cfg_for(assets, tmp_path), tmp_path / "cache")
+    world = world_mod.load_world(cfg_for(assets, tmp_path, f"reward.prompt_format={prompt_format}"),
+                                 tmp_path / "cache")
     shown = world.train_prompts[0]
     assert shown.startswith("<|user|>") and shown.endswith("<|assistant|>")  # the policy sees the template
     raw = next(p for p in (json.loads(hh_line(i))["chosen"] for i in range(9)) if p.startswith(
@@ -141,8 +145,12 @@ def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
     assert prompt.endswith("\n\nAssistant:") and raw.startswith(prompt)
     chosen, rejected = raw[len(prompt):].strip(), "no"
     rm_tok = load_tokenizer(assets / "rm", "right", key="reward.name_or_path")
-    batch = PreferenceCollator(rm_tok, max_length=64, pair=True)([(prompt, chosen, rejected)])  # reward.input=pair
-    reference_encoding = rm_tok(prompt, chosen)  # what tokenizer(prompt, response) gives
+    batch = PreferenceCollator(rm_tok, max_length=64, pair=True, prompt_format=prompt_format)(
+        [(prompt, chosen, rejected)])  # reward.input=pair
+    (question,) = reward_prompts([prompt], prompt_format)
+    last_turn = prompt.rsplit("\n\nHuman: ", 1)[1].removesuffix("\n\nAssistant:")  # "more on <topic> ?"
+    assert question == (prompt if prompt_format == "full" else last_turn) and last_turn.startswith("more on")
+    reference_encoding = rm_tok(question, chosen)  # what tokenizer(question, response) gives
     n = int(batch["attention_mask"][0].sum())
     for key in ("input_ids", "token_type_ids"):
         assert batch[key][0, :n].tolist() == reference_encoding[key], key
@@ -159,9 +167,32 @@ def test_a_pair_scores_the_same_in_training_and_in_scoring(assets, tmp_path):
         wrong = world.reward.model(input_ids=templated["input_ids"],
                                    attention_mask=templated["attention_mask"]).logits[0, 0]
     assert abs(float(wrong) - float(scored[0])) > 1e-2
-    assert world.stats["reward_input_format"] == "rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP];max_length=64"
+    shown_prompt = "{prompt}" if prompt_format == "full" else "{last_user_turn}"
+    assert world.stats["reward_input_format"] == f"rm-input-v3:[CLS]{shown_prompt}[SEP]{{response}}[SEP];max_length=64"
     with pytest.raises(KeyError, match="not among the world's prompts"):
         world.reward.score(["an unseen prompt"], ["x"])
+
+
+def test_the_hh_experiments_give_the_deberta_reward_model_the_last_human_turn_as_its_question():
+    """OpenAssistant's DeBERTa reward model was trained on tokenizer(question, answer) with HH questions
+    stripped of their Human: / Assistant: markers (docs/method.md §6, "The reward model's prompt"): the
+    HH experiments set reward.prompt_format=last_user_turn; it is refused where prompts have no turns."""
+    from infalign.models.reward import reward_prompts
+    from infalign.pipeline.settings import model_settings
+    from pipeline_helpers import compose_config
+
+    dialogue = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: tell me\n\nHuman: about cats\n\nAssistant:"
+    assert reward_prompts([dialogue], "last_user_turn") == ["tell me\n\nabout cats"]  # one speaker twice: one turn
+    assert reward_prompts([dialogue], "full") == [dialogue]
+    for experiment in ("hh_helpful_bon", "hh_harmless_won"):
+        cfg = compose_config("train", f"experiment={experiment}")
+        assert (cfg.reward.input, cfg.reward.prompt_format) == ("pair", "last_user_turn")
+        model_settings(cfg)
+    assert compose_config("train", "experiment=tldr_bon").reward.prompt_format == "full"
+    with pytest.raises(ConfigError, match=r"reward\.prompt_format='last_user_turn'.*'full' for data\.source=tldr"):
+        model_settings(compose_config("train", "experiment=tldr_bon", "reward.prompt_format=last_user_turn"))
+    with pytest.raises(ConfigError, match=r"reward\.prompt_format='question'.*one of \['full', 'last_user_turn'\]"):
+        model_settings(compose_config("train", "experiment=hh_helpful_bon", "reward.prompt_format=question"))
 
 
 def test_reward_input_format_is_part_of_the_reward_cache_keys(assets, tmp_path):
@@ -230,7 +261,7 @@ def test_bert_reward_model_reads_its_cls_token(assets):
 @pytest.mark.slow
 def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path, monkeypatch):
     cfg = cfg_for(assets, tmp_path, f"reward.name_or_path={assets / 'lm_plain'}", "reward.train.enabled=true",
-                  "reward.input=joined",
+                  "reward.input=joined", "reward.prompt_format=full",
                   "reward.train.steps=3", "reward.train.warmup=0", "reward.train.lr=1e-2",
                   "trainer.progress_bar=none")
     world = world_mod.load_world(cfg, tmp_path / "cache")
@@ -345,6 +376,22 @@ def test_bad_model_names_fail_under_their_key_before_any_compute(assets, tmp_pat
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("group", ["policy", "reward"])
+def test_a_model_directory_without_weights_is_named_before_any_compute(assets, tmp_path, no_compute, group):
+    """config.json and a tokenizer but no weight file (an interrupted copy): refused by the config check,
+    not by from_pretrained's OSError after data loading and reward-model training."""
+    import shutil
+
+    source = assets / ("lm" if group == "policy" else "rm")
+    bare = tmp_path / f"{group}-no-weights"
+    shutil.copytree(source, bare, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    assert (bare / "config.json").is_file() and not list(bare.glob("*.safetensors"))
+    cfg = cfg_for(assets, tmp_path, f"{group}.name_or_path={bare}", "reward.train.enabled=true")
+    with pytest.raises(ConfigError, match=rf"{group}\.name_or_path='.*{group}-no-weights'.*model\.safetensors"
+                                          r".*pytorch_model\.bin.*no weight file"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+
+
 def test_prompt_budget_must_fit_the_policy_positions(assets, tmp_path, no_compute):
     """The tiny Llama has 512 positions: 500 prompt + 20 new tokens cannot fit."""
     cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=500", "algo.max_new_tokens=20")
@@ -365,6 +412,27 @@ def test_reward_max_length_must_fit_the_reward_model_positions(assets, tmp_path,
     with pytest.raises(ConfigError, match=rf"reward\.max_length={max_length if max_length != 'null' else 'None'}"
                                           r".*<= 512.*reads at most 512 positions"):
         world_mod.load_world(cfg, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("reward_input, least", [("joined", 4), ("pair", 5)])
+def test_reward_max_length_must_hold_the_rows_special_tokens(assets, tmp_path, no_compute, reward_input, least):
+    """The BERT reward model's rows are [CLS] p r [SEP] (joined) or [CLS] p [SEP] r [SEP] (pair): a
+    max_length below their special tokens + one prompt and one response token cut rows longer than it
+    (negative slices); refused before compute, and by the encoder itself."""
+    cfg = cfg_for(assets, tmp_path, f"reward.max_length={least}", f"reward.input={reward_input}")
+    world_mod.check_world_config(cfg)
+    pair = reward_input == "pair"
+    bert = load_tokenizer(assets / "rm", "right")
+    enc = encode_prompt_response(bert, ["tell me about cats"], ["cats are nice"], max_length=least, pair=pair)
+    assert enc["input_ids"].shape[1] == least  # one prompt and one response token between the specials
+    cfg = cfg_for(assets, tmp_path, f"reward.max_length={least - 1}", f"reward.input={reward_input}")
+    with pytest.raises(ConfigError, match=rf"reward\.max_length={least - 1}.*null or an integer >= {least}"):
+        world_mod.load_world(cfg, tmp_path / "cache")
+    with pytest.raises(ValueError, match=rf"max_length={least - 1} is less than"):
+        encode_prompt_response(bert, ["tell me about cats"], ["cats are nice"], max_length=least - 1, pair=pair)
+    model = load_reward_model(assets / "rm", tokenizer=bert)
+    with pytest.raises(ConfigError, match=r"reward\.max_length"):
+        RewardScorer(model, bert, max_length=least - 1, pair=pair)
 
 
 def test_toy_world_checks_a_policy_override_before_building(tmp_path, no_compute):
@@ -440,6 +508,45 @@ def test_prompt_length_limit_applies_after_the_chat_template(assets):
     assert kept(19, None) == 9 and kept(26, render) == 9  # every fixture prompt has the same length
     with pytest.raises(ValueError, match="after the chat template"):
         kept(25, render)
+
+
+def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tmp_path):
+    """A Llama tokenizer with add_eos_token=True encodes '<s> text </s>': a prompt so encoded would end
+    with a stop token before every response. The sampler, IPO's pairs, the prompt-length filter and the
+    truncation count encode it '<s> text' (builders.encode_prompts), as the reward rows do."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from infalign.data import PreferenceExample, filter_by_length
+    from infalign.data.batches import PolicyPairCollator
+    from infalign.data.formats import ParseReport
+    from infalign.models.builders import encode_prompts
+    from infalign.models.generation import sample
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "tell", "me", "cats", "are", "nice"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 2),
+                                                                                                  ("</s>", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>", padding_side="left")
+    assert tok.convert_ids_to_tokens(tok("tell me")["input_ids"]) == ["<s>", "tell", "me", "</s>"]  # appends eos
+    assert encode_prompts(tok, ["tell me"]) == [[2, 4, 5]]
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8,
+                                      bos_token_id=2, eos_token_id=3, pad_token_id=0))
+    roll = sample(lm, tok, ["tell me", "cats"], num_samples=1, max_new_tokens=5,
+                  generator=torch.Generator().manual_seed(0))
+    assert tok.convert_ids_to_tokens(roll.prompt_ids[0].tolist()) == ["<s>", "tell", "me"]
+    assert roll.truncated_prompts == 0  # 3 tokens fit the 8 - 5 positions left for a prompt
+    cats, are_nice, nice = ([tok.convert_tokens_to_ids(w) for w in t.split()] for t in ("cats", "are nice", "nice"))
+    pairs = PolicyPairCollator(tok)([("tell me", cats, nice), ("cats", are_nice, nice)])
+    assert torch.equal(pairs["prompt_ids"], roll.prompt_ids) and torch.equal(pairs["prompt_mask"], roll.prompt_mask)
+    kept = filter_by_length([PreferenceExample("tell me", "cats", "nice")], tok, 3, None, ParseReport("x"))
+    assert len(kept) == 1  # '<s> tell me': 3 tokens
+    cfg = OmegaConf.create({"algo": {"max_new_tokens": 5}})
+    assert world_mod.count_truncated_prompts(cfg, lm, tok, {"train": ["tell me"]}) == {"prompts_truncated_train": 0}
 
 
 def test_chat_template_bos_is_not_doubled(assets):

@@ -30,7 +30,7 @@ class PromptAwareScorer:
 def _module(world, prompts, reference=None, keep=True, n=3):
     scorers = {"words": WordScorer(), "prompt_chars": PromptAwareScorer(prompts)}
     return RolloutModule(world.reference, world.tokenizer, scorers, n, 8, 1.0, seed=5, reference=reference,
-                         keep_responses=keep, prompts=prompts, batch_size=2)
+                         keep_responses=keep, prompts=prompts, batch_size=2, keep_ids=keep)
 
 
 def _run(module, prompts, rank, world_size):
@@ -65,6 +65,12 @@ def test_two_simulated_ranks_gather_exactly_the_single_process_pool():
     assert torch.equal(both["ended"], single["ended"])
     assert torch.allclose(both["log_ratio"], single["log_ratio"], atol=1e-6)
     assert both["responses"] == single["responses"]
+    assert both["response_ids"] == single["response_ids"]  # the sampled ids, in prompt order too
+    tok = world.tokenizer
+    for texts, ids, lengths, ended in zip(both["responses"], both["response_ids"], both["lengths"], both["ended"]):
+        assert [len(i) for i in ids] == lengths.tolist()  # each sample's own tokens, its stop token included
+        assert [i[-1] == tok.eos_token_id for i in ids] == ended.tolist()
+        assert tok.batch_decode(ids, skip_special_tokens=True) == texts
     # rows really are in prompt order: the prompt-aware judge's thousands digit is the prompt index
     assert torch.equal((both["scores"]["prompt_chars"] // 1000).long(), torch.arange(5)[:, None].expand(5, 3))
 

@@ -106,7 +106,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
-    model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input
+    model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input, reward.prompt_format
     training_seed(cfg)  # replica
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
             cfg.trainer.accelerator, "one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")

@@ -4,18 +4,23 @@
 * :class:`PromptResponseCollator` / :func:`make_lm_dataloader` -- response-only LM batches;
 * :class:`PreferenceCollator` / :func:`make_preference_dataloader` -- Bradley-Terry batches
   (chosen rows then rejected rows of the same prompts);
-* :class:`PolicyPairCollator` -- (prompt, chosen, rejected) as the policy reads them (IPO);
+* :class:`SampledResponses` -- sampled responses as the offline baselines train on them: the
+  sampled token ids (stop token last where the response ended), ``ended`` flags, decoded texts;
+* :class:`SampledResponseCollator` -- (prompt, sampled ids) -> response-only LM batches (BoN-SFT);
+* :class:`PolicyPairCollator` -- (prompt, chosen ids, rejected ids) as the policy reads them (IPO);
 * :class:`StepBatches` -- a shuffling loader's batches by optimisation step (exact resumes).
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from infalign.models.builders import encode_prompt_response
+from infalign.models.builders import encode_prompt_response, encode_prompts
+from infalign.models.generation import left_padded, pad_id
 from infalign.models.reward import MODEL_INPUTS, reward_model_inputs
 
 
@@ -79,13 +84,14 @@ class PreferenceCollator:
     by :func:`~infalign.models.reward.reward_model_inputs` -- exactly what the scorer feeds the
     trained model."""
 
-    def __init__(self, tokenizer, max_length: int | None = None, pair: bool = False):
-        self.tokenizer, self.max_length, self.pair = tokenizer, max_length, pair
+    def __init__(self, tokenizer, max_length: int | None = None, pair: bool = False, prompt_format: str = "full"):
+        self.tokenizer, self.max_length, self.pair, self.prompt_format = tokenizer, max_length, pair, prompt_format
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = (list(c) for c in zip(*batch))
         enc = reward_model_inputs(
-            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length, pair=self.pair
+            self.tokenizer, prompts + prompts, chosen + rejected, max_length=self.max_length, pair=self.pair,
+            prompt_format=self.prompt_format,
         )
         return {k: enc[k] for k in MODEL_INPUTS if k in enc}
 
@@ -100,6 +106,7 @@ def make_preference_dataloader(
     seed: int = 0,
     max_length: int | None = None,
     pair: bool = False,
+    prompt_format: str = "full",
 ) -> DataLoader:
     """A ``DataLoader`` of :class:`PreferenceCollator` batches (``batch_size`` pairs each)."""
     return DataLoader(
@@ -107,36 +114,91 @@ def make_preference_dataloader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        collate_fn=PreferenceCollator(tokenizer, max_length, pair),
+        collate_fn=PreferenceCollator(tokenizer, max_length, pair, prompt_format),
     )
 
 
+@dataclass
+class SampledResponses:
+    """Responses as a sampler drew them (``pipeline/baselines.best_and_worst_of_n``), one per prompt:
+    ``ids`` the sampled token ids -- the stop token last where the response ended, none where it was cut
+    at ``max_new_tokens`` -- ``ended`` those flags, ``texts`` the decoded texts (reports, tests). The
+    offline baselines train on ``ids``: decoding and re-encoding can give other tokens than those sampled
+    (a byte-level BPE sampler may draw a non-canonical split, ``"Ġ" "can"`` for ``"Ġcan"``; decoding skips
+    special tokens), and appending an eos to every text would end the cut responses too."""
+
+    ids: list[list[int]]
+    ended: list[bool]
+    texts: list[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.ids) == len(self.ended) == len(self.texts):
+            raise ValueError(f"{len(self.ids)} ids, {len(self.ended)} ended flags, {len(self.texts)} texts")
+        if any(not ids for ids in self.ids):
+            raise ValueError("a sampled response has at least one token (its stop token)")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[len(rows), longest]``: each row left-aligned, ``pad`` (mask 0) after it."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)], mask[i, : len(r)] = torch.tensor(r, dtype=torch.long), 1
+    return out, mask
+
+
+class SampledResponseCollator:
+    """``[(prompt, sampled response ids), ...]`` -> right-padded ``input_ids, attention_mask, labels``
+    (labels ``-100`` outside the response): ``[prompt | response]`` with the prompt encoded as the
+    sampler encodes it (:func:`~infalign.models.builders.encode_prompts`) and the response ids as
+    sampled (:class:`SampledResponses`: the stop token is there where the response ended, and only
+    there), so BoN-SFT's NLL is that of the very token sequences it distils. For a tokenizer that adds
+    nothing after a text and a response that re-encodes to its own ids this is the row
+    :class:`PromptResponseCollator` builds from the texts with its eos (the toy world's finished
+    responses)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
+        prompts, responses = zip(*batch)
+        prompt_ids = encode_prompts(self.tokenizer, list(prompts))
+        input_ids, attention_mask = _right_padded([p + list(r) for p, r in zip(prompt_ids, responses)],
+                                                  pad_id(self.tokenizer))
+        response_mask = torch.zeros_like(attention_mask)
+        for i, (p, r) in enumerate(zip(prompt_ids, responses)):
+            response_mask[i, len(p) : len(p) + len(r)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask,
+                "labels": input_ids.masked_fill(response_mask == 0, -100)}
+
+
 class PolicyPairCollator:
-    """``[(prompt, chosen, rejected), ...]`` -> left-padded ``prompt_ids``/``prompt_mask`` and
-    right-padded ``chosen_ids``/``chosen_mask``, ``rejected_ids``/``rejected_mask`` (eos appended),
-    the layout :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits).
-    Prompts are tokenised as the sampler tokenises them, with the tokenizer's special tokens (a
-    Llama-style ``<s>``): the pairs' log-ratios are taken in the context the policy is sampled in."""
+    """``[(prompt, chosen ids, rejected ids), ...]`` -> left-padded ``prompt_ids``/``prompt_mask`` and
+    right-padded ``chosen_ids``/``chosen_mask``, ``rejected_ids``/``rejected_mask``, the layout
+    :func:`~infalign.models.generation.sequence_logprobs` takes (as the sampler emits). The responses
+    are the sampled ids (:class:`SampledResponses`: the stop token last where the response ended, none
+    where it was cut). Prompts are tokenised as the sampler tokenises them
+    (:func:`~infalign.models.builders.encode_prompts`: the tokenizer's leading special tokens, a
+    Llama-style ``<s>``, never a trailing eos): the pairs' log-ratios are taken in the context the
+    policy is sampled in."""
 
     def __init__(self, tokenizer) -> None:
         self.tok = tokenizer
 
-    def _responses(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [r + [self.tok.eos_token_id] for r in self.tok(texts, add_special_tokens=False)["input_ids"]]
-        width = max(len(r) for r in ids)
-        out = torch.full((len(ids), width), self.tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, r in enumerate(ids):
-            out[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-        return out, mask
+    def _responses(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return _right_padded([list(r) for r in ids], pad_id(self.tok))
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = zip(*batch)
-        self.tok.padding_side = "left"
-        enc = self.tok(list(prompts), padding=True, return_tensors="pt")  # (as models/generation.sample)
+        # as models/generation.sample: leading special tokens only (encode_prompts), left-padded
+        prompt_ids, prompt_mask = left_padded(encode_prompts(self.tok, list(prompts)), pad_id(self.tok))
         c_ids, c_mask = self._responses(list(chosen))
         r_ids, r_mask = self._responses(list(rejected))
-        return {"prompt_ids": enc["input_ids"], "prompt_mask": enc["attention_mask"], "chosen_ids": c_ids,
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "chosen_ids": c_ids,
                 "chosen_mask": c_mask, "rejected_ids": r_ids, "rejected_mask": r_mask}
 
 

@@ -8,13 +8,15 @@ No Lightning here: reading records, parsing the two public formats, length filte
     {"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello!\\n\\nHuman: ...\\n\\nAssistant: Sure, ...",
      "rejected": "\\n\\nHuman: Hi\\n\\nAssistant: Hello!\\n\\nHuman: ...\\n\\nAssistant: No."}
 
-Each side is a whole dialogue of alternating ``"\\n\\nHuman: "`` / ``"\\n\\nAssistant: "`` turns.
+Each side is a whole dialogue of alternating ``"\\n\\nHuman: "`` / ``"\\n\\nAssistant: "`` turns; the
+first may lack its blank line (``"Human: Hi\\n\\nAssistant: ..."``, as some exports write it), any other
+text before the first turn makes the record malformed (``text_before_first_turn``).
 ``prompt`` = everything up to and including the **last** ``"\\n\\nAssistant:"``; ``response`` =
 what follows, minus one leading space. Usable only if both sides share the prompt and both
 responses are non-empty.
 
-**Reddit TL;DR comparisons** (``openai/summarize_from_feedback``, config ``comparisons``, splits
-``train`` / ``validation``; also the original release's JSON-lines batches). One record::
+**Reddit TL;DR comparisons** (OpenAI's ``summarize_from_feedback`` comparisons, splits ``train`` /
+``validation``; also the original release's JSON-lines batches). One record::
 
     {"info": {"id": ..., "post": ..., "title": ..., "subreddit": ...},
      "summaries": [{"text": " summary A", ...}, {"text": " summary B", ...}], "choice": 0, ...}
@@ -23,6 +25,14 @@ responses are non-empty.
 is missing or null); ``chosen`` = ``summaries[choice].text``, ``rejected`` = the other, both
 stripped of surrounding whitespace. Records without a post but with an ``article`` (the CNN/DM
 comparisons in the validation split) are counted as ``not_reddit``.
+
+On the hub, ``openai/summarize_from_feedback`` holds only a loading script, which ``datasets`` >= 4
+no longer runs. The default TL;DR source (:data:`DATASETS`) is therefore
+``cleanrl/summarize_from_feedback_oai_preprocessing_1704563162``: the same comparisons as parquet files
+(``data/{train,validation,validation_cnndm}-*.parquet``, CNN/DM moved to its own split), every record's
+``info`` / ``summaries`` / ``choice`` as released (the columns it adds are ignored) -- the preference
+data of the N+ implementation-details study whose Pythia TL;DR models ``conf/experiment/tldr_bon.yaml``
+uses (docs/architecture.md §5, "Data sources").
 
 Every record is either usable or *malformed* with one reason (:data:`MALFORMED_REASONS`);
 malformed records are counted in a :class:`ParseReport` and logged, never silently dropped.
@@ -86,6 +96,7 @@ MALFORMED_REASONS = {
     "bad_field_type": "a required field has the wrong type (e.g. a number where text belongs)",
     "no_assistant_turn": "HH: a dialogue has no '\\n\\nAssistant:' turn",
     "response_has_human_turn": "HH: the dialogue continues with a Human turn after the last Assistant turn",
+    "text_before_first_turn": "HH: the dialogue does not start with a 'Human:' turn (text before its first turn)",
     "prompt_mismatch": "HH: chosen and rejected differ before their last Assistant turn",
     "empty_response": "a response / summary is empty or whitespace",
     "tie": "chosen and rejected are the same text (no preference to learn; it would count as an error)",
@@ -300,9 +311,21 @@ def load_records(
     return _load_hub(source, split, data_dir, config)
 
 
+# Hub datasets that are a loading script only (datasets >= 4 refuses to run it): a copy with data files
+# in the same record format, suggested when one is named; and the config a script needs where it still runs.
+SCRIPT_ONLY_MIRRORS = {"openai/summarize_from_feedback": "cleanrl/summarize_from_feedback_oai_preprocessing_1704563162"}
+SCRIPT_CONFIGS = {"openai/summarize_from_feedback": "comparisons"}
+
+
 def _load_hub(name: str, split: str, data_dir: str | None, config: str | None):
+    """``datasets.load_dataset(name, config, data_dir=..., split=...)`` as :class:`RawRecord` rows. A
+    hub dataset that is a loading script only -- ``datasets`` >= 4 raises ``RuntimeError("Dataset
+    scripts are no longer supported ...")`` for it -- is a :class:`~infalign.errors.ConfigError` naming
+    ``data.name_or_path``, with a copy in parquet / JSON files to use instead
+    (:data:`SCRIPT_ONLY_MIRRORS`) or local files."""
     import datasets
 
+    config = config or SCRIPT_CONFIGS.get(name)
     where = f"hub:{name}" + (f"[{config}]" if config else "") + (f"/{data_dir}" if data_dir else "")
     where += f":{split}"
     try:
@@ -311,6 +334,19 @@ def _load_hub(name: str, split: str, data_dir: str | None, config: str | None):
         if "split" in str(exc).lower():
             raise MissingSplitError(f"{where}: {exc}") from exc
         raise
+    except RuntimeError as exc:
+        if "script" not in str(exc).lower():
+            raise
+        from infalign.errors import ConfigError
+
+        mirror = SCRIPT_ONLY_MIRRORS.get(name)
+        raise ConfigError(
+            "data.name_or_path", name,
+            "a hub dataset with data files (parquet / JSON lines), or local files (data.train_file / data.test_file)",
+            f"it is a loading script, which datasets {datasets.__version__} no longer runs: {exc}; "
+            + (f"the same records as parquet: data.name_or_path={mirror}" if mirror else
+               "use a copy of it with parquet data files (e.g. its refs/convert/parquet export)"),
+        ) from exc
     except (OSError, ConnectionError) as exc:  # DatasetNotFoundError is a FileNotFoundError
         offline = os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE")
         raise OSError(
@@ -345,12 +381,14 @@ def split_hh_dialogue(dialogue: str) -> tuple[str, str]:
 
 
 def split_turns(prompt: str) -> list[dict[str, str]]:
-    """Chat messages of an HH-style prompt (``Human:``/``Assistant:`` turns; the final empty
-    ``Assistant:`` is dropped, the template adds the generation prompt); any other prompt is one
-    user turn. Consecutive turns of one speaker (HH has some) become one message, their texts
-    joined by a blank line: chat templates require alternating roles, and a marker must not end up
-    inside a message's text."""
-    if HH_HUMAN not in prompt:
+    """Chat messages of an HH-style prompt (``Human:``/``Assistant:`` turns, the first with or
+    without its leading blank line, :func:`_turns`; the final empty ``Assistant:`` is dropped, the
+    template adds the generation prompt); any other prompt is one user turn. Consecutive turns of
+    one speaker (HH has some) become one message, their texts joined by a blank line: chat
+    templates require alternating roles, and a marker must not end up inside a message's text. Text
+    before the first turn of an HH-style prompt is :class:`Malformed` (``text_before_first_turn``;
+    the loader counts such records, :func:`parse_hh_record`), never silently dropped."""
+    if HH_HUMAN not in prompt and not prompt.lstrip().startswith(_HUMAN_START):
         return [{"role": "user", "content": prompt.strip()}]
     messages: list[dict[str, str]] = []
     for marker, text in _turns(prompt):
@@ -366,10 +404,20 @@ def split_turns(prompt: str) -> list[dict[str, str]]:
     return messages
 
 
+_HUMAN_START = HH_HUMAN.lstrip()  # "Human:": a dialogue's first turn without its blank line
+
+
 def _turns(dialogue: str) -> list[tuple[str, str]]:
-    """``[(marker, text), ...]`` of an HH dialogue, split at every ``Human:`` / ``Assistant:``
-    marker in order (text before the first marker is dropped)."""
+    """``[(marker, text), ...]`` of an HH dialogue, split at every ``"\\n\\nHuman:"`` /
+    ``"\\n\\nAssistant:"`` marker in order. A dialogue that starts with ``"Human:"`` (after any
+    whitespace) without the blank line starts with that Human turn; any other non-blank text before
+    the first marker is :class:`Malformed` (``text_before_first_turn``)."""
+    head = dialogue.lstrip()
+    if head.startswith(_HUMAN_START):
+        dialogue = HH_HUMAN + head[len(_HUMAN_START):]
     parts = re.split(f"({re.escape(HH_HUMAN)}|{re.escape(HH_ASSISTANT)})", dialogue)
+    if parts[0].strip():
+        raise Malformed("text_before_first_turn", repr(parts[0][:60]))
     return list(zip(parts[1::2], parts[2::2]))
 
 
@@ -382,6 +430,7 @@ def parse_hh_record(record: Any) -> PreferenceExample:
     prompt_r, rejected = split_hh_dialogue(rejected_text)
     if prompt != prompt_r:
         raise Malformed("prompt_mismatch")
+    _turns(prompt)  # text before the first Human turn: Malformed (a chat rendering would lose it)
     if not chosen.strip() or not rejected.strip():
         raise Malformed("empty_response")
     if chosen.strip() == rejected.strip():
@@ -499,9 +548,7 @@ class DatasetFormat:
 
 DATASETS: dict[str, DatasetFormat] = {
     "hh": DatasetFormat(parse_hh_record, "Anthropic/hh-rlhf", None, "test"),
-    "tldr": DatasetFormat(
-        parse_tldr_record, "openai/summarize_from_feedback", "comparisons", "validation"
-    ),
+    "tldr": DatasetFormat(parse_tldr_record, SCRIPT_ONLY_MIRRORS["openai/summarize_from_feedback"], None, "validation"),
 }
 
 
@@ -528,21 +575,25 @@ def filter_by_length(
     rejected response has more than ``max_response_tokens``. ``None`` = no limit.
 
     The prompt is measured as the policy will be fed it: ``render_prompt(prompts)`` (e.g. the chat
-    template; identity when ``None``) tokenised *with* the tokenizer's special tokens (BOS, ...).
+    template; identity when ``None``) tokenised as the sampler does, *with* the tokenizer's leading
+    special tokens (BOS; :func:`~infalign.models.builders.encode_prompts`).
     Responses are text tokens without special tokens (the collator's eos comes on top). Updates
     ``report.too_long`` / ``kept``; raises ``ValueError`` if every pair is too long."""
     if not pairs or (max_prompt_tokens is None and max_response_tokens is None):
         return pairs
 
-    def n_tokens(texts: list[str], special: bool = False) -> list[int]:
-        return [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    from infalign.models.builders import encode_prompts
+
+    def n_tokens(texts: list[str], prompt: bool = False) -> list[int]:
+        ids = encode_prompts(tokenizer, texts) if prompt else tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(i) for i in ids]
 
     inf = float("inf")
     p_max = inf if max_prompt_tokens is None else max_prompt_tokens
     r_max = inf if max_response_tokens is None else max_response_tokens
     prompts = [p.prompt for p in pairs]
     rendered = render_prompt(prompts) if render_prompt is not None else prompts
-    p_len = n_tokens(rendered, special=True) if p_max < inf else [0] * len(pairs)
+    p_len = n_tokens(rendered, prompt=True) if p_max < inf else [0] * len(pairs)
     c_len = n_tokens([p.chosen for p in pairs]) if r_max < inf else [0] * len(pairs)
     r_len = n_tokens([p.rejected for p in pairs]) if r_max < inf else [0] * len(pairs)
     kept = [

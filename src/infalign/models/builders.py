@@ -27,6 +27,7 @@ __all__ = [
     "check_causal_lm",
     "check_reward_model",
     "encode_prompt_response",
+    "encode_prompts",
     "hub_commit",
     "load_causal_lm",
     "load_reward_model",
@@ -34,7 +35,9 @@ __all__ = [
     "input_token_limit",
     "model_positions",
     "resolve_dtype",
+    "min_row_length",
     "response_lead",
+    "row_special_tokens",
     "special_tokens_around",
     "text_pair_tokens",
 ]
@@ -107,8 +110,18 @@ def _looks_local(name_or_path: str) -> bool:
     )
 
 
+# The weight files ``from_pretrained`` reads from a local directory (transformers' SAFE_WEIGHTS_NAME,
+# SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME): one file, or the index of a sharded checkpoint.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
 def resolve_name_or_path(name_or_path: str | os.PathLike, key: str) -> str:
-    """Expand a local path and fail clearly when it is missing; pass hub ids through."""
+    """Expand a local path and fail clearly when it is missing; pass hub ids through. A local
+    directory must hold ``config.json`` and one of :data:`WEIGHT_FILES` -- a folder with config and
+    tokenizer but no weights (an interrupted copy, a ``save_pretrained`` of the tokenizer alone) is a
+    :class:`~infalign.errors.ConfigError` naming ``key`` here, before any compute, not an ``OSError``
+    of ``from_pretrained`` after data loading and reward-model training."""
     name = str(name_or_path)
     if _looks_local(name):
         path = Path(name).expanduser()
@@ -116,6 +129,10 @@ def resolve_name_or_path(name_or_path: str | os.PathLike, key: str) -> str:
             raise FileNotFoundError(f"{key}: local path does not exist: {path}")
         if path.is_dir() and not (path / "config.json").exists():
             raise ValueError(f"{key}: {path} is not a saved model directory (no config.json)")
+        if path.is_dir() and not any((path / f).is_file() for f in WEIGHT_FILES):
+            raise ConfigError(key, str(path), f"a saved model directory with its weights (one of "
+                              f"{', '.join(WEIGHT_FILES)})", "it has config.json but no weight file: save the "
+                              "model into it with model.save_pretrained(...)")
         return str(path)
     return name
 
@@ -188,7 +205,8 @@ def check_causal_lm(name_or_path: str | os.PathLike, key: str = "policy.name_or_
                     revision: str | None = None):
     """``(name, config)`` of a causal-LM checkpoint (a hub name at ``revision``: None = ``main``),
     reading only its ``config.json`` (cheap: run before any compute). Errors name ``key``: missing
-    local path, hub name or revision not found, wrong kind."""
+    local path, a local directory without weights (:func:`resolve_name_or_path`), hub name or
+    revision not found, wrong kind."""
     name = resolve_name_or_path(name_or_path, key)
     config = _load_config(name, key, revision)
     _check_kind(config, name, key, _CAUSAL, "causal language model")
@@ -260,8 +278,10 @@ def load_causal_lm(
     """``AutoModelForCausalLM.from_pretrained`` by hub id (at ``revision``; None = ``main``) or local
     directory.
 
-    Raises ``FileNotFoundError`` (naming ``key`` and the path) for a missing local path and
-    ``ValueError`` for a checkpoint that is not a causal LM (e.g. a reward model).
+    Raises ``FileNotFoundError`` (naming ``key`` and the path) for a missing local path,
+    ``ValueError`` for a checkpoint that is not a causal LM (e.g. a reward model) or a local directory
+    without weights, and ``OSError`` naming ``key`` when the weights cannot be read (a hub snapshot
+    whose config is cached but not its weights, offline).
     """
     from transformers import AutoModelForCausalLM
 
@@ -271,7 +291,18 @@ def load_causal_lm(
                                                      **_revision_kw(revision))
     except ValueError as exc:  # unrecognised configuration class for this auto class
         raise ValueError(f"{key}={name!r} cannot be loaded as a causal LM: {exc}") from exc
+    except OSError as exc:  # weights missing or unreadable (a hub snapshot cached without them, offline)
+        raise _weights_error(key, name, revision, exc) from exc
     return model.to(device)
+
+
+def _weights_error(key: str, name: str, revision: str | None, exc: OSError) -> OSError:
+    """The ``OSError`` of a ``from_pretrained`` that found the config but could not read the weights,
+    naming ``key`` (and the revision, the offline setting)."""
+    offline = f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}"
+    at = f" at revision {revision!r}" if revision is not None else ""
+    return OSError(f"{key}={name!r}{at}: its config loaded but its weights could not be read (offline? {offline}): "
+                   f"{exc}")
 
 
 def load_reward_model(
@@ -309,6 +340,8 @@ def load_reward_model(
         )
     except ValueError as exc:
         raise ValueError(f"{key}={name!r} cannot be loaded as a reward model: {exc}") from exc
+    except OSError as exc:
+        raise _weights_error(key, name, revision, exc) from exc
     align_pad_token_id(model.config, getattr(tokenizer, "pad_token_id", None), f"{key}={name!r}")
     return model.to(device)
 
@@ -396,6 +429,18 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError(f"{type(tokenizer).__name__}: cannot locate the text among its special tokens")
 
 
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt as a policy reads it before its response: the tokenizer's *leading*
+    special tokens (:func:`special_tokens_around`: ``<s>`` for Llama-style, ``[CLS]`` for BERT-style,
+    none for GPT-2 and the toy tokenizer) then the text, never its trailing ones -- a tokenizer that
+    appends eos (Llama with ``add_eos_token=True``: ``<s> text </s>``) would otherwise put a stop token
+    between the prompt and every response sampled after it. The one prompt encoding of the sampler,
+    IPO's pairs, the prompt-length filter and the truncation count; equal to ``tokenizer(prompts)`` for
+    every tokenizer that adds nothing after a text."""
+    head = special_tokens_around(tokenizer)[0]
+    return [head + list(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+
+
 def response_lead(tokenizer) -> str:
     """The whitespace a response gets in front of it when it is tokenised on its own after its prompt
     (a joined reward-model row): ``" "`` when the tokenizer reads a word after a space as another
@@ -436,6 +481,30 @@ def text_pair_tokens(tokenizer) -> tuple[list[int], list[int], list[int], tuple[
     return ids[:i], ids[i + len(a) : j], ids[j + len(b) :], (types[i], types[j]) if types else None
 
 
+def row_special_tokens(tokenizer, append_eos: bool = True, special_tokens: bool = True, pair: bool = False,
+                       ) -> tuple[list[int], list[int], list[int], tuple[int, int] | None]:
+    """``(prefix, middle, end, types)`` of an :func:`encode_prompt_response` row
+    ``[prefix | prompt | middle | response | end]``: with ``pair`` the text-pair template's
+    (:func:`text_pair_tokens`), else ``middle`` empty, ``prefix`` / ``end`` the tokenizer's own
+    (:func:`special_tokens_around`; none when ``special_tokens`` is false) with ``end`` = ``[eos]``
+    when it has no suffix and ``append_eos`` (and an eos), ``types`` None."""
+    if pair:
+        return text_pair_tokens(tokenizer)
+    prefix, suffix = special_tokens_around(tokenizer) if special_tokens else ([], [])
+    eos = tokenizer.eos_token_id if append_eos else None
+    return prefix, [], suffix or ([eos] if eos is not None else []), None
+
+
+def min_row_length(tokenizer, append_eos: bool = True, special_tokens: bool = True, pair: bool = False) -> int:
+    """The shortest ``max_length`` :func:`encode_prompt_response` can cut a row to: its special tokens
+    (:func:`row_special_tokens`: ``len(prefix) + len(middle) + len(end)``) plus one prompt and one
+    response token -- 3 for GPT-2 (``{prompt}{response}<eos>``), 4 for BERT joined, 5 for a text pair
+    (``[CLS] p [SEP] r [SEP]``). Below it a cut row keeps no response token, or the cut's slices go
+    negative and rows come out longer than ``max_length``."""
+    prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
+    return len(prefix) + len(middle) + len(end) + 2
+
+
 def encode_prompt_response(
     tokenizer,
     prompts: list[str],
@@ -456,7 +525,8 @@ def encode_prompt_response(
     (:func:`text_pair_tokens`: ``[CLS] prompt [SEP] response [SEP]``, as ``tokenizer(prompt,
     response)`` encodes it), with its ``token_type_ids``. Over ``max_length`` (special tokens
     included) the prompt is cut from the left (its end matters most), then the response from the
-    right (a pair keeps its closing separator). Returns ``input_ids``, ``attention_mask``,
+    right (a pair keeps its closing separator); a ``max_length`` below :func:`min_row_length` (the
+    special tokens plus one token of each) is a ``ValueError``. Returns ``input_ids``, ``attention_mask``,
     ``response_mask`` (1 on response tokens including the end tokens) and, for a pair with token
     types, ``token_type_ids``, each ``[B, L]``, and ``truncated`` ``[B]`` (the rows that were cut).
     """
@@ -464,13 +534,12 @@ def encode_prompt_response(
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("encode_prompt_response: empty batch")
-    types = None
-    if pair:
-        prefix, middle, end, types = text_pair_tokens(tokenizer)
-    else:
-        prefix, suffix = special_tokens_around(tokenizer) if special_tokens else ([], [])
-        eos = tokenizer.eos_token_id if append_eos else None
-        middle, end = [], suffix or ([eos] if eos is not None else [])
+    prefix, middle, end, types = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
+    specials = len(prefix) + len(middle) + len(end)
+    if max_length is not None and max_length < specials + 2:  # min_row_length
+        raise ValueError(f"max_length={max_length} is less than a row's {specials} special tokens plus one prompt "
+                         f"and one response token ({specials + 2}): cut rows would lose their response or come out "
+                         "longer than max_length")
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

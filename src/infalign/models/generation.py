@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from infalign.models import decode_step
-from infalign.models.builders import model_positions, special_tokens_around
+from infalign.models.builders import encode_prompts, model_positions, special_tokens_around
 
 log = logging.getLogger(__name__)
 MAX_SHARED_DISTINCT = 0.5  # sequence_logprobs shares prompts when at most this share of the rows is distinct
@@ -39,7 +39,7 @@ _WARNED_STATEFUL: set[str] = set()  # model classes already warned about (once p
 _NO_CACHE_FIELD = object()  # a model output without the cache field (its state lives elsewhere)
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
-            "length_buckets", "position_ids", "shared_prompt_groups",
+            "length_buckets", "left_padded", "pad_id", "position_ids", "shared_prompt_groups",
            "stop_token_ids", "prompt_token_limit", "response_stats"]
 
 
@@ -164,6 +164,27 @@ def _truncate_left(ids: list[int], limit: int, head: list[int]) -> list[int]:
     return keep + ids[len(ids) - (limit - len(keep)) :]
 
 
+def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[len(rows), longest]``: each row right-aligned, ``pad`` (mask 0) before it --
+    the prompt layout of :func:`sample` and of IPO's pairs."""
+    width = max(len(ids) for ids in rows)
+    ids_out = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        ids_out[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[row, width - len(ids) :] = 1
+    return ids_out, mask
+
+
+def pad_id(tokenizer) -> int:
+    """The id prompts and responses are padded with: ``tokenizer.pad_token_id``, else eos, else 0."""
+    for name in ("pad", "eos"):
+        value = _special_id(tokenizer, name)
+        if value is not None:
+            return value
+    return 0
+
+
 def _special_id(tokenizer, name: str) -> int | None:
     value = getattr(tokenizer, f"{name}_token_id", None)
     return int(value) if value is not None else None
@@ -203,9 +224,10 @@ def sample(
     ``generation_config.eos_token_id``; no early stop if there is none). Padding uses
     ``tokenizer.pad_token_id``, falling back to eos, then 0.
 
-    Prompts longer than :func:`prompt_token_limit` (the model's positions minus ``max_new_tokens``)
-    are cut from the left, the tokenizer's leading special token (BOS) kept; ``truncated_prompts``
-    counts them.
+    Prompts are encoded by :func:`~infalign.models.builders.encode_prompts` (the tokenizer's leading
+    special tokens, BOS, and never a trailing eos). Prompts longer than :func:`prompt_token_limit` (the
+    model's positions minus ``max_new_tokens``) are cut from the left, the tokenizer's leading special
+    token (BOS) kept; ``truncated_prompts`` counts them.
 
     ``share_prefill`` (with the cache): each prompt of ``prompts`` is prefilled once and its KV cache and
     next-token logits are repeated ``num_samples`` times, instead of prefilling ``num_samples``
@@ -236,13 +258,12 @@ def sample(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p} must be in (0, 1] (1: no nucleus cut)")
     device = next(model.parameters()).device
-    eos = _special_id(tokenizer, "eos")
     stops = stop_token_ids(model, tokenizer)
-    pad = _special_id(tokenizer, "pad")
-    pad = pad if pad is not None else (eos if eos is not None else 0)
+    pad = pad_id(tokenizer)
 
-    # Tokenise once (cut to the model's limit) and left-pad; rows are repeated inside _decode.
-    enc = tokenizer(list(prompts))["input_ids"]
+    # Tokenise once (leading special tokens only, cut to the model's limit) and left-pad; rows are
+    # repeated inside _decode.
+    enc = encode_prompts(tokenizer, prompts)
     if any(len(ids) == 0 for ids in enc):
         raise ValueError("every prompt must tokenise to at least one token (got an empty prompt)")
     limit = prompt_token_limit(model, max_new_tokens)
@@ -251,12 +272,7 @@ def sample(
         head = special_tokens_around(tokenizer)[0]
         truncated = sum(len(ids) > limit for ids in enc)
         enc = [_truncate_left(ids, limit, head) for ids in enc]
-    width = max(len(ids) for ids in enc)
-    prompt_ids = torch.full((len(enc), width), pad, dtype=torch.long)
-    prompt_mask = torch.zeros((len(enc), width), dtype=torch.long)
-    for row, ids in enumerate(enc):
-        prompt_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        prompt_mask[row, width - len(ids) :] = 1
+    prompt_ids, prompt_mask = left_padded(enc, pad)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
 
     was_training = model.training

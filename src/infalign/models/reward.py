@@ -13,11 +13,12 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from infalign.errors import ConfigError
 from infalign.models.builders import (
     encode_prompt_response,
+    min_row_length,
     response_lead,
-    special_tokens_around,
-    text_pair_tokens,
+    row_special_tokens,
 )
 from infalign.models.generation import length_buckets
 
@@ -25,19 +26,24 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_INPUTS",
+    "PAD_IS_EOS_READ",
     "REWARD_INPUTS",
+    "REWARD_PROMPT_FORMATS",
     "REWARD_INPUT_VERSION",
     "GoldScorer",
     "RewardScorer",
     "Scorer",
     "check_finite",
+    "check_reward_max_length",
     "reward_input_format",
     "reward_model_inputs",
+    "reward_prompts",
 ]
 
 # Bump when reward_model_inputs changes: it is part of every trained reward model's cache key.
 REWARD_INPUT_VERSION = "rm-input-v3"  # v3: responses without leading whitespace; the text-pair layout
 REWARD_INPUTS = ("joined", "pair")  # reward.input
+REWARD_PROMPT_FORMATS = ("full", "last_user_turn")  # reward.prompt_format
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what the model reads of an encoding
 
 
@@ -60,8 +66,25 @@ def check_finite(scores: torch.Tensor, what: str) -> torch.Tensor:
     return scores
 
 
+def reward_prompts(prompts: list[str], prompt_format: str = "full") -> list[str]:
+    """The prompt text a reward model reads (``reward.prompt_format``): ``full`` -- the dataset's prompt
+    as is (every prompt of the toy world and TL;DR; the whole HH dialogue with its ``Human:`` /
+    ``Assistant:`` markers); ``last_user_turn`` -- the text of an HH dialogue's last Human turn alone, no
+    markers (:func:`~infalign.data.formats.split_turns`; a prompt without turns is its stripped text),
+    the *question* of OpenAssistant's DeBERTa reward models, trained as ``tokenizer(question, answer)``
+    with the HH question stripped of its markers (docs/method.md §6, "The reward model's prompt")."""
+    if prompt_format == "full":
+        return list(prompts)
+    if prompt_format != "last_user_turn":
+        raise ValueError(f"prompt_format={prompt_format!r}: one of {REWARD_PROMPT_FORMATS}")
+    from infalign.data.formats import split_turns
+
+    return [next(m["content"] for m in reversed(split_turns(p)) if m["role"] == "user") for p in prompts]
+
+
 def reward_model_inputs(
-    tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None, pair: bool = False
+    tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None, pair: bool = False,
+    prompt_format: str = "full",
 ) -> dict[str, torch.Tensor]:
     """How a reward model sees ``(prompt, response)`` -- the one encoding used by Bradley-Terry
     training (:class:`~infalign.data.batches.PreferenceCollator`) and by every scoring call
@@ -81,42 +104,78 @@ def reward_model_inputs(
     tokenizer's own special tokens (``[CLS] ... [SEP]`` for an encoder, ``<s> ... </s>`` for a
     Llama-style model); ``pair`` is its text-pair template ``[CLS] prompt [SEP] response [SEP]`` with
     token types, for cross-encoders trained as ``tokenizer(question, answer)`` (OpenAssistant's
-    DeBERTa reward models). See :func:`~infalign.models.builders.encode_prompt_response`.
+    DeBERTa reward models). ``reward.prompt_format`` (``prompt_format``) chooses what of the prompt it
+    reads (:func:`reward_prompts`: the whole dataset prompt, or an HH dialogue's last Human turn). See
+    :func:`~infalign.models.builders.encode_prompt_response`.
     """
     lead = "" if pair else response_lead(tokenizer)
     return encode_prompt_response(
-        tokenizer, prompts, [lead + r.lstrip() if r.strip() else "" for r in responses], append_eos=True,
+        tokenizer, reward_prompts(prompts, prompt_format), [lead + r.lstrip() if r.strip() else "" for r in responses],
+        append_eos=True,
         max_length=max_length,
         special_tokens=True, pair=pair,
     )
 
 
-def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = False) -> str:
+# Where a causal LM's sequence classifier reads the score when the tokenizer pads with its eos (GPT-2, Pythia):
+# HF's *ForSequenceClassification heads read each row at its last token that is not config.pad_token_id (the
+# attention mask aside), so the eos appended to the row counts as padding and the score is read at the
+# response's last token -- as in a reward model trained here or by TRL with that tokenizer (the same rows).
+PAD_IS_EOS_READ = "score read at the last token before padding (pad == eos: the appended {eos} counts as padding)"
+
+
+def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = False,
+                        prompt_format: str = "full") -> str:
     """A short description of :func:`reward_model_inputs` for ``tokenizer``, recorded in the trained
     reward model's cache key and in ``metrics.json``; e.g.
     ``'rm-input-v3:[CLS]{prompt}{response}[SEP];max_length=512'``, for a byte-level BPE tokenizer
     ``'rm-input-v3:{prompt} {response}<|endoftext|>'`` (the response's leading space,
     :func:`~infalign.models.builders.response_lead`) or, with ``pair``,
-    ``'rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP]'``."""
+    ``'rm-input-v3:[CLS]{prompt}[SEP]{response}[SEP]'``.
+
+    When the row ends with the eos and the tokenizer pads with the eos too (GPT-2 / Pythia tokenizers
+    have no pad token: :func:`~infalign.models.builders.load_tokenizer` makes eos the pad), it also
+    says where the score is read: HF's causal-LM sequence classifiers read each row at its last token
+    that is not the pad id, so the appended eos reads as padding and the score is the one at the
+    response's last token (:data:`PAD_IS_EOS_READ`, e.g. ``'rm-input-v3:{prompt}
+    {response}<|endoftext|>;score read at the last token before padding (pad == eos: the appended
+    <|endoftext|> counts as padding)'``). That is where reward models trained here (and by TRL) on
+    these rows read it too, so the rows are left as they are; with a distinct pad (the toy world's
+    ``<pad>``) the score is read at the eos and nothing is added (those formats -- cache keys -- are
+    unchanged). A ``prompt_format`` other than ``full`` is shown in the prompt's place
+    (``'rm-input-v3:[CLS]{last_user_turn}[SEP]{response}[SEP]'``; ``full`` keeps ``{prompt}``)."""
 
     def show(ids: list[int]) -> str:
         return "".join(tokenizer.convert_ids_to_tokens(ids))
 
-    if pair:
-        prefix, middle, end, _ = text_pair_tokens(tokenizer)
-    else:
-        prefix, suffix = special_tokens_around(tokenizer)
-        eos = tokenizer.eos_token_id
-        middle, end = [], suffix or ([eos] if eos is not None else [])
+    prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos=True, pair=pair)
     lead = "" if pair else response_lead(tokenizer)  # (shown only where it exists: older keys stay valid)
-    text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{prompt}}{show(middle)}{lead}{{response}}{show(end)}"
+    shown = "prompt" if prompt_format == "full" else prompt_format
+    text = f"{REWARD_INPUT_VERSION}:{show(prefix)}{{{shown}}}{show(middle)}{lead}{{response}}{show(end)}"
+    eos = tokenizer.eos_token_id
+    if eos is not None and end == [eos] and tokenizer.pad_token_id == eos:
+        text += ";" + PAD_IS_EOS_READ.format(eos=show([eos]))
     return text + (f";max_length={max_length}" if max_length else "")
+
+
+def check_reward_max_length(tokenizer, max_length: int | None, pair: bool = False) -> None:
+    """``reward.max_length`` (None: no cut) must hold a row's special tokens and one prompt and one
+    response token (:func:`~infalign.models.builders.min_row_length` of :func:`reward_model_inputs`'
+    layout): a shorter one is a ``ConfigError`` naming ``reward.max_length``, before any compute."""
+    if max_length is None:
+        return
+    least = min_row_length(tokenizer, append_eos=True, pair=pair)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < least:
+        raise ConfigError("reward.max_length", max_length, f"null or an integer >= {least}",
+                          f"{least - 2} special tokens of the reward tokenizer's "
+                          f"{'text-pair' if pair else 'joined'} row plus one prompt and one response token")
 
 
 class RewardScorer:
     """Score with a sequence-classification model whose single logit is the reward.
 
-    Inputs are built by :func:`reward_model_inputs`, the encoding the reward model is trained on.
+    Inputs are built by :func:`reward_model_inputs` (with ``pair`` and ``prompt_format``, the
+    ``reward.input`` / ``reward.prompt_format`` settings), the encoding the reward model is trained on.
     ``dataset_prompts`` maps the prompts callers pass (the policy's rendering, e.g. chat-templated)
     back to the dataset prompt text the reward model reads; with a mapping, an unknown prompt is an
     error (it would be scored in a format the reward model never saw). Runs in eval mode under
@@ -132,13 +191,17 @@ class RewardScorer:
         max_length: int | None = None,
         dataset_prompts: Mapping[str, str] | None = None,
         pair: bool = False,
+        prompt_format: str = "full",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length, self.pair = batch_size, max_length, pair
         self.dataset_prompts = dataset_prompts
-        self.input_format = reward_input_format(tokenizer, max_length, pair)
+        check_reward_max_length(tokenizer, max_length, pair)
+        reward_prompts([], prompt_format)  # (an unknown format fails here, not at the first score)
+        self.prompt_format = prompt_format
+        self.input_format = reward_input_format(tokenizer, max_length, pair, prompt_format)
         self.warned_truncation = False
 
     def _dataset_prompts(self, prompts: list[str]) -> list[str]:
@@ -193,7 +256,8 @@ class RewardScorer:
         already the dataset's text)."""
         for idx in self.chunks(prompts, responses):
             yield idx, reward_model_inputs(self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
-                                           max_length=self.max_length, pair=self.pair)
+                                           max_length=self.max_length, pair=self.pair,
+                                           prompt_format=self.prompt_format)
 
 
 class GoldScorer:

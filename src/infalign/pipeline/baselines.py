@@ -12,30 +12,44 @@ Lightning module and loader that fit it.
 
 from __future__ import annotations
 
+import logging
+
 from torch.utils.data import DataLoader
 
-from infalign.data.batches import StepBatches
+from infalign.data.batches import SampledResponses, StepBatches
 from infalign.infra import distributed
 from infalign.pipeline.pools import draw_pool
 from infalign.pipeline.trainer import StageTrainers, TrainerFactory
 from infalign.training.algorithms import OfflineAlgorithm
 
+log = logging.getLogger(__name__)
 
-def best_and_worst_of_n(world, prompts: list[str], n: int, gen_cfg, trainer: TrainerFactory, seed: int):
-    """Per prompt, the reward model's best and worst of ``n`` reference samples (texts), drawn with
-    ``trainer`` (a ``predict`` factory)."""
+
+def best_and_worst_of_n(world, prompts: list[str], n: int, gen_cfg, trainer: TrainerFactory, seed: int,
+                        ) -> tuple[SampledResponses, SampledResponses]:
+    """Per prompt, the reward model's best and worst of ``n`` reference samples, drawn with ``trainer``
+    (a ``predict`` factory): each as sampled (:class:`~infalign.data.batches.SampledResponses`: the
+    token ids, the stop token last only where the response ended, and the ``ended`` flags), which the
+    offline algorithms train on -- not the decoded texts re-encoded with an eos appended."""
     pool = draw_pool(world.reference, world.tokenizer, prompts, n, {"reward": world.reward}, gen_cfg,
-                     trainer, seed, keep_responses=True)
-    scores, texts = pool["scores"]["reward"], pool["responses"]
-    best, worst = scores.argmax(dim=1).tolist(), scores.argmin(dim=1).tolist()
-    return [t[i] for t, i in zip(texts, best)], [t[i] for t, i in zip(texts, worst)]
+                     trainer, seed, keep_responses=True, keep_ids=True)
+    scores = pool["scores"]["reward"]
+
+    def pick(index: list[int]) -> SampledResponses:
+        return SampledResponses(ids=[ids[i] for ids, i in zip(pool["response_ids"], index)],
+                                ended=[bool(e[i]) for e, i in zip(pool["ended"].tolist(), index)],
+                                texts=[t[i] for t, i in zip(pool["responses"], index)])
+
+    return pick(scores.argmax(dim=1).tolist()), pick(scores.argmin(dim=1).tolist())
 
 
 def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers, seed: int,
                 ckpt_path: str | None = None, step_indexed: bool = False) -> dict:
     """Draw ``algo.cfg.n_samples`` reference samples per training prompt (``trainers.predict``), keep
-    the reward model's (best, worst), and fit the algorithm's module on them for ``algo.cfg.steps``
-    steps (``trainers.fit``), continuing ``ckpt_path`` if given.
+    the reward model's (best, worst) as sampled (:func:`best_and_worst_of_n`), and fit the algorithm's
+    module on them for ``algo.cfg.steps`` steps (``trainers.fit``), continuing ``ckpt_path`` if given.
+    Returns the pair count, ``n`` and how many best / worst picks were cut at ``max_new_tokens``
+    (``offline_cut_best`` / ``offline_cut_worst``; also logged).
 
     ``step_indexed`` (:func:`offline_resumable`): the module reads step ``s``'s batch as
     ``StepBatches(loader)[s]`` -- the batches the algorithm's shuffling loader gives a Lightning fit, epoch
@@ -44,13 +58,19 @@ def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers,
     loader itself (shards it under DDP, accumulates, limits epochs), which a resume does not restore."""
     prompts, n = world.train_prompts, algo.cfg.n_samples
     best, worst = best_and_worst_of_n(world, prompts, n, gen_cfg, trainers.predict, seed)
+    cut = {name: len(r) - sum(r.ended) for name, r in (("best", best), ("worst", worst))}
+    if any(cut.values()):
+        log.info("offline %s: %d best and %d worst of %d picks were cut at max_new_tokens=%s without a stop "
+                 "token; they are trained as sampled, without one", algo.name, cut["best"], cut["worst"],
+                 len(prompts), gen_cfg.max_new_tokens)
     module, loader = algo.fit_module(world.policy, world.reference, world.tokenizer, prompts, best, worst, seed)
     if step_indexed:
         module.step_batches = StepBatches(loader)
         loader = DataLoader(range(algo.cfg.steps), batch_size=None)  # counts steps (the module reads its batch)
     world.policy.train()
     trainers.fit(max_steps=algo.cfg.steps).fit(module, loader, ckpt_path=ckpt_path)
-    return {"offline_pairs": len(prompts), "offline_n": n}
+    return {"offline_pairs": len(prompts), "offline_n": n, "offline_cut_best": cut["best"],
+            "offline_cut_worst": cut["worst"]}
 
 
 def offline_resumable(trainer_cfg) -> bool:

@@ -61,15 +61,16 @@ def _join_ranks(trainer: TrainerFactory) -> None:
 
 
 def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFactory, seed, reference=None,
-              keep_responses: bool = False) -> dict:
+              keep_responses: bool = False, keep_ids: bool = False) -> dict:
     """Sample n responses per prompt with ``model`` and score them (``trainer(...).predict``, no logger,
     no checkpointing; ``trainer`` is the run's ``predict`` factory, ``pipeline/trainer.py``); the layout
-    of :func:`infalign.training.rollout.gather`."""
+    of :func:`infalign.training.rollout.gather` (``keep_ids``: with the sampled token ids, what the
+    offline baselines train on)."""
     _join_ranks(trainer)
     temperature, top_k, top_p = sampling_settings(gen_cfg)
     module = RolloutModule(model, tokenizer, scorers, n, int(gen_cfg.max_new_tokens), temperature,
                            seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
-                           batch_size=int(gen_cfg.batch_size), top_k=top_k, top_p=top_p)
+                           batch_size=int(gen_cfg.batch_size), top_k=top_k, top_p=top_p, keep_ids=keep_ids)
     outputs = trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False).predict(module)
     return gather(outputs)
 

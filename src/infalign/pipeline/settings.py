@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from infalign.errors import require, require_type
 
-__all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "WANDB_MODES", "data_settings",
-           "eval_pool_settings", "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
+__all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "REWARD_PROMPT_FORMATS", "WANDB_MODES",
+           "data_settings", "eval_pool_settings", "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
 
@@ -14,6 +14,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 DTYPES = ("float32", "bfloat16", "float16")  # models/builders.resolve_dtype's names
 REWARD_INPUTS = ("joined", "pair")  # models/reward.REWARD_INPUTS (reward.input)
+REWARD_PROMPT_FORMATS = ("full", "last_user_turn")  # models/reward.REWARD_PROMPT_FORMATS (reward.prompt_format)
 HALF_DTYPES = ("bfloat16", "float16")
 
 
@@ -84,7 +85,9 @@ def data_settings(data_cfg) -> None:
 def model_settings(cfg) -> None:
     """``policy.dtype`` (the frozen reference's weights), ``policy.train_dtype`` (the trained policy's
     weights, what the optimizer updates) and ``reward.dtype``: each one of :data:`DTYPES`;
-    ``reward.input`` one of :data:`REWARD_INPUTS` (ConfigError naming the key)."""
+    ``reward.input`` one of :data:`REWARD_INPUTS`, ``reward.prompt_format`` one of
+    :data:`REWARD_PROMPT_FORMATS` and ``last_user_turn`` only for HH data, whose prompts have turns
+    (ConfigError naming the key)."""
     for group, key in (("policy", "dtype"), ("policy", "train_dtype"), ("reward", "dtype")):
         value = (cfg.get(group) or {}).get(key)
         if value is not None:
@@ -92,6 +95,13 @@ def model_settings(cfg) -> None:
     value = (cfg.get("reward") or {}).get("input", "joined")
     require(value in REWARD_INPUTS, "reward.input", value, f"one of {list(REWARD_INPUTS)}",
             "pair: the tokenizer's text-pair template, for reward models trained as tokenizer(prompt, response)")
+    value = (cfg.get("reward") or {}).get("prompt_format", "full")
+    require(value in REWARD_PROMPT_FORMATS, "reward.prompt_format", value, f"one of {list(REWARD_PROMPT_FORMATS)}",
+            "last_user_turn: an HH dialogue's last Human turn alone, as OpenAssistant's DeBERTa reward models read "
+            "their question (docs/method.md §6)")
+    source = (cfg.get("data") or {}).get("source")
+    require(value == "full" or source == "hh", "reward.prompt_format", value,
+            f"'full' for data.source={source} (its prompts have no Human / Assistant turns)")
 
 
 def training_seed(cfg) -> int:

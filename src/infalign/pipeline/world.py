@@ -27,6 +27,7 @@ from infalign.infra.cache import content_key, modules_digest, sha256_file
 from infalign.models.builders import (
     check_causal_lm,
     check_reward_model,
+    encode_prompts,
     hub_commit,
     input_token_limit,
     load_causal_lm,
@@ -36,7 +37,7 @@ from infalign.models.builders import (
     special_tokens_around,
 )
 from infalign.models.generation import prompt_token_limit
-from infalign.models.reward import GoldScorer, RewardScorer, Scorer, reward_input_format
+from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_reward_max_length, reward_input_format
 from infalign.pipeline.settings import HALF_DTYPES, data_settings
 
 log = logging.getLogger(__name__)
@@ -138,19 +139,23 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
     if checked.reward_path is not None:
-        check_reward_length(cfg, config, checked.reward_path)
+        check_reward_length(cfg, config, checked.reward_path, checked.reward_tokenizer)
     return checked
 
 
-def check_reward_length(cfg: DictConfig, reward_config, name: str) -> None:
+def check_reward_length(cfg: DictConfig, reward_config, name: str, tokenizer=None) -> None:
     """``reward.max_length`` (the tokens the reward model reads of prompt + response; longer inputs are
     cut, :func:`~infalign.models.builders.reward_model_inputs`) must fit the reward model's positions:
     a longer input would fail inside its embedding lookup (an IndexError naming nothing) at the first
     long response. Null (no cut) is allowed only for a model without a position limit
     (:func:`~infalign.models.builders.input_token_limit`: RoBERTa-style encoders read 2 fewer tokens
-    than their positions; DeBERTa-v3's relative positions set none)."""
-    limit = input_token_limit(reward_config)
+    than their positions; DeBERTa-v3's relative positions set none). With the reward ``tokenizer`` it
+    must also hold a row's special tokens and a token of prompt and response
+    (:func:`~infalign.models.reward.check_reward_max_length`): shorter, cut rows come out longer than it."""
     max_length = cfg.reward.get("max_length")
+    if tokenizer is not None:
+        check_reward_max_length(tokenizer, max_length, reward_pair(cfg))
+    limit = input_token_limit(reward_config)
     if limit is None or (max_length is not None and int(max_length) <= limit):
         return
     raise ConfigError("reward.max_length", max_length, f"an integer <= {limit}",
@@ -287,7 +292,8 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
                           max_length=cfg.reward.get("max_length"),
                           dataset_prompts=dataset_prompt_map(train_prompts + eval_prompts, train_raw + eval_raw)
-                          if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg))
+                          if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg),
+                          prompt_format=reward_prompt_format(cfg))
     stats["reward_input_format"] = reward.input_format
     stats |= count_truncated_prompts(cfg, policy, tokenizer, {"train": train_prompts, "eval": eval_prompts})
     # what a cached reference sample / reward score depends on: the weights, the precision they compute
@@ -326,7 +332,7 @@ def count_truncated_prompts(cfg: DictConfig, policy, tokenizer, prompts: dict[st
     new = max(int(cfg[group].get("max_new_tokens") or 0) for group in ("algo", "calibration", "eval") if group in cfg)
     limit = prompt_token_limit(policy, new)
     counts = {f"prompts_truncated_{split}": 0 if limit is None else
-              sum(len(ids) > limit for ids in tokenizer(list(texts))["input_ids"]) if texts else 0
+              sum(len(ids) > limit for ids in encode_prompts(tokenizer, list(texts))) if texts else 0
               for split, texts in prompts.items()}
     if any(counts.values()):
         log.warning("prompts longer than %d tokens (the policy's positions minus max_new_tokens=%d): %s; generation "
@@ -402,6 +408,12 @@ def reward_pair(cfg) -> bool:
     return cfg.reward.get("input", "joined") == "pair"
 
 
+def reward_prompt_format(cfg) -> str:
+    """``reward.prompt_format`` (default ``full``): what of the dataset prompt the reward model reads
+    (``models/reward.reward_prompts``)."""
+    return str(cfg.reward.get("prompt_format", "full"))
+
+
 def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir: str | Path,
                        init_revision: str | None = None) -> tuple[str, dict]:
     """Bradley-Terry training of ``init_path`` (a reward model, or a causal LM that gets a new scalar
@@ -429,7 +441,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     hp = OmegaConf.to_container(cfg.reward.train, resolve=True)
     hp.pop("accelerator", None)  # runtime only
     max_length = cfg.reward.get("max_length")
-    fmt = reward_input_format(tokenizer, max_length, reward_pair(cfg))
+    fmt = reward_input_format(tokenizer, max_length, reward_pair(cfg), reward_prompt_format(cfg))
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
     batch_size, data_seed = int(cfg.data.get("batch_size", 16)), int(cfg.data.get("seed", 0))
     precision = str(reward_trainer_kwargs(cfg)["precision"])
@@ -443,7 +455,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
         prompts, chosen, rejected = (list(c) for c in zip(*pairs))
         return make_preference_dataloader(tokenizer, prompts, chosen, rejected, batch_size, shuffle=shuffle,
                                           seed=data_seed, max_length=max_length,
-                                          pair=reward_pair(cfg))
+                                          pair=reward_pair(cfg), prompt_format=reward_prompt_format(cfg))
 
     def build():
         cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []  # (not a context on every GPU)
@@ -485,7 +497,7 @@ def apply_chat_template(tokenizer, prompts: list[str], system_prompt: str | None
     after a ``system`` message when ``system_prompt`` is set (``None``: the template's default).
 
     Templates that write the BOS text (Llama-3's ``<|begin_of_text|>``) lose it here when the
-    tokenizer adds BOS itself on encoding (as the sampler's ``tokenizer(prompts)`` does), so the
+    tokenizer adds BOS itself on encoding (as the sampler's ``encode_prompts`` does), so the
     policy sees one BOS, not two."""
     from infalign.data.formats import split_turns
 

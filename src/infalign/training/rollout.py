@@ -58,8 +58,11 @@ def step_generator(seed: int, *step: int, device: str | torch.device = "cpu") ->
 
 class RolloutModule(L.LightningModule):
     """predict_step -> ``{"index": [b], "scores": {name: [b, n]}, "log_ratio": [b, n] | None,
-    "responses": [b][n] texts if keep_responses, "lengths": [b, n], "ended": [b, n]}`` (response
-    tokens incl. the stop token; whether it ended with one, see ``generation.Rollout``)."""
+    "responses": [b][n] texts if keep_responses, "response_ids": [b][n] token-id lists if keep_ids,
+    "lengths": [b, n], "ended": [b, n]}`` (response tokens incl. the stop token; whether it ended
+    with one, see ``generation.Rollout``). ``response_ids`` are the sampled ids themselves (the
+    stop token last where the response ended), which the decoded text does not always give back
+    (a non-canonical BPE split, a special token the decoding skips)."""
 
     def __init__(
         self,
@@ -76,6 +79,7 @@ class RolloutModule(L.LightningModule):
         batch_size: int = 64,
         top_k: int | None = None,
         top_p: float = 1.0,
+        keep_ids: bool = False,
     ) -> None:
         super().__init__()
         self.prompts, self.batch_size = prompts, batch_size
@@ -87,7 +91,7 @@ class RolloutModule(L.LightningModule):
             max_new_tokens,
             temperature,
         )
-        self.seed, self.keep_responses = seed, keep_responses
+        self.seed, self.keep_responses, self.keep_ids = seed, keep_responses, keep_ids
         self.top_k, self.top_p = top_k, top_p
 
     def predict_dataloader(self) -> DataLoader:
@@ -133,11 +137,16 @@ class RolloutModule(L.LightningModule):
             kl = kl_penalty(rollout_logprobs(self.policy, roll), ref_lp, roll.response_mask, "k1")  # method.md §7
             log_ratio = kl.view(len(prompts), n).cpu()
         keep = [roll.responses[i * n : (i + 1) * n] for i in range(len(prompts))] if self.keep_responses else []
+        ids = []
+        if self.keep_ids:
+            flat = [row[:k] for row, k in zip(roll.response_ids.tolist(), roll.response_lengths.tolist())]
+            ids = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
         return {
             "index": batch["index"],
             "scores": scores,
             "log_ratio": log_ratio,
             "responses": keep,
+            "response_ids": ids,
             "lengths": roll.response_mask.sum(-1).view(len(prompts), n).cpu(),
             "ended": roll.ended.view(len(prompts), n).cpu(),
         }
@@ -145,7 +154,7 @@ class RolloutModule(L.LightningModule):
 
 def gather(outputs: list[dict]) -> dict:
     """Every rank's predict outputs, in prompt order: scores ``{name: [P, n]}``, log_ratio ``[P, n]``,
-    lengths and ended ``[P, n]``, responses.
+    lengths and ended ``[P, n]``, responses, response_ids (each empty when not kept).
 
     In a distributed run the per-rank lists are exchanged first (CPU tensors), so every rank ends
     with the full pool; each prompt index occurs exactly once.
@@ -162,6 +171,8 @@ def gather(outputs: list[dict]) -> dict:
         "lengths": torch.cat([o["lengths"] for o in outputs])[order],
         "ended": torch.cat([o["ended"] for o in outputs])[order],
         "responses": [flat[i] for i in order.tolist()] if (flat := _flat_responses(outputs)) else [],
+        "response_ids": [flat[i] for i in order.tolist()] if (flat := _flat_responses(outputs, "response_ids"))
+        else [],
     }
     out["log_ratio"] = (
         torch.cat([o["log_ratio"] for o in outputs])[order]
@@ -171,8 +182,8 @@ def gather(outputs: list[dict]) -> dict:
     return out
 
 
-def _flat_responses(outputs: list[dict]) -> list[list[str]]:
-    return [per_prompt for o in outputs for per_prompt in o["responses"]]
+def _flat_responses(outputs: list[dict], key: str = "responses") -> list[list]:
+    return [per_prompt for o in outputs for per_prompt in o.get(key, [])]
 
 
 def _to_cpu(outputs: list[dict]) -> list[dict]:

@@ -206,9 +206,10 @@ class OfflineAlgorithm(Algorithm):
     def method_label(self, transform: Transform) -> str:
         return f"{self.name}(N={self.cfg.n_samples})"
 
-    def fit_module(self, policy, reference, tokenizer, prompts: list[str], best: list[str], worst: list[str],
-                   seed: int):
-        """``(LightningModule, DataLoader)`` that fit ``policy`` on the (best, worst) responses. The loader
+    def fit_module(self, policy, reference, tokenizer, prompts: list[str], best, worst, seed: int):
+        """``(LightningModule, DataLoader)`` that fit ``policy`` on the (best, worst) responses, each a
+        :class:`~infalign.data.batches.SampledResponses` (one per prompt: the sampled token ids, the stop
+        token last only where the response ended; collate ``ids``, never re-encode ``texts``). The loader
         shuffles with its own generator seeded by ``seed`` (``shuffle=True, generator=...manual_seed(seed)``)
         and the module is a ``training/step_batches.StepIndexed``: a resume replays its order
         (``pipeline/baselines.fit_offline``)."""

@@ -50,6 +50,8 @@ class IPO(OfflineAlgorithm):
         from infalign.training.ipo import IPOModule
 
         module = IPOModule(policy, reference, tau=self.cfg.beta, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        loader = DataLoader(TextPairs(prompts, best, worst), batch_size=self.cfg.prompts_per_step, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed), collate_fn=PolicyPairCollator(tokenizer))
+        # the sampled token ids of the (best, worst) pairs (a stop token only where a response ended)
+        loader = DataLoader(TextPairs(prompts, best.ids, worst.ids), batch_size=self.cfg.prompts_per_step,
+                            shuffle=True, generator=torch.Generator().manual_seed(seed),
+                            collate_fn=PolicyPairCollator(tokenizer))
         return module, loader
