@@ -88,6 +88,18 @@ def test_an_infinite_setting_resumes_and_reruns_as_itself(tmp_path):
         policy_cache.check_finished_run(run, other)
 
 
+def test_equal_numbers_are_one_policy_but_a_fraction_of_batches_is_not_a_count(tmp_path):
+    """Review finding: ``transform.t=4`` (an int) and the config file's ``t: 4.0`` trained and cached the
+    same policy twice (infra/cache.content_key now keys numbers by value). Lightning reads an int
+    ``limit_train_batches`` as a count of batches and a float as a fraction of the epoch: those stay apart."""
+    base = policy_key(compose_train(tmp_path, tmp_path, "transform=exp", "transform.t=4.0"), _World(), 0.1)
+    assert policy_key(compose_train(tmp_path, tmp_path, "transform=exp", "transform.t=4"), _World(), 0.1) == base
+    assert policy_key(compose_train(tmp_path, tmp_path, "transform=exp", "transform.t=4.5"), _World(), 0.1) != base
+    count, fraction = (policy_key(compose_train(tmp_path, tmp_path, f"+trainer.limit_train_batches={v}"), _World(), 0.1)
+                       for v in ("1", "1.0"))
+    assert count != fraction
+
+
 def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, tmp_path)
     key = policy_key(cfg, _World(), 0.1)

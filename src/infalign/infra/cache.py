@@ -115,10 +115,37 @@ def _stale_mark(name: str, path: str) -> bytes:
     return f"stale:{name}:{os.getpid()}:{IMPORTED_AT!r}".encode()
 
 
-def content_key(*parts: Any, length: int = 16) -> str:
-    """SHA-256 (hex, truncated) of a canonical JSON encoding of ``parts`` (dicts sorted by key)."""
+def content_key(*parts: Any, length: int = 16, canonical_numbers: bool = True) -> str:
+    """SHA-256 (hex, truncated) of a canonical JSON encoding of ``parts`` (dicts sorted by key; configs,
+    paths and tensors as :func:`_json_default` encodes them).
+
+    Numbers are keyed by value (:func:`canonical_numbers`): an integral float is encoded as the int it
+    equals, so ``transform.t=4`` on the command line (an int) and ``t: 4.0`` in a config file (a float)
+    give one key; booleans stay booleans. A setting whose *type* changes what it does (Lightning's
+    ``limit_train_batches``: int = batches, float = fraction) must be tagged by the caller
+    (``pipeline/policy_cache.policy_key``). ``canonical_numbers=False``: the encoding of keys written
+    before numbers were canonical, for a key that is recorded as an identity rather than used to find
+    a cache entry (``toy/build.ToyArtifacts.world_key``)."""
+    if canonical_numbers:
+        parts = canonical_number_values(parts)
     blob = json.dumps(parts, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def canonical_number_values(obj: Any) -> Any:
+    """``obj`` with every integral finite float (``4.0``, ``-0.0``, ``1e20``) replaced by the int it
+    equals, through dicts, lists, tuples and configs (converted as :func:`_json_default` converts them;
+    paths and tensors likewise). Booleans -- ints in Python -- and every other value are kept as they
+    are: ``True`` is never ``1``."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        return int(obj) if obj.is_integer() else obj  # (NaN and infinities are not integral)
+    if isinstance(obj, dict):
+        return {k: canonical_number_values(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [canonical_number_values(v) for v in obj]
+    return canonical_number_values(_json_default(obj))
 
 
 def _json_default(obj: Any) -> Any:

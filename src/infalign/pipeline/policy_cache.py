@@ -306,11 +306,27 @@ def transform_fingerprint(transform) -> str | None:
     return hashlib.sha256(values.tobytes()).hexdigest()
 
 
+# L.Trainer arguments whose type is part of their meaning: an int counts batches, a float is a fraction
+# of the epoch (``limit_train_batches=1`` trains on one batch, ``1.0`` on all of them)
+INT_OR_FRACTION_TRAINER_KEYS = frozenset({
+    "limit_train_batches", "overfit_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+    "val_check_interval",
+})
+
+
 def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> str:
     """The content key of the policy this config trains on ``world`` with ``transform`` (the run's
-    instantiated Phi; module docstring)."""
+    instantiated Phi; module docstring). Numbers are keyed by value (``infra/cache.content_key``:
+    ``transform.t=4`` and ``t: 4.0`` are one policy), except a float given to one of
+    :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction."""
+    training = training_settings(cfg, beta)
+    trainer = training.get("trainer")
+    if isinstance(trainer, dict):
+        for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
+            if isinstance(trainer[name], float):
+                trainer[name] = {"fraction": trainer[name]}
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
-                       world.train_prompts, training_settings(cfg, beta), transform_fingerprint(transform))
+                       world.train_prompts, training, transform_fingerprint(transform))
 
 
 def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], None], origin: str) -> bool:

@@ -457,6 +457,7 @@ def build_toy_world(cfg: Mapping | None, cache_dir: str | Path) -> ToyArtifacts:
         stats=manifest.get("stats", {}),
         built=not hit,
         # without the code digest: a rebuild after an edit that changes nothing it computes is the same
-        # world (same model files, so the same fingerprints), and a report must not split runs across it
-        world_key=content_key(CODE_VERSION, c),
+        # world (same model files, so the same fingerprints), and a report must not split runs across it --
+        # nor across content_key's canonical numbers (runs recorded before them keep their world's key)
+        world_key=content_key(CODE_VERSION, c, canonical_numbers=False),
     )
