@@ -57,6 +57,49 @@ def test_a_settings_file_that_still_holds_the_evaluation_and_runtime_data_keys_r
         policy_cache.check_resume_early(ckpt, other, 0.1, "last")
 
 
+@pytest.mark.parametrize("extra, key", [
+    (["replica=2"], "training.replica"),
+    (["+trainer.gradient_clip_val=0.001"], "training.trainer.gradient_clip_val"),
+    (["+trainer.accumulate_grad_batches=4"], "training.trainer.accumulate_grad_batches"),
+    (["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging", "+callbacks.swa.swa_lrs=0.5"],
+     "training.callbacks.swa"),
+])
+def test_a_setting_only_one_side_records_matches_only_its_default(tmp_path, extra, key):
+    """Review finding: a key only one side held (replica 0 and unset callbacks are left out of the training
+    settings, a ``+trainer.*`` key exists only when given) was logged and not compared, so a replica-0
+    checkpoint resumed as replica 2 and gradient clipping, accumulation or a callback could join mid-run.
+    Such a key now matches only its default -- a settings file written before replica and callbacks were
+    stored (without them) still resumes as itself and with a trainer key set to Lightning's default -- in
+    both directions, and a finished run is not re-run as another configuration's either."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+
+    base = ["algo=bon_sft", "algo.steps=4"]
+    cfg, other = compose_train(tmp_path, tmp_path, *base), compose_train(tmp_path, tmp_path, *base, *extra)
+    ckpt = tmp_path / "checkpoints"
+    old = policy_cache._resume_training(cfg, None)
+    del old["replica"], old["callbacks"]  # as the settings file was written before they were stored
+    (ckpt.mkdir(), (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps({"training": old})))
+    policy_cache.check_resume_early(ckpt, cfg, None, "last")
+    policy_cache.check_resume_early(ckpt, compose_train(tmp_path, tmp_path, *base, "+trainer.accumulate_grad_batches=1",
+                                                        "+trainer.gradient_clip_val=null"), None, "last")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        policy_cache.check_resume_early(ckpt, other, None, "last")
+    atomic_write_json(ckpt / policy_cache.RESUME_FILE, {"training": policy_cache._resume_training(other, None)})
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # the other way round
+        policy_cache.check_resume_early(ckpt, cfg, None, "last")
+    run = tmp_path / "run"
+    atomic_write_json(run / "metrics.json", {"version": 1, "status": "finished", "eval": {"judges": {}},
+                                             "config": OmegaConf.to_container(cfg, resolve=True)})
+    policy_cache.check_finished_run(run, cfg)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        policy_cache.check_finished_run(run, other)
+
+
 def test_an_infinite_setting_resumes_and_reruns_as_itself(tmp_path):
     """A setting of inf (``algo.grad_clip=inf``: no clipping) is
     written as null (strict JSON, infra/cache.json_safe): the stored settings, the checkpoint's

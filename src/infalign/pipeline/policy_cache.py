@@ -22,6 +22,7 @@ key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -145,9 +146,14 @@ def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
 
 
 def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
+    """:func:`training_settings` as a settings file stores them: without ``algo.steps`` when the algorithm
+    may train longer on resume, and with ``replica`` and ``callbacks`` always written (0 and ``{}`` when
+    unset, where the policy key leaves them out)."""
     from infalign.training.algorithms import ALGORITHMS
 
     training = training_settings(cfg, beta)
+    training["replica"] = int(cfg.get("replica") or 0)
+    training.setdefault("callbacks", {})
     algo = training.get("algo")
     if isinstance(algo, dict) and getattr(ALGORITHMS.get(algo.get("name")), "resume_may_extend", True):
         algo.pop("steps", None)
@@ -163,18 +169,75 @@ def _as_json(settings: dict) -> dict:
     return json.loads(json.dumps(json_safe(settings, default=str)))
 
 
-def _differences(a, b, prefix: str = "", depth: int = 3, unknown: list[str] | None = None) -> list[str]:
+# What a settings key that only one side holds (a checkpoint's settings file or a finished run's record, and
+# this run's) stands for: ``replica`` 0 and no callbacks are left out of the policy key, and a ``+trainer.*``
+# or ``+callbacks.*`` key exists only when given. Such a key matches only its default; a key with no
+# default (here, or one_sided_default's: Lightning's trainer defaults, the algorithms' dataclasses) is a
+# difference. (A key added to the training settings elsewhere needs its default here, or every older
+# checkpoint is refused.)
+ONE_SIDED_DEFAULTS: dict[str, object] = {"hub": {}, "training.replica": 0, "training.callbacks": {}}
+
+
+def one_sided_default(key: str, siblings: dict | None = None) -> tuple[bool, object]:
+    """``(known, default)`` of the dotted settings ``key`` when only one side holds it (``siblings``: the
+    keys beside it): :data:`ONE_SIDED_DEFAULTS`, ``training.callbacks.<name>`` -> None (no such
+    callback), ``training.trainer.<argument>`` -> ``lightning.Trainer``'s default for it and
+    ``training.algo.<setting>`` -> the default of the algorithm's ``Config`` dataclass (the algorithm
+    ``siblings["name"]``; a setting added since a checkpoint was written), JSON-normalised as the
+    settings are; anything else is not known."""
+    if key in ONE_SIDED_DEFAULTS:
+        return True, ONE_SIDED_DEFAULTS[key]
+    group, _, name = key.removeprefix("training.").partition(".")
+    if not key.startswith("training.") or not name or "." in name:
+        return False, None
+    if group == "callbacks":
+        return True, None
+    defaults = (_trainer_defaults() if group == "trainer"
+                else _algo_defaults(str((siblings or {}).get("name"))) if group == "algo" else {})
+    return (True, defaults[name]) if name in defaults else (False, None)
+
+
+@functools.cache
+def _trainer_defaults() -> dict:
+    """``lightning.Trainer``'s keyword defaults, as a settings file would store them (:func:`_as_json`)."""
+    import inspect
+
+    import lightning as L
+
+    params = inspect.signature(L.Trainer.__init__).parameters.values()
+    return _as_json({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
+
+
+@functools.cache
+def _algo_defaults(name: str) -> dict:
+    """The defaults of algorithm ``name``'s ``Config`` dataclass fields (``{}`` for an unknown name)."""
+    import dataclasses
+
+    from infalign.training.algorithms import ALGORITHMS
+
+    cls = ALGORITHMS.get(name)
+    if cls is None:
+        return {}
+    return _as_json({f.name: f.default for f in dataclasses.fields(cls.Config)
+                     if f.default is not dataclasses.MISSING})
+
+
+def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
     """Dotted keys whose values differ between the stored settings ``a`` and this run's ``b``. A key only
-    one side has (a settings file written before the key existed, or after it was removed) is not a
-    difference: it goes to ``unknown`` (logged by the caller) -- no override could make it match."""
+    one side holds is compared with the key's default (:func:`one_sided_default`; it differs when there is
+    none): a settings file that leaves out ``replica`` 0 matches replica 0, not replica 1."""
     if isinstance(a, dict) and isinstance(b, dict) and depth > 0:
         out = []
         for k in sorted(set(a) | set(b), key=str):
+            key = f"{prefix}{k}"
             if (k in a) != (k in b):
-                if unknown is not None:
-                    unknown.append(f"{prefix}{k}")
+                known, default = one_sided_default(key, b if k in b else a)
+                if not known:
+                    out.append(key)
+                    continue
+                out += _differences(a.get(k, default), b.get(k, default), key + ".", depth - 1)
                 continue
-            out += _differences(a[k], b[k], f"{prefix}{k}.", depth - 1, unknown)
+            out += _differences(a[k], b[k], key + ".", depth - 1)
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
@@ -195,10 +258,9 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
     if not path.is_file():
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
         return
-    unknown: list[str] = []
     stored = json.loads(path.read_text())
     _drop_non_training_data(stored.get("training"))
-    _refuse_if_different(path, _differences(stored, settings, unknown=unknown), ckpt_path, unknown,
+    _refuse_if_different(path, _differences(stored, settings), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
 
 
@@ -251,24 +313,20 @@ def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: s
         for settings in (stored, current):
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
-    unknown: list[str] = []
-    differ = _differences({"training": stored}, {"training": current}, unknown=unknown)
-    _refuse_if_different(path, differ, ckpt_path, unknown)
+    differ = _differences({"training": stored}, {"training": current})
+    _refuse_if_different(path, differ, ckpt_path)
 
 
-def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown: list[str] = (),
-                         hint: str = "") -> None:
+def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, hint: str = "") -> None:
     from infalign.errors import ConfigError
 
-    if unknown:
-        log.warning("%s and this run's settings do not share the keys %s (a file from another code version): "
-                    "not compared", path, sorted(set(unknown))[:8])
     if differ:
         overrides = path.parent / OVERRIDES_FILE
         where = f"({overrides})" if overrides.is_file() else "(its .hydra/overrides.yaml, or metrics.json's config)"
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
-                          f"{path} records other values of {differ[:8]}: resume with the interrupted run's own "
-                          f"overrides {where}, or start a new run{hint}")
+                          f"{path} records other values of {differ[:8]} (a key only one side records stands "
+                          f"for its default: replica 0, no such callback, Lightning's trainer default): resume "
+                          f"with the interrupted run's own overrides {where}, or start a new run{hint}")
 
 
 OVERRIDES_FILE = "run_overrides.yaml"  # beside the checkpoints: the command-line overrides they were trained with
