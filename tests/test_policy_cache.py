@@ -467,3 +467,39 @@ def test_the_early_resume_check_compares_a_given_beta(tmp_path):
     check_resume_early(tmp_path, cfg, None, "last")  # kl_target: beta not known yet
     with pytest.raises(ConfigError, match="algo.beta"):
         check_resume_early(tmp_path, cfg, 0.2, "last")
+
+
+def test_a_resume_under_other_code_is_warned_about_and_returned_not_refused(tmp_path, caplog):
+    """Review finding: run_settings.json recorded neither the training code nor the library versions, so a
+    resume after a code change or an upgrade continued silently. The file records them (the training code's
+    digest: docstring and comment edits keep it); a resume under other code is warned about and returned
+    for the run's record (docs/architecture.md §4: not refused), and a file without them says so."""
+    import json
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.policy_cache import RESUME_FILE, check_resume, code_digest, resume_settings
+
+    class World(_World):
+        stats = {}
+
+    cfg = OmegaConf.create({"algo": {"name": "ctrl", "lr": 1e-3}, "seed": 0})
+    settings = resume_settings(cfg, World(), 0.1)
+    assert settings["code"] == code_digest() and set(settings["versions"]) == {"torch", "transformers", "lightning"}
+    assert check_resume(tmp_path, settings, False, "last") == {}
+    assert check_resume(tmp_path, settings, True, "last") == {}
+    stored = json.loads((tmp_path / RESUME_FILE).read_text())
+    stored["code"], stored["versions"]["torch"] = "0" * 16, "1.0"
+    (tmp_path / RESUME_FILE).write_text(json.dumps(stored))
+    with caplog.at_level(logging.WARNING, logger="infalign.pipeline.policy_cache"):
+        changed = check_resume(tmp_path, settings, True, "last")
+    assert changed == {"code": {"checkpoint": "0" * 16, "run": code_digest()},
+                       "torch": {"checkpoint": "1.0", "run": settings["versions"]["torch"]}}
+    assert "RESUMING UNDER OTHER CODE" in caplog.text
+    del stored["code"], stored["versions"]  # a file written before they were recorded
+    (tmp_path / RESUME_FILE).write_text(json.dumps(stored))
+    changed = check_resume(tmp_path, settings, True, "last")
+    assert set(changed) == {"code", "torch", "transformers", "lightning"}
+    assert all(v["checkpoint"] is None for v in changed.values())
+

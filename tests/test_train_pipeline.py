@@ -110,6 +110,24 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     assert resumed["eval"]["judges"] == straight["eval"]["judges"]
 
 
+@pytest.mark.slow
+def test_a_resume_under_other_code_is_recorded_in_the_run(cache_dir, tmp_path):
+    """Review finding: a resume after the training code changed continued silently. The run's record says
+    which checkpoint it continued, from what step, and what differs from the code that trained it."""
+    from infalign.pipeline.policy_cache import RESUME_FILE, code_digest
+
+    first = run(cache_dir, tmp_path / "run", "algo.steps=2", "policy_cache=false")
+    assert first["resumed"] is None
+    settings = tmp_path / "run" / "checkpoints" / RESUME_FILE
+    stored = json.loads(settings.read_text())
+    settings.write_text(json.dumps({**stored, "code": "0" * 16}))  # as if trained before a code change
+    resumed = run(cache_dir, tmp_path / "run", "algo.steps=3", "policy_cache=false", "ckpt_path=last")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["resumed"] == resumed["resumed"] == {
+        "checkpoint": str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "from_step": 2,
+        "changed": {"code": {"checkpoint": "0" * 16, "run": code_digest()}}}
+
+
 @pytest.mark.parametrize("algo, steps, every, saves", [
     # PPO: 2 epochs x 2 minibatches = 4 optimizer steps per RL step. Lightning's own cadence saved only
     # where global_step % 5 == 0 lands on an RL step's end (20), and kept that older last.ckpt at the end

@@ -113,8 +113,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
 
         settings = resume_settings(cfg, world, algo.beta)
         ckpt_dir = out_dir / "checkpoints"
+        resumed = None  # a resume: what it continued, and whether other code trained the checkpoint
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
-            check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
+            changed = check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
+            resumed = {"checkpoint": str(ckpt), "from_step": resume_step, "changed": changed}
             if logger is not None:
                 loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
 
@@ -158,6 +160,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             timings=timings, cache={"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
                                     "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
                                     "eval_policy_hit": ev.policy_pool_cache_hit},
+            resumed=resumed,
             world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
             config=OmegaConf.to_container(cfg, resolve=True),

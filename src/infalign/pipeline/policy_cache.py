@@ -138,11 +138,44 @@ def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
     """What a run's checkpoints depend on: the world's models (fingerprints) and
     :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
     asked to train longer -- unless the algorithm's schedule depends on it (``resume_may_extend``
-    false: BoN-SFT's learning rate decays over ``algo.steps``). JSON-normalised as the settings file
-    stores it (:func:`_as_json`), as :func:`check_resume` compares it."""
+    false: BoN-SFT's learning rate decays over ``algo.steps``); and the code that trains
+    (:data:`CODE_RECORD`: the training code's digest, :func:`code_digest`, and the versions of
+    :data:`LIBRARIES`). JSON-normalised as the settings file stores it (:func:`_as_json`), as
+    :func:`check_resume` compares it."""
     return _as_json({"world": [world.reference_fingerprint, world.reward_fingerprint],
                      "hub": world.stats.get("hub_commits", {}),
-                     "training": _resume_training(cfg, beta)})
+                     "training": _resume_training(cfg, beta),
+                     "code": code_digest(), "versions": library_versions()})
+
+
+# Libraries whose version can change what a resumed training computes (kernels, optimizer and loop code).
+LIBRARIES = ("torch", "transformers", "lightning")
+# Settings-file keys that say which code trained the checkpoint: a resume under other code is warned about
+# and recorded (metrics.json ``resumed.changed``), not refused (docs/architecture.md §4).
+CODE_RECORD = ("code", "versions")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`LIBRARIES` (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {name: installed(name) for name in LIBRARIES}
+
+
+def code_changes(stored: dict, settings: dict) -> dict:
+    """``{what: {"checkpoint": stored value, "run": this run's}}`` for the training code's digest
+    (``code``) and each library of :data:`LIBRARIES` whose value differs between a checkpoint's settings
+    file and this run's settings; a file written before they were recorded gives ``checkpoint: None``."""
+    versions = stored.get("versions") if isinstance(stored.get("versions"), dict) else {}
+    pairs = [("code", stored.get("code"), settings.get("code"))]
+    pairs += [(name, versions.get(name), (settings.get("versions") or {}).get(name)) for name in LIBRARIES]
+    return {name: {"checkpoint": old, "run": new} for name, old, new in pairs if old != new}
 
 
 def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
@@ -242,26 +275,44 @@ def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str) -> None:
+def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str) -> dict:
     """Starting fresh: write ``settings`` to ``ckpt_dir/RESUME_FILE``. Resuming (``ckpt_path=last`` /
     ``last_or_new`` found a checkpoint): the checkpoint must have been trained with the same settings,
     else a ``ConfigError`` naming ``ckpt_path`` and the settings that differ -- a resume with missing or
     other overrides would continue another configuration's policy and record it as this one. A
-    checkpoint without the file (written before it existed) is resumed with a warning."""
+    checkpoint without the file (written before it existed) is resumed with a warning.
+
+    The code that trained the checkpoint (:data:`CODE_RECORD`) is not refused when it differs -- the
+    digest covers every syntax change of the training modules, behaviour-neutral ones included, and a
+    refusal would strand the run -- but warned about and returned (:func:`code_changes`; ``{}`` when the
+    same, or when starting fresh), for the run's record to say that its policy was trained by two
+    versions of the code."""
     from infalign.infra.cache import atomic_write_json
 
     path = Path(ckpt_dir) / RESUME_FILE
     if not resuming:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, settings)
-        return
+        return {}
     if not path.is_file():
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
-        return
+        return {}
     stored = json.loads(path.read_text())
     _drop_non_training_data(stored.get("training"))
-    _refuse_if_different(path, _differences(stored, settings), ckpt_path,
+    compared = [{k: v for k, v in side.items() if k not in CODE_RECORD} for side in (stored, settings)]
+    _refuse_if_different(path, _differences(*compared), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
+    changed = code_changes(stored, settings)
+    if any(v["checkpoint"] is not None for v in changed.values()):
+        log.warning("RESUMING UNDER OTHER CODE: the checkpoint in %s was trained by other code than this run's (%s). "
+                    "Training continues (its settings match), so the policy is trained by both; metrics.json "
+                    "records it under resumed.changed. Delete the checkpoints to train with this code alone.",
+                    path.parent, "; ".join(f"{name} {v['checkpoint']} -> {v['run']}" for name, v in changed.items()))
+    elif changed:
+        log.warning("%s does not record the code that trained the checkpoint (an older infalign wrote it): "
+                    "resuming without knowing whether the training code or %s changed since (recorded in "
+                    "metrics.json under resumed.changed)", path, ", ".join(LIBRARIES))
+    return changed
 
 
 def _moved_hub_models(stored, current) -> str:

@@ -16,8 +16,10 @@ Versions: 0 = records written before this schema existed (no ``version`` key; th
 some absent in the oldest ones, e.g. ``method``, ``kl_target``, ``eval.per_prompt``) -- they load,
 missing fields as ``None``. 1 = this layout without ``eval.responses``. 2 = this layout (adds
 ``eval.responses``: response length and EOS rate of the policy and reference pools); version-1
-records load with it ``None``. A newer version, or a file that is not a record, raises
-:class:`RecordError` with the reason.
+records load with it ``None``. 3 = adds ``resumed`` (a run that continued a checkpoint: which, from
+what step, and whether the code that trained it differs from the run's, ``pipeline/policy_cache.
+check_resume``); older records load with it ``None``. A newer version, or a file that is not a record,
+raises :class:`RecordError` with the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FINISHED = "finished"
 
 
@@ -138,6 +140,8 @@ class RunRecord:
     kl_ratio: float | None = None  # measured KL / theory KL at the training beta
     timings: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    # a run that continued a checkpoint: {checkpoint, from_step, changed: {code | <library>: {checkpoint, run}}}
+    resumed: dict | None = None
     world: dict = field(default_factory=dict)
     data_reports: dict | None = None
     config: dict = field(default_factory=dict)
@@ -163,7 +167,7 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> RunRecord:
-        """A record from a parsed ``metrics.json`` (versions 0 and 1; module docstring)."""
+        """A record from a parsed ``metrics.json`` (versions 0 to :data:`SCHEMA_VERSION`; module docstring)."""
         data = _mapping(data, "metrics.json")
         version = data.get("version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= SCHEMA_VERSION:
