@@ -274,6 +274,48 @@ class CorruptCacheError(RuntimeError):
     """A cache file exists but its checksum or structure is wrong."""
 
 
+MANIFEST = "manifest.json"
+
+
+def write_manifest(directory: str | os.PathLike, key: str, name: str = MANIFEST, **extra: Any) -> dict:
+    """Write ``directory/name``: the cache ``key``, ``extra`` fields, and ``files``, the SHA-256 of every
+    file under ``directory`` (by relative path; the manifest itself left out). Called last, on a directory
+    about to be moved into place (``atomic_dir``); :func:`read_manifest` checks it."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*"))
+             if p.is_file() and p != directory / name}
+    manifest = {"key": key, **extra, "files": files}
+    atomic_write_json(directory / name, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike, key: str, name: str = MANIFEST, required: Sequence[str] = (),
+                  verify: bool = True) -> dict:
+    """The manifest :func:`write_manifest` wrote in ``directory``; :class:`CorruptCacheError` unless it
+    exists, parses, carries ``key``, lists every ``required`` entry (a path, or ``"<dir>/"``: some file
+    under it) and (``verify``) every listed file exists with its recorded checksum -- a truncated or
+    altered file, or a directory left half-written, is never a cache hit."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / name).read_text())
+        files, found_key = manifest["files"], manifest["key"]
+        if not isinstance(files, dict):
+            raise TypeError(f"files is a {type(files).__name__}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptCacheError(f"{directory}: bad manifest ({type(exc).__name__}: {exc})") from exc
+    if found_key != key:
+        raise CorruptCacheError(f"{directory}: manifest key {found_key!r} != {key!r}")
+    for entry in required:
+        if not (any(f.startswith(entry) for f in files) if entry.endswith("/") else entry in files):
+            raise CorruptCacheError(f"{directory}: manifest lists no {entry}")
+    if verify:
+        for rel, digest in files.items():
+            p = directory / rel
+            if not p.is_file() or sha256_file(p) != digest:
+                raise CorruptCacheError(f"{directory}: {rel} missing or checksum mismatch")
+    return manifest
+
+
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
