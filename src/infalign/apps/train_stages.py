@@ -19,6 +19,7 @@ from infalign.apps.train import (
     failure_record,
     offline_resume_step,
     resolve_ckpt,
+    task_overrides,
     write_failure,
 )
 from infalign.infra import distributed
@@ -125,7 +126,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             fresh_here = ckpt is None or Path(ckpt).parent.resolve() != ckpt_dir.resolve()
             if fresh_here and distributed.rank() == 0:
                 check_resume(ckpt_dir, settings, False, str(cfg.ckpt_path))
-                save_overrides(ckpt_dir, task_overrides())
+                save_overrides(ckpt_dir, task_overrides() or [])
             fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
@@ -163,6 +164,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             resumed=resumed,
             world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
+            overrides=task_overrides(),  # the report's (Hydra rewrites .hydra/ for every later attempt here)
             config=OmegaConf.to_container(cfg, resolve=True),
         )
         metrics = rec.to_json()
@@ -196,13 +198,6 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         except Exception as exc:  # noqa: BLE001 - reported, the results stand
             log.error("closing the logger of a finished run failed: %s: %s", type(exc).__name__, exc)
     return metrics
-
-
-def task_overrides() -> list[str]:
-    """The run's command-line overrides (Hydra's task overrides; none outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 @contextlib.contextmanager
