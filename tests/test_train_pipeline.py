@@ -111,6 +111,33 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_again(cache_dir, tmp_path,
+                                                                                      monkeypatch):
+    """Review finding: ckpt_path=last / last_or_new into a finished run (its checkpoint at the asked step)
+    compared only the training settings, then evaluated again with whatever procedure and eval settings
+    were given and replaced metrics.json. Now the same settings keep the run as it is (no compute), other
+    evaluation settings are refused naming them, and more steps still continue it."""
+    run_dir = tmp_path / "run"
+    first = run(cache_dir, run_dir, "policy_cache=false")
+    on_disk = (run_dir / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"ckpt_path.*evaluated with other values of .*'eval\.ns'.*'procedure\.n'"):
+        run(cache_dir, run_dir, "policy_cache=false", "ckpt_path=last_or_new", "procedure=won", "procedure.n=2",
+            "eval.samples=6", "eval.ns=[1,2]")
+    assert (run_dir / "metrics.json").read_bytes() == on_disk
+
+    def no_compute(*a, **k):
+        raise AssertionError("compute started")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_stages, "load_world", no_compute)
+        for how in ("last_or_new", "last"):
+            kept = run(cache_dir, run_dir, "policy_cache=false", f"ckpt_path={how}")
+            assert kept["eval"] == first["eval"] and (run_dir / "metrics.json").read_bytes() == on_disk
+    longer = run(cache_dir, run_dir, "policy_cache=false", "ckpt_path=last_or_new", "algo.steps=3")
+    assert longer["steps"] == 3 and longer["resumed"]["from_step"] == 2
+
+
+@pytest.mark.slow
 def test_a_resume_under_other_code_is_recorded_in_the_run(cache_dir, tmp_path):
     """Review finding: a resume after the training code changed continued silently. The run's record says
     which checkpoint it continued, from what step, and what differs from the code that trained it."""
@@ -372,6 +399,8 @@ def test_an_offline_run_whose_trainer_is_not_step_indexed_restarts_instead(cache
 
     args = ["algo=bon_sft", "algo.steps=4", "policy_cache=false", "+trainer.max_epochs=100"]
     run(cache_dir, tmp_path / "run", *args)
+    # interrupted after its last checkpoint (a finished run would be kept as it is: nothing to train)
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     trained = []
     step = LMPretrainModule.training_step
     LMPretrainModule.training_step = lambda self, *a: trained.append(self.global_step) or step(self, *a)

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
 from infalign.apps.train import (
+    RESUME,
     check_checkpoint_steps,
+    checkpoint_contents,
     failure_record,
     offline_resume_step,
     resolve_ckpt,
@@ -34,6 +36,7 @@ from infalign.pipeline.policy_cache import (
     check_finished_run,
     check_resume,
     check_resume_early,
+    finished_record_to_keep,
     policy_key,
     resume_settings,
     save_overrides,
@@ -91,6 +94,14 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 fit_ckpt, resume_step = None, 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
             check_finished_run(out_dir, cfg)
+        target = algo.cfg.steps * algo.optimizer_steps_per_batch
+        if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= target):
+            # a finished run here with nothing left to train: done if evaluated as asked, else refused
+            kept = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path))
+            if kept is not None:
+                log.info("%s records this run, finished with these training and evaluation settings: nothing to "
+                         "do (kept as it is)", out_dir / "metrics.json")
+                return kept
         started = logger is not None and ckpt is None
         if started:  # the run exists from now on, so a job that fails in any stage shows up (failed)
             loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
@@ -198,6 +209,11 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         except Exception as exc:  # noqa: BLE001 - reported, the results stand
             log.error("closing the logger of a finished run failed: %s: %s", type(exc).__name__, exc)
     return metrics
+
+
+def trained_steps(ckpt: str) -> int:
+    """The optimizer steps the checkpoint ``ckpt`` has trained (its ``global_step``)."""
+    return int(checkpoint_contents(ckpt).get("global_step", 0))
 
 
 @contextlib.contextmanager

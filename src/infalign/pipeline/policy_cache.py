@@ -345,16 +345,71 @@ def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
     (same training settings: the same policy, the same record) but not replaced by another
     configuration's: :func:`training_settings` compared (``algo.steps`` included: nothing resumes here),
     ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value)."""
+    path = Path(run_dir) / "metrics.json"
+    differ = _finished_training_differences(path, cfg)
+    if differ:
+        _refuse_if_different(path, differ, "last_or_new")
+
+
+def _finished_training_differences(path: Path, cfg: DictConfig) -> list[str] | None:
+    """The training settings (dotted keys) in which the finished run recorded in ``path`` differs from
+    ``cfg`` (:func:`check_finished_run`); None when ``path`` records no finished run with a config."""
     from infalign.pipeline.record import is_finished, read_record
 
-    path = Path(run_dir) / "metrics.json"
     if not is_finished(path):
-        return
+        return None
     config = read_record(path).config
     if not isinstance(config, dict) or not config:
-        return
+        return None
     stored, current = (_as_json(training_settings(c, None)) for c in (OmegaConf.create(config), cfg))
-    _refuse_other_training(path, stored, current, "last_or_new", without_beta=cfg.algo.get("kl_target") is not None)
+    if cfg.algo.get("kl_target") is not None:  # the record holds the beta it picked; this run picks it later
+        for settings in (stored, current):
+            if isinstance(settings.get("algo"), dict):
+                settings["algo"].pop("beta", None)
+    return _differences({"training": stored}, {"training": current})
+
+
+def evaluation_settings(cfg: DictConfig | dict) -> dict:
+    """What a run's record depends on beyond its trained policy: ``procedure``, ``eval`` and the
+    held-out prompts (``data.eval_prompts``, :data:`NOT_TRAINING_DATA_KEYS`), resolved and
+    JSON-normalised (:func:`_as_json`)."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+    data = cfg.get("data") or {}
+    return _as_json({"procedure": plain(cfg.get("procedure")), "eval": plain(cfg.get("eval")),
+                     "data": {name: plain(data.get(name)) for name in sorted(NOT_TRAINING_DATA_KEYS)}})
+
+
+def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str) -> dict | None:
+    """A resume (``ckpt_path=last`` / ``last_or_new``) into a dir whose ``metrics.json`` records a finished
+    run of this config's training (:func:`training_settings`, ``algo.steps`` included) -- which the caller
+    has found trained as far as this run asks -- would train nothing and evaluate again: the record
+    (``metrics.json``'s object) when the evaluation settings (:func:`evaluation_settings`) are the
+    record's too -- the job is done, and is kept as it is -- else a ``ConfigError`` naming the settings
+    that differ: re-evaluating would replace the finished run's results with another evaluation's. None
+    when the dir records no finished run with evaluation results of this training (a run asking for more
+    steps continues the checkpoint)."""
+    from infalign.errors import ConfigError
+    from infalign.pipeline.record import read_record
+
+    path = Path(run_dir) / "metrics.json"
+    if _finished_training_differences(path, cfg) != []:
+        return None
+    rec = read_record(path)
+    if rec.eval is None or not rec.eval.judges:
+        return None
+    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), depth=2)
+    if differ:
+        raise ConfigError("ckpt_path", ckpt_path, "this dir's finished run, evaluated with the same settings",
+                          f"{path} records a finished run of these training settings, evaluated with other values of "
+                          f"{differ[:8]}: evaluating again would replace its results. Evaluate its policy in a new "
+                          "run dir instead (ckpt_path=<this dir>/checkpoints/last.ckpt there trains no further; "
+                          "a policy from the policy cache is found by the same training settings), or set "
+                          "these settings back")
+    return rec.to_json()
 
 
 def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: str, without_beta: bool) -> None:
