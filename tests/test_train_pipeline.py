@@ -111,6 +111,20 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_diverged_policy_is_a_named_error_and_never_cached(tiny_cache, tmp_path):
+    """Review finding: a policy that diverged (lr=1e30: finite but exploded weights) was stored in the policy
+    cache, then failed in evaluation with torch's "probability tensor contains either inf, nan" -- and every
+    later run of the config loaded it and failed the same way. The training stage now checks the trained
+    policy's next-token distribution and raises a FloatingPointError naming the stage before caching it."""
+    cache = tiny_cache  # (a cache of its own: no policy in it)
+    for attempt in ("a", "b"):  # the second attempt trains again (nothing was cached) and fails the same way
+        with pytest.raises(FloatingPointError, match="stage train: the trained policy has diverged"):
+            run(cache, tmp_path / attempt, "transform=exp", "algo.lr=1e30", "algo.steps=1")
+        assert json.loads((tmp_path / attempt / "metrics.json").read_text())["status"] == "failed"
+        assert not list((cache / "policies").glob("*.pt"))
+
+
+@pytest.mark.slow
 def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_again(cache_dir, tmp_path,
                                                                                       monkeypatch):
     """Review finding: ckpt_path=last / last_or_new into a finished run (its checkpoint at the asked step)

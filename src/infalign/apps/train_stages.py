@@ -30,7 +30,7 @@ from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
 from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
-from infalign.pipeline.fit import calibration_table, fit_policy
+from infalign.pipeline.fit import calibration_table, check_trained_policy, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import (
     check_finished_run,
@@ -139,6 +139,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 check_resume(ckpt_dir, settings, False, str(cfg.ckpt_path))
                 save_overrides(ckpt_dir, task_overrides() or [])
             fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
+            check_trained_policy(world)  # a diverged policy: a named error, before the policy cache stores it
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
