@@ -111,6 +111,27 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_save_of_the_policy_dir_that_fails_midway_leaves_the_previous_one_whole(cache_dir, tmp_path, monkeypatch):
+    """Review finding: policy/ was written in place (save_pretrained into the run dir), so a resume that
+    failed or was killed while saving left new weights beside old files. It is written beside and moved
+    into place: the tokenizer's save failing after the new weights were written leaves the old dir."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    run_dir = tmp_path / "run"
+    run(cache_dir, run_dir, "algo.steps=2", "policy_cache=false", "save_policy=true")
+    before = {p.name: p.read_bytes() for p in (run_dir / "policy").iterdir()}
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(cache_dir, run_dir, "algo.steps=3", "policy_cache=false", "save_policy=true", "ckpt_path=last")
+    assert {p.name: p.read_bytes() for p in (run_dir / "policy").iterdir()} == before
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".policy")] == []
+
+
+@pytest.mark.slow
 def test_a_diverged_policy_is_a_named_error_and_never_cached(tiny_cache, tmp_path):
     """Review finding: a policy that diverged (lr=1e30: finite but exploded weights) was stored in the policy
     cache, then failed in evaluation with torch's "probability tensor contains either inf, nan" -- and every

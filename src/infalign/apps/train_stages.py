@@ -25,6 +25,7 @@ from infalign.apps.train import (
     write_failure,
 )
 from infalign.infra import distributed
+from infalign.infra.cache import atomic_dir
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
@@ -149,8 +150,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             else:
                 train()
         if cfg.save_policy and distributed.rank() == 0:
-            world.policy.save_pretrained(out_dir / "policy")
-            world.tokenizer.save_pretrained(out_dir / "policy")
+            # written beside and moved into place: a failure or kill mid-save leaves the previous policy/ whole
+            with atomic_dir(out_dir / "policy") as tmp:
+                world.policy.save_pretrained(tmp)
+                world.tokenizer.save_pretrained(tmp)
 
         # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none, nor for
         # a pooled calibrated reward, docs/method.md (2.4))
