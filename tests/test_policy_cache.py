@@ -143,6 +143,34 @@ def test_equal_numbers_are_one_policy_but_a_fraction_of_batches_is_not_a_count(t
     assert count != fraction
 
 
+def test_where_a_model_is_read_from_is_keyed_by_its_contents_not_its_path(tmp_path):
+    """Review finding: the policy key held ``policy.name_or_path``, ``reward.name_or_path`` and
+    ``reward.train.accelerator``, whose effect the key already holds as the world's fingerprints (a local
+    dir's files, a hub model's commit; a Bradley-Terry model's files), so a model dir moved or copied
+    elsewhere retrained an identical policy. The same fingerprints are one key whatever the paths; other
+    fingerprints at the same paths are another."""
+    from types import SimpleNamespace
+
+    from infalign.pipeline.world import fingerprint_dir
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"same weights")
+    same = fingerprint_dir(tmp_path / "a")
+    assert fingerprint_dir(tmp_path / "b") == same
+
+    def world(fingerprint):
+        return SimpleNamespace(reference_fingerprint=fingerprint, reward_fingerprint="rm", train_prompts=["a0 ->"])
+
+    def key(path, fingerprint, *extra):
+        return policy_key(compose_train(tmp_path, tmp_path, f"policy.name_or_path={path}",
+                                        f"reward.name_or_path={path}", *extra), world(fingerprint), 0.1)
+
+    base = key(tmp_path / "a", same)
+    assert key(tmp_path / "b", same, "+reward.train.accelerator=cpu") == base
+    assert key(tmp_path / "a", "other weights") != base
+
+
 def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, tmp_path)
     key = policy_key(cfg, _World(), 0.1)

@@ -478,12 +478,28 @@ INT_OR_FRACTION_TRAINER_KEYS = frozenset({
 })
 
 
+# Training settings the policy key leaves out because the key holds what they lead to: where the policy /
+# reference and the reward model are read from (their contents are the world's fingerprints in the key:
+# pipeline/world.fingerprint_dir of a local dir, ``hub:<name>@<commit>`` of a hub name), and the device a
+# Bradley-Terry reward model trains on (runtime only: the model it trains is keyed by its files, the reward
+# fingerprint). A resume and a finished run's re-run still compare them (training_settings): they are
+# checked before the world, and so its fingerprints, is loaded.
+KEYED_BY_THE_WORLD = (("policy", "name_or_path"), ("reward", "name_or_path"), ("reward", "train", "accelerator"))
+
+
 def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> str:
     """The content key of the policy this config trains on ``world`` with ``transform`` (the run's
-    instantiated Phi; module docstring). Numbers are keyed by value (``infra/cache.content_key``:
+    instantiated Phi; module docstring), without :data:`KEYED_BY_THE_WORLD` (a model dir moved or copied
+    elsewhere is the same policy). Numbers are keyed by value (``infra/cache.content_key``:
     ``transform.t=4`` and ``t: 4.0`` are one policy), except a float given to one of
     :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction."""
     training = training_settings(cfg, beta)
+    for *parents, name in KEYED_BY_THE_WORLD:
+        node = training
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(name, None)
     trainer = training.get("trainer")
     if isinstance(trainer, dict):
         for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
