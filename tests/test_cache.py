@@ -12,6 +12,21 @@ def test_content_key_does_not_depend_on_dict_order():
     assert content_key({"a": 1, "b": {"x": 1, "y": 2}}) == content_key({"b": {"y": 2, "x": 1}, "a": 1})
 
 
+def test_content_key_keys_numbers_by_value_and_booleans_apart():
+    """Review finding: ``transform.t=4`` on the command line (an int) and ``t: 4.0`` in a config file gave
+    two policy keys for one setting. Integral floats are keyed as the int they equal -- inside configs too --
+    while a boolean is never the number it subclasses."""
+    from omegaconf import OmegaConf
+
+    from infalign.infra.cache import content_key
+
+    assert content_key({"t": 4, "lr": 1e-4}) == content_key({"t": 4.0, "lr": 0.0001})
+    assert content_key(OmegaConf.create({"x": [1, {"y": -0.0}]})) == content_key({"x": [1.0, {"y": 0}]})
+    assert content_key({"t": 4}) != content_key({"t": 4.5})
+    assert content_key(True) != content_key(1) and content_key(False) != content_key(0.0)
+    assert content_key(float("inf")) != content_key(float("nan"))
+
+
 def test_a_write_that_fails_midway_leaves_no_file_under_the_final_name(tmp_path):
     """atomic_path: the block writes a temp file; a crash before the rename leaves nothing (or the old file)."""
     from infalign.infra.cache import atomic_path, atomic_write_text

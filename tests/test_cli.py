@@ -46,6 +46,16 @@ def test_train_cli_writes_files_and_an_offline_wandb_run(tmp_path, tiny_cache):
     assert "eval/reward_model/bon4_win_rate" in summary and "theory/bon4_win_rate" in summary
     missing = [key for key in summary if key.encode() not in logged]
     assert not missing, f"summary keys not in the W&B run: {missing}"
+    # review finding: Hydra rewrites .hydra/ for an attempt that then refuses the dir (another run's), and
+    # the report listed that attempt's overrides beside this run's results; the record holds the run's own
+    own = [*overrides, "logger=wandb", f"paths.cache_dir={tiny_cache}"]
+    assert metrics["overrides"] == own
+    run_cli(str(BIN / "infalign-train"), *overrides, "transform.t=2", f"hydra.run.dir={run_dir}", code=2)
+    assert "transform.t=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    from infalign.report.collect import load_job
+
+    job = load_job(run_dir, tmp_path)
+    assert job.status == "finished" and job.overrides == own
 
 
 @pytest.mark.slow

@@ -667,11 +667,10 @@ def test_a_launched_rank_without_a_named_run_dir_is_a_config_error(tmp_path):
     assert code == 2 and "key:     hydra.run.dir" in err, err
 
 
-def test_a_settings_file_from_another_code_version_is_compared_on_the_keys_both_have(tmp_path, monkeypatch, caplog):
-    """A key this code added since the checkpoint was written (absent from its run_settings.json) is not
-    a difference -- no override could make it match -- only logged; a key both have still must match."""
-    import logging
-
+def test_a_setting_a_settings_file_from_another_code_version_lacks_resumes_at_its_default(tmp_path, monkeypatch):
+    """A key this code added since the checkpoint was written (absent from its run_settings.json) stands
+    for its default (docs/architecture.md §4: an algorithm setting, its Config dataclass's): the checkpoint
+    resumes at that value and is refused at another, as is a key both have that differs."""
     from infalign.pipeline.policy_cache import RESUME_FILE
 
     no_compute(monkeypatch)
@@ -681,9 +680,10 @@ def test_a_settings_file_from_another_code_version_is_compared_on_the_keys_both_
     stored = json.loads(path.read_text())
     del stored["training"]["algo"]["grad_clip"]
     path.write_text(json.dumps(stored))
-    with caplog.at_level(logging.WARNING), pytest.raises(AssertionError, match="compute started"):
+    with pytest.raises(AssertionError, match="compute started"):
         train_app.run(compose_train(cache, old, "ckpt_path=last", "transform.t=4"))
-    assert "training.algo.grad_clip" in caplog.text and "not compared" in caplog.text
+    with pytest.raises(ConfigError, match=r"training\.algo\.grad_clip"):
+        train_app.run(compose_train(cache, old, "ckpt_path=last", "transform.t=4", "algo.grad_clip=0.5"))
     with pytest.raises(ConfigError, match=r"training\.transform\.t"):
         train_app.run(compose_train(cache, old, "ckpt_path=last", "transform.t=2"))
 
@@ -720,16 +720,16 @@ def test_a_corrupt_or_weights_only_or_too_far_checkpoint_is_refused_before_compu
 
 def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_path, monkeypatch):
     """A finished run with no checkpoint (its policy came from the policy cache): ``last_or_new`` with
-    the same settings re-runs it (to the compute this test forbids), with other settings it is refused
-    -- it silently replaced the exp(t=4) run's record with an identity run's."""
-    from infalign.pipeline.record import read_record  # noqa: F401 (the record format written below)
-
+    other training settings is refused -- it silently replaced the exp(t=4) run's record with an identity
+    run's -- and, with the same ones, so are other evaluation settings (evaluating again replaced the
+    run's results: review finding), while the same settings keep the run as it is, without compute."""
     no_compute(monkeypatch)
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     cfg = compose_train(cache, run_dir, "transform.t=4")
     run_dir.mkdir()
-    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "run_name": "done",
-                                                      "config": OmegaConf.to_container(cfg, resolve=False)}))
+    record = {"status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
+              "config": OmegaConf.to_container(cfg, resolve=True)}
+    (run_dir / "metrics.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
         train_app.run(compose_train(cache, run_dir, "transform.t=2", "ckpt_path=last_or_new"))
     assert json.loads((run_dir / "metrics.json").read_text())["run_name"] == "done"
@@ -738,8 +738,12 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
     for other in ("algo.beta=0.5", "algo.steps=3"):
         with pytest.raises(ConfigError, match=r"ckpt_path.*training\.algo\.(beta|steps)"):
             train_app.run(compose_train(cache, run_dir, "transform.t=4", other, "ckpt_path=last_or_new"))
-    with pytest.raises(AssertionError, match="compute started"):
-        train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new"))
+    for other, key in (("eval.samples=5", r"eval\.samples"), ("procedure=won", r"procedure\.name"),
+                       ("data.eval_prompts=4", r"data\.eval_prompts")):
+        with pytest.raises(ConfigError, match=rf"ckpt_path.*evaluated with other values of \[.*{key}"):
+            train_app.run(compose_train(cache, run_dir, "transform.t=4", other, "ckpt_path=last_or_new"))
+    kept = train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new"))
+    assert kept["run_name"] == "done" and json.loads((run_dir / "metrics.json").read_text()) == record
 
 
 @pytest.mark.slow

@@ -239,3 +239,29 @@ def test_a_resumed_runs_csv_keeps_the_history_and_the_summary_sits_at_the_last_s
     attempt([0, 1])  # a fresh start (no checkpoint) in the dir: a new history, as Lightning starts one
     rows = list(csv_module.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 1]
+
+
+def test_a_resume_whose_csv_rewrite_fails_midway_keeps_the_history(tmp_path, monkeypatch):
+    """Review finding: the resume's rewrite of metrics.csv (the rows before the resumed step) opened the file
+    with "w": a failure or kill while writing it lost the whole curve logged before the interruption. It is
+    written beside the file and renamed: a write that fails after the header leaves the old file."""
+    import csv as csv_module
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=tmp_path, name="csv", version="")
+    loggers.start(logger, {"seed": 0})
+    for s in range(4):
+        logger.log_metrics({"train/reward": float(s)}, step=s)
+    logger.save()
+    before = (tmp_path / "csv" / "metrics.csv").read_text()
+
+    class DyingWriter(csv_module.DictWriter):
+        def writerows(self, rows):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loggers.csv, "DictWriter", DyingWriter)
+    with pytest.raises(OSError, match="No space left"):
+        loggers.start(CSVLogger(save_dir=tmp_path, name="csv", version=""), {"seed": 0}, resume_step=2)
+    assert (tmp_path / "csv" / "metrics.csv").read_text() == before
+

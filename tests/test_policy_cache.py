@@ -57,6 +57,49 @@ def test_a_settings_file_that_still_holds_the_evaluation_and_runtime_data_keys_r
         policy_cache.check_resume_early(ckpt, other, 0.1, "last")
 
 
+@pytest.mark.parametrize("extra, key", [
+    (["replica=2"], "training.replica"),
+    (["+trainer.gradient_clip_val=0.001"], "training.trainer.gradient_clip_val"),
+    (["+trainer.accumulate_grad_batches=4"], "training.trainer.accumulate_grad_batches"),
+    (["+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging", "+callbacks.swa.swa_lrs=0.5"],
+     "training.callbacks.swa"),
+])
+def test_a_setting_only_one_side_records_matches_only_its_default(tmp_path, extra, key):
+    """Review finding: a key only one side held (replica 0 and unset callbacks are left out of the training
+    settings, a ``+trainer.*`` key exists only when given) was logged and not compared, so a replica-0
+    checkpoint resumed as replica 2 and gradient clipping, accumulation or a callback could join mid-run.
+    Such a key now matches only its default -- a settings file written before replica and callbacks were
+    stored (without them) still resumes as itself and with a trainer key set to Lightning's default -- in
+    both directions, and a finished run is not re-run as another configuration's either."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+
+    base = ["algo=bon_sft", "algo.steps=4"]
+    cfg, other = compose_train(tmp_path, tmp_path, *base), compose_train(tmp_path, tmp_path, *base, *extra)
+    ckpt = tmp_path / "checkpoints"
+    old = policy_cache._resume_training(cfg, None)
+    del old["replica"], old["callbacks"]  # as the settings file was written before they were stored
+    (ckpt.mkdir(), (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps({"training": old})))
+    policy_cache.check_resume_early(ckpt, cfg, None, "last")
+    policy_cache.check_resume_early(ckpt, compose_train(tmp_path, tmp_path, *base, "+trainer.accumulate_grad_batches=1",
+                                                        "+trainer.gradient_clip_val=null"), None, "last")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        policy_cache.check_resume_early(ckpt, other, None, "last")
+    atomic_write_json(ckpt / policy_cache.RESUME_FILE, {"training": policy_cache._resume_training(other, None)})
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # the other way round
+        policy_cache.check_resume_early(ckpt, cfg, None, "last")
+    run = tmp_path / "run"
+    atomic_write_json(run / "metrics.json", {"version": 1, "status": "finished", "eval": {"judges": {}},
+                                             "config": OmegaConf.to_container(cfg, resolve=True)})
+    policy_cache.check_finished_run(run, cfg)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        policy_cache.check_finished_run(run, other)
+
+
 def test_an_infinite_setting_resumes_and_reruns_as_itself(tmp_path):
     """A setting of inf (``algo.grad_clip=inf``: no clipping) is
     written as null (strict JSON, infra/cache.json_safe): the stored settings, the checkpoint's
@@ -86,6 +129,46 @@ def test_an_infinite_setting_resumes_and_reruns_as_itself(tmp_path):
         policy_cache.check_resume_early(ckpt, other, 0.1, "last")
     with pytest.raises(ConfigError, match=r"algo\.grad_clip"):
         policy_cache.check_finished_run(run, other)
+
+
+def test_equal_numbers_are_one_policy_but_a_fraction_of_batches_is_not_a_count(tmp_path):
+    """Review finding: ``transform.t=4`` (an int) and the config file's ``t: 4.0`` trained and cached the
+    same policy twice (infra/cache.content_key now keys numbers by value). Lightning reads an int
+    ``limit_train_batches`` as a count of batches and a float as a fraction of the epoch: those stay apart."""
+    base = policy_key(compose_train(tmp_path, tmp_path, "transform=exp", "transform.t=4.0"), _World(), 0.1)
+    assert policy_key(compose_train(tmp_path, tmp_path, "transform=exp", "transform.t=4"), _World(), 0.1) == base
+    assert policy_key(compose_train(tmp_path, tmp_path, "transform=exp", "transform.t=4.5"), _World(), 0.1) != base
+    count, fraction = (policy_key(compose_train(tmp_path, tmp_path, f"+trainer.limit_train_batches={v}"), _World(), 0.1)
+                       for v in ("1", "1.0"))
+    assert count != fraction
+
+
+def test_where_a_model_is_read_from_is_keyed_by_its_contents_not_its_path(tmp_path):
+    """Review finding: the policy key held ``policy.name_or_path``, ``reward.name_or_path`` and
+    ``reward.train.accelerator``, whose effect the key already holds as the world's fingerprints (a local
+    dir's files, a hub model's commit; a Bradley-Terry model's files), so a model dir moved or copied
+    elsewhere retrained an identical policy. The same fingerprints are one key whatever the paths; other
+    fingerprints at the same paths are another."""
+    from types import SimpleNamespace
+
+    from infalign.pipeline.world import fingerprint_dir
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"same weights")
+    same = fingerprint_dir(tmp_path / "a")
+    assert fingerprint_dir(tmp_path / "b") == same
+
+    def world(fingerprint):
+        return SimpleNamespace(reference_fingerprint=fingerprint, reward_fingerprint="rm", train_prompts=["a0 ->"])
+
+    def key(path, fingerprint, *extra):
+        return policy_key(compose_train(tmp_path, tmp_path, f"policy.name_or_path={path}",
+                                        f"reward.name_or_path={path}", *extra), world(fingerprint), 0.1)
+
+    base = key(tmp_path / "a", same)
+    assert key(tmp_path / "b", same, "+reward.train.accelerator=cpu") == base
+    assert key(tmp_path / "a", "other weights") != base
 
 
 def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
@@ -412,3 +495,39 @@ def test_the_early_resume_check_compares_a_given_beta(tmp_path):
     check_resume_early(tmp_path, cfg, None, "last")  # kl_target: beta not known yet
     with pytest.raises(ConfigError, match="algo.beta"):
         check_resume_early(tmp_path, cfg, 0.2, "last")
+
+
+def test_a_resume_under_other_code_is_warned_about_and_returned_not_refused(tmp_path, caplog):
+    """Review finding: run_settings.json recorded neither the training code nor the library versions, so a
+    resume after a code change or an upgrade continued silently. The file records them (the training code's
+    digest: docstring and comment edits keep it); a resume under other code is warned about and returned
+    for the run's record (docs/architecture.md §4: not refused), and a file without them says so."""
+    import json
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.policy_cache import RESUME_FILE, check_resume, code_digest, resume_settings
+
+    class World(_World):
+        stats = {}
+
+    cfg = OmegaConf.create({"algo": {"name": "ctrl", "lr": 1e-3}, "seed": 0})
+    settings = resume_settings(cfg, World(), 0.1)
+    assert settings["code"] == code_digest() and set(settings["versions"]) == {"torch", "transformers", "lightning"}
+    assert check_resume(tmp_path, settings, False, "last") == {}
+    assert check_resume(tmp_path, settings, True, "last") == {}
+    stored = json.loads((tmp_path / RESUME_FILE).read_text())
+    stored["code"], stored["versions"]["torch"] = "0" * 16, "1.0"
+    (tmp_path / RESUME_FILE).write_text(json.dumps(stored))
+    with caplog.at_level(logging.WARNING, logger="infalign.pipeline.policy_cache"):
+        changed = check_resume(tmp_path, settings, True, "last")
+    assert changed == {"code": {"checkpoint": "0" * 16, "run": code_digest()},
+                       "torch": {"checkpoint": "1.0", "run": settings["versions"]["torch"]}}
+    assert "RESUMING UNDER OTHER CODE" in caplog.text
+    del stored["code"], stored["versions"]  # a file written before they were recorded
+    (tmp_path / RESUME_FILE).write_text(json.dumps(stored))
+    changed = check_resume(tmp_path, settings, True, "last")
+    assert set(changed) == {"code", "torch", "transformers", "lightning"}
+    assert all(v["checkpoint"] is None for v in changed.values())
+

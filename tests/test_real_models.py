@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -290,6 +291,42 @@ def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path
     monkeypatch.setattr(world_mod, "modules_digest", edited_digest)
     edited = world_mod.load_world(cfg, tmp_path / "cache")
     assert "REWARD_TRAINING_CODE" in seen and edited.stats["reward_trained"] is True
+
+
+@pytest.mark.slow
+def test_a_damaged_trained_reward_model_is_rebuilt_not_loaded(assets, tmp_path, caplog):
+    """Review finding: the cached Bradley-Terry model had no checksums -- a truncated model.safetensors was a
+    cache hit that failed to load on every later run, a flipped byte was used silently, a truncated
+    reward_training.json raised JSONDecodeError. Its manifest (infra/cache.write_manifest; hidden, so the
+    model's fingerprint is its files') finds each: the entry is deleted and retrained, the same model."""
+    cfg = OmegaConf.create({
+        "reward": {"train": {"enabled": True, "steps": 2, "lr": 1e-3, "warmup": 0, "weight_decay": 0.0,
+                             "accelerator": "cpu"}, "max_length": 64, "input": "joined"},
+        "data": {"batch_size": 2, "seed": 0},
+        "trainer": {"accelerator": "cpu", "precision": "32-true", "progress_bar": "none"}})
+
+    class Pairs:
+        def pairs(self, split):
+            return [("p1", "a b", "b a"), ("p2", "a", "b"), ("p3", "b b", "a a"), ("p4", "a a", "b")]
+
+    tok = load_tokenizer(str(assets / "lm_plain"), "right", key="reward.name_or_path")
+
+    def train():
+        return world_mod.train_reward_model(cfg, Pairs(), str(assets / "lm_plain"), tok, tmp_path / "cache")
+
+    path, stats = train()
+    path = Path(path)
+    assert stats["reward_trained"] and (path / world_mod.REWARD_MANIFEST).is_file()
+    fingerprint = world_mod.fingerprint_dir(path)
+    assert train()[1]["reward_trained"] is False  # intact: a hit
+    weights = path / "model.safetensors"
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b[:-100] + bytes([b[-100] ^ 0xFF]) + b[-99:]):
+        weights.write_bytes(damage(weights.read_bytes()))
+        assert train()[1]["reward_trained"] is True
+        load_reward_model(str(path), tokenizer=tok)
+    (path / world_mod.REWARD_TRAINING_FILE).write_text('{"val_loss": 0.')
+    assert train()[1]["reward_trained"] is True
+    assert "corrupt cache entry" in caplog.text and world_mod.fingerprint_dir(path) == fingerprint
 
 
 def test_reward_model_from_a_causal_lm_keeps_its_transformer_and_adds_a_scalar_head(assets):

@@ -904,6 +904,27 @@ def test_a_refused_attempt_does_not_relabel_the_finished_runs_overrides(tmp_path
     assert job.status == "finished" and job.overrides == ["transform.t=4"]
 
 
+def test_the_report_reads_a_runs_overrides_from_its_record_not_from_a_refused_attempts_hydra_dir(tmp_path):
+    """Review finding: Hydra rewrites .hydra/overrides.yaml (and config.yaml) before a run refuses the dir,
+    and a refusal before any record is written (another run's dir) left no trace: the report listed the
+    refused attempt's overrides beside the finished run's results. The run records its own overrides
+    (metrics.json ``overrides``, also when it failed); the report reads them first, then those saved beside
+    its checkpoints, and .hydra's only for a record without either."""
+    from infalign.report.collect import load_job
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    metrics = per_prompt_metrics("identity", info, 0.3, 0.3, {})
+    write_job(tmp_path, "0", ["transform.t=2", "algo.beta=0.5"], {**metrics, "overrides": ["transform.t=4"]})
+    job_dir = tmp_path / "0"
+    (job_dir / "checkpoints").mkdir()
+    (job_dir / "checkpoints" / "run_overrides.yaml").write_text('- "transform.t=8"\n')
+    assert load_job(job_dir, tmp_path).overrides == ["transform.t=4"]
+    write_job(tmp_path, "1", ["transform.t=2"], {"version": 3, "status": "failed", "error": "boom",
+                                                 "overrides": ["transform.t=16"], "config": {}})
+    job = load_job(tmp_path / "1", tmp_path)
+    assert job.status == "failed" and job.overrides == ["transform.t=16"]
+
+
 def test_the_narrower_reports_of_a_sweep_get_their_own_wandb_run_names(tmp_path):
     """Every report run of a sweep was named ``report`` in the sweep's group: ``report_t``,
     ``report_baselines`` ... could not be told apart on the dashboard."""

@@ -37,7 +37,9 @@ def finished_json() -> dict:
                             "at_measured_kl": {"kl": 0.3, "reachable": True, "standard_win_rate": 0.62,
                                                "bon4_win_rate": 0.72, "bon1_win_rate": 0.62}}},
         "kl_ratio": 0.75, "timings": {"train_s": 2.0}, "cache": {"policy_hit": False},
-        "world": {"reward_val_accuracy": 0.9}, "data_reports": None, "config": {"seed": 1},
+        "resumed": {"checkpoint": "run/checkpoints/last.ckpt", "from_step": 4,
+                    "changed": {"torch": {"checkpoint": "2.12.0", "run": "2.13.0"}}},
+        "world": {"reward_val_accuracy": 0.9}, "data_reports": None, "overrides": ["seed=1"], "config": {"seed": 1},
     }
 
 
@@ -52,9 +54,10 @@ def test_finished_record_round_trips_exactly():
 
 def test_unfinished_record_has_only_what_is_known():
     rec = RunRecord(run_name="x", status="failed", error="ValueError: boom", timings={"world_s": 1.0},
-                    config={"seed": 0}, beta=0.3)
+                    overrides=["seed=0"], config={"seed": 0}, beta=0.3)
     assert rec.to_json() == {"version": SCHEMA_VERSION, "run_name": "x", "status": "failed",
-                             "error": "ValueError: boom", "timings": {"world_s": 1.0}, "config": {"seed": 0}}
+                             "error": "ValueError: boom", "timings": {"world_s": 1.0}, "overrides": ["seed=0"],
+                             "config": {"seed": 0}}
     assert "error" not in RunRecord(run_name="y").to_json()
 
 
@@ -79,8 +82,9 @@ def test_version_1_records_load_without_response_statistics():
     data = finished_json()
     data["version"] = 1
     data["eval"].pop("responses")
+    data.pop("resumed"), data.pop("overrides")  # (version 3)
     rec = RunRecord.from_json(data)
-    assert rec.version == 1 and rec.eval.responses is None
+    assert rec.version == 1 and rec.eval.responses is None and rec.resumed is None and rec.overrides is None
     assert not any(k.startswith("eval/policy") for k in rec.wandb_summary())
     row = job_row(Job(job="0", path=Path("0"), status="finished", record=rec, config={}), ["reward_model"])
     assert row["policy_eos_rate"] is None and row["reference_response_len_mean"] is None

@@ -110,6 +110,86 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
     assert resumed["eval"]["judges"] == straight["eval"]["judges"]
 
 
+@pytest.mark.slow
+def test_a_save_of_the_policy_dir_that_fails_midway_leaves_the_previous_one_whole(cache_dir, tmp_path, monkeypatch):
+    """Review finding: policy/ was written in place (save_pretrained into the run dir), so a resume that
+    failed or was killed while saving left new weights beside old files. It is written beside and moved
+    into place: the tokenizer's save failing after the new weights were written leaves the old dir."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    run_dir = tmp_path / "run"
+    run(cache_dir, run_dir, "algo.steps=2", "policy_cache=false", "save_policy=true")
+    before = {p.name: p.read_bytes() for p in (run_dir / "policy").iterdir()}
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(cache_dir, run_dir, "algo.steps=3", "policy_cache=false", "save_policy=true", "ckpt_path=last")
+    assert {p.name: p.read_bytes() for p in (run_dir / "policy").iterdir()} == before
+    assert [p.name for p in run_dir.iterdir() if p.name.startswith(".policy")] == []
+
+
+@pytest.mark.slow
+def test_a_diverged_policy_is_a_named_error_and_never_cached(tiny_cache, tmp_path):
+    """Review finding: a policy that diverged (lr=1e30: finite but exploded weights) was stored in the policy
+    cache, then failed in evaluation with torch's "probability tensor contains either inf, nan" -- and every
+    later run of the config loaded it and failed the same way. The training stage now checks the trained
+    policy's next-token distribution and raises a FloatingPointError naming the stage before caching it."""
+    cache = tiny_cache  # (a cache of its own: no policy in it)
+    for attempt in ("a", "b"):  # the second attempt trains again (nothing was cached) and fails the same way
+        with pytest.raises(FloatingPointError, match="stage train: the trained policy has diverged"):
+            run(cache, tmp_path / attempt, "transform=exp", "algo.lr=1e30", "algo.steps=1")
+        assert json.loads((tmp_path / attempt / "metrics.json").read_text())["status"] == "failed"
+        assert not list((cache / "policies").glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_again(cache_dir, tmp_path,
+                                                                                      monkeypatch):
+    """Review finding: ckpt_path=last / last_or_new into a finished run (its checkpoint at the asked step)
+    compared only the training settings, then evaluated again with whatever procedure and eval settings
+    were given and replaced metrics.json. Now the same settings keep the run as it is (no compute), other
+    evaluation settings are refused naming them, and more steps still continue it."""
+    run_dir = tmp_path / "run"
+    first = run(cache_dir, run_dir, "policy_cache=false")
+    on_disk = (run_dir / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"ckpt_path.*evaluated with other values of .*'eval\.ns'.*'procedure\.n'"):
+        run(cache_dir, run_dir, "policy_cache=false", "ckpt_path=last_or_new", "procedure=won", "procedure.n=2",
+            "eval.samples=6", "eval.ns=[1,2]")
+    assert (run_dir / "metrics.json").read_bytes() == on_disk
+
+    def no_compute(*a, **k):
+        raise AssertionError("compute started")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_stages, "load_world", no_compute)
+        for how in ("last_or_new", "last"):
+            kept = run(cache_dir, run_dir, "policy_cache=false", f"ckpt_path={how}")
+            assert kept["eval"] == first["eval"] and (run_dir / "metrics.json").read_bytes() == on_disk
+    longer = run(cache_dir, run_dir, "policy_cache=false", "ckpt_path=last_or_new", "algo.steps=3")
+    assert longer["steps"] == 3 and longer["resumed"]["from_step"] == 2
+
+
+@pytest.mark.slow
+def test_a_resume_under_other_code_is_recorded_in_the_run(cache_dir, tmp_path):
+    """Review finding: a resume after the training code changed continued silently. The run's record says
+    which checkpoint it continued, from what step, and what differs from the code that trained it."""
+    from infalign.pipeline.policy_cache import RESUME_FILE, code_digest
+
+    first = run(cache_dir, tmp_path / "run", "algo.steps=2", "policy_cache=false")
+    assert first["resumed"] is None
+    settings = tmp_path / "run" / "checkpoints" / RESUME_FILE
+    stored = json.loads(settings.read_text())
+    settings.write_text(json.dumps({**stored, "code": "0" * 16}))  # as if trained before a code change
+    resumed = run(cache_dir, tmp_path / "run", "algo.steps=3", "policy_cache=false", "ckpt_path=last")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["resumed"] == resumed["resumed"] == {
+        "checkpoint": str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "from_step": 2,
+        "changed": {"code": {"checkpoint": "0" * 16, "run": code_digest()}}}
+
+
 @pytest.mark.parametrize("algo, steps, every, saves", [
     # PPO: 2 epochs x 2 minibatches = 4 optimizer steps per RL step. Lightning's own cadence saved only
     # where global_step % 5 == 0 lands on an RL step's end (20), and kept that older last.ckpt at the end
@@ -354,6 +434,8 @@ def test_an_offline_run_whose_trainer_is_not_step_indexed_restarts_instead(cache
 
     args = ["algo=bon_sft", "algo.steps=4", "policy_cache=false", "+trainer.max_epochs=100"]
     run(cache_dir, tmp_path / "run", *args)
+    # interrupted after its last checkpoint (a finished run would be kept as it is: nothing to train)
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
     trained = []
     step = LMPretrainModule.training_step
     LMPretrainModule.training_step = lambda self, *a: trained.append(self.global_step) or step(self, *a)

@@ -113,6 +113,43 @@ def test_checkpoint_holds_the_policy_only_and_the_optimizer_unless_switched_off(
     assert ckpt["global_step"] == 2
 
 
+@pytest.mark.slow
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    """Review finding: Lightning writes last.ckpt to a temp file in TMPDIR and moves it into place; across
+    file systems (a local TMPDIR, a run dir on NFS / Lustre) the move copies into the existing last.ckpt,
+    and a kill during the copy destroyed the only checkpoint. The move is made to fail half-way through
+    its copy at the second save: the first save's checkpoint must still be there, whole, and alone
+    (training/checkpoint.py writes beside the file and renames)."""
+    import shutil
+    import zipfile
+
+    class Killed(Exception):
+        pass
+
+    moves = []
+
+    def cross_device_move(src, dst, *args, **kwargs):  # shutil.move's copy fallback, killed half-way
+        moves.append(dst)
+        if len(moves) < 2:
+            return real_move(src, dst, *args, **kwargs)
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            fout.write(fin.read()[: 1000])
+        raise Killed("SIGKILL during the copy")
+
+    real_move = shutil.move
+    monkeypatch.setattr(shutil, "move", cross_device_move)
+    _, trainers = trainers_of(tmp_path, "trainer.progress_bar=none", "checkpoint_every=1")
+    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.05, "steps": 2, "group_size": 2,
+                           "prompts_per_step": 2, "max_new_tokens": 4, "grad_clip": 0.0})
+    with pytest.raises(Killed):
+        fit_policy(tp.world(), OmegaConf.create({"seed": 0}), algo, Identity(), tp.calibration_table(), trainers,
+                   None)
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert len(moves) == 2 and [p.name for p in ckpt_dir.iterdir()] == ["last.ckpt"]
+    assert zipfile.is_zipfile(ckpt_dir / "last.ckpt")
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=False)["global_step"] == 1
+
+
 def test_predict_factory_is_what_the_pools_call(tmp_path):
     """A plain ``functools.partial(L.Trainer, ...)`` is a valid factory too (benchmarks, tests)."""
     make = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_model_summary=False)

@@ -483,9 +483,17 @@ def interrupted(exc: BaseException) -> bool:
         isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
 
 
+def task_overrides() -> list[str] | None:
+    """The run's command-line overrides (Hydra's task overrides; None outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timings: dict) -> dict:
     """``metrics.json`` of a run that did not finish: ``status`` (``failed`` / ``interrupted``), the
-    error, the stage timings so far and the config (unresolvable values left as written)."""
+    error, the stage timings so far, the run's overrides and the config (unresolvable values left as
+    written)."""
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the error may be in resolving the config itself
@@ -496,7 +504,8 @@ def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timing
         status, error = "interrupted", "KeyboardInterrupt: interrupted by the user (Ctrl-C)"
     else:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
-    return RunRecord(run_name=name, status=status, error=error, timings=timings, config=config).to_json()
+    return RunRecord(run_name=name, status=status, error=error, timings=timings, overrides=task_overrides(),
+                     config=config).to_json()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

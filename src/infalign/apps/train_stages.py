@@ -15,24 +15,29 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
 from infalign.apps.train import (
+    RESUME,
     check_checkpoint_steps,
+    checkpoint_contents,
     failure_record,
     offline_resume_step,
     resolve_ckpt,
+    task_overrides,
     write_failure,
 )
 from infalign.infra import distributed
+from infalign.infra.cache import atomic_dir
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
 from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
-from infalign.pipeline.fit import calibration_table, fit_policy
+from infalign.pipeline.fit import calibration_table, check_trained_policy, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import (
     check_finished_run,
     check_resume,
     check_resume_early,
+    finished_record_to_keep,
     policy_key,
     resume_settings,
     save_overrides,
@@ -90,6 +95,14 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 fit_ckpt, resume_step = None, 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
             check_finished_run(out_dir, cfg)
+        target = algo.cfg.steps * algo.optimizer_steps_per_batch
+        if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= target):
+            # a finished run here with nothing left to train: done if evaluated as asked, else refused
+            kept = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path))
+            if kept is not None:
+                log.info("%s records this run, finished with these training and evaluation settings: nothing to "
+                         "do (kept as it is)", out_dir / "metrics.json")
+                return kept
         started = logger is not None and ckpt is None
         if started:  # the run exists from now on, so a job that fails in any stage shows up (failed)
             loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
@@ -113,8 +126,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
 
         settings = resume_settings(cfg, world, algo.beta)
         ckpt_dir = out_dir / "checkpoints"
+        resumed = None  # a resume: what it continued, and whether other code trained the checkpoint
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
-            check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
+            changed = check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
+            resumed = {"checkpoint": str(ckpt), "from_step": resume_step, "changed": changed}
             if logger is not None:
                 loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
 
@@ -123,8 +138,9 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             fresh_here = ckpt is None or Path(ckpt).parent.resolve() != ckpt_dir.resolve()
             if fresh_here and distributed.rank() == 0:
                 check_resume(ckpt_dir, settings, False, str(cfg.ckpt_path))
-                save_overrides(ckpt_dir, task_overrides())
+                save_overrides(ckpt_dir, task_overrides() or [])
             fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
+            check_trained_policy(world)  # a diverged policy: a named error, before the policy cache stores it
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
@@ -134,8 +150,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             else:
                 train()
         if cfg.save_policy and distributed.rank() == 0:
-            world.policy.save_pretrained(out_dir / "policy")
-            world.tokenizer.save_pretrained(out_dir / "policy")
+            # written beside and moved into place: a failure or kill mid-save leaves the previous policy/ whole
+            with atomic_dir(out_dir / "policy") as tmp:
+                world.policy.save_pretrained(tmp)
+                world.tokenizer.save_pretrained(tmp)
 
         # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none, nor for
         # a pooled calibrated reward, docs/method.md (2.4))
@@ -158,8 +176,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             timings=timings, cache={"toy_built": world.stats.get("toy_built"), "calibration_hit": calib_hit,
                                     "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
                                     "eval_policy_hit": ev.policy_pool_cache_hit},
+            resumed=resumed,
             world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
+            overrides=task_overrides(),  # the report's (Hydra rewrites .hydra/ for every later attempt here)
             config=OmegaConf.to_container(cfg, resolve=True),
         )
         metrics = rec.to_json()
@@ -195,11 +215,9 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
     return metrics
 
 
-def task_overrides() -> list[str]:
-    """The run's command-line overrides (Hydra's task overrides; none outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+def trained_steps(ckpt: str) -> int:
+    """The optimizer steps the checkpoint ``ckpt`` has trained (its ``global_step``)."""
+    return int(checkpoint_contents(ckpt).get("global_step", 0))
 
 
 @contextlib.contextmanager

@@ -115,10 +115,37 @@ def _stale_mark(name: str, path: str) -> bytes:
     return f"stale:{name}:{os.getpid()}:{IMPORTED_AT!r}".encode()
 
 
-def content_key(*parts: Any, length: int = 16) -> str:
-    """SHA-256 (hex, truncated) of a canonical JSON encoding of ``parts`` (dicts sorted by key)."""
+def content_key(*parts: Any, length: int = 16, canonical_numbers: bool = True) -> str:
+    """SHA-256 (hex, truncated) of a canonical JSON encoding of ``parts`` (dicts sorted by key; configs,
+    paths and tensors as :func:`_json_default` encodes them).
+
+    Numbers are keyed by value (:func:`canonical_numbers`): an integral float is encoded as the int it
+    equals, so ``transform.t=4`` on the command line (an int) and ``t: 4.0`` in a config file (a float)
+    give one key; booleans stay booleans. A setting whose *type* changes what it does (Lightning's
+    ``limit_train_batches``: int = batches, float = fraction) must be tagged by the caller
+    (``pipeline/policy_cache.policy_key``). ``canonical_numbers=False``: the encoding of keys written
+    before numbers were canonical, for a key that is recorded as an identity rather than used to find
+    a cache entry (``toy/build.ToyArtifacts.world_key``)."""
+    if canonical_numbers:
+        parts = canonical_number_values(parts)
     blob = json.dumps(parts, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def canonical_number_values(obj: Any) -> Any:
+    """``obj`` with every integral finite float (``4.0``, ``-0.0``, ``1e20``) replaced by the int it
+    equals, through dicts, lists, tuples and configs (converted as :func:`_json_default` converts them;
+    paths and tensors likewise). Booleans -- ints in Python -- and every other value are kept as they
+    are: ``True`` is never ``1``."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        return int(obj) if obj.is_integer() else obj  # (NaN and infinities are not integral)
+    if isinstance(obj, dict):
+        return {k: canonical_number_values(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [canonical_number_values(v) for v in obj]
+    return canonical_number_values(_json_default(obj))
 
 
 def _json_default(obj: Any) -> Any:
@@ -245,6 +272,48 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 class CorruptCacheError(RuntimeError):
     """A cache file exists but its checksum or structure is wrong."""
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(directory: str | os.PathLike, key: str, name: str = MANIFEST, **extra: Any) -> dict:
+    """Write ``directory/name``: the cache ``key``, ``extra`` fields, and ``files``, the SHA-256 of every
+    file under ``directory`` (by relative path; the manifest itself left out). Called last, on a directory
+    about to be moved into place (``atomic_dir``); :func:`read_manifest` checks it."""
+    directory = Path(directory)
+    files = {str(p.relative_to(directory)): sha256_file(p) for p in sorted(directory.rglob("*"))
+             if p.is_file() and p != directory / name}
+    manifest = {"key": key, **extra, "files": files}
+    atomic_write_json(directory / name, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike, key: str, name: str = MANIFEST, required: Sequence[str] = (),
+                  verify: bool = True) -> dict:
+    """The manifest :func:`write_manifest` wrote in ``directory``; :class:`CorruptCacheError` unless it
+    exists, parses, carries ``key``, lists every ``required`` entry (a path, or ``"<dir>/"``: some file
+    under it) and (``verify``) every listed file exists with its recorded checksum -- a truncated or
+    altered file, or a directory left half-written, is never a cache hit."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / name).read_text())
+        files, found_key = manifest["files"], manifest["key"]
+        if not isinstance(files, dict):
+            raise TypeError(f"files is a {type(files).__name__}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptCacheError(f"{directory}: bad manifest ({type(exc).__name__}: {exc})") from exc
+    if found_key != key:
+        raise CorruptCacheError(f"{directory}: manifest key {found_key!r} != {key!r}")
+    for entry in required:
+        if not (any(f.startswith(entry) for f in files) if entry.endswith("/") else entry in files):
+            raise CorruptCacheError(f"{directory}: manifest lists no {entry}")
+    if verify:
+        for rel, digest in files.items():
+            p = directory / rel
+            if not p.is_file() or sha256_file(p) != digest:
+                raise CorruptCacheError(f"{directory}: {rel} missing or checksum mismatch")
+    return manifest
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:

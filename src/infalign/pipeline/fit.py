@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -44,3 +45,38 @@ def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, ta
     # the "dataloader" only counts steps: prompts and seeds are functions of the step
     trainers.fit(max_steps=steps * algo.optimizer_steps_per_batch).fit(
         module, DataLoader(range(steps), batch_size=None), ckpt_path=ckpt_path)
+
+
+PROBE_PROMPTS = 4  # training prompts whose next-token distribution check_trained_policy checks
+
+
+def check_trained_policy(world) -> None:
+    """Raise ``FloatingPointError`` naming the stage when the trained ``world.policy`` has diverged:
+    a non-finite weight, or NaN / infinite next-token logits after the first :data:`PROBE_PROMPTS`
+    training prompts (one forward each, in eval mode; finite but exploded weights give those, and
+    sampling from them failed later with torch's "probability tensor contains either inf, nan"). Run
+    right after training, before the policy is stored in the policy cache or evaluated, so a diverged
+    policy is never cached."""
+    from infalign.models.generation import prompt_token_limit
+
+    policy, tokenizer = world.policy, world.tokenizer
+    bad = [name for name, p in policy.named_parameters() if not bool(torch.isfinite(p).all())]
+    broken = f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
+    if not broken:
+        device = next(policy.parameters()).device
+        limit = prompt_token_limit(policy, 1)
+        was_training = policy.training
+        policy.eval()
+        try:
+            with torch.no_grad():
+                for i, prompt in enumerate(world.train_prompts[:PROBE_PROMPTS]):
+                    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, -limit if limit else 0:]
+                    if not bool(torch.isfinite(policy(input_ids=ids.to(device)).logits[:, -1]).all()):
+                        broken = f"NaN or infinite next-token logits on training prompt {i}"
+                        break
+        finally:
+            policy.train(was_training)
+    if broken:
+        raise FloatingPointError(f"stage train: the trained policy has diverged: {broken}; it is not cached "
+                                 "nor evaluated (lower algo.lr, or check the rewards)")
+

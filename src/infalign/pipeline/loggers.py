@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from infalign.infra.cache import atomic_write_text
+from infalign.infra.cache import atomic_path, atomic_write_text
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import wandb_mode
 
@@ -41,15 +41,22 @@ def start(logger: Logger, config: dict, resume_step: int | None = None) -> None:
     step, and its CSV history before it is kept -- Lightning's CSV writer deletes an existing
     ``metrics.csv`` when it starts, which erased the steps logged before the interruption; the rows of
     earlier steps are put back (those at or after ``resume_step`` are replayed by the resumed run) and
-    the writer appends after them (rank 0, the one that writes)."""
+    the writer appends after them (rank 0, the one that writes). They are written to a file beside
+    ``metrics.csv`` before the writer starts and renamed over it once it has: a failure or kill while
+    they are written leaves the old history whole."""
     previous = _csv_history(logger, resume_step) if resume_step is not None and rank_zero_only.rank == 0 else None
-    experiment = logger.experiment
-    if previous is not None:
+    if previous is None:
+        experiment = logger.experiment
+    else:
         path, header, rows = previous
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
+        # the kept rows are written beside the file first, and renamed over it right after the writer has
+        # deleted it: a failure or kill while they are written leaves the whole old file
+        with atomic_path(path) as tmp:
+            with tmp.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+            experiment = logger.experiment
         experiment.metrics_keys = sorted(header)
     logger.log_hyperparams(config)
 

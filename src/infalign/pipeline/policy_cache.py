@@ -22,6 +22,7 @@ key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -137,17 +138,55 @@ def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
     """What a run's checkpoints depend on: the world's models (fingerprints) and
     :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
     asked to train longer -- unless the algorithm's schedule depends on it (``resume_may_extend``
-    false: BoN-SFT's learning rate decays over ``algo.steps``). JSON-normalised as the settings file
-    stores it (:func:`_as_json`), as :func:`check_resume` compares it."""
+    false: BoN-SFT's learning rate decays over ``algo.steps``); and the code that trains
+    (:data:`CODE_RECORD`: the training code's digest, :func:`code_digest`, and the versions of
+    :data:`LIBRARIES`). JSON-normalised as the settings file stores it (:func:`_as_json`), as
+    :func:`check_resume` compares it."""
     return _as_json({"world": [world.reference_fingerprint, world.reward_fingerprint],
                      "hub": world.stats.get("hub_commits", {}),
-                     "training": _resume_training(cfg, beta)})
+                     "training": _resume_training(cfg, beta),
+                     "code": code_digest(), "versions": library_versions()})
+
+
+# Libraries whose version can change what a resumed training computes (kernels, optimizer and loop code).
+LIBRARIES = ("torch", "transformers", "lightning")
+# Settings-file keys that say which code trained the checkpoint: a resume under other code is warned about
+# and recorded (metrics.json ``resumed.changed``), not refused (docs/architecture.md §4).
+CODE_RECORD = ("code", "versions")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`LIBRARIES` (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {name: installed(name) for name in LIBRARIES}
+
+
+def code_changes(stored: dict, settings: dict) -> dict:
+    """``{what: {"checkpoint": stored value, "run": this run's}}`` for the training code's digest
+    (``code``) and each library of :data:`LIBRARIES` whose value differs between a checkpoint's settings
+    file and this run's settings; a file written before they were recorded gives ``checkpoint: None``."""
+    versions = stored.get("versions") if isinstance(stored.get("versions"), dict) else {}
+    pairs = [("code", stored.get("code"), settings.get("code"))]
+    pairs += [(name, versions.get(name), (settings.get("versions") or {}).get(name)) for name in LIBRARIES]
+    return {name: {"checkpoint": old, "run": new} for name, old, new in pairs if old != new}
 
 
 def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
+    """:func:`training_settings` as a settings file stores them: without ``algo.steps`` when the algorithm
+    may train longer on resume, and with ``replica`` and ``callbacks`` always written (0 and ``{}`` when
+    unset, where the policy key leaves them out)."""
     from infalign.training.algorithms import ALGORITHMS
 
     training = training_settings(cfg, beta)
+    training["replica"] = int(cfg.get("replica") or 0)
+    training.setdefault("callbacks", {})
     algo = training.get("algo")
     if isinstance(algo, dict) and getattr(ALGORITHMS.get(algo.get("name")), "resume_may_extend", True):
         algo.pop("steps", None)
@@ -163,43 +202,117 @@ def _as_json(settings: dict) -> dict:
     return json.loads(json.dumps(json_safe(settings, default=str)))
 
 
-def _differences(a, b, prefix: str = "", depth: int = 3, unknown: list[str] | None = None) -> list[str]:
+# What a settings key that only one side holds (a checkpoint's settings file or a finished run's record, and
+# this run's) stands for: ``replica`` 0 and no callbacks are left out of the policy key, and a ``+trainer.*``
+# or ``+callbacks.*`` key exists only when given. Such a key matches only its default; a key with no
+# default (here, or one_sided_default's: Lightning's trainer defaults, the algorithms' dataclasses) is a
+# difference. (A key added to the training settings elsewhere needs its default here, or every older
+# checkpoint is refused.)
+ONE_SIDED_DEFAULTS: dict[str, object] = {"hub": {}, "training.replica": 0, "training.callbacks": {}}
+
+
+def one_sided_default(key: str, siblings: dict | None = None) -> tuple[bool, object]:
+    """``(known, default)`` of the dotted settings ``key`` when only one side holds it (``siblings``: the
+    keys beside it): :data:`ONE_SIDED_DEFAULTS`, ``training.callbacks.<name>`` -> None (no such
+    callback), ``training.trainer.<argument>`` -> ``lightning.Trainer``'s default for it and
+    ``training.algo.<setting>`` -> the default of the algorithm's ``Config`` dataclass (the algorithm
+    ``siblings["name"]``; a setting added since a checkpoint was written), JSON-normalised as the
+    settings are; anything else is not known."""
+    if key in ONE_SIDED_DEFAULTS:
+        return True, ONE_SIDED_DEFAULTS[key]
+    group, _, name = key.removeprefix("training.").partition(".")
+    if not key.startswith("training.") or not name or "." in name:
+        return False, None
+    if group == "callbacks":
+        return True, None
+    defaults = (_trainer_defaults() if group == "trainer"
+                else _algo_defaults(str((siblings or {}).get("name"))) if group == "algo" else {})
+    return (True, defaults[name]) if name in defaults else (False, None)
+
+
+@functools.cache
+def _trainer_defaults() -> dict:
+    """``lightning.Trainer``'s keyword defaults, as a settings file would store them (:func:`_as_json`)."""
+    import inspect
+
+    import lightning as L
+
+    params = inspect.signature(L.Trainer.__init__).parameters.values()
+    return _as_json({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
+
+
+@functools.cache
+def _algo_defaults(name: str) -> dict:
+    """The defaults of algorithm ``name``'s ``Config`` dataclass fields (``{}`` for an unknown name)."""
+    import dataclasses
+
+    from infalign.training.algorithms import ALGORITHMS
+
+    cls = ALGORITHMS.get(name)
+    if cls is None:
+        return {}
+    return _as_json({f.name: f.default for f in dataclasses.fields(cls.Config)
+                     if f.default is not dataclasses.MISSING})
+
+
+def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
     """Dotted keys whose values differ between the stored settings ``a`` and this run's ``b``. A key only
-    one side has (a settings file written before the key existed, or after it was removed) is not a
-    difference: it goes to ``unknown`` (logged by the caller) -- no override could make it match."""
+    one side holds is compared with the key's default (:func:`one_sided_default`; it differs when there is
+    none): a settings file that leaves out ``replica`` 0 matches replica 0, not replica 1."""
     if isinstance(a, dict) and isinstance(b, dict) and depth > 0:
         out = []
         for k in sorted(set(a) | set(b), key=str):
+            key = f"{prefix}{k}"
             if (k in a) != (k in b):
-                if unknown is not None:
-                    unknown.append(f"{prefix}{k}")
+                known, default = one_sided_default(key, b if k in b else a)
+                if not known:
+                    out.append(key)
+                    continue
+                out += _differences(a.get(k, default), b.get(k, default), key + ".", depth - 1)
                 continue
-            out += _differences(a[k], b[k], f"{prefix}{k}.", depth - 1, unknown)
+            out += _differences(a[k], b[k], key + ".", depth - 1)
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str) -> None:
+def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str) -> dict:
     """Starting fresh: write ``settings`` to ``ckpt_dir/RESUME_FILE``. Resuming (``ckpt_path=last`` /
     ``last_or_new`` found a checkpoint): the checkpoint must have been trained with the same settings,
     else a ``ConfigError`` naming ``ckpt_path`` and the settings that differ -- a resume with missing or
     other overrides would continue another configuration's policy and record it as this one. A
-    checkpoint without the file (written before it existed) is resumed with a warning."""
+    checkpoint without the file (written before it existed) is resumed with a warning.
+
+    The code that trained the checkpoint (:data:`CODE_RECORD`) is not refused when it differs -- the
+    digest covers every syntax change of the training modules, behaviour-neutral ones included, and a
+    refusal would strand the run -- but warned about and returned (:func:`code_changes`; ``{}`` when the
+    same, or when starting fresh), for the run's record to say that its policy was trained by two
+    versions of the code."""
     from infalign.infra.cache import atomic_write_json
 
     path = Path(ckpt_dir) / RESUME_FILE
     if not resuming:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, settings)
-        return
+        return {}
     if not path.is_file():
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
-        return
-    unknown: list[str] = []
+        return {}
     stored = json.loads(path.read_text())
     _drop_non_training_data(stored.get("training"))
-    _refuse_if_different(path, _differences(stored, settings, unknown=unknown), ckpt_path, unknown,
+    compared = [{k: v for k, v in side.items() if k not in CODE_RECORD} for side in (stored, settings)]
+    _refuse_if_different(path, _differences(*compared), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
+    changed = code_changes(stored, settings)
+    if any(v["checkpoint"] is not None for v in changed.values()):
+        log.warning("RESUMING UNDER OTHER CODE: the checkpoint in %s was trained by other code than this run's (%s). "
+                    "Training continues (its settings match), so the policy is trained by both; metrics.json "
+                    "records it under resumed.changed. Delete the checkpoints to train with this code alone.",
+                    path.parent, "; ".join(f"{name} {v['checkpoint']} -> {v['run']}" for name, v in changed.items()))
+    elif changed:
+        log.warning("%s does not record the code that trained the checkpoint (an older infalign wrote it): "
+                    "resuming without knowing whether the training code or %s changed since (recorded in "
+                    "metrics.json under resumed.changed)", path, ", ".join(LIBRARIES))
+    return changed
 
 
 def _moved_hub_models(stored, current) -> str:
@@ -232,16 +345,71 @@ def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
     (same training settings: the same policy, the same record) but not replaced by another
     configuration's: :func:`training_settings` compared (``algo.steps`` included: nothing resumes here),
     ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value)."""
+    path = Path(run_dir) / "metrics.json"
+    differ = _finished_training_differences(path, cfg)
+    if differ:
+        _refuse_if_different(path, differ, "last_or_new")
+
+
+def _finished_training_differences(path: Path, cfg: DictConfig) -> list[str] | None:
+    """The training settings (dotted keys) in which the finished run recorded in ``path`` differs from
+    ``cfg`` (:func:`check_finished_run`); None when ``path`` records no finished run with a config."""
     from infalign.pipeline.record import is_finished, read_record
 
-    path = Path(run_dir) / "metrics.json"
     if not is_finished(path):
-        return
+        return None
     config = read_record(path).config
     if not isinstance(config, dict) or not config:
-        return
+        return None
     stored, current = (_as_json(training_settings(c, None)) for c in (OmegaConf.create(config), cfg))
-    _refuse_other_training(path, stored, current, "last_or_new", without_beta=cfg.algo.get("kl_target") is not None)
+    if cfg.algo.get("kl_target") is not None:  # the record holds the beta it picked; this run picks it later
+        for settings in (stored, current):
+            if isinstance(settings.get("algo"), dict):
+                settings["algo"].pop("beta", None)
+    return _differences({"training": stored}, {"training": current})
+
+
+def evaluation_settings(cfg: DictConfig | dict) -> dict:
+    """What a run's record depends on beyond its trained policy: ``procedure``, ``eval`` and the
+    held-out prompts (``data.eval_prompts``, :data:`NOT_TRAINING_DATA_KEYS`), resolved and
+    JSON-normalised (:func:`_as_json`)."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+    data = cfg.get("data") or {}
+    return _as_json({"procedure": plain(cfg.get("procedure")), "eval": plain(cfg.get("eval")),
+                     "data": {name: plain(data.get(name)) for name in sorted(NOT_TRAINING_DATA_KEYS)}})
+
+
+def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str) -> dict | None:
+    """A resume (``ckpt_path=last`` / ``last_or_new``) into a dir whose ``metrics.json`` records a finished
+    run of this config's training (:func:`training_settings`, ``algo.steps`` included) -- which the caller
+    has found trained as far as this run asks -- would train nothing and evaluate again: the record
+    (``metrics.json``'s object) when the evaluation settings (:func:`evaluation_settings`) are the
+    record's too -- the job is done, and is kept as it is -- else a ``ConfigError`` naming the settings
+    that differ: re-evaluating would replace the finished run's results with another evaluation's. None
+    when the dir records no finished run with evaluation results of this training (a run asking for more
+    steps continues the checkpoint)."""
+    from infalign.errors import ConfigError
+    from infalign.pipeline.record import read_record
+
+    path = Path(run_dir) / "metrics.json"
+    if _finished_training_differences(path, cfg) != []:
+        return None
+    rec = read_record(path)
+    if rec.eval is None or not rec.eval.judges:
+        return None
+    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), depth=2)
+    if differ:
+        raise ConfigError("ckpt_path", ckpt_path, "this dir's finished run, evaluated with the same settings",
+                          f"{path} records a finished run of these training settings, evaluated with other values of "
+                          f"{differ[:8]}: evaluating again would replace its results. Evaluate its policy in a new "
+                          "run dir instead (ckpt_path=<this dir>/checkpoints/last.ckpt there trains no further; "
+                          "a policy from the policy cache is found by the same training settings), or set "
+                          "these settings back")
+    return rec.to_json()
 
 
 def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: str, without_beta: bool) -> None:
@@ -251,24 +419,20 @@ def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: s
         for settings in (stored, current):
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
-    unknown: list[str] = []
-    differ = _differences({"training": stored}, {"training": current}, unknown=unknown)
-    _refuse_if_different(path, differ, ckpt_path, unknown)
+    differ = _differences({"training": stored}, {"training": current})
+    _refuse_if_different(path, differ, ckpt_path)
 
 
-def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, unknown: list[str] = (),
-                         hint: str = "") -> None:
+def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, hint: str = "") -> None:
     from infalign.errors import ConfigError
 
-    if unknown:
-        log.warning("%s and this run's settings do not share the keys %s (a file from another code version): "
-                    "not compared", path, sorted(set(unknown))[:8])
     if differ:
         overrides = path.parent / OVERRIDES_FILE
         where = f"({overrides})" if overrides.is_file() else "(its .hydra/overrides.yaml, or metrics.json's config)"
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
-                          f"{path} records other values of {differ[:8]}: resume with the interrupted run's own "
-                          f"overrides {where}, or start a new run{hint}")
+                          f"{path} records other values of {differ[:8]} (a key only one side records stands "
+                          f"for its default: replica 0, no such callback, Lightning's trainer default): resume "
+                          f"with the interrupted run's own overrides {where}, or start a new run{hint}")
 
 
 OVERRIDES_FILE = "run_overrides.yaml"  # beside the checkpoints: the command-line overrides they were trained with
@@ -306,11 +470,43 @@ def transform_fingerprint(transform) -> str | None:
     return hashlib.sha256(values.tobytes()).hexdigest()
 
 
+# L.Trainer arguments whose type is part of their meaning: an int counts batches, a float is a fraction
+# of the epoch (``limit_train_batches=1`` trains on one batch, ``1.0`` on all of them)
+INT_OR_FRACTION_TRAINER_KEYS = frozenset({
+    "limit_train_batches", "overfit_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+    "val_check_interval",
+})
+
+
+# Training settings the policy key leaves out because the key holds what they lead to: where the policy /
+# reference and the reward model are read from (their contents are the world's fingerprints in the key:
+# pipeline/world.fingerprint_dir of a local dir, ``hub:<name>@<commit>`` of a hub name), and the device a
+# Bradley-Terry reward model trains on (runtime only: the model it trains is keyed by its files, the reward
+# fingerprint). A resume and a finished run's re-run still compare them (training_settings): they are
+# checked before the world, and so its fingerprints, is loaded.
+KEYED_BY_THE_WORLD = (("policy", "name_or_path"), ("reward", "name_or_path"), ("reward", "train", "accelerator"))
+
+
 def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> str:
     """The content key of the policy this config trains on ``world`` with ``transform`` (the run's
-    instantiated Phi; module docstring)."""
+    instantiated Phi; module docstring), without :data:`KEYED_BY_THE_WORLD` (a model dir moved or copied
+    elsewhere is the same policy). Numbers are keyed by value (``infra/cache.content_key``:
+    ``transform.t=4`` and ``t: 4.0`` are one policy), except a float given to one of
+    :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction."""
+    training = training_settings(cfg, beta)
+    for *parents, name in KEYED_BY_THE_WORLD:
+        node = training
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(name, None)
+    trainer = training.get("trainer")
+    if isinstance(trainer, dict):
+        for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
+            if isinstance(trainer[name], float):
+                trainer[name] = {"fraction": trainer[name]}
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
-                       world.train_prompts, training_settings(cfg, beta), transform_fingerprint(transform))
+                       world.train_prompts, training, transform_fingerprint(transform))
 
 
 def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], None], origin: str) -> bool:

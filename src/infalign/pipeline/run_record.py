@@ -10,14 +10,18 @@ Layout (docs/architecture.md §2, "metrics.json"): ``version`` (:data:`SCHEMA_VE
 and column a :class:`CI`; ``eval.per_prompt`` holds the per-prompt values behind them,
 docs/method.md §7 and §10), ``kl_ratio``, ``timings``, ``cache``, ``world``, ``data_reports`` and
 the resolved ``config``. A run that did not finish (``status`` ``failed`` / ``interrupted``)
-records only ``run_name``, ``status``, ``error``, ``timings`` and ``config``.
+records only ``run_name``, ``status``, ``error``, ``timings``, ``overrides`` and ``config``.
 
 Versions: 0 = records written before this schema existed (no ``version`` key; the same fields,
 some absent in the oldest ones, e.g. ``method``, ``kl_target``, ``eval.per_prompt``) -- they load,
 missing fields as ``None``. 1 = this layout without ``eval.responses``. 2 = this layout (adds
 ``eval.responses``: response length and EOS rate of the policy and reference pools); version-1
-records load with it ``None``. A newer version, or a file that is not a record, raises
-:class:`RecordError` with the reason.
+records load with it ``None``. 3 = adds ``resumed`` (a run that continued a checkpoint: which, from
+what step, and whether the code that trained it differs from the run's, ``pipeline/policy_cache.
+check_resume``) and ``overrides`` (the run's own command-line overrides, also in a record of a run that
+did not finish: Hydra rewrites ``.hydra/overrides.yaml`` for every later attempt in the dir, a refused
+one included); older records load with them ``None``. A newer version, or a file that is not a record,
+raises :class:`RecordError` with the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FINISHED = "finished"
 
 
@@ -138,12 +142,17 @@ class RunRecord:
     kl_ratio: float | None = None  # measured KL / theory KL at the training beta
     timings: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    # a run that continued a checkpoint: {checkpoint, from_step, changed: {code | <library>: {checkpoint, run}}}
+    resumed: dict | None = None
     world: dict = field(default_factory=dict)
     data_reports: dict | None = None
+    # the run's command-line overrides (Hydra's task overrides; None: not run by Hydra, or an older record)
+    overrides: list[str] | None = None
     config: dict = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 
-    UNFINISHED_FIELDS: ClassVar[tuple[str, ...]] = ("version", "run_name", "status", "error", "timings", "config")
+    UNFINISHED_FIELDS: ClassVar[tuple[str, ...]] = ("version", "run_name", "status", "error", "timings",
+                                                    "overrides", "config")
 
     @property
     def finished(self) -> bool:
@@ -163,7 +172,7 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> RunRecord:
-        """A record from a parsed ``metrics.json`` (versions 0 and 1; module docstring)."""
+        """A record from a parsed ``metrics.json`` (versions 0 to :data:`SCHEMA_VERSION`; module docstring)."""
         data = _mapping(data, "metrics.json")
         version = data.get("version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= SCHEMA_VERSION:

@@ -379,6 +379,9 @@ def preference_data(data: DictConfig, tokenizer, render_prompt=None):
 
 
 REWARD_TRAINING_FILE = "reward_training.json"
+# The trained reward model's manifest (infra/cache.write_manifest: the key and every file's SHA-256). Hidden:
+# fingerprint_dir skips it, so the model's fingerprint stays that of its files (the key holds code digests).
+REWARD_MANIFEST = ".manifest.json"
 # Modules whose code can change a Bradley-Terry-trained reward model -- its input encoding (which
 # REWARD_INPUT_VERSION, bumped by hand, does not always show: e.g. which side a long row is cut on),
 # collation, loss, optimizer and schedule: their digest is part of its key (infra/cache.py:
@@ -434,7 +437,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     import torch
 
     from infalign.data.batches import make_preference_dataloader
-    from infalign.infra.cache import atomic_dir, cached
+    from infalign.infra.cache import CorruptCacheError, atomic_dir, cached, read_manifest, write_manifest
     from infalign.training.reward_model import RewardModelModule
 
     t0 = time.perf_counter()
@@ -445,7 +448,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
     batch_size, data_seed = int(cfg.data.get("batch_size", 16)), int(cfg.data.get("seed", 0))
     precision = str(reward_trainer_kwargs(cfg)["precision"])
-    key = content_key("reward-bt-v3", modules_digest(REWARD_TRAINING_CODE, "REWARD_TRAINING_CODE"),
+    key = content_key("reward-bt-v4", modules_digest(REWARD_TRAINING_CODE, "REWARD_TRAINING_CODE"),
                       _fingerprint(init_path, init_revision), fmt, train, val, hp, batch_size, data_seed, precision)
     path = Path(cache_dir) / f"reward-{key}"
     log.info("stage reward_model: Bradley-Terry training, %d steps on %d pairs, validated on %d "
@@ -478,13 +481,15 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
             value[0].save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             (Path(tmp) / REWARD_TRAINING_FILE).write_text(json.dumps(value[1], indent=2))
+            write_manifest(tmp, key, name=REWARD_MANIFEST)
 
     def load(p: Path):
-        from infalign.infra.cache import CorruptCacheError
-
-        if not (p / "config.json").exists() or not (p / REWARD_TRAINING_FILE).exists():
-            raise CorruptCacheError(f"{p}: no config.json or {REWARD_TRAINING_FILE}")
-        return None, json.loads((p / REWARD_TRAINING_FILE).read_text())
+        # every file checksummed: a truncated or altered weights file is rebuilt, never loaded or served
+        read_manifest(p, key, name=REWARD_MANIFEST, required=("config.json", REWARD_TRAINING_FILE))
+        try:
+            return None, json.loads((p / REWARD_TRAINING_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise CorruptCacheError(f"{p}: unreadable {REWARD_TRAINING_FILE} ({exc})") from exc
 
     (_, metrics), hit = cached(path, build, save, load)
     stats = {"reward_trained": not hit, "reward_train_s": time.perf_counter() - t0,

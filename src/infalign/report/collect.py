@@ -113,14 +113,27 @@ def load_job(path: Path, root: Path) -> Job:
                       or "no metrics.json (still running, killed, or crashed before writing it)")
         if (path / "train.log").exists() and job.reason and not job.reason.startswith("no metrics"):
             job.reason = f"train.log: {job.reason}"
-    if job.status == "finished" and (path / FAILED_ATTEMPT).exists():
-        # a later attempt (a refused resume) failed in this finished run's dir, and Hydra rewrote .hydra/ for
-        # it: the run's own overrides are those saved beside its checkpoints, when it trained
-        saved = path / "checkpoints" / OVERRIDES_FILE
-        job.overrides = read_overrides(path, saved) if saved.exists() else []
+    job.overrides = run_overrides(path, job)
     config = job.record.config if job.record is not None else None
     job.config = config if config else read_hydra_config(path)
     return job
+
+
+def run_overrides(path: Path, job: Job) -> list[str]:
+    """The command-line overrides of the run ``job`` records. Hydra rewrites ``.hydra/overrides.yaml``
+    for every attempt in the dir -- one refused before it wrote anything included -- so the run's own
+    record comes first: its ``overrides`` (records of schema 3 on), else those the run saved beside its
+    checkpoints (``checkpoints/run_overrides.yaml``, when it trained), else, for a finished run a later
+    attempt failed beside (``metrics.failed.json``), none; else ``.hydra``'s."""
+    record = job.record.overrides if job.record is not None else None
+    if record is not None:
+        return [str(o) for o in record]
+    saved = path / "checkpoints" / OVERRIDES_FILE
+    if saved.exists():
+        return read_overrides(path, saved)
+    if job.status == "finished" and (path / FAILED_ATTEMPT).exists():
+        return []
+    return job.overrides
 
 
 def read_overrides(path: Path, file: Path | None = None) -> list[str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import time
 import warnings
@@ -37,13 +36,12 @@ import torch
 
 from infalign.errors import ConfigError, require
 from infalign.infra.cache import (
-    CorruptCacheError,
     atomic_dir,
-    atomic_write_json,
     cached,
     content_key,
     modules_digest,
-    sha256_file,
+    read_manifest,
+    write_manifest,
 )
 from infalign.infra.threads import resolve_threads
 from infalign.models.builders import (
@@ -393,37 +391,14 @@ def _save(built: _Built, path: Path, key: str, c: dict) -> None:
         for name, model in (("reference", built.reference), ("reward", built.reward)):
             model.save_pretrained(tmp / name)
             built.tokenizer.save_pretrained(tmp / name)
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {
-            "key": key,
-            "code_version": CODE_VERSION,
-            "config": c,
-            "stats": built.stats,
-            "files": files,
-        }
-        atomic_write_json(tmp / "manifest.json", manifest)
+        write_manifest(tmp, key, code_version=CODE_VERSION, config=c, stats=built.stats)
 
 
 def _read_manifest(path: Path, key: str, verify: bool = True) -> dict:
-    """The manifest of ``path``; ``CorruptCacheError`` unless it exists, parses, carries ``key``
-    and (``verify``) every listed file exists with its recorded checksum."""
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        files = manifest["files"]
-        found_key = manifest["key"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CorruptCacheError(f"{path}: bad manifest ({type(exc).__name__}: {exc})") from exc
-    if found_key != key:
-        raise CorruptCacheError(f"{path}: manifest key {found_key!r} != {key!r}")
-    for sub in _SUBDIRS:
-        if not any(f.startswith(sub + "/") for f in files):
-            raise CorruptCacheError(f"{path}: manifest lists no files under {sub}/")
-    if verify:
-        for rel, digest in files.items():
-            p = path / rel
-            if not p.is_file() or sha256_file(p) != digest:
-                raise CorruptCacheError(f"{path}: {rel} missing or checksum mismatch")
-    return manifest
+    """The manifest of ``path`` (``infra/cache.read_manifest``): ``CorruptCacheError`` unless it exists,
+    parses, carries ``key``, lists files under each of the tokenizer, reference and reward dirs and
+    (``verify``) every listed file exists with its recorded checksum."""
+    return read_manifest(path, key, required=[f"{sub}/" for sub in _SUBDIRS], verify=verify)
 
 
 def build_toy_world(cfg: Mapping | None, cache_dir: str | Path) -> ToyArtifacts:
@@ -457,6 +432,7 @@ def build_toy_world(cfg: Mapping | None, cache_dir: str | Path) -> ToyArtifacts:
         stats=manifest.get("stats", {}),
         built=not hit,
         # without the code digest: a rebuild after an edit that changes nothing it computes is the same
-        # world (same model files, so the same fingerprints), and a report must not split runs across it
-        world_key=content_key(CODE_VERSION, c),
+        # world (same model files, so the same fingerprints), and a report must not split runs across it --
+        # nor across content_key's canonical numbers (runs recorded before them keep their world's key)
+        world_key=content_key(CODE_VERSION, c, canonical_numbers=False),
     )

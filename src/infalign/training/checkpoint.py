@@ -16,13 +16,22 @@ both through Lightning's own last-checkpoint save (``_save_last_checkpoint``: th
 callback's state included, and ``last_model_path`` kept, so Lightning's later saves overwrite
 ``last.ckpt`` instead of versioning a ``last-v1.ckpt`` beside it). Only ``last.ckpt`` is handled so:
 ``save_top_k`` checkpoints keep Lightning's cadence.
+
+Every checkpoint file is written to a temporary file in its own directory and renamed over the old one
+(``infra/cache.atomic_path``: ``os.replace``), so a process killed mid-save leaves the previous
+checkpoint whole. Lightning's own save writes its temporary file in ``TMPDIR`` and moves it into place:
+when that is another file system (a local ``/tmp`` or ``/dev/shm`` beside a run dir on NFS / Lustre) the
+move is a copy into the existing ``last.ckpt``, and a kill during it destroyed the only checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+from weakref import proxy
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from infalign.infra.cache import atomic_path
 
 __all__ = ["RunCheckpoint"]
 
@@ -50,6 +59,25 @@ class RunCheckpoint(ModelCheckpoint):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         self.saved_at = trainer.global_step  # every save passes here: Lightning's own and ours
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """Lightning's ``ModelCheckpoint._save_checkpoint`` (Lightning 2.x), with the file written beside
+        ``filepath`` and renamed into place (module docstring) by global rank 0, the one rank that writes
+        under the strategies infalign runs (single device, DDP: ``Strategy.save_checkpoint``); the other
+        ranks take part in the save (its barrier) as Lightning has them. A strategy that writes from every
+        rank (DeepSpeed, FSDP's sharded files) and a remote path (``s3://...``) are left to Lightning."""
+        from lightning.pytorch.strategies import Strategy
+
+        rank_zero_writes = type(trainer.strategy).save_checkpoint is Strategy.save_checkpoint
+        if not (trainer.is_global_zero and rank_zero_writes) or "://" in str(filepath):
+            super()._save_checkpoint(trainer, filepath)
+            return
+        with atomic_path(filepath) as tmp:
+            trainer.save_checkpoint(str(tmp), self.save_weights_only)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        for logger in trainer.loggers:  # after the rename: a logger that uploads the file reads the new one
+            logger.after_save_checkpoint(proxy(self))
 
     def _save_last_now(self, trainer) -> None:
         # Lightning's own path for last.ckpt (ModelCheckpoint._save_last_checkpoint, Lightning 2.x): a
