@@ -47,6 +47,8 @@ TRAINING_CODE = (
     "infalign.math.transforms", "infalign.pipeline.fit", "infalign.pipeline.baselines",
     "infalign.pipeline.kl_target", "infalign.models.reward", "infalign.models.builders",
     "infalign.data.batches", "infalign.pipeline.pools", "infalign.pipeline.settings",
+    # the reward model reads the last user turn of an HH prompt (reward.prompt_format), split here
+    "infalign.data.formats",
 )
 # Top-level config keys that never change the trained weights (``trainer`` and ``callbacks`` are
 # keyed by the parts that can: all but NOT_TRAINING_TRAINER_KEYS, and the callbacks not in

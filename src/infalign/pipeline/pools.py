@@ -51,7 +51,8 @@ POOL_VERSION = "pool-v2"  # v2: lengths and stop flags stored beside the scores;
 # their digest is part of every pool key, so a fix to the sampler retires the pools it drew.
 POOL_CODE = ("infalign.pipeline.pools", "infalign.pipeline.settings", "infalign.training.rollout",
              "infalign.models.generation", "infalign.models.decode_step", "infalign.models.reward",
-             "infalign.models.builders", "infalign.math.rl_objectives", "infalign.toy.world")
+             "infalign.models.builders", "infalign.math.rl_objectives", "infalign.toy.world",
+             "infalign.data.formats")  # (the reward model's last_user_turn prompt format splits HH turns there)
 
 
 def _join_ranks(trainer: TrainerFactory) -> None:

@@ -388,7 +388,7 @@ REWARD_MANIFEST = ".manifest.json"
 # modules_digest), so an edit retrains it instead of serving one trained on another encoding.
 REWARD_TRAINING_CODE = ("infalign.models.reward", "infalign.models.builders", "infalign.data.batches",
                         "infalign.training.reward_model", "infalign.training.pretrain",
-                        "infalign.training.step_batches")
+                        "infalign.training.step_batches", "infalign.data.formats")
 
 
 def reward_trainer_kwargs(cfg: DictConfig) -> dict:
