@@ -319,7 +319,9 @@ def test_code_digest_follows_an_edited_file_and_parses_each_version_once(tmp_pat
     real_parse = ast.parse
     monkeypatch.setattr(ast, "parse", lambda *a, **k: (parses.append(1), real_parse(*a, **k))[1])
     assert policy_cache.code_digest() == first and parses == []  # nothing changed: nothing parsed again
-    probe.write_text("def f():\n    return 2\n")
+    # a text no other test has digested (the memo is per process and keyed by text: another test's
+    # identical probe left this one nothing to parse when both ran in one process)
+    probe.write_text(f"def f():\n    return 2  # {tmp_path.name}\n")
     assert policy_cache.code_digest() != first and len(parses) == 1  # the edited file, only
     probe.write_text('def f():\n    """A docstring."""\n    return 1  # and a comment\n')
     assert policy_cache.code_digest() == first
