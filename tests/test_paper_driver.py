@@ -136,6 +136,11 @@ def test_invocations_into_one_out_add_up_to_one_time_table(tmp_path):
     assert rows["bon"] == first["bon"] and rows["bon"]["seeds"] == "0,1" and rows["won"]["seeds"] == "0"
     assert t["total_s"] >= sum(r["wall_s"] for r in rows.values()) - 0.5
     assert "(seeds 0 / 0,1," in (tmp_path / "paper_time.md").read_text()
+    assert t["seeds"] == "0 / 0,1"
+    # an invocation stopped before it re-runs an experiment keeps that experiment's earlier row
+    assert [r["experiment"] for r in paper.time_table(paper.earlier_rows(tmp_path), [])] == list(rows)
+    assert paper.time_table(paper.earlier_rows(tmp_path), [{"experiment": "bon", "seeds": "2"}])[1] == {
+        "experiment": "bon", "seeds": "2"}
     (tmp_path / "paper_time.json").write_text("{not json")  # unreadable: this invocation's rows only
     assert paper.run_all(args("--only", "won", "--seeds", "0", out=tmp_path), **quiet) == 0
     assert [r["experiment"] for r in json.loads((tmp_path / "paper_time.json").read_text())["experiments"]] == ["won"]

@@ -210,16 +210,25 @@ def sweep_counts(sweep_dir: Path, more: Sequence[str] = ()) -> dict:
     return counts
 
 
-def earlier_rows(out: Path, names: Sequence[str]) -> list[dict]:
-    """The time-table rows an earlier invocation into ``out`` wrote (``OUT/paper_time.json``) for
-    experiments other than ``names``, each with its seeds: invocations into one ``OUT`` add up to one
-    table, as their reports add up to one ``findings.md``; an unreadable table gives ``[]``."""
+def earlier_rows(out: Path) -> list[dict]:
+    """The time-table rows earlier invocations into ``out`` wrote (``OUT/paper_time.json``), each with
+    its seeds: invocations into one ``OUT`` add up to one table, as their reports add up to one
+    ``findings.md`` (:func:`time_table`); an unreadable table gives ``[]``."""
     try:
         data = json.loads((out / "paper_time.json").read_text())
         rows = [r for r in data["experiments"] if isinstance(r, dict) and r.get("experiment") in NAMES]
     except (OSError, ValueError, KeyError, TypeError):
         return []
-    return [{**r, "seeds": r.get("seeds", data.get("seeds"))} for r in rows if r["experiment"] not in names]
+    return [{**r, "seeds": r.get("seeds", data.get("seeds"))} for r in rows]
+
+
+def time_table(earlier: list[dict], rows: list[dict]) -> list[dict]:
+    """This invocation's ``rows`` and the ``earlier`` rows of experiments it has not (yet) re-run, in
+    the experiments' order: an experiment's earlier row stays until its new one replaces it, so an
+    invocation stopped before re-running it loses nothing."""
+    done = {r["experiment"] for r in rows}
+    return sorted([r for r in earlier if r["experiment"] not in done] + rows,
+                  key=lambda r: NAMES.index(r["experiment"]))
 
 
 def time_markdown(rows: list[dict], total_s: float, seeds: str) -> str:
@@ -248,8 +257,7 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
     runner = runner or (lambda cmd: subprocess.run([executable(cmd[0]), *cmd[1:]], check=False).returncode)
     args.out.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.time()
-    before = earlier_rows(args.out, [e.name for e, _ in steps])
-    earlier_s = sum(r.get("wall_s", 0.0) for r in before)
+    before = earlier_rows(args.out)
     for e, cmds in steps:
         t0, codes, refused = time.time(), [], False
         for cmd in cmds:
@@ -266,14 +274,15 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
         row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1),
                "seeds": args.seeds}
         rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep and not refused else {}))
-        table = sorted(before + rows, key=lambda r: NAMES.index(r["experiment"]))
-        total = earlier_s + time.time() - start
-        atomic_write_json(args.out / "paper_time.json", {"seeds": args.seeds, "usable_cores": usable_cores(),
+        table = time_table(before, rows)
+        total = sum(r["wall_s"] for r in table if r not in rows) + time.time() - start
+        seeds = " / ".join(dict.fromkeys(str(r["seeds"]) for r in table))  # each row has its own
+        atomic_write_json(args.out / "paper_time.json", {"seeds": seeds, "usable_cores": usable_cores(),
                                                          "total_s": round(total, 1), "experiments": table})
         atomic_write_text(args.out / "paper_time.md", time_markdown(table, total, args.seeds))
         write_findings(args.out)
-    echo(time_markdown(sorted(before + rows, key=lambda r: NAMES.index(r["experiment"])),
-                       earlier_s + time.time() - start, args.seeds))
+    table = time_table(before, rows)
+    echo(time_markdown(table, sum(r["wall_s"] for r in table if r not in rows) + time.time() - start, args.seeds))
     for line in findings_summary(args.out):
         echo(line)
     return 0 if all(r["exit"] == 0 for r in rows) else 1
