@@ -669,7 +669,7 @@ def test_a_launched_rank_without_a_named_run_dir_is_a_config_error(tmp_path):
 
 def test_a_setting_a_settings_file_from_another_code_version_lacks_resumes_at_its_default(tmp_path, monkeypatch):
     """A key this code added since the checkpoint was written (absent from its run_settings.json) stands
-    for its default (docs/architecture.md §4: an algorithm setting, its Config dataclass's): the checkpoint
+    for its default (docs/architecture.md §4: its value in the algorithm's conf/algo entry): the checkpoint
     resumes at that value and is refused at another, as is a key both have that differs."""
     from infalign.pipeline.policy_cache import RESUME_FILE
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
+from infalign.apps.config import (
+    apply_threads,
+    instantiate_callbacks,
+    instantiate_logger,
+    instantiate_trainer,
+    settings_defaults,
+)
 from infalign.apps.train import (
     RESUME,
     check_checkpoint_steps,
@@ -85,20 +91,21 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         # run's W&B run)
         ckpt = resolve_ckpt(cfg, out_dir)
         fit_ckpt = ckpt  # what training continues (None: an offline algorithm that restarts from step 0)
+        default = settings_defaults(cfg)  # what a setting the checkpoint's settings or the record lack stands for
         if ckpt is not None:
             check_resume_early(Path(ckpt).parent, cfg, algo.beta if algo.kl_target is None else None,
-                               str(cfg.ckpt_path))
+                               str(cfg.ckpt_path), default)
             # where training resumes: the checkpoint's step, or 0 for an offline algorithm that restarts
             resume_step = (check_checkpoint_steps(ckpt, algo) if algo.online
                            else offline_resume_step(ckpt, algo, cfg.trainer))
             if resume_step is None:
                 fit_ckpt, resume_step = None, 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
-            check_finished_run(out_dir, cfg)
+            check_finished_run(out_dir, cfg, default)
         target = algo.cfg.steps * algo.optimizer_steps_per_batch
         if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= target):
             # a finished run here with nothing left to train: done if evaluated as asked, else refused
-            kept = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path))
+            kept = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path), default)
             if kept is not None:
                 log.info("%s records this run, finished with these training and evaluation settings: nothing to "
                          "do (kept as it is)", out_dir / "metrics.json")
@@ -128,7 +135,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         ckpt_dir = out_dir / "checkpoints"
         resumed = None  # a resume: what it continued, and whether other code trained the checkpoint
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
-            changed = check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
+            changed = check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path), default)
             resumed = {"checkpoint": str(ckpt), "from_step": resume_step, "changed": changed}
             if logger is not None:
                 loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)

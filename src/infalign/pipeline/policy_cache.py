@@ -22,7 +22,6 @@ key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -155,6 +154,9 @@ LIBRARIES = ("torch", "transformers", "lightning")
 # Settings-file keys that say which code trained the checkpoint: a resume under other code is warned about
 # and recorded (metrics.json ``resumed.changed``), not refused (docs/architecture.md §4).
 CODE_RECORD = ("code", "versions")
+# Settings-file keys a resume does not compare: the code (above), and ``hub`` -- the hub commits the run read,
+# which the ``world`` fingerprints already hold (pipeline/world._fingerprint); kept to name the commit to pin.
+NOT_COMPARED = (*CODE_RECORD, "hub")
 
 
 def library_versions() -> dict[str, str | None]:
@@ -180,19 +182,24 @@ def code_changes(stored: dict, settings: dict) -> dict:
     return {name: {"checkpoint": old, "run": new} for name, old, new in pairs if old != new}
 
 
-def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
-    """:func:`training_settings` as a settings file stores them: without ``algo.steps`` when the algorithm
-    may train longer on resume, and with ``replica`` and ``callbacks`` always written (0 and ``{}`` when
-    unset, where the policy key leaves them out)."""
-    from infalign.training.algorithms import ALGORITHMS
-
+def stored_training(cfg: DictConfig, beta: float | None) -> dict:
+    """:func:`training_settings` as a settings file stores them, JSON-normalised, with ``replica`` and
+    ``callbacks`` always written (0 and ``{}`` when unset, where the policy key leaves them out)."""
     training = training_settings(cfg, beta)
     training["replica"] = int(cfg.get("replica") or 0)
     training.setdefault("callbacks", {})
+    return _as_json(training)
+
+
+def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
+    """:func:`stored_training` without ``algo.steps`` when the algorithm may train longer on resume."""
+    from infalign.training.algorithms import ALGORITHMS
+
+    training = stored_training(cfg, beta)
     algo = training.get("algo")
     if isinstance(algo, dict) and getattr(ALGORITHMS.get(algo.get("name")), "resume_may_extend", True):
         algo.pop("steps", None)
-    return _as_json(training)
+    return training
 
 
 def _as_json(settings: dict) -> dict:
@@ -204,85 +211,46 @@ def _as_json(settings: dict) -> dict:
     return json.loads(json.dumps(json_safe(settings, default=str)))
 
 
-# What a settings key that only one side holds (a checkpoint's settings file or a finished run's record, and
-# this run's) stands for: ``replica`` 0 and no callbacks are left out of the policy key, and a ``+trainer.*``
-# or ``+callbacks.*`` key exists only when given. Such a key matches only its default; a key with no
-# default (here, or one_sided_default's: Lightning's trainer defaults, the algorithms' dataclasses) is a
-# difference. (A key added to the training settings elsewhere needs its default here, or every older
-# checkpoint is refused.)
-ONE_SIDED_DEFAULTS: dict[str, object] = {"hub": {}, "training.replica": 0, "training.callbacks": {}}
+Default = Callable[[str], tuple[bool, object]]  # dotted settings key -> (known, its default)
 
 
-def one_sided_default(key: str, siblings: dict | None = None) -> tuple[bool, object]:
-    """``(known, default)`` of the dotted settings ``key`` when only one side holds it (``siblings``: the
-    keys beside it): :data:`ONE_SIDED_DEFAULTS`, ``training.callbacks.<name>`` -> None (no such
-    callback), ``training.trainer.<argument>`` -> ``lightning.Trainer``'s default for it and
-    ``training.algo.<setting>`` -> the default of the algorithm's ``Config`` dataclass (the algorithm
-    ``siblings["name"]``; a setting added since a checkpoint was written), JSON-normalised as the
-    settings are; anything else is not known."""
-    if key in ONE_SIDED_DEFAULTS:
-        return True, ONE_SIDED_DEFAULTS[key]
-    group, _, name = key.removeprefix("training.").partition(".")
-    if not key.startswith("training.") or not name or "." in name:
-        return False, None
-    if group == "callbacks":
-        return True, None
-    defaults = (_trainer_defaults() if group == "trainer"
-                else _algo_defaults(str((siblings or {}).get("name"))) if group == "algo" else {})
-    return (True, defaults[name]) if name in defaults else (False, None)
+def no_defaults(key: str) -> tuple[bool, object]:
+    """The :data:`Default` under which a key only one side holds is always a difference (none is known)."""
+    return False, None
 
 
-@functools.cache
-def _trainer_defaults() -> dict:
-    """``lightning.Trainer``'s keyword defaults, as a settings file would store them (:func:`_as_json`)."""
-    import inspect
-
-    import lightning as L
-
-    params = inspect.signature(L.Trainer.__init__).parameters.values()
-    return _as_json({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
-
-
-@functools.cache
-def _algo_defaults(name: str) -> dict:
-    """The defaults of algorithm ``name``'s ``Config`` dataclass fields (``{}`` for an unknown name)."""
-    import dataclasses
-
-    from infalign.training.algorithms import ALGORITHMS
-
-    cls = ALGORITHMS.get(name)
-    if cls is None:
-        return {}
-    return _as_json({f.name: f.default for f in dataclasses.fields(cls.Config)
-                     if f.default is not dataclasses.MISSING})
-
-
-def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
+def _differences(a, b, default: Default, prefix: str = "", depth: int = 3) -> list[str]:
     """Dotted keys whose values differ between the stored settings ``a`` and this run's ``b``. A key only
-    one side holds is compared with the key's default (:func:`one_sided_default`; it differs when there is
-    none): a settings file that leaves out ``replica`` 0 matches replica 0, not replica 1."""
+    one side holds is compared with its ``default`` (the run's: ``apps/config.settings_defaults``; it
+    differs when there is none): a settings file that predates ``reward.prompt_format`` matches ``full``,
+    the value conf/reward/hf.yaml gives it, and one that leaves out ``replica`` 0 matches replica 0, not
+    replica 1."""
     if isinstance(a, dict) and isinstance(b, dict) and depth > 0:
         out = []
         for k in sorted(set(a) | set(b), key=str):
             key = f"{prefix}{k}"
             if (k in a) != (k in b):
-                known, default = one_sided_default(key, b if k in b else a)
+                known, value = default(key)
                 if not known:
                     out.append(key)
                     continue
-                out += _differences(a.get(k, default), b.get(k, default), key + ".", depth - 1)
+                out += _differences(a.get(k, value), b.get(k, value), default, key + ".", depth - 1)
                 continue
-            out += _differences(a[k], b[k], key + ".", depth - 1)
+            out += _differences(a[k], b[k], default, key + ".", depth - 1)
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str) -> dict:
+def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str, default: Default = no_defaults,
+                 ) -> dict:
     """Starting fresh: write ``settings`` to ``ckpt_dir/RESUME_FILE``. Resuming (``ckpt_path=last`` /
     ``last_or_new`` found a checkpoint): the checkpoint must have been trained with the same settings,
     else a ``ConfigError`` naming ``ckpt_path`` and the settings that differ -- a resume with missing or
-    other overrides would continue another configuration's policy and record it as this one. A
-    checkpoint without the file (written before it existed) is resumed with a warning.
+    other overrides would continue another configuration's policy and record it as this one. A key only
+    one side holds stands for its ``default`` (the run's: ``apps/config.settings_defaults``; with
+    :func:`no_defaults` it is a difference). ``hub`` is not compared (the commits it lists are in the ``world``
+    fingerprints; it names the revision to pin when they moved). A checkpoint without the file (written
+    before it existed) is resumed with a warning.
 
     The code that trained the checkpoint (:data:`CODE_RECORD`) is not refused when it differs -- the
     digest covers every syntax change of the training modules, behaviour-neutral ones included, and a
@@ -301,8 +269,8 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
         return {}
     stored = json.loads(path.read_text())
     _drop_non_training_data(stored.get("training"))
-    compared = [{k: v for k, v in side.items() if k not in CODE_RECORD} for side in (stored, settings)]
-    _refuse_if_different(path, _differences(*compared), ckpt_path,
+    compared = [{k: v for k, v in side.items() if k not in NOT_COMPARED} for side in (stored, settings)]
+    _refuse_if_different(path, _differences(*compared, default), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
     changed = code_changes(stored, settings)
     if any(v["checkpoint"] is not None for v in changed.values()):
@@ -328,32 +296,35 @@ def _moved_hub_models(stored, current) -> str:
     return f"; the hub model moved since the run started: resume with {' '.join(pins)}" if pins else ""
 
 
-def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt_path: str) -> None:
+def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt_path: str,
+                       default: Default = no_defaults) -> None:
     """Before any compute (and before the run's logger starts, so a refused resume never takes over the
     run's W&B run): the part of :func:`check_resume` the config alone decides -- the training settings,
-    with ``algo.beta`` only when ``beta`` is given (``algo.kl_target`` picks it after calibration). The
-    world's fingerprints and a kl_target's beta are checked by :func:`check_resume` once known."""
+    with ``algo.beta`` only when ``beta`` is given (``algo.kl_target`` picks it after calibration; a key
+    only one side holds: its ``default``). The world's fingerprints and a kl_target's beta are checked by
+    :func:`check_resume` once known."""
     path = Path(ckpt_dir) / RESUME_FILE
     if not path.is_file():
         return
     stored = _drop_non_training_data(json.loads(path.read_text()).get("training", {}))
     current = _resume_training(cfg, beta)
-    _refuse_other_training(path, stored, current, ckpt_path, without_beta=beta is None)
+    _refuse_other_training(path, stored, current, ckpt_path, without_beta=beta is None, default=default)
 
 
-def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
+def check_finished_run(run_dir: Path, cfg: DictConfig, default: Default = no_defaults) -> None:
     """``ckpt_path=last_or_new`` found no checkpoint, but the dir may hold a finished run that trained
     none (its policy came from the policy cache, or checkpointing was off): that run may be re-run
     (same training settings: the same policy, the same record) but not replaced by another
     configuration's: :func:`training_settings` compared (``algo.steps`` included: nothing resumes here),
-    ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value)."""
+    ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value); a
+    key only one side holds stands for its ``default``."""
     path = Path(run_dir) / "metrics.json"
-    differ = _finished_training_differences(path, cfg)
+    differ = _finished_training_differences(path, cfg, default)
     if differ:
         _refuse_if_different(path, differ, "last_or_new")
 
 
-def _finished_training_differences(path: Path, cfg: DictConfig) -> list[str] | None:
+def _finished_training_differences(path: Path, cfg: DictConfig, default: Default) -> list[str] | None:
     """The training settings (dotted keys) in which the finished run recorded in ``path`` differs from
     ``cfg`` (:func:`check_finished_run`); None when ``path`` records no finished run with a config."""
     from infalign.pipeline.record import is_finished, read_record
@@ -368,7 +339,7 @@ def _finished_training_differences(path: Path, cfg: DictConfig) -> list[str] | N
         for settings in (stored, current):
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
-    return _differences({"training": stored}, {"training": current})
+    return _differences({"training": stored}, {"training": current}, default)
 
 
 def evaluation_settings(cfg: DictConfig | dict) -> dict:
@@ -385,7 +356,8 @@ def evaluation_settings(cfg: DictConfig | dict) -> dict:
                      "data": {name: plain(data.get(name)) for name in sorted(NOT_TRAINING_DATA_KEYS)}})
 
 
-def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str) -> dict | None:
+def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, default: Default = no_defaults,
+                            ) -> dict | None:
     """A resume (``ckpt_path=last`` / ``last_or_new``) into a dir whose ``metrics.json`` records a finished
     run of this config's training (:func:`training_settings`, ``algo.steps`` included) -- which the caller
     has found trained as far as this run asks -- would train nothing and evaluate again: the record
@@ -398,12 +370,13 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str) -> d
     from infalign.pipeline.record import read_record
 
     path = Path(run_dir) / "metrics.json"
-    if _finished_training_differences(path, cfg) != []:
+    if _finished_training_differences(path, cfg, default) != []:
         return None
     rec = read_record(path)
     if rec.eval is None or not rec.eval.judges:
         return None
-    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), depth=2)
+    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), no_defaults,
+                          depth=2)
     if differ:
         raise ConfigError("ckpt_path", ckpt_path, "this dir's finished run, evaluated with the same settings",
                           f"{path} records a finished run of these training settings, evaluated with other values of "
@@ -414,14 +387,15 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str) -> d
     return rec.to_json()
 
 
-def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: str, without_beta: bool) -> None:
+def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: str, without_beta: bool,
+                           default: Default) -> None:
     """:func:`_refuse_if_different` on two training settings, ``algo.beta`` left out of both when
-    ``without_beta`` (``algo.kl_target`` picks it)."""
+    ``without_beta`` (``algo.kl_target`` picks it); a key only one side holds stands for its ``default``."""
     if without_beta:
         for settings in (stored, current):
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
-    differ = _differences({"training": stored}, {"training": current})
+    differ = _differences({"training": stored}, {"training": current}, default)
     _refuse_if_different(path, differ, ckpt_path)
 
 
@@ -433,8 +407,9 @@ def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, hint: st
         where = f"({overrides})" if overrides.is_file() else "(its .hydra/overrides.yaml, or metrics.json's config)"
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
                           f"{path} records other values of {differ[:8]} (a key only one side records stands "
-                          f"for its default: replica 0, no such callback, Lightning's trainer default): resume "
-                          f"with the interrupted run's own overrides {where}, or start a new run{hint}")
+                          "for its default: its value in the config composed from this run's config-group choices "
+                          f"without overrides): resume with the interrupted run's own overrides {where}, or start "
+                          f"a new run{hint}")
 
 
 OVERRIDES_FILE = "run_overrides.yaml"  # beside the checkpoints: the command-line overrides they were trained with
