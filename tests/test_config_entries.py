@@ -183,11 +183,12 @@ def settings_keys(settings: dict, depth: int, prefix: str = "") -> list[str]:
 def test_every_setting_of_every_entry_has_a_default(group, name):
     """Review finding: reward.prompt_format, added to conf/reward/hf.yaml, had no default for a checkpoint's
     settings file or a finished run's record written before it, so every HF run written earlier was refused
-    (a key only one side holds is compared with its default). Every training setting of every entry --
-    experiments' and methods' bundles included -- has one: its value in the config composed from the
-    run's config-group choices without value overrides (docs/architecture.md §4). A key an experiment or
-    method adds that no group entry holds would have none. (Left out: an experiment's setting of another
-    algorithm, ``algo.beta`` under ``algo=bon_sft``, which the run's algorithm ignores: make_algorithm.)"""
+    (a key only one side holds is compared with its default). Every training and evaluation setting of
+    every entry -- experiments' and methods' bundles included -- has one: its value in the config composed
+    from the run's config-group choices without value overrides (docs/architecture.md §4). A key an
+    experiment or method adds that no group entry holds would have none. (Left out: an experiment's setting
+    of another algorithm, ``algo.beta`` under ``algo=bon_sft``, which the run's algorithm ignores:
+    make_algorithm.)"""
     import dataclasses
 
     from infalign.apps.config import settings_defaults
@@ -197,6 +198,7 @@ def test_every_setting_of_every_entry_has_a_default(group, name):
     cfg = compose_config("train", f"{group}={name}", *REQUIRED.get((group, name), []), hydra=True)
     default = settings_defaults(cfg)
     keys = settings_keys({"training": policy_cache.stored_training(cfg, None)}, 3)
+    keys += settings_keys(policy_cache.evaluation_settings(cfg), 2)  # a finished run's record, re-run
     ignored = {f"training.algo.{k}" for k in cfg.algo} - {
         f"training.algo.{f.name}" for f in dataclasses.fields(ALGORITHMS[cfg.algo.name].Config)}
     assert "training.reward.prompt_format" in keys or cfg.reward.get("prompt_format") is None

@@ -174,6 +174,31 @@ def test_the_default_of_a_setting_is_the_entry_the_run_chose(tmp_path):
         early(ckpt, unknown)
 
 
+def test_an_evaluation_setting_an_older_record_lacks_stands_for_its_default(tmp_path):
+    """Review finding: the finished-run skip compared the evaluation settings with no defaults, so a record
+    written before eval.top_p existed made every ``last_or_new`` re-run a ConfigError no override fixed. A
+    setting the record lacks stands for its default, as in a resume (docs/architecture.md §4): the record
+    is kept at eval.top_p=1.0 (train.yaml's ${algo.top_p}), refused at another value."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+
+    cfg = compose_train(tmp_path, tmp_path)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    del config["eval"]["top_p"]
+    record = {"version": 1, "status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
+              "config": config}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(record))
+    assert policy_cache.finished_record_to_keep(run, cfg, "last_or_new", settings_defaults(cfg))["run_name"] == "done"
+    other = compose_train(tmp_path, tmp_path, "eval.top_p=0.9")
+    with pytest.raises(ConfigError, match=r"evaluated with other values of \['eval\.top_p'\]"):
+        policy_cache.finished_record_to_keep(run, other, "last_or_new", settings_defaults(other))
+
+
 def test_an_infinite_setting_resumes_and_reruns_as_itself(tmp_path):
     """A setting of inf (``algo.grad_clip=inf``: no clipping) is
     written as null (strict JSON, infra/cache.json_safe): the stored settings, the checkpoint's

@@ -362,8 +362,9 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, defa
     run of this config's training (:func:`training_settings`, ``algo.steps`` included) -- which the caller
     has found trained as far as this run asks -- would train nothing and evaluate again: the record
     (``metrics.json``'s object) when the evaluation settings (:func:`evaluation_settings`) are the
-    record's too -- the job is done, and is kept as it is -- else a ``ConfigError`` naming the settings
-    that differ: re-evaluating would replace the finished run's results with another evaluation's. None
+    record's too (a setting the record lacks stands for its default, as in a resume: :func:`settings_default`)
+    -- the job is done, and is kept as it is -- else a ``ConfigError`` naming the settings that differ:
+    re-evaluating would replace the finished run's results with another evaluation's. None
     when the dir records no finished run with evaluation results of this training (a run asking for more
     steps continues the checkpoint)."""
     from infalign.errors import ConfigError
@@ -375,8 +376,7 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, defa
     rec = read_record(path)
     if rec.eval is None or not rec.eval.judges:
         return None
-    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), no_defaults,
-                          depth=2)
+    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), default, depth=2)
     if differ:
         raise ConfigError("ckpt_path", ckpt_path, "this dir's finished run, evaluated with the same settings",
                           f"{path} records a finished run of these training settings, evaluated with other values of "
