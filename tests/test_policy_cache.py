@@ -242,6 +242,45 @@ def test_equal_numbers_are_one_policy_but_a_fraction_of_batches_is_not_a_count(t
     assert count != fraction
 
 
+def test_a_checkpoint_trained_on_a_count_of_batches_does_not_resume_on_a_fraction(tmp_path):
+    """Review finding: the policy key told ``limit_train_batches=1`` (one batch) from ``1.0`` (the whole
+    epoch), but the resume and finished-run checks compared them with ``==`` (``1 == 1.0``), so a checkpoint
+    trained on one batch per epoch resumed training on all of them. Every comparison now reads such a
+    trainer argument as the key does -- in a settings file written before the rule too -- and a one-sided
+    one is compared with Lightning's default read the same way (``overfit_batches``: ``0.0``)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+
+    base = ["algo=bon_sft", "algo.steps=4"]
+    count, fraction = (compose_train(tmp_path, tmp_path, *base, f"+trainer.limit_train_batches={v}")
+                       for v in ("1", "1.0"))
+    ckpt = tmp_path / "checkpoints"
+    stored = policy_cache._resume_training(count, None)
+    atomic_write_json(ckpt / policy_cache.RESUME_FILE, {"training": stored})
+    early(ckpt, count)
+    with pytest.raises(ConfigError, match=r"training\.trainer\.limit_train_batches"):
+        early(ckpt, fraction)
+    old = policy_cache._resume_training(fraction, None)  # as written before the rule: a plain 1.0
+    old["trainer"]["limit_train_batches"] = 1.0
+    (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps({"training": old}))
+    early(ckpt, fraction)
+    with pytest.raises(ConfigError, match=r"training\.trainer\.limit_train_batches"):
+        early(ckpt, count)
+    run = tmp_path / "run"
+    atomic_write_json(run / "metrics.json", {"version": 1, "status": "finished",
+                                             "config": OmegaConf.to_container(count, resolve=True)})
+    finished(run, count)
+    with pytest.raises(ConfigError, match=r"training\.trainer\.limit_train_batches"):
+        finished(run, fraction)
+    atomic_write_json(ckpt / policy_cache.RESUME_FILE, {"training": policy_cache._resume_training(
+        compose_train(tmp_path, tmp_path, *base), None)})
+    early(ckpt, compose_train(tmp_path, tmp_path, *base, "+trainer.overfit_batches=0.0"))
+
+
 def test_where_a_model_is_read_from_is_keyed_by_its_contents_not_its_path(tmp_path):
     """Review finding: the policy key held ``policy.name_or_path``, ``reward.name_or_path`` and
     ``reward.train.accelerator``, whose effect the key already holds as the world's fingerprints (a local

@@ -554,16 +554,18 @@ def _composed_defaults(overrides: tuple[str, ...]) -> dict:
 
 @functools.cache
 def _trainer_defaults() -> dict:
-    """``lightning.Trainer``'s keyword defaults, as a settings file would store them (JSON-normalised)."""
+    """``lightning.Trainer``'s keyword defaults, as the training settings hold them (JSON-normalised, an
+    int-or-fraction argument's float tagged: ``policy_cache.comparable_training``)."""
     import inspect
 
     import lightning as L
 
     from infalign.infra.cache import json_safe
+    from infalign.pipeline.policy_cache import comparable_training
 
     params = inspect.signature(L.Trainer.__init__).parameters.values()
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    return json.loads(json.dumps(json_safe(defaults, default=str)))
+    return comparable_training({"trainer": json.loads(json.dumps(json_safe(defaults, default=str)))})["trainer"]
 
 
 def defaults_of(cfg: DictConfig | None) -> Callable[[str], tuple[bool, object]]:

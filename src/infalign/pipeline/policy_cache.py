@@ -95,8 +95,9 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     :data:`NOT_TRAINING_DATA_KEYS` and the toy build's runtime options, ``replica`` only
     when > 0 (so replica 0, every run's default, keeps the keys of policies cached before the key
     existed), ``policy.revision`` / ``reward.revision`` left out (the commit they resolve to is in the
-    world's fingerprints: pinning the commit ``main`` pointed to gives the same key), and ``algo.beta``
-    set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
+    world's fingerprints: pinning the commit ``main`` pointed to gives the same key), a float given to one
+    of :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged as a fraction (:func:`comparable_training`), and
+    ``algo.beta`` set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
     def plain(value):
         return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
@@ -110,16 +111,25 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     for group in ("policy", "reward"):
         if isinstance(training.get(group), dict):
             training[group].pop("revision", None)
-    _drop_non_training_data(training)
+    comparable_training(training)
     if beta is not None:
         training["algo"]["beta"] = float(beta)
     return training
 
 
-def _drop_non_training_data(training: dict) -> dict:
-    """``training`` without :data:`NOT_TRAINING_DATA_KEYS` in ``data`` nor the toy build's runtime
-    options (toy/defaults.RUNTIME_DEFAULTS) in ``data.toy``, in place; also applied to a settings file
-    written before they were left out, so its checkpoint still resumes."""
+def comparable_training(training: dict) -> dict:
+    """``training`` (training settings) in place, as the policy key and every comparison read them: without
+    :data:`NOT_TRAINING_DATA_KEYS` in ``data`` nor the toy build's runtime options
+    (toy/defaults.RUNTIME_DEFAULTS) in ``data.toy``, and with a float given to one of
+    :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged ``{"fraction": x}`` -- numbers are otherwise compared and
+    keyed by value (``1 == 1.0``; ``infra/cache.content_key``), while Lightning reads ``1`` as one batch and
+    ``1.0`` as the whole epoch. Also applied to a settings file as read (one written before these rules:
+    its checkpoint still resumes, and ``limit_train_batches=1`` there is not ``1.0`` here)."""
+    trainer = training.get("trainer") if isinstance(training, dict) else None
+    if isinstance(trainer, dict):
+        for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
+            if isinstance(trainer[name], float):
+                trainer[name] = {"fraction": trainer[name]}
     data = training.get("data") if isinstance(training, dict) else None
     if isinstance(data, dict):
         from infalign.toy.defaults import RUNTIME_DEFAULTS
@@ -268,7 +278,7 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str,
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
         return {}
     stored = json.loads(path.read_text())
-    _drop_non_training_data(stored.get("training"))
+    comparable_training(stored.get("training"))
     compared = [{k: v for k, v in side.items() if k not in NOT_COMPARED} for side in (stored, settings)]
     _refuse_if_different(path, _differences(*compared, default), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
@@ -306,7 +316,7 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
     path = Path(ckpt_dir) / RESUME_FILE
     if not path.is_file():
         return
-    stored = _drop_non_training_data(json.loads(path.read_text()).get("training", {}))
+    stored = comparable_training(json.loads(path.read_text()).get("training", {}))
     current = _resume_training(cfg, beta)
     _refuse_other_training(path, stored, current, ckpt_path, without_beta=beta is None, default=default)
 
@@ -469,7 +479,7 @@ def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> st
     instantiated Phi; module docstring), without :data:`KEYED_BY_THE_WORLD` (a model dir moved or copied
     elsewhere is the same policy). Numbers are keyed by value (``infra/cache.content_key``:
     ``transform.t=4`` and ``t: 4.0`` are one policy), except a float given to one of
-    :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction."""
+    :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction (:func:`training_settings`)."""
     training = training_settings(cfg, beta)
     for *parents, name in KEYED_BY_THE_WORLD:
         node = training
@@ -477,11 +487,6 @@ def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> st
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(name, None)
-    trainer = training.get("trainer")
-    if isinstance(trainer, dict):
-        for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
-            if isinstance(trainer[name], float):
-                trainer[name] = {"fraction": trainer[name]}
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
                        world.train_prompts, training, transform_fingerprint(transform))
 
