@@ -188,8 +188,8 @@ def test_an_evaluation_setting_an_older_record_lacks_stands_for_its_default(tmp_
     cfg = compose_train(tmp_path, tmp_path)
     config = OmegaConf.to_container(cfg, resolve=True)
     del config["eval"]["top_p"]
-    record = {"version": 1, "status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
-              "config": config}
+    record = {"version": 4, "status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
+              "code": policy_cache.run_code(), "config": config}
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps(record))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -146,12 +147,13 @@ def test_a_diverged_policy_is_a_named_error_and_never_cached(tiny_cache, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_again(cache_dir, tmp_path,
+def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_again(cache_dir, tiny_world, tmp_path,
                                                                                       monkeypatch):
     """Review finding: ckpt_path=last / last_or_new into a finished run (its checkpoint at the asked step)
     compared only the training settings, then evaluated again with whatever procedure and eval settings
     were given and replaced metrics.json. Now the same settings keep the run as it is (no compute), other
-    evaluation settings are refused naming them, and more steps still continue it."""
+    evaluation settings are refused naming them, and more steps still continue it. A local model dir whose
+    files changed at the same path is another world: not kept, and its checkpoint is refused (review finding)."""
     run_dir = tmp_path / "run"
     first = run(cache_dir, run_dir, "policy_cache=false")
     on_disk = (run_dir / "metrics.json").read_bytes()
@@ -163,13 +165,23 @@ def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_
     def no_compute(*a, **k):
         raise AssertionError("compute started")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(train_stages, "load_world", no_compute)
+    with monkeypatch.context() as patch:  # (the world is loaded: the record is kept only from the same models)
+        for stage in ("calibration_table", "fit_policy", "evaluate_policy"):
+            patch.setattr(train_stages, stage, no_compute)
         for how in ("last_or_new", "last"):
             kept = run(cache_dir, run_dir, "policy_cache=false", f"ckpt_path={how}")
             assert kept["eval"] == first["eval"] and (run_dir / "metrics.json").read_bytes() == on_disk
     longer = run(cache_dir, run_dir, "policy_cache=false", "ckpt_path=last_or_new", "algo.steps=3")
     assert longer["steps"] == 3 and longer["resumed"]["from_step"] == 2
+
+    local, model = tmp_path / "local", tmp_path / "model"
+    shutil.copytree(tiny_world / "reference", model)
+    done = run(cache_dir, local, "policy_cache=false", f"policy.name_or_path={model}")
+    (model / "notes.txt").write_text("edited")  # the model dir's files changed at the same path
+    on_disk = (local / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"ckpt_path.*'world'"):
+        run(cache_dir, local, "policy_cache=false", f"policy.name_or_path={model}", "ckpt_path=last_or_new")
+    assert (local / "metrics.json").read_bytes() == on_disk and done["world"]["world_id"]
 
 
 @pytest.mark.slow

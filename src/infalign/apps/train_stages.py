@@ -46,6 +46,7 @@ from infalign.pipeline.policy_cache import (
     finished_record_to_keep,
     policy_key,
     resume_settings,
+    run_code,
     save_overrides,
     train_or_load,
 )
@@ -103,14 +104,12 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
             check_finished_run(out_dir, cfg, default)
         target = algo.cfg.steps * algo.optimizer_steps_per_batch
+        keep = None  # a finished record of this run to keep as it is, once its models are known to be the record's
         if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= target):
-            # a finished run here with nothing left to train: done if evaluated as asked, else refused
-            kept = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path), default)
-            if kept is not None:
-                log.info("%s records this run, finished with these training and evaluation settings: nothing to "
-                         "do (kept as it is)", out_dir / "metrics.json")
-                return kept
-        started = logger is not None and ckpt is None
+            # a finished run here with nothing left to train: kept if evaluated as asked, under this code, from
+            # the same models (below); refused if evaluated otherwise
+            keep = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path), default)
+        started = logger is not None and ckpt is None and keep is None
         if started:  # the run exists from now on, so a job that fails in any stage shows up (failed)
             loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
 
@@ -120,6 +119,17 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             timings["reward_train_s"] = world.stats["reward_train_s"]
         distributed.init_from_env(cfg.trainer.accelerator)  # from here on every stage sees the same ranks
         check_ranks_agree(distributed.all_gather_objects((world.reference_fingerprint, world.reward_fingerprint)))
+        if keep is not None:  # the models (a local dir's files, a hub commit) are the record's: nothing to do
+            if (keep.get("world") or {}).get("world_id") == world.stats["world_id"]:
+                log.info("%s records this run, finished with these settings, code and models: nothing to do "
+                         "(kept as it is)", out_dir / "metrics.json")
+                return keep
+            log.warning("%s records this run from other models (world_id %s, now %s: a model's files or commit "
+                        "changed at the same name): running it again", out_dir / "metrics.json",
+                        (keep.get("world") or {}).get("world_id"), world.stats["world_id"])
+            if logger is not None and ckpt is None:
+                started = True
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
 
         table, calib_hit = None, None
         with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
@@ -184,6 +194,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                                     "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
                                     "eval_policy_hit": ev.policy_pool_cache_hit},
             resumed=resumed,
+            code=run_code(),  # what a re-run must match to keep this record (policy_cache.finished_record_to_keep)
             world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
             overrides=task_overrides(),  # the report's (Hydra rewrites .hydra/ for every later attempt here)

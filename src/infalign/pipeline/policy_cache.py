@@ -366,17 +366,31 @@ def evaluation_settings(cfg: DictConfig | dict) -> dict:
                      "data": {name: plain(data.get(name)) for name in sorted(NOT_TRAINING_DATA_KEYS)}})
 
 
+def run_code() -> dict[str, str]:
+    """The code a run's results come from, as ``metrics.json`` records it (``code``): ``training``
+    (:func:`code_digest`, what trained the policy) and ``evaluation``
+    (``pipeline/evaluate.evaluation_code_digest``: what drew and scored its pools and computed its numbers)."""
+    from infalign.pipeline.evaluate import evaluation_code_digest
+
+    return {"training": code_digest(), "evaluation": evaluation_code_digest()}
+
+
 def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, default: Default = no_defaults,
                             ) -> dict | None:
     """A resume (``ckpt_path=last`` / ``last_or_new``) into a dir whose ``metrics.json`` records a finished
     run of this config's training (:func:`training_settings`, ``algo.steps`` included) -- which the caller
-    has found trained as far as this run asks -- would train nothing and evaluate again: the record
-    (``metrics.json``'s object) when the evaluation settings (:func:`evaluation_settings`) are the
-    record's too (a setting the record lacks stands for its default, as in a resume: :func:`settings_default`)
-    -- the job is done, and is kept as it is -- else a ``ConfigError`` naming the settings that differ:
-    re-evaluating would replace the finished run's results with another evaluation's. None
-    when the dir records no finished run with evaluation results of this training (a run asking for more
-    steps continues the checkpoint)."""
+    has found trained as far as this run asks -- would train nothing and evaluate again. Its evaluation
+    settings (:func:`evaluation_settings`; a setting the record lacks stands for its ``default``, as in a
+    resume) must be the record's, else a ``ConfigError`` naming those that
+    differ: re-evaluating would replace the finished run's results with another evaluation's. With them the
+    record (``metrics.json``'s object) is a candidate to keep as it is -- when the code it records
+    (``code``, :func:`run_code`) is this run's and the run asks for nothing it lacks (``save_policy`` with
+    no ``policy/`` dir); otherwise None, and the run runs again as it would have before finished runs were
+    kept (a policy-cache run retrains under other training code; the evaluation is drawn again). The
+    caller keeps it only once the world is loaded and is the record's (``world.world_id``: the models'
+    fingerprints, which a model dir changed at the same path changes). None too when the dir records no
+    finished run with evaluation results of this training (a run asking for more steps continues the
+    checkpoint)."""
     from infalign.errors import ConfigError
     from infalign.pipeline.record import read_record
 
@@ -394,6 +408,15 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, defa
                           "run dir instead (ckpt_path=<this dir>/checkpoints/last.ckpt there trains no further; "
                           "a policy from the policy cache is found by the same training settings), or set "
                           "these settings back")
+    code = run_code()
+    if rec.code != code:
+        log.info("%s records a finished run of these settings, but not under this code (%s -> %s): running it "
+                 "again", path, rec.code, code)
+        return None
+    if cfg.get("save_policy") and not (Path(run_dir) / "policy").is_dir():
+        log.info("%s records a finished run of these settings without the policy/ dir save_policy=true asks for: "
+                 "running it again", path)
+        return None
     return rec.to_json()
 
 
