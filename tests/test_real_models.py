@@ -547,18 +547,11 @@ def test_prompt_length_limit_applies_after_the_chat_template(assets):
         kept(25, render)
 
 
-def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tmp_path):
-    """A Llama tokenizer with add_eos_token=True encodes '<s> text </s>': a prompt so encoded would end
-    with a stop token before every response. The sampler, IPO's pairs, the prompt-length filter and the
-    truncation count encode it '<s> text' (builders.encode_prompts), as the reward rows do."""
+def eos_appending_llama():
+    """``(tokenizer, model)``: a word-level tokenizer that encodes ``'<s> text </s>'`` (a Llama tokenizer with
+    ``add_eos_token=True``) and a tiny random Llama with 8 positions."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from infalign.data import PreferenceExample, filter_by_length
-    from infalign.data.batches import PolicyPairCollator
-    from infalign.data.formats import ParseReport
-    from infalign.models.builders import encode_prompts
-    from infalign.models.generation import sample
 
     words = ["<pad>", "<unk>", "<s>", "</s>", "tell", "me", "cats", "are", "nice"]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -567,12 +560,26 @@ def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tm
                                                                                                   ("</s>", 3)])
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                   eos_token="</s>", padding_side="left")
-    assert tok.convert_ids_to_tokens(tok("tell me")["input_ids"]) == ["<s>", "tell", "me", "</s>"]  # appends eos
-    assert encode_prompts(tok, ["tell me"]) == [[2, 4, 5]]
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8,
                                       bos_token_id=2, eos_token_id=3, pad_token_id=0))
+    return tok, lm
+
+
+def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tmp_path):
+    """A Llama tokenizer with add_eos_token=True encodes '<s> text </s>': a prompt so encoded would end
+    with a stop token before every response. The sampler, IPO's pairs, the prompt-length filter and the
+    truncation count encode it '<s> text' (builders.encode_prompts), as the reward rows do."""
+    from infalign.data import PreferenceExample, filter_by_length
+    from infalign.data.batches import PolicyPairCollator
+    from infalign.data.formats import ParseReport
+    from infalign.models.builders import encode_prompts
+    from infalign.models.generation import sample
+
+    tok, lm = eos_appending_llama()
+    assert tok.convert_ids_to_tokens(tok("tell me")["input_ids"]) == ["<s>", "tell", "me", "</s>"]  # appends eos
+    assert encode_prompts(tok, ["tell me"]) == [[2, 4, 5]]
     roll = sample(lm, tok, ["tell me", "cats"], num_samples=1, max_new_tokens=5,
                   generator=torch.Generator().manual_seed(0))
     assert tok.convert_ids_to_tokens(roll.prompt_ids[0].tolist()) == ["<s>", "tell", "me"]
@@ -584,6 +591,29 @@ def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tm
     assert len(kept) == 1  # '<s> tell me': 3 tokens
     cfg = OmegaConf.create({"algo": {"max_new_tokens": 5}})
     assert world_mod.count_truncated_prompts(cfg, lm, tok, {"train": ["tell me"]}) == {"prompts_truncated_train": 0}
+
+
+def test_the_diverged_policy_probe_reads_the_prompts_as_the_sampler_does():
+    """Review finding: the diverged-policy probe (pipeline/fit.check_trained_policy) encoded its prompts with
+    ``tokenizer(prompt)`` and cut them blindly from the left: a Llama tokenizer with add_eos_token=True gave
+    it '<s> text </s>' (a stop token where the policy starts its response) and a long prompt lost its BOS.
+    It reads them as the sampler does (models/generation.policy_prompt_ids: builders.encode_prompts, then
+    cut from the left keeping BOS): '<s>' then the prompt's last tokens."""
+    from types import SimpleNamespace
+
+    from infalign.models.generation import sample
+    from infalign.pipeline.fit import check_trained_policy
+
+    tok, lm = eos_appending_llama()
+    prompt = "tell me cats are nice tell me cats are nice"  # 11 tokens with <s>; 7 positions left for 1 new token
+    seen = []
+    forward = lm.forward
+    lm.forward = lambda input_ids=None, **kw: (seen.append(input_ids[0].tolist()), forward(input_ids, **kw))[1]
+    check_trained_policy(SimpleNamespace(policy=lm, tokenizer=tok, train_prompts=[prompt]))
+    assert tok.convert_ids_to_tokens(seen[0]) == ["<s>", "nice", "tell", "me", "cats", "are", "nice"]
+    lm.forward = forward
+    assert seen[0] == sample(lm, tok, [prompt], num_samples=1, max_new_tokens=1,
+                             generator=torch.Generator().manual_seed(0)).prompt_ids[0].tolist()
 
 
 def test_chat_template_bos_is_not_doubled(assets):

@@ -53,25 +53,28 @@ PROBE_PROMPTS = 4  # training prompts whose next-token distribution check_traine
 def check_trained_policy(world) -> None:
     """Raise ``FloatingPointError`` naming the stage when the trained ``world.policy`` has diverged:
     a non-finite weight, or NaN / infinite next-token logits after the first :data:`PROBE_PROMPTS`
-    training prompts (one forward each, in eval mode; finite but exploded weights give those, and
+    training prompts, read as the sampler reads them (``models/generation.policy_prompt_ids``; one
+    forward each, in eval mode; finite but exploded weights give those, and
     sampling from them failed later with torch's "probability tensor contains either inf, nan"). Run
     right after training, before the policy is stored in the policy cache or evaluated, so a diverged
     policy is never cached."""
-    from infalign.models.generation import prompt_token_limit
+    from infalign.models.generation import policy_prompt_ids
 
     policy, tokenizer = world.policy, world.tokenizer
     bad = [name for name, p in policy.named_parameters() if not bool(torch.isfinite(p).all())]
     broken = f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
     if not broken:
         device = next(policy.parameters()).device
-        limit = prompt_token_limit(policy, 1)
+        # as the sampler reads them before its first new token (leading special tokens, no trailing eos; cut
+        # from the left keeping BOS)
+        probes, _ = policy_prompt_ids(policy, tokenizer, list(world.train_prompts[:PROBE_PROMPTS]), 1)
         was_training = policy.training
         policy.eval()
         try:
             with torch.no_grad():
-                for i, prompt in enumerate(world.train_prompts[:PROBE_PROMPTS]):
-                    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, -limit if limit else 0:]
-                    if not bool(torch.isfinite(policy(input_ids=ids.to(device)).logits[:, -1]).all()):
+                for i, ids in enumerate(probes):
+                    ids = torch.tensor([ids], dtype=torch.long, device=device)
+                    if not bool(torch.isfinite(policy(input_ids=ids).logits[:, -1]).all()):
                         broken = f"NaN or infinite next-token logits on training prompt {i}"
                         break
         finally:
