@@ -531,7 +531,7 @@ def test_prompt_length_limit_applies_after_the_chat_template(assets):
 
     tok = load_tokenizer(assets / "lm", "left")
     render = world_mod.policy_view(OmegaConf.create(
-        {"chat_template": True, "system_prompt": "be brief"}), tok)
+        {"chat_template": True, "system_prompt": "be brief"}), tok, "hh")
     prompt = json.loads(hh_line(0))["chosen"].rsplit("Assistant:", 1)[0] + "Assistant:"
     assert len(tok(prompt)["input_ids"]) == 19 and len(tok(render([prompt])[0])["input_ids"]) == 26
 
@@ -616,12 +616,38 @@ def test_the_diverged_policy_probe_reads_the_prompts_as_the_sampler_does():
                              generator=torch.Generator().manual_seed(0)).prompt_ids[0].tolist()
 
 
+def test_a_tldr_post_that_quotes_a_dialogue_is_one_user_turn_under_a_chat_template(assets, tmp_path):
+    """Review finding: with policy.chat_template=true every prompt went through HH turn splitting, which
+    raises Malformed (text before the first turn) for a TL;DR post quoting '\n\nHuman:' -- outside the
+    loader's malformed count, so the run crashed. A prompt of a source that is not a dialogue
+    (pipeline/settings.DIALOGUE_SOURCES) is rendered as one user turn, its text as is; an HH prompt is
+    still split into its turns."""
+    from test_real_data_experiments import tldr_line
+
+    tok = load_tokenizer(assets / "lm", "left")
+    post = "my cats story\n\nHuman: is this a dialogue ?\n\nAssistant: no it is a post"
+    quoted = json.dumps({"info": {"post": post, "title": "about cats", "subreddit": "tifu"},
+                         "summaries": [{"text": " cats went bad"}, {"text": " meh"}], "choice": 0})
+    write_jsonl(tmp_path / "train.jsonl", [quoted, *(tldr_line(i) for i in range(1, 6))])
+    write_jsonl(tmp_path / "test.jsonl", [tldr_line(i) for i in range(6, 9)])
+    render = world_mod.policy_view(OmegaConf.create({"chat_template": True}), tok, "tldr")
+    dm = world_mod.preference_data(OmegaConf.create({"source": "tldr", "train_file": str(tmp_path / "train.jsonl"),
+                                                     "test_file": str(tmp_path / "test.jsonl")}), tok, render)
+    assert dm.reports["train"].kept == 6
+    (shown,) = [r for r in render(dm.prompts("train")) if "dialogue" in r]
+    text = next(p for p in dm.prompts("train") if "dialogue" in p)
+    assert shown == tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+    hh = world_mod.policy_view(OmegaConf.create({"chat_template": True}), tok, "hh")
+    assert hh(["\n\nHuman: more on tea ?\n\nAssistant: sure\n\nHuman: why ?\n\nAssistant:"])[0].count("<|user|>") == 2
+
+
 def test_chat_template_bos_is_not_doubled(assets):
     """A template that writes ``{{ bos_token }}`` (Llama-3 style) + a tokenizer that adds BOS on
     encoding would give two BOS tokens; the rendered prompt drops the template's."""
     tok = load_tokenizer(assets / "lm", "left")
     tok.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
-    (shown,) = world_mod.apply_chat_template(tok, ["\n\nHuman: more on tea ?\n\nAssistant:"])
+    (shown,) = world_mod.apply_chat_template(tok, ["\n\nHuman: more on tea ?\n\nAssistant:"], None, dialogue=True)
     ids = tok(shown)["input_ids"]  # what generation.sample feeds the policy
     assert tok.convert_ids_to_tokens(ids) == ["<s>", "<|user|>", "more", "on", "tea", "?", "<|end|>", "<|assistant|>"]
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from infalign.errors import require, require_type
 
-__all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "REWARD_PROMPT_FORMATS", "WANDB_MODES",
-           "data_settings", "eval_pool_settings", "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
+__all__ = ["DATA_SOURCES", "DIALOGUE_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "REWARD_PROMPT_FORMATS",
+           "WANDB_MODES", "data_settings", "eval_pool_settings", "model_settings", "sampling_settings", "training_seed",
+           "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
+# data.source values whose prompts are Human / Assistant dialogues: rendered as chat turns
+# (data/formats.chat_messages), with a last Human turn a reward model may read alone (reward.prompt_format)
+DIALOGUE_SOURCES = ("hh",)
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -100,7 +104,7 @@ def model_settings(cfg) -> None:
             "last_user_turn: an HH dialogue's last Human turn alone, as OpenAssistant's DeBERTa reward models read "
             "their question (docs/method.md §6)")
     source = (cfg.get("data") or {}).get("source")
-    require(value == "full" or source == "hh", "reward.prompt_format", value,
+    require(value == "full" or source in DIALOGUE_SOURCES, "reward.prompt_format", value,
             f"'full' for data.source={source} (its prompts have no Human / Assistant turns)")
 
 
