@@ -318,7 +318,7 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
         return
     stored = comparable_training(json.loads(path.read_text()).get("training", {}))
     current = _resume_training(cfg, beta)
-    _refuse_other_training(path, stored, current, ckpt_path, without_beta=beta is None, default=default)
+    _refuse_if_different(path, _training_differences(stored, current, beta is None, default), ckpt_path)
 
 
 def check_finished_run(run_dir: Path, cfg: DictConfig, default: Default = no_defaults) -> None:
@@ -345,11 +345,8 @@ def _finished_training_differences(path: Path, cfg: DictConfig, default: Default
     if not isinstance(config, dict) or not config:
         return None
     stored, current = (_as_json(training_settings(c, None)) for c in (OmegaConf.create(config), cfg))
-    if cfg.algo.get("kl_target") is not None:  # the record holds the beta it picked; this run picks it later
-        for settings in (stored, current):
-            if isinstance(settings.get("algo"), dict):
-                settings["algo"].pop("beta", None)
-    return _differences({"training": stored}, {"training": current}, default)
+    # the record holds the beta a kl_target picked; this run picks it later
+    return _training_differences(stored, current, cfg.algo.get("kl_target") is not None, default)
 
 
 def evaluation_settings(cfg: DictConfig | dict) -> dict:
@@ -420,16 +417,16 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, defa
     return rec.to_json()
 
 
-def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: str, without_beta: bool,
-                           default: Default) -> None:
-    """:func:`_refuse_if_different` on two training settings, ``algo.beta`` left out of both when
-    ``without_beta`` (``algo.kl_target`` picks it); a key only one side holds stands for its ``default``."""
+def _training_differences(stored: dict, current: dict, without_beta: bool, default: Default) -> list[str]:
+    """:func:`_differences` of two training settings (as ``training.<key>``), ``algo.beta`` left out of both
+    (in place) when ``without_beta`` -- ``algo.kl_target`` picks it after calibration, so the early check has
+    none yet and a finished run's record holds the one it picked; a key only one side holds stands for its
+    ``default``."""
     if without_beta:
         for settings in (stored, current):
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
-    differ = _differences({"training": stored}, {"training": current}, default)
-    _refuse_if_different(path, differ, ckpt_path)
+    return _differences({"training": stored}, {"training": current}, default)
 
 
 def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, hint: str = "") -> None:
