@@ -103,9 +103,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 fit_ckpt, resume_step = None, 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
             check_finished_run(out_dir, cfg, default)
-        target = algo.cfg.steps * algo.optimizer_steps_per_batch
         keep = None  # a finished record of this run to keep as it is, once its models are known to be the record's
-        if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= target):
+        if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= algo.optimizer_steps):
             # a finished run here with nothing left to train: kept if evaluated as asked, under this code, from
             # the same models (below); refused if evaluated otherwise
             keep = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path), default)

@@ -68,7 +68,7 @@ def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers,
         module.step_batches = StepBatches(loader)
         loader = DataLoader(range(algo.cfg.steps), batch_size=None)  # counts steps (the module reads its batch)
     world.policy.train()
-    trainers.fit(max_steps=algo.cfg.steps).fit(module, loader, ckpt_path=ckpt_path)
+    trainers.fit(max_steps=algo.optimizer_steps).fit(module, loader, ckpt_path=ckpt_path)
     return {"offline_pairs": len(prompts), "offline_n": n, "offline_cut_best": cut["best"],
             "offline_cut_worst": cut["worst"]}
 

@@ -41,10 +41,9 @@ def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, ta
         return
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
                         world.train_prompts, algo, seed=training_seed(cfg))
-    steps = algo.cfg.steps
     # the "dataloader" only counts steps: prompts and seeds are functions of the step
-    trainers.fit(max_steps=steps * algo.optimizer_steps_per_batch).fit(
-        module, DataLoader(range(steps), batch_size=None), ckpt_path=ckpt_path)
+    trainers.fit(max_steps=algo.optimizer_steps).fit(
+        module, DataLoader(range(algo.cfg.steps), batch_size=None), ckpt_path=ckpt_path)
 
 
 PROBE_PROMPTS = 4  # training prompts whose next-token distribution check_trained_policy checks
