@@ -386,14 +386,16 @@ def test_entries_load_by_key_and_a_misplaced_file_is_retrained(tmp_path):
         def go():
             calls.append(value)
             torch.nn.init.constant_(policy.weight, value)
+            return {"trained_at": value}
         return go
 
-    assert train_or_load(policy, "aaaa", tmp_path, train(1.0), "run-a") is False
+    assert train_or_load(policy, "aaaa", tmp_path, train(1.0), "run-a") == (False, {"trained_at": 1.0})
     torch.nn.init.zeros_(policy.weight)
-    assert train_or_load(policy, "aaaa", tmp_path, train(9.0), "run-b") is True  # loaded, not retrained
+    # loaded, not retrained: with what its training reported
+    assert train_or_load(policy, "aaaa", tmp_path, train(9.0), "run-b") == (True, {"trained_at": 1.0})
     assert calls == [1.0] and torch.all(policy.weight == 1.0)
     shutil.copy(tmp_path / "policies" / "aaaa.pt", tmp_path / "policies" / "bbbb.pt")  # wrong name
-    assert train_or_load(policy, "bbbb", tmp_path, train(2.0), "run-c") is False
+    assert train_or_load(policy, "bbbb", tmp_path, train(2.0), "run-c")[0] is False
     assert calls == [1.0, 2.0] and torch.all(policy.weight == 2.0)
 
 

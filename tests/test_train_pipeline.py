@@ -371,6 +371,22 @@ def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
         assert metrics["beta"] == pytest.approx(0.5)
 
 
+@pytest.mark.slow
+def test_an_offline_baseline_records_its_training_data_also_from_the_policy_cache(tiny_cache, tmp_path):
+    """Review finding: fit_offline's pair count, N and the best / worst picks cut at max_new_tokens
+    (offline_cut_best / offline_cut_worst) were logged, and dropped by fit_policy. metrics.json records them
+    (``offline``), also for a run whose policy came from the policy cache (kept in the cache entry); an
+    online run records none."""
+    first = run(tiny_cache, tmp_path / "a", "algo=bon_sft", "algo.steps=2", "algo.max_new_tokens=3")
+    offline = first["offline"]
+    assert offline == json.loads((tmp_path / "a" / "metrics.json").read_text())["offline"]
+    assert (offline["pairs"], offline["n"]) == (6, first["config"]["procedure"]["n"])
+    assert 0 <= offline["cut_best"] <= 6 and 0 < offline["cut_worst"] <= 6  # 3 new tokens cut some responses
+    again = run(tiny_cache, tmp_path / "b", "algo=bon_sft", "algo.steps=2", "algo.max_new_tokens=3")
+    assert again["cache"]["policy_hit"] is True and again["offline"] == offline
+    assert run(tiny_cache, tmp_path / "c", "transform=identity", "algo.steps=1")["offline"] is None
+
+
 @pytest.mark.slow  # two trainings
 def test_a_replica_is_an_independent_training_paired_with_its_seed(cache_dir, tmp_path):
     """replica=1 (the A/A control, sweeps/paper_null.yaml): another policy (training draws from

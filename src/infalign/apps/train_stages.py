@@ -149,22 +149,23 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             if logger is not None:
                 loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
 
-        def train() -> None:
+        def train() -> dict | None:
             # what the checkpoints about to be written here depend on (also when they continue another dir's)
             fresh_here = ckpt is None or Path(ckpt).parent.resolve() != ckpt_dir.resolve()
             if fresh_here and distributed.rank() == 0:
                 check_resume(ckpt_dir, settings, False, str(cfg.ckpt_path))
                 save_overrides(ckpt_dir, task_overrides() or [])
-            fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
+            offline = fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
             check_trained_policy(world)  # a diverged policy: a named error, before the policy cache stores it
+            return offline
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
             if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
                 policy_id = policy_key(cfg, world, algo.beta, transform if algo.online else None)
-                policy_hit = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
+                policy_hit, offline = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
             else:
-                train()
+                offline = train()
         if cfg.save_policy and distributed.rank() == 0:
             # written beside and moved into place: a failure or kill mid-save leaves the previous policy/ whole
             with atomic_dir(out_dir / "policy") as tmp:
@@ -193,6 +194,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                                     "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
                                     "eval_policy_hit": ev.policy_pool_cache_hit},
             resumed=resumed,
+            offline=offline,  # an offline baseline's training data (pairs, N, picks cut without a stop token)
             code=run_code(),  # what a re-run must match to keep this record (policy_cache.finished_record_to_keep)
             world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long

@@ -31,19 +31,21 @@ def calibration_table(world, cfg: DictConfig, trainer: TrainerFactory,
 
 
 def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, table: CalibrationTable | None,
-               trainers: StageTrainers, ckpt_path: str | None) -> None:
+               trainers: StageTrainers, ckpt_path: str | None) -> dict | None:
     """CTRL with an online algorithm (RLOO / PPO on Phi(C_hat), resumable), or an offline baseline
     (``bon_sft``, ``ipo``; resumable in one process) on reference samples drawn with the ``calibration``
-    generation settings; ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples."""
+    generation settings; ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples.
+    Returns an offline baseline's training data (``pipeline/baselines.fit_offline``: pairs, N, picks cut
+    at ``max_new_tokens``; ``metrics.json``'s ``offline``), None for an online algorithm."""
     if not algo.online:  # (apps/train.offline_resume_step decided whether ckpt_path is continued)
-        fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg), ckpt_path,
-                    step_indexed=offline_resumable(cfg.get("trainer")))
-        return
+        return fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg), ckpt_path,
+                           step_indexed=offline_resumable(cfg.get("trainer")))
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
                         world.train_prompts, algo, seed=training_seed(cfg))
     # the "dataloader" only counts steps: prompts and seeds are functions of the step
     trainers.fit(max_steps=algo.optimizer_steps).fit(
         module, DataLoader(range(algo.cfg.steps), batch_size=None), ckpt_path=ckpt_path)
+    return None
 
 
 PROBE_PROMPTS = 4  # training prompts whose next-token distribution check_trained_policy checks

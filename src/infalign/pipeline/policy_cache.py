@@ -511,23 +511,32 @@ def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> st
                        world.train_prompts, training, transform_fingerprint(transform))
 
 
-def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], None], origin: str) -> bool:
+def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], dict | None], origin: str,
+                  ) -> tuple[bool, dict | None]:
     """Load ``policy``'s weights from the cache entry ``key``, or call ``train()`` and store them.
 
-    Returns the cache hit flag. ``origin`` (the run dir that trained it) is recorded in the entry.
+    Returns ``(hit, fit)``: the cache hit flag and what ``train()`` returned about the training (an offline
+    baseline's training data, ``pipeline/fit.fit_policy``), which the entry keeps with the weights -- a hit
+    returns the training's own (None from an entry written before it was kept). ``origin`` (the run dir that
+    trained it) is recorded in the entry.
     """
     path = Path(cache_dir) / "policies" / f"{key}.pt"
 
     def build():
-        train()
-        return {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+        fit = train()
+        return {k: v.detach().cpu() for k, v in policy.state_dict().items()}, fit
 
-    def save(state, p: Path) -> None:
-        save_tensors(p, state, {"trained_in": origin}, key=key)
+    def save(value, p: Path) -> None:
+        state, fit = value
+        save_tensors(p, state, {"trained_in": origin, "fit": fit}, key=key)
+
+    def load(p: Path):
+        state, meta = load_tensors(p, key)
+        return state, meta.get("fit")
 
     # the key stored in the file is checked on load: a file under the wrong name is retrained
-    state, hit = cached(path, build, save, lambda p: load_tensors(p, key)[0])
+    (state, fit), hit = cached(path, build, save, load)
     if hit:
         policy.load_state_dict(state)
         log.info("trained policy cache hit: %s", path)
-    return hit
+    return hit, fit
