@@ -4,12 +4,18 @@ A sweep often asks for the same trained policy more than once: the same (method,
 in two experiments that differ only in how they evaluate (N, eval pool size, procedure). The
 trained weights depend only on
 
-* the world (reference and reward-model fingerprints, the training prompts, ``data``),
-* everything in the config that training reads (``algo`` with the effective beta, ``transform``,
-  ``calibration``, ``policy``, ``reward``, ``data``, ``seed``, ``deterministic``; of ``trainer``
-  every key but :data:`NOT_TRAINING_TRAINER_KEYS`; of ``callbacks`` every entry but
-  :data:`NOT_TRAINING_CALLBACKS`),
-  resolved -- so an interpolation such as ``${procedure.n}`` counts exactly when a method uses it,
+* the world (reference and reward-model fingerprints -- a local dir's files, a hub model's commit, a
+  Bradley-Terry model's files -- and the training prompts),
+* everything in the config that training reads (:func:`training_settings`): ``algo`` with the
+  effective beta, ``transform``, ``calibration``, ``seed``, ``deterministic``, ``replica`` (when > 0);
+  ``policy`` and ``reward`` without their ``revision`` and without :data:`KEYED_BY_THE_WORLD` -- where
+  the models are read from and where a reward model trains, which lead to the fingerprints above, so a
+  model dir moved or copied elsewhere is the same policy; ``data`` without
+  :data:`NOT_TRAINING_DATA_KEYS` and the toy build's runtime options; of ``trainer`` every key but
+  :data:`NOT_TRAINING_TRAINER_KEYS` (an int-or-fraction argument's float tagged as a fraction,
+  :func:`comparable_training`); of ``callbacks`` every entry but :data:`NOT_TRAINING_CALLBACKS` --
+  resolved, numbers by value (``infra/cache.content_key``), so an interpolation such as
+  ``${procedure.n}`` counts exactly when a method uses it,
 * the training code (a digest of the syntax of the modules listed in :data:`TRAINING_CODE`),
 * the transform's values ``Phi(u)`` on a fixed grid of ``u`` (:func:`transform_fingerprint`): a
   tabulated ``Phi`` (the optimal transform, which the theory engine computes when the config is
