@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -66,6 +68,81 @@ def test_code_fingerprint_strips_only_docstrings_not_a_leading_statement():
         code_fingerprint("def f(x):\n    x.append(2)\n    return x\n")
     assert code_fingerprint("torch.manual_seed(0)\n") != code_fingerprint("torch.manual_seed(1)\n")
     assert code_fingerprint('def f():\n    """doc"""\n    return 1\n') == code_fingerprint("def f():\n    return 1\n")
+
+
+def _tree(path):
+    return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _write_dir(final, files):
+    from infalign.infra.cache import atomic_dir
+
+    with atomic_dir(final) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+
+
+OLD, NEW = {"a": "old", "b": "old"}, {"a": "new", "c": "new"}
+
+
+def test_replacing_a_dir_that_fails_between_its_steps_never_loses_it(tmp_path, monkeypatch):
+    """Review finding: atomic_dir removed the old dir, then renamed the new one in: a failure or kill while
+    removing left half a dir, one between the two steps none. The old dir is now renamed aside, the new one
+    renamed in, then the old one deleted: a failure of the second rename puts the old dir back, one while
+    deleting the old dir leaves the new one whole."""
+    import os
+    import shutil
+
+    from infalign.infra import cache
+
+    final = tmp_path / "policy"
+    _write_dir(final, OLD)
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    def failing_replace(src, dst):
+        if "tmp" in str(src):  # the new dir moving in
+            raise OSError("killed between the steps")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="killed between"):
+        _write_dir(final, NEW)
+    monkeypatch.setattr(cache.os, "replace", real_replace)
+    assert _tree(final) == OLD
+
+    def half_rmtree(path, *args, **kwargs):  # deletes one file of the old dir, then dies
+        if (Path(path) / "b").exists():
+            (Path(path) / "b").unlink()
+            raise OSError("killed while deleting")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache.shutil, "rmtree", half_rmtree)
+    _write_dir(final, NEW)
+    monkeypatch.setattr(cache.shutil, "rmtree", real_rmtree)
+    assert _tree(final) == NEW
+    _write_dir(final, OLD)  # the next write deletes what was left aside
+    assert _tree(final) == OLD and sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+
+
+def test_a_dir_a_kill_left_aside_is_moved_back_before_anything_reads_or_replaces_it(tmp_path):
+    """A kill between atomic_dir's two renames leaves no ``final`` and its previous version whole aside
+    (``.<name>.old``): the next atomic_dir of it, or cached() looking for the entry, moves it back -- a cache
+    entry is a hit, not a rebuild, and a write that then fails leaves it as it was."""
+    from infalign.infra.cache import aside_dir, atomic_dir, cached
+
+    final = tmp_path / "entry"
+    _write_dir(final, OLD)
+    final.rename(aside_dir(final))  # the state a kill between the renames leaves
+    with pytest.raises(RuntimeError), atomic_dir(final):
+        raise RuntimeError("crash while writing")
+    assert _tree(final) == OLD and not aside_dir(final).exists()
+    final.rename(aside_dir(final))
+
+    def build():
+        raise AssertionError("rebuilt")
+
+    value, hit = cached(final, build, lambda v, p: None, _tree)
+    assert hit and value == OLD
 
 
 def test_an_entry_deleted_between_the_check_and_the_read_is_a_miss(tmp_path):

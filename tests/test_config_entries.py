@@ -168,6 +168,43 @@ def test_config_entry_composes_and_instantiates(group, name, tmp_path):
     CHECKS[group](cfg, tmp_path)
 
 
+def settings_keys(settings: dict, depth: int, prefix: str = "") -> list[str]:
+    """Every dotted key of ``settings`` down to ``depth`` levels: those a resume compares one by one
+    (``pipeline/policy_cache._differences``: deeper values are compared whole)."""
+    keys = []
+    for k, v in settings.items():
+        keys.append(f"{prefix}{k}")
+        if isinstance(v, dict) and depth > 1:
+            keys += settings_keys(v, depth - 1, f"{prefix}{k}.")
+    return keys
+
+
+@pytest.mark.parametrize("group, name", ENTRIES, ids=[f"{g}={n}" for g, n in ENTRIES])
+def test_every_setting_of_every_entry_has_a_default(group, name):
+    """Review finding: reward.prompt_format, added to conf/reward/hf.yaml, had no default for a checkpoint's
+    settings file or a finished run's record written before it, so every HF run written earlier was refused
+    (a key only one side holds is compared with its default). Every training and evaluation setting of
+    every entry -- experiments' and methods' bundles included -- has one: its value in the config composed
+    from the run's config-group choices without value overrides (docs/architecture.md §4). A key an
+    experiment or method adds that no group entry holds would have none. (Left out: an experiment's setting
+    of another algorithm, ``algo.beta`` under ``algo=bon_sft``, which the run's algorithm ignores:
+    make_algorithm.)"""
+    import dataclasses
+
+    from infalign.apps.config import settings_defaults
+    from infalign.pipeline import policy_cache
+    from infalign.training.algorithms import ALGORITHMS
+
+    cfg = compose_config("train", f"{group}={name}", *REQUIRED.get((group, name), []), hydra=True)
+    default = settings_defaults(cfg)
+    keys = settings_keys({"training": policy_cache.stored_training(cfg, None)}, 3)
+    keys += settings_keys(policy_cache.evaluation_settings(cfg), 2)  # a finished run's record, re-run
+    ignored = {f"training.algo.{k}" for k in cfg.algo} - {
+        f"training.algo.{f.name}" for f in dataclasses.fields(ALGORITHMS[cfg.algo.name].Config)}
+    assert "training.reward.prompt_format" in keys or cfg.reward.get("prompt_format") is None
+    assert [k for k in keys if k not in ignored and not default(k)[0]] == []
+
+
 SWEEPS = entries(SWEEPS_DIR)
 
 

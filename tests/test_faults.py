@@ -53,6 +53,18 @@ def no_compute(monkeypatch):
     monkeypatch.setattr(train_stages, "load_world", boom)
 
 
+def world_only(monkeypatch, world_id: str) -> None:
+    """Runs load a stand-in world whose models are ``world_id`` (``world.stats["world_id"]``) and stop at the
+    first stage after it ("compute started")."""
+    def boom(*a, **k):
+        raise AssertionError("compute started")
+
+    world = SimpleNamespace(reference_fingerprint="ref", reward_fingerprint="rm", stats={"world_id": world_id})
+    monkeypatch.setattr(train_stages, "load_world", lambda *a, **k: world)
+    monkeypatch.setattr(train_stages, "calibration_table", boom)
+    monkeypatch.setattr(train_stages, "fit_policy", boom)
+
+
 def train_cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen | forked_cli.ForkedProcess:
     """``infalign-train *args`` as a process of its own, with ``ENV`` updated by ``env`` (forked from a
     pre-imported interpreter: ``forked_cli``)."""
@@ -669,7 +681,7 @@ def test_a_launched_rank_without_a_named_run_dir_is_a_config_error(tmp_path):
 
 def test_a_setting_a_settings_file_from_another_code_version_lacks_resumes_at_its_default(tmp_path, monkeypatch):
     """A key this code added since the checkpoint was written (absent from its run_settings.json) stands
-    for its default (docs/architecture.md §4: an algorithm setting, its Config dataclass's): the checkpoint
+    for its default (docs/architecture.md §4: its value in the algorithm's conf/algo entry): the checkpoint
     resumes at that value and is refused at another, as is a key both have that differs."""
     from infalign.pipeline.policy_cache import RESUME_FILE
 
@@ -722,13 +734,16 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
     """A finished run with no checkpoint (its policy came from the policy cache): ``last_or_new`` with
     other training settings is refused -- it silently replaced the exp(t=4) run's record with an identity
     run's -- and, with the same ones, so are other evaluation settings (evaluating again replaced the
-    run's results: review finding), while the same settings keep the run as it is, without compute."""
+    run's results: review finding), while the same settings keep the run as it is, without compute past
+    loading its world."""
+    from infalign.pipeline.policy_cache import run_code
+
     no_compute(monkeypatch)
     cache, run_dir = tmp_path / "cache", tmp_path / "run"
     cfg = compose_train(cache, run_dir, "transform.t=4")
     run_dir.mkdir()
-    record = {"status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
-              "config": OmegaConf.to_container(cfg, resolve=True)}
+    record = {"status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}}, "code": run_code(),
+              "world": {"world_id": "w"}, "config": OmegaConf.to_container(cfg, resolve=True)}
     (run_dir / "metrics.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
         train_app.run(compose_train(cache, run_dir, "transform.t=2", "ckpt_path=last_or_new"))
@@ -742,8 +757,43 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
                        ("data.eval_prompts=4", r"data\.eval_prompts")):
         with pytest.raises(ConfigError, match=rf"ckpt_path.*evaluated with other values of \[.*{key}"):
             train_app.run(compose_train(cache, run_dir, "transform.t=4", other, "ckpt_path=last_or_new"))
+    world_only(monkeypatch, "w")
     kept = train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new"))
     assert kept["run_name"] == "done" and json.loads((run_dir / "metrics.json").read_text()) == record
+
+
+def test_a_finished_run_is_kept_only_under_its_code_with_its_outputs_and_its_models(tmp_path, monkeypatch):
+    """Review finding: the finished-run skip kept a record after the training or evaluation code changed
+    (before it, a last_or_new re-run of a policy-cache run retrained under new training code and evaluated
+    again: a sweep re-run after the offline baselines' sampled-ids fix kept the old bon_sft / ipo numbers),
+    when the re-run asked for a policy/ dir the run never saved, and -- the skip running before the world is
+    loaded -- after a local model dir's contents changed at the same path. metrics.json records the code
+    (``code``: the training and the pool / evaluation digests, docs/architecture.md §2); the record is kept
+    only under that code, with what the run asks for, once the loaded world is the record's (world_id);
+    otherwise the run runs again."""
+    from infalign.pipeline.policy_cache import run_code
+
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    cfg = compose_train(cache, run_dir, "transform.t=4")
+    run_dir.mkdir()
+    record = {"version": 4, "status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
+              "code": run_code(), "world": {"world_id": "w"}, "config": OmegaConf.to_container(cfg, resolve=True)}
+    again = compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new")
+    for code in ({**run_code(), "training": "0" * 16}, {**run_code(), "evaluation": "0" * 16}, None):
+        (run_dir / "metrics.json").write_text(json.dumps({**record, "code": code}))
+        world_only(monkeypatch, "w")
+        with pytest.raises(AssertionError, match="compute started"):
+            train_app.run(again)
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+    for world_id, extra in (("w", ["save_policy=true"]), ("another model's", [])):
+        world_only(monkeypatch, world_id)
+        with pytest.raises(AssertionError, match="compute started"):
+            train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new", *extra))
+    (run_dir / "policy").mkdir()
+    world_only(monkeypatch, "w")
+    assert train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new",
+                                       "save_policy=true"))["run_name"] == "done"
+    assert json.loads((run_dir / "metrics.json").read_text()) == record
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 import pytest
 
 from infalign.apps import train as train_app
+from infalign.apps.config import settings_defaults
 from infalign.pipeline import policy_cache
 from infalign.pipeline.policy_cache import policy_key
 from pipeline_helpers import compose_train
@@ -10,6 +11,17 @@ from pipeline_helpers import compose_train
 
 class _World:
     reference_fingerprint, reward_fingerprint, train_prompts = "ref", "rm", ["a0 ->"]
+
+
+def early(ckpt, cfg, beta=None):
+    """check_resume_early as a run makes it: a key one side lacks stands for the run's default
+    (apps/config.settings_defaults)."""
+    policy_cache.check_resume_early(ckpt, cfg, beta, "last", settings_defaults(cfg))
+
+
+def finished(run, cfg):
+    """check_finished_run as a run makes it (:func:`early`)."""
+    policy_cache.check_finished_run(run, cfg, settings_defaults(cfg))
 
 
 @pytest.mark.slow
@@ -84,20 +96,107 @@ def test_a_setting_only_one_side_records_matches_only_its_default(tmp_path, extr
     old = policy_cache._resume_training(cfg, None)
     del old["replica"], old["callbacks"]  # as the settings file was written before they were stored
     (ckpt.mkdir(), (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps({"training": old})))
-    policy_cache.check_resume_early(ckpt, cfg, None, "last")
-    policy_cache.check_resume_early(ckpt, compose_train(tmp_path, tmp_path, *base, "+trainer.accumulate_grad_batches=1",
-                                                        "+trainer.gradient_clip_val=null"), None, "last")
+    early(ckpt, cfg)
+    early(ckpt, compose_train(tmp_path, tmp_path, *base, "+trainer.accumulate_grad_batches=1",
+                              "+trainer.gradient_clip_val=null"))
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        policy_cache.check_resume_early(ckpt, other, None, "last")
+        early(ckpt, other)
     atomic_write_json(ckpt / policy_cache.RESUME_FILE, {"training": policy_cache._resume_training(other, None)})
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):  # the other way round
-        policy_cache.check_resume_early(ckpt, cfg, None, "last")
+        early(ckpt, cfg)
     run = tmp_path / "run"
     atomic_write_json(run / "metrics.json", {"version": 1, "status": "finished", "eval": {"judges": {}},
                                              "config": OmegaConf.to_container(cfg, resolve=True)})
-    policy_cache.check_finished_run(run, cfg)
+    finished(run, cfg)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        policy_cache.check_finished_run(run, other)
+        finished(run, other)
+
+
+def test_a_setting_older_files_lack_stands_for_its_value_in_the_runs_config_group_entries(tmp_path):
+    """Review finding: a key only one side held had a default only for replica, callbacks, trainer.* and
+    algo.*; any other key a settings file or record written before it existed lacks -- reward.prompt_format
+    (added to conf/reward/hf.yaml), policy.train_dtype -- was a difference no override fixed, so every HF
+    checkpoint and finished run written before it was refused. Such a key stands for its value in the config
+    composed from the run's config-group choices without value overrides (docs/architecture.md §4): the
+    entry's ``full``, what the HH experiments' reward model read before -- not the experiment's
+    ``last_user_turn``; a key no config holds is still a difference."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+
+    def hf(*extra):
+        return compose_train(tmp_path, tmp_path, "experiment=hh_helpful_bon", *extra, toy=False)
+
+    old = policy_cache._resume_training(hf("reward.prompt_format=full"), None)
+    del old["reward"]["prompt_format"], old["policy"]["train_dtype"]
+    ckpt = tmp_path / "checkpoints"
+    (ckpt.mkdir(), (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps({"training": old})))
+    early(ckpt, hf("reward.prompt_format=full"))
+    for other, key in ((hf(), "reward.prompt_format"), (hf("reward.prompt_format=full", "policy.train_dtype=bfloat16"),
+                                                        "policy.train_dtype"),
+                       (hf("reward.prompt_format=full", "+reward.new_setting=1"), "reward.new_setting")):
+        with pytest.raises(ConfigError, match=rf"training\.{key}"):
+            early(ckpt, other)
+    config = OmegaConf.to_container(hf("reward.prompt_format=full"), resolve=True)
+    del config["reward"]["prompt_format"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"version": 1, "status": "finished", "config": config}))
+    finished(run, hf("reward.prompt_format=full"))
+    with pytest.raises(ConfigError, match=r"training\.reward\.prompt_format"):
+        finished(run, hf())
+
+
+def test_the_default_of_a_setting_is_the_entry_the_run_chose(tmp_path):
+    """A one-sided key's default is its value in the run's own group entry (Hydra's runtime choices: the
+    app's, or a config composed with its hydra node): reward.max_length is 1024 in conf/reward/hf.yaml and
+    null in reward/toy.yaml. Without the choices (a config composed without its hydra node) the key's group
+    ranges over its entries, which disagree here: no default, a difference."""
+    import json
+
+    from infalign.apps.config import config_choices
+    from infalign.errors import ConfigError
+    from pipeline_helpers import TINY_RUN, compose_config
+
+    overrides = [*TINY_RUN, "experiment=hh_helpful_bon"]
+    chosen = compose_config("train", *overrides, hydra=True)
+    assert config_choices(chosen)["reward"] == "hf"
+    old = policy_cache._resume_training(chosen, None)
+    del old["reward"]["max_length"]
+    ckpt = tmp_path / "checkpoints"
+    (ckpt.mkdir(), (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps({"training": old})))
+    early(ckpt, chosen)
+    unknown = compose_config("train", *overrides)
+    assert config_choices(unknown) is None
+    with pytest.raises(ConfigError, match=r"training\.reward\.max_length"):
+        early(ckpt, unknown)
+
+
+def test_an_evaluation_setting_an_older_record_lacks_stands_for_its_default(tmp_path):
+    """Review finding: the finished-run skip compared the evaluation settings with no defaults, so a record
+    written before eval.top_p existed made every ``last_or_new`` re-run a ConfigError no override fixed. A
+    setting the record lacks stands for its default, as in a resume (docs/architecture.md §4): the record
+    is kept at eval.top_p=1.0 (train.yaml's ${algo.top_p}), refused at another value."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+
+    cfg = compose_train(tmp_path, tmp_path)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    del config["eval"]["top_p"]
+    record = {"version": 4, "status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
+              "code": policy_cache.run_code(), "config": config}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps(record))
+    assert policy_cache.finished_record_to_keep(run, cfg, "last_or_new", settings_defaults(cfg))["run_name"] == "done"
+    other = compose_train(tmp_path, tmp_path, "eval.top_p=0.9")
+    with pytest.raises(ConfigError, match=r"evaluated with other values of \['eval\.top_p'\]"):
+        policy_cache.finished_record_to_keep(run, other, "last_or_new", settings_defaults(other))
 
 
 def test_an_infinite_setting_resumes_and_reruns_as_itself(tmp_path):
@@ -141,6 +240,45 @@ def test_equal_numbers_are_one_policy_but_a_fraction_of_batches_is_not_a_count(t
     count, fraction = (policy_key(compose_train(tmp_path, tmp_path, f"+trainer.limit_train_batches={v}"), _World(), 0.1)
                        for v in ("1", "1.0"))
     assert count != fraction
+
+
+def test_a_checkpoint_trained_on_a_count_of_batches_does_not_resume_on_a_fraction(tmp_path):
+    """Review finding: the policy key told ``limit_train_batches=1`` (one batch) from ``1.0`` (the whole
+    epoch), but the resume and finished-run checks compared them with ``==`` (``1 == 1.0``), so a checkpoint
+    trained on one batch per epoch resumed training on all of them. Every comparison now reads such a
+    trainer argument as the key does -- in a settings file written before the rule too -- and a one-sided
+    one is compared with Lightning's default read the same way (``overfit_batches``: ``0.0``)."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.infra.cache import atomic_write_json
+
+    base = ["algo=bon_sft", "algo.steps=4"]
+    count, fraction = (compose_train(tmp_path, tmp_path, *base, f"+trainer.limit_train_batches={v}")
+                       for v in ("1", "1.0"))
+    ckpt = tmp_path / "checkpoints"
+    stored = policy_cache._resume_training(count, None)
+    atomic_write_json(ckpt / policy_cache.RESUME_FILE, {"training": stored})
+    early(ckpt, count)
+    with pytest.raises(ConfigError, match=r"training\.trainer\.limit_train_batches"):
+        early(ckpt, fraction)
+    old = policy_cache._resume_training(fraction, None)  # as written before the rule: a plain 1.0
+    old["trainer"]["limit_train_batches"] = 1.0
+    (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps({"training": old}))
+    early(ckpt, fraction)
+    with pytest.raises(ConfigError, match=r"training\.trainer\.limit_train_batches"):
+        early(ckpt, count)
+    run = tmp_path / "run"
+    atomic_write_json(run / "metrics.json", {"version": 1, "status": "finished",
+                                             "config": OmegaConf.to_container(count, resolve=True)})
+    finished(run, count)
+    with pytest.raises(ConfigError, match=r"training\.trainer\.limit_train_batches"):
+        finished(run, fraction)
+    atomic_write_json(ckpt / policy_cache.RESUME_FILE, {"training": policy_cache._resume_training(
+        compose_train(tmp_path, tmp_path, *base), None)})
+    early(ckpt, compose_train(tmp_path, tmp_path, *base, "+trainer.overfit_batches=0.0"))
 
 
 def test_where_a_model_is_read_from_is_keyed_by_its_contents_not_its_path(tmp_path):
@@ -248,14 +386,16 @@ def test_entries_load_by_key_and_a_misplaced_file_is_retrained(tmp_path):
         def go():
             calls.append(value)
             torch.nn.init.constant_(policy.weight, value)
+            return {"trained_at": value}
         return go
 
-    assert train_or_load(policy, "aaaa", tmp_path, train(1.0), "run-a") is False
+    assert train_or_load(policy, "aaaa", tmp_path, train(1.0), "run-a") == (False, {"trained_at": 1.0})
     torch.nn.init.zeros_(policy.weight)
-    assert train_or_load(policy, "aaaa", tmp_path, train(9.0), "run-b") is True  # loaded, not retrained
+    # loaded, not retrained: with what its training reported
+    assert train_or_load(policy, "aaaa", tmp_path, train(9.0), "run-b") == (True, {"trained_at": 1.0})
     assert calls == [1.0] and torch.all(policy.weight == 1.0)
     shutil.copy(tmp_path / "policies" / "aaaa.pt", tmp_path / "policies" / "bbbb.pt")  # wrong name
-    assert train_or_load(policy, "bbbb", tmp_path, train(2.0), "run-c") is False
+    assert train_or_load(policy, "bbbb", tmp_path, train(2.0), "run-c")[0] is False
     assert calls == [1.0, 2.0] and torch.all(policy.weight == 2.0)
 
 

@@ -531,7 +531,7 @@ def test_prompt_length_limit_applies_after_the_chat_template(assets):
 
     tok = load_tokenizer(assets / "lm", "left")
     render = world_mod.policy_view(OmegaConf.create(
-        {"chat_template": True, "system_prompt": "be brief"}), tok)
+        {"chat_template": True, "system_prompt": "be brief"}), tok, "hh")
     prompt = json.loads(hh_line(0))["chosen"].rsplit("Assistant:", 1)[0] + "Assistant:"
     assert len(tok(prompt)["input_ids"]) == 19 and len(tok(render([prompt])[0])["input_ids"]) == 26
 
@@ -547,18 +547,11 @@ def test_prompt_length_limit_applies_after_the_chat_template(assets):
         kept(25, render)
 
 
-def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tmp_path):
-    """A Llama tokenizer with add_eos_token=True encodes '<s> text </s>': a prompt so encoded would end
-    with a stop token before every response. The sampler, IPO's pairs, the prompt-length filter and the
-    truncation count encode it '<s> text' (builders.encode_prompts), as the reward rows do."""
+def eos_appending_llama():
+    """``(tokenizer, model)``: a word-level tokenizer that encodes ``'<s> text </s>'`` (a Llama tokenizer with
+    ``add_eos_token=True``) and a tiny random Llama with 8 positions."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from infalign.data import PreferenceExample, filter_by_length
-    from infalign.data.batches import PolicyPairCollator
-    from infalign.data.formats import ParseReport
-    from infalign.models.builders import encode_prompts
-    from infalign.models.generation import sample
 
     words = ["<pad>", "<unk>", "<s>", "</s>", "tell", "me", "cats", "are", "nice"]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -567,12 +560,26 @@ def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tm
                                                                                                   ("</s>", 3)])
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                   eos_token="</s>", padding_side="left")
-    assert tok.convert_ids_to_tokens(tok("tell me")["input_ids"]) == ["<s>", "tell", "me", "</s>"]  # appends eos
-    assert encode_prompts(tok, ["tell me"]) == [[2, 4, 5]]
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8,
                                       bos_token_id=2, eos_token_id=3, pad_token_id=0))
+    return tok, lm
+
+
+def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tmp_path):
+    """A Llama tokenizer with add_eos_token=True encodes '<s> text </s>': a prompt so encoded would end
+    with a stop token before every response. The sampler, IPO's pairs, the prompt-length filter and the
+    truncation count encode it '<s> text' (builders.encode_prompts), as the reward rows do."""
+    from infalign.data import PreferenceExample, filter_by_length
+    from infalign.data.batches import PolicyPairCollator
+    from infalign.data.formats import ParseReport
+    from infalign.models.builders import encode_prompts
+    from infalign.models.generation import sample
+
+    tok, lm = eos_appending_llama()
+    assert tok.convert_ids_to_tokens(tok("tell me")["input_ids"]) == ["<s>", "tell", "me", "</s>"]  # appends eos
+    assert encode_prompts(tok, ["tell me"]) == [[2, 4, 5]]
     roll = sample(lm, tok, ["tell me", "cats"], num_samples=1, max_new_tokens=5,
                   generator=torch.Generator().manual_seed(0))
     assert tok.convert_ids_to_tokens(roll.prompt_ids[0].tolist()) == ["<s>", "tell", "me"]
@@ -586,12 +593,61 @@ def test_prompts_are_encoded_without_a_trailing_eos_wherever_they_are_encoded(tm
     assert world_mod.count_truncated_prompts(cfg, lm, tok, {"train": ["tell me"]}) == {"prompts_truncated_train": 0}
 
 
+def test_the_diverged_policy_probe_reads_the_prompts_as_the_sampler_does():
+    """Review finding: the diverged-policy probe (pipeline/fit.check_trained_policy) encoded its prompts with
+    ``tokenizer(prompt)`` and cut them blindly from the left: a Llama tokenizer with add_eos_token=True gave
+    it '<s> text </s>' (a stop token where the policy starts its response) and a long prompt lost its BOS.
+    It reads them as the sampler does (models/generation.policy_prompt_ids: builders.encode_prompts, then
+    cut from the left keeping BOS): '<s>' then the prompt's last tokens."""
+    from types import SimpleNamespace
+
+    from infalign.models.generation import sample
+    from infalign.pipeline.fit import check_trained_policy
+
+    tok, lm = eos_appending_llama()
+    prompt = "tell me cats are nice tell me cats are nice"  # 11 tokens with <s>; 7 positions left for 1 new token
+    seen = []
+    forward = lm.forward
+    lm.forward = lambda input_ids=None, **kw: (seen.append(input_ids[0].tolist()), forward(input_ids, **kw))[1]
+    check_trained_policy(SimpleNamespace(policy=lm, tokenizer=tok, train_prompts=[prompt]))
+    assert tok.convert_ids_to_tokens(seen[0]) == ["<s>", "nice", "tell", "me", "cats", "are", "nice"]
+    lm.forward = forward
+    assert seen[0] == sample(lm, tok, [prompt], num_samples=1, max_new_tokens=1,
+                             generator=torch.Generator().manual_seed(0)).prompt_ids[0].tolist()
+
+
+def test_a_tldr_post_that_quotes_a_dialogue_is_one_user_turn_under_a_chat_template(assets, tmp_path):
+    """Review finding: with policy.chat_template=true every prompt went through HH turn splitting, which
+    raises Malformed (text before the first turn) for a TL;DR post quoting '\n\nHuman:' -- outside the
+    loader's malformed count, so the run crashed. A prompt of a source that is not a dialogue
+    (pipeline/settings.DIALOGUE_SOURCES) is rendered as one user turn, its text as is; an HH prompt is
+    still split into its turns."""
+    from test_real_data_experiments import tldr_line
+
+    tok = load_tokenizer(assets / "lm", "left")
+    post = "my cats story\n\nHuman: is this a dialogue ?\n\nAssistant: no it is a post"
+    quoted = json.dumps({"info": {"post": post, "title": "about cats", "subreddit": "tifu"},
+                         "summaries": [{"text": " cats went bad"}, {"text": " meh"}], "choice": 0})
+    write_jsonl(tmp_path / "train.jsonl", [quoted, *(tldr_line(i) for i in range(1, 6))])
+    write_jsonl(tmp_path / "test.jsonl", [tldr_line(i) for i in range(6, 9)])
+    render = world_mod.policy_view(OmegaConf.create({"chat_template": True}), tok, "tldr")
+    dm = world_mod.preference_data(OmegaConf.create({"source": "tldr", "train_file": str(tmp_path / "train.jsonl"),
+                                                     "test_file": str(tmp_path / "test.jsonl")}), tok, render)
+    assert dm.reports["train"].kept == 6
+    (shown,) = [r for r in render(dm.prompts("train")) if "dialogue" in r]
+    text = next(p for p in dm.prompts("train") if "dialogue" in p)
+    assert shown == tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                            add_generation_prompt=True)
+    hh = world_mod.policy_view(OmegaConf.create({"chat_template": True}), tok, "hh")
+    assert hh(["\n\nHuman: more on tea ?\n\nAssistant: sure\n\nHuman: why ?\n\nAssistant:"])[0].count("<|user|>") == 2
+
+
 def test_chat_template_bos_is_not_doubled(assets):
     """A template that writes ``{{ bos_token }}`` (Llama-3 style) + a tokenizer that adds BOS on
     encoding would give two BOS tokens; the rendered prompt drops the template's."""
     tok = load_tokenizer(assets / "lm", "left")
     tok.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
-    (shown,) = world_mod.apply_chat_template(tok, ["\n\nHuman: more on tea ?\n\nAssistant:"])
+    (shown,) = world_mod.apply_chat_template(tok, ["\n\nHuman: more on tea ?\n\nAssistant:"], None, dialogue=True)
     ids = tok(shown)["input_ids"]  # what generation.sample feeds the policy
     assert tok.convert_ids_to_tokens(ids) == ["<s>", "<|user|>", "more", "on", "tea", "?", "<|end|>", "<|assistant|>"]
 

@@ -39,6 +39,8 @@ def finished_json() -> dict:
         "kl_ratio": 0.75, "timings": {"train_s": 2.0}, "cache": {"policy_hit": False},
         "resumed": {"checkpoint": "run/checkpoints/last.ckpt", "from_step": 4,
                     "changed": {"torch": {"checkpoint": "2.12.0", "run": "2.13.0"}}},
+        "offline": {"pairs": 8, "n": 4, "cut_best": 0, "cut_worst": 2},
+        "code": {"training": "0123456789abcdef", "evaluation": "fedcba9876543210"},
         "world": {"reward_val_accuracy": 0.9}, "data_reports": None, "overrides": ["seed=1"], "config": {"seed": 1},
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -146,12 +147,13 @@ def test_a_diverged_policy_is_a_named_error_and_never_cached(tiny_cache, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_again(cache_dir, tmp_path,
+def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_again(cache_dir, tiny_world, tmp_path,
                                                                                       monkeypatch):
     """Review finding: ckpt_path=last / last_or_new into a finished run (its checkpoint at the asked step)
     compared only the training settings, then evaluated again with whatever procedure and eval settings
     were given and replaced metrics.json. Now the same settings keep the run as it is (no compute), other
-    evaluation settings are refused naming them, and more steps still continue it."""
+    evaluation settings are refused naming them, and more steps still continue it. A local model dir whose
+    files changed at the same path is another world: not kept, and its checkpoint is refused (review finding)."""
     run_dir = tmp_path / "run"
     first = run(cache_dir, run_dir, "policy_cache=false")
     on_disk = (run_dir / "metrics.json").read_bytes()
@@ -163,13 +165,23 @@ def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_
     def no_compute(*a, **k):
         raise AssertionError("compute started")
 
-    with monkeypatch.context() as patch:
-        patch.setattr(train_stages, "load_world", no_compute)
+    with monkeypatch.context() as patch:  # (the world is loaded: the record is kept only from the same models)
+        for stage in ("calibration_table", "fit_policy", "evaluate_policy"):
+            patch.setattr(train_stages, stage, no_compute)
         for how in ("last_or_new", "last"):
             kept = run(cache_dir, run_dir, "policy_cache=false", f"ckpt_path={how}")
             assert kept["eval"] == first["eval"] and (run_dir / "metrics.json").read_bytes() == on_disk
     longer = run(cache_dir, run_dir, "policy_cache=false", "ckpt_path=last_or_new", "algo.steps=3")
     assert longer["steps"] == 3 and longer["resumed"]["from_step"] == 2
+
+    local, model = tmp_path / "local", tmp_path / "model"
+    shutil.copytree(tiny_world / "reference", model)
+    done = run(cache_dir, local, "policy_cache=false", f"policy.name_or_path={model}")
+    (model / "notes.txt").write_text("edited")  # the model dir's files changed at the same path
+    on_disk = (local / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"ckpt_path.*'world'"):
+        run(cache_dir, local, "policy_cache=false", f"policy.name_or_path={model}", "ckpt_path=last_or_new")
+    assert (local / "metrics.json").read_bytes() == on_disk and done["world"]["world_id"]
 
 
 @pytest.mark.slow
@@ -357,6 +369,22 @@ def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
         assert th["kl"] == pytest.approx(__import__("math").log(n) - (n - 1) / n, abs=1e-6)
     if overrides[0].startswith("experiment"):
         assert metrics["beta"] == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_an_offline_baseline_records_its_training_data_also_from_the_policy_cache(tiny_cache, tmp_path):
+    """Review finding: fit_offline's pair count, N and the best / worst picks cut at max_new_tokens
+    (offline_cut_best / offline_cut_worst) were logged, and dropped by fit_policy. metrics.json records them
+    (``offline``), also for a run whose policy came from the policy cache (kept in the cache entry); an
+    online run records none."""
+    first = run(tiny_cache, tmp_path / "a", "algo=bon_sft", "algo.steps=2", "algo.max_new_tokens=3")
+    offline = first["offline"]
+    assert offline == json.loads((tmp_path / "a" / "metrics.json").read_text())["offline"]
+    assert (offline["pairs"], offline["n"]) == (6, first["config"]["procedure"]["n"])
+    assert 0 <= offline["cut_best"] <= 6 and 0 < offline["cut_worst"] <= 6  # 3 new tokens cut some responses
+    again = run(tiny_cache, tmp_path / "b", "algo=bon_sft", "algo.steps=2", "algo.max_new_tokens=3")
+    assert again["cache"]["policy_hit"] is True and again["offline"] == offline
+    assert run(tiny_cache, tmp_path / "c", "transform=identity", "algo.steps=1")["offline"] is None
 
 
 @pytest.mark.slow  # two trainings

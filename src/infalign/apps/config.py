@@ -4,7 +4,10 @@ groups (``trainer``, ``callbacks``, ``logger``), and loading single entries of a
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ def config_dir() -> str:
     )
 
 
+log = logging.getLogger(__name__)
 CONFIG_DIR = config_dir()
 # conf/data/toy.yaml's `toy` node comes from here: the toy world's defaults are defined once, in code
 ConfigStore.instance().store(group="toy", name="defaults", node=toy_defaults_node())
@@ -427,3 +431,152 @@ def load_group_entry(group: str, name: str, root: DictConfig | None = None, **ov
 
 def instantiate_entry(group: str, name: str, root: DictConfig | None = None, **overrides: Any) -> Any:
     return instantiate(load_group_entry(group, name, root, **overrides))
+
+
+# Defaults of the settings a resume or a finished run's re-run compares (pipeline/policy_cache): a settings key
+# only one side of a comparison holds (a checkpoint's settings file or a finished run's record written before the
+# key existed, or a ``+trainer.*`` / ``+callbacks.*`` key given on one side only) stands for its default
+# (settings_default): the value the key has in the config composed from the run's own config-group
+# choices without value overrides -- the group entries (conf/<group>/<entry>.yaml) and train.yaml, without the
+# bundles of values an experiment, a method or a sweep sets (``@package _global_`` entries: they are overrides)
+# -- so a key added to an entry with the value that keeps the old behaviour (reward.prompt_format: full in
+# conf/reward/hf.yaml) lets every older checkpoint and record resume and re-run as themselves, with no table to
+# keep. docs/architecture.md §4.
+
+
+def config_choices(cfg: DictConfig | None) -> dict[str, str | None] | None:
+    """The config-group choices ``cfg`` was composed from (Hydra's ``runtime.choices``: ``{"reward": "hf",
+    "experiment": "hh_helpful_bon", ...}``): those of its own ``hydra`` node when it has one (the compose API
+    with ``return_hydra_config=True``), else the running Hydra app's (every ``infalign-train`` run); None when
+    neither is known (a config composed without its ``hydra`` node, outside an app)."""
+    node = OmegaConf.select(cfg, "hydra.runtime.choices") if isinstance(cfg, DictConfig) else None
+    if node is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        node = HydraConfig.get().runtime.choices
+    return {str(k): (None if v is None else str(v)) for k, v in node.items()}
+
+
+def settings_default(key: str, choices: dict[str, str | None] | None) -> tuple[bool, object]:
+    """``(known, default)`` of the dotted settings ``key`` (``training.<config key>...``, the keys of
+    ``pipeline/policy_cache.evaluation_settings``): its value in the config composed from the config-group
+    ``choices`` (:func:`config_choices`) without value overrides, as the settings hold it
+    (``policy_cache.stored_training``, ``policy_cache.evaluation_settings``). With ``choices`` unknown, the
+    choice of the key's own group ranges over the group's entries (the other groups at train.yaml's
+    choices): the key has a default when every entry that defines it gives it the same value. A key no such
+    config holds has the default of what reads it: a ``trainer`` argument Lightning's (the trainer is
+    instantiated with the given arguments only), a ``callbacks`` entry none (no such callback); any other key
+    has none (it is a difference)."""
+    path = key.split(".")
+    group = path[1] if path[0] == "training" and len(path) > 1 else path[0]
+    found = []
+    for overrides in _default_compositions(group, choices):
+        node = _composed_defaults(overrides)
+        for name in path:
+            node = node.get(name, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            found.append(node)
+    if found:
+        return (True, found[0]) if all(v == found[0] for v in found) else (False, None)
+    if path[:2] == ["training", "trainer"] and len(path) == 3:
+        defaults = _trainer_defaults()
+        return (True, defaults[path[2]]) if path[2] in defaults else (False, None)
+    if path[:2] == ["training", "callbacks"] and len(path) == 3:
+        return True, None
+    return False, None
+
+
+_ABSENT = object()
+
+
+def _default_compositions(group: str, choices: dict[str, str | None] | None) -> list[tuple[str, ...]]:
+    """The overrides of ``train`` whose compositions give a key of config node ``group`` its default
+    (:func:`settings_default`): the run's group ``choices`` -- every group that fills the config node of its
+    name (``reward=hf``, ``toy@data.toy=defaults``) -- with train.yaml's bundles of values removed
+    (``~experiment``); without ``choices``, each entry of ``group`` in turn (train.yaml's own choices when
+    ``group`` is no config group)."""
+    root = _root_choices()
+    bundles = tuple(f"~{name}" for name, value in root.items() if value is not None and _is_bundle(name))
+    if choices is None:
+        return [(*bundles, f"{group}={entry}") for entry in group_entries(group)] if group in root else [bundles]
+    picked = [f"{name}={value}" if value is not None else f"~{name}" for name, value in sorted(choices.items())
+              if not name.startswith("hydra") and not _is_bundle(name) and (value is not None or name in root)]
+    return [(*bundles, *picked)]
+
+
+def _is_bundle(name: str) -> bool:
+    """Whether config group ``name`` (a ``runtime.choices`` key) holds bundles of values for other groups'
+    nodes (``@package _global_``: experiment, method, sweeps) rather than the node of its own name."""
+    return "@" not in name and not name.startswith("hydra") and name not in _root_nodes()
+
+
+@functools.cache
+def _root_choices() -> dict[str, str | None]:
+    """train.yaml's own config-group choices (its defaults list)."""
+    return config_choices(_compose_train((), hydra=True)) or {}
+
+
+@functools.cache
+def _root_nodes() -> frozenset[str]:
+    """The top-level keys of the composed train config."""
+    return frozenset(str(k) for k in _compose_train(()))
+
+
+def _compose_train(overrides: tuple[str, ...], hydra: bool = False) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` (Hydra's compose API: through the running app's search
+    path when there is one, else :data:`CONFIG_DIR`)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@functools.lru_cache(maxsize=64)
+def _composed_defaults(overrides: tuple[str, ...]) -> dict:
+    """``{"training": _stored_training(...), **evaluation_settings(...)}`` of train composed with ``overrides``
+    (:func:`_default_compositions`); ``{}`` when that config does not compose or resolve (an entry that needs
+    a value only a bundle or the command line gives): it defines no defaults."""
+    from infalign.pipeline.policy_cache import evaluation_settings, stored_training
+
+    try:
+        cfg = _compose_train(overrides)
+        return {"training": stored_training(cfg, None), **evaluation_settings(cfg)}
+    except Exception as exc:  # noqa: BLE001 - a default that cannot be composed is no default
+        log.debug("no settings defaults from train composed with %s: %s: %s", list(overrides), type(exc).__name__,
+                  exc)
+        return {}
+
+
+@functools.cache
+def _trainer_defaults() -> dict:
+    """``lightning.Trainer``'s keyword defaults, as the training settings hold them (JSON-normalised, an
+    int-or-fraction argument's float tagged: ``policy_cache.comparable_training``)."""
+    import inspect
+
+    import lightning as L
+
+    from infalign.infra.cache import json_safe
+    from infalign.pipeline.policy_cache import comparable_training
+
+    params = inspect.signature(L.Trainer.__init__).parameters.values()
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return comparable_training({"trainer": json.loads(json.dumps(json_safe(defaults, default=str)))})["trainer"]
+
+
+def defaults_of(cfg: DictConfig | None) -> Callable[[str], tuple[bool, object]]:
+    """``key -> (known, default)``: :func:`settings_default` under the config-group choices of the run's
+    config ``cfg`` (:func:`config_choices`)."""
+    return functools.partial(settings_default, choices=config_choices(cfg))
+
+
+def settings_defaults(cfg: DictConfig | None) -> Callable[[str], tuple[bool, object]]:
+    """``key -> (known, default)``: :func:`settings_default` under the config-group choices of the run's
+    config ``cfg`` (:func:`config_choices`) -- the ``default`` of ``pipeline/policy_cache``'s resume and
+    finished-run checks."""
+    return functools.partial(settings_default, choices=config_choices(cfg))
+

@@ -287,8 +287,8 @@ def check_checkpoint_steps(path: str, algo: Algorithm, contents: dict | None = N
     require(bool(contents.get("optimizer_states")), "ckpt_path", path,
             "a checkpoint with the optimizer state (a weights-only checkpoint cannot resume training)",
             CHECKPOINT_HINT)
-    done, target = int(contents.get("global_step", 0)), algo.cfg.steps * algo.optimizer_steps_per_batch
-    require(done <= target, "algo.steps", algo.cfg.steps,
+    done = int(contents.get("global_step", 0))
+    require(done <= algo.optimizer_steps, "algo.steps", algo.cfg.steps,
             f"at least the checkpoint's {done // algo.optimizer_steps_per_batch} steps ({path} has trained that "
             "far: a run with fewer would record its policy as a shorter run's)")
     return done

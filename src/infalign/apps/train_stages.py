@@ -13,7 +13,13 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from infalign.apps.config import apply_threads, instantiate_callbacks, instantiate_logger, instantiate_trainer
+from infalign.apps.config import (
+    apply_threads,
+    instantiate_callbacks,
+    instantiate_logger,
+    instantiate_trainer,
+    settings_defaults,
+)
 from infalign.apps.train import (
     RESUME,
     check_checkpoint_steps,
@@ -40,6 +46,7 @@ from infalign.pipeline.policy_cache import (
     finished_record_to_keep,
     policy_key,
     resume_settings,
+    run_code,
     save_overrides,
     train_or_load,
 )
@@ -85,25 +92,23 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         # run's W&B run)
         ckpt = resolve_ckpt(cfg, out_dir)
         fit_ckpt = ckpt  # what training continues (None: an offline algorithm that restarts from step 0)
+        default = settings_defaults(cfg)  # what a setting the checkpoint's settings or the record lack stands for
         if ckpt is not None:
             check_resume_early(Path(ckpt).parent, cfg, algo.beta if algo.kl_target is None else None,
-                               str(cfg.ckpt_path))
+                               str(cfg.ckpt_path), default)
             # where training resumes: the checkpoint's step, or 0 for an offline algorithm that restarts
             resume_step = (check_checkpoint_steps(ckpt, algo) if algo.online
                            else offline_resume_step(ckpt, algo, cfg.trainer))
             if resume_step is None:
                 fit_ckpt, resume_step = None, 0
         elif cfg.ckpt_path == "last_or_new":  # nothing to resume: a finished run here must be this config's
-            check_finished_run(out_dir, cfg)
-        target = algo.cfg.steps * algo.optimizer_steps_per_batch
-        if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= target):
-            # a finished run here with nothing left to train: done if evaluated as asked, else refused
-            kept = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path))
-            if kept is not None:
-                log.info("%s records this run, finished with these training and evaluation settings: nothing to "
-                         "do (kept as it is)", out_dir / "metrics.json")
-                return kept
-        started = logger is not None and ckpt is None
+            check_finished_run(out_dir, cfg, default)
+        keep = None  # a finished record of this run to keep as it is, once its models are known to be the record's
+        if cfg.ckpt_path in RESUME and (ckpt is None or trained_steps(ckpt) >= algo.optimizer_steps):
+            # a finished run here with nothing left to train: kept if evaluated as asked, under this code, from
+            # the same models (below); refused if evaluated otherwise
+            keep = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path), default)
+        started = logger is not None and ckpt is None and keep is None
         if started:  # the run exists from now on, so a job that fails in any stage shows up (failed)
             loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
 
@@ -113,6 +118,17 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             timings["reward_train_s"] = world.stats["reward_train_s"]
         distributed.init_from_env(cfg.trainer.accelerator)  # from here on every stage sees the same ranks
         check_ranks_agree(distributed.all_gather_objects((world.reference_fingerprint, world.reward_fingerprint)))
+        if keep is not None:  # the models (a local dir's files, a hub commit) are the record's: nothing to do
+            if (keep.get("world") or {}).get("world_id") == world.stats["world_id"]:
+                log.info("%s records this run, finished with these settings, code and models: nothing to do "
+                         "(kept as it is)", out_dir / "metrics.json")
+                return keep
+            log.warning("%s records this run from other models (world_id %s, now %s: a model's files or commit "
+                        "changed at the same name): running it again", out_dir / "metrics.json",
+                        (keep.get("world") or {}).get("world_id"), world.stats["world_id"])
+            if logger is not None and ckpt is None:
+                started = True
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
 
         table, calib_hit = None, None
         with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
@@ -128,27 +144,28 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         ckpt_dir = out_dir / "checkpoints"
         resumed = None  # a resume: what it continued, and whether other code trained the checkpoint
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
-            changed = check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path))
+            changed = check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path), default)
             resumed = {"checkpoint": str(ckpt), "from_step": resume_step, "changed": changed}
             if logger is not None:
                 loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
 
-        def train() -> None:
+        def train() -> dict | None:
             # what the checkpoints about to be written here depend on (also when they continue another dir's)
             fresh_here = ckpt is None or Path(ckpt).parent.resolve() != ckpt_dir.resolve()
             if fresh_here and distributed.rank() == 0:
                 check_resume(ckpt_dir, settings, False, str(cfg.ckpt_path))
                 save_overrides(ckpt_dir, task_overrides() or [])
-            fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
+            offline = fit_policy(world, cfg, algo, transform, table, trainers, fit_ckpt)
             check_trained_policy(world)  # a diverged policy: a named error, before the policy cache stores it
+            return offline
 
         policy_hit, policy_id = None, None  # policy_id: the trained weights' cache key (None: not cached)
         with stage("train", timings, f"{algo.cfg.steps} {algo.name} steps"):
             if cfg.get("policy_cache", True) and ckpt is None and not distributed.is_distributed():
                 policy_id = policy_key(cfg, world, algo.beta, transform if algo.online else None)
-                policy_hit = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
+                policy_hit, offline = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
             else:
-                train()
+                offline = train()
         if cfg.save_policy and distributed.rank() == 0:
             # written beside and moved into place: a failure or kill mid-save leaves the previous policy/ whole
             with atomic_dir(out_dir / "policy") as tmp:
@@ -177,6 +194,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                                     "policy_hit": policy_hit, "eval_reference_hit": ev.reference_pool_cache_hit,
                                     "eval_policy_hit": ev.policy_pool_cache_hit},
             resumed=resumed,
+            offline=offline,  # an offline baseline's training data (pairs, N, picks cut without a stop token)
+            code=run_code(),  # what a re-run must match to keep this record (policy_cache.finished_record_to_keep)
             world={k: v for k, v in world.stats.items() if isinstance(v, int | float | str | bool)},
             data_reports=world.stats.get("data_reports"),  # real data: usable / malformed / too_long
             overrides=task_overrides(),  # the report's (Hydra rewrites .hydra/ for every later attempt here)

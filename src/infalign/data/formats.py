@@ -67,6 +67,7 @@ __all__ = [
     "ParseReport",
     "PreferenceExample",
     "RawRecord",
+    "chat_messages",
     "check_data_file",
     "filter_by_length",
     "held_out",
@@ -389,7 +390,7 @@ def split_turns(prompt: str) -> list[dict[str, str]]:
     before the first turn of an HH-style prompt is :class:`Malformed` (``text_before_first_turn``;
     the loader counts such records, :func:`parse_hh_record`), never silently dropped."""
     if HH_HUMAN not in prompt and not prompt.lstrip().startswith(_HUMAN_START):
-        return [{"role": "user", "content": prompt.strip()}]
+        return _user_turn(prompt)
     messages: list[dict[str, str]] = []
     for marker, text in _turns(prompt):
         role = "user" if marker == HH_HUMAN else "assistant"
@@ -405,6 +406,17 @@ def split_turns(prompt: str) -> list[dict[str, str]]:
 
 
 _HUMAN_START = HH_HUMAN.lstrip()  # "Human:": a dialogue's first turn without its blank line
+
+
+def chat_messages(prompt: str, dialogue: bool) -> list[dict[str, str]]:
+    """The chat messages ``prompt`` is rendered from (a policy's chat template): with ``dialogue`` (an HH
+    prompt: ``pipeline/settings.DIALOGUE_SOURCES``) its turns (:func:`split_turns`); otherwise one user
+    turn, its text as is -- a TL;DR post that quotes ``"\n\nHuman:"`` is text, not turns (nor malformed)."""
+    return split_turns(prompt) if dialogue else _user_turn(prompt)
+
+
+def _user_turn(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt.strip()}]
 
 
 def _turns(dialogue: str) -> list[tuple[str, str]]:

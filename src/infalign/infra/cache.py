@@ -203,19 +203,59 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; on success move it into place.
 
-    An existing ``final`` is replaced (removed first); a crash leaves only a hidden temp dir.
-    """
+    An existing ``final`` is renamed aside (:func:`aside_dir`), the new dir renamed into place, then the old
+    one deleted: a kill at any point leaves ``final`` whole -- the old dir or the new -- except between the
+    two renames, which leaves no ``final`` and the old dir whole aside; :func:`recover_dir` (run first here,
+    and by :func:`cached` before it looks for an entry) moves it back. A failure of the second rename puts
+    the old dir back at once; one while deleting the old dir, the new one being in place, is logged (the
+    next :func:`recover_dir` deletes the rest). A crash while the caller writes leaves only a hidden temp
+    dir. Writers of one ``final`` must be serialised (:func:`cached`'s lock, a run dir's lock)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     _default_mode(tmp)
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        aside = aside_dir(final)
+        moved = final.exists()
+        if moved:
+            os.replace(final, aside)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if moved:
+                os.replace(aside, final)
+            raise
+        if moved:
+            try:
+                shutil.rmtree(aside)
+            except OSError as exc:
+                log.warning("%s is in place; deleting the previous version aside failed (deleted by the next "
+                            "write): %s", final, exc)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def aside_dir(final: str | os.PathLike) -> Path:
+    """Where :func:`atomic_dir` keeps the previous ``final`` while it moves the new one in: ``.<name>.old``
+    beside it."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_dir(final: str | os.PathLike) -> None:
+    """Undo what a kill in the middle of :func:`atomic_dir`'s swap left beside ``final``: without ``final``
+    (killed between the two renames) its previous version, whole in :func:`aside_dir`, is moved back; with
+    ``final`` (killed while the old one was being deleted) what is left aside is deleted."""
+    final, aside = Path(final), aside_dir(final)
+    if not aside.is_dir():
+        return
+    if final.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(aside, final)
+        log.warning("%s: restored from %s, where an interrupted replacement left it", final, aside)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -408,6 +448,7 @@ def cached(
             # have deleted a corrupt entry between our exists() and its load
             pass
     with file_lock(path.with_name(path.name + ".lock")):
+        recover_dir(path)  # an entry a killed atomic_dir left aside
         if path.exists():
             try:
                 return load(path), True

@@ -502,6 +502,11 @@ def min_row_length(tokenizer, append_eos: bool = True, special_tokens: bool = Tr
     (``[CLS] p [SEP] r [SEP]``). Below it a cut row keeps no response token, or the cut's slices go
     negative and rows come out longer than ``max_length``."""
     prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
+    return _min_length(prefix, middle, end)
+
+
+def _min_length(prefix: list[int], middle: list[int], end: list[int]) -> int:
+    """:func:`min_row_length` of a row with these special tokens (one rule for both callers)."""
     return len(prefix) + len(middle) + len(end) + 2
 
 
@@ -535,10 +540,10 @@ def encode_prompt_response(
     if not prompts:
         raise ValueError("encode_prompt_response: empty batch")
     prefix, middle, end, types = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
-    specials = len(prefix) + len(middle) + len(end)
-    if max_length is not None and max_length < specials + 2:  # min_row_length
-        raise ValueError(f"max_length={max_length} is less than a row's {specials} special tokens plus one prompt "
-                         f"and one response token ({specials + 2}): cut rows would lose their response or come out "
+    least = _min_length(prefix, middle, end)  # min_row_length, from the special tokens already read
+    if max_length is not None and max_length < least:
+        raise ValueError(f"max_length={max_length} is less than a row's {least - 2} special tokens plus one prompt "
+                         f"and one response token ({least}): cut rows would lose their response or come out "
                          "longer than max_length")
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]

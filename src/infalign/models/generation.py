@@ -39,7 +39,7 @@ _WARNED_STATEFUL: set[str] = set()  # model classes already warned about (once p
 _NO_CACHE_FIELD = object()  # a model output without the cache field (its state lives elsewhere)
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
-            "length_buckets", "left_padded", "pad_id", "position_ids", "shared_prompt_groups",
+            "length_buckets", "left_padded", "pad_id", "policy_prompt_ids", "position_ids", "shared_prompt_groups",
            "stop_token_ids", "prompt_token_limit", "response_stats"]
 
 
@@ -153,6 +153,20 @@ def prompt_token_limit(model, max_new_tokens: int) -> int | None:
     return limit - int(max_new_tokens) if limit else None
 
 
+def policy_prompt_ids(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[list[list[int]], int]:
+    """``(ids, truncated)``: the token ids of ``prompts`` as ``model`` reads them before ``max_new_tokens``
+    new tokens -- :func:`~infalign.models.builders.encode_prompts` (leading special tokens, no trailing
+    eos), each longer than :func:`prompt_token_limit` cut from the left with its leading special tokens
+    kept (:func:`_truncate_left`) -- and how many were cut. The prompt encoding of :func:`sample` and of
+    the diverged-policy probe (``pipeline/fit.check_trained_policy``)."""
+    enc = encode_prompts(tokenizer, prompts)
+    limit = prompt_token_limit(model, max_new_tokens)
+    if limit is None or all(len(ids) <= limit for ids in enc):
+        return enc, 0
+    head = special_tokens_around(tokenizer)[0]
+    return [_truncate_left(ids, limit, head) for ids in enc], sum(len(ids) > limit for ids in enc)
+
+
 def _truncate_left(ids: list[int], limit: int, head: list[int]) -> list[int]:
     """``ids`` cut to ``limit`` tokens from the left (the end of a conversation is kept), keeping the
     tokenizer's leading special tokens ``head`` (BOS / CLS) first when ``ids`` starts with them."""
@@ -263,15 +277,9 @@ def sample(
 
     # Tokenise once (leading special tokens only, cut to the model's limit) and left-pad; rows are
     # repeated inside _decode.
-    enc = encode_prompts(tokenizer, prompts)
-    if any(len(ids) == 0 for ids in enc):
+    enc, truncated = policy_prompt_ids(model, tokenizer, list(prompts), max_new_tokens)
+    if any(len(ids) == 0 for ids in enc):  # (a cut prompt keeps at least one token)
         raise ValueError("every prompt must tokenise to at least one token (got an empty prompt)")
-    limit = prompt_token_limit(model, max_new_tokens)
-    truncated = 0
-    if limit is not None and any(len(ids) > limit for ids in enc):
-        head = special_tokens_around(tokenizer)[0]
-        truncated = sum(len(ids) > limit for ids in enc)
-        enc = [_truncate_left(ids, limit, head) for ids in enc]
     prompt_ids, prompt_mask = left_padded(enc, pad)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
 

@@ -48,8 +48,8 @@ def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers,
     """Draw ``algo.cfg.n_samples`` reference samples per training prompt (``trainers.predict``), keep
     the reward model's (best, worst) as sampled (:func:`best_and_worst_of_n`), and fit the algorithm's
     module on them for ``algo.cfg.steps`` steps (``trainers.fit``), continuing ``ckpt_path`` if given.
-    Returns the pair count, ``n`` and how many best / worst picks were cut at ``max_new_tokens``
-    (``offline_cut_best`` / ``offline_cut_worst``; also logged).
+    Returns ``{pairs, n, cut_best, cut_worst}``: the pair count, ``n`` and how many best / worst picks were
+    cut at ``max_new_tokens`` (also logged) -- ``metrics.json``'s ``offline``.
 
     ``step_indexed`` (:func:`offline_resumable`): the module reads step ``s``'s batch as
     ``StepBatches(loader)[s]`` -- the batches the algorithm's shuffling loader gives a Lightning fit, epoch
@@ -68,9 +68,8 @@ def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers,
         module.step_batches = StepBatches(loader)
         loader = DataLoader(range(algo.cfg.steps), batch_size=None)  # counts steps (the module reads its batch)
     world.policy.train()
-    trainers.fit(max_steps=algo.cfg.steps).fit(module, loader, ckpt_path=ckpt_path)
-    return {"offline_pairs": len(prompts), "offline_n": n, "offline_cut_best": cut["best"],
-            "offline_cut_worst": cut["worst"]}
+    trainers.fit(max_steps=algo.optimizer_steps).fit(module, loader, ckpt_path=ckpt_path)
+    return {"pairs": len(prompts), "n": n, "cut_best": cut["best"], "cut_worst": cut["worst"]}
 
 
 def offline_resumable(trainer_cfg) -> bool:

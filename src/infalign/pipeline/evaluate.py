@@ -22,9 +22,24 @@ from infalign.math.miscalibration import miscalibration_summary
 from infalign.math.pool_stats import pool_columns, summarize_columns
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.models.generation import response_stats
-from infalign.pipeline.pools import policy_pool, reference_pool
+from infalign.pipeline.pools import POOL_CODE, policy_pool, reference_pool
 from infalign.pipeline.run_record import CI, Evaluation
 from infalign.pipeline.trainer import TrainerFactory
+
+# Modules whose code turns a run's pools into its recorded numbers (win rates, KL, CIs, miscalibration, the
+# theory beside them, the record): with POOL_CODE, which draws and scores the pools, what a finished run's
+# results depend on beyond its trained policy (pipeline/policy_cache.finished_record_to_keep).
+EVALUATION_CODE = ("infalign.pipeline.evaluate", "infalign.math.pool_stats", "infalign.math.estimators",
+                   "infalign.math.procedures", "infalign.math.miscalibration", "infalign.math.theory",
+                   "infalign.math.transforms", "infalign.pipeline.run_record", "infalign.pipeline.record")
+
+
+def evaluation_code_digest() -> str:
+    """SHA-256 (16 hex digits) over the code of :data:`~infalign.pipeline.pools.POOL_CODE` and
+    :data:`EVALUATION_CODE` (``infra/cache.modules_digest``)."""
+    from infalign.infra.cache import modules_digest
+
+    return modules_digest((*POOL_CODE, *EVALUATION_CODE), "POOL_CODE / EVALUATION_CODE")
 
 
 def prompt_ids(prompts: list[str]) -> list[str]:

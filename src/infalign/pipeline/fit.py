@@ -31,20 +31,21 @@ def calibration_table(world, cfg: DictConfig, trainer: TrainerFactory,
 
 
 def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, table: CalibrationTable | None,
-               trainers: StageTrainers, ckpt_path: str | None) -> None:
+               trainers: StageTrainers, ckpt_path: str | None) -> dict | None:
     """CTRL with an online algorithm (RLOO / PPO on Phi(C_hat), resumable), or an offline baseline
     (``bon_sft``, ``ipo``; resumable in one process) on reference samples drawn with the ``calibration``
-    generation settings; ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples."""
+    generation settings; ``trainers.fit`` trains, ``trainers.predict`` draws the baselines' samples.
+    Returns an offline baseline's training data (``pipeline/baselines.fit_offline``: pairs, N, picks cut
+    at ``max_new_tokens``; ``metrics.json``'s ``offline``), None for an online algorithm."""
     if not algo.online:  # (apps/train.offline_resume_step decided whether ckpt_path is continued)
-        fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg), ckpt_path,
-                    step_indexed=offline_resumable(cfg.get("trainer")))
-        return
+        return fit_offline(algo, world, cfg.calibration, trainers, training_seed(cfg), ckpt_path,
+                           step_indexed=offline_resumable(cfg.get("trainer")))
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
                         world.train_prompts, algo, seed=training_seed(cfg))
-    steps = algo.cfg.steps
     # the "dataloader" only counts steps: prompts and seeds are functions of the step
-    trainers.fit(max_steps=steps * algo.optimizer_steps_per_batch).fit(
-        module, DataLoader(range(steps), batch_size=None), ckpt_path=ckpt_path)
+    trainers.fit(max_steps=algo.optimizer_steps).fit(
+        module, DataLoader(range(algo.cfg.steps), batch_size=None), ckpt_path=ckpt_path)
+    return None
 
 
 PROBE_PROMPTS = 4  # training prompts whose next-token distribution check_trained_policy checks
@@ -53,25 +54,28 @@ PROBE_PROMPTS = 4  # training prompts whose next-token distribution check_traine
 def check_trained_policy(world) -> None:
     """Raise ``FloatingPointError`` naming the stage when the trained ``world.policy`` has diverged:
     a non-finite weight, or NaN / infinite next-token logits after the first :data:`PROBE_PROMPTS`
-    training prompts (one forward each, in eval mode; finite but exploded weights give those, and
+    training prompts, read as the sampler reads them (``models/generation.policy_prompt_ids``; one
+    forward each, in eval mode; finite but exploded weights give those, and
     sampling from them failed later with torch's "probability tensor contains either inf, nan"). Run
     right after training, before the policy is stored in the policy cache or evaluated, so a diverged
     policy is never cached."""
-    from infalign.models.generation import prompt_token_limit
+    from infalign.models.generation import policy_prompt_ids
 
     policy, tokenizer = world.policy, world.tokenizer
     bad = [name for name, p in policy.named_parameters() if not bool(torch.isfinite(p).all())]
     broken = f"non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
     if not broken:
         device = next(policy.parameters()).device
-        limit = prompt_token_limit(policy, 1)
+        # as the sampler reads them before its first new token (leading special tokens, no trailing eos; cut
+        # from the left keeping BOS)
+        probes, _ = policy_prompt_ids(policy, tokenizer, list(world.train_prompts[:PROBE_PROMPTS]), 1)
         was_training = policy.training
         policy.eval()
         try:
             with torch.no_grad():
-                for i, prompt in enumerate(world.train_prompts[:PROBE_PROMPTS]):
-                    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, -limit if limit else 0:]
-                    if not bool(torch.isfinite(policy(input_ids=ids.to(device)).logits[:, -1]).all()):
+                for i, ids in enumerate(probes):
+                    ids = torch.tensor([ids], dtype=torch.long, device=device)
+                    if not bool(torch.isfinite(policy(input_ids=ids).logits[:, -1]).all()):
                         broken = f"NaN or infinite next-token logits on training prompt {i}"
                         break
         finally:

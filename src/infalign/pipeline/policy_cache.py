@@ -4,12 +4,18 @@ A sweep often asks for the same trained policy more than once: the same (method,
 in two experiments that differ only in how they evaluate (N, eval pool size, procedure). The
 trained weights depend only on
 
-* the world (reference and reward-model fingerprints, the training prompts, ``data``),
-* everything in the config that training reads (``algo`` with the effective beta, ``transform``,
-  ``calibration``, ``policy``, ``reward``, ``data``, ``seed``, ``deterministic``; of ``trainer``
-  every key but :data:`NOT_TRAINING_TRAINER_KEYS`; of ``callbacks`` every entry but
-  :data:`NOT_TRAINING_CALLBACKS`),
-  resolved -- so an interpolation such as ``${procedure.n}`` counts exactly when a method uses it,
+* the world (reference and reward-model fingerprints -- a local dir's files, a hub model's commit, a
+  Bradley-Terry model's files -- and the training prompts),
+* everything in the config that training reads (:func:`training_settings`): ``algo`` with the
+  effective beta, ``transform``, ``calibration``, ``seed``, ``deterministic``, ``replica`` (when > 0);
+  ``policy`` and ``reward`` without their ``revision`` and without :data:`KEYED_BY_THE_WORLD` -- where
+  the models are read from and where a reward model trains, which lead to the fingerprints above, so a
+  model dir moved or copied elsewhere is the same policy; ``data`` without
+  :data:`NOT_TRAINING_DATA_KEYS` and the toy build's runtime options; of ``trainer`` every key but
+  :data:`NOT_TRAINING_TRAINER_KEYS` (an int-or-fraction argument's float tagged as a fraction,
+  :func:`comparable_training`); of ``callbacks`` every entry but :data:`NOT_TRAINING_CALLBACKS` --
+  resolved, numbers by value (``infra/cache.content_key``), so an interpolation such as
+  ``${procedure.n}`` counts exactly when a method uses it,
 * the training code (a digest of the syntax of the modules listed in :data:`TRAINING_CODE`),
 * the transform's values ``Phi(u)`` on a fixed grid of ``u`` (:func:`transform_fingerprint`): a
   tabulated ``Phi`` (the optimal transform, which the theory engine computes when the config is
@@ -22,7 +28,6 @@ key. Runs that resume a checkpoint, and multi-process runs, bypass the cache.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -96,8 +101,9 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     :data:`NOT_TRAINING_DATA_KEYS` and the toy build's runtime options, ``replica`` only
     when > 0 (so replica 0, every run's default, keeps the keys of policies cached before the key
     existed), ``policy.revision`` / ``reward.revision`` left out (the commit they resolve to is in the
-    world's fingerprints: pinning the commit ``main`` pointed to gives the same key), and ``algo.beta``
-    set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
+    world's fingerprints: pinning the commit ``main`` pointed to gives the same key), a float given to one
+    of :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged as a fraction (:func:`comparable_training`), and
+    ``algo.beta`` set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
     def plain(value):
         return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 
@@ -111,16 +117,25 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     for group in ("policy", "reward"):
         if isinstance(training.get(group), dict):
             training[group].pop("revision", None)
-    _drop_non_training_data(training)
+    comparable_training(training)
     if beta is not None:
         training["algo"]["beta"] = float(beta)
     return training
 
 
-def _drop_non_training_data(training: dict) -> dict:
-    """``training`` without :data:`NOT_TRAINING_DATA_KEYS` in ``data`` nor the toy build's runtime
-    options (toy/defaults.RUNTIME_DEFAULTS) in ``data.toy``, in place; also applied to a settings file
-    written before they were left out, so its checkpoint still resumes."""
+def comparable_training(training: dict) -> dict:
+    """``training`` (training settings) in place, as the policy key and every comparison read them: without
+    :data:`NOT_TRAINING_DATA_KEYS` in ``data`` nor the toy build's runtime options
+    (toy/defaults.RUNTIME_DEFAULTS) in ``data.toy``, and with a float given to one of
+    :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged ``{"fraction": x}`` -- numbers are otherwise compared and
+    keyed by value (``1 == 1.0``; ``infra/cache.content_key``), while Lightning reads ``1`` as one batch and
+    ``1.0`` as the whole epoch. Also applied to a settings file as read (one written before these rules:
+    its checkpoint still resumes, and ``limit_train_batches=1`` there is not ``1.0`` here)."""
+    trainer = training.get("trainer") if isinstance(training, dict) else None
+    if isinstance(trainer, dict):
+        for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
+            if isinstance(trainer[name], float):
+                trainer[name] = {"fraction": trainer[name]}
     data = training.get("data") if isinstance(training, dict) else None
     if isinstance(data, dict):
         from infalign.toy.defaults import RUNTIME_DEFAULTS
@@ -155,6 +170,9 @@ LIBRARIES = ("torch", "transformers", "lightning")
 # Settings-file keys that say which code trained the checkpoint: a resume under other code is warned about
 # and recorded (metrics.json ``resumed.changed``), not refused (docs/architecture.md §4).
 CODE_RECORD = ("code", "versions")
+# Settings-file keys a resume does not compare: the code (above), and ``hub`` -- the hub commits the run read,
+# which the ``world`` fingerprints already hold (pipeline/world._fingerprint); kept to name the commit to pin.
+NOT_COMPARED = (*CODE_RECORD, "hub")
 
 
 def library_versions() -> dict[str, str | None]:
@@ -180,19 +198,24 @@ def code_changes(stored: dict, settings: dict) -> dict:
     return {name: {"checkpoint": old, "run": new} for name, old, new in pairs if old != new}
 
 
-def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
-    """:func:`training_settings` as a settings file stores them: without ``algo.steps`` when the algorithm
-    may train longer on resume, and with ``replica`` and ``callbacks`` always written (0 and ``{}`` when
-    unset, where the policy key leaves them out)."""
-    from infalign.training.algorithms import ALGORITHMS
-
+def stored_training(cfg: DictConfig, beta: float | None) -> dict:
+    """:func:`training_settings` as a settings file stores them, JSON-normalised, with ``replica`` and
+    ``callbacks`` always written (0 and ``{}`` when unset, where the policy key leaves them out)."""
     training = training_settings(cfg, beta)
     training["replica"] = int(cfg.get("replica") or 0)
     training.setdefault("callbacks", {})
+    return _as_json(training)
+
+
+def _resume_training(cfg: DictConfig, beta: float | None) -> dict:
+    """:func:`stored_training` without ``algo.steps`` when the algorithm may train longer on resume."""
+    from infalign.training.algorithms import ALGORITHMS
+
+    training = stored_training(cfg, beta)
     algo = training.get("algo")
     if isinstance(algo, dict) and getattr(ALGORITHMS.get(algo.get("name")), "resume_may_extend", True):
         algo.pop("steps", None)
-    return _as_json(training)
+    return training
 
 
 def _as_json(settings: dict) -> dict:
@@ -204,85 +227,46 @@ def _as_json(settings: dict) -> dict:
     return json.loads(json.dumps(json_safe(settings, default=str)))
 
 
-# What a settings key that only one side holds (a checkpoint's settings file or a finished run's record, and
-# this run's) stands for: ``replica`` 0 and no callbacks are left out of the policy key, and a ``+trainer.*``
-# or ``+callbacks.*`` key exists only when given. Such a key matches only its default; a key with no
-# default (here, or one_sided_default's: Lightning's trainer defaults, the algorithms' dataclasses) is a
-# difference. (A key added to the training settings elsewhere needs its default here, or every older
-# checkpoint is refused.)
-ONE_SIDED_DEFAULTS: dict[str, object] = {"hub": {}, "training.replica": 0, "training.callbacks": {}}
+Default = Callable[[str], tuple[bool, object]]  # dotted settings key -> (known, its default)
 
 
-def one_sided_default(key: str, siblings: dict | None = None) -> tuple[bool, object]:
-    """``(known, default)`` of the dotted settings ``key`` when only one side holds it (``siblings``: the
-    keys beside it): :data:`ONE_SIDED_DEFAULTS`, ``training.callbacks.<name>`` -> None (no such
-    callback), ``training.trainer.<argument>`` -> ``lightning.Trainer``'s default for it and
-    ``training.algo.<setting>`` -> the default of the algorithm's ``Config`` dataclass (the algorithm
-    ``siblings["name"]``; a setting added since a checkpoint was written), JSON-normalised as the
-    settings are; anything else is not known."""
-    if key in ONE_SIDED_DEFAULTS:
-        return True, ONE_SIDED_DEFAULTS[key]
-    group, _, name = key.removeprefix("training.").partition(".")
-    if not key.startswith("training.") or not name or "." in name:
-        return False, None
-    if group == "callbacks":
-        return True, None
-    defaults = (_trainer_defaults() if group == "trainer"
-                else _algo_defaults(str((siblings or {}).get("name"))) if group == "algo" else {})
-    return (True, defaults[name]) if name in defaults else (False, None)
+def no_defaults(key: str) -> tuple[bool, object]:
+    """The :data:`Default` under which a key only one side holds is always a difference (none is known)."""
+    return False, None
 
 
-@functools.cache
-def _trainer_defaults() -> dict:
-    """``lightning.Trainer``'s keyword defaults, as a settings file would store them (:func:`_as_json`)."""
-    import inspect
-
-    import lightning as L
-
-    params = inspect.signature(L.Trainer.__init__).parameters.values()
-    return _as_json({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
-
-
-@functools.cache
-def _algo_defaults(name: str) -> dict:
-    """The defaults of algorithm ``name``'s ``Config`` dataclass fields (``{}`` for an unknown name)."""
-    import dataclasses
-
-    from infalign.training.algorithms import ALGORITHMS
-
-    cls = ALGORITHMS.get(name)
-    if cls is None:
-        return {}
-    return _as_json({f.name: f.default for f in dataclasses.fields(cls.Config)
-                     if f.default is not dataclasses.MISSING})
-
-
-def _differences(a, b, prefix: str = "", depth: int = 3) -> list[str]:
+def _differences(a, b, default: Default, prefix: str = "", depth: int = 3) -> list[str]:
     """Dotted keys whose values differ between the stored settings ``a`` and this run's ``b``. A key only
-    one side holds is compared with the key's default (:func:`one_sided_default`; it differs when there is
-    none): a settings file that leaves out ``replica`` 0 matches replica 0, not replica 1."""
+    one side holds is compared with its ``default`` (the run's: ``apps/config.settings_defaults``; it
+    differs when there is none): a settings file that predates ``reward.prompt_format`` matches ``full``,
+    the value conf/reward/hf.yaml gives it, and one that leaves out ``replica`` 0 matches replica 0, not
+    replica 1."""
     if isinstance(a, dict) and isinstance(b, dict) and depth > 0:
         out = []
         for k in sorted(set(a) | set(b), key=str):
             key = f"{prefix}{k}"
             if (k in a) != (k in b):
-                known, default = one_sided_default(key, b if k in b else a)
+                known, value = default(key)
                 if not known:
                     out.append(key)
                     continue
-                out += _differences(a.get(k, default), b.get(k, default), key + ".", depth - 1)
+                out += _differences(a.get(k, value), b.get(k, value), default, key + ".", depth - 1)
                 continue
-            out += _differences(a[k], b[k], key + ".", depth - 1)
+            out += _differences(a[k], b[k], default, key + ".", depth - 1)
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str) -> dict:
+def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str, default: Default = no_defaults,
+                 ) -> dict:
     """Starting fresh: write ``settings`` to ``ckpt_dir/RESUME_FILE``. Resuming (``ckpt_path=last`` /
     ``last_or_new`` found a checkpoint): the checkpoint must have been trained with the same settings,
     else a ``ConfigError`` naming ``ckpt_path`` and the settings that differ -- a resume with missing or
-    other overrides would continue another configuration's policy and record it as this one. A
-    checkpoint without the file (written before it existed) is resumed with a warning.
+    other overrides would continue another configuration's policy and record it as this one. A key only
+    one side holds stands for its ``default`` (the run's: ``apps/config.settings_defaults``; with
+    :func:`no_defaults` it is a difference). ``hub`` is not compared (the commits it lists are in the ``world``
+    fingerprints; it names the revision to pin when they moved). A checkpoint without the file (written
+    before it existed) is resumed with a warning.
 
     The code that trained the checkpoint (:data:`CODE_RECORD`) is not refused when it differs -- the
     digest covers every syntax change of the training modules, behaviour-neutral ones included, and a
@@ -300,9 +284,9 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str)
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
         return {}
     stored = json.loads(path.read_text())
-    _drop_non_training_data(stored.get("training"))
-    compared = [{k: v for k, v in side.items() if k not in CODE_RECORD} for side in (stored, settings)]
-    _refuse_if_different(path, _differences(*compared), ckpt_path,
+    comparable_training(stored.get("training"))
+    compared = [{k: v for k, v in side.items() if k not in NOT_COMPARED} for side in (stored, settings)]
+    _refuse_if_different(path, _differences(*compared, default), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
     changed = code_changes(stored, settings)
     if any(v["checkpoint"] is not None for v in changed.values()):
@@ -328,32 +312,35 @@ def _moved_hub_models(stored, current) -> str:
     return f"; the hub model moved since the run started: resume with {' '.join(pins)}" if pins else ""
 
 
-def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt_path: str) -> None:
+def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt_path: str,
+                       default: Default = no_defaults) -> None:
     """Before any compute (and before the run's logger starts, so a refused resume never takes over the
     run's W&B run): the part of :func:`check_resume` the config alone decides -- the training settings,
-    with ``algo.beta`` only when ``beta`` is given (``algo.kl_target`` picks it after calibration). The
-    world's fingerprints and a kl_target's beta are checked by :func:`check_resume` once known."""
+    with ``algo.beta`` only when ``beta`` is given (``algo.kl_target`` picks it after calibration; a key
+    only one side holds: its ``default``). The world's fingerprints and a kl_target's beta are checked by
+    :func:`check_resume` once known."""
     path = Path(ckpt_dir) / RESUME_FILE
     if not path.is_file():
         return
-    stored = _drop_non_training_data(json.loads(path.read_text()).get("training", {}))
+    stored = comparable_training(json.loads(path.read_text()).get("training", {}))
     current = _resume_training(cfg, beta)
-    _refuse_other_training(path, stored, current, ckpt_path, without_beta=beta is None)
+    _refuse_if_different(path, _training_differences(stored, current, beta is None, default), ckpt_path)
 
 
-def check_finished_run(run_dir: Path, cfg: DictConfig) -> None:
+def check_finished_run(run_dir: Path, cfg: DictConfig, default: Default = no_defaults) -> None:
     """``ckpt_path=last_or_new`` found no checkpoint, but the dir may hold a finished run that trained
     none (its policy came from the policy cache, or checkpointing was off): that run may be re-run
     (same training settings: the same policy, the same record) but not replaced by another
     configuration's: :func:`training_settings` compared (``algo.steps`` included: nothing resumes here),
-    ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value)."""
+    ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value); a
+    key only one side holds stands for its ``default``."""
     path = Path(run_dir) / "metrics.json"
-    differ = _finished_training_differences(path, cfg)
+    differ = _finished_training_differences(path, cfg, default)
     if differ:
         _refuse_if_different(path, differ, "last_or_new")
 
 
-def _finished_training_differences(path: Path, cfg: DictConfig) -> list[str] | None:
+def _finished_training_differences(path: Path, cfg: DictConfig, default: Default) -> list[str] | None:
     """The training settings (dotted keys) in which the finished run recorded in ``path`` differs from
     ``cfg`` (:func:`check_finished_run`); None when ``path`` records no finished run with a config."""
     from infalign.pipeline.record import is_finished, read_record
@@ -364,11 +351,8 @@ def _finished_training_differences(path: Path, cfg: DictConfig) -> list[str] | N
     if not isinstance(config, dict) or not config:
         return None
     stored, current = (_as_json(training_settings(c, None)) for c in (OmegaConf.create(config), cfg))
-    if cfg.algo.get("kl_target") is not None:  # the record holds the beta it picked; this run picks it later
-        for settings in (stored, current):
-            if isinstance(settings.get("algo"), dict):
-                settings["algo"].pop("beta", None)
-    return _differences({"training": stored}, {"training": current})
+    # the record holds the beta a kl_target picked; this run picks it later
+    return _training_differences(stored, current, cfg.algo.get("kl_target") is not None, default)
 
 
 def evaluation_settings(cfg: DictConfig | dict) -> dict:
@@ -385,25 +369,41 @@ def evaluation_settings(cfg: DictConfig | dict) -> dict:
                      "data": {name: plain(data.get(name)) for name in sorted(NOT_TRAINING_DATA_KEYS)}})
 
 
-def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str) -> dict | None:
+def run_code() -> dict[str, str]:
+    """The code a run's results come from, as ``metrics.json`` records it (``code``): ``training``
+    (:func:`code_digest`, what trained the policy) and ``evaluation``
+    (``pipeline/evaluate.evaluation_code_digest``: what drew and scored its pools and computed its numbers)."""
+    from infalign.pipeline.evaluate import evaluation_code_digest
+
+    return {"training": code_digest(), "evaluation": evaluation_code_digest()}
+
+
+def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, default: Default = no_defaults,
+                            ) -> dict | None:
     """A resume (``ckpt_path=last`` / ``last_or_new``) into a dir whose ``metrics.json`` records a finished
     run of this config's training (:func:`training_settings`, ``algo.steps`` included) -- which the caller
-    has found trained as far as this run asks -- would train nothing and evaluate again: the record
-    (``metrics.json``'s object) when the evaluation settings (:func:`evaluation_settings`) are the
-    record's too -- the job is done, and is kept as it is -- else a ``ConfigError`` naming the settings
-    that differ: re-evaluating would replace the finished run's results with another evaluation's. None
-    when the dir records no finished run with evaluation results of this training (a run asking for more
-    steps continues the checkpoint)."""
+    has found trained as far as this run asks -- would train nothing and evaluate again. Its evaluation
+    settings (:func:`evaluation_settings`; a setting the record lacks stands for its ``default``, as in a
+    resume) must be the record's, else a ``ConfigError`` naming those that
+    differ: re-evaluating would replace the finished run's results with another evaluation's. With them the
+    record (``metrics.json``'s object) is a candidate to keep as it is -- when the code it records
+    (``code``, :func:`run_code`) is this run's and the run asks for nothing it lacks (``save_policy`` with
+    no ``policy/`` dir); otherwise None, and the run runs again as it would have before finished runs were
+    kept (a policy-cache run retrains under other training code; the evaluation is drawn again). The
+    caller keeps it only once the world is loaded and is the record's (``world.world_id``: the models'
+    fingerprints, which a model dir changed at the same path changes). None too when the dir records no
+    finished run with evaluation results of this training (a run asking for more steps continues the
+    checkpoint)."""
     from infalign.errors import ConfigError
     from infalign.pipeline.record import read_record
 
     path = Path(run_dir) / "metrics.json"
-    if _finished_training_differences(path, cfg) != []:
+    if _finished_training_differences(path, cfg, default) != []:
         return None
     rec = read_record(path)
     if rec.eval is None or not rec.eval.judges:
         return None
-    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), depth=2)
+    differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), default, depth=2)
     if differ:
         raise ConfigError("ckpt_path", ckpt_path, "this dir's finished run, evaluated with the same settings",
                           f"{path} records a finished run of these training settings, evaluated with other values of "
@@ -411,18 +411,28 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str) -> d
                           "run dir instead (ckpt_path=<this dir>/checkpoints/last.ckpt there trains no further; "
                           "a policy from the policy cache is found by the same training settings), or set "
                           "these settings back")
+    code = run_code()
+    if rec.code != code:
+        log.info("%s records a finished run of these settings, but not under this code (%s -> %s): running it "
+                 "again", path, rec.code, code)
+        return None
+    if cfg.get("save_policy") and not (Path(run_dir) / "policy").is_dir():
+        log.info("%s records a finished run of these settings without the policy/ dir save_policy=true asks for: "
+                 "running it again", path)
+        return None
     return rec.to_json()
 
 
-def _refuse_other_training(path: Path, stored: dict, current: dict, ckpt_path: str, without_beta: bool) -> None:
-    """:func:`_refuse_if_different` on two training settings, ``algo.beta`` left out of both when
-    ``without_beta`` (``algo.kl_target`` picks it)."""
+def _training_differences(stored: dict, current: dict, without_beta: bool, default: Default) -> list[str]:
+    """:func:`_differences` of two training settings (as ``training.<key>``), ``algo.beta`` left out of both
+    (in place) when ``without_beta`` -- ``algo.kl_target`` picks it after calibration, so the early check has
+    none yet and a finished run's record holds the one it picked; a key only one side holds stands for its
+    ``default``."""
     if without_beta:
         for settings in (stored, current):
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
-    differ = _differences({"training": stored}, {"training": current})
-    _refuse_if_different(path, differ, ckpt_path)
+    return _differences({"training": stored}, {"training": current}, default)
 
 
 def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, hint: str = "") -> None:
@@ -433,8 +443,9 @@ def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, hint: st
         where = f"({overrides})" if overrides.is_file() else "(its .hydra/overrides.yaml, or metrics.json's config)"
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained with this run's settings",
                           f"{path} records other values of {differ[:8]} (a key only one side records stands "
-                          f"for its default: replica 0, no such callback, Lightning's trainer default): resume "
-                          f"with the interrupted run's own overrides {where}, or start a new run{hint}")
+                          "for its default: its value in the config composed from this run's config-group choices "
+                          f"without overrides): resume with the interrupted run's own overrides {where}, or start "
+                          f"a new run{hint}")
 
 
 OVERRIDES_FILE = "run_overrides.yaml"  # beside the checkpoints: the command-line overrides they were trained with
@@ -494,7 +505,7 @@ def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> st
     instantiated Phi; module docstring), without :data:`KEYED_BY_THE_WORLD` (a model dir moved or copied
     elsewhere is the same policy). Numbers are keyed by value (``infra/cache.content_key``:
     ``transform.t=4`` and ``t: 4.0`` are one policy), except a float given to one of
-    :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction."""
+    :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction (:func:`training_settings`)."""
     training = training_settings(cfg, beta)
     for *parents, name in KEYED_BY_THE_WORLD:
         node = training
@@ -502,32 +513,36 @@ def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> st
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(name, None)
-    trainer = training.get("trainer")
-    if isinstance(trainer, dict):
-        for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
-            if isinstance(trainer[name], float):
-                trainer[name] = {"fraction": trainer[name]}
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
                        world.train_prompts, training, transform_fingerprint(transform))
 
 
-def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], None], origin: str) -> bool:
+def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], dict | None], origin: str,
+                  ) -> tuple[bool, dict | None]:
     """Load ``policy``'s weights from the cache entry ``key``, or call ``train()`` and store them.
 
-    Returns the cache hit flag. ``origin`` (the run dir that trained it) is recorded in the entry.
+    Returns ``(hit, fit)``: the cache hit flag and what ``train()`` returned about the training (an offline
+    baseline's training data, ``pipeline/fit.fit_policy``), which the entry keeps with the weights -- a hit
+    returns the training's own (None from an entry written before it was kept). ``origin`` (the run dir that
+    trained it) is recorded in the entry.
     """
     path = Path(cache_dir) / "policies" / f"{key}.pt"
 
     def build():
-        train()
-        return {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+        fit = train()
+        return {k: v.detach().cpu() for k, v in policy.state_dict().items()}, fit
 
-    def save(state, p: Path) -> None:
-        save_tensors(p, state, {"trained_in": origin}, key=key)
+    def save(value, p: Path) -> None:
+        state, fit = value
+        save_tensors(p, state, {"trained_in": origin, "fit": fit}, key=key)
+
+    def load(p: Path):
+        state, meta = load_tensors(p, key)
+        return state, meta.get("fit")
 
     # the key stored in the file is checked on load: a file under the wrong name is retrained
-    state, hit = cached(path, build, save, lambda p: load_tensors(p, key)[0])
+    (state, fit), hit = cached(path, build, save, load)
     if hit:
         policy.load_state_dict(state)
         log.info("trained policy cache hit: %s", path)
-    return hit
+    return hit, fit

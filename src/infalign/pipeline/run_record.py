@@ -20,8 +20,13 @@ records load with it ``None``. 3 = adds ``resumed`` (a run that continued a chec
 what step, and whether the code that trained it differs from the run's, ``pipeline/policy_cache.
 check_resume``) and ``overrides`` (the run's own command-line overrides, also in a record of a run that
 did not finish: Hydra rewrites ``.hydra/overrides.yaml`` for every later attempt in the dir, a refused
-one included); older records load with them ``None``. A newer version, or a file that is not a record,
-raises :class:`RecordError` with the reason.
+one included); older records load with them ``None``. 4 = adds ``offline`` (an offline baseline's
+training data: pairs, N, and how many best / worst picks were cut at ``max_new_tokens``,
+``pipeline/baselines.fit_offline``) and ``code`` (the digests of the code that produced the run's
+results -- ``training``: ``pipeline/policy_cache.code_digest``; ``evaluation``:
+``pipeline/evaluate.evaluation_code_digest`` -- a re-run keeps a finished record only under the same
+code, ``pipeline/policy_cache.finished_record_to_keep``); older records load with them ``None``. A newer
+version, or a file that is not a record, raises :class:`RecordError` with the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FINISHED = "finished"
 
 
@@ -144,6 +149,10 @@ class RunRecord:
     cache: dict = field(default_factory=dict)
     # a run that continued a checkpoint: {checkpoint, from_step, changed: {code | <library>: {checkpoint, run}}}
     resumed: dict | None = None
+    # an offline baseline's training data: {pairs, n, cut_best, cut_worst} (None: online, or an older record)
+    offline: dict | None = None
+    # the code that produced the results: {training: digest, evaluation: digest} (None: an older record)
+    code: dict | None = None
     world: dict = field(default_factory=dict)
     data_reports: dict | None = None
     # the run's command-line overrides (Hydra's task overrides; None: not run by Hydra, or an older record)

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from infalign.errors import require, require_type
 
-__all__ = ["DATA_SOURCES", "DTYPES", "HALF_DTYPES", "REWARD_INPUTS", "REWARD_PROMPT_FORMATS", "WANDB_MODES",
-           "data_settings", "eval_pool_settings", "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
+__all__ = ["DATA_SOURCES", "DIALOGUE_SOURCES", "DTYPES", "HALF_DTYPES", "WANDB_MODES", "data_settings",
+           "eval_pool_settings", "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
+# data.source values whose prompts are Human / Assistant dialogues: rendered as chat turns
+# (data/formats.chat_messages), with a last Human turn a reward model may read alone (reward.prompt_format)
+DIALOGUE_SOURCES = ("hh",)
 
 WANDB_MODES = ("online", "offline", "disabled")
 
 DTYPES = ("float32", "bfloat16", "float16")  # models/builders.resolve_dtype's names
-REWARD_INPUTS = ("joined", "pair")  # models/reward.REWARD_INPUTS (reward.input)
-REWARD_PROMPT_FORMATS = ("full", "last_user_turn")  # models/reward.REWARD_PROMPT_FORMATS (reward.prompt_format)
 HALF_DTYPES = ("bfloat16", "float16")
 
 
@@ -85,9 +86,11 @@ def data_settings(data_cfg) -> None:
 def model_settings(cfg) -> None:
     """``policy.dtype`` (the frozen reference's weights), ``policy.train_dtype`` (the trained policy's
     weights, what the optimizer updates) and ``reward.dtype``: each one of :data:`DTYPES`;
-    ``reward.input`` one of :data:`REWARD_INPUTS`, ``reward.prompt_format`` one of
-    :data:`REWARD_PROMPT_FORMATS` and ``last_user_turn`` only for HH data, whose prompts have turns
-    (ConfigError naming the key)."""
+    ``reward.input`` one of ``models/reward.REWARD_INPUTS``, ``reward.prompt_format`` one of
+    ``models/reward.REWARD_PROMPT_FORMATS`` and ``last_user_turn`` only for HH data, whose prompts have
+    turns (:data:`DIALOGUE_SOURCES`) (ConfigError naming the key)."""
+    from infalign.models.reward import REWARD_INPUTS, REWARD_PROMPT_FORMATS  # (where they are read; not at import)
+
     for group, key in (("policy", "dtype"), ("policy", "train_dtype"), ("reward", "dtype")):
         value = (cfg.get(group) or {}).get(key)
         if value is not None:
@@ -100,7 +103,7 @@ def model_settings(cfg) -> None:
             "last_user_turn: an HH dialogue's last Human turn alone, as OpenAssistant's DeBERTa reward models read "
             "their question (docs/method.md §6)")
     source = (cfg.get("data") or {}).get("source")
-    require(value == "full" or source == "hh", "reward.prompt_format", value,
+    require(value == "full" or source in DIALOGUE_SOURCES, "reward.prompt_format", value,
             f"'full' for data.source={source} (its prompts have no Human / Assistant turns)")
 
 

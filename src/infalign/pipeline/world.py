@@ -38,7 +38,7 @@ from infalign.models.builders import (
 )
 from infalign.models.generation import prompt_token_limit
 from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_reward_max_length, reward_input_format
-from infalign.pipeline.settings import HALF_DTYPES, data_settings
+from infalign.pipeline.settings import DIALOGUE_SOURCES, HALF_DTYPES, data_settings
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     else:
         policy_path, reward_path = checked.policy_path, checked.reward_path
         tokenizer, reward_tok = checked.policy_tokenizer, checked.reward_tokenizer
-        dm = preference_data(data, tokenizer, policy_view(cfg.policy, tokenizer))
+        dm = preference_data(data, tokenizer, policy_view(cfg.policy, tokenizer, data.source))
         train_raw = dm.prompts("train", int(data.train_prompts))
         eval_raw = dm.prompts("test", int(data.eval_prompts))
         stats = {"data_reports": {k: r.to_dict() for k, r in dm.reports.items()}}
@@ -287,7 +287,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                                revision=policy_rev)
     reward_model = load_reward_model(reward_path, dtype=reward_dtype, device=device,
                                      tokenizer=reward_tok, key="reward.name_or_path", revision=reward_rev)
-    render = policy_view(cfg.policy, tokenizer)
+    render = policy_view(cfg.policy, tokenizer, data.source)
     train_prompts, eval_prompts = render(train_raw), render(eval_raw)
     reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
                           max_length=cfg.reward.get("max_length"),
@@ -351,13 +351,15 @@ def dataset_prompt_map(policy_prompts: list[str], raw_prompts: list[str]) -> dic
     return out
 
 
-def policy_view(policy: DictConfig, tokenizer):
+def policy_view(policy: DictConfig, tokenizer, source: str):
     """``prompts -> prompts as the policy is fed them``: the chat template when
-    ``policy.chat_template`` (with ``policy.system_prompt`` if set), else the text as is."""
+    ``policy.chat_template`` (with ``policy.system_prompt`` if set; a prompt of ``data.source`` ``source``
+    as its dialogue's turns for :data:`~infalign.pipeline.settings.DIALOGUE_SOURCES`, else as one user
+    turn: ``data/formats.chat_messages``), else the text as is."""
     if not policy.get("chat_template"):
         return list
-    system = policy.get("system_prompt")
-    return lambda prompts: apply_chat_template(tokenizer, prompts, system)
+    system, dialogue = policy.get("system_prompt"), source in DIALOGUE_SOURCES
+    return lambda prompts: apply_chat_template(tokenizer, prompts, system, dialogue)
 
 
 def preference_data(data: DictConfig, tokenizer, render_prompt=None):
@@ -497,18 +499,19 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     return str(path), stats
 
 
-def apply_chat_template(tokenizer, prompts: list[str], system_prompt: str | None = None) -> list[str]:
-    """Render HH-style dialogues (or plain prompts, as one user turn) with the tokenizer's template,
-    after a ``system`` message when ``system_prompt`` is set (``None``: the template's default).
+def apply_chat_template(tokenizer, prompts: list[str], system_prompt: str | None, dialogue: bool) -> list[str]:
+    """Render ``prompts`` with the tokenizer's template -- with ``dialogue`` each HH dialogue as its turns,
+    else each prompt as one user turn (``data/formats.chat_messages``) -- after a ``system`` message when
+    ``system_prompt`` is set (``None``: the template's default).
 
     Templates that write the BOS text (Llama-3's ``<|begin_of_text|>``) lose it here when the
     tokenizer adds BOS itself on encoding (as the sampler's ``encode_prompts`` does), so the
     policy sees one BOS, not two."""
-    from infalign.data.formats import split_turns
+    from infalign.data.formats import chat_messages
 
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    rendered = [tokenizer.apply_chat_template(system + split_turns(p), tokenize=False, add_generation_prompt=True)
-                for p in prompts]
+    rendered = [tokenizer.apply_chat_template(system + chat_messages(p, dialogue), tokenize=False,
+                                              add_generation_prompt=True) for p in prompts]
     bos = tokenizer.bos_token
     if bos and special_tokens_around(tokenizer)[0] == [tokenizer.bos_token_id]:
         rendered = [r[len(bos):] if r.startswith(bos) else r for r in rendered]

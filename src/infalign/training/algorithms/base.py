@@ -138,6 +138,13 @@ class Algorithm:
         """The N the training data depend on (offline: N reference samples per prompt), else None."""
         return None
 
+    @property
+    def optimizer_steps(self) -> int:
+        """The optimizer steps (Lightning's ``global_step``) a run of ``algo.steps`` steps makes:
+        ``algo.steps * optimizer_steps_per_batch`` -- the fit's ``max_steps``, and the step at which a
+        checkpoint has nothing left to train."""
+        return self.cfg.steps * self.optimizer_steps_per_batch
+
     def needs_calibration(self, transform: Transform) -> bool:
         """Whether the run needs the calibration table (stage 1)."""
         return False
