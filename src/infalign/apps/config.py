@@ -568,12 +568,6 @@ def _trainer_defaults() -> dict:
     return comparable_training({"trainer": json.loads(json.dumps(json_safe(defaults, default=str)))})["trainer"]
 
 
-def defaults_of(cfg: DictConfig | None) -> Callable[[str], tuple[bool, object]]:
-    """``key -> (known, default)``: :func:`settings_default` under the config-group choices of the run's
-    config ``cfg`` (:func:`config_choices`)."""
-    return functools.partial(settings_default, choices=config_choices(cfg))
-
-
 def settings_defaults(cfg: DictConfig | None) -> Callable[[str], tuple[bool, object]]:
     """``key -> (known, default)``: :func:`settings_default` under the config-group choices of the run's
     config ``cfg`` (:func:`config_choices`) -- the ``default`` of ``pipeline/policy_cache``'s resume and
