@@ -94,6 +94,11 @@ def code_digest() -> str:
                           "TRAINING_CODE")
 
 
+def _plain(value):
+    """A config node as plain, resolved containers (other values as they are)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+
+
 def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     """The part of the config a trained policy depends on (module docstring), resolved: every
     top-level key but :data:`NOT_TRAINING`, ``trainer`` without :data:`NOT_TRAINING_TRAINER_KEYS`, the
@@ -104,13 +109,10 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     world's fingerprints: pinning the commit ``main`` pointed to gives the same key), a float given to one
     of :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged as a fraction (:func:`comparable_training`), and
     ``algo.beta`` set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
-    def plain(value):
-        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
-    training = {k: plain(cfg[k]) for k in cfg if k not in NOT_TRAINING and not (k == "replica" and not cfg[k])}
+    training = {k: _plain(cfg[k]) for k in cfg if k not in NOT_TRAINING and not (k == "replica" and not cfg[k])}
     if cfg.get("trainer") is not None:
-        training["trainer"] = {k: plain(cfg.trainer[k]) for k in cfg.trainer if k not in NOT_TRAINING_TRAINER_KEYS}
-    callbacks = {name: plain(node) for name, node in (cfg.get("callbacks") or {}).items()
+        training["trainer"] = {k: _plain(cfg.trainer[k]) for k in cfg.trainer if k not in NOT_TRAINING_TRAINER_KEYS}
+    callbacks = {name: _plain(node) for name, node in (cfg.get("callbacks") or {}).items()
                  if name not in NOT_TRAINING_CALLBACKS and node is not None}
     if callbacks:
         training["callbacks"] = callbacks
@@ -360,13 +362,9 @@ def evaluation_settings(cfg: DictConfig | dict) -> dict:
     held-out prompts (``data.eval_prompts``, :data:`NOT_TRAINING_DATA_KEYS`), resolved and
     JSON-normalised (:func:`_as_json`)."""
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-
-    def plain(value):
-        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-
     data = cfg.get("data") or {}
-    return _as_json({"procedure": plain(cfg.get("procedure")), "eval": plain(cfg.get("eval")),
-                     "data": {name: plain(data.get(name)) for name in sorted(NOT_TRAINING_DATA_KEYS)}})
+    return _as_json({"procedure": _plain(cfg.get("procedure")), "eval": _plain(cfg.get("eval")),
+                     "data": {name: _plain(data.get(name)) for name in sorted(NOT_TRAINING_DATA_KEYS)}})
 
 
 def run_code() -> dict[str, str]:
