@@ -13,6 +13,7 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from hydra_file_memo import memoize_config_files  # noqa: E402
 from infalign.infra.startup import frozen_start_up  # noqa: E402
 from infalign.infra.threads import JOBS_ENV, set_threads  # noqa: E402  (after the variables above)
 
@@ -24,7 +25,8 @@ def pytest_configure(config):
     (``INFALIGN_CONCURRENT_JOBS``, also inherited by the CLIs the tests start) -- always, not only when
     unset: the controller's environment, which the workers inherit, must not decide it (it once set
     1, and every worker ran 2 threads on 2 cores). The xdist controller runs no tests, so it skips
-    this and never imports torch (~3 CPU-s that would compete with the workers' own start-up)."""
+    this and never imports torch (~3 CPU-s that would compete with the workers' own start-up).
+    Each config file is parsed once per process (``hydra_file_memo``)."""
     worker_count = os.environ.get("PYTEST_XDIST_WORKER_COUNT") if os.environ.get("PYTEST_XDIST_WORKER") else None
     controller = worker_count is None and getattr(config.option, "numprocesses", None)
     if controller:
@@ -34,6 +36,7 @@ def pytest_configure(config):
     else:
         os.environ.setdefault(JOBS_ENV, "1")
     set_threads("auto", "tests")
+    memoize_config_files()
 
 
 @pytest.hookimpl(hookwrapper=True)

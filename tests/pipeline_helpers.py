@@ -7,6 +7,11 @@ import functools
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from omegaconf import open_dict
 
 from infalign.apps.config import CONFIG_DIR
 
@@ -42,8 +47,55 @@ TINY_RUN = [
 
 @functools.cache
 def _composed(config_name: str, overrides: tuple[str, ...], hydra: bool):
+    """One compose per (config, overrides): value overrides (``algo.steps=2``; Hydra's "config
+    overrides") are applied to a copy of the compose of the group choices alone (``logger=none``,
+    ``+sweeps=x``), with Hydra's own parser and the function Hydra applies them with after composing
+    the defaults list (``ConfigLoaderImpl._apply_overrides_to_config``): the same config (tested:
+    test_config_entries) for ~5 ms instead of ~0.2 s. A compose with the ``hydra`` node (its
+    ``overrides``, ``job.override_dirname``, ``runtime.choices`` record every override), an override
+    of the ``hydra`` node, or a sweep composes in full; one without the node is that compose's copy
+    without it (as Hydra's ``compose`` makes it)."""
+    values = () if hydra else tuple(o for o in overrides if not _selects_group(o))
+    if values and all(_value_override(o) for o in values):
+        groups = tuple(o for o in overrides if o not in values)
+        cfg = copy.deepcopy(_composed(config_name, groups, hydra))
+        ConfigLoaderImpl._apply_overrides_to_config([_parsed(o) for o in values], cfg)
+        return cfg
+    if not hydra:  # Hydra composes the node either way and then deletes it: share that compose
+        cfg = copy.deepcopy(_composed(config_name, overrides, True))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        return compose(config_name, overrides=list(overrides), return_hydra_config=hydra)
+        return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+
+
+@functools.cache
+def _parser() -> OverridesParser:
+    return OverridesParser.create()
+
+
+@functools.cache
+def _parsed(override: str) -> Override:
+    return _parser().parse_overrides([override])[0]
+
+
+@functools.cache
+def _config_groups() -> frozenset[str]:
+    """The top-level config groups Hydra finds (``conf/`` dirs, the search path's, the ConfigStore's)."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        return frozenset(GlobalHydra.instance().config_loader().list_groups(""))
+
+
+def _selects_group(override: str) -> bool:
+    """Hydra's rule (``defaults_list.Overrides``): an override whose key names a config group is a
+    defaults-list override, any other a config (value) override."""
+    return _parsed(override).key_or_group.split("/")[0] in _config_groups()
+
+
+def _value_override(override: str) -> bool:
+    parsed = _parsed(override)
+    return not parsed.is_sweep_override() and not parsed.key_or_group.startswith("hydra")
 
 
 def compose_config(config_name: str, *overrides: str, hydra: bool = False):

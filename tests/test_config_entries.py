@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from infalign.apps.config import CONFIG_DIR
 from infalign.math.procedures import Procedure
 from infalign.math.transforms import Transform, as_transform
-from pipeline_helpers import compose_config
+from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_config
 from sweep_helpers import compose_sweep, expand, sweep_axes
 
 SWEEPS_DIR = Path(CONFIG_DIR).parent / "sweeps"
@@ -157,6 +157,44 @@ CHECKS = {"experiment": check_validates, "method": check_validates, "calibration
 def test_every_group_has_entries_and_a_check():
     assert set(CHECKS) == set(GROUPS)
     assert all(entries(Path(CONFIG_DIR) / g) for g in GROUPS)
+
+
+@pytest.mark.parametrize("overrides", [
+    TINY_WORLD + TINY_RUN,
+    ["method=expn_t8", "algo.beta=0.3", "+algo.extra=1", "++algo.steps=5", "~calibration.K", "seed=2"],
+    ["experiment=toy_won", "data.train_prompts=7", "logger=csv", "kl_point=3"],
+    ["+sweeps=paper_bon", "kl_point=4", "transform.t=2.5"],
+], ids=["tiny", "add-force-delete", "experiment", "sweep"])
+def test_compose_config_applies_value_overrides_as_hydra_does(overrides):
+    """The tests' two shortcuts compose what Hydra composes. pipeline_helpers.compose_config applies
+    value overrides to a copy of the group choices' compose, and conftest parses each config file
+    once per process (hydra_file_memo): the result equals Hydra's own compose of all the overrides
+    from freshly read files -- values, order of keys, struct flag, with the ``hydra`` node too -- and
+    a value Hydra refuses is refused. (Both lean on Hydra internals: this guards an upgrade.)"""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.file_config_source import FileConfigSource
+    from hydra.errors import ConfigCompositionException
+
+    memoized = FileConfigSource.load_config
+    assert memoized.memoized
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        with_hydra = compose("train", overrides=overrides, return_hydra_config=True)
+        assert any(key[2].endswith("train.yaml") for key in memoized.parsed)  # the composes use it
+        FileConfigSource.load_config = memoized.unwrapped
+        try:
+            expected = compose("train", overrides=overrides)
+            expected_with_hydra = compose("train", overrides=overrides, return_hydra_config=True)
+        finally:
+            FileConfigSource.load_config = memoized
+    got = compose_config("train", *overrides)
+    assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(expected)
+    for cfg in (with_hydra, expected_with_hydra):  # the run's cwd and the Hydra version aside
+        cfg.hydra.runtime.cwd = ""
+    assert OmegaConf.to_yaml(with_hydra) == OmegaConf.to_yaml(expected_with_hydra)
+    assert OmegaConf.is_struct(got) and OmegaConf.is_struct(expected)
+    assert got.data.toy.reward.keys() == expected.data.toy.reward.keys()
+    with pytest.raises(ConfigCompositionException, match="no_such_key"):
+        compose_config("train", *overrides, "algo.no_such_key=1")
 
 
 @pytest.mark.parametrize("group, name", [
