@@ -265,3 +265,54 @@ def test_a_resume_whose_csv_rewrite_fails_midway_keeps_the_history(tmp_path, mon
         loggers.start(CSVLogger(save_dir=tmp_path, name="csv", version=""), {"seed": 0}, resume_step=2)
     assert (tmp_path / "csv" / "metrics.csv").read_text() == before
 
+
+
+def test_a_kept_run_reaches_only_a_logger_that_has_not_recorded_it(tmp_path):
+    """loggers.log_kept: a logger without the run gets config, summary, record and finish; one whose
+    files are in the run dir already (a W&B run's dir, a CSV metrics.csv) gets nothing."""
+    fresh = Extras(str(tmp_path))
+    assert not loggers.logged_before(fresh)  # a logger infalign cannot look into: logged
+    assert loggers.log_kept(fresh, a_record(), {"metrics": tmp_path / "metrics.json"}, {"seed": 0})
+    assert [c[0] for c in fresh.calls] == ["experiment", "log_hyperparams", "log_metrics", "log_record",
+                                           "finalize", "finish"]
+    wandb = loggers.RunWandbLogger(save_dir=str(tmp_path / "w"), mode="offline")
+    assert not loggers.logged_before(wandb)  # (its stored run_id alone is no run)
+    (tmp_path / "w" / "wandb" / "offline-run-20261204_000000-abcd1234").mkdir(parents=True)
+    assert loggers.logged_before(wandb) and not loggers.log_kept(wandb, a_record(), {}, {})
+    from lightning.pytorch.loggers import CSVLogger
+
+    csv = CSVLogger(save_dir=str(tmp_path / "c"), name="csv", version="")
+    assert not loggers.logged_before(csv)
+    (tmp_path / "c" / "csv").mkdir(parents=True)
+    (tmp_path / "c" / "csv" / "metrics.csv").write_text("step\n0\n")
+    assert loggers.logged_before(csv) and not loggers.log_kept(csv, a_record(), {}, {})
+    assert (tmp_path / "c" / "csv" / "metrics.csv").read_text() == "step\n0\n"
+
+
+@pytest.mark.slow
+def test_a_finished_run_kept_as_it_is_is_logged_to_a_new_logger_once(tiny_cache, tmp_path):
+    """Left from a review: re-running a finished run (ckpt_path=last_or_new) with a logger it was not
+    run with kept the record and logged nothing -- a sweep run with logger=none, then again with
+    logger=wandb for the dashboards, reached no dashboard. Now the kept record goes to that logger once
+    (its summary: the same numbers as the record), and not again."""
+    from infalign.apps import train as train_app
+
+    run_dir = tmp_path / "run"
+
+    def run(*overrides):
+        return train_app.run(compose_train(tiny_cache, run_dir, "policy_cache=false", *overrides))
+
+    first = run("logger=none")
+    record = (run_dir / "metrics.json").read_bytes()
+    kept = run("logger=csv", "ckpt_path=last_or_new")
+    assert kept["eval"] == first["eval"] and (run_dir / "metrics.json").read_bytes() == record
+    logged = (run_dir / "csv" / "metrics.csv").read_text()
+    summary = RunRecord.from_json(first).wandb_summary()
+    header, row = logged.splitlines()[0].split(","), logged.splitlines()[-1].split(",")
+    assert float(row[header.index("eval/reward_model/kl")]) == pytest.approx(summary["eval/reward_model/kl"])
+    run("logger=csv", "ckpt_path=last_or_new")  # has the run already: not logged twice
+    assert (run_dir / "csv" / "metrics.csv").read_text() == logged
+    run("logger=recording", EXTRA_CONF, "ckpt_path=last")
+    calls = json.loads((run_dir / "recording.json").read_text())
+    assert [c[0] for c in calls] == ["experiment", "log_hyperparams", "log_metrics", "finalize"]
+    assert calls[2][1] == pytest.approx(summary) and calls[3][1] == "success"

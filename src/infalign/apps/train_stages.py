@@ -122,6 +122,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             if (keep.get("world") or {}).get("world_id") == world.stats["world_id"]:
                 log.info("%s records this run, finished with these settings, code and models: nothing to do "
                          "(kept as it is)", out_dir / "metrics.json")
+                log_kept_record(logger, keep, out_dir, cfg)
                 return keep
             log.warning("%s records this run from other models (world_id %s, now %s: a model's files or commit "
                         "changed at the same name): running it again", out_dir / "metrics.json",
@@ -232,6 +233,22 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         except Exception as exc:  # noqa: BLE001 - reported, the results stand
             log.error("closing the logger of a finished run failed: %s: %s", type(exc).__name__, exc)
     return metrics
+
+
+def log_kept_record(logger, keep: dict, out_dir: Path, cfg: DictConfig) -> None:
+    """A kept run's record to a logger that has not recorded it (``loggers.log_kept``; rank 0). The
+    record stands whatever the logger does: a failing logger is reported, not raised."""
+    if logger is None or distributed.rank() != 0:
+        return
+    try:
+        if loggers.log_kept(logger, RunRecord.from_json(keep), record.run_files(out_dir),
+                            OmegaConf.to_container(cfg, resolve=True)):
+            log.info("the kept run's record was logged to %s (its summary; no training curves)", type(logger).__name__)
+        else:
+            log.info("%s has this run already: not logged again", type(logger).__name__)
+    except Exception as exc:  # noqa: BLE001 - reported, the record stands
+        log.error("the run is kept as recorded in %s, but logging it failed: %s: %s", out_dir / "metrics.json",
+                  type(exc).__name__, exc)
 
 
 def trained_steps(ckpt: str) -> int:

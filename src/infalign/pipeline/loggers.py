@@ -85,6 +85,34 @@ def log_record(logger: Logger, record: RunRecord, files: dict[str, Path]) -> Non
         logger.log_record(record, files)
 
 
+def logged_before(logger: Logger) -> bool:
+    """Whether the run dir already holds this logger's copy of the run: a W&B run's files
+    (``<save_dir>/wandb/run-*`` or ``offline-run-*``), a CSV logger's ``metrics.csv``. For any other
+    logger (TensorBoard, MLflow, ...) it cannot be told: False."""
+    if isinstance(logger, WandbLogger):
+        return any((Path(logger.save_dir or ".") / "wandb").glob("*run-*"))
+    if isinstance(logger, CSVLogger):
+        return (Path(logger.log_dir) / "metrics.csv").is_file()
+    return False
+
+
+def log_kept(logger: Logger, record: RunRecord, files: dict[str, Path], config: dict) -> bool:
+    """A finished run kept as it is (``ckpt_path=last|last_or_new`` with nothing to re-run) still
+    reaches a logger that has not recorded it -- e.g. a sweep first run with ``logger=none``, then
+    again with ``logger=wandb`` for the dashboards: the logger's run is started with ``config``, gets
+    the record's summary (and, a :class:`RunLogger`, its samples and plot; no training curves: they
+    were not kept) and is closed. A logger that has the run already (:func:`logged_before`) gets
+    nothing, so no W&B run or CSV gets the summary twice. Whether it logged."""
+    if logged_before(logger):
+        return False
+    start(logger, config)
+    try:
+        log_record(logger, record, files)
+    finally:
+        close(logger, 0)
+    return True
+
+
 def close(logger: Logger | None, exit_code: int) -> None:
     """``finalize("success")`` (``exit_code`` 0) or ``finalize("failed")``; a :class:`RunLogger`
     then finishes its run with ``exit_code``."""

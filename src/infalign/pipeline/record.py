@@ -85,13 +85,20 @@ def is_finished(path: Path) -> bool:
         return False
 
 
+def run_files(out_dir: Path, existing: bool = True) -> dict[str, Path]:
+    """The files a finished run writes in ``out_dir`` (:func:`write_files`): ``metrics``, ``csv``,
+    ``plot``; with ``existing``, only those on disk (a kept run's, handed to a logger)."""
+    paths = {"metrics": out_dir / "metrics.json", "csv": out_dir / "eval_metrics.csv",
+             "plot": out_dir / "win_rates.png"}
+    return {name: path for name, path in paths.items() if not existing or path.is_file()}
+
+
 def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
     """metrics.json (:meth:`RunRecord.to_json`) -- first, and a stale :data:`FAILED_ATTEMPT` removed --
     then eval_metrics.csv and win_rates.png, whose failure (a full disk, a bad plot) is logged and loses
     nothing; returns the paths of the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"metrics": out_dir / "metrics.json", "csv": out_dir / "eval_metrics.csv",
-             "plot": out_dir / "win_rates.png"}
+    paths = run_files(out_dir, existing=False)
     atomic_write_json(paths["metrics"], rec.to_json())
     (out_dir / FAILED_ATTEMPT).unlink(missing_ok=True)
     for name, write in (("csv", lambda: atomic_write_csv(paths["csv"], eval_rows(rec))),
