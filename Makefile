@@ -44,9 +44,10 @@ paper: setup         ## every paper experiment + its report, timed (ARGS="--seed
 	$(VENV)/bin/infalign-paper $(ARGS)
 
 # pytest-xdist: one worker per core (tests/conftest.py gives each worker its share of the threads);
-# loadscope sends a module's tests to one worker, so a module-scoped fixture is built once.
+# loadscope sends a module's tests to one worker, so a module-scoped fixture is built once, in the
+# order conftest.py sorts them (longest first; xdist would sort by their number of tests).
 # `make test PYTEST_ARGS=` runs in one process.
-PYTEST_ARGS ?= -n auto --dist loadscope
+PYTEST_ARGS ?= -n auto --dist loadscope --no-loadscope-reorder
 
 # Tests may write bytecode (empty = unset for Python): pytest then caches its assertion-rewritten test
 # modules in tests/__pycache__ instead of rewriting all ~50 in every worker of every run (~3 CPU-s each).

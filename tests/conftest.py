@@ -51,9 +51,10 @@ def pytest_collection(session):
 
 
 # The modules that take longest, longest first (`pytest -p no:xdist --durations=0`, summed per module, on 2
-# quiet cores): `make test` sends whole modules to its workers (--dist loadscope) in collection order, so
-# these go first and the short ones fill in at the end -- collected alphabetically, test_train_pipeline
-# (~1/5 of the suite) started last and one worker ran it alone. A stale list only costs balance.
+# quiet cores): `make test` sends whole modules to its workers (--dist loadscope) in collection order
+# (--no-loadscope-reorder: xdist would sort them by their number of tests), so these go first and the
+# short ones fill in at the end -- collected alphabetically, test_train_pipeline (~1/5 of the suite)
+# started last and one worker ran it alone. A stale list only costs balance.
 LONGEST_FIRST = (
     "test_train_pipeline.py", "test_faults.py", "test_report.py", "test_cli.py", "test_config_entries.py",
     "test_algorithms.py", "test_distributed.py", "test_ctrl_learns.py", "test_generation.py", "test_bench.py",

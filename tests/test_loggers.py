@@ -268,25 +268,40 @@ def test_a_resume_whose_csv_rewrite_fails_midway_keeps_the_history(tmp_path, mon
 
 
 def test_a_kept_run_reaches_only_a_logger_that_has_not_recorded_it(tmp_path):
-    """loggers.log_kept: a logger without the run gets config, summary, record and finish; one whose
-    files are in the run dir already (a W&B run's dir, a CSV metrics.csv) gets nothing."""
+    """loggers.log_kept: a logger without the run gets config, summary, record and finish, and is
+    marked in <run dir>/logged.json; a marked one gets nothing. A failing one is closed as failed, not
+    marked (tried again next time), and its error propagates. A W&B dir without the mark is no proof
+    (review finding: wandb makes it before reaching the server); a disabled W&B logger is never marked."""
     fresh = Extras(str(tmp_path))
-    assert not loggers.logged_before(fresh)  # a logger infalign cannot look into: logged
-    assert loggers.log_kept(fresh, a_record(), {"metrics": tmp_path / "metrics.json"}, {"seed": 0})
+    assert not loggers.logged_before(fresh, tmp_path)
+    assert loggers.log_kept(fresh, a_record(), {"metrics": tmp_path / "metrics.json"}, {"seed": 0}, tmp_path)
     assert [c[0] for c in fresh.calls] == ["experiment", "log_hyperparams", "log_metrics", "log_record",
                                            "finalize", "finish"]
-    wandb = loggers.RunWandbLogger(save_dir=str(tmp_path / "w"), mode="offline")
-    assert not loggers.logged_before(wandb)  # (its stored run_id alone is no run)
-    (tmp_path / "w" / "wandb" / "offline-run-20261204_000000-abcd1234").mkdir(parents=True)
-    assert loggers.logged_before(wandb) and not loggers.log_kept(wandb, a_record(), {}, {})
-    from lightning.pytorch.loggers import CSVLogger
+    assert json.loads((tmp_path / loggers.LOGGED).read_text()) == ["Extras"]
+    again = Extras(str(tmp_path))
+    assert loggers.logged_before(again, tmp_path) and not loggers.log_kept(again, a_record(), {}, {}, tmp_path)
+    assert again.calls == []
 
-    csv = CSVLogger(save_dir=str(tmp_path / "c"), name="csv", version="")
-    assert not loggers.logged_before(csv)
-    (tmp_path / "c" / "csv").mkdir(parents=True)
-    (tmp_path / "c" / "csv" / "metrics.csv").write_text("step\n0\n")
-    assert loggers.logged_before(csv) and not loggers.log_kept(csv, a_record(), {}, {})
-    assert (tmp_path / "c" / "csv" / "metrics.csv").read_text() == "step\n0\n"
+    class Failing(RecordingLogger):
+        def log_metrics(self, metrics, step=None) -> None:
+            raise OSError("disk full")
+
+    failing = Failing(str(tmp_path / "f"))
+    with pytest.raises(OSError, match="disk full"):
+        loggers.log_kept(failing, a_record(), {}, {}, tmp_path / "f")
+    assert failing.calls[-1] == ("finalize", "failed") and not loggers.logged_before(failing, tmp_path / "f")
+
+    wandb = loggers.RunWandbLogger(save_dir=str(tmp_path / "w"), mode="offline")
+    (tmp_path / "w" / "wandb" / "offline-run-20261204_000000-abcd1234").mkdir(parents=True)
+    assert not loggers.logged_before(wandb, tmp_path / "w")  # a dir a failed attempt may have left
+    loggers.mark_logged(wandb, tmp_path / "w")
+    assert loggers.logged_before(wandb, tmp_path / "w")
+    disabled = loggers.RunWandbLogger(save_dir=str(tmp_path / "d"), mode="disabled")
+    loggers.mark_logged(disabled, tmp_path / "d")
+    assert not (tmp_path / "d" / loggers.LOGGED).exists() and not loggers.logged_before(disabled, tmp_path / "d")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / loggers.LOGGED).write_text("{not json")  # unreadable: as if none had it
+    assert not loggers.logged_before(fresh, tmp_path / "x")
 
 
 @pytest.mark.slow
@@ -315,4 +330,12 @@ def test_a_finished_run_kept_as_it_is_is_logged_to_a_new_logger_once(tiny_cache,
     run("logger=recording", EXTRA_CONF, "ckpt_path=last")
     calls = json.loads((run_dir / "recording.json").read_text())
     assert [c[0] for c in calls] == ["experiment", "log_hyperparams", "log_metrics", "finalize"]
+    assert calls[1][1]["seed"] == first["config"]["seed"] and calls[1][1]["logger"]["_target_"].endswith(
+        "RecordingLogger")  # the run's own config, under this logger
     assert calls[2][1] == pytest.approx(summary) and calls[3][1] == "success"
+    assert json.loads((run_dir / loggers.LOGGED).read_text()) == ["CSVLogger", "RecordingLogger"]
+    other = tmp_path / "other"  # a run logged to the end while it ran is marked too: a kept re-run skips it
+    train_app.run(compose_train(tiny_cache, other, "policy_cache=false", "logger=csv"))
+    logged = (other / "csv" / "metrics.csv").read_text()
+    train_app.run(compose_train(tiny_cache, other, "policy_cache=false", "logger=csv", "ckpt_path=last_or_new"))
+    assert (other / "csv" / "metrics.csv").read_text() == logged

@@ -221,15 +221,19 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             log.warning("closing the logger of a failed run failed: %s", close_exc)
         raise
     # the run is recorded (metrics.json: finished): a logger that fails now loses its own copy, not the run
+    logged = False  # the record went through the logger and it closed: marked, so a kept re-run skips it
     try:
         if logger is not None:
             loggers.log_record(logger, rec, paths)
+            logged = True
     except Exception as exc:  # noqa: BLE001 - reported, the results stand
         log.error("the run finished and is recorded in %s, but its logger failed: %s: %s",
                   out_dir / "metrics.json", type(exc).__name__, exc)
     finally:  # always: an unfinished W&B run would be taken over by the process's next job (wandb.run)
         try:
             loggers.close(logger, 0)
+            if logged:
+                loggers.mark_logged(logger, out_dir)
         except Exception as exc:  # noqa: BLE001 - reported, the results stand
             log.error("closing the logger of a finished run failed: %s: %s", type(exc).__name__, exc)
     return metrics
@@ -240,12 +244,15 @@ def log_kept_record(logger, keep: dict, out_dir: Path, cfg: DictConfig) -> None:
     record stands whatever the logger does: a failing logger is reported, not raised."""
     if logger is None or distributed.rank() != 0:
         return
+    # the run's own config (with the beta an algo.kl_target chose: record_effective_beta), under this logger
+    config = {**(keep.get("config") or OmegaConf.to_container(cfg, resolve=True)),
+              "logger": OmegaConf.to_container(cfg.logger, resolve=True)}
     try:
-        if loggers.log_kept(logger, RunRecord.from_json(keep), record.run_files(out_dir),
-                            OmegaConf.to_container(cfg, resolve=True)):
+        if loggers.log_kept(logger, RunRecord.from_json(keep), record.run_files(out_dir), config, out_dir):
             log.info("the kept run's record was logged to %s (its summary; no training curves)", type(logger).__name__)
         else:
-            log.info("%s has this run already: not logged again", type(logger).__name__)
+            log.info("%s has this run already (%s): not logged again", type(logger).__name__,
+                     out_dir / loggers.LOGGED)
     except Exception as exc:  # noqa: BLE001 - reported, the record stands
         log.error("the run is kept as recorded in %s, but logging it failed: %s: %s", out_dir / "metrics.json",
                   type(exc).__name__, exc)

@@ -11,7 +11,9 @@ the samples table, the win-rate plot, ``finish(exit_code)``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import secrets
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -19,7 +21,7 @@ from typing import Protocol, runtime_checkable
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from infalign.infra.cache import atomic_path, atomic_write_text
+from infalign.infra.cache import atomic_path, atomic_write_json, atomic_write_text
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import wandb_mode
 
@@ -85,31 +87,62 @@ def log_record(logger: Logger, record: RunRecord, files: dict[str, Path]) -> Non
         logger.log_record(record, files)
 
 
-def logged_before(logger: Logger) -> bool:
-    """Whether the run dir already holds this logger's copy of the run: a W&B run's files
-    (``<save_dir>/wandb/run-*`` or ``offline-run-*``), a CSV logger's ``metrics.csv``. For any other
-    logger (TensorBoard, MLflow, ...) it cannot be told: False."""
-    if isinstance(logger, WandbLogger):
-        return any((Path(logger.save_dir or ".") / "wandb").glob("*run-*"))
-    if isinstance(logger, CSVLogger):
-        return (Path(logger.log_dir) / "metrics.csv").is_file()
-    return False
+LOGGED = "logged.json"  # <run dir>/logged.json: the loggers that have the finished run (mark_logged)
 
 
-def log_kept(logger: Logger, record: RunRecord, files: dict[str, Path], config: dict) -> bool:
+def logger_kind(logger: Logger) -> str | None:
+    """What :data:`LOGGED` names a logger by: its class (``RunWandbLogger``, ``CSVLogger``, a
+    third-party one's); None for a W&B logger with ``mode=disabled``, which keeps nothing."""
+    if getattr(logger, "mode", None) == "disabled":
+        return None
+    return type(logger).__name__
+
+
+def logged_before(logger: Logger, run_dir: Path) -> bool:
+    """Whether ``run_dir``'s finished run was logged to a logger of this kind to the end: its record
+    went through it and it closed (:func:`mark_logged`). A W&B run dir or a ``metrics.csv`` alone does
+    not say so -- wandb makes its dir before it reaches the server, and a failed or killed attempt leaves
+    one -- so the mark is written only after success."""
+    kind = logger_kind(logger)
+    return kind is not None and kind in _logged(run_dir)
+
+
+def mark_logged(logger: Logger, run_dir: Path) -> None:
+    """Add this logger's kind to ``run_dir``'s :data:`LOGGED` (rank 0; atomic), after its record went
+    through and it closed: :func:`log_kept` then leaves it alone."""
+    kind = logger_kind(logger)
+    if kind is None or rank_zero_only.rank != 0:
+        return
+    atomic_write_json(run_dir / LOGGED, sorted(set(_logged(run_dir)) | {kind}))
+
+
+def _logged(run_dir: Path) -> list[str]:
+    try:
+        kinds = json.loads((run_dir / LOGGED).read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: as if nothing had it (logged again, not lost)
+        return []
+    return [k for k in kinds if isinstance(k, str)] if isinstance(kinds, list) else []
+
+
+def log_kept(logger: Logger, record: RunRecord, files: dict[str, Path], config: dict, run_dir: Path) -> bool:
     """A finished run kept as it is (``ckpt_path=last|last_or_new`` with nothing to re-run) still
     reaches a logger that has not recorded it -- e.g. a sweep first run with ``logger=none``, then
     again with ``logger=wandb`` for the dashboards: the logger's run is started with ``config``, gets
     the record's summary (and, a :class:`RunLogger`, its samples and plot; no training curves: they
-    were not kept) and is closed. A logger that has the run already (:func:`logged_before`) gets
-    nothing, so no W&B run or CSV gets the summary twice. Whether it logged."""
-    if logged_before(logger):
+    were not kept) and is closed, then marked (:func:`mark_logged`). A logger marked already gets
+    nothing, so no W&B run or CSV gets the summary twice; one that fails is closed as failed, left
+    unmarked (the next re-run tries again), and the error propagates. Whether it logged."""
+    if logged_before(logger, run_dir):
         return False
     start(logger, config)
     try:
         log_record(logger, record, files)
-    finally:
-        close(logger, 0)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the logging error is the one to report
+            close(logger, 1)
+        raise
+    close(logger, 0)
+    mark_logged(logger, run_dir)
     return True
 
 
@@ -146,6 +179,7 @@ class RunWandbLogger(WandbLogger):
     def __init__(self, *, save_dir: str = ".", id: str | None = None, mode: str = "offline", **kwargs) -> None:
         wandb_mode(mode)
         super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
+        self.mode = mode  # (loggers.logger_kind: a disabled run keeps nothing)
         # Lightning always passes wandb.init an ``anonymous`` setting (None unless asked for), which
         # wandb deprecated and warns about on every run: an unset one is left out
         init = getattr(self, "_wandb_init", None)  # (Lightning's private dict: left alone if it changes)
