@@ -54,9 +54,11 @@ def pytest_collection(session):
 # quiet cores): `make test` sends whole modules to its workers (--dist loadscope) in collection order
 # (--no-loadscope-reorder: xdist would sort them by their number of tests), so these go first and the
 # short ones fill in at the end -- collected alphabetically, test_train_pipeline (~1/5 of the suite)
-# started last and one worker ran it alone. A stale list only costs balance.
+# started last and one worker ran it alone. A stale list only costs balance. (test_config_entries is
+# second: it needs no toy world, so the second worker starts on it while the first builds the tiny world
+# that both would otherwise wait for: the `tiny_world` fixture.)
 LONGEST_FIRST = (
-    "test_train_pipeline.py", "test_faults.py", "test_report.py", "test_cli.py", "test_config_entries.py",
+    "test_train_pipeline.py", "test_config_entries.py", "test_faults.py", "test_report.py", "test_cli.py",
     "test_algorithms.py", "test_distributed.py", "test_ctrl_learns.py", "test_generation.py", "test_bench.py",
     "test_analyze_cli.py", "test_toy_world.py",
 )
