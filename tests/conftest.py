@@ -54,13 +54,14 @@ def pytest_collection(session):
 # quiet cores): `make test` sends whole modules to its workers (--dist loadscope) in collection order
 # (--no-loadscope-reorder: xdist would sort them by their number of tests), so these go first and the
 # short ones fill in at the end -- collected alphabetically, test_train_pipeline (~1/5 of the suite)
-# started last and one worker ran it alone. A stale list only costs balance. (test_config_entries is
-# second: it needs no toy world, so the second worker starts on it while the first builds the tiny world
-# that both would otherwise wait for: the `tiny_world` fixture.)
+# started last and one worker ran it alone. A stale list only costs balance. test_toy_world leads: in a
+# fresh clone (CI) it builds the default toy world into outputs/cache (~1 min of one worker, the longest
+# module there; seconds once cached). test_config_entries comes third, the second worker's second module:
+# it needs no toy world, so that worker does not wait for the `tiny_world` fixture the first is building.
 LONGEST_FIRST = (
-    "test_train_pipeline.py", "test_config_entries.py", "test_faults.py", "test_report.py", "test_cli.py",
-    "test_algorithms.py", "test_distributed.py", "test_ctrl_learns.py", "test_generation.py", "test_bench.py",
-    "test_analyze_cli.py", "test_toy_world.py",
+    "test_toy_world.py", "test_train_pipeline.py", "test_config_entries.py", "test_faults.py", "test_report.py",
+    "test_cli.py", "test_algorithms.py", "test_distributed.py", "test_ctrl_learns.py", "test_generation.py",
+    "test_bench.py", "test_analyze_cli.py",
 )
 
 
