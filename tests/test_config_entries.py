@@ -197,6 +197,20 @@ def test_compose_config_applies_value_overrides_as_hydra_does(overrides):
         compose_config("train", *overrides, "algo.no_such_key=1")
 
 
+def test_a_config_file_rewritten_in_place_is_read_again(tmp_path):
+    """hydra_file_memo keys a file by its bytes (review finding: by modification time and size, a file
+    rewritten at the same size within one tick of the clock would have kept its old parse)."""
+    import os
+
+    from hydra import compose, initialize_config_dir
+
+    for value in (1, 2, 3):
+        (tmp_path / "c.yaml").write_text(f"x: {value}\n")  # the same size
+        os.utime(tmp_path / "c.yaml", ns=(10**18, 10**18))  # and the same modification time
+        with initialize_config_dir(str(tmp_path), version_base="1.3"):
+            assert compose("c").x == value
+
+
 @pytest.mark.parametrize("group, name", [
     pytest.param(g, n, id=f"{g}={n}", marks=[pytest.mark.slow] if (g, n) in SLOW_ENTRIES else [])
     for g, n in ENTRIES])
