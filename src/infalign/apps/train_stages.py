@@ -232,10 +232,15 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
     finally:  # always: an unfinished W&B run would be taken over by the process's next job (wandb.run)
         try:
             loggers.close(logger, 0)
+        except Exception as exc:  # noqa: BLE001 - reported, the results stand
+            logged = False
+            log.error("closing the logger of a finished run failed: %s: %s", type(exc).__name__, exc)
+        try:
             if logged:
                 loggers.mark_logged(logger, out_dir)
-        except Exception as exc:  # noqa: BLE001 - reported, the results stand
-            log.error("closing the logger of a finished run failed: %s: %s", type(exc).__name__, exc)
+        except Exception as exc:  # noqa: BLE001 - reported, the results stand (a kept re-run logs it again)
+            log.error("the run was logged, but marking it in %s failed: %s: %s", out_dir / record.LOGGED,
+                      type(exc).__name__, exc)
     return metrics
 
 
@@ -244,15 +249,14 @@ def log_kept_record(logger, keep: dict, out_dir: Path, cfg: DictConfig) -> None:
     record stands whatever the logger does: a failing logger is reported, not raised."""
     if logger is None or distributed.rank() != 0:
         return
-    # the run's own config (with the beta an algo.kl_target chose: record_effective_beta), under this logger
-    config = {**(keep.get("config") or OmegaConf.to_container(cfg, resolve=True)),
-              "logger": OmegaConf.to_container(cfg.logger, resolve=True)}
     try:
+        # the run's own config (with the beta an algo.kl_target chose: record_effective_beta), under this logger
+        config = {**keep["config"], "logger": OmegaConf.to_container(cfg.logger, resolve=True)}
         if loggers.log_kept(logger, RunRecord.from_json(keep), record.run_files(out_dir), config, out_dir):
             log.info("the kept run's record was logged to %s (its summary; no training curves)", type(logger).__name__)
         else:
             log.info("%s has this run already (%s): not logged again", type(logger).__name__,
-                     out_dir / loggers.LOGGED)
+                     out_dir / record.LOGGED)
     except Exception as exc:  # noqa: BLE001 - reported, the record stands
         log.error("the run is kept as recorded in %s, but logging it failed: %s: %s", out_dir / "metrics.json",
                   type(exc).__name__, exc)

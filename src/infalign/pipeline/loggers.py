@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from infalign.infra.cache import atomic_path, atomic_write_json, atomic_write_text
+from infalign.pipeline.record import LOGGED
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import wandb_mode
 
@@ -87,12 +88,11 @@ def log_record(logger: Logger, record: RunRecord, files: dict[str, Path]) -> Non
         logger.log_record(record, files)
 
 
-LOGGED = "logged.json"  # <run dir>/logged.json: the loggers that have the finished run (mark_logged)
 
 
 def logger_kind(logger: Logger) -> str | None:
-    """What :data:`LOGGED` names a logger by: its class (``RunWandbLogger``, ``CSVLogger``, a
-    third-party one's); None for a W&B logger with ``mode=disabled``, which keeps nothing."""
+    """What ``<run dir>/logged.json`` (``record.LOGGED``) names a logger by: its class (``RunWandbLogger``,
+    ``CSVLogger``, a third-party one's); None for a W&B logger with ``mode=disabled``, which keeps nothing."""
     if getattr(logger, "mode", None) == "disabled":
         return None
     return type(logger).__name__
@@ -100,15 +100,21 @@ def logger_kind(logger: Logger) -> str | None:
 
 def logged_before(logger: Logger, run_dir: Path) -> bool:
     """Whether ``run_dir``'s finished run was logged to a logger of this kind to the end: its record
-    went through it and it closed (:func:`mark_logged`). A W&B run dir or a ``metrics.csv`` alone does
-    not say so -- wandb makes its dir before it reaches the server, and a failed or killed attempt leaves
-    one -- so the mark is written only after success."""
+    went through it and it closed (:func:`mark_logged`). A W&B run dir alone does not say so -- wandb
+    makes it before it reaches the server, and a failed or killed attempt leaves one -- so the mark is
+    written only after success; a CSV logger's existing ``metrics.csv`` counts as logged, marked or not
+    (never overwritten). A new record (a run trained further) drops the marks (``record.write_files``)."""
     kind = logger_kind(logger)
-    return kind is not None and kind in _logged(run_dir)
+    if kind is None:
+        return False
+    # a CSV file of a run not marked (logged before marks existed, or its marking failed) is kept as it
+    # is: Lightning's CSV writer would delete it on start, curves and all
+    csv_file = isinstance(logger, CSVLogger) and (Path(logger.log_dir) / "metrics.csv").is_file()
+    return csv_file or kind in _logged(run_dir)
 
 
 def mark_logged(logger: Logger, run_dir: Path) -> None:
-    """Add this logger's kind to ``run_dir``'s :data:`LOGGED` (rank 0; atomic), after its record went
+    """Add this logger's kind to ``run_dir``'s ``logged.json`` (rank 0; atomic), after its record went
     through and it closed: :func:`log_kept` then leaves it alone."""
     kind = logger_kind(logger)
     if kind is None or rank_zero_only.rank != 0:
@@ -134,8 +140,8 @@ def log_kept(logger: Logger, record: RunRecord, files: dict[str, Path], config: 
     unmarked (the next re-run tries again), and the error propagates. Whether it logged."""
     if logged_before(logger, run_dir):
         return False
-    start(logger, config)
     try:
+        start(logger, config)
         log_record(logger, record, files)
     except BaseException:
         with contextlib.suppress(Exception):  # the logging error is the one to report

@@ -68,6 +68,7 @@ def eval_rows(rec: RunRecord) -> list[dict]:
 
 
 FAILED_ATTEMPT = "metrics.failed.json"  # a failed attempt in the dir of a finished run (apps/train.write_failure)
+LOGGED = "logged.json"  # the loggers that took the finished run's record (pipeline/loggers.mark_logged)
 
 
 def read_record(path: Path) -> RunRecord:
@@ -94,13 +95,15 @@ def run_files(out_dir: Path, existing: bool = True) -> dict[str, Path]:
 
 
 def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
-    """metrics.json (:meth:`RunRecord.to_json`) -- first, and a stale :data:`FAILED_ATTEMPT` removed --
+    """metrics.json (:meth:`RunRecord.to_json`) -- first, and a stale :data:`FAILED_ATTEMPT` and
+    :data:`LOGGED` removed --
     then eval_metrics.csv and win_rates.png, whose failure (a full disk, a bad plot) is logged and loses
     nothing; returns the paths of the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = run_files(out_dir, existing=False)
     atomic_write_json(paths["metrics"], rec.to_json())
     (out_dir / FAILED_ATTEMPT).unlink(missing_ok=True)
+    (out_dir / LOGGED).unlink(missing_ok=True)  # a new record: no logger has it yet
     for name, write in (("csv", lambda: atomic_write_csv(paths["csv"], eval_rows(rec))),
                         ("plot", lambda: plot_win_rates(rec, procedure, paths["plot"]))):
         try:
