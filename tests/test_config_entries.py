@@ -238,9 +238,9 @@ def test_every_setting_of_every_entry_has_a_default(group, name):
     (a key only one side holds is compared with its default). Every training and evaluation setting of
     every entry -- experiments' and methods' bundles included -- has one: its value in the config composed
     from the run's config-group choices without value overrides (docs/architecture.md §4). A key an
-    experiment or method adds that no group entry holds would have none. (Left out: an experiment's setting
-    of another algorithm, ``algo.beta`` under ``algo=bon_sft``, which the run's algorithm ignores:
-    make_algorithm.)"""
+    experiment or method adds that no group entry holds would have none. An experiment's setting the run's
+    algorithm does not read (``algo.beta`` under ``algo=bon_sft``) has ``policy_cache.IGNORED``: any value
+    matches (it had none, and a settings file without it was refused)."""
     import dataclasses
 
     from infalign.apps.config import settings_defaults
@@ -254,7 +254,8 @@ def test_every_setting_of_every_entry_has_a_default(group, name):
     ignored = {f"training.algo.{k}" for k in cfg.algo} - {
         f"training.algo.{f.name}" for f in dataclasses.fields(ALGORITHMS[cfg.algo.name].Config)}
     assert "training.reward.prompt_format" in keys or cfg.reward.get("prompt_format") is None
-    assert [k for k in keys if k not in ignored and not default(k)[0]] == []
+    assert [k for k in keys if not default(k)[0]] == []
+    assert all(default(k)[1] is policy_cache.IGNORED for k in ignored)  # any value: the algorithm reads none
 
 
 SWEEPS = entries(SWEEPS_DIR)

@@ -6,7 +6,7 @@ from infalign.apps import train as train_app
 from infalign.apps.config import settings_defaults
 from infalign.pipeline import policy_cache
 from infalign.pipeline.policy_cache import policy_key
-from pipeline_helpers import compose_train
+from pipeline_helpers import compose_config, compose_train
 
 
 class _World:
@@ -673,3 +673,28 @@ def test_a_resume_under_other_code_is_warned_about_and_returned_not_refused(tmp_
     assert set(changed) == {"code", "torch", "transformers", "lightning"}
     assert all(v["checkpoint"] is None for v in changed.values())
 
+
+
+def test_a_setting_the_algorithm_does_not_read_matches_any_value_when_one_side_lacks_it(tmp_path):
+    """Left from a review: ``algo.beta`` held by one side of an ``algo=bon_sft`` run -- which reads no beta;
+    toy_bon, the default experiment, sets one -- had no default, so a checkpoint whose settings file lacks
+    it refused the resume. Such a key now matches any value; one the algorithm reads (rloo's ``beta``)
+    still matches only its default."""
+    import json
+
+    from infalign.errors import ConfigError
+
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    for algo, refused in (("bon_sft", False), ("rloo", True)):
+        # (with the hydra node: the run's config-group choices, which settings_defaults reads)
+        cfg = compose_config("train", f"algo={algo}", "algo.steps=4", "algo.beta=0.3", hydra=True)
+        current = {"training": policy_cache._resume_training(cfg, None)}
+        stored = json.loads(json.dumps(current))
+        assert stored["training"]["algo"].pop("beta") == 0.3  # as if written before the experiment set it
+        (ckpt / policy_cache.RESUME_FILE).write_text(json.dumps(stored))
+        if refused:
+            with pytest.raises(ConfigError, match=r"training\.algo\.beta"):
+                policy_cache.check_resume(ckpt, current, True, "last", settings_defaults(cfg))
+        else:
+            policy_cache.check_resume(ckpt, current, True, "last", settings_defaults(cfg))

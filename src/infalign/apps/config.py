@@ -467,7 +467,8 @@ def settings_default(key: str, choices: dict[str, str | None] | None) -> tuple[b
     choice of the key's own group ranges over the group's entries (the other groups at train.yaml's
     choices): the key has a default when every entry that defines it gives it the same value. A key no such
     config holds has the default of what reads it: a ``trainer`` argument Lightning's (the trainer is
-    instantiated with the given arguments only), a ``callbacks`` entry none (no such callback); any other key
+    instantiated with the given arguments only), a ``callbacks`` entry none (no such callback), an ``algo``
+    setting the run's algorithm does not read ``policy_cache.IGNORED`` (any value matches); any other key
     has none (it is a difference)."""
     path = key.split(".")
     group = path[1] if path[0] == "training" and len(path) > 1 else path[0]
@@ -485,7 +486,23 @@ def settings_default(key: str, choices: dict[str, str | None] | None) -> tuple[b
         return (True, defaults[path[2]]) if path[2] in defaults else (False, None)
     if path[:2] == ["training", "callbacks"] and len(path) == 3:
         return True, None
+    if path[:2] == ["training", "algo"] and len(path) == 3 and _ignored_by_algorithm(path[2], choices):
+        from infalign.pipeline.policy_cache import IGNORED
+
+        return True, IGNORED
     return False, None
+
+
+def _ignored_by_algorithm(name: str, choices: dict[str, str | None] | None) -> bool:
+    """Whether ``algo.<name>`` is a setting the run's algorithm (``choices["algo"]``) does not read: no field
+    of its ``Config`` (``training/algorithms``: ``make_algorithm`` passes it the fields it has) -- e.g.
+    ``algo.beta`` an experiment sets for ``algo=bon_sft``."""
+    import dataclasses
+
+    from infalign.training.algorithms import ALGORITHMS
+
+    algorithm = ALGORITHMS.get((choices or {}).get("algo"))
+    return algorithm is not None and name not in {f.name for f in dataclasses.fields(algorithm.Config)}
 
 
 _ABSENT = object()

@@ -230,6 +230,7 @@ def _as_json(settings: dict) -> dict:
 
 
 Default = Callable[[str], tuple[bool, object]]  # dotted settings key -> (known, its default)
+IGNORED = object()  # a Default's value for a key the run never reads (an algorithm's unused setting): any value
 
 
 def no_defaults(key: str) -> tuple[bool, object]:
@@ -242,7 +243,8 @@ def _differences(a, b, default: Default, prefix: str = "", depth: int = 3) -> li
     one side holds is compared with its ``default`` (the run's: ``apps/config.settings_defaults``; it
     differs when there is none): a settings file that predates ``reward.prompt_format`` matches ``full``,
     the value conf/reward/hf.yaml gives it, and one that leaves out ``replica`` 0 matches replica 0, not
-    replica 1."""
+    replica 1. A key whose default is :data:`IGNORED` (``algo.beta`` held by one side of an ``algo=bon_sft``
+    run, which reads none) matches whatever the other side holds."""
     if isinstance(a, dict) and isinstance(b, dict) and depth > 0:
         out = []
         for k in sorted(set(a) | set(b), key=str):
@@ -251,6 +253,8 @@ def _differences(a, b, default: Default, prefix: str = "", depth: int = 3) -> li
                 known, value = default(key)
                 if not known:
                     out.append(key)
+                    continue
+                if value is IGNORED:  # read by nothing the run does: no value of it can differ
                     continue
                 out += _differences(a.get(k, value), b.get(k, value), default, key + ".", depth - 1)
                 continue
