@@ -66,7 +66,7 @@ def _conf_entry(name: str):
 @pytest.mark.parametrize("name", ["rloo", "ppo", "bon_sft", "ipo"])
 def test_each_yaml_entry_holds_exactly_its_algorithms_settings(name):
     entry = _conf_entry(name)
-    assert set(entry) == {f.name for f in dataclasses.fields(ALGORITHMS[name].Config)}
+    assert set(entry) == set(ALGORITHMS[name].settings())
     algo = make_algorithm(entry)
     assert type(algo) is ALGORITHMS[name] and algo.name == name
 

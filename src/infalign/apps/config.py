@@ -494,15 +494,13 @@ def settings_default(key: str, choices: dict[str, str | None] | None) -> tuple[b
 
 
 def _ignored_by_algorithm(name: str, choices: dict[str, str | None] | None) -> bool:
-    """Whether ``algo.<name>`` is a setting the run's algorithm (``choices["algo"]``) does not read: no field
-    of its ``Config`` (``training/algorithms``: ``make_algorithm`` passes it the fields it has) -- e.g.
-    ``algo.beta`` an experiment sets for ``algo=bon_sft``."""
-    import dataclasses
-
+    """Whether ``algo.<name>`` is a setting the run's algorithm (``choices["algo"]``) does not read
+    (``Algorithm.settings``; ``make_algorithm`` ignores the others) -- e.g. ``algo.beta`` an experiment
+    sets for ``algo=bon_sft``."""
     from infalign.training.algorithms import ALGORITHMS
 
     algorithm = ALGORITHMS.get((choices or {}).get("algo"))
-    return algorithm is not None and name not in {f.name for f in dataclasses.fields(algorithm.Config)}
+    return algorithm is not None and name not in algorithm.settings()
 
 
 _ABSENT = object()

@@ -88,8 +88,6 @@ def log_record(logger: Logger, record: RunRecord, files: dict[str, Path]) -> Non
         logger.log_record(record, files)
 
 
-
-
 def logger_kind(logger: Logger) -> str | None:
     """What ``<run dir>/logged.json`` (``record.LOGGED``) names a logger by: its class (``RunWandbLogger``,
     ``CSVLogger``, a third-party one's); None for a W&B logger with ``mode=disabled``, which keeps nothing."""

@@ -96,9 +96,8 @@ def run_files(out_dir: Path, existing: bool = True) -> dict[str, Path]:
 
 def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
     """metrics.json (:meth:`RunRecord.to_json`) -- first, and a stale :data:`FAILED_ATTEMPT` and
-    :data:`LOGGED` removed --
-    then eval_metrics.csv and win_rates.png, whose failure (a full disk, a bad plot) is logged and loses
-    nothing; returns the paths of the files written."""
+    :data:`LOGGED` removed -- then eval_metrics.csv and win_rates.png, whose failure (a full disk, a bad
+    plot) is logged and loses nothing; returns the paths of the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = run_files(out_dir, existing=False)
     atomic_write_json(paths["metrics"], rec.to_json())

@@ -110,6 +110,12 @@ class Algorithm:
     def __init__(self, cfg: AlgoConfig) -> None:
         self.cfg = cfg
 
+    @classmethod
+    def settings(cls) -> tuple[str, ...]:
+        """The ``algo`` settings this algorithm reads: its ``Config``'s fields, in order (any other key of
+        the ``algo`` group is another algorithm's, ignored: :func:`make_algorithm`)."""
+        return tuple(f.name for f in dataclasses.fields(cls.Config))
+
     @property
     def beta(self) -> float | None:
         """The KL strength the run reports (``metrics.json: beta``), None if the algorithm has none."""
@@ -234,8 +240,8 @@ def make_algorithm(settings: Mapping) -> Algorithm:
     name = settings.get("name")
     require(name in ALGORITHMS, "algo.name", name, f"one of {sorted(ALGORITHMS)}")
     cls = ALGORITHMS[name]
-    own = [f.name for f in dataclasses.fields(cls.Config)]
-    owners = {key: sorted(n for n, c in ALGORITHMS.items() if key in {f.name for f in dataclasses.fields(c.Config)})
+    own = list(cls.settings())
+    owners = {key: sorted(n for n, c in ALGORITHMS.items() if key in c.settings())
               for key in settings if key not in own}
     for key, algos in owners.items():
         value = settings[key]
