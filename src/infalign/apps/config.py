@@ -4,7 +4,6 @@ groups (``trainer``, ``callbacks``, ``logger``), and loading single entries of a
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -528,15 +527,21 @@ def _is_bundle(name: str) -> bool:
 
 
 @functools.cache
+def _root_config() -> DictConfig:
+    """``conf/train.yaml`` composed without overrides, with the ``hydra`` node (composed either way)."""
+    return _compose_train((), hydra=True)
+
+
+@functools.cache
 def _root_choices() -> dict[str, str | None]:
     """train.yaml's own config-group choices (its defaults list)."""
-    return config_choices(_compose_train((), hydra=True)) or {}
+    return config_choices(_root_config()) or {}
 
 
 @functools.cache
 def _root_nodes() -> frozenset[str]:
     """The top-level keys of the composed train config."""
-    return frozenset(str(k) for k in _compose_train(()))
+    return frozenset(str(k) for k in _root_config() if k != "hydra")
 
 
 def _compose_train(overrides: tuple[str, ...], hydra: bool = False) -> DictConfig:
@@ -575,12 +580,11 @@ def _trainer_defaults() -> dict:
 
     import lightning as L
 
-    from infalign.infra.cache import json_safe
-    from infalign.pipeline.policy_cache import comparable_training
+    from infalign.pipeline.policy_cache import _as_json, comparable_training
 
     params = inspect.signature(L.Trainer.__init__).parameters.values()
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    return comparable_training({"trainer": json.loads(json.dumps(json_safe(defaults, default=str)))})["trainer"]
+    return comparable_training({"trainer": _as_json(defaults)})["trainer"]
 
 
 def settings_defaults(cfg: DictConfig | None) -> Callable[[str], tuple[bool, object]]:

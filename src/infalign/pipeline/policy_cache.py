@@ -340,20 +340,18 @@ def check_finished_run(run_dir: Path, cfg: DictConfig, default: Default = no_def
     configuration's: :func:`training_settings` compared (``algo.steps`` included: nothing resumes here),
     ``algo.beta`` left out only when ``algo.kl_target`` picks it (the record holds the picked value); a
     key only one side holds stands for its ``default``."""
+    from infalign.pipeline.record import finished_record
+
     path = Path(run_dir) / "metrics.json"
-    differ = _finished_training_differences(path, cfg, default)
+    differ = _finished_training_differences(finished_record(path), cfg, default)
     if differ:
         _refuse_if_different(path, differ, "last_or_new")
 
 
-def _finished_training_differences(path: Path, cfg: DictConfig, default: Default) -> list[str] | None:
-    """The training settings (dotted keys) in which the finished run recorded in ``path`` differs from
-    ``cfg`` (:func:`check_finished_run`); None when ``path`` records no finished run with a config."""
-    from infalign.pipeline.record import is_finished, read_record
-
-    if not is_finished(path):
-        return None
-    config = read_record(path).config
+def _finished_training_differences(rec, cfg: DictConfig, default: Default) -> list[str] | None:
+    """The training settings (dotted keys) in which the finished run ``rec`` (``record.finished_record``)
+    differs from ``cfg`` (:func:`check_finished_run`); None when there is no finished run with a config."""
+    config = rec.config if rec is not None else None
     if not isinstance(config, dict) or not config:
         return None
     stored, current = (_as_json(training_settings(c, None)) for c in (OmegaConf.create(config), cfg))
@@ -397,12 +395,12 @@ def finished_record_to_keep(run_dir: Path, cfg: DictConfig, ckpt_path: str, defa
     finished run with evaluation results of this training (a run asking for more steps continues the
     checkpoint)."""
     from infalign.errors import ConfigError
-    from infalign.pipeline.record import read_record
+    from infalign.pipeline.record import finished_record
 
     path = Path(run_dir) / "metrics.json"
-    if _finished_training_differences(path, cfg, default) != []:
+    rec = finished_record(path)
+    if _finished_training_differences(rec, cfg, default) != []:
         return None
-    rec = read_record(path)
     if rec.eval is None or not rec.eval.judges:
         return None
     differ = _differences(evaluation_settings(rec.config), evaluation_settings(cfg), default, depth=2)

@@ -78,12 +78,18 @@ def read_record(path: Path) -> RunRecord:
     return RunRecord.from_json(json.loads(Path(path).read_text()))
 
 
+def finished_record(path: Path) -> RunRecord | None:
+    """The finished run ``path`` (a ``metrics.json``) records; None if it records none."""
+    try:
+        rec = read_record(path)
+    except Exception:  # noqa: BLE001 - missing, unreadable or not a record: it runs in failure handlers
+        return None
+    return rec if rec.finished else None
+
+
 def is_finished(path: Path) -> bool:
     """Whether ``path`` (a ``metrics.json``) records a finished run."""
-    try:
-        return read_record(path).finished
-    except Exception:  # noqa: BLE001 - missing, unreadable or not a record: it runs in failure handlers
-        return False
+    return finished_record(path) is not None
 
 
 def run_files(out_dir: Path, existing: bool = True) -> dict[str, Path]:
