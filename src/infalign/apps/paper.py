@@ -231,6 +231,12 @@ def time_table(earlier: list[dict], rows: list[dict]) -> list[dict]:
                   key=lambda r: NAMES.index(r["experiment"]))
 
 
+def total_seconds(table: list[dict], rows: list[dict], start: float) -> float:
+    """The time ``table``'s total: its earlier invocations' rows (not this one's ``rows``) and this
+    invocation's wall time since ``start``."""
+    return sum(r["wall_s"] for r in table if r not in rows) + time.time() - start
+
+
 def time_markdown(rows: list[dict], total_s: float, seeds: str) -> str:
     seeds = " / ".join(dict.fromkeys(str(r.get("seeds", seeds)) for r in rows)) or seeds
     lines = [f"# infalign-paper: time per experiment (seeds {seeds}, {usable_cores()} usable cores)", "",
@@ -275,14 +281,14 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
                "seeds": args.seeds}
         rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep and not refused else {}))
         table = time_table(before, rows)
-        total = sum(r["wall_s"] for r in table if r not in rows) + time.time() - start
+        total = total_seconds(table, rows, start)
         seeds = " / ".join(dict.fromkeys(str(r["seeds"]) for r in table))  # each row has its own
         atomic_write_json(args.out / "paper_time.json", {"seeds": seeds, "usable_cores": usable_cores(),
                                                          "total_s": round(total, 1), "experiments": table})
         atomic_write_text(args.out / "paper_time.md", time_markdown(table, total, args.seeds))
         write_findings(args.out)
     table = time_table(before, rows)
-    echo(time_markdown(table, sum(r["wall_s"] for r in table if r not in rows) + time.time() - start, args.seeds))
+    echo(time_markdown(table, total_seconds(table, rows, start), args.seeds))
     for line in findings_summary(args.out):
         echo(line)
     return 0 if all(r["exit"] == 0 for r in rows) else 1
