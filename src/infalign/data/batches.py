@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from infalign.models.builders import encode_prompt_response, encode_prompts
-from infalign.models.generation import left_padded, pad_id
+from infalign.models.builders import encode_prompt_response, encode_prompts, pad_id, padded
 from infalign.models.reward import MODEL_INPUTS, reward_model_inputs
 
 
@@ -141,16 +140,6 @@ class SampledResponses:
         return len(self.ids)
 
 
-def _right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` ``[len(rows), longest]``: each row left-aligned, ``pad`` (mask 0) after it."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)], mask[i, : len(r)] = torch.tensor(r, dtype=torch.long), 1
-    return out, mask
-
-
 class SampledResponseCollator:
     """``[(prompt, sampled response ids), ...]`` -> right-padded ``input_ids, attention_mask, labels``
     (labels ``-100`` outside the response): ``[prompt | response]`` with the prompt encoded as the
@@ -167,7 +156,7 @@ class SampledResponseCollator:
     def __call__(self, batch: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
         prompts, responses = zip(*batch)
         prompt_ids = encode_prompts(self.tokenizer, list(prompts))
-        input_ids, attention_mask = _right_padded([p + list(r) for p, r in zip(prompt_ids, responses)],
+        input_ids, attention_mask = padded([p + list(r) for p, r in zip(prompt_ids, responses)],
                                                   pad_id(self.tokenizer))
         response_mask = torch.zeros_like(attention_mask)
         for i, (p, r) in enumerate(zip(prompt_ids, responses)):
@@ -190,12 +179,12 @@ class PolicyPairCollator:
         self.tok = tokenizer
 
     def _responses(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return _right_padded([list(r) for r in ids], pad_id(self.tok))
+        return padded([list(r) for r in ids], pad_id(self.tok))
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = zip(*batch)
         # as models/generation.sample: leading special tokens only (encode_prompts), left-padded
-        prompt_ids, prompt_mask = left_padded(encode_prompts(self.tok, list(prompts)), pad_id(self.tok))
+        prompt_ids, prompt_mask = padded(encode_prompts(self.tok, list(prompts)), pad_id(self.tok), left=True)
         c_ids, c_mask = self._responses(list(chosen))
         r_ids, r_mask = self._responses(list(rejected))
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "chosen_ids": c_ids,

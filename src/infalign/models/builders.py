@@ -27,6 +27,9 @@ __all__ = [
     "check_causal_lm",
     "check_reward_model",
     "encode_prompt_response",
+    "pad_id",
+    "padded",
+    "special_id",
     "encode_prompts",
     "hub_commit",
     "load_causal_lm",
@@ -429,6 +432,34 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError(f"{type(tokenizer).__name__}: cannot locate the text among its special tokens")
 
 
+def pad_id(tokenizer) -> int:
+    """The id prompts and responses are padded with: ``tokenizer.pad_token_id``, else eos, else 0."""
+    for name in ("pad", "eos"):
+        value = special_id(tokenizer, name)
+        if value is not None:
+            return value
+    return 0
+
+
+def special_id(tokenizer, name: str) -> int | None:
+    """``tokenizer.<name>_token_id`` as an int, None when the tokenizer has none."""
+    value = getattr(tokenizer, f"{name}_token_id", None)
+    return int(value) if value is not None else None
+
+
+def padded(rows: list[list[int]], pad: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)`` ``[len(rows), longest]``: each row left-aligned with ``pad`` (mask 0) after it, or
+    with ``left`` right-aligned with ``pad`` before it (the prompt layout of
+    :func:`~infalign.models.generation.sample` and of IPO's pairs)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, cols], mask[i, cols] = torch.tensor(r, dtype=torch.long), 1
+    return ids, mask
+
+
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids of each prompt as a policy reads it before its response: the tokenizer's *leading*
     special tokens (:func:`special_tokens_around`: ``<s>`` for Llama-style, ``[CLS]`` for BERT-style,
@@ -547,7 +578,6 @@ def encode_prompt_response(
                          "longer than max_length")
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, truncated = [], []
     for p, r in zip(p_ids, r_ids):
         p, r = prefix + list(p) + middle, list(r) + end
@@ -560,15 +590,11 @@ def encode_prompt_response(
             # end where the cut falls (an eos after a cut response would say it ended)
             r = r[: max_length - len(p) - len(end)] + end if pair else r[: max_length - len(p)]
         rows.append((p, r))
-    width = max(len(p) + len(r) for p, r in rows)
-    input_ids = torch.full((len(rows), width), pad if pad is not None else 0, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    input_ids, attention_mask = padded([p + r for p, r in rows], pad_id(tokenizer))
+    response_mask = torch.zeros_like(attention_mask)
+    token_type_ids = torch.zeros_like(attention_mask)
     for i, (p, r) in enumerate(rows):
         n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[i, :n] = 1
         response_mask[i, len(p) : n] = 1
         if types is not None:
             token_type_ids[i, : len(p)], token_type_ids[i, len(p) : n] = types

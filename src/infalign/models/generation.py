@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from infalign.models import decode_step
-from infalign.models.builders import encode_prompts, model_positions, special_tokens_around
+from infalign.models.builders import encode_prompts, model_positions, pad_id, padded, special_id, special_tokens_around
 
 log = logging.getLogger(__name__)
 MAX_SHARED_DISTINCT = 0.5  # sequence_logprobs shares prompts when at most this share of the rows is distinct
@@ -39,7 +39,7 @@ _WARNED_STATEFUL: set[str] = set()  # model classes already warned about (once p
 _NO_CACHE_FIELD = object()  # a model output without the cache field (its state lives elsewhere)
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
-            "length_buckets", "left_padded", "pad_id", "policy_prompt_ids", "position_ids", "shared_prompt_groups",
+            "length_buckets", "policy_prompt_ids", "position_ids", "shared_prompt_groups",
            "stop_token_ids", "prompt_token_limit", "response_stats"]
 
 
@@ -178,36 +178,10 @@ def _truncate_left(ids: list[int], limit: int, head: list[int]) -> list[int]:
     return keep + ids[len(ids) - (limit - len(keep)) :]
 
 
-def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)`` ``[len(rows), longest]``: each row right-aligned, ``pad`` (mask 0) before it --
-    the prompt layout of :func:`sample` and of IPO's pairs."""
-    width = max(len(ids) for ids in rows)
-    ids_out = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, ids in enumerate(rows):
-        ids_out[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        mask[row, width - len(ids) :] = 1
-    return ids_out, mask
-
-
-def pad_id(tokenizer) -> int:
-    """The id prompts and responses are padded with: ``tokenizer.pad_token_id``, else eos, else 0."""
-    for name in ("pad", "eos"):
-        value = _special_id(tokenizer, name)
-        if value is not None:
-            return value
-    return 0
-
-
-def _special_id(tokenizer, name: str) -> int | None:
-    value = getattr(tokenizer, f"{name}_token_id", None)
-    return int(value) if value is not None else None
-
-
 def stop_token_ids(model, tokenizer) -> list[int]:
     """Ids that end a response: ``tokenizer.eos_token_id`` and every id in the model's
     ``generation_config.eos_token_id`` (an int or, Llama-3 / Qwen style, a list)."""
-    ids = [_special_id(tokenizer, "eos")]
+    ids = [special_id(tokenizer, "eos")]
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids += configured if isinstance(configured, list | tuple) else [configured]
     return sorted({int(i) for i in ids if i is not None})
@@ -280,7 +254,7 @@ def sample(
     enc, truncated = policy_prompt_ids(model, tokenizer, list(prompts), max_new_tokens)
     if any(len(ids) == 0 for ids in enc):  # (a cut prompt keeps at least one token)
         raise ValueError("every prompt must tokenise to at least one token (got an empty prompt)")
-    prompt_ids, prompt_mask = left_padded(enc, pad)
+    prompt_ids, prompt_mask = padded(enc, pad, left=True)
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
 
     was_training = model.training
