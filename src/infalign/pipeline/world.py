@@ -27,7 +27,6 @@ from infalign.infra.cache import content_key, modules_digest, sha256_file
 from infalign.models.builders import (
     check_causal_lm,
     check_reward_model,
-    encode_prompts,
     hub_commit,
     input_token_limit,
     load_causal_lm,
@@ -36,7 +35,7 @@ from infalign.models.builders import (
     model_positions,
     special_tokens_around,
 )
-from infalign.models.generation import prompt_token_limit
+from infalign.models.generation import policy_prompt_ids, prompt_token_limit
 from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_reward_max_length, reward_input_format
 from infalign.pipeline.settings import DIALOGUE_SOURCES, HALF_DTYPES, data_settings
 
@@ -326,18 +325,18 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
 def count_truncated_prompts(cfg: DictConfig, policy, tokenizer, prompts: dict[str, list[str]]) -> dict[str, int]:
     """``{"prompts_truncated_<split>": n}``: how many prompts (as the policy is fed them) are longer
     than :func:`~infalign.models.generation.prompt_token_limit` at the largest ``max_new_tokens`` of
-    the run (``algo``, ``calibration``, ``eval``) -- generation keeps their last tokens, BOS first.
-    With ``data.max_prompt_tokens`` set (real data) the budget check makes these 0; otherwise any
-    is logged as a warning."""
+    the run (``algo``, ``calibration``, ``eval``): the count of
+    :func:`~infalign.models.generation.policy_prompt_ids`, the sampler's prompt encoding, which keeps
+    their last tokens, BOS first. With ``data.max_prompt_tokens`` set (real data) the budget check
+    makes these 0; otherwise any is logged as a warning."""
     new = max(int(cfg[group].get("max_new_tokens") or 0) for group in ("algo", "calibration", "eval") if group in cfg)
-    limit = prompt_token_limit(policy, new)
-    counts = {f"prompts_truncated_{split}": 0 if limit is None else
-              sum(len(ids) > limit for ids in encode_prompts(tokenizer, list(texts))) if texts else 0
+    counts = {f"prompts_truncated_{split}": policy_prompt_ids(policy, tokenizer, list(texts), new)[1] if texts else 0
               for split, texts in prompts.items()}
     if any(counts.values()):
+        cut = ", ".join(f"{n} {k.removeprefix('prompts_truncated_')}" for k, n in counts.items())
         log.warning("prompts longer than %d tokens (the policy's positions minus max_new_tokens=%d): %s; generation "
                     "cuts them from the left (BOS kept). Set data.max_prompt_tokens to drop them instead",
-                    limit, new, ", ".join(f"{n} {k.removeprefix('prompts_truncated_')}" for k, n in counts.items()))
+                    prompt_token_limit(policy, new), new, cut)
     return counts
 
 
