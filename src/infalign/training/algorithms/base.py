@@ -223,10 +223,20 @@ class OfflineAlgorithm(Algorithm):
         """``(LightningModule, DataLoader)`` that fit ``policy`` on the (best, worst) responses, each a
         :class:`~infalign.data.batches.SampledResponses` (one per prompt: the sampled token ids, the stop
         token last only where the response ended; collate ``ids``, never re-encode ``texts``). The loader
-        shuffles with its own generator seeded by ``seed`` (``shuffle=True, generator=...manual_seed(seed)``)
-        and the module is a ``training/step_batches.StepIndexed``: a resume replays its order
-        (``pipeline/baselines.fit_offline``)."""
+        is :meth:`shuffled_loader`'s (its own generator seeded by ``seed``) and the module is a
+        ``training/step_batches.StepIndexed``: a resume replays its order (``pipeline/baselines.fit_offline``)."""
         raise NotImplementedError
+
+    def shuffled_loader(self, columns: tuple, collate, seed: int):
+        """The loader of :meth:`fit_module`: ``TextPairs(*columns)`` (prompts, then response ids) in
+        batches of ``algo.prompts_per_step``, shuffled by a generator of its own seeded by ``seed``."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        from infalign.data.batches import TextPairs
+
+        return DataLoader(TextPairs(*columns), batch_size=self.cfg.prompts_per_step, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed), collate_fn=collate)
 
 
 def make_algorithm(settings: Mapping) -> Algorithm:

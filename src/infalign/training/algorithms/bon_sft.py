@@ -47,16 +47,10 @@ class BoNSFT(OfflineAlgorithm):
         towards 0.1 x (reached one step past the run: its last step runs at 0.23 x of 4 steps, 0.1006 x
         of 60; ``adamw_with_warmup``), no warmup, dropout off (the target is the eval-mode NLL minimiser,
         as CTRL and IPO train what they sample)."""
-        import torch
-        from torch.utils.data import DataLoader
-
-        from infalign.data.batches import SampledResponseCollator, TextPairs
+        from infalign.data.batches import SampledResponseCollator
         from infalign.training.pretrain import LMPretrainModule
 
         module = LMPretrainModule(policy, lr=self.cfg.lr, warmup=0, weight_decay=self.cfg.weight_decay,
                                   dropout=False)
         # the best responses' sampled ids (best.ids: a stop token only where the response ended)
-        loader = DataLoader(TextPairs(prompts, best.ids), batch_size=self.cfg.prompts_per_step, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed),
-                            collate_fn=SampledResponseCollator(tokenizer))
-        return module, loader
+        return module, self.shuffled_loader((prompts, best.ids), SampledResponseCollator(tokenizer), seed)

@@ -43,15 +43,9 @@ class IPO(OfflineAlgorithm):
         return f"{self.name}-n{self.cfg.n_samples}-b{self.cfg.beta:g}"
 
     def fit_module(self, policy, reference, tokenizer, prompts, best, worst, seed):
-        import torch
-        from torch.utils.data import DataLoader
-
-        from infalign.data.batches import PolicyPairCollator, TextPairs
+        from infalign.data.batches import PolicyPairCollator
         from infalign.training.ipo import IPOModule
 
         module = IPOModule(policy, reference, tau=self.cfg.beta, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         # the sampled token ids of the (best, worst) pairs (a stop token only where a response ended)
-        loader = DataLoader(TextPairs(prompts, best.ids, worst.ids), batch_size=self.cfg.prompts_per_step,
-                            shuffle=True, generator=torch.Generator().manual_seed(seed),
-                            collate_fn=PolicyPairCollator(tokenizer))
-        return module, loader
+        return module, self.shuffled_loader((prompts, best.ids, worst.ids), PolicyPairCollator(tokenizer), seed)
