@@ -376,14 +376,18 @@ def instantiate_logger(logger_cfg: DictConfig | None):
     return instantiate_checked(logger_cfg, _convert_="all")
 
 
-def command_line_keys() -> set[str]:
-    """The keys this job's overrides set (``hydra.overrides.task``: the command line's and a sweep's
-    parameters; ``+``/``++``/``~`` stripped); empty outside a Hydra app (the compose API, tests)."""
+def task_overrides() -> list[str] | None:
+    """This job's overrides (Hydra's task overrides, ``hydra.overrides.task``: the command line's and a
+    sweep's parameters); None outside a Hydra app (the compose API, tests)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return set()
-    return {str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else None
+
+
+def command_line_keys() -> set[str]:
+    """The keys this job's overrides set (:func:`task_overrides`, ``+``/``++``/``~`` stripped); empty
+    outside a Hydra app."""
+    return {o.split("=", 1)[0].lstrip("+~") for o in task_overrides() or []}
 
 
 def launcher_jobs() -> int | None:

@@ -34,6 +34,7 @@ from infalign.apps.config import (
     exit_on_config_error,
     instantiate_checked,
     launcher_jobs,
+    task_overrides,
 )
 from infalign.errors import ConfigError, Terminated, require
 from infalign.infra import distributed
@@ -481,13 +482,6 @@ def interrupted(exc: BaseException) -> bool:
     Lightning raises after handling one, or its ``SIGTERMException``."""
     return isinstance(exc, KeyboardInterrupt) or terminated(exc) or (
         isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
-
-
-def task_overrides() -> list[str] | None:
-    """The run's command-line overrides (Hydra's task overrides; None outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timings: dict) -> dict:

@@ -19,6 +19,7 @@ from infalign.apps.config import (
     instantiate_logger,
     instantiate_trainer,
     settings_defaults,
+    task_overrides,
 )
 from infalign.apps.train import (
     RESUME,
@@ -27,7 +28,6 @@ from infalign.apps.train import (
     failure_record,
     offline_resume_step,
     resolve_ckpt,
-    task_overrides,
     write_failure,
 )
 from infalign.infra import distributed
