@@ -573,3 +573,18 @@ def test_low_precision_rollout_logprobs_are_taken_without_dropout(tokenizer):
     assert policy.training
     torch.testing.assert_close(a, want, atol=0, rtol=0)
     torch.testing.assert_close(b, want, atol=0, rtol=0)
+
+
+def test_padded_rows_align_left_or_right_and_pad_id_falls_back_from_pad_to_eos_to_zero():
+    from types import SimpleNamespace
+
+    from infalign.models.builders import pad_id, padded
+
+    ids, mask = padded([[5, 6, 7], [8], []], pad=9)
+    assert ids.tolist() == [[5, 6, 7], [8, 9, 9], [9, 9, 9]] and mask.tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    ids, mask = padded([[5, 6, 7], [8], []], pad=9, left=True)
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8], [9, 9, 9]] and mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
+    assert pad_id(SimpleNamespace(pad_token_id=3, eos_token_id=4)) == 3
+    assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=4)) == 4
+    assert pad_id(SimpleNamespace()) == 0
