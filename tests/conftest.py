@@ -65,6 +65,28 @@ LONGEST_FIRST = (
 )
 
 
+# Modules whose console-script runs fork from one pre-imported zygote per test worker (forked_cli): one
+# work unit, so one worker runs them all and starts one zygote (an interpreter start, ~7 CPU-s) for all
+# of them, not one in each worker. Adjacent in LONGEST_FIRST, so the unit's tests run in a row.
+FORKED_CLI_MODULES = ("test_faults.py", "test_report.py", "test_cli.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` with :data:`FORKED_CLI_MODULES` as one scope (xdist's scope is the module)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if Path(nodeid.split("::", 1)[0]).name in FORKED_CLI_MODULES:
+                return "forked-cli-modules"
+            return super()._split_scope(nodeid)
+
+    return Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Modules in :data:`LONGEST_FIRST` order, then the rest as collected; each module's tests keep
     their order (a stable sort: every worker collects the same order, as xdist requires)."""
@@ -92,6 +114,7 @@ def tiny_cache(tmp_path, tiny_world) -> Path:
     return seeded_cache(tmp_path / "cache", tiny_world)
 
 
+@pytest.hookimpl(optionalhook=True)  # (a hook of pytest-xdist: unknown under -p no:xdist)
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (``make test``): one worker per usable core (``infra/threads.usable_cores``: the
     affinity mask of a taskset, cgroup cpuset or SLURM allocation), not xdist's count of the

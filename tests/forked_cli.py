@@ -54,6 +54,14 @@ RUNTIME_ENV_PREFIXES = ("WANDB_", "TORCHELASTIC_")  # wandb is not imported by t
 IMPORT_DEFAULTS = {"RANK": "0", "LOCAL_RANK": "0", "SLURM_PROCID": "0"}
 
 
+BIN = Path(sys.executable).parent
+# The environment of the suite's console-script runs: no hub, W&B offline and quiet, one BLAS/OpenMP
+# thread (tiny models; two test workers share the cores). One dict, so every module's runs share a
+# worker's zygote (one per environment).
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 # ----------------------------------------------------------------------------------- the zygote
 
 
@@ -301,6 +309,18 @@ def start(argv: list[str], env: dict[str, str], base_env: dict[str, str], cwd: P
             warnings.warn(f"forked_cli: {exc}; real processes from now on", stacklevel=2)
     return subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             **popen)
+
+
+def train_cli(*args: str, env: dict | None = None, **popen) -> ForkedProcess | subprocess.Popen:
+    """``infalign-train *args`` as a process of its own, with :data:`ENV` updated by ``env`` (forked from
+    the zygote when it can be: :func:`start`)."""
+    return start([str(BIN / "infalign-train"), *args], {**ENV, **(env or {})}, ENV, **popen)
+
+
+def finished(proc, timeout: int = 600) -> tuple[int, str, str]:
+    """``(returncode, stdout, stderr)`` of a process :func:`train_cli` started, once it has ended."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
 
 
 if __name__ == "__main__":  # (run as a script: tests/ is sys.path[0])

@@ -1,20 +1,18 @@
-"""The console scripts as a user runs them (subprocesses): train with W&B offline, analyze multirun."""
+"""The console scripts as a user runs them (processes of their own): train with W&B offline, a sweep with
+a failed job, analyze multirun. The first run is a real interpreter start (what a new user sees on
+import: no library notices); the others fork from the pre-imported zygote (``forked_cli``), which
+test_faults' runs share (conftest.py keeps the two modules on one test worker)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from forked_cli import BIN, ENV, finished, train_cli
 from infalign.pipeline.run_record import RunRecord
 from pipeline_helpers import TINY_RUN, TINY_WORLD
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def run_cli(*args: str, timeout: int = 600, code: int = 0) -> subprocess.CompletedProcess:
@@ -50,7 +48,8 @@ def test_train_cli_writes_files_and_an_offline_wandb_run(tmp_path, tiny_cache):
     # the report listed that attempt's overrides beside this run's results; the record holds the run's own
     own = [*overrides, "logger=wandb", f"paths.cache_dir={tiny_cache}"]
     assert metrics["overrides"] == own
-    run_cli(str(BIN / "infalign-train"), *overrides, "transform.t=2", f"hydra.run.dir={run_dir}", code=2)
+    code, out, err = finished(train_cli(*overrides, "transform.t=2", f"hydra.run.dir={run_dir}"))
+    assert code == 2, out[-3000:] + err[-3000:]
     assert "transform.t=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     from infalign.report.collect import load_job
 
@@ -75,10 +74,11 @@ def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tm
     sweep = tmp_path / "sweep"
     overrides = [o for o in TINY_WORLD + TINY_RUN if not o.startswith("logger=")]
     # job 0 fails at run time (a missing model path passes validation, fails when loaded); job 1 runs
-    proc = run_cli(str(BIN / "infalign-train"), "-m", "transform=exp_normalized",
-                   "policy.name_or_path=/nonexistent/model,null", *overrides, "logger=wandb",
-                   f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={sweep}", code=1)
-    assert "1 of 2 jobs failed: 0: failed:" in proc.stderr  # the sweep goes on, then says so and exits 1
+    code, out, err = finished(train_cli("-m", "transform=exp_normalized", "policy.name_or_path=/nonexistent/model,null",
+                                        *overrides, "logger=wandb", f"paths.cache_dir={tiny_cache}",
+                                        f"hydra.sweep.dir={sweep}"))
+    assert code == 1, out[-3000:] + err[-3000:]
+    assert "1 of 2 jobs failed: 0: failed:" in err  # the sweep goes on, then says so and exits 1
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2
     group = f"multirun-{sweep.name}".encode()

@@ -30,7 +30,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import forked_cli
+from forked_cli import BIN, ENV, finished, train_cli
 from infalign.apps import train as train_app
 from infalign.apps import train_stages
 from infalign.apps.config import CONFIG_DIR, instantiate_callbacks, instantiate_logger, run_suffix
@@ -40,9 +40,6 @@ from infalign.infra import cache
 from infalign.math.transforms import Custom
 from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_train, seeded_cache
 
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 TINY = [*TINY_WORLD, *TINY_RUN]
 
 
@@ -63,17 +60,6 @@ def world_only(monkeypatch, world_id: str) -> None:
     monkeypatch.setattr(train_stages, "load_world", lambda *a, **k: world)
     monkeypatch.setattr(train_stages, "calibration_table", boom)
     monkeypatch.setattr(train_stages, "fit_policy", boom)
-
-
-def train_cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen | forked_cli.ForkedProcess:
-    """``infalign-train *args`` as a process of its own, with ``ENV`` updated by ``env`` (forked from a
-    pre-imported interpreter: ``forked_cli``)."""
-    return forked_cli.start([str(BIN / "infalign-train"), *args], {**ENV, **(env or {})}, ENV, **popen)
-
-
-def finished(proc: subprocess.Popen, timeout: int = 600) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 # ---------------------------------------------------------------- defect 1: run dirs

@@ -10,12 +10,12 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from forked_cli import BIN, ENV, finished, train_cli
 from infalign.apps.report import main
 from infalign.math import theory
 from infalign.math.procedures import BestOfN
@@ -318,15 +318,13 @@ def test_wandb_offline_report_run(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_tiny_sweep_end_to_end(tmp_path, tiny_cache):
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     sweep_dir = tmp_path / "sweep"
-    train = subprocess.run(
-        [str(bin_dir / "infalign-train"), "-m", "transform=identity,exp", "algo.beta=0.3", *TINY_WORLD, *TINY_RUN,
-         f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={sweep_dir}"],
-        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
-    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    rep = subprocess.run([str(bin_dir / "infalign-report"), str(sweep_dir)], capture_output=True, text=True, env=env,
+    # the console script (forked from test_faults' pre-imported zygote: forked_cli), then the report's
+    code, out, err = finished(train_cli("-m", "transform=identity,exp", "algo.beta=0.3", *TINY_WORLD, *TINY_RUN,
+                                        f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={sweep_dir}",
+                                        cwd=tmp_path), timeout=900)
+    assert code == 0, out[-3000:] + err[-3000:]
+    rep = subprocess.run([str(BIN / "infalign-report"), str(sweep_dir)], capture_output=True, text=True, env=ENV,
                          timeout=300)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     rows = read_csv(sweep_dir / "report" / "runs.csv")
