@@ -605,3 +605,28 @@ def test_a_gain_is_not_evidence_unless_its_intervals_clear_what_the_chords_make(
     np.testing.assert_allclose(g.chord_low, 0.0, atol=1e-9)
     np.testing.assert_allclose(g.chord_high, 0.0, atol=1e-9)
     assert chord_note(float(g.gain[1]), float(g.chord_low[1]), float(g.chord_high[1]), [0.02]) == ""
+
+
+def test_two_straight_lines_give_no_chord_check_until_a_run_bends_one():
+    """Two runs per method, the baseline's KLs inside the method's range (a user's first sweep,
+    found in a walkthrough): each curve is a straight line, and reading a line at other KLs gives 0
+    whatever the true curve does. The check was [0, 0] -- "no interpolation effect" -- beside a
+    -1.8-point "gain" that theory put at +4.9: pure chord sag. It is no check: NaN, and the report
+    says it cannot be made. One more run inside the range bends the method's curve and the check
+    returns; runs at the same KLs make 0 exactly (the two chords coincide) and keep it."""
+    from infalign.report.matched import chord_note
+
+    wide, narrow = [0.2, 2.0], [0.5, 1.5]
+    res = matched_kl(concave_runs("identity", wide) + concave_runs("raw", narrow), num_kl=5, num_resamples=200)
+    (g,) = res.gains
+    assert np.abs(g.gain).max() > 0.005  # the chords alone make a gain (one concave truth)
+    assert np.isnan(g.chord_low).all() and np.isnan(g.chord_high).all()
+    assert "cannot be made" in chord_note(float(g.gain[2]), None, None, [float(g.low[2])])
+    bent = matched_kl(concave_runs("identity", [0.2, 1.0, 2.0]) + concave_runs("raw", narrow), num_kl=5,
+                      num_resamples=200)
+    (b,) = bent.gains
+    inside = (bent.grid > 0.5) & (bent.grid < 1.5)
+    assert np.isfinite(b.chord_high[inside]).all() and (b.chord_high[inside] > 1e-3).any()
+    same = matched_kl(concave_runs("identity", narrow) + concave_runs("raw", narrow), num_kl=5, num_resamples=200)
+    np.testing.assert_allclose(same.gains[0].chord_low, 0.0, atol=1e-12)
+    np.testing.assert_allclose(same.gains[0].chord_high, 0.0, atol=1e-12)

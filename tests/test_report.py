@@ -1272,3 +1272,23 @@ def test_a_finding_is_read_off_a_real_report(matched_sweep, tmp_path):
     assert c.num_kls == 6 and c.n_seeds == 1 and c.outcome.startswith("no verdict")
     assert read_claim(Claim("bon", "report", "x", ("bon4",), ("identity",), "raw", +1), root).comparisons[0].gain \
         == pytest.approx(0.01, abs=1e-9)
+
+
+def test_a_one_seed_gain_made_of_two_straight_lines_says_the_chord_check_cannot_be_made():
+    """A first sweep (walkthrough finding): one seed, two KLs per method, one method's KLs inside the
+    other's range. The report said "expn(t=4) is behind identity on these prompts: -1.8 [-2.9, -0.8]"
+    with nothing beside it -- pure chord sag (theory: +4.9). The clause now carries the chord note."""
+    from infalign.math.matched_kl import Run, matched_kl
+    from infalign.report.matched import gain_clause
+
+    P, ids = 40, [f"p{i}" for i in range(40)]
+    wr = lambda k: 0.5 + 0.2 * np.sqrt(k)  # noqa: E731  one concave truth for both
+    runs = [Run(m, 0, np.full(P, k), np.full(P, wr(k)) + np.linspace(-0.01, 0.01, P), ids, f"{m}{k}")
+            for m, kls in (("identity", (0.6, 1.4)), ("expn(t=4)", (0.2, 2.0))) for k in kls]
+    result = matched_kl(runs, num_kl=5, num_resamples=200, baselines=["identity"])
+    (g,) = result.gains
+    i = int(np.argmax(np.abs(g.gain)))
+    assert g.seed_test == "none" and g.prompt_significant[i] and g.gain[i] < 0  # the chords' sag alone
+    clause = gain_clause(_panel(result.grid, [g]), g, i)
+    assert clause.startswith("expn(t=4) is behind identity on these prompts")
+    assert "the chord check cannot be made here" in clause and clause.endswith("not evidence")

@@ -100,7 +100,9 @@ estimated twice -- ``h = f_m`` (the method's curve read at the baseline's KLs: `
 and ``h = f_b`` (``c_{X_m}[f_b] - f_b``) -- per seed (the common seeds, or every pair when the seed
 sets differ), averaged over seeds; the two are ``[chord_low, chord_high]`` (an estimate needs >= 2 of
 the other side's KLs around the point inside the shape's range, or within :data:`CHORD_END_TOL` of
-its span past an end; one alone where only one exists, NaN where neither does). It is a diagnostic,
+its span past an end; one alone where only one exists, NaN where neither does -- or where neither can
+see a bend: a curve that is one straight segment across the bracket reads 0 whatever the truth,
+:func:`_chord_null`). It is a diagnostic,
 not an interval: a gain inside it is one the runs' KL placement alone could make (reward hacking,
 where raw's runs sit at 0.9, 2.6 and 28 nats, is the case that showed it); more KL points on the
 sparser curve shrink it. It does not enter ``significant``; the report and ``findings.md`` read a significant
@@ -412,28 +414,43 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
 CHORD_END_TOL = 0.1  # share of a curve's KL span past its ends within which another curve's KL counts as its end
 
 
-def _chord_null(x: np.ndarray, y: np.ndarray, at: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """``f(k) - c_at[f](k)`` at ``grid``: the curve ``f`` through ``(x, y)`` minus its chord through
+def _chord_null(x: np.ndarray, y: np.ndarray, at: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(f(k) - c_at[f](k), seen)`` at ``grid``: the curve ``f`` through ``(x, y)`` minus its chord through
     the KLs ``at`` inside ``f``'s range -- or within :data:`CHORD_END_TOL` of its span past an end,
     read at that end (two sweeps aimed at the same KLs land a little apart: 2.05 against 2.00 must
-    not void the check); NaN where fewer than two of them bracket ``k``."""
+    not void the check); NaN where fewer than two of them bracket ``k``. ``seen``: whether the value
+    can see a bend -- ``f`` has a vertex strictly inside the bracket of ``at`` around ``k``, or both of
+    the bracket's ends are (within the tolerance) vertices of ``f``, where the two chords coincide and 0
+    is exact. Elsewhere ``f`` is one straight segment across the bracket and the value is 0 whatever
+    the true curve does (two runs per method: each curve a line): it tests only the hypothesis that
+    the true curve is that line."""
     tol = CHORD_END_TOL * (x[-1] - x[0])
     inside = np.unique(np.clip(at[(at >= x[0] - tol) & (at <= x[-1] + tol)], x[0], x[-1]))
     if inside.size < 2:
-        return np.full(grid.shape, np.nan)
-    return interpolate(x, y, grid) - interpolate(inside, interpolate(x, y, inside), grid)
+        return np.full(grid.shape, np.nan), np.zeros(grid.shape, bool)
+    j = np.clip(np.searchsorted(inside, grid, side="right") - 1, 0, inside.size - 2)
+    lo, hi = inside[j][:, None], inside[j + 1][:, None]
+    bend = ((x > lo) & (x < hi)).any(1)
+    ends = (np.abs(x - lo) <= tol).any(1) & (np.abs(x - hi) <= tol).any(1)
+    return interpolate(x, y, grid) - interpolate(inside, interpolate(x, y, inside), grid), bend | ends
 
 
 def chord_bias(method: dict, baseline: dict, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(chord_low, chord_high)`` ``[K]`` of ``method - baseline`` (module docstring, **Interpolation
-    check**; docs/method.md (10.6)) from each side's per-seed vertices ``{seed: (KLs, win rates)}``."""
+    check**; docs/method.md (10.6)) from each side's per-seed vertices ``{seed: (KLs, win rates)}``.
+    NaN where neither side's estimate can see a bend (:func:`_chord_null`'s ``seen``, in no seed
+    pair): both then test straight lines only, and their 0 is no check."""
     common = sorted(set(method) & set(baseline), key=str)
     pairs = [(s, s) for s in common] or [(a, b) for a in method for b in baseline]
+    nulls_m = [_chord_null(*method[a], baseline[b][0], grid) for a, b in pairs]
+    nulls_b = [_chord_null(*baseline[b], method[a][0], grid) for a, b in pairs]
+    seen = np.any([s for _, s in nulls_m + nulls_b], 0)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN column: NaN, as wanted
-        as_m = np.nanmean([_chord_null(*method[a], baseline[b][0], grid) for a, b in pairs], 0)
-        as_b = np.nanmean([-_chord_null(*baseline[b], method[a][0], grid) for a, b in pairs], 0)
-    return np.fmin(as_m, as_b), np.fmax(as_m, as_b)  # either estimate where only one exists; NaN where neither
+        as_m = np.nanmean([v for v, _ in nulls_m], 0)
+        as_b = np.nanmean([-v for v, _ in nulls_b], 0)
+    low, high = np.fmin(as_m, as_b), np.fmax(as_m, as_b)  # either estimate where only one exists
+    return np.where(seen, low, np.nan), np.where(seen, high, np.nan)
 
 
 def _t_interval(mean: np.ndarray, se: np.ndarray, df, alpha: float) -> tuple[np.ndarray, np.ndarray]:

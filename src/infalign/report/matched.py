@@ -179,7 +179,8 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
         verb = (("is ahead of" if g.gain[i] > 0 else "is behind") if g.prompt_significant[i]
                 else "does not clearly differ from")
         return (f"{g.method} {verb} {g.baseline} on these prompts: {points(g.gain[i])} [{points(g.low[i])}, "
-                f"{points(g.high[i])}] points (1 seed each: training noise not assessed, no verdict)")
+                f"{points(g.high[i])}] points (1 seed each: training noise not assessed, no verdict)"
+                + (f"; {note}" if (note := significant_chord_note(g, i)) else ""))
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
     return (f"{g.method} {verb} {g.baseline}: {points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}] points, "
@@ -205,7 +206,7 @@ def chord_note(gain: float | None, low: float | None, high: float | None,
         return ""
     if low is None or high is None:
         return ("the chord check cannot be made here (too few runs of either method inside the other's KL "
-                "range): not evidence")
+                "range to show how the curve bends: add KL points): not evidence")
     inner = [b for b in bounds if b is not None and math.isfinite(b)] or [gain]
     if (gain > 0 and min(inner) > high) or (gain < 0 and max(inner) < low):
         return ""
@@ -213,9 +214,11 @@ def chord_note(gain: float | None, low: float | None, high: float | None,
 
 
 def significant_chord_note(g: Gain, i: int) -> str:
-    """:func:`chord_note` of a gain at grid KL ``i`` where it is significant (else ``""``): what the
-    report's sentences and ``matched_kl.md`` append."""
-    return chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i)) if g.significant[i] else ""
+    """:func:`chord_note` of a gain at grid KL ``i`` where it is significant -- with one seed per method,
+    where its prompt CI clears 0 ("is ahead of" / "is behind") -- else ``""``: what the report's
+    sentences and ``matched_kl.md`` append."""
+    claimed = g.prompt_significant[i] if g.seed_test == "none" else g.significant[i]
+    return chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i)) if claimed else ""
 
 
 def gain_bounds(g: Gain, i: int) -> list[float]:
