@@ -35,7 +35,7 @@ def pytest_configure(config):
         os.environ[JOBS_ENV] = worker_count
     else:
         os.environ.setdefault(JOBS_ENV, "1")
-    set_threads("auto", "tests")
+    set_threads("auto", "tests", watch=False)  # workers share the cores by design
     memoize_config_files()
 
 

@@ -192,7 +192,8 @@ def test_test_processes_declare_the_xdist_workers_as_concurrent_jobs(machine, mo
         else:
             monkeypatch.setenv(name, value)
     seen = []
-    monkeypatch.setattr(conftest, "set_threads", lambda value, key: seen.append(threads.resolve_threads(value, key)))
+    monkeypatch.setattr(conftest, "set_threads",
+                        lambda value, key, watch=True: seen.append(threads.resolve_threads(value, key)))
     conftest.pytest_configure(SimpleNamespace(option=SimpleNamespace(numprocesses=None)))
     assert threads.os.environ[threads.JOBS_ENV] == jobs and seen == [expected]
 
@@ -266,3 +267,75 @@ def test_torchrun_with_one_local_rank_keeps_the_users_omp_num_threads_1(machine,
     if local_ranks:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_ranks)
     assert threads.resolve_threads("auto") == 1
+
+
+class _Clock:
+    """Fake samples for ContentionWatch: wall seconds, the cores' busy CPU-seconds, this process's own."""
+
+    def __init__(self):
+        self.now = self.busy = self.own = 0.0
+
+    def advance(self, seconds: float, own_cores: float, other_cores: float) -> None:
+        self.now += seconds
+        self.own += own_cores * seconds
+        self.busy += (own_cores + other_cores) * seconds
+
+
+def test_contention_watch_warns_once_when_other_processes_take_the_cores(caplog):
+    """2 threads on 2 cores: others' busy time is the cores' minus this process's own. A shell's
+    0.3 of a core is no contention; another run's full core is (warned once, with what to do);
+    1 thread never warns (nothing spin-waits on a sibling)."""
+    clock = _Clock()
+    watch = threads.ContentionWatch(2, 2, busy=lambda: clock.busy, own=lambda: clock.own, clock=lambda: clock.now)
+    with caplog.at_level(logging.WARNING, logger="infalign.infra.threads"):
+        clock.advance(5, own_cores=1.9, other_cores=0.3)
+        assert watch.observe() == pytest.approx(0.3) and not caplog.records
+        clock.advance(5, own_cores=1.0, other_cores=1.0)
+        assert watch.observe() == pytest.approx(1.0)
+        clock.advance(5, own_cores=1.0, other_cores=1.0)
+        watch.observe()
+    (record,) = caplog.records
+    assert "about 1.0 of the 2 core(s)" in record.getMessage() and "threads=N" in record.getMessage()
+    assert "hydra/launcher=local_parallel" in record.getMessage() and watch.warned
+    single = threads.ContentionWatch(1, 2, busy=lambda: clock.busy, own=lambda: clock.own, clock=lambda: clock.now)
+    clock.advance(5, own_cores=1.0, other_cores=1.0)
+    assert single.observe() == pytest.approx(1.0) and not single.warned
+    assert threads.ContentionWatch(2, 2, busy=lambda: None, own=lambda: 0.0).observe() is None  # no /proc
+
+
+def test_busy_seconds_reads_the_affinity_cpus_of_proc_stat(tmp_path):
+    """user + nice + system + irq + softirq + steal of the given CPUs only (idle and iowait are not
+    busy), in seconds; a missing file is None. On this machine the real file reads and grows."""
+    import os
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  900 0 900 9000 0 0 0 0 0 0\n"
+                    "cpu0 100 10 20 5000 7 1 2 3 0 0\n"
+                    "cpu1 400 40 80 5000 7 4 8 12 0 0\n"
+                    "intr 1 2 3\n")
+    hz = os.sysconf("SC_CLK_TCK")
+    assert threads.busy_seconds(str(stat), cpus=[0]) == pytest.approx((100 + 10 + 20 + 1 + 2 + 3) / hz)
+    assert threads.busy_seconds(str(stat), cpus=[0, 1]) == pytest.approx((136 + 544) / hz)
+    assert threads.busy_seconds(str(tmp_path / "missing")) is None
+    if sys.platform.startswith("linux"):
+        first = threads.busy_seconds()
+        sum(i * i for i in range(2_000_000))  # ~0.1 s of this CPU
+        assert first is not None and threads.busy_seconds() > first
+
+
+def test_set_threads_starts_one_watch_for_a_torch_process_with_threads_to_spare(machine, monkeypatch):
+    started = []
+    monkeypatch.setattr(threads, "_watch", None)
+    monkeypatch.setattr(threads.ContentionWatch, "start", lambda self: started.append(self) or self)
+    before = torch.get_num_threads()
+    try:
+        machine(2)
+        threads.set_threads("auto", watch=False)
+        threads.set_threads("auto", torch=False)
+        threads.set_threads(1)
+        assert not started
+        threads.set_threads("auto")
+        threads.set_threads("auto")
+        assert len(started) == 1 and started[0].threads == 2 and started[0].cores == 2
+    finally:
+        threads.set_threads(before, watch=False)  # torch's and the BLAS pools' count as they were

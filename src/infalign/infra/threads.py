@@ -27,6 +27,16 @@ slower than with fewer threads), which is logged once per process.
 
 The count goes to torch (``torch.set_num_threads``) and, through ``threadpoolctl``, to the BLAS and
 OpenMP pools numpy/scipy use (the theory engine, bootstrap CIs).
+
+Processes the rule does not know of -- a second ``infalign-train`` in another terminal, someone's
+build -- are not counted: each run takes every core, and their OpenMP threads spin-wait for each
+other (measured 2026-12-04, 2 cores, the default toy run's 20-step training stage: 3.0 s alone, 39 s
+each with two at once, 4.7 s each with ``threads=1``). The count is not changed at run time (a thread
+count can change the floating-point order of parallel reductions, and a run must not depend on what
+else the machine did); instead :class:`ContentionWatch` (started by :func:`set_threads` for a torch
+process with several threads) samples every few seconds how much of this process's cores other
+processes use (``/proc/stat`` on its affinity CPUs minus its own CPU time) and, when ``threads``
+plus theirs exceed the cores, logs once what to do.
 """
 
 from __future__ import annotations
@@ -138,18 +148,94 @@ def resolve_threads(value, key: str = "threads") -> int | None:
     return threads
 
 
-def set_threads(value, key: str = "threads", torch: bool = True) -> int | None:
+class ContentionWatch:
+    """Warns once when other processes take enough of this process's cores that its ``threads``
+    oversubscribe them (module docstring): ``threads + others > cores + MARGIN``, ``others`` the cores'
+    busy time (:func:`busy_seconds`) minus this process's own CPU time (``os.times``), per second of
+    wall time between two samples. :meth:`observe` takes one sample; :meth:`start` samples every
+    ``interval`` seconds in a daemon thread (it never touches torch)."""
+
+    MARGIN = 0.5  # cores: a shell, an editor, a logger's thread are not contention
+
+    def __init__(self, threads: int, cores: int, busy=None, own=None, clock=None, interval: float = 5.0):
+        import time
+
+        self.threads, self.cores, self.interval = threads, cores, interval
+        self._busy = busy or busy_seconds
+        self._own = own or (lambda: sum(os.times()[:2]))
+        self._clock = clock or time.monotonic
+        self._last = (self._clock(), self._busy(), self._own())
+        self.warned = False
+
+    def observe(self) -> float | None:
+        """Cores other processes used since the last sample (None: no time passed or no ``/proc``);
+        warns the first time they and this process's threads exceed the cores."""
+        now, busy, own = self._clock(), self._busy(), self._own()
+        (t0, busy0, own0), self._last = self._last, (now, busy, own)
+        if busy is None or busy0 is None or now <= t0:
+            return None
+        others = max(0.0, (busy - busy0) - (own - own0)) / (now - t0)
+        if not self.warned and self.threads + others > self.cores + self.MARGIN:
+            self.warned = True
+            log.warning("other processes are using about %.1f of the %d core(s) this process runs %d threads "
+                        "on: OpenMP threads spin-wait for each other, so every process sharing them runs many "
+                        "times slower (two default toy runs at once: 13x). Give each process threads=N with N x "
+                        "processes <= %d, or start them as one multirun with hydra/launcher=local_parallel, which "
+                        "divides the cores (README: \"Threads\")", others, self.cores, self.threads, self.cores)
+        return others
+
+    def start(self) -> ContentionWatch:
+        import threading
+        import time
+
+        def loop() -> None:
+            while not self.warned:
+                time.sleep(self.interval)
+                self.observe()
+
+        threading.Thread(target=loop, name="infalign-contention-watch", daemon=True).start()
+        return self
+
+
+def busy_seconds(stat: str = "/proc/stat", cpus=None) -> float | None:
+    """CPU-seconds the CPUs ``cpus`` (default: this process's affinity) have been busy (``/proc/stat``:
+    user, nice, system, irq, softirq, steal), or None where there is no such file (not Linux)."""
+    try:
+        with open(stat) as fh:
+            lines = fh.read().splitlines()
+        cpus = set(os.sched_getaffinity(0)) if cpus is None else set(cpus)
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, AttributeError, ValueError):
+        return None
+    busy = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in rest.split()]
+            busy += v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)
+    return busy / ticks
+
+
+_watch: ContentionWatch | None = None
+
+
+def set_threads(value, key: str = "threads", torch: bool = True, watch: bool = True) -> int | None:
     """Resolve ``value`` (:func:`resolve_threads`) and apply it to torch (unless ``torch=False``: a
     numpy-only process such as ``infalign-analyze``, which must not pay torch's import) and the
-    BLAS/OpenMP pools. Returns the count set, or ``None`` when the library defaults were kept."""
+    BLAS/OpenMP pools; with torch and more than one thread, start the process's
+    :class:`ContentionWatch` (once; not with ``watch=False``). Returns the count set, or ``None`` when
+    the library defaults were kept."""
     threads = resolve_threads(value, key)
     if threads is None:
         return None
     from threadpoolctl import threadpool_limits
 
+    global _watch
     if torch:
         import torch as torch_module
 
         torch_module.set_num_threads(threads)
+        if watch and threads > 1 and _watch is None and busy_seconds() is not None:
+            _watch = ContentionWatch(threads, usable_cores()).start()
     threadpool_limits(limits=threads)
     return threads
