@@ -323,3 +323,31 @@ def test_the_sweeps_search_path_holds_only_sweeps():
     folder = Path(added[0].removeprefix("file://"))
     assert sorted(p.name for p in folder.iterdir()) == ["sweeps"]
     assert (folder / "sweeps").resolve() == (Path(CONFIG_DIR).parent / "sweeps").resolve()
+
+
+def readme_train_commands() -> list[list[str]]:
+    """The ``infalign-train`` lines of the README's command list (the bash block that opens with
+    ``infalign-train``), each as its overrides (no placeholders: ``<its overrides>``)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b.split("```", 1)[0] for b in readme.split("```bash")[1:] if b.lstrip().startswith("infalign-train"))
+    lines = [ln.split("#", 1)[0].split() for ln in block.splitlines() if ln.startswith("infalign-train")]
+    return [ln[1:] for ln in lines if "<" not in " ".join(ln)]
+
+
+@pytest.mark.parametrize("overrides", readme_train_commands(), ids=" ".join)
+def test_the_readmes_quick_start_runs_validate_and_move_the_policy(overrides, tmp_path, caplog):
+    """Each quick-start line (a sweep: each of its jobs) composes and validates, and none has a beta
+    that leaves the policy where it is (a walkthrough ran `transform=raw` with toy_bon's beta=20)."""
+    import itertools
+    import logging
+
+    if overrides and overrides[0] == "-m":
+        axes = [[f"{o.split('=')[0]}={v}" for v in o.split("=", 1)[1].split(",")] for o in overrides[1:]]
+        jobs = [list(job) for job in itertools.product(*axes)]
+    else:
+        jobs = [overrides]
+    assert jobs
+    with caplog.at_level(logging.WARNING, logger="infalign.apps.train"):
+        for job in jobs:
+            check_validates(compose_config("train", *job, f"paths.run_dir={tmp_path}"), tmp_path)
+    assert not [r for r in caplog.records if "barely move" in r.getMessage()]

@@ -47,3 +47,26 @@ def test_bad_targets_name_the_key():
         make_algorithm({"name": "ipo", "kl_target": 0.3})
     with pytest.raises(ConfigError, match="algo.kl_target"):
         make_algorithm({"name": "rloo", "kl_target": -1.0})
+
+
+def test_a_beta_that_leaves_the_policy_where_it_is_is_warned_before_compute(caplog):
+    """toy_bon's beta=20 is sized for exp(4u) (the theory's KL 0.36 nats); under identity it puts the
+    tilted policy 1e-4 nats away, and a walkthrough's 100 steps moved nothing, silently. Warned for a
+    calibrated transform at an explicit beta; not with a kl_target (it picks beta), not for raw (no
+    theory), not for a beta that moves the policy."""
+    import logging
+
+    from infalign.apps.train import STAYS_KL, warn_if_the_policy_stays
+
+    assert float(theory.tilt(theory.phi_table(Identity()), 20.0).kl[0]) < STAYS_KL  # the case, by the theory
+    rloo = make_algorithm({"name": "rloo", "beta": 20.0})
+    with caplog.at_level(logging.WARNING, logger="infalign.apps.train"):
+        warn_if_the_policy_stays(Identity(), rloo)
+        (record,) = caplog.records
+        assert "algo.beta=20 with identity" in record.getMessage() and "algo.kl_target" in record.getMessage()
+        caplog.clear()
+        warn_if_the_policy_stays(Exp(4.0), rloo)  # KL 0.36: trains
+        warn_if_the_policy_stays(Raw(), rloo)
+        warn_if_the_policy_stays(Identity(), make_algorithm({"name": "rloo", "beta": 20.0, "kl_target": 0.3}))
+        warn_if_the_policy_stays(Identity(), make_algorithm({"name": "rloo", "beta": 0.1}))
+    assert not caplog.records

@@ -81,6 +81,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(target is None or "algo.beta" not in command_line_keys(), "algo.beta", cfg.algo.get("beta"),
             f"not given with algo.kl_target={target} (the target picks beta: this beta would be dropped)",
             "algo.kl_target=null to train at algo.beta (a method= entry sets a kl_target)")
+    warn_if_the_policy_stays(transform, algo)
     if algo.needs_calibration(transform):
         calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
     require_spread_samples(algo.kl_target, transform, scope == "pooled", int(cfg.calibration.K))
@@ -137,6 +138,31 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
     return procedure, transform, algo
+
+
+STAYS_KL = 0.01  # nats: an ideal tilted policy this close to the reference is a run that trains nothing
+
+
+def warn_if_the_policy_stays(transform: Transform, algo: Algorithm) -> None:
+    """Warn, before compute, when an explicit ``algo.beta`` puts the ideal tilted policy of a calibrated
+    transform (docs/method.md §4: ``KL(pi_beta || pi_ref)`` of the theory) within :data:`STAYS_KL`
+    nats of the reference: beta is in the transform's units (exp(4u) spans ~54, identity 1), so a
+    beta sized for one transform trains nothing under another -- ``transform=identity`` with
+    toy_bon's ``beta=20`` moved the policy by KL 0.002 in 100 steps, silently (a walkthrough)."""
+    beta = algo.beta
+    if not transform.calibrated or algo.kl_target is not None or beta is None or not algo.online:
+        return
+    from infalign.math import theory
+
+    try:
+        phi = theory.phi_table(transform)
+        kl = float(theory.tilt(phi, float(beta)).kl[0])
+    except Exception:  # noqa: BLE001 - a transform the theory cannot tabulate: no prediction, no warning
+        return
+    if kl < STAYS_KL:
+        log.warning("algo.beta=%g with %s: the theory's tilted policy is %.2g nats from the reference, so "
+                    "training will barely move it (beta is in the transform's units). Set algo.kl_target=<nats> "
+                    "to have beta chosen for a KL, or pick beta with infalign-analyze", beta, transform.label, kl)
 
 
 def trainer_devices(devices) -> int | str:
