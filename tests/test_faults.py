@@ -124,6 +124,30 @@ def test_a_run_refuses_another_runs_dir(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "metrics.json").read_text()) == record  # untouched
 
 
+def test_a_dir_whose_only_record_is_an_attempt_that_failed_before_training_is_free(tmp_path, tiny_cache):
+    """A typo in a fixed run dir (walkthrough): the failed attempt wrote metrics.json, and the corrected
+    run was refused for it -- then ``ckpt_path=last`` was refused for the missing checkpoint. An
+    unfinished record with no checkpoint holds nothing to keep or resume: the next run takes the dir.
+    A record with a checkpoint beside it, or one that cannot be read, still refuses it."""
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="algo.beta"):
+        train_app.run(compose_train(tiny_cache, run_dir, "algo.beta=-1"))
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    metrics = train_app.run(compose_train(tiny_cache, run_dir))
+    assert metrics["status"] == json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"
+    with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):  # a finished run's dir stays refused
+        train_app.run(compose_train(tiny_cache, run_dir, "algo.beta=-1"))
+    failed = {"status": "failed", "error": "ValueError: x"}
+    for name, other in (("checkpoints", None), ("metrics.json", "{not json")):
+        other_dir = tmp_path / name.split(".")[0]
+        other_dir.mkdir()
+        (other_dir / "metrics.json").write_text(other or json.dumps(failed))
+        if other is None:
+            (other_dir / "checkpoints").mkdir()
+        with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):
+            train_app.check_run_dir(compose_train(tiny_cache, other_dir), other_dir)
+
+
 # ---------------------------------------------------------------- defect 3: resume needs a checkpoint
 
 

@@ -252,12 +252,27 @@ RUN_ARTEFACTS = ("metrics.json", "checkpoints")  # what makes a run dir another 
 def check_run_dir(cfg: DictConfig, out_dir: Path) -> None:
     """A run writes only into a fresh dir, or into its own to resume it: a dir that already holds a
     run's ``metrics.json`` or ``checkpoints/`` is refused unless ``ckpt_path`` is ``last`` /
-    ``last_or_new`` (so a reused ``hydra.run.dir`` never overwrites another run's results)."""
+    ``last_or_new`` (so a reused ``hydra.run.dir`` never overwrites another run's results). A
+    ``metrics.json`` of an attempt that neither finished nor left a checkpoint (a config error, a
+    missing model, Ctrl-C before training) holds no results and nothing to resume: the dir is free
+    (a walkthrough's fixed run dir was refused twice after a typo: once for the record, once by
+    ``ckpt_path=last`` for the missing checkpoint)."""
     taken = [name for name in RUN_ARTEFACTS if (out_dir / name).exists()]
+    if taken == ["metrics.json"] and _unfinished_attempt(out_dir / "metrics.json"):
+        taken = []
     require(not taken or cfg.ckpt_path in RESUME, "hydra.run.dir", str(out_dir),
             "a directory without another run's results (metrics.json, checkpoints/)",
             f"it holds {taken}; resume that run with ckpt_path=last, or leave hydra.run.dir unset "
             "for a new unique dir")
+
+
+def _unfinished_attempt(path: Path) -> bool:
+    """Whether ``path`` (a ``metrics.json``) records a run that failed or was interrupted (an unreadable
+    file is no such record: it may be a run's)."""
+    try:
+        return record.read_record(path).status in ("failed", "interrupted")
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
