@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -820,10 +821,17 @@ def test_sigterm_records_an_interrupted_run_exits_143_and_resumes(tmp_path, warm
     ready = ((lambda: (run_dir / "checkpoints" / "last.ckpt").exists()) if stage == "training"
              else (lambda: log_file.exists() and "stage world" in log_file.read_text()))
     kill_when(proc, ready, sig=signal.SIGTERM)
-    assert proc.returncode == 143, proc.communicate()[1][-3000:]
+    out, err = proc.communicate()
+    assert proc.returncode == 143, err[-3000:]
     rec = json.loads((run_dir / "metrics.json").read_text())
     assert rec["status"] == "interrupted" and "SIGTERM" in rec["error"], rec
-    code, _, err = finished(train_cli(*args, f"hydra.run.dir={run_dir}", "ckpt_path=last_or_new"))
+    # the command that continues it is printed (a walkthrough followed "resume with ckpt_path=last_or_new"
+    # without the run dir and started over in a new dir): run exactly that
+    (hint,) = [line for line in (out + err).splitlines() if "continue with: " in line]
+    command = shlex.split(hint.split("continue with: ", 1)[1])
+    assert command[0] == "infalign-train" and f"hydra.run.dir={run_dir}" in command
+    assert ("ckpt_path=last" in command) == (stage == "training")  # none to resume before the first checkpoint
+    code, _, err = finished(train_cli(*command[1:]))
     assert code == 0, err[-3000:]
     assert judges(run_dir) == straight_six
 

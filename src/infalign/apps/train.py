@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -459,6 +460,22 @@ def write_failure(out_dir: Path, rec: dict) -> Path:
     return path
 
 
+def continue_command(out_dir: Path) -> str:
+    """What to run to continue the interrupted run in ``out_dir``: the run's own overrides with its
+    dir and ``ckpt_path=last`` (when it left a checkpoint; without one the dir is free for a new run:
+    :func:`check_run_dir`), or for a sweep's job the sweep again in its dir with ``last_or_new``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    ckpt = (out_dir / "checkpoints" / "last.ckpt").is_file()
+    where = f"recorded as interrupted in {out_dir / 'metrics.json'}"
+    if HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN":
+        return (f"{where}; continue the sweep with the same command and hydra.sweep.dir={HydraConfig.get().sweep.dir} "
+                "ckpt_path=last_or_new (finished jobs are kept, this one resumes)")
+    keep = [o for o in task_overrides() or [] if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
+    command = shlex.join(["infalign-train", *keep, f"hydra.run.dir={out_dir}", *(["ckpt_path=last"] if ckpt else [])])
+    return f"{where}{'' if ckpt else ' (before its first checkpoint)'}; continue with: {command}"
+
+
 SIGTERM_EXIT = 143
 
 
@@ -590,8 +607,8 @@ def main() -> None:
             hydra_main()
     except BaseException as exc:
         if terminated(exc):
-            print("infalign-train: stopped by SIGTERM (recorded as interrupted; resume with ckpt_path=last_or_new: "
-                  "it continues from the last checkpoint if there is one)", file=sys.stderr)
+            print("infalign-train: stopped by SIGTERM (recorded as interrupted: the command that continues it is "
+                  "logged above)", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
         raise
 

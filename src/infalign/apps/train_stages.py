@@ -25,7 +25,9 @@ from infalign.apps.train import (
     RESUME,
     check_checkpoint_steps,
     checkpoint_contents,
+    continue_command,
     failure_record,
+    interrupted,
     offline_resume_step,
     resolve_ckpt,
     write_failure,
@@ -215,6 +217,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         # the failure record first: a logger whose finish fails or hangs must not lose or replace
         # the run's own error
         write_failure(out_dir, failure_record(cfg, name, exc, timings))
+        if interrupted(exc) and distributed.rank() == 0:
+            log.warning(continue_command(out_dir))
         try:
             loggers.close(logger, 1)
         except Exception as close_exc:  # noqa: BLE001 - the stage's error is the one to propagate
