@@ -35,7 +35,7 @@ from forked_cli import BIN, ENV, finished, train_cli
 from infalign.apps import train as train_app
 from infalign.apps import train_stages
 from infalign.apps.config import CONFIG_DIR, instantiate_callbacks, instantiate_logger, run_suffix
-from infalign.apps.hydra_callbacks import FailedJobs
+from infalign.apps.hydra_callbacks import FailedJobs, grid_mismatches
 from infalign.errors import ConfigError
 from infalign.infra import cache
 from infalign.math.transforms import Custom
@@ -292,6 +292,35 @@ def test_a_taken_sweep_dir_stops_the_sweep_with_full_errors_too(tmp_path, monkey
     with pytest.raises(SystemExit) as exit_info:
         FailedJobs().on_multirun_start(config=config)
     assert exit_info.value.code == 2
+
+
+def test_a_resumed_sweep_with_another_grid_is_refused_before_any_job(tmp_path):
+    """A walkthrough added a KL point by re-running its sweep with one more beta in the same dir and
+    ckpt_path=last_or_new: Hydra numbered the new grid's jobs from 0, three of six ran into dirs holding
+    other settings' runs (refused, failed), one setting trained twice (two job dirs), and the report
+    counted it twice. The swept values every job dir records are now checked against this grid's job of
+    the same number before any job starts; the same grid resumes, and the refusal says how to add runs."""
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+    def config(*task: str, target: str = basic):
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": target},
+                                           "overrides": {"task": list(task)}}, "ckpt_path": "last_or_new"})
+
+    for job, (transform, beta) in enumerate([("identity", "0.15"), ("identity", "0.6"), ("expn_t4", "0.15")]):
+        fake_job(tmp_path, job, {"status": "finished", "overrides": [f"transform={transform}", f"algo.beta={beta}"]})
+    same = config("transform=identity,expn_t4", "algo.beta=0.15,0.6", "ckpt_path=last_or_new")
+    assert grid_mismatches(same, tmp_path, ["0", "1", "2"]) == []
+    FailedJobs().on_multirun_start(config=same)  # the same grid (and a new key fixed for all): resumes
+    wider = config("transform=identity,expn_t4", "algo.beta=0.15,0.3,0.6", "ckpt_path=last_or_new")
+    assert grid_mismatches(wider, tmp_path, ["0", "1", "2"]) == [
+        "job 1: algo.beta=0.6, now algo.beta=0.3", "job 2: transform=expn_t4, algo.beta=0.15, now "
+        "transform=identity, algo.beta=0.6"]
+    with pytest.raises(SystemExit) as exit_info:
+        FailedJobs().on_multirun_start(config=wider)
+    assert exit_info.value.code == 2
+    narrower = config("transform=identity", "algo.beta=0.15,0.6")
+    assert grid_mismatches(narrower, tmp_path, ["0", "1", "2"]) == ["job 2: algo.beta=0.15, now no such job"]
+    assert grid_mismatches(config("algo.beta=0.3", target="optuna"), tmp_path, ["0"]) == []  # not a grid
 
 
 # ---------------------------------------------------------------- defect 6: one block, exit code 2

@@ -71,6 +71,68 @@ def previous_results(sweep_dir: Path) -> list[str]:
     return [p.name for p in jobs if (p / "metrics.json").exists() or (p / "checkpoints").exists()]
 
 
+def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The job overrides Hydra's basic sweeper will launch, in job-number order (its ``params`` then the
+    command line's, expanded as ``BasicSweeper.split_arguments`` does); None for another sweeper
+    (Optuna: its jobs are not a grid)."""
+    sweeper = config.hydra.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    task = (config.hydra.get("overrides") or {}).get("task") or []
+    parsed = OverridesParser.create().parse_overrides([*params, *task])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def recorded_overrides(job_dir: Path) -> list[str] | None:
+    """A job dir's own overrides: its ``metrics.json``'s (finished or not), else those saved beside its
+    checkpoints; None when neither can be read (``.hydra/`` is rewritten by every attempt)."""
+    try:
+        overrides = read_record(job_dir / "metrics.json").overrides
+        if overrides is not None:
+            return list(overrides)
+    except Exception:  # noqa: BLE001 - missing or unreadable: try the checkpoints' copy
+        pass
+    try:
+        import yaml
+
+        from infalign.pipeline.policy_cache import OVERRIDES_FILE
+
+        return list(yaml.safe_load((job_dir / "checkpoints" / OVERRIDES_FILE).read_text()) or [])
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def grid_mismatches(config: DictConfig, sweep_dir: Path, taken: list[str]) -> list[str]:
+    """``"job 1: algo.beta=0.6, now algo.beta=0.3"`` for each job dir in ``taken`` whose recorded values of
+    this grid's swept keys differ from this grid's job of that number: Hydra numbers jobs by their
+    place in the grid, so a resumed sweep with other values would run each job into another job's dir."""
+    jobs = sweep_jobs(config)
+    if jobs is None:
+        return []
+
+    def values(overrides) -> dict[str, str]:
+        return {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+
+    swept = [k for k in values(jobs[0]) if len({values(job).get(k) for job in jobs}) > 1] if len(jobs) > 1 else []
+    out = []
+    for name in taken:
+        old = recorded_overrides(sweep_dir / name)
+        if not name.isdigit() or old is None:
+            continue
+        i = int(name)
+        new = values(jobs[i]) if i < len(jobs) else {}
+        differ = [k for k in swept if values(old).get(k) != new.get(k)]
+        if i >= len(jobs) or differ:
+            was = ", ".join(f"{k}={values(old).get(k)}" for k in differ) or "a job"
+            now = ", ".join(f"{k}={new.get(k)}" for k in differ) if i < len(jobs) else "no such job"
+            out.append(f"job {name}: {was}, now {now}")
+    return out
+
+
 class FailedJobs(Callback):
     """At the start of a multirun: refuse a sweep dir that holds another sweep's results unless the
     sweep resumes (``ckpt_path=last`` / ``last_or_new``): each job would refuse its dir (it is another
@@ -96,6 +158,18 @@ class FailedJobs(Callback):
             import traceback
 
             traceback.print_exception(error)
+            raise SystemExit(CONFIG_ERROR_EXIT)
+        mismatched = grid_mismatches(config, sweep_dir, taken) if taken else []
+        if mismatched:
+            from infalign.apps.config import exit_on_config_error
+            from infalign.errors import CONFIG_ERROR_EXIT, ConfigError
+
+            error = ConfigError("hydra.sweep.dir", str(sweep_dir), "the same grid as the sweep it resumes",
+                                f"{'; '.join(mismatched[:4])}{' ...' if len(mismatched) > 4 else ''}: Hydra numbers "
+                                "jobs by their place in the grid, so other values would run into other jobs' dirs. "
+                                f"To add runs, sweep them into a dir of their own under it (hydra.sweep.dir="
+                                f"{sweep_dir}/more): infalign-report {sweep_dir} reads every job dir below it")
+            exit_on_config_error(error)
             raise SystemExit(CONFIG_ERROR_EXIT)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
