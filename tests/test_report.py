@@ -176,7 +176,7 @@ def test_runs_csv_rows_values_and_statuses(sweep):
 def test_summary_lists_problems_and_theory_matches_the_engine(sweep):
     _, out, _ = sweep
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"finished": 4, "failed": 2, "missing": 2, "total": 8}
+    assert summary["counts"] == {"finished": 4, "failed": 2, "interrupted": 0, "missing": 2, "total": 8}
     assert summary["judges"] == ["reward_model", "gold"]
     problems = {p["job"]: p for p in summary["problems"]}
     assert set(problems) == {"4", "5", "6", "7"}
@@ -239,8 +239,8 @@ def test_markdown_has_a_row_per_job_and_stdout_lists_problems(sweep):
     row0 = next(ln for ln in lines if ln.startswith("| 0 |"))
     assert "| finished |" in row0 and "0.250 [0.230, 0.270]" in row0 and "0.700 [0.550, 0.850]" in row0
     assert "FloatingPointError: loss is nan at step 7" in next(ln for ln in lines if ln.startswith("| 4 |"))
-    assert "4 finished, 2 failed, 2 missing (8 jobs)" in md
-    assert "failed and missing jobs" in stdout and "ValueError: boom at step 3" in stdout
+    assert "4 finished, 2 failed, 0 interrupted, 2 missing (8 jobs)" in md
+    assert "failed, interrupted and missing jobs" in stdout and "ValueError: boom at step 3" in stdout
     assert "transform=exp transform.t=8 algo.beta=0.2 │" in stdout  # the missing job's swept overrides
     assert "eval.samples=4" not in stdout  # common to all jobs: not repeated in the table
     assert "reward_model: finished runs" in stdout and "gold: finished runs" in stdout
@@ -1292,3 +1292,17 @@ def test_a_one_seed_gain_made_of_two_straight_lines_says_the_chord_check_cannot_
     clause = gain_clause(_panel(result.grid, [g]), g, i)
     assert clause.startswith("expn(t=4) is behind identity on these prompts")
     assert "the chord check cannot be made here" in clause and clause.endswith("not evidence")
+
+
+def test_an_interrupted_job_is_listed_as_interrupted_with_how_to_continue_it(tmp_path):
+    """A walkthrough's Ctrl-C'd job read "missing" in the report (as if it had never run)."""
+    from infalign.report.collect import load_job
+
+    job_dir = tmp_path / "3"
+    job_dir.mkdir()
+    (job_dir / "metrics.json").write_text(json.dumps({
+        "status": "interrupted", "error": "KeyboardInterrupt: interrupted by the user (Ctrl-C)",
+        "overrides": ["algo.beta=0.3"]}))
+    job = load_job(job_dir, tmp_path)
+    assert job.status == "interrupted" and job.overrides == ["algo.beta=0.3"]
+    assert job.reason.startswith("KeyboardInterrupt: interrupted by the user") and "ckpt_path=last_or_new" in job.reason

@@ -25,7 +25,7 @@ from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 from infalign.pipeline.run_record import RunRecord
 
 JUDGES = ("reward_model", "gold")
-STATUSES = ("finished", "failed", "missing")
+STATUSES = ("finished", "failed", "interrupted", "missing")
 _SKIP_DIRS = {"wandb", "checkpoints", "policy", "csv", "__pycache__"}
 
 
@@ -35,8 +35,8 @@ class Job:
 
     job: str  # path relative to the multirun dir, e.g. "3"
     path: Path
-    status: str  # finished | failed | missing
-    reason: str = ""  # why failed / missing: the error's last line
+    status: str  # finished | failed | interrupted | missing
+    reason: str = ""  # why failed / interrupted / missing: the error's last line
     overrides: list[str] = field(default_factory=list)
     record: RunRecord | None = None  # metrics.json (None when missing or unreadable)
     config: dict = field(default_factory=dict)  # resolved config: the record's, else .hydra/config.yaml's
@@ -106,7 +106,10 @@ def load_job(path: Path, root: Path) -> Job:
             elif record.status == "failed":
                 job.reason = (last_line(record.error or "") or log_error(path / "train.log")
                               or "failed (no error recorded)")
-            else:  # e.g. interrupted: no result to show
+            elif record.status == "interrupted":  # Ctrl-C, SIGTERM: a resume continues it (ckpt_path=last_or_new)
+                job.reason = f"{last_line(record.error or '') or 'interrupted'}; the sweep again with " \
+                             "ckpt_path=last_or_new continues it"
+            else:  # a status this report does not know: no result to show
                 job.status, job.reason = "missing", f"metrics.json has status={record.status!r}"
     else:
         job.reason = (log_error(path / "train.log")

@@ -55,10 +55,10 @@ def print_tables(report: Report, console=None, wandb_info: dict | None = None) -
     bad = [j for j in report.jobs if j.status != "finished"]
     counts = report.summary["counts"]
     console.print(f"[bold]{escape(str(report.root))}[/]: {counts['total']} jobs: {counts['finished']} finished, "
-                  f"{counts['failed']} failed, {counts['missing']} missing")
+                  f"{counts['failed']} failed, {counts.get('interrupted', 0)} interrupted, {counts['missing']} missing")
     if bad:
         swept = swept_overrides(report.jobs)
-        t = Table(title="failed and missing jobs", show_lines=True)
+        t = Table(title="failed, interrupted and missing jobs", show_lines=True)
         for c in ("job", "status", "overrides (swept)", "reason"):
             t.add_column(c, overflow="fold")
         for j in bad:
