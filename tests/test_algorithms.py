@@ -82,6 +82,14 @@ def test_registry_names_and_errors_name_the_key(caplog):
         algo = make_algorithm({"name": "bon_sft", "beta": 20.0, "group_size": 2})
     assert not hasattr(algo.cfg, "beta") and algo.beta is None
     assert "algo=bon_sft ignores beta=20.0 (ipo|ppo|rloo), group_size=2 (ppo|rloo)" in caplog.text
+    # only what the command line gave is a warning; the experiment's own settings are logged at info
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="infalign.training.algorithms.base"):
+        make_algorithm({"name": "bon_sft", "beta": 20.0, "group_size": 2}, explicit={"group_size"})
+    (warned,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    (info,) = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert "ignores group_size=2" in warned.getMessage() and "beta" not in warned.getMessage()
+    assert "ignores beta=20.0 (ipo|ppo|rloo) (settings of other algorithms, from the config files)" in info.getMessage()
     with pytest.raises(ConfigError, match=r"algo\.kl_target=0\.3.*algo=bon_sft moves its KL with algo\.steps"):
         make_algorithm({"name": "bon_sft", "kl_target": 0.3})
 

@@ -71,7 +71,8 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     check_value_types(cfg)  # booleans, integers, numbers: of their defaults' types
     procedure: Procedure = instantiate_checked(cfg.procedure)
     transform = as_transform(instantiate_checked(cfg.transform))
-    algo = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True))
+    given = {k.removeprefix("algo.") for k in command_line_keys() if k.startswith("algo.")}
+    algo = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True), given)
     require(int(cfg.calibration.K) >= 1, "calibration.K", cfg.calibration.K, "K >= 1 reference samples per prompt")
     scope = cfg.calibration.get("scope", "prompt")
     require(scope in SCOPES, "calibration.scope", scope, " | ".join(SCOPES))

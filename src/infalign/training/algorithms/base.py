@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -239,13 +239,15 @@ class OfflineAlgorithm(Algorithm):
                           generator=torch.Generator().manual_seed(seed), collate_fn=collate)
 
 
-def make_algorithm(settings: Mapping) -> Algorithm:
+def make_algorithm(settings: Mapping, explicit: Collection[str] | None = None) -> Algorithm:
     """The algorithm ``settings["name"]`` with its config built from ``settings`` (the ``algo`` group).
 
     A key no registered algorithm has is a ConfigError (a typo). A setting of *another* algorithm is
-    ignored with a warning: experiments set RL hyper-parameters (``algo.beta``, ``algo.group_size``)
-    that a method entry's offline algorithm does not have -- except a ``kl_target``, which the run
-    could not honour and is an error.
+    ignored: experiments set RL hyper-parameters (``algo.beta``, ``algo.group_size``) that a method
+    entry's offline algorithm does not have -- except a ``kl_target``, which the run could not honour
+    and is an error. Ignoring one the user gave (``explicit``: the ``algo`` keys of the command line;
+    None: unknown, all) is a warning; one only a config file set is logged at info (a walkthrough's
+    ``algo=bon_sft`` was warned of "beta=20.0", toy_bon's, which it never typed).
     """
     name = settings.get("name")
     require(name in ALGORITHMS, "algo.name", name, f"one of {sorted(ALGORITHMS)}")
@@ -259,7 +261,10 @@ def make_algorithm(settings: Mapping) -> Algorithm:
             hint = (f"algo={name} moves its KL with {cls.kl_knob}" if algos else
                     f"no algorithm has this setting (registered: {sorted(ALGORITHMS)})")
             raise ConfigError(f"algo.{key}", value, f"a setting of algo={name}: {own}", hint)
-    if owners:
-        log.warning("algo=%s ignores %s (settings of other algorithms)", name,
-                    ", ".join(f"{k}={settings[k]!r} ({'|'.join(a)})" for k, a in owners.items()))
+    for given in (True, False):
+        keys = [k for k in owners if (explicit is None or k in explicit) == given]
+        if keys:
+            log.log(logging.WARNING if given else logging.INFO, "algo=%s ignores %s (settings of other algorithms%s)",
+                    name, ", ".join(f"{k}={settings[k]!r} ({'|'.join(owners[k])})" for k in keys),
+                    "" if given else ", from the config files")
     return cls(cls.Config(**{k: v for k, v in settings.items() if k in own}))
