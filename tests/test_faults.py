@@ -350,6 +350,16 @@ def test_config_error_raised_in_a_resolver_is_one_block_too(tmp_path):
     assert "key:     procedure.n" in err and "${bon_beta:N}" in err
 
 
+@pytest.mark.parametrize("override, message", [("transform=nosuch", "Could not find 'transform/nosuch'"),
+                                               ("algo.beta=[", "no viable alternative")])
+def test_a_command_line_hydra_itself_refuses_exits_2_too(tmp_path, override, message):
+    """An unknown group option or an unparsable override never reaches the app: Hydra prints its own
+    message (with the options) and exited 1, where every other refused configuration exits 2."""
+    code, out, err = finished(train_cli(override, f"hydra.run.dir={tmp_path / 'run'}"))
+    assert code == 2 and message in out + err, (code, err[-2000:])
+    assert not (tmp_path / "run").exists()  # refused before the run existed
+
+
 # ---------------------------------------------------------------- defect 10: Ctrl-C
 
 

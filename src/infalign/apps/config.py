@@ -376,6 +376,17 @@ def instantiate_logger(logger_cfg: DictConfig | None):
     return instantiate_checked(logger_cfg, _convert_="all")
 
 
+def hydra_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is Hydra's exit after refusing the command line itself -- an unknown config-group
+    option (``transform=nosuch``), an unparsable override, a config that does not compose: Hydra prints
+    its message and exits 1 (``SystemExit(1)`` raised while handling that error). The apps exit 2 for
+    it instead, as for every configuration refused before compute (``errors.CONFIG_ERROR_EXIT``)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    refusals = (ConfigCompositionException, MissingConfigException, OverrideParseException)
+    return isinstance(exc, SystemExit) and exc.code == 1 and isinstance(exc.__context__, refusals)
+
+
 def task_overrides() -> list[str] | None:
     """This job's overrides (Hydra's task overrides, ``hydra.overrides.task``: the command line's and a
     sweep's parameters); None outside a Hydra app (the compose API, tests)."""

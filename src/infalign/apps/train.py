@@ -33,11 +33,12 @@ from infalign.apps.config import (
     check_value_types,
     command_line_keys,
     exit_on_config_error,
+    hydra_refused,
     instantiate_checked,
     launcher_jobs,
     task_overrides,
 )
-from infalign.errors import ConfigError, Terminated, require
+from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, Terminated, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.infra.startup import import_frozen
@@ -611,6 +612,8 @@ def main() -> None:
             print("infalign-train: stopped by SIGTERM (recorded as interrupted: the command that continues it is "
                   "logged above)", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
+        if hydra_refused(exc):  # Hydra's own message is printed: its exit status is a config error's
+            raise SystemExit(CONFIG_ERROR_EXIT) from None
         raise
 
 
