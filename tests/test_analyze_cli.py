@@ -324,3 +324,15 @@ def test_a_reused_run_dir_keeps_no_plot_of_an_earlier_analysis(tmp_path):
     (out / "frontier.png").write_bytes(b"an earlier analysis's plot")
     app.analyze(config(*FAST), out)
     assert not (out / "frontier.png").exists() and (out / "metrics.json").is_file()
+
+
+def test_the_best_t_table_has_an_optimal_column_only_when_the_frontier_was_computed(tmp_path, capsys):
+    """optimal=false printed an "optimal" column of nan in every row (a walkthrough)."""
+    for optimal in ("false", "true"):
+        cfg = config("kl.num=3", f"optimal={optimal}", "best_t.num=4", "best_t.budgets=[0.5]", "plot=false",
+                     "parallel=false")
+        app.analyze(cfg, tmp_path / optimal, None)
+        out = capsys.readouterr().out
+        header = next(line for line in out.splitlines() if "┃ KL budget" in line)
+        row = next(line for line in out.splitlines() if line.strip("│ ").startswith("0.5 "))
+        assert ("optimal" in header) == (optimal == "true") and "nan" not in row, out[-1500:]

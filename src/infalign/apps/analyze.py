@@ -278,14 +278,16 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
         console.print("  no conv.: the optimal fixed point did not converge there (see curves.csv)", highlight=False)
     bt = Table(title=f"best exp t for {procedure.label} (beta: transform=exp; beta expn: the normalised "
                      "expn_t* entries)")
-    for col in ("KL budget", "best t", "beta", "beta expn", "win rate", "optimal"):
+    # the optimal frontier's column only where it was computed (optimal=false: every value NaN)
+    optimal = any(np.isfinite(r["optimal_win_rate"]) for r in best_rows)
+    columns = ("beta", "beta_expn", "win_rate", *(("optimal_win_rate",) if optimal else ()))
+    for col in ("KL budget", "best t", "beta", "beta expn", "win rate", *(("optimal",) if optimal else ())):
         bt.add_column(col, justify="right")
     for r in best_rows:
         t = (f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
              + (f" (flat: other t within {theory.FLAT_TOL:g})" if r["flat"] else "")
              + (f" ({untrainable_reason(r['best_t'], r['beta'])})" if not r["trainable"] else ""))
-        bt.add_row(f"{r['kl_budget']:.4g}", t,
-                   *(f"{r[k]:.4g}" for k in ("beta", "beta_expn", "win_rate", "optimal_win_rate")))
+        bt.add_row(f"{r['kl_budget']:.4g}", t, *(f"{r[k]:.4g}" for k in columns))
     console.print(bt)
 
 
