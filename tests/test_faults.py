@@ -404,6 +404,15 @@ def test_progress_bar_has_no_negative_epoch_total(tmp_path):
     assert bar._get_train_description(0).strip() == "Epoch 0"
     bar._trainer = SimpleNamespace(max_epochs=3)
     assert bar._get_train_description(1).strip() == "Epoch 1/2"
+    # the toy build's trainers too (a walkthrough's first build printed "Epoch 1/-2")
+    from infalign.toy.build import _BatchShapes, _trainer
+    from infalign.training.progress import StepsProgressBar
+
+    toy = _trainer(5, True, _BatchShapes())
+    assert isinstance(toy.progress_bar_callback, StepsProgressBar)
+    toy.progress_bar_callback._trainer = SimpleNamespace(max_epochs=-1)  # what its fit (max_steps) sets
+    assert toy.progress_bar_callback._get_train_description(1).strip() == "Epoch 1"
+    assert _trainer(5, False, _BatchShapes()).progress_bar_callback is None
 
 
 # ---------------------------------------------------------------- defects 4, 7: W&B

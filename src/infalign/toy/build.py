@@ -248,6 +248,8 @@ class _BatchShapes(L.Callback):
 
 
 def _trainer(max_steps: int, progress_bar: bool, shapes: _BatchShapes) -> L.Trainer:
+    from infalign.training.progress import progress_bar as progress_bar_callback
+
     return L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -258,7 +260,8 @@ def _trainer(max_steps: int, progress_bar: bool, shapes: _BatchShapes) -> L.Trai
         enable_progress_bar=bool(progress_bar),
         num_sanity_val_steps=0,
         log_every_n_steps=25,
-        callbacks=[shapes],
+        # the runs' bar (Lightning's own read "Epoch 1/-2" for a max_steps-bounded fit)
+        callbacks=[shapes, *([progress_bar_callback("rich")] if progress_bar else [])],
     )
 
 
