@@ -125,6 +125,7 @@ def test_a_run_refuses_another_runs_dir(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "metrics.json").read_text()) == record  # untouched
 
 
+@pytest.mark.slow  # a tiny run end to end
 def test_a_dir_whose_only_record_is_an_attempt_that_failed_before_training_is_free(tmp_path, tiny_cache):
     """A typo in a fixed run dir (walkthrough): the failed attempt wrote metrics.json, and the corrected
     run was refused for it -- then ``ckpt_path=last`` was refused for the missing checkpoint. An
@@ -350,6 +351,7 @@ def test_config_error_raised_in_a_resolver_is_one_block_too(tmp_path):
     assert "key:     procedure.n" in err and "${bon_beta:N}" in err
 
 
+@pytest.mark.slow  # the console script (forked from the zygote, which its first use starts)
 @pytest.mark.parametrize("override, message", [("transform=nosuch", "Could not find 'transform/nosuch'"),
                                                ("algo.beta=[", "no viable alternative")])
 def test_a_command_line_hydra_itself_refuses_exits_2_too(tmp_path, override, message):
