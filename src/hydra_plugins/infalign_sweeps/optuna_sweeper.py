@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import logging
 
+# importing Optuna imports its database storage, whose alembic logs a dozen "setup plugin alembic..." INFO
+# lines through Hydra's root logger (a walkthrough's console): not the user's news
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
 try:
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _HydraOptunaSweeper
 except ImportError:  # the sweep extra is not installed
