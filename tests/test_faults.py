@@ -296,7 +296,7 @@ def test_a_taken_sweep_dir_stops_the_sweep_with_full_errors_too(tmp_path, monkey
     assert exit_info.value.code == 2
 
 
-def test_a_resumed_sweep_with_another_grid_is_refused_before_any_job(tmp_path):
+def test_a_resumed_sweep_with_another_grid_is_refused_before_any_job(tmp_path, monkeypatch, capsys):
     """A walkthrough added a KL point by re-running its sweep with one more beta in the same dir and
     ckpt_path=last_or_new: Hydra numbered the new grid's jobs from 0, three of six ran into dirs holding
     other settings' runs (refused, failed), one setting trained twice (two job dirs), and the report
@@ -320,6 +320,13 @@ def test_a_resumed_sweep_with_another_grid_is_refused_before_any_job(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         FailedJobs().on_multirun_start(config=wider)
     assert exit_info.value.code == 2
+    # with full errors asked for (-v) it stops too, and says why (it exited 2 with no message at all)
+    assert "job 1: algo.beta=0.6, now algo.beta=0.3" in capsys.readouterr().err  # the one block
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        FailedJobs().on_multirun_start(config=wider)
+    assert exit_info.value.code == 2 and "job 1: algo.beta=0.6, now algo.beta=0.3" in capsys.readouterr().err
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
     narrower = config("transform=identity", "algo.beta=0.15,0.6")
     assert grid_mismatches(narrower, tmp_path, ["0", "1", "2"]) == ["job 2: algo.beta=0.15, now no such job"]
     assert grid_mismatches(config("algo.beta=0.3", target="optuna"), tmp_path, ["0"]) == []  # not a grid

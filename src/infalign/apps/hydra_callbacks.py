@@ -133,6 +133,22 @@ def grid_mismatches(config: DictConfig, sweep_dir: Path, taken: list[str]) -> li
     return out
 
 
+def _refuse(allowed: str, hint: str, sweep_dir: Path) -> None:
+    """Stop the multirun before any job: ``hydra.sweep.dir`` refused (one block, exit code 2). With full
+    errors asked for, Hydra would turn a callback's exception into a warning and run the sweep anyway
+    (each job then refusing its dir, the old records counting as this sweep's): the traceback is
+    printed, and the sweep still stops."""
+    import traceback
+
+    from infalign.apps.config import exit_on_config_error
+    from infalign.errors import CONFIG_ERROR_EXIT, ConfigError
+
+    error = ConfigError("hydra.sweep.dir", str(sweep_dir), allowed, hint)
+    exit_on_config_error(error)
+    traceback.print_exception(error)
+    raise SystemExit(CONFIG_ERROR_EXIT)
+
+
 class FailedJobs(Callback):
     """At the start of a multirun: refuse a sweep dir that holds another sweep's results unless the
     sweep resumes (``ckpt_path=last`` / ``last_or_new``): each job would refuse its dir (it is another
@@ -144,33 +160,17 @@ class FailedJobs(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         taken = previous_results(sweep_dir)
         if taken and config.get("ckpt_path") not in RESUMING:
-            from infalign.apps.config import exit_on_config_error
-            from infalign.errors import CONFIG_ERROR_EXIT, ConfigError
-
-            error = ConfigError("hydra.sweep.dir", str(sweep_dir), "a directory without another sweep's results",
-                                f"job dirs {taken[:8]}{' ...' if len(taken) > 8 else ''} hold results; leave "
-                                "hydra.sweep.dir unset for a new unique dir, or resume that sweep (same overrides) "
-                                "with ckpt_path=last_or_new")
-            exit_on_config_error(error)
-            # full errors asked for: Hydra turns a callback's exception into a warning and runs the sweep
-            # anyway (each job then refuses its dir and the old records count as this sweep's): print the
-            # traceback, but stop
-            import traceback
-
-            traceback.print_exception(error)
-            raise SystemExit(CONFIG_ERROR_EXIT)
+            _refuse("a directory without another sweep's results",
+                    f"job dirs {taken[:8]}{' ...' if len(taken) > 8 else ''} hold results; leave hydra.sweep.dir "
+                    "unset for a new unique dir, or resume that sweep (same overrides) with ckpt_path=last_or_new",
+                    sweep_dir)
         mismatched = grid_mismatches(config, sweep_dir, taken) if taken else []
         if mismatched:
-            from infalign.apps.config import exit_on_config_error
-            from infalign.errors import CONFIG_ERROR_EXIT, ConfigError
-
-            error = ConfigError("hydra.sweep.dir", str(sweep_dir), "the same grid as the sweep it resumes",
-                                f"{'; '.join(mismatched[:4])}{' ...' if len(mismatched) > 4 else ''}: Hydra numbers "
-                                "jobs by their place in the grid, so other values would run into other jobs' dirs. "
-                                f"To add runs, sweep them into a dir of their own under it (hydra.sweep.dir="
-                                f"{sweep_dir}/more): infalign-report {sweep_dir} reads every job dir below it")
-            exit_on_config_error(error)
-            raise SystemExit(CONFIG_ERROR_EXIT)
+            _refuse("the same grid as the sweep it resumes",
+                    f"{'; '.join(mismatched[:4])}{' ...' if len(mismatched) > 4 else ''}: Hydra numbers jobs by "
+                    "their place in the grid, so other values would run into other jobs' dirs. To add runs, sweep "
+                    f"them into a dir of their own under it (hydra.sweep.dir={sweep_dir}/more): infalign-report "
+                    f"{sweep_dir} reads every job dir below it", sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
