@@ -698,3 +698,19 @@ def test_a_setting_the_algorithm_does_not_read_matches_any_value_when_one_side_l
                 policy_cache.check_resume(ckpt, current, True, "last", settings_defaults(cfg))
         else:
             policy_cache.check_resume(ckpt, current, True, "last", settings_defaults(cfg))
+
+
+def test_saved_overrides_read_back_as_written(tmp_path):
+    """The overrides a run saves beside its checkpoints (what the report and a resumed sweep's grid
+    check read when metrics.json has none): every string back as written -- quotes, '=' and ':' in
+    values, an empty list -- and None for a missing or unreadable file."""
+    from infalign.pipeline.policy_cache import OVERRIDES_FILE, load_overrides, save_overrides
+
+    overrides = ["algo.beta=0.3", "+sweeps=paper_bon", "data.name='a: b'", 'tags=["x","y"]', "~logger"]
+    save_overrides(tmp_path / "a", overrides)
+    assert load_overrides(tmp_path / "a") == overrides
+    save_overrides(tmp_path / "b", [])
+    assert load_overrides(tmp_path / "b") == []
+    assert load_overrides(tmp_path / "missing") is None
+    (tmp_path / "a" / OVERRIDES_FILE).write_text("- [unclosed\n")
+    assert load_overrides(tmp_path / "a") is None

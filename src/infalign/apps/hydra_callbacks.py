@@ -90,20 +90,15 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
 def recorded_overrides(job_dir: Path) -> list[str] | None:
     """A job dir's own overrides: its ``metrics.json``'s (finished or not), else those saved beside its
     checkpoints; None when neither can be read (``.hydra/`` is rewritten by every attempt)."""
+    from infalign.pipeline.policy_cache import load_overrides
+
     try:
         overrides = read_record(job_dir / "metrics.json").overrides
         if overrides is not None:
-            return list(overrides)
+            return [str(o) for o in overrides]
     except Exception:  # noqa: BLE001 - missing or unreadable: try the checkpoints' copy
         pass
-    try:
-        import yaml
-
-        from infalign.pipeline.policy_cache import OVERRIDES_FILE
-
-        return list(yaml.safe_load((job_dir / "checkpoints" / OVERRIDES_FILE).read_text()) or [])
-    except Exception:  # noqa: BLE001
-        return None
+    return load_overrides(job_dir / "checkpoints")
 
 
 def grid_mismatches(config: DictConfig, sweep_dir: Path, taken: list[str]) -> list[str]:

@@ -460,6 +460,17 @@ def save_overrides(ckpt_dir: Path, overrides: list[str]) -> None:
     atomic_write_text(Path(ckpt_dir) / OVERRIDES_FILE, "".join(f"- {json.dumps(o)}\n" for o in overrides) or "[]\n")
 
 
+def load_overrides(ckpt_dir: Path) -> list[str] | None:
+    """The overrides :func:`save_overrides` wrote in ``ckpt_dir``; None when absent or unreadable."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((Path(ckpt_dir) / OVERRIDES_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(o) for o in data] if isinstance(data, list) else None
+
+
 FINGERPRINT_POINTS = 1025  # u = 0, 1/1024, ..., 1
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infalign.pipeline.policy_cache import OVERRIDES_FILE
+from infalign.pipeline.policy_cache import OVERRIDES_FILE, load_overrides
 from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 from infalign.pipeline.run_record import RunRecord
 
@@ -131,20 +131,19 @@ def run_overrides(path: Path, job: Job) -> list[str]:
     record = job.record.overrides if job.record is not None else None
     if record is not None:
         return [str(o) for o in record]
-    saved = path / "checkpoints" / OVERRIDES_FILE
-    if saved.exists():
-        return read_overrides(path, saved)
+    if (path / "checkpoints" / OVERRIDES_FILE).exists():
+        return load_overrides(path / "checkpoints") or []
     if job.status == "finished" and (path / FAILED_ATTEMPT).exists():
         return []
     return job.overrides
 
 
-def read_overrides(path: Path, file: Path | None = None) -> list[str]:
-    """``.hydra/overrides.yaml`` (or ``file``) as a list of strings ([] if absent or unreadable)."""
+def read_overrides(path: Path) -> list[str]:
+    """``.hydra/overrides.yaml`` as a list of strings ([] if absent or unreadable)."""
     try:
         from omegaconf import OmegaConf
 
-        data = OmegaConf.to_container(OmegaConf.load(file or path / ".hydra" / "overrides.yaml"))
+        data = OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml"))
         return [str(o) for o in data] if isinstance(data, list) else []
     except Exception:  # noqa: BLE001 - a broken job dir must not stop the report
         return []
