@@ -8,7 +8,7 @@ import math
 from infalign.report.build import Report
 from infalign.report.collect import swept_overrides
 from infalign.report.matched import gain_clause, left_out, panel_heading
-from infalign.report.tables import RATES, row_ci
+from infalign.report.tables import RATES, row_ci, status_counts
 from infalign.report.theory_gap import runs_cell
 
 
@@ -54,8 +54,7 @@ def print_tables(report: Report, console=None, wandb_info: dict | None = None) -
     console = console or rich_console()
     bad = [j for j in report.jobs if j.status != "finished"]
     counts = report.summary["counts"]
-    console.print(f"[bold]{escape(str(report.root))}[/]: {counts['total']} jobs: {counts['finished']} finished, "
-                  f"{counts['failed']} failed, {counts.get('interrupted', 0)} interrupted, {counts['missing']} missing")
+    console.print(f"[bold]{escape(str(report.root))}[/]: {counts['total']} jobs: {status_counts(counts)}")
     if bad:
         swept = swept_overrides(report.jobs)
         t = Table(title="failed, interrupted and missing jobs", show_lines=True)

@@ -118,12 +118,17 @@ def md_cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
+def status_counts(counts) -> str:
+    """``4 finished, 2 failed, 0 interrupted, 2 missing``: a count per job status (:data:`STATUSES`)."""
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+
+
 def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root: Path) -> str:
     """runs.md: counts, one table row per job (CIs as ``mean [low, high]``), failed/missing list."""
     counts = Counter(r["status"] for r in rows)
     out = io.StringIO()
     out.write(f"# Sweep report: `{root}`\n\n")
-    out.write(", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + f" ({len(rows)} jobs)\n\n")
+    out.write(status_counts(counts) + f" ({len(rows)} jobs)\n\n")
     head = ["job", "status", "run", "method", "procedure", "beta", "seed"]
     for j in judges:
         head += [f"KL ({j})", f"standard win ({j})", f"inference win ({j})"]
