@@ -94,6 +94,21 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_warning_recorded(warning_message, when, nodeid, location):
+    """In a pytest-xdist worker, a warning whose class a library defines (Lightning's
+    ``PossibleUserWarning``, ...) is reported as its nearest built-in base, the library's class named in
+    the message: the controller rebuilds a reported warning by importing its class's module, and one
+    Lightning warning made it import Lightning, torch, torchmetrics and transformers (~6 CPU-s of
+    ``make test``, on the cores the workers share). The summary still names the class."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or warning_message.category.__module__ == "builtins":
+        return
+    category = warning_message.category
+    base = next(c for c in category.__mro__ if c.__module__ == "builtins")
+    warning_message.message = base(f"{category.__module__}.{category.__name__}: {warning_message.message}")
+    warning_message.category = base
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """The toy world of ``pipeline_helpers.TINY_WORLD``, built once per session (shared by the

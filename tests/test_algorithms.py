@@ -390,7 +390,7 @@ def test_ipo_takes_the_policys_log_ratios_without_dropout():
               tok.convert_tokens_to_ids([tp.FIRST[x][1], "b2", "<eos>"])) for x in tp.PROMPTS]
     batch = PolicyPairCollator(tok)(pairs)
     logged = {}
-    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(torch.as_tensor(value).detach()))
     loss = module.training_step(batch, 0)
     assert float(loss) == pytest.approx(25.0, abs=1e-9) and logged["train/margin"] == pytest.approx(0.0, abs=1e-9)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -220,9 +221,14 @@ def test_a_resumed_runs_csv_keeps_the_history_and_the_summary_sits_at_the_last_s
 
     from lightning.pytorch.loggers import CSVLogger
 
+    notices = []
+
     def attempt(steps, resume_step=None):
         logger = CSVLogger(save_dir=tmp_path, name="csv", version="")
-        loggers.start(logger, {"seed": 0}, resume_step=resume_step)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            loggers.start(logger, {"seed": 0}, resume_step=resume_step)
+        notices.append([str(w.message) for w in seen if "will be deleted" in str(w.message)])
         for s in steps:
             logger.log_metrics({"train/reward": float(s)}, step=s)
         logger.save()
@@ -239,6 +245,9 @@ def test_a_resumed_runs_csv_keeps_the_history_and_the_summary_sits_at_the_last_s
     attempt([0, 1])  # a fresh start (no checkpoint) in the dir: a new history, as Lightning starts one
     rows = list(csv_module.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [0, 1]
+    # Lightning's "previous log files ... will be deleted": not said on the resume, which keeps them;
+    # said on the fresh start, which does delete them
+    assert [bool(n) for n in notices] == [False, False, True], notices
 
 
 def test_a_resume_whose_csv_rewrite_fails_midway_keeps_the_history(tmp_path, monkeypatch):

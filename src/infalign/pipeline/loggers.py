@@ -15,6 +15,7 @@ import contextlib
 import csv
 import json
 import secrets
+import warnings
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -59,7 +60,9 @@ def start(logger: Logger, config: dict, resume_step: int | None = None) -> None:
                 writer = csv.DictWriter(handle, fieldnames=header)
                 writer.writeheader()
                 writer.writerows(rows)
-            experiment = logger.experiment
+            with warnings.catch_warnings():  # "previous log files ... will be deleted": the kept rows are put back
+                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+                experiment = logger.experiment
         experiment.metrics_keys = sorted(header)
     logger.log_hyperparams(config)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -470,7 +471,9 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
             module = RewardModelModule(model, lr=float(hp["lr"]), warmup=int(hp.get("warmup", 0)),
                                        weight_decay=float(hp.get("weight_decay", 0.0)))
             trainer = L.Trainer(max_steps=int(hp["steps"]), num_sanity_val_steps=0, **reward_trainer_kwargs(cfg))
-            trainer.fit(module, loader(train, True))
+            with warnings.catch_warnings():  # validated right below, on the held-out pairs
+                warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+                trainer.fit(module, loader(train, True))
             result = trainer.validate(module, loader(val, False), verbose=False)[0]
         metrics = {"val_loss": float(result["val/loss"]), "val_accuracy": float(result["val/accuracy"]),
                    "steps": int(hp["steps"]), "train_pairs": len(train), "val_pairs": len(val), "input_format": fmt}

@@ -1,0 +1,56 @@
+"""tests/conftest.py's hooks that shape how the suite runs (the thread hooks: test_threads.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from xdist.remote import serialize_warning_message
+
+import conftest
+
+UNSERIALIZE = """
+import json, sys
+from xdist.workermanage import unserialize_warning_message
+w = unserialize_warning_message(json.loads(sys.stdin.read()))
+print(json.dumps([w.category.__name__, str(w.message), "lightning" in sys.modules]))
+"""
+
+
+def recorded(category, text: str) -> warnings.WarningMessage:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warnings.warn(text, category, stacklevel=1)
+    return seen[0]
+
+
+def controller_reads(message: warnings.WarningMessage) -> list:
+    """What the xdist controller rebuilds from a worker's report of ``message``, in a fresh
+    interpreter: ``[category name, message, whether it imported Lightning]``."""
+    data = serialize_warning_message(message)
+    proc = subprocess.run([sys.executable, "-c", UNSERIALIZE], input=json.dumps(data), capture_output=True,
+                          text=True, timeout=120, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_a_library_warning_reaches_the_controller_as_a_builtin_one_naming_its_class(monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    message = recorded(PossibleUserWarning, "few batches")
+    conftest.pytest_warning_recorded(message, "runtest", "t::x", None)
+    category, text, imported = controller_reads(message)
+    assert category == "UserWarning" and not imported
+    assert text == "lightning.fabric.utilities.warnings.PossibleUserWarning: few batches"
+
+    builtin = recorded(DeprecationWarning, "old")  # a built-in class is left as it is
+    conftest.pytest_warning_recorded(builtin, "runtest", "t::x", None)
+    assert builtin.category is DeprecationWarning and str(builtin.message) == "old"
+
+
+def test_outside_a_worker_the_warning_is_left_as_it_is(monkeypatch):
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    message = recorded(PossibleUserWarning, "few batches")
+    conftest.pytest_warning_recorded(message, "runtest", "t::x", None)
+    assert message.category is PossibleUserWarning and str(message.message) == "few batches"
