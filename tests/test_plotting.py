@@ -20,9 +20,9 @@ def test_error_bars_never_negative_when_the_mean_lies_outside_its_interval():
 
 
 def test_the_run_plot_draws_a_win_rate_of_one(tmp_path):
-    """pipeline/record.plot_win_rates with the numbers that failed the run writes its PNG."""
+    """pipeline/run_plot.plot_win_rates with the numbers that failed the run writes its PNG."""
     from infalign.math.procedures import BestOfN
-    from infalign.pipeline.record import plot_win_rates
+    from infalign.pipeline.run_plot import plot_win_rates
     from infalign.pipeline.run_record import RunRecord
     from test_run_record import finished_json
 
@@ -31,3 +31,24 @@ def test_the_run_plot_draws_a_win_rate_of_one(tmp_path):
         "mean": 0.9999999999999971, "low": 0.9999999999999951, "high": 0.999999999999996, "n_prompts": 8}
     plot_win_rates(RunRecord.from_json(data), BestOfN(4), tmp_path / "win.png")
     assert (tmp_path / "win.png").stat().st_size > 0
+
+
+def test_the_run_plot_ticks_each_n_in_plain_numbers(tmp_path, monkeypatch):
+    """The x axis is ticked at the evaluated N and the procedure's N (3 is not a power of two, which
+    log ticks would skip), labelled "3", not TeX's 2^k."""
+    import infalign.infra.plotting as plotting
+    from infalign.math.procedures import BestOfN
+    from infalign.pipeline.run_plot import plot_win_rates
+    from infalign.pipeline.run_record import RunRecord
+    from test_run_record import finished_json
+
+    drawn, save = [], plotting.save_png
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: (drawn.append(fig), save(fig, path)))
+    data = finished_json()
+    data["eval"]["ns"] = [1, 3, 8]
+    for cols in data["eval"]["judges"].values():
+        cols["bon3_win_rate"] = cols["bon8_win_rate"] = cols["bon4_win_rate"]
+    plot_win_rates(RunRecord.from_json(data), BestOfN(4), tmp_path / "win.png")
+    (ax,) = drawn[0].axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "4", "8"]
+    assert ax.get_xscale() == "log" and not ax.xaxis.get_minorticklocs().size

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math.procedures import STANDARD_WIN_RATE
+from infalign.pipeline.run_plot import plot_win_rates
 from infalign.pipeline.run_record import CI, RunRecord
 
 log = logging.getLogger(__name__)
@@ -118,39 +119,6 @@ def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
                       type(exc).__name__, exc)
             paths.pop(name)
     return paths
-
-
-def plot_win_rates(rec: RunRecord, procedure, path: Path) -> None:
-    """Win rate vs N (with 95% CIs) per judge, and the theory's prediction beside them."""
-    import matplotlib.pyplot as plt
-
-    from infalign.infra.plotting import error_bar_lengths, save_png
-
-    ev = rec.eval
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for judge, cols in ev.judges.items():
-        found = [(n, c) for n in ev.ns if (c := cols.get(procedure.metric_key(n))) is not None]
-        xs = [n for n, _ in found]
-        ys = [c.mean for _, c in found]
-        yerr = error_bar_lengths(ys, [c.low for _, c in found], [c.high for _, c in found])
-        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=f"trained policy ({judge})")
-    th = ev.theory
-    if th:
-        key = procedure.win_rate_key
-        ax.plot([1, procedure.n], [th[STANDARD_WIN_RATE], th[key]], "k*--", ms=10,
-                label=f"theory at beta={th['beta']:g}")
-        if "at_measured_kl" in th:
-            m = th["at_measured_kl"]
-            ax.plot([1, procedure.n], [m["standard_win_rate"], m[key]], "s:", color="gray", ms=7,
-                    label=f"theory at measured KL={m['kl']:.3g}")
-    ax.axhline(0.5, color="gray", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"N ({procedure.name}; N=1 is the standard win rate)")
-    ax.set_ylabel("win rate vs reference")
-    ax.set_title(rec.run_name or "")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_png(fig, path)
 
 
 def print_summary(rec: RunRecord, procedure) -> None:
