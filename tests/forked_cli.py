@@ -18,7 +18,8 @@ variable read at import time (:func:`forkable_env`) gets a real
 the interpreter itself (imports made before validation, ``python -m``) keep their own subprocesses.
 
 Known differences from a real process, none of which the fault tests look at: the training stages
-are imported before the child starts (their import-time warnings, and a signal during that import,
+(and the GPT-2 model classes and matplotlib, :data:`FORKABLE`) are imported before the child starts
+(their import-time warnings, and a signal during that import,
 are not seen, and Lightning, imported before Hydra configures logging, adds its own console
 handler, so its INFO lines lack Hydra's ``INFO:`` prefix on stderr); children share the zygote's
 string-hash seed; ``tests/`` is on ``sys.path``; and the zygote reaps a child at once, so a signal
@@ -44,7 +45,13 @@ import traceback
 import warnings
 from pathlib import Path
 
-FORKABLE = {"infalign-train": ("infalign.apps.train", "main", "infalign.apps.train_stages")}
+# (console script: module, entry point, then what the zygote imports beside the app: the stages, as
+# the app imports them after validation, and what every run of the suite then imports on its own --
+# the toy world's GPT-2 classes, found through transformers' auto mapping, and the plot's matplotlib:
+# ~0.7 CPU-s a forked run would otherwise spend importing)
+FORKABLE = {"infalign-train": ("infalign.apps.train", "main", "infalign.apps.train_stages",
+                               "transformers.models.gpt2.modeling_gpt2", "matplotlib.figure",
+                               "matplotlib.backends.backend_agg")}
 # Read only when a run runs, never while the zygote imports (traced with os.environ reads during its
 # imports, 2026-12-04): these may differ between the zygote and a forked child.
 RUNTIME_ENV = frozenset({"WORLD_SIZE", "LOCAL_WORLD_SIZE", "INFALIGN_ROOT", "INFALIGN_CONCURRENT_JOBS"})

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -32,23 +33,33 @@ CASES = (7, 1)  # 4 batches of 2, the last short; 1 batch: rank 1 empty
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory) -> Path:
-    """One torchrun launch of two gloo ranks for every case of :data:`CASES` (a launch starts three
-    interpreters, ~6 s of imports each); ``ddp_<n>.pt`` and ``ddp_cache_<n>/`` per case."""
+def ddp_runs(tmp_path_factory, tiny_world) -> SimpleNamespace:
+    """One torchrun launch of two gloo ranks (a launch starts three interpreters, ~5 CPU-s of imports
+    each) for every case of :data:`CASES` -- ``ddp_<n>.pt`` and ``ddp_cache_<n>/`` per case -- and then
+    the train app on the tiny world with ``trainer=ddp_cpu`` (``train_run``); ``proc`` the launch."""
+    from pipeline_helpers import TINY_RUN, TINY_WORLD, seeded_cache
+
     out = tmp_path_factory.mktemp("ddp")
+    train_run = out / "train_run"
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(HERE / "distributed_pool_job.py"), str(out), str(out), *map(str, CASES)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+           str(HERE / "distributed_pool_job.py"), str(out), str(out), *map(str, CASES),
+           "--", "trainer=ddp_cpu", *TINY_WORLD, *TINY_RUN,
+           f"paths.cache_dir={seeded_cache(out / 'cache', tiny_world)}", f"hydra.run.dir={train_run}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return SimpleNamespace(out=out, train_run=train_run, proc=proc)
+
+
+def launch_output(ddp_runs) -> str:
+    return ddp_runs.proc.stdout[-3000:] + ddp_runs.proc.stderr[-3000:]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n_prompts", CASES)
 def test_two_gloo_ranks_equal_one_process(tmp_path, ddp_runs, n_prompts):
-    ddp = torch.load(ddp_runs / f"ddp_{n_prompts}.pt", weights_only=False)
+    assert (ddp_runs.out / f"ddp_{n_prompts}.pt").is_file(), launch_output(ddp_runs)
+    ddp = torch.load(ddp_runs.out / f"ddp_{n_prompts}.pt", weights_only=False)
     assert ddp["ranks"] == [0, 1]  # really two processes
 
     world, prompts = tiny_models(n_prompts)
@@ -69,24 +80,17 @@ def test_two_gloo_ranks_equal_one_process(tmp_path, ddp_runs, n_prompts):
                     single["log_ratio"])
     for key in a:
         assert a[key]["mean"] == pytest.approx(b[key]["mean"], abs=1e-6)
-    pools = ddp_runs / f"ddp_cache_{n_prompts}" / "pools"
+    pools = ddp_runs.out / f"ddp_cache_{n_prompts}" / "pools"
     assert pools.is_dir() and len(list(pools.glob("*.pt"))) == 1
 
 
 @pytest.mark.slow
-def test_train_app_under_torchrun_two_cpu_ranks(tmp_path, tiny_cache):
+def test_train_app_under_torchrun_two_cpu_ranks(ddp_runs):
     """The whole pipeline on two gloo ranks (trainer=ddp_cpu): calibration, DDP RL, gathered eval."""
-    from pipeline_helpers import TINY_RUN, TINY_WORLD
-
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(Path(sys.executable).parent / "infalign-train"), "trainer=ddp_cpu", *TINY_WORLD, *TINY_RUN,
-           f"paths.cache_dir={tiny_cache}", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ddp_runs.proc.returncode == 0, launch_output(ddp_runs)
     import json
 
+    run_dir = ddp_runs.train_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "finished"
     assert metrics["eval"]["judges"]["reward_model"]["kl"]["n_prompts"] == 5  # every eval prompt, once
