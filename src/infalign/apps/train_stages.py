@@ -37,6 +37,7 @@ from infalign.infra.cache import atomic_dir
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
+from infalign.models.hf_progress import save_model
 from infalign.pipeline import loggers, record
 from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, check_trained_policy, fit_policy
@@ -172,8 +173,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if cfg.save_policy and distributed.rank() == 0:
             # written beside and moved into place: a failure or kill mid-save leaves the previous policy/ whole
             with atomic_dir(out_dir / "policy") as tmp:
-                world.policy.save_pretrained(tmp)
-                world.tokenizer.save_pretrained(tmp)
+                save_model(world.policy, world.tokenizer, tmp)
 
         # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none, nor for
         # a pooled calibrated reward, docs/method.md (2.4))

@@ -37,6 +37,7 @@ from infalign.models.builders import (
     special_tokens_around,
 )
 from infalign.models.generation import policy_prompt_ids, prompt_token_limit
+from infalign.models.hf_progress import hf_progress, save_model, slow_to_load
 from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_reward_max_length, reward_input_format
 from infalign.pipeline.settings import DIALOGUE_SOURCES, HALF_DTYPES, data_settings
 
@@ -281,12 +282,14 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                     dtype, train_dtype)
     reward_dtype = cfg.reward.get("dtype", dtype)
     policy_rev, reward_rev = checked.policy_revision, checked.reward_revision
-    policy = load_causal_lm(policy_path, dtype=train_dtype, device=device, key="policy.name_or_path",
-                            revision=policy_rev)
-    reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path",
-                               revision=policy_rev)
-    reward_model = load_reward_model(reward_path, dtype=reward_dtype, device=device,
-                                     tokenizer=reward_tok, key="reward.name_or_path", revision=reward_rev)
+    with hf_progress(slow_to_load(policy_path)):
+        policy = load_causal_lm(policy_path, dtype=train_dtype, device=device, key="policy.name_or_path",
+                                revision=policy_rev)
+        reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path",
+                                   revision=policy_rev)
+    with hf_progress(slow_to_load(reward_path)):
+        reward_model = load_reward_model(reward_path, dtype=reward_dtype, device=device,
+                                         tokenizer=reward_tok, key="reward.name_or_path", revision=reward_rev)
     render = policy_view(cfg.policy, tokenizer, data.source)
     train_prompts, eval_prompts = render(train_raw), render(eval_raw)
     reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
@@ -482,8 +485,7 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
 
     def save(value, p: Path) -> None:
         with atomic_dir(p) as tmp:
-            value[0].save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            save_model(value[0], tokenizer, tmp)
             (Path(tmp) / REWARD_TRAINING_FILE).write_text(json.dumps(value[1], indent=2))
             write_manifest(tmp, key, name=REWARD_MANIFEST)
 

@@ -375,6 +375,8 @@ def _gold_agreement(reward, tokenizer, pairs: PreferencePairs) -> dict[str, floa
 _SUBDIRS = ("tokenizer", "reference", "reward")
 
 
+# (models/hf_progress.hf_progress(False) does the same; this copy stays so that the toy world's code
+# digest, TOY_CODE, and with it every cached world, policy and pool, is unchanged)
 @contextlib.contextmanager
 def _no_hf_progress():
     from transformers.utils import logging as hf_logging
