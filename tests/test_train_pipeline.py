@@ -548,3 +548,22 @@ def test_replica_seeds_are_distinct_per_replica_and_per_seed():
     assert ts(3, 0) == 3 and training_seed(OmegaConf.create({"seed": 3})) == 3
     assert len({ts(s, r) for s in (0, 1, 2) for r in (0, 1, 2, 3)}) == 12
     assert ts(0, 2) == hash((0, 2)) & 0x7FFF_FFFF
+
+
+@pytest.mark.parametrize("notice", [
+    "You defined a `validation_step` but have no `val_dataloader`. Skipping val loop.",  # BoN-SFT's module
+    "Your `train_dataloader` dataloader is not resumable.",  # ours only counts steps: resumes are exact
+    "ModelCheckpoint with manual optimization and every_n_train_steps",
+])
+def test_the_app_silences_lightning_notices_that_do_not_apply_to_its_runs(notice):
+    """apps/train.py's warning filters, as its import installs them (pytest resets the filters after
+    collection): a Lightning notice about a situation the app creates by design is not printed in
+    every run; another still is."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()
+        train_app.silence_lightning_notices()
+        warnings.warn(notice, UserWarning, stacklevel=1)
+        warnings.warn("an unrelated notice", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["an unrelated notice"]

@@ -60,10 +60,21 @@ from infalign.pipeline.settings import (
 from infalign.training.algorithms import Algorithm, make_algorithm
 
 log = logging.getLogger(__name__)
-# Our train "dataloader" only counts steps (prompts and seeds are functions of the step), so a
-# mid-epoch resume is exact; and the checkpoint is meant to hold the post-update state.
-warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
-warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
+# Lightning notices about what the app does by design, which a user cannot act on: our train "dataloader"
+# only counts steps (prompts and seeds are functions of the step), so a mid-epoch resume is exact; the
+# checkpoint is meant to hold the post-update state; BoN-SFT trains the pre-training module, whose
+# validation step (the toy build's) has no data in a run.
+LIGHTNING_NOTICES = (".*dataloader is not resumable.*", ".*ModelCheckpoint with manual optimization.*",
+                     ".*no `val_dataloader`.*")
+
+
+def silence_lightning_notices() -> None:
+    """Ignore the warnings of :data:`LIGHTNING_NOTICES` (installed when the app is imported)."""
+    for pattern in LIGHTNING_NOTICES:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+silence_lightning_notices()
 
 
 def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
