@@ -94,17 +94,22 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+_CONTROLLER_HAS = ("builtins", "pytest", "_pytest")  # modules of warning classes the xdist controller has imported
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_warning_recorded(warning_message, when, nodeid, location):
     """In a pytest-xdist worker, a warning whose class a library defines (Lightning's
     ``PossibleUserWarning``, ...) is reported as its nearest built-in base, the library's class named in
     the message: the controller rebuilds a reported warning by importing its class's module, and one
     Lightning warning made it import Lightning, torch, torchmetrics and transformers (~6 CPU-s of
-    ``make test``, on the cores the workers share). The summary still names the class."""
-    if not os.environ.get("PYTEST_XDIST_WORKER") or warning_message.category.__module__ == "builtins":
-        return
+    ``make test``, on the cores the workers share). The summary still names the class. ``tryfirst``:
+    xdist's worker plugin, registered after this conftest, would otherwise send the warning first.
+    pytest's own classes (``pytest``, ``_pytest``: imported by the controller anyway) are left as they are."""
     category = warning_message.category
-    base = next(c for c in category.__mro__ if c.__module__ == "builtins")
+    if not os.environ.get("PYTEST_XDIST_WORKER") or category.__module__.split(".")[0] in _CONTROLLER_HAS:
+        return
+    base = next(c for c in category.__mro__ if c.__module__ == "builtins" and issubclass(c, Warning))
     warning_message.message = base(f"{category.__module__}.{category.__name__}: {warning_message.message}")
     warning_message.category = base
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from xdist.remote import serialize_warning_message
 
@@ -47,6 +48,26 @@ def test_a_library_warning_reaches_the_controller_as_a_builtin_one_naming_its_cl
     builtin = recorded(DeprecationWarning, "old")  # a built-in class is left as it is
     conftest.pytest_warning_recorded(builtin, "runtest", "t::x", None)
     assert builtin.category is DeprecationWarning and str(builtin.message) == "old"
+
+
+def test_the_hook_runs_before_xdists_which_sends_the_warning():
+    """pluggy calls the plugin registered last first: xdist's worker plugin comes after this conftest,
+    so without ``tryfirst`` the warning would reach the controller before it is rewritten."""
+    assert conftest.pytest_warning_recorded.pytest_impl.get("tryfirst") is True  # (pluggy's marker attribute)
+
+
+def test_a_warning_class_that_is_also_an_exception_gets_its_warning_base(monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+
+    class Both(ValueError, UserWarning):
+        pass
+
+    message = recorded(Both, "odd")
+    conftest.pytest_warning_recorded(message, "runtest", "t::x", None)
+    assert message.category is UserWarning and str(message.message).endswith("Both: odd")
+    own = recorded(pytest.PytestWarning, "pytest's")  # pytest's own: the controller has it imported
+    conftest.pytest_warning_recorded(own, "runtest", "t::x", None)
+    assert own.category is pytest.PytestWarning
 
 
 def test_outside_a_worker_the_warning_is_left_as_it_is(monkeypatch):

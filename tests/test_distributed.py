@@ -36,7 +36,9 @@ CASES = (7, 1)  # 4 batches of 2, the last short; 1 batch: rank 1 empty
 def ddp_runs(tmp_path_factory, tiny_world) -> SimpleNamespace:
     """One torchrun launch of two gloo ranks (a launch starts three interpreters, ~5 CPU-s of imports
     each) for every case of :data:`CASES` -- ``ddp_<n>.pt`` and ``ddp_cache_<n>/`` per case -- and then
-    the train app on the tiny world with ``trainer=ddp_cpu`` (``train_run``); ``proc`` the launch."""
+    the train app on the tiny world with ``trainer=ddp_cpu`` (``train_run``); ``proc`` the launch. The
+    price of one launch: a failure in the app (it runs first) fails the pool tests too, each test's
+    message then shows the launch's output."""
     from pipeline_helpers import TINY_RUN, TINY_WORLD, seeded_cache
 
     out = tmp_path_factory.mktemp("ddp")

@@ -24,19 +24,41 @@ def test_a_local_dir_shows_progress_only_from_the_threshold_and_a_hub_name_alway
     assert hp.slow_to_load("gpt2")  # a hub name: it may download
 
 
-@pytest.mark.parametrize("before", [True, False])
-def test_the_setting_is_restored_after_the_block_also_on_an_error(before):
-    (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+def test_bars_are_turned_off_within_the_block_and_back_on_after_it_also_on_an_error(monkeypatch):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    hf_logging.enable_progress_bar()
+    with pytest.raises(RuntimeError), hp.hf_progress(False):
+        assert not hf_logging.is_progress_bar_enabled()
+        raise RuntimeError
+    assert hf_logging.is_progress_bar_enabled()
+    with hp.hf_progress(True):
+        assert hf_logging.is_progress_bar_enabled()
+
+
+@pytest.mark.parametrize("env", [None, "0", "1"])
+def test_a_users_choice_wins(monkeypatch, recwarn, env):
+    """Bars switched off in code are never turned on (``show`` only leaves them as they are); with
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` set either way nothing is touched (no "variable has priority" warning)."""
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     try:
-        with pytest.raises(RuntimeError), hp.hf_progress(not before):
-            assert hf_logging.is_progress_bar_enabled() is (not before)
-            raise RuntimeError
-        assert hf_logging.is_progress_bar_enabled() is before
+        if env is None:
+            hf_logging.disable_progress_bar()
+            with hp.hf_progress(True):
+                assert not hf_logging.is_progress_bar_enabled()
+            assert not hf_logging.is_progress_bar_enabled()
+        else:
+            hf_logging.enable_progress_bar()
+            monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", env)
+            with hp.hf_progress(False):
+                assert hf_logging.is_progress_bar_enabled()  # (transformers' own flag: untouched)
+            assert not [w for w in recwarn if "progress bars" in str(w.message)]
     finally:
+        monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
         hf_logging.enable_progress_bar()
 
 
 def test_a_small_model_saves_and_loads_without_a_bar(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     tok = ToyWorld(seed=0).tokenizer()
     model = build_toy_lm(tok, "tiny")
     hf_logging.enable_progress_bar()  # transformers' default

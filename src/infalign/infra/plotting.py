@@ -43,7 +43,7 @@ def n_axis(ax, ns) -> None:
 
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(sorted({float(n) for n in ns})))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.10g}"))  # 1048576, not 1.04858e+06
     ax.xaxis.set_minor_locator(NullLocator())
 
 

@@ -20,15 +20,20 @@ PROGRESS_BAR_BYTES = 1 << 30
 
 @contextlib.contextmanager
 def hf_progress(show: bool):
-    """transformers' progress bars on (``show``) or off within the block, as they were after it."""
+    """transformers' progress bars off within the block unless ``show``, as they were after it. Never
+    turned on: a user's choice wins -- bars switched off in code stay off, and with
+    ``HF_HUB_DISABLE_PROGRESS_BARS`` set (either way) nothing is changed (huggingface_hub would warn
+    that the variable has priority)."""
     from transformers.utils import logging as hf_logging
 
-    was = hf_logging.is_progress_bar_enabled()
-    (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
+    quiet = not show and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+        if quiet:
+            hf_logging.enable_progress_bar()
 
 
 def slow_to_load(name_or_path: str | os.PathLike) -> bool:

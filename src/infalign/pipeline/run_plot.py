@@ -1,7 +1,8 @@
 """The run's win-rate plot (``win_rates.png``, written by :func:`infalign.pipeline.record.write_files`).
 
-A module of its own, outside ``pipeline/evaluate.EVALUATION_CODE``: how the plot is drawn never
-changes what is evaluated, so an edit here keeps cached evaluation pools valid.
+A module of its own, outside ``pipeline/evaluate.EVALUATION_CODE`` (the code a finished run's record
+is kept under: a resume re-evaluates a finished run whose evaluation code changed): how the plot is
+drawn never changes what is evaluated, so an edit here keeps finished runs as they are.
 """
 
 from __future__ import annotations
