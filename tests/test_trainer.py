@@ -155,3 +155,29 @@ def test_predict_factory_is_what_the_pools_call(tmp_path):
     make = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_model_summary=False)
     trainers = stage_trainers(make, [])
     assert trainers.predict().progress_bar_callback is None  # no bar callback -> bar off
+
+
+def test_a_run_logs_which_devices_exist_once_not_once_per_stage(caplog):
+    """Lightning logs "GPU available: ..., used: ..." at every trainer it builds (6-8 per run, the
+    same lines); pipeline/trainer.py keeps each distinct line once per run (stage_trainers starts a
+    run's count: the next job of a multirun shows them again), other lines untouched."""
+    import logging
+
+    def run(trainers: int, *extra: str) -> list[str]:
+        caplog.clear()
+        factories = stage_trainers(functools.partial(L.Trainer, accelerator="cpu", devices=1,
+                                                     enable_model_summary=False), [])
+        for _ in range(trainers):
+            factories.predict()
+        for message in extra:
+            logging.getLogger("lightning.pytorch.utilities.rank_zero").info(message)
+        return [r.getMessage() for r in caplog.records]
+
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        lines = run(3, "GPU available: True (cuda), used: True", "`Trainer.fit` stopped.", "`Trainer.fit` stopped.")
+        assert sum(m.startswith("GPU available: False") for m in lines) == 1, lines
+        assert sum(m.startswith("TPU available:") for m in lines) == 1, lines
+        assert "GPU available: True (cuda), used: True" in lines  # another device setup: shown
+        assert lines.count("`Trainer.fit` stopped.") == 2
+        lines = run(2)  # the next run (a multirun's next job, same process)
+        assert sum(m.startswith("GPU available: False") for m in lines) == 1, lines

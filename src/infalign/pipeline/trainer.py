@@ -36,7 +36,31 @@ def _no_litlogger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in str(record.msg)
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_litlogger_tip)
+class _DeviceInfoOnce(logging.Filter):
+    """Lightning logs which accelerators exist ("GPU available: False, used: False", "TPU available:
+    ...") each time a trainer is built: a run builds one per stage, and every job's log repeated the
+    same lines 6-8 times. Each distinct line is kept once per run (:func:`stage_trainers` starts a run's
+    count, so each job of a multirun in one process logs them once; a new device setup still shows)."""
+
+    PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "IPU available:")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self.PREFIXES):
+            return True
+        first = message not in self.seen
+        self.seen.add(message)
+        return first
+
+
+_rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+_rank_zero_log.addFilter(_no_litlogger_tip)
+_device_info_once = _DeviceInfoOnce()
+_rank_zero_log.addFilter(_device_info_once)
 
 
 @dataclass(frozen=True)
@@ -89,6 +113,7 @@ def stage_trainers(make: TrainerFactory, callbacks: list[Callback], logger=None,
     fit checkpoints exactly when they hold a checkpoint callback (``callbacks.model_checkpoint=null``:
     none, rather than Lightning's default one). ``fit`` also gets ``logger`` (``None``: no logger)
     and ``fit_kwargs``."""
+    _device_info_once.seen.clear()  # a new run: its log shows the devices once
     bar = any(isinstance(c, ProgressBar) for c in callbacks)
     sampling = [c for c in callbacks if not isinstance(c, Checkpoint)]
     return StageTrainers(
