@@ -395,10 +395,15 @@ def task_overrides() -> list[str] | None:
     return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else None
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+algo.beta=0.3`` -> ``algo.beta`` (``+``/``++``/``~`` stripped)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def command_line_keys() -> set[str]:
-    """The keys this job's overrides set (:func:`task_overrides`, ``+``/``++``/``~`` stripped); empty
-    outside a Hydra app."""
-    return {o.split("=", 1)[0].lstrip("+~") for o in task_overrides() or []}
+    """The keys this job's overrides set (:func:`task_overrides`, :func:`override_key`); empty outside a
+    Hydra app."""
+    return {override_key(o) for o in task_overrides() or []}
 
 
 def launcher_jobs() -> int | None:

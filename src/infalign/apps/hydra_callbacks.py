@@ -105,25 +105,28 @@ def grid_mismatches(config: DictConfig, sweep_dir: Path, taken: list[str]) -> li
     """``"job 1: algo.beta=0.6, now algo.beta=0.3"`` for each job dir in ``taken`` whose recorded values of
     this grid's swept keys differ from this grid's job of that number: Hydra numbers jobs by their
     place in the grid, so a resumed sweep with other values would run each job into another job's dir."""
+    from infalign.apps.config import override_key
+
     jobs = sweep_jobs(config)
     if jobs is None:
         return []
 
     def values(overrides) -> dict[str, str]:
-        return {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+        return {override_key(o): o.split("=", 1)[1] for o in overrides if "=" in o}
 
-    swept = [k for k in values(jobs[0]) if len({values(job).get(k) for job in jobs}) > 1] if len(jobs) > 1 else []
+    grid = [values(job) for job in jobs]
+    swept = [k for k in grid[0] if len({job.get(k) for job in grid}) > 1] if len(grid) > 1 else []
     out = []
     for name in taken:
-        old = recorded_overrides(sweep_dir / name)
-        if not name.isdigit() or old is None:
+        old = recorded_overrides(sweep_dir / name) if name.isdigit() else None
+        if old is None:
             continue
-        i = int(name)
-        new = values(jobs[i]) if i < len(jobs) else {}
-        differ = [k for k in swept if values(old).get(k) != new.get(k)]
-        if i >= len(jobs) or differ:
-            was = ", ".join(f"{k}={values(old).get(k)}" for k in differ) or "a job"
-            now = ", ".join(f"{k}={new.get(k)}" for k in differ) if i < len(jobs) else "no such job"
+        i, recorded = int(name), values(old)
+        new = grid[i] if i < len(grid) else {}
+        differ = [k for k in swept if recorded.get(k) != new.get(k)]
+        if i >= len(grid) or differ:
+            was = ", ".join(f"{k}={recorded.get(k)}" for k in differ) or "a job"
+            now = ", ".join(f"{k}={new.get(k)}" for k in differ) if i < len(grid) else "no such job"
             out.append(f"job {name}: {was}, now {now}")
     return out
 

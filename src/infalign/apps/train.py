@@ -36,6 +36,7 @@ from infalign.apps.config import (
     hydra_refused,
     instantiate_checked,
     launcher_jobs,
+    override_key,
     task_overrides,
 )
 from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, Terminated, require
@@ -223,7 +224,7 @@ def check_shared_run_dir() -> None:
     if not (distributed.launched_externally() and HydraConfig.initialized()):
         return
     hydra_cfg = HydraConfig.get()
-    named = any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
+    named = any(override_key(o) == "hydra.run.dir" for o in hydra_cfg.overrides.hydra)
     require(hydra_cfg.mode.name != "RUN" or named, "hydra.run.dir", hydra_cfg.run.dir,
             "an explicit run dir when torchrun / srun starts one process per rank",
             "each rank's timestamp is its own, so ranks could land in different dirs: add "

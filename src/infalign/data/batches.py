@@ -157,7 +157,7 @@ class SampledResponseCollator:
         prompts, responses = zip(*batch)
         prompt_ids = encode_prompts(self.tokenizer, list(prompts))
         input_ids, attention_mask = padded([p + list(r) for p, r in zip(prompt_ids, responses)],
-                                                  pad_id(self.tokenizer))
+                                           pad_id(self.tokenizer))
         response_mask = torch.zeros_like(attention_mask)
         for i, (p, r) in enumerate(zip(prompt_ids, responses)):
             response_mask[i, len(p) : len(p) + len(r)] = 1
