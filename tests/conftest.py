@@ -13,9 +13,11 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from hydra_file_memo import memoize_config_files  # noqa: E402
+from hydra_speedups import speed_up_composes  # noqa: E402
 from infalign.infra.startup import frozen_start_up  # noqa: E402
 from infalign.infra.threads import JOBS_ENV, set_threads  # noqa: E402  (after the variables above)
+
+pytest_plugins = ("fast_exit",)  # an xdist worker leaves without the interpreter's teardown (tests/fast_exit.py)
 
 
 def pytest_configure(config):
@@ -26,7 +28,7 @@ def pytest_configure(config):
     unset: the controller's environment, which the workers inherit, must not decide it (it once set
     1, and every worker ran 2 threads on 2 cores). The xdist controller runs no tests, so it skips
     this and never imports torch (~3 CPU-s that would compete with the workers' own start-up).
-    Each config file is parsed once per process (``hydra_file_memo``)."""
+    Hydra composes cheaper (``hydra_speedups``: each config file parsed once per process, ...)."""
     worker_count = os.environ.get("PYTEST_XDIST_WORKER_COUNT") if os.environ.get("PYTEST_XDIST_WORKER") else None
     controller = worker_count is None and getattr(config.option, "numprocesses", None)
     if controller:
@@ -36,7 +38,7 @@ def pytest_configure(config):
     else:
         os.environ.setdefault(JOBS_ENV, "1")
     set_threads("auto", "tests", watch=False)  # workers share the cores by design
-    memoize_config_files()
+    speed_up_composes()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -61,7 +63,10 @@ def pytest_collection(session):
 LONGEST_FIRST = (
     "test_toy_world.py", "test_train_pipeline.py", "test_config_entries.py", "test_faults.py", "test_report.py",
     "test_cli.py", "test_algorithms.py", "test_distributed.py", "test_ctrl_learns.py", "test_generation.py",
-    "test_bench.py", "test_analyze_cli.py",
+    "test_bench.py", "test_analyze_cli.py", "test_sweeps.py", "test_theory.py", "test_policy_cache.py",
+    "test_matched_kl.py", "test_layers.py", "test_loggers.py", "test_procedures.py", "test_config_types.py",
+    "test_real_models.py", "test_real_data_experiments.py", "test_calibration_app.py", "test_hub_revisions.py",
+    "test_data.py",
 )
 
 

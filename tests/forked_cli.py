@@ -332,3 +332,7 @@ def finished(proc, timeout: int = 600) -> tuple[int, str, str]:
 
 if __name__ == "__main__":  # (run as a script: tests/ is sys.path[0])
     serve()
+    # no interpreter teardown: with torch, Lightning and transformers imported it takes ~0.5-1 s, which
+    # the test worker's exit (its atexit close of this zygote) would wait for; every message went out
+    # line-buffered, and nothing else is left to write
+    os._exit(0)

@@ -4,6 +4,7 @@ logger, calibration, paths, sweep) is tested without touching this file."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -167,25 +168,28 @@ def test_every_group_has_entries_and_a_check():
 ], ids=["tiny", "add-force-delete", "experiment", "sweep"])
 def test_compose_config_applies_value_overrides_as_hydra_does(overrides):
     """The tests' two shortcuts compose what Hydra composes. pipeline_helpers.compose_config applies
-    value overrides to a copy of the group choices' compose, and conftest parses each config file
-    once per process (hydra_file_memo): the result equals Hydra's own compose of all the overrides
-    from freshly read files -- values, order of keys, struct flag, with the ``hydra`` node too -- and
-    a value Hydra refuses is refused. (Both lean on Hydra internals: this guards an upgrade.)"""
+    value overrides to a copy of the group choices' compose, and conftest makes every compose cheaper
+    (hydra_speedups: each config file parsed once per process, no interpolation map where nothing
+    interpolates, the ConfigStore not copied): the result equals Hydra's own compose of all the
+    overrides, as shipped -- values, order of keys, struct flag, with the ``hydra`` node too -- and a
+    value Hydra refuses is refused. (Both lean on Hydra internals: this guards an upgrade.)"""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.file_config_source import FileConfigSource
+    from hydra._internal.core_plugins.importlib_resources_config_source import ImportlibResourcesConfigSource
     from hydra.errors import ConfigCompositionException
 
-    memoized = FileConfigSource.load_config
-    assert memoized.memoized
+    from hydra_speedups import hydra_as_shipped
+
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         with_hydra = compose("train", overrides=overrides, return_hydra_config=True)
-        assert any(key[2].endswith("train.yaml") for key in memoized.parsed)  # the composes use it
-        FileConfigSource.load_config = memoized.unwrapped
-        try:
+        # the composes parse through the memo: conf/'s files and Hydra's own (hydra/conf, a package)
+        assert any(key[2].endswith("train.yaml") for key in FileConfigSource.load_config.parsed)
+        assert any(key[2].endswith(os.path.join("job_logging", "default.yaml"))
+                   for key in ImportlibResourcesConfigSource.load_config.parsed)
+        with hydra_as_shipped():
+            assert not hasattr(FileConfigSource.load_config, "parsed")
             expected = compose("train", overrides=overrides)
             expected_with_hydra = compose("train", overrides=overrides, return_hydra_config=True)
-        finally:
-            FileConfigSource.load_config = memoized
     got = compose_config("train", *overrides)
     assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(expected)
     for cfg in (with_hydra, expected_with_hydra):  # the run's cwd and the Hydra version aside
@@ -198,7 +202,7 @@ def test_compose_config_applies_value_overrides_as_hydra_does(overrides):
 
 
 def test_a_config_file_rewritten_in_place_is_read_again(tmp_path):
-    """hydra_file_memo keys a file by its bytes (review finding: by modification time and size, a file
+    """hydra_speedups keys a file by its bytes (review finding: by modification time and size, a file
     rewritten at the same size within one tick of the clock would have kept its old parse)."""
     import os
 
@@ -209,6 +213,27 @@ def test_a_config_file_rewritten_in_place_is_read_again(tmp_path):
         os.utime(tmp_path / "c.yaml", ns=(10**18, 10**18))  # and the same modification time
         with initialize_config_dir(str(tmp_path), version_base="1.3"):
             assert compose("c").x == value
+
+
+def test_a_defaults_entry_that_interpolates_still_gets_its_choice(tmp_path):
+    """hydra_speedups builds the interpolation map only for a defaults list with an entry that
+    interpolates (``pair: ${kind}_small``): such an entry still resolves, as in Hydra as shipped."""
+    from hydra import compose, initialize_config_dir
+
+    from hydra_speedups import hydra_as_shipped
+
+    for kind in ("cat", "dog"):
+        (tmp_path / "kind").mkdir(exist_ok=True)
+        (tmp_path / "kind" / f"{kind}.yaml").write_text(f"name: {kind}\n")
+        (tmp_path / "pair").mkdir(exist_ok=True)
+        (tmp_path / "pair" / f"{kind}_small.yaml").write_text(f"size: {kind}-small\n")
+    (tmp_path / "main.yaml").write_text("defaults:\n  - kind: cat\n  - pair: ${kind}_small\n  - _self_\n")
+    with initialize_config_dir(str(tmp_path), version_base="1.3"):
+        got = [OmegaConf.to_container(compose("main", overrides=o)) for o in ([], ["kind=dog"])]
+        with hydra_as_shipped():
+            expected = [OmegaConf.to_container(compose("main", overrides=o)) for o in ([], ["kind=dog"])]
+    assert got == expected == [{"kind": {"name": "cat"}, "pair": {"size": "cat-small"}},
+                               {"kind": {"name": "dog"}, "pair": {"size": "dog-small"}}]
 
 
 @pytest.mark.parametrize("group, name", [

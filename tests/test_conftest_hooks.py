@@ -75,3 +75,54 @@ def test_outside_a_worker_the_warning_is_left_as_it_is(monkeypatch):
     message = recorded(PossibleUserWarning, "few batches")
     conftest.pytest_warning_recorded(message, "runtest", "t::x", None)
     assert message.category is PossibleUserWarning and str(message.message) == "few batches"
+
+
+FAST_EXIT_SESSION = """
+import atexit, pathlib, sys
+
+def test_passes():
+    atexit.register(lambda: pathlib.Path(sys.argv[0]).with_name("atexit-ran").write_text("yes"))
+
+def test_fails():
+    assert False, "the controller must still see this failure"
+"""
+
+
+@pytest.mark.slow  # (an end-to-end pytest session: ~1.4 s)
+def test_a_worker_leaving_by_fast_exit_still_runs_atexit_and_reports_every_result(tmp_path):
+    """tests/fast_exit.py in a real xdist session (one worker, no other plugin): the controller gets the
+    pass and the failure and exits 1, and the worker's atexit handler ran before ``os._exit``."""
+    import os
+    from pathlib import Path
+
+    (tmp_path / "test_session.py").write_text(FAST_EXIT_SESSION.replace("sys.argv[0]", f"{str(tmp_path)!r} + '/x'"))
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-p", "fast_exit", "-n", "1",
+                           "-p", "no:cacheprovider", "-q", "test_session.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "1 failed, 1 passed" in proc.stdout and "the controller must still see this failure" in proc.stdout
+    assert "Not properly terminated" not in proc.stdout + proc.stderr  # xdist saw a normal end
+    assert (tmp_path / "atexit-ran").read_text() == "yes"
+
+
+def test_leave_runs_atexit_then_exits_zero_only_in_a_worker(monkeypatch):
+    import types
+
+    import fast_exit
+
+    calls = []
+    monkeypatch.setattr(fast_exit.atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
+
+    def exit_(code):
+        calls.append(("exit", code))
+        raise SystemExit(code)
+
+    monkeypatch.setattr(fast_exit.os, "_exit", exit_)
+    fast_exit.pytest_unconfigure(types.SimpleNamespace())  # the controller, or no xdist: nothing
+    assert calls == []
+    with pytest.raises(SystemExit):
+        fast_exit.pytest_unconfigure(types.SimpleNamespace(workerinput={"workerid": "gw0"}))
+    assert calls == ["atexit", ("exit", 0)]
+    assert fast_exit.pytest_unconfigure.pytest_impl.get("trylast") is True  # after the other plugins
