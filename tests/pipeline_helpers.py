@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import functools
+import pickle
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -58,11 +58,11 @@ def _composed(config_name: str, overrides: tuple[str, ...], hydra: bool):
     values = () if hydra else tuple(o for o in overrides if not _selects_group(o))
     if values and all(_value_override(o) for o in values):
         groups = tuple(o for o in overrides if o not in values)
-        cfg = copy.deepcopy(_composed(config_name, groups, hydra))
+        cfg = _copy(config_name, groups, hydra)
         ConfigLoaderImpl._apply_overrides_to_config([_parsed(o) for o in values], cfg)
         return cfg
     if not hydra:  # Hydra composes the node either way and then deletes it: share that compose
-        cfg = copy.deepcopy(_composed(config_name, overrides, True))
+        cfg = _copy(config_name, overrides, True)
         with open_dict(cfg):
             del cfg["hydra"]
         return cfg
@@ -105,7 +105,18 @@ def compose_config(config_name: str, *overrides: str, hydra: bool = False):
     A compose costs ~0.2 s CPU (Hydra's defaults tree and OmegaConf merges, half of it for the
     ``hydra`` node alone), as much as a tiny run's training: each set of overrides is composed once
     and every caller gets its own deep copy, free to change."""
-    return copy.deepcopy(_composed(config_name, tuple(overrides), hydra))
+    return _copy(config_name, tuple(overrides), hydra)
+
+
+@functools.cache
+def _pickled(config_name: str, overrides: tuple[str, ...], hydra: bool) -> bytes:
+    return pickle.dumps(_composed(config_name, overrides, hydra))
+
+
+def _copy(config_name: str, overrides: tuple[str, ...], hydra: bool):
+    """A fresh copy of :func:`_composed`'s config: unpickled, the same config as ``copy.deepcopy`` gives
+    (flags, metadata, order of keys; tested: test_config_entries) ~5x faster for an OmegaConf config."""
+    return pickle.loads(_pickled(config_name, overrides, hydra))
 
 
 def compose_train(cache_dir: Path, run_dir: Path, *overrides: str, toy: bool = True):

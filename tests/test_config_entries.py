@@ -191,11 +191,14 @@ def test_compose_config_applies_value_overrides_as_hydra_does(overrides):
             expected = compose("train", overrides=overrides)
             expected_with_hydra = compose("train", overrides=overrides, return_hydra_config=True)
     got = compose_config("train", *overrides)
+    got_with_hydra = compose_config("train", *overrides, hydra=True)
     assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(expected)
-    for cfg in (with_hydra, expected_with_hydra):  # the run's cwd and the Hydra version aside
+    for cfg in (with_hydra, expected_with_hydra, got_with_hydra):  # the run's cwd and the Hydra version aside
         cfg.hydra.runtime.cwd = ""
-    assert OmegaConf.to_yaml(with_hydra) == OmegaConf.to_yaml(expected_with_hydra)
-    assert OmegaConf.is_struct(got) and OmegaConf.is_struct(expected)
+    assert OmegaConf.to_yaml(with_hydra) == OmegaConf.to_yaml(expected_with_hydra) == OmegaConf.to_yaml(got_with_hydra)
+    assert OmegaConf.is_struct(got) and OmegaConf.is_struct(expected) and OmegaConf.is_struct(got_with_hydra)
+    got.seed = 99  # each caller's own copy
+    assert compose_config("train", *overrides).seed == expected.seed
     assert got.data.toy.reward.keys() == expected.data.toy.reward.keys()
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
         compose_config("train", *overrides, "algo.no_such_key=1")
