@@ -5,18 +5,22 @@ garbage collections of the interpreter's shutdown (``make test``: ~2.5 s, measur
 py-spy --native: ``gc_collect_main`` under ``Py_FinalizeEx``), and the xdist controller waits for the
 last worker to exit before it reports. By the time pytest unconfigures a worker, the worker has
 sent everything the controller reads: every report, and its ``workerfinished`` event at session
-finish, after which xdist treats the end of its channel as a normal shutdown. So the worker runs its
-``atexit`` handlers (the CLI zygote's close, logging's flush, W&B's) and flushes its streams, as a
-normal exit would, and then ends the process with ``os._exit`` -- status 0: the session's outcome
-went to the controller in ``workerfinished``; the worker's own exit status is not read."""
+finish, after which xdist treats the end of its channel as a normal shutdown. So the worker does
+what a normal exit does before the teardown (``forked_cli.finish_process``: joins its non-daemon
+threads, runs threading's exit callbacks and its ``atexit`` handlers -- the CLI zygote's close,
+logging's flush, W&B's -- and flushes its streams) and ends the process with ``os._exit`` -- status
+0: the session's outcome went to the controller in ``workerfinished``; the worker's own exit status
+is not read. Also skipped: what pytest itself would undo after the unconfigure hooks
+(``config.add_cleanup``: capture, monkeypatch, the unraisable-exception hooks), none of which the
+controller reads, and any ``pytest_unconfigure`` that runs after this ``trylast`` one."""
 
 from __future__ import annotations
 
-import atexit
 import os
-import sys
 
 import pytest
+
+from forked_cli import finish_process
 
 
 @pytest.hookimpl(trylast=True)
@@ -27,12 +31,6 @@ def pytest_unconfigure(config):
 
 
 def leave() -> None:
-    """``atexit`` handlers, flushed streams, then ``os._exit(0)``: the end of a normal exit without the
-    interpreter's teardown."""
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            stream.flush()
-        except (AttributeError, OSError, ValueError):  # closed or replaced by a capture
-            pass
+    """A normal exit's work (``forked_cli.finish_process``), then ``os._exit(0)``: no interpreter teardown."""
+    finish_process()
     os._exit(0)

@@ -82,6 +82,22 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+def finish_process() -> None:
+    """What the interpreter does at a normal exit before its teardown: join the non-daemon threads and
+    run threading's exit callbacks (``concurrent.futures`` shutting down its pools, ...), run the
+    ``atexit`` handlers, flush stdout and stderr. A process that then leaves with ``os._exit`` skips
+    only the teardown (tests/fast_exit.py, the zygote and its children)."""
+    shutdown = getattr(threading, "_shutdown", None)  # (the interpreter joins non-daemon threads first)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:  # closed or replaced
+            pass
+
+
 def _child(request: dict, entry, protocol_fd: int) -> None:
     """In the forked child: become the requested process, run the entry point, never return."""
     code, interrupted = 1, False
@@ -104,10 +120,7 @@ def _child(request: dict, entry, protocol_fd: int) -> None:
         except BaseException as exc:
             sys.excepthook(*sys.exc_info())
             code, interrupted = 1, isinstance(exc, KeyboardInterrupt)
-        shutdown = getattr(threading, "_shutdown", None)  # the interpreter joins non-daemon threads first
-        if shutdown is not None:
-            shutdown()
-        atexit._run_exitfuncs()
+        finish_process()
     except BaseException:  # setting up the process failed (a missing cwd): say so, as Popen would raise
         traceback.print_exc()
     finally:
@@ -332,7 +345,7 @@ def finished(proc, timeout: int = 600) -> tuple[int, str, str]:
 
 if __name__ == "__main__":  # (run as a script: tests/ is sys.path[0])
     serve()
-    # no interpreter teardown: with torch, Lightning and transformers imported it takes ~0.5-1 s, which
-    # the test worker's exit (its atexit close of this zygote) would wait for; every message went out
-    # line-buffered, and nothing else is left to write
+    # a normal exit without the interpreter's teardown: with torch, Lightning and transformers imported
+    # that takes ~0.5-1 s, which the test worker's exit (its atexit close of this zygote) would wait for
+    finish_process()
     os._exit(0)

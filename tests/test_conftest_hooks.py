@@ -77,25 +77,44 @@ def test_outside_a_worker_the_warning_is_left_as_it_is(monkeypatch):
     assert message.category is PossibleUserWarning and str(message.message) == "few batches"
 
 
+FAST_EXIT_CONFTEST = """
+import os, pathlib
+
+def pytest_configure(config):  # pytest's own cleanup, after the unconfigure hooks: skipped by the fast exit
+    who = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+    config.add_cleanup(lambda: pathlib.Path(__file__).with_name(f"cleanup-{who}").write_text("ran"))
+"""
+
 FAST_EXIT_SESSION = """
-import atexit, pathlib, sys
+import atexit, pathlib, threading, time
+
+HERE = pathlib.Path(__file__).parent
 
 def test_passes():
-    atexit.register(lambda: pathlib.Path(sys.argv[0]).with_name("atexit-ran").write_text("yes"))
+    atexit.register(lambda: (HERE / "atexit-ran").write_text("yes"))
+
+    def late():  # a non-daemon thread still working when the session ends: a normal exit waits for it
+        time.sleep(0.3)
+        (HERE / "thread-finished").write_text("yes")
+
+    threading.Thread(target=late).start()
 
 def test_fails():
     assert False, "the controller must still see this failure"
 """
 
 
-@pytest.mark.slow  # (an end-to-end pytest session: ~1.4 s)
+@pytest.mark.slow  # (an end-to-end pytest session: ~1.5 s)
 def test_a_worker_leaving_by_fast_exit_still_runs_atexit_and_reports_every_result(tmp_path):
     """tests/fast_exit.py in a real xdist session (one worker, no other plugin): the controller gets the
-    pass and the failure and exits 1, and the worker's atexit handler ran before ``os._exit``."""
+    pass and the failure and exits 1, as without it; the worker joined its non-daemon thread and ran
+    its atexit handler as a normal exit does, and left by ``os._exit`` (pytest's own cleanup, which
+    runs after the unconfigure hooks, ran in the controller but not in the worker)."""
     import os
     from pathlib import Path
 
-    (tmp_path / "test_session.py").write_text(FAST_EXIT_SESSION.replace("sys.argv[0]", f"{str(tmp_path)!r} + '/x'"))
+    (tmp_path / "conftest.py").write_text(FAST_EXIT_CONFTEST)
+    (tmp_path / "test_session.py").write_text(FAST_EXIT_SESSION)
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(Path(__file__).parent)}
     env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "xdist.plugin", "-p", "fast_exit", "-n", "1",
@@ -104,16 +123,17 @@ def test_a_worker_leaving_by_fast_exit_still_runs_atexit_and_reports_every_resul
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 failed, 1 passed" in proc.stdout and "the controller must still see this failure" in proc.stdout
     assert "Not properly terminated" not in proc.stdout + proc.stderr  # xdist saw a normal end
-    assert (tmp_path / "atexit-ran").read_text() == "yes"
+    assert (tmp_path / "atexit-ran").read_text() == (tmp_path / "thread-finished").read_text() == "yes"
+    assert (tmp_path / "cleanup-controller").exists() and not (tmp_path / "cleanup-gw0").exists()
 
 
-def test_leave_runs_atexit_then_exits_zero_only_in_a_worker(monkeypatch):
+def test_leave_finishes_the_process_then_exits_zero_only_in_a_worker(monkeypatch):
     import types
 
     import fast_exit
 
     calls = []
-    monkeypatch.setattr(fast_exit.atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
+    monkeypatch.setattr(fast_exit, "finish_process", lambda: calls.append("finish"))
 
     def exit_(code):
         calls.append(("exit", code))
@@ -124,5 +144,22 @@ def test_leave_runs_atexit_then_exits_zero_only_in_a_worker(monkeypatch):
     assert calls == []
     with pytest.raises(SystemExit):
         fast_exit.pytest_unconfigure(types.SimpleNamespace(workerinput={"workerid": "gw0"}))
-    assert calls == ["atexit", ("exit", 0)]
+    assert calls == ["finish", ("exit", 0)]
     assert fast_exit.pytest_unconfigure.pytest_impl.get("trylast") is True  # after the other plugins
+
+
+def test_finish_process_joins_threads_then_runs_atexit_then_flushes(monkeypatch):
+    import forked_cli
+
+    calls = []
+    monkeypatch.setattr(forked_cli.threading, "_shutdown", lambda: calls.append("threads"), raising=False)
+    monkeypatch.setattr(forked_cli.atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
+    monkeypatch.setattr(forked_cli.sys, "stdout", types_stream(calls))
+    forked_cli.finish_process()
+    assert calls == ["threads", "atexit", "flush"]
+
+
+def types_stream(calls):
+    import types
+
+    return types.SimpleNamespace(flush=lambda: calls.append("flush"))
