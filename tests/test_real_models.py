@@ -351,6 +351,7 @@ def test_causal_lm_as_reward_without_training_is_rejected_naming_the_switch(asse
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+@pytest.mark.filterwarnings("ignore:.*no `val_dataloader`")  # (none by design: a training-mode probe)
 def test_reward_model_trains_in_train_mode(assets):
     """``from_pretrained`` models are in eval mode; training must switch dropout on."""
     import lightning as L
