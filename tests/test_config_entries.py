@@ -210,8 +210,6 @@ def test_compose_config_applies_value_overrides_as_hydra_does(overrides):
 def test_a_config_file_rewritten_in_place_is_read_again(tmp_path):
     """hydra_speedups keys a file by its bytes (review finding: by modification time and size, a file
     rewritten at the same size within one tick of the clock would have kept its old parse)."""
-    import os
-
     from hydra import compose, initialize_config_dir
 
     for value in (1, 2, 3):

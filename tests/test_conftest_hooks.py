@@ -149,17 +149,13 @@ def test_leave_finishes_the_process_then_exits_zero_only_in_a_worker(monkeypatch
 
 
 def test_finish_process_joins_threads_then_runs_atexit_then_flushes(monkeypatch):
+    import types
+
     import forked_cli
 
     calls = []
     monkeypatch.setattr(forked_cli.threading, "_shutdown", lambda: calls.append("threads"), raising=False)
     monkeypatch.setattr(forked_cli.atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
-    monkeypatch.setattr(forked_cli.sys, "stdout", types_stream(calls))
+    monkeypatch.setattr(forked_cli.sys, "stdout", types.SimpleNamespace(flush=lambda: calls.append("flush")))
     forked_cli.finish_process()
     assert calls == ["threads", "atexit", "flush"]
-
-
-def types_stream(calls):
-    import types
-
-    return types.SimpleNamespace(flush=lambda: calls.append("flush"))

@@ -86,7 +86,6 @@ def test_callback_without_target_is_a_config_error(tmp_path):
         trainers_of(tmp_path, "+callbacks.mine.every=3")
 
 
-@pytest.mark.filterwarnings("ignore:.*tensorboardX")  # (Lightning's note on its default logger)
 def test_trainer_class_and_every_setting_come_from_the_config(tmp_path):
     """``_target_`` is instantiated (a subclass is used), any L.Trainer argument added to the entry
     reaches every stage, and a stage's own arguments win."""

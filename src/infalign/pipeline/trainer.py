@@ -48,6 +48,10 @@ class _DeviceInfoOnce(logging.Filter):
         super().__init__()
         self.seen: set[str] = set()
 
+    def new_run(self) -> None:
+        """A new run starts: its log shows each device line once again."""
+        self.seen.clear()
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if not message.startswith(self.PREFIXES):
@@ -113,7 +117,7 @@ def stage_trainers(make: TrainerFactory, callbacks: list[Callback], logger=None,
     fit checkpoints exactly when they hold a checkpoint callback (``callbacks.model_checkpoint=null``:
     none, rather than Lightning's default one). ``fit`` also gets ``logger`` (``None``: no logger)
     and ``fit_kwargs``."""
-    _device_info_once.seen.clear()  # a new run: its log shows the devices once
+    _device_info_once.new_run()
     bar = any(isinstance(c, ProgressBar) for c in callbacks)
     sampling = [c for c in callbacks if not isinstance(c, Checkpoint)]
     return StageTrainers(
