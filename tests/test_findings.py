@@ -142,9 +142,12 @@ def test_the_paper_driver_writes_and_prints_the_findings_after_every_experiment(
 def test_one_seed_against_three_gets_the_reports_pooled_verdict(tmp_path):
     """The report tests one seed against three with a pooled two-sample t (docs/method.md §10): a
     verdict, not "no verdict" -- findings.py keys on the report's seed_test, not on the seed count."""
-    write(tmp_path, "r", rows("bon4", "m", "identity", [0.03] * 6, [True] * 6, n_seeds=1, seed_test="pooled"))
+    table = rows("bon4", "m", "identity", [0.03] * 6, [True] * 6, n_seeds=1, seed_test="pooled")
+    for r in table:
+        r["n_seeds_baseline"] = 3
+    write(tmp_path, "r", table)
     (c,) = read_claim(Claim("bon", "r", "x", ("bon4",), ("m",), "identity", +1), tmp_path).comparisons
-    assert c.outcome == "reproduced" and c.seeds.startswith("1 vs 1 seeds, pooled")
+    assert c.outcome == "reproduced" and c.seeds.startswith("1 vs 3 seeds, pooled")
 
 
 @pytest.mark.slow

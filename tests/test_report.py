@@ -608,10 +608,14 @@ def test_method_fallback_for_records_without_a_method_field(tmp_path):
     write_job(root, "3", ["algo=ipo"], new)
     rc, out = run_main(str(root), "--no-wandb")
     assert rc == 0, out
-    methods = [r["method"] for r in read_csv(root / "report" / "runs.csv")]
+    runs = read_csv(root / "report" / "runs.csv")
+    methods = [r["method"] for r in runs]
     assert methods == ["exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"]
+    # runs.csv leaves ipo's transform columns empty: a filter on family == exp or t == 4 finds exp(t=4) only
+    assert [(r["transform"], r["family"], r["t"]) for r in runs[:2]] == [("exp(t=4)", "exp", "4.0"), ("", "", "")]
     series = {s["label"]: s for s in json.loads((root / "report" / "summary.json").read_text())["series"]}
     assert set(series) == {"exp(t=4)", "ipo", "identity+ppo", "ipo(N=4)"}
+    assert (series["ipo"]["family"], series["ipo"]["t"]) == ("ipo", None)
     assert series["ipo"]["theory"] == {"reward_model": None, "gold": None} and "ipo" in series["ipo"]["theory_note"]
     assert series["exp(t=4)"]["theory"]["reward_model"] is not None
 
@@ -813,6 +817,36 @@ def test_series_of_two_procedures_in_one_standard_panel_get_different_markers(tm
     plot_series(series, ["reward_model"], "standard", tmp_path / "s.png")
     drawn = {c.get_label(): c.lines[0].get_marker() for c in figures[0].axes[0].containers}
     assert set(drawn) == {s.label for s in series} and len(set(drawn.values())) == 2
+
+
+def test_a_method_and_its_replica_or_pooled_control_are_drawn_apart(tmp_path, monkeypatch):
+    """identity, its A/A replica and its pooled-calibration control share a colour (one family) and
+    an algorithm: the later ones (in label order) take other markers, drawn hollow, so the legend
+    tells the curves a control finding compares apart; a series of another colour keeps the plain one."""
+    from infalign.infra import plotting
+    from infalign.report.collect import collect
+    from infalign.report.plots import plot_series
+    from infalign.report.series import build_series
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, method in enumerate(["identity", "identity[replica=1]", "identity[pooled]", "expn(t=4)"]):
+        metrics = per_prompt_metrics(method, {**info, "transform": "expn(t=4)" if "expn" in method else "identity"},
+                                     0.3, 0.3, {})
+        if "expn" not in method:
+            metrics["config"]["transform"] = IDENTITY
+        write_job(tmp_path, str(job), [f"method={method}"], metrics)
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    series = build_series(collect(tmp_path), ["reward_model"])
+    assert sorted(s.label for s in series) == ["expn(t=4)", "identity", "identity[pooled]", "identity[replica=1]"]
+    plot_series(series, ["reward_model"], "standard", tmp_path / "s.png")
+    lines = {c.get_label(): c.lines[0] for c in figures[0].axes[0].containers}
+    looks = {label: (line.get_color(), line.get_marker(), line.get_markerfacecolor()) for label, line in lines.items()}
+    identities = [looks[m] for m in ("identity", "identity[pooled]", "identity[replica=1]")]
+    assert len({look[0] for look in identities}) == 1  # one family: one colour
+    assert len(set(identities)) == 3  # ... but three looks
+    assert looks["identity"][2] == looks["identity"][0] and looks["identity[pooled]"][2] == "white"
+    assert looks["expn(t=4)"][1] == looks["identity"][1] and looks["expn(t=4)"][2] != "white"
 
 
 def test_runs_of_a_method_trained_otherwise_are_another_method_but_its_kl_knob_is_its_curve(tmp_path):

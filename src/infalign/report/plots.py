@@ -50,6 +50,28 @@ def series_colors(series: Sequence[Series]) -> dict[tuple, Any]:
     return colors
 
 
+def series_markers(series: Sequence[Series], marker_key) -> tuple[dict[tuple, str], set[tuple]]:
+    """A marker per series, and the series drawn hollow. ``marker_key(s)`` picks the marker of a kind
+    of series (its algorithm; its procedure where one panel holds several). Series that would look
+    the same -- one colour (family, t), one kind, one procedure: a method and its A/A replica
+    (``identity[replica=1]``), its pooled-calibration control (``identity[pooled]``), another
+    setting or world -- are told apart: in label order, the first keeps its kind's marker, each
+    later one takes the marker ``len(kinds)`` places on, drawn hollow."""
+    kinds = sorted({marker_key(s) for s in series}, key=str)
+    base = {k: i for i, k in enumerate(kinds)}
+    twins: dict[tuple, list[Series]] = {}
+    for s in sorted(series, key=lambda s: s.label):
+        twins.setdefault((s.family, s.t, marker_key(s), s.procedure), []).append(s)
+    markers: dict[tuple, str] = {}
+    hollow: set[tuple] = set()
+    for group in twins.values():
+        for j, s in enumerate(group):
+            markers[s.key] = _MARKERS[(base[marker_key(s)] + j * len(kinds)) % len(_MARKERS)]
+            if j:
+                hollow.add(s.key)
+    return markers, hollow
+
+
 def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, path: Path) -> None:
     """Win rate vs KL, one subplot per judge (and, for inference-time win rates of a sweep over
     several procedures/N, one row per procedure): points with 95 % CIs on both axes, a line through
@@ -71,8 +93,7 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
         # marker too, so bon4's and won4's identity (one colour: one family) are told apart
         return str(s.algo), (s.procedure if panels == [None] and len(procs) > 1 else None)
 
-    kinds = sorted({marker_key(s) for s in series}, key=str)
-    markers = {k: _MARKERS[i % len(_MARKERS)] for i, k in enumerate(kinds)}
+    markers, hollow = series_markers(series, marker_key)
     colors = series_colors(series)
     ylabel = ("standard win rate" if which == "standard"
               else f"{procs[0]} win rate" if len(procs) == 1 else "inference-time win rate (run's procedure, N)")
@@ -93,8 +114,9 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
                     y = np.array([r[f"{judge}_{col}"] for r in pts])
                     xerr = _err(pts, f"{judge}_kl", x)
                     yerr = _err(pts, f"{judge}_{col}", y)
-                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker=markers[marker_key(s)], ms=6,
-                                lw=1.4, capsize=3, elinewidth=0.9, label=s.label)
+                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=color, marker=markers[s.key], ms=6,
+                                mfc="white" if s.key in hollow else color, lw=1.4, capsize=3, elinewidth=0.9,
+                                label=s.label)
                 curve = s.theory.get(judge)
                 if curve and curve["kl"]:
                     ax.plot(curve["kl"], curve[th_key], ls="--", lw=1.3, color=color, alpha=0.9)

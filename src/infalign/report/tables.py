@@ -1,6 +1,7 @@
 """``runs.csv`` / ``runs.md`` / ``summary.json``: one row per job, and the sweep's summary.
 
-A row holds the job's status, method, procedure, transform family and ``t``, beta, algorithm,
+A row holds the job's status, method, procedure, transform family and ``t`` (empty for the offline
+baselines, IPO and BoN-SFT, which train on no transform), beta, algorithm,
 per judge the KL and the standard and inference-time win rates (the run's own procedure at its N,
 :meth:`~infalign.math.procedures.Procedure.metric_key`) with their 95 % CIs, the theory at beta
 and at the measured KL, ``kl_ratio``, the mean response length and EOS rate of the evaluated policy
@@ -25,6 +26,7 @@ from infalign.report.naming import (
     procedure_of,
     transform_family,
     transform_label,
+    uses_transform,
 )
 
 # (column suffix, value) pairs of a CI in a row
@@ -54,7 +56,11 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
     rec, cfg = job.record, job.config or {}
     procedure = procedure_of(job)
     metric = procedure.metric_key() if procedure is not None else None
-    family, t = transform_family(cfg.get("transform"), rec.transform if rec else None)
+    # the offline baselines (IPO, BoN-SFT) train on no transform: their config's default one is not
+    # theirs, so transform, family and t stay empty (a filter on family or t must not find them)
+    trained_on_transform = uses_transform(job)
+    family, t = (transform_family(cfg.get("transform"), rec.transform if rec else None) if trained_on_transform
+                 else (None, None))
     algo_cfg = cfg.get("algo") if isinstance(cfg.get("algo"), dict) else {}
 
     def recorded(name: str, fallback: Any) -> Any:
@@ -64,7 +70,8 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
     row: dict[str, Any] = {
         "job": job.job, "status": job.status, "run_name": rec.run_name if rec else None, "method": method_of(job),
         "procedure": (rec.procedure if rec else None) or (procedure.label if procedure else None),
-        "inference_metric": metric, "transform": transform_label(job), "family": family, "t": t,
+        "inference_metric": metric, "transform": transform_label(job) if trained_on_transform else None,
+        "family": family, "t": t,
         "beta": number(recorded("beta", algo_cfg.get("beta"))), "algo": algo_of(job),
         "seed": recorded("seed", cfg.get("seed")), "steps": recorded("steps", algo_cfg.get("steps")),
     }
