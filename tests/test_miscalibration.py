@@ -113,6 +113,20 @@ def test_pairwise_accuracy_skips_pairs_tied_under_either_judge():
     assert pairwise_accuracy(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 1.0, 2.0]])) == 1.0
 
 
+@pytest.mark.parametrize("bad", ["scores", "gold"])
+def test_pairwise_accuracy_refuses_a_non_finite_score(bad):
+    """A NaN pair is neither tied nor ordered: it raises (it was counted as a wrong ordering, 0.867 here
+    against 0.889 for the NaN-free pairs)."""
+    from infalign.math.miscalibration import pairwise_accuracy
+
+    rm = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 3.0], [1.0, 0.0, 3.0, 2.0]])
+    gold = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]])
+    assert pairwise_accuracy(rm, gold) == pytest.approx(16 / 18)  # rows 1-2: 12 pairs right; row 3: 2 of 6 wrong
+    (rm if bad == "scores" else gold)[0, 3] = float("nan")
+    with pytest.raises(ValueError, match=f"{bad} has 1 non-finite"):
+        pairwise_accuracy(rm, gold)
+
+
 def test_log_std_corr_is_scale_free_and_needs_three_usable_prompts():
     """log sd of the reward model = 2 log sd of gold: a correlation of exactly 1 (slope 2); a prompt whose
     reward-model samples are all equal is dropped (log sd = -inf), not a NaN; two usable prompts give NaN."""

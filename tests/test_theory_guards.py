@@ -25,20 +25,24 @@ FINE = theory.Grid(100.0, 0.05 / 8)  # the reference: 8x finer than the default 
 
 
 @pytest.mark.parametrize(
-    "grid, budgets",
+    "t, grid, budgets",
     [
         # default grid, KL in (KL_FLOOR, 0.2]: the relative branch of the check (1e-4 x KL)
-        (theory.DEFAULT_GRID, np.geomspace(0.02, 0.2, 41)),
+        (-700.0, theory.DEFAULT_GRID, np.geomspace(0.02, 0.2, 41)),
         # a coarse grid, every KL below KL_FLOOR: the absolute branch (1e-4 x 0.01 = 1e-6 nats);
         # 0.0063 sits where the half-grids agree to ~1e-4 nats but the grid's KL is ~2 % off
-        (theory.Grid(100.0, 0.625), np.sort(np.append(np.geomspace(2e-4, 6e-3, 31), 0.0063))),
+        (-700.0, theory.Grid(100.0, 0.625), np.sort(np.append(np.geomspace(2e-4, 6e-3, 31), 0.0063))),
+        # KL 0.01-3: the tilted density grows a cliff (theory.CLIFF_NATS); at t=-512, KL 0.3 all three grids
+        # of the half-grid check erred alike (KL 0.30000 vs 0.300276) until the cliff check refused it
+        (-512.0, theory.DEFAULT_GRID, np.append(np.geomspace(0.01, 3.0, 31), 0.3)),
+        (-256.0, theory.DEFAULT_GRID, np.geomspace(0.01, 3.0, 31)),
     ],
-    ids=["default-grid", "coarse-grid-below-kl-floor"],
+    ids=["default-grid", "coarse-grid-below-kl-floor", "t-512-cliffs", "t-256-cliffs"],
 )
-def test_steep_exp_small_kl_budget_is_resolved_or_refused(grid, budgets):
-    """exp(t=-700), worst-of-4: each budget is refused with a z-grid reason or hit to ~3e-5 relative true KL, what the
+def test_steep_exp_small_kl_budget_is_resolved_or_refused(t, grid, budgets):
+    """exp(t), worst-of-4: each budget is refused with a z-grid reason or hit to ~3e-5 relative true KL, what the
     1e-4-relative / 1e-6-nats-below-KL-0.01 resolution check implies (docs/method.md §4)."""
-    transform = Exp(-700.0)
+    transform = Exp(t)
     fr = theory.frontier(transform, WorstOfN(4), budgets, grid)
     ok = np.asarray(fr.reachable, bool)
     assert ok.any(), "no budget reachable: the scan no longer exercises the accuracy check"
@@ -122,3 +126,31 @@ def test_unreachable_reasons_name_the_step_or_the_beta_range_not_the_grid_width(
     assert all("beta below the searched range" in r for r in f.reason), f.reason
     cap = float(f.reason[0].split("reached KL ~")[1].split(")")[0])
     assert cap == pytest.approx(-math.log(1 - 690 / 700), rel=0.02)
+
+
+def test_a_cliff_the_half_grids_miss_is_refused_and_the_fine_grid_meets_the_closed_form():
+    """exp(t=-512), worst-of-4, KL 0.3 (a case a review found): f ∝ exp(-lambda e^{512 u}) on the
+    default grid drops 191 nats in one node; the half-grids agree with the full grid (within 3e-5) but
+    all three are 2.8e-4 nats off. It is refused with a z-grid reason; and at the beta a grid 8x finer
+    finds, that grid's KL and standard win rate meet the closed form of this tilt to 1e-7 --
+    Z = (E1(lambda e^-512) - E1(lambda)) / 512, KL = -E_f[lambda e^{-512 u}] - log Z (mpmath's E1),
+    E_f[u] by quadrature in w = log(lambda e^{-512 u})."""
+    mp = pytest.importorskip("mpmath")
+    transform, won4 = Exp(-512.0), WorstOfN(4)
+    fr = theory.frontier(transform, won4, [0.3])
+    assert not fr.reachable[0] and "z-grid" in fr.reason[0]
+    phi = theory.phi_table(transform, theory.DEFAULT_GRID)
+    beta = theory.frontier(transform, won4, [0.3], FINE).beta
+    assert theory.cliff(phi[None], beta, theory.DEFAULT_GRID, 1e-4 * 0.3)[0]
+    fine = theory.tilt(theory.phi_table(transform, FINE), beta, FINE)
+    mp.mp.dps = 40
+    lam, t = 1 / mp.mpf(float(beta[0])), 512  # Exp(-512)'s Phi/beta = -lambda e^{-512 u} + const
+    a = lam * mp.e ** (-t)
+    z = (mp.e1(a) - mp.e1(lam)) / t
+    kl = -(mp.e ** (-a) - mp.e ** (-lam)) / (t * z) - mp.log(z)
+    mean_u = mp.quad(lambda w: (mp.log(lam) - w) / t * mp.e ** (-mp.e ** w),
+                     [mp.log(a), -50, 0, 5, mp.log(lam)]) / (t * z)
+    coarse = theory.tilt(phi, beta, theory.DEFAULT_GRID)
+    assert abs(coarse.kl[0] - float(kl)) > 2e-4  # the default grid is ~2.8e-4 nats off here (the finding)
+    assert fine.kl[0] == pytest.approx(float(kl), abs=1e-7)
+    assert fine.standard_win_rate()[0] == pytest.approx(float(mean_u), abs=1e-7)

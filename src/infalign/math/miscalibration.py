@@ -86,7 +86,11 @@ def miscalibration_summary(reward_model: torch.Tensor, gold: torch.Tensor | None
 
 def pairwise_accuracy(scores: torch.Tensor, gold: torch.Tensor) -> float:
     """Share of within-prompt pairs of ``[P, M]`` samples, untied under both, that ``scores`` orders
-    as ``gold`` does (NaN when every pair is tied)."""
+    as ``gold`` does (NaN when every pair is tied). A non-finite score raises: a NaN pair is neither
+    tied nor ordered, and counting it as a wrong ordering would give a number."""
+    for name, x in (("scores", scores), ("gold", gold)):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"pairwise_accuracy: {name} has {int((~torch.isfinite(x)).sum())} non-finite values")
     ds = (scores[:, :, None] - scores[:, None, :]).sign()
     dg = (gold[:, :, None] - gold[:, None, :]).sign()
     untied = (ds != 0) & (dg != 0)

@@ -344,6 +344,16 @@ RESOLUTION_TOL = 1e-4  # |KL(step) - KL(2 step)| / max(KL, KL_FLOOR) above this:
 # relative -- typically; exp(t=-650) at one budget near KL 0.04 passes at 1.0e-4, checked on 32x finer grids);
 # a relative test: an absolute 1e-4 passed 0.1-1 % errors at KL < 0.1 (tests/test_theory_guards.py)
 KL_FLOOR = 0.01  # below this KL the tolerance is absolute (1e-6 nats)
+# A cliff: the quadrature mass changes by more than CLIFF_NATS between two neighbouring nodes, one of
+# which holds more than the KL tolerance (RESOLUTION_TOL * max(KL, KL_FLOOR)). The trapezoid rule
+# misplaces part of the mass of the cell the cliff cuts (an O(step) error, of the order of that node's
+# mass), and the half-grids can miss it: exp(t=-512), won4, KL 0.3 drops 191 nats in one node next to
+# a node of mass 2.9e-3, and all three grids err alike -- KL 0.30000 against 0.300276 on 8x finer grids
+# and in mpmath's closed form, the sub-grids within 3e-5 of the full one. A smooth f that the
+# half-grids resolve changes by less: a Gaussian of width sigma >= one step changes by 5.3 step/sigma
+# <= 5.3 nats out at its 1e-6 point. (Scanned: exp(t), t = -32 ... -700, won4, KL 0.03-3 against 8x
+# finer grids, tests/test_theory_guards.py.)
+CLIFF_NATS = 10.0
 EDGE_MASS = 1e-10  # quadrature mass on an end node of the z-grid above this: f reaches past the grid
 SCAN_STEP = 4.0  # spacing in x of beta_search's first scan (KL and slope at each point: the Newton start)
 X_LIMIT = 690.0  # |log(range(Phi)/beta)| searched: beta from ~1e-300 to ~1e300 times range(Phi)
@@ -364,11 +374,12 @@ def resolved(
 ) -> np.ndarray:
     """``[B]`` bool: is ``f ∝ exp(phi/beta)`` resolved by ``grid``?
 
-    Two checks: the trapezoid KL on every other node -- the even nodes and the odd ones, two grids
+    Three checks: the trapezoid KL on every other node -- the even nodes and the odd ones, two grids
     of twice the step -- agrees with the full grid to ``RESOLUTION_TOL`` relative (the rule is
     spectrally accurate once f spans several nodes, so the difference bounds the error; a sharp step
-    spanning one or two nodes can fool one sub-grid, rarely both), and no quadrature mass sits on
-    the first or last node (mass beyond ``z_max`` is not represented).
+    spanning one or two nodes can fool one sub-grid, rarely both); f has no cliff (:func:`cliff`,
+    which fooled both once); and no quadrature mass sits on the first or last node (mass beyond
+    ``z_max`` is not represented).
     ``kl`` and ``edge`` (the full grid's KL and end-node mass, :func:`_kl_and_slope`), when the
     caller has them, save recomputing them.
     """
@@ -386,7 +397,24 @@ def resolved(
     even = _tilt_stats(np.ascontiguousarray(phi[:, ::2]), beta, Grid(grid.z_max, 2 * grid.step))[3]
     odd = _tilt_stats(np.ascontiguousarray(phi[:, 1::2]), beta, Grid(grid.z_max - grid.step, 2 * grid.step))[3]
     ok &= (np.abs(kl - even) <= tol) & (np.abs(kl - odd) <= tol)
-    return ok
+    return ok & ~cliff(phi, beta, grid, tol)
+
+
+def cliff(phi: np.ndarray, beta: np.ndarray, grid: Grid = DEFAULT_GRID, mass: float | np.ndarray = 1e-9) -> np.ndarray:
+    """``[B]`` bool: does ``f ∝ exp(phi/beta)`` jump by more than :data:`CLIFF_NATS` between two
+    neighbouring nodes of ``grid``, either of which holds more than ``mass`` (per row) of the
+    quadrature mass? (log mass of node i: ``(phi_i - max phi)/beta + log w_i - log Z``, w the
+    u-measure weight; a node where phi = -inf has none.)"""
+    log_wq, _ = _quadrature_logs(grid.z_max, grid.step)
+    finite = np.isfinite(phi)
+    top = np.max(np.where(finite, phi, -np.inf), axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        log_m = np.where(finite, (phi - top) / beta[:, None], -np.inf) + log_wq
+    log_m -= np.logaddexp.reduce(log_m, axis=-1, keepdims=True)
+    heavy = np.maximum(log_m[:, :-1], log_m[:, 1:]) > np.log(np.broadcast_to(mass, (phi.shape[0],)))[:, None]
+    with np.errstate(invalid="ignore"):
+        jump = np.abs(np.diff(log_m, axis=-1)) > CLIFF_NATS  # -inf beside a heavy node: inf, a cliff
+    return (heavy & jump).any(axis=-1)
 
 
 # Why a KL budget has no beta (beta_search's status codes).
