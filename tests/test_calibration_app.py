@@ -34,7 +34,11 @@ def test_writes_plot_summary_and_per_prompt_rows(tmp_path, tiny_cache):
                                            ("eval.batch_size=0", "eval.batch_size"), ("threads=abc", "threads"),
                                            ("data.eval_prompts=0", "data.eval_prompts"),
                                            ("eval.temperature=abc", "eval.temperature"),
-                                           ("eval.max_new_tokens=0", "eval.max_new_tokens")])
+                                           ("eval.max_new_tokens=0", "eval.max_new_tokens"),
+                                           # (a review: 'pairs' scored the reward model in the joined layout)
+                                           ("+reward.input=pairs", "reward.input"),
+                                           ("policy.dtype=float8", "policy.dtype"),
+                                           ("+reward.prompt_format=last_user_turn", "reward.prompt_format")])
 def test_bad_values_are_config_errors_before_the_world(tmp_path, override, key):
     """infalign-calibration had no checks of its own: eval.samples=1 drew and cached the pool, then failed
     in the summary; threads=abc printed a traceback."""

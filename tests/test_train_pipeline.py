@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -416,6 +417,22 @@ def test_calibration_settings_of_a_run_without_calibration_are_not_checked(tmp_p
     validate(compose_train(tmp_path, tmp_path, "transform=raw", "algo.kl_target=null", "calibration.temperature=0.5"))
     with pytest.raises(ConfigError, match=r"calibration\.temperature"):
         validate(compose_train(tmp_path, tmp_path, "method=raw", "calibration.temperature=0.5"))
+
+
+@pytest.mark.parametrize("method", ["bon_sft", "ipo"])
+@pytest.mark.parametrize("override, key", [("calibration.temperature=0.7", "calibration.temperature"),
+                                           ("calibration.max_new_tokens=40", "calibration.max_new_tokens"),
+                                           ("+calibration.top_p=0.9", "calibration.top_p")])
+def test_an_offline_baseline_draws_its_samples_as_its_algo_says(tmp_path, method, override, key):
+    """BoN-SFT and IPO train on (best, worst)-of-N reference samples drawn with the ``calibration``
+    sampling settings: those must be the algorithm's (temperature 1, its max_new_tokens, untruncated) --
+    a review found calibration.temperature=0.7 drawn silently and algo.max_new_tokens ignored."""
+    from infalign.apps.train import validate
+    from pipeline_helpers import compose_train
+
+    validate(compose_train(tmp_path, tmp_path, f"method={method}"))
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        validate(compose_train(tmp_path, tmp_path, f"method={method}", override))
 
 
 @pytest.mark.slow

@@ -134,14 +134,16 @@ def print_summary(summary: dict) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """What can be checked before compute (ConfigError naming the key): the keys' types, the pool's
-    size and batch, its sampling settings, the data and thread settings."""
+    size and batch, its sampling settings, the data, model (dtypes, the reward model's input format)
+    and thread settings -- the checks ``infalign-train`` makes of the same keys."""
     from infalign.infra.threads import resolve_threads
-    from infalign.pipeline.settings import data_settings, eval_pool_settings
+    from infalign.pipeline.settings import data_settings, eval_pool_settings, model_settings
 
     check_known_keys(cfg)
     check_value_types(cfg)
     eval_pool_settings(cfg.eval)
     data_settings(cfg.data)
+    model_settings(cfg)  # policy.dtype, reward.dtype, reward.input, reward.prompt_format
     resolve_threads(cfg.get("threads", "auto"))
 
 
@@ -151,12 +153,12 @@ def main(cfg: DictConfig) -> None:
     ``infalign-train``."""
     from infalign.errors import ConfigError
 
-    try:
+    try:  # (diagnose probes the trainer, the world's files and models before drawing: their errors too)
         validate(cfg)
+        diagnose(cfg)
     except ConfigError as exc:
         exit_on_config_error(exc, "infalign-calibration")
         raise
-    diagnose(cfg)
 
 
 if __name__ == "__main__":

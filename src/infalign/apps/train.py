@@ -97,8 +97,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             f"not given with algo.kl_target={target} (the target picks beta: this beta would be dropped)",
             "algo.kl_target=null to train at algo.beta (a method= entry sets a kl_target)")
     warn_if_the_policy_stays(transform, algo)
-    if algo.needs_calibration(transform):
-        calibration_sampler(cfg)  # drawn as RL draws: temperature, max_new_tokens, no truncation
+    if algo.needs_calibration(transform) or not algo.online:
+        # drawn as RL draws: temperature, max_new_tokens, no truncation; an offline baseline's N
+        # reference samples per prompt are drawn with these settings too (pipeline/fit.fit_policy)
+        calibration_sampler(cfg)
     require_spread_samples(algo.kl_target, transform, scope == "pooled", int(cfg.calibration.K))
     eval_pool_settings(cfg.eval)  # eval.samples, eval.batch_size, eval.temperature / top_k / top_p
     require(int(cfg.calibration.batch_size) >= 1, "calibration.batch_size", cfg.calibration.batch_size,
