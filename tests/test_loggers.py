@@ -140,7 +140,10 @@ def test_a_whole_run_logs_to_a_logger_added_as_a_config_file(tmp_path, tiny_cach
 
 @pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run"),
                                              (["replica=1"], "bon4-exp-t4-b20-r1"),
-                                             (["seed=2", "replica=1"], "bon4-exp-t4-b20-s2-r1")])
+                                             (["seed=2", "replica=1"], "bon4-exp-t4-b20-s2-r1"),
+                                             # the pooled-calibration control of a method: its own name
+                                             (["transform=identity", "calibration.scope=pooled", "seed=1"],
+                                              "bon4-identity-b20-pooled-s1")])
 def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatch, overrides, name):
     """``name: ${run_name}`` / ``tags: ${tags}`` / ``group: ${run_group:...}`` of conf/logger/wandb.yaml
     resolve, when the app instantiates the logger, to the run's name (set, or generated once the
@@ -165,7 +168,9 @@ def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatc
     assert logger_cfg["name"] == name and logger_cfg["group"] == "single"
     # an A/A replica is told apart on a dashboard by its name and a tag
     seed = next((o.split("=")[1] for o in overrides if o.startswith("seed=")), "0")
-    assert logger_cfg["tags"] == ["mine", "bon4", "exp", "rloo", "beta=20", "toy", f"seed={seed}",
+    pooled = "calibration.scope=pooled" in overrides
+    assert logger_cfg["tags"] == ["mine", "bon4", "identity" if pooled else "exp", "rloo", "beta=20",
+                                  *(["calibration=pooled"] if pooled else []), "toy", f"seed={seed}",
                                   *(["replica=1"] if "replica=1" in overrides else [])]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["run_name"] == name
 

@@ -386,20 +386,24 @@ def offline_resume_step(path: str, algo: Algorithm, trainer_cfg) -> int | None:
 
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:
     """The run's name -- ``run_name`` if set, else :func:`record.run_name` (e.g. ``bon4-exp-t4-b20``;
-    ``-s<seed>`` appended for a seed other than 0 and ``-r<r>`` for ``replica`` r > 0, so the seeds of a
-    sweep's W&B group are told apart) -- and its tags -- ``tags`` then procedure, transform, algo,
-    ``beta=<b>`` (``kl_target=<k>`` when set), data source, ``seed=<s>`` and ``replica=<r>`` -- written
-    into ``cfg.run_name`` / ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
+    ``-pooled`` appended for a reward calibrated among all prompts' samples (``calibration.scope=pooled``,
+    the method ``identity[pooled]``), ``-s<seed>`` for a seed other than 0 and ``-r<r>`` for ``replica``
+    r > 0, so a method's control, the seeds and the replicas of a sweep's W&B group are told apart) -- and
+    its tags -- ``tags`` then procedure, transform, algo, ``beta=<b>`` (``kl_target=<k>`` when set),
+    ``calibration=pooled``, data source, ``seed=<s>`` and ``replica=<r>`` -- written into ``cfg.run_name`` /
+    ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
     replica = int(cfg.get("replica", 0))  # an independent re-training (A/A control): its own name and tag
     seed = int(cfg.get("seed", 0))
-    name = cfg.get("run_name") or (record.run_name(procedure, transform, algo) + (f"-s{seed}" if seed else "")
-                                   + (f"-r{replica}" if replica else ""))
+    # as record.method_info names the method: pooled ranks apply to a transform-trained run only
+    pooled = algo.trained_n is None and cfg.calibration.get("scope", "prompt") == "pooled"
+    name = cfg.get("run_name") or (record.run_name(procedure, transform, algo) + ("-pooled" if pooled else "")
+                                   + (f"-s{seed}" if seed else "") + (f"-r{replica}" if replica else ""))
     # the KL knob: kl_target when set (the beta it picks is known only after calibration), else beta
     knob = getattr(algo, "kl_target", None)
     beta = ([f"kl_target={knob:g}"] if knob is not None else [f"beta={algo.beta:g}"] if algo.beta is not None
             else [])
-    generated = [procedure.label, transform.kind, algo.name, *beta, cfg.data.source, f"seed={seed}",
-                 *([f"replica={replica}"] if replica else [])]
+    generated = [procedure.label, transform.kind, algo.name, *beta, *(["calibration=pooled"] if pooled else []),
+                 cfg.data.source, f"seed={seed}", *([f"replica={replica}"] if replica else [])]
     with open_dict(cfg):
         cfg.run_name = name
         cfg.tags = list(dict.fromkeys([*(cfg.get("tags") or []), *generated]))
