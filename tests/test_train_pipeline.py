@@ -419,6 +419,22 @@ def test_calibration_settings_of_a_run_without_calibration_are_not_checked(tmp_p
         validate(compose_train(tmp_path, tmp_path, "method=raw", "calibration.temperature=0.5"))
 
 
+def test_16_mixed_with_gradient_clipping_is_refused_for_rl(tmp_path):
+    """Under 16-mixed Lightning's manual optimisation clips the loss-scaled gradients (the GradScaler's
+    unscale comes in opt.step, after CTRL's clip_gradients; Lightning issue #18089): the clip acted at
+    algo.grad_clip / 65536 (a review measured 1.5e-8 for 1e-3). RL refuses it; without clipping, or
+    for an offline baseline (automatic optimisation unscales before clipping), it is accepted."""
+    from infalign.apps.train import validate
+    from pipeline_helpers import compose_train
+
+    with pytest.raises(ConfigError, match=r"trainer\.precision") as err:
+        validate(compose_train(tmp_path, tmp_path, "trainer.precision=16-mixed"))
+    assert "grad_clip" in str(err.value)
+    validate(compose_train(tmp_path, tmp_path, "trainer.precision=16-mixed", "algo.grad_clip=0"))
+    validate(compose_train(tmp_path, tmp_path, "trainer.precision=bf16-mixed"))
+    validate(compose_train(tmp_path, tmp_path, "trainer.precision=16-mixed", "method=bon_sft"))
+
+
 @pytest.mark.parametrize("method", ["bon_sft", "ipo"])
 @pytest.mark.parametrize("override, key", [("calibration.temperature=0.7", "calibration.temperature"),
                                            ("calibration.max_new_tokens=40", "calibration.max_new_tokens"),

@@ -134,6 +134,11 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "auto, ddp or ddp_spawn: not FSDP (README, 'Scale: what to expect')",
             "Lightning's FSDP runs training_step inside FSDP's forward, where RL's manual backward is refused, "
             "and its predict stages leave the sampled models' weights sharded; use trainer=ddp")
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    require(not (algo.online and float(getattr(algo.cfg, "grad_clip", 0) or 0) > 0 and precision in ("16-mixed", "16")),
+            "trainer.precision", precision, "32-true or bf16-mixed with algo.grad_clip > 0 (or set algo.grad_clip=0)",
+            "16-mixed scales the loss (a GradScaler), and Lightning's manual optimisation clips the gradients before "
+            "it unscales them (Lightning issue #18089): the clip would act on gradients ~65536x too large")
     require(int(cfg.seed) >= 0, "seed", cfg.seed, "an integer >= 0 (it seeds numpy and torch generators)")
     devices = trainer_devices(cfg.trainer.devices)
     if devices == "auto" or (devices == -1 and cfg.trainer.accelerator != "cpu"):  # -1: every visible GPU
