@@ -636,6 +636,46 @@ def test_offline_collators_train_on_the_sampled_ids_not_the_re_encoded_text():
     assert pairs["rejected_ids"][0].tolist() == sampled + [eos]
 
 
+def test_offline_collators_cut_a_long_prompt_as_the_sampler_did():
+    """A prompt longer than the model's positions minus max_new_tokens is cut from the left by the sampler
+    (generation.policy_prompt_ids); BoN-SFT's and IPO's rows learn each sampled response in that same cut
+    context (a review found the full prompt: a crash with GPT-2's learned positions, silently another
+    context with RoPE), and IPO's log pi(y|x) on the row is the sampler's. Control: no limit, the old rows."""
+    from infalign.data.batches import PolicyPairCollator, SampledResponseCollator
+    from infalign.models.builders import build_toy_lm
+    from infalign.models.generation import prompt_token_limit, sample, sequence_logprobs
+    from infalign.toy import ToyWorld
+
+    tok = ToyWorld(seed=0).tokenizer()
+    torch.manual_seed(0)
+    model = build_toy_lm(tok, "tiny", n_positions=16).eval()
+    prompt = " ".join(["a1"] * 14) + " ->"
+    roll = sample(model, tok, [prompt], 1, 4, generator=torch.Generator().manual_seed(0))
+    cut = roll.prompt_ids[0][roll.prompt_mask[0].bool()].tolist()
+    assert roll.truncated_prompts == 1 and len(cut) == 12 == prompt_token_limit(model, 4)
+    response = roll.response_ids[0, : int(roll.response_mask[0].sum())].tolist()
+    limit = prompt_token_limit(model, 4)
+    sft = SampledResponseCollator(tok, limit)([(prompt, response)])
+    assert sft["input_ids"][0, : len(cut)].tolist() == cut and sft["input_ids"].shape[1] == len(cut) + len(response)
+    assert [t for t in sft["labels"][0].tolist() if t != -100] == response
+    pairs = PolicyPairCollator(tok, limit)([(prompt, response, response)])
+    assert pairs["prompt_ids"][0][pairs["prompt_mask"][0].bool()].tolist() == cut
+    with torch.no_grad():
+        lp = sequence_logprobs(model, pairs["prompt_ids"], pairs["prompt_mask"], pairs["chosen_ids"],
+                               pairs["chosen_mask"])
+    torch.testing.assert_close(lp.sum(), roll.logprobs[0].sum(), atol=1e-5, rtol=0)  # float error (batch shape)
+    full = SampledResponseCollator(tok)([(prompt, response)])  # control: no limit, the whole prompt
+    assert full["input_ids"].shape[1] == len(tok(prompt)["input_ids"]) + len(response) > 16
+    from infalign.data.batches import SampledResponses
+    from infalign.training.algorithms import make_algorithm
+
+    best = SampledResponses(ids=[response], ended=[False], texts=["x"])
+    for name in ("bon_sft", "ipo"):  # the algorithms hand their collators the sampler's limit
+        algo = make_algorithm({"name": name, "max_new_tokens": 4, "n_samples": 2})
+        _, loader = algo.fit_module(model, model, tok, [prompt], best, best, seed=0)
+        assert loader.collate_fn.prompt_limit == 12, name
+
+
 def test_reward_rows_read_the_response_as_the_datasets_text_does():
     """A joined reward-model row is the tokenization of the dataset's own text, 'prompt' + ' ' +
     'response' (+ eos), for a byte-level BPE tokenizer -- the stored response (no leading space) and

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from infalign.models.builders import encode_prompt_response, encode_prompts, pad_id, padded
+from infalign.models.builders import encode_prompt_response, pad_id, padded
+from infalign.models.generation import prompt_ids_within
 from infalign.models.reward import MODEL_INPUTS, reward_model_inputs
 
 
@@ -148,14 +149,17 @@ class SampledResponseCollator:
     there), so BoN-SFT's NLL is that of the very token sequences it distils. For a tokenizer that adds
     nothing after a text and a response that re-encodes to its own ids this is the row
     :class:`PromptResponseCollator` builds from the texts with its eos (the toy world's finished
-    responses)."""
+    responses). ``prompt_limit`` (:func:`~infalign.models.generation.prompt_token_limit` of the sampler's
+    model and ``max_new_tokens``): prompts longer than it are cut from the left as the sampler cut them
+    (:func:`~infalign.models.generation.prompt_ids_within`), so each response is learnt in the context it
+    was sampled in."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, prompt_limit: int | None = None):
+        self.tokenizer, self.prompt_limit = tokenizer, prompt_limit
 
     def __call__(self, batch: list[tuple[str, list[int]]]) -> dict[str, torch.Tensor]:
         prompts, responses = zip(*batch)
-        prompt_ids = encode_prompts(self.tokenizer, list(prompts))
+        prompt_ids = prompt_ids_within(self.tokenizer, list(prompts), self.prompt_limit)[0]
         input_ids, attention_mask = padded([p + list(r) for p, r in zip(prompt_ids, responses)],
                                            pad_id(self.tokenizer))
         response_mask = torch.zeros_like(attention_mask)
@@ -172,19 +176,21 @@ class PolicyPairCollator:
     are the sampled ids (:class:`SampledResponses`: the stop token last where the response ended, none
     where it was cut). Prompts are tokenised as the sampler tokenises them
     (:func:`~infalign.models.builders.encode_prompts`: the tokenizer's leading special tokens, a
-    Llama-style ``<s>``, never a trailing eos): the pairs' log-ratios are taken in the context the
-    policy is sampled in."""
+    Llama-style ``<s>``, never a trailing eos) and, longer than ``prompt_limit``, cut from the left as the
+    sampler cut them (see :class:`SampledResponseCollator`): the pairs' log-ratios are taken in the context
+    the policy is sampled in."""
 
-    def __init__(self, tokenizer) -> None:
-        self.tok = tokenizer
+    def __init__(self, tokenizer, prompt_limit: int | None = None) -> None:
+        self.tok, self.prompt_limit = tokenizer, prompt_limit
 
     def _responses(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return padded([list(r) for r in ids], pad_id(self.tok))
 
     def __call__(self, batch: list[tuple[str, str, str]]) -> dict[str, torch.Tensor]:
         prompts, chosen, rejected = zip(*batch)
-        # as models/generation.sample: leading special tokens only (encode_prompts), left-padded
-        prompt_ids, prompt_mask = padded(encode_prompts(self.tok, list(prompts)), pad_id(self.tok), left=True)
+        # as models/generation.sample: leading special tokens only (encode_prompts), cut to the limit, left-padded
+        prompt_ids, prompt_mask = padded(prompt_ids_within(self.tok, list(prompts), self.prompt_limit)[0],
+                                         pad_id(self.tok), left=True)
         c_ids, c_mask = self._responses(list(chosen))
         r_ids, r_mask = self._responses(list(rejected))
         return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "chosen_ids": c_ids,

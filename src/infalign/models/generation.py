@@ -39,7 +39,7 @@ _WARNED_STATEFUL: set[str] = set()  # model classes already warned about (once p
 _NO_CACHE_FIELD = object()  # a model output without the cache field (its state lives elsewhere)
 
 __all__ = ["Rollout", "sample", "sampling_probs", "sequence_logprobs", "rollout_logprobs", "low_precision",
-            "length_buckets", "policy_prompt_ids", "position_ids", "shared_prompt_groups",
+            "length_buckets", "policy_prompt_ids", "prompt_ids_within", "position_ids", "shared_prompt_groups",
            "stop_token_ids", "prompt_token_limit", "response_stats"]
 
 
@@ -159,8 +159,14 @@ def policy_prompt_ids(model, tokenizer, prompts: list[str], max_new_tokens: int)
     eos), each longer than :func:`prompt_token_limit` cut from the left with its leading special tokens
     kept (:func:`_truncate_left`) -- and how many were cut. The prompt encoding of :func:`sample` and of
     the diverged-policy probe (``pipeline/fit.check_trained_policy``)."""
+    return prompt_ids_within(tokenizer, prompts, prompt_token_limit(model, max_new_tokens))
+
+
+def prompt_ids_within(tokenizer, prompts: list[str], limit: int | None) -> tuple[list[list[int]], int]:
+    """:func:`policy_prompt_ids` at a given token ``limit`` (:func:`prompt_token_limit`; None: no cut):
+    how the offline baselines' collators (``data/batches.py``) encode the prompts their sampled
+    responses were drawn for, without the model at hand."""
     enc = encode_prompts(tokenizer, prompts)
-    limit = prompt_token_limit(model, max_new_tokens)
     if limit is None or all(len(ids) <= limit for ids in enc):
         return enc, 0
     head = special_tokens_around(tokenizer)[0]

@@ -48,9 +48,12 @@ class BoNSFT(OfflineAlgorithm):
         of 60; ``adamw_with_warmup``), no warmup, dropout off (the target is the eval-mode NLL minimiser,
         as CTRL and IPO train what they sample)."""
         from infalign.data.batches import SampledResponseCollator
+        from infalign.models.generation import prompt_token_limit
         from infalign.training.pretrain import LMPretrainModule
 
         module = LMPretrainModule(policy, lr=self.cfg.lr, warmup=0, weight_decay=self.cfg.weight_decay,
                                   dropout=False)
         # the best responses' sampled ids (best.ids: a stop token only where the response ended)
-        return module, self.shuffled_loader((prompts, best.ids), SampledResponseCollator(tokenizer), seed)
+        # prompts cut as the sampler cut them (the reference drew the samples, max_new_tokens new tokens each)
+        limit = prompt_token_limit(reference, self.cfg.max_new_tokens)
+        return module, self.shuffled_loader((prompts, best.ids), SampledResponseCollator(tokenizer, limit), seed)

@@ -44,8 +44,11 @@ class IPO(OfflineAlgorithm):
 
     def fit_module(self, policy, reference, tokenizer, prompts, best, worst, seed):
         from infalign.data.batches import PolicyPairCollator
+        from infalign.models.generation import prompt_token_limit
         from infalign.training.ipo import IPOModule
 
         module = IPOModule(policy, reference, tau=self.cfg.beta, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         # the sampled token ids of the (best, worst) pairs (a stop token only where a response ended)
-        return module, self.shuffled_loader((prompts, best.ids, worst.ids), PolicyPairCollator(tokenizer), seed)
+        limit = prompt_token_limit(reference, self.cfg.max_new_tokens)  # prompts cut as the sampler cut them
+        return module, self.shuffled_loader((prompts, best.ids, worst.ids), PolicyPairCollator(tokenizer, limit),
+                                            seed)
