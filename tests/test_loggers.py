@@ -366,3 +366,32 @@ def test_a_finished_run_kept_as_it_is_is_logged_to_a_new_logger_once(tiny_cache,
     logged = (other / "csv" / "metrics.csv").read_text()
     train_app.run(compose_train(tiny_cache, other, "policy_cache=false", "logger=csv", "ckpt_path=last_or_new"))
     assert (other / "csv" / "metrics.csv").read_text() == logged
+
+
+def test_runs_added_under_a_sweep_join_its_group(tmp_path, monkeypatch):
+    """An unnamed multirun's W&B group is ``multirun-<sweep dir name>``; runs added in a dir under it
+    (``hydra.sweep.dir=<sweep dir>/more``, as README and the sweep guard advise) join the sweep's group --
+    they were ``multirun-more``, one group for the extensions of unrelated sweeps. A named sweep keeps
+    its name."""
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from infalign.apps.config import run_group
+
+    a, b = tmp_path / "sweepA", tmp_path / "sweepB"
+    for d in (a, b):
+        (d / "more").mkdir(parents=True)
+        (d / "multirun.yaml").write_text("{}\n")  # what Hydra's sweeper writes into a sweep dir
+    current: dict = {}
+    hydra_cfg = lambda: SimpleNamespace(mode=SimpleNamespace(name="MULTIRUN"),  # noqa: E731
+                                        sweep=SimpleNamespace(dir=str(current["dir"])))
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(hydra_cfg))
+    groups = {}
+    for d in (a, a / "more", b / "more", tmp_path / "plain"):
+        current["dir"] = d
+        groups[d.relative_to(tmp_path).as_posix()] = run_group(None)
+    assert groups == {"sweepA": "multirun-sweepA", "sweepA/more": "multirun-sweepA", "sweepB/more": "multirun-sweepB",
+                      "plain": "multirun-plain"}
+    assert run_group("paper_bon") == "paper_bon"
