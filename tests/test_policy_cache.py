@@ -41,6 +41,24 @@ def test_key_ignores_evaluation_and_reads_training(tmp_path):
     assert opt[0] != opt[1]
 
 
+def test_an_offline_baselines_key_leaves_out_what_it_never_reads(tmp_path):
+    """BoN-SFT reads no beta, no transform and no calibration of a reward: an experiment's algo.beta,
+    transform.t or calibration.K does not retrain it (a review found toy_bon and toy_won's bon_sft, one
+    BoNSFTConfig, under two keys); what it reads -- its own settings, how its samples are drawn -- still
+    moves the key, and IPO's beta (its tau) is read."""
+    def key(*overrides):
+        return policy_key(compose_train(tmp_path, tmp_path, *overrides), _World(), None)
+
+    base = key("method=bon_sft")
+    for same in (["algo.beta=0.3"], ["transform=exp", "transform.t=-4"], ["calibration.K=8"],
+                 ["calibration.scope=pooled"], ["experiment=toy_won", "procedure=bon"]):
+        assert key("method=bon_sft", *same) == base, same
+    for other in (["algo.lr=0.001"], ["algo.steps=7"], ["calibration.batch_size=7"], ["seed=3"]):
+        assert key("method=bon_sft", *other) != base, other
+    assert key("method=ipo", "algo.beta=0.3") != key("method=ipo", "algo.beta=0.2")
+    assert key("method=ipo", "transform.t=8") == key("method=ipo")
+
+
 def test_a_settings_file_that_still_holds_the_evaluation_and_runtime_data_keys_resumes(tmp_path):
     """run_settings.json written before data.eval_prompts and data.toy.progress_bar / num_threads left
     the training settings holds them (at depth 3 and 4 of the file): its checkpoint still resumes --

@@ -15,10 +15,12 @@ trained weights depend only on
   :data:`NOT_TRAINING_TRAINER_KEYS` (an int-or-fraction argument's float tagged as a fraction,
   :func:`comparable_training`); of ``callbacks`` every entry but :data:`NOT_TRAINING_CALLBACKS` --
   resolved, numbers by value (``infra/cache.content_key``), so an interpolation such as
-  ``${procedure.n}`` counts exactly when a method uses it,
+  ``${procedure.n}`` counts exactly when a method uses it -- less what the run's algorithm never reads
+  (:func:`without_unread`: another algorithm's ``algo`` settings, and an offline baseline's transform and
+  reward calibration), so a setting it ignores costs no retraining,
 * the training code (a digest of the syntax of the modules listed in :data:`TRAINING_CODE`),
-* the transform's values ``Phi(u)`` on a fixed grid of ``u`` (:func:`transform_fingerprint`): a
-  tabulated ``Phi`` (the optimal transform, which the theory engine computes when the config is
+* the transform's values ``Phi(u)`` on a fixed grid of ``u`` (:func:`transform_fingerprint`; not for an
+  offline baseline): a tabulated ``Phi`` (the optimal transform, which the theory engine computes when the config is
   instantiated) or a user's callable is keyed by what it is, not by the code that made it,
 
 and are stored under ``cache_dir/policies/<hash of all that>.pt`` (atomic, checksummed, one
@@ -511,19 +513,57 @@ INT_OR_FRACTION_TRAINER_KEYS = frozenset({
 KEYED_BY_THE_WORLD = (("policy", "name_or_path"), ("reward", "name_or_path"), ("reward", "train", "accelerator"))
 
 
+# The calibration settings only an online algorithm's reward reads (an offline baseline draws its
+# reference samples with the others: temperature, max_new_tokens, batch_size, ...; pipeline/fit.fit_policy).
+CALIBRATION_OF_THE_REWARD = ("K", "scope", "smoothing")
+
+
+def _algorithm_class(training: dict):
+    from infalign.training.algorithms import ALGORITHMS
+
+    algo = training.get("algo")
+    return ALGORITHMS.get(algo.get("name")) if isinstance(algo, dict) else None
+
+
+def _reads_transform(training: dict) -> bool:
+    algorithm = _algorithm_class(training)
+    return algorithm is None or algorithm.online
+
+
+def without_unread(training: dict) -> dict:
+    """``training`` (:func:`training_settings`) in place without what the run's algorithm never reads, so
+    a setting it ignores costs no retraining: ``algo`` keys outside its ``settings()`` (``algo.beta`` an
+    experiment sets for ``algo=bon_sft``), and for an offline baseline, which trains on no transform and
+    ranks no reward, the ``transform`` and :data:`CALIBRATION_OF_THE_REWARD`. An unknown algorithm keeps
+    everything."""
+    algorithm = _algorithm_class(training)
+    if algorithm is None:
+        return training
+    read = {"name", *algorithm.settings()}
+    training["algo"] = {k: v for k, v in training["algo"].items() if k in read}
+    if not algorithm.online:
+        training.pop("transform", None)
+        if isinstance(training.get("calibration"), dict):
+            training["calibration"] = {k: v for k, v in training["calibration"].items()
+                                       if k not in CALIBRATION_OF_THE_REWARD}
+    return training
+
+
 def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> str:
     """The content key of the policy this config trains on ``world`` with ``transform`` (the run's
     instantiated Phi; module docstring), without :data:`KEYED_BY_THE_WORLD` (a model dir moved or copied
     elsewhere is the same policy). Numbers are keyed by value (``infra/cache.content_key``:
     ``transform.t=4`` and ``t: 4.0`` are one policy), except a float given to one of
     :data:`INT_OR_FRACTION_TRAINER_KEYS`, which is keyed as a fraction (:func:`training_settings`)."""
-    training = training_settings(cfg, beta)
+    training = without_unread(training_settings(cfg, beta))
     for *parents, name in KEYED_BY_THE_WORLD:
         node = training
         for parent in parents:
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(name, None)
+    if transform is not None and not _reads_transform(training):
+        transform = None
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
                        world.train_prompts, training, transform_fingerprint(transform))
 
