@@ -60,6 +60,25 @@ def test_tensor_bytes_that_no_longer_match_their_checksum_are_corrupt(tmp_path):
         load_tensors(path, "k")
 
 
+@pytest.mark.parametrize("tensors", [{"a": 3}, [1, 2], {"a": "text"}])
+def test_a_readable_file_of_another_layout_is_corrupt_and_rebuilt(tmp_path, tensors):
+    """A file torch loads but whose ``tensors`` are not a dict of tensors (a review wrote ``{'a': 3}``)
+    raised a raw AttributeError/TypeError from the checksum, which ``cached`` does not catch: it is corrupt,
+    and ``cached`` rebuilds it."""
+    import torch
+
+    from infalign.infra.cache import CorruptCacheError, cached, load_tensors, save_tensors
+
+    path = tmp_path / "entry.pt"
+    torch.save({"tensors": tensors, "meta": {}, "sha256": "x", "key": "k"}, path)
+    with pytest.raises(CorruptCacheError, match="unreadable"):
+        load_tensors(path, "k")
+    value, hit = cached(path, lambda: {"w": torch.ones(2)}, lambda v, p: save_tensors(p, v, key="k"),
+                        lambda p: load_tensors(p, "k")[0])
+    assert hit is False and torch.equal(value["w"], torch.ones(2))
+    assert torch.equal(load_tensors(path, "k")[0]["w"], torch.ones(2))
+
+
 def test_code_fingerprint_strips_only_docstrings_not_a_leading_statement():
     """A function whose first statement is an expression (a call) is code: editing it retires cache entries."""
     from infalign.infra.cache import code_fingerprint

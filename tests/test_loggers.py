@@ -255,6 +255,21 @@ def test_a_resumed_runs_csv_keeps_the_history_and_the_summary_sits_at_the_last_s
     assert [bool(n) for n in notices] == [False, False, True], notices
 
 
+def test_a_resume_reads_past_a_metrics_row_a_kill_cut_short(tmp_path):
+    """Lightning writes metrics.csv in place, so a kill can leave a cut last row: the resume's history
+    keeps the whole rows before the resumed step and drops the cut one (it raised AttributeError on the
+    missing fields)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=tmp_path, name="csv", version="")
+    (tmp_path / "csv").mkdir(parents=True)
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,0,1.0\n0,1,0.9\n0")
+    path, header, rows = loggers._csv_history(logger, 5)
+    assert header == ["epoch", "step", "train/loss"] and [r["step"] for r in rows] == ["0", "1"]
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,0,1.0\n0,1")  # cut after step
+    assert [r["step"] for r in loggers._csv_history(logger, 5)[2]] == ["0"]
+
+
 def test_a_resume_whose_csv_rewrite_fails_midway_keeps_the_history(tmp_path, monkeypatch):
     """Review finding: the resume's rewrite of metrics.csv (the rows before the resumed step) opened the file
     with "w": a failure or kill while writing it lost the whole curve logged before the interruption. It is

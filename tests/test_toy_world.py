@@ -220,6 +220,13 @@ def test_best_of_n_win_rate_exact_on_small_pool():
     assert best_of_n_win_rate(-g, g, 2).item() == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="n=3"):
         best_of_n_win_rate(g, g, 3)  # no sample outside the subset
+    # a NaN score ranked as the best sample (select) or lost every pair (judge): 0.53 / 0.27 for 2/3
+    bad = torch.tensor([[0.1, 0.5, float("nan"), 0.3, 0.2]])
+    for select, judge, name in ((bad, g.new_zeros(1, 5), "select"), (bad.nan_to_num(), bad, "judge")):
+        with pytest.raises(ValueError, match=f"{name} has 1 non-finite"):
+            best_of_n_win_rate(select, judge, 2)
+    with pytest.raises(ValueError, match="no prompts"):
+        best_of_n_win_rate(torch.zeros(0, 3), torch.zeros(0, 3), 2)
 
 
 @pytest.mark.parametrize(("M", "n"), [(6, 1), (6, 2), (7, 3), (5, 4)])
@@ -285,6 +292,12 @@ def test_toy_defaults_are_defined_once_and_reach_the_config_tree():
 
 
 def test_resolve_config_rejects_unknown_and_inconsistent_keys():
+    # a whole-number setting takes 4.0 or "10" but refuses a fraction (seed=1.5 was the world of seed 1)
+    assert resolve_toy_config({"seed": 2.0, "reference": {"max_steps": "10"}})[0]["reference"]["max_steps"] == 10
+    for bad, key in (({"seed": 1.5}, "seed"), ({"reference": {"n_prompts": 2.5}}, "n_prompts"),
+                     ({"world": {"response_len": [6.9, 16]}}, "response_len")):
+        with pytest.raises(ConfigError, match=key):
+            resolve_toy_config(bad)
     c, runtime = resolve_toy_config({"reference": {"lr": "1e-3"}, "progress_bar": True})
     assert c["reference"]["lr"] == 1e-3 and runtime["progress_bar"] is True
     assert c["reward"]["size"] == c["reference"]["size"]

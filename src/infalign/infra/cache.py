@@ -387,6 +387,9 @@ def load_tensors(path: str | os.PathLike, key: str | None = None) -> tuple[dict[
         payload = torch.load(path, map_location="cpu", weights_only=True)
         tensors, meta, digest = payload["tensors"], payload["meta"], payload["sha256"]
         stored_key = payload.get("key")
+        if not (isinstance(tensors, dict) and all(isinstance(t, torch.Tensor) for t in tensors.values())
+                and isinstance(meta, dict)):
+            raise TypeError("not a dict of tensors with a dict of metadata")
     except FileNotFoundError:
         raise
     except Exception as exc:  # truncated pickle, wrong structure, ...

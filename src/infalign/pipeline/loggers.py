@@ -77,7 +77,10 @@ def _csv_history(logger: Logger, before_step: int) -> tuple[Path, list[str], lis
         return None
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) < before_step]
+        # a row a kill cut mid-write (Lightning rewrites the file in place) lacks fields (None) or, cut
+        # inside a number, holds a wrong one: only whole rows before the resumed step are kept
+        rows = [r for r in reader if None not in r and None not in r.values()
+                and (r.get("step") or "").isdigit() and int(r["step"]) < before_step]
         header = list(reader.fieldnames or [])
     return (path, header, rows) if header else None
 

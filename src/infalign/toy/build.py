@@ -145,15 +145,26 @@ def _merge(defaults: dict, user: dict, prefix: str) -> dict:
     return out
 
 
+def _cast(default: int | float, value: Any) -> int | float:
+    """``value`` as ``default``'s type; a whole-number setting refuses a fraction (``seed=1.5`` was
+    silently the world of seed 1)."""
+    if isinstance(default, int) and not isinstance(value, int):
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(f"{value!r} is not a whole number")
+        return int(number)
+    return type(default)(value)
+
+
 def _coerce(default: Any, value: Any, key: str) -> Any:
     """Cast ``value`` to the type of ``default`` (so ``1`` and ``1.0`` hash alike)."""
     try:
         if isinstance(default, bool) or default is None or value is None:
             return value
         if isinstance(default, int | float):
-            return type(default)(value)
+            return _cast(default, value)
         if isinstance(default, list):
-            return [type(d)(v) for d, v in zip(default, value, strict=True)]
+            return [_cast(d, v) for d, v in zip(default, value, strict=True)]
     except (TypeError, ValueError) as exc:
         raise ConfigError(key, value, f"like {default!r}") from exc
     return value

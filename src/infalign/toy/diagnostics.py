@@ -43,6 +43,11 @@ def best_of_n_win_rate(select: torch.Tensor, judge: torch.Tensor, n: int) -> tor
     exchangeable draws), whatever ``M > n``.
     """
     P, M = select.shape
+    if P == 0:
+        raise ValueError("best_of_n_win_rate: no prompts")
+    for name, x in (("select", select), ("judge", judge)):
+        if not bool(torch.isfinite(x).all()):  # a NaN would rank as the best sample or lose every pair
+            raise ValueError(f"best_of_n_win_rate: {name} has {int((~torch.isfinite(x)).sum())} non-finite scores")
     if not 1 <= n < M:
         raise ValueError(f"n={n} must be in [1, {M - 1}] (a single sample outside the n-subset)")
     order = select.argsort(dim=1)
