@@ -52,6 +52,11 @@ BAD = [
     (["procedure.n=0"], "procedure.n=0"),
     (["plot_scale=loglog"], "plot_scale='loglog'"),
     (["parallel=sometimes"], "parallel='sometimes'"),
+    # accepted and ignored before (a review): t without an exp-family transform, kl.num beside kl.list,
+    # a repeated best-t budget (duplicate rows)
+    (["transforms=[identity]", "t=[abc]"], "t='abc'"),
+    (["kl.list=[1.0]", "kl.num=abc"], "kl.num='abc'"),
+    (["best_t.budgets=[1.0,1.0]"], "best_t.budgets=[1.0, 1.0]"),
 ]
 
 

@@ -67,6 +67,9 @@ def kl_budgets(cfg: DictConfig) -> np.ndarray:
     """The KL grid from ``kl.list`` (sorted ascending: every table, CSV row and curve is in that
     order; a repeated budget is an error) or ``kl.start/stop/num`` (validated)."""
     allowed = "KL budgets in nats: finite numbers > 0"
+    num = _number("kl.num", cfg.kl.num, "an integer >= 1", int)  # typed even when kl.list replaces them
+    start = _number("kl.start", cfg.kl.start, allowed)
+    stop = _number("kl.stop", cfg.kl.stop, allowed)
     if cfg.kl.get("list") is not None:
         values = _numbers("kl.list", cfg.kl.list, allowed)
         try:
@@ -75,14 +78,25 @@ def kl_budgets(cfg: DictConfig) -> np.ndarray:
             raise ConfigError("kl.list", exc.value, exc.allowed) from None
         require(len(np.unique(budgets)) == len(budgets), "kl.list", list(cfg.kl.list), "distinct KL budgets")
         return budgets
-    num = _number("kl.num", cfg.kl.num, "an integer >= 1", int)
     require(num >= 1, "kl.num", cfg.kl.num, "an integer >= 1")
-    start = _number("kl.start", cfg.kl.start, allowed)
-    stop = _number("kl.stop", cfg.kl.stop, allowed)
     require(math.isfinite(start) and start > 0, "kl.start", cfg.kl.start, allowed)
     require(math.isfinite(stop) and (stop > start or (num == 1 and stop == start)), "kl.stop", cfg.kl.stop,
             f"a finite KL > kl.start ({start:g}) when kl.num > 1 ({num} distinct budgets)")
     return np.linspace(start, stop, num)
+
+
+def checked_t(cfg: DictConfig) -> list[float]:
+    """``t`` as numbers (ConfigError naming the key): ``auto`` (None here) or nonzero finite numbers with
+    ``|t| <= 700``. Checked whether or not an exp-family transform reads it (a typo is an error either way)."""
+    allowed = "'auto' or a nonzero number / non-empty list of them (t > 0 for bon, t < 0 for won)"
+    if isinstance(cfg.t, str) and cfg.t == "auto":
+        return []
+    ts = _numbers("t", cfg.t, allowed)
+    require(len(ts) > 0, "t", ts, allowed)
+    for t in ts:
+        require(math.isfinite(t) and t != 0 and abs(t) <= 700, "t", t, allowed,
+                "t = 0 is the identity transform: add identity to transforms")
+    return ts
 
 
 def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
@@ -92,15 +106,11 @@ def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
     reference distribution and lowers the WoN win rate; t < 0 with best-of-N) is accepted with a
     warning: it is a legitimate comparison, rarely the intent.
     """
-    allowed = "'auto' or a nonzero number / non-empty list of them (t > 0 for bon, t < 0 for won)"
     if isinstance(cfg.t, str) and cfg.t == "auto":
         sign = -1.0 if procedure.sign < 0 else 1.0
         return [sign * t for t in (2.0, 4.0, 8.0, 16.0)]
-    ts = _numbers("t", cfg.t, allowed)
-    require(len(ts) > 0, "t", ts, allowed)
+    ts = checked_t(cfg)
     for t in ts:
-        require(math.isfinite(t) and t != 0 and abs(t) <= 700, "t", t, allowed,
-                "t = 0 is the identity transform: add identity to transforms")
         if t * procedure.sign < 0:
             log.warning("t=%g with %s: exp(t%s0) %s, which lowers the %s win rate; the usual choice is t %s 0",
                         t, procedure.label, ">" if t > 0 else "<",
@@ -143,6 +153,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, 
     """Everything that can be checked before compute: (procedure, transforms, budgets, best-t budgets, t-scan size)."""
     check_analyze_keys(cfg)  # a key analyze does not read: a typo, or a train setting (`+transform=...`)
     procedure: Procedure = _instantiate(instantiate, cfg.procedure)
+    checked_t(cfg)  # also when no exp-family transform reads it
     transforms = build_transforms(cfg, procedure)
     budgets = kl_budgets(cfg)
     values = _numbers("best_t.budgets", cfg.best_t.budgets, "a non-empty list of KL budgets > 0 (nats)")
@@ -150,6 +161,8 @@ def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, 
         bt_budgets = theory._check_budgets(values)
     except ConfigError as exc:
         raise ConfigError("best_t.budgets", exc.value, exc.allowed) from None
+    require(len(np.unique(bt_budgets)) == len(bt_budgets), "best_t.budgets", list(cfg.best_t.budgets),
+            "distinct KL budgets (a repeated one gives duplicate rows)")
     num = _number("best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)", int)
     require(num >= 2, "best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)")
     for key in ("optimal", "plot", "parallel"):
