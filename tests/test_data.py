@@ -554,6 +554,25 @@ def test_a_pair_with_the_same_text_on_both_sides_is_malformed_tie():
     assert parse_hh_record(hh_record(EGG, "Boil it.", "Fry it.")).chosen == "Boil it."
 
 
+def test_a_prompt_with_nothing_asked_is_malformed_empty_prompt():
+    """An HH dialogue without a Human turn with text, and a TL;DR record with an empty post, parsed into
+    prompts with no content ('\n\nAssistant:', 'POST: \n\nTL;DR:'), which every such record shared and
+    which were sampled and scored as real prompts (a review). A multi-turn dialogue whose first Human turn
+    alone is empty still parses."""
+    from infalign.data.formats import parse_hh_record, parse_tldr_record
+
+    for record in ({"chosen": "\n\nAssistant: yes", "rejected": "\n\nAssistant: no"},
+                   {"chosen": "\n\nHuman: \n\nAssistant: yes", "rejected": "\n\nHuman: \n\nAssistant: no"},
+                   {"info": {"post": "   ", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}],
+                    "choice": 0}):
+        with pytest.raises(Malformed) as err:
+            (parse_tldr_record if "info" in record else parse_hh_record)(record)
+        assert err.value.reason == "empty_prompt", record
+    ok = parse_hh_record({"chosen": "\n\nHuman: \n\nAssistant: Hi\n\nHuman: Q?\n\nAssistant: yes",
+                          "rejected": "\n\nHuman: \n\nAssistant: Hi\n\nHuman: Q?\n\nAssistant: no"})
+    assert ok.chosen == "yes"
+
+
 def test_consecutive_turns_of_one_speaker_are_one_chat_message():
     """Chat templates need alternating roles, and no 'Assistant:' marker may end up inside a message."""
     from infalign.data.formats import split_turns

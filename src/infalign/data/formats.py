@@ -99,6 +99,7 @@ MALFORMED_REASONS = {
     "response_has_human_turn": "HH: the dialogue continues with a Human turn after the last Assistant turn",
     "text_before_first_turn": "HH: the dialogue does not start with a 'Human:' turn (text before its first turn)",
     "prompt_mismatch": "HH: chosen and rejected differ before their last Assistant turn",
+    "empty_prompt": "the prompt has no text (HH: no non-empty Human turn; TL;DR: an empty post)",
     "empty_response": "a response / summary is empty or whitespace",
     "tie": "chosen and rejected are the same text (no preference to learn; it would count as an error)",
     "bad_choice": "TL;DR: 'choice' is not 0 or 1",
@@ -442,7 +443,9 @@ def parse_hh_record(record: Any) -> PreferenceExample:
     prompt_r, rejected = split_hh_dialogue(rejected_text)
     if prompt != prompt_r:
         raise Malformed("prompt_mismatch")
-    _turns(prompt)  # text before the first Human turn: Malformed (a chat rendering would lose it)
+    turns = _turns(prompt)  # text before the first Human turn: Malformed (a chat rendering would lose it)
+    if not any(marker == HH_HUMAN and text.strip() for marker, text in turns):  # nothing asked
+        raise Malformed("empty_prompt", "no Human turn with text")
     if not chosen.strip() or not rejected.strip():
         raise Malformed("empty_response")
     if chosen.strip() == rejected.strip():
@@ -454,6 +457,8 @@ def tldr_prompt(info: dict) -> str:
     """:data:`TLDR_TEMPLATE` filled from ``info`` (fields stripped; a missing / null / empty
     ``subreddit`` or ``title`` drops its line)."""
     post = _text(info, "post").strip()
+    if not post:  # every such record would collapse onto one prompt with nothing to summarise
+        raise Malformed("empty_prompt", "info.post is empty")
     lines = []
     for key, line in (("subreddit", "SUBREDDIT: r/{}"), ("title", "TITLE: {}")):
         value = info.get(key)
