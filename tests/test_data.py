@@ -563,8 +563,8 @@ def test_a_prompt_with_nothing_asked_is_malformed_empty_prompt():
 
     for record in ({"chosen": "\n\nAssistant: yes", "rejected": "\n\nAssistant: no"},
                    {"chosen": "\n\nHuman: \n\nAssistant: yes", "rejected": "\n\nHuman: \n\nAssistant: no"},
-                   {"info": {"post": "   ", "title": "t", "subreddit": "s"}, "summaries": [{"text": "a"}, {"text": "b"}],
-                    "choice": 0}):
+                   {"info": {"post": "   ", "title": "t", "subreddit": "s"},
+                    "summaries": [{"text": "a"}, {"text": "b"}], "choice": 0}):
         with pytest.raises(Malformed) as err:
             (parse_tldr_record if "info" in record else parse_hh_record)(record)
         assert err.value.reason == "empty_prompt", record
