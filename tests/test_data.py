@@ -351,6 +351,21 @@ def test_datamodule_single_file_holds_out_prompts_deterministically(tmp_path):
 PARIS = "\n\nHuman: What is the capital of France?\n\nAssistant:"
 
 
+def test_a_test_prompt_that_differs_from_a_train_prompt_only_in_whitespace_is_a_train_prompt(tmp_path):
+    """A chat template strips the whitespace around turns, so 'q ' and 'q' -- or a dialogue that starts
+    'Human:' instead of '\n\nHuman:' -- are one prompt to the policy: the test pair is dropped and counted
+    (a review found it kept, and the policy evaluated on a training prompt). Other prompts stay."""
+    from infalign.data.formats import prompt_key
+
+    assert prompt_key(EGG) == prompt_key(EGG.replace("egg?", "egg?  ")) == prompt_key(EGG.lstrip())
+    assert prompt_key(EGG) != prompt_key(PARIS)
+    train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD])
+    variant = hh_record(EGG.lstrip().replace("egg?", "egg? "), "Boil it.", "Fry it.")
+    test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(variant), json.dumps(hh_record(PARIS, "Paris.", "Lyon."))])
+    dm = PreferenceDataModule("hh", train_file=str(train), test_file=str(test), seed=3)
+    assert dm.prompts("test") == [PARIS] and dm.reports["test"].in_train == 1
+
+
 def test_prompts_are_deduplicated_and_prefix_stable(tmp_path):
     """Also: test pairs whose prompt is a train prompt are dropped (and counted), so a held-out win
     rate is never taken on prompts the policy trained on."""

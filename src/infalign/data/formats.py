@@ -60,6 +60,7 @@ __all__ = [
     "DataFileError",
     "HH_ASSISTANT",
     "MALFORMED_REASONS",
+    "prompt_key",
     "TLDR_TEMPLATE",
     "DatasetFormat",
     "Malformed",
@@ -380,6 +381,14 @@ def split_hh_dialogue(dialogue: str) -> tuple[str, str]:
     if HH_HUMAN in response:
         raise Malformed("response_has_human_turn")
     return prompt, response[1:] if response.startswith(" ") else response
+
+
+def prompt_key(prompt: str) -> tuple[tuple[str, str], ...]:
+    """What a prompt asks, as a chat template shows it: its :func:`split_turns` messages as (role,
+    stripped text). Two dataset prompts that differ only in the whitespace around their turns (``"q1"`` /
+    ``"q1 "``, ``"Human: q"`` / ``"\n\nHuman: q"``) have one key: the same prompt to a chat policy, and
+    to the train / test split (``data/modules``)."""
+    return tuple((m["role"], m["content"]) for m in split_turns(prompt))
 
 
 def split_turns(prompt: str) -> list[dict[str, str]]:

@@ -27,6 +27,7 @@ from infalign.data.formats import (
     held_out,
     load_records,
     parse_records,
+    prompt_key,
 )
 from infalign.errors import ConfigError, require
 from infalign.models.builders import load_tokenizer
@@ -197,9 +198,11 @@ class PreferenceDataModule(L.LightningDataModule):
                             report: ParseReport) -> list[PreferenceExample]:
         """The test pairs whose prompt is not a train prompt: two published splits can share prompts
         (HH's red-team openers recur), and a held-out win rate on prompts the policy was trained on
-        would be optimistic. The count is ``report.in_train``; none left is an error."""
-        seen = {p.prompt for p in train}
-        kept = [p for p in test if p.prompt not in seen]
+        would be optimistic. Prompts are compared as a chat shows them (:func:`~infalign.data.formats.prompt_key`:
+        two texts that differ only in the whitespace around their turns are one prompt). The count is
+        ``report.in_train``; none left is an error."""
+        seen = {prompt_key(p.prompt) for p in train}
+        kept = [p for p in test if prompt_key(p.prompt) not in seen]
         report.in_train = len(test) - len(kept)
         if report.in_train:
             log.warning("%s: %d of %d test pairs dropped: their prompt is also a train prompt",
@@ -223,6 +226,8 @@ class PreferenceDataModule(L.LightningDataModule):
             usable=len(test),
         )
         log.warning("%s: %d of %d train pairs held out", why, len(test), train_report.usable)
+        if test and train:  # a held-out prompt whose whitespace variant stayed in train (prompt_key)
+            test = self._drop_train_prompts(train, test, test_report)
         if not test or not train:
             raise ValueError(
                 f"{train_report.source}: holding out data.val_fraction={fraction} of "
