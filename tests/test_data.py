@@ -359,6 +359,8 @@ def test_a_test_prompt_that_differs_from_a_train_prompt_only_in_whitespace_is_a_
 
     assert prompt_key(EGG) == prompt_key(EGG.replace("egg?", "egg?  ")) == prompt_key(EGG.lstrip())
     assert prompt_key(EGG) != prompt_key(PARIS)
+    quoting = "POST: my story\n\nHuman: a quoted turn\n\nTL;DR:"  # not a dialogue: one user turn
+    assert prompt_key(quoting + " ") == prompt_key(quoting) == (("user", quoting),)
     train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD])
     variant = hh_record(EGG.lstrip().replace("egg?", "egg? "), "Boil it.", "Fry it.")
     test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(variant), json.dumps(hh_record(PARIS, "Paris.", "Lyon."))])

@@ -387,8 +387,13 @@ def prompt_key(prompt: str) -> tuple[tuple[str, str], ...]:
     """What a prompt asks, as a chat template shows it: its :func:`split_turns` messages as (role,
     stripped text). Two dataset prompts that differ only in the whitespace around their turns (``"q1"`` /
     ``"q1 "``, ``"Human: q"`` / ``"\n\nHuman: q"``) have one key: the same prompt to a chat policy, and
-    to the train / test split (``data/modules``)."""
-    return tuple((m["role"], m["content"]) for m in split_turns(prompt))
+    to the train / test split (``data/modules``). A prompt that is not a dialogue but quotes a turn marker
+    (a TL;DR post quoting ``"\n\nHuman:"``) is one user turn, its text stripped."""
+    try:
+        messages = split_turns(prompt)
+    except Malformed:
+        messages = _user_turn(prompt)
+    return tuple((m["role"], m["content"]) for m in messages)
 
 
 def split_turns(prompt: str) -> list[dict[str, str]]:
