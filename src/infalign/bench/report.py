@@ -76,8 +76,10 @@ def breakdown_table(title: str, columns: dict[str, dict], peak: float | None) ->
     from infalign.bench.phases import PHASES
 
     caption = ("median seconds per step of each phase, timed inside the real steps; MFU = the phase's model FLOPs "
-               "(bench/flops.py) / its time / the measured float32 matmul peak"
-               + (f" ({peak / 1e9:.1f} GFLOP/s)" if peak else "") + "; '-': the implementation has no such phase")
+               "(bench/flops.py) summed over the timed steps / its time summed over them / the measured float32 "
+               "matmul peak" + (f" ({peak / 1e9:.1f} GFLOP/s)" if peak else "")
+               + " (the step row's too: beside the median step, not of it); '-': the implementation has no such "
+               "phase, or (MFU) the phase has no model FLOPs")
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("phase")
     for name in columns:
