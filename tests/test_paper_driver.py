@@ -183,6 +183,12 @@ def test_an_experiments_extra_sweeps_run_into_its_dir_before_its_reports_and_cou
     row = json.loads((tmp_path / "paper_time.json").read_text())["experiments"][0]
     assert (row["jobs"], row["finished"], row["policies_loaded"], row["pools_loaded"]) == (36, 35, 0, 2)
     assert paper.sweep_counts(tmp_path / "nothing", ("paper_hacking_raw",)) == {}
+    # a second invocation whose sweep crashes before writing its sweep_time.json: the row has no counts,
+    # not the first invocation's (a review: the stale file was read as this run's)
+    assert paper.run_all(args("--only", "hacking", "--seeds", "0,1", out=tmp_path), runner=lambda cmd: 1,
+                         echo=lambda s: None) == 1
+    row = json.loads((tmp_path / "paper_time.json").read_text())["experiments"][0]
+    assert row["exit"] == 1 and "jobs" not in row
 
 
 def test_the_hacking_a_a_control_fills_raw_and_reads_raw_on_the_calibrated_runs_kl_range():

@@ -191,14 +191,19 @@ SWEEP_COUNTS = {"jobs": "jobs", "finished": "finished", "policies_loaded": "poli
                 "pools_loaded": "eval_pool_hits"}  # paper_time column -> sweep_time.json key
 
 
-def sweep_counts(sweep_dir: Path, more: Sequence[str] = ()) -> dict:
+def sweep_counts(sweep_dir: Path, more: Sequence[str] = (), since: float | None = None) -> dict:
     """Jobs, finished jobs, policies and policy evaluation pools loaded from the cache of a finished sweep
     (its ``sweep_time.json``, written by ``apps/hydra_callbacks.SweepTime``), summed with those of the
-    sweeps ``sweep_dir/<more>`` (a column is None when no sweep recorded it); ``{}`` if none finished."""
+    sweeps ``sweep_dir/<more>`` (a column is None when no sweep recorded it); ``{}`` if none finished.
+    ``since`` (a time stamp): only files written since then -- a sweep that crashed before writing its
+    own must not be counted with an earlier invocation's."""
     found = []
     for d in (sweep_dir, *(sweep_dir / m for m in more)):
         try:
-            found.append(json.loads((d / "sweep_time.json").read_text()))
+            path = d / "sweep_time.json"
+            if since is not None and path.stat().st_mtime < since:
+                continue
+            found.append(json.loads(path.read_text()))
         except (OSError, ValueError):
             continue
     if not found:
@@ -279,7 +284,7 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
         rc = next((c for c in codes if c != 0), 0)
         row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1),
                "seeds": args.seeds}
-        rows.append(row | (sweep_counts(args.out / e.name, e.more) if e.sweep and not refused else {}))
+        rows.append(row | (sweep_counts(args.out / e.name, e.more, since=t0) if e.sweep and not refused else {}))
         table = time_table(before, rows)
         total = total_seconds(table, rows, start)
         seeds = " / ".join(dict.fromkeys(str(r["seeds"]) for r in table))  # each row has its own
