@@ -185,6 +185,10 @@ def test_an_experiments_extra_sweeps_run_into_its_dir_before_its_reports_and_cou
     assert paper.sweep_counts(tmp_path / "nothing", ("paper_hacking_raw",)) == {}
     # a second invocation whose sweep crashes before writing its sweep_time.json: the row has no counts,
     # not the first invocation's (a review: the stale file was read as this run's)
+    import os
+
+    for stale in tmp_path.rglob("sweep_time.json"):
+        os.utime(stale, (stale.stat().st_atime, stale.stat().st_mtime - 60))  # written a minute before
     assert paper.run_all(args("--only", "hacking", "--seeds", "0,1", out=tmp_path), runner=lambda cmd: 1,
                          echo=lambda s: None) == 1
     row = json.loads((tmp_path / "paper_time.json").read_text())["experiments"][0]

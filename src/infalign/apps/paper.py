@@ -284,7 +284,9 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
         rc = next((c for c in codes if c != 0), 0)
         row = {"experiment": e.name, "paper": e.paper, "exit": rc, "wall_s": round(time.time() - t0, 1),
                "seeds": args.seeds}
-        rows.append(row | (sweep_counts(args.out / e.name, e.more, since=t0) if e.sweep and not refused else {}))
+        # (2 s of slack: a file system that keeps mtimes to the second)
+        rows.append(row | (sweep_counts(args.out / e.name, e.more, since=t0 - 2.0) if e.sweep and not refused
+                           else {}))
         table = time_table(before, rows)
         total = total_seconds(table, rows, start)
         seeds = " / ".join(dict.fromkeys(str(r["seeds"]) for r in table))  # each row has its own
