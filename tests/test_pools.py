@@ -101,10 +101,16 @@ def test_policy_pool_is_cached_under_the_policy_key_and_equals_a_fresh_draw(tmp_
     assert hit is False and scorer.calls == 6
     _, hit = pool("policy-a", n=2)  # another pool size
     assert hit is False
-    without, hit = pool("policy-a", keep=False)  # an entry without texts is its own entry
-    assert hit is False and without["responses"] == []
+    calls = scorer.calls
+    without, hit = pool("policy-a", keep=False)  # served by the entry with texts (the same draws), texts left out
+    assert hit is True and without["responses"] == [] and scorer.calls == calls
+    assert torch.equal(without["scores"]["reward"], fresh["scores"]["reward"])
+    bare, hit = pool("policy-c", keep=False)  # no entry with texts: one without them
+    assert hit is False and bare["responses"] == []
+    _, hit = pool("policy-c")  # texts asked for: an entry of their own
+    assert hit is False
     _, hit = pool(None)
-    assert hit is None and len(list(tmp_path.glob("pools/policy-*.pt"))) == 4
+    assert hit is None and len(list(tmp_path.glob("pools/policy-*.pt"))) == 5
 
 
 def test_a_pool_judged_by_gold_is_keyed_by_the_worlds_parameters(tmp_path):

@@ -142,16 +142,26 @@ def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges
     """``(pool, cache_hit)``: ``world.policy``'s pool on ``prompts`` in :func:`draw_pool`'s layout, with
     each sample's log-ratio sum against ``world.reference``. Cached under ``policy_id`` (the policy
     cache key of its weights) and the pool settings; ``policy_id=None`` draws it fresh
-    (``cache_hit`` None)."""
+    (``cache_hit`` None). The texts are kept in an entry of their own (``keep_responses``); a request
+    without them is served by an entry with them (the same draws) when there is one."""
+    wanted = bool(keep_responses)
+
     def draw() -> dict:
         return draw_pool(world.policy, world.tokenizer, prompts, n, judges, gen_cfg, trainer, seed,
                          reference=world.reference, keep_responses=keep_responses)
 
     if policy_id is None or distributed.is_distributed():
         return draw(), None
-    key = content_key(POOL_VERSION, "policy", policy_id, world.reference_fingerprint,
-                      *_pool_settings(world, prompts, n, judges, gen_cfg, seed, trainer), bool(keep_responses))
-    path = Path(cache_dir) / "pools" / f"policy-{key}.pt"
+    settings = _pool_settings(world, prompts, n, judges, gen_cfg, seed, trainer)
+
+    def entry(texts: bool) -> tuple[str, Path]:
+        key = content_key(POOL_VERSION, "policy", policy_id, world.reference_fingerprint, *settings, texts)
+        return key, Path(cache_dir) / "pools" / f"policy-{key}.pt"
+
+    key, path = entry(wanted)
+    if not wanted and entry(True)[1].exists():  # the same draws with their texts: served, texts left out
+        keep_responses = True
+        key, path = entry(True)
 
     def build() -> dict[str, torch.Tensor]:
         pool = draw()
@@ -162,7 +172,7 @@ def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges
     value, hit = _cached_tensors(path, key, "policy", build)
     pool = _unflatten(value)
     pool["log_ratio"] = value["log_ratio"]
-    pool["responses"] = json.loads(value["responses"].numpy().tobytes().decode())
+    pool["responses"] = json.loads(value["responses"].numpy().tobytes().decode()) if wanted else []
     return pool, hit
 
 
