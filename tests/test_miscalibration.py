@@ -123,7 +123,7 @@ def test_pairwise_accuracy_refuses_a_non_finite_score(bad):
     gold = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]])
     assert pairwise_accuracy(rm, gold) == pytest.approx(16 / 18)  # rows 1-2: 12 pairs right; row 3: 2 of 6 wrong
     (rm if bad == "scores" else gold)[0, 3] = float("nan")
-    with pytest.raises(ValueError, match=f"{bad} has 1 non-finite"):
+    with pytest.raises(ValueError, match=f"{bad} contains 1 non-finite"):
         pairwise_accuracy(rm, gold)
 
 

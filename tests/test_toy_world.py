@@ -223,7 +223,7 @@ def test_best_of_n_win_rate_exact_on_small_pool():
     # a NaN score ranked as the best sample (select) or lost every pair (judge): 0.53 / 0.27 for 2/3
     bad = torch.tensor([[0.1, 0.5, float("nan"), 0.3, 0.2]])
     for select, judge, name in ((bad, g.new_zeros(1, 5), "select"), (bad.nan_to_num(), bad, "judge")):
-        with pytest.raises(ValueError, match=f"{name} has 1 non-finite"):
+        with pytest.raises(ValueError, match=f"{name} contains 1 non-finite"):
             best_of_n_win_rate(select, judge, 2)
     with pytest.raises(ValueError, match="no prompts"):
         best_of_n_win_rate(torch.zeros(0, 3), torch.zeros(0, 3), 2)

@@ -399,8 +399,7 @@ def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: 
     ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
     replica = int(cfg.get("replica", 0))  # an independent re-training (A/A control): its own name and tag
     seed = int(cfg.get("seed", 0))
-    # as record.method_info names the method: pooled ranks apply to a transform-trained run only
-    pooled = algo.trained_n is None and cfg.calibration.get("scope", "prompt") == "pooled"
+    pooled = record.pooled_calibration(cfg, algo)  # the method identity[pooled]: its own name and tag
     name = cfg.get("run_name") or (record.run_name(procedure, transform, algo) + ("-pooled" if pooled else "")
                                    + (f"-s{seed}" if seed else "") + (f"-r{replica}" if replica else ""))
     # the KL knob: kl_target when set (the beta it picks is known only after calibration), else beta

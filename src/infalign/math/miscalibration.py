@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import torch
 
+from infalign.math.calibration import check_finite
+
 __all__ = ["miscalibration_summary", "pairwise_accuracy", "spread_stats"]
 
 
@@ -88,9 +90,8 @@ def pairwise_accuracy(scores: torch.Tensor, gold: torch.Tensor) -> float:
     """Share of within-prompt pairs of ``[P, M]`` samples, untied under both, that ``scores`` orders
     as ``gold`` does (NaN when every pair is tied). A non-finite score raises: a NaN pair is neither
     tied nor ordered, and counting it as a wrong ordering would give a number."""
-    for name, x in (("scores", scores), ("gold", gold)):
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"pairwise_accuracy: {name} has {int((~torch.isfinite(x)).sum())} non-finite values")
+    check_finite("pairwise_accuracy: scores", scores)
+    check_finite("pairwise_accuracy: gold", gold)
     ds = (scores[:, :, None] - scores[:, None, :]).sign()
     dg = (gold[:, :, None] - gold[:, None, :]).sign()
     untied = (ds != 0) & (dg != 0)

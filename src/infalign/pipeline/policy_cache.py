@@ -525,11 +525,6 @@ def _algorithm_class(training: dict):
     return ALGORITHMS.get(algo.get("name")) if isinstance(algo, dict) else None
 
 
-def _reads_transform(training: dict) -> bool:
-    algorithm = _algorithm_class(training)
-    return algorithm is None or algorithm.online
-
-
 def without_unread(training: dict) -> dict:
     """``training`` (:func:`training_settings`) in place without what the run's algorithm never reads, so
     a setting it ignores costs no retraining: ``algo`` keys outside its ``settings()`` (``algo.beta`` an
@@ -562,7 +557,8 @@ def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> st
             node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(name, None)
-    if transform is not None and not _reads_transform(training):
+    algorithm = _algorithm_class(training)
+    if algorithm is not None and not algorithm.online:  # an offline baseline trains on no transform
         transform = None
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
                        world.train_prompts, training, transform_fingerprint(transform))

@@ -146,26 +146,25 @@ def policy_pool(world, policy_id: str | None, prompts: list[str], n: int, judges
     without them is served by an entry with them (the same draws) when there is one."""
     wanted = bool(keep_responses)
 
-    def draw() -> dict:
+    def draw(texts: bool) -> dict:
         return draw_pool(world.policy, world.tokenizer, prompts, n, judges, gen_cfg, trainer, seed,
-                         reference=world.reference, keep_responses=keep_responses)
+                         reference=world.reference, keep_responses=texts)
 
     if policy_id is None or distributed.is_distributed():
-        return draw(), None
+        return draw(wanted), None
     settings = _pool_settings(world, prompts, n, judges, gen_cfg, seed, trainer)
 
     def entry(texts: bool) -> tuple[str, Path]:
         key = content_key(POOL_VERSION, "policy", policy_id, world.reference_fingerprint, *settings, texts)
         return key, Path(cache_dir) / "pools" / f"policy-{key}.pt"
 
-    key, path = entry(wanted)
-    if not wanted and entry(True)[1].exists():  # the same draws with their texts: served, texts left out
-        keep_responses = True
-        key, path = entry(True)
+    # the entry read (or built): with texts if asked for, or if one with them exists (the same draws)
+    stored = wanted or entry(True)[1].exists()
+    key, path = entry(stored)
 
     def build() -> dict[str, torch.Tensor]:
-        pool = draw()
-        texts = json.dumps(pool["responses"]).encode() if keep_responses else b"[]"
+        pool = draw(stored)
+        texts = json.dumps(pool["responses"]).encode() if stored else b"[]"
         return {**_flatten(pool), "log_ratio": pool["log_ratio"],
                 "responses": torch.frombuffer(bytearray(texts), dtype=torch.uint8)}
 

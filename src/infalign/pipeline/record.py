@@ -30,6 +30,13 @@ def run_name(procedure, transform, algo) -> str:
     return f"{procedure.label}-{algo.run_label(label)}"
 
 
+def pooled_calibration(cfg, algo) -> bool:
+    """Whether the run trains on a reward calibrated among all prompts' samples (``calibration.scope=pooled``):
+    a transform-trained run only (an offline baseline ranks no reward) -- its method is ``<label>[pooled]``
+    (:func:`method_info`), its run name ends ``-pooled`` (``apps/train.name_run``)."""
+    return algo.trained_n is None and cfg.calibration.get("scope", "prompt") == "pooled"
+
+
 def method_info(cfg, algo, transform, procedure) -> dict:
     """What was trained, as the report groups it: ``{"method", "algo", "kl_knob", "transform",
     "depends_on_n", "trained_n"}``.
@@ -51,8 +58,7 @@ def method_info(cfg, algo, transform, procedure) -> dict:
     from omegaconf import OmegaConf
 
     info = {"method": algo.method_label(transform), "algo": algo.name, "kl_knob": list(algo.kl_knob_keys)}
-    pooled = algo.trained_n is None and cfg.calibration.get("scope", "prompt") == "pooled"
-    if pooled:  # ranked among all prompts' samples
+    if pooled_calibration(cfg, algo):  # ranked among all prompts' samples
         info["method"] += "[pooled]"
     if int(cfg.get("replica", 0)):  # an independent re-training, the A/A control's second arm (any method)
         info["method"] += f"[replica={int(cfg.replica)}]"

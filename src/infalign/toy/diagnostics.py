@@ -20,6 +20,7 @@ from math import comb
 
 import torch
 
+from infalign.math.calibration import check_finite
 from infalign.math.miscalibration import pairwise_accuracy
 from infalign.models.generation import sample
 from infalign.toy.build import ToyArtifacts
@@ -45,9 +46,8 @@ def best_of_n_win_rate(select: torch.Tensor, judge: torch.Tensor, n: int) -> tor
     P, M = select.shape
     if P == 0:
         raise ValueError("best_of_n_win_rate: no prompts")
-    for name, x in (("select", select), ("judge", judge)):
-        if not bool(torch.isfinite(x).all()):  # a NaN would rank as the best sample or lose every pair
-            raise ValueError(f"best_of_n_win_rate: {name} has {int((~torch.isfinite(x)).sum())} non-finite scores")
+    check_finite("best_of_n_win_rate: select", select)  # a NaN would rank as the best sample
+    check_finite("best_of_n_win_rate: judge", judge)  # ... or lose every pair
     if not 1 <= n < M:
         raise ValueError(f"n={n} must be in [1, {M - 1}] (a single sample outside the n-subset)")
     order = select.argsort(dim=1)
