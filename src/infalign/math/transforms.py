@@ -99,7 +99,8 @@ class Log(Transform):
 
     ``floor`` (default 1e-6) keeps Phi finite at u = 0, which the unsmoothed C_hat can return;
     prefer ``calibration.smoothing=true`` with this transform, which keeps C >= 0.5/(K+1). In the
-    theory engine the floor changes the tilted density only on u < floor (mass < floor^(1+1/beta)).
+    theory engine the floor changes the tilted density only on u < floor, which holds mass
+    ~(1+1/beta) * floor^(1+1/beta) there (floor^(1+1/beta) without the floor).
     """
 
     def __init__(self, floor: float = 1e-6) -> None:
