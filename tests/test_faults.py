@@ -150,6 +150,24 @@ def test_a_dir_whose_only_record_is_an_attempt_that_failed_before_training_is_fr
             train_app.check_run_dir(compose_train(tiny_cache, other_dir), other_dir)
 
 
+@pytest.mark.slow  # two tiny runs end to end
+def test_a_continued_ppo_runs_csv_has_each_step_once(tmp_path, tiny_cache):
+    """Review finding: the CSV history a resume keeps was cut at the checkpoint's *optimizer* step, while
+    the CSV numbers rows by RL step (batches). PPO takes ppo_epochs x minibatches optimizer steps per
+    batch, so rows the resumed run logs again were kept too (steps 2, 3 twice here: the first run's
+    summary row sat at step 2)."""
+    import csv as csv_module
+
+    run_dir = tmp_path / "run"
+    tiny = ["algo=ppo", "logger=csv", "log_every_n_steps=1", "policy_cache=false"]
+    train_app.run(compose_train(tiny_cache, run_dir, *tiny))
+    train_app.run(compose_train(tiny_cache, run_dir, *tiny, "algo.steps=4", "ckpt_path=last"))
+    rows = list(csv_module.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    trained = [int(r["step"]) for r in rows if r.get("train/loss")]
+    summary = [int(r["step"]) for r in rows if r.get("eval/reward_model/kl")]
+    assert trained == [0, 1, 2, 3] and summary == [4], [r["step"] for r in rows]
+
+
 # ---------------------------------------------------------------- defect 3: resume needs a checkpoint
 
 

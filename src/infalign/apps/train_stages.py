@@ -150,8 +150,9 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
             changed = check_resume(Path(ckpt).parent, settings, True, str(cfg.ckpt_path), default)
             resumed = {"checkpoint": str(ckpt), "from_step": resume_step, "changed": changed}
-            if logger is not None:
-                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), resume_step=resume_step)
+            if logger is not None:  # the logged step counts RL steps (batches), the checkpoint optimizer steps
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True),
+                              resume_step=resume_step // algo.optimizer_steps_per_batch)
 
         def train() -> dict | None:
             # what the checkpoints about to be written here depend on (also when they continue another dir's)

@@ -41,8 +41,9 @@ class RunLogger(Protocol):
 
 def start(logger: Logger, config: dict, resume_step: int | None = None) -> None:
     """Start the logger's run now -- so a run that fails in any later stage shows up (as failed) --
-    and log the resolved config. ``resume_step``: the run resumes from a checkpoint at that global
-    step, and its CSV history before it is kept -- Lightning's CSV writer deletes an existing
+    and log the resolved config. ``resume_step``: the run resumes from a checkpoint at that logged
+    step (RL steps: the batches trained, not the optimizer's global step, which PPO takes several of per
+    batch), and its CSV history before it is kept -- Lightning's CSV writer deletes an existing
     ``metrics.csv`` when it starts, which erased the steps logged before the interruption; the rows of
     earlier steps are put back (those at or after ``resume_step`` are replayed by the resumed run) and
     the writer appends after them (rank 0, the one that writes). They are written to a file beside
