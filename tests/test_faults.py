@@ -168,6 +168,25 @@ def test_a_continued_ppo_runs_csv_has_each_step_once(tmp_path, tiny_cache):
     assert trained == [0, 1, 2, 3] and summary == [4], [r["step"] for r in rows]
 
 
+@pytest.mark.slow  # a tiny run end to end
+def test_an_interrupt_while_the_views_are_written_is_not_a_failed_attempt(tmp_path, tiny_cache, monkeypatch):
+    """Review finding: Ctrl-C or SIGTERM after metrics.json held this attempt's finished record (while
+    the plot was drawn) wrote metrics.failed.json, and the sweep reported the job as interrupted with
+    "metrics.json keeps the earlier finished run" -- its own, whole record."""
+    from infalign.apps.hydra_callbacks import job_failure
+    from infalign.pipeline import record
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(record, "plot_win_rates", stopped)  # (eval_metrics.csv is written before it)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_app.run(compose_train(tiny_cache, run_dir))
+    assert record.is_finished(run_dir / "metrics.json")
+    assert not (run_dir / record.FAILED_ATTEMPT).exists() and job_failure(run_dir) is None
+
+
 # ---------------------------------------------------------------- defect 3: resume needs a checkpoint
 
 

@@ -172,6 +172,26 @@ def test_a_view_that_fails_after_the_record_is_written_loses_nothing(tmp_path, m
     assert "writing" in caplog.text and "win_rates.png" in caplog.text
 
 
+def test_a_new_record_never_sits_beside_the_previous_runs_views(tmp_path, monkeypatch):
+    """Review finding: a re-run whose views failed to be written left the previous run's
+    eval_metrics.csv and win_rates.png beside its new metrics.json (and a kept re-run handed them to its
+    logger as this run's). The old views go before the new record is written."""
+    from infalign.pipeline import record
+
+    rec = RunRecord.from_json(finished_json())
+    record.write_files(tmp_path, rec, BestOfN(4))
+    assert sorted(record.run_files(tmp_path)) == ["csv", "metrics", "plot"]
+
+    def no_plot(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(record, "plot_win_rates", no_plot)
+    monkeypatch.setattr(record, "atomic_write_csv", no_plot)
+    paths = record.write_files(tmp_path, RunRecord.from_json({**finished_json(), "run_name": "again"}), BestOfN(4))
+    assert sorted(paths) == sorted(record.run_files(tmp_path)) == ["metrics"]
+    assert json.loads(paths["metrics"].read_text())["run_name"] == "again"
+
+
 def test_a_failure_never_replaces_a_finished_record(tmp_path):
     """A refused resume in a finished run's dir (or a failure after the record): the finished results
     stay in metrics.json, the attempt's failure goes beside them, and a sweep lists the attempt as failed."""

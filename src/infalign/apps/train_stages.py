@@ -80,6 +80,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
     cache_dir = Path(cfg.paths.cache_dir)
     timings: dict[str, float] = {}
     logger = None
+    recorded = False  # metrics.json holds this attempt's finished record: an interruption after it fails nothing
     try:
         apply_threads(cfg.threads)  # auto = usable cores // concurrent jobs (infra/threads.py)
         L.seed_everything(training_seed(cfg), workers=True, verbose=False)
@@ -208,7 +209,9 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         metrics = rec.to_json()
         if distributed.rank() != 0:  # every rank holds the gathered metrics; rank 0 records them
             return metrics
-        paths = record.write_files(out_dir, rec, procedure)  # metrics.json first: a plot that fails loses nothing
+        paths = record.write_record(out_dir, rec)  # metrics.json first: a plot that fails loses nothing
+        recorded = True
+        paths.update(record.write_views(out_dir, rec, procedure))
         try:
             record.print_summary(rec, procedure)
         except Exception as exc:  # noqa: BLE001 - the run is recorded; printing it is a courtesy
@@ -217,9 +220,13 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
     except BaseException as exc:
         # the failure record first: a logger whose finish fails or hangs must not lose or replace
         # the run's own error
-        write_failure(out_dir, failure_record(cfg, name, exc, timings))
-        if interrupted(exc) and distributed.rank() == 0:
-            log.warning(continue_command(out_dir))
+        if recorded:  # stopped while writing the views: the run is recorded whole, not a failed attempt
+            log.warning("%s records this run, finished; stopped while writing its views (%s: %s)",
+                        out_dir / "metrics.json", type(exc).__name__, exc)
+        else:
+            write_failure(out_dir, failure_record(cfg, name, exc, timings))
+            if interrupted(exc) and distributed.rank() == 0:
+                log.warning(continue_command(out_dir))
         try:
             loggers.close(logger, 1)
         except Exception as close_exc:  # noqa: BLE001 - the stage's error is the one to propagate

@@ -108,7 +108,7 @@ def logged_before(logger: Logger, run_dir: Path) -> bool:
     went through it and it closed (:func:`mark_logged`). A W&B run dir alone does not say so -- wandb
     makes it before it reaches the server, and a failed or killed attempt leaves one -- so the mark is
     written only after success; a CSV logger's existing ``metrics.csv`` counts as logged, marked or not
-    (never overwritten). A new record (a run trained further) drops the marks (``record.write_files``)."""
+    (never overwritten). A new record (a run trained further) drops the marks (``record.write_record``)."""
     kind = logger_kind(logger)
     if kind is None:
         return False

@@ -108,23 +108,40 @@ def run_files(out_dir: Path, existing: bool = True) -> dict[str, Path]:
 
 
 def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
-    """metrics.json (:meth:`RunRecord.to_json`) -- first, and a stale :data:`FAILED_ATTEMPT` and
-    :data:`LOGGED` removed -- then eval_metrics.csv and win_rates.png, whose failure (a full disk, a bad
-    plot) is logged and loses nothing; returns the paths of the files written."""
+    """:func:`write_record`, then :func:`write_views`; returns the paths of the files written."""
+    return {**write_record(out_dir, rec), **write_views(out_dir, rec, procedure)}
+
+
+def write_record(out_dir: Path, rec: RunRecord) -> dict[str, Path]:
+    """metrics.json (:meth:`RunRecord.to_json`), after removing the previous record's views
+    (eval_metrics.csv, win_rates.png: a view that then fails to be written leaves none, never the
+    previous run's beside this record); then a stale :data:`FAILED_ATTEMPT` and :data:`LOGGED` are
+    removed. Returns ``{"metrics": path}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = run_files(out_dir, existing=False)
+    for name in ("csv", "plot"):
+        if paths[name].is_file() or paths[name].is_symlink():
+            paths[name].unlink()
     atomic_write_json(paths["metrics"], rec.to_json())
     (out_dir / FAILED_ATTEMPT).unlink(missing_ok=True)
     (out_dir / LOGGED).unlink(missing_ok=True)  # a new record: no logger has it yet
+    return {"metrics": paths["metrics"]}
+
+
+def write_views(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
+    """eval_metrics.csv and win_rates.png, views of the record :func:`write_record` wrote; a failure
+    (a full disk, a bad plot) is logged and loses nothing. Returns the paths of those written."""
+    paths = run_files(out_dir, existing=False)
+    written = {}
     for name, write in (("csv", lambda: atomic_write_csv(paths["csv"], eval_rows(rec))),
                         ("plot", lambda: plot_win_rates(rec, procedure, paths["plot"]))):
         try:
             write()
+            written[name] = paths[name]
         except Exception as exc:  # noqa: BLE001 - the record is written; this file is a view of it
             log.error("the run is recorded in %s, but writing %s failed: %s: %s", paths["metrics"], paths[name],
                       type(exc).__name__, exc)
-            paths.pop(name)
-    return paths
+    return written
 
 
 def print_summary(rec: RunRecord, procedure) -> None:
