@@ -35,7 +35,7 @@ from forked_cli import BIN, ENV, finished, train_cli
 from infalign.apps import train as train_app
 from infalign.apps import train_stages
 from infalign.apps.config import CONFIG_DIR, instantiate_callbacks, instantiate_logger, run_suffix
-from infalign.apps.hydra_callbacks import FailedJobs, grid_mismatches
+from infalign.apps.hydra_callbacks import FailedJobs, grid_mismatches, job_failure
 from infalign.errors import ConfigError
 from infalign.infra import cache
 from infalign.math.transforms import Custom
@@ -173,7 +173,6 @@ def test_an_interrupt_while_the_views_are_written_is_not_a_failed_attempt(tmp_pa
     """Review finding: Ctrl-C or SIGTERM after metrics.json held this attempt's finished record (while
     the plot was drawn) wrote metrics.failed.json, and the sweep reported the job as interrupted with
     "metrics.json keeps the earlier finished run" -- its own, whole record."""
-    from infalign.apps.hydra_callbacks import job_failure
     from infalign.pipeline import record
 
     def stopped(*a, **k):
@@ -863,9 +862,13 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
                        ("data.eval_prompts=4", r"data\.eval_prompts")):
         with pytest.raises(ConfigError, match=rf"ckpt_path.*evaluated with other values of \[.*{key}"):
             train_app.run(compose_train(cache, run_dir, "transform.t=4", other, "ckpt_path=last_or_new"))
+    assert job_failure(run_dir).startswith("this attempt failed")  # the refused attempts, beside the record
     world_only(monkeypatch, "w")
     kept = train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new"))
     assert kept["run_name"] == "done" and json.loads((run_dir / "metrics.json").read_text()) == record
+    # review finding: the kept attempt left the refused one's metrics.failed.json, so the sweep still
+    # listed the job as failed (and exited 1) after every later, correct re-run
+    assert job_failure(run_dir) is None
 
 
 def test_a_finished_run_is_kept_only_under_its_code_with_its_outputs_and_its_models(tmp_path, monkeypatch):

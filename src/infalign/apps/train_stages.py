@@ -127,6 +127,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 log.info("%s records this run, finished with these settings, code and models: nothing to do "
                          "(kept as it is)", out_dir / "metrics.json")
                 log_kept_record(logger, keep, out_dir, cfg)
+                if distributed.rank() == 0:  # an earlier refused attempt's failure no longer stands
+                    (out_dir / record.FAILED_ATTEMPT).unlink(missing_ok=True)
                 return keep
             log.warning("%s records this run from other models (world_id %s, now %s: a model's files or commit "
                         "changed at the same name): running it again", out_dir / "metrics.json",
