@@ -146,8 +146,47 @@ def test_a_dir_whose_only_record_is_an_attempt_that_failed_before_training_is_fr
         (other_dir / "metrics.json").write_text(other or json.dumps(failed))
         if other is None:
             (other_dir / "checkpoints").mkdir()
+            (other_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
         with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):
             train_app.check_run_dir(compose_train(tiny_cache, other_dir), other_dir)
+
+
+def test_a_new_run_in_a_dir_freed_from_an_unfinished_attempt_takes_none_of_its_files(tmp_path, monkeypatch):
+    """Review findings: (1) an attempt interrupted before its first checkpoint leaves checkpoints/ with the
+    settings it wrote before training, and the command it printed to continue (no ckpt_path) was refused for
+    that dir; (2) a dir freed from an unfinished attempt kept the attempt's wandb/run_id, policy/ and csv/,
+    so a new run of another config there continued the old W&B run, and a later kept re-run could take the
+    old policy/ as its own. The new run now finds the dir free and the attempt's files set aside, whole."""
+    from infalign.pipeline import loggers
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "run_settings.json").write_text("{}")
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+    (run_dir / "policy").mkdir()
+    (run_dir / "policy" / "model.safetensors").write_text("old weights")
+    old_id = loggers.stored_run_id(run_dir)
+    (run_dir / ".hydra").mkdir()  # Hydra's own files, written for this run: stay
+    cfg = compose_train(tmp_path / "cache", run_dir, "transform.t=2")
+    train_app.check_run_dir(cfg, run_dir)
+    aside = run_dir / "previous_attempt-1"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "previous_attempt-1"]
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "metrics.json", "policy", "wandb"]
+    assert (aside / "policy" / "model.safetensors").read_text() == "old weights"
+    assert loggers.stored_run_id(run_dir) != old_id
+    # a second unfinished attempt goes beside the first; a dir with a checkpoint stays refused
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "failed", "error": "ValueError: x"}))
+    train_app.check_run_dir(cfg, run_dir)
+    assert (run_dir / "previous_attempt-2" / "metrics.json").is_file() and (aside / "metrics.json").is_file()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):
+        train_app.check_run_dir(cfg, run_dir)
+    # resuming (last / last_or_new) keeps the dir's files: they are the run's
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+    train_app.check_run_dir(compose_train(tmp_path / "cache", run_dir, "ckpt_path=last_or_new"), run_dir)
+    assert (run_dir / "metrics.json").is_file() and not (run_dir / "previous_attempt-3").exists()
 
 
 @pytest.mark.slow  # two tiny runs end to end

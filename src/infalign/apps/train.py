@@ -269,23 +269,52 @@ def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:
 
 RESUME = ("last", "last_or_new")  # ckpt_path values that continue the run in this run dir
 RUN_ARTEFACTS = ("metrics.json", "checkpoints")  # what makes a run dir another run's
+# what an earlier attempt in a run dir leaves besides Hydra's files: set aside when a new run takes the dir
+ATTEMPT_FILES = ("metrics.json", "checkpoints", "policy", "wandb", "csv", "eval_metrics.csv", "win_rates.png",
+                 record.LOGGED, record.FAILED_ATTEMPT)
 
 
 def check_run_dir(cfg: DictConfig, out_dir: Path) -> None:
     """A run writes only into a fresh dir, or into its own to resume it: a dir that already holds a
-    run's ``metrics.json`` or ``checkpoints/`` is refused unless ``ckpt_path`` is ``last`` /
-    ``last_or_new`` (so a reused ``hydra.run.dir`` never overwrites another run's results). A
+    run's ``metrics.json`` or a checkpoint (``checkpoints/*.ckpt``) is refused unless ``ckpt_path`` is
+    ``last`` / ``last_or_new`` (so a reused ``hydra.run.dir`` never overwrites another run's results). A
     ``metrics.json`` of an attempt that neither finished nor left a checkpoint (a config error, a
-    missing model, Ctrl-C before training) holds no results and nothing to resume: the dir is free
-    (a walkthrough's fixed run dir was refused twice after a typo: once for the record, once by
-    ``ckpt_path=last`` for the missing checkpoint)."""
+    missing model, Ctrl-C before the first checkpoint) holds no results and nothing to resume: the dir is
+    free (a walkthrough's fixed run dir was refused twice after a typo: once for the record, once by
+    ``ckpt_path=last`` for the missing checkpoint). A new run (not ``last`` / ``last_or_new``) that
+    takes a dir holding such an attempt's files first moves them into ``previous_attempt-<k>/``
+    (:func:`set_aside_attempt`): its W&B run id, ``policy/`` or CSV history would otherwise pass as the
+    new run's."""
     taken = [name for name in RUN_ARTEFACTS if (out_dir / name).exists()]
+    if "checkpoints" in taken and not any((out_dir / "checkpoints").glob("*.ckpt")):
+        taken.remove("checkpoints")  # only the settings a run writes before its first checkpoint
     if taken == ["metrics.json"] and _unfinished_attempt(out_dir / "metrics.json"):
         taken = []
     require(not taken or cfg.ckpt_path in RESUME, "hydra.run.dir", str(out_dir),
-            "a directory without another run's results (metrics.json, checkpoints/)",
+            "a directory without another run's results (metrics.json, checkpoints/*.ckpt)",
             f"it holds {taken}; resume that run with ckpt_path=last, or leave hydra.run.dir unset "
             "for a new unique dir")
+    if not taken and cfg.ckpt_path not in RESUME and distributed.launch_rank() == 0:
+        set_aside_attempt(out_dir)
+
+
+def set_aside_attempt(out_dir: Path) -> Path | None:
+    """Move what an earlier, unfinished attempt left in ``out_dir`` (:data:`ATTEMPT_FILES`) into
+    ``out_dir/previous_attempt-<k>`` (the next free ``k``; nothing is deleted) and return that dir (None:
+    nothing to move)."""
+    left = [name for name in ATTEMPT_FILES if (out_dir / name).exists() or (out_dir / name).is_symlink()]
+    if not left:
+        return None
+    k = 1
+    while (out_dir / f"previous_attempt-{k}").exists():
+        k += 1
+    aside = out_dir / f"previous_attempt-{k}"
+    aside.mkdir()
+    for name in left:
+        os.replace(out_dir / name, aside / name)
+    log.warning("%s held an unfinished attempt's files (%s): moved into %s, so the new run does not take them "
+                "(its W&B run id, policy/ or CSV history) as its own", out_dir, ", ".join(left), aside)
+    return aside
 
 
 def _unfinished_attempt(path: Path) -> bool:
