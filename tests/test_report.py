@@ -240,7 +240,7 @@ def test_markdown_has_a_row_per_job_and_stdout_lists_problems(sweep):
     assert "| finished |" in row0 and "0.250 [0.230, 0.270]" in row0 and "0.700 [0.550, 0.850]" in row0
     assert "FloatingPointError: loss is nan at step 7" in next(ln for ln in lines if ln.startswith("| 4 |"))
     assert "4 finished, 2 failed, 0 interrupted, 2 missing (8 jobs)" in md
-    assert "failed, interrupted and missing jobs" in stdout and "ValueError: boom at step 3" in stdout
+    assert "failed, interrupted, missing and flagged jobs" in stdout and "ValueError: boom at step 3" in stdout
     assert "transform=exp transform.t=8 algo.beta=0.2 │" in stdout  # the missing job's swept overrides
     assert "eval.samples=4" not in stdout  # common to all jobs: not repeated in the table
     assert "reward_model: finished runs" in stdout and "gold: finished runs" in stdout
@@ -261,6 +261,24 @@ def test_judge_option_and_out_dir(tmp_path):
     assert run_main(str(tmp_path / "nope"))[0] == 2
     (tmp_path / "empty").mkdir()
     assert run_main(str(tmp_path / "empty"))[0] == 2
+
+
+def test_a_finished_job_whose_latest_attempt_failed_is_flagged(tmp_path):
+    """Review finding: a job whose later attempt (a resume with more algo.steps, stopped by a time limit)
+    failed beside its finished record was reported as finished with nothing said -- the sweep's own end
+    (FailedJobs) listed it as failed. Its results stand (they are the earlier run's), flagged."""
+    root = tmp_path / "multirun"
+    write_job(root, "0", ["algo.beta=0.3"], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70))
+    d = write_job(root, "1", ["algo.beta=0.1"], fake_metrics(IDENTITY, "identity", 0.1, kl=0.8, std=0.72, win=0.83))
+    (d / "metrics.failed.json").write_text(json.dumps({"status": "interrupted", "error": "Terminated: SIGTERM"}))
+    rc, stdout = run_main(str(root), "--no-wandb")
+    assert rc == 0
+    rows = read_csv(root / "report" / "runs.csv")
+    assert [r["status"] for r in rows] == ["finished", "finished"] and rows[0]["error"] == ""
+    assert "earlier finished run" in rows[1]["error"] and "interrupted: Terminated: SIGTERM" in rows[1]["error"]
+    problems = json.loads((root / "report" / "summary.json").read_text())["problems"]
+    assert [p["job"] for p in problems] == ["1"]
+    assert "flagged jobs" in (root / "report" / "runs.md").read_text() and "Terminated: SIGTERM" in stdout
 
 
 def test_transform_family_parsing():
@@ -1074,7 +1092,8 @@ def test_runs_row_summary_markdown_and_console_per_judge(tmp_path):
     best = summary["highest_inference_win_rate"]["reward_model"]
     assert (best["job"], best["inference_win_rate"], best["kl"]) == ("1", 0.83, 0.80)
     assert [p["inference_win_rate"] for p in summary["series"][0]["points"]["gold"]] == pytest.approx([0.67, 0.80])
-    assert "- **2** (missing):" in markdown(rows, judges, jobs, tmp_path).split("## Failed and missing jobs")[1]
+    md = markdown(rows, judges, jobs, tmp_path)
+    assert "- **2** (missing):" in md.split("## Failed, missing and flagged jobs")[1]
     summary["theory_gap"] = {"identity": {"median_abs_gap": {S: 0.04}, "median_gap": {S: -0.04}, "median_kl_ratio": 1.0,
                                           "runs": 2, "runs_without_theory": 0, "reading": "r"}}
     console = Console(file=io.StringIO(), width=250)

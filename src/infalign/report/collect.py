@@ -103,6 +103,8 @@ def load_job(path: Path, root: Path) -> Job:
             if record.finished:
                 if record.eval is None or not record.eval.judges:
                     job.status, job.reason = "failed", "incomplete metrics.json (no eval.judges)"
+                elif (why := _later_attempt(path)) is not None:  # the results stand: an earlier run's
+                    job.reason = f"these results are an earlier finished run's; its latest attempt {why}"
             elif record.status == "failed":
                 job.reason = (last_line(record.error or "") or log_error(path / "train.log")
                               or "failed (no error recorded)")
@@ -120,6 +122,26 @@ def load_job(path: Path, root: Path) -> Job:
     config = job.record.config if job.record is not None else None
     job.config = config if config else read_hydra_config(path)
     return job
+
+
+def _later_attempt(path: Path) -> str | None:
+    """How the job's latest attempt ended when it did not replace the finished record beside it
+    (``metrics.failed.json``: a refused, failed or interrupted re-run -- e.g. a resume with more
+    ``algo.steps`` stopped by a time limit), else None."""
+    attempt = path / FAILED_ATTEMPT
+    if not attempt.exists():
+        return None
+    try:
+        rec = read_record(attempt)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "failed (its record is unreadable)"
+    return f"{rec.status}: {last_line(rec.error or '') or 'no error recorded'}"
+
+
+def flagged(job: Job) -> bool:
+    """Whether the report lists ``job`` among the jobs to look at: not finished, or finished with a
+    note (:func:`load_job`: a later attempt that failed beside its results)."""
+    return job.status != "finished" or bool(job.reason)
 
 
 def run_overrides(path: Path, job: Job) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from infalign.report.build import Report
-from infalign.report.collect import swept_overrides
+from infalign.report.collect import flagged, swept_overrides
 from infalign.report.matched import gain_clause, left_out, panel_heading
 from infalign.report.tables import RATES, row_ci, status_counts
 from infalign.report.theory_gap import runs_cell
@@ -52,12 +52,12 @@ def print_tables(report: Report, console=None, wandb_info: dict | None = None) -
     from infalign.infra.console import console as rich_console
 
     console = console or rich_console()
-    bad = [j for j in report.jobs if j.status != "finished"]
+    bad = [j for j in report.jobs if flagged(j)]
     counts = report.summary["counts"]
     console.print(f"[bold]{escape(str(report.root))}[/]: {counts['total']} jobs: {status_counts(counts)}")
     if bad:
         swept = swept_overrides(report.jobs)
-        t = Table(title="failed, interrupted and missing jobs", show_lines=True)
+        t = Table(title="failed, interrupted, missing and flagged jobs", show_lines=True)
         for c in ("job", "status", "overrides (swept)", "reason"):
             t.add_column(c, overflow="fold")
         for j in bad:

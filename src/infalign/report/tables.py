@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from infalign.math.procedures import STANDARD_WIN_RATE
-from infalign.report.collect import STATUSES, Job
+from infalign.report.collect import STATUSES, Job, flagged
 from infalign.report.naming import (
     algo_of,
     method_of,
@@ -148,9 +148,9 @@ def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root:
             cells += [row_ci(r, j, m) for m in RATES]
         cells += [r["kl_ratio"], r["train_s"], r["error"]]
         out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
-    bad = [j for j in jobs if j.status != "finished"]
+    bad = [j for j in jobs if flagged(j)]
     if bad:
-        out.write("\n## Failed and missing jobs\n\n")
+        out.write("\n## Failed, missing and flagged jobs\n\n")
         for j in bad:
             out.write(f"- **{j.job}** ({j.status}): {j.reason}  \n  overrides: `{' '.join(j.overrides)}`\n")
     return out.getvalue()
@@ -176,7 +176,7 @@ def make_summary(root: Path, out_dir: Path, judges: Sequence[str], jobs: Sequenc
         "multirun_dir": str(root), "out_dir": str(out_dir), "judges": list(judges),
         "counts": {s: counts.get(s, 0) for s in STATUSES} | {"total": len(jobs)},
         "problems": [{"job": j.job, "status": j.status, "reason": j.reason, "overrides": j.overrides,
-                      "path": str(j.path)} for j in jobs if j.status != "finished"],
+                      "path": str(j.path)} for j in jobs if flagged(j)],
         "highest_inference_win_rate": best,
         "series": [
             {"label": s.label, "family": s.family, "t": s.t, "procedure": s.procedure, "algo": s.algo,
