@@ -81,6 +81,33 @@ def test_a_trainer_argument_every_stage_passes_itself_is_a_config_error(tmp_path
     assert err.value.key == key and where in err.value.hint
 
 
+@pytest.mark.parametrize("override", ["+trainer.limit_predict_batches=1", "+trainer.fast_dev_run=true"])
+def test_a_trainer_argument_that_stops_a_stage_early_is_a_config_error(tmp_path, override):
+    """Review finding: ``+trainer.limit_predict_batches=1`` (or ``fast_dev_run``) reached every predict stage,
+    which drew a third of the calibration pool and cached it under the whole prompt set's key: a later run
+    without the setting got it from the cache (infalign-calibration summarised the part silently)."""
+    cfg = compose_train(tmp_path, tmp_path, override)
+    with pytest.raises(ConfigError) as err:
+        instantiate_trainer(cfg.trainer)
+    assert err.value.key == override.split("=")[0].lstrip("+") and "data.eval_prompts" in err.value.hint
+
+
+def test_a_partial_pool_is_an_error_not_a_pool():
+    """gather(num_prompts=P): a predict loop that stopped early -- however -- is refused, not cached."""
+    from infalign.training.rollout import gather
+
+    def part(index):
+        n = len(index)
+        return {"index": torch.tensor(index), "scores": {"gold": torch.zeros(n, 2)}, "lengths": torch.ones(n, 2),
+                "ended": torch.ones(n, 2, dtype=torch.bool), "responses": [], "response_ids": [],
+                "log_ratio": None}
+
+    assert gather([part([2, 3]), part([0, 1])], num_prompts=4)["index"].tolist() == [0, 1, 2, 3]
+    for outputs in ([part([0, 1])], []):
+        with pytest.raises(RuntimeError, match="limit_predict_batches"):
+            gather(outputs, num_prompts=4)
+
+
 def test_callback_without_target_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"callbacks\.mine"):
         trainers_of(tmp_path, "+callbacks.mine.every=3")
@@ -89,11 +116,11 @@ def test_callback_without_target_is_a_config_error(tmp_path):
 def test_trainer_class_and_every_setting_come_from_the_config(tmp_path):
     """``_target_`` is instantiated (a subclass is used), any L.Trainer argument added to the entry
     reaches every stage, and a stage's own arguments win."""
-    _, trainers = trainers_of(tmp_path, "trainer._target_=test_trainer.MyTrainer", "+trainer.limit_predict_batches=3",
+    _, trainers = trainers_of(tmp_path, "trainer._target_=test_trainer.MyTrainer", "+trainer.limit_test_batches=3",
                               "trainer.progress_bar=none", "callbacks.model_checkpoint=null")
-    fit, predict = trainers.fit(max_steps=4), trainers.predict(limit_predict_batches=1)
+    fit, predict = trainers.fit(max_steps=4), trainers.predict(limit_test_batches=1)
     assert isinstance(fit, MyTrainer) and isinstance(predict, MyTrainer)
-    assert fit.limit_predict_batches == 3 and predict.limit_predict_batches == 1 and fit.max_steps == 4
+    assert fit.limit_test_batches == 3 and predict.limit_test_batches == 1 and fit.max_steps == 4
 
 
 @pytest.mark.slow

@@ -340,17 +340,32 @@ STAGE_TRAINER_KEYS = {
 }
 
 
+# L.Trainer arguments that stop a stage's loop early: the pools and policies it made would be cached as the
+# whole prompt set's and the whole run's
+TRUNCATING_TRAINER_KEYS = {
+    "limit_predict_batches": "the sampling stages (calibration and evaluation pools, the offline baselines' "
+                             "samples) would draw only their first batches of prompts",
+    "fast_dev_run": "every stage would run one batch (training one step)",
+}
+
+
 def instantiate_trainer(trainer_cfg: DictConfig, extra_keys: tuple[str, ...] = ("progress_bar",)):
     """``conf/trainer/`` as a trainer factory: ``instantiate(cfg.trainer, _partial_=True)`` without
     infalign's own keys (``extra_keys``: ``progress_bar``, read by ``conf/callbacks/``), i.e.
     ``functools.partial(<_target_>, accelerator=..., devices=..., ...)`` that each stage calls with
     its own arguments (``pipeline/trainer.py``). A key among those arguments
     (:data:`STAGE_TRAINER_KEYS`: ``+trainer.deterministic=true`` ...) is a ConfigError naming where
-    it is set: the stage's own value would silently replace it."""
+    it is set: the stage's own value would silently replace it; so is one that stops a stage early
+    (:data:`TRUNCATING_TRAINER_KEYS`)."""
     for key, where in STAGE_TRAINER_KEYS.items():
         if key in trainer_cfg:
             raise ConfigError(f"trainer.{key}", OmegaConf.select(trainer_cfg, key),
                               "not set under trainer: every stage passes its own", f"set {where}")
+    for key, why in TRUNCATING_TRAINER_KEYS.items():
+        if key in trainer_cfg:
+            raise ConfigError(f"trainer.{key}", OmegaConf.select(trainer_cfg, key), "not set", f"{why}, and cache "
+                              "the result as the whole; for a smaller run set data.train_prompts, "
+                              "data.eval_prompts, calibration.K, eval.samples or algo.steps")
     node = OmegaConf.to_container(trainer_cfg, resolve=True)
     for key in extra_keys:
         node.pop(key, None)

@@ -73,7 +73,7 @@ def draw_pool(model, tokenizer, prompts, n, scorers, gen_cfg, trainer: TrainerFa
                            seed, reference=reference, keep_responses=keep_responses, prompts=prompts,
                            batch_size=int(gen_cfg.batch_size), top_k=top_k, top_p=top_p, keep_ids=keep_ids)
     outputs = trainer(logger=False, enable_checkpointing=False, use_distributed_sampler=False).predict(module)
-    return gather(outputs)
+    return gather(outputs, num_prompts=len(prompts))
 
 
 def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, trainer: TrainerFactory, seed: int,

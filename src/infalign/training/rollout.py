@@ -152,17 +152,24 @@ class RolloutModule(L.LightningModule):
         }
 
 
-def gather(outputs: list[dict]) -> dict:
+def gather(outputs: list[dict], num_prompts: int | None = None) -> dict:
     """Every rank's predict outputs, in prompt order: scores ``{name: [P, n]}``, log_ratio ``[P, n]``,
     lengths and ended ``[P, n]``, responses, response_ids (each empty when not kept).
 
     In a distributed run the per-rank lists are exchanged first (CPU tensors), so every rank ends
-    with the full pool; each prompt index occurs exactly once.
+    with the full pool; each prompt index occurs exactly once. ``num_prompts``: every prompt index
+    ``0 .. num_prompts-1`` must be there, else a RuntimeError -- a predict loop that a trainer setting
+    stopped early (``limit_predict_batches``, ``fast_dev_run``) would otherwise give a partial pool
+    that passes for the whole (and is cached under the whole prompt set's key).
     """
     outputs = [o for rank_outputs in all_gather_objects(_to_cpu(outputs)) for o in rank_outputs if o is not None]
-    index = torch.cat([o["index"] for o in outputs])
+    index = torch.cat([o["index"] for o in outputs]) if outputs else torch.zeros(0, dtype=torch.long)
     if len(torch.unique(index)) != len(index):
         raise RuntimeError("a prompt was sampled on more than one rank")
+    if num_prompts is not None and sorted(index.tolist()) != list(range(num_prompts)):
+        raise RuntimeError(f"the predict loop sampled {len(index)} of {num_prompts} prompts: a trainer setting "
+                           "stopped it early (trainer.limit_predict_batches, trainer.fast_dev_run?); a partial "
+                           "pool is neither used nor cached")
     order = torch.argsort(index)
     names = outputs[0]["scores"].keys()
     out = {
