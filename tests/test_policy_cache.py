@@ -327,6 +327,25 @@ def test_where_a_model_is_read_from_is_keyed_by_its_contents_not_its_path(tmp_pa
     assert key(tmp_path / "a", "other weights") != base
 
 
+def test_the_policy_key_holds_the_device_kind_auto_resolves_to(tmp_path, monkeypatch):
+    """Review finding: trainer.accelerator=auto was keyed as written, so a policy trained under auto on a
+    GPU node (its rollouts drawn by CUDA generators: other samples) was served to a CPU node, while the
+    pools resolve auto. Now auto is keyed as the kind it runs on: the same key as cpu on a CPU node,
+    another where a GPU is visible; the default CPU runs keep their keys."""
+    import torch
+
+    def key(*overrides):
+        return policy_key(compose_train(tmp_path, tmp_path, *overrides), _World(), None)
+
+    cpu = key()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert key("trainer.accelerator=auto") == cpu
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert key("trainer.accelerator=auto") != cpu and key() == cpu
+    assert key("trainer.accelerator=auto") == key("trainer.accelerator=gpu")
+    assert policy_cache.training_settings(compose_train(tmp_path, tmp_path), None)["trainer"]["accelerator"] == "cpu"
+
+
 def test_key_changes_with_the_training_code(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, tmp_path)
     key = policy_key(cfg, _World(), 0.1)

@@ -334,6 +334,41 @@ def test_a_damaged_trained_reward_model_is_rebuilt_not_loaded(assets, tmp_path, 
     assert "corrupt cache entry" in caplog.text and world_mod.fingerprint_dir(path) == fingerprint
 
 
+def test_a_trained_reward_models_key_holds_the_device_kind_off_the_cpu(assets, tmp_path, monkeypatch):
+    """Review finding: the Bradley-Terry model's cache key held no device, so one trained on a GPU (other
+    rounding) was served to CPU runs and back. The kind it trains on (auto resolved) is keyed off the CPU;
+    CPU-trained models keep their keys."""
+    from infalign.infra import cache as cache_mod
+
+    class Seen(Exception):
+        pass
+
+    def key_of(accelerator, gpus):
+        cfg = OmegaConf.create({
+            "reward": {"train": {"enabled": True, "steps": 2, "lr": 1e-3, "warmup": 0, "weight_decay": 0.0},
+                       "max_length": 64, "input": "joined"},
+            "data": {"batch_size": 2, "seed": 0},
+            "trainer": {"accelerator": accelerator, "precision": "32-true", "progress_bar": "none"}})
+
+        class Pairs:
+            def pairs(self, split):
+                return [("p1", "a b", "b a"), ("p2", "a", "b")]
+
+        def seen(path, *a, **k):
+            raise Seen(Path(path).name)
+
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        monkeypatch.setattr(cache_mod, "cached", seen)
+        tok = load_tokenizer(str(assets / "lm_plain"), "right", key="reward.name_or_path")
+        with pytest.raises(Seen) as got:
+            world_mod.train_reward_model(cfg, Pairs(), str(assets / "lm_plain"), tok, tmp_path / "cache")
+        return str(got.value)
+
+    cpu = key_of("cpu", 0)
+    assert key_of("auto", 0) == cpu and key_of("cpu", 1) == cpu
+    assert key_of("auto", 1) != cpu and key_of("auto", 1) == key_of("gpu", 1)
+
+
 def test_reward_model_from_a_causal_lm_keeps_its_transformer_and_adds_a_scalar_head(assets):
     from infalign.models import load_causal_lm
 

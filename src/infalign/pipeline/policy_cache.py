@@ -109,8 +109,9 @@ def training_settings(cfg: DictConfig, beta: float | None) -> dict:
     when > 0 (so replica 0, every run's default, keeps the keys of policies cached before the key
     existed), ``policy.revision`` / ``reward.revision`` left out (the commit they resolve to is in the
     world's fingerprints: pinning the commit ``main`` pointed to gives the same key), a float given to one
-    of :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged as a fraction (:func:`comparable_training`), and
-    ``algo.beta`` set to the effective ``beta`` (``algo.kl_target`` may have set it)."""
+    of :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged as a fraction and ``trainer.accelerator`` as the device
+    kind (:func:`comparable_training`), and ``algo.beta`` set to the effective ``beta`` (``algo.kl_target``
+    may have set it)."""
     training = {k: _plain(cfg[k]) for k in cfg if k not in NOT_TRAINING and not (k == "replica" and not cfg[k])}
     if cfg.get("trainer") is not None:
         training["trainer"] = {k: _plain(cfg.trainer[k]) for k in cfg.trainer if k not in NOT_TRAINING_TRAINER_KEYS}
@@ -133,13 +134,20 @@ def comparable_training(training: dict) -> dict:
     (toy/defaults.RUNTIME_DEFAULTS) in ``data.toy``, and with a float given to one of
     :data:`INT_OR_FRACTION_TRAINER_KEYS` tagged ``{"fraction": x}`` -- numbers are otherwise compared and
     keyed by value (``1 == 1.0``; ``infra/cache.content_key``), while Lightning reads ``1`` as one batch and
-    ``1.0`` as the whole epoch. Also applied to a settings file as read (one written before these rules:
-    its checkpoint still resumes, and ``limit_train_batches=1`` there is not ``1.0`` here)."""
+    ``1.0`` as the whole epoch; ``trainer.accelerator`` as the device kind it runs on
+    (``infra/distributed.accelerator_kind``: ``auto`` is ``cpu`` on a CPU node and ``cuda`` where a GPU is
+    visible -- another device draws other rollouts, so a policy trained on a GPU under ``auto`` is not a
+    CPU node's; ``gpu`` is ``cuda``). Also applied to a settings file as read (one written before these
+    rules: its checkpoint still resumes, and ``limit_train_batches=1`` there is not ``1.0`` here)."""
     trainer = training.get("trainer") if isinstance(training, dict) else None
     if isinstance(trainer, dict):
         for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
             if isinstance(trainer[name], float):
                 trainer[name] = {"fraction": trainer[name]}
+        if isinstance(trainer.get("accelerator"), str):  # the device kind it runs on: auto resolved here
+            from infalign.infra.distributed import accelerator_kind  # (torch: not at the config check's import)
+
+            trainer["accelerator"] = accelerator_kind(trainer["accelerator"])
     data = training.get("data") if isinstance(training, dict) else None
     if isinstance(data, dict):
         from infalign.toy.defaults import RUNTIME_DEFAULTS

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from infalign.errors import ConfigError, require
+from infalign.infra import distributed
 from infalign.infra.cache import content_key, modules_digest, sha256_file
 from infalign.models.builders import (
     check_causal_lm,
@@ -426,10 +427,10 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
                        init_revision: str | None = None) -> tuple[str, dict]:
     """Bradley-Terry training of ``init_path`` (a reward model, or a causal LM that gets a new scalar
     head; a hub name at the commit ``init_revision``) on the train pairs, validated on the test pairs;
-    cached by content (init weights, input
-    format, pairs, ``reward.train``, ``data.batch_size``, ``data.seed`` -- which seeds the new head and
-    the shuffling -- and ``trainer.precision``). The build draws from its own torch RNG stream
-    (``data.seed``), so the run's stream is the same whether the model was built or loaded.
+    cached by content (init weights, input format, pairs, ``reward.train``, ``data.batch_size``,
+    ``data.seed`` -- which seeds the new head and the shuffling -- ``trainer.precision`` and the device
+    kind it trains on, ``auto`` resolved). The build draws from its own torch RNG stream (``data.seed``),
+    so the run's stream is the same whether the model was built or loaded.
 
     Returns the trained ``save_pretrained`` dir and stats: ``reward_trained`` (now, not a cache
     hit), ``reward_train_s``, ``reward_val_loss``, ``reward_val_accuracy`` (fraction of held-out
@@ -452,9 +453,14 @@ def train_reward_model(cfg: DictConfig, dm, init_path: str, tokenizer, cache_dir
     fmt = reward_input_format(tokenizer, max_length, reward_pair(cfg), reward_prompt_format(cfg))
     train, val = ([tuple(p) for p in dm.pairs(s)] for s in ("train", "test"))
     batch_size, data_seed = int(cfg.data.get("batch_size", 16)), int(cfg.data.get("seed", 0))
-    precision = str(reward_trainer_kwargs(cfg)["precision"])
+    trainer_kw = reward_trainer_kwargs(cfg)
+    precision = str(trainer_kw["precision"])
+    # the device kind it trains on (another device's kernels round otherwise): keyed off the CPU only, so
+    # CPU-trained models keep their keys
+    device = distributed.accelerator_kind(str(trainer_kw["accelerator"]))
     key = content_key("reward-bt-v4", modules_digest(REWARD_TRAINING_CODE, "REWARD_TRAINING_CODE"),
-                      _fingerprint(init_path, init_revision), fmt, train, val, hp, batch_size, data_seed, precision)
+                      _fingerprint(init_path, init_revision), fmt, train, val, hp, batch_size, data_seed, precision,
+                      *([{"device": device}] if device != "cpu" else []))
     path = Path(cache_dir) / f"reward-{key}"
     log.info("stage reward_model: Bradley-Terry training, %d steps on %d pairs, validated on %d "
              "(instant when cached: %s)", int(hp["steps"]), len(train), len(val), path)
