@@ -281,6 +281,28 @@ def test_a_finished_job_whose_latest_attempt_failed_is_flagged(tmp_path):
     assert "flagged jobs" in (root / "report" / "runs.md").read_text() and "Terminated: SIGTERM" in stdout
 
 
+def test_a_report_stopped_midway_leaves_none_of_the_previous_reports_files(tmp_path, monkeypatch):
+    """Review finding: each file was written atomically but straight over the previous report's, so a
+    report stopped in the bootstrap left the new runs table beside the old matched_kl.csv and summary.json
+    (which infalign-paper's findings then read). The old files go first."""
+    from infalign.report import build
+
+    root = make_sweep(tmp_path / "multirun")
+    assert run_main(str(root), "--no-wandb")[0] == 0
+    out = root / "report"
+    assert (out / "matched_kl.csv").is_file() and (out / "summary.json").is_file()
+    (out / "notes.txt").write_text("the user's own")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "compare_panels", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_report(root, out)
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == ["notes.txt", "runs.csv", "runs.md"]
+    assert not (out / "gain_vs_kl.png").exists()
+
+
 def test_transform_family_parsing():
     assert transform_family(IDENTITY) == ("identity", None)
     assert transform_family(RAW) == ("raw", None)

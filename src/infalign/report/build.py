@@ -42,7 +42,9 @@ class Report:
 def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Sequence[str] | None = None,
                  num_kl: int = 6, num_resamples: int = 2000, methods: Sequence[str] | None = None) -> Report:
     """Collect, tabulate and plot (no W&B, no printing); write runs.csv, runs.md, the PNGs, the
-    matched-KL comparison (matched_kl.csv/.md, gain_vs_kl.png) and theory_gap.csv/.md.
+    matched-KL comparison (matched_kl.csv/.md, gain_vs_kl.png) and theory_gap.csv/.md, each atomically,
+    after removing the previous report's files (a report stopped midway -- Ctrl-C in the bootstrap --
+    leaves some of its own files and none of the old ones beside them; ``summary.json`` comes last).
 
     ``baselines``: methods gains are computed against (default raw and identity, those present);
     ``num_kl``: common KLs per panel; ``num_resamples``: paired bootstrap resamples; ``methods``: the
@@ -67,6 +69,9 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
              "matched_kl_csv": out_dir / "matched_kl.csv", "matched_kl_md": out_dir / "matched_kl.md",
              "plot_gain": out_dir / "gain_vs_kl.png", "theory_gap_csv": out_dir / "theory_gap.csv",
              "theory_gap_md": out_dir / "theory_gap.md"}
+    for path in paths.values():  # the previous report's files first: one that stops midway leaves no mix
+        if path.is_file():
+            path.unlink()
     atomic_write_csv(paths["csv"], rows, columns(judges))
     atomic_write_text(paths["md"], markdown(rows, judges, jobs, root))
     for which in PLOTS:
