@@ -872,6 +872,14 @@ def test_a_corrupt_or_weights_only_or_too_far_checkpoint_is_refused_before_compu
     torch.save({"global_step": 40, "optimizer_states": [{"state": {}}]}, ckpt)  # TINY_RUN trains 2 steps
     with pytest.raises(ConfigError, match=r"algo\.steps=2.*at least the checkpoint's 40 steps"):
         train_app.run(compose_train(cache, run_dir, "ckpt_path=last"))
+    # review finding: a settings file cut short (a machine crash before it reached the disk) raised a raw
+    # JSONDecodeError; now a ConfigError naming ckpt_path, before compute
+    torch.save({"global_step": 2, "optimizer_states": [{"state": {}}]}, ckpt)
+    settings = run_dir / "checkpoints" / "run_settings.json"
+    for text in (settings.read_text()[:20], "[]"):
+        settings.write_text(text)
+        with pytest.raises(ConfigError, match=r"ckpt_path.*run_settings\.json"):
+            train_app.run(compose_train(cache, run_dir, "ckpt_path=last"))
 
 
 def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_path, monkeypatch):

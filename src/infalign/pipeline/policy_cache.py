@@ -299,7 +299,7 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str,
     if not path.is_file():
         log.warning("%s not found: cannot check that the checkpoint was trained with this run's settings", path)
         return {}
-    stored = json.loads(path.read_text())
+    stored = _read_settings(path, ckpt_path)
     comparable_training(stored.get("training"))
     compared = [{k: v for k, v in side.items() if k not in NOT_COMPARED} for side in (stored, settings)]
     _refuse_if_different(path, _differences(*compared, default), ckpt_path,
@@ -338,7 +338,7 @@ def check_resume_early(ckpt_dir: Path, cfg: DictConfig, beta: float | None, ckpt
     path = Path(ckpt_dir) / RESUME_FILE
     if not path.is_file():
         return
-    stored = comparable_training(json.loads(path.read_text()).get("training", {}))
+    stored = comparable_training(_read_settings(path, ckpt_path).get("training", {}))
     current = _resume_training(cfg, beta)
     _refuse_if_different(path, _training_differences(stored, current, beta is None, default), ckpt_path)
 
@@ -443,6 +443,23 @@ def _training_differences(stored: dict, current: dict, without_beta: bool, defau
             if isinstance(settings.get("algo"), dict):
                 settings["algo"].pop("beta", None)
     return _differences({"training": stored}, {"training": current}, default)
+
+
+def _read_settings(path: Path, ckpt_path: str) -> dict:
+    """The settings file :data:`RESUME_FILE` at ``path``; an unreadable one (a crash of the machine
+    before it reached the disk, an edit) is a ConfigError naming ``ckpt_path``, not a JSON traceback."""
+    from infalign.errors import ConfigError
+
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise ConfigError("ckpt_path", ckpt_path, "a checkpoint whose settings file can be read",
+                          f"{path} is unreadable ({type(exc).__name__}: {exc}); delete the checkpoints to start "
+                          "over") from None
+    if not isinstance(stored, dict):
+        raise ConfigError("ckpt_path", ckpt_path, "a checkpoint whose settings file can be read",
+                          f"{path} holds no settings; delete the checkpoints to start over")
+    return stored
 
 
 def _refuse_if_different(path: Path, differ: list[str], ckpt_path: str, hint: str = "") -> None:
