@@ -221,6 +221,7 @@ def test_a_module_edited_after_the_process_imported_it_keys_its_results_apart(tm
     import os
     import sys
     import time
+    import types
 
     import infalign
     from infalign.infra import cache
@@ -237,8 +238,12 @@ def test_a_module_edited_after_the_process_imported_it_keys_its_results_apart(tm
         monkeypatch.delitem(sys.modules, name, raising=False)
         monkeypatch.setitem(sys.modules, name, None)  # (registers the entry: monkeypatch removes it after)
         monkeypatch.delitem(sys.modules, name)
-    past, recent = infalign.IMPORTED_AT - 60, (infalign.IMPORTED_AT + time.time()) / 2  # before / after the start
-    assert recent > infalign.IMPORTED_AT
+    # the process "starts" after the probes below are written (their ctime: now), and the cache's clock
+    # reads a minute later, so "recent" lies between the start and now
+    t0 = time.time()
+    monkeypatch.setattr(infalign, "IMPORTED_AT", t0 + 2 * cache.STALE_SLACK_S)
+    monkeypatch.setattr(cache, "time", types.SimpleNamespace(time=lambda: t0 + 60))
+    past, recent = infalign.IMPORTED_AT - 60, infalign.IMPORTED_AT + 30  # before / after the start
     path = probe("infalign_stale_probe", "def f():\n    return 1\n", past)
     clean = cache.modules_digest(["infalign_stale_probe"], "X")  # not imported: the file's digest
     importlib.import_module("infalign_stale_probe")
@@ -260,12 +265,23 @@ def test_a_module_edited_after_the_process_imported_it_keys_its_results_apart(tm
     assert cache._imported_code_changed("infalign_stale_probe_late", str(tmp_path / "infalign_stale_probe_late.py"),
                                         b"") is True
     # dated in the future (a clock ahead of this one): not an edit
-    probe("infalign_stale_probe_future", "y = 1\n", time.time() + 3600)
+    probe("infalign_stale_probe_future", "y = 1\n", t0 + 3600)
     importlib.import_module("infalign_stale_probe_future")
     future = cache.modules_digest(["infalign_stale_probe_future"], "X")
     del sys.modules["infalign_stale_probe_future"]
     assert cache.modules_digest(["infalign_stale_probe_future"], "X") == future
     assert path.exists()
+    # review finding: copied in after the start keeping an old mtime (cp -p, rsync -a, tar x): its ctime says
+    # it changed, so its code as imported is unknown -> marked (the mtime alone read it as the imported code)
+    monkeypatch.setattr(infalign, "IMPORTED_AT", t0 - 10)
+    probe("infalign_stale_probe_copied", "z = 1\n", infalign.IMPORTED_AT - 60)
+    monkeypatch.delitem(sys.modules, "infalign_stale_probe_copied", raising=False)
+    importlib.import_module("infalign_stale_probe_copied")
+    try:
+        assert cache._imported_code_changed("infalign_stale_probe_copied",
+                                            str(tmp_path / "infalign_stale_probe_copied.py"), b"") is True
+    finally:
+        del sys.modules["infalign_stale_probe_copied"]
 
 
 def test_a_file_system_without_flock_builds_unlocked_instead_of_failing(tmp_path, monkeypatch, caplog):

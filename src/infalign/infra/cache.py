@@ -83,23 +83,29 @@ _IMPORTED_CODE: dict[str, bytes] = {}  # module -> the code_fingerprint of what 
 def _imported_code_changed(name: str, path: str, fingerprint: bytes) -> bool:
     """Whether the imported module ``name`` runs other code than its file now holds (``fingerprint``).
     The first digest of a module in this process records its file's code as the imported code when
-    the file is not newer than ``infalign.IMPORTED_AT`` (the process's start) -- or is dated in the
-    future (a clock ahead of this one: an NFS server, an archive), which says nothing about an edit;
-    later digests compare with that record, so a ``touch`` or a comment-only edit changes nothing. A
-    file modified after the start before any digest recorded it may hold other code: changed."""
+    the file was last written (its mtime) and last replaced or changed (its ctime, which ``cp -p``,
+    ``rsync -a`` and ``tar x`` cannot backdate) at least :data:`STALE_SLACK_S` before
+    ``infalign.IMPORTED_AT`` (the process's start; the slack: file systems that keep times to the
+    second) -- or when its mtime is in the future (a clock ahead of this one: an NFS server, an
+    archive), which says nothing about an edit; later digests compare with that record, so a ``touch``
+    or a comment-only edit changes nothing. A file changed after the start before any digest recorded
+    it may hold other code: changed."""
     known = _IMPORTED_CODE.get(name)
     if known is not None:
         return fingerprint != known
     from infalign import IMPORTED_AT
 
     try:
-        mtime = os.stat(path).st_mtime
+        st = os.stat(path)
     except OSError:
         return False
-    if mtime <= IMPORTED_AT or mtime > time.time() + 1.0:
+    if max(st.st_mtime, st.st_ctime) <= IMPORTED_AT - STALE_SLACK_S or st.st_mtime > time.time() + 1.0:
         _IMPORTED_CODE[name] = fingerprint
         return False
     return True
+
+
+STALE_SLACK_S = 1.0  # _imported_code_changed: a file changed this close to the process's start may be newer
 
 
 @functools.cache
