@@ -115,6 +115,30 @@ def test_non_overlapping_kl_ranges_give_no_common_kl():
     assert res.ranges == {"identity": pytest.approx((0.1, 0.3)), "exp(t=4)": pytest.approx((0.5, 0.9))}
 
 
+def test_a_method_without_a_common_kl_is_left_out_not_the_whole_panel():
+    """Review finding: one method whose KL range missed the others' (an offline baseline at its own KL, a
+    method whose seeds landed apart) voided the whole panel -- identity - raw, which overlap, went
+    unmeasured. It is left out (its runs excluded, named in the note) and the rest are compared."""
+    z, d = world()
+    runs = (linear_runs("raw", [0.1, 0.5, 1.0], 0.0, z, d) + linear_runs("identity", [0.1, 0.5, 1.0], 0.03, z, d)
+            + linear_runs("bon_sft", [1.5, 2.5], 0.1, z, d)  # nowhere near the others
+            + linear_runs("exp", [0.1, 0.2], 0.05, z, d, seed=0)  # its seeds do not overlap each other
+            + linear_runs("exp", [0.6, 0.9], 0.05, z, d, seed=1)
+            + linear_runs("log", [0.3, 1.4], 0.02, z, d))  # overlaps: narrows the common range to [0.3, 1.0]
+    res = matched_kl(runs)
+    assert res.common and res.grid[0] == pytest.approx(0.3) and res.grid[-1] == pytest.approx(1.0)
+    by = {(g.method, g.baseline): g for g in res.gains}
+    assert set(by) == {("identity", "raw"), ("log", "raw"), ("log", "identity")}
+    np.testing.assert_allclose(by[("identity", "raw")].gain, 0.03, atol=1e-12)  # the lines' offsets
+    np.testing.assert_allclose(by[("log", "identity")].gain, -0.01, atol=1e-12)
+    assert "bon_sft (KL [1.5, 2.5] outside the others' [0.3, 1])" in res.note
+    assert "exp (its seeds' KL ranges do not overlap)" in res.note
+    assert sorted(label for label, _ in res.excluded) == sorted(r.label for r in runs if r.method in ("bon_sft", "exp"))
+    # the baselines themselves apart: no common KL, as before
+    apart = linear_runs("raw", [0.1, 0.3], 0.0, z, d) + linear_runs("identity", [0.5, 0.9], 0.0, z, d)
+    assert not matched_kl(apart + linear_runs("log", [0.1, 0.9], 0.0, z, d)).common
+
+
 def test_interpolation_is_exact_on_linear_data_and_never_extrapolates():
     rng = np.random.default_rng(3)
     x = rng.uniform(0, 2, 7)

@@ -15,8 +15,9 @@ a curve's end segments a little, see below). A method's curve is the mean over i
 seeds, ``f_m(k) = mean_s f_ms(k)``.
 
 **Common KL grid.** ``num_kl`` equally spaced KLs spanning ``[max_c lo_c, min_c hi_c]``, the
-intersection of the ranges of every compared curve ``c = (m, s)``. An empty intersection is a result
-(``MatchedKL.common`` is False, ``note`` says why), not an error.
+intersection of the ranges of every compared curve ``c = (m, s)``; a method without a KL in common with
+the others is left out of the panel, named in ``note`` (:func:`common_methods`). No common KL at all is a
+result (``MatchedKL.common`` is False, ``note`` says why), not an error.
 
 **Gains.** Against a baseline ``b``: ``g_m(k) = f_m(k) - f_b(k)``.
 
@@ -299,6 +300,39 @@ def common_range(ranges: Sequence[tuple[float, float]]) -> tuple[float, float] |
     return (lo, hi) if lo <= hi else None
 
 
+def common_methods(ranges: dict[str, tuple[float, float] | None], bases: Sequence[str],
+                   ) -> tuple[tuple[float, float] | None, dict[str, str]]:
+    """``(span, left_out)``: the common KL range (10.2) of the methods compared, and those left out with
+    why. All methods when their ranges overlap. Otherwise a method whose seeds' ranges do not overlap is
+    left out, and the others are taken greedily around the baselines (``bases``, those with a range):
+    starting from the baselines' common range, each method in order of its overlap with it (largest
+    first) is kept if the span stays non-empty. ``(None, {})`` when even that leaves fewer than two
+    methods or the baselines have no common range: no common KL (one method without a KL in common no
+    longer voids the comparison of the others)."""
+    live = {m: r for m, r in ranges.items() if r is not None}
+    if len(live) == len(ranges) and (span := common_range(list(live.values()))) is not None:
+        return span, {}
+    left_out = {m: "its seeds' KL ranges do not overlap" for m, r in ranges.items() if r is None}
+    anchors = [b for b in bases if b in live]
+    span = common_range([live[b] for b in anchors]) if anchors else None
+    if span is None:
+        return None, {}
+
+    def overlap(r: tuple[float, float]) -> float:
+        both = common_range([r, span])
+        return -1.0 if both is None else both[1] - both[0]
+
+    for m in sorted((m for m in live if m not in anchors), key=lambda m: -overlap(live[m])):
+        both = common_range([live[m], span])
+        if both is None:
+            left_out[m] = f"KL [{live[m][0]:.3g}, {live[m][1]:.3g}] outside the others' [{span[0]:.3g}, {span[1]:.3g}]"
+        else:
+            span = both
+    if len(ranges) - len(left_out) < 2:
+        return None, {}
+    return span, left_out
+
+
 def _check_prompts(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[str, str]], int]:
     """Keep the runs on the panel's prompts (the most common ``prompt_ids``; any with equal ``P``
     when no run has ids); the others are excluded with a reason."""
@@ -362,12 +396,22 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     if len(methods) < 2:
         result.note = f"only one method ({methods[0]}): nothing to compare"
         return result
-    span = None if any(r is None for r in ranges.values()) else common_range(list(ranges.values()))
+    bases = [b for b in (DEFAULT_BASELINES if baselines is None else baselines) if b in methods]
+    span, left_out = common_methods(ranges, bases)
     if span is None:
         result.note = "no common KL: " + ", ".join(
             f"{m} [{r[0]:.3g}, {r[1]:.3g}]" if r else f"{m} (its seeds' KL ranges do not overlap)"
             for m, r in ranges.items())
         return result
+    if left_out:  # the rest are compared on their common range; these runs are listed as excluded
+        for (m, s_), idx in list(curves.items()):
+            if m in left_out:
+                excluded += [(kept[i].label, f"{m}: {left_out[m]}") for i in idx]
+                del curves[(m, s_)]
+        methods = [m for m in methods if m not in left_out]
+        bases = [b for b in bases if b not in left_out]
+        result.note = "left out, no KL in common with the others: " + "; ".join(
+            f"{m} ({why})" for m, why in left_out.items())
     grid = np.linspace(span[0], span[1], num_kl) if span[1] > span[0] else np.array([span[0]])
     result.grid, result.common = grid, True
 
@@ -398,10 +442,10 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
         result.win_rate[m] = (np.mean(list(point[m].values()), 0), low, high)
         result.n_seeds[m] = len(point[m])
         result.n_runs[m] = sum(len(i) for (mm, _), i in curves.items() if mm == m)
-    bases = [b for b in (DEFAULT_BASELINES if baselines is None else baselines) if b in methods]
     missing = [b for b in (baselines or ()) if b not in methods]
     if missing:
-        result.note = f"baseline(s) without a curve on this panel: {', '.join(missing)}"
+        result.note = "; ".join(filter(None, [result.note,
+                                              f"baseline(s) without a curve on this panel: {', '.join(missing)}"]))
     for j, b in enumerate(bases):
         for m in methods:
             if m != b and m not in bases[:j]:  # identity vs raw, not also raw vs identity
