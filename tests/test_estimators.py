@@ -67,6 +67,17 @@ def test_bootstrap_rejects_empty():
         bootstrap_ci(np.ones(0))
 
 
+def test_one_prompt_has_no_interval():
+    """Review finding: P = 1 gave the zero-width "95 %" interval [v, v], read downstream as certainty
+    (matched KL called such a gain significant on these prompts). Its bounds are NaN; data.eval_prompts
+    must be >= 2 (tests/test_cli.py)."""
+    est, low, high = bootstrap_ci(np.array([0.7]))
+    assert est == 0.7 and np.isnan(low) and np.isnan(high)
+    est, low, high = bootstrap_ci(np.array([[0.7, 0.2]]))
+    np.testing.assert_array_equal(est, [0.7, 0.2])
+    assert np.all(np.isnan(low)) and np.all(np.isnan(high))
+
+
 # ---------------------------------------------------------------- guards found by mutation testing
 
 

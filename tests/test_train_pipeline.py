@@ -296,6 +296,7 @@ def test_reference_pools_are_keyed_by_the_sampling_precision_and_device(cache_di
         ("eval.top_k=0", "eval.top_k"),
         ("threads=two", "threads"),
         ("data.train_prompts=0", "data.train_prompts"),
+        ("data.eval_prompts=1", "data.eval_prompts"),  # review: one prompt gave zero-width "95 %" intervals
         ("data.source=nosuch", "data.source"),
         ("algo.kl_target=0.3", "algo.kl_target"),  # with transform=optimal below
         ("logger=wandb", "logger.mode"),  # with logger.mode=onlin below

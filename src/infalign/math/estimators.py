@@ -36,7 +36,9 @@ def bootstrap_ci(
     ``[num_resamples, P]`` matrix). Columns share the resampled prompts, so intervals of several
     columns (e.g. every N) are computed jointly. ``stat`` must accept ``axis=`` like ``np.mean``;
     for the mean the resamples are evaluated as a counts-matrix product (no ``[B, P, ...]`` copy).
-    Scalars are returned as floats, multi-column results as arrays of shape ``v.shape[1:]``.
+    Scalars are returned as floats, multi-column results as arrays of shape ``v.shape[1:]``. One
+    prompt has no interval: ``low`` and ``high`` are NaN (every resample is that prompt, a zero-width
+    "interval" that would read as certainty).
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level={level} must lie in (0, 1)")
@@ -60,6 +62,8 @@ def bootstrap_ci(
     estimate = stat(values, axis=0)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(resampled, [alpha, 1.0 - alpha], axis=0)
+    if num == 1:
+        low, high = np.full_like(low, np.nan), np.full_like(high, np.nan)
     if np.ndim(estimate) == 0:
         return float(estimate), float(low), float(high)
     return np.asarray(estimate), low, high

@@ -75,12 +75,13 @@ def wandb_mode(mode) -> str:
 
 
 def data_settings(data_cfg) -> None:
-    """``data.source`` one of :data:`DATA_SOURCES`, ``data.train_prompts`` / ``data.eval_prompts``
-    >= 1 (ConfigError naming the key). The files, models and tokenizers are checked by
+    """``data.source`` one of :data:`DATA_SOURCES`, ``data.train_prompts`` >= 1 and
+    ``data.eval_prompts`` >= 2 (ConfigError naming the key). The files, models and tokenizers are checked by
     ``pipeline/world.check_world_config``, which needs transformers."""
     require(data_cfg.source in DATA_SOURCES, "data.source", data_cfg.source, f"one of {list(DATA_SOURCES)}")
     require(int(data_cfg.train_prompts) >= 1, "data.train_prompts", data_cfg.train_prompts, ">= 1")
-    require(int(data_cfg.eval_prompts) >= 1, "data.eval_prompts", data_cfg.eval_prompts, ">= 1")
+    require(int(data_cfg.eval_prompts) >= 2, "data.eval_prompts", data_cfg.eval_prompts, ">= 2",
+            "the evaluation's confidence intervals resample the prompts: one prompt gives a zero-width interval")
 
 
 def model_settings(cfg) -> None:
