@@ -70,7 +70,9 @@ with Welch-Satterthwaite degrees of freedom ``nu = se_total^4 / (se_seed^4 / df_
 (P - 1))``, and the interval ``gain +- t_{(1+level)/2, nu} se_total`` (``total_low``, ``total_high``).
 Under ``g_sp = mu + tau_p + eps_s + eta_sp`` (prompt effect, training noise, evaluation noise) the
 sum estimates ``Var tau / P + Var eps / S + 2 Var eta / (S P)``: the evaluation noise is counted
-twice, so the interval is slightly conservative.
+twice. With 2-3 seeds the interval is nevertheless short of its level (``nu`` takes the 1-2-df seed
+variance as known: 87-94 % coverage in a simulation, docs/method.md (10.5)); the verdict also needs the
+seed interval, which holds it.
 
 **Significance.** A gain is significant where its estimate, its prompt-bootstrap CI, its seed
 interval and its total interval all lie on the same side of 0 (by more than :data:`ZERO_TOL`, the
