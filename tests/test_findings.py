@@ -93,7 +93,8 @@ def test_a_control_passes_only_without_a_significant_cell_and_reports_the_larges
                                         [False, True, False, False, False, False])
           + rows("bon4", "identity[replica=1]", "identity", [0.0] * 6, [False] * 6))
     f = read_claim(claim, tmp_path)
-    assert f.verdict == "fails: 1 of 12 cells significant (largest |gain| over the 12 cells: 2.5 points)"
+    assert f.verdict == ("fails: 1 of 12 cells significant (chance alone: ~0.6; largest |gain| over the 12 cells: "
+                         "2.5 points)")
     assert f.comparisons[0].outcome == "+0 −1 of 6 KLs significant"
 
 

@@ -1240,11 +1240,14 @@ def test_plots_draw_the_columns_theory_and_verdicts_they_name(tmp_path, monkeypa
     data, theory_line = ax.containers[0].lines[0], next(ln for ln in ax.lines if ln.get_linestyle() == "--")
     assert data.get_xdata().tolist() == [0.25, 0.80] and data.get_ydata().tolist() == [0.62, 0.72]  # sorted by KL
     assert theory_line.get_ydata().tolist() == s.theory["reward_model"]["standard_win_rate"]
-    g = _gain([0.01, 0.02], [True, False], [True, True])
-    plot_gains([_panel([0.1, 0.2], [g])], ["reward_model"], tmp_path / "g.png")
+    g = _gain([0.01, 0.02, 0.01], [True, False, True], [True, True, True])
+    # the chords alone make at most 0.02 at the last KL, more than the gain's intervals clear: not evidence
+    g.chord_low, g.chord_high = np.array([0.0, 0.0, -0.02]), np.array([0.0, 0.0, 0.02])
+    plot_gains([_panel([0.1, 0.2, 0.3], [g])], ["reward_model"], tmp_path / "g.png")
     ax = figures[-1].axes[0]
-    faces = ax.collections[-1].get_facecolors()
-    assert faces[0][:3].tolist() != [1.0, 1.0, 1.0] and faces[1][:3].tolist() == [1.0, 1.0, 1.0]  # filled = significant
+    faces = [f[:3].tolist() for f in ax.collections[-1].get_facecolors()]
+    # filled = significant and beyond the chord check (review: a chord-flagged cell was drawn filled)
+    assert faces[0] != [1.0, 1.0, 1.0] and faces[1] == faces[2] == [1.0, 1.0, 1.0]
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert band.min() == pytest.approx(100 * g.low.min()) and band.max() == pytest.approx(100 * g.high.max())
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from infalign.report.matched import Panel
+from infalign.report.matched import Panel, significant_chord_note
 from infalign.report.series import Series
 
 PLOTS = {"inference": "inference_win_rate_vs_kl.png", "standard": "standard_win_rate_vs_kl.png"}
@@ -178,15 +178,17 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
                 c = colors[(g.method, g.baseline)]
                 ax.fill_between(k, 100 * g.low, 100 * g.high, color=c, alpha=0.2, lw=0)
                 ax.plot(k, 100 * g.gain, color=c, lw=1.6, label=f"{g.method} - {g.baseline}")
-                ax.scatter(k, 100 * g.gain, color=c, s=22, zorder=3,
-                           facecolors=[c if s else "white" for s in g.significant])
+                # filled: significant and beyond what the runs' KL placement alone makes (the chord check)
+                evidence = [bool(g.significant[i]) and not significant_chord_note(g, i) for i in range(len(k))]
+                ax.scatter(k, 100 * g.gain, color=c, s=22, zorder=3, facecolors=[c if e else "white" for e in evidence])
             lo, hi = ax.get_ylim()
             if hi - lo < 2.0:  # at least +-1 point, so float-rounding-sized gains do not fill the axis
                 mid = (hi + lo) / 2
                 ax.set_ylim(mid - 1.0, mid + 1.0)
             if p.result.gains:
                 ax.legend(fontsize=8, loc="best")
-    fig.suptitle("gain at matched KL, paired 95% CI over prompts (filled marker: significant)", fontsize=11)
+    fig.suptitle("gain at matched KL, band: paired 95% CI over prompts only (filled marker: significant by "
+                 "every interval, beyond the chord check)", fontsize=11)
     save_png(fig, path)
 
 
