@@ -189,6 +189,20 @@ def test_a_new_run_in_a_dir_freed_from_an_unfinished_attempt_takes_none_of_its_f
     assert (run_dir / "metrics.json").is_file() and not (run_dir / "previous_attempt-3").exists()
 
 
+@pytest.mark.slow  # a tiny run end to end
+def test_a_short_offline_run_logs_its_training_curve_to_the_last_step(tmp_path, tiny_cache):
+    """Review finding: with log_every_n_steps=5 (conf/train.yaml) a 4-step BoN-SFT run (kl_point=0) logged
+    no training curve at all, and no 4/8/16/32/64-step run its last step: the interval is now at most a
+    tenth of the steps and divides them (pipeline/trainer.logging_interval)."""
+    import csv as csv_module
+
+    run_dir = tmp_path / "run"
+    train_app.run(compose_train(tiny_cache, run_dir, "method=bon_sft", "algo.steps=4", "logger=csv",
+                                "policy_cache=false"))
+    rows = list(csv_module.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3]
+
+
 @pytest.mark.slow  # two tiny runs end to end
 def test_a_continued_ppo_runs_csv_has_each_step_once(tmp_path, tiny_cache):
     """Review finding: the CSV history a resume keeps was cut at the checkpoint's *optimizer* step, while

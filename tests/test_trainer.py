@@ -108,6 +108,15 @@ def test_a_partial_pool_is_an_error_not_a_pool():
             gather(outputs, num_prompts=4)
 
 
+@pytest.mark.parametrize("every, steps, interval", [(5, 4, 1), (5, 8, 1), (5, 16, 1), (5, 32, 2), (5, 64, 4),
+                                                    (5, 200, 5), (5, 60, 5), (5, 7, 1), (50, 1000, 50), (3, 97, 1)])
+def test_the_logging_interval_logs_several_points_and_the_last_step(every, steps, interval):
+    from infalign.pipeline.trainer import logging_interval
+
+    n = logging_interval(every, steps)
+    assert n == interval and steps % n == 0 and n <= every
+
+
 def test_callback_without_target_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"callbacks\.mine"):
         trainers_of(tmp_path, "+callbacks.mine.every=3")

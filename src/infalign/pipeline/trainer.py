@@ -75,6 +75,24 @@ class StageTrainers:
     fit: TrainerFactory
 
 
+def logging_interval(every: int, steps: int) -> int:
+    """The logging interval of a fit of ``steps`` steps (batches): at most ``every`` (the run's
+    ``log_every_n_steps``) and a tenth of ``steps`` (at least 1), lowered to a divisor of ``steps`` so
+    the last step is logged. (Lightning logs a step when its count is a multiple of the interval: with
+    5, a 4-step BoN-SFT run logged no training curve, and no 4/8/16/32/64-step one its last step.)"""
+    n = max(1, min(int(every), int(steps) // 10))
+    while int(steps) % n:
+        n -= 1
+    return n
+
+
+def fit_for(trainers: StageTrainers, max_steps: int, steps: int):
+    """``trainers.fit`` for a fit of ``steps`` batches and ``max_steps`` optimizer steps, logging every
+    :func:`logging_interval` batches."""
+    every = factory_keywords(trainers.fit).get("log_every_n_steps", 50)
+    return trainers.fit(max_steps=max_steps, log_every_n_steps=logging_interval(every, steps))
+
+
 def factory_keywords(make: TrainerFactory) -> dict:
     """The ``L.Trainer`` arguments a factory holds: its keywords merged through nested factories
     (``functools.partial`` over Hydra's deferred target: a stage's ``predict`` / ``fit``), the
