@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import types
 
 import pytest
 import torch
@@ -485,6 +486,20 @@ def test_an_interrupted_offline_run_resumes_where_it_stopped(cache_dir, tmp_path
     weights = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
                for d in ("straight", "killed")]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["algo=bon_sft", "algo=rloo"])
+def test_a_fit_a_trainer_setting_cuts_short_is_an_error_not_a_policy(cache_dir, tmp_path, algo):
+    """Review finding: +trainer.max_epochs=1 stopped an offline fit after one pass over its loader (3 of
+    its 4 steps here) and the policy was recorded -- and cached -- as the 4-step run's; max_time or a
+    callback can cut any algorithm's fit alike. A fit short of its optimizer steps is now an error."""
+    from infalign.pipeline import trainer as trainer_mod
+
+    stop = ["+trainer.max_epochs=1"] if algo == "algo=bon_sft" else ["+trainer.max_time=00:00:00:00"]
+    with pytest.raises(RuntimeError, match=r"training stopped at optimizer step \d of 4"):
+        run(cache_dir, tmp_path / "run", algo, "algo.steps=4", *stop)
+    assert trainer_mod.check_fit_complete(types.SimpleNamespace(global_step=4), 4) is None
 
 
 @pytest.mark.slow

@@ -93,6 +93,16 @@ def fit_for(trainers: StageTrainers, max_steps: int, steps: int):
     return trainers.fit(max_steps=max_steps, log_every_n_steps=logging_interval(every, steps))
 
 
+def check_fit_complete(trainer, max_steps: int) -> None:
+    """A fit that returned before ``max_steps`` optimizer steps -- stopped by a trainer setting
+    (``max_epochs``, ``max_time``, ``limit_train_batches``), a callback or an exhausted loader -- is a
+    RuntimeError: its policy would be recorded and cached as the whole run's."""
+    if trainer.global_step < max_steps:
+        raise RuntimeError(f"training stopped at optimizer step {trainer.global_step} of {max_steps} (a trainer "
+                           "setting -- trainer.max_epochs, max_time, limit_train_batches -- or a callback stopped "
+                           "it): the policy is not the run's; remove the setting (algo.steps sets the length)")
+
+
 def factory_keywords(make: TrainerFactory) -> dict:
     """The ``L.Trainer`` arguments a factory holds: its keywords merged through nested factories
     (``functools.partial`` over Hydra's deferred target: a stage's ``predict`` / ``fit``), the
