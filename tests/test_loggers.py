@@ -169,10 +169,63 @@ def test_the_logger_entry_gets_the_runs_name_tags_and_group(tmp_path, monkeypatc
     # an A/A replica is told apart on a dashboard by its name and a tag
     seed = next((o.split("=")[1] for o in overrides if o.startswith("seed=")), "0")
     pooled = "calibration.scope=pooled" in overrides
-    assert logger_cfg["tags"] == ["mine", "bon4", "identity" if pooled else "exp", "rloo", "beta=20",
+    assert logger_cfg["tags"] == ["mine", "bon4", *(["identity"] if pooled else ["exp", "t=4"]), "rloo", "beta=20",
                                   *(["calibration=pooled"] if pooled else []), "toy", f"seed={seed}",
                                   *(["replica=1"] if "replica=1" in overrides else [])]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["run_name"] == name
+
+
+@pytest.mark.parametrize("overrides, tags", [
+    (["tags=baseline"], ["baseline", "bon4", "exp", "t=4", "rloo", "beta=20", "toy", "seed=0"]),
+    # an offline baseline: no transform (it reads none; its config keeps the default exp(t=4)), its knob
+    (["method=bon_sft", "algo.steps=4"], ["bon4", "bon_sft", "steps=4", "toy", "seed=0"]),
+    (["method=ipo"], ["bon4", "ipo", "beta=0.25", "toy", "seed=0"]),  # kl_point=2 here
+])
+def test_tags_say_what_the_run_read(tmp_path, monkeypatch, overrides, tags):
+    """Review findings (W&B): tags=baseline became one-letter tags; BoN-SFT and IPO runs were tagged with
+    the transform they never read (a filter on 'exp' pulled them in) and BoN-SFT with no KL knob; runs of
+    one transform family at several t shared their tags."""
+    from infalign.apps import train as train_app
+
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", *overrides)
+    procedure, transform, algo = train_app.validate(cfg)
+    train_app.name_run(cfg, procedure, transform, algo)
+    assert list(cfg.tags) == tags
+
+
+def test_validate_warns_of_a_transform_against_the_procedure_and_an_overridden_method_knob(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """Review findings (config surface): toy_bon's exp(t=4) under procedure=won was accepted without a word
+    (infalign-analyze warns); algo.steps given with method=bon_sft replaced the knob kl_point walks, so a
+    kl_point sweep trained one policy five times."""
+    from infalign.apps import train as train_app
+
+    caplog.set_level("WARNING", logger="infalign.apps.train")
+    train_app.validate(compose_train(tmp_path, tmp_path, "procedure=won"))
+    assert "lowers the won4 win rate" in caplog.text
+    caplog.clear()
+    train_app.validate(compose_train(tmp_path, tmp_path))  # exp(t=4) with best-of-4: as meant
+    assert "win rate" not in caplog.text
+    monkeypatch.setattr(train_app, "command_line_keys", lambda: {"method", "algo.steps"})
+    train_app.validate(compose_train(tmp_path, tmp_path, "method=bon_sft"))
+    assert "every kl_point trains the same policy" in caplog.text
+    caplog.clear()
+    train_app.validate(compose_train(tmp_path, tmp_path, "method=ipo"))  # algo.steps is not IPO's knob
+    assert "kl_point" not in caplog.text
+
+
+def test_the_run_group_resolves_without_a_run_mode(monkeypatch):
+    """Review finding: `infalign-train --cfg job --resolve` crashed resolving the default logger's group
+    (Hydra sets no mode for --cfg)."""
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from infalign.apps.config import run_group
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=None)))
+    assert run_group(None) == "single" and run_group("paper_bon") == "paper_bon"
 
 
 @pytest.mark.slow

@@ -298,6 +298,13 @@ def test_reference_pools_are_keyed_by_the_sampling_precision_and_device(cache_di
         ("threads=two", "threads"),
         ("data.train_prompts=0", "data.train_prompts"),
         ("data.eval_prompts=1", "data.eval_prompts"),  # review: one prompt gave zero-width "95 %" intervals
+        # review findings (config surface): each failed late -- inside fit, after the world and calibration
+        # stages, or after the toy build -- or gave a number
+        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches"),
+        ("eval.bootstrap=1", "eval.bootstrap"),
+        ("reward.batch_size=0", "reward.batch_size"),
+        ("tags=[[a]]", "tags"),
         ("data.source=nosuch", "data.source"),
         ("algo.kl_target=0.3", "algo.kl_target"),  # with transform=optimal below
         ("logger=wandb", "logger.mode"),  # with logger.mode=onlin below
@@ -318,6 +325,30 @@ def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, overr
         extra = ["method=raw"]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cache_dir, tmp_path, override, *extra)
+
+
+def test_config_review_checks_at_the_world_stage_and_in_model_settings(tmp_path):
+    """Review findings: chat_template=true on the toy world failed at the first prompt, after the toy
+    build (now: the world stage's first check, before the build); a Bradley-Terry reward.train.steps=0
+    cached the untrained scalar head as the reward model, a negative lr or warmup failed in fit."""
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.settings import model_settings
+    from infalign.pipeline.world import check_world_config
+
+    with pytest.raises(ConfigError, match=r"policy\.chat_template"):
+        check_world_config(compose_train(tmp_path, tmp_path, "+policy.chat_template=true"))
+    base = {"data": {"source": "tldr"}, "reward": {"train": {"enabled": True, "steps": 10, "lr": 1e-5, "warmup": 0,
+                                                             "weight_decay": 0.0, "accelerator": None}}}
+    model_settings(OmegaConf.create(base))
+    for key, value in (("steps", 0), ("steps", 1.5), ("lr", -1e-5), ("warmup", -1), ("accelerator", "gpuu")):
+        bad = OmegaConf.create(base)
+        bad.reward.train[key] = value
+        with pytest.raises(ConfigError, match=rf"reward\.train\.{key}"):
+            model_settings(bad)
+    off = OmegaConf.create(base)
+    off.reward.train.enabled, off.reward.train.steps = False, 0  # not trained: not read
+    model_settings(off)
 
 
 @pytest.mark.slow

@@ -103,7 +103,8 @@ def run_group(sweep_name: str | None) -> str:
         return str(sweep_name)
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else None  # (None under --cfg job)
+    if mode is not None and mode.name == "MULTIRUN":
         return f"multirun-{outermost_sweep_dir(Path(HydraConfig.get().sweep.dir)).name}"
     return "single"
 

@@ -109,8 +109,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(OmegaConf.is_list(ns) and len(ns) > 0 and all(isinstance(n, int) and not isinstance(n, bool) for n in ns),
             "eval.ns", OmegaConf.to_container(ns) if OmegaConf.is_config(ns) else ns,
             "a non-empty list of integers N, e.g. [1, 2, 4, 8]")
-    require(int(cfg.eval.bootstrap) >= 1, "eval.bootstrap", cfg.eval.bootstrap,
-            ">= 1 bootstrap resamples over prompts for the CIs (1000 by default)")
+    require(int(cfg.eval.bootstrap) >= 40, "eval.bootstrap", cfg.eval.bootstrap,
+            ">= 40 bootstrap resamples over prompts for the CIs (1000 by default)",
+            "a 95 % percentile interval reads the 2.5 % and 97.5 % quantiles of the resamples: with fewer "
+            "than 40 they are the extremes, and with 1 a zero-width interval beside the estimate")
     judges = ["reward_model"] + (["gold"] if cfg.data.source == "toy" else [])  # gold: the toy world's own
     require(cfg.objective.judge in judges, "objective.judge", cfg.objective.judge, f"one of {judges}",
             "real data has no gold reward" if cfg.objective.judge == "gold" else None)
@@ -139,7 +141,14 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "trainer.precision", precision, "32-true or bf16-mixed with algo.grad_clip > 0 (or set algo.grad_clip=0)",
             "16-mixed scales the loss (a GradScaler), and Lightning's manual optimisation clips the gradients before "
             "it unscales them (Lightning issue #18089): the clip would act on gradients ~65536x too large")
+    for key, off in (("gradient_clip_val", 0), ("accumulate_grad_batches", 1)):  # Lightning refuses them in fit
+        require(not algo.online or cfg.trainer.get(key) in (None, off), f"trainer.{key}", cfg.trainer.get(key),
+                f"not set with algo={algo.name}", "RL optimises manually, which Lightning's automatic clipping and "
+                "accumulation do not support: set algo.grad_clip (clipping) or algo.prompts_per_step (batch)")
     require(int(cfg.seed) >= 0, "seed", cfg.seed, "an integer >= 0 (it seeds numpy and torch generators)")
+    user_tags(cfg.get("tags"))
+    warn_against_the_procedure(transform, procedure, algo)
+    warn_if_the_knob_is_overridden(algo)
     devices = trainer_devices(cfg.trainer.devices)
     if devices == "auto" or (devices == -1 and cfg.trainer.accelerator != "cpu"):  # -1: every visible GPU
         devices = auto_device_count(cfg.trainer.accelerator)
@@ -163,6 +172,32 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
 
 
 STAYS_KL = 0.01  # nats: an ideal tilted policy this close to the reference is a run that trains nothing
+
+
+def warn_against_the_procedure(transform: Transform, procedure: Procedure, algo: Algorithm) -> None:
+    """Warn when an online algorithm's exp-family ``t`` works against the procedure (``t > 0`` with
+    worst-of-N rewards the top of the reference distribution, ``t < 0`` with best-of-N its bottom):
+    accepted -- a legitimate comparison -- but rarely the intent (``infalign-analyze`` says the same)."""
+    t = getattr(transform, "t", None)
+    if not algo.online or not isinstance(t, int | float) or not procedure.uses_n or t * procedure.sign >= 0:
+        return
+    log.warning("transform %s with procedure %s: exp(t%s0) %s, which lowers the %s win rate; the usual choice "
+                "is t %s 0", transform.label, procedure.label, ">" if t > 0 else "<",
+                "rewards the top of the reference distribution" if t > 0 else "punishes its bottom",
+                procedure.label, "<" if t > 0 else ">")
+
+
+def warn_if_the_knob_is_overridden(algo: Algorithm) -> None:
+    """Warn when a ``method=`` entry is chosen on the command line together with its algorithm's KL knob
+    (``algo.steps`` for BoN-SFT, ``algo.beta`` for IPO, ``algo.kl_target`` for RL): the method sets the
+    knob from ``kl_point``, so every ``kl_point`` would train the same policy. (``algo.beta`` with a
+    ``kl_target`` is refused by :func:`validate`.)"""
+    given = command_line_keys()
+    knob = [k for k in algo.kl_knob_keys if k in given]
+    if "method" in given and knob:
+        log.warning("%s given with method=: it replaces the method's KL knob, which walks kl_point -- every "
+                    "kl_point trains the same policy (drop %s to walk the method's curve)", ", ".join(knob),
+                    ", ".join(knob))
 
 
 def warn_if_the_policy_stays(transform: Transform, algo: Algorithm) -> None:
@@ -418,14 +453,29 @@ def offline_resume_step(path: str, algo: Algorithm, trainer_cfg) -> int | None:
     return check_checkpoint_steps(path, algo, contents)
 
 
+def user_tags(tags) -> list[str]:
+    """``tags`` as a list: one string is one tag (``tags=baseline`` was split into letters), a list of
+    strings as given; anything else is a ConfigError naming ``tags``."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        return [tags]
+    values = OmegaConf.to_container(tags) if OmegaConf.is_config(tags) else tags
+    require(isinstance(values, list) and all(isinstance(t, str | int | float) and not isinstance(t, bool)
+                                             for t in values),
+            "tags", values, "a list of strings (or one string), e.g. tags=[baseline,v2]")
+    return [str(t) for t in values]
+
+
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:
     """The run's name -- ``run_name`` if set, else :func:`record.run_name` (e.g. ``bon4-exp-t4-b20``;
     ``-pooled`` appended for a reward calibrated among all prompts' samples (``calibration.scope=pooled``,
     the method ``identity[pooled]``), ``-s<seed>`` for a seed other than 0 and ``-r<r>`` for ``replica``
     r > 0, so a method's control, the seeds and the replicas of a sweep's W&B group are told apart) -- and
-    its tags -- ``tags`` then procedure, transform, algo, ``beta=<b>`` (``kl_target=<k>`` when set),
-    ``calibration=pooled``, data source, ``seed=<s>`` and ``replica=<r>`` -- written into ``cfg.run_name`` /
-    ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
+    its tags -- ``tags`` then procedure, transform and ``t=<t>`` (an online algorithm's: an offline
+    baseline reads none), algo, ``beta=<b>`` (``kl_target=<k>`` when set), ``steps=<n>`` (BoN-SFT's KL
+    knob), ``calibration=pooled``, data source, ``seed=<s>`` and ``replica=<r>`` -- written into
+    ``cfg.run_name`` / ``cfg.tags``, where logger entries read them (``name: ${run_name}``)."""
     replica = int(cfg.get("replica", 0))  # an independent re-training (A/A control): its own name and tag
     seed = int(cfg.get("seed", 0))
     pooled = record.pooled_calibration(cfg, algo)  # the method identity[pooled]: its own name and tag
@@ -435,11 +485,16 @@ def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: 
     knob = getattr(algo, "kl_target", None)
     beta = ([f"kl_target={knob:g}"] if knob is not None else [f"beta={algo.beta:g}"] if algo.beta is not None
             else [])
-    generated = [procedure.label, transform.kind, algo.name, *beta, *(["calibration=pooled"] if pooled else []),
+    # the transform (and its t) only where the algorithm trains on one: an offline baseline's config keeps
+    # the default transform it never reads; BoN-SFT's knob is its step count
+    reads = [transform.kind, *([f"t={transform.t:g}"] if isinstance(getattr(transform, "t", None), float | int)
+                               else [])] if algo.online else []
+    steps = [f"steps={algo.cfg.steps}"] if "algo.steps" in algo.kl_knob_keys else []
+    generated = [procedure.label, *reads, algo.name, *beta, *steps, *(["calibration=pooled"] if pooled else []),
                  cfg.data.source, f"seed={seed}", *([f"replica={replica}"] if replica else [])]
     with open_dict(cfg):
         cfg.run_name = name
-        cfg.tags = list(dict.fromkeys([*(cfg.get("tags") or []), *generated]))
+        cfg.tags = list(dict.fromkeys([*user_tags(cfg.get("tags")), *generated]))
     return name
 
 

@@ -138,6 +138,9 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
         if cfg.policy.get("chat_template") and not getattr(checked.policy_tokenizer, "chat_template", None):
             raise ConfigError("policy.chat_template", True, "false, or a policy tokenizer with a chat template",
                               f"the tokenizer of {checked.policy_path} has no chat_template")
+    elif toy and cfg.policy.get("chat_template"):  # (it failed after the toy build, at the first prompt)
+        raise ConfigError("policy.chat_template", True, "false for the toy world's own policy",
+                          "its tokenizer has no chat template (its prompts are plain text)")
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
     if checked.reward_path is not None:
