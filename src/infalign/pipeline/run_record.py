@@ -204,8 +204,9 @@ class RunRecord:
     def wandb_summary(self) -> dict[str, float]:
         """The W&B run summary: ``eval/<judge>/<column>`` (+ ``_low`` / ``_high``), ``theory/<key>``
         for the prediction's numbers, ``eval/<policy|reference>/<response_len_mean|eos_rate>``,
-        ``world/<judge>/<stat>`` (miscalibration, docs/method.md §11),
-        ``reward_model/val_*`` (a Bradley-Terry-trained reward model) and
+        ``theory/at_measured_kl/<key>`` (the theory read at the measured KL),
+        ``world/<judge>/<stat>`` and ``world/<count>`` (miscalibration, docs/method.md §11),
+        ``reward_model/val_*`` (the reward model's held-out accuracy, loss and Bradley-Terry ceiling) and
         ``eval/kl_ratio_to_theory``. A figure with no value (``null`` in a ``metrics.json`` read
         back: infra/cache.json_safe) is left out."""
         out: dict[str, float] = {}
@@ -226,14 +227,18 @@ class RunRecord:
             for k, v in stats.items():
                 put(f"eval/{pool}/{k}", v)
         for k, v in (ev.theory or {}).items():
-            put(f"theory/{k}", v)
+            if isinstance(v, dict):  # the theory read at the measured KL (runs.csv and the report use it)
+                for kk, vv in v.items():
+                    put(f"theory/{k}/{kk}", vv)
+            else:
+                put(f"theory/{k}", v)
         for judge, stats in (ev.miscalibration or {}).items():
             if isinstance(stats, dict):
                 for k, v in stats.items():
                     put(f"world/{judge}/{k}", v)
-            elif isinstance(stats, float):
-                out[f"world/{judge}"] = stats
-        for k in ("reward_val_accuracy", "reward_val_loss", "reward_val_gold_accuracy"):
+            else:  # (the prompt and sample counts are ints)
+                put(f"world/{judge}", stats)
+        for k in ("reward_val_accuracy", "reward_val_loss", "reward_val_gold_accuracy", "reward_val_bt_ceiling"):
             put(f"reward_model/{k.removeprefix('reward_')}", self.world.get(k))
         if self.kl_ratio is not None:
             out["eval/kl_ratio_to_theory"] = self.kl_ratio
