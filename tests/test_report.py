@@ -715,6 +715,27 @@ def test_wandb_jobs_are_recognised_in_new_and_old_sweep_dirs(tmp_path, logger, e
     assert wandb_settings(collect(root), root) == expected
 
 
+def test_a_sweep_logged_to_wandb_only_by_a_kept_rerun_gets_its_report_run_in_its_group(tmp_path):
+    """Review finding (W&B): the README's workflow -- a sweep run with logger=none, then again with
+    logger=wandb ckpt_path=last_or_new for the dashboards -- logs each kept run to the sweep's group, but the
+    records keep logger=null: infalign-report made no W&B run, or with --wandb one in multirun-<dir>, not
+    the runs' group. logged.json names the W&B logger; the group is the sweep's name."""
+    from infalign.report.collect import collect
+    from infalign.report.wandb_run import wandb_settings
+
+    root = tmp_path / "multirun"
+    metrics = fake_metrics(IDENTITY, "identity", 0.3, 0.25, 0.62, 0.70)
+    metrics["config"]["logger"], metrics["config"]["sweep_name"] = None, "paper_won"
+    job = write_job(root, "0", ["transform=identity"], metrics)
+    assert wandb_settings(collect(root), root) is None  # logged nowhere yet
+    (job / "logged.json").write_text(json.dumps(["RunWandbLogger"]))
+    (job / "wandb" / "offline-run-20261205_000000-abcd1234").mkdir(parents=True)
+    assert wandb_settings(collect(root), root) == {"project": "infalign", "entity": None, "group": "paper_won",
+                                                   "offline": True}
+    (job / "logged.json").write_text(json.dumps(["CSVLogger"]))
+    assert wandb_settings(collect(root), root) is None
+
+
 @pytest.mark.slow
 def test_method_option_narrows_the_comparison_and_widens_its_kls(tmp_path, capsys):
     root = make_matched_sweep(tmp_path / "multirun")

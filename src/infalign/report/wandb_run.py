@@ -3,11 +3,13 @@ named ``report`` (``job_type=report``) in the sweep's group, offline when the jo
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from infalign.pipeline.record import LOGGED
 from infalign.report.build import Report
 from infalign.report.collect import Job
 from infalign.report.matched import MATCHED_KL_COLUMNS
@@ -32,19 +34,39 @@ def logged_to_wandb(logger_cfg) -> bool:
     return str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or logger_cfg.get("kind") == "wandb"
 
 
+def _job_wandb(job: Job) -> dict | None:
+    """The W&B logger settings a job's run went to: its recorded ``logger`` config, or -- a finished run
+    kept as it is and logged to W&B by a later re-run (``logger=none``, then ``logger=wandb
+    ckpt_path=last_or_new``: the record keeps the first run's config, ``logged.json`` names the W&B
+    logger) -- the entry's defaults: project ``infalign``, the group the re-run's logger took
+    (``sweep_name``, else one per multirun) and offline when the job dir holds an offline run."""
+    logger = job.config.get("logger")
+    if logged_to_wandb(logger):
+        return logger
+    try:
+        kinds = json.loads((job.path / LOGGED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(kinds, list) and any(str(k).endswith("WandbLogger") for k in kinds)):
+        return None
+    return {"project": "infalign", "group": job.config.get("sweep_name"),
+            "mode": "offline" if any((job.path / "wandb").glob("offline-run-*")) else "online"}
+
+
 def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
-    """project/entity/group/offline of the sweep's W&B runs (None if no job logged to W&B).
+    """project/entity/group/offline of the sweep's W&B runs (None if no job logged to W&B;
+    :func:`_job_wandb`).
 
     ``group`` is the jobs' ``logger.group``, else what ``infalign-train`` used for a multirun
     (``multirun-<sweep dir name>``, the sweep dir being the job dir's parent)."""
-    wb = [j for j in jobs if logged_to_wandb(j.config.get("logger"))]
+    wb = [(j, cfg) for j in jobs if (cfg := _job_wandb(j)) is not None]
     if not wb:
         return None
-    groups = Counter(str(j.config["logger"].get("group") or f"multirun-{j.path.parent.name}") for j in wb)
-    lg = wb[0].config["logger"]
+    groups = Counter(str(cfg.get("group") or f"multirun-{j.path.parent.name}") for j, cfg in wb)
+    lg = wb[0][1]
     return {"project": lg.get("project") or "infalign", "entity": lg.get("entity"),
             "group": groups.most_common(1)[0][0],
-            "offline": any(_offline(j.config["logger"]) for j in wb)}
+            "offline": any(_offline(cfg) for _, cfg in wb)}
 
 
 def report_run_name(report: Report) -> str:
