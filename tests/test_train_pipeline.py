@@ -373,6 +373,9 @@ def test_response_statistics_are_logged_and_recorded(cache_dir, tmp_path):
     assert len(logged) == 2  # algo.steps=2, one row per step
     for r in logged:
         assert 1 <= float(r["train/response_len_mean"]) <= 6 and 0 <= float(r["train/eos_rate"]) <= 1
+    # review finding (W&B): the progress bar's "kl" and "C" went to the logger too, C meaning the raw
+    # reward's mean under transform=raw; the logger has train/kl and train/calibrated_reward
+    assert "train/kl" in rows[0] and "kl" not in rows[0] and "C" not in rows[0]
 
 
 def test_pool_report_on_constructed_pools():

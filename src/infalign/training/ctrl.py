@@ -214,11 +214,15 @@ class CTRLModule(L.LightningModule):
             self.log_dict({k: torch.as_tensor(metrics[k], dtype=torch.float32, device=self.device) for k in names},
                           prog_bar=False,
                           on_step=True, on_epoch=False, batch_size=rows, sync_dist=True, reduce_fx=reduce_fx)
-        self.log("kl", out["kl"].mean(), prog_bar=True, on_step=True, batch_size=rows, sync_dist=True)
+        # the progress bar's two numbers only (logger=False): the logger has them as train/kl and
+        # train/calibrated_reward -- "C" is the raw reward's mean under transform=raw, so one chart key
+        # would mix ranks in [0, 1] with raw scores across a sweep
+        self.log("kl", out["kl"].mean(), prog_bar=True, logger=False, on_step=True, batch_size=rows, sync_dist=True)
         self.log(
             "C",
             out["calibrated"].mean() if out["calibrated"] is not None else out["reward"].mean(),
             prog_bar=True,
+            logger=False,
             on_step=True,
             batch_size=rows,
             sync_dist=True,
