@@ -161,11 +161,15 @@ def matched_kl_rows(panels: Sequence[Panel]) -> list[dict]:
 
 
 def points(x: float | None, digits: int = 1) -> str:
-    """``x`` in signed points (x100); no ``-0.0``; ``–`` for None (no value)."""
+    """``x`` in signed points (x100); ``–`` for None (no value). A value that rounds to zero keeps its
+    sign -- ``-0.0`` for a negative one (an interval's lower end at -0.0005 printed ``+0.0`` read as
+    excluding 0) -- unless it is float noise (|x| <= 1e-9: ``+0.0``)."""
     if x is None:
         return "–"
     v = round(100 * float(x), digits)
-    return f"{v + 0.0 if v != 0 else 0.0:+.{digits}f}"
+    if v == 0:
+        return f"{'-' if float(x) < -1e-9 else '+'}{0:.{digits}f}"
+    return f"{v:+.{digits}f}"
 
 
 def gain_clause(p: Panel, g: Gain, i: int) -> str:
