@@ -304,11 +304,11 @@ def test_a_report_stopped_midway_leaves_none_of_the_previous_reports_files(tmp_p
 
 
 def test_points_keep_the_sign_of_a_value_that_rounds_to_zero():
-    """Review finding: a seed interval's lower end of -0.0005 printed as "+0.0" ([+0.0, +5.5]: an interval
+    """Review finding: a seed interval's lower end of -0.00049 printed as "+0.0" ([+0.0, +5.5]: an interval
     that seemed to exclude 0, "not significant" beside it). Float noise stays +0.0."""
     from infalign.report.matched import points
 
-    assert points(-0.0005) == "-0.0" and points(0.0004) == "+0.0" and points(-1e-12) == "+0.0"
+    assert points(-0.0004) == "-0.0" and points(0.0004) == "+0.0" and points(-1e-12) == "+0.0"
     assert points(0.0) == points(-0.0) == "+0.0" and points(-0.021) == "-2.1" and points(None) == "–"
 
 
