@@ -69,6 +69,18 @@ def test_bad_input_names_key_value_and_allowed(overrides, key):
     assert key in str(info.value) and "is not allowed" in str(info.value)
 
 
+def test_every_transform_entry_builds_by_name():
+    """Review finding: transforms=[expn_t4] (an entry with a defaults: list, as exp_won and every expn_*)
+    built a DictConfig, not a transform, and the run failed with a traceback; every entry named in
+    conf/transform/ but optimal and raw (refused: no calibrated theory) now builds its transforms."""
+    from infalign.apps.config import group_entries
+    from infalign.math.transforms import Transform
+
+    for name in [n for n in group_entries("transform") if n not in ("optimal", "raw")]:
+        procedure, transforms, *_ = app.validate(config(*FAST, f"transforms=[{name}]", "t=[2]"))
+        assert transforms and all(isinstance(t, Transform) for t in transforms), name
+
+
 @pytest.mark.slow  # a process start each (imports); test_bad_input_names_key_value_and_allowed is the fast check
 @pytest.mark.parametrize("overrides,key", [BAD[0], BAD[3], BAD[6]], ids=["t=abc", "best_t.num=0", "transforms=nosuch"])
 def test_bad_input_is_one_line_without_traceback(tmp_path, overrides, key):

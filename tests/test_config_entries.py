@@ -249,6 +249,18 @@ def test_config_entry_composes_and_instantiates(group, name, tmp_path):
     CHECKS[group](cfg, tmp_path)
 
 
+@pytest.mark.parametrize("name", [n for g, n in ENTRIES if g == "transform"])
+def test_a_group_entry_loaded_alone_is_the_entry_hydra_composes(name, tmp_path):
+    """Review finding: infalign-analyze loads transform entries by name (apps/config.load_group_entry), and a
+    plain load left the `defaults:` list of expn_t4, exp_won, ... unapplied (no _target_: a traceback). The
+    entry loaded alone equals what Hydra composes under `transform`."""
+    from infalign.apps.config import load_group_entry
+
+    composed = compose_train(tmp_path, f"transform={name}").transform
+    alone = load_group_entry("transform", name, root=compose_train(tmp_path, f"transform={name}"))
+    assert OmegaConf.to_container(alone, resolve=False) == OmegaConf.to_container(composed, resolve=False)
+
+
 def settings_keys(settings: dict, depth: int, prefix: str = "") -> list[str]:
     """Every dotted key of ``settings`` down to ``depth`` levels: those a resume compares one by one
     (``pipeline/policy_cache._differences``: deeper values are compared whole)."""

@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, require_type
+from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, require, require_type
 from infalign.toy.defaults import hydra_node as toy_defaults_node
 
 
@@ -463,17 +463,37 @@ def group_entries(group: str) -> list[str]:
 
 
 def load_group_entry(group: str, name: str, root: DictConfig | None = None, **overrides: Any) -> DictConfig:
-    """``conf/<group>/<name>.yaml`` merged with ``overrides``, resolvable against ``root``."""
-    path = Path(CONFIG_DIR) / group / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(group, name, f"one of {group_entries(group)} (files in conf/{group}/)")
-    entry = OmegaConf.merge(OmegaConf.load(path), overrides)
+    """``conf/<group>/<name>.yaml`` (its ``defaults:`` list resolved, :func:`_entry`) merged with
+    ``overrides``, resolvable against ``root``."""
+    entry = OmegaConf.merge(_entry(group, name), overrides)
     if root is None:
         return entry
     merged = OmegaConf.create(OmegaConf.to_container(root, resolve=False))
     OmegaConf.set_struct(merged, False)
     merged[group] = entry
     return merged[group]
+
+
+def _entry(group: str, name: str, seen: tuple[str, ...] = ()) -> DictConfig:
+    """``conf/<group>/<name>.yaml`` with its ``defaults:`` list applied as Hydra composes an entry of the
+    same group: each listed entry of the group merged in order, ``_self_`` where it stands (at the end
+    when not listed). (A plain load left ``expn_t4`` -- ``defaults: [exp_normalized, _self_]`` -- without
+    its ``_target_``, which infalign-analyze then failed on.)"""
+    path = Path(CONFIG_DIR) / group / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(group, name, f"one of {group_entries(group)} (files in conf/{group}/)")
+    require(name not in seen, group, name, "an entry whose defaults list does not include itself")
+    own = OmegaConf.load(path)
+    defaults = own.pop("defaults", None) if isinstance(own, DictConfig) else None
+    if not defaults:
+        return own
+    items = list(defaults) if "_self_" in list(defaults) else [*defaults, "_self_"]
+    parts = []
+    for item in items:
+        require(isinstance(item, str), f"{group}/{name}.yaml defaults", item,
+                "names of other entries of the same group and _self_")
+        parts.append(own if item == "_self_" else _entry(group, item, (*seen, name)))
+    return OmegaConf.merge(*parts)
 
 
 def instantiate_entry(group: str, name: str, root: DictConfig | None = None, **overrides: Any) -> Any:
