@@ -214,6 +214,27 @@ def test_validate_warns_of_a_transform_against_the_procedure_and_an_overridden_m
     assert "kl_point" not in caplog.text
 
 
+def test_a_command_line_key_the_data_source_never_reads_is_refused(tmp_path, monkeypatch):
+    """Review finding (config surface): every data.* key of any entry is a known key, so +data.seed=5 on
+    the toy world (its seed is data.toy.seed), +data.train_file=... or +reward.train.steps=5 were accepted
+    and ignored, as data.toy.* with real data."""
+    from infalign.apps import train as train_app
+    from infalign.errors import ConfigError
+
+    cfg = compose_train(tmp_path, tmp_path)
+    for keys, bad in (({"data.seed"}, "data.seed"), ({"data.train_file", "seed"}, "data.train_file"),
+                      ({"reward.train.steps"}, "reward.train.steps")):
+        with pytest.raises(ConfigError, match=bad.replace(".", r"\.") + ".*toy world"):
+            train_app.check_source_keys(cfg, keys)
+    train_app.check_source_keys(cfg, {"data.train_prompts", "data.toy.seed", "seed", "algo.beta"})
+    from omegaconf import OmegaConf
+
+    real = OmegaConf.create({"data": {"source": "tldr", "toy": {"seed": 3}}})
+    with pytest.raises(ConfigError, match=r"data\.toy\.seed.*data\.source=tldr"):
+        train_app.check_source_keys(real, {"data.toy.seed"})
+    train_app.check_source_keys(real, {"data.seed", "data.train_file", "reward.train.steps"})
+
+
 def test_the_run_group_resolves_without_a_run_mode(monkeypatch):
     """Review finding: `infalign-train --cfg job --resolve` crashed resolving the default logger's group
     (Hydra sets no mode for --cfg)."""

@@ -127,6 +127,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
+    check_source_keys(cfg, command_line_keys())
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input, reward.prompt_format
     training_seed(cfg)  # replica
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
@@ -172,6 +173,28 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
 
 
 STAYS_KL = 0.01  # nats: an ideal tilted policy this close to the reference is a run that trains nothing
+
+
+DATA_KEYS_OF_ANY_SOURCE = ("source", "train_prompts", "eval_prompts")
+
+
+def check_source_keys(cfg: DictConfig, given: set[str]) -> None:
+    """A command-line key the data source never reads is a ConfigError (every ``data.*`` key of any
+    entry is a known key, so ``+data.seed=5`` on the toy world -- its seed is ``data.toy.seed`` -- was
+    accepted and ignored): on the toy world, ``data.*`` keys of the real-data entries (files, limits,
+    seed, batch size) and ``reward.train.*`` (its reward model is built); on real data, ``data.toy.*``."""
+    source = cfg.data.source
+    if source == "toy":
+        ignored = sorted(k for k in given if (k.startswith("data.") and not k.startswith("data.toy")
+                                              and k.split(".")[1] not in DATA_KEYS_OF_ANY_SOURCE)
+                         or k.startswith("reward.train."))
+        allowed, hint = ("not set for the toy world (data.source=toy)", "read only with real data "
+                         "(data=hh_*|tldr); the toy world's own settings are data.toy.* (e.g. data.toy.seed)")
+    else:
+        ignored = sorted(k for k in given if k.startswith("data.toy"))
+        allowed, hint = f"not set for data.source={source}", "data.toy.* configures the toy world only"
+    if ignored:
+        raise ConfigError(ignored[0], OmegaConf.select(cfg, ignored[0]), allowed, hint)
 
 
 def warn_against_the_procedure(transform: Transform, procedure: Procedure, algo: Algorithm) -> None:
