@@ -126,6 +126,8 @@ def test_wandb_summary_keys_derive_from_the_record():
                   for c in ("kl", "standard_win_rate", "bon1_win_rate", "bon4_win_rate") for s in ("", "_low", "_high")}
     assert set(summary) == judge_keys | {
         "theory/beta", "theory/kl", "theory/standard_win_rate", "theory/bon4_win_rate", "theory/bon1_win_rate",
+        *(f"theory/at_measured_kl/{k}" for k in ("kl", "reachable", "standard_win_rate", "bon1_win_rate",
+                                                 "bon4_win_rate")),
         "world/reward_model/std_cv", "world/log_std_corr",  # counts (n_prompts) are not summary numbers
         "reward_model/val_accuracy", "eval/kl_ratio_to_theory",
         *(f"eval/{pool}/{stat}" for pool in ("policy", "reference") for stat in ("response_len_mean", "eos_rate"))}

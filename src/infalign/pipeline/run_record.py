@@ -205,7 +205,7 @@ class RunRecord:
         """The W&B run summary: ``eval/<judge>/<column>`` (+ ``_low`` / ``_high``), ``theory/<key>``
         for the prediction's numbers, ``eval/<policy|reference>/<response_len_mean|eos_rate>``,
         ``theory/at_measured_kl/<key>`` (the theory read at the measured KL),
-        ``world/<judge>/<stat>`` and ``world/<count>`` (miscalibration, docs/method.md §11),
+        ``world/<judge>/<stat>`` (miscalibration, docs/method.md §11),
         ``reward_model/val_*`` (the reward model's held-out accuracy, loss and Bradley-Terry ceiling) and
         ``eval/kl_ratio_to_theory``. A figure with no value (``null`` in a ``metrics.json`` read
         back: infra/cache.json_safe) is left out."""
@@ -236,8 +236,8 @@ class RunRecord:
             if isinstance(stats, dict):
                 for k, v in stats.items():
                     put(f"world/{judge}/{k}", v)
-            else:  # (the prompt and sample counts are ints)
-                put(f"world/{judge}", stats)
+            elif isinstance(stats, float):  # (the prompt and sample counts are not summary numbers)
+                out[f"world/{judge}"] = stats
         for k in ("reward_val_accuracy", "reward_val_loss", "reward_val_gold_accuracy", "reward_val_bt_ceiling"):
             put(f"reward_model/{k.removeprefix('reward_')}", self.world.get(k))
         if self.kl_ratio is not None:
