@@ -189,6 +189,27 @@ def test_a_new_run_in_a_dir_freed_from_an_unfinished_attempt_takes_none_of_its_f
     assert (run_dir / "metrics.json").is_file() and not (run_dir / "previous_attempt-3").exists()
 
 
+def test_a_rank_that_finds_the_attempts_record_moved_mid_check_takes_the_dir_as_free(tmp_path, monkeypatch):
+    """Review finding (today's diff): under torchrun the other ranks check the run dir while rank 0 sets the
+    unfinished attempt's files aside; a rank whose read of metrics.json came after the move refused the
+    dir as another run's and tore the launch down. A record gone since it was seen is one set aside."""
+    from infalign.pipeline import record
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "KeyboardInterrupt"}))
+    monkeypatch.setenv("RANK", "1")  # this rank moves nothing
+    real = record.read_record
+
+    def moved_meanwhile(path):
+        train_app.set_aside_attempt(run_dir)  # rank 0, between this rank's exists() and its read
+        return real(path)
+
+    monkeypatch.setattr(record, "read_record", moved_meanwhile)
+    train_app.check_run_dir(compose_train(tmp_path / "cache", run_dir), run_dir)
+    assert (run_dir / "previous_attempt-1" / "metrics.json").is_file()
+
+
 @pytest.mark.slow  # a tiny run end to end
 def test_a_short_offline_run_logs_its_training_curve_to_the_last_step(tmp_path, tiny_cache):
     """Review finding: with log_every_n_steps=5 (conf/train.yaml) a 4-step BoN-SFT run (kl_point=0) logged

@@ -226,7 +226,8 @@ def test_a_command_line_key_the_data_source_never_reads_is_refused(tmp_path, mon
                       ({"reward.train.steps"}, "reward.train.steps")):
         with pytest.raises(ConfigError, match=bad.replace(".", r"\.") + ".*toy world"):
             train_app.check_source_keys(cfg, keys)
-    train_app.check_source_keys(cfg, {"data.train_prompts", "data.toy.seed", "seed", "algo.beta"})
+    train_app.check_source_keys(cfg, {"data.train_prompts", "data.toy.seed", "seed", "algo.beta",
+                                      "reward.train.enabled"})  # (enabled=true is refused on its own)
     from omegaconf import OmegaConf
 
     real = OmegaConf.create({"data": {"source": "tldr", "toy": {"seed": 3}}})

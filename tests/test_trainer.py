@@ -90,6 +90,8 @@ def test_a_trainer_argument_that_stops_a_stage_early_is_a_config_error(tmp_path,
     with pytest.raises(ConfigError) as err:
         instantiate_trainer(cfg.trainer)
     assert err.value.key == override.split("=")[0].lstrip("+") and "data.eval_prompts" in err.value.hint
+    for off in ("+trainer.limit_predict_batches=1.0", "+trainer.fast_dev_run=false"):  # their "off" values
+        instantiate_trainer(compose_train(tmp_path, tmp_path, off).trainer)
 
 
 def test_a_partial_pool_is_an_error_not_a_pool():

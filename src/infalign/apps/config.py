@@ -363,7 +363,9 @@ def instantiate_trainer(trainer_cfg: DictConfig, extra_keys: tuple[str, ...] = (
             raise ConfigError(f"trainer.{key}", OmegaConf.select(trainer_cfg, key),
                               "not set under trainer: every stage passes its own", f"set {where}")
     for key, why in TRUNCATING_TRAINER_KEYS.items():
-        if key in trainer_cfg:
+        value = trainer_cfg.get(key)  # (their "off" values pass: fast_dev_run=false, limit_predict_batches=1.0)
+        if value not in (None, False, 0) and not (key == "limit_predict_batches" and value == 1.0
+                                                   and isinstance(value, float)):
             raise ConfigError(f"trainer.{key}", OmegaConf.select(trainer_cfg, key), "not set", f"{why}, and cache "
                               "the result as the whole; for a smaller run set data.train_prompts, "
                               "data.eval_prompts, calibration.K, eval.samples or algo.steps")

@@ -127,7 +127,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
-    check_source_keys(cfg, command_line_keys())
+    check_source_keys(cfg, {override_key(o) for o in task_overrides() or [] if not o.startswith("~")})
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input, reward.prompt_format
     training_seed(cfg)  # replica
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",
@@ -187,7 +187,7 @@ def check_source_keys(cfg: DictConfig, given: set[str]) -> None:
     if source == "toy":
         ignored = sorted(k for k in given if (k.startswith("data.") and not k.startswith("data.toy")
                                               and k.split(".")[1] not in DATA_KEYS_OF_ANY_SOURCE)
-                         or k.startswith("reward.train."))
+                         or (k.startswith("reward.train.") and k != "reward.train.enabled"))  # (true: refused)
         allowed, hint = ("not set for the toy world (data.source=toy)", "read only with real data "
                          "(data=hh_*|tldr); the toy world's own settings are data.toy.* (e.g. data.toy.seed)")
     else:
@@ -380,6 +380,8 @@ def _unfinished_attempt(path: Path) -> bool:
     file is no such record: it may be a run's)."""
     try:
         return record.read_record(path).status in ("failed", "interrupted")
+    except FileNotFoundError:  # gone since it was seen: set aside by rank 0 of this launch (set_aside_attempt),
+        return True  # which moves only an unfinished attempt's record
     except Exception:  # noqa: BLE001
         return False
 
