@@ -212,6 +212,13 @@ def test_validate_warns_of_a_transform_against_the_procedure_and_an_overridden_m
     caplog.clear()
     train_app.validate(compose_train(tmp_path, tmp_path, "method=ipo"))  # algo.steps is not IPO's knob
     assert "kl_point" not in caplog.text
+    # kl_point without a method entry that reads it: a sweep over it would train one policy
+    monkeypatch.setattr(train_app, "command_line_keys", lambda: {"kl_point"})
+    train_app.validate(compose_train(tmp_path, tmp_path))
+    assert "nothing in this run's config reads it" in caplog.text
+    caplog.clear()
+    train_app.validate(compose_train(tmp_path, tmp_path, "method=identity"))
+    assert "reads it" not in caplog.text
 
 
 def test_a_command_line_key_the_data_source_never_reads_is_refused(tmp_path, monkeypatch):

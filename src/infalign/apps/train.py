@@ -150,6 +150,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     user_tags(cfg.get("tags"))
     warn_against_the_procedure(transform, procedure, algo)
     warn_if_the_knob_is_overridden(algo)
+    warn_if_kl_point_is_unread(cfg)
     devices = trainer_devices(cfg.trainer.devices)
     if devices == "auto" or (devices == -1 and cfg.trainer.accelerator != "cpu"):  # -1: every visible GPU
         devices = auto_device_count(cfg.trainer.accelerator)
@@ -221,6 +222,25 @@ def warn_if_the_knob_is_overridden(algo: Algorithm) -> None:
         log.warning("%s given with method=: it replaces the method's KL knob, which walks kl_point -- every "
                     "kl_point trains the same policy (drop %s to walk the method's curve)", ", ".join(knob),
                     ", ".join(knob))
+
+
+def warn_if_kl_point_is_unread(cfg: DictConfig) -> None:
+    """Warn when ``kl_point`` / ``kl_grid`` is given on the command line but no value of the composed
+    config reads it (only ``method=`` entries index them): the override changes nothing."""
+    given = [k for k in ("kl_point", "kl_grid") if k in command_line_keys()]
+    if not given:
+        return
+
+    def reads(node) -> bool:
+        if isinstance(node, dict):
+            return any(reads(v) for k, v in node.items() if k not in ("kl_point", "kl_grid", "hydra"))
+        if isinstance(node, list):
+            return any(reads(v) for v in node)
+        return isinstance(node, str) and ("kl_point" in node or "kl_grid" in node)
+
+    if not reads(OmegaConf.to_container(cfg, resolve=False)):
+        log.warning("%s given, but nothing in this run's config reads it (a method= entry sets its KL knob from "
+                    "kl_point): it changes nothing", " and ".join(given))
 
 
 def warn_if_the_policy_stays(transform: Transform, algo: Algorithm) -> None:
