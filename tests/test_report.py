@@ -363,6 +363,11 @@ def test_wandb_offline_report_run(tmp_path, monkeypatch):
     summary = json.loads((root / "report" / "summary.json").read_text())
     assert summary["wandb"]["group"] == "sweep-a" and summary["wandb"]["mode"] == "offline"
     assert Path(summary["wandb"]["run_dir"]) == runs[0]
+    # review finding (W&B): each report built again added another run named "report" to the group; it now
+    # continues its own run (one id per report dir and group; the offline runs sync into one)
+    assert run_main(str(root))[0] == 0
+    again = sorted((root / "report" / "wandb").glob("offline-run-*"))
+    assert len(again) == 2 and len({r.name.rsplit("-", 1)[1] for r in again}) == 1
 
 
 @pytest.mark.slow

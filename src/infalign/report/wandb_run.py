@@ -3,6 +3,7 @@ named ``report`` (``job_type=report``) in the sweep's group, offline when the jo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -76,6 +77,13 @@ def report_run_name(report: Report) -> str:
     return "report" if name == "report" else f"report:{name}"
 
 
+def report_run_id(report: Report, settings: dict) -> str:
+    """The report run's W&B id: one per project, group and report dir, so a report built again updates its
+    run (``resume="allow"``) instead of adding another run of the same name to the group."""
+    key = f"{settings['project']}/{settings['group']}/{Path(report.out_dir).resolve()}"
+    return "report-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def log_to_wandb(report: Report, settings: dict) -> dict:
     """Log the runs, matched-KL and theory-gap tables + plots to a ``report`` run
     (``job_type=report``) in the sweep's group; finish it.
@@ -89,7 +97,7 @@ def log_to_wandb(report: Report, settings: dict) -> dict:
     report.out_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=settings["project"], entity=settings.get("entity"), group=settings["group"],
                      job_type="report", name=report_run_name(report), dir=str(report.out_dir), mode=mode,
-                     reinit="create_new",
+                     id=report_run_id(report, settings), resume="allow", reinit="create_new",
                      config={"multirun_dir": str(report.root), "judges": report.judges},
                      settings=wandb.Settings(console="off"))
     try:
