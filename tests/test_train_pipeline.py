@@ -114,10 +114,10 @@ def test_resume_continues_the_same_run(cache_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_save_of_the_policy_dir_that_fails_midway_leaves_the_previous_one_whole(cache_dir, tmp_path, monkeypatch):
+def test_a_policy_dir_beside_a_record_is_that_records(cache_dir, tmp_path, monkeypatch):
     """Review finding: policy/ was written in place (save_pretrained into the run dir), so a resume that
     failed or was killed while saving left new weights beside old files. It is written beside and moved
-    into place: the tokenizer's save failing after the new weights were written leaves the old dir."""
+    into place, after the run's record: a policy/ beside a metrics.json is that record's."""
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
     run_dir = tmp_path / "run"
@@ -127,11 +127,26 @@ def test_a_save_of_the_policy_dir_that_fails_midway_leaves_the_previous_one_whol
     def full_disk(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
+    # review finding: policy/ was saved before the evaluation, so a run continued to more steps and killed
+    # there left the new weights beside the old record. It is saved after the record: killed in evaluation,
+    # the old record keeps its own policy/
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(train_stages, "evaluate_policy", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(cache_dir, run_dir, "algo.steps=3", "policy_cache=false", "save_policy=true", "ckpt_path=last")
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2
+    assert {p.name: p.read_bytes() for p in (run_dir / "policy").iterdir()} == before
+    # the save failing after the new record: the new record stands, without a policy/ (the old one was the
+    # old record's), and no temporary dir is left; a re-run that asks for policy/ evaluates and saves again
     monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full_disk)
     with pytest.raises(OSError, match="No space left"):
         run(cache_dir, run_dir, "algo.steps=3", "policy_cache=false", "save_policy=true", "ckpt_path=last")
-    assert {p.name: p.read_bytes() for p in (run_dir / "policy").iterdir()} == before
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 3 and not (run_dir / "policy").exists()
     assert [p.name for p in run_dir.iterdir() if p.name.startswith(".policy")] == []
+    assert not (run_dir / "metrics.failed.json").exists()
 
 
 @pytest.mark.slow

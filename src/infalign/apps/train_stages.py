@@ -174,10 +174,6 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 policy_hit, offline = train_or_load(world.policy, policy_id, cache_dir, train, str(out_dir))
             else:
                 offline = train()
-        if cfg.save_policy and distributed.rank() == 0:
-            # written beside and moved into place: a failure or kill mid-save leaves the previous policy/ whole
-            with atomic_dir(out_dir / "policy") as tmp:
-                save_model(world.policy, world.tokenizer, tmp)
 
         # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none, nor for
         # a pooled calibrated reward, docs/method.md (2.4))
@@ -213,6 +209,9 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             return metrics
         paths = record.write_record(out_dir, rec)  # metrics.json first: a plot that fails loses nothing
         recorded = True
+        if cfg.save_policy:  # after the record (which removed the previous one's): a policy/ is its record's
+            with atomic_dir(out_dir / "policy") as tmp:
+                save_model(world.policy, world.tokenizer, tmp)
         paths.update(record.write_views(out_dir, rec, procedure))
         try:
             record.print_summary(rec, procedure)
@@ -222,9 +221,9 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
     except BaseException as exc:
         # the failure record first: a logger whose finish fails or hangs must not lose or replace
         # the run's own error
-        if recorded:  # stopped while writing the views: the run is recorded whole, not a failed attempt
-            log.warning("%s records this run, finished; stopped while writing its views (%s: %s)",
-                        out_dir / "metrics.json", type(exc).__name__, exc)
+        if recorded:  # stopped after the record: the run is recorded whole, not a failed attempt
+            log.warning("%s records this run, finished; stopped while saving its policy/ or writing its views "
+                        "(%s: %s)", out_dir / "metrics.json", type(exc).__name__, exc)
         else:
             write_failure(out_dir, failure_record(cfg, name, exc, timings))
             if interrupted(exc) and distributed.rank() == 0:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
-from infalign.infra.cache import atomic_write_csv, atomic_write_json
+from infalign.infra.cache import aside_dir, atomic_write_csv, atomic_write_json
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.run_plot import plot_win_rates
 from infalign.pipeline.run_record import CI, RunRecord
@@ -115,13 +116,17 @@ def write_files(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
 def write_record(out_dir: Path, rec: RunRecord) -> dict[str, Path]:
     """metrics.json (:meth:`RunRecord.to_json`), after removing the previous record's views
     (eval_metrics.csv, win_rates.png: a view that then fails to be written leaves none, never the
-    previous run's beside this record); then a stale :data:`FAILED_ATTEMPT` and :data:`LOGGED` are
-    removed. Returns ``{"metrics": path}``."""
+    previous run's beside this record) and its ``policy/`` (a run saves its own after this: a run
+    continued to more steps and killed in evaluation had saved the new weights beside the old record);
+    then a stale :data:`FAILED_ATTEMPT` and :data:`LOGGED` are removed. Returns ``{"metrics": path}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = run_files(out_dir, existing=False)
     for name in ("csv", "plot"):
         if paths[name].is_file() or paths[name].is_symlink():
             paths[name].unlink()
+    for policy in (out_dir / "policy", aside_dir(out_dir / "policy")):  # the previous record's weights
+        if policy.is_dir() and not policy.is_symlink():
+            shutil.rmtree(policy)
     atomic_write_json(paths["metrics"], rec.to_json())
     (out_dir / FAILED_ATTEMPT).unlink(missing_ok=True)
     (out_dir / LOGGED).unlink(missing_ok=True)  # a new record: no logger has it yet
