@@ -384,7 +384,8 @@ def test_prompts_are_deduplicated_and_prefix_stable(tmp_path):
     only_shared = write_jsonl(tmp_path / "shared.jsonl", shared)
     with pytest.raises(ValueError, match="every test prompt is also a train prompt"):
         PreferenceDataModule("hh", train_file=str(train), test_file=str(only_shared)).setup()
-    with pytest.raises(ValueError, match="4 'train' prompts requested but .* only 3"):
+    # a ConfigError naming the key (review: a plain ValueError exited 1 without naming data.train_prompts)
+    with pytest.raises(ConfigError, match=r"data\.train_prompts=4 is not allowed: at most 3: .* 3 distinct 'train'"):
         dm.prompts("train", 4)
 
 

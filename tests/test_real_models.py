@@ -470,6 +470,30 @@ def test_a_model_directory_without_weights_is_named_before_any_compute(assets, t
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("group", ["policy", "reward"])
+def test_a_weight_file_cut_short_or_a_broken_config_is_an_error_naming_the_key(assets, tmp_path, group):
+    """Review finding (bad input): a model dir whose model.safetensors was cut short (a copy interrupted)
+    raised safetensors' own 'Error while deserializing header', naming neither the key nor the path; a
+    truncated local config.json was reported as 'not a local directory ... from the Hugging Face hub'."""
+    import shutil
+
+    from infalign.models import builders
+
+    source = tmp_path / group
+    shutil.copytree(assets / ("lm" if group == "policy" else "rm"), source)
+    load = builders.load_causal_lm if group == "policy" else load_reward_model
+    key = f"{group}.name_or_path"
+    weights = source / "model.safetensors"
+    for cut in (lambda b: b[: len(b) // 2], lambda b: b""):
+        weights.write_bytes(cut(weights.read_bytes()) if weights.stat().st_size else b"")
+        with pytest.raises(OSError, match=rf"{group}\.name_or_path=.*a weight file in that directory cannot be read"):
+            load(str(source), key=key)
+    config = source / "config.json"
+    config.write_text(config.read_text()[:20])
+    with pytest.raises(OSError, match=rf"{group}\.name_or_path=.*the config\.json of this local directory cannot"):
+        load(str(source), key=key)
+
+
 def test_prompt_budget_must_fit_the_policy_positions(assets, tmp_path, no_compute):
     """The tiny Llama has 512 positions: 500 prompt + 20 new tokens cannot fit."""
     cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=500", "algo.max_new_tokens=20")

@@ -320,6 +320,10 @@ def test_reference_pools_are_keyed_by_the_sampling_precision_and_device(cache_di
         ("eval.bootstrap=1", "eval.bootstrap"),
         ("reward.batch_size=0", "reward.batch_size"),
         ("tags=[[a]]", "tags"),
+        # review (bad input): bool("no") is True -- the run trained the normalised transform without a word;
+        # a string floor compared with 0 raised a raw TypeError
+        ("transform.normalized=no", "transform.normalized"),
+        ("transform=log", "transform.floor"),  # with transform.floor=abc below
         ("data.source=nosuch", "data.source"),
         ("algo.kl_target=0.3", "algo.kl_target"),  # with transform=optimal below
         ("logger=wandb", "logger.mode"),  # with logger.mode=onlin below
@@ -335,7 +339,7 @@ def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, overr
 
     monkeypatch.setattr(train_stages, "load_world", boom)
     extra = {"algo.minibatches": ["algo.minibatches=3"], "algo.kl_target": ["transform=optimal"],
-             "logger.mode": ["logger.mode=onlin"]}.get(key, [])
+             "logger.mode": ["logger.mode=onlin"], "transform.floor": ["transform.floor=abc"]}.get(key, [])
     if override == "calibration.K=1":
         extra = ["method=raw"]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -248,11 +248,10 @@ class PreferenceDataModule(L.LightningDataModule):
         (so ``prompts(s, n)`` is a prefix of ``prompts(s, m)`` for ``n < m``)."""
         unique = list(dict.fromkeys(p.prompt for p in self.pairs(split)))
         order = np.random.default_rng([self.hparams.seed, 2]).permutation(len(unique))
-        if n is not None and n > len(unique):
-            raise ValueError(
-                f"{n} {split!r} prompts requested but {self.reports[split].source} has only "
-                f"{len(unique)} distinct ones after filtering"
-            )
+        key = "data.train_prompts" if split == "train" else "data.eval_prompts"  # (a ConfigError: exit 2)
+        require(n is None or n <= len(unique), key, n,
+                f"at most {len(unique)}: {self.reports[split].source} has {len(unique)} distinct {split!r} prompts "
+                "after filtering")
         return [unique[j] for j in order[:n]]
 
     def _loader(self, split: str, shuffle: bool):

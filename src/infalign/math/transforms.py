@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from infalign.errors import ConfigError, require
+from infalign.errors import ConfigError, require, require_type
 
 Array = Any  # torch.Tensor | np.ndarray
 
@@ -104,6 +104,7 @@ class Log(Transform):
     """
 
     def __init__(self, floor: float = 1e-6) -> None:
+        require_type("transform.floor", floor, float)  # (a string compared with 0 raised a raw TypeError)
         require(0 <= floor < 1, "transform.floor", floor, "0 <= floor < 1")
         self.floor = float(floor)
 
@@ -156,6 +157,8 @@ class Exp(Transform):
             "transform.t", t, "a nonzero finite exponent with |t| <= 700 (t > 0 for BoN, t < 0 for WoN)",
             "t = 0 is the identity transform: use transform=identity",
         )
+        # (bool("no") is True: transform.normalized=no trained the normalised transform without a word)
+        require_type("transform.normalized", normalized, bool)
         self.t, self.normalized = float(t), bool(normalized)
 
     @property

@@ -151,6 +151,8 @@ def _load_config(name: str, key: str, revision: str | None = None):
     try:
         return AutoConfig.from_pretrained(name, **_revision_kw(revision))
     except OSError as exc:
+        if Path(name).expanduser().is_dir():  # (not the hub's business: the message said so)
+            raise OSError(f"{key}={name!r}: the config.json of this local directory cannot be read: {exc}") from exc
         offline = f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}"
         if revision is not None:
             raise OSError(
@@ -292,6 +294,8 @@ def load_causal_lm(
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, "dtype"),
                                                      **_revision_kw(revision))
+    except _corrupt_weights() as exc:  # a weight file cut short (a copy or download interrupted)
+        raise _weights_error(key, name, revision, exc) from exc
     except ValueError as exc:  # unrecognised configuration class for this auto class
         raise ValueError(f"{key}={name!r} cannot be loaded as a causal LM: {exc}") from exc
     except OSError as exc:  # weights missing or unreadable (a hub snapshot cached without them, offline)
@@ -299,13 +303,29 @@ def load_causal_lm(
     return model.to(device)
 
 
-def _weights_error(key: str, name: str, revision: str | None, exc: OSError) -> OSError:
+def _corrupt_weights() -> tuple[type[BaseException], ...]:
+    """What ``from_pretrained`` raises for a weight file that is there but cut short or corrupt:
+    safetensors' header errors, a truncated pickle (``.bin``)."""
+    import pickle
+
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - transformers requires safetensors
+        return (pickle.UnpicklingError, EOFError)
+    return (SafetensorError, pickle.UnpicklingError, EOFError)
+
+
+def _weights_error(key: str, name: str, revision: str | None, exc: BaseException) -> OSError:
     """The ``OSError`` of a ``from_pretrained`` that found the config but could not read the weights,
-    naming ``key`` (and the revision, the offline setting)."""
+    naming ``key`` (and the revision, the offline setting; for a local directory, that a weight file
+    there is cut short or corrupt)."""
+    if Path(name).expanduser().is_dir():
+        return OSError(f"{key}={name!r}: its config loaded but a weight file in that directory cannot be read "
+                       f"(cut short or corrupt? a copy or download interrupted): {type(exc).__name__}: {exc}")
     offline = f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}"
     at = f" at revision {revision!r}" if revision is not None else ""
     return OSError(f"{key}={name!r}{at}: its config loaded but its weights could not be read (offline? {offline}): "
-                   f"{exc}")
+                   f"{type(exc).__name__}: {exc}")
 
 
 def load_reward_model(
@@ -341,6 +361,8 @@ def load_reward_model(
             name, dtype=resolve_dtype(dtype, "dtype"), **({"num_labels": 1} if new_head else {}),
             **_revision_kw(revision),
         )
+    except _corrupt_weights() as exc:
+        raise _weights_error(key, name, revision, exc) from exc
     except ValueError as exc:
         raise ValueError(f"{key}={name!r} cannot be loaded as a reward model: {exc}") from exc
     except OSError as exc:
