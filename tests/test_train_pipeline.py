@@ -323,6 +323,7 @@ def test_reference_pools_are_keyed_by_the_sampling_precision_and_device(cache_di
         # review (bad input): bool("no") is True -- the run trained the normalised transform without a word;
         # a string floor compared with 0 raised a raw TypeError
         ("transform.normalized=no", "transform.normalized"),
+        ("eval.keep_responses=-1", "eval.keep_responses"),
         ("transform=log", "transform.floor"),  # with transform.floor=abc below
         ("data.source=nosuch", "data.source"),
         ("algo.kl_target=0.3", "algo.kl_target"),  # with transform=optimal below

@@ -144,6 +144,9 @@ def comparable_training(training: dict) -> dict:
         for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
             if isinstance(trainer[name], float):
                 trainer[name] = {"fraction": trainer[name]}
+        precision = trainer.get("precision")
+        if isinstance(precision, int | str) and not isinstance(precision, bool):  # Lightning's aliases: one key
+            trainer["precision"] = PRECISION_ALIASES.get(str(precision), precision)
         if isinstance(trainer.get("accelerator"), str):  # the device kind it runs on: auto resolved here
             from infalign.infra.distributed import accelerator_kind  # (torch: not at the config check's import)
 
@@ -159,6 +162,9 @@ def comparable_training(training: dict) -> dict:
                 data["toy"].pop(name, None)
     return training
 
+
+# Lightning's short names of its precisions (trainer.precision=32 trains as 32-true): keyed as the full name
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
 
 RESUME_FILE = "run_settings.json"  # beside a run's checkpoints: what they were trained with
 

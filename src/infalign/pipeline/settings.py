@@ -45,6 +45,9 @@ def eval_pool_settings(eval_cfg) -> None:
     require(int(eval_cfg.max_new_tokens) >= 1, "eval.max_new_tokens", eval_cfg.max_new_tokens,
             ">= 1 new tokens per response")
     sampling_settings(eval_cfg, "eval")
+    keep = eval_cfg.get("keep_responses", 0)
+    require(_is_int(keep) and keep >= 0, "eval.keep_responses", keep,
+            "an integer >= 0 (sample responses kept in metrics.json; 0: none)")
 
 
 def calibration_sampler(cfg) -> None:
