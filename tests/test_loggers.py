@@ -139,6 +139,8 @@ def test_a_whole_run_logs_to_a_logger_added_as_a_config_file(tmp_path, tiny_cach
 
 
 @pytest.mark.parametrize("overrides, name", [([], "bon4-exp-t4-b20"), (["run_name=my-run"], "my-run"),
+                                             # review (W&B): a seed sweep with a run_name named every run alike
+                                             (["run_name=my-run", "seed=1"], "my-run-s1"),
                                              (["replica=1"], "bon4-exp-t4-b20-r1"),
                                              (["seed=2", "replica=1"], "bon4-exp-t4-b20-s2-r1"),
                                              # the pooled-calibration control of a method: its own name

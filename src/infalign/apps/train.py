@@ -515,8 +515,9 @@ def user_tags(tags) -> list[str]:
 def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm) -> str:
     """The run's name -- ``run_name`` if set, else :func:`record.run_name` (e.g. ``bon4-exp-t4-b20``;
     ``-pooled`` appended for a reward calibrated among all prompts' samples (``calibration.scope=pooled``,
-    the method ``identity[pooled]``), ``-s<seed>`` for a seed other than 0 and ``-r<r>`` for ``replica``
-    r > 0, so a method's control, the seeds and the replicas of a sweep's W&B group are told apart) -- and
+    the method ``identity[pooled]``)), then ``-s<seed>`` for a seed other than 0 and ``-r<r>`` for
+    ``replica`` r > 0, so a method's control, the seeds and the replicas of a sweep's W&B group are told
+    apart (a given ``run_name`` too) -- and
     its tags -- ``tags`` then procedure, transform and ``t=<t>`` (an online algorithm's: an offline
     baseline reads none), algo, ``beta=<b>`` (``kl_target=<k>`` when set), ``steps=<n>`` (BoN-SFT's KL
     knob), ``calibration=pooled``, data source, ``seed=<s>`` and ``replica=<r>`` -- written into
@@ -524,8 +525,9 @@ def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: 
     replica = int(cfg.get("replica", 0))  # an independent re-training (A/A control): its own name and tag
     seed = int(cfg.get("seed", 0))
     pooled = record.pooled_calibration(cfg, algo)  # the method identity[pooled]: its own name and tag
-    name = cfg.get("run_name") or (record.run_name(procedure, transform, algo) + ("-pooled" if pooled else "")
-                                   + (f"-s{seed}" if seed else "") + (f"-r{replica}" if replica else ""))
+    # the seed and replica suffixes also on a run_name given (a seed sweep named its runs alike)
+    name = ((cfg.get("run_name") or (record.run_name(procedure, transform, algo) + ("-pooled" if pooled else "")))
+            + (f"-s{seed}" if seed else "") + (f"-r{replica}" if replica else ""))
     # the KL knob: kl_target when set (the beta it picks is known only after calibration), else beta
     knob = getattr(algo, "kl_target", None)
     beta = ([f"kl_target={knob:g}"] if knob is not None else [f"beta={algo.beta:g}"] if algo.beta is not None
