@@ -111,11 +111,8 @@ def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
         return [sign * t for t in (2.0, 4.0, 8.0, 16.0)]
     ts = checked_t(cfg)
     for t in ts:
-        if t * procedure.sign < 0:
-            log.warning("t=%g with %s: exp(t%s0) %s, which lowers the %s win rate; the usual choice is t %s 0",
-                        t, procedure.label, ">" if t > 0 else "<",
-                        "rewards the top of the reference distribution" if t > 0 else "punishes its bottom",
-                        procedure.label, "<" if t > 0 else ">")
+        if (why := procedure.against(t)) is not None:
+            log.warning(why)
     return ts
 
 

@@ -199,16 +199,11 @@ def check_source_keys(cfg: DictConfig, given: set[str]) -> None:
 
 
 def warn_against_the_procedure(transform: Transform, procedure: Procedure, algo: Algorithm) -> None:
-    """Warn when an online algorithm's exp-family ``t`` works against the procedure (``t > 0`` with
-    worst-of-N rewards the top of the reference distribution, ``t < 0`` with best-of-N its bottom):
-    accepted -- a legitimate comparison -- but rarely the intent (``infalign-analyze`` says the same)."""
+    """Warn when an online algorithm's exp-family ``t`` works against the procedure
+    (:meth:`~infalign.math.procedures.Procedure.against`, as ``infalign-analyze`` warns)."""
     t = getattr(transform, "t", None)
-    if not algo.online or not isinstance(t, int | float) or not procedure.uses_n or t * procedure.sign >= 0:
-        return
-    log.warning("transform %s with procedure %s: exp(t%s0) %s, which lowers the %s win rate; the usual choice "
-                "is t %s 0", transform.label, procedure.label, ">" if t > 0 else "<",
-                "rewards the top of the reference distribution" if t > 0 else "punishes its bottom",
-                procedure.label, "<" if t > 0 else ">")
+    if algo.online and isinstance(t, int | float) and (why := procedure.against(t)) is not None:
+        log.warning("transform %s: %s", transform.label, why)
 
 
 def warn_if_the_knob_is_overridden(algo: Algorithm) -> None:

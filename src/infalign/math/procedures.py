@@ -72,6 +72,17 @@ class Procedure:
     def label(self) -> str:
         return f"{self.name}{self.n}"
 
+    def against(self, t: float) -> str | None:
+        """Why an ``exp(t u)`` transform works against this procedure -- ``t > 0`` with worst-of-N rewards
+        the top of the reference distribution, ``t < 0`` with best-of-N punishes its bottom -- or None.
+        ``infalign-train`` and ``infalign-analyze`` accept such a ``t`` with this warning: a legitimate
+        comparison, rarely the intent."""
+        if t * self.sign >= 0:
+            return None
+        return (f"t={t:g} with {self.label}: exp(t{'>' if t > 0 else '<'}0) "
+                f"{'rewards the top of the reference distribution' if t > 0 else 'punishes its bottom'}, which "
+                f"lowers the {self.label} win rate; the usual choice is t {'<' if t > 0 else '>'} 0")
+
     def at(self, n: int) -> Procedure:
         """The same procedure at ``n`` (sampling ignores N)."""
         return dataclasses.replace(self, n=int(n)) if self.uses_n else self
