@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from infalign.data.batches import SampledResponses, StepBatches
 from infalign.infra import distributed
 from infalign.pipeline.pools import draw_pool
-from infalign.pipeline.trainer import StageTrainers, TrainerFactory, check_fit_complete, fit_for
+from infalign.pipeline.trainer import StageTrainers, TrainerFactory, fit_steps
 from infalign.training.algorithms import OfflineAlgorithm
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ def fit_offline(algo: OfflineAlgorithm, world, gen_cfg, trainers: StageTrainers,
         module.step_batches = StepBatches(loader)
         loader = DataLoader(range(algo.cfg.steps), batch_size=None)  # counts steps (the module reads its batch)
     world.policy.train()
-    trainer = fit_for(trainers, algo.optimizer_steps, algo.cfg.steps)
-    trainer.fit(module, loader, ckpt_path=ckpt_path)
-    check_fit_complete(trainer, algo.optimizer_steps)
+    fit_steps(trainers, module, loader, algo.optimizer_steps, algo.cfg.steps, ckpt_path)
     return {"pairs": len(prompts), "n": n, "cut_best": cut["best"], "cut_worst": cut["worst"]}
 
 

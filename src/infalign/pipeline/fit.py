@@ -13,7 +13,7 @@ from infalign.math.transforms import Transform
 from infalign.pipeline.baselines import fit_offline, offline_resumable
 from infalign.pipeline.pools import reference_pool
 from infalign.pipeline.settings import training_seed
-from infalign.pipeline.trainer import StageTrainers, TrainerFactory, check_fit_complete, fit_for
+from infalign.pipeline.trainer import StageTrainers, TrainerFactory, fit_steps
 from infalign.training.algorithms import Algorithm
 from infalign.training.ctrl import CTRLModule
 
@@ -43,9 +43,8 @@ def fit_policy(world, cfg: DictConfig, algo: Algorithm, transform: Transform, ta
     module = CTRLModule(world.policy, world.reference, world.tokenizer, world.reward, transform, table,
                         world.train_prompts, algo, seed=training_seed(cfg))
     # the "dataloader" only counts steps: prompts and seeds are functions of the step
-    trainer = fit_for(trainers, algo.optimizer_steps, algo.cfg.steps)
-    trainer.fit(module, DataLoader(range(algo.cfg.steps), batch_size=None), ckpt_path=ckpt_path)
-    check_fit_complete(trainer, algo.optimizer_steps)
+    fit_steps(trainers, module, DataLoader(range(algo.cfg.steps), batch_size=None), algo.optimizer_steps,
+              algo.cfg.steps, ckpt_path)
     return None
 
 

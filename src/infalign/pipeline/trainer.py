@@ -86,11 +86,14 @@ def logging_interval(every: int, steps: int) -> int:
     return n
 
 
-def fit_for(trainers: StageTrainers, max_steps: int, steps: int):
-    """``trainers.fit`` for a fit of ``steps`` batches and ``max_steps`` optimizer steps, logging every
-    :func:`logging_interval` batches."""
+def fit_steps(trainers: StageTrainers, module, loader, max_steps: int, steps: int, ckpt_path=None) -> None:
+    """``trainers.fit(...).fit(module, loader, ckpt_path)`` for ``steps`` batches and ``max_steps``
+    optimizer steps, logging every :func:`logging_interval` batches; a fit that ends short of
+    ``max_steps`` is an error (:func:`check_fit_complete`)."""
     every = factory_keywords(trainers.fit).get("log_every_n_steps", 50)
-    return trainers.fit(max_steps=max_steps, log_every_n_steps=logging_interval(every, steps))
+    trainer = trainers.fit(max_steps=max_steps, log_every_n_steps=logging_interval(every, steps))
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    check_fit_complete(trainer, max_steps)
 
 
 def check_fit_complete(trainer, max_steps: int) -> None:
