@@ -208,14 +208,14 @@ def test_validate_warns_of_a_transform_against_the_procedure_and_an_overridden_m
     caplog.clear()
     train_app.validate(compose_train(tmp_path, tmp_path))  # exp(t=4) with best-of-4: as meant
     assert "win rate" not in caplog.text
-    monkeypatch.setattr(train_app, "command_line_keys", lambda: {"method", "algo.steps"})
+    monkeypatch.setattr(train_app, "command_line_keys", lambda **_: {"method", "algo.steps"})
     train_app.validate(compose_train(tmp_path, tmp_path, "method=bon_sft"))
     assert "every kl_point trains the same policy" in caplog.text
     caplog.clear()
     train_app.validate(compose_train(tmp_path, tmp_path, "method=ipo"))  # algo.steps is not IPO's knob
     assert "kl_point" not in caplog.text
     # kl_point without a method entry that reads it: a sweep over it would train one policy
-    monkeypatch.setattr(train_app, "command_line_keys", lambda: {"kl_point"})
+    monkeypatch.setattr(train_app, "command_line_keys", lambda **_: {"kl_point"})
     train_app.validate(compose_train(tmp_path, tmp_path))
     assert "nothing in this run's config reads it" in caplog.text
     caplog.clear()

@@ -430,10 +430,10 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def command_line_keys() -> set[str]:
+def command_line_keys(deletions: bool = True) -> set[str]:
     """The keys this job's overrides set (:func:`task_overrides`, :func:`override_key`); empty outside a
-    Hydra app."""
-    return {override_key(o) for o in task_overrides() or []}
+    Hydra app. ``deletions=False``: without the keys deleted (``~data.seed``)."""
+    return {override_key(o) for o in task_overrides() or [] if deletions or not o.startswith("~")}
 
 
 def launcher_jobs() -> int | None:

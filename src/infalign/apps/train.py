@@ -127,7 +127,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
             f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
-    check_source_keys(cfg, {override_key(o) for o in task_overrides() or [] if not o.startswith("~")})
+    check_source_keys(cfg, command_line_keys(deletions=False))
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input, reward.prompt_format
     training_seed(cfg)  # replica
     require(cfg.trainer.accelerator in ("cpu", "gpu", "cuda", "mps", "auto"), "trainer.accelerator",

@@ -46,8 +46,8 @@ def eval_pool_settings(eval_cfg) -> None:
             ">= 1 new tokens per response")
     sampling_settings(eval_cfg, "eval")
     keep = eval_cfg.get("keep_responses", 0)
-    require(_is_int(keep) and keep >= 0, "eval.keep_responses", keep,
-            "an integer >= 0 (sample responses kept in metrics.json; 0: none)")
+    require_type("eval.keep_responses", keep, int)
+    require(keep >= 0, "eval.keep_responses", keep, "an integer >= 0 (sample responses kept in metrics.json; 0: none)")
 
 
 def calibration_sampler(cfg) -> None:
@@ -111,25 +111,23 @@ def model_settings(cfg) -> None:
             f"'full' for data.source={source} (its prompts have no Human / Assistant turns)")
     reward = cfg.get("reward") or {}
     if reward.get("batch_size") is not None:
-        require(_is_int(reward.batch_size) and int(reward.batch_size) >= 1, "reward.batch_size", reward.batch_size,
+        require_type("reward.batch_size", reward.batch_size, int)
+        require(reward.batch_size >= 1, "reward.batch_size", reward.batch_size,
                 "an integer >= 1 rows per reward-model forward")
     train = reward.get("train") or {}
     if train.get("enabled"):  # Bradley-Terry training (a bad value failed after the world's models loaded)
-        require(_is_int(train.get("steps")) and int(train.steps) >= 1, "reward.train.steps", train.get("steps"),
+        require_type("reward.train.steps", train.get("steps"), int)
+        require(train.steps >= 1, "reward.train.steps", train.steps,
                 "an integer >= 1 (0 would cache the untrained scalar head as the reward model)")
-        require(isinstance(train.get("lr"), int | float) and float(train.lr) > 0, "reward.train.lr",
-                train.get("lr"), "> 0")
+        require_type("reward.train.lr", train.get("lr"), float)
+        require(train.lr > 0, "reward.train.lr", train.lr, "> 0")
         for key in ("warmup", "weight_decay"):
             value = train.get(key, 0)
-            require(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
-                    f"reward.train.{key}", value, ">= 0")
+            require_type(f"reward.train.{key}", value, float)
+            require(value >= 0, f"reward.train.{key}", value, ">= 0")
         accelerator = train.get("accelerator")
         require(accelerator in (None, "cpu", "gpu", "cuda", "mps", "auto"), "reward.train.accelerator", accelerator,
                 "null (trainer.accelerator) or one of ['cpu', 'gpu', 'cuda', 'mps', 'auto']")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def training_seed(cfg) -> int:
