@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import secrets
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from infalign.infra.cache import atomic_path, atomic_write_json, atomic_write_text
-from infalign.pipeline.record import LOGGED
+from infalign.pipeline.record import LOGGED, logged_kinds
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import wandb_mode
 
@@ -115,7 +114,7 @@ def logged_before(logger: Logger, run_dir: Path) -> bool:
     # a CSV file of a run not marked (logged before marks existed, or its marking failed) is kept as it
     # is: Lightning's CSV writer would delete it on start, curves and all
     csv_file = isinstance(logger, CSVLogger) and (Path(logger.log_dir) / "metrics.csv").is_file()
-    return csv_file or kind in _logged(run_dir)
+    return csv_file or kind in logged_kinds(run_dir)
 
 
 def mark_logged(logger: Logger, run_dir: Path) -> None:
@@ -124,15 +123,7 @@ def mark_logged(logger: Logger, run_dir: Path) -> None:
     kind = logger_kind(logger)
     if kind is None or rank_zero_only.rank != 0:
         return
-    atomic_write_json(run_dir / LOGGED, sorted(set(_logged(run_dir)) | {kind}))
-
-
-def _logged(run_dir: Path) -> list[str]:
-    try:
-        kinds = json.loads((run_dir / LOGGED).read_text())
-    except (OSError, ValueError):  # none yet, or unreadable: as if nothing had it (logged again, not lost)
-        return []
-    return [k for k in kinds if isinstance(k, str)] if isinstance(kinds, list) else []
+    atomic_write_json(run_dir / LOGGED, sorted(set(logged_kinds(run_dir)) | {kind}))
 
 
 def log_kept(logger: Logger, record: RunRecord, files: dict[str, Path], config: dict, run_dir: Path) -> bool:

@@ -31,6 +31,16 @@ def run_name(procedure, transform, algo) -> str:
     return f"{procedure.label}-{algo.run_label(label)}"
 
 
+def logged_kinds(run_dir: Path) -> list[str]:
+    """The loggers ``run_dir``'s :data:`LOGGED` names (``pipeline/loggers.mark_logged``); none when it is
+    missing or unreadable (as if nothing had the record: logged again, not lost)."""
+    try:
+        kinds = json.loads((Path(run_dir) / LOGGED).read_text())
+    except (OSError, ValueError):
+        return []
+    return [k for k in kinds if isinstance(k, str)] if isinstance(kinds, list) else []
+
+
 def pooled_calibration(cfg, algo) -> bool:
     """Whether the run trains on a reward calibrated among all prompts' samples (``calibration.scope=pooled``):
     a transform-trained run only (an offline baseline ranks no reward) -- its method is ``<label>[pooled]``

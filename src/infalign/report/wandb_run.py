@@ -4,13 +4,12 @@ named ``report`` (``job_type=report``) in the sweep's group, offline when the jo
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from infalign.pipeline.record import LOGGED
+from infalign.pipeline.record import logged_kinds
 from infalign.report.build import Report
 from infalign.report.collect import Job
 from infalign.report.matched import MATCHED_KL_COLUMNS
@@ -44,11 +43,7 @@ def _job_wandb(job: Job) -> dict | None:
     logger = job.config.get("logger")
     if logged_to_wandb(logger):
         return logger
-    try:
-        kinds = json.loads((job.path / LOGGED).read_text())
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(kinds, list) and any(str(k).endswith("WandbLogger") for k in kinds)):
+    if not any(k.endswith("WandbLogger") for k in logged_kinds(job.path)):
         return None
     return {"project": "infalign", "group": job.config.get("sweep_name"),
             "mode": "offline" if any((job.path / "wandb").glob("offline-run-*")) else "online"}
