@@ -343,8 +343,8 @@ def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:
 RESUME = ("last", "last_or_new")  # ckpt_path values that continue the run in this run dir
 RUN_ARTEFACTS = ("metrics.json", "checkpoints")  # what makes a run dir another run's
 # what an earlier attempt in a run dir leaves besides Hydra's files: set aside when a new run takes the dir
-ATTEMPT_FILES = ("metrics.json", "checkpoints", "policy", "wandb", "csv", "eval_metrics.csv", "win_rates.png",
-                 record.LOGGED, record.FAILED_ATTEMPT)
+ATTEMPT_FILES = (*(p.name for p in record.run_files(Path(), existing=False).values()),  # record and its views
+                 "checkpoints", "policy", "wandb", "csv", record.LOGGED, record.FAILED_ATTEMPT)
 
 
 def check_run_dir(cfg: DictConfig, out_dir: Path) -> None:
