@@ -219,3 +219,32 @@ def test_a_run_logs_which_devices_exist_once_not_once_per_stage(caplog):
         assert lines.count("`Trainer.fit` stopped.") == 2
         lines = run(2)  # the next run (a multirun's next job, same process)
         assert sum(m.startswith("GPU available: False") for m in lines) == 1, lines
+
+
+def test_deterministic_reaches_every_stage_trainer():
+    """``deterministic`` (train.yaml's top-level key) goes to the sampling stages' trainers as well as
+    to the fit's: Lightning applies it per trainer (``torch.use_deterministic_algorithms``), and the
+    calibration pool is drawn before the fit trainer exists."""
+    import torch
+
+    seen = []
+
+    def make(**kwargs):
+        seen.append(kwargs.get("deterministic", "unset"))
+        return L.Trainer(accelerator="cpu", devices=1, enable_model_summary=False, **kwargs)
+
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainers = stage_trainers(make, [], deterministic=True)
+        trainers.predict()
+        assert torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(False)
+        trainers.fit(max_steps=1)
+        assert seen == [True, True] and torch.are_deterministic_algorithms_enabled()
+        seen.clear()
+        plain = stage_trainers(make, [])  # None: Lightning's default, torch's setting left alone
+        plain.predict()
+        plain.fit(max_steps=1)
+        assert seen == ["unset", "unset"]
+    finally:
+        torch.use_deterministic_algorithms(before)

@@ -142,18 +142,23 @@ def probe_trainer(make: TrainerFactory) -> None:
         banner.setLevel(level)
 
 
-def stage_trainers(make: TrainerFactory, callbacks: list[Callback], logger=None, **fit_kwargs) -> StageTrainers:
+def stage_trainers(make: TrainerFactory, callbacks: list[Callback], logger=None, deterministic: bool | None = None,
+                   **fit_kwargs) -> StageTrainers:
     """``make`` (the instantiated ``cfg.trainer``) with the callbacks each kind of stage gets. The bar
     is on exactly when ``callbacks`` hold one (``trainer.progress_bar=none`` instantiates none), and
     fit checkpoints exactly when they hold a checkpoint callback (``callbacks.model_checkpoint=null``:
-    none, rather than Lightning's default one). ``fit`` also gets ``logger`` (``None``: no logger)
-    and ``fit_kwargs``."""
+    none, rather than Lightning's default one). ``deterministic`` (the run's top-level key; None:
+    Lightning's default, which leaves torch's setting alone) goes to every stage's trainer -- the
+    sampling stages draw the calibration and evaluation pools, so a deterministic run's pools are drawn
+    by deterministic kernels too, not only its training. ``fit`` also gets ``logger`` (``None``: no
+    logger) and ``fit_kwargs``."""
     _device_info_once.new_run()
     bar = any(isinstance(c, ProgressBar) for c in callbacks)
     sampling = [c for c in callbacks if not isinstance(c, Checkpoint)]
+    shared = {} if deterministic is None else {"deterministic": bool(deterministic)}
     return StageTrainers(
-        predict=functools.partial(make, callbacks=sampling, enable_progress_bar=bar),
-        fit=functools.partial(make, callbacks=list(callbacks), enable_progress_bar=bar,
+        predict=functools.partial(make, callbacks=sampling, enable_progress_bar=bar, **shared),
+        fit=functools.partial(make, callbacks=list(callbacks), enable_progress_bar=bar, **shared,
                               enable_checkpointing=len(sampling) < len(callbacks),
                               logger=logger if logger is not None else False, **fit_kwargs),
     )
