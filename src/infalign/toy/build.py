@@ -52,6 +52,7 @@ from infalign.models.builders import (
     load_tokenizer,
 )
 from infalign.models.generation import sample
+from infalign.models.hf_progress import hf_progress
 from infalign.models.reward import RewardScorer
 from infalign.toy.defaults import DEFAULTS, RUNTIME_DEFAULTS
 from infalign.toy.world import PreferencePairs, ToyWorld, make_preference_pairs
@@ -386,23 +387,8 @@ def _gold_agreement(reward, tokenizer, pairs: PreferencePairs) -> dict[str, floa
 _SUBDIRS = ("tokenizer", "reference", "reward")
 
 
-# (models/hf_progress.hf_progress(False) does the same; this copy stays so that the toy world's code
-# digest, TOY_CODE, and with it every cached world, policy and pool, is unchanged)
-@contextlib.contextmanager
-def _no_hf_progress():
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def _save(built: _Built, path: Path, key: str, c: dict) -> None:
-    with atomic_dir(path) as tmp, _no_hf_progress():
+    with atomic_dir(path) as tmp, hf_progress(False):
         built.tokenizer.save_pretrained(tmp / "tokenizer")
         for name, model in (("reference", built.reference), ("reward", built.reward)):
             model.save_pretrained(tmp / name)
