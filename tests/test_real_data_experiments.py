@@ -53,7 +53,10 @@ def assets(tmp_path_factory):
                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     for kind, cls in (("lm", GPT2LMHeadModel), ("rm", GPT2ForSequenceClassification)):
-        rm_cfg = GPT2Config(**{**cfg.to_dict(), "num_labels": 1, "id2label": {0: "reward"}})
+        # spare embedding rows, as Pythia's (50304 for 50277 tokens): tldr_bon's reward.pad_token "[PAD]" is
+        # added to the tokenizer with an id below vocab_size, no row added (pipeline/world.use_reward_pad_token)
+        rm_cfg = GPT2Config(**{**cfg.to_dict(), "num_labels": 1, "id2label": {0: "reward"},
+                               "vocab_size": len(tok) + 8})
         model = cls(cfg) if kind == "lm" else cls(rm_cfg)
         model.save_pretrained(root / kind)
         tok.save_pretrained(root / kind)

@@ -882,3 +882,89 @@ def test_the_reward_input_limit_is_what_the_model_can_read():
     assert input_token_limit(models["bert"].config) == 20
     assert input_token_limit(RobertaConfig(**small, max_position_embeddings=34, pad_token_id=0)) == 33  # pad 0
     assert reads(models["bert"], 20) and not reads(models["bert"], 21)
+
+
+def _pythia_like_reward_model(tmp_path, spare_rows: int):
+    """A GPT-2 classifier saved as cleanrl's TL;DR reward models ship: a byte-level BPE tokenizer with an
+    eos and no pad token, a config without pad_token_id, and ``spare_rows`` embedding rows beyond the
+    tokenizer's vocabulary (Pythia pads its embedding to 50304 rows for 50277 tokens)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    from test_models import _byte_bpe
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=_byte_bpe().backend_tokenizer, eos_token="<eos>")
+    assert tok.pad_token is None
+    torch.manual_seed(0)
+    rm = GPT2ForSequenceClassification(GPT2Config(
+        vocab_size=len(tok) + spare_rows, n_positions=64, n_embd=16, n_layer=1, n_head=2, num_labels=1,
+        eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, initializer_range=0.5))
+    rm.config.pad_token_id = None
+    path = tmp_path / f"rm{spare_rows}"
+    rm.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_reward_pad_token_reads_the_score_at_the_eos_as_a_model_trained_with_its_own_pad(tmp_path):
+    """``reward.pad_token`` (conf/reward/hf.yaml; ``"[PAD]"`` in tldr_bon): with the tokenizer's eos as
+    pad, HF's causal classifier skips the row's closing eos as padding and reads the score one token
+    early, at the response's last token; cleanrl's TL;DR reward models were trained with an added [PAD]
+    and scored at the eos. With the pad token set, the score is the classifier head at the eos position
+    (computed here by hand from the hidden states), the same alone or batched with a longer row, and
+    the input format (part of the reward fingerprint and cache keys) no longer says pad == eos."""
+    from infalign.models.reward import PAD_IS_EOS_READ
+
+    path = _pythia_like_reward_model(tmp_path, spare_rows=8)
+    prompts, responses = ["Human: can you help? Assistant:"] * 2, ["Sure, I can help.", "Sure"]
+
+    def scorer(pad_token):
+        tok = load_tokenizer(path, "right", key="reward.name_or_path")
+        from transformers import AutoConfig
+
+        world_mod.use_reward_pad_token(tok, pad_token, AutoConfig.from_pretrained(path))
+        return RewardScorer(load_reward_model(path, tokenizer=tok), tok, batch_size=8)
+
+    plain, padded = scorer(None), scorer("[PAD]")
+    assert plain.tokenizer.pad_token_id == plain.tokenizer.eos_token_id
+    new_id = padded.tokenizer.pad_token_id
+    assert new_id == len(plain.tokenizer) and padded.model.config.pad_token_id == new_id
+    assert "pad == eos" in plain.input_format and "pad == eos" not in padded.input_format
+    assert PAD_IS_EOS_READ.split(" (")[0] in plain.input_format
+
+    model = padded.model
+    enc = plain.tokenizer(prompts[0] + " " + responses[0], add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([enc + [plain.tokenizer.eos_token_id]])
+    with torch.no_grad():
+        head = model.score(model.transformer(ids).last_hidden_state)[0, :, 0]
+    at_eos, at_last_response_token = head[-1], head[-2]
+    alone, batched = padded.score(prompts[:1], responses[:1]), padded.score(prompts, responses)
+    torch.testing.assert_close(alone[0], at_eos, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain.score(prompts[:1], responses[:1])[0], at_last_response_token, atol=1e-5, rtol=0)
+    assert abs(float(at_eos - at_last_response_token)) > 1e-3  # the two read positions score differently
+
+
+def test_reward_pad_token_needs_an_embedding_row_and_a_model_of_the_users_own(tmp_path):
+    """No embedding row is added for the pad token (cleanrl added none): a new token's id must fall below the
+    model's vocab_size, else a ConfigError naming reward.pad_token. The toy world's own reward model pads with
+    its own <pad>: the key is refused there rather than ignored."""
+    from transformers import AutoConfig
+
+    path = _pythia_like_reward_model(tmp_path, spare_rows=0)
+    tok = load_tokenizer(path, "right", key="reward.name_or_path")
+    with pytest.raises(ConfigError, match=r"reward\.pad_token.*embedding rows"):
+        world_mod.use_reward_pad_token(tok, "[PAD]", AutoConfig.from_pretrained(path))
+    tok = load_tokenizer(path, "right", key="reward.name_or_path")
+    world_mod.use_reward_pad_token(tok, "<eos>", AutoConfig.from_pretrained(path))  # an existing token: its id
+    assert tok.pad_token_id == tok.eos_token_id
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "+reward.pad_token=[PAD]")
+    with pytest.raises(ConfigError, match=r"reward\.pad_token.*toy world's own reward model"):
+        world_mod.check_world_config(cfg)
+
+
+def test_the_tldr_experiment_reads_its_reward_model_at_the_eos():
+    """conf/experiment/tldr_bon.yaml pads the cleanrl TL;DR reward model's rows with [PAD], as it was trained."""
+    from pipeline_helpers import compose_train as compose
+
+    cfg = compose("/tmp/unused-cache", "/tmp/unused-run", "experiment=tldr_bon", toy=False)
+    assert cfg.reward.pad_token == "[PAD]"

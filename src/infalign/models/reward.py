@@ -96,7 +96,8 @@ def reward_model_inputs(
     continuing ``"Assistant:"`` samples ``" Sure"``, so the leading whitespace is dropped and, in a
     joined row, :func:`~infalign.models.builders.response_lead` put back -- one space for a byte-level
     BPE tokenizer, which reads ``" Sure"`` after ``"Assistant:"`` in the datasets' text (and in the
-    public reward models' training rows: cleanrl's TL;DR models read ``"...TL;DR: summary<eos>"``),
+    public reward models' training rows: cleanrl's TL;DR models read ``"...TL;DR: summary<eos>"``, scored
+    at that eos when the rows are padded with their own ``[PAD]``: ``reward.pad_token``),
     nothing for tokenizers that ignore the space or add their own; an empty response stays empty (no
     lone space token before its eos). A text pair gets no space
     (``tokenizer(prompt, response)`` encodes the response on its own).

@@ -143,9 +143,43 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
                           "its tokenizer has no chat template (its prompts are plain text)")
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
+    require(checked.reward_path is not None or cfg.reward.get("pad_token") is None, "reward.pad_token",
+            cfg.reward.get("pad_token"), "null for the toy world's own reward model (it pads with its own <pad>)")
     if checked.reward_path is not None:
+        use_reward_pad_token(checked.reward_tokenizer, cfg.reward.get("pad_token"), config)
         check_reward_length(cfg, config, checked.reward_path, checked.reward_tokenizer)
     return checked
+
+
+def use_reward_pad_token(tokenizer, token: str | None, config) -> None:
+    """``reward.pad_token`` (None: keep the tokenizer's pad, which
+    :func:`~infalign.models.builders.load_tokenizer` makes the eos when there is none): pad the reward
+    model's rows with ``token``, added to ``tokenizer`` as its pad token when it is not in the vocabulary
+    (``load_reward_model`` then sets ``config.pad_token_id`` to its id).
+
+    Why: HF's causal-LM sequence classifiers read a row's score at its last token that is not the pad id.
+    With pad == eos, the eos every row ends with (:func:`~infalign.models.reward.reward_model_inputs`)
+    reads as padding and the score is taken at the response's last token -- right for a reward model
+    trained on such rows (here, or by TRL with that tokenizer), one token early for one trained with a
+    pad of its own: cleanrl's TL;DR reward models were trained on ``post TL;DR: summary<|endoftext|>``
+    rows padded with an added ``[PAD]`` and scored at the ``<|endoftext|>``, while the hub copies'
+    tokenizers carry no pad token (``conf/experiment/tldr_bon.yaml`` sets ``"[PAD]"``). No embedding row
+    is added, as cleanrl did not add one: the token's id must be below the model's ``vocab_size`` (Pythia
+    pads its embedding to 50304 rows for 50277 tokens), and the row it looks up never reaches a score
+    (padding is masked and follows the read position). A ``ConfigError`` names the key otherwise."""
+    if token is None:
+        return
+    require(isinstance(token, str) and token != "", "reward.pad_token", token, "null or a token string")
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"pad_token": token})
+    else:
+        tokenizer.pad_token = token
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows = getattr(text, "vocab_size", None)
+    pad = tokenizer.pad_token_id
+    if rows is not None and pad >= int(rows):
+        raise ConfigError("reward.pad_token", token, f"null or a token whose id is below the reward model's "
+                          f"{rows} embedding rows", f"the reward tokenizer gives it id {pad}")
 
 
 def check_reward_length(cfg: DictConfig, reward_config, name: str, tokenizer=None) -> None:
