@@ -109,3 +109,30 @@ def test_pooled_kl_target_reaches_its_kl_where_the_per_prompt_theory_misses(kl):
     assert _discrete_tilt_kl(own.reference_calibrated(), beta_theory) == pytest.approx(kl, rel=0.2)
     assert _discrete_tilt_kl(pooled.reference_calibrated(), beta_theory) < kl / 3  # what the theory's beta gave
 
+
+
+def test_an_offline_baseline_keeps_its_theory_whatever_the_calibration_scope(tmp_path):
+    """bon_sft trains on reference samples and ranks no reward, so calibration.scope=pooled (accepted: the
+    default transform is calibrated) must not drop its (5.8) theory, as it drops a pooled identity's
+    (docs/method.md (2.4)); the report reads the scope the same way (report/naming.pooled_calibration)."""
+    from infalign.apps.train_stages import theory_target
+    from infalign.report.collect import Job
+    from infalign.report.naming import pooled_calibration
+
+    def target(*overrides):
+        cfg = compose_train(tmp_path, tmp_path, *overrides)
+        _, transform, algo = train_app.validate(cfg)
+        return theory_target(cfg, algo, transform)
+
+    assert target("method=identity_pooled") is None
+    assert target("method=identity") is not None
+    baseline, plain = target("algo=bon_sft", "calibration.scope=pooled"), target("algo=bon_sft")
+    assert baseline is not None and (baseline[0].label, baseline[1]) == (plain[0].label, plain[1])
+
+    def job(transform):
+        config = {"calibration": {"scope": "pooled"}}
+        info = {"algo": "bon_sft" if transform is None else "rloo", "transform": transform}
+        record = type("R", (), {"method_info": info})()
+        return Job(job="0", path=tmp_path, status="finished", record=record, config=config)
+
+    assert pooled_calibration(job("identity")) and not pooled_calibration(job(None))

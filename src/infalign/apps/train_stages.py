@@ -72,6 +72,18 @@ def record_effective_beta(cfg: DictConfig, beta: float, logger) -> None:
         logger.log_hyperparams({"algo": OmegaConf.to_container(cfg.algo, resolve=True)})
 
 
+def theory_target(cfg: DictConfig, algo: Algorithm, transform: Transform) -> tuple[Transform, float] | None:
+    """The theory beside the run: ``(transform, beta)`` of the tilted policy the algorithm aims at
+    (``Algorithm.theory_target``), or None where the calibrated-space theory predicts nothing -- a raw
+    reward, or a reward calibrated among all prompts' samples (docs/method.md (2.4); a transform-trained
+    run only, :func:`~infalign.pipeline.record.pooled_calibration`: an offline baseline ranks no reward,
+    so ``calibration.scope`` leaves its (5.8) prediction standing)."""
+    target = algo.theory_target(transform)
+    if target is None or not theory_applies(target[0], record.pooled_calibration(cfg, algo)):
+        return None
+    return target
+
+
 def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: Algorithm, name: str) -> dict:
     """Every stage of a validated run; returns its metrics (and writes its files on rank 0). A
     failure writes the failure record (with the ``<stage>_s`` timings so far), then marks the
@@ -175,12 +187,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             else:
                 offline = train()
 
-        # theory beside the run: the tilted policy the algorithm aims at (Raw: it predicts none, nor for
-        # a pooled calibrated reward, docs/method.md (2.4))
-        target = algo.theory_target(transform)
-        if target is not None and not theory_applies(target[0], cfg.calibration.get("scope") == "pooled"):
-            target = None
-        theory_transform, theory_beta = target or (Raw(), 0.0)
+        theory_transform, theory_beta = theory_target(cfg, algo, transform) or (Raw(), 0.0)
         with stage("eval", timings, f"{cfg.data.eval_prompts} prompts x M={cfg.eval.samples} samples, "
                    "policy and reference (each instant when cached)"):
             ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir,

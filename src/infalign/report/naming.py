@@ -74,9 +74,11 @@ def uses_transform(job: Job) -> bool:
 
 def pooled_calibration(job: Job) -> bool:
     """Whether the run calibrated its reward among all prompts' reference samples
-    (``calibration.scope=pooled``, docs/method.md (2.4)): the calibrated-space theory does not apply."""
+    (``calibration.scope=pooled``, docs/method.md (2.4)): the calibrated-space theory does not apply.
+    A run that trains without a transform (:func:`uses_transform`: the offline baselines) ranks no
+    reward, whatever its config's scope (as ``pipeline/record.pooled_calibration``)."""
     calibration = job.config.get("calibration") if isinstance(job.config, dict) else None
-    return isinstance(calibration, dict) and calibration.get("scope") == "pooled"
+    return isinstance(calibration, dict) and calibration.get("scope") == "pooled" and uses_transform(job)
 
 
 def transform_label(job: Job) -> str:
