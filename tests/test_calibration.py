@@ -236,3 +236,17 @@ def test_table_float64_rewards_tie_is_one_half():
     assert abs(calibrate(rewards, rewards[:, :1]).item() - 0.5 / 3) < EXACT
     # the table must agree with it (it returns 0.0: 0.1 < float32(0.1) = 0.10000000149)
     assert abs(table.calibrate(torch.tensor([0]), rewards[0, :1]).item() - 0.5 / 3) < EXACT
+
+
+def test_pooled_table_applies_smoothing():
+    """scope="pooled" must honour ``smoothing``: C_pool = (mid + 0.5) / (P*K + 1) over all P*K = 4
+    pooled rewards {0, 1, 2, 3}, whatever the prompt index. By hand: -1 has mid 0 -> 0.5/5 = 0.1;
+    3.5 has mid 4 -> 4.5/5 = 0.9; 1 ties one reward, mid 1 + 0.5 = 1.5 -> 2/5 = 0.4. (Unsmoothed it
+    would be 0, 1, 0.375: a pooled table that dropped ``smoothing`` feeds log(0) to a log transform.)
+    Exact fractions of float64 inputs: EXACT tolerance."""
+    table = CalibrationTable.from_rewards(_t([[0.0, 1.0], [2.0, 3.0]]), smoothing=True, scope="pooled")
+    assert table.pooled and table.num_prompts == 2 and table.k == 4
+    vals = _t([-1.0, 3.5, 1.0])
+    for idx in ([0, 0, 0], [1, 1, 1], [0, 1, 0]):
+        got = table.calibrate(torch.tensor(idx), vals).numpy()
+        np.testing.assert_allclose(got, [0.1, 0.9, 0.4], atol=EXACT, rtol=0)

@@ -102,3 +102,20 @@ def test_bootstrap_generic_stat_path_equals_the_mean_fast_path():
     generic = bootstrap_ci(x, num_resamples=500, seed=3, stat=lambda v, axis: np.mean(v, axis=axis))
     for a, b in zip(fast, generic):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bootstrap_interval_is_the_linearly_interpolated_percentile():
+    """The interval is np.quantile's default (linear) interpolation of the resampled means: with B = 200
+    resamples the 2.5 % quantile sits at sorted position 0.025 * 199 = 4.975, i.e. s[4] + 0.975 (s[5] -
+    s[4]), and the 97.5 % one at 194.025, s[194] + 0.025 (s[195] - s[194]) -- not s[4] / s[194] (a
+    'lower' rule). The resampling is rebuilt by hand (one [B, P] index draw from default_rng(seed)).
+    Same float64 data on both sides; only summation order differs: 1e-12."""
+    v = np.random.default_rng(1).normal(size=10)
+    est, low, high = bootstrap_ci(v, 200, seed=0)
+    index = np.random.default_rng(0).integers(0, 10, size=(200, 10))
+    s = np.sort(v[index].mean(1))
+    assert est == pytest.approx(v.mean(), abs=1e-12)
+    assert low == pytest.approx(s[4] + 0.975 * (s[5] - s[4]), abs=1e-12)
+    assert high == pytest.approx(s[194] + 0.025 * (s[195] - s[194]), abs=1e-12)
+    np.testing.assert_allclose([low, high], np.quantile(v[index].mean(1), [0.025, 0.975]), atol=1e-12, rtol=0)
+    assert s[5] - s[4] > 1e-6 and s[195] - s[194] > 1e-6  # the interpolation is visible in this draw

@@ -672,3 +672,58 @@ def test_two_straight_lines_give_no_chord_check_until_a_run_bends_one():
     same = matched_kl(concave_runs("identity", narrow) + concave_runs("raw", narrow), num_kl=5, num_resamples=200)
     np.testing.assert_allclose(same.gains[0].chord_low, 0.0, atol=1e-12)
     np.testing.assert_allclose(same.gains[0].chord_high, 0.0, atol=1e-12)
+
+
+def test_win_rate_band_is_the_percentile_interval_at_the_level_asked():
+    """``win_rate[m]``'s low / high are the ``(1-level)/2`` and ``(1+level)/2`` quantiles over the
+    resampled curves (module docstring, Percentile intervals). Hand-checkable case: every prompt of a
+    run has the same KL (0 or 1), so each resample keeps the vertices at KL 0 and 1 exactly and only
+    the win rates move: W*_br = (C w_r)_b / P with C the module's count matrix for ``seed``. The grid is
+    [0, 0.5, 1], where a curve reads W*_0, (W*_0 + W*_1) / 2 and W*_1. level = 0.8 puts the band at the
+    10 % / 90 % quantiles (a 5 % / 95 % band would differ: six prompts give well-spread resample means).
+    Same float64 arithmetic on both sides: 1e-12."""
+    p, b, seed, level = 6, 500, 3, 0.8
+    ids = tuple(f"q{i}" for i in range(p))
+    w = {("raw", 0): [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], ("raw", 1): [1.0, 0.9, 0.3, 0.5, 0.7, 0.2],
+         ("exp", 0): [0.3, 0.1, 0.9, 0.0, 0.5, 0.6], ("exp", 1): [0.4, 1.0, 0.8, 0.9, 0.2, 0.7]}
+    runs = [Run(m, 0, np.full(p, float(k)), np.array(v), ids, f"{m}-{k}") for (m, k), v in w.items()]
+    res = matched_kl(runs, num_kl=3, num_resamples=b, level=level, seed=seed)
+    np.testing.assert_allclose(res.grid, [0.0, 0.5, 1.0], atol=1e-15)
+    counts = count_matrix(p, b, np.random.default_rng(seed))  # the one draw matched_kl makes (paired)
+    for m in ("raw", "exp"):
+        w0, w1 = (counts @ np.array(w[(m, k)]) / p for k in (0, 1))  # [B] resampled run means
+        curves = np.stack([w0, (w0 + w1) / 2, w1], 1)  # [B, 3] the resampled curve on the grid
+        mean, low, high = res.win_rate[m]
+        m0, m1 = np.mean(w[(m, 0)]), np.mean(w[(m, 1)])
+        np.testing.assert_allclose(mean, [m0, (m0 + m1) / 2, m1], atol=1e-12)  # the point estimate
+        np.testing.assert_allclose(low, np.quantile(curves, 0.1, axis=0), atol=1e-12, rtol=0)
+        np.testing.assert_allclose(high, np.quantile(curves, 0.9, axis=0), atol=1e-12, rtol=0)
+        # the band at another level is another band: this case does resolve the level
+        assert not np.allclose(low, np.quantile(curves, 0.05, axis=0), atol=1e-6)
+
+
+def test_chord_check_counts_a_run_just_past_the_curves_end_as_its_end():
+    """CHORD_END_TOL: "2.05 against 2.00 must not void the check". Method vertices (0.5, .50),
+    (1, .70), (2, .75); baseline (0.5, .50), (2.05, .72); grid [0.75, 1.5]. The baseline's KL 2.05 is
+    within 0.1 * 1.5 = 0.15 of the method's end 2.0, so it is read there: the method's chord through
+    its own values at KLs {0.5, 2} is .50 + (k - 0.5) / 6. By hand, f_m - chord at 0.75 is
+    .60 - (.50 + .25/6) = 7/120 and at 1.5 is .725 - (.50 + 1/6) = 7/120; the baseline is one straight
+    segment, so its estimate is 0 (and cannot see a bend, but the method's vertex at 1 can): the check
+    is [0, 7/120] at both KLs. Without the tolerance 2.05 falls outside [0.5, 2], only one baseline KL
+    is left, and the check is NaN. Simple fractions: 1e-12."""
+    from infalign.math.matched_kl import chord_bias
+
+    method = {0: (np.array([0.5, 1.0, 2.0]), np.array([0.50, 0.70, 0.75]))}
+    baseline = {0: (np.array([0.5, 2.05]), np.array([0.50, 0.72]))}
+    low, high = chord_bias(method, baseline, np.array([0.75, 1.5]))
+    np.testing.assert_allclose(low, [0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(high, [7 / 120, 7 / 120], atol=1e-12)
+
+
+def test_common_range_of_runs_that_only_touch_is_that_one_kl():
+    """common_range is ``[max lo, min hi]``, empty only when max lo > min hi: ranges that share one
+    end point, [0, 1] and [1, 2], have the single common KL 1 (a one-point grid), not None."""
+    from infalign.math.matched_kl import common_range
+
+    assert common_range([(0.0, 1.0), (1.0, 2.0)]) == (1.0, 1.0)
+    assert common_range([(0.0, 1.0), (1.5, 2.0)]) is None

@@ -176,3 +176,27 @@ def test_kl_penalty_ignores_non_finite_values_on_padding():
     mask = torch.tensor([[1, 1, 0]])
     assert kl_penalty(logp, ref, mask, "k1").item() == pytest.approx(0.5 - 1.0)
     assert torch.isfinite(kl_penalty(logp, ref, mask, "k3")).all()
+
+
+def test_ppo_loss_treats_old_logprobs_as_constants():
+    """The surrogate differentiates log pi only: rho = exp(lp - old.detach()). Passing the same tensor
+    as both (as a caller reusing the policy's log-probs does) must still give the policy gradient, by
+    hand d/dlp mean_t(-A rho_t) = -A rho_t / T = -1 * 1 / 2 per token -- not 0, which a rho built from
+    lp - lp with both sides differentiated would give. Exact in float32."""
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss, _ = ppo_loss(lp, lp, torch.tensor([1.0]), torch.ones(1, 2), 0.2)
+    (grad,) = torch.autograd.grad(loss, lp)
+    torch.testing.assert_close(grad, torch.tensor([[-0.5, -0.5]]), atol=1e-7, rtol=0)
+
+
+def test_rloo_loss_treats_advantages_as_constants():
+    """The advantages are constants of the REINFORCE estimate even when they carry a graph back to
+    the log-probs (e.g. a reward built from them): d loss / d lp_it = -(1/B) A_i. By hand, lp =
+    [[-1, -2], [-.5, -.5]]: sequence sums -3 and -1, mean -2, A = [-1, 1], so the gradient is
+    [[0.5, 0.5], [-0.5, -0.5]]. (Differentiating A = S - mean S too would double it: the loss is then
+    -(1/B) sum_i (S_i - mean S) S_i, with d/dS_k = -(2/B) A_k.) Exact in float32."""
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    seq = lp.sum(-1)
+    adv = seq - seq.mean()
+    (grad,) = torch.autograd.grad(rloo_loss(lp, torch.ones(2, 2), adv), lp)
+    torch.testing.assert_close(grad, torch.tensor([[0.5, 0.5], [-0.5, -0.5]]), atol=1e-7, rtol=0)

@@ -1091,3 +1091,21 @@ def test_flat_tol_exceeds_the_grid_error_of_steep_tilts(proc, n, t, kl):
     coarse, finer = (theory.frontier(Exp(t), procedure, [kl], g).win_rate[0] for g in (theory.DEFAULT_GRID, fine))
     gap = abs(coarse - finer)
     assert np.isfinite(gap) and 5e-8 < gap < theory.FLAT_TOL / 3, gap  # (> 5e-8: still a steep case)
+
+
+def test_optimal_transform_raises_when_the_solver_did_not_converge(monkeypatch):
+    """optimal_transform refuses a fixed point whose TV residual exceeds 1e-8 (OPTIMAL_TV_TOL): a solve
+    that stalled at TV 1e-5 must raise, naming the procedure and its residual, not return a wrong Phi*.
+    The cached solver is replaced by one that reports (phi, iterations, tv) directly; a residual of
+    5e-9, under the threshold, is accepted and its phi returned."""
+    grid = theory.DEFAULT_GRID
+
+    def fake(tv):
+        return lambda name, n, beta, g: (np.zeros((1, g.z.size)), 7, np.array([tv]))
+
+    monkeypatch.setattr(theory, "_optimal_cached", fake(1e-5))
+    with pytest.raises(RuntimeError, match=r"optimal transform did not converge \(.*beta=0\.3\): TV 1\.00e-05"):
+        theory.optimal_transform("bon", 4, 0.3, grid)
+    monkeypatch.setattr(theory, "_optimal_cached", fake(5e-9))
+    table = theory.optimal_transform("bon", 4, 0.3, grid)
+    assert table.iterations == 7 and np.all(table.phi == 0.0)
