@@ -52,3 +52,34 @@ def test_the_run_plot_ticks_each_n_in_plain_numbers(tmp_path, monkeypatch):
     (ax,) = drawn[0].axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3", "4", "8"]
     assert ax.get_xscale() == "log" and not ax.xaxis.get_minorticklocs().size
+
+
+def test_the_run_plots_theory_line_passes_through_every_evaluated_n(tmp_path, monkeypatch):
+    """The record holds the theory's win rate at every evaluated N (pipeline/evaluate.theory_prediction);
+    the plot draws it there, not as a chord from N = 1 to the procedure's N (which at N = 2 read 1.1
+    points below the theory in a review's exp(4) bon4 run, and left N = 8 out)."""
+    import infalign.infra.plotting as plotting
+    from infalign.math.procedures import BestOfN
+    from infalign.pipeline.run_plot import plot_win_rates
+    from infalign.pipeline.run_record import RunRecord
+    from test_run_record import finished_json
+
+    drawn, save = [], plotting.save_png
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: (drawn.append(fig), save(fig, path)))
+    data = finished_json()
+    data["eval"]["ns"] = [1, 2, 4, 8]
+    for cols in data["eval"]["judges"].values():
+        cols["bon2_win_rate"] = cols["bon8_win_rate"] = cols["bon4_win_rate"]
+    theory = {"beta": 20.0, "resolved": True, "kl": 0.3, "standard_win_rate": 0.70, "bon1_win_rate": 0.70,
+              "bon2_win_rate": 0.7788, "bon4_win_rate": 0.81, "bon8_win_rate": 0.836}
+    theory["at_measured_kl"] = {"kl": 0.25, "reachable": True, "standard_win_rate": 0.69, "bon1_win_rate": 0.69,
+                                "bon2_win_rate": 0.77, "bon4_win_rate": 0.80, "bon8_win_rate": 0.83}
+    data["eval"]["theory"] = theory
+    plot_win_rates(RunRecord.from_json(data), BestOfN(4), tmp_path / "win.png")
+    (ax,) = drawn[0].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    at_beta = lines["theory at beta=20"]
+    measured = next(line for label, line in lines.items() if label.startswith("theory at measured KL"))
+    assert list(at_beta.get_xdata()) == [1, 2, 4, 8]
+    assert list(at_beta.get_ydata()) == [0.70, 0.7788, 0.81, 0.836]
+    assert list(measured.get_xdata()) == [1, 2, 4, 8] and list(measured.get_ydata()) == [0.69, 0.77, 0.80, 0.83]
