@@ -543,6 +543,35 @@ def test_toy_world_checks_a_policy_override_before_building(tmp_path, no_compute
         world_mod.load_world(cfg, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("override, key", [("algo.max_new_tokens=60", "algo"), ("eval.max_new_tokens=64", "eval"),
+                                           ("calibration.max_new_tokens=57", "calibration")])
+def test_toy_responses_too_long_for_the_toy_models_are_named_before_building(tmp_path, no_compute, override, key):
+    """The toy models read 64 positions; the default world's longest prompt is 7 tokens and a reward row
+    closes with eos, so at most 56 new tokens fit. More failed after the build with an error naming no key
+    (64+), or silently cut every prompt to its last few tokens (60-63)."""
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", override)
+    with pytest.raises(ConfigError, match=rf"{key}\.max_new_tokens.*at most 56: the toy world's policy and reward "
+                                          r"model read 64 positions -- its longest prompt \(7 tokens\)"):
+        world_mod.check_world_config(cfg)
+    world_mod.check_world_config(compose_train(tmp_path / "cache", tmp_path / "run", f"{key}.max_new_tokens=56"))
+
+
+def test_a_policy_with_too_few_positions_for_max_new_tokens_names_the_key(assets, tmp_path):
+    """A policy whose positions cannot hold max_new_tokens and one prompt token after BOS: a ConfigError naming
+    the largest max_new_tokens, not generation's "prompt token limit ... leaves no room" (which named none)."""
+    from infalign.models import load_causal_lm
+
+    tok = load_tokenizer(assets / "lm_plain", "left")
+    policy = load_causal_lm(assets / "lm_plain")
+    policy.config.max_position_embeddings = 200  # (the hh entry's algo.max_new_tokens is 128)
+    cfg = cfg_for(assets, tmp_path, "eval.max_new_tokens=199")
+    prompts = {"train": ["be brief"]}
+    with pytest.raises(ConfigError, match=r"eval\.max_new_tokens=199.*at most 198: the policy reads 200 positions"):
+        world_mod.count_truncated_prompts(cfg, policy, tok, prompts)
+    cfg = cfg_for(assets, tmp_path, "eval.max_new_tokens=198")
+    assert world_mod.count_truncated_prompts(cfg, policy, tok, prompts) == {"prompts_truncated_train": 1}
+
+
 # ---------------------------------------------------------------------------- data files
 
 

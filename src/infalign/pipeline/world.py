@@ -141,6 +141,9 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     elif toy and cfg.policy.get("chat_template"):  # (it failed after the toy build, at the first prompt)
         raise ConfigError("policy.chat_template", True, "false for the toy world's own policy",
                           "its tokenizer has no chat template (its prompts are plain text)")
+    own_reward = cfg.reward.name_or_path is None and cfg.reward.get("max_length") is None  # (a max_length cuts rows)
+    if toy and (checked.policy_path is None or own_reward):
+        check_toy_sequence_budget(cfg, policy=checked.policy_path is None, reward=own_reward)
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
     require(checked.reward_path is not None or cfg.reward.get("pad_token") is None, "reward.pad_token",
@@ -267,6 +270,42 @@ def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
             f"prompt + response")
 
 
+def longest_max_new_tokens(cfg: DictConfig) -> tuple[str, int]:
+    """``(key, value)`` of the largest ``max_new_tokens`` of the run's sampling stages (``algo``,
+    ``calibration``, ``eval``): the response length every sequence budget must hold."""
+    found = [(f"{group}.max_new_tokens", int(cfg[group].get("max_new_tokens") or 0))
+             for group in ("algo", "calibration", "eval") if group in cfg]
+    return max(found, key=lambda kv: kv[1]) if found else ("algo.max_new_tokens", 0)
+
+
+def check_toy_sequence_budget(cfg: DictConfig, policy: bool = True, reward: bool = True) -> None:
+    """The toy world's own models read at most ``n_positions`` (``models/builders.build_toy_lm``'s) tokens:
+    the run's longest prompt plus ``max_new_tokens`` must fit the ``policy`` (prompt + response), and with
+    the row's special tokens (its closing eos) the ``reward`` model. Checked before the world is built,
+    from its prompts (cheap: no model); a ``ConfigError`` names the largest ``max_new_tokens``. (Without it,
+    64 or more new tokens failed after the build with an error naming no key, and 60-63 silently cut every
+    prompt to its last few tokens: the policy answered prompts it could not read.)"""
+    import inspect
+
+    from infalign.models.builders import build_toy_lm, encode_prompts, row_special_tokens
+    from infalign.toy.build import resolve_toy_config
+    from infalign.toy.world import ToyWorld
+
+    positions = int(inspect.signature(build_toy_lm).parameters["n_positions"].default)
+    c, _ = resolve_toy_config(OmegaConf.to_container(cfg.data.toy, resolve=True))
+    world = ToyWorld(seed=c["seed"], **c["world"])
+    tokenizer = world.tokenizer()
+    prompts = world.prompts("train", int(cfg.data.train_prompts)) + world.prompts("test", int(cfg.data.eval_prompts))
+    longest = max((len(ids) for ids in encode_prompts(tokenizer, prompts)), default=0)
+    prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos=True)
+    extra = len(prefix) + len(middle) + len(end) if reward else 0
+    room = positions - longest - extra
+    key, new = longest_max_new_tokens(cfg)
+    what = "policy and reward model read" if policy and reward else ("policy reads" if policy else "reward model reads")
+    require(new <= room, key, new, f"at most {room}: the toy world's {what} {positions} positions -- its longest "
+            f"prompt ({longest} tokens), the response" + (" and the reward row's closing eos" if extra else ""))
+
+
 def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> World:
     """The toy world (built and cached by content), or real preference data with models by name/path.
 
@@ -371,7 +410,12 @@ def count_truncated_prompts(cfg: DictConfig, policy, tokenizer, prompts: dict[st
     :func:`~infalign.models.generation.policy_prompt_ids`, the sampler's prompt encoding, which keeps
     their last tokens, BOS first. With ``data.max_prompt_tokens`` set (real data) the budget check
     makes these 0; otherwise any is logged as a warning."""
-    new = max(int(cfg[group].get("max_new_tokens") or 0) for group in ("algo", "calibration", "eval") if group in cfg)
+    key, new = longest_max_new_tokens(cfg)
+    limit = prompt_token_limit(policy, new)
+    head = len(special_tokens_around(tokenizer)[0])
+    require(limit is None or limit > head, key, new,
+            f"at most {(limit or 0) + new - head - 1}: the policy reads {(limit or 0) + new} positions, which must "
+            f"hold a response of max_new_tokens and at least one prompt token" + (" after BOS" if head else ""))
     counts = {f"prompts_truncated_{split}": policy_prompt_ids(policy, tokenizer, list(texts), new)[1] if texts else 0
               for split, texts in prompts.items()}
     if any(counts.values()):
