@@ -389,6 +389,20 @@ def test_prompts_are_deduplicated_and_prefix_stable(tmp_path):
         dm.prompts("train", 4)
 
 
+def test_prompts_that_differ_only_in_whitespace_are_one_prompt(tmp_path):
+    """Two train prompts a chat template renders alike (prompt_key) are one prompt of the split, kept with
+    the first one's text: counted twice, that prompt weighed double in every mean over prompts (and a
+    chat policy's rendering mapped both to the first text). Control: distinct prompts stay distinct."""
+    variant = hh_record(EGG.lstrip().replace("egg?", "egg? "), "Boil it.", "Fry it.")
+    lines = [json.dumps(hh_record(*g)) for g in HH_GOOD] + [json.dumps(variant)]
+    train = write_jsonl(tmp_path / "train.jsonl", lines)
+    test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(hh_record(PARIS, "Paris.", "Lyon."))])
+    dm = PreferenceDataModule("hh", train_file=str(train), test_file=str(test), seed=3)
+    prompts = dm.prompts("train")
+    assert len(dm.pairs("train")) == 5 and sorted(prompts) == sorted({GARDEN, EGG, LOCK})
+    assert EGG in prompts and variant["chosen"].split("\n\nAssistant:")[0] not in prompts
+
+
 def test_train_batch_gives_finite_reward_model_loss(tmp_path):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 

@@ -245,8 +245,15 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def prompts(self, split: str, n: int | None = None) -> list[str]:
         """The first ``n`` distinct prompts of ``split`` (all when ``None``), in a seeded order
-        (so ``prompts(s, n)`` is a prefix of ``prompts(s, m)`` for ``n < m``)."""
-        unique = list(dict.fromkeys(p.prompt for p in self.pairs(split)))
+        (so ``prompts(s, n)`` is a prefix of ``prompts(s, m)`` for ``n < m``). Distinct as a chat shows
+        them (:func:`~infalign.data.formats.prompt_key`, as the train / test split compares them): two
+        prompts that differ only in the whitespace around their turns render to one chat prompt, and
+        kept apart they would count that prompt twice in every mean over prompts; the first one's text
+        is kept."""
+        first: dict = {}
+        for pair in self.pairs(split):
+            first.setdefault(prompt_key(pair.prompt), pair.prompt)
+        unique = list(first.values())
         order = np.random.default_rng([self.hparams.seed, 2]).permutation(len(unique))
         key = "data.train_prompts" if split == "train" else "data.eval_prompts"  # (a ConfigError: exit 2)
         require(n is None or n <= len(unique), key, n,
