@@ -214,6 +214,25 @@ def test_reward_input_format_is_part_of_the_reward_cache_keys(assets, tmp_path):
 # ---------------------------------------------------------------------------- defect 3: special tokens
 
 
+def test_the_preference_datamodules_loaders_encode_as_the_reward_model_reads(assets, tmp_path):
+    """PreferenceDataModule measures lengths with the policy's tokenizer, but its loaders encode batches
+    for the reward model: its tokenizer, reward.input=pair (token types) and reward.prompt_format -- as
+    PreferenceCollator with those settings (the rows the scorer reads). Its loaders had used the policy's
+    tokenizer, joined rows and the full prompt whatever the reward settings."""
+    from infalign.data.batches import PreferenceCollator
+
+    policy_tok, reward_tok = load_tokenizer(assets / "lm", "left"), load_tokenizer(assets / "rm", "right")
+    cfg = cfg_for(assets, tmp_path)  # hh_harmless_won: reward.input=pair, reward.prompt_format=last_user_turn
+    dm = world_mod.preference_data(cfg.data, policy_tok, None, reward_tok, True, "last_user_turn")
+    batch = next(iter(dm.val_dataloader()))
+    prompts, chosen, rejected = (list(c) for c in zip(*dm.pairs("test")))
+    rows = list(zip(prompts, chosen, rejected))[: dm.hparams.batch_size]
+    expected = PreferenceCollator(reward_tok, batch["input_ids"].shape[1] + 64, True, "last_user_turn")(rows)
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert torch.equal(batch["input_ids"], expected["input_ids"])
+    assert torch.equal(batch["token_type_ids"], expected["token_type_ids"])
+
+
 def test_encoding_uses_the_tokenizers_special_tokens(assets):
     bert = load_tokenizer(assets / "rm", "right")
     llama = load_tokenizer(assets / "lm", "right")

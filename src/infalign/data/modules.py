@@ -49,8 +49,12 @@ class PreferenceDataModule(L.LightningDataModule):
             ``*_file`` overrides when one is given.
         data_dir: HH subset (``helpful-base``, ``harmless-base``, ...).
         train_file, test_file: local ``.jsonl[.gz]`` files overriding those splits.
-        tokenizer_name_or_path, tokenizer: the tokenizer that measures lengths and encodes batches
-            (use the reward model's); an object wins over a name.
+        tokenizer_name_or_path, tokenizer: the tokenizer that measures lengths (the pipeline passes the
+            policy's: the length filter keeps what the policy reads) and, without ``reward_tokenizer``,
+            encodes the loaders' batches; an object wins over a name.
+        reward_tokenizer, pair, prompt_format: how :meth:`train_dataloader` / :meth:`val_dataloader` encode
+            a batch for a reward model -- its tokenizer, ``reward.input=pair`` and ``reward.prompt_format``
+            (:func:`~infalign.models.reward.reward_model_inputs`, the rows the scorer reads).
         max_prompt_tokens, max_response_tokens: drop longer pairs (``None`` = no limit).
         batch_size: pairs per batch (a batch has ``2 * batch_size`` rows).
         max_examples: keep at most this many pairs per split (a seeded subset).
@@ -83,6 +87,9 @@ class PreferenceDataModule(L.LightningDataModule):
         val_fraction: float = 0.05,
         test_split: str | None = None,
         render_prompt: Callable[[list[str]], list[str]] | None = None,
+        reward_tokenizer=None,
+        pair: bool = False,
+        prompt_format: str = "full",
     ):
         super().__init__()
         require(dataset in DATASETS, "data.dataset", dataset, f"one of {sorted(DATASETS)}")
@@ -94,7 +101,8 @@ class PreferenceDataModule(L.LightningDataModule):
             ("max_examples", max_examples),
         ):
             require(value is None or int(value) >= 1, f"data.{key}", value, "null or >= 1")
-        self.save_hyperparameters(ignore=["tokenizer", "render_prompt"])
+        self.save_hyperparameters(ignore=["tokenizer", "render_prompt", "reward_tokenizer"])
+        self.reward_tokenizer = reward_tokenizer
         self.format = DATASETS[dataset]
         self.test_split = test_split or self.format.test_split
         self.files = {"train": train_file, self.test_split: test_file}
@@ -271,7 +279,7 @@ class PreferenceDataModule(L.LightningDataModule):
             else None
         )
         return make_preference_dataloader(
-            self.tokenizer,
+            self.reward_tokenizer or self.tokenizer,
             prompts,
             chosen,
             rejected,
@@ -279,6 +287,8 @@ class PreferenceDataModule(L.LightningDataModule):
             shuffle=shuffle,
             seed=hp.seed,
             max_length=max_length,
+            pair=hp.pair,
+            prompt_format=hp.prompt_format,
         )
 
     def train_dataloader(self):

@@ -332,7 +332,8 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     else:
         policy_path, reward_path = checked.policy_path, checked.reward_path
         tokenizer, reward_tok = checked.policy_tokenizer, checked.reward_tokenizer
-        dm = preference_data(data, tokenizer, policy_view(cfg.policy, tokenizer, data.source))
+        dm = preference_data(data, tokenizer, policy_view(cfg.policy, tokenizer, data.source), reward_tok,
+                             reward_pair(cfg), reward_prompt_format(cfg))
         train_raw = dm.prompts("train", int(data.train_prompts))
         eval_raw = dm.prompts("test", int(data.eval_prompts))
         stats = {"data_reports": {k: r.to_dict() for k, r in dm.reports.items()}}
@@ -447,9 +448,12 @@ def policy_view(policy: DictConfig, tokenizer, source: str):
     return lambda prompts: apply_chat_template(tokenizer, prompts, system, dialogue)
 
 
-def preference_data(data: DictConfig, tokenizer, render_prompt=None):
+def preference_data(data: DictConfig, tokenizer, render_prompt=None, reward_tokenizer=None, pair: bool = False,
+                    prompt_format: str = "full"):
     """The HH / TL;DR :class:`~infalign.data.PreferenceDataModule` (set up) for ``data``; lengths
-    are measured with the policy ``tokenizer`` on the prompts as ``render_prompt`` shows them."""
+    are measured with the policy ``tokenizer`` on the prompts as ``render_prompt`` shows them, and its
+    loaders encode batches as the reward model reads them (``reward_tokenizer``, ``pair``,
+    ``prompt_format``)."""
     from infalign.data import PreferenceDataModule
 
     dm = PreferenceDataModule(
@@ -458,7 +462,7 @@ def preference_data(data: DictConfig, tokenizer, render_prompt=None):
         max_prompt_tokens=data.get("max_prompt_tokens"), max_response_tokens=data.get("max_response_tokens"),
         batch_size=int(data.get("batch_size", 16)), max_examples=data.get("max_examples"),
         seed=int(data.get("seed", 0)), val_fraction=float(data.get("val_fraction", 0.05)),
-        render_prompt=render_prompt,
+        render_prompt=render_prompt, reward_tokenizer=reward_tokenizer, pair=pair, prompt_format=prompt_format,
     )
     dm.prepare_data()
     dm.setup("fit")
