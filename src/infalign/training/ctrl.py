@@ -2,8 +2,8 @@
 
 One RL step, for P prompts x G samples each:
 
-  1. sample:    y ~ pi(.|x) with a KV cache (seeded by (seed, step): a resumed run redraws
-                exactly what it would have drawn);
+  1. sample:    y ~ pi(.|x) with a KV cache (seeded by (seed, step, rank): a resumed run redraws
+                exactly what it would have drawn, and DDP ranks draw apart);
   2. score:     r = r(x, y) with the frozen reward model;
   3. calibrate: u = C_hat(x, y) against the stored sorted reference rewards of x;
   4. transform: R = Phi(u)              (``raw``: R = r, no calibration -- the RLHF baseline);
