@@ -307,3 +307,22 @@ def test_a_file_system_without_flock_builds_unlocked_instead_of_failing(tmp_path
     again, hit = cache.cached(tmp_path / "entry.pt", lambda: pytest.fail("rebuilt"), lambda v, p: None,
                               lambda p: cache.load_tensors(p, "k")[0])
     assert hit and torch.equal(again["x"], value["x"])
+
+
+def test_a_manifest_of_another_key_or_without_a_required_entry_is_corrupt(tmp_path):
+    """read_manifest is a cache hit only for its own key (a dir another setting wrote is not this
+    one's) and only when every ``required`` entry is listed (``"reference/"``: some file under it) --
+    a directory whose checksums all match but which lacks a part is half-written, never a hit."""
+    from infalign.infra.cache import CorruptCacheError, read_manifest, write_manifest
+
+    (tmp_path / "policy.pt").write_text("weights")
+    write_manifest(tmp_path, "k1")
+    assert read_manifest(tmp_path, "k1")["files"].keys() == {"policy.pt"}
+    with pytest.raises(CorruptCacheError, match="key"):
+        read_manifest(tmp_path, "k2")
+    with pytest.raises(CorruptCacheError, match="lists no reference/"):
+        read_manifest(tmp_path, "k1", required=("reference/",))
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "pool.pt").write_text("pool")
+    write_manifest(tmp_path, "k1")
+    assert "reference/pool.pt" in read_manifest(tmp_path, "k1", required=("reference/",))["files"]

@@ -300,3 +300,65 @@ def test_every_mapped_claim_has_a_control_comparison_on_its_panel_and_judge(tmp_
     found = findings(tmp_path)
     won = next(f for f in found if f.claim.experiment == "won" and f.claim.baseline == "identity")
     assert won.comparisons[0].outcome == "reproduced (beyond the A/A control's 1.0 points, KL 0.10-0.60)"
+
+
+def test_a_comparison_significant_only_away_from_the_middle_kl_is_not_established(tmp_path):
+    """The verdict is read at the middle common KL (KLS[3] = 0.4), as the report's sentences are: +3
+    points significant at KL 0.1 only is *not established*, not "reproduced" -- a comparison significant
+    at any one of its KLs would be called reproduced by the one KL of six that chance clears."""
+    write(tmp_path, "b", rows("bon4", "m", "identity", [0.03] * 6, [True] + [False] * 5))
+    (c,) = read_claim(Claim("bon", "b", "x", ("bon4",), ("m",), "identity", +1), tmp_path).comparisons
+    assert c.outcome == "not established"
+    assert (c.kl, c.significant, c.significant_kls, c.num_kls) == (0.4, False, 1, 6)  # counted, not the verdict
+
+
+AA = Claim("null", "null/report_identity", "A/A", ("bon4",), ("identity[replica=1]",), "identity", 0)
+
+
+def test_the_aa_yardstick_is_the_control_under_the_claims_own_judge(tmp_path):
+    """The A/A control re-trains under both judges; a gold claim is read against the gold control only.
+    Here the reward-model control moves by 5.0 points, the gold one by 0.1: a gold gain of +2.0 points
+    (interval [+1.6, +2.4], clear of 0 and of the chords' 0) is significant beyond the gold control's
+    0.1 -- against the reward model's 5.0 it would wrongly read as within A/A noise."""
+    aa_gold = Claim("null", "null/report_identity", "A/A gold", ("bon4",), ("identity[replica=1]",), "identity", 0,
+                    judge="gold")
+    write(tmp_path, "null/report_identity",
+          rows("bon4", "identity[replica=1]", "identity", [0.05] * 6, [False] * 6)
+          + rows("bon4", "identity[replica=1]", "identity", [0.001] * 6, [False] * 6, judge="gold"))
+    gold = Claim("bon", "bon/report_transforms", "gold", ("bon4",), ("expn(t=4)",), "identity", None, judge="gold")
+    write(tmp_path, "bon/report_transforms", rows("bon4", "expn(t=4)", "identity", [0.02] * 6, [True] * 6,
+                                                  judge="gold", spread=0.004))
+    _, _, f = findings(tmp_path, [AA, aa_gold, gold])
+    assert f.comparisons[0].outcome == "significant (beyond the A/A control's 0.1 points, KL 0.10-0.60)"
+    assert f.comparisons[0].aa == "beyond"
+
+
+def test_a_contradiction_no_larger_than_the_aa_noise_is_within_it(tmp_path):
+    """A significant gain with the sign against the paper's is read against the A/A yardstick too: -0.7
+    points (interval [-0.9, -0.5]) where the control moves by 0.9 is within A/A noise, not a
+    "contradicted" finding -- two trainings of one method differ by as much there."""
+    from infalign.report.findings import WITHIN_AA
+
+    write(tmp_path, "null/report_identity", rows("bon4", "identity[replica=1]", "identity", [0.009] * 6, [False] * 6))
+    claim = Claim("bon", "bon/report_transforms", "x", ("bon4",), ("expn(t=4)",), "identity", +1)
+    write(tmp_path, "bon/report_transforms",
+          rows("bon4", "expn(t=4)", "identity", [-0.007] * 6, [True] * 6, spread=0.004))
+    _, f = findings(tmp_path, [AA, claim])
+    assert f.comparisons[0].outcome == (f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points, "
+                                        "KL 0.10-0.60)")
+    assert f.verdict == f"{WITHIN_AA} 1 of 1"
+
+
+def test_a_gain_equal_to_the_aa_yardstick_is_within_it(tmp_path):
+    """"Within A/A noise" is *no larger than* the control's largest |gain|: +0.9 points (interval
+    [+0.7, +1.1]) against a control that moves by exactly 0.9 (the same CSV text, the same float) is
+    within it -- a tie is not evidence of an effect beyond what a re-training makes."""
+    from infalign.report.findings import WITHIN_AA
+
+    write(tmp_path, "null/report_identity", rows("bon4", "identity[replica=1]", "identity", [0.009] * 6, [False] * 6))
+    claim = Claim("bon", "bon/report_transforms", "x", ("bon4",), ("expn(t=4)",), "identity", +1)
+    write(tmp_path, "bon/report_transforms",
+          rows("bon4", "expn(t=4)", "identity", [0.009] * 6, [True] * 6, spread=0.004))
+    _, f = findings(tmp_path, [AA, claim])
+    assert f.comparisons[0].outcome.startswith(f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points")
+    assert f.comparisons[0].aa == "within"

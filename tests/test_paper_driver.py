@@ -250,3 +250,30 @@ def test_a_report_refusing_its_options_keeps_the_sweeps_counts(tmp_path):
     (row,) = json.loads((tmp_path / "paper_time.json").read_text())["experiments"]
     assert row["exit"] == 2 and row["jobs"] == 30 and row["finished"] == 30
     assert not any("the sweep was refused" in line for line in lines)
+
+
+def test_the_findings_are_written_after_every_experiment_not_only_at_the_end(tmp_path):
+    """findings.md / findings.json are rewritten after each experiment (module docstring), so a long
+    run stopped midway has the findings of what it ran: when null's sweep starts, bon's are there."""
+    seen = {}
+
+    def runner(cmd):
+        sweep = next((c for c in cmd if c.startswith("hydra.sweep.dir=")), "")
+        if cmd[0] == "infalign-train" and sweep.endswith("/null"):
+            seen["null"] = (tmp_path / "findings.json").exists()
+        return 0
+
+    assert paper.run_all(args("--only", "bon,null", "--seeds", "0", out=tmp_path), runner=runner,
+                         echo=lambda s: None) == 0
+    assert seen == {"null": True}
+
+
+def test_the_total_counts_this_invocations_rows_once_as_its_wall_time():
+    """total_seconds = the earlier invocations' rows (bon: 60 s) + this invocation's wall time since
+    ``start``; this invocation's own row (won: 30 s) is in that wall time, not added again. With
+    ``start`` = now the total is 60 s (tolerance 1 s for the call itself), not 90."""
+    import time
+
+    r = {"experiment": "won", "wall_s": 30.0}
+    assert paper.total_seconds([{"experiment": "bon", "wall_s": 60.0}, r], [r], time.time()) == pytest.approx(
+        60.0, abs=1.0)

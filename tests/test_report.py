@@ -1419,3 +1419,45 @@ def test_an_interrupted_job_is_listed_as_interrupted_with_how_to_continue_it(tmp
     job = load_job(job_dir, tmp_path)
     assert job.status == "interrupted" and job.overrides == ["algo.beta=0.3"]
     assert job.reason.startswith("KeyboardInterrupt: interrupted by the user") and "ckpt_path=last_or_new" in job.reason
+
+
+def test_the_chord_checks_bounds_are_the_three_intervals_inner_ends_and_the_count_is_by_sign():
+    """gain_bounds hands chord_note the inner ends of all three intervals -- prompt CI, seed and
+    total -- so the widest (the total's, +0.5 points here) decides whether a gain clears the chords;
+    significant_count counts only the significant KLs by sign: one significant KL of two, +3 points,
+    is "+1 −0" (the other KL's +2 is positive but not significant and counts for neither)."""
+    from infalign.math.matched_kl import Gain
+    from infalign.report.matched import gain_bounds, significant_count
+
+    def a(*v):
+        return np.array(v, float)
+
+    g = Gain("expn(t=4)", "identity", a(0.03), a(0.02), a(0.04), 3, a(0.01), np.array([True]), a(0.015), a(0.045),
+             "paired", 3, np.array([True]), a(0.005), a(0.055))
+    assert gain_bounds(g, 0) == pytest.approx([0.02, 0.015, 0.005], abs=1e-12)
+    two = Gain("expn(t=4)", "identity", a(0.03, 0.02), a(0.02, 0.01), a(0.04, 0.03), 3, a(0.01, 0.01),
+               np.array([True, False]), a(0.015, 0.005), a(0.045, 0.035), "paired", 3, np.array([True, False]),
+               a(0.005, -0.005), a(0.055, 0.045))
+    assert significant_count(two, 2) == "significant at 1 of 2 KLs: +1 −0"
+
+
+def test_training_settings_are_compared_within_each_world(tmp_path):
+    """Two worlds each train identity at their own steps (W1: 100, W2: 200): within each world every
+    identity run was trained alike, so none is another method. Pooled across worlds the 3-3 tie would
+    name W2's runs ``identity [algo.steps=200]`` (the first sorted value, 100, counted as "most")."""
+    from infalign.report.collect import collect
+
+    rloo = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4,
+            "kl_knob": ["algo.beta", "algo.kl_target"]}
+    job = 0
+    for world, steps in (("W1", 100), ("W2", 200)):
+        for beta in (0.4, 0.2, 0.1):
+            metrics = per_prompt_metrics("identity", rloo, 0.2 + 0.1 * job, beta, {})
+            metrics["world"] = {"world_id": world}
+            metrics["config"] |= {"algo": {"name": "rloo", "beta": beta, "kl_target": 0.1, "steps": steps,
+                                           "lr": 1e-4}, "data": {"train_prompts": 64}}
+            write_job(tmp_path, str(job), ["method=identity"], metrics)
+            job += 1
+    jobs = collect(tmp_path)  # (collect applies mark_odd_settings)
+    assert [j.status for j in jobs] == ["finished"] * 6
+    assert [j.method_note for j in jobs] == [""] * 6

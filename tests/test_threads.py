@@ -339,3 +339,13 @@ def test_set_threads_starts_one_watch_for_a_torch_process_with_threads_to_spare(
         assert len(started) == 1 and started[0].threads == 2 and started[0].cores == 2
     finally:
         threads.set_threads(before, watch=False)  # torch's and the BLAS pools' count as they were
+
+
+def test_oversubscription_by_one_thread_is_logged(machine, caplog):
+    """``threads x concurrent_jobs > usable_cores`` is the rule, with no slack: 3 threads on 2 cores
+    (one job) oversubscribe them by one thread and are logged, once."""
+    machine(2)
+    with caplog.at_level(logging.WARNING, logger=threads.__name__):
+        assert threads.resolve_threads(3) == 3
+    assert len(caplog.records) == 1
+    assert "3 thread(s) x 1 concurrent job(s) > 2 usable core(s)" in caplog.records[0].getMessage()
