@@ -228,3 +228,8 @@ def test_evaluate_policy_compares_the_policy_pool_with_the_reference_pool(monkey
     assert ev.responses["policy"] == {"response_len_mean": 5.0, "eos_rate": 0.0}
     assert ev.responses["reference"] == {"response_len_mean": 3.0, "eos_rate": 1.0}
     assert {proc.at(n).win_rate_key for n in (1, 2, 4)} <= set(ev.theory)
+    # the theory "at the measured KL" is read at the reward model's KL estimate (its CI's mean), not at an
+    # end of its bootstrap interval (mutation testing: the CI's upper bound was used); exact, the same float
+    kl = ev.judges["reward_model"]["kl"]
+    assert kl.low < kl.mean < kl.high  # (a non-degenerate interval: a mutant reading low / high differs)
+    assert ev.theory["at_measured_kl"]["kl"] == kl.mean

@@ -249,3 +249,40 @@ def test_undefined_figures_are_written_as_json_null_and_read_back_as_missing(tmp
     assert summary["theory/beta"] == 0.3 and summary["eval/gold/bon4_win_rate"] == 0.7
     row = job_row(Job(job="0", path=tmp_path, status="finished", record=rec, config={}), ["reward_model"])
     assert row["theory_kl_at_beta"] is None and row["kl_ratio"] is None
+
+
+# ---------------------------------------------------------------- guards found by mutation testing
+
+
+def test_wandb_summary_takes_each_bound_from_its_own_end_of_the_interval():
+    """Pins ``eval/<judge>/<column>_low`` = ``ci.low`` and ``_high`` = ``ci.high`` (mutation testing: ``_low``
+    was read from ``ci.high``; finished_json's symmetric intervals did not tell them apart for this
+    check). Values are exact binary-representable floats: compared with ``==``."""
+    rec = RunRecord(eval=Evaluation(judges={"rm": {"kl": CI(0.5, 0.25, 0.75)}}))
+    summary = rec.wandb_summary()
+    assert (summary["eval/rm/kl"], summary["eval/rm/kl_low"], summary["eval/rm/kl_high"]) == (0.5, 0.25, 0.75)
+
+
+def test_a_boolean_is_not_a_number_in_a_record():
+    """Pins ``_number``'s bool check: ``"beta": true`` (a bool is an int in Python) is a RecordError naming
+    ``beta``, not beta = 1.0 (mutation testing: the ``isinstance(value, bool)`` test was dropped)."""
+    with pytest.raises(RecordError, match=r"beta: expected a number, got True"):
+        RunRecord.from_json({"version": SCHEMA_VERSION, "beta": True})
+
+
+def test_kl_target_is_type_checked_like_beta():
+    """Pins ``kl_target`` among the number fields from_json checks: a string ``"0.3"`` is a RecordError
+    naming it (mutation testing: kl_target was left out of the checked keys and loaded as a str, which
+    the report then compared with floats)."""
+    with pytest.raises(RecordError, match=r"kl_target: expected a number, got '0\.3'"):
+        RunRecord.from_json({"version": SCHEMA_VERSION, "kl_target": "0.3"})
+    assert RunRecord.from_json({"version": SCHEMA_VERSION, "kl_target": 0.3}).kl_target == 0.3
+
+
+def test_a_null_evaluation_field_reads_as_its_default():
+    """Pins Evaluation.from_json dropping JSON ``null`` fields: ``"samples": null`` reads as the default
+    ``[]`` (what a record cut by json_safe or written by hand may hold), not None, which a caller that
+    slices or iterates the samples would choke on (mutation testing: the ``is not None`` filter was
+    dropped)."""
+    ev = Evaluation.from_json({"judges": {}, "samples": None, "ns": None})
+    assert ev.samples == [] and ev.ns == [] and ev.judges == {}
