@@ -881,3 +881,116 @@ def test_a_directory_given_as_a_data_file_is_named_as_one(tmp_path):
         read_jsonl(tmp_path, "data.train_file")
     with pytest.raises(FileNotFoundError, match="file not found"):
         read_jsonl(tmp_path / "missing.jsonl", "data.train_file")
+
+
+def test_prompt_key_is_the_whole_dialogue_not_its_last_turn():
+    """Two HH prompts that end with the same question after a different history are different prompts
+    (to a chat policy, and to the train / test split): the key holds every turn, in order, as
+    (role, stripped text) -- written out by hand below -- not only the last message."""
+    from infalign.data.formats import prompt_key
+
+    dialogue = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:"
+    other_history = "\n\nHuman: x\n\nAssistant: y\n\nHuman: c\n\nAssistant:"
+    assert prompt_key(dialogue) == (("user", "a"), ("assistant", "b"), ("user", "c"))
+    assert prompt_key(other_history) == (("user", "x"), ("assistant", "y"), ("user", "c"))
+    assert prompt_key(dialogue) != prompt_key(other_history)
+
+
+def test_an_empty_first_human_turn_stays_a_user_message():
+    """``split_turns`` drops empty turns except an empty *first* Human turn: a chat starts with the
+    user, so ``"\n\nHuman: \n\nAssistant:"`` is one empty user message (the final empty Assistant
+    turn dropped as always), not no message at all. Control: an empty later Human turn is dropped."""
+    from infalign.data.formats import split_turns
+
+    assert split_turns("\n\nHuman: \n\nAssistant:") == [{"role": "user", "content": ""}]
+    assert split_turns("\n\nHuman: a\n\nAssistant: b\n\nHuman: \n\nAssistant:") == [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+
+
+def test_a_whitespace_only_subreddit_or_title_drops_its_line():
+    """TL;DR fields are stripped; one that is only whitespace is empty and drops its line (as a missing
+    or null one does) instead of leaving ``"SUBREDDIT: r/"`` / ``"TITLE: "`` with nothing after it.
+    Expected prompts written out by hand from TLDR_TEMPLATE's layout (blank lines between fields)."""
+    from infalign.data.formats import tldr_prompt
+
+    assert tldr_prompt({"post": "p", "subreddit": "  ", "title": "t"}) == "TITLE: t\n\nPOST: p\n\nTL;DR:"
+    assert tldr_prompt({"post": "p", "subreddit": "s", "title": " \n"}) == "SUBREDDIT: r/s\n\nPOST: p\n\nTL;DR:"
+    assert tldr_prompt({"post": "p", "subreddit": " s ", "title": None}) == "SUBREDDIT: r/s\n\nPOST: p\n\nTL;DR:"
+
+
+def _llama_word_tokenizer(words):
+    """A whitespace word-level tokenizer in Llama's style: prepends ``<s>``, eos ``</s>`` (ids: <pad> 0,
+    <unk> 1, <s> 2, </s> 3, then ``words`` from 4) -- a minimal copy of
+    tests/test_real_models._word_tokenizer("llama") with a vocabulary of our own."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def test_a_pair_at_both_token_limits_is_batched_whole(tmp_path):
+    """The loaders cut rows at ``max_prompt_tokens + max_response_tokens + 1`` (the collator appends an
+    eos): a test pair exactly at both limits -- prompt ``<s> Human: q r Assistant:`` = 5 tokens, response
+    ``c d`` = 2 -- passes the length filter and reaches the reward model whole, 8 tokens, not with its
+    first prompt token cut. Ids by hand from the vocabulary (Human: 4, Assistant: 5, q 6, r 7, s 8,
+    c 9, d 10); the row also equals ``reward_model_inputs`` of the pair uncut. Exact equality."""
+    from infalign.models.reward import reward_model_inputs
+
+    tok = _llama_word_tokenizer(["Human:", "Assistant:", "q", "r", "s", "c", "d"])
+    prompt = "\n\nHuman: q r\n\nAssistant:"
+    assert tok(prompt)["input_ids"] == [2, 4, 6, 7, 5]  # 5 tokens with <s>
+    train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record("\n\nHuman: q s\n\nAssistant:", "c d", "d c"))])
+    test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(hh_record(prompt, "c d", "d c"))])
+    dm = PreferenceDataModule("hh", train_file=str(train), test_file=str(test), tokenizer=tok,
+                              max_prompt_tokens=5, max_response_tokens=2, batch_size=1)
+    dm.setup()
+    assert dm.reports["test"].kept == 1 and dm.reports["test"].too_long == 0
+    batch = next(iter(dm.val_dataloader()))
+    uncut = reward_model_inputs(tok, [prompt], ["c d"])["input_ids"][0]
+    assert batch["input_ids"][0].tolist() == [2, 4, 6, 7, 5, 9, 10, 3] == uncut.tolist()
+    assert batch["input_ids"][1].tolist() == [2, 4, 6, 7, 5, 10, 9, 3]  # the rejected row, whole too
+
+
+def test_a_held_out_prompt_whose_whitespace_variant_stayed_in_train_is_dropped(tmp_path):
+    """A single train file, ``val_fraction=0.5``: the hash (``held_out``, of the raw text) holds out
+    ``"q0 "`` and ``q6`` and keeps ``q0`` and ``q1`` (checked below, not assumed). ``"q0 "`` is ``q0`` to a
+    chat policy (``prompt_key``), a train prompt: it is dropped from the held-out test split and counted
+    (``in_train == 1``), leaving ``q6`` alone -- the policy is not evaluated on a prompt it trained on."""
+    from infalign.data.formats import held_out
+
+    hh = [f"\n\nHuman: {x}\n\nAssistant:" for x in ("q0", "q0 ", "q6", "q1")]
+    assert [held_out(p, 0.5) for p in hh] == [False, True, True, False]
+    train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(p, "yes", "no")) for p in hh])
+    dm = PreferenceDataModule("hh", train_file=str(train), val_fraction=0.5)
+    dm.setup()
+    assert dm.prompts("test") == ["\n\nHuman: q6\n\nAssistant:"]
+    assert dm.reports["test"].in_train == 1 and dm.reports["train"].held_out == 2
+    assert sorted(dm.prompts("train")) == sorted([hh[0], hh[3]])
+
+
+def test_prompt_order_is_the_seeded_permutation(tmp_path):
+    """``prompts(split)`` is a seeded permutation of the distinct prompts in file order --
+    ``np.random.default_rng([seed, 2]).permutation(n)`` -- not the file order: with 4 train prompts p0..p3
+    and ``seed=0`` that is [2, 1, 0, 3] (written out by hand, and checked against numpy), ``prompts(s, 2)``
+    is its prefix, and ``seed=1`` gives another order, [3, 1, 0, 2]."""
+    import numpy as np
+
+    p = [f"\n\nHuman: p{i}\n\nAssistant:" for i in range(4)]
+    train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(x, "yes", "no")) for x in p])
+    test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(hh_record(PARIS, "Paris.", "Lyon."))])
+
+    def order(seed):
+        dm = PreferenceDataModule("hh", train_file=str(train), test_file=str(test), seed=seed)
+        return dm, dm.prompts("train")
+
+    assert np.random.default_rng([0, 2]).permutation(4).tolist() == [2, 1, 0, 3]
+    assert np.random.default_rng([1, 2]).permutation(4).tolist() == [3, 1, 0, 2]
+    dm, prompts = order(0)
+    assert prompts == [p[2], p[1], p[0], p[3]]
+    assert dm.prompts("train", 2) == [p[2], p[1]]
+    assert order(1)[1] == [p[3], p[1], p[0], p[2]]

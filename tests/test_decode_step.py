@@ -254,3 +254,32 @@ def test_step_rejects_a_mask_of_the_wrong_width(model, tokenizer, prompts):
         kv = StaticKV.from_cache(out.cache if hasattr(out, "cache") else out.past_key_values, ids.shape[1] + 2)
         with pytest.raises(ValueError, match="attention_mask"):
             gpt2_step(model, ids[:, -1:], position_ids(mask)[:, -1:], mask, kv)  # misses the new token
+
+
+@pytest.mark.parametrize("scaling", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])
+def test_step_uses_the_attention_s_own_scale_not_sdpa_s_default(scaling):
+    """GPT-2 configs whose attention scale is not 1/sqrt(head_dim) -- scaled by 1/(layer+1) too, or
+    not scaled at all: the step passes ``attn.scaling`` to SDPA, so its logits after a 3-token
+    prefill still match HF's full forward on all 4 tokens. SDPA's default (``scale=None``, i.e.
+    1/sqrt(d)) is off by ~2e-4 / ~7e-4 on these logits (measured), far above the tolerance of 1e-6
+    (the full forward and the cached step differ only by float32 rounding, ~1e-7)."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                        attn_implementation="sdpa", **scaling)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    assert supports(model)  # the step is used for these configs, so its scale must be theirs
+    head_dim = 32 // 4
+    expected = [1 / head_dim ** 0.5 / (i + 1) if scaling.get("scale_attn_by_inverse_layer_idx") else 1.0
+                for i in range(2)]
+    assert [b.attn.scaling for b in model.transformer.h] == pytest.approx(expected, rel=1e-12)
+    ids = torch.tensor([[5, 17, 3, 42]])
+    with torch.inference_mode():
+        full = model(ids).logits[:, -1]
+        out = model(input_ids=ids[:, :3], use_cache=True)
+        kv = StaticKV.from_cache(out.cache if hasattr(out, "cache") else out.past_key_values, 8)
+        mask = torch.ones(1, 4, dtype=torch.long)
+        lean = gpt2_step(model, ids[:, 3:], torch.tensor([[3]]), mask, kv)
+    assert kv.length == 4
+    torch.testing.assert_close(lean, full, rtol=0, atol=1e-6)

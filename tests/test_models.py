@@ -339,3 +339,63 @@ def test_a_joined_row_cut_at_max_length_gets_no_eos(tok):
     enc = encode_prompt_response(tok, ["a1 ->"], ["b1 b2 b3 b4"], max_length=4)
     assert tok.convert_ids_to_tokens(enc["input_ids"][0].tolist()) == ["->", "b1", "b2", "b3"]
     assert enc["response_mask"][0].tolist() == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_response_gets_no_lone_space_before_its_eos(empty):
+    """An empty (or all-whitespace) response stays empty in a joined reward row: the row is the
+    prompt's own tokens then the eos -- no lone ``" "`` token (the byte-level lead, ``response_lead``)
+    between them -- and its response mask covers the eos alone. Expected ids come from the tokenizer
+    itself (the prompt encoded alone + ``eos_token_id``); exact equality, no tolerance. Control: the
+    lead is a space here, and a non-empty response does get it (``" Sure"`` is one token after it)."""
+    from infalign.models.builders import response_lead
+    from infalign.models.reward import reward_model_inputs
+
+    bpe = _byte_bpe()
+    assert response_lead(bpe) == " "  # so the guard is what keeps the space out
+    space = bpe(" ", add_special_tokens=False)["input_ids"]
+    assert len(space) == 1
+    prompt = "Human: can you help? Assistant:"
+    alone = bpe(prompt, add_special_tokens=False)["input_ids"]
+    enc = reward_model_inputs(bpe, [prompt], [empty])
+    assert enc["input_ids"][0].tolist() == alone + [bpe.eos_token_id]
+    assert space[0] not in enc["input_ids"][0].tolist()
+    assert enc["response_mask"][0].tolist() == [0] * len(alone) + [1]
+    control = reward_model_inputs(bpe, [prompt], ["Sure"])["input_ids"][0].tolist()
+    assert control == alone + bpe(" Sure", add_special_tokens=False)["input_ids"] + [bpe.eos_token_id]
+
+
+def _bert_word_tokenizer(words=("hello", "world")):
+    """A whitespace word-level tokenizer with BERT's template ``[CLS] text [SEP]`` (ids: [PAD] 0,
+    [UNK] 1, [CLS] 2, [SEP] 3, then ``words`` from 4) and no eos of its own -- a minimal copy of
+    tests/test_real_models._word_tokenizer("bert")."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]")
+
+
+def test_the_end_token_is_not_doubled_when_the_suffix_is_the_eos():
+    """DeBERTa-v3's tokenizer has ``[SEP]`` both as its template's suffix and as its eos: a joined row
+    is ``[CLS] prompt response [SEP]`` -- the suffix *replaces* the appended eos, it is not followed
+    by a second one (``suffix or [eos]``). Ids by hand from the vocabulary: [CLS] 2, hello 4,
+    world 5, [SEP] 3; exact equality. ``min_row_length`` (prefix + end + one prompt and one response
+    token) is then 4, as its docstring says for BERT joined."""
+    from infalign.models.builders import min_row_length, row_special_tokens
+
+    t = _bert_word_tokenizer()
+    t.eos_token = "[SEP]"
+    assert t.eos_token_id == 3
+    assert row_special_tokens(t) == ([2], [], [3], None)
+    enc = encode_prompt_response(t, ["hello"], ["world"])
+    assert enc["input_ids"].tolist() == [[2, 4, 5, 3]]
+    assert enc["response_mask"].tolist() == [[0, 0, 1, 1]]
+    assert min_row_length(t) == 4
+    no_eos = _bert_word_tokenizer()  # control: without an eos the end is the suffix alone as well
+    assert no_eos.eos_token_id is None and row_special_tokens(no_eos) == ([2], [], [3], None)
