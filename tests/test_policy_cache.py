@@ -327,6 +327,27 @@ def test_where_a_model_is_read_from_is_keyed_by_its_contents_not_its_path(tmp_pa
     assert key(tmp_path / "a", "other weights") != base
 
 
+def test_reward_pad_token_is_keyed_by_the_reward_fingerprint_not_by_its_setting(tmp_path):
+    """reward.pad_token (new in conf/reward/hf.yaml, null by default) changes where the score is read, which
+    the reward fingerprint holds (its input format says "pad == eos" exactly when the rows are padded with the
+    eos): keyed as a setting too, its null retired every real-data policy cached before it existed (a review
+    of the change). A real-data config keys as it did without the key; another fingerprint is another key."""
+    from types import SimpleNamespace
+
+    from omegaconf import open_dict
+
+    def world(rm):
+        return SimpleNamespace(reference_fingerprint="ref", reward_fingerprint=rm, train_prompts=["p"])
+
+    cfg = compose_train(tmp_path, tmp_path, "experiment=hh_helpful_bon", toy=False)
+    assert "pad_token" in cfg.reward and cfg.reward.pad_token is None
+    with_key = policy_key(cfg, world("rm"), 0.1)
+    with open_dict(cfg):
+        del cfg.reward["pad_token"]
+    assert policy_key(cfg, world("rm"), 0.1) == with_key
+    assert policy_key(cfg, world("rm read at eos"), 0.1) != with_key
+
+
 def test_the_policy_key_holds_the_device_kind_auto_resolves_to(tmp_path, monkeypatch):
     """Review finding: trainer.accelerator=auto was keyed as written, so a policy trained under auto on a
     GPU node (its rollouts drawn by CUDA generators: other samples) was served to a CPU node, while the

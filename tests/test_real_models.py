@@ -233,6 +233,24 @@ def test_the_preference_datamodules_loaders_encode_as_the_reward_model_reads(ass
     assert torch.equal(batch["token_type_ids"], expected["token_type_ids"])
 
 
+def test_the_datamodules_reward_rows_are_cut_by_reward_max_length_not_the_policys_budget(assets, tmp_path,
+                                                                                         monkeypatch):
+    """The length filter's budget (max_prompt_tokens + max_response_tokens + 1) counts the policy's tokens; a
+    reward tokenizer's rows (other special tokens: [CLS] ... [SEP] ... [SEP]) are cut by reward.max_length, as
+    the scorer cuts them (a review of the change: a pair at the limits lost prompt tokens). Without a reward
+    tokenizer the loaders keep the policy budget."""
+    from infalign.data import modules
+
+    seen = []
+    monkeypatch.setattr(modules, "make_preference_dataloader", lambda *a, **k: seen.append(k["max_length"]))
+    policy_tok, reward_tok = load_tokenizer(assets / "lm", "left"), load_tokenizer(assets / "rm", "right")
+    cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=200", "data.max_response_tokens=50")
+    world_mod.preference_data(cfg.data, policy_tok).val_dataloader()
+    world_mod.preference_data(cfg.data, policy_tok, None, reward_tok, True, "last_user_turn").val_dataloader()
+    world_mod.preference_data(cfg.data, policy_tok, None, reward_tok, True, "last_user_turn", 64).val_dataloader()
+    assert seen == [251, None, 64]
+
+
 def test_encoding_uses_the_tokenizers_special_tokens(assets):
     bert = load_tokenizer(assets / "rm", "right")
     llama = load_tokenizer(assets / "lm", "right")

@@ -52,9 +52,12 @@ class PreferenceDataModule(L.LightningDataModule):
         tokenizer_name_or_path, tokenizer: the tokenizer that measures lengths (the pipeline passes the
             policy's: the length filter keeps what the policy reads) and, without ``reward_tokenizer``,
             encodes the loaders' batches; an object wins over a name.
-        reward_tokenizer, pair, prompt_format: how :meth:`train_dataloader` / :meth:`val_dataloader` encode
-            a batch for a reward model -- its tokenizer, ``reward.input=pair`` and ``reward.prompt_format``
-            (:func:`~infalign.models.reward.reward_model_inputs`, the rows the scorer reads).
+        reward_tokenizer, pair, prompt_format, reward_max_length: how :meth:`train_dataloader` /
+            :meth:`val_dataloader` encode a batch for a reward model -- its tokenizer, ``reward.input=pair``,
+            ``reward.prompt_format`` and ``reward.max_length`` (None: no cut), the rows the scorer reads
+            (:func:`~infalign.models.reward.reward_model_inputs`). Without ``reward_tokenizer`` the rows are
+            ``tokenizer``'s and cut to the length filter's budget, ``max_prompt_tokens +
+            max_response_tokens + 1`` (the eos).
         max_prompt_tokens, max_response_tokens: drop longer pairs (``None`` = no limit).
         batch_size: pairs per batch (a batch has ``2 * batch_size`` rows).
         max_examples: keep at most this many pairs per split (a seeded subset).
@@ -90,6 +93,7 @@ class PreferenceDataModule(L.LightningDataModule):
         reward_tokenizer=None,
         pair: bool = False,
         prompt_format: str = "full",
+        reward_max_length: int | None = None,
     ):
         super().__init__()
         require(dataset in DATASETS, "data.dataset", dataset, f"one of {sorted(DATASETS)}")
@@ -278,6 +282,8 @@ class PreferenceDataModule(L.LightningDataModule):
             if hp.max_prompt_tokens is not None and hp.max_response_tokens is not None
             else None
         )
+        if self.reward_tokenizer is not None:  # the budget above counts the policy's tokens, not the reward model's
+            max_length = hp.reward_max_length
         return make_preference_dataloader(
             self.reward_tokenizer or self.tokenizer,
             prompts,

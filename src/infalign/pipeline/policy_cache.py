@@ -541,7 +541,11 @@ INT_OR_FRACTION_TRAINER_KEYS = frozenset({
 # Bradley-Terry reward model trains on (runtime only: the model it trains is keyed by its files, the reward
 # fingerprint). A resume and a finished run's re-run still compare them (training_settings): they are
 # checked before the world, and so its fingerprints, is loaded.
-KEYED_BY_THE_WORLD = (("policy", "name_or_path"), ("reward", "name_or_path"), ("reward", "train", "accelerator"))
+# reward.pad_token too: what it changes -- where the score is read -- is in the reward fingerprint (the input
+# format says "pad == eos" exactly when the rows are padded with the eos), and keyed here its null, new in
+# conf/reward/hf.yaml, would have retired every real-data policy cached before it existed.
+KEYED_BY_THE_WORLD = (("policy", "name_or_path"), ("reward", "name_or_path"), ("reward", "train", "accelerator"),
+                      ("reward", "pad_token"))
 
 
 # The calibration settings only an online algorithm's reward reads (an offline baseline draws its

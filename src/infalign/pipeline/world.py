@@ -333,7 +333,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         policy_path, reward_path = checked.policy_path, checked.reward_path
         tokenizer, reward_tok = checked.policy_tokenizer, checked.reward_tokenizer
         dm = preference_data(data, tokenizer, policy_view(cfg.policy, tokenizer, data.source), reward_tok,
-                             reward_pair(cfg), reward_prompt_format(cfg))
+                             reward_pair(cfg), reward_prompt_format(cfg), cfg.reward.get("max_length"))
         train_raw = dm.prompts("train", int(data.train_prompts))
         eval_raw = dm.prompts("test", int(data.eval_prompts))
         stats = {"data_reports": {k: r.to_dict() for k, r in dm.reports.items()}}
@@ -449,11 +449,11 @@ def policy_view(policy: DictConfig, tokenizer, source: str):
 
 
 def preference_data(data: DictConfig, tokenizer, render_prompt=None, reward_tokenizer=None, pair: bool = False,
-                    prompt_format: str = "full"):
+                    prompt_format: str = "full", reward_max_length: int | None = None):
     """The HH / TL;DR :class:`~infalign.data.PreferenceDataModule` (set up) for ``data``; lengths
     are measured with the policy ``tokenizer`` on the prompts as ``render_prompt`` shows them, and its
     loaders encode batches as the reward model reads them (``reward_tokenizer``, ``pair``,
-    ``prompt_format``)."""
+    ``prompt_format``, ``reward_max_length``)."""
     from infalign.data import PreferenceDataModule
 
     dm = PreferenceDataModule(
@@ -463,6 +463,7 @@ def preference_data(data: DictConfig, tokenizer, render_prompt=None, reward_toke
         batch_size=int(data.get("batch_size", 16)), max_examples=data.get("max_examples"),
         seed=int(data.get("seed", 0)), val_fraction=float(data.get("val_fraction", 0.05)),
         render_prompt=render_prompt, reward_tokenizer=reward_tokenizer, pair=pair, prompt_format=prompt_format,
+        reward_max_length=reward_max_length,
     )
     dm.prepare_data()
     dm.setup("fit")
