@@ -143,6 +143,30 @@ def word_tokenizer(texts):
     )
 
 
+def styled_word_tokenizer(style: str, words):
+    """A whitespace word-level tokenizer over ``words`` (1 word = 1 token) with a model family's special
+    tokens: ``llama`` prepends ``<s>``, eos ``</s>`` (ids: <pad> 0, <unk> 1, <s> 2, </s> 3, then ``words``
+    from 4); ``bert`` is ``[CLS] text [SEP]`` / ``[CLS] a [SEP] b [SEP]`` with token types, no eos (ids:
+    [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, then ``words``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"] if style == "llama" else ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {w: i for i, w in enumerate([*specials, *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if style == "llama":
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 2)])
+        return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
+                                       bos_token="<s>", eos_token="</s>")
+    backend.post_processor = processors.TemplateProcessing(  # BERT's: the second segment has token type 1
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]",
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
 @pytest.fixture(scope="module")
 def tok():
     return word_tokenizer([t for g in HH_GOOD for t in g])
@@ -918,21 +942,6 @@ def test_a_whitespace_only_subreddit_or_title_drops_its_line():
     assert tldr_prompt({"post": "p", "subreddit": " s ", "title": None}) == "SUBREDDIT: r/s\n\nPOST: p\n\nTL;DR:"
 
 
-def _llama_word_tokenizer(words):
-    """A whitespace word-level tokenizer in Llama's style: prepends ``<s>``, eos ``</s>`` (ids: <pad> 0,
-    <unk> 1, <s> 2, </s> 3, then ``words`` from 4) -- a minimal copy of
-    tests/test_real_models._word_tokenizer("llama") with a vocabulary of our own."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
-
-
 def test_a_pair_at_both_token_limits_is_batched_whole(tmp_path):
     """The loaders cut rows at ``max_prompt_tokens + max_response_tokens + 1`` (the collator appends an
     eos): a test pair exactly at both limits -- prompt ``<s> Human: q r Assistant:`` = 5 tokens, response
@@ -941,7 +950,7 @@ def test_a_pair_at_both_token_limits_is_batched_whole(tmp_path):
     c 9, d 10); the row also equals ``reward_model_inputs`` of the pair uncut. Exact equality."""
     from infalign.models.reward import reward_model_inputs
 
-    tok = _llama_word_tokenizer(["Human:", "Assistant:", "q", "r", "s", "c", "d"])
+    tok = styled_word_tokenizer("llama", ["Human:", "Assistant:", "q", "r", "s", "c", "d"])
     prompt = "\n\nHuman: q r\n\nAssistant:"
     assert tok(prompt)["input_ids"] == [2, 4, 6, 7, 5]  # 5 tokens with <s>
     train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record("\n\nHuman: q s\n\nAssistant:", "c d", "d c"))])

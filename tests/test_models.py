@@ -365,22 +365,6 @@ def test_an_empty_response_gets_no_lone_space_before_its_eos(empty):
     assert control == alone + bpe(" Sure", add_special_tokens=False)["input_ids"] + [bpe.eos_token_id]
 
 
-def _bert_word_tokenizer(words=("hello", "world")):
-    """A whitespace word-level tokenizer with BERT's template ``[CLS] text [SEP]`` (ids: [PAD] 0,
-    [UNK] 1, [CLS] 2, [SEP] 3, then ``words`` from 4) and no eos of its own -- a minimal copy of
-    tests/test_real_models._word_tokenizer("bert")."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]")
-
-
 def test_the_end_token_is_not_doubled_when_the_suffix_is_the_eos():
     """DeBERTa-v3's tokenizer has ``[SEP]`` both as its template's suffix and as its eos: a joined row
     is ``[CLS] prompt response [SEP]`` -- the suffix *replaces* the appended eos, it is not followed
@@ -388,8 +372,9 @@ def test_the_end_token_is_not_doubled_when_the_suffix_is_the_eos():
     world 5, [SEP] 3; exact equality. ``min_row_length`` (prefix + end + one prompt and one response
     token) is then 4, as its docstring says for BERT joined."""
     from infalign.models.builders import min_row_length, row_special_tokens
+    from test_data import styled_word_tokenizer
 
-    t = _bert_word_tokenizer()
+    t = styled_word_tokenizer("bert", ["hello", "world"])
     t.eos_token = "[SEP]"
     assert t.eos_token_id == 3
     assert row_special_tokens(t) == ([2], [], [3], None)
@@ -397,5 +382,6 @@ def test_the_end_token_is_not_doubled_when_the_suffix_is_the_eos():
     assert enc["input_ids"].tolist() == [[2, 4, 5, 3]]
     assert enc["response_mask"].tolist() == [[0, 0, 1, 1]]
     assert min_row_length(t) == 4
-    no_eos = _bert_word_tokenizer()  # control: without an eos the end is the suffix alone as well
+    # control: without an eos the end is the suffix alone as well
+    no_eos = styled_word_tokenizer("bert", ["hello", "world"])
     assert no_eos.eos_token_id is None and row_special_tokens(no_eos) == ([2], [], [3], None)

@@ -21,7 +21,7 @@ from infalign.errors import ConfigError
 from infalign.models import RewardScorer, encode_prompt_response, load_reward_model, load_tokenizer
 from infalign.pipeline import world as world_mod
 from pipeline_helpers import compose_train
-from test_data import write_jsonl
+from test_data import styled_word_tokenizer, write_jsonl
 from test_real_data_experiments import TOPICS, hh_line
 
 CHAT_TEMPLATE = (
@@ -37,25 +37,9 @@ def _vocab_words() -> list[str]:
 
 
 def _word_tokenizer(style: str):
-    """A whitespace word-level tokenizer: ``llama`` (prepends <s>, eos </s>) or ``bert``
-    ([CLS] text [SEP], no eos)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<s>", "</s>"] if style == "llama" else ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-    vocab = {w: i for i, w in enumerate([*specials, *_vocab_words()])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=specials[1]))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if style == "llama":
-        backend.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 2)])
-        return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
-                                       bos_token="<s>", eos_token="</s>")
-    backend.post_processor = processors.TemplateProcessing(  # BERT's: the second segment has token type 1
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]",
-                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    """A whitespace word-level tokenizer over the HH fixtures' words: ``llama`` (prepends <s>, eos </s>) or
+    ``bert`` ([CLS] text [SEP], no eos) -- test_data.styled_word_tokenizer."""
+    return styled_word_tokenizer(style, _vocab_words())
 
 
 @pytest.fixture(scope="module")
