@@ -541,39 +541,16 @@ def test_ppo_algorithm_uses_its_own_epochs_and_clip_eps():
 # ---------------------------------------------------------------- guards found by mutation testing
 
 
-def _module(prompts, transform=None, table=None, p=2, g=4, perturb=False):
-    """A CTRLModule on the tabular world (tests/tiny_policy.py); ``perturb``: a policy off the reference."""
-    from infalign.math.transforms import Raw
-    from infalign.training.ctrl import CTRLModule
-
-    transform = Raw() if transform is None else transform
-
-    algo = make_algorithm({"name": "rloo", "group_size": g, "prompts_per_step": p, "max_new_tokens": 3})
-    policy = tp.TabularLM()
-    if perturb:
-        with torch.no_grad():
-            policy.table.add_(torch.randn(policy.table.shape, generator=torch.Generator().manual_seed(0)))
-    return CTRLModule(policy, tp.reference(), tp.tokenizer(), tp.TableScorer(), transform, table, prompts, algo)
-
-
-def _as_rank(module, rank, world):
-    """``module`` as rank ``rank`` of ``world`` (what step_prompts and the sampling seeds read)."""
-    from types import SimpleNamespace
-
-    module._trainer = SimpleNamespace(world_size=world, global_rank=rank)
-    return module
-
-
 def test_step_prompts_are_disjoint_across_ranks_and_change_with_the_step():
     prompts = [f"p{i}" for i in range(12)]
-    per_rank = [_as_rank(_module(prompts, p=3), r, 4).step_prompts(0) for r in range(4)]
+    per_rank = [tp.as_rank(tp.ctrl_module(prompts, p=3), r, 4).step_prompts(0) for r in range(4)]
     assert sorted(torch.cat(per_rank).tolist()) == list(range(12))  # 4 ranks x 3 = every prompt once
-    m = _module(prompts, p=3)
+    m = tp.ctrl_module(prompts, p=3)
     assert not all(torch.equal(m.step_prompts(0), m.step_prompts(s)) for s in range(1, 4))
 
 
 def test_rollout_calibrates_each_response_against_its_own_prompts_row_and_kl_is_log_pi_minus_log_ref():
-    m = _module(list(tp.PROMPTS), transform=Identity(), table=tp.calibration_table(), g=6, perturb=True)
+    m = tp.ctrl_module(list(tp.PROMPTS), transform=Identity(), table=tp.calibration_table(), g=6, perturb=True)
     out = m.rollout(0)
     roll = out["roll"]
     xs = [tp.PROMPTS[i] for i in m.step_prompts(0).tolist() for _ in range(6)]
@@ -593,8 +570,8 @@ def test_rollout_calibrates_each_response_against_its_own_prompts_row_and_kl_is_
 
 def test_rollout_samples_differ_across_steps_and_ranks():
     prompts = ["x1"] * 4  # every rank and step samples the same prompt
-    r0 = _module(prompts, p=1, g=16)
-    r1 = _as_rank(_module(prompts, p=1, g=16), 1, 2)
+    r0 = tp.ctrl_module(prompts, p=1, g=16)
+    r1 = tp.as_rank(tp.ctrl_module(prompts, p=1, g=16), 1, 2)
     s0, s1, s0b = r0.rollout(0)["roll"].responses, r1.rollout(0)["roll"].responses, r0.rollout(1)["roll"].responses
     assert s0 != s1 and s0 != s0b
 

@@ -2,7 +2,7 @@
 slices, minibatch permutations, RL step, gradient clipping, optimizer), ``training/step_batches.py``,
 ``training/checkpoint.py`` (RunCheckpoint's start) and ``training/reward_model.py`` (accuracy, train mode).
 
-Every module here is tiny (tests/tiny_policy.py's tabular bigram LM), and a CTRL ``training_step`` runs
+Every module here is tiny (tests/tiny_policy.ctrl_module: the tabular bigram LM), and a CTRL ``training_step`` runs
 without a Trainer: the few Trainer services it uses (optimizer, backward, clipping, logging) are stubbed
 on the instance by :func:`_stepping`."""
 
@@ -14,34 +14,16 @@ import pytest
 import torch
 
 import tiny_policy as tp
-from infalign.math.transforms import Raw
-from infalign.training.algorithms import make_algorithm
 from infalign.training.checkpoint import RunCheckpoint
-from infalign.training.ctrl import CTRLModule
 from infalign.training.reward_model import RewardModelModule
 from infalign.training.step_batches import StepIndexed
-
-
-def _module(prompts=None, name="rloo", p=2, g=4, **algo):
-    """A CTRLModule on the tabular world (tests/tiny_policy.py), raw rewards (no calibration table)."""
-    settings = {"name": name, "group_size": g, "prompts_per_step": p, "max_new_tokens": 3, **algo}
-    prompts = list(tp.PROMPTS) if prompts is None else prompts
-    return CTRLModule(tp.TabularLM(), tp.reference(), tp.tokenizer(), tp.TableScorer(), Raw(), None, prompts,
-                      make_algorithm(settings))
-
-
-def _as_rank(module, rank, world, global_step=0):
-    """``module`` as rank ``rank`` of ``world`` at optimizer step ``global_step`` (what step_prompts,
-    rl_step and the sampling seeds read from the trainer)."""
-    module._trainer = SimpleNamespace(world_size=world, global_rank=rank, global_step=global_step)
-    return module
 
 
 def _stepping(module, global_step=0, clip_calls=None):
     """``module`` ready for ``training_step`` without a Trainer: its own AdamW, a plain backward, clipping
     recorded in ``clip_calls`` (else a no-op), logging dropped."""
     opt = module.configure_optimizers()
-    _as_rank(module, 0, 1, global_step)
+    tp.as_rank(module, 0, 1, global_step)
     module.optimizers = lambda *a, **k: opt
     module.manual_backward = lambda loss, *a, **k: loss.backward()
     module.clip_gradients = (lambda *a, **k: clip_calls.append((a, k))) if clip_calls is not None else (
@@ -59,8 +41,8 @@ def test_step_prompts_cycle_the_permutation_enough_for_every_rank():
     entries), so rank 1 of 2 gets its full slice [3:6] of p = 3 prompts. Repeating for one rank's p only
     (ceil(3 / 5) = 1) leaves 5 entries and rank 1 gets 2 prompts: a short, unequal batch per rank."""
     prompts = [f"p{i}" for i in range(5)]
-    r0 = _as_rank(_module(prompts, p=3), 0, 2).step_prompts(0)
-    r1 = _as_rank(_module(prompts, p=3), 1, 2).step_prompts(0)
+    r0 = tp.as_rank(tp.ctrl_module(prompts, p=3), 0, 2).step_prompts(0)
+    r1 = tp.as_rank(tp.ctrl_module(prompts, p=3), 1, 2).step_prompts(0)
     assert len(r0) == 3 and len(r1) == 3
     # the two ranks' slices are consecutive pieces of one permutation cycled twice: 6 draws cover all 5
     assert sorted(set(torch.cat([r0, r1]).tolist())) == list(range(5))
@@ -73,7 +55,7 @@ def test_ppo_minibatches_do_not_depend_on_the_global_rng():
     manual_seed(0) and manual_seed(1) order the 2 x 2 minibatch updates differently (AdamW, lr 0.5)."""
     tables = []
     for seed in (0, 1):
-        module = _stepping(_module(name="ppo", minibatches=2, lr=0.5))
+        module = _stepping(tp.ctrl_module(name="ppo", minibatches=2, lr=0.5))
         torch.manual_seed(seed)
         module.training_step(None, 0)
         tables.append(module.policy.table.detach().clone())
@@ -99,7 +81,7 @@ def test_ppo_minibatch_permutation_changes_with_the_rl_step(monkeypatch):
     per_step = []
     for global_step in (0, 4):
         drawn.clear()
-        module = _stepping(_module(name="ppo", minibatches=2), global_step=global_step)
+        module = _stepping(tp.ctrl_module(name="ppo", minibatches=2), global_step=global_step)
         assert module.rl_step == global_step // 4
         module.training_step(None, 0)
         assert len(drawn) == 2  # one permutation per PPO epoch
@@ -111,7 +93,7 @@ def test_ppo_minibatch_permutation_changes_with_the_rl_step(monkeypatch):
 def test_rl_step_counts_rollouts_not_optimizer_steps(global_step, rl_step):
     """PPO (2 epochs x 2 minibatches) makes k = 4 optimizer steps per rollout batch, so Lightning's
     global_step 4 is RL step 4 // 4 = 1 (the step that seeds the prompts and samples)."""
-    module = _as_rank(_module(name="ppo", minibatches=2), 0, 1, global_step)
+    module = tp.as_rank(tp.ctrl_module(name="ppo", minibatches=2), 0, 1, global_step)
     assert module.algo.optimizer_steps_per_batch == 4
     assert module.rl_step == rl_step
 
@@ -121,7 +103,7 @@ def test_grad_clip_clips_each_update_with_its_value_and_zero_does_not(grad_clip,
     """C14: RLOO makes one optimizer step per training_step, so algo.grad_clip=0.5 clips once, by norm,
     at 0.5; algo.grad_clip=0 ("none") never calls clip_gradients."""
     calls: list = []
-    module = _stepping(_module(grad_clip=grad_clip), clip_calls=calls)
+    module = _stepping(tp.ctrl_module(grad_clip=grad_clip), clip_calls=calls)
     module.training_step(None, 0)
     assert [k["gradient_clip_val"] for _, k in calls] == expected
     assert all(k["gradient_clip_algorithm"] == "norm" for _, k in calls)
@@ -129,7 +111,7 @@ def test_grad_clip_clips_each_update_with_its_value_and_zero_does_not(grad_clip,
 
 def test_configure_optimizers_uses_algo_weight_decay():
     """C15: AdamW gets algo.weight_decay (0.1 here; torch's own default is 0.01) and algo.lr."""
-    opt = _module(weight_decay=0.1, lr=0.25).configure_optimizers()
+    opt = tp.ctrl_module(weight_decay=0.1, lr=0.25).configure_optimizers()
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[0]["lr"] == 0.25
 

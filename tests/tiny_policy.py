@@ -160,3 +160,27 @@ def world(train_prompts: list[str] | None = None):
     reference, tokenizer, reward, training prompts."""
     return SimpleNamespace(policy=TabularLM(), reference=reference(), tokenizer=tokenizer(),
                            reward=TableScorer(), train_prompts=list(train_prompts or PROMPTS))
+
+
+def ctrl_module(prompts=None, transform=None, table=None, p=2, g=4, perturb=False, name="rloo", **algo):
+    """A CTRLModule on this tabular world: ``name``'s algorithm with P = ``p`` prompts x G = ``g`` samples, 3
+    new tokens and ``algo``'s other settings; ``transform`` (default raw) and calibration ``table``;
+    ``perturb``: a policy off the reference."""
+    from infalign.math.transforms import Raw
+    from infalign.training.algorithms import make_algorithm
+    from infalign.training.ctrl import CTRLModule
+
+    settings = {"name": name, "group_size": g, "prompts_per_step": p, "max_new_tokens": 3, **algo}
+    policy = TabularLM()
+    if perturb:
+        with torch.no_grad():
+            policy.table.add_(torch.randn(policy.table.shape, generator=torch.Generator().manual_seed(0)))
+    return CTRLModule(policy, reference(), tokenizer(), TableScorer(), Raw() if transform is None else transform,
+                      table, list(PROMPTS) if prompts is None else prompts, make_algorithm(settings))
+
+
+def as_rank(module, rank: int, world: int, global_step: int = 0):
+    """``module`` as rank ``rank`` of ``world`` at optimizer step ``global_step`` (what step_prompts,
+    rl_step and the sampling seeds read from the trainer)."""
+    module._trainer = SimpleNamespace(world_size=world, global_rank=rank, global_step=global_step)
+    return module
