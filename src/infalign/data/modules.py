@@ -277,13 +277,12 @@ class PreferenceDataModule(L.LightningDataModule):
         # Reuse the reward-model collation (one encoding path for every caller).
         hp = self.hparams
         prompts, chosen, rejected = (list(c) for c in zip(*self.pairs(split)))
-        max_length = (
-            hp.max_prompt_tokens + hp.max_response_tokens + 1  # + the collator's eos
-            if hp.max_prompt_tokens is not None and hp.max_response_tokens is not None
-            else None
-        )
-        if self.reward_tokenizer is not None:  # the budget above counts the policy's tokens, not the reward model's
+        if self.reward_tokenizer is not None:  # its rows: cut as the scorer cuts them (the budget counts policy tokens)
             max_length = hp.reward_max_length
+        elif hp.max_prompt_tokens is not None and hp.max_response_tokens is not None:
+            max_length = hp.max_prompt_tokens + hp.max_response_tokens + 1  # + the collator's eos
+        else:
+            max_length = None
         return make_preference_dataloader(
             self.reward_tokenizer or self.tokenizer,
             prompts,
