@@ -146,10 +146,11 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
         check_toy_sequence_budget(cfg, policy=checked.policy_path is None, reward=own_reward)
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
-    require(checked.reward_path is not None or cfg.reward.get("pad_token") is None, "reward.pad_token",
-            cfg.reward.get("pad_token"), "null for the toy world's own reward model (it pads with its own <pad>)")
+    pad_token = cfg.reward.get("pad_token")
+    require(checked.reward_path is not None or pad_token is None, "reward.pad_token", pad_token,
+            "null for the toy world's own reward model (it pads with its own <pad>)")
     if checked.reward_path is not None:
-        use_reward_pad_token(checked.reward_tokenizer, cfg.reward.get("pad_token"), config)
+        use_reward_pad_token(checked.reward_tokenizer, pad_token, config)
         check_reward_length(cfg, config, checked.reward_path, checked.reward_tokenizer)
     return checked
 
