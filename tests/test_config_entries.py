@@ -20,8 +20,8 @@ from pipeline_helpers import TINY_RUN, TINY_WORLD, compose_config
 from sweep_helpers import compose_sweep, expand, sweep_axes
 
 SWEEPS_DIR = Path(CONFIG_DIR).parent / "sweeps"
-GROUPS = ("experiment", "method", "transform", "procedure", "algo", "data", "policy", "reward", "trainer",
-          "callbacks", "logger", "calibration", "paths")
+GROUPS = ("experiment", "method", "transform", "procedure", "algo", "algo_tau", "data", "policy", "reward",
+          "trainer", "callbacks", "logger", "calibration", "paths")
 # mandatory values (???) an entry leaves to the user
 REQUIRED = {("policy", "hf"): ["policy.name_or_path=org/model"], ("reward", "hf"): ["reward.name_or_path=org/rm"]}
 
@@ -148,7 +148,22 @@ def check_logger(cfg, tmp_path):
     assert any((tmp_path / "run").iterdir())
 
 
-CHECKS = {"experiment": check_validates, "method": check_validates, "calibration": check_validates,
+def check_algo_tau(cfg, tmp_path):
+    """An ``algo_tau`` entry re-applies its algorithm's own KL knob after the experiment: the same value
+    as the algorithm's entry (conf/algo/<name>.yaml), under every experiment, and the command line's
+    when it sets one."""
+    from infalign.apps.config import load_group_entry
+
+    for name in entries(Path(CONFIG_DIR) / "algo_tau"):
+        own = load_group_entry("algo", name).beta
+        assert OmegaConf.load(Path(CONFIG_DIR) / "algo_tau" / f"{name}.yaml").beta == own
+        for experiment in entries(Path(CONFIG_DIR) / "experiment"):
+            assert compose_train(tmp_path, f"experiment={experiment}", f"algo={name}").algo.beta == own
+        assert compose_train(tmp_path, f"algo={name}", "algo.beta=0.37").algo.beta == 0.37
+    check_validates(cfg, tmp_path)
+
+
+CHECKS = {"experiment": check_validates, "algo_tau": check_algo_tau, "method": check_validates, "calibration": check_validates,
           "paths": check_validates, "transform": check_transform, "procedure": check_procedure,
           "algo": check_algo, "data": check_data, "policy": check_model("policy"),
           "reward": check_model("reward"), "trainer": check_trainer, "callbacks": check_callbacks,
@@ -295,6 +310,21 @@ def test_every_setting_of_every_entry_has_a_default(group, name):
     assert "training.reward.prompt_format" in keys or cfg.reward.get("prompt_format") is None
     assert [k for k in keys if not default(k)[0]] == []
     assert all(default(k)[1] is policy_cache.IGNORED for k in ignored)  # any value: the algorithm reads none
+
+
+def test_algo_ipo_keeps_its_tau_not_the_experiments_rl_beta(tmp_path):
+    """Walkthrough finding: `infalign-train algo=ipo` trained IPO with toy_bon's RL beta (20, for exp(4u)) as
+    its tau -- a log-ratio margin of 1/(2 tau) = 0.025 nats, and a policy that did not move (standard win rate
+    0.494). IPO keeps conf/algo/ipo.yaml's tau under every experiment; a method entry or the command line
+    still sets it, and the RL algorithms keep the experiment's beta."""
+    own = OmegaConf.load(Path(CONFIG_DIR) / "algo" / "ipo.yaml").beta
+    assert compose_train(tmp_path, "algo=ipo").algo.beta == own == 0.1
+    assert compose_train(tmp_path, "experiment=hh_helpful_bon", "algo=ipo").algo.beta == own
+    assert compose_train(tmp_path, "method=ipo", "kl_point=0").algo.beta == 1.0  # conf/method/ipo.yaml's grid
+    assert compose_train(tmp_path, "algo=ipo", "algo.beta=0.02").algo.beta == 0.02
+    for algo in ("rloo", "ppo"):
+        assert compose_train(tmp_path, f"algo={algo}").algo.beta == 20.0  # conf/experiment/toy_bon.yaml
+        assert compose_train(tmp_path, "experiment=toy_won", f"algo={algo}").algo.beta == 0.2
 
 
 SWEEPS = entries(SWEEPS_DIR)
