@@ -164,7 +164,8 @@ def check_algo_tau(cfg, tmp_path):
 
 
 CHECKS = {"experiment": check_validates, "method": check_validates, "calibration": check_validates,
-          "paths": check_validates, "algo_tau": check_algo_tau, "transform": check_transform, "procedure": check_procedure,
+          "paths": check_validates, "algo_tau": check_algo_tau, "transform": check_transform,
+          "procedure": check_procedure,
           "algo": check_algo, "data": check_data, "policy": check_model("policy"),
           "reward": check_model("reward"), "trainer": check_trainer, "callbacks": check_callbacks,
           "logger": check_logger}
