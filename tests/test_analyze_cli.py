@@ -353,3 +353,22 @@ def test_the_best_t_table_has_an_optimal_column_only_when_the_frontier_was_compu
         header = next(line for line in out.splitlines() if "┃ KL budget" in line)
         row = next(line for line in out.splitlines() if line.strip("│ ").startswith("0.5 "))
         assert ("optimal" in header) == (optimal == "true") and "nan" not in row, out[-1500:]
+
+
+@pytest.mark.parametrize("override, message", [("procedure=mbr", "Could not find 'procedure/mbr'"),
+                                               ("nosuch=1", "Could not override 'nosuch'"),
+                                               ("procedure.n=[", "no viable alternative")])
+def test_a_command_line_hydra_itself_refuses_exits_2(tmp_path, monkeypatch, capsys, override, message):
+    """Walkthrough finding: Hydra's own refusals (an unknown group option or key, an unparsable override)
+    exited 1 from infalign-analyze and infalign-calibration, 2 only from infalign-train; every app exits 2,
+    as for its own config errors (README, "When things go wrong"), after Hydra's message."""
+    from infalign.apps import calibration
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    for main, name in ((app.main, "infalign-analyze"), (calibration.main, "infalign-calibration")):
+        monkeypatch.setattr(sys, "argv", [name, override, f"hydra.run.dir={tmp_path / 'run'}"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2, name
+        assert message in capsys.readouterr().err, name
+    assert not (tmp_path / "run").exists()

@@ -28,7 +28,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from infalign.apps.analyze_plot import PLOT_SCALES, plot_frontiers
-from infalign.apps.config import CONFIG_DIR, apply_threads, check_analyze_keys, instantiate_entry, load_group_entry
+from infalign.apps.config import (
+    CONFIG_DIR,
+    apply_threads,
+    check_analyze_keys,
+    hydra_refusals_exit_2,
+    instantiate_entry,
+    load_group_entry,
+)
 from infalign.errors import ConfigError, require
 from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
@@ -346,7 +353,8 @@ def main() -> None:
     with Background(PLOT_MODULES) as helper:
         Background.shared = helper  # (a class attribute: a launcher pickles _app, never the helper)
         try:
-            _app()
+            with hydra_refusals_exit_2():  # (Hydra's own refusal of the command line: exit 2, as the app's)
+                _app()
         finally:
             Background.shared = None
 

@@ -33,6 +33,7 @@ from infalign.apps.config import (
     check_known_keys,
     check_value_types,
     exit_on_config_error,
+    hydra_refusals_exit_2,
     instantiate_callbacks,
     instantiate_trainer,
 )
@@ -148,7 +149,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     """A ConfigError ends the run with one block (key, value, allowed values) and exit code 2, as in
     ``infalign-train``."""
     from infalign.errors import ConfigError
@@ -159,6 +160,12 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as exc:
         exit_on_config_error(exc, "infalign-calibration")
         raise
+
+
+def main() -> None:
+    """``infalign-calibration``: the Hydra app; a command line Hydra itself refuses exits 2 as well."""
+    with hydra_refusals_exit_2():
+        _app()
 
 
 if __name__ == "__main__":

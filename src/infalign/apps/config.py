@@ -3,10 +3,11 @@ groups (``trainer``, ``callbacks``, ``logger``), and loading single entries of a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,18 @@ def hydra_refused(exc: BaseException) -> bool:
 
     refusals = (ConfigCompositionException, MissingConfigException, OverrideParseException)
     return isinstance(exc, SystemExit) and exc.code == 1 and isinstance(exc.__context__, refusals)
+
+
+@contextlib.contextmanager
+def hydra_refusals_exit_2() -> Iterator[None]:
+    """Around an app's Hydra entry point: a command line Hydra itself refuses (:func:`hydra_refused`)
+    exits with ``errors.CONFIG_ERROR_EXIT`` after Hydra's message, as the apps' own config errors do."""
+    try:
+        yield
+    except BaseException as exc:
+        if hydra_refused(exc):
+            raise SystemExit(CONFIG_ERROR_EXIT) from None
+        raise
 
 
 def task_overrides() -> list[str] | None:

@@ -33,13 +33,13 @@ from infalign.apps.config import (
     check_value_types,
     command_line_keys,
     exit_on_config_error,
-    hydra_refused,
+    hydra_refusals_exit_2,
     instantiate_checked,
     launcher_jobs,
     override_key,
     task_overrides,
 )
-from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, Terminated, require
+from infalign.errors import ConfigError, Terminated, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.infra.startup import import_frozen
@@ -753,15 +753,13 @@ def main() -> None:
         sys.argv.remove("-v")
         os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        with terminate_on_sigterm():
+        with terminate_on_sigterm(), hydra_refusals_exit_2():
             hydra_main()
     except BaseException as exc:
         if terminated(exc):
             print("infalign-train: stopped by SIGTERM (recorded as interrupted: the command that continues it is "
                   "logged above)", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
-        if hydra_refused(exc):  # Hydra's own message is printed: its exit status is a config error's
-            raise SystemExit(CONFIG_ERROR_EXIT) from None
         raise
 
 
