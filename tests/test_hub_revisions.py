@@ -133,7 +133,7 @@ def test_the_weights_loaded_are_those_of_the_commit_checked(hub, assets, tmp_pat
 
 
 @pytest.mark.parametrize("override, error, match", [
-    ("policy.revision=" + "c3" * 20, OSError, r"policy\.revision='(c3){20}': 'org/lm' has no such branch"),
+    ("policy.revision=" + "c3" * 20, ConfigError, r"policy\.revision='(c3){20}': 'org/lm' has no such branch"),
     ("policy.revision=1234", ConfigError, r"policy\.revision=1234.*as a string \(quote"),
     ("policy.revision=v1", ConfigError, r"policy\.revision='v1'.*null for a local directory"),
     ("reward.revision=v1", ConfigError, r"reward\.revision='v1'.*null for a local directory"),
@@ -141,8 +141,9 @@ def test_the_weights_loaded_are_those_of_the_commit_checked(hub, assets, tmp_pat
 def test_bad_revisions_name_their_key_before_any_compute(hub, assets, tmp_path, override, error, match):  # noqa: F811
     name = "policy.name_or_path=org/lm" if override.startswith(("policy.revision=c3", "policy.revision=1")) else None
     cfg = cfg_for(assets, tmp_path, *([name] if name else []), override)
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as err:
         world_mod.check_world_config(cfg)
+    assert err.value.key == override.split("=")[0]
 
 
 @pytest.mark.parametrize("load, key", [(load_causal_lm, "policy.name_or_path"),

@@ -445,15 +445,29 @@ def no_compute(monkeypatch):
 
 
 def test_missing_train_file_is_named_before_any_compute(assets, tmp_path, no_compute):
+    """A ConfigError (the app's one block, exit 2: README "When things go wrong"), not a traceback."""
     cfg = cfg_for(assets, tmp_path, f"data.train_file={tmp_path / 'nope.jsonl'}")
-    with pytest.raises(FileNotFoundError, match=rf"file not found: {tmp_path / 'nope.jsonl'} \(data\.train_file\)"):
+    with pytest.raises(ConfigError, match=rf"file not found: {tmp_path / 'nope.jsonl'} \(data\.train_file\)") as err:
         world_mod.load_world(cfg, tmp_path / "cache")
+    assert err.value.key == "data.train_file" and isinstance(err.value.__cause__, FileNotFoundError)
+
+
+def test_the_same_train_and_test_file_is_named_before_any_compute(assets, tmp_path, no_compute):
+    """Walkthrough finding: the same file as data.train_file and data.test_file was a ValueError traceback
+    from the data module, after the models loaded; it is a ConfigError of data.test_file in the config
+    check (also through another spelling of the path)."""
+    path = assets / "train.jsonl"
+    cfg = cfg_for(assets, tmp_path, f"data.train_file={path}", f"data.test_file={path.parent / '.' / path.name}")
+    with pytest.raises(ConfigError, match="a file other than data.train_file") as err:
+        world_mod.load_world(cfg, tmp_path / "cache")
+    assert err.value.key == "data.test_file"
 
 
 def test_missing_local_dataset_dir_is_named_before_any_compute(assets, tmp_path, no_compute):
     cfg = cfg_for(assets, tmp_path, "data.test_file=null", f"data.name_or_path={tmp_path / 'hh-clone'}")
-    with pytest.raises(FileNotFoundError, match=r"file not found: .*hh-clone \(data\.name_or_path\)"):
+    with pytest.raises(ConfigError, match=r"file not found: .*hh-clone \(data\.name_or_path\)") as err:
         world_mod.load_world(cfg, tmp_path / "cache")
+    assert err.value.key == "data.name_or_path"
 
 
 def test_policy_without_chat_template_names_the_key_before_reward_training(assets, tmp_path, no_compute):
@@ -560,8 +574,9 @@ def test_reward_max_length_must_hold_the_rows_special_tokens(assets, tmp_path, n
 
 def test_toy_world_checks_a_policy_override_before_building(tmp_path, no_compute):
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", f"policy.name_or_path={tmp_path / 'missing'}")
-    with pytest.raises(FileNotFoundError, match=r"policy\.name_or_path.*missing"):
+    with pytest.raises(ConfigError, match=r"policy\.name_or_path.*missing") as err:
         world_mod.load_world(cfg, tmp_path / "cache")
+    assert err.value.key == "policy.name_or_path" and isinstance(err.value.__cause__, FileNotFoundError)
 
 
 @pytest.mark.parametrize("override, key", [("algo.max_new_tokens=60", "algo"), ("eval.max_new_tokens=64", "eval"),

@@ -14,10 +14,12 @@ The reward model always reads the *dataset* prompt (:func:`~infalign.models.rewa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,10 +127,17 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
                     "a hub name or local path (only the toy world provides its own models)")
         for key in ("train_file", "test_file"):
             if data.get(key):
-                check_data_file(data[key], f"data.{key}")
+                with refused_as(f"data.{key}", data[key], "a readable JSON-lines file (.jsonl / .json, or gzipped)"):
+                    check_data_file(data[key], f"data.{key}")
+        train, test = data.get("train_file"), data.get("test_file")
+        if train and test and Path(train).expanduser().resolve() == Path(test).expanduser().resolve():
+            raise ConfigError("data.test_file", test, "a file other than data.train_file, or null",
+                              "the evaluation prompts would be training prompts; null holds out data.val_fraction "
+                              "of the train file's prompts")
         source = data.get("name_or_path")
         if source and is_local(source) and not Path(source).expanduser().exists():
-            raise FileNotFoundError(f"file not found: {Path(source).expanduser()} (data.name_or_path)")
+            raise ConfigError("data.name_or_path", source, "an existing local dataset path or a hub dataset name",
+                              f"file not found: {Path(source).expanduser()} (data.name_or_path)")
     checked = CheckedModels(None, None)
     checked.policy_path, config, checked.policy_revision, checked.policy_tokenizer = _check_model(
         cfg, "policy", check_causal_lm, "left")
@@ -215,9 +224,33 @@ def _check_model(cfg: DictConfig, group: str, check, padding_side: str) -> tuple
     if node.name_or_path is None:
         require(revision is None, f"{group}.revision", revision, f"null without {key}")
         return None, None, None, None
-    path, config = check(node.name_or_path, key, revision=revision)
-    commit = _commit(path, revision, group)
-    return path, config, commit, load_tokenizer(path, padding_side, key=key, revision=commit)
+    with refused_as(key, node.name_or_path, MODEL_SOURCES, revision_key=f"{group}.revision", revision=revision):
+        path, config = check(node.name_or_path, key, revision=revision)
+        commit = _commit(path, revision, group)
+        tokenizer = load_tokenizer(path, padding_side, key=key, revision=commit)
+    return path, config, commit, tokenizer
+
+
+MODEL_SOURCES = "a local model directory (config.json, weights, tokenizer) or a hub model id the Hugging Face cache has"
+
+
+@contextlib.contextmanager
+def refused_as(key: str, value: object, allowed: str, revision_key: str | None = None,
+               revision: str | None = None) -> Iterator[None]:
+    """A check of ``key`` that fails with an ``OSError`` (a missing path, an unreadable ``config.json``, a hub
+    name the offline cache lacks) or a ``ValueError`` (a checkpoint of the wrong kind) -- each message
+    naming the key -- becomes the :class:`ConfigError` of ``key`` (the app's one block and exit 2, as every
+    setting refused before compute), the message as its hint; one the message says is ``revision_key``'s
+    (a branch the cache does not have) is that key's. A ConfigError passes as it is."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError) as exc:
+        message = str(exc)
+        if revision_key and message.startswith(revision_key):
+            raise ConfigError(revision_key, revision, "a branch, tag or commit the model has", message) from exc
+        raise ConfigError(key, value, allowed, message) from exc
 
 
 def _revision(node: DictConfig, group: str) -> str | None:
