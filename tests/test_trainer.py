@@ -248,3 +248,42 @@ def test_deterministic_reaches_every_stage_trainer():
         assert seen == ["unset", "unset"]
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+class _Steps(L.LightningModule):
+    """One weight, one optimizer step per batch of a loader of ``range(steps)``: the fit loop alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1.0).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+@pytest.mark.parametrize("first, total", [(6, 10), (4, 10)], ids=["after-a-whole-loader", "mid-loader"])
+def test_a_resumed_steps_bar_counts_optimizer_steps_of_max_steps(tmp_path, first, total):
+    """Walkthrough finding: a resumed run's bar read ``100/39`` -- the stock bar counts the epoch's batch
+    index against the batches *left* of max_steps. Bounded by steps, it shows global_step / max_steps,
+    from the step the checkpoint holds: first ``first`` steps (a loader of ``first`` batches, as a run
+    trained to ``algo.steps=first``; or ``first`` of ``total``), then resumed to ``total``."""
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            task = trainer.progress_bar_callback.progress.tasks[trainer.progress_bar_callback.train_progress_bar_id]
+            seen.append((task.completed, task.total, trainer.global_step))
+
+    def fit(steps, loader_len, ckpt=None):
+        trainer = L.Trainer(max_steps=steps, logger=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            callbacks=[StepsProgressBar(), Probe(), ModelCheckpoint(tmp_path / "ckpt", save_last=True)])
+        trainer.fit(_Steps(), torch.utils.data.DataLoader(range(loader_len), batch_size=None), ckpt_path=ckpt)
+
+    fit(first, first if first == 6 else total)
+    seen.clear()
+    fit(total, total, tmp_path / "ckpt" / "last.ckpt")
+    assert seen == [(step, total, step) for step in range(first + 1, total + 1)]

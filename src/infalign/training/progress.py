@@ -15,11 +15,30 @@ PROGRESS_BARS = ("rich", "tqdm", "none")
 class StepsProgressBar(RichProgressBar):
     """Rich bar that shows ``Epoch k/E`` only when training is bounded by epochs (``max_epochs`` >= 1);
     our runs are bounded by ``max_steps`` (Lightning then sets ``max_epochs=-1``, which the stock bar
-    shows as ``Epoch 0/-2``)."""
+    shows as ``Epoch 0/-2``). Bounded by steps, the bar counts optimizer steps, ``global_step /
+    max_steps``: the stock bar counts the epoch's batch index against the batches *left*
+    (``min(batches, max_steps - global_step)``), which a resumed run showed as ``100/39``."""
+
+    def _steps_bounded(self) -> bool:
+        return self.trainer.max_epochs in (None, -1) and (self.trainer.max_steps or -1) > 0
 
     def _get_train_description(self, current_epoch: int) -> str:
         max_epochs = self.trainer.max_epochs
         return f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs and max_epochs > 0 else "")
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.max_steps if self._steps_bounded() else super().total_train_batches
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self._steps_bounded():  # a resumed run starts where its checkpoint left off
+            self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._steps_bounded():
+            self._update(self.train_progress_bar_id, trainer.global_step)
 
 
 def progress_bar(style: str) -> ProgressBar | None:
