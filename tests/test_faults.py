@@ -1109,3 +1109,27 @@ def test_sigterm_is_recognised_across_two_copies_of_the_app_module():
     assert copy.Terminated is train_app.Terminated
     record = train_app.failure_record(compose_train("/tmp/c", "/tmp/r"), "x", copy.Terminated("SIGTERM"), {})
     assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+
+
+@pytest.mark.parametrize("stop, code", [(lightning_style_interrupt, 130), (KeyboardInterrupt, 130),
+                                        (train_app.Terminated, 143), (RuntimeError, 1)],
+                         ids=["lightning-ctrl-c", "ctrl-c", "sigterm", "failure"])
+def test_the_exit_status_tells_ctrl_c_and_sigterm_from_a_failure(monkeypatch, capsys, stop, code):
+    """Walkthrough finding: Ctrl-C exited 1 -- Lightning handles the KeyboardInterrupt and exits 1, the
+    status of a failure -- where the shell reports 130 (128 + SIGINT) for a command Ctrl-C stopped;
+    SIGTERM exits 143; a failure keeps its exception (Python's status 1)."""
+    def hydra_main():
+        if isinstance(stop, type):
+            raise stop("stop")
+        stop()
+
+    monkeypatch.setattr(train_app, "hydra_main", hydra_main)
+    monkeypatch.setattr(sys, "argv", ["infalign-train"])
+    if code == 1:
+        with pytest.raises(RuntimeError):
+            train_app.main()
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        train_app.main()
+    assert exit_info.value.code == code
+    assert ("Ctrl-C" if code == 130 else "SIGTERM") in capsys.readouterr().err

@@ -627,6 +627,7 @@ def continue_command(out_dir: Path) -> str:
 
 
 SIGTERM_EXIT = 143
+SIGINT_EXIT = 130  # 128 + SIGINT: the shell's status of a command stopped by Ctrl-C (Lightning exits 1 instead)
 
 
 @contextlib.contextmanager
@@ -748,7 +749,8 @@ def config_error_in(exc: BaseException) -> ConfigError | None:
 
 def main() -> None:
     """``infalign-train``: Hydra's command line, plus ``-v`` (full tracebacks, as ``HYDRA_FULL_ERROR=1``).
-    A run stopped by SIGTERM exits with 143 (:class:`Terminated`)."""
+    A run stopped by SIGTERM exits with 143 (:class:`Terminated`), by Ctrl-C with 130 (as the shell reports a
+    command Ctrl-C stopped; Lightning would exit 1, the status of a failure)."""
     if "-v" in sys.argv[1:]:
         sys.argv.remove("-v")
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -760,6 +762,10 @@ def main() -> None:
             print("infalign-train: stopped by SIGTERM (recorded as interrupted: the command that continues it is "
                   "logged above)", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
+        if interrupted(exc):
+            print("infalign-train: interrupted (Ctrl-C; recorded as interrupted: the command that continues it is "
+                  "logged above)", file=sys.stderr)
+            raise SystemExit(SIGINT_EXIT) from None
         raise
 
 
