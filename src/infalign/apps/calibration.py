@@ -81,6 +81,7 @@ def diagnose(cfg: DictConfig) -> dict:
 def plot(scores: dict[str, torch.Tensor], path: Path, summary: dict) -> None:
     import matplotlib.pyplot as plt
     import torch
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from infalign.infra.plotting import save_png
 
@@ -96,17 +97,21 @@ def plot(scores: dict[str, torch.Tensor], path: Path, summary: dict) -> None:
         ax.set_xlabel("within-prompt rank of the reference sample (quantile)")
         ax.set_ylabel(f"{judge} score")
         cv, clean = summary[judge]["std_cv"], summary[judge].get("std_cv_denoised", float("nan"))
-        ax.set_title(f"{judge}: {len(shown)} prompts (spread CV across prompts {cv:.2f}, "
-                     f"sampling noise removed {clean:.2f})", fontsize=9)
+        ax.set_title(f"{judge}: {len(shown)} prompts\nspread CV across prompts {cv:.2f} "
+                     f"(sampling noise removed: {clean:.2f})", fontsize=9)
         ax.grid(alpha=0.3)
     if "gold" in scores:
         ax = axes[-1]
         ax.scatter(scores["gold"].double().std(1), scores["reward_model"].double().std(1), s=8, alpha=0.6)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # 1-2-5 ticks as plain numbers (the default minor labels ran together)
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("gold: per-prompt std of reference rewards")
         ax.set_ylabel("reward model: per-prompt std")
-        ax.set_title(f"does the reward model carry gold's miscalibration? corr(log) = "
+        ax.set_title(f"does the reward model carry gold's miscalibration?\ncorr(log std) = "
                      f"{summary['log_std_corr']:.2f}", fontsize=9)
         ax.grid(alpha=0.3, which="both")
     save_png(fig, path)
