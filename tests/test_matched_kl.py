@@ -727,3 +727,15 @@ def test_common_range_of_runs_that_only_touch_is_that_one_kl():
 
     assert common_range([(0.0, 1.0), (1.0, 2.0)]) == (1.0, 1.0)
     assert common_range([(0.0, 1.0), (1.5, 2.0)]) is None
+
+
+def test_a_single_method_with_a_curve_says_so_beside_the_methods_left_out():
+    """Walkthrough finding: "only one method (exp(t=4)): nothing to compare" read as if one method had run,
+    while eight others were listed as left out (no curve): the note says it is the only one *with a curve*."""
+    rng = np.random.default_rng(0)
+    runs = [Run("a", 0, np.full(8, kl), rng.random(8)) for kl in (0.1, 0.2)] + [Run("b", 0, np.full(8, 0.3),
+                                                                                        rng.random(8))]
+    result = matched_kl(runs, num_resamples=10)
+    assert not result.common and result.note.startswith("only one method has a curve") and result.note.endswith(
+        "a; nothing to compare")
+    assert [why for _, why in result.excluded] == ["b seed 0: fewer than 2 runs with distinct KL, no curve"]

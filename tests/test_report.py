@@ -1161,6 +1161,11 @@ def test_runs_row_summary_markdown_and_console_per_judge(tmp_path):
     reward = out.split("reward_model: finished runs")[1].split("gold: finished runs")[0]
     assert reward.index("0.250") < reward.index("0.800")  # by method, then increasing KL
     assert "standard 0.040" in out and "-0.040" not in out  # |gap|, not the signed median
+    assert "reward_model: finished runs (bon4; 95% CI" in out  # two seeds: a column
+    console = Console(file=io.StringIO(), width=250)
+    print_tables(Report(tmp_path, tmp_path, judges, jobs[:1], rows[:1], series, summary, {}), console)
+    # one seed: named in the title (the walkthrough read "(bon4, 0; ...": a bare 0)
+    assert "reward_model: finished runs (bon4, seed 0; 95% CI" in console.file.getvalue()
 
 
 def test_theory_gap_rows_half_width_seed_kl_and_no_n1_duplicate(tmp_path):

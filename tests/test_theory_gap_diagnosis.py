@@ -48,6 +48,11 @@ def test_noise_band_shrinks_with_the_number_of_runs():
     assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=25, seeds=25))["limits"] == ["above"]
     # 25 runs of 4 seeds: the runs of a seed share one reference pool, 4 independent evaluations
     assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=25, seeds=4))["limits"] == ["noise"]
+    assert "noise of 4 independent reference pools" in diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=4,
+                                                                        seeds=4))["reading"]
+    # one run: one pool (the walkthrough read "of 1 independent reference pools"); 1.25 * 0.08 covers 0.04
+    assert diagnose(entry({B32: 0.04}, half={B32: 0.08}, runs=1, seeds=1))["reading"].endswith(
+        "noise of 1 independent reference pool")
 
 
 def row(job, method, metric, gap, half=0.01, ratio=1.0, seed=0):

@@ -396,7 +396,8 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     result = MatchedKL(np.zeros(0), False, {m: r for m, r in ranges.items() if r is not None},
                        excluded=excluded, n_prompts=num_prompts)
     if len(methods) < 2:
-        result.note = f"only one method ({methods[0]}): nothing to compare"
+        result.note = (f"only one method has a curve (>= 2 runs at distinct KLs of one seed): {methods[0]}; "
+                       "nothing to compare")
         return result
     bases = [b for b in (DEFAULT_BASELINES if baselines is None else baselines) if b in methods]
     span, left_out = common_methods(ranges, bases)

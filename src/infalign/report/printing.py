@@ -69,7 +69,8 @@ def print_tables(report: Report, console=None, wandb_info: dict | None = None) -
         finished.sort(key=lambda r, j=j: (str(r["method"]), r[f"{j}_kl"] if r[f"{j}_kl"] is not None else math.inf))
         constant = {c: {r[c] for r in finished} for c in ("procedure", "seed")}
         shown = [c for c in ("procedure", "seed") if len(constant[c]) > 1]
-        fixed = ", ".join(f"{next(iter(v))}" for c, v in constant.items() if len(v) == 1 and next(iter(v)) is not None)
+        fixed = ", ".join(f"{next(iter(v))}" if c == "procedure" else f"{c} {next(iter(v))}"
+                          for c, v in constant.items() if len(v) == 1 and next(iter(v)) is not None)
         t = Table(title=f"{j}: finished runs ({fixed}; 95% CI; by method, KL)")
         for c in ("job", *shown, "method", "beta"):
             t.add_column(c, justify="right" if c == "beta" else "left", no_wrap=c == "method")

@@ -162,7 +162,7 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
     if noise:
         limits.append("noise")
         parts.append(f"{_names(sorted(noise))} off by less than the evaluation noise of {pools} independent "
-                     "reference pools")
+                     f"reference pool{'' if pools == 1 else 's'}")
     worst = max(off, key=off.get)
     return {"limits": limits, "reading": f"off target (worst: {worst.removesuffix('_win_rate')} {off[worst]:.3f}): "
                                          + "; ".join(parts)}
