@@ -307,3 +307,59 @@ def test_build_config_refuses_malformed_values():
         resolve_toy_config({"world": 3})
     with pytest.raises(ConfigError, match=r"toy\.world\.response_len"):
         resolve_toy_config({"world": {"response_len": [6, 16, 20]}})
+
+
+# ---------------------------------------------------------------- pipeline/world.check_toy_build
+
+
+def _worst_rows(world, c, responses: int, new: int):
+    """The widest pre-training row (the most attributes, ``responses`` symbols, eos) and reward row (that
+    prompt, ``new`` symbols, the row's special tokens), encoded as the build encodes them."""
+    from infalign.models.builders import encode_prompt_response
+    from infalign.models.reward import reward_model_inputs
+    from infalign.toy.world import SEP
+
+    prompt = " ".join(world.attribute_words[: c["world"]["prompt_len"][1]]) + " " + SEP
+    lm = encode_prompt_response(world.tokenizer(), [prompt], [" ".join(world.symbol_words[:1] * responses)])
+    rm = reward_model_inputs(world.tokenizer(), [prompt], [" ".join(world.symbol_words[:1] * new)])
+    return lm, rm
+
+
+def test_the_toy_builds_length_bounds_are_what_its_models_hold(tmp_path):
+    """Mutation-testing finding: world.response_len and reward.max_new_tokens beyond the toy models' 64
+    positions were accepted, and the build failed inside GPT-2 (IndexError) after the reference had trained;
+    an unknown toy.reward.size with init=scratch after it had also sampled. check_toy_build refuses them
+    before the build, and its bounds are exact: at the edge (56 new tokens on the default world, so a longest
+    response of 55 symbols) the widest rows are 64 tokens and both tiny models read them; one more is
+    refused, and would not fit (65 positions: an IndexError in the position embedding)."""
+    from infalign.models.builders import build_toy_lm, build_toy_reward_model
+    from infalign.pipeline.world import _toy_world, check_toy_build
+    from pipeline_helpers import compose_train
+
+    def cfg(resp: int, new: int, *more: str):
+        return compose_train(tmp_path, tmp_path, f"data.toy.world.response_len=[6,{resp}]",
+                             f"data.toy.reward.max_new_tokens={new}", *more)
+
+    check_toy_build(cfg(55, 56))
+    c, world, tokenizer, positions = _toy_world(cfg(55, 56))
+    assert positions == 64
+    # the reward row binds: 56 new tokens fill it, and max_new_tokens must exceed the longest response (55);
+    # a pre-training row would hold 56 symbols
+    lm_rows, rm_rows = _worst_rows(world, c, 56, 56)
+    assert lm_rows["input_ids"].shape[1] == rm_rows["input_ids"].shape[1] == positions
+    build_toy_lm(tokenizer, "tiny")(input_ids=lm_rows["input_ids"], attention_mask=lm_rows["attention_mask"])
+    build_toy_reward_model(tokenizer, "tiny")(input_ids=rm_rows["input_ids"], attention_mask=rm_rows["attention_mask"])
+    with pytest.raises(ConfigError) as err:
+        check_toy_build(cfg(56, 57))
+    assert err.value.key == "toy.world.response_len" and "at most 55 symbols" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        check_toy_build(cfg(20, 57))
+    assert err.value.key == "toy.reward.max_new_tokens" and "at most 56" in str(err.value)
+    lm_rows, rm_rows = _worst_rows(world, c, 57, 57)
+    with pytest.raises(IndexError):
+        build_toy_reward_model(tokenizer, "tiny")(input_ids=rm_rows["input_ids"])
+    with pytest.raises(IndexError):
+        build_toy_lm(tokenizer, "tiny")(input_ids=lm_rows["input_ids"])
+    with pytest.raises(ConfigError) as err:
+        check_toy_build(cfg(16, 20, "data.toy.reward.init=scratch", "data.toy.reward.size=huge"))
+    assert err.value.key == "toy.reward.size"

@@ -151,8 +151,11 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
         raise ConfigError("policy.chat_template", True, "false for the toy world's own policy",
                           "its tokenizer has no chat template (its prompts are plain text)")
     own_reward = cfg.reward.name_or_path is None and cfg.reward.get("max_length") is None  # (a max_length cuts rows)
-    if toy and (checked.policy_path is None or own_reward):
-        check_toy_sequence_budget(cfg, policy=checked.policy_path is None, reward=own_reward)
+    if toy:
+        toy_world = _toy_world(cfg)
+        check_toy_build(cfg, toy_world)
+        if checked.policy_path is None or own_reward:
+            check_toy_sequence_budget(cfg, policy=checked.policy_path is None, reward=own_reward, toy=toy_world)
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
     pad_token = cfg.reward.get("pad_token")
@@ -312,23 +315,60 @@ def longest_max_new_tokens(cfg: DictConfig) -> tuple[str, int]:
     return max(found, key=lambda kv: kv[1]) if found else ("algo.max_new_tokens", 0)
 
 
-def check_toy_sequence_budget(cfg: DictConfig, policy: bool = True, reward: bool = True) -> None:
+def _toy_world(cfg: DictConfig):
+    """``(toy config, ToyWorld, its tokenizer, n_positions of the toy models)`` of ``cfg.data.toy``: no model."""
+    import inspect
+
+    from infalign.models.builders import build_toy_lm
+    from infalign.toy.build import resolve_toy_config
+    from infalign.toy.world import ToyWorld
+
+    c, _ = resolve_toy_config(OmegaConf.to_container(cfg.data.toy, resolve=True))
+    world = ToyWorld(seed=c["seed"], **c["world"])
+    return c, world, world.tokenizer(), int(inspect.signature(build_toy_lm).parameters["n_positions"].default)
+
+
+def check_toy_build(cfg: DictConfig, toy=None) -> None:
+    """What the toy world's build needs of ``data.toy``, before the build: ``toy.reference.size`` and
+    ``toy.reward.size`` are sizes of ``models/builders.TOY_SIZES``, and the longest rows the build writes fit
+    the toy models' ``n_positions`` -- a pre-training row (a prompt of ``world.prompt_len``'s most
+    attributes, a response of ``world.response_len``'s most symbols, eos) and a reward-model row (that
+    prompt, ``reward.max_new_tokens`` sampled tokens, the row's special tokens). (A longer one failed inside
+    GPT-2 with an ``IndexError`` after the reference had trained; an unknown size with
+    ``toy.reward.init=scratch``, after the reference had trained and sampled.) ``toy``: :func:`_toy_world`'s."""
+    from infalign.models.builders import TOY_SIZES, encode_prompt_response
+    from infalign.models.reward import reward_model_inputs
+    from infalign.toy.world import SEP
+
+    c, world, tokenizer, positions = toy or _toy_world(cfg)
+    for name in ("reference", "reward"):
+        require(c[name]["size"] in TOY_SIZES, f"toy.{name}.size", c[name]["size"], f"one of {sorted(TOY_SIZES)}")
+    prompt = " ".join(world.attribute_words[: c["world"]["prompt_len"][1]]) + " " + SEP
+    symbol = world.symbol_words[0]  # (one token each: a row of n symbols is the 1-symbol row's width + n - 1)
+    lm_room = positions - int(encode_prompt_response(tokenizer, [prompt], [symbol])["input_ids"].shape[1]) + 1
+    rm_room = positions - int(reward_model_inputs(tokenizer, [prompt], [symbol])["input_ids"].shape[1]) + 1
+    longest, most = c["world"]["response_len"], min(lm_room, rm_room - 1)
+    require(int(longest[1]) <= most, "toy.world.response_len", longest,
+            f"a longest response of at most {most} symbols: the toy models read {positions} positions -- a "
+            f"pre-training row holds the longest prompt ({c['world']['prompt_len'][1]} attributes), the response and "
+            "its eos, and a reward-model row the prompt and toy.reward.max_new_tokens (> the longest response) "
+            "sampled tokens")
+    new = int(c["reward"]["max_new_tokens"])
+    require(new <= rm_room, "toy.reward.max_new_tokens", new,
+            f"at most {rm_room}: the toy reward model reads {positions} positions -- the longest prompt, the sampled "
+            "response and the row's special tokens")
+
+
+def check_toy_sequence_budget(cfg: DictConfig, policy: bool = True, reward: bool = True, toy=None) -> None:
     """The toy world's own models read at most ``n_positions`` (``models/builders.build_toy_lm``'s) tokens:
     the run's longest prompt plus ``max_new_tokens`` must fit the ``policy`` (prompt + response), and with
     the row's special tokens (its closing eos) the ``reward`` model. Checked before the world is built,
     from its prompts (cheap: no model); a ``ConfigError`` names the largest ``max_new_tokens``. (Without it,
     64 or more new tokens failed after the build with an error naming no key, and 60-63 silently cut every
     prompt to its last few tokens: the policy answered prompts it could not read.)"""
-    import inspect
+    from infalign.models.builders import encode_prompts, row_special_tokens
 
-    from infalign.models.builders import build_toy_lm, encode_prompts, row_special_tokens
-    from infalign.toy.build import resolve_toy_config
-    from infalign.toy.world import ToyWorld
-
-    positions = int(inspect.signature(build_toy_lm).parameters["n_positions"].default)
-    c, _ = resolve_toy_config(OmegaConf.to_container(cfg.data.toy, resolve=True))
-    world = ToyWorld(seed=c["seed"], **c["world"])
-    tokenizer = world.tokenizer()
+    _, world, tokenizer, positions = toy or _toy_world(cfg)
     prompts = world.prompts("train", int(cfg.data.train_prompts)) + world.prompts("test", int(cfg.data.eval_prompts))
     longest = max((len(ids) for ids in encode_prompts(tokenizer, prompts)), default=0)
     prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos=True)
