@@ -1,0 +1,529 @@
+"""Pins found by mutation testing of src/infalign/apps: ``analyze.py`` (the KL grid's end points, the
+``|t| <= 700`` bound, ``t: auto``, integer counts, the optimal column, the best-of-N policy point, the
+t scan's size), ``calibration.py`` (its pool is the evaluation's), ``hydra_callbacks.py`` (sweep
+bookkeeping), ``config.py`` (run-dir suffixes, resolvers, default types, entries' defaults lists,
+threads, the error block), the validation of ``train.py`` and two helpers of ``train_stages.py``.
+
+Functions are called directly on composed configs (``pipeline_helpers.compose_config`` /
+``compose_train``: cached composes, no toy world) or on hand-made job dirs; no CLI, no compute beyond
+the calibrated-space theory at a few budgets. Every expected value is derived in the test's docstring
+or comment."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from infalign.apps import analyze as analyze_app
+from infalign.errors import ConfigError
+from infalign.math.procedures import make_procedure
+from pipeline_helpers import compose_config
+
+ANALYZE_FAST = ["kl.num=4", "optimal=false", "best_t.num=4", "best_t.budgets=[0.5]", "plot=false"]
+
+
+def analyze_cfg(*overrides):
+    return compose_config("analyze", *ANALYZE_FAST, *overrides)
+
+
+def refused_key(fn, *args) -> str:
+    with pytest.raises(ConfigError) as err:
+        fn(*args)
+    return err.value.key
+
+
+# ---------------------------------------------------------------------------- apps/analyze.py
+
+
+def test_the_kl_grid_runs_from_start_to_stop_inclusive():
+    """conf/analyze.yaml: ``num`` points from ``start`` to ``stop`` -- both ends included, so start=0.5,
+    stop=2, num=4 is 0.5 + k * (2 - 0.5) / (4 - 1) = [0.5, 1.0, 1.5, 2.0] (a half-open grid would stop
+    at 1.625 and never show the budget the user asked for)."""
+    budgets = analyze_app.kl_budgets(analyze_cfg("kl.start=0.5", "kl.stop=2.0", "kl.num=4"))
+    np.testing.assert_allclose(budgets, [0.5, 1.0, 1.5, 2.0], rtol=0, atol=1e-12)
+
+
+def test_t_of_magnitude_700_is_the_largest_accepted():
+    """docs/method.md's transform table: exp takes ``t != 0, abs(t) <= 700`` (the float64 theory: e^700 ~
+    1e304 is finite, e^710 is not). Both ends of the bound pass, 700.5 is a ConfigError naming t."""
+    assert analyze_app.checked_t(analyze_cfg("t=[700.0,-700.0]")) == [700.0, -700.0]
+    assert refused_key(analyze_app.checked_t, analyze_cfg("t=700.5")) == "t"
+
+
+@pytest.mark.parametrize(("procedure", "sign"), [("bon", 1.0), ("won", -1.0)])
+def test_auto_t_is_2_4_8_16_negated_for_worst_of_n(procedure, sign):
+    """conf/analyze.yaml: ``t: auto`` = [2, 4, 8, 16], negated for worst-of-N (t < 0 rewards the bottom of
+    the reference distribution, which worst-of-N serves)."""
+    ts = analyze_app.exponents(analyze_cfg("t=auto"), make_procedure(procedure, 4))
+    assert ts == [sign * 2.0, sign * 4.0, sign * 8.0, sign * 16.0]
+
+
+@pytest.mark.parametrize(("override", "key"), [("kl.num=2.5", "kl.num"), ("best_t.num=2.5", "best_t.num")])
+def test_a_fractional_count_is_refused_not_truncated(override, key):
+    """Counts are integers: kl.num=2.5 (or best_t.num=2.5) is a ConfigError naming the key, not silently
+    int(2.5) = 2 points; the integer 3 passes."""
+    assert refused_key(analyze_app.validate, analyze_cfg(override)) == key
+    analyze_app.validate(analyze_cfg(override.replace("2.5", "3")))
+
+
+def test_an_unconverged_optimal_point_is_nan_in_the_best_t_rows(monkeypatch):
+    """analyze's best_t.csv ``optimal_win_rate`` is the optimal frontier's win rate only where that number
+    is right (``Frontier.valid``: reachable and converged; module docstring: "A number it prints is right
+    or says why not"): a point that is reachable but did not converge carries a win rate from the last
+    Newton iterate, which must read NaN, not pass as the optimum. The plotted frontier keeps only the
+    plotted budgets (the best-t budget 0.7 is solved beside them but not plotted)."""
+    from infalign.math import theory
+
+    def fake(procedure, budgets):  # both = unique(concat(plotted [0.5, 1.0], best-t [0.7, 1.0]))
+        assert list(budgets) == [0.5, 0.7, 1.0]
+        n = len(budgets)
+        return theory.Frontier("optimal(bon4)", "bon4", np.asarray(budgets), np.ones(n), np.asarray(budgets),
+                               np.full(n, 0.6), np.array([0.61, 0.62, 0.63]), np.ones(n, bool), [""] * n,
+                               np.array([True, False, True]))
+
+    monkeypatch.setattr(analyze_app.theory, "optimal_frontier", fake)
+    plotted, at = analyze_app._optimal_frontier(make_procedure("bon", 4), np.array([0.5, 1.0]), np.array([0.7, 1.0]))
+    assert at[1.0] == 0.63 and math.isnan(at[0.7])
+    assert plotted.kl_budget.tolist() == [0.5, 1.0] and plotted.win_rate.tolist() == [0.61, 0.63]
+
+
+@pytest.fixture(scope="module")
+def best_of_2_run(tmp_path_factory):
+    """One serial analysis of best-of-2 (identity and the optimal transform) at KL 0.5 and 200 nats: 200 is
+    past what the z-grid resolves (~80 nats), so both frontiers mark it unreachable (~2 s)."""
+    cfg = compose_config("analyze", "procedure=bon", "procedure.n=2", "transforms=[identity]", "kl.list=[0.5,200.0]",
+                         "optimal=true", "best_t.num=4", "best_t.budgets=[0.5]", "plot=false", "parallel=false")
+    return analyze_app.analyze(cfg, tmp_path_factory.mktemp("analyze"))
+
+
+def test_the_best_of_2_policy_point_is_its_closed_form(best_of_2_run):
+    """The best-of-N policy (density N u^(N-1); theory.bon_policy_point) is drawn on the best-of-N plot also
+    for N = 2. Closed forms: KL = log N - (N - 1)/N = log 2 - 1/2; its best-of-N win rate against the
+    reference's best-of-N is P(max of N^2 uniforms > max of N) = int u^N d(u^(N^2)) = N^2 / (N^2 + N)
+    = N / (N + 1) = 2/3 (the log transform at beta = 1/(N - 1) = 1)."""
+    point = best_of_2_run["bon_policy"]
+    assert point is not None
+    assert point["kl"] == pytest.approx(math.log(2) - 0.5, rel=1e-6)
+    assert point["win_rate"] == pytest.approx(2 / 3, rel=1e-6)
+
+
+def test_unreachable_points_are_not_listed_as_unconverged(best_of_2_run):
+    """metrics.json lists a point once, under the reason that applies: ``unreachable`` (no policy of the
+    family has that KL), or ``not_converged`` (a reachable optimal point whose fixed point did not
+    converge). The optimal frontier leaves an unreachable budget's ``converged`` false (nothing was
+    solved), so it must not also appear as unconverged."""
+    unreachable = {(r["transform"], r["kl_budget"]) for r in best_of_2_run["unreachable"]}
+    assert unreachable == {("identity", 200.0), ("optimal(bon2)", 200.0)}
+    assert all(r["reachable"] for r in best_of_2_run["not_converged"])
+    assert not {(r["transform"], r["kl_budget"]) for r in best_of_2_run["not_converged"]} & unreachable
+
+
+def test_the_best_t_scan_has_best_t_num_points(best_of_2_run):
+    """conf/analyze.yaml: the best-t scan is ``best_t.num`` log-spaced |t| in [0.25, 64]. With num = 4 the
+    grid is 0.25 * 256^(k/3), k = 0..3 = [0.25, 1.587, 10.08, 64]; at KL 0.5 for best-of-2 the best t is not
+    on an edge (not extended past it), so it is one of the two interior points (a 5-point scan's interior
+    points are 1, 4 and 16: none of them)."""
+    (row,) = best_of_2_run["best_t"]
+    assert not row["at_scan_edge"]
+    interior = [0.25 * 256 ** (1 / 3), 0.25 * 256 ** (2 / 3)]
+    assert min(abs(row["best_t"] - t) for t in interior) < 1e-9
+
+
+# ------------------------------------------------------------------------ apps/calibration.py
+
+
+def test_calibration_draws_the_reference_pool_the_training_evaluation_draws(tmp_path, monkeypatch):
+    """apps/calibration.py's docstring: its reference pool "is the same pool infalign-train's evaluation
+    uses" (one cache entry, drawn once). Both call pools.reference_pool; a stub records the arguments
+    of each call and stops there: the prompts, M, sampling settings, seed and cache tag must agree
+    (independently of what the seed is)."""
+    from types import SimpleNamespace
+
+    from infalign.apps.calibration import diagnose
+    from infalign.pipeline import evaluate, pools, world
+    from pipeline_helpers import compose_train
+
+    class Drawn(Exception):
+        pass
+
+    calls = []
+
+    def reference_pool(world, prompts, m, judges, ev, trainer, seed, cache_dir, tag):
+        calls.append((list(prompts), m, sorted(judges), dict(ev), seed, str(cache_dir), tag))
+        raise Drawn
+
+    toy = SimpleNamespace(eval_prompts=["p0", "p1", "p2"], reward=object(), gold=object())
+    monkeypatch.setattr(pools, "reference_pool", reference_pool)
+    monkeypatch.setattr(evaluate, "reference_pool", reference_pool)
+    monkeypatch.setattr(world, "load_world", lambda cfg, cache_dir: toy)
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "seed=7")
+    with pytest.raises(Drawn):
+        diagnose(cfg)
+    with pytest.raises(Drawn):
+        evaluate.evaluate_policy(toy, cfg, make_procedure("bon", 2), None, 0.0, None, tmp_path / "cache")
+    calibration, training = calls
+    assert calibration == training
+
+
+# -------------------------------------------------------------------- apps/hydra_callbacks.py
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _job(sweep, name: str, metrics: dict | None = None, hydra: bool = True):
+    import json
+
+    job = sweep / name
+    job.mkdir(parents=True)
+    if hydra:
+        (job / ".hydra").mkdir()
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    return job
+
+
+def test_failed_jobs_are_listed_in_job_number_order(tmp_path):
+    """The end-of-sweep line lists failed jobs in job-number order ("2 before 10", hydra_callbacks.py),
+    not in the string order of their dir names (where "10" < "2"): jobs 0..10, of which 2 and 10 failed,
+    list 2 first."""
+    from infalign.apps.hydra_callbacks import sweep_failures
+
+    for k in range(11):
+        _job(tmp_path, str(k), {"status": "failed" if k in (2, 10) else "finished",
+                                "error": f"ValueError: job {k}"} if k in (2, 10) else {"status": "finished"})
+    n, failures = sweep_failures(tmp_path)
+    assert n == 11 and list(failures) == ["2", "10"]
+    assert failures["10"] == "failed: ValueError: job 10"
+
+
+def test_a_job_dir_with_only_checkpoints_holds_results(tmp_path):
+    """previous_results: a job dir holds another sweep's results when it has a metrics.json *or* a
+    checkpoints/ dir (a job killed mid-training has checkpoints and no record yet): a new sweep (no
+    ckpt_path=last / last_or_new) into that sweep dir is refused before any job (exit code 2), so it
+    cannot run into the old job's checkpoints."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps.hydra_callbacks import FailedJobs, previous_results
+
+    (_job(tmp_path, "0") / "checkpoints").mkdir()
+    _job(tmp_path, "1")  # started, nothing written: no results
+    assert previous_results(tmp_path) == ["0"]
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "ckpt_path": None})
+    with pytest.raises(SystemExit) as exit_info:
+        FailedJobs().on_multirun_start(config=config)
+    assert exit_info.value.code == 2
+
+
+def test_job_dirs_not_named_by_number_are_not_matched_against_the_grid(tmp_path):
+    """grid_mismatches compares job dir "<k>" with the grid's job k; a dir with results whose name is no
+    job number (a hydra.sweep.subdir by override_dirname, a copied run) has no grid job to compare with and
+    is skipped -- not a ValueError from int(name) that stops the sweep's start."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps.hydra_callbacks import grid_mismatches
+
+    _job(tmp_path, "algo.beta=0.3", {"status": "finished", "overrides": ["algo.beta=0.3"]})
+    _job(tmp_path, "0", {"status": "finished", "overrides": ["algo.beta=0.3"]})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": BASIC_SWEEPER},
+                                         "overrides": {"task": ["algo.beta=0.3,0.6"]}}})
+    assert grid_mismatches(config, tmp_path, ["0", "algo.beta=0.3"]) == []
+
+
+def test_a_resumed_grid_of_one_job_refuses_the_dirs_of_jobs_it_no_longer_has(tmp_path):
+    """grid_mismatches: a job dir numbered past the resumed grid's last job is a mismatch whatever its
+    values ("now no such job": the sweep would count another grid's run as its own). With a grid of one
+    job no key is swept, so no value can differ: the job number alone must refuse job 1."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps.hydra_callbacks import grid_mismatches
+
+    _job(tmp_path, "0", {"status": "finished", "overrides": ["algo.beta=0.3"]})
+    _job(tmp_path, "1", {"status": "finished", "overrides": ["algo.beta=0.6"]})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": BASIC_SWEEPER},
+                                         "overrides": {"task": ["algo.beta=0.3"]}}})
+    assert grid_mismatches(config, tmp_path, ["0", "1"]) == ["job 1: a job, now no such job"]
+
+
+# ----------------------------------------------------------------------------- apps/config.py
+
+
+def _no_launcher(monkeypatch) -> None:
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_PROCID",
+                "TORCHELASTIC_RUN_ID", "WORLD_SIZE", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_a_single_task_srun_step_gets_random_digits_not_the_step_id(monkeypatch):
+    """run_suffix: only the ranks of a *multi-task* srun step (SLURM_NTASKS > 1) share the step id; one
+    task of a step (two runs started in the background of `srun -n1 bash -c ...`) is "any other
+    process": 4 random hex digits, so two such runs in the same second get two dirs."""
+    import re
+
+    from infalign.apps.config import run_suffix
+
+    _no_launcher(monkeypatch)
+    for var, value in {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "3", "SLURM_PROCID": "0"}.items():
+        monkeypatch.setenv(var, value)
+    drawn = {run_suffix() for _ in range(20)}
+    assert all(re.fullmatch(r"4242_[0-9a-f]{4}", s) for s in drawn) and len(drawn) > 1
+
+
+def test_a_master_port_without_several_ranks_is_no_shared_suffix(monkeypatch):
+    """run_suffix: torchrun's master port names the dir only for a launch of several ranks (WORLD_SIZE >
+    1: they must share it); a single process with MASTER_PORT in its environment (WORLD_SIZE=1, or a
+    shell that exports it) gets 6 random hex digits -- two such runs in one second must not share a dir."""
+    import re
+
+    from infalign.apps.config import run_suffix
+
+    _no_launcher(monkeypatch)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    drawn = {run_suffix() for _ in range(20)}
+    assert all(re.fullmatch(r"[0-9a-f]{6}", s) for s in drawn) and len(drawn) > 1
+
+
+def test_a_dir_added_under_nested_sweeps_joins_the_outermost(tmp_path):
+    """outermost_sweep_dir: runs added with hydra.sweep.dir=<sweep>/more (and more under that) join the
+    outermost sweep (the highest directory holding a multirun.yaml), so their W&B group is that sweep's
+    (run_group: multirun-<its name>)."""
+    from infalign.apps.config import outermost_sweep_dir
+
+    top, middle = tmp_path / "sweep", tmp_path / "sweep" / "more"
+    added = middle / "again"
+    added.mkdir(parents=True)
+    (top / "multirun.yaml").write_text("{}")
+    (middle / "multirun.yaml").write_text("{}")
+    assert outermost_sweep_dir(added) == top
+    assert outermost_sweep_dir(tmp_path / "alone") == tmp_path / "alone"  # no sweep above: itself
+
+
+def test_the_key_of_a_deletion_override_and_keys_without_deletions(monkeypatch):
+    """override_key strips Hydra's prefixes: +key=, ++key=, ~key (a deletion) all set ``key``;
+    command_line_keys(deletions=False) leaves out the deleted keys (a ``~data.seed`` sets nothing the
+    data source could ignore)."""
+    from infalign.apps import config
+
+    assert [config.override_key(o) for o in ("+algo.beta=0.3", "++seed=2", "~data.seed", "t=4")] == [
+        "algo.beta", "seed", "data.seed", "t"]
+    monkeypatch.setattr(config, "task_overrides", lambda: ["~data.seed", "+data.max_examples=5", "seed=1"])
+    assert config.command_line_keys() == {"data.seed", "data.max_examples", "seed"}
+    assert config.command_line_keys(deletions=False) == {"data.max_examples", "seed"}
+
+
+def test_at_refuses_a_negative_index():
+    """``${at:[a,b,c],i}`` takes i in [0, len - 1]: i = -1 (Python's last item) is a ConfigError naming
+    kl_point -- a sweep's kl_point=-1 must not silently pick the last method knob."""
+    from infalign.apps.config import _at
+
+    assert refused_key(_at, [1, 2, 3], -1) == "kl_point"
+    assert _at([1, 2, 3], 0) == 1
+
+
+def test_apply_threads_divides_the_cores_among_the_launchers_jobs(monkeypatch):
+    """apply_threads exports the joblib launcher's n_jobs as the concurrent jobs before resolving
+    ``threads: auto`` (infra/threads.py: usable cores // concurrent jobs): 2 parallel jobs on 8 usable
+    cores get 8 // 2 = 4 threads each, and the jobs' own child processes inherit the count of jobs."""
+    from threadpoolctl import threadpool_info
+
+    from infalign.apps import config
+    from infalign.infra import threads
+
+    for var in (threads.JOBS_ENV, "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "_warned", set())
+    monkeypatch.setattr(threads, "cpu_quota", lambda root="": None)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(config, "launcher_jobs", lambda: 2)
+    before = max(p["num_threads"] for p in threadpool_info())
+    try:
+        assert config.apply_threads("auto", torch=False) == 4
+        assert threads.os.environ[threads.JOBS_ENV] == "2"
+    finally:
+        threads.set_threads(before, torch=False)
+
+
+def test_slurm_asks_for_one_task_and_gpu_per_device_on_a_gpu_trainer():
+    """``${slurm_tasks:${trainer.devices}}`` is a count >= 1 (trainer.devices=0 would ask SLURM for 0 tasks
+    per node: a ConfigError naming trainer.devices); ``${slurm_gpus:...}`` asks one GPU per task for every
+    GPU trainer -- gpu, cuda and auto (which runs on the node's GPUs: distributed.accelerator_kind) -- and
+    none for cpu."""
+    from infalign.apps.config import slurm_gpus, slurm_tasks
+
+    assert refused_key(slurm_tasks, 0) == "trainer.devices"
+    assert slurm_tasks(1) == 1
+    assert [slurm_gpus(a, 2) for a in ("gpu", "cuda", "auto", "cpu")] == [2, 2, 2, 0]
+
+
+def test_a_key_that_is_an_int_in_one_entry_and_a_float_in_another_is_a_float(tmp_path, monkeypatch):
+    """default_types: a key's type is its defaults' one kind; an int in one entry and a float in another is
+    float (``check_value_types`` then takes both entries' values; int would refuse the other entry's own
+    default 0.5); a string anywhere leaves the key untyped; a null default makes it optional. A config tree made for
+    the test (the shipped one has no such key today)."""
+    from infalign.apps import config
+
+    (tmp_path / "train.yaml").write_text("seed: 0\nname: a\n")
+    (tmp_path / "calibration").mkdir()
+    (tmp_path / "calibration" / "a.yaml").write_text("rate: 4\nscope: prompt\nlimit: null\n")
+    (tmp_path / "calibration" / "b.yaml").write_text("rate: 0.5\nscope: 1\nlimit: 3\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", str(tmp_path))
+    types = config.default_types.__wrapped__()
+    assert types["calibration.rate"] == (float, False) and types["seed"] == (int, False)
+    assert types["calibration.limit"] == (int, True) and "calibration.scope" not in types and "name" not in types
+
+
+def test_an_entry_without_self_in_its_defaults_overrides_them(tmp_path, monkeypatch):
+    """_entry applies an entry's ``defaults:`` list as Hydra composes it: ``_self_`` where it stands, and at
+    the end when not listed (Hydra >= 1.1, version_base 1.3) -- the entry's own values win over the entries
+    it extends. ``child`` = ``defaults: [base]`` + ``t: 4`` is base's target with t = 4 (base's t = 1 only if
+    ``_self_`` came first, which must be written out)."""
+    from infalign.apps import config
+
+    group = tmp_path / "transform"
+    group.mkdir()
+    (group / "base.yaml").write_text("_target_: infalign.math.transforms.Exp\nt: 1.0\n")
+    (group / "child.yaml").write_text("defaults:\n  - base\nt: 4.0\n")
+    (group / "first.yaml").write_text("defaults:\n  - _self_\n  - base\nt: 4.0\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", str(tmp_path))
+    child = config._entry("transform", "child")
+    assert child.t == 4.0 and child._target_ == "infalign.math.transforms.Exp"
+    assert config._entry("transform", "first").t == 1.0
+
+
+def test_the_error_blocks_traceback_hint_offers_v_only_for_infalign_train():
+    """config_error_block: the last line names how to see the full traceback -- HYDRA_FULL_ERROR=1 for every
+    app, and ``-v`` only for infalign-train (the only app with that flag: apps/train.py's docstring)."""
+    from infalign.apps.config import config_error_block
+
+    error = ConfigError("t", "abc", "numbers", "a hint")
+    train = config_error_block(error).splitlines()
+    analyze = config_error_block(error, "infalign-analyze").splitlines()
+    assert train[0] == "infalign-train: configuration error" and analyze[0] == "infalign-analyze: configuration error"
+    assert train[-1] == "(full traceback: HYDRA_FULL_ERROR=1 or -v)"
+    assert analyze[-1] == "(full traceback: HYDRA_FULL_ERROR=1)"
+    assert "  hint:    a hint" in analyze and "  allowed: numbers" in analyze
+
+
+# ---------------------------------------------------------------------- apps/train.py: validate
+
+
+def validate_train(tmp_path, *overrides):
+    from infalign.apps import train as train_app
+    from pipeline_helpers import compose_train
+
+    return train_app.validate(compose_train(tmp_path / "cache", tmp_path / "run", *overrides))
+
+
+@pytest.mark.parametrize(("refused", "passes", "key"), [
+    ("calibration.K=0", "calibration.K=1", "calibration.K"),  # K >= 1 reference samples per prompt
+    ("calibration.batch_size=0", "calibration.batch_size=1", "calibration.batch_size"),  # >= 1 rows
+    ("log_every_n_steps=0", "log_every_n_steps=1", "log_every_n_steps"),  # >= 1 optimizer steps
+    ("objective.kl_penalty=-0.5", "objective.kl_penalty=0", "objective.kl_penalty"),  # >= 0: no reward past the budget
+    ("seed=-1", "seed=0", "seed"),  # >= 0: numpy's and torch's seeds
+    ("eval.ns=[]", "eval.ns=[1]", "eval.ns"),  # a non-empty list of N
+    ("calibration.scope=global", "calibration.scope=pooled", "calibration.scope"),  # prompt | pooled
+])
+def test_a_bound_of_the_train_config_is_refused_before_compute_and_its_edge_passes(tmp_path, refused, passes, key):
+    """apps/train.py:validate: each value just past its documented bound is a ConfigError naming the key
+    (before the world is built), and the bound itself passes (the rest of the tiny config valid)."""
+    assert refused_key(validate_train, tmp_path, refused) == key
+    validate_train(tmp_path, passes)
+
+
+def test_pooled_calibration_needs_a_calibrated_transform(tmp_path):
+    """calibration.scope=pooled ranks a reward among all prompts' samples, which only a calibrated
+    transform reads (docs/method.md §2): with transform=raw it is a ConfigError naming calibration.scope;
+    with the calibrated identity it passes."""
+    assert refused_key(validate_train, tmp_path, "transform=raw", "calibration.scope=pooled") == "calibration.scope"
+    validate_train(tmp_path, "transform=identity", "calibration.scope=pooled")
+
+
+@pytest.mark.parametrize(("devices", "count"), [(1, 1), (-1, -1), ("auto", "auto"), ("3", 3), ("-1", -1),
+                                                ("0,1", 2), ([0, 1, 2], 3), ("1,", 1)])
+def test_trainer_devices_reduce_to_lightnings_count(devices, count):
+    """trainer_devices reads trainer.devices as Lightning does: an int is a count (-1: all); a string of one
+    number is that count ("3": three devices, "-1": all), a comma-separated string or a list is that
+    many device ids."""
+    from infalign.apps.train import trainer_devices
+
+    assert trainer_devices(devices) == count
+
+
+@pytest.mark.parametrize("devices", [0, -2, [], "", "a,b", True])
+def test_trainer_devices_refuses_what_lightning_cannot_read(devices):
+    """0 devices, -2, an empty list or string, non-numbers and booleans are ConfigErrors naming
+    trainer.devices."""
+    from infalign.apps.train import trainer_devices
+
+    assert refused_key(trainer_devices, devices) == "trainer.devices"
+
+
+def test_several_nodes_need_a_launcher(tmp_path, monkeypatch):
+    """One device on each of two nodes is a distributed run: without torchrun / SLURM (one process per
+    device) it is a ConfigError naming trainer.devices, as several devices on one node are."""
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert refused_key(validate_train, tmp_path, "trainer.devices=1", "trainer.num_nodes=2") == "trainer.devices"
+    validate_train(tmp_path, "trainer.devices=1", "trainer.num_nodes=1")
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches"),
+    ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val"),
+])
+def test_lightnings_automatic_accumulation_and_clipping_are_refused_for_rl(tmp_path, override, key):
+    """RL optimises manually, which Lightning's automatic gradient accumulation and clipping refuse in fit:
+    set with an online algorithm they are ConfigErrors naming the key; their no-op values pass."""
+    assert refused_key(validate_train, tmp_path, override) == key
+    validate_train(tmp_path, override.replace("=2", "=1").replace("=1.0", "=0"))
+
+
+def test_plain_sampling_has_only_the_standard_win_rate_as_objective(tmp_path):
+    """objective_metric: the evaluation writes a win rate per N only for a procedure that uses N
+    (math/pool_stats.py: plain sampling writes standard_win_rate alone), so with procedure=sample
+    objective.metric=sample1_win_rate names a column no run writes: a ConfigError naming objective.metric
+    before compute (not a KeyError when the finished run's objective is read); standard_win_rate passes."""
+    sample = ("procedure=sample", "procedure.n=1")
+    assert refused_key(validate_train, tmp_path, *sample, "objective.metric=sample1_win_rate") == "objective.metric"
+    validate_train(tmp_path, *sample, "objective.metric=standard_win_rate")
+
+
+# ---------------------------------------------------------------------------- apps/train_stages.py
+
+
+def test_trained_steps_is_the_checkpoints_global_step(tmp_path):
+    """trained_steps: the optimizer steps a Lightning checkpoint has trained are its ``global_step`` (0 when
+    absent), which decides whether a finished run with nothing left to train is kept (train_stages)."""
+    import torch
+
+    from infalign.apps.train_stages import trained_steps
+
+    torch.save({"global_step": 7, "state_dict": {}}, tmp_path / "a.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "b.ckpt")
+    assert trained_steps(str(tmp_path / "a.ckpt")) == 7 and trained_steps(str(tmp_path / "b.ckpt")) == 0
+
+
+def test_the_beta_a_kl_target_chose_is_recorded_in_the_config_and_the_logger():
+    """record_effective_beta: with algo.kl_target the run trains at the beta it chose, so the config the
+    record writes (metrics.json) and the logger's hyperparameters say that beta (as a float), not the
+    configured one."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps.train_stages import record_effective_beta
+
+    class Logger:
+        def __init__(self):
+            self.logged = []
+
+        def log_hyperparams(self, params):
+            self.logged.append(params)
+
+    cfg = OmegaConf.create({"algo": {"beta": 20, "kl_target": 0.5}})
+    OmegaConf.set_struct(cfg, True)
+    logger = Logger()
+    record_effective_beta(cfg, np.float64(0.125), logger)
+    assert cfg.algo.beta == 0.125 and type(cfg.algo.beta) is float
+    assert logger.logged == [{"algo": {"beta": 0.125, "kl_target": 0.5}}]
