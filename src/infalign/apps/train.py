@@ -278,8 +278,12 @@ def trainer_devices(devices) -> int | str:
     if text == "auto":
         return "auto"
     ids = [d.strip() for d in text.split(",") if d.strip()]
-    require(bool(ids) and all(d.lstrip("-").isdigit() for d in ids), "trainer.devices", devices, allowed)
-    return int(ids[0]) if len(ids) == 1 else len(ids)
+    if len(ids) == 1:  # one number: a count, as the int form ("0" and "-2" are no more valid than 0 and -2)
+        require(ids[0].lstrip("-").isdigit() and (int(ids[0]) >= 1 or int(ids[0]) == -1), "trainer.devices",
+                devices, allowed)
+        return int(ids[0])
+    require(bool(ids) and all(d.isdigit() for d in ids), "trainer.devices", devices, allowed)  # device ids
+    return len(ids)
 
 
 def auto_device_count(accelerator: str) -> int:
