@@ -235,7 +235,7 @@ def test_bench_learning_rate_leaves_the_weights_where_they_start():
         for p in m.parameters():
             p.grad = torch.randn_like(p) * 10.0
         opt.step()
-        moved = max(float((a - p).abs().max()) for a, p in zip(before, m.parameters()))
+        moved = max(float((a - p.detach()).abs().max()) for a, p in zip(before, m.parameters()))
         assert (moved <= 1e-11) if lr == RLBench().lr else (moved > 1e-5), (lr, moved)
 
 
