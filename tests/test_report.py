@@ -963,6 +963,39 @@ def test_runs_of_a_method_trained_otherwise_are_another_method_but_its_kl_knob_i
     assert {"identity", "identity [algo.steps=200]", "identity [data.train_prompts=32]"} <= methods
 
 
+def test_runs_of_one_label_with_another_transform_are_another_method(tmp_path):
+    """Walkthrough finding: a custom transform's label is its ``name`` alone, so runs of one callable at two
+    parameter values (``pow3`` = the Beta(3, 1) cdf u^3, and a = 2: u^2), and a custom entry named
+    ``identity`` (u^2 again), pooled into one method -- one curve, one gain, one theory gap over both. A run
+    whose transform differs, leaf by leaf, from most runs' of its method is another method now
+    (``pow3 [transform.fn.a=2.0]``); the optimal transform's ``beta``, which reads algo.beta (its KL knob),
+    stays a point on its curve."""
+    from infalign.report.collect import collect
+    from infalign.report.naming import method_of
+
+    info = {"algo": "rloo", "depends_on_n": False, "trained_n": 4, "kl_knob": ["algo.beta", "algo.kl_target"]}
+
+    def pow_cfg(a: float) -> dict:
+        return {"_target_": "infalign.math.transforms.Custom", "name": "pow3",
+                "fn": {"_target_": "scipy.stats.beta.cdf", "_partial_": True, "a": a, "b": 1.0}}
+
+    optimal = {"_target_": "infalign.math.theory.optimal_transform", "procedure": "bon", "n": 4}
+    specs = [("pow3", pow_cfg(3.0), 0.4), ("pow3", pow_cfg(3.0), 0.2), ("pow3", pow_cfg(2.0), 0.1),
+             ("identity", IDENTITY, 0.4), ("identity", IDENTITY, 0.2), ("identity", pow_cfg(2.0) | {"name": "identity"},
+                                                                           0.1),
+             ("optimal(bon4)", optimal | {"beta": 0.4}, 0.4), ("optimal(bon4)", optimal | {"beta": 0.1}, 0.1)]
+    for job, (method, tcfg, beta) in enumerate(specs):
+        metrics = per_prompt_metrics(method, info | {"transform": method}, 0.2 + 0.1 * job, beta, {})
+        metrics["world"] = {"world_id": "W"}
+        metrics["config"]["transform"] = tcfg
+        write_job(tmp_path, str(job), [], metrics)
+    assert [method_of(j) for j in collect(tmp_path)] == [
+        "pow3", "pow3", "pow3 [transform.fn.a=2.0]",
+        # (keys the others lack are not compared: the target tells the custom entry apart)
+        "identity", "identity", 'identity [transform._target_="infalign.math.transforms.Custom"]',
+        "optimal(bon4)", "optimal(bon4)"]
+
+
 def test_the_legacy_kl_knobs_are_the_algorithms_own():
     """The report's knobs for records written before ``method_info.kl_knob`` are what each registered
     algorithm declares (``Algorithm.kl_knob_keys``, recorded by new runs)."""

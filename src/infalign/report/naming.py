@@ -173,6 +173,12 @@ EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_t
 # method's curve (method_info.kl_knob: Algorithm.kl_knob_keys); and the training prompts.
 TRAINING_NODE = "algo"
 TRAINING_SETTINGS = ("data.train_prompts",)
+# The reward transform, compared the same way, leaf by leaf: a custom transform's label is its ``name``
+# alone, so two parameter values of one callable (``fn: {_target_: scipy.stats.beta.cdf, a: 3}`` and
+# ``a: 2``), or a custom entry named like a built-in one, would otherwise pool into one method. The
+# optimal transform's ``beta`` reads ``algo.beta``, the KL knob that moves a run along its curve.
+TRANSFORM_NODE = "transform"
+TRANSFORM_KL_KNOBS = ("transform.beta",)
 # Records written before method_info.kl_knob: the algorithms' knobs then (every other: beta / kl_target).
 LEGACY_KL_KNOBS = {"bon_sft": ("algo.steps",), "ipo": ("algo.beta",)}
 DEFAULT_KL_KNOB = ("algo.beta", "algo.kl_target")
@@ -195,7 +201,9 @@ def mark_odd_settings(jobs: Sequence[Job]) -> None:
     runs of one method in one world: a run trained for more steps or at another learning rate than
     most runs of its method is another method too (``identity [algo.steps=200]``), not a point on their
     curve (two sweeps of one method at different training settings, reported together from a dir of
-    links, would otherwise make one curve of two trainings)."""
+    links, would otherwise make one curve of two trainings). So is a run whose reward transform differs
+    from most runs' of its method, leaf by leaf (:func:`_transform_keys`: a custom transform's label is its
+    ``name`` alone -- ``pow3 [transform.fn.a=2.0]``)."""
     done = [j for j in jobs if j.status == "finished" and isinstance(j.config, dict) and j.config]
     worlds = _world_ids(jobs)  # (without the evaluation notes being set here)
     for keys, attr in ((METHOD_SETTINGS, "method_note"), (EVAL_SETTINGS, "eval_note")):
@@ -211,7 +219,7 @@ def mark_odd_settings(jobs: Sequence[Job]) -> None:
         groups.setdefault((str(worlds[job.job]), method_of(job)), []).append(job)
     for key in sorted(groups):
         mine = groups[key]
-        _note_odd(mine, sorted({*TRAINING_SETTINGS, *_training_keys(mine)}), notes)
+        _note_odd(mine, sorted({*TRAINING_SETTINGS, *_training_keys(mine), *_transform_keys(mine)}), notes)
     for job in done:
         job.method_note = ", ".join(filter(None, [job.method_note, *notes[job.job]]))
 
@@ -240,6 +248,24 @@ def _training_keys(jobs: Sequence[Job]) -> set[str]:
             keys |= {f"{TRAINING_NODE}.{k}" for k in node}
         knobs |= set(kl_knob_of(job))
     return keys - knobs
+
+
+def _transform_keys(jobs: Sequence[Job]) -> set[str]:
+    """The dotted keys of every leaf under :data:`TRANSFORM_NODE` in ``jobs``' configs (``transform.fn.a``),
+    but :data:`TRANSFORM_KL_KNOBS`."""
+
+    def leaves(node: dict, prefix: str) -> set[str]:
+        out = set()
+        for k, v in node.items():
+            out |= leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}"}
+        return out
+
+    keys = set()
+    for job in jobs:
+        node = job.config.get(TRANSFORM_NODE)
+        if isinstance(node, dict):
+            keys |= leaves(node, f"{TRANSFORM_NODE}.")
+    return keys - set(TRANSFORM_KL_KNOBS)
 
 
 def kl_knob_of(job: Job) -> tuple[str, ...]:
