@@ -201,6 +201,47 @@ def test_a_resume_into_a_finished_run_keeps_it_or_is_refused_never_evaluates_it_
     assert (local / "metrics.json").read_bytes() == on_disk and done["world"]["world_id"]
 
 
+PHI = {"power": 2.0}  # what custom_phi computes: a transform whose code changes between runs
+
+
+def custom_phi(u):
+    """``u ** PHI["power"]``: a custom transform's callable (``transform.fn``) whose code a test edits."""
+    return u ** PHI["power"]
+
+
+@pytest.mark.slow
+def test_a_custom_transform_whose_code_changed_is_not_kept_nor_resumed(cache_dir, tmp_path, monkeypatch):
+    """Extension-walkthrough finding: a custom transform's callable is in no config and no code digest, so
+    after its code changed (u^4 -> -u) a re-run with ckpt_path=last_or_new kept the old run's record as this
+    run's, and a resume trained half the steps on each. The run records its transform's values Phi(u)
+    (method_info.transform_values, beside the checkpoints' settings): a resume from a checkpoint trained on
+    other values is refused naming them, and a finished record of other values is not kept (a run whose
+    policy came from the cache, without checkpoints, runs again)."""
+    monkeypatch.setitem(PHI, "power", 2.0)
+    phi = ["transform=sqrt", "transform.fn=test_train_pipeline.custom_phi", "transform.name=phi"]
+    ckpt_dir = tmp_path / "checkpointed"
+    first = run(cache_dir, ckpt_dir, *phi, "policy_cache=false")
+    values = first["method_info"]["transform_values"]
+    assert values and json.loads((ckpt_dir / "checkpoints" / "run_settings.json").read_text())[
+        "transform_values"] == values
+    on_disk = (ckpt_dir / "metrics.json").read_bytes()
+    assert run(cache_dir, ckpt_dir, *phi, "policy_cache=false", "ckpt_path=last_or_new")["eval"] == first["eval"]
+    assert (ckpt_dir / "metrics.json").read_bytes() == on_disk  # the same code: kept as it is
+    monkeypatch.setitem(PHI, "power", 3.0)
+    for how, steps in (("last_or_new", 2), ("last", 3)):
+        with pytest.raises(ConfigError, match="transform_values"):
+            run(cache_dir, ckpt_dir, *phi, "policy_cache=false", f"ckpt_path={how}", f"algo.steps={steps}")
+    assert (ckpt_dir / "metrics.json").read_bytes() == on_disk
+    monkeypatch.setitem(PHI, "power", 2.0)
+    run(cache_dir, tmp_path / "trains", *phi)  # into the policy cache ...
+    cached = tmp_path / "cached"
+    hit = run(cache_dir, cached, *phi)  # ... a run from it has no checkpoints
+    assert hit["cache"]["policy_hit"] and not (cached / "checkpoints" / "last.ckpt").exists()
+    monkeypatch.setitem(PHI, "power", 3.0)
+    again = run(cache_dir, cached, *phi, "ckpt_path=last_or_new")
+    assert not again["cache"]["policy_hit"] and again["method_info"]["transform_values"] not in (None, values)
+
+
 @pytest.mark.slow
 def test_a_resume_under_other_code_is_recorded_in_the_run(cache_dir, tmp_path):
     """Review finding: a resume after the training code changed continued silently. The run's record says

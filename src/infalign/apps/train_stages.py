@@ -43,6 +43,7 @@ from infalign.pipeline.evaluate import evaluate_policy
 from infalign.pipeline.fit import calibration_table, check_trained_policy, fit_policy
 from infalign.pipeline.kl_target import beta_for_target
 from infalign.pipeline.policy_cache import (
+    TRANSFORM_VALUES,
     check_finished_run,
     check_resume,
     check_resume_early,
@@ -52,6 +53,7 @@ from infalign.pipeline.policy_cache import (
     run_code,
     save_overrides,
     train_or_load,
+    transform_fingerprint,
 )
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import training_seed
@@ -134,6 +136,17 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             timings["reward_train_s"] = world.stats["reward_train_s"]
         distributed.init_from_env(cfg.trainer.accelerator)  # from here on every stage sees the same ranks
         check_ranks_agree(distributed.all_gather_objects((world.reference_fingerprint, world.reward_fingerprint)))
+        # the transform's values Phi(u) (a custom callable's code is in no config or digest): what the record and
+        # the checkpoints' settings hold, compared by a keep and a resume
+        values = transform_fingerprint(transform) if algo.online else None
+        recorded_values = ((keep or {}).get("method_info") or {}).get(TRANSFORM_VALUES, values)
+        if keep is not None and recorded_values != values:
+            log.warning("%s records this run trained with other transform values Phi(u) (%s, now %s: the "
+                        "transform's code changed): not kept", out_dir / "metrics.json", recorded_values, values)
+            keep = None
+            if logger is not None and ckpt is None:
+                started = True
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
         if keep is not None:  # the models (a local dir's files, a hub commit) are the record's: nothing to do
             if (keep.get("world") or {}).get("world_id") == world.stats["world_id"]:
                 log.info("%s records this run, finished with these settings, code and models: nothing to do "
@@ -160,6 +173,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 record_effective_beta(cfg, algo.cfg.beta, logger if started else None)
 
         settings = resume_settings(cfg, world, algo.beta)
+        if values is not None:
+            settings[TRANSFORM_VALUES] = values
         ckpt_dir = out_dir / "checkpoints"
         resumed = None  # a resume: what it continued, and whether other code trained the checkpoint
         if ckpt is not None:  # was the checkpoint (this run dir's or another's) trained with these settings?
@@ -195,6 +210,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         th = ev.theory
         kl = ev.judges["reward_model"]["kl"].mean
         info = record.method_info(cfg, algo, transform, procedure)
+        if values is not None:
+            info[TRANSFORM_VALUES] = values
         rec = RunRecord(
             run_name=name, procedure=procedure.label, transform=transform.label,
             method=info.pop("method"), method_info=info, algo=algo.name, beta=algo.beta,

@@ -191,6 +191,11 @@ CODE_RECORD = ("code", "versions")
 # Settings-file keys a resume does not compare: the code (above), and ``hub`` -- the hub commits the run read,
 # which the ``world`` fingerprints already hold (pipeline/world._fingerprint); kept to name the commit to pin.
 NOT_COMPARED = (*CODE_RECORD, "hub")
+# The transform's values Phi(u) (:func:`transform_fingerprint`) -- a custom callable's code is in no config
+# and no digest -- beside an online run's settings and in its record (``method_info``): a resume and a kept
+# finished run must have been trained with them. A settings file or record written before they were
+# recorded is not compared.
+TRANSFORM_VALUES = "transform_values"
 
 
 def library_versions() -> dict[str, str | None]:
@@ -307,7 +312,8 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str,
         return {}
     stored = _read_settings(path, ckpt_path)
     comparable_training(stored.get("training"))
-    compared = [{k: v for k, v in side.items() if k not in NOT_COMPARED} for side in (stored, settings)]
+    skipped = (*NOT_COMPARED, *((TRANSFORM_VALUES,) if TRANSFORM_VALUES not in stored else ()))
+    compared = [{k: v for k, v in side.items() if k not in skipped} for side in (stored, settings)]
     _refuse_if_different(path, _differences(*compared, default), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
     changed = code_changes(stored, settings)
