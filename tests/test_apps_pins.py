@@ -529,3 +529,80 @@ def test_the_beta_a_kl_target_chose_is_recorded_in_the_config_and_the_logger():
     record_effective_beta(cfg, np.float64(0.125), logger)
     assert cfg.algo.beta == 0.125 and type(cfg.algo.beta) is float
     assert logger.logged == [{"algo": {"beta": 0.125, "kl_target": 0.5}}]
+
+
+# ---------------------------------------------------------------- apps/config.decreasing_transform
+
+
+def test_a_decreasing_transform_is_warned_about_and_an_unevaluable_one_refused():
+    """Extension-walkthrough finding: a decreasing custom transform (Phi(u) = 1 - u) trained to a best-of-4
+    win rate of 0.20 with no word said; and a custom callable that raises passed validation and failed
+    mid-run. A decreasing Phi is warned about before compute (where it decreases, its ends); one that raises
+    on numpy arrays and torch tensors alike is a ConfigError of the key; a torch-only callable and every
+    built-in transform pass -- exp(t u) with t < 0 is increasing in its signed form, and so are the optimal
+    transforms of best- and worst-of-N."""
+    import torch
+
+    from infalign.apps.config import decreasing_transform
+    from infalign.math.theory import optimal_transform
+    from infalign.math.transforms import Custom, Exp, Identity, Log, Raw
+
+    why = decreasing_transform(Custom(lambda u: 1.0 - u, name="neg"), "transform")
+    assert why.startswith("transform: the transform neg decreases on [0, 1]") and "Phi(0) = 1, Phi(1) = 0" in why
+    bump = decreasing_transform(Custom(lambda u: -(u - 0.5) ** 2, name="bump"), "transform")  # up, then down
+    assert "the most at u = 1" in bump
+    builtins = [Identity(), Log(), Exp(4.0), Exp(-4.0), Exp(8.0, normalized=True), Exp(-8.0, normalized=True),
+                Raw(), optimal_transform("bon", 4, 0.1), optimal_transform("won", 4, 0.1)]
+    assert [decreasing_transform(t, "transform") for t in builtins] == [None] * len(builtins)
+    assert decreasing_transform(Custom(lambda u: u.clamp(0.1, 0.9) if isinstance(u, torch.Tensor)
+                                       else u.no_such_method(), name="torch_only"), "transform") is None
+
+    def broken(u):
+        raise TypeError("_parse_args() got an unexpected keyword argument 'aa'")
+
+    with pytest.raises(ConfigError) as err:
+        decreasing_transform(Custom(broken, name="broken"), "transform")
+    assert err.value.key == "transform" and "unexpected keyword argument 'aa'" in str(err.value)
+
+
+def test_train_validation_warns_about_a_decreasing_transform(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="infalign.apps.train"):
+        validate_train(tmp_path, "transform=sqrt", "transform.fn=numpy.negative", "transform.name=neg",
+                       "algo.beta=0.5")
+    assert any("the transform neg decreases on [0, 1]" in r.getMessage() for r in caplog.records)
+
+
+def test_analyze_refuses_two_transforms_of_one_label_and_an_entry_that_cannot_take_t(tmp_path, monkeypatch):
+    """Extension-walkthrough findings: ``transforms=[identity, neg, fakeid]`` (fakeid: a custom entry named
+    identity) wrote two "identity" curves, rows and plot lines no one could tell apart; and a custom entry
+    with a ``t`` key -- drawn once per t, as the exp family is -- failed with a TypeError traceback. Both
+    are ConfigErrors of ``transforms`` before any compute; a decreasing entry is warned about."""
+    import logging
+    import shutil
+
+    from infalign.apps import config as app_config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(app_config.CONFIG_DIR, conf)
+    (conf / "transform" / "fakeid.yaml").write_text(
+        "_target_: infalign.math.transforms.Custom\nfn: numpy.square\nname: identity\n")
+    (conf / "transform" / "neg.yaml").write_text("_target_: infalign.math.transforms.Custom\nfn: numpy.negative\n"
+                                                 "name: neg\n")
+    (conf / "transform" / "sqrt_t.yaml").write_text("_target_: infalign.math.transforms.Custom\nfn: numpy.sqrt\n"
+                                                    "name: sqrt_t\nt: 2.0\n")
+    monkeypatch.setattr(app_config, "CONFIG_DIR", str(conf))
+    procedure = make_procedure("bon", 4)
+    with pytest.raises(ConfigError) as err:
+        analyze_app.build_transforms(analyze_cfg("transforms=[identity,fakeid]"), procedure)
+    assert err.value.key == "transforms" and "['identity']" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        analyze_app.build_transforms(analyze_cfg("transforms=[sqrt_t]"), procedure)
+    assert err.value.key == "transforms" and "unexpected keyword argument 't'" in str(err.value)
+    logger = logging.getLogger("infalign.apps.analyze")
+    with pytest.MonkeyPatch.context() as patch:
+        seen = []
+        patch.setattr(logger, "warning", lambda msg, *a: seen.append(msg % a if a else msg))
+        analyze_app.build_transforms(analyze_cfg("transforms=[identity,neg]"), procedure)
+    assert any("the transform neg decreases on [0, 1]" in m for m in seen)

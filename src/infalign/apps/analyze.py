@@ -32,6 +32,7 @@ from infalign.apps.config import (
     CONFIG_DIR,
     apply_threads,
     check_analyze_keys,
+    decreasing_transform,
     hydra_refusals_exit_2,
     instantiate_entry,
     load_group_entry,
@@ -136,10 +137,21 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
             entry = load_group_entry("transform", str(name))
         except ConfigError as exc:  # the user's key is `transforms`, not the config group
             raise ConfigError("transforms", name, exc.allowed, "add a YAML file to conf/transform/ for a new one") from None
-        if entry.get("t") is not None:  # an exp family: one line per t
-            out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
-        else:
-            out.append(_instantiate(instantiate_entry, "transform", name, cfg))
+        try:
+            if entry.get("t") is not None:  # an exp family: one line per t
+                out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
+            else:
+                out.append(_instantiate(instantiate_entry, "transform", name, cfg))
+        except InstantiationException as exc:  # (e.g. a `t` key on an entry whose class takes none)
+            raise ConfigError("transforms", name, "an entry of conf/transform/ that instantiates",
+                              f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}") from None
+    labels = [t.label for t in out]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    require(not twice, "transforms", names, "transforms with distinct labels",
+            f"{twice} would name two curves alike (a custom entry's label is its name:)")
+    for transform in out:
+        if (why := decreasing_transform(transform, "transforms")) is not None:
+            log.warning(why)
     return out
 
 

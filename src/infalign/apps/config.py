@@ -310,6 +310,45 @@ def config_error_block(exc: ConfigError, program: str = "infalign-train") -> str
     return "\n".join(lines)
 
 
+def decreasing_transform(transform, key: str, points: int = 1025) -> str | None:
+    """A calibrated transform probed on a grid of ``[0, 1]`` before compute (numpy, else torch, as training
+    and the theory call it): a callable that raises there is a ConfigError of ``key`` with its error as the
+    hint (it failed mid-run, or inside the theory's worker processes); one that decreases somewhere gives
+    the warning to log -- RL on a decreasing ``Phi`` moves the policy toward *lower*-ranked responses, which
+    every inference-time win rate (best-of-N, worst-of-N, plain sampling) counts as worse. ``exp(t u)``
+    with ``t < 0`` is increasing in its signed form (``sign(t) exp(t u)``), as every built-in transform is;
+    a custom ``fn`` is not checked anywhere else. None when nothing is wrong."""
+    import numpy as np
+
+    if not getattr(transform, "calibrated", True):
+        return None
+    grid = np.linspace(0.0, 1.0, points)
+    try:
+        with np.errstate(all="ignore"):
+            values = np.asarray(transform(grid), dtype=np.float64)
+    except Exception as numpy_exc:  # noqa: BLE001 - a callable written for torch tensors
+        try:
+            import torch
+
+            values = transform(torch.from_numpy(grid)).double().numpy()
+        except Exception as exc:  # noqa: BLE001 - what it raises is the user's to see
+            raise ConfigError(key, getattr(transform, "label", transform), "a function of u in [0, 1] (numpy "
+                              "arrays or torch tensors)", f"it raised {type(numpy_exc).__name__}: {numpy_exc} on a "
+                              f"numpy array and {type(exc).__name__}: {exc} on a torch tensor") from exc
+    finite = np.isfinite(values)
+    if values.shape != grid.shape or not finite.any():
+        return None  # (not elementwise, or not finite: check_float32_range's to refuse)
+    steps = np.diff(values[finite])
+    span = float(np.ptp(values[finite])) or 1.0
+    if (steps < -1e-9 * span).any():
+        at = grid[finite][1:][int(np.argmin(steps))]
+        return (f"{key}: the transform {getattr(transform, 'label', transform)} decreases on [0, 1] (the most at u = "
+                f"{at:.3g}: Phi(0) = {values[finite][0]:.4g}, Phi(1) = {values[finite][-1]:.4g}); RL on it moves the "
+                "policy toward lower-ranked responses, which every inference-time win rate counts as worse -- "
+                "was an increasing function meant?")
+    return None
+
+
 def exit_on_config_error(exc: ConfigError, program: str = "infalign-train") -> None:
     """Print :func:`config_error_block` and exit with code 2 (with full errors asked for, return:
     the caller re-raises the original exception and Hydra prints the whole traceback)."""

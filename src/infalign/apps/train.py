@@ -32,6 +32,7 @@ from infalign.apps.config import (
     check_known_keys,
     check_value_types,
     command_line_keys,
+    decreasing_transform,
     exit_on_config_error,
     hydra_refusals_exit_2,
     instantiate_checked,
@@ -92,6 +93,8 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(scope == "prompt" or transform.calibrated, "calibration.scope", scope,
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
     check_float32_range(transform)
+    if (why := decreasing_transform(transform, "transform")) is not None:
+        log.warning(why)
     target = getattr(algo, "kl_target", None)
     require(target is None or "algo.beta" not in command_line_keys(), "algo.beta", cfg.algo.get("beta"),
             f"not given with algo.kl_target={target} (the target picks beta: this beta would be dropped)",
