@@ -982,6 +982,22 @@ def test_a_held_out_prompt_whose_whitespace_variant_stayed_in_train_is_dropped(t
     assert sorted(dm.prompts("train")) == sorted([hh[0], hh[3]])
 
 
+def test_a_hold_out_that_leaves_a_side_empty_is_a_config_error_of_val_fraction(tmp_path):
+    """Extension-walkthrough finding: a val_fraction that held out none of a small file's prompts (a hash per
+    prompt: the fraction holds on average) ended the run with a ValueError traceback, exit 1; it is a
+    ConfigError of data.val_fraction (the one block, exit 2). Of these four prompts 0.01 holds out none
+    and 0.99 all (``held_out``, checked here, not assumed)."""
+    from infalign.data.formats import held_out
+
+    hh = [f"\n\nHuman: {x}\n\nAssistant:" for x in ("q0", "q2", "q6", "q1")]
+    assert [held_out(p, 0.01) for p in hh] == [False] * 4 and [held_out(p, 0.99) for p in hh] == [True] * 4
+    train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(p, "yes", "no")) for p in hh])
+    for fraction, left in ((0.01, "leaves 4 train / 0 test"), (0.99, "leaves 0 train / 4 test")):
+        with pytest.raises(ConfigError) as err:
+            PreferenceDataModule("hh", train_file=str(train), val_fraction=fraction).setup()
+        assert err.value.key == "data.val_fraction" and err.value.value == fraction and left in str(err.value)
+
+
 def test_prompt_order_is_the_seeded_permutation(tmp_path):
     """``prompts(split)`` is a seeded permutation of the distinct prompts in file order --
     ``np.random.default_rng([seed, 2]).permutation(n)`` -- not the file order: with 4 train prompts p0..p3

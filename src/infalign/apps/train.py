@@ -127,8 +127,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(float(cfg.objective.kl_penalty) >= 0, "objective.kl_penalty", cfg.objective.kl_penalty,
             ">= 0 (win rate lost per nat of KL over objective.kl_budget)")
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
-    require(not bad_n and procedure.n <= int(cfg.eval.samples), "eval.ns", list(cfg.eval.ns),
-            f"every N (and procedure.n={procedure.n}) in [1, eval.samples={cfg.eval.samples}]")
+    require(not bad_n, "eval.ns", list(cfg.eval.ns), f"every N in [1, eval.samples={cfg.eval.samples}]")
+    require(procedure.n <= int(cfg.eval.samples), "procedure.n", procedure.n,
+            f"at most eval.samples={cfg.eval.samples}", "the evaluation's win rate at N draws N of each prompt's "
+            "eval.samples samples: raise eval.samples")
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
     check_source_keys(cfg, command_line_keys(deletions=False))
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input, reward.prompt_format

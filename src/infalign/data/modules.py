@@ -240,12 +240,12 @@ class PreferenceDataModule(L.LightningDataModule):
         log.warning("%s: %d of %d train pairs held out", why, len(test), train_report.usable)
         if test and train:  # a held-out prompt whose whitespace variant stayed in train (prompt_key)
             test = self._drop_train_prompts(train, test, test_report)
-        if not test or not train:
-            raise ValueError(
-                f"{train_report.source}: holding out data.val_fraction={fraction} of "
-                f"{train_report.usable} usable pairs leaves {len(train)} train / {len(test)} "
-                f"test pairs; change data.val_fraction or give data.test_file"
-            ) from why
+        if not test or not train:  # (a ConfigError: the run's one block and exit 2, not a traceback)
+            raise ConfigError(
+                "data.val_fraction", fraction, "a fraction that leaves prompts on both sides (each prompt is held "
+                "out by a hash of its text: the fraction holds on average), or data.test_file",
+                f"{train_report.source}: holding out data.val_fraction={fraction} of {train_report.usable} usable "
+                f"pairs leaves {len(train)} train / {len(test)} test pairs") from why
         return train, test, test_report
 
     # ------------------------------------------------------------------ access
