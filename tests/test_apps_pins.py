@@ -442,11 +442,11 @@ def test_pooled_calibration_needs_a_calibrated_transform(tmp_path):
 
 
 @pytest.mark.parametrize(("devices", "count"), [(1, 1), (-1, -1), ("auto", "auto"), ("3", 3), ("-1", -1),
-                                                ("0,1", 2), ([0, 1, 2], 3), ("1,", 1)])
+                                                ("0,1", 2), ([0, 1, 2], 3), ("1,", 1), ("0,", 1), ("3,", 1)])
 def test_trainer_devices_reduce_to_lightnings_count(devices, count):
-    """trainer_devices reads trainer.devices as Lightning does: an int is a count (-1: all); a string of one
-    number is that count ("3": three devices, "-1": all), a comma-separated string or a list is that
-    many device ids."""
+    """trainer_devices reads trainer.devices as Lightning does: an int is a count (-1: all); a string
+    without a comma is a count ("3": three devices, "-1": all), one with a comma or a list is that many
+    device ids ("3,": the one GPU of id 3 -- review finding: it was read as three devices)."""
     from infalign.apps.train import trainer_devices
 
     assert trainer_devices(devices) == count

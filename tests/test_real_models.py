@@ -1033,3 +1033,46 @@ def test_the_tldr_experiment_reads_its_reward_model_at_the_eos():
 
     cfg = compose("/tmp/unused-cache", "/tmp/unused-run", "experiment=tldr_bon", toy=False)
     assert cfg.reward.pad_token == "[PAD]"
+
+
+def test_refused_as_blames_the_config_only_for_what_is_not_there_or_not_that_kind():
+    """Review finding: every OSError/ValueError of a model check became the key's ConfigError (exit 2),
+    an unreachable hub and a missing tokenizer library too -- which a scheduler treating exit 2 as "do not
+    retry" would not retry, and whose traceback a sweep then dropped. Only a path that is not there, an
+    unreadable or wrong-kind model, an offline cache without the name are the key's; the network, a
+    permission, an I/O error or a missing library pass through as they are."""
+    import errno
+
+    import httpx
+
+    from infalign.pipeline.world import refused_as
+
+    def raised(exc: BaseException):
+        try:
+            with refused_as("policy.name_or_path", "org/lm", "a model"):
+                raise exc
+        except BaseException as out:  # noqa: BLE001
+            return out
+
+    def wrapped(cause: BaseException, outer: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:  # noqa: BLE001
+                raise outer from inner
+        except BaseException as out:  # noqa: BLE001
+            return out
+
+    for exc in (FileNotFoundError("policy.name_or_path: local path does not exist: /x"),
+                ValueError("policy.name_or_path: /x is not a saved model directory (no config.json)"),
+                OSError("policy.name_or_path='org/lm': not in the local Hugging Face cache (HF_HUB_OFFLINE=1)")):
+        out = raised(exc)
+        assert isinstance(out, ConfigError) and out.key == "policy.name_or_path" and str(exc) in str(out)
+    for exc in (wrapped(httpx.ConnectError("connection refused"), OSError("policy.name_or_path='org/lm': ...")),
+                OSError("We couldn't connect to 'https://huggingface.co' to load the files"),
+                PermissionError(errno.EACCES, "Permission denied", "/x/config.json"),
+                OSError(errno.EIO, "Input/output error"),
+                wrapped(ImportError("no module named tiktoken"), ValueError("cannot instantiate the tokenizer")),
+                ValueError("`tiktoken` is required to read this tokenizer: pip install tiktoken")):
+        out = raised(exc)
+        assert out is exc, (exc, out)

@@ -287,3 +287,17 @@ def test_a_resumed_steps_bar_counts_optimizer_steps_of_max_steps(tmp_path, first
     seen.clear()
     fit(total, total, tmp_path / "ckpt" / "last.ckpt")
     assert seen == [(step, total, step) for step in range(first + 1, total + 1)]
+
+
+def test_the_steps_bar_counts_rl_steps_of_k_optimizer_steps():
+    """Review finding: counted in optimizer steps, a PPO run of algo.steps=3 (4 optimizer steps per RL step)
+    showed 12/12 under a stage that announced 3 steps: the bar counts global_step // k of max_steps // k,
+    k = the module's algo.optimizer_steps_per_batch (1 without an algo)."""
+    from types import SimpleNamespace
+
+    bar = StepsProgressBar()
+    module = SimpleNamespace(algo=SimpleNamespace(optimizer_steps_per_batch=4))
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=12, lightning_module=module)
+    assert bar.total_train_batches == 3 and bar._per_step() == 4
+    bar._trainer.lightning_module = SimpleNamespace()
+    assert bar.total_train_batches == 12

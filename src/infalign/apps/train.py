@@ -282,12 +282,12 @@ def trainer_devices(devices) -> int | str:
     text = str(devices).strip()
     if text == "auto":
         return "auto"
-    ids = [d.strip() for d in text.split(",") if d.strip()]
-    if len(ids) == 1:  # one number: a count, as the int form ("0" and "-2" are no more valid than 0 and -2)
-        require(ids[0].lstrip("-").isdigit() and (int(ids[0]) >= 1 or int(ids[0]) == -1), "trainer.devices",
-                devices, allowed)
-        return int(ids[0])
-    require(bool(ids) and all(d.isdigit() for d in ids), "trainer.devices", devices, allowed)  # device ids
+    if "," not in text:  # one number: a count, as the int form ("0" and "-2" are no more valid than 0 and -2)
+        require(text.lstrip("-").isdigit() and (int(text) >= 1 or int(text) == -1), "trainer.devices", devices,
+                allowed)
+        return int(text)
+    ids = [d.strip() for d in text.split(",") if d.strip()]  # device ids, as Lightning reads a comma ("3,": GPU 3)
+    require(bool(ids) and all(d.isdigit() for d in ids), "trainer.devices", devices, allowed)
     return len(ids)
 
 
@@ -768,12 +768,12 @@ def main() -> None:
             hydra_main()
     except BaseException as exc:
         if terminated(exc):
-            print("infalign-train: stopped by SIGTERM (recorded as interrupted: the command that continues it is "
-                  "logged above)", file=sys.stderr)
+            print("infalign-train: stopped by SIGTERM (recorded as interrupted; once the run had started, the command "
+                  "that continues it is logged above)", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
         if interrupted(exc):
-            print("infalign-train: interrupted (Ctrl-C; recorded as interrupted: the command that continues it is "
-                  "logged above)", file=sys.stderr)
+            print("infalign-train: interrupted (Ctrl-C; recorded as interrupted; once the run had started, the "
+                  "command that continues it is logged above)", file=sys.stderr)
             raise SystemExit(SIGINT_EXIT) from None
         raise
 

@@ -250,6 +250,8 @@ def refused_as(key: str, value: object, allowed: str, revision_key: str | None =
     except ConfigError:
         raise
     except (OSError, ValueError) as exc:
+        if _environment_failure(exc):  # the network, a permission, a missing library: not the user's value
+            raise
         message = str(exc)
         if revision_key and message.startswith(revision_key):
             raise ConfigError(revision_key, revision, "a branch, tag or commit the model has", message) from exc
@@ -357,6 +359,32 @@ def check_toy_build(cfg: DictConfig, toy=None) -> None:
     require(new <= rm_room, "toy.reward.max_new_tokens", new,
             f"at most {rm_room}: the toy reward model reads {positions} positions -- the longest prompt, the sampled "
             "response and the row's special tokens")
+
+
+def _environment_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is the machine's, not the config's: a network
+    failure -- the hub unreachable or timing out (httpx's / requests' transport errors, which transformers
+    wraps in an ``OSError``) --, a permission or I/O error, a library the model's files need but that is
+    not installed. :func:`refused_as` lets these through as they are (exit 1 with the traceback: a retry or
+    an install may fix them), and turns only "not there, or not that kind" into the key's ConfigError."""
+    import errno
+
+    kinds: list[type] = [ConnectionError, TimeoutError, PermissionError, ImportError]
+    for module, name in (("httpx", "TransportError"), ("requests.exceptions", "RequestException")):
+        try:
+            kinds.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, tuple(kinds)) or (isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE)):
+            return True
+        text = str(exc).lower()
+        if "couldn't connect" in text or (" is required" in text and "install" in text):
+            return True  # (transformers' wording when the cause is not chained)
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def check_toy_sequence_budget(cfg: DictConfig, policy: bool = True, reward: bool = True, toy=None) -> None:
