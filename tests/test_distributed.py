@@ -138,6 +138,30 @@ def test_devices_auto_counts_what_lightning_would_use(tmp_path, monkeypatch, acc
             train_app.validate(cfg)
 
 
+def fake_srun(monkeypatch, procid: int, ntasks: int, localid: int, nodes: int, gpus: int) -> tuple[list, list]:
+    """An srun task's environment (SLURM's variables, none of torchrun's: monkeypatch restores them unset --
+    init_from_env sets them, and a rank left in the worker's environment made later tests wait for a process
+    group) on nodes of ``gpus`` visible GPUs, with the process group and ``set_device`` recorded, not run:
+    ``(init_process_group's keyword arguments, set_device's devices)``, filled by ``init_from_env``."""
+    from infalign.infra import distributed
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
+                "TORCHELASTIC_RUN_ID"):
+        monkeypatch.setenv(var, "")  # set, then deleted
+        monkeypatch.delenv(var)
+    for var, value in {"SLURM_PROCID": procid, "SLURM_NTASKS": ntasks, "SLURM_LOCALID": localid,
+                       "SLURM_NODELIST": "gpu[3-4]", "SLURM_JOB_ID": 1234567, "SLURM_NNODES": nodes,
+                       "SLURM_NTASKS_PER_NODE": ntasks // nodes, "SLURM_JOB_NAME": "train"}.items():
+        monkeypatch.setenv(var, str(value))
+    joined, devices = [], []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.append(kw))
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: gpus)  # (what auto counts)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", devices.append)
+    return joined, devices
+
+
 @pytest.mark.parametrize("accelerator, cuda, backend", [("cpu", False, "gloo"), ("cpu", True, "gloo"),
                                                         ("gpu", True, "cpu:gloo,cuda:nccl"),
                                                         ("auto", True, "cpu:gloo,cuda:nccl"), ("auto", False, "gloo")])
@@ -150,25 +174,26 @@ def test_an_srun_task_joins_with_lightnings_slurm_address_and_the_trainers_backe
     4 digits) and the trainer's accelerator."""
     from infalign.infra import distributed
 
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
-                "TORCHELASTIC_RUN_ID"):  # set, then deleted: monkeypatch restores them (unset) after the
-        monkeypatch.setenv(var, "")  # test -- init_from_env sets them, and a rank left in the worker's
-        monkeypatch.delenv(var)  # environment made later tests wait for a process group
-    for var, value in {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_NODELIST": "gpu[3-4]",
-                       "SLURM_JOB_ID": "1234567", "SLURM_NNODES": "1", "SLURM_NTASKS_PER_NODE": "2",
-                       "SLURM_JOB_NAME": "train"}.items():
-        monkeypatch.setenv(var, value)
-    joined, devices = [], []
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.append(kw))
-    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: int(cuda))  # (what auto counts)
-    monkeypatch.setattr(distributed.torch.cuda, "set_device", devices.append)
+    joined, devices = fake_srun(monkeypatch, procid=1, ntasks=2, localid=1, nodes=1, gpus=int(cuda))
     distributed.init_from_env(accelerator)
     assert joined == [{"backend": backend}]
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
     assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("gpu3", str(15000 + 4567))
     assert devices == ([1] if "nccl" in backend else [])
+
+
+def test_an_srun_task_on_the_second_node_uses_its_local_id_for_its_gpu(monkeypatch):
+    """Under srun, init_from_env translates SLURM's names: RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS,
+    LOCAL_RANK = SLURM_LOCALID (the task's index on its node), and a GPU rank takes GPU LOCAL_RANK. Task 3 of
+    4 on two nodes of 2 GPUs is the second task of node 2: local id 1, so GPU 1 (there is no GPU 3 on the
+    node). (The test above has SLURM_PROCID = SLURM_LOCALID = 1, which cannot tell them apart: mutation
+    testing.)"""
+    from infalign.infra import distributed
+
+    joined, devices = fake_srun(monkeypatch, procid=3, ntasks=4, localid=1, nodes=2, gpus=2)
+    distributed.init_from_env("gpu")
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
+    assert devices == [1] and joined == [{"backend": "cpu:gloo,cuda:nccl"}]
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "FSDP", "fsdp_cpu_offload"])

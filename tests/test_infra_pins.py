@@ -158,31 +158,6 @@ def test_the_launch_rank_is_torchruns_rank_before_slurms_task_id(monkeypatch):
     assert distributed.launch_rank() == 3
 
 
-def test_an_srun_task_on_the_second_node_uses_its_local_id_for_its_gpu(monkeypatch):
-    """Under srun, init_from_env translates SLURM's names: RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS,
-    LOCAL_RANK = SLURM_LOCALID (the task's index on its node), and a GPU rank takes GPU LOCAL_RANK. Task 3 of
-    4 on two nodes of 2 GPUs is the second task of node 2: local id 1, so GPU 1 (there is no GPU 3 on the
-    node). (The suite's srun test has SLURM_PROCID = SLURM_LOCALID = 1, which cannot tell them apart.)"""
-    import os
-
-    from infalign.infra import distributed
-
-    _clear_launcher_env(monkeypatch)
-    for var, value in {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NODELIST": "gpu[3-4]",
-                       "SLURM_JOB_ID": "1234567", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "2",
-                       "SLURM_JOB_NAME": "train"}.items():
-        monkeypatch.setenv(var, value)
-    joined, devices = [], []
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.append(kw))
-    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(distributed.torch.cuda, "set_device", devices.append)
-    distributed.init_from_env("gpu")
-    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
-    assert devices == [1] and joined == [{"backend": "cpu:gloo,cuda:nccl"}]
-
-
 # ------------------------------------------------------------------------------- infra/background.py
 
 
