@@ -894,6 +894,28 @@ def test_series_of_two_procedures_in_one_standard_panel_get_different_markers(tm
     assert set(drawn) == {s.label for s in series} and len(set(drawn.values())) == 2
 
 
+def test_the_legend_with_its_theory_entry_sits_on_a_panel_that_draws_the_theory(tmp_path, monkeypatch):
+    """Extension-walkthrough finding: the legend, with its "theory (calibrated space)" entry, sat on the last
+    panel -- the gold judge's, which draws no theory curve. It sits on the reward model's, which does."""
+    from infalign.infra import plotting
+    from infalign.report.collect import collect
+    from infalign.report.plots import plot_series
+    from infalign.report.series import build_series
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, kl in enumerate([0.2, 0.4]):
+        write_job(tmp_path, str(job), ["method=identity"], per_prompt_metrics("identity", info, kl, 0.3, {}))
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    series = build_series(collect(tmp_path), ["reward_model", "gold"])
+    plot_series(series, ["reward_model", "gold"], "inference", tmp_path / "w.png")
+    reward_ax, gold_ax = figures[0].axes[:2]
+    assert any(line.get_linestyle() == "--" for line in reward_ax.lines)  # the theory is drawn here ...
+    assert not any(line.get_linestyle() == "--" for line in gold_ax.lines)  # ... not here
+    assert gold_ax.get_legend() is None
+    assert "theory (calibrated space)" in [t.get_text() for t in reward_ax.get_legend().get_texts()]
+
+
 def test_a_method_and_its_replica_or_pooled_control_are_drawn_apart(tmp_path, monkeypatch):
     """identity, its A/A replica and its pooled-calibration control share a colour (one family) and
     an algorithm: the later ones (in label order) take other markers, drawn hollow, so the legend

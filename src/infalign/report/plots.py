@@ -100,7 +100,7 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
     judges = list(judges) or ["reward_model"]
     fig, axes = plt.subplots(len(panels), len(judges), figsize=(6.4 * len(judges), 4.8 * len(panels)),
                              squeeze=False, sharey=True)
-    any_theory = False
+    any_theory, with_theory = False, []
     for row, proc in zip(axes, panels):
         for ax, judge in zip(row, judges):
             for s in series:
@@ -121,6 +121,7 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
                 if curve and curve["kl"]:
                     ax.plot(curve["kl"], curve[th_key], ls="--", lw=1.3, color=color, alpha=0.9)
                     any_theory = True
+                    with_theory.append(ax)
             ax.axhline(0.5, color="gray", lw=0.8, ls=":")
             ax.set_xlabel("KL(pi || pi_ref) [nats]")
             ax.set_ylabel(f"{proc + ' win rate' if proc else ylabel} vs reference")
@@ -132,8 +133,8 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
         if any_theory:
             handles.append(Line2D([], [], color="gray", ls="--"))
             labels.append("theory (calibrated space)")
-        if handles:
-            row[-1].legend(handles, labels, fontsize=8, loc="best")
+        if handles:  # on a panel that draws the theory it names (the gold judge's have none)
+            next((ax for ax in row if ax in with_theory), row[0]).legend(handles, labels, fontsize=8, loc="best")
     fig.suptitle(f"{ylabel} vs KL: trained policies (95% CI) and theory", fontsize=11)
     save_png(fig, path)
 
