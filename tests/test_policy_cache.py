@@ -775,3 +775,23 @@ def test_saved_overrides_read_back_as_written(tmp_path):
     assert load_overrides(tmp_path / "missing") is None
     (tmp_path / "a" / OVERRIDES_FILE).write_text("- [unclosed\n")
     assert load_overrides(tmp_path / "a") is None
+
+
+def test_transform_values_are_one_transform_to_float_rounding_not_to_an_edit():
+    """A run's record of its transform (policy_cache.transform_values: Phi at 65 points) is compared to within
+    1e-9 relative, not bit for bit -- review finding: a bit-exact hash refused a run's own checkpoint where
+    numpy's exp rounds its last bit otherwise (AVX-512 or not: 2e-16 relative) -- while an edit of a formula or
+    a parameter (u^2 -> u^2.001: up to ~4e-4 apart on [0, 1]) is another transform; None only matches None."""
+    import numpy as np
+
+    from infalign.math.transforms import Custom, Exp, Raw
+    from infalign.pipeline.policy_cache import TRANSFORM_VALUE_POINTS, same_transform_values, transform_values
+
+    exp4 = transform_values(Exp(4.0))
+    assert len(exp4) == TRANSFORM_VALUE_POINTS and exp4[-1] == pytest.approx(np.exp(4.0))  # sign(t) exp(t u), u = 1
+    assert same_transform_values(exp4, [v * (1 + 2e-16) for v in exp4])
+    assert not same_transform_values(exp4, transform_values(Exp(4.001)))
+    square = transform_values(Custom(np.square, name="sq"))
+    assert not same_transform_values(square, transform_values(Custom(lambda u: u ** 2.001, name="sq")))
+    assert transform_values(Raw()) is None and same_transform_values(None, None)
+    assert not same_transform_values(None, square) and not same_transform_values(square, square[:-1])

@@ -1035,7 +1035,7 @@ def test_the_tldr_experiment_reads_its_reward_model_at_the_eos():
     assert cfg.reward.pad_token == "[PAD]"
 
 
-def test_refused_as_blames_the_config_only_for_what_is_not_there_or_not_that_kind():
+def test_refused_as_blames_the_config_only_for_what_is_not_there_or_not_that_kind(monkeypatch):
     """Review finding: every OSError/ValueError of a model check became the key's ConfigError (exit 2),
     an unreachable hub and a missing tokenizer library too -- which a scheduler treating exit 2 as "do not
     retry" would not retry, and whose traceback a sweep then dropped. Only a path that is not there, an
@@ -1068,11 +1068,31 @@ def test_refused_as_blames_the_config_only_for_what_is_not_there_or_not_that_kin
                 OSError("policy.name_or_path='org/lm': not in the local Hugging Face cache (HF_HUB_OFFLINE=1)")):
         out = raised(exc)
         assert isinstance(out, ConfigError) and out.key == "policy.name_or_path" and str(exc) in str(out)
+    import huggingface_hub.constants
+
+    offline = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+    assert isinstance(raised(offline), ConfigError)  # offline (the suite): nothing was asked of the hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     for exc in (wrapped(httpx.ConnectError("connection refused"), OSError("policy.name_or_path='org/lm': ...")),
-                OSError("We couldn't connect to 'https://huggingface.co' to load the files"),
+                offline,
                 PermissionError(errno.EACCES, "Permission denied", "/x/config.json"),
                 OSError(errno.EIO, "Input/output error"),
                 wrapped(ImportError("no module named tiktoken"), ValueError("cannot instantiate the tokenizer")),
                 ValueError("`tiktoken` is required to read this tokenizer: pip install tiktoken")):
         out = raised(exc)
         assert out is exc, (exc, out)
+
+
+def test_a_hub_name_the_offline_cache_lacks_is_the_keys_config_error(assets, tmp_path):
+    """Review finding: offline, transformers says "We couldn't connect to 'https://huggingface.co' ... and
+    couldn't find them in the cached files" for a hub name the cache lacks (a typo); taken for the network,
+    it became a traceback (exit 1). The chain holds huggingface_hub's LocalEntryNotFoundError: not there, so
+    the ConfigError of the key -- with transformers' own message, not a hand-written one."""
+    import huggingface_hub.constants
+
+    from infalign.pipeline.world import check_world_config
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE  # (conftest: the suite never asks the hub)
+    with pytest.raises(ConfigError) as err:
+        check_world_config(cfg_for(assets, tmp_path, "policy.name_or_path=infalign-tests/gpt2-typo-xyz"))
+    assert err.value.key == "policy.name_or_path" and "gpt2-typo-xyz" in str(err.value)

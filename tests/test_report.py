@@ -1016,6 +1016,15 @@ def test_runs_of_one_label_with_another_transform_are_another_method(tmp_path):
         # (keys the others lack are not compared: the target tells the custom entry apart)
         "identity", "identity", 'identity [transform._target_="infalign.math.transforms.Custom"]',
         "optimal(bon4)", "optimal(bon4)"]
+    # review finding: an offline baseline never reads its transform (its policy key leaves it out), so IPO runs
+    # of a sweep over transforms x algorithms stay one method whatever their transform node
+    ipo = {"algo": "ipo", "transform": None, "depends_on_n": True, "trained_n": 4, "kl_knob": ["algo.beta"]}
+    for job, tcfg in enumerate([IDENTITY, IDENTITY, exp_cfg(4.0, normalized=True), exp_cfg(4.0, normalized=True)]):
+        metrics = per_prompt_metrics("ipo(N=4)", ipo, 0.2 + 0.1 * job, 0.1 * (job + 1), {})
+        metrics["world"] = {"world_id": "W"}
+        metrics["config"]["transform"] = tcfg
+        write_job(tmp_path / "offline", str(job), [], metrics)
+    assert [method_of(j) for j in collect(tmp_path / "offline")] == ["ipo(N=4)"] * 4
 
 
 def test_the_legacy_kl_knobs_are_the_algorithms_own():

@@ -289,6 +289,26 @@ def test_a_resumed_steps_bar_counts_optimizer_steps_of_max_steps(tmp_path, first
     assert seen == [(step, total, step) for step in range(first + 1, total + 1)]
 
 
+def test_the_steps_bar_counts_a_modules_rl_steps_through_a_fit(tmp_path):
+    """Through a real fit: a module whose algorithm makes k = 2 optimizer steps per RL step (here each batch
+    makes one, so the RL step advances every second batch) shows global_step // 2 of max_steps // 2."""
+    from types import SimpleNamespace
+
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            task = trainer.progress_bar_callback.progress.tasks[trainer.progress_bar_callback.train_progress_bar_id]
+            seen.append((task.completed, task.total))
+
+    module = _Steps()
+    module.algo = SimpleNamespace(optimizer_steps_per_batch=2)
+    trainer = L.Trainer(max_steps=6, logger=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path, callbacks=[StepsProgressBar(), Probe()])
+    trainer.fit(module, torch.utils.data.DataLoader(range(6), batch_size=None))
+    assert seen == [(step // 2, 3) for step in range(1, 7)]
+
+
 def test_the_steps_bar_counts_rl_steps_of_k_optimizer_steps():
     """Review finding: counted in optimizer steps, a PPO run of algo.steps=3 (4 optimizer steps per RL step)
     showed 12/12 under a stage that announced 3 steps: the bar counts global_step // k of max_steps // k,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -283,11 +284,12 @@ def trainer_devices(devices) -> int | str:
     if text == "auto":
         return "auto"
     if "," not in text:  # one number: a count, as the int form ("0" and "-2" are no more valid than 0 and -2)
-        require(text.lstrip("-").isdigit() and (int(text) >= 1 or int(text) == -1), "trainer.devices", devices,
-                allowed)
+        require(re.fullmatch(r"-?[0-9]+", text) is not None and (int(text) >= 1 or int(text) == -1),
+                "trainer.devices", devices, allowed)
         return int(text)
     ids = [d.strip() for d in text.split(",") if d.strip()]  # device ids, as Lightning reads a comma ("3,": GPU 3)
-    require(bool(ids) and all(d.isdigit() for d in ids), "trainer.devices", devices, allowed)
+    require(bool(ids) and all(re.fullmatch(r"[0-9]+", d) for d in ids) and len(set(ids)) == len(ids),
+            "trainer.devices", devices, allowed)
     return len(ids)
 
 

@@ -51,9 +51,10 @@ from infalign.pipeline.policy_cache import (
     policy_key,
     resume_settings,
     run_code,
+    same_transform_values,
     save_overrides,
     train_or_load,
-    transform_fingerprint,
+    transform_values,
 )
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import training_seed
@@ -138,11 +139,11 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         check_ranks_agree(distributed.all_gather_objects((world.reference_fingerprint, world.reward_fingerprint)))
         # the transform's values Phi(u) (a custom callable's code is in no config or digest): what the record and
         # the checkpoints' settings hold, compared by a keep and a resume
-        values = transform_fingerprint(transform) if algo.online else None
+        values = transform_values(transform) if algo.online else None
         recorded_values = ((keep or {}).get("method_info") or {}).get(TRANSFORM_VALUES, values)
-        if keep is not None and recorded_values != values:
-            log.warning("%s records this run trained with other transform values Phi(u) (%s, now %s: the "
-                        "transform's code changed): not kept", out_dir / "metrics.json", recorded_values, values)
+        if keep is not None and not same_transform_values(recorded_values, values):
+            log.warning("%s records this run trained on other values of its transform Phi(u) (a custom transform's "
+                        "code or parameters changed): not kept", out_dir / "metrics.json")
             keep = None
             if logger is not None and ckpt is None:
                 started = True

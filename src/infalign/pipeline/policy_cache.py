@@ -191,11 +191,12 @@ CODE_RECORD = ("code", "versions")
 # Settings-file keys a resume does not compare: the code (above), and ``hub`` -- the hub commits the run read,
 # which the ``world`` fingerprints already hold (pipeline/world._fingerprint); kept to name the commit to pin.
 NOT_COMPARED = (*CODE_RECORD, "hub")
-# The transform's values Phi(u) (:func:`transform_fingerprint`) -- a custom callable's code is in no config
-# and no digest -- beside an online run's settings and in its record (``method_info``): a resume and a kept
-# finished run must have been trained with them. A settings file or record written before they were
-# recorded is not compared.
+# The transform's values Phi(u) (:func:`transform_values`) -- a custom callable's code is in no config and
+# no digest -- beside an online run's settings and in its record (``method_info``): a resume and a kept
+# finished run must have been trained with them (:func:`same_transform_values`). A settings file or record
+# written before they were recorded is not compared.
 TRANSFORM_VALUES = "transform_values"
+TRANSFORM_VALUE_POINTS = 65  # u = 0, 1/64, ..., 1
 
 
 def library_versions() -> dict[str, str | None]:
@@ -312,10 +313,18 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str,
         return {}
     stored = _read_settings(path, ckpt_path)
     comparable_training(stored.get("training"))
-    skipped = (*NOT_COMPARED, *((TRANSFORM_VALUES,) if TRANSFORM_VALUES not in stored else ()))
-    compared = [{k: v for k, v in side.items() if k not in skipped} for side in (stored, settings)]
+    compared = [{k: v for k, v in side.items() if k not in (*NOT_COMPARED, TRANSFORM_VALUES)}
+                for side in (stored, settings)]
     _refuse_if_different(path, _differences(*compared, default), ckpt_path,
                          _moved_hub_models(stored.get("hub"), settings.get("hub")))
+    if TRANSFORM_VALUES in stored and not same_transform_values(stored[TRANSFORM_VALUES],
+                                                                settings.get(TRANSFORM_VALUES)):
+        from infalign.errors import ConfigError
+
+        raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained on this run's transform",
+                          f"{path} records other values of the transform Phi(u) (a custom transform's code changed, "
+                          "or its parameters): resuming would train the policy on two transforms; delete the "
+                          "checkpoints, or start a new run dir")
     changed = code_changes(stored, settings)
     if any(v["checkpoint"] is not None for v in changed.values()):
         log.warning("RESUMING UNDER OTHER CODE: the checkpoint in %s was trained by other code than this run's (%s). "
@@ -531,6 +540,41 @@ def transform_fingerprint(transform) -> str | None:
         values = transform(torch.as_tensor(u)).detach().cpu().numpy()
     values = np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float64), u.shape))
     return hashlib.sha256(values.tobytes()).hexdigest()
+
+
+def transform_values(transform) -> list[float] | None:
+    """``Phi(u)`` (float64) at :data:`TRANSFORM_VALUE_POINTS` equally spaced ``u`` in [0, 1] (a torch tensor
+    if ``Phi`` rejects a numpy array), what a run records of its transform (:data:`TRANSFORM_VALUES`); None
+    without a transform or for ``raw``."""
+    if transform is None or not getattr(transform, "calibrated", True):
+        return None
+    import numpy as np
+
+    u = np.linspace(0.0, 1.0, TRANSFORM_VALUE_POINTS)
+    try:
+        values = transform(u)
+    except Exception:  # noqa: BLE001 - a torch-only callable
+        import torch
+
+        values = transform(torch.as_tensor(u)).detach().cpu().numpy()
+    return [float(v) for v in np.broadcast_to(np.asarray(values, np.float64), u.shape)]
+
+
+def same_transform_values(a, b) -> bool:
+    """Whether two :func:`transform_values` records are one transform: both None, or equal to within
+    ``1e-9`` relative (``atol`` ``1e-12`` of the larger magnitude) -- not bit for bit: numpy's ``exp`` /
+    ``log`` round the last bit differently by CPU (AVX-512 or not) and version (2e-16 relative on 37 of
+    1,025 points of exp(4u)), which would refuse a run's own checkpoint on another node; an edit of a
+    formula or a parameter moves them by far more."""
+    import numpy as np
+
+    if a is None or b is None:
+        return a is None and b is None
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape:
+        return False
+    scale = max(1.0, float(np.nanmax(np.abs(np.concatenate([x, y])))) if x.size else 1.0)
+    return bool(np.allclose(x, y, rtol=1e-9, atol=1e-12 * scale, equal_nan=True))
 
 
 # L.Trainer arguments whose type is part of their meaning: an int counts batches, a float is a fraction

@@ -369,21 +369,30 @@ def _environment_failure(exc: BaseException) -> bool:
     an install may fix them), and turns only "not there, or not that kind" into the key's ConfigError."""
     import errno
 
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any(isinstance(e, (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError)) for e in chain):
+        return False  # not there: a name the offline cache or the hub does not have (transformers' message for
+        # it offline says "We couldn't connect", which the text match below would take for the network)
     kinds: list[type] = [ConnectionError, TimeoutError, PermissionError, ImportError]
     for module, name in (("httpx", "TransportError"), ("requests.exceptions", "RequestException")):
         try:
             kinds.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
             pass
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, tuple(kinds)) or (isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.ESTALE)):
+    for e in chain:
+        if isinstance(e, tuple(kinds)) or (isinstance(e, OSError) and e.errno in (errno.EIO, errno.ESTALE)):
             return True
-        text = str(exc).lower()
-        if "couldn't connect" in text or (" is required" in text and "install" in text):
-            return True  # (transformers' wording when the cause is not chained)
-        exc = exc.__cause__ or exc.__context__
+        text = str(e).lower()
+        network = "couldn't connect" in text and not constants.HF_HUB_OFFLINE
+        if network or (" is required" in text and "install" in text):
+            return True  # (transformers' wording when the cause is not chained; offline, nothing was asked of the hub)
     return False
 
 

@@ -219,7 +219,9 @@ def mark_odd_settings(jobs: Sequence[Job]) -> None:
         groups.setdefault((str(worlds[job.job]), method_of(job)), []).append(job)
     for key in sorted(groups):
         mine = groups[key]
-        _note_odd(mine, sorted({*TRAINING_SETTINGS, *_training_keys(mine), *_transform_keys(mine)}), notes)
+        trained_on = [j for j in mine if uses_transform(j)]  # (an offline baseline never reads its transform)
+        _note_odd(mine, sorted({*TRAINING_SETTINGS, *_training_keys(mine)}), notes)
+        _note_odd(trained_on, sorted(_transform_keys(trained_on)), notes)
     for job in done:
         job.method_note = ", ".join(filter(None, [job.method_note, *notes[job.job]]))
 
