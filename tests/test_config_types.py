@@ -197,3 +197,31 @@ def test_an_explicit_beta_with_a_kl_target_is_refused_not_dropped(tmp_path, over
             train_app.validate(run_cfg)
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_a_key_misspelt_inside_a_new_entry_is_named_with_the_key_it_misses(tmp_path, monkeypatch):
+    """Extension-walkthrough finding: ``val_fracton: 0.3`` in a new conf/data entry was silently unread (any
+    key some file defines passed the key check), the default 0.05 held out no prompt, and the run died with
+    a traceback. A key only one file defines, close to a key of the same node that the other entries define
+    and that file lacks, is a ConfigError naming the key meant. Keys one file defines beside a close one it
+    also defines (train.yaml's eval.top_k and eval.top_p) pass; so does every shipped entry (test above)."""
+    import shutil
+
+    from infalign.apps import config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config.CONFIG_DIR, conf)
+    (conf / "data" / "mini_hh.yaml").write_text((conf / "data" / "hh_harmless.yaml").read_text().replace(
+        "val_fraction:", "val_fracton:"))
+    monkeypatch.setattr(config, "CONFIG_DIR", str(conf))
+    files = config.key_files.__wrapped__()
+    assert files["data.val_fracton"] == frozenset({str(conf / "data" / "mini_hh.yaml")})
+    assert config._misspelt("data.val_fracton", files) == "data.val_fraction"
+    assert config._misspelt("eval.top_k", files) is None and config._misspelt("data.val_fraction", files) is None
+    monkeypatch.setattr(config, "key_files", lambda: files)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"seed": 0, "data": {"val_fracton": 0.3, "source": "hh"}})
+    with pytest.raises(ConfigError) as err:
+        config.check_known_keys(cfg)
+    assert err.value.key == "data.val_fracton" and "did you mean data.val_fraction?" in err.value.hint

@@ -243,24 +243,49 @@ def _files_keys(path: Path, prefix: str) -> set[str]:
 
 
 @functools.cache
-def known_keys() -> frozenset[str]:
-    """Every key any file of the config tree defines: ``conf/train.yaml``, every group entry (under its
-    group), every ``@package _global_`` entry (experiments, methods) and the sweeps in ``sweeps/``."""
+def key_files() -> dict[str, frozenset[str]]:
+    """Every key any file of the config tree defines, with the files that define it: ``conf/train.yaml``,
+    every group entry (under its group), every ``@package _global_`` entry (experiments, methods) and the
+    sweeps in ``sweeps/``."""
     root = Path(CONFIG_DIR)
-    keys = _files_keys(root / "train.yaml", "")
+    files = [(root / "train.yaml", "")]
     for group in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in group.rglob("*.yaml"):
-            keys |= _files_keys(path, ".".join(path.relative_to(root).parts[:-1]))
+        files += [(path, ".".join(path.relative_to(root).parts[:-1])) for path in sorted(group.rglob("*.yaml"))]
     sweeps = root.parent / "sweeps"
-    for path in sorted(sweeps.glob("*.yaml")) if sweeps.is_dir() else ():
-        keys |= _files_keys(path, "")
-    return frozenset(keys)
+    files += [(path, "") for path in (sorted(sweeps.glob("*.yaml")) if sweeps.is_dir() else ())]
+    found: dict[str, set[str]] = {}
+    for path, prefix in files:
+        for key in _files_keys(path, prefix):
+            found.setdefault(key, set()).add(str(path))
+    return {key: frozenset(paths) for key, paths in found.items()}
+
+
+def known_keys() -> frozenset[str]:
+    """Every key any file of the config tree defines (:func:`key_files`)."""
+    return frozenset(key_files())
+
+
+def _misspelt(name: str, files: dict[str, frozenset[str]]) -> str | None:
+    """The key ``name`` likely misspells: ``name`` is defined by one file only, and that file lacks a key of
+    the same node other files define under a close spelling (``data.val_fracton`` in a new
+    ``conf/data/*.yaml`` beside every other data entry's ``data.val_fraction``: the entry's value was
+    silently unread and the default used). None when there is no such key."""
+    import difflib
+
+    (own,) = files[name] if len(files.get(name, ())) == 1 else (None,)
+    if own is None:
+        return None
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    siblings = [k for k in files if k != name and (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+    close = [k for k in difflib.get_close_matches(name, siblings, n=3, cutoff=0.85) if own not in files[k]]
+    return close[0] if close else None
 
 
 def check_known_keys(cfg: DictConfig) -> None:
     """A key under :data:`OWN_ROOTS` (or at the top level) that no config file defines is a ConfigError
     with the closest known names: Hydra's hint for a mistyped key is "use +key", and with it
-    ``+eval.sample=8`` or ``+sead=3`` were silently ignored."""
+    ``+eval.sample=8`` or ``+sead=3`` were silently ignored. So is a key a single file defines that
+    misspells a key of the same node the others define (:func:`_misspelt`: a typo inside a new entry)."""
     import difflib
 
     known = known_keys()
@@ -269,11 +294,16 @@ def check_known_keys(cfg: DictConfig) -> None:
     for root in OWN_ROOTS:
         if isinstance(tree.get(root), dict):
             found += [name for name, _ in _nodes(tree[root], root, skip=("data.toy",))]
+    files = key_files()
     for name in found:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.75)
             raise ConfigError(name, OmegaConf.select(cfg, name), "a key infalign reads (no config file defines it)",
                               f"did you mean {' or '.join(close)}?" if close else "check the spelling (conf/, sweeps/)")
+        if (meant := _misspelt(name, files)) is not None:
+            raise ConfigError(name, OmegaConf.select(cfg, name), "a key infalign reads",
+                              f"did you mean {meant}? Only {next(iter(files[name]))} defines {name}, and it lacks "
+                              f"{meant}, which the others define (infalign would read {meant}'s default)")
 
 
 def check_analyze_keys(cfg: DictConfig) -> None:
