@@ -524,40 +524,34 @@ FINGERPRINT_POINTS = 1025  # u = 0, 1/1024, ..., 1
 
 def transform_fingerprint(transform) -> str | None:
     """SHA-256 of ``Phi(u)`` (float64) at :data:`FINGERPRINT_POINTS` equally spaced ``u`` in [0, 1]
-    (as a torch tensor if ``Phi`` rejects a numpy array); None without a transform or for ``raw``.
-    A change to a table or formula shows in these values unless it is confined between grid points
-    (the config and the code digest key those too)."""
+    (:func:`phi_on_grid`); None without a transform or for ``raw``. A change to a table or formula shows in
+    these values unless it is confined between grid points (the config and the code digest key those too)."""
+    values = phi_on_grid(transform, FINGERPRINT_POINTS)
+    return None if values is None else hashlib.sha256(values.tobytes()).hexdigest()
+
+
+def phi_on_grid(transform, points: int):
+    """``Phi(u)`` as a contiguous float64 array at ``points`` equally spaced ``u`` in [0, 1] (as a torch tensor
+    if ``Phi`` rejects a numpy array); None without a transform or for ``raw``."""
     if transform is None or not getattr(transform, "calibrated", True):
         return None
     import numpy as np
 
-    u = np.linspace(0.0, 1.0, FINGERPRINT_POINTS)
+    u = np.linspace(0.0, 1.0, points)
     try:
         values = transform(u)
     except Exception:  # noqa: BLE001 - a torch-only callable
         import torch
 
         values = transform(torch.as_tensor(u)).detach().cpu().numpy()
-    values = np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float64), u.shape))
-    return hashlib.sha256(values.tobytes()).hexdigest()
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float64), u.shape))
 
 
 def transform_values(transform) -> list[float] | None:
-    """``Phi(u)`` (float64) at :data:`TRANSFORM_VALUE_POINTS` equally spaced ``u`` in [0, 1] (a torch tensor
-    if ``Phi`` rejects a numpy array), what a run records of its transform (:data:`TRANSFORM_VALUES`); None
-    without a transform or for ``raw``."""
-    if transform is None or not getattr(transform, "calibrated", True):
-        return None
-    import numpy as np
-
-    u = np.linspace(0.0, 1.0, TRANSFORM_VALUE_POINTS)
-    try:
-        values = transform(u)
-    except Exception:  # noqa: BLE001 - a torch-only callable
-        import torch
-
-        values = transform(torch.as_tensor(u)).detach().cpu().numpy()
-    return [float(v) for v in np.broadcast_to(np.asarray(values, np.float64), u.shape)]
+    """``Phi(u)`` at :data:`TRANSFORM_VALUE_POINTS` equally spaced ``u`` in [0, 1] (:func:`phi_on_grid`), what
+    a run records of its transform (:data:`TRANSFORM_VALUES`); None without a transform or for ``raw``."""
+    values = phi_on_grid(transform, TRANSFORM_VALUE_POINTS)
+    return None if values is None else [float(v) for v in values]
 
 
 def same_transform_values(a, b) -> bool:
