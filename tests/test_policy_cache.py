@@ -795,3 +795,9 @@ def test_transform_values_are_one_transform_to_float_rounding_not_to_an_edit():
     assert not same_transform_values(square, transform_values(Custom(lambda u: u ** 2.001, name="sq")))
     assert transform_values(Raw()) is None and same_transform_values(None, None)
     assert not same_transform_values(None, square) and not same_transform_values(square, square[:-1])
+    # a kink moved by 0.01 (review: 65 points had none in (0.30, 0.31]); the steep exp(16u)'s low end counts
+    kink = transform_values(Custom(lambda u: np.maximum(u - 0.30, 0.0), name="k"))
+    assert not same_transform_values(kink, transform_values(Custom(lambda u: np.maximum(u - 0.31, 0.0), name="k")))
+    steep = transform_values(Exp(16.0))
+    assert not same_transform_values(steep, [v + (1e-6 if i < 8 else 0.0) for i, v in enumerate(steep)])
+    assert same_transform_values("ab" * 32, square)  # a record of the earlier format (a hash): not compared

@@ -1073,8 +1073,16 @@ def test_refused_as_blames_the_config_only_for_what_is_not_there_or_not_that_kin
     offline = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
     assert isinstance(raised(offline), ConfigError)  # offline (the suite): nothing was asked of the hub
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    import httpx2
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    # online, a name the cache lacks while the hub is unreachable: huggingface_hub raises
+    # LocalEntryNotFoundError *from* the connection error, which transformers wraps (review: a ConfigError)
+    online_missing = wrapped(wrapped(httpx2.ConnectError("[Errno 111] Connection refused"),
+                                     LocalEntryNotFoundError("cannot find the requested files in the disk cache")),
+                             OSError("We couldn't connect to 'http://127.0.0.1:9' to load the files"))
     for exc in (wrapped(httpx.ConnectError("connection refused"), OSError("policy.name_or_path='org/lm': ...")),
-                offline,
+                online_missing, offline,
                 PermissionError(errno.EACCES, "Permission denied", "/x/config.json"),
                 OSError(errno.EIO, "Input/output error"),
                 wrapped(ImportError("no module named tiktoken"), ValueError("cannot instantiate the tokenizer")),

@@ -239,6 +239,12 @@ def test_a_custom_transform_whose_code_changed_is_not_kept_nor_resumed(cache_dir
     stored["transform_values"] = [v * (1 + 4e-16) for v in stored["transform_values"]]
     settings_file.write_text(json.dumps(stored))
     assert run(cache_dir, ckpt_dir, *phi, "policy_cache=false", "ckpt_path=last", "algo.steps=3")["steps"] == 3
+    record = json.loads((ckpt_dir / "metrics.json").read_text())  # ... and its finished record is kept
+    record["method_info"]["transform_values"] = [v * (1 - 4e-16) for v in record["method_info"]["transform_values"]]
+    (ckpt_dir / "metrics.json").write_text(json.dumps(record))
+    on_disk = (ckpt_dir / "metrics.json").read_bytes()
+    run(cache_dir, ckpt_dir, *phi, "policy_cache=false", "ckpt_path=last_or_new", "algo.steps=3")
+    assert (ckpt_dir / "metrics.json").read_bytes() == on_disk
     monkeypatch.setitem(PHI, "power", 2.0)
     run(cache_dir, tmp_path / "trains", *phi)  # into the policy cache ...
     cached = tmp_path / "cached"

@@ -266,19 +266,26 @@ def known_keys() -> frozenset[str]:
 
 
 def _misspelt(name: str, files: dict[str, frozenset[str]]) -> str | None:
-    """The key ``name`` likely misspells: ``name`` is defined by one file only, and that file lacks a key of
-    the same node other files define under a close spelling (``data.val_fracton`` in a new
-    ``conf/data/*.yaml`` beside every other data entry's ``data.val_fraction``: the entry's value was
-    silently unread and the default used). None when there is no such key."""
+    """The key ``name`` likely misspells: ``name`` is defined by one file only (not ``conf/train.yaml``), and
+    that file lacks a key of the same node whose last part is spelt closely (difflib ratio >= 0.85 on the
+    last parts: a shared prefix says nothing) and which ``conf/train.yaml`` or at least two other files
+    define -- ``data.val_fracton`` in a new ``conf/data/*.yaml`` beside every other data entry's
+    ``data.val_fraction`` (the entry's value was silently unread and the default used). A new key of a
+    node (``reward.train.epochs``), or a key only one shipped file defines, is never the one flagged:
+    neither is a spelling others share. None when there is no such key."""
     import difflib
 
-    (own,) = files[name] if len(files.get(name, ())) == 1 else (None,)
-    if own is None:
+    train = str(Path(CONFIG_DIR) / "train.yaml")
+    defined = files.get(name, frozenset())
+    if len(defined) != 1 or train in defined:
         return None
-    parent = name.rsplit(".", 1)[0] if "." in name else ""
-    siblings = [k for k in files if k != name and (k.rsplit(".", 1)[0] if "." in k else "") == parent]
-    close = [k for k in difflib.get_close_matches(name, siblings, n=3, cutoff=0.85) if own not in files[k]]
-    return close[0] if close else None
+    (own,) = defined
+    parent, _, leaf = name.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in files
+                if k != name and k.rpartition(".")[0] == parent and own not in files[k]
+                and (train in files[k] or len(files[k]) >= 2)}
+    close = difflib.get_close_matches(leaf, sorted(siblings), n=1, cutoff=0.85)
+    return siblings[close[0]] if close else None
 
 
 def check_known_keys(cfg: DictConfig) -> None:

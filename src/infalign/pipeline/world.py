@@ -363,25 +363,32 @@ def check_toy_build(cfg: DictConfig, toy=None) -> None:
 
 def _environment_failure(exc: BaseException) -> bool:
     """Whether ``exc`` (or an error it was raised from) is the machine's, not the config's: a network
-    failure -- the hub unreachable or timing out (httpx's / requests' transport errors, which transformers
-    wraps in an ``OSError``) --, a permission or I/O error, a library the model's files need but that is
-    not installed. :func:`refused_as` lets these through as they are (exit 1 with the traceback: a retry or
-    an install may fix them), and turns only "not there, or not that kind" into the key's ConfigError."""
+    failure -- the hub unreachable, timing out or failing (the transport errors of huggingface_hub's
+    ``httpx2``, of ``httpx`` and ``requests``, and a 5xx answer, which transformers wraps in an ``OSError``;
+    online, a name missing from the cache is then a ``LocalEntryNotFoundError`` raised *from* such an
+    error) --, a permission or I/O error, a library the model's files need but that is not installed.
+    :func:`refused_as` lets these through as they are (exit 1 with the traceback: a retry or an install may
+    fix them), and turns only "not there, or not that kind" into the key's ConfigError -- a name or
+    revision the hub or the offline cache does not have included (offline, transformers says "We
+    couldn't connect" for it, though nothing was asked of the hub)."""
     import errno
 
     from huggingface_hub import constants
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     chain, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    if any(isinstance(e, (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError)) for e in chain):
-        return False  # not there: a name the offline cache or the hub does not have (transformers' message for
-        # it offline says "We couldn't connect", which the text match below would take for the network)
     kinds: list[type] = [ConnectionError, TimeoutError, PermissionError, ImportError]
-    for module, name in (("httpx", "TransportError"), ("requests.exceptions", "RequestException")):
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests.exceptions", "RequestException")):
         try:
             kinds.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -389,10 +396,16 @@ def _environment_failure(exc: BaseException) -> bool:
     for e in chain:
         if isinstance(e, tuple(kinds)) or (isinstance(e, OSError) and e.errno in (errno.EIO, errno.ESTALE)):
             return True
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(e, HfHubHTTPError) and isinstance(status, int) and status >= 500:
+            return True
+    if any(isinstance(e, (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError)) for e in chain):
+        return False  # not there (and, above, not for want of the network)
+    for e in chain:
         text = str(e).lower()
         network = "couldn't connect" in text and not constants.HF_HUB_OFFLINE
         if network or (" is required" in text and "install" in text):
-            return True  # (transformers' wording when the cause is not chained; offline, nothing was asked of the hub)
+            return True  # (transformers' wording when the cause is not chained)
     return False
 
 
