@@ -463,6 +463,22 @@ def test_trainer_devices_refuses_what_lightning_cannot_read(devices):
     assert refused_key(trainer_devices, devices) == "trainer.devices"
 
 
+@pytest.mark.parametrize("devices", ["-1", "'0,1'", "'3,'", "[0,1]"])
+def test_the_cpu_accelerator_takes_a_count_of_processes_only(tmp_path, devices):
+    """Review finding: trainer_devices read -1, id strings and lists as Lightning's GPU parser does, but its
+    CPU accelerator takes a count of processes only (``L.Trainer(accelerator="cpu", devices="0,1")`` raises a
+    TypeError): with trainer.accelerator=cpu they are ConfigErrors of trainer.devices, before the launcher
+    hint, which would have sent the user to torchrun; 2 and 'auto' pass that check (2 then needs torchrun)."""
+    import lightning as L
+
+    with pytest.raises(Exception):  # noqa: B017 - Lightning's own refusal (TypeError / MisconfigurationException)
+        L.Trainer(accelerator="cpu", devices=[0, 1] if devices == "[0,1]" else devices.strip("'"), logger=False)
+    with pytest.raises(ConfigError) as err:
+        validate_train(tmp_path, "trainer.accelerator=cpu", f"trainer.devices={devices}")
+    assert err.value.key == "trainer.devices" and "number of processes" in err.value.allowed
+    validate_train(tmp_path, "trainer.accelerator=cpu", "trainer.devices=auto")
+
+
 def test_several_nodes_need_a_launcher(tmp_path, monkeypatch):
     """One device on each of two nodes is a distributed run: without torchrun / SLURM (one process per
     device) it is a ConfigError naming trainer.devices, as several devices on one node are."""

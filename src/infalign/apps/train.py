@@ -158,6 +158,11 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     warn_if_the_knob_is_overridden(algo)
     warn_if_kl_point_is_unread(cfg)
     devices = trainer_devices(cfg.trainer.devices)
+    raw = cfg.trainer.devices  # Lightning's CPU accelerator counts processes: no ids, no -1 (it raised TypeError)
+    require(str(cfg.trainer.accelerator) != "cpu" or devices == "auto" or (
+        isinstance(devices, int) and devices >= 1 and not OmegaConf.is_list(raw) and "," not in str(raw)),
+        "trainer.devices", raw, "with trainer.accelerator=cpu, a number of processes >= 1 or 'auto'",
+        "the CPU accelerator takes no device ids and no -1")
     if devices == "auto" or (devices == -1 and cfg.trainer.accelerator != "cpu"):  # -1: every visible GPU
         devices = auto_device_count(cfg.trainer.accelerator)
     multi = devices != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1
