@@ -67,9 +67,11 @@ def test_a_value_of_the_wrong_type_is_a_config_error_naming_its_key(tmp_path, ov
 
 
 @pytest.mark.parametrize("override", ["policy_cache=false", "algo.beta=1", "algo.kl_target=0.3", "eval.top_k=5",
-                                      "trainer.devices=auto", "trainer.devices=[0]", "calibration.K=8", "seed=3"])
+                                      "trainer.devices=auto", "trainer.accelerator=gpu trainer.devices=[0]",
+                                      "calibration.K=8", "seed=3"])
 def test_values_of_the_right_type_pass(tmp_path, override):
-    validate(tmp_path, override)
+    """(A list of device ids is a GPU's: the CPU accelerator takes a count, test_apps_pins.)"""
+    validate(tmp_path, *override.split())
 
 
 def test_types_come_from_the_defaults_and_strings_stay_free():
