@@ -357,21 +357,19 @@ def decreasing_transform(transform, key: str, points: int = 1025) -> str | None:
     a custom ``fn`` is not checked anywhere else. None when nothing is wrong."""
     import numpy as np
 
-    if not getattr(transform, "calibrated", True):
-        return None
-    grid = np.linspace(0.0, 1.0, points)
+    from infalign.pipeline.policy_cache import phi_called_on_grid
+
     try:
         with np.errstate(all="ignore"):
-            values = np.asarray(transform(grid), dtype=np.float64)
-    except Exception as numpy_exc:  # noqa: BLE001 - a callable written for torch tensors
-        try:
-            import torch
-
-            values = transform(torch.from_numpy(grid)).double().numpy()
-        except Exception as exc:  # noqa: BLE001 - what it raises is the user's to see
-            raise ConfigError(key, getattr(transform, "label", transform), "a function of u in [0, 1] (numpy "
-                              "arrays or torch tensors)", f"it raised {type(numpy_exc).__name__}: {numpy_exc} on a "
-                              f"numpy array and {type(exc).__name__}: {exc} on a torch tensor") from exc
+            values = phi_called_on_grid(transform, points)
+    except Exception as exc:  # noqa: BLE001 - what it raises is the user's to see
+        numpy_exc = exc.__context__  # (a numpy array is tried first, then a torch tensor)
+        raise ConfigError(key, getattr(transform, "label", transform), "a function of u in [0, 1] (numpy "
+                          "arrays or torch tensors)", f"it raised {type(numpy_exc).__name__}: {numpy_exc} on a "
+                          f"numpy array and {type(exc).__name__}: {exc} on a torch tensor") from exc
+    if values is None:
+        return None
+    grid = np.linspace(0.0, 1.0, points)
     finite = np.isfinite(values)
     if values.shape != grid.shape or not finite.any():
         return None  # (not elementwise, or not finite: check_float32_range's to refuse)

@@ -157,12 +157,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     warn_against_the_procedure(transform, procedure, algo)
     warn_if_the_knob_is_overridden(algo)
     warn_if_kl_point_is_unread(cfg)
-    devices = trainer_devices(cfg.trainer.devices)
-    raw = cfg.trainer.devices  # Lightning's CPU accelerator counts processes: no ids, no -1 (it raised TypeError)
-    require(str(cfg.trainer.accelerator) != "cpu" or devices == "auto" or (
-        isinstance(devices, int) and devices >= 1 and not OmegaConf.is_list(raw) and "," not in str(raw)),
-        "trainer.devices", raw, "with trainer.accelerator=cpu, a number of processes >= 1 or 'auto'",
-        "the CPU accelerator takes no device ids and no -1")
+    devices = trainer_devices(cfg.trainer.devices, str(cfg.trainer.accelerator))
     if devices == "auto" or (devices == -1 and cfg.trainer.accelerator != "cpu"):  # -1: every visible GPU
         devices = auto_device_count(cfg.trainer.accelerator)
     multi = devices != 1 or int(cfg.trainer.get("num_nodes", 1)) > 1
@@ -271,31 +266,40 @@ def warn_if_the_policy_stays(transform: Transform, algo: Algorithm) -> None:
                     "to have beta chosen for a KL, or pick beta with infalign-analyze", beta, transform.label, kl)
 
 
-def trainer_devices(devices) -> int | str:
+def trainer_devices(devices, accelerator: str | None = None) -> int | str:
     """``trainer.devices`` as Lightning reads it -- an int, a list of device ids, ``"auto"`` or a string of
     ids (``"0,1"``, ``"-1"``) -- reduced to its count (``"auto"`` stays: one device on a CPU-only machine,
-    every visible GPU on a GPU node); anything else is a ConfigError naming the key."""
+    every visible GPU on a GPU node); anything else is a ConfigError naming the key. With
+    ``accelerator="cpu"`` only a count of processes >= 1 or ``"auto"``: Lightning's CPU accelerator takes
+    no device ids and no -1 (it raised a TypeError under torchrun)."""
     allowed = "an integer >= 1 (or -1: all), 'auto', a list of device ids or a string of them ('0,1')"
+
+    def count(n: int, ids: bool) -> int:  # (ids: a list or a string with a comma; a count otherwise)
+        require(accelerator != "cpu" or (n >= 1 and not ids), "trainer.devices", devices,
+                "with trainer.accelerator=cpu, a number of processes >= 1 or 'auto'",
+                "the CPU accelerator takes no device ids and no -1")
+        return n
+
     if isinstance(devices, bool):
         raise ConfigError("trainer.devices", devices, allowed)
     if isinstance(devices, int):
         require(devices >= 1 or devices == -1, "trainer.devices", devices, allowed)
-        return devices
+        return count(devices, ids=False)
     if OmegaConf.is_list(devices) or isinstance(devices, list):
         require(len(devices) > 0 and all(isinstance(d, int) and not isinstance(d, bool) for d in devices),
                 "trainer.devices", list(devices), allowed)
-        return len(devices)
+        return count(len(devices), ids=True)
     text = str(devices).strip()
     if text == "auto":
         return "auto"
     if "," not in text:  # one number: a count, as the int form ("0" and "-2" are no more valid than 0 and -2)
         require(re.fullmatch(r"-?[0-9]+", text) is not None and (int(text) >= 1 or int(text) == -1),
                 "trainer.devices", devices, allowed)
-        return int(text)
+        return count(int(text), ids=False)
     ids = [d.strip() for d in text.split(",") if d.strip()]  # device ids, as Lightning reads a comma ("3,": GPU 3)
     require(bool(ids) and all(re.fullmatch(r"[0-9]+", d) for d in ids) and len(set(ids)) == len(ids),
             "trainer.devices", devices, allowed)
-    return len(ids)
+    return count(len(ids), ids=True)
 
 
 def auto_device_count(accelerator: str) -> int:

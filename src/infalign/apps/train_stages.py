@@ -140,25 +140,21 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
         # the transform's values Phi(u) (a custom callable's code is in no config or digest): what the record and
         # the checkpoints' settings hold, compared by a keep and a resume
         values = transform_values(transform) if algo.online else None
-        recorded_values = ((keep or {}).get("method_info") or {}).get(TRANSFORM_VALUES, values)
-        if keep is not None and not same_transform_values(recorded_values, values):
-            log.warning("%s records this run trained on other values of its transform Phi(u) (a custom transform's "
-                        "code or parameters changed): not kept", out_dir / "metrics.json")
-            keep = None
-            if logger is not None and ckpt is None:
-                started = True
-                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
-        if keep is not None:  # the models (a local dir's files, a hub commit) are the record's: nothing to do
-            if (keep.get("world") or {}).get("world_id") == world.stats["world_id"]:
+        if keep is not None:  # kept only if trained on these models (a local dir's files, a hub commit) and values
+            if not same_transform_values((keep.get("method_info") or {}).get(TRANSFORM_VALUES, values), values):
+                log.warning("%s records this run trained on other values of its transform Phi(u) (a custom "
+                            "transform's code or parameters changed): not kept", out_dir / "metrics.json")
+            elif (keep.get("world") or {}).get("world_id") != world.stats["world_id"]:
+                log.warning("%s records this run from other models (world_id %s, now %s: a model's files or commit "
+                            "changed at the same name): running it again", out_dir / "metrics.json",
+                            (keep.get("world") or {}).get("world_id"), world.stats["world_id"])
+            else:  # nothing to do
                 log.info("%s records this run, finished with these settings, code and models: nothing to do "
                          "(kept as it is)", out_dir / "metrics.json")
                 log_kept_record(logger, keep, out_dir, cfg)
                 if distributed.rank() == 0:  # an earlier refused attempt's failure no longer stands
                     (out_dir / record.FAILED_ATTEMPT).unlink(missing_ok=True)
                 return keep
-            log.warning("%s records this run from other models (world_id %s, now %s: a model's files or commit "
-                        "changed at the same name): running it again", out_dir / "metrics.json",
-                        (keep.get("world") or {}).get("world_id"), world.stats["world_id"])
             if logger is not None and ckpt is None:
                 started = True
                 loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))

@@ -531,8 +531,18 @@ def transform_fingerprint(transform) -> str | None:
 
 
 def phi_on_grid(transform, points: int):
-    """``Phi(u)`` as a contiguous float64 array at ``points`` equally spaced ``u`` in [0, 1] (as a torch tensor
-    if ``Phi`` rejects a numpy array); None without a transform or for ``raw``."""
+    """``Phi(u)`` as a contiguous float64 array at ``points`` equally spaced ``u`` in [0, 1]
+    (:func:`phi_called_on_grid`, broadcast to the grid); None without a transform or for ``raw``."""
+    import numpy as np
+
+    values = phi_called_on_grid(transform, points)
+    return None if values is None else np.ascontiguousarray(np.broadcast_to(values, (points,)))
+
+
+def phi_called_on_grid(transform, points: int):
+    """What ``Phi`` returns for ``points`` equally spaced ``u`` in [0, 1] (a numpy array, or -- if ``Phi``
+    rejects one -- a torch tensor), as a float64 array of whatever shape it has; None without a transform or
+    for ``raw``. What it raises on both is raised (the numpy attempt's error as its context)."""
     if transform is None or not getattr(transform, "calibrated", True):
         return None
     import numpy as np
@@ -544,7 +554,7 @@ def phi_on_grid(transform, points: int):
         import torch
 
         values = transform(torch.as_tensor(u)).detach().cpu().numpy()
-    return np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float64), u.shape))
+    return np.asarray(values, np.float64)
 
 
 def transform_values(transform) -> list[float] | None:
