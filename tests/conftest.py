@@ -119,6 +119,26 @@ def pytest_warning_recorded(warning_message, when, nodeid, location):
     warning_message.category = base
 
 
+@pytest.fixture(autouse=True)
+def _thread_counts_kept():
+    """Every test leaves torch's intra-op thread count as it found it (the count pytest_configure
+    set: the cores' share of this worker). Setting a BLAS/OpenMP pool through threadpoolctl also sets
+    torch's OpenMP pool, so a test that calls ``set_threads`` and restores "the largest pool's count"
+    can leave torch at 2 threads in each of two workers on 2 cores: every later test oversubscribes
+    (two pin tests once did, and ``make test-fast`` took ~43 s instead of ~32). Such a test is put
+    right and fails here, naming the counts; ``threadpool_limits(limits=None)`` as a context restores
+    every pool."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    if before is not None and (after := torch.get_num_threads()) != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch at {after} intra-op threads (it found {before}); restore them "
+                    "(threadpoolctl's `with threadpool_limits(limits=None):` restores every pool)")
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """The toy world of ``pipeline_helpers.TINY_WORLD``, built once per session (shared by the

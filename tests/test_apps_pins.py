@@ -327,7 +327,7 @@ def test_apply_threads_divides_the_cores_among_the_launchers_jobs(monkeypatch):
     """apply_threads exports the joblib launcher's n_jobs as the concurrent jobs before resolving
     ``threads: auto`` (infra/threads.py: usable cores // concurrent jobs): 2 parallel jobs on 8 usable
     cores get 8 // 2 = 4 threads each, and the jobs' own child processes inherit the count of jobs."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_limits
 
     from infalign.apps import config
     from infalign.infra import threads
@@ -338,12 +338,9 @@ def test_apply_threads_divides_the_cores_among_the_launchers_jobs(monkeypatch):
     monkeypatch.setattr(threads, "cpu_quota", lambda root="": None)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr(config, "launcher_jobs", lambda: 2)
-    before = max(p["num_threads"] for p in threadpool_info())
-    try:
+    with threadpool_limits(limits=None):  # every pool back to its own count after (torch's OpenMP among them)
         assert config.apply_threads("auto", torch=False) == 4
         assert threads.os.environ[threads.JOBS_ENV] == "2"
-    finally:
-        threads.set_threads(before, torch=False)
 
 
 def test_slurm_asks_for_one_task_and_gpu_per_device_on_a_gpu_trainer():

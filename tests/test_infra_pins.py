@@ -79,17 +79,14 @@ def test_set_threads_limits_the_blas_and_openmp_pools(cores):
     sees reports 2 threads, and after set_threads(1) every one reports 1 (either value differs from
     the other, so a pool left alone shows). torch is not touched."""
     import numpy as np
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     np.ones((2, 2)) @ np.ones((2, 2))  # numpy's BLAS is loaded
-    before = max(p["num_threads"] for p in threadpool_info())
-    try:
+    with threadpool_limits(limits=None):  # every pool back to its own count after (torch's OpenMP among them)
         for n in (2, 1):
             assert threads.set_threads(n, torch=False) == n
             pools = threadpool_info()
             assert pools and {p["num_threads"] for p in pools} == {n}
-    finally:
-        threads.set_threads(before, torch=False)
 
 
 def test_a_contention_sample_at_the_same_instant_is_no_measurement():
