@@ -450,8 +450,10 @@ def test_trainer_devices_reduce_to_lightnings_count(devices, count):
 
 
 # (the strings: Lightning's `Trainer(accelerator='cpu', devices='0')` refuses them too; they passed, and a run
-# failed later or with another key's hint; "--1" and a superscript two were a bare ValueError of int())
-@pytest.mark.parametrize("devices", [0, -2, [], "", "a,b", True, "0", "-2", "0,-1", "--1", "\u00b2", "0,0"])
+# failed later or with another key's hint; "--1" and a superscript two were a bare ValueError of int(); " auto",
+# which Lightning reads as a number -- a TypeError once the trainer is built, after the toy world's -- passed)
+@pytest.mark.parametrize("devices", [0, -2, [], "", "a,b", True, "0", "-2", "0,-1", "--1", "\u00b2", "0,0", " auto",
+                                     "auto "])
 def test_trainer_devices_refuses_what_lightning_cannot_read(devices):
     """0 devices, -2, an empty list or string, non-numbers and booleans are ConfigErrors naming
     trainer.devices."""

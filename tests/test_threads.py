@@ -4,6 +4,8 @@ count wins; oversubscription is logged once; the apps read the joblib launcher's
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from threadpoolctl import threadpool_limits
 
 from infalign.apps.config import CONFIG_DIR, launcher_jobs
 from infalign.errors import ConfigError
@@ -24,6 +27,8 @@ def machine(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    for var in threads.LATE_POOL_ENV:  # set_threads exports them: restored after the test
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(threads, "_warned", set())
     monkeypatch.setattr(threads, "cpu_quota", lambda root="": None)  # no cgroup CPU quota on this machine
 
@@ -129,9 +134,27 @@ def test_set_threads_without_torch_never_imports_it(machine, monkeypatch):
     machine(4)
     monkeypatch.setenv(threads.JOBS_ENV, "4")
     monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now raises ImportError
-    assert threads.set_threads("auto", torch=False) == 1
-    with pytest.raises(ImportError):
-        threads.set_threads("auto")
+    with threadpool_limits(limits=None):  # every pool back to its count after (torch's OpenMP among them)
+        assert threads.set_threads("auto", torch=False) == 1
+        with pytest.raises(ImportError):
+            threads.set_threads("auto")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenBLAS starts with one thread per core: 1 here")
+def test_a_blas_library_loaded_after_set_threads_starts_with_its_count():
+    """threadpoolctl limits the pools already loaded; scipy's own OpenBLAS is first loaded later (the
+    theory engine's banded solve) and would start with one thread per core -- 2 per job in a 2-job sweep
+    on 2 cores. set_threads exports the count (OPENBLAS_NUM_THREADS), so that library starts with 1 here.
+    In a fresh process: this one has scipy loaded already."""
+    code = ("from infalign.infra.threads import set_threads; set_threads(1, torch=False)\n"
+            "import sys; assert 'scipy.linalg' not in sys.modules\n"
+            "from scipy.linalg import lapack\n"
+            "from threadpoolctl import threadpool_info\n"
+            "print(sorted({p['num_threads'] for p in threadpool_info() if 'scipy.libs' in p['filepath']}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", *threads.LATE_POOL_ENV)}
+    env.pop(threads.JOBS_ENV, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[1]"], out.stdout + out.stderr
 
 
 def _hydra(mode: RunMode, *overrides: str):

@@ -363,3 +363,22 @@ def test_the_toy_builds_length_bounds_are_what_its_models_hold(tmp_path):
     with pytest.raises(ConfigError) as err:
         check_toy_build(cfg(16, 20, "data.toy.reward.init=scratch", "data.toy.reward.size=huge"))
     assert err.value.key == "toy.reward.size"
+
+
+@pytest.mark.parametrize(("override", "key"), [("data.toy.seed=true", "toy.seed"),
+                                               ("data.toy.reference.max_steps=false", "toy.reference.max_steps"),
+                                               ("data.toy.world.response_len=[true,16]", "toy.world.response_len")])
+def test_a_number_of_the_toy_build_given_a_boolean_is_refused(tmp_path, override, key):
+    """``data.toy.seed=true`` built the world of seed 1 (the build casts True to 1: Python's bool is an int).
+    A boolean where the toy build takes a number is a ConfigError of its key before the build; a boolean
+    setting (``toy.progress_bar``) and numbers pass."""
+    from infalign.pipeline.world import _toy_world
+    from infalign.toy.build import resolve_toy_config
+    from pipeline_helpers import compose_train
+
+    assert resolve_toy_config({"seed": True})[0]["seed"] == 1  # what the build itself makes of it
+    with pytest.raises(ConfigError) as err:
+        _toy_world(compose_train(tmp_path, tmp_path, override))
+    assert err.value.key == key
+    c, *_ = _toy_world(compose_train(tmp_path, tmp_path, "data.toy.seed=3", "data.toy.progress_bar=false"))
+    assert c["seed"] == 3

@@ -290,7 +290,8 @@ def trainer_devices(devices, accelerator: str | None = None) -> int | str:
                 "trainer.devices", list(devices), allowed)
         return count(len(devices), ids=True)
     text = str(devices).strip()
-    if text == "auto":
+    if text == "auto":  # Lightning compares the string itself: " auto" is read as a number, and refused late
+        require(str(devices) == "auto", "trainer.devices", devices, "'auto' without spaces, " + allowed)
         return "auto"
     if "," not in text:  # one number: a count, as the int form ("0" and "-2" are no more valid than 0 and -2)
         require(re.fullmatch(r"-?[0-9]+", text) is not None and (int(text) >= 1 or int(text) == -1),

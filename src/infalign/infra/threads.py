@@ -26,7 +26,8 @@ An explicit integer wins over the rule; ``null`` keeps the library default. When
 slower than with fewer threads), which is logged once per process.
 
 The count goes to torch (``torch.set_num_threads``) and, through ``threadpoolctl``, to the BLAS and
-OpenMP pools numpy/scipy use (the theory engine, bootstrap CIs).
+OpenMP pools numpy/scipy use (the theory engine, bootstrap CIs); ``OPENBLAS_NUM_THREADS`` and
+``MKL_NUM_THREADS`` are set to it for a BLAS library loaded later (scipy's own OpenBLAS).
 
 Processes the rule does not know of -- a second ``infalign-train`` in another terminal, someone's
 build -- are not counted: each run takes every core, and their OpenMP threads spin-wait for each
@@ -238,4 +239,12 @@ def set_threads(value, key: str = "threads", torch: bool = True, watch: bool = T
         if watch and threads > 1 and _watch is None and busy_seconds() is not None:
             _watch = ContentionWatch(threads, usable_cores()).start()
     threadpool_limits(limits=threads)
+    for var in LATE_POOL_ENV:  # a BLAS library loaded later (scipy's own OpenBLAS) reads these at its start
+        os.environ[var] = str(threads)
     return threads
+
+
+# threadpoolctl limits the pools already loaded; a library loaded later -- scipy bundles an OpenBLAS of its own,
+# first loaded by the theory engine's banded solve -- starts with as many threads as the machine has cores,
+# unless these say otherwise (OMP_NUM_THREADS is not among them: :func:`resolve_threads` reads it as the user's).
+LATE_POOL_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

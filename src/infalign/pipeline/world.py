@@ -323,11 +323,30 @@ def _toy_world(cfg: DictConfig):
 
     from infalign.models.builders import build_toy_lm
     from infalign.toy.build import resolve_toy_config
+    from infalign.toy.defaults import DEFAULTS
     from infalign.toy.world import ToyWorld
 
-    c, _ = resolve_toy_config(OmegaConf.to_container(cfg.data.toy, resolve=True))
+    given = OmegaConf.to_container(cfg.data.toy, resolve=True)
+    _refuse_booleans_for_numbers(given, DEFAULTS, "toy.")
+    c, _ = resolve_toy_config(given)
     world = ToyWorld(seed=c["seed"], **c["world"])
     return c, world, world.tokenizer(), int(inspect.signature(build_toy_lm).parameters["n_positions"].default)
+
+
+def _refuse_booleans_for_numbers(given, defaults, prefix: str) -> None:
+    """A number of the toy build given a boolean is a ConfigError of its key: the build casts ``seed: true``
+    to 1, the world of seed 1 (``True`` is an ``int`` to Python)."""
+    if not isinstance(given, dict) or not isinstance(defaults, dict):
+        return
+    for key, value in given.items():
+        default = defaults.get(key)
+        if isinstance(value, dict):
+            _refuse_booleans_for_numbers(value, default, f"{prefix}{key}.")
+        values = value if isinstance(value, list) else [value]
+        numbers = default if isinstance(default, list) else [default]
+        if any(isinstance(v, bool) for v in values) and any(
+                isinstance(d, int | float) and not isinstance(d, bool) for d in numbers):
+            raise ConfigError(f"{prefix}{key}", value, f"a number like {default!r}", "a boolean is no number")
 
 
 def check_toy_build(cfg: DictConfig, toy=None) -> None:
