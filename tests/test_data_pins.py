@@ -16,6 +16,7 @@ import pytest
 from infalign.data import Malformed, PreferenceDataModule
 from infalign.data.batches import PromptResponseCollator, make_preference_dataloader
 from infalign.data.formats import held_out, parse_hh_record, parse_tldr_record
+from test_data import word_tokenizer
 
 
 def _hh(prompt: str, chosen: str, rejected: str) -> dict:
@@ -26,18 +27,6 @@ def _hh(prompt: str, chosen: str, rejected: str) -> dict:
 def _jsonl(path, records) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return str(path)
-
-
-def _word_tokenizer(words):
-    """Whitespace word-level tokenizer, 1 word = 1 token: <pad> 0, <eos> 1, <unk> 2, then ``words``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>")
 
 
 # ---------------------------------------------------------------------------- data/formats.py: HH parsing
@@ -139,7 +128,7 @@ def test_the_preference_loader_cuts_its_rows_at_max_length():
     rows: chosen first, then rejected. Ids by hand (<pad> 0, <eos> 1, a 3, b 4, c 5, d 6, x 7, y 8).
     Mutation testing: a loader that dropped ``max_length`` went unnoticed (the data module's test stubs the
     loader out)."""
-    tok = _word_tokenizer(["a", "b", "c", "d", "x", "y"])
+    tok = word_tokenizer(["a", "b", "c", "d", "x", "y"])
     loader = make_preference_dataloader(tok, ["a b c d"], ["x"], ["y"], batch_size=1, shuffle=False, max_length=4)
     batch = next(iter(loader))
     assert batch["input_ids"].tolist() == [[5, 6, 7, 1], [5, 6, 8, 1]]
@@ -152,7 +141,7 @@ def test_the_lm_collator_cuts_its_rows_at_max_length():
     2 tokens (cut from the left, builders.encode_prompt_response), labels -100 on the prompt, the response and
     its eos learnt. Ids by hand (<eos> 1, a 3, b 4, c 5, d 6, x 7). Mutation testing: a collator that dropped
     ``max_length`` went unnoticed (the toy world's pretraining passes none)."""
-    tok = _word_tokenizer(["a", "b", "c", "d", "x", "y"])
+    tok = word_tokenizer(["a", "b", "c", "d", "x", "y"])
     batch = PromptResponseCollator(tok, max_length=4)([("a b c d", "x")])
     assert batch["input_ids"].tolist() == [[5, 6, 7, 1]]
     assert batch["labels"].tolist() == [[-100, -100, 7, 1]]

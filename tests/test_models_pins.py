@@ -13,18 +13,7 @@ import torch
 from infalign.models.builders import align_pad_token_id, encode_prompt_response
 from infalign.models.generation import length_buckets, low_precision, prompt_ids_within, sequence_logprobs
 from infalign.models.reward import check_finite
-
-
-def _word_tokenizer(words):
-    """Whitespace word-level tokenizer, 1 word = 1 token: <pad> 0, <eos> 1, <unk> 2, then ``words``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<unk>", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                   unk_token="<unk>")
+from test_data import word_tokenizer
 
 
 def _bos_tokenizer(words):
@@ -42,7 +31,7 @@ def _bos_tokenizer(words):
 
 @pytest.fixture(scope="module")
 def tok():
-    return _word_tokenizer(["a", "b", "c", "d", "x", "y", "z"])
+    return word_tokenizer(["a", "b", "c", "d", "x", "y", "z"])
 
 
 # ---------------------------------------------------------------------------- models/builders.py
