@@ -1133,6 +1133,28 @@ def test_jobs_in_natural_order_and_the_swept_overrides_of_a_lone_job(tmp_path):
     assert swept_overrides(jobs) == {"0": ["a=1", "b=2"], "1": []}
 
 
+def test_a_job_dir_without_hydra_is_collected_by_its_record(tmp_path):
+    """A run launched with ``hydra.output_subdir=null`` writes no ``.hydra/``: its metrics.json (or the
+    metrics.failed.json of a refused attempt) makes its dir a job all the same -- it was left out of its
+    sweep's report without a word -- and its overrides come from its record. A dir with neither, under
+    a job (its policy/, a stray folder), is no job."""
+    from infalign.report.collect import collect
+
+    write_job(tmp_path, "0", ["transform=identity"], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.6, win=0.7))
+    bare = tmp_path / "1"
+    bare.mkdir()
+    metrics = fake_metrics(IDENTITY, "identity", 0.1, kl=0.8, std=0.7, win=0.8)
+    (bare / "metrics.json").write_text(json.dumps({**metrics, "overrides": ["transform=identity", "algo.beta=0.1"]}))
+    refused = tmp_path / "2"
+    refused.mkdir()
+    (refused / "metrics.failed.json").write_text(json.dumps({"status": "failed", "error": "ConfigError: x"}))
+    (tmp_path / "1" / "notes").mkdir()
+    jobs = collect(tmp_path)
+    assert [j.job for j in jobs] == ["0", "1", "2"]
+    assert jobs[1].status == "finished" and jobs[1].overrides == ["transform=identity", "algo.beta=0.1"]
+    assert jobs[2].status != "finished"
+
+
 def test_matched_kl_runs_carry_the_records_seed(tmp_path):
     from infalign.report.collect import collect
     from infalign.report.matched import panel_runs

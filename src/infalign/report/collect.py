@@ -45,7 +45,10 @@ class Job:
 
 
 def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
-    """Every dir under ``root`` (``root`` included) that has a ``.hydra/`` child, in natural order.
+    """Every dir under ``root`` (``root`` included) that has a ``.hydra/`` child or a run's record
+    (``metrics.json``, or ``metrics.failed.json`` beside a refused attempt: a run launched with
+    ``hydra.output_subdir=null`` writes no ``.hydra/``, and was left out of its sweep's report without a
+    word), in natural order.
 
     Symlinked dirs are followed, so a dir of links to several sweep dirs (``bon/a -> paper_bon``,
     ``bon/b -> paper_bon_more``: seeds or methods added by a later sweep) is reported as one sweep,
@@ -61,7 +64,7 @@ def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        if (here / ".hydra").is_dir():
+        if (here / ".hydra").is_dir() or any((here / name).is_file() for name in ("metrics.json", FAILED_ATTEMPT)):
             found.append(here)
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
                               and (here / d).resolve() not in skip_resolved), key=natural_key)
