@@ -125,7 +125,10 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
       tail (top for best-of-N, bottom for worst-of-N) the transform pays for. A pattern, not a
       cause: one candidate is that an RL batch of G samples per prompt rarely visits that tail
       (untested: no sweep here varies G);
-    * ``below`` / ``above`` -- off target beyond noise in a way the codes above do not explain.
+    * ``below`` / ``above`` -- off target beyond noise in a way the codes above do not explain;
+    * ``scattered`` -- a metric whose median |gap| is off target while its median signed gap is within
+      ``target`` (and beyond noise): its runs sit on both sides of the theory, each off by more than the
+      target, in no one direction (it had no code, and its reading ended after the colon).
     """
     gaps, signed, half = entry["median_abs_gap"], entry["median_gap"], entry.get("median_ci_half_width", {})
     if not gaps:
@@ -159,6 +162,10 @@ def diagnose(entry: dict, target: float = THEORY_TARGET, kl_short: float = KL_SH
     if above := sorted(k for k, g in rest.items() if g > target):
         limits.append("above")
         parts.append(f"{_names(above)} above theory at the measured KL")
+    if scattered := sorted(k for k, g in rest.items() if abs(g) <= target):
+        limits.append("scattered")
+        parts.append(f"{_names(scattered)} off by more than {target:g} run by run but on both sides of theory "
+                     f"(median signed gap within {target:g})")
     if noise:
         limits.append("noise")
         parts.append(f"{_names(sorted(noise))} off by less than the evaluation noise of {pools} independent "
