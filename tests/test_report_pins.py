@@ -594,3 +594,91 @@ def test_the_best_of_n_baselines_are_expected_to_trail_identity_on_the_standard_
 
     (claim,) = [c for c in CLAIMS if c.methods == ("bon_sft(N=4)", "ipo(N=4)")]
     assert (claim.panels, claim.baseline, claim.expect, claim.judge) == (("standard",), "identity", -1, "reward_model")
+
+
+# ---------------------------------------------------------------- report/plots.py
+
+
+def test_error_bars_run_from_the_low_bound_down_and_to_the_high_bound_up():
+    """plots._err: matplotlib's errorbar takes [below, above] lengths; a win rate of 0.5 with its CI [0.4, 0.7]
+    draws 0.1 below and 0.2 above (an asymmetric CI, as a bootstrap's percentile interval is). Mutation
+    testing: the bounds swapped (0.2 below, 0.1 above: a mirrored CI) went unnoticed. A row without bounds
+    draws none."""
+    from infalign.report.plots import _err
+
+    rows = [{"w_low": 0.4, "w_high": 0.7}, {"w_low": None, "w_high": None}]
+    np.testing.assert_allclose(_err(rows, "w", np.array([0.5, 0.6])), [[0.1, 0.0], [0.2, 0.0]], atol=1e-12)
+
+
+def test_the_gain_plot_names_each_line_method_minus_baseline(tmp_path, monkeypatch):
+    """plot_gains: a gain is method minus baseline (docs/method.md §10), and its line's legend says so:
+    ``expn(t=4) - identity``. Mutation testing: ``identity - expn(t=4)`` went unnoticed."""
+    from infalign.infra import plotting
+    from infalign.report.plots import plot_gains
+    from test_report import _gain, _panel
+
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    plot_gains([_panel([0.1, 0.2, 0.3], [_gain([0.01, 0.02, 0.03], [True] * 3)])], ["reward_model"], tmp_path / "g.png")
+    labels = [t.get_text() for ax in figures[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "expn(t=4) - identity" in labels and "identity - expn(t=4)" not in labels
+
+
+def test_a_t_familys_shade_darkens_with_abs_t():
+    """series_colors: the series of a t family (exp) get shades of its colormap, darker for larger |t|,
+    whatever their order and sign: |t| = 2, 4, 8 at 0.45, 0.70, 0.95 of Reds. Mutation testing: the shades
+    reversed (lighter for larger |t|) went unnoticed."""
+    import matplotlib
+
+    from infalign.report.plots import series_colors
+
+    series = [SimpleNamespace(family="exp", t=t, key=("exp", t)) for t in (4.0, -8.0, 2.0)]
+    colors = series_colors(series)
+    reds = matplotlib.colormaps["Reds"]
+    assert colors[("exp", 2.0)] == reds(0.45) and colors[("exp", 4.0)] == reds(0.70)
+    assert colors[("exp", -8.0)] == reds(0.95)
+    assert sum(colors[("exp", 2.0)][:3]) > sum(colors[("exp", 4.0)][:3]) > sum(colors[("exp", -8.0)][:3])
+
+
+# ---------------------------------------------------------------- report/build.py
+
+
+def test_a_baseline_whose_runs_all_failed_is_a_method_of_the_sweep(tmp_path):
+    """build_report's --baseline check takes every method the sweep ran, failed runs included: a baseline
+    whose runs all failed is no typo -- its panels say it has no finished run -- while a name no run has is a
+    ConfigError naming --baseline. Mutation testing: the check against finished runs only (a ConfigError for
+    the failed baseline) went unnoticed."""
+    from infalign.errors import ConfigError
+    from infalign.report.build import build_report
+    from test_report import RAW
+
+    write_job(tmp_path, "0", ["transform=identity"], fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.6, win=0.7))
+    failed = {"status": "failed", "error": "boom", "config": fake_metrics(RAW, "raw", 1.0, 0, 0, 0)["config"]}
+    write_job(tmp_path, "1", ["transform=raw"], failed)
+    build_report(tmp_path, tmp_path / "report", baselines=["raw"], num_resamples=100)
+    with pytest.raises(ConfigError) as err:
+        build_report(tmp_path, tmp_path / "report2", baselines=["rawx"], num_resamples=100)
+    assert err.value.key == "--baseline"
+
+
+# ---------------------------------------------------------------- report/wandb_run.py
+
+
+def _wandb_job(tmp_path, name: str, **logger) -> Job:
+    return Job(name, tmp_path / "sweep" / name, "finished",
+               config={"logger": {"_target_": "infalign.pipeline.loggers.RunWandbLogger", **logger}})
+
+
+def test_the_report_run_joins_the_sweeps_most_common_group_and_is_offline_if_any_job_was(tmp_path):
+    """wandb_settings: the report's W&B run goes to the group most of the sweep's jobs logged to (3 of 4
+    here), and is offline when any job logged offline -- a sweep partly offline cannot be synced in part --
+    or with W&B disabled (``mode: disabled`` is no online run). Mutation testing: the least common group,
+    ``all`` for ``any``, and ``disabled`` read as online went unnoticed."""
+    from infalign.report.wandb_run import wandb_settings
+
+    jobs = [_wandb_job(tmp_path, str(i), group="g-main", mode="online") for i in range(3)]
+    jobs.append(_wandb_job(tmp_path, "3", group="g-odd", mode="offline"))
+    settings = wandb_settings(jobs, tmp_path / "sweep")
+    assert settings["group"] == "g-main" and settings["offline"] is True
+    assert wandb_settings(jobs[:3], tmp_path / "sweep")["offline"] is False
+    assert wandb_settings([_wandb_job(tmp_path, "0", group="g", mode="disabled")], tmp_path)["offline"] is True
