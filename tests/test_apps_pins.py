@@ -60,6 +60,31 @@ def test_auto_t_is_2_4_8_16_negated_for_worst_of_n(procedure, sign):
     assert ts == [sign * 2.0, sign * 4.0, sign * 8.0, sign * 16.0]
 
 
+@pytest.mark.parametrize(("overrides", "labels"), [
+    (("transforms=[expn_tm4]",), ["expn(t=-4)"]),
+    (("transforms=[expn_t4,expn_t8]",), ["expn(t=4)", "expn(t=8)"]),
+    (("transforms=[expn_t4]", "t=[8,16]"), ["expn(t=4)"]),
+    (("transforms=[exp]", "t=[4,4.0,8]"), ["exp(t=4)", "exp(t=8)"]),
+    (("transforms=[identity,exp_normalized]",), ["identity", "expn(t=2)", "expn(t=4)", "expn(t=8)", "expn(t=16)"]),
+])
+def test_an_entry_that_pins_its_t_is_drawn_at_it_and_the_families_at_each_t(overrides, labels):
+    """Walkthrough finding: ``transforms=[expn_tm4]`` drew expn(t=2, 4, 8, 16) -- not one curve of the entry
+    asked for, without a word -- and ``transforms=[expn_t4,expn_t8]`` was refused as two curves of one
+    label. An entry that derives from another and sets its own t (expn_t4, expn_tm4, exp_won) is drawn at
+    it; the families exp and exp_normalized at each t of ``t`` (auto: 2, 4, 8, 16), a repeated t once."""
+    curves = analyze_app.build_transforms(analyze_cfg(*overrides), make_procedure("bon", 4))
+    assert [c.label for c in curves] == labels
+
+
+def test_an_entry_whose_pinned_t_works_against_the_procedure_is_warned_about(monkeypatch):
+    """expn_t4 (t > 0, a best-of-N transform) drawn for worst-of-N is a legitimate comparison, rarely the
+    intent: warned about, naming the entry, as an explicit t of the wrong sign is."""
+    seen = []
+    monkeypatch.setattr(analyze_app.log, "warning", lambda msg, *a: seen.append(msg % a if a else msg))
+    (curve,) = analyze_app.build_transforms(analyze_cfg("transforms=[expn_t4]"), make_procedure("won", 4))
+    assert curve.label == "expn(t=4)" and any(m.startswith("transforms=expn_t4: t=4 with won4") for m in seen)
+
+
 @pytest.mark.parametrize(("override", "key"), [("kl.num=2.5", "kl.num"), ("best_t.num=2.5", "best_t.num")])
 def test_a_fractional_count_is_refused_not_truncated(override, key):
     """Counts are integers: kl.num=2.5 (or best_t.num=2.5) is a ConfigError naming the key, not silently

@@ -36,6 +36,7 @@ from infalign.apps.config import (
     hydra_refusals_exit_2,
     instantiate_entry,
     load_group_entry,
+    own_entry,
 )
 from infalign.errors import ConfigError, require
 from infalign.infra.background import Background
@@ -108,7 +109,8 @@ def checked_t(cfg: DictConfig) -> list[float]:
 
 
 def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
-    """The t values for exp-family transforms (``auto``: 2, 4, 8, 16, negated for worst-of-N).
+    """The t values for the exp families (``auto``: 2, 4, 8, 16, negated for worst-of-N), each once
+    (``t=[4,4]`` draws one curve).
 
     A t whose sign works against the procedure (t > 0 with worst-of-N rewards the top of the
     reference distribution and lowers the WoN win rate; t < 0 with best-of-N) is accepted with a
@@ -117,11 +119,20 @@ def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
     if isinstance(cfg.t, str) and cfg.t == "auto":
         sign = -1.0 if procedure.sign < 0 else 1.0
         return [sign * t for t in (2.0, 4.0, 8.0, 16.0)]
-    ts = checked_t(cfg)
+    ts = list(dict.fromkeys(checked_t(cfg)))  # (4 and 4.0 are one key)
     for t in ts:
         if (why := procedure.against(t)) is not None:
             log.warning(why)
     return ts
+
+
+def pinned_t(name: str) -> bool:
+    """Whether the transform entry ``name`` pins its own t: its file derives from another entry
+    (``defaults: [exp_normalized, _self_]``) and sets ``t`` itself -- ``expn_t4``, ``expn_tm4``, ``exp_won``.
+    Such an entry is drawn at its t, not at each t of the ``t`` list (it was, silently: ``transforms=[expn_tm4]``
+    drew expn(t=2, 4, 8, 16)); the families ``exp`` and ``exp_normalized`` take the list."""
+    own = own_entry("transform", name)
+    return bool(own.get("defaults")) and "t" in own
 
 
 def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
@@ -138,7 +149,11 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
         except ConfigError as exc:  # the user's key is `transforms`, not the config group
             raise ConfigError("transforms", name, exc.allowed, "add a YAML file to conf/transform/ for a new one") from None
         try:
-            if entry.get("t") is not None:  # an exp family: one line per t
+            if entry.get("t") is not None and pinned_t(str(name)):  # drawn at its own t
+                if (why := procedure.against(float(entry.t))) is not None:
+                    log.warning(f"transforms={name}: {why}")
+                out.append(_instantiate(instantiate_entry, "transform", name, cfg))
+            elif entry.get("t") is not None:  # an exp family: one line per t
                 out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
             else:
                 out.append(_instantiate(instantiate_entry, "transform", name, cfg))
@@ -148,7 +163,7 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
     labels = [t.label for t in out]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     require(not twice, "transforms", names, "transforms with distinct labels",
-            f"{twice} would name two curves alike (a custom entry's label is its name:)")
+            f"{twice} would name two curves alike; a custom entry's label is its name")
     for transform in out:
         if (why := decreasing_transform(transform, "transforms")) is not None:
             log.warning(why)

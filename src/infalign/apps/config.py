@@ -563,6 +563,15 @@ def load_group_entry(group: str, name: str, root: DictConfig | None = None, **ov
     return merged[group]
 
 
+def own_entry(group: str, name: str) -> DictConfig:
+    """``conf/<group>/<name>.yaml`` as written: its own keys, its ``defaults:`` list unresolved."""
+    path = Path(CONFIG_DIR) / group / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(group, name, f"one of {group_entries(group)} (files in conf/{group}/)")
+    own = OmegaConf.load(path)
+    return own if isinstance(own, DictConfig) else OmegaConf.create({})
+
+
 def _entry(group: str, name: str, seen: tuple[str, ...] = ()) -> DictConfig:
     """``conf/<group>/<name>.yaml`` with its ``defaults:`` list applied as Hydra composes an entry of the
     same group: each listed entry of the group merged in order, ``_self_`` where it stands (at the end
