@@ -184,6 +184,8 @@ def test_summary_lists_problems_and_theory_matches_the_engine(sweep):
     assert problems["5"]["overrides"] == ["transform=exp", "transform.t=8", "algo.beta=0.2", "eval.samples=4"]
     assert problems["4"]["reason"] == "FloatingPointError: loss is nan at step 7"
     assert summary["highest_inference_win_rate"]["reward_model"]["job"] == "1"
+    # (runs at different KLs: the file says it is no comparison -- a walkthrough read it as one)
+    assert "not a comparison" in summary["highest_inference_win_rate"]["reward_model"]["note"]
     assert summary["wandb"] is None and not (out / "wandb").exists()  # jobs used logger=none
 
     series = {s["label"]: s for s in summary["series"]}
@@ -1509,7 +1511,16 @@ def test_an_interrupted_job_is_listed_as_interrupted_with_how_to_continue_it(tmp
         "overrides": ["algo.beta=0.3"]}))
     job = load_job(job_dir, tmp_path)
     assert job.status == "interrupted" and job.overrides == ["algo.beta=0.3"]
-    assert job.reason.startswith("KeyboardInterrupt: interrupted by the user") and "ckpt_path=last_or_new" in job.reason
+    assert job.reason == (f"KeyboardInterrupt: interrupted by the user (Ctrl-C); infalign-train with its overrides, "
+                          f"hydra.run.dir={job_dir} and ckpt_path=last continues it")  # a lone run: no multirun.yaml
+    # a job of a sweep below the reported dir is continued by that sweep, in its own dir (walkthrough finding:
+    # "the sweep again" read as the reported dir's, whose re-run with other values is refused)
+    sub = tmp_path / "more" / "0"
+    sub.mkdir(parents=True)
+    (sub / "metrics.json").write_text((job_dir / "metrics.json").read_text())
+    (tmp_path / "more" / "multirun.yaml").write_text("hydra: {}\n")
+    assert load_job(sub, tmp_path).reason.endswith(
+        f"its sweep again (the same command, hydra.sweep.dir={tmp_path / 'more'}) with ckpt_path=last_or_new continues it")
 
 
 def test_the_chord_checks_bounds_are_the_three_intervals_inner_ends_and_the_count_is_by_sign():

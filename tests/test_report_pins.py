@@ -682,3 +682,21 @@ def test_the_report_run_joins_the_sweeps_most_common_group_and_is_offline_if_any
     assert settings["group"] == "g-main" and settings["offline"] is True
     assert wandb_settings(jobs[:3], tmp_path / "sweep")["offline"] is False
     assert wandb_settings([_wandb_job(tmp_path, "0", group="g", mode="disabled")], tmp_path)["offline"] is True
+
+
+def test_a_resumed_run_shows_where_it_resumed_beside_its_training_time(tmp_path):
+    """Walkthrough finding: a resumed run read as a plain finished one in runs.csv and runs.md, its
+    ``train_s`` (11.9 s against ~17 s for its sweep's other runs) counting only the steps after the resume.
+    runs.csv has ``resumed_from_step`` (empty for a run trained in one go) and runs.md says it beside train_s."""
+    from infalign.report.build import build_report
+
+    plain = fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.6, win=0.7)
+    resumed = {**fake_metrics(IDENTITY, "identity", 0.1, kl=0.8, std=0.7, win=0.8), "resumed": {"from_step": 30,
+                                                                                               "changed": {}}}
+    resumed["timings"] = {**resumed.get("timings", {}), "train_s": 11.95}
+    write_job(tmp_path, "0", ["algo.beta=0.3"], plain)
+    write_job(tmp_path, "1", ["algo.beta=0.1"], resumed)
+    rep = build_report(tmp_path, tmp_path / "report", num_resamples=100)
+    assert [r["resumed_from_step"] for r in rep.rows] == [None, 30]
+    md = (tmp_path / "report" / "runs.md").read_text()
+    assert "11.95 (resumed at step 30)" in md and md.count("resumed at step") == 1

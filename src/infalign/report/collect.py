@@ -111,9 +111,8 @@ def load_job(path: Path, root: Path) -> Job:
             elif record.status == "failed":
                 job.reason = (last_line(record.error or "") or log_error(path / "train.log")
                               or "failed (no error recorded)")
-            elif record.status == "interrupted":  # Ctrl-C, SIGTERM: a resume continues it (ckpt_path=last_or_new)
-                job.reason = f"{last_line(record.error or '') or 'interrupted'}; the sweep again with " \
-                             "ckpt_path=last_or_new continues it"
+            elif record.status == "interrupted":  # Ctrl-C, SIGTERM: a resume continues it
+                job.reason = f"{last_line(record.error or '') or 'interrupted'}; {_continue_hint(path)}"
             else:  # a status this report does not know: no result to show
                 job.status, job.reason = "missing", f"metrics.json has status={record.status!r}"
     else:
@@ -125,6 +124,16 @@ def load_job(path: Path, root: Path) -> Job:
     config = job.record.config if job.record is not None else None
     job.config = config if config else read_hydra_config(path)
     return job
+
+
+def _continue_hint(path: Path) -> str:
+    """What continues the interrupted run in ``path``: its sweep again in the sweep's own dir (a job of a
+    sweep inside the reported dir -- ``<dir>/more/0`` -- is continued by ``more``'s sweep, not the reported
+    dir's), or a lone run's command in its dir (as ``apps/train.continue_command`` says when it stops)."""
+    if (path.parent / "multirun.yaml").is_file():
+        return (f"its sweep again (the same command, hydra.sweep.dir={path.parent}) with ckpt_path=last_or_new "
+                "continues it")
+    return f"infalign-train with its overrides, hydra.run.dir={path} and ckpt_path=last continues it"
 
 
 def _later_attempt(path: Path) -> str | None:

@@ -46,7 +46,8 @@ def columns(judges: Sequence[str]) -> list[str]:
         cols.append(f"{j}_n_prompts")
     cols += ["theory_kl_at_beta", "theory_inference_win_rate_at_measured_kl", "kl_ratio",
              *(f"{pool}_{stat}" for pool, stat in RESPONSE_STATS),
-             "world_s", "calibration_s", "train_s", "eval_s", "toy_built", "calibration_hit", "eval_reference_hit",
+             "world_s", "calibration_s", "train_s", "resumed_from_step", "eval_s", "toy_built", "calibration_hit",
+             "eval_reference_hit",
              "error", "overrides", "path"]
     return cols
 
@@ -95,6 +96,9 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
     timings = rec.timings if rec is not None else {}
     for k in ("world_s", "calibration_s", "train_s", "eval_s"):
         row[k] = number(timings.get(k))
+    # a run that continued a checkpoint: its train_s is the last attempt's, the steps after this one
+    resumed = rec.resumed if rec is not None and isinstance(rec.resumed, dict) else {}
+    row["resumed_from_step"] = resumed.get("from_step")
     cache = rec.cache if rec is not None else {}
     for k in ("toy_built", "calibration_hit", "eval_reference_hit"):
         row[k] = cache.get(k)
@@ -146,7 +150,9 @@ def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root:
         cells = [r["job"], r["status"], r["run_name"], r["method"], r["procedure"], r["beta"], r["seed"]]
         for j in judges:
             cells += [row_ci(r, j, m) for m in RATES]
-        cells += [r["kl_ratio"], r["train_s"], r["error"]]
+        train_s = r["train_s"] if r.get("resumed_from_step") is None else \
+            f"{md_cell(r['train_s'])} (resumed at step {r['resumed_from_step']})"
+        cells += [r["kl_ratio"], train_s, r["error"]]
         out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     bad = [j for j in jobs if flagged(j)]
     if bad:
@@ -170,7 +176,9 @@ def make_summary(root: Path, out_dir: Path, judges: Sequence[str], jobs: Sequenc
         if cands:
             b = max(cands, key=lambda r: r[f"{j}_inference_win_rate"])
             best[j] = {"job": b["job"], "run_name": b["run_name"], "procedure": b.get("procedure"),
-                       "inference_win_rate": b[f"{j}_inference_win_rate"], "kl": b[f"{j}_kl"]}
+                       "inference_win_rate": b[f"{j}_inference_win_rate"], "kl": b[f"{j}_kl"],
+                       "note": "at its own KL and procedure: a pointer to a run, not a comparison of methods "
+                               "(matched_kl compares them at the same KL)"}
     point_keys = [f"{m}{suffix}" for m in RATES for suffix, _ in _CI_PARTS]
     return {
         "multirun_dir": str(root), "out_dir": str(out_dir), "judges": list(judges),
