@@ -1520,7 +1520,8 @@ def test_an_interrupted_job_is_listed_as_interrupted_with_how_to_continue_it(tmp
     (sub / "metrics.json").write_text((job_dir / "metrics.json").read_text())
     (tmp_path / "more" / "multirun.yaml").write_text("hydra: {}\n")
     assert load_job(sub, tmp_path).reason.endswith(
-        f"its sweep again (the same command, hydra.sweep.dir={tmp_path / 'more'}) with ckpt_path=last_or_new continues it")
+        f"its sweep again (the same command, hydra.sweep.dir={tmp_path / 'more'}) with ckpt_path=last_or_new "
+        "continues it")
 
 
 def test_the_chord_checks_bounds_are_the_three_intervals_inner_ends_and_the_count_is_by_sign():
