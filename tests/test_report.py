@@ -522,7 +522,8 @@ def test_matched_kl_markdown_png_summary_and_notes(matched_sweep):
     standard = md.split("## standard (reward_model)")[1].split("## ")[0]
     header = next(ln for ln in standard.splitlines() if ln.startswith("| KL |"))
     assert "optimal(N=2)" in header and "optimal(N=2)" not in md.split("## bon4 (reward_model)")[1]
-    assert cells[4:] == ["+7.0 [+7.0, +7.0]", "+1.0 [+1.0, +1.0]", "+6.0 [+6.0, +6.0]"]  # 1 seed: no `*`
+    # 1 seed: no `*`; the theory's gain where both methods have a calibrated-space theory (not raw's)
+    assert cells[4:] == ["+7.0 [+7.0, +7.0]", "+1.0 [+1.0, +1.0]", "+6.0 [+6.0, +6.0] (theory +4.7)"]
     mean, low, high = (float(x) for x in cells[1].replace("[", "").replace("]", "").replace(",", "").split())
     # expn at KL 0.2: 0.55 + 0.04 + 0.06; its CI is the prompt difficulty's: +-1.96 * 0.1 / sqrt(40) = +-0.031
     assert mean == 0.650 and high - low == pytest.approx(2 * 1.96 * 0.1 / np.sqrt(N_PROMPTS), rel=0.2)

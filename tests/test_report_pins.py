@@ -700,3 +700,43 @@ def test_a_resumed_run_shows_where_it_resumed_beside_its_training_time(tmp_path)
     assert [r["resumed_from_step"] for r in rep.rows] == [None, 30]
     md = (tmp_path / "report" / "runs.md").read_text()
     assert "11.95 (resumed at step 30)" in md and md.count("resumed at step") == 1
+
+
+# ---------------------------------------------------------------- report/theory_gain.py
+
+
+def test_the_theory_gain_is_the_two_transforms_theory_win_rates_apart_on_reward_model_panels(tmp_path):
+    """add_theory_gains: on a reward-model panel, expn(t=4) - identity's theory gain at each common KL is
+    ``theory.frontier(expn(t=4)).win_rate - theory.frontier(identity).win_rate`` under the panel's procedure
+    (bon4: +4.7 points at KL 0.2, +5.1 at 0.33 -- the README's best-of-N table puts +5.1 beside the measured
+    gain at 0.33); a gain over raw (no calibrated-space theory) and every gold panel get none; matched_kl.csv
+    carries it as ``theory_gain`` and matched_kl.md as "(theory +4.7)"."""
+    from infalign.math import theory
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Exp, Identity
+    from infalign.report.matched import compare_panels, matched_kl_markdown, matched_kl_rows, matched_kl_summary
+    from infalign.report.theory_gain import add_theory_gains
+    from test_report import make_matched_sweep
+
+    jobs = collect(make_matched_sweep(tmp_path))
+    panels, notes = compare_panels(jobs, ["reward_model", "gold"], num_resamples=100)
+    add_theory_gains(panels, jobs)
+    (bon4,) = [p for p in panels if p.name == "bon4" and p.judge == "reward_model"]
+    grid = bon4.result.grid
+    expected = (theory.frontier(Exp(4.0, normalized=True), BestOfN(4), grid).win_rate
+                - theory.frontier(Identity(), BestOfN(4), grid).win_rate)
+    np.testing.assert_allclose(bon4.theory_gain[("expn(t=4)", "identity")], expected, rtol=0, atol=1e-12)
+    at = dict(zip(np.round(grid, 6), 100 * expected))
+    assert round(at[0.2], 1) == 4.7  # (the slow test's matched_kl.md cell, by another route)
+    assert round(float(100 * (theory.frontier(Exp(4.0, normalized=True), BestOfN(4), np.array([0.33])).win_rate
+                              - theory.frontier(Identity(), BestOfN(4), np.array([0.33])).win_rate)[0]), 1) == 5.1
+    assert set(bon4.theory_gain) == {("expn(t=4)", "identity")}  # not over raw
+    assert all(not p.theory_gain for p in panels if p.judge == "gold")
+    rows = [r for r in matched_kl_rows([bon4]) if r.get("baseline")]
+    assert {r["theory_gain"] is None for r in rows if r["baseline"] == "raw"} == {True}
+    ours = [r for r in rows if (r["method"], r["baseline"]) == ("expn(t=4)", "identity")]
+    np.testing.assert_allclose([r["theory_gain"] for r in ours], expected, atol=1e-12)
+    assert "(theory +4.7)" in matched_kl_markdown([bon4], notes)
+    lines = matched_kl_summary([bon4])  # the console's and summary.json's sentences, at the middle common KL
+    middle = round(float(100 * expected[len(grid) // 2]), 1)
+    assert [ln.endswith(f"(theory +{middle:.1f})") for ln in lines if "expn(t=4)" in ln and "identity" in ln] == [True]

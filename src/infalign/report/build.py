@@ -21,6 +21,7 @@ from infalign.report.naming import method_of
 from infalign.report.plots import PLOTS, plot_gains, plot_series
 from infalign.report.series import Series, build_series
 from infalign.report.tables import columns, job_row, make_summary, markdown
+from infalign.report.theory_gain import add_theory_gains
 from infalign.report.theory_gap import THEORY_GAP_COLUMNS, median_theory_gap, theory_gap_markdown, theory_gap_rows
 
 
@@ -77,6 +78,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     for which in PLOTS:
         plot_series(series, judges, which, paths[f"plot_{which}"])
     panels, notes = compare_panels(jobs, judges, baselines, num_kl, num_resamples, methods=methods)
+    add_theory_gains(panels, jobs)
     matched = matched_kl_rows(panels)
     atomic_write_csv(paths["matched_kl_csv"], matched, MATCHED_KL_COLUMNS)
     atomic_write_text(paths["matched_kl_md"], matched_kl_markdown(panels, notes))

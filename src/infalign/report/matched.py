@@ -14,7 +14,9 @@ import io
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from infalign.errors import ConfigError
 from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
@@ -26,7 +28,8 @@ from infalign.report.tables import fmt_ci, md_cell
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
                       "win_rate_low", "win_rate_high", "gain", "gain_low", "gain_high", "significant", "n_seeds",
                       "seed_spread", "seed_low", "seed_high", "seed_test", "n_seeds_baseline", "total_low",
-                      "total_high", "prompt_significant", "chord_low", "chord_high", "n_runs", "n_prompts", "note"]
+                      "total_high", "prompt_significant", "chord_low", "chord_high", "theory_gain", "n_runs",
+                      "n_prompts", "note"]
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Panel:
     procedure: Procedure
     judge: str
     result: MatchedKL
+    # (method, baseline) -> the calibrated-space theory's gain at each common KL (report/theory_gain.py)
+    theory_gain: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -156,8 +161,16 @@ def matched_kl_rows(panels: Sequence[Panel]) -> list[dict]:
         head = {"panel": p.name, "family": p.family, "n": p.n, "judge": p.judge, "metric": p.metric,
                 "n_prompts": p.result.n_prompts, "note": p.result.note or None}
         body = p.result.rows()
+        at = {float(k): i for i, k in enumerate(p.result.grid)}
+        for r in body:
+            theory = p.theory_gain.get((r["method"], r["baseline"])) if r.get("baseline") else None
+            r["theory_gain"] = _finite(theory[at[r["kl"]]]) if theory is not None else None
         rows += [{**head, **r} for r in body] if body else [head]
     return rows
+
+
+def _finite(x) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 def points(x: float | None, digits: int = 1) -> str:
@@ -289,7 +302,8 @@ def matched_kl_summary(panels: Sequence[Panel]) -> list[str]:
     for p in panels:
         if not p.result.common:
             lines.append(f"{p.title}: {p.result.note}")
-        lines += [f"{panel_heading(p)}, {gain_clause(p, g, len(p.result.grid) // 2)}" for g in p.result.gains]
+        i = len(p.result.grid) // 2
+        lines += [f"{panel_heading(p)}, {gain_clause(p, g, i)}{_theory_text(p, g, i)}" for g in p.result.gains]
         lines += [f"{p.title}: {line}" for line in left_out(p.result)]
     return lines
 
@@ -309,7 +323,9 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
               "of 0 (never with one seed per method: training noise not assessed). \"the chords alone make "
               "[a, b]: not evidence\": a significant gain whose intervals do not clear the gain the runs' KL "
               "placement alone makes in its direction (each curve read at the other's KLs; `chord_low` / "
-              "`chord_high` in matched_kl.csv).\n\n")
+              "`chord_high` in matched_kl.csv). \"theory\": the calibrated-space theory's gain at that KL (the "
+              "win rate of each method's transform-tilted reference policy, docs/method.md §4; reward-model panels, "
+              "methods trained on a calibrated transform; `theory_gain` in matched_kl.csv).\n\n")
     for line in notes:
         out.write(f"- {line}\n")
     for p in panels:
@@ -333,6 +349,13 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
             cells += [f"{points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}]"
                       + (f" {clause}" if (clause := seed_clause(g, i)) else "")
                       + (" *" if g.significant[i] else "")
-                      + (f" ({note})" if (note := significant_chord_note(g, i)) else "") for g in r.gains]
+                      + (f" ({note})" if (note := significant_chord_note(g, i)) else "")
+                      + _theory_text(p, g, i) for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     return out.getvalue()
+
+
+def _theory_text(p: Panel, g: Gain, i: int) -> str:
+    """`` (theory +5.1)``: the theory's gain at the i-th common KL, when there is one."""
+    theory = p.theory_gain.get((g.method, g.baseline))
+    return f" (theory {points(float(theory[i]))})" if theory is not None and np.isfinite(theory[i]) else ""

@@ -182,6 +182,8 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
                 # filled: significant and beyond what the runs' KL placement alone makes (the chord check)
                 evidence = [bool(g.significant[i]) and not significant_chord_note(g, i) for i in range(len(k))]
                 ax.scatter(k, 100 * g.gain, color=c, s=22, zorder=3, facecolors=[c if e else "white" for e in evidence])
+                if (theory := p.theory_gain.get((g.method, g.baseline))) is not None:  # report/theory_gain.py
+                    ax.plot(k, 100 * theory, color=c, lw=1.2, ls="--", label=f"{g.method} - {g.baseline} (theory)")
             lo, hi = ax.get_ylim()
             if hi - lo < 2.0:  # at least +-1 point, so float-rounding-sized gains do not fill the axis
                 mid = (hi + lo) / 2
@@ -189,7 +191,7 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
             if p.result.gains:
                 ax.legend(fontsize=8, loc="best")
     fig.suptitle("gain at matched KL, band: paired 95% CI over prompts only (filled marker: significant by "
-                 "every interval, beyond the chord check)", fontsize=11)
+                 "every interval, beyond the chord check); dashed: the calibrated-space theory's gain", fontsize=11)
     save_png(fig, path)
 
 

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infalign.report.collect import Job, last_line
-from infalign.report.naming import comparison_worlds, pooled_calibration, procedure_of, uses_transform, world_label
+from infalign.report.naming import (
+    comparison_worlds,
+    pooled_calibration,
+    procedure_of,
+    transform_family,
+    uses_transform,
+    world_label,
+)
 from infalign.report.tables import job_row
 
 THEORY_POINTS = 40  # KL grid size of each theory curve (plus the measured KLs themselves)
@@ -66,36 +73,51 @@ def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int 
     return out
 
 
+def theory_transform(job: Job) -> tuple[object | None, str]:
+    """``(transform, "")``: the transform whose calibrated-space theory a run of ``job``'s method has -- an
+    instance, or ``"optimal"`` (the optimal frontier) -- else ``(None, why not)``: raw and uncalibrated
+    transforms, the offline baselines (no transform), pooled calibration (not uniform within a prompt)."""
+    from infalign.math.transforms import as_transform
+
+    tcfg = (job.config or {}).get("transform")
+    rec = job.record
+    family = transform_family(tcfg, rec.transform if rec is not None else None)[0]
+    if not uses_transform(job):
+        algo = ((job.config or {}).get("algo") or {}).get("name") if isinstance((job.config or {}).get("algo"),
+                                                                               dict) else None
+        return None, f"{algo}: trains without a transform, no calibrated-space theory"
+    if family == "raw":
+        return None, "raw: no calibrated-space theory"
+    if pooled_calibration(job):
+        return None, "pooled calibration: not uniform within a prompt, no calibrated-space theory"
+    if procedure_of(job) is None or not isinstance(tcfg, dict):
+        return None, "no procedure/transform config"
+    if family == "optimal":
+        return "optimal", ""
+    try:
+        from hydra.utils import instantiate
+
+        transform = as_transform(instantiate(tcfg))
+    except Exception as exc:  # noqa: BLE001 - an odd transform must not stop the report
+        return None, f"theory skipped: {type(exc).__name__}: {last_line(str(exc))}"
+    if not transform.calibrated:
+        return None, f"{family}: not calibrated, no theory"
+    return transform, ""
+
+
 def theory_curves(s: Series, judges: Sequence[str], num: int,
                   span: dict[str, list[tuple]] | None = None) -> tuple[dict[str, dict | None], str]:
-    """Calibrated-space theory (``theory.frontier``) of the series' transform, for the judge it
-    predicts (:data:`THEORY_JUDGE`; None for the others), at KLs spanning that judge's measured range
-    (``span[judge]``: (mean, low, high) KLs of every run in the plot; default the series' own) plus
+    """Calibrated-space theory (``theory.frontier``) of the series' transform (:func:`theory_transform`), for
+    the judge it predicts (:data:`THEORY_JUDGE`; None for the others), at KLs spanning that judge's measured
+    range (``span[judge]``: (mean, low, high) KLs of every run in the plot; default the series' own) plus
     the series' measured KLs; ``optimal`` uses the optimal frontier."""
     from infalign.math import theory
-    from infalign.math.transforms import as_transform
 
     job = s.jobs[0]
     procedure = procedure_of(job)
-    tcfg = (job.config or {}).get("transform")
-    if s.family == "raw":
-        return {j: None for j in judges}, "raw: no calibrated-space theory"
-    if not s.uses_transform:
-        return {j: None for j in judges}, f"{s.algo}: trains without a transform, no calibrated-space theory"
-    if pooled_calibration(job):
-        return {j: None for j in judges}, "pooled calibration: not uniform within a prompt, no calibrated-space theory"
-    if procedure is None or not isinstance(tcfg, dict):
-        return {j: None for j in judges}, "no procedure/transform config"
-    try:
-        transform = None
-        if s.family != "optimal":
-            from hydra.utils import instantiate
-
-            transform = as_transform(instantiate(tcfg))
-            if not transform.calibrated:
-                return {j: None for j in judges}, f"{s.family}: not calibrated, no theory"
-    except Exception as exc:  # noqa: BLE001 - an odd transform must not stop the report
-        return {j: None for j in judges}, f"theory skipped: {type(exc).__name__}: {last_line(str(exc))}"
+    transform, why = theory_transform(job)
+    if transform is None:
+        return {j: None for j in judges}, why
     curves: dict[str, dict | None] = {}
     note = ""
     for j in judges:
@@ -106,7 +128,7 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
         grid = theory_grid([k for k in (span or {}).get(j, own) if k[0] is not None] or own, num,
                            extra=[k[0] for k in own])
         try:
-            f = (theory.optimal_frontier(procedure, grid) if transform is None
+            f = (theory.optimal_frontier(procedure, grid) if transform == "optimal"
                  else theory.frontier(transform, procedure, grid))
         except Exception as exc:  # noqa: BLE001
             curves[j] = None
