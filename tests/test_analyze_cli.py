@@ -355,6 +355,23 @@ def test_the_best_t_table_has_an_optimal_column_only_when_the_frontier_was_compu
         assert ("optimal" in header) == (optimal == "true") and "nan" not in row, out[-1500:]
 
 
+def test_the_best_t_table_keeps_its_optimal_column_and_says_the_scan_step(tmp_path, capsys):
+    """A walkthrough found the optimal column gone when every budget was past the optimal frontier's reach
+    (best_t.budgets=[100]), a bare ``nan`` there otherwise and a win rate of 1.0 (won4 at KL 4) printed
+    ``1``; and the table never said how fine the t scan is (best_t.num=4 over [0.25, 64]: each |t|
+    (64/0.25)^(1/3) = 6.35x the last, 535 % above it). With optimal=true the column stays, an unreachable
+    budget reads ``unreach.``, win rates print with four decimals, and the caption gives the step."""
+    cfg = config("procedure=won", "kl.num=3", "optimal=true", "best_t.num=4", "best_t.budgets=[4,100]", "plot=false",
+                 "parallel=false")
+    app.analyze(cfg, tmp_path, None)
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "┃ KL budget" in line)
+    far = next(line for line in out.splitlines() if line.strip("│ ").startswith("100 "))
+    four = next(line for line in out.splitlines() if line.strip("│ ").startswith("4 "))
+    assert "optimal" in header and far.count("unreach.") == 2 and four.count("1.0000") == 2, out[-1500:]
+    assert "best of 4 log-spaced |t| in [0.25, 64], each 535 % above the last" in " ".join(out.split())
+
+
 @pytest.mark.parametrize("override, message", [("procedure=mbr", "Could not find 'procedure/mbr'"),
                                                ("nosuch=1", "Could not override 'nosuch'"),
                                                ("procedure.n=[", "no viable alternative")])

@@ -277,7 +277,7 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
                                      cfg.get("plot_scale", "auto"))
         else:  # a run dir used before: its plot is another analysis's (beside this one's tables)
             (out_dir / "frontier.png").unlink(missing_ok=True)
-        _print_tables(procedure, frontiers, best_rows)  # while the helper draws
+        _print_tables(procedure, frontiers, best_rows, bool(cfg.optimal), num)  # while the helper draws
         if cfg.plot:
             metrics["plot_scale"] = plot_job.result()
     atomic_write_json(out_dir / "metrics.json", metrics)
@@ -296,7 +296,8 @@ def _cell(f: theory.Frontier, i: int) -> str:
     return f"{f.win_rate[i]:.4f}" if f.converged[i] else "no conv."
 
 
-def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) -> None:
+def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], optimal: bool = True,
+                  scan_num: int = 40) -> None:
     from rich.table import Table
 
     from infalign.infra.console import console as rich_console
@@ -320,18 +321,23 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict]) 
             console.print(f"  unreach. {f.transform} at KL {', '.join(bs)}: {why}", highlight=False)
     if any(not f.converged[i] for f in frontiers for i in picks if f.reachable[i]):
         console.print("  no conv.: the optimal fixed point did not converge there (see curves.csv)", highlight=False)
+    scan = np.abs(theory.default_t_grid(procedure, scan_num))
+    step = (scan.max() / scan.min()) ** (1 / max(1, scan_num - 1))
     bt = Table(title=f"best exp t for {procedure.label} (beta: transform=exp; beta expn: the normalised "
-                     "expn_t* entries)")
-    # the optimal frontier's column only where it was computed (optimal=false: every value NaN)
-    optimal = any(np.isfinite(r["optimal_win_rate"]) for r in best_rows)
-    columns = ("beta", "beta_expn", "win_rate", *(("optimal_win_rate",) if optimal else ()))
+                     "expn_t* entries)",
+               caption=f"best of {scan_num} log-spaced |t| in [{scan.min():g}, {scan.max():g}], each "
+                       f"{100 * (step - 1):.0f} % above the last (best_t.num; extended past an end the best sits "
+                       "on): a pick is good to about that step")
+    # the optimal frontier's column whenever it was computed (optimal=true); a budget it cannot reach: unreach.
     for col in ("KL budget", "best t", "beta", "beta expn", "win rate", *(("optimal",) if optimal else ())):
         bt.add_column(col, justify="right")
     for r in best_rows:
         t = (f"{r['best_t']:.4g}" + (" (at scan edge)" if r["at_scan_edge"] else "")
              + (f" (flat: other t within {theory.FLAT_TOL:g})" if r["flat"] else "")
              + (f" ({untrainable_reason(r['best_t'], r['beta'])})" if not r["trainable"] else ""))
-        bt.add_row(f"{r['kl_budget']:.4g}", t, *(f"{r[k]:.4g}" for k in columns))
+        rates = [r["win_rate"], *([r["optimal_win_rate"]] if optimal else [])]
+        bt.add_row(f"{r['kl_budget']:.4g}", t, f"{r['beta']:.4g}", f"{r['beta_expn']:.4g}",
+                   *(f"{w:.4f}" if np.isfinite(w) else "unreach." for w in rates))
     console.print(bt)
 
 
