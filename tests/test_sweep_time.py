@@ -40,6 +40,23 @@ def test_callback_writes_sweep_time_json(tmp_path):
     assert written["jobs"] == 1 and written["stage_s"] == {"train": 3.0} and written["wall_s"] >= 0
 
 
+def test_a_sweep_run_again_in_its_dir_keeps_its_earlier_wall_times(tmp_path):
+    """A walkthrough's sweep continued in its dir (ckpt_path=last_or_new) overwrote sweep_time.json with the
+    last invocation's wall time alone: the earlier ones are kept in ``earlier_wall_s`` (oldest first), and an
+    unreadable earlier file is no history."""
+    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 3.0}})
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    (tmp_path / "sweep_time.json").write_text(json.dumps({"wall_s": 100.0, "earlier_wall_s": [40.0]}))
+    cb = SweepTime()
+    cb.on_multirun_start(config=None)
+    cb.on_multirun_end(config=config)
+    written = json.loads((tmp_path / "sweep_time.json").read_text())
+    assert written["earlier_wall_s"] == [40.0, 100.0] and written["wall_s"] < 100.0
+    (tmp_path / "sweep_time.json").write_text("{half")
+    cb.on_multirun_end(config=config)
+    assert "earlier_wall_s" not in json.loads((tmp_path / "sweep_time.json").read_text())
+
+
 def test_sweep_time_ends_before_failed_jobs_can_exit():
     """Hydra runs end hooks in reverse order of the config: sweep_time must come after failed_jobs."""
     callbacks = list(OmegaConf.load(Path(CONFIG_DIR) / "hydra" / "default.yaml").callbacks)

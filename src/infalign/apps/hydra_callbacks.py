@@ -12,6 +12,7 @@ their ``metrics.json`` ``timings``, policy-cache hits), which ``infalign-report`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -205,6 +206,18 @@ def sweep_time_summary(sweep_dir: Path, wall_s: float) -> dict:
             "eval_pool_hits": pool_hits, "stage_s": {k: round(v, 1) for k, v in sorted(stages.items())}}
 
 
+def _earlier_walls(path: Path) -> list[float]:
+    """The wall times of the sweep's earlier invocations in its dir (``ckpt_path=last_or_new`` continues a
+    sweep there): the previous ``sweep_time.json``'s ``earlier_wall_s`` and its ``wall_s``, which the new file
+    would otherwise overwrite with the last invocation's alone; [] without a readable one."""
+    try:
+        previous = json.loads(path.read_text())
+        walls = [float(w) for w in previous.get("earlier_wall_s", [])] + [float(previous["wall_s"])]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    return walls
+
+
 class SweepTime(Callback):
     """At the end of a multirun: ``sweep: n jobs in m min wall (...)`` and ``sweep_time.json``."""
 
@@ -219,6 +232,8 @@ class SweepTime(Callback):
         if not sweep_dir.is_dir():
             return
         summary = sweep_time_summary(sweep_dir, time.time() - self.start)
+        if earlier := _earlier_walls(sweep_dir / "sweep_time.json"):  # the sweep run again in its dir (a resume)
+            summary["earlier_wall_s"] = earlier
         atomic_write_json(sweep_dir / "sweep_time.json", summary)
         stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in summary["stage_s"].items())
         log.info("sweep: %d jobs (%d finished, %d trained policies and %d policy evaluation pools loaded from the "
