@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from hydra_speedups import speed_up_composes  # noqa: E402
 from infalign.infra.startup import frozen_start_up  # noqa: E402
-from infalign.infra.threads import JOBS_ENV, set_threads  # noqa: E402  (after the variables above)
+from infalign.infra.threads import JOBS_ENV, LATE_POOL_ENV, set_threads  # noqa: E402  (after the variables above)
 
 pytest_plugins = ("fast_exit",)  # an xdist worker leaves without the interpreter's teardown (tests/fast_exit.py)
 
@@ -127,16 +127,23 @@ def _thread_counts_kept():
     can leave torch at 2 threads in each of two workers on 2 cores: every later test oversubscribes
     (two pin tests once did, and ``make test-fast`` took ~43 s instead of ~32). Such a test is put
     right and fails here, naming the counts; ``threadpool_limits(limits=None)`` as a context restores
-    every pool."""
+    every pool. The BLAS thread counts ``set_threads`` exports (``threads.LATE_POOL_ENV``) likewise."""
     import sys
 
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
+    env = {var: os.environ.get(var) for var in LATE_POOL_ENV}  # (set_threads exports them)
     yield
+    changed = {var: os.environ.get(var) for var in LATE_POOL_ENV if os.environ.get(var) != env[var]}
+    for var in changed:
+        os.environ.pop(var, None) if env[var] is None else os.environ.__setitem__(var, env[var])
     if before is not None and (after := torch.get_num_threads()) != before:
         torch.set_num_threads(before)
         pytest.fail(f"the test left torch at {after} intra-op threads (it found {before}); restore them "
                     "(threadpoolctl's `with threadpool_limits(limits=None):` restores every pool)")
+    if changed:
+        pytest.fail(f"the test left {changed} in the environment (it found {env}): a BLAS library loaded later "
+                    "starts with them; monkeypatch.delenv them first, as tests/test_threads.py's `machine` does")
 
 
 @pytest.fixture(scope="session")

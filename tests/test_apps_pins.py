@@ -83,6 +83,12 @@ def test_an_entry_whose_pinned_t_works_against_the_procedure_is_warned_about(mon
     monkeypatch.setattr(analyze_app.log, "warning", lambda msg, *a: seen.append(msg % a if a else msg))
     (curve,) = analyze_app.build_transforms(analyze_cfg("transforms=[expn_t4]"), make_procedure("won", 4))
     assert curve.label == "expn(t=4)" and any(m.startswith("transforms=expn_t4: t=4 with won4") for m in seen)
+    # an explicit t that no family among the transforms reads is said to be unread (review finding)
+    analyze_app.build_transforms(analyze_cfg("transforms=[identity,expn_t4]", "t=[8]"), make_procedure("bon", 4))
+    assert any(m.startswith("t=[8.0] is read by the exp families (exp, exp_normalized) only") for m in seen)
+    seen.clear()
+    analyze_app.build_transforms(analyze_cfg("transforms=[exp,expn_t4]", "t=[8]"), make_procedure("bon", 4))
+    assert not any(m.startswith("t=") for m in seen)
 
 
 @pytest.mark.parametrize(("override", "key"), [("kl.num=2.5", "kl.num"), ("best_t.num=2.5", "best_t.num")])
@@ -357,8 +363,8 @@ def test_apply_threads_divides_the_cores_among_the_launchers_jobs(monkeypatch):
     from infalign.apps import config
     from infalign.infra import threads
 
-    for var in (threads.JOBS_ENV, "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
+    for var in (threads.JOBS_ENV, "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "TORCHELASTIC_RUN_ID", *threads.LATE_POOL_ENV):
+        monkeypatch.delenv(var, raising=False)  # (set_threads exports LATE_POOL_ENV: restored after the test)
     monkeypatch.setattr(threads, "_warned", set())
     monkeypatch.setattr(threads, "cpu_quota", lambda root="": None)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)

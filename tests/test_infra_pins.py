@@ -24,8 +24,8 @@ from infalign.infra import threads
 def cores(monkeypatch):
     """A machine with a settable number of usable CPUs, no launcher / DDP variables and fresh warn-once
     state (as tests/test_threads.py's ``machine``)."""
-    for var in (threads.JOBS_ENV, "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "TORCHELASTIC_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
+    for var in (threads.JOBS_ENV, "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "TORCHELASTIC_RUN_ID", *threads.LATE_POOL_ENV):
+        monkeypatch.delenv(var, raising=False)  # (set_threads exports LATE_POOL_ENV: restored after the test)
     monkeypatch.setattr(threads, "_warned", set())
     monkeypatch.setattr(threads, "cpu_quota", lambda root="": None)
 

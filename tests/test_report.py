@@ -1152,6 +1152,9 @@ def test_a_job_dir_without_hydra_is_collected_by_its_record(tmp_path):
     refused.mkdir()
     (refused / "metrics.failed.json").write_text(json.dumps({"status": "failed", "error": "ConfigError: x"}))
     (tmp_path / "1" / "notes").mkdir()
+    analyzed = tmp_path / "analyze"  # infalign-analyze's own metrics.json (no status): no job (review finding)
+    analyzed.mkdir()
+    (analyzed / "metrics.json").write_text(json.dumps({"procedure": "bon4", "transforms": ["identity"]}))
     jobs = collect(tmp_path)
     assert [j.job for j in jobs] == ["0", "1", "2"]
     assert jobs[1].status == "finished" and jobs[1].overrides == ["transform=identity", "algo.beta=0.1"]
@@ -1512,8 +1515,13 @@ def test_an_interrupted_job_is_listed_as_interrupted_with_how_to_continue_it(tmp
         "overrides": ["algo.beta=0.3"]}))
     job = load_job(job_dir, tmp_path)
     assert job.status == "interrupted" and job.overrides == ["algo.beta=0.3"]
-    assert job.reason == (f"KeyboardInterrupt: interrupted by the user (Ctrl-C); infalign-train with its overrides, "
-                          f"hydra.run.dir={job_dir} and ckpt_path=last continues it")  # a lone run: no multirun.yaml
+    # a lone run (no multirun.yaml beside it): its command; ckpt_path=last only once it left a checkpoint
+    assert job.reason == (f"KeyboardInterrupt: interrupted by the user (Ctrl-C); infalign-train algo.beta=0.3 "
+                          f"hydra.run.dir={job_dir} continues it (it stopped before its first checkpoint)")
+    (job_dir / "checkpoints").mkdir()
+    (job_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert load_job(job_dir, tmp_path).reason.endswith(f"infalign-train algo.beta=0.3 hydra.run.dir={job_dir} "
+                                                       "ckpt_path=last continues it")
     # a job of a sweep below the reported dir is continued by that sweep, in its own dir (walkthrough finding:
     # "the sweep again" read as the reported dir's, whose re-run with other values is refused)
     sub = tmp_path / "more" / "0"

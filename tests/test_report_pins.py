@@ -740,3 +740,71 @@ def test_the_theory_gain_is_the_two_transforms_theory_win_rates_apart_on_reward_
     lines = matched_kl_summary([bon4])  # the console's and summary.json's sentences, at the middle common KL
     middle = round(float(100 * expected[len(grid) // 2]), 1)
     assert [ln.endswith(f"(theory +{middle:.1f})") for ln in lines if "expn(t=4)" in ln and "identity" in ln] == [True]
+
+
+def test_a_common_kl_of_zero_leaves_the_theory_gain_of_the_other_kls(tmp_path):
+    """Review finding: the theory takes KL > 0, so a common KL grid starting at 0 (runs that barely moved)
+    made theory.frontier raise and the whole panel lost its theory gain without a word. The KL-0 point gets
+    none (NaN; no "(theory ...)" in its cell), every other KL its value."""
+    from infalign.math import theory
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Exp, Identity
+    from infalign.report.matched import compare_panels
+    from infalign.report.theory_gain import add_theory_gains
+    from test_report import per_prompt_metrics
+
+    def info(transform):
+        return {"algo": "rloo", "transform": transform, "depends_on_n": False, "trained_n": 4}
+
+    job = 0
+    for method, kls in (("identity", [0.0, 0.5, 1.0]), ("expn(t=4)", [0.0, 0.6, 1.1])):
+        for kl in kls:
+            write_job(tmp_path, str(job), [f"method={method}"], per_prompt_metrics(method, info(method), kl, 0.3, {}))
+            job += 1
+    jobs = collect(tmp_path)
+    panels, _ = compare_panels(jobs, ["reward_model"], num_resamples=100)
+    add_theory_gains(panels, jobs)
+    (bon4,) = [p for p in panels if p.name == "bon4"]
+    grid = bon4.result.grid
+    got = bon4.theory_gain[("expn(t=4)", "identity")]
+    assert grid[0] == 0.0 and np.isnan(got[0])
+    expected = (theory.frontier(Exp(4.0, normalized=True), BestOfN(4), grid[1:]).win_rate
+                - theory.frontier(Identity(), BestOfN(4), grid[1:]).win_rate)
+    np.testing.assert_allclose(got[1:], expected, rtol=0, atol=1e-12)
+
+
+
+def test_the_optimal_transforms_theory_gain_is_its_frontier_under_its_own_procedure_only(tmp_path):
+    """add_theory_gains: a method trained on the optimal transform has the optimal frontier as its theory
+    under the procedure it was solved for (bon4 here: optimal_frontier(bon4) - frontier(identity)), and no
+    theory gain on another panel (standard, bon2: its Phi* is bon4's, not theirs). An offline baseline (no
+    transform) gets none anywhere."""
+    from infalign.math import theory
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Identity
+    from infalign.report.matched import compare_panels
+    from infalign.report.theory_gain import add_theory_gains
+    from test_report import per_prompt_metrics
+
+    optimal_cfg = {"_target_": "infalign.math.theory.optimal_transform", "procedure": "bon", "n": 4, "beta": 0.3}
+    job = 0
+    for method, algo, kls in (("identity", "rloo", [0.15, 0.5, 1.0]), ("optimal(bon4)", "rloo", [0.2, 0.6, 1.1]),
+                              ("bon_sft(N=4)", "bon_sft", [0.1, 0.7, 1.2])):
+        for kl in kls:
+            info = {"algo": algo, "transform": None if algo == "bon_sft" else method, "depends_on_n": False,
+                    "trained_n": 4}
+            m = per_prompt_metrics(method, info, kl, 0.3, {})
+            if method.startswith("optimal"):
+                m["config"]["transform"] = optimal_cfg
+            write_job(tmp_path, str(job), [f"method={method}"], m)
+            job += 1
+    jobs = collect(tmp_path)
+    panels, _ = compare_panels(jobs, ["reward_model"], baselines=["identity"], num_resamples=100)
+    add_theory_gains(panels, jobs)
+    by = {p.name: p for p in panels}
+    bon4 = by["bon4"]
+    expected = (theory.optimal_frontier(BestOfN(4), bon4.result.grid).win_rate
+                - theory.frontier(Identity(), BestOfN(4), bon4.result.grid).win_rate)
+    np.testing.assert_allclose(bon4.theory_gain[("optimal(bon4)", "identity")], expected, rtol=0, atol=1e-9)
+    assert set(bon4.theory_gain) == {("optimal(bon4)", "identity")}  # not the offline baseline's
+    assert not by["standard"].theory_gain and not by["bon2"].theory_gain

@@ -139,7 +139,7 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
     """Instantiate every requested transform up front, so bad values fail before any compute."""
     names = list(cfg.transforms) if isinstance(cfg.transforms, ListConfig | list) else [cfg.transforms]
     require(len(names) > 0, "transforms", names, "a non-empty list of conf/transform/ entries")
-    out = []
+    out, t_read = [], False
     for name in names:
         if name in ("optimal", "raw"):
             hint = "set optimal=true instead" if name == "optimal" else "raw has no calibrated-space theory"
@@ -155,11 +155,15 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
                 out.append(_instantiate(instantiate_entry, "transform", name, cfg))
             elif entry.get("t") is not None:  # an exp family: one line per t
                 out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
+                t_read = True
             else:
                 out.append(_instantiate(instantiate_entry, "transform", name, cfg))
         except InstantiationException as exc:  # (e.g. a `t` key on an entry whose class takes none)
             raise ConfigError("transforms", name, "an entry of conf/transform/ that instantiates",
                               f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}") from None
+    if not t_read and not (isinstance(cfg.t, str) and cfg.t == "auto"):
+        log.warning("t=%s is read by the exp families (exp, exp_normalized) only, and transforms=%s has none: "
+                    "not drawn (an entry such as expn_t4 pins its own t)", list(checked_t(cfg)), names)
     labels = [t.label for t in out]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     require(not twice, "transforms", names, "transforms with distinct labels",

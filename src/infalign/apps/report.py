@@ -7,8 +7,8 @@
     infalign-report outputs/multirun/train/<date> --judge gold --no-wandb
     infalign-report outputs/multirun/train/<date> --out reports/sweep1 --wandb
 
-``MULTIRUN_DIR`` is a sweep dir (every dir below it that has a ``.hydra/`` is a job; a single
-run dir works too; symlinks are followed, so a dir of links to several sweeps -- e.g. seeds added
+``MULTIRUN_DIR`` is a sweep dir (every dir below it that has a ``.hydra/`` or a run's ``metrics.json`` is a
+job; a single run dir works too; symlinks are followed, so a dir of links to several sweeps -- e.g. seeds added
 by a later sweep -- is reported as one). Jobs are ``finished``, ``failed`` (``metrics.json`` with
 ``status: failed``, or an unreadable one; reason = the error's last line) or ``missing`` (no ``metrics.json``:
 running, killed or crashed; reason = the exception line of the traceback in ``train.log``).
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir = args.out if args.out is not None else root / "report"
     if not rep.find_job_dirs(root, skip=[out_dir]):
-        print(f"infalign-report: no job dirs (dirs containing .hydra/) under {root}", file=sys.stderr)
+        print(f"infalign-report: no job dirs (dirs containing .hydra/ or a run's metrics.json) under {root}",
+              file=sys.stderr)
         return 2
     try:
         report = rep.build_report(root, out_dir, args.judge, args.baseline, args.num_kl, args.bootstrap,

@@ -1,8 +1,9 @@
 """Collecting the jobs of a multirun dir: one :class:`Job` per job dir, never raising on a broken one.
 
 A multirun dir holds one job dir per job (``<sweep dir>/<job num>/``), each with ``.hydra/``
-(``config.yaml``, ``overrides.yaml``; written before the job runs), ``train.log`` and, once the job
-has ended, ``metrics.json`` (a :class:`~infalign.pipeline.run_record.RunRecord`). A job is
+(``config.yaml``, ``overrides.yaml``; written before the job runs, unless ``hydra.output_subdir=null``),
+``train.log`` and, once the job has ended, ``metrics.json`` (a :class:`~infalign.pipeline.run_record.RunRecord`):
+a dir with either is a job (:func:`find_job_dirs`). A job is
 
 * ``finished``: its record says so and has evaluation results;
 * ``failed``: the record says so (reason: the error's last line), or it is unreadable (not JSON,
@@ -14,8 +15,10 @@ has ended, ``metrics.json`` (a :class:`~infalign.pipeline.run_record.RunRecord`)
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +49,8 @@ class Job:
 
 def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
     """Every dir under ``root`` (``root`` included) that has a ``.hydra/`` child or a run's record
-    (``metrics.json``, or ``metrics.failed.json`` beside a refused attempt: a run launched with
-    ``hydra.output_subdir=null`` writes no ``.hydra/``, and was left out of its sweep's report without a
-    word), in natural order.
+    (:func:`_holds_a_run_record`: a run launched with ``hydra.output_subdir=null`` writes no ``.hydra/``, and
+    was left out of its sweep's report without a word), in natural order.
 
     Symlinked dirs are followed, so a dir of links to several sweep dirs (``bon/a -> paper_bon``,
     ``bon/b -> paper_bon_more``: seeds or methods added by a later sweep) is reported as one sweep,
@@ -64,11 +66,23 @@ def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        if (here / ".hydra").is_dir() or any((here / name).is_file() for name in ("metrics.json", FAILED_ATTEMPT)):
+        if (here / ".hydra").is_dir() or _holds_a_run_record(here):
             found.append(here)
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
                               and (here / d).resolve() not in skip_resolved), key=natural_key)
     return sorted(found, key=lambda p: natural_key(_rel(p, root)))
+
+
+def _holds_a_run_record(here: Path) -> bool:
+    """Whether ``here`` holds an infalign-train record (``metrics.failed.json``, or a ``metrics.json`` with a
+    ``status``: infalign-analyze writes a ``metrics.json`` of its own, which is no job)."""
+    if (here / FAILED_ATTEMPT).is_file():
+        return True
+    try:
+        data = json.loads((here / "metrics.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return (here / "metrics.json").is_file()  # an unreadable one: the report says so (load_job)
+    return isinstance(data, dict) and "status" in data
 
 
 def natural_key(text: str) -> tuple:
@@ -112,7 +126,8 @@ def load_job(path: Path, root: Path) -> Job:
                 job.reason = (last_line(record.error or "") or log_error(path / "train.log")
                               or "failed (no error recorded)")
             elif record.status == "interrupted":  # Ctrl-C, SIGTERM: a resume continues it
-                job.reason = f"{last_line(record.error or '') or 'interrupted'}; {_continue_hint(path)}"
+                hint = _continue_hint(path, record.overrides)
+                job.reason = f"{last_line(record.error or '') or 'interrupted'}; {hint}"
             else:  # a status this report does not know: no result to show
                 job.status, job.reason = "missing", f"metrics.json has status={record.status!r}"
     else:
@@ -126,14 +141,18 @@ def load_job(path: Path, root: Path) -> Job:
     return job
 
 
-def _continue_hint(path: Path) -> str:
+def _continue_hint(path: Path, overrides: Sequence[str] | None) -> str:
     """What continues the interrupted run in ``path``: its sweep again in the sweep's own dir (a job of a
     sweep inside the reported dir -- ``<dir>/more/0`` -- is continued by ``more``'s sweep, not the reported
-    dir's), or a lone run's command in its dir (as ``apps/train.continue_command`` says when it stops)."""
+    dir's), or a lone run's command in its dir, with ``ckpt_path=last`` only once it left a checkpoint
+    (``last`` is refused without one) -- as ``apps/train.continue_command`` says when the run stops."""
     if (path.parent / "multirun.yaml").is_file():
         return (f"its sweep again (the same command, hydra.sweep.dir={path.parent}) with ckpt_path=last_or_new "
                 "continues it")
-    return f"infalign-train with its overrides, hydra.run.dir={path} and ckpt_path=last continues it"
+    ckpt = (path / "checkpoints" / "last.ckpt").is_file()
+    keep = [str(o) for o in overrides or [] if not str(o).startswith(("hydra.run.dir=", "ckpt_path="))]
+    command = shlex.join(["infalign-train", *keep, f"hydra.run.dir={path}", *(["ckpt_path=last"] if ckpt else [])])
+    return f"{command} continues it" + ("" if ckpt else " (it stopped before its first checkpoint)")
 
 
 def _later_attempt(path: Path) -> str | None:

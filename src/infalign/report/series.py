@@ -12,6 +12,7 @@ import numpy as np
 
 from infalign.report.collect import Job, last_line
 from infalign.report.naming import (
+    algo_of,
     comparison_worlds,
     pooled_calibration,
     procedure_of,
@@ -83,9 +84,7 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
     rec = job.record
     family = transform_family(tcfg, rec.transform if rec is not None else None)[0]
     if not uses_transform(job):
-        algo = ((job.config or {}).get("algo") or {}).get("name") if isinstance((job.config or {}).get("algo"),
-                                                                               dict) else None
-        return None, f"{algo}: trains without a transform, no calibrated-space theory"
+        return None, f"{algo_of(job)}: trains without a transform, no calibrated-space theory"
     if family == "raw":
         return None, "raw: no calibrated-space theory"
     if pooled_calibration(job):

@@ -61,14 +61,19 @@ def _win_rates(job: Job | None, panel: Panel) -> np.ndarray | None:
     if transform is None:
         return None
     grid = np.asarray(panel.result.grid, np.float64)
+    out = np.full(grid.shape, np.nan)
+    positive = np.isfinite(grid) & (grid > 0)  # (a common KL of 0: runs that barely moved; the theory takes KL > 0)
+    if not positive.any():
+        return out
     try:
         if transform == "optimal":  # its frontier is its theory under the procedure it was solved for only
             own = procedure_of(job)
             if own is None or own.label != panel.procedure.label:
                 return None
-            f = theory.optimal_frontier(panel.procedure, grid)
+            f = theory.optimal_frontier(panel.procedure, grid[positive])
         else:
-            f = theory.frontier(transform, panel.procedure, grid)
+            f = theory.frontier(transform, panel.procedure, grid[positive])
     except Exception:  # noqa: BLE001 - a theory that fails leaves the measured gain without a prediction
         return None
-    return np.where(np.asarray(f.valid, bool), np.asarray(f.win_rate, np.float64), np.nan)
+    out[positive] = np.where(np.asarray(f.valid, bool), np.asarray(f.win_rate, np.float64), np.nan)
+    return out
