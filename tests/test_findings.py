@@ -61,11 +61,25 @@ def test_each_outcome_is_read_at_the_middle_kl_and_counted(tmp_path):
     assert f.verdict == "reproduced 2, contradicted 1 of 4 (1 not measured)"
     md = findings_markdown([f])
     assert "**reproduced 2, contradicted 1 of 4 (1 not measured)**" in md
-    assert "| bon4 | expn(t=4) − identity | 0.40 | +3.0 [+2.0, +4.0] | 3 seeds [+1.0, +5.0], total [+1.0, +5.0] " \
-           "| +4 −0 of 6 | reproduced |" in md
+    assert "| bon4 | expn(t=4) − identity | 0.40 | +3.0 [+2.0, +4.0] | – | 3 seeds [+1.0, +5.0], total [+1.0, +5.0] " \
+           "| +4 −0 of 6 | reproduced |" in md  # (–: these rows have no theory gain)
     # significant KLs are counted by sign: a count of both signs would read as support for the claim
     assert out[("bon2", "expn(t=8)")].significant_up == 0 and out[("bon2", "expn(t=8)")].significant_kls == 6
     assert "| +0 −6 of 6 | contradicted |" in md
+
+
+def test_the_theory_gain_at_the_middle_kl_stands_beside_the_measured_one(tmp_path):
+    """matched_kl.csv's theory_gain (report/theory_gain.py) at the comparison's middle common KL goes into the
+    comparison and findings.md's theory column: measured +3.0 beside the theory's +5.1 -- what the README's
+    best-of-N table shows by hand."""
+    table = rows("bon4", "expn(t=4)", "identity", [0.01, 0.02, 0.025, 0.03, 0.035, 0.04], [True] * 6)
+    for r in table:
+        r["theory_gain"] = 0.051 if r["kl"] == 0.4 else 0.04
+    write(tmp_path, "bon/report_transforms", table)
+    f = read_claim(Claim("bon", "bon/report_transforms", "x", ("bon4",), ("expn(t=4)",), "identity", +1), tmp_path)
+    (c,) = f.comparisons
+    assert c.kl == 0.4 and c.theory == pytest.approx(0.051)
+    assert "| bon4 | expn(t=4) − identity | 0.40 | +3.0 [+2.0, +4.0] | +5.1 | 3 seeds" in findings_markdown([f])
 
 
 def test_not_significant_is_not_established_and_one_seed_gives_no_verdict(tmp_path):

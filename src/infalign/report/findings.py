@@ -142,6 +142,7 @@ class Comparison:
     cells: list[tuple[float, float]] = field(default_factory=list)  # (KL, gain) at every common KL
     aa: str = ""  # the A/A reading of a significant outcome: "within", "beyond", or "none" (no yardstick)
     chords: str = ""  # "the chords alone make [a, b]: not evidence" (report/matched.py: chord_note), or ""
+    theory: float | None = None  # the calibrated-space theory's gain at the same KL (report/theory_gain.py)
     outcome: str = "not measured"
     why: str = ""
 
@@ -203,6 +204,7 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             mine.sort(key=lambda r: float(r["kl"]))
             mid = mine[len(mine) // 2]
             c.kl, c.gain, c.low, c.high = (_float(mid[k]) for k in ("kl", "gain", "gain_low", "gain_high"))
+            c.theory = _float(mid.get("theory_gain"))  # (none in reports from before it, and where no theory)
             c.n_seeds = int(_float(mid["n_seeds"]) or 0)
             c.seed_test = mid.get("seed_test") or "none"
             c.significant = mid["significant"] == "True"
@@ -333,21 +335,23 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
              "*within A/A noise* = significant, but no larger than the largest |gain| its A/A control (an "
              "independent re-training of one method) shows on that panel and judge at the KLs the comparison spans; "
              "a significant outcome without such a yardstick says why. No correction for the many panels, methods "
-             "and KLs read.", ""]
+             "and KLs read. *theory*: the calibrated-space theory's gain at the same KL, where both methods have "
+             "one (reward-model panels; not raw, the offline baselines or pooled calibration).", ""]
     if out is not None:
         lines += [f"Reports under `{out}`.", ""]
     for f in found:
         c = f.claim
         lines += [f"## {c.experiment}: {c.paper}", "",
                   f"**{f.verdict}** (`{c.report}`, judge {c.judge})", "",
-                  "| panel | comparison | KL | gain, points [95 % CI] | seeds | significant KLs | outcome |",
-                  "|---|---|---:|---|---|---:|---|"]
+                  "| panel | comparison | KL | gain, points [95 % CI] | theory | seeds | significant KLs | outcome |",
+                  "|---|---|---:|---|---:|---|---:|---|"]
         for x in f.comparisons:
             if x.gain is None:
-                lines.append(f"| {x.panel} | {x.method} − {x.baseline} | – | – | – | – | not measured: {x.why} |")
+                lines.append(f"| {x.panel} | {x.method} − {x.baseline} | – | – | – | – | – | not measured: {x.why} |")
                 continue
             lines.append(f"| {x.panel} | {x.method} − {x.baseline} | {x.kl:.2f} | {points(x.gain)} [{points(x.low)}, "
-                         f"{points(x.high)}] | {x.seeds or '1 seed'} | {significant_text(x)} | {x.outcome} |")
+                         f"{points(x.high)}] | {points(x.theory)} | {x.seeds or '1 seed'} | {significant_text(x)} | "
+                         f"{x.outcome} |")
         lines.append("")
     return "\n".join(lines)
 
