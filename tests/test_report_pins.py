@@ -737,6 +737,13 @@ def test_the_theory_gain_is_the_two_transforms_theory_win_rates_apart_on_reward_
     ours = [r for r in rows if (r["method"], r["baseline"]) == ("expn(t=4)", "identity")]
     np.testing.assert_allclose([r["theory_gain"] for r in ours], expected, atol=1e-12)
     assert "(theory +4.7)" in matched_kl_markdown([bon4], notes)
+    from rich.console import Console
+
+    from infalign.report.printing import print_matched_kl
+
+    console = Console(record=True, width=400)
+    print_matched_kl(SimpleNamespace(panels=[bon4], summary={}), console)
+    assert f"(theory +{round(float(100 * expected[len(grid) // 2]), 1):.1f})" in console.export_text()
     lines = matched_kl_summary([bon4])  # the console's and summary.json's sentences, at the middle common KL
     middle = round(float(100 * expected[len(grid) // 2]), 1)
     assert [ln.endswith(f"(theory +{middle:.1f})") for ln in lines if "expn(t=4)" in ln and "identity" in ln] == [True]

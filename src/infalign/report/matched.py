@@ -303,7 +303,7 @@ def matched_kl_summary(panels: Sequence[Panel]) -> list[str]:
         if not p.result.common:
             lines.append(f"{p.title}: {p.result.note}")
         i = len(p.result.grid) // 2
-        lines += [f"{panel_heading(p)}, {gain_clause(p, g, i)}{_theory_text(p, g, i)}" for g in p.result.gains]
+        lines += [f"{panel_heading(p)}, {gain_clause(p, g, i)}{theory_text(p, g, i)}" for g in p.result.gains]
         lines += [f"{p.title}: {line}" for line in left_out(p.result)]
     return lines
 
@@ -351,12 +351,12 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
                       + (f" {clause}" if (clause := seed_clause(g, i)) else "")
                       + (" *" if g.significant[i] else "")
                       + (f" ({note})" if (note := significant_chord_note(g, i)) else "")
-                      + _theory_text(p, g, i) for g in r.gains]
+                      + theory_text(p, g, i) for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
     return out.getvalue()
 
 
-def _theory_text(p: Panel, g: Gain, i: int) -> str:
+def theory_text(p: Panel, g: Gain, i: int) -> str:
     """`` (theory +5.1)``: the theory's gain at the i-th common KL, when there is one."""
     theory = p.theory_gain.get((g.method, g.baseline))
     return f" (theory {points(float(theory[i]))})" if theory is not None and np.isfinite(theory[i]) else ""

@@ -7,7 +7,7 @@ import math
 
 from infalign.report.build import Report
 from infalign.report.collect import flagged, swept_overrides
-from infalign.report.matched import gain_clause, left_out, panel_heading
+from infalign.report.matched import gain_clause, left_out, panel_heading, theory_text
 from infalign.report.tables import RATES, row_ci, status_counts
 from infalign.report.theory_gap import runs_cell
 
@@ -24,8 +24,9 @@ def print_matched_kl(report: Report, console) -> None:
                 console.print(f"    [yellow]{escape(line)}[/]")
             continue
         console.print(f"  {escape(panel_heading(p))}:")
+        i = len(p.result.grid) // 2
         for g in p.result.gains:
-            console.print(f"    {escape(gain_clause(p, g, len(p.result.grid) // 2))}")
+            console.print(f"    {escape(gain_clause(p, g, i) + theory_text(p, g, i))}")
         for line in left_out(p.result):
             console.print(f"    [yellow]{escape(line)}[/]")
     for line in (report.summary.get("matched_kl") or {}).get("notes", []):
