@@ -185,3 +185,54 @@ def test_a_run_name_keeps_the_normalized_exp_apart_from_the_plain_one():
     rloo = make_algorithm({"name": "rloo", "beta": 0.05})
     assert run_name(BestOfN(n=4), Exp(4.0, normalized=True), rloo) == "bon4-expn-t4-b0.05"
     assert run_name(BestOfN(n=4), Exp(4.0), rloo) == "bon4-exp-t4-b0.05"
+
+
+# ---------------------------------------------------------------- pipeline/world.py: reward.input=pair
+
+
+def _template_tokenizer(pair: str, specials: list[str], **named):
+    """A whitespace word-level tokenizer (words a, b) whose text-pair template is ``pair``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", *specials, "a", "b"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    first = pair.split(" $B")[0]
+    backend.post_processor = processors.TemplateProcessing(single=first, pair=pair,
+                                                           special_tokens=[(s, vocab[s]) for s in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", **named)
+
+
+@pytest.mark.parametrize(("pair", "specials", "named", "refused"), [
+    ("[CLS] $A [SEP] $B:1 [SEP]:1", ["[CLS]", "[SEP]"], {"cls_token": "[CLS]", "sep_token": "[SEP]"}, False),  # BERT
+    ("<s> $A </s> </s> $B </s>", ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"}, False),  # RoBERTa
+    ("<s> $A <s> $B", ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"}, True),  # Llama-2/3, Gemma
+    ("<s> $A </s> <s> $B </s>", ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"}, True),  # with an eos
+    ("$A <s> $B", ["<s>"], {"bos_token": "<s>"}, True),  # a BOS alone between them
+])
+def test_a_text_pair_template_that_only_restarts_the_sequence_is_no_pair(pair, specials, named, refused):
+    """Walkthrough finding: ``reward.input=pair`` (the HH experiments' default) passed for a Llama-style reward
+    tokenizer, whose text-pair template ``<s> a <s> b`` starts the response as a new sequence: every score
+    came from a row no reward model is trained on. check_pair_template (run by check_reward_length, before
+    compute) refuses a middle that ends with the row's prefix or holds only the BOS, naming reward.input;
+    BERT's ``[CLS] a [SEP] b [SEP]`` and RoBERTa's ``<s> a </s></s> b </s>`` pass."""
+    from transformers import BertConfig
+
+    from infalign.pipeline.world import check_pair_template, check_reward_length
+
+    tok = _template_tokenizer(pair, specials, **named)
+    cfg = OmegaConf.create({"reward": {"input": "pair", "max_length": 32}})
+    if refused:
+        with pytest.raises(ConfigError) as err:
+            check_pair_template(tok)
+        assert err.value.key == "reward.input" and "new sequence" in str(err.value)
+        with pytest.raises(ConfigError):  # what validation runs, with the reward model's config
+            check_reward_length(cfg, BertConfig(max_position_embeddings=64), "rm", tok)
+    else:
+        check_pair_template(tok)
+        check_reward_length(cfg, BertConfig(max_position_embeddings=64), "rm", tok)
+    check_reward_length(OmegaConf.create({"reward": {"input": "joined", "max_length": 32}}),
+                        BertConfig(max_position_embeddings=64), "rm", tok)  # joined reads any tokenizer
+    trained = OmegaConf.create({"reward": {"input": "pair", "max_length": 32, "train": {"enabled": True}}})
+    check_reward_length(trained, BertConfig(max_position_embeddings=64), "rm", tok)  # trained on the row it reads

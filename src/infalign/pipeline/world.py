@@ -198,6 +198,27 @@ def use_reward_pad_token(tokenizer, token: str | None, config) -> None:
                           f"{rows} embedding rows", f"the reward tokenizer gives it id {pad}")
 
 
+def check_pair_template(tokenizer) -> None:
+    """``reward.input=pair`` needs a text-pair template that *separates* prompt and response, as BERT's
+    ``[CLS] a [SEP] b [SEP]`` and RoBERTa's ``<s> a </s></s> b </s>`` do. Llama-style tokenizers (Llama-2/3,
+    Gemma) have one that only starts the second text as a new sequence, ``<s> a <s> b``: ``text_pair_tokens``
+    counted its ``<s>`` as a separator, and every score came from a row the reward model never saw -- the last
+    user turn, a BOS mid-row, no eos (a walkthrough: ``experiment=hh_helpful_bon`` with a Llama-based reward
+    model, no warning). A middle that ends with the row's own prefix, or holds nothing but the BOS, is a
+    ConfigError naming ``reward.input`` -- for a reward model trained elsewhere (``reward.train.enabled``:
+    one trained here is trained on the row it is scored on)."""
+    from infalign.models.builders import text_pair_tokens
+
+    prefix, middle, _, _ = text_pair_tokens(tokenizer)
+    bos = tokenizer.bos_token_id
+    if (prefix and middle[-len(prefix):] == prefix) or (bos is not None and set(middle) <= {bos}):
+        shown = tokenizer.convert_ids_to_tokens([*prefix, *middle])
+        raise ConfigError("reward.input", "pair", f"'joined' for {type(tokenizer).__name__} (with "
+                          "reward.prompt_format=full for a dialogue)",
+                          f"its text-pair template starts the response as a new sequence ({shown[:len(prefix)]} "
+                          f"prompt {shown[len(prefix):]} response): no separator a reward model is trained with")
+
+
 def check_reward_length(cfg: DictConfig, reward_config, name: str, tokenizer=None) -> None:
     """``reward.max_length`` (the tokens the reward model reads of prompt + response; longer inputs are
     cut, :func:`~infalign.models.builders.reward_model_inputs`) must fit the reward model's positions:
@@ -209,6 +230,8 @@ def check_reward_length(cfg: DictConfig, reward_config, name: str, tokenizer=Non
     (:func:`~infalign.models.reward.check_reward_max_length`): shorter, cut rows come out longer than it."""
     max_length = cfg.reward.get("max_length")
     if tokenizer is not None:
+        if reward_pair(cfg) and not _train_reward(cfg):  # (a reward model trained here learns the row it reads)
+            check_pair_template(tokenizer)
         check_reward_max_length(tokenizer, max_length, reward_pair(cfg))
     limit = input_token_limit(reward_config)
     if limit is None or (max_length is not None and int(max_length) <= limit):
