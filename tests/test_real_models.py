@@ -1104,3 +1104,35 @@ def test_a_hub_name_the_offline_cache_lacks_is_the_keys_config_error(assets, tmp
     with pytest.raises(ConfigError) as err:
         check_world_config(cfg_for(assets, tmp_path, "policy.name_or_path=infalign-tests/gpt2-typo-xyz"))
     assert err.value.key == "policy.name_or_path" and "gpt2-typo-xyz" in str(err.value)
+
+
+@pytest.mark.parametrize("group", ["reward", "policy"])
+def test_a_tokenizer_of_more_tokens_than_the_models_embedding_rows_is_refused_before_compute(assets, tmp_path, group):
+    """Walkthrough finding: a reward tokenizer of 600 tokens beside a model of 100 embedding rows (a
+    tokenizer saved next to another model) failed with ``IndexError: index out of range in self`` inside the
+    embedding lookup, after the calibration pool was sampled. check_world_config refuses it first, naming
+    the model's key; the same model with its own tokenizer passes (tokens *added* on top of the vocabulary
+    are not counted: a model may never read them)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    own = assets / ("rm" if group == "reward" else "lm")
+    bigger = tmp_path / "bigger"
+    shutil.copytree(own, bigger)
+    tok = AutoTokenizer.from_pretrained(own)
+    rows = tok.vocab_size
+    style = "bert" if group == "reward" else "llama"
+    extended = styled_word_tokenizer(style, [*_vocab_words(), *map(str, range(rows))])
+    assert extended.vocab_size > rows
+    for f in bigger.glob("*token*"):
+        f.unlink()
+    extended.save_pretrained(bigger)
+    with pytest.raises(ConfigError) as err:
+        world_mod.check_world_config(cfg_for(assets, tmp_path, f"{group}.name_or_path={bigger}"))
+    assert err.value.key == f"{group}.name_or_path" and "embedding rows" in str(err.value)
+    tok.add_special_tokens({"additional_special_tokens": ["<extra_never_read>"]})
+    assert len(tok) > rows and tok.vocab_size == rows
+    from transformers import AutoConfig
+
+    world_mod.check_vocab_fits(tok, AutoConfig.from_pretrained(own), f"{group}.name_or_path", own)

@@ -142,6 +142,7 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     checked.policy_path, config, checked.policy_revision, checked.policy_tokenizer = _check_model(
         cfg, "policy", check_causal_lm, "left")
     if checked.policy_path is not None:
+        check_vocab_fits(checked.policy_tokenizer, config, "policy.name_or_path", checked.policy_path)
         if not toy:
             check_sequence_budget(cfg, config)
         if cfg.policy.get("chat_template") and not getattr(checked.policy_tokenizer, "chat_template", None):
@@ -162,9 +163,24 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     require(checked.reward_path is not None or pad_token is None, "reward.pad_token", pad_token,
             "null for the toy world's own reward model (it pads with its own <pad>)")
     if checked.reward_path is not None:
+        check_vocab_fits(checked.reward_tokenizer, config, "reward.name_or_path", checked.reward_path)
         use_reward_pad_token(checked.reward_tokenizer, pad_token, config)
         check_reward_length(cfg, config, checked.reward_path, checked.reward_tokenizer)
     return checked
+
+
+def check_vocab_fits(tokenizer, config, key: str, path) -> None:
+    """Every token of the tokenizer's vocabulary has an embedding row in the model: a tokenizer of more
+    tokens (saved beside another model, or a model cut to a smaller vocabulary) failed with an IndexError
+    inside the embedding lookup at the first text using them -- after the reference pool was sampled (a
+    walkthrough). A ConfigError naming ``key`` before compute. (Tokens added on top of the vocabulary,
+    ``len(tokenizer)``, are not counted: special tokens a model never reads may lie past its rows.)"""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    rows, tokens = getattr(text, "vocab_size", None), getattr(tokenizer, "vocab_size", None)
+    if isinstance(rows, int) and isinstance(tokens, int) and tokens > rows:
+        raise ConfigError(key, str(path), "a model with an embedding row for every token of its tokenizer",
+                          f"its tokenizer has {tokens} tokens, the model {rows} embedding rows (vocab_size): "
+                          "a tokenizer saved beside another model?")
 
 
 def use_reward_pad_token(tokenizer, token: str | None, config) -> None:
