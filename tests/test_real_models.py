@@ -536,6 +536,12 @@ def test_prompt_budget_must_fit_the_policy_positions(assets, tmp_path, no_comput
         world_mod.load_world(cfg, tmp_path / "cache")
     cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=492", "algo.max_new_tokens=20")
     world_mod.check_world_config(cfg)  # exactly fits
+    # a response that leaves no room for any prompt names its own key (walkthrough finding: it named
+    # data.max_prompt_tokens, "at most -44")
+    cfg = cfg_for(assets, tmp_path, "data.max_prompt_tokens=200", "algo.max_new_tokens=600")
+    with pytest.raises(ConfigError) as err:
+        world_mod.check_world_config(cfg)
+    assert err.value.key == "algo.max_new_tokens" and "at most 511" in str(err.value)
 
 
 @pytest.mark.parametrize("max_length, ok", [(512, True), (513, False), (1024, False), ("null", False)])

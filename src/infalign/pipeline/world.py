@@ -342,10 +342,13 @@ def check_sequence_budget(cfg: DictConfig, policy_config) -> None:
     max_prompt = cfg.data.get("max_prompt_tokens")
     if not limit or max_prompt is None:
         return
-    new = max(int(cfg.algo.get("max_new_tokens", 0)), int(cfg.get("eval", {}).get("max_new_tokens", 0) or 0))
+    key, new = longest_max_new_tokens(cfg)
+    # a response that leaves no room for a prompt names its own key (it named data.max_prompt_tokens, "at most -44")
+    require(new < int(limit), key, new, f"at most {int(limit) - 1}: the policy's {limit} positions hold prompt + "
+            "response")
     require(int(max_prompt) + new <= int(limit), "data.max_prompt_tokens", max_prompt,
-            f"at most {int(limit) - new}: with max_new_tokens={new} the policy's {limit} positions must hold "
-            f"prompt + response")
+            f"at most {int(limit) - new}: with {key}={new} the policy's {limit} positions must hold "
+            f"prompt + response", f"or a smaller {key}")
 
 
 def longest_max_new_tokens(cfg: DictConfig) -> tuple[str, int]:
