@@ -998,6 +998,25 @@ def test_a_hold_out_that_leaves_a_side_empty_is_a_config_error_of_val_fraction(t
         assert err.value.key == "data.val_fraction" and err.value.value == fraction and left in str(err.value)
 
 
+def test_a_dataset_left_without_pairs_is_a_config_error_of_its_key(tmp_path, tok):
+    """Walkthrough finding: an empty train file, a test file of malformed records and a prompt limit every
+    pair exceeds ended the run with a ValueError traceback (exit 1). Each is a ConfigError (the run's one
+    block, exit 2) naming what to change -- data.train_file, data.test_file, data.max_prompt_tokens -- with
+    the parse's own words (the file, its counts) as the hint."""
+    good = write_jsonl(tmp_path / "good.jsonl", hh_lines()[:4])
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    broken = write_jsonl(tmp_path / "broken.jsonl", hh_lines()[4:])
+    for train, test, key, words in ((empty, good, "data.train_file", "0 records"),
+                                    (good, broken, "data.test_file", "prompt_mismatch")):
+        with pytest.raises(ConfigError) as err:
+            PreferenceDataModule("hh", train_file=str(train), test_file=str(test)).setup()
+        assert err.value.key == key and err.value.value == str(train if key.endswith("train_file") else test)
+        assert "no usable preference pairs" in str(err.value) and words in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        PreferenceDataModule("hh", train_file=str(good), tokenizer=tok, max_prompt_tokens=1).setup()
+    assert err.value.key == "data.max_prompt_tokens" and "longer than max_prompt_tokens=1" in str(err.value)
+
+
 def test_prompt_order_is_the_seeded_permutation(tmp_path):
     """``prompts(split)`` is a seeded permutation of the distinct prompts in file order --
     ``np.random.default_rng([seed, 2]).permutation(n)`` -- not the file order: with 4 train prompts p0..p3

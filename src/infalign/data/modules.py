@@ -150,7 +150,15 @@ class PreferenceDataModule(L.LightningDataModule):
             config=self.format.hub_config,
             keys=self.file_keys,
         )
-        return parse_records(records, self.format.parse, where)
+        try:
+            return parse_records(records, self.format.parse, where)
+        except ConfigError:
+            raise
+        except ValueError as exc:  # no usable pair (an empty file, every record malformed): the run's one block
+            given = self.files.get(split)
+            key = ("data.train_file" if split == "train" else "data.test_file") if given else "data.name_or_path"
+            raise ConfigError(key, str(given or self.source), "a dataset with usable preference pairs",
+                              str(exc)) from exc
 
     def prepare_data(self) -> None:
         """Fill the ``datasets`` cache for hub sources (Lightning calls this on one process)."""
@@ -181,14 +189,21 @@ class PreferenceDataModule(L.LightningDataModule):
             (("train", train, train_report), ("test", test, test_report))
         ):
             if hp.max_prompt_tokens is not None or hp.max_response_tokens is not None:
-                pairs = filter_by_length(
-                    pairs,
-                    self.tokenizer,
-                    hp.max_prompt_tokens,
-                    hp.max_response_tokens,
-                    report,
-                    self.render_prompt,
-                )
+                try:
+                    pairs = filter_by_length(
+                        pairs,
+                        self.tokenizer,
+                        hp.max_prompt_tokens,
+                        hp.max_response_tokens,
+                        report,
+                        self.render_prompt,
+                    )
+                except ConfigError:
+                    raise
+                except ValueError as exc:  # every pair too long: the limits' key, in the run's one block
+                    key = "data.max_prompt_tokens" if hp.max_prompt_tokens is not None else "data.max_response_tokens"
+                    raise ConfigError(key, hp.max_prompt_tokens if key.endswith("prompt_tokens")
+                                      else hp.max_response_tokens, "a limit some pairs fit", str(exc)) from exc
             if hp.max_examples is not None and len(pairs) > hp.max_examples:
                 rng = np.random.default_rng([hp.seed, i])
                 pairs = [pairs[j] for j in sorted(rng.choice(len(pairs), hp.max_examples, False))]
