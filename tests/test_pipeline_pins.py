@@ -236,3 +236,24 @@ def test_a_text_pair_template_that_only_restarts_the_sequence_is_no_pair(pair, s
                         BertConfig(max_position_embeddings=64), "rm", tok)  # joined reads any tokenizer
     trained = OmegaConf.create({"reward": {"input": "pair", "max_length": 32, "train": {"enabled": True}}})
     check_reward_length(trained, BertConfig(max_position_embeddings=64), "rm", tok)  # trained on the row it reads
+
+
+def test_a_pretrained_reward_tokenizer_with_a_chat_template_is_warned_about(caplog):
+    """Walkthrough finding: a reward model whose tokenizer carries a chat template (most modern public ones,
+    trained on templated text) read the dataset's raw prompt text without a word. check_world_config warns
+    (warn_reward_chat_template); not for a tokenizer without one, nor for a reward model trained here."""
+    import logging
+
+    from infalign.pipeline.world import warn_reward_chat_template
+
+    tok = _template_tokenizer("<s> $A <s> $B", ["<s>", "</s>"], bos_token="<s>", eos_token="</s>")
+    cfg = OmegaConf.create({"reward": {"input": "joined", "prompt_format": "full"}})
+    with caplog.at_level(logging.WARNING, logger="infalign.pipeline.world"):
+        warn_reward_chat_template(cfg, tok, "rm")
+        assert not caplog.records
+        tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        warn_reward_chat_template(OmegaConf.create({"reward": {"train": {"enabled": True}}}), tok, "rm")
+        assert not caplog.records
+        warn_reward_chat_template(cfg, tok, "rm")
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["reward.name_or_path=rm"]
+    assert "chat template" in caplog.records[0].getMessage()

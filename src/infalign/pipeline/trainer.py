@@ -136,8 +136,10 @@ def probe_trainer(make: TrainerFactory) -> None:
     try:
         make(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
     except (TypeError, ValueError, MisconfigurationException) as exc:
+        no_gpu = "no supported gpu backend" in str(exc).lower() or "cuda is not available" in str(exc).lower()
         raise ConfigError("trainer", factory_keywords(make),
-                          "settings lightning.Trainer accepts (conf/trainer/)", f"{type(exc).__name__}: {exc}") from exc
+                          "settings lightning.Trainer accepts (conf/trainer/)", f"{type(exc).__name__}: {exc}"
+                          + ("; this machine has no GPU: trainer=cpu" if no_gpu else "")) from exc
     finally:
         banner.setLevel(level)
 

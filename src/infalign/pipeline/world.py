@@ -164,9 +164,22 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
             "null for the toy world's own reward model (it pads with its own <pad>)")
     if checked.reward_path is not None:
         check_vocab_fits(checked.reward_tokenizer, config, "reward.name_or_path", checked.reward_path)
+        warn_reward_chat_template(cfg, checked.reward_tokenizer, checked.reward_path)
         use_reward_pad_token(checked.reward_tokenizer, pad_token, config)
         check_reward_length(cfg, config, checked.reward_path, checked.reward_tokenizer)
     return checked
+
+
+def warn_reward_chat_template(cfg: DictConfig, tokenizer, path) -> None:
+    """A pretrained reward model whose tokenizer has a chat template was most likely trained on chat-templated
+    rows, while the reward model here always reads the dataset's prompt text (``reward.prompt_format``,
+    docs/method.md §6): warned about once, before compute -- its scores may be off its training distribution
+    (a walkthrough found no word of it). Not for a reward model trained here (it learns the rows it reads)."""
+    if getattr(tokenizer, "chat_template", None) and not _train_reward(cfg):
+        log.warning("reward.name_or_path=%s: its tokenizer has a chat template, but the reward model reads the "
+                    "dataset's own prompt text (reward.input=%s, reward.prompt_format=%s), not chat-templated rows: "
+                    "if it was trained on templated text, its scores here are off its training distribution",
+                    path, cfg.reward.get("input", "joined"), cfg.reward.get("prompt_format", "full"))
 
 
 def check_vocab_fits(tokenizer, config, key: str, path) -> None:
