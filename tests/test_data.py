@@ -1015,6 +1015,16 @@ def test_a_dataset_left_without_pairs_is_a_config_error_of_its_key(tmp_path, tok
     with pytest.raises(ConfigError) as err:
         PreferenceDataModule("hh", train_file=str(good), tokenizer=tok, max_prompt_tokens=1).setup()
     assert err.value.key == "data.max_prompt_tokens" and "longer than max_prompt_tokens=1" in str(err.value)
+    # the key is the limit that excluded them: here the response's, though both are set (review finding)
+    with pytest.raises(ConfigError) as err:
+        PreferenceDataModule("hh", train_file=str(good), tokenizer=tok, max_prompt_tokens=256,
+                             max_response_tokens=1).setup()
+    assert err.value.key == "data.max_response_tokens" and err.value.value == 1
+    # records of another dataset's format: the hint says data.source may be the one to change
+    tldr = write_jsonl(tmp_path / "tldr.jsonl", [json.dumps({"info": {"post": "p"}, "summaries": [], "choice": 0})])
+    with pytest.raises(ConfigError) as err:
+        PreferenceDataModule("hh", train_file=str(tldr), test_file=str(good)).setup()
+    assert "data.source=hh's format" in str(err.value) and "or the data.source whose format" in str(err.value)
 
 
 def test_prompt_order_is_the_seeded_permutation(tmp_path):

@@ -210,6 +210,7 @@ def _template_tokenizer(pair: str, specials: list[str], **named):
     ("<s> $A <s> $B", ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"}, True),  # Llama-2/3, Gemma
     ("<s> $A </s> <s> $B </s>", ["<s>", "</s>"], {"bos_token": "<s>", "eos_token": "</s>"}, True),  # with an eos
     ("$A <s> $B", ["<s>"], {"bos_token": "<s>"}, True),  # a BOS alone between them
+    ("$A <eot> $B <eot>", ["<eot>"], {"bos_token": "<eot>", "eos_token": "<eot>"}, False),  # NeoX: bos == eos
 ])
 def test_a_text_pair_template_that_only_restarts_the_sequence_is_no_pair(pair, specials, named, refused):
     """Walkthrough finding: ``reward.input=pair`` (the HH experiments' default) passed for a Llama-style reward
@@ -257,3 +258,23 @@ def test_a_pretrained_reward_tokenizer_with_a_chat_template_is_warned_about(capl
         warn_reward_chat_template(cfg, tok, "rm")
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["reward.name_or_path=rm"]
     assert "chat template" in caplog.records[0].getMessage()
+
+
+def test_a_special_token_past_the_models_embedding_rows_is_refused():
+    """Review finding: check_vocab_fits compared the base vocabulary only, while the special tokens every row
+    carries may be *added* ones past it (Llama-3's BOS 128000 on 128000 base tokens): a tokenizer of 3 words +
+    an added BOS (id 3) beside a model of 3 embedding rows passed, and every row failed at its BOS. The
+    special token ids a row carries must be below the rows; an unused added token still passes."""
+    from transformers import LlamaConfig
+
+    from infalign.pipeline.world import check_vocab_fits
+
+    tok = _template_tokenizer("<s> $A <s> $B", ["<s>"], bos_token="<s>")  # ids: <pad> 0, <unk> 1, <s> 2, a 3, b 4
+    check_vocab_fits(tok, LlamaConfig(vocab_size=5), "policy.name_or_path", "m")
+    tok.add_special_tokens({"additional_special_tokens": ["<never_read>"]})  # id 5, in no row
+    check_vocab_fits(tok, LlamaConfig(vocab_size=5), "policy.name_or_path", "m")
+    tok.add_special_tokens({"eos_token": "<eos>"})  # id 6: every row that ends with the eos reads it
+    with pytest.raises(ConfigError) as err:
+        check_vocab_fits(tok, LlamaConfig(vocab_size=5), "policy.name_or_path", "m")
+    assert err.value.key == "policy.name_or_path" and "[6]" in str(err.value)
+

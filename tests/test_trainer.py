@@ -323,7 +323,8 @@ def test_the_steps_bar_counts_rl_steps_of_k_optimizer_steps():
     assert bar.total_train_batches == 12
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.skipif(__import__("torch").cuda.is_available() or __import__("torch").backends.mps.is_available(),
+                    reason="needs a machine without a GPU")
 def test_a_gpu_trainer_on_a_machine_without_one_says_trainer_cpu():
     """probe_trainer: ``trainer=gpu`` where no GPU is is a ConfigError naming ``trainer`` before compute with
     Lightning's own words and, since they do not say what to do, ``trainer=cpu`` (walkthrough finding)."""
@@ -337,6 +338,12 @@ def test_a_gpu_trainer_on_a_machine_without_one_says_trainer_cpu():
     with pytest.raises(ConfigError) as err:
         probe_trainer(functools.partial(L.Trainer, accelerator="gpu", devices=1))
     assert err.value.key == "trainer" and str(err.value).endswith("this machine has no GPU: trainer=cpu)")
+    with pytest.raises(ConfigError) as err:  # several processes: the CPU entry that runs them (review finding)
+        probe_trainer(functools.partial(L.Trainer, accelerator="gpu", devices=2, strategy="ddp"))
+    assert str(err.value).endswith("this machine has no GPU: trainer=ddp_cpu)")
+    with pytest.raises(ConfigError) as err:  # Lightning's words for accelerator=cuda differ
+        probe_trainer(functools.partial(L.Trainer, accelerator="cuda", devices=1))
+    assert str(err.value).endswith("this machine has no GPU: trainer=cpu)")
     with pytest.raises(ConfigError) as err:  # another refusal gets no such advice
         probe_trainer(functools.partial(L.Trainer, accelerator="cpu", max_step=3))
     assert "trainer=cpu" not in str(err.value)

@@ -133,11 +133,6 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             f"at most eval.samples={cfg.eval.samples}", "the evaluation's win rate at N draws N of each prompt's "
             "eval.samples samples: raise eval.samples")
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
-    if int(cfg.data.eval_prompts) < FEW_EVAL_PROMPTS:
-        log.warning("data.eval_prompts=%d: the evaluation's 95 %% intervals resample the held-out prompts, and "
-                    "with fewer than %d they cover noticeably less (a percentile bootstrap of a mean covers ~80 %% "
-                    "at 4 prompts, ~89 %% at 10, ~92 %% at 20: Monte Carlo, normal scores); read them as rough",
-                    int(cfg.data.eval_prompts), FEW_EVAL_PROMPTS)
     check_source_keys(cfg, command_line_keys(deletions=False))
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input, reward.prompt_format
     training_seed(cfg)  # replica
@@ -181,6 +176,11 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
         wandb_mode(logger.get("mode", "offline"))  # RunWandbLogger's own default
     objective_metric(cfg, procedure)
     resolve_ckpt(cfg, Path(cfg.paths.run_dir))
+    if int(cfg.data.eval_prompts) < FEW_EVAL_PROMPTS and distributed.rank() == 0:  # (once every check passed)
+        log.warning("data.eval_prompts=%d: the evaluation's 95 %% intervals resample the held-out prompts, and "
+                    "with fewer than %d they cover noticeably less (a percentile bootstrap of a mean covers ~80 %% "
+                    "at 4 prompts, ~89 %% at 10, ~92 %% at 20: Monte Carlo, normal scores); read them as rough",
+                    int(cfg.data.eval_prompts), FEW_EVAL_PROMPTS)
     return procedure, transform, algo
 
 

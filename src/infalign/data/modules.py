@@ -157,8 +157,10 @@ class PreferenceDataModule(L.LightningDataModule):
         except ValueError as exc:  # no usable pair (an empty file, every record malformed): the run's one block
             given = self.files.get(split)
             key = ("data.train_file" if split == "train" else "data.test_file") if given else "data.name_or_path"
-            raise ConfigError(key, str(given or self.source), "a dataset with usable preference pairs",
-                              str(exc)) from exc
+            fmt = f"a dataset with usable preference pairs in data.source={self.hparams.dataset}'s format"
+            if " 0 records" not in str(exc):  # records, none of them usable: often another dataset's format
+                fmt += " (or the data.source whose format these records are)"
+            raise ConfigError(key, str(given or self.source), fmt, str(exc)) from exc
 
     def prepare_data(self) -> None:
         """Fill the ``datasets`` cache for hub sources (Lightning calls this on one process)."""
@@ -200,16 +202,29 @@ class PreferenceDataModule(L.LightningDataModule):
                     )
                 except ConfigError:
                     raise
-                except ValueError as exc:  # every pair too long: the limits' key, in the run's one block
-                    key = "data.max_prompt_tokens" if hp.max_prompt_tokens is not None else "data.max_response_tokens"
-                    raise ConfigError(key, hp.max_prompt_tokens if key.endswith("prompt_tokens")
-                                      else hp.max_response_tokens, "a limit some pairs fit", str(exc)) from exc
+                except ValueError as exc:  # every pair too long: the key of the limit that excluded them
+                    key = self._excluding_limit(pairs)
+                    raise ConfigError(key, hp[key.removeprefix("data.")], "a limit some pairs fit",
+                                      str(exc)) from exc
             if hp.max_examples is not None and len(pairs) > hp.max_examples:
                 rng = np.random.default_rng([hp.seed, i])
                 pairs = [pairs[j] for j in sorted(rng.choice(len(pairs), hp.max_examples, False))]
             report.kept = len(pairs)
             self._pairs[split], self.reports[split] = pairs, report
             log.info("%s split: %s", split, report.summary())
+
+    def _excluding_limit(self, pairs: list[PreferenceExample]) -> str:
+        """``data.max_prompt_tokens`` when it alone leaves no pair (both limits excluded them all), else
+        ``data.max_response_tokens``: the key a ConfigError of "every pair too long" names."""
+        hp = self.hparams
+        if hp.max_prompt_tokens is None:
+            return "data.max_response_tokens"
+        try:
+            filter_by_length(pairs, self.tokenizer, hp.max_prompt_tokens, None, ParseReport("probe"),
+                             self.render_prompt)
+        except ValueError:
+            return "data.max_prompt_tokens"
+        return "data.max_response_tokens"
 
     def _refuse_same_file(self) -> None:
         train, test = (self.files.get(s) for s in ("train", self.test_split))

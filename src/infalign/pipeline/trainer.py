@@ -136,10 +136,13 @@ def probe_trainer(make: TrainerFactory) -> None:
     try:
         make(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
     except (TypeError, ValueError, MisconfigurationException) as exc:
-        no_gpu = "no supported gpu backend" in str(exc).lower() or "cuda is not available" in str(exc).lower()
+        text = str(exc).lower()
+        no_gpu = "no supported gpu backend" in text or "can not run on your system" in text
+        several = "ddp" in str(factory_keywords(make).get("strategy", "")).lower()
         raise ConfigError("trainer", factory_keywords(make),
                           "settings lightning.Trainer accepts (conf/trainer/)", f"{type(exc).__name__}: {exc}"
-                          + ("; this machine has no GPU: trainer=cpu" if no_gpu else "")) from exc
+                          + (f"; this machine has no GPU: trainer={'ddp_cpu' if several else 'cpu'}"
+                             if no_gpu else "")) from exc
     finally:
         banner.setLevel(level)
 

@@ -190,10 +190,20 @@ def check_vocab_fits(tokenizer, config, key: str, path) -> None:
     ``len(tokenizer)``, are not counted: special tokens a model never reads may lie past its rows.)"""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     rows, tokens = getattr(text, "vocab_size", None), getattr(tokenizer, "vocab_size", None)
-    if isinstance(rows, int) and isinstance(tokens, int) and tokens > rows:
+    if not isinstance(rows, int):
+        return
+    if isinstance(tokens, int) and tokens > rows:
         raise ConfigError(key, str(path), "a model with an embedding row for every token of its tokenizer",
                           f"its tokenizer has {tokens} tokens, the model {rows} embedding rows (vocab_size): "
                           "a tokenizer saved beside another model?")
+    # the special tokens every row carries may be added ones past the base vocabulary (Llama-3's, Qwen's)
+    used = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "cls", "sep")}
+    used |= set(tokenizer("a", "b")["input_ids"]) - set(tokenizer("a b", add_special_tokens=False)["input_ids"])
+    past = sorted(i for i in used if isinstance(i, int) and i >= rows)
+    if past:
+        raise ConfigError(key, str(path), "a model with an embedding row for every token its rows carry",
+                          f"the tokenizer's special token ids {past} are past the model's {rows} embedding rows "
+                          "(vocab_size): a tokenizer saved beside another model?")
 
 
 def use_reward_pad_token(tokenizer, token: str | None, config) -> None:
@@ -240,7 +250,8 @@ def check_pair_template(tokenizer) -> None:
 
     prefix, middle, _, _ = text_pair_tokens(tokenizer)
     bos = tokenizer.bos_token_id
-    if (prefix and middle[-len(prefix):] == prefix) or (bos is not None and set(middle) <= {bos}):
+    ends = {tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None)} - {None}  # (GPT-NeoX: bos == eos)
+    if (prefix and middle[-len(prefix):] == prefix) or (bos is not None and bos not in ends and set(middle) <= {bos}):
         shown = tokenizer.convert_ids_to_tokens([*prefix, *middle])
         raise ConfigError("reward.input", "pair", f"'joined' for {type(tokenizer).__name__} (with "
                           "reward.prompt_format=full for a dialogue)",
