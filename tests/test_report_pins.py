@@ -731,6 +731,16 @@ def test_the_theory_gain_is_the_two_transforms_theory_win_rates_apart_on_reward_
     assert round(float(100 * (theory.frontier(Exp(4.0, normalized=True), BestOfN(4), np.array([0.33])).win_rate
                               - theory.frontier(Identity(), BestOfN(4), np.array([0.33])).win_rate)[0]), 1) == 5.1
     assert set(bon4.theory_gain) == {("expn(t=4)", "identity")}  # not over raw
+    # each panel under its own procedure, not the runs' (bon4): the standard panel's is the N = 1 theory
+    from infalign.math.procedures import make_procedure
+
+    (std,) = [p for p in panels if p.name == "standard" and p.judge == "reward_model"]
+    sample = make_procedure("bon", 1).reduced()
+    want = (theory.frontier(Exp(4.0, normalized=True), sample, std.result.grid).win_rate
+            - theory.frontier(Identity(), sample, std.result.grid).win_rate)
+    np.testing.assert_allclose(std.theory_gain[("expn(t=4)", "identity")], want, rtol=0, atol=1e-12)
+    assert not np.allclose(want, theory.frontier(Exp(4.0, normalized=True), BestOfN(4), std.result.grid).win_rate
+                           - theory.frontier(Identity(), BestOfN(4), std.result.grid).win_rate)
     assert all(not p.theory_gain for p in panels if p.judge == "gold")
     rows = [r for r in matched_kl_rows([bon4]) if r.get("baseline")]
     assert {r["theory_gain"] is None for r in rows if r["baseline"] == "raw"} == {True}
