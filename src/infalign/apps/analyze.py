@@ -94,11 +94,16 @@ def kl_budgets(cfg: DictConfig) -> np.ndarray:
     return np.linspace(start, stop, num)
 
 
+def auto_t(cfg: DictConfig) -> bool:
+    """``t: auto`` (the exp families at 2, 4, 8, 16, negated for worst-of-N: :func:`exponents`)."""
+    return isinstance(cfg.t, str) and cfg.t == "auto"
+
+
 def checked_t(cfg: DictConfig) -> list[float]:
     """``t`` as numbers (ConfigError naming the key): ``auto`` (None here) or nonzero finite numbers with
     ``|t| <= 700``. Checked whether or not an exp-family transform reads it (a typo is an error either way)."""
     allowed = "'auto' or a nonzero number / non-empty list of them (t > 0 for bon, t < 0 for won)"
-    if isinstance(cfg.t, str) and cfg.t == "auto":
+    if auto_t(cfg):
         return []
     ts = _numbers("t", cfg.t, allowed)
     require(len(ts) > 0, "t", ts, allowed)
@@ -116,7 +121,7 @@ def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
     reference distribution and lowers the WoN win rate; t < 0 with best-of-N) is accepted with a
     warning: it is a legitimate comparison, rarely the intent.
     """
-    if isinstance(cfg.t, str) and cfg.t == "auto":
+    if auto_t(cfg):
         sign = -1.0 if procedure.sign < 0 else 1.0
         return [sign * t for t in (2.0, 4.0, 8.0, 16.0)]
     ts = list(dict.fromkeys(checked_t(cfg)))  # (4 and 4.0 are one key)
@@ -161,7 +166,7 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
         except InstantiationException as exc:  # (e.g. a `t` key on an entry whose class takes none)
             raise ConfigError("transforms", name, "an entry of conf/transform/ that instantiates",
                               f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}") from None
-    if not t_read and not (isinstance(cfg.t, str) and cfg.t == "auto"):
+    if not t_read and not auto_t(cfg):
         log.warning("t=%s is read by the exp families (exp, exp_normalized) only, and transforms=%s has none: "
                     "not drawn (an entry such as expn_t4 pins its own t)", list(checked_t(cfg)), names)
     labels = [t.label for t in out]

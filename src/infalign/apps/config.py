@@ -565,11 +565,16 @@ def load_group_entry(group: str, name: str, root: DictConfig | None = None, **ov
 
 def own_entry(group: str, name: str) -> DictConfig:
     """``conf/<group>/<name>.yaml`` as written: its own keys, its ``defaults:`` list unresolved."""
+    own = OmegaConf.load(_entry_path(group, name))
+    return own if isinstance(own, DictConfig) else OmegaConf.create({})
+
+
+def _entry_path(group: str, name: str) -> Path:
+    """``conf/<group>/<name>.yaml``; a ConfigError naming ``group`` and its entries when there is none."""
     path = Path(CONFIG_DIR) / group / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(group, name, f"one of {group_entries(group)} (files in conf/{group}/)")
-    own = OmegaConf.load(path)
-    return own if isinstance(own, DictConfig) else OmegaConf.create({})
+    return path
 
 
 def _entry(group: str, name: str, seen: tuple[str, ...] = ()) -> DictConfig:
@@ -577,9 +582,7 @@ def _entry(group: str, name: str, seen: tuple[str, ...] = ()) -> DictConfig:
     same group: each listed entry of the group merged in order, ``_self_`` where it stands (at the end
     when not listed). (A plain load left ``expn_t4`` -- ``defaults: [exp_normalized, _self_]`` -- without
     its ``_target_``, which infalign-analyze then failed on.)"""
-    path = Path(CONFIG_DIR) / group / f"{name}.yaml"
-    if not path.exists():
-        raise ConfigError(group, name, f"one of {group_entries(group)} (files in conf/{group}/)")
+    path = _entry_path(group, name)
     require(name not in seen, group, name, "an entry whose defaults list does not include itself")
     own = OmegaConf.load(path)
     defaults = own.pop("defaults", None) if isinstance(own, DictConfig) else None

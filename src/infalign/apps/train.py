@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import re
-import shlex
 import signal
 import sys
 import threading
@@ -643,13 +642,13 @@ def continue_command(out_dir: Path) -> str:
     :func:`check_run_dir`), or for a sweep's job the sweep again in its dir with ``last_or_new``."""
     from hydra.core.hydra_config import HydraConfig
 
-    ckpt = (out_dir / "checkpoints" / "last.ckpt").is_file()
+    from infalign.pipeline.policy_cache import continue_command_line
+
     where = f"recorded as interrupted in {out_dir / 'metrics.json'}"
     if HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN":
         return (f"{where}; continue the sweep with the same command and hydra.sweep.dir={HydraConfig.get().sweep.dir} "
                 "ckpt_path=last_or_new (finished jobs are kept, this one resumes)")
-    keep = [o for o in task_overrides() or [] if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
-    command = shlex.join(["infalign-train", *keep, f"hydra.run.dir={out_dir}", *(["ckpt_path=last"] if ckpt else [])])
+    command, ckpt = continue_command_line(out_dir, task_overrides())
     return f"{where}{'' if ckpt else ' (before its first checkpoint)'}; continue with: {command}"
 
 

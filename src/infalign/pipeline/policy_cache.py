@@ -519,6 +519,19 @@ def load_overrides(ckpt_dir: Path) -> list[str] | None:
     return [str(o) for o in data] if isinstance(data, list) else None
 
 
+def continue_command_line(run_dir: Path, overrides) -> tuple[str, bool]:
+    """``(command, has_checkpoint)``: the ``infalign-train`` command that continues the lone (not multirun)
+    run in ``run_dir`` -- its command-line ``overrides`` without a ``hydra.run.dir`` or ``ckpt_path``, then its
+    dir, and ``ckpt_path=last`` only once it left ``checkpoints/last.ckpt`` (``last`` is refused without one;
+    without one the dir is free for a new run). What the run logs when it stops and what the report says."""
+    import shlex
+
+    ckpt = (Path(run_dir) / "checkpoints" / "last.ckpt").is_file()
+    keep = [str(o) for o in overrides or [] if not str(o).startswith(("hydra.run.dir=", "ckpt_path="))]
+    command = ["infalign-train", *keep, f"hydra.run.dir={run_dir}", *(["ckpt_path=last"] if ckpt else [])]
+    return shlex.join(command), ckpt
+
+
 FINGERPRINT_POINTS = 1025  # u = 0, 1/1024, ..., 1
 
 

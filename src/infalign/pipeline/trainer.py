@@ -136,10 +136,10 @@ def probe_trainer(make: TrainerFactory) -> None:
     try:
         make(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
     except (TypeError, ValueError, MisconfigurationException) as exc:
-        text = str(exc).lower()
+        text, keywords = str(exc).lower(), factory_keywords(make)
         no_gpu = "no supported gpu backend" in text or "can not run on your system" in text
-        several = "ddp" in str(factory_keywords(make).get("strategy", "")).lower()
-        raise ConfigError("trainer", factory_keywords(make),
+        several = "ddp" in str(keywords.get("strategy", "")).lower()
+        raise ConfigError("trainer", keywords,
                           "settings lightning.Trainer accepts (conf/trainer/)", f"{type(exc).__name__}: {exc}"
                           + (f"; this machine has no GPU: trainer={'ddp_cpu' if several else 'cpu'}"
                              if no_gpu else "")) from exc

@@ -182,14 +182,20 @@ def warn_reward_chat_template(cfg: DictConfig, tokenizer, path) -> None:
                     path, cfg.reward.get("input", "joined"), cfg.reward.get("prompt_format", "full"))
 
 
+def embedding_rows(config):
+    """The model's embedding rows (``vocab_size`` of its text config: a multimodal model's is nested), or
+    None when its config does not say."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
+
+
 def check_vocab_fits(tokenizer, config, key: str, path) -> None:
     """Every token of the tokenizer's vocabulary has an embedding row in the model: a tokenizer of more
     tokens (saved beside another model, or a model cut to a smaller vocabulary) failed with an IndexError
     inside the embedding lookup at the first text using them -- after the reference pool was sampled (a
     walkthrough). A ConfigError naming ``key`` before compute. (Tokens added on top of the vocabulary,
     ``len(tokenizer)``, are not counted: special tokens a model never reads may lie past its rows.)"""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    rows, tokens = getattr(text, "vocab_size", None), getattr(tokenizer, "vocab_size", None)
+    rows, tokens = embedding_rows(config), getattr(tokenizer, "vocab_size", None)
     if not isinstance(rows, int):
         return
     if isinstance(tokens, int) and tokens > rows:
@@ -229,8 +235,7 @@ def use_reward_pad_token(tokenizer, token: str | None, config) -> None:
         tokenizer.add_special_tokens({"pad_token": token})
     else:
         tokenizer.pad_token = token
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    rows = getattr(text, "vocab_size", None)
+    rows = embedding_rows(config)
     pad = tokenizer.pad_token_id
     if rows is not None and pad >= int(rows):
         raise ConfigError("reward.pad_token", token, f"null or a token whose id is below the reward model's "

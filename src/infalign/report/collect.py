@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infalign.pipeline.policy_cache import OVERRIDES_FILE, load_overrides
+from infalign.pipeline.policy_cache import OVERRIDES_FILE, continue_command_line, load_overrides
 from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 from infalign.pipeline.run_record import RunRecord
 
@@ -149,9 +148,7 @@ def _continue_hint(path: Path, overrides: Sequence[str] | None) -> str:
     if (path.parent / "multirun.yaml").is_file():
         return (f"its sweep again (the same command, hydra.sweep.dir={path.parent}) with ckpt_path=last_or_new "
                 "continues it")
-    ckpt = (path / "checkpoints" / "last.ckpt").is_file()
-    keep = [str(o) for o in overrides or [] if not str(o).startswith(("hydra.run.dir=", "ckpt_path="))]
-    command = shlex.join(["infalign-train", *keep, f"hydra.run.dir={path}", *(["ckpt_path=last"] if ckpt else [])])
+    command, ckpt = continue_command_line(path, overrides)
     return f"{command} continues it" + ("" if ckpt else " (it stopped before its first checkpoint)")
 
 

@@ -22,7 +22,7 @@ from infalign.errors import ConfigError
 from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
-from infalign.report.naming import comparison_worlds, method_of, procedure_of
+from infalign.report.naming import comparison_worlds, method_of, number, procedure_of
 from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
@@ -164,13 +164,9 @@ def matched_kl_rows(panels: Sequence[Panel]) -> list[dict]:
         at = {float(k): i for i, k in enumerate(p.result.grid)}
         for r in body:
             theory = p.theory_gain.get((r["method"], r["baseline"])) if r.get("baseline") else None
-            r["theory_gain"] = _finite(theory[at[r["kl"]]]) if theory is not None else None
+            r["theory_gain"] = number(theory[at[r["kl"]]]) if theory is not None else None
         rows += [{**head, **r} for r in body] if body else [head]
     return rows
-
-
-def _finite(x) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def points(x: float | None, digits: int = 1) -> str:

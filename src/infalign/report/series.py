@@ -104,14 +104,21 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
     return transform, ""
 
 
+def theory_frontier(transform, procedure, grid: np.ndarray):
+    """The theory's frontier of a :func:`theory_transform` under ``procedure`` at the KLs ``grid``: the
+    optimal frontier for ``"optimal"``, else ``theory.frontier`` of the transform."""
+    from infalign.math import theory
+
+    return (theory.optimal_frontier(procedure, grid) if transform == "optimal"
+            else theory.frontier(transform, procedure, grid))
+
+
 def theory_curves(s: Series, judges: Sequence[str], num: int,
                   span: dict[str, list[tuple]] | None = None) -> tuple[dict[str, dict | None], str]:
     """Calibrated-space theory (``theory.frontier``) of the series' transform (:func:`theory_transform`), for
     the judge it predicts (:data:`THEORY_JUDGE`; None for the others), at KLs spanning that judge's measured
     range (``span[judge]``: (mean, low, high) KLs of every run in the plot; default the series' own) plus
-    the series' measured KLs; ``optimal`` uses the optimal frontier."""
-    from infalign.math import theory
-
+    the series' measured KLs; ``optimal`` uses the optimal frontier (:func:`theory_frontier`)."""
     job = s.jobs[0]
     procedure = procedure_of(job)
     transform, why = theory_transform(job)
@@ -127,8 +134,7 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
         grid = theory_grid([k for k in (span or {}).get(j, own) if k[0] is not None] or own, num,
                            extra=[k[0] for k in own])
         try:
-            f = (theory.optimal_frontier(procedure, grid) if transform == "optimal"
-                 else theory.frontier(transform, procedure, grid))
+            f = theory_frontier(transform, procedure, grid)
         except Exception as exc:  # noqa: BLE001
             curves[j] = None
             note = f"theory failed: {type(exc).__name__}: {last_line(str(exc))}"

@@ -22,7 +22,7 @@ import numpy as np
 from infalign.report.collect import Job
 from infalign.report.matched import Panel
 from infalign.report.naming import comparison_worlds, method_of, procedure_of
-from infalign.report.series import THEORY_JUDGE, theory_transform
+from infalign.report.series import THEORY_JUDGE, theory_frontier, theory_transform
 
 
 def add_theory_gains(panels: Sequence[Panel], jobs: Sequence[Job]) -> None:
@@ -53,8 +53,6 @@ def add_theory_gains(panels: Sequence[Panel], jobs: Sequence[Job]) -> None:
 def _win_rates(job: Job | None, panel: Panel) -> np.ndarray | None:
     """The theory's win rates of ``job``'s transform under ``panel``'s procedure at its common KLs (NaN where
     a KL is unreachable), or None without a theory."""
-    from infalign.math import theory
-
     if job is None:
         return None
     transform, _ = theory_transform(job)
@@ -65,14 +63,12 @@ def _win_rates(job: Job | None, panel: Panel) -> np.ndarray | None:
     positive = np.isfinite(grid) & (grid > 0)  # (a common KL of 0: runs that barely moved; the theory takes KL > 0)
     if not positive.any():
         return out
+    if transform == "optimal":  # its frontier is its theory under the procedure it was solved for only
+        own = procedure_of(job)
+        if own is None or own.label != panel.procedure.label:
+            return None
     try:
-        if transform == "optimal":  # its frontier is its theory under the procedure it was solved for only
-            own = procedure_of(job)
-            if own is None or own.label != panel.procedure.label:
-                return None
-            f = theory.optimal_frontier(panel.procedure, grid[positive])
-        else:
-            f = theory.frontier(transform, panel.procedure, grid[positive])
+        f = theory_frontier(transform, panel.procedure, grid[positive])
     except Exception:  # noqa: BLE001 - a theory that fails leaves the measured gain without a prediction
         return None
     out[positive] = np.where(np.asarray(f.valid, bool), np.asarray(f.win_rate, np.float64), np.nan)
