@@ -54,7 +54,7 @@ def test_t_of_magnitude_700_is_the_largest_accepted():
 
 @pytest.mark.parametrize(("procedure", "sign"), [("bon", 1.0), ("won", -1.0)])
 def test_auto_t_is_2_4_8_16_negated_for_worst_of_n(procedure, sign):
-    """conf/analyze.yaml: ``t: auto`` = [2, 4, 8, 16], negated for worst-of-N (t < 0 rewards the bottom of
+    """conf/analyze.yaml: ``t: auto`` = [2, 4, 8, 16], negated for worst-of-N (t < 0 punishes the bottom of
     the reference distribution, which worst-of-N serves)."""
     ts = analyze_app.exponents(analyze_cfg("t=auto"), make_procedure(procedure, 4))
     assert ts == [sign * 2.0, sign * 4.0, sign * 8.0, sign * 16.0]

@@ -89,6 +89,57 @@ def test_code_fingerprint_strips_only_docstrings_not_a_leading_statement():
     assert code_fingerprint('def f():\n    """doc"""\n    return 1\n') == code_fingerprint("def f():\n    return 1\n")
 
 
+
+MESSAGE_CODE = """
+def g(x, side):
+    if side not in ("left", "right"):
+        raise ValueError(f"bad side {side!r}")
+    require(x > 1, "g.x", x, "more than 1")
+    require_type("g.side", side, str)
+    assert x < 9, f"{x} too large"
+    if x > 5:
+        log.warning("x=%s is large", x)
+        warnings.warn("large x", UserWarning)
+    return x * 2
+"""
+
+
+@pytest.mark.parametrize("edit", [
+    ('f"bad side {side!r}"', '"side must be left or right"'),
+    ('"g.x", x, "more than 1"', '"g.xx", x, "above one", "a hint"'),
+    ('require_type("g.side"', 'require_type("g.other"'),
+    ('f"{x} too large"', '"large"'),
+    ('"x=%s is large", x', '"x %d", x'),
+    ('"large x"', '"x is large"'),
+    ('side):\n', 'side):\n    """Twice x."""\n'),
+    ('"bad side {side!r}"', '"bad side {side!r}", side, "left or right"'),
+], ids=["raise", "require", "require_type", "assert", "log", "warn", "docstring", "raise-arguments"])
+def test_code_fingerprint_ignores_the_wording_of_messages(edit):
+    """docs/architecture.md §5: rewording an error, a warning or a check keeps every cache entry."""
+    from infalign.infra.cache import code_fingerprint
+
+    assert edit[0] in MESSAGE_CODE
+    assert code_fingerprint(MESSAGE_CODE.replace(*edit)) == code_fingerprint(MESSAGE_CODE)
+
+
+@pytest.mark.parametrize("edit", [
+    ('("left", "right")', '("left", "up")'),  # a string that decides, not one that words a message
+    ("raise ValueError(", "raise TypeError("),
+    ("require(x > 1,", "require(x >= 1,"),
+    ("side, str)", "side, bytes)"),
+    ("assert x < 9", "assert x < 8"),
+    ("if x > 5:", "if x > 4:"),
+    ("        warnings.warn", "        pass  # warnings.warn"),
+    ("return x * 2", "return x * 3"),
+], ids=["decision", "raised-class", "require-condition", "require-type-kind", "assert-condition",
+        "warning-condition", "warning-given", "result"])
+def test_code_fingerprint_keeps_what_is_checked_raised_and_computed(edit):
+    from infalign.infra.cache import code_fingerprint
+
+    assert edit[0] in MESSAGE_CODE
+    assert code_fingerprint(MESSAGE_CODE.replace(*edit)) != code_fingerprint(MESSAGE_CODE)
+
+
 def _tree(path):
     return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
 

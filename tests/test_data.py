@@ -268,6 +268,18 @@ def test_all_malformed_file_raises_naming_the_file(tmp_path, caplog):
     assert "malformed records skipped" in caplog.text and "ok.jsonl" in caplog.text
 
 
+def test_the_malformed_warning_says_what_parsing_found_not_what_the_split_keeps(tmp_path, caplog):
+    """Real-data walkthrough: the warning, given before the hold-out and the length filter, said "too long 0,
+    kept <usable>", and the split's summary a line later other counts. It now says what parsing found; what
+    the split keeps is the summary's, once known."""
+    ok = write_jsonl(tmp_path / "ok.jsonl", hh_lines())
+    with caplog.at_level("WARNING", logger="infalign.data.formats"):
+        _, report = parse_hh(read_jsonl(ok), str(ok))
+    assert report.parsed() in caplog.text and report.n_malformed > 0
+    assert "kept" not in caplog.text and "too long" not in caplog.text and "held out" not in caplog.text
+    report.too_long, report.kept = 1, report.usable - 1
+    assert report.summary() == f"{report.parsed()}, held out 0, too long 1, kept {report.usable - 1}"
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
 def test_a_byte_order_mark_does_not_cost_the_first_record(tmp_path, suffix):
     lines = [json.dumps(hh_record(*g)) for g in HH_GOOD]

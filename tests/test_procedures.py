@@ -344,3 +344,15 @@ def test_pool_columns_are_named_by_the_procedure(name, n):
         key = make_procedure(name, n).metric_key(m)
         expected = pool_win_rates(name, pol, ref, [m])[0] if m > 1 else pool_win_rates("sample", pol, ref, [1])[0]
         torch.testing.assert_close(cols[key], expected.double(), rtol=0, atol=EXACT)
+
+
+def test_a_transform_against_the_procedure_says_which_end_of_the_reference_distribution_it_serves():
+    """exp(t u) with t < 0 under best-of-N punishes the bottom of the reference distribution and t > 0 under
+    worst-of-N rewards its top; both lower the served win rate. With the procedure's sign: no warning."""
+    from infalign.math.procedures import BestOfN, WorstOfN
+
+    assert BestOfN(4).against(-2.0) == ("t=-2 with bon4: exp(t<0) punishes the bottom of the reference distribution, "
+                                        "which lowers the bon4 win rate; the usual choice is t > 0")
+    assert WorstOfN(4).against(2.0) == ("t=2 with won4: exp(t>0) rewards the top of the reference distribution, "
+                                        "which lowers the won4 win rate; the usual choice is t < 0")
+    assert BestOfN(4).against(2.0) is None and WorstOfN(4).against(-2.0) is None

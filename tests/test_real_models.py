@@ -955,22 +955,24 @@ def test_the_reward_input_limit_is_what_the_model_can_read():
     assert reads(models["bert"], 20) and not reads(models["bert"], 21)
 
 
-def _pythia_like_reward_model(tmp_path, spare_rows: int):
+def _pythia_like_reward_model(tmp_path, spare_rows: int, eos: bool = True):
     """A GPT-2 classifier saved as cleanrl's TL;DR reward models ship: a byte-level BPE tokenizer with an
     eos and no pad token, a config without pad_token_id, and ``spare_rows`` embedding rows beyond the
-    tokenizer's vocabulary (Pythia pads its embedding to 50304 rows for 50277 tokens)."""
+    tokenizer's vocabulary (Pythia pads its embedding to 50304 rows for 50277 tokens). ``eos=False``: a
+    tokenizer without any special token."""
     from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
     from test_models import _byte_bpe
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=_byte_bpe().backend_tokenizer, eos_token="<eos>")
-    assert tok.pad_token is None
+    tok = PreTrainedTokenizerFast(tokenizer_object=_byte_bpe().backend_tokenizer, **({"eos_token": "<eos>"} if eos
+                                                                                     else {}))
+    assert tok.pad_token is None and (tok.eos_token is None) != eos
     torch.manual_seed(0)
     rm = GPT2ForSequenceClassification(GPT2Config(
         vocab_size=len(tok) + spare_rows, n_positions=64, n_embd=16, n_layer=1, n_head=2, num_labels=1,
         eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, initializer_range=0.5))
     rm.config.pad_token_id = None
-    path = tmp_path / f"rm{spare_rows}"
+    path = tmp_path / f"rm{spare_rows}{'' if eos else '-no-eos'}"
     rm.save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -1032,6 +1034,38 @@ def test_reward_pad_token_needs_an_embedding_row_and_a_model_of_the_users_own(tm
     with pytest.raises(ConfigError, match=r"reward\.pad_token.*toy world's own reward model"):
         world_mod.check_world_config(cfg)
 
+
+def test_reward_pad_token_gives_a_tokenizer_with_neither_pad_nor_eos_its_pad(tmp_path):
+    """Real-data walkthrough: a reward tokenizer with neither a pad nor an eos token was refused by
+    load_tokenizer before reward.pad_token, the setting that gives it one, was read. With it set, the
+    tokenizer loads and pads with the given token, and every row is scored as it is alone; without it, the
+    refusal names reward.pad_token."""
+    from transformers import AutoConfig
+
+    from infalign.models.builders import check_reward_model
+
+    path = _pythia_like_reward_model(tmp_path, spare_rows=8, eos=False)
+
+    def checked(pad_token):
+        cfg = OmegaConf.create({"reward": {"name_or_path": str(path), "revision": None, "pad_token": pad_token}})
+        return world_mod._check_model(cfg, "reward", check_reward_model, "right")
+
+    with pytest.raises(ConfigError, match=r"reward\.name_or_path.*neither a pad nor an eos token; reward\.pad_token "
+                                          r"sets one"):
+        checked(None)
+    *_, tok = checked("[PAD]")
+    assert tok.pad_token is None and tok.eos_token is None
+    world_mod.use_reward_pad_token(tok, "[PAD]", AutoConfig.from_pretrained(path))
+    assert tok.pad_token == "[PAD]" and tok.pad_token_id == len(tok) - 1
+    scorer = RewardScorer(load_reward_model(path, tokenizer=tok), tok, batch_size=8)
+    assert scorer.model.config.pad_token_id == tok.pad_token_id
+    prompts, responses = ["Human: can you help? Assistant:"] * 2, ["Sure, I can help you with that.", "No"]
+    batched = scorer.score(prompts, responses)
+    alone = torch.cat([scorer.score(prompts[i:i + 1], responses[i:i + 1]) for i in range(2)])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)  # padded rows read at their own last token
+    assert torch.isfinite(batched).all() and abs(float(batched[0] - batched[1])) > 1e-4
+    with pytest.raises(ValueError, match=r"neither a pad nor an eos token$"):  # no setting to name
+        load_tokenizer(path, "right", key="data.tokenizer_name_or_path")
 
 def test_the_tldr_experiment_reads_its_reward_model_at_the_eos():
     """conf/experiment/tldr_bon.yaml pads the cleanrl TL;DR reward model's rows with [PAD], as it was trained."""

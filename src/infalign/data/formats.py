@@ -165,12 +165,17 @@ class ParseReport:
     def n_malformed(self) -> int:
         return sum(self.malformed.values())
 
-    def summary(self) -> str:
+    def parsed(self) -> str:
+        """What parsing found: records, usable, malformed by reason (and the first ones)."""
         bad = ", ".join(f"{k}={v}" for k, v in sorted(self.malformed.items())) or "none"
         first = "; ".join(f"line {n}: {r}" for n, r in self.examples)
+        return f"{self.source}: {self.total} records, {self.usable} usable, malformed: {bad}" + (
+            f" (first: {first})" if first else "")
+
+    def summary(self) -> str:
+        """:meth:`parsed`, then what the split kept of the usable pairs."""
         return (
-            f"{self.source}: {self.total} records, {self.usable} usable, malformed: {bad}"
-            + (f" (first: {first})" if first else "")
+            self.parsed()
             + f", held out {self.held_out}" + (f", train prompts dropped {self.in_train}" if self.in_train else "")
             + f", too long {self.too_long}, kept {self.kept}"
         )
@@ -552,8 +557,8 @@ def parse_records(
             f"malformed {dict(counts) or 'none'}" + (f" (first: {examples})" if examples else "")
             + (f"; the first malformed record's keys are {first_keys}" if first_keys is not None else "")
         )
-    if counts:
-        log.warning("malformed records skipped -- %s", report.summary())
+    if counts:  # (what the split keeps -- held out, too long -- is said once it is known: data/modules.py)
+        log.warning("malformed records skipped -- %s", report.parsed())
     return pairs, report
 
 

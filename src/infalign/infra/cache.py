@@ -37,9 +37,46 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+LOG_METHODS = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
+
+
+class _MessagesBlanked(ast.NodeTransformer):
+    """Drop what only words a message: the arguments of a raised exception (``raise X(...)`` ->
+    ``raise X()``), an ``assert``'s message, the arguments of ``log.<level>(...)`` and
+    ``warnings.warn(...)``, all of ``require(ok, key, value, allowed, hint)`` but ``ok``, and the key of
+    ``require_type(key, value, kind)``. What is raised (the class), when (every condition, ``ok``,
+    ``kind``), that a warning is given, and every other string stay."""
+
+    def visit_Raise(self, node: ast.Raise) -> ast.AST:
+        if isinstance(node.exc, ast.Call):
+            node.exc.args, node.exc.keywords = [], []
+        return self.generic_visit(node)
+
+    def visit_Assert(self, node: ast.Assert) -> ast.AST:
+        node.msg = None
+        return self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else None
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and (
+                (func.value.id == "log" and func.attr in LOG_METHODS) or (func.value.id, func.attr) == ("warnings",
+                                                                                                       "warn")):
+            node.args, node.keywords = [], []
+        elif name == "require" and node.args:
+            node.args, node.keywords = node.args[:1], []
+        elif name == "require_type" and node.args:
+            node.args = node.args[1:]
+        return self.generic_visit(node)
+
+
 @functools.lru_cache(maxsize=256)
 def code_fingerprint(source: str) -> bytes:
-    """The syntax tree of ``source`` without docstrings (comments and positions never enter ast.dump).
+    """The syntax tree of ``source`` without docstrings and without the wording of its messages
+    (:class:`_MessagesBlanked`: raised exceptions' arguments, log and warning arguments, ``require``'s key
+    and wording); comments and positions never enter ast.dump. So rewording an error, a warning or a
+    docstring keeps every cache entry, while a change to what is computed -- or to when a check
+    raises or warns -- retires them.
 
     A pure function of the text, memoised: every run of a process (a multirun, the tests) re-reads
     the modules but parses each version of a file once (parsing all of them cost ~0.1 s CPU per run)."""
@@ -50,7 +87,7 @@ def code_fingerprint(source: str) -> bytes:
                 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
+    return ast.dump(_MessagesBlanked().visit(tree)).encode()
 
 
 def modules_digest(modules: Sequence[str], listed_in: str) -> str:

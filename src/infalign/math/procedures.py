@@ -74,13 +74,13 @@ class Procedure:
 
     def against(self, t: float) -> str | None:
         """Why an ``exp(t u)`` transform works against this procedure -- ``t > 0`` with worst-of-N rewards
-        the top of the reference distribution, ``t < 0`` with best-of-N punishes its bottom -- or None.
+        the top of the reference distribution, ``t < 0`` with best-of-N punishes the bottom of it -- or None.
         ``infalign-train`` and ``infalign-analyze`` accept such a ``t`` with this warning: a legitimate
         comparison, rarely the intent."""
         if t * self.sign >= 0:
             return None
         return (f"t={t:g} with {self.label}: exp(t{'>' if t > 0 else '<'}0) "
-                f"{'rewards the top of the reference distribution' if t > 0 else 'punishes its bottom'}, which "
+                f"{'rewards the top' if t > 0 else 'punishes the bottom'} of the reference distribution, which "
                 f"lowers the {self.label} win rate; the usual choice is t {'<' if t > 0 else '>'} 0")
 
     def at(self, n: int) -> Procedure:

@@ -412,9 +412,13 @@ def load_tokenizer(
     padding_side: str = "left",
     key: str = "policy.name_or_path",
     revision: str | None = None,
+    pad_key: str | None = None,
+    pad_given: bool = False,
 ):
     """``AutoTokenizer.from_pretrained`` (a hub id at ``revision``; None = ``main``); ``padding_side``
-    'left' (generation) or 'right' (scoring); ``pad_token`` falls back to ``eos_token``."""
+    'left' (generation) or 'right' (scoring); ``pad_token`` falls back to ``eos_token``. A tokenizer with
+    neither is an error naming ``pad_key`` (the setting that gives one, ``reward.pad_token``), unless
+    ``pad_given`` (that setting is set): its pad then stays None for the caller to set."""
     from transformers import AutoTokenizer
 
     require(padding_side in ("left", "right"), "padding_side", padding_side, "'left' or 'right'")
@@ -433,10 +437,11 @@ def load_tokenizer(
         tok = AutoTokenizer.from_pretrained(name, **_revision_kw(revision))
     except (OSError, ValueError, KeyError) as exc:
         raise OSError(f"{key}={name!r}: cannot load a tokenizer from it: {exc}") from exc
-    if tok.pad_token is None:
-        if tok.eos_token is None:
-            raise ValueError(f"{key}={name!r}: tokenizer has neither a pad nor an eos token")
+    if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
+    elif tok.pad_token is None and not pad_given:
+        raise ValueError(f"{key}={name!r}: tokenizer has neither a pad nor an eos token"
+                         + (f"; {pad_key} sets one (a token of its vocabulary, or one to add)" if pad_key else ""))
     tok.padding_side = padding_side
     return tok
 

@@ -298,7 +298,10 @@ def _check_model(cfg: DictConfig, group: str, check, padding_side: str) -> tuple
     with refused_as(key, node.name_or_path, MODEL_SOURCES, revision_key=f"{group}.revision", revision=revision):
         path, config = check(node.name_or_path, key, revision=revision)
         commit = _commit(path, revision, group)
-        tokenizer = load_tokenizer(path, padding_side, key=key, revision=commit)
+        # a tokenizer with neither a pad nor an eos token: reward.pad_token gives it one (use_reward_pad_token)
+        pad_key = "reward.pad_token" if group == "reward" else None
+        tokenizer = load_tokenizer(path, padding_side, key=key, revision=commit, pad_key=pad_key,
+                                   pad_given=pad_key is not None and node.get("pad_token") is not None)
     return path, config, commit, tokenizer
 
 
