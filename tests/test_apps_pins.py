@@ -654,6 +654,23 @@ def test_analyze_refuses_two_transforms_of_one_label_and_an_entry_that_cannot_ta
     assert any("the transform neg decreases on [0, 1]" in m for m in seen)
 
 
+@pytest.mark.parametrize(("overrides", "note"), [
+    (("eval.temperature=0.7",), "eval.temperature=0.7"),
+    (("eval.top_k=5", "eval.top_p=0.9"), "eval.top_k=5, eval.top_p=0.9"),
+    ((), None),
+])
+def test_an_evaluation_with_a_modified_sampler_is_warned_about(tmp_path, monkeypatch, overrides, note):
+    """docs/method.md (7.3): with eval.temperature != 1, eval.top_k or eval.top_p < 1 the evaluation's KL column
+    is E_q[log pi - log pi_ref] and no theory is put beside the run: validate says so, once, naming the
+    settings; not for the default evaluation."""
+    from infalign.apps import train as train_app
+
+    seen = []
+    monkeypatch.setattr(train_app.log, "warning", lambda msg, *a: seen.append(msg % a if a else msg))
+    validate_train(tmp_path, *overrides)
+    said = [m for m in seen if "E_q[log pi - log pi_ref]" in m]
+    assert said == ([] if note is None else [said[0]]) and (note is None or said[0].startswith(f"{note}: "))
+
 def test_few_held_out_prompts_are_warned_about(tmp_path, monkeypatch):
     """Walkthrough finding: with 4 evaluation prompts an untrained policy's standard win-rate interval
     excluded 0.5 for 2 of 7 seeds, without a word. validate warns below FEW_EVAL_PROMPTS (20) held-out

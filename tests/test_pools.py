@@ -211,9 +211,11 @@ def test_evaluate_policy_compares_the_policy_pool_with_the_reference_pool(monkey
     monkeypatch.setattr(evaluate, "policy_pool", fake_policy_pool)
     prompts = [f"prompt {p}" for p in range(P)]
     world = SimpleNamespace(reward=object(), gold=object(), eval_prompts=prompts)
-    cfg = OmegaConf.create({"seed": 3, "eval": {"samples": M, "ns": [1, 2], "bootstrap": 50, "keep_responses": 2}})
+    cfg = OmegaConf.create({"seed": 3, "eval": {"samples": M, "ns": [1, 2], "bootstrap": 50, "keep_responses": 2,
+                                                "temperature": 1.0, "top_k": None, "top_p": 1.0}})
     proc = BestOfN(n=4)
     ev = evaluate.evaluate_policy(world, cfg, proc, Identity(), 1.0, None, tmp_path)
+    assert ev.sampler is None
 
     assert ev.ns == [1, 2, 4]
     assert seeds["policy"] != seeds["reference"]
@@ -233,3 +235,9 @@ def test_evaluate_policy_compares_the_policy_pool_with_the_reference_pool(monkey
     kl = ev.judges["reward_model"]["kl"]
     assert kl.low < kl.mean < kl.high  # (a non-degenerate interval: a mutant reading low / high differs)
     assert ev.theory["at_measured_kl"]["kl"] == kl.mean
+    # an evaluation with a modified sampler (docs/method.md (7.3)): the same columns, no theory beside them
+    for key, value, note in (("temperature", 0.7, "eval.temperature=0.7"), ("top_k", 5, "eval.top_k=5"),
+                             ("top_p", 0.9, "eval.top_p=0.9")):
+        modified = OmegaConf.merge(cfg, {"eval": {key: value}})
+        other = evaluate.evaluate_policy(world, modified, proc, Identity(), 1.0, None, tmp_path)
+        assert other.sampler == note and other.theory is None and other.judges == ev.judges

@@ -593,6 +593,35 @@ def test_pooled_runs_get_no_theory_curve_or_gap(tmp_path):
             assert rows and series.theory["reward_model"] is not None and series.theory_note == ""
 
 
+@pytest.mark.parametrize("where", ["config", "record"])
+def test_runs_evaluated_with_a_modified_sampler_get_no_theory_curve_gap_or_gain(tmp_path, where):
+    """eval.temperature != 1 (or eval.top_k, eval.top_p < 1) samples another distribution q than the policy's:
+    its KL column is E_q[log pi - log pi_ref] and its win rates are q's, so the report draws no theory beside
+    it, measures no distance from theory and puts no theory gain beside its gains (docs/method.md (7.3)) --
+    read from the record's eval.sampler (version 5) or, for older records that still carry a theory, from
+    the config. Control: the same record evaluated at temperature 1."""
+    from infalign.report.collect import collect
+    from infalign.report.series import build_series, theory_transform
+    from infalign.report.theory_gap import theory_gap_rows
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for temperature in (0.7, 1.0):
+        metrics = per_prompt_metrics("identity", info, 0.3, 0.3, {})
+        metrics["config"]["eval"] = {"temperature": temperature if where == "config" else 1.0, "top_k": None,
+                                     "top_p": 1.0}
+        if where == "record" and temperature != 1.0:
+            metrics["eval"]["sampler"] = f"eval.temperature={temperature:g}"
+        root = tmp_path / f"t{temperature}"
+        write_job(root, "0", ["method=identity"], metrics)
+        jobs = collect(root)
+        rows, (series,) = theory_gap_rows(jobs), build_series(jobs, ["reward_model"])
+        transform, why = theory_transform(jobs[0])
+        if temperature != 1.0:
+            assert rows == [] and series.theory == {"reward_model": None} and transform is None
+            assert series.theory_note == why and "evaluated with eval.temperature=0.7" in why
+        else:
+            assert rows and series.theory["reward_model"] is not None and transform is not None and why == ""
+
 def test_runs_of_another_world_are_left_out_of_the_matched_kl_comparison(tmp_path):
     """Toy prompts depend on the toy seed only, so runs of another world (other toy parameters or
     models) share prompt ids: the report compares the runs of the world most of them share and notes

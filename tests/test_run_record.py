@@ -35,7 +35,8 @@ def finished_json() -> dict:
                  "theory": {"beta": 0.3, "kl": 0.4, "standard_win_rate": 0.65, "bon4_win_rate": 0.75,
                             "bon1_win_rate": 0.65,
                             "at_measured_kl": {"kl": 0.3, "reachable": True, "standard_win_rate": 0.62,
-                                               "bon4_win_rate": 0.72, "bon1_win_rate": 0.62}}},
+                                               "bon4_win_rate": 0.72, "bon1_win_rate": 0.62}},
+                 "sampler": None},
         "kl_ratio": 0.75, "timings": {"train_s": 2.0}, "cache": {"policy_hit": False},
         "resumed": {"checkpoint": "run/checkpoints/last.ckpt", "from_step": 4,
                     "changed": {"torch": {"checkpoint": "2.12.0", "run": "2.13.0"}}},
@@ -159,6 +160,30 @@ def test_the_printed_summary_shows_the_response_statistics(capsys):
     assert ("responses: policy mean length 9.5 tokens, EOS rate 0.75; reference mean length 7.2 tokens, "
             "EOS rate 1.00") in out
 
+
+def test_an_evaluation_with_a_modified_sampler_is_recorded_and_printed_as_one(capsys, monkeypatch):
+    """eval.sampler (version 5): the printed table's KL column is headed as the E_q log-ratio it is, and a line
+    says what was not measured; a version-4 record loads with it None and prints a KL column."""
+    from infalign.pipeline.record import print_summary
+
+    monkeypatch.setenv("COLUMNS", "200")  # (rich wraps a header in a narrower table)
+
+    data = finished_json()
+    data["eval"]["sampler"], data["eval"]["theory"] = "eval.temperature=0.7", None
+    rec = RunRecord.from_json(data)
+    assert rec.eval.sampler == "eval.temperature=0.7" and RunRecord.from_json(rec.to_json()) == rec
+    print_summary(rec, BestOfN(4))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "E_q log-ratio (nats)" in out and "KL (nats)" not in out
+    assert "evaluation sampled with eval.temperature=0.7, not the policy's own distribution" in out
+    old = finished_json()
+    old["version"] = 4
+    old["eval"].pop("sampler")
+    rec = RunRecord.from_json(old)
+    assert rec.version == 4 and rec.eval.sampler is None
+    print_summary(rec, BestOfN(4))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "KL (nats)" in out and "evaluation sampled with" not in out
 
 def test_a_view_that_fails_after_the_record_is_written_loses_nothing(tmp_path, monkeypatch, caplog):
     """metrics.json is written first; a plot that cannot be written (here: a directory in its place) is

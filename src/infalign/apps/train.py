@@ -56,6 +56,7 @@ from infalign.pipeline.settings import (
     data_settings,
     eval_pool_settings,
     model_settings,
+    modified_sampler,
     training_seed,
     wandb_mode,
 )
@@ -180,6 +181,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
                     "with fewer than %d they cover noticeably less (a percentile bootstrap of a mean covers ~80 %% "
                     "at 4 prompts, ~89 %% at 10, ~92 %% at 20: Monte Carlo, normal scores); read them as rough",
                     int(cfg.data.eval_prompts), FEW_EVAL_PROMPTS)
+    if (sampler := modified_sampler(cfg.eval, "eval")) and distributed.rank() == 0:
+        log.warning("%s: the evaluation samples another distribution q than the policy's, so its KL column is "
+                    "E_q[log pi - log pi_ref], not KL(pi || pi_ref), and no calibrated-space theory is put beside "
+                    "the run (docs/method.md (7.3)); the report compares it only with runs evaluated alike", sampler)
     return procedure, transform, algo
 
 

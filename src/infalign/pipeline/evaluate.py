@@ -24,6 +24,7 @@ from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.models.generation import response_stats
 from infalign.pipeline.pools import POOL_CODE, policy_pool, reference_pool
 from infalign.pipeline.run_record import CI, Evaluation
+from infalign.pipeline.settings import modified_sampler
 from infalign.pipeline.trainer import TrainerFactory
 
 # Modules whose code turns a run's pools into its recorded numbers (win rates, KL, CIs, miscalibration, the
@@ -53,6 +54,7 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: Trai
     both pools are drawn with ``trainer`` (the run's ``predict`` factory, ``pipeline/trainer.py``);
     ``policy_id``: the policy's cache key (its pool is then cached too), None to draw it fresh."""
     ev = cfg.eval
+    sampler = modified_sampler(ev, "eval")  # samples of another distribution than the policy's: no theory
     judges = {"reward_model": world.reward} | ({"gold": world.gold} if world.gold is not None else {})
     ref, ref_hit = reference_pool(world, world.eval_prompts, int(ev.samples), judges, ev, trainer,
                                   int(cfg.seed) + 101, cache_dir, tag="eval")
@@ -74,7 +76,9 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: Trai
         samples=[[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
         responses={"policy": response_stats(pol["lengths"], pol["ended"]),
                    "reference": response_stats(ref["lengths"], ref["ended"])},
-        theory=theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns))
+        sampler=sampler,
+        theory=None if sampler else theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"],
+                                                      ns))
 
 
 def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:

@@ -170,7 +170,8 @@ def print_summary(rec: RunRecord, procedure) -> None:
     key = procedure.win_rate_key if procedure.uses_n else None
     n_prompts = next(iter(ev.judges.values()))[STANDARD_WIN_RATE].n_prompts
     table = Table(title=f"{rec.run_name or ''}: trained policy vs reference ({n_prompts} held-out prompts, 95% CI)")
-    for col in ("judge", "KL (nats)", "standard win rate", f"{procedure.label} win rate" if key else ""):
+    kl = "KL (nats)" if not ev.sampler else "E_q log-ratio (nats)"  # (a modified sampler q: not a KL, (7.3))
+    for col in ("judge", kl, "standard win rate", f"{procedure.label} win rate" if key else ""):
         if col:
             table.add_column(col, justify="right")
 
@@ -196,11 +197,20 @@ def print_summary(rec: RunRecord, procedure) -> None:
             table.add_row(*row)
     out = console()
     out.print(table)
+    if ev.sampler:
+        out.print(sampler_line(ev.sampler))
     if ev.responses:
         out.print(responses_line(ev.responses))
     mis = ev.miscalibration
     if mis:
         out.print(miscalibration_line(mis))
+
+
+def sampler_line(sampler: str) -> str:
+    """What an evaluation with a modified sampler (``eval.sampler``) measured, and what it did not."""
+    return (f"evaluation sampled with {sampler}, not the policy's own distribution: the KL column is "
+            "E_q[log pi - log pi_ref] of those samples, not KL(pi || pi_ref), the win rates are the modified "
+            "sampler's, and no calibrated-space theory is put beside them (docs/method.md (7.3))")
 
 
 def responses_line(responses: dict) -> str:

@@ -25,7 +25,11 @@ training data: pairs, N, and how many best / worst picks were cut at ``max_new_t
 ``pipeline/baselines.fit_offline``) and ``code`` (the digests of the code that produced the run's
 results -- ``training``: ``pipeline/policy_cache.code_digest``; ``evaluation``:
 ``pipeline/evaluate.evaluation_code_digest`` -- a re-run keeps a finished record only under the same
-code, ``pipeline/policy_cache.finished_record_to_keep``); older records load with them ``None``. A newer
+code, ``pipeline/policy_cache.finished_record_to_keep``); older records load with them ``None``. 5 = adds
+``eval.sampler`` (the settings of an evaluation that sampled another distribution than the policy's --
+``eval.temperature`` != 1, ``eval.top_k``, ``eval.top_p`` < 1 -- whose ``kl`` column is then
+``E_q[log pi - log pi_ref]`` and which gets no ``theory``; None when it sampled the policy itself);
+older records load with it ``None`` (their config tells). A newer
 version, or a file that is not a record, raises :class:`RecordError` with the reason.
 """
 
@@ -35,7 +39,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 FINISHED = "finished"
 
 
@@ -90,7 +94,10 @@ class Evaluation:
     [values]}}``; ``theory`` = the calibrated-space prediction (``beta``, ``kl``, win-rate keys,
     ``at_measured_kl``) or ``None``; ``responses`` = ``{"policy" | "reference": {"response_len_mean",
     "eos_rate"}}`` over each pool's samples (tokens per response incl. the stop token; share that
-    emitted one before ``eval.max_new_tokens``), ``None`` in records before version 2.
+    emitted one before ``eval.max_new_tokens``), ``None`` in records before version 2; ``sampler`` =
+    None when the pools sampled the policy and the reference themselves, else the modifying settings
+    (``"eval.temperature=0.7"``, :func:`~infalign.pipeline.settings.modified_sampler`): the ``kl`` column
+    is then ``E_q[log pi - log pi_ref]`` (docs/method.md (7.3)) and ``theory`` None.
     """
 
     judges: dict[str, dict[str, CI]]
@@ -103,6 +110,7 @@ class Evaluation:
     samples: list = field(default_factory=list)
     theory: dict | None = None
     responses: dict | None = None
+    sampler: str | None = None
 
     def ci(self, judge: str, column: str | None) -> CI | None:
         """The judge's column (``None`` when absent)."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from infalign.errors import require, require_type
 
 __all__ = ["DATA_SOURCES", "DIALOGUE_SOURCES", "DTYPES", "HALF_DTYPES", "WANDB_MODES", "data_settings",
-           "eval_pool_settings", "model_settings", "sampling_settings", "training_seed", "wandb_mode"]
+           "eval_pool_settings", "model_settings", "modified_sampler", "sampling_settings", "training_seed",
+           "wandb_mode"]
 
 DATA_SOURCES = ("toy", "hh", "tldr")
 # data.source values whose prompts are Human / Assistant dialogues: rendered as chat turns
@@ -32,6 +33,18 @@ def sampling_settings(gen_cfg, group: str = "eval") -> tuple[float, int | None, 
     require(0 < top_p <= 1, f"{group}.top_p", top_p, "0 < top_p <= 1 (1: no nucleus cut)")
     return temperature, None if top_k is None else int(top_k), top_p
 
+
+def modified_sampler(gen_cfg, group: str = "eval") -> str | None:
+    """None when ``gen_cfg`` samples the model's own distribution (temperature 1, no top-k, top-p 1);
+    else the settings that modify it, ``"eval.temperature=0.7, eval.top_k=50"``. Samples of a modified
+    sampler ``q`` are not the policy's: their mean log-ratio (docs/method.md (7.3)) is
+    ``E_q[log pi - log pi_ref]``, not ``KL(pi || pi_ref)``, and their win rates are ``q``'s, so no
+    calibrated-space theory (which describes the tilted policy itself) is put beside them."""
+    temperature, top_k, top_p = sampling_settings(gen_cfg, group)
+    parts = ([f"{group}.temperature={temperature:g}"] if temperature != 1.0 else []) + (
+        [f"{group}.top_k={top_k}"] if top_k is not None else []) + ([f"{group}.top_p={top_p:g}"] if top_p != 1.0
+                                                                    else [])
+    return ", ".join(parts) or None
 
 def eval_pool_settings(eval_cfg) -> None:
     """The evaluation pool (``eval``: M samples per held-out prompt, drawn ``batch_size`` rows at a time)

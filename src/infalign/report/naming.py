@@ -81,6 +81,27 @@ def pooled_calibration(job: Job) -> bool:
     return isinstance(calibration, dict) and calibration.get("scope") == "pooled" and uses_transform(job)
 
 
+def eval_sampler(job: Job) -> str | None:
+    """The modified sampler the run was evaluated with (``"eval.temperature=0.7"``), or None when its pools
+    sampled the policy and the reference themselves: the record's ``eval.sampler`` (version 5), else read
+    from the config's ``eval`` (:func:`~infalign.pipeline.settings.modified_sampler`; None when it cannot be
+    read). Such a run's KL column is no KL and it has no calibrated-space theory (docs/method.md (7.3))."""
+    rec = job.record
+    if rec is not None and rec.eval is not None and rec.eval.sampler:
+        return rec.eval.sampler
+    ev = job.config.get("eval") if isinstance(job.config, dict) else None
+    if not isinstance(ev, dict) or "temperature" not in ev:
+        return None
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.settings import modified_sampler
+
+    try:
+        return modified_sampler(OmegaConf.create(ev), "eval")
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
 def transform_label(job: Job) -> str:
     """The record's transform label, else ``family(t=...)`` / ``family`` from the config."""
     family, t = transform_family(job.config.get("transform"))

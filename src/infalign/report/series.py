@@ -14,6 +14,7 @@ from infalign.report.collect import Job, last_line
 from infalign.report.naming import (
     algo_of,
     comparison_worlds,
+    eval_sampler,
     pooled_calibration,
     procedure_of,
     transform_family,
@@ -89,6 +90,8 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
         return None, "raw: no calibrated-space theory"
     if pooled_calibration(job):
         return None, "pooled calibration: not uniform within a prompt, no calibrated-space theory"
+    if sampler := eval_sampler(job):
+        return None, f"evaluated with {sampler}: samples of another distribution than the policy's, no theory"
     if procedure_of(job) is None or not isinstance(tcfg, dict):
         return None, "no procedure/transform config"
     if family == "optimal":
