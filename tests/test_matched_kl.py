@@ -739,3 +739,33 @@ def test_a_single_method_with_a_curve_says_so_beside_the_methods_left_out():
     assert not result.common and result.note.startswith("only one method has a curve") and result.note.endswith(
         "a; nothing to compare")
     assert [why for _, why in result.excluded] == ["b seed 0: fewer than 2 runs with distinct KL, no curve"]
+
+
+def test_runs_that_barely_moved_give_win_rates_in_0_1_and_a_kl_not_resolved_note():
+    """Walkthrough finding: two methods whose two runs each sit ~1e-3 nats apart in KL while the per-prompt KL
+    noise puts the KL's interval at ~+-0.1 (a 10-step run that barely moved): resamples landed ~0.1 past a
+    curve's end and were continued with the measured end slope (a win-rate step over 1e-3 nats), giving
+    win-rate intervals like [-0.77, 1.67] and gain intervals of +-120 points. A continued win rate is held in
+    [0, 1], and the panel says the KL is not resolved. Control: the same runs spread 0.4 nats apart."""
+    rng = np.random.default_rng(0)
+    P = 5
+    base = rng.normal(0.0, 0.2, P)  # per-prompt KL noise shared by the runs (the same prompts)
+
+    def runs(apart: float) -> list[Run]:
+        out = []
+        for method, wins in (("identity", (0.45, 0.4625)), ("tanh3", (0.45, 0.4375))):
+            for i, (k, w) in enumerate(zip((0.0002, 0.0002 + apart), wins)):
+                kl = base + k - base.mean() + rng.normal(0, 1e-4, P)
+                metric = np.clip(w + rng.normal(0, 0.3, P), 0, 1)
+                metric += w - metric.mean()
+                out.append(Run(method, 0, kl, metric, None, f"{method}-{i}"))
+        return out
+
+    barely = matched_kl(runs(0.0009), num_resamples=400)
+    assert barely.common and "KL not resolved" in barely.note and "identity seed 0" in barely.note
+    for mean, low, high in barely.win_rate.values():
+        assert (low >= 0).all() and (high <= 1).all() and (low <= mean + 1e-12).all() and (mean <= high + 1e-12).all()
+    for g in barely.gains:
+        assert (g.low >= -1).all() and (g.high <= 1).all()
+    spread = matched_kl(runs(0.4), num_resamples=400)
+    assert spread.common and "KL not resolved" not in spread.note

@@ -35,7 +35,10 @@ end slope: two runs close in KL (a KL knob's two smallest settings) can land on 
 a resample, and continuing that near-vertical segment read win rates far outside [0, 1], which
 widened the prompt CI and blew up the bootstrap sd behind the total interval (``se_prompt`` below;
 tests/test_matched_kl.py). Only resamples do this: the point estimates, and so the grid, never leave
-a curve's measured range.
+a curve's measured range. A continued value is held in [0, 1] (it is a win rate); and a curve whose
+runs lie closer together in KL than the KL's own interval is wide (runs that barely moved, a knob
+whose settings land on one KL) is named in ``note`` as "KL not resolved": its resamples are then mostly
+continuation, and its intervals say little about the method (:func:`_unresolved_kl`).
 Percentile intervals: the ``(1-level)/2`` and ``(1+level)/2`` quantiles over ``b``. Sharing ``C``
 makes per-prompt difficulty cancel in gains; ``paired=False`` draws an independent ``C`` per method
 (for comparison only: it ignores that the methods were judged on the same prompts).
@@ -429,6 +432,9 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
             counts = count_matrix(num_prompts, num_resamples, rng)
             kb[:, cols], wb[:, cols] = counts @ kl_mat[:, cols] / num_prompts, counts @ w_mat[:, cols] / num_prompts
 
+    unresolved = _unresolved_kl(curves, kbar, kb, level)
+    if unresolved:
+        result.note = "; ".join(filter(None, [result.note, "KL not resolved -- " + ", ".join(unresolved)]))
     point: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [K]
     boot: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> [B, K]
     vertices: dict[str, dict] = {m: {} for m in methods}  # method -> seed -> (KLs, win rates)
@@ -436,8 +442,9 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
         vx, vy = _merge_ties(kbar[idx], wbar[idx])
         vertices[m][s] = (vx, vy)
         point[m][s] = interpolate(vx, vy, grid)
-        boot[m][s] = interpolate(*_merge_tied_columns(kbar[idx], kb[:, idx], wb[:, idx]), grid, continue_ends=True,
-                                 end_slopes=_end_slopes(vx, vy))
+        # (a win rate continued past a resampled curve's end stays a win rate: in [0, 1])
+        boot[m][s] = np.clip(interpolate(*_merge_tied_columns(kbar[idx], kb[:, idx], wb[:, idx]), grid,
+                                         continue_ends=True, end_slopes=_end_slopes(vx, vy)), 0.0, 1.0)
     alpha = (1.0 - level) / 2.0
     for m in methods:
         mean_b = np.mean(list(boot[m].values()), 0)
@@ -456,6 +463,24 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
                 gain.chord_low, gain.chord_high = chord_bias(vertices[m], vertices[b], grid)
                 result.gains.append(gain)
     return result
+
+
+def _unresolved_kl(curves: dict, kbar: np.ndarray, kb: np.ndarray, level: float) -> list[str]:
+    """The curves whose runs lie closer together in KL than the KL's own bootstrap interval is wide --
+    ``max_r K_r - min_r K_r`` below the median over its runs of the half-width of ``K*_.r``'s percentile
+    interval -- each as ``"<method> seed <s> (runs <span> nats apart, KL +-<half>)"``. There the resampled
+    curves are mostly continued past their ends (module docstring), so the comparison's intervals say
+    more about that continuation than about the methods: runs that barely moved from the reference, or a
+    KL knob whose settings land on nearly one KL."""
+    alpha = (1.0 - level) / 2.0
+    out = []
+    for (m, s), idx in curves.items():
+        span = float(kbar[idx].max() - kbar[idx].min())
+        low, high = np.quantile(kb[:, idx], [alpha, 1 - alpha], axis=0)
+        half = float(np.median((high - low) / 2))
+        if span < half:
+            out.append(f"{m} seed {s} (runs {span:.2g} nats apart, KL +-{half:.2g})")
+    return out
 
 
 CHORD_END_TOL = 0.1  # share of a curve's KL span past its ends within which another curve's KL counts as its end
