@@ -453,6 +453,10 @@ def validate_train(tmp_path, *overrides):
     ("seed=-1", "seed=0", "seed"),  # >= 0: numpy's and torch's seeds
     ("eval.ns=[]", "eval.ns=[1]", "eval.ns"),  # a non-empty list of N
     ("calibration.scope=global", "calibration.scope=pooled", "calibration.scope"),  # prompt | pooled
+    # a *-true precision converts registered modules in place (the reference: only when its pool is drawn)
+    ("trainer.precision=bf16-true", "trainer.precision=bf16-mixed", "trainer.precision"),
+    ("trainer.precision=16-true", "trainer.precision=32-true", "trainer.precision"),
+    ("trainer.precision=64-true", "trainer.precision=32-true", "trainer.precision"),
 ])
 def test_a_bound_of_the_train_config_is_refused_before_compute_and_its_edge_passes(tmp_path, refused, passes, key):
     """apps/train.py:validate: each value just past its documented bound is a ConfigError naming the key

@@ -141,6 +141,27 @@ def test_reward_scorer_batches_and_padding_do_not_change_scores(saved, world):
     torch.testing.assert_close(GoldScorer(world).score(xs, ys), world.gold_reward(xs, ys))
 
 
+def test_reward_scorer_gives_float32_scores_of_its_own_precision_inside_a_lightning_step(saved, world):
+    """GPU review: Lightning's bf16-true sets torch's default dtype to bfloat16 for a predict step, and the scores'
+    buffer became bfloat16 (an index_put dtype error in the calibration stage); its bf16-mixed autocast rounded the
+    score head of a float32 reward model to bfloat16 (ties among a prompt's samples, C_hat moved by 1/K). The
+    scores are float32, and equal to the plain ones, under either."""
+    root, _, _ = saved
+    scorer = RewardScorer(load_reward_model(root / "rm"), load_tokenizer(root / "rm", "right"), batch_size=64)
+    xs, ys = world.reference_corpus(16, 2, seed=0)
+    plain = scorer.score(xs, ys)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        under_default = scorer.score(xs, ys)
+    finally:
+        torch.set_default_dtype(before)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = scorer.score(xs, ys)
+    for scores in (under_default, under_autocast):
+        assert scores.dtype == torch.float32 and torch.equal(scores, plain)
+
+
 def test_reward_scorer_nan_raises(tok, world):
     rm = build_toy_reward_model(tok, "tiny")
     with torch.no_grad():

@@ -144,6 +144,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "Lightning's FSDP runs training_step inside FSDP's forward, where RL's manual backward is refused, "
             "and its predict stages leave the sampled models' weights sharded; use trainer=ddp")
     precision = str(cfg.trainer.get("precision", "32-true"))
+    require(not precision.endswith("-true") or precision == "32-true", "trainer.precision", precision,
+            "32-true, bf16-mixed or 16-mixed (half-precision weights: policy.dtype, policy.train_dtype, reward.dtype)",
+            "a *-true precision converts the modules a Lightning step registers in place: the reference became "
+            "bf16 when its calibration pool was drawn, and stayed float32 when the pool came from the cache")
     require(not (algo.online and float(getattr(algo.cfg, "grad_clip", 0) or 0) > 0 and precision in ("16-mixed", "16")),
             "trainer.precision", precision, "32-true or bf16-mixed with algo.grad_clip > 0 (or set algo.grad_clip=0)",
             "16-mixed scales the loss (a GradScaler), and Lightning's manual optimisation clips the gradients before "

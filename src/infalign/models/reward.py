@@ -223,11 +223,14 @@ class RewardScorer:
         prompts = self._dataset_prompts(prompts)
         self.model.eval()
         device = next(self.model.parameters()).device
-        scores = torch.zeros(len(prompts))
-        for idx, enc in self.encoded_chunks(prompts, responses):
-            logits = self.model(**{k: enc[k].to(device) for k in MODEL_INPUTS if k in enc}).logits
-            scores[idx] = logits[:, 0].float().cpu()
-            self._warn_truncation(enc["truncated"])
+        # float32 whatever default dtype a caller set (Lightning's *-true precisions set it for its steps), and
+        # without a surrounding autocast (Lightning's *-mixed): the weights' own dtype (reward.dtype) decides
+        scores = torch.zeros(len(prompts), dtype=torch.float32)
+        with torch.autocast(device.type, enabled=False):
+            for idx, enc in self.encoded_chunks(prompts, responses):
+                logits = self.model(**{k: enc[k].to(device) for k in MODEL_INPUTS if k in enc}).logits
+                scores[idx] = logits[:, 0].float().cpu()
+                self._warn_truncation(enc["truncated"])
         return check_finite(scores, "reward model")
 
     def _warn_truncation(self, truncated: torch.Tensor) -> None:
