@@ -299,7 +299,9 @@ def check_known_keys(cfg: DictConfig) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False)  # unresolved: a missing mandatory value is not this check's
     found = [k for k, v in tree.items() if not isinstance(v, dict) and k != "hydra"]
     for root in OWN_ROOTS:
-        if isinstance(tree.get(root), dict):
+        # a node with a _target_ (a custom scorer, reward=<entry>) holds its target's own arguments: the
+        # target's signature checks them (world.check_custom_reward), not the config files
+        if isinstance(tree.get(root), dict) and "_target_" not in tree[root]:
             found += [name for name, _ in _nodes(tree[root], root, skip=("data.toy",))]
     files = key_files()
     for name in found:

@@ -264,6 +264,32 @@ class RewardScorer:
                                            prompt_format=self.prompt_format)
 
 
+class CheckedScorer:
+    """A custom scorer (``reward._target_``, any object with ``score(prompts, responses)``) held to what every
+    reward model gives: one finite number per pair, returned as float32 ``[B]`` on the CPU -- a wrong count or
+    shape is a ValueError naming the scorer, a NaN or infinite score a FloatingPointError (:func:`check_finite`)."""
+
+    def __init__(self, scorer, name: str) -> None:
+        if not callable(getattr(scorer, "score", None)):
+            raise TypeError(f"reward._target_={name} built a {type(scorer).__name__}, which has no "
+                            "score(prompts, responses) method")
+        self.scorer, self.name = scorer, name
+
+    @property
+    def input_format(self) -> str:
+        """What it reads (``world.stats["reward_input_format"]``): the texts, through its own code."""
+        return f"custom scorer {self.name} (prompt and response texts)"
+
+    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        scores = torch.as_tensor(self.scorer.score(list(prompts), list(responses))).detach().to("cpu", torch.float32)
+        if scores.shape != (len(prompts),):
+            raise ValueError(f"reward scorer {self.name} returned scores of shape {tuple(scores.shape)} for "
+                             f"{len(prompts)} pairs (one number per pair expected)")
+        return check_finite(scores, f"reward scorer {self.name}")
+
+
 class GoldScorer:
     """The toy world's gold reward ``r*(x, y)`` behind the :class:`Scorer` interface."""
 

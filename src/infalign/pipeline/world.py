@@ -121,8 +121,11 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     toy = data.source == "toy"
     require(not (toy and _train_reward(cfg)), "reward.train.enabled", True,
             "false for the toy world (its reward model is built)")
+    custom = custom_reward(cfg)
+    if custom:
+        check_custom_reward(cfg)
     if not toy:
-        for key in ("policy", "reward"):
+        for key in ("policy",) + (() if custom else ("reward",)):
             require(cfg[key].name_or_path is not None, f"{key}.name_or_path", None,
                     "a hub name or local path (only the toy world provides its own models)")
         for key in ("train_file", "test_file"):
@@ -151,12 +154,15 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     elif toy and cfg.policy.get("chat_template"):  # (it failed after the toy build, at the first prompt)
         raise ConfigError("policy.chat_template", True, "false for the toy world's own policy",
                           "its tokenizer has no chat template (its prompts are plain text)")
-    own_reward = cfg.reward.name_or_path is None and cfg.reward.get("max_length") is None  # (a max_length cuts rows)
+    # the toy world's own reward model scores the rows (a max_length cuts them; a custom scorer reads no tokens)
+    own_reward = not custom and cfg.reward.get("name_or_path") is None and cfg.reward.get("max_length") is None
     if toy:
         toy_world = _toy_world(cfg)
         check_toy_build(cfg, toy_world)
         if checked.policy_path is None or own_reward:
             check_toy_sequence_budget(cfg, policy=checked.policy_path is None, reward=own_reward, toy=toy_world)
+    if custom:
+        return checked
     checked.reward_path, config, checked.reward_revision, checked.reward_tokenizer = _check_model(
         cfg, "reward", functools.partial(check_reward_model, from_causal_lm=_train_reward(cfg)), "right")
     pad_token = cfg.reward.get("pad_token")
@@ -168,6 +174,70 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
         use_reward_pad_token(checked.reward_tokenizer, pad_token, config)
         check_reward_length(cfg, config, checked.reward_path, checked.reward_tokenizer)
     return checked
+
+
+# reward.* settings of a reward *model*: a custom scorer (reward._target_) reads none of them
+REWARD_MODEL_KEYS = ("name_or_path", "revision", "dtype", "max_length", "input", "prompt_format", "pad_token", "train")
+
+
+def custom_reward(cfg: DictConfig) -> bool:
+    """Whether the ``reward`` entry is a custom scorer (a ``_target_``, ``conf/reward/<entry>.yaml``;
+    docs/architecture.md §6) rather than a reward model (the toy world's own, or ``name_or_path``)."""
+    return cfg.reward.get("_target_") is not None
+
+
+def check_custom_reward(cfg: DictConfig) -> None:
+    """A custom scorer's ``reward._target_`` imports (a class or a function that builds the scorer from the
+    entry's other keys), and no reward-model setting (:data:`REWARD_MODEL_KEYS`: an experiment entry's
+    ``reward.name_or_path``, say) is set beside it -- it would be silently unread. ConfigErrors name the key."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    target = cfg.reward._target_
+    try:
+        obj = get_object(str(target))
+    except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, ValueError: all the same to the user
+        raise ConfigError("reward._target_", target, "an importable class or function (module.Name) that returns a "
+                          "scorer: score(prompts, responses) -> one float per pair",
+                          f"{type(exc).__name__}: {exc}") from exc
+    arguments = {k: v for k, v in cfg.reward.items() if not str(k).startswith("_")}
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):  # (a builtin without one: its call says)
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**{k: v for k, v in arguments.items() if k not in REWARD_MODEL_KEYS})
+        except TypeError as exc:  # an argument it does not take (a typo), or one it needs and the entry lacks
+            unknown = [k for k in arguments if k not in signature.parameters and k not in REWARD_MODEL_KEYS]
+            key = f"reward.{unknown[0]}" if unknown and not any(
+                p.kind is p.VAR_KEYWORD for p in signature.parameters.values()) else "reward._target_"
+            raise ConfigError(key, cfg.reward.get(key.removeprefix("reward.")), f"the arguments {target} takes: "
+                              f"{', '.join(signature.parameters) or 'none'}", str(exc)) from exc
+    for key in REWARD_MODEL_KEYS:
+        value = cfg.reward.get(key)
+        if key == "train" and value is not None:
+            value = value.get("enabled") or None
+        require(value in (None, False), f"reward.{key}", value,
+                f"unset with reward._target_={target} (a custom scorer reads no reward-model setting)",
+                "an experiment entry sets it for its reward model; drop it, or choose a reward model instead")
+
+
+def custom_scorer(cfg: DictConfig):
+    """The ``reward`` entry's custom scorer, instantiated with the entry's other keys and checked
+    (:class:`~infalign.models.reward.CheckedScorer`), and its fingerprint: the resolved entry and the
+    digest of the code of the ``_target_``'s module (an edit there retires its pools and policies)."""
+    from hydra.utils import get_object, instantiate
+
+    from infalign.models.reward import CheckedScorer
+
+    target = str(cfg.reward._target_)
+    scorer = CheckedScorer(instantiate(cfg.reward), target)
+    module = getattr(get_object(target), "__module__", None) or target.rpartition(".")[0]
+    fingerprint = content_key("custom-scorer", OmegaConf.to_container(cfg.reward, resolve=True),
+                              modules_digest([module], "reward._target_"))
+    return scorer, fingerprint
 
 
 def warn_reward_chat_template(cfg: DictConfig, tokenizer, path) -> None:
@@ -545,7 +615,8 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         eval_raw = world.prompts("test", int(data.eval_prompts))
         gold = GoldScorer(world)
         tokenizer = checked.policy_tokenizer or load_tokenizer(policy_path, "left", key="policy.name_or_path")
-        reward_tok = checked.reward_tokenizer or load_tokenizer(reward_path, "right", key="reward.name_or_path")
+        reward_tok = None if custom_reward(cfg) else (
+            checked.reward_tokenizer or load_tokenizer(reward_path, "right", key="reward.name_or_path"))
     else:
         policy_path, reward_path = checked.policy_path, checked.reward_path
         tokenizer, reward_tok = checked.policy_tokenizer, checked.reward_tokenizer
@@ -582,24 +653,28 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                                 revision=policy_rev)
         reference = load_causal_lm(policy_path, dtype=dtype, device=device, key="policy.name_or_path",
                                    revision=policy_rev)
-    with hf_progress(slow_to_load(reward_path)):
-        reward_model = load_reward_model(reward_path, dtype=reward_dtype, device=device,
-                                         tokenizer=reward_tok, key="reward.name_or_path", revision=reward_rev)
     render = policy_view(cfg.policy, tokenizer, data.source)
     train_prompts, eval_prompts = render(train_raw), render(eval_raw)
-    reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
-                          max_length=cfg.reward.get("max_length"),
-                          dataset_prompts=dataset_prompt_map(train_prompts + eval_prompts, train_raw + eval_raw)
-                          if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg),
-                          prompt_format=reward_prompt_format(cfg))
+    if custom_reward(cfg):
+        reward, custom_fingerprint = custom_scorer(cfg)
+        reward_path = None
+    else:
+        with hf_progress(slow_to_load(reward_path)):
+            reward_model = load_reward_model(reward_path, dtype=reward_dtype, device=device,
+                                             tokenizer=reward_tok, key="reward.name_or_path", revision=reward_rev)
+        reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
+                              max_length=cfg.reward.get("max_length"),
+                              dataset_prompts=dataset_prompt_map(train_prompts + eval_prompts, train_raw + eval_raw)
+                              if cfg.policy.get("chat_template") else None, pair=reward_pair(cfg),
+                              prompt_format=reward_prompt_format(cfg))
     stats["reward_input_format"] = reward.input_format
     stats |= count_truncated_prompts(cfg, policy, tokenizer, {"train": train_prompts, "eval": eval_prompts})
     # what a cached reference sample / reward score depends on: the weights, the precision they compute
     # in (a half-precision dtype only, so float32 keys are those from before dtypes entered them) and
     # how the reward model reads its input
     reference_fingerprint = _with_dtype(_fingerprint(policy_path, policy_rev), dtype)
-    reward_fingerprint = content_key(_with_dtype(_fingerprint(reward_path, reward_rev), reward_dtype),
-                                     reward.input_format)
+    reward_fingerprint = custom_fingerprint if reward_path is None else content_key(
+        _with_dtype(_fingerprint(reward_path, reward_rev), reward_dtype), reward.input_format)
     # which world a run's numbers come from (the report compares only runs of one world): the models
     # and, for the toy world, its build key (the world's parameters: the gold reward too)
     stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
