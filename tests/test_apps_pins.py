@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from infalign.apps import analyze as analyze_app
-from infalign.errors import ConfigError
+from infalign.errors import ConfigError, require
 from infalign.math.procedures import make_procedure
 from pipeline_helpers import compose_config
 
@@ -465,6 +465,24 @@ def test_a_bound_of_the_train_config_is_refused_before_compute_and_its_edge_pass
     validate_train(tmp_path, passes)
 
 
+def test_an_n_of_eval_ns_the_procedure_does_not_take_is_refused_before_compute(tmp_path, monkeypatch):
+    """Extension walkthrough: a procedure family of odd N only (median-of-N) with eval.ns=[1, 2, 4] trained, then
+    failed at the evaluation naming procedure.n=2. Validation serves the procedure at every N of eval.ns and
+    names eval.ns (here BestOfN made to refuse even N)."""
+    from infalign.math.procedures import BestOfN
+
+    original = BestOfN.at
+
+    def odd_only(self, n):
+        require(n % 2 == 1, "procedure.n", n, "an odd N")
+        return original(self, n)
+
+    monkeypatch.setattr(BestOfN, "at", odd_only)
+    with pytest.raises(ConfigError) as err:
+        validate_train(tmp_path, "procedure.n=3", "eval.ns=[1,2,3]")
+    assert err.value.key == "eval.ns" and "N=2" in str(err.value) and "an odd N" in str(err.value)
+    validate_train(tmp_path, "procedure.n=3", "eval.ns=[1,3]")
+
 def test_pooled_calibration_needs_a_calibrated_transform(tmp_path):
     """calibration.scope=pooled ranks a reward among all prompts' samples, which only a calibrated
     transform reads (docs/method.md §2): with transform=raw it is a ConfigError naming calibration.scope;
@@ -614,6 +632,23 @@ def test_a_decreasing_transform_is_warned_about_and_an_unevaluable_one_refused()
         decreasing_transform(Custom(broken, name="broken"), "transform")
     assert err.value.key == "transform" and "unexpected keyword argument 'aa'" in str(err.value)
 
+
+def test_analyze_refuses_a_transform_with_nan_or_plus_inf_on_0_1_before_compute():
+    """Extension walkthrough: ``infalign-analyze transforms=[<a NaN function>]`` failed in the theory's helper
+    process, a traceback and exit 1. The theory's own criterion (math/theory.phi_table: no NaN, no +inf) is
+    checked first, a ConfigError of ``transforms`` naming where; -inf at u = 0 (log) is density 0 and passes,
+    as every built-in transform does."""
+    import numpy as np
+
+    from infalign.math.transforms import Custom, Exp, Identity, Log
+
+    with pytest.raises(ConfigError) as err:
+        analyze_app.check_finite_transform(Custom(lambda u: np.where(u > 0.5, np.nan, u), name="half_nan"))
+    assert err.value.key == "transforms" and "half_nan is nan at u = 0.501 (and at 511 more of 1025" in str(err.value)
+    with pytest.raises(ConfigError, match=r"pole is inf at u = 0\b"):
+        analyze_app.check_finite_transform(Custom(lambda u: 1.0 / u, name="pole"))
+    for transform in (Identity(), Log(), Exp(700.0), Exp(-700.0), Custom(np.log, name="log_fn")):
+        analyze_app.check_finite_transform(transform)
 
 def test_train_validation_warns_about_a_decreasing_transform(tmp_path, caplog):
     import logging

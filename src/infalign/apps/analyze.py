@@ -176,7 +176,30 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
     for transform in out:
         if (why := decreasing_transform(transform, "transforms")) is not None:
             log.warning(why)
+        check_finite_transform(transform)
     return out
+
+
+def check_finite_transform(transform, points: int = 1025) -> None:
+    """The theory (float64) needs ``Phi`` without NaN or +inf on [0, 1] (-inf, ``log`` at 0, is density 0:
+    allowed; ``math/theory.phi_table``): a custom function that gives one (``numpy.arccosh``, a user's
+    function with a pole) failed inside the theory's helper process with a traceback and exit 1; a
+    ConfigError of ``transforms`` names it and where, before any compute."""
+    import numpy as np
+
+    from infalign.pipeline.policy_cache import phi_called_on_grid
+
+    with np.errstate(all="ignore"):
+        values = phi_called_on_grid(transform, points)
+    if values is None or values.shape != (points,):
+        return
+    bad = np.isnan(values) | np.isposinf(values)
+    if not bad.any():
+        return
+    u = np.linspace(0.0, 1.0, points)[bad]
+    raise ConfigError("transforms", transform.label, "transforms without NaN or +inf on [0, 1] (the theory's Phi)",
+                      f"{transform.label} is {values[bad][0]} at u = {u[0]:.4g}"
+                      + (f" (and at {u.size - 1} more of {points} grid points)" if u.size > 1 else ""))
 
 
 def _instantiate(make, *args, **kwargs):

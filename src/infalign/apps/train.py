@@ -129,6 +129,12 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             ">= 0 (win rate lost per nat of KL over objective.kl_budget)")
     bad_n = [n for n in cfg.eval.ns if not 1 <= int(n) <= int(cfg.eval.samples)]
     require(not bad_n, "eval.ns", list(cfg.eval.ns), f"every N in [1, eval.samples={cfg.eval.samples}]")
+    for n in cfg.eval.ns:  # the evaluation serves the procedure at every N: one it does not take (a family of
+        try:               # odd N, say) failed only after training, naming procedure.n
+            procedure.at(int(n))
+        except ConfigError as exc:
+            raise ConfigError("eval.ns", list(cfg.eval.ns), f"N that {procedure.name} takes ({exc.allowed})",
+                              f"the evaluation serves {procedure.name} at every N of eval.ns; N={n}: {exc}") from exc
     require(procedure.n <= int(cfg.eval.samples), "procedure.n", procedure.n,
             f"at most eval.samples={cfg.eval.samples}", "the evaluation's win rate at N draws N of each prompt's "
             "eval.samples samples: raise eval.samples")
