@@ -187,6 +187,25 @@ def test_a_run_name_keeps_the_normalized_exp_apart_from_the_plain_one():
     assert run_name(BestOfN(n=4), Exp(4.0), rloo) == "bon4-exp-t4-b0.05"
 
 
+def test_a_run_name_keeps_every_transform_familys_parameters():
+    """Extension walkthrough: a registered family's ``pow(t=2)`` and ``pow(t=4)`` were both ``bon4-pow-kl0.2``
+    (only exp kept its t), so W&B showed two runs of one name. ``name(k=v, ...)`` -> ``name-kv-...``; a
+    label without parameters is itself, cleaned of characters a run name does not take."""
+    from types import SimpleNamespace
+
+    from infalign.pipeline.record import run_name
+
+    rloo = make_algorithm({"name": "rloo", "beta": 0.05})
+
+    def named(label: str) -> str:
+        return run_name(BestOfN(n=4), SimpleNamespace(label=label), rloo)
+
+    assert named("pow(t=2)") == "bon4-pow-t2-b0.05" and named("pow(t=4)") == "bon4-pow-t4-b0.05"
+    assert named("expn(t=-4)") == "bon4-expn-t-4-b0.05"
+    assert named("beta cdf(a=3, b=1.5)") == "bon4-betacdf-a3-b1.5-b0.05"
+    assert named("optimal(won4)") == "bon4-optimal-won4-b0.05" and named("my/sqrt") == "bon4-mysqrt-b0.05"
+
+
 # ---------------------------------------------------------------- pipeline/world.py: reward.input=pair
 
 

@@ -99,17 +99,23 @@ def test_a_record_of_no_world_evaluated_otherwise_keeps_its_evaluation_note():
     assert worlds == {"a": "w", "b": "w", "c": "w [eval.temperature=0.7]", "d": "w"}
 
 
-def test_a_tie_of_settings_keeps_the_first_value_in_sorted_order_as_most(tmp_path):
-    """mark_odd_settings: "ties: the first value in sorted order is 'most'" -- of two calibrated runs at
-    calibration.K 32 and 64 (JSON ``32.0`` < ``64.0``), the K = 64 run is the odd one, another method
-    ``identity [calibration.K=64]``. Mutation testing: the other value of a tie went unnoticed."""
+def test_a_tie_of_settings_notes_every_value(tmp_path):
+    """mark_odd_settings: of two calibrated runs at calibration.K 32 and 64 neither value is the common one, so
+    both runs are named with theirs -- the tie used to leave the first value in sorted order unnoted, which
+    then read as the entry's own (extension walkthrough: ``tanh3`` labelled a run at fn.a=2 of an entry whose
+    file says 3). With a majority, only the odd run is noted. Mutation testing: the other value of a tie
+    went unnoticed."""
     from infalign.report.naming import method_of
 
     for job, k in enumerate([64, 32]):
         m = per_prompt_metrics("identity", INFO, 0.2 + 0.2 * job, 0.3, {})
         m["config"]["calibration"] = {"K": k}
         write_job(tmp_path, str(job), [], m)
-    assert [method_of(j) for j in collect(tmp_path)] == ["identity [calibration.K=64]", "identity"]
+    assert [method_of(j) for j in collect(tmp_path)] == ["identity [calibration.K=64]", "identity [calibration.K=32]"]
+    m = per_prompt_metrics("identity", INFO, 0.7, 0.3, {})
+    m["config"]["calibration"] = {"K": 32}
+    write_job(tmp_path, "2", [], m)
+    assert [method_of(j) for j in collect(tmp_path)] == ["identity [calibration.K=64]", "identity", "identity"]
 
 
 def test_a_procedure_node_without_n_is_n_1_as_make_procedure_builds_it():

@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 def run_name(procedure, transform, algo) -> str:
     """Dashboard-friendly run name: the procedure, then the algorithm's part (``Algorithm.run_label``),
     e.g. ``bon4-exp-t8-b0.05`` (RLOO), ``bon4-identity-kl0.4-ppo`` (beta from ``algo.kl_target``),
-    ``bon4-bon_sft-n4-s60``."""
-    label = transform.label
-    m = re.fullmatch(r"exp(n?)\(t=(.+)\)", label)
-    if m:
-        label = f"exp{m.group(1)}-t{m.group(2)}"
-    label = re.sub(r"[^A-Za-z0-9.+-]+", "", label.split("(")[0]) if not m else label
+    ``bon4-bon_sft-n4-s60``. A transform label's parameters stay in it, ``name(k=v, ...)`` -> ``name-kv-...``
+    (``exp(t=8)`` -> ``exp-t8``, a registered family's ``pow(t=2)`` -> ``pow-t2``: runs of one family at two
+    parameters were named alike)."""
+    m = re.fullmatch(r"([^()]*)\((.*)\)", transform.label)
+    parts = [m.group(1), *(p.replace("=", "") for p in m.group(2).split(","))] if m else [transform.label]
+    label = "-".join(filter(None, (re.sub(r"[^A-Za-z0-9.+-]+", "", p) for p in parts)))
     return f"{procedure.label}-{algo.run_label(label)}"
 
 

@@ -208,23 +208,20 @@ DEFAULT_KL_KNOB = ("algo.beta", "algo.kl_target")
 def mark_odd_settings(jobs: Sequence[Job]) -> None:
     """Set ``job.method_note`` / ``job.eval_note`` (``"calibration.K=64"``, ...) on the finished jobs
     whose value of a :data:`METHOD_SETTINGS` / :data:`EVAL_SETTINGS` key differs from most finished
-    jobs' (ties: the first value in sorted order is "most"). The report then names such a run's method
-    with the note (``expn(t=4) [calibration.K=64]``: another method) and keys its world with the
-    evaluation note (compared apart from the others), instead of pooling it with runs it does not
-    match. A key that some finished job's config lacks (a record written before the key existed) is
-    not compared. Numbers compare by value (``1`` is ``1.0``); "most" is counted within each world
-    (:func:`world_keys` before its evaluation notes), so runs of one world are not renamed by another's; the
-    calibration settings are compared among runs that calibrate (not ``raw``, not the offline
-    baselines, which never read them).
-
-    How a run was trained (every ``algo`` setting but its name and its algorithm's KL knob,
-    :func:`kl_knob_of`, and ``data.train_prompts``: :data:`TRAINING_SETTINGS`) is compared among the
-    runs of one method in one world: a run trained for more steps or at another learning rate than
-    most runs of its method is another method too (``identity [algo.steps=200]``), not a point on their
-    curve (two sweeps of one method at different training settings, reported together from a dir of
-    links, would otherwise make one curve of two trainings). So is a run whose reward transform differs
-    from most runs' of its method, leaf by leaf (:func:`_transform_keys`: a custom transform's label is its
-    ``name`` alone -- ``pow3 [transform.fn.a=2.0]``)."""
+    jobs' (a tie for most: every job's value is noted, as none is the common one). The report then names such a
+    run's method with the note (``expn(t=4) [calibration.K=64]``: another method) and keys its world with the
+    evaluation note (compared apart from the others), instead of pooling it with runs it does not match. A key
+    that some finished job's config lacks (a record written before the key existed) is not compared. Numbers
+    compare by value (``1`` is ``1.0``); "most" is counted within each world (:func:`world_keys` before its
+    evaluation notes), so runs of one world are not renamed by another's; the calibration settings are compared
+    among runs that calibrate (not ``raw``, not the offline baselines, which never read them). How a run was
+    trained (every ``algo`` setting but its name and its algorithm's KL knob, :func:`kl_knob_of`, and
+    ``data.train_prompts``: :data:`TRAINING_SETTINGS`) is compared among the runs of one method in one world: a
+    run trained for more steps or at another learning rate than most runs of its method is another method too
+    (``identity [algo.steps=200]``), not a point on their curve (two sweeps of one method at different training
+    settings, reported together from a dir of links, would otherwise make one curve of two trainings). So is a
+    run whose reward transform differs from most runs' of its method, leaf by leaf (:func:`_transform_keys`: a
+    custom transform's label is its ``name`` alone -- ``pow3 [transform.fn.a=2.0]``)."""
     done = [j for j in jobs if j.status == "finished" and isinstance(j.config, dict) and j.config]
     worlds = _world_ids(jobs)  # (without the evaluation notes being set here)
     for keys, attr in ((METHOD_SETTINGS, "method_note"), (EVAL_SETTINGS, "eval_note")):
@@ -255,7 +252,11 @@ def _note_odd(mine: Sequence[Job], keys: Sequence[str], notes: dict[str, list[st
         if not values or any(v is _MISSING for v in values):
             continue
         compared = [json.dumps(_plain_number(v), sort_keys=True) for v in values]
-        common = max(sorted(set(compared)), key=compared.count)
+        top = max(compared.count(v) for v in compared)
+        # no one most common value (a tie): every job is noted -- unnoted, one side of the tie read as the
+        # entry's own value (``tanh3`` for a run at fn.a=2 of an entry whose file says 3)
+        common = None if sum(compared.count(v) == top for v in set(compared)) > 1 else \
+            next(v for v in compared if compared.count(v) == top)
         for job, value, raw in zip(mine, compared, values):
             if value != common:
                 notes[job.job].append(f"{key}={json.dumps(raw, sort_keys=True)}")
