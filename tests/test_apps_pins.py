@@ -76,6 +76,38 @@ def test_an_entry_that_pins_its_t_is_drawn_at_it_and_the_families_at_each_t(over
     assert [c.label for c in curves] == labels
 
 
+class PowerT:
+    """A transform family with a ``t`` that is not exp (``u^t``, t > 0), for the test below."""
+
+    calibrated = True
+
+    def __init__(self, t: float) -> None:
+        if t <= 0:
+            raise ConfigError("transform.t", t, "t > 0")
+        self.t = t
+        self.label = f"pow(t={t:g})"
+
+
+@pytest.mark.parametrize(("procedure", "t", "ts"), [
+    ("won", "auto", [2.0, 4.0, 8.0, 16.0]), ("bon", "auto", [2.0, 4.0, 8.0, 16.0]), ("won", "[3,5]", [3.0, 5.0])])
+def test_a_t_family_other_than_exp_is_drawn_at_each_t_as_given(monkeypatch, caplog, procedure, t, ts):
+    """Extension walkthrough: a registered u^t family under worst-of-N got t: auto's exp-only negation (t = -2,
+    which u^t refuses: "transform.t=-2.0 is not allowed", a value never given) and the warning about exp(t<0).
+    The sign of t picks an end of the reference distribution for exp alone; another family takes t as given."""
+    from omegaconf import OmegaConf
+
+    from infalign.math.procedures import make_procedure
+
+    monkeypatch.setattr(analyze_app, "load_group_entry",
+                        lambda group, name: OmegaConf.create({"_target_": f"{__name__}.PowerT", "t": 2.0}))
+    monkeypatch.setattr(analyze_app, "pinned_t", lambda name: False)
+    monkeypatch.setattr(analyze_app, "instantiate_entry", lambda group, name, cfg, t: PowerT(t))
+    monkeypatch.setattr(analyze_app, "decreasing_transform", lambda *a: None)
+    monkeypatch.setattr(analyze_app, "check_finite_transform", lambda *a: None)
+    with caplog.at_level("WARNING"):
+        curves = analyze_app.build_transforms(analyze_cfg("transforms=[power]", f"t={t}"), make_procedure(procedure, 4))
+    assert [c.t for c in curves] == ts and "exp(t" not in caplog.text
+
 def test_an_entry_whose_pinned_t_works_against_the_procedure_is_warned_about(monkeypatch):
     """expn_t4 (t > 0, a best-of-N transform) drawn for worst-of-N is a legitimate comparison, rarely the
     intent: warned about, naming the entry, as an explicit t of the wrong sign is."""

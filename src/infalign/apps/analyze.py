@@ -113,6 +113,23 @@ def checked_t(cfg: DictConfig) -> list[float]:
     return ts
 
 
+AUTO_T = (2.0, 4.0, 8.0, 16.0)  # t: auto (the exp families: negated for worst-of-N)
+
+
+def _is_exp(entry: DictConfig) -> bool:
+    """Whether a transform entry instantiates ``exp(t u)`` (``math.transforms.Exp`` or a subclass): the family
+    whose sign of ``t`` picks the end of the reference distribution it serves -- ``t: auto``'s negation for
+    worst-of-N and the against-the-procedure warning are its. Another family with a ``t`` (a registered
+    ``u^t``, say) is drawn at each ``t`` as given (``auto``: 2, 4, 8, 16), with no sign read into it."""
+    from hydra.utils import get_object
+
+    try:
+        target = get_object(str(entry.get("_target_")))
+    except Exception:  # noqa: BLE001 - instantiation says what is wrong with the entry
+        return False
+    return isinstance(target, type) and issubclass(target, Exp)
+
+
 def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
     """The t values for the exp families (``auto``: 2, 4, 8, 16, negated for worst-of-N), each once
     (``t=[4,4]`` draws one curve).
@@ -123,7 +140,7 @@ def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
     """
     if auto_t(cfg):
         sign = -1.0 if procedure.sign < 0 else 1.0
-        return [sign * t for t in (2.0, 4.0, 8.0, 16.0)]
+        return [sign * t for t in AUTO_T]
     ts = list(dict.fromkeys(checked_t(cfg)))  # (4 and 4.0 are one key)
     for t in ts:
         if (why := procedure.against(t)) is not None:
@@ -154,12 +171,14 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
         except ConfigError as exc:  # the user's key is `transforms`, not the config group
             raise ConfigError("transforms", name, exc.allowed, "add a YAML file to conf/transform/ for a new one") from None
         try:
+            exp = _is_exp(entry)
             if entry.get("t") is not None and pinned_t(str(name)):  # drawn at its own t
-                if (why := procedure.against(float(entry.t))) is not None:
+                if exp and (why := procedure.against(float(entry.t))) is not None:
                     log.warning(f"transforms={name}: {why}")
                 out.append(_instantiate(instantiate_entry, "transform", name, cfg))
-            elif entry.get("t") is not None:  # an exp family: one line per t
-                out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in exponents(cfg, procedure)]
+            elif entry.get("t") is not None:  # a t family: one line per t
+                ts = exponents(cfg, procedure) if exp else (checked_t(cfg) or list(AUTO_T))
+                out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in dict.fromkeys(ts)]
                 t_read = True
             else:
                 out.append(_instantiate(instantiate_entry, "transform", name, cfg))
