@@ -42,7 +42,7 @@ from infalign.errors import ConfigError, require
 from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
-from infalign.math.procedures import Procedure
+from infalign.math.procedures import BestOfN, Procedure
 from infalign.math.transforms import Exp, finite_in_float32
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         if cfg.optimal:
             opt, optimal_at = _optimal_frontier(procedure, budgets, bt_budgets)
         # the best-of-N policy as a point of the best-of-N plot (under worst-of-N it wins trivially: 1.0)
-        bon_point = theory.bon_policy_point(procedure.n) if procedure.name == "bon" and procedure.n >= 2 else None
+        bon_point = theory.bon_policy_point(procedure.n) if isinstance(procedure, BestOfN) and procedure.n >= 2 else None
         bon_point_win = (theory.evaluate(_log_exact(), 1.0 / (procedure.n - 1), procedure)[0].win_rate
                          if bon_point else None)
         frontiers = frontier_job.result() + ([opt] if opt is not None else [])
