@@ -1176,3 +1176,23 @@ def test_a_tokenizer_of_more_tokens_than_the_models_embedding_rows_is_refused_be
     from transformers import AutoConfig
 
     world_mod.check_vocab_fits(tok, AutoConfig.from_pretrained(own), f"{group}.name_or_path", own)
+
+
+@pytest.mark.parametrize(("env", "accelerator", "devices"), [
+    ({}, "gpu", 1),
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, "gpu", [1]),
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, "cuda", [1]),
+    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_JOB_NAME": "train"}, "gpu", [1]),
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, "cpu", 1),
+])
+def test_reward_model_training_under_a_launcher_uses_this_ranks_gpu(monkeypatch, env, accelerator, devices):
+    """GPU review: reward-model training ran L.Trainer(devices=1) -- the first GPU -- whichever rank of a torchrun
+    / srun launch trained it, leaving a CUDA context on GPU 0 beside rank 0's. Under a launcher on GPUs it takes
+    this rank's own device (LOCAL_RANK / SLURM_LOCALID); alone, or on the CPU, one device as before."""
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cfg = OmegaConf.create({"trainer": {"accelerator": accelerator, "precision": "bf16-mixed"},
+                            "reward": {"train": {"accelerator": None}}})
+    assert world_mod.reward_trainer_kwargs(cfg)["devices"] == devices

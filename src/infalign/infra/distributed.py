@@ -78,6 +78,12 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
 
 
+def launch_local_rank() -> int:
+    """This process's rank on its node in a torchrun / srun launch (``LOCAL_RANK``, else ``SLURM_LOCALID``):
+    the GPU it uses; 0 for a single process."""
+    return int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0)
+
+
 def init_from_env(accelerator: str = "auto") -> None:
     """Join the process group described by the launcher's env vars, before any stage runs.
 
@@ -105,7 +111,7 @@ def init_from_env(accelerator: str = "auto") -> None:
         env.setdefault("MASTER_PORT", str(slurm.main_port))
     gpu = torch.cuda.is_available() and accelerator_kind(str(accelerator)) == "cuda"
     if gpu:
-        torch.cuda.set_device(int(env.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(launch_local_rank())
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if gpu else "gloo")
 
 

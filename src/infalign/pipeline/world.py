@@ -777,13 +777,17 @@ REWARD_TRAINING_CODE = ("infalign.models.reward", "infalign.models.builders", "i
 
 def reward_trainer_kwargs(cfg: DictConfig) -> dict:
     """``L.Trainer`` settings for reward-model training: the run's ``trainer.*`` (accelerator,
-    precision, progress bar) on one device; ``reward.train.accelerator`` overrides the accelerator."""
+    precision, progress bar) on one device; ``reward.train.accelerator`` overrides the accelerator. On GPUs
+    under a launcher (torchrun, srun) the device is this rank's own (``LOCAL_RANK``): ``devices=1`` is the
+    first GPU, where the rank that trains would have left a CUDA context beside rank 0's (GPU review)."""
     t, hp = cfg.trainer, cfg.reward.train
+    accelerator = hp.get("accelerator") or t.get("accelerator", "auto")
+    gpu = distributed.accelerator_kind(str(accelerator)) == "cuda"
     return {
-        "accelerator": hp.get("accelerator") or t.get("accelerator", "auto"),
+        "accelerator": accelerator,
         "precision": t.get("precision", "32-true"),
         "enable_progress_bar": t.get("progress_bar", "tqdm") != "none",
-        "devices": 1,
+        "devices": [distributed.launch_local_rank()] if gpu and distributed.launched_externally() else 1,
         "logger": False,
         "enable_checkpointing": False,
         "enable_model_summary": False,
