@@ -1,8 +1,9 @@
 """Reward scorers: one small interface, ``score(prompts, responses) -> float32 [B]``.
 
 RL, calibration and evaluation only ever call ``score``; whether it is a learned
-sequence-classification model (:class:`RewardScorer`) or the toy world's programmatic gold reward
-(:class:`GoldScorer`) is a config choice.
+sequence-classification model (:class:`RewardScorer`), a user's own scorer named by a config entry's
+``_target_`` (:class:`CheckedScorer`, ``reward=<entry>``; docs/architecture.md §6) or the toy world's
+programmatic gold reward (:class:`GoldScorer`, the evaluation's second judge) is a config choice.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "REWARD_INPUTS",
     "REWARD_PROMPT_FORMATS",
     "REWARD_INPUT_VERSION",
+    "CheckedScorer",
     "GoldScorer",
     "RewardScorer",
     "Scorer",
