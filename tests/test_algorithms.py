@@ -595,3 +595,32 @@ def test_logged_kl_and_calibrated_reward_are_the_rollouts_means(monkeypatch):
     assert logged["train/calibrated_reward"] == pytest.approx(float(last["calibrated"].mean()), rel=1e-5)
     assert logged["train/task_reward"] == pytest.approx(float(last["task"].mean()), rel=1e-5)
     assert logged["train/reward"] == pytest.approx(float(last["reward"].mean()), rel=1e-5)
+    assert last["reward_cut"] is None and "train/reward_cut" not in logged  # (a scorer that reads no tokens)
+
+
+class CuttingTableScorer(tp.TableScorer):
+    """The table reward, saying (as a reward model past reward.max_length does) that it read responses
+    starting with the first prompt's first word cut."""
+
+    def score_and_cut(self, prompts, responses):
+        return self.score(prompts, responses), torch.tensor([y.split()[0] == tp.FIRST[x][0]
+                                                             for x, y in zip(prompts, responses)])
+
+
+def test_the_share_of_a_steps_responses_the_reward_model_read_cut_is_logged(monkeypatch):
+    from infalign.training.ctrl import CTRLModule
+
+    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.5, "steps": 2, "group_size": 8,
+                           "prompts_per_step": 2, "max_new_tokens": 4})
+    outs, logged = [], {}
+    rollout = CTRLModule.rollout
+    monkeypatch.setattr(CTRLModule, "rollout", lambda self, step: outs.append(rollout(self, step)) or outs[-1])
+    log_dict = CTRLModule.log_dict
+    monkeypatch.setattr(CTRLModule, "log_dict", lambda self, metrics, **kw: (
+        logged.update({k: float(v) for k, v in metrics.items()}), log_dict(self, metrics, **kw))[1])
+    world = tp.world()
+    world.reward = CuttingTableScorer()
+    fit_policy(world, OmegaConf.create({"seed": 0}), algo, Log(), tp.calibration_table(),
+               StageTrainers(predict=PREDICT, fit=TRAINERS.fit), None)
+    cut = outs[-1]["reward_cut"]
+    assert 0 < float(cut.float().mean()) < 1 and logged["train/reward_cut"] == pytest.approx(float(cut.float().mean()))

@@ -162,6 +162,23 @@ def test_reward_scorer_gives_float32_scores_of_its_own_precision_inside_a_lightn
         assert scores.dtype == torch.float32 and torch.equal(scores, plain)
 
 
+def test_reward_scorer_says_which_rows_it_read_cut(saved, world):
+    """score_and_cut (eval.reward_cut's source): a row's flag is whether its input was longer than max_length --
+    as reward_model_inputs encodes it alone -- and its score is score()'s, batched or not."""
+    from infalign.models.reward import reward_model_inputs
+
+    root, _, _ = saved
+    tok = load_tokenizer(root / "rm", "right")
+    xs, ys = world.reference_corpus(8, 2, seed=0)
+    lengths = [len(reward_model_inputs(tok, [x], [y])["input_ids"][0]) for x, y in zip(xs, ys)]
+    limit = sorted(lengths)[len(lengths) // 2]  # about half the rows are longer
+    scorer = RewardScorer(load_reward_model(root / "rm"), tok, batch_size=4, max_length=limit)
+    scores, cut = scorer.score_and_cut(xs, ys)
+    assert cut.dtype == torch.bool and cut.tolist() == [n > limit for n in lengths] and 0 < int(cut.sum()) < len(xs)
+    assert torch.equal(scores, scorer.score(xs, ys))
+    assert not RewardScorer(scorer.model, tok, batch_size=4).score_and_cut(xs, ys)[1].any()  # no max_length: none
+
+
 def test_reward_scorer_nan_raises(tok, world):
     rm = build_toy_reward_model(tok, "tiny")
     with torch.no_grad():

@@ -241,3 +241,9 @@ def test_evaluate_policy_compares_the_policy_pool_with_the_reference_pool(monkey
         modified = OmegaConf.merge(cfg, {"eval": {key: value}})
         other = evaluate.evaluate_policy(world, modified, proc, Identity(), 1.0, None, tmp_path)
         assert other.sampler == note and other.theory is None and other.judges == ev.judges
+    # the share of each pool's samples the reward model read cut (a judge that says so: a reward model)
+    assert ev.reward_cut is None  # (these pools carry no flags: a custom scorer's)
+    ref["cut"] = {"reward_model": torch.zeros(P, M, dtype=torch.bool)}
+    pol["cut"] = {"reward_model": torch.arange(P * M).view(P, M) % 3 == 0}
+    cut = evaluate.evaluate_policy(world, cfg, proc, Identity(), 1.0, None, tmp_path).reward_cut
+    assert cut == {"reference": 0.0, "policy": 10 / 30}

@@ -127,3 +127,28 @@ def test_ended_flags_line_up_with_rows_that_end_differently():
     assert torch.equal(ended, roll.ended)
     last = roll.response_ids.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
     assert torch.equal(ended, last == eos)  # ended <=> the row's last real token is eos
+
+
+class CutScorer:
+    """Says which rows it read cut, as a reward model does (``score_and_cut``): here those of > 7 words."""
+
+    def score(self, prompts, responses):
+        return self.score_and_cut(prompts, responses)[0]
+
+    def score_and_cut(self, prompts, responses):
+        words = torch.tensor([float(len(r.split())) for r in responses])
+        return words, words > 7
+
+
+def test_the_cut_flags_of_a_scorer_that_gives_them_line_up_with_their_rows_across_ranks():
+    """eval.reward_cut's source: each pool cell's flag is its own response's, in prompt order whatever the ranks;
+    a scorer without score_and_cut (the gold reward, a custom scorer) has none."""
+    world, _ = tiny_models(1)
+    prompts = ToyWorld(seed=0).prompts("train", 5)
+    module = RolloutModule(world.reference, world.tokenizer, {"words": WordScorer(), "cut": CutScorer()}, 3, 8, 1.0,
+                           seed=5, prompts=prompts, batch_size=2)
+    single = gather(_run(module, prompts, 0, 1))
+    both = gather(_run(module, prompts, 0, 2) + _run(module, prompts, 1, 2))
+    assert set(single["cut"]) == {"cut"} and torch.equal(single["cut"]["cut"], single["scores"]["cut"] > 7)
+    assert torch.equal(both["cut"]["cut"], single["cut"]["cut"]) and single["cut"]["cut"].any()
+    assert not single["cut"]["cut"].all()  # (the check can see a misalignment)

@@ -36,7 +36,7 @@ def finished_json() -> dict:
                             "bon1_win_rate": 0.65,
                             "at_measured_kl": {"kl": 0.3, "reachable": True, "standard_win_rate": 0.62,
                                                "bon4_win_rate": 0.72, "bon1_win_rate": 0.62}},
-                 "sampler": None},
+                 "sampler": None, "reward_cut": {"reference": 0.0, "policy": 0.25}},
         "kl_ratio": 0.75, "timings": {"train_s": 2.0}, "cache": {"policy_hit": False},
         "resumed": {"checkpoint": "run/checkpoints/last.ckpt", "from_step": 4,
                     "changed": {"torch": {"checkpoint": "2.12.0", "run": "2.13.0"}}},
@@ -159,6 +159,11 @@ def test_the_printed_summary_shows_the_response_statistics(capsys):
     out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert ("responses: policy mean length 9.5 tokens, EOS rate 0.75; reference mean length 7.2 tokens, "
             "EOS rate 1.00") in out
+    assert "reward model read cut at reward.max_length" in out and "policy 25.0% of samples; reference 0.0%" in out
+    uncut = finished_json()
+    uncut["eval"]["reward_cut"] = {"reference": 0.0, "policy": 0.0}
+    print_summary(RunRecord.from_json(uncut), BestOfN(4))
+    assert "read cut" not in capsys.readouterr().out
 
 
 def test_an_evaluation_with_a_modified_sampler_is_recorded_and_printed_as_one(capsys, monkeypatch):
@@ -178,7 +183,7 @@ def test_an_evaluation_with_a_modified_sampler_is_recorded_and_printed_as_one(ca
     assert "evaluation sampled with eval.temperature=0.7, not the policy's own distribution" in out
     old = finished_json()
     old["version"] = 4
-    old["eval"].pop("sampler")
+    old["eval"].pop("sampler"), old["eval"].pop("reward_cut")
     rec = RunRecord.from_json(old)
     assert rec.version == 4 and rec.eval.sampler is None
     print_summary(rec, BestOfN(4))

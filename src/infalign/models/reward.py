@@ -218,8 +218,14 @@ class RewardScorer:
             )
         return [self.dataset_prompts[p] for p in prompts]
 
-    @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return self.score_and_cut(prompts, responses)[0]
+
+    @torch.no_grad()
+    def score_and_cut(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores, cut)``: :meth:`score`'s float32 ``[B]``, and bool ``[B]``, whether the row's input was
+        longer than ``max_length`` and cut (the prompt first, from the left) -- a score of less than the whole
+        conversation, which the pools keep and the run records (``eval.reward_cut``)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         prompts = self._dataset_prompts(prompts)
@@ -228,12 +234,14 @@ class RewardScorer:
         # float32 whatever default dtype a caller set (Lightning's *-true precisions set it for its steps), and
         # without a surrounding autocast (Lightning's *-mixed): the weights' own dtype (reward.dtype) decides
         scores = torch.zeros(len(prompts), dtype=torch.float32)
+        cut = torch.zeros(len(prompts), dtype=torch.bool)
         with torch.autocast(device.type, enabled=False):
             for idx, enc in self.encoded_chunks(prompts, responses):
                 logits = self.model(**{k: enc[k].to(device) for k in MODEL_INPUTS if k in enc}).logits
                 scores[idx] = logits[:, 0].float().cpu()
+                cut[idx] = enc["truncated"].bool().cpu()
                 self._warn_truncation(enc["truncated"])
-        return check_finite(scores, "reward model")
+        return check_finite(scores, "reward model"), cut
 
     def _warn_truncation(self, truncated: torch.Tensor) -> None:
         """Say once per scorer that inputs over ``max_length`` are being cut (prompt first, from the

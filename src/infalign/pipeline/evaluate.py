@@ -77,8 +77,19 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: Trai
         responses={"policy": response_stats(pol["lengths"], pol["ended"]),
                    "reference": response_stats(ref["lengths"], ref["ended"])},
         sampler=sampler,
+        reward_cut=reward_cut(ref, pol),
         theory=None if sampler else theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"],
                                                       ns))
+
+
+def reward_cut(ref: dict, pol: dict, judge: str = "reward_model") -> dict | None:
+    """``{"reference": share, "policy": share}`` of each evaluation pool's samples the reward model read cut
+    at ``reward.max_length`` (their score is of less than the whole conversation), or None for a judge that
+    reads no tokens (a custom scorer)."""
+    cuts = {pool: p.get("cut", {}).get(judge) for pool, p in (("reference", ref), ("policy", pol))}
+    if any(c is None for c in cuts.values()):
+        return None
+    return {pool: float(c.double().mean()) for pool, c in cuts.items()}
 
 
 def theory_prediction(transform, procedure, beta: float, measured_kl: float, ns=None) -> dict | None:

@@ -182,16 +182,19 @@ def _cached_tensors(path: Path, key: str, tag: str, build) -> tuple[dict[str, to
                   lambda p: load_tensors(p, key)[0])
 
 
-SCORE_PREFIX = "score/"  # stored tensor names: score/<judge>, lengths, ended
+SCORE_PREFIX = "score/"  # stored tensor names: score/<judge>, cut/<judge>, lengths, ended
+CUT_PREFIX = "cut/"  # whether the judge read the row cut (a reward model past reward.max_length)
 
 
 def _flatten(pool: dict) -> dict[str, torch.Tensor]:
-    return {**{SCORE_PREFIX + k: v for k, v in pool["scores"].items()}, "lengths": pool["lengths"],
+    return {**{SCORE_PREFIX + k: v for k, v in pool["scores"].items()},
+            **{CUT_PREFIX + k: v for k, v in pool.get("cut", {}).items()}, "lengths": pool["lengths"],
             "ended": pool["ended"]}
 
 
 def _unflatten(tensors: dict[str, torch.Tensor]) -> dict:
     return {"scores": {k.removeprefix(SCORE_PREFIX): v for k, v in tensors.items() if k.startswith(SCORE_PREFIX)},
+            "cut": {k.removeprefix(CUT_PREFIX): v for k, v in tensors.items() if k.startswith(CUT_PREFIX)},
             "lengths": tensors["lengths"], "ended": tensors["ended"]}
 
 

@@ -199,6 +199,8 @@ def print_summary(rec: RunRecord, procedure) -> None:
     out.print(table)
     if ev.sampler:
         out.print(sampler_line(ev.sampler))
+    if ev.reward_cut and any(ev.reward_cut.values()):
+        out.print(reward_cut_line(ev.reward_cut))
     if ev.responses:
         out.print(responses_line(ev.responses))
     mis = ev.miscalibration
@@ -211,6 +213,13 @@ def sampler_line(sampler: str) -> str:
     return (f"evaluation sampled with {sampler}, not the policy's own distribution: the KL column is "
             "E_q[log pi - log pi_ref] of those samples, not KL(pi || pi_ref), the win rates are the modified "
             "sampler's, and no calibrated-space theory is put beside them (docs/method.md (7.3))")
+
+
+def reward_cut_line(cut: dict) -> str:
+    """One line: the share of each evaluation pool's samples the reward model read cut (``eval.reward_cut``)."""
+    return ("reward model read cut at reward.max_length (its score is of less than the whole conversation): "
+            + "; ".join(f"{pool} {cut[pool]:.1%} of samples" for pool in ("policy", "reference") if pool in cut)
+            + " -- a larger reward.max_length, up to the model's positions, reads them whole")
 
 
 def responses_line(responses: dict) -> str:

@@ -29,7 +29,8 @@ code, ``pipeline/policy_cache.finished_record_to_keep``); older records load wit
 ``eval.sampler`` (the settings of an evaluation that sampled another distribution than the policy's --
 ``eval.temperature`` != 1, ``eval.top_k``, ``eval.top_p`` < 1 -- whose ``kl`` column is then
 ``E_q[log pi - log pi_ref]`` and which gets no ``theory``; None when it sampled the policy itself);
-older records load with it ``None`` (their config tells). A newer
+older records load with it ``None`` (their config tells); and ``eval.reward_cut`` (the share of each evaluation
+pool's samples the reward model read cut at ``reward.max_length``). A newer
 version, or a file that is not a record, raises :class:`RecordError` with the reason.
 """
 
@@ -97,7 +98,9 @@ class Evaluation:
     emitted one before ``eval.max_new_tokens``), ``None`` in records before version 2; ``sampler`` =
     None when the pools sampled the policy and the reference themselves, else the modifying settings
     (``"eval.temperature=0.7"``, :func:`~infalign.pipeline.settings.modified_sampler`): the ``kl`` column
-    is then ``E_q[log pi - log pi_ref]`` (docs/method.md (7.3)) and ``theory`` None.
+    is then ``E_q[log pi - log pi_ref]`` (docs/method.md (7.3)) and ``theory`` None; ``reward_cut`` =
+    ``{"reference" | "policy": share}`` of each pool's samples the reward model read cut at
+    ``reward.max_length`` (None for a custom scorer, and in records before version 5).
     """
 
     judges: dict[str, dict[str, CI]]
@@ -111,6 +114,7 @@ class Evaluation:
     theory: dict | None = None
     responses: dict | None = None
     sampler: str | None = None
+    reward_cut: dict | None = None
 
     def ci(self, judge: str, column: str | None) -> CI | None:
         """The judge's column (``None`` when absent)."""

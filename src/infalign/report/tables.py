@@ -34,6 +34,8 @@ _CI_PARTS = (("", "mean"), ("_low", "low"), ("_high", "high"))
 RATES = ("kl", "standard_win_rate", "inference_win_rate")  # the judge-dependent columns of a row
 # eval.responses of the record -> columns <pool>_<stat>
 RESPONSE_STATS = tuple((pool, stat) for pool in ("policy", "reference") for stat in ("response_len_mean", "eos_rate"))
+# eval.reward_cut -> columns <pool>_reward_cut: the share of the pool's samples the reward model read cut
+REWARD_CUT_POOLS = ("policy", "reference")
 
 
 def columns(judges: Sequence[str]) -> list[str]:
@@ -45,7 +47,7 @@ def columns(judges: Sequence[str]) -> list[str]:
             cols += [f"{j}_{m}{suffix}" for suffix, _ in _CI_PARTS]
         cols.append(f"{j}_n_prompts")
     cols += ["theory_kl_at_beta", "theory_inference_win_rate_at_measured_kl", "kl_ratio",
-             *(f"{pool}_{stat}" for pool, stat in RESPONSE_STATS),
+             *(f"{pool}_{stat}" for pool, stat in RESPONSE_STATS), *(f"{pool}_reward_cut" for pool in REWARD_CUT_POOLS),
              "world_s", "calibration_s", "train_s", "resumed_from_step", "eval_s", "toy_built", "calibration_hit",
              "eval_reference_hit",
              "error", "overrides", "path"]
@@ -93,6 +95,9 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
     responses = (ev.responses if ev is not None else None) or {}
     for pool, stat in RESPONSE_STATS:
         row[f"{pool}_{stat}"] = number((responses.get(pool) or {}).get(stat))
+    cut = (ev.reward_cut if ev is not None else None) or {}
+    for pool in REWARD_CUT_POOLS:
+        row[f"{pool}_reward_cut"] = number(cut.get(pool))
     timings = rec.timings if rec is not None else {}
     for k in ("world_s", "calibration_s", "train_s", "eval_s"):
         row[k] = number(timings.get(k))

@@ -122,9 +122,12 @@ class CTRLModule(L.LightningModule):
             generator=step_generator(self.seed, step, 2, self.global_rank, device=self.device),
         )
         flat_idx = idx.repeat_interleave(g)
-        reward = self.reward.score([p for p in prompts for _ in range(g)], roll.responses).to(
-            self.device
-        )
+        flat_prompts = [p for p in prompts for _ in range(g)]
+        if callable(getattr(self.reward, "score_and_cut", None)):  # a reward model: which rows it read cut
+            reward, cut = self.reward.score_and_cut(flat_prompts, roll.responses)
+        else:
+            reward, cut = self.reward.score(flat_prompts, roll.responses), None
+        reward = reward.to(self.device)
         if self.transform.calibrated:
             calibrated = self.table.calibrate(flat_idx.to(reward.device), reward)
             task = self.transform(calibrated).float()
@@ -143,6 +146,7 @@ class CTRLModule(L.LightningModule):
         return {
             "roll": roll,
             "reward": reward,
+            "reward_cut": cut,
             "calibrated": calibrated,
             "task": task,
             "kl": kl,
@@ -205,6 +209,8 @@ class CTRLModule(L.LightningModule):
         }
         if out["calibrated"] is not None:
             metrics["train/calibrated_reward"] = out["calibrated"].mean()
+        if out["reward_cut"] is not None:  # the share of the step's responses the reward model read cut
+            metrics["train/reward_cut"] = out["reward_cut"].float().mean()
         # Under DDP every rank logs its own rollout (P x G rows each): the logged values are the mean
         # over ranks -- the whole batch's mean, as the ranks' batches are the same size -- and the
         # throughputs their sum (sync_dist; a no-op in one process).

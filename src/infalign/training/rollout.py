@@ -57,7 +57,8 @@ def step_generator(seed: int, *step: int, device: str | torch.device = "cpu") ->
 
 
 class RolloutModule(L.LightningModule):
-    """predict_step -> ``{"index": [b], "scores": {name: [b, n]}, "log_ratio": [b, n] | None,
+    """predict_step -> ``{"index": [b], "scores": {name: [b, n]}, "cut": {name: [b, n] bool} of the scorers that
+    say which rows they read cut (a reward model's ``score_and_cut``), "log_ratio": [b, n] | None,
     "responses": [b][n] texts if keep_responses, "response_ids": [b][n] token-id lists if keep_ids,
     "lengths": [b, n], "ended": [b, n]}`` (response tokens incl. the stop token; whether it ended
     with one, see ``generation.Rollout``). ``response_ids`` are the sampled ids themselves (the
@@ -124,10 +125,14 @@ class RolloutModule(L.LightningModule):
             top_p=self.top_p,
         )
         flat_prompts = [p for p in prompts for _ in range(n)]
-        scores = {
-            name: s.score(flat_prompts, roll.responses).view(len(prompts), n)
-            for name, s in self.scorers.items()
-        }
+        scores, cut = {}, {}
+        for name, s in self.scorers.items():  # a reward model also says which rows it read cut (max_length)
+            if callable(getattr(s, "score_and_cut", None)):
+                values, rows = s.score_and_cut(flat_prompts, roll.responses)
+                cut[name] = rows.view(len(prompts), n)
+            else:
+                values = s.score(flat_prompts, roll.responses)
+            scores[name] = values.view(len(prompts), n)
         log_ratio = None
         reference = self._reference[0]
         if reference is not None:
@@ -144,6 +149,7 @@ class RolloutModule(L.LightningModule):
         return {
             "index": batch["index"],
             "scores": scores,
+            "cut": cut,
             "log_ratio": log_ratio,
             "responses": keep,
             "response_ids": ids,
@@ -153,8 +159,8 @@ class RolloutModule(L.LightningModule):
 
 
 def gather(outputs: list[dict], num_prompts: int | None = None) -> dict:
-    """Every rank's predict outputs, in prompt order: scores ``{name: [P, n]}``, log_ratio ``[P, n]``,
-    lengths and ended ``[P, n]``, responses, response_ids (each empty when not kept).
+    """Every rank's predict outputs, in prompt order: scores ``{name: [P, n]}``, cut ``{name: [P, n]}``,
+    log_ratio ``[P, n]``, lengths and ended ``[P, n]``, responses, response_ids (each empty when not kept).
 
     In a distributed run the per-rank lists are exchanged first (CPU tensors), so every rank ends
     with the full pool; each prompt index occurs exactly once. ``num_prompts``: every prompt index
@@ -175,6 +181,7 @@ def gather(outputs: list[dict], num_prompts: int | None = None) -> dict:
     out = {
         "index": index[order],
         "scores": {k: torch.cat([o["scores"][k] for o in outputs])[order] for k in names},
+        "cut": {k: torch.cat([o["cut"][k] for o in outputs])[order] for k in outputs[0].get("cut", {})},
         "lengths": torch.cat([o["lengths"] for o in outputs])[order],
         "ended": torch.cat([o["ended"] for o in outputs])[order],
         "responses": [flat[i] for i in order.tolist()] if (flat := _flat_responses(outputs)) else [],
