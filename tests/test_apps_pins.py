@@ -117,7 +117,7 @@ def test_an_entry_whose_pinned_t_works_against_the_procedure_is_warned_about(mon
     assert curve.label == "expn(t=4)" and any(m.startswith("transforms=expn_t4: t=4 with won4") for m in seen)
     # an explicit t that no family among the transforms reads is said to be unread (review finding)
     analyze_app.build_transforms(analyze_cfg("transforms=[identity,expn_t4]", "t=[8]"), make_procedure("bon", 4))
-    assert any(m.startswith("t=[8.0] is read by the exp families (exp, exp_normalized) only") for m in seen)
+    assert any(m.startswith("t=[8.0] is read by the transform families with a t key") for m in seen)
     seen.clear()
     analyze_app.build_transforms(analyze_cfg("transforms=[exp,expn_t4]", "t=[8]"), make_procedure("bon", 4))
     assert not any(m.startswith("t=") for m in seen)
@@ -489,6 +489,8 @@ def validate_train(tmp_path, *overrides):
     ("trainer.precision=bf16-true", "trainer.precision=bf16-mixed", "trainer.precision"),
     ("trainer.precision=16-true", "trainer.precision=32-true", "trainer.precision"),
     ("trainer.precision=64-true", "trainer.precision=32-true", "trainer.precision"),
+    ("trainer.precision=64", "trainer.precision=32", "trainer.precision"),  # Lightning's short names
+    ("trainer.precision=64", "trainer.precision=bf16", "trainer.precision"),
 ])
 def test_a_bound_of_the_train_config_is_refused_before_compute_and_its_edge_passes(tmp_path, refused, passes, key):
     """apps/train.py:validate: each value just past its documented bound is a ConfigError naming the key
@@ -665,30 +667,30 @@ def test_a_decreasing_transform_is_warned_about_and_an_unevaluable_one_refused()
     assert err.value.key == "transform" and "unexpected keyword argument 'aa'" in str(err.value)
 
 
-def test_analyze_refuses_a_transform_with_nan_or_plus_inf_on_0_1_before_compute():
+def test_analyze_refuses_a_transform_with_nan_or_plus_inf_on_0_1_before_compute(monkeypatch):
     """Extension walkthrough: ``infalign-analyze transforms=[<a NaN function>]`` failed in the theory's helper
-    process, a traceback and exit 1. The theory's own criterion (math/theory.phi_table: no NaN, no +inf) is
-    checked first, a ConfigError of ``transforms`` naming where; -inf at u = 0 (log) is density 0 and passes,
-    as every built-in transform does."""
+    process, a traceback and exit 1. The theory's own check (math/theory.phi_table: no NaN, no +inf on its grid)
+    runs first, a ConfigError of ``transforms``, through build_transforms; -inf at u = 0 (log) is density 0 and
+    passes, as every built-in transform does, and so does u / tanh(u), NaN at u = 0 exactly, which the theory's
+    grid never reaches (review finding: a check at u = 0 refused it)."""
     import numpy as np
 
+    from infalign.math.procedures import make_procedure
     from infalign.math.transforms import Custom, Exp, Identity, Log
 
+    half_nan = Custom(lambda u: np.where(u > 0.5, np.nan, u), name="half_nan")
     with pytest.raises(ConfigError) as err:
-        analyze_app.check_finite_transform(Custom(lambda u: np.where(u > 0.5, np.nan, u), name="half_nan"))
-    assert err.value.key == "transforms" and "half_nan is nan at u = 0.501 (and at 511 more of 1025" in str(err.value)
-    with pytest.raises(ConfigError, match=r"pole is inf at u = 0\b"):
-        analyze_app.check_finite_transform(Custom(lambda u: 1.0 / u, name="pole"))
-    for transform in (Identity(), Log(), Exp(700.0), Exp(-700.0), Custom(np.log, name="log_fn")):
+        analyze_app.check_finite_transform(half_nan)
+    assert err.value.key == "transforms" and "half_nan gave NaN/+inf" in str(err.value)
+    with pytest.raises(ConfigError, match="inf_top gave NaN/"):
+        analyze_app.check_finite_transform(Custom(lambda u: np.where(u > 0.9, np.inf, u), name="inf_top"))
+    for transform in (Identity(), Log(), Exp(700.0), Exp(-700.0), Custom(np.log, name="log_fn"),
+                      Custom(lambda u: u / np.tanh(u), name="u_over_tanh")):
         analyze_app.check_finite_transform(transform)
-
-def test_train_validation_warns_about_a_decreasing_transform(tmp_path, caplog):
-    import logging
-
-    with caplog.at_level(logging.WARNING, logger="infalign.apps.train"):
-        validate_train(tmp_path, "transform=sqrt", "transform.fn=numpy.negative", "transform.name=neg",
-                       "algo.beta=0.5")
-    assert any("the transform neg decreases on [0, 1]" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(analyze_app, "instantiate_entry", lambda group, name, cfg, **kw: half_nan)
+    monkeypatch.setattr(analyze_app, "decreasing_transform", lambda *a: None)
+    with pytest.raises(ConfigError, match="half_nan gave NaN/"):  # (build_transforms runs the check)
+        analyze_app.build_transforms(analyze_cfg("transforms=[identity]"), make_procedure("bon", 4))
 
 
 def test_analyze_refuses_two_transforms_of_one_label_and_an_entry_that_cannot_take_t(tmp_path, monkeypatch):

@@ -113,7 +113,8 @@ def g(x, side):
     ('"large x"', '"x is large"'),
     ('side):\n', 'side):\n    """Twice x."""\n'),
     ('"bad side {side!r}"', '"bad side {side!r}", side, "left or right"'),
-], ids=["raise", "require", "require_type", "assert", "log", "warn", "docstring", "raise-arguments"])
+    ('x, "more than 1")', 'x, "more than 1", hint="a hint")'),
+], ids=["raise", "require", "require_type", "assert", "log", "warn", "docstring", "raise-arguments", "require-hint"])
 def test_code_fingerprint_ignores_the_wording_of_messages(edit):
     """docs/architecture.md §5: rewording an error, a warning or a check keeps every cache entry."""
     from infalign.infra.cache import code_fingerprint

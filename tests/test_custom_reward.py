@@ -85,3 +85,166 @@ def test_a_run_trains_and_evaluates_on_the_entrys_scorer(tmp_path, tiny_cache):
     scored = sum(length_scorer.CALLS)
     assert scored >= (int(cfg.data.train_prompts) * int(cfg.calibration.K)
                       + 2 * int(cfg.data.eval_prompts) * int(cfg.eval.samples))
+
+
+def test_reward_model_keys_left_unset_beside_the_target_are_not_its_arguments(tmp_path):
+    """Review finding: ``+reward.max_length=null`` or ``+reward.train.enabled=false`` passed the check (unset) and
+    were then passed to the scorer's constructor (an unexpected keyword). Its own arguments only; a set one is
+    still refused."""
+    for override in ("+reward.max_length=null", "+reward.train.enabled=false", "+reward.pad_token=null"):
+        cfg = cfg_with(tmp_path, tmp_path / "cache", override)
+        world_mod.check_world_config(cfg)
+        scorer, _ = world_mod.custom_scorer(cfg)
+        assert scorer.scorer.scale == 0.1
+    with pytest.raises(ConfigError) as err:
+        world_mod.check_world_config(cfg_with(tmp_path, tmp_path / "cache", "+reward.train.enabled=true"))
+    assert err.value.key == "reward.train.enabled"
+
+
+def test_a_scorer_runs_as_a_reward_model_does_without_graph_or_autocast():
+    """Review finding: a scorer holding a torch model was called inside Lightning's bf16 autocast (its scores
+    rounded to bfloat16, as 0b5177c fixed for reward models) and with a graph; its model did not follow the run
+    to its device. It runs without either, and its module is the one the stages move."""
+    from infalign.models.reward import CheckedScorer
+
+    class Linear:
+        def __init__(self):
+            torch.manual_seed(0)
+            self.model = torch.nn.Linear(4, 1)
+
+        def score(self, prompts, responses):
+            x = torch.tensor([[len(r), len(p), 1.0, 0.5] for p, r in zip(prompts, responses)])
+            return self.model(x)[:, 0]
+
+    scorer = CheckedScorer(Linear(), "linear")
+    prompts, responses = ["a prompt"] * 3, ["x", "a longer response", "mid one"]
+    plain = scorer.score(prompts, responses)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = scorer.score(prompts, responses)
+    assert torch.equal(under, plain) and not plain.requires_grad and scorer.model is scorer.scorer.model
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # (the check can see rounding)
+        assert not torch.equal(Linear().score(prompts, responses).float(), plain)
+    assert CheckedScorer(type("NoModel", (), {"model": "not a module", "score": Linear.score})(), "x").model is None
+
+
+def test_the_fingerprint_follows_the_scorers_code_and_its_own_fingerprint(tmp_path, monkeypatch):
+    """Review finding: nothing checked that the key holds the scorer's code (dropping it passed every test). An
+    edit of the scorer's module, or a change of the fingerprint a scorer gives for what its entry does not show
+    (weights read from a path), gives another key; the same code and entry the same one."""
+    import importlib
+    import sys
+
+    module = tmp_path / "my_rule.py"
+    code = ("class Rule:\n    fingerprint = 'weights-v1'\n    def __init__(self, k=1.0):\n        self.k = k\n"
+            "    def score(self, prompts, responses):\n        return [self.k * len(r) for r in responses]\n")
+    module.write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "reward=length", EXTRA_CONF,
+                        "reward._target_=my_rule.Rule", "~reward.scale")
+    first, again = world_mod.custom_scorer(cfg)[1], world_mod.custom_scorer(cfg)[1]
+    assert first == again
+    sys.modules["my_rule"].Rule.fingerprint = "weights-v2"
+    assert world_mod.custom_scorer(cfg)[1] != first
+    sys.modules["my_rule"].Rule.fingerprint = "weights-v1"
+    module.write_text(code.replace("self.k * len(r)", "self.k * len(r.split())"))
+    assert world_mod.custom_scorer(cfg)[1] != first
+
+
+def test_a_helper_module_beside_the_scorer_is_part_of_its_key(tmp_path, monkeypatch):
+    """Walkthrough finding: a scorer importing a rule from a helper module beside it kept its key when the helper
+    changed -- cached calibration pools (old rule) were mixed with fresh policy scores (new rule), a bon4 win
+    rate 0.547 -> 0.081. Every module imported from the scorer's own place is in the key; infalign's and
+    installed packages' are not."""
+    import importlib
+
+    (tmp_path / "textrules.py").write_text("def repeats(text):\n    return len(text.split())\n")
+    (tmp_path / "proxy2.py").write_text("from textrules import repeats\n\nclass Proxy:\n"
+                                        "    def score(self, prompts, responses):\n"
+                                        "        return [float(repeats(r)) for r in responses]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "reward=length", EXTRA_CONF,
+                        "reward._target_=proxy2.Proxy", "~reward.scale")
+    first = world_mod.custom_scorer(cfg)[1]
+    modules = world_mod.scorer_code_modules("proxy2")
+    assert modules == ["proxy2", "textrules"]
+    assert world_mod.custom_scorer(cfg)[1] == first
+    (tmp_path / "textrules.py").write_text("def repeats(text):\n    return len(set(text.split()))\n")
+    assert world_mod.custom_scorer(cfg)[1] != first
+    beside = world_mod.scorer_code_modules("length_scorer")  # tests/: the test modules imported from there
+    assert "length_scorer" in beside and not [m for m in beside if m.startswith(("infalign", "torch", "numpy"))]
+
+
+@pytest.mark.parametrize(("target", "why"), [
+    ("length_scorer", "it is a module"),
+    ("collections.OrderedDict", "without a score method"),
+    ("test_custom_reward.score_words", "a scoring function itself"),
+])
+def test_a_target_that_builds_no_scorer_is_refused_before_compute(tmp_path, target, why):
+    """Walkthrough finding: a module, a class without score or a bare scoring function as _target_ passed the check
+    and failed after the world stage (exit 1)."""
+    cfg = cfg_with(tmp_path, tmp_path / "cache", f"reward._target_={target}", "~reward.scale")
+    with pytest.raises(ConfigError, match=why) as err:
+        world_mod.check_world_config(cfg)
+    assert err.value.key == "reward._target_"
+
+
+def score_words(prompts, responses):
+    return [float(len(r.split())) for r in responses]
+
+
+class CappedLength:
+    """A scorer whose own argument is named like a reward-model setting."""
+
+    def __init__(self, max_length: int = 10) -> None:
+        self.max_length = max_length
+
+    def score(self, prompts, responses):
+        return [float(min(len(r.split()), self.max_length)) for r in responses]
+
+
+def test_an_argument_the_scorer_names_is_its_own_even_if_a_reward_model_has_one_so_named(tmp_path):
+    """Walkthrough finding: CappedLength(max_length=12) was refused ("an experiment entry sets it"). A key the
+    scorer's signature names is its argument; one it does not name is a reward-model setting, refused when set."""
+    cfg = cfg_with(tmp_path, tmp_path / "cache", "reward._target_=test_custom_reward.CappedLength", "~reward.scale",
+                   "+reward.max_length=2")
+    world_mod.check_world_config(cfg)
+    scorer, _ = world_mod.custom_scorer(cfg)
+    assert scorer.scorer.max_length == 2 and scorer.score(["p"], ["a b c"]).tolist() == [2.0]
+
+
+def test_a_scorer_reads_the_dataset_prompt_and_says_what_it_returned_that_is_no_number():
+    """Walkthrough findings: a custom scorer got the policy's chat-templated prompt where a reward model reads the
+    dataset's text; a dict or None returned gave torch's "Could not infer dtype of dict" naming nothing."""
+    from infalign.models.reward import CheckedScorer
+
+    class Echo:
+        seen: list = []
+
+        def score(self, prompts, responses):
+            Echo.seen = list(prompts)
+            return [1.0] * len(prompts)
+
+    scorer = CheckedScorer(Echo(), "echo", dataset_prompts={"<|user|> hi <|assistant|>": "Human: hi\n\nAssistant:"})
+    scorer.score(["<|user|> hi <|assistant|>", "plain"], ["a", "b"])
+    assert Echo.seen == ["Human: hi\n\nAssistant:", "plain"]
+
+    class Odd:
+        def __init__(self, out):
+            self.out = out
+
+        def score(self, prompts, responses):
+            return self.out
+
+    for out in ({"a": 1.0}, None, ["x", "y"]):
+        with pytest.raises(ValueError, match=f"reward scorer odd returned a {type(out).__name__} that is not numbers"):
+            CheckedScorer(Odd(out), "odd").score(["p", "q"], ["a", "b"])
+
+
+def test_the_toy_reward_models_figures_are_not_a_custom_rewards(tmp_path, tiny_cache):
+    """Walkthrough finding: a custom-scorer run recorded the toy reward model's validation accuracy as its own
+    (world.reward_val_accuracy -> W&B reward_model/val_accuracy)."""
+    custom = world_mod.load_world(cfg_with(tmp_path, tiny_cache), tiny_cache)
+    model = world_mod.load_world(compose_train(tiny_cache, tmp_path / "run"), tiny_cache)
+    assert "reward_val_accuracy" in model.stats and not set(world_mod.TOY_REWARD_MODEL_STATS) & set(custom.stats)

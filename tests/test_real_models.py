@@ -1184,6 +1184,7 @@ def test_a_tokenizer_of_more_tokens_than_the_models_embedding_rows_is_refused_be
     ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, "cuda", [1]),
     ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_JOB_NAME": "train"}, "gpu", [1]),
     ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}, "cpu", 1),
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3", "SLURM_LOCALID": "1"}, "gpu", [3]),  # LOCAL_RANK first
 ])
 def test_reward_model_training_under_a_launcher_uses_this_ranks_gpu(monkeypatch, env, accelerator, devices):
     """GPU review: reward-model training ran L.Trainer(devices=1) -- the first GPU -- whichever rank of a torchrun
@@ -1195,4 +1196,8 @@ def test_reward_model_training_under_a_launcher_uses_this_ranks_gpu(monkeypatch,
         monkeypatch.setenv(key, value)
     cfg = OmegaConf.create({"trainer": {"accelerator": accelerator, "precision": "bf16-mixed"},
                             "reward": {"train": {"accelerator": None}}})
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
     assert world_mod.reward_trainer_kwargs(cfg)["devices"] == devices
+    if devices != 1:  # an srun task that sees its own GPU only: index 0 whatever its rank (review finding)
+        monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+        assert world_mod.reward_trainer_kwargs(cfg)["devices"] == [0]

@@ -602,6 +602,7 @@ def test_runs_evaluated_with_a_modified_sampler_get_no_theory_curve_gap_or_gain(
     the config. Control: the same record evaluated at temperature 1."""
     from infalign.report.collect import collect
     from infalign.report.series import build_series, theory_transform
+    from infalign.report.tables import job_row
     from infalign.report.theory_gap import theory_gap_rows
 
     info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
@@ -616,11 +617,39 @@ def test_runs_evaluated_with_a_modified_sampler_get_no_theory_curve_gap_or_gain(
         jobs = collect(root)
         rows, (series,) = theory_gap_rows(jobs), build_series(jobs, ["reward_model"])
         transform, why = theory_transform(jobs[0])
+        row = job_row(jobs[0], ["reward_model"])
         if temperature != 1.0:
             assert rows == [] and series.theory == {"reward_model": None} and transform is None
             assert series.theory_note == why and "evaluated with eval.temperature=0.7" in why
+            assert row["theory_kl_at_beta"] is None and row["kl_ratio"] is None  # runs.csv too (review finding)
         else:
             assert rows and series.theory["reward_model"] is not None and transform is not None and why == ""
+            assert row["theory_kl_at_beta"] is not None
+
+def test_a_run_evaluated_with_a_modified_sampler_is_named_as_such_and_no_pointer_of_the_report(tmp_path):
+    """Custom-reward walkthrough: beside runs evaluated at temperature 1, a run at eval.temperature=0.7 was left out
+    of the matched-KL comparison as "another world (world_id X [eval.temperature=0.7], the report's X)" -- the ids
+    equal -- and summary.json's highest win rate pointed at it. It is "another evaluation", and the pointer names
+    a run of the report's own world and evaluation."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+    from infalign.report.naming import mark_odd_settings
+    from infalign.report.tables import job_row, make_summary
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, (kl, temperature, gain) in enumerate([(0.2, 1.0, 0.0), (0.4, 1.0, 0.0), (0.3, 0.7, 0.2)]):
+        metrics = per_prompt_metrics("identity", info, kl, 0.3, {"bon4_win_rate": gain})
+        metrics["config"]["eval"] = {"temperature": temperature, "top_k": None, "top_p": 1.0}
+        metrics["world"] = {"world_id": "w1"}
+        write_job(tmp_path, str(job), [], metrics)
+    jobs = collect(tmp_path)
+    mark_odd_settings(jobs)
+    _, notes = panel_runs(jobs, ["reward_model"])
+    assert notes == ["job 2 (identity): another evaluation (eval.temperature=0.7; the report's runs are evaluated "
+                     "otherwise): left out of the matched-KL comparison"]
+    rows = [job_row(j, ["reward_model"]) for j in jobs]
+    summary = make_summary(tmp_path, tmp_path / "report", ["reward_model"], jobs, rows, [], {})
+    assert summary["highest_inference_win_rate"]["reward_model"]["job"] == "1"  # not job 2, the highest of all
 
 def test_runs_of_another_world_are_left_out_of_the_matched_kl_comparison(tmp_path):
     """Toy prompts depend on the toy seed only, so runs of another world (other toy parameters or

@@ -102,7 +102,7 @@ def auto_t(cfg: DictConfig) -> bool:
 def checked_t(cfg: DictConfig) -> list[float]:
     """``t`` as numbers (ConfigError naming the key): ``auto`` (None here) or nonzero finite numbers with
     ``|t| <= 700``. Checked whether or not an exp-family transform reads it (a typo is an error either way)."""
-    allowed = "'auto' or a nonzero number / non-empty list of them (t > 0 for bon, t < 0 for won)"
+    allowed = "'auto' or a nonzero number / non-empty list of them (for exp: t > 0 for bon, t < 0 for won)"
     if auto_t(cfg):
         return []
     ts = _numbers("t", cfg.t, allowed)
@@ -186,8 +186,9 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
             raise ConfigError("transforms", name, "an entry of conf/transform/ that instantiates",
                               f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}") from None
     if not t_read and not auto_t(cfg):
-        log.warning("t=%s is read by the exp families (exp, exp_normalized) only, and transforms=%s has none: "
-                    "not drawn (an entry such as expn_t4 pins its own t)", list(checked_t(cfg)), names)
+        log.warning("t=%s is read by the transform families with a t key (exp, exp_normalized, ...) only, and "
+                    "transforms=%s has none: not drawn (an entry such as expn_t4 pins its own t)",
+                    list(checked_t(cfg)), names)
     labels = [t.label for t in out]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     require(not twice, "transforms", names, "transforms with distinct labels",
@@ -199,26 +200,16 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
     return out
 
 
-def check_finite_transform(transform, points: int = 1025) -> None:
-    """The theory (float64) needs ``Phi`` without NaN or +inf on [0, 1] (-inf, ``log`` at 0, is density 0:
-    allowed; ``math/theory.phi_table``): a custom function that gives one (``numpy.arccosh``, a user's
-    function with a pole) failed inside the theory's helper process with a traceback and exit 1; a
-    ConfigError of ``transforms`` names it and where, before any compute."""
-    import numpy as np
-
-    from infalign.pipeline.policy_cache import phi_called_on_grid
-
-    with np.errstate(all="ignore"):
-        values = phi_called_on_grid(transform, points)
-    if values is None or values.shape != (points,):
-        return
-    bad = np.isnan(values) | np.isposinf(values)
-    if not bad.any():
-        return
-    u = np.linspace(0.0, 1.0, points)[bad]
-    raise ConfigError("transforms", transform.label, "transforms without NaN or +inf on [0, 1] (the theory's Phi)",
-                      f"{transform.label} is {values[bad][0]} at u = {u[0]:.4g}"
-                      + (f" (and at {u.size - 1} more of {points} grid points)" if u.size > 1 else ""))
+def check_finite_transform(transform) -> None:
+    """The theory's own check of ``Phi`` on its grid of [0, 1] (``math/theory.phi_table``: no NaN, no +inf; -inf,
+    ``log`` at 0, is density 0), run before any compute: a custom function that fails it (``numpy.arccosh``, a
+    user's function with a pole) failed inside the theory's helper process with a traceback and exit 1; it is a
+    ConfigError of ``transforms`` here."""
+    try:
+        theory.phi_table(transform)
+    except ValueError as exc:
+        raise ConfigError("transforms", transform.label, "transforms the theory can tilt: no NaN or +inf on [0, 1]",
+                          str(exc)) from exc
 
 
 def _instantiate(make, *args, **kwargs):

@@ -79,9 +79,16 @@ def launch_rank() -> int:
 
 
 def launch_local_rank() -> int:
-    """This process's rank on its node in a torchrun / srun launch (``LOCAL_RANK``, else ``SLURM_LOCALID``):
-    the GPU it uses; 0 for a single process."""
+    """This process's rank on its node in a torchrun / srun launch (``LOCAL_RANK``, else ``SLURM_LOCALID``);
+    0 for a single process."""
     return int(os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID") or 0)
+
+
+def local_gpu() -> int:
+    """The CUDA device index this rank uses: its local rank among the GPUs it sees -- modulo their count, as
+    an srun task restricted to its own GPU (``CUDA_VISIBLE_DEVICES``) sees one, index 0, whatever its rank."""
+    count = torch.cuda.device_count()
+    return launch_local_rank() % count if count else launch_local_rank()
 
 
 def init_from_env(accelerator: str = "auto") -> None:
@@ -111,7 +118,7 @@ def init_from_env(accelerator: str = "auto") -> None:
         env.setdefault("MASTER_PORT", str(slurm.main_port))
     gpu = torch.cuda.is_available() and accelerator_kind(str(accelerator)) == "cuda"
     if gpu:
-        torch.cuda.set_device(launch_local_rank())
+        torch.cuda.set_device(local_gpu())
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if gpu else "gloo")
 
 

@@ -8,6 +8,7 @@ programmatic gold reward (:class:`GoldScorer`, the evaluation's second judge) is
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Protocol, runtime_checkable
@@ -63,7 +64,7 @@ def check_finite(scores: torch.Tensor, what: str) -> torch.Tensor:
         rows = bad.nonzero().flatten()[:10].tolist()
         raise FloatingPointError(
             f"{what} produced {int(bad.sum())} non-finite scores (rows {rows}...); "
-            f"the reward model weights or inputs are broken"
+            f"its weights, code or inputs are broken"
         )
     return scores
 
@@ -277,23 +278,43 @@ class RewardScorer:
 class CheckedScorer:
     """A custom scorer (``reward._target_``, any object with ``score(prompts, responses)``) held to what every
     reward model gives: one finite number per pair, returned as float32 ``[B]`` on the CPU -- a wrong count or
-    shape is a ValueError naming the scorer, a NaN or infinite score a FloatingPointError (:func:`check_finite`)."""
+    shape is a ValueError naming the scorer, a NaN or infinite score a FloatingPointError (:func:`check_finite`).
+    It is called as :class:`RewardScorer` runs: without a graph and outside any autocast; a torch module it
+    holds as ``model`` follows the run to its device. A scorer whose scores depend on more than its entry and
+    its module's code (weights read from a path) says so with a ``fingerprint`` attribute, part of its key."""
 
-    def __init__(self, scorer, name: str) -> None:
+    def __init__(self, scorer, name: str, dataset_prompts: Mapping[str, str] | None = None) -> None:
         if not callable(getattr(scorer, "score", None)):
             raise TypeError(f"reward._target_={name} built a {type(scorer).__name__}, which has no "
                             "score(prompts, responses) method")
-        self.scorer, self.name = scorer, name
+        self.scorer, self.name, self.dataset_prompts = scorer, name, dataset_prompts
 
     @property
     def input_format(self) -> str:
         """What it reads (``world.stats["reward_input_format"]``): the texts, through its own code."""
         return f"custom scorer {self.name} (prompt and response texts)"
 
+    @property
+    def model(self):
+        """The scorer's own ``model`` (a torch module it runs), if it has one: the stages move it to the run's
+        device, as a reward model's."""
+        model = getattr(self.scorer, "model", None)
+        return model if isinstance(model, torch.nn.Module) else None
+
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        scores = torch.as_tensor(self.scorer.score(list(prompts), list(responses))).detach().to("cpu", torch.float32)
+        # the dataset's prompt text, as a reward model reads it (not the policy's chat-templated rendering)
+        texts = [self.dataset_prompts.get(p, p) for p in prompts] if self.dataset_prompts else list(prompts)
+        # as a reward model scores: no graph, and no surrounding autocast (Lightning's *-mixed) rounding it
+        with torch.no_grad(), torch.autocast("cpu", enabled=False), (
+                torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()):
+            out = self.scorer.score(texts, list(responses))
+        try:
+            scores = torch.as_tensor(out).detach().to("cpu", torch.float32)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"reward scorer {self.name} returned a {type(out).__name__} that is not numbers "
+                             f"({exc}): one float per pair expected (a list, a numpy array or a tensor)") from exc
         if scores.shape != (len(prompts),):
             raise ValueError(f"reward scorer {self.name} returned scores of shape {tuple(scores.shape)} for "
                              f"{len(prompts)} pairs (one number per pair expected)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator
@@ -176,6 +177,9 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     return checked
 
 
+# the toy build's figures of its reward model: not recorded for a run whose reward is a custom scorer
+TOY_REWARD_MODEL_STATS = ("reward_val_loss", "reward_val_accuracy", "reward_val_gold_accuracy", "reward_val_bt_ceiling",
+                          "reward_params")
 # reward.* settings of a reward *model*: a custom scorer (reward._target_) reads none of them
 REWARD_MODEL_KEYS = ("name_or_path", "revision", "dtype", "max_length", "input", "prompt_format", "pad_token", "train")
 
@@ -186,57 +190,119 @@ def custom_reward(cfg: DictConfig) -> bool:
     return cfg.reward.get("_target_") is not None
 
 
-def check_custom_reward(cfg: DictConfig) -> None:
-    """A custom scorer's ``reward._target_`` imports (a class or a function that builds the scorer from the
-    entry's other keys), and no reward-model setting (:data:`REWARD_MODEL_KEYS`: an experiment entry's
-    ``reward.name_or_path``, say) is set beside it -- it would be silently unread. ConfigErrors name the key."""
+def _scorer_target(cfg: DictConfig):
+    """``(target name, the object it imports, its signature or None)``; a ConfigError of ``reward._target_``
+    when it does not import, or imports something that builds no scorer (a module, a class without
+    ``score``, a bare scoring function)."""
     import inspect
 
     from hydra.utils import get_object
 
-    target = cfg.reward._target_
+    target = str(cfg.reward._target_)
+    allowed = ("an importable class (or a function returning an object) with score(prompts, responses) -> one "
+               "float per pair, as module.Name")
     try:
-        obj = get_object(str(target))
+        obj = get_object(target)
     except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, ValueError: all the same to the user
-        raise ConfigError("reward._target_", target, "an importable class or function (module.Name) that returns a "
-                          "scorer: score(prompts, responses) -> one float per pair",
-                          f"{type(exc).__name__}: {exc}") from exc
-    arguments = {k: v for k, v in cfg.reward.items() if not str(k).startswith("_")}
+        raise ConfigError("reward._target_", target, allowed, f"{type(exc).__name__}: {exc}") from exc
+    if not callable(obj) or (isinstance(obj, type) and not callable(getattr(obj, "score", None))):
+        raise ConfigError("reward._target_", target, allowed, f"it is a {type(obj).__name__}"
+                          + (" without a score method" if isinstance(obj, type) else ""))
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):  # (a builtin without one: its call says)
         signature = None
-    if signature is not None:
-        try:
-            signature.bind(**{k: v for k, v in arguments.items() if k not in REWARD_MODEL_KEYS})
-        except TypeError as exc:  # an argument it does not take (a typo), or one it needs and the entry lacks
-            unknown = [k for k in arguments if k not in signature.parameters and k not in REWARD_MODEL_KEYS]
-            key = f"reward.{unknown[0]}" if unknown and not any(
-                p.kind is p.VAR_KEYWORD for p in signature.parameters.values()) else "reward._target_"
-            raise ConfigError(key, cfg.reward.get(key.removeprefix("reward.")), f"the arguments {target} takes: "
-                              f"{', '.join(signature.parameters) or 'none'}", str(exc)) from exc
-    for key in REWARD_MODEL_KEYS:
-        value = cfg.reward.get(key)
-        if key == "train" and value is not None:
-            value = value.get("enabled") or None
-        require(value in (None, False), f"reward.{key}", value,
-                f"unset with reward._target_={target} (a custom scorer reads no reward-model setting)",
-                "an experiment entry sets it for its reward model; drop it, or choose a reward model instead")
+    if signature is not None and not isinstance(obj, type) and {"prompts", "responses"} <= set(signature.parameters):
+        raise ConfigError("reward._target_", target, allowed, "it is a scoring function itself: wrap it in a class "
+                          "whose score(prompts, responses) calls it")
+    return target, obj, signature
 
 
-def custom_scorer(cfg: DictConfig):
-    """The ``reward`` entry's custom scorer, instantiated with the entry's other keys and checked
-    (:class:`~infalign.models.reward.CheckedScorer`), and its fingerprint: the resolved entry and the
-    digest of the code of the ``_target_``'s module (an edit there retires its pools and policies)."""
-    from hydra.utils import get_object, instantiate
+def _scorer_arguments(cfg: DictConfig, signature) -> dict:
+    """The entry's keys the scorer is built with: every key but ``_target_`` -- except a reward-model key
+    (:data:`REWARD_MODEL_KEYS`) the signature does not name, which is not its argument: unset (null,
+    ``train.enabled: false``), it is left out; set, it is a ConfigError (an experiment entry's reward model,
+    silently unread otherwise)."""
+    target, entry = cfg.reward._target_, OmegaConf.to_container(cfg.reward, resolve=True)
+    named = set(signature.parameters) if signature is not None else set()
+    out = {}
+    for key, value in entry.items():
+        if str(key).startswith("_"):
+            continue
+        if key in REWARD_MODEL_KEYS and key not in named:
+            unset = value.get("enabled") in (None, False) if key == "train" and isinstance(value, dict) else \
+                value in (None, False)
+            require(unset, f"reward.{key}" + (".enabled" if key == "train" else ""),
+                    value.get("enabled") if key == "train" and isinstance(value, dict) else value,
+                    f"unset with reward._target_={target} (a custom scorer reads no reward-model setting)",
+                    "an experiment entry sets it for its reward model; drop it, or choose a reward model instead")
+            continue
+        out[key] = value
+    return out
+
+
+def check_custom_reward(cfg: DictConfig) -> None:
+    """A custom scorer's ``reward._target_`` imports and builds a scorer (:func:`_scorer_target`), the entry's
+    other keys bind to its signature (a typo, or a required argument missing, is a ConfigError naming the
+    key) and no reward-model setting it does not take stands beside it set (:func:`_scorer_arguments`)."""
+    target, _, signature = _scorer_target(cfg)
+    arguments = _scorer_arguments(cfg, signature)
+    if signature is None:
+        return
+    try:
+        signature.bind(**arguments)
+    except TypeError as exc:  # an argument it does not take (a typo), or one it needs and the entry lacks
+        unknown = [k for k in arguments if k not in signature.parameters]
+        key = f"reward.{unknown[0]}" if unknown and not any(
+            p.kind is p.VAR_KEYWORD for p in signature.parameters.values()) else "reward._target_"
+        raise ConfigError(key, cfg.reward.get(key.removeprefix("reward.")), f"the arguments {target} takes: "
+                          f"{', '.join(signature.parameters) or 'none'}", str(exc)) from exc
+
+
+def scorer_code_modules(module: str) -> list[str]:
+    """The modules whose code a custom scorer's key holds: its own ``module`` and every module imported now
+    from the same place -- the directory of a top-level module, else its top-level package's -- so a helper
+    it imports (``from textrules import repeats`` beside it) retires its pools and policies when edited too.
+    Installed packages (``site-packages``, ``dist-packages``) and infalign's own modules are left out."""
+    import sys
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return [module]
+    top = importlib.util.find_spec(module.partition(".")[0])
+    root = Path(top.origin).resolve().parent if top is not None and top.origin else Path(spec.origin).resolve().parent
+    if any(part in ("site-packages", "dist-packages") for part in root.parts):
+        root = root if "." in module else Path(spec.origin).resolve()  # an installed scorer: its package only
+    found = {module}
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        if not path or not path.endswith(".py") or name.partition(".")[0] == "infalign" or name == "__main__":
+            continue
+        resolved = Path(path).resolve()
+        if (resolved == root or root in resolved.parents) and not any(
+                part in ("site-packages", "dist-packages") for part in resolved.relative_to(root).parts):
+            found.add(name)
+    return sorted(found)
+
+
+def custom_scorer(cfg: DictConfig, dataset_prompts: dict[str, str] | None = None):
+    """The ``reward`` entry's custom scorer, built with its arguments (:func:`_scorer_arguments`) and checked
+    (:class:`~infalign.models.reward.CheckedScorer`; ``dataset_prompts``: the dataset text of each policy
+    prompt, read as a reward model reads it), and its fingerprint: the entry's arguments, the digest of the
+    code of :func:`scorer_code_modules` and the scorer's own ``fingerprint`` if it gives one (what its code
+    and arguments do not show: weights or data files it reads)."""
+    from hydra.utils import instantiate
 
     from infalign.models.reward import CheckedScorer
 
-    target = str(cfg.reward._target_)
-    scorer = CheckedScorer(instantiate(cfg.reward), target)
-    module = getattr(get_object(target), "__module__", None) or target.rpartition(".")[0]
-    fingerprint = content_key("custom-scorer", OmegaConf.to_container(cfg.reward, resolve=True),
-                              modules_digest([module], "reward._target_"))
+    target, obj, signature = _scorer_target(cfg)
+    arguments = _scorer_arguments(cfg, signature)
+    scorer = CheckedScorer(instantiate({"_target_": target, **arguments}), target, dataset_prompts=dataset_prompts)
+    module = getattr(obj, "__module__", None) or target.rpartition(".")[0]
+    own = getattr(scorer.scorer, "fingerprint", None)
+    fingerprint = content_key("custom-scorer", target, arguments,
+                              modules_digest(scorer_code_modules(module), "reward._target_"),
+                              *([str(own)] if own is not None else []))
     return scorer, fingerprint
 
 
@@ -609,6 +675,8 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         artifacts = build_toy_world(OmegaConf.to_container(data.toy, resolve=True), cache_dir)
         world = artifacts.world
         stats = {"toy_key": artifacts.world_key, "toy_built": artifacts.built, **artifacts.stats}
+        if custom_reward(cfg):  # the toy reward model's figures are not the run's reward's (W&B reward_model/*)
+            stats = {k: v for k, v in stats.items() if k not in TOY_REWARD_MODEL_STATS}
         policy_path = checked.policy_path or str(artifacts.reference_dir)
         reward_path = checked.reward_path or str(artifacts.reward_dir)
         train_raw = world.prompts("train", int(data.train_prompts))
@@ -655,8 +723,10 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                                    revision=policy_rev)
     render = policy_view(cfg.policy, tokenizer, data.source)
     train_prompts, eval_prompts = render(train_raw), render(eval_raw)
-    if custom_reward(cfg):
-        reward, custom_fingerprint = custom_scorer(cfg)
+    if custom_reward(cfg):  # (it reads the dataset's prompt text, as a reward model does)
+        reward, custom_fingerprint = custom_scorer(cfg, dataset_prompt_map(train_prompts + eval_prompts,
+                                                                           train_raw + eval_raw)
+                                                   if cfg.policy.get("chat_template") else None)
         reward_path = None
     else:
         with hf_progress(slow_to_load(reward_path)):
@@ -787,7 +857,7 @@ def reward_trainer_kwargs(cfg: DictConfig) -> dict:
         "accelerator": accelerator,
         "precision": t.get("precision", "32-true"),
         "enable_progress_bar": t.get("progress_bar", "tqdm") != "none",
-        "devices": [distributed.launch_local_rank()] if gpu and distributed.launched_externally() else 1,
+        "devices": [distributed.local_gpu()] if gpu and distributed.launched_externally() else 1,
         "logger": False,
         "enable_checkpointing": False,
         "enable_model_summary": False,

@@ -22,7 +22,7 @@ from infalign.errors import ConfigError
 from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
-from infalign.report.naming import comparison_worlds, method_of, number, procedure_of
+from infalign.report.naming import comparison_worlds, method_of, number, procedure_of, world_label
 from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
@@ -102,9 +102,12 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
             continue
         method = method_of(job)
         if world_of[job.job] != main_world:
-            notes.append(f"job {job.job} ({method}): another world (world_id {world_of[job.job]}, the report's "
-                         f"{main_world}: other models, toy-world parameters or evaluation settings): left out of "
-                         "the matched-KL comparison")
+            other = world_label(world_of[job.job], main_world)
+            notes.append(f"job {job.job} ({method}): " + (
+                f"another evaluation ({other.strip('[]')}; the report's runs are evaluated otherwise)"
+                if other.startswith("[") and not other.startswith("[world ") else
+                f"another world (world_id {world_of[job.job]}, the report's {main_world}: other models, toy-world "
+                "parameters or evaluation settings)") + ": left out of the matched-KL comparison")
             continue
         pp = job.record.eval.per_prompt
         if not isinstance(pp, dict) or not pp.get("prompt_ids"):

@@ -21,8 +21,11 @@ from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import STATUSES, Job, flagged
 from infalign.report.naming import (
     algo_of,
+    comparison_worlds,
+    eval_sampler,
     method_of,
     number,
+    pooled_calibration,
     procedure_of,
     transform_family,
     transform_label,
@@ -87,11 +90,13 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
                 row[f"{j}_{short}{suffix}"] = number(getattr(ci, part)) if ci is not None else None
             n_prompts = n_prompts if n_prompts is not None else (ci.n_prompts if ci is not None else None)
         row[f"{j}_n_prompts"] = n_prompts
-    th = (ev.theory if ev is not None else None) or {}
+    # no theory for pooled calibration or an evaluation with a modified sampler (older records carry one)
+    theory = ev is not None and not pooled_calibration(job) and not eval_sampler(job)
+    th = (ev.theory if theory else None) or {}
     at = th.get("at_measured_kl") if isinstance(th.get("at_measured_kl"), dict) else {}
     row["theory_kl_at_beta"] = number(th.get("kl"))
     row["theory_inference_win_rate_at_measured_kl"] = number(at.get(procedure.win_rate_key)) if procedure else None
-    row["kl_ratio"] = number(rec.kl_ratio) if rec else None
+    row["kl_ratio"] = number(rec.kl_ratio) if rec and theory else None
     responses = (ev.responses if ev is not None else None) or {}
     for pool, stat in RESPONSE_STATS:
         row[f"{pool}_{stat}"] = number((responses.get(pool) or {}).get(stat))
@@ -170,11 +175,12 @@ def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root:
 def make_summary(root: Path, out_dir: Path, judges: Sequence[str], jobs: Sequence[Job], rows: list[dict],
                  series: Sequence, paths: dict[str, Path]) -> dict:
     """``summary.json`` (before the matched-KL and theory-gap parts and the W&B run are added):
-    counts, failed/missing jobs, the run with the highest inference-time win rate per judge (each
-    at its own KL and procedure: a pointer, not a comparison -- methods are compared at matched KL,
-    ``matched_kl``), every series' points and theory curve."""
+    counts, failed/missing jobs, the run with the highest inference-time win rate per judge among the runs of
+    the report's world and evaluation (each at its own KL and procedure: a pointer, not a comparison -- methods
+    are compared at matched KL, ``matched_kl``), every series' points and theory curve."""
     counts = Counter(j.status for j in jobs)
-    finished = [r for r in rows if r["status"] == "finished"]
+    worlds, main = comparison_worlds(jobs)  # (a run of another world or evaluation is no candidate)
+    finished = [r for r in rows if r["status"] == "finished" and worlds.get(r["job"], main) == main]
     best = {}
     for j in judges:
         cands = [r for r in finished if r[f"{j}_inference_win_rate"] is not None]
