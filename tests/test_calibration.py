@@ -7,6 +7,8 @@ dyadic/simple fractions, so they are compared with a 1e-12 tolerance (float64 ro
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +252,38 @@ def test_pooled_table_applies_smoothing():
     for idx in ([0, 0, 0], [1, 1, 1], [0, 1, 0]):
         got = table.calibrate(torch.tensor(idx), vals).numpy()
         np.testing.assert_allclose(got, [0.1, 0.9, 0.4], atol=EXACT, rtol=0)
+
+
+def test_tie_share_by_hand_and_its_warning(monkeypatch, caplog):
+    """math/calibration.tie_share: the share of within-prompt pairs that tie, averaged over prompts -- by hand:
+    [1, 1, 2, 3] ties 1 pair of 6, [5, 5, 5, 5] all 6, [1, 2, 3, 4] none: (1/6 + 1 + 0) / 3. A calibration pool
+    over TIE_WARN is warned about (custom-reward walkthrough: a discrete reward's theory and kl_target beta were
+    off without a word); the evaluation's miscalibration line says it too."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from infalign.math.calibration import TIE_WARN, tie_share
+    from infalign.math.miscalibration import spread_stats
+    from infalign.pipeline import fit
+    from infalign.pipeline.record import miscalibration_line
+
+    rewards = torch.tensor([[1.0, 1.0, 2.0, 3.0], [5.0, 5.0, 5.0, 5.0], [1.0, 2.0, 3.0, 4.0]])
+    assert tie_share(rewards) == pytest.approx((1 / 6 + 1 + 0) / 3)
+    assert tie_share(torch.randn(8, 16, generator=torch.Generator().manual_seed(0))) == 0.0
+    assert math.isnan(tie_share(torch.ones(3, 1)))
+    assert spread_stats(rewards)["tie_share"] == tie_share(rewards)
+
+    pools = {"tied": rewards.repeat(1, 2), "continuous": torch.randn(3, 8, generator=torch.Generator().manual_seed(1))}
+    cfg = OmegaConf.create({"calibration": {"K": 8, "smoothing": False, "scope": "prompt"}, "seed": 0})
+    world = type("W", (), {"train_prompts": ["a", "b", "c"], "reward": object()})()
+    for name, pool in pools.items():
+        monkeypatch.setattr(fit, "reference_pool", lambda *a, pool=pool, **k: ({"scores": {"reward": pool}}, False))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="infalign.pipeline.fit"):
+            fit.calibration_table(world, cfg, None, None)
+        assert ("pairs of the calibration pool's rewards tie" in caplog.text) == (name == "tied")
+    mis = {"n_prompts": 3, "reward_model": spread_stats(rewards)}
+    assert "of within-prompt sample pairs tie" in miscalibration_line(mis) and tie_share(rewards) > TIE_WARN
+    mis["reward_model"]["tie_share"] = 0.0
+    assert "tie" not in miscalibration_line(mis)

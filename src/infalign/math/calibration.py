@@ -32,6 +32,24 @@ from infalign.errors import ConfigError
 SCOPES = ("prompt", "pooled")  # calibration.scope
 
 
+TIE_WARN = 0.01  # tie share (within-prompt pairs of reference samples) above which a run is warned
+
+
+def tie_share(rewards: torch.Tensor) -> float:
+    """The share of within-prompt pairs of samples whose rewards tie, averaged over prompts: for ``[P, M]``
+    rewards ``r``, ``mean_p [ #{i < j : r_pi = r_pj} / (M (M - 1) / 2) ]`` (docs/method.md §2). 0 for a
+    reward without ties, where ``C(x, Y)`` is Uniform[0, 1]; with ties (a discrete or rule-based reward, a
+    length, a reward model's scores that round alike) ``C`` is not uniform -- a tied response gets the
+    tie's mid-rank -- and the calibrated-space theory (§3-§5), which assumes it is, holds only roughly. NaN
+    for fewer than 2 samples per prompt."""
+    r = rewards.double()
+    m = r.shape[-1]
+    if m < 2 or r.shape[0] == 0:
+        return float("nan")
+    pairs = (r[:, :, None] == r[:, None, :]).sum((1, 2)) - m  # ordered tied pairs, the diagonal left out
+    return float((pairs.double() / (m * (m - 1))).mean())
+
+
 def check_finite(name: str, values: torch.Tensor) -> None:
     """Raise ``ValueError`` naming ``name`` and the first bad entry if ``values`` has NaN/inf."""
     bad = ~torch.isfinite(values)

@@ -28,21 +28,24 @@ of ``P`` prompts (``[P, M]``):
 * ``log_std_corr`` (with a gold reward): Pearson correlation across prompts of ``log s_p`` of the
   reward model and of the gold reward -- does the reward model *carry* the gold miscalibration?
 * ``pairwise_accuracy``: fraction of within-prompt pairs, untied under both, that the reward model
-  orders as the gold reward does.
+  orders as the gold reward does;
+* ``tie_share``: the share of within-prompt pairs whose scores tie (``math/calibration.tie_share``): 0 for a
+  continuous reward; above 0 the calibrated reward is not uniform and the calibrated-space theory holds
+  only roughly.
 """
 
 from __future__ import annotations
 
 import torch
 
-from infalign.math.calibration import check_finite
+from infalign.math.calibration import check_finite, tie_share
 
 __all__ = ["miscalibration_summary", "pairwise_accuracy", "spread_stats"]
 
 
 def spread_stats(scores: torch.Tensor) -> dict[str, float]:
-    """``std_cv``, ``std_cv_denoised``, ``mean_spread_ratio`` and ``offset_ratio`` of one judge's
-    ``[P, M]`` scores (module docstring)."""
+    """``std_cv``, ``std_cv_denoised``, ``mean_spread_ratio``, ``offset_ratio`` and ``tie_share`` of one
+    judge's ``[P, M]`` scores (module docstring)."""
     s = scores.double()
     std, means = s.std(dim=1), s.mean(dim=1)
     excess = (means.var() - (std**2).mean() / s.shape[1]).clamp(min=0.0)
@@ -52,6 +55,7 @@ def spread_stats(scores: torch.Tensor) -> dict[str, float]:
         "mean_spread_ratio": float(means.std() / std.mean()),
         "offset_ratio": float(excess.sqrt() / std.mean()),
         "mean_within_prompt_std": float(std.mean()),
+        "tie_share": tie_share(s),
     }
 
 

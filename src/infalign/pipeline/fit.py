@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from infalign.math.calibration import CalibrationTable
+from infalign.math.calibration import TIE_WARN, CalibrationTable, tie_share
 from infalign.math.transforms import Transform
 from infalign.pipeline.baselines import fit_offline, offline_resumable
 from infalign.pipeline.pools import reference_pool
@@ -16,6 +17,8 @@ from infalign.pipeline.settings import training_seed
 from infalign.pipeline.trainer import StageTrainers, TrainerFactory, fit_steps
 from infalign.training.algorithms import Algorithm
 from infalign.training.ctrl import CTRLModule
+
+log = logging.getLogger(__name__)
 
 
 def calibration_table(world, cfg: DictConfig, trainer: TrainerFactory,
@@ -25,6 +28,12 @@ def calibration_table(world, cfg: DictConfig, trainer: TrainerFactory,
     ``trainer`` (a ``predict`` factory, ``pipeline/trainer.py``)."""
     pool, hit = reference_pool(world, world.train_prompts, int(cfg.calibration.K), {"reward": world.reward},
                                cfg.calibration, trainer, int(cfg.seed), cache_dir, tag="calibration")
+    ties = tie_share(pool["scores"]["reward"])
+    if ties > TIE_WARN:
+        log.warning("%.1f%% of within-prompt pairs of the calibration pool's rewards tie (a discrete or rule-based "
+                    "reward, or scores rounded by reward.dtype=bfloat16?): C_hat is not uniform under the reference, so the calibrated-space theory beside the "
+                    "run -- and the beta a kl_target picks from it -- hold only roughly (docs/method.md §2)",
+                    100 * ties)
     table = CalibrationTable.from_rewards(pool["scores"]["reward"], bool(cfg.calibration.smoothing),
                                           str(cfg.calibration.get("scope", "prompt")))
     return table, hit

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from infalign.infra.cache import aside_dir, atomic_write_csv, atomic_write_json
+from infalign.math.calibration import TIE_WARN
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.run_plot import plot_win_rates
 from infalign.pipeline.run_record import CI, RunRecord
@@ -235,4 +236,8 @@ def miscalibration_line(mis: dict) -> str:
     if "gold" in mis:
         line += (f" (gold {mis['gold']['std_cv']:.2f}; corr of log spreads {mis['log_std_corr']:.2f}; "
                  f"within-prompt pairwise accuracy {mis['pairwise_accuracy']:.3f})")
+    ties = mis["reward_model"].get("tie_share")
+    if ties is not None and ties > TIE_WARN:  # (records before tie_share: none)
+        line += (f"; {ties:.1%} of within-prompt sample pairs tie: the calibrated reward is not uniform, and the "
+                 "calibrated-space theory holds only roughly (docs/method.md §2)")
     return line
