@@ -31,9 +31,9 @@ def calibration_table(world, cfg: DictConfig, trainer: TrainerFactory,
     ties = tie_share(pool["scores"]["reward"])
     if ties > TIE_WARN:
         log.warning("%.1f%% of within-prompt pairs of the calibration pool's rewards tie (a discrete or rule-based "
-                    "reward, or scores rounded by reward.dtype=bfloat16?): C_hat is not uniform under the reference, so the calibrated-space theory beside the "
-                    "run -- and the beta a kl_target picks from it -- hold only roughly (docs/method.md §2)",
-                    100 * ties)
+                    "reward, or scores rounded by reward.dtype=bfloat16?): C_hat is not uniform under the reference, "
+                    "so the calibrated-space theory beside the run -- and the beta a kl_target picks from it -- hold "
+                    "only roughly (docs/method.md §2)", 100 * ties)
     table = CalibrationTable.from_rewards(pool["scores"]["reward"], bool(cfg.calibration.smoothing),
                                           str(cfg.calibration.get("scope", "prompt")))
     return table, hit
