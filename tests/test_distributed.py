@@ -174,7 +174,7 @@ def test_an_srun_task_joins_with_lightnings_slurm_address_and_the_trainers_backe
     4 digits) and the trainer's accelerator."""
     from infalign.infra import distributed
 
-    joined, devices = fake_srun(monkeypatch, procid=1, ntasks=2, localid=1, nodes=1, gpus=int(cuda))
+    joined, devices = fake_srun(monkeypatch, procid=1, ntasks=2, localid=1, nodes=1, gpus=2 * int(cuda))
     distributed.init_from_env(accelerator)
     assert joined == [{"backend": backend}]
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("1", "2", "1")
@@ -194,6 +194,16 @@ def test_an_srun_task_on_the_second_node_uses_its_local_id_for_its_gpu(monkeypat
     distributed.init_from_env("gpu")
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "4", "1")
     assert devices == [1] and joined == [{"backend": "cpu:gloo,cuda:nccl"}]
+
+
+def test_an_srun_task_that_sees_one_gpu_uses_it_whatever_its_local_id(monkeypatch):
+    """srun with --gpus-per-task (each task's CUDA_VISIBLE_DEVICES its own GPU): local id 1 sees one GPU, index 0;
+    set_device(1) would fail (review finding). The rank's GPU is its local id modulo the GPUs it sees."""
+    from infalign.infra import distributed
+
+    joined, devices = fake_srun(monkeypatch, procid=1, ntasks=2, localid=1, nodes=1, gpus=1)
+    distributed.init_from_env("gpu")
+    assert devices == [0] and os.environ["LOCAL_RANK"] == "1"
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "FSDP", "fsdp_cpu_offload"])

@@ -888,7 +888,7 @@ def test_runs_with_other_calibration_or_evaluation_settings_are_not_pooled(tmp_p
     panels, notes = panel_runs(jobs, ["reward_model"])
     assert {(r.method, r.label) for runs in panels.values() for r in runs} == {
         ("identity", "0"), ("identity", "1"), ("identity [calibration.K=64]", "2")}
-    assert len(notes) == 1 and "job 3" in notes[0] and "evaluation settings" in notes[0]
+    assert len(notes) == 1 and notes[0].startswith("job 3 (identity): another evaluation (eval.temperature=0.5;")
     # an older record without the eval node: eval settings are not compared at all
     metrics = per_prompt_metrics("identity", info, 0.9, 0.11, {})
     metrics["world"] = {"world_id": "W"}

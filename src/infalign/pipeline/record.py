@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 from infalign.infra.cache import aside_dir, atomic_write_csv, atomic_write_json
-from infalign.math.calibration import TIE_WARN
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.run_plot import plot_win_rates
 from infalign.pipeline.run_record import CI, RunRecord
@@ -236,6 +235,8 @@ def miscalibration_line(mis: dict) -> str:
     if "gold" in mis:
         line += (f" (gold {mis['gold']['std_cv']:.2f}; corr of log spreads {mis['log_std_corr']:.2f}; "
                  f"within-prompt pairwise accuracy {mis['pairwise_accuracy']:.3f})")
+    from infalign.math.calibration import TIE_WARN  # (not at import: math/calibration imports torch)
+
     ties = mis["reward_model"].get("tie_share")
     if ties is not None and ties > TIE_WARN:  # (records before tie_share: none)
         line += (f"; {ties:.1%} of within-prompt sample pairs tie: the calibrated reward is not uniform, and the "
