@@ -576,10 +576,11 @@ def test_rollout_samples_differ_across_steps_and_ranks():
     assert s0 != s1 and s0 != s0b
 
 
-def test_logged_kl_and_calibrated_reward_are_the_rollouts_means(monkeypatch):
+def _fit_recorded(monkeypatch, world, group_size: int) -> tuple[list[dict], dict]:
+    """Two RLOO steps on the tiny world with every rollout's output and the last logged metrics recorded."""
     from infalign.training.ctrl import CTRLModule
 
-    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.5, "steps": 2, "group_size": 4,
+    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.5, "steps": 2, "group_size": group_size,
                            "prompts_per_step": 2, "max_new_tokens": 4})
     outs, logged = [], {}
     rollout = CTRLModule.rollout
@@ -587,8 +588,13 @@ def test_logged_kl_and_calibrated_reward_are_the_rollouts_means(monkeypatch):
     log_dict = CTRLModule.log_dict
     monkeypatch.setattr(CTRLModule, "log_dict", lambda self, metrics, **kw: (
         logged.update({k: float(v) for k, v in metrics.items()}), log_dict(self, metrics, **kw))[1])
-    fit_policy(tp.world(), OmegaConf.create({"seed": 0}), algo, Log(), tp.calibration_table(),
+    fit_policy(world, OmegaConf.create({"seed": 0}), algo, Log(), tp.calibration_table(),
                StageTrainers(predict=PREDICT, fit=TRAINERS.fit), None)
+    return outs, logged
+
+
+def test_logged_kl_and_calibrated_reward_are_the_rollouts_means(monkeypatch):
+    outs, logged = _fit_recorded(monkeypatch, tp.world(), group_size=4)
     last = outs[-1]
     assert float(last["kl"].mean()) > 0  # the second step's policy has moved
     assert logged["train/kl"] == pytest.approx(float(last["kl"].mean()), rel=1e-5)
@@ -608,19 +614,8 @@ class CuttingTableScorer(tp.TableScorer):
 
 
 def test_the_share_of_a_steps_responses_the_reward_model_read_cut_is_logged(monkeypatch):
-    from infalign.training.ctrl import CTRLModule
-
-    algo = make_algorithm({"name": "rloo", "beta": 0.3, "lr": 0.5, "steps": 2, "group_size": 8,
-                           "prompts_per_step": 2, "max_new_tokens": 4})
-    outs, logged = [], {}
-    rollout = CTRLModule.rollout
-    monkeypatch.setattr(CTRLModule, "rollout", lambda self, step: outs.append(rollout(self, step)) or outs[-1])
-    log_dict = CTRLModule.log_dict
-    monkeypatch.setattr(CTRLModule, "log_dict", lambda self, metrics, **kw: (
-        logged.update({k: float(v) for k, v in metrics.items()}), log_dict(self, metrics, **kw))[1])
     world = tp.world()
     world.reward = CuttingTableScorer()
-    fit_policy(world, OmegaConf.create({"seed": 0}), algo, Log(), tp.calibration_table(),
-               StageTrainers(predict=PREDICT, fit=TRAINERS.fit), None)
+    outs, logged = _fit_recorded(monkeypatch, world, group_size=8)
     cut = outs[-1]["reward_cut"]
     assert 0 < float(cut.float().mean()) < 1 and logged["train/reward_cut"] == pytest.approx(float(cut.float().mean()))
