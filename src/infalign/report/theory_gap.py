@@ -11,14 +11,7 @@ import numpy as np
 
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
-from infalign.report.naming import (
-    comparison_worlds,
-    eval_sampler,
-    method_of,
-    number,
-    pooled_calibration,
-    procedure_of,
-)
+from infalign.report.naming import comparison_worlds, eval_sampler, method_of, number, pooled_calibration, procedure_of
 
 THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "world_id", "kl_measured", "kl_theory_at_beta",
                       "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width",
