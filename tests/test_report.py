@@ -651,6 +651,29 @@ def test_a_run_evaluated_with_a_modified_sampler_is_named_as_such_and_no_pointer
     summary = make_summary(tmp_path, tmp_path / "report", ["reward_model"], jobs, rows, [], {})
     assert summary["highest_inference_win_rate"]["reward_model"]["job"] == "1"  # not job 2, the highest of all
 
+def test_another_world_is_named_by_the_overrides_that_choose_it(tmp_path):
+    """Custom-reward walkthrough: a sweep over reward=length_proxy,toy labelled the toy reward's runs "identity
+    [world 68ce09f28e62080e]". A world the runs' own overrides of reward / policy / data / experiment tell apart
+    is named by them, in series labels and the left-out note; one they do not tell apart keeps its key."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+    from infalign.report.series import build_series
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, (kl, reward, world) in enumerate([(0.2, "length", "A"), (0.4, "length", "A"), (0.3, "toy", "B"),
+                                               (0.5, "toy", "B"), (0.3, "length", "C")]):
+        metrics = per_prompt_metrics("identity", info, kl, 0.3, {})
+        metrics["world"] = {"world_id": world}
+        overrides = [f"reward={reward}", f"algo.kl_target={kl}"] + (["data.toy.seed=3"] if world == "C" else [])
+        write_job(tmp_path, str(job), overrides, metrics)
+    jobs = collect(tmp_path)
+    labels = sorted(s.label for s in build_series(jobs, ["reward_model"]))
+    assert labels == ["identity", "identity [data.toy.seed=3]", "identity [reward=toy]"]  # (reward=length: main's)
+    _, notes = panel_runs(jobs, ["reward_model"])
+    assert [n.split(" (world_id")[0] for n in notes] == ["job 2 (identity): another world (reward=toy)",
+                                                         "job 3 (identity): another world (reward=toy)",
+                                                         "job 4 (identity): another world (data.toy.seed=3)"]
+
 def test_runs_of_another_world_are_left_out_of_the_matched_kl_comparison(tmp_path):
     """Toy prompts depend on the toy seed only, so runs of another world (other toy parameters or
     models) share prompt ids: the report compares the runs of the world most of them share and notes

@@ -175,13 +175,39 @@ def comparison_worlds(jobs) -> tuple[dict[str, str], str]:
     return out, main
 
 
-def world_label(key: str, main: str) -> str:
+WORLD_GROUPS = ("reward", "policy", "data", "experiment")  # the overrides that choose a world's models and data
+
+
+def world_names(jobs, worlds: dict[str, str], main: str) -> dict[str, str]:
+    """``{world key: name}`` for the worlds other than ``main`` that the runs' own command-line overrides tell
+    apart: the overrides of :data:`WORLD_GROUPS` (``reward=toy``, ``data.toy.seed=3``) every finished run of
+    that world has and no run of the main world has -- a sweep over ``reward=length,toy`` names its second
+    world ``reward=toy``, not by its hash. A world they do not tell apart is left out (named by its key)."""
+    def own(job) -> set[str]:
+        return {o for o in job.overrides or []
+                if "=" in o and o.lstrip("+~").split("=", 1)[0].split(".")[0].split("@")[0] in WORLD_GROUPS}
+
+    done = [j for j in jobs if j.status == "finished"]
+    in_main = set().union(*(own(j) for j in done if worlds.get(j.job) == main))
+    names = {}
+    for key in {worlds[j.job] for j in done if worlds.get(j.job) not in (None, main)}:
+        members = [own(j) for j in done if worlds[j.job] == key]
+        shared = set.intersection(*members) - in_main if members else set()
+        if shared:
+            names[key] = ", ".join(sorted(shared))
+    return names
+
+
+def world_label(key: str, main: str, names: dict[str, str] | None = None) -> str:
     """What a series label adds for world ``key``: nothing for the main world, the evaluation note for
-    another evaluation of it, ``[world <key>]`` for another world."""
+    another evaluation of it, ``[<its overrides>]`` for another world :func:`world_names` names, else
+    ``[world <key>]``."""
     if key == main:
         return ""
     if main and key.startswith(main + " ["):
         return key[len(main) + 1:]
+    if names and key in names:
+        return f"[{names[key]}]"
     return f"[world {key}]"
 
 

@@ -20,6 +20,7 @@ from infalign.report.naming import (
     transform_family,
     uses_transform,
     world_label,
+    world_names,
 )
 from infalign.report.tables import job_row
 
@@ -53,6 +54,7 @@ def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int 
     judge over the KL range that judge measured."""
     groups: dict[tuple, list[Job]] = {}
     worlds, main = comparison_worlds(jobs)
+    names = world_names(jobs, worlds, main)
     for job in jobs:
         if job.status == "finished":
             row = job_row(job, judges)
@@ -63,7 +65,7 @@ def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int 
         proc, method, world = key
         members = groups[key]
         rows = [job_row(j, judges) for j in members]
-        where = world_label(world, main)
+        where = world_label(world, main, names)
         label = (f"{proc} {method}" if len(procs) > 1 else method) + (f" {where}" if where else "")
         algo, trained_on_transform = rows[0]["algo"], uses_transform(members[0])
         family = rows[0]["family"] if trained_on_transform else algo
