@@ -248,3 +248,18 @@ def test_the_toy_reward_models_figures_are_not_a_custom_rewards(tmp_path, tiny_c
     custom = world_mod.load_world(cfg_with(tmp_path, tiny_cache), tiny_cache)
     model = world_mod.load_world(compose_train(tiny_cache, tmp_path / "run"), tiny_cache)
     assert "reward_val_accuracy" in model.stats and not set(world_mod.TOY_REWARD_MODEL_STATS) & set(custom.stats)
+
+
+def test_every_reward_model_setting_of_an_experiment_is_named_at_once(tmp_path):
+    """Walkthrough finding: with experiment=hh_harmless_won (a reward model's name, input, prompt format) the
+    conflicts came one key per run, and with the toy world the prompt-format check asked for 'full' instead of
+    saying the key is unread. One ConfigError names them all, with the overrides that drop them."""
+    from infalign.pipeline.settings import model_settings
+
+    cfg = cfg_with(tmp_path, tmp_path / "cache", "+reward.name_or_path=org/rm", "+reward.input=pair",
+                   "+reward.prompt_format=last_user_turn")
+    model_settings(cfg)  # (the reward-model checks are not a custom scorer's)
+    with pytest.raises(ConfigError) as err:
+        world_mod.check_world_config(cfg)
+    assert err.value.key == "reward.name_or_path"
+    assert "drop ~reward.name_or_path ~reward.input ~reward.prompt_format" in str(err.value)

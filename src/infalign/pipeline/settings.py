@@ -108,10 +108,13 @@ def model_settings(cfg) -> None:
     turns (:data:`DIALOGUE_SOURCES`) (ConfigError naming the key)."""
     from infalign.models.reward import REWARD_INPUTS, REWARD_PROMPT_FORMATS  # (where they are read; not at import)
 
+    custom = (cfg.get("reward") or {}).get("_target_") is not None  # a custom scorer: no reward-model setting
     for group, key in (("policy", "dtype"), ("policy", "train_dtype"), ("reward", "dtype")):
         value = (cfg.get(group) or {}).get(key)
         if value is not None:
             require(value in DTYPES, f"{group}.{key}", value, f"one of {list(DTYPES)}")
+    if custom:  # (one set beside it is refused, all named at once: pipeline/world.check_custom_reward)
+        return
     value = (cfg.get("reward") or {}).get("input", "joined")
     require(value in REWARD_INPUTS, "reward.input", value, f"one of {list(REWARD_INPUTS)}",
             "pair: the tokenizer's text-pair template, for reward models trained as tokenizer(prompt, response)")

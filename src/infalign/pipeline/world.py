@@ -225,19 +225,22 @@ def _scorer_arguments(cfg: DictConfig, signature) -> dict:
     silently unread otherwise)."""
     target, entry = cfg.reward._target_, OmegaConf.to_container(cfg.reward, resolve=True)
     named = set(signature.parameters) if signature is not None else set()
-    out = {}
+    out, refused = {}, {}
     for key, value in entry.items():
         if str(key).startswith("_"):
             continue
         if key in REWARD_MODEL_KEYS and key not in named:
-            unset = value.get("enabled") in (None, False) if key == "train" and isinstance(value, dict) else \
-                value in (None, False)
-            require(unset, f"reward.{key}" + (".enabled" if key == "train" else ""),
-                    value.get("enabled") if key == "train" and isinstance(value, dict) else value,
-                    f"unset with reward._target_={target} (a custom scorer reads no reward-model setting)",
-                    "an experiment entry sets it for its reward model; drop it, or choose a reward model instead")
+            if key == "train" and isinstance(value, dict):
+                key, value = "train.enabled", value.get("enabled")
+            if value not in (None, False):
+                refused[f"reward.{key}"] = value
             continue
         out[key] = value
+    if refused:  # all of them at once (an experiment entry sets several)
+        first = next(iter(refused))
+        raise ConfigError(first, refused[first], f"unset with reward._target_={target} (a custom scorer reads no "
+                          "reward-model setting)", "an experiment entry sets them for its reward model; drop "
+                          + " ".join(f"~{k}" for k in refused) + ", or choose a reward model instead")
     return out
 
 
