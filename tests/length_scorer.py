@@ -12,3 +12,13 @@ class LengthScorer:
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         CALLS.append(len(responses))
         return [self.scale * len(r.split()) for r in responses]
+
+
+class PromptRecorder:
+    """Scores 0 and keeps the prompts it was given (what a scorer reads)."""
+
+    seen: list[str] = []
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        PromptRecorder.seen = list(prompts)
+        return [0.0] * len(responses)

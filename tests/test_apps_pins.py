@@ -682,6 +682,7 @@ def test_analyze_refuses_a_transform_with_nan_or_plus_inf_on_0_1_before_compute(
     with pytest.raises(ConfigError) as err:
         analyze_app.check_finite_transform(half_nan)
     assert err.value.key == "transforms" and "half_nan gave NaN/+inf" in str(err.value)
+    assert "first at u = 0.5" in str(err.value)  # where (review finding: the location was lost)
     with pytest.raises(ConfigError, match="inf_top gave NaN/"):
         analyze_app.check_finite_transform(Custom(lambda u: np.where(u > 0.9, np.inf, u), name="inf_top"))
     for transform in (Identity(), Log(), Exp(700.0), Exp(-700.0), Custom(np.log, name="log_fn"),
@@ -691,6 +692,15 @@ def test_analyze_refuses_a_transform_with_nan_or_plus_inf_on_0_1_before_compute(
     monkeypatch.setattr(analyze_app, "decreasing_transform", lambda *a: None)
     with pytest.raises(ConfigError, match="half_nan gave NaN/"):  # (build_transforms runs the check)
         analyze_app.build_transforms(analyze_cfg("transforms=[identity]"), make_procedure("bon", 4))
+
+
+def test_train_validation_warns_about_a_decreasing_transform(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="infalign.apps.train"):
+        validate_train(tmp_path, "transform=sqrt", "transform.fn=numpy.negative", "transform.name=neg",
+                       "algo.beta=0.5")
+    assert any("the transform neg decreases on [0, 1]" in r.getMessage() for r in caplog.records)
 
 
 def test_analyze_refuses_two_transforms_of_one_label_and_an_entry_that_cannot_take_t(tmp_path, monkeypatch):

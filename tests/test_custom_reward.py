@@ -113,6 +113,7 @@ def test_a_scorer_runs_as_a_reward_model_does_without_graph_or_autocast():
             self.model = torch.nn.Linear(4, 1)
 
         def score(self, prompts, responses):
+            assert not torch.is_grad_enabled()  # (its output is detached anyway: the graph is what costs)
             x = torch.tensor([[len(r), len(p), 1.0, 0.5] for p, r in zip(prompts, responses)])
             return self.model(x)[:, 0]
 
@@ -122,7 +123,7 @@ def test_a_scorer_runs_as_a_reward_model_does_without_graph_or_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under = scorer.score(prompts, responses)
     assert torch.equal(under, plain) and not plain.requires_grad and scorer.model is scorer.scorer.model
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # (the check can see rounding)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # (the check can see rounding)
         assert not torch.equal(Linear().score(prompts, responses).float(), plain)
     assert CheckedScorer(type("NoModel", (), {"model": "not a module", "score": Linear.score})(), "x").model is None
 
@@ -159,19 +160,28 @@ def test_a_helper_module_beside_the_scorer_is_part_of_its_key(tmp_path, monkeypa
     import importlib
 
     (tmp_path / "textrules.py").write_text("def repeats(text):\n    return len(text.split())\n")
-    (tmp_path / "proxy2.py").write_text("from textrules import repeats\n\nclass Proxy:\n"
+    (tmp_path / "lazyrules.py").write_text("def sign():\n    return 1.0\n")
+    (tmp_path / "unrelated.py").write_text("X = 1\n")
+    (tmp_path / "proxy2.py").write_text("import os\nimport numpy\nfrom textrules import repeats\n\nclass Proxy:\n"
                                         "    def score(self, prompts, responses):\n"
-                                        "        return [float(repeats(r)) for r in responses]\n")
+                                        "        from lazyrules import sign  # imported when it first scores\n"
+                                        "        return [sign() * repeats(r) for r in responses]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", "reward=length", EXTRA_CONF,
                         "reward._target_=proxy2.Proxy", "~reward.scale")
     first = world_mod.custom_scorer(cfg)[1]
-    modules = world_mod.scorer_code_modules("proxy2")
-    assert modules == ["proxy2", "textrules"]
+    # read from the source, not from what the process imported: the same before and after it scored, and
+    # beside an unrelated module of the same place (review finding: the key followed sys.modules)
+    assert world_mod.scorer_code_modules("proxy2") == ["lazyrules", "proxy2", "textrules"]
+    world_mod.custom_scorer(cfg)[0].score(["p"], ["a b"])
+    import unrelated  # noqa: F401
     assert world_mod.custom_scorer(cfg)[1] == first
     (tmp_path / "textrules.py").write_text("def repeats(text):\n    return len(set(text.split()))\n")
-    assert world_mod.custom_scorer(cfg)[1] != first
+    second = world_mod.custom_scorer(cfg)[1]
+    assert second != first
+    (tmp_path / "lazyrules.py").write_text("def sign():\n    return -1.0\n")
+    assert world_mod.custom_scorer(cfg)[1] != second
     beside = world_mod.scorer_code_modules("length_scorer")  # tests/: the test modules imported from there
     assert "length_scorer" in beside and not [m for m in beside if m.startswith(("infalign", "torch", "numpy"))]
 
@@ -263,3 +273,48 @@ def test_every_reward_model_setting_of_an_experiment_is_named_at_once(tmp_path):
         world_mod.check_world_config(cfg)
     assert err.value.key == "reward.name_or_path"
     assert "drop ~reward.name_or_path ~reward.input ~reward.prompt_format" in str(err.value)
+
+
+def test_a_scorer_in_a_namespace_package_keys_its_sibling_helpers_and_one_in_main_is_refused(tmp_path, monkeypatch):
+    """Review findings: in a namespace package (no __init__.py) the place was the scorer's own folder, leaving a
+    helper in a sibling folder out (a silent collision); a scorer defined in the script run as __main__ failed
+    with a raw error after the world loaded."""
+    import importlib
+
+    (tmp_path / "nspkg" / "sub").mkdir(parents=True)
+    (tmp_path / "nspkg" / "other").mkdir()
+    (tmp_path / "nspkg" / "other" / "rules.py").write_text("def f(r):\n    return float(len(r))\n")
+    (tmp_path / "nspkg" / "sub" / "sc.py").write_text("from ..other.rules import f\n\nclass Scorer:\n"
+                                                      "    def score(self, prompts, responses):\n"
+                                                      "        return [f(r) for r in responses]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert world_mod.scorer_code_modules("nspkg.sub.sc") == ["nspkg.other.rules", "nspkg.sub.sc"]
+    with pytest.raises(ValueError, match="not the script run as __main__"):
+        world_mod.scorer_code_modules("__main__")
+
+
+@pytest.mark.parametrize(("fingerprint", "ok"), [
+    ("weights-v1", True), (3, True), ("method", True), ("property-raising", False), ("a-list", False)])
+def test_a_scorers_own_fingerprint_is_a_string_or_number_read_once(tmp_path, fingerprint, ok):
+    """Review finding: a fingerprint method's repr (a fresh address per process) became part of the key, and a
+    property's error escaped raw. A value or a method returning one is read; anything else is a ConfigError."""
+    class Scorer:
+        def score(self, prompts, responses):
+            return [0.0] * len(responses)
+
+    if fingerprint == "method":
+        Scorer.fingerprint = lambda self: "weights-v2"
+    elif fingerprint == "property-raising":
+        Scorer.fingerprint = property(lambda self: open(tmp_path / "missing.bin").read())
+    elif fingerprint == "a-list":
+        Scorer.fingerprint = ["w"]
+    else:
+        Scorer.fingerprint = fingerprint
+    if ok:
+        assert world_mod._own_fingerprint(Scorer(), "t") == {"method": "weights-v2"}.get(fingerprint, str(fingerprint))
+    else:
+        with pytest.raises(ConfigError) as err:
+            world_mod._own_fingerprint(Scorer(), "t")
+        assert err.value.key == "reward._target_"
+    assert world_mod._own_fingerprint(type("Plain", (), {})(), "t") is None

@@ -1201,3 +1201,23 @@ def test_reward_model_training_under_a_launcher_uses_this_ranks_gpu(monkeypatch,
     if devices != 1:  # an srun task that sees its own GPU only: index 0 whatever its rank (review finding)
         monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
         assert world_mod.reward_trainer_kwargs(cfg)["devices"] == [0]
+
+
+
+def test_a_custom_scorer_reads_the_datasets_prompt_not_the_chat_templated_one(assets, tmp_path):
+    """Custom-reward walkthrough: with policy.chat_template=true a custom scorer got the policy's rendering
+    (``<|user|> ... <|assistant|>``) where a reward model reads the dataset's text (``Human: ... Assistant:``)."""
+    import length_scorer
+
+    extra = f"hydra.searchpath=[file://{Path(__file__).parent / 'extra_conf'}]"
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "experiment=hh_harmless_won", "trainer=cpu",
+                        "policy.dtype=float32", "policy.chat_template=true", f"policy.name_or_path={assets / 'lm'}",
+                        f"data.train_file={assets / 'train.jsonl'}", f"data.test_file={assets / 'test.jsonl'}",
+                        "data.train_prompts=4", "data.eval_prompts=3", "reward=length", extra,
+                        "reward._target_=length_scorer.PromptRecorder", "~reward.scale", "~reward.name_or_path",
+                        "~reward.input", "~reward.prompt_format", toy=False)
+    world = world_mod.load_world(cfg, tmp_path / "cache")
+    rendered = world.train_prompts[0]
+    world.reward.score([rendered], ["fine"])
+    (seen,) = length_scorer.PromptRecorder.seen
+    assert seen != rendered and seen.lstrip().startswith("Human:") and seen.endswith("Assistant:")

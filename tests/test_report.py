@@ -578,6 +578,7 @@ def test_pooled_runs_get_no_theory_curve_or_gap(tmp_path):
     also for records written while the run still carried one. Control: the same record per prompt."""
     from infalign.report.collect import collect
     from infalign.report.series import build_series
+    from infalign.report.tables import job_row
     from infalign.report.theory_gap import theory_gap_rows
 
     info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
@@ -587,10 +588,13 @@ def test_pooled_runs_get_no_theory_curve_or_gap(tmp_path):
         write_job(tmp_path / scope, "0", ["method=identity"], metrics)
         jobs = collect(tmp_path / scope)
         rows, (series,) = theory_gap_rows(jobs), build_series(jobs, ["reward_model"])
+        row = job_row(jobs[0], ["reward_model"])  # runs.csv's theory columns too (review finding)
         if scope == "pooled":
             assert rows == [] and series.theory == {"reward_model": None} and "pooled" in series.theory_note
+            assert row["theory_kl_at_beta"] is None
         else:
             assert rows and series.theory["reward_model"] is not None and series.theory_note == ""
+            assert row["theory_kl_at_beta"] is not None
 
 
 @pytest.mark.parametrize("where", ["config", "record"])
@@ -650,6 +654,33 @@ def test_a_run_evaluated_with_a_modified_sampler_is_named_as_such_and_no_pointer
     rows = [job_row(j, ["reward_model"]) for j in jobs]
     summary = make_summary(tmp_path, tmp_path / "report", ["reward_model"], jobs, rows, [], {})
     assert summary["highest_inference_win_rate"]["reward_model"]["job"] == "1"  # not job 2, the highest of all
+
+def test_a_sweep_over_two_eval_temperatures_keeps_the_policys_own_sampler_as_the_reports(tmp_path):
+    """Review finding: with as many runs at eval.temperature 1.0 as at 0.7 both are noted, and the main world was
+    the first key alphabetically -- the modified sampler's: the T = 1 runs were "another world" and the summary's
+    pointer named a T = 0.7 run. The policy's own sampler wins the tie; the others are another evaluation."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+    from infalign.report.naming import comparison_worlds, mark_odd_settings
+    from infalign.report.tables import job_row, make_summary
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    for job, (kl, temperature, gain) in enumerate([(0.2, 1.0, 0.0), (0.4, 1.0, 0.0), (0.2, 0.7, 0.2),
+                                                   (0.4, 0.7, 0.2)]):
+        metrics = per_prompt_metrics("identity", info, kl, 0.3, {"bon4_win_rate": gain})
+        metrics["config"]["eval"] = {"temperature": temperature, "top_k": None, "top_p": 1.0}
+        metrics["world"] = {"world_id": "w1"}
+        write_job(tmp_path, str(job), [], metrics)
+    jobs = collect(tmp_path)
+    mark_odd_settings(jobs)
+    _, main = comparison_worlds(jobs)
+    assert main == "w1 [eval.temperature=1.0]"
+    _, notes = panel_runs(jobs, ["reward_model"])
+    assert [n.split(";")[0] for n in notes] == [f"job {j} (identity): another evaluation (eval.temperature=0.7"
+                                                for j in (2, 3)]
+    rows = [job_row(j, ["reward_model"]) for j in jobs]
+    summary = make_summary(tmp_path, tmp_path / "report", ["reward_model"], jobs, rows, [], {})
+    assert summary["highest_inference_win_rate"]["reward_model"]["job"] == "1"
 
 def test_another_world_is_named_by_the_overrides_that_choose_it(tmp_path):
     """Custom-reward walkthrough: a sweep over reward=length_proxy,toy labelled the toy reward's runs "identity

@@ -85,10 +85,10 @@ def launch_local_rank() -> int:
 
 
 def local_gpu() -> int:
-    """The CUDA device index this rank uses: its local rank among the GPUs it sees -- modulo their count, as
-    an srun task restricted to its own GPU (``CUDA_VISIBLE_DEVICES``) sees one, index 0, whatever its rank."""
-    count = torch.cuda.device_count()
-    return launch_local_rank() % count if count else launch_local_rank()
+    """The CUDA device index this rank uses: its local rank -- or 0 when it sees one GPU, as an srun task
+    restricted to its own (``CUDA_VISIBLE_DEVICES``) does, whatever its rank. (More ranks than the GPUs a
+    rank sees is left to fail as CUDA says: "invalid device ordinal", not silent sharing.)"""
+    return 0 if torch.cuda.device_count() == 1 else launch_local_rank()
 
 
 def init_from_env(accelerator: str = "auto") -> None:

@@ -179,7 +179,7 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
 
 # the toy build's figures of its reward model: not recorded for a run whose reward is a custom scorer
 TOY_REWARD_MODEL_STATS = ("reward_val_loss", "reward_val_accuracy", "reward_val_gold_accuracy", "reward_val_bt_ceiling",
-                          "reward_params")
+                          "reward_params", "reward_seconds")
 # reward.* settings of a reward *model*: a custom scorer (reward._target_) reads none of them
 REWARD_MODEL_KEYS = ("name_or_path", "revision", "dtype", "max_length", "input", "prompt_format", "pad_token", "train")
 
@@ -248,8 +248,9 @@ def check_custom_reward(cfg: DictConfig) -> None:
     """A custom scorer's ``reward._target_`` imports and builds a scorer (:func:`_scorer_target`), the entry's
     other keys bind to its signature (a typo, or a required argument missing, is a ConfigError naming the
     key) and no reward-model setting it does not take stands beside it set (:func:`_scorer_arguments`)."""
-    target, _, signature = _scorer_target(cfg)
+    target, obj, signature = _scorer_target(cfg)
     arguments = _scorer_arguments(cfg, signature)
+    _scorer_modules(target, obj)  # (its code is read for the key: a __main__ or zip scorer is refused here)
     if signature is None:
         return
     try:
@@ -263,29 +264,64 @@ def check_custom_reward(cfg: DictConfig) -> None:
 
 
 def scorer_code_modules(module: str) -> list[str]:
-    """The modules whose code a custom scorer's key holds: its own ``module`` and every module imported now
-    from the same place -- the directory of a top-level module, else its top-level package's -- so a helper
-    it imports (``from textrules import repeats`` beside it) retires its pools and policies when edited too.
-    Installed packages (``site-packages``, ``dist-packages``) and infalign's own modules are left out."""
+    """The modules whose code a custom scorer's key holds: its own ``module`` and every module it imports --
+    read from the source (``import x``, ``from x import y``, relative imports, imports inside functions), and
+    followed through the modules found -- that lives in the same place: the directory of a top-level module,
+    else its top-level package's. So a helper beside it (``from textrules import repeats``) retires its pools
+    and policies when edited, whatever the process happens to have imported. The standard library, installed
+    packages (under ``sys.prefix``, ``site-packages``) and infalign are left out. A ``module`` that is no
+    ``.py`` file (the script run as ``__main__``, a zip) is a ValueError: its code cannot be read."""
+    import ast
     import sys
 
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        return [module]
-    top = importlib.util.find_spec(module.partition(".")[0])
-    root = Path(top.origin).resolve().parent if top is not None and top.origin else Path(spec.origin).resolve().parent
-    if any(part in ("site-packages", "dist-packages") for part in root.parts):
-        root = root if "." in module else Path(spec.origin).resolve()  # an installed scorer: its package only
-    found = {module}
-    for name, mod in list(sys.modules.items()):
-        path = getattr(mod, "__file__", None)
-        if not path or not path.endswith(".py") or name.partition(".")[0] == "infalign" or name == "__main__":
+    spec = _module_spec(module)
+    if spec is None or module in ("__main__", "__mp_main__"):
+        raise ValueError(f"{module} is not a module file infalign can read (.py; not the script run as __main__, "
+                         "not a zip): move the scorer into one")
+    top = importlib.util.find_spec(module.partition(".")[0]) if "." in module else None
+    origin = Path(spec.origin).resolve()
+    root = origin.parent if top is None else (
+        Path(top.origin).resolve().parent if top.origin else Path(next(iter(top.submodule_search_locations))).resolve())
+    outside = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    found: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in found or name.partition(".")[0] in sys.stdlib_module_names or name.partition(".")[0] == "infalign":
             continue
-        resolved = Path(path).resolve()
-        if (resolved == root or root in resolved.parents) and not any(
-                part in ("site-packages", "dist-packages") for part in resolved.relative_to(root).parts):
-            found.add(name)
+        spec = _module_spec(name)
+        if spec is None:
+            continue
+        path = Path(spec.origin).resolve()
+        if root not in path.parents or any(o in path.parents for o in outside) or any(
+                part in ("site-packages", "dist-packages") for part in path.parts):
+            continue
+        found.add(name)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1 parents
+                    parts = package.split(".") if package else []
+                    parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                    base = ".".join([*parts, *([node.module] if node.module else [])])
+                if base:  # (from pkg import mod: mod may be a module too)
+                    todo += [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
     return sorted(found)
+
+
+def _module_spec(name: str):
+    """``importlib.util.find_spec(name)`` of a module whose code is a readable ``.py`` file, else None (a name
+    that is no module, a builtin, an extension, a namespace package, a module inside a zip)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py") or not Path(spec.origin).is_file():
+        return None
+    return spec
 
 
 def custom_scorer(cfg: DictConfig, dataset_prompts: dict[str, str] | None = None):
@@ -301,12 +337,42 @@ def custom_scorer(cfg: DictConfig, dataset_prompts: dict[str, str] | None = None
     target, obj, signature = _scorer_target(cfg)
     arguments = _scorer_arguments(cfg, signature)
     scorer = CheckedScorer(instantiate({"_target_": target, **arguments}), target, dataset_prompts=dataset_prompts)
-    module = getattr(obj, "__module__", None) or target.rpartition(".")[0]
-    own = getattr(scorer.scorer, "fingerprint", None)
+    own = _own_fingerprint(scorer.scorer, target)
     fingerprint = content_key("custom-scorer", target, arguments,
-                              modules_digest(scorer_code_modules(module), "reward._target_"),
-                              *([str(own)] if own is not None else []))
+                              modules_digest(_scorer_modules(target, obj), "reward._target_"),
+                              *([own] if own is not None else []))
     return scorer, fingerprint
+
+
+def _scorer_modules(target: str, obj) -> list[str]:
+    """:func:`scorer_code_modules` of the module ``obj`` (the ``_target_``) comes from; a ConfigError of
+    ``reward._target_`` when its code cannot be read."""
+    module = getattr(obj, "__module__", None) or target.rpartition(".")[0]
+    try:
+        return scorer_code_modules(module)
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise ConfigError("reward._target_", target, "a scorer in a module file infalign can read (its code is "
+                          "part of the cache key)", str(exc)) from exc
+
+
+def _own_fingerprint(scorer, target: str) -> str | None:
+    """The scorer's ``fingerprint`` (what its code and arguments do not show: weights read from a path): a string
+    or number, or a method returning one; None without one. Anything else -- a bound method's repr would differ
+    in every process -- or an error it raises is a ConfigError of ``reward._target_``."""
+    if not hasattr(type(scorer), "fingerprint") and "fingerprint" not in getattr(scorer, "__dict__", {}):
+        return None
+    try:
+        value = scorer.fingerprint
+        value = value() if callable(value) else value
+    except Exception as exc:  # noqa: BLE001 - the user's property: its error, named
+        raise ConfigError("reward._target_", target, "a scorer whose fingerprint can be read",
+                          f"its fingerprint raised {type(exc).__name__}: {exc}") from exc
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError("reward._target_", target, "a scorer whose fingerprint is a string or a number",
+                          f"it is a {type(value).__name__}")
+    return str(value)
 
 
 def warn_reward_chat_template(cfg: DictConfig, tokenizer, path) -> None:

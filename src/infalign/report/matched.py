@@ -22,7 +22,15 @@ from infalign.errors import ConfigError
 from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
-from infalign.report.naming import comparison_worlds, method_of, number, procedure_of, world_label, world_names
+from infalign.report.naming import (
+    comparison_worlds,
+    method_of,
+    number,
+    procedure_of,
+    world_base,
+    world_label,
+    world_names,
+)
 from infalign.report.tables import fmt_ci, md_cell
 
 MATCHED_KL_COLUMNS = ["panel", "family", "n", "judge", "metric", "kl", "method", "baseline", "win_rate",
@@ -107,7 +115,7 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
             named = f" ({names[world_of[job.job]]})" if world_of[job.job] in names else ""
             notes.append(f"job {job.job} ({method}): " + (
                 f"another evaluation ({other.strip('[]')}; the report's runs are evaluated otherwise)"
-                if other.startswith("[") and not other.startswith("[world ") else
+                if world_base(world_of[job.job]) == world_base(main_world) else
                 f"another world{named} (world_id {world_of[job.job]}, the report's {main_world}: other models, "
                 "toy-world parameters or evaluation settings)") + ": left out of the matched-KL comparison")
             continue

@@ -86,10 +86,11 @@ def eval_sampler(job: Job) -> str | None:
     sampled the policy and the reference themselves: the record's ``eval.sampler`` (version 5), else read
     from the config's ``eval`` (:func:`~infalign.pipeline.settings.modified_sampler`; None when it cannot be
     read). Such a run's KL column is no KL and it has no calibrated-space theory (docs/method.md (7.3))."""
-    rec = job.record
-    if rec is not None and rec.eval is not None and rec.eval.sampler:
-        return rec.eval.sampler
-    ev = job.config.get("eval") if isinstance(job.config, dict) else None
+    ev = getattr(getattr(job, "record", None), "eval", None)  # (a job with no record, or a partial one)
+    if getattr(ev, "sampler", None):
+        return ev.sampler
+    config = getattr(job, "config", None)
+    ev = config.get("eval") if isinstance(config, dict) else None
     if not isinstance(ev, dict) or "temperature" not in ev:
         return None
     from omegaconf import OmegaConf
@@ -167,7 +168,10 @@ def comparison_worlds(jobs) -> tuple[dict[str, str], str]:
     note kept). Matched-KL comparisons, theory-gap entries and plot series never mix two keys."""
     keys = world_keys(jobs)
     known = [k for job in jobs if job.status == "finished" and (k := keys[job.job]) is not None]
-    main = max(sorted(set(known)), key=known.count) if known else ""
+    # the most runs' world; of two as common, the one evaluated with the policy's own sampler (a sweep over
+    # eval.temperature=1.0,0.7 notes both: the modified sampler's is no main world)
+    own = {k: not any(eval_sampler(j) for j in jobs if keys[j.job] == k) for k in set(known)}
+    main = max(sorted(set(known)), key=lambda k: (known.count(k), own[k])) if known else ""
     out = {}
     for job in jobs:
         key = keys[job.job]
@@ -198,14 +202,19 @@ def world_names(jobs, worlds: dict[str, str], main: str) -> dict[str, str]:
     return names
 
 
+def world_base(key: str) -> str:
+    """A world key without its evaluation note (:func:`world_keys`): the models' and data's world."""
+    return key.split(" [", 1)[0]
+
+
 def world_label(key: str, main: str, names: dict[str, str] | None = None) -> str:
     """What a series label adds for world ``key``: nothing for the main world, the evaluation note for
     another evaluation of it, ``[<its overrides>]`` for another world :func:`world_names` names, else
     ``[world <key>]``."""
     if key == main:
         return ""
-    if main and key.startswith(main + " ["):
-        return key[len(main) + 1:]
+    if main and world_base(key) == world_base(main):  # another evaluation of the same world: its note
+        return key[len(world_base(key)) + 1:]
     if names and key in names:
         return f"[{names[key]}]"
     return f"[world {key}]"
