@@ -688,6 +688,8 @@ def test_analyze_refuses_a_transform_with_nan_or_plus_inf_on_0_1_before_compute(
     for transform in (Identity(), Log(), Exp(700.0), Exp(-700.0), Custom(np.log, name="log_fn"),
                       Custom(lambda u: u / np.tanh(u), name="u_over_tanh")):
         analyze_app.check_finite_transform(transform)
+    with pytest.raises(ConfigError, match="ragged"):  # one that cannot be evaluated on the grid at all
+        analyze_app.check_finite_transform(Custom(lambda u: [[1.0], [1.0, 2.0]], name="ragged"))
     monkeypatch.setattr(analyze_app, "instantiate_entry", lambda group, name, cfg, **kw: half_nan)
     monkeypatch.setattr(analyze_app, "decreasing_transform", lambda *a: None)
     with pytest.raises(ConfigError, match="half_nan gave NaN/"):  # (build_transforms runs the check)

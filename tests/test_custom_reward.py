@@ -318,3 +318,38 @@ def test_a_scorers_own_fingerprint_is_a_string_or_number_read_once(tmp_path, fin
             world_mod._own_fingerprint(Scorer(), "t")
         assert err.value.key == "reward._target_"
     assert world_mod._own_fingerprint(type("Plain", (), {})(), "t") is None
+
+
+
+def test_the_scorers_place_is_its_sys_path_entry_its_packages_and_links_count_and_nothing_outside_is_imported(
+        tmp_path, monkeypatch):
+    """Review findings: a package scorer's helper beside its package (the same sys.path entry) was left out, so
+    were the packages above it (their __init__ runs on import) and a helper reached through a symlink; and reading
+    the imports imported modules outside the scorer's place (an ``if False: from transformers import ...`` cost
+    2 s). An installed scorer keeps its own package (it dropped out of the key)."""
+    import importlib
+    import sys
+
+    proj, shared = tmp_path / "proj", tmp_path / "shared"
+    (proj / "pk" / "sub").mkdir(parents=True)
+    (proj / "pk" / "helpers").mkdir()
+    shared.mkdir()
+    (proj / "pk" / "__init__.py").write_text("X = 1\n")
+    (proj / "pk" / "sub" / "__init__.py").write_text("")
+    (proj / "pk" / "helpers" / "__init__.py").write_text("")
+    (proj / "pk" / "helpers" / "rules.py").write_text("def f(r):\n    return 1.0\n")
+    (proj / "beside.py").write_text("def g():\n    return 2\n")
+    (shared / "linked.py").write_text("def h():\n    return 3\n")
+    (proj / "linked.py").symlink_to(shared / "linked.py")
+    (proj / "pk" / "sub" / "scorer.py").write_text(
+        "from pk.helpers.rules import f\nimport beside\nimport linked\nif False:\n    from http import server\n"
+        "    from scipy import optimize\ntry:\n    from missing_pkg import x\nexcept ImportError:\n    pass\n"
+        "class S:\n    def score(self, prompts, responses):\n        return [f(r) for r in responses]\n")
+    monkeypatch.syspath_prepend(str(proj))
+    importlib.invalidate_caches()
+    before = set(sys.modules)
+    modules = world_mod.scorer_code_modules("pk.sub.scorer")
+    assert modules == ["beside", "linked", "pk", "pk.helpers", "pk.helpers.rules", "pk.sub", "pk.sub.scorer"]
+    assert not {m for m in set(sys.modules) - before if not m.startswith("pk")} & {"scipy.optimize", "http.server"}
+    installed = world_mod.scorer_code_modules("_pytest.python")  # (a module of an installed package)
+    assert "_pytest.python" in installed and all(m.startswith("_pytest") for m in installed)

@@ -1203,7 +1203,6 @@ def test_reward_model_training_under_a_launcher_uses_this_ranks_gpu(monkeypatch,
         assert world_mod.reward_trainer_kwargs(cfg)["devices"] == [0]
 
 
-
 def test_a_custom_scorer_reads_the_datasets_prompt_not_the_chat_templated_one(assets, tmp_path):
     """Custom-reward walkthrough: with policy.chat_template=true a custom scorer got the policy's rendering
     (``<|user|> ... <|assistant|>``) where a reward model reads the dataset's text (``Human: ... Assistant:``)."""

@@ -831,3 +831,16 @@ def test_the_optimal_transforms_theory_gain_is_its_frontier_under_its_own_proced
     np.testing.assert_allclose(bon4.theory_gain[("optimal(bon4)", "identity")], expected, rtol=0, atol=1e-9)
     assert set(bon4.theory_gain) == {("optimal(bon4)", "identity")}  # not the offline baseline's
     assert not by["standard"].theory_gain and not by["bon2"].theory_gain
+
+
+
+def test_a_world_key_without_a_note_beside_a_noted_main_world_keeps_a_label():
+    """Review finding: runs of world w1 evaluated at the default response length, beside a main world noted
+    ``w1 [eval.max_new_tokens=64]``, got an empty label (two series of one name) and the note "another
+    evaluation (; ...)". They are labelled by their key."""
+    from infalign.report.naming import world_label
+
+    assert world_label("w1", "w1 [eval.max_new_tokens=64]") == "[world w1]"
+    assert world_label("w1 [eval.temperature=0.7]", "w1 [eval.max_new_tokens=64]") == "[eval.temperature=0.7]"
+    assert world_label("w1 [eval.temperature=0.7]", "w1") == "[eval.temperature=0.7]"
+    assert world_label("w1", "w1") == "" and world_label("w2", "w1") == "[world w2]"

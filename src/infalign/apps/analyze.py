@@ -209,10 +209,14 @@ def check_finite_transform(transform) -> None:
         theory.phi_table(transform)
     except ValueError as exc:
         grid = theory.DEFAULT_GRID.arrays[1]  # where, on the theory's own grid of u
-        with np.errstate(all="ignore"):
-            values = np.asarray(transform.centered(grid, 1.0 - grid), dtype=np.float64)
+        try:
+            with np.errstate(all="ignore"):
+                values = np.asarray(transform.centered(grid, 1.0 - grid), dtype=np.float64)
+        except (ValueError, TypeError):  # (a transform that cannot be evaluated there: no place to name)
+            values = np.zeros(0)
         bad = (np.isnan(values) | np.isposinf(values)) if values.shape == grid.shape else np.zeros(0, bool)
-        where = f"; first at u = {grid[bad][0]:.4g} ({int(bad.sum())} of {grid.size} grid points)" if bad.any() else ""
+        where = (f"; first at u = {grid[bad][0]:.9g} ({int(bad.sum())} of {grid.size} grid points)"
+                 if bad.any() else "")
         raise ConfigError("transforms", transform.label, "transforms the theory can tilt: no NaN or +inf on [0, 1]",
                           str(exc) + where) from exc
 

@@ -46,7 +46,7 @@ def tie_share(rewards: torch.Tensor) -> float:
     m = r.shape[-1]
     if m < 2 or r.shape[0] == 0:
         return float("nan")
-    s = r.sort(dim=-1).values  # each sample's count of equal samples by two binary searches: O(P M log M)
+    s = r.sort(dim=-1).values.contiguous()  # each sample's count of equal samples by two binary searches
     equal = torch.searchsorted(s, s, right=True) - torch.searchsorted(s, s)  # memory, not the P x M x M table
     pairs = (equal - 1).sum(-1)  # ordered tied pairs, each sample with itself left out
     return float((pairs.double() / (m * (m - 1))).mean())

@@ -264,60 +264,128 @@ def check_custom_reward(cfg: DictConfig) -> None:
 
 
 def scorer_code_modules(module: str) -> list[str]:
-    """The modules whose code a custom scorer's key holds: its own ``module`` and every module it imports --
-    read from the source (``import x``, ``from x import y``, relative imports, imports inside functions), and
-    followed through the modules found -- that lives in the same place: the directory of a top-level module,
-    else its top-level package's. So a helper beside it (``from textrules import repeats``) retires its pools
-    and policies when edited, whatever the process happens to have imported. The standard library, installed
-    packages (under ``sys.prefix``, ``site-packages``) and infalign are left out. A ``module`` that is no
-    ``.py`` file (the script run as ``__main__``, a zip) is a ValueError: its code cannot be read."""
+    """The modules whose code a custom scorer's key holds: its own ``module`` (always), the packages above it,
+    and every module it imports -- read from the source (``import x``, ``from x import y``, relative imports,
+    imports inside functions or under ``if`` / ``try``), followed through the modules found -- that lives in
+    the same place: the ``sys.path`` entry its top-level module or package was found in (an installed
+    scorer's: its own package). So a helper beside it (``from textrules import repeats``) retires its pools and
+    policies when edited, whatever the process happens to have imported. Left out: the standard library,
+    installed packages (site-packages, and any top-level name an installed distribution provides, editable
+    ones included -- their versions are the environment's) and infalign. Only top-level names are looked up
+    before a module is known to be the scorer's own, so nothing outside its place is imported to read it. A
+    ``module`` whose code is no ``.py`` file (the script run as ``__main__``, a zip) is a ValueError."""
     import ast
-    import sys
 
     spec = _module_spec(module)
     if spec is None or module in ("__main__", "__mp_main__"):
         raise ValueError(f"{module} is not a module file infalign can read (.py; not the script run as __main__, "
                          "not a zip): move the scorer into one")
-    top = importlib.util.find_spec(module.partition(".")[0]) if "." in module else None
-    origin = Path(spec.origin).resolve()
-    root = origin.parent if top is None else (
-        Path(top.origin).resolve().parent if top.origin else Path(next(iter(top.submodule_search_locations))).resolve())
-    outside = [Path(p).resolve() for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    own_top = module.partition(".")[0]
+    places = _scorer_places(own_top, spec)
+    installed = _installed_tops() - {own_top}
     found: set[str] = set()
+    seen: set[str] = set()
     todo = [module]
     while todo:
         name = todo.pop()
-        if name in found or name.partition(".")[0] in sys.stdlib_module_names or name.partition(".")[0] == "infalign":
+        if name in seen:  # (cycles, and names imported from several modules)
             continue
-        spec = _module_spec(name)
-        if spec is None:
+        seen.add(name)
+        top = name.partition(".")[0]
+        if top == "infalign" or (top != own_top and (top in installed or not _top_in(top, places))):
             continue
-        path = Path(spec.origin).resolve()
-        if root not in path.parents or any(o in path.parents for o in outside) or any(
-                part in ("site-packages", "dist-packages") for part in path.parts):
+        spec = _module_spec(name) if name != module else spec
+        if spec is None or (name != module and not _inside(Path(spec.origin), places)):
             continue
         found.add(name)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # the packages above it run on import
+        path = Path(spec.origin)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_bytes())):
             if isinstance(node, ast.Import):
                 todo += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: from the package, up level - 1 parents
-                    parts = package.split(".") if package else []
-                    parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
-                    base = ".".join([*parts, *([node.module] if node.module else [])])
+                    pkg = package.split(".") if package else []
+                    if node.level - 1 > len(pkg) or (node.level - 1 == len(pkg) and not node.module):
+                        continue  # (past the top-level package: Python refuses it)
+                    base = ".".join([*pkg[:len(pkg) - (node.level - 1)], *([node.module] if node.module else [])])
                 if base:  # (from pkg import mod: mod may be a module too)
                     todo += [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
     return sorted(found)
 
 
+def _scorer_places(top: str, spec) -> list[Path]:
+    """Where a scorer's own code lives, as absolute and as resolved paths (a symlinked folder or file is the
+    user's by either): the ``sys.path`` entry its top-level module or package was found in -- or, installed
+    (site-packages, the standard library), its own package folder or module file alone."""
+    origin = Path(spec.origin)
+    top_spec = importlib.util.find_spec(top) if top != spec.name else spec
+    if top_spec is not None and top_spec.origin and top_spec.origin.endswith("__init__.py"):
+        package = Path(top_spec.origin).parent
+    elif top_spec is not None and top_spec.submodule_search_locations:  # a namespace package
+        package = Path(next(iter(top_spec.submodule_search_locations)))
+    else:
+        package = origin  # a top-level module
+    entry = package.parent
+    place = package if _inside(entry / "x", _system_places()) else entry
+    return sorted({place.absolute(), place.resolve()})
+
+
+def _system_places() -> list[Path]:
+    """The standard library's and the installed packages' folders (``sysconfig``, ``site``): not a scorer's
+    place, even where they sit under its folder (a venv inside the project)."""
+    import site
+    import sysconfig
+
+    paths = {p for k, p in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    try:
+        paths |= set(site.getsitepackages())
+    except AttributeError:  # (an old virtualenv's site module)
+        pass
+    return sorted({q for p in paths for q in (Path(p).absolute(), Path(p).resolve())})
+
+
+def _installed_tops() -> set[str]:
+    """Top-level import names an installed distribution provides (editable installs too): not the scorer's."""
+    import importlib.metadata
+
+    try:
+        return set(importlib.metadata.packages_distributions())
+    except Exception:  # noqa: BLE001 - broken metadata of some distribution: none are told apart
+        return set()
+
+
+def _inside(path: Path, places: list[Path]) -> bool:
+    """Whether ``path`` (absolute or resolved) lies in one of ``places`` (or is one)."""
+    candidates = {path.absolute(), path.resolve()}
+    return any(p == place or place in p.parents for p in candidates for place in places)
+
+
+def _top_in(top: str, places: list[Path]) -> bool:
+    """Whether the top-level name ``top`` is found in the scorer's place -- without importing it (a top-level
+    ``find_spec`` imports nothing), and never a standard-library or installed location."""
+    try:
+        spec = importlib.util.find_spec(top)
+    except Exception:  # noqa: BLE001 - a broken module somewhere: not the scorer's to read
+        return False
+    if spec is None:
+        return False
+    where = [Path(spec.origin)] if spec.origin and spec.origin not in ("built-in", "frozen") else [
+        Path(p) for p in (spec.submodule_search_locations or [])]
+    system = _system_places()
+    return any(_inside(w, places) and not _inside(w, system) for w in where)
+
+
 def _module_spec(name: str):
     """``importlib.util.find_spec(name)`` of a module whose code is a readable ``.py`` file, else None (a name
-    that is no module, a builtin, an extension, a namespace package, a module inside a zip)."""
+    that is no module, a builtin, an extension, a namespace package, a module inside a zip). Its parent packages
+    are imported (the scorer's own: :func:`_top_in` vouched for them); an error doing so means no module."""
     try:
         spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError, AttributeError):
+    except Exception:  # noqa: BLE001 - a package whose __init__ raises, a missing optional dependency
         return None
     if spec is None or not spec.origin or not spec.origin.endswith(".py") or not Path(spec.origin).is_file():
         return None

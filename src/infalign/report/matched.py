@@ -115,7 +115,8 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
             named = f" ({names[world_of[job.job]]})" if world_of[job.job] in names else ""
             notes.append(f"job {job.job} ({method}): " + (
                 f"another evaluation ({other.strip('[]')}; the report's runs are evaluated otherwise)"
-                if world_base(world_of[job.job]) == world_base(main_world) else
+                if world_base(world_of[job.job]) == world_base(main_world) and other.startswith("[")
+                and not other.startswith("[world ") else
                 f"another world{named} (world_id {world_of[job.job]}, the report's {main_world}: other models, "
                 "toy-world parameters or evaluation settings)") + ": left out of the matched-KL comparison")
             continue

@@ -213,7 +213,7 @@ def world_label(key: str, main: str, names: dict[str, str] | None = None) -> str
     ``[world <key>]``."""
     if key == main:
         return ""
-    if main and world_base(key) == world_base(main):  # another evaluation of the same world: its note
+    if main and world_base(key) == world_base(main) and key != world_base(key):  # another evaluation: its note
         return key[len(world_base(key)) + 1:]
     if names and key in names:
         return f"[{names[key]}]"
