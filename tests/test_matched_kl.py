@@ -769,3 +769,20 @@ def test_runs_that_barely_moved_give_win_rates_in_0_1_and_a_kl_not_resolved_note
         assert (g.low >= -1).all() and (g.high <= 1).all()
     spread = matched_kl(runs(0.4), num_resamples=400)
     assert spread.common and "KL not resolved" not in spread.note
+
+
+def test_kl_not_resolved_is_a_span_below_the_median_half_width_of_the_kl_interval():
+    """_unresolved_kl's rule by hand: a curve whose runs' KLs span less than the median over its runs of its
+    KL's percentile half-width. Resampled KLs spread evenly over +-1 around each run (a 95 % half-width of
+    0.95, to the grid's step) for two runs, and +-3 for a third: the median half-width is 0.95 -- not the
+    mean (1.62) nor the max (2.85) -- so a span of 0.9 is unresolved and 1.0 is not."""
+    from infalign.math.matched_kl import _unresolved_kl
+
+    base = np.linspace(-1.0, 1.0, 2001)
+    for span, unresolved in ((0.9, True), (1.0, False)):
+        kbar = np.array([0.0, span / 2, span])
+        kb = np.stack([kbar[0] + base, kbar[1] + base, kbar[2] + 3 * base], 1)
+        out = _unresolved_kl({("m", 0): [0, 1, 2]}, kbar, kb, 0.95)
+        assert (out != []) == unresolved
+        if unresolved:
+            assert out == [f"m seed 0 (runs {span:.2g} nats apart, KL +-0.95)"]
