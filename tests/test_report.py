@@ -635,19 +635,10 @@ def test_a_run_evaluated_with_a_modified_sampler_is_named_as_such_and_no_pointer
     of the matched-KL comparison as "another world (world_id X [eval.temperature=0.7], the report's X)" -- the ids
     equal -- and summary.json's highest win rate pointed at it. It is "another evaluation", and the pointer names
     a run of the report's own world and evaluation."""
-    from infalign.report.collect import collect
     from infalign.report.matched import panel_runs
-    from infalign.report.naming import mark_odd_settings
     from infalign.report.tables import job_row, make_summary
 
-    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
-    for job, (kl, temperature, gain) in enumerate([(0.2, 1.0, 0.0), (0.4, 1.0, 0.0), (0.3, 0.7, 0.2)]):
-        metrics = per_prompt_metrics("identity", info, kl, 0.3, {"bon4_win_rate": gain})
-        metrics["config"]["eval"] = {"temperature": temperature, "top_k": None, "top_p": 1.0}
-        metrics["world"] = {"world_id": "w1"}
-        write_job(tmp_path, str(job), [], metrics)
-    jobs = collect(tmp_path)
-    mark_odd_settings(jobs)
+    jobs = _eval_temperature_jobs(tmp_path, [(0.2, 1.0, 0.0), (0.4, 1.0, 0.0), (0.3, 0.7, 0.2)])
     _, notes = panel_runs(jobs, ["reward_model"])
     assert notes == ["job 2 (identity): another evaluation (eval.temperature=0.7; the report's runs are evaluated "
                      "otherwise): left out of the matched-KL comparison"]
@@ -655,24 +646,32 @@ def test_a_run_evaluated_with_a_modified_sampler_is_named_as_such_and_no_pointer
     summary = make_summary(tmp_path, tmp_path / "report", ["reward_model"], jobs, rows, [], {})
     assert summary["highest_inference_win_rate"]["reward_model"]["job"] == "1"  # not job 2, the highest of all
 
-def test_a_sweep_over_two_eval_temperatures_keeps_the_policys_own_sampler_as_the_reports(tmp_path):
-    """Review finding: with as many runs at eval.temperature 1.0 as at 0.7 both are noted, and the main world was
-    the first key alphabetically -- the modified sampler's: the T = 1 runs were "another world" and the summary's
-    pointer named a T = 0.7 run. The policy's own sampler wins the tie; the others are another evaluation."""
+
+def _eval_temperature_jobs(tmp_path, runs):
+    """Finished identity runs of world w1, one per ``(kl, eval.temperature, bon4 gain)``, collected and noted."""
     from infalign.report.collect import collect
-    from infalign.report.matched import panel_runs
-    from infalign.report.naming import comparison_worlds, mark_odd_settings
-    from infalign.report.tables import job_row, make_summary
+    from infalign.report.naming import mark_odd_settings
 
     info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
-    for job, (kl, temperature, gain) in enumerate([(0.2, 1.0, 0.0), (0.4, 1.0, 0.0), (0.2, 0.7, 0.2),
-                                                   (0.4, 0.7, 0.2)]):
+    for job, (kl, temperature, gain) in enumerate(runs):
         metrics = per_prompt_metrics("identity", info, kl, 0.3, {"bon4_win_rate": gain})
         metrics["config"]["eval"] = {"temperature": temperature, "top_k": None, "top_p": 1.0}
         metrics["world"] = {"world_id": "w1"}
         write_job(tmp_path, str(job), [], metrics)
     jobs = collect(tmp_path)
     mark_odd_settings(jobs)
+    return jobs
+
+
+def test_a_sweep_over_two_eval_temperatures_keeps_the_policys_own_sampler_as_the_reports(tmp_path):
+    """Review finding: with as many runs at eval.temperature 1.0 as at 0.7 both are noted, and the main world was
+    the first key alphabetically -- the modified sampler's: the T = 1 runs were "another world" and the summary's
+    pointer named a T = 0.7 run. The policy's own sampler wins the tie; the others are another evaluation."""
+    from infalign.report.matched import panel_runs
+    from infalign.report.naming import comparison_worlds
+    from infalign.report.tables import job_row, make_summary
+
+    jobs = _eval_temperature_jobs(tmp_path, [(0.2, 1.0, 0.0), (0.4, 1.0, 0.0), (0.2, 0.7, 0.2), (0.4, 0.7, 0.2)])
     _, main = comparison_worlds(jobs)
     assert main == "w1 [eval.temperature=1.0]"
     _, notes = panel_runs(jobs, ["reward_model"])
