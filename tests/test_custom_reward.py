@@ -7,6 +7,7 @@ model's are, and its fingerprint (the entry and its code) keys every pool and po
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,8 @@ def test_a_helper_module_beside_the_scorer_is_part_of_its_key(tmp_path, monkeypa
                                         "        from lazyrules import sign  # imported when it first scores\n"
                                         "        return [sign() * repeats(r) for r in responses]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
+    monkeypatch.setattr("infalign.IMPORTED_AT", time.time() + 60)  # the files predate this "process start": no
+    importlib.invalidate_caches()                                  # stale-import mark (infra/cache.py) on import
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", "reward=length", EXTRA_CONF,
                         "reward._target_=proxy2.Proxy", "~reward.scale")
     first = world_mod.custom_scorer(cfg)[1]
@@ -353,3 +355,33 @@ def test_the_scorers_place_is_its_sys_path_entry_its_packages_and_links_count_an
     assert not {m for m in set(sys.modules) - before if not m.startswith("pk")} & {"scipy.optimize", "http.server"}
     installed = world_mod.scorer_code_modules("_pytest.python")  # (a module of an installed package)
     assert "_pytest.python" in installed and all(m.startswith("_pytest") for m in installed)
+
+
+def test_the_modules_are_found_by_where_they_are_without_running_any_of_them(tmp_path, monkeypatch):
+    """Review findings: a local utils.py was left out when an installed distribution also claims the name
+    ``utils``; reading ``from helpers import Thing`` ran helpers (find_spec imports a dotted name's parents); a
+    namespace package split over two sys.path entries lost the helper beside the scorer."""
+    import importlib
+    import sys
+
+    site, proj, a, b = (tmp_path / n for n in ("site", "proj", "a", "b"))
+    (site / "sloppy-1.0.dist-info").mkdir(parents=True)
+    (site / "sloppy-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: sloppy\nVersion: 1.0\n")
+    (site / "sloppy-1.0.dist-info" / "top_level.txt").write_text("utils\n")
+    proj.mkdir()
+    (proj / "utils.py").write_text("def u():\n    return 1\n")
+    (proj / "helpers.py").write_text("import builtins\nbuiltins.HELPERS_RAN = True\n\nclass Thing:\n    pass\n")
+    (proj / "scorer_w.py").write_text(
+        "from typing import TYPE_CHECKING\nimport utils\nif TYPE_CHECKING:\n    from helpers import Thing\n\n"
+        "class S:\n    def score(self, prompts, responses):\n        return [0.0] * len(responses)\n")
+    (a / "nsw").mkdir(parents=True)
+    (b / "nsw").mkdir(parents=True)
+    (a / "nsw" / "other.py").write_text("X = 1\n")
+    (b / "nsw" / "helper.py").write_text("Y = 2\n")
+    (b / "nsw" / "scorer.py").write_text("from . import helper\n")
+    for path in (site, proj, a, b):
+        monkeypatch.syspath_prepend(str(path))
+    importlib.invalidate_caches()
+    assert world_mod.scorer_code_modules("scorer_w") == ["helpers", "scorer_w", "utils"]
+    assert not getattr(__import__("builtins"), "HELPERS_RAN", False) and "helpers" not in sys.modules
+    assert world_mod.scorer_code_modules("nsw.scorer") == ["nsw.helper", "nsw.scorer"]

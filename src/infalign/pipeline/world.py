@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.machinery
 import importlib.util
 import logging
 import warnings
@@ -267,13 +268,14 @@ def scorer_code_modules(module: str) -> list[str]:
     """The modules whose code a custom scorer's key holds: its own ``module`` (always), the packages above it,
     and every module it imports -- read from the source (``import x``, ``from x import y``, relative imports,
     imports inside functions or under ``if`` / ``try``), followed through the modules found -- that lives in
-    the same place: the ``sys.path`` entry its top-level module or package was found in (an installed
-    scorer's: its own package). So a helper beside it (``from textrules import repeats``) retires its pools and
-    policies when edited, whatever the process happens to have imported. Left out: the standard library,
-    installed packages (site-packages, and any top-level name an installed distribution provides, editable
-    ones included -- their versions are the environment's) and infalign. Only top-level names are looked up
-    before a module is known to be the scorer's own, so nothing outside its place is imported to read it. A
-    ``module`` whose code is no ``.py`` file (the script run as ``__main__``, a zip) is a ValueError."""
+    the same place: a top-level module or package found directly in the ``sys.path`` entry the scorer's own
+    was found in (an installed scorer: its own package only). So a helper beside it (``from textrules import
+    repeats``) retires its pools and policies when edited, whatever the process happens to have imported.
+    Decided by where a module's file is, not by its name: the standard library and installed packages
+    (site-packages), a project installed in development mode elsewhere, and infalign are left out; a local
+    ``utils.py`` counts even where an installed distribution also claims ``utils``. Modules are looked up
+    without importing anything. A ``module`` whose code is no ``.py`` file (the script run as ``__main__``, a
+    zip) is a ValueError."""
     import ast
 
     spec = _module_spec(module)
@@ -282,7 +284,6 @@ def scorer_code_modules(module: str) -> list[str]:
                          "not a zip): move the scorer into one")
     own_top = module.partition(".")[0]
     places = _scorer_places(own_top, spec)
-    installed = _installed_tops() - {own_top}
     found: set[str] = set()
     seen: set[str] = set()
     todo = [module]
@@ -292,7 +293,7 @@ def scorer_code_modules(module: str) -> list[str]:
             continue
         seen.add(name)
         top = name.partition(".")[0]
-        if top == "infalign" or (top != own_top and (top in installed or not _top_in(top, places))):
+        if top == "infalign" or (top != own_top and not _top_in(top, places)):
             continue
         spec = _module_spec(name) if name != module else spec
         if spec is None or (name != module and not _inside(Path(spec.origin), places)):
@@ -309,8 +310,8 @@ def scorer_code_modules(module: str) -> list[str]:
                 base = node.module or ""
                 if node.level:  # relative: from the package, up level - 1 parents
                     pkg = package.split(".") if package else []
-                    if node.level - 1 > len(pkg) or (node.level - 1 == len(pkg) and not node.module):
-                        continue  # (past the top-level package: Python refuses it)
+                    if node.level - 1 >= len(pkg):
+                        continue  # (beyond the top-level package: Python refuses it)
                     base = ".".join([*pkg[:len(pkg) - (node.level - 1)], *([node.module] if node.module else [])])
                 if base:  # (from pkg import mod: mod may be a module too)
                     todo += [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
@@ -322,11 +323,12 @@ def _scorer_places(top: str, spec) -> list[Path]:
     user's by either): the ``sys.path`` entry its top-level module or package was found in -- or, installed
     (site-packages, the standard library), its own package folder or module file alone."""
     origin = Path(spec.origin)
-    top_spec = importlib.util.find_spec(top) if top != spec.name else spec
+    top_spec = _find_spec(top) if top != spec.name else spec
     if top_spec is not None and top_spec.origin and top_spec.origin.endswith("__init__.py"):
         package = Path(top_spec.origin).parent
-    elif top_spec is not None and top_spec.submodule_search_locations:  # a namespace package
-        package = Path(next(iter(top_spec.submodule_search_locations)))
+    elif top_spec is not None and top_spec.submodule_search_locations:  # a namespace package: the part of it
+        locations = [Path(p) for p in top_spec.submodule_search_locations]  # that holds the scorer
+        package = next((p for p in locations if _inside(origin, [p.absolute(), p.resolve()])), locations[0])
     else:
         package = origin  # a top-level module
     entry = package.parent
@@ -334,28 +336,21 @@ def _scorer_places(top: str, spec) -> list[Path]:
     return sorted({place.absolute(), place.resolve()})
 
 
+@functools.lru_cache(maxsize=1)
 def _system_places() -> list[Path]:
-    """The standard library's and the installed packages' folders (``sysconfig``, ``site``): not a scorer's
-    place, even where they sit under its folder (a venv inside the project)."""
+    """The standard library's and the installed packages' folders (``sysconfig``, ``site``, the user's site):
+    not a scorer's place, even where they sit under its folder (a venv inside the project)."""
     import site
     import sysconfig
 
     paths = {p for k, p in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib")}
-    try:
-        paths |= set(site.getsitepackages())
-    except AttributeError:  # (an old virtualenv's site module)
-        pass
+    for get in ("getsitepackages", "getusersitepackages"):
+        try:
+            found = getattr(site, get)()
+        except AttributeError:  # (an old virtualenv's site module)
+            continue
+        paths |= {found} if isinstance(found, str) else set(found)
     return sorted({q for p in paths for q in (Path(p).absolute(), Path(p).resolve())})
-
-
-def _installed_tops() -> set[str]:
-    """Top-level import names an installed distribution provides (editable installs too): not the scorer's."""
-    import importlib.metadata
-
-    try:
-        return set(importlib.metadata.packages_distributions())
-    except Exception:  # noqa: BLE001 - broken metadata of some distribution: none are told apart
-        return set()
 
 
 def _inside(path: Path, places: list[Path]) -> bool:
@@ -365,28 +360,68 @@ def _inside(path: Path, places: list[Path]) -> bool:
 
 
 def _top_in(top: str, places: list[Path]) -> bool:
-    """Whether the top-level name ``top`` is found in the scorer's place -- without importing it (a top-level
-    ``find_spec`` imports nothing), and never a standard-library or installed location."""
-    try:
-        spec = importlib.util.find_spec(top)
-    except Exception:  # noqa: BLE001 - a broken module somewhere: not the scorer's to read
-        return False
+    """Whether the top-level module or package ``top`` is found directly in the scorer's place (its file or
+    folder's parent is the place), and not in a standard-library or installed folder -- where it is, not what
+    it is called: a project installed in development mode elsewhere under the place is not the scorer's."""
+    spec = _find_spec(top)
     if spec is None:
         return False
-    where = [Path(spec.origin)] if spec.origin and spec.origin not in ("built-in", "frozen") else [
-        Path(p) for p in (spec.submodule_search_locations or [])]
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        where = [Path(spec.origin).parent if spec.origin.endswith("__init__.py") else Path(spec.origin)]
+    else:
+        where = [Path(p) for p in (spec.submodule_search_locations or [])]
     system = _system_places()
-    return any(_inside(w, places) and not _inside(w, system) for w in where)
+    return any(not _inside(w, system) and any(p.parent in places for p in (w.absolute(), w.resolve()))
+               for w in where)
+
+
+def _find_spec(name: str):
+    """The spec of module ``name`` without importing anything (``importlib.util.find_spec`` imports a dotted
+    name's parents, running their code): the top-level name by ``find_spec`` (which imports nothing), then each
+    part looked up in its parent's folders as Python's path finder does -- a package folder, else a ``.py``
+    file, else a namespace folder (:func:`_spec_in`); a module already imported gives its own spec. None when
+    a part is no module or cannot be looked up."""
+    import sys
+
+    parts = name.split(".")
+    try:
+        loaded = sys.modules.get(parts[0])
+        spec = getattr(loaded, "__spec__", None) if loaded is not None else importlib.util.find_spec(parts[0])
+    except Exception:  # noqa: BLE001 - a broken module somewhere: not the scorer's to read
+        return None
+    for i in range(1, len(parts)):
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        full = ".".join(parts[:i + 1])
+        loaded = sys.modules.get(full)
+        spec = (loaded.__spec__ if loaded is not None and getattr(loaded, "__spec__", None) is not None
+                else _spec_in(full, parts[i], [str(p) for p in spec.submodule_search_locations]))
+    return spec
+
+
+def _spec_in(full: str, part: str, locations: list[str]):
+    """The spec of the module ``full`` (last part ``part``) in its parent's ``locations``, unimported."""
+    namespace = []
+    for location in locations:
+        folder = Path(location) / part
+        if (folder / "__init__.py").is_file():
+            return importlib.util.spec_from_file_location(full, folder / "__init__.py",
+                                                          submodule_search_locations=[str(folder)])
+        if (Path(location) / f"{part}.py").is_file():
+            return importlib.util.spec_from_file_location(full, Path(location) / f"{part}.py")
+        if folder.is_dir():
+            namespace.append(str(folder))
+    if not namespace:
+        return None
+    spec = importlib.machinery.ModuleSpec(full, None, is_package=True)
+    spec.submodule_search_locations = namespace
+    return spec
 
 
 def _module_spec(name: str):
-    """``importlib.util.find_spec(name)`` of a module whose code is a readable ``.py`` file, else None (a name
-    that is no module, a builtin, an extension, a namespace package, a module inside a zip). Its parent packages
-    are imported (the scorer's own: :func:`_top_in` vouched for them); an error doing so means no module."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except Exception:  # noqa: BLE001 - a package whose __init__ raises, a missing optional dependency
-        return None
+    """:func:`_find_spec` of a module whose code is a readable ``.py`` file, else None (a name that is no module,
+    a builtin, an extension, a namespace package, a module inside a zip)."""
+    spec = _find_spec(name)
     if spec is None or not spec.origin or not spec.origin.endswith(".py") or not Path(spec.origin).is_file():
         return None
     return spec
