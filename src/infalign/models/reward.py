@@ -41,6 +41,7 @@ __all__ = [
     "reward_input_format",
     "reward_model_inputs",
     "reward_prompts",
+    "score_rows",
 ]
 
 # Bump when reward_model_inputs changes: it is part of every trained reward model's cache key.
@@ -273,6 +274,14 @@ class RewardScorer:
             yield idx, reward_model_inputs(self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
                                            max_length=self.max_length, pair=self.pair,
                                            prompt_format=self.prompt_format)
+
+
+def score_rows(scorer: Scorer, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(scores, cut)`` of any scorer: a reward model's ``score_and_cut`` (``cut``: bool ``[B]``, the rows it read
+    cut at ``max_length``), else its ``score`` and None (a scorer that reads no tokens)."""
+    if callable(getattr(scorer, "score_and_cut", None)):
+        return scorer.score_and_cut(prompts, responses)
+    return scorer.score(prompts, responses), None
 
 
 class CheckedScorer:

@@ -31,7 +31,7 @@ from infalign.math.calibration import CalibrationTable
 from infalign.math.rl_objectives import kl_penalty, missing_eos_penalized
 from infalign.math.transforms import Transform
 from infalign.models.generation import response_stats, rollout_logprobs, sample, sequence_logprobs
-from infalign.models.reward import Scorer
+from infalign.models.reward import Scorer, score_rows
 from infalign.training.algorithms import OnlineAlgorithm
 from infalign.training.rollout import step_generator
 
@@ -122,11 +122,8 @@ class CTRLModule(L.LightningModule):
             generator=step_generator(self.seed, step, 2, self.global_rank, device=self.device),
         )
         flat_idx = idx.repeat_interleave(g)
-        flat_prompts = [p for p in prompts for _ in range(g)]
-        if callable(getattr(self.reward, "score_and_cut", None)):  # a reward model: which rows it read cut
-            reward, cut = self.reward.score_and_cut(flat_prompts, roll.responses)
-        else:
-            reward, cut = self.reward.score(flat_prompts, roll.responses), None
+        # (a reward model also says which rows it read cut at max_length)
+        reward, cut = score_rows(self.reward, [p for p in prompts for _ in range(g)], roll.responses)
         reward = reward.to(self.device)
         if self.transform.calibrated:
             calibrated = self.table.calibrate(flat_idx.to(reward.device), reward)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from infalign.infra.distributed import all_gather_objects
 from infalign.math.rl_objectives import kl_penalty
 from infalign.models.generation import rollout_logprobs, sample, sequence_logprobs
-from infalign.models.reward import Scorer
+from infalign.models.reward import Scorer, score_rows
 
 
 class _PromptBatches(Dataset):
@@ -127,12 +127,10 @@ class RolloutModule(L.LightningModule):
         flat_prompts = [p for p in prompts for _ in range(n)]
         scores, cut = {}, {}
         for name, s in self.scorers.items():  # a reward model also says which rows it read cut (max_length)
-            if callable(getattr(s, "score_and_cut", None)):
-                values, rows = s.score_and_cut(flat_prompts, roll.responses)
-                cut[name] = rows.view(len(prompts), n)
-            else:
-                values = s.score(flat_prompts, roll.responses)
+            values, rows = score_rows(s, flat_prompts, roll.responses)
             scores[name] = values.view(len(prompts), n)
+            if rows is not None:
+                cut[name] = rows.view(len(prompts), n)
         log_ratio = None
         reference = self._reference[0]
         if reference is not None:
