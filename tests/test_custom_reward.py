@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from infalign.errors import ConfigError
+from infalign.pipeline import custom_reward as custom_mod
 from infalign.pipeline import world as world_mod
 from pipeline_helpers import compose_train
 
@@ -95,7 +96,7 @@ def test_reward_model_keys_left_unset_beside_the_target_are_not_its_arguments(tm
     for override in ("+reward.max_length=null", "+reward.train.enabled=false", "+reward.pad_token=null"):
         cfg = cfg_with(tmp_path, tmp_path / "cache", override)
         world_mod.check_world_config(cfg)
-        scorer, _ = world_mod.custom_scorer(cfg)
+        scorer, _ = custom_mod.custom_scorer(cfg)
         assert scorer.scorer.scale == 0.1
     with pytest.raises(ConfigError) as err:
         world_mod.check_world_config(cfg_with(tmp_path, tmp_path / "cache", "+reward.train.enabled=true"))
@@ -144,13 +145,13 @@ def test_the_fingerprint_follows_the_scorers_code_and_its_own_fingerprint(tmp_pa
     importlib.invalidate_caches()
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", "reward=length", EXTRA_CONF,
                         "reward._target_=my_rule.Rule", "~reward.scale")
-    first, again = world_mod.custom_scorer(cfg)[1], world_mod.custom_scorer(cfg)[1]
+    first, again = custom_mod.custom_scorer(cfg)[1], custom_mod.custom_scorer(cfg)[1]
     assert first == again
     sys.modules["my_rule"].Rule.fingerprint = "weights-v2"
-    assert world_mod.custom_scorer(cfg)[1] != first
+    assert custom_mod.custom_scorer(cfg)[1] != first
     sys.modules["my_rule"].Rule.fingerprint = "weights-v1"
     module.write_text(code.replace("self.k * len(r)", "self.k * len(r.split())"))
-    assert world_mod.custom_scorer(cfg)[1] != first
+    assert custom_mod.custom_scorer(cfg)[1] != first
 
 
 def test_a_helper_module_beside_the_scorer_is_part_of_its_key(tmp_path, monkeypatch):
@@ -172,19 +173,19 @@ def test_a_helper_module_beside_the_scorer_is_part_of_its_key(tmp_path, monkeypa
     importlib.invalidate_caches()                                  # stale-import mark (infra/cache.py) on import
     cfg = compose_train(tmp_path / "cache", tmp_path / "run", "reward=length", EXTRA_CONF,
                         "reward._target_=proxy2.Proxy", "~reward.scale")
-    first = world_mod.custom_scorer(cfg)[1]
+    first = custom_mod.custom_scorer(cfg)[1]
     # read from the source, not from what the process imported: the same before and after it scored, and
     # beside an unrelated module of the same place (review finding: the key followed sys.modules)
-    assert world_mod.scorer_code_modules("proxy2") == ["lazyrules", "proxy2", "textrules"]
-    world_mod.custom_scorer(cfg)[0].score(["p"], ["a b"])
+    assert custom_mod.scorer_code_modules("proxy2") == ["lazyrules", "proxy2", "textrules"]
+    custom_mod.custom_scorer(cfg)[0].score(["p"], ["a b"])
     import unrelated  # noqa: F401
-    assert world_mod.custom_scorer(cfg)[1] == first
+    assert custom_mod.custom_scorer(cfg)[1] == first
     (tmp_path / "textrules.py").write_text("def repeats(text):\n    return len(set(text.split()))\n")
-    second = world_mod.custom_scorer(cfg)[1]
+    second = custom_mod.custom_scorer(cfg)[1]
     assert second != first
     (tmp_path / "lazyrules.py").write_text("def sign():\n    return -1.0\n")
-    assert world_mod.custom_scorer(cfg)[1] != second
-    beside = world_mod.scorer_code_modules("length_scorer")  # tests/: the test modules imported from there
+    assert custom_mod.custom_scorer(cfg)[1] != second
+    beside = custom_mod.scorer_code_modules("length_scorer")  # tests/: the test modules imported from there
     assert "length_scorer" in beside and not [m for m in beside if m.startswith(("infalign", "torch", "numpy"))]
 
 
@@ -222,7 +223,7 @@ def test_an_argument_the_scorer_names_is_its_own_even_if_a_reward_model_has_one_
     cfg = cfg_with(tmp_path, tmp_path / "cache", "reward._target_=test_custom_reward.CappedLength", "~reward.scale",
                    "+reward.max_length=2")
     world_mod.check_world_config(cfg)
-    scorer, _ = world_mod.custom_scorer(cfg)
+    scorer, _ = custom_mod.custom_scorer(cfg)
     assert scorer.scorer.max_length == 2 and scorer.score(["p"], ["a b c"]).tolist() == [2.0]
 
 
@@ -291,9 +292,9 @@ def test_a_scorer_in_a_namespace_package_keys_its_sibling_helpers_and_one_in_mai
                                                       "        return [f(r) for r in responses]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    assert world_mod.scorer_code_modules("nspkg.sub.sc") == ["nspkg.other.rules", "nspkg.sub.sc"]
+    assert custom_mod.scorer_code_modules("nspkg.sub.sc") == ["nspkg.other.rules", "nspkg.sub.sc"]
     with pytest.raises(ValueError, match="not the script run as __main__"):
-        world_mod.scorer_code_modules("__main__")
+        custom_mod.scorer_code_modules("__main__")
 
 
 @pytest.mark.parametrize(("fingerprint", "ok"), [
@@ -314,12 +315,12 @@ def test_a_scorers_own_fingerprint_is_a_string_or_number_read_once(tmp_path, fin
     else:
         Scorer.fingerprint = fingerprint
     if ok:
-        assert world_mod._own_fingerprint(Scorer(), "t") == {"method": "weights-v2"}.get(fingerprint, str(fingerprint))
+        assert custom_mod._own_fingerprint(Scorer(), "t") == {"method": "weights-v2"}.get(fingerprint, str(fingerprint))
     else:
         with pytest.raises(ConfigError) as err:
-            world_mod._own_fingerprint(Scorer(), "t")
+            custom_mod._own_fingerprint(Scorer(), "t")
         assert err.value.key == "reward._target_"
-    assert world_mod._own_fingerprint(type("Plain", (), {})(), "t") is None
+    assert custom_mod._own_fingerprint(type("Plain", (), {})(), "t") is None
 
 
 
@@ -350,10 +351,10 @@ def test_the_scorers_place_is_its_sys_path_entry_its_packages_and_links_count_an
     monkeypatch.syspath_prepend(str(proj))
     importlib.invalidate_caches()
     before = set(sys.modules)
-    modules = world_mod.scorer_code_modules("pk.sub.scorer")
+    modules = custom_mod.scorer_code_modules("pk.sub.scorer")
     assert modules == ["beside", "linked", "pk", "pk.helpers", "pk.helpers.rules", "pk.sub", "pk.sub.scorer"]
     assert not {m for m in set(sys.modules) - before if not m.startswith("pk")} & {"scipy.optimize", "http.server"}
-    installed = world_mod.scorer_code_modules("_pytest.python")  # (a module of an installed package)
+    installed = custom_mod.scorer_code_modules("_pytest.python")  # (a module of an installed package)
     assert "_pytest.python" in installed and all(m.startswith("_pytest") for m in installed)
 
 
@@ -382,6 +383,6 @@ def test_the_modules_are_found_by_where_they_are_without_running_any_of_them(tmp
     for path in (site, proj, a, b):
         monkeypatch.syspath_prepend(str(path))
     importlib.invalidate_caches()
-    assert world_mod.scorer_code_modules("scorer_w") == ["helpers", "scorer_w", "utils"]
+    assert custom_mod.scorer_code_modules("scorer_w") == ["helpers", "scorer_w", "utils"]
     assert not getattr(__import__("builtins"), "HELPERS_RAN", False) and "helpers" not in sys.modules
-    assert world_mod.scorer_code_modules("nsw.scorer") == ["nsw.helper", "nsw.scorer"]
+    assert custom_mod.scorer_code_modules("nsw.scorer") == ["nsw.helper", "nsw.scorer"]

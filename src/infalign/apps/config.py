@@ -300,7 +300,7 @@ def check_known_keys(cfg: DictConfig) -> None:
     found = [k for k, v in tree.items() if not isinstance(v, dict) and k != "hydra"]
     for root in OWN_ROOTS:
         # a node with a _target_ (a custom scorer, reward=<entry>) holds its target's own arguments: the
-        # target's signature checks them (world.check_custom_reward), not the config files
+        # target's signature checks them (pipeline/custom_reward.check_custom_reward), not the config files
         if isinstance(tree.get(root), dict) and "_target_" not in tree[root]:
             found += [name for name, _ in _nodes(tree[root], root, skip=("data.toy",))]
     files = key_files()

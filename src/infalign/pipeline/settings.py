@@ -113,7 +113,7 @@ def model_settings(cfg) -> None:
         value = (cfg.get(group) or {}).get(key)
         if value is not None:
             require(value in DTYPES, f"{group}.{key}", value, f"one of {list(DTYPES)}")
-    if custom:  # (one set beside it is refused, all named at once: pipeline/world.check_custom_reward)
+    if custom:  # (one set beside it is refused, all named at once: pipeline/custom_reward.check_custom_reward)
         return
     value = (cfg.get("reward") or {}).get("input", "joined")
     require(value in REWARD_INPUTS, "reward.input", value, f"one of {list(REWARD_INPUTS)}",
