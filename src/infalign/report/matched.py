@@ -26,8 +26,8 @@ from infalign.report.naming import (
     comparison_worlds,
     method_of,
     number,
+    other_evaluation,
     procedure_of,
-    world_base,
     world_label,
     world_names,
 )
@@ -111,13 +111,12 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
             continue
         method = method_of(job)
         if world_of[job.job] != main_world:
-            other = world_label(world_of[job.job], main_world)
-            named = f" ({names[world_of[job.job]]})" if world_of[job.job] in names else ""
+            key = world_of[job.job]
+            named = f" ({names[key]})" if key in names else ""
             notes.append(f"job {job.job} ({method}): " + (
-                f"another evaluation ({other.strip('[]')}; the report's runs are evaluated otherwise)"
-                if world_base(world_of[job.job]) == world_base(main_world) and other.startswith("[")
-                and not other.startswith("[world ") else
-                f"another world{named} (world_id {world_of[job.job]}, the report's {main_world}: other models, "
+                f"another evaluation ({world_label(key, main_world).strip('[]')}; the report's runs are evaluated "
+                "otherwise)" if other_evaluation(key, main_world) else
+                f"another world{named} (world_id {key}, the report's {main_world}: other models, "
                 "toy-world parameters or evaluation settings)") + ": left out of the matched-KL comparison")
             continue
         pp = job.record.eval.per_prompt

@@ -103,6 +103,12 @@ def eval_sampler(job: Job) -> str | None:
         return None
 
 
+def record_theory_applies(job: Job) -> bool:
+    """Whether the theory a run's record carries (``eval.theory``, ``kl_ratio``) is one to read: not for pooled
+    calibration nor an evaluation with a modified sampler, whose older records still carry one."""
+    return not pooled_calibration(job) and not eval_sampler(job)
+
+
 def transform_label(job: Job) -> str:
     """The record's transform label, else ``family(t=...)`` / ``family`` from the config."""
     family, t = transform_family(job.config.get("transform"))
@@ -170,7 +176,8 @@ def comparison_worlds(jobs) -> tuple[dict[str, str], str]:
     known = [k for job in jobs if job.status == "finished" and (k := keys[job.job]) is not None]
     # the most runs' world; of two as common, the one evaluated with the policy's own sampler (a sweep over
     # eval.temperature=1.0,0.7 notes both: the modified sampler's is no main world)
-    own = {k: not any(eval_sampler(j) for j in jobs if keys[j.job] == k) for k in set(known)}
+    modified = {j.job for j in jobs if eval_sampler(j)}
+    own = {k: not any(j.job in modified for j in jobs if keys[j.job] == k) for k in set(known)}
     main = max(sorted(set(known)), key=lambda k: (known.count(k), own[k])) if known else ""
     out = {}
     for job in jobs:
@@ -207,13 +214,18 @@ def world_base(key: str) -> str:
     return key.split(" [", 1)[0]
 
 
+def other_evaluation(key: str, main: str) -> bool:
+    """Whether world ``key`` is the main world's models and data evaluated otherwise (a note of its own)."""
+    return bool(main) and key != world_base(key) and world_base(key) == world_base(main) and key != main
+
+
 def world_label(key: str, main: str, names: dict[str, str] | None = None) -> str:
     """What a series label adds for world ``key``: nothing for the main world, the evaluation note for
     another evaluation of it, ``[<its overrides>]`` for another world :func:`world_names` names, else
     ``[world <key>]``."""
     if key == main:
         return ""
-    if main and world_base(key) == world_base(main) and key != world_base(key):  # another evaluation: its note
+    if other_evaluation(key, main):  # its note
         return key[len(world_base(key)) + 1:]
     if names and key in names:
         return f"[{names[key]}]"

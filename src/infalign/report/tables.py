@@ -22,11 +22,10 @@ from infalign.report.collect import STATUSES, Job, flagged
 from infalign.report.naming import (
     algo_of,
     comparison_worlds,
-    eval_sampler,
     method_of,
     number,
-    pooled_calibration,
     procedure_of,
+    record_theory_applies,
     transform_family,
     transform_label,
     uses_transform,
@@ -91,7 +90,7 @@ def job_row(job: Job, judges: Sequence[str]) -> dict:
             n_prompts = n_prompts if n_prompts is not None else (ci.n_prompts if ci is not None else None)
         row[f"{j}_n_prompts"] = n_prompts
     # no theory for pooled calibration or an evaluation with a modified sampler (older records carry one)
-    theory = ev is not None and not pooled_calibration(job) and not eval_sampler(job)
+    theory = ev is not None and record_theory_applies(job)
     th = (ev.theory if theory else None) or {}
     at = th.get("at_measured_kl") if isinstance(th.get("at_measured_kl"), dict) else {}
     row["theory_kl_at_beta"] = number(th.get("kl"))

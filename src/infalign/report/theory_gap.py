@@ -11,7 +11,7 @@ import numpy as np
 
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
-from infalign.report.naming import comparison_worlds, eval_sampler, method_of, number, pooled_calibration, procedure_of
+from infalign.report.naming import comparison_worlds, method_of, number, procedure_of, record_theory_applies
 
 THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "world_id", "kl_measured", "kl_theory_at_beta",
                       "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width",
@@ -39,7 +39,7 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
             continue
         rec, procedure = job.record, procedure_of(job)
         # (older records carry one for pooled calibration, and for an evaluation with a modified sampler)
-        th = rec.eval.theory if not pooled_calibration(job) and not eval_sampler(job) else None
+        th = rec.eval.theory if record_theory_applies(job) else None
         if not th or procedure is None:
             continue  # no calibrated-space prediction (raw, pooled, offline baselines, a modified sampler)
         at = th.get("at_measured_kl") if isinstance(th.get("at_measured_kl"), dict) else {}
