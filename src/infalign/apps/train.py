@@ -152,8 +152,8 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     from infalign.pipeline.policy_cache import PRECISION_ALIASES  # (Lightning's short names: 64 is 64-true)
 
     precision = str(cfg.trainer.get("precision", "32-true"))
-    require(not PRECISION_ALIASES.get(precision, precision).endswith("-true")
-            or PRECISION_ALIASES.get(precision, precision) == "32-true", "trainer.precision", precision,
+    full_name = PRECISION_ALIASES.get(precision, precision)
+    require(not full_name.endswith("-true") or full_name == "32-true", "trainer.precision", precision,
             "32-true, bf16-mixed or 16-mixed (half-precision weights: policy.dtype, policy.train_dtype, reward.dtype)",
             "a *-true precision converts the modules a Lightning step registers in place: the reference became "
             "bf16 when its calibration pool was drawn, and stayed float32 when the pool came from the cache")
