@@ -129,7 +129,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             keep = finished_record_to_keep(out_dir, cfg, str(cfg.ckpt_path), default)
         started = logger is not None and ckpt is None and keep is None
         if started:  # the run exists from now on, so a job that fails in any stage shows up (failed)
-            loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
+            loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), trains=True)
 
         with stage("world", timings, expected_world(cfg)):
             world = load_world(cfg, cache_dir)  # per process (the toy build is lock-protected, single-rank)
@@ -157,7 +157,7 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 return keep
             if logger is not None and ckpt is None:
                 started = True
-                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True))
+                loggers.start(logger, OmegaConf.to_container(cfg, resolve=True), trains=True)
 
         table, calib_hit = None, None
         with stage("calibration", timings, f"{cfg.data.train_prompts} prompts x K={cfg.calibration.K} reference "
