@@ -637,8 +637,9 @@ def test_same_train_and_test_file_is_refused(assets):
     from infalign.data import PreferenceDataModule
 
     path = str(assets / "train.jsonl")
-    with pytest.raises(ValueError, match="data.train_file and data.test_file are the same file"):
+    with pytest.raises(ConfigError, match="a file other than data.train_file") as err:
         PreferenceDataModule("hh", train_file=path, test_file=path).setup()
+    assert err.value.key == "data.test_file"
 
 
 def test_truncated_gzip_and_lfs_pointer_name_the_file_and_key(assets, tmp_path):

@@ -39,6 +39,15 @@ __all__ = ["SPLITS", "PreferenceDataModule"]
 SPLITS = ("train", "test")
 
 
+def refuse_same_split_file(train_file: str | None, test_file: str | None) -> None:
+    """A ConfigError of ``data.test_file`` when it is ``data.train_file`` (also through another spelling of
+    the path): the evaluation prompts would be training prompts, and every held-out figure optimistic."""
+    if train_file and test_file and Path(train_file).expanduser().resolve() == Path(test_file).expanduser().resolve():
+        raise ConfigError("data.test_file", test_file, "a file other than data.train_file, or null",
+                          "the evaluation prompts would be training prompts; null holds out data.val_fraction "
+                          "of the train file's prompts")
+
+
 class PreferenceDataModule(L.LightningDataModule):
     """Preference pairs of one public dataset, ready for :class:`RewardModelModule`.
 
@@ -180,7 +189,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self._pairs:
             return
         hp = self.hparams
-        self._refuse_same_file()
+        refuse_same_split_file(self.files.get("train"), self.files.get(self.test_split))
         train, train_report = self._read("train")
         try:
             test, test_report = self._read(self.test_split)
@@ -225,15 +234,6 @@ class PreferenceDataModule(L.LightningDataModule):
         except ValueError:
             return "data.max_prompt_tokens"
         return "data.max_response_tokens"
-
-    def _refuse_same_file(self) -> None:
-        train, test = (self.files.get(s) for s in ("train", self.test_split))
-        if train and test and Path(train).expanduser().resolve() == Path(test).expanduser().resolve():
-            raise ValueError(
-                f"data.train_file and data.test_file are the same file ({train}): the evaluation prompts would "
-                "be training prompts; give another test file, or leave data.test_file unset to hold out "
-                "data.val_fraction of the train file's prompts"
-            )
 
     @staticmethod
     def _drop_train_prompts(train: list[PreferenceExample], test: list[PreferenceExample],

@@ -116,6 +116,7 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
     the optional ``policy`` / ``reward`` overrides (its own models are built).
     """
     from infalign.data.formats import check_data_file, is_local
+    from infalign.data.modules import refuse_same_split_file
 
     data = cfg.data
     data_settings(data)  # (also checked by apps/train.validate, before the heavy imports)
@@ -133,11 +134,7 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
             if data.get(key):
                 with refused_as(f"data.{key}", data[key], "a readable JSON-lines file (.jsonl / .json, or gzipped)"):
                     check_data_file(data[key], f"data.{key}")
-        train, test = data.get("train_file"), data.get("test_file")
-        if train and test and Path(train).expanduser().resolve() == Path(test).expanduser().resolve():
-            raise ConfigError("data.test_file", test, "a file other than data.train_file, or null",
-                              "the evaluation prompts would be training prompts; null holds out data.val_fraction "
-                              "of the train file's prompts")
+        refuse_same_split_file(data.get("train_file"), data.get("test_file"))
         source = data.get("name_or_path")
         if source and is_local(source) and not Path(source).expanduser().exists():
             raise ConfigError("data.name_or_path", source, "an existing local dataset path or a hub dataset name",
