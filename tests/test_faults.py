@@ -51,13 +51,14 @@ def no_compute(monkeypatch):
     monkeypatch.setattr(train_stages, "load_world", boom)
 
 
-def world_only(monkeypatch, world_id: str) -> None:
-    """Runs load a stand-in world whose models are ``world_id`` (``world.stats["world_id"]``) and stop at the
-    first stage after it ("compute started")."""
+def world_only(monkeypatch, world_id: str, data_id: str = "d") -> None:
+    """Runs load a stand-in world whose models are ``world_id`` (``world.stats["world_id"]``) and prompts
+    ``data_id``, and stop at the first stage after it ("compute started")."""
     def boom(*a, **k):
         raise AssertionError("compute started")
 
-    world = SimpleNamespace(reference_fingerprint="ref", reward_fingerprint="rm", stats={"world_id": world_id})
+    world = SimpleNamespace(reference_fingerprint="ref", reward_fingerprint="rm",
+                            stats={"world_id": world_id, "data_id": data_id})
     monkeypatch.setattr(train_stages, "load_world", lambda *a, **k: world)
     monkeypatch.setattr(train_stages, "calibration_table", boom)
     monkeypatch.setattr(train_stages, "fit_policy", boom)
@@ -930,7 +931,7 @@ def test_last_or_new_never_replaces_a_finished_run_of_another_configuration(tmp_
     cfg = compose_train(cache, run_dir, "transform.t=4")
     run_dir.mkdir()
     record = {"status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}}, "code": run_code(),
-              "world": {"world_id": "w"}, "config": OmegaConf.to_container(cfg, resolve=True)}
+              "world": {"world_id": "w", "data_id": "d"}, "config": OmegaConf.to_container(cfg, resolve=True)}
     (run_dir / "metrics.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"ckpt_path.*training\.transform\.t"):
         train_app.run(compose_train(cache, run_dir, "transform.t=2", "ckpt_path=last_or_new"))
@@ -968,7 +969,8 @@ def test_a_finished_run_is_kept_only_under_its_code_with_its_outputs_and_its_mod
     cfg = compose_train(cache, run_dir, "transform.t=4")
     run_dir.mkdir()
     record = {"version": 4, "status": "finished", "run_name": "done", "eval": {"judges": {"gold": {}}},
-              "code": run_code(), "world": {"world_id": "w"}, "config": OmegaConf.to_container(cfg, resolve=True)}
+              "code": run_code(), "world": {"world_id": "w", "data_id": "d"},
+              "config": OmegaConf.to_container(cfg, resolve=True)}
     again = compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new")
     for code in ({**run_code(), "training": "0" * 16}, {**run_code(), "evaluation": "0" * 16}, None):
         (run_dir / "metrics.json").write_text(json.dumps({**record, "code": code}))
@@ -976,8 +978,11 @@ def test_a_finished_run_is_kept_only_under_its_code_with_its_outputs_and_its_mod
         with pytest.raises(AssertionError, match="compute started"):
             train_app.run(again)
     (run_dir / "metrics.json").write_text(json.dumps(record))
-    for world_id, extra in (("w", ["save_policy=true"]), ("another model's", [])):
-        world_only(monkeypatch, world_id)
+    # ... and on the record's prompts (data_id: a data file edited at the same path is other prompts; a record
+    # from before data_id runs again too)
+    for world_id, data_id, extra in (("w", "d", ["save_policy=true"]), ("another model's", "d", []),
+                                     ("w", "other prompts", []), ("w", None, [])):
+        world_only(monkeypatch, world_id, data_id)
         with pytest.raises(AssertionError, match="compute started"):
             train_app.run(compose_train(cache, run_dir, "transform.t=4", "ckpt_path=last_or_new", *extra))
     (run_dir / "policy").mkdir()

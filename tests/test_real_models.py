@@ -195,6 +195,51 @@ def test_reward_input_format_is_part_of_the_reward_cache_keys(assets, tmp_path):
     assert half.stats["world_id"] != a.stats["world_id"]
 
 
+def test_the_text_the_reward_reads_keys_its_cached_scores(assets, tmp_path):
+    """Walkthrough finding: with policy.chat_template=true the reward reads the dataset's prompt text, which no
+    cache key held. A data file edited at the same path only in the whitespace around turns (an export without
+    the leading blank line) renders to the same templated prompts and changes what the reward reads: the
+    calibration pool (and the evaluation pools, the trained policy) were served from the cache with the old
+    text's scores. The text the reward reads is keyed where it is not the prompt itself."""
+    import functools
+
+    import lightning as L
+
+    from infalign.pipeline.fit import calibration_table
+    from infalign.pipeline.policy_cache import policy_key
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        (data / name).write_text((assets / name).read_text())
+    extra = ("reward.input=joined", "reward.prompt_format=full", f"data.train_file={data / 'train.jsonl'}",
+             f"data.test_file={data / 'test.jsonl'}", "calibration.K=3")
+    predict = functools.partial(L.Trainer, accelerator="cpu", devices=1, enable_progress_bar=False,
+                                enable_model_summary=False)
+    cfg = cfg_for(assets, tmp_path, *extra)
+    before = world_mod.load_world(cfg, tmp_path / "cache")
+    table_before, hit = calibration_table(before, cfg, predict, tmp_path / "cache")
+    assert hit is False
+    for name in ("train.jsonl", "test.jsonl"):  # the same records, without the blank line before the first turn
+        rows = [json.loads(line) for line in (data / name).read_text().splitlines()]
+        write_jsonl(data / name, [json.dumps({k: v.removeprefix("\n\n") for k, v in r.items()}) for r in rows])
+    after = world_mod.load_world(cfg, tmp_path / "cache")
+    assert after.train_prompts == before.train_prompts  # the policy's prompts: the same
+    assert after.reward_reads(after.train_prompts) != before.reward_reads(before.train_prompts)
+    assert after.stats["data_id"] != before.stats["data_id"]  # (a finished run of the old data is not kept)
+    assert after.stats["world_id"] == before.stats["world_id"]  # the same models
+    table_after, hit = calibration_table(after, cfg, predict, tmp_path / "cache")
+    fresh, fresh_hit = calibration_table(after, cfg, predict, tmp_path / "fresh")
+    assert hit is False and fresh_hit is False  # (was: a hit, serving the old text's scores)
+    assert torch.equal(table_after.sorted_rewards, fresh.sorted_rewards)  # (this word-level tokenizer drops the
+    # whitespace, so here the scores are those before the edit; a byte-level one's are not)
+    assert policy_key(cfg, after, 0.1) != policy_key(cfg, before, 0.1)
+    # without the chat template the reward reads the prompt itself: nothing more is keyed
+    plain = world_mod.load_world(cfg_for(assets, tmp_path / "plain", *extra, "policy.chat_template=false",
+                                         f"policy.name_or_path={assets / 'lm_plain'}"), tmp_path / "cache")
+    assert plain.dataset_prompts is None and plain.reward_reads(plain.train_prompts) is None
+
+
 # ---------------------------------------------------------------------------- defect 3: special tokens
 
 

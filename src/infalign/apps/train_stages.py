@@ -148,6 +148,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
                 log.warning("%s records this run from other models (world_id %s, now %s: a model's files or commit "
                             "changed at the same name): running it again", out_dir / "metrics.json",
                             (keep.get("world") or {}).get("world_id"), world.stats["world_id"])
+            elif (keep.get("world") or {}).get("data_id") != world.stats["data_id"]:
+                log.warning("%s records this run on other prompts (data_id %s, now %s: a data file changed at the "
+                            "same path, or a record from before data_id): running it again", out_dir / "metrics.json",
+                            (keep.get("world") or {}).get("data_id"), world.stats["data_id"])
             else:  # nothing to do
                 log.info("%s records this run, finished with these settings, code and models: nothing to do "
                          "(kept as it is)", out_dir / "metrics.json")

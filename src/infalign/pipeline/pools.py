@@ -109,13 +109,15 @@ def reference_pool(world, prompts: list[str], n: int, judges: dict, gen_cfg, tra
 
 def _pool_settings(world, prompts, n, judges, gen_cfg, seed, trainer: TrainerFactory) -> tuple:
     """What a pool depends on besides the sampling model: the judges (the reward model by its content,
-    whatever the judge is called; a judge with a ``fingerprint`` -- the toy world's gold reward, by the
+    whatever the judge is called, and the dataset text it reads for the prompts where that is not the prompt,
+    ``World.reward_reads``; a judge with a ``fingerprint`` -- the toy world's gold reward, by the
     world's parameters -- by that; others by name), prompts, n, generation settings, seed, the
     predict trainer's precision and device (:func:`sampling_hardware`), and the code that draws and
     scores it (:data:`POOL_CODE`)."""
     temperature, top_k, top_p = sampling_settings(gen_cfg)
-    judged = {name: (world.reward_fingerprint if scorer is getattr(world, "reward", None)
-                     else getattr(scorer, "fingerprint", None) or name)
+    reads = getattr(world, "reward_reads", lambda prompts: None)(prompts)  # the dataset text the reward reads
+    judged = {name: ((world.reward_fingerprint if reads is None else [world.reward_fingerprint, reads])
+                     if scorer is getattr(world, "reward", None) else getattr(scorer, "fingerprint", None) or name)
               for name, scorer in judges.items()}
     return (judged, prompts, n, int(gen_cfg.max_new_tokens), temperature, top_k, top_p, int(gen_cfg.batch_size),
             seed, modules_digest(POOL_CODE, "POOL_CODE"), *sampling_hardware(trainer))

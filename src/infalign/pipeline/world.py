@@ -60,6 +60,18 @@ class World:
     reference_fingerprint: str
     reward_fingerprint: str
     stats: dict
+    # {prompt as the policy sees it: the dataset's prompt text the reward reads}; None: it reads the prompt itself
+    dataset_prompts: dict[str, str] | None = None
+
+    def reward_reads(self, prompts: list[str]) -> list[str] | None:
+        """The text the reward reads for each of ``prompts`` when it is not the prompt itself (under
+        ``policy.chat_template`` it reads the dataset's text, :func:`dataset_prompt_map`), else None. A
+        cached score depends on it: an edit of a data file that changes only the whitespace around turns
+        leaves the templated prompts as they were and changes what the reward reads (walkthrough finding:
+        scores of the old text were served from the cache)."""
+        if self.dataset_prompts is None:
+            return None
+        return [self.dataset_prompts.get(p, p) for p in prompts]
 
 
 def fingerprint_dir(path: str | Path) -> str:
@@ -618,6 +630,10 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     # which world a run's numbers come from (the report compares only runs of one world): the models
     # and, for the toy world, its build key (the world's parameters: the gold reward too)
     stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
+    # the prompts it trains and is evaluated on, as the policy and the reward read them: a finished run is kept
+    # only on the same (a data file edited at the same path is other prompts)
+    reads = None if dataset_prompts is None else [dataset_prompts.get(p, p) for p in train_prompts + eval_prompts]
+    stats["data_id"] = content_key(train_prompts, eval_prompts, reads)
     # the hub commits the run read (the fingerprints above hash them with dtypes and input formats):
     # a refused resume names the commit to pin (pipeline/policy_cache.py)
     stats["hub_commits"] = {group: f"{path}@{rev}" for group, path, rev in
@@ -633,6 +649,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         reference_fingerprint=reference_fingerprint,
         reward_fingerprint=reward_fingerprint,
         stats=stats,
+        dataset_prompts=dataset_prompts,
     )
 
 
