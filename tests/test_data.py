@@ -1060,3 +1060,20 @@ def test_prompt_order_is_the_seeded_permutation(tmp_path):
     assert prompts == [p[2], p[1], p[0], p[3]]
     assert dm.prompts("train", 2) == [p[2], p[1]]
     assert order(1)[1] == [p[3], p[1], p[0], p[2]]
+
+
+def test_a_missing_split_names_the_files_the_dir_holds(tmp_path):
+    """Walkthrough finding: a local TL;DR dir with ``train.jsonl`` and ``test.jsonl`` (TL;DR's evaluation split
+    is ``validation``) held out part of train, the warning naming only the ``validation*`` names it tried."""
+    from infalign.data.formats import MissingSplitError, local_split_file
+
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    (tmp_path / "test.jsonl").write_text("{}\n")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(MissingSplitError, match=r"no 'validation' split in .*validation\.jsonl\.gz; it holds "
+                                                r"test\.jsonl, train\.jsonl \(data\.train_file / data\.test_file"):
+        local_split_file(tmp_path, "validation")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingSplitError) as err:
+        local_split_file(tmp_path / "empty", "validation")
+    assert "it holds" not in str(err.value)

@@ -181,6 +181,19 @@ def test_the_hh_experiments_give_the_deberta_reward_model_the_last_human_turn_as
         model_settings(compose_config("train", "experiment=hh_helpful_bon", "reward.prompt_format=question"))
 
 
+def test_a_system_prompt_without_the_chat_template_is_refused():
+    """Walkthrough finding: ``policy.system_prompt`` with ``policy.chat_template=false`` was ignored (the prompts
+    are fed as they are) without a word, and keyed the policy cache (an identical policy trained again)."""
+    from infalign.pipeline.settings import model_settings
+    from pipeline_helpers import compose_config
+
+    with pytest.raises(ConfigError, match=r"policy\.system_prompt='be brief'.*null unless policy\.chat_template"):
+        model_settings(compose_config("train", "experiment=hh_helpful_bon", "policy.chat_template=false",
+                                      "policy.system_prompt=be brief"))
+    model_settings(compose_config("train", "experiment=hh_helpful_bon", "policy.chat_template=true",
+                                  "policy.system_prompt=be brief"))
+
+
 def test_reward_input_format_is_part_of_the_reward_cache_keys(assets, tmp_path):
     """A different input format (here: max_length) gives a different reward fingerprint, so cached
     reward scores (pools) are never reused across formats."""

@@ -255,13 +255,18 @@ _SUFFIXES = (".jsonl", ".jsonl.gz")
 
 def local_split_file(root: str | os.PathLike, split: str, data_dir: str | None = None) -> Path:
     """``<root>/<data_dir>/<split>.jsonl[.gz]`` (the layout of a clone of ``Anthropic/hh-rlhf``).
-    Raises :class:`MissingSplitError` listing the names tried."""
+    Raises :class:`MissingSplitError` listing the names tried and the JSON-lines files the directory holds
+    (walkthrough: a TL;DR dir with ``test.jsonl`` held out part of train, naming only ``validation*``)."""
     base = Path(root).expanduser() / (data_dir or "")
     tried = [base / f"{split}{s}" for s in _SUFFIXES]
     for p in tried:
         if p.is_file():
             return p
-    raise MissingSplitError(f"no {split!r} split in {base}: tried {', '.join(map(str, tried))}")
+    others = sorted(p.name for p in base.iterdir() if p.is_file() and p.name.endswith(_SUFFIXES)) \
+        if base.is_dir() else []
+    raise MissingSplitError(f"no {split!r} split in {base}: tried {', '.join(map(str, tried))}" + (
+        f"; it holds {', '.join(others)} (data.train_file / data.test_file name a split's file directly)"
+        if others else ""))
 
 
 def is_local(name: str) -> bool:

@@ -105,7 +105,8 @@ def model_settings(cfg) -> None:
     weights, what the optimizer updates) and ``reward.dtype``: each one of :data:`DTYPES`;
     ``reward.input`` one of ``models/reward.REWARD_INPUTS``, ``reward.prompt_format`` one of
     ``models/reward.REWARD_PROMPT_FORMATS`` and ``last_user_turn`` only for HH data, whose prompts have
-    turns (:data:`DIALOGUE_SOURCES`) (ConfigError naming the key)."""
+    turns (:data:`DIALOGUE_SOURCES`); ``policy.system_prompt`` only with ``policy.chat_template`` (ConfigError
+    naming the key)."""
     from infalign.models.reward import REWARD_INPUTS, REWARD_PROMPT_FORMATS  # (where they are read; not at import)
 
     custom = (cfg.get("reward") or {}).get("_target_") is not None  # a custom scorer: no reward-model setting
@@ -113,6 +114,10 @@ def model_settings(cfg) -> None:
         value = (cfg.get(group) or {}).get(key)
         if value is not None:
             require(value in DTYPES, f"{group}.{key}", value, f"one of {list(DTYPES)}")
+    policy = cfg.get("policy") or {}
+    require(policy.get("system_prompt") is None or bool(policy.get("chat_template")), "policy.system_prompt",
+            policy.get("system_prompt"), "null unless policy.chat_template=true",
+            "without the chat template the prompts are fed as they are: the system prompt would be ignored")
     if custom:  # (one set beside it is refused, all named at once: pipeline/custom_reward.check_custom_reward)
         return
     value = (cfg.get("reward") or {}).get("input", "joined")
