@@ -510,19 +510,18 @@ def _chord_null(x: np.ndarray, y: np.ndarray, at: np.ndarray, grid: np.ndarray) 
 def chord_bias(method: dict, baseline: dict, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(chord_low, chord_high)`` ``[K]`` of ``method - baseline`` (module docstring, **Interpolation
     check**; docs/method.md (10.6)) from each side's per-seed vertices ``{seed: (KLs, win rates)}``.
-    NaN where neither side's estimate can see a bend (:func:`_chord_null`'s ``seen``, in no seed
-    pair): both then test straight lines only, and their 0 is no check."""
+    An estimate counts only where it can see a bend (:func:`_chord_null`'s ``seen``, per seed pair):
+    elsewhere it tests a straight line only, and its 0 is no check -- the other estimate alone is used
+    there, and where neither counts (in no seed pair) the check is NaN."""
     common = sorted(set(method) & set(baseline), key=str)
     pairs = [(s, s) for s in common] or [(a, b) for a in method for b in baseline]
     nulls_m = [_chord_null(*method[a], baseline[b][0], grid) for a, b in pairs]
     nulls_b = [_chord_null(*baseline[b], method[a][0], grid) for a, b in pairs]
-    seen = np.any([s for _, s in nulls_m + nulls_b], 0)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # mean of an all-NaN column: NaN, as wanted
-        as_m = np.nanmean([v for v, _ in nulls_m], 0)
-        as_b = np.nanmean([-v for v, _ in nulls_b], 0)
-    low, high = np.fmin(as_m, as_b), np.fmax(as_m, as_b)  # either estimate where only one exists
-    return np.where(seen, low, np.nan), np.where(seen, high, np.nan)
+        as_m = np.nanmean([np.where(s, v, np.nan) for v, s in nulls_m], 0)
+        as_b = np.nanmean([np.where(s, -v, np.nan) for v, s in nulls_b], 0)
+    return np.fmin(as_m, as_b), np.fmax(as_m, as_b)  # either estimate where only one counts; NaN where neither
 
 
 def _t_interval(mean: np.ndarray, se: np.ndarray, df, alpha: float) -> tuple[np.ndarray, np.ndarray]:
