@@ -83,3 +83,27 @@ def test_the_run_plots_theory_line_passes_through_every_evaluated_n(tmp_path, mo
     assert list(at_beta.get_xdata()) == [1, 2, 4, 8]
     assert list(at_beta.get_ydata()) == [0.70, 0.7788, 0.81, 0.836]
     assert list(measured.get_xdata()) == [1, 2, 4, 8] and list(measured.get_ydata()) == [0.69, 0.77, 0.80, 0.83]
+
+
+def test_a_long_suptitle_is_wrapped_inside_the_figure_above_its_axes(tmp_path):
+    """Numbers audit: the report's gain_vs_kl.png title ran past both edges of the figure ("...n at matched
+    KL, band: ..." ... "theory's g"). save_png wraps it to the figure's width and leaves it room above the axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from infalign.infra.plotting import figure, save_png
+
+    for width, text in ((6.0, "gain at matched KL, band: paired 95% CI over prompts only (filled marker: "
+                                "significant by every interval, beyond the chord check); dashed: the theory's gain"),
+                        (12.0, "short")):
+        fig = figure(figsize=(width, 4))
+        ax = fig.subplots()
+        ax.set_title("panel")
+        fig.suptitle(text, fontsize=11)
+        save_png(fig, tmp_path / "t.png")
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        title = fig._suptitle.get_window_extent(renderer)
+        assert 0 <= title.x0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1  # inside the figure
+        assert title.y0 >= ax.title.get_window_extent(renderer).y1  # above the panel's own title
+        assert ("\n" in fig._suptitle.get_text()) is (width == 6.0)

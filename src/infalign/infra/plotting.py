@@ -7,6 +7,7 @@ tools only ever write files). Figures made with ``pyplot`` work with ``save_png`
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,17 @@ def figure(**kwargs):
 
 def save_png(fig, path: Path) -> None:
     """Tight layout, write the PNG atomically (Agg), and release a pyplot figure."""
-    fig.tight_layout(rect=(0, 0, 1, 0.97) if fig.get_suptitle() else None)  # room for a suptitle
+    title = getattr(fig, "_suptitle", None)  # (matplotlib's attribute for the suptitle's Text; None: none)
+    if title is not None and title.get_text():
+        # wrapped to the figure's width (~0.6 em a character: a line past it was cut at both edges), with room
+        # for its lines (1.5 line heights each) above the axes
+        size = title.get_fontsize()
+        chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * size)))
+        title.set_text("\n".join(textwrap.fill(line, chars) for line in title.get_text().split("\n")))
+        inches = (title.get_text().count("\n") + 1) * 1.5 * size / 72
+        fig.tight_layout(rect=(0, 0, 1, max(0.5, 1 - inches / fig.get_figheight())))
+    else:
+        fig.tight_layout()
     # tight_layout leaves a placeholder layout engine, for which savefig lays out (draws) the
     # figure once more before drawing it; the layout is done, so drop the engine
     fig.set_layout_engine(None)

@@ -190,7 +190,7 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
                 ax.set_ylim(mid - 1.0, mid + 1.0)
             if p.result.gains:
                 ax.legend(fontsize=8, loc="best")
-    fig.suptitle("gain at matched KL, band: paired 95% CI over prompts only (filled marker: significant by "
+    fig.suptitle("gain at matched KL; band: paired 95% CI over prompts only (filled marker: significant by "
                  "every interval, beyond the chord check); dashed: the calibrated-space theory's gain", fontsize=11)
     save_png(fig, path)
 
