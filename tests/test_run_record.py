@@ -316,3 +316,18 @@ def test_a_null_evaluation_field_reads_as_its_default():
     dropped)."""
     ev = Evaluation.from_json({"judges": {}, "samples": None, "ns": None})
     assert ev.samples == [] and ev.ns == [] and ev.judges == {}
+
+
+def test_the_printed_miscalibration_line_names_a_custom_reward_as_such(capsys):
+    """Numbers audit: a run on a custom reward (``reward=length``) printed "reward model across N prompts".
+    The line names the entry's target; a reward model keeps its name."""
+    from infalign.pipeline.record import print_summary
+
+    data = finished_json()
+    assert data["eval"]["miscalibration"]  # (the line is printed)
+    print_summary(RunRecord.from_json(data), BestOfN(4))
+    assert "reward model across" in " ".join(capsys.readouterr().out.split())
+    data["config"] = {"reward": {"_target_": "length_scorer.LengthScorer"}}
+    print_summary(RunRecord.from_json(data), BestOfN(4))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "reward (length_scorer.LengthScorer) across" in out and "reward model across" not in out

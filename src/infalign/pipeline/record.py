@@ -205,7 +205,8 @@ def print_summary(rec: RunRecord, procedure) -> None:
         out.print(responses_line(ev.responses))
     mis = ev.miscalibration
     if mis:
-        out.print(miscalibration_line(mis))
+        target = ((rec.config or {}).get("reward") or {}).get("_target_")  # a custom reward: no model
+        out.print(miscalibration_line(mis, "reward model" if target is None else f"reward ({target})"))
 
 
 def sampler_line(sampler: str) -> str:
@@ -228,9 +229,9 @@ def responses_line(responses: dict) -> str:
                                      f"{r['eos_rate']:.2f}" for pool, r in responses.items())
 
 
-def miscalibration_line(mis: dict) -> str:
-    """One line on how miscalibrated the reward model is across the held-out prompts."""
-    line = (f"reward model across {mis['n_prompts']} prompts: per-prompt score spread CV "
+def miscalibration_line(mis: dict, reward: str = "reward model") -> str:
+    """One line on how miscalibrated the run's ``reward`` (its name in the line) is across the held-out prompts."""
+    line = (f"{reward} across {mis['n_prompts']} prompts: per-prompt score spread CV "
             f"{mis['reward_model']['std_cv']:.2f}")
     if "gold" in mis:
         line += (f" (gold {mis['gold']['std_cv']:.2f}; corr of log spreads {mis['log_std_corr']:.2f}; "
