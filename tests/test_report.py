@@ -176,7 +176,8 @@ def test_runs_csv_rows_values_and_statuses(sweep):
 def test_summary_lists_problems_and_theory_matches_the_engine(sweep):
     _, out, _ = sweep
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"finished": 4, "failed": 2, "interrupted": 0, "missing": 2, "total": 8}
+    assert summary["counts"] == {"finished": 4, "failed": 2, "interrupted": 0, "missing": 2, "duplicate": 0,
+                                 "total": 8}
     assert summary["judges"] == ["reward_model", "gold"]
     problems = {p["job"]: p for p in summary["problems"]}
     assert set(problems) == {"4", "5", "6", "7"}
@@ -1684,3 +1685,28 @@ def test_training_settings_are_compared_within_each_world(tmp_path):
     jobs = collect(tmp_path)  # (collect applies mark_odd_settings)
     assert [j.status for j in jobs] == ["finished"] * 6
     assert [j.method_note for j in jobs] == [""] * 6
+
+
+def test_the_same_run_reported_twice_is_counted_once(tmp_path):
+    """Numbers audit: two sweeps reported together, each with the identity arm of the same settings and seed
+    (the second served from the policy and pool caches), counted that run twice -- in n_runs, the matched-KL
+    curves and the theory-gap medians. The later job is ``duplicate``, naming the first; another seed is not."""
+    root = tmp_path / "multirun"
+    same = fake_metrics(IDENTITY, "identity", 0.3, kl=0.25, std=0.62, win=0.70)
+    write_job(root / "a", "0", ["transform=identity"], same)
+    write_job(root / "a", "1", ["transform=exp"], fake_metrics(exp_cfg(2.0), "exp(t=2)", 0.5, kl=0.4, std=0.64,
+                                                               win=0.76))
+    write_job(root / "b", "0", ["transform=identity"], same)
+    other_seed = json.loads(json.dumps(same))
+    other_seed["seed"] = other_seed["config"]["seed"] = 1
+    write_job(root / "b", "1", ["transform=identity", "seed=1"], other_seed)
+    rc, stdout = run_main(str(root), "--no-wandb")
+    assert rc == 0
+    rows = {r["job"]: r for r in read_csv(root / "report" / "runs.csv")}
+    assert [rows[j]["status"] for j in ("a/0", "a/1", "b/0", "b/1")] == ["finished", "finished", "duplicate",
+                                                                         "finished"]
+    assert "the same run as a/0" in rows["b/0"]["error"]
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert summary["counts"]["duplicate"] == 1 and summary["counts"]["finished"] == 3
+    assert [p["job"] for p in summary["problems"]] == ["b/0"]
+    assert "1 duplicate" in stdout and "the same run as a/0" in stdout

@@ -10,8 +10,10 @@
 ``MULTIRUN_DIR`` is a sweep dir (every dir below it that has a ``.hydra/`` or a run's ``metrics.json`` is a
 job; a single run dir works too; symlinks are followed, so a dir of links to several sweeps -- e.g. seeds added
 by a later sweep -- is reported as one). Jobs are ``finished``, ``failed`` (``metrics.json`` with
-``status: failed``, or an unreadable one; reason = the error's last line) or ``missing`` (no ``metrics.json``:
-running, killed or crashed; reason = the exception line of the traceback in ``train.log``).
+``status: failed``, or an unreadable one; reason = the error's last line), ``missing`` (no ``metrics.json``:
+running, killed or crashed; reason = the exception line of the traceback in ``train.log``) or ``duplicate``
+(the same run as an earlier job -- settings, seed, models, prompts, code and results: a baseline arm in two
+sweeps reported together -- counted once; ``report/collect.mark_duplicates``).
 Broken job dirs are reported, never fatal.
 
 Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:

@@ -10,7 +10,8 @@ a dir with either is a job (:func:`find_job_dirs`). A job is
   not a record, a newer schema version) or incomplete;
 * ``missing``: no ``metrics.json`` (still running, killed, or crashed before writing it; reason:
   the exception line of the last traceback in ``train.log``), or a status the report does not
-  know (``interrupted``).
+  know (``interrupted``);
+* ``duplicate``: finished, and the same run as an earlier job (:func:`mark_duplicates`): counted once.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 from infalign.pipeline.run_record import RunRecord
 
 JUDGES = ("reward_model", "gold")
-STATUSES = ("finished", "failed", "interrupted", "missing")
+STATUSES = ("finished", "failed", "interrupted", "missing", "duplicate")
 _SKIP_DIRS = {"wandb", "checkpoints", "policy", "csv", "__pycache__"}
 
 
@@ -37,7 +38,7 @@ class Job:
 
     job: str  # path relative to the multirun dir, e.g. "3"
     path: Path
-    status: str  # finished | failed | interrupted | missing
+    status: str  # finished | failed | interrupted | missing | duplicate
     reason: str = ""  # why failed / interrupted / missing: the error's last line
     overrides: list[str] = field(default_factory=list)
     record: RunRecord | None = None  # metrics.json (None when missing or unreadable)
@@ -101,8 +102,49 @@ def collect(root: Path, skip: Sequence[Path] = ()) -> list[Job]:
     from infalign.report.naming import mark_odd_settings  # (naming reads Job: imported here, not at the top)
 
     jobs = [load_job(path, root) for path in find_job_dirs(root, skip)]
+    mark_duplicates(jobs)
     mark_odd_settings(jobs)
     return jobs
+
+
+def same_run(record: RunRecord) -> str | None:
+    """What makes two finished records one measurement: the training settings (seed and the effective beta
+    included; ``policy_cache.training_settings``), the evaluation settings, the models and prompts
+    (``world_id``, ``data_id``), the code, what the record says the run is (method, procedure, transform,
+    algorithm, beta, steps, seed), and the results themselves (every judge's intervals: the same run
+    drawn again from the caches gives them bit for bit; two trainings that differ in a last bit are two
+    measurements) -- JSON, None for a record without a config."""
+    from omegaconf import OmegaConf
+
+    from infalign.pipeline.policy_cache import _as_json, evaluation_settings, training_settings
+
+    if not isinstance(record.config, dict) or not record.config:
+        return None
+    config = OmegaConf.create(record.config)
+    world = record.world or {}
+    data = record.to_json()
+    described = {k: data.get(k) for k in ("method", "method_info", "procedure", "transform", "algo", "beta", "steps",
+                                          "kl_target", "seed")}  # (what the record says it is, as recorded)
+    return json.dumps([_as_json(training_settings(config, None)), evaluation_settings(config), world.get("world_id"),
+                       world.get("data_id"), record.code, described, (data.get("eval") or {}).get("judges")],
+                      sort_keys=True, default=str)
+
+
+def mark_duplicates(jobs: Sequence[Job]) -> None:
+    """A finished job whose record is the same run as an earlier job's (:func:`same_run`) -- a baseline arm
+    in two sweeps reported together, its policy and pools served from the cache the second time -- becomes
+    ``duplicate``, its reason naming the first: counted twice, one measurement weighed double in the run
+    counts, the matched-KL curves and the theory-gap medians (numbers audit)."""
+    first: dict[str, str] = {}
+    for job in jobs:
+        if job.status != "finished" or (key := same_run(job.record)) is None:
+            continue
+        if key in first:
+            job.status = "duplicate"
+            job.reason = (f"the same run as {first[key]} (training and evaluation settings, seed, models, prompts "
+                          "and code): counted once")
+        else:
+            first[key] = job.job
 
 
 def load_job(path: Path, root: Path) -> Job:

@@ -139,8 +139,9 @@ def md_cell(x: Any) -> str:
 
 
 def status_counts(counts) -> str:
-    """``4 finished, 2 failed, 0 interrupted, 2 missing``: a count per job status (:data:`STATUSES`)."""
-    return ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES)
+    """``4 finished, 2 failed, 0 interrupted, 2 missing``: a count per job status (:data:`STATUSES`;
+    ``duplicate`` only when there is one)."""
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES if s != "duplicate" or counts.get(s))
 
 
 def markdown(rows: list[dict], judges: Sequence[str], jobs: Sequence[Job], root: Path) -> str:
