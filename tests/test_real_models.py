@@ -253,6 +253,25 @@ def test_the_text_the_reward_reads_keys_its_cached_scores(assets, tmp_path):
     assert plain.dataset_prompts is None and plain.reward_reads(plain.train_prompts) is None
 
 
+def test_the_same_data_at_another_path_is_the_same_policy(assets, tmp_path):
+    """Walkthrough finding: the policy cache was keyed by data.train_file's path (beside the prompts themselves):
+    the same bytes copied elsewhere trained the policy again. Other prompts are another policy."""
+    from infalign.pipeline.policy_cache import policy_key
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        (moved / name).write_text((assets / name).read_text())
+    cfg = cfg_for(assets, tmp_path)
+    here = world_mod.load_world(cfg, tmp_path / "cache")
+    cfg_moved = cfg_for(assets, tmp_path, f"data.train_file={moved / 'train.jsonl'}",
+                        f"data.test_file={moved / 'test.jsonl'}")
+    there = world_mod.load_world(cfg_moved, tmp_path / "cache")
+    assert policy_key(cfg, here, 0.1) == policy_key(cfg_moved, there, 0.1)
+    fewer = cfg_for(assets, tmp_path, "data.train_prompts=3")
+    assert policy_key(fewer, world_mod.load_world(fewer, tmp_path / "cache"), 0.1) != policy_key(cfg, here, 0.1)
+
+
 # ---------------------------------------------------------------------------- defect 3: special tokens
 
 

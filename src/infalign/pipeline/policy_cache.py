@@ -9,8 +9,8 @@ trained weights depend only on
 * everything in the config that training reads (:func:`training_settings`): ``algo`` with the
   effective beta, ``transform``, ``calibration``, ``seed``, ``deterministic``, ``replica`` (when > 0);
   ``policy`` and ``reward`` without their ``revision`` and without :data:`KEYED_BY_THE_WORLD` -- where
-  the models are read from and where a reward model trains, which lead to the fingerprints above, so a
-  model dir moved or copied elsewhere is the same policy; ``data`` without
+  the models and the data are read from and where a reward model trains, which lead to the fingerprints and
+  prompts above, so a model dir or data file moved or copied elsewhere is the same policy; ``data`` without
   :data:`NOT_TRAINING_DATA_KEYS` and the toy build's runtime options; of ``trainer`` every key but
   :data:`NOT_TRAINING_TRAINER_KEYS` (an int-or-fraction argument's float tagged as a fraction,
   :func:`comparable_training`); of ``callbacks`` every entry but :data:`NOT_TRAINING_CALLBACKS` --
@@ -611,7 +611,11 @@ INT_OR_FRACTION_TRAINER_KEYS = frozenset({
 # format says "pad == eos" exactly when the rows are padded with the eos), and keyed here its null, new in
 # conf/reward/hf.yaml, would have retired every real-data policy cached before it existed.
 KEYED_BY_THE_WORLD = (("policy", "name_or_path"), ("reward", "name_or_path"), ("reward", "train", "accelerator"),
-                      ("reward", "pad_token"))
+                      ("reward", "pad_token"),
+                      # where the prompts are read from: the key holds the prompts themselves (and the text the
+                      # reward reads), a trained reward model its files -- the same data copied elsewhere is the
+                      # same policy (walkthrough: it was trained again)
+                      ("data", "train_file"), ("data", "test_file"), ("data", "name_or_path"), ("data", "data_dir"))
 
 
 # The calibration settings only an online algorithm's reward reads (an offline baseline draws its
