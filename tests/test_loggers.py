@@ -417,68 +417,57 @@ def sent_steps(run: FakeRun) -> list:
 def test_a_resumed_wandb_run_gets_each_training_step_once(tmp_path):
     """A resume continues the run dir's W&B run, which holds the steps the interrupted attempt logged after
     its checkpoint too. Lightning's W&B logger plots against ``trainer/global_step``: the resume sent those
-    steps again, and the curve ran back to the checkpoint and forward again (a zig-zag). The steps the W&B
-    run holds are not sent again (the resume trains them again with the checked settings: same values)."""
+    steps again, and the curve ran back to the checkpoint and forward again (a zig-zag). Steps at or before
+    the last one the W&B run holds are not sent again."""
     first = wandb_attempt(tmp_path, range(6), trains=True)  # killed after step 5; its last checkpoint at 3
     resumed = wandb_attempt(tmp_path, range(3, 9), resume_step=3)
     assert resumed.id == first.id == (tmp_path / "wandb" / "run_id").read_text().strip()
     assert sent_steps(first) == [0, 1, 2, 3, 4, 5, None]
     assert sent_steps(resumed) == [6, 7, 8, None]  # (old: 3, 4, 5, 6, 7, 8: 3-5 twice)
-    assert loggers.last_logged_step(tmp_path) == 8
+    assert loggers.last_logged_step(tmp_path, first.id) == 8
     # resumed again, from an earlier checkpoint: still nothing twice
     assert sent_steps(wandb_attempt(tmp_path, range(2, 10), resume_step=2)) == [9, None]
 
 
-def test_a_fresh_start_over_a_wandb_run_with_steps_opens_a_new_one(tmp_path):
-    """A fresh start (no checkpoint: e.g. ``ckpt_path=last_or_new`` after an attempt killed before its first
-    checkpoint) in a run dir whose W&B run got steps: continuing that run drew the new curve from step 0 over
-    the old one. It gets a new id; the old run is left as it ended."""
+def test_a_start_without_a_checkpoint_continues_the_wandb_run_without_drawing_over_it(tmp_path):
+    """A start without a checkpoint in a run dir whose W&B run got steps (``ckpt_path=last_or_new`` after an
+    attempt killed before its first checkpoint) continues that run from the step after its last; one whose
+    policy comes from the policy cache (no steps: review finding against a first fix that opened a new W&B
+    run there, which got no curves while the old one kept them) ends the same W&B run, summary and all."""
     failed = wandb_attempt(tmp_path, range(3), trains=True)
-    fresh = wandb_attempt(tmp_path, range(5), trains=True)
-    assert fresh.id != failed.id and fresh.id == (tmp_path / "wandb" / "run_id").read_text().strip()
-    assert sent_steps(fresh) == [0, 1, 2, 3, 4, None] and loggers.last_logged_step(tmp_path) == 4
-    # an attempt that failed before any step (its W&B run holds the config only) is continued
-    other = tmp_path / "other"
-    before = wandb_attempt(other, [], trains=True)
-    assert wandb_attempt(other, range(2), trains=True).id == before.id
+    again = wandb_attempt(tmp_path, range(5), trains=True)
+    assert again.id == failed.id and sent_steps(again) == [3, 4, None]
+    assert wandb_attempt(tmp_path, [], trains=True).id == failed.id  # a policy-cache hit: no steps, same run
     # a kept finished run reaching a new logger (log_kept: no curves follow) keeps the run's id
-    assert wandb_attempt(tmp_path, []).id == fresh.id
-    # an id given as logger.id is used as given
-    assert wandb_attempt(tmp_path, range(2), trains=True, id="abc12345").id == "abc12345"
+    assert wandb_attempt(tmp_path, []).id == failed.id
 
 
-@pytest.mark.slow
-def test_the_new_id_of_a_fresh_start_is_the_wandb_runs(tmp_path):
-    """The id :meth:`RunWandbLogger.begin_curves` replaces reaches ``wandb.init`` (an offline run: a wandb
-    service process, a few seconds)."""
-    (tmp_path / "wandb").mkdir()
-    (tmp_path / "wandb" / "run_id").write_text("0ld1d000\n")
-    (tmp_path / "wandb" / loggers.STEPS_LOGGED).write_text("0\n1\n")
-    logger = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline", project="infalign")
-    loggers.start(logger, {"seed": 0}, trains=True)
-    logger.log_metrics({"train/reward": 1.0}, step=0)
-    run_id = logger.experiment.id
-    loggers.close(logger, 0)
-    assert run_id != "0ld1d000" and run_id == (tmp_path / "wandb" / "run_id").read_text().strip()
-    assert [p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")] == [run_id]
-    assert loggers.last_logged_step(tmp_path) == 0
+def test_the_steps_a_wandb_run_holds_are_its_own(tmp_path):
+    """Review finding: the steps file was the run dir's, not its W&B run's: a resume into another W&B run
+    (``logger.id`` given, or ``wandb/run_id`` deleted) dropped steps that run never got."""
+    wandb_attempt(tmp_path, range(6), trains=True)
+    assert sent_steps(wandb_attempt(tmp_path, range(3, 9), resume_step=3, id="named0001")) == [3, 4, 5, 6, 7, 8,
+                                                                                                None]
+    (tmp_path / "wandb" / "run_id").unlink()
+    fresh = wandb_attempt(tmp_path, range(3, 9), resume_step=3)
+    assert sent_steps(fresh) == [3, 4, 5, 6, 7, 8, None] and loggers.last_logged_step(tmp_path, fresh.id) == 8
 
 
 def test_the_last_logged_step_counts_whole_lines_and_a_disabled_run_records_none(tmp_path):
-    steps = tmp_path / "wandb" / loggers.STEPS_LOGGED
-    assert loggers.last_logged_step(tmp_path) is None  # never logged
+    steps = loggers.steps_file(tmp_path, "abc")
+    assert loggers.last_logged_step(tmp_path, "abc") is None  # never logged
     steps.parent.mkdir()
     steps.write_text("1\n2\n3\n1")  # a kill cut the line of step 12 (or 10, 11, ...)
-    assert loggers.last_logged_step(tmp_path) == 3
+    assert loggers.last_logged_step(tmp_path, "abc") == 3
     steps.write_text("50\n10")  # ... of step 100, the 2nd logged (log_every_n_steps=50): not read as 10
-    assert loggers.last_logged_step(tmp_path) == 50
+    assert loggers.last_logged_step(tmp_path, "abc") == 50
     steps.write_text("12")  # ... of the first step logged, 120: nothing whole (no step is skipped)
-    assert loggers.last_logged_step(tmp_path) is None
+    assert loggers.last_logged_step(tmp_path, "abc") is None
     steps.write_text("\x00garbage\n")
-    assert loggers.last_logged_step(tmp_path) is None
+    assert loggers.last_logged_step(tmp_path, "abc") is None
     disabled = tmp_path / "disabled"
-    wandb_attempt(disabled, range(3), trains=True, mode="disabled")
-    assert loggers.last_logged_step(disabled) is None
+    run = wandb_attempt(disabled, range(3), trains=True, mode="disabled")
+    assert loggers.last_logged_step(disabled, run.id) is None and not list((disabled / "wandb").glob("steps-*"))
 
 
 def test_a_kept_run_reaches_only_a_logger_that_has_not_recorded_it(tmp_path):

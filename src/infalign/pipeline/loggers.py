@@ -47,11 +47,11 @@ def start(logger: Logger, config: dict, resume_step: int | None = None, trains: 
     earlier steps are put back (those at or after ``resume_step`` are replayed by the resumed run) and
     the writer appends after them (rank 0, the one that writes). They are written to a file beside
     ``metrics.csv`` before the writer starts and renamed over it once it has: a failure or kill while
-    they are written leaves the old history whole. ``trains``: training curves follow from the first
-    step (a fresh start, no checkpoint). A :class:`RunWandbLogger` is told which of the two it is
-    before its run starts (:meth:`RunWandbLogger.begin_curves`)."""
+    they are written leaves the old history whole. ``trains``: training curves may follow from the first
+    step (a start without a checkpoint). Either way a :class:`RunWandbLogger` learns which steps its W&B
+    run holds already (:meth:`RunWandbLogger.begin_curves`)."""
     if isinstance(logger, RunWandbLogger) and (trains or resume_step is not None):
-        logger.begin_curves(resumed=resume_step is not None)
+        logger.begin_curves()
     previous = _csv_history(logger, resume_step) if resume_step is not None and rank_zero_only.rank == 0 else None
     if previous is None:
         experiment = logger.experiment
@@ -162,12 +162,11 @@ def close(logger: Logger | None, exit_code: int) -> None:
         logger.finish(exit_code)
 
 
-def stored_run_id(run_dir: Path, new: bool = False) -> str:
+def stored_run_id(run_dir: Path) -> str:
     """The W&B run id of ``run_dir`` (``<run dir>/wandb/run_id``), created on first use, so a
-    resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one;
-    ``new``: a new id replaces the stored one."""
+    resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one."""
     path = run_dir / "wandb" / "run_id"
-    if path.exists() and not new:
+    if path.exists():
         return path.read_text().strip()
     run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
     if rank_zero_only.rank == 0:  # the only rank whose WandbLogger starts a run
@@ -175,13 +174,15 @@ def stored_run_id(run_dir: Path, new: bool = False) -> str:
     return run_id
 
 
-STEPS_LOGGED = "logged_steps"  # <run dir>/wandb/: the training steps the dir's W&B run got, one line each
+def steps_file(run_dir: Path, run_id: str) -> Path:
+    """``<run dir>/wandb/steps-<run id>``: the training steps sent to that W&B run, one line each."""
+    return run_dir / "wandb" / f"steps-{run_id}"
 
 
-def last_logged_step(run_dir: Path) -> int | None:
-    """The highest training step ``run_dir``'s W&B run got (its ``wandb/logged_steps``), None when it got
-    none. Only whole lines count: a kill can cut the last one."""
-    path = run_dir / "wandb" / STEPS_LOGGED
+def last_logged_step(run_dir: Path, run_id: str) -> int | None:
+    """The highest training step ``run_dir``'s W&B run ``run_id`` was sent (:func:`steps_file`), None when it
+    was sent none. Only whole lines count: a kill can cut the last one."""
+    path = steps_file(run_dir, run_id)
     if not path.is_file():
         return None
     lines = path.read_text(errors="replace").split("\n")[:-1]  # (the last item: after the last newline)
@@ -201,51 +202,43 @@ class RunWandbLogger(WandbLogger):
         wandb_mode(mode)
         super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
         self.mode = mode  # (loggers.logger_kind: a disabled run keeps nothing)
-        self.run_dir, self.id_given = Path(save_dir), id is not None
+        self.run_dir = Path(save_dir)
         self.logged_through: int | None = None  # steps up to this one the W&B run holds already: not sent again
-        self.last_recorded: int | None = None  # the last step written to wandb/logged_steps by this attempt
+        self.last_recorded: int | None = None  # the last step this attempt wrote to its steps file
         # Lightning always passes wandb.init an ``anonymous`` setting (None unless asked for), which
         # wandb deprecated and warns about on every run: an unset one is left out
         init = getattr(self, "_wandb_init", None)  # (Lightning's private dict: left alone if it changes)
         if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
             del init["anonymous"]
 
-    def begin_curves(self, resumed: bool) -> None:
-        """Before the run starts, when training curves will follow (:func:`start`): each step reaches the
-        W&B run once (rank 0). Every step sent is recorded in ``wandb/logged_steps``.
-
-        * ``resumed`` (from a checkpoint): the run continues its W&B run, which holds the steps the
-          interrupted attempt logged -- also those after the checkpoint, which the resume trains again.
-          Those are not sent again: Lightning's W&B logger plots against ``trainer/global_step``, and a
-          step sent twice drew the curve back to the checkpoint (a zig-zag). A resume trains them
-          again with the same code and settings (checked before it starts), so their values are
-          those the W&B run holds.
-        * a fresh start (no checkpoint) in a run dir whose W&B run got training steps (a failed or killed
-          attempt; ``ckpt_path=last_or_new`` before its first checkpoint): a new W&B run id, so the
-          new curve does not run over the old one. An id given as ``logger.id`` is kept as given.
-        """
+    def begin_curves(self) -> None:
+        """Before the run starts, when training curves may follow (:func:`start`: a resume, or a start without a
+        checkpoint, e.g. ``ckpt_path=last_or_new`` after an attempt killed before its first one): the W&B run
+        continues, and a step at or before the last one it holds (:func:`last_logged_step`, of this run's id)
+        is not sent again (rank 0). Lightning's W&B logger plots against ``trainer/global_step``, and those
+        steps sent again drew the curve back to the checkpoint (a zig-zag). The attempt trains them again
+        with the settings checked against the checkpoint's, so their values are those the W&B run holds --
+        up to the last bits where the code, a library or a nondeterministic kernel changed in between: the
+        curve there keeps the interrupted attempt's values (``metrics.csv`` the new ones). A step the
+        earlier attempt trained but did not log (another ``log_every_n_steps``) is not sent either."""
         if rank_zero_only.rank != 0 or self.mode == "disabled":
             return
-        last = last_logged_step(self.run_dir)
-        if resumed:
-            self.logged_through = last
-        elif last is not None and not self.id_given and self._experiment is None:
-            self._wandb_init["id"] = self._id = stored_run_id(self.run_dir, new=True)
-            (self.run_dir / "wandb" / STEPS_LOGGED).unlink(missing_ok=True)
+        self.logged_through = last_logged_step(self.run_dir, str(self._wandb_init["id"]))
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:
-        """Lightning's, except a step the W&B run holds already (:meth:`begin_curves`); each step sent
-        is appended to ``wandb/logged_steps``."""
+        """Lightning's, except a step the W&B run holds already (:meth:`begin_curves`); each step is
+        appended to the run's :func:`steps_file` before it is sent (a kill in between leaves a step out,
+        never one sent twice)."""
         if step is not None and self.logged_through is not None and step <= self.logged_through:
             return
-        super().log_metrics(metrics, step)
         if step is not None and self.mode != "disabled" and (self.last_recorded is None or step > self.last_recorded):
-            path = self.run_dir / "wandb" / STEPS_LOGGED
+            path = steps_file(self.run_dir, str(self._wandb_init["id"]))
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as handle:  # (a kill mid-line leaves a cut line: last_logged_step skips it)
                 handle.write(f"{int(step)}\n")
             self.last_recorded = step
+        super().log_metrics(metrics, step)
 
     def log_record(self, record: RunRecord, files: dict[str, Path]) -> None:
         """The summary also as the W&B run summary, the sample responses as a table, the win-rate plot."""
