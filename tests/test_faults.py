@@ -494,7 +494,7 @@ def lightning_style_interrupt(*a, **k):
 
 def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(train_stages, "load_world", lambda cfg, cache_dir: SimpleNamespace(
-        stats={}, reference_fingerprint="ref", reward_fingerprint="rm"))
+        stats={}, reference_fingerprint="ref", reward_fingerprint="rm", train_prompts=["p"]))
     monkeypatch.setattr(train_stages, "fit_policy", lightning_style_interrupt)
     with pytest.raises(SystemExit):
         train_app.run(compose_train(tmp_path / "cache", tmp_path, "transform=raw", "policy_cache=false"))
@@ -504,7 +504,7 @@ def test_ctrl_c_is_recorded_as_interrupted(tmp_path, monkeypatch):
 
 def test_each_stage_logs_its_start_with_what_to_expect_and_its_end(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(train_stages, "load_world", lambda cfg, cache_dir: SimpleNamespace(
-        stats={}, reference_fingerprint="ref", reward_fingerprint="rm"))
+        stats={}, reference_fingerprint="ref", reward_fingerprint="rm", train_prompts=["p"]))
     monkeypatch.setattr(train_stages, "fit_policy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     caplog.set_level("INFO", logger=train_app.__name__)
     with pytest.raises(RuntimeError, match="boom"):

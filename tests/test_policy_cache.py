@@ -1,5 +1,7 @@
 """Trained policies cached by content: a second identical training is a load, never a retrain."""
 
+import json
+
 import pytest
 
 from infalign.apps import train as train_app
@@ -676,12 +678,21 @@ def test_a_resume_on_another_reference_or_reward_model_is_refused(tmp_path):
     from infalign.pipeline.policy_cache import check_resume, resume_settings
 
     cfg = OmegaConf.create({"algo": {"name": "ctrl", "lr": 1e-3}, "seed": 0})
-    world = lambda ref, rm: SimpleNamespace(reference_fingerprint=ref, reward_fingerprint=rm, stats={})  # noqa: E731
+    world = lambda ref, rm: SimpleNamespace(reference_fingerprint=ref, reward_fingerprint=rm, stats={},  # noqa: E731
+                                            train_prompts=["p"])
     check_resume(tmp_path, resume_settings(cfg, world("ref", "rm"), 0.1), False, "last")
     check_resume(tmp_path, resume_settings(cfg, world("ref", "rm"), 0.1), True, "last")
     for other in (world("ref2", "rm"), world("ref", "rm2")):
         with pytest.raises(ConfigError, match="world"):
             check_resume(tmp_path, resume_settings(cfg, other, 0.1), True, "last")
+    # other training prompts (a data file edited at the same path): refused, naming them; a settings file from
+    # before the prompts were kept resumes (nothing to compare them with)
+    other_prompts = SimpleNamespace(reference_fingerprint="ref", reward_fingerprint="rm", stats={}, train_prompts=["q"])
+    with pytest.raises(ConfigError, match=r"\['prompts'\].*training prompts differ"):
+        check_resume(tmp_path, resume_settings(cfg, other_prompts, 0.1), True, "last")
+    path = tmp_path / "run_settings.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "prompts"}))
+    check_resume(tmp_path, resume_settings(cfg, other_prompts, 0.1), True, "last")
 
 
 def test_the_early_resume_check_compares_a_given_beta(tmp_path):

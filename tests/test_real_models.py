@@ -272,6 +272,29 @@ def test_the_same_data_at_another_path_is_the_same_policy(assets, tmp_path):
     assert policy_key(fewer, world_mod.load_world(fewer, tmp_path / "cache"), 0.1) != policy_key(cfg, here, 0.1)
 
 
+def test_a_checkpoint_trained_on_other_prompts_is_not_continued(assets, tmp_path):
+    """Review finding: a finished run re-run with ``ckpt_path=last_or_new`` after its train file was edited at
+    the same path was not kept (its data_id differs) but resumed its final checkpoint, trained 0 steps and
+    recorded the old prompts' policy under the new data. The checkpoint's settings hold the training prompts
+    (``policy_cache.training_prompts_id``): the resume is refused, naming them."""
+    from infalign.apps import train as train_app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        (data / name).write_text((assets / name).read_text())
+    extra = (f"data.train_file={data / 'train.jsonl'}", f"data.test_file={data / 'test.jsonl'}", "algo.steps=2",
+             "policy_cache=false", "calibration.K=2")
+    first = train_app.run(cfg_for(assets, tmp_path, *extra))
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    write_jsonl(data / "train.jsonl", [json.dumps({k: v.replace("Human:", "Human: Please,", 1) for k, v in r.items()})
+                                       for r in rows])
+    with pytest.raises(ConfigError, match=r"ckpt_path.*\['prompts'\].*training prompts differ") as err:
+        train_app.run(cfg_for(assets, tmp_path, *extra, "ckpt_path=last_or_new"))
+    assert err.value.key == "ckpt_path"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world"]["data_id"] == first["world"]["data_id"]
+
+
 # ---------------------------------------------------------------------------- defect 3: special tokens
 
 

@@ -170,7 +170,8 @@ RESUME_FILE = "run_settings.json"  # beside a run's checkpoints: what they were 
 
 
 def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
-    """What a run's checkpoints depend on: the world's models (fingerprints) and
+    """What a run's checkpoints depend on: the world's models (fingerprints), its training prompts
+    (:func:`training_prompts_id`) and
     :func:`training_settings` (effective ``beta``), without ``algo.steps`` -- a resumed run may be
     asked to train longer -- unless the algorithm's schedule depends on it (``resume_may_extend``
     false: BoN-SFT's learning rate decays over ``algo.steps``); and the code that trains
@@ -178,9 +179,20 @@ def resume_settings(cfg: DictConfig, world, beta: float | None) -> dict:
     :data:`LIBRARIES`). JSON-normalised as the settings file stores it (:func:`_as_json`), as
     :func:`check_resume` compares it."""
     return _as_json({"world": [world.reference_fingerprint, world.reward_fingerprint],
+                     "prompts": training_prompts_id(world),
                      "hub": world.stats.get("hub_commits", {}),
                      "training": _resume_training(cfg, beta),
                      "code": code_digest(), "versions": library_versions()})
+
+
+def training_prompts_id(world) -> str:
+    """Content key of the training prompts as the policy and the reward read them (``World.reward_reads``): a
+    checkpoint trained on others (a data file edited at the same path) is not continued (review finding: a
+    finished run re-run on edited data resumed its final checkpoint, trained nothing, and recorded the old
+    policy under the new data)."""
+    prompts = list(world.train_prompts)
+    reads = getattr(world, "reward_reads", lambda prompts: None)(prompts)
+    return content_key(prompts, reads)
 
 
 # Libraries whose version can change what a resumed training computes (kernels, optimizer and loop code).
@@ -313,10 +325,13 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str,
         return {}
     stored = _read_settings(path, ckpt_path)
     comparable_training(stored.get("training"))
-    compared = [{k: v for k, v in side.items() if k not in (*NOT_COMPARED, TRANSFORM_VALUES)}
-                for side in (stored, settings)]
-    _refuse_if_different(path, _differences(*compared, default), ckpt_path,
-                         _moved_hub_models(stored.get("hub"), settings.get("hub")))
+    # (a settings file from before the prompts were kept: not compared, as one without a transform's values)
+    skip = (*NOT_COMPARED, TRANSFORM_VALUES) + (() if "prompts" in stored else ("prompts",))
+    compared = [{k: v for k, v in side.items() if k not in skip} for side in (stored, settings)]
+    differ = _differences(*compared, default)
+    _refuse_if_different(path, differ, ckpt_path, _moved_hub_models(stored.get("hub"), settings.get("hub"))
+                         + ("; 'prompts': the training prompts differ (a data file changed at the same path?): "
+                            "delete the checkpoints to train on these" if "prompts" in differ else ""))
     if TRANSFORM_VALUES in stored and not same_transform_values(stored[TRANSFORM_VALUES],
                                                                 settings.get(TRANSFORM_VALUES)):
         from infalign.errors import ConfigError
