@@ -94,6 +94,7 @@ def test_a_long_suptitle_is_wrapped_inside_the_figure_above_its_axes(tmp_path):
 
     for width, text in ((6.0, "gain at matched KL, band: paired 95% CI over prompts only (filled marker: "
                                 "significant by every interval, beyond the chord check); dashed: the theory's gain"),
+                        (6.0, "W " * 45),  # wide glyphs (review finding: ~0.6 em a character ran past the edges)
                         (12.0, "short")):
         fig = figure(figsize=(width, 4))
         ax = fig.subplots()

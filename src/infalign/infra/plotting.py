@@ -26,11 +26,22 @@ def save_png(fig, path: Path) -> None:
     """Tight layout, write the PNG atomically (Agg), and release a pyplot figure."""
     title = getattr(fig, "_suptitle", None)  # (matplotlib's attribute for the suptitle's Text; None: none)
     if title is not None and title.get_text():
-        # wrapped to the figure's width (~0.6 em a character: a line past it was cut at both edges), with room
-        # for its lines (1.5 line heights each) above the axes
-        size = title.get_fontsize()
+        # wrapped to the figure's width (a line past it was cut at both edges): first at ~0.6 em a character,
+        # then narrower while its drawn width exceeds the figure's (wide glyphs); room for its lines (1.5 line
+        # heights each) above the axes
+        size, text = title.get_fontsize(), title.get_text()
         chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * size)))
-        title.set_text("\n".join(textwrap.fill(line, chars) for line in title.get_text().split("\n")))
+        renderer = None
+        for _ in range(6):
+            title.set_text("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
+            if renderer is None:
+                from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+                renderer = (fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)).get_renderer()
+            width = title.get_window_extent(renderer).width
+            if width <= 0.96 * fig.bbox.width or chars <= 20:
+                break
+            chars = max(20, int(chars * 0.96 * fig.bbox.width / width))
         inches = (title.get_text().count("\n") + 1) * 1.5 * size / 72
         fig.tight_layout(rect=(0, 0, 1, max(0.5, 1 - inches / fig.get_figheight())))
     else:
