@@ -397,6 +397,9 @@ def test_a_test_prompt_that_differs_from_a_train_prompt_only_in_whitespace_is_a_
     assert prompt_key(EGG) != prompt_key(PARIS)
     quoting = "POST: my story\n\nHuman: a quoted turn\n\nTL;DR:"  # not a dialogue: one user turn
     assert prompt_key(quoting + " ") == prompt_key(quoting) == (("user", quoting),)
+    # Unicode: a composed and a decomposed "café" are one prompt (walkthrough finding), other letters are not
+    assert prompt_key("\n\nHuman: caf\u00e9?\n\nAssistant:") == prompt_key("\n\nHuman: cafe\u0301?\n\nAssistant:")
+    assert prompt_key("\n\nHuman: caf\u00e9?\n\nAssistant:") != prompt_key("\n\nHuman: cafe?\n\nAssistant:")
     train = write_jsonl(tmp_path / "train.jsonl", [json.dumps(hh_record(*g)) for g in HH_GOOD])
     variant = hh_record(EGG.lstrip().replace("egg?", "egg? "), "Boil it.", "Fry it.")
     test = write_jsonl(tmp_path / "test.jsonl", [json.dumps(variant), json.dumps(hh_record(PARIS, "Paris.", "Lyon."))])

@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -398,12 +399,14 @@ def prompt_key(prompt: str) -> tuple[tuple[str, str], ...]:
     stripped text). Two dataset prompts that differ only in the whitespace around their turns (``"q1"`` /
     ``"q1 "``, ``"Human: q"`` / ``"\n\nHuman: q"``) have one key: the same prompt to a chat policy, and
     to the train / test split (``data/modules``). A prompt that is not a dialogue but quotes a turn marker
-    (a TL;DR post quoting ``"\n\nHuman:"``) is one user turn, its text stripped."""
+    (a TL;DR post quoting ``"\n\nHuman:"``) is one user turn, its text stripped. Texts are compared in Unicode
+    NFC: ``"café"`` composed or decomposed is one prompt (walkthrough: a test prompt that differed from a
+    train prompt only so was kept as held out)."""
     try:
         messages = split_turns(prompt)
     except Malformed:
         messages = _user_turn(prompt)
-    return tuple((m["role"], m["content"]) for m in messages)
+    return tuple((m["role"], unicodedata.normalize("NFC", m["content"])) for m in messages)
 
 
 def split_turns(prompt: str) -> list[dict[str, str]]:
