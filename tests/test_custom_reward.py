@@ -240,8 +240,12 @@ def test_a_scorer_reads_the_dataset_prompt_and_says_what_it_returned_that_is_no_
             return [1.0] * len(prompts)
 
     scorer = CheckedScorer(Echo(), "echo", dataset_prompts={"<|user|> hi <|assistant|>": "Human: hi\n\nAssistant:"})
-    scorer.score(["<|user|> hi <|assistant|>", "plain"], ["a", "b"])
-    assert Echo.seen == ["Human: hi\n\nAssistant:", "plain"]
+    scorer.score(["<|user|> hi <|assistant|>"], ["a"])
+    assert Echo.seen == ["Human: hi\n\nAssistant:"]
+    # a prompt the map lacks: its dataset text is unknown -- a KeyError, as a reward model's scorer raises (it
+    # had been passed through as the rendering)
+    with pytest.raises(KeyError, match="not among the world's prompts.*'plain'"):
+        scorer.score(["<|user|> hi <|assistant|>", "plain"], ["a", "b"])
 
     class Odd:
         def __init__(self, out):

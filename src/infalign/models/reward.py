@@ -176,6 +176,19 @@ def check_reward_max_length(tokenizer, max_length: int | None, pair: bool = Fals
                           f"{'text-pair' if pair else 'joined'} row plus one prompt and one response token")
 
 
+def dataset_texts(prompts: list[str], dataset_prompts: Mapping[str, str] | None) -> list[str]:
+    """The dataset's text of each prompt (``dataset_prompts``: the policy's rendering -> the dataset prompt),
+    what a reward reads; the prompts themselves without a map. A prompt the map lacks is a KeyError: its text
+    is unknown (a reward model and a custom scorer alike; the custom scorer had read the rendering instead)."""
+    if dataset_prompts is None:
+        return list(prompts)
+    missing = [p for p in prompts if p not in dataset_prompts]
+    if missing:
+        raise KeyError(f"{len(missing)} prompts are not among the world's prompts, so their dataset text "
+                       f"(what the reward reads) is unknown; first: {missing[0][:200]!r}")
+    return [dataset_prompts[p] for p in prompts]
+
+
 class RewardScorer:
     """Score with a sequence-classification model whose single logit is the reward.
 
@@ -209,17 +222,6 @@ class RewardScorer:
         self.input_format = reward_input_format(tokenizer, max_length, pair, prompt_format)
         self.warned_truncation = False
 
-    def _dataset_prompts(self, prompts: list[str]) -> list[str]:
-        if self.dataset_prompts is None:
-            return list(prompts)
-        missing = [p for p in prompts if p not in self.dataset_prompts]
-        if missing:
-            raise KeyError(
-                f"{len(missing)} prompts are not among the world's prompts, so their dataset text "
-                f"(what the reward model reads) is unknown; first: {missing[0][:200]!r}"
-            )
-        return [self.dataset_prompts[p] for p in prompts]
-
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         return self.score_and_cut(prompts, responses)[0]
 
@@ -230,7 +232,7 @@ class RewardScorer:
         conversation, which the pools keep and the run records (``eval.reward_cut``)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        prompts = self._dataset_prompts(prompts)
+        prompts = dataset_texts(prompts, self.dataset_prompts)
         self.model.eval()
         device = next(self.model.parameters()).device
         # float32 whatever default dtype a caller set (Lightning's *-true precisions set it for its steps), and
@@ -314,7 +316,7 @@ class CheckedScorer:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         # the dataset's prompt text, as a reward model reads it (not the policy's chat-templated rendering)
-        texts = [self.dataset_prompts.get(p, p) for p in prompts] if self.dataset_prompts else list(prompts)
+        texts = dataset_texts(prompts, self.dataset_prompts)
         # as a reward model scores: no graph, and no surrounding autocast (Lightning's *-mixed) rounding it
         with torch.no_grad(), torch.autocast("cpu", enabled=False), (
                 torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()):
