@@ -198,7 +198,9 @@ def test_a_significant_gain_the_chords_alone_could_make_is_not_established(tmp_p
 
     cannot = ("not established (the chord check cannot be made here (too few runs of either method inside the "
               "other's KL range to show how the curve bends: add KL points): not evidence)")
-    for (lo, hi), outcome in (((0.0, 0.025), "not established (the chords alone make [+0.0, +2.5]: not evidence)"),
+    for (lo, hi), outcome in (((0.0, 0.025), "not established (the chords alone make [+0.0, +2.5], which the lower "
+                                            "ends of the prompt CI (+2.0), seed interval (+1.0) and total interval "
+                                            "(+1.0) do not clear: not evidence)"),
                               ((0.0, 0.005), "reproduced"), ((-0.04, 0.0), "reproduced"), (("", ""), cannot)):
         write(tmp_path, "bon/report_transforms", table(lo, hi))
         claim = Claim("bon", "bon/report_transforms", "exp(t) beats identity", ("bon4",), ("expn(t=4)",),

@@ -278,7 +278,8 @@ def test_a_negative_gain_clears_the_chords_only_when_every_intervals_upper_end_d
     clearing, and the fallback 0 instead of the gain, went unnoticed."""
     from infalign.report.matched import chord_note
 
-    assert chord_note(-0.03, -0.01, 0.0, [-0.02, -0.005, -0.015]) == "the chords alone make [-1.0, +0.0]: not evidence"
+    assert chord_note(-0.03, -0.01, 0.0, [-0.02, -0.005, -0.015]) == (
+        "the chords alone make [-1.0, +0.0], which the seed interval's upper end (-0.5) does not clear: not evidence")
     assert chord_note(-0.03, -0.01, 0.0, [-0.02, -0.012, -0.015]) == ""
     assert chord_note(0.03, 0.0, 0.01) == ""
     assert chord_note(0.03, 0.0, 0.01, [math.nan, None]) == ""

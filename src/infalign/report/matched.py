@@ -223,20 +223,36 @@ def chord_at(g: Gain, i: int) -> tuple[float | None, float | None]:
 
 def chord_note(gain: float | None, low: float | None, high: float | None,
                bounds: Sequence[float | None] = ()) -> str:
-    """``"the chords alone make [-0.8, +1.9]: not evidence"`` when the runs' KL placement alone may make
-    the gain (``math/matched_kl.py``, **Interpolation check**): a gain above 0 whose intervals'
-    lower ends (``bounds``: the prompt CI's, the seed and total intervals'; the gain itself when none)
-    do not all clear ``high`` -- the significance test with the null moved from 0 to what the chords
-    make -- and below 0 likewise against ``low``; else ``""``."""
+    """``"the chords alone make [-0.8, +1.9], which the seed interval's lower end (+1.2) does not clear: not
+    evidence"`` when the runs' KL placement alone may make the gain (``math/matched_kl.py``,
+    **Interpolation check**): a gain above 0 whose intervals' lower ends (``bounds``: the prompt CI's, the
+    seed and total intervals', :data:`INTERVAL_NAMES`; the gain itself when none) do not all clear ``high``
+    -- the significance test with the null moved from 0 to what the chords make -- and below 0 likewise
+    against ``low``, naming those that do not; else ``""``."""
     if gain is None or gain == 0:
         return ""
     if low is None or high is None:
         return ("the chord check cannot be made here (too few runs of either method inside the other's KL "
                 "range to show how the curve bends: add KL points): not evidence")
-    inner = [b for b in bounds if b is not None and math.isfinite(b)] or [gain]
-    if (gain > 0 and min(inner) > high) or (gain < 0 and max(inner) < low):
+    named = [(name, b) for name, b in zip(INTERVAL_NAMES if len(bounds) == len(INTERVAL_NAMES) else
+                                         ("interval",) * len(bounds), bounds) if b is not None and math.isfinite(b)]
+    named = named or [("gain", gain)]
+    failing = [(name, b) for name, b in named if not (b > high if gain > 0 else b < low)]
+    if not failing:
         return ""
-    return f"the chords alone make [{points(low)}, {points(high)}]: not evidence"
+    end = "lower" if gain > 0 else "upper"
+    if len(failing) == 1:
+        name, b = failing[0]
+        which = f"the gain ({points(b)}) does" if name == "gain" else f"the {name}'s {end} end ({points(b)}) does"
+    else:
+        parts = [f"{name} ({points(b)})" for name, b in failing]
+        which = f"the {end} ends of the {', '.join(parts[:-1])} and {parts[-1]} do"
+    # (which interval fails to clear them: a walkthrough read "not evidence" beside a +10-point gain as an
+    # interpolation artefact, when its seed interval's lower end (+0.2) alone fell short of +0.4)
+    return f"the chords alone make [{points(low)}, {points(high)}], which {which} not clear: not evidence"
+
+
+INTERVAL_NAMES = ("prompt CI", "seed interval", "total interval")  # chord_note's bounds, in this order
 
 
 def significant_chord_note(g: Gain, i: int) -> str:
