@@ -291,7 +291,11 @@ def test_the_yardstick_is_taken_over_the_claims_kl_range_and_names_a_missing_one
                                                  for r in control])
     f_aa, f = findings(tmp_path, [aa, hack])
     assert f.comparisons[0].outcome == "reproduced (A/A control 'null_hacking' has 1 seed: no yardstick)"
-    assert f_aa.verdict == "no verdict (1 seed; 1 with 1 seed of 1 comparisons)"
+    assert f_aa.verdict == "no verdict (1 seed: training noise not assessed)"  # (was: "1 seed; 1 with 1 seed of 1
+    # comparisons"), and its significant-KLs cell says none were tested, not "+0 −0 of 6" (walkthrough)
+    from infalign.report.findings import significant_text
+
+    assert [significant_text(c) for c in f_aa.comparisons if c.gain is not None] == ["not assessed (1 seed)"]
 
 
 def test_every_mapped_claim_has_a_control_comparison_on_its_panel_and_judge(tmp_path):

@@ -228,7 +228,10 @@ def read_claim(claim: Claim, out: Path) -> Finding:
 
 
 def significant_text(c: Comparison) -> str:
-    """The KLs where the gain is significant, by sign: ``+4 −1 of 6``."""
+    """The KLs where the gain is significant, by sign: ``+4 −1 of 6``; ``not assessed (1 seed)`` with one seed
+    per method, where no significance is tested (walkthrough: ``+0 −0 of 6`` read as "nowhere significant")."""
+    if c.seed_test == "none":
+        return "not assessed (1 seed)"
     return f"+{c.significant_up} −{c.significant_kls - c.significant_up} of {c.num_kls}"
 
 
@@ -241,8 +244,10 @@ def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
         left = [f"{n} {what}" for n, what in ((len(comparisons) - len(measured), "not measured"),
                                               (len(measured) - len(judged), "with 1 seed")) if n]
         left_text = f"; {', '.join(left)} of {len(comparisons)} comparisons" if left else ""
-        if not judged:
-            return f"no verdict (1 seed{left_text})"
+        if not judged:  # (walkthrough: "no verdict (1 seed; 4 with 1 seed of 4 comparisons)")
+            missing = len(comparisons) - len(measured)
+            return ("no verdict (1 seed: training noise not assessed" + (
+                f"; {missing} of {len(comparisons)} comparisons not measured" if missing else "") + ")")
         cells = sum(c.num_kls for c in judged)
         bad = sum(c.significant_kls for c in judged)
         largest = max(c.max_abs_gain or 0.0 for c in judged)
