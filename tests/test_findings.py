@@ -382,3 +382,22 @@ def test_a_gain_equal_to_the_aa_yardstick_is_within_it(tmp_path):
     _, f = findings(tmp_path, [AA, claim])
     assert f.comparisons[0].outcome.startswith(f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points")
     assert f.comparisons[0].aa == "within"
+
+
+def test_a_comparison_with_a_method_whose_kl_is_not_monotone_in_its_knob_says_so(tmp_path):
+    """Walkthrough finding: BoN-SFT's KL went 0.53 / 1.15 / 0.98 / 0.53 / 0.58 over its SFT steps, and its
+    matched-KL curve joined steps 4 and 32 (0.007 nats apart, 10 points of win rate apart). The report's note
+    (``report/matched.knob_order_notes``) reaches the finding's outcome for that method only."""
+    import json
+
+    from infalign.report.findings import read_claim
+
+    write(tmp_path, "standard/report", rows("standard", "bon_sft(N=4)", "identity", [-0.05] * 6, [True] * 6)
+          + rows("standard", "expn(t=4)", "identity", [-0.05] * 6, [True] * 6))
+    (tmp_path / "standard/report" / "summary.json").write_text(json.dumps({"matched_kl": {"notes": [
+        "bon_sft(N=4), seed 0: its KL is not monotone in algo.steps (4, 8, 16 -> KL 0.53, 1.15, 0.98): ..."]}}))
+    claim = Claim("standard", "standard/report", "identity is a strong baseline", ("standard",),
+                  ("bon_sft(N=4)", "expn(t=4)"), "identity", -1)
+    bon_sft, expn = read_claim(claim, tmp_path).comparisons
+    assert bon_sft.outcome.startswith("reproduced") and "(bon_sft(N=4): KL not monotone in its knob" in bon_sft.outcome
+    assert expn.outcome.startswith("reproduced") and "not monotone" not in expn.outcome

@@ -1710,3 +1710,19 @@ def test_the_same_run_reported_twice_is_counted_once(tmp_path):
     assert summary["counts"]["duplicate"] == 1 and summary["counts"]["finished"] == 3
     assert [p["job"] for p in summary["problems"]] == ["b/0"]
     assert "1 duplicate" in stdout and "the same run as a/0" in stdout
+
+
+def test_a_method_whose_kl_turns_back_along_its_knob_gets_a_note(tmp_path):
+    """report/matched.knob_order_notes: ordered by its KL knob (here algo.beta, the legacy records' knob), a
+    method's KL that turns back by more than both runs' CIs is noted (walkthrough: BoN-SFT's SFT steps); one
+    that falls steadily, or turns back within noise, is not."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import knob_order_notes
+
+    for job, (beta, kl) in enumerate(((0.1, 0.80), (0.3, 0.25), (1.0, 0.60))):  # back up at beta 1: noted
+        write_job(tmp_path / "a", str(job), [], fake_metrics(IDENTITY, "identity", beta, kl=kl, std=0.6, win=0.7))
+    for job, (beta, kl) in enumerate(((0.1, 0.80), (0.3, 0.25), (1.0, 0.27))):  # back up by 0.02: CIs overlap
+        write_job(tmp_path / "b", str(job), [], fake_metrics(IDENTITY, "identity", beta, kl=kl, std=0.6, win=0.7))
+    (note,) = knob_order_notes(collect(tmp_path / "a"))
+    assert note.startswith("identity, seed 0: its KL is not monotone in algo.beta (0.1, 0.3, 1 -> KL 0.80, 0.25, 0.60)")
+    assert knob_order_notes(collect(tmp_path / "b")) == []

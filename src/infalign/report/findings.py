@@ -33,6 +33,7 @@ and -- like the report -- makes no correction for the several panels, methods an
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -188,6 +189,7 @@ def read_claim(claim: Claim, out: Path) -> Finding:
     finding = Finding(claim)
     path = Path(out) / claim.report / "matched_kl.csv"
     rows = _read_rows(path)
+    zigzag = _knob_order_methods(Path(out) / claim.report / "summary.json")
     for panel in claim.panels:
         for method in claim.methods:
             c = Comparison(panel, method, claim.baseline)
@@ -223,8 +225,21 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c.outcome = _outcome(claim.expect, c) if claim.expect != 0 else (
                 "no verdict (1 seed: training noise not assessed)" if c.seed_test == "none" else
                 f"{significant_text(c)} KLs significant")
+            if unordered := [m for m in (method, claim.baseline) if m in zigzag]:
+                c.outcome += (f" ({' and '.join(unordered)}: KL not monotone in its knob -- its curve joins runs far "
+                              "apart on it; matched_kl.md)")
     finding.verdict = _verdict(claim, finding.comparisons)
     return finding
+
+
+def _knob_order_methods(summary: Path) -> set[str]:
+    """The methods the report's notes say have a KL not monotone in their knob (``report/matched.
+    knob_order_notes``: ``"<method>, seed <s>: its KL is not monotone in ..."``); none without the file."""
+    try:
+        notes = json.loads(summary.read_text())["matched_kl"]["notes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {n.split(", seed ")[0] for n in notes if isinstance(n, str) and ": its KL is not monotone in " in n}
 
 
 def significant_text(c: Comparison) -> str:
