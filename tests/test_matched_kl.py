@@ -794,3 +794,20 @@ def test_kl_not_resolved_is_a_span_below_the_median_half_width_of_the_kl_interva
         assert (out != []) == unresolved
         if unresolved:
             assert out == [f"m seed 0 (runs {span:.2g} nats apart, KL +-0.95)"]
+
+
+def test_a_chord_note_is_written_once_below_its_table_and_numbered_in_the_cells():
+    """Walkthrough finding: matched_kl.md repeated a ~150-character chord note in every cell of a column. Each
+    distinct note is written once below its panel's table; the cells carry its number."""
+    from infalign.math.procedures import make_procedure
+    from infalign.report.matched import Panel, matched_kl_markdown, significant_chord_note
+
+    runs = concave_runs("identity", [0.5, 2.0], seeds=(0,)) + concave_runs("raw", [1.0, 3.0], seeds=(0,))
+    res = matched_kl(runs, num_kl=3, num_resamples=200)
+    (g,) = res.gains
+    notes = {significant_chord_note(g, i) for i in range(len(res.grid))} - {""}
+    assert len(notes) == 1  # the chord check cannot be made: the same note at every claimed KL
+    md = matched_kl_markdown([Panel(make_procedure("sample"), "reward_model", res)], [])
+    (note,) = notes
+    assert md.count(note) == 1 and f"- note 1: {note}" in md
+    assert md.count("(note 1)") == sum(bool(significant_chord_note(g, i)) for i in range(len(res.grid))) >= 2

@@ -415,14 +415,19 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
                 *(f"{g.method} - {g.baseline}" for g in r.gains)]
         out.write("| " + " | ".join(md_cell(h) for h in head) + " |\n")
         out.write("|" + "|".join("---" for _ in head) + "|\n")
+        footnotes: dict[str, int] = {}  # a chord note once below the table, its number in the cells (a walkthrough
+        # found the same ~150-character note in every cell of a column, the table unreadable)
         for i, k in enumerate(r.grid):
             cells = [f"{k:.3g}", *(fmt_ci(*(float(v[i]) for v in r.win_rate[m])) for m in methods)]
             cells += [f"{points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}]"
                       + (f" {clause}" if (clause := seed_clause(g, i)) else "")
                       + (" *" if g.significant[i] else "")
-                      + (f" ({note})" if (note := significant_chord_note(g, i)) else "")
+                      + (f" (note {footnotes.setdefault(note, len(footnotes) + 1)})"
+                         if (note := significant_chord_note(g, i)) else "")
                       + theory_text(p, g, i) for g in r.gains]
             out.write("| " + " | ".join(md_cell(c) for c in cells) + " |\n")
+        if footnotes:
+            out.write("\n" + "".join(f"- note {n}: {text}\n" for text, n in footnotes.items()))
     return out.getvalue()
 
 
