@@ -845,3 +845,24 @@ def test_a_world_key_without_a_note_beside_a_noted_main_world_keeps_a_label():
     assert world_label("w1 [eval.temperature=0.7]", "w1 [eval.max_new_tokens=64]") == "[eval.temperature=0.7]"
     assert world_label("w1 [eval.temperature=0.7]", "w1") == "[eval.temperature=0.7]"
     assert world_label("w1", "w1") == "" and world_label("w2", "w1") == "[world w2]"
+
+
+def test_the_gain_plot_draws_the_total_interval_where_there_are_seeds(tmp_path, monkeypatch):
+    """plot_gains: the band is the prompt CI only; with >= 2 seeds the total interval (prompts and training
+    noise) is drawn as dotted edges at its bounds (walkthrough: +-0.5-point bands beside +-5-point seed
+    intervals looked far surer than the verdict); with one seed (NaN totals) there is none."""
+    import dataclasses
+
+    from infalign.infra import plotting
+    from infalign.report.plots import plot_gains
+    from test_report import _gain, _panel
+
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    g = _gain([0.01, 0.02, 0.03], [True] * 3)
+    one_seed = dataclasses.replace(g, total_low=np.full(3, np.nan), total_high=np.full(3, np.nan))
+    for gain in (g, one_seed):
+        plot_gains([_panel([0.1, 0.2, 0.3], [gain])], ["reward_model"], tmp_path / "g.png")
+    dotted = [[line.get_ydata() for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"] for fig in figures]
+    np.testing.assert_allclose(dotted[0], [100 * g.total_low, 100 * g.total_high])
+    assert dotted[1] == []

@@ -178,6 +178,11 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
             for g in p.result.gains:
                 c = colors[(g.method, g.baseline)]
                 ax.fill_between(k, 100 * g.low, 100 * g.high, color=c, alpha=0.2, lw=0)
+                total = np.isfinite(g.total_low) & np.isfinite(g.total_high)
+                if total.any():  # >= 2 seeds: the total interval (prompts and training noise), dotted edges --
+                    # a walkthrough read +-0.5-point prompt bands as sure where the seed intervals were +-5
+                    for edge in (g.total_low, g.total_high):
+                        ax.plot(k[total], 100 * edge[total], color=c, lw=0.9, ls=":")
                 ax.plot(k, 100 * g.gain, color=c, lw=1.6, label=f"{g.method} - {g.baseline}")
                 # filled: significant and beyond what the runs' KL placement alone makes (the chord check)
                 evidence = [bool(g.significant[i]) and not significant_chord_note(g, i) for i in range(len(k))]
@@ -190,8 +195,9 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
                 ax.set_ylim(mid - 1.0, mid + 1.0)
             if p.result.gains:
                 ax.legend(fontsize=8, loc="best")
-    fig.suptitle("gain at matched KL; band: paired 95% CI over prompts only (filled marker: significant by "
-                 "every interval, beyond the chord check); dashed: the calibrated-space theory's gain", fontsize=11)
+    fig.suptitle("gain at matched KL; band: paired 95% CI over prompts only; dotted: the total interval (prompts "
+                 "and seeds, with >= 2 seeds); filled marker: significant by every interval, beyond the chord check; "
+                 "dashed: the calibrated-space theory's gain", fontsize=11)
     save_png(fig, path)
 
 
