@@ -399,5 +399,16 @@ def test_a_comparison_with_a_method_whose_kl_is_not_monotone_in_its_knob_says_so
     claim = Claim("standard", "standard/report", "identity is a strong baseline", ("standard",),
                   ("bon_sft(N=4)", "expn(t=4)"), "identity", -1)
     bon_sft, expn = read_claim(claim, tmp_path).comparisons
-    assert bon_sft.outcome.startswith("reproduced") and "(bon_sft(N=4): KL not monotone in its knob" in bon_sft.outcome
-    assert expn.outcome.startswith("reproduced") and "not monotone" not in expn.outcome
+    assert bon_sft.outcome == expn.outcome == "reproduced"  # beside the outcome, not in it (below)
+    assert bon_sft.caveat.startswith("bon_sft(N=4): KL not monotone in its knob") and expn.caveat == ""
+    # ... so the A/A yardstick still reads it (review finding: appended to the outcome, it switched the A/A
+    # reading off and a gain within A/A noise stayed "reproduced"); findings.md shows both
+    from infalign.report.findings import WITHIN_AA, findings_markdown
+
+    write(tmp_path, "null/report_identity", rows("standard", "identity[replica=1]", "identity", [0.08] * 6,
+                                                 [False] * 6))
+    aa = Claim("null", "null/report_identity", "A/A", ("standard",), ("identity[replica=1]",), "identity", 0)
+    _, f = findings(tmp_path, [aa, claim])
+    assert [c.outcome.split(" (")[0] for c in f.comparisons] == [WITHIN_AA, WITHIN_AA]
+    assert f.verdict == f"{WITHIN_AA} 2 of 2"
+    assert "KL not monotone in its knob" in findings_markdown([f])

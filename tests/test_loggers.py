@@ -429,17 +429,41 @@ def test_a_resumed_wandb_run_gets_each_training_step_once(tmp_path):
     assert sent_steps(wandb_attempt(tmp_path, range(2, 10), resume_step=2)) == [9, None]
 
 
-def test_a_start_without_a_checkpoint_continues_the_wandb_run_without_drawing_over_it(tmp_path):
-    """A start without a checkpoint in a run dir whose W&B run got steps (``ckpt_path=last_or_new`` after an
-    attempt killed before its first checkpoint) continues that run from the step after its last; one whose
-    policy comes from the policy cache (no steps: review finding against a first fix that opened a new W&B
-    run there, which got no curves while the old one kept them) ends the same W&B run, summary and all."""
+def test_a_start_without_a_checkpoint_over_a_wandb_run_with_steps_opens_a_new_one(tmp_path):
+    """A start without a checkpoint in a run dir whose W&B run was sent steps (``ckpt_path=last_or_new`` after an
+    attempt killed before its first checkpoint, maybe with other settings) gets a new W&B id: continuing drew its
+    curve over the old one, and a second fix that skipped the old steps instead showed another ``algo.beta``'s
+    curve under the new config (review findings). One whose W&B run got no step (it failed before training)
+    continues it; a kept finished run reaching a new logger keeps the id; a ``logger.id`` given is continued."""
     failed = wandb_attempt(tmp_path, range(3), trains=True)
-    again = wandb_attempt(tmp_path, range(5), trains=True)
-    assert again.id == failed.id and sent_steps(again) == [3, 4, None]
-    assert wandb_attempt(tmp_path, [], trains=True).id == failed.id  # a policy-cache hit: no steps, same run
-    # a kept finished run reaching a new logger (log_kept: no curves follow) keeps the run's id
-    assert wandb_attempt(tmp_path, []).id == failed.id
+    fresh = wandb_attempt(tmp_path, range(5), trains=True)
+    assert fresh.id != failed.id and fresh.id == (tmp_path / "wandb" / "run_id").read_text().strip()
+    assert sent_steps(fresh) == [0, 1, 2, 3, 4, None] and loggers.last_logged_step(tmp_path, fresh.id) == 4
+    assert loggers.last_logged_step(tmp_path, failed.id) == 2  # the old run's record stays its own
+    other = tmp_path / "other"
+    before = wandb_attempt(other, [], trains=True)
+    assert wandb_attempt(other, range(2), trains=True).id == before.id
+    assert wandb_attempt(tmp_path, []).id == fresh.id  # log_kept: no curves follow
+    given = wandb_attempt(tmp_path, range(3), trains=True, id="named0001")
+    assert sent_steps(wandb_attempt(tmp_path, range(5), trains=True, id="named0001")) == [3, 4, None]
+    assert given.id == "named0001"
+
+
+@pytest.mark.slow
+def test_the_new_id_of_a_fresh_start_is_the_wandb_runs(tmp_path):
+    """The id :meth:`RunWandbLogger.begin_curves` replaces reaches ``wandb.init`` (an offline run: a wandb
+    service process, a few seconds)."""
+    (tmp_path / "wandb").mkdir()
+    (tmp_path / "wandb" / "run_id").write_text("0ld1d000\n")
+    loggers.steps_file(tmp_path, "0ld1d000").write_text("0\n1\n")
+    logger = loggers.RunWandbLogger(save_dir=str(tmp_path), mode="offline", project="infalign")
+    loggers.start(logger, {"seed": 0}, trains=True)
+    logger.log_metrics({"train/reward": 1.0}, step=0)
+    run_id = logger.experiment.id
+    loggers.close(logger, 0)
+    assert run_id != "0ld1d000" and run_id == (tmp_path / "wandb" / "run_id").read_text().strip()
+    assert [p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")] == [run_id]
+    assert loggers.last_logged_step(tmp_path, run_id) == 0
 
 
 def test_the_steps_a_wandb_run_holds_are_its_own(tmp_path):

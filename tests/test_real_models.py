@@ -289,7 +289,7 @@ def test_a_checkpoint_trained_on_other_prompts_is_not_continued(assets, tmp_path
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     write_jsonl(data / "train.jsonl", [json.dumps({k: v.replace("Human:", "Human: Please,", 1) for k, v in r.items()})
                                        for r in rows])
-    with pytest.raises(ConfigError, match=r"ckpt_path.*\['prompts'\].*training prompts differ") as err:
+    with pytest.raises(ConfigError, match=r"ckpt_path.*records other training prompts.*in a new run dir") as err:
         train_app.run(cfg_for(assets, tmp_path, *extra, "ckpt_path=last_or_new"))
     assert err.value.key == "ckpt_path"
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world"]["data_id"] == first["world"]["data_id"]

@@ -1726,3 +1726,9 @@ def test_a_method_whose_kl_turns_back_along_its_knob_gets_a_note(tmp_path):
     (note,) = knob_order_notes(collect(tmp_path / "a"))
     assert note.startswith("identity, seed 0: its KL is not monotone in algo.beta (0.1, 0.3, 1 -> KL 0.80, 0.25, 0.60)")
     assert knob_order_notes(collect(tmp_path / "b")) == []
+    # a report comparing other methods (--method) has no note of this one (review finding)
+    from infalign.report.matched import panel_runs
+
+    knob = [n for n in panel_runs(collect(tmp_path / "a"), ["reward_model"])[1] if "not monotone" in n]
+    assert knob == [note]
+    assert not [n for n in panel_runs(collect(tmp_path / "a"), ["reward_model"], ["raw"])[1] if "not monotone" in n]

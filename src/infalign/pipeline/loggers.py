@@ -48,10 +48,10 @@ def start(logger: Logger, config: dict, resume_step: int | None = None, trains: 
     the writer appends after them (rank 0, the one that writes). They are written to a file beside
     ``metrics.csv`` before the writer starts and renamed over it once it has: a failure or kill while
     they are written leaves the old history whole. ``trains``: training curves may follow from the first
-    step (a start without a checkpoint). Either way a :class:`RunWandbLogger` learns which steps its W&B
-    run holds already (:meth:`RunWandbLogger.begin_curves`)."""
+    step (a start without a checkpoint). Either way a :class:`RunWandbLogger` is told before its run
+    starts (:meth:`RunWandbLogger.begin_curves`)."""
     if isinstance(logger, RunWandbLogger) and (trains or resume_step is not None):
-        logger.begin_curves()
+        logger.begin_curves(resumed=resume_step is not None)
     previous = _csv_history(logger, resume_step) if resume_step is not None and rank_zero_only.rank == 0 else None
     if previous is None:
         experiment = logger.experiment
@@ -162,11 +162,12 @@ def close(logger: Logger | None, exit_code: int) -> None:
         logger.finish(exit_code)
 
 
-def stored_run_id(run_dir: Path) -> str:
+def stored_run_id(run_dir: Path, new: bool = False) -> str:
     """The W&B run id of ``run_dir`` (``<run dir>/wandb/run_id``), created on first use, so a
-    resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one."""
+    resumed run (``ckpt_path=last``) continues the same W&B run instead of opening a new one;
+    ``new``: a new id replaces the stored one."""
     path = run_dir / "wandb" / "run_id"
-    if path.exists():
+    if path.exists() and not new:
         return path.read_text().strip()
     run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
     if rank_zero_only.rank == 0:  # the only rank whose WandbLogger starts a run
@@ -202,7 +203,7 @@ class RunWandbLogger(WandbLogger):
         wandb_mode(mode)
         super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
         self.mode = mode  # (loggers.logger_kind: a disabled run keeps nothing)
-        self.run_dir = Path(save_dir)
+        self.run_dir, self.id_given = Path(save_dir), id is not None
         self.logged_through: int | None = None  # steps up to this one the W&B run holds already: not sent again
         self.last_recorded: int | None = None  # the last step this attempt wrote to its steps file
         # Lightning always passes wandb.init an ``anonymous`` setting (None unless asked for), which
@@ -211,19 +212,30 @@ class RunWandbLogger(WandbLogger):
         if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None:
             del init["anonymous"]
 
-    def begin_curves(self) -> None:
-        """Before the run starts, when training curves may follow (:func:`start`: a resume, or a start without a
-        checkpoint, e.g. ``ckpt_path=last_or_new`` after an attempt killed before its first one): the W&B run
-        continues, and a step at or before the last one it holds (:func:`last_logged_step`, of this run's id)
-        is not sent again (rank 0). Lightning's W&B logger plots against ``trainer/global_step``, and those
-        steps sent again drew the curve back to the checkpoint (a zig-zag). The attempt trains them again
-        with the settings checked against the checkpoint's, so their values are those the W&B run holds --
-        up to the last bits where the code, a library or a nondeterministic kernel changed in between: the
-        curve there keeps the interrupted attempt's values (``metrics.csv`` the new ones). A step the
-        earlier attempt trained but did not log (another ``log_every_n_steps``) is not sent either."""
+    def begin_curves(self, resumed: bool) -> None:
+        """Before the run starts, when training curves may follow (:func:`start`), rank 0. Lightning's W&B
+        logger plots against ``trainer/global_step``: steps the W&B run holds, sent again, drew the curve back.
+
+        * ``resumed`` (from a checkpoint, whose settings the run checked): the W&B run continues, and a step at
+          or before the last one it was sent (:func:`last_logged_step`, of this run's id) is not sent again --
+          the resume trains those steps again with the checked settings, so their values are those the W&B
+          run holds, up to the last bits where the code, a library or a nondeterministic kernel changed in
+          between (the curve keeps the interrupted attempt's there; ``metrics.csv`` the new ones). A step the
+          interrupted attempt trained but did not log (another ``log_every_n_steps``) is not sent either.
+        * a start without a checkpoint in a run dir whose W&B run was sent steps (an attempt killed before its
+          first checkpoint; a finished run run again under other code or data): nothing says this attempt
+          trains what that one did (review: another ``algo.beta`` under ``ckpt_path=last_or_new`` continued the
+          old curve), so it gets a new W&B run id; the old run keeps its curve. An attempt whose policy then
+          comes from the policy cache logs no curve of its own: it is in the run of the attempt that trained
+          it. A ``logger.id`` given is used as given, continued as on a resume.
+        """
         if rank_zero_only.rank != 0 or self.mode == "disabled":
             return
-        self.logged_through = last_logged_step(self.run_dir, str(self._wandb_init["id"]))
+        last = last_logged_step(self.run_dir, str(self._wandb_init["id"]))
+        if resumed or self.id_given:
+            self.logged_through = last
+        elif last is not None and self._experiment is None:
+            self._wandb_init["id"] = self._id = stored_run_id(self.run_dir, new=True)
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:

@@ -146,6 +146,8 @@ class Comparison:
     theory: float | None = None  # the calibrated-space theory's gain at the same KL (report/theory_gain.py)
     outcome: str = "not measured"
     why: str = ""
+    # beside the outcome, not in it (read_against_aa reads the outcome itself): "bon_sft(N=4): KL not monotone ..."
+    caveat: str = ""
 
 
 @dataclass
@@ -226,8 +228,8 @@ def read_claim(claim: Claim, out: Path) -> Finding:
                 "no verdict (1 seed: training noise not assessed)" if c.seed_test == "none" else
                 f"{significant_text(c)} KLs significant")
             if unordered := [m for m in (method, claim.baseline) if m in zigzag]:
-                c.outcome += (f" ({' and '.join(unordered)}: KL not monotone in its knob -- its curve joins runs far "
-                              "apart on it; matched_kl.md)")
+                c.caveat = (f"{' and '.join(unordered)}: KL not monotone in its knob -- its curve joins runs far "
+                            "apart on it; matched_kl.md")
     finding.verdict = _verdict(claim, finding.comparisons)
     return finding
 
@@ -371,7 +373,7 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
                 continue
             lines.append(f"| {x.panel} | {x.method} − {x.baseline} | {x.kl:.2f} | {points(x.gain)} [{points(x.low)}, "
                          f"{points(x.high)}] | {points(x.theory)} | {x.seeds or '1 seed'} | {significant_text(x)} | "
-                         f"{x.outcome} |")
+                         f"{x.outcome}{f' ({x.caveat})' if x.caveat else ''} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -98,7 +98,8 @@ def panel_procedures(job: Job) -> list[Procedure]:
     return list(dict.fromkeys(family.at(n).reduced() for n in panel_ns(job)))
 
 
-def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, list[Run]], list[str]]:
+def panel_runs(jobs: Sequence[Job], judges: Sequence[str], methods: Sequence[str] | None = None,
+               ) -> tuple[dict[tuple, list[Run]], list[str]]:
     """Per panel ``(procedure, judge)`` the :class:`Run` of every finished job with per-prompt
     statistics (``eval.per_prompt``) from the report's world (:func:`world_keys`: the one most runs
     share; runs of other models or toy-world parameters are not comparable), once per panel; notes
@@ -139,7 +140,8 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str]) -> tuple[dict[tuple, 
                     continue
                 run = Run(method, seed if seed is not None else 0, cols["kl"], cols[key], pp["prompt_ids"], job.job)
                 panels.setdefault((procedure, judge), []).append(run)
-    notes += knob_order_notes([j for j in jobs if j.status == "finished" and world_of[j.job] == main_world])
+    notes += knob_order_notes([j for j in jobs if j.status == "finished" and world_of[j.job] == main_world
+                               and (methods is None or method_of(j) in methods)])  # (only the methods compared)
     return panels, notes
 
 
@@ -193,7 +195,7 @@ def compare_panels(jobs: Sequence[Job], judges: Sequence[str], baselines: Sequen
     judges in report order); plus the notes of :func:`panel_runs`. ``methods``: compare only these
     (the common KLs are those every compared method covers, so a method with a narrow KL range
     narrows them for all; leave it out to compare the others over a wider range)."""
-    runs, notes = panel_runs(jobs, judges)
+    runs, notes = panel_runs(jobs, judges, methods)
     if methods is not None:
         wanted = set(methods)
         runs = {key: kept for key, rs in runs.items() if (kept := [r for r in rs if r.method in wanted])}
