@@ -447,6 +447,11 @@ def test_a_start_without_a_checkpoint_over_a_wandb_run_with_steps_opens_a_new_on
     given = wandb_attempt(tmp_path, range(3), trains=True, id="named0001")
     assert sent_steps(wandb_attempt(tmp_path, range(5), trains=True, id="named0001")) == [3, 4, None]
     assert given.id == "named0001"
+    # ... also as Lightning's ``version``; an empty id is none (review findings)
+    assert wandb_attempt(tmp_path, range(5), trains=True, version="named0001").id == "named0001"
+    stored = (tmp_path / "wandb" / "run_id").read_text().strip()
+    empty = wandb_attempt(tmp_path, range(2), trains=True, id="")
+    assert empty.id != stored and sent_steps(empty) == [0, 1, None]
 
 
 @pytest.mark.slow

@@ -690,6 +690,10 @@ def test_a_resume_on_another_reference_or_reward_model_is_refused(tmp_path):
     other_prompts = SimpleNamespace(reference_fingerprint="ref", reward_fingerprint="rm", stats={}, train_prompts=["q"])
     with pytest.raises(ConfigError, match=r"records other training prompts.*in a new run dir"):
         check_resume(tmp_path, resume_settings(cfg, other_prompts, 0.1), True, "last")
+    # other prompts and other models: the general refusal names both (review finding: only the prompts' was said)
+    both = SimpleNamespace(reference_fingerprint="ref2", reward_fingerprint="rm", stats={}, train_prompts=["q"])
+    with pytest.raises(ConfigError, match=r"\['prompts', 'world'\].*the training prompts differ too"):
+        check_resume(tmp_path, resume_settings(cfg, both, 0.1), True, "last")
     path = tmp_path / "run_settings.json"
     path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "prompts"}))
     check_resume(tmp_path, resume_settings(cfg, other_prompts, 0.1), True, "last")

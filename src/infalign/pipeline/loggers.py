@@ -203,7 +203,8 @@ class RunWandbLogger(WandbLogger):
         wandb_mode(mode)
         super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
         self.mode = mode  # (loggers.logger_kind: a disabled run keeps nothing)
-        self.run_dir, self.id_given = Path(save_dir), id is not None
+        # (Lightning takes ``version`` as the id too; an empty id is none)
+        self.run_dir, self.id_given = Path(save_dir), bool(id or kwargs.get("version"))
         self.logged_through: int | None = None  # steps up to this one the W&B run holds already: not sent again
         self.last_recorded: int | None = None  # the last step this attempt wrote to its steps file
         # Lightning always passes wandb.init an ``anonymous`` setting (None unless asked for), which

@@ -329,16 +329,16 @@ def check_resume(ckpt_dir: Path, settings: dict, resuming: bool, ckpt_path: str,
     skip = (*NOT_COMPARED, TRANSFORM_VALUES) + (() if "prompts" in stored else ("prompts",))
     compared = [{k: v for k, v in side.items() if k not in skip} for side in (stored, settings)]
     differ = _differences(*compared, default)
-    if "prompts" in differ:  # (not the generic advice: the overrides are not what changed)
+    if differ == ["prompts"]:  # (not the generic advice: the overrides are not what changed)
         from infalign.errors import ConfigError
 
         raise ConfigError("ckpt_path", ckpt_path, "a checkpoint trained on this run's training prompts",
                           f"{path} records other training prompts (as the policy and the reward read them: a data "
                           "file changed at the same path, or other data): resuming would train one policy on two "
-                          "prompt sets. Train on these prompts in a new run dir (without ckpt_path); the checkpoint "
-                          "stays as it is" + (f"; it also differs in {[d for d in differ if d != 'prompts'][:8]}"
-                                              if len(differ) > 1 else ""))
-    _refuse_if_different(path, differ, ckpt_path, _moved_hub_models(stored.get("hub"), settings.get("hub")))
+                          "prompt sets. Train on these prompts in a new run dir (without ckpt_path), or delete this "
+                          "dir's checkpoints; the checkpoint is left as it is")
+    _refuse_if_different(path, differ, ckpt_path, _moved_hub_models(stored.get("hub"), settings.get("hub")) + (
+        "; 'prompts': the training prompts differ too (a data file changed?)" if "prompts" in differ else ""))
     if TRANSFORM_VALUES in stored and not same_transform_values(stored[TRANSFORM_VALUES],
                                                                 settings.get(TRANSFORM_VALUES)):
         from infalign.errors import ConfigError
