@@ -75,6 +75,10 @@ def test_medians_per_method_feed_the_diagnosis_and_the_markdown():
     assert md.splitlines()[4].startswith("| method | runs | standard | bon4 | KL ratio | reading |")
     assert "| expn(t=4) | 3 | 0.004 | 0.040 | 0.80 |" in md
     assert "No calibrated run" in theory_gap_markdown({})
+    # a --method report: every method stays, and those its comparison leaves out are named (walkthrough finding)
+    assert "--method" not in md and "--method" not in theory_gap_markdown(out, compared=["expn(t=4)", "identity"])
+    narrowed = theory_gap_markdown(out, compared=["expn(t=4)"])
+    assert "matched-KL comparison leaves out (--method): identity." in narrowed and "| identity |" in narrowed
 
 
 def test_runs_of_other_worlds_get_their_own_medians():

@@ -92,7 +92,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
                                          "note": p.result.note, "excluded": p.result.excluded,
                                          "ranges": p.result.ranges} for p in panels]}
     summary["theory_gap"] = median_theory_gap(gaps)
-    atomic_write_text(paths["theory_gap_md"], theory_gap_markdown(summary["theory_gap"]))
+    atomic_write_text(paths["theory_gap_md"], theory_gap_markdown(summary["theory_gap"], compared=methods))
     return Report(root, out_dir, judges, jobs, rows, series, summary, paths, panels, matched, gaps)
 
 

@@ -186,15 +186,20 @@ def _names(keys) -> str:
     return ", ".join(k.removesuffix("_win_rate") for k in sorted(keys, key=_column_order))
 
 
-def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET) -> str:
-    """``theory_gap.md``: per method the median |gap| per metric, the KL ratio and the reading."""
+def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET,
+                        compared: Sequence[str] | None = None) -> str:
+    """``theory_gap.md``: per method the median |gap| per metric, the KL ratio and the reading; ``compared``:
+    the methods a ``--method`` report compares at matched KL (the table keeps every method's runs, as
+    runs.csv does, and says so: a walkthrough read a method the comparison left out as part of it)."""
     if not summary:
         return "# Distance from theory\n\nNo calibrated run with a theory prediction at its measured KL.\n"
     metrics = sorted({k for e in summary.values() for k in e["median_abs_gap"]}, key=_column_order)
+    others = [m for m in summary if compared is not None and m not in compared]
     lines = ["# Distance from theory", "",
              "Reward model; median over each method's runs of |measured win rate - theory at the measured KL| "
              f"(target <= {target:g}), median KL measured / theory at beta; what limits it "
-             "(docs/method.md §10.1).", "",
+             "(docs/method.md §10.1)." + (f" Every method's runs, also those this report's matched-KL comparison "
+                                          f"leaves out (--method): {', '.join(others)}." if others else ""), "",
              "| method | runs | " + " | ".join(k.removesuffix("_win_rate") for k in metrics)
              + " | KL ratio | reading |",
              "|---|---:|" + "---:|" * len(metrics) + "---:|---|"]
