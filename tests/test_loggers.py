@@ -447,8 +447,12 @@ def test_a_start_without_a_checkpoint_over_a_wandb_run_with_steps_opens_a_new_on
     given = wandb_attempt(tmp_path, range(3), trains=True, id="named0001")
     assert sent_steps(wandb_attempt(tmp_path, range(5), trains=True, id="named0001")) == [3, 4, None]
     assert given.id == "named0001"
-    # ... also as Lightning's ``version``; an empty id is none (review findings)
+    # ... also as Lightning's ``version`` (the dir's stored id left as it is); an empty id is none (review findings)
+    before = (tmp_path / "wandb" / "run_id").read_text()
     assert wandb_attempt(tmp_path, range(5), trains=True, version="named0001").id == "named0001"
+    assert (tmp_path / "wandb" / "run_id").read_text() == before
+    assert not (tmp_path / "v").exists() and wandb_attempt(tmp_path / "v", [], version="v1").id == "v1"
+    assert not (tmp_path / "v" / "wandb" / "run_id").exists()  # (no stray id written for a given version)
     stored = (tmp_path / "wandb" / "run_id").read_text().strip()
     empty = wandb_attempt(tmp_path, range(2), trains=True, id="")
     assert empty.id != stored and sent_steps(empty) == [0, 1, None]

@@ -1558,6 +1558,9 @@ def test_method_option_names_only_finished_runs_methods(tmp_path):
     with pytest.raises(ConfigError, match=r"--method.*exp\(t=4\).*finished runs: exp\(t=2\), identity, raw$"):
         rep.build_report(root, tmp_path / "out", methods=["exp(t=4)"])
     assert not (tmp_path / "out").exists()  # refused before any table or plot was written
+    # a --method report's theory_gap.md names the calibrated methods its comparison leaves out
+    rep.build_report(root, tmp_path / "out", methods=["exp(t=2)", "raw"], num_resamples=100)
+    assert "leaves out (--method): identity." in (tmp_path / "out" / "theory_gap.md").read_text()
 
 
 def test_left_out_groups_a_methods_runs_by_reason_and_names_the_seeds():

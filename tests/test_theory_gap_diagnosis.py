@@ -79,6 +79,10 @@ def test_medians_per_method_feed_the_diagnosis_and_the_markdown():
     assert "--method" not in md and "--method" not in theory_gap_markdown(out, compared=["expn(t=4)", "identity"])
     narrowed = theory_gap_markdown(out, compared=["expn(t=4)"])
     assert "matched-KL comparison leaves out (--method): identity." in narrowed and "| identity |" in narrowed
+    # entries of another world ("method [world]") are their method's (review finding: all were named)
+    worlds = {"identity [A]": out["identity"], "identity [B]": out["identity"], "expn(t=4) [A]": e}
+    assert "--method" not in theory_gap_markdown(worlds, compared=["identity", "expn(t=4)"])
+    assert "leaves out (--method): identity [A], identity [B]." in theory_gap_markdown(worlds, compared=["expn(t=4)"])
 
 
 def test_runs_of_other_worlds_get_their_own_medians():

@@ -201,7 +201,8 @@ class RunWandbLogger(WandbLogger):
 
     def __init__(self, *, save_dir: str = ".", id: str | None = None, mode: str = "offline", **kwargs) -> None:
         wandb_mode(mode)
-        super().__init__(save_dir=save_dir, id=id or stored_run_id(Path(save_dir)), mode=mode, **kwargs)
+        super().__init__(save_dir=save_dir, id=id or kwargs.get("version") or stored_run_id(Path(save_dir)), mode=mode,
+                         **kwargs)
         self.mode = mode  # (loggers.logger_kind: a disabled run keeps nothing)
         # (Lightning takes ``version`` as the id too; an empty id is none)
         self.run_dir, self.id_given = Path(save_dir), bool(id or kwargs.get("version"))

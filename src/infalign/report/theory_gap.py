@@ -194,7 +194,8 @@ def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET,
     if not summary:
         return "# Distance from theory\n\nNo calibrated run with a theory prediction at its measured KL.\n"
     metrics = sorted({k for e in summary.values() for k in e["median_abs_gap"]}, key=_column_order)
-    others = [m for m in summary if compared is not None and m not in compared]
+    # (an entry of another world is "method [world]": its method is the part before)
+    others = [m for m in summary if compared is not None and m.split(" [", 1)[0] not in compared]
     lines = ["# Distance from theory", "",
              "Reward model; median over each method's runs of |measured win rate - theory at the measured KL| "
              f"(target <= {target:g}), median KL measured / theory at beta; what limits it "
