@@ -23,6 +23,7 @@ from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
 from infalign.report.naming import (
+    _dotted,
     comparison_worlds,
     kl_knob_of,
     method_of,
@@ -156,7 +157,7 @@ def knob_order_notes(jobs: Sequence[Job]) -> list[str]:
     knob_of: dict[tuple, str] = {}
     for job in jobs:
         knob = next(iter(kl_knob_of(job)), None)
-        value = _dotted(job.config, knob) if knob else None
+        value = _dotted(job.config, knob) if knob else None  # (a missing key: naming's sentinel, no number)
         ci = job.record.eval.ci("reward_model", "kl") if job.record.eval is not None else None
         if not isinstance(value, int | float) or isinstance(value, bool) or ci is None:
             continue
@@ -178,14 +179,6 @@ def knob_order_notes(jobs: Sequence[Job]) -> list[str]:
                          f"{kls}): its matched-KL curve joins the runs in KL order, so a jump of win rate between "
                          "close KLs may be runs far apart on the knob, not a bend of one curve")
     return notes
-
-
-def _dotted(config: dict, key: str):
-    """``config["a"]["b"]`` for ``key="a.b"`` (None where a part is missing)."""
-    node = config
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def compare_panels(jobs: Sequence[Job], judges: Sequence[str], baselines: Sequence[str] | None = None,
