@@ -687,10 +687,8 @@ def policy_key(cfg: DictConfig, world, beta: float | None, transform=None) -> st
     algorithm = _algorithm_class(training)
     if algorithm is not None and not algorithm.online:  # an offline baseline trains on no transform
         transform = None
-    reads = getattr(world, "reward_reads", lambda prompts: None)(world.train_prompts)  # the reward's text, if other
     return content_key(POLICY_CACHE_VERSION, code_digest(), world.reference_fingerprint, world.reward_fingerprint,
-                       world.train_prompts if reads is None else [world.train_prompts, reads], training,
-                       transform_fingerprint(transform))
+                       training_prompts_id(world), training, transform_fingerprint(transform))
 
 
 def train_or_load(policy, key: str, cache_dir: str | Path, train: Callable[[], dict | None], origin: str,

@@ -41,7 +41,14 @@ from infalign.models.builders import (
 )
 from infalign.models.generation import policy_prompt_ids, prompt_token_limit
 from infalign.models.hf_progress import hf_progress, save_model, slow_to_load
-from infalign.models.reward import GoldScorer, RewardScorer, Scorer, check_reward_max_length, reward_input_format
+from infalign.models.reward import (
+    GoldScorer,
+    RewardScorer,
+    Scorer,
+    check_reward_max_length,
+    dataset_texts,
+    reward_input_format,
+)
 from infalign.pipeline.custom_reward import check_custom_reward, custom_reward, custom_scorer
 from infalign.pipeline.settings import DIALOGUE_SOURCES, HALF_DTYPES, data_settings
 
@@ -69,9 +76,7 @@ class World:
         cached score depends on it: an edit of a data file that changes only the whitespace around turns
         leaves the templated prompts as they were and changes what the reward reads (walkthrough finding:
         scores of the old text were served from the cache)."""
-        if self.dataset_prompts is None:
-            return None
-        return [self.dataset_prompts.get(p, p) for p in prompts]
+        return None if self.dataset_prompts is None else dataset_texts(prompts, self.dataset_prompts)
 
 
 def fingerprint_dir(path: str | Path) -> str:
@@ -632,7 +637,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
     # the prompts it trains and is evaluated on, as the policy and the reward read them: a finished run is kept
     # only on the same (a data file edited at the same path is other prompts)
-    reads = None if dataset_prompts is None else [dataset_prompts.get(p, p) for p in train_prompts + eval_prompts]
+    reads = None if dataset_prompts is None else dataset_texts(train_prompts + eval_prompts, dataset_prompts)
     stats["data_id"] = content_key(train_prompts, eval_prompts, reads)
     # the hub commits the run read (the fingerprints above hash them with dtypes and input formats):
     # a refused resume names the commit to pin (pipeline/policy_cache.py)
