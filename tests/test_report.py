@@ -730,6 +730,38 @@ def test_runs_of_another_world_are_left_out_of_the_matched_kl_comparison(tmp_pat
     assert len(notes) == 1 and notes[0].startswith("job 2 (identity): another world (world_id kB")
 
 
+def test_one_policy_evaluated_in_two_sweeps_is_one_point_of_the_panels_they_share(tmp_path):
+    """A procedure-free method (identity) trained once and evaluated in a bon sweep and again in a won sweep
+    (its policy served from the cache) gives the standard panel the same per-prompt values twice: one
+    measurement, kept once with a note -- not two points of its curve, nor a second run in its counts. A run
+    of the same method at another KL is kept. Fails with the dedupe removed (three standard runs)."""
+    from infalign.report.collect import collect
+    from infalign.report.matched import panel_runs
+
+    info = {"algo": "rloo", "transform": "identity", "depends_on_n": False, "trained_n": 4}
+    bon = per_prompt_metrics("identity", info, 0.3, 0.1, {})
+    won = json.loads(json.dumps(bon))
+    won["procedure"], won["run_name"] = "won4", "won4-identity-b0.1"
+    won["eval"]["procedure"] = "won"
+    for judge in ("reward_model", "gold"):  # its won columns (other numbers); its standard ones the same
+        cols = won["eval"]["per_prompt"][judge]
+        for n in (1, 2, 4):
+            cols[f"won{n}_win_rate"] = [v - 0.1 for v in cols.pop(f"bon{n}_win_rate")]
+            won["eval"]["judges"][judge][f"won{n}_win_rate"] = won["eval"]["judges"][judge].pop(f"bon{n}_win_rate")
+    won["config"]["procedure"]["name"] = "won"
+    write_job(tmp_path, "bon/0", ["method=identity"], bon)
+    write_job(tmp_path, "won/0", ["method=identity", "procedure=won"], won)
+    other = per_prompt_metrics("identity", info, 0.6, 0.05, {})
+    write_job(tmp_path, "bon/1", ["method=identity", "algo.beta=0.05"], other)
+    panels, notes = panel_runs(collect(tmp_path), ["reward_model"])
+    by_panel = {("standard" if p.is_standard else p.label): sorted(r.label for r in runs)
+                for (p, judge), runs in panels.items()}
+    assert by_panel["standard"] == ["bon/0", "bon/1"]
+    assert by_panel["won4"] == ["won/0"] and by_panel["bon4"] == ["bon/0", "bon/1"]
+    assert notes == ["job won/0 (identity): its standard panel values are job bon/0's to the bit (the same policy "
+                     "evaluated again, e.g. in a sweep over another procedure): counted once there"]
+
+
 def test_a_failing_theory_curve_says_why(tmp_path, monkeypatch):
     from infalign.math import theory
     from infalign.report.collect import collect

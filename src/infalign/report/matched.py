@@ -104,8 +104,11 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str], methods: Sequence[str
     """Per panel ``(procedure, judge)`` the :class:`Run` of every finished job with per-prompt
     statistics (``eval.per_prompt``) from the report's world (:func:`world_keys`: the one most runs
     share; runs of other models or toy-world parameters are not comparable), once per panel; notes
-    for the finished jobs left out and why."""
+    for the finished jobs left out and why. A run whose values in a panel are an earlier run's to the bit
+    (same method, seed, prompts and per-prompt KL and metric: one policy evaluated in a bon and in a won
+    sweep gives the standard panel the same numbers twice) is that measurement again: kept once, noted."""
     panels: dict[tuple, list[Run]] = {}
+    measured: dict[tuple, str] = {}  # (panel, method, seed, prompts, per-prompt values) -> the first job's
     notes = []
     world_of, main_world = comparison_worlds(jobs)  # the most runs' (records without a world id join it)
     names = world_names(jobs, world_of, main_world)
@@ -133,6 +136,7 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str], methods: Sequence[str
             notes.append(f"job {job.job} ({method}): {exc}: left out of the matched-KL comparison")
             continue
         seed = job.record.seed if job.record.seed is not None else job.config.get("seed")
+        repeated = set()
         for procedure in procedures:
             key = procedure.metric_key()
             for judge in judges:
@@ -140,7 +144,16 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str], methods: Sequence[str
                 if "kl" not in cols or key not in cols:
                     continue
                 run = Run(method, seed if seed is not None else 0, cols["kl"], cols[key], pp["prompt_ids"], job.job)
+                same = ((procedure, judge), run.method, run.seed, run.prompt_ids, run.kl.tobytes(),
+                        run.metric.tobytes())
+                if same in measured:  # one policy, evaluated again in another sweep: one measurement
+                    repeated.add(("standard" if procedure.is_standard else procedure.label, measured[same]))
+                    continue
+                measured[same] = job.job
                 panels.setdefault((procedure, judge), []).append(run)
+        for label, first in sorted(repeated):
+            notes.append(f"job {job.job} ({method}): its {label} panel values are job {first}'s to the bit (the same "
+                         f"policy evaluated again, e.g. in a sweep over another procedure): counted once there")
     notes += knob_order_notes([j for j in jobs if j.status == "finished" and world_of[j.job] == main_world
                                and (methods is None or method_of(j) in methods)])  # (only the methods compared)
     return panels, notes
