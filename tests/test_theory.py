@@ -786,6 +786,16 @@ def test_best_t_flags_a_scan_edge_instead_of_sitting_on_it():
     assert fixed.t[0] == 64.0 and fixed.at_edge[0]
 
 
+def test_a_best_t_beside_an_unreachable_t_is_flagged_as_an_edge():
+    """Theory walkthrough: worst-of-4 at KL 0.3 with a 2-point scan [-0.25, -64] picked t = -64 (win rate 0.860,
+    below exp(-8)'s 0.883) as an interior best, because the scan's extension to -512 is past what the grid
+    resolves there (NaN). The edge is the end of the t that reach the budget."""
+    bt = theory.best_t(WorstOfN(4), [0.3], ts=[-0.25, -64.0], extend=True)
+    assert np.isnan(bt.table[np.abs(bt.ts) == 512.0]).all()  # the extension did not reach the budget
+    assert bt.t[0] == -64.0 and bt.at_edge[0]
+    assert bt.win_rate[0] < theory.best_t(WorstOfN(4), [0.3], ts=[-8.0]).win_rate[0]  # a better t lies inside
+
+
 def test_ladder_start_interpolates_log_densities_in_log_beta():
     """Warm starts of the optimal frontier (theory._ladder_start): Phi/beta interpolated linearly
     in log beta between the two neighbouring rungs; a Phi proportional to beta is reproduced."""

@@ -325,6 +325,29 @@ def test_finite_in_float32_is_trainings_own_range():
     assert not finite_in_float32(Custom(lambda u: torch.log(u.clamp(min=0)), name="log0"))  # -inf at 0
 
 
+def test_a_step_sum_of_rewards_bounds_t_where_the_rloo_baseline_overflows():
+    """Training sums a step's P x G rewards (each RLOO group's baseline; the logged mean): exp(t u) at t = 87.5
+    is finite alone but its group of 4 sums past float32's 3.4e38 and every advantage became -inf (theory
+    walkthrough: t = 88 crashed in multinomial). ``terms`` puts the limit at 88.72 - ln(terms): checked
+    against rloo_advantages itself on either side of it. The normalised form stays in [0, 1]."""
+    import math
+
+    import torch
+
+    from infalign.math.rl_objectives import rloo_advantages
+    from infalign.math.transforms import FLOAT32_MAX, Exp, finite_in_float32
+
+    assert finite_in_float32(Exp(87.5)) and not finite_in_float32(Exp(87.5), terms=64)
+    assert finite_in_float32(Exp(88.5, normalized=True), terms=64)
+    rows = 64
+    limit = math.log(FLOAT32_MAX / rows)  # 84.56
+    for t, finite in ((limit - 0.01, True), (limit + 0.01, False)):
+        assert finite_in_float32(Exp(t), terms=rows) is finite
+        rewards = torch.full((rows,), math.exp(t), dtype=torch.float32)  # the top of [0, 1]: u = 1 for every row
+        step = torch.cat([rloo_advantages(rewards, 4), rewards.mean()[None]])
+        assert bool(torch.isfinite(step).all()) is finite
+
+
 def test_exp_accepts_t_at_the_documented_bound_700():
     assert Exp(700.0).t == 700.0 and Exp(-700.0).t == -700.0
     with pytest.raises(ConfigError):

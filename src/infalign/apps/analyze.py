@@ -102,14 +102,16 @@ def auto_t(cfg: DictConfig) -> bool:
 def checked_t(cfg: DictConfig) -> list[float]:
     """``t`` as numbers (ConfigError naming the key): ``auto`` (None here) or nonzero finite numbers with
     ``|t| <= 700``. Checked whether or not an exp-family transform reads it (a typo is an error either way)."""
-    allowed = "'auto' or a nonzero number / non-empty list of them (for exp: t > 0 for bon, t < 0 for won)"
+    allowed = ("'auto' or a nonzero number with |t| <= 700 / non-empty list of them (for exp: t > 0 for bon, "
+               "t < 0 for won)")
     if auto_t(cfg):
         return []
     ts = _numbers("t", cfg.t, allowed)
     require(len(ts) > 0, "t", ts, allowed)
     for t in ts:
         require(math.isfinite(t) and t != 0 and abs(t) <= 700, "t", t, allowed,
-                "t = 0 is the identity transform: add identity to transforms")
+                "t = 0 is the identity transform: add identity to transforms" if t == 0 else
+                "the float64 theory's exp(t u) overflows past |t| = 709; training's float32 past t = 84.6")
     return ts
 
 
@@ -347,6 +349,9 @@ def _cell(f: theory.Frontier, i: int) -> str:
     return f"{f.win_rate[i]:.4f}" if f.converged[i] else "no conv."
 
 
+TABLE_BUDGETS = 18  # the printed win-rate tables show every KL budget up to this many
+
+
 def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], optimal: bool = True,
                   scan_num: int = 40) -> None:
     from rich.table import Table
@@ -355,14 +360,23 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], 
 
     console = rich_console()
     budgets = frontiers[0].kl_budget
-    picks = np.unique(np.linspace(0, len(budgets) - 1, min(6, len(budgets))).round().astype(int))
-    table = Table(title=f"{procedure.label} win rate vs pi_ref at KL budget (nats)")
-    table.add_column("transform")
-    for i in picks:
-        table.add_column(f"KL={budgets[i]:.3g}", justify="right")
-    for f in frontiers:
-        table.add_row(f.transform, *[_cell(f, i) for i in picks])
-    console.print(table)
+    # every budget up to TABLE_BUDGETS (a kl.list), in tables of at most 6 columns (80 characters), else 6
+    # evenly spaced ones -- said so
+    if len(budgets) <= TABLE_BUDGETS:
+        picks = np.arange(len(budgets))
+        shown = None
+    else:
+        picks = np.unique(np.linspace(0, len(budgets) - 1, 6).round().astype(int))
+        shown = f"{len(picks)} of the {len(budgets)} KL budgets, evenly spaced; every one in curves.csv"
+    for part, columns in enumerate(np.array_split(picks, math.ceil(len(picks) / 6))):
+        table = Table(title=f"{procedure.label} win rate vs pi_ref at KL budget (nats)" + (" (cont.)" if part else ""),
+                      caption=shown)
+        table.add_column("transform")
+        for i in columns:
+            table.add_column(f"KL={budgets[i]:.3g}", justify="right")
+        for f in frontiers:
+            table.add_row(f.transform, *[_cell(f, i) for i in columns])
+        console.print(table)
     for f in frontiers:  # one line per transform and reason, listing its budgets
         grouped: dict[str, list[str]] = {}
         for b, r in zip(f.kl_budget, f.reason):
@@ -395,9 +409,15 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], 
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32, ~1.18e-38
 
 
+# rows of a training step at algo's defaults (prompts_per_step x group_size, training/algorithms/rloo.py): training
+# refuses an exp(t u) whose sum over them overflows float32 (apps/train.check_float32_range)
+DEFAULT_STEP_ROWS = 16 * 4
+
+
 def untrainable_reason(t: float, beta: float) -> str | None:
     """Why training (float32) cannot run a best-t row's ``exp(t u)`` at its ``beta`` -- None when it can:
-    no t reaches the KL budget (``t`` NaN); ``exp(t u)`` overflows float32 (``|t|`` > 88.7); or
+    no t reaches the KL budget (``t`` NaN); ``exp(t u)`` summed over a default step's rows overflows float32
+    (``t`` > 88.72 - ln 64 = 84.6); or
     ``beta`` (and so ``beta * KL``) is below float32's normal range, where the KL term of the shaped
     reward rounds away (large-KL worst-of-N rows pick t ~ -130 at beta ~ 1e-56). ``beta`` is
     ``transform=exp``'s; the normalised ``expn_t*`` entries' ``beta / |e^t - 1|`` is below it for
@@ -405,8 +425,8 @@ def untrainable_reason(t: float, beta: float) -> str | None:
     above it for ``t < log 2``."""
     if not math.isfinite(t):
         return "no t reaches this KL"
-    if not finite_in_float32(Exp(float(t))):
-        return "training refuses it: float32 overflow"
+    if not finite_in_float32(Exp(float(t)), terms=DEFAULT_STEP_ROWS):
+        return f"training refuses it: float32 overflow (a step's sum of {DEFAULT_STEP_ROWS} rewards, algo's default 16 x 4)"
     if not beta >= FLOAT32_TINY:
         return f"beta {beta:.3g} underflows float32: training's KL term would vanish"
     return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import signal
@@ -47,7 +48,7 @@ from infalign.infra.startup import import_frozen
 from infalign.infra.threads import declare_jobs, resolve_threads
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
-from infalign.math.transforms import Transform, as_transform, finite_in_float32
+from infalign.math.transforms import FLOAT32_MAX, Transform, as_transform, finite_in_float32
 from infalign.pipeline import record
 from infalign.pipeline.kl_target import require_spread_samples
 from infalign.pipeline.run_record import RunRecord
@@ -93,7 +94,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(scope in SCOPES, "calibration.scope", scope, " | ".join(SCOPES))
     require(scope == "prompt" or transform.calibrated, "calibration.scope", scope,
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
-    check_float32_range(transform)
+    check_float32_range(transform, algo.cfg.prompts_per_step * getattr(algo.cfg, "group_size", 1))
     if (why := decreasing_transform(transform, "transform")) is not None:
         log.warning(why)
     target = getattr(algo, "kl_target", None)
@@ -355,19 +356,24 @@ def check_shared_run_dir() -> None:
             "hydra.run.dir=outputs/train/<name>")
 
 
-def check_float32_range(transform: Transform) -> None:
-    """Training computes ``Phi(C)`` in float32: a transform that overflows there (``exp(t u)`` past
-    ``t`` ~ 88.7, the normalised form's ``expm1(t)`` too) would turn every advantage into NaN. Probed on
-    a grid of ``[0, 1]`` before compute (:func:`~infalign.math.transforms.finite_in_float32`); the theory
+def check_float32_range(transform: Transform, rows: int = 1) -> None:
+    """Training computes ``Phi(C)`` in float32 and sums a step's ``rows`` (P x G: each RLOO group's
+    baseline, the logged mean): a transform that overflows there (``exp(t u)`` past ``t`` = 88.7 - ln(rows),
+    the normalised form's ``expm1(t)`` past 88.7) would turn every advantage into NaN. Probed on a grid of
+    ``[0, 1]`` before compute (:func:`~infalign.math.transforms.finite_in_float32`); the theory
     (``infalign-analyze``, float64) takes ``|t| <= 700``."""
-    if not transform.calibrated or finite_in_float32(transform):
+    if not transform.calibrated or finite_in_float32(transform, terms=rows):
         return
     t = getattr(transform, "t", None)
     if t is None:  # a custom function (transform.fn), e.g. numpy.arccosh: infinite or NaN somewhere on [0, 1]
+        why = ("the function is infinite or NaN somewhere on [0, 1]" if not finite_in_float32(transform) else
+               f"a sum of the {rows} rewards of a step overflows float32")
         raise ConfigError("transform", transform.label, "a transform finite on [0, 1] in float32 (training's "
-                          "precision)", "the function is infinite or NaN somewhere on [0, 1]")
-    raise ConfigError("transform.t", t, "a transform finite on [0, 1] in float32 (training's precision): t <= 88.7 "
-                      "for exp", "larger t is for the float64 theory only (infalign-analyze)")
+                          "precision)", why)
+    limit = math.log(FLOAT32_MAX / rows)
+    raise ConfigError("transform.t", t, f"a transform whose step sums stay finite in float32 (training's precision): "
+                      f"t <= {limit:.2f} for exp with {rows} rows per step (88.72 - ln {rows})",
+                      "larger t is for the float64 theory only (infalign-analyze)")
 
 
 def objective_metric(cfg: DictConfig, procedure: Procedure) -> str:

@@ -771,9 +771,10 @@ def best_t(
     The whole (t, budget) scan is solved as one vectorised batch. With ``extend`` (default: when
     ``ts`` is the default grid) a best t at either end of the scan extends it geometrically
     (same ratio) until the best t is interior or |t| reaches ``T_SCAN_LIMITS``; ``at_edge``
-    flags budgets whose best t is still the smallest or largest |t| scanned (the optimum may lie
-    beyond: never silent), ``flat`` those where another scanned t reaches the best win rate within
-    :data:`FLAT_TOL` (the pick is then not determined).
+    flags budgets whose best t is still the smallest or largest |t| scanned that reaches the budget
+    (the optimum may lie beyond, or past t the grid cannot resolve there: never silent), ``flat`` those
+    where another scanned t reaches the best win rate within :data:`FLAT_TOL` (the pick is then not
+    determined).
     """
     budgets = _check_budgets(kl_budgets)
     extend = ts is None if extend is None else extend
@@ -797,10 +798,12 @@ def best_t(
             break
         more, more_beta = _t_scan(procedure, budgets, new, normalized, grid)
         ts, table, betas = np.concatenate([ts, new]), np.concatenate([table, more]), np.concatenate([betas, more_beta])
-    order = np.argsort(np.abs(ts), kind="stable")
     best, any_ok = _argmax_rows(table)
-    at_edge = any_ok & ((best == order[0]) | (best == order[-1])) if len(ts) > 1 else np.zeros(len(budgets), bool)
     cols = np.arange(len(budgets))
+    # an end of the t that reach the budget: a best t whose neighbour beyond is unreachable (NaN) is no interior pick
+    mags, reached = np.abs(ts)[:, None], np.isfinite(table)
+    lo, hi = np.where(reached, mags, np.inf).min(axis=0), np.where(reached, mags, -np.inf).max(axis=0)
+    at_edge = any_ok & ((mags[best, 0] == lo) | (mags[best, 0] == hi)) if len(ts) > 1 else np.zeros(len(budgets), bool)
     top = np.where(any_ok, table[best, cols], np.nan)
     flat = any_ok & ((np.where(np.isfinite(table), table, -np.inf) >= top - FLAT_TOL).sum(axis=0) > 1)
     return BestT(

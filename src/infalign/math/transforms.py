@@ -120,12 +120,18 @@ class Log(Transform):
         return np.maximum(val, np.log(self.floor)) if self.floor > 0 else val
 
 
-def finite_in_float32(transform, points: int = 1025) -> bool:
-    """Whether ``transform`` is finite on a grid of ``[0, 1]`` in float32, training's precision (``exp``
-    overflows past ``t`` = 88.72 -- plain ``exp(t u)`` and the normalised form's ``expm1(t)`` alike --
-    while the float64 theory takes ``|t| <= 700``). Probed with a numpy array, else (a torch-only
-    callable) a torch tensor; True when neither can be evaluated (training's own check then stops a
-    non-finite ``Phi(C)``)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # ~3.4e38
+
+
+def finite_in_float32(transform, points: int = 1025, terms: int = 1) -> bool:
+    """Whether ``transform`` is finite on a grid of ``[0, 1]`` in float32, training's precision, and so is a
+    sum of ``terms`` of its values: ``terms * max |Phi| <= 3.4e38``. Training sums a step's rewards -- each
+    RLOO group's G (its leave-one-out baseline) and all P x G rows (the logged mean) -- so ``exp(t u)``,
+    finite up to ``t`` = 88.72, overflows the step from ``t`` = 88.72 - ln(P G) (84.6 at 16 x 4); the
+    normalised form's ``expm1(t)`` overflows past 88.72 whatever the terms (its values are in [0, 1]).
+    The float64 theory takes ``|t| <= 700``. Probed with a numpy array, else (a torch-only callable) a
+    torch tensor; True when neither can be evaluated (training's own check then stops a non-finite
+    ``Phi(C)``)."""
     grid = np.linspace(0.0, 1.0, points, dtype=np.float32)
     try:
         with np.errstate(all="ignore"):
@@ -137,7 +143,9 @@ def finite_in_float32(transform, points: int = 1025) -> bool:
             values = transform(torch.from_numpy(grid)).float().numpy()
         except Exception:  # noqa: BLE001
             return True
-    return bool(np.isfinite(values).all())
+    if not np.isfinite(values).all():
+        return False
+    return float(np.abs(values.astype(np.float64)).max(initial=0.0)) * terms <= FLOAT32_MAX
 
 
 @register_transform("exp")
