@@ -99,7 +99,7 @@ def test_positive_t_with_worst_of_n_warns(caplog):
     with caplog.at_level("WARNING", logger="infalign.apps.analyze"):
         app.validate(cfg)
     out = caplog.text
-    assert "t=2 with won4" in out and "lowers the won4 win rate" in out
+    assert "t=2 with won4" in out and "gives a lower won4 win rate" in out
     assert "t=-4 with" not in out
 
 

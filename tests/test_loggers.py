@@ -204,7 +204,7 @@ def test_validate_warns_of_a_transform_against_the_procedure_and_an_overridden_m
 
     caplog.set_level("WARNING", logger="infalign.apps.train")
     train_app.validate(compose_train(tmp_path, tmp_path, "procedure=won"))
-    assert "lowers the won4 win rate" in caplog.text
+    assert "gives a lower won4 win rate" in caplog.text
     caplog.clear()
     train_app.validate(compose_train(tmp_path, tmp_path))  # exp(t=4) with best-of-4: as meant
     assert "win rate" not in caplog.text

@@ -1418,6 +1418,27 @@ def test_theory_gap_rows_half_width_seed_kl_and_no_n1_duplicate(tmp_path):
     assert all(r["kl_measured"] == pytest.approx(0.3) for r in rows)  # the reward model's KL
 
 
+def test_one_policy_in_a_sweep_over_n_is_one_run_of_the_theory_gap(tmp_path):
+    """WoN walkthrough: an N-independent method swept over procedure.n trains one policy and evaluates it
+    once per N (bit-identical results); theory_gap.md said "identity | 8 runs" for 4 policies and weighed each
+    once per N in its medians. Rows repeating a measurement's (same method, seed, beta, measured KL) metric
+    are left out; runs count measurements. Another beta is another run."""
+    from infalign.report.collect import collect
+    from infalign.report.theory_gap import median_theory_gap, theory_gap_rows
+
+    m = per_prompt_metrics("identity", MUT_INFO, 0.3, 0.3, {})
+    write_job(tmp_path, "0", ["method=identity"], m)
+    again = json.loads(json.dumps(m))  # the same policy and evaluation, recorded under bon2
+    again["procedure"], again["config"]["procedure"]["n"] = "bon2", 2
+    write_job(tmp_path, "1", ["method=identity", "procedure.n=2"], again)
+    other = per_prompt_metrics("identity", MUT_INFO, 0.6, 0.1, {})
+    write_job(tmp_path, "2", ["method=identity", "algo.beta=0.1"], other)
+    rows = theory_gap_rows(collect(tmp_path))
+    assert sorted((r["job"], r["metric"]) for r in rows) == [
+        (job, metric) for job in ("0", "2") for metric in ("bon2_win_rate", "bon4_win_rate", "standard_win_rate")]
+    assert median_theory_gap(rows)["identity"]["runs"] == 2
+
+
 def test_theory_grid_spacing_floor_and_width():
     from infalign.report.series import MIN_THEORY_KL, theory_grid
 

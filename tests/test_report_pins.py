@@ -631,6 +631,31 @@ def test_the_gain_plot_names_each_line_method_minus_baseline(tmp_path, monkeypat
     assert "expn(t=4) - identity" in labels and "identity - expn(t=4)" not in labels
 
 
+def test_two_gains_sharing_a_theory_curve_draw_it_once_naming_both(tmp_path, monkeypatch):
+    """WoN walkthrough: exp(t=-4) - identity and exp(t=-4)+ppo - identity have one theory gain (the theory knows
+    the transform, not the algorithm); drawn per gain, the second dashed line covered the first exactly and the
+    RLOO comparison looked theory-less. One dashed line, its label naming both; a different curve is its own."""
+    import dataclasses
+
+    from infalign.infra import plotting
+    from infalign.report.plots import plot_gains
+    from test_report import _gain, _panel
+
+    figures = []
+    monkeypatch.setattr(plotting, "save_png", lambda fig, path: figures.append(fig))
+    rloo = _gain([0.01, 0.02, 0.03], [True] * 3)
+    ppo = dataclasses.replace(rloo, method="expn(t=4)+ppo")
+    log = dataclasses.replace(rloo, method="log")
+    panel = _panel([0.1, 0.2, 0.3], [rloo, ppo, log])
+    shared = np.array([0.04, 0.05, 0.06])
+    panel.theory_gain = {("expn(t=4)", "identity"): shared, ("expn(t=4)+ppo", "identity"): shared.copy(),
+                         ("log", "identity"): np.array([-0.01, -0.02, -0.03])}
+    plot_gains([panel], ["reward_model"], tmp_path / "g.png")
+    dashed = [ln for ln in figures[0].axes[0].get_lines() if ln.get_linestyle() == "--"]
+    assert sorted(ln.get_label() for ln in dashed) == ["expn(t=4) - identity, expn(t=4)+ppo - identity (theory)",
+                                                      "log - identity (theory)"]
+
+
 def test_a_t_familys_shade_darkens_with_abs_t():
     """series_colors: the series of a t family (exp) get shades of its colormap, darker for larger |t|,
     whatever their order and sign: |t| = 2, 4, 8 at 0.45, 0.70, 0.95 of Reds. Mutation testing: the shades

@@ -137,7 +137,7 @@ def exponents(cfg: DictConfig, procedure: Procedure) -> list[float]:
     (``t=[4,4]`` draws one curve).
 
     A t whose sign works against the procedure (t > 0 with worst-of-N rewards the top of the
-    reference distribution and lowers the WoN win rate; t < 0 with best-of-N) is accepted with a
+    reference distribution: a lower WoN win rate than identity at the same KL; t < 0 with best-of-N) is accepted with a
     warning: it is a legitimate comparison, rarely the intent.
     """
     if auto_t(cfg):

@@ -81,7 +81,8 @@ class Procedure:
             return None
         return (f"t={t:g} with {self.label}: exp(t{'>' if t > 0 else '<'}0) "
                 f"{'rewards the top' if t > 0 else 'punishes the bottom'} of the reference distribution, which "
-                f"lowers the {self.label} win rate; the usual choice is t {'<' if t > 0 else '>'} 0")
+                f"gives a lower {self.label} win rate than identity or t {'<' if t > 0 else '>'} 0 at the same KL; "
+                f"the usual choice is t {'<' if t > 0 else '>'} 0")
 
     def at(self, n: int) -> Procedure:
         """The same procedure at ``n`` (sampling ignores N)."""

@@ -175,6 +175,7 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
                         fontsize=8)
                 continue
             k = p.result.grid
+            theories: dict[bytes, tuple[np.ndarray, tuple, list[str]]] = {}  # one dashed line per distinct curve
             for g in p.result.gains:
                 c = colors[(g.method, g.baseline)]
                 ax.fill_between(k, 100 * g.low, 100 * g.high, color=c, alpha=0.2, lw=0)
@@ -188,7 +189,12 @@ def plot_gains(panels: Sequence[Panel], judges: Sequence[str], path: Path) -> No
                 evidence = [bool(g.significant[i]) and not significant_chord_note(g, i) for i in range(len(k))]
                 ax.scatter(k, 100 * g.gain, color=c, s=22, zorder=3, facecolors=[c if e else "white" for e in evidence])
                 if (theory := p.theory_gain.get((g.method, g.baseline))) is not None:  # report/theory_gain.py
-                    ax.plot(k, 100 * theory, color=c, lw=1.2, ls="--", label=f"{g.method} - {g.baseline} (theory)")
+                    # the theory knows the transform, not the algorithm: exp(t=-4) and exp(t=-4)+ppo over one
+                    # baseline share a curve, which drawn twice hid the first (walkthrough): once, both named
+                    entry = theories.setdefault(np.asarray(theory, np.float64).tobytes(), (theory, c, []))
+                    entry[2].append(f"{g.method} - {g.baseline}")
+            for theory, c, names in theories.values():
+                ax.plot(k, 100 * theory, color=c, lw=1.2, ls="--", label=f"{', '.join(names)} (theory)")
             lo, hi = ax.get_ylim()
             if hi - lo < 2.0:  # at least +-1 point, so float-rounding-sized gains do not fill the axis
                 mid = (hi + lo) / 2

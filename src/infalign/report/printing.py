@@ -72,7 +72,7 @@ def print_tables(report: Report, console=None, wandb_info: dict | None = None) -
         shown = [c for c in ("procedure", "seed") if len(constant[c]) > 1]
         fixed = ", ".join(f"{next(iter(v))}" if c == "procedure" else f"{c} {next(iter(v))}"
                           for c, v in constant.items() if len(v) == 1 and next(iter(v)) is not None)
-        t = Table(title=f"{j}: finished runs ({fixed}; 95% CI; by method, KL)")
+        t = Table(title=f"{j}: finished runs ({fixed + '; ' if fixed else ''}95% CI; by method, KL)")
         for c in ("job", *shown, "method", "beta"):
             t.add_column(c, justify="right" if c == "beta" else "left", no_wrap=c == "method")
         procs = constant["procedure"]

@@ -31,9 +31,15 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
     A run with a prediction at its beta but none at its measured KL is not dropped: it gets rows
     without ``gap`` and a ``note`` -- no theory point when the measured KL is <= 0, or the theory cannot
     reach that KL (``reachable`` false) -- and counts as such in :func:`median_theory_gap`. A run of no
-    world (a record written before ``world_id``) is counted in the world most runs share."""
+    world (a record written before ``world_id``) is counted in the world most runs share.
+
+    ``run``: the first job of the same measurement -- one policy evaluated again, e.g. an N-independent method
+    in a sweep over ``procedure.n`` (same world, method, seed, beta and measured KL to the bit): its rows of a
+    metric that job gave already are left out, so one policy is not weighed once per N in the medians."""
     rows = []
     worlds, _ = comparison_worlds(jobs)
+    first_of: dict[tuple, str] = {}  # the measurement -> its first job
+    given: set[tuple] = set()  # (run, metric) rows given
     for job in jobs:
         if job.status != "finished":
             continue
@@ -50,17 +56,22 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
                 "seed": rec.seed, "world_id": worlds[job.job] or None, "kl_measured": kl,
                 "kl_theory_at_beta": kl_th, "kl_ratio": kl / kl_th if kl is not None and kl_th else None,
                 "reachable": at.get("reachable")}
+        same = (worlds[job.job], head["method"], rec.seed, head["beta"], kl) if kl is not None else (job.job,)
+        head["run"] = run = first_of.setdefault(same, job.job)
         if not at:
-            rows.append({**head, "metric": None, "measured": None, "theory_at_measured_kl": None, "gap": None,
-                         "ci_half_width": None, "note": "no theory point: the measured KL is <= 0"})
+            if (run, None) not in given:
+                given.add((run, None))
+                rows.append({**head, "metric": None, "measured": None, "theory_at_measured_kl": None, "gap": None,
+                             "ci_half_width": None, "note": "no theory point: the measured KL is <= 0"})
             continue
         # N = 1 is the standard win rate itself (one column, not two)
         keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns] if n > 1}
         for key in sorted(keys & set(at)):
             ci = rec.eval.ci(judge, key)
             measured, theory_wr = (number(ci.mean) if ci is not None else None), number(at.get(key))
-            if measured is None:
+            if measured is None or (run, key) in given:
                 continue
+            given.add((run, key))
             high, low = number(ci.high), number(ci.low)
             half = (high - low) / 2 if high is not None and low is not None else None
             note = None if theory_wr is not None else "the theory does not reach the measured KL"
@@ -81,19 +92,24 @@ def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
     for method in sorted({group(r) for r in rows}):
         every = [r for r in rows if group(r) == method]
         mine = [r for r in every if r["gap"] is not None]
-        ratios = {r["job"]: r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
+        ratios = {_run(r): r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
         entry = {"median_abs_gap": _median_by_metric(mine, lambda r: abs(r["gap"])),
                  "median_gap": _median_by_metric(mine, lambda r: r["gap"]),
                  "median_ci_half_width": _median_by_metric(mine, lambda r: r["ci_half_width"]),
                  "median_kl_ratio": float(np.median(list(ratios.values()))) if ratios else None,
-                 "runs": len({r["job"] for r in mine}),
+                 "runs": len({_run(r) for r in mine}),
                  # runs with a prediction at beta but no theory point at their measured KL (rows' note)
-                 "runs_without_theory": len({r["job"] for r in every} - {r["job"] for r in mine}),
+                 "runs_without_theory": len({_run(r) for r in every} - {_run(r) for r in mine}),
                  # runs of one seed share the evaluation's reference pool (drawn with seed + 101), so
                  # their gaps share its noise: the independent estimates are the seeds, not the runs
                  "seeds": len({r.get("seed") for r in mine})}
         out[method] = entry | diagnose(entry)
     return out
+
+
+def _run(row: dict) -> str:
+    """The measurement a row belongs to (:func:`theory_gap_rows`' ``run``; its job for rows without one)."""
+    return row.get("run") or row["job"]
 
 
 def _median_by_metric(rows: Sequence[dict], value) -> dict[str, float]:
