@@ -580,11 +580,18 @@ def test_written_files_and_dirs_respect_the_umask(tmp_path, umask):
         cache.save_tensors(tmp_path / "t.pt", {"x": torch.zeros(2)})
         with cache.atomic_dir(tmp_path / "d") as d:
             (d / "f").write_text("y")
+            # save_pretrained's weights: safetensors writes them 0600 whatever the umask (robustness walkthrough:
+            # a cache shared read-only was unreadable to its other users)
+            from safetensors.torch import save_file
+
+            (d / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(d / "sub" / "model.safetensors"))
     finally:
         os.umask(old)
-    for name in ("a.txt", "t.pt"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
-    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+    for name in ("a.txt", "t.pt", "d/f", "d/sub/model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    for name in ("d", "d/sub"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o777 & ~umask, name
 
 
 def test_cache_file_under_the_wrong_key_is_not_used(tmp_path):

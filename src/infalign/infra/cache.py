@@ -260,6 +260,11 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     _default_mode(tmp)
     try:
         yield tmp
+        # what the caller wrote, as open / mkdir would have made it: safetensors (save_pretrained) writes its
+        # weights 0600, which left a cache shared read-only unreadable to its other users (robustness walkthrough)
+        for path in tmp.rglob("*"):
+            if not path.is_symlink():
+                _default_mode(path)
         aside = aside_dir(final)
         moved = final.exists()
         if moved:
