@@ -225,8 +225,13 @@ def test_a_custom_transform_whose_code_changed_is_not_kept_nor_resumed(cache_dir
     assert values and json.loads((ckpt_dir / "checkpoints" / "run_settings.json").read_text())[
         "transform_values"] == values
     on_disk = (ckpt_dir / "metrics.json").read_bytes()
+    # (robustness walkthrough) killed while its views were written: no plot, a temp file left -- kept runs are
+    # given their views back
+    (ckpt_dir / "win_rates.png").unlink()
+    (ckpt_dir / ".win_rates.png.k1ll3d.png.tmp").write_bytes(b"\x89PNG half")
     assert run(cache_dir, ckpt_dir, *phi, "policy_cache=false", "ckpt_path=last_or_new")["eval"] == first["eval"]
     assert (ckpt_dir / "metrics.json").read_bytes() == on_disk  # the same code: kept as it is
+    assert (ckpt_dir / "win_rates.png").stat().st_size > 10_000 and not list(ckpt_dir.glob(".*.tmp"))
     monkeypatch.setitem(PHI, "power", 3.0)
     for how, steps in (("last_or_new", 2), ("last", 3)):
         with pytest.raises(ConfigError, match="other values of the transform"):

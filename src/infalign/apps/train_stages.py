@@ -155,6 +155,10 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             else:  # nothing to do
                 log.info("%s records this run, finished with these settings, code and models: nothing to do "
                          "(kept as it is)", out_dir / "metrics.json")
+                if distributed.rank() == 0 and (restored := record.restore_views(out_dir, RunRecord.from_json(keep),
+                                                                                 procedure)):
+                    log.info("wrote the kept run's missing %s from its record", ", ".join(p.name for p in
+                                                                                        restored.values()))
                 log_kept_record(logger, keep, out_dir, cfg)
                 if distributed.rank() == 0:  # an earlier refused attempt's failure no longer stands
                     (out_dir / record.FAILED_ATTEMPT).unlink(missing_ok=True)

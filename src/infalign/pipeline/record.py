@@ -159,6 +159,20 @@ def write_views(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
     return written
 
 
+def restore_views(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
+    """A kept finished run's views as a complete run leaves them: the temp files a kill left while they were
+    written (``.win_rates.png.<random>.png.tmp``) removed, and a missing eval_metrics.csv or win_rates.png
+    written again from the record (a kill between metrics.json and the plot left the run without it for good:
+    every re-run kept the record as it was). The caller holds the run dir's lock. Returns the paths written."""
+    paths = run_files(out_dir, existing=False)
+    for path in paths.values():
+        for stale in out_dir.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    if all(paths[name].is_file() for name in ("csv", "plot")):
+        return {}
+    return write_views(out_dir, rec, procedure)
+
+
 def print_summary(rec: RunRecord, procedure) -> None:
     """The closing table: KL, standard and N win rates (reward model and gold) with CIs, theory; then
     the response statistics and the reward model's miscalibration, one line each."""
