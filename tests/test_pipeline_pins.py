@@ -297,3 +297,37 @@ def test_a_special_token_past_the_models_embedding_rows_is_refused():
         check_vocab_fits(tok, LlamaConfig(vocab_size=5), "policy.name_or_path", "m")
     assert err.value.key == "policy.name_or_path" and "[6]" in str(err.value)
 
+
+
+def test_more_toy_prompts_than_the_world_has_is_a_config_error_naming_the_key():
+    """Robustness walkthrough: data.train_prompts=100000000 searched for prompts for minutes (the default world
+    has 16P4 + 16P5 + 16P6 = 6,333,600), and a 4-attribute world of 2-3 words (4*3 + 4*3*2 = 36 prompts) with
+    the default 256 gave a ValueError naming toy.world.n_attributes. More than the world has is refused before
+    compute; a split with fewer than asked for (about 80 % / 10 % of the prompts) names its key."""
+    from omegaconf import OmegaConf
+
+    from infalign.errors import ConfigError
+    from infalign.pipeline.settings import data_settings, toy_prompt_capacity
+    from infalign.pipeline.world import toy_prompts
+    from infalign.toy.world import ToyWorld
+
+    assert toy_prompt_capacity({}) == 16 * 15 * 14 * 13 * (1 + 12 + 12 * 11) == 6_333_600
+    small = {"n_attributes": 4, "prompt_len": [2, 3]}
+    assert toy_prompt_capacity(small) == 36
+    data = OmegaConf.create({"source": "toy", "train_prompts": 100_000_000, "eval_prompts": 8, "toy": {}})
+    with pytest.raises(ConfigError, match=r"data\.train_prompts=100000000.*6333600 distinct prompts"):
+        data_settings(data)
+    data = OmegaConf.create({"source": "toy", "train_prompts": 34, "eval_prompts": 3, "toy": {"world": small}})
+    with pytest.raises(ConfigError, match=r"data\.train_prompts=34.*at most the toy world's 36"):
+        data_settings(data)
+    data.eval_prompts = 2  # 36 in all: allowed here, but its splits hold 33 train and 1 test prompt (seed 0)
+    data_settings(data)
+    world = ToyWorld(seed=0, n_attributes=4, prompt_len=(2, 3))
+    with pytest.raises(ConfigError, match=r"data\.train_prompts=34.*distinct 'train' prompts"):
+        toy_prompts(world, data)
+    data.train_prompts = 33
+    with pytest.raises(ConfigError, match=r"data\.eval_prompts=2.*distinct 'test' prompts"):
+        toy_prompts(world, data)
+    data.eval_prompts = 1
+    train, test = toy_prompts(world, data)
+    assert len(set(train)) == 33 and len(set(test)) == 1 and not set(train) & set(test)

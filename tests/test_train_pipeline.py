@@ -372,6 +372,7 @@ def test_reference_pools_are_keyed_by_the_sampling_precision_and_device(cache_di
         ("eval.top_k=0", "eval.top_k"),
         ("threads=two", "threads"),
         ("data.train_prompts=0", "data.train_prompts"),
+        ("data.train_prompts=100000000", "data.train_prompts"),  # more than the toy world's 6.3M prompts: it hung
         ("data.eval_prompts=1", "data.eval_prompts"),  # review: one prompt gave zero-width "95 %" intervals
         # review findings (config surface): each failed late -- inside fit, after the world and calibration
         # stages, or after the toy build -- or gave a number

@@ -536,7 +536,7 @@ def check_toy_sequence_budget(cfg: DictConfig, policy: bool = True, reward: bool
     from infalign.models.builders import encode_prompts, row_special_tokens
 
     _, world, tokenizer, positions = toy or _toy_world(cfg)
-    prompts = world.prompts("train", int(cfg.data.train_prompts)) + world.prompts("test", int(cfg.data.eval_prompts))
+    prompts = sum(toy_prompts(world, cfg.data), [])
     longest = max((len(ids) for ids in encode_prompts(tokenizer, prompts)), default=0)
     prefix, middle, end, _ = row_special_tokens(tokenizer, append_eos=True)
     extra = len(prefix) + len(middle) + len(end) if reward else 0
@@ -545,6 +545,25 @@ def check_toy_sequence_budget(cfg: DictConfig, policy: bool = True, reward: bool
     what = "policy and reward model read" if policy and reward else ("policy reads" if policy else "reward model reads")
     require(new <= room, key, new, f"at most {room}: the toy world's {what} {positions} positions -- its longest "
             f"prompt ({longest} tokens), the response" + (" and the reward row's closing eos" if extra else ""))
+
+
+def toy_prompts(world, data) -> tuple[list[str], list[str]]:
+    """The toy world's ``data.train_prompts`` train and ``data.eval_prompts`` test prompts; a split with fewer
+    distinct prompts than asked for is a ConfigError naming the key (it was a ValueError naming the world's
+    settings, after a long search when far too many were asked for: ``pipeline/settings.data_settings`` refuses
+    more than the world has before compute)."""
+    out = []
+    for split, key in (("train", "data.train_prompts"), ("test", "data.eval_prompts")):
+        n = int(data.get(key.split(".")[1]))
+        try:
+            out.append(world.prompts(split, n))
+        except ConfigError:
+            raise
+        except ValueError as exc:  # (the search for distinct prompts gave up)
+            raise ConfigError(key, n, f"at most the number of distinct {split!r} prompts of the toy world (about "
+                              f"{'80' if split == 'train' else '10'} % of its prompts)",
+                              "raise data.toy.world.n_attributes or data.toy.world.prompt_len") from exc
+    return out[0], out[1]
 
 
 def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> World:
@@ -567,8 +586,7 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
             stats = {k: v for k, v in stats.items() if k not in TOY_REWARD_MODEL_STATS}
         policy_path = checked.policy_path or str(artifacts.reference_dir)
         reward_path = checked.reward_path or str(artifacts.reward_dir)
-        train_raw = world.prompts("train", int(data.train_prompts))
-        eval_raw = world.prompts("test", int(data.eval_prompts))
+        train_raw, eval_raw = toy_prompts(world, data)
         gold = GoldScorer(world)
         tokenizer = checked.policy_tokenizer or load_tokenizer(policy_path, "left", key="policy.name_or_path")
         reward_tok = None if custom_reward(cfg) else (
