@@ -762,6 +762,36 @@ def test_one_policy_evaluated_in_two_sweeps_is_one_point_of_the_panels_they_shar
                      "evaluated again, e.g. in a sweep over another procedure): counted once there"]
 
 
+def test_a_sweeps_jobs_that_never_started_are_listed_missing(tmp_path):
+    """Robustness walkthrough: a 3-job sweep killed in job 1 was reported as "2 jobs: 1 finished, 1 missing" --
+    job 2, which never got a dir, was not mentioned, and a sweep killed halfway read as a smaller complete one.
+    Its multirun.yaml's grid lists it: missing, "never started", with its overrides. A sweep under the
+    reported dir (``more/``) is expanded too; one with another job-dir layout is not."""
+    from omegaconf import OmegaConf
+
+    from infalign.report.collect import collect
+
+    def sweep(root: Path, task: list[str], subdir: str = "${hydra.job.num}") -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create({"hydra": {
+            "sweep": {"dir": str(root), "subdir": subdir}, "overrides": {"task": task},
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None}}}),
+            root / "multirun.yaml")
+
+    sweep(tmp_path, ["logger=none", "transform.t=2,4,8"])
+    done = fake_metrics(exp_cfg(2.0), "exp(t=2)", 0.1, 0.3, 0.6, 0.7)
+    write_job(tmp_path, "0", ["logger=none", "transform.t=2"], done)
+    write_job(tmp_path, "1", ["logger=none", "transform.t=4"])  # killed: a dir, no record
+    sweep(tmp_path / "more", ["seed=1,2"])
+    sweep(tmp_path / "named", ["seed=1,2"], subdir="${hydra.job.override_dirname}")
+    jobs = {j.job: j for j in collect(tmp_path)}
+    assert sorted(jobs) == ["0", "1", "2", "more/0", "more/1"]
+    assert [jobs[k].status for k in ("0", "1", "2")] == ["finished", "missing", "missing"]
+    assert jobs["2"].overrides == ["logger=none", "transform.t=8"]
+    assert jobs["2"].reason == "never started: job 2 of the 3 its sweep launches (multirun.yaml) has no job dir"
+    assert jobs["more/1"].overrides == ["seed=2"] and "more/multirun.yaml" in jobs["more/1"].reason
+
+
 def test_a_failing_theory_curve_says_why(tmp_path, monkeypatch):
     from infalign.math import theory
     from infalign.report.collect import collect

@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from infalign.infra.cache import atomic_write_json
+from infalign.infra.sweeps import sweep_jobs
 from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 
 log = logging.getLogger(__name__)
@@ -70,22 +71,6 @@ def previous_results(sweep_dir: Path) -> list[str]:
         return []
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name))
     return [p.name for p in jobs if (p / "metrics.json").exists() or (p / "checkpoints").exists()]
-
-
-def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
-    """The job overrides Hydra's basic sweeper will launch, in job-number order (its ``params`` then the
-    command line's, expanded as ``BasicSweeper.split_arguments`` does); None for another sweeper
-    (Optuna: its jobs are not a grid)."""
-    sweeper = config.hydra.get("sweeper") or {}
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
-        return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    task = (config.hydra.get("overrides") or {}).get("task") or []
-    parsed = OverridesParser.create().parse_overrides([*params, *task])
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def recorded_overrides(job_dir: Path) -> list[str] | None:

@@ -9,8 +9,8 @@ a dir with either is a job (:func:`find_job_dirs`). A job is
 * ``failed``: the record says so (reason: the error's last line), or it is unreadable (not JSON,
   not a record, a newer schema version) or incomplete;
 * ``missing``: no ``metrics.json`` (still running, killed, or crashed before writing it; reason:
-  the exception line of the last traceback in ``train.log``), or a status the report does not
-  know (``interrupted``);
+  the exception line of the last traceback in ``train.log``), a status the report does not
+  know, or no job dir at all for a job its sweep's ``multirun.yaml`` launches (:func:`never_started`);
 * ``duplicate``: finished, and the same run as an earlier job (:func:`mark_duplicates`): counted once.
 """
 
@@ -57,8 +57,15 @@ def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
     its jobs named ``a/3``, ``b/3``; a dir reached twice (a link loop, two links to one sweep) is
     walked once."""
     root = Path(root)
+    found = [here for here in _walk(root, skip) if (here / ".hydra").is_dir() or _holds_a_run_record(here)]
+    return sorted(found, key=lambda p: natural_key(_rel(p, root)))
+
+
+def _walk(root: Path, skip: Sequence[Path] = ()) -> Iterable[Path]:
+    """Every dir under ``root`` (``root`` included) a report reads: symlinks followed, each real dir once,
+    hidden dirs, :data:`_SKIP_DIRS` and ``skip`` left out."""
     skip_resolved = {Path(s).resolve() for s in skip}
-    found, seen = [], set()
+    seen = set()
     for dirpath, dirnames, _ in os.walk(root, followlinks=True):
         here = Path(dirpath)
         real = here.resolve()
@@ -66,11 +73,39 @@ def find_job_dirs(root: Path, skip: Sequence[Path] = ()) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        if (here / ".hydra").is_dir() or _holds_a_run_record(here):
-            found.append(here)
+        yield here
         dirnames[:] = sorted((d for d in dirnames if not d.startswith(".") and d not in _SKIP_DIRS
                               and (here / d).resolve() not in skip_resolved), key=natural_key)
-    return sorted(found, key=lambda p: natural_key(_rel(p, root)))
+
+
+def never_started(root: Path, skip: Sequence[Path] = ()) -> list[Job]:
+    """A ``missing`` :class:`Job` for each job of a sweep's grid that has no job dir: a sweep killed halfway
+    (or its jobs still queued) read as a smaller complete sweep, its report silent about the rest (robustness
+    walkthrough: 3 jobs, killed in job 1, reported "2 jobs"). The grid is the one its ``multirun.yaml`` (Hydra's
+    record of the sweep) launches (``infra/sweeps.sweep_jobs``: the basic sweeper; job dirs numbered
+    ``${hydra.job.num}``, Hydra's default ``hydra.sweep.subdir``); other sweepers and layouts are not expanded."""
+    from omegaconf import OmegaConf
+
+    from infalign.infra.sweeps import sweep_jobs
+
+    out = []
+    for sweep in _walk(Path(root), skip):
+        if not (sweep / "multirun.yaml").is_file():
+            continue
+        try:
+            config = OmegaConf.load(sweep / "multirun.yaml")
+            if OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir") != "${hydra.job.num}":
+                continue
+            jobs = sweep_jobs(config) or []
+        except Exception:  # noqa: BLE001 - an unreadable or foreign multirun.yaml: its job dirs speak for it
+            continue
+        for num, overrides in enumerate(jobs):
+            path = sweep / str(num)
+            if not path.exists():
+                out.append(Job(job=_rel(path, root), path=path, status="missing", overrides=list(overrides),
+                               reason=f"never started: job {num} of the {len(jobs)} its sweep launches "
+                                      f"({_rel(sweep / 'multirun.yaml', root)}) has no job dir"))
+    return out
 
 
 def _holds_a_run_record(here: Path) -> bool:
@@ -101,7 +136,8 @@ def collect(root: Path, skip: Sequence[Path] = ()) -> list[Job]:
     on a broken job dir."""
     from infalign.report.naming import mark_odd_settings  # (naming reads Job: imported here, not at the top)
 
-    jobs = [load_job(path, root) for path in find_job_dirs(root, skip)]
+    jobs = [load_job(path, root) for path in find_job_dirs(root, skip)] + never_started(root, skip)
+    jobs.sort(key=lambda job: natural_key(job.job))
     mark_duplicates(jobs)
     mark_odd_settings(jobs)
     return jobs
