@@ -293,3 +293,24 @@ def test_tie_share_by_hand_and_its_warning(monkeypatch, caplog):
     assert "of within-prompt sample pairs tie" in miscalibration_line(mis) and tie_share(rewards) > TIE_WARN
     mis["reward_model"]["tie_share"] = 0.0
     assert "tie" not in miscalibration_line(mis)
+
+
+def test_a_reward_whose_every_pair_ties_gets_no_theory():
+    """Robustness walkthrough: a constant reward (a custom scorer returning 1.0) calibrates every response to 1/2,
+    so training has no signal (measured KL ~0, win rates 1/2), yet the summary's theory row read KL 0.363 and a bon4
+    win rate of 0.817 -- the uniform-C theory's numbers at beta. Every pair tied (tie_share 1): no theory, and the
+    miscalibration line says why; a partly tied reward keeps its theory (with the "holds only roughly" note)."""
+    from infalign.math.calibration import tie_share
+    from infalign.math.miscalibration import spread_stats
+    from infalign.pipeline.evaluate import constant_reward
+    from infalign.pipeline.record import miscalibration_line
+
+    constant = torch.ones(4, 8)
+    assert tie_share(constant) == 1.0
+    mis = {"n_prompts": 4, "reward_model": spread_stats(constant)}
+    assert constant_reward(mis) and "there is no theory prediction" in miscalibration_line(mis)
+    partly = constant.clone()
+    partly[0, 0] = 2.0
+    mis = {"n_prompts": 4, "reward_model": spread_stats(partly)}
+    assert not constant_reward(mis) and "holds only roughly" in miscalibration_line(mis)
+    assert not constant_reward({"n_prompts": 4, "reward_model": {}})  # (records before tie_share)

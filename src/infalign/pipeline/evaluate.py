@@ -68,18 +68,27 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: Trai
     per_prompt = {"prompt_ids": prompt_ids(world.eval_prompts)}
     per_prompt |= {judge: {k: [round(float(v), 10) for v in col] for k, col in cols.items()}
                    for judge, cols in columns.items()}
+    miscalibration = miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold"))
     return Evaluation(
         judges={judge: {k: CI.from_json(c) for k, c in cols.items()} for judge, cols in report.items()},
         ns=ns, procedure=procedure.name, reference_pool_cache_hit=ref_hit, policy_pool_cache_hit=pol_hit,
         per_prompt=per_prompt,
-        miscalibration=miscalibration_summary(ref_scores["reward_model"], ref_scores.get("gold")),
+        miscalibration=miscalibration,
         samples=[[p, r[0]] for p, r in zip(world.eval_prompts, pol["responses"])][: int(ev.keep_responses)],
         responses={"policy": response_stats(pol["lengths"], pol["ended"]),
                    "reference": response_stats(ref["lengths"], ref["ended"])},
         sampler=sampler,
         reward_cut=reward_cut(ref, pol),
-        theory=None if sampler else theory_prediction(transform, procedure, beta, report["reward_model"]["kl"]["mean"],
-                                                      ns))
+        theory=None if sampler or constant_reward(miscalibration) else theory_prediction(
+            transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns))
+
+
+def constant_reward(miscalibration: dict) -> bool:
+    """Whether every within-prompt pair of the reference pool's reward-model scores ties (``tie_share`` 1): the
+    calibrated reward is then 1/2 for every response, training has no signal and the calibrated-space theory,
+    which assumes a uniform ``C``, predicts nothing -- the run gets no theory (it printed KL 0.36 and a bon4
+    win rate of 0.82 beside a measured 0 and 1/2: robustness walkthrough)."""
+    return (miscalibration.get("reward_model") or {}).get("tie_share") == 1.0
 
 
 def reward_cut(ref: dict, pol: dict, judge: str = "reward_model") -> dict | None:

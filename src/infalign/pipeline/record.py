@@ -253,7 +253,10 @@ def miscalibration_line(mis: dict, reward: str = "reward model") -> str:
     from infalign.math.calibration import TIE_WARN  # (not at import: math/calibration imports torch)
 
     ties = mis["reward_model"].get("tie_share")
-    if ties is not None and ties > TIE_WARN:  # (records before tie_share: none)
+    if ties == 1.0:
+        line += ("; every within-prompt sample pair ties: the calibrated reward is 1/2 for every response, so "
+                 "training has no signal and there is no theory prediction (docs/method.md §2)")
+    elif ties is not None and ties > TIE_WARN:  # (records before tie_share: none)
         line += (f"; {ties:.1%} of within-prompt sample pairs tie: the calibrated reward is not uniform, and the "
                  "calibrated-space theory holds only roughly (docs/method.md §2)")
     return line
