@@ -16,6 +16,7 @@ import torch
 import tiny_policy as tp
 from infalign.training.checkpoint import RunCheckpoint
 from infalign.training.reward_model import RewardModelModule
+from infalign.training.rollout import step_generator
 from infalign.training.step_batches import StepIndexed
 
 
@@ -86,6 +87,10 @@ def test_ppo_minibatch_permutation_changes_with_the_rl_step(monkeypatch):
         module.training_step(None, 0)
         assert len(drawn) == 2  # one permutation per PPO epoch
         per_step.append(list(drawn))
+        # from their own stream (3), one generator for the step's epochs -- not the prompt permutation's (1),
+        # with which the split followed the prompt order (mutation testing)
+        g = step_generator(module.seed, module.rl_step, 3)
+        assert drawn == [randperm(8, generator=g).tolist() for _ in range(2)]
     assert per_step[0] != per_step[1]
 
 
