@@ -1464,9 +1464,30 @@ def test_one_policy_in_a_sweep_over_n_is_one_run_of_the_theory_gap(tmp_path):
     other = per_prompt_metrics("identity", MUT_INFO, 0.6, 0.1, {})
     write_job(tmp_path, "2", ["method=identity", "algo.beta=0.1"], other)
     rows = theory_gap_rows(collect(tmp_path))
-    assert sorted((r["job"], r["metric"]) for r in rows) == [
-        (job, metric) for job in ("0", "2") for metric in ("bon2_win_rate", "bon4_win_rate", "standard_win_rate")]
+    metrics = ("bon2_win_rate", "bon4_win_rate", "standard_win_rate")
+    assert sorted((r["job"], r["metric"]) for r in rows) == [(job, m) for job in ("0", "1", "2") for m in metrics]
+    repeats = [r for r in rows if r.get("repeat_of")]  # kept in theory_gap.csv, named, not weighed again
+    assert {r["job"] for r in repeats} == {"1"} and len(repeats) == 3
+    assert all(r["repeat_of"] == "0" and r["note"] == "the same measurement as job 0: counted once" for r in repeats)
     assert median_theory_gap(rows)["identity"]["runs"] == 2
+
+
+def test_a_run_whose_reward_tied_everywhere_gets_no_theory_curve(tmp_path):
+    """A reward that tied in every within-prompt pair (tie_share 1: a constant calibrated reward) has no
+    calibrated-space theory: its record carries none (pipeline/evaluate.constant_reward), and the report's
+    theory curves and gains, built from the transform, skip it too (review)."""
+    from infalign.report.collect import collect
+    from infalign.report.series import theory_transform
+
+    for job, ties in (("0", 1.0), ("1", 0.2)):
+        m = per_prompt_metrics("identity", MUT_INFO, 0.3, 0.3, {})
+        m["config"]["transform"] = IDENTITY
+        m["eval"]["miscalibration"] = {"n_prompts": N_PROMPTS, "reward_model": {"tie_share": ties}}
+        write_job(tmp_path, job, ["method=identity"], m)
+    jobs = {j.job: j for j in collect(tmp_path)}
+    transform, why = theory_transform(jobs["0"])
+    assert transform is None and "every within-prompt pair of its reward ties" in why
+    assert theory_transform(jobs["1"])[0] is not None
 
 
 def test_theory_grid_spacing_floor_and_width():

@@ -229,9 +229,11 @@ def test_a_custom_transform_whose_code_changed_is_not_kept_nor_resumed(cache_dir
     # given their views back
     (ckpt_dir / "win_rates.png").unlink()
     (ckpt_dir / ".win_rates.png.k1ll3d.png.tmp").write_bytes(b"\x89PNG half")
+    csv_written = (ckpt_dir / "eval_metrics.csv").stat().st_mtime_ns
     assert run(cache_dir, ckpt_dir, *phi, "policy_cache=false", "ckpt_path=last_or_new")["eval"] == first["eval"]
     assert (ckpt_dir / "metrics.json").read_bytes() == on_disk  # the same code: kept as it is
     assert (ckpt_dir / "win_rates.png").stat().st_size > 10_000 and not list(ckpt_dir.glob(".*.tmp"))
+    assert (ckpt_dir / "eval_metrics.csv").stat().st_mtime_ns == csv_written  # only the missing view is written
     monkeypatch.setitem(PHI, "power", 3.0)
     for how, steps in (("last_or_new", 2), ("last", 3)):
         with pytest.raises(ConfigError, match="other values of the transform"):
@@ -731,3 +733,12 @@ def test_the_app_silences_lightning_notices_that_do_not_apply_to_its_runs(notice
         warnings.warn(notice, UserWarning, stacklevel=1)
         warnings.warn("an unrelated notice", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["an unrelated notice"]
+
+
+def test_the_float32_step_sum_limit_is_for_online_training_only(tmp_path):
+    """The offline baselines (ipo, bon_sft) never compute Phi: a t past the step-sum limit is theirs to ignore (a
+    review: algo=ipo transform.t=87 was refused, naming step sums IPO does not have); RLOO at t = 88.5 is
+    refused (e^88.5 x the tiny step's 2 x 2 rows > 3.4e38)."""
+    train_app.validate(compose_train(tmp_path, tmp_path, "algo=ipo", "transform.t=88.5"))
+    with pytest.raises(ConfigError, match=r"transform\.t=88.5"):
+        train_app.validate(compose_train(tmp_path, tmp_path, "transform.t=88.5"))

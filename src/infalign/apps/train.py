@@ -94,7 +94,8 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(scope in SCOPES, "calibration.scope", scope, " | ".join(SCOPES))
     require(scope == "prompt" or transform.calibrated, "calibration.scope", scope,
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
-    check_float32_range(transform, algo.cfg.prompts_per_step * getattr(algo.cfg, "group_size", 1))
+    if algo.online:  # (the offline baselines never compute Phi)
+        check_float32_range(transform, algo.cfg.prompts_per_step * algo.cfg.group_size)
     if (why := decreasing_transform(transform, "transform")) is not None:
         log.warning(why)
     target = getattr(algo, "kl_target", None)

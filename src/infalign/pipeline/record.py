@@ -143,13 +143,16 @@ def write_record(out_dir: Path, rec: RunRecord) -> dict[str, Path]:
     return {"metrics": paths["metrics"]}
 
 
-def write_views(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
-    """eval_metrics.csv and win_rates.png, views of the record :func:`write_record` wrote; a failure
-    (a full disk, a bad plot) is logged and loses nothing. Returns the paths of those written."""
+def write_views(out_dir: Path, rec: RunRecord, procedure, only: tuple[str, ...] = ("csv", "plot")) -> dict[str, Path]:
+    """eval_metrics.csv and win_rates.png (``only`` those of ``csv``, ``plot``), views of the record
+    :func:`write_record` wrote; a failure (a full disk, a bad plot) is logged and loses nothing. Returns the
+    paths of those written."""
     paths = run_files(out_dir, existing=False)
     written = {}
     for name, write in (("csv", lambda: atomic_write_csv(paths["csv"], eval_rows(rec))),
                         ("plot", lambda: plot_win_rates(rec, procedure, paths["plot"]))):
+        if name not in only:
+            continue
         try:
             write()
             written[name] = paths[name]
@@ -168,9 +171,8 @@ def restore_views(out_dir: Path, rec: RunRecord, procedure) -> dict[str, Path]:
     for path in paths.values():
         for stale in out_dir.glob(f".{path.name}.*.tmp"):
             stale.unlink(missing_ok=True)
-    if all(paths[name].is_file() for name in ("csv", "plot")):
-        return {}
-    return write_views(out_dir, rec, procedure)
+    missing = tuple(name for name in ("csv", "plot") if not paths[name].is_file())
+    return write_views(out_dir, rec, procedure, only=missing) if missing else {}
 
 
 def print_summary(rec: RunRecord, procedure) -> None:

@@ -101,11 +101,25 @@ def data_settings(data_cfg) -> None:
     if data_cfg.source == "toy":  # more prompts than the toy world has: refused, not searched for (it hung)
         capacity = toy_prompt_capacity((data_cfg.get("toy") or {}).get("world") or {})
         if capacity is not None:
+            hint = "raise data.toy.world.n_attributes or data.toy.world.prompt_len"
+            for key, share in (("train_prompts", 0.8), ("eval_prompts", 0.1)):
+                most = toy_split_bound(capacity, share)
+                require(int(data_cfg[key]) <= most, f"data.{key}", data_cfg[key],
+                        f"at most {most}: the toy world's {capacity} distinct prompts fall {share:.0%} in the "
+                        f"{'train' if key == 'train_prompts' else 'test'} split", hint)
             total = int(data_cfg.train_prompts) + int(data_cfg.eval_prompts)
             require(total <= capacity, "data.train_prompts", data_cfg.train_prompts,
                     f"at most the toy world's {capacity} distinct prompts with data.eval_prompts "
                     f"({data_cfg.eval_prompts}): about 80 % of them fall in the train split, 10 % in the test split",
-                    "raise data.toy.world.n_attributes or data.toy.world.prompt_len")
+                    hint)
+
+
+def toy_split_bound(capacity: int, share: float) -> int:
+    """The most prompts a split holding ``share`` of the toy world's ``capacity`` can have, six standard deviations
+    above its expected size: a prompt falls in a split by a hash of its text (toy/world.py: 80 / 10 / 10), so a
+    split's size is as a Binomial(capacity, share)'s -- beyond this bound a request is refused, not searched for
+    (the search for 6,000,000 of the default world's ~5,070,000 train prompts would take hours)."""
+    return min(capacity, int(share * capacity + 6 * (capacity * share * (1 - share)) ** 0.5) + 1)
 
 
 def toy_prompt_capacity(world_cfg) -> int | None:

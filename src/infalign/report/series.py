@@ -77,10 +77,20 @@ def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int 
     return out
 
 
+def constant_reward_run(job: Job) -> bool:
+    """Whether the run's reward tied in every within-prompt pair of its evaluation's reference pool
+    (``pipeline/evaluate.constant_reward``: its record carries no theory, and the report draws none)."""
+    from infalign.pipeline.evaluate import constant_reward
+
+    ev = job.record.eval if job.record is not None else None
+    return ev is not None and isinstance(ev.miscalibration, dict) and constant_reward(ev.miscalibration)
+
+
 def theory_transform(job: Job) -> tuple[object | None, str]:
     """``(transform, "")``: the transform whose calibrated-space theory a run of ``job``'s method has -- an
     instance, or ``"optimal"`` (the optimal frontier) -- else ``(None, why not)``: raw and uncalibrated
-    transforms, the offline baselines (no transform), pooled calibration (not uniform within a prompt)."""
+    transforms, the offline baselines (no transform), pooled calibration (not uniform within a prompt), a reward
+    that tied in every pair (:func:`constant_reward_run`)."""
     from infalign.math.transforms import as_transform
 
     tcfg = (job.config or {}).get("transform")
@@ -94,6 +104,8 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
         return None, "pooled calibration: not uniform within a prompt, no calibrated-space theory"
     if sampler := eval_sampler(job):
         return None, f"evaluated with {sampler}: samples of another distribution than the policy's, no theory"
+    if constant_reward_run(job):
+        return None, "every within-prompt pair of its reward ties: a constant calibrated reward, no theory"
     if procedure_of(job) is None or not isinstance(tcfg, dict):
         return None, "no procedure/transform config"
     if family == "optimal":

@@ -13,9 +13,9 @@ from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
 from infalign.report.naming import comparison_worlds, method_of, number, procedure_of, record_theory_applies
 
-THEORY_GAP_COLUMNS = ["job", "method", "procedure", "beta", "seed", "world_id", "kl_measured", "kl_theory_at_beta",
-                      "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl", "gap", "ci_half_width",
-                      "note"]
+THEORY_GAP_COLUMNS = ["job", "run", "method", "procedure", "beta", "seed", "world_id", "kl_measured",
+                      "kl_theory_at_beta", "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl",
+                      "gap", "ci_half_width", "note", "repeat_of"]
 # docs/method.md §10.1: the distance from theory a method's runs should reach (win-rate points, median
 # |gap| per metric), and the KL ratio below which its runs count as stopping short of their beta's KL.
 THEORY_TARGET = 0.02
@@ -34,8 +34,9 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
     world (a record written before ``world_id``) is counted in the world most runs share.
 
     ``run``: the first job of the same measurement -- one policy evaluated again, e.g. an N-independent method
-    in a sweep over ``procedure.n`` (same world, method, seed, beta and measured KL to the bit): its rows of a
-    metric that job gave already are left out, so one policy is not weighed once per N in the medians."""
+    in a sweep over ``procedure.n`` (same world, method, seed, beta and measured KL to the bit). A row of a metric
+    that job gave already is kept with ``repeat_of`` (that job) and a note, and :func:`median_theory_gap` leaves
+    it out: one policy is not weighed once per N in the medians."""
     rows = []
     worlds, _ = comparison_worlds(jobs)
     first_of: dict[tuple, str] = {}  # the measurement -> its first job
@@ -58,26 +59,30 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
                 "reachable": at.get("reachable")}
         same = (worlds[job.job], head["method"], rec.seed, head["beta"], kl) if kl is not None else (job.job,)
         head["run"] = run = first_of.setdefault(same, job.job)
+
+        def repeat(metric, run=run) -> dict:  # a row of a metric this measurement gave already: kept, not weighed
+            if (run, metric) not in given:
+                given.add((run, metric))
+                return {}
+            return {"repeat_of": run, "note": f"the same measurement as job {run}: counted once"}
+
         if not at:
-            if (run, None) not in given:
-                given.add((run, None))
-                rows.append({**head, "metric": None, "measured": None, "theory_at_measured_kl": None, "gap": None,
-                             "ci_half_width": None, "note": "no theory point: the measured KL is <= 0"})
+            rows.append({**head, "metric": None, "measured": None, "theory_at_measured_kl": None, "gap": None,
+                         "ci_half_width": None, "note": "no theory point: the measured KL is <= 0", **repeat(None)})
             continue
         # N = 1 is the standard win rate itself (one column, not two)
         keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns] if n > 1}
         for key in sorted(keys & set(at)):
             ci = rec.eval.ci(judge, key)
             measured, theory_wr = (number(ci.mean) if ci is not None else None), number(at.get(key))
-            if measured is None or (run, key) in given:
+            if measured is None:
                 continue
-            given.add((run, key))
             high, low = number(ci.high), number(ci.low)
             half = (high - low) / 2 if high is not None and low is not None else None
             note = None if theory_wr is not None else "the theory does not reach the measured KL"
             rows.append({**head, "metric": key, "measured": measured, "theory_at_measured_kl": theory_wr,
                          "gap": measured - theory_wr if theory_wr is not None else None, "ci_half_width": half,
-                         "note": note})
+                         "note": note, **repeat(key)})
     return rows
 
 
@@ -86,6 +91,7 @@ def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
     half-width of the measured win rate over its runs; the median KL ratio; and :func:`diagnose`'s
     ``limits`` and ``reading``. Runs of different worlds (``world_id``: other models or toy-world
     parameters) are separate entries, ``method [world_id]``, when the rows hold more than one."""
+    rows = [r for r in rows if not r.get("repeat_of")]  # (a measurement counted once)
     worlds = {r.get("world_id") for r in rows}
     group = (lambda r: r["method"]) if len(worlds) <= 1 else (lambda r: f"{r['method']} [{r.get('world_id')}]")
     out: dict[str, dict] = {}
