@@ -85,7 +85,9 @@ def test_tiny_multirun_one_wandb_run_per_job_in_one_group_failed_job_recorded(tm
     assert "1 of 2 jobs failed: 0: failed:" in err  # the sweep goes on, then says so and exits 1
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2
-    group = f"multirun-{sweep.name}".encode()
+    from infalign.infra.sweeps import multirun_group
+
+    group = multirun_group(sweep).encode()
     for job in jobs:
         metrics = json.loads((job / "metrics.json").read_text())
         failed = metrics["config"]["policy"]["name_or_path"] is not None

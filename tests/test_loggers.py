@@ -8,6 +8,7 @@ whole ``infalign-train`` run logs to it.
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -614,6 +615,23 @@ def test_runs_added_under_a_sweep_join_its_group(tmp_path, monkeypatch):
     for d in (a, a / "more", b / "more", tmp_path / "plain"):
         current["dir"] = d
         groups[d.relative_to(tmp_path).as_posix()] = run_group(None)
-    assert groups == {"sweepA": "multirun-sweepA", "sweepA/more": "multirun-sweepA", "sweepB/more": "multirun-sweepB",
-                      "plain": "multirun-plain"}
+    assert {k: v.rsplit("-", 1)[0] for k, v in groups.items()} == {
+        "sweepA": "multirun-sweepA", "sweepA/more": "multirun-sweepA", "sweepB/more": "multirun-sweepB",
+        "plain": "multirun-plain"}
+    assert groups["sweepA"] == groups["sweepA/more"]
     assert run_group("paper_bon") == "paper_bon"
+    # two sweeps whose dirs end alike are two groups (W&B walkthrough: outputs/expA/sweep and outputs/expB/sweep
+    # were one, multirun-sweep): the name and a hash of the path
+    alike = []
+    for d in (tmp_path / "expA" / "sweep", tmp_path / "expB" / "sweep"):
+        d.mkdir(parents=True)
+        current["dir"] = d
+        alike.append(run_group(None))
+    assert alike[0] != alike[1] and all(re.fullmatch(r"multirun-sweep-[0-9a-f]{6}", g) for g in alike)
+
+
+def test_a_stored_wandb_run_id_has_64_random_bits(tmp_path):
+    """W&B walkthrough: 8 hex characters (32 bits) collide at ~1 % in a project of 10,000 runs, and resume="allow"
+    would merge the two runs; 16 (64 bits): ~3e-12."""
+    ids = {loggers.stored_run_id(tmp_path / str(i)) for i in range(50)}
+    assert len(ids) == 50 and all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)

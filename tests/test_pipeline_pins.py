@@ -307,7 +307,8 @@ def test_more_toy_prompts_than_the_world_has_is_a_config_error_naming_the_key():
     from omegaconf import OmegaConf
 
     from infalign.errors import ConfigError
-    from infalign.pipeline.settings import data_settings, toy_prompt_capacity, toy_split_bound
+    from infalign.pipeline.toy_prompts import check_toy_prompt_counts as data_settings
+    from infalign.pipeline.toy_prompts import toy_prompt_capacity, toy_split_bound
     from infalign.pipeline.world import toy_prompts
     from infalign.toy.world import ToyWorld
 

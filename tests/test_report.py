@@ -890,7 +890,7 @@ WANDB_NEW = {"_target_": "infalign.pipeline.loggers.RunWandbLogger", "project": 
     ({"kind": "wandb", "project": "p", "entity": None, "group": "sweep-a", "offline": True},
      {"project": "p", "entity": None, "group": "sweep-a", "offline": True}),
     ({"_target_": "lightning.pytorch.loggers.WandbLogger", "project": "p", "group": None, "mode": "online"},
-     {"project": "p", "entity": None, "group": "multirun-multirun", "offline": False}),
+     {"project": "p", "entity": None, "group": "multirun-multirun-<hash>", "offline": False}),
     ({"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": "x"}, None),
     ({"kind": "csv"}, None),
     (None, None),  # logger=none
@@ -903,6 +903,10 @@ def test_wandb_jobs_are_recognised_in_new_and_old_sweep_dirs(tmp_path, logger, e
     metrics = fake_metrics(IDENTITY, "identity", 0.3, 0.25, 0.62, 0.70)
     metrics["config"]["logger"] = logger
     write_job(root, "0", ["transform=identity"], metrics)
+    if expected is not None and expected["group"].endswith("<hash>"):
+        from infalign.infra.sweeps import multirun_group
+
+        expected = {**expected, "group": multirun_group(root)}
     assert wandb_settings(collect(root), root) == expected
 
 
@@ -925,6 +929,19 @@ def test_a_sweep_logged_to_wandb_only_by_a_kept_rerun_gets_its_report_run_in_its
                                                    "offline": True}
     (job / "logged.json").write_text(json.dumps(["CSVLogger"]))
     assert wandb_settings(collect(root), root) is None
+    # no sweep_name: the group infalign-train used, the outermost sweep's -- also for runs added in <sweep>/more,
+    # which made the report's run 'multirun-more' (W&B walkthrough)
+    from infalign.infra.sweeps import multirun_group
+
+    (root / "multirun.yaml").write_text("{}\n")
+    (job / "logged.json").write_text(json.dumps(["RunWandbLogger"]))
+    metrics["config"]["sweep_name"] = None
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    for n in range(2):
+        more = write_job(root / "more", str(n), ["transform=identity"], metrics)
+        (more / "logged.json").write_text(json.dumps(["RunWandbLogger"]))
+        (more / "wandb" / "offline-run-20261205_000000-abcd123{n}").mkdir(parents=True)
+    assert wandb_settings(collect(root), root)["group"] == multirun_group(root) == multirun_group(root / "more")
 
 
 @pytest.mark.slow

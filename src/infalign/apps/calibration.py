@@ -144,11 +144,13 @@ def validate(cfg: DictConfig) -> None:
     and thread settings -- the checks ``infalign-train`` makes of the same keys."""
     from infalign.infra.threads import resolve_threads
     from infalign.pipeline.settings import data_settings, eval_pool_settings, model_settings
+    from infalign.pipeline.toy_prompts import check_toy_prompt_counts
 
     check_known_keys(cfg)
     check_value_types(cfg)
     eval_pool_settings(cfg.eval)
     data_settings(cfg.data)
+    check_toy_prompt_counts(cfg.data)
     model_settings(cfg)  # policy.dtype, reward.dtype, reward.input, reward.prompt_format
     resolve_threads(cfg.get("threads", "auto"))
 

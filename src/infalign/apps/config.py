@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, require, require_type
+from infalign.infra.sweeps import multirun_group, outermost_sweep_dir  # noqa: F401 (outermost_sweep_dir: re-export)
 from infalign.toy.defaults import hydra_node as toy_defaults_node
 
 
@@ -97,27 +98,17 @@ if not OmegaConf.has_resolver("run_suffix"):
 
 def run_group(sweep_name: str | None) -> str:
     """``${run_group:${sweep_name}}``, the group of a run's logger (W&B): ``sweep_name`` if set (the
-    sweeps set it), else one group per multirun (``multirun-<sweep dir name>``, the outermost sweep's:
-    runs added in a dir under a sweep, ``hydra.sweep.dir=<sweep dir>/more``, join that sweep's group --
-    :func:`outermost_sweep_dir`), else ``single``."""
+    sweeps set it), else one group per multirun (``infra/sweeps.multirun_group``: ``multirun-<sweep dir
+    name>-<hash of its path>``, the outermost sweep's: runs added in a dir under a sweep,
+    ``hydra.sweep.dir=<sweep dir>/more``, join that sweep's group), else ``single``."""
     if sweep_name:
         return str(sweep_name)
     from hydra.core.hydra_config import HydraConfig
 
     mode = HydraConfig.get().mode if HydraConfig.initialized() else None  # (None under --cfg job)
     if mode is not None and mode.name == "MULTIRUN":
-        return f"multirun-{outermost_sweep_dir(Path(HydraConfig.get().sweep.dir)).name}"
+        return multirun_group(Path(HydraConfig.get().sweep.dir))
     return "single"
-
-
-def outermost_sweep_dir(sweep_dir: Path) -> Path:
-    """``sweep_dir``, or the outermost directory above it that holds a sweep (Hydra writes its
-    ``multirun.yaml`` there): the sweep whose runs a dir added under it extends."""
-    top = sweep_dir
-    for parent in Path(os.path.abspath(sweep_dir)).parents:
-        if (parent / "multirun.yaml").is_file():
-            top = parent
-    return top
 
 
 if not OmegaConf.has_resolver("run_group"):

@@ -61,6 +61,7 @@ from infalign.pipeline.settings import (
     training_seed,
     wandb_mode,
 )
+from infalign.pipeline.toy_prompts import check_toy_prompt_counts
 from infalign.training.algorithms import Algorithm, make_algorithm
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             f"at most eval.samples={cfg.eval.samples}", "the evaluation's win rate at N draws N of each prompt's "
             "eval.samples samples: raise eval.samples")
     data_settings(cfg.data)  # data.source, data.train_prompts, data.eval_prompts
+    check_toy_prompt_counts(cfg.data)  # (no more than the toy world has)
     check_source_keys(cfg, command_line_keys(deletions=False))
     model_settings(cfg)  # policy.dtype, policy.train_dtype, reward.dtype, reward.input, reward.prompt_format
     training_seed(cfg)  # replica

@@ -3,7 +3,30 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 from omegaconf import DictConfig
+
+
+def outermost_sweep_dir(sweep_dir: Path) -> Path:
+    """``sweep_dir``, or the outermost directory above it that holds a sweep (Hydra writes its
+    ``multirun.yaml`` there): the sweep whose runs a dir added under it extends."""
+    top = sweep_dir
+    for parent in Path(os.path.abspath(sweep_dir)).parents:
+        if (parent / "multirun.yaml").is_file():
+            top = parent
+    return top
+
+
+def multirun_group(sweep_dir: Path) -> str:
+    """The logger group of a multirun's jobs without a ``sweep_name``: ``multirun-<name>-<hash>``, the name and
+    a short hash of the absolute path of its :func:`outermost_sweep_dir` -- two sweeps whose dirs end alike
+    (``outputs/expA/sweep``, ``outputs/expB/sweep``) were one group (``multirun-sweep``), their runs averaged
+    together on a dashboard (W&B walkthrough); runs added under a sweep (``<dir>/more``) join its group."""
+    top = Path(os.path.abspath(outermost_sweep_dir(Path(sweep_dir))))
+    return f"multirun-{top.name}-{hashlib.sha1(str(top).encode()).hexdigest()[:6]}"
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]] | None:

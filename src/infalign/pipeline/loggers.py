@@ -169,7 +169,8 @@ def stored_run_id(run_dir: Path, new: bool = False) -> str:
     path = run_dir / "wandb" / "run_id"
     if path.exists() and not new:
         return path.read_text().strip()
-    run_id = secrets.token_hex(4)  # 8 characters of [0-9a-f], a valid W&B run id
+    run_id = secrets.token_hex(8)  # 16 characters of [0-9a-f], a valid W&B run id: 64 bits, so ids of a
+    # project of 10,000 runs collide with odds ~3e-12 (8 characters: ~1 %, and resume="allow" merges a collision)
     if rank_zero_only.rank == 0:  # the only rank whose WandbLogger starts a run
         atomic_write_text(path, run_id + "\n")
     return run_id

@@ -51,6 +51,7 @@ from infalign.models.reward import (
 )
 from infalign.pipeline.custom_reward import check_custom_reward, custom_reward, custom_scorer
 from infalign.pipeline.settings import DIALOGUE_SOURCES, HALF_DTYPES, data_settings
+from infalign.pipeline.toy_prompts import check_toy_prompt_counts
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def check_world_config(cfg: DictConfig) -> CheckedModels:
 
     data = cfg.data
     data_settings(data)  # (also checked by apps/train.validate, before the heavy imports)
+    check_toy_prompt_counts(data)
     toy = data.source == "toy"
     require(not (toy and _train_reward(cfg)), "reward.train.enabled", True,
             "false for the toy world (its reward model is built)")

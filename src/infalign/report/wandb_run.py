@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from infalign.infra.sweeps import multirun_group
 from infalign.pipeline.record import logged_kinds
 from infalign.report.build import Report
 from infalign.report.collect import Job
@@ -54,11 +55,12 @@ def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
     :func:`_job_wandb`).
 
     ``group`` is the jobs' ``logger.group``, else what ``infalign-train`` used for a multirun
-    (``multirun-<sweep dir name>``, the sweep dir being the job dir's parent)."""
+    (``infra/sweeps.multirun_group`` of the job dir's parent: its outermost sweep's -- a kept run logged from
+    ``<sweep>/more`` went to ``multirun-more``, not its sweep's group)."""
     wb = [(j, cfg) for j in jobs if (cfg := _job_wandb(j)) is not None]
     if not wb:
         return None
-    groups = Counter(str(cfg.get("group") or f"multirun-{j.path.parent.name}") for j, cfg in wb)
+    groups = Counter(str(cfg.get("group") or multirun_group(j.path.parent)) for j, cfg in wb)
     lg = wb[0][1]
     return {"project": lg.get("project") or "infalign", "entity": lg.get("entity"),
             "group": groups.most_common(1)[0][0],

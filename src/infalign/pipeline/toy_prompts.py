@@ -1,0 +1,59 @@
+"""Before-compute checks of the toy world's prompt counts (``data.train_prompts`` / ``data.eval_prompts``
+against the prompts a toy world has). Apart from ``pipeline/settings.py`` -- whose text keys the cached
+policies and pools -- because it reads the toy world's defaults, and a check that refuses a config changes
+no result."""
+
+from __future__ import annotations
+
+from infalign.errors import require
+
+__all__ = ["check_toy_prompt_counts", "toy_prompt_capacity", "toy_split_bound"]
+
+
+def check_toy_prompt_counts(data_cfg) -> None:
+    """For ``data.source=toy``: ``data.train_prompts`` / ``data.eval_prompts`` at most their split's share of the
+    toy world's prompts (:func:`toy_split_bound`) and together at most all of them (ConfigError naming the key):
+    more than the world has was searched for until the search gave up (minutes to hours: it hung)."""
+    if data_cfg.get("source") != "toy":
+        return
+    capacity = toy_prompt_capacity((data_cfg.get("toy") or {}).get("world") or {})
+    if capacity is not None:
+        hint = "raise data.toy.world.n_attributes or data.toy.world.prompt_len"
+        for key, share in (("train_prompts", 0.8), ("eval_prompts", 0.1)):
+            most = toy_split_bound(capacity, share)
+            require(int(data_cfg[key]) <= most, f"data.{key}", data_cfg[key],
+                    f"at most {most}: the toy world's {capacity} distinct prompts fall {share:.0%} in the "
+                    f"{'train' if key == 'train_prompts' else 'test'} split", hint)
+        total = int(data_cfg.train_prompts) + int(data_cfg.eval_prompts)
+        require(total <= capacity, "data.train_prompts", data_cfg.train_prompts,
+                f"at most the toy world's {capacity} distinct prompts with data.eval_prompts "
+                f"({data_cfg.eval_prompts}): about 80 % of them fall in the train split, 10 % in the test split",
+                hint)
+
+
+def toy_split_bound(capacity: int, share: float) -> int:
+    """The most prompts a split holding ``share`` of the toy world's ``capacity`` can have, six standard deviations
+    above its expected size: a prompt falls in a split by a hash of its text (toy/world.py: 80 / 10 / 10), so a
+    split's size is as a Binomial(capacity, share)'s -- beyond this bound a request is refused, not searched for
+    (the search for 6,000,000 of the default world's ~5,070,000 train prompts would take hours)."""
+    return min(capacity, int(share * capacity + 6 * (capacity * share * (1 - share)) ** 0.5) + 1)
+
+
+def toy_prompt_capacity(world_cfg) -> int | None:
+    """How many distinct prompts a toy world has: ordered choices of ``k`` of its ``n_attributes`` attribute
+    words without repeats, ``k`` in ``prompt_len`` (toy/world.py), ``sum_k n! / (n - k)!`` -- 6,333,600 at the
+    defaults (16 attributes, 4 to 6 words). None when the settings are not numbers (ToyWorld then refuses them)."""
+    import math
+
+    from infalign.toy.defaults import WORLD_DEFAULTS
+
+    n, lengths = world_cfg.get("n_attributes", WORLD_DEFAULTS["n_attributes"]), world_cfg.get(
+        "prompt_len", WORLD_DEFAULTS["prompt_len"])
+    try:
+        lo, hi = (int(v) for v in lengths)
+        n = int(n)
+    except (TypeError, ValueError):
+        return None
+    if not 1 <= lo <= hi <= n:
+        return None
+    return sum(math.perm(n, k) for k in range(lo, hi + 1))
