@@ -635,3 +635,17 @@ def test_a_stored_wandb_run_id_has_64_random_bits(tmp_path):
     would merge the two runs; 16 (64 bits): ~3e-12."""
     ids = {loggers.stored_run_id(tmp_path / str(i)) for i in range(50)}
     assert len(ids) == 50 and all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
+
+
+def test_a_multirun_group_is_the_same_through_a_symlink_or_a_relative_path(tmp_path, monkeypatch):
+    """multirun_group hashes the sweep's real path: infalign-report run from another dir, or on a link to the
+    sweep, names the group infalign-train's jobs used."""
+    from infalign.infra.sweeps import multirun_group
+
+    sweep = tmp_path / "runs" / "sweep"
+    (sweep / "more").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    (tmp_path / "link").symlink_to(sweep)
+    monkeypatch.chdir(tmp_path / "runs")
+    group = multirun_group(sweep)
+    assert multirun_group(Path("sweep")) == multirun_group(tmp_path / "link") == multirun_group(sweep / "more") == group

@@ -25,7 +25,7 @@ def multirun_group(sweep_dir: Path) -> str:
     a short hash of the absolute path of its :func:`outermost_sweep_dir` -- two sweeps whose dirs end alike
     (``outputs/expA/sweep``, ``outputs/expB/sweep``) were one group (``multirun-sweep``), their runs averaged
     together on a dashboard (W&B walkthrough); runs added under a sweep (``<dir>/more``) join its group."""
-    top = Path(os.path.abspath(outermost_sweep_dir(Path(sweep_dir))))
+    top = Path(os.path.realpath(outermost_sweep_dir(Path(sweep_dir))))  # (one through a link or a relative path)
     return f"multirun-{top.name}-{hashlib.sha1(str(top).encode()).hexdigest()[:6]}"
 
 
