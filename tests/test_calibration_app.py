@@ -38,7 +38,9 @@ def test_writes_plot_summary_and_per_prompt_rows(tmp_path, tiny_cache):
                                            # (a review: 'pairs' scored the reward model in the joined layout)
                                            ("+reward.input=pairs", "reward.input"),
                                            ("policy.dtype=float8", "policy.dtype"),
-                                           ("+reward.prompt_format=last_user_turn", "reward.prompt_format")])
+                                           ("+reward.prompt_format=last_user_turn", "reward.prompt_format"),
+                                           # more than the toy world has (it searched for hours)
+                                           ("data.train_prompts=100000000", "data.train_prompts")])
 def test_bad_values_are_config_errors_before_the_world(tmp_path, override, key):
     """infalign-calibration had no checks of its own: eval.samples=1 drew and cached the pool, then failed
     in the summary; threads=abc printed a traceback."""

@@ -649,3 +649,14 @@ def test_a_multirun_group_is_the_same_through_a_symlink_or_a_relative_path(tmp_p
     monkeypatch.chdir(tmp_path / "runs")
     group = multirun_group(sweep)
     assert multirun_group(Path("sweep")) == multirun_group(tmp_path / "link") == multirun_group(sweep / "more") == group
+
+
+def test_a_wandb_run_records_its_group_where_the_report_reads_it(tmp_path):
+    """A kept run logged by a later re-run has no logger config in its record: the group the re-run's logger used
+    is written to <run dir>/wandb/group, which report/wandb_run reads (review: a sweep moved, or reached through
+    another path, named another group than its jobs'). A disabled run records none."""
+    wandb_attempt(tmp_path / "a", [], group="multirun-sweep-abc123")
+    assert loggers.group_file(tmp_path / "a") == tmp_path / "a" / "wandb" / "group"
+    assert loggers.group_file(tmp_path / "a").read_text() == "multirun-sweep-abc123\n"
+    wandb_attempt(tmp_path / "d", [], group="g", mode="disabled")
+    assert not loggers.group_file(tmp_path / "d").exists()

@@ -318,16 +318,17 @@ def test_more_toy_prompts_than_the_world_has_is_a_config_error_naming_the_key():
     data = OmegaConf.create({"source": "toy", "train_prompts": 100_000_000, "eval_prompts": 8, "toy": {}})
     with pytest.raises(ConfigError, match=r"data\.train_prompts=100000000.*6333600 distinct prompts"):
         data_settings(data)
-    # within the world, beyond its train split's share (review: 6,000,000 of ~5,070,000 would search for hours):
-    # 80 % of 6,333,600 plus six standard deviations (6 sqrt(0.16 x 6,333,600) = 6,039.99), rounded up
-    assert toy_split_bound(6_333_600, 0.8) == 5_072_920 and toy_split_bound(36, 0.8) == 36  # (never past the world)
-    data.train_prompts = 6_000_000
-    with pytest.raises(ConfigError, match=r"data\.train_prompts=6000000.*at most 5072920"):
+    # within the world, beyond 90 % of its train split's share (review: 6,000,000 of ~5,070,000 would search for
+    # hours, 5,000,000 for 18 minutes): 0.9 x 0.8 x 6,333,600 = 4,560,192; a small world: six standard deviations
+    # above 80 % (28.8 + 6 x 2.4), at most its 36
+    assert toy_split_bound(6_333_600, 0.8) == 4_560_192 and toy_split_bound(36, 0.8) == 36
+    data.train_prompts = 5_000_000
+    with pytest.raises(ConfigError, match=r"data\.train_prompts=5000000.*at most 4560192"):
         data_settings(data)
-    data.train_prompts, data.eval_prompts = 5_000_000, 700_000
-    with pytest.raises(ConfigError, match=r"data\.eval_prompts=700000.*at most 637890"):
+    data.train_prompts, data.eval_prompts = 4_000_000, 600_000
+    with pytest.raises(ConfigError, match=r"data\.eval_prompts=600000.*at most 570024"):
         data_settings(data)
-    data.eval_prompts = 600_000
+    data.eval_prompts = 500_000
     data_settings(data)
     data = OmegaConf.create({"source": "toy", "train_prompts": 34, "eval_prompts": 3, "toy": {"world": small}})
     with pytest.raises(ConfigError, match=r"data\.train_prompts=34.*at most the toy world's 36"):

@@ -942,6 +942,9 @@ def test_a_sweep_logged_to_wandb_only_by_a_kept_rerun_gets_its_report_run_in_its
         (more / "logged.json").write_text(json.dumps(["RunWandbLogger"]))
         (more / "wandb" / "offline-run-20261205_000000-abcd123{n}").mkdir(parents=True)
     assert wandb_settings(collect(root), root)["group"] == multirun_group(root) == multirun_group(root / "more")
+    for job_dir in (job, root / "more" / "0", root / "more" / "1"):  # the group the re-run's logger recorded wins
+        (job_dir / "wandb" / "group").write_text("multirun-moved-abc123\n")
+    assert wandb_settings(collect(root), root)["group"] == "multirun-moved-abc123"
 
 
 @pytest.mark.slow
@@ -1496,8 +1499,8 @@ def test_a_run_whose_reward_tied_everywhere_gets_no_theory_curve(tmp_path):
     from infalign.report.collect import collect
     from infalign.report.series import theory_transform
 
-    for job, ties in (("0", 1.0), ("1", 0.2)):
-        m = per_prompt_metrics("identity", MUT_INFO, 0.3, 0.3, {})
+    for job, ties, kl in (("0", 1.0, 0.3), ("1", 0.2, 0.5)):  # (two runs: the same one twice is a duplicate)
+        m = per_prompt_metrics("identity", MUT_INFO, kl, 0.3, {})
         m["config"]["transform"] = IDENTITY
         m["eval"]["miscalibration"] = {"n_prompts": N_PROMPTS, "reward_model": {"tie_share": ties}}
         write_job(tmp_path, job, ["method=identity"], m)
@@ -1505,6 +1508,10 @@ def test_a_run_whose_reward_tied_everywhere_gets_no_theory_curve(tmp_path):
     transform, why = theory_transform(jobs["0"])
     assert transform is None and "every within-prompt pair of its reward ties" in why
     assert theory_transform(jobs["1"])[0] is not None
+    # nor the theory its record carries (records before the record dropped it): no theory-gap rows
+    from infalign.report.theory_gap import theory_gap_rows
+
+    assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1"}
 
 
 def test_theory_grid_spacing_floor_and_width():

@@ -742,3 +742,13 @@ def test_the_float32_step_sum_limit_is_for_online_training_only(tmp_path):
     train_app.validate(compose_train(tmp_path, tmp_path, "algo=ipo", "transform.t=88.5"))
     with pytest.raises(ConfigError, match=r"transform\.t=88.5"):
         train_app.validate(compose_train(tmp_path, tmp_path, "transform.t=88.5"))
+
+
+def test_the_world_stage_checks_the_toy_prompt_counts(tmp_path):
+    """pipeline/world.check_world_config (the world stage's first check, also for runs that skip apps/train's
+    validation) refuses more toy prompts than the world has."""
+    from infalign.pipeline.world import check_world_config
+
+    small = ["data.toy.world.n_attributes=4", "data.toy.world.prompt_len=[2,3]"]  # 4 x 3 + 4 x 3 x 2 = 36 prompts
+    with pytest.raises(ConfigError, match=r"data\.train_prompts=30 .*at most the toy world's 36 distinct prompts"):
+        check_world_config(compose_train(tmp_path, tmp_path, *small, "data.train_prompts=30", "data.eval_prompts=7"))

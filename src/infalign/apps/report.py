@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     use_wandb = args.wandb if args.wandb is not None else settings is not None
     wandb_info = None
     if use_wandb:
-        settings = settings or {"project": "infalign", "entity": None, "group": f"multirun-{root.resolve().name}",
-                                "offline": True}
+        from infalign.infra.sweeps import multirun_group
+
+        settings = settings or {"project": "infalign", "entity": None, "group": multirun_group(root), "offline": True}
         wandb_info = rep.log_to_wandb(report, settings)
     report.summary["wandb"] = wandb_info
     rep.write_summary(report)

@@ -69,6 +69,13 @@ def start(logger: Logger, config: dict, resume_step: int | None = None, trains: 
                 experiment = logger.experiment
         experiment.metrics_keys = sorted(header)
     logger.log_hyperparams(config)
+    if isinstance(logger, RunWandbLogger):
+        logger.record_group()
+
+
+def group_file(run_dir: Path) -> Path:
+    """``<run dir>/wandb/group``: the W&B group the run dir's runs went to (:meth:`RunWandbLogger.record_group`)."""
+    return run_dir / "wandb" / "group"
 
 
 def _csv_history(logger: Logger, before_step: int) -> tuple[Path, list[str], list[dict]] | None:
@@ -239,6 +246,14 @@ class RunWandbLogger(WandbLogger):
             self.logged_through = last
         elif last is not None and self._experiment is None:
             self._wandb_init["id"] = self._id = stored_run_id(self.run_dir, new=True)
+
+    def record_group(self) -> None:
+        """Write the group this run went to in :func:`group_file` (rank 0, a run that is not disabled): a kept run
+        logged by a later re-run has no logger config of its own in its record, and the report's run joins the
+        group its runs are in -- the path a sweep's group is named by may since have moved."""
+        group = self._wandb_init.get("group")
+        if rank_zero_only.rank == 0 and self.mode != "disabled" and group:
+            atomic_write_text(group_file(self.run_dir), f"{group}\n")
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:

@@ -103,10 +103,20 @@ def eval_sampler(job: Job) -> str | None:
         return None
 
 
+def constant_reward_run(job: Job) -> bool:
+    """Whether the run's reward tied in every within-prompt pair of its evaluation's reference pool
+    (``pipeline/evaluate.constant_reward``: its record carries no theory, and the report draws none)."""
+    from infalign.pipeline.evaluate import constant_reward
+
+    ev = job.record.eval if job.record is not None else None
+    return ev is not None and isinstance(ev.miscalibration, dict) and constant_reward(ev.miscalibration)
+
+
 def record_theory_applies(job: Job) -> bool:
     """Whether the theory a run's record carries (``eval.theory``, ``kl_ratio``) is one to read: not for pooled
-    calibration nor an evaluation with a modified sampler, whose older records still carry one."""
-    return not pooled_calibration(job) and not eval_sampler(job)
+    calibration, an evaluation with a modified sampler, nor a reward that tied everywhere
+    (:func:`constant_reward_run`), whose older records still carry one."""
+    return not pooled_calibration(job) and not eval_sampler(job) and not constant_reward_run(job)
 
 
 def transform_label(job: Job) -> str:

@@ -14,6 +14,7 @@ from infalign.report.collect import Job, last_line
 from infalign.report.naming import (
     algo_of,
     comparison_worlds,
+    constant_reward_run,
     eval_sampler,
     pooled_calibration,
     procedure_of,
@@ -75,15 +76,6 @@ def build_series(jobs: Sequence[Job], judges: Sequence[str], theory_points: int 
         span = {j: [(r[f"{j}_kl"], r[f"{j}_kl_low"], r[f"{j}_kl_high"]) for x in out for r in x.rows] for j in judges}
         s.theory, s.theory_note = theory_curves(s, judges, theory_points, span)
     return out
-
-
-def constant_reward_run(job: Job) -> bool:
-    """Whether the run's reward tied in every within-prompt pair of its evaluation's reference pool
-    (``pipeline/evaluate.constant_reward``: its record carries no theory, and the report draws none)."""
-    from infalign.pipeline.evaluate import constant_reward
-
-    ev = job.record.eval if job.record is not None else None
-    return ev is not None and isinstance(ev.miscalibration, dict) and constant_reward(ev.miscalibration)
 
 
 def theory_transform(job: Job) -> tuple[object | None, str]:

@@ -46,7 +46,11 @@ def _job_wandb(job: Job) -> dict | None:
         return logger
     if not any(k.endswith("WandbLogger") for k in logged_kinds(job.path)):
         return None
-    return {"project": "infalign", "group": job.config.get("sweep_name"),
+    # the group the re-run's logger used (pipeline/loggers.group_file; not imported: it loads Lightning), else
+    # (logged before it was recorded) sweep_name or the fallback of wandb_settings
+    recorded = job.path / "wandb" / "group"
+    group = recorded.read_text().strip() if recorded.is_file() else None
+    return {"project": "infalign", "group": group or job.config.get("sweep_name"),
             "mode": "offline" if any((job.path / "wandb").glob("offline-run-*")) else "online"}
 
 
