@@ -302,8 +302,8 @@ def test_a_reward_whose_every_pair_ties_gets_no_theory():
     miscalibration line says why; a partly tied reward keeps its theory (with the "holds only roughly" note)."""
     from infalign.math.calibration import tie_share
     from infalign.math.miscalibration import spread_stats
-    from infalign.pipeline.evaluate import constant_reward
     from infalign.pipeline.record import miscalibration_line
+    from infalign.pipeline.run_record import constant_reward
 
     constant = torch.ones(4, 8)
     assert tie_share(constant) == 1.0

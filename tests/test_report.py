@@ -1494,7 +1494,7 @@ def test_one_policy_in_a_sweep_over_n_is_one_run_of_the_theory_gap(tmp_path):
 
 def test_a_run_whose_reward_tied_everywhere_gets_no_theory_curve(tmp_path):
     """A reward that tied in every within-prompt pair (tie_share 1: a constant calibrated reward) has no
-    calibrated-space theory: its record carries none (pipeline/evaluate.constant_reward), and the report's
+    calibrated-space theory: its record carries none (pipeline/run_record.constant_reward), and the report's
     theory curves and gains, built from the transform, skip it too (review)."""
     from infalign.report.collect import collect
     from infalign.report.series import theory_transform

@@ -23,7 +23,7 @@ from infalign.math.pool_stats import pool_columns, summarize_columns
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.models.generation import response_stats
 from infalign.pipeline.pools import POOL_CODE, policy_pool, reference_pool
-from infalign.pipeline.run_record import CI, Evaluation
+from infalign.pipeline.run_record import CI, Evaluation, constant_reward
 from infalign.pipeline.settings import modified_sampler
 from infalign.pipeline.trainer import TrainerFactory
 
@@ -81,14 +81,6 @@ def evaluate_policy(world, cfg, procedure, transform, beta: float, trainer: Trai
         reward_cut=reward_cut(ref, pol),
         theory=None if sampler or constant_reward(miscalibration) else theory_prediction(
             transform, procedure, beta, report["reward_model"]["kl"]["mean"], ns))
-
-
-def constant_reward(miscalibration: dict) -> bool:
-    """Whether every within-prompt pair of the reference pool's reward-model scores ties (``tie_share`` 1): the
-    calibrated reward is then 1/2 for every response, training has no signal and the calibrated-space theory,
-    which assumes a uniform ``C``, predicts nothing -- the run gets no theory (it printed KL 0.36 and a bon4
-    win rate of 0.82 beside a measured 0 and 1/2: robustness walkthrough)."""
-    return (miscalibration.get("reward_model") or {}).get("tie_share") == 1.0
 
 
 def reward_cut(ref: dict, pol: dict, judge: str = "reward_model") -> dict | None:

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from infalign.infra.cache import atomic_path, atomic_write_json, atomic_write_text
-from infalign.pipeline.record import LOGGED, logged_kinds
+from infalign.pipeline.record import LOGGED, group_file, logged_kinds
 from infalign.pipeline.run_record import RunRecord
 from infalign.pipeline.settings import wandb_mode
 
@@ -71,11 +71,6 @@ def start(logger: Logger, config: dict, resume_step: int | None = None, trains: 
     logger.log_hyperparams(config)
     if isinstance(logger, RunWandbLogger):
         logger.record_group()
-
-
-def group_file(run_dir: Path) -> Path:
-    """``<run dir>/wandb/group``: the W&B group the run dir's runs went to (:meth:`RunWandbLogger.record_group`)."""
-    return run_dir / "wandb" / "group"
 
 
 def _csv_history(logger: Logger, before_step: int) -> tuple[Path, list[str], list[dict]] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from infalign.infra.cache import aside_dir, atomic_write_csv, atomic_write_json
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.pipeline.run_plot import plot_win_rates
-from infalign.pipeline.run_record import CI, RunRecord
+from infalign.pipeline.run_record import CI, RunRecord, constant_reward
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ def eval_rows(rec: RunRecord) -> list[dict]:
 
 FAILED_ATTEMPT = "metrics.failed.json"  # a failed attempt in the dir of a finished run (apps/train.write_failure)
 LOGGED = "logged.json"  # the loggers that took the finished run's record (pipeline/loggers.mark_logged)
+
+
+def group_file(run_dir: Path) -> Path:
+    """``<run dir>/wandb/group``: the W&B group the run dir's runs went to (``pipeline/loggers.RunWandbLogger.
+    record_group``), which the report's run joins (``report/wandb_run``)."""
+    return run_dir / "wandb" / "group"
 
 
 def read_record(path: Path) -> RunRecord:
@@ -255,7 +261,7 @@ def miscalibration_line(mis: dict, reward: str = "reward model") -> str:
     from infalign.math.calibration import TIE_WARN  # (not at import: math/calibration imports torch)
 
     ties = mis["reward_model"].get("tie_share")
-    if ties == 1.0:
+    if constant_reward(mis):
         line += ("; every within-prompt sample pair ties: the calibrated reward is 1/2 for every response, so "
                  "training has no signal and there is no theory prediction (docs/method.md §2)")
     elif ties is not None and ties > TIE_WARN:  # (records before tie_share: none)

@@ -85,6 +85,15 @@ class CI:
                    n_prompts=int(n) if isinstance(n, int | float) and not isinstance(n, bool) else None)
 
 
+def constant_reward(miscalibration: dict | None) -> bool:
+    """Whether every within-prompt pair of the reference pool's reward-model scores ties (``eval.miscalibration``'s
+    ``tie_share`` 1): the calibrated reward is then 1/2 for every response, training has no signal and the
+    calibrated-space theory, which assumes a uniform ``C``, predicts nothing -- the run gets no theory (it printed
+    KL 0.36 and a bon4 win rate of 0.82 beside a measured 0 and 1/2: robustness walkthrough). False for records
+    before ``tie_share``."""
+    return isinstance(miscalibration, dict) and (miscalibration.get("reward_model") or {}).get("tie_share") == 1.0
+
+
 @dataclass
 class Evaluation:
     """``eval``: held-out evaluation of the trained policy against the reference (pipeline/evaluate.py).

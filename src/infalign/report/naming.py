@@ -16,6 +16,7 @@ from typing import Any
 
 from infalign.errors import ConfigError
 from infalign.math.procedures import Procedure, make_procedure
+from infalign.pipeline.run_record import constant_reward
 from infalign.report.collect import Job
 
 # Records written before method_info existed: the algorithms that train without the transform
@@ -105,11 +106,9 @@ def eval_sampler(job: Job) -> str | None:
 
 def constant_reward_run(job: Job) -> bool:
     """Whether the run's reward tied in every within-prompt pair of its evaluation's reference pool
-    (``pipeline/evaluate.constant_reward``: its record carries no theory, and the report draws none)."""
-    from infalign.pipeline.evaluate import constant_reward
-
+    (``pipeline/run_record.constant_reward``: its record carries no theory, and the report draws none)."""
     ev = job.record.eval if job.record is not None else None
-    return ev is not None and isinstance(ev.miscalibration, dict) and constant_reward(ev.miscalibration)
+    return ev is not None and constant_reward(ev.miscalibration)
 
 
 def record_theory_applies(job: Job) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infalign.infra.sweeps import multirun_group
-from infalign.pipeline.record import logged_kinds
+from infalign.pipeline.record import group_file, logged_kinds
 from infalign.report.build import Report
 from infalign.report.collect import Job
 from infalign.report.matched import MATCHED_KL_COLUMNS
@@ -46,9 +46,8 @@ def _job_wandb(job: Job) -> dict | None:
         return logger
     if not any(k.endswith("WandbLogger") for k in logged_kinds(job.path)):
         return None
-    # the group the re-run's logger used (pipeline/loggers.group_file; not imported: it loads Lightning), else
-    # (logged before it was recorded) sweep_name or the fallback of wandb_settings
-    recorded = job.path / "wandb" / "group"
+    # the group the re-run's logger used, else (logged before it was recorded) sweep_name or wandb_settings' fallback
+    recorded = group_file(job.path)
     group = recorded.read_text().strip() if recorded.is_file() else None
     return {"project": "infalign", "group": group or job.config.get("sweep_name"),
             "mode": "offline" if any((job.path / "wandb").glob("offline-run-*")) else "online"}
