@@ -308,8 +308,7 @@ def test_more_toy_prompts_than_the_world_has_is_a_config_error_naming_the_key():
 
     from infalign.errors import ConfigError
     from infalign.pipeline.toy_prompts import check_toy_prompt_counts as data_settings
-    from infalign.pipeline.toy_prompts import toy_prompt_capacity, toy_split_bound
-    from infalign.pipeline.world import toy_prompts
+    from infalign.pipeline.toy_prompts import toy_prompt_capacity, toy_prompts, toy_split_bound
     from infalign.toy.world import ToyWorld
 
     assert toy_prompt_capacity({}) == 16 * 15 * 14 * 13 * (1 + 12 + 12 * 11) == 6_333_600

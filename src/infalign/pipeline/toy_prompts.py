@@ -1,13 +1,13 @@
-"""Before-compute checks of the toy world's prompt counts (``data.train_prompts`` / ``data.eval_prompts``
-against the prompts a toy world has). Apart from ``pipeline/settings.py`` -- whose text keys the cached
-policies and pools -- because it reads the toy world's defaults, and a check that refuses a config changes
-no result."""
+"""The toy world's prompt counts (``data.train_prompts`` / ``data.eval_prompts``): checked before compute
+against the prompts a toy world has, and drawn from it with a ConfigError naming the key. Apart from
+``pipeline/settings.py`` -- whose text keys the cached policies and pools -- because it reads the toy world's
+defaults, and a check that refuses a config changes no result."""
 
 from __future__ import annotations
 
-from infalign.errors import require
+from infalign.errors import ConfigError, require
 
-__all__ = ["check_toy_prompt_counts", "toy_prompt_capacity", "toy_split_bound"]
+__all__ = ["check_toy_prompt_counts", "toy_prompt_capacity", "toy_prompts", "toy_split_bound"]
 
 
 def check_toy_prompt_counts(data_cfg) -> None:
@@ -65,3 +65,22 @@ def toy_prompt_capacity(world_cfg) -> int | None:
     if not 1 <= lo <= hi <= n:
         return None
     return sum(math.perm(n, k) for k in range(lo, hi + 1))
+
+
+def toy_prompts(world, data) -> tuple[list[str], list[str]]:
+    """The toy world's ``data.train_prompts`` train and ``data.eval_prompts`` test prompts; a split with fewer
+    distinct prompts than asked for is a ConfigError naming the key (it was a ValueError naming the world's
+    settings, after a long search when far too many were asked for: :func:`check_toy_prompt_counts` refuses
+    more than the world has before compute)."""
+    out = []
+    for split, key in (("train", "data.train_prompts"), ("test", "data.eval_prompts")):
+        n = int(data.get(key.split(".")[1]))
+        try:
+            out.append(world.prompts(split, n))
+        except ConfigError:
+            raise
+        except ValueError as exc:  # (the search for distinct prompts gave up)
+            raise ConfigError(key, n, f"at most the number of distinct {split!r} prompts of the toy world (about "
+                              f"{'80' if split == 'train' else '10'} % of its prompts)",
+                              "raise data.toy.world.n_attributes or data.toy.world.prompt_len") from exc
+    return out[0], out[1]

@@ -51,7 +51,7 @@ from infalign.models.reward import (
 )
 from infalign.pipeline.custom_reward import check_custom_reward, custom_reward, custom_scorer
 from infalign.pipeline.settings import DIALOGUE_SOURCES, HALF_DTYPES, data_settings
-from infalign.pipeline.toy_prompts import check_toy_prompt_counts
+from infalign.pipeline.toy_prompts import check_toy_prompt_counts, toy_prompts
 
 log = logging.getLogger(__name__)
 
@@ -549,25 +549,6 @@ def check_toy_sequence_budget(cfg: DictConfig, policy: bool = True, reward: bool
             f"prompt ({longest} tokens), the response" + (" and the reward row's closing eos" if extra else ""))
 
 
-def toy_prompts(world, data) -> tuple[list[str], list[str]]:
-    """The toy world's ``data.train_prompts`` train and ``data.eval_prompts`` test prompts; a split with fewer
-    distinct prompts than asked for is a ConfigError naming the key (it was a ValueError naming the world's
-    settings, after a long search when far too many were asked for: ``pipeline/settings.data_settings`` refuses
-    more than the world has before compute)."""
-    out = []
-    for split, key in (("train", "data.train_prompts"), ("test", "data.eval_prompts")):
-        n = int(data.get(key.split(".")[1]))
-        try:
-            out.append(world.prompts(split, n))
-        except ConfigError:
-            raise
-        except ValueError as exc:  # (the search for distinct prompts gave up)
-            raise ConfigError(key, n, f"at most the number of distinct {split!r} prompts of the toy world (about "
-                              f"{'80' if split == 'train' else '10'} % of its prompts)",
-                              "raise data.toy.world.n_attributes or data.toy.world.prompt_len") from exc
-    return out[0], out[1]
-
-
 def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> World:
     """The toy world (built and cached by content), or real preference data with models by name/path.
 
@@ -655,15 +636,11 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
     # which world a run's numbers come from (the report compares only runs of one world): the models
     # and, for the toy world, its build key (the world's parameters: the gold reward too)
     stats["world_id"] = content_key(stats.get("toy_key"), reference_fingerprint, reward_fingerprint)
-    # the prompts it trains and is evaluated on, as the policy and the reward read them: a finished run is kept
-    # only on the same (a data file edited at the same path is other prompts)
-    reads = None if dataset_prompts is None else dataset_texts(train_prompts + eval_prompts, dataset_prompts)
-    stats["data_id"] = content_key(train_prompts, eval_prompts, reads)
     # the hub commits the run read (the fingerprints above hash them with dtypes and input formats):
     # a refused resume names the commit to pin (pipeline/policy_cache.py)
     stats["hub_commits"] = {group: f"{path}@{rev}" for group, path, rev in
                             (("policy", policy_path, policy_rev), ("reward", reward_path, reward_rev)) if rev}
-    return World(
+    world = World(
         policy=policy,
         reference=reference,
         tokenizer=tokenizer,
@@ -676,6 +653,10 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
         stats=stats,
         dataset_prompts=dataset_prompts,
     )
+    # the prompts it trains and is evaluated on, as the policy and the reward read them: a finished run is kept
+    # only on the same (a data file edited at the same path is other prompts)
+    stats["data_id"] = content_key(train_prompts, eval_prompts, world.reward_reads(train_prompts + eval_prompts))
+    return world
 
 
 def count_truncated_prompts(cfg: DictConfig, policy, tokenizer, prompts: dict[str, list[str]]) -> dict[str, int]:
