@@ -353,7 +353,7 @@ def test_a_dir_added_under_nested_sweeps_joins_the_outermost(tmp_path):
     """outermost_sweep_dir: runs added with hydra.sweep.dir=<sweep>/more (and more under that) join the
     outermost sweep (the highest directory holding a multirun.yaml), so their W&B group is that sweep's
     (run_group: multirun-<its name>)."""
-    from infalign.apps.config import outermost_sweep_dir
+    from infalign.infra.sweeps import outermost_sweep_dir
 
     top, middle = tmp_path / "sweep", tmp_path / "sweep" / "more"
     added = middle / "again"

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, require, require_type
-from infalign.infra.sweeps import multirun_group, outermost_sweep_dir  # noqa: F401 (outermost_sweep_dir: re-export)
+from infalign.infra.sweeps import multirun_group
 from infalign.toy.defaults import hydra_node as toy_defaults_node
 
 

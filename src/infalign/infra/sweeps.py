@@ -22,7 +22,7 @@ def outermost_sweep_dir(sweep_dir: Path) -> Path:
 
 def multirun_group(sweep_dir: Path) -> str:
     """The logger group of a multirun's jobs without a ``sweep_name``: ``multirun-<name>-<hash>``, the name and
-    a short hash of the absolute path of its :func:`outermost_sweep_dir` -- two sweeps whose dirs end alike
+    a short hash of the real path of its :func:`outermost_sweep_dir` -- two sweeps whose dirs end alike
     (``outputs/expA/sweep``, ``outputs/expB/sweep``) were one group (``multirun-sweep``), their runs averaged
     together on a dashboard (W&B walkthrough); runs added under a sweep (``<dir>/more``) join its group."""
     top = Path(os.path.realpath(outermost_sweep_dir(Path(sweep_dir))))  # (one through a link or a relative path)

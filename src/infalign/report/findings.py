@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infalign.report.matched import chord_note, points, seed_interval_text
+from infalign.report.matched import KNOB_ORDER_NOTE, chord_note, points, seed_interval_text
 
 __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
            "findings_json", "read_against_aa", "aa_yardstick"]
@@ -241,7 +241,7 @@ def _knob_order_methods(summary: Path) -> set[str]:
         notes = json.loads(summary.read_text())["matched_kl"]["notes"]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
-    return {n.split(", seed ")[0] for n in notes if isinstance(n, str) and ": its KL is not monotone in " in n}
+    return {n.split(", seed ")[0] for n in notes if isinstance(n, str) and KNOB_ORDER_NOTE in n}
 
 
 def significant_text(c: Comparison) -> str:

@@ -159,6 +159,9 @@ def panel_runs(jobs: Sequence[Job], judges: Sequence[str], methods: Sequence[str
     return panels, notes
 
 
+KNOB_ORDER_NOTE = ": its KL is not monotone in "  # knob_order_notes' text after "<method>, seed <s>" (findings)
+
+
 def knob_order_notes(jobs: Sequence[Job]) -> list[str]:
     """A note per (method, seed) whose measured KL is not monotone in its KL knob (:func:`kl_knob_of`, the
     first key): ordered by the knob, its reward-model KL turns back by more than both runs' 95 % CIs
@@ -188,7 +191,7 @@ def knob_order_notes(jobs: Sequence[Job]) -> list[str]:
         if back:
             knobs = ", ".join(f"{p[0]:g}" for p in points)
             kls = ", ".join(f"{p[1]:.2f}" for p in points)
-            notes.append(f"{method}, seed {seed}: its KL is not monotone in {knob_of[(method, seed)]} ({knobs} -> KL "
+            notes.append(f"{method}, seed {seed}{KNOB_ORDER_NOTE}{knob_of[(method, seed)]} ({knobs} -> KL "
                          f"{kls}): its matched-KL curve joins the runs in KL order, so a jump of win rate between "
                          "close KLs may be runs far apart on the knob, not a bend of one curve")
     return notes
