@@ -136,3 +136,20 @@ def test_an_offline_baseline_keeps_its_theory_whatever_the_calibration_scope(tmp
         return Job(job="0", path=tmp_path, status="finished", record=record, config=config)
 
     assert pooled_calibration(job("identity")) and not pooled_calibration(job(None))
+
+
+@pytest.mark.parametrize("algo", ["rloo", "ppo"])
+def test_a_missing_eos_penalty_leaves_the_run_without_theory(tmp_path, algo):
+    """With p > 0 the target is the tilt of Phi(C) - p * 1{cut} (docs/method.md (6.1b)), not of Phi(C):
+    no calibrated-space theory beside the run (its record's eval.theory and kl_ratio are null; review: a
+    penalised run printed a theory KL of 1.30 beside a measured 2.58). p = 0 (no penalty) and null keep it."""
+    from infalign.apps.train_stages import theory_target
+
+    def target(*overrides):
+        cfg = compose_train(tmp_path, tmp_path, f"algo={algo}", "transform=identity", *overrides)
+        _, transform, algorithm = train_app.validate(cfg)
+        return theory_target(cfg, algorithm, transform)
+
+    assert target("algo.missing_eos_penalty=0.5") is None
+    for kept in (target("algo.missing_eos_penalty=0"), target()):
+        assert kept is not None and kept[0].label == "identity"

@@ -1514,6 +1514,27 @@ def test_a_run_whose_reward_tied_everywhere_gets_no_theory_curve(tmp_path):
     assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1"}
 
 
+def test_a_run_with_a_missing_eos_penalty_gets_no_theory_curve_nor_gap(tmp_path):
+    """algo.missing_eos_penalty p > 0 trains the tilt of Phi(C) - p * 1{cut} (docs/method.md (6.1b)), which
+    the calibrated-space theory does not describe: no theory curve, and the theory older records carry is not
+    read into the theory gap (review: a walkthrough's penalised run printed a theory KL of 1.30 beside a
+    measured 2.58, kl_ratio 1.98). Control: p = 0 is no penalty, and keeps its theory."""
+    from infalign.report.collect import collect
+    from infalign.report.series import theory_transform
+    from infalign.report.theory_gap import theory_gap_rows
+
+    for job, penalty, kl in (("0", 0.5, 0.3), ("1", 0.0, 0.5), ("2", None, 0.7)):
+        m = per_prompt_metrics("identity", MUT_INFO, kl, 0.3, {})
+        m["config"]["transform"] = IDENTITY
+        m["config"].setdefault("algo", {})["missing_eos_penalty"] = penalty
+        write_job(tmp_path, job, ["method=identity"], m)
+    jobs = {j.job: j for j in collect(tmp_path)}
+    transform, why = theory_transform(jobs["0"])
+    assert transform is None and "missing_eos_penalty=0.5" in why
+    assert theory_transform(jobs["1"])[0] is not None and theory_transform(jobs["2"])[0] is not None
+    assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1", "2"}
+
+
 def test_theory_grid_spacing_floor_and_width():
     from infalign.report.series import MIN_THEORY_KL, theory_grid
 

@@ -410,6 +410,19 @@ def test_bad_config_fails_before_compute(cache_dir, tmp_path, monkeypatch, overr
         run(cache_dir, tmp_path, override, *extra)
 
 
+def test_a_kl_target_with_a_missing_eos_penalty_fails_before_compute(cache_dir, tmp_path, monkeypatch):
+    """algo.kl_target picks beta from the calibrated-space theory, which does not describe the penalised
+    reward Phi(C) - p * 1{cut} (docs/method.md (6.1b)): refused, naming both keys, before the world loads."""
+    def boom(*a, **k):
+        raise AssertionError("compute started before validation")
+
+    monkeypatch.setattr(train_stages, "load_world", boom)
+    with pytest.raises(ConfigError, match=r"algo\.kl_target=0\.3.*missing_eos_penalty=0\.5"):
+        run(cache_dir, tmp_path, "algo.kl_target=0.3", "algo.missing_eos_penalty=0.5")
+    with pytest.raises(AssertionError, match="compute started"):  # control: p = 0 is no penalty
+        run(cache_dir, tmp_path / "zero", "algo.kl_target=0.3", "algo.missing_eos_penalty=0")
+
+
 def test_config_review_checks_at_the_world_stage_and_in_model_settings(tmp_path):
     """Review findings: chat_template=true on the toy world failed at the first prompt, after the toy
     build (now: the world stage's first check, before the build); a Bradley-Terry reward.train.steps=0

@@ -186,6 +186,12 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     require(algo.kl_target is None or "optimal_transform" not in str(cfg.transform.get("_target_")),
             "algo.kl_target", algo.kl_target,
             "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
+    penalty = getattr(algo, "missing_eos_penalty", None)
+    require(algo.kl_target is None or not penalty, "algo.kl_target", algo.kl_target,
+            f"null with algo.missing_eos_penalty={penalty} (algo.kl_target=null algo.beta=<b>: a method= "
+            "entry sets a kl_target)",
+            "the penalised reward Phi(C) - p * 1{cut} is no calibrated transform, so no theory picks beta for "
+            "a KL budget (docs/method.md (6.1b))")
     declare_jobs(launcher_jobs())  # threads: auto | null | N (checked; applied by the stages)
     resolve_threads(cfg.get("threads", "auto"))
     logger = cfg.get("logger")

@@ -80,9 +80,13 @@ def theory_target(cfg: DictConfig, algo: Algorithm, transform: Transform) -> tup
     (``Algorithm.theory_target``), or None where the calibrated-space theory predicts nothing -- a raw
     reward, or a reward calibrated among all prompts' samples (docs/method.md (2.4); a transform-trained
     run only, :func:`~infalign.pipeline.record.pooled_calibration`: an offline baseline ranks no reward,
-    so ``calibration.scope`` leaves its (5.8) prediction standing)."""
+    so ``calibration.scope`` leaves its (5.8) prediction standing), or one with a missing-EOS penalty ``p > 0``
+    (``algo.missing_eos_penalty``: the target is the tilt of ``Phi(C) - p * 1{cut}``, docs/method.md (6.1b),
+    no function of C alone)."""
     target = algo.theory_target(transform)
     if target is None or not theory_applies(target[0], record.pooled_calibration(cfg, algo)):
+        return None
+    if getattr(algo, "missing_eos_penalty", None):
         return None
     return target
 

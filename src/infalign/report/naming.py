@@ -111,11 +111,21 @@ def constant_reward_run(job: Job) -> bool:
     return ev is not None and constant_reward(ev.miscalibration)
 
 
+def missing_eos_penalty(job: Job) -> float | None:
+    """The run's ``algo.missing_eos_penalty`` when it is set and > 0 (docs/method.md (6.1b)): its target is the
+    tilt of ``Phi(C) - p * 1{cut}``, which the calibrated-space theory does not describe; else None."""
+    algo = job.config.get("algo") if isinstance(getattr(job, "config", None), dict) else None
+    penalty = algo.get("missing_eos_penalty") if isinstance(algo, dict) else None
+    return number(penalty) or None
+
+
 def record_theory_applies(job: Job) -> bool:
     """Whether the theory a run's record carries (``eval.theory``, ``kl_ratio``) is one to read: not for pooled
-    calibration, an evaluation with a modified sampler, nor a reward that tied everywhere
-    (:func:`constant_reward_run`), whose older records still carry one."""
-    return not pooled_calibration(job) and not eval_sampler(job) and not constant_reward_run(job)
+    calibration, an evaluation with a modified sampler, a reward that tied everywhere
+    (:func:`constant_reward_run`), nor a missing-EOS penalty (:func:`missing_eos_penalty`), whose older records
+    still carry one."""
+    return (not pooled_calibration(job) and not eval_sampler(job) and not constant_reward_run(job)
+            and not missing_eos_penalty(job))
 
 
 def transform_label(job: Job) -> str:

@@ -16,6 +16,7 @@ from infalign.report.naming import (
     comparison_worlds,
     constant_reward_run,
     eval_sampler,
+    missing_eos_penalty,
     pooled_calibration,
     procedure_of,
     transform_family,
@@ -82,7 +83,7 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
     """``(transform, "")``: the transform whose calibrated-space theory a run of ``job``'s method has -- an
     instance, or ``"optimal"`` (the optimal frontier) -- else ``(None, why not)``: raw and uncalibrated
     transforms, the offline baselines (no transform), pooled calibration (not uniform within a prompt), a reward
-    that tied in every pair (:func:`constant_reward_run`)."""
+    that tied in every pair (:func:`constant_reward_run`), a missing-EOS penalty (docs/method.md (6.1b))."""
     from infalign.math.transforms import as_transform
 
     tcfg = (job.config or {}).get("transform")
@@ -98,6 +99,9 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
         return None, f"evaluated with {sampler}: samples of another distribution than the policy's, no theory"
     if constant_reward_run(job):
         return None, "every within-prompt pair of its reward ties: a constant calibrated reward, no theory"
+    if penalty := missing_eos_penalty(job):
+        return None, (f"missing_eos_penalty={penalty:g}: its reward Phi(C) - p * 1{{cut}} is no function of C "
+                      "alone, no calibrated-space theory")
     if procedure_of(job) is None or not isinstance(tcfg, dict):
         return None, "no procedure/transform config"
     if family == "optimal":
