@@ -141,6 +141,9 @@ def test_number_is_none_for_nan_and_infinity():
     ("eval", "top_p", 1.0, 0.9, "eval.top_p=0.9"),
     ("calibration", "smoothing", 1.0, 0.5, "calibration.smoothing=0.5"),
     ("data", "train_prompts", 32, 64, "data.train_prompts=64"),
+    # another held-out prompt set: the matched-KL table left such a run out, but its plotted curve joined it to
+    # the others (sweep walkthrough)
+    ("data", "eval_prompts", 32, 64, "data.eval_prompts=64"),
 ])
 def test_every_documented_setting_marks_a_run_that_differs_from_most(tmp_path, node, key, usual, value, odd):
     """naming.METHOD_SETTINGS / EVAL_SETTINGS / TRAINING_SETTINGS: a run whose ``eval.top_p`` differs from
@@ -154,7 +157,7 @@ def test_every_documented_setting_marks_a_run_that_differs_from_most(tmp_path, n
         write_job(tmp_path, str(job), [], m)
     jobs = collect(tmp_path)
     notes = [(j.method_note, j.eval_note) for j in jobs]
-    want = ("", odd) if node == "eval" else (odd, "")
+    want = ("", odd) if node == "eval" or key == "eval_prompts" else (odd, "")
     assert notes == [("", ""), ("", ""), want]
 
 

@@ -252,9 +252,11 @@ def world_label(key: str, main: str, names: dict[str, str] | None = None) -> str
 
 
 # Settings outside a run's method label and its KL knob that change what its numbers mean: the
-# calibration (K, smoothing) is part of the method; the evaluation's sampler makes another evaluation.
+# calibration (K, smoothing) is part of the method; the evaluation's sampler, and its held-out prompts (another
+# number of them is another prompt set: the matched-KL table leaves such a run out, and its plotted curve must
+# not join it to the others -- sweep walkthrough), make another evaluation.
 METHOD_SETTINGS = ("calibration.K", "calibration.smoothing")
-EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens")
+EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens", "data.eval_prompts")
 # How a method was trained, compared among the runs of one method: every setting of ``algo`` (steps,
 # lr, group size, ...) but its name (the method names it) and the KL knob that moves a run along the
 # method's curve (method_info.kl_knob: Algorithm.kl_knob_keys); and the training prompts.
