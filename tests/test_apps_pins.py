@@ -778,3 +778,29 @@ def test_few_held_out_prompts_are_warned_about(tmp_path, monkeypatch):
         covered += low <= 0 <= high
     assert 0.74 <= covered / 400 <= 0.86  # ~0.80; 400 draws: +-0.04 at 2 standard errors, +-0.06 here
 
+
+
+def test_a_failed_jobs_reason_is_its_message_not_omegaconfs_trailer(tmp_path):
+    """An error raised while OmegaConf resolves an interpolation (a ``kl_point`` out of range: the sweep axis of
+    every paper sweep) ends with OmegaConf's ``full_key:`` / ``object_type=`` lines: the sweep's failure line
+    and the report showed ``object_type=dict`` (sweep walkthrough); they show the message."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps.hydra_callbacks import sweep_failures
+    from infalign.errors import ConfigError
+    from infalign.report.collect import collect
+
+    def refuse(value):
+        raise ConfigError("kl_point", value, "an integer in [0, 4]")
+
+    OmegaConf.register_new_resolver("test_refuse", refuse, replace=True)
+    try:
+        OmegaConf.to_container(OmegaConf.create({"algo": {"kl_target": "${test_refuse:9}"}}), resolve=True)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf's own wrapper, as a run records it
+        error = f"{type(exc).__name__}: {exc}"
+    assert error.splitlines()[-1].strip().startswith("object_type=")  # (the trailer this test is about)
+    _job(tmp_path, "0", {"status": "failed", "error": error, "config": {}})
+    _, failures = sweep_failures(tmp_path)
+    assert "kl_point=9 is not allowed: an integer in [0, 4]" in failures["0"]
+    (job,) = collect(tmp_path)
+    assert "kl_point=9 is not allowed" in job.reason and "object_type" not in job.reason

@@ -26,6 +26,20 @@ class Terminated(KeyboardInterrupt):
     (the run was recorded as interrupted by Ctrl-C)."""
 
 
+# The lines OmegaConf appends to its errors' messages (``    full_key: algo.kl_target``, ``    object_type=dict``)
+OMEGACONF_TRAILER = ("full_key:", "reference_type=", "object_type=")
+
+
+def error_line(text: object) -> str:
+    """The line of an error message that says what went wrong -- its last non-empty line (a recorded error is
+    ``"<Type>: <message>"``; a wrapped error's cause comes last), skipping the ``full_key:`` / ``object_type=``
+    lines OmegaConf appends (``InterpolationResolutionError: ... kl_point=9 is not allowed: an integer in
+    [0, 4] ...`` was shown as ``object_type=dict``, sweep walkthrough); '' for no text."""
+    lines = [ln.strip() for ln in str(text or "").strip().splitlines() if ln.strip()]
+    told = [ln for ln in lines if not ln.startswith(OMEGACONF_TRAILER)]
+    return (told or lines or [""])[-1]
+
+
 def require(ok: bool, key: str, value: object, allowed: str, hint: str = "") -> None:
     """Raise :class:`ConfigError` unless ``ok``."""
     if not ok:

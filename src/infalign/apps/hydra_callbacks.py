@@ -21,6 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from infalign.errors import error_line
 from infalign.infra.cache import atomic_write_json
 from infalign.infra.sweeps import sweep_jobs
 from infalign.pipeline.record import FAILED_ATTEMPT, read_record
@@ -49,8 +50,8 @@ def job_failure_of(path: Path) -> str | None:
         return f"unreadable metrics.json ({type(exc).__name__})"
     if record.finished:
         return None
-    error = str(record.error or "").strip().splitlines()
-    return f"{record.status}: {error[-1]}" if error else record.status
+    error = error_line(record.error)
+    return f"{record.status}: {error}" if error else record.status
 
 
 def sweep_failures(sweep_dir: Path) -> tuple[int, dict[str, str]]:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infalign.errors import error_line
 from infalign.pipeline.policy_cache import OVERRIDES_FILE, continue_command_line, load_overrides
 from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 from infalign.pipeline.run_record import RunRecord
@@ -191,7 +192,7 @@ def load_job(path: Path, root: Path) -> Job:
             record = read_record(metrics_path)
         except (OSError, ValueError, UnicodeDecodeError) as exc:  # RecordError is a ValueError
             job.status = "failed"
-            job.reason = f"unreadable metrics.json ({type(exc).__name__}: {last_line(str(exc))})"
+            job.reason = f"unreadable metrics.json ({type(exc).__name__}: {error_line(str(exc))})"
         else:
             job.record, job.status = record, record.status
             if record.finished:
@@ -200,11 +201,11 @@ def load_job(path: Path, root: Path) -> Job:
                 elif (why := _later_attempt(path)) is not None:  # the results stand: an earlier run's
                     job.reason = f"these results are an earlier finished run's; its latest attempt {why}"
             elif record.status == "failed":
-                job.reason = (last_line(record.error or "") or log_error(path / "train.log")
+                job.reason = (error_line(record.error or "") or log_error(path / "train.log")
                               or "failed (no error recorded)")
             elif record.status == "interrupted":  # Ctrl-C, SIGTERM: a resume continues it
                 hint = _continue_hint(path, record.overrides)
-                job.reason = f"{last_line(record.error or '') or 'interrupted'}; {hint}"
+                job.reason = f"{error_line(record.error or '') or 'interrupted'}; {hint}"
             else:  # a status this report does not know: no result to show
                 job.status, job.reason = "missing", f"metrics.json has status={record.status!r}"
     else:
@@ -241,7 +242,7 @@ def _later_attempt(path: Path) -> str | None:
         rec = read_record(attempt)
     except (OSError, ValueError, UnicodeDecodeError):
         return "failed (its record is unreadable)"
-    return f"{rec.status}: {last_line(rec.error or '') or 'no error recorded'}"
+    return f"{rec.status}: {error_line(rec.error or '') or 'no error recorded'}"
 
 
 def flagged(job: Job) -> bool:
@@ -297,11 +298,6 @@ def read_hydra_config(path: Path) -> dict:
         except Exception:  # noqa: BLE001
             continue
     return out
-
-
-def last_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 def log_error(log_path: Path, max_bytes: int = 200_000) -> str:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from infalign.report.collect import Job, last_line
+from infalign.errors import error_line
+from infalign.report.collect import Job
 from infalign.report.naming import (
     algo_of,
     comparison_worlds,
@@ -111,7 +112,7 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
 
         transform = as_transform(instantiate(tcfg))
     except Exception as exc:  # noqa: BLE001 - an odd transform must not stop the report
-        return None, f"theory skipped: {type(exc).__name__}: {last_line(str(exc))}"
+        return None, f"theory skipped: {type(exc).__name__}: {error_line(str(exc))}"
     if not transform.calibrated:
         return None, f"{family}: not calibrated, no theory"
     return transform, ""
@@ -150,7 +151,7 @@ def theory_curves(s: Series, judges: Sequence[str], num: int,
             f = theory_frontier(transform, procedure, grid)
         except Exception as exc:  # noqa: BLE001
             curves[j] = None
-            note = f"theory failed: {type(exc).__name__}: {last_line(str(exc))}"
+            note = f"theory failed: {type(exc).__name__}: {error_line(str(exc))}"
             continue
         ok = np.asarray(f.valid, bool)  # reachable and converged
         curves[j] = {"transform": f.transform, "procedure": procedure.label, "kl": f.kl_budget[ok].tolist(),
