@@ -804,3 +804,33 @@ def test_a_failed_jobs_reason_is_its_message_not_omegaconfs_trailer(tmp_path):
     assert "kl_point=9 is not allowed: an integer in [0, 4]" in failures["0"]
     (job,) = collect(tmp_path)
     assert "kl_point=9 is not allowed" in job.reason and "object_type" not in job.reason
+
+
+def test_a_job_killed_without_a_record_is_reported_with_how_to_continue_it(tmp_path):
+    """A parallel launcher's abort (a Ctrl-C, SIGTERM or a worker killed by the OOM killer) SIGKILLs its running
+    jobs: a job dir with checkpoints and no metrics.json. The report says the sweep again with
+    ckpt_path=last_or_new continues it (sweep walkthrough: it said only "still running, killed, or crashed");
+    a dir with no checkpoint gets no such hint."""
+    from infalign.report.collect import collect
+
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")
+    (_job(tmp_path, "0", hydra=True) / "checkpoints").mkdir()
+    _job(tmp_path, "1", hydra=True)
+    jobs = {j.job: j for j in collect(tmp_path)}
+    assert jobs["0"].status == "missing" and "no metrics.json" in jobs["0"].reason
+    assert f"hydra.sweep.dir={tmp_path}) with ckpt_path=last_or_new continues it" in jobs["0"].reason
+    assert "ckpt_path" not in jobs["1"].reason
+
+
+def test_a_stopped_sweep_does_not_claim_every_job_was_recorded(monkeypatch):
+    """infalign-train's closing line after Ctrl-C / SIGTERM: a run is recorded as interrupted; a sweep's running
+    jobs are not under a parallel launcher (its abort kills them: sweep walkthrough), and the line says how to
+    continue them."""
+    from infalign.apps import train
+
+    monkeypatch.setattr("sys.argv", ["infalign-train", "transform=identity"])
+    assert train._stopped_note().startswith("recorded as interrupted")
+    for flag in ("-m", "--multirun"):
+        monkeypatch.setattr("sys.argv", ["infalign-train", flag, "transform=identity,raw"])
+        note = train._stopped_note()
+        assert "except under a parallel launcher" in note and "ckpt_path=last_or_new" in note

@@ -818,14 +818,23 @@ def main() -> None:
             hydra_main()
     except BaseException as exc:
         if terminated(exc):
-            print("infalign-train: stopped by SIGTERM (recorded as interrupted; once the run had started, the command "
-                  "that continues it is logged above)", file=sys.stderr)
+            print(f"infalign-train: stopped by SIGTERM ({_stopped_note()})", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
         if interrupted(exc):
-            print("infalign-train: interrupted (Ctrl-C; recorded as interrupted; once the run had started, the "
-                  "command that continues it is logged above)", file=sys.stderr)
+            print(f"infalign-train: interrupted (Ctrl-C; {_stopped_note()})", file=sys.stderr)
             raise SystemExit(SIGINT_EXIT) from None
         raise
+
+
+def _stopped_note() -> str:
+    """What a stopped command left: a run is recorded as interrupted; a sweep's jobs are too under the basic
+    launcher, but a parallel launcher's abort (joblib's loky) SIGKILLs its running jobs, which may then leave
+    no record -- their checkpoints stand, and the sweep again with ``ckpt_path=last_or_new`` continues them."""
+    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+        return "recorded as interrupted; once the run had started, the command that continues it is logged above"
+    return ("a job that was running is recorded as interrupted, except under a parallel launcher "
+            "(hydra/launcher=local_parallel), whose abort kills its running jobs, which may then leave no record; "
+            "the same command with ckpt_path=last_or_new continues every job from its last checkpoint")
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float:

@@ -213,6 +213,8 @@ def load_job(path: Path, root: Path) -> Job:
                       or "no metrics.json (still running, killed, or crashed before writing it)")
         if (path / "train.log").exists() and job.reason and not job.reason.startswith("no metrics"):
             job.reason = f"train.log: {job.reason}"
+        if (path / "checkpoints").is_dir():  # killed mid-training (a parallel launcher's abort SIGKILLs its jobs)
+            job.reason += f"; {_continue_hint(path, job.overrides)}"
     job.overrides = run_overrides(path, job)
     config = job.record.config if job.record is not None else None
     job.config = config if config else read_hydra_config(path)
