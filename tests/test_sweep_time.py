@@ -27,7 +27,7 @@ def test_summary_sums_stage_times_and_counts_cache_hits(tmp_path):
     job(tmp_path, 3, None)  # killed: counted as a job, nothing else
     (tmp_path / "notajob").mkdir()
     s = sweep_time_summary(tmp_path, wall_s=123.44)
-    assert s == {"wall_s": 123.4, "jobs": 4, "finished": 2, "policy_cache_hits": 1,
+    assert s == {"wall_s": 123.4, "jobs": 4, "finished": 2, "kept": 0, "policy_cache_hits": 1,
                  "eval_pool_hits": 1, "stage_s": {"eval": 22.0, "train": 40.5, "world": 2.0}}
 
 
@@ -76,3 +76,28 @@ def test_job_metrics_are_read_as_run_records(tmp_path):
     assert job_failure(tmp_path / "2") is None
     assert job_failure(tmp_path / "3") == "failed: ValueError: boom"
     assert sweep_time_summary(tmp_path, wall_s=1.0)["finished"] == 1  # the analyze job only
+
+
+def test_a_sweep_run_again_says_which_figures_are_the_kept_jobs(tmp_path):
+    """A sweep run again in its dir with ckpt_path=last_or_new keeps its finished jobs: the end-of-sweep line gave
+    their cache hits and stage minutes as this invocation's beside this invocation's wall time (sweep walkthrough:
+    "12 jobs ... in 0.5 min wall; ... train 0.7" for a re-run that trained nothing). Records written before the
+    invocation started count as kept, and the line says so and adds the earlier invocations' wall time."""
+    import os
+    import time
+
+    from infalign.apps.hydra_callbacks import sweep_time_line
+
+    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 30.0}})
+    job(tmp_path, 1, {"status": "finished", "timings": {"train_s": 12.0}})
+    old = time.time() - 3600
+    os.utime(tmp_path / "0" / "metrics.json", (old, old))
+    s = sweep_time_summary(tmp_path, wall_s=6.0, since=time.time() - 60)
+    assert s["kept"] == 1 and s["finished"] == 2
+    line = sweep_time_line({**s, "earlier_wall_s": [114.0]})
+    assert "2 finished, 1 of them kept from an earlier invocation" in line
+    assert "0.1 min wall (this invocation; 2.0 over its 2 invocations" in line
+    assert "summed over every record, the kept ones' included: train 0.7" in line
+    assert sweep_time_summary(tmp_path, wall_s=6.0)["kept"] == 0  # (no start known: none counted kept)
+    plain = sweep_time_line(sweep_time_summary(tmp_path, wall_s=6.0))
+    assert "kept" not in plain and "invocation" not in plain

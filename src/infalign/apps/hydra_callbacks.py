@@ -171,25 +171,31 @@ class FailedJobs(Callback):
         raise SystemExit(message)  # printed on stderr, exit code 1
 
 
-def sweep_time_summary(sweep_dir: Path, wall_s: float) -> dict:
-    """``{"wall_s", "jobs", "finished", "policy_cache_hits", "eval_pool_hits", "stage_s": {stage: summed seconds}}``
-    over the job dirs of ``sweep_dir`` (jobs without a readable ``metrics.json`` count as jobs only)."""
+def sweep_time_summary(sweep_dir: Path, wall_s: float, since: float | None = None) -> dict:
+    """``{"wall_s", "jobs", "finished", "kept", "policy_cache_hits", "eval_pool_hits", "stage_s": {stage: summed
+    seconds}}`` over the job dirs of ``sweep_dir`` (jobs without a readable ``metrics.json`` count as jobs only):
+    the records' figures, those of jobs an earlier invocation finished included -- ``kept``: the finished records
+    written before ``since`` (this invocation's start; a sweep run again with ``ckpt_path=last_or_new`` keeps
+    them), whose stage times are that invocation's, not this one's."""
     jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
     stages: dict[str, float] = {}
-    finished = hits = pool_hits = 0
+    finished = kept = hits = pool_hits = 0
     for job in jobs:
         try:
             record = read_record(job / "metrics.json")
+            written = (job / "metrics.json").stat().st_mtime
         except (OSError, ValueError):
             continue
         finished += record.finished
+        kept += bool(record.finished and since is not None and written < since)
         hits += bool(record.cache.get("policy_hit"))
         pool_hits += bool(record.cache.get("eval_policy_hit"))
         for key, value in record.timings.items():
             stage = key.removesuffix("_s")
             stages[stage] = stages.get(stage, 0.0) + float(value)
-    return {"wall_s": round(wall_s, 1), "jobs": len(jobs), "finished": finished, "policy_cache_hits": hits,
-            "eval_pool_hits": pool_hits, "stage_s": {k: round(v, 1) for k, v in sorted(stages.items())}}
+    return {"wall_s": round(wall_s, 1), "jobs": len(jobs), "finished": finished, "kept": kept,
+            "policy_cache_hits": hits, "eval_pool_hits": pool_hits,
+            "stage_s": {k: round(v, 1) for k, v in sorted(stages.items())}}
 
 
 def _earlier_walls(path: Path) -> list[float]:
@@ -217,11 +223,25 @@ class SweepTime(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        summary = sweep_time_summary(sweep_dir, time.time() - self.start)
+        summary = sweep_time_summary(sweep_dir, time.time() - self.start, since=self.start)
         if earlier := _earlier_walls(sweep_dir / "sweep_time.json"):  # the sweep run again in its dir (a resume)
             summary["earlier_wall_s"] = earlier
         atomic_write_json(sweep_dir / "sweep_time.json", summary)
-        stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in summary["stage_s"].items())
-        log.info("sweep: %d jobs (%d finished, %d trained policies and %d policy evaluation pools loaded from the "
-                 "cache) in %.1f min wall; job stage minutes summed: %s", summary["jobs"], summary["finished"],
-                 summary["policy_cache_hits"], summary["eval_pool_hits"], summary["wall_s"] / 60, stages)
+        log.info(sweep_time_line(summary))
+
+
+def sweep_time_line(summary: dict) -> str:
+    """The end-of-sweep line of :func:`sweep_time_summary`'s ``summary``: the wall time is this invocation's (with
+    the earlier invocations' total when the sweep was run again in its dir), the job figures the records' --
+    kept jobs' included, and said so."""
+    stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in summary["stage_s"].items())
+    earlier = summary.get("earlier_wall_s") or []
+    wall = f"{summary['wall_s'] / 60:.1f} min wall" + (
+        f" (this invocation; {(summary['wall_s'] + sum(earlier)) / 60:.1f} over its {len(earlier) + 1} invocations "
+        "in this dir, sweep_time.json)" if earlier else "")
+    kept = summary.get("kept", 0)
+    return (f"sweep: {summary['jobs']} jobs ({summary['finished']} finished"
+            + (f", {kept} of them kept from an earlier invocation" if kept else "")
+            + f", {summary['policy_cache_hits']} trained policies and {summary['eval_pool_hits']} policy evaluation "
+            f"pools loaded from the cache) in {wall}; job stage minutes summed"
+            + (" over every record, the kept ones' included" if kept else "") + f": {stages}")
