@@ -907,6 +907,8 @@ def test_wandb_jobs_are_recognised_in_new_and_old_sweep_dirs(tmp_path, logger, e
         from infalign.infra.sweeps import multirun_group
 
         expected = {**expected, "group": multirun_group(root)}
+    if expected is not None:
+        expected = {**expected, "groups": [expected["group"]]}
     assert wandb_settings(collect(root), root) == expected
 
 
@@ -926,7 +928,7 @@ def test_a_sweep_logged_to_wandb_only_by_a_kept_rerun_gets_its_report_run_in_its
     (job / "logged.json").write_text(json.dumps(["RunWandbLogger"]))
     (job / "wandb" / "offline-run-20261205_000000-abcd1234").mkdir(parents=True)
     assert wandb_settings(collect(root), root) == {"project": "infalign", "entity": None, "group": "paper_won",
-                                                   "offline": True}
+                                                   "groups": ["paper_won"], "offline": True}
     (job / "logged.json").write_text(json.dumps(["CSVLogger"]))
     assert wandb_settings(collect(root), root) is None
     # no sweep_name: the group infalign-train used, the outermost sweep's -- also for runs added in <sweep>/more,

@@ -715,6 +715,7 @@ def test_the_report_run_joins_the_sweeps_most_common_group_and_is_offline_if_any
     jobs.append(_wandb_job(tmp_path, "3", group="g-odd", mode="offline"))
     settings = wandb_settings(jobs, tmp_path / "sweep")
     assert settings["group"] == "g-main" and settings["offline"] is True
+    assert settings["groups"] == ["g-main", "g-odd"]  # (named in the printed summary: a dir of several sweeps)
     assert wandb_settings(jobs[:3], tmp_path / "sweep")["offline"] is False
     assert wandb_settings([_wandb_job(tmp_path, "0", group="g", mode="disabled")], tmp_path)["offline"] is True
 
@@ -894,3 +895,18 @@ def test_the_gain_plot_draws_the_total_interval_where_there_are_seeds(tmp_path, 
     dotted = [[line.get_ydata() for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"] for fig in figures]
     np.testing.assert_allclose(dotted[0], [100 * g.total_low, 100 * g.total_high])
     assert dotted[1] == []
+
+
+def test_the_printed_wandb_line_names_the_report_run_and_every_group_of_a_dir_of_sweeps():
+    """A report over a dir holding several sweeps posts to the most runs' W&B group: the printed summary said
+    run 'report' (the run is ``report:<out dir>`` for any other out dir) and nothing of the other groups
+    (sweep walkthrough)."""
+    from infalign.report.printing import wandb_lines
+
+    info = {"mode": "offline", "name": "report:rep_all", "group": "multirun-sw1-9a974c", "run_dir": "/x/wandb/r",
+            "groups": ["multirun-sw1-9a974c", "multirun-sw2-01ab23"]}
+    lines = wandb_lines(info)
+    assert lines[0] == "W&B offline run 'report:rep_all' in group multirun-sw1-9a974c: /x/wandb/r"
+    assert lines[1] == ("(the reported runs are in 2 W&B groups; the report run joined the most runs' -- the "
+                        "others: multirun-sw2-01ab23)")
+    assert len(wandb_lines({**info, "groups": ["multirun-sw1-9a974c"]})) == 1

@@ -90,5 +90,17 @@ def print_tables(report: Report, console=None, wandb_info: dict | None = None) -
     for p in report.paths.values():
         console.print(f"  {escape(str(p))}")
     if wandb_info:
-        console.print(f"  W&B {wandb_info['mode']} run 'report' in group {wandb_info['group']}: "
-                      f"{wandb_info['run_dir']}")
+        for line in wandb_lines(wandb_info):
+            console.print(f"  {escape(line)}")
+
+
+def wandb_lines(info: dict) -> list[str]:
+    """The printed lines of the report's W&B run (``report/wandb_run.log_to_wandb``'s ``info``): its mode, name,
+    group and dir; and, when the reported runs are in several groups (a report over a dir of sweeps), that the
+    report run joined the most runs' group, naming the others."""
+    lines = [f"W&B {info['mode']} run {info.get('name', 'report')!r} in group {info['group']}: {info['run_dir']}"]
+    others = [g for g in info.get("groups", []) if g != info["group"]]
+    if others:
+        lines.append(f"(the reported runs are in {len(others) + 1} W&B groups; the report run joined the most "
+                     f"runs' -- the others: {', '.join(others)})")
+    return lines

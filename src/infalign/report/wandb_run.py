@@ -59,14 +59,15 @@ def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
 
     ``group`` is the jobs' ``logger.group``, else what ``infalign-train`` used for a multirun
     (``infra/sweeps.multirun_group`` of the job dir's parent: its outermost sweep's -- a kept run logged from
-    ``<sweep>/more`` went to ``multirun-more``, not its sweep's group)."""
+    ``<sweep>/more`` went to ``multirun-more``, not its sweep's group) -- the most runs' group when they are in
+    several (a report over a dir of sweeps), all of them in ``groups``, which the printed summary names."""
     wb = [(j, cfg) for j in jobs if (cfg := _job_wandb(j)) is not None]
     if not wb:
         return None
     groups = Counter(str(cfg.get("group") or multirun_group(j.path.parent)) for j, cfg in wb)
     lg = wb[0][1]
     return {"project": lg.get("project") or "infalign", "entity": lg.get("entity"),
-            "group": groups.most_common(1)[0][0],
+            "group": groups.most_common(1)[0][0], "groups": sorted(groups),
             "offline": any(_offline(cfg) for _, cfg in wb)}
 
 
@@ -116,4 +117,5 @@ def log_to_wandb(report: Report, settings: dict) -> dict:
     except BaseException:
         run.finish(exit_code=1)
         raise
-    return {"mode": mode, "project": settings["project"], "group": settings["group"], "run_dir": run_dir}
+    return {"mode": mode, "project": settings["project"], "group": settings["group"], "run_dir": run_dir,
+            "name": report_run_name(report), "groups": settings.get("groups") or [settings["group"]]}
