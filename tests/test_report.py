@@ -790,6 +790,11 @@ def test_a_sweeps_jobs_that_never_started_are_listed_missing(tmp_path):
     assert jobs["2"].overrides == ["logger=none", "transform.t=8"]
     assert jobs["2"].reason == "never started: job 2 of the 3 its sweep launches (multirun.yaml) has no job dir"
     assert jobs["more/1"].overrides == ["seed=2"] and "more/multirun.yaml" in jobs["more/1"].reason
+    # a sweep none of whose jobs has a dir: refused by Hydra before its first job (a typo of a value leaves its
+    # multirun.yaml behind, sweep walkthrough) or stopped before -- said, not read as lost jobs alone
+    assert "none of its jobs has one: the sweep was refused before its first job" in jobs["more/1"].reason
+    assert "delete more/multirun.yaml if it was refused" in jobs["more/1"].reason
+    assert "none of its jobs" not in jobs["2"].reason  # (jobs 0 and 1 started)
 
 
 def test_a_failing_theory_curve_says_why(tmp_path, monkeypatch):

@@ -100,12 +100,17 @@ def never_started(root: Path, skip: Sequence[Path] = ()) -> list[Job]:
             jobs = sweep_jobs(config) or []
         except Exception:  # noqa: BLE001 - an unreadable or foreign multirun.yaml: its job dirs speak for it
             continue
+        # none started: Hydra refused the sweep before its first job (a value no config holds leaves multirun.yaml
+        # behind, sweep walkthrough), or it was killed before -- said, so a refused sweep is not read as lost jobs
+        none = not any((sweep / str(num)).exists() for num in range(len(jobs)))
+        why = (" -- none of its jobs has one: the sweep was refused before its first job (its command's error) or "
+               f"stopped before it; delete {_rel(sweep / 'multirun.yaml', root)} if it was refused") if none else ""
         for num, overrides in enumerate(jobs):
             path = sweep / str(num)
             if not path.exists():
                 out.append(Job(job=_rel(path, root), path=path, status="missing", overrides=list(overrides),
                                reason=f"never started: job {num} of the {len(jobs)} its sweep launches "
-                                      f"({_rel(sweep / 'multirun.yaml', root)}) has no job dir"))
+                                      f"({_rel(sweep / 'multirun.yaml', root)}) has no job dir{why}"))
     return out
 
 
