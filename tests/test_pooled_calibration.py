@@ -153,3 +153,18 @@ def test_a_missing_eos_penalty_leaves_the_run_without_theory(tmp_path, algo):
     assert target("algo.missing_eos_penalty=0.5") is None
     for kept in (target("algo.missing_eos_penalty=0"), target()):
         assert kept is not None and kept[0].label == "identity"
+
+
+def test_an_evaluation_at_another_horizon_leaves_the_run_without_theory(tmp_path):
+    """eval.max_new_tokens other than algo.max_new_tokens (the trained and calibrated horizon): both evaluation
+    pools are of other distributions than the theory tilts (review: a policy cut at 6 tokens recorded kl_ratio
+    0.61, which the theory gap read as "under-tilted"). The same horizon given explicitly keeps the theory."""
+    from infalign.apps.train_stages import theory_target
+
+    def target(*overrides):
+        cfg = compose_train(tmp_path, tmp_path, "transform=identity", "algo.max_new_tokens=8", *overrides)
+        _, transform, algorithm = train_app.validate(cfg)
+        return theory_target(cfg, algorithm, transform)
+
+    assert target("eval.max_new_tokens=6") is None
+    assert target("eval.max_new_tokens=8") is not None and target() is not None

@@ -1542,6 +1542,27 @@ def test_a_run_with_a_missing_eos_penalty_gets_no_theory_curve_nor_gap(tmp_path)
     assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1", "2"}
 
 
+def test_a_run_evaluated_at_another_horizon_gets_no_theory_curve_nor_gap(tmp_path):
+    """eval.max_new_tokens other than algo.max_new_tokens: pools of another horizon than the trained and calibrated
+    one, which the theory does not describe (review: kl_ratio 0.61 read as "under-tilted" for a policy cut at 6
+    tokens). Records written before the rule still carry a theory: the report skips it. Control: equal horizons."""
+    from infalign.report.collect import collect
+    from infalign.report.series import theory_transform
+    from infalign.report.theory_gap import theory_gap_rows
+
+    for job, horizon, kl in (("0", 6, 0.3), ("1", 20, 0.5)):
+        m = per_prompt_metrics("identity", MUT_INFO, kl, 0.3, {})
+        m["config"]["transform"] = IDENTITY
+        m["config"].setdefault("algo", {})["max_new_tokens"] = 20
+        m["config"].setdefault("eval", {})["max_new_tokens"] = horizon
+        write_job(tmp_path, job, ["method=identity"], m)
+    jobs = {j.job: j for j in collect(tmp_path)}
+    transform, why = theory_transform(jobs["0"])
+    assert transform is None and "eval.max_new_tokens=6, trained at 20" in why
+    assert theory_transform(jobs["1"])[0] is not None
+    assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1"}
+
+
 def test_theory_grid_spacing_floor_and_width():
     from infalign.report.series import MIN_THEORY_KL, theory_grid
 

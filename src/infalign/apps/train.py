@@ -208,7 +208,24 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
         log.warning("%s: the evaluation samples another distribution q than the policy's, so its KL column is "
                     "E_q[log pi - log pi_ref], not KL(pi || pi_ref), and no calibrated-space theory is put beside "
                     "the run (docs/method.md (7.3)); the report compares it only with runs evaluated alike", sampler)
+    if (horizon := other_eval_horizon(cfg)) and distributed.rank() == 0:
+        log.warning("eval.max_new_tokens=%d but algo.max_new_tokens=%d: the evaluation's pools are responses of "
+                    "another horizon than the trained and calibrated ones, so no calibrated-space theory is put "
+                    "beside the run (docs/method.md §7); the report compares it only with runs evaluated alike",
+                    *horizon)
     return procedure, transform, algo
+
+
+def other_eval_horizon(cfg: DictConfig) -> tuple[int, int] | None:
+    """``(eval.max_new_tokens, algo.max_new_tokens)`` when the evaluation samples another horizon than training's
+    (and the calibration's, which is training's): both evaluation pools then come from other distributions than
+    the ones the calibrated-space theory tilts -- the measured KL covers the first tokens only, the win rates are
+    truncated policies' -- so, as for a modified sampler, no theory is put beside the run; else None."""
+    trained = cfg.algo.get("max_new_tokens")
+    evaluated = cfg.eval.get("max_new_tokens")
+    if trained is None or evaluated is None or int(trained) == int(evaluated):
+        return None
+    return int(evaluated), int(trained)
 
 
 STAYS_KL = 0.01  # nats: an ideal tilted policy this close to the reference is a run that trains nothing

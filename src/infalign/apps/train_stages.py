@@ -29,6 +29,7 @@ from infalign.apps.train import (
     failure_record,
     interrupted,
     offline_resume_step,
+    other_eval_horizon,
     resolve_ckpt,
     write_failure,
 )
@@ -82,11 +83,11 @@ def theory_target(cfg: DictConfig, algo: Algorithm, transform: Transform) -> tup
     run only, :func:`~infalign.pipeline.record.pooled_calibration`: an offline baseline ranks no reward,
     so ``calibration.scope`` leaves its (5.8) prediction standing), or one with a missing-EOS penalty ``p > 0``
     (``algo.missing_eos_penalty``: the target is the tilt of ``Phi(C) - p * 1{cut}``, docs/method.md (6.1b),
-    no function of C alone)."""
+    no function of C alone), or one evaluated at another horizon than it trained at (``other_eval_horizon``)."""
     target = algo.theory_target(transform)
     if target is None or not theory_applies(target[0], record.pooled_calibration(cfg, algo)):
         return None
-    if getattr(algo, "missing_eos_penalty", None):
+    if getattr(algo, "missing_eos_penalty", None) or other_eval_horizon(cfg):
         return None
     return target
 

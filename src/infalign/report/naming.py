@@ -119,13 +119,26 @@ def missing_eos_penalty(job: Job) -> float | None:
     return number(penalty) or None
 
 
+def other_eval_horizon(job: Job) -> tuple[int, int] | None:
+    """``(eval.max_new_tokens, algo.max_new_tokens)`` of a run evaluated at another horizon than it trained at
+    (``apps/train.other_eval_horizon``: its pools are of other distributions than the theory's), else None."""
+    config = getattr(job, "config", None)
+    ev = config.get("eval") if isinstance(config, dict) else None
+    algo = config.get("algo") if isinstance(config, dict) else None
+    evaluated = number(ev.get("max_new_tokens")) if isinstance(ev, dict) else None
+    trained = number(algo.get("max_new_tokens")) if isinstance(algo, dict) else None
+    if evaluated is None or trained is None or evaluated == trained:
+        return None
+    return int(evaluated), int(trained)
+
+
 def record_theory_applies(job: Job) -> bool:
     """Whether the theory a run's record carries (``eval.theory``, ``kl_ratio``) is one to read: not for pooled
-    calibration, an evaluation with a modified sampler, a reward that tied everywhere
-    (:func:`constant_reward_run`), nor a missing-EOS penalty (:func:`missing_eos_penalty`), whose older records
-    still carry one."""
-    return (not pooled_calibration(job) and not eval_sampler(job) and not constant_reward_run(job)
-            and not missing_eos_penalty(job))
+    calibration, an evaluation with a modified sampler or at another horizon (:func:`other_eval_horizon`), a
+    reward that tied everywhere (:func:`constant_reward_run`), nor a missing-EOS penalty
+    (:func:`missing_eos_penalty`), whose older records still carry one."""
+    return (not pooled_calibration(job) and not eval_sampler(job) and not other_eval_horizon(job)
+            and not constant_reward_run(job) and not missing_eos_penalty(job))
 
 
 def transform_label(job: Job) -> str:

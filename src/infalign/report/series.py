@@ -18,6 +18,7 @@ from infalign.report.naming import (
     constant_reward_run,
     eval_sampler,
     missing_eos_penalty,
+    other_eval_horizon,
     pooled_calibration,
     procedure_of,
     transform_family,
@@ -98,6 +99,9 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
         return None, "pooled calibration: not uniform within a prompt, no calibrated-space theory"
     if sampler := eval_sampler(job):
         return None, f"evaluated with {sampler}: samples of another distribution than the policy's, no theory"
+    if horizon := other_eval_horizon(job):
+        return None, (f"evaluated at eval.max_new_tokens={horizon[0]}, trained at {horizon[1]}: pools of another "
+                      "horizon than the theory's, no theory")
     if constant_reward_run(job):
         return None, "every within-prompt pair of its reward ties: a constant calibrated reward, no theory"
     if penalty := missing_eos_penalty(job):
