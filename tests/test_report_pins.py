@@ -144,6 +144,9 @@ def test_number_is_none_for_nan_and_infinity():
     # another held-out prompt set: the matched-KL table left such a run out, but its plotted curve joined it to
     # the others (sweep walkthrough)
     ("data", "eval_prompts", 32, 64, "data.eval_prompts=64"),
+    # a bf16 run beside 32-bit ones: its pools are drawn at its precision, its policy trained in it (review)
+    ("trainer", "precision", "32-true", "bf16-mixed", 'trainer.precision="bf16-mixed"'),
+    ("policy", "train_dtype", "float32", "bfloat16", 'policy.train_dtype="bfloat16"'),
 ])
 def test_every_documented_setting_marks_a_run_that_differs_from_most(tmp_path, node, key, usual, value, odd):
     """naming.METHOD_SETTINGS / EVAL_SETTINGS / TRAINING_SETTINGS: a run whose ``eval.top_p`` differs from
@@ -157,7 +160,7 @@ def test_every_documented_setting_marks_a_run_that_differs_from_most(tmp_path, n
         write_job(tmp_path, str(job), [], m)
     jobs = collect(tmp_path)
     notes = [(j.method_note, j.eval_note) for j in jobs]
-    want = ("", odd) if node == "eval" or key == "eval_prompts" else (odd, "")
+    want = ("", odd) if node == "eval" or key in ("eval_prompts", "precision") else (odd, "")
     assert notes == [("", ""), ("", ""), want]
 
 

@@ -269,12 +269,14 @@ def world_label(key: str, main: str, names: dict[str, str] | None = None) -> str
 # number of them is another prompt set: the matched-KL table leaves such a run out, and its plotted curve must
 # not join it to the others -- sweep walkthrough), make another evaluation.
 METHOD_SETTINGS = ("calibration.K", "calibration.smoothing")
-EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens", "data.eval_prompts")
+# The trainer's precision computes the evaluation's pools too (drawn, and cached, per precision: review).
+EVAL_SETTINGS = ("eval.temperature", "eval.top_k", "eval.top_p", "eval.max_new_tokens", "data.eval_prompts",
+                 "trainer.precision")
 # How a method was trained, compared among the runs of one method: every setting of ``algo`` (steps,
 # lr, group size, ...) but its name (the method names it) and the KL knob that moves a run along the
 # method's curve (method_info.kl_knob: Algorithm.kl_knob_keys); and the training prompts.
 TRAINING_NODE = "algo"
-TRAINING_SETTINGS = ("data.train_prompts",)
+TRAINING_SETTINGS = ("data.train_prompts", "policy.train_dtype")
 # The reward transform, compared the same way, leaf by leaf: a custom transform's label is its ``name``
 # alone, so two parameter values of one callable (``fn: {_target_: scipy.stats.beta.cdf, a: 3}`` and
 # ``a: 2``), or a custom entry named like a built-in one, would otherwise pool into one method. The
