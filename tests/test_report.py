@@ -1563,6 +1563,21 @@ def test_a_run_evaluated_at_another_horizon_gets_no_theory_curve_nor_gap(tmp_pat
     assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1"}
 
 
+def test_the_reports_theory_curve_tilts_each_runs_reward_as_trained(tmp_path):
+    """report/series.theory_transform: the run's transform through its own calibration.K and smoothing."""
+    from infalign.math.finite_k import FiniteK
+    from infalign.report.collect import collect
+    from infalign.report.series import theory_transform
+
+    m = per_prompt_metrics("identity", MUT_INFO, 0.3, 0.3, {})
+    m["config"]["transform"] = IDENTITY
+    m["config"]["calibration"] = {"K": 12, "smoothing": True, "scope": "prompt"}
+    write_job(tmp_path, "0", ["method=identity"], m)
+    (job,) = collect(tmp_path)
+    transform, why = theory_transform(job)
+    assert why == "" and isinstance(transform, FiniteK) and (transform.k, transform.smoothing) == (12, True)
+
+
 def test_theory_grid_spacing_floor_and_width():
     from infalign.report.series import MIN_THEORY_KL, theory_grid
 

@@ -497,9 +497,19 @@ def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
     th = metrics["eval"]["theory"]
     if overrides[0] == "algo=ipo":
         assert th is None
-    else:  # both target the best-of-N policy: KL = log N - (N-1)/N
+    elif overrides[0] == "algo=bon_sft":  # the best-of-N policy: KL = log N - (N-1)/N
         n = metrics["config"]["procedure"]["n"]
         assert th["kl"] == pytest.approx(__import__("math").log(n) - (n - 1) / n, abs=1e-6)
+    else:  # RL on log(C_hat) of a K-sample table: the tilt by Phi_K (docs/method.md (4.11)), not quite best-of-N
+        from infalign.math.finite_k import FiniteK
+        from infalign.math.procedures import BestOfN
+        from infalign.math.transforms import Log
+        from infalign.pipeline.evaluate import theory_prediction
+
+        cal, n = metrics["config"]["calibration"], metrics["config"]["procedure"]["n"]
+        want = theory_prediction(FiniteK(Log(), cal["K"], cal["smoothing"]), BestOfN(n), metrics["beta"], 0.1)
+        assert th["kl"] == pytest.approx(want["kl"], rel=1e-9)
+        assert abs(th["kl"] - (__import__("math").log(n) - (n - 1) / n)) > 1e-3  # (K = 4: far from the limit)
     if overrides[0].startswith("experiment"):
         assert metrics["beta"] == pytest.approx(0.5)
 

@@ -35,6 +35,7 @@ from infalign.apps.train import (
 )
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_dir
+from infalign.math.finite_k import seen_through_table
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
@@ -83,12 +84,16 @@ def theory_target(cfg: DictConfig, algo: Algorithm, transform: Transform) -> tup
     run only, :func:`~infalign.pipeline.record.pooled_calibration`: an offline baseline ranks no reward,
     so ``calibration.scope`` leaves its (5.8) prediction standing), or one with a missing-EOS penalty ``p > 0``
     (``algo.missing_eos_penalty``: the target is the tilt of ``Phi(C) - p * 1{cut}``, docs/method.md (6.1b),
-    no function of C alone), or one evaluated at another horizon than it trained at (``other_eval_horizon``)."""
+    no function of C alone), or one evaluated at another horizon than it trained at (``other_eval_horizon``).
+    A transform-trained run's transform is the one it trains on, ``Phi`` seen through its ``calibration.K``-sample
+    table (``math/finite_k.FiniteK``, docs/method.md (4.11)); an offline baseline's (5.8) target is kept."""
     target = algo.theory_target(transform)
     if target is None or not theory_applies(target[0], record.pooled_calibration(cfg, algo)):
         return None
     if getattr(algo, "missing_eos_penalty", None) or other_eval_horizon(cfg):
         return None
+    if algo.trained_n is None:  # trained on Phi(C_hat) of a K-sample table: the theory tilts Phi_K (4.11)
+        return seen_through_table(target[0], cfg.calibration), target[1]
     return target
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infalign.errors import error_line
+from infalign.math.finite_k import seen_through_table
 from infalign.report.collect import Job
 from infalign.report.naming import (
     algo_of,
@@ -119,7 +120,8 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
         return None, f"theory skipped: {type(exc).__name__}: {error_line(str(exc))}"
     if not transform.calibrated:
         return None, f"{family}: not calibrated, no theory"
-    return transform, ""
+    # as the run trains on it: Phi of its K-sample calibration table's C_hat, in expectation (docs/method.md (4.11))
+    return seen_through_table(transform, (job.config or {}).get("calibration")), ""
 
 
 def theory_frontier(transform, procedure, grid: np.ndarray):
