@@ -438,3 +438,43 @@ def test_a_record_with_unknown_fields_or_a_boolean_count_is_read_strictly():
     with pytest.raises(RecordError, match="unknown field"):
         RunRecord.from_json({"version": 1, "bogus": 1})
     assert CI.from_json({"mean": 0.5, "low": 0.4, "high": 0.6, "n_prompts": True}).n_prompts is None
+
+
+class _MaskedLM(_DenseLM):
+    """_DenseLM's logits plus a mask buffer (not a weight): ``-inf`` where a token is masked."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mask", torch.zeros_like(self.table))
+
+    def forward(self, input_ids, **_):
+        return SimpleNamespace(logits=self.table[input_ids] + self.mask[input_ids], past_key_values=None)
+
+
+def test_a_masked_token_is_no_divergence_but_a_row_without_a_finite_logit_is():
+    """check_trained_policy: a model that masks tokens with -inf logits is healthy (mutation round: any -inf was
+    refused as "diverged"); +inf, or a row whose every logit is -inf, is not."""
+    import tiny_policy
+    from infalign.pipeline.fit import check_trained_policy
+
+    world = SimpleNamespace(policy=_MaskedLM(), tokenizer=tiny_policy.tokenizer(), train_prompts=["x1", "x2"])
+    world.policy.mask[:, 0] = float("-inf")  # token 0 masked after every token
+    check_trained_policy(world)
+    world.policy.mask[:, 1] = float("inf")
+    with pytest.raises(FloatingPointError, match="next-token logits"):
+        check_trained_policy(world)
+    world.policy.mask[...] = float("-inf")
+    with pytest.raises(FloatingPointError, match="next-token logits"):
+        check_trained_policy(world)
+
+
+def test_a_trainer_without_an_accelerator_key_keys_its_pools_by_the_device_lightning_picks(monkeypatch):
+    """sampling_hardware: a predict factory without ``accelerator`` runs on Lightning's default, ``auto`` -- the
+    GPU when there is one -- so its pools are keyed by that device (mutation round: it was read as the CPU, and a
+    GPU-drawn pool was keyed as a CPU one)."""
+    from infalign.infra import distributed
+
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 1)
+    factory = functools.partial(L.Trainer, precision="32-true")
+    assert pools.sampling_hardware(factory) == ({"precision": "32-true", "accelerator": "cuda"},)
+    assert pools.sampling_hardware(functools.partial(L.Trainer, accelerator="cpu", precision="32-true")) == ()

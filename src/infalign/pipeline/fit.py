@@ -62,7 +62,8 @@ PROBE_PROMPTS = 4  # training prompts whose next-token distribution check_traine
 
 def check_trained_policy(world) -> None:
     """Raise ``FloatingPointError`` naming the stage when the trained ``world.policy`` has diverged:
-    a non-finite weight, or NaN / infinite next-token logits after the first :data:`PROBE_PROMPTS`
+    a non-finite weight, or NaN / +inf next-token logits, or none finite (``-inf`` alone masks a token: a
+    legitimate logit), after the first :data:`PROBE_PROMPTS`
     training prompts, read as the sampler reads them (``models/generation.policy_prompt_ids``; one
     forward each, in eval mode; finite but exploded weights give those, and
     sampling from them failed later with torch's "probability tensor contains either inf, nan"). Run
@@ -84,7 +85,10 @@ def check_trained_policy(world) -> None:
             with torch.no_grad():
                 for i, ids in enumerate(probes):
                     ids = torch.tensor([ids], dtype=torch.long, device=device)
-                    if not bool(torch.isfinite(policy(input_ids=ids).logits[:, -1]).all()):
+                    logits = policy(input_ids=ids).logits[:, -1]
+                    # -inf masks a token (legitimate); NaN, +inf or no finite logit in a row is divergence
+                    if bool(torch.isnan(logits).any() or torch.isposinf(logits).any()
+                            or not torch.isfinite(logits).any(-1).all()):
                         broken = f"NaN or infinite next-token logits on training prompt {i}"
                         break
         finally:

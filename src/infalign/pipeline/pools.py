@@ -132,7 +132,7 @@ def sampling_hardware(trainer: TrainerFactory) -> tuple:
     precision -- were retired with it: the module is in :data:`POOL_CODE`.)"""
     kw = factory_keywords(trainer)
     precision = str(kw.get("precision", "32-true"))
-    accelerator = distributed.accelerator_kind(str(kw.get("accelerator", "cpu")))
+    accelerator = distributed.accelerator_kind(str(kw.get("accelerator", "auto")))  # (Lightning's default)
     if precision in ("32-true", "32") and accelerator == "cpu":
         return ()
     return ({"precision": precision, "accelerator": accelerator},)
