@@ -1499,68 +1499,47 @@ def test_one_policy_in_a_sweep_over_n_is_one_run_of_the_theory_gap(tmp_path):
     assert median_theory_gap(rows)["identity"]["runs"] == 2
 
 
-def test_a_run_whose_reward_tied_everywhere_gets_no_theory_curve(tmp_path):
-    """A reward that tied in every within-prompt pair (tie_share 1: a constant calibrated reward) has no
-    calibrated-space theory: its record carries none (pipeline/run_record.constant_reward), and the report's
-    theory curves and gains, built from the transform, skip it too (review)."""
-    from infalign.report.collect import collect
-    from infalign.report.series import theory_transform
-
-    for job, ties, kl in (("0", 1.0, 0.3), ("1", 0.2, 0.5)):  # (two runs: the same one twice is a duplicate)
-        m = per_prompt_metrics("identity", MUT_INFO, kl, 0.3, {})
-        m["config"]["transform"] = IDENTITY
-        m["eval"]["miscalibration"] = {"n_prompts": N_PROMPTS, "reward_model": {"tie_share": ties}}
-        write_job(tmp_path, job, ["method=identity"], m)
-    jobs = {j.job: j for j in collect(tmp_path)}
-    transform, why = theory_transform(jobs["0"])
-    assert transform is None and "every within-prompt pair of its reward ties" in why
-    assert theory_transform(jobs["1"])[0] is not None
-    # nor the theory its record carries (records before the record dropped it): no theory-gap rows
-    from infalign.report.theory_gap import theory_gap_rows
-
-    assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1"}
+def _ties(m, v):
+    m["eval"]["miscalibration"] = {"n_prompts": N_PROMPTS, "reward_model": {"tie_share": v}}
 
 
-def test_a_run_with_a_missing_eos_penalty_gets_no_theory_curve_nor_gap(tmp_path):
-    """algo.missing_eos_penalty p > 0 trains the tilt of Phi(C) - p * 1{cut} (docs/method.md (6.1b)), which
-    the calibrated-space theory does not describe: no theory curve, and the theory older records carry is not
-    read into the theory gap (review: a walkthrough's penalised run printed a theory KL of 1.30 beside a
-    measured 2.58, kl_ratio 1.98). Control: p = 0 is no penalty, and keeps its theory."""
-    from infalign.report.collect import collect
-    from infalign.report.series import theory_transform
-    from infalign.report.theory_gap import theory_gap_rows
-
-    for job, penalty, kl in (("0", 0.5, 0.3), ("1", 0.0, 0.5), ("2", None, 0.7)):
-        m = per_prompt_metrics("identity", MUT_INFO, kl, 0.3, {})
-        m["config"]["transform"] = IDENTITY
-        m["config"].setdefault("algo", {})["missing_eos_penalty"] = penalty
-        write_job(tmp_path, job, ["method=identity"], m)
-    jobs = {j.job: j for j in collect(tmp_path)}
-    transform, why = theory_transform(jobs["0"])
-    assert transform is None and "missing_eos_penalty=0.5" in why
-    assert theory_transform(jobs["1"])[0] is not None and theory_transform(jobs["2"])[0] is not None
-    assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1", "2"}
+def _penalty(m, v):
+    m["config"].setdefault("algo", {})["missing_eos_penalty"] = v
 
 
-def test_a_run_evaluated_at_another_horizon_gets_no_theory_curve_nor_gap(tmp_path):
-    """eval.max_new_tokens other than algo.max_new_tokens: pools of another horizon than the trained and calibrated
-    one, which the theory does not describe (review: kl_ratio 0.61 read as "under-tilted" for a policy cut at 6
-    tokens). Records written before the rule still carry a theory: the report skips it. Control: equal horizons."""
+def _horizon(m, v):
+    m["config"].setdefault("algo", {})["max_new_tokens"] = 20
+    m["config"].setdefault("eval", {})["max_new_tokens"] = v
+
+
+@pytest.mark.parametrize("setting, without, kept, why", [
+    # a reward that tied in every within-prompt pair (tie_share 1: a constant calibrated reward; review)
+    (_ties, 1.0, [0.2], "every within-prompt pair of its reward ties"),
+    # algo.missing_eos_penalty p > 0 trains the tilt of Phi(C) - p * 1{cut} (docs/method.md (6.1b); review: a
+    # penalised run printed a theory KL of 1.30 beside a measured 2.58, kl_ratio 1.98); p = 0 is no penalty
+    (_penalty, 0.5, [0.0, None], "missing_eos_penalty=0.5"),
+    # eval.max_new_tokens other than algo.max_new_tokens: pools of another horizon than the trained and calibrated
+    # one (review: kl_ratio 0.61 read as "under-tilted" for a policy cut at 6 tokens)
+    (_horizon, 6, [20], "eval.max_new_tokens=6, trained at 20"),
+], ids=["constant_reward", "missing_eos_penalty", "eval_horizon"])
+def test_a_run_the_theory_does_not_describe_gets_no_theory_curve_nor_gap(tmp_path, setting, without, kept, why):
+    """Runs whose trained target or evaluated distributions the calibrated-space theory does not describe: no
+    theory curve or gain (built from the transform), and the theory older records still carry is not read into
+    the theory gap. Controls: the same setting at a value the theory does describe keeps it."""
     from infalign.report.collect import collect
     from infalign.report.series import theory_transform
     from infalign.report.theory_gap import theory_gap_rows
 
-    for job, horizon, kl in (("0", 6, 0.3), ("1", 20, 0.5)):
-        m = per_prompt_metrics("identity", MUT_INFO, kl, 0.3, {})
+    for job, value in enumerate([without, *kept]):  # (distinct KLs: the same run twice is a duplicate)
+        m = per_prompt_metrics("identity", MUT_INFO, 0.3 + 0.2 * job, 0.3, {})
         m["config"]["transform"] = IDENTITY
-        m["config"].setdefault("algo", {})["max_new_tokens"] = 20
-        m["config"].setdefault("eval", {})["max_new_tokens"] = horizon
-        write_job(tmp_path, job, ["method=identity"], m)
+        setting(m, value)
+        write_job(tmp_path, str(job), ["method=identity"], m)
     jobs = {j.job: j for j in collect(tmp_path)}
-    transform, why = theory_transform(jobs["0"])
-    assert transform is None and "eval.max_new_tokens=6, trained at 20" in why
-    assert theory_transform(jobs["1"])[0] is not None
-    assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {"1"}
+    transform, reason = theory_transform(jobs["0"])
+    assert transform is None and why in reason
+    assert all(theory_transform(jobs[str(k)])[0] is not None for k in range(1, len(kept) + 1))
+    assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {str(k) for k in range(1, len(kept) + 1)}
 
 
 def test_the_reports_theory_curve_tilts_each_runs_reward_as_trained(tmp_path):
