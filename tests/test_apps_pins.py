@@ -834,3 +834,10 @@ def test_a_stopped_sweep_does_not_claim_every_job_was_recorded(monkeypatch):
         monkeypatch.setattr("sys.argv", ["infalign-train", flag, "transform=identity,raw"])
         note = train._stopped_note()
         assert "except under a parallel launcher" in note and "ckpt_path=last_or_new" in note
+    # a sweep entry sets hydra.mode: MULTIRUN (no -m): the sweep's start marks it (review)
+    from infalign.apps import hydra_callbacks
+
+    monkeypatch.setattr("sys.argv", ["infalign-train", "+sweeps=paper_bon"])
+    monkeypatch.setattr(hydra_callbacks, "MULTIRUN_STARTED", __import__("threading").Event())
+    hydra_callbacks.MULTIRUN_STARTED.set()
+    assert "except under a parallel launcher" in train._stopped_note()

@@ -53,7 +53,7 @@ def test_centered_is_exact_near_one():
     slope = k * (base(1.0) - base(1.0 - 1.0 / k))
     for s in (1e-20, 1e-12):
         got = FiniteK(base, k).centered(np.array([1.0 - s]), np.array([s]))[0]
-        assert got == pytest.approx(-s * slope, rel=1e-6)
+        assert got == pytest.approx(-s * slope, rel=1e-6, abs=0)  # (abs=0: pytest's default 1e-12 would pass 0)
 
 
 def test_large_k_recovers_the_exact_theory_and_small_k_moves_it():
@@ -102,4 +102,35 @@ def test_the_theory_beside_a_run_tilts_the_reward_it_trains_on(tmp_path):
     assert isinstance(phi, FiniteK) and (phi.k, phi.smoothing, phi.base.label, beta) == (16, True, "expn(t=8)", 0.3)
     baseline, _ = target("algo=bon_sft", "calibration.K=16")
     assert isinstance(baseline, Log)
+    # the optimal transform: the report draws its exact optimal frontier, so the record's theory is exact too
+    optimal, _ = target("transform=optimal", "calibration.K=16", "algo.beta=0.3")
+    assert not isinstance(optimal, FiniteK)
 
+
+def test_steep_transforms_through_a_table_keep_their_precision():
+    """Review: exp with t < 0 referenced to Phi(0) rounded every Phi(c_L) - Phi(c_K) above c ~ 0.5 to 0 at t = -80
+    (the worst-of-4 frontier at KL 4 came out unreachable); (4.11) as a value lost small values to cancellation
+    against Phi(c_K) (exp(80) at u = 1e-3 gave 0). Exact forms: (1 - u + u e^(t/K))^K."""
+    k = 32
+    u = np.array([1e-3, 1e-8, 0.5])
+    np.testing.assert_allclose(FiniteK(Exp(80.0), k)(u), (1 - u + u * math.exp(80.0 / k)) ** k, rtol=1e-12)
+    np.testing.assert_allclose(FiniteK(Identity(), k)(np.array([1e-30])), [1e-30], rtol=1e-12)
+    steep = FiniteK(Exp(-80.0), k)
+    c = calibration_nodes(k, False)
+    want = -math.exp(-80.0) * np.expm1(80.0 * (1.0 - c))  # Phi(c_L) - Phi(c_K) = e^-80 - e^(-80 c), in exact form
+    np.testing.assert_allclose(steep._values, want, rtol=1e-12, atol=0)
+    from infalign.math.procedures import WorstOfN
+
+    f = theory.frontier(steep, WorstOfN(4), [4.0])
+    assert bool(f.valid[0]) and float(f.win_rate[0]) > 0.99
+
+
+def test_a_table_too_large_to_tilt_keeps_the_exact_transform():
+    """K above MAX_K: (4.11) would be a [grid, K + 1] matrix of gigabytes (K = 100000: ~12 GB); Phi_K is Phi
+    within the theory's resolution there, so the exact transform is kept (review)."""
+    from infalign.math.finite_k import MAX_K
+
+    assert isinstance(seen_through_table(Identity(), {"K": MAX_K}), FiniteK)
+    assert isinstance(seen_through_table(Identity(), {"K": MAX_K + 1}), Identity)
+    with pytest.raises(ValueError, match="K=100000"):
+        FiniteK(Identity(), 100_000)

@@ -813,10 +813,14 @@ def test_a_chord_note_is_written_once_below_its_table_and_numbered_in_the_cells(
     assert md.count("(note 1)") == sum(bool(significant_chord_note(g, i)) for i in range(len(res.grid))) >= 2
 
 
-def test_interpolate_at_unmerged_equal_kls_is_their_mean_as_its_docstring_says():
-    """interpolate's docstring (review: it said the later point was used): equal x are not merged -- the zero-width
-    segment gives the mean of their y there, and the curve jumps; callers merge ties first (_merge_ties)."""
+def test_interpolate_at_unmerged_equal_kls_is_what_its_docstring_says():
+    """interpolate's docstring: equal x are not merged, the curve jumps there, and the value at the tie depends on
+    where it sits (reviews: the docstring said 'the later point' everywhere, then 'the mean' everywhere); callers
+    merge ties first (_merge_ties)."""
     from infalign.math.matched_kl import interpolate
 
     np.testing.assert_allclose(interpolate(np.array([0.0, 1.0, 1.0]), np.array([0.0, 1.0, 3.0]),
                                            np.array([1.0, 0.999999])), [2.0, 0.999999])
+    # inside the curve, the last tied point's (review: the first correction said the mean there too)
+    np.testing.assert_allclose(interpolate(np.array([0.0, 1.0, 1.0, 2.0]), np.array([0.0, 1.0, 3.0, 3.0]),
+                                           np.array([1.0])), [3.0])

@@ -1542,6 +1542,25 @@ def test_a_run_the_theory_does_not_describe_gets_no_theory_curve_nor_gap(tmp_pat
     assert {r["job"] for r in theory_gap_rows(list(jobs.values()))} == {str(k) for k in range(1, len(kept) + 1)}
 
 
+def test_a_record_with_the_exact_theory_is_marked_in_the_theory_gap(tmp_path):
+    """A record written before the theory beside a run tilted Phi_K (its eval.theory has no ``table``) carries
+    the exact theory, while the report's curves tilt Phi_K (docs/method.md §4.1): its theory-gap rows say so
+    (review: one report mixed both silently); a record with the table's settings is not marked."""
+    from infalign.report.collect import collect
+    from infalign.report.theory_gap import EXACT_THEORY_NOTE, theory_gap_rows
+
+    for job, table in (("0", None), ("1", {"K": 32, "smoothing": False})):
+        m = per_prompt_metrics("identity", MUT_INFO, 0.3 + 0.2 * int(job), 0.3, {})
+        m["config"]["transform"] = IDENTITY
+        m["config"]["calibration"] = {"K": 32, "smoothing": False, "scope": "prompt"}
+        if table:
+            m["eval"]["theory"]["table"] = table
+        write_job(tmp_path, job, ["method=identity"], m)
+    rows = theory_gap_rows(collect(tmp_path))
+    marked = {r["job"] for r in rows if EXACT_THEORY_NOTE in (r.get("note") or "")}
+    assert marked == {"0"} and {r["job"] for r in rows} == {"0", "1"}
+
+
 def test_the_reports_theory_curve_tilts_each_runs_reward_as_trained(tmp_path):
     """report/series.theory_transform: the run's transform through its own calibration.K and smoothing."""
     from infalign.math.finite_k import FiniteK

@@ -913,3 +913,13 @@ def test_the_printed_wandb_line_names_the_report_run_and_every_group_of_a_dir_of
     assert lines[1] == ("(the reported runs are in 2 W&B groups; the report run joined the most runs' -- the "
                         "others: multirun-sw2-01ab23)")
     assert len(wandb_lines({**info, "groups": ["multirun-sw1-9a974c"]})) == 1
+
+
+def test_lightnings_short_precision_names_are_one_evaluation(tmp_path):
+    """trainer.precision=32 is 32-true (and bf16 is bf16-mixed): the pools are keyed as one, so the runs are one
+    evaluation -- not another evaluation that split the method's curve (review)."""
+    for job, v in enumerate(["32-true", 32, "32-true"]):
+        m = per_prompt_metrics("identity", INFO, 0.2 + 0.2 * job, 0.3, {})
+        m["config"]["trainer"] = {"precision": v}
+        write_job(tmp_path, str(job), [], m)
+    assert [j.eval_note for j in collect(tmp_path)] == ["", "", ""]

@@ -88,12 +88,14 @@ def test_a_sweep_run_again_says_which_figures_are_the_kept_jobs(tmp_path):
 
     from infalign.apps.hydra_callbacks import sweep_time_line
 
-    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 30.0}})
+    job(tmp_path, 0, {"status": "finished", "timings": {"train_s": 30.0}, "cache": {"policy_hit": True}})
     job(tmp_path, 1, {"status": "finished", "timings": {"train_s": 12.0}})
     old = time.time() - 3600
     os.utime(tmp_path / "0" / "metrics.json", (old, old))
     s = sweep_time_summary(tmp_path, wall_s=6.0, since=time.time() - 60)
     assert s["kept"] == 1 and s["finished"] == 2
+    assert s["policy_cache_hits"] == 0  # (the kept job's hit was its first invocation's: review)
+    assert sweep_time_summary(tmp_path, wall_s=6.0)["policy_cache_hits"] == 1  # (no start known: every record's)
     line = sweep_time_line({**s, "earlier_wall_s": [114.0]})
     assert "2 finished, 1 of them kept from an earlier invocation" in line
     assert "0.1 min wall (this invocation; 2.0 over its 2 invocations" in line

@@ -509,6 +509,7 @@ def test_baselines_run_on_the_toy_world(cache_dir, tmp_path, overrides):
         cal, n = metrics["config"]["calibration"], metrics["config"]["procedure"]["n"]
         want = theory_prediction(FiniteK(Log(), cal["K"], cal["smoothing"]), BestOfN(n), metrics["beta"], 0.1)
         assert th["kl"] == pytest.approx(want["kl"], rel=1e-9)
+        assert th["table"] == {"K": cal["K"], "smoothing": cal["smoothing"]}  # which theory the record carries
         assert abs(th["kl"] - (__import__("math").log(n) - (n - 1) / n)) > 1e-3  # (K = 4: far from the limit)
     if overrides[0].startswith("experiment"):
         assert metrics["beta"] == pytest.approx(0.5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,10 @@ def _refuse(allowed: str, hint: str, sweep_dir: Path) -> None:
     raise SystemExit(CONFIG_ERROR_EXIT)
 
 
+# Set when this process started a multirun (``-m``, or a sweep entry's ``hydra.mode: MULTIRUN``)
+MULTIRUN_STARTED = threading.Event()
+
+
 class FailedJobs(Callback):
     """At the start of a multirun: refuse a sweep dir that holds another sweep's results unless the
     sweep resumes (``ckpt_path=last`` / ``last_or_new``): each job would refuse its dir (it is another
@@ -142,6 +147,7 @@ class FailedJobs(Callback):
     code 1."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        MULTIRUN_STARTED.set()  # (this process launches a sweep's jobs: apps/train's closing line reads it)
         sweep_dir = Path(config.hydra.sweep.dir)
         taken = previous_results(sweep_dir)
         if taken and config.get("ckpt_path") not in RESUMING:
@@ -176,7 +182,8 @@ def sweep_time_summary(sweep_dir: Path, wall_s: float, since: float | None = Non
     seconds}}`` over the job dirs of ``sweep_dir`` (jobs without a readable ``metrics.json`` count as jobs only):
     the records' figures, those of jobs an earlier invocation finished included -- ``kept``: the finished records
     written before ``since`` (this invocation's start; a sweep run again with ``ckpt_path=last_or_new`` keeps
-    them), whose stage times are that invocation's, not this one's."""
+    them), whose stage times are that invocation's, not this one's; the cache hits are this invocation's jobs'
+    alone (a kept job loaded nothing)."""
     jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
     stages: dict[str, float] = {}
     finished = kept = hits = pool_hits = 0
@@ -187,9 +194,10 @@ def sweep_time_summary(sweep_dir: Path, wall_s: float, since: float | None = Non
         except (OSError, ValueError):
             continue
         finished += record.finished
-        kept += bool(record.finished and since is not None and written < since)
-        hits += bool(record.cache.get("policy_hit"))
-        pool_hits += bool(record.cache.get("eval_policy_hit"))
+        old = bool(record.finished and since is not None and written < since)
+        kept += old
+        hits += bool(record.cache.get("policy_hit")) and not old  # (a kept job loaded nothing this time)
+        pool_hits += bool(record.cache.get("eval_policy_hit")) and not old
         for key, value in record.timings.items():
             stage = key.removesuffix("_s")
             stages[stage] = stages.get(stage, 0.0) + float(value)
@@ -243,5 +251,5 @@ def sweep_time_line(summary: dict) -> str:
     return (f"sweep: {summary['jobs']} jobs ({summary['finished']} finished"
             + (f", {kept} of them kept from an earlier invocation" if kept else "")
             + f", {summary['policy_cache_hits']} trained policies and {summary['eval_pool_hits']} policy evaluation "
-            f"pools loaded from the cache) in {wall}; job stage minutes summed"
+            f"pools loaded from the cache{' by the others' if kept else ''}) in {wall}; job stage minutes summed"
             + (" over every record, the kept ones' included" if kept else "") + f": {stages}")

@@ -844,10 +844,13 @@ def main() -> None:
 
 
 def _stopped_note() -> str:
-    """What a stopped command left: a run is recorded as interrupted; a sweep's jobs are too under the basic
+    """What a stopped command left (a sweep: ``-m``, or a sweep entry's ``hydra.mode: MULTIRUN``, whose start
+    the sweep's callback marks): a run is recorded as interrupted; a sweep's jobs are too under the basic
     launcher, but a parallel launcher's abort (joblib's loky) SIGKILLs its running jobs, which may then leave
     no record -- their checkpoints stand, and the sweep again with ``ckpt_path=last_or_new`` continues them."""
-    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+    from infalign.apps.hydra_callbacks import MULTIRUN_STARTED
+
+    if not MULTIRUN_STARTED.is_set() and not {"-m", "--multirun"} & set(sys.argv[1:]):
         return "recorded as interrupted; once the run had started, the command that continues it is logged above"
     return ("a job that was running is recorded as interrupted, except under a parallel launcher "
             "(hydra/launcher=local_parallel), whose abort kills its running jobs, which may then leave no record; "

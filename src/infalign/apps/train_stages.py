@@ -35,7 +35,7 @@ from infalign.apps.train import (
 )
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_dir
-from infalign.math.finite_k import seen_through_table
+from infalign.math.finite_k import FiniteK, seen_through_table
 from infalign.math.procedures import Procedure
 from infalign.math.theory import applies as theory_applies
 from infalign.math.transforms import Raw, Transform
@@ -92,7 +92,9 @@ def theory_target(cfg: DictConfig, algo: Algorithm, transform: Transform) -> tup
         return None
     if getattr(algo, "missing_eos_penalty", None) or other_eval_horizon(cfg):
         return None
-    if algo.trained_n is None:  # trained on Phi(C_hat) of a K-sample table: the theory tilts Phi_K (4.11)
+    # trained on Phi(C_hat) of a K-sample table: the theory tilts Phi_K (4.11) -- not for the offline baselines'
+    # (5.8) target, nor the optimal transform, whose theory the report draws as the exact optimal frontier
+    if algo.trained_n is None and "optimal_transform" not in str(cfg.transform.get("_target_")):
         return seen_through_table(target[0], cfg.calibration), target[1]
     return target
 
@@ -223,6 +225,8 @@ def run_stages(cfg: DictConfig, procedure: Procedure, transform: Transform, algo
             ev = evaluate_policy(world, cfg, procedure, theory_transform, theory_beta, trainers.predict, cache_dir,
                                  policy_id)
         th = ev.theory
+        if th and isinstance(theory_transform, FiniteK):  # which theory the record carries (docs/method.md §4.1)
+            th["table"] = {"K": theory_transform.k, "smoothing": theory_transform.smoothing}
         kl = ev.judges["reward_model"]["kl"].mean
         info = record.method_info(cfg, algo, transform, procedure)
         if values is not None:

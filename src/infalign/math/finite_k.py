@@ -25,6 +25,10 @@ import numpy as np
 
 from infalign.math.transforms import Transform
 
+# Largest K tilted through its table: (4.11) is evaluated as a [grid, K + 1] matrix (the theory's grid has ~4,000
+# nodes: 0.5 GB at K = 4096), and at K = 4096 Phi_K is within 2e-3 of Phi's win rates (tests/test_finite_k.py)
+MAX_K = 4096
+
 
 def calibration_nodes(k: int, smoothing: bool) -> np.ndarray:
     """``c_L`` for ``L = 0..K``: the values ``C_hat`` takes (``L / K``; ``(L + 1/2) / (K + 1)`` smoothed)."""
@@ -38,17 +42,22 @@ class FiniteK(Transform):
     calibrated-space theory's transform, never trained on)."""
 
     def __init__(self, base: Transform, k: int, smoothing: bool = False) -> None:
-        if int(k) < 1:
-            raise ValueError(f"K={k}: a calibration table holds at least one sample")
+        if not 1 <= int(k) <= MAX_K:
+            raise ValueError(f"K={k}: a calibration table of 1 to {MAX_K} samples (seen_through_table keeps the "
+                             "exact transform above that)")
         self.base, self.k, self.smoothing = base, int(k), bool(smoothing)
         self.kind = base.kind
         nodes = calibration_nodes(self.k, self.smoothing)
-        # Phi(c_L) - Phi(c_K), by the base's own centring (accurate near both ends), then shifted so the
-        # top node is 0: the sum in (4.11) is then of O(range) terms, whatever constant the base chose
-        values = np.asarray(base.centered(nodes, 1.0 - nodes), dtype=np.float64)
+        # Phi(c_L) - Phi(c_K), by the theory's own centring of the base (accurate near both ends; exp with t < 0
+        # referenced to Phi(1), exact there), then shifted so the top node is 0: the sum in (4.11) is then of
+        # O(range) terms, whatever constant the base chose
+        from infalign.math.theory import phi_values
+
+        values = phi_values(base, nodes, 1.0 - nodes)
         if not np.isfinite(values).all():
             raise ValueError(f"transform {base.label} is not finite at the calibration table's values {nodes}")
         self._values = values - values[-1]
+        self._nodes = nodes
         levels = np.arange(self.k + 1, dtype=np.float64)
         self._levels = levels
         self._log_binom = np.array([math.lgamma(self.k + 1) - math.lgamma(i + 1) - math.lgamma(self.k - i + 1)
@@ -71,8 +80,10 @@ class FiniteK(Transform):
         return self._pmf(u, s) @ self._values
 
     def __call__(self, u):
+        """(4.11) summed as it stands, ``Phi(c_L)`` weighted by their probabilities (no cancellation against the
+        top node's value: exact where ``Phi_K`` is small beside ``Phi(c_K)``)."""
         u = np.asarray(u, dtype=np.float64)
-        return self.centered(u, 1.0 - u) + float(np.asarray(self.base(np.array([self.calibration_top()]))).item())
+        return self._pmf(u, 1.0 - u) @ np.asarray(self.base(self._nodes), dtype=np.float64)
 
     def calibration_top(self) -> float:
         """``c_K``, the largest value ``C_hat`` takes."""
@@ -99,6 +110,7 @@ def table_settings(calibration: Mapping | None) -> tuple[int, bool] | None:
 
 def seen_through_table(transform: Transform, calibration: Mapping | None) -> Transform:
     """``transform`` as the run trains on it (:class:`FiniteK` at the run's ``calibration.K`` and
-    ``calibration.smoothing``), or unchanged when the node gives no table (:func:`table_settings`)."""
+    ``calibration.smoothing``), or unchanged when the node gives no table (:func:`table_settings`) or one of more
+    than :data:`MAX_K` samples (``Phi_K`` is then ``Phi`` within the theory's resolution)."""
     settings = table_settings(calibration)
-    return transform if settings is None else FiniteK(transform, *settings)
+    return transform if settings is None or settings[0] > MAX_K else FiniteK(transform, *settings)

@@ -253,9 +253,10 @@ def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray, continue_ends: b
     ``x_i <= g <= x_{i+1}``. Outside ``[min x, max x]``: NaN, or with ``continue_ends=True`` the
     line through the first / last point with the first / last segment's slope, or with the slopes
     ``end_slopes = (left, right)`` when given (bootstrap resamples only, see the module docstring;
-    a single point gives its constant). Equal ``x`` in a row are not merged: the zero-width segment between
-    them gives the mean of their ``y`` at that x, and the curve jumps there (``x = [0, 1, 1]``, ``y = [0, 1,
-    3]``: 2 at 1, 0.999999 at 0.999999) -- merge ties first (:func:`_merge_ties`; every caller does).
+    a single point gives its constant). Equal ``x`` in a row are not merged, and the curve jumps there; the value
+    at the tied x depends on where the tie sits: inside the curve the last tied point's (``x = [0, 1, 1, 2]``,
+    ``y = [0, 1, 3, 3]``: 3 at 1), at its right end the mean of the last two points' (``x = [0, 1, 1]``, ``y =
+    [0, 1, 3]``: 2 at 1) -- merge ties first (:func:`_merge_ties`; every caller does).
     """
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)

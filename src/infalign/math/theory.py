@@ -108,13 +108,13 @@ def phi_table(transform: Transform, grid: Grid = DEFAULT_GRID) -> np.ndarray:
     elsewhere, i.e. never worse).
     """
     _, u, s, *_ = grid.arrays
-    phi = _phi_values(transform, u, s)
+    phi = phi_values(transform, u, s)
     if phi.shape != u.shape or np.isnan(phi).any() or np.isposinf(phi).any():
         raise ValueError(f"transform {transform.label} gave NaN/+inf or a wrong shape on [0, 1]")
     return phi
 
 
-def _phi_values(transform: Transform, u: np.ndarray, s: np.ndarray) -> np.ndarray:
+def phi_values(transform: Transform, u: np.ndarray, s: np.ndarray) -> np.ndarray:
     """``Phi(u) - c`` at ``u`` (``s = 1 - u``) with :func:`phi_table`'s constant ``c``."""
     if isinstance(transform, Exp) and transform.t < 0:
         scale = 1.0 / abs(math.expm1(transform.t)) if transform.normalized else 1.0
@@ -297,7 +297,7 @@ def density(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAU
     table = phi_table(transform, grid)
     log_z = tilt(table, beta, grid).log_z[0]
     u = np.asarray(u, np.float64)
-    return np.exp((_phi_values(transform, u, 1.0 - u) - table.max()) / beta - log_z)
+    return np.exp((phi_values(transform, u, 1.0 - u) - table.max()) / beta - log_z)
 
 
 def cdf(transform: Transform, beta: float, u: np.ndarray, grid: Grid = DEFAULT_GRID) -> np.ndarray:

@@ -32,7 +32,8 @@ from infalign.pipeline.trainer import TrainerFactory
 # results depend on beyond its trained policy (pipeline/policy_cache.finished_record_to_keep).
 EVALUATION_CODE = ("infalign.pipeline.evaluate", "infalign.math.pool_stats", "infalign.math.estimators",
                    "infalign.math.procedures", "infalign.math.miscalibration", "infalign.math.theory",
-                   "infalign.math.transforms", "infalign.pipeline.run_record", "infalign.pipeline.record")
+                   "infalign.math.transforms", "infalign.pipeline.run_record", "infalign.pipeline.record",
+                   "infalign.math.finite_k")  # (the theory beside a run tilts Phi_K: docs/method.md (4.11))
 
 
 def evaluation_code_digest() -> str:

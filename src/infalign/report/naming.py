@@ -132,6 +132,23 @@ def other_eval_horizon(job: Job) -> tuple[int, int] | None:
     return int(evaluated), int(trained)
 
 
+def exact_theory_record(job: Job) -> bool:
+    """Whether the run's record carries the exact (``K = inf``) theory where the report tilts ``Phi_K``, its
+    transform seen through its calibration table (docs/method.md §4.1): a transform-trained run (not the optimal
+    transform's, drawn exact) whose ``eval.theory`` has no ``table`` -- recorded before the theory beside a run
+    tilted ``Phi_K``."""
+    from infalign.math.finite_k import MAX_K, table_settings
+
+    th = job.record.eval.theory if job.record is not None and job.record.eval is not None else None
+    if not isinstance(th, dict) or "table" in th or not uses_transform(job):
+        return False
+    config = job.config if isinstance(job.config, dict) else {}
+    if transform_family(config.get("transform"), job.record.transform)[0] in ("optimal", "raw"):
+        return False
+    settings = table_settings(config.get("calibration"))
+    return settings is not None and settings[0] <= MAX_K
+
+
 def record_theory_applies(job: Job) -> bool:
     """Whether the theory a run's record carries (``eval.theory``, ``kl_ratio``) is one to read: not for pooled
     calibration, an evaluation with a modified sampler or at another horizon (:func:`other_eval_horizon`), a
@@ -181,8 +198,9 @@ def world_keys(jobs) -> dict[str, str | None]:
     has neither) -- except when some toy-world record predates ``world_id``: then every toy run is
     keyed by its ``toy_key`` (which fixes its world: the models are built from it), so old and new
     records of one world are not told apart as two. A run evaluated unlike most runs
-    (``Job.eval_note``: another sampling temperature, top-k, top-p or response length) has the note
-    appended: another evaluation is compared apart, like another world."""
+    (``Job.eval_note``: another sampling temperature, top-k, top-p, response length, held-out prompt set or
+    precision: :data:`EVAL_SETTINGS`) has the note appended: another evaluation is compared apart, like another
+    world."""
     notes = {job.job: job.eval_note for job in jobs}
     return {job: (value + (f" [{notes[job]}]" if notes[job] else "")) if value else None
             for job, value in _world_ids(jobs).items()}
@@ -334,6 +352,10 @@ def _note_odd(mine: Sequence[Job], keys: Sequence[str], notes: dict[str, list[st
         values = [_dotted(j.config, key) for j in mine]
         if not values or any(v is _MISSING for v in values):
             continue
+        if key == "trainer.precision":  # Lightning's short names are the same precision (pools key them as one)
+            from infalign.pipeline.policy_cache import PRECISION_ALIASES
+
+            values = [PRECISION_ALIASES.get(str(v), v) for v in values]
         compared = [json.dumps(_plain_number(v), sort_keys=True) for v in values]
         top = max(compared.count(v) for v in compared)
         # no one most common value (a tie): every job is noted -- unnoted, one side of the tie read as the

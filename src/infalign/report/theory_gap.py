@@ -11,7 +11,14 @@ import numpy as np
 
 from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
-from infalign.report.naming import comparison_worlds, method_of, number, procedure_of, record_theory_applies
+from infalign.report.naming import (
+    comparison_worlds,
+    exact_theory_record,
+    method_of,
+    number,
+    procedure_of,
+    record_theory_applies,
+)
 
 THEORY_GAP_COLUMNS = ["job", "run", "method", "procedure", "beta", "seed", "world_id", "kl_measured",
                       "kl_theory_at_beta", "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl",
@@ -20,6 +27,10 @@ THEORY_GAP_COLUMNS = ["job", "run", "method", "procedure", "beta", "seed", "worl
 # |gap| per metric), and the KL ratio below which its runs count as stopping short of their beta's KL.
 THEORY_TARGET = 0.02
 KL_SHORT = 0.9
+
+
+EXACT_THEORY_NOTE = ("recorded with the exact theory (K = inf), before the theory beside a run tilted Phi_K "
+                     "(docs/method.md §4.1; the curves tilt Phi_K)")
 
 
 def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[dict]:
@@ -60,15 +71,18 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
         same = (worlds[job.job], head["method"], rec.seed, head["beta"], kl) if kl is not None else (job.job,)
         head["run"] = run = first_of.setdefault(same, job.job)
 
-        def repeat(metric, run=run) -> dict:  # a row of a metric this measurement gave already: kept, not weighed
+        exact = exact_theory_record(job)  # its rows say so: the curves tilt Phi_K
+
+        def repeat(metric, note, run=run, exact=exact) -> dict:
+            """The row's note; a row of a metric this measurement gave already is kept, not weighed."""
             if (run, metric) not in given:
                 given.add((run, metric))
-                return {}
+                return {"note": "; ".join(filter(None, [note, EXACT_THEORY_NOTE if exact else None])) or None}
             return {"repeat_of": run, "note": f"the same measurement as job {run}: counted once"}
 
         if not at:
             rows.append({**head, "metric": None, "measured": None, "theory_at_measured_kl": None, "gap": None,
-                         "ci_half_width": None, "note": "no theory point: the measured KL is <= 0", **repeat(None)})
+                         "ci_half_width": None, **repeat(None, "no theory point: the measured KL is <= 0")})
             continue
         # N = 1 is the standard win rate itself (one column, not two)
         keys = {STANDARD_WIN_RATE} | {procedure.at(n).win_rate_key for n in [procedure.n, *rec.eval.ns] if n > 1}
@@ -82,7 +96,7 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
             note = None if theory_wr is not None else "the theory does not reach the measured KL"
             rows.append({**head, "metric": key, "measured": measured, "theory_at_measured_kl": theory_wr,
                          "gap": measured - theory_wr if theory_wr is not None else None, "ci_half_width": half,
-                         "note": note, **repeat(key)})
+                         **repeat(key, note)})
     return rows
 
 
