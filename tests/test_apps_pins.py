@@ -826,8 +826,11 @@ def test_a_stopped_sweep_does_not_claim_every_job_was_recorded(monkeypatch):
     """infalign-train's closing line after Ctrl-C / SIGTERM: a run is recorded as interrupted; a sweep's running
     jobs are not under a parallel launcher (its abort kills them: sweep walkthrough), and the line says how to
     continue them."""
-    from infalign.apps import train
+    import threading
 
+    from infalign.apps import hydra_callbacks, train
+
+    monkeypatch.setattr(hydra_callbacks, "MULTIRUN_STARTED", threading.Event())  # (other tests start multiruns)
     monkeypatch.setattr("sys.argv", ["infalign-train", "transform=identity"])
     assert train._stopped_note().startswith("recorded as interrupted")
     for flag in ("-m", "--multirun"):
@@ -835,9 +838,7 @@ def test_a_stopped_sweep_does_not_claim_every_job_was_recorded(monkeypatch):
         note = train._stopped_note()
         assert "except under a parallel launcher" in note and "ckpt_path=last_or_new" in note
     # a sweep entry sets hydra.mode: MULTIRUN (no -m): the sweep's start marks it (review)
-    from infalign.apps import hydra_callbacks
-
     monkeypatch.setattr("sys.argv", ["infalign-train", "+sweeps=paper_bon"])
-    monkeypatch.setattr(hydra_callbacks, "MULTIRUN_STARTED", __import__("threading").Event())
+    assert train._stopped_note().startswith("recorded as interrupted")
     hydra_callbacks.MULTIRUN_STARTED.set()
     assert "except under a parallel launcher" in train._stopped_note()
