@@ -1543,22 +1543,32 @@ def test_a_run_the_theory_does_not_describe_gets_no_theory_curve_nor_gap(tmp_pat
 
 
 def test_a_record_with_the_exact_theory_is_marked_in_the_theory_gap(tmp_path):
-    """A record written before the theory beside a run tilted Phi_K (its eval.theory has no ``table``) carries
-    the exact theory, while the report's curves tilt Phi_K (docs/method.md §4.1): its theory-gap rows say so
-    (review: one report mixed both silently); a record with the table's settings is not marked."""
+    """A record written before the theory beside a run tilted Phi_K (its eval.theory has no ``table`` and its KL
+    at beta is the exact transform's) carries the exact theory, while the report's curves tilt Phi_K
+    (docs/method.md §4.1): its theory-gap rows say so (review: one report mixed both silently). Not marked: a
+    record with the table's settings, and one that tilted Phi_K without the marker (review: the code between the
+    two changes wrote such records), told apart by its theory KL at beta."""
+    from infalign.math import theory
+    from infalign.math.finite_k import FiniteK
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Identity
     from infalign.report.collect import collect
     from infalign.report.theory_gap import EXACT_THEORY_NOTE, theory_gap_rows
 
-    for job, table in (("0", None), ("1", {"K": 32, "smoothing": False})):
+    cal = {"K": 4, "smoothing": True, "scope": "prompt"}  # (identity through 4 smoothed samples: 0.8 of its range)
+    exact, finite = (theory.evaluate(t, 0.3, BestOfN(4))[0].kl for t in (Identity(), FiniteK(Identity(), 4, True)))
+    assert abs(exact - finite) > 0.01
+    for job, table, kl in (("0", None, exact), ("1", {"K": 4, "smoothing": True}, finite), ("2", None, finite)):
         m = per_prompt_metrics("identity", MUT_INFO, 0.3 + 0.2 * int(job), 0.3, {})
         m["config"]["transform"] = IDENTITY
-        m["config"]["calibration"] = {"K": 32, "smoothing": False, "scope": "prompt"}
+        m["config"]["calibration"] = cal
+        m["eval"]["theory"]["kl"] = kl
         if table:
             m["eval"]["theory"]["table"] = table
         write_job(tmp_path, job, ["method=identity"], m)
     rows = theory_gap_rows(collect(tmp_path))
     marked = {r["job"] for r in rows if EXACT_THEORY_NOTE in (r.get("note") or "")}
-    assert marked == {"0"} and {r["job"] for r in rows} == {"0", "1"}
+    assert marked == {"0"} and {r["job"] for r in rows} == {"0", "1", "2"}
 
 
 def test_the_reports_theory_curve_tilts_each_runs_reward_as_trained(tmp_path):

@@ -132,23 +132,6 @@ def other_eval_horizon(job: Job) -> tuple[int, int] | None:
     return int(evaluated), int(trained)
 
 
-def exact_theory_record(job: Job) -> bool:
-    """Whether the run's record carries the exact (``K = inf``) theory where the report tilts ``Phi_K``, its
-    transform seen through its calibration table (docs/method.md §4.1): a transform-trained run (not the optimal
-    transform's, drawn exact) whose ``eval.theory`` has no ``table`` -- recorded before the theory beside a run
-    tilted ``Phi_K``."""
-    from infalign.math.finite_k import MAX_K, table_settings
-
-    th = job.record.eval.theory if job.record is not None and job.record.eval is not None else None
-    if not isinstance(th, dict) or "table" in th or not uses_transform(job):
-        return False
-    config = job.config if isinstance(job.config, dict) else {}
-    if transform_family(config.get("transform"), job.record.transform)[0] in ("optimal", "raw"):
-        return False
-    settings = table_settings(config.get("calibration"))
-    return settings is not None and settings[0] <= MAX_K
-
-
 def record_theory_applies(job: Job) -> bool:
     """Whether the theory a run's record carries (``eval.theory``, ``kl_ratio``) is one to read: not for pooled
     calibration, an evaluation with a modified sampler or at another horizon (:func:`other_eval_horizon`), a

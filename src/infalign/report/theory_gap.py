@@ -13,7 +13,6 @@ from infalign.math.procedures import STANDARD_WIN_RATE
 from infalign.report.collect import Job
 from infalign.report.naming import (
     comparison_worlds,
-    exact_theory_record,
     method_of,
     number,
     procedure_of,
@@ -31,6 +30,28 @@ KL_SHORT = 0.9
 
 EXACT_THEORY_NOTE = ("recorded with the exact theory (K = inf), before the theory beside a run tilted Phi_K "
                      "(docs/method.md §4.1; the curves tilt Phi_K)")
+
+
+def exact_theory_record(job: Job) -> bool:
+    """Whether the run's record carries the exact (``K = inf``) theory where the report tilts ``Phi_K``, its
+    transform seen through its calibration table (docs/method.md §4.1): a run whose theory the report tilts
+    through a table (``series.theory_transform`` gives a :class:`~infalign.math.finite_k.FiniteK`), whose
+    ``eval.theory`` has no ``table`` marker, and whose recorded theory KL at its beta is the exact transform's
+    rather than ``Phi_K``'s (review: records of the code between the two changes tilted ``Phi_K`` without the
+    marker) -- two tilts, no record date needed."""
+    from infalign.math import theory
+    from infalign.math.finite_k import FiniteK
+    from infalign.report.series import theory_transform
+
+    th = job.record.eval.theory if job.record is not None and job.record.eval is not None else None
+    if not isinstance(th, dict) or "table" in th:
+        return False
+    transform, _ = theory_transform(job)
+    beta, kl, procedure = number(th.get("beta")), number(th.get("kl")), procedure_of(job)
+    if not isinstance(transform, FiniteK) or beta is None or beta <= 0 or kl is None or procedure is None:
+        return False
+    exact, finite = (theory.evaluate(t, beta, procedure)[0].kl for t in (transform.base, transform))
+    return abs(kl - exact) < abs(kl - finite)
 
 
 def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[dict]:
