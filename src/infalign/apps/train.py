@@ -51,7 +51,7 @@ from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
 from infalign.math.transforms import FLOAT32_MAX, Transform, as_transform, finite_in_float32
 from infalign.pipeline import record
 from infalign.pipeline.kl_target import require_spread_samples
-from infalign.pipeline.run_record import RunRecord
+from infalign.pipeline.run_record import RunRecord, other_eval_horizon
 from infalign.pipeline.settings import (
     calibration_sampler,
     data_settings,
@@ -183,7 +183,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             "e.g. torchrun --nproc_per_node=4 $(which infalign-train) trainer=ddp trainer.devices=4 "
             "hydra.run.dir=outputs/train/my_run, or hydra/launcher=slurm")
     check_shared_run_dir()
-    require(algo.kl_target is None or "optimal_transform" not in str(cfg.transform.get("_target_")),
+    require(algo.kl_target is None or not optimal_transform_entry(cfg),
             "algo.kl_target", algo.kl_target,
             "null with transform=optimal (it is built for algo.beta; set algo.beta instead)")
     penalty = getattr(algo, "missing_eos_penalty", None)
@@ -216,16 +216,10 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     return procedure, transform, algo
 
 
-def other_eval_horizon(cfg: DictConfig) -> tuple[int, int] | None:
-    """``(eval.max_new_tokens, algo.max_new_tokens)`` when the evaluation samples another horizon than training's
-    (and the calibration's, which is training's): both evaluation pools then come from other distributions than
-    the ones the calibrated-space theory tilts -- the measured KL covers the first tokens only, the win rates are
-    truncated policies' -- so, as for a modified sampler, no theory is put beside the run; else None."""
-    trained = cfg.algo.get("max_new_tokens")
-    evaluated = cfg.eval.get("max_new_tokens")
-    if trained is None or evaluated is None or int(trained) == int(evaluated):
-        return None
-    return int(evaluated), int(trained)
+def optimal_transform_entry(cfg: DictConfig) -> bool:
+    """Whether the run's transform is the optimal one (``conf/transform/optimal.yaml``:
+    ``math.theory.optimal_transform``, built for ``algo.beta``)."""
+    return "optimal_transform" in str(cfg.transform.get("_target_"))
 
 
 STAYS_KL = 0.01  # nats: an ideal tilted policy this close to the reference is a run that trains nothing

@@ -29,7 +29,7 @@ from infalign.apps.train import (
     failure_record,
     interrupted,
     offline_resume_step,
-    other_eval_horizon,
+    optimal_transform_entry,
     resolve_ckpt,
     write_failure,
 )
@@ -58,7 +58,7 @@ from infalign.pipeline.policy_cache import (
     train_or_load,
     transform_values,
 )
-from infalign.pipeline.run_record import RunRecord
+from infalign.pipeline.run_record import RunRecord, missing_eos_penalty, other_eval_horizon
 from infalign.pipeline.settings import training_seed
 from infalign.pipeline.trainer import probe_trainer, stage_trainers
 from infalign.pipeline.world import check_ranks_agree, load_world  # load_world checks every path/name first
@@ -84,17 +84,18 @@ def theory_target(cfg: DictConfig, algo: Algorithm, transform: Transform) -> tup
     run only, :func:`~infalign.pipeline.record.pooled_calibration`: an offline baseline ranks no reward,
     so ``calibration.scope`` leaves its (5.8) prediction standing), or one with a missing-EOS penalty ``p > 0``
     (``algo.missing_eos_penalty``: the target is the tilt of ``Phi(C) - p * 1{cut}``, docs/method.md (6.1b),
-    no function of C alone), or one evaluated at another horizon than it trained at (``other_eval_horizon``).
+    no function of C alone), or one evaluated at another horizon than it trained at
+    (``pipeline/run_record.other_eval_horizon``).
     A transform-trained run's transform is the one it trains on, ``Phi`` seen through its ``calibration.K``-sample
     table (``math/finite_k.FiniteK``, docs/method.md (4.11)); an offline baseline's (5.8) target is kept."""
     target = algo.theory_target(transform)
     if target is None or not theory_applies(target[0], record.pooled_calibration(cfg, algo)):
         return None
-    if getattr(algo, "missing_eos_penalty", None) or other_eval_horizon(cfg):
+    if missing_eos_penalty(cfg) or other_eval_horizon(cfg):
         return None
     # trained on Phi(C_hat) of a K-sample table: the theory tilts Phi_K (4.11) -- not for the offline baselines'
     # (5.8) target, nor the optimal transform, whose theory the report draws as the exact optimal frontier
-    if algo.trained_n is None and "optimal_transform" not in str(cfg.transform.get("_target_")):
+    if algo.trained_n is None and not optimal_transform_entry(cfg):
         return seen_through_table(target[0], cfg.calibration), target[1]
     return target
 

@@ -85,10 +85,6 @@ class FiniteK(Transform):
         u = np.asarray(u, dtype=np.float64)
         return self._pmf(u, 1.0 - u) @ np.asarray(self.base(self._nodes), dtype=np.float64)
 
-    def calibration_top(self) -> float:
-        """``c_K``, the largest value ``C_hat`` takes."""
-        return float(calibration_nodes(self.k, self.smoothing)[-1])
-
     @property
     def label(self) -> str:
         return self.base.label

@@ -37,6 +37,8 @@ version, or a file that is not a record, raises :class:`RecordError` with the re
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -92,6 +94,33 @@ def constant_reward(miscalibration: dict | None) -> bool:
     KL 0.36 and a bon4 win rate of 0.82 beside a measured 0 and 1/2: robustness walkthrough). False for records
     before ``tie_share``."""
     return isinstance(miscalibration, dict) and (miscalibration.get("reward_model") or {}).get("tie_share") == 1.0
+
+
+def _setting(config: Mapping | None, node: str, key: str) -> float | None:
+    """``config[node][key]`` as a finite number (a run's config: a DictConfig, or a record's dict), else None."""
+    section = config.get(node) if isinstance(config, Mapping) else None
+    value = section.get(key) if isinstance(section, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def missing_eos_penalty(config: Mapping | None) -> float | None:
+    """The run's ``algo.missing_eos_penalty`` when it is set and > 0 (docs/method.md (6.1b)): its target is the
+    tilt of ``Phi(C) - p * 1{cut}``, which the calibrated-space theory does not describe -- the run gets no theory
+    (``apps/train_stages.theory_target``; the report skips older records': ``report/naming``); else None."""
+    return _setting(config, "algo", "missing_eos_penalty") or None
+
+
+def other_eval_horizon(config: Mapping | None) -> tuple[int, int] | None:
+    """``(eval.max_new_tokens, algo.max_new_tokens)`` when the run's evaluation samples another horizon than its
+    training (and calibration, which is training's): both evaluation pools then come from other distributions than
+    the ones the calibrated-space theory tilts -- the measured KL covers the first tokens only, the win rates are
+    truncated policies' -- so, as for a modified sampler, no theory is put beside the run; else None."""
+    evaluated, trained = _setting(config, "eval", "max_new_tokens"), _setting(config, "algo", "max_new_tokens")
+    if evaluated is None or trained is None or evaluated == trained:
+        return None
+    return int(evaluated), int(trained)
 
 
 @dataclass

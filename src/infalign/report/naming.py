@@ -16,7 +16,7 @@ from typing import Any
 
 from infalign.errors import ConfigError
 from infalign.math.procedures import Procedure, make_procedure
-from infalign.pipeline.run_record import constant_reward
+from infalign.pipeline.run_record import constant_reward, missing_eos_penalty, other_eval_horizon
 from infalign.report.collect import Job
 
 # Records written before method_info existed: the algorithms that train without the transform
@@ -111,34 +111,13 @@ def constant_reward_run(job: Job) -> bool:
     return ev is not None and constant_reward(ev.miscalibration)
 
 
-def missing_eos_penalty(job: Job) -> float | None:
-    """The run's ``algo.missing_eos_penalty`` when it is set and > 0 (docs/method.md (6.1b)): its target is the
-    tilt of ``Phi(C) - p * 1{cut}``, which the calibrated-space theory does not describe; else None."""
-    algo = job.config.get("algo") if isinstance(getattr(job, "config", None), dict) else None
-    penalty = algo.get("missing_eos_penalty") if isinstance(algo, dict) else None
-    return number(penalty) or None
-
-
-def other_eval_horizon(job: Job) -> tuple[int, int] | None:
-    """``(eval.max_new_tokens, algo.max_new_tokens)`` of a run evaluated at another horizon than it trained at
-    (``apps/train.other_eval_horizon``: its pools are of other distributions than the theory's), else None."""
-    config = getattr(job, "config", None)
-    ev = config.get("eval") if isinstance(config, dict) else None
-    algo = config.get("algo") if isinstance(config, dict) else None
-    evaluated = number(ev.get("max_new_tokens")) if isinstance(ev, dict) else None
-    trained = number(algo.get("max_new_tokens")) if isinstance(algo, dict) else None
-    if evaluated is None or trained is None or evaluated == trained:
-        return None
-    return int(evaluated), int(trained)
-
-
 def record_theory_applies(job: Job) -> bool:
     """Whether the theory a run's record carries (``eval.theory``, ``kl_ratio``) is one to read: not for pooled
-    calibration, an evaluation with a modified sampler or at another horizon (:func:`other_eval_horizon`), a
-    reward that tied everywhere (:func:`constant_reward_run`), nor a missing-EOS penalty
-    (:func:`missing_eos_penalty`), whose older records still carry one."""
-    return (not pooled_calibration(job) and not eval_sampler(job) and not other_eval_horizon(job)
-            and not constant_reward_run(job) and not missing_eos_penalty(job))
+    calibration, an evaluation with a modified sampler or at another horizon
+    (``pipeline/run_record.other_eval_horizon``), a reward that tied everywhere (:func:`constant_reward_run`), nor
+    a missing-EOS penalty (``run_record.missing_eos_penalty``), whose older records still carry one."""
+    return (not pooled_calibration(job) and not eval_sampler(job) and not other_eval_horizon(job.config)
+            and not constant_reward_run(job) and not missing_eos_penalty(job.config))
 
 
 def transform_label(job: Job) -> str:

@@ -12,14 +12,13 @@ import numpy as np
 
 from infalign.errors import error_line
 from infalign.math.finite_k import seen_through_table
+from infalign.pipeline.run_record import missing_eos_penalty, other_eval_horizon
 from infalign.report.collect import Job
 from infalign.report.naming import (
     algo_of,
     comparison_worlds,
     constant_reward_run,
     eval_sampler,
-    missing_eos_penalty,
-    other_eval_horizon,
     pooled_calibration,
     procedure_of,
     transform_family,
@@ -100,12 +99,12 @@ def theory_transform(job: Job) -> tuple[object | None, str]:
         return None, "pooled calibration: not uniform within a prompt, no calibrated-space theory"
     if sampler := eval_sampler(job):
         return None, f"evaluated with {sampler}: samples of another distribution than the policy's, no theory"
-    if horizon := other_eval_horizon(job):
+    if horizon := other_eval_horizon(job.config):
         return None, (f"evaluated at eval.max_new_tokens={horizon[0]}, trained at {horizon[1]}: pools of another "
                       "horizon than the theory's, no theory")
     if constant_reward_run(job):
         return None, "every within-prompt pair of its reward ties: a constant calibrated reward, no theory"
-    if penalty := missing_eos_penalty(job):
+    if penalty := missing_eos_penalty(job.config):
         return None, (f"missing_eos_penalty={penalty:g}: its reward Phi(C) - p * 1{{cut}} is no function of C "
                       "alone, no calibrated-space theory")
     if procedure_of(job) is None or not isinstance(tcfg, dict):
