@@ -1571,6 +1571,72 @@ def test_a_record_with_the_exact_theory_is_marked_in_the_theory_gap(tmp_path):
     assert marked == {"0"} and {r["job"] for r in rows} == {"0", "1", "2"}
 
 
+def _exact_and_finite_records(tmp_path, jobs):
+    """Write ``jobs``: ``(job, exact record?, measured KL)`` of one identity method at beta 0.3, K = 4 smoothed;
+    a record is exact (no ``table`` marker, the exact transform's theory KL) or ``Phi_K``'s."""
+    from infalign.math import theory
+    from infalign.math.finite_k import FiniteK
+    from infalign.math.procedures import BestOfN
+    from infalign.math.transforms import Identity
+
+    exact, finite = (theory.evaluate(t, 0.3, BestOfN(4))[0].kl for t in (Identity(), FiniteK(Identity(), 4, True)))
+    for job, is_exact, kl in jobs:
+        m = per_prompt_metrics("identity", MUT_INFO, kl, 0.3, {})
+        m["config"]["transform"] = IDENTITY
+        m["config"]["calibration"] = {"K": 4, "smoothing": True, "scope": "prompt"}
+        m["eval"]["theory"]["kl"] = exact if is_exact else finite
+        if not is_exact:  # (the newer code's record: another evaluation digest)
+            m["eval"]["theory"]["table"] = {"K": 4, "smoothing": True}
+        m["code"] = {"training": "t", "evaluation": "exact" if is_exact else "finite"}
+        write_job(tmp_path, job, ["method=identity"], m)
+    return exact, finite
+
+
+def test_of_one_policy_recorded_both_ways_the_phi_k_record_is_weighed_whatever_the_order(tmp_path):
+    """A cached policy evaluated again by the newer code gives a second record of the same measurement (same
+    world, method, seed, beta and measured KL), one with the exact theory, one with Phi_K: the theory gap weighs
+    the Phi_K one whether its job comes first or last (review: the first job in the directory's order was
+    weighed), and the rows keep the jobs' order."""
+    from infalign.report.collect import collect
+    from infalign.report.theory_gap import median_theory_gap, theory_gap_rows
+
+    for order in (("0", "1"), ("1", "0")):  # (job "0" in the first directory, "1" in the second, is exact)
+        root = tmp_path / "".join(order)
+        _, finite = _exact_and_finite_records(root, [(order[0], True, 0.3), (order[1], False, 0.3)])
+        rows = theory_gap_rows(collect(root))
+        assert [r["job"] for r in rows][0] == "0"  # (directory order kept)
+        weighed = [r for r in rows if not r.get("repeat_of")]
+        assert {r["job"] for r in weighed} == {order[1]} and all(not r["exact_theory_record"] for r in weighed)
+        assert {r["repeat_of"] for r in rows if r["job"] == order[0]} == {order[1]}
+        entry = median_theory_gap(rows)["identity"]
+        assert entry["median_kl_ratio"] == pytest.approx(0.3 / finite, rel=1e-9)
+        assert (entry["runs"], entry["exact_theory"], entry["runs_exact_theory_left_out"]) == (1, False, 0)
+
+
+def test_a_methods_medians_do_not_pool_exact_theory_records_with_phi_k_ones(tmp_path):
+    """docs/method.md §4.1: a smoothed K = 4 table moves the theory KL at beta by far more than noise, so a
+    method's median KL ratio over older (exact-theory) and newer (Phi_K) records mixes two theories (review: the
+    rows were marked, the medians and the md reading were not). Its exact records are left out and counted when it
+    has Phi_K ones; a method of exact records only keeps them and says so."""
+    from infalign.report.collect import collect
+    from infalign.report.theory_gap import median_theory_gap, runs_cell, theory_gap_markdown, theory_gap_rows
+
+    exact, finite = _exact_and_finite_records(tmp_path / "mixed", [("0", True, 0.2), ("1", False, 0.3),
+                                                                    ("2", True, 0.4)])
+    assert abs(exact / finite - 1) > 0.05  # (the two theories' KLs differ: the test can tell them apart)
+    entry = median_theory_gap(theory_gap_rows(collect(tmp_path / "mixed")))["identity"]
+    assert entry["median_kl_ratio"] == pytest.approx(0.3 / finite, rel=1e-9)
+    assert (entry["runs"], entry["runs_exact_theory_left_out"], entry["exact_theory"]) == (1, 2, False)
+    assert runs_cell(entry) == "1 (+2 of the exact theory, left out)"
+
+    _exact_and_finite_records(tmp_path / "old", [("0", True, 0.2), ("2", True, 0.4)])
+    summary = median_theory_gap(theory_gap_rows(collect(tmp_path / "old")))
+    entry = summary["identity"]
+    assert entry["median_kl_ratio"] == pytest.approx(0.3 / exact, rel=1e-9)
+    assert (entry["runs"], entry["runs_exact_theory_left_out"], entry["exact_theory"]) == (2, 0, True)
+    assert "| 2 (exact theory: older records) |" in theory_gap_markdown(summary)
+
+
 def test_the_reports_theory_curve_tilts_each_runs_reward_as_trained(tmp_path):
     """report/series.theory_transform: the run's transform through its own calibration.K and smoothing."""
     from infalign.math.finite_k import FiniteK

@@ -21,7 +21,7 @@ from infalign.report.naming import (
 
 THEORY_GAP_COLUMNS = ["job", "run", "method", "procedure", "beta", "seed", "world_id", "kl_measured",
                       "kl_theory_at_beta", "kl_ratio", "reachable", "metric", "measured", "theory_at_measured_kl",
-                      "gap", "ci_half_width", "note", "repeat_of"]
+                      "gap", "ci_half_width", "exact_theory_record", "note", "repeat_of"]
 # docs/method.md §10.1: the distance from theory a method's runs should reach (win-rate points, median
 # |gap| per metric), and the KL ratio below which its runs count as stopping short of their beta's KL.
 THEORY_TARGET = 0.02
@@ -68,14 +68,20 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
     ``run``: the first job of the same measurement -- one policy evaluated again, e.g. an N-independent method
     in a sweep over ``procedure.n`` (same world, method, seed, beta and measured KL to the bit). A row of a metric
     that job gave already is kept with ``repeat_of`` (that job) and a note, and :func:`median_theory_gap` leaves
-    it out: one policy is not weighed once per N in the medians."""
+    it out: one policy is not weighed once per N in the medians.
+
+    ``exact_theory_record``: the run's record carries the exact theory where the curves tilt ``Phi_K``
+    (:func:`exact_theory_record`; the row's note says so). Of a measurement recorded both ways (a cached policy
+    evaluated again by the newer code) the ``Phi_K`` record is the one weighed, whatever the jobs' order; the rows
+    keep the jobs' order."""
     rows = []
     worlds, _ = comparison_worlds(jobs)
     first_of: dict[tuple, str] = {}  # the measurement -> its first job
     given: set[tuple] = set()  # (run, metric) rows given
-    for job in jobs:
-        if job.status != "finished":
-            continue
+    finished = [job for job in jobs if job.status == "finished"]
+    exact_of = {job.job: exact_theory_record(job) for job in finished}
+    order = {job.job: i for i, job in enumerate(finished)}
+    for job in sorted(finished, key=lambda j: exact_of[j.job]):  # (stable: a Phi_K record first)
         rec, procedure = job.record, procedure_of(job)
         # (older records carry one for pooled calibration, and for an evaluation with a modified sampler)
         th = rec.eval.theory if record_theory_applies(job) else None
@@ -92,7 +98,8 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
         same = (worlds[job.job], head["method"], rec.seed, head["beta"], kl) if kl is not None else (job.job,)
         head["run"] = run = first_of.setdefault(same, job.job)
 
-        exact = exact_theory_record(job)  # its rows say so: the curves tilt Phi_K
+        exact = exact_of[job.job]  # its rows say so: the curves tilt Phi_K
+        head["exact_theory_record"] = exact
 
         def repeat(metric, note, run=run, exact=exact) -> dict:
             """The row's note; a row of a metric this measurement gave already is kept, not weighed."""
@@ -118,20 +125,28 @@ def theory_gap_rows(jobs: Sequence[Job], judge: str = "reward_model") -> list[di
             rows.append({**head, "metric": key, "measured": measured, "theory_at_measured_kl": theory_wr,
                          "gap": measured - theory_wr if theory_wr is not None else None, "ci_half_width": half,
                          **repeat(key, note)})
-    return rows
+    return sorted(rows, key=lambda r: order[r["job"]])
 
 
 def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
     """Per method: per metric the median ``|gap|``, the median signed gap and the median CI
     half-width of the measured win rate over its runs; the median KL ratio; and :func:`diagnose`'s
     ``limits`` and ``reading``. Runs of different worlds (``world_id``: other models or toy-world
-    parameters) are separate entries, ``method [world_id]``, when the rows hold more than one."""
+    parameters) are separate entries, ``method [world_id]``, when the rows hold more than one.
+
+    A method's runs recorded with the exact theory where the curves tilt ``Phi_K`` (rows'
+    ``exact_theory_record``: older records) are not pooled with its ``Phi_K`` runs -- their KL ratios differ by
+    up to ~1.8x for a smoothed table (docs/method.md §4.1): they are left out (``runs_exact_theory_left_out``)
+    when it has ``Phi_K`` runs, and make its medians, marked ``exact_theory``, when it has none."""
     rows = [r for r in rows if not r.get("repeat_of")]  # (a measurement counted once)
     worlds = {r.get("world_id") for r in rows}
     group = (lambda r: r["method"]) if len(worlds) <= 1 else (lambda r: f"{r['method']} [{r.get('world_id')}]")
     out: dict[str, dict] = {}
     for method in sorted({group(r) for r in rows}):
         every = [r for r in rows if group(r) == method]
+        exact_only = all(r.get("exact_theory_record") for r in every)
+        left_out = set() if exact_only else {_run(r) for r in every if r.get("exact_theory_record")}
+        every = [r for r in every if _run(r) not in left_out]
         mine = [r for r in every if r["gap"] is not None]
         ratios = {_run(r): r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
         entry = {"median_abs_gap": _median_by_metric(mine, lambda r: abs(r["gap"])),
@@ -143,7 +158,8 @@ def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
                  "runs_without_theory": len({_run(r) for r in every} - {_run(r) for r in mine}),
                  # runs of one seed share the evaluation's reference pool (drawn with seed + 101), so
                  # their gaps share its noise: the independent estimates are the seeds, not the runs
-                 "seeds": len({r.get("seed") for r in mine})}
+                 "seeds": len({r.get("seed") for r in mine}),
+                 "exact_theory": exact_only, "runs_exact_theory_left_out": len(left_out)}
         out[method] = entry | diagnose(entry)
     return out
 
@@ -269,6 +285,10 @@ def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET,
 
 
 def runs_cell(entry: dict) -> str:
-    """``3``, or ``3 (+1 without a theory point)``."""
-    extra = entry.get("runs_without_theory") or 0
-    return f"{entry['runs']}" + (f" (+{extra} without a theory point)" if extra else "")
+    """``3``, ``3 (+1 without a theory point)``, ``3 (+2 of the exact theory, left out)`` or ``3 (exact theory)``
+    (:func:`median_theory_gap`)."""
+    extra, left_out = entry.get("runs_without_theory") or 0, entry.get("runs_exact_theory_left_out") or 0
+    notes = [f"+{extra} without a theory point" if extra else "",
+             f"+{left_out} of the exact theory, left out" if left_out else "",
+             "exact theory: older records" if entry.get("exact_theory") else ""]
+    return f"{entry['runs']}" + "".join(f" ({n})" for n in notes if n)
