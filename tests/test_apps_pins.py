@@ -823,9 +823,8 @@ def test_a_job_killed_without_a_record_is_reported_with_how_to_continue_it(tmp_p
 
 
 def test_a_stopped_sweep_does_not_claim_every_job_was_recorded(monkeypatch):
-    """infalign-train's closing line after Ctrl-C / SIGTERM: a run is recorded as interrupted; a sweep's running
-    jobs are not under a parallel launcher (its abort kills them: sweep walkthrough), and the line says how to
-    continue them."""
+    """infalign-train's closing line after Ctrl-C / SIGTERM: a run is recorded as interrupted; so is a sweep's
+    running job, and the line says how to continue them (a parallel sweep's lines: tests/test_sweep_stop.py)."""
     import threading
 
     from infalign.apps import hydra_callbacks, train
@@ -836,9 +835,9 @@ def test_a_stopped_sweep_does_not_claim_every_job_was_recorded(monkeypatch):
     for flag in ("-m", "--multirun"):
         monkeypatch.setattr("sys.argv", ["infalign-train", flag, "transform=identity,raw"])
         note = train._stopped_note()
-        assert "except under a parallel launcher" in note and "ckpt_path=last_or_new" in note
+        assert note.startswith("a job that was running is recorded as interrupted") and "ckpt_path=last_or_new" in note
     # a sweep entry sets hydra.mode: MULTIRUN (no -m): the sweep's start marks it (review)
     monkeypatch.setattr("sys.argv", ["infalign-train", "+sweeps=paper_bon"])
     assert train._stopped_note().startswith("recorded as interrupted")
     hydra_callbacks.MULTIRUN_STARTED.set()
-    assert "except under a parallel launcher" in train._stopped_note()
+    assert train._stopped_note().startswith("a job that was running is recorded as interrupted")

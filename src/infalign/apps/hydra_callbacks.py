@@ -22,9 +22,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from infalign.apps import sweep_stop
 from infalign.errors import error_line
 from infalign.infra.cache import atomic_write_json
-from infalign.infra.sweeps import sweep_jobs
+from infalign.infra.sweeps import clear_stop, not_started, sweep_jobs
 from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def job_failure(job_dir: Path) -> str | None:
         why = job_failure_of(attempt)
         return f"this attempt {why or 'failed'} (metrics.json keeps the earlier finished run)"
     if not path.exists():
-        return "no metrics.json (killed?)"
+        return not_started(job_dir) or "no metrics.json (killed?)"
     return job_failure_of(path)
 
 
@@ -253,3 +254,24 @@ def sweep_time_line(summary: dict) -> str:
             + f", {summary['policy_cache_hits']} trained policies and {summary['eval_pool_hits']} policy evaluation "
             f"pools loaded from the cache{' by the others' if kept else ''}) in {wall}; job stage minutes summed"
             + (" over every record, the kept ones' included" if kept else "") + f": {stages}")
+
+
+class GracefulStop(Callback):
+    """Under a parallel launcher (joblib: ``hydra/launcher=local_parallel``), a Ctrl-C or SIGTERM stops the sweep
+    without losing its running jobs' records (apps/sweep_stop.py): the parent's handlers for the multirun,
+    and its stop marker cleared when the multirun starts and ends. Other launchers are left alone (the basic
+    launcher runs the jobs in this process, which records them itself)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "joblib" not in str(config.hydra.launcher.get("_target_", "")).lower():
+            return
+        where = Path(config.hydra.sweep.dir)
+        clear_stop(where)  # (a stopped invocation's: this one runs its jobs)
+        stop = sweep_stop.ParallelStop(where)
+        stop.install()
+        sweep_stop.CURRENT.append(stop)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for stop in sweep_stop.CURRENT:
+            stop.uninstall()
+        clear_stop(Path(config.hydra.sweep.dir))

@@ -28,6 +28,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from infalign.apps import sweep_stop
 from infalign.apps.config import (
     CONFIG_DIR,
     check_known_keys,
@@ -41,10 +42,12 @@ from infalign.apps.config import (
     override_key,
     task_overrides,
 )
+from infalign.apps.sweep_stop import RUN_LOCK
 from infalign.errors import ConfigError, Terminated, require
 from infalign.infra import distributed
 from infalign.infra.cache import atomic_write_json
 from infalign.infra.startup import import_frozen
+from infalign.infra.sweeps import NOT_STARTED, mark_not_started, request_stop, stop_reason, stop_requested
 from infalign.infra.threads import declare_jobs, resolve_threads
 from infalign.math.calibration import SCOPES
 from infalign.math.procedures import STANDARD_WIN_RATE, Procedure
@@ -615,9 +618,12 @@ def run(cfg: DictConfig) -> dict:
     ``metrics.json`` with ``status: failed`` (``interrupted`` for Ctrl-C) and its error, and the
     logger is finished (marked failed) in every case."""
     out_dir = Path(cfg.paths.run_dir)
-    # SIGTERM -> Terminated here too: a sweep's jobs run in joblib workers, which main() does not reach
-    with terminate_on_sigterm(), run_dir_lock(out_dir):
+    # SIGTERM -> Terminated here too: a sweep's jobs run in joblib workers, which main() does not reach (a
+    # parallel sweep's job has hydra_main's one-shot handlers instead: apps/sweep_stop.py)
+    stops = contextlib.nullcontext() if sweep_stop.parallel_job() else terminate_on_sigterm()
+    with stops, run_dir_lock(out_dir):
         check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
+        (out_dir / NOT_STARTED).unlink(missing_ok=True)  # (a stopped sweep's job, now started)
         name = None
         try:
             procedure, transform, algo = validate(cfg)
@@ -632,8 +638,6 @@ def run(cfg: DictConfig) -> dict:
         return train_stages.run_stages(cfg, procedure, transform, algo, name)  # records its own failures
 
 
-RUN_LOCK = ".run.lock"
-
 
 @contextlib.contextmanager
 def run_dir_lock(out_dir: Path):
@@ -641,7 +645,9 @@ def run_dir_lock(out_dir: Path):
     run started on the same dir (a repeated command, a resume while the first still runs) is a
     ConfigError before it touches anything -- two runs had interleaved their checkpoints and the
     second's record replaced the first's. The ranks of one distributed run share the dir: only rank 0
-    locks. The lock goes with the process (no stale lock after a kill)."""
+    locks. The lock goes with the process (no stale lock after a kill). While the run holds it the file
+    holds its pid (opened without truncating: a refused second run leaves it), which a parallel sweep's parent
+    signals to stop the run (``apps/sweep_stop.running_job_pids``); it is emptied when the run ends."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
@@ -650,7 +656,7 @@ def run_dir_lock(out_dir: Path):
         yield
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / RUN_LOCK, "w") as handle:
+    with open(out_dir / RUN_LOCK, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -661,10 +667,21 @@ def run_dir_lock(out_dir: Path):
             log.warning("cannot lock %s (%s): running without the run-dir lock", out_dir / RUN_LOCK, exc)
             yield
             return
+        _write_pid(handle, f"{os.getpid()}\n")
         try:
             yield
         finally:
+            _write_pid(handle, "")
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_pid(handle, text: str) -> None:
+    """The run lock's content (:func:`run_dir_lock`): the running process's pid, or nothing."""
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        handle.truncate()
+        handle.write(text)
+        handle.flush()
 
 
 def write_failure(out_dir: Path, rec: dict) -> Path:
@@ -783,6 +800,37 @@ def failure_record(cfg: DictConfig, name: str | None, exc: BaseException, timing
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
+    if sweep_stop.parallel_job():
+        with sweep_stop.one_shot_stop() as received:
+            return parallel_job(cfg, received)
+    return train_job(cfg)
+
+
+def parallel_job(cfg: DictConfig, received: list[int]) -> float | None:
+    """A job of a parallel sweep (``hydra/launcher=local_parallel``; apps/sweep_stop.py): not started once the
+    sweep is stopped (``NOT_STARTED``); interrupted, it is recorded as always, stops the sweep, and returns no
+    objective instead of raising (joblib would abort the sweep and kill the other running jobs)."""
+    where = sweep_stop.sweep_dir()
+    if (marker := stop_requested(where)) is not None:
+        mark_not_started(Path(cfg.paths.run_dir), marker)
+        log.warning("not started: %s", stop_reason(marker))
+        return None
+    try:
+        return train_job(cfg)
+    except BaseException as exc:
+        if not interrupted(exc):
+            raise
+        name = "SIGTERM" if terminated(exc) else "SIGINT"
+        request_stop(where, name, f"job {Path(cfg.paths.run_dir).name}")
+        log.warning("job stopped by %s and recorded; the sweep stops: no new job starts (%s)", name, where)
+        return None
+    finally:
+        if received:  # (a stop this job took without an exception reaching here: the sweep stops all the same)
+            request_stop(where, sweep_stop.SIGNAL_NAMES[received[0]], f"job {Path(cfg.paths.run_dir).name}")
+
+
+def train_job(cfg: DictConfig) -> float | None:
+    """One run (:func:`run`) as a Hydra job: its objective, or ``None`` for a failed job of a sweep that goes on."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
@@ -828,27 +876,35 @@ def main() -> None:
         with terminate_on_sigterm(), hydra_refusals_exit_2():
             hydra_main()
     except BaseException as exc:
-        if terminated(exc):
+        if terminated(exc) or sweep_stop.parent_stop_signal() == "SIGTERM":
             print(f"infalign-train: stopped by SIGTERM ({_stopped_note()})", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None
-        if interrupted(exc):
+        if interrupted(exc) or sweep_stop.parent_stop_signal() == "SIGINT":
             print(f"infalign-train: interrupted (Ctrl-C; {_stopped_note()})", file=sys.stderr)
             raise SystemExit(SIGINT_EXIT) from None
         raise
+    if stopped := sweep_stop.parent_stop_signal():  # a parallel sweep stopped, every job of it finished
+        print(f"infalign-train: stopped by {stopped} ({_stopped_note()})", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT if stopped == "SIGTERM" else SIGINT_EXIT)
 
 
 def _stopped_note() -> str:
     """What a stopped command left (a sweep: ``-m``, or a sweep entry's ``hydra.mode: MULTIRUN``, whose start
-    the sweep's callback marks): a run is recorded as interrupted; a sweep's jobs are too under the basic
-    launcher, but a parallel launcher's abort (joblib's loky) SIGKILLs its running jobs, which may then leave
-    no record -- their checkpoints stand, and the sweep again with ``ckpt_path=last_or_new`` continues them."""
+    the sweep's callback marks): a run is recorded as interrupted, and so is every job of a sweep that was
+    running -- under a parallel launcher too (apps/sweep_stop.py), unless a second signal aborted it (joblib
+    then SIGKILLs its running jobs, which may leave no record: their checkpoints stand). The sweep again with
+    ``ckpt_path=last_or_new`` continues them."""
     from infalign.apps.hydra_callbacks import MULTIRUN_STARTED
 
     if not MULTIRUN_STARTED.is_set() and not {"-m", "--multirun"} & set(sys.argv[1:]):
         return "recorded as interrupted; once the run had started, the command that continues it is logged above"
-    return ("a job that was running is recorded as interrupted, except under a parallel launcher "
-            "(hydra/launcher=local_parallel), whose abort kills its running jobs, which may then leave no record; "
-            "the same command with ckpt_path=last_or_new continues every job from its last checkpoint")
+    again = "the same command with ckpt_path=last_or_new continues every job from its last checkpoint"
+    if sweep_stop.parent_aborted():
+        return (f"aborted by a second signal: the parallel launcher killed the running jobs, which may have left no "
+                f"record; {again}")
+    if sweep_stop.parent_stop_signal():
+        return f"every job that was running is recorded as interrupted, and no job started after the stop; {again}"
+    return f"a job that was running is recorded as interrupted; {again}"
 
 
 def objective(cfg: DictConfig, metrics: dict) -> float:

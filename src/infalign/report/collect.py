@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infalign.errors import error_line
+from infalign.infra.sweeps import not_started
 from infalign.pipeline.policy_cache import OVERRIDES_FILE, continue_command_line, load_overrides
 from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 from infalign.pipeline.run_record import RunRecord
@@ -213,6 +214,8 @@ def load_job(path: Path, root: Path) -> Job:
                 job.reason = f"{error_line(record.error or '') or 'interrupted'}; {hint}"
             else:  # a status this report does not know: no result to show
                 job.status, job.reason = "missing", f"metrics.json has status={record.status!r}"
+    elif (why := not_started(path)) is not None:  # a stopped parallel sweep's job (apps/sweep_stop.py)
+        job.reason = f"{why}; {_continue_hint(path, job.overrides)}"
     else:
         job.reason = (log_error(path / "train.log")
                       or "no metrics.json (still running, killed, or crashed before writing it)")

@@ -1,0 +1,278 @@
+"""Stopping a parallel sweep without losing its running jobs' records (apps/sweep_stop.py): the parent's
+one-time handlers and their forwarding, a job's one-shot handlers, the stop marker and ``NOT_STARTED``, the
+exit status -- and, end to end, a real joblib sweep stopped by a SIGINT to its parent alone, then continued."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from forked_cli import finished, train_cli
+from infalign.apps import hydra_callbacks, sweep_stop
+from infalign.apps import train as train_app
+from infalign.errors import Terminated
+from infalign.infra.sweeps import NOT_STARTED, STOP_MARKER, mark_not_started, request_stop, stop_requested
+from pipeline_helpers import TINY_RUN, TINY_WORLD
+
+# A child that records the signals it gets (one line each) and lives until told to end.
+SIGNAL_RECORDER = """
+import signal, sys, time
+out = open(sys.argv[1], "a")
+def note(signum, frame):
+    out.write(f"{signum}\\n"); out.flush()
+signal.signal(signal.SIGINT, note); signal.signal(signal.SIGTERM, note)
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def _recorder(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / "signals.txt"
+    child = subprocess.Popen([sys.executable, "-c", SIGNAL_RECORDER, str(log)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    return child, log
+
+
+def _received(log: Path, count: int, timeout: float = 10.0) -> list[int]:
+    """The signals the recorder got, once it got ``count`` (or ``timeout`` passed: a check that none came)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = [int(x) for x in log.read_text().split()] if log.exists() else []
+        if len(got) >= count:
+            return got
+        time.sleep(0.02)
+    return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
+@pytest.fixture
+def restore_signals():
+    """Every test here installs handlers: put the suite's back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+    sweep_stop.CURRENT.clear()
+
+
+def test_the_parent_takes_the_first_signal_forwards_it_to_running_jobs_and_aborts_on_the_second(tmp_path,
+                                                                                                 restore_signals):
+    """The first SIGINT writes the stop marker and is forwarded once to each running job of the sweep (its pid in
+    the job's run lock, a child of this process); it raises nothing (joblib would abort and SIGKILL the jobs). The
+    second restores the previous handlers and raises, as Ctrl-C did before (the abort)."""
+    child, log = _recorder(tmp_path)
+    try:
+        for job, pid in (("0", child.pid), ("1", ""), ("2", os.getpid()), ("3", 999_999_999)):
+            (tmp_path / job).mkdir()
+            (tmp_path / job / sweep_stop.RUN_LOCK).write_text(f"{pid}\n")  # (ended; this process; no process)
+        stop = sweep_stop.ParallelStop(tmp_path)
+        stop.install()
+        sweep_stop.CURRENT.append(stop)
+        os.kill(os.getpid(), signal.SIGINT)  # (delivered here before the next line)
+        assert stop_requested(tmp_path) == {"signal": "SIGINT", "by": "the sweep's command"}
+        assert sweep_stop.parent_stop_signal() == "SIGINT" and not sweep_stop.parent_aborted()
+        assert _received(log, 1) == [signal.SIGINT]  # the running job alone, once
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert sweep_stop.parent_aborted() and signal.getsignal(signal.SIGINT) is not stop.handle
+        assert _received(log, 2, timeout=0.5) == [signal.SIGINT]  # (the abort forwards nothing: joblib kills them)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_sigterm_to_the_parent_is_forwarded_as_sigterm_and_the_second_raises_terminated(tmp_path, restore_signals):
+    child, log = _recorder(tmp_path)
+    try:
+        (tmp_path / "0").mkdir()
+        (tmp_path / "0" / sweep_stop.RUN_LOCK).write_text(f"{child.pid}\n")
+        stop = sweep_stop.ParallelStop(tmp_path)
+        stop.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal_name == "SIGTERM" and stop_requested(tmp_path)["signal"] == "SIGTERM"
+        assert _received(log, 1) == [signal.SIGTERM]
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_jobs_one_shot_handlers_raise_once_and_ignore_the_forwarded_copy(restore_signals):
+    """A terminal's Ctrl-C reaches a parallel sweep's job twice (from the terminal, and forwarded by the parent):
+    the first raises as Python's default handler does, the second -- arriving while the job writes its record --
+    is ignored; SIGTERM raises Terminated; the handlers before are restored."""
+    before = signal.getsignal(signal.SIGINT)
+    written = []
+    with sweep_stop.one_shot_stop() as received:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # (the record is being written: nothing raised)
+        os.kill(os.getpid(), signal.SIGTERM)
+        written.append("record")
+    assert written == ["record"] and received == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is before
+    with sweep_stop.one_shot_stop() as received, pytest.raises(Terminated):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert received == [signal.SIGTERM]
+
+
+def test_running_job_pids_are_this_processes_children_holding_a_run_lock(tmp_path):
+    child, _ = _recorder(tmp_path)
+    try:
+        for job, pid in (("0", child.pid), ("a/1", child.pid), ("2", "x"), ("3", os.getppid())):
+            (tmp_path / job).mkdir(parents=True)
+            (tmp_path / job / sweep_stop.RUN_LOCK).write_text(f"{pid}\n")
+        assert sweep_stop.running_job_pids(tmp_path) == [child.pid]  # (once; not the parent's pid; not "x")
+    finally:
+        child.kill()
+        child.wait()
+    assert sweep_stop.running_job_pids(tmp_path) == []  # (a reaped child: gone)
+
+
+def test_the_run_lock_holds_the_runs_pid_while_it_runs_and_a_refused_run_leaves_it(tmp_path):
+    from infalign.errors import ConfigError
+
+    lock = tmp_path / sweep_stop.RUN_LOCK
+    with train_app.run_dir_lock(tmp_path):
+        assert lock.read_text() == f"{os.getpid()}\n"
+        # a second run on the dir (another open file description: flock refuses it) must not erase the pid
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child's status says
+            try:
+                with train_app.run_dir_lock(tmp_path):
+                    os._exit(3)
+            except ConfigError:
+                os._exit(0 if lock.read_text() == f"{os.getppid()}\n" else 4)
+            os._exit(5)
+        assert os.waitpid(pid, 0)[1] >> 8 == 0
+    assert lock.read_text() == ""
+
+
+def test_a_job_of_a_stopped_sweep_is_not_started_and_a_dir_with_a_record_is_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_stop, "sweep_dir", lambda: tmp_path)
+    monkeypatch.setattr(train_app, "train_job", lambda cfg: pytest.fail("a job of a stopped sweep ran"))
+    request_stop(tmp_path, "SIGTERM", "job 3")
+    request_stop(tmp_path, "SIGINT", "job 4")  # (the first request stays)
+    cfg = OmegaConf.create({"paths": {"run_dir": str(tmp_path / "5")}})
+    assert train_app.parallel_job(cfg, []) is None
+    assert (tmp_path / "5" / NOT_STARTED).read_text() == "not started: the sweep was stopped (SIGTERM from job 3)\n"
+    assert hydra_callbacks.job_failure(tmp_path / "5") == "not started: the sweep was stopped (SIGTERM from job 3)"
+    (tmp_path / "6").mkdir()
+    (tmp_path / "6" / "metrics.json").write_text("{}")
+    mark_not_started(tmp_path / "6", stop_requested(tmp_path))
+    assert not (tmp_path / "6" / NOT_STARTED).exists()
+
+
+@pytest.mark.parametrize("stop, name", [(KeyboardInterrupt, "SIGINT"), (Terminated, "SIGTERM")])
+def test_an_interrupted_job_returns_to_the_launcher_and_stops_the_sweep(tmp_path, monkeypatch, stop, name):
+    """Raising would make joblib abort and SIGKILL the sweep's other running jobs: the job (recorded by run())
+    returns no objective and writes the stop marker, so no new job starts even when the signal reached it alone;
+    a failure still raises, and writes none."""
+    monkeypatch.setattr(sweep_stop, "sweep_dir", lambda: tmp_path)
+    cfg = OmegaConf.create({"paths": {"run_dir": str(tmp_path / "2")}})
+
+    def interrupted(_):
+        raise stop
+
+    monkeypatch.setattr(train_app, "train_job", interrupted)
+    assert train_app.parallel_job(cfg, []) is None
+    assert stop_requested(tmp_path) == {"signal": name, "by": "job 2"}
+    (tmp_path / STOP_MARKER).unlink()
+    monkeypatch.setattr(train_app, "train_job", lambda cfg: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train_app.parallel_job(cfg, [])
+    assert stop_requested(tmp_path) is None
+    monkeypatch.setattr(train_app, "train_job", lambda cfg: 0.5)  # a signal taken without an exception reaching
+    assert train_app.parallel_job(cfg, [signal.SIGTERM]) == 0.5  # here (Lightning's handling): the sweep stops
+    assert stop_requested(tmp_path)["signal"] == "SIGTERM"
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stopped_parallel_sweep_exits_as_a_stopped_command(monkeypatch, capsys, restore_signals, name, code):
+    """The jobs returned (nothing raised) or the failed-jobs callback listed them (exit 1): the command still
+    exits 130 / 143 and says every running job is recorded; after a second signal it says they may not be."""
+    stop = sweep_stop.ParallelStop(Path("/nonexistent"))
+    stop.signal_name = name
+    sweep_stop.CURRENT.append(stop)
+    monkeypatch.setattr(sys, "argv", ["infalign-train", "-m"])
+    for outcome in (None, SystemExit("2 of 4 jobs failed: ...")):
+        def hydra_main(outcome=outcome):
+            if outcome is not None:
+                raise outcome
+
+        monkeypatch.setattr(train_app, "hydra_main", hydra_main)
+        with pytest.raises(SystemExit) as exit_info:
+            train_app.main()
+        assert exit_info.value.code == code
+        assert "every job that was running is recorded as interrupted" in capsys.readouterr().err
+    stop.aborted = True
+    with pytest.raises(SystemExit):
+        train_app.main()
+    assert "may have left no record" in capsys.readouterr().err
+
+
+def test_the_callback_acts_under_the_joblib_launcher_alone_and_clears_a_stale_marker(tmp_path, restore_signals):
+    callback = hydra_callbacks.GracefulStop()
+    basic = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+                                        "launcher": {"_target_": "hydra._internal.core_plugins.basic_launcher."
+                                                                 "BasicLauncher"}}})
+    callback.on_multirun_start(basic)
+    assert sweep_stop.CURRENT == []
+    request_stop(tmp_path, "SIGINT", "an earlier invocation")
+    joblib = OmegaConf.merge(basic, {"hydra": {"launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher."
+                                                                        "joblib_launcher.JoblibLauncher"}}})
+    callback.on_multirun_start(joblib)
+    assert stop_requested(tmp_path) is None and signal.getsignal(signal.SIGINT) == sweep_stop.CURRENT[0].handle
+    callback.on_multirun_end(joblib)
+    assert signal.getsignal(signal.SIGINT) != sweep_stop.CURRENT[0].handle
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_stopped_by_sigint_to_its_parent_records_its_running_jobs_and_continues(tiny_cache,
+                                                                                                tmp_path):
+    """End to end under ``hydra/launcher=local_parallel`` (2 workers, 3 jobs): a SIGINT to the parent alone (as
+    ``kill -INT``; a terminal's Ctrl-C reaches the workers too, which the one-shot handlers absorb). Was: joblib
+    aborted and SIGKILLed the running jobs, which often left no record. Now the command exits 130, the two
+    running jobs are recorded ``interrupted`` with their checkpoints, the third is ``NOT_STARTED``, no stop
+    marker is left -- and the same command with ``ckpt_path=last_or_new`` finishes all three."""
+    sweep = tmp_path / "sweep"
+    run = [o for o in TINY_RUN if not o.startswith(("algo.steps", "checkpoint_every"))]
+    args = ["-m", "transform=identity,exp,log", "algo.beta=0.3", *TINY_WORLD, *run, "algo.steps=60",
+            "checkpoint_every=1", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "threads=1",
+            f"paths.cache_dir={tiny_cache}", f"hydra.sweep.dir={sweep}"]
+    proc = train_cli(*args)
+    ckpts = [sweep / job / "checkpoints" / "last.ckpt" for job in ("0", "1")]
+    _wait_for(lambda: all(c.exists() for c in ckpts) or proc.poll() is not None, 300, "two jobs' checkpoints")
+    assert proc.poll() is None, "the sweep ended before it could be stopped"
+    os.kill(proc.pid, signal.SIGINT)
+    code, out, err = finished(proc, timeout=300)
+    assert code == 130, err[-3000:]
+    assert "every job that was running is recorded as interrupted" in err
+    for job in ("0", "1"):
+        record = json.loads((sweep / job / "metrics.json").read_text())
+        assert record["status"] == "interrupted", record.get("error")
+    assert (sweep / "2" / NOT_STARTED).exists() and not (sweep / "2" / "metrics.json").exists()
+    assert not (sweep / STOP_MARKER).exists()
+
+    proc = train_cli(*args, "ckpt_path=last_or_new")
+    code, out, err = finished(proc, timeout=600)
+    assert code == 0, err[-3000:]
+    for job in ("0", "1", "2"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "finished"
+    assert not (sweep / "2" / NOT_STARTED).exists()
