@@ -1231,6 +1231,37 @@ def test_runs_of_one_label_with_another_transform_are_another_method(tmp_path):
     assert [method_of(j) for j in collect(tmp_path / "offline")] == ["ipo(N=4)"] * 4
 
 
+def test_runs_of_one_label_whose_transform_values_differ_are_another_method(tmp_path):
+    """Extensibility walkthrough: a second sweep of a custom entry added ``fn.loc`` / ``fn.scale`` (the cdf of
+    ((u + 1) / 2)^3, not u^3) -- leaves the first sweep's configs lack, which the leaf-by-leaf comparison skips --
+    and the report drew both as one ``pow3`` curve with the first run's theory. The recorded transform values
+    tell them apart: the odd run is noted with the differing leaves (a missing one ``<unset>``), or by a digest of
+    its values when no leaf differs (the transform's code changed). Control: runs whose values agree, a config
+    spelled otherwise included (``b: 1`` against ``b: 1.0``), stay one method."""
+    import numpy as np
+
+    from infalign.report.collect import collect
+    from infalign.report.naming import method_of
+
+    info = {"algo": "rloo", "depends_on_n": False, "trained_n": 4, "kl_knob": ["algo.beta", "algo.kl_target"]}
+    u = np.linspace(0, 1, 1025)
+    cube, shifted = (u ** 3).tolist(), (((u + 1) / 2) ** 3).tolist()
+    fn = {"_target_": "scipy.stats.beta.cdf", "_partial_": True, "a": 3.0, "b": 1.0}
+    specs = [(fn, cube), (fn | {"b": 1}, cube), (fn, cube), (fn | {"loc": -1.0, "scale": 2.0}, shifted),
+             (fn, shifted)]
+    for job, (fn_cfg, values) in enumerate(specs):
+        metrics = per_prompt_metrics("pow3", info | {"transform": "pow3", "transform_values": values},
+                                     0.2 + 0.1 * job, 0.4, {})
+        metrics["world"] = {"world_id": "W"}
+        metrics["config"]["transform"] = {"_target_": "infalign.math.transforms.Custom", "name": "pow3",
+                                          "fn": fn_cfg}
+        write_job(tmp_path, str(job), [], metrics)
+    methods = [method_of(j) for j in collect(tmp_path)]
+    assert methods[:3] == ["pow3"] * 3
+    assert methods[3] == "pow3 [transform.fn.loc=-1.0, transform.fn.scale=2.0]"
+    assert methods[4].startswith("pow3 [transform_values=#") and methods[4] not in methods[:4]
+
+
 def test_the_legacy_kl_knobs_are_the_algorithms_own():
     """The report's knobs for records written before ``method_info.kl_knob`` are what each registered
     algorithm declares (``Algorithm.kl_knob_keys``, recorded by new runs)."""

@@ -303,6 +303,7 @@ def mark_odd_settings(jobs: Sequence[Job]) -> None:
         trained_on = [j for j in mine if uses_transform(j)]  # (an offline baseline never reads its transform)
         _note_odd(mine, sorted({*TRAINING_SETTINGS, *_training_keys(mine)}), notes)
         _note_odd(trained_on, sorted(_transform_keys(trained_on)), notes)
+        _note_other_values(trained_on, notes)
     for job in done:
         job.method_note = ", ".join(filter(None, [job.method_note, *notes[job.job]]))
 
@@ -327,6 +328,63 @@ def _note_odd(mine: Sequence[Job], keys: Sequence[str], notes: dict[str, list[st
         for job, value, raw in zip(mine, compared, values):
             if value != common:
                 notes[job.job].append(f"{key}={json.dumps(raw, sort_keys=True)}")
+
+
+def _note_other_values(mine: Sequence[Job], notes: dict[str, list[str]]) -> None:
+    """Runs of one method whose recorded transform values ``Phi(u)`` (``method_info.transform_values``,
+    ``policy_cache.same_transform_values``) differ are other transforms whatever their configs say: a leaf only
+    some configs hold (``transform.fn.loc`` added to a custom entry's callable in a second sweep) is skipped by
+    :func:`_note_odd`, and two sweeps trained u^3 and ((u + 1) / 2)^3 as one ``pow3`` curve with the first run's
+    theory (extensibility walkthrough). A run outside the most common values (every run in a tie) that no
+    transform note tells apart yet gets the leaves that differ between the value classes -- a missing one
+    as ``<unset>`` -- and, when they do not tell it apart (the transform's code changed),
+    ``transform_values=#<digest>``. Runs whose transform reads the KL knob (the optimal transform's ``beta``: its values move along its curve) and
+    records without values are not compared."""
+    from infalign.pipeline.policy_cache import TRANSFORM_VALUES, same_transform_values
+
+    classes: list[tuple[list, list[Job]]] = []
+    for job in mine:
+        info = job.record.method_info if job.record is not None else None
+        values = info.get(TRANSFORM_VALUES) if isinstance(info, dict) else None
+        node = job.config.get(TRANSFORM_NODE)
+        if not isinstance(values, list) or not isinstance(node, dict) or any(
+                _dotted(job.config, k) is not _MISSING for k in TRANSFORM_KL_KNOBS):
+            continue
+        for ref, members in classes:
+            if same_transform_values(ref, values):
+                members.append(job)
+                break
+        else:
+            classes.append((values, [job]))
+    if len(classes) < 2:
+        return
+    top = max(len(m) for _, m in classes)
+    common = None if sum(len(m) == top for _, m in classes) > 1 else next(m for _, m in classes if len(m) == top)
+    keys = sorted(_transform_keys([j for _, members in classes for j in members]))
+
+    def leaf(job: Job, key: str) -> str:
+        value = _dotted(job.config, key)
+        return "<unset>" if value is _MISSING else json.dumps(_plain_number(value), sort_keys=True, default=str)
+
+    for values, members in classes:
+        if members is common:
+            continue
+        others = [j for _, m in classes if m is not members for j in m]
+        refs = [common[0]] if common is not None else [m[0] for _, m in classes if m is not members]
+        for job in members:
+            if any(n.startswith(f"{TRANSFORM_NODE}.") for n in notes[job.job]):
+                continue  # (told apart already)
+            told = [k for k in keys if any(leaf(job, k) != leaf(ref, k) for ref in refs)]
+            notes[job.job].extend(f"{k}={leaf(job, k)}" for k in told)
+            if not told or any(all(leaf(o, k) == leaf(job, k) for k in told) for o in others):
+                notes[job.job].append(f"transform_values=#{_values_digest(values)}")  # (no leaf tells it apart)
+
+
+def _values_digest(values: list) -> str:
+    """Eight hex digits naming a run's transform values (:func:`_note_other_values`)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([round(float(v), 9) for v in values]).encode()).hexdigest()[:8]
 
 
 def _training_keys(jobs: Sequence[Job]) -> set[str]:
