@@ -338,8 +338,8 @@ def _note_other_values(mine: Sequence[Job], notes: dict[str, list[str]]) -> None
     theory (extensibility walkthrough). A run outside the most common values (every run in a tie) that no
     transform note tells apart yet gets the leaves that differ between the value classes -- a missing one
     as ``<unset>`` -- and, when they do not tell it apart (the transform's code changed),
-    ``transform_values=#<digest>``. Runs whose transform reads the KL knob (the optimal transform's ``beta``: its values move along its curve) and
-    records without values are not compared."""
+    ``transform_values=#<digest>``. Not compared: runs whose transform reads the KL knob (the optimal
+    transform's ``beta``: its values move along its curve), and records without values."""
     from infalign.pipeline.policy_cache import TRANSFORM_VALUES, same_transform_values
 
     classes: list[tuple[list, list[Job]]] = []
