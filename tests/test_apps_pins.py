@@ -841,3 +841,28 @@ def test_a_stopped_sweep_does_not_claim_every_job_was_recorded(monkeypatch):
     assert train._stopped_note().startswith("recorded as interrupted")
     hydra_callbacks.MULTIRUN_STARTED.set()
     assert train._stopped_note().startswith("a job that was running is recorded as interrupted")
+
+
+def test_an_entry_whose_class_refuses_its_arguments_is_a_config_error_naming_the_entry_chosen():
+    """Extensibility walkthrough: a transform entry with a misspelt argument (``nmae: pow3``) ended
+    infalign-train with Hydra's raw TypeError traceback and exit 1 (infalign-analyze gave one block); and a typo
+    inside a custom ``fn`` was reported under the entry's ``name`` field -- another, valid entry's name --
+    instead of the entry chosen. Both name ``transform`` and the entry chosen now."""
+    from omegaconf import OmegaConf
+
+    from infalign.apps.config import decreasing_transform, entry_name, instantiate_group
+    from infalign.errors import ConfigError
+
+    fn = {"_target_": "scipy.stats.beta.cdf", "_partial_": True, "a": 3.0, "b": 1.0}
+    cfg = OmegaConf.create({"transform": {"_target_": "infalign.math.transforms.Custom", "nmae": "pow3", "fn": fn},
+                            "hydra": {"runtime": {"choices": {"transform": "pow3typo2"}}}})
+    with pytest.raises(ConfigError) as info:
+        instantiate_group(cfg, "transform")
+    assert (info.value.key, info.value.value) == ("transform", "pow3typo2") and "nmae" in str(info.value)
+    typo = OmegaConf.create({"transform": {"_target_": "infalign.math.transforms.Custom", "name": "pow3",
+                                           "fn": fn | {"aa": 3.0}},
+                             "hydra": {"runtime": {"choices": {"transform": "pow3typo"}}}})
+    transform = instantiate_group(typo, "transform")  # (the callable fails only when called)
+    with pytest.raises(ConfigError) as info:
+        decreasing_transform(transform, "transform", value=entry_name(typo, "transform"))
+    assert (info.value.key, info.value.value) == ("transform", "pow3typo") and "aa" in str(info.value)

@@ -366,6 +366,8 @@ def test_the_policy_key_holds_the_device_kind_auto_resolves_to(tmp_path, monkeyp
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert key("trainer.accelerator=auto") != cpu and key() == cpu
     assert key("trainer.accelerator=auto") == key("trainer.accelerator=gpu")
+    # a trainer without the key runs Lightning's default, auto: keyed as that (was: as the CPU on a GPU node)
+    assert key("~trainer.accelerator") == key("trainer.accelerator=auto") != cpu
     # review finding (caches): Lightning's precision aliases were keyed apart (a needless retraining)
     assert key("trainer.precision=32") == key("trainer.precision=32-true") == key()
     assert key("trainer.precision=bf16") == key("trainer.precision=bf16-mixed") != key()

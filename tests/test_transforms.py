@@ -89,6 +89,35 @@ def test_exp_labels_and_registry():
     assert TRANSFORMS["exp"] is Exp and TRANSFORMS["identity"] is Identity and Exp(3.0).kind == "exp"
 
 
+def test_a_family_with_a_t_and_no_label_of_its_own_is_labelled_with_its_t():
+    """Extensibility walkthrough: a registered ``u^t`` family following docs/architecture.md §6 (a ``Transform``
+    subclass with ``kind`` and ``t``, no ``label``) was labelled ``kind`` alone -- its runs at two t shared a run
+    name and a method, and ``infalign-analyze`` refused its ``t: auto`` curves as one label. Now
+    ``pow(t=2)``, named ``pow-t2`` in run names; a family without a t keeps its kind."""
+    from omegaconf import OmegaConf
+
+    from infalign.math.transforms import Transform
+    from infalign.pipeline.record import run_name
+    from infalign.training.algorithms import make_algorithm
+
+    class Power(Transform):
+        kind = "pow"
+
+        def __init__(self, t):
+            self.t = t
+
+        def __call__(self, u):
+            return u ** self.t
+
+    class Plain(Transform):
+        kind = "plain"
+
+    assert [Power(2).label, Power(0.5).label, Plain().label] == ["pow(t=2)", "pow(t=0.5)", "plain"]
+    algo = make_algorithm(OmegaConf.create({"name": "rloo", "beta": 0.3}))
+    assert run_name(BestOfN(4), Power(2), algo) != run_name(BestOfN(4), Power(4), algo)
+    assert run_name(BestOfN(4), Power(2), algo).startswith("bon4-pow-t2")
+
+
 # --------------------------------------------------------------------------------------------
 # centered(u, 1-u) = Phi(u) - constant
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, require, require_type
+from infalign.errors import CONFIG_ERROR_EXIT, ConfigError, error_line, require, require_type
 from infalign.infra.sweeps import multirun_group
 from infalign.toy.defaults import hydra_node as toy_defaults_node
 
@@ -340,14 +340,16 @@ def config_error_block(exc: ConfigError, program: str = "infalign-train") -> str
     return "\n".join(lines)
 
 
-def decreasing_transform(transform, key: str, points: int = 1025) -> str | None:
+def decreasing_transform(transform, key: str, points: int = 1025, value: object = None) -> str | None:
     """A calibrated transform probed on a grid of ``[0, 1]`` before compute (numpy, else torch, as training
     and the theory call it): a callable that raises there is a ConfigError of ``key`` with its error as the
     hint (it failed mid-run, or inside the theory's worker processes); one that decreases somewhere gives
     the warning to log -- RL on a decreasing ``Phi`` moves the policy toward *lower*-ranked responses, which
     every inference-time win rate (best-of-N, worst-of-N, plain sampling) counts as worse. ``exp(t u)``
     with ``t < 0`` is increasing in its signed form (``sign(t) exp(t u)``), as every built-in transform is;
-    a custom ``fn`` is not checked anywhere else. None when nothing is wrong."""
+    a custom ``fn`` is not checked anywhere else. None when nothing is wrong. ``value``: what the error names
+    (the entry chosen, :func:`entry_name`; by default the transform's label, which for a custom transform is
+    its ``name`` -- possibly another, valid entry's)."""
     import numpy as np
 
     from infalign.pipeline.policy_cache import phi_called_on_grid
@@ -357,7 +359,7 @@ def decreasing_transform(transform, key: str, points: int = 1025) -> str | None:
             values = phi_called_on_grid(transform, points)
     except Exception as exc:  # noqa: BLE001 - what it raises is the user's to see
         numpy_exc = exc.__context__  # (a numpy array is tried first, then a torch tensor)
-        raise ConfigError(key, getattr(transform, "label", transform), "a function of u in [0, 1] (numpy "
+        raise ConfigError(key, value or getattr(transform, "label", transform), "a function of u in [0, 1] (numpy "
                           "arrays or torch tensors)", f"it raised {type(numpy_exc).__name__}: {numpy_exc} on a "
                           f"numpy array and {type(exc).__name__}: {exc} on a torch tensor") from exc
     if values is None:
@@ -396,6 +398,25 @@ def instantiate_checked(node: Any, **kwargs: Any) -> Any:
         if isinstance(exc.__cause__, ConfigError):
             raise exc.__cause__ from None
         raise
+
+
+def entry_name(cfg: DictConfig, group: str) -> str:
+    """The config-group entry ``cfg`` chose for ``group`` (``pow3typo``), else the group's node as written."""
+    choice = (config_choices(cfg) or {}).get(group)
+    return choice if choice else str(OmegaConf.to_container(cfg[group], resolve=False))
+
+
+def instantiate_group(cfg: DictConfig, group: str) -> Any:
+    """:func:`instantiate_checked` of ``cfg[group]`` (``transform``, ``procedure``): an error of the entry's own
+    -- an argument its class does not take (``nmae: pow3``), a class that does not import -- is a ConfigError
+    naming the group and the entry chosen (extensibility walkthrough: Hydra's raw traceback and exit 1, where
+    ``infalign-analyze`` gave one block)."""
+    try:
+        return instantiate_checked(cfg[group])
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(group, entry_name(cfg, group), f"an entry of conf/{group}/ that instantiates",
+                          f"{type(cause).__name__}: {error_line(str(cause))}") from exc
 
 
 # L.Trainer arguments every stage passes itself (pipeline/trainer.py: stage_trainers, the fit stages'

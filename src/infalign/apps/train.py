@@ -35,9 +35,11 @@ from infalign.apps.config import (
     check_value_types,
     command_line_keys,
     decreasing_transform,
+    entry_name,
     exit_on_config_error,
     hydra_refusals_exit_2,
     instantiate_checked,
+    instantiate_group,
     launcher_jobs,
     override_key,
     task_overrides,
@@ -89,8 +91,8 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
     """Everything that can be checked without compute; raises ConfigError naming the key."""
     check_known_keys(cfg)  # a key no config file defines: a typo (`+eval.sample=8`)
     check_value_types(cfg)  # booleans, integers, numbers: of their defaults' types
-    procedure: Procedure = instantiate_checked(cfg.procedure)
-    transform = as_transform(instantiate_checked(cfg.transform))
+    procedure: Procedure = instantiate_group(cfg, "procedure")
+    transform = as_transform(instantiate_group(cfg, "transform"))
     given = {k.removeprefix("algo.") for k in command_line_keys() if k.startswith("algo.")}
     algo = make_algorithm(OmegaConf.to_container(cfg.algo, resolve=True), given)
     require(int(cfg.calibration.K) >= 1, "calibration.K", cfg.calibration.K, "K >= 1 reference samples per prompt")
@@ -100,7 +102,7 @@ def validate(cfg: DictConfig) -> tuple[Procedure, Transform, Algorithm]:
             f"prompt with the uncalibrated transform {transform.label} (pooled ranks only calibrated rewards)")
     if algo.online:  # (the offline baselines never compute Phi)
         check_float32_range(transform, algo.cfg.prompts_per_step * algo.cfg.group_size)
-    if (why := decreasing_transform(transform, "transform")) is not None:
+    if (why := decreasing_transform(transform, "transform", value=entry_name(cfg, "transform"))) is not None:
         log.warning(why)
     target = getattr(algo, "kl_target", None)
     require(target is None or "algo.beta" not in command_line_keys(), "algo.beta", cfg.algo.get("beta"),

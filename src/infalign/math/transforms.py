@@ -76,6 +76,13 @@ class Transform:
 
     @property
     def label(self) -> str:
+        """``kind``, with the exponent of a family that has one, ``kind(t=2)`` (a registered ``u^t`` family
+        without a ``label`` of its own: its runs at two ``t`` were named alike, and ``infalign-analyze`` refused
+        its ``t: auto`` curves as one label); a subclass with other parameters names them in its own
+        ``label``."""
+        t = getattr(self, "t", None)
+        if isinstance(t, int | float) and not isinstance(t, bool):
+            return f"{self.kind}(t={t:g})"
         return self.kind
 
     def __repr__(self) -> str:

@@ -137,8 +137,9 @@ def comparable_training(training: dict) -> dict:
     ``1.0`` as the whole epoch; ``trainer.accelerator`` as the device kind it runs on
     (``infra/distributed.accelerator_kind``: ``auto`` is ``cpu`` on a CPU node and ``cuda`` where a GPU is
     visible -- another device draws other rollouts, so a policy trained on a GPU under ``auto`` is not a
-    CPU node's; ``gpu`` is ``cuda``). Also applied to a settings file as read (one written before these
-    rules: its checkpoint still resumes, and ``limit_train_batches=1`` there is not ``1.0`` here)."""
+    CPU node's; ``gpu`` is ``cuda``; a trainer without the key runs Lightning's default, ``auto``). Also
+    applied to a settings file as read (one written before these rules: its checkpoint still resumes, and
+    ``limit_train_batches=1`` there is not ``1.0`` here)."""
     trainer = training.get("trainer") if isinstance(training, dict) else None
     if isinstance(trainer, dict):
         for name in INT_OR_FRACTION_TRAINER_KEYS & set(trainer):
@@ -147,10 +148,11 @@ def comparable_training(training: dict) -> dict:
         precision = trainer.get("precision")
         if isinstance(precision, int | str) and not isinstance(precision, bool):  # Lightning's aliases: one key
             trainer["precision"] = PRECISION_ALIASES.get(str(precision), precision)
-        if isinstance(trainer.get("accelerator"), str):  # the device kind it runs on: auto resolved here
+        accelerator = trainer.get("accelerator", "auto")  # (absent: Lightning's default, auto)
+        if isinstance(accelerator, str):  # the device kind it runs on: auto resolved here
             from infalign.infra.distributed import accelerator_kind  # (torch: not at the config check's import)
 
-            trainer["accelerator"] = accelerator_kind(trainer["accelerator"])
+            trainer["accelerator"] = accelerator_kind(accelerator)
     data = training.get("data") if isinstance(training, dict) else None
     if isinstance(data, dict):
         from infalign.toy.defaults import RUNTIME_DEFAULTS
