@@ -1668,6 +1668,40 @@ def test_a_methods_medians_do_not_pool_exact_theory_records_with_phi_k_ones(tmp_
     assert "| 2 (exact theory: older records) |" in theory_gap_markdown(summary)
 
 
+def _gap_row(job: str, run: str, metric: str, gap, kl_ratio: float, exact: bool) -> dict:
+    return {"job": job, "run": run, "method": "m", "metric": metric, "gap": gap, "kl_ratio": kl_ratio,
+            "ci_half_width": 0.05, "seed": 0, "world_id": None, "exact_theory_record": exact}
+
+
+def test_the_medians_leave_out_exact_rows_row_by_row_and_keep_them_when_no_phi_k_row_has_a_gap():
+    """Review of the first version: (1) an older exact record of a policy with a metric its Phi_K record lacks
+    (another eval.ns) gives a row that carries the Phi_K record's run -- leaving out by run dropped the Phi_K
+    measurement too (runs 0, no KL ratio); rows are left out by their own flag. (2) A method whose only rows with
+    a gap are exact, its Phi_K run without a theory point, read "no run has a theory point": its exact rows make
+    its medians, marked, and the Phi_K run counts as without one."""
+    from infalign.report.theory_gap import median_theory_gap, runs_cell
+
+    rows = [_gap_row("1", "1", S, 0.01, 1.19, False), _gap_row("1", "1", B4, 0.02, 1.19, False),
+            _gap_row("0", "1", "bon2_win_rate", 0.30, 1.0, True)]
+    entry = median_theory_gap(rows)["m"]
+    assert (entry["runs"], entry["median_kl_ratio"], entry["runs_exact_theory_left_out"]) == (1, 1.19, 0)
+    assert set(entry["median_abs_gap"]) == {S, B4} and not entry["exact_theory"]
+    rows = [_gap_row("0", "0", S, 0.01, 0.9, True), _gap_row("1", "1", S, 0.03, 1.1, True),
+            _gap_row("2", "2", None, None, 1.0, False)]
+    entry = median_theory_gap(rows)["m"]
+    assert entry["exact_theory"] and (entry["runs"], entry["runs_without_theory"]) == (2, 1)
+    assert entry["median_kl_ratio"] == pytest.approx(1.0) and "no run has a theory point" not in entry["reading"]
+    assert runs_cell(entry) == "2 (+1 without a theory point) (exact theory: older records)"
+
+
+def test_the_theory_gap_table_has_as_many_columns_in_every_row_when_no_method_has_a_gap():
+    from infalign.report.theory_gap import median_theory_gap, theory_gap_markdown
+
+    table = [line for line in theory_gap_markdown(median_theory_gap([_gap_row("0", "0", None, None, 1.0, False)]))
+             .splitlines() if line.startswith("|")]
+    assert len(table) == 3 and len({line.count("|") for line in table}) == 1, table
+
+
 def test_the_reports_theory_curve_tilts_each_runs_reward_as_trained(tmp_path):
     """report/series.theory_transform: the run's transform through its own calibration.K and smoothing."""
     from infalign.math.finite_k import FiniteK

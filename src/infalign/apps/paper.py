@@ -54,6 +54,7 @@ import json
 import os
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -265,7 +266,7 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
             for cmd in cmds:
                 echo(shlex.join(cmd))
         return 0
-    runner = runner or (lambda cmd: subprocess.run([executable(cmd[0]), *cmd[1:]], check=False).returncode)
+    runner = runner or (lambda cmd: run_child([executable(cmd[0]), *cmd[1:]]))
     args.out.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.time()
     before = earlier_rows(args.out)
@@ -299,6 +300,41 @@ def run_all(args: argparse.Namespace, runner: Callable[[list[str]], int] | None 
     for line in findings_summary(args.out):
         echo(line)
     return 0 if all(r["exit"] == 0 for r in rows) else 1
+
+
+class Stopped(Exception):  # noqa: N818 - the driver was stopped, no error
+    """A Ctrl-C or SIGTERM stopped the driver (:func:`run_child`); the step's child stopped first."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def run_child(argv: list[str]) -> int:
+    """Run one step's command and return its exit status. The child runs in a session of its own, so a
+    terminal's Ctrl-C reaches the driver alone, which forwards each SIGINT / SIGTERM to it and waits: the
+    child's first signal stops its sweep with its running jobs recorded (``apps/sweep_stop.py``), a second
+    aborts it. ``subprocess.run`` SIGKILLed the child 0.25 s after a Ctrl-C (no record, no closing line, its
+    workers orphaned), and a SIGTERM killed the driver alone. Raises :class:`Stopped` once the child has ended."""
+    child = subprocess.Popen(argv, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:  # (it ended meanwhile)
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise Stopped(received[0])
+    return code
 
 
 def write_findings(out: Path) -> None:
@@ -335,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:
         print(f"infalign-paper: {exc}", file=sys.stderr)
         code = 2
+    except Stopped as stop:  # (the step's own closing line says what it left and how to continue it)
+        name = signal.Signals(stop.signum).name
+        print(f"infalign-paper: stopped by {name}: the running step stopped first (its lines above); the "
+              f"steps after it did not run ({args.out / 'paper_time.md'} has those before it)", file=sys.stderr)
+        code = 128 + stop.signum
     sys.exit(code)
 
 

@@ -7,6 +7,10 @@ joblib abort: it SIGKILLs the workers, and a job killed while writing its record
   takes the first SIGINT / SIGTERM: it writes the stop marker ``<sweep dir>/.stop_requested``, forwards the
   signal once to the workers running a job (the pids in the jobs' run locks, ``.run.lock``), and lets
   joblib go on collecting the jobs; a second signal aborts as before (the workers are killed);
+* a worker ignores SIGINT / SIGTERM outside a job (:func:`ignore_stop_signals`, its initializer: the loky
+  backend registered for the multirun, :func:`use_stoppable_backend`) -- a terminal's Ctrl-C reaches every
+  process of its group, and a worker idle or between jobs that raised ``KeyboardInterrupt`` broke the pool,
+  which made joblib abort all the same;
 * a running job (``apps/train.run``) takes its first SIGINT / SIGTERM as always -- its record says
   ``interrupted`` and its checkpoints stand -- and ignores further ones (:func:`one_shot_stop`), so the
   forwarded copy of a terminal's Ctrl-C cannot cut the record short; it then returns to the launcher
@@ -27,15 +31,26 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from infalign.errors import Terminated
-from infalign.infra.sweeps import request_stop
+from infalign.infra.sweeps import NOT_STARTED, request_stop, stop_requested
 
 log = logging.getLogger(__name__)
 
 RUN_LOCK = ".run.lock"  # in a run dir, flocked by the run (``apps/train.run_dir_lock``): its pid while it runs
 SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+class NotStarted(BaseException):  # noqa: N818 - a stop, not an error (BaseException: no job's failure handler takes it)
+    """Raised by a parallel sweep's job that finds the sweep stopped once it holds its run dir
+    (``apps/train.run``): the stop came between the job's first look and its lock, after the parent had
+    forwarded the signal to the jobs it knew. Carries the stop marker."""
+
+    def __init__(self, marker: dict) -> None:
+        super().__init__(marker)
+        self.marker = marker
 
 
 def parallel_job() -> bool:
@@ -59,22 +74,36 @@ def running_job_pids(where: Path) -> list[int]:
     """The processes running a job of the sweep in ``where``, each a child of this process: the pids the jobs'
     run locks hold (a run writes its pid there while it runs and empties it when it ends; a pid of a process
     that died, or that is not this process's child -- a reused pid -- is left out). Linux reads the parent from
-    ``/proc``; elsewhere no pid is given (a terminal's Ctrl-C reaches the workers of its process group)."""
+    ``/proc``; without it (macOS) a live process's pid is taken (a run empties its lock when it ends, so only a
+    killed run's pid, reused since, could be another process's)."""
     pids = set()
     for lock in where.rglob(RUN_LOCK):
         try:
             pid = int(lock.read_text().strip() or 0)
         except (OSError, ValueError):
             continue
-        if pid > 0 and parent_of(pid) == os.getpid():
+        if pid > 0 and (parent_of(pid) == os.getpid() or not PROC.is_dir() and _alive(pid)):
             pids.add(pid)
     return sorted(pids)
+
+
+PROC = Path("/proc")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (another user's: not ours)
+        return False
+    return True
 
 
 def parent_of(pid: int) -> int | None:
     """The parent pid of process ``pid`` (``/proc/<pid>/stat``), ``None`` when it is gone or unknown."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[-1].split()  # (the command in parentheses may hold spaces)
@@ -91,6 +120,8 @@ class ParallelStop:
         self.where = where
         self.signal_name: str | None = None
         self.aborted = False  # (a second signal came)
+        self.started = time.time()
+        self.outcome: dict[str, int] | None = None  # (:meth:`finish`)
         self.previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -98,6 +129,16 @@ class ParallelStop:
             return  # (signal handlers belong to the main thread)
         for signum in SIGNAL_NAMES:
             self.previous[signum] = signal.signal(signum, self.handle)
+
+    def finish(self, where: Path) -> None:
+        """At the multirun's end: the stop a job requested when this process's handlers did not see the signal
+        (a job's own signal; ``n_jobs=1``, whose jobs run here under their one-shot handlers), and what the
+        stop left (:func:`stop_outcome`) -- the closing line says what happened, not what should have."""
+        marker = stop_requested(where)
+        if self.signal_name is None and marker is not None:
+            self.signal_name = str(marker.get("signal") or "SIGINT")
+        if self.signal_name is not None:
+            self.outcome = stop_outcome(where, self.started)
 
     def uninstall(self) -> None:
         for signum, previous in self.previous.items():
@@ -123,6 +164,96 @@ class ParallelStop:
         print(f"infalign-train: {name}: stopping the sweep -- its {len(pids)} running job(s) record themselves as "
               f"interrupted, no new job starts ({name} again aborts at once; running jobs may then leave no "
               "record)", file=sys.stderr, flush=True)
+
+
+def ignore_stop_signals() -> None:
+    """A sweep worker's initializer: SIGINT and SIGTERM ignored while it runs no job (:func:`one_shot_stop` takes
+    them within one, and puts this back after it). Joblib's abort kills workers with SIGKILL, which nothing
+    ignores."""
+    for signum in SIGNAL_NAMES:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+_REPLACED_BACKEND: list = []  # the loky backend use_stoppable_backend replaced (restore_backend puts it back)
+
+
+def use_stoppable_backend() -> None:
+    """Register, for this process's multirun, joblib's loky backend with :func:`ignore_stop_signals` as its
+    workers' initializer (Hydra's joblib launcher asks for ``backend="loky"`` by name and takes no initializer;
+    ``joblib.register_parallel_backend`` is joblib's way to change what a name gives). An initializer the
+    launcher passes is kept, after this one."""
+    import joblib
+    from joblib._parallel_backends import LokyBackend
+    from joblib.parallel import BACKENDS
+
+    class StoppableLokyBackend(LokyBackend):
+        def configure(self, *args, **kwargs):
+            user = kwargs.pop("initializer", None)
+            kwargs["initializer"] = ignore_stop_signals if user is None else _chained(user)
+            return super().configure(*args, **kwargs)
+
+    if not _REPLACED_BACKEND:
+        _REPLACED_BACKEND.append(BACKENDS.get("loky"))
+        joblib.register_parallel_backend("loky", StoppableLokyBackend)
+
+
+def restore_backend() -> None:
+    """Undo :func:`use_stoppable_backend` (the multirun ended)."""
+    import joblib
+
+    if _REPLACED_BACKEND:
+        previous = _REPLACED_BACKEND.pop()
+        if previous is not None:
+            joblib.register_parallel_backend("loky", previous)
+
+
+def _chained(user):
+    """An initializer: :func:`ignore_stop_signals`, then ``user``'s (picklable: a partial of module functions)."""
+    import functools
+
+    return functools.partial(_run_both, user)
+
+
+def _run_both(user, *args) -> None:
+    ignore_stop_signals()
+    user(*args)
+
+
+def stop_outcome(where: Path, since: float) -> dict[str, int]:
+    """``{"interrupted", "not_started", "no_record", "finished"}``: the jobs of the sweep in ``where`` (its job
+    dirs: they hold ``.hydra/``) whose record this invocation wrote as interrupted, that it did not start
+    (``NOT_STARTED``, or an unfinished record of an earlier invocation), that left none (killed), and that are
+    finished."""
+    from infalign.pipeline.record import read_record
+
+    out = {"interrupted": 0, "not_started": 0, "no_record": 0, "finished": 0}
+    for job in (p for p in where.iterdir() if (p / ".hydra").is_dir()):
+        path = job / "metrics.json"
+        try:
+            record, written = read_record(path), path.stat().st_mtime
+        except (OSError, ValueError):
+            out["not_started" if (job / NOT_STARTED).exists() else "no_record"] += 1
+            continue
+        if record.finished:
+            out["finished"] += 1
+        elif record.status == "interrupted" and written >= since:
+            out["interrupted"] += 1
+        else:
+            out["not_started"] += 1
+    return out
+
+
+def stop_summary() -> str | None:
+    """``2 running jobs recorded as interrupted, 1 not started`` (:func:`stop_outcome` of this process's stopped
+    sweep; ``, 1 left no record`` when a job was killed), ``None`` without a stopped sweep."""
+    outcome = next((stop.outcome for stop in CURRENT if stop.outcome is not None), None)
+    if outcome is None:
+        return None
+    parts = [f"{outcome['interrupted']} running job{'' if outcome['interrupted'] == 1 else 's'} recorded as "
+             f"interrupted", f"{outcome['not_started']} not started"]
+    if outcome["no_record"]:
+        parts.append(f"{outcome['no_record']} left no record (killed: its checkpoints stand)")
+    return ", ".join(parts)
 
 
 # The parent's handlers of the multirun this process runs (``hydra_callbacks.GracefulStop``), read by

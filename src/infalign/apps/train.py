@@ -622,9 +622,11 @@ def run(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.run_dir)
     # SIGTERM -> Terminated here too: a sweep's jobs run in joblib workers, which main() does not reach (a
     # parallel sweep's job has hydra_main's one-shot handlers instead: apps/sweep_stop.py)
-    stops = contextlib.nullcontext() if sweep_stop.parallel_job() else terminate_on_sigterm()
-    with stops, run_dir_lock(out_dir):
+    parallel = sweep_stop.parallel_job()
+    with contextlib.nullcontext() if parallel else terminate_on_sigterm(), run_dir_lock(out_dir):
         check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
+        if parallel and (marker := stop_requested(sweep_stop.sweep_dir())) is not None:
+            raise sweep_stop.NotStarted(marker)  # (stopped since parallel_job looked: the parent knew no pid here)
         (out_dir / NOT_STARTED).unlink(missing_ok=True)  # (a stopped sweep's job, now started)
         name = None
         try:
@@ -667,7 +669,11 @@ def run_dir_lock(out_dir: Path):
                               "hydra.run.dir unset for a new unique dir") from None
         except OSError as exc:  # a filesystem without flock (Lustre noflock, NFS without lockd)
             log.warning("cannot lock %s (%s): running without the run-dir lock", out_dir / RUN_LOCK, exc)
-            yield
+            _write_pid(handle, f"{os.getpid()}\n")  # (a parallel sweep's parent still finds the run to stop)
+            try:
+                yield
+            finally:
+                _write_pid(handle, "")
             return
         _write_pid(handle, f"{os.getpid()}\n")
         try:
@@ -813,12 +819,14 @@ def parallel_job(cfg: DictConfig, received: list[int]) -> float | None:
     sweep is stopped (``NOT_STARTED``); interrupted, it is recorded as always, stops the sweep, and returns no
     objective instead of raising (joblib would abort the sweep and kill the other running jobs)."""
     where = sweep_stop.sweep_dir()
-    if (marker := stop_requested(where)) is not None:
-        mark_not_started(Path(cfg.paths.run_dir), marker)
-        log.warning("not started: %s", stop_reason(marker))
-        return None
     try:
+        if (marker := stop_requested(where)) is not None:
+            raise sweep_stop.NotStarted(marker)
         return train_job(cfg)
+    except sweep_stop.NotStarted as stopped:
+        mark_not_started(Path(cfg.paths.run_dir), stopped.marker)
+        log.warning("not started: %s", stop_reason(stopped.marker))
+        return None
     except BaseException as exc:
         if not interrupted(exc):
             raise
@@ -904,8 +912,8 @@ def _stopped_note() -> str:
     if sweep_stop.parent_aborted():
         return (f"aborted by a second signal: the parallel launcher killed the running jobs, which may have left no "
                 f"record; {again}")
-    if sweep_stop.parent_stop_signal():
-        return f"every job that was running is recorded as interrupted, and no job started after the stop; {again}"
+    if summary := sweep_stop.stop_summary():  # (a stopped parallel sweep: what its records say)
+        return f"{summary}; {again}"
     return f"a job that was running is recorded as interrupted; {again}"
 
 

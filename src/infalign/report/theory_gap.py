@@ -136,17 +136,21 @@ def median_theory_gap(rows: Sequence[dict]) -> dict[str, dict]:
 
     A method's runs recorded with the exact theory where the curves tilt ``Phi_K`` (rows'
     ``exact_theory_record``: older records) are not pooled with its ``Phi_K`` runs -- their KL ratios differ by
-    up to ~1.8x for a smoothed table (docs/method.md §4.1): they are left out (``runs_exact_theory_left_out``)
-    when it has ``Phi_K`` runs, and make its medians, marked ``exact_theory``, when it has none."""
+    up to ~1.8x for a smoothed table (docs/method.md §4.1): they are left out (``runs_exact_theory_left_out``:
+    runs with no ``Phi_K`` row) when a ``Phi_K`` row has a gap, and make its medians, marked ``exact_theory``,
+    when none does (its ``Phi_K`` runs then count among those without a theory point)."""
     rows = [r for r in rows if not r.get("repeat_of")]  # (a measurement counted once)
     worlds = {r.get("world_id") for r in rows}
     group = (lambda r: r["method"]) if len(worlds) <= 1 else (lambda r: f"{r['method']} [{r.get('world_id')}]")
     out: dict[str, dict] = {}
     for method in sorted({group(r) for r in rows}):
         every = [r for r in rows if group(r) == method]
-        exact_only = all(r.get("exact_theory_record") for r in every)
-        left_out = set() if exact_only else {_run(r) for r in every if r.get("exact_theory_record")}
-        every = [r for r in every if _run(r) not in left_out]
+        # row by row (an exact record's extra metric carries the run of the Phi_K record of its policy)
+        finite = [r for r in every if not r.get("exact_theory_record")]
+        exact_only = len(finite) < len(every) and not any(r["gap"] is not None for r in finite)
+        kept = every if exact_only else finite
+        left_out = {_run(r) for r in every} - {_run(r) for r in kept}
+        every = kept
         mine = [r for r in every if r["gap"] is not None]
         ratios = {_run(r): r["kl_ratio"] for r in mine if r["kl_ratio"] is not None}
         entry = {"median_abs_gap": _median_by_metric(mine, lambda r: abs(r["gap"])),
@@ -269,18 +273,18 @@ def theory_gap_markdown(summary: dict[str, dict], target: float = THEORY_TARGET,
     metrics = sorted({k for e in summary.values() for k in e["median_abs_gap"]}, key=_column_order)
     # (an entry of another world is "method [world]": its method is the part before)
     others = [m for m in summary if compared is not None and m.split(" [", 1)[0] not in compared]
+    header = ["method", "runs", *(k.removesuffix("_win_rate") for k in metrics), "KL ratio", "reading"]
     lines = ["# Distance from theory", "",
              "Reward model; median over each method's runs of |measured win rate - theory at the measured KL| "
              f"(target <= {target:g}), median KL measured / theory at beta; what limits it "
              "(docs/method.md §10.1)." + (f" Every method's runs, also those this report's matched-KL comparison "
                                           f"leaves out (--method): {', '.join(others)}." if others else ""), "",
-             "| method | runs | " + " | ".join(k.removesuffix("_win_rate") for k in metrics)
-             + " | KL ratio | reading |",
-             "|---|---:|" + "---:|" * len(metrics) + "---:|---|"]
+             "| " + " | ".join(header) + " |",
+             "|---|---:|" + "---:|" * len(metrics) + "---:|---|"]  # (as many columns as the header)
     for method, e in summary.items():
         cells = [f"{e['median_abs_gap'][k]:.3f}" if k in e["median_abs_gap"] else "–" for k in metrics]
         ratio = "–" if e["median_kl_ratio"] is None else f"{e['median_kl_ratio']:.2f}"
-        lines.append(f"| {method} | {runs_cell(e)} | " + " | ".join(cells) + f" | {ratio} | {e['reading']} |")
+        lines.append("| " + " | ".join([method, runs_cell(e), *cells, ratio, e["reading"]]) + " |")
     return "\n".join(lines) + "\n"
 
 
