@@ -127,6 +127,22 @@ def test_unrun_experiments_are_not_measured_and_every_claim_names_a_paper_experi
         assert exp == c.experiment and report in {"report", *suffixes}, c
 
 
+def test_a_claim_is_read_at_the_common_kls_of_its_own_methods():
+    """Findings audit: the default world's calibration claims (identity - raw, identity[pooled] - identity) read
+    standard/report, which also holds BoN-SFT and IPO, whose KL knobs reach only >= 0.53 -- so the claims were read
+    at KL 0.53-0.62, beside the control world's at 0.42. They read a report of raw, identity and identity[pooled]
+    alone; every claim on a narrower report finds its methods and baseline there."""
+    from infalign.apps.paper import EXPERIMENTS
+
+    reports = {f"{e.name}/report_{r.suffix}": set(r.methods) for e in EXPERIMENTS for r in e.reports}
+    for c in CLAIMS:
+        if c.report in reports:
+            assert {*c.methods, c.baseline} <= reports[c.report], c
+    calibration = [c for c in CLAIMS if c.experiment == "standard" and "bon_sft(N=4)" not in c.methods]
+    assert len(calibration) == 2 and {c.report for c in calibration} == {"standard/report_calibration"}
+    assert not reports["standard/report_calibration"] & {"bon_sft(N=4)", "ipo(N=4)"}
+
+
 def test_the_paper_driver_writes_and_prints_the_findings_after_every_experiment(tmp_path):
     from infalign.apps import paper
 
@@ -152,6 +168,33 @@ def test_the_paper_driver_writes_and_prints_the_findings_after_every_experiment(
     printed = "\n".join(lines)
     assert "null [reward_model]: A/A control" in printed and "passes" in printed
     assert "won [" not in printed  # not run: not printed (findings.md says "not measured")
+
+
+def test_a_report_from_before_the_total_interval_is_read_and_a_findings_error_does_not_stop_the_driver(
+        tmp_path, monkeypatch):
+    """Findings audit: a matched_kl.csv written before the total_* columns existed raised KeyError in read_claim,
+    and write_findings runs after every experiment with only ValueError caught -- one old report under a reused
+    OUT ended infalign-paper after its first experiment. The old report is read without them; and a findings
+    error is said, and the next experiment runs."""
+    from infalign.apps import paper
+
+    old = [{k: v for k, v in r.items() if not k.startswith("total_")}
+           for r in rows("standard", "ipo(N=4)", "identity", [-0.03] * 6, [True] * 6)]
+    write(tmp_path, "standard/report", old)
+    found = read_claim(Claim("standard", "standard/report", "x", ("standard",), ("ipo(N=4)",), "identity", -1),
+                       tmp_path)
+    assert found.comparisons[0].outcome.startswith("reproduced")
+
+    def broken(out):
+        raise KeyError("total_low")
+
+    monkeypatch.setattr(paper, "write_findings", broken)
+    ran, lines = [], []
+    args = paper.parse_args(["--only", "bon,null", "--seeds", "0", "--out", str(tmp_path / "out")])
+    assert paper.run_all(args, runner=lambda cmd: ran.append(cmd) or 0, echo=lines.append) == 0
+    assert {cmd[1] for cmd in ran if cmd[0] == "infalign-train"} == {"-m"} and len(
+        [c for c in ran if c[0] == "infalign-train"]) == 2  # (both experiments' sweeps ran)
+    assert sum("findings.md not written after" in line for line in lines) == 2
 
 
 def test_one_seed_against_three_gets_the_reports_pooled_verdict(tmp_path):
@@ -237,8 +280,8 @@ def test_significant_gains_are_read_against_the_aa_yardstick_of_their_panel(tmp_
     f_aa, f_bon, f_hack = findings(tmp_path, [aa, bon, hacking])
     assert f_aa.verdict.startswith("fails: 1 of 12")  # the control itself is read as before
     assert [c.outcome for c in f_bon.comparisons] == [
-        f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points, KL 0.10-0.60)",
-        "reproduced (beyond the A/A control's 0.4 points, KL 0.10-0.60)"]
+        f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points, KL 0.10-0.60, 6 cells)",
+        "reproduced (beyond the A/A control's 0.4 points, KL 0.10-0.60, 6 cells)"]
     assert f_bon.verdict == f"reproduced 1, {WITHIN_AA} 1 of 2"
     assert f_hack.comparisons[0].outcome == "reproduced (no A/A control at these settings)"
     assert f_hack.verdict == "reproduced 1 of 1 (1 significant without an A/A yardstick)"
@@ -248,6 +291,29 @@ def test_significant_gains_are_read_against_the_aa_yardstick_of_their_panel(tmp_
     assert {c.outcome for c in f_bon.comparisons} == {"reproduced (A/A control 'null' not measured: not run)"}
     assert f_bon.verdict == "reproduced 2 of 2 (2 significant without an A/A yardstick)"
     assert "*within A/A noise* = significant, but no larger" in findings_markdown([f_bon])
+
+
+def test_a_narrow_claim_reads_its_yardstick_from_at_least_three_cells_per_control_pair(tmp_path, monkeypatch):
+    """Findings audit: the baselines' claim on the standard panel spans KL 0.53-0.62, where the null grid (6 KLs
+    over 0.06-0.80) has one cell per A/A pair -- by luck a quiet one (0.1 points) while the pair differs by 1.2-1.5
+    points a few hundredths of a nat away; the claim's -0.5 points read "reproduced (beyond the A/A control's 0.2
+    points)". Each pair now gives at least 3 cells, its nearest outside the range when fewer lie inside, and the
+    note counts them: the -0.5 points are within A/A noise."""
+    import test_findings as here
+    from infalign.report.findings import WITHIN_AA
+
+    aa = Claim("null", "null/report_identity", "A/A", ("standard",), ("identity[replica=1]",), "identity", 0)
+    claim = Claim("standard", "standard/report", "baselines trail", ("standard",), ("ipo(N=4)",), "identity", +1)
+    monkeypatch.setattr(here, "KLS", (0.06, 0.21, 0.36, 0.50, 0.56, 0.80))
+    write(tmp_path, "null/report_identity", rows("standard", "identity[replica=1]", "identity",
+                                                 [0.015, -0.012, 0.014, -0.013, 0.001, 0.015], [False] * 6))
+    monkeypatch.setattr(here, "KLS", (0.53, 0.548, 0.566, 0.584, 0.602, 0.62))
+    write(tmp_path, "standard/report", rows("standard", "ipo(N=4)", "identity", [-0.005] * 6, [True] * 6,
+                                            spread=0.002))
+    _, f = findings(tmp_path, [aa, claim])
+    assert f.comparisons[0].outcome == (f"{WITHIN_AA} (the A/A control's largest |gain| here: 1.4 points, KL "
+                                        "0.53-0.62, 3 cells; widened to KL 0.36-0.62: fewer than 3 cells per A/A "
+                                        "pair inside)")
 
 
 def test_the_yardstick_is_taken_over_the_claims_kl_range_and_names_a_missing_one(tmp_path):
@@ -268,12 +334,15 @@ def test_the_yardstick_is_taken_over_the_claims_kl_range_and_names_a_missing_one
     claim_rows = rows("standard", "identity", "raw", [0.013] * 6, [True] * 6, judge="gold", spread=0.004)
     write(tmp_path, "hacking/report", claim_rows)  # KLs 0.1-0.6: the control's cells at 0.1 only
     _, f = findings(tmp_path, [aa, hack])
-    assert f.comparisons[0].outcome == "reproduced (beyond the A/A control's 0.2 points, KL 0.10-0.60)"
+    # (one control cell in 0.1-0.6: widened to its nearest, 1 and 2 -- a maximum of one |gain| is no yardstick)
+    assert f.comparisons[0].outcome == ("reproduced (beyond the A/A control's 0.4 points, KL 0.10-0.60, 3 cells; "
+                                        "widened to KL 0.10-2.00: fewer than 3 cells per A/A pair inside)")
     for r, kl in zip(claim_rows[::-1], (0.5, 1.0, 1.5, 2.0, 3.0, 4.4)):
         r["kl"] = kl
     write(tmp_path, "hacking/report", claim_rows)  # 1.3 > 0.4 (KL 1, 2), not against the 5.0 at KL 10
     _, f = findings(tmp_path, [aa, hack])
-    assert f.comparisons[0].outcome == "reproduced (beyond the A/A control's 0.4 points, KL 0.50-4.40)"
+    assert f.comparisons[0].outcome == ("reproduced (beyond the A/A control's 0.4 points, KL 0.50-4.40, 3 cells; "
+                                        "widened to KL 0.10-4.40: fewer than 3 cells per A/A pair inside)")
     for r, kl in zip(claim_rows[::-1], (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
         r["kl"] = kl
     write(tmp_path, "hacking/report", claim_rows)
@@ -283,10 +352,11 @@ def test_the_yardstick_is_taken_over_the_claims_kl_range_and_names_a_missing_one
         r["kl"] = kl  # the control's cells at 1, 2 and 10: 5.0 points, larger than the gain
     write(tmp_path, "hacking/report", claim_rows)
     _, f = findings(tmp_path, [aa, hack])
-    assert f.comparisons[0].outcome == f"{WITHIN_AA} (the A/A control's largest |gain| here: 5.0 points, KL 1.00-10.00)"
+    assert f.comparisons[0].outcome == (f"{WITHIN_AA} (the A/A control's largest |gain| here: 5.0 points, "
+                                        "KL 1.00-10.00, 3 cells)")
     write(tmp_path, "null_hacking/report_raw", [r | {"n_seeds": 2, "n_seeds_baseline": 2} for r in control])
     _, f = findings(tmp_path, [aa, hack])
-    assert f.comparisons[0].outcome.endswith("KL 1.00-10.00; the control has 2 seeds, this comparison 3)")
+    assert f.comparisons[0].outcome.endswith("KL 1.00-10.00, 3 cells; the control has 2 seeds, this comparison 3)")
     write(tmp_path, "null_hacking/report_raw", [r | {"n_seeds": 1, "n_seeds_baseline": 1, "seed_test": "none"}
                                                  for r in control])
     f_aa, f = findings(tmp_path, [aa, hack])
@@ -319,7 +389,7 @@ def test_every_mapped_claim_has_a_control_comparison_on_its_panel_and_judge(tmp_
     write(tmp_path, "won/report", rows("won4", "expn(t=-4)", "identity", [0.017] * 6, [True] * 6, spread=0.004))
     found = findings(tmp_path)
     won = next(f for f in found if f.claim.experiment == "won" and f.claim.baseline == "identity")
-    assert won.comparisons[0].outcome == "reproduced (beyond the A/A control's 1.0 points, KL 0.10-0.60)"
+    assert won.comparisons[0].outcome == "reproduced (beyond the A/A control's 1.0 points, KL 0.10-0.60, 6 cells)"
 
 
 def test_a_comparison_significant_only_away_from_the_middle_kl_is_not_established(tmp_path):
@@ -349,7 +419,7 @@ def test_the_aa_yardstick_is_the_control_under_the_claims_own_judge(tmp_path):
     write(tmp_path, "bon/report_transforms", rows("bon4", "expn(t=4)", "identity", [0.02] * 6, [True] * 6,
                                                   judge="gold", spread=0.004))
     _, _, f = findings(tmp_path, [AA, aa_gold, gold])
-    assert f.comparisons[0].outcome == "significant (beyond the A/A control's 0.1 points, KL 0.10-0.60)"
+    assert f.comparisons[0].outcome == "significant (beyond the A/A control's 0.1 points, KL 0.10-0.60, 6 cells)"
     assert f.comparisons[0].aa == "beyond"
 
 
@@ -365,7 +435,7 @@ def test_a_contradiction_no_larger_than_the_aa_noise_is_within_it(tmp_path):
           rows("bon4", "expn(t=4)", "identity", [-0.007] * 6, [True] * 6, spread=0.004))
     _, f = findings(tmp_path, [AA, claim])
     assert f.comparisons[0].outcome == (f"{WITHIN_AA} (the A/A control's largest |gain| here: 0.9 points, "
-                                        "KL 0.10-0.60)")
+                                        "KL 0.10-0.60, 6 cells)")
     assert f.verdict == f"{WITHIN_AA} 1 of 1"
 
 

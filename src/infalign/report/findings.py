@@ -100,7 +100,8 @@ CLAIMS: tuple[Claim, ...] = (
           "trails it", ("standard",), EXP_T, "identity", -1),
     Claim("standard", "standard/report", "the best-of-N baselines (BoN-SFT, IPO) trail calibrated identity on the "
           "standard win rate", ("standard",), ("bon_sft(N=4)", "ipo(N=4)"), "identity", -1),
-    Claim("standard", "standard/report", "calibrated identity beats the raw reward on the standard win rate",
+    Claim("standard", "standard/report_calibration", "calibrated identity beats the raw reward on the standard "
+          "win rate",
           ("standard",), ("identity",), "raw", +1),
     Claim("won", "won/report", "exp(t < 0) beats calibrated identity on the worst-of-N win rate at matched KL "
           "(paper: +4-9 %)", ("won4", "won8"), EXP_T_NEG, "identity", +1),
@@ -110,7 +111,8 @@ CLAIMS: tuple[Claim, ...] = (
           "of identity - raw", ("standard", "bon4"), ("identity", "identity[pooled]"), "raw", None),
     Claim("control", "control/report", "calibrated world: what per-prompt calibration still buys over pooled ranks "
           "(identity[pooled] - identity)", ("standard", "bon4"), ("identity[pooled]",), "identity", None),
-    Claim("standard", "standard/report", "default world: what per-prompt calibration buys over pooled ranks "
+    Claim("standard", "standard/report_calibration", "default world: what per-prompt calibration buys over "
+          "pooled ranks "
           "(identity[pooled] - identity; the paper's calibration step)", ("standard", "bon4"),
           ("identity[pooled]",), "identity", -1),
     Claim("hacking", "hacking/report", "calibration makes RL more robust to reward hacking: at matched KL, "
@@ -221,7 +223,8 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c.significant_kls, c.significant_up, c.num_kls = len(signs), sum(signs), len(mine)
             c.cells = [(float(r["kl"]), g) for r in mine if (g := _float(r["gain"])) is not None]
             c.max_abs_gain = max(abs(g) for _, g in c.cells) if c.cells else None
-            bounds = (_float(mid[k]) for k in ("seed_low", "seed_high", "total_low", "total_high"))
+            # (a report from before the total interval has no total_* columns: read as it was, without them)
+            bounds = (_float(mid.get(k)) for k in ("seed_low", "seed_high", "total_low", "total_high"))
             c.seeds = seed_interval_text(c.seed_test, c.n_seeds, int(_float(mid.get("n_seeds_baseline")) or 0),
                                          *bounds)
             c.outcome = _outcome(claim.expect, c) if claim.expect != 0 else (
@@ -289,13 +292,19 @@ def findings(out: Path, claims: Sequence[Claim] = CLAIMS) -> list[Finding]:
     return read_against_aa([read_claim(c, out) for c in claims])
 
 
+# The fewest cells of an A/A pair a yardstick reads (aa_yardstick: widened to the nearest KLs when its range holds
+# fewer): docs/method.md (10.8).
+MIN_AA_CELLS = 3
+
+
 def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: Comparison
                  ) -> tuple[float | None, str]:
     """``(yardstick, note)`` for the comparison ``c`` of a claim whose A/A controls are the ``expect = 0``
     claims of experiment ``control`` (:data:`AA_CONTROLS`): the largest |gain| of those controls' cells
     on ``c``'s panel and ``judge`` whose KL lies inside ``c``'s own common KL range (noise grows with
-    KL, and a control's common KLs span its own pair's range, not the claim's), with a note on the
-    control's seeds where they differ from ``c``'s; ``(None, why)`` when there is none."""
+    KL, and a control's common KLs span its own pair's range, not the claim's) -- widened, pair by pair, to its
+    nearest KLs while a pair has fewer than :data:`MIN_AA_CELLS` cells there -- with a note on the KL range,
+    the cells read, and the control's seeds where they differ from ``c``'s; ``(None, why)`` when there is none."""
     if control is None:
         return None, "no A/A control at these settings"
     mine = [x for f in found if f.claim.expect == 0 and f.claim.experiment == control and f.claim.judge == judge
@@ -312,11 +321,31 @@ def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: C
     inside = [abs(g) for x in judged for kl, g in x.cells if lo - 1e-9 <= kl <= hi + 1e-9]
     if not inside:
         return None, f"A/A control '{control}' has no common KL in {lo:.2f}-{hi:.2f}"
+    # each pair's cells in the range, and its nearest ones outside while it has fewer than MIN_AA_CELLS there: the
+    # maximum of one or two |gain|s favoured "beyond A/A noise" (a claim over KL 0.53-0.62 met one null cell per
+    # pair; findings audit)
+    taken = [_nearest_cells(x.cells, lo, hi, MIN_AA_CELLS) for x in judged]
+    cells = [cell for pair in taken for cell in pair]
+    a, b = min(lo, *(kl for kl, _ in cells)), max(hi, *(kl for kl, _ in cells))
+    note = f"KL {lo:.2f}-{hi:.2f}, {len(cells)} cells"
+    if a < lo - 1e-9 or b > hi + 1e-9:
+        note += f"; widened to KL {a:.2f}-{b:.2f}: fewer than {MIN_AA_CELLS} cells per A/A pair inside"
     seeds = sorted({x.n_seeds for x in judged})
-    note = f"KL {lo:.2f}-{hi:.2f}"
     if seeds != [c.n_seeds]:
         note += f"; the control has {'/'.join(map(str, seeds))} seeds, this comparison {c.n_seeds}"
-    return max(inside), note
+    return max(abs(g) for _, g in cells), note
+
+
+def _nearest_cells(cells: Sequence[tuple[float, float]], lo: float, hi: float, least: int
+                   ) -> list[tuple[float, float]]:
+    """The ``(KL, gain)`` cells in ``[lo, hi]``, and while they are fewer than ``least`` the nearest ones outside
+    (by distance to the range; all there are when the pair has fewer)."""
+    def distance(cell):
+        return max(lo - cell[0], cell[0] - hi, 0.0)
+
+    ranked = sorted(cells, key=distance)
+    inside = [cell for cell in ranked if distance(cell) <= 1e-9]
+    return inside if len(inside) >= least else ranked[:least]
 
 
 def read_against_aa(found: list[Finding]) -> list[Finding]:
