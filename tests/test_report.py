@@ -1148,6 +1148,11 @@ def test_a_method_and_its_replica_or_pooled_control_are_drawn_apart(tmp_path, mo
     assert len(set(identities)) == 3  # ... but three looks
     assert looks["identity"][2] == looks["identity"][0] and looks["identity[pooled]"][2] == "white"
     assert looks["expn(t=4)"][1] == looks["identity"][1] and looks["expn(t=4)"][2] != "white"
+    # extensibility walkthrough: a twin's theory curve (its own, when it is another transform) is drawn in its
+    # colour but another line, so it does not pass for the first one's
+    theory = [line for line in figures[0].axes[0].lines if line.get_alpha() == 0.9]
+    styles = {(line.get_color(), line.get_linestyle()) for line in theory}
+    assert {style for color, style in styles if color == looks["identity"][0]} == {"--", ":", "-."}
 
 
 def test_runs_of_a_method_trained_otherwise_are_another_method_but_its_kl_knob_is_its_curve(tmp_path):

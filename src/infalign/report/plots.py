@@ -59,17 +59,29 @@ def series_markers(series: Sequence[Series], marker_key) -> tuple[dict[tuple, st
     later one takes the marker ``len(kinds)`` places on, drawn hollow."""
     kinds = sorted({marker_key(s) for s in series}, key=str)
     base = {k: i for i, k in enumerate(kinds)}
+    markers: dict[tuple, str] = {}
+    hollow: set[tuple] = set()
+    twins = twin_index(series, marker_key)
+    for s in series:
+        j = twins[s.key]
+        markers[s.key] = _MARKERS[(base[marker_key(s)] + j * len(kinds)) % len(_MARKERS)]
+        if j:
+            hollow.add(s.key)
+    return markers, hollow
+
+
+def twin_index(series: Sequence[Series], marker_key) -> dict[tuple, int]:
+    """Per series key, its place (0, 1, ...) in label order among the series that would look the same (one
+    colour -- family and t --, one kind, one procedure: :func:`series_markers`)."""
     twins: dict[tuple, list[Series]] = {}
     for s in sorted(series, key=lambda s: s.label):
         twins.setdefault((s.family, s.t, marker_key(s), s.procedure), []).append(s)
-    markers: dict[tuple, str] = {}
-    hollow: set[tuple] = set()
-    for group in twins.values():
-        for j, s in enumerate(group):
-            markers[s.key] = _MARKERS[(base[marker_key(s)] + j * len(kinds)) % len(_MARKERS)]
-            if j:
-                hollow.add(s.key)
-    return markers, hollow
+    return {s.key: j for group in twins.values() for j, s in enumerate(group)}
+
+
+# The theory curve's line of each twin (twin_index): a method noted apart (``pow3 [transform.fn.loc=-1.0]``)
+# shares its family's colour, and its own curve must not pass for the first one's
+_THEORY_STYLES = ["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))]
 
 
 def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, path: Path) -> None:
@@ -94,6 +106,7 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
         return str(s.algo), (s.procedure if panels == [None] and len(procs) > 1 else None)
 
     markers, hollow = series_markers(series, marker_key)
+    twins = twin_index(series, marker_key)
     colors = series_colors(series)
     ylabel = ("standard win rate" if which == "standard"
               else f"{procs[0]} win rate" if len(procs) == 1 else "inference-time win rate (run's procedure, N)")
@@ -119,7 +132,8 @@ def plot_series(series: Sequence[Series], judges: Sequence[str], which: str, pat
                                 label=s.label)
                 curve = s.theory.get(judge)
                 if curve and curve["kl"]:
-                    ax.plot(curve["kl"], curve[th_key], ls="--", lw=1.3, color=color, alpha=0.9)
+                    ax.plot(curve["kl"], curve[th_key], ls=_THEORY_STYLES[twins[s.key] % len(_THEORY_STYLES)], lw=1.3,
+                            color=color, alpha=0.9)
                     any_theory = True
                     with_theory.append(ax)
             ax.axhline(0.5, color="gray", lw=0.8, ls=":")
