@@ -310,7 +310,13 @@ def test_a_narrow_claim_reads_its_yardstick_from_at_least_three_cells_per_contro
     monkeypatch.setattr(here, "KLS", (0.53, 0.548, 0.566, 0.584, 0.602, 0.62))
     write(tmp_path, "standard/report", rows("standard", "ipo(N=4)", "identity", [-0.005] * 6, [True] * 6,
                                             spread=0.002))
-    _, f = findings(tmp_path, [aa, claim])
+    # review: a pair with no cell in the range (another KL regime: here 1-3 nats, |gains| of 8 points) is left
+    # out, and no pair is widened past a factor of 2 of the range
+    aa_exp = Claim("null", "null/report_expn", "A/A", ("standard",), ("expn(t=8)[replica=1]",), "expn(t=8)", 0)
+    monkeypatch.setattr(here, "KLS", (1.0, 1.4, 1.8, 2.2, 2.6, 3.0))
+    write(tmp_path, "null/report_expn", rows("standard", "expn(t=8)[replica=1]", "expn(t=8)", [0.08] * 6,
+                                             [False] * 6))
+    _, _, f = findings(tmp_path, [aa, aa_exp, claim])
     assert f.comparisons[0].outcome == (f"{WITHIN_AA} (the A/A control's largest |gain| here: 1.4 points, KL "
                                         "0.53-0.62, 3 cells; widened to KL 0.36-0.62: fewer than 3 cells per A/A "
                                         "pair inside)")
@@ -334,15 +340,16 @@ def test_the_yardstick_is_taken_over_the_claims_kl_range_and_names_a_missing_one
     claim_rows = rows("standard", "identity", "raw", [0.013] * 6, [True] * 6, judge="gold", spread=0.004)
     write(tmp_path, "hacking/report", claim_rows)  # KLs 0.1-0.6: the control's cells at 0.1 only
     _, f = findings(tmp_path, [aa, hack])
-    # (one control cell in 0.1-0.6: widened to its nearest, 1 and 2 -- a maximum of one |gain| is no yardstick)
-    assert f.comparisons[0].outcome == ("reproduced (beyond the A/A control's 0.4 points, KL 0.10-0.60, 3 cells; "
-                                        "widened to KL 0.10-2.00: fewer than 3 cells per A/A pair inside)")
+    # (one control cell in 0.1-0.6: widened to its nearest within a factor of 2, KL 1 -- not to 2, 3x the top)
+    assert f.comparisons[0].outcome == ("reproduced (beyond the A/A control's 0.4 points, KL 0.10-0.60, 2 cells; "
+                                        "widened to KL 0.10-1.00: fewer than 3 cells per A/A pair inside; a pair "
+                                        "with fewer than 3 within a factor of 2 of the range)")
     for r, kl in zip(claim_rows[::-1], (0.5, 1.0, 1.5, 2.0, 3.0, 4.4)):
         r["kl"] = kl
     write(tmp_path, "hacking/report", claim_rows)  # 1.3 > 0.4 (KL 1, 2), not against the 5.0 at KL 10
     _, f = findings(tmp_path, [aa, hack])
-    assert f.comparisons[0].outcome == ("reproduced (beyond the A/A control's 0.4 points, KL 0.50-4.40, 3 cells; "
-                                        "widened to KL 0.10-4.40: fewer than 3 cells per A/A pair inside)")
+    assert f.comparisons[0].outcome == ("reproduced (beyond the A/A control's 0.4 points, KL 0.50-4.40, 2 cells; "
+                                        "a pair with fewer than 3 within a factor of 2 of the range)")
     for r, kl in zip(claim_rows[::-1], (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
         r["kl"] = kl
     write(tmp_path, "hacking/report", claim_rows)

@@ -319,21 +319,23 @@ class Stopped(Exception):  # noqa: N818 - the driver was stopped, no error
 
 def run_child(argv: list[str]) -> int:
     """Run one step's command and return its exit status. The child runs in a session of its own, so a
-    terminal's Ctrl-C reaches the driver alone, which forwards each SIGINT / SIGTERM to it and waits: the
-    child's first signal stops its sweep with its running jobs recorded (``apps/sweep_stop.py``), a second
-    aborts it. ``subprocess.run`` SIGKILLed the child 0.25 s after a Ctrl-C (no record, no closing line, its
-    workers orphaned), and a SIGTERM killed the driver alone. Raises :class:`Stopped` once the child has ended."""
-    child = subprocess.Popen(argv, start_new_session=True)
+    terminal's Ctrl-C reaches the driver alone, which forwards each SIGINT / SIGTERM to it (a SIGHUP -- the
+    terminal closed -- as SIGTERM) and waits: the child's first signal stops its sweep with its running jobs
+    recorded (``apps/sweep_stop.py``), a second aborts it. On Linux the child also gets SIGTERM when the driver
+    dies (``PR_SET_PDEATHSIG``: a SIGKILL, the OOM killer), so it never runs on unattended. ``subprocess.run``
+    SIGKILLed the child 0.25 s after a Ctrl-C (no record, no closing line, its workers orphaned), and a SIGTERM
+    killed the driver alone. Raises :class:`Stopped` once the child has ended."""
+    child = subprocess.Popen(argv, start_new_session=True, preexec_fn=_stop_with_parent(os.getpid()))
     received: list[int] = []
 
     def forward(signum, frame) -> None:
         received.append(signum)
         try:
-            child.send_signal(signum)
+            child.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
         except ProcessLookupError:  # (it ended meanwhile)
             pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         code = child.wait()
     finally:
@@ -342,6 +344,26 @@ def run_child(argv: list[str]) -> int:
     if received:
         raise Stopped(received[0])
     return code
+
+
+def _stop_with_parent(parent: int):
+    """A ``preexec_fn``: in the child, ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` -- SIGTERM when the driver dies -- and
+    SIGTERM at once if it died already; None where there is no ``prctl`` (not Linux)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_death_signal() -> None:
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # (the driver died before the line above)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
 
 
 def write_findings(out: Path) -> None:

@@ -220,13 +220,15 @@ def _run_both(user, *args) -> None:
 
 
 def stop_outcome(where: Path, since: float) -> dict[str, int]:
-    """``{"interrupted", "not_started", "no_record", "finished"}``: the jobs of the sweep in ``where`` (its job
-    dirs: they hold ``.hydra/``) whose record this invocation wrote as interrupted, that it did not start
-    (``NOT_STARTED``, or an unfinished record of an earlier invocation), that left none (killed), and that are
-    finished."""
+    """``{"interrupted", "failed", "not_started", "no_record", "finished"}``: the jobs of the sweep in ``where``
+    (its job dirs: they hold ``.hydra/``) whose record this invocation wrote as interrupted or as failed (a
+    continue runs those again, and they fail again), that it did not start (``NOT_STARTED``, or an unfinished
+    record of an earlier invocation), that left none (killed), and that are finished."""
     from infalign.pipeline.record import read_record
 
-    out = {"interrupted": 0, "not_started": 0, "no_record": 0, "finished": 0}
+    out = {"interrupted": 0, "failed": 0, "not_started": 0, "no_record": 0, "finished": 0}
+    if not where.is_dir():  # (no job started)
+        return out
     for job in (p for p in where.iterdir() if (p / ".hydra").is_dir()):
         path = job / "metrics.json"
         try:
@@ -236,8 +238,8 @@ def stop_outcome(where: Path, since: float) -> dict[str, int]:
             continue
         if record.finished:
             out["finished"] += 1
-        elif record.status == "interrupted" and written >= since:
-            out["interrupted"] += 1
+        elif record.status in ("interrupted", "failed") and written >= since:
+            out[record.status] += 1
         else:
             out["not_started"] += 1
     return out
@@ -251,6 +253,9 @@ def stop_summary() -> str | None:
         return None
     parts = [f"{outcome['interrupted']} running job{'' if outcome['interrupted'] == 1 else 's'} recorded as "
              f"interrupted", f"{outcome['not_started']} not started"]
+    if outcome.get("failed"):
+        parts.append(f"{outcome['failed']} failed (a continue runs {'it' if outcome['failed'] == 1 else 'them'} "
+                     "again: the report lists why)")
     if outcome["no_record"]:
         parts.append(f"{outcome['no_record']} left no record (killed: its checkpoints stand)")
     return ", ".join(parts)
@@ -259,6 +264,14 @@ def stop_summary() -> str | None:
 # The parent's handlers of the multirun this process runs (``hydra_callbacks.GracefulStop``), read by
 # ``apps/train.main`` for its exit status and closing line.
 CURRENT: list[ParallelStop] = []
+
+
+def finish_stops() -> None:
+    """:meth:`ParallelStop.finish` for the stops whose multirun ended without Hydra's end callbacks (an exception:
+    a worker killed after the stop breaks the pool), so the closing line still counts what the records say."""
+    for stop in CURRENT:
+        if stop.outcome is None:
+            stop.finish(stop.where)
 
 
 def parent_stop_signal() -> str | None:

@@ -886,6 +886,7 @@ def main() -> None:
         with terminate_on_sigterm(), hydra_refusals_exit_2():
             hydra_main()
     except BaseException as exc:
+        sweep_stop.finish_stops()  # (Hydra skips the end callbacks after an exception)
         if terminated(exc) or sweep_stop.parent_stop_signal() == "SIGTERM":
             print(f"infalign-train: stopped by SIGTERM ({_stopped_note()})", file=sys.stderr)
             raise SystemExit(SIGTERM_EXIT) from None

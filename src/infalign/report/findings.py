@@ -303,7 +303,8 @@ def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: C
     claims of experiment ``control`` (:data:`AA_CONTROLS`): the largest |gain| of those controls' cells
     on ``c``'s panel and ``judge`` whose KL lies inside ``c``'s own common KL range (noise grows with
     KL, and a control's common KLs span its own pair's range, not the claim's) -- widened, pair by pair, to its
-    nearest KLs while a pair has fewer than :data:`MIN_AA_CELLS` cells there -- with a note on the KL range,
+    nearest KLs while a pair has fewer than :data:`MIN_AA_CELLS` cells there, within a factor of 2 of the range
+    (pairs without a cell in it are left out) -- with a note on the KL range,
     the cells read, and the control's seeds where they differ from ``c``'s; ``(None, why)`` when there is none."""
     if control is None:
         return None, "no A/A control at these settings"
@@ -324,12 +325,18 @@ def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: C
     # each pair's cells in the range, and its nearest ones outside while it has fewer than MIN_AA_CELLS there: the
     # maximum of one or two |gain|s favoured "beyond A/A noise" (a claim over KL 0.53-0.62 met one null cell per
     # pair; findings audit)
-    taken = [_nearest_cells(x.cells, lo, hi, MIN_AA_CELLS) for x in judged]
+    # only pairs with a cell in the range (a pair whose KLs all lie elsewhere is another regime), and within a
+    # factor of two of it: noise grows with KL, and a cell at 3x the range's top made an 8-point yardstick
+    near = [[cell for cell in x.cells if lo / 2 - 1e-9 <= cell[0] <= 2 * hi + 1e-9] for x in judged
+            if any(lo - 1e-9 <= kl <= hi + 1e-9 for kl, _ in x.cells)]
+    taken = [_nearest_cells(pair, lo, hi, MIN_AA_CELLS) for pair in near]
     cells = [cell for pair in taken for cell in pair]
     a, b = min(lo, *(kl for kl, _ in cells)), max(hi, *(kl for kl, _ in cells))
     note = f"KL {lo:.2f}-{hi:.2f}, {len(cells)} cells"
     if a < lo - 1e-9 or b > hi + 1e-9:
         note += f"; widened to KL {a:.2f}-{b:.2f}: fewer than {MIN_AA_CELLS} cells per A/A pair inside"
+    if any(len(pair) < MIN_AA_CELLS for pair in taken):
+        note += f"; a pair with fewer than {MIN_AA_CELLS} within a factor of 2 of the range"
     seeds = sorted({x.n_seeds for x in judged})
     if seeds != [c.n_seeds]:
         note += f"; the control has {'/'.join(map(str, seeds))} seeds, this comparison {c.n_seeds}"
