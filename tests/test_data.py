@@ -579,6 +579,15 @@ def test_the_default_tldr_source_is_parquet_in_the_format_the_parser_reads(tmp_p
     assert dm.pairs("train")[0] == (roommate, "Roommate eats my food; how do I get him to stop?", "food")
     assert dm.pairs("train")[1].chosen == "Which language should I learn first?"  # choice 1
     assert dm.reports["train"].malformed == {} and dm.reports["test"].usable == 1  # validation: TL;DR only
+    # real-data review: the copy's token-id columns (~3,400 ids a row) were built into every record, ~12 GB over
+    # its train split, and prepare_data built them once more only to fill the cache: the parser's columns alone
+    from infalign.data.formats import DATASETS, RawRecord, load_records
+
+    _, records = load_records(DATASETS["tldr"].hub_name, "train", columns=DATASETS["tldr"].columns)
+    assert records and all(isinstance(r, RawRecord) and set(r.value) == {"info", "summaries", "choice"}
+                           for r in records)
+    asked.clear()
+    assert load_records(DATASETS["tldr"].hub_name, "train", records=False)[1] == [] and len(asked) == 1
 
 
 def test_ipo_pairs_are_encoded_in_the_samplers_prompt_context():
@@ -1080,3 +1089,41 @@ def test_a_missing_split_names_the_files_the_dir_holds(tmp_path):
     with pytest.raises(MissingSplitError) as err:
         local_split_file(tmp_path / "empty", "validation")
     assert "it holds" not in str(err.value)
+
+
+def test_a_record_whose_text_is_not_valid_unicode_is_malformed_not_a_crash():
+    """Real-data review: ``{"chosen": "...\\ud83d..."}`` is valid JSON that decodes to a lone surrogate; the run
+    died in the tokenizer with ``TypeError: TextEncodeInput must be ...`` naming no file, line or key. It is a
+    malformed record (``invalid_text``), counted and skipped like the others."""
+    import json
+
+    from infalign.data.formats import RawRecord, parse_hh_record, parse_records
+
+    good = {"chosen": "\n\nHuman: hi\n\nAssistant: yes", "rejected": "\n\nHuman: hi\n\nAssistant: no"}
+    bad = json.loads('{"chosen": "\\n\\nHuman: hi \\ud83d there\\n\\nAssistant: yes", '
+                     '"rejected": "\\n\\nHuman: hi \\ud83d there\\n\\nAssistant: no"}')
+    pairs, report = parse_records([RawRecord(1, good), RawRecord(2, bad)], parse_hh_record, "f.jsonl")
+    assert len(pairs) == 1 and report.malformed == {"invalid_text": 1}
+    assert report.examples[0][0] == 2 and "prompt" in report.examples[0][1]
+
+
+def test_a_model_file_or_a_parquet_data_file_is_refused_before_compute_with_what_to_name(tmp_path):
+    """Real-data review: ``policy.name_or_path=<dir>/model.safetensors`` said "not a local directory and could not
+    be loaded from the Hugging Face hub (offline?)" -- the path exists, it is a file; a ``data.train_file`` in
+    parquet passed the check and failed in the world stage as "not UTF-8 text". Both say what to name instead."""
+    from infalign.data.formats import DataFileError, check_data_file
+    from infalign.errors import ConfigError
+    from infalign.models.builders import resolve_name_or_path
+
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"x")
+    with pytest.raises(ConfigError) as info:
+        resolve_name_or_path(str(weights), "policy.name_or_path")
+    assert info.value.key == "policy.name_or_path" and str(weights.parent) in str(info.value)
+    parquet = tmp_path / "train.parquet"
+    parquet.write_bytes(b"PAR1" + b"\0" * 32)
+    with pytest.raises(DataFileError, match="parquet file: local data files are JSON lines"):
+        check_data_file(parquet, "data.train_file")
+    (tmp_path / "ok.jsonl").write_text("{}\n")
+    assert check_data_file(tmp_path / "ok.jsonl") == tmp_path / "ok.jsonl"

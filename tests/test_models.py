@@ -423,3 +423,45 @@ def test_the_end_token_is_not_doubled_when_the_suffix_is_the_eos():
     # control: without an eos the end is the suffix alone as well
     no_eos = styled_word_tokenizer("bert", ["hello", "world"])
     assert no_eos.eos_token_id is None and row_special_tokens(no_eos) == ([2], [], [3], None)
+
+
+def test_an_unended_response_is_scored_without_the_eos_where_the_reward_model_reads_it(tok):
+    """Real-data review: a response that hit max_new_tokens was scored with the eos appended -- for a reward model
+    that reads it (a pad of its own: cleanrl's TL;DR models, ``reward.pad_token``, Qwen/Llama tokenizers) as
+    if the response had ended; cleanrl and TRL score it at its last token, without one. With
+    ``reward.unended_eos: false`` (the HF default) such a row ends at its last token; an ended one keeps its eos;
+    with ``true`` (the toy world's reward model, trained with the eos after every response) nothing changes, and
+    neither does a tokenizer whose pad is the eos (its classifier reads the token before it anyway)."""
+    import copy
+
+    from infalign.models.builders import encode_prompt_response
+    from infalign.models.reward import RewardScorer, eos_says_ended, reward_input_format, score_rows
+
+    assert tok.pad_token_id not in (None, tok.eos_token_id) and eos_says_ended(tok)
+    prompts, responses = ["a b", "a b", "c"], ["x y z", "x y z", "w"]
+    enc = encode_prompt_response(tok, prompts, responses, ended=[True, False, False])
+    eos, ids = tok.eos_token_id, enc["input_ids"]
+    lengths = enc["attention_mask"].sum(1).tolist()
+    assert ids[0, lengths[0] - 1] == eos and lengths[1] == lengths[0] - 1 and eos not in ids[1, : lengths[1]].tolist()
+    model = build_toy_reward_model(tok, "tiny").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # (a head of zeros scores every row alike)
+    reads, keeps = RewardScorer(model, tok, unended_eos=False), RewardScorer(model, tok)
+    plain = keeps.score(prompts, responses)
+    assert float(plain[0]) == pytest.approx(float(plain[1]), abs=1e-6)  # (one row twice; float32 batch rounding)
+    scores, _ = score_rows(reads, prompts, responses, torch.tensor([True, False, False]))
+    assert float(scores[0]) == pytest.approx(float(plain[0]), abs=1e-6)
+    assert abs(float(scores[1] - plain[1])) > 1e-3  # the unended row is read at its last token, not at an eos
+    without = encode_prompt_response(tok, prompts[1:2], responses[1:2], append_eos=False)
+    with torch.no_grad():
+        direct = model(input_ids=without["input_ids"], attention_mask=without["attention_mask"]).logits[0, 0]
+    assert scores[1] == pytest.approx(float(direct), abs=1e-6)  # (float32, one row)
+    assert torch.equal(score_rows(keeps, prompts, responses, torch.tensor([True, False, False]))[0], plain)
+    assert "unended" in reads.input_format and "unended" not in keeps.input_format
+    eos_pad = copy.deepcopy(tok)
+    eos_pad.pad_token = eos_pad.eos_token  # (pad == eos: the appended eos is padding to the classifier)
+    assert not eos_says_ended(eos_pad) and not RewardScorer(model, eos_pad, unended_eos=False).drop_unended_eos
+    assert reward_input_format(eos_pad, unended_eos=False) == reward_input_format(eos_pad)
+    assert not eos_says_ended(tok, pair=True)

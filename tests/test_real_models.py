@@ -395,7 +395,9 @@ def test_reward_model_from_a_causal_lm_is_trained_and_validated(assets, tmp_path
     stats = world.stats
     assert stats["reward_trained"] is True and stats["reward_train_s"] > 0
     assert type(world.reward.model).__name__ == "LlamaForSequenceClassification"
-    assert stats["reward_input_format"] == "rm-input-v3:<s>{prompt}{response}</s>;max_length=64"
+    # (its pad is its own: an unended response is scored without the </s>, reward.unended_eos: false)
+    assert stats["reward_input_format"] == ("rm-input-v3:<s>{prompt}{response}</s>;no </s> after an unended "
+                                           "response;max_length=64")
     # the reported validation metrics are those of the trained model on the held-out pairs
     dm = world_mod.preference_data(cfg.data, load_tokenizer(assets / "lm", "left"))
     prompts, chosen, rejected = (list(c) for c in zip(*dm.pairs("test")))

@@ -49,7 +49,7 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -107,6 +107,8 @@ MALFORMED_REASONS = {
     "bad_choice": "TL;DR: 'choice' is not 0 or 1",
     "bad_summaries": "TL;DR: 'summaries' is not a list of two objects with a 'text' string",
     "not_reddit": "TL;DR: no post but an article (a CNN/DM comparison)",
+    "invalid_text": "a text is not valid Unicode (a lone surrogate, e.g. an escaped \\ud83d alone): no tokenizer "
+                    "takes it",
 }
 _N_EXAMPLES = 5  # malformed records quoted in a report
 
@@ -189,6 +191,7 @@ class ParseReport:
 
 
 LFS_POINTER = b"version https://git-lfs"
+PARQUET_MAGIC = b"PAR1"  # a parquet file's first bytes
 
 
 class DataFileError(ValueError):
@@ -243,11 +246,15 @@ def check_data_file(path: str | os.PathLike, key: str | None = None) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {_describe(path, key)}")
     with open(path, "rb") as fh:
-        if fh.read(len(LFS_POINTER)) == LFS_POINTER:
-            raise DataFileError(
-                f"{_describe(path, key)} is a Git LFS pointer, not the data: fetch the real file "
-                f"(git lfs pull, or download it from the dataset page)"
-            )
+        head = fh.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        raise DataFileError(
+            f"{_describe(path, key)} is a Git LFS pointer, not the data: fetch the real file "
+            f"(git lfs pull, or download it from the dataset page)"
+        )
+    if head.startswith(PARQUET_MAGIC):  # (it failed later, in the world stage, as "not UTF-8 text")
+        raise DataFileError(f"{_describe(path, key)} is a parquet file: local data files are JSON lines (.jsonl / "
+                            ".jsonl.gz; a hub dataset's parquet files load through data.name_or_path=<its name>)")
     return path
 
 
@@ -288,6 +295,8 @@ def load_records(
     files: dict[str, str | os.PathLike] | None = None,
     config: str | None = None,
     keys: dict[str, str] | None = None,
+    columns: Sequence[str] | None = None,
+    records: bool = True,
 ) -> tuple[str, list[RawRecord]]:
     """The raw records of one split, and a name for where they came from (for reports).
 
@@ -301,7 +310,10 @@ def load_records(
        data_dir=data_dir, split=split)`` (cached by ``datasets``; fails fast when offline).
 
     ``keys[split]`` names the config key of ``files[split]`` in messages (default
-    ``data.<split>_file``). Raises :class:`MissingSplitError` when the split does not exist,
+    ``data.<split>_file``). ``columns``: the fields the format's parser reads (:class:`DatasetFormat`) -- a hub
+    split keeps those alone (cleanrl's TL;DR copy also holds ~3,400 token ids per row, ~12 GB as Python
+    lists over its 92,858 train rows); ``records`` false: a hub split only fills ``datasets``' cache.
+    Raises :class:`MissingSplitError` when the split does not exist,
     ``FileNotFoundError`` for a missing local path, :class:`DataFileError` for an unreadable file
     and ``OSError`` when the hub cannot be reached.
     """
@@ -322,7 +334,7 @@ def load_records(
             return str(path), read_jsonl(path, "data.name_or_path")
         found = local_split_file(path, split, data_dir)
         return str(found), read_jsonl(found, "data.name_or_path")
-    return _load_hub(source, split, data_dir, config)
+    return _load_hub(source, split, data_dir, config, columns, records)
 
 
 # Hub datasets that are a loading script only (datasets >= 4 refuses to run it): a copy with data files
@@ -331,12 +343,15 @@ SCRIPT_ONLY_MIRRORS = {"openai/summarize_from_feedback": "cleanrl/summarize_from
 SCRIPT_CONFIGS = {"openai/summarize_from_feedback": "comparisons"}
 
 
-def _load_hub(name: str, split: str, data_dir: str | None, config: str | None):
+def _load_hub(name: str, split: str, data_dir: str | None, config: str | None,
+              columns: Sequence[str] | None = None, records: bool = True):
     """``datasets.load_dataset(name, config, data_dir=..., split=...)`` as :class:`RawRecord` rows. A
     hub dataset that is a loading script only -- ``datasets`` >= 4 raises ``RuntimeError("Dataset
     scripts are no longer supported ...")`` for it -- is a :class:`~infalign.errors.ConfigError` naming
     ``data.name_or_path``, with a copy in parquet / JSON files to use instead
-    (:data:`SCRIPT_ONLY_MIRRORS`) or local files."""
+    (:data:`SCRIPT_ONLY_MIRRORS`) or local files. ``columns``: those the parser reads (the others are dropped
+    before any row is built; a column the split lacks stays missing, for the parser to report); ``records``
+    false: only fill ``datasets``' cache (``PreferenceDataModule.prepare_data``), no rows built."""
     import datasets
 
     config = config or SCRIPT_CONFIGS.get(name)
@@ -367,6 +382,10 @@ def _load_hub(name: str, split: str, data_dir: str | None, config: str | None):
             f"data.name_or_path={name!r} is not a local file or directory and could not be "
             f"loaded from the Hugging Face hub (offline={offline or 'unset'}): {exc}"
         ) from exc
+    if not records:
+        return where, []
+    if columns is not None:
+        ds = ds.select_columns([c for c in columns if c in ds.column_names])
     return where, [RawRecord(i + 1, row) for i, row in enumerate(ds)]
 
 
@@ -551,7 +570,7 @@ def parse_records(
         try:
             if rec.error is not None:
                 raise Malformed("invalid_json", rec.error)
-            pairs.append(parse(rec.value))
+            pairs.append(_valid_text(parse(rec.value)))
         except Malformed as exc:
             counts[exc.reason] += 1
             if len(examples) < _N_EXAMPLES:
@@ -568,6 +587,17 @@ def parse_records(
     if counts:  # (what the split keeps -- held out, too long -- is said once it is known: data/modules.py)
         log.warning("malformed records skipped -- %s", report.parsed())
     return pairs, report
+
+
+def _valid_text(example: PreferenceExample) -> PreferenceExample:
+    """``example``, or :class:`Malformed` ``invalid_text`` when one of its texts cannot be encoded (valid JSON may
+    decode to a lone surrogate; the tokenizers then failed with a TypeError naming no record)."""
+    for name, text in zip(PreferenceExample._fields, example):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise Malformed("invalid_text", f"{name}: {exc.reason} at {exc.start}") from None
+    return example
 
 
 def parse_hh(records: Iterable[RawRecord], source: str):
@@ -588,11 +618,13 @@ class DatasetFormat:
     hub_name: str
     hub_config: str | None
     test_split: str
+    columns: tuple[str, ...] | None = None  # the fields ``parse`` reads (a hub split keeps those alone)
 
 
 DATASETS: dict[str, DatasetFormat] = {
-    "hh": DatasetFormat(parse_hh_record, "Anthropic/hh-rlhf", None, "test"),
-    "tldr": DatasetFormat(parse_tldr_record, SCRIPT_ONLY_MIRRORS["openai/summarize_from_feedback"], None, "validation"),
+    "hh": DatasetFormat(parse_hh_record, "Anthropic/hh-rlhf", None, "test", ("chosen", "rejected")),
+    "tldr": DatasetFormat(parse_tldr_record, SCRIPT_ONLY_MIRRORS["openai/summarize_from_feedback"], None, "validation",
+                          ("info", "summaries", "choice")),
 }
 
 

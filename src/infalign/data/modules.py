@@ -158,6 +158,7 @@ class PreferenceDataModule(L.LightningDataModule):
             self.files,
             config=self.format.hub_config,
             keys=self.file_keys,
+            columns=self.format.columns,
         )
         try:
             return parse_records(records, self.format.parse, where)
@@ -178,8 +179,8 @@ class PreferenceDataModule(L.LightningDataModule):
                 continue
             if not self.files.get(name) and self.source and not Path(self.source).exists():
                 try:
-                    load_records(
-                        self.source, name, self.hparams.data_dir, config=self.format.hub_config
+                    load_records(  # (the cache only: setup builds the rows, once)
+                        self.source, name, self.hparams.data_dir, config=self.format.hub_config, records=False
                     )
                 except MissingSplitError:
                     pass

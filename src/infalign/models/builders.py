@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -130,6 +131,9 @@ def resolve_name_or_path(name_or_path: str | os.PathLike, key: str) -> str:
         path = Path(name).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"{key}: local path does not exist: {path}")
+        if path.is_file():  # (was: "not a local directory and could not be loaded from the hub")
+            raise ConfigError(key, str(path), "a saved model's directory (config.json and its weights) or a hub name",
+                              f"it is a file: name the directory that holds it ({path.parent})")
         if path.is_dir() and not (path / "config.json").exists():
             raise ValueError(f"{key}: {path} is not a saved model directory (no config.json)")
         if path.is_dir() and not any((path / f).is_file() for f in WEIGHT_FILES):
@@ -576,6 +580,7 @@ def encode_prompt_response(
     max_length: int | None = None,
     special_tokens: bool = True,
     pair: bool = False,
+    ended: Sequence[bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Right-padded ``[prefix | prompt | middle | response | end]`` token ids.
 
@@ -592,12 +597,18 @@ def encode_prompt_response(
     special tokens plus one token of each) is a ``ValueError``. Returns ``input_ids``, ``attention_mask``,
     ``response_mask`` (1 on response tokens including the end tokens) and, for a pair with token
     types, ``token_type_ids``, each ``[B, L]``, and ``truncated`` ``[B]`` (the rows that were cut).
+    ``ended`` (per row; None: every row): whether the response ended -- a row whose response did not (it hit
+    the sampler's ``max_new_tokens``) gets no appended eos, which would say it ended (a tokenizer's own suffix
+    and a text pair's closing separator are the template's, and stay).
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("encode_prompt_response: empty batch")
+    if ended is not None and len(ended) != len(responses):
+        raise ValueError(f"{len(ended)} ended flags but {len(responses)} responses")
     prefix, middle, end, types = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
+    eos_end = not pair and append_eos and end == [tokenizer.eos_token_id]  # (the appended eos: "it ended")
     least = _min_length(prefix, middle, end)  # min_row_length, from the special tokens already read
     if max_length is not None and max_length < least:
         raise ValueError(f"max_length={max_length} is less than a row's {least - 2} special tokens plus one prompt "
@@ -606,8 +617,8 @@ def encode_prompt_response(
     p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     rows, truncated = [], []
-    for p, r in zip(p_ids, r_ids):
-        p, r = prefix + list(p) + middle, list(r) + end
+    for i, (p, r) in enumerate(zip(p_ids, r_ids)):
+        p, r = prefix + list(p) + middle, list(r) + ([] if eos_end and ended is not None and not ended[i] else end)
         truncated.append(max_length is not None and len(p) + len(r) > max_length)
         if truncated[-1]:
             text = p[len(prefix) : len(p) - len(middle)]  # the special tokens are kept, the text is cut

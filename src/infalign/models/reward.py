@@ -88,7 +88,7 @@ def reward_prompts(prompts: list[str], prompt_format: str = "full") -> list[str]
 
 def reward_model_inputs(
     tokenizer, prompts: list[str], responses: list[str], max_length: int | None = None, pair: bool = False,
-    prompt_format: str = "full",
+    prompt_format: str = "full", ended: list[bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """How a reward model sees ``(prompt, response)`` -- the one encoding used by Bradley-Terry
     training (:class:`~infalign.data.batches.PreferenceCollator`) and by every scoring call
@@ -110,15 +110,16 @@ def reward_model_inputs(
     Llama-style model); ``pair`` is its text-pair template ``[CLS] prompt [SEP] response [SEP]`` with
     token types, for cross-encoders trained as ``tokenizer(question, answer)`` (OpenAssistant's
     DeBERTa reward models). ``reward.prompt_format`` (``prompt_format``) chooses what of the prompt it
-    reads (:func:`reward_prompts`: the whole dataset prompt, or an HH dialogue's last Human turn). See
-    :func:`~infalign.models.builders.encode_prompt_response`.
+    reads (:func:`reward_prompts`: the whole dataset prompt, or an HH dialogue's last Human turn).
+    ``ended`` (per row, None: all): a response that did not end (it hit ``max_new_tokens``) gets no appended
+    eos (:class:`RewardScorer`'s ``unended_eos``). See :func:`~infalign.models.builders.encode_prompt_response`.
     """
     lead = "" if pair else response_lead(tokenizer)
     return encode_prompt_response(
         tokenizer, reward_prompts(prompts, prompt_format), [lead + r.lstrip() if r.strip() else "" for r in responses],
         append_eos=True,
         max_length=max_length,
-        special_tokens=True, pair=pair,
+        special_tokens=True, pair=pair, ended=ended,
     )
 
 
@@ -130,7 +131,7 @@ PAD_IS_EOS_READ = "score read at the last token before padding (pad == eos: the 
 
 
 def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = False,
-                        prompt_format: str = "full") -> str:
+                        prompt_format: str = "full", unended_eos: bool = True) -> str:
     """A short description of :func:`reward_model_inputs` for ``tokenizer``, recorded in the trained
     reward model's cache key and in ``metrics.json``; e.g.
     ``'rm-input-v3:[CLS]{prompt}{response}[SEP];max_length=512'``, for a byte-level BPE tokenizer
@@ -148,7 +149,9 @@ def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = F
     these rows read it too, so the rows are left as they are; with a distinct pad (the toy world's
     ``<pad>``) the score is read at the eos and nothing is added (those formats -- cache keys -- are
     unchanged). A ``prompt_format`` other than ``full`` is shown in the prompt's place
-    (``'rm-input-v3:[CLS]{last_user_turn}[SEP]{response}[SEP]'``; ``full`` keeps ``{prompt}``)."""
+    (``'rm-input-v3:[CLS]{last_user_turn}[SEP]{response}[SEP]'``; ``full`` keeps ``{prompt}``). Where the
+    appended eos is read (a pad of its own) and ``unended_eos`` is false, ``;no <eos> after an unended
+    response`` (:func:`eos_says_ended`)."""
 
     def show(ids: list[int]) -> str:
         return "".join(tokenizer.convert_ids_to_tokens(ids))
@@ -160,7 +163,21 @@ def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = F
     eos = tokenizer.eos_token_id
     if eos is not None and end == [eos] and tokenizer.pad_token_id == eos:
         text += ";" + PAD_IS_EOS_READ.format(eos=show([eos]))
+    if not unended_eos and eos_says_ended(tokenizer, pair):
+        text += f";no {show([eos])} after an unended response"
     return text + (f";max_length={max_length}" if max_length else "")
+
+
+def eos_says_ended(tokenizer, pair: bool = False) -> bool:
+    """Whether the reward model reads the eos :func:`reward_model_inputs` appends -- a joined row that ends with
+    the eos, padded with a pad of its own (with pad == eos the classifier reads the token before it,
+    :data:`PAD_IS_EOS_READ`): only then does an eos after a response that hit ``max_new_tokens`` tell it,
+    wrongly, that the response ended."""
+    eos = tokenizer.eos_token_id
+    if pair or eos is None:  # (a text pair ends with its template's separator)
+        return False
+    _, _, end, _ = row_special_tokens(tokenizer, append_eos=True)
+    return end == [eos] and tokenizer.pad_token_id not in (None, eos)
 
 
 def check_reward_max_length(tokenizer, max_length: int | None, pair: bool = False) -> None:
@@ -210,6 +227,7 @@ class RewardScorer:
         dataset_prompts: Mapping[str, str] | None = None,
         pair: bool = False,
         prompt_format: str = "full",
+        unended_eos: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -219,19 +237,25 @@ class RewardScorer:
         check_reward_max_length(tokenizer, max_length, pair)
         reward_prompts([], prompt_format)  # (an unknown format fails here, not at the first score)
         self.prompt_format = prompt_format
-        self.input_format = reward_input_format(tokenizer, max_length, pair, prompt_format)
+        # an unended response without the eos where the model reads it (reward.unended_eos: false); the toy
+        # world's reward model was trained with it after every response, so it is scored so
+        self.drop_unended_eos = not unended_eos and eos_says_ended(tokenizer, pair)
+        self.input_format = reward_input_format(tokenizer, max_length, pair, prompt_format, unended_eos)
         self.warned_truncation = False
 
-    def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return self.score_and_cut(prompts, responses)[0]
+    def score(self, prompts: list[str], responses: list[str], ended: list[bool] | None = None) -> torch.Tensor:
+        return self.score_and_cut(prompts, responses, ended)[0]
 
     @torch.no_grad()
-    def score_and_cut(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_and_cut(self, prompts: list[str], responses: list[str], ended: list[bool] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scores, cut)``: :meth:`score`'s float32 ``[B]``, and bool ``[B]``, whether the row's input was
         longer than ``max_length`` and cut (the prompt first, from the left) -- a score of less than the whole
-        conversation, which the pools keep and the run records (``eval.reward_cut``)."""
+        conversation, which the pools keep and the run records (``eval.reward_cut``). ``ended`` (per row; None:
+        all): whether each response ended, read where ``unended_eos`` is false and the model reads the eos."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        ended = [bool(e) for e in ended] if ended is not None and self.drop_unended_eos else None
         prompts = dataset_texts(prompts, self.dataset_prompts)
         self.model.eval()
         device = next(self.model.parameters()).device
@@ -240,7 +264,7 @@ class RewardScorer:
         scores = torch.zeros(len(prompts), dtype=torch.float32)
         cut = torch.zeros(len(prompts), dtype=torch.bool)
         with torch.autocast(device.type, enabled=False):
-            for idx, enc in self.encoded_chunks(prompts, responses):
+            for idx, enc in self.encoded_chunks(prompts, responses, ended):
                 logits = self.model(**{k: enc[k].to(device) for k in MODEL_INPUTS if k in enc}).logits
                 scores[idx] = logits[:, 0].float().cpu()
                 cut[idx] = enc["truncated"].bool().cpu()
@@ -268,20 +292,26 @@ class RewardScorer:
         lengths = torch.tensor([len(p) + len(r) for p, r in zip(prompts, responses)])
         return length_buckets(lengths, max_rows=self.batch_size)
 
-    def encoded_chunks(self, prompts: list[str], responses: list[str]) -> Iterator[tuple[torch.Tensor, dict]]:
+    def encoded_chunks(self, prompts: list[str], responses: list[str], ended: list[bool] | None = None
+                       ) -> Iterator[tuple[torch.Tensor, dict]]:
         """``(row indices, encoding)`` of each forward :meth:`score` runs: the :meth:`chunks`, each
         encoded by :func:`reward_model_inputs` with this scorer's ``max_length`` and layout (``prompts``
-        already the dataset's text)."""
+        already the dataset's text; ``ended`` as :meth:`score_and_cut` passes it)."""
         for idx in self.chunks(prompts, responses):
             yield idx, reward_model_inputs(self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
                                            max_length=self.max_length, pair=self.pair,
-                                           prompt_format=self.prompt_format)
+                                           prompt_format=self.prompt_format,
+                                           ended=None if ended is None else [ended[i] for i in idx])
 
 
-def score_rows(scorer: Scorer, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def score_rows(scorer: Scorer, prompts: list[str], responses: list[str], ended=None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(scores, cut)`` of any scorer: a reward model's ``score_and_cut`` (``cut``: bool ``[B]``, the rows it read
-    cut at ``max_length``), else its ``score`` and None (a scorer that reads no tokens)."""
+    cut at ``max_length``; ``ended``, bool ``[B]`` or None, whether each response ended: a reward model reads it,
+    :class:`RewardScorer`), else its ``score`` and None (a scorer that reads no tokens)."""
     if callable(getattr(scorer, "score_and_cut", None)):
+        if ended is not None and getattr(scorer, "drop_unended_eos", False):  # (only a scorer that reads it)
+            return scorer.score_and_cut(prompts, responses, [bool(e) for e in ended])
         return scorer.score_and_cut(prompts, responses)
     return scorer.score(prompts, responses), None
 

@@ -627,7 +627,8 @@ def load_world(cfg: DictConfig, cache_dir: str | Path, device: str = "cpu") -> W
                                              tokenizer=reward_tok, key="reward.name_or_path", revision=reward_rev)
         reward = RewardScorer(reward_model, reward_tok, batch_size=int(cfg.reward.batch_size),
                               max_length=cfg.reward.get("max_length"), dataset_prompts=dataset_prompts,
-                              pair=reward_pair(cfg), prompt_format=reward_prompt_format(cfg))
+                              pair=reward_pair(cfg), prompt_format=reward_prompt_format(cfg),
+                              unended_eos=bool(cfg.reward.get("unended_eos", True)))
         reward_fingerprint = content_key(_with_dtype(_fingerprint(reward_path, reward_rev), reward_dtype),
                                          reward.input_format)
     stats["reward_input_format"] = reward.input_format

@@ -123,7 +123,8 @@ class CTRLModule(L.LightningModule):
         )
         flat_idx = idx.repeat_interleave(g)
         # (a reward model also says which rows it read cut at max_length)
-        reward, cut = score_rows(self.reward, [p for p in prompts for _ in range(g)], roll.responses)
+        reward, cut = score_rows(self.reward, [p for p in prompts for _ in range(g)], roll.responses,
+                                 roll.ended.tolist())
         reward = reward.to(self.device)
         if self.transform.calibrated:
             calibrated = self.table.calibrate(flat_idx.to(reward.device), reward)

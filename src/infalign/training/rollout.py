@@ -127,7 +127,7 @@ class RolloutModule(L.LightningModule):
         flat_prompts = [p for p in prompts for _ in range(n)]
         scores, cut = {}, {}
         for name, s in self.scorers.items():  # a reward model also says which rows it read cut (max_length)
-            values, rows = score_rows(s, flat_prompts, roll.responses)
+            values, rows = score_rows(s, flat_prompts, roll.responses, roll.ended.tolist())
             scores[name] = values.view(len(prompts), n)
             if rows is not None:
                 cut[name] = rows.view(len(prompts), n)
