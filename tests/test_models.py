@@ -465,3 +465,12 @@ def test_an_unended_response_is_scored_without_the_eos_where_the_reward_model_re
     assert not eos_says_ended(eos_pad) and not RewardScorer(model, eos_pad, unended_eos=False).drop_unended_eos
     assert reward_input_format(eos_pad, unended_eos=False) == reward_input_format(eos_pad)
     assert not eos_says_ended(tok, pair=True)
+    # review: an encoder whose own closing token is its eos (RoBERTa's </s>, DeBERTa-v3's [SEP]) reads its score at
+    # [CLS]: that token is its template's, kept on an unended row
+    from test_data import styled_word_tokenizer
+
+    bert = styled_word_tokenizer("bert", ["hello", "world"])
+    bert.eos_token = "[SEP]"
+    assert not eos_says_ended(bert) and reward_input_format(bert, unended_eos=False) == reward_input_format(bert)
+    kept = encode_prompt_response(bert, ["hello"], ["world"], ended=[False])["input_ids"][0].tolist()
+    assert kept[-1] == bert.sep_token_id

@@ -432,6 +432,14 @@ def test_the_paper_driver_forwards_a_stop_to_its_step_and_waits_for_it(tmp_path,
     assert info.value.signum == signal.SIGINT
     assert log.read_text().split() == [str(int(signal.SIGINT)), "recorded"]  # once, and it had time to record
     assert paper.run_child([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    # review: a signal the driver was started ignoring (nohup's SIGHUP) stays ignored while a step runs
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert paper.run_child([sys.executable, "-c", "import os, signal, time; os.kill(os.getppid(), "
+                                "signal.SIGHUP); time.sleep(0.3)"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 DRIVER = """

@@ -335,7 +335,9 @@ def run_child(argv: list[str]) -> int:
         except ProcessLookupError:  # (it ended meanwhile)
             pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # (a signal the driver was started ignoring -- nohup's SIGHUP, a script's background SIGINT -- stays ignored)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         code = child.wait()
     finally:

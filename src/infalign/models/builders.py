@@ -608,7 +608,10 @@ def encode_prompt_response(
     if ended is not None and len(ended) != len(responses):
         raise ValueError(f"{len(ended)} ended flags but {len(responses)} responses")
     prefix, middle, end, types = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
-    eos_end = not pair and append_eos and end == [tokenizer.eos_token_id]  # (the appended eos: "it ended")
+    # the eos appended here says "it ended"; a tokenizer's own closing token (RoBERTa's </s>, an eos-suffixed Llama)
+    # is its template's, even where it is the eos
+    eos_end = (ended is not None and not pair and append_eos and end == [tokenizer.eos_token_id]
+               and not (special_tokens and special_tokens_around(tokenizer)[1]))
     least = _min_length(prefix, middle, end)  # min_row_length, from the special tokens already read
     if max_length is not None and max_length < least:
         raise ValueError(f"max_length={max_length} is less than a row's {least - 2} special tokens plus one prompt "
@@ -618,7 +621,7 @@ def encode_prompt_response(
     r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
     rows, truncated = [], []
     for i, (p, r) in enumerate(zip(p_ids, r_ids)):
-        p, r = prefix + list(p) + middle, list(r) + ([] if eos_end and ended is not None and not ended[i] else end)
+        p, r = prefix + list(p) + middle, list(r) + ([] if eos_end and not ended[i] else end)
         truncated.append(max_length is not None and len(p) + len(r) > max_length)
         if truncated[-1]:
             text = p[len(prefix) : len(p) - len(middle)]  # the special tokens are kept, the text is cut

@@ -21,6 +21,7 @@ from infalign.models.builders import (
     min_row_length,
     response_lead,
     row_special_tokens,
+    special_tokens_around,
 )
 from infalign.models.generation import length_buckets
 
@@ -170,11 +171,14 @@ def reward_input_format(tokenizer, max_length: int | None = None, pair: bool = F
 
 def eos_says_ended(tokenizer, pair: bool = False) -> bool:
     """Whether the reward model reads the eos :func:`reward_model_inputs` appends -- a joined row that ends with
-    the eos, padded with a pad of its own (with pad == eos the classifier reads the token before it,
+    the eos appended (not a tokenizer's own closing token: an encoder reads its score at [CLS] / <s>), padded with
+    a pad of its own (with pad == eos the classifier reads the token before it,
     :data:`PAD_IS_EOS_READ`): only then does an eos after a response that hit ``max_new_tokens`` tell it,
     wrongly, that the response ended."""
     eos = tokenizer.eos_token_id
     if pair or eos is None:  # (a text pair ends with its template's separator)
+        return False
+    if special_tokens_around(tokenizer)[1]:  # its own closing token (an encoder's </s> / [SEP]), not one appended
         return False
     _, _, end, _ = row_special_tokens(tokenizer, append_eos=True)
     return end == [eos] and tokenizer.pad_token_id not in (None, eos)
