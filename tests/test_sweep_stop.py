@@ -241,6 +241,7 @@ def _worker_sigint_ignored(_) -> bool:
     return signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 
 
+@pytest.mark.slow  # (starts loky workers: ~3 s)
 def test_the_sweeps_workers_ignore_the_stop_signals_outside_a_job(restore_signals):
     """Review: a terminal's Ctrl-C reaches every process of its group, and a loky worker idle (a sweep with fewer
     jobs than n_jobs, its tail) or between jobs raised KeyboardInterrupt in its queue -- a broken pool, which made
