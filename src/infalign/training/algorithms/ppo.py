@@ -8,7 +8,8 @@ The rollout, KL shaping and advantages are RLOO's (6.3)-(6.4), computed once per
 
 with ``pi_old`` the rollout's log-probs. At ``rho = 1`` its gradient is RLOO's times
 ``B / sum_i |y_i|`` (the token mean; one scalar per minibatch: the same direction), so it aims at
-the same tilted policy ``pi_ref * exp(Phi / beta)`` with a length-dependent step.
+the same tilted policy ``pi_ref * exp(Phi / beta)``; AdamW cancels a constant scale, so it moves further
+per rollout than RLOO through its ``ppo_epochs x minibatches`` steps, not through that factor.
 """
 
 from __future__ import annotations
