@@ -655,8 +655,13 @@ def test_a_wandb_run_records_its_group_where_the_report_reads_it(tmp_path):
     """A kept run logged by a later re-run has no logger config in its record: the group the re-run's logger used
     is written to <run dir>/wandb/group, which report/wandb_run reads (review: a sweep moved, or reached through
     another path, named another group than its jobs'). A disabled run records none."""
-    wandb_attempt(tmp_path / "a", [], group="multirun-sweep-abc123")
+    from infalign.report.wandb_run import recorded_wandb
+
+    wandb_attempt(tmp_path / "a", [], group="multirun-sweep-abc123", project="myproj", entity="lab")
     assert loggers.group_file(tmp_path / "a") == tmp_path / "a" / "wandb" / "group"
-    assert loggers.group_file(tmp_path / "a").read_text() == "multirun-sweep-abc123\n"
+    # (and its project and entity: the report's run had gone to project 'infalign', cut off from its runs)
+    assert recorded_wandb(tmp_path / "a") == {"group": "multirun-sweep-abc123", "project": "myproj", "entity": "lab"}
+    loggers.group_file(tmp_path / "a").write_text("multirun-old\n")  # (written before the file held JSON)
+    assert recorded_wandb(tmp_path / "a") == {"group": "multirun-old"}
     wandb_attempt(tmp_path / "d", [], group="g", mode="disabled")
     assert not loggers.group_file(tmp_path / "d").exists()

@@ -934,8 +934,21 @@ def test_a_sweep_logged_to_wandb_only_by_a_kept_rerun_gets_its_report_run_in_its
     (job / "wandb" / "offline-run-20261205_000000-abcd1234").mkdir(parents=True)
     assert wandb_settings(collect(root), root) == {"project": "infalign", "entity": None, "group": "paper_won",
                                                    "groups": ["paper_won"], "offline": True}
+    # W&B review: the project and entity the re-run's logger used, not 'infalign'
+    (job / "wandb" / "group").write_text(json.dumps({"group": "paper_won", "project": "myproj", "entity": "lab"}))
+    assert wandb_settings(collect(root), root)["project"] == "myproj"
+    assert wandb_settings(collect(root), root)["entity"] == "lab"
+    (job / "wandb" / "group").unlink()
     (job / "logged.json").write_text(json.dumps(["CSVLogger"]))
     assert wandb_settings(collect(root), root) is None
+    # ... and a W&B logger disabled (WANDB_MODE=disabled) logged nothing: no report run (was an offline one)
+    metrics["config"]["logger"] = {"_target_": "infalign.pipeline.loggers.RunWandbLogger", "mode": "disabled"}
+    write_job(root, "1", ["transform=identity"], metrics)
+    assert wandb_settings(collect(root), root) is None
+    import shutil
+
+    shutil.rmtree(root / "1")
+    metrics["config"]["logger"] = None
     # no sweep_name: the group infalign-train used, the outermost sweep's -- also for runs added in <sweep>/more,
     # which made the report's run 'multirun-more' (W&B walkthrough)
     from infalign.infra.sweeps import multirun_group

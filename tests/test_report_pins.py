@@ -709,9 +709,9 @@ def _wandb_job(tmp_path, name: str, **logger) -> Job:
 
 def test_the_report_run_joins_the_sweeps_most_common_group_and_is_offline_if_any_job_was(tmp_path):
     """wandb_settings: the report's W&B run goes to the group most of the sweep's jobs logged to (3 of 4
-    here), and is offline when any job logged offline -- a sweep partly offline cannot be synced in part --
-    or with W&B disabled (``mode: disabled`` is no online run). Mutation testing: the least common group,
-    ``all`` for ``any``, and ``disabled`` read as online went unnoticed."""
+    here), and is offline when any job logged offline -- a sweep partly offline cannot be synced in part. A job
+    with W&B disabled (``mode: disabled``) logged nothing: it gives no report run (W&B review: an offline one in a
+    group without runs). Mutation testing: the least common group and ``all`` for ``any`` went unnoticed."""
     from infalign.report.wandb_run import wandb_settings
 
     jobs = [_wandb_job(tmp_path, str(i), group="g-main", mode="online") for i in range(3)]
@@ -720,7 +720,9 @@ def test_the_report_run_joins_the_sweeps_most_common_group_and_is_offline_if_any
     assert settings["group"] == "g-main" and settings["offline"] is True
     assert settings["groups"] == ["g-main", "g-odd"]  # (named in the printed summary: a dir of several sweeps)
     assert wandb_settings(jobs[:3], tmp_path / "sweep")["offline"] is False
-    assert wandb_settings([_wandb_job(tmp_path, "0", group="g", mode="disabled")], tmp_path)["offline"] is True
+    assert wandb_settings([_wandb_job(tmp_path, "0", group="g", mode="disabled")], tmp_path) is None
+    assert wandb_settings([*jobs[:3], _wandb_job(tmp_path, "4", group="g-odd", mode="disabled")],
+                          tmp_path / "sweep")["groups"] == ["g-main"]
 
 
 def test_a_resumed_run_shows_where_it_resumed_beside_its_training_time(tmp_path):

@@ -618,7 +618,7 @@ def name_run(cfg: DictConfig, procedure: Procedure, transform: Transform, algo: 
 def run(cfg: DictConfig) -> dict:
     """All stages; returns metrics. Any failure -- an invalid config included -- leaves a
     ``metrics.json`` with ``status: failed`` (``interrupted`` for Ctrl-C) and its error, and the
-    logger is finished (marked failed) in every case."""
+    logger, once started, is finished (marked failed; a run refused before it starts has no logger run)."""
     out_dir = Path(cfg.paths.run_dir)
     # SIGTERM -> Terminated here too: a sweep's jobs run in joblib workers, which main() does not reach (a
     # parallel sweep's job has hydra_main's one-shot handlers instead: apps/sweep_stop.py)

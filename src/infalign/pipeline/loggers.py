@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import secrets
 import warnings
 from pathlib import Path
@@ -243,12 +244,16 @@ class RunWandbLogger(WandbLogger):
             self._wandb_init["id"] = self._id = stored_run_id(self.run_dir, new=True)
 
     def record_group(self) -> None:
-        """Write the group this run went to in :func:`group_file` (rank 0, a run that is not disabled): a kept run
-        logged by a later re-run has no logger config of its own in its record, and the report's run joins the
-        group its runs are in -- the path a sweep's group is named by may since have moved."""
+        """Write where this run went in :func:`group_file` (rank 0, a run that is not disabled): ``{"group",
+        "project", "entity"}`` as JSON -- a kept run logged by a later re-run has no logger config of its own in its
+        record, and the report's run joins its runs' group in their project (it had gone to ``infalign``, cut off
+        from a sweep logged to ``logger.project=myproj``: W&B review); the path a sweep's group is named by may
+        since have moved."""
         group = self._wandb_init.get("group")
         if rank_zero_only.rank == 0 and self.mode != "disabled" and group:
-            atomic_write_text(group_file(self.run_dir), f"{group}\n")
+            where = {"group": str(group), "project": self._wandb_init.get("project"),
+                     "entity": self._wandb_init.get("entity")}
+            atomic_write_text(group_file(self.run_dir), json.dumps(where) + "\n")
 
     @rank_zero_only
     def log_metrics(self, metrics, step: int | None = None) -> None:

@@ -90,8 +90,8 @@ LOGGED = "logged.json"  # the loggers that took the finished run's record (pipel
 
 
 def group_file(run_dir: Path) -> Path:
-    """``<run dir>/wandb/group``: the W&B group the run dir's runs went to (``pipeline/loggers.RunWandbLogger.
-    record_group``), which the report's run joins (``report/wandb_run``)."""
+    """``<run dir>/wandb/group``: where the run dir's W&B runs went -- group, project, entity
+    (``pipeline/loggers.RunWandbLogger.record_group``), which the report's run joins (``report/wandb_run``)."""
     return run_dir / "wandb" / "group"
 
 

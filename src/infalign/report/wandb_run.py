@@ -4,6 +4,7 @@ named ``report`` (``job_type=report``) in the sweep's group, offline when the jo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -42,15 +43,30 @@ def _job_wandb(job: Job) -> dict | None:
     logger) -- the entry's defaults: project ``infalign``, the group the re-run's logger took
     (``sweep_name``, else one per multirun) and offline when the job dir holds an offline run."""
     logger = job.config.get("logger")
-    if logged_to_wandb(logger):
-        return logger
+    if logged_to_wandb(logger):  # (a W&B logger disabled logged nothing: W&B review)
+        return None if logger.get("mode") == "disabled" else logger
     if not any(k.endswith("WandbLogger") for k in logged_kinds(job.path)):
         return None
-    # the group the re-run's logger used, else (logged before it was recorded) sweep_name or wandb_settings' fallback
-    recorded = group_file(job.path)
-    group = recorded.read_text().strip() if recorded.is_file() else None
-    return {"project": "infalign", "group": group or job.config.get("sweep_name"),
+    # where the re-run's logger went (group, project, entity), else (logged before it was recorded) sweep_name or
+    # wandb_settings' fallback
+    where = recorded_wandb(job.path)
+    return {"project": where.get("project") or "infalign", "entity": where.get("entity"),
+            "group": where.get("group") or job.config.get("sweep_name"),
             "mode": "offline" if any((job.path / "wandb").glob("offline-run-*")) else "online"}
+
+
+def recorded_wandb(run_dir: Path) -> dict:
+    """``{"group", "project", "entity"}`` of :func:`~infalign.pipeline.record.group_file` (``RunWandbLogger.
+    record_group``; a file written before it held JSON has the group alone), {} without one."""
+    try:
+        text = group_file(run_dir).read_text().strip()
+    except OSError:
+        return {}
+    try:
+        where = json.loads(text)
+    except ValueError:
+        return {"group": text} if text else {}
+    return where if isinstance(where, dict) else {}
 
 
 def wandb_settings(jobs: Sequence[Job], root: Path) -> dict | None:
