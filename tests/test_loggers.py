@@ -7,6 +7,7 @@ whole ``infalign-train`` run logs to it.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -665,3 +666,41 @@ def test_a_wandb_run_records_its_group_where_the_report_reads_it(tmp_path):
     assert recorded_wandb(tmp_path / "a") == {"group": "multirun-old"}
     wandb_attempt(tmp_path / "d", [], group="g", mode="disabled")
     assert not loggers.group_file(tmp_path / "d").exists()
+
+
+class FakeSummary(dict):
+    """A W&B run summary that records what it was told: updates, and deletions (W&B sends a key's removal)."""
+
+    def __init__(self, held=()):
+        super().__init__({k: 0.0 for k in held})
+        self.removed: list[str] = []
+
+    def __delitem__(self, key):
+        self.removed.append(key)
+        self.pop(key, None)
+
+
+def test_a_continued_runs_wandb_summary_loses_the_record_keys_its_new_record_lacks(tmp_path):
+    """W&B review: W&B merges a summary update key by key, so a run continued with other eval settings showed the
+    earlier policy's bon8 columns and theory beside the new numbers. The record keys an earlier attempt sent
+    (recorded in the run dir; offline the run cannot list them) or that the resumed run's summary shows are
+    removed when the new record lacks them; training curves' keys stay."""
+    first = a_record()
+    first.kl_ratio = 0.9
+    logger = OfflineWandb(save_dir=str(tmp_path), mode="offline")
+    loggers.start(logger, {"seed": 0})
+    logger.experiment.summary = FakeSummary()
+    logger.log_record(first, {})
+    sent = set(first.wandb_summary())
+    assert logger.experiment.summary.removed == [] and sent <= set(logger.experiment.summary)
+    second = copy.deepcopy(first)
+    second.eval.judges["reward_model"].pop("bon4_win_rate")
+    second.kl_ratio = None
+    resumed = OfflineWandb(save_dir=str(tmp_path), mode="offline")
+    loggers.start(resumed, {"seed": 0}, resume_step=3)
+    resumed.experiment.summary = FakeSummary(held=["train/kl", "eval/gold/bon8_win_rate"])  # (online: shown)
+    resumed.log_record(second, {})
+    removed = set(resumed.experiment.summary.removed)
+    assert removed == (sent - set(second.wandb_summary())) | {"eval/gold/bon8_win_rate"}
+    assert "eval/reward_model/bon4_win_rate" in removed and "eval/kl_ratio_to_theory" in removed
+    assert "train/kl" in resumed.experiment.summary  # (a training curve's key: the trainer's)

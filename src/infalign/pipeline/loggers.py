@@ -184,6 +184,31 @@ def steps_file(run_dir: Path, run_id: str) -> Path:
     return run_dir / "wandb" / f"steps-{run_id}"
 
 
+# The summary keys a run record gives (RunRecord.wandb_summary): the ones a continued run's new record may lack
+RECORD_SUMMARY_PREFIXES = ("eval/", "theory/", "world/", "reward_model/")
+
+
+def summary_keys_file(run_dir: Path, run_id: str) -> Path:
+    """``<run dir>/wandb/summary-keys-<run id>``: the record keys last sent to that W&B run's summary."""
+    return run_dir / "wandb" / f"summary-keys-{run_id}"
+
+
+def stale_summary_keys(run_dir: Path, run_id: str, held, summary: dict) -> list[str]:
+    """The record keys W&B run ``run_id`` holds in its summary that ``summary`` (the new record's) lacks: those an
+    earlier attempt sent (:func:`summary_keys_file`) and, online, those the resumed run's summary shows (``held``),
+    under :data:`RECORD_SUMMARY_PREFIXES` -- training curves' keys are the trainer's, and stay."""
+    try:
+        sent = json.loads(summary_keys_file(run_dir, run_id).read_text())
+    except (OSError, ValueError):
+        sent = []
+    try:
+        shown = [str(k) for k in held.keys()]
+    except Exception:  # noqa: BLE001 - a summary that cannot list its keys (offline: the local view only)
+        shown = []
+    keys = {str(k) for k in (sent if isinstance(sent, list) else [])} | set(shown)
+    return sorted(k for k in keys if k.startswith(RECORD_SUMMARY_PREFIXES) and k not in summary)
+
+
 def last_logged_step(run_dir: Path, run_id: str) -> int | None:
     """The highest training step ``run_dir``'s W&B run ``run_id`` was sent (:func:`steps_file`), None when it
     was sent none. Only whole lines count: a kill can cut the last one."""
@@ -271,8 +296,19 @@ class RunWandbLogger(WandbLogger):
         super().log_metrics(metrics, step)
 
     def log_record(self, record: RunRecord, files: dict[str, Path]) -> None:
-        """The summary also as the W&B run summary, the sample responses as a table, the win-rate plot."""
-        self.experiment.summary.update(record.wandb_summary())
+        """The summary also as the W&B run summary, the sample responses as a table, the win-rate plot. A continued
+        run's W&B summary loses the record keys the new record lacks (:func:`stale_summary_keys`): W&B merges a
+        summary update key by key, so a run continued with other ``eval.ns`` showed the earlier policy's ``bon8``
+        columns beside the new numbers (W&B review)."""
+        summary = record.wandb_summary()
+        run = self.experiment
+        if rank_zero_only.rank == 0 and self.mode != "disabled":
+            for key in stale_summary_keys(self.run_dir, str(self._wandb_init["id"]), run.summary, summary):
+                del run.summary[key]
+        run.summary.update(summary)
+        if rank_zero_only.rank == 0 and self.mode != "disabled":
+            atomic_write_text(summary_keys_file(self.run_dir, str(self._wandb_init["id"])),
+                              json.dumps(sorted(summary)) + "\n")
         samples = record.eval.samples if record.eval is not None else None
         if samples:
             self.log_table(key="eval/samples", columns=["prompt", "response"], data=[list(s) for s in samples])
