@@ -312,7 +312,7 @@ def test_the_closing_line_says_what_the_records_say_and_a_jobs_own_stop_sets_the
     old = tmp_path / "4" / "metrics.json"
     os.utime(old, (stop.started - 60, stop.started - 60))  # (an earlier invocation's record)
     request_stop(tmp_path, "SIGTERM", "job 0")
-    stop.finish(tmp_path)
+    stop.finish()
     assert stop.signal_name == "SIGTERM" and sweep_stop.parent_stop_signal() == "SIGTERM"
     assert stop.outcome["interrupted"] == 1 and stop.outcome["no_record"] == 1
     assert stop.outcome["not_started"] == 2  # (NOT_STARTED, and the earlier invocation's unfinished record)

@@ -273,9 +273,8 @@ class GracefulStop(Callback):
         sweep_stop.use_stoppable_backend()  # (its workers ignore the signals outside a job)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        where = Path(config.hydra.sweep.dir)
         for stop in sweep_stop.CURRENT:
             stop.uninstall()
-            stop.finish(where)  # (what the stop left: the command's closing line and exit status read it)
+            stop.finish()  # (what the stop left: the command's closing line and exit status read it)
         sweep_stop.restore_backend()
-        clear_stop(where)
+        clear_stop(Path(config.hydra.sweep.dir))

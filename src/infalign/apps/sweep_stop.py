@@ -93,9 +93,7 @@ PROC = Path("/proc")
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # (another user's: not ours)
+    except (ProcessLookupError, PermissionError):  # (gone, or another user's: not ours)
         return False
     return True
 
@@ -130,15 +128,15 @@ class ParallelStop:
         for signum in SIGNAL_NAMES:
             self.previous[signum] = signal.signal(signum, self.handle)
 
-    def finish(self, where: Path) -> None:
+    def finish(self) -> None:
         """At the multirun's end: the stop a job requested when this process's handlers did not see the signal
         (a job's own signal; ``n_jobs=1``, whose jobs run here under their one-shot handlers), and what the
         stop left (:func:`stop_outcome`) -- the closing line says what happened, not what should have."""
-        marker = stop_requested(where)
+        marker = stop_requested(self.where)
         if self.signal_name is None and marker is not None:
             self.signal_name = str(marker.get("signal") or "SIGINT")
         if self.signal_name is not None:
-            self.outcome = stop_outcome(where, self.started)
+            self.outcome = stop_outcome(self.where, self.started)
 
     def uninstall(self) -> None:
         for signum, previous in self.previous.items():
@@ -253,7 +251,7 @@ def stop_summary() -> str | None:
         return None
     parts = [f"{outcome['interrupted']} running job{'' if outcome['interrupted'] == 1 else 's'} recorded as "
              f"interrupted", f"{outcome['not_started']} not started"]
-    if outcome.get("failed"):
+    if outcome["failed"]:
         parts.append(f"{outcome['failed']} failed (a continue runs {'it' if outcome['failed'] == 1 else 'them'} "
                      "again: the report lists why)")
     if outcome["no_record"]:
@@ -271,7 +269,7 @@ def finish_stops() -> None:
     a worker killed after the stop breaks the pool), so the closing line still counts what the records say."""
     for stop in CURRENT:
         if stop.outcome is None:
-            stop.finish(stop.where)
+            stop.finish()
 
 
 def parent_stop_signal() -> str | None:

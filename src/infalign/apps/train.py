@@ -669,18 +669,16 @@ def run_dir_lock(out_dir: Path):
                               "hydra.run.dir unset for a new unique dir") from None
         except OSError as exc:  # a filesystem without flock (Lustre noflock, NFS without lockd)
             log.warning("cannot lock %s (%s): running without the run-dir lock", out_dir / RUN_LOCK, exc)
-            _write_pid(handle, f"{os.getpid()}\n")  # (a parallel sweep's parent still finds the run to stop)
-            try:
-                yield
-            finally:
-                _write_pid(handle, "")
-            return
+            locked = False  # (the pid is still written: a parallel sweep's parent finds the run to stop)
+        else:
+            locked = True
         _write_pid(handle, f"{os.getpid()}\n")
         try:
             yield
         finally:
             _write_pid(handle, "")
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_pid(handle, text: str) -> None:
@@ -818,7 +816,7 @@ def parallel_job(cfg: DictConfig, received: list[int]) -> float | None:
     """A job of a parallel sweep (``hydra/launcher=local_parallel``; apps/sweep_stop.py): not started once the
     sweep is stopped (``NOT_STARTED``); interrupted, it is recorded as always, stops the sweep, and returns no
     objective instead of raising (joblib would abort the sweep and kill the other running jobs)."""
-    where = sweep_stop.sweep_dir()
+    where, who = sweep_stop.sweep_dir(), f"job {Path(cfg.paths.run_dir).name}"
     try:
         if (marker := stop_requested(where)) is not None:
             raise sweep_stop.NotStarted(marker)
@@ -831,12 +829,12 @@ def parallel_job(cfg: DictConfig, received: list[int]) -> float | None:
         if not interrupted(exc):
             raise
         name = "SIGTERM" if terminated(exc) else "SIGINT"
-        request_stop(where, name, f"job {Path(cfg.paths.run_dir).name}")
+        request_stop(where, name, who)
         log.warning("job stopped by %s and recorded; the sweep stops: no new job starts (%s)", name, where)
         return None
     finally:
         if received:  # (a stop this job took without an exception reaching here: the sweep stops all the same)
-            request_stop(where, sweep_stop.SIGNAL_NAMES[received[0]], f"job {Path(cfg.paths.run_dir).name}")
+            request_stop(where, sweep_stop.SIGNAL_NAMES[received[0]], who)
 
 
 def train_job(cfg: DictConfig) -> float | None:

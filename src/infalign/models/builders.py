@@ -557,6 +557,15 @@ def row_special_tokens(tokenizer, append_eos: bool = True, special_tokens: bool 
     return prefix, [], suffix or ([eos] if eos is not None else []), None
 
 
+def appended_eos(tokenizer, special_tokens: bool = True, pair: bool = False) -> bool:
+    """Whether a row :func:`row_special_tokens` lays out with ``append_eos`` ends with the eos appended here --
+    which says "it ended" -- rather than the tokenizer's own closing token (RoBERTa's ``</s>``, an eos-suffixed
+    Llama: its template's, even where it is the eos) or a text pair's separator."""
+    if pair or tokenizer.eos_token_id is None:
+        return False
+    return not (special_tokens and special_tokens_around(tokenizer)[1])
+
+
 def min_row_length(tokenizer, append_eos: bool = True, special_tokens: bool = True, pair: bool = False) -> int:
     """The shortest ``max_length`` :func:`encode_prompt_response` can cut a row to: its special tokens
     (:func:`row_special_tokens`: ``len(prefix) + len(middle) + len(end)``) plus one prompt and one
@@ -608,10 +617,7 @@ def encode_prompt_response(
     if ended is not None and len(ended) != len(responses):
         raise ValueError(f"{len(ended)} ended flags but {len(responses)} responses")
     prefix, middle, end, types = row_special_tokens(tokenizer, append_eos, special_tokens, pair)
-    # the eos appended here says "it ended"; a tokenizer's own closing token (RoBERTa's </s>, an eos-suffixed Llama)
-    # is its template's, even where it is the eos
-    eos_end = (ended is not None and not pair and append_eos and end == [tokenizer.eos_token_id]
-               and not (special_tokens and special_tokens_around(tokenizer)[1]))
+    eos_end = ended is not None and append_eos and appended_eos(tokenizer, special_tokens, pair)
     least = _min_length(prefix, middle, end)  # min_row_length, from the special tokens already read
     if max_length is not None and max_length < least:
         raise ValueError(f"max_length={max_length} is less than a row's {least - 2} special tokens plus one prompt "

@@ -17,11 +17,11 @@ import torch
 
 from infalign.errors import ConfigError
 from infalign.models.builders import (
+    appended_eos,
     encode_prompt_response,
     min_row_length,
     response_lead,
     row_special_tokens,
-    special_tokens_around,
 )
 from infalign.models.generation import length_buckets
 
@@ -175,13 +175,7 @@ def eos_says_ended(tokenizer, pair: bool = False) -> bool:
     a pad of its own (with pad == eos the classifier reads the token before it,
     :data:`PAD_IS_EOS_READ`): only then does an eos after a response that hit ``max_new_tokens`` tell it,
     wrongly, that the response ended."""
-    eos = tokenizer.eos_token_id
-    if pair or eos is None:  # (a text pair ends with its template's separator)
-        return False
-    if special_tokens_around(tokenizer)[1]:  # its own closing token (an encoder's </s> / [SEP]), not one appended
-        return False
-    _, _, end, _ = row_special_tokens(tokenizer, append_eos=True)
-    return end == [eos] and tokenizer.pad_token_id not in (None, eos)
+    return appended_eos(tokenizer, pair=pair) and tokenizer.pad_token_id not in (None, tokenizer.eos_token_id)
 
 
 def check_reward_max_length(tokenizer, max_length: int | None, pair: bool = False) -> None:
@@ -315,7 +309,7 @@ def score_rows(scorer: Scorer, prompts: list[str], responses: list[str], ended=N
     :class:`RewardScorer`), else its ``score`` and None (a scorer that reads no tokens)."""
     if callable(getattr(scorer, "score_and_cut", None)):
         if ended is not None and getattr(scorer, "drop_unended_eos", False):  # (only a scorer that reads it)
-            return scorer.score_and_cut(prompts, responses, [bool(e) for e in ended])
+            return scorer.score_and_cut(prompts, responses, ended)
         return scorer.score_and_cut(prompts, responses)
     return scorer.score(prompts, responses), None
 

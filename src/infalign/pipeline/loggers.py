@@ -301,14 +301,13 @@ class RunWandbLogger(WandbLogger):
         summary update key by key, so a run continued with other ``eval.ns`` showed the earlier policy's ``bon8``
         columns beside the new numbers (W&B review)."""
         summary = record.wandb_summary()
-        run = self.experiment
-        if rank_zero_only.rank == 0 and self.mode != "disabled":
-            for key in stale_summary_keys(self.run_dir, str(self._wandb_init["id"]), run.summary, summary):
-                del run.summary[key]
+        run, tracked = self.experiment, rank_zero_only.rank == 0 and self.mode != "disabled"
+        run_id = str(self._wandb_init["id"])
+        for key in stale_summary_keys(self.run_dir, run_id, run.summary, summary) if tracked else ():
+            del run.summary[key]
         run.summary.update(summary)
-        if rank_zero_only.rank == 0 and self.mode != "disabled":
-            atomic_write_text(summary_keys_file(self.run_dir, str(self._wandb_init["id"])),
-                              json.dumps(sorted(summary)) + "\n")
+        if tracked:
+            atomic_write_text(summary_keys_file(self.run_dir, run_id), json.dumps(sorted(summary)) + "\n")
         samples = record.eval.samples if record.eval is not None else None
         if samples:
             self.log_table(key="eval/samples", columns=["prompt", "response"], data=[list(s) for s in samples])

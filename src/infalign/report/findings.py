@@ -319,16 +319,15 @@ def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: C
     if not judged:
         return None, f"A/A control '{control}' has 1 seed: no yardstick"
     lo, hi = min(kl for kl, _ in c.cells), max(kl for kl, _ in c.cells)
-    inside = [abs(g) for x in judged for kl, g in x.cells if lo - 1e-9 <= kl <= hi + 1e-9]
-    if not inside:
+    # only pairs with a cell in the range (a pair whose KLs all lie elsewhere is another regime)
+    pairs = [x for x in judged if any(lo - 1e-9 <= kl <= hi + 1e-9 for kl, _ in x.cells)]
+    if not pairs:
         return None, f"A/A control '{control}' has no common KL in {lo:.2f}-{hi:.2f}"
     # each pair's cells in the range, and its nearest ones outside while it has fewer than MIN_AA_CELLS there: the
     # maximum of one or two |gain|s favoured "beyond A/A noise" (a claim over KL 0.53-0.62 met one null cell per
-    # pair; findings audit)
-    # only pairs with a cell in the range (a pair whose KLs all lie elsewhere is another regime), and within a
-    # factor of two of it: noise grows with KL, and a cell at 3x the range's top made an 8-point yardstick
-    near = [[cell for cell in x.cells if lo / 2 - 1e-9 <= cell[0] <= 2 * hi + 1e-9] for x in judged
-            if any(lo - 1e-9 <= kl <= hi + 1e-9 for kl, _ in x.cells)]
+    # pair; findings audit) -- within a factor of two of the range: noise grows with KL, and a cell at 3x the
+    # range's top made an 8-point yardstick
+    near = [[cell for cell in x.cells if lo / 2 - 1e-9 <= cell[0] <= 2 * hi + 1e-9] for x in pairs]
     taken = [_nearest_cells(pair, lo, hi, MIN_AA_CELLS) for pair in near]
     cells = [cell for pair in taken for cell in pair]
     a, b = min(lo, *(kl for kl, _ in cells)), max(hi, *(kl for kl, _ in cells))
