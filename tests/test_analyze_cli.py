@@ -57,6 +57,7 @@ BAD = [
     (["transforms=[identity]", "t=[abc]"], "t='abc'"),
     (["kl.list=[1.0]", "kl.num=abc"], "kl.num='abc'"),
     (["best_t.budgets=[1.0,1.0]"], "best_t.budgets=[1.0, 1.0]"),
+    (["calibration.K=0"], "calibration.K=0"),
 ]
 
 

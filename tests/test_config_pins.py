@@ -96,7 +96,7 @@ def test_best_t_scan_needs_two_points():
     """Z1: the best-t scan needs best_t.num >= 2 points (a grid of one is no scan); 1 is refused and 2
     passes."""
     assert refused_key(validate_analyze, "best_t.num=1") == "best_t.num"
-    assert validate_analyze("best_t.num=2")[-1] == 2
+    assert validate_analyze("best_t.num=2").num == 2
 
 
 def test_t_zero_is_refused_even_when_no_exp_transform_reads_it():

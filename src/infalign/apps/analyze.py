@@ -20,6 +20,7 @@ import re
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -42,6 +43,7 @@ from infalign.errors import ConfigError, require
 from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
+from infalign.math.finite_k import MAX_K, seen_through_table
 from infalign.math.procedures import BestOfN, Procedure
 from infalign.math.transforms import Exp, finite_in_float32
 
@@ -233,12 +235,51 @@ def _instantiate(make, *args, **kwargs):
         raise
 
 
-def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, int]:
-    """Everything that can be checked before compute: (procedure, transforms, budgets, best-t budgets, t-scan size)."""
+TABLE_ALLOWED = "null (the exact theory: K = inf) or an integer >= 1 (reference samples per prompt)"
+
+
+def calibration_table(cfg: DictConfig) -> dict | None:
+    """``calibration: {K, smoothing}`` as the theory reads it (``math/finite_k.seen_through_table``: each
+    transform tilted as ``Phi_K``, docs/method.md (4.11)), or None for the exact theory (``K: null``); a ConfigError
+    names a bad key. (A K past ``finite_k.MAX_K`` is kept: the theory is then exact, as beside a trained run.)"""
+    node = cfg.get("calibration") or {}
+    smoothing = node.get("smoothing", False)
+    require(isinstance(smoothing, bool), "calibration.smoothing", smoothing, "true or false")
+    if node.get("K") is None:
+        return None
+    k = _number("calibration.K", node.get("K"), TABLE_ALLOWED, int)
+    require(k >= 1, "calibration.K", k, TABLE_ALLOWED)
+    return {"K": k, "smoothing": smoothing}
+
+
+def seen_through(transforms: list, table: dict | None) -> list:
+    """Each transform as a run with ``table`` trains on it (``Phi_K``); a transform not finite at the table's
+    values (``log`` without a floor at ``C_hat = 0``) is a ConfigError of ``calibration.K``."""
+    try:
+        return [seen_through_table(transform, table) for transform in transforms]
+    except ValueError as exc:
+        raise ConfigError("calibration.K", table["K"], "a table whose values every transform maps to finite numbers",
+                          f"{exc}; calibration.smoothing=true keeps C_hat off 0 and 1") from None
+
+
+class Checked(NamedTuple):
+    """What :func:`validate` checked, ready for compute."""
+
+    procedure: Procedure
+    transforms: list  # seen through the calibration table when one is given
+    budgets: np.ndarray
+    bt_budgets: np.ndarray  # the best-t scan's budgets
+    num: int  # the t scan's size
+    calibration: dict | None  # :func:`calibration_table`
+
+
+def validate(cfg: DictConfig) -> Checked:
+    """Everything that can be checked before compute."""
     check_analyze_keys(cfg)  # a key analyze does not read: a typo, or a train setting (`+transform=...`)
     procedure: Procedure = _instantiate(instantiate, cfg.procedure)
     checked_t(cfg)  # also when no exp-family transform reads it
-    transforms = build_transforms(cfg, procedure)
+    table = calibration_table(cfg)
+    transforms = seen_through(build_transforms(cfg, procedure), table)
     budgets = kl_budgets(cfg)
     values = _numbers("best_t.budgets", cfg.best_t.budgets, "a non-empty list of KL budgets > 0 (nats)")
     try:
@@ -252,7 +293,18 @@ def validate(cfg: DictConfig) -> tuple[Procedure, list, np.ndarray, np.ndarray, 
     for key in ("optimal", "plot", "parallel"):
         require(isinstance(cfg[key], bool), key, cfg[key], "true or false")
     require(cfg.get("plot_scale", "auto") in PLOT_SCALES, "plot_scale", cfg.get("plot_scale"), f"one of {list(PLOT_SCALES)}")
-    return procedure, transforms, budgets, bt_budgets, num
+    return Checked(procedure, transforms, budgets, bt_budgets, num, table)
+
+
+def table_note(table: dict | None) -> str | None:
+    """What the curves tilt, said beside them: None for the exact theory."""
+    if table is None:
+        return None
+    if table["K"] > MAX_K:
+        return f"calibration K = {table['K']} > {MAX_K}: the exact theory (Phi_K = Phi within its resolution)"
+    smoothed = ", smoothed" if table["smoothing"] else ""
+    return (f"transforms seen through a K = {table['K']} calibration table{smoothed} (Phi_K, docs/method.md (4.11)); "
+            "the optimal frontier stays exact: a bound for every transform of C")
 
 
 def _optimal_frontier(procedure: Procedure, budgets: np.ndarray, bt_budgets: np.ndarray):
@@ -284,14 +336,14 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
     the numbers and files are those of the serial run (``parallel=false``). ``metrics.json`` is
     written last.
     """
-    procedure, transforms, budgets, bt_budgets, num = validate(cfg)
+    procedure, transforms, budgets, bt_budgets, num, table = validate(cfg)
     parallel = cfg.get("parallel", True)
     own = helper is None or not parallel
     with Background(PLOT_MODULES if cfg.plot else (), enabled=parallel) if own else nullcontext(helper) as helper:
         if not own:  # started before the config existed: give it this run's thread counts first
             helper.submit(apply_threads, cfg.get("threads"), torch=False)
         best_job = helper.submit(theory.best_t, procedure, bt_budgets, theory.default_t_grid(procedure, num),
-                                 extend=True)
+                                 extend=True, calibration=table)
         frontier_job = helper.submit(theory.frontiers, transforms, procedure, budgets)
         optimal_at: dict[float, float] = {}
         opt = None
@@ -304,10 +356,13 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         frontiers = frontier_job.result() + ([opt] if opt is not None else [])
         best = best_job.result()
 
-        rows = [row | {"n": procedure.n} for f in frontiers for row in f.rows()]
+        # the table each curve tilts through: the transforms' (inf: exact), the optimal frontier's always exact
+        table_k = math.inf if table is None or table["K"] > MAX_K else table["K"]
+        rows = [row | {"n": procedure.n, "calibration_K": math.inf if f is opt else table_k}
+                for f in frontiers for row in f.rows()]
         atomic_write_csv(out_dir / "curves.csv", rows)
         best_rows = [
-            {"procedure": procedure.label, "kl_budget": b, "best_t": t, "beta": be,
+            {"procedure": procedure.label, "calibration_K": table_k, "kl_budget": b, "best_t": t, "beta": be,
              "beta_expn": expn_beta(be, t), "win_rate": w,
              "at_scan_edge": bool(edge), "flat": bool(flat), "trainable": untrainable_reason(t, be) is None,
              "optimal_win_rate": optimal_at.get(float(b), math.nan)}
@@ -319,6 +374,7 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
             "procedure": procedure.label,
             "transforms": [f.transform for f in frontiers],
             "kl_budgets": budgets.tolist(),
+            "calibration": table,  # null: the exact theory (K = inf)
             "best_t": best_rows,
             "unreachable": [r for r in rows if not r["reachable"]],
             "not_converged": [r for r in rows if r["reachable"] and not r["converged"]],
@@ -327,10 +383,10 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         if cfg.plot:
             plot_job = helper.submit(plot_frontiers, frontiers, out_dir / "frontier.png", procedure.label,
                                      None if bon_point is None else (bon_point.kl, bon_point_win),
-                                     cfg.get("plot_scale", "auto"))
+                                     cfg.get("plot_scale", "auto"), table_note(table))
         else:  # a run dir used before: its plot is another analysis's (beside this one's tables)
             (out_dir / "frontier.png").unlink(missing_ok=True)
-        _print_tables(procedure, frontiers, best_rows, bool(cfg.optimal), num)  # while the helper draws
+        _print_tables(procedure, frontiers, best_rows, bool(cfg.optimal), num, table)  # while the helper draws
         if cfg.plot:
             metrics["plot_scale"] = plot_job.result()
     atomic_write_json(out_dir / "metrics.json", metrics)
@@ -353,7 +409,7 @@ TABLE_BUDGETS = 18  # the printed win-rate tables show every KL budget up to thi
 
 
 def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], optimal: bool = True,
-                  scan_num: int = 40) -> None:
+                  scan_num: int = 40, calibration: dict | None = None) -> None:
     from rich.table import Table
 
     from infalign.infra.console import console as rich_console
@@ -404,6 +460,8 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], 
         bt.add_row(f"{r['kl_budget']:.4g}", t, f"{r['beta']:.4g}", f"{r['beta_expn']:.4g}",
                    *(f"{w:.4f}" if np.isfinite(w) else "unreach." for w in rates))
     console.print(bt)
+    if (note := table_note(calibration)) is not None:
+        console.print(f"  {note}", highlight=False)
 
 
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32, ~1.18e-38

@@ -58,7 +58,7 @@ def choose_scale(frontiers: list, requested: str = "auto") -> str:
 
 
 def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple[float, float] | None = None,
-                   scale: str = "auto") -> str:
+                   scale: str = "auto", table_note: str | None = None) -> str:
     """Two panels, inference-time and standard win rate vs the KL *achieved*, one line per transform.
 
     The optimal frontier is black dashed, identity a thick dotted line drawn on top (it is often
@@ -66,7 +66,7 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
     converge are crosses at their KL budget on the bottom edge, never part of a line (the line breaks
     there; a valid point between two such gaps is a dot). ``scale``:
     ``linear``, ``logodds`` (y = log(w / (1 - w)), ticks labelled in win rate) or ``auto``.
-    Returns the scale used.
+    ``table_note``: said above the panels (the transforms seen through a K-sample table). Returns the scale used.
     """
     from infalign.infra.plotting import figure, save_png
 
@@ -116,8 +116,9 @@ def plot_frontiers(frontiers: list, path: Path, procedure: str, bon_point: tuple
         ax.set_title(title + " vs KL (calibrated-space theory)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    notes = (["x on the bottom edge: KL budget unreachable or not converged (reason in curves.csv)"]
-             if any((~f.valid).any() for f in frontiers) else [])
+    notes = [table_note] if table_note else []
+    if any((~f.valid).any() for f in frontiers):
+        notes.append("x on the bottom edge: KL budget unreachable or not converged (reason in curves.csv)")
     if saturated:
         notes.append("win rates within 1e-12 of 1 (or 0) are drawn on that edge of the log-odds axis")
     if notes:

@@ -29,7 +29,7 @@ beta in expm1/log1p form. A result is returned only where the grid resolves the 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -739,9 +739,13 @@ def default_t_grid(procedure: Procedure, num: int = 40) -> np.ndarray:
     return -mags if procedure.sign < 0 else mags
 
 
-def _t_scan(procedure: Procedure, budgets: np.ndarray, ts: np.ndarray, normalized: bool, grid: Grid):
-    """Win rates and betas ``[len(ts), len(budgets)]`` of exp(t) at each KL budget (one batch)."""
-    phis = np.stack([phi_table(Exp(float(t), normalized), grid) for t in ts])  # [T, G]
+def _t_scan(procedure: Procedure, budgets: np.ndarray, ts: np.ndarray, normalized: bool, grid: Grid,
+            calibration: Mapping | None = None):
+    """Win rates and betas ``[len(ts), len(budgets)]`` of exp(t) at each KL budget (one batch), each exp(t) seen
+    through ``calibration``'s K-sample table (``Phi_K``, docs/method.md (4.11); None: exact)."""
+    from infalign.math.finite_k import seen_through_table  # (finite_k is built on this module)
+
+    phis = np.stack([phi_table(seen_through_table(Exp(float(t), normalized), calibration), grid) for t in ts])  # [T, G]
     nt, nb = len(ts), len(budgets)
     rows = np.repeat(np.arange(nt), nb)
     beta, status = beta_search(phis, np.tile(budgets, nt), grid, rows=rows)
@@ -765,8 +769,12 @@ def best_t(
     normalized: bool = False,
     grid: Grid = DEFAULT_GRID,
     extend: bool | None = None,
+    calibration: Mapping | None = None,
 ) -> BestT:
     """Scan exp(t) transforms over ``ts`` at each KL budget and return the best t per budget.
+
+    ``calibration`` (a ``{K, smoothing}`` mapping, as a run's ``calibration`` node) scans each exp(t) as a run
+    trains on it, seen through a K-sample table (``Phi_K``, docs/method.md (4.11)); None: the exact theory.
 
     The whole (t, budget) scan is solved as one vectorised batch. With ``extend`` (default: when
     ``ts`` is the default grid) a best t at either end of the scan extends it geometrically
@@ -781,7 +789,7 @@ def best_t(
     ts = default_t_grid(procedure) if ts is None else np.asarray(ts, np.float64)
     require(ts.ndim == 1 and ts.size > 0 and np.all(np.isfinite(ts)) and np.all(ts != 0), "t", ts.tolist(),
             "a non-empty list of nonzero exponents")
-    table, betas = _t_scan(procedure, budgets, ts, normalized, grid)
+    table, betas = _t_scan(procedure, budgets, ts, normalized, grid, calibration)
     while extend and len(ts) > 1:
         order = np.argsort(np.abs(ts))
         best, any_ok = _argmax_rows(table)
@@ -796,7 +804,7 @@ def best_t(
         new = np.setdiff1d(np.unique(new), ts)
         if new.size == 0:
             break
-        more, more_beta = _t_scan(procedure, budgets, new, normalized, grid)
+        more, more_beta = _t_scan(procedure, budgets, new, normalized, grid, calibration)
         ts, table, betas = np.concatenate([ts, new]), np.concatenate([table, more]), np.concatenate([betas, more_beta])
     best, any_ok = _argmax_rows(table)
     cols = np.arange(len(budgets))
