@@ -25,7 +25,6 @@ from typing import NamedTuple
 import hydra
 import numpy as np
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig
 
 from infalign.apps.analyze_plot import PLOT_SCALES, plot_frontiers
@@ -35,6 +34,7 @@ from infalign.apps.config import (
     check_analyze_keys,
     decreasing_transform,
     hydra_refusals_exit_2,
+    instantiate_checked,
     instantiate_entry,
     load_group_entry,
     own_entry,
@@ -179,13 +179,13 @@ def build_transforms(cfg: DictConfig, procedure: Procedure) -> list:
             if entry.get("t") is not None and pinned_t(str(name)):  # drawn at its own t
                 if exp and (why := procedure.against(float(entry.t))) is not None:
                     log.warning(f"transforms={name}: {why}")
-                out.append(_instantiate(instantiate_entry, "transform", name, cfg))
+                out.append(instantiate_checked("transform", name, cfg, make=instantiate_entry))
             elif entry.get("t") is not None:  # a t family: one line per t
                 ts = exponents(cfg, procedure) if exp else (checked_t(cfg) or list(AUTO_T))
-                out += [_instantiate(instantiate_entry, "transform", name, cfg, t=t) for t in dict.fromkeys(ts)]
+                out += [instantiate_checked("transform", name, cfg, make=instantiate_entry, t=t) for t in dict.fromkeys(ts)]
                 t_read = True
             else:
-                out.append(_instantiate(instantiate_entry, "transform", name, cfg))
+                out.append(instantiate_checked("transform", name, cfg, make=instantiate_entry))
         except InstantiationException as exc:  # (e.g. a `t` key on an entry whose class takes none)
             raise ConfigError("transforms", name, "an entry of conf/transform/ that instantiates",
                               f"{type(exc.__cause__ or exc).__name__}: {exc.__cause__ or exc}") from None
@@ -223,16 +223,6 @@ def check_finite_transform(transform) -> None:
                  if bad.any() else "")
         raise ConfigError("transforms", transform.label, "transforms the theory can tilt: no NaN or +inf on [0, 1]",
                           str(exc) + where) from exc
-
-
-def _instantiate(make, *args, **kwargs):
-    """``make(*args, **kwargs)`` (a Hydra instantiation), surfacing our ConfigError instead of Hydra's wrapper."""
-    try:
-        return make(*args, **kwargs)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, ConfigError):
-            raise exc.__cause__ from None
-        raise
 
 
 TABLE_ALLOWED = "null (the exact theory: K = inf) or an integer >= 1 (reference samples per prompt)"
@@ -276,7 +266,7 @@ class Checked(NamedTuple):
 def validate(cfg: DictConfig) -> Checked:
     """Everything that can be checked before compute."""
     check_analyze_keys(cfg)  # a key analyze does not read: a typo, or a train setting (`+transform=...`)
-    procedure: Procedure = _instantiate(instantiate, cfg.procedure)
+    procedure: Procedure = instantiate_checked(cfg.procedure)
     checked_t(cfg)  # also when no exp-family transform reads it
     table = calibration_table(cfg)
     transforms = seen_through(build_transforms(cfg, procedure), table)

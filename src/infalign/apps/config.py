@@ -390,10 +390,11 @@ def exit_on_config_error(exc: ConfigError, program: str = "infalign-train") -> N
     raise SystemExit(CONFIG_ERROR_EXIT)
 
 
-def instantiate_checked(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that surfaces our ConfigError instead of Hydra's wrapper."""
+def instantiate_checked(node: Any, *args: Any, make: Any = None, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node, **kwargs)`` -- or ``make(node, *args, **kwargs)``, another Hydra
+    instantiation -- that surfaces our ConfigError instead of Hydra's wrapper."""
     try:
-        return instantiate(node, **kwargs)
+        return (make or instantiate)(node, *args, **kwargs)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, ConfigError):
             raise exc.__cause__ from None
