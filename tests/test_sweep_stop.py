@@ -470,3 +470,24 @@ def test_a_paper_step_stops_when_its_driver_is_killed(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(ready.read_text()), signal.SIGKILL)  # (the step, were it left running)
     assert log.read_text().split() == [str(int(signal.SIGTERM)), "recorded"]
+
+
+def test_an_interrupted_jobs_continue_command_names_its_sweep_and_a_single_runs_its_own_overrides(tmp_path,
+                                                                                                monkeypatch):
+    """``continue_command``: a multirun job's says to run the sweep again in its dir with ``last_or_new``; a single
+    run's gives its own command (here before its first checkpoint)."""
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(
+        mode=SimpleNamespace(name="MULTIRUN"), sweep=SimpleNamespace(dir=f"{tmp_path}/sweep/"))))
+    said = train_app.continue_command(tmp_path / "sweep" / "3")
+    assert f"hydra.sweep.dir={tmp_path / 'sweep'} ckpt_path=last_or_new" in said
+    assert said.startswith(f"recorded as interrupted in {tmp_path / 'sweep' / '3' / 'metrics.json'}; continue the sweep")
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=None)))
+    monkeypatch.setattr(train_app, "task_overrides", lambda: ["seed=3"])
+    said = train_app.continue_command(tmp_path / "run")
+    assert "continue the sweep" not in said and "(before its first checkpoint); continue with:" in said
+    assert "seed=3" in said

@@ -707,13 +707,11 @@ def continue_command(out_dir: Path) -> str:
     """What to run to continue the interrupted run in ``out_dir``: the run's own overrides with its
     dir and ``ckpt_path=last`` (when it left a checkpoint; without one the dir is free for a new run:
     :func:`check_run_dir`), or for a sweep's job the sweep again in its dir with ``last_or_new``."""
-    from hydra.core.hydra_config import HydraConfig
-
     from infalign.pipeline.policy_cache import continue_command_line
 
     where = f"recorded as interrupted in {out_dir / 'metrics.json'}"
-    if HydraConfig.initialized() and HydraConfig.get().mode is not None and HydraConfig.get().mode.name == "MULTIRUN":
-        return (f"{where}; continue the sweep with the same command and hydra.sweep.dir={HydraConfig.get().sweep.dir} "
+    if (sweep := sweep_stop.sweep_dir()) is not None:
+        return (f"{where}; continue the sweep with the same command and hydra.sweep.dir={sweep} "
                 "ckpt_path=last_or_new (finished jobs are kept, this one resumes)")
     command, ckpt = continue_command_line(out_dir, task_overrides())
     return f"{where}{'' if ckpt else ' (before its first checkpoint)'}; continue with: {command}"
