@@ -485,7 +485,8 @@ def test_an_interrupted_jobs_continue_command_names_its_sweep_and_a_single_runs_
         mode=SimpleNamespace(name="MULTIRUN"), sweep=SimpleNamespace(dir=f"{tmp_path}/sweep/"))))
     said = train_app.continue_command(tmp_path / "sweep" / "3")
     assert f"hydra.sweep.dir={tmp_path / 'sweep'} ckpt_path=last_or_new" in said
-    assert said.startswith(f"recorded as interrupted in {tmp_path / 'sweep' / '3' / 'metrics.json'}; continue the sweep")
+    record = tmp_path / "sweep" / "3" / "metrics.json"
+    assert said.startswith(f"recorded as interrupted in {record}; continue the sweep")
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=None)))
     monkeypatch.setattr(train_app, "task_overrides", lambda: ["seed=3"])
     said = train_app.continue_command(tmp_path / "run")
