@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -287,6 +289,27 @@ def test_a_single_seed_against_three_is_no_fixed_baseline():
                    baselines=["identity"]).gains[0]
     assert r.seed_test == "pooled" and not np.any(r.significant)
     np.testing.assert_allclose(r.seed_high - r.seed_low, 2 * half, atol=1e-7)
+
+
+def test_one_seed_against_three_gets_the_pooled_interval_but_no_verdict():
+    """Method: one seed at 0.10; baseline seeds at 0, 0.001, 0.002 (v = 1e-6): the pooled interval, 0.099 +-
+    4.30 * sqrt(1e-6 * 4/3) = +-0.005, lies far above 0 and so does the prompt CI (noiseless runs) -- but the
+    interval assumes the single seed trains as quietly as the three, which one seed cannot show: no verdict
+    (``gives_verdict``), and the report's sentence says so beside the pooled interval. (Was significant: a
+    statistics review's Monte Carlo called 12 % of no-gain comparisons significant at 2x the baseline's noise.)"""
+    from infalign.report.matched import gain_clause
+
+    z, d = world()
+    runs = _seeded("identity", {0: 0.0, 1: 0.001, 2: 0.002}, z, d) + _seeded("exp", {0: 0.10}, z, d)
+    result = matched_kl(runs, baselines=["identity"])
+    (g,) = result.gains
+    assert g.seed_test == "pooled" and np.all(g.seed_low > 0.09) and np.all(g.total_low > 0) and np.all(g.low > 0)
+    assert not np.any(g.significant) and np.all(g.prompt_significant)
+    panel = SimpleNamespace(result=result)
+    said = gain_clause(panel, g, 0)
+    assert said.startswith("exp is ahead of identity on these prompts: +9.9")
+    assert "1 vs 3 seeds: the single seed's training noise is not measured, no verdict" in said
+    assert "1 vs 3 seeds, pooled [+9." in said
 
 
 @pytest.mark.parametrize("method_seeds,base_seeds", [((0, 1, 2), (0,)), ((0,), (0, 1, 2)), ((0, 1, 2), (0, 1, 2, 3))])

@@ -57,7 +57,10 @@ seeds. The gain also gets a seed interval (``seed_test`` says which):
 * ``pooled``: one side has a single seed, the other ``S >= 2``: its variance stands for both
   (equal-variance two-sample t): ``g_m(k) +- t_{(1+level)/2, S_m+S_b-2} sqrt(v (1/S_m + 1/S_b))``
   with ``v = ((S_m-1) v_m + (S_b-1) v_b) / (S_m+S_b-2)``; ``seed_spread = sqrt(2 v)``. (Holding the
-  single seed's curve fixed would ignore that it, too, is one draw of the training noise.)
+  single seed's curve fixed would ignore that it, too, is one draw of the training noise.) The interval
+  assumes both methods train equally noisily, which one seed cannot show: it is reported, but gives **no
+  verdict** (:func:`gives_verdict`) -- a method training 2x (3x) noisier than a 3-seed baseline had its
+  no-gain A/A comparison called significant 12 % (21 %) of the time (a statistics review's Monte Carlo).
 * ``none``: one seed on each side: no seed interval (NaN), and no verdict (below).
 
 **Total interval.** Each interval leaves out one source of noise: the prompt bootstrap holds the
@@ -87,8 +90,8 @@ narrower of the two -- then the seed interval decides, as before the total inter
 seeds and per-prompt effects the total interval is the one that holds the level. The sign agreement
 matters at a curve's kink: a percentile interval can exclude its own estimate there (every resample
 reads a peak lower), and a verdict must not contradict its own interval. ``prompt_significant`` is the part the prompt
-bootstrap alone decides (estimate and prompt CI on one side); with one seed on each side
-(``seed_test == "none"``) it is all there is, and ``significant`` is False: training noise is not
+bootstrap alone decides (estimate and prompt CI on one side); with one seed on either side
+(``seed_test`` none or pooled) it is all that is judged, and ``significant`` is False: training noise is not
 assessed, and in an A/A comparison of two trainings a prompt-only test called 40 % of the gains
 significant in the test's simulation (tests/test_matched_kl.py; the share grows with training noise
 against prompt noise). With 3 paired seeds ``t_{0.975, 2} = 4.30``: a gain needs about 2.5 seed
@@ -534,6 +537,15 @@ def _t_interval(mean: np.ndarray, se: np.ndarray, df, alpha: float) -> tuple[np.
     return mean - half, mean + half
 
 
+VERDICT_TESTS = ("paired", "welch")  # the seed tests that measure both sides' training noise
+
+
+def gives_verdict(seed_test: str) -> bool:
+    """Whether a gain with this ``seed_test`` can be significant (module docstring, **Seeds**): not with one seed
+    on either side (``none``; ``pooled``, whose interval assumes the single seed's noise equals the other side's)."""
+    return seed_test in VERDICT_TESTS
+
+
 def two_sample_seed_error(a: np.ndarray, b: np.ndarray) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     """``(test, spread, se, df)`` of ``mean(a) - mean(b)`` for unpaired per-seed curves (module
     docstring, **Seeds**); NaN ``spread`` and ``se`` for ``none``."""
@@ -588,7 +600,8 @@ def _gain(m: str, b: str, point: dict, boot: dict, alpha: float, num_prompts: in
         total_low, total_high = total_interval(gain, se_prompt, max(num_prompts - 1, 1), se_seed, df_seed, alpha)
     up, down = (gain > ZERO_TOL) & (low > ZERO_TOL), (gain < -ZERO_TOL) & (high < -ZERO_TOL)
     prompt_significant = up | down
-    significant = ((up & (seed_low > ZERO_TOL) & (total_low > ZERO_TOL))  # NaN compares False: no verdict
-                   | (down & (seed_high < -ZERO_TOL) & (total_high < -ZERO_TOL)))
+    significant = gives_verdict(test) & (  # (none: NaN intervals compare False anyway)
+        (up & (seed_low > ZERO_TOL) & (total_low > ZERO_TOL))
+        | (down & (seed_high < -ZERO_TOL) & (total_high < -ZERO_TOL)))
     return Gain(m, b, gain, low, high, n_seeds, spread, significant, seed_low, seed_high, test, n_base,
                 prompt_significant, total_low, total_high)

@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infalign.report.matched import KNOB_ORDER_NOTE, chord_note, points, seed_interval_text
+from infalign.math.matched_kl import gives_verdict
+from infalign.report.matched import KNOB_ORDER_NOTE, chord_note, no_verdict_text, points, seed_interval_text
 
 __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
            "findings_json", "read_against_aa", "aa_yardstick"]
@@ -140,7 +141,8 @@ class Comparison:
     num_kls: int = 0
     significant: bool = False
     n_seeds: int = 0
-    seed_test: str = ""  # the report's: paired | welch | pooled | none (one seed each: no verdict)
+    n_seeds_baseline: int = 0
+    seed_test: str = ""  # the report's: paired | welch | pooled | none (pooled / none: one seed on a side, no verdict)
     max_abs_gain: float | None = None  # over every KL of the panel
     cells: list[tuple[float, float]] = field(default_factory=list)  # (KL, gain) at every common KL
     aa: str = ""  # the A/A reading of a significant outcome: "within", "beyond", or "none" (no yardstick)
@@ -175,9 +177,17 @@ def _read_rows(path: Path) -> list[dict] | None:
         return None
 
 
-def _outcome(expect: int | None, c: Comparison) -> str:
-    if c.seed_test in ("", "none"):  # as the report: one seed on each side, training noise not assessed
+def no_verdict(c: Comparison) -> str:
+    """``no verdict (...)`` of a comparison with one seed on either side (as the report: training noise not
+    assessed, ``math/matched_kl.gives_verdict``)."""
+    if c.seed_test in ("", "none"):
         return "no verdict (1 seed: training noise not assessed)"
+    return f"no verdict ({no_verdict_text(c.seed_test, c.n_seeds, c.n_seeds_baseline)})"
+
+
+def _outcome(expect: int | None, c: Comparison) -> str:
+    if not gives_verdict(c.seed_test):
+        return no_verdict(c)
     if not c.significant:
         return "not significant" if expect is None else "not established"
     if c.chords:  # significant, but no larger than what the runs' KL placement alone makes: not evidence
@@ -225,11 +235,10 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c.max_abs_gain = max(abs(g) for _, g in c.cells) if c.cells else None
             # (a report from before the total interval has no total_* columns: read as it was, without them)
             bounds = (_float(mid.get(k)) for k in ("seed_low", "seed_high", "total_low", "total_high"))
-            c.seeds = seed_interval_text(c.seed_test, c.n_seeds, int(_float(mid.get("n_seeds_baseline")) or 0),
-                                         *bounds)
+            c.n_seeds_baseline = int(_float(mid.get("n_seeds_baseline")) or 0)
+            c.seeds = seed_interval_text(c.seed_test, c.n_seeds, c.n_seeds_baseline, *bounds)
             c.outcome = _outcome(claim.expect, c) if claim.expect != 0 else (
-                "no verdict (1 seed: training noise not assessed)" if c.seed_test == "none" else
-                f"{significant_text(c)} KLs significant")
+                no_verdict(c) if not gives_verdict(c.seed_test) else f"{significant_text(c)} KLs significant")
             if unordered := [m for m in (method, claim.baseline) if m in zigzag]:
                 c.caveat = (f"{' and '.join(unordered)}: KL not monotone in its knob -- its curve joins runs far "
                             "apart on it; matched_kl.md")
@@ -250,8 +259,8 @@ def _knob_order_methods(summary: Path) -> set[str]:
 def significant_text(c: Comparison) -> str:
     """The KLs where the gain is significant, by sign: ``+4 −1 of 6``; ``not assessed (1 seed)`` with one seed
     per method, where no significance is tested (walkthrough: ``+0 −0 of 6`` read as "nowhere significant")."""
-    if c.seed_test == "none":
-        return "not assessed (1 seed)"
+    if not gives_verdict(c.seed_test):
+        return "not assessed (1 seed)" if c.seed_test in ("", "none") else "not assessed (1 seed on one side)"
     return f"+{c.significant_up} −{c.significant_kls - c.significant_up} of {c.num_kls}"
 
 
@@ -260,7 +269,7 @@ def _verdict(claim: Claim, comparisons: Sequence[Comparison]) -> str:
     if not measured:
         return "not measured"
     if claim.expect == 0:
-        judged = [c for c in measured if c.seed_test != "none"]
+        judged = [c for c in measured if gives_verdict(c.seed_test)]
         left = [f"{n} {what}" for n, what in ((len(comparisons) - len(measured), "not measured"),
                                               (len(measured) - len(judged), "with 1 seed")) if n]
         left_text = f"; {', '.join(left)} of {len(comparisons)} comparisons" if left else ""
@@ -315,9 +324,10 @@ def aa_yardstick(found: Sequence[Finding], control: str | None, judge: str, c: C
     measured = [x for x in mine if x.gain is not None]
     if not measured:
         return None, f"A/A control '{control}' not measured: not run"
-    judged = [x for x in measured if x.seed_test not in ("", "none")]
+    judged = [x for x in measured if gives_verdict(x.seed_test)]
     if not judged:
-        return None, f"A/A control '{control}' has 1 seed: no yardstick"
+        side = "" if all(x.seed_test in ("", "none") for x in measured) else " on one side"
+        return None, f"A/A control '{control}' has 1 seed{side}: no yardstick"
     lo, hi = min(kl for kl, _ in c.cells), max(kl for kl, _ in c.cells)
     # only pairs with a cell in the range (a pair whose KLs all lie elsewhere is another regime)
     pairs = [x for x in judged if any(lo - 1e-9 <= kl <= hi + 1e-9 for kl, _ in x.cells)]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from infalign.errors import ConfigError
-from infalign.math.matched_kl import Gain, MatchedKL, Run, matched_kl
+from infalign.math.matched_kl import Gain, MatchedKL, Run, gives_verdict, matched_kl
 from infalign.math.procedures import Procedure, make_procedure
 from infalign.report.collect import Job
 from infalign.report.naming import (
@@ -254,20 +254,30 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
     """E.g. ``expn(t=4) beats identity: +2.1 [+0.8, +3.4] points, 3 seeds [+1.2, +3.0], total [+0.9,
     +3.3] (significant at 4/6 KLs)`` at grid KL ``i`` (prompt-bootstrap CI, the seed interval and the
     total interval of docs/method.md §10): "beats" / "trails" only when significant there, else "does
-    not differ significantly from"; with one seed per method no verdict: "is ahead of" / "is behind"
+    not differ significantly from"; with one seed on either side no verdict: "is ahead of" / "is behind"
     on these prompts where the estimate and the prompt CI lie on one side of 0, else "does not clearly
-    differ from", "(1 seed each: training noise not assessed)"."""
-    if g.seed_test == "none":
+    differ from", "(1 seed each: training noise not assessed, no verdict)" -- or, one seed against several,
+    the pooled intervals with what they assume (:func:`no_verdict_text`)."""
+    if not gives_verdict(g.seed_test):
         verb = (("is ahead of" if g.gain[i] > 0 else "is behind") if g.prompt_significant[i]
                 else "does not clearly differ from")
         return (f"{g.method} {verb} {g.baseline} on these prompts: {points(g.gain[i])} [{points(g.low[i])}, "
-                f"{points(g.high[i])}] points (1 seed each: training noise not assessed, no verdict)"
+                f"{points(g.high[i])}] points ({no_verdict_text(g.seed_test, g.n_seeds, g.n_seeds_baseline)}"
+                + (f"; {seed_clause(g, i)}" if g.seed_test != "none" else "") + ")"
                 + (f"; {note}" if (note := significant_chord_note(g, i)) else ""))
     verb = ("does not differ significantly from" if not g.significant[i]
             else "beats" if g.gain[i] > 0 else "trails")
     return (f"{g.method} {verb} {g.baseline}: {points(g.gain[i])} [{points(g.low[i])}, {points(g.high[i])}] points, "
             f"{seed_clause(g, i)} ({significant_count(g, len(p.result.grid))})"
             + (f"; {note}" if (note := significant_chord_note(g, i)) else ""))
+
+
+def no_verdict_text(seed_test: str, n_seeds: int, n_base: int) -> str:
+    """Why a gain with one seed on either side has no verdict (``math/matched_kl.gives_verdict``)."""
+    if seed_test == "none":
+        return "1 seed each: training noise not assessed, no verdict"
+    return (f"{n_seeds} vs {n_base} seeds: the single seed's training noise is not measured, no verdict; the pooled "
+            "intervals assume it equals the other side's")
 
 
 def chord_at(g: Gain, i: int) -> tuple[float | None, float | None]:
@@ -312,10 +322,10 @@ INTERVAL_NAMES = ("prompt CI", "seed interval", "total interval")  # chord_note'
 
 
 def significant_chord_note(g: Gain, i: int) -> str:
-    """:func:`chord_note` of a gain at grid KL ``i`` where it is significant -- with one seed per method,
+    """:func:`chord_note` of a gain at grid KL ``i`` where it is significant -- with one seed on either side,
     where its prompt CI clears 0 ("is ahead of" / "is behind") -- else ``""``: what the report's
     sentences and ``matched_kl.md`` append."""
-    claimed = g.prompt_significant[i] if g.seed_test == "none" else g.significant[i]
+    claimed = g.significant[i] if gives_verdict(g.seed_test) else g.prompt_significant[i]
     return chord_note(g.gain[i], *chord_at(g, i), gain_bounds(g, i)) if claimed else ""
 
 
@@ -401,8 +411,10 @@ def matched_kl_markdown(panels: Sequence[Panel], notes: Sequence[str], level: fl
               "gains, or an unpaired two-sample t when the seed sets differ: training noise, which the prompt "
               "bootstrap does not see), then the total interval (both noises: docs/method.md §10). Gains in points "
               "(x100); `*` = significant: the estimate, the CI, the seed interval and the total interval on one side "
-              "of 0 (never with one seed per method: training noise not assessed). \"the chords alone make "
-              "[a, b]: not evidence\": a significant gain (with one seed per method, one whose prompt CI clears 0) "
+              "of 0 (never with one seed on either side: training noise not assessed -- one seed against several "
+              "gets the pooled interval, which assumes the single seed trains as noisily as the others). \"the "
+              "chords alone make [a, b]: not evidence\": a significant gain (with one seed on either side, one whose "
+              "prompt CI clears 0) "
               "whose intervals do not clear the gain the runs' KL "
               "placement alone makes in its direction (each curve read at the other's KLs; `chord_low` / "
               "`chord_high` in matched_kl.csv). \"theory\": the calibrated-space theory's gain at that KL (the "
