@@ -182,11 +182,14 @@ def test_an_interrupted_job_returns_to_the_launcher_and_stops_the_sweep(tmp_path
     cfg = OmegaConf.create({"paths": {"run_dir": str(tmp_path / "2")}})
 
     def interrupted(_):
+        (tmp_path / "2").mkdir(exist_ok=True)
+        (tmp_path / "2" / "metrics.json").write_text('{"status": "interrupted"}')  # (as run() records it)
         raise stop
 
     monkeypatch.setattr(train_app, "train_job", interrupted)
     assert train_app.parallel_job(cfg, []) is None
     assert stop_requested(tmp_path) == {"signal": name, "by": "job 2"}
+    assert not (tmp_path / "2" / NOT_STARTED).exists()
     (tmp_path / STOP_MARKER).unlink()
     monkeypatch.setattr(train_app, "train_job", lambda cfg: 1 / 0)
     with pytest.raises(ZeroDivisionError):
@@ -195,6 +198,27 @@ def test_an_interrupted_job_returns_to_the_launcher_and_stops_the_sweep(tmp_path
     monkeypatch.setattr(train_app, "train_job", lambda cfg: 0.5)  # a signal taken without an exception reaching
     assert train_app.parallel_job(cfg, [signal.SIGTERM]) == 0.5  # here (Lightning's handling): the sweep stops
     assert stop_requested(tmp_path)["signal"] == "SIGTERM"
+
+
+def test_a_job_stopped_before_it_could_record_anything_is_not_started(tmp_path, monkeypatch, caplog):
+    """Review: a signal in the few ms while a job takes its dir (lock, checks: before run() can record) logged
+    "stopped by SIGINT and recorded", left no record, and the closing line and the report said the job was
+    killed. It is now marked not started (the continue runs it), and the log says so."""
+    monkeypatch.setattr(sweep_stop, "sweep_dir", lambda: tmp_path)
+    cfg = OmegaConf.create({"paths": {"run_dir": str(tmp_path / "4")}})
+
+    def taking_its_dir(_):
+        (tmp_path / "4").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_app, "train_job", taking_its_dir)
+    with caplog.at_level("WARNING"):
+        assert train_app.parallel_job(cfg, []) is None
+    assert (tmp_path / "4" / NOT_STARTED).read_text() == "not started: the sweep was stopped (SIGINT from job 4)\n"
+    assert "before it started: not started" in caplog.text and "and recorded" not in caplog.text
+    assert sweep_stop.stop_outcome(tmp_path / "nonexistent", 0.0)["not_started"] == 0
+    (tmp_path / "4" / ".hydra").mkdir()
+    assert sweep_stop.stop_outcome(tmp_path, 0.0)["not_started"] == 1
 
 
 @pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
@@ -213,8 +237,8 @@ def test_a_stopped_parallel_sweep_exits_as_a_stopped_command(monkeypatch, capsys
         monkeypatch.setattr(train_app, "hydra_main", hydra_main)
         with pytest.raises(SystemExit) as exit_info:
             train_app.main()
-        assert exit_info.value.code == code
-        assert "ckpt_path=last_or_new" in capsys.readouterr().err
+        assert exit_info.value.code == code  # (review: "the same command" alone made a new timestamped dir)
+        assert "the same command with hydra.sweep.dir=/nonexistent ckpt_path=last_or_new" in capsys.readouterr().err
     stop.aborted = True
     with pytest.raises(SystemExit):
         train_app.main()
@@ -302,7 +326,7 @@ def test_the_closing_line_says_what_the_records_say_and_a_jobs_own_stop_sets_the
     stop = sweep_stop.ParallelStop(tmp_path)
     sweep_stop.CURRENT.append(stop)
     for job, status in (("0", "interrupted"), ("1", None), ("2", "not started"), ("3", "finished"),
-                        ("4", "old interrupted"), ("5", "failed")):
+                        ("4", "old interrupted"), ("5", "failed"), ("6", "finished"), ("7", "finished")):
         (tmp_path / job / ".hydra").mkdir(parents=True)
         if status == "not started":
             (tmp_path / job / NOT_STARTED).write_text("not started\n")
@@ -311,18 +335,25 @@ def test_the_closing_line_says_what_the_records_say_and_a_jobs_own_stop_sets_the
             (tmp_path / job / "metrics.json").write_text(json.dumps(record))
     old = tmp_path / "4" / "metrics.json"
     os.utime(old, (stop.started - 60, stop.started - 60))  # (an earlier invocation's record)
+    # review: a finished run continued (last_or_new) and interrupted keeps its record; this attempt's is beside it
+    # (FAILED_ATTEMPT) -- this invocation's counts, an earlier invocation's does not
+    for job, when in (("6", stop.started + 1), ("7", stop.started - 60)):
+        attempt = tmp_path / job / "metrics.failed.json"
+        attempt.write_text(json.dumps({"status": "interrupted", "error": "x"}))
+        os.utime(attempt, (when, when))
     request_stop(tmp_path, "SIGTERM", "job 0")
     stop.finish()
     assert stop.signal_name == "SIGTERM" and sweep_stop.parent_stop_signal() == "SIGTERM"
-    assert stop.outcome["interrupted"] == 1 and stop.outcome["no_record"] == 1
+    assert stop.outcome["interrupted"] == 2 and stop.outcome["no_record"] == 1 and stop.outcome["finished"] == 2
     assert stop.outcome["not_started"] == 2  # (NOT_STARTED, and the earlier invocation's unfinished record)
     monkeypatch.setattr(sys, "argv", ["infalign-train", "-m"])
     monkeypatch.setattr(train_app, "hydra_main", lambda: None)
     with pytest.raises(SystemExit) as exit_info:
         train_app.main()
     err = capsys.readouterr().err
-    assert exit_info.value.code == 143 and ("1 running job recorded as interrupted, 2 not started, 1 failed (a "
-                                            "continue runs it again: the report lists why), 1 left no record") in err
+    assert exit_info.value.code == 143 and ("2 running jobs recorded as interrupted, 2 not started, 1 failed (a "
+                                            "continue runs it again: the report lists why), 1 left no record (killed: "
+                                            "its checkpoints stand), 2 finished") in err
     # review: after an exception (a worker killed after the stop breaks the pool) Hydra skips the end callbacks:
     # main() counts the records itself
     stop.outcome = None
@@ -333,7 +364,7 @@ def test_the_closing_line_says_what_the_records_say_and_a_jobs_own_stop_sets_the
     monkeypatch.setattr(train_app, "hydra_main", broken_pool)
     with pytest.raises(SystemExit):
         train_app.main()
-    assert "1 running job recorded as interrupted" in capsys.readouterr().err
+    assert "2 running jobs recorded as interrupted" in capsys.readouterr().err
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:

@@ -222,7 +222,7 @@ def stop_outcome(where: Path, since: float) -> dict[str, int]:
     (its job dirs: they hold ``.hydra/``) whose record this invocation wrote as interrupted or as failed (a
     continue runs those again, and they fail again), that it did not start (``NOT_STARTED``, or an unfinished
     record of an earlier invocation), that left none (killed), and that are finished."""
-    from infalign.pipeline.record import read_record
+    from infalign.pipeline.record import FAILED_ATTEMPT, read_record
 
     out = {"interrupted": 0, "failed": 0, "not_started": 0, "no_record": 0, "finished": 0}
     if not where.is_dir():  # (no job started)
@@ -234,13 +234,49 @@ def stop_outcome(where: Path, since: float) -> dict[str, int]:
         except (OSError, ValueError):
             out["not_started" if (job / NOT_STARTED).exists() else "no_record"] += 1
             continue
-        if record.finished:
-            out["finished"] += 1
+        if record.finished:  # an attempt of this invocation over the finished run is its FAILED_ATTEMPT (review)
+            attempt = _attempt_since(job / FAILED_ATTEMPT, since)
+            out[attempt if attempt in ("interrupted", "failed") else "finished"] += 1
         elif record.status in ("interrupted", "failed") and written >= since:
             out[record.status] += 1
         else:
             out["not_started"] += 1
     return out
+
+
+def _attempt_since(path: Path, since: float) -> str | None:
+    """The status of the attempt recorded in ``path`` (a finished run's ``FAILED_ATTEMPT``) if written since
+    ``since``, else None."""
+    from infalign.pipeline.record import read_record
+
+    try:
+        return read_record(path).status if path.stat().st_mtime >= since else None
+    except (OSError, ValueError):
+        return None
+
+
+# A job's own record counts as written since it started within this margin (file times have a coarse clock,
+# a few ms behind time.time(); an earlier invocation's record is seconds older at least)
+RECORD_CLOCK_SLACK = 1.0
+
+
+def recorded_since(run_dir: Path, started: float) -> bool:
+    """Whether the job in ``run_dir`` started at ``started`` recorded itself (``metrics.json``, or the attempt
+    beside a finished run's record, ``FAILED_ATTEMPT``): a stop that came while it took its dir did not."""
+    from infalign.pipeline.record import FAILED_ATTEMPT
+
+    for name in ("metrics.json", FAILED_ATTEMPT):
+        try:
+            if (run_dir / name).stat().st_mtime >= started - RECORD_CLOCK_SLACK:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def stopped_sweep_dir() -> Path | None:
+    """The dir of the sweep this process stopped (the parallel sweep's, else a job's ``hydra.sweep.dir``)."""
+    return next((stop.where for stop in CURRENT), None) or sweep_dir()
 
 
 def stop_summary() -> str | None:
@@ -256,6 +292,8 @@ def stop_summary() -> str | None:
                      "again: the report lists why)")
     if outcome["no_record"]:
         parts.append(f"{outcome['no_record']} left no record (killed: its checkpoints stand)")
+    if outcome["finished"]:
+        parts.append(f"{outcome['finished']} finished")
     return ", ".join(parts)
 
 

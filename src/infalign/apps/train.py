@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -814,13 +815,14 @@ def parallel_job(cfg: DictConfig, received: list[int]) -> float | None:
     """A job of a parallel sweep (``hydra/launcher=local_parallel``; apps/sweep_stop.py): not started once the
     sweep is stopped (``NOT_STARTED``); interrupted, it is recorded as always, stops the sweep, and returns no
     objective instead of raising (joblib would abort the sweep and kill the other running jobs)."""
-    where, who = sweep_stop.sweep_dir(), f"job {Path(cfg.paths.run_dir).name}"
+    where, run_dir = sweep_stop.sweep_dir(), Path(cfg.paths.run_dir)
+    who, started = f"job {run_dir.name}", time.time()
     try:
         if (marker := stop_requested(where)) is not None:
             raise sweep_stop.NotStarted(marker)
         return train_job(cfg)
     except sweep_stop.NotStarted as stopped:
-        mark_not_started(Path(cfg.paths.run_dir), stopped.marker)
+        mark_not_started(run_dir, stopped.marker)
         log.warning("not started: %s", stop_reason(stopped.marker))
         return None
     except BaseException as exc:
@@ -828,7 +830,12 @@ def parallel_job(cfg: DictConfig, received: list[int]) -> float | None:
             raise
         name = "SIGTERM" if terminated(exc) else "SIGINT"
         request_stop(where, name, who)
-        log.warning("job stopped by %s and recorded; the sweep stops: no new job starts (%s)", name, where)
+        if sweep_stop.recorded_since(run_dir, started):
+            log.warning("job stopped by %s and recorded; the sweep stops: no new job starts (%s)", name, where)
+        else:  # (the signal came before the run could record anything: while it took its dir, a few ms; review)
+            mark_not_started(run_dir, stop_requested(where) or {"signal": name, "by": who})
+            log.warning("job stopped by %s before it started: not started; the sweep stops: no new job starts (%s)",
+                        name, where)
         return None
     finally:
         if received:  # (a stop this job took without an exception reaching here: the sweep stops all the same)
@@ -905,7 +912,9 @@ def _stopped_note() -> str:
 
     if not MULTIRUN_STARTED.is_set() and not {"-m", "--multirun"} & set(sys.argv[1:]):
         return "recorded as interrupted; once the run had started, the command that continues it is logged above"
-    again = "the same command with ckpt_path=last_or_new continues every job from its last checkpoint"
+    sweep = sweep_stop.stopped_sweep_dir()
+    again = (f"the same command with {f'hydra.sweep.dir={sweep} ' if sweep else 'its hydra.sweep.dir and '}"
+             "ckpt_path=last_or_new continues every job from its last checkpoint")
     if sweep_stop.parent_aborted():
         return (f"aborted by a second signal: the parallel launcher killed the running jobs, which may have left no "
                 f"record; {again}")
