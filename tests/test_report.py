@@ -1912,6 +1912,34 @@ def test_method_option_names_only_finished_runs_methods(tmp_path):
     assert "leaves out (--method): identity." in (tmp_path / "out" / "theory_gap.md").read_text()
 
 
+def test_skip_absent_leaves_out_a_method_without_finished_runs_and_says_so(tmp_path):
+    """A statistics review: infalign-paper narrowed with ``method=...`` (or a method whose jobs all failed) had its
+    sub-reports refused (``--method`` of a method without finished runs), and findings.md called the whole
+    experiment "not run?". With ``skip_absent`` (``--skip-absent``, what infalign-paper passes) the absent
+    ``--method`` / ``--baseline`` is left out, the comparison's notes say so, and findings.py reads that note as the
+    reason the claim's comparison is missing."""
+    import json
+
+    from infalign import report as rep
+    from infalign.report.findings import Claim, read_claim
+
+    root = make_sweep(tmp_path / "multirun")
+    out = tmp_path / "multirun" / "report_t"
+    rep.write_summary(rep.build_report(root, out, methods=["exp(t=4)", "exp(t=2)", "raw"],
+                                       baselines=["raw", "expn(t=9)"], num_resamples=100, skip_absent=True))
+    notes = json.loads((out / "summary.json").read_text())["matched_kl"]["notes"]
+    assert notes[:2] == ["--method exp(t=4): no finished runs -- left out of the comparison",
+                         "--baseline expn(t=9): not in the sweep -- left out of the comparison"]
+    rows = list(csv.DictReader((out / "matched_kl.csv").open()))  # (this fake sweep has no per-prompt data)
+    assert not {"exp(t=4)", "expn(t=9)"} & {r[k] for r in rows for k in ("method", "baseline")}
+    (c,) = read_claim(Claim("x", "multirun/report_t", "claim", ("bon4",), ("exp(t=4)",), "raw", +1),
+                      tmp_path).comparisons
+    assert c.why == "--method exp(t=4): no finished runs -- left out of the comparison"
+    (c,) = read_claim(Claim("multirun", "multirun/report_nosuch", "claim", ("bon4",), ("exp(t=4)",), "raw", +1),
+                      tmp_path).comparisons
+    assert "experiment 'multirun' ran, but this report of it did not finish" in c.why
+
+
 def test_left_out_groups_a_methods_runs_by_reason_and_names_the_seeds():
     """A method whose every seed has a single distinct KL (a KL knob that did nothing) has no curve: the
     panel's sentences would simply not mention it. ``left_out`` says so, one line per method and reason."""

@@ -167,7 +167,7 @@ def plan(args: argparse.Namespace) -> list[tuple[Experiment, list[list[str]]]]:
                        f"hydra.launcher.n_jobs={n_jobs}", *args.extra]
                       for sweep, sweep_dir in sweeps),
                     ["infalign-report", target],
-                    *(["infalign-report", target, "--out", f"{target}/report_{r.suffix}",
+                    *(["infalign-report", target, "--out", f"{target}/report_{r.suffix}", "--skip-absent",
                        *(a for m in r.methods for a in ("--method", m)),
                        *(a for b in r.baselines for a in ("--baseline", b))] for r in e.reports)]
         steps.append((e, cmds))

@@ -83,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", action="append", default=None, metavar="METHOD",
                    help="compare only these methods at matched KL, repeatable (default: all; the common KLs are "
                         "those every compared method covers)")
+    p.add_argument("--skip-absent", action="store_true",
+                   help="leave out, with a note, a --method without finished runs and a --baseline the sweep did not "
+                        "run (default: an error, as for a typo); infalign-paper's reports pass it, so a narrowed or "
+                        "partly failed sweep still gets them")
     p.add_argument("--num-kl", type=int, default=6, help="common KLs per matched-KL panel (default 6)")
     p.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
     return p.parse_args(argv)
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = rep.build_report(root, out_dir, args.judge, args.baseline, args.num_kl, args.bootstrap,
-                                  methods=args.method)
+                                  methods=args.method, skip_absent=args.skip_absent)
     except ConfigError as exc:
         print(f"infalign-report: {exc}", file=sys.stderr)
         return 2

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infalign.errors import ConfigError, require
+from infalign.errors import require
 from infalign.infra.cache import atomic_write_csv, atomic_write_json, atomic_write_text
 from infalign.report.collect import JUDGES, Job, collect, present_judges
 from infalign.report.matched import (
     MATCHED_KL_COLUMNS,
     Panel,
+    absent_note,
     compare_panels,
     matched_kl_markdown,
     matched_kl_rows,
@@ -41,7 +42,8 @@ class Report:
 
 
 def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Sequence[str] | None = None,
-                 num_kl: int = 6, num_resamples: int = 2000, methods: Sequence[str] | None = None) -> Report:
+                 num_kl: int = 6, num_resamples: int = 2000, methods: Sequence[str] | None = None,
+                 skip_absent: bool = False) -> Report:
     """Collect, tabulate and plot (no W&B, no printing); write runs.csv, runs.md, the PNGs, the
     matched-KL comparison (matched_kl.csv/.md, gain_vs_kl.png) and theory_gap.csv/.md, each atomically,
     after removing the previous report's files (a report stopped midway -- Ctrl-C in the bootstrap --
@@ -49,7 +51,9 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
 
     ``baselines``: methods gains are computed against (default raw and identity, those present);
     ``num_kl``: common KLs per panel; ``num_resamples``: paired bootstrap resamples; ``methods``: the
-    methods the matched-KL comparison takes (default all; every run stays in runs.csv and the plots).
+    methods the matched-KL comparison takes (default all; every run stays in runs.csv and the plots); a method
+    without finished runs, or a baseline the sweep did not run, is a ConfigError -- with ``skip_absent`` it is
+    left out, and a note of the comparison says so (``report/matched.absent_note``).
     ``summary.json`` is written by :func:`write_summary` (after W&B, so it can record the run)."""
     require(num_kl >= 1, "--num-kl", num_kl, "an integer >= 1")
     require(num_resamples >= 100, "--bootstrap", num_resamples, "an integer >= 100 (percentile CIs)")
@@ -57,11 +61,16 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     root, out_dir = Path(root), Path(out_dir)
     jobs = collect(root, skip=[out_dir])
     present = sorted({m for j in jobs if j.status == "finished" and (m := method_of(j)) is not None})
-    if methods is not None and (unknown := sorted(set(methods) - set(present))):  # before anything is written
-        raise ConfigError("--method", unknown, f"methods of the finished runs: {', '.join(present)}")
     swept = sorted({m for j in jobs if (m := method_of(j)) is not None})  # failed jobs too: their panel says so
+    absent = []
+    if methods is not None and (unknown := sorted(set(methods) - set(present))):  # before anything is written
+        require(skip_absent, "--method", unknown, f"methods of the finished runs: {', '.join(present)}")
+        absent += [absent_note("--method", m, "no finished runs") for m in unknown]
+        methods = [m for m in methods if m in present]
     if baselines is not None and (unknown := sorted(set(baselines) - set(swept))):  # a typo compared nothing
-        raise ConfigError("--baseline", unknown, f"methods of the sweep's runs: {', '.join(swept)}")
+        require(skip_absent, "--baseline", unknown, f"methods of the sweep's runs: {', '.join(swept)}")
+        absent += [absent_note("--baseline", m, "not in the sweep") for m in unknown]
+        baselines = [b for b in baselines if b in swept]
     judges = (present_judges(jobs) or list(JUDGES)) if judge == "all" else [judge]
     rows = [job_row(j, judges) for j in jobs]
     series = build_series(jobs, judges)
@@ -78,6 +87,7 @@ def build_report(root: Path, out_dir: Path, judge: str = "all", baselines: Seque
     for which in PLOTS:
         plot_series(series, judges, which, paths[f"plot_{which}"])
     panels, notes = compare_panels(jobs, judges, baselines, num_kl, num_resamples, methods=methods)
+    notes = [*absent, *notes]
     add_theory_gains(panels, jobs)
     matched = matched_kl_rows(panels)
     atomic_write_csv(paths["matched_kl_csv"], matched, MATCHED_KL_COLUMNS)

@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infalign.math.matched_kl import gives_verdict
-from infalign.report.matched import KNOB_ORDER_NOTE, chord_note, no_verdict_text, points, seed_interval_text
+from infalign.report.matched import (
+    KNOB_ORDER_NOTE,
+    absent_method,
+    chord_note,
+    no_verdict_text,
+    points,
+    seed_interval_text,
+)
 
 __all__ = ["Claim", "CLAIMS", "Comparison", "Finding", "read_claim", "findings", "findings_markdown",
            "findings_json", "read_against_aa", "aa_yardstick"]
@@ -204,17 +211,22 @@ def read_claim(claim: Claim, out: Path) -> Finding:
     path = Path(out) / claim.report / "matched_kl.csv"
     rows = _read_rows(path)
     zigzag = _knob_order_methods(Path(out) / claim.report / "summary.json")
+    left_out = _absent_methods(Path(out) / claim.report / "summary.json")
     for panel in claim.panels:
         for method in claim.methods:
             c = Comparison(panel, method, claim.baseline)
             finding.comparisons.append(c)
             if rows is None:
-                c.why = f"no {claim.report}/matched_kl.csv (experiment '{claim.experiment}' not run?)"
+                c.why = (f"no {claim.report}/matched_kl.csv: experiment '{claim.experiment}' ran, but this report "
+                         "of it did not finish (paper_time.md gives its exit status)"
+                         if (Path(out) / claim.experiment).is_dir() else
+                         f"no {claim.report}/matched_kl.csv (experiment '{claim.experiment}' not run?)")
                 continue
             mine = [r for r in rows if r["panel"] == panel and r["judge"] == claim.judge and r["method"] == method
                     and r["baseline"] == claim.baseline and _float(r["kl"]) is not None]
             if not mine:
                 notes = {r["note"] for r in rows if r["panel"] == panel and r["judge"] == claim.judge and r["note"]}
+                notes |= {left_out[m] for m in (method, claim.baseline) if m in left_out}
                 c.why = "; ".join(sorted(notes)) or "no such comparison in the report (method without a curve?)"
                 continue
             mine.sort(key=lambda r: float(r["kl"]))
@@ -254,6 +266,16 @@ def _knob_order_methods(summary: Path) -> set[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return set()
     return {n.split(", seed ")[0] for n in notes if isinstance(n, str) and KNOB_ORDER_NOTE in n}
+
+
+def _absent_methods(summary: Path) -> dict[str, str]:
+    """``{method: note}`` of the methods the report left out (``report/matched.absent_note``: a narrowed sweep, or a
+    method whose jobs all failed); ``{}`` without the file."""
+    try:
+        notes = json.loads(summary.read_text())["matched_kl"]["notes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {m: n for n in notes if (m := absent_method(n)) is not None} if isinstance(notes, list) else {}
 
 
 def significant_text(c: Comparison) -> str:

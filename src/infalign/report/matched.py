@@ -272,6 +272,20 @@ def gain_clause(p: Panel, g: Gain, i: int) -> str:
             + (f"; {note}" if (note := significant_chord_note(g, i)) else ""))
 
 
+def absent_note(option: str, method: str, why: str) -> str:
+    """The note of a ``--method`` / ``--baseline`` a report left out (``report/build.build_report``'s
+    ``skip_absent``), which :func:`absent_method` reads back."""
+    return f"{option} {method}: {why} -- left out of the comparison"
+
+
+ABSENT = re.compile(r"^--(?:method|baseline) (?P<method>.+?): [^:]+ -- left out of the comparison$")
+
+
+def absent_method(note: str) -> str | None:
+    """The method an :func:`absent_note` names, None for another note."""
+    return m["method"] if isinstance(note, str) and (m := ABSENT.match(note)) else None
+
+
 def no_verdict_text(seed_test: str, n_seeds: int, n_base: int) -> str:
     """Why a gain with one seed on either side has no verdict (``math/matched_kl.gives_verdict``)."""
     if seed_test == "none":
