@@ -249,6 +249,19 @@ def _seeded(method: str, offsets: dict, z, d) -> list[Run]:
     return [r for s, off in offsets.items() for r in linear_runs(method, [0.1, 0.5, 1.0], off, z, d, seed=s)]
 
 
+def test_a_panel_without_a_baseline_says_why_it_has_no_gains():
+    """Review: two methods, neither raw nor identity, gave a common grid, no gains and no word."""
+    z, d = world()
+    runs = _seeded("exp4", {0: 0.0}, z, d) + _seeded("exp8", {0: 0.01}, z, d)
+    result = matched_kl(runs, num_resamples=50)
+    assert result.common and result.gains == []
+    assert result.note == ("no baseline on this panel (the default ones, raw and identity, have no curve): no gains "
+                           "-- name one with --baseline")
+    assert matched_kl(runs, baselines=[], num_resamples=50).note == "no baseline on this panel: no gains -- name one " \
+        "with --baseline"
+    assert matched_kl(runs, baselines=["exp4"], num_resamples=50).note == ""
+
+
 def test_different_seed_sets_get_a_welch_interval_by_hand():
     """Method seeds {0,1,2} at 0.05, 0.06, 0.07 (mean 0.06, v_m = 1e-4); baseline seeds {0,1} at 0, 0.02
     (mean 0.01, v_b = 2e-4): gain 0.05, se = sqrt(1e-4/3 + 2e-4/2) = 0.011547, Welch df =

@@ -461,6 +461,10 @@ def matched_kl(runs: Sequence[Run], baselines: Sequence[str] | None = None, num_
     if missing:
         result.note = "; ".join(filter(None, [result.note,
                                               f"baseline(s) without a curve on this panel: {', '.join(missing)}"]))
+    elif not bases:  # (review: a sweep of log against expn_t4 got win rates alone, without a word)
+        which = f" (the default ones, {' and '.join(DEFAULT_BASELINES)}, have no curve)" if baselines is None else ""
+        result.note = "; ".join(filter(None, [result.note, f"no baseline on this panel{which}: no gains -- name one "
+                                              "with --baseline"]))
     for j, b in enumerate(bases):
         for m in methods:
             if m != b and m not in bases[:j]:  # identity vs raw, not also raw vs identity

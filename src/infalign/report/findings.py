@@ -415,7 +415,8 @@ def read_against_aa(found: list[Finding]) -> list[Finding]:
 def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
     """``findings.md``: per claim the verdict, then one row per comparison."""
     lines = ["# The paper's findings, as this run measured them", "",
-             "Each comparison is read at its panel's middle common KL from the experiment's matched-KL report "
+             "Each comparison is read at its panel's middle common KL (of an even count the upper of the two "
+             "middle ones: of 6, the 4th) from the experiment's matched-KL report "
              "(paired prompt-bootstrap 95 % CI, the seed and total intervals; significant = all on one side of 0, "
              "docs/method.md §10). Verdict: *reproduced* / *contradicted* = significant with / against the paper's "
              "sign, *not established* = not significant, or significant but with intervals that do not clear the "
