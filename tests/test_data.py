@@ -421,8 +421,9 @@ def test_prompts_are_deduplicated_and_prefix_stable(tmp_path):
     assert dm.prompts("test") == [PARIS] and dm.reports["test"].in_train == 3
     assert "train prompts dropped 3" in dm.reports["test"].summary()
     only_shared = write_jsonl(tmp_path / "shared.jsonl", shared)
-    with pytest.raises(ValueError, match="every test prompt is also a train prompt"):
-        PreferenceDataModule("hh", train_file=str(train), test_file=str(only_shared)).setup()
+    with pytest.raises(ConfigError, match="every test prompt is also a train prompt") as info:  # (review: a bare
+        PreferenceDataModule("hh", train_file=str(train), test_file=str(only_shared)).setup()  # ValueError, exit 1)
+    assert (info.value.key, info.value.value) == ("data.test_file", str(only_shared))
     # a ConfigError naming the key (review: a plain ValueError exited 1 without naming data.train_prompts)
     with pytest.raises(ConfigError, match=r"data\.train_prompts=4 is not allowed: at most 3: .* 3 distinct 'train'"):
         dm.prompts("train", 4)

@@ -1145,3 +1145,18 @@ def test_the_exit_status_tells_ctrl_c_and_sigterm_from_a_failure(monkeypatch, ca
         train_app.main()
     assert exit_info.value.code == code
     assert ("Ctrl-C" if code == 130 else "SIGTERM") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, key, said", [
+    ("callbacks.model_checkpoint.every_n_train_steps=-1", "callbacks.model_checkpoint", "every_n_train_steps=-1"),
+    ("+logger.bogus=1", "logger", "bogus")])
+def test_a_callback_or_logger_setting_its_class_refuses_is_a_config_error_naming_it(tmp_path, override, key, said):
+    """A faults review: these gave Hydra's raw error (exit 1, the run recorded as failed) where the same mistake
+    under trainer, transform or procedure gives the one block naming the group (exit 2)."""
+    from pipeline_helpers import compose_train
+
+    cfg = compose_train(tmp_path / "cache", tmp_path / "run", "logger=csv", override)
+    with pytest.raises(ConfigError) as info:
+        instantiate_callbacks(cfg.callbacks)
+        instantiate_logger(cfg.logger)
+    assert info.value.key == key and said in info.value.hint

@@ -412,12 +412,18 @@ def instantiate_group(cfg: DictConfig, group: str) -> Any:
     -- an argument its class does not take (``nmae: pow3``), a class that does not import -- is a ConfigError
     naming the group and the entry chosen (extensibility walkthrough: Hydra's raw traceback and exit 1, where
     ``infalign-analyze`` gave one block)."""
+    return instantiate_named(cfg[group], group, entry_name(cfg, group), f"an entry of conf/{group}/ that instantiates")
+
+
+def instantiate_named(node: Any, key: str, value: Any, allowed: str, **kwargs: Any) -> Any:
+    """:func:`instantiate_checked` of ``node``, whose instantiation error -- an argument its class does not take or
+    refuses (``+logger.bogus=1``, ``callbacks.model_checkpoint.every_n_train_steps=-1``), a class that does not
+    import -- is a ConfigError of ``key`` (``value``, ``allowed``) with the error's first line as its hint."""
     try:
-        return instantiate_checked(cfg[group])
+        return instantiate_checked(node, **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__ or exc
-        raise ConfigError(group, entry_name(cfg, group), f"an entry of conf/{group}/ that instantiates",
-                          f"{type(cause).__name__}: {error_line(str(cause))}") from exc
+        raise ConfigError(key, value, allowed, f"{type(cause).__name__}: {error_line(str(cause))}") from exc
 
 
 # L.Trainer arguments every stage passes itself (pipeline/trainer.py: stage_trainers, the fit stages'
@@ -481,7 +487,8 @@ def instantiate_callbacks(callbacks_cfg: DictConfig | None) -> list:
         if node is None:
             continue
         _require_target(node, f"callbacks.{name}")
-        callback = instantiate_checked(node, _convert_="all")
+        callback = instantiate_named(node, f"callbacks.{name}", node._target_,
+                                     f"settings {node._target_} accepts (conf/callbacks/)", _convert_="all")
         if callback is not None:
             callbacks.append(callback)
     return callbacks
@@ -493,7 +500,8 @@ def instantiate_logger(logger_cfg: DictConfig | None):
     if logger_cfg is None:
         return None
     _require_target(logger_cfg, "logger")
-    return instantiate_checked(logger_cfg, _convert_="all")
+    return instantiate_named(logger_cfg, "logger", logger_cfg._target_,
+                             f"settings {logger_cfg._target_} accepts (conf/logger/)", _convert_="all")
 
 
 def hydra_refused(exc: BaseException) -> bool:

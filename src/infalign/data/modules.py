@@ -165,12 +165,11 @@ class PreferenceDataModule(L.LightningDataModule):
         except ConfigError:
             raise
         except ValueError as exc:  # no usable pair (an empty file, every record malformed): the run's one block
-            given = self.files.get(split)
-            key = ("data.train_file" if split == "train" else "data.test_file") if given else "data.name_or_path"
+            key, value = self._split_key(split)
             fmt = f"a dataset with usable preference pairs in data.source={self.hparams.dataset}'s format"
             if " 0 records" not in str(exc):  # records, none of them usable: often another dataset's format
                 fmt += " (or the data.source whose format these records are)"
-            raise ConfigError(key, str(given or self.source), fmt, str(exc)) from exc
+            raise ConfigError(key, str(value), fmt, str(exc)) from exc
 
     def prepare_data(self) -> None:
         """Fill the ``datasets`` cache for hub sources (Lightning calls this on one process)."""
@@ -194,7 +193,7 @@ class PreferenceDataModule(L.LightningDataModule):
         train, train_report = self._read("train")
         try:
             test, test_report = self._read(self.test_split)
-            test = self._drop_train_prompts(train, test, test_report)
+            test = self._drop_train_prompts(train, test, test_report, self._split_key(self.test_split))
         except MissingSplitError as exc:
             train, test, test_report = self._hold_out(train, train_report, exc)
         for i, (split, pairs, report) in enumerate(
@@ -236,14 +235,21 @@ class PreferenceDataModule(L.LightningDataModule):
             return "data.max_prompt_tokens"
         return "data.max_response_tokens"
 
+    def _split_key(self, split: str) -> tuple[str, str | None]:
+        """``(key, value)`` of the setting that gives ``split``: its file (``data.test_file``), else the dataset
+        (``data.name_or_path``)."""
+        if self.files.get(split):
+            return self.file_keys[split], self.files[split]
+        return "data.name_or_path", self.source
+
     @staticmethod
     def _drop_train_prompts(train: list[PreferenceExample], test: list[PreferenceExample],
-                            report: ParseReport) -> list[PreferenceExample]:
+                            report: ParseReport, key: tuple[str, str | None]) -> list[PreferenceExample]:
         """The test pairs whose prompt is not a train prompt: two published splits can share prompts
         (HH's red-team openers recur), and a held-out win rate on prompts the policy was trained on
         would be optimistic. Prompts are compared as a chat shows them (:func:`~infalign.data.formats.prompt_key`:
         two texts that differ only in the whitespace around their turns are one prompt). The count is
-        ``report.in_train``; none left is an error."""
+        ``report.in_train``; none left is a ConfigError of ``key`` (the setting that gives the test split)."""
         seen = {prompt_key(p.prompt) for p in train}
         kept = [p for p in test if prompt_key(p.prompt) not in seen]
         report.in_train = len(test) - len(kept)
@@ -251,8 +257,9 @@ class PreferenceDataModule(L.LightningDataModule):
             log.warning("%s: %d of %d test pairs dropped: their prompt is also a train prompt",
                         report.source, report.in_train, len(test))
         if test and not kept:
-            raise ValueError(f"{report.source}: every test prompt is also a train prompt; give a test split "
-                             "with other prompts (data.test_file) or none (then data.val_fraction is held out)")
+            raise ConfigError(*key, "a test split with prompts that are not train prompts",
+                              f"{report.source}: every test prompt is also a train prompt; give a test split with "
+                              "other prompts (data.test_file) or none (then data.val_fraction is held out)")
         return kept
 
     def _hold_out(self, train: list[PreferenceExample], train_report: ParseReport, why: Exception):
@@ -270,7 +277,7 @@ class PreferenceDataModule(L.LightningDataModule):
         )
         log.warning("%s: %d of %d train pairs held out", why, len(test), train_report.usable)
         if test and train:  # a held-out prompt whose whitespace variant stayed in train (prompt_key)
-            test = self._drop_train_prompts(train, test, test_report)
+            test = self._drop_train_prompts(train, test, test_report, self._split_key(self.test_split))
         if not test or not train:  # (a ConfigError: the run's one block and exit 2, not a traceback)
             raise ConfigError(
                 "data.val_fraction", fraction, "a fraction that leaves prompts on both sides (each prompt is held "
