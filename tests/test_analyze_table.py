@@ -61,6 +61,7 @@ def test_the_curves_tilt_each_transform_through_the_table_and_the_optimal_fronti
     np.testing.assert_allclose([float(r["best_t"]) for r in written], best.t, rtol=1e-12)
     assert {r["calibration_K"] for r in written} == {"32"}
     assert [r["best_t"] for r in written] != [r["best_t"] for r in rows_of(tmp_path / "exact" / "best_t.csv")]
+    assert {r["calibration_smoothing"] for r in written + k32} == {"False"}
     assert json.loads((tmp_path / "k32" / "metrics.json").read_text())["calibration"] == {"K": 32, "smoothing": False}
     assert json.loads((tmp_path / "exact" / "metrics.json").read_text())["calibration"] is None
 
@@ -84,6 +85,7 @@ def test_identity_through_a_table_is_the_exact_identity_and_smoothing_rescales_i
     np.testing.assert_allclose(win["k8"], win["exact"], rtol=1e-9)
     np.testing.assert_allclose(beta["k8s"], beta["exact"] * 8 / 9, rtol=1e-7)
     np.testing.assert_allclose(win["k8s"], win["exact"], rtol=1e-7)
+    assert [r["calibration_smoothing"] for r in runs["k8s"]] == ["True"] * 3
 
 
 def test_the_best_t_scan_tilts_each_exponent_through_the_table():
@@ -122,6 +124,7 @@ def test_the_table_is_said_beside_the_tables_and_on_the_plot(tmp_path, capsys, m
     ("calibration.K=0", "calibration.K"), ("calibration.K=abc", "calibration.K"),
     ("calibration.K=2.5", "calibration.K"), ("calibration.K=true", "calibration.K"),
     ("calibration.smoothing=maybe", "calibration.smoothing"),
+    ("calibration.smoothing=true", "calibration.smoothing"),  # (without K: no table to smooth; review)
     ("+calibration.scope=pooled", "calibration.scope")])
 def test_a_bad_table_is_a_config_error_naming_its_key(override, key):
     with pytest.raises(ConfigError) as info:

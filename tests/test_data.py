@@ -1021,6 +1021,14 @@ def test_a_hold_out_that_leaves_a_side_empty_is_a_config_error_of_val_fraction(t
         with pytest.raises(ConfigError) as err:
             PreferenceDataModule("hh", train_file=str(train), val_fraction=fraction).setup()
         assert err.value.key == "data.val_fraction" and err.value.value == fraction and left in str(err.value)
+    # every held-out prompt a whitespace variant of a train one (q0, "q0 ": only "q0 " held out at 0.5): the same
+    # block (review: it named data.name_or_path, which was never set)
+    hh = [f"\n\nHuman: {x}\n\nAssistant:" for x in ("q0", "q0 ", "q1")]
+    assert [held_out(p, 0.5) for p in hh] == [False, True, False]
+    train = write_jsonl(tmp_path / "variant.jsonl", [json.dumps(hh_record(p, "yes", "no")) for p in hh])
+    with pytest.raises(ConfigError) as err:
+        PreferenceDataModule("hh", train_file=str(train), val_fraction=0.5).setup()
+    assert err.value.key == "data.val_fraction" and "leaves 2 train / 0 test" in str(err.value)
 
 
 def test_a_dataset_left_without_pairs_is_a_config_error_of_its_key(tmp_path, tok):

@@ -1937,7 +1937,7 @@ def test_skip_absent_leaves_out_a_method_without_finished_runs_and_says_so(tmp_p
     assert c.why == "--method exp(t=4): no finished runs -- left out of the comparison"
     (c,) = read_claim(Claim("multirun", "multirun/report_nosuch", "claim", ("bon4",), ("exp(t=4)",), "raw", +1),
                       tmp_path).comparisons
-    assert "experiment 'multirun' ran, but this report of it did not finish" in c.why
+    assert "experiment 'multirun' has a dir, but this report of it is missing" in c.why
 
 
 def test_left_out_groups_a_methods_runs_by_reason_and_names_the_seeds():

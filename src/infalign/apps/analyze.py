@@ -236,6 +236,8 @@ def calibration_table(cfg: DictConfig) -> dict | None:
     smoothing = node.get("smoothing", False)
     require(isinstance(smoothing, bool), "calibration.smoothing", smoothing, "true or false")
     if node.get("K") is None:
+        require(not smoothing, "calibration.smoothing", smoothing, "false while calibration.K is null (the exact "
+                "theory has no table to smooth)", "set calibration.K too (training's default table: 32)")
         return None
     k = _number("calibration.K", node.get("K"), TABLE_ALLOWED, int)
     require(k >= 1, "calibration.K", k, TABLE_ALLOWED)
@@ -347,12 +349,15 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         best = best_job.result()
 
         # the table each curve tilts through: the transforms' (inf: exact), the optimal frontier's always exact
-        table_k = math.inf if table is None or table["K"] > MAX_K else table["K"]
-        rows = [row | {"n": procedure.n, "calibration_K": math.inf if f is opt else table_k}
+        tilted = table is not None and table["K"] <= MAX_K
+        table_k, smoothed = (table["K"], table["smoothing"]) if tilted else (math.inf, False)
+        rows = [row | {"n": procedure.n, "calibration_K": math.inf if f is opt else table_k,
+                       "calibration_smoothing": False if f is opt else smoothed}
                 for f in frontiers for row in f.rows()]
         atomic_write_csv(out_dir / "curves.csv", rows)
         best_rows = [
-            {"procedure": procedure.label, "calibration_K": table_k, "kl_budget": b, "best_t": t, "beta": be,
+            {"procedure": procedure.label, "calibration_K": table_k, "calibration_smoothing": smoothed,
+             "kl_budget": b, "best_t": t, "beta": be,
              "beta_expn": expn_beta(be, t), "win_rate": w,
              "at_scan_edge": bool(edge), "flat": bool(flat), "trainable": untrainable_reason(t, be) is None,
              "optimal_win_rate": optimal_at.get(float(b), math.nan)}

@@ -33,7 +33,7 @@ Writes into ``--out`` (default ``MULTIRUN_DIR/report/``), atomically:
   not extrapolated) and its gain over each ``--baseline`` (default raw and identity) with a paired
   bootstrap CI over the shared held-out prompts (``--bootstrap`` resamples), a seed interval and a
   total interval (prompts and seeds); significant when the estimate, the CI, the seed interval and the
-  total interval lie on one side of 0, never with one seed per method (docs/method.md §10). A run joins the
+  total interval lie on one side of 0, never with one seed on either side (docs/method.md §10). A run joins the
   panel of every N of ``eval.ns`` (one sample pool evaluates them all), only its trained N when its
   method depends on N. Runs without ``eval.per_prompt`` (older records) stay in runs.csv and are
   listed as left out;

@@ -276,8 +276,11 @@ class PreferenceDataModule(L.LightningDataModule):
             usable=len(test),
         )
         log.warning("%s: %d of %d train pairs held out", why, len(test), train_report.usable)
-        if test and train:  # a held-out prompt whose whitespace variant stayed in train (prompt_key)
-            test = self._drop_train_prompts(train, test, test_report, self._split_key(self.test_split))
+        if test and train:  # a held-out prompt whose whitespace variant stayed in train (prompt_key): none left is
+            try:  # the block below's (review: it named data.name_or_path, which the user never set)
+                test = self._drop_train_prompts(train, test, test_report, ("data.val_fraction", fraction))
+            except ConfigError:
+                test = []
         if not test or not train:  # (a ConfigError: the run's one block and exit 2, not a traceback)
             raise ConfigError(
                 "data.val_fraction", fraction, "a fraction that leaves prompts on both sides (each prompt is held "

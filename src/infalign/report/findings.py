@@ -217,8 +217,9 @@ def read_claim(claim: Claim, out: Path) -> Finding:
             c = Comparison(panel, method, claim.baseline)
             finding.comparisons.append(c)
             if rows is None:
-                c.why = (f"no {claim.report}/matched_kl.csv: experiment '{claim.experiment}' ran, but this report "
-                         "of it did not finish (paper_time.md gives its exit status)"
+                c.why = (f"no {claim.report}/matched_kl.csv: experiment '{claim.experiment}' has a dir, but this "
+                         "report of it is missing (the sweep or the report failed or was stopped: the driver's "
+                         "output, paper_time.md)"
                          if (Path(out) / claim.experiment).is_dir() else
                          f"no {claim.report}/matched_kl.csv (experiment '{claim.experiment}' not run?)")
                 continue
@@ -421,7 +422,9 @@ def findings_markdown(found: Sequence[Finding], out: Path | None = None) -> str:
              "docs/method.md §10). Verdict: *reproduced* / *contradicted* = significant with / against the paper's "
              "sign, *not established* = not significant, or significant but with intervals that do not clear the "
              "gain the runs' KL placement alone makes (*the chords alone make [a, b]*: each method's curve read "
-             "at the other's KLs, docs/method.md §10); a control *passes* when no cell is significant, and "
+             "at the other's KLs, docs/method.md §10); *no verdict* = one seed on either side (training noise not "
+             "assessed: 1 seed each, or 1 against several, whose pooled interval assumes equal noise); a control "
+             "*passes* when no cell is significant, and "
              "*within A/A noise* = significant, but no larger than the largest |gain| its A/A control (an "
              "independent re-training of one method) shows on that panel and judge at the KLs the comparison spans; "
              "a significant outcome without such a yardstick says why. No correction for the many panels, methods "
