@@ -216,6 +216,17 @@ def test_a_job_stopped_before_it_could_record_anything_is_not_started(tmp_path, 
         assert train_app.parallel_job(cfg, []) is None
     assert (tmp_path / "4" / NOT_STARTED).read_text() == "not started: the sweep was stopped (SIGINT from job 4)\n"
     assert "before it started: not started" in caplog.text and "and recorded" not in caplog.text
+    # a finished job kept by a continue, stopped while it took its dir: its record stands (and counts as finished)
+    done = tmp_path / "5"
+    done.mkdir()
+    (done / "metrics.json").write_text(json.dumps(finished_json()))
+    os.utime(done / "metrics.json", (time.time() - 60, time.time() - 60))
+    (tmp_path / STOP_MARKER).unlink()
+    monkeypatch.setattr(train_app, "train_job", lambda cfg: (_ for _ in ()).throw(KeyboardInterrupt))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert train_app.parallel_job(OmegaConf.create({"paths": {"run_dir": str(done)}}), []) is None
+    assert "before it started: its earlier record stands" in caplog.text and not (done / NOT_STARTED).exists()
     assert sweep_stop.stop_outcome(tmp_path / "nonexistent", 0.0)["not_started"] == 0
     (tmp_path / "4" / ".hydra").mkdir()
     assert sweep_stop.stop_outcome(tmp_path, 0.0)["not_started"] == 1

@@ -834,8 +834,8 @@ def parallel_job(cfg: DictConfig, received: list[int]) -> float | None:
             log.warning("job stopped by %s and recorded; the sweep stops: no new job starts (%s)", name, where)
         else:  # (the signal came before the run could record anything: while it took its dir, a few ms; review)
             mark_not_started(run_dir, stop_requested(where) or {"signal": name, "by": who})
-            log.warning("job stopped by %s before it started: not started; the sweep stops: no new job starts (%s)",
-                        name, where)
+            log.warning("job stopped by %s before it started: %s; the sweep stops: no new job starts (%s)", name,
+                        "its earlier record stands" if (run_dir / "metrics.json").exists() else "not started", where)
         return None
     finally:
         if received:  # (a stop this job took without an exception reaching here: the sweep stops all the same)
