@@ -3,7 +3,10 @@
 For the chosen procedure and N it computes, at every KL budget, the inference-time and standard
 win rates of each transform family (several t at once for exp), the optimal transform's frontier,
 the best t per budget, and the best-of-N policy's own point; writes ``curves.csv``,
-``best_t.csv``, ``metrics.json`` and ``frontier.png`` into the run dir and prints a table.
+``best_t.csv``, ``metrics.json`` and ``frontier.png`` into the run dir and prints a table. The exact
+theory (``K -> inf``) by default; with ``calibration.K`` every transform and the t scan are tilted as a run
+with that calibration table trains on them (``Phi_K``, docs/method.md (4.11)), the optimal frontier kept
+exact (a bound for every transform of C).
 
 A number it prints is right or says why not: points a transform cannot reach, or where the
 optimal fixed point did not converge, are marked (``reachable``/``converged``/``reason`` in
