@@ -373,6 +373,15 @@ def test_the_yardstick_is_taken_over_the_claims_kl_range_and_names_a_missing_one
                                                  for r in control])
     f_aa, f = findings(tmp_path, [aa, hack])
     assert f.comparisons[0].outcome == "reproduced (A/A control 'null_hacking' has 1 seed: no yardstick)"
+    # one seed against several: no verdict in the control either, so no yardstick (its pooled interval assumes
+    # equal training noise)
+    write(tmp_path, "null_hacking/report_raw", [r | {"n_seeds": 1, "n_seeds_baseline": 3, "seed_test": "pooled"}
+                                                 for r in control])
+    _, f = findings(tmp_path, [aa, hack])
+    assert f.comparisons[0].outcome == "reproduced (A/A control 'null_hacking' has 1 seed on one side: no yardstick)"
+    write(tmp_path, "null_hacking/report_raw", [r | {"n_seeds": 1, "n_seeds_baseline": 1, "seed_test": "none"}
+                                                 for r in control])
+    f_aa, f = findings(tmp_path, [aa, hack])
     assert f_aa.verdict == "no verdict (1 seed: training noise not assessed)"  # (was: "1 seed; 1 with 1 seed of 1
     # comparisons"), and its significant-KLs cell says none were tested, not "+0 −0 of 6" (walkthrough)
     from infalign.report.findings import significant_text
