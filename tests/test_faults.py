@@ -139,7 +139,11 @@ def test_a_dir_whose_only_record_is_an_attempt_that_failed_before_training_is_fr
     metrics = train_app.run(compose_train(tiny_cache, run_dir))
     assert metrics["status"] == json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"
     with pytest.raises(ConfigError, match=r"hydra\.run\.dir"):  # a finished run's dir stays refused
+        train_app.run(compose_train(tiny_cache, run_dir, "seed=1"))
+    with pytest.raises(ConfigError) as info:  # a bad value there is named first (a faults review), nothing written
         train_app.run(compose_train(tiny_cache, run_dir, "algo.beta=-1"))
+    assert info.value.key == "algo.beta"
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "finished"
     failed = {"status": "failed", "error": "ValueError: x"}
     for name, other in (("checkpoints", None), ("metrics.json", "{not json")):
         other_dir = tmp_path / name.split(".")[0]

@@ -625,7 +625,11 @@ def run(cfg: DictConfig) -> dict:
     # parallel sweep's job has hydra_main's one-shot handlers instead: apps/sweep_stop.py)
     parallel = sweep_stop.parallel_job()
     with contextlib.nullcontext() if parallel else terminate_on_sigterm(), run_dir_lock(out_dir):
-        check_run_dir(cfg, out_dir)  # before the try: never write a failure record into another run's dir
+        try:  # before the try below: never write a failure record into another run's dir
+            check_run_dir(cfg, out_dir)
+        except ConfigError:  # a bad value is named first (review: seed=abc in a taken dir named only the dir)
+            validate(cfg)
+            raise
         if parallel and (marker := stop_requested(sweep_stop.sweep_dir())) is not None:
             raise sweep_stop.NotStarted(marker)  # (stopped since parallel_job looked: the parent knew no pid here)
         (out_dir / NOT_STARTED).unlink(missing_ok=True)  # (a stopped sweep's job, now started)
