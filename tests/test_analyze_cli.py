@@ -451,3 +451,21 @@ def test_a_command_line_hydra_itself_refuses_exits_2(tmp_path, monkeypatch, caps
         assert exit_info.value.code == 2, name
         assert message in capsys.readouterr().err, name
     assert not (tmp_path / "run").exists()
+
+
+def test_a_single_kl_budget_is_a_list_of_one():
+    """A walkthrough: ``kl.list=0.3`` and ``best_t.budgets=0.3`` crashed (``list(<float>)`` built for a message
+    before its check ran: a traceback, exit 1); a single number is a list of one."""
+    checked = app.validate(config(*FAST, "kl.list=0.3", "best_t.budgets=0.3"))
+    assert checked.budgets.tolist() == [0.3] and checked.bt_budgets.tolist() == [0.3]
+
+
+def test_the_scan_caption_counts_the_t_an_extended_scan_took(tmp_path, capsys):
+    """A walkthrough: best_t.num=2 scanned 4 t after extension and the caption said "best of 2" alone."""
+    app.analyze(config("kl.num=3", "optimal=false", "best_t.num=2", "best_t.budgets=[0.5]", "plot=false",
+                       "parallel=false"), tmp_path, None)
+    from infalign.math import theory
+    from infalign.math.procedures import BestOfN
+
+    n = len(theory.best_t(BestOfN(4), [0.5], theory.default_t_grid(BestOfN(4), 2), extend=True).ts)
+    assert n > 2 and f"sits on: {n} t in all)" in " ".join(capsys.readouterr().out.split())

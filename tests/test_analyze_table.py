@@ -123,6 +123,7 @@ def test_the_table_is_said_beside_the_tables_and_on_the_plot(tmp_path, capsys, m
 @pytest.mark.parametrize("override, key", [
     ("calibration.K=0", "calibration.K"), ("calibration.K=abc", "calibration.K"),
     ("calibration.K=2.5", "calibration.K"), ("calibration.K=true", "calibration.K"),
+    ("calibration.K=inf", "calibration.K"),  # (int(inf): an OverflowError traceback; a walkthrough)
     ("calibration.smoothing=maybe", "calibration.smoothing"),
     ("calibration.smoothing=true", "calibration.smoothing"),  # (without K: no table to smooth; review)
     ("+calibration.scope=pooled", "calibration.scope")])

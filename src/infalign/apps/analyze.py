@@ -58,7 +58,7 @@ def _number(key: str, value, allowed: str, kind=float):
         raise ConfigError(key, value, allowed)
     try:
         out = kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (OverflowError: int(inf))
         raise ConfigError(key, value, allowed) from None
     if kind is int and out != value and not (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
         raise ConfigError(key, value, allowed)
@@ -90,7 +90,7 @@ def kl_budgets(cfg: DictConfig) -> np.ndarray:
             budgets = np.sort(theory._check_budgets(values))
         except ConfigError as exc:
             raise ConfigError("kl.list", exc.value, exc.allowed) from None
-        require(len(np.unique(budgets)) == len(budgets), "kl.list", list(cfg.kl.list), "distinct KL budgets")
+        require(len(np.unique(budgets)) == len(budgets), "kl.list", values, "distinct KL budgets")
         return budgets
     require(num >= 1, "kl.num", cfg.kl.num, "an integer >= 1")
     require(math.isfinite(start) and start > 0, "kl.start", cfg.kl.start, allowed)
@@ -281,7 +281,7 @@ def validate(cfg: DictConfig) -> Checked:
         bt_budgets = theory._check_budgets(values)
     except ConfigError as exc:
         raise ConfigError("best_t.budgets", exc.value, exc.allowed) from None
-    require(len(np.unique(bt_budgets)) == len(bt_budgets), "best_t.budgets", list(cfg.best_t.budgets),
+    require(len(np.unique(bt_budgets)) == len(bt_budgets), "best_t.budgets", values,
             "distinct KL budgets (a repeated one gives duplicate rows)")
     num = _number("best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)", int)
     require(num >= 2, "best_t.num", cfg.best_t.num, "an integer >= 2 (points of the t scan)")
@@ -384,7 +384,8 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
                                      cfg.get("plot_scale", "auto"), table_note(table))
         else:  # a run dir used before: its plot is another analysis's (beside this one's tables)
             (out_dir / "frontier.png").unlink(missing_ok=True)
-        _print_tables(procedure, frontiers, best_rows, bool(cfg.optimal), num, table)  # while the helper draws
+        _print_tables(procedure, frontiers, best_rows, bool(cfg.optimal), num, table,  # while the helper draws
+                      len(best.ts))
         if cfg.plot:
             metrics["plot_scale"] = plot_job.result()
     atomic_write_json(out_dir / "metrics.json", metrics)
@@ -407,7 +408,7 @@ TABLE_BUDGETS = 18  # the printed win-rate tables show every KL budget up to thi
 
 
 def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], optimal: bool = True,
-                  scan_num: int = 40, calibration: dict | None = None) -> None:
+                  scan_num: int = 40, calibration: dict | None = None, scanned: int | None = None) -> None:
     from rich.table import Table
 
     from infalign.infra.console import console as rich_console
@@ -446,7 +447,8 @@ def _print_tables(procedure: Procedure, frontiers: list, best_rows: list[dict], 
                      "expn_t* entries)",
                caption=f"best of {scan_num} log-spaced |t| in [{scan.min():g}, {scan.max():g}], each "
                        f"{100 * (step - 1):.0f} % above the last (best_t.num; extended past an end the best sits "
-                       "on): a pick is good to about that step")
+                       "on" + (f": {scanned} t in all" if scanned and scanned > scan_num else "")
+                       + "): a pick is good to about that step")
     # the optimal frontier's column whenever it was computed (optimal=true); a budget it cannot reach: unreach.
     for col in ("KL budget", "best t", "beta", "beta expn", "win rate", *(("optimal",) if optimal else ())):
         bt.add_column(col, justify="right")
