@@ -103,3 +103,13 @@ def test_a_sweep_run_again_says_which_figures_are_the_kept_jobs(tmp_path):
     assert sweep_time_summary(tmp_path, wall_s=6.0)["kept"] == 0  # (no start known: none counted kept)
     plain = sweep_time_line(sweep_time_summary(tmp_path, wall_s=6.0))
     assert "kept" not in plain and "invocation" not in plain
+
+
+def test_a_sweep_of_records_without_stages_says_no_cache_or_stage_figures():
+    """An infalign-analyze multirun (a walkthrough): its line spoke of trained policies loaded from the cache and
+    ended in "job stage minutes summed: " with nothing after it."""
+    from infalign.apps.hydra_callbacks import sweep_time_line
+
+    line = sweep_time_line({"wall_s": 6.0, "jobs": 3, "finished": 3, "kept": 0, "policy_cache_hits": 0,
+                            "eval_pool_hits": 0, "stage_s": {}})
+    assert line == "sweep: 3 jobs (3 finished) in 0.1 min wall"

@@ -249,6 +249,9 @@ def sweep_time_line(summary: dict) -> str:
         f" (this invocation; {(summary['wall_s'] + sum(earlier)) / 60:.1f} over its {len(earlier) + 1} invocations "
         "in this dir, sweep_time.json)" if earlier else "")
     kept = summary.get("kept", 0)
+    if not summary["stage_s"]:  # records without stages (infalign-analyze's multirun): no caches or stages to count
+        return (f"sweep: {summary['jobs']} jobs ({summary['finished']} finished"
+                + (f", {kept} of them kept from an earlier invocation" if kept else "") + f") in {wall}")
     return (f"sweep: {summary['jobs']} jobs ({summary['finished']} finished"
             + (f", {kept} of them kept from an earlier invocation" if kept else "")
             + f", {summary['policy_cache_hits']} trained policies and {summary['eval_pool_hits']} policy evaluation "
