@@ -46,7 +46,7 @@ from infalign.errors import ConfigError, require
 from infalign.infra.background import Background
 from infalign.infra.cache import atomic_write_csv, atomic_write_json
 from infalign.math import theory
-from infalign.math.finite_k import MAX_K, seen_through_table
+from infalign.math.finite_k import MAX_K, seen_through_table, tilted_table
 from infalign.math.procedures import BestOfN, Procedure
 from infalign.math.transforms import Exp, finite_in_float32
 
@@ -295,7 +295,7 @@ def table_note(table: dict | None) -> str | None:
     """What the curves tilt, said beside them: None for the exact theory."""
     if table is None:
         return None
-    if table["K"] > MAX_K:
+    if tilted_table(table) is None:
         return f"calibration K = {table['K']} > {MAX_K}: the exact theory (Phi_K = Phi within its resolution)"
     smoothed = ", smoothed" if table["smoothing"] else ""
     return (f"transforms seen through a K = {table['K']} calibration table{smoothed} (Phi_K, docs/method.md (4.11)); "
@@ -352,8 +352,7 @@ def analyze(cfg: DictConfig, out_dir: Path, helper: Background | None = None) ->
         best = best_job.result()
 
         # the table each curve tilts through: the transforms' (inf: exact), the optimal frontier's always exact
-        tilted = table is not None and table["K"] <= MAX_K
-        table_k, smoothed = (table["K"], table["smoothing"]) if tilted else (math.inf, False)
+        table_k, smoothed = tilted_table(table) or (math.inf, False)
         rows = [row | {"n": procedure.n, "calibration_K": math.inf if f is opt else table_k,
                        "calibration_smoothing": False if f is opt else smoothed}
                 for f in frontiers for row in f.rows()]

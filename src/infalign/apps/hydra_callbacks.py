@@ -249,14 +249,13 @@ def sweep_time_line(summary: dict) -> str:
         f" (this invocation; {(summary['wall_s'] + sum(earlier)) / 60:.1f} over its {len(earlier) + 1} invocations "
         "in this dir, sweep_time.json)" if earlier else "")
     kept = summary.get("kept", 0)
+    head = (f"sweep: {summary['jobs']} jobs ({summary['finished']} finished"
+            + (f", {kept} of them kept from an earlier invocation" if kept else ""))
     if not summary["stage_s"]:  # records without stages (infalign-analyze's multirun): no caches or stages to count
-        return (f"sweep: {summary['jobs']} jobs ({summary['finished']} finished"
-                + (f", {kept} of them kept from an earlier invocation" if kept else "") + f") in {wall}")
-    return (f"sweep: {summary['jobs']} jobs ({summary['finished']} finished"
-            + (f", {kept} of them kept from an earlier invocation" if kept else "")
-            + f", {summary['policy_cache_hits']} trained policies and {summary['eval_pool_hits']} policy evaluation "
-            f"pools loaded from the cache{' by the others' if kept else ''}) in {wall}; job stage minutes summed"
-            + (" over every record, the kept ones' included" if kept else "") + f": {stages}")
+        return f"{head}) in {wall}"
+    return (f"{head}, {summary['policy_cache_hits']} trained policies and {summary['eval_pool_hits']} policy "
+            f"evaluation pools loaded from the cache{' by the others' if kept else ''}) in {wall}; job stage minutes "
+            "summed" + (" over every record, the kept ones' included" if kept else "") + f": {stages}")
 
 
 class GracefulStop(Callback):

@@ -193,7 +193,13 @@ class PreferenceDataModule(L.LightningDataModule):
         train, train_report = self._read("train")
         try:
             test, test_report = self._read(self.test_split)
-            test = self._drop_train_prompts(train, test, test_report, self._split_key(self.test_split))
+            kept = self._drop_train_prompts(train, test, test_report)
+            if test and not kept:  # (the key of the setting that gives the test split: its file, else the dataset)
+                raise ConfigError(*self._split_key(self.test_split), "a test split with prompts that are not train "
+                                  "prompts", f"{test_report.source}: every test prompt is also a train prompt; give a "
+                                  "test split with other prompts (data.test_file) or none (then data.val_fraction is "
+                                  "held out)")
+            test = kept
         except MissingSplitError as exc:
             train, test, test_report = self._hold_out(train, train_report, exc)
         for i, (split, pairs, report) in enumerate(
@@ -244,22 +250,19 @@ class PreferenceDataModule(L.LightningDataModule):
 
     @staticmethod
     def _drop_train_prompts(train: list[PreferenceExample], test: list[PreferenceExample],
-                            report: ParseReport, key: tuple[str, str | None]) -> list[PreferenceExample]:
+                            report: ParseReport) -> list[PreferenceExample]:
         """The test pairs whose prompt is not a train prompt: two published splits can share prompts
         (HH's red-team openers recur), and a held-out win rate on prompts the policy was trained on
         would be optimistic. Prompts are compared as a chat shows them (:func:`~infalign.data.formats.prompt_key`:
         two texts that differ only in the whitespace around their turns are one prompt). The count is
-        ``report.in_train``; none left is a ConfigError of ``key`` (the setting that gives the test split)."""
+        ``report.in_train``; the callers say what none left means (a test split that is all train prompts; a
+        hold-out that left none)."""
         seen = {prompt_key(p.prompt) for p in train}
         kept = [p for p in test if prompt_key(p.prompt) not in seen]
         report.in_train = len(test) - len(kept)
         if report.in_train:
             log.warning("%s: %d of %d test pairs dropped: their prompt is also a train prompt",
                         report.source, report.in_train, len(test))
-        if test and not kept:
-            raise ConfigError(*key, "a test split with prompts that are not train prompts",
-                              f"{report.source}: every test prompt is also a train prompt; give a test split with "
-                              "other prompts (data.test_file) or none (then data.val_fraction is held out)")
         return kept
 
     def _hold_out(self, train: list[PreferenceExample], train_report: ParseReport, why: Exception):
@@ -277,10 +280,7 @@ class PreferenceDataModule(L.LightningDataModule):
         )
         log.warning("%s: %d of %d train pairs held out", why, len(test), train_report.usable)
         if test and train:  # a held-out prompt whose whitespace variant stayed in train (prompt_key): none left is
-            try:  # the block below's (review: it named data.name_or_path, which the user never set)
-                test = self._drop_train_prompts(train, test, test_report, ("data.val_fraction", fraction))
-            except ConfigError:
-                test = []
+            test = self._drop_train_prompts(train, test, test_report)  # the block below's
         if not test or not train:  # (a ConfigError: the run's one block and exit 2, not a traceback)
             raise ConfigError(
                 "data.val_fraction", fraction, "a fraction that leaves prompts on both sides (each prompt is held "

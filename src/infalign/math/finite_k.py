@@ -104,9 +104,15 @@ def table_settings(calibration: Mapping | None) -> tuple[int, bool] | None:
     return int(k), bool(calibration.get("smoothing", False))
 
 
+def tilted_table(calibration: Mapping | None) -> tuple[int, bool] | None:
+    """``(K, smoothing)`` of the table the theory tilts through (:func:`table_settings`), None when the theory stays
+    exact: no table, or one of more than :data:`MAX_K` samples (``Phi_K`` is then ``Phi`` within its resolution)."""
+    settings = table_settings(calibration)
+    return None if settings is None or settings[0] > MAX_K else settings
+
+
 def seen_through_table(transform: Transform, calibration: Mapping | None) -> Transform:
     """``transform`` as the run trains on it (:class:`FiniteK` at the run's ``calibration.K`` and
-    ``calibration.smoothing``), or unchanged when the node gives no table (:func:`table_settings`) or one of more
-    than :data:`MAX_K` samples (``Phi_K`` is then ``Phi`` within the theory's resolution)."""
-    settings = table_settings(calibration)
-    return transform if settings is None or settings[0] > MAX_K else FiniteK(transform, *settings)
+    ``calibration.smoothing``), or unchanged where the theory stays exact (:func:`tilted_table`)."""
+    settings = tilted_table(calibration)
+    return transform if settings is None else FiniteK(transform, *settings)

@@ -210,8 +210,8 @@ def read_claim(claim: Claim, out: Path) -> Finding:
     finding = Finding(claim)
     path = Path(out) / claim.report / "matched_kl.csv"
     rows = _read_rows(path)
-    zigzag = _knob_order_methods(Path(out) / claim.report / "summary.json")
-    left_out = _absent_methods(Path(out) / claim.report / "summary.json")
+    notes = _summary_notes(Path(out) / claim.report / "summary.json")
+    zigzag, left_out = _knob_order_methods(notes), _absent_methods(notes)
     for panel in claim.panels:
         for method in claim.methods:
             c = Comparison(panel, method, claim.baseline)
@@ -259,24 +259,25 @@ def read_claim(claim: Claim, out: Path) -> Finding:
     return finding
 
 
-def _knob_order_methods(summary: Path) -> set[str]:
+def _summary_notes(summary: Path) -> list[str]:
+    """The notes of a report's matched-KL comparison (``summary.json``), [] without the file."""
+    try:
+        notes = json.loads(summary.read_text())["matched_kl"]["notes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+
+
+def _knob_order_methods(notes: Sequence[str]) -> set[str]:
     """The methods the report's notes say have a KL not monotone in their knob (``report/matched.
-    knob_order_notes``: ``"<method>, seed <s>: its KL is not monotone in ..."``); none without the file."""
-    try:
-        notes = json.loads(summary.read_text())["matched_kl"]["notes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    return {n.split(", seed ")[0] for n in notes if isinstance(n, str) and KNOB_ORDER_NOTE in n}
+    knob_order_notes``: ``"<method>, seed <s>: its KL is not monotone in ..."``)."""
+    return {n.split(", seed ")[0] for n in notes if KNOB_ORDER_NOTE in n}
 
 
-def _absent_methods(summary: Path) -> dict[str, str]:
+def _absent_methods(notes: Sequence[str]) -> dict[str, str]:
     """``{method: note}`` of the methods the report left out (``report/matched.absent_note``: a narrowed sweep, or a
-    method whose jobs all failed); ``{}`` without the file."""
-    try:
-        notes = json.loads(summary.read_text())["matched_kl"]["notes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return {m: n for n in notes if (m := absent_method(n)) is not None} if isinstance(notes, list) else {}
+    method whose jobs all failed)."""
+    return {m: n for n in notes if (m := absent_method(n)) is not None}
 
 
 def significant_text(c: Comparison) -> str:
